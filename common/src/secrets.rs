@@ -1,0 +1,121 @@
+//! Database URLs are secrets: everything that prints or logs one goes through here.
+
+use std::fmt;
+
+/// A database URL that never shows its password when displayed or debug-printed.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with credentials, for handing to a driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with every password replaced by `****`.
+    pub fn masked(&self) -> String {
+        mask_url(&self.0)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "DatabaseUrl({})", self.masked())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.masked())
+    }
+}
+
+const MASK: &str = "****";
+
+/// Masks the password in `scheme://user:password@host`, and any `password=` parameter in a
+/// URL query or a libpq keyword/value string.
+pub fn mask_url(text: &str) -> String {
+    let masked_userinfo = match text.find("://") {
+        Some(scheme_end) => {
+            let authority_start = scheme_end + 3;
+            let authority_end = text[authority_start..]
+                .find(['/', '?', '#'])
+                .map_or(text.len(), |offset| authority_start + offset);
+            match text[authority_start..authority_end].rfind('@') {
+                Some(at) => {
+                    let userinfo = &text[authority_start..authority_start + at];
+                    match userinfo.find(':') {
+                        Some(colon) => format!(
+                            "{}{}:{MASK}{}",
+                            &text[..authority_start],
+                            &userinfo[..colon],
+                            &text[authority_start + at..]
+                        ),
+                        None => text.to_owned(),
+                    }
+                }
+                None => text.to_owned(),
+            }
+        }
+        None => text.to_owned(),
+    };
+    mask_password_parameters(&masked_userinfo)
+}
+
+fn mask_password_parameters(text: &str) -> String {
+    let mut output = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(position) = find_ignore_case(rest, "password=") {
+        let value_start = position + "password=".len();
+        output.push_str(&rest[..value_start]);
+        output.push_str(MASK);
+        let value_end = rest[value_start..]
+            .find(['&', ' ', '#'])
+            .map_or(rest.len(), |offset| value_start + offset);
+        rest = &rest[value_end..];
+    }
+    output.push_str(rest);
+    output
+}
+
+fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
+    haystack.to_ascii_lowercase().find(needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_userinfo_passwords() {
+        assert_eq!(
+            mask_url("postgres://app:s3cr%40t@db:5432/main?sslmode=require"),
+            "postgres://app:****@db:5432/main?sslmode=require"
+        );
+        assert_eq!(mask_url("postgres://app@db/main"), "postgres://app@db/main");
+        assert_eq!(mask_url("sqlite:///tmp/shard.db"), "sqlite:///tmp/shard.db");
+    }
+
+    #[test]
+    fn masks_password_parameters() {
+        assert_eq!(
+            mask_url("postgres://db/main?user=app&password=hunter2&sslmode=disable"),
+            "postgres://db/main?user=app&password=****&sslmode=disable"
+        );
+        assert_eq!(
+            mask_url("host=db user=app PASSWORD=hunter2 dbname=main"),
+            "host=db user=app PASSWORD=**** dbname=main"
+        );
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_password() {
+        let url = DatabaseUrl::new("postgres://app:canary-9f2@db/main");
+        assert!(!format!("{url:?} {url}").contains("canary-9f2"));
+        assert_eq!(url.expose(), "postgres://app:canary-9f2@db/main");
+    }
+}

@@ -1,0 +1,108 @@
+//! Flyway: `V<version>__<name>.sql`, optional `U<version>__<name>.sql` undo scripts and
+//! `V….sql.conf` files (`executeInTransaction=false`).
+
+use std::path::Path;
+
+use super::layout::{EntryKind, Listing};
+use super::{Revision, Script, SourceProblem, Version, read};
+
+pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Revision> {
+    let mut undos: Vec<(Version, &Path)> = Vec::new();
+    let mut versioned = Vec::new();
+    for entry in listing.of_kind(|kind| kind == EntryKind::FlywayFile) {
+        if entry.file_name.ends_with(".sql.conf") {
+            continue;
+        }
+        if entry.file_name.starts_with("R__") {
+            problems.push(SourceProblem::new(
+                &entry.path,
+                "repeatable migrations (R__) are not supported: fleetshift applies each revision exactly once; turn it into a versioned V script",
+            ));
+            continue;
+        }
+        let Some((prefix, version, name)) = parse_name(&entry.file_name) else {
+            problems.push(SourceProblem::new(
+                &entry.path,
+                "expected V<version>__<name>.sql or U<version>__<name>.sql with a numeric version such as 1.2.10",
+            ));
+            continue;
+        };
+        if prefix == 'U' {
+            undos.push((version, &entry.path));
+        } else {
+            versioned.push((version, name, entry));
+        }
+    }
+    let mut revisions = Vec::new();
+    for (version, name, entry) in versioned {
+        let undo_path = undos
+            .iter()
+            .position(|(undo_version, _)| *undo_version == version)
+            .map(|index| undos.swap_remove(index).1);
+        let Some(up_sql) = read::text(&entry.path, problems) else {
+            continue;
+        };
+        let down = undo_path.and_then(|path| {
+            read::text(path, problems).map(|sql| Script {
+                path: path.to_path_buf(),
+                first_line: 1,
+                sql,
+            })
+        });
+        let Some(transactional) = execute_in_transaction(&entry.path, problems) else {
+            continue;
+        };
+        let up = Script {
+            path: entry.path.clone(),
+            first_line: 1,
+            sql: up_sql,
+        };
+        revisions.push(Revision::new(version, &name, up, down, transactional));
+    }
+    for (_, orphan) in undos {
+        problems.push(SourceProblem::new(
+            orphan,
+            "undo script without a versioned V script of the same version",
+        ));
+    }
+    revisions
+}
+
+fn parse_name(file_name: &str) -> Option<(char, Version, String)> {
+    let stem = file_name.strip_suffix(".sql")?;
+    let prefix = stem.chars().next()?;
+    let (version_text, name) = stem[1..].split_once("__")?;
+    let version = Version::flyway(version_text)?;
+    (!name.is_empty()).then(|| (prefix, version, name.to_owned()))
+}
+
+/// `executeInTransaction` from the script's `.sql.conf` (true when absent).
+fn execute_in_transaction(script: &Path, problems: &mut Vec<SourceProblem>) -> Option<bool> {
+    let mut conf = script.as_os_str().to_owned();
+    conf.push(".conf");
+    let conf = Path::new(&conf);
+    if !conf.exists() {
+        return Some(true);
+    }
+    let text = read::text(conf, problems)?;
+    for (index, line) in text.lines().enumerate() {
+        let Some((setting, value)) = line.split_once('=') else {
+            continue;
+        };
+        if setting.trim() == "executeInTransaction" {
+            return match value.trim() {
+                "true" => Some(true),
+                "false" => Some(false),
+                other => {
+                    problems.push(SourceProblem::at_line(
+                        conf,
+                        index + 1,
+                        format!("executeInTransaction must be true or false, not {other:?}"),
+                    ));
+                    None
+                }
+            };
+        }
+    }
+    Some(true)
+}

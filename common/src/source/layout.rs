@@ -1,0 +1,220 @@
+//! Classifying the entries of a migration directory and detecting its format.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{SourceError, SourceFormat, SourceProblem, Version};
+
+/// What an entry of the directory looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// `<version>_<name>/` (diesel).
+    RevisionDirectory,
+    /// `<version>_<name>.up.sql` or `.down.sql` (sqlx, golang-migrate).
+    UpDownScript,
+    /// `<version>_<name>.sql`: sqlx's single file, or dbmate's when it has section markers.
+    SingleScript { has_dbmate_sections: bool },
+    /// `V…__…sql`, `U…__…sql`, `R__…sql` or a `.sql.conf` beside them (Flyway).
+    FlywayFile,
+    /// Anything else (seed data, READMEs): ignored and reported.
+    Other,
+}
+
+impl EntryKind {
+    fn detected_format(self) -> Option<SourceFormat> {
+        match self {
+            Self::RevisionDirectory => Some(SourceFormat::Diesel),
+            Self::UpDownScript => Some(SourceFormat::Sqlx),
+            Self::SingleScript {
+                has_dbmate_sections: true,
+            } => Some(SourceFormat::Dbmate),
+            Self::SingleScript {
+                has_dbmate_sections: false,
+            } => Some(SourceFormat::Sqlx),
+            Self::FlywayFile => Some(SourceFormat::Flyway),
+            Self::Other => None,
+        }
+    }
+
+    /// Whether the entry can belong to a set of `format`.
+    fn fits(self, format: SourceFormat) -> bool {
+        match (self, format) {
+            // dbmate's module reports a missing `-- migrate:up` marker itself.
+            (Self::SingleScript { .. }, SourceFormat::Dbmate) => true,
+            (kind, format) => kind.detected_format() == Some(format),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub file_name: String,
+    pub kind: EntryKind,
+}
+
+/// The directory's entries, sorted by name, hidden ones skipped.
+#[derive(Debug)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+}
+
+impl Listing {
+    pub fn read(directory: &Path) -> Result<Self, SourceError> {
+        let fail = |message: String| SourceError {
+            directory: directory.to_path_buf(),
+            problems: vec![SourceProblem::new(directory, message)],
+        };
+        let reader = std::fs::read_dir(directory)
+            .map_err(|error| fail(format!("cannot read migration directory: {error}")))?;
+        let mut entries = Vec::new();
+        for item in reader {
+            let item =
+                item.map_err(|error| fail(format!("cannot list migration directory: {error}")))?;
+            let file_name = item.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with('.') {
+                continue;
+            }
+            let path = item.path();
+            let kind = classify(&path, &file_name);
+            entries.push(Entry {
+                path,
+                file_name,
+                kind,
+            });
+        }
+        entries.sort_by(|left, right| left.file_name.cmp(&right.file_name));
+        Ok(Self { entries })
+    }
+
+    /// The set's format: the one requested, or the single one detected.
+    pub fn format(
+        &self,
+        directory: &Path,
+        requested: Option<SourceFormat>,
+    ) -> Result<SourceFormat, SourceError> {
+        let mut examples: BTreeMap<&'static str, (SourceFormat, &Entry)> = BTreeMap::new();
+        for entry in &self.entries {
+            if let Some(format) = entry.kind.detected_format() {
+                examples.entry(format.name()).or_insert((format, entry));
+            }
+        }
+        let invalid = |problems: Vec<SourceProblem>| SourceError {
+            directory: directory.to_path_buf(),
+            problems,
+        };
+        if let Some(format) = requested {
+            let foreign: Vec<SourceProblem> = self
+                .entries
+                .iter()
+                .filter(|entry| entry.kind != EntryKind::Other && !entry.kind.fits(format))
+                .map(|entry| {
+                    SourceProblem::new(
+                        &entry.path,
+                        format!("does not belong to the {format} layout requested with --format"),
+                    )
+                })
+                .collect();
+            return if foreign.is_empty() {
+                Ok(format)
+            } else {
+                Err(invalid(foreign))
+            };
+        }
+        let detected: Vec<(SourceFormat, &Entry)> = examples.into_values().collect();
+        match detected.as_slice() {
+            [(format, _)] => Ok(*format),
+            [] => Err(invalid(vec![SourceProblem::new(
+                directory,
+                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`); name the format with --format if the directory is meant to be empty",
+            )])),
+            several => Err(invalid(
+                several
+                    .iter()
+                    .map(|(format, entry)| {
+                        SourceProblem::new(
+                            &entry.path,
+                            format!(
+                                "mixed layout: this looks like {format}, but the directory also holds files of another format; keep one format per directory"
+                            ),
+                        )
+                    })
+                    .collect(),
+            )),
+        }
+    }
+
+    /// Entries that belong to no revision of a `format` set.
+    pub fn ignored(&self, format: SourceFormat) -> Vec<PathBuf> {
+        self.entries
+            .iter()
+            .filter(|entry| !entry.kind.fits(format))
+            .map(|entry| entry.path.clone())
+            .collect()
+    }
+
+    pub fn of_kind(&self, wanted: impl Fn(EntryKind) -> bool) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |entry| wanted(entry.kind))
+    }
+}
+
+/// Splits `<version>_<name>` at the first underscore.
+pub fn version_and_name(stem: &str) -> Option<(&str, &str)> {
+    let (version, name) = stem.split_once('_')?;
+    (!version.is_empty() && !name.is_empty()).then_some((version, name))
+}
+
+fn classify(path: &Path, file_name: &str) -> EntryKind {
+    if path.is_dir() {
+        let looks_like_revision = version_and_name(file_name)
+            .is_some_and(|(version, _)| Version::diesel(version).is_some());
+        return if looks_like_revision {
+            EntryKind::RevisionDirectory
+        } else {
+            EntryKind::Other
+        };
+    }
+    if is_flyway_name(file_name) {
+        return EntryKind::FlywayFile;
+    }
+    let Some(stem) = file_name.strip_suffix(".sql") else {
+        return EntryKind::Other;
+    };
+    if let Some(inner) = stem
+        .strip_suffix(".up")
+        .or_else(|| stem.strip_suffix(".down"))
+    {
+        return match version_and_name(inner) {
+            Some((version, _)) if Version::integer(version).is_some() => EntryKind::UpDownScript,
+            _ => EntryKind::Other,
+        };
+    }
+    match version_and_name(stem) {
+        Some((version, _)) if Version::integer(version).is_some() => EntryKind::SingleScript {
+            has_dbmate_sections: has_dbmate_sections(path),
+        },
+        _ => EntryKind::Other,
+    }
+}
+
+fn is_flyway_name(file_name: &str) -> bool {
+    let stem = file_name
+        .strip_suffix(".sql.conf")
+        .or_else(|| file_name.strip_suffix(".sql"));
+    let Some(stem) = stem else { return false };
+    if stem.starts_with("R__") {
+        return true;
+    }
+    let mut characters = stem.chars();
+    matches!(characters.next(), Some('V' | 'U'))
+        && characters.next().is_some_and(|c| c.is_ascii_digit())
+        && stem.contains("__")
+}
+
+fn has_dbmate_sections(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .any(|line| super::dbmate::section_marker(line).is_some())
+    })
+}

@@ -1,0 +1,252 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn write(root: &Path, relative: &str, content: impl AsRef<[u8]>) {
+    let path = root.join(relative);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create fixture dir");
+    }
+    std::fs::write(path, content).expect("write fixture");
+}
+
+fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let directory = tempfile::tempdir().expect("tempdir");
+    for (relative, content) in files {
+        write(directory.path(), relative, content);
+    }
+    directory
+}
+
+fn load(directory: &Path) -> MigrationSet {
+    MigrationSet::load(directory, None).expect("valid migration set")
+}
+
+fn problems(directory: &Path, format: Option<SourceFormat>) -> Vec<SourceProblem> {
+    MigrationSet::load(directory, format)
+        .expect_err("invalid migration set")
+        .problems
+}
+
+fn versions(set: &MigrationSet) -> Vec<&str> {
+    set.revisions.iter().map(|r| r.version.as_str()).collect()
+}
+
+#[test]
+fn sqlx_up_down_and_single_files() {
+    let directory = fixture(&[
+        (
+            "10_second.up.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
+        ),
+        ("10_second.down.sql", "DROP INDEX CONCURRENTLY i;"),
+        ("2_first.sql", "CREATE TABLE t (c int);"),
+        ("README.md", "notes"),
+    ]);
+    let set = load(directory.path());
+    assert_eq!(set.format, SourceFormat::Sqlx);
+    assert_eq!(versions(&set), ["2", "10"]);
+    assert!(set.revisions[0].transactional && set.revisions[0].down.is_none());
+    assert!(!set.revisions[1].transactional && set.revisions[1].down.is_some());
+    assert_eq!(set.ignored, vec![directory.path().join("README.md")]);
+}
+
+#[test]
+fn diesel_directories_with_metadata() {
+    let directory = fixture(&[
+        ("2017-08-31-230457_b/up.sql", "SELECT 2;"),
+        ("2017-08-31-230457_b/down.sql", "SELECT -2;"),
+        (
+            "2017-08-31-230457_b/metadata.toml",
+            "run_in_transaction = false\n",
+        ),
+        ("20140924113530_a/up.sql", "SELECT 1;"),
+        ("seed.sql", "INSERT INTO x VALUES (1);"),
+    ]);
+    let set = load(directory.path());
+    assert_eq!(set.format, SourceFormat::Diesel);
+    assert_eq!(versions(&set), ["20140924113530", "2017-08-31-230457"]);
+    assert!(set.revisions[0].transactional);
+    assert!(!set.revisions[1].transactional);
+}
+
+#[test]
+fn flyway_versions_undo_and_conf() {
+    let directory = fixture(&[
+        ("V1.2.10__later.sql", "SELECT 3;"),
+        ("V1.2.9__earlier.sql", "SELECT 2;"),
+        ("U1.2.9__earlier.sql", "SELECT -2;"),
+        ("V1__init.sql", "SELECT 1;"),
+        ("V1__init.sql.conf", "executeInTransaction=false\n"),
+    ]);
+    let set = load(directory.path());
+    assert_eq!(set.format, SourceFormat::Flyway);
+    assert_eq!(versions(&set), ["1", "1.2.9", "1.2.10"]);
+    assert!(!set.revisions[0].transactional);
+    assert!(set.revisions[1].down.is_some() && set.revisions[2].down.is_none());
+}
+
+#[test]
+fn dbmate_sections_and_transaction_option() {
+    let directory = fixture(&[
+        (
+            "20200101000000_create.sql",
+            "-- migrate:up\nCREATE TABLE t (c int);\n\n-- migrate:down\nDROP TABLE t;\n",
+        ),
+        (
+            "20200102000000_index.sql",
+            "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY i ON t (c);\n-- migrate:down\n",
+        ),
+    ]);
+    let set = load(directory.path());
+    assert_eq!(set.format, SourceFormat::Dbmate);
+    let create = &set.revisions[0];
+    assert_eq!(create.up.sql.trim(), "CREATE TABLE t (c int);");
+    assert_eq!(create.up.first_line, 2);
+    assert_eq!(
+        create.down.as_ref().map(|d| d.sql.trim()),
+        Some("DROP TABLE t;")
+    );
+    assert!(!set.revisions[1].transactional);
+    assert!(
+        set.revisions[1].down.is_none(),
+        "an empty down section means no down"
+    );
+}
+
+#[test]
+fn checksums_and_digest_follow_content() {
+    let directory = fixture(&[("1_a.sql", "SELECT 1;"), ("2_b.sql", "SELECT 2;")]);
+    let before = load(directory.path());
+    assert_eq!(
+        before.revisions[0].checksum,
+        "17db4fd369edb9244b9f91d9aeed145c3d04ad8ba6e95d06247f07a63527d11a"
+    );
+    write(directory.path(), "2_b.sql", "SELECT 22;");
+    let after = load(directory.path());
+    assert_eq!(before.revisions[0].checksum, after.revisions[0].checksum);
+    assert_ne!(before.revisions[1].checksum, after.revisions[1].checksum);
+    assert_ne!(before.digest, after.digest);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_location() {
+    let directory = fixture(&[
+        ("1_a.up.sql", "SELECT 1;"),
+        ("001_again.sql", "SELECT 1;"),
+        ("2_orphan.down.sql", "SELECT 1;"),
+        ("3_empty.up.sql", "-- nothing yet\n"),
+        ("4_binary.up.sql", ""),
+    ]);
+    write(
+        directory.path(),
+        "4_binary.up.sql",
+        b"SELECT 1;\nSELECT '\xff';\n",
+    );
+    let found = problems(directory.path(), None);
+    let rendered: Vec<String> = found.iter().map(ToString::to_string).collect();
+    let has = |file: &str, text: &str| {
+        rendered
+            .iter()
+            .any(|line| line.contains(file) && line.contains(text))
+    };
+    assert!(
+        has("1_a.up.sql", "duplicate version") || has("001_again.sql", "duplicate version"),
+        "{rendered:#?}"
+    );
+    assert!(
+        has("2_orphan.down.sql", "without an up script"),
+        "{rendered:#?}"
+    );
+    assert!(has("3_empty.up.sql:1", "empty up script"), "{rendered:#?}");
+    assert!(has("4_binary.up.sql:2", "not valid UTF-8"), "{rendered:#?}");
+    assert_eq!(found.len(), 4, "{rendered:#?}");
+}
+
+#[test]
+fn missing_up_scripts_are_refused_in_every_format() {
+    let diesel = fixture(&[
+        ("2017-08-31-230457_b/down.sql", "SELECT 1;"),
+        ("20140924113530_a/up.sql", "SELECT 1;"),
+    ]);
+    assert!(
+        problems(diesel.path(), None)[0]
+            .message
+            .contains("up script missing")
+    );
+    let flyway = fixture(&[("U2__b.sql", "SELECT 1;"), ("V1__a.sql", "SELECT 1;")]);
+    assert!(
+        problems(flyway.path(), None)[0]
+            .message
+            .contains("undo script without")
+    );
+    let dbmate = fixture(&[
+        ("1_a.sql", "-- migrate:down\nSELECT 1;"),
+        ("2_b.sql", "-- migrate:up\nSELECT 1;"),
+    ]);
+    assert!(
+        problems(dbmate.path(), None)[0]
+            .message
+            .contains("no `-- migrate:up` section")
+    );
+}
+
+#[test]
+fn mixed_and_unrecognised_layouts_are_refused() {
+    let mixed = fixture(&[("V1__a.sql", "SELECT 1;"), ("2_b.up.sql", "SELECT 1;")]);
+    let found = problems(mixed.path(), None);
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|p| p.message.contains("mixed layout")));
+    let unknown = fixture(&[("notes.txt", "hello")]);
+    assert!(
+        problems(unknown.path(), None)[0]
+            .message
+            .contains("unrecognised layout")
+    );
+    let named = fixture(&[("V1__a.sql", "SELECT 1;")]);
+    assert!(
+        problems(named.path(), Some(SourceFormat::Sqlx))[0]
+            .message
+            .contains("does not belong to the sqlx layout")
+    );
+}
+
+#[test]
+fn invalid_metadata_names_its_line() {
+    let directory = fixture(&[
+        ("20140924113530_a/up.sql", "SELECT 1;"),
+        (
+            "20140924113530_a/metadata.toml",
+            "# comment\nrun_in_transaction = maybe\n",
+        ),
+    ]);
+    let found = problems(directory.path(), None);
+    assert_eq!(found[0].line, Some(2), "{found:?}");
+}
+
+#[test]
+fn unreadable_directory_is_reported() {
+    let missing = PathBuf::from("/nonexistent/fleetshift/migrations");
+    assert!(
+        problems(&missing, None)[0]
+            .message
+            .contains("cannot read migration directory")
+    );
+}
+
+#[test]
+fn crates_io_history_loads_in_diesel_order() {
+    let corpus =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/crates.io/migrations");
+    let set = load(&corpus);
+    assert_eq!(set.format, SourceFormat::Diesel);
+    assert_eq!(set.revisions.len(), 285);
+    assert_eq!(set.revisions[0].version.as_str(), "00000000000000");
+    assert_eq!(set.revisions.iter().filter(|r| !r.transactional).count(), 7);
+    assert!(
+        set.revisions
+            .windows(2)
+            .all(|pair| pair[0].version < pair[1].version)
+    );
+    assert_eq!(set.ignored.len(), 1, "data_oauth_github.sql is seed data");
+}

@@ -1,0 +1,322 @@
+//! Splitting a migration script into statements, and recognising the few statement kinds
+//! the executor must treat specially (index builds outside a transaction).
+//!
+//! The splitter understands PostgreSQL's lexical structure well enough to find statement
+//! boundaries: single-quoted strings (with `''` and `E'\''` escapes), quoted identifiers,
+//! dollar-quoted bodies (`$$ … $$`, `$tag$ … $tag$`), line comments and nested block comments.
+
+mod index_build;
+
+pub use index_build::IndexBuild;
+
+/// One statement of a script, with the 1-based line (within the script) where it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub line: usize,
+    pub sql: String,
+}
+
+impl Statement {
+    /// The statement's first words, upper-cased and separated by single spaces, comments skipped.
+    pub fn leading_words(&self, count: usize) -> Vec<String> {
+        words(&self.sql).take(count).collect()
+    }
+
+    /// A CREATE INDEX CONCURRENTLY statement, parsed; `None` for anything else.
+    pub fn index_build(&self) -> Option<IndexBuild> {
+        IndexBuild::parse(&self.sql)
+    }
+
+    /// Whether repeating the statement after an interrupted earlier attempt is harmless.
+    pub fn is_repeatable(&self) -> bool {
+        let leading = self.leading_words(3);
+        let first = leading.first().map(String::as_str);
+        let upper = self.sql.to_ascii_uppercase();
+        matches!(
+            first,
+            Some("VACUUM" | "ANALYZE" | "REINDEX" | "SET" | "RESET")
+        ) || upper.contains("IF NOT EXISTS")
+            || upper.contains("IF EXISTS")
+            || self
+                .index_build()
+                .is_some_and(|build| build.index_name.is_some())
+    }
+}
+
+/// Splits a script into its statements. Comment-only fragments are dropped.
+pub fn split(script: &str) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    let mut scanner = Scanner::new(script);
+    let mut start: Option<(usize, usize)> = None; // (byte offset, line) of the first token
+    while let Some(token) = scanner.next_token() {
+        match token {
+            Token::Semicolon => {
+                if let Some((offset, line)) = start.take() {
+                    push_statement(&mut statements, &script[offset..scanner.token_start], line);
+                }
+            }
+            Token::Code => {
+                if start.is_none() {
+                    start = Some((scanner.token_start, scanner.token_line));
+                }
+            }
+            Token::Trivia => {}
+        }
+    }
+    if let Some((offset, line)) = start {
+        push_statement(&mut statements, &script[offset..], line);
+    }
+    statements
+}
+
+fn push_statement(statements: &mut Vec<Statement>, text: &str, line: usize) {
+    let sql = text.trim_end().to_owned();
+    if !sql.is_empty() {
+        statements.push(Statement { line, sql });
+    }
+}
+
+/// Upper-cased words of a statement, skipping comments.
+fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
+    word_spans(sql).map(|(start, end)| sql[start..end].to_ascii_uppercase())
+}
+
+/// Byte ranges of a statement's words (and other code tokens), skipping comments.
+fn word_spans(sql: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut scanner = Scanner::new(sql);
+    std::iter::from_fn(move || {
+        loop {
+            match scanner.next_token()? {
+                Token::Code => return Some((scanner.token_start, scanner.position)),
+                Token::Trivia | Token::Semicolon => continue,
+            }
+        }
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// Whitespace or a comment.
+    Trivia,
+    Semicolon,
+    /// A word, literal, quoted identifier, dollar-quoted body or punctuation.
+    Code,
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    line: usize,
+    token_start: usize,
+    token_line: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            bytes: text.as_bytes(),
+            position: 0,
+            line: 1,
+            token_start: 0,
+            token_line: 1,
+        }
+    }
+
+    fn peek(&self, ahead: usize) -> Option<u8> {
+        self.bytes.get(self.position + ahead).copied()
+    }
+
+    fn advance(&mut self) {
+        if self.bytes.get(self.position) == Some(&b'\n') {
+            self.line += 1;
+        }
+        self.position += 1;
+    }
+
+    fn next_token(&mut self) -> Option<Token> {
+        let first = self.peek(0)?;
+        self.token_start = self.position;
+        self.token_line = self.line;
+        let token = match first {
+            b';' => {
+                self.advance();
+                Token::Semicolon
+            }
+            byte if byte.is_ascii_whitespace() => {
+                while self.peek(0).is_some_and(|b| b.is_ascii_whitespace()) {
+                    self.advance();
+                }
+                Token::Trivia
+            }
+            b'-' if self.peek(1) == Some(b'-') => {
+                while self.peek(0).is_some_and(|b| b != b'\n') {
+                    self.advance();
+                }
+                Token::Trivia
+            }
+            b'/' if self.peek(1) == Some(b'*') => {
+                self.skip_block_comment();
+                Token::Trivia
+            }
+            b'\'' => {
+                let backslash_escapes = self.token_start > 0
+                    && matches!(self.bytes[self.token_start - 1], b'e' | b'E')
+                    && !self.preceded_by_word_char(self.token_start - 1);
+                self.skip_quoted(b'\'', backslash_escapes);
+                Token::Code
+            }
+            b'"' => {
+                self.skip_quoted(b'"', false);
+                Token::Code
+            }
+            b'$' => {
+                self.skip_dollar();
+                Token::Code
+            }
+            byte if is_word_byte(byte) => {
+                while self.peek(0).is_some_and(|b| is_word_byte(b) || b == b'$') {
+                    self.advance();
+                }
+                Token::Code
+            }
+            _ => {
+                self.advance();
+                Token::Code
+            }
+        };
+        Some(token)
+    }
+
+    fn preceded_by_word_char(&self, index: usize) -> bool {
+        index > 0 && is_word_byte(self.bytes[index - 1])
+    }
+
+    fn skip_block_comment(&mut self) {
+        let mut depth = 0usize;
+        while let Some(byte) = self.peek(0) {
+            if byte == b'/' && self.peek(1) == Some(b'*') {
+                depth += 1;
+                self.advance();
+                self.advance();
+            } else if byte == b'*' && self.peek(1) == Some(b'/') {
+                depth -= 1;
+                self.advance();
+                self.advance();
+                if depth == 0 {
+                    return;
+                }
+            } else {
+                self.advance();
+            }
+        }
+    }
+
+    fn skip_quoted(&mut self, quote: u8, backslash_escapes: bool) {
+        self.advance();
+        while let Some(byte) = self.peek(0) {
+            if backslash_escapes && byte == b'\\' {
+                self.advance();
+                self.advance();
+            } else if byte == quote {
+                self.advance();
+                if self.peek(0) == Some(quote) {
+                    self.advance();
+                } else {
+                    return;
+                }
+            } else {
+                self.advance();
+            }
+        }
+    }
+
+    /// `$n` parameters, `$tag$ … $tag$` bodies, or a lone `$`.
+    fn skip_dollar(&mut self) {
+        let tag_end = self.bytes[self.position + 1..]
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+            .map(|length| self.position + 1 + length);
+        let opens_body = tag_end.is_some_and(|end| {
+            self.bytes[end] == b'$'
+                && !self
+                    .bytes
+                    .get(self.position + 1)
+                    .is_some_and(u8::is_ascii_digit)
+        });
+        let Some(end) = tag_end.filter(|_| opens_body) else {
+            self.advance();
+            while self.peek(0).is_some_and(|b| b.is_ascii_digit()) {
+                self.advance();
+            }
+            return;
+        };
+        let delimiter = self.bytes[self.position..=end].to_vec();
+        while self.position <= end {
+            self.advance();
+        }
+        while self.position < self.bytes.len() {
+            if self.bytes[self.position..].starts_with(&delimiter) {
+                for _ in 0..delimiter.len() {
+                    self.advance();
+                }
+                return;
+            }
+            self.advance();
+        }
+    }
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte >= 0x80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(script: &str) -> Vec<(usize, String)> {
+        split(script).into_iter().map(|s| (s.line, s.sql)).collect()
+    }
+
+    #[test]
+    fn splits_on_semicolons_and_records_lines() {
+        let script = "-- header\nCREATE TABLE a (id int);\n\n  INSERT INTO a VALUES (1);\nSELECT 1";
+        assert_eq!(
+            texts(script),
+            vec![
+                (2, "CREATE TABLE a (id int)".to_owned()),
+                (4, "INSERT INTO a VALUES (1)".to_owned()),
+                (5, "SELECT 1".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn semicolons_inside_literals_comments_and_bodies_do_not_split() {
+        let script = r#"INSERT INTO t VALUES ('a;b', 'it''s;', E'\';x');
+CREATE FUNCTION f() RETURNS int AS $body$ BEGIN RETURN 1; END; $body$ LANGUAGE plpgsql;
+CREATE FUNCTION g() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;
+/* a; /* nested; */ still; */ SELECT "odd;name" FROM t; -- trailing; comment
+SELECT $1::int"#;
+        let statements = split(script);
+        assert_eq!(statements.len(), 5, "{statements:#?}");
+        assert!(statements[1].sql.ends_with("LANGUAGE plpgsql"));
+        assert_eq!(statements[3].line, 4);
+        assert!(statements[3].sql.contains("\"odd;name\""));
+        assert_eq!(statements[4].sql, "SELECT $1::int");
+    }
+
+    #[test]
+    fn comment_only_scripts_have_no_statements() {
+        assert!(split("-- nothing here\n/* or here */\n;\n").is_empty());
+    }
+
+    #[test]
+    fn leading_words_skip_comments() {
+        let statement = &split("/* x */ create -- y\n unique index concurrently i on t (c)")[0];
+        assert_eq!(
+            statement.leading_words(3),
+            vec!["CREATE", "UNIQUE", "INDEX"]
+        );
+    }
+}
