@@ -5,6 +5,10 @@
 //! - [`statements`]: splitting scripts into statements; recognising index builds.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 
+pub mod engine;
+pub mod error;
+pub mod executor;
+pub mod ledger;
 pub mod secrets;
 pub mod source;
 pub mod statements;

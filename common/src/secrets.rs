@@ -20,6 +20,23 @@ impl DatabaseUrl {
     pub fn masked(&self) -> String {
         mask_url(&self.0)
     }
+
+    /// `text` (a driver's error message, say) with this URL's password replaced by `****`,
+    /// in case the text quotes it.
+    pub fn scrub(&self, text: &str) -> String {
+        let masked = mask_url(text);
+        match self.password() {
+            Some(password) if !password.is_empty() => masked.replace(password, MASK),
+            _ => masked,
+        }
+    }
+
+    fn password(&self) -> Option<&str> {
+        let authority = self.0.split_once("://")?.1;
+        let authority = &authority[..authority.find(['/', '?', '#']).unwrap_or(authority.len())];
+        let userinfo = &authority[..authority.rfind('@')?];
+        Some(userinfo.split_once(':')?.1)
+    }
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -109,6 +126,15 @@ mod tests {
         assert_eq!(
             mask_url("host=db user=app PASSWORD=hunter2 dbname=main"),
             "host=db user=app PASSWORD=**** dbname=main"
+        );
+    }
+
+    #[test]
+    fn scrub_removes_the_password_from_any_text() {
+        let url = DatabaseUrl::new("postgres://app:canary-9f2@db/main");
+        assert_eq!(
+            url.scrub("server said: bad password canary-9f2 for app"),
+            "server said: bad password **** for app"
         );
     }
 

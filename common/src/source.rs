@@ -51,6 +51,19 @@ impl SourceFormat {
     }
 }
 
+impl SourceFormat {
+    /// Parses a version as this format spells it (also dash-less diesel versions, as
+    /// diesel records them).
+    pub fn parse_version(self, text: &str) -> Option<Version> {
+        match self {
+            Self::Sqlx => Version::integer(text),
+            Self::Diesel => Version::diesel(text),
+            Self::Flyway => Version::flyway(text),
+            Self::Dbmate => Version::dbmate(text),
+        }
+    }
+}
+
 impl fmt::Display for SourceFormat {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(self.name())

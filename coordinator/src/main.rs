@@ -1,1 +1,31 @@
-fn main() {}
+//! `fleetshift`: the operator CLI, local migration commands and the demo.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod demo;
+mod exit;
+mod logging;
+
+fn main() -> ExitCode {
+    let arguments = cli::Cli::parse();
+    // The demo prints its own progress; per-revision logs would drown it.
+    let default_level = match arguments.command {
+        cli::Command::Demo(_) => "warn",
+        cli::Command::Migrate(_) => "info",
+    };
+    logging::init(arguments.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    runtime.block_on(cli::run(arguments))
+}

@@ -1,0 +1,205 @@
+//! Shard engines: the database-specific half of the fenced protocol.
+//!
+//! An engine offers a few primitives; the [`crate::executor`] composes every procedure
+//! (up, down, resume, adoption) from them, so the safety protocol is written once:
+//!
+//! - [`ShardEngine::fenced_transaction`]: ONE transaction that sets the timeouts, moves the
+//!   fence (`token <= ours`, else fenced out), checks the ledger [`Guard`], runs the body,
+//!   writes the ledger records and commits.
+//! - [`ShardEngine::run_autocommit`]: one statement outside a transaction, for revisions that
+//!   cannot run inside one; index builds are verified in the catalog.
+//! - [`ShardEngine::lock_out_other_migrators`]: a lock other migrators respect, taken without
+//!   ever blocking inside a transaction.
+
+pub mod foreign;
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use foreign::{ForeignHistory, ForeignTool};
+pub use postgres::PostgresShard;
+pub use sqlite::SqliteShard;
+
+use crate::error::ExecError;
+use crate::ledger::{AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, Writer};
+use crate::secrets::DatabaseUrl;
+use crate::statements::Statement;
+
+/// Time limits every shard session runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long one statement may wait for a lock before the attempt is retried.
+    pub lock_timeout: Duration,
+    /// How long one statement may run; larger than `lock_timeout`.
+    pub statement_timeout: Duration,
+    /// A session idle inside a transaction this long is ended by the server (a paused
+    /// migrator must not hold locks forever).
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(15 * 60),
+            idle_in_transaction: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Refuses settings that would break the lock discipline.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lock_timeout.is_zero() {
+            return Err(
+                "lock timeout must be greater than zero (zero means wait forever)".to_owned(),
+            );
+        }
+        if self.statement_timeout <= self.lock_timeout {
+            return Err(format!(
+                "statement timeout ({} ms) must be greater than lock timeout ({} ms)",
+                self.statement_timeout.as_millis(),
+                self.lock_timeout.as_millis()
+            ));
+        }
+        if self.idle_in_transaction.is_zero() {
+            return Err("idle-in-transaction timeout must be greater than zero".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The work of one fenced transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct FencedTransaction<'a> {
+    pub guard: &'a Guard,
+    pub body: &'a [Statement],
+    pub records: &'a [LedgerRecord],
+    pub audit: Option<&'a AuditRecord>,
+}
+
+/// A statement that failed: its index in the body, or `None` for the engine's own
+/// bookkeeping (fence, ledger, catalog checks) or a lone autocommit statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementError {
+    pub index: Option<usize>,
+    pub sqlstate: Option<String>,
+    pub message: String,
+}
+
+impl StatementError {
+    /// Worth another attempt: PostgreSQL's lock not available (55P03) or deadlock detected
+    /// (40P01); SQLite's busy (5, and its extended codes 261, 517) or locked (6).
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(
+            self.sqlstate.as_deref(),
+            Some("55P03" | "40P01" | "5" | "261" | "517" | "6")
+        )
+    }
+}
+
+/// Why a fenced transaction rolled back.
+#[derive(Debug, Clone)]
+pub enum TxError {
+    FencedOut {
+        current: i64,
+    },
+    Guard(GuardViolation),
+    Statement(StatementError),
+    Database {
+        context: &'static str,
+        detail: String,
+    },
+}
+
+/// What running a statement outside a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutocommitOutcome {
+    Ran,
+    /// A valid index of that name already existed (built by an earlier attempt).
+    IndexAlreadyValid,
+    /// An INVALID index left by an earlier attempt was dropped and built again.
+    InvalidIndexRebuilt,
+}
+
+/// The database-specific primitives of the fenced protocol.
+pub trait ShardEngine: Send + Sync {
+    /// Held while a run works on the shard; keeps other migrators out.
+    type MigratorLock: Send;
+
+    /// The shard's name for messages (never contains credentials).
+    fn shard(&self) -> &str;
+
+    fn ensure_ledger(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// The history rows, empty when the ledger does not exist yet.
+    fn read_ledger(&self) -> impl Future<Output = Result<Vec<LedgerEntry>, ExecError>> + Send;
+
+    fn current_fence(&self) -> impl Future<Output = Result<i64, ExecError>> + Send;
+
+    fn fenced_transaction(
+        &self,
+        writer: &Writer,
+        work: FencedTransaction<'_>,
+    ) -> impl Future<Output = Result<(), TxError>> + Send;
+
+    /// Runs one statement outside any transaction. `resuming` is true when an earlier attempt
+    /// of the same revision may have run it already.
+    fn run_autocommit(
+        &self,
+        statement: &Statement,
+        resuming: bool,
+    ) -> impl Future<Output = Result<AutocommitOutcome, StatementError>> + Send;
+
+    /// Waits up to `wait` for the shard's migration lock, never inside a transaction.
+    fn lock_out_other_migrators(
+        &self,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Self::MigratorLock, ExecError>> + Send;
+
+    fn release_migrator_lock(&self, lock: Self::MigratorLock) -> impl Future<Output = ()> + Send;
+
+    /// Histories other migration tools left in this database.
+    fn foreign_histories(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ForeignHistory>, ExecError>> + Send;
+}
+
+/// The engine a database URL names.
+#[derive(Debug)]
+pub enum Connected {
+    Postgres(PostgresShard),
+    Sqlite(SqliteShard),
+}
+
+/// Connects to `url` (`postgres://…` / `postgresql://…` or `sqlite:…`).
+pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Connected, ExecError> {
+    let text = url.expose();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(Connected::Postgres(
+            PostgresShard::connect(url, timeouts).await?,
+        ))
+    } else if text.starts_with("sqlite:") {
+        Ok(Connected::Sqlite(
+            SqliteShard::connect(url, timeouts).await?,
+        ))
+    } else {
+        Err(ExecError::Unreachable {
+            shard: url.masked(),
+            detail: "unsupported database URL: expected postgres://… or sqlite:…".to_owned(),
+        })
+    }
+}
+
+/// The SQLSTATE and message of a database error, whatever its source.
+pub(crate) fn describe_sqlx_error(error: &sqlx::Error) -> (Option<String>, String) {
+    match error {
+        sqlx::Error::Database(database_error) => (
+            database_error.code().map(|code| code.into_owned()),
+            database_error.message().to_owned(),
+        ),
+        other => (None, other.to_string()),
+    }
+}

@@ -1,0 +1,85 @@
+//! Histories left by other migration tools, read so a team switching to fleetshift
+//! re-runs nothing.
+
+use serde::Serialize;
+
+/// A migration tool whose history table fleetshift can import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForeignTool {
+    Sqlx,
+    Flyway,
+    GolangMigrate,
+    Dbmate,
+    Diesel,
+}
+
+impl ForeignTool {
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::Sqlx => "_sqlx_migrations",
+            Self::Flyway => "flyway_schema_history",
+            Self::GolangMigrate | Self::Dbmate => "schema_migrations",
+            Self::Diesel => "__diesel_schema_migrations",
+        }
+    }
+}
+
+/// What a foreign history says is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForeignApplied {
+    /// Versions recorded one by one; sqlx also keeps the SHA-384 of each up script.
+    Versions(Vec<ForeignRevision>),
+    /// golang-migrate keeps only the latest version and whether it was left half-done.
+    UpTo { version: i64, dirty: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignRevision {
+    pub version: String,
+    pub sha384: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignHistory {
+    pub tool: ForeignTool,
+    pub applied: ForeignApplied,
+}
+
+/// Replays Flyway's history (applies and undos, in installed order) into the applied set.
+pub(crate) fn flyway_applied(rows: Vec<(String, String)>) -> Vec<ForeignRevision> {
+    let mut applied: Vec<String> = Vec::new();
+    for (version, kind) in rows {
+        if kind.starts_with("UNDO") {
+            applied.retain(|existing| *existing != version);
+        } else if !applied.contains(&version) {
+            applied.push(version);
+        }
+    }
+    applied
+        .into_iter()
+        .map(|version| ForeignRevision {
+            version,
+            sha384: None,
+        })
+        .collect()
+}
+
+pub(crate) fn plain_versions(versions: Vec<String>) -> Vec<ForeignRevision> {
+    versions
+        .into_iter()
+        .map(|version| ForeignRevision {
+            version,
+            sha384: None,
+        })
+        .collect()
+}
+
+pub(crate) fn sqlx_versions(rows: Vec<(i64, Vec<u8>)>) -> Vec<ForeignRevision> {
+    rows.into_iter()
+        .map(|(version, checksum)| ForeignRevision {
+            version: version.to_string(),
+            sha384: Some(checksum),
+        })
+        .collect()
+}

@@ -1,0 +1,466 @@
+//! PostgreSQL shards: ledger in schema `fleetshift`, session timeouts set at connect,
+//! `SET LOCAL` timeouts in every fenced transaction, and an advisory lock taken with
+//! `pg_try_advisory_lock` on its own session so nothing ever blocks inside a transaction.
+
+mod ledger_sql;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+
+use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
+use super::{
+    AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
+    describe_sqlx_error,
+};
+use crate::error::ExecError;
+use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
+use crate::secrets::DatabaseUrl;
+use crate::statements::Statement;
+
+/// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
+/// per database, so one key serves every shard.
+const MIGRATOR_LOCK_KEY: i64 = 0x666c_6565_7473_6866;
+
+#[derive(Debug)]
+pub struct PostgresShard {
+    name: String,
+    options: PgConnectOptions,
+    pool: PgPool,
+    timeouts: Timeouts,
+}
+
+impl PostgresShard {
+    pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Self, ExecError> {
+        let name = url.masked();
+        let unreachable = |detail: String| ExecError::Unreachable {
+            shard: name.clone(),
+            detail: url.scrub(&detail),
+        };
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|error| unreachable(format!("invalid database URL: {error}")))?
+            .application_name("fleetshift")
+            .options([
+                ("lock_timeout", millis(timeouts.lock_timeout)),
+                ("statement_timeout", millis(timeouts.statement_timeout)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    millis(timeouts.idle_in_transaction),
+                ),
+            ])
+            .disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        Ok(Self {
+            name,
+            options,
+            pool,
+            timeouts,
+        })
+    }
+
+    /// The connection pool, for callers that read the shard (tests, introspection).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn database_error(&self, context: &str) -> impl Fn(sqlx::Error) -> ExecError + '_ {
+        let context = context.to_owned();
+        move |error| ExecError::Database {
+            shard: self.name.clone(),
+            context: context.clone(),
+            detail: error.to_string(),
+        }
+    }
+
+    async fn ledger_exists(&self) -> Result<bool, ExecError> {
+        sqlx::query_scalar("SELECT to_regclass('fleetshift.history') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.database_error("checking for the ledger"))
+    }
+
+    async fn migrator_lock_holder(&self, connection: &mut PgConnection) -> String {
+        let holder: Result<Option<(i32, String, String)>, sqlx::Error> = sqlx::query_as(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local socket')
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid",
+        )
+        .bind(MIGRATOR_LOCK_KEY)
+        .fetch_optional(&mut *connection)
+        .await;
+        match holder {
+            Ok(Some((pid, application, client))) => {
+                format!("pid {pid}, application {application:?}, client {client}")
+            }
+            Ok(None) => "holder already gone".to_owned(),
+            Err(error) => format!("holder unknown: {error}"),
+        }
+    }
+
+    async fn index_validity(
+        connection: &mut PgConnection,
+        index_name: &str,
+    ) -> Result<Option<bool>, StatementError> {
+        sqlx::query_scalar(
+            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(quote_ident($1))",
+        )
+        .bind(index_name)
+        .fetch_optional(connection)
+        .await
+        .map_err(|error| statement_error(None, &error))
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn statement_error(index: Option<usize>, error: &sqlx::Error) -> StatementError {
+    let (sqlstate, message) = describe_sqlx_error(error);
+    StatementError {
+        index,
+        sqlstate,
+        message,
+    }
+}
+
+/// A bookkeeping failure inside a fenced transaction: lock conflicts stay retryable.
+fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
+    move |error| {
+        let failure = statement_error(None, &error);
+        if failure.is_lock_conflict() {
+            TxError::Statement(failure)
+        } else {
+            TxError::Database {
+                context,
+                detail: failure.message,
+            }
+        }
+    }
+}
+
+impl ShardEngine for PostgresShard {
+    type MigratorLock = PgConnection;
+
+    fn shard(&self) -> &str {
+        &self.name
+    }
+
+    async fn ensure_ledger(&self) -> Result<(), ExecError> {
+        if self.ledger_exists().await? {
+            return Ok(());
+        }
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.database_error("creating the ledger"))?;
+        sqlx::raw_sql(ledger_sql::CREATE)
+            .execute(&mut *transaction)
+            .await
+            .map_err(self.database_error("creating the ledger"))?;
+        transaction
+            .commit()
+            .await
+            .map_err(self.database_error("creating the ledger"))
+    }
+
+    async fn read_ledger(&self) -> Result<Vec<LedgerEntry>, ExecError> {
+        if !self.ledger_exists().await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(ledger_sql::SELECT_HISTORY)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.database_error("reading the ledger"))?;
+        rows.iter()
+            .map(|row| {
+                ledger_sql::entry_from_row(row).map_err(self.database_error("reading the ledger"))
+            })
+            .collect()
+    }
+
+    async fn current_fence(&self) -> Result<i64, ExecError> {
+        sqlx::query_scalar("SELECT token FROM fleetshift.fence")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.database_error("reading the fence"))
+    }
+
+    async fn fenced_transaction(
+        &self,
+        writer: &Writer,
+        work: FencedTransaction<'_>,
+    ) -> Result<(), TxError> {
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(bookkeeping_error("beginning a transaction"))?;
+        let set_timeouts = format!(
+            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'; SET LOCAL idle_in_transaction_session_timeout = '{}'",
+            millis(self.timeouts.lock_timeout),
+            millis(self.timeouts.statement_timeout),
+            millis(self.timeouts.idle_in_transaction),
+        );
+        sqlx::raw_sql(AssertSqlSafe(set_timeouts))
+            .execute(&mut *transaction)
+            .await
+            .map_err(bookkeeping_error("setting timeouts"))?;
+        let moved = sqlx::query("UPDATE fleetshift.fence SET token = $1 WHERE token <= $1")
+            .bind(writer.fence_token)
+            .execute(&mut *transaction)
+            .await
+            .map_err(bookkeeping_error("moving the fence"))?
+            .rows_affected();
+        if moved == 0 {
+            let current = sqlx::query_scalar("SELECT token FROM fleetshift.fence")
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(bookkeeping_error("reading the fence"))?;
+            return Err(TxError::FencedOut { current });
+        }
+        let statuses: Vec<(String, String)> = sqlx::query_as(
+            "SELECT version, status FROM fleetshift.history WHERE version = ANY($1)",
+        )
+        .bind(work.guard.versions())
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(bookkeeping_error("reading the ledger"))?;
+        let observed: HashMap<String, RevisionStatus> = statuses
+            .into_iter()
+            .filter_map(|(version, status)| Some((version, RevisionStatus::parse(&status)?)))
+            .collect();
+        work.guard.check(&observed).map_err(TxError::Guard)?;
+        for (index, statement) in work.body.iter().enumerate() {
+            sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+                .execute(&mut *transaction)
+                .await
+                .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
+        }
+        for record in work.records {
+            ledger_sql::upsert(record, writer)
+                .execute(&mut *transaction)
+                .await
+                .map_err(bookkeeping_error("recording the revision"))?;
+        }
+        if let Some(audit) = work.audit {
+            sqlx::query(
+                "INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&audit.action)
+            .bind(&audit.version)
+            .bind(&audit.reason)
+            .bind(&writer.agent_id)
+            .bind(writer.fence_token)
+            .execute(&mut *transaction)
+            .await
+            .map_err(bookkeeping_error("recording the audit entry"))?;
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(bookkeeping_error("committing"))
+    }
+
+    async fn run_autocommit(
+        &self,
+        statement: &Statement,
+        resuming: bool,
+    ) -> Result<AutocommitOutcome, StatementError> {
+        let mut connection = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|error| statement_error(None, &error))?;
+        let index_name = statement.index_build().and_then(|build| {
+            let name = build.index_name?;
+            Some((name, build.if_not_exists))
+        });
+        let mut outcome = AutocommitOutcome::Ran;
+        if let Some((name, if_not_exists)) = &index_name {
+            match Self::index_validity(&mut connection, name).await? {
+                Some(true) if resuming || *if_not_exists => {
+                    return Ok(AutocommitOutcome::IndexAlreadyValid);
+                }
+                Some(false) => {
+                    tracing::warn!(shard = %self.name, index = %name, "dropping invalid index left by an earlier attempt");
+                    sqlx::raw_sql(AssertSqlSafe(format!(
+                        "DROP INDEX CONCURRENTLY {}",
+                        quote_identifier(name)
+                    )))
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(|error| statement_error(None, &error))?;
+                    outcome = AutocommitOutcome::InvalidIndexRebuilt;
+                }
+                _ => {}
+            }
+        }
+        sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+            .execute(&mut *connection)
+            .await
+            .map_err(|error| statement_error(None, &error))?;
+        if let Some((name, _)) = &index_name
+            && Self::index_validity(&mut connection, name).await? != Some(true)
+        {
+            return Err(StatementError {
+                index: None,
+                sqlstate: None,
+                message: format!(
+                    "index {name} is missing or INVALID after the build; it will be dropped and rebuilt on the next run"
+                ),
+            });
+        }
+        Ok(outcome)
+    }
+
+    async fn lock_out_other_migrators(&self, wait: Duration) -> Result<PgConnection, ExecError> {
+        let mut connection =
+            self.options
+                .connect()
+                .await
+                .map_err(|error| ExecError::Unreachable {
+                    shard: self.name.clone(),
+                    detail: error.to_string(),
+                })?;
+        let started = Instant::now();
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MIGRATOR_LOCK_KEY)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(self.database_error("taking the migration lock"))?;
+            if acquired {
+                return Ok(connection);
+            }
+            let waited = started.elapsed();
+            if waited >= wait {
+                let holder = self.migrator_lock_holder(&mut connection).await;
+                // Closing the session releases anything it held; an error here changes nothing.
+                let _closed = connection.close().await;
+                return Err(ExecError::AnotherMigrator {
+                    shard: self.name.clone(),
+                    holder,
+                    waited_ms: waited.as_millis(),
+                });
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(delay.min(wait - waited)).await;
+        }
+    }
+
+    async fn release_migrator_lock(&self, mut lock: PgConnection) {
+        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATOR_LOCK_KEY)
+            .execute(&mut lock)
+            .await
+        {
+            tracing::warn!(shard = %self.name, %error, "unlocking failed; closing the session releases the lock");
+        }
+        // The lock lives in this session only: ending it guarantees the release.
+        if let Err(error) = lock.close().await {
+            tracing::warn!(shard = %self.name, %error, "closing the migration lock session failed");
+        }
+    }
+
+    async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
+        let failed = self.database_error("reading another tool's history");
+        let present: (bool, bool, bool, bool, bool) = sqlx::query_as(
+            "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,
+                    to_regclass('flyway_schema_history') IS NOT NULL,
+                    to_regclass('schema_migrations') IS NOT NULL,
+                    to_regclass('__diesel_schema_migrations') IS NOT NULL,
+                    EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_name = 'schema_migrations' AND column_name = 'dirty'
+                              AND table_schema = ANY (current_schemas(false)))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(&failed)?;
+        let (has_sqlx, has_flyway, has_schema_migrations, has_diesel, golang_migrate) = present;
+        let mut histories = Vec::new();
+        if has_sqlx {
+            let rows = sqlx::query_as(
+                "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Sqlx,
+                applied: ForeignApplied::Versions(foreign::sqlx_versions(rows)),
+            });
+        }
+        if has_flyway {
+            let rows = sqlx::query_as(
+                "SELECT version, type FROM flyway_schema_history
+                 WHERE success AND version IS NOT NULL ORDER BY installed_rank",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Flyway,
+                applied: ForeignApplied::Versions(foreign::flyway_applied(rows)),
+            });
+        }
+        if has_schema_migrations && golang_migrate {
+            let row: Option<(i64, bool)> =
+                sqlx::query_as("SELECT version, dirty FROM schema_migrations LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(&failed)?;
+            if let Some((version, dirty)) = row {
+                histories.push(ForeignHistory {
+                    tool: ForeignTool::GolangMigrate,
+                    applied: ForeignApplied::UpTo { version, dirty },
+                });
+            }
+        } else if has_schema_migrations {
+            let versions =
+                sqlx::query_scalar("SELECT version::text FROM schema_migrations ORDER BY version")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Dbmate,
+                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+            });
+        }
+        if has_diesel {
+            let versions = sqlx::query_scalar(
+                "SELECT version::text FROM __diesel_schema_migrations ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Diesel,
+                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+            });
+        }
+        Ok(histories)
+    }
+}

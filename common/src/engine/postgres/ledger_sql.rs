@@ -1,0 +1,101 @@
+//! The PostgreSQL ledger's SQL: schema `fleetshift` with `history`, `fence` and `audit`.
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{Postgres, Row};
+
+use crate::ledger::{LedgerEntry, LedgerRecord, RevisionStatus, Writer};
+
+pub const CREATE: &str = "
+CREATE SCHEMA IF NOT EXISTS fleetshift;
+CREATE TABLE IF NOT EXISTS fleetshift.fence (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    token bigint NOT NULL
+);
+INSERT INTO fleetshift.fence (singleton, token) VALUES (true, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS fleetshift.history (
+    version text PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    status text NOT NULL CHECK (status IN ('started', 'applied', 'failed', 'reverted')),
+    transactional boolean NOT NULL,
+    fence_token bigint NOT NULL,
+    plan_id text,
+    agent_id text NOT NULL,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz,
+    duration_ms bigint,
+    statements_run integer NOT NULL DEFAULT 0,
+    error text
+);
+CREATE TABLE IF NOT EXISTS fleetshift.audit (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    action text NOT NULL,
+    version text,
+    reason text NOT NULL,
+    agent_id text NOT NULL,
+    fence_token bigint NOT NULL
+);
+";
+
+pub const SELECT_HISTORY: &str = "
+SELECT version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
+       to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS started_at,
+       to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS finished_at,
+       duration_ms, statements_run::bigint AS statements_run, error
+FROM fleetshift.history";
+
+pub fn entry_from_row(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
+    let status_text: String = row.try_get("status")?;
+    let status = RevisionStatus::parse(&status_text).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unknown ledger status {status_text:?}").into())
+    })?;
+    Ok(LedgerEntry {
+        version: row.try_get("version")?,
+        name: row.try_get("name")?,
+        checksum: row.try_get("checksum")?,
+        status,
+        transactional: row.try_get("transactional")?,
+        fence_token: row.try_get("fence_token")?,
+        plan_id: row.try_get("plan_id")?,
+        agent_id: row.try_get("agent_id")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        statements_run: row.try_get("statements_run")?,
+        error: row.try_get("error")?,
+    })
+}
+
+pub fn upsert<'q>(
+    record: &'q LedgerRecord,
+    writer: &'q Writer,
+) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(
+        "INSERT INTO fleetshift.history AS h
+            (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
+             started_at, finished_at, duration_ms, statements_run, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(),
+                 CASE WHEN $4 = 'started' THEN NULL ELSE clock_timestamp() END, $9, $10, $11)
+         ON CONFLICT (version) DO UPDATE SET
+            name = EXCLUDED.name, checksum = EXCLUDED.checksum, status = EXCLUDED.status,
+            transactional = EXCLUDED.transactional, fence_token = EXCLUDED.fence_token,
+            plan_id = EXCLUDED.plan_id, agent_id = EXCLUDED.agent_id,
+            started_at = CASE WHEN $12 THEN h.started_at ELSE EXCLUDED.started_at END,
+            finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
+            statements_run = EXCLUDED.statements_run, error = EXCLUDED.error",
+    )
+    .bind(&record.version)
+    .bind(&record.name)
+    .bind(&record.checksum)
+    .bind(record.status.as_str())
+    .bind(record.transactional)
+    .bind(writer.fence_token)
+    .bind(&writer.plan_id)
+    .bind(&writer.agent_id)
+    .bind(record.duration_ms)
+    .bind(i32::try_from(record.statements_run).unwrap_or(i32::MAX))
+    .bind(&record.error)
+    .bind(record.keep_started_at)
+}

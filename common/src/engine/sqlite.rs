@@ -1,0 +1,331 @@
+//! SQLite shards: ledger in `fleetshift_*` tables; every fenced transaction is
+//! `BEGIN IMMEDIATE`, which takes SQLite's one write lock up front, and `busy_timeout`
+//! bounds how long it waits for it. SQLite has no statement timeout; index builds need no
+//! catalog verification (they are atomic).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row};
+
+use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
+use super::{
+    AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
+    describe_sqlx_error,
+};
+use crate::error::ExecError;
+use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
+use crate::secrets::DatabaseUrl;
+use crate::statements::Statement;
+
+const CREATE_LEDGER: &str = "
+CREATE TABLE IF NOT EXISTS fleetshift_fence (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    token INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO fleetshift_fence (singleton, token) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS fleetshift_history (
+    version TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('started', 'applied', 'failed', 'reverted')),
+    transactional INTEGER NOT NULL,
+    fence_token INTEGER NOT NULL,
+    plan_id TEXT,
+    agent_id TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    duration_ms INTEGER,
+    statements_run INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS fleetshift_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    action TEXT NOT NULL,
+    version TEXT,
+    reason TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    fence_token INTEGER NOT NULL
+);
+";
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+#[derive(Debug)]
+pub struct SqliteShard {
+    name: String,
+    pool: SqlitePool,
+}
+
+impl SqliteShard {
+    pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Self, ExecError> {
+        let name = url.masked();
+        let unreachable = |detail: String| ExecError::Unreachable {
+            shard: name.clone(),
+            detail,
+        };
+        let options = SqliteConnectOptions::from_str(url.expose())
+            .map_err(|error| unreachable(format!("invalid database URL: {error}")))?
+            .create_if_missing(true)
+            .busy_timeout(timeouts.lock_timeout)
+            .disable_statement_logging();
+        // One connection: SQLite has one writer, and the ledger must see its own writes.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        Ok(Self { name, pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn database_error(&self, context: &str) -> impl Fn(sqlx::Error) -> ExecError + '_ {
+        let context = context.to_owned();
+        move |error| ExecError::Database {
+            shard: self.name.clone(),
+            context: context.clone(),
+            detail: error.to_string(),
+        }
+    }
+
+    async fn table_exists(&self, table: &str) -> Result<bool, ExecError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        )
+        .bind(table)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.database_error("reading the catalog"))
+    }
+}
+
+fn statement_error(index: Option<usize>, error: &sqlx::Error) -> StatementError {
+    let (sqlstate, message) = describe_sqlx_error(error);
+    StatementError {
+        index,
+        sqlstate,
+        message,
+    }
+}
+
+fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
+    move |error| {
+        let failure = statement_error(None, &error);
+        if failure.is_lock_conflict() {
+            TxError::Statement(failure)
+        } else {
+            TxError::Database {
+                context,
+                detail: failure.message,
+            }
+        }
+    }
+}
+
+fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry, sqlx::Error> {
+    let status_text: String = row.try_get("status")?;
+    let status = RevisionStatus::parse(&status_text).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unknown ledger status {status_text:?}").into())
+    })?;
+    Ok(LedgerEntry {
+        version: row.try_get("version")?,
+        name: row.try_get("name")?,
+        checksum: row.try_get("checksum")?,
+        status,
+        transactional: row.try_get("transactional")?,
+        fence_token: row.try_get("fence_token")?,
+        plan_id: row.try_get("plan_id")?,
+        agent_id: row.try_get("agent_id")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        statements_run: row.try_get("statements_run")?,
+        error: row.try_get("error")?,
+    })
+}
+
+impl ShardEngine for SqliteShard {
+    /// SQLite's single write lock, taken by every `BEGIN IMMEDIATE`, already keeps other
+    /// migrators out of each transaction.
+    type MigratorLock = ();
+
+    fn shard(&self) -> &str {
+        &self.name
+    }
+
+    async fn ensure_ledger(&self) -> Result<(), ExecError> {
+        sqlx::raw_sql(CREATE_LEDGER)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(self.database_error("creating the ledger"))
+    }
+
+    async fn read_ledger(&self) -> Result<Vec<LedgerEntry>, ExecError> {
+        if !self.table_exists("fleetshift_history").await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT * FROM fleetshift_history")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.database_error("reading the ledger"))?;
+        rows.iter()
+            .map(|row| entry_from_row(row).map_err(self.database_error("reading the ledger")))
+            .collect()
+    }
+
+    async fn current_fence(&self) -> Result<i64, ExecError> {
+        sqlx::query_scalar("SELECT token FROM fleetshift_fence")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.database_error("reading the fence"))
+    }
+
+    async fn fenced_transaction(
+        &self,
+        writer: &Writer,
+        work: FencedTransaction<'_>,
+    ) -> Result<(), TxError> {
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(bookkeeping_error("beginning a transaction"))?;
+        let moved = sqlx::query("UPDATE fleetshift_fence SET token = ?1 WHERE token <= ?1")
+            .bind(writer.fence_token)
+            .execute(&mut *transaction)
+            .await
+            .map_err(bookkeeping_error("moving the fence"))?
+            .rows_affected();
+        if moved == 0 {
+            let current = sqlx::query_scalar("SELECT token FROM fleetshift_fence")
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(bookkeeping_error("reading the fence"))?;
+            return Err(TxError::FencedOut { current });
+        }
+        let mut observed = HashMap::new();
+        for version in work.guard.versions() {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM fleetshift_history WHERE version = ?1")
+                    .bind(&version)
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(bookkeeping_error("reading the ledger"))?;
+            if let Some(status) = status.as_deref().and_then(RevisionStatus::parse) {
+                observed.insert(version, status);
+            }
+        }
+        work.guard.check(&observed).map_err(TxError::Guard)?;
+        for (index, statement) in work.body.iter().enumerate() {
+            sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+                .execute(&mut *transaction)
+                .await
+                .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
+        }
+        for record in work.records {
+            let upsert = format!(
+                "INSERT INTO fleetshift_history
+                    (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
+                     started_at, finished_at, duration_ms, statements_run, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW},
+                         CASE WHEN ?4 = 'started' THEN NULL ELSE {NOW} END, ?9, ?10, ?11)
+                 ON CONFLICT (version) DO UPDATE SET
+                    name = excluded.name, checksum = excluded.checksum, status = excluded.status,
+                    transactional = excluded.transactional, fence_token = excluded.fence_token,
+                    plan_id = excluded.plan_id, agent_id = excluded.agent_id,
+                    started_at = CASE WHEN ?12 THEN fleetshift_history.started_at ELSE excluded.started_at END,
+                    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+                    statements_run = excluded.statements_run, error = excluded.error"
+            );
+            sqlx::query(AssertSqlSafe(upsert))
+                .bind(&record.version)
+                .bind(&record.name)
+                .bind(&record.checksum)
+                .bind(record.status.as_str())
+                .bind(record.transactional)
+                .bind(writer.fence_token)
+                .bind(&writer.plan_id)
+                .bind(&writer.agent_id)
+                .bind(record.duration_ms)
+                .bind(record.statements_run)
+                .bind(&record.error)
+                .bind(record.keep_started_at)
+                .execute(&mut *transaction)
+                .await
+                .map_err(bookkeeping_error("recording the revision"))?;
+        }
+        if let Some(audit) = work.audit {
+            sqlx::query(
+                "INSERT INTO fleetshift_audit (action, version, reason, agent_id, fence_token) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&audit.action)
+            .bind(&audit.version)
+            .bind(&audit.reason)
+            .bind(&writer.agent_id)
+            .bind(writer.fence_token)
+            .execute(&mut *transaction)
+            .await
+            .map_err(bookkeeping_error("recording the audit entry"))?;
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(bookkeeping_error("committing"))
+    }
+
+    async fn run_autocommit(
+        &self,
+        statement: &Statement,
+        _resuming: bool,
+    ) -> Result<AutocommitOutcome, StatementError> {
+        sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+            .execute(&self.pool)
+            .await
+            .map(|_| AutocommitOutcome::Ran)
+            .map_err(|error| statement_error(None, &error))
+    }
+
+    async fn lock_out_other_migrators(&self, _wait: Duration) -> Result<(), ExecError> {
+        Ok(())
+    }
+
+    async fn release_migrator_lock(&self, _lock: ()) {}
+
+    async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
+        let failed = self.database_error("reading another tool's history");
+        let mut histories = Vec::new();
+        if self.table_exists("_sqlx_migrations").await? {
+            let rows = sqlx::query_as(
+                "SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Sqlx,
+                applied: ForeignApplied::Versions(foreign::sqlx_versions(rows)),
+            });
+        }
+        if self.table_exists("__diesel_schema_migrations").await? {
+            let versions = sqlx::query_scalar(
+                "SELECT CAST(version AS TEXT) FROM __diesel_schema_migrations ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Diesel,
+                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+            });
+        }
+        Ok(histories)
+    }
+}

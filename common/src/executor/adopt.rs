@@ -1,0 +1,163 @@
+//! Adoption: importing the history another tool kept, so a team switching to fleetshift
+//! re-runs nothing. The foreign table is left untouched.
+
+use sha2::{Digest, Sha384};
+
+use super::{Executor, RunReport};
+use crate::engine::foreign::ForeignApplied;
+use crate::engine::{FencedTransaction, ForeignHistory, ShardEngine};
+use crate::error::{DriftedRevision, ExecError};
+use crate::ledger::{AuditRecord, Expect, Guard, LedgerRecord, RevisionStatus, Writer};
+use crate::source::{MigrationSet, Revision};
+
+impl<E: ShardEngine> Executor<'_, E> {
+    /// Imports the one foreign history in the database into an empty fleetshift ledger.
+    pub async fn adopt(&self, set: &MigrationSet, reason: &str) -> Result<RunReport, ExecError> {
+        self.with_migrator_lock(|writer| self.adopt_locked(set, reason, writer))
+            .await
+    }
+
+    async fn adopt_locked(
+        &self,
+        set: &MigrationSet,
+        reason: &str,
+        writer: Writer,
+    ) -> Result<RunReport, ExecError> {
+        let needs_operator = |reason: String| ExecError::NeedsOperator {
+            shard: self.shard(),
+            reason,
+        };
+        let ledger = self.engine.read_ledger().await?;
+        if !ledger.is_empty() {
+            return Err(needs_operator(format!(
+                "the fleetshift ledger already has {} revision(s); adoption only fills an empty ledger",
+                ledger.len()
+            )));
+        }
+        let mut histories = self.engine.foreign_histories().await?;
+        let history = match histories.len() {
+            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations)".to_owned())),
+            1 => histories.remove(0),
+            _ => {
+                let tables: Vec<&str> = histories.iter().map(|history| history.tool.table()).collect();
+                return Err(needs_operator(format!(
+                    "several migration histories were found ({}); remove the stale ones before adopting",
+                    tables.join(", ")
+                )));
+            }
+        };
+        let adopted = self.match_revisions(set, &history)?;
+        let records: Vec<LedgerRecord> = adopted
+            .iter()
+            .map(|revision| LedgerRecord {
+                version: revision.version.to_string(),
+                name: revision.name.clone(),
+                checksum: revision.checksum.clone(),
+                status: RevisionStatus::Applied,
+                transactional: revision.transactional,
+                keep_started_at: false,
+                duration_ms: None,
+                statements_run: 0,
+                error: None,
+            })
+            .collect();
+        let guard = adopted.iter().fold(Guard::default(), |guard, revision| {
+            guard.expect(revision.version.as_str(), Expect::NotApplied)
+        });
+        let audit = AuditRecord {
+            action: "adopt".to_owned(),
+            version: adopted.last().map(|revision| revision.version.to_string()),
+            reason: format!(
+                "imported {} revision(s) from {}: {reason}",
+                records.len(),
+                history.tool.table()
+            ),
+        };
+        let work = FencedTransaction {
+            guard: &guard,
+            body: &[],
+            records: &records,
+            audit: Some(&audit),
+        };
+        self.engine
+            .fenced_transaction(&writer, work)
+            .await
+            .map_err(|error| self.bookkeeping_error(error, &writer, "importing the history"))?;
+        tracing::info!(shard = %self.engine.shard(), table = history.tool.table(), revisions = records.len(), "history adopted");
+        self.finish(set, Vec::new(), &writer).await
+    }
+
+    /// The set's revisions the foreign history records as applied; refuses versions the set
+    /// lacks and (for sqlx, which keeps checksums) scripts that changed since.
+    fn match_revisions<'s>(
+        &self,
+        set: &'s MigrationSet,
+        history: &ForeignHistory,
+    ) -> Result<Vec<&'s Revision>, ExecError> {
+        let shard = self.shard();
+        match &history.applied {
+            ForeignApplied::UpTo {
+                version,
+                dirty: true,
+            } => Err(ExecError::NeedsOperator {
+                shard,
+                reason: format!(
+                    "golang-migrate left version {version} dirty (half applied); repair it and clear the dirty flag before adopting"
+                ),
+            }),
+            ForeignApplied::UpTo {
+                version,
+                dirty: false,
+            } => {
+                let last = set.format.parse_version(&version.to_string());
+                Ok(set
+                    .revisions
+                    .iter()
+                    .filter(|revision| last.as_ref().is_some_and(|last| revision.version <= *last))
+                    .collect())
+            }
+            ForeignApplied::Versions(foreign) => {
+                let mut adopted = Vec::new();
+                let mut unknown = Vec::new();
+                let mut drifted = Vec::new();
+                for entry in foreign {
+                    let parsed = set.format.parse_version(&entry.version);
+                    let Some(revision) = set
+                        .revisions
+                        .iter()
+                        .find(|revision| parsed.as_ref() == Some(&revision.version))
+                    else {
+                        unknown.push(entry.version.clone());
+                        continue;
+                    };
+                    if let Some(expected) = &entry.sha384 {
+                        let actual = Sha384::digest(revision.up.sql.as_bytes());
+                        if actual[..] != expected[..] {
+                            drifted.push(DriftedRevision {
+                                version: revision.version.to_string(),
+                                name: revision.name.clone(),
+                                applied_checksum: hex::encode(expected),
+                                source_checksum: hex::encode(actual),
+                            });
+                        }
+                    }
+                    adopted.push(revision);
+                }
+                if !unknown.is_empty() {
+                    return Err(ExecError::NeedsOperator {
+                        shard,
+                        reason: format!(
+                            "{} records versions the migration set does not contain: {}\nnext: point --dir at the set this database was migrated with",
+                            history.tool.table(),
+                            unknown.join(", ")
+                        ),
+                    });
+                }
+                if !drifted.is_empty() {
+                    return Err(ExecError::Drift { shard, drifted });
+                }
+                Ok(adopted)
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! What a run did, for people and for `--output json`.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepOutcome {
+    Applied,
+    /// An interrupted non-transactional revision, finished.
+    Resumed,
+    Reverted,
+    /// Another run on the same shard (with an equal or newer token) got there first.
+    AlreadyDone,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub version: String,
+    pub name: String,
+    pub outcome: StepOutcome,
+    pub transactional: bool,
+    pub statements_run: usize,
+    pub duration_ms: u64,
+    /// Attempts beyond the first, after lock conflicts.
+    pub lock_retries: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub shard: String,
+    pub fence_token: i64,
+    pub steps: Vec<StepReport>,
+    pub current_version: Option<String>,
+}

@@ -1,0 +1,269 @@
+//! Comparing a migration set with a shard's ledger, and planning what `up` and `down` do.
+//! Pure functions: every refusal here happens before anything touches the shard.
+
+use serde::Serialize;
+
+use crate::error::{DriftedRevision, ExecError};
+use crate::ledger::{LedgerEntry, RevisionStatus};
+use crate::source::{MigrationSet, Revision};
+
+/// One revision of the set, as the shard sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevisionState {
+    pub version: String,
+    pub name: String,
+    pub transactional: bool,
+    pub reversible: bool,
+    /// `None`: never attempted on this shard (pending).
+    pub status: Option<RevisionStatus>,
+    pub drifted: bool,
+    pub finished_at: Option<String>,
+    pub fence_token: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// A shard's ledger compared with a migration set.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardStatus {
+    pub shard: String,
+    pub set_digest: String,
+    /// The last revision (in set order) that is applied.
+    pub current_version: Option<String>,
+    pub revisions: Vec<RevisionState>,
+    pub drifted: Vec<DriftedRevision>,
+    /// Applied or started on the shard but absent from the set.
+    pub unknown: Vec<LedgerEntry>,
+}
+
+impl ShardStatus {
+    pub fn compare(shard: &str, set: &MigrationSet, ledger: &[LedgerEntry]) -> Self {
+        let find = |revision: &Revision| {
+            ledger
+                .iter()
+                .find(|entry| entry.version == revision.version.as_str())
+        };
+        let mut drifted = Vec::new();
+        let revisions: Vec<RevisionState> = set
+            .revisions
+            .iter()
+            .map(|revision| {
+                let entry = find(revision);
+                let drift = entry.is_some_and(|entry| {
+                    entry.status == RevisionStatus::Applied && entry.checksum != revision.checksum
+                });
+                if let (true, Some(entry)) = (drift, entry) {
+                    drifted.push(DriftedRevision {
+                        version: revision.version.to_string(),
+                        name: revision.name.clone(),
+                        applied_checksum: entry.checksum.clone(),
+                        source_checksum: revision.checksum.clone(),
+                    });
+                }
+                RevisionState {
+                    version: revision.version.to_string(),
+                    name: revision.name.clone(),
+                    transactional: revision.transactional,
+                    reversible: revision.down.is_some(),
+                    status: entry.map(|entry| entry.status),
+                    drifted: drift,
+                    finished_at: entry.and_then(|entry| entry.finished_at.clone()),
+                    fence_token: entry.map(|entry| entry.fence_token),
+                    error: entry.and_then(|entry| entry.error.clone()),
+                }
+            })
+            .collect();
+        let unknown = ledger
+            .iter()
+            .filter(|entry| {
+                matches!(
+                    entry.status,
+                    RevisionStatus::Applied | RevisionStatus::Started
+                )
+            })
+            .filter(|entry| set.revision(&entry.version).is_none())
+            .cloned()
+            .collect();
+        let current_version = revisions
+            .iter()
+            .rev()
+            .find(|state| state.status == Some(RevisionStatus::Applied))
+            .map(|state| state.version.clone());
+        Self {
+            shard: shard.to_owned(),
+            set_digest: set.digest.clone(),
+            current_version,
+            revisions,
+            drifted,
+            unknown,
+        }
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &RevisionState> {
+        self.revisions
+            .iter()
+            .filter(|state| state.status != Some(RevisionStatus::Applied))
+    }
+
+    fn index_of(&self, version: &str) -> Option<usize> {
+        self.revisions
+            .iter()
+            .position(|state| state.version == version)
+    }
+
+    fn needs_operator(&self, reason: String) -> ExecError {
+        ExecError::NeedsOperator {
+            shard: self.shard.clone(),
+            reason,
+        }
+    }
+
+    /// Refusals shared by `up` and `down`: unknown history, and drift unless overridden.
+    fn check_consistent(&self, allow_drift: bool) -> Result<(), ExecError> {
+        if !self.unknown.is_empty() {
+            let versions: Vec<&str> = self
+                .unknown
+                .iter()
+                .map(|entry| entry.version.as_str())
+                .collect();
+            return Err(self.needs_operator(format!(
+                "the shard has applied revisions that the migration set does not contain: {}\nnext: point --dir at the set this shard was migrated with",
+                versions.join(", ")
+            )));
+        }
+        if !self.drifted.is_empty() && !allow_drift {
+            return Err(ExecError::Drift {
+                shard: self.shard.clone(),
+                drifted: self.drifted.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Index (exclusive) up to which `target` reaches; all revisions when `None`.
+    fn target_end(&self, target: Option<&str>) -> Result<usize, ExecError> {
+        match target {
+            None => Ok(self.revisions.len()),
+            Some(version) => self
+                .index_of(version)
+                .map(|index| index + 1)
+                .ok_or_else(|| {
+                    self.needs_operator(format!(
+                        "target version {version} is not in the migration set"
+                    ))
+                }),
+        }
+    }
+
+    /// Indexes of the revisions `up` applies, in order.
+    pub fn plan_up(
+        &self,
+        set: &MigrationSet,
+        target: Option<&str>,
+        allow_drift: bool,
+    ) -> Result<Vec<usize>, ExecError> {
+        self.check_consistent(allow_drift)?;
+        let end = self.target_end(target)?;
+        let last_applied = self
+            .revisions
+            .iter()
+            .rposition(|state| state.status == Some(RevisionStatus::Applied));
+        let mut steps = Vec::new();
+        for (index, state) in self.revisions.iter().enumerate().take(end) {
+            if state.status == Some(RevisionStatus::Applied) {
+                continue;
+            }
+            if let Some(later) = last_applied.filter(|later| *later > index) {
+                return Err(self.needs_operator(format!(
+                    "revision {} is pending but the later revision {} is already applied; fleetshift applies revisions strictly in order\nnext: give the new revision a version after {}",
+                    label(state),
+                    label(&self.revisions[later]),
+                    self.revisions[later].version
+                )));
+            }
+            if state.status == Some(RevisionStatus::Started) {
+                self.check_resumable(&set.revisions[index], state)?;
+            }
+            steps.push(index);
+        }
+        Ok(steps)
+    }
+
+    /// A `started` revision is resumed only when every statement is safe to repeat.
+    fn check_resumable(&self, revision: &Revision, state: &RevisionState) -> Result<(), ExecError> {
+        let unsafe_statement = if revision.transactional {
+            revision.up.statements().into_iter().next()
+        } else {
+            revision
+                .up
+                .statements()
+                .into_iter()
+                .find(|statement| !statement.is_repeatable())
+        };
+        match unsafe_statement {
+            None => Ok(()),
+            Some(statement) => Err(self.needs_operator(format!(
+                "revision {} was started (fence {}) and did not finish; its statement at {} may have run and is not safe to repeat\nnext: inspect the shard, finish or undo the revision by hand, then record the outcome with `fleetshift migrate resolve --version {} --as applied|failed --reason \"…\"`",
+                label(state),
+                state.fence_token.unwrap_or_default(),
+                revision.up.locate(&statement),
+                state.version
+            ))),
+        }
+    }
+
+    /// Indexes of the revisions `down` reverts, newest first. `target`: the version to
+    /// return to (`None`: revert only the newest applied revision; `Some("base")`: all).
+    pub fn plan_down(
+        &self,
+        set: &MigrationSet,
+        target: Option<&str>,
+        allow_drift: bool,
+    ) -> Result<Vec<usize>, ExecError> {
+        self.check_consistent(allow_drift)?;
+        if let Some(started) = self
+            .revisions
+            .iter()
+            .find(|state| state.status == Some(RevisionStatus::Started))
+        {
+            return Err(self.needs_operator(format!(
+                "revision {} is started and unfinished; resume it with `up` or resolve it before reverting",
+                label(started)
+            )));
+        }
+        let applied: Vec<usize> = self
+            .revisions
+            .iter()
+            .enumerate()
+            .filter(|(_, state)| state.status == Some(RevisionStatus::Applied))
+            .map(|(index, _)| index)
+            .collect();
+        let steps: Vec<usize> = match target {
+            None => applied.last().copied().into_iter().collect(),
+            Some("base") => applied.into_iter().rev().collect(),
+            Some(version) => {
+                let keep = self.target_end(Some(version))?;
+                applied
+                    .into_iter()
+                    .filter(|index| *index >= keep)
+                    .rev()
+                    .collect()
+            }
+        };
+        let missing: Vec<String> = steps
+            .iter()
+            .filter(|index| set.revisions[**index].down.is_none())
+            .map(|index| set.revisions[*index].label())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ExecError::MissingDownScripts {
+                shard: self.shard.clone(),
+                revisions: missing,
+            });
+        }
+        Ok(steps)
+    }
+}
+
+fn label(state: &RevisionState) -> String {
+    format!("{}_{}", state.version, state.name)
+}

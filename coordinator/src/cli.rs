@@ -1,0 +1,56 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod duration;
+mod migrate;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+use crate::{demo, exit};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleetshift",
+    version,
+    about = "Roll database schema migrations out across fleets of shards, safely",
+    after_help = exit::HELP
+)]
+pub struct Cli {
+    /// Log format on stderr (levels from RUST_LOG, default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "FLEETSHIFT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply, revert and inspect migrations on one database (no coordinator involved).
+    Migrate(migrate::MigrateArgs),
+    /// Run fleetshift end to end on an embedded default fleet of SQLite shards.
+    Demo(demo::DemoArgs),
+}
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Migrate(arguments) => migrate::run(arguments).await,
+        Command::Demo(arguments) => demo::run(arguments).await,
+    }
+}

@@ -1,0 +1,365 @@
+//! `fleetshift migrate`: status, up, down, verify, adopt and resolve on one database.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::error::{ErrorKind, ExecError};
+use fleetshift_common::executor::{
+    DownRequest, Executor, ExecutorSettings, Identity, LockRetryPolicy, Resolution, UpRequest,
+};
+use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_common::source::{MigrationSet, SourceFormat};
+
+use super::{Output, duration, render};
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    command: MigrateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// Show every revision of the set and where the shard stands (reads only).
+    Status(Target),
+    /// Apply pending revisions in order, each under the fenced protocol.
+    Up {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        safety: Safety,
+        /// Stop after this version (default: apply everything pending).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Print exactly the SQL that would run, per revision and transaction mode; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Proceed although applied revisions changed since; the reason is recorded on the shard.
+        #[arg(long, value_name = "REASON")]
+        allow_drift: Option<String>,
+    },
+    /// Revert applied revisions newest first with their down scripts.
+    Down {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        safety: Safety,
+        /// Version to return to (`base` reverts everything; default: only the newest revision).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Print exactly the SQL that would run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Proceed although applied revisions changed since; the reason is recorded on the shard.
+        #[arg(long, value_name = "REASON")]
+        allow_drift: Option<String>,
+    },
+    /// Validate the migration files; with a database, also check applied revisions for drift.
+    Verify(Target),
+    /// Import the history another tool (sqlx, Flyway, golang-migrate, dbmate, diesel) kept.
+    Adopt {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        safety: Safety,
+        /// Why, recorded on the shard.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Record the outcome of an interrupted revision after finishing or undoing it by hand.
+    Resolve {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        safety: Safety,
+        #[arg(long)]
+        version: String,
+        #[arg(long = "as", value_enum)]
+        resolution: ResolutionArgument,
+        /// Why, recorded on the shard.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ResolutionArgument {
+    Applied,
+    Failed,
+}
+
+/// Which database and which migration set.
+#[derive(Debug, Args)]
+struct Target {
+    /// Database URL (postgres://… or sqlite:…). Prefer the environment variable or
+    /// --database-url-file: process arguments are visible to every user of the host.
+    #[arg(long, env = "FLEETSHIFT_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// A file holding the database URL (e.g. a mounted secret).
+    #[arg(
+        long,
+        env = "FLEETSHIFT_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
+    database_url_file: Option<PathBuf>,
+    /// Migration directory.
+    #[arg(long, env = "FLEETSHIFT_MIGRATIONS_DIR")]
+    dir: PathBuf,
+    /// Migration layout; detected from file names when omitted.
+    #[arg(long, value_parser = parse_format)]
+    format: Option<SourceFormat>,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+/// Lock discipline and identity of the run.
+#[derive(Debug, Args)]
+struct Safety {
+    /// How long one statement may wait for a lock before the attempt is retried.
+    #[arg(long, default_value = "2s", value_parser = duration::parse, env = "FLEETSHIFT_LOCK_TIMEOUT")]
+    lock_timeout: Duration,
+    /// How long one statement may run (must exceed --lock-timeout).
+    #[arg(long, default_value = "15m", value_parser = duration::parse, env = "FLEETSHIFT_STATEMENT_TIMEOUT")]
+    statement_timeout: Duration,
+    /// A session idle inside a transaction this long is ended by the server.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    idle_in_transaction_timeout: Duration,
+    /// Retries after a lock conflict (exponential backoff with jitter).
+    #[arg(long, default_value_t = 6)]
+    lock_retries: usize,
+    /// How long to wait for another migrator working on the same database.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    migrator_wait: Duration,
+    /// Recorded in the shard's history as who applied each revision.
+    #[arg(long, default_value = "fleetshift-cli", env = "FLEETSHIFT_AGENT_ID")]
+    agent_id: String,
+    /// Recorded in the shard's history.
+    #[arg(long)]
+    plan_id: Option<String>,
+    /// Fencing token of this run (default: the shard's current token).
+    #[arg(long)]
+    fence_token: Option<i64>,
+}
+
+fn parse_format(text: &str) -> Result<SourceFormat, String> {
+    text.parse()
+}
+
+/// A failure of the command: the engine's, or the command line's own.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Failure {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Exec(error) => error.kind(),
+            Self::Usage(_) => ErrorKind::BadInput,
+        }
+    }
+}
+
+pub async fn run(arguments: MigrateArgs) -> ExitCode {
+    let output = match &arguments.command {
+        MigrateCommand::Status(target) | MigrateCommand::Verify(target) => target.output,
+        MigrateCommand::Up { target, .. }
+        | MigrateCommand::Down { target, .. }
+        | MigrateCommand::Adopt { target, .. }
+        | MigrateCommand::Resolve { target, .. } => target.output,
+    };
+    match execute(arguments.command).await {
+        Ok(code) => code,
+        Err(failure) => {
+            render::failure(output, &failure.to_string(), failure.kind());
+            exit::from_kind(failure.kind())
+        }
+    }
+}
+
+async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
+    match &command {
+        MigrateCommand::Verify(target)
+            if target.database_url.is_none() && target.database_url_file.is_none() =>
+        {
+            let set = load_set(target)?;
+            render::verified(target.output, &set, None);
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let (target, safety) = match &command {
+        MigrateCommand::Status(target) | MigrateCommand::Verify(target) => (target, None),
+        MigrateCommand::Up { target, safety, .. }
+        | MigrateCommand::Down { target, safety, .. }
+        | MigrateCommand::Adopt { target, safety, .. }
+        | MigrateCommand::Resolve { target, safety, .. } => (target, Some(safety)),
+    };
+    let set = load_set(target)?;
+    let url = database_url(target)?;
+    let timeouts = safety.map_or_else(Timeouts::default, |safety| Timeouts {
+        lock_timeout: safety.lock_timeout,
+        statement_timeout: safety.statement_timeout,
+        idle_in_transaction: safety.idle_in_transaction_timeout,
+    });
+    timeouts.validate().map_err(Failure::Usage)?;
+    match engine::connect(&url, timeouts).await? {
+        Connected::Postgres(shard) => on_engine(&shard, &command, &set, timeouts).await,
+        Connected::Sqlite(shard) => on_engine(&shard, &command, &set, timeouts).await,
+    }
+}
+
+async fn on_engine<E: ShardEngine>(
+    engine: &E,
+    command: &MigrateCommand,
+    set: &MigrationSet,
+    timeouts: Timeouts,
+) -> Result<ExitCode, Failure> {
+    let executor = |safety: &Safety| {
+        Executor::new(
+            engine,
+            Identity {
+                agent_id: safety.agent_id.clone(),
+                plan_id: safety.plan_id.clone(),
+                fence_token: safety.fence_token,
+            },
+            ExecutorSettings {
+                lock_retry: LockRetryPolicy {
+                    max_retries: safety.lock_retries,
+                    ..LockRetryPolicy::default()
+                },
+                migrator_lock_wait: safety.migrator_wait,
+                lock_timeout: timeouts.lock_timeout,
+            },
+        )
+    };
+    let reader = Executor::new(
+        engine,
+        Identity {
+            agent_id: "fleetshift-cli".to_owned(),
+            plan_id: None,
+            fence_token: None,
+        },
+        ExecutorSettings::default(),
+    );
+    match command {
+        MigrateCommand::Status(target) => {
+            let status = reader.status(set).await?;
+            render::status(target.output, set, &status);
+        }
+        MigrateCommand::Verify(target) => {
+            let status = reader.status(set).await?;
+            render::verified(target.output, set, Some(&status));
+            if !status.drifted.is_empty() {
+                return Ok(ExitCode::from(exit::DRIFT));
+            }
+        }
+        MigrateCommand::Up {
+            target,
+            safety,
+            to,
+            dry_run,
+            allow_drift,
+        } => {
+            let request = UpRequest {
+                target: to.clone(),
+                allow_drift: allow_drift.clone(),
+            };
+            let executor = executor(safety);
+            if *dry_run {
+                let plan = executor.plan_up(set, &request).await?;
+                render::dry_run(
+                    target.output,
+                    engine.shard(),
+                    &plan,
+                    render::Direction::Up,
+                    timeouts,
+                );
+            } else {
+                let report = executor.up(set, &request).await?;
+                render::report(target.output, &report);
+            }
+        }
+        MigrateCommand::Down {
+            target,
+            safety,
+            to,
+            dry_run,
+            allow_drift,
+        } => {
+            let request = DownRequest {
+                target: to.clone(),
+                allow_drift: allow_drift.clone(),
+            };
+            let executor = executor(safety);
+            if *dry_run {
+                let plan = executor.plan_down(set, &request).await?;
+                render::dry_run(
+                    target.output,
+                    engine.shard(),
+                    &plan,
+                    render::Direction::Down,
+                    timeouts,
+                );
+            } else {
+                let report = executor.down(set, &request).await?;
+                render::report(target.output, &report);
+            }
+        }
+        MigrateCommand::Adopt {
+            target,
+            safety,
+            reason,
+        } => {
+            let report = executor(safety).adopt(set, reason).await?;
+            render::report(target.output, &report);
+        }
+        MigrateCommand::Resolve {
+            target,
+            safety,
+            version,
+            resolution,
+            reason,
+        } => {
+            let resolution = match resolution {
+                ResolutionArgument::Applied => Resolution::Applied,
+                ResolutionArgument::Failed => Resolution::Failed,
+            };
+            let report = executor(safety)
+                .resolve(set, version, resolution, reason)
+                .await?;
+            render::report(target.output, &report);
+        }
+    }
+    Ok(ExitCode::from(exit::OK))
+}
+
+fn load_set(target: &Target) -> Result<MigrationSet, Failure> {
+    MigrationSet::load(&target.dir, target.format).map_err(|error| Failure::Exec(error.into()))
+}
+
+fn database_url(target: &Target) -> Result<DatabaseUrl, Failure> {
+    if let Some(url) = &target.database_url {
+        return Ok(DatabaseUrl::new(url.trim()));
+    }
+    if let Some(path) = &target.database_url_file {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            Failure::Usage(format!(
+                "{}: cannot read the database URL file: {error}",
+                path.display()
+            ))
+        })?;
+        return Ok(DatabaseUrl::new(text.trim()));
+    }
+    Err(Failure::Usage(
+        "no database: set FLEETSHIFT_DATABASE_URL, --database-url or --database-url-file"
+            .to_owned(),
+    ))
+}

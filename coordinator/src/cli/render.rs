@@ -1,0 +1,268 @@
+//! Printing results: aligned text for people, one JSON document for scripts.
+
+use fleetshift_common::engine::Timeouts;
+use fleetshift_common::error::ErrorKind;
+use fleetshift_common::executor::{RunReport, ShardStatus};
+use fleetshift_common::ledger::RevisionStatus;
+use fleetshift_common::source::{MigrationSet, Revision};
+use serde_json::json;
+
+use super::Output;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+fn print_json(value: &serde_json::Value) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("error: cannot encode the result as JSON: {error}"),
+    }
+}
+
+pub fn failure(output: Output, message: &str, kind: ErrorKind) {
+    match output {
+        Output::Human => eprintln!("error: {message}"),
+        Output::Json => {
+            print_json(&json!({ "error": { "kind": format!("{kind:?}"), "message": message } }))
+        }
+    }
+}
+
+pub fn status(output: Output, set: &MigrationSet, status: &ShardStatus) {
+    if output == Output::Json {
+        print_json(&json!({ "format": set.format, "status": status }));
+        return;
+    }
+    println!("shard:    {}", status.shard);
+    println!(
+        "set:      {} ({} format, {} revisions, digest {})",
+        set.directory.display(),
+        set.format,
+        set.revisions.len(),
+        &set.digest[..16]
+    );
+    println!(
+        "current:  {}",
+        status
+            .current_version
+            .as_deref()
+            .unwrap_or("(none applied)")
+    );
+    let name_width = status
+        .revisions
+        .iter()
+        .map(|state| state.name.len())
+        .max()
+        .unwrap_or(4)
+        .min(48);
+    let version_width = status
+        .revisions
+        .iter()
+        .map(|state| state.version.len())
+        .max()
+        .unwrap_or(7);
+    println!(
+        "\n  {:<version_width$}  {:<name_width$}  {:<9}  {:<6}  FINISHED",
+        "VERSION", "NAME", "STATUS", "MODE"
+    );
+    for state in &status.revisions {
+        let status_text = match (state.status, state.drifted) {
+            (_, true) => "DRIFTED".to_owned(),
+            (Some(status), false) => status.to_string(),
+            (None, false) => "pending".to_owned(),
+        };
+        let mode = if state.transactional { "tx" } else { "no-tx" };
+        let name: String = state.name.chars().take(name_width).collect();
+        println!(
+            "  {:<version_width$}  {:<name_width$}  {:<9}  {:<6}  {}",
+            state.version,
+            name,
+            status_text,
+            mode,
+            state.finished_at.as_deref().unwrap_or("-")
+        );
+        if let Some(error) = &state.error {
+            println!(
+                "      last error: {}",
+                error.lines().next().unwrap_or_default()
+            );
+        }
+    }
+    let count = |wanted: RevisionStatus| {
+        status
+            .revisions
+            .iter()
+            .filter(|state| state.status == Some(wanted))
+            .count()
+    };
+    println!(
+        "\nsummary: {} applied, {} pending, {} started (unfinished), {} failed, {} drifted",
+        count(RevisionStatus::Applied),
+        status.pending().count(),
+        count(RevisionStatus::Started),
+        count(RevisionStatus::Failed),
+        status.drifted.len()
+    );
+    for entry in &status.unknown {
+        println!(
+            "warning: the shard has revision {}_{} which the set does not contain",
+            entry.version, entry.name
+        );
+    }
+}
+
+pub fn report(output: Output, report: &RunReport) {
+    if output == Output::Json {
+        print_json(&json!(report));
+        return;
+    }
+    for step in &report.steps {
+        let retries = if step.lock_retries > 0 {
+            format!(", {} lock retries", step.lock_retries)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<12} {}_{} ({} statements, {} ms{retries})",
+            format!("{:?}", step.outcome).to_lowercase(),
+            step.version,
+            step.name,
+            step.statements_run,
+            step.duration_ms
+        );
+    }
+    if report.steps.is_empty() {
+        println!("nothing to do");
+    }
+    println!(
+        "shard {} is at {} (fence token {})",
+        report.shard,
+        report
+            .current_version
+            .as_deref()
+            .unwrap_or("(none applied)"),
+        report.fence_token
+    );
+}
+
+pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>) {
+    if output == Output::Json {
+        print_json(&json!({
+            "directory": set.directory,
+            "format": set.format,
+            "revisions": set.revisions.len(),
+            "digest": set.digest,
+            "ignored": set.ignored,
+            "drifted": status.map(|status| &status.drifted),
+        }));
+        return;
+    }
+    println!(
+        "{}: {} revisions in {} format, digest {}",
+        set.directory.display(),
+        set.revisions.len(),
+        set.format,
+        set.digest
+    );
+    for path in &set.ignored {
+        println!("ignored (not a revision): {}", path.display());
+    }
+    if let Some(status) = status {
+        if status.drifted.is_empty() {
+            println!(
+                "shard {}: every applied revision matches its file",
+                status.shard
+            );
+        }
+        for drifted in &status.drifted {
+            println!(
+                "DRIFT {}_{}: applied {} but the file hashes to {}",
+                drifted.version, drifted.name, drifted.applied_checksum, drifted.source_checksum
+            );
+        }
+    }
+}
+
+/// The SQL a run would send, in order, with its transaction framing.
+pub fn dry_run(
+    output: Output,
+    shard: &str,
+    plan: &[&Revision],
+    direction: Direction,
+    timeouts: Timeouts,
+) {
+    let scripts: Vec<(&Revision, Vec<String>)> = plan
+        .iter()
+        .map(|revision| {
+            let script = match direction {
+                Direction::Up => Some(&revision.up),
+                Direction::Down => revision.down.as_ref(),
+            };
+            let statements = script
+                .map(|script| {
+                    script
+                        .statements()
+                        .into_iter()
+                        .map(|statement| statement.sql)
+                        .collect()
+                })
+                .unwrap_or_default();
+            (*revision, statements)
+        })
+        .collect();
+    if output == Output::Json {
+        let revisions: Vec<_> = scripts
+            .iter()
+            .map(|(revision, statements)| {
+                json!({
+                    "version": revision.version.as_str(),
+                    "name": revision.name,
+                    "transactional": revision.transactional,
+                    "statements": statements,
+                })
+            })
+            .collect();
+        print_json(
+            &json!({ "shard": shard, "direction": format!("{direction:?}").to_lowercase(), "revisions": revisions }),
+        );
+        return;
+    }
+    println!(
+        "-- dry run on {shard}: {} revision(s), nothing is executed",
+        plan.len()
+    );
+    for (revision, statements) in scripts {
+        println!();
+        if revision.transactional {
+            println!("-- {} (one transaction)", revision.label());
+            println!("BEGIN;");
+            println!(
+                "SET LOCAL lock_timeout = '{}ms';",
+                timeouts.lock_timeout.as_millis()
+            );
+            println!(
+                "SET LOCAL statement_timeout = '{}ms';",
+                timeouts.statement_timeout.as_millis()
+            );
+            println!("-- fleetshift: fence check-and-set and ledger check");
+            for statement in statements {
+                println!("{statement};");
+            }
+            println!("-- fleetshift: ledger record");
+            println!("COMMIT;");
+        } else {
+            println!(
+                "-- {} (outside a transaction: each statement commits on its own)",
+                revision.label()
+            );
+            println!("-- fleetshift: fenced `started` record");
+            for statement in statements {
+                println!("{statement};");
+            }
+            println!("-- fleetshift: fenced completion record");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+DELETE FROM accounts WHERE email = 'ops@example.com';

@@ -1,0 +1,1 @@
+INSERT INTO accounts (email, plan) VALUES ('ops@example.com', 'team');

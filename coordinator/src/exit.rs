@@ -1,0 +1,41 @@
+//! Exit codes scripts can trust, mapped from error kinds in exactly one place.
+
+use std::process::ExitCode;
+
+use fleetshift_common::error::ErrorKind;
+
+pub const OK: u8 = 0;
+/// A statement failed (the revision was rolled back, or left `started` when it cannot be).
+pub const FAILED: u8 = 1;
+/// Migration files or arguments are wrong; nothing ran.
+pub const BAD_INPUT: u8 = 2;
+/// Applied revisions changed since they were applied.
+pub const DRIFT: u8 = 3;
+/// A newer fencing token owns the shard; nothing changed.
+pub const FENCED_OUT: u8 = 4;
+/// Locks could not be had within the bounded retries.
+pub const LOCK_TIMEOUT: u8 = 5;
+/// The database could not be reached.
+pub const UNREACHABLE: u8 = 6;
+/// The shard's state needs an operator's decision.
+pub const NEEDS_OPERATOR: u8 = 7;
+
+pub fn code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::BadInput => BAD_INPUT,
+        ErrorKind::Drift => DRIFT,
+        ErrorKind::FencedOut => FENCED_OUT,
+        ErrorKind::LockTimeout => LOCK_TIMEOUT,
+        ErrorKind::Unreachable => UNREACHABLE,
+        ErrorKind::NeedsOperator => NEEDS_OPERATOR,
+        ErrorKind::Failed => FAILED,
+    }
+}
+
+pub fn from_kind(kind: ErrorKind) -> ExitCode {
+    ExitCode::from(code(kind))
+}
+
+/// The table printed by `--help`.
+pub const HELP: &str = "Exit codes: 0 ok, 1 a statement failed, 2 bad input (files or arguments), 3 drift, \
+4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator.";
