@@ -678,10 +678,34 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             .await
             .map_err(|error| self.step_error(error, revision, script, &statements, 1, writer))?;
         let mut lock_retries = 0;
-        for statement in &statements {
-            lock_retries += self
+        for (index, statement) in statements.iter().enumerate() {
+            match self
                 .run_autocommit_step(revision, script, statement, true, writer)
-                .await?;
+                .await
+            {
+                Ok(retries) => lock_retries += retries,
+                Err(ExecError::StatementFailed {
+                    shard,
+                    revision,
+                    location,
+                    sqlstate,
+                    message,
+                    ..
+                }) => {
+                    return Err(ExecError::StatementFailed {
+                        shard,
+                        revision,
+                        location,
+                        sqlstate,
+                        message,
+                        aftermath: format!(
+                            "the revert ran outside a transaction: {index} of {} statements finished and the revision is still recorded as applied\nnext: fix the down script (statements that already ran must be safe to repeat) and rerun `down`",
+                            statements.len()
+                        ),
+                    });
+                }
+                Err(other) => return Err(other),
+            }
         }
         let reverted = self.record(
             revision,

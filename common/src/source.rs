@@ -121,14 +121,17 @@ pub struct Revision {
     pub version: Version,
     pub name: String,
     pub up: Script,
+    /// `None`: irreversible. A down script without statements counts as missing (real
+    /// histories write `-- Not reversible` there) unless it carries [`NOTHING_TO_UNDO`].
     pub down: Option<Script>,
     /// Whether the revision runs inside one transaction (the default in every format).
-    /// A down script without statements is a deliberate no-op revert (real histories
-    /// write `-- intentionally left blank`); a revision without a down is irreversible.
     pub transactional: bool,
     /// SHA-256 of the up script, hex.
     pub checksum: String,
 }
+
+/// Marks a statement-less down script as a deliberate no-op revert.
+pub const NOTHING_TO_UNDO: &str = "fleetshift:nothing-to-undo";
 
 impl Revision {
     fn new(
@@ -139,6 +142,9 @@ impl Revision {
         transactional: bool,
     ) -> Self {
         let checksum = up.checksum();
+        let down = down.filter(|script| {
+            !script.statements().is_empty() || script.sql.contains(NOTHING_TO_UNDO)
+        });
         Self {
             version,
             name: name.to_owned(),

@@ -1,1 +1,11 @@
+//! Test harness: real PostgreSQL clusters on loopback, the real `fleetshift` binary, and
+//! helpers to inject faults. Nothing here mocks a database.
+//!
+//! - [`postgres`]: a throwaway cluster per test (initdb + pg_ctl, as the `postgres` OS user
+//!   when running as root), SCRAM passwords over TCP.
+//! - [`binary`]: locating and running the built `fleetshift` binary.
+//! - [`fixtures`]: migration directories written for a test.
 
+pub mod binary;
+pub mod fixtures;
+pub mod postgres;

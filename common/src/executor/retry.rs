@@ -91,8 +91,8 @@ mod tests {
             .run(
                 "shard",
                 "1_a",
-                |e| *e == "locked",
-                |e| e.to_string(),
+                |e: &&str| *e == "locked",
+                |e: &&str| e.to_string(),
                 || {
                     calls += 1;
                     async { Err("locked") }
@@ -111,8 +111,8 @@ mod tests {
             .run(
                 "shard",
                 "1_a",
-                |e| *e == "locked",
-                |e| e.to_string(),
+                |e: &&str| *e == "locked",
+                |e: &&str| e.to_string(),
                 || async { Err("syntax") },
             )
             .await;
@@ -122,8 +122,8 @@ mod tests {
             .run(
                 "shard",
                 "1_a",
-                |e| *e == "locked",
-                |e| e.to_string(),
+                |e: &&str| *e == "locked",
+                |e: &&str| e.to_string(),
                 || {
                     calls += 1;
                     let result = if calls < 3 { Err("locked") } else { Ok(7) };

@@ -90,11 +90,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             first_line: section.first_line,
             sql: section.lines.join("\n"),
         };
-        // dbmate writes an empty `-- migrate:down` section for revisions without a down.
-        let down_script = down
-            .as_ref()
-            .map(script)
-            .filter(|down| !down.statements().is_empty());
+        let down_script = down.as_ref().map(script);
         revisions.push(Revision::new(
             version,
             name,

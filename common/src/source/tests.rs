@@ -249,4 +249,15 @@ fn crates_io_history_loads_in_diesel_order() {
             .all(|pair| pair[0].version < pair[1].version)
     );
     assert_eq!(set.ignored.len(), 1, "data_oauth_github.sql is seed data");
+    let irreversible: Vec<String> = set
+        .revisions
+        .iter()
+        .filter(|r| r.down.is_none())
+        .map(|r| r.version.to_string())
+        .collect();
+    assert_eq!(
+        irreversible.len(),
+        9,
+        "comment-only and empty downs: {irreversible:?}"
+    );
 }

@@ -1,0 +1,39 @@
+//! The real `fleetshift` binary, run as a child process.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// `target/<profile>/fleetshift`, next to this test binary's `deps/` directory.
+pub fn fleetshift() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("test binary path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join("fleetshift");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first with `cargo build --bins`",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs `fleetshift` with `arguments`; the database URL goes through the environment.
+pub fn run(database_url: &str, arguments: &[&str]) -> Output {
+    Command::new(fleetshift())
+        .args(arguments)
+        .env("FLEETSHIFT_DATABASE_URL", database_url)
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("run fleetshift")
+}
+
+/// Everything the process printed, stdout then stderr.
+pub fn printed(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -1,0 +1,28 @@
+//! Migration directories written for one test.
+
+use std::path::{Path, PathBuf};
+
+/// A temporary migration directory; files are `(relative path, content)`.
+pub fn migrations(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let directory = tempfile::Builder::new()
+        .prefix("fleetshift-migrations-")
+        .tempdir()
+        .expect("temporary migration directory");
+    for (relative, content) in files {
+        write(directory.path(), relative, content);
+    }
+    directory
+}
+
+pub fn write(root: &Path, relative: &str, content: &str) {
+    let path = root.join(relative);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create fixture directory");
+    }
+    std::fs::write(path, content).expect("write fixture");
+}
+
+/// crates.io's migration history (285 diesel revisions) from the shared corpora.
+pub fn crates_io() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/crates.io/migrations")
+}

@@ -1,0 +1,8 @@
+//! Integration tests against real PostgreSQL clusters, real SQLite files and the real
+//! `fleetshift` binary. One test crate, so the dependency tree is linked once.
+
+mod integration {
+    pub mod support;
+
+    mod crates_io;
+}

@@ -1,0 +1,58 @@
+//! Shared helpers: connecting engines and executors the way the CLI does.
+
+use std::time::Duration;
+
+use fleetshift_common::engine::ShardEngine;
+use fleetshift_common::engine::{PostgresShard, SqliteShard, Timeouts};
+use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, LockRetryPolicy};
+use fleetshift_common::secrets::DatabaseUrl;
+
+pub async fn postgres(url: &str) -> PostgresShard {
+    PostgresShard::connect(&DatabaseUrl::new(url), Timeouts::default())
+        .await
+        .expect("connect to the test database")
+}
+
+pub async fn postgres_with(url: &str, timeouts: Timeouts) -> PostgresShard {
+    PostgresShard::connect(&DatabaseUrl::new(url), timeouts)
+        .await
+        .expect("connect to the test database")
+}
+
+pub async fn sqlite(path: &std::path::Path) -> SqliteShard {
+    SqliteShard::connect(
+        &DatabaseUrl::new(format!("sqlite:{}", path.display())),
+        Timeouts::default(),
+    )
+    .await
+    .expect("open the SQLite shard")
+}
+
+pub fn identity(agent: &str, fence_token: Option<i64>) -> Identity {
+    Identity {
+        agent_id: agent.to_owned(),
+        plan_id: Some("test-plan".to_owned()),
+        fence_token,
+    }
+}
+
+pub fn executor<'a, E: ShardEngine>(
+    engine: &'a E,
+    agent: &str,
+    fence_token: Option<i64>,
+) -> Executor<'a, E> {
+    Executor::new(engine, identity(agent, fence_token), quick_settings())
+}
+
+/// Short waits so failing paths finish fast.
+pub fn quick_settings() -> ExecutorSettings {
+    ExecutorSettings {
+        lock_retry: LockRetryPolicy {
+            max_retries: 3,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(400),
+        },
+        migrator_lock_wait: Duration::from_secs(30),
+        lock_timeout: Timeouts::default().lock_timeout,
+    }
+}
