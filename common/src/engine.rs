@@ -37,6 +37,10 @@ pub struct Timeouts {
     /// A session idle inside a transaction this long is ended by the server (a paused
     /// migrator must not hold locks forever).
     pub idle_in_transaction: Duration,
+    /// The migrator lock lives in its own session, kept busy by a heartbeat; the server ends
+    /// that session (releasing the lock) when the heartbeat stops this long — a paused or
+    /// frozen migrator cannot keep the shard locked (PostgreSQL 14+).
+    pub lock_session_lease: Duration,
 }
 
 impl Default for Timeouts {
@@ -45,6 +49,7 @@ impl Default for Timeouts {
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(15 * 60),
             idle_in_transaction: Duration::from_secs(60),
+            lock_session_lease: Duration::from_secs(30),
         }
     }
 }
@@ -66,6 +71,9 @@ impl Timeouts {
         }
         if self.idle_in_transaction.is_zero() {
             return Err("idle-in-transaction timeout must be greater than zero".to_owned());
+        }
+        if self.lock_session_lease < Duration::from_secs(1) {
+            return Err("lock session lease must be at least 1s".to_owned());
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ impl PostgresCluster {
         for _attempt in 0..5 {
             let port = free_port()?;
             let options = format!(
-                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c client_connection_check_interval=250ms -c max_connections=50",
+                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50",
                 socket = path_str(cluster.data.path())?
             );
             let log = cluster.data.path().join("server.log");

@@ -4,5 +4,6 @@
 mod integration {
     pub mod support;
 
+    mod conformance;
     mod crates_io;
 }

@@ -1,16 +1,18 @@
 //! PostgreSQL shards: ledger in schema `fleetshift`, session timeouts set at connect,
-//! `SET LOCAL` timeouts in every fenced transaction, and an advisory lock taken with
-//! `pg_try_advisory_lock` on its own session so nothing ever blocks inside a transaction.
+//! `SET LOCAL` timeouts in every fenced transaction, and a migrator lock on its own leased
+//! session (see [`migrator_lock`]).
 
 mod ledger_sql;
+mod migrator_lock;
+mod session;
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use migrator_lock::MigratorLock;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions};
 
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
@@ -21,10 +23,6 @@ use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
 use crate::secrets::DatabaseUrl;
 use crate::statements::Statement;
-
-/// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
-/// per database, so one key serves every shard.
-const MIGRATOR_LOCK_KEY: i64 = 0x666c_6565_7473_6866;
 
 #[derive(Debug)]
 pub struct PostgresShard {
@@ -57,6 +55,9 @@ impl PostgresShard {
             .max_connections(2)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|connection, _metadata| {
+                Box::pin(async move { session::configure(connection).await.map(drop) })
+            })
             .connect_with(options.clone())
             .await
             .map_err(|error| unreachable(error.to_string()))?;
@@ -87,25 +88,6 @@ impl PostgresShard {
             .fetch_one(&self.pool)
             .await
             .map_err(self.database_error("checking for the ledger"))
-    }
-
-    async fn migrator_lock_holder(&self, connection: &mut PgConnection) -> String {
-        let holder: Result<Option<(i32, String, String)>, sqlx::Error> = sqlx::query_as(
-            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local socket')
-             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-               AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid",
-        )
-        .bind(MIGRATOR_LOCK_KEY)
-        .fetch_optional(&mut *connection)
-        .await;
-        match holder {
-            Ok(Some((pid, application, client))) => {
-                format!("pid {pid}, application {application:?}, client {client}")
-            }
-            Ok(None) => "holder already gone".to_owned(),
-            Err(error) => format!("holder unknown: {error}"),
-        }
     }
 
     async fn index_validity(
@@ -155,7 +137,7 @@ fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
 }
 
 impl ShardEngine for PostgresShard {
-    type MigratorLock = PgConnection;
+    type MigratorLock = MigratorLock;
 
     fn shard(&self) -> &str {
         &self.name
@@ -330,59 +312,18 @@ impl ShardEngine for PostgresShard {
         Ok(outcome)
     }
 
-    async fn lock_out_other_migrators(&self, wait: Duration) -> Result<PgConnection, ExecError> {
-        let mut connection =
-            self.options
-                .connect()
-                .await
-                .map_err(|error| ExecError::Unreachable {
-                    shard: self.name.clone(),
-                    detail: error.to_string(),
-                })?;
-        let started = Instant::now();
-        let mut delays = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(2))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(MIGRATOR_LOCK_KEY)
-                .fetch_one(&mut connection)
-                .await
-                .map_err(self.database_error("taking the migration lock"))?;
-            if acquired {
-                return Ok(connection);
-            }
-            let waited = started.elapsed();
-            if waited >= wait {
-                let holder = self.migrator_lock_holder(&mut connection).await;
-                // Closing the session releases anything it held; an error here changes nothing.
-                let _closed = connection.close().await;
-                return Err(ExecError::AnotherMigrator {
-                    shard: self.name.clone(),
-                    holder,
-                    waited_ms: waited.as_millis(),
-                });
-            }
-            let delay = delays.next().unwrap_or(Duration::from_secs(1));
-            tokio::time::sleep(delay.min(wait - waited)).await;
-        }
+    async fn lock_out_other_migrators(&self, wait: Duration) -> Result<MigratorLock, ExecError> {
+        MigratorLock::acquire(
+            &self.options,
+            &self.name,
+            wait,
+            self.timeouts.lock_session_lease,
+        )
+        .await
     }
 
-    async fn release_migrator_lock(&self, mut lock: PgConnection) {
-        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(MIGRATOR_LOCK_KEY)
-            .execute(&mut lock)
-            .await
-        {
-            tracing::warn!(shard = %self.name, %error, "unlocking failed; closing the session releases the lock");
-        }
-        // The lock lives in this session only: ending it guarantees the release.
-        if let Err(error) = lock.close().await {
-            tracing::warn!(shard = %self.name, %error, "closing the migration lock session failed");
-        }
+    async fn release_migrator_lock(&self, lock: MigratorLock) {
+        lock.release(&self.name).await;
     }
 
     async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {

@@ -128,6 +128,10 @@ struct Safety {
     /// A session idle inside a transaction this long is ended by the server.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     idle_in_transaction_timeout: Duration,
+    /// The migrator lock's session ends this long after its holder stops heartbeating (a
+    /// paused migrator cannot keep the database locked; PostgreSQL 14+).
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    lock_session_lease: Duration,
     /// Retries after a lock conflict (exponential backoff with jitter).
     #[arg(long, default_value_t = 6)]
     lock_retries: usize,
@@ -208,6 +212,7 @@ async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
         lock_timeout: safety.lock_timeout,
         statement_timeout: safety.statement_timeout,
         idle_in_transaction: safety.idle_in_transaction_timeout,
+        lock_session_lease: safety.lock_session_lease,
     });
     timeouts.validate().map_err(Failure::Usage)?;
     match engine::connect(&url, timeouts).await? {

@@ -1,0 +1,177 @@
+//! The migrator lock: a session advisory lock that keeps other migrators (other fleetshift
+//! runs, or tools using the same key) off the shard for the length of a run.
+//!
+//! - It is taken with `pg_try_advisory_lock`, polled with backoff, on a session of its own
+//!   that never opens a transaction: nothing ever waits for it inside a transaction, so it
+//!   cannot deadlock with CREATE INDEX CONCURRENTLY.
+//! - That session is leased: `idle_session_timeout` ends it unless a heartbeat keeps it busy,
+//!   so a paused or frozen holder loses the lock by itself (PostgreSQL 14+).
+//! - It is released by unlocking and closing the session; dropping the guard without
+//!   releasing aborts the heartbeat, which closes the session all the same.
+//!
+//! The lock is a courtesy to other migrators; exactly-once rests on the fence in the ledger.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::session;
+use crate::error::ExecError;
+
+/// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
+/// per database, so one key serves every shard.
+const KEY: i64 = 0x666c_6565_7473_6866;
+
+#[derive(Debug)]
+pub struct MigratorLock {
+    stop: Option<oneshot::Sender<()>>,
+    heartbeat: Option<JoinHandle<PgConnection>>,
+}
+
+impl MigratorLock {
+    pub async fn acquire(
+        options: &PgConnectOptions,
+        shard: &str,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Self, ExecError> {
+        let failed = |context: &str, error: sqlx::Error| ExecError::Database {
+            shard: shard.to_owned(),
+            context: context.to_owned(),
+            detail: error.to_string(),
+        };
+        let mut connection = options
+            .connect()
+            .await
+            .map_err(|error| ExecError::Unreachable {
+                shard: shard.to_owned(),
+                detail: error.to_string(),
+            })?;
+        let version = session::configure(&mut connection)
+            .await
+            .map_err(|error| failed("configuring the lock session", error))?;
+        if version >= session::VERSION_WITH_SESSION_CHECKS {
+            sqlx::query(AssertSqlSafe(format!(
+                "SET idle_session_timeout = '{}ms'",
+                lease.as_millis()
+            )))
+            .execute(&mut connection)
+            .await
+            .map_err(|error| failed("leasing the lock session", error))?;
+        }
+        let started = Instant::now();
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(KEY)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(|error| failed("taking the migration lock", error))?;
+            if acquired {
+                return Ok(Self::hold(connection, lease, shard.to_owned()));
+            }
+            let waited = started.elapsed();
+            if waited >= wait {
+                let holder = holder(&mut connection).await;
+                // Ending the session releases anything it held; an error here changes nothing.
+                let _closed = connection.close().await;
+                return Err(ExecError::AnotherMigrator {
+                    shard: shard.to_owned(),
+                    holder,
+                    waited_ms: waited.as_millis(),
+                });
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(delay.min(wait - waited)).await;
+        }
+    }
+
+    /// Keeps the session busy well inside its lease until asked to stop.
+    fn hold(mut connection: PgConnection, lease: Duration, shard: String) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let beat = lease / 4;
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return connection,
+                    () = tokio::time::sleep(beat) => {
+                        if let Err(error) = sqlx::query("SELECT 1").execute(&mut connection).await {
+                            tracing::error!(%shard, %error, "the migration lock session was lost; the fence still guards the shard");
+                            let _ = (&mut stopped).await;
+                            return connection;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            stop: Some(stop),
+            heartbeat: Some(heartbeat),
+        }
+    }
+
+    pub async fn release(mut self, shard: &str) {
+        if let Some(stop) = self.stop.take() {
+            // The heartbeat may have ended already; then there is nobody to tell.
+            let _ = stop.send(());
+        }
+        let Some(heartbeat) = self.heartbeat.take() else {
+            return;
+        };
+        let mut connection = match heartbeat.await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(shard, %error, "the lock heartbeat ended abnormally; its session is closed with it");
+                return;
+            }
+        };
+        if let Err(error) = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(KEY)
+            .execute(&mut connection)
+            .await
+        {
+            tracing::warn!(shard, %error, "unlocking failed; closing the session releases the lock");
+        }
+        if let Err(error) = connection.close().await {
+            tracing::warn!(shard, %error, "closing the migration lock session failed");
+        }
+    }
+}
+
+impl Drop for MigratorLock {
+    fn drop(&mut self) {
+        // Not released (the run was cancelled): ending the heartbeat drops the session.
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.abort();
+        }
+    }
+}
+
+/// Who holds the lock: pid, application and client, for the error message.
+async fn holder(connection: &mut PgConnection) -> String {
+    let holder: Result<Option<(i32, String, String)>, sqlx::Error> = sqlx::query_as(
+        "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local socket')
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid",
+    )
+    .bind(KEY)
+    .fetch_optional(&mut *connection)
+    .await;
+    match holder {
+        Ok(Some((pid, application, client))) => {
+            format!("pid {pid}, application {application:?}, client {client}")
+        }
+        Ok(None) => "holder already gone".to_owned(),
+        Err(error) => format!("holder unknown: {error}"),
+    }
+}
