@@ -199,3 +199,42 @@ fn find_binaries() -> anyhow::Result<PathBuf> {
         .map(|(_, bin)| bin)
         .context("no PostgreSQL with initdb under /usr/lib/postgresql")
 }
+
+/// Polls `check` every 50 ms until it returns true; false if `limit` passes first.
+pub async fn wait_until<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Whether a fleetshift session is running a statement containing `fragment`.
+pub async fn fleetshift_running(admin: &PgPool, fragment: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE application_name = 'fleetshift' AND state = 'active' AND query LIKE '%' || $1 || '%'
+         LIMIT 1",
+    )
+    .bind(fragment)
+    .fetch_optional(admin)
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Whether the backend `pid` is still alive.
+pub async fn backend_alive(admin: &PgPool, pid: i32) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .unwrap_or(true)
+}

@@ -4,6 +4,9 @@
 mod integration {
     pub mod support;
 
+    mod atomicity;
     mod conformance;
     mod crates_io;
+    mod locks;
+    mod paused;
 }

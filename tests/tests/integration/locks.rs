@@ -1,0 +1,198 @@
+//! Lock discipline on a real server: a migration waits at most `lock_timeout` per attempt,
+//! readers keep flowing behind it, and a permanent blocker makes it give up, bounded.
+
+use std::time::Duration;
+
+use fleetshift_common::engine::Timeouts;
+use fleetshift_common::error::ExecError;
+use fleetshift_common::executor::{Executor, ExecutorSettings, LockRetryPolicy, UpRequest};
+use fleetshift_common::source::MigrationSet;
+use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::{binary, fixtures};
+use sqlx::PgPool;
+
+use super::support;
+
+const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn accounts_set() -> (tempfile::TempDir, MigrationSet) {
+    let directory = fixtures::migrations(&[
+        (
+            "1_accounts.sql",
+            "CREATE TABLE accounts (id integer);\nINSERT INTO accounts SELECT generate_series(1, 10);",
+        ),
+        ("2_note.sql", "ALTER TABLE accounts ADD COLUMN note text;"),
+    ]);
+    let set = MigrationSet::load(directory.path(), None).expect("set");
+    (directory, set)
+}
+
+fn settings(max_retries: usize) -> ExecutorSettings {
+    ExecutorSettings {
+        lock_retry: LockRetryPolicy {
+            max_retries,
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(200),
+        },
+        migrator_lock_wait: Duration::from_secs(10),
+        lock_timeout: LOCK_TIMEOUT,
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        lock_timeout: LOCK_TIMEOUT,
+        statement_timeout: Duration::from_secs(30),
+        ..Timeouts::default()
+    }
+}
+
+async fn note_column_exists(admin: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'note')",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("catalog")
+}
+
+/// A reader that tolerates at most one second of lock waiting (a semantic bound enforced
+/// by the server, not a stopwatch in the test).
+async fn read_with_one_second_patience(admin: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut transaction = admin.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '1s'")
+        .execute(&mut *transaction)
+        .await?;
+    let count = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("locks").await.expect("database");
+    let admin = cluster.admin_pool("locks").await.expect("admin");
+    let (_directory, set) = accounts_set();
+    let shard = support::postgres_with(&url, timeouts()).await;
+    Executor::new(&shard, support::identity("setup", None), settings(0))
+        .up(
+            &set,
+            &UpRequest {
+                target: Some("1".to_owned()),
+                allow_drift: None,
+            },
+        )
+        .await
+        .expect("revision 1");
+
+    // A long reader holds ACCESS SHARE; ALTER TABLE needs ACCESS EXCLUSIVE.
+    let mut blocker = admin.begin().await.expect("blocker");
+    sqlx::query("SELECT count(*) FROM accounts")
+        .execute(&mut *blocker)
+        .await
+        .expect("read");
+
+    let migration = tokio::spawn({
+        let set = set.clone();
+        async move {
+            let shard = support::postgres_with(&url, timeouts()).await;
+            Executor::new(&shard, support::identity("migrator", None), settings(50))
+                .up(&set, &UpRequest::default())
+                .await
+        }
+    });
+    // While the migration keeps retrying, new readers never wait longer than one attempt.
+    for _ in 0..10 {
+        let read = read_with_one_second_patience(&admin).await;
+        assert_eq!(read.expect("a reader was blocked behind the migration"), 10);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !migration.is_finished(),
+        "the migration must still be waiting for the blocker"
+    );
+    blocker.commit().await.expect("release the blocker");
+
+    let report = migration
+        .await
+        .expect("migration task")
+        .expect("migration succeeds");
+    assert!(
+        report.steps[0].lock_retries >= 1,
+        "it retried behind the blocker: {report:?}"
+    );
+    assert!(note_column_exists(&admin).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_blocker_exhausts_the_bounded_retries_with_a_clear_error() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("blocked").await.expect("database");
+    let admin = cluster.admin_pool("blocked").await.expect("admin");
+    let (directory, set) = accounts_set();
+    let shard = support::postgres_with(&url, timeouts()).await;
+    let executor = Executor::new(&shard, support::identity("migrator", None), settings(2));
+    executor
+        .up(
+            &set,
+            &UpRequest {
+                target: Some("1".to_owned()),
+                allow_drift: None,
+            },
+        )
+        .await
+        .expect("revision 1");
+    let mut blocker = admin.begin().await.expect("blocker");
+    sqlx::query("SELECT count(*) FROM accounts")
+        .execute(&mut *blocker)
+        .await
+        .expect("read");
+
+    let error = executor
+        .up(&set, &UpRequest::default())
+        .await
+        .expect_err("must give up");
+    match &error {
+        ExecError::LockTimeoutExhausted {
+            attempts, location, ..
+        } => {
+            assert_eq!(*attempts, 3, "first attempt plus two retries");
+            assert!(location.ends_with("2_note.sql:1"), "{location}");
+        }
+        other => panic!("expected lock timeout, got {other}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .contains("nothing of the revision is applied"),
+        "{error}"
+    );
+    assert!(!note_column_exists(&admin).await);
+
+    // The CLI says the same with its own exit code.
+    let dir = directory.path().to_str().expect("utf-8 path");
+    let output = binary::run(
+        cluster.admin_url("blocked").as_str(),
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir,
+            "--lock-timeout",
+            "100ms",
+            "--lock-retries",
+            "1",
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        binary::printed(&output)
+    );
+    assert!(binary::printed(&output).contains("gave up after 2 attempt(s)"));
+    blocker.rollback().await.expect("release the blocker");
+}
