@@ -4,9 +4,12 @@
 mod integration {
     pub mod support;
 
+    mod adoption;
     mod atomicity;
     mod conformance;
     mod crates_io;
     mod locks;
+    mod operator;
     mod paused;
+    mod secrets;
 }

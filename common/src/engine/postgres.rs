@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use migrator_lock::MigratorLock;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
@@ -51,16 +51,22 @@ impl PostgresShard {
                 ),
             ])
             .disable_statement_logging();
+        // A direct first connection fails fast with the server's own reason (refused,
+        // authentication, unknown database); a pool would only report its own timeout.
+        let probe = options
+            .connect()
+            .await
+            .map_err(|error| unreachable(error.to_string()))?;
+        if let Err(error) = probe.close().await {
+            tracing::debug!(shard = %name, %error, "closing the probe connection failed");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(2)
-            .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|connection, _metadata| {
                 Box::pin(async move { session::configure(connection).await.map(drop) })
             })
-            .connect_with(options.clone())
-            .await
-            .map_err(|error| unreachable(error.to_string()))?;
+            .connect_lazy_with(options.clone());
         Ok(Self {
             name,
             options,

@@ -1,0 +1,229 @@
+//! Switching tools: the history sqlx, golang-migrate or diesel kept is imported, and
+//! nothing is re-run.
+
+use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::{binary, fixtures};
+use sqlx::AssertSqlSafe;
+
+fn dir(directory: &tempfile::TempDir) -> &str {
+    directory.path().to_str().expect("utf-8 path")
+}
+
+#[tokio::test]
+async fn sqlx_history_is_adopted_and_nothing_is_rerun() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster
+        .create_database("from_sqlx")
+        .await
+        .expect("database");
+    let admin = cluster.admin_pool("from_sqlx").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        ("1_create_users.sql", "CREATE TABLE users (id integer);"),
+        ("2_create_orders.sql", "CREATE TABLE orders (id integer);"),
+    ]);
+    // sqlx's own migrator applies the first two revisions and keeps _sqlx_migrations.
+    let migrator = sqlx::migrate::Migrator::new(directory.path())
+        .await
+        .expect("sqlx migrator");
+    migrator
+        .run(&admin)
+        .await
+        .expect("sqlx applies its migrations");
+    fixtures::write(
+        directory.path(),
+        "3_create_invoices.sql",
+        "CREATE TABLE invoices (id integer);",
+    );
+
+    let refused = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "{}",
+        binary::printed(&refused)
+    );
+    assert!(binary::printed(&refused).contains("_sqlx_migrations"));
+
+    let adopted = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "moving to fleetshift",
+        ],
+    );
+    assert!(adopted.status.success(), "{}", binary::printed(&adopted));
+    // users and orders exist already: re-running 1 or 2 would fail on CREATE TABLE.
+    let up = binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).expect("JSON report");
+    assert_eq!(report["steps"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["steps"][0]["version"], "3");
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM fleetshift.audit WHERE action = 'adopt'")
+            .fetch_one(&admin)
+            .await
+            .expect("audit");
+    assert!(
+        reason.contains("imported 2 revision(s) from _sqlx_migrations"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn sqlx_history_with_an_edited_script_is_refused_as_drift() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("edited").await.expect("database");
+    let admin = cluster.admin_pool("edited").await.expect("admin");
+    let directory =
+        fixtures::migrations(&[("1_create_users.sql", "CREATE TABLE users (id integer);")]);
+    let migrator = sqlx::migrate::Migrator::new(directory.path())
+        .await
+        .expect("sqlx migrator");
+    migrator
+        .run(&admin)
+        .await
+        .expect("sqlx applies its migrations");
+    fixtures::write(
+        directory.path(),
+        "1_create_users.sql",
+        "CREATE TABLE users (id bigint);",
+    );
+    let adopted = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "switch",
+        ],
+    );
+    assert_eq!(
+        adopted.status.code(),
+        Some(3),
+        "{}",
+        binary::printed(&adopted)
+    );
+}
+
+#[tokio::test]
+async fn golang_migrate_and_diesel_histories_are_adopted() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    // golang-migrate keeps one row: the latest version and whether it was left dirty.
+    let url = cluster
+        .create_database("from_golang")
+        .await
+        .expect("database");
+    let admin = cluster.admin_pool("from_golang").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        ("1_users.up.sql", "CREATE TABLE users (id integer);"),
+        ("1_users.down.sql", "DROP TABLE users;"),
+        ("2_orders.up.sql", "CREATE TABLE orders (id integer);"),
+        ("3_invoices.up.sql", "CREATE TABLE invoices (id integer);"),
+    ]);
+    sqlx::raw_sql(
+        "CREATE TABLE users (id integer); CREATE TABLE orders (id integer);
+         CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);
+         INSERT INTO schema_migrations VALUES (2, true);",
+    )
+    .execute(&admin)
+    .await
+    .expect("golang-migrate state");
+    let dirty = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "switch",
+        ],
+    );
+    assert_eq!(dirty.status.code(), Some(7), "{}", binary::printed(&dirty));
+    assert!(binary::printed(&dirty).contains("dirty"));
+    sqlx::query("UPDATE schema_migrations SET dirty = false")
+        .execute(&admin)
+        .await
+        .expect("clean");
+    let adopted = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "switch",
+        ],
+    );
+    assert!(adopted.status.success(), "{}", binary::printed(&adopted));
+    let up = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+
+    // diesel records versions without their dashes.
+    let url = cluster
+        .create_database("from_diesel")
+        .await
+        .expect("database");
+    let admin = cluster.admin_pool("from_diesel").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        (
+            "2017-08-31-230457_users/up.sql",
+            "CREATE TABLE users (id integer);",
+        ),
+        (
+            "2017-09-01-101010_orders/up.sql",
+            "CREATE TABLE orders (id integer);",
+        ),
+    ]);
+    sqlx::raw_sql(AssertSqlSafe(
+        "CREATE TABLE users (id integer);
+         CREATE TABLE __diesel_schema_migrations (version varchar(50) PRIMARY KEY NOT NULL, run_on timestamp NOT NULL DEFAULT now());
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('20170831230457');",
+    ))
+    .execute(&admin)
+    .await
+    .expect("diesel state");
+    let adopted = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "switch",
+        ],
+    );
+    assert!(adopted.status.success(), "{}", binary::printed(&adopted));
+    let up = binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let report: serde_json::Value = serde_json::from_slice(&up.stdout).expect("JSON report");
+    assert_eq!(report["steps"][0]["version"], "2017-09-01-101010");
+}

@@ -1,0 +1,295 @@
+//! What an operator sees through the CLI: drift and its recorded override, dry runs,
+//! failures recorded with file and line, and exit codes scripts can trust.
+
+use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::{binary, fixtures};
+use serde_json::Value;
+
+fn dir(directory: &tempfile::TempDir) -> &str {
+    directory.path().to_str().expect("utf-8 path")
+}
+
+fn json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {}", binary::printed(output)))
+}
+
+#[tokio::test]
+async fn drift_blocks_up_until_overridden_with_a_recorded_reason() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("drift").await.expect("database");
+    let admin = cluster.admin_pool("drift").await.expect("admin");
+    let directory = fixtures::migrations(&[("1_a.sql", "CREATE TABLE a (id integer);")]);
+    let up = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+
+    fixtures::write(directory.path(), "1_a.sql", "CREATE TABLE a (id bigint);");
+    fixtures::write(directory.path(), "2_b.sql", "CREATE TABLE b (id integer);");
+    let status = binary::run(
+        &url,
+        &[
+            "migrate",
+            "status",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    let drifted = &json(&status)["status"]["drifted"];
+    assert_eq!(drifted.as_array().map(Vec::len), Some(1), "{drifted}");
+    let verify = binary::run(&url, &["migrate", "verify", "--dir", dir(&directory)]);
+    assert_eq!(
+        verify.status.code(),
+        Some(3),
+        "{}",
+        binary::printed(&verify)
+    );
+
+    let refused = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        binary::printed(&refused)
+    );
+    assert!(
+        binary::printed(&refused).contains("1_a: applied"),
+        "{}",
+        binary::printed(&refused)
+    );
+    let b_exists: bool = sqlx::query_scalar("SELECT to_regclass('b') IS NOT NULL")
+        .fetch_one(&admin)
+        .await
+        .expect("catalog");
+    assert!(!b_exists, "nothing runs while drift is unresolved");
+
+    let overridden = binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--allow-drift",
+            "type change reviewed in CHG-42",
+        ],
+    );
+    assert!(
+        overridden.status.success(),
+        "{}",
+        binary::printed(&overridden)
+    );
+    let (action, reason): (String, String) =
+        sqlx::query_as("SELECT action, reason FROM fleetshift.audit WHERE version = '1'")
+            .fetch_one(&admin)
+            .await
+            .expect("audit row");
+    assert_eq!(action, "allow-drift");
+    assert!(
+        reason.starts_with("type change reviewed in CHG-42"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_sql_and_changes_nothing() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("dryrun").await.expect("database");
+    let directory = fixtures::migrations(&[
+        (
+            "1_a.sql",
+            "CREATE TABLE a (id integer);\nINSERT INTO a VALUES (1);",
+        ),
+        (
+            "2_index.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY a_id ON a (id);",
+        ),
+    ]);
+    let output = binary::run(
+        &url,
+        &["migrate", "up", "--dir", dir(&directory), "--dry-run"],
+    );
+    assert!(output.status.success(), "{}", binary::printed(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("BEGIN;\nSET LOCAL lock_timeout = '2000ms';"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CREATE TABLE a (id integer);\nINSERT INTO a VALUES (1);"),
+        "{text}"
+    );
+    assert!(text.contains("-- 2_index (outside a transaction"), "{text}");
+    let plan = json(&binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(plan["revisions"][1]["transactional"], false);
+    let status = json(&binary::run(
+        &url,
+        &[
+            "migrate",
+            "status",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        status["status"]["current_version"],
+        Value::Null,
+        "a dry run applies nothing"
+    );
+}
+
+#[tokio::test]
+async fn failed_statement_is_rolled_back_recorded_and_located() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("failing").await.expect("database");
+    let admin = cluster.admin_pool("failing").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        ("1_a.sql", "CREATE TABLE a (id integer);"),
+        (
+            "2_broken.sql",
+            "CREATE TABLE b (id integer);\n\nALTER TABLE b ADD COLUMN oops nonexistent_type;",
+        ),
+    ]);
+    let output = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        binary::printed(&output)
+    );
+    let printed = binary::printed(&output);
+    assert!(printed.contains("2_broken.sql:3"), "{printed}");
+    assert!(printed.contains("SQLSTATE 42704"), "{printed}");
+    assert!(printed.contains("recorded as failed"), "{printed}");
+    let b_exists: bool = sqlx::query_scalar("SELECT to_regclass('b') IS NOT NULL")
+        .fetch_one(&admin)
+        .await
+        .expect("catalog");
+    assert!(
+        !b_exists,
+        "the failed revision's first statement was rolled back"
+    );
+    let status = json(&binary::run(
+        &url,
+        &[
+            "migrate",
+            "status",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(status["status"]["revisions"][0]["status"], "applied");
+    assert_eq!(status["status"]["revisions"][1]["status"], "failed");
+    assert!(
+        status["status"]["revisions"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2_broken.sql:3"))
+    );
+
+    let error = json(&binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(error["error"]["kind"], "Failed");
+}
+
+#[tokio::test]
+async fn exit_codes_tell_bad_input_unreachable_and_fenced_out_apart() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("codes").await.expect("database");
+    let bad = fixtures::migrations(&[
+        ("1_a.sql", "SELECT 1;"),
+        ("01_again.sql", "SELECT 2;"),
+        ("2_b.up.sql", ""),
+    ]);
+    let output = binary::run(&url, &["migrate", "up", "--dir", dir(&bad)]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        binary::printed(&output)
+    );
+    let printed = binary::printed(&output);
+    assert!(
+        printed.contains("duplicate version") && printed.contains("2_b.up.sql:1: empty up script"),
+        "{printed}"
+    );
+
+    let good = fixtures::migrations(&[
+        ("1_a.sql", "CREATE TABLE a (id integer);"),
+        ("2_b.sql", "CREATE TABLE b (id integer);"),
+    ]);
+    let closed = format!(
+        "postgres://postgres:x@127.0.0.1:{}/codes",
+        cluster.port.wrapping_add(1)
+    );
+    let output = binary::run(&closed, &["migrate", "status", "--dir", dir(&good)]);
+    assert_eq!(
+        output.status.code(),
+        Some(6),
+        "{}",
+        binary::printed(&output)
+    );
+    assert!(binary::printed(&output).contains("cannot reach the database"));
+
+    let claimed = binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&good),
+            "--to",
+            "1",
+            "--fence-token",
+            "9",
+        ],
+    );
+    assert!(claimed.status.success(), "{}", binary::printed(&claimed));
+    let stale = binary::run(
+        &url,
+        &["migrate", "up", "--dir", dir(&good), "--fence-token", "3"],
+    );
+    assert_eq!(stale.status.code(), Some(4), "{}", binary::printed(&stale));
+    assert!(binary::printed(&stale).contains("fenced out"));
+
+    let unknown_target = binary::run(&url, &["migrate", "up", "--dir", dir(&good), "--to", "77"]);
+    assert_eq!(
+        unknown_target.status.code(),
+        Some(7),
+        "{}",
+        binary::printed(&unknown_target)
+    );
+
+    let irreversible = binary::run(&url, &["migrate", "down", "--dir", dir(&good)]);
+    assert_eq!(
+        irreversible.status.code(),
+        Some(2),
+        "{}",
+        binary::printed(&irreversible)
+    );
+    assert!(binary::printed(&irreversible).contains("revisions without a down script"));
+}
