@@ -178,7 +178,7 @@ pub trait ShardEngine: Send + Sync {
 /// The engine a database URL names.
 #[derive(Debug)]
 pub enum Connected {
-    Postgres(PostgresShard),
+    Postgres(Box<PostgresShard>),
     Sqlite(SqliteShard),
 }
 
@@ -186,9 +186,8 @@ pub enum Connected {
 pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Connected, ExecError> {
     let text = url.expose();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Ok(Connected::Postgres(
-            PostgresShard::connect(url, timeouts).await?,
-        ))
+        let shard = PostgresShard::connect(url, timeouts).await?;
+        Ok(Connected::Postgres(Box::new(shard)))
     } else if text.starts_with("sqlite:") {
         Ok(Connected::Sqlite(
             SqliteShard::connect(url, timeouts).await?,

@@ -71,15 +71,8 @@ pub enum ExecError {
         waited_ms: u128,
     },
 
-    #[error("shard {shard}: revision {revision} failed at {location}: {message}{sqlstate}\n{aftermath}", sqlstate = .sqlstate.as_ref().map(|code| format!(" (SQLSTATE {code})")).unwrap_or_default())]
-    StatementFailed {
-        shard: String,
-        revision: String,
-        location: String,
-        sqlstate: Option<String>,
-        message: String,
-        aftermath: String,
-    },
+    #[error("{0}")]
+    StatementFailed(Box<StatementFailure>),
 
     #[error("shard {shard}: {count} applied revision(s) changed since they were applied:\n{listing}\nnext: restore the original files, or rerun with --allow-drift \"<reason>\" to proceed (the reason is recorded on the shard)", count = .drifted.len(), listing = drift_listing(.drifted))]
     Drift {
@@ -102,6 +95,20 @@ pub enum ExecError {
         context: String,
         detail: String,
     },
+}
+
+/// A statement that failed, where, and what that left behind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shard {shard}: revision {revision} failed at {location}: {message}{sqlstate}\n{aftermath}", sqlstate = .sqlstate.as_ref().map(|code| format!(" (SQLSTATE {code})")).unwrap_or_default())]
+pub struct StatementFailure {
+    pub shard: String,
+    pub revision: String,
+    /// `path:line` of the statement.
+    pub location: String,
+    pub sqlstate: Option<String>,
+    pub message: String,
+    /// What the failure left behind and what to do next.
+    pub aftermath: String,
 }
 
 fn drift_listing(drifted: &[DriftedRevision]) -> String {

@@ -19,7 +19,7 @@ pub use retry::LockRetryPolicy;
 pub use status::{RevisionState, ShardStatus};
 
 use crate::engine::{AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, TxError};
-use crate::error::ExecError;
+use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{
     AuditRecord, Expect, Guard, GuardViolation, LedgerRecord, RevisionStatus, Writer,
 };
@@ -557,14 +557,14 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             }
             Direction::Down => "the revert was rolled back: the revision is still applied\nnext: fix the down script and rerun `down`".to_owned(),
         };
-        ExecError::StatementFailed {
+        ExecError::StatementFailed(Box::new(StatementFailure {
             shard: self.shard(),
             revision: revision.label(),
             location,
             sqlstate: failure.sqlstate,
             message: failure.message,
             aftermath,
-        }
+        }))
     }
 
     /// A non-transactional revision: fenced `started` record → statements in autocommit
@@ -684,27 +684,15 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .await
             {
                 Ok(retries) => lock_retries += retries,
-                Err(ExecError::StatementFailed {
-                    shard,
-                    revision,
-                    location,
-                    sqlstate,
-                    message,
-                    ..
-                }) => {
-                    return Err(ExecError::StatementFailed {
-                        shard,
-                        revision,
-                        location,
-                        sqlstate,
-                        message,
-                        aftermath: format!(
+                Err(error) => {
+                    return Err(with_aftermath(
+                        error,
+                        format!(
                             "the revert ran outside a transaction: {index} of {} statements finished and the revision is still recorded as applied\nnext: fix the down script (statements that already ran must be safe to repeat) and rerun `down`",
                             statements.len()
                         ),
-                    });
+                    ));
                 }
-                Err(other) => return Err(other),
             }
         }
         let reverted = self.record(
@@ -813,14 +801,14 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                     failure.message
                 ),
             }),
-            Err(failure) => Err(ExecError::StatementFailed {
+            Err(failure) => Err(ExecError::StatementFailed(Box::new(StatementFailure {
                 shard: self.shard(),
                 revision: label,
                 location,
                 sqlstate: failure.sqlstate,
                 message: failure.message,
                 aftermath: String::new(),
-            }),
+            }))),
         }
     }
 
@@ -853,24 +841,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             "the revision ran outside a transaction and is left `started` ({index} of {} statements finished)\nnext: fix the cause and rerun `up`: index builds are verified in the catalog (INVALID ones dropped and rebuilt) and repeatable statements run again",
             statements.len()
         );
-        match error {
-            ExecError::StatementFailed {
-                shard,
-                revision,
-                location,
-                sqlstate,
-                message,
-                ..
-            } => ExecError::StatementFailed {
-                shard,
-                revision,
-                location,
-                sqlstate,
-                message,
-                aftermath,
-            },
-            other => other,
-        }
+        with_aftermath(error, aftermath)
     }
 
     fn down_script<'r>(&self, revision: &'r Revision) -> Result<&'r Script, ExecError> {
@@ -906,14 +877,14 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                     ),
                 }
             }
-            TxError::Statement(failure) => ExecError::StatementFailed {
+            TxError::Statement(failure) => ExecError::StatementFailed(Box::new(StatementFailure {
                 shard: self.shard(),
                 revision: revision.label(),
                 location: locate(script, statements, &failure),
                 sqlstate: failure.sqlstate,
                 message: failure.message,
                 aftermath: String::new(),
-            },
+            })),
             TxError::Guard(violation) => ExecError::NeedsOperator {
                 shard: self.shard(),
                 reason: guard_message(&revision.label(), &violation),
@@ -947,6 +918,17 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 detail,
             },
         }
+    }
+}
+
+/// A statement failure with what it left behind; other errors pass through unchanged.
+fn with_aftermath(error: ExecError, aftermath: String) -> ExecError {
+    match error {
+        ExecError::StatementFailed(mut failure) => {
+            failure.aftermath = aftermath;
+            ExecError::StatementFailed(failure)
+        }
+        other => other,
     }
 }
 

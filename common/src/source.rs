@@ -225,6 +225,17 @@ fn check_revisions(revisions: &[Revision], problems: &mut Vec<SourceProblem>) {
         }
     }
     for revision in revisions {
+        for script in std::iter::once(&revision.up).chain(&revision.down) {
+            for statement in script.statements() {
+                if statement.controls_transaction() {
+                    problems.push(SourceProblem::at_line(
+                        &script.path,
+                        script.file_line(statement.line),
+                        "transaction control statement: fleetshift runs each transactional revision in ONE transaction and each statement of a non-transactional one on its own; remove it",
+                    ));
+                }
+            }
+        }
         if revision.up.statements().is_empty() {
             problems.push(SourceProblem::at_line(
                 &revision.up.path,

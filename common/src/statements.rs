@@ -22,6 +22,17 @@ impl Statement {
         words(&self.sql).take(count).collect()
     }
 
+    /// BEGIN, COMMIT, ROLLBACK and friends: they would end fleetshift's own transaction
+    /// half-way through a revision.
+    pub fn controls_transaction(&self) -> bool {
+        let leading = self.leading_words(2);
+        match leading.first().map(String::as_str) {
+            Some("BEGIN" | "COMMIT" | "ROLLBACK" | "ABORT" | "END") => true,
+            Some("START") => leading.get(1).is_some_and(|word| word == "TRANSACTION"),
+            _ => false,
+        }
+    }
+
     /// A CREATE INDEX CONCURRENTLY statement, parsed; `None` for anything else.
     pub fn index_build(&self) -> Option<IndexBuild> {
         IndexBuild::parse(&self.sql)
@@ -309,6 +320,18 @@ SELECT $1::int"#;
     #[test]
     fn comment_only_scripts_have_no_statements() {
         assert!(split("-- nothing here\n/* or here */\n;\n").is_empty());
+    }
+
+    #[test]
+    fn transaction_control_is_recognised() {
+        let controls: Vec<bool> = split(
+            "BEGIN; START TRANSACTION; COMMIT; ROLLBACK; START something; \
+             CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1; END $$",
+        )
+        .iter()
+        .map(Statement::controls_transaction)
+        .collect();
+        assert_eq!(controls, [true, true, true, true, false, false]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply, revert and inspect migrations on one database (no coordinator involved).
-    Migrate(migrate::MigrateArgs),
+    Migrate(Box<migrate::MigrateArgs>),
     /// Run fleetshift end to end on an embedded default fleet of SQLite shards.
     Demo(demo::DemoArgs),
 }
@@ -50,7 +50,7 @@ pub enum Output {
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Migrate(arguments) => migrate::run(arguments).await,
+        Command::Migrate(arguments) => migrate::run(*arguments).await,
         Command::Demo(arguments) => demo::run(arguments).await,
     }
 }

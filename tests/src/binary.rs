@@ -5,12 +5,21 @@ use std::process::{Command, Output};
 
 /// `target/<profile>/fleetshift`, next to this test binary's `deps/` directory.
 pub fn fleetshift() -> PathBuf {
+    built("fleetshift")
+}
+
+/// `target/<profile>/fleetshift-agent`.
+pub fn agent() -> PathBuf {
+    built("fleetshift-agent")
+}
+
+fn built(name: &str) -> PathBuf {
     let test_binary = std::env::current_exe().expect("test binary path");
     let profile_dir = test_binary
         .parent()
         .and_then(|deps| deps.parent())
         .expect("test binary lives in target/<profile>/deps");
-    let binary = profile_dir.join("fleetshift");
+    let binary = profile_dir.join(name);
     assert!(
         binary.exists(),
         "{} is missing: build it first with `cargo build --bins`",

@@ -5,6 +5,7 @@ mod integration {
     pub mod support;
 
     mod adoption;
+    mod agent;
     mod atomicity;
     mod conformance;
     mod crates_io;

@@ -192,6 +192,18 @@ fn missing_up_scripts_are_refused_in_every_format() {
 }
 
 #[test]
+fn transaction_control_inside_a_revision_is_refused_with_its_line() {
+    let directory = fixture(&[(
+        "1_a.sql",
+        "CREATE TABLE a (id int);\nCOMMIT;\nCREATE TABLE b (id int);",
+    )]);
+    let found = problems(directory.path(), None);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].line, Some(2));
+    assert!(found[0].message.contains("transaction control"));
+}
+
+#[test]
 fn mixed_and_unrecognised_layouts_are_refused() {
     let mixed = fixture(&[("V1__a.sql", "SELECT 1;"), ("2_b.up.sql", "SELECT 1;")]);
     let found = problems(mixed.path(), None);

@@ -216,7 +216,7 @@ async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
     });
     timeouts.validate().map_err(Failure::Usage)?;
     match engine::connect(&url, timeouts).await? {
-        Connected::Postgres(shard) => on_engine(&shard, &command, &set, timeouts).await,
+        Connected::Postgres(shard) => on_engine(shard.as_ref(), &command, &set, timeouts).await,
         Connected::Sqlite(shard) => on_engine(&shard, &command, &set, timeouts).await,
     }
 }

@@ -1,0 +1,118 @@
+//! `fleetshift-agent check`: connect to every shard of the host and report its ledger.
+
+use std::process::ExitCode;
+
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::error::ExecError;
+use fleetshift_common::ledger::RevisionStatus;
+use serde::Serialize;
+
+use crate::cli::Output;
+use crate::config::{AgentConfig, ShardConfig};
+
+/// Exit code when a shard cannot be reached.
+const UNREACHABLE: u8 = 6;
+
+#[derive(Debug, Serialize)]
+struct ShardReport {
+    id: String,
+    target: String,
+    labels: std::collections::BTreeMap<String, String>,
+    reachable: bool,
+    applied: usize,
+    latest_applied: Option<String>,
+    unfinished: Vec<String>,
+    fence_token: Option<i64>,
+    error: Option<String>,
+}
+
+pub async fn run(config: &AgentConfig, output: Output) -> ExitCode {
+    let mut reports = Vec::with_capacity(config.shards.len());
+    for shard in &config.shards {
+        reports.push(check_shard(shard).await);
+    }
+    match output {
+        Output::Json => match serde_json::to_string_pretty(&serde_json::json!({
+            "agent_id": config.agent_id,
+            "shards": reports,
+        })) {
+            Ok(text) => println!("{text}"),
+            Err(error) => eprintln!("error: cannot encode the report: {error}"),
+        },
+        Output::Human => {
+            println!("agent {}: {} shard(s)", config.agent_id, reports.len());
+            for report in &reports {
+                match &report.error {
+                    Some(error) => println!("  {:<20} UNREACHABLE  {error}", report.id),
+                    None => println!(
+                        "  {:<20} ok  {} applied, latest {}, fence {}{}",
+                        report.id,
+                        report.applied,
+                        report.latest_applied.as_deref().unwrap_or("-"),
+                        report
+                            .fence_token
+                            .map_or_else(|| "-".to_owned(), |token| token.to_string()),
+                        if report.unfinished.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", UNFINISHED: {}", report.unfinished.join(", "))
+                        }
+                    ),
+                }
+            }
+        }
+    }
+    if reports.iter().all(|report| report.reachable) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(UNREACHABLE)
+    }
+}
+
+async fn check_shard(shard: &ShardConfig) -> ShardReport {
+    let mut report = ShardReport {
+        id: shard.id.clone(),
+        target: shard.database_url.masked(),
+        labels: shard.labels.clone(),
+        reachable: false,
+        applied: 0,
+        latest_applied: None,
+        unfinished: Vec::new(),
+        fence_token: None,
+        error: None,
+    };
+    let result = match engine::connect(&shard.database_url, Timeouts::default()).await {
+        Ok(Connected::Postgres(engine)) => summarize(engine.as_ref(), &mut report).await,
+        Ok(Connected::Sqlite(engine)) => summarize(&engine, &mut report).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = result {
+        report.error = Some(shard.database_url.scrub(&error.to_string()));
+    }
+    report
+}
+
+async fn summarize<E: ShardEngine>(engine: &E, report: &mut ShardReport) -> Result<(), ExecError> {
+    report.reachable = true;
+    let ledger = engine.read_ledger().await?;
+    let applied: Vec<&str> = ledger
+        .iter()
+        .filter(|entry| entry.status == RevisionStatus::Applied)
+        .map(|entry| entry.version.as_str())
+        .collect();
+    report.applied = applied.len();
+    report.latest_applied = ledger
+        .iter()
+        .filter(|entry| entry.status == RevisionStatus::Applied)
+        .max_by(|left, right| left.finished_at.cmp(&right.finished_at))
+        .map(|entry| entry.version.clone());
+    report.unfinished = ledger
+        .iter()
+        .filter(|entry| entry.status == RevisionStatus::Started)
+        .map(|entry| entry.version.clone())
+        .collect();
+    if !ledger.is_empty() {
+        report.fence_token = Some(engine.current_fence().await?);
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Agent configuration: defaults, then the TOML file, then environment overrides; the raw
+//! file is validated into [`AgentConfig`] before anything uses it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use fleetshift_common::secrets::DatabaseUrl;
+use serde::Deserialize;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent_id: Option<String>,
+    #[serde(default)]
+    shards: Vec<RawShard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShard {
+    id: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Inline URL (discouraged: the file then holds a secret).
+    database_url: Option<String>,
+    /// A file holding the URL, e.g. a mounted secret.
+    database_url_file: Option<PathBuf>,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub agent_id: String,
+    pub shards: Vec<ShardConfig>,
+}
+
+#[derive(Debug)]
+pub struct ShardConfig {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub database_url: DatabaseUrl,
+}
+
+impl AgentConfig {
+    /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the agent configuration", path.display()))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|error| {
+            let line = error
+                .span()
+                .map_or(1, |span| text[..span.start].matches('\n').count() + 1);
+            anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
+        })?;
+        let agent_id = std::env::var("FLEETSHIFT_AGENT_ID").ok().or(raw.agent_id);
+        Self::validate(
+            raw.shards,
+            agent_id,
+            path.parent().unwrap_or(Path::new(".")),
+        )
+        .with_context(|| format!("{}: invalid agent configuration", path.display()))
+    }
+
+    fn validate(
+        raw_shards: Vec<RawShard>,
+        agent_id: Option<String>,
+        base: &Path,
+    ) -> anyhow::Result<Self> {
+        let agent_id = agent_id
+            .filter(|id| !id.trim().is_empty())
+            .context("agent_id is missing (set it in the file or FLEETSHIFT_AGENT_ID)")?;
+        if raw_shards.is_empty() {
+            bail!("no [[shards]]: an agent serves at least one shard");
+        }
+        let mut shards: Vec<ShardConfig> = Vec::with_capacity(raw_shards.len());
+        for raw in raw_shards {
+            if shards.iter().any(|shard| shard.id == raw.id) {
+                bail!("shard {:?} is listed twice", raw.id);
+            }
+            let url = match (raw.database_url, raw.database_url_file) {
+                (Some(url), None) => url,
+                (None, Some(file)) => {
+                    let file = base.join(file);
+                    std::fs::read_to_string(&file)
+                        .with_context(|| {
+                            format!("shard {:?}: cannot read {}", raw.id, file.display())
+                        })?
+                        .trim()
+                        .to_owned()
+                }
+                (Some(_), Some(_)) => bail!(
+                    "shard {:?}: set database_url or database_url_file, not both",
+                    raw.id
+                ),
+                (None, None) => bail!(
+                    "shard {:?}: database_url_file (or database_url) is missing",
+                    raw.id
+                ),
+            };
+            shards.push(ShardConfig {
+                id: raw.id,
+                labels: raw.labels,
+                database_url: DatabaseUrl::new(url),
+            });
+        }
+        Ok(Self { agent_id, shards })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_configuration_loads() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/agent.example.toml");
+        let config = AgentConfig::load(&example).expect("example config is valid");
+        assert_eq!(config.shards.len(), 2);
+        assert_eq!(
+            config.shards[0].labels.get("env").map(String::as_str),
+            Some("production")
+        );
+        assert!(
+            config.shards[0]
+                .database_url
+                .expose()
+                .starts_with("postgres://")
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named_with_file_and_line() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "agent_id = \"a\"\n[[shards]]\nid = \"s\"\ndatabase_ulr = \"x\"\n",
+        )
+        .expect("write");
+        let error = AgentConfig::load(&path).expect_err("typo").to_string();
+        assert!(error.contains("agent.toml:4"), "{error}");
+        std::fs::write(&path, "agent_id = \"a\"\n[[shards]]\nid = \"s\"\n").expect("write");
+        let error = format!("{:#}", AgentConfig::load(&path).expect_err("no url"));
+        assert!(
+            error.contains("database_url_file (or database_url) is missing"),
+            "{error}"
+        );
+    }
+}
