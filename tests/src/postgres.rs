@@ -122,6 +122,15 @@ impl PostgresCluster {
         )
     }
 
+    /// URL of `database` over the Unix socket (trust authentication, the cheapest connect).
+    pub fn socket_url(&self, database: &str) -> String {
+        format!(
+            "postgresql:///{database}?host={}&port={}&user=postgres",
+            self.data.path().display(),
+            self.port
+        )
+    }
+
     pub async fn admin_pool(&self, database: &str) -> anyhow::Result<PgPool> {
         Ok(PgPoolOptions::new()
             .max_connections(4)

@@ -223,6 +223,10 @@ impl ShardEngine for PostgresShard {
                 .map_err(bookkeeping_error("reading the fence"))?;
             return Err(TxError::FencedOut { current });
         }
+        // The ledger guard is read by a statement of its own AFTER the fence update: having
+        // waited for the fence row, it takes a fresh snapshot and sees whatever the previous
+        // holder committed. Folding both into one statement would reuse the older snapshot
+        // and could let a revision apply twice.
         let statuses: Vec<(String, String)> = sqlx::query_as(
             "SELECT version, status FROM fleetshift.history WHERE version = ANY($1)",
         )

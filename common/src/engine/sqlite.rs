@@ -211,6 +211,8 @@ impl ShardEngine for SqliteShard {
                 .map_err(bookkeeping_error("reading the fence"))?;
             return Err(TxError::FencedOut { current });
         }
+        // Read after the fence update, inside the same write transaction (see the PostgreSQL
+        // engine for why the order matters).
         let mut observed = HashMap::new();
         for version in work.guard.versions() {
             let status: Option<String> =
