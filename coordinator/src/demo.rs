@@ -62,6 +62,7 @@ pub struct DemoArgs {
     /// Keep the shard files (and print where they are) instead of removing them.
     #[arg(long)]
     keep: bool,
+    /// Human-readable text, or one JSON document on stdout.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
 }

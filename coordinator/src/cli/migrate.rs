@@ -109,10 +109,12 @@ struct Target {
     /// Migration directory.
     #[arg(long, env = "FLEETSHIFT_MIGRATIONS_DIR")]
     dir: PathBuf,
-    /// Migration layout; detected from file names when omitted.
-    #[arg(long, value_parser = parse_format)]
+    /// Migration layout: sqlx, golang-migrate, diesel, flyway or dbmate; detected from file
+    /// names when omitted.
+    #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
-    #[arg(long, value_enum, default_value = "human")]
+    /// Human-readable text, or one JSON document on stdout (errors too).
+    #[arg(long, value_enum, default_value = "human", env = "FLEETSHIFT_OUTPUT")]
     output: Output,
 }
 
