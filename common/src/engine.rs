@@ -23,7 +23,9 @@ pub use postgres::PostgresShard;
 pub use sqlite::SqliteShard;
 
 use crate::error::ExecError;
-use crate::ledger::{AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, Writer};
+use crate::ledger::{
+    AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus, Writer,
+};
 use crate::secrets::DatabaseUrl;
 use crate::statements::Statement;
 
@@ -200,13 +202,63 @@ pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Connected,
     }
 }
 
-/// The SQLSTATE and message of a database error, whatever its source.
-pub(crate) fn describe_sqlx_error(error: &sqlx::Error) -> (Option<String>, String) {
-    match error {
+/// A failed statement (by its index in the body, if it is one), with its SQLSTATE.
+pub(crate) fn statement_error(index: Option<usize>, error: &sqlx::Error) -> StatementError {
+    let (sqlstate, message) = match error {
         sqlx::Error::Database(database_error) => (
             database_error.code().map(|code| code.into_owned()),
             database_error.message().to_owned(),
         ),
         other => (None, other.to_string()),
+    };
+    StatementError {
+        index,
+        sqlstate,
+        message,
     }
+}
+
+/// A bookkeeping failure inside a fenced transaction: lock conflicts stay retryable.
+pub(crate) fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
+    move |error| {
+        let failure = statement_error(None, &error);
+        if failure.is_lock_conflict() {
+            TxError::Statement(failure)
+        } else {
+            TxError::Database {
+                context,
+                detail: failure.message,
+            }
+        }
+    }
+}
+
+/// A history row as either engine returns it (same column names and types).
+pub(crate) fn ledger_entry<R>(row: &R) -> Result<LedgerEntry, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'n> &'n str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status_text: String = row.try_get("status")?;
+    let status = RevisionStatus::parse(&status_text).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unknown ledger status {status_text:?}").into())
+    })?;
+    Ok(LedgerEntry {
+        version: row.try_get("version")?,
+        name: row.try_get("name")?,
+        checksum: row.try_get("checksum")?,
+        status,
+        transactional: row.try_get("transactional")?,
+        fence_token: row.try_get("fence_token")?,
+        plan_id: row.try_get("plan_id")?,
+        agent_id: row.try_get("agent_id")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        duration_ms: row.try_get("duration_ms")?,
+        statements_run: row.try_get("statements_run")?,
+        error: row.try_get("error")?,
+    })
 }

@@ -54,19 +54,13 @@ impl Default for ExecutorSettings {
     }
 }
 
-/// What `up` is asked to do.
+/// What `up` or `down` is asked to do.
 #[derive(Debug, Clone, Default)]
-pub struct UpRequest {
+pub struct Request {
+    /// Up: the last version to apply (`None`: everything pending). Down: the version to return
+    /// to (`None`: revert only the newest applied revision; `"base"`: revert everything).
     pub target: Option<String>,
     /// Proceed despite drifted revisions; the reason is recorded on the shard.
-    pub allow_drift: Option<String>,
-}
-
-/// What `down` is asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct DownRequest {
-    /// `None`: revert the newest applied revision; `Some("base")`: revert everything.
-    pub target: Option<String>,
     pub allow_drift: Option<String>,
 }
 
@@ -84,8 +78,9 @@ pub struct Executor<'a, E: ShardEngine> {
     settings: ExecutorSettings,
 }
 
+/// Which way a run moves the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub enum Direction {
     Up,
     Down,
 }
@@ -109,47 +104,28 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         Ok(ShardStatus::compare(self.engine.shard(), set, &ledger))
     }
 
-    /// The revisions `up` would apply, in order; reads only (for `--dry-run`).
-    pub async fn plan_up<'s>(
+    /// The revisions a run would apply (in order) or revert (newest first); reads only, for
+    /// `--dry-run`.
+    pub async fn plan<'s>(
         &self,
         set: &'s MigrationSet,
-        request: &UpRequest,
+        direction: Direction,
+        request: &Request,
     ) -> Result<Vec<&'s Revision>, ExecError> {
         let status = self.status(set).await?;
-        let steps = status.plan_up(
-            set,
-            request.target.as_deref(),
-            request.allow_drift.is_some(),
-        )?;
+        let target = request.target.as_deref();
+        let allow_drift = request.allow_drift.is_some();
+        let steps = match direction {
+            Direction::Up => status.plan_up(set, target, allow_drift)?,
+            Direction::Down => status.plan_down(set, target, allow_drift)?,
+        };
         Ok(steps
             .into_iter()
             .map(|index| &set.revisions[index])
             .collect())
     }
 
-    /// The revisions `down` would revert, newest first; reads only (for `--dry-run`).
-    pub async fn plan_down<'s>(
-        &self,
-        set: &'s MigrationSet,
-        request: &DownRequest,
-    ) -> Result<Vec<&'s Revision>, ExecError> {
-        let status = self.status(set).await?;
-        let steps = status.plan_down(
-            set,
-            request.target.as_deref(),
-            request.allow_drift.is_some(),
-        )?;
-        Ok(steps
-            .into_iter()
-            .map(|index| &set.revisions[index])
-            .collect())
-    }
-
-    pub async fn up(
-        &self,
-        set: &MigrationSet,
-        request: &UpRequest,
-    ) -> Result<RunReport, ExecError> {
+    pub async fn up(&self, set: &MigrationSet, request: &Request) -> Result<RunReport, ExecError> {
         self.with_migrator_lock(|writer| self.up_locked(set, request, writer))
             .await
     }
@@ -157,7 +133,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
     pub async fn down(
         &self,
         set: &MigrationSet,
-        request: &DownRequest,
+        request: &Request,
     ) -> Result<RunReport, ExecError> {
         self.with_migrator_lock(|writer| self.down_locked(set, request, writer))
             .await
@@ -225,7 +201,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
     async fn up_locked(
         &self,
         set: &MigrationSet,
-        request: &UpRequest,
+        request: &Request,
         writer: Writer,
     ) -> Result<RunReport, ExecError> {
         let ledger = self.engine.read_ledger().await?;
@@ -264,7 +240,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
     async fn down_locked(
         &self,
         set: &MigrationSet,
-        request: &DownRequest,
+        request: &Request,
         writer: Writer,
     ) -> Result<RunReport, ExecError> {
         let status = self.status(set).await?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::Args;
 use fleetshift_common::engine::{SqliteShard, Timeouts};
 use fleetshift_common::error::ExecError;
-use fleetshift_common::executor::{DownRequest, Executor, ExecutorSettings, Identity, UpRequest};
+use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
 use serde::Serialize;
@@ -189,7 +189,7 @@ async fn migrate_shard(path: PathBuf, set: MigrationSet) -> anyhow::Result<Shard
     let shard = open(&path).await?;
     let started = Instant::now();
     let executor = Executor::new(&shard, identity("agent-a", 1), ExecutorSettings::default());
-    let report = executor.up(&set, &UpRequest::default()).await?;
+    let report = executor.up(&set, &Request::default()).await?;
     Ok(ShardOutcome {
         shard: path
             .file_stem()
@@ -205,10 +205,10 @@ async fn migrate_shard(path: PathBuf, set: MigrationSet) -> anyhow::Result<Shard
 async fn fence_out_stale_agent(path: &Path, set: &MigrationSet) -> anyhow::Result<String> {
     let shard = open(path).await?;
     Executor::new(&shard, identity("agent-b", 2), ExecutorSettings::default())
-        .up(set, &UpRequest::default())
+        .up(set, &Request::default())
         .await?;
     let stale = Executor::new(&shard, identity("agent-a", 1), ExecutorSettings::default());
-    match stale.down(set, &DownRequest::default()).await {
+    match stale.down(set, &Request::default()).await {
         Err(error @ ExecError::FencedOut { .. }) => Ok(error.to_string()),
         Err(other) => anyhow::bail!("the stale agent failed for the wrong reason: {other}"),
         Ok(_) => anyhow::bail!("the stale agent was not fenced out: the fence is broken"),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fleetshift_common::engine::{PostgresShard, Timeouts};
-use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, UpRequest};
+use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::fixtures;
@@ -167,7 +167,7 @@ async fn with_fleetshift(url: &str) -> anyhow::Result<Duration> {
         fence_token: Some(1),
     };
     let report = Executor::new(&shard, identity, ExecutorSettings::default())
-        .up(&set, &UpRequest::default())
+        .up(&set, &Request::default())
         .await?;
     let elapsed = started.elapsed();
     if report.steps.len() != set.revisions.len() {

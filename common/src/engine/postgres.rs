@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
     AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
-    describe_sqlx_error,
+    bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
@@ -118,30 +118,6 @@ fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn statement_error(index: Option<usize>, error: &sqlx::Error) -> StatementError {
-    let (sqlstate, message) = describe_sqlx_error(error);
-    StatementError {
-        index,
-        sqlstate,
-        message,
-    }
-}
-
-/// A bookkeeping failure inside a fenced transaction: lock conflicts stay retryable.
-fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
-    move |error| {
-        let failure = statement_error(None, &error);
-        if failure.is_lock_conflict() {
-            TxError::Statement(failure)
-        } else {
-            TxError::Database {
-                context,
-                detail: failure.message,
-            }
-        }
-    }
-}
-
 impl ShardEngine for PostgresShard {
     type MigratorLock = MigratorLock;
 
@@ -177,9 +153,7 @@ impl ShardEngine for PostgresShard {
             .await
             .map_err(self.database_error("reading the ledger"))?;
         rows.iter()
-            .map(|row| {
-                ledger_sql::entry_from_row(row).map_err(self.database_error("reading the ledger"))
-            })
+            .map(|row| ledger_entry(row).map_err(self.database_error("reading the ledger")))
             .collect()
     }
 

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{AssertSqlSafe, ConnectOptions, Row};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions};
 
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
     AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
-    describe_sqlx_error,
+    bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
@@ -106,51 +106,6 @@ impl SqliteShard {
     }
 }
 
-fn statement_error(index: Option<usize>, error: &sqlx::Error) -> StatementError {
-    let (sqlstate, message) = describe_sqlx_error(error);
-    StatementError {
-        index,
-        sqlstate,
-        message,
-    }
-}
-
-fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
-    move |error| {
-        let failure = statement_error(None, &error);
-        if failure.is_lock_conflict() {
-            TxError::Statement(failure)
-        } else {
-            TxError::Database {
-                context,
-                detail: failure.message,
-            }
-        }
-    }
-}
-
-fn entry_from_row(row: &SqliteRow) -> Result<LedgerEntry, sqlx::Error> {
-    let status_text: String = row.try_get("status")?;
-    let status = RevisionStatus::parse(&status_text).ok_or_else(|| {
-        sqlx::Error::Decode(format!("unknown ledger status {status_text:?}").into())
-    })?;
-    Ok(LedgerEntry {
-        version: row.try_get("version")?,
-        name: row.try_get("name")?,
-        checksum: row.try_get("checksum")?,
-        status,
-        transactional: row.try_get("transactional")?,
-        fence_token: row.try_get("fence_token")?,
-        plan_id: row.try_get("plan_id")?,
-        agent_id: row.try_get("agent_id")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        duration_ms: row.try_get("duration_ms")?,
-        statements_run: row.try_get("statements_run")?,
-        error: row.try_get("error")?,
-    })
-}
-
 impl ShardEngine for SqliteShard {
     /// SQLite's single write lock, taken by every `BEGIN IMMEDIATE`, already keeps other
     /// migrators out of each transaction.
@@ -177,7 +132,7 @@ impl ShardEngine for SqliteShard {
             .await
             .map_err(self.database_error("reading the ledger"))?;
         rows.iter()
-            .map(|row| entry_from_row(row).map_err(self.database_error("reading the ledger")))
+            .map(|row| ledger_entry(row).map_err(self.database_error("reading the ledger")))
             .collect()
     }
 

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::{ErrorKind, ExecError};
 use fleetshift_common::executor::{
-    DownRequest, Executor, ExecutorSettings, Identity, LockRetryPolicy, Resolution, UpRequest,
+    Direction, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, Resolution,
 };
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
@@ -27,36 +27,24 @@ enum MigrateCommand {
     /// Show every revision of the set and where the shard stands (reads only).
     Status(Target),
     /// Apply pending revisions in order, each under the fenced protocol.
+    /// --to VERSION stops after that version (default: everything pending).
     Up {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         safety: Safety,
-        /// Stop after this version (default: apply everything pending).
-        #[arg(long, value_name = "VERSION")]
-        to: Option<String>,
-        /// Print exactly the SQL that would run, per revision and transaction mode; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Proceed although applied revisions changed since; the reason is recorded on the shard.
-        #[arg(long, value_name = "REASON")]
-        allow_drift: Option<String>,
+        #[command(flatten)]
+        movement: Movement,
     },
     /// Revert applied revisions newest first with their down scripts.
+    /// --to VERSION returns to that version (`base`: revert everything; default: only the newest).
     Down {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         safety: Safety,
-        /// Version to return to (`base` reverts everything; default: only the newest revision).
-        #[arg(long, value_name = "VERSION")]
-        to: Option<String>,
-        /// Print exactly the SQL that would run; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Proceed although applied revisions changed since; the reason is recorded on the shard.
-        #[arg(long, value_name = "REASON")]
-        allow_drift: Option<String>,
+        #[command(flatten)]
+        movement: Movement,
     },
     /// Validate the migration files; with a database, also check applied revisions for drift.
     Verify(Target),
@@ -84,6 +72,20 @@ enum MigrateCommand {
         #[arg(long)]
         reason: String,
     },
+}
+
+/// Where `up` or `down` goes, and how.
+#[derive(Debug, Args)]
+struct Movement {
+    /// Target version (see the command's description).
+    #[arg(long, value_name = "VERSION")]
+    to: Option<String>,
+    /// Print exactly the SQL that would run, per revision and transaction mode; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Proceed although applied revisions changed since; the reason is recorded on the shard.
+    #[arg(long, value_name = "REASON")]
+    allow_drift: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -271,54 +273,34 @@ async fn on_engine<E: ShardEngine>(
         MigrateCommand::Up {
             target,
             safety,
-            to,
-            dry_run,
-            allow_drift,
+            movement,
         } => {
-            let request = UpRequest {
-                target: to.clone(),
-                allow_drift: allow_drift.clone(),
-            };
-            let executor = executor(safety);
-            if *dry_run {
-                let plan = executor.plan_up(set, &request).await?;
-                render::dry_run(
-                    target.output,
-                    engine.shard(),
-                    &plan,
-                    render::Direction::Up,
-                    timeouts,
-                );
-            } else {
-                let report = executor.up(set, &request).await?;
-                render::report(target.output, &report);
-            }
+            move_shard(
+                &executor(safety),
+                engine.shard(),
+                set,
+                Direction::Up,
+                movement,
+                target.output,
+                timeouts,
+            )
+            .await?;
         }
         MigrateCommand::Down {
             target,
             safety,
-            to,
-            dry_run,
-            allow_drift,
+            movement,
         } => {
-            let request = DownRequest {
-                target: to.clone(),
-                allow_drift: allow_drift.clone(),
-            };
-            let executor = executor(safety);
-            if *dry_run {
-                let plan = executor.plan_down(set, &request).await?;
-                render::dry_run(
-                    target.output,
-                    engine.shard(),
-                    &plan,
-                    render::Direction::Down,
-                    timeouts,
-                );
-            } else {
-                let report = executor.down(set, &request).await?;
-                render::report(target.output, &report);
-            }
+            move_shard(
+                &executor(safety),
+                engine.shard(),
+                set,
+                Direction::Down,
+                movement,
+                target.output,
+                timeouts,
+            )
+            .await?;
         }
         MigrateCommand::Adopt {
             target,
@@ -346,6 +328,33 @@ async fn on_engine<E: ShardEngine>(
         }
     }
     Ok(ExitCode::from(exit::OK))
+}
+
+/// `up` or `down`: print the plan (dry run) or run it.
+async fn move_shard<E: ShardEngine>(
+    executor: &Executor<'_, E>,
+    shard: &str,
+    set: &MigrationSet,
+    direction: Direction,
+    movement: &Movement,
+    output: Output,
+    timeouts: Timeouts,
+) -> Result<(), Failure> {
+    let request = Request {
+        target: movement.to.clone(),
+        allow_drift: movement.allow_drift.clone(),
+    };
+    if movement.dry_run {
+        let plan = executor.plan(set, direction, &request).await?;
+        render::dry_run(output, shard, &plan, direction, timeouts);
+    } else {
+        let report = match direction {
+            Direction::Up => executor.up(set, &request).await?,
+            Direction::Down => executor.down(set, &request).await?,
+        };
+        render::report(output, &report);
+    }
+    Ok(())
 }
 
 fn load_set(target: &Target) -> Result<MigrationSet, Failure> {

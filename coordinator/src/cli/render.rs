@@ -2,18 +2,12 @@
 
 use fleetshift_common::engine::Timeouts;
 use fleetshift_common::error::ErrorKind;
-use fleetshift_common::executor::{RunReport, ShardStatus};
+use fleetshift_common::executor::{Direction, RunReport, ShardStatus};
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::source::{MigrationSet, Revision};
 use serde_json::json;
 
 use super::Output;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Up,
-    Down,
-}
 
 fn print_json(value: &serde_json::Value) {
     match serde_json::to_string_pretty(value) {

@@ -8,7 +8,7 @@ use fleetshift_common::engine::{
     FencedTransaction, PostgresShard, ShardEngine, SqliteShard, TxError,
 };
 use fleetshift_common::error::ExecError;
-use fleetshift_common::executor::UpRequest;
+use fleetshift_common::executor::Request;
 use fleetshift_common::ledger::{Expect, Guard, LedgerRecord, RevisionStatus, Writer};
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::statements::{self, Statement};
@@ -165,7 +165,7 @@ pub async fn stale_holder_is_fenced_out<S: TestShard>(shard: &S, set: &Migration
     support::executor(&newer, "agent-b", Some(7))
         .up(
             set,
-            &UpRequest {
+            &Request {
                 target: Some("1".to_owned()),
                 allow_drift: None,
             },
@@ -173,7 +173,7 @@ pub async fn stale_holder_is_fenced_out<S: TestShard>(shard: &S, set: &Migration
         .await
         .expect("the newer claim applies revision 1");
     let refused = support::executor(&stale, "agent-a", Some(5))
-        .up(set, &UpRequest::default())
+        .up(set, &Request::default())
         .await
         .expect_err("the stale holder must be refused");
     assert!(
@@ -217,7 +217,7 @@ pub async fn concurrent_executors_apply_each_revision_once<S: TestShard>(
         tasks.spawn(async move {
             let engine = shard.open().await;
             support::executor(&engine, &format!("agent-{token}"), Some(token))
-                .up(&set, &UpRequest::default())
+                .up(&set, &Request::default())
                 .await
         });
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use fleetshift_common::error::ExecError;
-use fleetshift_common::executor::{DownRequest, ShardStatus, UpRequest};
+use fleetshift_common::executor::{Request, ShardStatus};
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::fixtures;
@@ -106,7 +106,7 @@ async fn crates_io_history_goes_up_down_to_the_start_and_up_again() {
     let directory = copy.path();
     let shard = support::postgres(&url).await;
     let executor = support::executor(&shard, "crates-io-test", None);
-    let to_base = DownRequest {
+    let to_base = Request {
         target: Some("base".to_owned()),
         allow_drift: None,
     };
@@ -114,7 +114,7 @@ async fn crates_io_history_goes_up_down_to_the_start_and_up_again() {
     // Up: every revision, in diesel's order.
     let original = MigrationSet::load(directory, None).expect("load the corpus");
     let report = executor
-        .up(&original, &UpRequest::default())
+        .up(&original, &Request::default())
         .await
         .expect("up");
     assert_eq!(report.steps.len(), 285);
@@ -218,7 +218,7 @@ async fn crates_io_history_goes_up_down_to_the_start_and_up_again() {
 
     // Up again: only down scripts changed, so nothing drifted and all 285 apply.
     let report = executor
-        .up(&fixed, &UpRequest::default())
+        .up(&fixed, &Request::default())
         .await
         .expect("up again");
     assert_eq!(report.steps.len(), 285);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fleetshift_common::engine::Timeouts;
 use fleetshift_common::error::ExecError;
-use fleetshift_common::executor::{Executor, ExecutorSettings, LockRetryPolicy, UpRequest};
+use fleetshift_common::executor::{Executor, ExecutorSettings, LockRetryPolicy, Request};
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
@@ -80,7 +80,7 @@ async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
     Executor::new(&shard, support::identity("setup", None), settings(0))
         .up(
             &set,
-            &UpRequest {
+            &Request {
                 target: Some("1".to_owned()),
                 allow_drift: None,
             },
@@ -100,7 +100,7 @@ async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
         async move {
             let shard = support::postgres_with(&url, timeouts()).await;
             Executor::new(&shard, support::identity("migrator", None), settings(50))
-                .up(&set, &UpRequest::default())
+                .up(&set, &Request::default())
                 .await
         }
     });
@@ -138,7 +138,7 @@ async fn permanent_blocker_exhausts_the_bounded_retries_with_a_clear_error() {
     executor
         .up(
             &set,
-            &UpRequest {
+            &Request {
                 target: Some("1".to_owned()),
                 allow_drift: None,
             },
@@ -152,7 +152,7 @@ async fn permanent_blocker_exhausts_the_bounded_retries_with_a_clear_error() {
         .expect("read");
 
     let error = executor
-        .up(&set, &UpRequest::default())
+        .up(&set, &Request::default())
         .await
         .expect_err("must give up");
     match &error {

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::error::ExecError;
-use fleetshift_common::executor::{Executor, UpRequest};
+use fleetshift_common::executor::{Executor, Request};
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::postgres::{PostgresCluster, fleetshift_running, wait_until};
 use fleetshift_tests::{binary, fixtures};
@@ -49,7 +49,7 @@ async fn holder_delayed_past_a_newer_claim_is_fenced_out_when_it_resumes() {
         async move {
             let shard = support::postgres(&url).await;
             support::executor(&shard, "agent-b", Some(7))
-                .up(&set, &UpRequest::default())
+                .up(&set, &Request::default())
                 .await
         }
     });
@@ -63,7 +63,7 @@ async fn holder_delayed_past_a_newer_claim_is_fenced_out_when_it_resumes() {
     // agent-a still believes it holds token 5; it waits for the migrator lock meanwhile.
     let shard = support::postgres(&url).await;
     let stale = support::executor(&shard, "agent-a", Some(5))
-        .up(&set, &UpRequest::default())
+        .up(&set, &Request::default())
         .await;
     let newer = newer
         .await
@@ -140,7 +140,7 @@ async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
     let mut settings = support::quick_settings();
     settings.migrator_lock_wait = Duration::from_secs(20);
     let report = Executor::new(&shard, support::identity("agent-b", Some(7)), settings)
-        .up(&set, &UpRequest::default())
+        .up(&set, &Request::default())
         .await
         .expect("the newer claim proceeds while the old holder is frozen");
     assert_eq!(report.steps.len(), 2);

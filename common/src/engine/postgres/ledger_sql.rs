@@ -1,10 +1,10 @@
 //! The PostgreSQL ledger's SQL: schema `fleetshift` with `history`, `fence` and `audit`.
 
-use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{Postgres, Row};
 
-use crate::ledger::{LedgerEntry, LedgerRecord, RevisionStatus, Writer};
+use crate::ledger::{LedgerRecord, Writer};
 
 pub const CREATE: &str = "
 CREATE SCHEMA IF NOT EXISTS fleetshift;
@@ -45,28 +45,6 @@ SELECT version, name, checksum, status, transactional, fence_token, plan_id, age
        to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS finished_at,
        duration_ms, statements_run::bigint AS statements_run, error
 FROM fleetshift.history";
-
-pub fn entry_from_row(row: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
-    let status_text: String = row.try_get("status")?;
-    let status = RevisionStatus::parse(&status_text).ok_or_else(|| {
-        sqlx::Error::Decode(format!("unknown ledger status {status_text:?}").into())
-    })?;
-    Ok(LedgerEntry {
-        version: row.try_get("version")?,
-        name: row.try_get("name")?,
-        checksum: row.try_get("checksum")?,
-        status,
-        transactional: row.try_get("transactional")?,
-        fence_token: row.try_get("fence_token")?,
-        plan_id: row.try_get("plan_id")?,
-        agent_id: row.try_get("agent_id")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        duration_ms: row.try_get("duration_ms")?,
-        statements_run: row.try_get("statements_run")?,
-        error: row.try_get("error")?,
-    })
-}
 
 pub fn upsert<'q>(
     record: &'q LedgerRecord,
