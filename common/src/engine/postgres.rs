@@ -6,21 +6,22 @@ mod ledger_sql;
 mod migrator_lock;
 mod session;
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use migrator_lock::MigratorLock;
+use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 
+use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
     AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
     bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
-use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
+use crate::ledger::{LedgerEntry, Writer};
 use crate::secrets::DatabaseUrl;
 use crate::statements::Statement;
 
@@ -184,60 +185,7 @@ impl ShardEngine for PostgresShard {
             .execute(&mut *transaction)
             .await
             .map_err(bookkeeping_error("setting timeouts"))?;
-        let moved = sqlx::query("UPDATE fleetshift.fence SET token = $1 WHERE token <= $1")
-            .bind(writer.fence_token)
-            .execute(&mut *transaction)
-            .await
-            .map_err(bookkeeping_error("moving the fence"))?
-            .rows_affected();
-        if moved == 0 {
-            let current = sqlx::query_scalar("SELECT token FROM fleetshift.fence")
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(bookkeeping_error("reading the fence"))?;
-            return Err(TxError::FencedOut { current });
-        }
-        // The ledger guard is read by a statement of its own AFTER the fence update: having
-        // waited for the fence row, it takes a fresh snapshot and sees whatever the previous
-        // holder committed. Folding both into one statement would reuse the older snapshot
-        // and could let a revision apply twice.
-        let statuses: Vec<(String, String)> = sqlx::query_as(
-            "SELECT version, status FROM fleetshift.history WHERE version = ANY($1)",
-        )
-        .bind(work.guard.versions())
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(bookkeeping_error("reading the ledger"))?;
-        let observed: HashMap<String, RevisionStatus> = statuses
-            .into_iter()
-            .filter_map(|(version, status)| Some((version, RevisionStatus::parse(&status)?)))
-            .collect();
-        work.guard.check(&observed).map_err(TxError::Guard)?;
-        for (index, statement) in work.body.iter().enumerate() {
-            sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
-                .execute(&mut *transaction)
-                .await
-                .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
-        }
-        for record in work.records {
-            ledger_sql::upsert(record, writer)
-                .execute(&mut *transaction)
-                .await
-                .map_err(bookkeeping_error("recording the revision"))?;
-        }
-        if let Some(audit) = work.audit {
-            sqlx::query(
-                "INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&audit.action)
-            .bind(&audit.version)
-            .bind(&audit.reason)
-            .bind(&writer.agent_id)
-            .bind(writer.fence_token)
-            .execute(&mut *transaction)
-            .await
-            .map_err(bookkeeping_error("recording the audit entry"))?;
-        }
+        fenced::run::<Postgres>(&mut transaction, &ledger_sql::LEDGER, writer, work).await?;
         transaction
             .commit()
             .await

@@ -3,20 +3,21 @@
 //! bounds how long it waits for it. SQLite has no statement timeout; index builds need no
 //! catalog verification (they are atomic).
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions};
 
+use super::fenced::{self, LedgerSql};
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
     AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
     bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
-use crate::ledger::{LedgerEntry, RevisionStatus, Writer};
+use crate::ledger::{LedgerEntry, Writer};
 use crate::secrets::DatabaseUrl;
 use crate::statements::Statement;
 
@@ -52,7 +53,26 @@ CREATE TABLE IF NOT EXISTS fleetshift_audit (
 );
 ";
 
-const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+const LEDGER: LedgerSql = LedgerSql {
+    move_fence: "UPDATE fleetshift_fence SET token = $1 WHERE token <= $1 RETURNING token",
+    read_fence: "SELECT token FROM fleetshift_fence",
+    history_table: "fleetshift_history",
+    upsert_history: "INSERT INTO fleetshift_history
+            (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
+             started_at, finished_at, duration_ms, statements_run, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                 CASE WHEN $4 = 'started' THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END,
+                 $9, $10, $11)
+         ON CONFLICT (version) DO UPDATE SET
+            name = excluded.name, checksum = excluded.checksum, status = excluded.status,
+            transactional = excluded.transactional, fence_token = excluded.fence_token,
+            plan_id = excluded.plan_id, agent_id = excluded.agent_id,
+            started_at = CASE WHEN $12 THEN fleetshift_history.started_at ELSE excluded.started_at END,
+            finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+            statements_run = excluded.statements_run, error = excluded.error",
+    insert_audit: "INSERT INTO fleetshift_audit (action, version, reason, agent_id, fence_token)
+         VALUES ($1, $2, $3, $4, $5)",
+};
 
 #[derive(Debug)]
 pub struct SqliteShard {
@@ -153,85 +173,7 @@ impl ShardEngine for SqliteShard {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(bookkeeping_error("beginning a transaction"))?;
-        let moved = sqlx::query("UPDATE fleetshift_fence SET token = ?1 WHERE token <= ?1")
-            .bind(writer.fence_token)
-            .execute(&mut *transaction)
-            .await
-            .map_err(bookkeeping_error("moving the fence"))?
-            .rows_affected();
-        if moved == 0 {
-            let current = sqlx::query_scalar("SELECT token FROM fleetshift_fence")
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(bookkeeping_error("reading the fence"))?;
-            return Err(TxError::FencedOut { current });
-        }
-        // Read after the fence update, inside the same write transaction (see the PostgreSQL
-        // engine for why the order matters).
-        let mut observed = HashMap::new();
-        for version in work.guard.versions() {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM fleetshift_history WHERE version = ?1")
-                    .bind(&version)
-                    .fetch_optional(&mut *transaction)
-                    .await
-                    .map_err(bookkeeping_error("reading the ledger"))?;
-            if let Some(status) = status.as_deref().and_then(RevisionStatus::parse) {
-                observed.insert(version, status);
-            }
-        }
-        work.guard.check(&observed).map_err(TxError::Guard)?;
-        for (index, statement) in work.body.iter().enumerate() {
-            sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
-                .execute(&mut *transaction)
-                .await
-                .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
-        }
-        for record in work.records {
-            let upsert = format!(
-                "INSERT INTO fleetshift_history
-                    (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
-                     started_at, finished_at, duration_ms, statements_run, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {NOW},
-                         CASE WHEN ?4 = 'started' THEN NULL ELSE {NOW} END, ?9, ?10, ?11)
-                 ON CONFLICT (version) DO UPDATE SET
-                    name = excluded.name, checksum = excluded.checksum, status = excluded.status,
-                    transactional = excluded.transactional, fence_token = excluded.fence_token,
-                    plan_id = excluded.plan_id, agent_id = excluded.agent_id,
-                    started_at = CASE WHEN ?12 THEN fleetshift_history.started_at ELSE excluded.started_at END,
-                    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-                    statements_run = excluded.statements_run, error = excluded.error"
-            );
-            sqlx::query(AssertSqlSafe(upsert))
-                .bind(&record.version)
-                .bind(&record.name)
-                .bind(&record.checksum)
-                .bind(record.status.as_str())
-                .bind(record.transactional)
-                .bind(writer.fence_token)
-                .bind(&writer.plan_id)
-                .bind(&writer.agent_id)
-                .bind(record.duration_ms)
-                .bind(record.statements_run)
-                .bind(&record.error)
-                .bind(record.keep_started_at)
-                .execute(&mut *transaction)
-                .await
-                .map_err(bookkeeping_error("recording the revision"))?;
-        }
-        if let Some(audit) = work.audit {
-            sqlx::query(
-                "INSERT INTO fleetshift_audit (action, version, reason, agent_id, fence_token) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&audit.action)
-            .bind(&audit.version)
-            .bind(&audit.reason)
-            .bind(&writer.agent_id)
-            .bind(writer.fence_token)
-            .execute(&mut *transaction)
-            .await
-            .map_err(bookkeeping_error("recording the audit entry"))?;
-        }
+        fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work).await?;
         transaction
             .commit()
             .await

@@ -95,9 +95,23 @@ async fn run_sql<E: ShardEngine>(engine: &E, sql: &str) {
         .expect("setup SQL");
 }
 
-/// Contenders with tokens 1..=N race to apply the same revision with no migrator lock at
-/// all: the fence and the ledger guard inside the shard let exactly one apply it.
-pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(shard: Arc<S>, contenders: i64) {
+/// How the racing contenders' tokens are chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum Tokens {
+    /// 1..=N: the fence and the guard both separate them.
+    Distinct,
+    /// One token for all (a claim retried, or handed out twice): only the ledger guard
+    /// stands between them and a double apply.
+    Shared,
+}
+
+/// Contenders race to apply the same revision with no migrator lock at all: the fence and
+/// the ledger guard inside the shard let exactly one apply it.
+pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
+    shard: Arc<S>,
+    contenders: i64,
+    tokens: Tokens,
+) {
     let setup = shard.open().await;
     setup.ensure_ledger().await.expect("ledger");
     run_sql(
@@ -107,7 +121,11 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(shard: Arc<S>
     .await;
     let barrier = Arc::new(Barrier::new(usize::try_from(contenders).expect("count")));
     let mut tasks = tokio::task::JoinSet::new();
-    for token in 1..=contenders {
+    for contender in 1..=contenders {
+        let token = match tokens {
+            Tokens::Distinct => contender,
+            Tokens::Shared => 5,
+        };
         let shard = Arc::clone(&shard);
         let barrier = Arc::clone(&barrier);
         tasks.spawn(async move {
@@ -124,19 +142,23 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(shard: Arc<S>
                 records: std::slice::from_ref(&record),
                 audit: None,
             };
-            (token, engine.fenced_transaction(&writer(token), work).await)
+            (
+                contender,
+                token,
+                engine.fenced_transaction(&writer(token), work).await,
+            )
         });
     }
     let mut winners = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let (token, result) = joined.expect("contender task");
+        let (contender, token, result) = joined.expect("contender task");
         match result {
             Ok(()) => winners.push(token),
             Err(TxError::FencedOut { current }) => assert!(current > token),
             Err(TxError::Guard(violation)) => {
                 assert_eq!(violation.found, Some(RevisionStatus::Applied))
             }
-            Err(other) => panic!("contender {token} failed unexpectedly: {other:?}"),
+            Err(other) => panic!("contender {contender} failed unexpectedly: {other:?}"),
         }
     }
     assert_eq!(
@@ -283,13 +305,31 @@ fn sqlite_shard(directory: &tempfile::TempDir, name: &str) -> Arc<Sqlite> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_racing_contenders_apply_a_revision_once() {
     let cluster = PostgresCluster::start().expect("cluster");
-    racing_contenders_apply_a_revision_once(postgres_shard(&cluster, "race").await, 8).await;
+    racing_contenders_apply_a_revision_once(
+        postgres_shard(&cluster, "distinct").await,
+        8,
+        Tokens::Distinct,
+    )
+    .await;
+    racing_contenders_apply_a_revision_once(
+        postgres_shard(&cluster, "shared").await,
+        8,
+        Tokens::Shared,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_racing_contenders_apply_a_revision_once() {
     let directory = tempfile::tempdir().expect("tempdir");
-    racing_contenders_apply_a_revision_once(sqlite_shard(&directory, "race"), 8).await;
+    racing_contenders_apply_a_revision_once(
+        sqlite_shard(&directory, "distinct"),
+        8,
+        Tokens::Distinct,
+    )
+    .await;
+    racing_contenders_apply_a_revision_once(sqlite_shard(&directory, "shared"), 8, Tokens::Shared)
+        .await;
 }
 
 #[tokio::test]

@@ -1,10 +1,6 @@
 //! The PostgreSQL ledger's SQL: schema `fleetshift` with `history`, `fence` and `audit`.
 
-use sqlx::Postgres;
-use sqlx::postgres::PgArguments;
-use sqlx::query::Query;
-
-use crate::ledger::{LedgerRecord, Writer};
+use crate::engine::fenced::LedgerSql;
 
 pub const CREATE: &str = "
 CREATE SCHEMA IF NOT EXISTS fleetshift;
@@ -25,7 +21,7 @@ CREATE TABLE IF NOT EXISTS fleetshift.history (
     started_at timestamptz NOT NULL,
     finished_at timestamptz,
     duration_ms bigint,
-    statements_run integer NOT NULL DEFAULT 0,
+    statements_run bigint NOT NULL DEFAULT 0,
     error text
 );
 CREATE TABLE IF NOT EXISTS fleetshift.audit (
@@ -43,15 +39,14 @@ pub const SELECT_HISTORY: &str = "
 SELECT version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS started_at,
        to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS finished_at,
-       duration_ms, statements_run::bigint AS statements_run, error
+       duration_ms, statements_run, error
 FROM fleetshift.history";
 
-pub fn upsert<'q>(
-    record: &'q LedgerRecord,
-    writer: &'q Writer,
-) -> Query<'q, Postgres, PgArguments> {
-    sqlx::query(
-        "INSERT INTO fleetshift.history AS h
+pub const LEDGER: LedgerSql = LedgerSql {
+    move_fence: "UPDATE fleetshift.fence SET token = $1 WHERE token <= $1 RETURNING token",
+    read_fence: "SELECT token FROM fleetshift.fence",
+    history_table: "fleetshift.history",
+    upsert_history: "INSERT INTO fleetshift.history AS h
             (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
              started_at, finished_at, duration_ms, statements_run, error)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(),
@@ -63,17 +58,6 @@ pub fn upsert<'q>(
             started_at = CASE WHEN $12 THEN h.started_at ELSE EXCLUDED.started_at END,
             finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
             statements_run = EXCLUDED.statements_run, error = EXCLUDED.error",
-    )
-    .bind(&record.version)
-    .bind(&record.name)
-    .bind(&record.checksum)
-    .bind(record.status.as_str())
-    .bind(record.transactional)
-    .bind(writer.fence_token)
-    .bind(&writer.plan_id)
-    .bind(&writer.agent_id)
-    .bind(record.duration_ms)
-    .bind(i32::try_from(record.statements_run).unwrap_or(i32::MAX))
-    .bind(&record.error)
-    .bind(record.keep_started_at)
-}
+    insert_audit: "INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token)
+         VALUES ($1, $2, $3, $4, $5)",
+};

@@ -1,0 +1,137 @@
+//! The fenced transaction, written once for every engine. An engine opens the transaction
+//! (with its own BEGIN and timeouts), hands it here with its [`LedgerSql`], and commits.
+
+use std::collections::HashMap;
+
+use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::{FencedTransaction, TxError, bookkeeping_error, statement_error};
+use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
+
+/// The ledger SQL of one database. Parameters are `$n` in every dialect.
+#[derive(Debug)]
+pub(crate) struct LedgerSql {
+    /// `$1` = token; moves the fence only when `token <= $1`, `RETURNING token` (no row:
+    /// fenced out).
+    pub move_fence: &'static str,
+    pub read_fence: &'static str,
+    /// The history table, for the guard's `version IN (…)` query.
+    pub history_table: &'static str,
+    /// `$1` version, `$2` name, `$3` checksum, `$4` status, `$5` transactional, `$6` fence
+    /// token, `$7` plan id, `$8` agent id, `$9` duration ms, `$10` statements run, `$11` error,
+    /// `$12` keep the existing `started_at`.
+    pub upsert_history: &'static str,
+    /// `$1` action, `$2` version, `$3` reason, `$4` agent id, `$5` fence token.
+    pub insert_audit: &'static str,
+}
+
+/// Moves the fence, checks the guard, runs the body, writes the records — inside the
+/// caller's open transaction. The guard is read by a statement of its own AFTER the fence
+/// update: having waited for the fence row, it takes a fresh snapshot and sees what the
+/// previous holder committed. Folding both into one statement would reuse the older snapshot
+/// and could let a revision apply twice.
+pub(crate) async fn run<DB>(
+    connection: &mut DB::Connection,
+    sql: &LedgerSql,
+    writer: &Writer,
+    work: FencedTransaction<'_>,
+) -> Result<(), TxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let moved: Option<i64> = sqlx::query_scalar::<DB, i64>(sql.move_fence)
+        .bind(writer.fence_token)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(bookkeeping_error("moving the fence"))?;
+    if moved.is_none() {
+        let current: i64 = sqlx::query_scalar::<DB, i64>(sql.read_fence)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("reading the fence"))?;
+        return Err(TxError::FencedOut { current });
+    }
+    let versions = work.guard.versions();
+    if !versions.is_empty() {
+        let placeholders: Vec<String> = (1..=versions.len()).map(|n| format!("${n}")).collect();
+        let query_text = format!(
+            "SELECT version, status FROM {} WHERE version IN ({})",
+            sql.history_table,
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<DB, (String, String)>(AssertSqlSafe(query_text));
+        for version in &versions {
+            query = query.bind(version.as_str());
+        }
+        let rows = query
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("reading the ledger"))?;
+        let observed: HashMap<String, RevisionStatus> = rows
+            .into_iter()
+            .filter_map(|(version, status)| Some((version, RevisionStatus::parse(&status)?)))
+            .collect();
+        work.guard.check(&observed).map_err(TxError::Guard)?;
+    }
+    for (index, statement) in work.body.iter().enumerate() {
+        sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+            .execute(&mut *connection)
+            .await
+            .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
+    }
+    for record in work.records {
+        upsert(record, writer, sql.upsert_history)
+            .execute(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("recording the revision"))?;
+    }
+    if let Some(audit) = work.audit {
+        sqlx::query::<DB>(sql.insert_audit)
+            .bind(audit.action.as_str())
+            .bind(audit.version.as_deref())
+            .bind(audit.reason.as_str())
+            .bind(writer.agent_id.as_str())
+            .bind(writer.fence_token)
+            .execute(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("recording the audit entry"))?;
+    }
+    Ok(())
+}
+
+fn upsert<'q, DB>(
+    record: &'q LedgerRecord,
+    writer: &'q Writer,
+    sql: &'static str,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'e> i64: Encode<'e, DB> + Type<DB>,
+    for<'e> bool: Encode<'e, DB> + Type<DB>,
+    for<'e> &'e str: Encode<'e, DB> + Type<DB>,
+    for<'e> Option<&'e str>: Encode<'e, DB> + Type<DB>,
+    for<'e> Option<i64>: Encode<'e, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(sql)
+        .bind(record.version.as_str())
+        .bind(record.name.as_str())
+        .bind(record.checksum.as_str())
+        .bind(record.status.as_str())
+        .bind(record.transactional)
+        .bind(writer.fence_token)
+        .bind(writer.plan_id.as_deref())
+        .bind(writer.agent_id.as_str())
+        .bind(record.duration_ms)
+        .bind(record.statements_run)
+        .bind(record.error.as_deref())
+        .bind(record.keep_started_at)
+}
