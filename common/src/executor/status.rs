@@ -267,3 +267,144 @@ impl ShardStatus {
 fn label(state: &RevisionState) -> String {
     format!("{}_{}", state.version, state.name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::MigrationSet;
+
+    fn set(files: &[(&str, &str)]) -> (tempfile::TempDir, MigrationSet) {
+        let directory = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(directory.path().join(name), content).expect("write");
+        }
+        let set = MigrationSet::load(directory.path(), None).expect("set");
+        (directory, set)
+    }
+
+    fn entry(set: &MigrationSet, version: &str, status: RevisionStatus) -> LedgerEntry {
+        let checksum = set.revision(version).map_or_else(
+            || "unknown".to_owned(),
+            |revision| revision.checksum.clone(),
+        );
+        LedgerEntry {
+            version: version.to_owned(),
+            name: "n".to_owned(),
+            checksum,
+            status,
+            transactional: true,
+            fence_token: 1,
+            plan_id: None,
+            agent_id: "a".to_owned(),
+            started_at: "t".to_owned(),
+            finished_at: None,
+            duration_ms: None,
+            statements_run: 0,
+            error: None,
+        }
+    }
+
+    fn three() -> (tempfile::TempDir, MigrationSet) {
+        set(&[
+            ("1_a.sql", "SELECT 1;"),
+            ("2_b.sql", "SELECT 2;"),
+            ("3_c.sql", "SELECT 3;"),
+        ])
+    }
+
+    #[test]
+    fn up_plans_pending_revisions_up_to_the_target() {
+        let (_directory, set) = three();
+        let ledger = [entry(&set, "1", RevisionStatus::Applied)];
+        let status = ShardStatus::compare("s", &set, &ledger);
+        assert_eq!(status.plan_up(&set, None, false).expect("plan"), [1, 2]);
+        assert_eq!(status.plan_up(&set, Some("2"), false).expect("plan"), [1]);
+        assert!(status.plan_up(&set, Some("9"), false).is_err());
+    }
+
+    #[test]
+    fn a_pending_revision_older_than_an_applied_one_is_refused() {
+        let (_directory, set) = three();
+        let ledger = [
+            entry(&set, "1", RevisionStatus::Applied),
+            entry(&set, "3", RevisionStatus::Applied),
+        ];
+        let status = ShardStatus::compare("s", &set, &ledger);
+        let error = status.plan_up(&set, None, false).expect_err("out of order");
+        assert!(error.to_string().contains("strictly in order"), "{error}");
+    }
+
+    #[test]
+    fn revisions_the_set_lacks_and_drift_are_refused() {
+        let (_directory, set) = three();
+        let ledger = [entry(&set, "7", RevisionStatus::Applied)];
+        let status = ShardStatus::compare("s", &set, &ledger);
+        assert!(
+            status
+                .plan_up(&set, None, false)
+                .expect_err("unknown")
+                .to_string()
+                .contains("7")
+        );
+        let mut drifted = entry(&set, "1", RevisionStatus::Applied);
+        drifted.checksum = "old".to_owned();
+        let status = ShardStatus::compare("s", &set, &[drifted]);
+        assert!(matches!(
+            status.plan_up(&set, None, false),
+            Err(ExecError::Drift { .. })
+        ));
+        assert_eq!(
+            status.plan_up(&set, None, true).expect("overridden"),
+            [1, 2]
+        );
+    }
+
+    #[test]
+    fn an_unfinished_revision_is_resumed_only_when_safe_to_repeat() {
+        let (_directory, set) = set(&[
+            (
+                "1_index.sql",
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c);",
+            ),
+            (
+                "2_backfill.sql",
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY j ON t (c);\nUPDATE t SET c = c + 1;",
+            ),
+        ]);
+        let started = [entry(&set, "1", RevisionStatus::Started)];
+        let status = ShardStatus::compare("s", &set, &started);
+        assert_eq!(
+            status.plan_up(&set, None, false).expect("resumable"),
+            [0, 1]
+        );
+        let started = [
+            entry(&set, "1", RevisionStatus::Applied),
+            entry(&set, "2", RevisionStatus::Started),
+        ];
+        let status = ShardStatus::compare("s", &set, &started);
+        let error = status
+            .plan_up(&set, None, false)
+            .expect_err("not repeatable")
+            .to_string();
+        assert!(
+            error.contains("2_backfill.sql:3") && error.contains("migrate resolve"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn down_lists_every_missing_down_script_before_running_anything() {
+        let (_directory, set) = three();
+        let ledger: Vec<LedgerEntry> = ["1", "2", "3"]
+            .iter()
+            .map(|version| entry(&set, version, RevisionStatus::Applied))
+            .collect();
+        let status = ShardStatus::compare("s", &set, &ledger);
+        match status.plan_down(&set, Some("base"), false) {
+            Err(ExecError::MissingDownScripts { revisions, .. }) => {
+                assert_eq!(revisions, ["3_c", "2_b", "1_a"])
+            }
+            other => panic!("expected missing downs, got {other:?}"),
+        }
+    }
+}

@@ -293,3 +293,137 @@ async fn exit_codes_tell_bad_input_unreachable_and_fenced_out_apart() {
     );
     assert!(binary::printed(&irreversible).contains("revisions without a down script"));
 }
+
+#[tokio::test]
+async fn unfinished_revision_that_cannot_be_repeated_is_refused_then_resolved() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster
+        .create_database("unfinished")
+        .await
+        .expect("database");
+    let admin = cluster.admin_pool("unfinished").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        ("1_t.sql", "CREATE TABLE t (id integer);"),
+        (
+            "2_backfill.sql",
+            "-- no-transaction\nINSERT INTO t VALUES (1);\nINSERT INTO not_yet_there VALUES (1);",
+        ),
+    ]);
+    let failed = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        binary::printed(&failed)
+    );
+    assert!(
+        binary::printed(&failed).contains("1 of 2 statements finished"),
+        "{}",
+        binary::printed(&failed)
+    );
+
+    // The first INSERT ran; repeating it would insert twice, so fleetshift will not guess.
+    sqlx::query("CREATE TABLE not_yet_there (id integer)")
+        .execute(&admin)
+        .await
+        .expect("fix");
+    let refused = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "{}",
+        binary::printed(&refused)
+    );
+    let printed = binary::printed(&refused);
+    assert!(
+        printed.contains("2_backfill.sql:2") && printed.contains("migrate resolve"),
+        "{printed}"
+    );
+
+    sqlx::query("INSERT INTO not_yet_there VALUES (1)")
+        .execute(&admin)
+        .await
+        .expect("finish by hand");
+    let resolved = binary::run(
+        &url,
+        &[
+            "migrate",
+            "resolve",
+            "--dir",
+            dir(&directory),
+            "--version",
+            "2",
+            "--as",
+            "applied",
+            "--reason",
+            "finished by hand, CHG-9",
+        ],
+    );
+    assert!(resolved.status.success(), "{}", binary::printed(&resolved));
+    let status = json(&binary::run(
+        &url,
+        &[
+            "migrate",
+            "status",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(status["status"]["revisions"][1]["status"], "applied");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&admin)
+        .await
+        .expect("rows");
+    assert_eq!(rows, 1, "nothing was repeated");
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM fleetshift.audit WHERE action = 'resolve-applied'")
+            .fetch_one(&admin)
+            .await
+            .expect("audit");
+    assert_eq!(reason, "finished by hand, CHG-9");
+}
+
+#[test]
+fn demo_migrates_its_fleet_and_fences_out_the_stale_agent() {
+    let output = std::process::Command::new(binary::fleetshift())
+        .args(["demo", "--shards", "3", "--output", "json"])
+        .output()
+        .expect("run the demo");
+    assert!(output.status.success(), "{}", binary::printed(&output));
+    let summary = json(&output);
+    let shards = summary["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 3);
+    assert!(
+        shards.iter().all(|shard| shard["version"] == "4"),
+        "{summary}"
+    );
+    assert!(
+        summary["stale_agent_refusal"]
+            .as_str()
+            .is_some_and(|text| text.contains("fenced out"))
+    );
+}
+
+#[test]
+fn verify_without_a_database_checks_the_files_alone() {
+    let directory =
+        fixtures::migrations(&[("1_a.sql", "SELECT 1;"), ("notes.txt", "not a revision")]);
+    let output = std::process::Command::new(binary::fleetshift())
+        .args([
+            "migrate",
+            "verify",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ])
+        .env_remove("FLEETSHIFT_DATABASE_URL")
+        .output()
+        .expect("run verify");
+    assert!(output.status.success(), "{}", binary::printed(&output));
+    let verified = json(&output);
+    assert_eq!(verified["revisions"], 1);
+    assert_eq!(verified["ignored"].as_array().map(Vec::len), Some(1));
+}
