@@ -1,0 +1,291 @@
+//! Non-transactional revisions: a fenced `started` record, statements in autocommit (the
+//! fence re-read before each, index builds verified), a fenced completion record.
+
+use std::time::Instant;
+
+use super::failure::{describe_tx_error, is_lock_conflict, with_aftermath};
+use super::{Executor, StepOutcome, StepReport, step_report};
+use crate::engine::{AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, TxError};
+use crate::error::{ExecError, StatementFailure};
+use crate::ledger::{Expect, Guard, LedgerRecord, RevisionStatus, Writer};
+use crate::source::{Revision, Script};
+use crate::statements::Statement;
+
+impl<E: ShardEngine> Executor<'_, E> {
+    /// A non-transactional revision: fenced `started` record → statements in autocommit
+    /// (fence re-read before each) → fenced `applied` record.
+    pub(super) async fn apply_outside_transaction(
+        &self,
+        revision: &Revision,
+        predecessor: Option<&Revision>,
+        resuming: bool,
+        writer: &Writer,
+    ) -> Result<StepReport, ExecError> {
+        let version = revision.version.as_str();
+        let label = revision.label();
+        let statements = revision.up.statements();
+        let mut guard = Guard::default().expect(version, Expect::NotAppliedOrStarted);
+        if let Some(predecessor) = predecessor {
+            guard = guard.expect(predecessor.version.as_str(), Expect::Applied);
+        }
+        tracing::info!(shard = %self.engine.shard(), revision = %label, resuming, statements = statements.len(), fence = writer.fence_token, "running revision outside a transaction");
+        let started = Instant::now();
+        let start_record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
+        match self
+            .fenced_records(&guard, &start_record, writer, &label)
+            .await
+        {
+            Ok(()) => {}
+            Err(TxError::Guard(violation))
+                if violation.version == version
+                    && violation.found == Some(RevisionStatus::Applied) =>
+            {
+                return Ok(step_report(
+                    revision,
+                    StepOutcome::AlreadyDone,
+                    0,
+                    started.elapsed(),
+                    0,
+                ));
+            }
+            Err(error) => {
+                return Err(self.step_error(error, revision, &revision.up, &statements, 1, writer));
+            }
+        }
+        let mut lock_retries = 0;
+        for (index, statement) in statements.iter().enumerate() {
+            let retries = self
+                .run_autocommit_step(revision, &revision.up, statement, resuming, writer)
+                .await
+                .map_err(|error| (index, error));
+            match retries {
+                Ok(retries) => lock_retries += retries,
+                Err((index, error)) => {
+                    return Err(self
+                        .leave_started(revision, &statements, index, error, writer)
+                        .await);
+                }
+            }
+        }
+        let finish_guard = Guard::default().expect(version, Expect::Started);
+        let done = self.record(
+            revision,
+            RevisionStatus::Applied,
+            true,
+            Some(started.elapsed()),
+            statements.len(),
+            None,
+        );
+        self.fenced_records(&finish_guard, &done, writer, &label)
+            .await
+            .map_err(|error| {
+                self.step_error(error, revision, &revision.up, &statements, 1, writer)
+            })?;
+        let outcome = if resuming {
+            StepOutcome::Resumed
+        } else {
+            StepOutcome::Applied
+        };
+        tracing::info!(shard = %self.engine.shard(), revision = %label, outcome = ?outcome, duration_ms = started.elapsed().as_millis() as u64, "revision finished");
+        Ok(step_report(
+            revision,
+            outcome,
+            statements.len(),
+            started.elapsed(),
+            lock_retries,
+        ))
+    }
+
+    /// Down of a non-transactional revision: fenced check → statements → fenced `reverted`.
+    pub(super) async fn revert_outside_transaction(
+        &self,
+        revision: &Revision,
+        successor: Option<&Revision>,
+        writer: &Writer,
+    ) -> Result<StepReport, ExecError> {
+        let version = revision.version.as_str();
+        let label = revision.label();
+        let script = self.down_script(revision)?;
+        let statements = script.statements();
+        let mut guard = Guard::default().expect(version, Expect::Applied);
+        if let Some(successor) = successor {
+            guard = guard.expect(successor.version.as_str(), Expect::NotApplied);
+        }
+        let started = Instant::now();
+        let check = FencedTransaction {
+            guard: &guard,
+            body: &[],
+            records: &[],
+            audit: None,
+        };
+        self.engine
+            .fenced_transaction(writer, check)
+            .await
+            .map_err(|error| self.step_error(error, revision, script, &statements, 1, writer))?;
+        let mut lock_retries = 0;
+        for (index, statement) in statements.iter().enumerate() {
+            match self
+                .run_autocommit_step(revision, script, statement, true, writer)
+                .await
+            {
+                Ok(retries) => lock_retries += retries,
+                Err(error) => {
+                    return Err(with_aftermath(
+                        error,
+                        format!(
+                            "the revert ran outside a transaction: {index} of {} statements finished and the revision is still recorded as applied\nnext: fix the down script (statements that already ran must be safe to repeat) and rerun `down`",
+                            statements.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        let reverted = self.record(
+            revision,
+            RevisionStatus::Reverted,
+            false,
+            Some(started.elapsed()),
+            statements.len(),
+            None,
+        );
+        self.fenced_records(&guard, &reverted, writer, &label)
+            .await
+            .map_err(|error| self.step_error(error, revision, script, &statements, 1, writer))?;
+        Ok(step_report(
+            revision,
+            StepOutcome::Reverted,
+            statements.len(),
+            started.elapsed(),
+            lock_retries,
+        ))
+    }
+
+    pub(super) async fn fenced_records(
+        &self,
+        guard: &Guard,
+        record: &LedgerRecord,
+        writer: &Writer,
+        label: &str,
+    ) -> Result<(), TxError> {
+        self.settings
+            .lock_retry
+            .run(
+                self.engine.shard(),
+                label,
+                is_lock_conflict,
+                describe_tx_error,
+                || {
+                    self.engine.fenced_transaction(
+                        writer,
+                        FencedTransaction {
+                            guard,
+                            body: &[],
+                            records: std::slice::from_ref(record),
+                            audit: None,
+                        },
+                    )
+                },
+            )
+            .await
+            .result
+    }
+
+    /// One autocommit statement, after checking the fence; returns the lock retries spent.
+    pub(super) async fn run_autocommit_step(
+        &self,
+        revision: &Revision,
+        script: &Script,
+        statement: &Statement,
+        resuming: bool,
+        writer: &Writer,
+    ) -> Result<usize, ExecError> {
+        let current = self.engine.current_fence().await?;
+        if current > writer.fence_token {
+            return Err(ExecError::FencedOut {
+                shard: self.shard(),
+                ours: writer.fence_token,
+                current,
+            });
+        }
+        let label = revision.label();
+        let started = Instant::now();
+        let attempts = self
+            .settings
+            .lock_retry
+            .run(
+                self.engine.shard(),
+                &label,
+                StatementError::is_lock_conflict,
+                |failure| failure.message.clone(),
+                || self.engine.run_autocommit(statement, resuming),
+            )
+            .await;
+        let location = script.locate(statement);
+        match attempts.result {
+            Ok(outcome) => {
+                match outcome {
+                    AutocommitOutcome::Ran => {}
+                    AutocommitOutcome::IndexAlreadyValid => {
+                        tracing::info!(shard = %self.engine.shard(), %location, "index already built and valid, statement skipped")
+                    }
+                    AutocommitOutcome::InvalidIndexRebuilt => {
+                        tracing::warn!(shard = %self.engine.shard(), %location, "invalid index from an earlier attempt dropped and rebuilt")
+                    }
+                }
+                tracing::debug!(shard = %self.engine.shard(), %location, duration_ms = started.elapsed().as_millis() as u64, "statement finished");
+                Ok(attempts.attempts - 1)
+            }
+            Err(failure) if failure.is_lock_conflict() => Err(ExecError::LockTimeoutExhausted {
+                shard: self.shard(),
+                revision: label,
+                location,
+                attempts: attempts.attempts,
+                detail: format!(
+                    "lock_timeout {} ms per attempt; last error: {}",
+                    self.settings.lock_timeout.as_millis(),
+                    failure.message
+                ),
+            }),
+            Err(failure) => Err(ExecError::StatementFailed(Box::new(StatementFailure {
+                shard: self.shard(),
+                revision: label,
+                location,
+                sqlstate: failure.sqlstate,
+                message: failure.message,
+                aftermath: String::new(),
+            }))),
+        }
+    }
+
+    /// A non-transactional revision stopped at `index`: the row stays `started`, with the error.
+    pub(super) async fn leave_started(
+        &self,
+        revision: &Revision,
+        statements: &[Statement],
+        index: usize,
+        error: ExecError,
+        writer: &Writer,
+    ) -> ExecError {
+        let message = error.to_string();
+        let record = self.record(
+            revision,
+            RevisionStatus::Started,
+            true,
+            None,
+            index,
+            Some(message.clone()),
+        );
+        let guard = Guard::default().expect(revision.version.as_str(), Expect::Started);
+        if let Err(record_error) = self
+            .fenced_records(&guard, &record, writer, &revision.label())
+            .await
+        {
+            tracing::warn!(shard = %self.engine.shard(), error = %describe_tx_error(&record_error), "could not record the error on the started revision");
+        }
+        let aftermath = format!(
+            "the revision ran outside a transaction and is left `started` ({index} of {} statements finished)\nnext: fix the cause and rerun `up`: index builds are verified in the catalog (INVALID ones dropped and rebuilt) and repeatable statements run again",
+            statements.len()
+        );
+        with_aftermath(error, aftermath)
+    }
+}

@@ -1,0 +1,158 @@
+//! Transactional revisions: up or down as ONE fenced transaction, retried on lock
+//! conflicts; a failed up is recorded as failed.
+
+use std::time::Instant;
+
+use super::failure::{describe_tx_error, is_lock_conflict, locate};
+use super::{Direction, Executor, StepOutcome, StepReport, step_report};
+use crate::engine::{FencedTransaction, ShardEngine, TxError};
+use crate::error::{ExecError, StatementFailure};
+use crate::ledger::{Expect, Guard, RevisionStatus, Writer};
+use crate::source::{Revision, Script};
+use crate::statements::Statement;
+
+impl<E: ShardEngine> Executor<'_, E> {
+    /// Up or down of a transactional revision: ONE fenced transaction, retried on lock
+    /// conflicts. `neighbour` is the predecessor (up: must be applied) or the successor
+    /// (down: must not be applied).
+    pub(super) async fn apply_in_transaction(
+        &self,
+        revision: &Revision,
+        neighbour: Option<&Revision>,
+        direction: Direction,
+        writer: &Writer,
+    ) -> Result<StepReport, ExecError> {
+        let version = revision.version.as_str();
+        let (script, this_expect, neighbour_expect, final_status) = match direction {
+            Direction::Up => (
+                &revision.up,
+                Expect::NotApplied,
+                Expect::Applied,
+                RevisionStatus::Applied,
+            ),
+            Direction::Down => (
+                self.down_script(revision)?,
+                Expect::Applied,
+                Expect::NotApplied,
+                RevisionStatus::Reverted,
+            ),
+        };
+        let statements = script.statements();
+        let mut guard = Guard::default().expect(version, this_expect);
+        if let Some(neighbour) = neighbour {
+            guard = guard.expect(neighbour.version.as_str(), neighbour_expect);
+        }
+        let label = revision.label();
+        tracing::info!(shard = %self.engine.shard(), revision = %label, direction = ?direction, statements = statements.len(), fence = writer.fence_token, "running revision in one transaction");
+        let started = Instant::now();
+        let attempts = self
+            .settings
+            .lock_retry
+            .run(
+                self.engine.shard(),
+                &label,
+                is_lock_conflict,
+                describe_tx_error,
+                || {
+                    let elapsed = started.elapsed();
+                    let record = self.record(
+                        revision,
+                        final_status,
+                        false,
+                        Some(elapsed),
+                        statements.len(),
+                        None,
+                    );
+                    let guard = &guard;
+                    let statements = &statements;
+                    async move {
+                        let work = FencedTransaction {
+                            guard,
+                            body: statements,
+                            records: std::slice::from_ref(&record),
+                            audit: None,
+                        };
+                        self.engine.fenced_transaction(writer, work).await
+                    }
+                },
+            )
+            .await;
+        let lock_retries = attempts.attempts - 1;
+        let outcome = match attempts.result {
+            Ok(()) => match direction {
+                Direction::Up => StepOutcome::Applied,
+                Direction::Down => StepOutcome::Reverted,
+            },
+            Err(TxError::Guard(violation)) if violation.version == version => {
+                tracing::info!(shard = %self.engine.shard(), revision = %label, "already done by another run");
+                StepOutcome::AlreadyDone
+            }
+            Err(error) => {
+                return Err(self
+                    .fail_transactional(
+                        revision,
+                        script,
+                        &statements,
+                        direction,
+                        error,
+                        attempts.attempts,
+                        writer,
+                    )
+                    .await);
+            }
+        };
+        let duration = started.elapsed();
+        tracing::info!(shard = %self.engine.shard(), revision = %label, outcome = ?outcome, duration_ms = duration.as_millis() as u64, "revision finished");
+        Ok(step_report(
+            revision,
+            outcome,
+            statements.len(),
+            duration,
+            lock_retries,
+        ))
+    }
+
+    /// Turns a failed transactional step into an error; a failed `up` is recorded as failed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn fail_transactional(
+        &self,
+        revision: &Revision,
+        script: &Script,
+        statements: &[Statement],
+        direction: Direction,
+        error: TxError,
+        attempts: usize,
+        writer: &Writer,
+    ) -> ExecError {
+        let failure = match error {
+            TxError::Statement(failure) if !failure.is_lock_conflict() => failure,
+            other => return self.step_error(other, revision, script, statements, attempts, writer),
+        };
+        let location = locate(script, statements, &failure);
+        let aftermath = match direction {
+            Direction::Up => {
+                let record = self.record(revision, RevisionStatus::Failed, false, None, 0, Some(format!("{location}: {}", failure.message)));
+                let guard = Guard::default().expect(revision.version.as_str(), Expect::NotApplied);
+                let work = FencedTransaction {
+                    guard: &guard,
+                    body: &[],
+                    records: std::slice::from_ref(&record),
+                    audit: None,
+                };
+                match self.engine.fenced_transaction(writer, work).await {
+                    Ok(()) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),
+                    Err(record_error) => format!("the revision was rolled back: nothing of it is applied (recording the failure also failed: {})", describe_tx_error(&record_error)),
+                }
+            }
+            Direction::Down => "the revert was rolled back: the revision is still applied\nnext: fix the down script and rerun `down`".to_owned(),
+        };
+        ExecError::StatementFailed(Box::new(StatementFailure {
+            shard: self.shard(),
+            revision: revision.label(),
+            location,
+            sqlstate: failure.sqlstate,
+            message: failure.message,
+            aftermath,
+        }))
+    }
+}
