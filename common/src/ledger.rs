@@ -133,7 +133,7 @@ pub struct GuardViolation {
 }
 
 impl Guard {
-    pub fn expect(mut self, version: &str, expect: Expect) -> Self {
+    pub fn require(mut self, version: &str, expect: Expect) -> Self {
         self.expectations.push((version.to_owned(), expect));
         self
     }
@@ -168,8 +168,8 @@ mod tests {
     #[test]
     fn guard_reports_the_first_unmet_expectation() {
         let guard = Guard::default()
-            .expect("1", Expect::Applied)
-            .expect("2", Expect::NotApplied);
+            .require("1", Expect::Applied)
+            .require("2", Expect::NotApplied);
         let mut observed = HashMap::from([("1".to_owned(), RevisionStatus::Applied)]);
         assert_eq!(guard.check(&observed), Ok(()));
         observed.insert("2".to_owned(), RevisionStatus::Reverted);

@@ -62,7 +62,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             })
             .collect();
         let guard = adopted.iter().fold(Guard::default(), |guard, revision| {
-            guard.expect(revision.version.as_str(), Expect::NotApplied)
+            guard.require(revision.version.as_str(), Expect::NotApplied)
         });
         let audit = AuditRecord {
             action: "adopt".to_owned(),

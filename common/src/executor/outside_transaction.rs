@@ -24,9 +24,9 @@ impl<E: ShardEngine> Executor<'_, E> {
         let version = revision.version.as_str();
         let label = revision.label();
         let statements = revision.up.statements();
-        let mut guard = Guard::default().expect(version, Expect::NotAppliedOrStarted);
+        let mut guard = Guard::default().require(version, Expect::NotAppliedOrStarted);
         if let Some(predecessor) = predecessor {
-            guard = guard.expect(predecessor.version.as_str(), Expect::Applied);
+            guard = guard.require(predecessor.version.as_str(), Expect::Applied);
         }
         tracing::info!(shard = %self.engine.shard(), revision = %label, resuming, statements = statements.len(), fence = writer.fence_token, "running revision outside a transaction");
         let started = Instant::now();
@@ -67,7 +67,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 }
             }
         }
-        let finish_guard = Guard::default().expect(version, Expect::Started);
+        let finish_guard = Guard::default().require(version, Expect::Started);
         let done = self.record(
             revision,
             RevisionStatus::Applied,
@@ -107,9 +107,9 @@ impl<E: ShardEngine> Executor<'_, E> {
         let label = revision.label();
         let script = self.down_script(revision)?;
         let statements = script.statements();
-        let mut guard = Guard::default().expect(version, Expect::Applied);
+        let mut guard = Guard::default().require(version, Expect::Applied);
         if let Some(successor) = successor {
-            guard = guard.expect(successor.version.as_str(), Expect::NotApplied);
+            guard = guard.require(successor.version.as_str(), Expect::NotApplied);
         }
         let started = Instant::now();
         let check = FencedTransaction {
@@ -275,7 +275,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             index,
             Some(message.clone()),
         );
-        let guard = Guard::default().expect(revision.version.as_str(), Expect::Started);
+        let guard = Guard::default().require(revision.version.as_str(), Expect::Started);
         if let Err(record_error) = self
             .fenced_records(&guard, &record, writer, &revision.label())
             .await

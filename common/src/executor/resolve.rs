@@ -38,7 +38,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             version: Some(version.to_owned()),
             reason: reason.to_owned(),
         };
-        let guard = Guard::default().expect(version, Expect::Started);
+        let guard = Guard::default().require(version, Expect::Started);
         let work = FencedTransaction {
             guard: &guard,
             body: &[],

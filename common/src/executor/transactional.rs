@@ -38,9 +38,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             ),
         };
         let statements = script.statements();
-        let mut guard = Guard::default().expect(version, this_expect);
+        let mut guard = Guard::default().require(version, this_expect);
         if let Some(neighbour) = neighbour {
-            guard = guard.expect(neighbour.version.as_str(), neighbour_expect);
+            guard = guard.require(neighbour.version.as_str(), neighbour_expect);
         }
         let label = revision.label();
         tracing::info!(shard = %self.engine.shard(), revision = %label, direction = ?direction, statements = statements.len(), fence = writer.fence_token, "running revision in one transaction");
@@ -132,7 +132,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let aftermath = match direction {
             Direction::Up => {
                 let record = self.record(revision, RevisionStatus::Failed, false, None, 0, Some(format!("{location}: {}", failure.message)));
-                let guard = Guard::default().expect(revision.version.as_str(), Expect::NotApplied);
+                let guard = Guard::default().require(revision.version.as_str(), Expect::NotApplied);
                 let work = FencedTransaction {
                     guard: &guard,
                     body: &[],

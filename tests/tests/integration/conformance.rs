@@ -133,7 +133,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
             let body = statements::split(&format!(
                 "INSERT INTO applications (contender) VALUES ({token})"
             ));
-            let guard = Guard::default().expect("1", Expect::NotApplied);
+            let guard = Guard::default().require("1", Expect::NotApplied);
             let record = applied_record("1");
             barrier.wait().await;
             let work = FencedTransaction {
