@@ -9,13 +9,14 @@ use crate::source::{Revision, Script};
 use crate::statements::Statement;
 
 impl<E: ShardEngine> Executor<'_, E> {
+    /// A failed step as an error. Every step retries lock conflicts, so one that reaches
+    /// here has spent all the policy's attempts.
     pub(super) fn step_error(
         &self,
         error: TxError,
         revision: &Revision,
         script: &Script,
         statements: &[Statement],
-        attempts: usize,
         writer: &Writer,
     ) -> ExecError {
         match error {
@@ -24,7 +25,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                     shard: self.shard(),
                     revision: revision.label(),
                     location: locate(script, statements, &failure),
-                    attempts,
+                    attempts: self.settings.lock_retry.max_retries + 1,
                     detail: format!(
                         "lock_timeout {} ms per attempt; last error: {}",
                         self.settings.lock_timeout.as_millis(),

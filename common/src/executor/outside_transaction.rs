@@ -32,7 +32,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let started = Instant::now();
         let start_record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
         match self
-            .fenced_records(&guard, &start_record, writer, &label)
+            .fenced_records(&guard, std::slice::from_ref(&start_record), writer, &label)
             .await
         {
             Ok(()) => {}
@@ -49,18 +49,17 @@ impl<E: ShardEngine> Executor<'_, E> {
                 ));
             }
             Err(error) => {
-                return Err(self.step_error(error, revision, &revision.up, &statements, 1, writer));
+                return Err(self.step_error(error, revision, &revision.up, &statements, writer));
             }
         }
         let mut lock_retries = 0;
         for (index, statement) in statements.iter().enumerate() {
-            let retries = self
+            match self
                 .run_autocommit_step(revision, &revision.up, statement, resuming, writer)
                 .await
-                .map_err(|error| (index, error));
-            match retries {
+            {
                 Ok(retries) => lock_retries += retries,
-                Err((index, error)) => {
+                Err(error) => {
                     return Err(self
                         .leave_started(revision, &statements, index, error, writer)
                         .await);
@@ -76,11 +75,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             statements.len(),
             None,
         );
-        self.fenced_records(&finish_guard, &done, writer, &label)
+        self.fenced_records(&finish_guard, std::slice::from_ref(&done), writer, &label)
             .await
-            .map_err(|error| {
-                self.step_error(error, revision, &revision.up, &statements, 1, writer)
-            })?;
+            .map_err(|error| self.step_error(error, revision, &revision.up, &statements, writer))?;
         let outcome = if resuming {
             StepOutcome::Resumed
         } else {
@@ -112,16 +109,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             guard = guard.require(successor.version.as_str(), Expect::NotApplied);
         }
         let started = Instant::now();
-        let check = FencedTransaction {
-            guard: &guard,
-            body: &[],
-            records: &[],
-            audit: None,
-        };
-        self.engine
-            .fenced_transaction(writer, check)
+        self.fenced_records(&guard, &[], writer, &label)
             .await
-            .map_err(|error| self.step_error(error, revision, script, &statements, 1, writer))?;
+            .map_err(|error| self.step_error(error, revision, script, &statements, writer))?;
         let mut lock_retries = 0;
         for (index, statement) in statements.iter().enumerate() {
             match self
@@ -148,9 +138,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             statements.len(),
             None,
         );
-        self.fenced_records(&guard, &reverted, writer, &label)
+        self.fenced_records(&guard, std::slice::from_ref(&reverted), writer, &label)
             .await
-            .map_err(|error| self.step_error(error, revision, script, &statements, 1, writer))?;
+            .map_err(|error| self.step_error(error, revision, script, &statements, writer))?;
         Ok(step_report(
             revision,
             StepOutcome::Reverted,
@@ -163,7 +153,7 @@ impl<E: ShardEngine> Executor<'_, E> {
     pub(super) async fn fenced_records(
         &self,
         guard: &Guard,
-        record: &LedgerRecord,
+        records: &[LedgerRecord],
         writer: &Writer,
         label: &str,
     ) -> Result<(), TxError> {
@@ -180,7 +170,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                         FencedTransaction {
                             guard,
                             body: &[],
-                            records: std::slice::from_ref(record),
+                            records,
                             audit: None,
                         },
                     )
@@ -277,7 +267,12 @@ impl<E: ShardEngine> Executor<'_, E> {
         );
         let guard = Guard::default().require(revision.version.as_str(), Expect::Started);
         if let Err(record_error) = self
-            .fenced_records(&guard, &record, writer, &revision.label())
+            .fenced_records(
+                &guard,
+                std::slice::from_ref(&record),
+                writer,
+                &revision.label(),
+            )
             .await
         {
             tracing::warn!(shard = %self.engine.shard(), error = %describe_tx_error(&record_error), "could not record the error on the started revision");

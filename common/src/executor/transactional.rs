@@ -89,15 +89,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             }
             Err(error) => {
                 return Err(self
-                    .fail_transactional(
-                        revision,
-                        script,
-                        &statements,
-                        direction,
-                        error,
-                        attempts.attempts,
-                        writer,
-                    )
+                    .fail_transactional(revision, script, &statements, direction, error, writer)
                     .await);
             }
         };
@@ -113,7 +105,6 @@ impl<E: ShardEngine> Executor<'_, E> {
     }
 
     /// Turns a failed transactional step into an error; a failed `up` is recorded as failed.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn fail_transactional(
         &self,
         revision: &Revision,
@@ -121,12 +112,11 @@ impl<E: ShardEngine> Executor<'_, E> {
         statements: &[Statement],
         direction: Direction,
         error: TxError,
-        attempts: usize,
         writer: &Writer,
     ) -> ExecError {
         let failure = match error {
             TxError::Statement(failure) if !failure.is_lock_conflict() => failure,
-            other => return self.step_error(other, revision, script, statements, attempts, writer),
+            other => return self.step_error(other, revision, script, statements, writer),
         };
         let location = locate(script, statements, &failure);
         let aftermath = match direction {
