@@ -143,6 +143,11 @@ fn every_problem_is_reported_at_once_with_its_location() {
         "4_binary.up.sql",
         b"SELECT 1;\nSELECT '\xff';\n",
     );
+    std::os::unix::fs::symlink(
+        directory.path().join("gone.sql"),
+        directory.path().join("5_dangling.up.sql"),
+    )
+    .expect("dangling symlink");
     let found = problems(directory.path(), None);
     let rendered: Vec<String> = found.iter().map(ToString::to_string).collect();
     let has = |file: &str, text: &str| {
@@ -160,7 +165,11 @@ fn every_problem_is_reported_at_once_with_its_location() {
     );
     assert!(has("3_empty.up.sql:1", "empty up script"), "{rendered:#?}");
     assert!(has("4_binary.up.sql:2", "not valid UTF-8"), "{rendered:#?}");
-    assert_eq!(found.len(), 4, "{rendered:#?}");
+    assert!(
+        has("5_dangling.up.sql", "cannot read file"),
+        "{rendered:#?}"
+    );
+    assert_eq!(found.len(), 5, "{rendered:#?}");
 }
 
 #[test]
