@@ -2,8 +2,14 @@
 //!
 //! - [`source`]: migration histories on disk (sqlx, golang-migrate, diesel, Flyway, dbmate),
 //!   validated, ordered, checksummed.
-//! - [`statements`]: splitting scripts into statements; recognising index builds.
+//! - [`statements`]: splitting scripts into statements; recognising index builds and
+//!   transaction control.
+//! - [`ledger`]: the record a shard keeps about itself (history, fence, audit) and guards.
+//! - [`engine`]: the database-specific primitives of the fenced protocol (PostgreSQL, SQLite).
+//! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
+//! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
+//! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
 
 pub mod engine;
 pub mod error;
@@ -12,3 +18,4 @@ pub mod ledger;
 pub mod secrets;
 pub mod source;
 pub mod statements;
+pub mod tls;

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod certs;
 mod duration;
 mod migrate;
 mod render;
@@ -39,6 +40,8 @@ pub enum Command {
     Migrate(Box<migrate::MigrateArgs>),
     /// Run fleetshift end to end on an embedded default fleet of SQLite shards.
     Demo(demo::DemoArgs),
+    /// Create a development CA and certificates for a local fleet (mutual TLS identities).
+    Certs(certs::CertsArgs),
 }
 
 /// How results are printed on stdout.
@@ -52,5 +55,6 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Migrate(arguments) => migrate::run(*arguments).await,
         Command::Demo(arguments) => demo::run(arguments).await,
+        Command::Certs(arguments) => certs::run(arguments),
     }
 }

@@ -13,4 +13,5 @@ mod integration {
     mod operator;
     mod paused;
     mod secrets;
+    mod tls;
 }

@@ -1,0 +1,11 @@
+//! Mutual TLS for every fleetshift connection (rustls, ring).
+//!
+//! - [`identity`]: who is on the other end — the certificate's single URI SAN, a SPIFFE id
+//!   `spiffe://<trust-domain>/<agent|operator|coordinator>/<name>` (never the CN).
+//! - [`pki`]: a development CA and leaf certificates for a local fleet (`fleetshift certs`).
+//! - [`mtls`]: rustls server and client configurations from PEM files; both sides must
+//!   present a certificate chaining to the trust bundle.
+
+pub mod identity;
+pub mod mtls;
+pub mod pki;
