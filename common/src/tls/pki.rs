@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -102,24 +102,16 @@ pub fn init(
     params.not_after = validity.not_after;
     let key = KeyPair::generate()?;
     let certificate = params.self_signed(&key)?;
-    let written = Written {
-        certificate: directory.join(CA_CERTIFICATE),
-        private_key: directory.join(CA_KEY),
-    };
     create_directory(directory)?;
-    write_file(
-        &written.private_key,
-        key.serialize_pem().as_bytes(),
-        true,
+    write_pair(
+        Written {
+            certificate: directory.join(CA_CERTIFICATE),
+            private_key: directory.join(CA_KEY),
+        },
+        &key,
+        &certificate,
         force,
-    )?;
-    write_file(
-        &written.certificate,
-        certificate.pem().as_bytes(),
-        false,
-        force,
-    )?;
-    Ok(written)
+    )
 }
 
 /// The trust domain of the CA in `directory`.
@@ -153,23 +145,15 @@ pub fn issue(directory: &Path, request: &LeafRequest, force: bool) -> Result<Wri
         request.identity.role().as_str(),
         request.identity.name()
     );
-    let written = Written {
-        certificate: directory.join(format!("{stem}.pem")),
-        private_key: directory.join(format!("{stem}.key")),
-    };
-    write_file(
-        &written.private_key,
-        key.serialize_pem().as_bytes(),
-        true,
+    write_pair(
+        Written {
+            certificate: directory.join(format!("{stem}.pem")),
+            private_key: directory.join(format!("{stem}.key")),
+        },
+        &key,
+        &certificate,
         force,
-    )?;
-    write_file(
-        &written.certificate,
-        certificate.pem().as_bytes(),
-        false,
-        force,
-    )?;
-    Ok(written)
+    )
 }
 
 fn leaf_params(request: &LeafRequest) -> Result<CertificateParams, PkiError> {
@@ -235,10 +219,27 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-fn write_file(path: &Path, contents: &[u8], private: bool, force: bool) -> Result<(), PkiError> {
-    if path.exists() && !force {
-        return Err(PkiError::Exists(path.to_path_buf()));
+/// Writes a private key (0600) and its certificate; refuses before writing anything when
+/// either exists and `force` is off, so a key never ends up beside another key's certificate.
+fn write_pair(
+    written: Written,
+    key: &KeyPair,
+    certificate: &Certificate,
+    force: bool,
+) -> Result<Written, PkiError> {
+    if !force {
+        for path in [&written.private_key, &written.certificate] {
+            if path.exists() {
+                return Err(PkiError::Exists(path.clone()));
+            }
+        }
     }
+    write_file(&written.private_key, key.serialize_pem().as_bytes(), true)?;
+    write_file(&written.certificate, certificate.pem().as_bytes(), false)?;
+    Ok(written)
+}
+
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), PkiError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     if private {

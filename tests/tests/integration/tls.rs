@@ -243,3 +243,52 @@ fn issuing_for_another_trust_domain_or_without_a_ca_is_refused() {
     assert_eq!(output.status.code(), Some(2));
     assert!(binary::printed(&output).contains("run `fleetshift certs init` first"));
 }
+
+#[test]
+fn issuing_over_existing_files_changes_nothing_without_force() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = fleet_pki();
+    let key_path = pki.path().join("agent-db-host-1.key");
+    let certificate_path = pki.path().join("agent-db-host-1.pem");
+    let key_before = std::fs::read(&key_path).expect("key");
+    std::fs::remove_file(&certificate_path).expect("remove the certificate");
+    let dir = pki.path().to_str().expect("path");
+    let refused = Command::new(binary::fleetshift())
+        .args(["certs", "issue", "--agent", "db-host-1", "--dir", dir])
+        .output()
+        .expect("run");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        binary::printed(&refused)
+    );
+    assert_eq!(
+        std::fs::read(&key_path).expect("key"),
+        key_before,
+        "the key must be untouched"
+    );
+    assert!(!certificate_path.exists(), "nothing half-written");
+
+    let forced = Command::new(binary::fleetshift())
+        .args([
+            "certs",
+            "issue",
+            "--agent",
+            "db-host-1",
+            "--force",
+            "--dir",
+            dir,
+        ])
+        .output()
+        .expect("run");
+    assert!(forced.status.success(), "{}", binary::printed(&forced));
+    assert_ne!(std::fs::read(&key_path).expect("key"), key_before);
+    assert!(certificate_path.exists());
+    let mode = std::fs::metadata(&key_path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
