@@ -5,7 +5,9 @@
 //! - [`pki`]: a development CA and leaf certificates for a local fleet (`fleetshift certs`).
 //! - [`mtls`]: rustls server and client configurations from PEM files; both sides must
 //!   present a certificate chaining to the trust bundle.
+//! - [`reload`]: configurations that follow their files (polled, SIGHUP) without a restart.
 
 pub mod identity;
 pub mod mtls;
 pub mod pki;
+pub mod reload;

@@ -292,3 +292,156 @@ fn issuing_over_existing_files_changes_nothing_without_force() {
         & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+mod reload {
+    use std::time::Duration;
+
+    use fleetshift_common::tls::reload;
+
+    use super::*;
+
+    /// Replaces `target` with `source` atomically (a rename), as a rotation tool would.
+    fn replace(source: &Path, target: &Path) {
+        let staging = target.with_extension("staging");
+        std::fs::copy(source, &staging).expect("stage");
+        std::fs::rename(&staging, target).expect("rename");
+    }
+
+    /// The server's files rotated to a new CA: new coordinator certificate, new trust bundle.
+    fn rotate_server_to(server: &TlsFiles, new_pki: &Path) {
+        replace(&new_pki.join("coordinator-c1.pem"), &server.certificate);
+        replace(&new_pki.join("coordinator-c1.key"), &server.private_key);
+        replace(&new_pki.join(pki::CA_CERTIFICATE), &server.trust_bundle);
+    }
+
+    async fn changed(receiver: &mut tokio::sync::watch::Receiver<Arc<ServerConfig>>) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), receiver.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_ca_and_certificate_are_served_without_a_restart() {
+        let old = fleet_pki();
+        let new = fleet_pki();
+        let served = tempfile::tempdir().expect("served files");
+        let server_files = TlsFiles {
+            certificate: served.path().join("server.pem"),
+            private_key: served.path().join("server.key"),
+            trust_bundle: served.path().join("bundle.pem"),
+        };
+        rotate_server_to(&server_files, old.path());
+        let mut current = reload::watch_config(
+            server_files.clone(),
+            mtls::server_config,
+            Duration::from_millis(100),
+        )
+        .await
+        .expect("watch");
+        let old_agent =
+            mtls::client_config(&files(old.path(), "agent-db-host-1")).expect("old agent");
+        let server = current.borrow_and_update().clone();
+        assert!(
+            connect(server, Arc::clone(&old_agent)).await.is_ok(),
+            "the old CA's agent before rotation"
+        );
+
+        rotate_server_to(&server_files, new.path());
+        assert!(
+            changed(&mut current).await,
+            "the rotation was not picked up"
+        );
+        let server = current.borrow_and_update().clone();
+        let mut stale_agent_files = files(old.path(), "agent-db-host-1");
+        stale_agent_files.trust_bundle = new.path().join(pki::CA_CERTIFICATE);
+        let stale_agent = mtls::client_config(&stale_agent_files).expect("stale agent");
+        assert!(
+            connect(Arc::clone(&server), stale_agent).await.is_err(),
+            "the old CA is no longer trusted"
+        );
+        let new_agent =
+            mtls::client_config(&files(new.path(), "agent-db-host-1")).expect("new agent");
+        assert!(
+            connect(server, new_agent).await.is_ok(),
+            "the new CA's agent after rotation"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_rotation_keeps_the_previous_configuration_and_a_fix_is_picked_up() {
+        let old = fleet_pki();
+        let new = fleet_pki();
+        let served = tempfile::tempdir().expect("served files");
+        let server_files = TlsFiles {
+            certificate: served.path().join("server.pem"),
+            private_key: served.path().join("server.key"),
+            trust_bundle: served.path().join("bundle.pem"),
+        };
+        rotate_server_to(&server_files, old.path());
+        let mut current = reload::watch_config(
+            server_files.clone(),
+            mtls::server_config,
+            Duration::from_millis(100),
+        )
+        .await
+        .expect("watch");
+        current.borrow_and_update();
+
+        std::fs::write(&server_files.certificate, "not a certificate")
+            .expect("break the certificate");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(800), current.changed())
+                .await
+                .is_err(),
+            "a broken configuration must not be published"
+        );
+        let old_agent =
+            mtls::client_config(&files(old.path(), "agent-db-host-1")).expect("old agent");
+        assert!(
+            connect(current.borrow().clone(), old_agent).await.is_ok(),
+            "still serving the previous configuration"
+        );
+
+        rotate_server_to(&server_files, new.path());
+        assert!(
+            changed(&mut current).await,
+            "the fixed files were not picked up"
+        );
+        let new_agent =
+            mtls::client_config(&files(new.path(), "agent-db-host-1")).expect("new agent");
+        assert!(
+            connect(current.borrow_and_update().clone(), new_agent)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn sighup_reloads_at_once() {
+        let old = fleet_pki();
+        let new = fleet_pki();
+        let served = tempfile::tempdir().expect("served files");
+        let server_files = TlsFiles {
+            certificate: served.path().join("server.pem"),
+            private_key: served.path().join("server.key"),
+            trust_bundle: served.path().join("bundle.pem"),
+        };
+        rotate_server_to(&server_files, old.path());
+        // Polling an hour apart: only the signal can explain a prompt reload.
+        let mut current = reload::watch_config(
+            server_files.clone(),
+            mtls::server_config,
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("watch");
+        current.borrow_and_update();
+        rotate_server_to(&server_files, new.path());
+        let hangup = Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .expect("send SIGHUP");
+        assert!(hangup.success());
+        assert!(changed(&mut current).await, "SIGHUP did not reload");
+    }
+}
