@@ -13,5 +13,6 @@ mod integration {
     mod operator;
     mod paused;
     mod secrets;
+    mod store;
     mod tls;
 }

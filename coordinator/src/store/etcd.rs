@@ -1,0 +1,258 @@
+//! The store in etcd (etcd-client). Every claim, release, campaign and leader write is ONE
+//! transaction; tokens and epochs are etcd revisions.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+
+use super::{Claim, Epoch, FenceToken, Leadership, LeaseId, Store, StoreError, keys};
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("EtcdStore")
+    }
+}
+
+impl EtcdStore {
+    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        let client = Client::connect(endpoints, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { client })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.client.clone().txn(txn).await.map_err(unavailable)
+    }
+
+    /// Creates `key` bound to `lease` unless it exists; otherwise returns what is there.
+    async fn create_or_read(
+        &self,
+        key: &str,
+        value: &str,
+        lease: LeaseId,
+    ) -> Result<Result<i64, KeyValue>, StoreError> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let response = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|error| lease_or_unavailable(error, lease))?;
+        if response.succeeded() {
+            return Ok(Ok(revision(&response)?));
+        }
+        first_kv(response, key).map(Err)
+    }
+}
+
+fn unavailable(error: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn lease_or_unavailable(error: etcd_client::Error, lease: LeaseId) -> StoreError {
+    if error.to_string().contains("lease not found") {
+        StoreError::LeaseExpired(lease)
+    } else {
+        unavailable(error)
+    }
+}
+
+fn revision(response: &TxnResponse) -> Result<i64, StoreError> {
+    response
+        .header()
+        .map(|header| header.revision())
+        .ok_or_else(|| StoreError::Unavailable("etcd answered without a header".to_owned()))
+}
+
+/// The key read by a transaction's `or_else` get (it vanished if `None`).
+fn first_kv(response: TxnResponse, key: &str) -> Result<KeyValue, StoreError> {
+    response
+        .op_responses()
+        .into_iter()
+        .find_map(|operation| match operation {
+            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            StoreError::Unavailable(format!("{key} changed during the transaction; retry"))
+        })
+}
+
+fn text(kv: &KeyValue) -> Result<String, StoreError> {
+    kv.value_str()
+        .map(str::to_owned)
+        .map_err(|error| StoreError::Corrupt {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            detail: error.to_string(),
+        })
+}
+
+impl Store for EtcdStore {
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let seconds = i64::try_from(ttl.as_secs().max(1) + u64::from(ttl.subsec_nanos() > 0))
+            .unwrap_or(i64::MAX);
+        let granted = self
+            .client
+            .clone()
+            .lease_grant(seconds, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(granted.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        // An expired lease shows up as an error or as a TTL of zero, depending on timing.
+        let expired_or_unavailable = |error| lease_or_unavailable(error, lease);
+        let (mut keeper, mut responses) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(expired_or_unavailable)?;
+        keeper.keep_alive().await.map_err(expired_or_unavailable)?;
+        let answer = responses.message().await.map_err(expired_or_unavailable)?;
+        match answer.map(|response| response.ttl()) {
+            Some(ttl) if ttl > 0 => Ok(Duration::from_secs(ttl.unsigned_abs())),
+            _ => Err(StoreError::LeaseExpired(lease)),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self.client.clone().lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(error) => match lease_or_unavailable(error, lease) {
+                StoreError::LeaseExpired(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn claim(&self, shard: &str, holder: &str, lease: LeaseId) -> Result<Claim, StoreError> {
+        match self
+            .create_or_read(&keys::claim(shard), holder, lease)
+            .await?
+        {
+            Ok(token) => Ok(Claim {
+                shard: shard.to_owned(),
+                holder: holder.to_owned(),
+                token: FenceToken(token),
+                lease,
+            }),
+            Err(existing) => Err(StoreError::Claimed {
+                shard: shard.to_owned(),
+                holder: text(&existing)?,
+                token: existing.create_revision(),
+            }),
+        }
+    }
+
+    async fn claim_of(&self, shard: &str) -> Result<Option<Claim>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(keys::claim(shard), None)
+            .await
+            .map_err(unavailable)?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        Ok(Some(Claim {
+            shard: shard.to_owned(),
+            holder: text(kv)?,
+            token: FenceToken(kv.create_revision()),
+            lease: kv.lease(),
+        }))
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<bool, StoreError> {
+        let key = keys::claim(&claim.shard);
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                claim.token.0,
+            )])
+            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    async fn campaign(
+        &self,
+        candidate: &str,
+        lease: LeaseId,
+    ) -> Result<Option<Leadership>, StoreError> {
+        match self
+            .create_or_read(&keys::leader(), candidate, lease)
+            .await?
+        {
+            Ok(epoch) => Ok(Some(Leadership {
+                leader: candidate.to_owned(),
+                epoch: Epoch(epoch),
+            })),
+            Err(existing) => {
+                let leader = text(&existing)?;
+                let already_ours = leader == candidate && existing.lease() == lease;
+                Ok(already_ours.then(|| Leadership {
+                    leader,
+                    epoch: Epoch(existing.create_revision()),
+                }))
+            }
+        }
+    }
+
+    async fn leader(&self) -> Result<Option<Leadership>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(keys::leader(), None)
+            .await
+            .map_err(unavailable)?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        Ok(Some(Leadership {
+            leader: text(kv)?,
+            epoch: Epoch(kv.create_revision()),
+        }))
+    }
+
+    async fn put_as_leader(&self, epoch: Epoch, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                keys::leader(),
+                CompareOp::Equal,
+                epoch.0,
+            )])
+            .and_then(vec![TxnOp::put(keys::state(key), value, None)]);
+        if self.txn(txn).await?.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::NotLeader(epoch.0))
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(keys::state(key), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+}

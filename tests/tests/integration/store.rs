@@ -1,0 +1,192 @@
+//! One conformance suite for both stores: real etcd (Debian's etcd-server) and the in-memory
+//! embedded default. Claims are exclusive and fence with increasing tokens, leases keep and
+//! release them, and a deposed leader's writes are refused.
+
+use std::time::Duration;
+
+use fleetshift_coordinator::store::{EtcdStore, MemoryStore, Store, StoreError};
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::postgres::wait_until;
+
+const TTL: Duration = Duration::from_secs(2);
+
+async fn claims_are_exclusive_and_tokens_increase<S: Store>(store: &S) {
+    let lease_a = store.grant_lease(TTL * 5).await.expect("lease a");
+    let lease_b = store.grant_lease(TTL * 5).await.expect("lease b");
+    let first = store
+        .claim("shard-x", "agent-a", lease_a)
+        .await
+        .expect("claim");
+    match store.claim("shard-x", "agent-b", lease_b).await {
+        Err(StoreError::Claimed { holder, token, .. }) => {
+            assert_eq!(holder, "agent-a");
+            assert_eq!(token, first.token.0);
+        }
+        other => panic!("a held shard must not be claimed again: {other:?}"),
+    }
+    let other_shard = store
+        .claim("shard-y", "agent-b", lease_b)
+        .await
+        .expect("another shard");
+    assert!(
+        other_shard.token > first.token,
+        "tokens increase across shards"
+    );
+    assert_eq!(
+        store.claim_of("shard-x").await.expect("read"),
+        Some(first.clone())
+    );
+    assert!(store.release(&first).await.expect("release"));
+    let second = store
+        .claim("shard-x", "agent-b", lease_b)
+        .await
+        .expect("reclaim");
+    assert!(
+        second.token > other_shard.token,
+        "a new claim fences out every older one"
+    );
+    assert!(
+        !store.release(&first).await.expect("stale release"),
+        "a stale holder cannot release a newer claim"
+    );
+    assert_eq!(store.claim_of("shard-x").await.expect("read"), Some(second));
+    store.revoke(lease_a).await.expect("revoke a");
+    store.revoke(lease_b).await.expect("revoke b");
+}
+
+async fn leases_keep_and_expiry_releases<S: Store>(store: &S) {
+    let lease = store.grant_lease(TTL).await.expect("lease");
+    let claim = store
+        .claim("shard-kept", "agent-a", lease)
+        .await
+        .expect("claim");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        store.keep_alive(lease).await.expect("keep alive");
+    }
+    assert_eq!(
+        store.claim_of("shard-kept").await.expect("read"),
+        Some(claim),
+        "kept alive past its TTL"
+    );
+    let released = wait_until(Duration::from_secs(15), || async {
+        store.claim_of("shard-kept").await.expect("read").is_none()
+    })
+    .await;
+    assert!(released, "a lapsed lease must release its claims");
+    assert_eq!(
+        store.keep_alive(lease).await,
+        Err(StoreError::LeaseExpired(lease))
+    );
+    assert!(matches!(
+        store.claim("shard-kept", "agent-a", lease).await,
+        Err(StoreError::LeaseExpired(_))
+    ));
+}
+
+async fn revoke_releases_at_once<S: Store>(store: &S) {
+    let lease = store.grant_lease(TTL * 5).await.expect("lease");
+    store
+        .claim("shard-revoked", "agent-a", lease)
+        .await
+        .expect("claim");
+    store.revoke(lease).await.expect("revoke");
+    assert_eq!(store.claim_of("shard-revoked").await.expect("read"), None);
+    store.revoke(lease).await.expect("revoking twice is fine");
+}
+
+async fn deposed_leader_writes_are_refused<S: Store>(store: &S) {
+    let lease_one = store.grant_lease(TTL * 5).await.expect("lease one");
+    let lease_two = store.grant_lease(TTL * 5).await.expect("lease two");
+    let first = store
+        .campaign("replica-1", lease_one)
+        .await
+        .expect("campaign")
+        .expect("leads");
+    assert_eq!(
+        store
+            .campaign("replica-2", lease_two)
+            .await
+            .expect("campaign"),
+        None,
+        "one leader at a time"
+    );
+    assert_eq!(
+        store.campaign("replica-1", lease_one).await.expect("again"),
+        Some(first.clone())
+    );
+    store
+        .put_as_leader(first.epoch, "plan/1", b"v1")
+        .await
+        .expect("leader writes");
+    store
+        .revoke(lease_one)
+        .await
+        .expect("replica-1 loses its lease");
+    let second = store
+        .campaign("replica-2", lease_two)
+        .await
+        .expect("campaign")
+        .expect("takes over");
+    assert!(second.epoch > first.epoch, "epochs increase");
+    assert_eq!(
+        store.put_as_leader(first.epoch, "plan/1", b"stale").await,
+        Err(StoreError::NotLeader(first.epoch.0)),
+        "the deposed leader's late write is refused"
+    );
+    store
+        .put_as_leader(second.epoch, "plan/1", b"v2")
+        .await
+        .expect("new leader writes");
+    assert_eq!(
+        store.get("plan/1").await.expect("read"),
+        Some(b"v2".to_vec())
+    );
+    assert_eq!(store.leader().await.expect("leader"), Some(second));
+    store.revoke(lease_two).await.expect("revoke");
+}
+
+async fn conformance<S: Store>(store: &S) {
+    claims_are_exclusive_and_tokens_increase(store).await;
+    revoke_releases_at_once(store).await;
+    deposed_leader_writes_are_refused(store).await;
+    leases_keep_and_expiry_releases(store).await;
+}
+
+#[tokio::test]
+async fn the_in_memory_store_conforms() {
+    conformance(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn the_etcd_store_conforms() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("connect");
+    conformance(&store).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_reported_as_such() {
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("address")
+            .port()
+    );
+    let unreachable = tokio::time::timeout(Duration::from_secs(20), async {
+        match EtcdStore::connect(&[closed]).await {
+            Err(error) => Err(error),
+            Ok(store) => store.leader().await.map(drop),
+        }
+    })
+    .await
+    .expect("bounded");
+    assert!(
+        matches!(unreachable, Err(StoreError::Unavailable(_))),
+        "{unreachable:?}"
+    );
+}
