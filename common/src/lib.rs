@@ -8,6 +8,7 @@
 //! - [`engine`]: the database-specific primitives of the fenced protocol (PostgreSQL, SQLite).
 //! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
+//! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
 
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod ledger;
+pub mod proto;
 pub mod secrets;
 pub mod source;
 pub mod statements;
