@@ -4,6 +4,7 @@
 //!   validated, ordered, checksummed.
 //! - [`statements`]: splitting scripts into statements; recognising index builds and
 //!   transaction control.
+//! - [`lease`]: agent session intervals from one base, and the lease on the agent's own clock.
 //! - [`ledger`]: the record a shard keeps about itself (history, fence, audit) and guards.
 //! - [`engine`]: the database-specific primitives of the fenced protocol (PostgreSQL, SQLite).
 //! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
@@ -15,6 +16,7 @@
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod lease;
 pub mod ledger;
 pub mod proto;
 pub mod secrets;
