@@ -4,5 +4,9 @@
 //! - [`store`]: leases, per-shard claims whose fencing token is the claim's etcd
 //!   `create_revision`, leadership with epoch-guarded writes; etcd and in-memory
 //!   implementations that pass one conformance suite.
+//! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
+//! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
+pub mod agent_session;
+pub mod serve;
 pub mod store;

@@ -13,6 +13,7 @@ mod integration {
     mod operator;
     mod paused;
     mod secrets;
+    mod session;
     mod store;
     mod tls;
 }

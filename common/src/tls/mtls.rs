@@ -12,6 +12,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::identity::{IdentityError, SpiffeId};
 
+/// gRPC runs over HTTP/2, agreed through ALPN.
+const GRPC_ALPN: &[u8] = b"h2";
+
 /// Where a process's certificate, key and trust bundle live.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -41,26 +44,28 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier = WebPkiClientVerifier::builder(roots)
         .build()
         .map_err(|error| TlsError::Config(format!("client verifier: {error}")))?;
-    let config = ServerConfig::builder()
+    let mut config = ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
             certificates(&files.certificate)?,
             private_key(&files.private_key)?,
         )
         .map_err(|error| TlsError::Config(format!("{}: {error}", files.certificate.display())))?;
+    config.alpn_protocols = vec![GRPC_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
 /// A client that presents its certificate and trusts only the bundle.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     install_crypto_provider();
-    let config = ClientConfig::builder()
+    let mut config = ClientConfig::builder()
         .with_root_certificates(trust_bundle(&files.trust_bundle)?)
         .with_client_auth_cert(
             certificates(&files.certificate)?,
             private_key(&files.private_key)?,
         )
         .map_err(|error| TlsError::Config(format!("{}: {error}", files.certificate.display())))?;
+    config.alpn_protocols = vec![GRPC_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -1,0 +1,299 @@
+//! `AgentService.Session`: one bidirectional stream per agent, handled by one [`Session`]
+//! (init → run → cleanup), generic over the inbound stream.
+//!
+//! - init: the peer certificate must carry an agent identity of this trust domain, the first
+//!   message must be `Hello` naming that same agent; a lease is granted and the `Handshake`
+//!   carries every interval derived from the one base.
+//! - run: each `Heartbeat` keeps the lease alive and is acknowledged with its remaining TTL; a
+//!   lapsed lease ends the session (the agent's own lease clock has stopped its work already).
+//! - cleanup: a clean end (the agent closed its stream) revokes the lease at once; an abrupt end
+//!   (a crash, a partition) leaves it to lapse on its TTL, as the agent's clock expects.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fleetshift_common::lease::SessionIntervals;
+use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
+use fleetshift_common::proto::v1::agent_service_server::AgentService;
+use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
+use fleetshift_common::proto::v1::{
+    AgentMessage, CoordinatorMessage, Handshake, HeartbeatAck, Hello,
+};
+use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::mtls;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::{LeaseId, Store, StoreError};
+
+type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// The agent service of one coordinator replica.
+#[derive(Debug)]
+pub struct AgentSessions<S> {
+    store: Arc<S>,
+    intervals: SessionIntervals,
+    coordinator_id: String,
+    trust_domain: String,
+}
+
+impl<S: Store + 'static> AgentSessions<S> {
+    pub fn new(
+        store: Arc<S>,
+        intervals: SessionIntervals,
+        coordinator_id: &str,
+        trust_domain: &str,
+    ) -> Self {
+        Self {
+            store,
+            intervals,
+            coordinator_id: coordinator_id.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+        }
+    }
+
+    fn agent_identity<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
+        let certificates = request.peer_certs();
+        let identity = mtls::peer_identity(certificates.as_deref().map(Vec::as_slice))
+            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+        if identity.role() != Role::Agent {
+            return Err(Status::permission_denied(format!(
+                "{identity} is not an agent identity; agents present spiffe://{}/agent/<id>",
+                self.trust_domain
+            )));
+        }
+        if identity.trust_domain() != self.trust_domain {
+            return Err(Status::permission_denied(format!(
+                "{identity} belongs to another trust domain than {}",
+                self.trust_domain
+            )));
+        }
+        Ok(identity)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store + 'static> AgentService for AgentSessions<S> {
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let identity = self.agent_identity(&request)?;
+        let (outbound, responses) = mpsc::channel(16);
+        let session = Session::new(
+            Arc::clone(&self.store),
+            self.intervals,
+            &self.coordinator_id,
+            identity,
+            request.into_inner(),
+            outbound,
+        );
+        // The task ends with the agent's stream (or when the response stream is dropped).
+        tokio::spawn(session.drive());
+        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+    }
+}
+
+/// One agent's session.
+pub struct Session<S, I> {
+    store: Arc<S>,
+    intervals: SessionIntervals,
+    coordinator_id: String,
+    identity: SpiffeId,
+    inbound: I,
+    outbound: Outbound,
+    lease: Option<LeaseId>,
+}
+
+impl<S, I> std::fmt::Debug for Session<S, I> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Session")
+            .field("agent", &self.identity.to_string())
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the agent's side of a session ended.
+enum Ending {
+    /// The agent closed its stream: it has stopped.
+    Closed,
+    /// The stream broke or the session failed: the agent may still be working.
+    Abrupt,
+}
+
+impl<S, I> Session<S, I>
+where
+    S: Store + 'static,
+    I: Stream<Item = Result<AgentMessage, Status>> + Unpin + Send + 'static,
+{
+    pub fn new(
+        store: Arc<S>,
+        intervals: SessionIntervals,
+        coordinator_id: &str,
+        identity: SpiffeId,
+        inbound: I,
+        outbound: Outbound,
+    ) -> Self {
+        Self {
+            store,
+            intervals,
+            coordinator_id: coordinator_id.to_owned(),
+            identity,
+            inbound,
+            outbound,
+            lease: None,
+        }
+    }
+
+    /// Runs the session to its end and reports a failure to the agent.
+    pub async fn drive(mut self) {
+        let ending = match self.init().await {
+            Ok(()) => self.run().await,
+            Err(status) => Err(status),
+        };
+        let ending = match ending {
+            Ok(ending) => ending,
+            Err(status) => {
+                tracing::warn!(agent = %self.identity, code = ?status.code(), message = status.message(), "agent session refused or failed");
+                // The agent may be gone already; then nobody is left to tell.
+                let _ = self.outbound.send(Err(status)).await;
+                Ending::Abrupt
+            }
+        };
+        self.cleanup(ending).await;
+    }
+
+    async fn init(&mut self) -> Result<(), Status> {
+        let first = tokio::time::timeout(self.intervals.lease_ttl, self.inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within the lease TTL"))?;
+        let hello: Hello = match first {
+            Some(Ok(AgentMessage {
+                body: Some(AgentBody::Hello(hello)),
+            })) => hello,
+            Some(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ));
+            }
+            Some(Err(status)) => return Err(status),
+            None => {
+                return Err(Status::cancelled(
+                    "the agent closed the session before Hello",
+                ));
+            }
+        };
+        if hello.agent_id != self.identity.name() {
+            return Err(Status::permission_denied(format!(
+                "Hello names agent {:?} but the certificate is {}; an agent speaks only for itself",
+                hello.agent_id, self.identity
+            )));
+        }
+        let lease = self
+            .store
+            .grant_lease(self.intervals.lease_ttl)
+            .await
+            .map_err(store_status)?;
+        self.lease = Some(lease);
+        tracing::info!(agent = %self.identity, lease, shards = hello.shards.len(), "agent session opened");
+        let handshake = Handshake {
+            lease_id: lease,
+            coordinator_id: self.coordinator_id.clone(),
+            heartbeat_interval: Some(duration(self.intervals.heartbeat)),
+            lease_ttl: Some(duration(self.intervals.lease_ttl)),
+            safety_margin: Some(duration(self.intervals.safety_margin)),
+        };
+        self.send(CoordinatorBody::Handshake(handshake)).await
+    }
+
+    async fn run(&mut self) -> Result<Ending, Status> {
+        let lease = self
+            .lease
+            .ok_or_else(|| Status::internal("session without a lease"))?;
+        while let Some(message) = self.inbound.next().await {
+            match message {
+                Ok(AgentMessage {
+                    body: Some(AgentBody::Heartbeat(heartbeat)),
+                }) => {
+                    let remaining =
+                        self.store
+                            .keep_alive(lease)
+                            .await
+                            .map_err(|error| match error {
+                                StoreError::LeaseExpired(_) => Status::failed_precondition(
+                                    "the session's lease lapsed; stop all work and reconnect",
+                                ),
+                                other => store_status(other),
+                            })?;
+                    let ack = HeartbeatAck {
+                        sequence: heartbeat.sequence,
+                        lease_remaining: Some(duration(remaining)),
+                    };
+                    self.send(CoordinatorBody::HeartbeatAck(ack)).await?;
+                }
+                Ok(AgentMessage {
+                    body: Some(AgentBody::Hello(_)),
+                }) => {
+                    return Err(Status::invalid_argument("Hello may only open a session"));
+                }
+                Ok(other) => {
+                    return Err(Status::unimplemented(format!(
+                        "this coordinator does not take {:?} messages yet",
+                        other.body.map(|body| std::mem::discriminant(&body))
+                    )));
+                }
+                Err(status) => {
+                    tracing::info!(agent = %self.identity, code = ?status.code(), "agent stream broke; its lease lapses on its own");
+                    return Ok(Ending::Abrupt);
+                }
+            }
+        }
+        Ok(Ending::Closed)
+    }
+
+    async fn cleanup(self, ending: Ending) {
+        let Some(lease) = self.lease else { return };
+        match ending {
+            Ending::Closed => match self.store.revoke(lease).await {
+                Ok(()) => {
+                    tracing::info!(agent = %self.identity, lease, "agent closed its session; lease revoked")
+                }
+                Err(error) => {
+                    tracing::warn!(agent = %self.identity, lease, %error, "revoking the lease failed; it lapses on its TTL")
+                }
+            },
+            Ending::Abrupt => {
+                tracing::info!(agent = %self.identity, lease, "session ended abruptly; the lease lapses on its TTL")
+            }
+        }
+    }
+
+    async fn send(&self, body: CoordinatorBody) -> Result<(), Status> {
+        self.outbound
+            .send(Ok(CoordinatorMessage { body: Some(body) }))
+            .await
+            .map_err(|_| Status::cancelled("the agent is gone"))
+    }
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(detail) => {
+            Status::unavailable(format!("the fleet store is unavailable: {detail}"))
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn duration(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
+    }
+}

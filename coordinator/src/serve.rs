@@ -1,0 +1,71 @@
+//! Serving gRPC over mutual TLS with a configuration that may change while serving: each
+//! accepted connection is handshaken with the current configuration (see
+//! `fleetshift_common::tls::reload`), off the accept loop, under a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use crate::agent_session::AgentSessions;
+use crate::store::Store;
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves the agent service on `listener` until `shutdown` completes.
+pub async fn serve<S: Store + 'static>(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+    sessions: AgentSessions<S>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .add_service(AgentServiceServer::new(sessions))
+        .serve_with_incoming_shutdown(tls_connections(listener, tls), shutdown)
+        .await
+}
+
+/// Accepted, handshaken connections. The accept loop ends when the server drops the stream.
+fn tls_connections(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = sender.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    continue;
+                }
+            };
+            let acceptor = TlsAcceptor::from(tls.borrow().clone());
+            let connections = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        // The server may be shutting down; then the connection just closes.
+                        let _ = connections.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => tracing::warn!(%peer, %error, "TLS handshake refused"),
+                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}

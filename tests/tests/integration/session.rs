@@ -1,0 +1,288 @@
+//! The agent session over real mutual TLS, against a real etcd: identity from the peer
+//! certificate, Hello checked against it, a lease per session kept alive by heartbeats, and
+//! released as the session ends (at once when closed, on its TTL when broken).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::lease::SessionIntervals;
+use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
+use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
+use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
+use fleetshift_common::proto::v1::{AgentMessage, CoordinatorMessage, Heartbeat, Hello};
+use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::mtls::{self, TlsFiles};
+use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_common::tls::reload;
+use fleetshift_coordinator::agent_session::AgentSessions;
+use fleetshift_coordinator::serve;
+use fleetshift_coordinator::store::{EtcdStore, Store, StoreError};
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::postgres::wait_until;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Streaming};
+
+const TRUST_DOMAIN: &str = "fleet.example";
+
+struct Fleet {
+    _etcd: EtcdServer,
+    store: Arc<EtcdStore>,
+    pki: tempfile::TempDir,
+    address: std::net::SocketAddr,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+fn issue(pki: &std::path::Path, role: Role, name: &str, dns: &[&str]) {
+    let request = LeafRequest {
+        identity: SpiffeId::new(TRUST_DOMAIN, role, name).expect("identity"),
+        dns_names: dns.iter().map(|name| (*name).to_owned()).collect(),
+        ip_addresses: Vec::new(),
+        validity: Validity::days_from_now(1),
+    };
+    pki::issue(pki, &request, false).expect("issue");
+}
+
+/// etcd, a PKI, and one coordinator replica serving agent sessions on loopback.
+async fn fleet() -> Fleet {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .expect("store"),
+    );
+    let pki = tempfile::tempdir().expect("pki");
+    pki::init(pki.path(), TRUST_DOMAIN, Validity::days_from_now(1), false).expect("ca");
+    issue(pki.path(), Role::Coordinator, "c1", &["localhost"]);
+    issue(pki.path(), Role::Agent, "db-host-1", &[]);
+    issue(pki.path(), Role::Operator, "alice", &[]);
+    let files = TlsFiles {
+        certificate: pki.path().join("coordinator-c1.pem"),
+        private_key: pki.path().join("coordinator-c1.key"),
+        trust_bundle: pki.path().join(pki::CA_CERTIFICATE),
+    };
+    let tls = reload::watch_config(files, mtls::server_config, Duration::from_secs(1))
+        .await
+        .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let sessions = AgentSessions::new(
+        Arc::clone(&store),
+        SessionIntervals::from_heartbeat(Duration::from_secs(1)),
+        "c1",
+        TRUST_DOMAIN,
+    );
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve::serve(listener, tls, sessions, async {
+        let _ = stop.await;
+    }));
+    Fleet {
+        _etcd: etcd,
+        store,
+        pki,
+        address,
+        _shutdown: shutdown,
+    }
+}
+
+async fn client(fleet: &Fleet, holder: &str) -> AgentServiceClient<Channel> {
+    let read = |name: String| std::fs::read(fleet.pki.path().join(name)).expect("pem");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(pki::CA_CERTIFICATE.to_owned())))
+        .identity(Identity::from_pem(
+            read(format!("{holder}.pem")),
+            read(format!("{holder}.key")),
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{}", fleet.address))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    AgentServiceClient::new(channel)
+}
+
+/// Opens a session; returns the sender for agent messages and the coordinator's stream.
+async fn open(
+    client: &mut AgentServiceClient<Channel>,
+    agent_id: &str,
+) -> (
+    mpsc::Sender<AgentMessage>,
+    Result<Streaming<CoordinatorMessage>, tonic::Status>,
+) {
+    let (sender, receiver) = mpsc::channel(8);
+    let hello = Hello {
+        agent_id: agent_id.to_owned(),
+        agent_version: "test".to_owned(),
+        ..Hello::default()
+    };
+    sender
+        .send(AgentMessage {
+            body: Some(AgentBody::Hello(hello)),
+        })
+        .await
+        .expect("hello");
+    let responses = client
+        .session(ReceiverStream::new(receiver))
+        .await
+        .map(tonic::Response::into_inner);
+    (sender, responses)
+}
+
+async fn next(
+    responses: &mut Streaming<CoordinatorMessage>,
+) -> Result<CoordinatorBody, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("bounded")
+    {
+        Ok(Some(CoordinatorMessage { body: Some(body) })) => Ok(body),
+        Ok(other) => panic!("unexpected end or empty message: {other:?}"),
+        Err(status) => Err(status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_session_lease_and_closing_revokes_it() {
+    let fleet = fleet().await;
+    let mut client = client(&fleet, "agent-db-host-1").await;
+    let (sender, responses) = open(&mut client, "db-host-1").await;
+    let mut responses = responses.expect("session");
+    let CoordinatorBody::Handshake(handshake) = next(&mut responses).await.expect("handshake")
+    else {
+        panic!("the first answer must be the handshake");
+    };
+    assert_eq!(handshake.coordinator_id, "c1");
+    assert_eq!(handshake.heartbeat_interval.map(|d| d.seconds), Some(1));
+    assert_eq!(handshake.lease_ttl.map(|d| d.seconds), Some(3));
+    let lease = handshake.lease_id;
+    let claim = fleet
+        .store
+        .claim("users-0001", "db-host-1", lease)
+        .await
+        .expect("claim under the session lease");
+
+    // Six heartbeats a second apart: twice the TTL, and the lease (with its claim) lives on.
+    for sequence in 1..=6 {
+        sender
+            .send(AgentMessage {
+                body: Some(AgentBody::Heartbeat(Heartbeat {
+                    sequence,
+                    running_assignments: Vec::new(),
+                })),
+            })
+            .await
+            .expect("heartbeat");
+        let CoordinatorBody::HeartbeatAck(ack) = next(&mut responses).await.expect("ack") else {
+            panic!("expected an acknowledgement");
+        };
+        assert_eq!(ack.sequence, sequence);
+        assert!(
+            ack.lease_remaining
+                .is_some_and(|remaining| remaining.seconds > 0)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        fleet.store.claim_of("users-0001").await.expect("read"),
+        Some(claim)
+    );
+
+    // The agent closes its stream: it has stopped, so the lease (and the claim) go at once —
+    // well before the TTL (at least 2 s after the last keep-alive) could explain it.
+    drop(sender);
+    let released = wait_until(Duration::from_secs(1), || async {
+        fleet
+            .store
+            .claim_of("users-0001")
+            .await
+            .expect("read")
+            .is_none()
+    })
+    .await;
+    assert!(released, "a closed session's lease must be revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_session_keeps_its_lease_until_the_ttl() {
+    let fleet = fleet().await;
+    let mut client = client(&fleet, "agent-db-host-1").await;
+    let (sender, responses) = open(&mut client, "db-host-1").await;
+    let mut responses = responses.expect("session");
+    let CoordinatorBody::Handshake(handshake) = next(&mut responses).await.expect("handshake")
+    else {
+        panic!("handshake");
+    };
+    fleet
+        .store
+        .claim("users-0002", "db-host-1", handshake.lease_id)
+        .await
+        .expect("claim");
+    // The agent vanishes without closing its stream (its connection is torn down).
+    drop(responses);
+    drop(client);
+    std::mem::forget(sender);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        fleet
+            .store
+            .claim_of("users-0002")
+            .await
+            .expect("read")
+            .is_some(),
+        "a crashed agent may still be working: its claims stay until its lease lapses"
+    );
+    let lapsed = wait_until(Duration::from_secs(15), || async {
+        fleet
+            .store
+            .claim_of("users-0002")
+            .await
+            .expect("read")
+            .is_none()
+    })
+    .await;
+    assert!(lapsed, "without heartbeats the lease lapses on its TTL");
+    assert!(matches!(
+        fleet.store.keep_alive(handshake.lease_id).await,
+        Err(StoreError::LeaseExpired(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_speaks_only_for_itself_and_operators_are_not_agents() {
+    let fleet = fleet().await;
+    let mut agent = client(&fleet, "agent-db-host-1").await;
+    let (_sender, responses) = open(&mut agent, "db-host-2").await;
+    let refused = match responses {
+        Err(status) => status,
+        Ok(mut stream) => next(&mut stream).await.expect_err("another agent's name"),
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("an agent speaks only for itself"),
+        "{}",
+        refused.message()
+    );
+
+    let mut operator = client(&fleet, "operator-alice").await;
+    let (_sender, responses) = open(&mut operator, "alice").await;
+    let refused = match responses {
+        Err(status) => status,
+        Ok(mut stream) => next(&mut stream)
+            .await
+            .expect_err("an operator certificate"),
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("is not an agent identity"),
+        "{}",
+        refused.message()
+    );
+}
