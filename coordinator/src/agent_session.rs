@@ -21,6 +21,7 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -201,6 +202,10 @@ where
             .await
             .map_err(store_status)?;
         self.lease = Some(lease);
+        self.store
+            .announce_agent(self.identity.name(), &hello.encode_to_vec(), lease)
+            .await
+            .map_err(store_status)?;
         tracing::info!(agent = %self.identity, lease, shards = hello.shards.len(), "agent session opened");
         let handshake = Handshake {
             lease_id: lease,

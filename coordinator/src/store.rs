@@ -115,4 +115,15 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Records a connected agent and its facts, bound to its session lease (gone with it).
+    fn announce_agent(
+        &self,
+        agent: &str,
+        facts: &[u8],
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Agents with a live session, by id, with the facts they announced.
+    fn agents(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }

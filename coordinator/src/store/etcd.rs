@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 
 use super::{Claim, Epoch, FenceToken, Leadership, LeaseId, Store, StoreError, keys};
@@ -244,6 +245,45 @@ impl Store for EtcdStore {
         } else {
             Err(StoreError::NotLeader(epoch.0))
         }
+    }
+
+    async fn announce_agent(
+        &self,
+        agent: &str,
+        facts: &[u8],
+        lease: LeaseId,
+    ) -> Result<(), StoreError> {
+        self.client
+            .clone()
+            .put(
+                keys::agent(agent),
+                facts,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map(drop)
+            .map_err(|error| lease_or_unavailable(error, lease))
+    }
+
+    async fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = keys::agents_prefix();
+        let response = self
+            .client
+            .clone()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = kv.key_str().map_err(|error| StoreError::Corrupt {
+                    key: prefix.clone(),
+                    detail: error.to_string(),
+                })?;
+                Ok((key[prefix.len()..].to_owned(), kv.value().to_vec()))
+            })
+            .collect()
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -13,3 +13,11 @@ pub fn leader() -> String {
 pub fn state(key: &str) -> String {
     format!("{PREFIX}/state/{key}")
 }
+
+pub fn agents_prefix() -> String {
+    format!("{PREFIX}/agents/")
+}
+
+pub fn agent(agent: &str) -> String {
+    format!("{}{agent}", agents_prefix())
+}

@@ -243,6 +243,31 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn announce_agent(
+        &self,
+        agent: &str,
+        facts: &[u8],
+        lease: LeaseId,
+    ) -> Result<(), StoreError> {
+        self.with_state(|state| {
+            state
+                .create(keys::agent(agent), facts, Some(lease))
+                .map(drop)
+        })
+    }
+
+    async fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = keys::agents_prefix();
+        self.with_state(|state| {
+            Ok(state
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(key, _)| key.starts_with(&prefix))
+                .map(|(key, entry)| (key[prefix.len()..].to_owned(), entry.value.clone()))
+                .collect())
+        })
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.with_state(|state| {
             Ok(state

@@ -161,6 +161,12 @@ async fn heartbeats_keep_the_session_lease_and_closing_revokes_it() {
     assert_eq!(handshake.heartbeat_interval.map(|d| d.seconds), Some(1));
     assert_eq!(handshake.lease_ttl.map(|d| d.seconds), Some(3));
     let lease = handshake.lease_id;
+    let announced = fleet.store.agents().await.expect("agents");
+    assert_eq!(announced.len(), 1);
+    assert_eq!(
+        announced[0].0, "db-host-1",
+        "the session announces its agent"
+    );
     let claim = fleet
         .store
         .claim("users-0001", "db-host-1", lease)

@@ -146,7 +146,29 @@ async fn deposed_leader_writes_are_refused<S: Store>(store: &S) {
     store.revoke(lease_two).await.expect("revoke");
 }
 
+async fn announced_agents_live_as_long_as_their_session<S: Store>(store: &S) {
+    let lease = store.grant_lease(TTL * 5).await.expect("lease");
+    store
+        .announce_agent("db-host-1", b"facts", lease)
+        .await
+        .expect("announce");
+    assert_eq!(
+        store.agents().await.expect("agents"),
+        [("db-host-1".to_owned(), b"facts".to_vec())]
+    );
+    store.revoke(lease).await.expect("revoke");
+    assert!(
+        store.agents().await.expect("agents").is_empty(),
+        "gone with the session's lease"
+    );
+    assert!(matches!(
+        store.announce_agent("db-host-1", b"facts", lease).await,
+        Err(StoreError::LeaseExpired(_))
+    ));
+}
+
 async fn conformance<S: Store>(store: &S) {
+    announced_agents_live_as_long_as_their_session(store).await;
     claims_are_exclusive_and_tokens_increase(store).await;
     revoke_releases_at_once(store).await;
     deposed_leader_writes_are_refused(store).await;
