@@ -13,23 +13,24 @@ use crate::config::{AgentConfig, ShardConfig};
 /// Exit code when a shard cannot be reached.
 const UNREACHABLE: u8 = 6;
 
+/// What the agent sees of one of its shards.
 #[derive(Debug, Serialize)]
-struct ShardReport {
-    id: String,
-    target: String,
-    labels: std::collections::BTreeMap<String, String>,
-    reachable: bool,
-    applied: usize,
-    latest_applied: Option<String>,
-    unfinished: Vec<String>,
-    fence_token: Option<i64>,
-    error: Option<String>,
+pub struct ShardReport {
+    pub id: String,
+    pub target: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub reachable: bool,
+    pub applied: usize,
+    pub latest_applied: Option<String>,
+    pub unfinished: Vec<String>,
+    pub fence_token: Option<i64>,
+    pub error: Option<String>,
 }
 
 pub async fn run(config: &AgentConfig, output: Output) -> ExitCode {
     let mut reports = Vec::with_capacity(config.shards.len());
     for shard in &config.shards {
-        reports.push(check_shard(shard).await);
+        reports.push(inspect(shard).await);
     }
     match output {
         Output::Json => match serde_json::to_string_pretty(&serde_json::json!({
@@ -69,7 +70,8 @@ pub async fn run(config: &AgentConfig, output: Output) -> ExitCode {
     }
 }
 
-async fn check_shard(shard: &ShardConfig) -> ShardReport {
+/// Connects to the shard and reads its ledger.
+pub async fn inspect(shard: &ShardConfig) -> ShardReport {
     let mut report = ShardReport {
         id: shard.id.clone(),
         target: shard.database_url.masked(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{check, config};
+use crate::{check, config, session};
 
 /// Exit code when the configuration is unusable.
 pub const BAD_CONFIG: u8 = 2;
@@ -37,6 +37,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
+    /// Hold a session with the fleet's coordinators until SIGTERM or Ctrl-C.
+    Run,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -55,5 +57,44 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::Check { output } => check::run(&config, output).await,
+        Command::Run => {
+            let Some(link) = config.coordinator.clone() else {
+                eprintln!(
+                    "error: {}: `run` needs [coordinator] and [tls] sections",
+                    cli.config.display()
+                );
+                return ExitCode::from(BAD_CONFIG);
+            };
+            fleetshift_common::tls::mtls::install_crypto_provider();
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            match session::run(&config, &link, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    shutdown.cancel();
 }

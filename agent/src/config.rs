@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
 /// The file as written.
@@ -13,8 +14,27 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     agent_id: Option<String>,
+    coordinator: Option<RawCoordinator>,
+    tls: Option<RawTls>,
     #[serde(default)]
     shards: Vec<RawShard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordinator {
+    /// `https://host:port` of any coordinator replica.
+    address: String,
+    /// The name the coordinator's certificate is checked against (default: the address's host).
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    trust_bundle: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,7 +53,17 @@ struct RawShard {
 #[derive(Debug)]
 pub struct AgentConfig {
     pub agent_id: String,
+    /// How to reach the fleet; `None` when the agent only checks its shards.
+    pub coordinator: Option<CoordinatorLink>,
     pub shards: Vec<ShardConfig>,
+}
+
+/// A coordinator to hold a session with, over mutual TLS.
+#[derive(Debug, Clone)]
+pub struct CoordinatorLink {
+    pub address: String,
+    pub server_name: String,
+    pub tls: TlsFiles,
 }
 
 #[derive(Debug)]
@@ -55,12 +85,12 @@ impl AgentConfig {
             anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
         })?;
         let agent_id = std::env::var("FLEETSHIFT_AGENT_ID").ok().or(raw.agent_id);
-        Self::validate(
-            raw.shards,
-            agent_id,
-            path.parent().unwrap_or(Path::new(".")),
-        )
-        .with_context(|| format!("{}: invalid agent configuration", path.display()))
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid = || format!("{}: invalid agent configuration", path.display());
+        let coordinator = coordinator_link(raw.coordinator, raw.tls, base).with_context(invalid)?;
+        let mut config = Self::validate(raw.shards, agent_id, base).with_context(invalid)?;
+        config.coordinator = coordinator;
+        Ok(config)
     }
 
     fn validate(
@@ -105,8 +135,46 @@ impl AgentConfig {
                 database_url: DatabaseUrl::new(url),
             });
         }
-        Ok(Self { agent_id, shards })
+        Ok(Self {
+            agent_id,
+            coordinator: None,
+            shards,
+        })
     }
+}
+
+fn coordinator_link(
+    coordinator: Option<RawCoordinator>,
+    tls: Option<RawTls>,
+    base: &Path,
+) -> anyhow::Result<Option<CoordinatorLink>> {
+    let (coordinator, tls) = match (coordinator, tls) {
+        (None, None) => return Ok(None),
+        (Some(coordinator), Some(tls)) => (coordinator, tls),
+        (Some(_), None) => {
+            bail!("[coordinator] needs a [tls] section (certificate, private_key, trust_bundle)")
+        }
+        (None, Some(_)) => bail!("[tls] is only used with a [coordinator] section"),
+    };
+    let Some(host_and_port) = coordinator.address.strip_prefix("https://") else {
+        bail!(
+            "coordinator address {:?} must start with https:// (mutual TLS only)",
+            coordinator.address
+        );
+    };
+    let host = host_and_port
+        .rsplit_once(':')
+        .map_or(host_and_port, |(host, _)| host)
+        .to_owned();
+    Ok(Some(CoordinatorLink {
+        server_name: coordinator.server_name.unwrap_or(host),
+        address: coordinator.address,
+        tls: TlsFiles {
+            certificate: base.join(tls.certificate),
+            private_key: base.join(tls.private_key),
+            trust_bundle: base.join(tls.trust_bundle),
+        },
+    }))
 }
 
 #[cfg(test)]

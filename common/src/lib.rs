@@ -10,9 +10,11 @@
 //! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
+//! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
 
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod executor;

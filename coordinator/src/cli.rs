@@ -1,9 +1,9 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod certs;
-mod duration;
 mod migrate;
 mod render;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -42,6 +42,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Create a development CA and certificates for a local fleet (mutual TLS identities).
     Certs(certs::CertsArgs),
+    /// Run one coordinator replica (agent sessions over mutual TLS).
+    Serve(serve::ServeArgs),
 }
 
 /// How results are printed on stdout.
@@ -56,5 +58,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate(arguments) => migrate::run(*arguments).await,
         Command::Demo(arguments) => demo::run(arguments).await,
         Command::Certs(arguments) => certs::run(arguments),
+        Command::Serve(arguments) => serve::run(arguments).await,
     }
 }

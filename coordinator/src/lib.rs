@@ -4,9 +4,11 @@
 //! - [`store`]: leases, per-shard claims whose fencing token is the claim's etcd
 //!   `create_revision`, leadership with epoch-guarded writes; etcd and in-memory
 //!   implementations that pass one conformance suite.
+//! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;
+pub mod config;
 pub mod serve;
 pub mod store;

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     // The demo prints its own progress; per-revision logs would drown it.
     let default_level = match arguments.command {
         cli::Command::Demo(_) => "warn",
-        cli::Command::Migrate(_) | cli::Command::Certs(_) => "info",
+        cli::Command::Migrate(_) | cli::Command::Certs(_) | cli::Command::Serve(_) => "info",
     };
     logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
+use fleetshift_common::tls::{mtls, reload};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -16,10 +18,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use crate::agent_session::AgentSessions;
-use crate::store::Store;
+use crate::config::{CoordinatorConfig, StoreChoice};
+use crate::store::{EtcdStore, MemoryStore, Store};
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
+const TLS_POLL: Duration = Duration::from_secs(5);
 
 /// Serves the agent service on `listener` until `shutdown` completes.
 pub async fn serve<S: Store + 'static>(
@@ -68,4 +74,55 @@ fn tls_connections(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+/// Runs one coordinator replica as configured until `shutdown` completes.
+pub async fn run_coordinator(
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    mtls::install_crypto_provider();
+    let tls = reload::watch_config(config.tls.clone(), mtls::server_config, TLS_POLL)
+        .await
+        .context("loading the coordinator's TLS files")?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, coordinator = %config.coordinator_id, store = ?config.store, "coordinator listening");
+    match &config.store {
+        StoreChoice::Etcd(endpoints) => {
+            let store = EtcdStore::connect(endpoints)
+                .await
+                .context("connecting to etcd")?;
+            serve_with(Arc::new(store), &config, listener, tls, shutdown).await
+        }
+        StoreChoice::Memory => {
+            serve_with(
+                Arc::new(MemoryStore::new()),
+                &config,
+                listener,
+                tls,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_with<S: Store + 'static>(
+    store: Arc<S>,
+    config: &CoordinatorConfig,
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let sessions = AgentSessions::new(
+        store,
+        config.intervals,
+        &config.coordinator_id,
+        &config.trust_domain,
+    );
+    serve(listener, tls, sessions, shutdown)
+        .await
+        .context("serving gRPC")
 }

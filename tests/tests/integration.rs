@@ -12,6 +12,7 @@ mod integration {
     mod locks;
     mod operator;
     mod paused;
+    mod processes;
     mod secrets;
     mod session;
     mod store;

@@ -13,7 +13,9 @@ use fleetshift_common::executor::{
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
 
-use super::{Output, duration, render};
+use fleetshift_common::duration;
+
+use super::{Output, render};
 use crate::exit;
 
 #[derive(Debug, Args)]

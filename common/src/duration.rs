@@ -1,4 +1,4 @@
-//! Durations on the command line and in config: `500ms`, `2s`, `15m`, `1h`.
+//! Durations on command lines and in configuration files: `500ms`, `2s`, `15m`, `1h`.
 
 use std::time::Duration;
 

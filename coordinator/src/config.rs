@@ -1,0 +1,172 @@
+//! Coordinator configuration: defaults, then a TOML file, then environment overrides; the raw
+//! file is validated into [`CoordinatorConfig`] before anything uses it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fleetshift_common::duration;
+use fleetshift_common::lease::SessionIntervals;
+use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::mtls::TlsFiles;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    coordinator_id: String,
+    listen: String,
+    trust_domain: String,
+    #[serde(default = "default_heartbeat")]
+    heartbeat: String,
+    tls: RawTls,
+    #[serde(default)]
+    store: RawStore,
+}
+
+fn default_heartbeat() -> String {
+    "2s".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    trust_bundle: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    etcd_endpoints: Vec<String>,
+}
+
+/// Where fleet state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    Etcd(Vec<String>),
+    /// The embedded default: one replica, state lost on exit.
+    Memory,
+}
+
+/// A validated coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub coordinator_id: String,
+    pub listen: SocketAddr,
+    pub trust_domain: String,
+    pub intervals: SessionIntervals,
+    pub tls: TlsFiles,
+    pub store: StoreChoice,
+}
+
+impl CoordinatorConfig {
+    /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN` and
+    /// `FLEETSHIFT_ETCD_ENDPOINTS` (comma-separated) override the file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read the coordinator configuration",
+                path.display()
+            )
+        })?;
+        let mut raw: RawConfig = toml::from_str(&text).map_err(|error| {
+            let line = error
+                .span()
+                .map_or(1, |span| text[..span.start].matches('\n').count() + 1);
+            anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
+        })?;
+        if let Ok(id) = std::env::var("FLEETSHIFT_COORDINATOR_ID") {
+            raw.coordinator_id = id;
+        }
+        if let Ok(listen) = std::env::var("FLEETSHIFT_LISTEN") {
+            raw.listen = listen;
+        }
+        if let Ok(endpoints) = std::env::var("FLEETSHIFT_ETCD_ENDPOINTS") {
+            raw.store.etcd_endpoints = endpoints
+                .split(',')
+                .map(|endpoint| endpoint.trim().to_owned())
+                .collect();
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::validate(raw, base)
+            .with_context(|| format!("{}: invalid coordinator configuration", path.display()))
+    }
+
+    fn validate(raw: RawConfig, base: &Path) -> anyhow::Result<Self> {
+        SpiffeId::new(&raw.trust_domain, Role::Coordinator, &raw.coordinator_id)
+            .context("coordinator_id and trust_domain must form a valid identity")?;
+        let listen = raw.listen.parse().with_context(|| {
+            format!(
+                "listen = {:?} is not an address like 0.0.0.0:7443",
+                raw.listen
+            )
+        })?;
+        let heartbeat = duration::parse(&raw.heartbeat).map_err(anyhow::Error::msg)?;
+        if heartbeat < Duration::from_millis(500) {
+            bail!(
+                "heartbeat = {:?} is too short (at least 500ms)",
+                raw.heartbeat
+            );
+        }
+        let store = if raw.store.etcd_endpoints.is_empty() {
+            StoreChoice::Memory
+        } else {
+            StoreChoice::Etcd(raw.store.etcd_endpoints)
+        };
+        Ok(Self {
+            coordinator_id: raw.coordinator_id,
+            listen,
+            trust_domain: raw.trust_domain,
+            intervals: SessionIntervals::from_heartbeat(heartbeat),
+            tls: TlsFiles {
+                certificate: base.join(raw.tls.certificate),
+                private_key: base.join(raw.tls.private_key),
+                trust_bundle: base.join(raw.tls.trust_bundle),
+            },
+            store,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_configuration_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/coordinator/coordinator.example.toml");
+        let config = CoordinatorConfig::load(&example).expect("example config is valid");
+        assert_eq!(config.coordinator_id, "c1");
+        assert_eq!(config.intervals.heartbeat, Duration::from_secs(2));
+        assert!(matches!(config.store, StoreChoice::Etcd(ref endpoints) if endpoints.len() == 1));
+        assert!(config.tls.certificate.ends_with("pki/coordinator-c1.pem"));
+    }
+
+    #[test]
+    fn mistakes_are_named_with_file_and_line() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("coordinator.toml");
+        let valid = "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:7443\"\ntrust_domain = \"fleet.example\"\n[tls]\ncertificate = \"a\"\nprivate_key = \"b\"\ntrust_bundle = \"c\"\n";
+        std::fs::write(&path, valid.replace("listen", "lisen")).expect("write");
+        let error = format!("{:#}", CoordinatorConfig::load(&path).expect_err("typo"));
+        assert!(error.contains("coordinator.toml:"), "{error}");
+        std::fs::write(&path, valid.replace("127.0.0.1:7443", "somewhere")).expect("write");
+        let error = format!(
+            "{:#}",
+            CoordinatorConfig::load(&path).expect_err("bad address")
+        );
+        assert!(error.contains("not an address"), "{error}");
+        std::fs::write(&path, valid).expect("write");
+        let config = CoordinatorConfig::load(&path).expect("valid");
+        assert_eq!(
+            config.store,
+            StoreChoice::Memory,
+            "no etcd endpoints: the embedded store"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Real processes on loopback: etcd, a coordinator (`fleetshift serve`) and an agent
+//! (`fleetshift-agent run`) holding its session over mutual TLS. A stopped agent releases its
+//! lease at once; a killed one holds it until the TTL, as its own clock assumes.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::Hello;
+use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_tests::binary;
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::postgres::wait_until;
+use prost::Message;
+
+/// Kills its process (SIGKILL) when dropped, whatever happened in the test.
+struct Process(Child);
+
+impl Process {
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+
+    fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn issue(pki: &Path, role: Role, name: &str, dns: &[&str]) {
+    let request = LeafRequest {
+        identity: SpiffeId::new("fleet.example", role, name).expect("identity"),
+        dns_names: dns.iter().map(|name| (*name).to_owned()).collect(),
+        ip_addresses: Vec::new(),
+        validity: Validity::days_from_now(1),
+    };
+    pki::issue(pki, &request, false).expect("issue");
+}
+
+fn spawn(program: std::path::PathBuf, arguments: &[&str], log: &Path) -> Process {
+    let log = std::fs::File::create(log).expect("log file");
+    Process(
+        Command::new(program)
+            .args(arguments)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn"),
+    )
+}
+
+async fn announced(store: &EtcdStore) -> Vec<Hello> {
+    store
+        .agents()
+        .await
+        .expect("agents")
+        .into_iter()
+        .map(|(_, facts)| Hello::decode(facts.as_slice()).expect("hello facts"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("store");
+    let home = tempfile::tempdir().expect("fleet directory");
+    let pki = home.path().join("pki");
+    pki::init(&pki, "fleet.example", Validity::days_from_now(1), false).expect("ca");
+    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
+    issue(&pki, Role::Agent, "db-host-1", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("address")
+        .port();
+    std::fs::write(
+        home.path().join("coordinator.toml"),
+        format!(
+            "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"fleet.example\"\nheartbeat = \"1s\"\n\
+             [tls]\ncertificate = \"pki/coordinator-c1.pem\"\nprivate_key = \"pki/coordinator-c1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+             [store]\netcd_endpoints = [\"{}\"]\n",
+            etcd.endpoint
+        ),
+    )
+    .expect("coordinator config");
+    std::fs::write(
+        home.path().join("agent.toml"),
+        format!(
+            "agent_id = \"db-host-1\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
+             [tls]\ncertificate = \"pki/agent-db-host-1.pem\"\nprivate_key = \"pki/agent-db-host-1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+             [[shards]]\nid = \"cache\"\nlabels = {{ env = \"test\" }}\ndatabase_url = \"sqlite:{}\"\n",
+            home.path().join("cache.db").display()
+        ),
+    )
+    .expect("agent config");
+    let coordinator_config = home.path().join("coordinator.toml");
+    let agent_config = home.path().join("agent.toml");
+    let mut coordinator = spawn(
+        binary::fleetshift(),
+        &[
+            "serve",
+            "--config",
+            coordinator_config.to_str().expect("path"),
+        ],
+        &home.path().join("coordinator.log"),
+    );
+    let agent_arguments = ["--config", agent_config.to_str().expect("path"), "run"];
+    let logs = home.path().to_path_buf();
+    let diagnose = move || {
+        let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+        format!(
+            "coordinator log:\n{}\nagent log:\n{}",
+            read("coordinator.log"),
+            read("agent.log")
+        )
+    };
+
+    // Started: the agent's session announces it with its shard facts.
+    let mut agent = spawn(
+        binary::agent(),
+        &agent_arguments,
+        &home.path().join("agent.log"),
+    );
+    let up = wait_until(Duration::from_secs(20), || async {
+        announced(&store).await.len() == 1
+    })
+    .await;
+    assert!(up, "the agent never held a session\n{}", diagnose());
+    let hello = &announced(&store).await[0];
+    assert_eq!(hello.agent_id, "db-host-1");
+    assert_eq!(hello.shards[0].shard_id, "cache");
+    assert!(hello.shards[0].reachable);
+
+    // Stopped (SIGTERM): it closes its session, the lease is revoked at once.
+    agent.signal("TERM");
+    let status = agent
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("the agent stops on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", diagnose());
+    let released = wait_until(Duration::from_secs(1), || async {
+        announced(&store).await.is_empty()
+    })
+    .await;
+    assert!(
+        released,
+        "a stopped agent's lease must be revoked at once\n{}",
+        diagnose()
+    );
+
+    // Killed (SIGKILL): it may have been working, so its lease lives until the TTL (3 s).
+    let agent = spawn(
+        binary::agent(),
+        &agent_arguments,
+        &home.path().join("agent.log"),
+    );
+    let up = wait_until(Duration::from_secs(20), || async {
+        announced(&store).await.len() == 1
+    })
+    .await;
+    assert!(up, "the agent did not come back\n{}", diagnose());
+    agent.signal("KILL");
+    drop(agent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        announced(&store).await.len(),
+        1,
+        "a killed agent's lease outlives it until the TTL"
+    );
+    let lapsed = wait_until(Duration::from_secs(15), || async {
+        announced(&store).await.is_empty()
+    })
+    .await;
+    assert!(
+        lapsed,
+        "without heartbeats the lease lapses\n{}",
+        diagnose()
+    );
+
+    coordinator.signal("TERM");
+    let status = coordinator
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("the coordinator stops on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", diagnose());
+}
