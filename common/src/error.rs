@@ -21,6 +21,9 @@ pub enum ErrorKind {
     NeedsOperator,
     /// A statement failed; the revision was rolled back (or left `started` if it cannot be).
     Failed,
+    /// The run was told to stop (its lease may lapse, an operator cancelled, Ctrl-C); it
+    /// stopped between revisions or statements, never inside a transaction.
+    Stopped,
 }
 
 /// An applied revision whose file changed since.
@@ -89,6 +92,15 @@ pub enum ExecError {
     #[error("shard {shard}: {reason}")]
     NeedsOperator { shard: String, reason: String },
 
+    #[error(
+        "shard {shard}: stopped before {next}: {reason}; everything before it is complete and recorded, nothing of it ran"
+    )]
+    Stopped {
+        shard: String,
+        next: String,
+        reason: String,
+    },
+
     #[error("shard {shard}: {context}: {detail}")]
     Database {
         shard: String,
@@ -138,6 +150,7 @@ impl ExecError {
             }
             Self::Unreachable { .. } => ErrorKind::Unreachable,
             Self::NeedsOperator { .. } => ErrorKind::NeedsOperator,
+            Self::Stopped { .. } => ErrorKind::Stopped,
             Self::StatementFailed { .. } | Self::Database { .. } => ErrorKind::Failed,
         }
     }

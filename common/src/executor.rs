@@ -24,6 +24,8 @@ mod transactional;
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 pub use report::{RunReport, StepOutcome, StepReport};
 pub use retry::LockRetryPolicy;
 pub use status::{RevisionState, ShardStatus};
@@ -83,6 +85,8 @@ pub struct Executor<'a, E: ShardEngine> {
     engine: &'a E,
     identity: Identity,
     settings: ExecutorSettings,
+    /// Checked before every revision and every autocommit statement.
+    stop: CancellationToken,
 }
 
 /// Which way a run moves the shard.
@@ -98,7 +102,27 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             engine,
             identity,
             settings,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// Stops the run at the next revision or autocommit statement once `stop` is cancelled
+    /// (never inside a transaction).
+    pub fn stop_when(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// An error if the run has been told to stop before `next`.
+    fn check_stop(&self, next: &str) -> Result<(), ExecError> {
+        if self.stop.is_cancelled() {
+            return Err(ExecError::Stopped {
+                shard: self.shard(),
+                next: next.to_owned(),
+                reason: "the run was told to stop".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     fn shard(&self) -> String {
@@ -228,6 +252,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         let mut reports = Vec::with_capacity(steps.len());
         for index in steps {
             let revision = &set.revisions[index];
+            self.check_stop(&format!("revision {}", revision.label()))?;
             let predecessor = index
                 .checked_sub(1)
                 .map(|previous| &set.revisions[previous]);
@@ -263,6 +288,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         let mut reports = Vec::with_capacity(steps.len());
         for index in steps {
             let revision = &set.revisions[index];
+            self.check_stop(&format!("reverting revision {}", revision.label()))?;
             let successor = set.revisions.get(index + 1);
             let report = if revision.transactional {
                 self.apply_in_transaction(revision, successor, Direction::Down, &writer)

@@ -19,6 +19,8 @@ pub const LOCK_TIMEOUT: u8 = 5;
 pub const UNREACHABLE: u8 = 6;
 /// The shard's state needs an operator's decision.
 pub const NEEDS_OPERATOR: u8 = 7;
+/// Stopped on request (Ctrl-C) between revisions; everything done is complete and recorded.
+pub const STOPPED: u8 = 8;
 
 pub fn code(kind: ErrorKind) -> u8 {
     match kind {
@@ -29,6 +31,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::Unreachable => UNREACHABLE,
         ErrorKind::NeedsOperator => NEEDS_OPERATOR,
         ErrorKind::Failed => FAILED,
+        ErrorKind::Stopped => STOPPED,
     }
 }
 
@@ -38,4 +41,5 @@ pub fn from_kind(kind: ErrorKind) -> ExitCode {
 
 /// The table printed by `--help`.
 pub const HELP: &str = "Exit codes: 0 ok, 1 a statement failed, 2 bad input (files or arguments), 3 drift, \
-4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator.";
+4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator, \
+8 stopped by Ctrl-C between revisions.";

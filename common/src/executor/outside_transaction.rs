@@ -189,6 +189,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         resuming: bool,
         writer: &Writer,
     ) -> Result<usize, ExecError> {
+        self.check_stop(&format!("the statement at {}", script.locate(statement)))?;
         let current = self.engine.current_fence().await?;
         if current > writer.fence_token {
             return Err(ExecError::FencedOut {

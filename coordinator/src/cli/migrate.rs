@@ -12,6 +12,7 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
+use tokio_util::sync::CancellationToken;
 
 use fleetshift_common::duration;
 
@@ -233,6 +234,15 @@ async fn on_engine<E: ShardEngine>(
     set: &MigrationSet,
     timeouts: Timeouts,
 ) -> Result<ExitCode, Failure> {
+    // Ctrl-C stops a run between revisions (exit 8) instead of killing it mid-revision.
+    let stop = CancellationToken::new();
+    let interrupt = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("interrupted: stopping after the current revision");
+            interrupt.cancel();
+        }
+    });
     let executor = |safety: &Safety| {
         Executor::new(
             engine,
@@ -250,6 +260,7 @@ async fn on_engine<E: ShardEngine>(
                 lock_timeout: timeouts.lock_timeout,
             },
         )
+        .stop_when(stop.clone())
     };
     let reader = Executor::new(
         engine,

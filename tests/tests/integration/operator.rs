@@ -427,3 +427,75 @@ fn verify_without_a_database_checks_the_files_alone() {
     assert_eq!(verified["revisions"], 1);
     assert_eq!(verified["ignored"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn ctrl_c_stops_between_revisions_with_everything_done_recorded() {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use fleetshift_tests::postgres::{fleetshift_running, wait_until};
+
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster
+        .create_database("interrupted")
+        .await
+        .expect("database");
+    let admin = cluster.admin_pool("interrupted").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        (
+            "1_slow.sql",
+            "CREATE TABLE slow (id integer);\nSELECT pg_sleep(1.5);",
+        ),
+        ("2_next.sql", "CREATE TABLE next (id integer);"),
+    ]);
+    let child = Command::new(binary::fleetshift())
+        .args(["migrate", "up", "--dir", dir(&directory)])
+        .env("FLEETSHIFT_DATABASE_URL", &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            fleetshift_running(&admin, "pg_sleep").await.is_some()
+        })
+        .await
+    );
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("SIGINT");
+    assert!(interrupted.success());
+    let output = child.wait_with_output().expect("exit");
+    assert_eq!(
+        output.status.code(),
+        Some(8),
+        "{}",
+        binary::printed(&output)
+    );
+    assert!(
+        binary::printed(&output).contains("stopped before revision 2_next"),
+        "{}",
+        binary::printed(&output)
+    );
+    let status = json(&binary::run(
+        &url,
+        &[
+            "migrate",
+            "status",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        status["status"]["revisions"][0]["status"], "applied",
+        "the running revision finished"
+    );
+    assert_eq!(
+        status["status"]["revisions"][1]["status"],
+        Value::Null,
+        "the next one never started"
+    );
+}
