@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod assignment;
 mod check;
 mod cli;
 mod config;

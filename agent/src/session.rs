@@ -1,8 +1,12 @@
 //! The agent's session with the fleet: connect to a coordinator over mutual TLS, say Hello
 //! with the host's shard facts, take the Handshake's intervals, heartbeat and track the lease
 //! on the agent's own clock ([`LeaseClock`]); reconnect with backoff when the session is lost.
+//! Assignments run under the claim's fencing token and stop (between statements) when the
+//! lease may lapse, when cancelled, or at shutdown; their results go back on the stream.
 //! On shutdown the agent closes its stream, so the coordinator revokes its lease at once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,17 +16,19 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, CoordinatorMessage, Engine, Handshake, Heartbeat, Hello, ShardFacts,
+    AgentMessage, AssignmentResult, CoordinatorMessage, Engine, Handshake, Heartbeat, Hello,
+    ShardFacts,
 };
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::check;
 use crate::config::{AgentConfig, CoordinatorLink};
+use crate::{assignment, check};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -33,13 +39,13 @@ enum Ended {
 
 /// Holds a session until `shutdown` is cancelled, reconnecting as needed.
 pub async fn run(
-    config: &AgentConfig,
+    config: Arc<AgentConfig>,
     link: &CoordinatorLink,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delays = reconnect_delays();
     loop {
-        match session(config, link, &shutdown).await {
+        match session(&config, link, &shutdown).await {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(coordinator = %link.address, %reason, "session lost; reconnecting");
@@ -67,13 +73,15 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
 }
 
 async fn session(
-    config: &AgentConfig,
+    config: &Arc<AgentConfig>,
     link: &CoordinatorLink,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Ended> {
     let mut client = AgentServiceClient::new(connect(link).await?);
     let (outbound, receiver) = mpsc::channel(16);
     let hello = hello(config).await;
+    // The lease is granted after the Hello is sent: the Hello counts as heartbeat 0.
+    let hello_sent = Instant::now();
     outbound
         .send(AgentMessage {
             body: Some(AgentBody::Hello(hello)),
@@ -97,38 +105,89 @@ async fn session(
     let intervals = intervals(&handshake)?;
     tracing::info!(coordinator = %handshake.coordinator_id, lease = handshake.lease_id, heartbeat_ms = intervals.heartbeat.as_millis() as u64, "session established");
     let mut clock = LeaseClock::new(intervals);
+    clock.heartbeat_sent(0, hello_sent);
+    clock.acknowledged(0);
+    // Every assignment stops when this does: at shutdown, or when the lease may lapse.
+    let work = shutdown.child_token();
+    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut tasks: JoinSet<AssignmentResult> = JoinSet::new();
     let mut ticks = tokio::time::interval(intervals.heartbeat);
     let mut sequence = 0;
-    loop {
+    let ended = loop {
         tokio::select! {
-            () = shutdown.cancelled() => {
-                // Closing our stream tells the coordinator we stopped: it revokes the lease.
-                drop(outbound);
-                let _ = tokio::time::timeout(intervals.heartbeat, drain(&mut inbound)).await;
-                tracing::info!("session closed");
-                return Ok(Ended::Shutdown);
-            }
+            () = shutdown.cancelled() => break Ended::Shutdown,
             _ = ticks.tick() => {
                 sequence += 1;
                 clock.heartbeat_sent(sequence, Instant::now());
-                let heartbeat = Heartbeat { sequence, running_assignments: Vec::new() };
+                let heartbeat = Heartbeat { sequence, running_assignments: running.keys().cloned().collect() };
                 if outbound.send(AgentMessage { body: Some(AgentBody::Heartbeat(heartbeat)) }).await.is_err() {
-                    return Ok(Ended::Lost("the session's stream closed".to_owned()));
+                    break Ended::Lost("the session's stream closed".to_owned());
                 }
                 if clock.work_until().is_some() && !clock.may_work(Instant::now()) {
-                    tracing::warn!("no acknowledgement within the lease: the lease may have lapsed; no statement may run");
+                    break Ended::Lost("no acknowledgement within the lease: it may lapse, so all work stopped".to_owned());
+                }
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok(result) = joined else { continue };
+                running.remove(&result.assignment_id);
+                if outbound.send(AgentMessage { body: Some(AgentBody::Result(result)) }).await.is_err() {
+                    break Ended::Lost("the session's stream closed".to_owned());
                 }
             }
             message = inbound.message() => match message {
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::HeartbeatAck(ack)) })) => {
                     clock.acknowledged(ack.sequence);
                 }
-                Ok(Some(other)) => tracing::debug!(?other, "coordinator message not handled yet"),
-                Ok(None) => return Ok(Ended::Lost("the coordinator ended the session".to_owned())),
-                Err(status) => return Ok(Ended::Lost(status.message().to_owned())),
+                Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Assignment(assignment)) })) => {
+                    let stop = work.child_token();
+                    if !clock.may_work(Instant::now()) {
+                        stop.cancel();
+                    }
+                    tracing::info!(assignment = %assignment.assignment_id, shard = %assignment.shard_id, fence = assignment.fence_token, "assignment received");
+                    running.insert(assignment.assignment_id.clone(), stop.clone());
+                    let config = Arc::clone(config);
+                    tasks.spawn(async move { assignment::execute(&config, assignment, stop).await });
+                }
+                Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Cancel(cancel)) })) => {
+                    if let Some(stop) = running.get(&cancel.assignment_id) {
+                        tracing::info!(assignment = %cancel.assignment_id, reason = %cancel.reason, "assignment cancelled");
+                        stop.cancel();
+                    }
+                }
+                Ok(Some(other)) => tracing::debug!(?other, "coordinator message not handled"),
+                Ok(None) => break Ended::Lost("the coordinator ended the session".to_owned()),
+                Err(status) => break Ended::Lost(status.message().to_owned()),
             },
         }
+    };
+    // Stop what runs (between statements), report what finishes, then close our stream: a
+    // clean close tells the coordinator to revoke the lease.
+    work.cancel();
+    let reported = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(result) = joined {
+                let _ = outbound
+                    .send(AgentMessage {
+                        body: Some(AgentBody::Result(result)),
+                    })
+                    .await;
+            }
+        }
+    };
+    if tokio::time::timeout(intervals.lease_ttl, reported)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "assignments did not stop within the lease TTL; abandoning them (the shards' ledgers stay consistent)"
+        );
     }
+    if matches!(ended, Ended::Shutdown) {
+        drop(outbound);
+        let _ = tokio::time::timeout(intervals.heartbeat, drain(&mut inbound)).await;
+        tracing::info!("session closed");
+    }
+    Ok(ended)
 }
 
 async fn drain(inbound: &mut Streaming<CoordinatorMessage>) {

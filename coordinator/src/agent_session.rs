@@ -27,14 +27,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::mailbox::{Mailbox, Outbound, Registration};
 use crate::store::{LeaseId, Store, StoreError};
-
-type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 /// The agent service of one coordinator replica.
 #[derive(Debug)]
 pub struct AgentSessions<S> {
     store: Arc<S>,
+    mailbox: Arc<Mailbox>,
     intervals: SessionIntervals,
     coordinator_id: String,
     trust_domain: String,
@@ -49,10 +49,16 @@ impl<S: Store + 'static> AgentSessions<S> {
     ) -> Self {
         Self {
             store,
+            mailbox: Mailbox::new(),
             intervals,
             coordinator_id: coordinator_id.to_owned(),
             trust_domain: trust_domain.to_owned(),
         }
+    }
+
+    /// Where assignments are dispatched to connected agents.
+    pub fn mailbox(&self) -> Arc<Mailbox> {
+        Arc::clone(&self.mailbox)
     }
 
     fn agent_identity<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
@@ -87,6 +93,7 @@ impl<S: Store + 'static> AgentService for AgentSessions<S> {
         let (outbound, responses) = mpsc::channel(16);
         let session = Session::new(
             Arc::clone(&self.store),
+            Arc::clone(&self.mailbox),
             self.intervals,
             &self.coordinator_id,
             identity,
@@ -102,6 +109,8 @@ impl<S: Store + 'static> AgentService for AgentSessions<S> {
 /// One agent's session.
 pub struct Session<S, I> {
     store: Arc<S>,
+    mailbox: Arc<Mailbox>,
+    registration: Option<Registration>,
     intervals: SessionIntervals,
     coordinator_id: String,
     identity: SpiffeId,
@@ -135,6 +144,7 @@ where
 {
     pub fn new(
         store: Arc<S>,
+        mailbox: Arc<Mailbox>,
         intervals: SessionIntervals,
         coordinator_id: &str,
         identity: SpiffeId,
@@ -143,6 +153,8 @@ where
     ) -> Self {
         Self {
             store,
+            mailbox,
+            registration: None,
             intervals,
             coordinator_id: coordinator_id.to_owned(),
             identity,
@@ -206,6 +218,16 @@ where
             .announce_agent(self.identity.name(), &hello.encode_to_vec(), lease)
             .await
             .map_err(store_status)?;
+        let shards = hello
+            .shards
+            .iter()
+            .map(|shard| shard.shard_id.clone())
+            .collect();
+        self.registration = Some(self.mailbox.register(
+            self.identity.name(),
+            shards,
+            self.outbound.clone(),
+        ));
         tracing::info!(agent = %self.identity, lease, shards = hello.shards.len(), "agent session opened");
         let handshake = Handshake {
             lease_id: lease,
@@ -241,6 +263,18 @@ where
                         lease_remaining: Some(duration(remaining)),
                     };
                     self.send(CoordinatorBody::HeartbeatAck(ack)).await?;
+                }
+                Ok(AgentMessage {
+                    body: Some(AgentBody::Result(result)),
+                }) => {
+                    let assignment = result.assignment_id.clone();
+                    let delivered = self
+                        .registration
+                        .as_ref()
+                        .is_some_and(|registration| registration.complete(result));
+                    if !delivered {
+                        tracing::warn!(agent = %self.identity, %assignment, "result for an assignment nobody waits for (timed out or unknown)");
+                    }
                 }
                 Ok(AgentMessage {
                     body: Some(AgentBody::Hello(_)),

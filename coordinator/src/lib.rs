@@ -6,9 +6,11 @@
 //!   implementations that pass one conformance suite.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
+//! - [`mailbox`]: assignments down agent sessions, each with its own reply and deadline.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;
 pub mod config;
+pub mod mailbox;
 pub mod serve;
 pub mod store;

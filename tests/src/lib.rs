@@ -4,10 +4,12 @@
 //! - [`postgres`]: a throwaway cluster per test (initdb + pg_ctl, as the `postgres` OS user
 //!   when running as root), SCRAM passwords over TCP.
 //! - [`etcd`]: a throwaway single-node etcd per test (Debian's `etcd-server`).
+//! - [`fleet`]: a development PKI and child processes that die with the test.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
 //! - [`fixtures`]: migration directories written for a test.
 
 pub mod binary;
 pub mod etcd;
 pub mod fixtures;
+pub mod fleet;
 pub mod postgres;

@@ -6,6 +6,7 @@ mod integration {
 
     mod adoption;
     mod agent;
+    mod assignments;
     mod atomicity;
     mod conformance;
     mod crates_io;

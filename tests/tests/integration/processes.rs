@@ -2,72 +2,16 @@
 //! (`fleetshift-agent run`) holding its session over mutual TLS. A stopped agent releases its
 //! lease at once; a killed one holds it until the TTL, as its own clock assumes.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::Hello;
-use fleetshift_common::tls::identity::{Role, SpiffeId};
-use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fleet::{Process, free_port, init_pki, issue};
 use fleetshift_tests::postgres::wait_until;
 use prost::Message;
-
-/// Kills its process (SIGKILL) when dropped, whatever happened in the test.
-struct Process(Child);
-
-impl Process {
-    fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &self.0.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-    }
-
-    fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn issue(pki: &Path, role: Role, name: &str, dns: &[&str]) {
-    let request = LeafRequest {
-        identity: SpiffeId::new("fleet.example", role, name).expect("identity"),
-        dns_names: dns.iter().map(|name| (*name).to_owned()).collect(),
-        ip_addresses: Vec::new(),
-        validity: Validity::days_from_now(1),
-    };
-    pki::issue(pki, &request, false).expect("issue");
-}
-
-fn spawn(program: std::path::PathBuf, arguments: &[&str], log: &Path) -> Process {
-    let log = std::fs::File::create(log).expect("log file");
-    Process(
-        Command::new(program)
-            .args(arguments)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn"),
-    )
-}
 
 async fn announced(store: &EtcdStore) -> Vec<Hello> {
     store
@@ -87,14 +31,10 @@ async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
         .expect("store");
     let home = tempfile::tempdir().expect("fleet directory");
     let pki = home.path().join("pki");
-    pki::init(&pki, "fleet.example", Validity::days_from_now(1), false).expect("ca");
+    init_pki(&pki);
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("address")
-        .port();
+    let port = free_port();
     std::fs::write(
         home.path().join("coordinator.toml"),
         format!(
@@ -117,8 +57,8 @@ async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
     .expect("agent config");
     let coordinator_config = home.path().join("coordinator.toml");
     let agent_config = home.path().join("agent.toml");
-    let mut coordinator = spawn(
-        binary::fleetshift(),
+    let mut coordinator = Process::spawn(
+        &binary::fleetshift(),
         &[
             "serve",
             "--config",
@@ -138,8 +78,8 @@ async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
     };
 
     // Started: the agent's session announces it with its shard facts.
-    let mut agent = spawn(
-        binary::agent(),
+    let mut agent = Process::spawn(
+        &binary::agent(),
         &agent_arguments,
         &home.path().join("agent.log"),
     );
@@ -170,8 +110,8 @@ async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
     );
 
     // Killed (SIGKILL): it may have been working, so its lease lives until the TTL (3 s).
-    let agent = spawn(
-        binary::agent(),
+    let agent = Process::spawn(
+        &binary::agent(),
         &agent_arguments,
         &home.path().join("agent.log"),
     );

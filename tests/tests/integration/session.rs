@@ -10,21 +10,20 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{AgentMessage, CoordinatorMessage, Heartbeat, Hello};
-use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
-use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_common::tls::pki;
 use fleetshift_common::tls::reload;
 use fleetshift_coordinator::agent_session::AgentSessions;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store, StoreError};
 use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fleet::{TRUST_DOMAIN, init_pki, issue};
 use fleetshift_tests::postgres::wait_until;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Streaming};
-
-const TRUST_DOMAIN: &str = "fleet.example";
 
 struct Fleet {
     _etcd: EtcdServer,
@@ -32,16 +31,6 @@ struct Fleet {
     pki: tempfile::TempDir,
     address: std::net::SocketAddr,
     _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-fn issue(pki: &std::path::Path, role: Role, name: &str, dns: &[&str]) {
-    let request = LeafRequest {
-        identity: SpiffeId::new(TRUST_DOMAIN, role, name).expect("identity"),
-        dns_names: dns.iter().map(|name| (*name).to_owned()).collect(),
-        ip_addresses: Vec::new(),
-        validity: Validity::days_from_now(1),
-    };
-    pki::issue(pki, &request, false).expect("issue");
 }
 
 /// etcd, a PKI, and one coordinator replica serving agent sessions on loopback.
@@ -53,7 +42,7 @@ async fn fleet() -> Fleet {
             .expect("store"),
     );
     let pki = tempfile::tempdir().expect("pki");
-    pki::init(pki.path(), TRUST_DOMAIN, Validity::days_from_now(1), false).expect("ca");
+    init_pki(pki.path());
     issue(pki.path(), Role::Coordinator, "c1", &["localhost"]);
     issue(pki.path(), Role::Agent, "db-host-1", &[]);
     issue(pki.path(), Role::Operator, "alice", &[]);

@@ -1,0 +1,225 @@
+//! Running one assignment on one of this host's shards: the shipped migration set is written
+//! to a fresh directory and loaded again, and must hash to the digest the coordinator pinned;
+//! then the fenced executor runs under the claim's token and stops when told.
+
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
+use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, LockRetryPolicy, Request};
+use fleetshift_common::proto::v1::{
+    self, Assignment, AssignmentResult, Direction, ErrorDetail, ErrorKind,
+};
+use fleetshift_common::source::{MigrationSet, SourceFormat};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+
+/// Runs `assignment`; every failure becomes a result naming its kind and what to do.
+pub async fn execute(
+    config: &AgentConfig,
+    assignment: Assignment,
+    stop: CancellationToken,
+) -> AssignmentResult {
+    let outcome = run(config, &assignment, stop).await;
+    let (succeeded, current_version, error) = match outcome {
+        Ok(version) => (true, version.unwrap_or_default(), None),
+        Err(error) => (false, String::new(), Some(error)),
+    };
+    AssignmentResult {
+        assignment_id: assignment.assignment_id,
+        shard_id: assignment.shard_id,
+        fence_token: assignment.fence_token,
+        succeeded,
+        current_version,
+        error,
+    }
+}
+
+fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
+    ErrorDetail {
+        kind: kind.into(),
+        message,
+    }
+}
+
+async fn run(
+    config: &AgentConfig,
+    assignment: &Assignment,
+    stop: CancellationToken,
+) -> Result<Option<String>, ErrorDetail> {
+    let shard = config
+        .shards
+        .iter()
+        .find(|shard| shard.id == assignment.shard_id)
+        .ok_or_else(|| {
+            refused(
+                ErrorKind::BadInput,
+                format!(
+                    "shard {} is not one of agent {}'s shards",
+                    assignment.shard_id, config.agent_id
+                ),
+            )
+        })?;
+    let shipped = assignment.migration_set.as_ref().ok_or_else(|| {
+        refused(
+            ErrorKind::BadInput,
+            "the assignment carries no migration set".to_owned(),
+        )
+    })?;
+    let directory = tempfile::Builder::new()
+        .prefix("fleetshift-assignment-")
+        .tempdir()
+        .map_err(|error| {
+            refused(
+                ErrorKind::Failed,
+                format!("cannot create a working directory: {error}"),
+            )
+        })?;
+    let set = materialize(shipped, directory.path())?;
+    if set.digest != shipped.digest {
+        return Err(refused(
+            ErrorKind::BadInput,
+            format!(
+                "the migration set hashes to {} but the plan pinned {}; nothing ran",
+                set.digest, shipped.digest
+            ),
+        ));
+    }
+    let limits = assignment.limits.unwrap_or_default();
+    let timeouts = timeouts(&limits).map_err(|message| refused(ErrorKind::BadInput, message))?;
+    let connected = engine::connect(&shard.database_url, timeouts)
+        .await
+        .map_err(|error| exec_failure(&error))?;
+    let identity = Identity {
+        agent_id: config.agent_id.clone(),
+        plan_id: Some(assignment.plan_id.clone()),
+        fence_token: Some(assignment.fence_token),
+    };
+    let settings = ExecutorSettings {
+        lock_retry: LockRetryPolicy {
+            max_retries: usize::try_from(limits.lock_retries).unwrap_or(usize::MAX),
+            ..LockRetryPolicy::default()
+        },
+        lock_timeout: timeouts.lock_timeout,
+        ..ExecutorSettings::default()
+    };
+    let request = Request {
+        target: Some(assignment.target_version.clone()).filter(|target| !target.is_empty()),
+        allow_drift: None,
+    };
+    let direction = Direction::try_from(assignment.direction).unwrap_or(Direction::Unspecified);
+    match connected {
+        Connected::Postgres(engine) => {
+            move_shard(
+                engine.as_ref(),
+                &set,
+                identity,
+                settings,
+                stop,
+                direction,
+                &request,
+            )
+            .await
+        }
+        Connected::Sqlite(engine) => {
+            move_shard(&engine, &set, identity, settings, stop, direction, &request).await
+        }
+    }
+}
+
+async fn move_shard<E: ShardEngine>(
+    engine: &E,
+    set: &MigrationSet,
+    identity: Identity,
+    settings: ExecutorSettings,
+    stop: CancellationToken,
+    direction: Direction,
+    request: &Request,
+) -> Result<Option<String>, ErrorDetail> {
+    let executor = Executor::new(engine, identity, settings).stop_when(stop);
+    let report = match direction {
+        Direction::Up => executor.up(set, request).await,
+        Direction::Down => executor.down(set, request).await,
+        Direction::Unspecified => {
+            return Err(refused(
+                ErrorKind::BadInput,
+                "the assignment names no direction".to_owned(),
+            ));
+        }
+    };
+    report
+        .map(|report| report.current_version)
+        .map_err(|error| exec_failure(&error))
+}
+
+/// Writes the shipped files under `directory` and loads them as a set.
+fn materialize(shipped: &v1::MigrationSet, directory: &Path) -> Result<MigrationSet, ErrorDetail> {
+    for file in &shipped.files {
+        let relative = Path::new(&file.path);
+        let inside = relative
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+        if !inside {
+            return Err(refused(
+                ErrorKind::BadInput,
+                format!(
+                    "the migration set names {:?}, outside its directory",
+                    file.path
+                ),
+            ));
+        }
+        let path = directory.join(relative);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, &file.content));
+        written.map_err(|error| {
+            refused(
+                ErrorKind::Failed,
+                format!("cannot write {}: {error}", file.path),
+            )
+        })?;
+    }
+    let format: Option<SourceFormat> = match shipped.format.as_str() {
+        "" => None,
+        named => Some(
+            named
+                .parse()
+                .map_err(|message| refused(ErrorKind::BadInput, message))?,
+        ),
+    };
+    MigrationSet::load(directory, format)
+        .map_err(|error| refused(ErrorKind::BadInput, error.to_string()))
+}
+
+fn timeouts(limits: &v1::ExecutionLimits) -> Result<Timeouts, String> {
+    let defaults = Timeouts::default();
+    let given = |value: Option<prost_types::Duration>, default: Duration| {
+        value
+            .and_then(|value| Duration::try_from(value).ok())
+            .unwrap_or(default)
+    };
+    let timeouts = Timeouts {
+        lock_timeout: given(limits.lock_timeout, defaults.lock_timeout),
+        statement_timeout: given(limits.statement_timeout, defaults.statement_timeout),
+        ..defaults
+    };
+    timeouts.validate()?;
+    Ok(timeouts)
+}
+
+fn exec_failure(error: &ExecError) -> ErrorDetail {
+    let kind = match error.kind() {
+        ExecErrorKind::BadInput => ErrorKind::BadInput,
+        ExecErrorKind::Drift => ErrorKind::Drift,
+        ExecErrorKind::FencedOut => ErrorKind::FencedOut,
+        ExecErrorKind::LockTimeout => ErrorKind::LockTimeout,
+        ExecErrorKind::Unreachable => ErrorKind::Unreachable,
+        ExecErrorKind::NeedsOperator => ErrorKind::NeedsOperator,
+        ExecErrorKind::Failed => ErrorKind::Failed,
+        ExecErrorKind::Stopped => ErrorKind::Stopped,
+    };
+    refused(kind, error.to_string())
+}

@@ -1,0 +1,80 @@
+//! Pieces of a fleet on loopback: a development PKI and child processes that die with the test.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+
+pub const TRUST_DOMAIN: &str = "fleet.example";
+
+/// A CA for [`TRUST_DOMAIN`] in `directory`.
+pub fn init_pki(directory: &Path) {
+    pki::init(directory, TRUST_DOMAIN, Validity::days_from_now(1), false).expect("development CA");
+}
+
+/// A leaf certificate `<role>-<name>.pem` / `.key` in `directory`.
+pub fn issue(directory: &Path, role: Role, name: &str, dns_names: &[&str]) {
+    let request = LeafRequest {
+        identity: SpiffeId::new(TRUST_DOMAIN, role, name).expect("identity"),
+        dns_names: dns_names.iter().map(|name| (*name).to_owned()).collect(),
+        ip_addresses: Vec::new(),
+        validity: Validity::days_from_now(1),
+    };
+    pki::issue(directory, &request, false).expect("leaf certificate");
+}
+
+/// A child process, SIGKILLed when dropped whatever happened in the test.
+#[derive(Debug)]
+pub struct Process(Child);
+
+impl Process {
+    /// Starts `program`; its stderr goes to `log`.
+    pub fn spawn(program: &Path, arguments: &[&str], log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(program)
+            .args(arguments)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        Self(child)
+    }
+
+    /// Sends a signal by name (TERM, KILL, STOP, CONT, …).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on loopback (for a process that will listen on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("free port")
+}

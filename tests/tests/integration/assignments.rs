@@ -1,0 +1,266 @@
+//! Assignments end to end: an in-process coordinator on real etcd dispatches work through its
+//! mailbox to a real agent process, which runs the fenced executor on a real PostgreSQL shard
+//! under the claim's fencing token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::lease::SessionIntervals;
+use fleetshift_common::proto::v1::{self, Assignment, Direction, ErrorKind};
+use fleetshift_common::source::MigrationSet;
+use fleetshift_common::tls::identity::Role;
+use fleetshift_common::tls::mtls::{self, TlsFiles};
+use fleetshift_common::tls::{pki, reload};
+use fleetshift_coordinator::agent_session::AgentSessions;
+use fleetshift_coordinator::mailbox::DispatchError;
+use fleetshift_coordinator::serve;
+use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue};
+use fleetshift_tests::postgres::{PostgresCluster, wait_until};
+use fleetshift_tests::{binary, fixtures};
+
+/// The shipped form of a migration directory.
+fn shipped(directory: &std::path::Path) -> v1::MigrationSet {
+    let set = MigrationSet::load(directory, None).expect("set");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory).expect("directory") {
+        let entry = entry.expect("entry");
+        files.push(v1::MigrationFile {
+            path: entry.file_name().to_string_lossy().into_owned(),
+            content: std::fs::read(entry.path()).expect("file"),
+        });
+    }
+    v1::MigrationSet {
+        format: set.format.name().to_owned(),
+        digest: set.digest,
+        files,
+    }
+}
+
+fn assignment(
+    id: &str,
+    shard: &str,
+    token: i64,
+    direction: Direction,
+    target: &str,
+    set: v1::MigrationSet,
+) -> Assignment {
+    Assignment {
+        assignment_id: id.to_owned(),
+        plan_id: "plan-1".to_owned(),
+        shard_id: shard.to_owned(),
+        fence_token: token,
+        direction: direction.into(),
+        target_version: target.to_owned(),
+        migration_set: Some(set),
+        limits: None,
+        trace_context: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .expect("store"),
+    );
+    let cluster = PostgresCluster::start().expect("postgres");
+    let url = cluster.create_database("orders").await.expect("database");
+    let admin = cluster.admin_pool("orders").await.expect("admin");
+
+    let home = tempfile::tempdir().expect("fleet directory");
+    let pki_dir = home.path().join("pki");
+    init_pki(&pki_dir);
+    issue(&pki_dir, Role::Coordinator, "c1", &["localhost"]);
+    issue(&pki_dir, Role::Agent, "db-host-1", &[]);
+    let server_files = TlsFiles {
+        certificate: pki_dir.join("coordinator-c1.pem"),
+        private_key: pki_dir.join("coordinator-c1.key"),
+        trust_bundle: pki_dir.join(pki::CA_CERTIFICATE),
+    };
+    let tls = reload::watch_config(server_files, mtls::server_config, Duration::from_secs(5))
+        .await
+        .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let sessions = AgentSessions::new(
+        Arc::clone(&store),
+        SessionIntervals::from_heartbeat(Duration::from_secs(1)),
+        "c1",
+        TRUST_DOMAIN,
+    );
+    let mailbox = sessions.mailbox();
+    let (_shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve::serve(listener, tls, sessions, async {
+        let _ = stop.await;
+    }));
+
+    std::fs::write(home.path().join("orders.url"), &url).expect("secret");
+    std::fs::write(
+        home.path().join("agent.toml"),
+        format!(
+            "agent_id = \"db-host-1\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
+             [tls]\ncertificate = \"pki/agent-db-host-1.pem\"\nprivate_key = \"pki/agent-db-host-1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+             [[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n"
+        ),
+    )
+    .expect("agent config");
+    let agent_config = home.path().join("agent.toml");
+    let log = home.path().join("agent.log");
+    let _agent = Process::spawn(
+        &binary::agent(),
+        &["--config", agent_config.to_str().expect("path"), "run"],
+        &log,
+    );
+    let connected = wait_until(Duration::from_secs(20), || async {
+        store.agents().await.expect("agents").len() == 1
+    })
+    .await;
+    assert!(
+        connected,
+        "agent never connected:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let migrations = fixtures::migrations(&[
+        ("1_orders.up.sql", "CREATE TABLE orders (id integer);"),
+        ("1_orders.down.sql", "DROP TABLE orders;"),
+        ("2_items.up.sql", "CREATE TABLE items (id integer);"),
+        ("2_items.down.sql", "DROP TABLE items;"),
+    ]);
+    let set = shipped(migrations.path());
+    let lease = store
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("lease");
+    let claim = store
+        .claim("orders", "db-host-1", lease)
+        .await
+        .expect("claim");
+    let wait = Duration::from_secs(30);
+
+    // Up, under the claim's token.
+    let result = mailbox
+        .dispatch(
+            "db-host-1",
+            assignment(
+                "a-1",
+                "orders",
+                claim.token.0,
+                Direction::Up,
+                "",
+                set.clone(),
+            ),
+            wait,
+        )
+        .await
+        .expect("dispatched");
+    assert!(
+        result.succeeded,
+        "{result:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(result.current_version, "2");
+    let rows: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT version, fence_token, agent_id, plan_id FROM fleetshift.history ORDER BY version",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("history");
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|(_, token, agent, plan)| *token == claim.token.0
+                && agent == "db-host-1"
+                && plan.as_deref() == Some("plan-1")),
+        "{rows:?}"
+    );
+
+    // A stale assignment (an older token) is fenced out by the shard itself.
+    let stale = mailbox
+        .dispatch(
+            "db-host-1",
+            assignment(
+                "a-2",
+                "orders",
+                claim.token.0 - 1,
+                Direction::Down,
+                "1",
+                set.clone(),
+            ),
+            wait,
+        )
+        .await
+        .expect("dispatched");
+    assert!(!stale.succeeded);
+    assert_eq!(
+        stale.error.as_ref().map(|error| error.kind),
+        Some(ErrorKind::FencedOut.into()),
+        "{stale:?}"
+    );
+    let items: bool = sqlx::query_scalar("SELECT to_regclass('items') IS NOT NULL")
+        .fetch_one(&admin)
+        .await
+        .expect("catalog");
+    assert!(items, "the stale revert changed nothing");
+
+    // A set whose files do not hash to the pinned digest is refused before anything runs.
+    let mut tampered = set.clone();
+    tampered
+        .files
+        .iter_mut()
+        .filter(|file| file.path == "2_items.down.sql")
+        .for_each(|file| file.content = b"DROP TABLE orders;".to_vec());
+    let refused = mailbox
+        .dispatch(
+            "db-host-1",
+            assignment(
+                "a-3",
+                "orders",
+                claim.token.0,
+                Direction::Down,
+                "1",
+                tampered,
+            ),
+            wait,
+        )
+        .await
+        .expect("dispatched");
+    assert_eq!(
+        refused.error.as_ref().map(|error| error.kind),
+        Some(ErrorKind::BadInput.into()),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .error
+            .as_ref()
+            .is_some_and(|error| error.message.contains("hashes to")),
+        "{refused:?}"
+    );
+
+    // The coordinator sends an agent only its own shards.
+    let foreign = mailbox
+        .dispatch(
+            "db-host-1",
+            assignment(
+                "a-4",
+                "someone-elses",
+                claim.token.0,
+                Direction::Up,
+                "",
+                set,
+            ),
+            wait,
+        )
+        .await;
+    assert!(
+        matches!(foreign, Err(DispatchError::NotTheAgentsShard { .. })),
+        "{foreign:?}"
+    );
+}
