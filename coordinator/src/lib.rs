@@ -6,11 +6,13 @@
 //!   implementations that pass one conformance suite.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
+//! - [`election`]: leader election with a step-down token the leader's work runs under.
 //! - [`mailbox`]: assignments down agent sessions, each with its own reply and deadline.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;
 pub mod config;
+pub mod election;
 pub mod mailbox;
 pub mod serve;
 pub mod store;

@@ -10,6 +10,7 @@ mod integration {
     mod atomicity;
     mod conformance;
     mod crates_io;
+    mod election;
     mod locks;
     mod operator;
     mod paused;
