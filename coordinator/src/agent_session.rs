@@ -20,13 +20,13 @@ use fleetshift_common::proto::v1::{
     AgentMessage, CoordinatorMessage, Handshake, HeartbeatAck, Hello,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
-use fleetshift_common::tls::mtls;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::authz;
 use crate::mailbox::{Mailbox, Outbound, Registration};
 use crate::store::{LeaseId, Store, StoreError};
 
@@ -62,18 +62,10 @@ impl<S: Store + 'static> AgentSessions<S> {
     }
 
     fn agent_identity<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
-        let certificates = request.peer_certs();
-        let identity = mtls::peer_identity(certificates.as_deref().map(Vec::as_slice))
-            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+        let identity = authz::caller(request, &self.trust_domain)?;
         if identity.role() != Role::Agent {
             return Err(Status::permission_denied(format!(
                 "{identity} is not an agent identity; agents present spiffe://{}/agent/<id>",
-                self.trust_domain
-            )));
-        }
-        if identity.trust_domain() != self.trust_domain {
-            return Err(Status::permission_denied(format!(
-                "{identity} belongs to another trust domain than {}",
                 self.trust_domain
             )));
         }

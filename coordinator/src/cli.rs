@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod certs;
+mod fleet;
 mod migrate;
 mod render;
 mod serve;
@@ -44,6 +45,8 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Run one coordinator replica (agent sessions over mutual TLS).
     Serve(serve::ServeArgs),
+    /// List the fleet's shards (labels, agent, version, health) from a coordinator.
+    Shards(fleet::ShardsArgs),
 }
 
 /// How results are printed on stdout.
@@ -59,5 +62,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo(arguments) => demo::run(arguments).await,
         Command::Certs(arguments) => certs::run(arguments),
         Command::Serve(arguments) => serve::run(arguments).await,
+        Command::Shards(arguments) => fleet::shards(arguments).await,
     }
 }

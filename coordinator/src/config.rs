@@ -12,6 +12,8 @@ use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
+use crate::authz::{OperatorRole, Roles};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -23,6 +25,20 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    roles: RawRoles,
+}
+
+/// Operator names (of `spiffe://<td>/operator/<name>` certificates) per role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoles {
+    #[serde(default)]
+    viewers: Vec<String>,
+    #[serde(default)]
+    operators: Vec<String>,
+    #[serde(default)]
+    approvers: Vec<String>,
 }
 
 fn default_heartbeat() -> String {
@@ -61,6 +77,7 @@ pub struct CoordinatorConfig {
     pub intervals: SessionIntervals,
     pub tls: TlsFiles,
     pub store: StoreChoice,
+    pub roles: Roles,
 }
 
 impl CoordinatorConfig {
@@ -112,6 +129,19 @@ impl CoordinatorConfig {
                 raw.heartbeat
             );
         }
+        let mut roles = Roles::default();
+        for (names, role) in [
+            (&raw.roles.viewers, OperatorRole::Viewer),
+            (&raw.roles.operators, OperatorRole::Operator),
+            (&raw.roles.approvers, OperatorRole::Approver),
+        ] {
+            for name in names {
+                SpiffeId::new(&raw.trust_domain, Role::Operator, name).with_context(|| {
+                    format!("[roles] names {name:?}, which is not a valid operator name")
+                })?;
+                roles.grant(name, role);
+            }
+        }
         let store = if raw.store.etcd_endpoints.is_empty() {
             StoreChoice::Memory
         } else {
@@ -128,6 +158,7 @@ impl CoordinatorConfig {
                 trust_bundle: base.join(raw.tls.trust_bundle),
             },
             store,
+            roles,
         })
     }
 }
@@ -145,6 +176,14 @@ mod tests {
         assert_eq!(config.intervals.heartbeat, Duration::from_secs(2));
         assert!(matches!(config.store, StoreChoice::Etcd(ref endpoints) if endpoints.len() == 1));
         assert!(config.tls.certificate.ends_with("pki/coordinator-c1.pem"));
+        let alice = SpiffeId::new("fleet.example", Role::Operator, "alice").expect("identity");
+        assert!(config.roles.authorize(&alice, OperatorRole::Viewer).is_ok());
+        assert!(
+            config
+                .roles
+                .authorize(&alice, OperatorRole::Approver)
+                .is_err()
+        );
     }
 
     #[test]

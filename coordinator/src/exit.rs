@@ -21,6 +21,8 @@ pub const UNREACHABLE: u8 = 6;
 pub const NEEDS_OPERATOR: u8 = 7;
 /// Stopped on request (Ctrl-C) between revisions; everything done is complete and recorded.
 pub const STOPPED: u8 = 8;
+/// The coordinator refused the caller's identity or role.
+pub const NOT_AUTHORIZED: u8 = 9;
 
 pub fn code(kind: ErrorKind) -> u8 {
     match kind {
@@ -35,6 +37,18 @@ pub fn code(kind: ErrorKind) -> u8 {
     }
 }
 
+/// A coordinator's refusal, by gRPC status code.
+pub fn from_status(code: tonic::Code) -> u8 {
+    match code {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => NOT_AUTHORIZED,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => UNREACHABLE,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::Unimplemented => {
+            BAD_INPUT
+        }
+        _ => FAILED,
+    }
+}
+
 pub fn from_kind(kind: ErrorKind) -> ExitCode {
     ExitCode::from(code(kind))
 }
@@ -42,4 +56,4 @@ pub fn from_kind(kind: ErrorKind) -> ExitCode {
 /// The table printed by `--help`.
 pub const HELP: &str = "Exit codes: 0 ok, 1 a statement failed, 2 bad input (files or arguments), 3 drift, \
 4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator, \
-8 stopped by Ctrl-C between revisions.";
+8 stopped by Ctrl-C between revisions, 9 not authorized by the coordinator.";

@@ -4,15 +4,19 @@
 //! - [`store`]: leases, per-shard claims whose fencing token is the claim's etcd
 //!   `create_revision`, leadership with epoch-guarded writes; etcd and in-memory
 //!   implementations that pass one conformance suite.
+//! - [`authz`]: operator roles (viewer, operator, approver) granted by identity.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
+//! - [`fleet_api`]: `FleetService` for operators: role-checked; shards listed from agents.
 //! - [`mailbox`]: assignments down agent sessions, each with its own reply and deadline.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;
+pub mod authz;
 pub mod config;
 pub mod election;
+pub mod fleet_api;
 pub mod mailbox;
 pub mod serve;
 pub mod store;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let default_level = match arguments.command {
         cli::Command::Demo(_) => "warn",
         cli::Command::Migrate(_) | cli::Command::Certs(_) | cli::Command::Serve(_) => "info",
+        cli::Command::Shards(_) => "warn",
     };
     logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

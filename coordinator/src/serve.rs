@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
+use fleetshift_common::proto::v1::fleet_service_server::FleetServiceServer;
 use fleetshift_common::tls::{mtls, reload};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +20,7 @@ use tonic::transport::Server;
 
 use crate::agent_session::AgentSessions;
 use crate::config::{CoordinatorConfig, StoreChoice};
+use crate::fleet_api::FleetApi;
 use crate::store::{EtcdStore, MemoryStore, Store};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -27,15 +29,17 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
 const TLS_POLL: Duration = Duration::from_secs(5);
 
-/// Serves the agent service on `listener` until `shutdown` completes.
+/// Serves the agent and fleet services on `listener` until `shutdown` completes.
 pub async fn serve<S: Store + 'static>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     sessions: AgentSessions<S>,
+    fleet: FleetApi<S>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
         .add_service(AgentServiceServer::new(sessions))
+        .add_service(FleetServiceServer::new(fleet))
         .serve_with_incoming_shutdown(tls_connections(listener, tls), shutdown)
         .await
 }
@@ -117,12 +121,13 @@ async fn serve_with<S: Store + 'static>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let sessions = AgentSessions::new(
-        store,
+        Arc::clone(&store),
         config.intervals,
         &config.coordinator_id,
         &config.trust_domain,
     );
-    serve(listener, tls, sessions, shutdown)
+    let fleet = FleetApi::new(store, config.roles.clone(), &config.trust_domain);
+    serve(listener, tls, sessions, fleet, shutdown)
         .await
         .context("serving gRPC")
 }

@@ -11,6 +11,7 @@ mod integration {
     mod conformance;
     mod crates_io;
     mod election;
+    mod fleet_api;
     mod locks;
     mod operator;
     mod paused;

@@ -12,6 +12,8 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::{pki, reload};
 use fleetshift_coordinator::agent_session::AgentSessions;
+use fleetshift_coordinator::authz::Roles;
+use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::mailbox::DispatchError;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
@@ -96,9 +98,15 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     );
     let mailbox = sessions.mailbox();
     let (_shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve::serve(listener, tls, sessions, async {
-        let _ = stop.await;
-    }));
+    tokio::spawn(serve::serve(
+        listener,
+        tls,
+        sessions,
+        FleetApi::new(Arc::clone(&store), Roles::default(), TRUST_DOMAIN),
+        async {
+            let _ = stop.await;
+        },
+    ));
 
     std::fs::write(home.path().join("orders.url"), &url).expect("secret");
     std::fs::write(

@@ -15,6 +15,8 @@ use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::pki;
 use fleetshift_common::tls::reload;
 use fleetshift_coordinator::agent_session::AgentSessions;
+use fleetshift_coordinator::authz::Roles;
+use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store, StoreError};
 use fleetshift_tests::etcd::EtcdServer;
@@ -65,9 +67,15 @@ async fn fleet() -> Fleet {
         TRUST_DOMAIN,
     );
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve::serve(listener, tls, sessions, async {
-        let _ = stop.await;
-    }));
+    tokio::spawn(serve::serve(
+        listener,
+        tls,
+        sessions,
+        FleetApi::new(Arc::clone(&store), Roles::default(), TRUST_DOMAIN),
+        async {
+            let _ = stop.await;
+        },
+    ));
     Fleet {
         _etcd: etcd,
         store,

@@ -1,0 +1,172 @@
+//! Operator commands against a coordinator (`fleetshift shards`), over mutual TLS with the
+//! operator's certificate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth};
+use serde_json::json;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use super::Output;
+use crate::exit;
+
+/// How to reach a coordinator as an operator.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// `https://host:port` of any coordinator replica.
+    #[arg(long, env = "FLEETSHIFT_COORDINATOR")]
+    coordinator: String,
+    /// The operator's certificate (spiffe://<trust-domain>/operator/<name>).
+    #[arg(long, env = "FLEETSHIFT_TLS_CERT")]
+    certificate: PathBuf,
+    #[arg(long, env = "FLEETSHIFT_TLS_KEY")]
+    private_key: PathBuf,
+    /// The fleet's CA bundle.
+    #[arg(long, env = "FLEETSHIFT_TLS_CA")]
+    trust_bundle: PathBuf,
+    /// Name the coordinator's certificate is checked against (default: the address's host).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardsArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
+    #[arg(long = "selector", value_parser = parse_label)]
+    selector: Vec<(String, String)>,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+async fn connect(connection: &Connection) -> Result<Channel, String> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))
+    };
+    let host = connection
+        .coordinator
+        .strip_prefix("https://")
+        .ok_or_else(|| {
+            format!(
+                "{} must start with https:// (mutual TLS only)",
+                connection.coordinator
+            )
+        })?;
+    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&connection.trust_bundle)?))
+        .identity(Identity::from_pem(
+            read(&connection.certificate)?,
+            read(&connection.private_key)?,
+        ))
+        .domain_name(
+            connection
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host.to_owned()),
+        );
+    Channel::from_shared(connection.coordinator.clone())
+        .map_err(|error| format!("invalid coordinator address: {error}"))?
+        .tls_config(tls)
+        .map_err(|error| format!("TLS configuration: {error}"))?
+        .connect()
+        .await
+        .map_err(|error| format!("cannot reach {}: {error}", connection.coordinator))
+}
+
+pub async fn shards(arguments: ShardsArgs) -> ExitCode {
+    let channel = match connect(&arguments.connection).await {
+        Ok(channel) => channel,
+        Err(message) => {
+            super::render::failure(
+                arguments.output,
+                &message,
+                fleetshift_common::error::ErrorKind::Unreachable,
+            );
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+    };
+    let request = ListShardsRequest {
+        selector: arguments.selector.into_iter().collect(),
+    };
+    let listed = match FleetServiceClient::new(channel).list_shards(request).await {
+        Ok(response) => response.into_inner().shards,
+        Err(status) => {
+            let message = format!("{}: {}", arguments.connection.coordinator, status.message());
+            match arguments.output {
+                Output::Human => eprintln!("error: {message}"),
+                Output::Json => println!(
+                    "{}",
+                    json!({ "error": { "code": format!("{:?}", status.code()), "message": message } })
+                ),
+            }
+            return ExitCode::from(exit::from_status(status.code()));
+        }
+    };
+    match arguments.output {
+        Output::Json => {
+            let shards: Vec<_> = listed
+                .iter()
+                .map(|shard| {
+                    json!({
+                        "shard": shard.shard_id,
+                        "agent": shard.agent_id,
+                        "current_version": shard.current_version,
+                        "health": health_name(shard.health),
+                        "labels": shard.labels,
+                    })
+                })
+                .collect();
+            println!("{}", json!({ "shards": shards }));
+        }
+        Output::Human => {
+            println!(
+                "{:<24} {:<20} {:<24} {:<20} LABELS",
+                "SHARD", "AGENT", "VERSION", "HEALTH"
+            );
+            for shard in &listed {
+                let mut labels: Vec<String> = shard
+                    .labels
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                labels.sort();
+                println!(
+                    "{:<24} {:<20} {:<24} {:<20} {}",
+                    shard.shard_id,
+                    shard.agent_id,
+                    if shard.current_version.is_empty() {
+                        "-"
+                    } else {
+                        &shard.current_version
+                    },
+                    health_name(shard.health),
+                    labels.join(",")
+                );
+            }
+            println!("{} shard(s)", listed.len());
+        }
+    }
+    ExitCode::from(exit::OK)
+}
+
+fn health_name(health: i32) -> &'static str {
+    match ShardHealth::try_from(health).unwrap_or(ShardHealth::Unspecified) {
+        ShardHealth::Healthy => "healthy",
+        ShardHealth::Unreachable => "unreachable",
+        ShardHealth::AgentDisconnected => "agent-disconnected",
+        ShardHealth::UnfinishedRevision => "unfinished-revision",
+        ShardHealth::Unspecified => "unknown",
+    }
+}
