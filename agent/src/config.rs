@@ -15,7 +15,7 @@ use serde::Deserialize;
 struct RawConfig {
     agent_id: Option<String>,
     coordinator: Option<RawCoordinator>,
-    tls: Option<RawTls>,
+    tls: Option<TlsFiles>,
     #[serde(default)]
     shards: Vec<RawShard>,
 }
@@ -27,14 +27,6 @@ struct RawCoordinator {
     address: String,
     /// The name the coordinator's certificate is checked against (default: the address's host).
     server_name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    certificate: PathBuf,
-    private_key: PathBuf,
-    trust_bundle: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,7 +137,7 @@ impl AgentConfig {
 
 fn coordinator_link(
     coordinator: Option<RawCoordinator>,
-    tls: Option<RawTls>,
+    tls: Option<TlsFiles>,
     base: &Path,
 ) -> anyhow::Result<Option<CoordinatorLink>> {
     let (coordinator, tls) = match (coordinator, tls) {
@@ -169,11 +161,7 @@ fn coordinator_link(
     Ok(Some(CoordinatorLink {
         server_name: coordinator.server_name.unwrap_or(host),
         address: coordinator.address,
-        tls: TlsFiles {
-            certificate: base.join(tls.certificate),
-            private_key: base.join(tls.private_key),
-            trust_bundle: base.join(tls.trust_bundle),
-        },
+        tls: tls.relative_to(base),
     }))
 }
 

@@ -2,7 +2,7 @@
 //! file is validated into [`CoordinatorConfig`] before anything uses it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -22,7 +22,7 @@ struct RawConfig {
     trust_domain: String,
     #[serde(default = "default_heartbeat")]
     heartbeat: String,
-    tls: RawTls,
+    tls: TlsFiles,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -43,14 +43,6 @@ struct RawRoles {
 
 fn default_heartbeat() -> String {
     "2s".to_owned()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    certificate: PathBuf,
-    private_key: PathBuf,
-    trust_bundle: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,11 +144,7 @@ impl CoordinatorConfig {
             listen,
             trust_domain: raw.trust_domain,
             intervals: SessionIntervals::from_heartbeat(heartbeat),
-            tls: TlsFiles {
-                certificate: base.join(raw.tls.certificate),
-                private_key: base.join(raw.tls.private_key),
-                trust_bundle: base.join(raw.tls.trust_bundle),
-            },
+            tls: raw.tls.relative_to(base),
             store,
             roles,
         })

@@ -78,3 +78,34 @@ pub fn free_port() -> u16 {
         .map(|address| address.port())
         .expect("free port")
 }
+
+/// Writes `coordinator.toml` in `home` for `fleetshift serve`: heartbeat 1 s, TLS files from
+/// `home/pki`, etcd at `etcd_endpoint`; `roles` is the `[roles]` section's body.
+pub fn write_coordinator_config(
+    home: &Path,
+    port: u16,
+    etcd_endpoint: &str,
+    roles: &str,
+) -> std::path::PathBuf {
+    let path = home.join("coordinator.toml");
+    let text = format!(
+        "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
+         [tls]\ncertificate = \"pki/coordinator-c1.pem\"\nprivate_key = \"pki/coordinator-c1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+         [store]\netcd_endpoints = [\"{etcd_endpoint}\"]\n[roles]\n{roles}\n"
+    );
+    std::fs::write(&path, text).expect("coordinator config");
+    path
+}
+
+/// Writes `agent.toml` in `home` for `fleetshift-agent run` as `agent`, talking to the
+/// coordinator on `port`; `shards` is the `[[shards]]` tables' text.
+pub fn write_agent_config(home: &Path, port: u16, agent: &str, shards: &str) -> std::path::PathBuf {
+    let path = home.join("agent.toml");
+    let text = format!(
+        "agent_id = \"{agent}\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
+         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+         {shards}"
+    );
+    std::fs::write(&path, text).expect("agent config");
+    path
+}

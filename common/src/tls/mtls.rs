@@ -15,12 +15,25 @@ use super::identity::{IdentityError, SpiffeId};
 /// gRPC runs over HTTP/2, agreed through ALPN.
 const GRPC_ALPN: &[u8] = b"h2";
 
-/// Where a process's certificate, key and trust bundle live.
-#[derive(Debug, Clone)]
+/// Where a process's certificate, key and trust bundle live (a `[tls]` section in the agent's
+/// and the coordinator's configuration files).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
     pub trust_bundle: PathBuf,
+}
+
+impl TlsFiles {
+    /// Relative paths resolved against `base` (the configuration file's directory).
+    pub fn relative_to(self, base: &Path) -> Self {
+        Self {
+            certificate: base.join(self.certificate),
+            private_key: base.join(self.private_key),
+            trust_bundle: base.join(self.trust_bundle),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

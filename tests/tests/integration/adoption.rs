@@ -5,9 +5,7 @@ use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::AssertSqlSafe;
 
-fn dir(directory: &tempfile::TempDir) -> &str {
-    directory.path().to_str().expect("utf-8 path")
-}
+use super::support::dir;
 
 #[tokio::test]
 async fn sqlx_history_is_adopted_and_nothing_is_rerun() {

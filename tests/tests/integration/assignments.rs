@@ -18,7 +18,7 @@ use fleetshift_coordinator::mailbox::DispatchError;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue};
+use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue, write_agent_config};
 use fleetshift_tests::postgres::{PostgresCluster, wait_until};
 use fleetshift_tests::{binary, fixtures};
 
@@ -109,15 +109,12 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     ));
 
     std::fs::write(home.path().join("orders.url"), &url).expect("secret");
-    std::fs::write(
-        home.path().join("agent.toml"),
-        format!(
-            "agent_id = \"db-host-1\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
-             [tls]\ncertificate = \"pki/agent-db-host-1.pem\"\nprivate_key = \"pki/agent-db-host-1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-             [[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n"
-        ),
-    )
-    .expect("agent config");
+    write_agent_config(
+        home.path(),
+        port,
+        "db-host-1",
+        "[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n",
+    );
     let agent_config = home.path().join("agent.toml");
     let log = home.path().join("agent.log");
     let _agent = Process::spawn(

@@ -10,7 +10,9 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{Process, free_port, init_pki, issue};
+use fleetshift_tests::fleet::{
+    Process, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
+};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -65,28 +67,20 @@ async fn operators_see_the_fleet_according_to_their_roles() {
         issue(&pki, Role::Operator, operator, &[]);
     }
     let port = free_port();
-    std::fs::write(
-        home.path().join("coordinator.toml"),
-        format!(
-            "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"fleet.example\"\nheartbeat = \"1s\"\n\
-             [tls]\ncertificate = \"pki/coordinator-c1.pem\"\nprivate_key = \"pki/coordinator-c1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-             [store]\netcd_endpoints = [\"{}\"]\n[roles]\nviewers = [\"alice\"]\napprovers = [\"carol\"]\n",
-            etcd.endpoint
-        ),
-    )
-    .expect("coordinator config");
-    std::fs::write(
-        home.path().join("agent.toml"),
-        format!(
-            "agent_id = \"db-host-1\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
-             [tls]\ncertificate = \"pki/agent-db-host-1.pem\"\nprivate_key = \"pki/agent-db-host-1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-             [[shards]]\nid = \"users-eu\"\nlabels = {{ env = \"production\", region = \"eu\" }}\ndatabase_url = \"sqlite:{}\"\n\
-             [[shards]]\nid = \"users-staging\"\nlabels = {{ env = \"staging\" }}\ndatabase_url = \"sqlite:{}\"\n",
-            home.path().join("eu.db").display(),
-            home.path().join("staging.db").display()
-        ),
-    )
-    .expect("agent config");
+    write_coordinator_config(
+        home.path(),
+        port,
+        &etcd.endpoint,
+        "viewers = [\"alice\"]
+approvers = [\"carol\"]",
+    );
+    let shard_tables = format!(
+        "[[shards]]\nid = \"users-eu\"\nlabels = {{ env = \"production\", region = \"eu\" }}\ndatabase_url = \"sqlite:{}\"\n\
+         [[shards]]\nid = \"users-staging\"\nlabels = {{ env = \"staging\" }}\ndatabase_url = \"sqlite:{}\"\n",
+        home.path().join("eu.db").display(),
+        home.path().join("staging.db").display()
+    );
+    write_agent_config(home.path(), port, "db-host-1", &shard_tables);
     let coordinator_config = home.path().join("coordinator.toml");
     let agent_config = home.path().join("agent.toml");
     let _coordinator = Process::spawn(

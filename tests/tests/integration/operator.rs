@@ -5,14 +5,7 @@ use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 use serde_json::Value;
 
-fn dir(directory: &tempfile::TempDir) -> &str {
-    directory.path().to_str().expect("utf-8 path")
-}
-
-fn json(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {}", binary::printed(output)))
-}
+use super::support::{dir, json};
 
 #[tokio::test]
 async fn drift_blocks_up_until_overridden_with_a_recorded_reason() {

@@ -9,7 +9,9 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{Process, free_port, init_pki, issue};
+use fleetshift_tests::fleet::{
+    Process, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
+};
 use fleetshift_tests::postgres::wait_until;
 use prost::Message;
 
@@ -35,26 +37,20 @@ async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
     let port = free_port();
-    std::fs::write(
-        home.path().join("coordinator.toml"),
-        format!(
-            "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"fleet.example\"\nheartbeat = \"1s\"\n\
-             [tls]\ncertificate = \"pki/coordinator-c1.pem\"\nprivate_key = \"pki/coordinator-c1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-             [store]\netcd_endpoints = [\"{}\"]\n",
-            etcd.endpoint
-        ),
-    )
-    .expect("coordinator config");
-    std::fs::write(
-        home.path().join("agent.toml"),
-        format!(
-            "agent_id = \"db-host-1\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
-             [tls]\ncertificate = \"pki/agent-db-host-1.pem\"\nprivate_key = \"pki/agent-db-host-1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-             [[shards]]\nid = \"cache\"\nlabels = {{ env = \"test\" }}\ndatabase_url = \"sqlite:{}\"\n",
+    write_coordinator_config(home.path(), port, &etcd.endpoint, "");
+    write_agent_config(
+        home.path(),
+        port,
+        "db-host-1",
+        &format!(
+            "[[shards]]
+id = \"cache\"
+labels = {{ env = \"test\" }}
+database_url = \"sqlite:{}\"
+",
             home.path().join("cache.db").display()
         ),
-    )
-    .expect("agent config");
+    );
     let coordinator_config = home.path().join("coordinator.toml");
     let agent_config = home.path().join("agent.toml");
     let mut coordinator = Process::spawn(

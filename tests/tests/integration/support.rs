@@ -56,3 +56,18 @@ pub fn quick_settings() -> ExecutorSettings {
         lock_timeout: Timeouts::default().lock_timeout,
     }
 }
+
+/// A temporary migration directory's path, for command lines.
+pub fn dir(directory: &tempfile::TempDir) -> &str {
+    directory.path().to_str().expect("utf-8 path")
+}
+
+/// A command's stdout as one JSON document.
+pub fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not JSON ({error}): {}",
+            fleetshift_tests::binary::printed(output)
+        )
+    })
+}
