@@ -44,8 +44,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut delays = reconnect_delays();
+    // The lease of the last session, offered for resumption so claims bound to it survive a
+    // reconnect (a coordinator restart, a network blip).
+    let mut last_lease = 0;
     loop {
-        match session(&config, link, &shutdown).await {
+        match session(&config, link, &shutdown, &mut last_lease).await {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(coordinator = %link.address, %reason, "session lost; reconnecting");
@@ -76,10 +79,14 @@ async fn session(
     config: &Arc<AgentConfig>,
     link: &CoordinatorLink,
     shutdown: &CancellationToken,
+    last_lease: &mut i64,
 ) -> anyhow::Result<Ended> {
     let mut client = AgentServiceClient::new(connect(link).await?);
     let (outbound, receiver) = mpsc::channel(16);
-    let hello = hello(config).await;
+    let hello = Hello {
+        resume_lease_id: *last_lease,
+        ..hello(config).await
+    };
     // The lease is granted after the Hello is sent: the Hello counts as heartbeat 0.
     let hello_sent = Instant::now();
     outbound
@@ -103,6 +110,14 @@ async fn session(
         Err(status) => bail!("the coordinator refused the session: {}", status.message()),
     };
     let intervals = intervals(&handshake)?;
+    if *last_lease != 0 && *last_lease != handshake.lease_id {
+        tracing::warn!(
+            previous = *last_lease,
+            lease = handshake.lease_id,
+            "the previous lease could not be resumed; its claims are released"
+        );
+    }
+    *last_lease = handshake.lease_id;
     tracing::info!(coordinator = %handshake.coordinator_id, lease = handshake.lease_id, heartbeat_ms = intervals.heartbeat.as_millis() as u64, "session established");
     let mut clock = LeaseClock::new(intervals);
     clock.heartbeat_sent(0, hello_sent);

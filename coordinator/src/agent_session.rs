@@ -200,11 +200,17 @@ where
                 hello.agent_id, self.identity
             )));
         }
-        let lease = self
-            .store
-            .grant_lease(self.intervals.lease_ttl)
-            .await
-            .map_err(store_status)?;
+        let lease = match self.resumable(hello.resume_lease_id).await {
+            Some(lease) => {
+                tracing::info!(agent = %self.identity, lease, "session lease resumed after a reconnect");
+                lease
+            }
+            None => self
+                .store
+                .grant_lease(self.intervals.lease_ttl)
+                .await
+                .map_err(store_status)?,
+        };
         self.lease = Some(lease);
         self.store
             .announce_agent(self.identity.name(), &hello.encode_to_vec(), lease)
@@ -229,6 +235,29 @@ where
             safety_margin: Some(duration(self.intervals.safety_margin)),
         };
         self.send(CoordinatorBody::Handshake(handshake)).await
+    }
+
+    /// The lease a reconnecting agent asks to resume, if it is still alive and still carries
+    /// this agent's announcement (an agent cannot take over another's lease).
+    async fn resumable(&self, requested: LeaseId) -> Option<LeaseId> {
+        if requested == 0 {
+            return None;
+        }
+        let owned = self
+            .store
+            .agent_lease(self.identity.name())
+            .await
+            .ok()
+            .flatten()
+            == Some(requested);
+        if !owned {
+            return None;
+        }
+        self.store
+            .keep_alive(requested)
+            .await
+            .ok()
+            .map(|_| requested)
     }
 
     async fn run(&mut self) -> Result<Ending, Status> {

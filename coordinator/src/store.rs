@@ -124,6 +124,12 @@ pub trait Store: Send + Sync {
         lease: LeaseId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The lease `agent`'s announcement is bound to, if it has a live session.
+    fn agent_lease(
+        &self,
+        agent: &str,
+    ) -> impl Future<Output = Result<Option<LeaseId>, StoreError>> + Send;
+
     /// Agents with a live session, by id, with the facts they announced.
     fn agents(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
 }

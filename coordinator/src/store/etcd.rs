@@ -265,6 +265,20 @@ impl Store for EtcdStore {
             .map_err(|error| lease_or_unavailable(error, lease))
     }
 
+    async fn agent_lease(&self, agent: &str) -> Result<Option<LeaseId>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(keys::agent(agent), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(KeyValue::lease)
+            .filter(|lease| *lease != 0))
+    }
+
     async fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = keys::agents_prefix();
         let response = self

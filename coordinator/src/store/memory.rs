@@ -256,6 +256,15 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn agent_lease(&self, agent: &str) -> Result<Option<LeaseId>, StoreError> {
+        self.with_state(|state| {
+            Ok(state
+                .entries
+                .get(&keys::agent(agent))
+                .and_then(|entry| entry.lease))
+        })
+    }
+
     async fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let prefix = keys::agents_prefix();
         self.with_state(|state| {

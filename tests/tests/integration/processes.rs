@@ -140,3 +140,82 @@ database_url = \"sqlite:{}\"
         .expect("the coordinator stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", diagnose());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_restart_does_not_release_an_agents_claims() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("store");
+    let home = tempfile::tempdir().expect("fleet directory");
+    let pki = home.path().join("pki");
+    init_pki(&pki);
+    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
+    issue(&pki, Role::Agent, "db-host-1", &[]);
+    let port = free_port();
+    let coordinator_config = write_coordinator_config(home.path(), port, &etcd.endpoint, "");
+    let shard = format!(
+        "[[shards]]\nid = \"cache\"\ndatabase_url = \"sqlite:{}\"\n",
+        home.path().join("cache.db").display()
+    );
+    let agent_config = write_agent_config(home.path(), port, "db-host-1", &shard);
+    let serve = [
+        "serve",
+        "--config",
+        coordinator_config.to_str().expect("path"),
+    ];
+    let coordinator = Process::spawn(
+        &binary::fleetshift(),
+        &serve,
+        &home.path().join("coordinator-1.log"),
+    );
+    let _agent = Process::spawn(
+        &binary::agent(),
+        &["--config", agent_config.to_str().expect("path"), "run"],
+        &home.path().join("agent.log"),
+    );
+    let up = wait_until(Duration::from_secs(20), || async {
+        store
+            .agent_lease("db-host-1")
+            .await
+            .expect("read")
+            .is_some()
+    })
+    .await;
+    assert!(up, "the agent never connected");
+    let lease = store
+        .agent_lease("db-host-1")
+        .await
+        .expect("read")
+        .expect("lease");
+    let claim = store
+        .claim("cache", "db-host-1", lease)
+        .await
+        .expect("claim under the session lease");
+
+    // The coordinator dies and comes back; the agent reconnects and resumes its lease.
+    coordinator.signal("KILL");
+    drop(coordinator);
+    let _restarted = Process::spawn(
+        &binary::fleetshift(),
+        &serve,
+        &home.path().join("coordinator-2.log"),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = std::fs::read_to_string(home.path().join("agent.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("session established").count(),
+        2,
+        "the agent reconnected once:\n{log}"
+    );
+    assert_eq!(
+        store.agent_lease("db-host-1").await.expect("read"),
+        Some(lease),
+        "the same lease, resumed:\n{log}"
+    );
+    assert_eq!(
+        store.claim_of("cache").await.expect("read"),
+        Some(claim),
+        "its claim outlived the restart (TTL 3 s)"
+    );
+}

@@ -47,6 +47,7 @@ async fn fleet() -> Fleet {
     init_pki(pki.path());
     issue(pki.path(), Role::Coordinator, "c1", &["localhost"]);
     issue(pki.path(), Role::Agent, "db-host-1", &[]);
+    issue(pki.path(), Role::Agent, "db-host-2", &[]);
     issue(pki.path(), Role::Operator, "alice", &[]);
     let files = TlsFiles {
         certificate: pki.path().join("coordinator-c1.pem"),
@@ -287,5 +288,47 @@ async fn an_agent_speaks_only_for_itself_and_operators_are_not_agents() {
         refused.message().contains("is not an agent identity"),
         "{}",
         refused.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_resume_another_agents_lease() {
+    let fleet = fleet().await;
+    let mut first = client(&fleet, "agent-db-host-1").await;
+    let (_first_sender, responses) = open(&mut first, "db-host-1").await;
+    let CoordinatorBody::Handshake(handshake) = next(&mut responses.expect("session"))
+        .await
+        .expect("handshake")
+    else {
+        panic!("handshake");
+    };
+    let mut second = client(&fleet, "agent-db-host-2").await;
+    let (sender, receiver) = mpsc::channel(8);
+    let hello = Hello {
+        agent_id: "db-host-2".to_owned(),
+        resume_lease_id: handshake.lease_id,
+        ..Hello::default()
+    };
+    sender
+        .send(AgentMessage {
+            body: Some(AgentBody::Hello(hello)),
+        })
+        .await
+        .expect("hello");
+    let mut responses = second
+        .session(ReceiverStream::new(receiver))
+        .await
+        .expect("session")
+        .into_inner();
+    let CoordinatorBody::Handshake(other) = next(&mut responses).await.expect("handshake") else {
+        panic!("handshake");
+    };
+    assert_ne!(
+        other.lease_id, handshake.lease_id,
+        "another agent's lease is never handed over"
+    );
+    assert_eq!(
+        fleet.store.agent_lease("db-host-1").await.expect("read"),
+        Some(handshake.lease_id)
     );
 }
