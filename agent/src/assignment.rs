@@ -7,22 +7,36 @@ use std::time::Duration;
 
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
-use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, LockRetryPolicy, Request};
+use fleetshift_common::executor::{
+    ExecutionEvent, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, StepOutcome,
+};
+use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    self, Assignment, AssignmentResult, Direction, ErrorDetail, ErrorKind,
+    self, Assignment, AssignmentResult, Direction, ErrorDetail, ErrorKind, LockRetry,
+    ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, StatementFinished,
 };
 use fleetshift_common::source::{MigrationSet, SourceFormat};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 
-/// Runs `assignment`; every failure becomes a result naming its kind and what to do.
+/// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
+/// naming its kind and what to do.
 pub async fn execute(
     config: &AgentConfig,
     assignment: Assignment,
     stop: CancellationToken,
+    progress: mpsc::UnboundedSender<ProgressEvent>,
 ) -> AssignmentResult {
-    let outcome = run(config, &assignment, stop).await;
+    let (events, mut reported) = mpsc::unbounded_channel();
+    let forward = async {
+        while let Some(event) = reported.recv().await {
+            // The session may be gone; the run goes on regardless.
+            let _ = progress.send(progress_event(&assignment, event));
+        }
+    };
+    let (outcome, ()) = tokio::join!(run(config, &assignment, stop, events), forward);
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
         Err(error) => (false, String::new(), Some(error)),
@@ -48,6 +62,7 @@ async fn run(
     config: &AgentConfig,
     assignment: &Assignment,
     stop: CancellationToken,
+    events: mpsc::UnboundedSender<ExecutionEvent>,
 ) -> Result<Option<String>, ErrorDetail> {
     let shard = config
         .shards
@@ -110,35 +125,38 @@ async fn run(
         allow_drift: None,
     };
     let direction = Direction::try_from(assignment.direction).unwrap_or(Direction::Unspecified);
+    let parts = RunParts {
+        identity,
+        settings,
+        stop,
+        events,
+    };
     match connected {
         Connected::Postgres(engine) => {
-            move_shard(
-                engine.as_ref(),
-                &set,
-                identity,
-                settings,
-                stop,
-                direction,
-                &request,
-            )
-            .await
+            move_shard(engine.as_ref(), &set, parts, direction, &request).await
         }
-        Connected::Sqlite(engine) => {
-            move_shard(&engine, &set, identity, settings, stop, direction, &request).await
-        }
+        Connected::Sqlite(engine) => move_shard(&engine, &set, parts, direction, &request).await,
     }
+}
+
+/// What an executor is built from, whatever the engine.
+struct RunParts {
+    identity: Identity,
+    settings: ExecutorSettings,
+    stop: CancellationToken,
+    events: mpsc::UnboundedSender<ExecutionEvent>,
 }
 
 async fn move_shard<E: ShardEngine>(
     engine: &E,
     set: &MigrationSet,
-    identity: Identity,
-    settings: ExecutorSettings,
-    stop: CancellationToken,
+    parts: RunParts,
     direction: Direction,
     request: &Request,
 ) -> Result<Option<String>, ErrorDetail> {
-    let executor = Executor::new(engine, identity, settings).stop_when(stop);
+    let executor = Executor::new(engine, parts.identity, parts.settings)
+        .stop_when(parts.stop)
+        .report_to(parts.events);
     let report = match direction {
         Direction::Up => executor.up(set, request).await,
         Direction::Down => executor.down(set, request).await,
@@ -208,6 +226,77 @@ fn timeouts(limits: &v1::ExecutionLimits) -> Result<Timeouts, String> {
     };
     timeouts.validate()?;
     Ok(timeouts)
+}
+
+/// An executor event as the wire carries it.
+fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEvent {
+    let duration = |value: Duration| prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
+    };
+    let count = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+    let body = match event {
+        ExecutionEvent::RevisionStarted {
+            version,
+            name,
+            transactional,
+            statements,
+        } => Event::RevisionStarted(RevisionStarted {
+            version,
+            name,
+            transactional,
+            statements: count(statements),
+        }),
+        ExecutionEvent::StatementFinished {
+            version,
+            location,
+            duration: took,
+        } => Event::StatementFinished(StatementFinished {
+            version,
+            location,
+            duration: Some(duration(took)),
+        }),
+        ExecutionEvent::LockRetry {
+            version,
+            location,
+            attempt,
+            wait,
+            sqlstate,
+        } => Event::LockRetry(LockRetry {
+            version,
+            location,
+            attempt: count(attempt),
+            wait: Some(duration(wait)),
+            sqlstate: sqlstate.unwrap_or_default(),
+        }),
+        ExecutionEvent::RevisionFinished {
+            version,
+            outcome,
+            duration: took,
+            statements_run,
+            lock_retries,
+        } => {
+            let outcome = match outcome {
+                StepOutcome::Applied => RevisionOutcome::Applied,
+                StepOutcome::Resumed => RevisionOutcome::Resumed,
+                StepOutcome::Reverted => RevisionOutcome::Reverted,
+                StepOutcome::AlreadyDone => RevisionOutcome::AlreadyDone,
+            };
+            Event::RevisionFinished(RevisionFinished {
+                version,
+                outcome: outcome.into(),
+                duration: Some(duration(took)),
+                statements_run: count(statements_run),
+                lock_retries: count(lock_retries),
+            })
+        }
+    };
+    ProgressEvent {
+        assignment_id: assignment.assignment_id.clone(),
+        shard_id: assignment.shard_id.clone(),
+        at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        event: Some(body),
+    }
 }
 
 fn exec_failure(error: &ExecError) -> ErrorDetail {

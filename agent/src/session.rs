@@ -17,7 +17,7 @@ use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
     AgentMessage, AssignmentResult, CoordinatorMessage, Engine, Handshake, Heartbeat, Hello,
-    ShardFacts,
+    ProgressEvent, ShardFacts,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -126,6 +126,7 @@ async fn session(
     let work = shutdown.child_token();
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
     let mut tasks: JoinSet<AssignmentResult> = JoinSet::new();
+    let (progress, mut reported) = mpsc::unbounded_channel::<ProgressEvent>();
     let mut ticks = tokio::time::interval(intervals.heartbeat);
     let mut sequence = 0;
     let ended = loop {
@@ -142,9 +143,20 @@ async fn session(
                     break Ended::Lost("no acknowledgement within the lease: it may lapse, so all work stopped".to_owned());
                 }
             }
+            Some(event) = reported.recv() => {
+                if outbound.send(AgentMessage { body: Some(AgentBody::Progress(event)) }).await.is_err() {
+                    break Ended::Lost("the session's stream closed".to_owned());
+                }
+            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok(result) = joined else { continue };
                 running.remove(&result.assignment_id);
+                // An assignment's progress goes out before its result.
+                while let Ok(event) = reported.try_recv() {
+                    if outbound.send(AgentMessage { body: Some(AgentBody::Progress(event)) }).await.is_err() {
+                        break;
+                    }
+                }
                 if outbound.send(AgentMessage { body: Some(AgentBody::Result(result)) }).await.is_err() {
                     break Ended::Lost("the session's stream closed".to_owned());
                 }
@@ -161,7 +173,8 @@ async fn session(
                     tracing::info!(assignment = %assignment.assignment_id, shard = %assignment.shard_id, fence = assignment.fence_token, "assignment received");
                     running.insert(assignment.assignment_id.clone(), stop.clone());
                     let config = Arc::clone(config);
-                    tasks.spawn(async move { assignment::execute(&config, assignment, stop).await });
+                    let progress = progress.clone();
+                    tasks.spawn(async move { assignment::execute(&config, assignment, stop, progress).await });
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Cancel(cancel)) })) => {
                     if let Some(stop) = running.get(&cancel.assignment_id) {

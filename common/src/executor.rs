@@ -14,6 +14,7 @@
 //! - `retry`: bounded lock-conflict retries; `report`: what a run did.
 
 mod adopt;
+mod events;
 mod failure;
 mod outside_transaction;
 mod report;
@@ -24,13 +25,15 @@ mod transactional;
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use events::ExecutionEvent;
 pub use report::{RunReport, StepOutcome, StepReport};
 pub use retry::LockRetryPolicy;
 pub use status::{RevisionState, ShardStatus};
 
-use crate::engine::{FencedTransaction, ShardEngine};
+use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
 use crate::ledger::{AuditRecord, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{MigrationSet, Revision, Script};
@@ -87,6 +90,8 @@ pub struct Executor<'a, E: ShardEngine> {
     settings: ExecutorSettings,
     /// Checked before every revision and every autocommit statement.
     stop: CancellationToken,
+    /// Where progress goes, if anyone listens.
+    events: Option<mpsc::UnboundedSender<ExecutionEvent>>,
 }
 
 /// Which way a run moves the shard.
@@ -103,7 +108,67 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             identity,
             settings,
             stop: CancellationToken::new(),
+            events: None,
         }
+    }
+
+    /// Sends progress ([`ExecutionEvent`]) to `events` as the run goes.
+    pub fn report_to(mut self, events: mpsc::UnboundedSender<ExecutionEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, event: ExecutionEvent) {
+        if let Some(events) = &self.events {
+            // Nobody listening any more changes nothing for the run.
+            let _ = events.send(event);
+        }
+    }
+
+    /// A lock conflict about to be retried: logged, and reported as progress.
+    fn lock_retried(
+        &self,
+        revision: &Revision,
+        location: &str,
+        attempt: usize,
+        wait: Duration,
+        failure: &StatementError,
+    ) {
+        tracing::warn!(
+            shard = %self.engine.shard(),
+            revision = %revision.label(),
+            %location,
+            attempt,
+            wait_ms = wait.as_millis() as u64,
+            error = %failure.message,
+            "lock conflict, retrying after backoff"
+        );
+        self.emit(ExecutionEvent::LockRetry {
+            version: revision.version.to_string(),
+            location: location.to_owned(),
+            attempt,
+            wait,
+            sqlstate: failure.sqlstate.clone(),
+        });
+    }
+
+    fn revision_started(&self, revision: &Revision, statements: usize) {
+        self.emit(ExecutionEvent::RevisionStarted {
+            version: revision.version.to_string(),
+            name: revision.name.clone(),
+            transactional: revision.transactional,
+            statements,
+        });
+    }
+
+    fn revision_finished(&self, report: &StepReport) {
+        self.emit(ExecutionEvent::RevisionFinished {
+            version: report.version.clone(),
+            outcome: report.outcome,
+            duration: Duration::from_millis(report.duration_ms),
+            statements_run: report.statements_run,
+            lock_retries: report.lock_retries,
+        });
     }
 
     /// Stops the run at the next revision or autocommit statement once `stop` is cancelled
@@ -253,6 +318,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         for index in steps {
             let revision = &set.revisions[index];
             self.check_stop(&format!("revision {}", revision.label()))?;
+            self.revision_started(revision, revision.up.statements().len());
             let predecessor = index
                 .checked_sub(1)
                 .map(|previous| &set.revisions[previous]);
@@ -264,6 +330,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 self.apply_outside_transaction(revision, predecessor, resuming, &writer)
                     .await?
             };
+            self.revision_finished(&report);
             reports.push(report);
         }
         self.finish(set, reports, &writer).await
@@ -289,6 +356,11 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         for index in steps {
             let revision = &set.revisions[index];
             self.check_stop(&format!("reverting revision {}", revision.label()))?;
+            let down_statements = revision
+                .down
+                .as_ref()
+                .map_or(0, |script| script.statements().len());
+            self.revision_started(revision, down_statements);
             let successor = set.revisions.get(index + 1);
             let report = if revision.transactional {
                 self.apply_in_transaction(revision, successor, Direction::Down, &writer)
@@ -297,6 +369,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 self.revert_outside_transaction(revision, successor, &writer)
                     .await?
             };
+            self.revision_finished(&report);
             reports.push(report);
         }
         self.finish(set, reports, &writer).await

@@ -286,6 +286,18 @@ where
                     self.send(CoordinatorBody::HeartbeatAck(ack)).await?;
                 }
                 Ok(AgentMessage {
+                    body: Some(AgentBody::Progress(event)),
+                }) => {
+                    let shard = event.shard_id.clone();
+                    let relayed = self
+                        .registration
+                        .as_ref()
+                        .is_some_and(|registration| registration.report_progress(event));
+                    if !relayed {
+                        tracing::warn!(agent = %self.identity, %shard, "progress for a shard that is not this agent's; not relayed");
+                    }
+                }
+                Ok(AgentMessage {
                     body: Some(AgentBody::Result(result)),
                 }) => {
                     let assignment = result.assignment_id.clone();

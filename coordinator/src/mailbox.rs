@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
-use fleetshift_common::proto::v1::{Assignment, AssignmentResult, CoordinatorMessage};
-use tokio::sync::{mpsc, oneshot};
+use fleetshift_common::proto::v1::{
+    Assignment, AssignmentResult, CoordinatorMessage, ProgressEvent,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -33,11 +35,25 @@ pub enum DispatchError {
     SessionEnded { agent: String, assignment: String },
 }
 
-/// Live sessions by agent.
-#[derive(Debug, Default)]
+/// Progress events kept for slow watchers before the oldest are dropped.
+const PROGRESS_BACKLOG: usize = 4096;
+
+/// Live sessions by agent, and the progress they report.
+#[derive(Debug)]
 pub struct Mailbox {
     sessions: Mutex<HashMap<String, Registered>>,
     next_session: AtomicU64,
+    progress: broadcast::Sender<ProgressEvent>,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            next_session: AtomicU64::default(),
+            progress: broadcast::channel(PROGRESS_BACKLOG).0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,10 +169,33 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Progress agents report, as it arrives (a watcher that falls behind misses the oldest).
+    pub fn subscribe_progress(&self) -> broadcast::Receiver<ProgressEvent> {
+        self.progress.subscribe()
+    }
+}
+
 impl Registration {
     /// Delivers a result reported on this session.
     pub fn complete(&self, result: AssignmentResult) -> bool {
         self.mailbox.complete(&self.agent, self.session, result)
+    }
+
+    /// Relays progress reported on this session, for the agent's own shards only.
+    pub fn report_progress(&self, event: ProgressEvent) -> bool {
+        let owned = self
+            .mailbox
+            .sessions()
+            .get(&self.agent)
+            .is_some_and(|registered| {
+                registered.session == self.session && registered.shards.contains(&event.shard_id)
+            });
+        if owned {
+            // No watcher at the moment is fine.
+            let _ = self.mailbox.progress.send(event);
+        }
+        owned
     }
 }
 
@@ -243,6 +282,31 @@ mod tests {
             dispatcher.await.expect("task"),
             Err(DispatchError::SessionEnded { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn progress_is_relayed_only_for_the_agents_own_shards() {
+        let mailbox = Mailbox::new();
+        let (outbound, _agent_side) = mpsc::channel(4);
+        let registration = mailbox.register("a", HashSet::from(["s1".to_owned()]), outbound);
+        let mut watcher = mailbox.subscribe_progress();
+        let event = |shard: &str| ProgressEvent {
+            shard_id: shard.to_owned(),
+            ..ProgressEvent::default()
+        };
+        assert!(registration.report_progress(event("s1")));
+        assert!(
+            !registration.report_progress(event("s2")),
+            "not this agent's shard"
+        );
+        assert_eq!(
+            watcher.try_recv().map(|event| event.shard_id),
+            Ok("s1".to_owned())
+        );
+        assert!(
+            watcher.try_recv().is_err(),
+            "the foreign shard's event was not relayed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

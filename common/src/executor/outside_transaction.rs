@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::ExecutionEvent;
 use super::failure::{describe_tx_error, is_lock_conflict, with_aftermath};
 use super::{Executor, StepOutcome, StepReport, step_report};
 use crate::engine::{AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, TxError};
@@ -32,7 +33,12 @@ impl<E: ShardEngine> Executor<'_, E> {
         let started = Instant::now();
         let start_record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
         match self
-            .fenced_records(&guard, std::slice::from_ref(&start_record), writer, &label)
+            .fenced_records(
+                &guard,
+                std::slice::from_ref(&start_record),
+                writer,
+                revision,
+            )
             .await
         {
             Ok(()) => {}
@@ -75,7 +81,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             statements.len(),
             None,
         );
-        self.fenced_records(&finish_guard, std::slice::from_ref(&done), writer, &label)
+        self.fenced_records(&finish_guard, std::slice::from_ref(&done), writer, revision)
             .await
             .map_err(|error| self.step_error(error, revision, &revision.up, &statements, writer))?;
         let outcome = if resuming {
@@ -101,7 +107,6 @@ impl<E: ShardEngine> Executor<'_, E> {
         writer: &Writer,
     ) -> Result<StepReport, ExecError> {
         let version = revision.version.as_str();
-        let label = revision.label();
         let script = self.down_script(revision)?;
         let statements = script.statements();
         let mut guard = Guard::default().require(version, Expect::Applied);
@@ -109,7 +114,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             guard = guard.require(successor.version.as_str(), Expect::NotApplied);
         }
         let started = Instant::now();
-        self.fenced_records(&guard, &[], writer, &label)
+        self.fenced_records(&guard, &[], writer, revision)
             .await
             .map_err(|error| self.step_error(error, revision, script, &statements, writer))?;
         let mut lock_retries = 0;
@@ -138,7 +143,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             statements.len(),
             None,
         );
-        self.fenced_records(&guard, std::slice::from_ref(&reverted), writer, &label)
+        self.fenced_records(&guard, std::slice::from_ref(&reverted), writer, revision)
             .await
             .map_err(|error| self.step_error(error, revision, script, &statements, writer))?;
         Ok(step_report(
@@ -155,15 +160,23 @@ impl<E: ShardEngine> Executor<'_, E> {
         guard: &Guard,
         records: &[LedgerRecord],
         writer: &Writer,
-        label: &str,
+        revision: &Revision,
     ) -> Result<(), TxError> {
         self.settings
             .lock_retry
             .run(
-                self.engine.shard(),
-                label,
                 is_lock_conflict,
-                describe_tx_error,
+                |error: &TxError, attempt, wait| {
+                    if let TxError::Statement(failure) = error {
+                        self.lock_retried(
+                            revision,
+                            "fleetshift bookkeeping",
+                            attempt,
+                            wait,
+                            failure,
+                        );
+                    }
+                },
                 || {
                     self.engine.fenced_transaction(
                         writer,
@@ -199,19 +212,19 @@ impl<E: ShardEngine> Executor<'_, E> {
             });
         }
         let label = revision.label();
+        let location = script.locate(statement);
         let started = Instant::now();
         let attempts = self
             .settings
             .lock_retry
             .run(
-                self.engine.shard(),
-                &label,
                 StatementError::is_lock_conflict,
-                |failure| failure.message.clone(),
+                |failure, attempt, wait| {
+                    self.lock_retried(revision, &location, attempt, wait, failure)
+                },
                 || self.engine.run_autocommit(statement, resuming),
             )
             .await;
-        let location = script.locate(statement);
         match attempts.result {
             Ok(outcome) => {
                 match outcome {
@@ -224,6 +237,11 @@ impl<E: ShardEngine> Executor<'_, E> {
                     }
                 }
                 tracing::debug!(shard = %self.engine.shard(), %location, duration_ms = started.elapsed().as_millis() as u64, "statement finished");
+                self.emit(ExecutionEvent::StatementFinished {
+                    version: revision.version.to_string(),
+                    location,
+                    duration: started.elapsed(),
+                });
                 Ok(attempts.attempts - 1)
             }
             Err(failure) if failure.is_lock_conflict() => Err(ExecError::LockTimeoutExhausted {
@@ -268,12 +286,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         );
         let guard = Guard::default().require(revision.version.as_str(), Expect::Started);
         if let Err(record_error) = self
-            .fenced_records(
-                &guard,
-                std::slice::from_ref(&record),
-                writer,
-                &revision.label(),
-            )
+            .fenced_records(&guard, std::slice::from_ref(&record), writer, revision)
             .await
         {
             tracing::warn!(shard = %self.engine.shard(), error = %describe_tx_error(&record_error), "could not record the error on the started revision");

@@ -1,4 +1,4 @@
-//! Bounded retries of lock conflicts: exponential backoff with jitter, each wait logged.
+//! Bounded retries of lock conflicts: exponential backoff with jitter, each retry reported.
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,13 +33,11 @@ pub struct Attempts<T, E> {
 
 impl LockRetryPolicy {
     /// Runs `attempt` until it succeeds, fails with something other than a lock conflict,
-    /// or the retries are spent.
+    /// or the retries are spent; `on_retry(error, attempt, wait)` hears of every retry.
     pub async fn run<T, E, F, Fut>(
         &self,
-        shard: &str,
-        revision: &str,
         is_lock_conflict: impl Fn(&E) -> bool,
-        describe: impl Fn(&E) -> String,
+        on_retry: impl Fn(&E, usize, Duration),
         mut attempt: F,
     ) -> Attempts<T, E>
     where
@@ -63,14 +61,7 @@ impl LockRetryPolicy {
             let (Some(delay), Err(error)) = (delay, &result) else {
                 return Attempts { result, attempts };
             };
-            tracing::warn!(
-                shard,
-                revision,
-                attempt = attempts,
-                wait_ms = delay.as_millis() as u64,
-                error = %describe(error),
-                "lock conflict, retrying after backoff"
-            );
+            on_retry(error, attempts, delay);
             tokio::time::sleep(delay).await;
         }
     }
@@ -89,10 +80,8 @@ mod tests {
         let mut calls = 0;
         let outcome: Attempts<(), &str> = policy
             .run(
-                "shard",
-                "1_a",
                 |e: &&str| *e == "locked",
-                |e: &&str| e.to_string(),
+                |_: &&str, _, _| {},
                 || {
                     calls += 1;
                     async { Err("locked") }
@@ -109,10 +98,8 @@ mod tests {
         let policy = LockRetryPolicy::default();
         let failed: Attempts<(), &str> = policy
             .run(
-                "shard",
-                "1_a",
                 |e: &&str| *e == "locked",
-                |e: &&str| e.to_string(),
+                |_: &&str, _, _| {},
                 || async { Err("syntax") },
             )
             .await;
@@ -120,10 +107,8 @@ mod tests {
         let mut calls = 0;
         let succeeded: Attempts<u8, &str> = policy
             .run(
-                "shard",
-                "1_a",
                 |e: &&str| *e == "locked",
-                |e: &&str| e.to_string(),
+                |_: &&str, _, _| {},
                 || {
                     calls += 1;
                     let result = if calls < 3 { Err("locked") } else { Ok(7) };

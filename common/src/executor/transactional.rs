@@ -49,10 +49,18 @@ impl<E: ShardEngine> Executor<'_, E> {
             .settings
             .lock_retry
             .run(
-                self.engine.shard(),
-                &label,
                 is_lock_conflict,
-                describe_tx_error,
+                |error: &TxError, attempt, wait| {
+                    if let TxError::Statement(failure) = error {
+                        self.lock_retried(
+                            revision,
+                            &locate(script, &statements, failure),
+                            attempt,
+                            wait,
+                            failure,
+                        );
+                    }
+                },
                 || {
                     let elapsed = started.elapsed();
                     let record = self.record(

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::lease::SessionIntervals;
-use fleetshift_common::proto::v1::{self, Assignment, Direction, ErrorKind};
+use fleetshift_common::proto::v1::progress_event::Event;
+use fleetshift_common::proto::v1::{self, Assignment, Direction, ErrorKind, RevisionOutcome};
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
@@ -149,7 +150,8 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         .expect("claim");
     let wait = Duration::from_secs(30);
 
-    // Up, under the claim's token.
+    // Up, under the claim's token, with its progress streamed live.
+    let mut progress = mailbox.subscribe_progress();
     let result = mailbox
         .dispatch(
             "db-host-1",
@@ -171,6 +173,34 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(result.current_version, "2");
+    let mut seen = Vec::new();
+    while let Ok(event) = progress.try_recv() {
+        assert_eq!(
+            (event.shard_id.as_str(), event.assignment_id.as_str()),
+            ("orders", "a-1")
+        );
+        seen.push(match event.event.expect("event") {
+            Event::RevisionStarted(started) => format!("started {}", started.version),
+            Event::RevisionFinished(finished) => {
+                format!(
+                    "finished {} {:?}",
+                    finished.version,
+                    RevisionOutcome::try_from(finished.outcome).expect("outcome")
+                )
+            }
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        seen,
+        [
+            "started 1",
+            "finished 1 Applied",
+            "started 2",
+            "finished 2 Applied"
+        ],
+        "live progress, in order"
+    );
     let rows: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
         "SELECT version, fence_token, agent_id, plan_id FROM fleetshift.history ORDER BY version",
     )

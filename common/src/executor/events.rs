@@ -1,0 +1,38 @@
+//! What a run reports as it goes, for live progress (the agent streams these to coordinators).
+//! Sent on an unbounded channel and never awaited: reporting cannot slow a migration down.
+
+use std::time::Duration;
+
+use super::StepOutcome;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutionEvent {
+    RevisionStarted {
+        version: String,
+        name: String,
+        transactional: bool,
+        statements: usize,
+    },
+    /// A statement run outside a transaction finished (statements inside a transaction are
+    /// reported with their revision).
+    StatementFinished {
+        version: String,
+        location: String,
+        duration: Duration,
+    },
+    LockRetry {
+        version: String,
+        /// `path:line` of the statement that waited, when known.
+        location: String,
+        attempt: usize,
+        wait: Duration,
+        sqlstate: Option<String>,
+    },
+    RevisionFinished {
+        version: String,
+        outcome: StepOutcome,
+        duration: Duration,
+        statements_run: usize,
+        lock_retries: usize,
+    },
+}
