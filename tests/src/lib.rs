@@ -6,10 +6,12 @@
 //! - [`etcd`]: a throwaway single-node etcd per test (Debian's `etcd-server`).
 //! - [`fleet`]: a development PKI and child processes that die with the test.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
+//! - [`ledger_check`]: the after-fault checker of a shard's ledger.
 //! - [`fixtures`]: migration directories written for a test.
 
 pub mod binary;
 pub mod etcd;
 pub mod fixtures;
 pub mod fleet;
+pub mod ledger_check;
 pub mod postgres;

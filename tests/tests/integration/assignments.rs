@@ -23,6 +23,8 @@ use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue, write_agen
 use fleetshift_tests::postgres::{PostgresCluster, wait_until};
 use fleetshift_tests::{binary, fixtures};
 
+use super::support;
+
 /// The shipped form of a migration directory.
 fn shipped(directory: &std::path::Path) -> v1::MigrationSet {
     let set = MigrationSet::load(directory, None).expect("set");
@@ -208,6 +210,8 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     .await
     .expect("history");
     assert_eq!(rows.len(), 2);
+    let loaded = MigrationSet::load(migrations.path(), None).expect("set");
+    support::assert_sound_ledger(&support::postgres(&url).await, &loaded, None).await;
     assert!(
         rows.iter()
             .all(|(_, token, agent, plan)| *token == claim.token.0

@@ -4,9 +4,12 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::postgres::{PostgresCluster, backend_alive, fleetshift_running, wait_until};
 use fleetshift_tests::{binary, fixtures};
 use serde_json::Value;
+
+use super::support;
 use sqlx::PgPool;
 
 async fn exists(admin: &PgPool, relation: &str) -> bool {
@@ -103,6 +106,8 @@ async fn sigkill_in_the_middle_of_a_transactional_revision_leaves_nothing() {
         revision_status(&status_json(&url, directory.path()), "1"),
         "applied"
     );
+    let set = MigrationSet::load(directory.path(), None).expect("set");
+    support::assert_sound_ledger(&support::postgres(&url).await, &set, None).await;
 }
 
 #[tokio::test]
@@ -198,4 +203,6 @@ async fn interrupted_concurrent_index_build_is_rebuilt_on_the_next_run() {
         revision_status(&status_json(&url, directory.path()), "2"),
         "applied"
     );
+    let set = MigrationSet::load(directory.path(), None).expect("set");
+    support::assert_sound_ledger(&support::postgres(&url).await, &set, None).await;
 }

@@ -265,6 +265,7 @@ pub async fn concurrent_executors_apply_each_revision_once<S: TestShard>(
         2,
         "revisions 3 and 4 ran once each"
     );
+    support::assert_sound_ledger(&engine, &set, None).await;
 }
 
 /// A small set that records every execution of its revisions.

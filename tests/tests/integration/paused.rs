@@ -88,6 +88,7 @@ async fn holder_delayed_past_a_newer_claim_is_fenced_out_when_it_resumes() {
             .all(|(_, token, agent)| *token == 7 && agent == "agent-b"),
         "{history:?}"
     );
+    support::assert_sound_ledger(&support::postgres(&url).await, &set, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,6 +163,7 @@ async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
             .all(|(_, token, agent)| *token == 7 && agent == "agent-b"),
         "{history:?}"
     );
+    support::assert_sound_ledger(&support::postgres(&url).await, &set, None).await;
     let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM work_log")
         .fetch_one(&admin)
         .await

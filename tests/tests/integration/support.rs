@@ -71,3 +71,19 @@ pub fn json(output: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// The after-fault check: panics listing every violation of the shard's ledger.
+pub async fn assert_sound_ledger<E: ShardEngine>(
+    engine: &E,
+    set: &fleetshift_common::source::MigrationSet,
+    target: Option<&str>,
+) {
+    let ledger = engine.read_ledger().await.expect("read the ledger");
+    if let Err(violations) = fleetshift_tests::ledger_check::check(set, &ledger, target) {
+        panic!(
+            "the ledger of {} is not sound:\n{}",
+            engine.shard(),
+            violations.join("\n")
+        );
+    }
+}
