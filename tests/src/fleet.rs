@@ -43,6 +43,10 @@ impl Process {
         Self(child)
     }
 
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Sends a signal by name (TERM, KILL, STOP, CONT, …).
     pub fn signal(&self, name: &str) {
         let sent = Command::new("kill")

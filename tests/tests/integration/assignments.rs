@@ -25,24 +25,6 @@ use fleetshift_tests::{binary, fixtures};
 
 use super::support;
 
-/// The shipped form of a migration directory.
-fn shipped(directory: &std::path::Path) -> v1::MigrationSet {
-    let set = MigrationSet::load(directory, None).expect("set");
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(directory).expect("directory") {
-        let entry = entry.expect("entry");
-        files.push(v1::MigrationFile {
-            path: entry.file_name().to_string_lossy().into_owned(),
-            content: std::fs::read(entry.path()).expect("file"),
-        });
-    }
-    v1::MigrationSet {
-        format: set.format.name().to_owned(),
-        digest: set.digest,
-        files,
-    }
-}
-
 fn assignment(
     id: &str,
     shard: &str,
@@ -141,7 +123,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         ("2_items.up.sql", "CREATE TABLE items (id integer);"),
         ("2_items.down.sql", "DROP TABLE items;"),
     ]);
-    let set = shipped(migrations.path());
+    let set = fixtures::shipped(migrations.path());
     let lease = store
         .grant_lease(Duration::from_secs(30))
         .await
