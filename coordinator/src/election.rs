@@ -77,6 +77,11 @@ pub fn start<S: Store + 'static>(
                 Ok(Some(leadership)) => {
                     let already = matches!(&*standing.borrow(), Standing::Leader { epoch, .. } if *epoch == leadership.epoch);
                     if !already {
+                        // A different epoch than the one held (the leader key was recreated):
+                        // whatever ran under the old one must stop first.
+                        if let Standing::Leader { stepped_down, .. } = &*standing.borrow() {
+                            stepped_down.cancel();
+                        }
                         tracing::info!(%candidate, epoch = leadership.epoch.0, "leading");
                         standing.send_replace(Standing::Leader {
                             epoch: leadership.epoch,

@@ -136,7 +136,12 @@ impl Mailbox {
         let message = CoordinatorMessage {
             body: Some(CoordinatorBody::Assignment(assignment)),
         };
-        outbound.send(Ok(message)).await.map_err(|_| ended())?;
+        if outbound.send(Ok(message)).await.is_err() {
+            if let Some(registered) = self.sessions().get_mut(agent) {
+                registered.pending.remove(&assignment_id);
+            }
+            return Err(ended());
+        }
         match tokio::time::timeout(waited, result).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(ended()),
