@@ -5,16 +5,15 @@ use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::AssertSqlSafe;
 
-use super::support::dir;
+use super::support::{self, Database, dir};
 
 #[tokio::test]
 async fn sqlx_history_is_adopted_and_nothing_is_rerun() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster
-        .create_database("from_sqlx")
-        .await
-        .expect("database");
-    let admin = cluster.admin_pool("from_sqlx").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("from_sqlx").await;
     let directory = fixtures::migrations(&[
         ("1_create_users.sql", "CREATE TABLE users (id integer);"),
         ("2_create_orders.sql", "CREATE TABLE orders (id integer);"),
@@ -34,12 +33,7 @@ async fn sqlx_history_is_adopted_and_nothing_is_rerun() {
     );
 
     let refused = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
-    assert_eq!(
-        refused.status.code(),
-        Some(7),
-        "{}",
-        binary::printed(&refused)
-    );
+    support::assert_exit(&refused, 7);
     assert!(binary::printed(&refused).contains("_sqlx_migrations"));
 
     let adopted = binary::run(
@@ -83,9 +77,11 @@ async fn sqlx_history_is_adopted_and_nothing_is_rerun() {
 
 #[tokio::test]
 async fn sqlx_history_with_an_edited_script_is_refused_as_drift() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("edited").await.expect("database");
-    let admin = cluster.admin_pool("edited").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("edited").await;
     let directory =
         fixtures::migrations(&[("1_create_users.sql", "CREATE TABLE users (id integer);")]);
     let migrator = sqlx::migrate::Migrator::new(directory.path())
@@ -111,12 +107,7 @@ async fn sqlx_history_with_an_edited_script_is_refused_as_drift() {
             "switch",
         ],
     );
-    assert_eq!(
-        adopted.status.code(),
-        Some(3),
-        "{}",
-        binary::printed(&adopted)
-    );
+    support::assert_exit(&adopted, 3);
 }
 
 #[tokio::test]
@@ -153,7 +144,7 @@ async fn golang_migrate_and_diesel_histories_are_adopted() {
             "switch",
         ],
     );
-    assert_eq!(dirty.status.code(), Some(7), "{}", binary::printed(&dirty));
+    support::assert_exit(&dirty, 7);
     assert!(binary::printed(&dirty).contains("dirty"));
     sqlx::query("UPDATE schema_migrations SET dirty = false")
         .execute(&admin)

@@ -5,6 +5,8 @@ use std::process::Command;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 
+use super::support;
+
 #[tokio::test]
 async fn agent_check_reports_every_shard_and_flags_the_unreachable_one() {
     let cluster = PostgresCluster::start().expect("cluster");
@@ -41,12 +43,7 @@ async fn agent_check_reports_every_shard_and_flags_the_unreachable_one() {
         ])
         .output()
         .expect("run the agent");
-    assert_eq!(
-        output.status.code(),
-        Some(6),
-        "{}",
-        binary::printed(&output)
-    );
+    support::assert_exit(&output, 6);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     let shards = report["shards"].as_array().expect("shards");
     assert_eq!(shards[0]["id"], "orders");

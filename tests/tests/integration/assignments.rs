@@ -20,10 +20,10 @@ use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue, write_agent_config};
-use fleetshift_tests::postgres::{PostgresCluster, wait_until};
+use fleetshift_tests::postgres::wait_until;
 use fleetshift_tests::{binary, fixtures};
 
-use super::support;
+use super::support::{self, Database};
 
 fn assignment(
     id: &str,
@@ -54,9 +54,11 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             .await
             .expect("store"),
     );
-    let cluster = PostgresCluster::start().expect("postgres");
-    let url = cluster.create_database("orders").await.expect("database");
-    let admin = cluster.admin_pool("orders").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("orders").await;
 
     let home = tempfile::tempdir().expect("fleet directory");
     let pki_dir = home.path().join("pki");

@@ -5,12 +5,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::{PostgresCluster, backend_alive, fleetshift_running, wait_until};
+use fleetshift_tests::postgres::{backend_alive, fleetshift_running, wait_until};
 use fleetshift_tests::{binary, fixtures};
 use serde_json::Value;
 
-use super::support;
 use sqlx::PgPool;
+
+use super::support::{self, Database};
 
 async fn exists(admin: &PgPool, relation: &str) -> bool {
     sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -40,9 +41,11 @@ fn revision_status(status: &Value, version: &str) -> Value {
 
 #[tokio::test]
 async fn sigkill_in_the_middle_of_a_transactional_revision_leaves_nothing() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("killed").await.expect("database");
-    let admin = cluster.admin_pool("killed").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("killed").await;
     let directory = fixtures::migrations(&[(
         "1_half_done.sql",
         "CREATE TABLE half_done (id integer);
@@ -112,9 +115,11 @@ async fn sigkill_in_the_middle_of_a_transactional_revision_leaves_nothing() {
 
 #[tokio::test]
 async fn interrupted_concurrent_index_build_is_rebuilt_on_the_next_run() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("indexes").await.expect("database");
-    let admin = cluster.admin_pool("indexes").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("indexes").await;
     let directory = fixtures::migrations(&[
         (
             "1_table.sql",
@@ -152,12 +157,7 @@ async fn interrupted_concurrent_index_build_is_rebuilt_on_the_next_run() {
             "1s",
         ],
     );
-    assert_eq!(
-        interrupted.status.code(),
-        Some(1),
-        "{}",
-        binary::printed(&interrupted)
-    );
+    support::assert_exit(&interrupted, 1);
     let printed = binary::printed(&interrupted);
     assert!(
         printed.contains("2_index.sql:2"),

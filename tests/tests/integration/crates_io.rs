@@ -9,10 +9,9 @@ use fleetshift_common::executor::{Request, ShardStatus};
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::fixtures;
-use fleetshift_tests::postgres::PostgresCluster;
 use sqlx::PgPool;
 
-use super::support;
+use super::support::{self, Database};
 
 /// Down scripts with no statements: irreversible until an operator decides otherwise.
 const IRREVERSIBLE: [&str; 9] = [
@@ -96,12 +95,11 @@ async fn column_exists(pool: &PgPool, table: &str, column: &str) -> bool {
 
 #[tokio::test]
 async fn crates_io_history_goes_up_down_to_the_start_and_up_again() {
-    let cluster = PostgresCluster::start().expect("start PostgreSQL");
-    let url = cluster
-        .create_database("cratesio")
-        .await
-        .expect("create database");
-    let admin = cluster.admin_pool("cratesio").await.expect("admin pool");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("cratesio").await;
     let copy = working_copy();
     let directory = copy.path();
     let shard = support::postgres(&url).await;

@@ -16,6 +16,8 @@ use fleetshift_tests::fleet::{
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use super::support;
+
 fn shards(home: &std::path::Path, port: u16, holder: &str, extra: &[&str]) -> std::process::Output {
     let pki = home.join("pki");
     Command::new(binary::fleetshift())
@@ -138,19 +140,14 @@ approvers = [\"carol\"]",
 
     // No role, or not an operator at all: refused, with their own exit code.
     let stranger = shards(home.path(), port, "operator-mallory", &[]);
-    assert_eq!(
-        stranger.status.code(),
-        Some(9),
-        "{}",
-        binary::printed(&stranger)
-    );
+    support::assert_exit(&stranger, 9);
     assert!(
         binary::printed(&stranger).contains("needs the viewer role (it has: none)"),
         "{}",
         binary::printed(&stranger)
     );
     let agent = shards(home.path(), port, "agent-db-host-1", &[]);
-    assert_eq!(agent.status.code(), Some(9), "{}", binary::printed(&agent));
+    support::assert_exit(&agent, 9);
     assert!(
         binary::printed(&agent).contains("is not an operator identity"),
         "{}",

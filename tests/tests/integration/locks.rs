@@ -7,11 +7,10 @@ use fleetshift_common::engine::Timeouts;
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, LockRetryPolicy, Request};
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::PgPool;
 
-use super::support;
+use super::support::{self, Database};
 
 const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -72,9 +71,11 @@ async fn read_with_one_second_patience(admin: &PgPool) -> Result<i64, sqlx::Erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("locks").await.expect("database");
-    let admin = cluster.admin_pool("locks").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("locks").await;
     let (_directory, set) = accounts_set();
     let shard = support::postgres_with(&url, timeouts()).await;
     Executor::new(&shard, support::identity("setup", None), settings(0))
@@ -129,9 +130,11 @@ async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permanent_blocker_exhausts_the_bounded_retries_with_a_clear_error() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("blocked").await.expect("database");
-    let admin = cluster.admin_pool("blocked").await.expect("admin");
+    let Database {
+        cluster,
+        url,
+        admin,
+    } = support::database("blocked").await;
     let (directory, set) = accounts_set();
     let shard = support::postgres_with(&url, timeouts()).await;
     let executor = Executor::new(&shard, support::identity("migrator", None), settings(2));
@@ -187,12 +190,7 @@ async fn permanent_blocker_exhausts_the_bounded_retries_with_a_clear_error() {
             "1",
         ],
     );
-    assert_eq!(
-        output.status.code(),
-        Some(5),
-        "{}",
-        binary::printed(&output)
-    );
+    support::assert_exit(&output, 5);
     assert!(binary::printed(&output).contains("gave up after 2 attempt(s)"));
     blocker.rollback().await.expect("release the blocker");
 }

@@ -5,13 +5,15 @@ use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 use serde_json::Value;
 
-use super::support::{dir, json};
+use super::support::{self, Database, dir, json};
 
 #[tokio::test]
 async fn drift_blocks_up_until_overridden_with_a_recorded_reason() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("drift").await.expect("database");
-    let admin = cluster.admin_pool("drift").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("drift").await;
     let directory = fixtures::migrations(&[("1_a.sql", "CREATE TABLE a (id integer);")]);
     let up = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
     assert!(up.status.success(), "{}", binary::printed(&up));
@@ -32,20 +34,10 @@ async fn drift_blocks_up_until_overridden_with_a_recorded_reason() {
     let drifted = &json(&status)["status"]["drifted"];
     assert_eq!(drifted.as_array().map(Vec::len), Some(1), "{drifted}");
     let verify = binary::run(&url, &["migrate", "verify", "--dir", dir(&directory)]);
-    assert_eq!(
-        verify.status.code(),
-        Some(3),
-        "{}",
-        binary::printed(&verify)
-    );
+    support::assert_exit(&verify, 3);
 
     let refused = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
-    assert_eq!(
-        refused.status.code(),
-        Some(3),
-        "{}",
-        binary::printed(&refused)
-    );
+    support::assert_exit(&refused, 3);
     assert!(
         binary::printed(&refused).contains("1_a: applied"),
         "{}",
@@ -147,9 +139,11 @@ async fn dry_run_prints_the_sql_and_changes_nothing() {
 
 #[tokio::test]
 async fn failed_statement_is_rolled_back_recorded_and_located() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("failing").await.expect("database");
-    let admin = cluster.admin_pool("failing").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("failing").await;
     let directory = fixtures::migrations(&[
         ("1_a.sql", "CREATE TABLE a (id integer);"),
         (
@@ -158,12 +152,7 @@ async fn failed_statement_is_rolled_back_recorded_and_located() {
         ),
     ]);
     let output = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        binary::printed(&output)
-    );
+    support::assert_exit(&output, 1);
     let printed = binary::printed(&output);
     assert!(printed.contains("2_broken.sql:3"), "{printed}");
     assert!(printed.contains("SQLSTATE 42704"), "{printed}");
@@ -219,12 +208,7 @@ async fn exit_codes_tell_bad_input_unreachable_and_fenced_out_apart() {
         ("2_b.up.sql", ""),
     ]);
     let output = binary::run(&url, &["migrate", "up", "--dir", dir(&bad)]);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        binary::printed(&output)
-    );
+    support::assert_exit(&output, 2);
     let printed = binary::printed(&output);
     assert!(
         printed.contains("duplicate version") && printed.contains("2_b.up.sql:1: empty up script"),
@@ -240,12 +224,7 @@ async fn exit_codes_tell_bad_input_unreachable_and_fenced_out_apart() {
         cluster.port.wrapping_add(1)
     );
     let output = binary::run(&closed, &["migrate", "status", "--dir", dir(&good)]);
-    assert_eq!(
-        output.status.code(),
-        Some(6),
-        "{}",
-        binary::printed(&output)
-    );
+    support::assert_exit(&output, 6);
     assert!(binary::printed(&output).contains("cannot reach the database"));
 
     let claimed = binary::run(
@@ -266,35 +245,24 @@ async fn exit_codes_tell_bad_input_unreachable_and_fenced_out_apart() {
         &url,
         &["migrate", "up", "--dir", dir(&good), "--fence-token", "3"],
     );
-    assert_eq!(stale.status.code(), Some(4), "{}", binary::printed(&stale));
+    support::assert_exit(&stale, 4);
     assert!(binary::printed(&stale).contains("fenced out"));
 
     let unknown_target = binary::run(&url, &["migrate", "up", "--dir", dir(&good), "--to", "77"]);
-    assert_eq!(
-        unknown_target.status.code(),
-        Some(7),
-        "{}",
-        binary::printed(&unknown_target)
-    );
+    support::assert_exit(&unknown_target, 7);
 
     let irreversible = binary::run(&url, &["migrate", "down", "--dir", dir(&good)]);
-    assert_eq!(
-        irreversible.status.code(),
-        Some(2),
-        "{}",
-        binary::printed(&irreversible)
-    );
+    support::assert_exit(&irreversible, 2);
     assert!(binary::printed(&irreversible).contains("revisions without a down script"));
 }
 
 #[tokio::test]
 async fn unfinished_revision_that_cannot_be_repeated_is_refused_then_resolved() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster
-        .create_database("unfinished")
-        .await
-        .expect("database");
-    let admin = cluster.admin_pool("unfinished").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("unfinished").await;
     let directory = fixtures::migrations(&[
         ("1_t.sql", "CREATE TABLE t (id integer);"),
         (
@@ -303,12 +271,7 @@ async fn unfinished_revision_that_cannot_be_repeated_is_refused_then_resolved() 
         ),
     ]);
     let failed = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
-    assert_eq!(
-        failed.status.code(),
-        Some(1),
-        "{}",
-        binary::printed(&failed)
-    );
+    support::assert_exit(&failed, 1);
     assert!(
         binary::printed(&failed).contains("1 of 2 statements finished"),
         "{}",
@@ -321,12 +284,7 @@ async fn unfinished_revision_that_cannot_be_repeated_is_refused_then_resolved() 
         .await
         .expect("fix");
     let refused = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
-    assert_eq!(
-        refused.status.code(),
-        Some(7),
-        "{}",
-        binary::printed(&refused)
-    );
+    support::assert_exit(&refused, 7);
     let printed = binary::printed(&refused);
     assert!(
         printed.contains("2_backfill.sql:2") && printed.contains("migrate resolve"),
@@ -428,12 +386,11 @@ async fn ctrl_c_stops_between_revisions_with_everything_done_recorded() {
 
     use fleetshift_tests::postgres::{fleetshift_running, wait_until};
 
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster
-        .create_database("interrupted")
-        .await
-        .expect("database");
-    let admin = cluster.admin_pool("interrupted").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("interrupted").await;
     let directory = fixtures::migrations(&[
         (
             "1_slow.sql",
@@ -460,12 +417,7 @@ async fn ctrl_c_stops_between_revisions_with_everything_done_recorded() {
         .expect("SIGINT");
     assert!(interrupted.success());
     let output = child.wait_with_output().expect("exit");
-    assert_eq!(
-        output.status.code(),
-        Some(8),
-        "{}",
-        binary::printed(&output)
-    );
+    support::assert_exit(&output, 8);
     assert!(
         binary::printed(&output).contains("stopped before revision 2_next"),
         "{}",

@@ -7,11 +7,11 @@ use std::time::Duration;
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, Request};
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::{PostgresCluster, fleetshift_running, wait_until};
+use fleetshift_tests::postgres::{fleetshift_running, wait_until};
 use fleetshift_tests::{binary, fixtures};
 use sqlx::PgPool;
 
-use super::support;
+use super::support::{self, Database};
 
 fn slow_set() -> (tempfile::TempDir, MigrationSet) {
     let directory = fixtures::migrations(&[
@@ -35,9 +35,11 @@ async fn history_tokens(admin: &PgPool) -> Vec<(String, i64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn holder_delayed_past_a_newer_claim_is_fenced_out_when_it_resumes() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("delayed").await.expect("database");
-    let admin = cluster.admin_pool("delayed").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("delayed").await;
     sqlx::query("ALTER DATABASE delayed SET fleetshift_test.sleep_seconds = '1'")
         .execute(&admin)
         .await
@@ -93,9 +95,11 @@ async fn holder_delayed_past_a_newer_claim_is_fenced_out_when_it_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
-    let cluster = PostgresCluster::start().expect("cluster");
-    let url = cluster.create_database("frozen").await.expect("database");
-    let admin = cluster.admin_pool("frozen").await.expect("admin");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("frozen").await;
     sqlx::query("ALTER DATABASE frozen SET fleetshift_test.sleep_seconds = '1'")
         .execute(&admin)
         .await

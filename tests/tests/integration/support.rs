@@ -87,3 +87,32 @@ pub async fn assert_sound_ledger<E: ShardEngine>(
         );
     }
 }
+
+/// A throwaway PostgreSQL cluster with one database.
+pub struct Database {
+    /// Keeps the cluster running; it stops when this is dropped.
+    pub cluster: fleetshift_tests::postgres::PostgresCluster,
+    pub url: String,
+    pub admin: sqlx::PgPool,
+}
+
+pub async fn database(name: &str) -> Database {
+    let cluster = fleetshift_tests::postgres::PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database(name).await.expect("database");
+    let admin = cluster.admin_pool(name).await.expect("admin pool");
+    Database {
+        cluster,
+        url,
+        admin,
+    }
+}
+
+/// Asserts that a command exited with `code`, showing what it printed otherwise.
+pub fn assert_exit(output: &std::process::Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{}",
+        fleetshift_tests::binary::printed(output)
+    );
+}

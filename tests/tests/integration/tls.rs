@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::support;
+
 const TRUST_DOMAIN: &str = "fleet.example";
 
 fn certs(directory: &Path, arguments: &[&str]) {
@@ -257,12 +259,7 @@ fn issuing_over_existing_files_changes_nothing_without_force() {
         .args(["certs", "issue", "--agent", "db-host-1", "--dir", dir])
         .output()
         .expect("run");
-    assert_eq!(
-        refused.status.code(),
-        Some(2),
-        "{}",
-        binary::printed(&refused)
-    );
+    support::assert_exit(&refused, 2);
     assert_eq!(
         std::fs::read(&key_path).expect("key"),
         key_before,
@@ -314,14 +311,15 @@ mod reload {
         replace(&new_pki.join(pki::CA_CERTIFICATE), &server.trust_bundle);
     }
 
-    async fn changed(receiver: &mut tokio::sync::watch::Receiver<Arc<ServerConfig>>) -> bool {
-        tokio::time::timeout(Duration::from_secs(10), receiver.changed())
-            .await
-            .is_ok()
+    /// Two fleets' PKIs, and server files that currently hold the old one's.
+    struct Rotation {
+        old: tempfile::TempDir,
+        new: tempfile::TempDir,
+        _served: tempfile::TempDir,
+        server_files: TlsFiles,
     }
 
-    #[tokio::test]
-    async fn a_rotated_ca_and_certificate_are_served_without_a_restart() {
+    fn serving_the_old_pki() -> Rotation {
         let old = fleet_pki();
         let new = fleet_pki();
         let served = tempfile::tempdir().expect("served files");
@@ -331,6 +329,28 @@ mod reload {
             trust_bundle: served.path().join("bundle.pem"),
         };
         rotate_server_to(&server_files, old.path());
+        Rotation {
+            old,
+            new,
+            _served: served,
+            server_files,
+        }
+    }
+
+    async fn changed(receiver: &mut tokio::sync::watch::Receiver<Arc<ServerConfig>>) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), receiver.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_ca_and_certificate_are_served_without_a_restart() {
+        let Rotation {
+            old,
+            new,
+            _served,
+            server_files,
+        } = serving_the_old_pki();
         let mut current = reload::watch_config(
             server_files.clone(),
             mtls::server_config,
@@ -369,15 +389,12 @@ mod reload {
 
     #[tokio::test]
     async fn a_broken_rotation_keeps_the_previous_configuration_and_a_fix_is_picked_up() {
-        let old = fleet_pki();
-        let new = fleet_pki();
-        let served = tempfile::tempdir().expect("served files");
-        let server_files = TlsFiles {
-            certificate: served.path().join("server.pem"),
-            private_key: served.path().join("server.key"),
-            trust_bundle: served.path().join("bundle.pem"),
-        };
-        rotate_server_to(&server_files, old.path());
+        let Rotation {
+            old,
+            new,
+            _served,
+            server_files,
+        } = serving_the_old_pki();
         let mut current = reload::watch_config(
             server_files.clone(),
             mtls::server_config,
@@ -418,15 +435,12 @@ mod reload {
 
     #[tokio::test]
     async fn sighup_reloads_at_once() {
-        let old = fleet_pki();
-        let new = fleet_pki();
-        let served = tempfile::tempdir().expect("served files");
-        let server_files = TlsFiles {
-            certificate: served.path().join("server.pem"),
-            private_key: served.path().join("server.key"),
-            trust_bundle: served.path().join("bundle.pem"),
-        };
-        rotate_server_to(&server_files, old.path());
+        let Rotation {
+            old: _old,
+            new,
+            _served,
+            server_files,
+        } = serving_the_old_pki();
         // Polling an hour apart: only the signal can explain a prompt reload.
         let mut current = reload::watch_config(
             server_files.clone(),
