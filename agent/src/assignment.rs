@@ -230,10 +230,7 @@ fn timeouts(limits: &v1::ExecutionLimits) -> Result<Timeouts, String> {
 
 /// An executor event as the wire carries it.
 fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEvent {
-    let duration = |value: Duration| prost_types::Duration {
-        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
-    };
+    let duration = |value: Duration| prost_types::Duration::try_from(value).ok();
     let count = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
     let body = match event {
         ExecutionEvent::RevisionStarted {
@@ -254,7 +251,7 @@ fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEve
         } => Event::StatementFinished(StatementFinished {
             version,
             location,
-            duration: Some(duration(took)),
+            duration: duration(took),
         }),
         ExecutionEvent::LockRetry {
             version,
@@ -266,7 +263,7 @@ fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEve
             version,
             location,
             attempt: count(attempt),
-            wait: Some(duration(wait)),
+            wait: duration(wait),
             sqlstate: sqlstate.unwrap_or_default(),
         }),
         ExecutionEvent::RevisionFinished {
@@ -285,7 +282,7 @@ fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEve
             Event::RevisionFinished(RevisionFinished {
                 version,
                 outcome: outcome.into(),
-                duration: Some(duration(took)),
+                duration: duration(took),
                 statements_run: count(statements_run),
                 lock_retries: count(lock_retries),
             })

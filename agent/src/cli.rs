@@ -68,13 +68,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             fleetshift_common::tls::mtls::install_crypto_provider();
             let shutdown = tokio_util::sync::CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            match session::run(std::sync::Arc::new(config), &link, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            session::run(std::sync::Arc::new(config), &link, shutdown).await;
+            ExitCode::SUCCESS
         }
     }
 }

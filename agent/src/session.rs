@@ -37,19 +37,16 @@ enum Ended {
     Lost(String),
 }
 
-/// Holds a session until `shutdown` is cancelled, reconnecting as needed.
-pub async fn run(
-    config: Arc<AgentConfig>,
-    link: &CoordinatorLink,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Holds a session until `shutdown` is cancelled, reconnecting as needed (every failure is
+/// retried, so this only ends at shutdown).
+pub async fn run(config: Arc<AgentConfig>, link: &CoordinatorLink, shutdown: CancellationToken) {
     let mut delays = reconnect_delays();
     // The lease of the last session, offered for resumption so claims bound to it survive a
     // reconnect (a coordinator restart, a network blip).
     let mut last_lease = 0;
     loop {
         match session(&config, link, &shutdown, &mut last_lease).await {
-            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Shutdown) => return,
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(coordinator = %link.address, %reason, "session lost; reconnecting");
                 delays = reconnect_delays();
@@ -60,16 +57,18 @@ pub async fn run(
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(2));
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
     }
 }
 
+/// Backoff between reconnects, at most one default heartbeat (before a handshake the agent
+/// knows no other base).
 fn reconnect_delays() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(SessionIntervals::default().reconnect_max_delay)
+        .with_max_delay(SessionIntervals::default().heartbeat)
         .with_jitter()
         .without_max_times()
         .build()
@@ -282,6 +281,5 @@ fn intervals(handshake: &Handshake) -> anyhow::Result<SessionIntervals> {
         heartbeat: to_duration(handshake.heartbeat_interval, "heartbeat interval")?,
         lease_ttl: to_duration(handshake.lease_ttl, "lease TTL")?,
         safety_margin: to_duration(handshake.safety_margin, "safety margin")?,
-        reconnect_max_delay: to_duration(handshake.heartbeat_interval, "heartbeat interval")?,
     })
 }

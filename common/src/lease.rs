@@ -20,8 +20,6 @@ pub struct SessionIntervals {
     pub lease_ttl: Duration,
     /// The agent stops issuing statements this long before its lease may lapse.
     pub safety_margin: Duration,
-    /// The longest pause between reconnect attempts.
-    pub reconnect_max_delay: Duration,
 }
 
 impl SessionIntervals {
@@ -30,7 +28,6 @@ impl SessionIntervals {
             heartbeat,
             lease_ttl: heartbeat * 3,
             safety_margin: heartbeat,
-            reconnect_max_delay: heartbeat,
         }
     }
 

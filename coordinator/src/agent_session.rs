@@ -230,9 +230,9 @@ where
         let handshake = Handshake {
             lease_id: lease,
             coordinator_id: self.coordinator_id.clone(),
-            heartbeat_interval: Some(duration(self.intervals.heartbeat)),
-            lease_ttl: Some(duration(self.intervals.lease_ttl)),
-            safety_margin: Some(duration(self.intervals.safety_margin)),
+            heartbeat_interval: prost_types::Duration::try_from(self.intervals.heartbeat).ok(),
+            lease_ttl: prost_types::Duration::try_from(self.intervals.lease_ttl).ok(),
+            safety_margin: prost_types::Duration::try_from(self.intervals.safety_margin).ok(),
         };
         self.send(CoordinatorBody::Handshake(handshake)).await
     }
@@ -281,7 +281,7 @@ where
                             })?;
                     let ack = HeartbeatAck {
                         sequence: heartbeat.sequence,
-                        lease_remaining: Some(duration(remaining)),
+                        lease_remaining: prost_types::Duration::try_from(remaining).ok(),
                     };
                     self.send(CoordinatorBody::HeartbeatAck(ack)).await?;
                 }
@@ -360,12 +360,5 @@ fn store_status(error: StoreError) -> Status {
             Status::unavailable(format!("the fleet store is unavailable: {detail}"))
         }
         other => Status::internal(other.to_string()),
-    }
-}
-
-fn duration(value: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
     }
 }
