@@ -7,6 +7,7 @@
 //! - [`fleet`]: a development PKI and child processes that die with the test.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
 //! - [`ledger_check`]: the after-fault checker of a shard's ledger.
+//! - [`wait`]: polling for a condition, bounded in time.
 //! - [`fixtures`]: migration directories written for a test.
 
 pub mod binary;
@@ -15,3 +16,4 @@ pub mod fixtures;
 pub mod fleet;
 pub mod ledger_check;
 pub mod postgres;
+pub mod wait;

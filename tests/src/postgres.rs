@@ -209,22 +209,6 @@ fn find_binaries() -> anyhow::Result<PathBuf> {
         .context("no PostgreSQL with initdb under /usr/lib/postgresql")
 }
 
-/// Polls `check` every 50 ms until it returns true; false if `limit` passes first.
-pub async fn wait_until<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    false
-}
-
 /// Whether a fleetshift session is running a statement containing `fragment`.
 pub async fn fleetshift_running(admin: &PgPool, fragment: &str) -> Option<i32> {
     sqlx::query_scalar(

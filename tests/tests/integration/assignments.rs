@@ -20,7 +20,7 @@ use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue, write_agent_config};
-use fleetshift_tests::postgres::wait_until;
+use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 
 use super::support::{self, Database};

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::{backend_alive, fleetshift_running, wait_until};
+use fleetshift_tests::postgres::{backend_alive, fleetshift_running};
+use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 use serde_json::Value;
 

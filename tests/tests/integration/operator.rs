@@ -384,7 +384,8 @@ async fn ctrl_c_stops_between_revisions_with_everything_done_recorded() {
     use std::process::{Command, Stdio};
     use std::time::Duration;
 
-    use fleetshift_tests::postgres::{fleetshift_running, wait_until};
+    use fleetshift_tests::postgres::fleetshift_running;
+    use fleetshift_tests::wait::wait_until;
 
     let Database {
         cluster: _cluster,

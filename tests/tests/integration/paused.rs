@@ -7,7 +7,8 @@ use std::time::Duration;
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, Request};
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::{fleetshift_running, wait_until};
+use fleetshift_tests::postgres::fleetshift_running;
+use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::PgPool;
 

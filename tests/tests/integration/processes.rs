@@ -12,7 +12,7 @@ use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
     Process, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
 };
-use fleetshift_tests::postgres::wait_until;
+use fleetshift_tests::wait::wait_until;
 use prost::Message;
 
 async fn announced(store: &EtcdStore) -> Vec<Hello> {

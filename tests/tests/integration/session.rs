@@ -21,7 +21,7 @@ use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store, StoreError};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{TRUST_DOMAIN, init_pki, issue};
-use fleetshift_tests::postgres::wait_until;
+use fleetshift_tests::wait::wait_until;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore, Store, StoreError};
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::postgres::wait_until;
+use fleetshift_tests::wait::wait_until;
 
 const TTL: Duration = Duration::from_secs(2);
 
