@@ -263,3 +263,38 @@ where
         error: row.try_get("error")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_that_would_break_the_lock_discipline_are_refused() {
+        assert_eq!(Timeouts::default().validate(), Ok(()));
+        let equal = Timeouts {
+            statement_timeout: Duration::from_secs(2),
+            ..Timeouts::default()
+        };
+        assert!(
+            equal
+                .validate()
+                .expect_err("not greater")
+                .contains("must be greater than lock timeout")
+        );
+        let unbounded = Timeouts {
+            lock_timeout: Duration::ZERO,
+            ..Timeouts::default()
+        };
+        assert!(
+            unbounded
+                .validate()
+                .expect_err("zero")
+                .contains("wait forever")
+        );
+        let unleased = Timeouts {
+            lock_session_lease: Duration::from_millis(500),
+            ..Timeouts::default()
+        };
+        assert!(unleased.validate().is_err());
+    }
+}

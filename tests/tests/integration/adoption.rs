@@ -216,3 +216,118 @@ async fn golang_migrate_and_diesel_histories_are_adopted() {
     let report: serde_json::Value = serde_json::from_slice(&up.stdout).expect("JSON report");
     assert_eq!(report["steps"][0]["version"], "2017-09-01-101010");
 }
+
+#[tokio::test]
+async fn flyway_history_with_an_undo_and_dbmate_history_are_adopted() {
+    // Flyway: V2 was applied and then undone, so only V1 counts as applied.
+    let Database {
+        cluster,
+        url,
+        admin,
+    } = support::database("from_flyway").await;
+    let directory = fixtures::migrations(&[
+        ("V1__users.sql", "CREATE TABLE users (id integer);"),
+        ("V2__orders.sql", "CREATE TABLE orders (id integer);"),
+        ("U2__orders.sql", "DROP TABLE orders;"),
+    ]);
+    sqlx::raw_sql(
+        "CREATE TABLE users (id integer);
+         CREATE TABLE flyway_schema_history (
+             installed_rank integer PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL,
+             type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer,
+             installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(),
+             execution_time integer NOT NULL, success boolean NOT NULL);
+         INSERT INTO flyway_schema_history VALUES
+             (1, '1', 'users', 'SQL', 'V1__users.sql', 1, 'app', now(), 5, true),
+             (2, '2', 'orders', 'SQL', 'V2__orders.sql', 2, 'app', now(), 5, true),
+             (3, '2', 'orders', 'UNDO_SQL', 'U2__orders.sql', 3, 'app', now(), 5, true);
+         DROP TABLE IF EXISTS orders;",
+    )
+    .execute(&admin)
+    .await
+    .expect("flyway state");
+    let adopted = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "switch",
+        ],
+    );
+    support::assert_exit(&adopted, 0);
+    let up = binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    support::assert_exit(&up, 0);
+    let report = support::json(&up);
+    assert_eq!(
+        report["steps"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        report["steps"][0]["version"], "2",
+        "the undone revision is applied again"
+    );
+
+    // dbmate: one row per applied version.
+    let url = cluster
+        .create_database("from_dbmate")
+        .await
+        .expect("database");
+    let admin = cluster.admin_pool("from_dbmate").await.expect("admin");
+    let directory = fixtures::migrations(&[
+        (
+            "20200101000000_users.sql",
+            "-- migrate:up\nCREATE TABLE users (id integer);\n-- migrate:down\nDROP TABLE users;\n",
+        ),
+        (
+            "20200102000000_orders.sql",
+            "-- migrate:up\nCREATE TABLE orders (id integer);\n-- migrate:down\nDROP TABLE orders;\n",
+        ),
+    ]);
+    sqlx::raw_sql(
+        "CREATE TABLE users (id integer);
+         CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY);
+         INSERT INTO schema_migrations VALUES ('20200101000000');",
+    )
+    .execute(&admin)
+    .await
+    .expect("dbmate state");
+    let adopted = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&directory),
+            "--reason",
+            "switch",
+        ],
+    );
+    support::assert_exit(&adopted, 0);
+    let up = binary::run(
+        &url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    support::assert_exit(&up, 0);
+    assert_eq!(support::json(&up)["steps"][0]["version"], "20200102000000");
+}

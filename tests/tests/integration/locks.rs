@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use fleetshift_common::engine::Timeouts;
 use fleetshift_common::error::ExecError;
-use fleetshift_common::executor::{Executor, ExecutorSettings, LockRetryPolicy, Request};
+use fleetshift_common::executor::{
+    ExecutionEvent, Executor, ExecutorSettings, LockRetryPolicy, Request,
+};
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::PgPool;
@@ -96,11 +98,13 @@ async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
         .await
         .expect("read");
 
+    let (events, mut reported) = tokio::sync::mpsc::unbounded_channel();
     let migration = tokio::spawn({
         let set = set.clone();
         async move {
             let shard = support::postgres_with(&url, timeouts()).await;
             Executor::new(&shard, support::identity("migrator", None), settings(50))
+                .report_to(events)
                 .up(&set, &Request::default())
                 .await
         }
@@ -126,6 +130,28 @@ async fn migration_retries_behind_a_reader_without_blocking_other_readers() {
         "it retried behind the blocker: {report:?}"
     );
     assert!(note_column_exists(&admin).await);
+    // Each retry is reported with its statement, its wait and the lock conflict's SQLSTATE.
+    let mut retries = Vec::new();
+    while let Ok(event) = reported.try_recv() {
+        if let ExecutionEvent::LockRetry {
+            location,
+            wait,
+            sqlstate,
+            ..
+        } = event
+        {
+            retries.push((location, wait, sqlstate));
+        }
+    }
+    assert!(!retries.is_empty(), "lock retries are reported");
+    assert!(
+        retries.iter().all(
+            |(location, wait, sqlstate)| location.ends_with("2_note.sql:1")
+                && !wait.is_zero()
+                && sqlstate.as_deref() == Some("55P03")
+        ),
+        "{retries:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
