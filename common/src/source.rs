@@ -86,18 +86,30 @@ impl FromStr for SourceFormat {
     }
 }
 
-/// SQL text read from a file, remembering where in the file it starts.
+/// SQL text read from a file, remembering where in the file it starts; split into
+/// statements once, when read.
 #[derive(Debug, Clone)]
 pub struct Script {
     pub path: PathBuf,
     /// 1-based line of the file on which `sql` begins (dbmate sections start mid-file).
     pub first_line: usize,
     pub sql: String,
+    statements: Vec<Statement>,
 }
 
 impl Script {
-    pub fn statements(&self) -> Vec<Statement> {
-        statements::split(&self.sql)
+    pub fn new(path: PathBuf, first_line: usize, sql: String) -> Self {
+        let statements = statements::split(&sql);
+        Self {
+            path,
+            first_line,
+            sql,
+            statements,
+        }
+    }
+
+    pub fn statements(&self) -> &[Statement] {
+        &self.statements
     }
 
     /// The line in the file of a line in this script.

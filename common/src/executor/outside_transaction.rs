@@ -55,7 +55,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 ));
             }
             Err(error) => {
-                return Err(self.step_error(error, revision, &revision.up, &statements, writer));
+                return Err(self.step_error(error, revision, &revision.up, statements, writer));
             }
         }
         let mut lock_retries = 0;
@@ -67,7 +67,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 Ok(retries) => lock_retries += retries,
                 Err(error) => {
                     return Err(self
-                        .leave_started(revision, &statements, index, error, writer)
+                        .leave_started(revision, statements, index, error, writer)
                         .await);
                 }
             }
@@ -83,7 +83,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         );
         self.fenced_records(&finish_guard, std::slice::from_ref(&done), writer, revision)
             .await
-            .map_err(|error| self.step_error(error, revision, &revision.up, &statements, writer))?;
+            .map_err(|error| self.step_error(error, revision, &revision.up, statements, writer))?;
         let outcome = if resuming {
             StepOutcome::Resumed
         } else {
@@ -116,7 +116,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let started = Instant::now();
         self.fenced_records(&guard, &[], writer, revision)
             .await
-            .map_err(|error| self.step_error(error, revision, script, &statements, writer))?;
+            .map_err(|error| self.step_error(error, revision, script, statements, writer))?;
         let mut lock_retries = 0;
         for (index, statement) in statements.iter().enumerate() {
             match self
@@ -145,7 +145,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         );
         self.fenced_records(&guard, std::slice::from_ref(&reverted), writer, revision)
             .await
-            .map_err(|error| self.step_error(error, revision, script, &statements, writer))?;
+            .map_err(|error| self.step_error(error, revision, script, statements, writer))?;
         Ok(step_report(
             revision,
             StepOutcome::Reverted,

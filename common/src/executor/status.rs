@@ -191,12 +191,12 @@ impl ShardStatus {
     /// A `started` revision is resumed only when every statement is safe to repeat.
     fn check_resumable(&self, revision: &Revision, state: &RevisionState) -> Result<(), ExecError> {
         let unsafe_statement = if revision.transactional {
-            revision.up.statements().into_iter().next()
+            revision.up.statements().iter().next()
         } else {
             revision
                 .up
                 .statements()
-                .into_iter()
+                .iter()
                 .find(|statement| !statement.is_repeatable())
         };
         match unsafe_statement {
@@ -205,7 +205,7 @@ impl ShardStatus {
                 "revision {} was started (fence {}) and did not finish; its statement at {} may have run and is not safe to repeat\nnext: inspect the shard, finish or undo the revision by hand, then record the outcome with `fleetshift migrate resolve --version {} --as applied|failed --reason \"…\"`",
                 label(state),
                 state.fence_token.unwrap_or_default(),
-                revision.up.locate(&statement),
+                revision.up.locate(statement),
                 state.version
             ))),
         }

@@ -54,7 +54,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                     if let TxError::Statement(failure) = error {
                         self.lock_retried(
                             revision,
-                            &locate(script, &statements, failure),
+                            &locate(script, statements, failure),
                             attempt,
                             wait,
                             failure,
@@ -97,7 +97,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             }
             Err(error) => {
                 return Err(self
-                    .fail_transactional(revision, script, &statements, direction, error, writer)
+                    .fail_transactional(revision, script, statements, direction, error, writer)
                     .await);
             }
         };

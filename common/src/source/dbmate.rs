@@ -85,10 +85,12 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             ));
             continue;
         };
-        let script = |section: &Section| Script {
-            path: entry.path.clone(),
-            first_line: section.first_line,
-            sql: section.lines.join("\n"),
+        let script = |section: &Section| {
+            Script::new(
+                entry.path.clone(),
+                section.first_line,
+                section.lines.join("\n"),
+            )
         };
         let down_script = down.as_ref().map(script);
         revisions.push(Revision::new(

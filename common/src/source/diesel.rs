@@ -37,11 +37,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         };
         let down_path = entry.path.join("down.sql");
         let down = if down_path.exists() {
-            read::text(&down_path, problems).map(|sql| Script {
-                path: down_path,
-                first_line: 1,
-                sql,
-            })
+            read::text(&down_path, problems).map(|sql| Script::new(down_path, 1, sql))
         } else {
             None
         };
@@ -49,11 +45,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         else {
             continue;
         };
-        let up = Script {
-            path: up_path,
-            first_line: 1,
-            sql: up_sql,
-        };
+        let up = Script::new(up_path, 1, up_sql);
         revisions.push(Revision::new(version, name, up, down, transactional));
     }
     revisions

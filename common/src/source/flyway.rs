@@ -43,20 +43,12 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             continue;
         };
         let down = undo_path.and_then(|path| {
-            read::text(path, problems).map(|sql| Script {
-                path: path.to_path_buf(),
-                first_line: 1,
-                sql,
-            })
+            read::text(path, problems).map(|sql| Script::new(path.to_path_buf(), 1, sql))
         });
         let Some(transactional) = execute_in_transaction(&entry.path, problems) else {
             continue;
         };
-        let up = Script {
-            path: entry.path.clone(),
-            first_line: 1,
-            sql: up_sql,
-        };
+        let up = Script::new(entry.path.clone(), 1, up_sql);
         revisions.push(Revision::new(version, &name, up, down, transactional));
     }
     for (_, orphan) in undos {

@@ -43,18 +43,11 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             continue;
         };
         let down = down_entry.and_then(|down_entry| {
-            read::text(&down_entry.path, problems).map(|sql| Script {
-                path: down_entry.path.clone(),
-                first_line: 1,
-                sql,
-            })
+            read::text(&down_entry.path, problems)
+                .map(|sql| Script::new(down_entry.path.clone(), 1, sql))
         });
         let transactional = up_sql.lines().next().map(str::trim) != Some("-- no-transaction");
-        let up = Script {
-            path: entry.path.clone(),
-            first_line: 1,
-            sql: up_sql,
-        };
+        let up = Script::new(entry.path.clone(), 1, up_sql);
         revisions.push(Revision::new(version, name, up, down, transactional));
     }
     for (version, orphan) in downs {

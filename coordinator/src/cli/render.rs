@@ -188,7 +188,7 @@ pub fn dry_run(
     direction: Direction,
     timeouts: Timeouts,
 ) {
-    let scripts: Vec<(&Revision, Vec<String>)> = plan
+    let scripts: Vec<(&Revision, Vec<&str>)> = plan
         .iter()
         .map(|revision| {
             let script = match direction {
@@ -199,8 +199,8 @@ pub fn dry_run(
                 .map(|script| {
                     script
                         .statements()
-                        .into_iter()
-                        .map(|statement| statement.sql)
+                        .iter()
+                        .map(|statement| statement.sql.as_str())
                         .collect()
                 })
                 .unwrap_or_default();
