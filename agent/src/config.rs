@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_common::tls::channel::server_name_of;
 use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
@@ -148,16 +149,7 @@ fn coordinator_link(
         }
         (None, Some(_)) => bail!("[tls] is only used with a [coordinator] section"),
     };
-    let Some(host_and_port) = coordinator.address.strip_prefix("https://") else {
-        bail!(
-            "coordinator address {:?} must start with https:// (mutual TLS only)",
-            coordinator.address
-        );
-    };
-    let host = host_and_port
-        .rsplit_once(':')
-        .map_or(host_and_port, |(host, _)| host)
-        .to_owned();
+    let host = server_name_of(&coordinator.address)?;
     Ok(Some(CoordinatorLink {
         server_name: coordinator.server_name.unwrap_or(host),
         address: coordinator.address,

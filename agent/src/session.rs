@@ -19,13 +19,13 @@ use fleetshift_common::proto::v1::{
     AgentMessage, AssignmentResult, CoordinatorMessage, Engine, Handshake, Heartbeat, Hello,
     ProgressEvent, ShardFacts,
 };
+use fleetshift_common::tls;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::config::{AgentConfig, CoordinatorLink};
 use crate::{assignment, check};
@@ -80,7 +80,8 @@ async fn session(
     shutdown: &CancellationToken,
     last_lease: &mut i64,
 ) -> anyhow::Result<Ended> {
-    let mut client = AgentServiceClient::new(connect(link).await?);
+    let channel = tls::channel::connect(&link.address, &link.server_name, &link.tls).await?;
+    let mut client = AgentServiceClient::new(channel);
     let (outbound, receiver) = mpsc::channel(16);
     let hello = Hello {
         resume_lease_id: *last_lease,
@@ -219,27 +220,6 @@ async fn session(
 
 async fn drain(inbound: &mut Streaming<CoordinatorMessage>) {
     while let Ok(Some(_)) = inbound.message().await {}
-}
-
-async fn connect(link: &CoordinatorLink) -> anyhow::Result<Channel> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&link.tls.trust_bundle)?))
-        .identity(Identity::from_pem(
-            read(&link.tls.certificate)?,
-            read(&link.tls.private_key)?,
-        ))
-        .domain_name(link.server_name.clone());
-    Channel::from_shared(link.address.clone())
-        .with_context(|| format!("invalid coordinator address {}", link.address))?
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .context("TLS configuration")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", link.address))
 }
 
 /// Hello, with what the agent sees of each of its shards.

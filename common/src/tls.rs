@@ -5,8 +5,10 @@
 //! - [`pki`]: a development CA and leaf certificates for a local fleet (`fleetshift certs`).
 //! - [`mtls`]: rustls server and client configurations from PEM files; both sides must
 //!   present a certificate chaining to the trust bundle.
+//! - [`channel`]: client channels to a coordinator, mutual TLS only.
 //! - [`reload`]: configurations that follow their files (polled, SIGHUP) without a restart.
 
+pub mod channel;
 pub mod identity;
 pub mod mtls;
 pub mod pki;

@@ -113,3 +113,16 @@ pub fn write_agent_config(home: &Path, port: u16, agent: &str, shards: &str) -> 
     std::fs::write(&path, text).expect("agent config");
     path
 }
+
+/// A client channel to the coordinator on `address` as `holder` (`<role>-<name>` in `pki`),
+/// checking the coordinator's certificate against `localhost`.
+pub async fn channel_as(address: &str, pki: &Path, holder: &str) -> tonic::transport::Channel {
+    let files = fleetshift_common::tls::mtls::TlsFiles {
+        certificate: pki.join(format!("{holder}.pem")),
+        private_key: pki.join(format!("{holder}.key")),
+        trust_bundle: pki.join(pki::CA_CERTIFICATE),
+    };
+    fleetshift_common::tls::channel::connect(address, "localhost", &files)
+        .await
+        .expect("connect to the coordinator")
+}

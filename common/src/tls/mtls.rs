@@ -42,6 +42,8 @@ pub enum TlsError {
     File { path: PathBuf, message: String },
     #[error("TLS configuration: {0}")]
     Config(String),
+    #[error("cannot reach {address}: {detail}")]
+    Unreachable { address: String, detail: String },
 }
 
 /// Installs ring as the process's crypto provider (once; later calls change nothing).

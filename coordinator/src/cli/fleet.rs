@@ -7,8 +7,13 @@ use std::process::ExitCode;
 use clap::Args;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth};
+use fleetshift_common::tls::{
+    self,
+    channel::server_name_of,
+    mtls::{TlsError, TlsFiles},
+};
 use serde_json::json;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::Output;
 use crate::exit;
@@ -50,48 +55,26 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-async fn connect(connection: &Connection) -> Result<Channel, String> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))
+async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
+    let server_name = match &connection.server_name {
+        Some(name) => name.clone(),
+        None => server_name_of(&connection.coordinator)?,
     };
-    let host = connection
-        .coordinator
-        .strip_prefix("https://")
-        .ok_or_else(|| {
-            format!(
-                "{} must start with https:// (mutual TLS only)",
-                connection.coordinator
-            )
-        })?;
-    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&connection.trust_bundle)?))
-        .identity(Identity::from_pem(
-            read(&connection.certificate)?,
-            read(&connection.private_key)?,
-        ))
-        .domain_name(
-            connection
-                .server_name
-                .clone()
-                .unwrap_or_else(|| host.to_owned()),
-        );
-    Channel::from_shared(connection.coordinator.clone())
-        .map_err(|error| format!("invalid coordinator address: {error}"))?
-        .tls_config(tls)
-        .map_err(|error| format!("TLS configuration: {error}"))?
-        .connect()
-        .await
-        .map_err(|error| format!("cannot reach {}: {error}", connection.coordinator))
+    let files = TlsFiles {
+        certificate: connection.certificate.clone(),
+        private_key: connection.private_key.clone(),
+        trust_bundle: connection.trust_bundle.clone(),
+    };
+    tls::channel::connect(&connection.coordinator, &server_name, &files).await
 }
 
 pub async fn shards(arguments: ShardsArgs) -> ExitCode {
     let channel = match connect(&arguments.connection).await {
         Ok(channel) => channel,
-        Err(message) => {
+        Err(error) => {
             super::render::failure(
                 arguments.output,
-                &message,
+                &error.to_string(),
                 fleetshift_common::error::ErrorKind::Unreachable,
             );
             return ExitCode::from(exit::UNREACHABLE);

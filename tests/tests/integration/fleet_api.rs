@@ -11,10 +11,10 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
+    Process, channel_as, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
 };
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::support;
 
@@ -39,22 +39,8 @@ async fn grpc_client(
     port: u16,
     holder: &str,
 ) -> FleetServiceClient<Channel> {
-    let read = |name: String| std::fs::read(home.join("pki").join(name)).expect("pem");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem".to_owned())))
-        .identity(Identity::from_pem(
-            read(format!("{holder}.pem")),
-            read(format!("{holder}.key")),
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://localhost:{port}"))
-        .expect("url")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    FleetServiceClient::new(channel)
+    let address = format!("https://localhost:{port}");
+    FleetServiceClient::new(channel_as(&address, &home.join("pki"), holder).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,11 +20,11 @@ use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store, StoreError};
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{TRUST_DOMAIN, init_pki, issue};
+use fleetshift_tests::fleet::{TRUST_DOMAIN, channel_as, init_pki, issue};
 use fleetshift_tests::wait::wait_until;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 struct Fleet {
@@ -87,22 +87,8 @@ async fn fleet() -> Fleet {
 }
 
 async fn client(fleet: &Fleet, holder: &str) -> AgentServiceClient<Channel> {
-    let read = |name: String| std::fs::read(fleet.pki.path().join(name)).expect("pem");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(pki::CA_CERTIFICATE.to_owned())))
-        .identity(Identity::from_pem(
-            read(format!("{holder}.pem")),
-            read(format!("{holder}.key")),
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{}", fleet.address))
-        .expect("url")
-        .tls_config(tls)
-        .expect("tls")
-        .connect()
-        .await
-        .expect("connect");
-    AgentServiceClient::new(channel)
+    let address = format!("https://{}", fleet.address);
+    AgentServiceClient::new(channel_as(&address, fleet.pki.path(), holder).await)
 }
 
 /// Opens a session; returns the sender for agent messages and the coordinator's stream.
