@@ -9,11 +9,13 @@
 //!   leader's late writes are refused.
 
 mod etcd;
-mod keys;
+pub mod keys;
 mod memory;
 
 use std::future::Future;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
@@ -43,6 +45,79 @@ pub struct Claim {
 pub struct Leadership {
     pub leader: String,
     pub epoch: Epoch,
+}
+
+/// A key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// The lease it is bound to, or 0.
+    pub lease: LeaseId,
+}
+
+/// What [`Store::list`] saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// The store's revision when listed: watch from here to miss nothing.
+    pub revision: i64,
+}
+
+/// A condition of a [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists with this create revision (the same incarnation).
+    CreatedAt(String, i64),
+    /// The key was last written at this revision (nobody wrote it since it was read).
+    ModifiedAt(String, i64),
+}
+
+/// One write of a [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Sets the key; bound to the lease if given (gone when it lapses).
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    /// Removes the key if present.
+    Delete(String),
+}
+
+impl Write {
+    pub fn put(key: String, value: Vec<u8>) -> Self {
+        Self::Put {
+            key,
+            value,
+            lease: None,
+        }
+    }
+}
+
+/// One change seen by [`Store::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    /// The new value, or `None` when the key was deleted (or its lease lapsed).
+    pub value: Option<Vec<u8>>,
+    pub revision: i64,
+}
+
+/// Changes as they happen; ends with an error when the store can no longer follow (then list
+/// again and watch from the new revision).
+#[derive(Debug)]
+pub struct Changes(mpsc::UnboundedReceiver<Result<Change, StoreError>>);
+
+impl Changes {
+    pub async fn next(&mut self) -> Option<Result<Change, StoreError>> {
+        self.0.recv().await
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,15 +181,27 @@ pub trait Store: Send + Sync {
 
     fn leader(&self) -> impl Future<Output = Result<Option<Leadership>, StoreError>> + Send;
 
-    /// Writes fleet state, only while `epoch` is the current leadership.
-    fn put_as_leader(
+    /// Applies `writes` atomically if every condition holds and, with `epoch`, while that
+    /// leadership stands (else [`StoreError::NotLeader`]). The revision it committed at, or
+    /// `None` when a condition failed. A key it creates has this revision as create revision.
+    fn commit(
         &self,
-        epoch: Epoch,
-        key: &str,
-        value: &[u8],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        epoch: Option<Epoch>,
+        conditions: &[Condition],
+        writes: &[Write],
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    fn read(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+
+    /// Every key under `prefix`, in key order, and the revision the listing reflects.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Listing, StoreError>> + Send;
+
+    /// Changes under `prefix` committed after revision `after`, in order, as they happen.
+    fn watch(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> impl Future<Output = Result<Changes, StoreError>> + Send;
 
     /// Records a connected agent and its facts, bound to its session lease (gone with it).
     fn announce_agent(

@@ -4,11 +4,15 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions,
 };
+use tokio::sync::mpsc;
 
-use super::{Claim, Epoch, FenceToken, Leadership, LeaseId, Store, StoreError, keys};
+use super::{
+    Change, Changes, Claim, Condition, Entry, Epoch, FenceToken, Leadership, LeaseId, Listing,
+    Store, StoreError, Write, keys,
+};
 
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -92,6 +96,32 @@ fn first_kv(response: TxnResponse, key: &str) -> Result<KeyValue, StoreError> {
         .ok_or_else(|| {
             StoreError::Unavailable(format!("{key} changed during the transaction; retry"))
         })
+}
+
+fn compare(condition: &Condition) -> Compare {
+    match condition {
+        Condition::Absent(key) => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+        Condition::CreatedAt(key, revision) => {
+            Compare::create_revision(key.as_str(), CompareOp::Equal, *revision)
+        }
+        Condition::ModifiedAt(key, revision) => {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
+        }
+    }
+}
+
+fn entry(kv: &KeyValue) -> Result<Entry, StoreError> {
+    let key = kv.key_str().map_err(|error| StoreError::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        detail: error.to_string(),
+    })?;
+    Ok(Entry {
+        key: key.to_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    })
 }
 
 fn text(kv: &KeyValue) -> Result<String, StoreError> {
@@ -232,19 +262,146 @@ impl Store for EtcdStore {
         }))
     }
 
-    async fn put_as_leader(&self, epoch: Epoch, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
+    async fn commit(
+        &self,
+        epoch: Option<Epoch>,
+        conditions: &[Condition],
+        writes: &[Write],
+    ) -> Result<Option<i64>, StoreError> {
+        let mut compares: Vec<Compare> = conditions.iter().map(compare).collect();
+        if let Some(epoch) = epoch {
+            compares.push(Compare::create_revision(
                 keys::leader(),
                 CompareOp::Equal,
                 epoch.0,
-            )])
-            .and_then(vec![TxnOp::put(keys::state(key), value, None)]);
-        if self.txn(txn).await?.succeeded() {
-            Ok(())
-        } else {
-            Err(StoreError::NotLeader(epoch.0))
+            ));
         }
+        let operations = writes
+            .iter()
+            .map(|write| match write {
+                Write::Put { key, value, lease } => TxnOp::put(
+                    key.as_str(),
+                    value.clone(),
+                    lease.map(|lease| PutOptions::new().with_lease(lease)),
+                ),
+                Write::Delete(key) => TxnOp::delete(key.as_str(), None),
+            })
+            .collect::<Vec<_>>();
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(operations)
+            .or_else(vec![TxnOp::get(keys::leader(), None)]);
+        let lease = writes.iter().find_map(|write| match write {
+            Write::Put { lease, .. } => *lease,
+            Write::Delete(_) => None,
+        });
+        let response = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|error| match lease {
+                Some(lease) => lease_or_unavailable(error, lease),
+                None => unavailable(error),
+            })?;
+        if response.succeeded() {
+            return revision(&response).map(Some);
+        }
+        if let Some(epoch) = epoch {
+            let leads = response
+                .op_responses()
+                .into_iter()
+                .find_map(|operation| match operation {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::create_revision),
+                    _ => None,
+                })
+                == Some(epoch.0);
+            if !leads {
+                return Err(StoreError::NotLeader(epoch.0));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(unavailable)?;
+        response.kvs().first().map(entry).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let response = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let revision = response
+            .header()
+            .map(|header| header.revision())
+            .ok_or_else(|| StoreError::Unavailable("etcd answered without a header".to_owned()))?;
+        Ok(Listing {
+            entries: response.kvs().iter().map(entry).collect::<Result<_, _>>()?,
+            revision,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: i64) -> Result<Changes, StoreError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1);
+        let mut stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(options))
+            .await
+            .map_err(unavailable)?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let response = tokio::select! {
+                    () = sender.closed() => return,
+                    response = stream.message() => response,
+                };
+                let response = match response {
+                    Ok(Some(response)) => response,
+                    Ok(None) => {
+                        let _ = sender.send(Err(StoreError::Unavailable(
+                            "etcd ended the watch".to_owned(),
+                        )));
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = sender.send(Err(unavailable(error)));
+                        return;
+                    }
+                };
+                if response.canceled() {
+                    let _ = sender.send(Err(StoreError::Unavailable(format!(
+                        "etcd cancelled the watch (compacted at {}): {}",
+                        response.compact_revision(),
+                        response.cancel_reason()
+                    ))));
+                    return;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let change = Change {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: (event.event_type() == EventType::Put).then(|| kv.value().to_vec()),
+                        revision: kv.mod_revision(),
+                    };
+                    if sender.send(Ok(change)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Changes(receiver))
     }
 
     async fn announce_agent(
@@ -298,15 +455,5 @@ impl Store for EtcdStore {
                 Ok((key[prefix.len()..].to_owned(), kv.value().to_vec()))
             })
             .collect()
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let response = self
-            .client
-            .clone()
-            .get(keys::state(key), None)
-            .await
-            .map_err(unavailable)?;
-        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 }

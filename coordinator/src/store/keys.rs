@@ -1,17 +1,32 @@
 //! The key layout, versioned so a future layout can live beside this one.
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `leader` | candidate id, on its lease | election |
+//! | `agents/<agent>` | the agent's Hello, on its session lease | the replica it talks to |
+//! | `claims/<shard>` | holder agent id, on the agent's lease | the leader |
+//! | `plans/<plan>` | `StoredPlan` | operators (CAS) and the leader |
+//! | `tasks/<plan>/<shard>` | `ShardTask` | the leader; `running` by the agent's replica |
+//! | `assignments/<agent>/<assignment>` | `Assignment` without files, on the agent's lease | the leader |
+//! | `results/<assignment>` | `AssignmentResult` | the agent's replica; removed by the leader |
+//! | `sets/<digest>/<chunk>` | a chunk of the encoded `MigrationSet` | `CreatePlan` |
 
 const PREFIX: &str = "/fleetshift/v1";
+
+pub fn all() -> String {
+    format!("{PREFIX}/")
+}
 
 pub fn claim(shard: &str) -> String {
     format!("{PREFIX}/claims/{shard}")
 }
 
-pub fn leader() -> String {
-    format!("{PREFIX}/leader")
+pub fn claims_prefix() -> String {
+    format!("{PREFIX}/claims/")
 }
 
-pub fn state(key: &str) -> String {
-    format!("{PREFIX}/state/{key}")
+pub fn leader() -> String {
+    format!("{PREFIX}/leader")
 }
 
 pub fn agents_prefix() -> String {
@@ -20,4 +35,48 @@ pub fn agents_prefix() -> String {
 
 pub fn agent(agent: &str) -> String {
     format!("{}{agent}", agents_prefix())
+}
+
+pub fn plans_prefix() -> String {
+    format!("{PREFIX}/plans/")
+}
+
+pub fn plan(plan: &str) -> String {
+    format!("{}{plan}", plans_prefix())
+}
+
+pub fn tasks_prefix(plan: &str) -> String {
+    format!("{PREFIX}/tasks/{plan}/")
+}
+
+pub fn task(plan: &str, shard: &str) -> String {
+    format!("{}{shard}", tasks_prefix(plan))
+}
+
+pub fn assignments_prefix() -> String {
+    format!("{PREFIX}/assignments/")
+}
+
+pub fn agent_assignments_prefix(agent: &str) -> String {
+    format!("{}{agent}/", assignments_prefix())
+}
+
+pub fn assignment(agent: &str, assignment: &str) -> String {
+    format!("{}{assignment}", agent_assignments_prefix(agent))
+}
+
+pub fn results_prefix() -> String {
+    format!("{PREFIX}/results/")
+}
+
+pub fn result(assignment: &str) -> String {
+    format!("{}{assignment}", results_prefix())
+}
+
+pub fn set_prefix(digest: &str) -> String {
+    format!("{PREFIX}/sets/{digest}/")
+}
+
+pub fn set_chunk(digest: &str, chunk: usize) -> String {
+    format!("{}{chunk:06}", set_prefix(digest))
 }

@@ -1,14 +1,22 @@
 //! The embedded default: etcd's semantics in one process. One revision counter for the
 //! whole store (so tokens and epochs are unique and increasing), keys bound to leases, leases
-//! that lapse on the monotonic clock (checked at every operation).
+//! that lapse on the monotonic clock (checked at every operation), and a bounded log of
+//! changes that watchers replay from their start revision.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Claim, Epoch, FenceToken, Leadership, LeaseId, Store, StoreError, keys};
+use super::{
+    Change, Changes, Claim, Condition, Entry, Epoch, FenceToken, Leadership, LeaseId, Listing,
+    Store, StoreError, Write, keys,
+};
+
+/// Changes kept for watchers that start in the past.
+const CHANGE_LOG: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -20,7 +28,9 @@ struct State {
     revision: i64,
     last_lease: LeaseId,
     leases: HashMap<LeaseId, Lease>,
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Stored>,
+    log: VecDeque<Change>,
+    watchers: Vec<Watcher>,
 }
 
 #[derive(Debug)]
@@ -30,10 +40,17 @@ struct Lease {
 }
 
 #[derive(Debug, Clone)]
-struct Entry {
+struct Stored {
     value: Vec<u8>,
     create_revision: i64,
+    mod_revision: i64,
     lease: Option<LeaseId>,
+}
+
+#[derive(Debug)]
+struct Watcher {
+    prefix: String,
+    sender: mpsc::UnboundedSender<Result<Change, StoreError>>,
 }
 
 impl State {
@@ -52,29 +69,111 @@ impl State {
     }
 
     fn drop_lease(&mut self, id: LeaseId) {
-        self.leases.remove(&id);
-        self.entries.retain(|_, entry| entry.lease != Some(id));
+        if self.leases.remove(&id).is_none() {
+            return;
+        }
+        let bound: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.lease == Some(id))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !bound.is_empty() {
+            self.revision += 1;
+            for key in bound {
+                self.delete(&key);
+            }
+        }
     }
 
+    fn check_lease(&self, lease: Option<LeaseId>) -> Result<(), StoreError> {
+        match lease {
+            Some(id) if !self.leases.contains_key(&id) => Err(StoreError::LeaseExpired(id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets `key` at the current revision (the caller has advanced it).
+    fn put(&mut self, key: &str, value: &[u8], lease: Option<LeaseId>) {
+        let revision = self.revision;
+        let create_revision = self
+            .entries
+            .get(key)
+            .map_or(revision, |existing| existing.create_revision);
+        let stored = Stored {
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: revision,
+            lease,
+        };
+        self.entries.insert(key.to_owned(), stored);
+        self.record(key, Some(value.to_vec()));
+    }
+
+    fn delete(&mut self, key: &str) {
+        if self.entries.remove(key).is_some() {
+            self.record(key, None);
+        }
+    }
+
+    /// Creates `key` in a revision of its own.
     fn create(
         &mut self,
-        key: String,
+        key: &str,
         value: &[u8],
         lease: Option<LeaseId>,
     ) -> Result<i64, StoreError> {
-        if let Some(id) = lease
-            && !self.leases.contains_key(&id)
-        {
-            return Err(StoreError::LeaseExpired(id));
-        }
+        self.check_lease(lease)?;
         self.revision += 1;
-        let entry = Entry {
-            value: value.to_vec(),
-            create_revision: self.revision,
-            lease,
-        };
-        self.entries.insert(key, entry);
+        self.entries.remove(key);
+        self.put(key, value, lease);
         Ok(self.revision)
+    }
+
+    fn record(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let change = Change {
+            key: key.to_owned(),
+            value,
+            revision: self.revision,
+        };
+        self.watchers.retain(|watcher| {
+            !change.key.starts_with(&watcher.prefix)
+                || watcher.sender.send(Ok(change.clone())).is_ok()
+        });
+        if self.log.len() == CHANGE_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back(change);
+    }
+
+    fn holds(&self, condition: &Condition) -> bool {
+        match condition {
+            Condition::Absent(key) => !self.entries.contains_key(key),
+            Condition::CreatedAt(key, revision) => self
+                .entries
+                .get(key)
+                .is_some_and(|entry| entry.create_revision == *revision),
+            Condition::ModifiedAt(key, revision) => self
+                .entries
+                .get(key)
+                .is_some_and(|entry| entry.mod_revision == *revision),
+        }
+    }
+
+    fn entry(&self, key: &str) -> Option<Entry> {
+        self.entries.get(key).map(|stored| Entry {
+            key: key.to_owned(),
+            value: stored.value.clone(),
+            create_revision: stored.create_revision,
+            mod_revision: stored.mod_revision,
+            lease: stored.lease.unwrap_or_default(),
+        })
+    }
+
+    fn under(&self, prefix: &str) -> impl Iterator<Item = (&String, &Stored)> {
+        self.entries
+            .range(prefix.to_owned()..)
+            .take_while(move |(key, _)| key.starts_with(prefix))
     }
 }
 
@@ -144,7 +243,7 @@ impl Store for MemoryStore {
                     token: existing.create_revision,
                 });
             }
-            let token = state.create(key, holder.as_bytes(), Some(lease))?;
+            let token = state.create(&key, holder.as_bytes(), Some(lease))?;
             Ok(Claim {
                 shard: shard.to_owned(),
                 holder: holder.to_owned(),
@@ -178,7 +277,7 @@ impl Store for MemoryStore {
                 .is_some_and(|entry| entry.create_revision == claim.token.0);
             if ours {
                 state.revision += 1;
-                state.entries.remove(&key);
+                state.delete(&key);
             }
             Ok(ours)
         })
@@ -199,7 +298,7 @@ impl Store for MemoryStore {
                     epoch: Epoch(existing.create_revision),
                 }));
             }
-            let epoch = state.create(key, candidate.as_bytes(), Some(lease))?;
+            let epoch = state.create(&key, candidate.as_bytes(), Some(lease))?;
             Ok(Some(Leadership {
                 leader: candidate.to_owned(),
                 epoch: Epoch(epoch),
@@ -220,26 +319,76 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn put_as_leader(&self, epoch: Epoch, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    async fn commit(
+        &self,
+        epoch: Option<Epoch>,
+        conditions: &[Condition],
+        writes: &[Write],
+    ) -> Result<Option<i64>, StoreError> {
         self.with_state(|state| {
-            let current = state
-                .entries
-                .get(&keys::leader())
-                .map(|entry| entry.create_revision);
-            if current != Some(epoch.0) {
+            if let Some(epoch) = epoch
+                && !state.holds(&Condition::CreatedAt(keys::leader(), epoch.0))
+            {
                 return Err(StoreError::NotLeader(epoch.0));
             }
+            if !conditions.iter().all(|condition| state.holds(condition)) {
+                return Ok(None);
+            }
+            for write in writes {
+                if let Write::Put { lease, .. } = write {
+                    state.check_lease(*lease)?;
+                }
+            }
             state.revision += 1;
-            let entry = Entry {
-                value: value.to_vec(),
-                create_revision: state
-                    .entries
-                    .get(&keys::state(key))
-                    .map_or(state.revision, |existing| existing.create_revision),
-                lease: None,
-            };
-            state.entries.insert(keys::state(key), entry);
-            Ok(())
+            for write in writes {
+                match write {
+                    Write::Put { key, value, lease } => state.put(key, value, *lease),
+                    Write::Delete(key) => state.delete(key),
+                }
+            }
+            Ok(Some(state.revision))
+        })
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.with_state(|state| Ok(state.entry(key)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        self.with_state(|state| {
+            let keys: Vec<String> = state.under(prefix).map(|(key, _)| key.clone()).collect();
+            Ok(Listing {
+                entries: keys.iter().filter_map(|key| state.entry(key)).collect(),
+                revision: state.revision,
+            })
+        })
+    }
+
+    async fn watch(&self, prefix: &str, after: i64) -> Result<Changes, StoreError> {
+        self.with_state(|state| {
+            let oldest = state
+                .log
+                .front()
+                .map_or(state.revision, |change| change.revision);
+            if after + 1 < oldest && state.log.len() == CHANGE_LOG {
+                return Err(StoreError::Unavailable(format!(
+                    "revision {after} is no longer in the change log; list again"
+                )));
+            }
+            let (sender, receiver) = mpsc::unbounded_channel();
+            for change in state
+                .log
+                .iter()
+                .filter(|change| change.revision > after && change.key.starts_with(prefix))
+            {
+                // The receiver is still in hand: this cannot fail.
+                let _ = sender.send(Ok(change.clone()));
+            }
+            state.watchers.push(Watcher {
+                prefix: prefix.to_owned(),
+                sender,
+            });
+            Ok(Changes(receiver))
         })
     }
 
@@ -251,7 +400,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.with_state(|state| {
             state
-                .create(keys::agent(agent), facts, Some(lease))
+                .create(&keys::agent(agent), facts, Some(lease))
                 .map(drop)
         })
     }
@@ -269,20 +418,9 @@ impl Store for MemoryStore {
         let prefix = keys::agents_prefix();
         self.with_state(|state| {
             Ok(state
-                .entries
-                .range(prefix.clone()..)
-                .take_while(|(key, _)| key.starts_with(&prefix))
+                .under(&prefix)
                 .map(|(key, entry)| (key[prefix.len()..].to_owned(), entry.value.clone()))
                 .collect())
-        })
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with_state(|state| {
-            Ok(state
-                .entries
-                .get(&keys::state(key))
-                .map(|entry| entry.value.clone()))
         })
     }
 }

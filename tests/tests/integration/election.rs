@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleetshift_common::lease::SessionIntervals;
 use fleetshift_coordinator::election::{self, Standing};
-use fleetshift_coordinator::store::{EtcdStore, MemoryStore, Store, StoreError};
+use fleetshift_coordinator::store::{EtcdStore, MemoryStore, Store, StoreError, Write, keys};
 use fleetshift_tests::etcd::EtcdServer;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,11 @@ async fn failover<S: Store + 'static>(store: Arc<S>) {
     let (first_epoch, first_lease, first_token) =
         leader_of(&replicas[leading].standing.borrow()).expect("leader");
     store
-        .put_as_leader(first_epoch, "plan/1", b"first")
+        .commit(
+            Some(first_epoch),
+            &[],
+            &[Write::put(keys::plan("1"), b"first".to_vec())],
+        )
         .await
         .expect("the leader writes");
 
@@ -88,11 +92,21 @@ async fn failover<S: Store + 'static>(store: Arc<S>) {
     let (second_epoch, _, _) = leader_of(&second).expect("leader");
     assert!(second_epoch > first_epoch);
     assert_eq!(
-        store.put_as_leader(first_epoch, "plan/1", b"stale").await,
+        store
+            .commit(
+                Some(first_epoch),
+                &[],
+                &[Write::put(keys::plan("1"), b"stale".to_vec())]
+            )
+            .await,
         Err(StoreError::NotLeader(first_epoch.0))
     );
     store
-        .put_as_leader(second_epoch, "plan/1", b"second")
+        .commit(
+            Some(second_epoch),
+            &[],
+            &[Write::put(keys::plan("1"), b"second".to_vec())],
+        )
         .await
         .expect("the new leader writes");
 

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use fleetshift_coordinator::store::{EtcdStore, MemoryStore, Store, StoreError};
+use fleetshift_coordinator::store::{
+    Condition, EtcdStore, MemoryStore, Store, StoreError, Write, keys,
+};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::wait::wait_until;
 
@@ -116,7 +118,11 @@ async fn deposed_leader_writes_are_refused<S: Store>(store: &S) {
         Some(first.clone())
     );
     store
-        .put_as_leader(first.epoch, "plan/1", b"v1")
+        .commit(
+            Some(first.epoch),
+            &[],
+            &[Write::put(keys::plan("1"), b"v1".to_vec())],
+        )
         .await
         .expect("leader writes");
     store
@@ -130,16 +136,30 @@ async fn deposed_leader_writes_are_refused<S: Store>(store: &S) {
         .expect("takes over");
     assert!(second.epoch > first.epoch, "epochs increase");
     assert_eq!(
-        store.put_as_leader(first.epoch, "plan/1", b"stale").await,
+        store
+            .commit(
+                Some(first.epoch),
+                &[],
+                &[Write::put(keys::plan("1"), b"stale".to_vec())]
+            )
+            .await,
         Err(StoreError::NotLeader(first.epoch.0)),
         "the deposed leader's late write is refused"
     );
     store
-        .put_as_leader(second.epoch, "plan/1", b"v2")
+        .commit(
+            Some(second.epoch),
+            &[],
+            &[Write::put(keys::plan("1"), b"v2".to_vec())],
+        )
         .await
         .expect("new leader writes");
     assert_eq!(
-        store.get("plan/1").await.expect("read"),
+        store
+            .read(&keys::plan("1"))
+            .await
+            .expect("read")
+            .map(|entry| entry.value),
         Some(b"v2".to_vec())
     );
     assert_eq!(store.leader().await.expect("leader"), Some(second));
@@ -167,7 +187,164 @@ async fn announced_agents_live_as_long_as_their_session<S: Store>(store: &S) {
     ));
 }
 
+async fn commits_apply_all_or_nothing<S: Store>(store: &S) {
+    let key = keys::plan("cas");
+    let task = keys::task("cas", "shard-1");
+    let created = store
+        .commit(
+            None,
+            &[Condition::Absent(key.clone())],
+            &[
+                Write::put(key.clone(), b"v1".to_vec()),
+                Write::put(task.clone(), b"t1".to_vec()),
+            ],
+        )
+        .await
+        .expect("commit")
+        .expect("the key was absent");
+    let entry = store.read(&key).await.expect("read").expect("written");
+    assert_eq!(
+        (entry.create_revision, entry.mod_revision),
+        (created, created)
+    );
+    assert_eq!(
+        store
+            .read(&task)
+            .await
+            .expect("read")
+            .map(|entry| entry.mod_revision),
+        Some(created),
+        "both writes in one revision"
+    );
+    assert_eq!(
+        store
+            .commit(
+                None,
+                &[Condition::Absent(key.clone())],
+                &[Write::Delete(task.clone())]
+            )
+            .await
+            .expect("commit"),
+        None,
+        "a failed condition writes nothing"
+    );
+    assert!(store.read(&task).await.expect("read").is_some());
+    let updated = store
+        .commit(
+            None,
+            &[Condition::ModifiedAt(key.clone(), created)],
+            &[
+                Write::put(key.clone(), b"v2".to_vec()),
+                Write::Delete(task.clone()),
+            ],
+        )
+        .await
+        .expect("commit")
+        .expect("unchanged since read");
+    assert_eq!(
+        store
+            .commit(
+                None,
+                &[Condition::ModifiedAt(key.clone(), created)],
+                &[Write::put(key.clone(), b"lost update".to_vec())]
+            )
+            .await
+            .expect("commit"),
+        None,
+        "a write based on a stale read is refused"
+    );
+    let entry = store.read(&key).await.expect("read").expect("kept");
+    assert_eq!(
+        (
+            entry.value.as_slice(),
+            entry.create_revision,
+            entry.mod_revision
+        ),
+        (&b"v2"[..], created, updated)
+    );
+    assert!(
+        store
+            .commit(
+                None,
+                &[Condition::CreatedAt(key.clone(), created)],
+                &[Write::Delete(key.clone())]
+            )
+            .await
+            .expect("commit")
+            .is_some()
+    );
+    assert_eq!(store.read(&key).await.expect("read"), None);
+}
+
+async fn watches_replay_then_follow_including_lapsed_leases<S: Store>(store: &S) {
+    let prefix = keys::tasks_prefix("watched");
+    let before = store.list(&prefix).await.expect("list");
+    assert!(before.entries.is_empty());
+    store
+        .commit(
+            None,
+            &[],
+            &[Write::put(keys::task("watched", "a"), b"1".to_vec())],
+        )
+        .await
+        .expect("write before watching");
+    let mut changes = store.watch(&prefix, before.revision).await.expect("watch");
+    let lease = store.grant_lease(TTL).await.expect("lease");
+    store
+        .commit(
+            None,
+            &[],
+            &[
+                Write::Put {
+                    key: keys::task("watched", "b"),
+                    value: b"2".to_vec(),
+                    lease: Some(lease),
+                },
+                Write::put(keys::plan("elsewhere"), b"not watched".to_vec()),
+            ],
+        )
+        .await
+        .expect("write while watching");
+    let mut next = async || {
+        tokio::time::timeout(TTL * 5, changes.next())
+            .await
+            .expect("a change within the bound")
+            .expect("the watch goes on")
+            .expect("no store error")
+    };
+    let first = next().await;
+    assert_eq!(
+        (first.key, first.value),
+        (keys::task("watched", "a"), Some(b"1".to_vec())),
+        "replayed from the listing's revision"
+    );
+    let second = next().await;
+    assert_eq!(
+        (second.key.as_str(), second.value.as_deref()),
+        (keys::task("watched", "b").as_str(), Some(&b"2"[..]))
+    );
+    // An expired lease deletes its keys; the in-memory store notices at its next operation.
+    let lapsed = async {
+        loop {
+            let _ = store.list(&prefix).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let third = tokio::select! {
+        change = next() => change,
+        () = lapsed => unreachable!("the loop never ends"),
+    };
+    assert_eq!(
+        (third.key, third.value),
+        (keys::task("watched", "b"), None),
+        "the lapsed lease's key is seen deleted"
+    );
+    assert!(third.revision > second.revision);
+}
+
 async fn conformance<S: Store>(store: &S) {
+    commits_apply_all_or_nothing(store).await;
+    watches_replay_then_follow_including_lapsed_leases(store).await;
     announced_agents_live_as_long_as_their_session(store).await;
     claims_are_exclusive_and_tokens_increase(store).await;
     revoke_releases_at_once(store).await;
