@@ -2,7 +2,6 @@
 //! to a fresh directory and loaded again, and must hash to the digest the coordinator pinned;
 //! then the fenced executor runs under the claim's token and stops when told.
 
-use std::path::{Component, Path};
 use std::time::Duration;
 
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
@@ -15,7 +14,8 @@ use fleetshift_common::proto::v1::{
     self, Assignment, AssignmentResult, Direction, ErrorDetail, ErrorKind, LockRetry,
     ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, StatementFinished,
 };
-use fleetshift_common::source::{MigrationSet, SourceFormat};
+use fleetshift_common::shipped;
+use fleetshift_common::source::MigrationSet;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -92,16 +92,14 @@ async fn run(
                 format!("cannot create a working directory: {error}"),
             )
         })?;
-    let set = materialize(shipped, directory.path())?;
-    if set.digest != shipped.digest {
-        return Err(refused(
-            ErrorKind::BadInput,
-            format!(
-                "the migration set hashes to {} but the plan pinned {}; nothing ran",
-                set.digest, shipped.digest
-            ),
-        ));
-    }
+    let set = shipped::unpack(shipped, directory.path()).map_err(|error| {
+        let kind = if error.is_bad_input() {
+            ErrorKind::BadInput
+        } else {
+            ErrorKind::Failed
+        };
+        refused(kind, error.to_string())
+    })?;
     let limits = assignment.limits.unwrap_or_default();
     let timeouts = timeouts(&limits).map_err(|message| refused(ErrorKind::BadInput, message))?;
     let connected = engine::connect(&shard.database_url, timeouts)
@@ -170,46 +168,6 @@ async fn move_shard<E: ShardEngine>(
     report
         .map(|report| report.current_version)
         .map_err(|error| exec_failure(&error))
-}
-
-/// Writes the shipped files under `directory` and loads them as a set.
-fn materialize(shipped: &v1::MigrationSet, directory: &Path) -> Result<MigrationSet, ErrorDetail> {
-    for file in &shipped.files {
-        let relative = Path::new(&file.path);
-        let inside = relative
-            .components()
-            .all(|component| matches!(component, Component::Normal(_)));
-        if !inside {
-            return Err(refused(
-                ErrorKind::BadInput,
-                format!(
-                    "the migration set names {:?}, outside its directory",
-                    file.path
-                ),
-            ));
-        }
-        let path = directory.join(relative);
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&path, &file.content));
-        written.map_err(|error| {
-            refused(
-                ErrorKind::Failed,
-                format!("cannot write {}: {error}", file.path),
-            )
-        })?;
-    }
-    let format: Option<SourceFormat> = match shipped.format.as_str() {
-        "" => None,
-        named => Some(
-            named
-                .parse()
-                .map_err(|message| refused(ErrorKind::BadInput, message))?,
-        ),
-    };
-    MigrationSet::load(directory, format)
-        .map_err(|error| refused(ErrorKind::BadInput, error.to_string()))
 }
 
 fn timeouts(limits: &v1::ExecutionLimits) -> Result<Timeouts, String> {

@@ -11,6 +11,7 @@
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
+//! - [`shipped`]: a migration set packed for the wire and unpacked with its digest checked.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
 
@@ -22,6 +23,7 @@ pub mod lease;
 pub mod ledger;
 pub mod proto;
 pub mod secrets;
+pub mod shipped;
 pub mod source;
 pub mod statements;
 pub mod tls;

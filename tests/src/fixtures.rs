@@ -32,28 +32,5 @@ pub fn crates_io() -> PathBuf {
 pub fn shipped(directory: &Path) -> fleetshift_common::proto::v1::MigrationSet {
     let set =
         fleetshift_common::source::MigrationSet::load(directory, None).expect("migration set");
-    let mut files = Vec::new();
-    let mut pending = vec![directory.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).expect("read directory") {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                files.push(fleetshift_common::proto::v1::MigrationFile {
-                    path: path
-                        .strip_prefix(directory)
-                        .expect("inside")
-                        .to_string_lossy()
-                        .into_owned(),
-                    content: std::fs::read(&path).expect("read file"),
-                });
-            }
-        }
-    }
-    fleetshift_common::proto::v1::MigrationSet {
-        format: set.format.name().to_owned(),
-        digest: set.digest,
-        files,
-    }
+    fleetshift_common::shipped::pack(&set).expect("pack")
 }
