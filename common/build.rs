@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "../proto";
-const FILES: [&str; 3] = [
+const FILES: [&str; 4] = [
     "fleetshift/v1/types.proto",
     "fleetshift/v1/agent.proto",
     "fleetshift/v1/fleet.proto",
+    "fleetshift/v1/store.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

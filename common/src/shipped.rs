@@ -122,7 +122,11 @@ mod tests {
     #[test]
     fn a_packed_set_unpacks_to_the_same_digest() {
         let source = tempfile::tempdir().expect("dir");
-        write(source.path(), "1_users.up.sql", "CREATE TABLE users (id int);");
+        write(
+            source.path(),
+            "1_users.up.sql",
+            "CREATE TABLE users (id int);",
+        );
         write(source.path(), "1_users.down.sql", "DROP TABLE users;");
         let set = MigrationSet::load(source.path(), None).expect("load");
         let packed = pack(&set).expect("pack");
@@ -135,7 +139,11 @@ mod tests {
     #[test]
     fn tampering_and_escaping_paths_are_refused() {
         let source = tempfile::tempdir().expect("dir");
-        write(source.path(), "1_users.up.sql", "CREATE TABLE users (id int);");
+        write(
+            source.path(),
+            "1_users.up.sql",
+            "CREATE TABLE users (id int);",
+        );
         let set = MigrationSet::load(source.path(), None).expect("load");
         let mut packed = pack(&set).expect("pack");
         packed.files[0].content = b"DROP TABLE users;".to_vec();

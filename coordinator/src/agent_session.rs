@@ -17,7 +17,7 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_server::AgentService;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, CoordinatorMessage, Handshake, HeartbeatAck, Hello,
+    AgentMessage, AssignmentResult, CoordinatorMessage, Handshake, HeartbeatAck, Hello,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use prost::Message;
@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz;
 use crate::mailbox::{Mailbox, Outbound, Registration};
-use crate::store::{LeaseId, Store, StoreError};
+use crate::store::{LeaseId, Store, StoreError, Write, keys};
 
 /// The agent service of one coordinator replica.
 #[derive(Debug)]
@@ -300,14 +300,7 @@ where
                 Ok(AgentMessage {
                     body: Some(AgentBody::Result(result)),
                 }) => {
-                    let assignment = result.assignment_id.clone();
-                    let delivered = self
-                        .registration
-                        .as_ref()
-                        .is_some_and(|registration| registration.complete(result));
-                    if !delivered {
-                        tracing::warn!(agent = %self.identity, %assignment, "result for an assignment nobody waits for (timed out or unknown)");
-                    }
+                    self.take_result(result).await?;
                 }
                 Ok(AgentMessage {
                     body: Some(AgentBody::Hello(_)),
@@ -327,6 +320,35 @@ where
             }
         }
         Ok(Ending::Closed)
+    }
+
+    /// A result goes to a dispatcher waiting here, or into the store for the leader; only for
+    /// the agent's own shards.
+    async fn take_result(&self, result: AssignmentResult) -> Result<(), Status> {
+        let Some(registration) = &self.registration else {
+            return Err(Status::internal("session without a registration"));
+        };
+        if !registration.owns(&result.shard_id) {
+            tracing::warn!(agent = %self.identity, shard = %result.shard_id, "result for a shard that is not this agent's; refused");
+            return Ok(());
+        }
+        let assignment = result.assignment_id.clone();
+        if registration.complete(result.clone()) {
+            return Ok(());
+        }
+        self.store
+            .commit(
+                None,
+                &[],
+                &[Write::put(
+                    keys::result(&assignment),
+                    result.encode_to_vec(),
+                )],
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(agent = %self.identity, %assignment, succeeded = result.succeeded, "result recorded for the leader");
+        Ok(())
     }
 
     async fn cleanup(self, ending: Ending) {

@@ -1,49 +1,89 @@
 //! `FleetService`: what operators and SRE tooling call. Each RPC first checks the caller's role
-//! ([`crate::authz`]). Shards are listed from the agents' announcements; plans and rollouts
-//! answer UNIMPLEMENTED until the rollout procedure serves them.
+//! ([`crate::authz`]). Shards are listed from the agents' announcements; plans live in the
+//! store ([`crate::rollout`]), so every replica serves every RPC and the leader follows.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::fleet_service_server::FleetService;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, GetPlanRequest, Hello, ListShardsRequest,
-    ListShardsResponse, Plan, PlanAction, RolloutEvent, ShardHealth, ShardSummary,
-    WatchRolloutRequest,
+    ApprovePlanRequest, CreatePlanRequest, GetPlanRequest, Hello, ListPlansRequest,
+    ListPlansResponse, ListShardsRequest, ListShardsResponse, Plan, PlanAction, RolloutEvent,
+    ShardHealth, ShardSummary, WatchRolloutRequest,
 };
 use prost::Message;
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{self, OperatorRole, Roles};
+use crate::mailbox::Mailbox;
+use crate::rollout::{RolloutError, planning, records, transitions, watch};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug)]
 pub struct FleetApi<S> {
     store: Arc<S>,
+    mailbox: Arc<Mailbox>,
     roles: Roles,
     trust_domain: String,
 }
 
 impl<S: Store + 'static> FleetApi<S> {
-    pub fn new(store: Arc<S>, roles: Roles, trust_domain: &str) -> Self {
+    pub fn new(store: Arc<S>, mailbox: Arc<Mailbox>, roles: Roles, trust_domain: &str) -> Self {
         Self {
             store,
+            mailbox,
             roles,
             trust_domain: trust_domain.to_owned(),
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, needed: OperatorRole) -> Result<(), Status> {
+    /// The caller's name, once it holds the role.
+    fn authorize<T>(&self, request: &Request<T>, needed: OperatorRole) -> Result<String, Status> {
         let caller = authz::caller(request, &self.trust_domain)?;
-        self.roles.authorize(&caller, needed)
+        self.roles.authorize(&caller, needed)?;
+        Ok(caller.to_string())
+    }
+
+    async fn announcements(&self) -> Result<Vec<(String, Hello)>, Status> {
+        let agents = self.store.agents().await.map_err(store_status)?;
+        agents
+            .into_iter()
+            .map(|(agent, facts)| {
+                let hello = Hello::decode(facts.as_slice()).map_err(|error| {
+                    Status::internal(format!(
+                        "agent {agent}'s announcement is unreadable: {error}"
+                    ))
+                })?;
+                Ok((agent, hello))
+            })
+            .collect()
+    }
+
+    async fn plan_view(&self, plan_id: &str) -> Result<Plan, RolloutError> {
+        let record = records::load_plan(&*self.store, plan_id).await?;
+        let tasks = records::load_tasks(&*self.store, plan_id).await?;
+        Ok(records::with_tasks(record.plan, &tasks))
+    }
+
+    async fn change(
+        &self,
+        plan_id: &str,
+        change: impl FnMut(&mut Plan) -> Result<(), RolloutError>,
+    ) -> Result<Response<Plan>, Status> {
+        records::update_plan(&*self.store, plan_id, None, change).await?;
+        Ok(Response::new(self.plan_view(plan_id).await?))
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} comes with the rollout procedure; this coordinator does not serve it yet"
-    ))
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(detail) => {
+            Status::unavailable(format!("the fleet store is unavailable: {detail}"))
+        }
+        other => Status::internal(other.to_string()),
+    }
 }
 
 /// Every selector pair must match the shard's labels.
@@ -64,19 +104,8 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     ) -> Result<Response<ListShardsResponse>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
         let selector = request.into_inner().selector;
-        let agents = self.store.agents().await.map_err(|error| match error {
-            StoreError::Unavailable(detail) => {
-                Status::unavailable(format!("the fleet store is unavailable: {detail}"))
-            }
-            other => Status::internal(other.to_string()),
-        })?;
         let mut shards = Vec::new();
-        for (agent, facts) in agents {
-            let hello = Hello::decode(facts.as_slice()).map_err(|error| {
-                Status::internal(format!(
-                    "agent {agent}'s announcement is unreadable: {error}"
-                ))
-            })?;
+        for (agent, hello) in self.announcements().await? {
             for shard in hello
                 .shards
                 .into_iter()
@@ -106,41 +135,80 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         &self,
         request: Request<CreatePlanRequest>,
     ) -> Result<Response<Plan>, Status> {
-        self.authorize(&request, OperatorRole::Operator)?;
-        Err(not_yet("planning"))
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let request = request.into_inner();
+        let agents = self.announcements().await?;
+        let shipped = request.migration_set.clone();
+        let plan = planning::plan(request, &author, &agents)?;
+        if let Some(shipped) = &shipped {
+            records::save_set(&*self.store, shipped).await?;
+        }
+        records::create_plan(&*self.store, &plan).await?;
+        tracing::info!(plan = %plan.plan_id, %author, shards = plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(), waves = plan.waves.len(), "plan created");
+        Ok(Response::new(plan))
     }
 
     async fn get_plan(&self, request: Request<GetPlanRequest>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
-        Err(not_yet("reading plans"))
+        let plan_id = request.into_inner().plan_id;
+        Ok(Response::new(self.plan_view(&plan_id).await?))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<ListPlansRequest>,
+    ) -> Result<Response<ListPlansResponse>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let states = request.into_inner().states;
+        let mut plans: Vec<Plan> = records::load_plans(&*self.store)
+            .await?
+            .into_iter()
+            .filter(|plan| states.is_empty() || states.contains(&plan.state))
+            .collect();
+        plans.sort_by(|left, right| right.plan_id.cmp(&left.plan_id));
+        Ok(Response::new(ListPlansResponse { plans }))
     }
 
     async fn approve_plan(
         &self,
         request: Request<ApprovePlanRequest>,
     ) -> Result<Response<Plan>, Status> {
-        self.authorize(&request, OperatorRole::Approver)?;
-        Err(not_yet("approving plans"))
+        let approver = self.authorize(&request, OperatorRole::Approver)?;
+        let request = request.into_inner();
+        self.change(&request.plan_id, |plan| {
+            transitions::approve(plan, &approver, &request.comment)
+        })
+        .await
     }
 
     async fn start_rollout(&self, request: Request<PlanAction>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Operator)?;
-        Err(not_yet("starting rollouts"))
+        let action = request.into_inner();
+        self.change(&action.plan_id, transitions::start).await
     }
 
     async fn pause_rollout(&self, request: Request<PlanAction>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Operator)?;
-        Err(not_yet("pausing rollouts"))
+        let action = request.into_inner();
+        self.change(&action.plan_id, |plan| {
+            transitions::pause(plan, &action.reason)
+        })
+        .await
     }
 
     async fn resume_rollout(&self, request: Request<PlanAction>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Operator)?;
-        Err(not_yet("resuming rollouts"))
+        let action = request.into_inner();
+        self.change(&action.plan_id, transitions::resume).await
     }
 
     async fn cancel_rollout(&self, request: Request<PlanAction>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Operator)?;
-        Err(not_yet("cancelling rollouts"))
+        let action = request.into_inner();
+        self.change(&action.plan_id, |plan| {
+            transitions::cancel(plan, &action.reason)
+        })
+        .await
     }
 
     type WatchRolloutStream = Pin<Box<dyn Stream<Item = Result<RolloutEvent, Status>> + Send>>;
@@ -150,6 +218,14 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
-        Err(not_yet("watching rollouts"))
+        let request = request.into_inner();
+        let events = watch::follow(
+            Arc::clone(&self.store),
+            &self.mailbox,
+            &request.plan_id,
+            request.include_statements,
+        )
+        .await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 }

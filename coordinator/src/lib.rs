@@ -18,5 +18,6 @@ pub mod config;
 pub mod election;
 pub mod fleet_api;
 pub mod mailbox;
+pub mod rollout;
 pub mod serve;
 pub mod store;

@@ -44,7 +44,11 @@ pub struct Mailbox {
     sessions: Mutex<HashMap<String, Registered>>,
     next_session: AtomicU64,
     progress: broadcast::Sender<ProgressEvent>,
+    opened: broadcast::Sender<String>,
 }
+
+/// Session openings kept for a slow follower (it re-lists when it falls behind).
+const OPENED_BACKLOG: usize = 1024;
 
 impl Default for Mailbox {
     fn default() -> Self {
@@ -52,6 +56,7 @@ impl Default for Mailbox {
             sessions: Mutex::default(),
             next_session: AtomicU64::default(),
             progress: broadcast::channel(PROGRESS_BACKLOG).0,
+            opened: broadcast::channel(OPENED_BACKLOG).0,
         }
     }
 }
@@ -99,6 +104,8 @@ impl Mailbox {
         };
         // A newer session of the same agent replaces the older one.
         self.sessions().insert(agent.to_owned(), registered);
+        // Nobody following openings is fine.
+        let _ = self.opened.send(agent.to_owned());
         Registration {
             mailbox: Arc::clone(self),
             agent: agent.to_owned(),
@@ -175,6 +182,42 @@ impl Mailbox {
 }
 
 impl Mailbox {
+    /// The agent's current session here, if it has one.
+    pub fn session_of(&self, agent: &str) -> Option<u64> {
+        self.sessions()
+            .get(agent)
+            .map(|registered| registered.session)
+    }
+
+    /// Agents whose sessions open here, as they open.
+    pub fn subscribe_openings(&self) -> broadcast::Receiver<String> {
+        self.opened.subscribe()
+    }
+
+    /// Sends `body` down `agent`'s session without waiting for an answer; an assignment only
+    /// for one of the agent's own shards.
+    pub async fn send(&self, agent: &str, body: CoordinatorBody) -> Result<(), DispatchError> {
+        let outbound = {
+            let sessions = self.sessions();
+            let registered = sessions
+                .get(agent)
+                .ok_or_else(|| DispatchError::NotConnected(agent.to_owned()))?;
+            if let CoordinatorBody::Assignment(assignment) = &body
+                && !registered.shards.contains(&assignment.shard_id)
+            {
+                return Err(DispatchError::NotTheAgentsShard {
+                    agent: agent.to_owned(),
+                    shard: assignment.shard_id.clone(),
+                });
+            }
+            registered.outbound.clone()
+        };
+        outbound
+            .send(Ok(CoordinatorMessage { body: Some(body) }))
+            .await
+            .map_err(|_| DispatchError::NotConnected(agent.to_owned()))
+    }
+
     /// Progress agents report, as it arrives (a watcher that falls behind misses the oldest).
     pub fn subscribe_progress(&self) -> broadcast::Receiver<ProgressEvent> {
         self.progress.subscribe()
@@ -182,6 +225,16 @@ impl Mailbox {
 }
 
 impl Registration {
+    /// Whether `shard` is one this session's agent announced.
+    pub fn owns(&self, shard: &str) -> bool {
+        self.mailbox
+            .sessions()
+            .get(&self.agent)
+            .is_some_and(|registered| {
+                registered.session == self.session && registered.shards.contains(shard)
+            })
+    }
+
     /// Delivers a result reported on this session.
     pub fn complete(&self, result: AssignmentResult) -> bool {
         self.mailbox.complete(&self.agent, self.session, result)

@@ -16,11 +16,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::agent_session::AgentSessions;
 use crate::config::{CoordinatorConfig, StoreChoice};
+use crate::election::{self, Standing};
 use crate::fleet_api::FleetApi;
+use crate::rollout::{driver, relay};
 use crate::store::{EtcdStore, MemoryStore, Store};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -85,49 +88,82 @@ pub async fn run_coordinator(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    mtls::install_crypto_provider();
-    let tls = reload::watch_config(config.tls.clone(), mtls::server_config, TLS_POLL)
-        .await
-        .context("loading the coordinator's TLS files")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, coordinator = %config.coordinator_id, store = ?config.store, "coordinator listening");
     match &config.store {
         StoreChoice::Etcd(endpoints) => {
             let store = EtcdStore::connect(endpoints)
                 .await
                 .context("connecting to etcd")?;
-            serve_with(Arc::new(store), &config, listener, tls, shutdown).await
+            run_replica(Arc::new(store), &config, listener, shutdown).await
         }
         StoreChoice::Memory => {
-            serve_with(
-                Arc::new(MemoryStore::new()),
-                &config,
-                listener,
-                tls,
-                shutdown,
-            )
-            .await
+            run_replica(Arc::new(MemoryStore::new()), &config, listener, shutdown).await
         }
     }
 }
 
-async fn serve_with<S: Store + 'static>(
+/// One replica on `listener` with `store`: agent sessions, the fleet API, the relay of
+/// assignments, and (while elected) the rollout driver.
+pub async fn run_replica<S: Store + 'static>(
     store: Arc<S>,
     config: &CoordinatorConfig,
     listener: TcpListener,
-    tls: watch::Receiver<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    mtls::install_crypto_provider();
+    let tls = reload::watch_config(config.tls.clone(), mtls::server_config, TLS_POLL)
+        .await
+        .context("loading the coordinator's TLS files")?;
+    tracing::info!(address = %listener.local_addr()?, coordinator = %config.coordinator_id, store = ?config.store, "coordinator listening");
     let sessions = AgentSessions::new(
         Arc::clone(&store),
         config.intervals,
         &config.coordinator_id,
         &config.trust_domain,
     );
-    let fleet = FleetApi::new(store, config.roles.clone(), &config.trust_domain);
-    serve(listener, tls, sessions, fleet, shutdown)
-        .await
-        .context("serving gRPC")
+    let mailbox = sessions.mailbox();
+    let fleet = FleetApi::new(
+        Arc::clone(&store),
+        Arc::clone(&mailbox),
+        config.roles.clone(),
+        &config.trust_domain,
+    );
+    let background = CancellationToken::new();
+    let relay = tokio::spawn(relay::run(Arc::clone(&store), mailbox, background.clone()));
+    let (standing, election) = election::start(
+        Arc::clone(&store),
+        &config.coordinator_id,
+        config.intervals,
+        background.clone(),
+    );
+    let driving = tokio::spawn(drive_while_leading(Arc::clone(&store), standing));
+    let served = serve(listener, tls, sessions, fleet, shutdown).await;
+    background.cancel();
+    driving.abort();
+    // Both end on the token; a panic in either has been logged by the runtime.
+    let _ = tokio::join!(relay, election);
+    served.context("serving gRPC")
+}
+
+/// Runs the rollout driver for each leadership this replica holds.
+async fn drive_while_leading<S: Store + 'static>(
+    store: Arc<S>,
+    mut standing: watch::Receiver<Standing>,
+) {
+    loop {
+        let current = standing.borrow_and_update().clone();
+        if let Standing::Leader {
+            epoch,
+            stepped_down,
+            ..
+        } = current
+        {
+            driver::lead(Arc::clone(&store), epoch, stepped_down).await;
+        }
+        if standing.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -107,6 +107,10 @@ pub struct Change {
     /// The new value, or `None` when the key was deleted (or its lease lapsed).
     pub value: Option<Vec<u8>>,
     pub revision: i64,
+    /// The key's create revision (for a put; 0 for a delete).
+    pub create_revision: i64,
+    /// The lease the key is bound to (for a put), or 0.
+    pub lease: LeaseId,
 }
 
 /// Changes as they happen; ends with an error when the store can no longer follow (then list
@@ -117,6 +121,11 @@ pub struct Changes(mpsc::UnboundedReceiver<Result<Change, StoreError>>);
 impl Changes {
     pub async fn next(&mut self) -> Option<Result<Change, StoreError>> {
         self.0.recv().await
+    }
+
+    /// The next change if one has arrived already.
+    pub fn ready(&mut self) -> Option<Result<Change, StoreError>> {
+        self.0.try_recv().ok()
     }
 }
 

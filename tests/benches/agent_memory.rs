@@ -73,7 +73,12 @@ async fn measure() -> anyhow::Result<()> {
         TRUST_DOMAIN,
     );
     let mailbox = sessions.mailbox();
-    let fleet = FleetApi::new(Arc::clone(&store), Roles::default(), TRUST_DOMAIN);
+    let fleet = FleetApi::new(
+        Arc::clone(&store),
+        Arc::clone(&mailbox),
+        Roles::default(),
+        TRUST_DOMAIN,
+    );
     let (_stop_serving, stop) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve::serve(listener, tls, sessions, fleet, async {
         let _ = stop.await;

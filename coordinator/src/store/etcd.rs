@@ -390,10 +390,13 @@ impl Store for EtcdStore {
                 }
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
+                    let put = event.event_type() == EventType::Put;
                     let change = Change {
                         key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        value: (event.event_type() == EventType::Put).then(|| kv.value().to_vec()),
+                        value: put.then(|| kv.value().to_vec()),
                         revision: kv.mod_revision(),
+                        create_revision: if put { kv.create_revision() } else { 0 },
+                        lease: if put { kv.lease() } else { 0 },
                     };
                     if sender.send(Ok(change)).is_err() {
                         return;

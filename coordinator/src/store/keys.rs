@@ -45,8 +45,12 @@ pub fn plan(plan: &str) -> String {
     format!("{}{plan}", plans_prefix())
 }
 
+pub fn all_tasks_prefix() -> String {
+    format!("{PREFIX}/tasks/")
+}
+
 pub fn tasks_prefix(plan: &str) -> String {
-    format!("{PREFIX}/tasks/{plan}/")
+    format!("{}{plan}/", all_tasks_prefix())
 }
 
 pub fn task(plan: &str, shard: &str) -> String {

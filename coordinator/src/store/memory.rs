@@ -107,12 +107,17 @@ impl State {
             lease,
         };
         self.entries.insert(key.to_owned(), stored);
-        self.record(key, Some(value.to_vec()));
+        self.record(
+            key,
+            Some(value.to_vec()),
+            create_revision,
+            lease.unwrap_or_default(),
+        );
     }
 
     fn delete(&mut self, key: &str) {
         if self.entries.remove(key).is_some() {
-            self.record(key, None);
+            self.record(key, None, 0, 0);
         }
     }
 
@@ -130,11 +135,13 @@ impl State {
         Ok(self.revision)
     }
 
-    fn record(&mut self, key: &str, value: Option<Vec<u8>>) {
+    fn record(&mut self, key: &str, value: Option<Vec<u8>>, create_revision: i64, lease: LeaseId) {
         let change = Change {
             key: key.to_owned(),
             value,
             revision: self.revision,
+            create_revision,
+            lease,
         };
         self.watchers.retain(|watcher| {
             !change.key.starts_with(&watcher.prefix)

@@ -89,7 +89,12 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         listener,
         tls,
         sessions,
-        FleetApi::new(Arc::clone(&store), Roles::default(), TRUST_DOMAIN),
+        FleetApi::new(
+            Arc::clone(&store),
+            Arc::clone(&mailbox),
+            Roles::default(),
+            TRUST_DOMAIN,
+        ),
         async {
             let _ = stop.await;
         },

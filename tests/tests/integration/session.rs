@@ -67,12 +67,18 @@ async fn fleet() -> Fleet {
         "c1",
         TRUST_DOMAIN,
     );
+    let mailbox = sessions.mailbox();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(serve::serve(
         listener,
         tls,
         sessions,
-        FleetApi::new(Arc::clone(&store), Roles::default(), TRUST_DOMAIN),
+        FleetApi::new(
+            Arc::clone(&store),
+            Arc::clone(&mailbox),
+            Roles::default(),
+            TRUST_DOMAIN,
+        ),
         async {
             let _ = stop.await;
         },

@@ -1,0 +1,87 @@
+//! Rollouts: a plan splits the selected shards into waves; the leader advances it wave by wave
+//! through the store; the replica holding each agent's session delivers its tasks.
+//!
+//! - [`planning`]: a `CreatePlanRequest` checked and split into waves.
+//! - [`records`]: plans, shard tasks and migration sets as stored, and compare-and-set updates.
+//! - [`transitions`]: what operators may do to a plan in each state.
+//! - [`driver`]: the leader's loop: claim, dispatch, collect results, halt, finish.
+//! - [`relay`]: every replica's side: dispatches to the agents it holds, results back.
+//! - [`watch`]: a rollout's events for `WatchRollout`.
+//!
+//! Per shard and rollout the store sees five requests: the claim, the task and assignment
+//! (one transaction), RUNNING, the result, and the final state with the release (one
+//! transaction). See `docs/architecture.md` for the capacity arithmetic.
+
+pub mod driver;
+mod model;
+pub mod planning;
+pub mod records;
+pub mod relay;
+pub mod transitions;
+pub mod watch;
+
+use fleetshift_common::proto::v1::{PlanState, ShardState};
+use tonic::Status;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{key} holds unreadable data: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("no plan {0}; `fleetshift status` lists the plans")]
+    UnknownPlan(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotNow(String),
+    #[error("plan {0} kept changing while this request was applied; retry")]
+    Contended(String),
+}
+
+impl From<RolloutError> for Status {
+    fn from(error: RolloutError) -> Self {
+        let message = error.to_string();
+        match error {
+            RolloutError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
+            RolloutError::Store(_) | RolloutError::Corrupt { .. } => Status::internal(message),
+            RolloutError::UnknownPlan(_) => Status::not_found(message),
+            RolloutError::BadRequest(_) => Status::invalid_argument(message),
+            RolloutError::NotNow(_) => Status::failed_precondition(message),
+            RolloutError::Contended(_) => Status::aborted(message),
+        }
+    }
+}
+
+/// Whether a task has ended.
+pub fn task_ended(state: ShardState) -> bool {
+    matches!(
+        state,
+        ShardState::Succeeded | ShardState::Failed | ShardState::Cancelled
+    )
+}
+
+/// Whether a task holds (or is about to hold) its shard.
+pub fn task_active(state: ShardState) -> bool {
+    matches!(state, ShardState::Claimed | ShardState::Running)
+}
+
+/// Whether nothing new is dispatched for a plan in this state, ever.
+pub fn plan_ended(state: PlanState) -> bool {
+    matches!(
+        state,
+        PlanState::Succeeded | PlanState::Halted | PlanState::Cancelled
+    )
+}
+
+/// `<plan>~<shard>~<token>`: unique per claim, and its plan is its prefix.
+pub fn assignment_id(plan: &str, shard: &str, token: i64) -> String {
+    format!("{plan}~{shard}~{token}")
+}
+
+/// The plan an assignment id belongs to.
+pub fn plan_of_assignment(assignment: &str) -> &str {
+    assignment.split('~').next().unwrap_or_default()
+}

@@ -1,0 +1,539 @@
+//! The leader's loop. It follows the fleet through one watch ([`Model`]) and, after every batch
+//! of changes (or a tick), advances each plan:
+//!
+//! 1. results of current claims end their tasks and release the claims (one transaction);
+//!    results of superseded claims are dropped;
+//! 2. a task whose claim vanished (its agent's lease lapsed) goes back to pending: it runs
+//!    again under a new claim, and the old holder is fenced out by the shard's ledger;
+//! 3. a running plan halts at its failure threshold, finishes when every task has ended, or
+//!    dispatches the current wave's pending tasks within the per-wave and per-host caps: claim
+//!    (create-if-absent, on the agent's lease), then task and assignment (one transaction,
+//!    only while that claim stands);
+//! 4. a cancelled plan cancels its pending tasks and withdraws running assignments (the
+//!    agent's replica turns the withdrawal into a Cancel).
+//!
+//! Every write carries the leader's epoch; the first refused one ends the loop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::{
+    Assignment, Direction, Dispatch, ErrorKind, MigrationSet, Plan, PlanState, ShardState,
+    ShardTask,
+};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::model::{ClaimSeen, Model};
+use super::{
+    RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
+};
+use crate::store::{Condition, Epoch, Store, StoreError, Write, keys};
+
+/// How often the leader looks again without a change to wake it.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Leads rollouts until `stepped_down` is cancelled or a write shows the epoch is over.
+pub async fn lead<S: Store + 'static>(
+    store: Arc<S>,
+    epoch: Epoch,
+    stepped_down: CancellationToken,
+) {
+    tracing::info!(epoch = epoch.0, "rollout driver started");
+    loop {
+        let outcome = tokio::select! {
+            () = stepped_down.cancelled() => return,
+            outcome = drive(&*store, epoch) => outcome,
+        };
+        match outcome {
+            Err(RolloutError::Store(StoreError::NotLeader(_))) => {
+                tracing::warn!(
+                    epoch = epoch.0,
+                    "no longer the leader; rollout driver stopped"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(epoch = epoch.0, %error, "rollout driver interrupted; reloading");
+            }
+            Ok(()) => {}
+        }
+        tokio::select! {
+            () = stepped_down.cancelled() => return,
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn drive<S: Store>(store: &S, epoch: Epoch) -> Result<(), RolloutError> {
+    let (model, revision) = Model::load(store).await?;
+    let mut changes = store.watch(&keys::all(), revision).await?;
+    let mut driver = Driver {
+        store,
+        epoch,
+        model,
+        withdrawn: HashSet::new(),
+    };
+    let mut ticks = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            change = changes.next() => {
+                let change = change.ok_or_else(|| StoreError::Unavailable("the watch ended".to_owned()))??;
+                driver.model.apply(&change);
+                while let Some(more) = changes.ready() {
+                    driver.model.apply(&more?);
+                }
+            }
+            _ = ticks.tick() => {}
+        }
+        driver.advance().await?;
+    }
+}
+
+struct Driver<'s, S> {
+    store: &'s S,
+    epoch: Epoch,
+    model: Model,
+    /// Assignments withdrawn by this leader (so each is withdrawn once).
+    withdrawn: HashSet<String>,
+}
+
+fn state_of(task: &ShardTask) -> ShardState {
+    ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)
+}
+
+fn plan_state(plan: &Plan) -> PlanState {
+    PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified)
+}
+
+impl<S: Store> Driver<'_, S> {
+    async fn commit(
+        &self,
+        conditions: &[Condition],
+        writes: &[Write],
+    ) -> Result<Option<i64>, RolloutError> {
+        Ok(self
+            .store
+            .commit(Some(self.epoch), conditions, writes)
+            .await?)
+    }
+
+    async fn advance(&mut self) -> Result<(), RolloutError> {
+        let plans: Vec<String> = self.model.plans.keys().cloned().collect();
+        for plan_id in plans {
+            let Some(plan) = self
+                .model
+                .plans
+                .get(&plan_id)
+                .map(|seen| seen.value.clone())
+            else {
+                continue;
+            };
+            let busy = self.model.tasks.get(&plan_id).is_some_and(|tasks| {
+                tasks
+                    .values()
+                    .any(|task| !task_ended(state_of(&task.value)))
+            });
+            if plan_ended(plan_state(&plan)) && !busy {
+                continue;
+            }
+            self.collect_results(&plan).await?;
+            self.recover_lapsed(&plan).await?;
+            match plan_state(&plan) {
+                PlanState::Running => self.run(&plan).await?,
+                PlanState::Cancelled => self.cancel(&plan).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn task(&self, plan: &str, shard: &str) -> Option<(ShardTask, i64)> {
+        self.model
+            .tasks
+            .get(plan)?
+            .get(shard)
+            .map(|seen| (seen.value.clone(), seen.revision))
+    }
+
+    async fn collect_results(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let results: Vec<(String, _)> = self
+            .model
+            .results
+            .iter()
+            .filter(|(assignment, _)| plan_of_assignment(assignment) == plan.plan_id)
+            .map(|(assignment, seen)| (assignment.clone(), seen.value.clone()))
+            .collect();
+        for (assignment, result) in results {
+            let result_key = keys::result(&assignment);
+            let current = self
+                .task(&plan.plan_id, &result.shard_id)
+                .filter(|(task, _)| {
+                    task.fence_token == result.fence_token && task_active(state_of(task))
+                });
+            let Some((task, revision)) = current else {
+                tracing::info!(%assignment, "dropping the result of a superseded claim");
+                self.commit(&[], &[Write::Delete(result_key)]).await?;
+                continue;
+            };
+            let stopped = result
+                .error
+                .as_ref()
+                .is_some_and(|error| error.kind == i32::from(ErrorKind::Stopped));
+            let ended = if result.succeeded {
+                ShardState::Succeeded
+            } else if stopped && plan_state(plan) == PlanState::Cancelled {
+                ShardState::Cancelled
+            } else {
+                ShardState::Failed
+            };
+            let finished = ShardTask {
+                state: ended.into(),
+                error: result.error.clone(),
+                current_version: result.current_version.clone(),
+                ..task.clone()
+            };
+            let task_key = keys::task(&plan.plan_id, &task.shard_id);
+            let claim_key = keys::claim(&task.shard_id);
+            let mut writes = vec![
+                Write::put(task_key.clone(), finished.encode_to_vec()),
+                Write::Delete(keys::assignment(&task.agent_id, &assignment)),
+                Write::Delete(result_key),
+            ];
+            let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
+            let ours = Condition::CreatedAt(claim_key.clone(), task.fence_token);
+            let mut with_release = writes.clone();
+            with_release.push(Write::Delete(claim_key));
+            let mut committed = self
+                .commit(&[unchanged.clone(), ours], &with_release)
+                .await?;
+            if committed.is_none() {
+                // The claim is gone already (or is not this task's): keep whatever is there.
+                committed = self.commit(&[unchanged], &writes).await?;
+            } else {
+                writes = with_release;
+            }
+            let Some(at) = committed else { continue };
+            tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?ended, "shard task ended");
+            if writes.len() == 4 {
+                self.model.forget_claim(&task.shard_id, at);
+            }
+            self.model.results.remove(&assignment);
+            self.model
+                .record_task(&plan.plan_id, &task.shard_id, finished, at);
+        }
+        Ok(())
+    }
+
+    async fn recover_lapsed(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let lapsed: Vec<(ShardTask, i64)> = self
+            .model
+            .tasks
+            .get(&plan.plan_id)
+            .into_iter()
+            .flat_map(|tasks| tasks.values())
+            .filter(|seen| {
+                let task = &seen.value;
+                task_active(state_of(task))
+                    && self
+                        .model
+                        .claims
+                        .get(&task.shard_id)
+                        .is_none_or(|claim| claim.value.token != task.fence_token)
+            })
+            .map(|seen| (seen.value.clone(), seen.revision))
+            .collect();
+        for (task, revision) in lapsed {
+            let assignment = assignment_id(&plan.plan_id, &task.shard_id, task.fence_token);
+            if self.model.results.contains_key(&assignment) {
+                continue;
+            }
+            let pending = ShardTask {
+                state: ShardState::Pending.into(),
+                fence_token: 0,
+                error: None,
+                ..task.clone()
+            };
+            let key = keys::task(&plan.plan_id, &task.shard_id);
+            let committed = self
+                .commit(
+                    &[Condition::ModifiedAt(key.clone(), revision)],
+                    &[Write::put(key, pending.encode_to_vec())],
+                )
+                .await?;
+            if let Some(at) = committed {
+                tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = task.fence_token, "claim lapsed with its agent's lease; the shard goes back to pending");
+                self.model
+                    .record_task(&plan.plan_id, &task.shard_id, pending, at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return Ok(());
+        };
+        let policy = plan.policy.clone().unwrap_or_default();
+        let failed: Vec<&ShardTask> = tasks
+            .values()
+            .map(|seen| &seen.value)
+            .filter(|task| state_of(task) == ShardState::Failed)
+            .collect();
+        if !failed.is_empty() && failed.len() >= policy.failure_threshold.max(1) as usize {
+            let first = failed[0];
+            let reason = format!(
+                "{} shard(s) failed, threshold {}: {} ({}); nothing new is dispatched",
+                failed.len(),
+                policy.failure_threshold.max(1),
+                first.shard_id,
+                first
+                    .error
+                    .as_ref()
+                    .map(|error| error.message.as_str())
+                    .unwrap_or("no detail")
+            );
+            return self.finish(plan, PlanState::Halted, reason).await;
+        }
+        let wave = plan.waves.iter().find(|wave| {
+            wave.shards.iter().any(|shard| {
+                tasks
+                    .get(&shard.shard_id)
+                    .is_none_or(|seen| !task_ended(state_of(&seen.value)))
+            })
+        });
+        let Some(wave) = wave else {
+            let reason = if failed.is_empty() {
+                String::new()
+            } else {
+                format!("{} shard(s) failed, below the threshold", failed.len())
+            };
+            return self.finish(plan, PlanState::Succeeded, reason).await;
+        };
+        let mut active_in_wave = wave
+            .shards
+            .iter()
+            .filter(|shard| {
+                tasks
+                    .get(&shard.shard_id)
+                    .is_some_and(|seen| task_active(state_of(&seen.value)))
+            })
+            .count();
+        let mut active_per_host: HashMap<String, usize> = HashMap::new();
+        for seen in self.model.tasks.values().flat_map(|tasks| tasks.values()) {
+            if task_active(state_of(&seen.value)) {
+                *active_per_host.entry(seen.value.host.clone()).or_default() += 1;
+            }
+        }
+        let pending: Vec<(ShardTask, i64)> = wave
+            .shards
+            .iter()
+            .filter_map(|shard| tasks.get(&shard.shard_id))
+            .filter(|seen| state_of(&seen.value) == ShardState::Pending)
+            .map(|seen| (seen.value.clone(), seen.revision))
+            .collect();
+        for (task, revision) in pending {
+            if active_in_wave >= policy.max_concurrency_per_wave.max(1) as usize {
+                break;
+            }
+            let on_host = active_per_host.entry(task.host.clone()).or_default();
+            if *on_host >= policy.max_concurrency_per_host.max(1) as usize {
+                continue;
+            }
+            if self.dispatch(plan, task, revision).await? {
+                active_in_wave += 1;
+                *on_host += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the shard for the agent that announces it and hands it the task; false when the
+    /// shard cannot run now (no agent, held elsewhere, lease lapsed, task changed).
+    async fn dispatch(
+        &mut self,
+        plan: &Plan,
+        task: ShardTask,
+        revision: i64,
+    ) -> Result<bool, RolloutError> {
+        let Some((agent, lease)) = self.model.agent_of(&task.shard_id, &task.agent_id) else {
+            return Ok(false);
+        };
+        let task_key = keys::task(&plan.plan_id, &task.shard_id);
+        let claim_key = keys::claim(&task.shard_id);
+        let token = match self
+            .model
+            .claims
+            .get(&task.shard_id)
+            .map(|seen| seen.value.clone())
+        {
+            Some(claim) if claim.holder == agent && !self.claim_in_use(claim.token) => {
+                // Claimed by a leader that stopped before handing the task over: carry on.
+                claim.token
+            }
+            Some(_) => return Ok(false),
+            None => {
+                let claimed = self
+                    .store
+                    .commit(
+                        Some(self.epoch),
+                        &[
+                            Condition::Absent(claim_key.clone()),
+                            Condition::ModifiedAt(task_key.clone(), revision),
+                        ],
+                        &[Write::Put {
+                            key: claim_key.clone(),
+                            value: agent.clone().into_bytes(),
+                            lease: Some(lease),
+                        }],
+                    )
+                    .await;
+                match claimed {
+                    Ok(Some(token)) => {
+                        let claim = ClaimSeen {
+                            holder: agent.clone(),
+                            token,
+                        };
+                        self.model.record_claim(&task.shard_id, claim, token);
+                        token
+                    }
+                    Ok(None) | Err(StoreError::LeaseExpired(_)) => return Ok(false),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+        let assignment_id = assignment_id(&plan.plan_id, &task.shard_id, token);
+        let claimed = ShardTask {
+            state: ShardState::Claimed.into(),
+            fence_token: token,
+            agent_id: agent.clone(),
+            error: None,
+            ..task.clone()
+        };
+        let running = ShardTask {
+            state: ShardState::Running.into(),
+            ..claimed.clone()
+        };
+        let dispatch = Dispatch {
+            assignment: Some(Assignment {
+                assignment_id: assignment_id.clone(),
+                plan_id: plan.plan_id.clone(),
+                shard_id: task.shard_id.clone(),
+                fence_token: token,
+                direction: Direction::Up.into(),
+                target_version: plan.target_version.clone(),
+                migration_set: Some(MigrationSet {
+                    format: plan.set_format.clone(),
+                    digest: plan.set_digest.clone(),
+                    files: Vec::new(),
+                }),
+                limits: plan.limits,
+                trace_context: HashMap::new(),
+            }),
+            task: Some(running),
+        };
+        let committed = self
+            .store
+            .commit(
+                Some(self.epoch),
+                &[
+                    Condition::CreatedAt(claim_key, token),
+                    Condition::ModifiedAt(task_key.clone(), revision),
+                ],
+                &[
+                    Write::put(task_key, claimed.encode_to_vec()),
+                    Write::Put {
+                        key: keys::assignment(&agent, &assignment_id),
+                        value: dispatch.encode_to_vec(),
+                        lease: Some(lease),
+                    },
+                ],
+            )
+            .await;
+        match committed {
+            Ok(Some(at)) => {
+                tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, %agent, token, "shard task dispatched");
+                self.model
+                    .record_task(&plan.plan_id, &task.shard_id, claimed, at);
+                Ok(true)
+            }
+            Ok(None) | Err(StoreError::LeaseExpired(_)) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn claim_in_use(&self, token: i64) -> bool {
+        self.model
+            .tasks
+            .values()
+            .flat_map(|tasks| tasks.values())
+            .any(|seen| seen.value.fence_token == token && task_active(state_of(&seen.value)))
+    }
+
+    async fn finish(
+        &mut self,
+        plan: &Plan,
+        state: PlanState,
+        reason: String,
+    ) -> Result<(), RolloutError> {
+        let updated = records::update_plan(self.store, &plan.plan_id, Some(self.epoch), |stored| {
+            if plan_state(stored) != PlanState::Running {
+                return Err(RolloutError::NotNow("changed meanwhile".to_owned()));
+            }
+            stored.state = state.into();
+            stored.state_reason.clone_from(&reason);
+            Ok(())
+        })
+        .await;
+        match updated {
+            Ok(_) => {
+                tracing::info!(plan = %plan.plan_id, ?state, %reason, "rollout ended");
+                Ok(())
+            }
+            // An operator got there first; the next round sees their change.
+            Err(RolloutError::NotNow(_) | RolloutError::Contended(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn cancel(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return Ok(());
+        };
+        let open: Vec<(ShardTask, i64)> = tasks
+            .values()
+            .filter(|seen| !task_ended(state_of(&seen.value)))
+            .map(|seen| (seen.value.clone(), seen.revision))
+            .collect();
+        for (task, revision) in open {
+            if task_active(state_of(&task)) {
+                let assignment = assignment_id(&plan.plan_id, &task.shard_id, task.fence_token);
+                if self.withdrawn.insert(assignment.clone()) {
+                    self.commit(
+                        &[],
+                        &[Write::Delete(keys::assignment(&task.agent_id, &assignment))],
+                    )
+                    .await?;
+                }
+                continue;
+            }
+            let cancelled = ShardTask {
+                state: ShardState::Cancelled.into(),
+                ..task.clone()
+            };
+            let key = keys::task(&plan.plan_id, &task.shard_id);
+            if let Some(at) = self
+                .commit(
+                    &[Condition::ModifiedAt(key.clone(), revision)],
+                    &[Write::put(key, cancelled.encode_to_vec())],
+                )
+                .await?
+            {
+                self.model
+                    .record_task(&plan.plan_id, &task.shard_id, cancelled, at);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The leader's view of the fleet: plans, tasks, claims, live agents and unread results, loaded
+//! once and then kept current by one watch. Every key remembers the revision it was seen at,
+//! so a replayed or late change never overwrites a newer one (the leader also records its own
+//! commits at once, before their echo arrives).
+
+use std::collections::{BTreeMap, HashMap};
+
+use fleetshift_common::proto::v1::{AssignmentResult, Hello, Plan, ShardTask};
+
+use super::RolloutError;
+use super::records::decode;
+use crate::store::{Change, Entry, LeaseId, Store, keys};
+
+/// A value and the revision it was written at.
+#[derive(Debug, Clone)]
+pub struct Seen<T> {
+    pub value: T,
+    pub revision: i64,
+}
+
+/// A claim on a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimSeen {
+    pub holder: String,
+    pub token: i64,
+}
+
+/// An agent with a live session.
+#[derive(Debug, Clone)]
+pub struct AgentSeen {
+    pub lease: LeaseId,
+    pub hello: Hello,
+}
+
+#[derive(Debug, Default)]
+pub struct Model {
+    pub plans: BTreeMap<String, Seen<Plan>>,
+    /// By plan, then shard.
+    pub tasks: BTreeMap<String, BTreeMap<String, Seen<ShardTask>>>,
+    pub claims: HashMap<String, Seen<ClaimSeen>>,
+    pub agents: HashMap<String, Seen<AgentSeen>>,
+    /// By assignment id.
+    pub results: BTreeMap<String, Seen<AssignmentResult>>,
+}
+
+/// What a key is, by its place in the layout.
+enum Place<'k> {
+    Plan(&'k str),
+    Task(&'k str, &'k str),
+    Claim(&'k str),
+    Agent(&'k str),
+    Result(&'k str),
+    Other,
+}
+
+fn place(key: &str) -> Place<'_> {
+    if let Some(plan) = key.strip_prefix(&keys::plans_prefix()) {
+        Place::Plan(plan)
+    } else if let Some(rest) = key.strip_prefix(&keys::all_tasks_prefix()) {
+        rest.split_once('/')
+            .map_or(Place::Other, |(plan, shard)| Place::Task(plan, shard))
+    } else if let Some(shard) = key.strip_prefix(&keys::claims_prefix()) {
+        Place::Claim(shard)
+    } else if let Some(agent) = key.strip_prefix(&keys::agents_prefix()) {
+        Place::Agent(agent)
+    } else if let Some(assignment) = key.strip_prefix(&keys::results_prefix()) {
+        Place::Result(assignment)
+    } else {
+        Place::Other
+    }
+}
+
+/// Whether a change at `revision` is newer than what `slot` holds.
+fn newer<T>(slot: Option<&Seen<T>>, revision: i64) -> bool {
+    slot.is_none_or(|seen| seen.revision < revision)
+}
+
+impl Model {
+    /// Reads everything the leader follows; watch from the returned revision.
+    pub async fn load<S: Store>(store: &S) -> Result<(Self, i64), RolloutError> {
+        let mut model = Self::default();
+        let mut first_revision = None;
+        for prefix in [
+            keys::plans_prefix(),
+            keys::all_tasks_prefix(),
+            keys::claims_prefix(),
+            keys::agents_prefix(),
+            keys::results_prefix(),
+        ] {
+            let listing = store.list(&prefix).await?;
+            first_revision.get_or_insert(listing.revision);
+            for entry in &listing.entries {
+                model.apply(&change_of(entry));
+            }
+        }
+        Ok((model, first_revision.unwrap_or_default()))
+    }
+
+    /// Takes in one change; unreadable values are logged and skipped.
+    pub fn apply(&mut self, change: &Change) {
+        if let Err(error) = self.try_apply(change) {
+            tracing::warn!(key = %change.key, %error, "skipping an unreadable change");
+        }
+    }
+
+    fn try_apply(&mut self, change: &Change) -> Result<(), RolloutError> {
+        let revision = change.revision;
+        match (place(&change.key), &change.value) {
+            (Place::Plan(id), Some(value)) => {
+                let plan: Plan = decode(&change.key, value)?;
+                if newer(self.plans.get(id), revision) {
+                    self.plans.insert(
+                        id.to_owned(),
+                        Seen {
+                            value: plan,
+                            revision,
+                        },
+                    );
+                }
+            }
+            (Place::Plan(id), None) => {
+                if newer(self.plans.get(id), revision) {
+                    self.plans.remove(id);
+                    self.tasks.remove(id);
+                }
+            }
+            (Place::Task(plan, shard), Some(value)) => {
+                let task: ShardTask = decode(&change.key, value)?;
+                self.record_task(plan, shard, task, revision);
+            }
+            (Place::Task(plan, shard), None) => {
+                if let Some(tasks) = self.tasks.get_mut(plan)
+                    && newer(tasks.get(shard), revision)
+                {
+                    tasks.remove(shard);
+                }
+            }
+            (Place::Claim(shard), Some(value)) => {
+                let holder = String::from_utf8_lossy(value).into_owned();
+                let claim = ClaimSeen {
+                    holder,
+                    token: change.create_revision,
+                };
+                self.record_claim(shard, claim, revision);
+            }
+            (Place::Claim(shard), None) => {
+                if newer(self.claims.get(shard), revision) {
+                    self.claims.remove(shard);
+                }
+            }
+            (Place::Agent(agent), Some(value)) => {
+                let hello: Hello = decode(&change.key, value)?;
+                if newer(self.agents.get(agent), revision) {
+                    let seen = AgentSeen {
+                        lease: change.lease,
+                        hello,
+                    };
+                    self.agents.insert(
+                        agent.to_owned(),
+                        Seen {
+                            value: seen,
+                            revision,
+                        },
+                    );
+                }
+            }
+            (Place::Agent(agent), None) => {
+                if newer(self.agents.get(agent), revision) {
+                    self.agents.remove(agent);
+                }
+            }
+            (Place::Result(assignment), Some(value)) => {
+                let result: AssignmentResult = decode(&change.key, value)?;
+                if newer(self.results.get(assignment), revision) {
+                    self.results.insert(
+                        assignment.to_owned(),
+                        Seen {
+                            value: result,
+                            revision,
+                        },
+                    );
+                }
+            }
+            (Place::Result(assignment), None) => {
+                if newer(self.results.get(assignment), revision) {
+                    self.results.remove(assignment);
+                }
+            }
+            (Place::Other, _) => {}
+        }
+        Ok(())
+    }
+
+    pub fn record_task(&mut self, plan: &str, shard: &str, task: ShardTask, revision: i64) {
+        let tasks = self.tasks.entry(plan.to_owned()).or_default();
+        if newer(tasks.get(shard), revision) {
+            tasks.insert(
+                shard.to_owned(),
+                Seen {
+                    value: task,
+                    revision,
+                },
+            );
+        }
+    }
+
+    pub fn record_claim(&mut self, shard: &str, claim: ClaimSeen, revision: i64) {
+        if newer(self.claims.get(shard), revision) {
+            self.claims.insert(
+                shard.to_owned(),
+                Seen {
+                    value: claim,
+                    revision,
+                },
+            );
+        }
+    }
+
+    pub fn forget_claim(&mut self, shard: &str, revision: i64) {
+        if newer(self.claims.get(shard), revision) {
+            self.claims.remove(shard);
+        }
+    }
+
+    /// The agent announcing `shard` now, preferring `preferred`.
+    pub fn agent_of(&self, shard: &str, preferred: &str) -> Option<(String, LeaseId)> {
+        let announces = |seen: &Seen<AgentSeen>| {
+            seen.value
+                .hello
+                .shards
+                .iter()
+                .any(|facts| facts.shard_id == shard)
+        };
+        if let Some(seen) = self.agents.get(preferred).filter(|seen| announces(seen)) {
+            return Some((preferred.to_owned(), seen.value.lease));
+        }
+        self.agents
+            .iter()
+            .filter(|(_, seen)| announces(seen))
+            .min_by(|left, right| left.0.cmp(right.0))
+            .map(|(agent, seen)| (agent.clone(), seen.value.lease))
+    }
+}
+
+/// A listed entry as the change that would have created it.
+fn change_of(entry: &Entry) -> Change {
+    Change {
+        key: entry.key.clone(),
+        value: Some(entry.value.clone()),
+        revision: entry.mod_revision,
+        create_revision: entry.create_revision,
+        lease: entry.lease,
+    }
+}

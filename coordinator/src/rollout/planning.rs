@@ -1,0 +1,286 @@
+//! Turning a `CreatePlanRequest` into a plan: the shipped set is unpacked and must hash to its
+//! digest, the target must be one of its versions, the selector must match announced shards,
+//! and the shards are split into waves: a canary wave of N shards, then waves up to each
+//! cumulative percentage of the rest. Shards are ordered by id, so a plan is reproducible.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use fleetshift_common::proto::v1::{
+    CreatePlanRequest, ExecutionLimits, Hello, Plan, PlanState, ShardState, ShardTask, Wave,
+    WavePolicy,
+};
+use fleetshift_common::shipped;
+
+use super::RolloutError;
+
+/// Defaults for what the request leaves at zero.
+const DEFAULT_CANARY: u32 = 1;
+const DEFAULT_PER_WAVE: u32 = 16;
+const DEFAULT_PER_HOST: u32 = 4;
+const DEFAULT_FAILURE_THRESHOLD: u32 = 1;
+
+/// A shard as announced by its agent.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub shard_id: String,
+    pub agent_id: String,
+    pub host: String,
+}
+
+/// Every announced shard whose labels match `selector`, by id; a shard two agents announce
+/// is refused (which one runs it would be a guess).
+pub fn candidates(
+    agents: &[(String, Hello)],
+    selector: &HashMap<String, String>,
+) -> Result<Vec<Candidate>, RolloutError> {
+    let mut found: BTreeMap<String, Candidate> = BTreeMap::new();
+    for (agent, hello) in agents {
+        let host = hello
+            .host
+            .as_ref()
+            .map(|host| host.hostname.clone())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| agent.clone());
+        for shard in &hello.shards {
+            let matches = selector
+                .iter()
+                .all(|(key, value)| shard.labels.get(key) == Some(value));
+            if !matches {
+                continue;
+            }
+            let candidate = Candidate {
+                shard_id: shard.shard_id.clone(),
+                agent_id: agent.clone(),
+                host: host.clone(),
+            };
+            if let Some(other) = found.insert(shard.shard_id.clone(), candidate) {
+                return Err(RolloutError::BadRequest(format!(
+                    "shard {} is announced by agents {} and {agent}; fix their configurations",
+                    shard.shard_id, other.agent_id
+                )));
+            }
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+/// The policy with defaults filled in, checked.
+pub fn policy(requested: Option<WavePolicy>) -> Result<WavePolicy, RolloutError> {
+    let requested = requested.unwrap_or_default();
+    let or = |value: u32, default: u32| if value == 0 { default } else { value };
+    let mut percentages = requested.percentages.clone();
+    if percentages
+        .iter()
+        .any(|&percent| percent == 0 || percent > 100)
+        || percentages.windows(2).any(|pair| pair[0] >= pair[1])
+    {
+        return Err(RolloutError::BadRequest(format!(
+            "wave percentages must increase within 1..=100, got {percentages:?}"
+        )));
+    }
+    if percentages.last() != Some(&100) {
+        percentages.push(100);
+    }
+    Ok(WavePolicy {
+        canary_shards: or(requested.canary_shards, DEFAULT_CANARY),
+        percentages,
+        max_concurrency_per_wave: or(requested.max_concurrency_per_wave, DEFAULT_PER_WAVE),
+        max_concurrency_per_host: or(requested.max_concurrency_per_host, DEFAULT_PER_HOST),
+        failure_threshold: or(requested.failure_threshold, DEFAULT_FAILURE_THRESHOLD),
+    })
+}
+
+/// Canary first, then up to each cumulative percentage of the remaining shards.
+pub fn waves(shards: &[Candidate], policy: &WavePolicy) -> Vec<Wave> {
+    let canary = shards
+        .len()
+        .min(usize::try_from(policy.canary_shards).unwrap_or(usize::MAX));
+    let rest = shards.len() - canary;
+    let mut bounds = vec![canary];
+    for &percent in &policy.percentages {
+        let cumulative = (rest * percent as usize).div_ceil(100);
+        bounds.push(canary + cumulative);
+    }
+    let mut waves = Vec::new();
+    let mut start = 0;
+    for end in bounds {
+        if end > start {
+            let index = u32::try_from(waves.len()).unwrap_or(u32::MAX);
+            let tasks = shards[start..end]
+                .iter()
+                .map(|shard| ShardTask {
+                    shard_id: shard.shard_id.clone(),
+                    state: ShardState::Pending.into(),
+                    agent_id: shard.agent_id.clone(),
+                    host: shard.host.clone(),
+                    wave: index,
+                    ..ShardTask::default()
+                })
+                .collect();
+            waves.push(Wave {
+                index,
+                shards: tasks,
+            });
+            start = end;
+        }
+    }
+    waves
+}
+
+/// A new plan id: time-ordered, unique enough that creation (create-if-absent) never collides
+/// in practice.
+pub fn new_plan_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("p{}-{:05x}", now.as_secs(), now.subsec_micros())
+}
+
+/// Checks the request and plans it for `author` over the announced `agents`.
+pub fn plan(
+    request: CreatePlanRequest,
+    author: &str,
+    agents: &[(String, Hello)],
+) -> Result<Plan, RolloutError> {
+    let shipped = request.migration_set.as_ref().ok_or_else(|| {
+        RolloutError::BadRequest("the request carries no migration set".to_owned())
+    })?;
+    let directory = tempfile::Builder::new()
+        .prefix("fleetshift-plan-")
+        .tempdir()
+        .map_err(|error| {
+            RolloutError::NotNow(format!("cannot unpack the migration set: {error}"))
+        })?;
+    let set = shipped::unpack(shipped, directory.path())
+        .map_err(|error| RolloutError::BadRequest(error.to_string()))?;
+    let last = set
+        .revisions
+        .last()
+        .map(|revision| revision.version.as_str().to_owned())
+        .ok_or_else(|| RolloutError::BadRequest("the migration set is empty".to_owned()))?;
+    let target = if request.target_version.is_empty() {
+        last
+    } else if set
+        .revisions
+        .iter()
+        .any(|revision| revision.version.as_str() == request.target_version)
+    {
+        request.target_version.clone()
+    } else {
+        return Err(RolloutError::BadRequest(format!(
+            "target version {} is not in the migration set (its versions run from {} to {last})",
+            request.target_version,
+            set.revisions
+                .first()
+                .map(|revision| revision.version.as_str())
+                .unwrap_or_default()
+        )));
+    };
+    let shards = candidates(agents, &request.selector)?;
+    if shards.is_empty() {
+        return Err(RolloutError::BadRequest(format!(
+            "no connected agent announces a shard matching {:?}; `fleetshift shards` lists them",
+            request.selector
+        )));
+    }
+    let policy = policy(request.waves)?;
+    let limits: ExecutionLimits = request.limits.unwrap_or_default();
+    Ok(Plan {
+        plan_id: new_plan_id(),
+        author: author.to_owned(),
+        set_digest: shipped.digest.clone(),
+        target_version: target,
+        state: PlanState::AwaitingApproval.into(),
+        waves: waves(&shards, &policy),
+        approvals: Vec::new(),
+        created_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        state_reason: String::new(),
+        policy: Some(policy),
+        limits: Some(limits),
+        selector: request.selector,
+        set_format: shipped.format.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards(count: usize) -> Vec<Candidate> {
+        (0..count)
+            .map(|index| Candidate {
+                shard_id: format!("s{index:03}"),
+                agent_id: "a".to_owned(),
+                host: "h".to_owned(),
+            })
+            .collect()
+    }
+
+    fn sizes(waves: &[Wave]) -> Vec<usize> {
+        waves.iter().map(|wave| wave.shards.len()).collect()
+    }
+
+    #[test]
+    fn canary_then_cumulative_percentages_cover_every_shard_once() {
+        let policy = policy(Some(WavePolicy {
+            canary_shards: 2,
+            percentages: vec![25, 50],
+            ..WavePolicy::default()
+        }))
+        .expect("policy");
+        assert_eq!(policy.percentages, [25, 50, 100], "100 is implied");
+        let planned = waves(&shards(10), &policy);
+        assert_eq!(sizes(&planned), [2, 2, 2, 4]);
+        let mut seen: Vec<&str> = planned
+            .iter()
+            .flat_map(|wave| wave.shards.iter().map(|task| task.shard_id.as_str()))
+            .collect();
+        seen.dedup();
+        assert_eq!(seen.len(), 10);
+        assert!(
+            planned
+                .iter()
+                .enumerate()
+                .all(|(index, wave)| wave.index as usize == index)
+        );
+    }
+
+    #[test]
+    fn small_fleets_skip_empty_waves() {
+        let policy = policy(Some(WavePolicy {
+            canary_shards: 3,
+            percentages: vec![10, 100],
+            ..WavePolicy::default()
+        }))
+        .expect("policy");
+        assert_eq!(sizes(&waves(&shards(2), &policy)), [2]);
+        assert_eq!(sizes(&waves(&shards(4), &policy)), [3, 1]);
+    }
+
+    #[test]
+    fn decreasing_percentages_are_refused() {
+        let refused = policy(Some(WavePolicy {
+            percentages: vec![50, 25],
+            ..WavePolicy::default()
+        }));
+        assert!(matches!(refused, Err(RolloutError::BadRequest(_))));
+    }
+
+    #[test]
+    fn a_shard_announced_twice_is_refused() {
+        let hello = |agent: &str| Hello {
+            agent_id: agent.to_owned(),
+            shards: vec![fleetshift_common::proto::v1::ShardFacts {
+                shard_id: "s1".to_owned(),
+                ..Default::default()
+            }],
+            ..Hello::default()
+        };
+        let agents = vec![("a".to_owned(), hello("a")), ("b".to_owned(), hello("b"))];
+        assert!(matches!(
+            candidates(&agents, &HashMap::new()),
+            Err(RolloutError::BadRequest(message)) if message.contains("a and b")
+        ));
+    }
+}

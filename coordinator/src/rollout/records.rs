@@ -1,0 +1,177 @@
+//! Plans, shard tasks and migration sets as the store keeps them (protobuf values), read and
+//! written with compare-and-set so concurrent writers (operators on any replica, the leader)
+//! never lose each other's updates.
+
+use std::collections::BTreeMap;
+
+use fleetshift_common::proto::v1::{self, Plan, ShardTask};
+use prost::Message;
+
+use super::RolloutError;
+use crate::store::{Condition, Entry, Epoch, Store, StoreError, Write, keys};
+
+/// Largest chunk of an encoded migration set (etcd refuses requests over 1.5 MiB).
+const SET_CHUNK: usize = 1 << 20;
+
+/// Attempts of a compare-and-set update before giving up.
+const CAS_ATTEMPTS: usize = 8;
+
+pub fn decode<M: Message + Default>(key: &str, value: &[u8]) -> Result<M, RolloutError> {
+    M::decode(value).map_err(|error| RolloutError::Corrupt {
+        key: key.to_owned(),
+        detail: error.to_string(),
+    })
+}
+
+/// A plan and the revision it was read at.
+#[derive(Debug, Clone)]
+pub struct PlanRecord {
+    pub plan: Plan,
+    pub revision: i64,
+}
+
+pub async fn load_plan<S: Store>(store: &S, plan_id: &str) -> Result<PlanRecord, RolloutError> {
+    let key = keys::plan(plan_id);
+    let entry = store
+        .read(&key)
+        .await?
+        .ok_or_else(|| RolloutError::UnknownPlan(plan_id.to_owned()))?;
+    Ok(PlanRecord {
+        plan: decode(&key, &entry.value)?,
+        revision: entry.mod_revision,
+    })
+}
+
+pub async fn load_plans<S: Store>(store: &S) -> Result<Vec<Plan>, RolloutError> {
+    let listing = store.list(&keys::plans_prefix()).await?;
+    listing
+        .entries
+        .iter()
+        .map(|entry| decode(&entry.key, &entry.value))
+        .collect()
+}
+
+/// The plan's tasks by shard, as stored.
+pub async fn load_tasks<S: Store>(
+    store: &S,
+    plan_id: &str,
+) -> Result<BTreeMap<String, ShardTask>, RolloutError> {
+    let listing = store.list(&keys::tasks_prefix(plan_id)).await?;
+    tasks_of(&listing.entries)
+}
+
+pub fn tasks_of(entries: &[Entry]) -> Result<BTreeMap<String, ShardTask>, RolloutError> {
+    entries
+        .iter()
+        .map(|entry| {
+            let task: ShardTask = decode(&entry.key, &entry.value)?;
+            Ok((task.shard_id.clone(), task))
+        })
+        .collect()
+}
+
+/// The plan with each wave's shards in their stored state.
+pub fn with_tasks(mut plan: Plan, tasks: &BTreeMap<String, ShardTask>) -> Plan {
+    for wave in &mut plan.waves {
+        for shard in &mut wave.shards {
+            if let Some(task) = tasks.get(&shard.shard_id) {
+                *shard = task.clone();
+            }
+        }
+    }
+    plan
+}
+
+/// Creates the plan and its pending tasks, once.
+pub async fn create_plan<S: Store>(store: &S, plan: &Plan) -> Result<(), RolloutError> {
+    let key = keys::plan(&plan.plan_id);
+    let mut writes = vec![Write::put(key.clone(), plan.encode_to_vec())];
+    for task in plan.waves.iter().flat_map(|wave| &wave.shards) {
+        writes.push(Write::put(
+            keys::task(&plan.plan_id, &task.shard_id),
+            task.encode_to_vec(),
+        ));
+    }
+    // etcd allows 128 operations per transaction by default: the plan goes last, so it is
+    // visible only once every task is.
+    let plan_write = writes.remove(0);
+    for batch in writes.chunks(100) {
+        store.commit(None, &[], batch).await?;
+    }
+    let created = store
+        .commit(None, &[Condition::Absent(key)], &[plan_write])
+        .await?;
+    match created {
+        Some(_) => Ok(()),
+        None => Err(RolloutError::BadRequest(format!(
+            "plan {} exists already",
+            plan.plan_id
+        ))),
+    }
+}
+
+/// Applies `change` to the stored plan and writes it back unless someone wrote in between
+/// (then reads again and retries). With `epoch`, only while that leadership stands.
+pub async fn update_plan<S: Store>(
+    store: &S,
+    plan_id: &str,
+    epoch: Option<Epoch>,
+    mut change: impl FnMut(&mut Plan) -> Result<(), RolloutError>,
+) -> Result<Plan, RolloutError> {
+    let key = keys::plan(plan_id);
+    for _ in 0..CAS_ATTEMPTS {
+        let PlanRecord { mut plan, revision } = load_plan(store, plan_id).await?;
+        change(&mut plan)?;
+        let written = store
+            .commit(
+                epoch,
+                &[Condition::ModifiedAt(key.clone(), revision)],
+                &[Write::put(key.clone(), plan.encode_to_vec())],
+            )
+            .await?;
+        if written.is_some() {
+            return Ok(plan);
+        }
+    }
+    Err(RolloutError::Contended(plan_id.to_owned()))
+}
+
+/// Stores the set in chunks under its digest, unless it is there already.
+pub async fn save_set<S: Store>(store: &S, set: &v1::MigrationSet) -> Result<(), RolloutError> {
+    let first = keys::set_chunk(&set.digest, 0);
+    if store.read(&first).await?.is_some() {
+        return Ok(());
+    }
+    let encoded = set.encode_to_vec();
+    for (index, chunk) in encoded.chunks(SET_CHUNK).enumerate().rev() {
+        // Chunk 0 last: its presence means the set is complete.
+        store
+            .commit(
+                None,
+                &[],
+                &[Write::put(
+                    keys::set_chunk(&set.digest, index),
+                    chunk.to_vec(),
+                )],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn load_set<S: Store>(store: &S, digest: &str) -> Result<v1::MigrationSet, RolloutError> {
+    let prefix = keys::set_prefix(digest);
+    let listing = store.list(&prefix).await?;
+    if listing.entries.is_empty() {
+        return Err(RolloutError::Store(StoreError::Corrupt {
+            key: prefix,
+            detail: "the plan's migration set is missing from the store".to_owned(),
+        }));
+    }
+    let encoded: Vec<u8> = listing
+        .entries
+        .iter()
+        .flat_map(|entry| entry.value.iter().copied())
+        .collect();
+    decode(&prefix, &encoded)
+}

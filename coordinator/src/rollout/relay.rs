@@ -1,0 +1,219 @@
+//! Every replica's half of a rollout: it follows the assignments the leader writes and hands
+//! those of agents whose sessions it holds down their streams, with the migration set's files
+//! attached (read once per set). Before handing one over it marks the task RUNNING, only while
+//! the claim stands. A withdrawn assignment becomes a Cancel; an agent that (re)connects gets
+//! its outstanding assignments again (the agent ignores ones it is already running).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
+use fleetshift_common::proto::v1::{self, Cancel, Dispatch};
+use prost::Message;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::RolloutError;
+use super::records::{decode, load_set};
+use crate::mailbox::Mailbox;
+use crate::store::{Condition, Store, StoreError, Write, keys};
+
+/// Pause before following again after the store failed.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Relays until `shutdown`.
+pub async fn run<S: Store>(store: Arc<S>, mailbox: Arc<Mailbox>, shutdown: CancellationToken) {
+    let mut relay = Relay {
+        store,
+        mailbox,
+        dispatches: HashMap::new(),
+        delivered: HashSet::new(),
+        running: HashSet::new(),
+        sets: HashMap::new(),
+    };
+    loop {
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = relay.follow() => outcome,
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "relaying assignments interrupted; following again");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+struct Relay<S> {
+    store: Arc<S>,
+    mailbox: Arc<Mailbox>,
+    /// Outstanding assignments by key.
+    dispatches: HashMap<String, Dispatch>,
+    /// (session, assignment) pairs handed over.
+    delivered: HashSet<(u64, String)>,
+    /// Assignments marked RUNNING by this replica.
+    running: HashSet<String>,
+    /// Migration sets by digest.
+    sets: HashMap<String, Arc<v1::MigrationSet>>,
+}
+
+fn agent_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(&keys::assignments_prefix())?
+        .split_once('/')
+        .map(|(agent, _)| agent)
+}
+
+impl<S: Store> Relay<S> {
+    async fn follow(&mut self) -> Result<(), RolloutError> {
+        let mut openings = self.mailbox.subscribe_openings();
+        let listing = self.store.list(&keys::assignments_prefix()).await?;
+        self.dispatches.clear();
+        for entry in &listing.entries {
+            self.dispatches
+                .insert(entry.key.clone(), decode(&entry.key, &entry.value)?);
+        }
+        let keys: Vec<String> = self.dispatches.keys().cloned().collect();
+        for key in keys {
+            self.deliver(&key).await?;
+        }
+        let mut changes = self
+            .store
+            .watch(&keys::assignments_prefix(), listing.revision)
+            .await?;
+        loop {
+            tokio::select! {
+                change = changes.next() => {
+                    let change = change.ok_or_else(|| StoreError::Unavailable("the watch ended".to_owned()))??;
+                    match change.value {
+                        Some(value) => {
+                            let dispatch: Dispatch = decode(&change.key, &value)?;
+                            self.dispatches.insert(change.key.clone(), dispatch);
+                            self.deliver(&change.key).await?;
+                        }
+                        None => self.withdraw(&change.key).await,
+                    }
+                }
+                opened = openings.recv() => match opened {
+                    Ok(agent) => self.deliver_to(&agent).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let keys: Vec<String> = self.dispatches.keys().cloned().collect();
+                        for key in keys {
+                            self.deliver(&key).await?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn deliver_to(&mut self, agent: &str) -> Result<(), RolloutError> {
+        let prefix = keys::agent_assignments_prefix(agent);
+        let keys: Vec<String> = self
+            .dispatches
+            .keys()
+            .filter(|key| key.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in keys {
+            self.deliver(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the assignment at `key` to its agent if its session is here and has not had it.
+    async fn deliver(&mut self, key: &str) -> Result<(), RolloutError> {
+        let Some(agent) = agent_of_key(key) else {
+            return Ok(());
+        };
+        let Some(session) = self.mailbox.session_of(agent) else {
+            return Ok(());
+        };
+        let Some(Dispatch {
+            assignment: Some(mut assignment),
+            task: Some(task),
+        }) = self.dispatches.get(key).cloned()
+        else {
+            return Ok(());
+        };
+        let id = assignment.assignment_id.clone();
+        if self.delivered.contains(&(session, id.clone())) {
+            return Ok(());
+        }
+        if let Some(shipped) = assignment.migration_set.as_mut() {
+            shipped.files = self.set(&shipped.digest).await?.files.clone();
+        }
+        if !self.running.contains(&id) {
+            let marked = self
+                .store
+                .commit(
+                    None,
+                    &[Condition::CreatedAt(
+                        keys::claim(&assignment.shard_id),
+                        assignment.fence_token,
+                    )],
+                    &[Write::put(
+                        keys::task(&assignment.plan_id, &assignment.shard_id),
+                        task.encode_to_vec(),
+                    )],
+                )
+                .await?;
+            if marked.is_none() {
+                tracing::info!(assignment = %id, "claim gone before delivery; not delivered");
+                return Ok(());
+            }
+            self.running.insert(id.clone());
+        }
+        let agent = agent.to_owned();
+        match self
+            .mailbox
+            .send(&agent, CoordinatorBody::Assignment(assignment))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(%agent, assignment = %id, "assignment delivered");
+                self.delivered.insert((session, id));
+            }
+            Err(error) => {
+                tracing::warn!(%agent, assignment = %id, %error, "assignment not delivered; it is delivered again when the agent reconnects");
+            }
+        }
+        Ok(())
+    }
+
+    async fn withdraw(&mut self, key: &str) {
+        let Some(dispatch) = self.dispatches.remove(key) else {
+            return;
+        };
+        let Some(assignment) = dispatch.assignment else {
+            return;
+        };
+        let id = assignment.assignment_id;
+        self.running.remove(&id);
+        self.delivered.retain(|(_, delivered)| *delivered != id);
+        let Some(agent) = agent_of_key(key) else {
+            return;
+        };
+        let cancel = Cancel {
+            assignment_id: id,
+            reason: "withdrawn by the coordinator (finished, cancelled or reassigned)".to_owned(),
+        };
+        // Not connected here, or gone: nothing to stop on this replica.
+        let _ = self
+            .mailbox
+            .send(agent, CoordinatorBody::Cancel(cancel))
+            .await;
+    }
+
+    async fn set(&mut self, digest: &str) -> Result<Arc<v1::MigrationSet>, RolloutError> {
+        if let Some(set) = self.sets.get(digest) {
+            return Ok(Arc::clone(set));
+        }
+        let set = Arc::new(load_set(&*self.store, digest).await?);
+        self.sets.insert(digest.to_owned(), Arc::clone(&set));
+        Ok(set)
+    }
+}

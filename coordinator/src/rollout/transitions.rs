@@ -1,0 +1,133 @@
+//! What operators may do to a plan in each state. Each function changes the plan in place or
+//! says why not and what to do instead; [`super::records::update_plan`] applies it atomically.
+
+use std::time::SystemTime;
+
+use fleetshift_common::proto::v1::{Approval, Plan, PlanState};
+
+use super::RolloutError;
+
+fn state(plan: &Plan) -> PlanState {
+    PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified)
+}
+
+fn not_now(plan: &Plan, action: &str) -> RolloutError {
+    RolloutError::NotNow(format!(
+        "plan {} is {}; it cannot be {action} now",
+        plan.plan_id,
+        state_name(state(plan))
+    ))
+}
+
+pub fn state_name(state: PlanState) -> &'static str {
+    match state {
+        PlanState::Unspecified => "unknown",
+        PlanState::AwaitingApproval => "awaiting approval",
+        PlanState::Approved => "approved",
+        PlanState::Running => "running",
+        PlanState::Paused => "paused",
+        PlanState::Succeeded => "succeeded",
+        PlanState::Halted => "halted",
+        PlanState::Cancelled => "cancelled",
+    }
+}
+
+pub fn approve(plan: &mut Plan, approver: &str, comment: &str) -> Result<(), RolloutError> {
+    if state(plan) != PlanState::AwaitingApproval && state(plan) != PlanState::Approved {
+        return Err(not_now(plan, "approved"));
+    }
+    if plan
+        .approvals
+        .iter()
+        .any(|approval| approval.approver == approver)
+    {
+        return Err(RolloutError::NotNow(format!(
+            "{approver} has approved plan {} already",
+            plan.plan_id
+        )));
+    }
+    plan.approvals.push(Approval {
+        approver: approver.to_owned(),
+        at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        comment: comment.to_owned(),
+    });
+    plan.state = PlanState::Approved.into();
+    Ok(())
+}
+
+pub fn start(plan: &mut Plan) -> Result<(), RolloutError> {
+    match state(plan) {
+        PlanState::Approved => {
+            plan.state = PlanState::Running.into();
+            plan.state_reason.clear();
+            Ok(())
+        }
+        PlanState::AwaitingApproval => Err(RolloutError::NotNow(format!(
+            "plan {} needs an approval first: `fleetshift approve {}` (approver role)",
+            plan.plan_id, plan.plan_id
+        ))),
+        _ => Err(not_now(plan, "started")),
+    }
+}
+
+pub fn pause(plan: &mut Plan, reason: &str) -> Result<(), RolloutError> {
+    if state(plan) != PlanState::Running {
+        return Err(not_now(plan, "paused"));
+    }
+    plan.state = PlanState::Paused.into();
+    plan.state_reason = reason.to_owned();
+    Ok(())
+}
+
+pub fn resume(plan: &mut Plan) -> Result<(), RolloutError> {
+    if state(plan) != PlanState::Paused {
+        return Err(not_now(plan, "resumed"));
+    }
+    plan.state = PlanState::Running.into();
+    plan.state_reason.clear();
+    Ok(())
+}
+
+pub fn cancel(plan: &mut Plan, reason: &str) -> Result<(), RolloutError> {
+    if matches!(state(plan), PlanState::Succeeded | PlanState::Cancelled) {
+        return Err(not_now(plan, "cancelled"));
+    }
+    plan.state = PlanState::Cancelled.into();
+    plan.state_reason = reason.to_owned();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            plan_id: "p1".to_owned(),
+            state: PlanState::AwaitingApproval.into(),
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_runs_only_once_approved_and_pauses_only_while_running() {
+        let mut plan = plan();
+        assert!(
+            matches!(start(&mut plan), Err(RolloutError::NotNow(message)) if message.contains("fleetshift approve p1"))
+        );
+        assert!(pause(&mut plan, "").is_err());
+        approve(&mut plan, "alice", "checked").expect("approve");
+        assert!(
+            approve(&mut plan, "alice", "again").is_err(),
+            "one approval per approver"
+        );
+        start(&mut plan).expect("start");
+        assert!(start(&mut plan).is_err());
+        pause(&mut plan, "lunch").expect("pause");
+        assert_eq!(plan.state_reason, "lunch");
+        resume(&mut plan).expect("resume");
+        cancel(&mut plan, "changed our minds").expect("cancel");
+        assert!(cancel(&mut plan, "twice").is_err());
+        assert!(resume(&mut plan).is_err());
+    }
+}
