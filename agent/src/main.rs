@@ -3,12 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-
-mod assignment;
-mod check;
-mod cli;
-mod config;
-mod session;
+use fleetshift_agent::cli;
 
 fn main() -> ExitCode {
     let arguments = cli::Cli::parse();

@@ -166,6 +166,10 @@ async fn session(
                     clock.acknowledged(ack.sequence);
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Assignment(assignment)) })) => {
+                    if running.contains_key(&assignment.assignment_id) {
+                        // Delivered again after a reconnect: it is running already.
+                        continue;
+                    }
                     let stop = work.child_token();
                     if !clock.may_work(Instant::now()) {
                         stop.cancel();

@@ -10,6 +10,7 @@
 //! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
+//! - [`rollout_names`]: plan and shard-task states as people and scripts read them.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
 //! - [`shipped`]: a migration set packed for the wire and unpacked with its digest checked.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
@@ -22,6 +23,7 @@ pub mod executor;
 pub mod lease;
 pub mod ledger;
 pub mod proto;
+pub mod rollout_names;
 pub mod secrets;
 pub mod shipped;
 pub mod source;

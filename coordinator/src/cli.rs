@@ -3,7 +3,9 @@
 mod certs;
 mod fleet;
 mod migrate;
+pub mod progress;
 mod render;
+mod rollout;
 mod serve;
 
 use std::process::ExitCode;
@@ -47,6 +49,22 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// List the fleet's shards (labels, agent, version, health) from a coordinator.
     Shards(fleet::ShardsArgs),
+    /// Plan a rollout of a migration directory over the shards a selector matches.
+    Plan(Box<rollout::PlanArgs>),
+    /// Approve a plan (approver role).
+    Approve(rollout::ApproveArgs),
+    /// Start an approved plan's rollout; `--watch` follows it to the end.
+    Apply(rollout::ApplyArgs),
+    /// Follow a rollout live: per-wave progress, then a per-shard summary.
+    Watch(rollout::WatchArgs),
+    /// Every plan, or one plan shard by shard.
+    Status(rollout::StatusArgs),
+    /// Stop dispatching new shards; running ones finish.
+    Pause(rollout::ActionArgs),
+    /// Continue a paused rollout.
+    Resume(rollout::ActionArgs),
+    /// Cancel a rollout: running shards stop between revisions, pending ones never start.
+    Cancel(rollout::ActionArgs),
 }
 
 /// How results are printed on stdout.
@@ -63,5 +81,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Certs(arguments) => certs::run(arguments),
         Command::Serve(arguments) => serve::run(arguments).await,
         Command::Shards(arguments) => fleet::shards(arguments).await,
+        Command::Plan(arguments) => rollout::plan(*arguments).await,
+        Command::Approve(arguments) => rollout::approve(arguments).await,
+        Command::Apply(arguments) => rollout::apply(arguments).await,
+        Command::Watch(arguments) => rollout::watch(arguments).await,
+        Command::Status(arguments) => rollout::status(arguments).await,
+        Command::Pause(arguments) => rollout::act(rollout::Action::Pause, arguments).await,
+        Command::Resume(arguments) => rollout::act(rollout::Action::Resume, arguments).await,
+        Command::Cancel(arguments) => rollout::act(rollout::Action::Cancel, arguments).await,
     }
 }

@@ -1,22 +1,43 @@
-//! `fleetshift demo`: the engine end to end on an embedded default — a fleet of SQLite
-//! shards in a temporary directory and an embedded migration set. Every shard is migrated
-//! under the fenced protocol; then one shard is handed to a newer claim and the old,
-//! stale holder is shown being fenced out without changing anything.
+//! `fleetshift demo`: the product end to end on its embedded default, in one process: a
+//! coordinator with the in-memory store, N agents each with one SQLite shard, talking gRPC
+//! over mutual TLS on loopback with freshly generated certificates. The bundled migration set
+//! is planned, approved and rolled out canary first, then the rest, with live progress and a
+//! per-shard summary; finally a stale holder of one shard is shown being fenced out.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::{Context, bail};
 use clap::Args;
+use fleetshift_agent::config::{AgentConfig, CoordinatorLink, ShardConfig};
 use fleetshift_common::engine::{SqliteShard, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
+use fleetshift_common::lease::SessionIntervals;
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::{
+    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, ShardState, WavePolicy,
+};
 use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
-use serde::Serialize;
+use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::tls::mtls::TlsFiles;
+use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_coordinator::authz::{OperatorRole, Roles};
+use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
+use fleetshift_coordinator::serve::run_replica;
+use fleetshift_coordinator::store::MemoryStore;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
-use crate::cli::Output;
+use crate::cli::{Output, progress};
 use crate::exit;
+
+const TRUST_DOMAIN: &str = "fleetshift.demo";
+const OPERATOR: &str = "demo-operator";
 
 /// The embedded migration set (sqlx layout), written to the demo's directory.
 const MIGRATIONS: [(&str, &str); 8] = [
@@ -56,36 +77,20 @@ const MIGRATIONS: [(&str, &str); 8] = [
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Number of SQLite shards in the demo fleet.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    shards: u16,
-    /// Keep the shard files (and print where they are) instead of removing them.
+    /// Agents in the demo fleet, each with one SQLite shard.
+    #[arg(long, visible_alias = "shards", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=500))]
+    agents: u16,
+    /// Keep the working directory (shards, certificates, migrations) and print where it is.
     #[arg(long)]
     keep: bool,
-    /// Human-readable text, or one JSON document on stdout.
+    /// Human-readable progress, or JSON events and a JSON summary on stdout.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
 }
 
-#[derive(Debug, Serialize)]
-struct ShardOutcome {
-    shard: String,
-    applied: usize,
-    version: Option<String>,
-    duration_ms: u128,
-}
-
-#[derive(Debug, Serialize)]
-struct DemoSummary {
-    directory: PathBuf,
-    set_digest: String,
-    shards: Vec<ShardOutcome>,
-    stale_agent_refusal: String,
-}
-
 pub async fn run(arguments: DemoArgs) -> ExitCode {
     match demo(&arguments).await {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(exit::FAILED)
@@ -93,89 +98,249 @@ pub async fn run(arguments: DemoArgs) -> ExitCode {
     }
 }
 
-async fn demo(arguments: &DemoArgs) -> anyhow::Result<()> {
+/// Certificates for the coordinator, the operator and every agent.
+fn issue_certificates(directory: &Path, agents: u16) -> anyhow::Result<()> {
+    let validity = || Validity::days_from_now(1);
+    pki::init(directory, TRUST_DOMAIN, validity(), false)?;
+    let mut leaves = vec![
+        (
+            Role::Coordinator,
+            "demo".to_owned(),
+            vec!["localhost".to_owned()],
+        ),
+        (Role::Operator, OPERATOR.to_owned(), Vec::new()),
+    ];
+    for number in 1..=agents {
+        leaves.push((Role::Agent, agent_name(number), Vec::new()));
+    }
+    for (role, name, dns_names) in leaves {
+        let request = LeafRequest {
+            identity: SpiffeId::new(TRUST_DOMAIN, role, &name)?,
+            dns_names,
+            ip_addresses: Vec::new(),
+            validity: validity(),
+        };
+        pki::issue(directory, &request, false)?;
+    }
+    Ok(())
+}
+
+fn agent_name(number: u16) -> String {
+    format!("agent-{number:03}")
+}
+
+fn tls_files(directory: &Path, leaf: &str) -> TlsFiles {
+    TlsFiles {
+        certificate: directory.join(format!("{leaf}.pem")),
+        private_key: directory.join(format!("{leaf}.key")),
+        trust_bundle: directory.join(pki::CA_CERTIFICATE),
+    }
+}
+
+async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     let workspace = tempfile::Builder::new()
         .prefix("fleetshift-demo-")
         .tempdir()?;
-    let migrations = workspace.path().join("migrations");
+    let root = workspace.path();
+    let migrations = root.join("migrations");
     std::fs::create_dir(&migrations)?;
     for (name, content) in MIGRATIONS {
         std::fs::write(migrations.join(name), content)?;
     }
     let set = MigrationSet::load(&migrations, None)?;
+    let pki_dir = root.join("pki");
+    issue_certificates(&pki_dir, arguments.agents).context("generating certificates")?;
     let human = arguments.output == Output::Human;
     if human {
         println!(
-            "fleetshift demo: {} SQLite shards, migration set of {} revisions ({} format, digest {})",
-            arguments.shards,
+            "fleetshift demo: 1 coordinator (in-memory store), {} agents with one SQLite shard each, mutual TLS on loopback",
+            arguments.agents
+        );
+        println!(
+            "migration set: {} revisions ({} format, digest {})",
             set.revisions.len(),
             set.format,
             &set.digest[..16]
         );
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for number in 1..=arguments.shards {
-        let set = set.clone();
-        let path = workspace.path().join(format!("shard-{number:03}.db"));
-        tasks.spawn(async move { migrate_shard(path, set).await });
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+    let mut roles = Roles::default();
+    for role in [
+        OperatorRole::Viewer,
+        OperatorRole::Operator,
+        OperatorRole::Approver,
+    ] {
+        roles.grant(OPERATOR, role);
     }
-    let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let outcome = joined??;
+    let config = CoordinatorConfig {
+        coordinator_id: "demo".to_owned(),
+        listen: listener.local_addr()?,
+        trust_domain: TRUST_DOMAIN.to_owned(),
+        intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
+        tls: tls_files(&pki_dir, "coordinator-demo"),
+        store: StoreChoice::Memory,
+        roles,
+    };
+    let stop = CancellationToken::new();
+    let coordinator = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            run_replica(
+                Arc::new(MemoryStore::new()),
+                &config,
+                listener,
+                stop.cancelled_owned(),
+            )
+            .await
+        })
+    };
+    let mut agents = tokio::task::JoinSet::new();
+    for number in 1..=arguments.agents {
+        let name = agent_name(number);
+        let link = CoordinatorLink {
+            address: address.clone(),
+            server_name: "localhost".to_owned(),
+            tls: tls_files(&pki_dir, &format!("agent-{name}")),
+        };
+        let shard = ShardConfig {
+            id: format!("shard-{number:03}"),
+            labels: [("env".to_owned(), "demo".to_owned())].into(),
+            database_url: DatabaseUrl::new(format!(
+                "sqlite:{}?mode=rwc",
+                root.join(format!("shard-{number:03}.db")).display()
+            )),
+        };
+        let config = Arc::new(AgentConfig {
+            agent_id: name,
+            coordinator: Some(link.clone()),
+            shards: vec![shard],
+        });
+        let stop = stop.clone();
+        agents.spawn(async move { fleetshift_agent::session::run(config, &link, stop).await });
+    }
+
+    let outcome = roll_out(arguments, &address, &pki_dir, &set, root).await;
+    stop.cancel();
+    while agents.join_next().await.is_some() {}
+    coordinator.await??;
+    let code = outcome?;
+    if arguments.keep {
+        let kept = workspace.keep();
         if human {
+            println!("working directory kept in {}", kept.display());
             println!(
-                "  {}  applied {} revisions in {} ms, now at version {}",
-                outcome.shard,
-                outcome.applied,
-                outcome.duration_ms,
-                outcome.version.as_deref().unwrap_or("-")
+                "try: fleetshift migrate status --database-url sqlite:{}/shard-001.db --dir {}/migrations",
+                kept.display(),
+                kept.display()
             );
         }
-        outcomes.push(outcome);
     }
-    outcomes.sort_by(|left, right| left.shard.cmp(&right.shard));
-    let refusal = fence_out_stale_agent(&workspace.path().join("shard-001.db"), &set).await?;
+    Ok(code)
+}
+
+async fn operator_client(
+    address: &str,
+    pki_dir: &Path,
+) -> anyhow::Result<FleetServiceClient<Channel>> {
+    let files = tls_files(pki_dir, &format!("operator-{OPERATOR}"));
+    let channel = fleetshift_common::tls::channel::connect(address, "localhost", &files).await?;
+    Ok(FleetServiceClient::new(channel))
+}
+
+async fn roll_out(
+    arguments: &DemoArgs,
+    address: &str,
+    pki_dir: &Path,
+    set: &MigrationSet,
+    root: &Path,
+) -> anyhow::Result<ExitCode> {
+    let human = arguments.output == Output::Human;
+    let mut client = operator_client(address, pki_dir).await?;
+    let wanted = usize::from(arguments.agents);
+    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let listed = client.list_shards(ListShardsRequest::default()).await;
+            if listed.is_ok_and(|response| response.into_inner().shards.len() == wanted) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if connected.is_err() {
+        bail!("the demo's agents did not all connect within 30 s");
+    }
     if human {
-        println!("\nshard-001 is handed to agent-b with fencing token 2;");
-        println!("agent-a still believes it holds token 1 and tries to revert a revision:");
-        println!("  refused: {refusal}");
-        println!(
-            "\n{} of {} shards at the latest version; the stale agent changed nothing.",
-            outcomes
-                .iter()
-                .filter(|o| o.version.as_deref() == Some("4"))
-                .count(),
-            outcomes.len()
-        );
+        println!("{wanted} agents connected\n");
     }
-    let directory = if arguments.keep {
-        workspace.keep()
-    } else {
-        workspace.path().to_path_buf()
+    let request = CreatePlanRequest {
+        migration_set: Some(shipped::pack(set)?),
+        target_version: String::new(),
+        selector: [("env".to_owned(), "demo".to_owned())].into(),
+        waves: Some(WavePolicy {
+            canary_shards: 1,
+            percentages: vec![100],
+            max_concurrency_per_wave: 4,
+            max_concurrency_per_host: 1,
+            failure_threshold: 1,
+        }),
+        limits: None,
     };
-    if arguments.output == Output::Json {
-        let summary = DemoSummary {
-            directory: directory.clone(),
-            set_digest: set.digest.clone(),
-            shards: outcomes,
-            stale_agent_refusal: refusal,
-        };
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else if arguments.keep {
-        println!("shard files kept in {}", directory.display());
+    let plan = client.create_plan(request).await?.into_inner();
+    if human {
         println!(
-            "try: fleetshift migrate status --database-url sqlite:{}/shard-001.db --dir {}/migrations",
-            directory.display(),
-            directory.display()
+            "planned {}: canary wave of {} shard, then {} more",
+            plan.plan_id,
+            plan.waves.first().map_or(0, |wave| wave.shards.len()),
+            plan.waves
+                .iter()
+                .skip(1)
+                .map(|wave| wave.shards.len())
+                .sum::<usize>()
         );
     }
-    Ok(())
+    client
+        .approve_plan(ApprovePlanRequest {
+            plan_id: plan.plan_id.clone(),
+            comment: "demo".to_owned(),
+        })
+        .await?;
+    if human {
+        println!("approved by {OPERATOR}; starting\n");
+    }
+    let ending =
+        progress::follow(&mut client, &plan.plan_id, arguments.output, false, true).await?;
+    let first = ending
+        .plan
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.shards)
+        .find(|task| task.state == i32::from(ShardState::Succeeded));
+    if let Some(task) = first {
+        let shard_file = root.join(format!("{}.db", task.shard_id));
+        let refusal = fence_out_stale_agent(&shard_file, set, task.fence_token).await?;
+        if human {
+            println!(
+                "\n{} is handed to a newer claim; its previous holder ({}, token {}) then tries to revert a revision:",
+                task.shard_id, task.agent_id, task.fence_token
+            );
+            println!("  refused: {refusal}");
+        } else {
+            let fencing = serde_json::json!({
+                "stale_holder": { "shard": task.shard_id, "token": task.fence_token, "refusal": refusal }
+            });
+            println!("{fencing}");
+        }
+    }
+    Ok(ending.exit_code())
 }
 
 fn identity(agent: &str, token: i64) -> Identity {
     Identity {
         agent_id: agent.to_owned(),
-        plan_id: Some("demo".to_owned()),
+        plan_id: Some("demo-fencing".to_owned()),
         fence_token: Some(token),
     }
 }
@@ -185,32 +350,28 @@ async fn open(path: &Path) -> Result<SqliteShard, ExecError> {
     SqliteShard::connect(&url, Timeouts::default()).await
 }
 
-async fn migrate_shard(path: PathBuf, set: MigrationSet) -> anyhow::Result<ShardOutcome> {
-    let shard = open(&path).await?;
-    let started = Instant::now();
-    let executor = Executor::new(&shard, identity("agent-a", 1), ExecutorSettings::default());
-    let report = executor.up(&set, &Request::default()).await?;
-    Ok(ShardOutcome {
-        shard: path
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        applied: report.steps.len(),
-        version: report.current_version,
-        duration_ms: started.elapsed().as_millis(),
-    })
-}
-
 /// Hands the shard to a newer claim, then lets the stale holder try; returns its refusal.
-async fn fence_out_stale_agent(path: &Path, set: &MigrationSet) -> anyhow::Result<String> {
+async fn fence_out_stale_agent(
+    path: &Path,
+    set: &MigrationSet,
+    token: i64,
+) -> anyhow::Result<String> {
     let shard = open(path).await?;
-    Executor::new(&shard, identity("agent-b", 2), ExecutorSettings::default())
-        .up(set, &Request::default())
-        .await?;
-    let stale = Executor::new(&shard, identity("agent-a", 1), ExecutorSettings::default());
+    Executor::new(
+        &shard,
+        identity("newer-holder", token + 1),
+        ExecutorSettings::default(),
+    )
+    .up(set, &Request::default())
+    .await?;
+    let stale = Executor::new(
+        &shard,
+        identity("stale-holder", token),
+        ExecutorSettings::default(),
+    );
     match stale.down(set, &Request::default()).await {
         Err(error @ ExecError::FencedOut { .. }) => Ok(error.to_string()),
-        Err(other) => anyhow::bail!("the stale agent failed for the wrong reason: {other}"),
-        Ok(_) => anyhow::bail!("the stale agent was not fenced out: the fence is broken"),
+        Err(other) => bail!("the stale holder failed for the wrong reason: {other}"),
+        Ok(_) => bail!("the stale holder was not fenced out: the fence is broken"),
     }
 }

@@ -100,7 +100,11 @@ pub fn start<S: Store + 'static>(
                 }
             }
         }
-        step_down(&standing, None);
+        if let Standing::Leader { stepped_down, .. } = &*standing.borrow() {
+            tracing::info!(%candidate, "shutting down; handing leadership over");
+            stepped_down.cancel();
+        }
+        standing.send_replace(Standing::Follower { leader: None });
         if let Some(current) = lease
             && let Err(error) = store.revoke(current).await
         {

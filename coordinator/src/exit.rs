@@ -23,6 +23,8 @@ pub const NEEDS_OPERATOR: u8 = 7;
 pub const STOPPED: u8 = 8;
 /// The coordinator refused the caller's identity or role.
 pub const NOT_AUTHORIZED: u8 = 9;
+/// The plan's state does not allow this now (e.g. starting an unapproved plan).
+pub const NOT_NOW: u8 = 10;
 
 pub fn code(kind: ErrorKind) -> u8 {
     match kind {
@@ -45,6 +47,7 @@ pub fn from_status(code: tonic::Code) -> u8 {
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::Unimplemented => {
             BAD_INPUT
         }
+        tonic::Code::FailedPrecondition | tonic::Code::Aborted => NOT_NOW,
         _ => FAILED,
     }
 }
@@ -56,4 +59,5 @@ pub fn from_kind(kind: ErrorKind) -> ExitCode {
 /// The table printed by `--help`.
 pub const HELP: &str = "Exit codes: 0 ok, 1 a statement failed, 2 bad input (files or arguments), 3 drift, \
 4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator, \
-8 stopped by Ctrl-C between revisions, 9 not authorized by the coordinator.";
+8 stopped by Ctrl-C between revisions (or a rollout cancelled), 9 not authorized by the coordinator, \
+10 the plan's state does not allow this now.";

@@ -15,7 +15,15 @@ fn main() -> ExitCode {
     let default_level = match arguments.command {
         cli::Command::Demo(_) => "warn",
         cli::Command::Migrate(_) | cli::Command::Certs(_) | cli::Command::Serve(_) => "info",
-        cli::Command::Shards(_) => "warn",
+        cli::Command::Shards(_)
+        | cli::Command::Plan(_)
+        | cli::Command::Approve(_)
+        | cli::Command::Apply(_)
+        | cli::Command::Watch(_)
+        | cli::Command::Status(_)
+        | cli::Command::Pause(_)
+        | cli::Command::Resume(_)
+        | cli::Command::Cancel(_) => "warn",
     };
     logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -23,7 +23,7 @@ use crate::exit;
 pub struct Connection {
     /// `https://host:port` of any coordinator replica.
     #[arg(long, env = "FLEETSHIFT_COORDINATOR")]
-    coordinator: String,
+    pub coordinator: String,
     /// The operator's certificate (spiffe://<trust-domain>/operator/<name>).
     #[arg(long, env = "FLEETSHIFT_TLS_CERT")]
     certificate: PathBuf,
@@ -48,14 +48,14 @@ pub struct ShardsArgs {
     output: Output,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not key=value"))?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
-async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
+pub(super) async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
     let server_name = match &connection.server_name {
         Some(name) => name.clone(),
         None => server_name_of(&connection.coordinator)?,
@@ -68,34 +68,48 @@ async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
     tls::channel::connect(&connection.coordinator, &server_name, &files).await
 }
 
-pub async fn shards(arguments: ShardsArgs) -> ExitCode {
-    let channel = match connect(&arguments.connection).await {
-        Ok(channel) => channel,
+/// A client of the coordinator, or the exit code after saying why there is none.
+pub(super) async fn client(
+    connection: &Connection,
+    output: Output,
+) -> Result<FleetServiceClient<Channel>, ExitCode> {
+    match connect(connection).await {
+        Ok(channel) => Ok(FleetServiceClient::new(channel)),
         Err(error) => {
             super::render::failure(
-                arguments.output,
-                &error.to_string(),
+                output,
+                &format!("{}: {error}", connection.coordinator),
                 fleetshift_common::error::ErrorKind::Unreachable,
             );
-            return ExitCode::from(exit::UNREACHABLE);
+            Err(ExitCode::from(exit::UNREACHABLE))
         }
+    }
+}
+
+/// Reports a coordinator's refusal; the exit code says which kind.
+pub(super) fn refused(connection: &Connection, output: Output, status: &tonic::Status) -> ExitCode {
+    let message = format!("{}: {}", connection.coordinator, status.message());
+    match output {
+        Output::Human => eprintln!("error: {message}"),
+        Output::Json => println!(
+            "{}",
+            json!({ "error": { "code": format!("{:?}", status.code()), "message": message } })
+        ),
+    }
+    ExitCode::from(exit::from_status(status.code()))
+}
+
+pub async fn shards(arguments: ShardsArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
     };
     let request = ListShardsRequest {
         selector: arguments.selector.into_iter().collect(),
     };
-    let listed = match FleetServiceClient::new(channel).list_shards(request).await {
+    let listed = match client.list_shards(request).await {
         Ok(response) => response.into_inner().shards,
-        Err(status) => {
-            let message = format!("{}: {}", arguments.connection.coordinator, status.message());
-            match arguments.output {
-                Output::Human => eprintln!("error: {message}"),
-                Output::Json => println!(
-                    "{}",
-                    json!({ "error": { "code": format!("{:?}", status.code()), "message": message } })
-                ),
-            }
-            return ExitCode::from(exit::from_status(status.code()));
-        }
+        Err(status) => return refused(&arguments.connection, arguments.output, &status),
     };
     match arguments.output {
         Output::Json => {

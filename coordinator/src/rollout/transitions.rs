@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{Approval, Plan, PlanState};
+use fleetshift_common::rollout_names::plan_state_name;
 
 use super::RolloutError;
 
@@ -15,21 +16,8 @@ fn not_now(plan: &Plan, action: &str) -> RolloutError {
     RolloutError::NotNow(format!(
         "plan {} is {}; it cannot be {action} now",
         plan.plan_id,
-        state_name(state(plan))
+        plan_state_name(state(plan))
     ))
-}
-
-pub fn state_name(state: PlanState) -> &'static str {
-    match state {
-        PlanState::Unspecified => "unknown",
-        PlanState::AwaitingApproval => "awaiting approval",
-        PlanState::Approved => "approved",
-        PlanState::Running => "running",
-        PlanState::Paused => "paused",
-        PlanState::Succeeded => "succeeded",
-        PlanState::Halted => "halted",
-        PlanState::Cancelled => "cancelled",
-    }
 }
 
 pub fn approve(plan: &mut Plan, approver: &str, comment: &str) -> Result<(), RolloutError> {

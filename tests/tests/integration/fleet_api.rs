@@ -140,7 +140,7 @@ approvers = [\"carol\"]",
         binary::printed(&agent)
     );
 
-    // A viewer cannot approve; an approver gets past authorisation to what is not served yet.
+    // A viewer cannot approve; an approver gets past authorisation (to a plan that is not there).
     let approve = ApprovePlanRequest {
         plan_id: "p-1".to_owned(),
         comment: "looks fine".to_owned(),
@@ -156,5 +156,6 @@ approvers = [\"carol\"]",
         .approve_plan(approve)
         .await
         .expect_err("not served yet");
-    assert_eq!(passed.code(), Code::Unimplemented, "{passed:?}");
+    assert_eq!(passed.code(), Code::NotFound, "{passed:?}");
+    assert!(passed.message().contains("fleetshift status"), "says what to do next");
 }

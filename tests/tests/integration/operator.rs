@@ -336,24 +336,50 @@ async fn unfinished_revision_that_cannot_be_repeated_is_refused_then_resolved() 
     assert_eq!(reason, "finished by hand, CHG-9");
 }
 
+/// The README's first command: a coordinator and agents over mutual TLS in one process roll
+/// the bundled set out canary first; every shard ends at the newest version, then a stale
+/// holder is fenced out.
 #[test]
-fn demo_migrates_its_fleet_and_fences_out_the_stale_agent() {
+fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
     let output = std::process::Command::new(binary::fleetshift())
-        .args(["demo", "--shards", "3", "--output", "json"])
+        .args(["demo", "--agents", "3", "--output", "json"])
         .output()
         .expect("run the demo");
     assert!(output.status.success(), "{}", binary::printed(&output));
-    let summary = json(&output);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let summary = lines
+        .iter()
+        .find(|line| line.get("shards").is_some())
+        .expect("a summary");
+    assert_eq!(summary["state"], "succeeded", "{summary}");
     let shards = summary["shards"].as_array().expect("shards");
     assert_eq!(shards.len(), 3);
     assert!(
-        shards.iter().all(|shard| shard["version"] == "4"),
+        shards
+            .iter()
+            .all(|shard| shard["current_version"] == "4" && shard["state"] == "succeeded"),
         "{summary}"
     );
+    let waves: std::collections::BTreeSet<u64> = shards
+        .iter()
+        .filter_map(|shard| shard["wave"].as_u64())
+        .collect();
+    assert_eq!(waves.len(), 2, "canary, then the rest");
     assert!(
-        summary["stale_agent_refusal"]
+        lines
+            .iter()
+            .any(|line| line["progress"] == "revision_finished"),
+        "live progress reached the watcher"
+    );
+    let fencing = lines.last().expect("output");
+    assert!(
+        fencing["stale_holder"]["refusal"]
             .as_str()
-            .is_some_and(|text| text.contains("fenced out"))
+            .is_some_and(|text| text.contains("fenced out")),
+        "{fencing}"
     );
 }
 

@@ -1,0 +1,14 @@
+//! The fleetshift agent: the sidecar next to every database host, as a library so the demo can
+//! run agents in process.
+//!
+//! - [`config`]: the agent's configuration (file + environment), validated.
+//! - [`check`]: what the agent sees of each shard (reachability, versions, fence token).
+//! - [`session`]: the session with a coordinator: Hello, heartbeats, lease clock, reconnects.
+//! - [`assignment`]: one assignment run on one shard with the fenced executor.
+//! - [`cli`]: `fleetshift-agent run|check`.
+
+pub mod assignment;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod session;

@@ -1,0 +1,28 @@
+//! Names of plan and shard-task states as the CLI, logs and JSON output spell them.
+
+use crate::proto::v1::{PlanState, ShardState};
+
+pub fn plan_state_name(state: PlanState) -> &'static str {
+    match state {
+        PlanState::Unspecified => "unknown",
+        PlanState::AwaitingApproval => "awaiting-approval",
+        PlanState::Approved => "approved",
+        PlanState::Running => "running",
+        PlanState::Paused => "paused",
+        PlanState::Succeeded => "succeeded",
+        PlanState::Halted => "halted",
+        PlanState::Cancelled => "cancelled",
+    }
+}
+
+pub fn shard_state_name(state: ShardState) -> &'static str {
+    match state {
+        ShardState::Unspecified => "unknown",
+        ShardState::Pending => "pending",
+        ShardState::Claimed => "claimed",
+        ShardState::Running => "running",
+        ShardState::Succeeded => "succeeded",
+        ShardState::Failed => "failed",
+        ShardState::Cancelled => "cancelled",
+    }
+}

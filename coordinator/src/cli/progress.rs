@@ -1,0 +1,311 @@
+//! Following a rollout: per-wave progress bars as shards end, revision events as they finish,
+//! and a per-shard summary at the end (human); one JSON object per event, then the summary
+//! (json). The exit code says how the rollout ended.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::progress_event::Event as Progress;
+use fleetshift_common::proto::v1::rollout_event::Event;
+use fleetshift_common::proto::v1::{
+    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RolloutEvent, ShardState,
+    WatchRolloutRequest,
+};
+use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::Output;
+use crate::exit;
+
+const BAR_WIDTH: usize = 20;
+
+/// How a followed rollout ended.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub plan: Plan,
+}
+
+impl Ending {
+    pub fn exit_code(&self) -> ExitCode {
+        let failed = self
+            .plan
+            .waves
+            .iter()
+            .flat_map(|wave| &wave.shards)
+            .any(|task| task.state == i32::from(ShardState::Failed));
+        let code = match PlanState::try_from(self.plan.state).unwrap_or(PlanState::Unspecified) {
+            PlanState::Succeeded if !failed => exit::OK,
+            PlanState::Cancelled => exit::STOPPED,
+            _ => exit::FAILED,
+        };
+        ExitCode::from(code)
+    }
+}
+
+/// Follows `plan_id` until its rollout ends, starting it first (once the watch is open, so
+/// nothing is missed) when `start` is set; `Err` carries the coordinator's refusal.
+pub async fn follow(
+    client: &mut FleetServiceClient<Channel>,
+    plan_id: &str,
+    output: Output,
+    statements: bool,
+    start: bool,
+) -> Result<Ending, tonic::Status> {
+    let plan = client
+        .get_plan(GetPlanRequest {
+            plan_id: plan_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut board = Board::new(&plan);
+    let mut events = client
+        .watch_rollout(WatchRolloutRequest {
+            plan_id: plan_id.to_owned(),
+            include_statements: statements,
+        })
+        .await?
+        .into_inner();
+    if start {
+        client
+            .start_rollout(PlanAction {
+                plan_id: plan_id.to_owned(),
+                reason: String::new(),
+            })
+            .await?;
+    }
+    while let Some(event) = events.message().await? {
+        match output {
+            Output::Json => println!("{}", event_json(&event)),
+            Output::Human => board.show(&event),
+        }
+    }
+    let plan = client
+        .get_plan(GetPlanRequest {
+            plan_id: plan_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    summary(&plan, output);
+    Ok(Ending { plan })
+}
+
+/// Shard states by wave, for the bars.
+struct Board {
+    waves: BTreeMap<u32, BTreeMap<String, ShardState>>,
+}
+
+impl Board {
+    fn new(plan: &Plan) -> Self {
+        let waves = plan
+            .waves
+            .iter()
+            .map(|wave| {
+                let shards = wave
+                    .shards
+                    .iter()
+                    .map(|task| {
+                        let state = ShardState::try_from(task.state).unwrap_or(ShardState::Pending);
+                        (task.shard_id.clone(), state)
+                    })
+                    .collect();
+                (wave.index, shards)
+            })
+            .collect();
+        Self { waves }
+    }
+
+    fn show(&mut self, event: &RolloutEvent) {
+        match &event.event {
+            Some(Event::PlanState(changed)) => {
+                let state = PlanState::try_from(changed.state).unwrap_or(PlanState::Unspecified);
+                if changed.reason.is_empty() {
+                    println!("plan {}: {}", event.plan_id, plan_state_name(state));
+                } else {
+                    println!(
+                        "plan {}: {} ({})",
+                        event.plan_id,
+                        plan_state_name(state),
+                        changed.reason
+                    );
+                }
+            }
+            Some(Event::ShardState(changed)) => {
+                let state = ShardState::try_from(changed.state).unwrap_or(ShardState::Unspecified);
+                let shards = self.waves.entry(changed.wave).or_default();
+                if shards.get(&changed.shard_id) == Some(&state) {
+                    return;
+                }
+                shards.insert(changed.shard_id.clone(), state);
+                let done = shards
+                    .values()
+                    .filter(|state| fleetshift_coordinator::rollout::task_ended(**state))
+                    .count();
+                let failed = shards
+                    .values()
+                    .filter(|state| **state == ShardState::Failed)
+                    .count();
+                let filled = (done * BAR_WIDTH).checked_div(shards.len()).unwrap_or(0);
+                let bar = format!("{}{}", "█".repeat(filled), "░".repeat(BAR_WIDTH - filled));
+                let error = changed
+                    .error
+                    .as_ref()
+                    .map(|error| format!(": {}", error.message))
+                    .unwrap_or_default();
+                println!(
+                    "wave {} {bar} {done:>3}/{:<3} {failed} failed  {} {}{error}",
+                    changed.wave,
+                    shards.len(),
+                    changed.shard_id,
+                    shard_state_name(state),
+                );
+            }
+            Some(Event::Progress(progress)) => match &progress.event {
+                Some(Progress::RevisionFinished(finished)) => {
+                    let outcome = RevisionOutcome::try_from(finished.outcome)
+                        .map(|outcome| {
+                            outcome
+                                .as_str_name()
+                                .trim_start_matches("REVISION_OUTCOME_")
+                                .to_lowercase()
+                        })
+                        .unwrap_or_default();
+                    let took = finished
+                        .duration
+                        .and_then(|duration| std::time::Duration::try_from(duration).ok())
+                        .unwrap_or_default();
+                    println!(
+                        "    {} {} {outcome} in {took:.1?} ({} statements, {} lock retries)",
+                        progress.shard_id,
+                        finished.version,
+                        finished.statements_run,
+                        finished.lock_retries
+                    );
+                }
+                Some(Progress::LockRetry(retry)) => println!(
+                    "    {} {} lock wait at {} (attempt {}, {})",
+                    progress.shard_id, retry.version, retry.location, retry.attempt, retry.sqlstate
+                ),
+                Some(Progress::StatementFinished(statement)) => println!(
+                    "    {} {} {} done",
+                    progress.shard_id, statement.version, statement.location
+                ),
+                Some(Progress::RevisionStarted(_)) | None => {}
+            },
+            None => {}
+        }
+    }
+}
+
+fn event_json(event: &RolloutEvent) -> serde_json::Value {
+    match &event.event {
+        Some(Event::PlanState(changed)) => json!({
+            "plan": event.plan_id,
+            "plan_state": plan_state_name(PlanState::try_from(changed.state).unwrap_or(PlanState::Unspecified)),
+            "reason": changed.reason,
+        }),
+        Some(Event::ShardState(changed)) => json!({
+            "plan": event.plan_id,
+            "shard": changed.shard_id,
+            "wave": changed.wave,
+            "state": shard_state_name(ShardState::try_from(changed.state).unwrap_or(ShardState::Unspecified)),
+            "error": changed.error.as_ref().map(|error| &error.message),
+        }),
+        Some(Event::Progress(progress)) => {
+            let (kind, version) = match &progress.event {
+                Some(Progress::RevisionStarted(started)) => {
+                    ("revision_started", started.version.clone())
+                }
+                Some(Progress::RevisionFinished(finished)) => {
+                    ("revision_finished", finished.version.clone())
+                }
+                Some(Progress::StatementFinished(statement)) => {
+                    ("statement_finished", statement.version.clone())
+                }
+                Some(Progress::LockRetry(retry)) => ("lock_retry", retry.version.clone()),
+                None => ("unknown", String::new()),
+            };
+            json!({ "plan": event.plan_id, "shard": progress.shard_id, "progress": kind, "version": version })
+        }
+        None => json!({ "plan": event.plan_id }),
+    }
+}
+
+/// The plan, shard by shard.
+pub fn summary(plan: &Plan, output: Output) {
+    let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+    if output == Output::Json {
+        let shards: Vec<_> = plan
+            .waves
+            .iter()
+            .flat_map(|wave| &wave.shards)
+            .map(|task| {
+                json!({
+                    "shard": task.shard_id,
+                    "wave": task.wave,
+                    "state": shard_state_name(ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)),
+                    "agent": task.agent_id,
+                    "fence_token": task.fence_token,
+                    "current_version": task.current_version,
+                    "error": task.error.as_ref().map(|error| &error.message),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "plan": plan.plan_id,
+                "state": plan_state_name(state),
+                "reason": plan.state_reason,
+                "target_version": plan.target_version,
+                "set_digest": plan.set_digest,
+                "author": plan.author,
+                "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),
+                "shards": shards,
+            })
+        );
+        return;
+    }
+    println!(
+        "plan {} — {} — target {} — set {}",
+        plan.plan_id,
+        plan_state_name(state),
+        plan.target_version,
+        plan.set_digest.get(..16).unwrap_or(&plan.set_digest)
+    );
+    if !plan.state_reason.is_empty() {
+        println!("  {}", plan.state_reason);
+    }
+    println!(
+        "{:<6} {:<28} {:<11} {:<16} {:<20} ERROR",
+        "WAVE", "SHARD", "STATE", "AGENT", "VERSION"
+    );
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for task in plan.waves.iter().flat_map(|wave| &wave.shards) {
+        let state =
+            shard_state_name(ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified));
+        *counts.entry(state).or_default() += 1;
+        println!(
+            "{:<6} {:<28} {:<11} {:<16} {:<20} {}",
+            task.wave,
+            task.shard_id,
+            state,
+            task.agent_id,
+            if task.current_version.is_empty() {
+                "-"
+            } else {
+                &task.current_version
+            },
+            task.error
+                .as_ref()
+                .map(|error| error.message.as_str())
+                .unwrap_or("")
+        );
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(state, count)| format!("{count} {state}"))
+        .collect();
+    println!("{}", counts.join(", "));
+}

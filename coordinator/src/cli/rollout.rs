@@ -1,0 +1,373 @@
+//! Rollout commands against a coordinator: `plan`, `approve`, `apply`, `watch`, `status`,
+//! `pause`, `resume`, `cancel`. Every one prints for people or (`--output json`) for scripts,
+//! and exits with a code from [`crate::exit`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use fleetshift_common::error::ErrorKind;
+use fleetshift_common::proto::v1::{
+    ApprovePlanRequest, CreatePlanRequest, ExecutionLimits, GetPlanRequest, ListPlansRequest, Plan,
+    PlanAction, PlanState, WavePolicy,
+};
+use fleetshift_common::rollout_names::plan_state_name;
+use fleetshift_common::shipped;
+use fleetshift_common::source::{MigrationSet, SourceFormat};
+use serde_json::json;
+
+use super::fleet::{Connection, client, parse_label, refused};
+use super::{Output, progress, render};
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The migration directory to roll out.
+    directory: PathBuf,
+    /// Where to take the shards (default: the set's newest revision).
+    #[arg(long)]
+    target: Option<String>,
+    /// The directory's layout, when detection is not wanted.
+    #[arg(long)]
+    format: Option<SourceFormat>,
+    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
+    #[arg(long = "selector", value_parser = parse_label)]
+    selector: Vec<(String, String)>,
+    /// Shards in the first (canary) wave.
+    #[arg(long, default_value_t = 1)]
+    canary: u32,
+    /// Cumulative percentages of the remaining shards per following wave.
+    #[arg(long, value_delimiter = ',', default_value = "25,100")]
+    waves: Vec<u32>,
+    /// Shards of one wave running at once.
+    #[arg(long, default_value_t = 16)]
+    max_concurrency: u32,
+    /// Shards of one host running at once.
+    #[arg(long, default_value_t = 4)]
+    max_per_host: u32,
+    /// Failed shards that halt the rollout.
+    #[arg(long, default_value_t = 1)]
+    failure_threshold: u32,
+    /// Longest lock wait of one statement attempt on every shard, e.g. `2s`.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "2s")]
+    lock_timeout: Duration,
+    /// Longest run of one statement, e.g. `15m`.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "15m")]
+    statement_timeout: Duration,
+    /// Retries after a lock conflict.
+    #[arg(long, default_value_t = 5)]
+    lock_retries: u32,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    connection: Connection,
+    plan: String,
+    /// Why, or what was checked.
+    #[arg(long, default_value = "")]
+    comment: String,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    connection: Connection,
+    plan: String,
+    /// Follow the rollout until it ends (exit code: how it ended).
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: show every statement as it finishes.
+    #[arg(long)]
+    statements: bool,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    connection: Connection,
+    plan: String,
+    /// Show every statement as it finishes.
+    #[arg(long)]
+    statements: bool,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// One plan, shard by shard; without it, every plan.
+    plan: Option<String>,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    #[command(flatten)]
+    connection: Connection,
+    plan: String,
+    /// Why, for the record.
+    #[arg(long, default_value = "")]
+    reason: String,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+/// Which action an [`ActionArgs`] command takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+fn print_plan(plan: &Plan, output: Output) {
+    if output == Output::Json {
+        progress::summary(plan, output);
+        return;
+    }
+    let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+    println!(
+        "plan {} ({}) by {}: {} shard(s) in {} wave(s) to {}",
+        plan.plan_id,
+        plan_state_name(state),
+        plan.author,
+        plan.waves
+            .iter()
+            .map(|wave| wave.shards.len())
+            .sum::<usize>(),
+        plan.waves.len(),
+        plan.target_version
+    );
+    for wave in &plan.waves {
+        let shards: Vec<&str> = wave
+            .shards
+            .iter()
+            .map(|task| task.shard_id.as_str())
+            .collect();
+        let listed = if shards.len() > 8 {
+            format!("{} … {} more", shards[..8].join(", "), shards.len() - 8)
+        } else {
+            shards.join(", ")
+        };
+        println!("  wave {}: {} shard(s): {listed}", wave.index, shards.len());
+    }
+}
+
+pub async fn plan(arguments: PlanArgs) -> ExitCode {
+    let set = match MigrationSet::load(&arguments.directory, arguments.format) {
+        Ok(set) => set,
+        Err(error) => {
+            render::failure(arguments.output, &error.to_string(), ErrorKind::BadInput);
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let packed = match shipped::pack(&set) {
+        Ok(packed) => packed,
+        Err(error) => {
+            render::failure(arguments.output, &error.to_string(), ErrorKind::BadInput);
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let request = CreatePlanRequest {
+        migration_set: Some(packed),
+        target_version: arguments.target.clone().unwrap_or_default(),
+        selector: arguments.selector.iter().cloned().collect(),
+        waves: Some(WavePolicy {
+            canary_shards: arguments.canary,
+            percentages: arguments.waves.clone(),
+            max_concurrency_per_wave: arguments.max_concurrency,
+            max_concurrency_per_host: arguments.max_per_host,
+            failure_threshold: arguments.failure_threshold,
+        }),
+        limits: Some(ExecutionLimits {
+            lock_timeout: prost_types::Duration::try_from(arguments.lock_timeout).ok(),
+            statement_timeout: prost_types::Duration::try_from(arguments.statement_timeout).ok(),
+            lock_retries: arguments.lock_retries,
+        }),
+    };
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match client.create_plan(request).await {
+        Ok(response) => {
+            let plan = response.into_inner();
+            print_plan(&plan, arguments.output);
+            if arguments.output == Output::Human {
+                println!(
+                    "next: fleetshift approve {0}, then fleetshift apply {0} --watch",
+                    plan.plan_id
+                );
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(status) => refused(&arguments.connection, arguments.output, &status),
+    }
+}
+
+pub async fn approve(arguments: ApproveArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let request = ApprovePlanRequest {
+        plan_id: arguments.plan.clone(),
+        comment: arguments.comment.clone(),
+    };
+    match client.approve_plan(request).await {
+        Ok(response) => {
+            print_plan(&response.into_inner(), arguments.output);
+            ExitCode::from(exit::OK)
+        }
+        Err(status) => refused(&arguments.connection, arguments.output, &status),
+    }
+}
+
+pub async fn apply(arguments: ApplyArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    if !arguments.watch {
+        let action = PlanAction {
+            plan_id: arguments.plan.clone(),
+            reason: String::new(),
+        };
+        return match client.start_rollout(action).await {
+            Ok(response) => {
+                print_plan(&response.into_inner(), arguments.output);
+                ExitCode::from(exit::OK)
+            }
+            Err(status) => refused(&arguments.connection, arguments.output, &status),
+        };
+    }
+    let followed = progress::follow(
+        &mut client,
+        &arguments.plan,
+        arguments.output,
+        arguments.statements,
+        true,
+    );
+    match followed.await {
+        Ok(ending) => ending.exit_code(),
+        Err(status) => refused(&arguments.connection, arguments.output, &status),
+    }
+}
+
+pub async fn watch(arguments: WatchArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let followed = progress::follow(
+        &mut client,
+        &arguments.plan,
+        arguments.output,
+        arguments.statements,
+        false,
+    );
+    match followed.await {
+        Ok(ending) => ending.exit_code(),
+        Err(status) => refused(&arguments.connection, arguments.output, &status),
+    }
+}
+
+pub async fn status(arguments: StatusArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    if let Some(plan_id) = &arguments.plan {
+        let request = GetPlanRequest {
+            plan_id: plan_id.clone(),
+        };
+        return match client.get_plan(request).await {
+            Ok(response) => {
+                progress::summary(&response.into_inner(), arguments.output);
+                ExitCode::from(exit::OK)
+            }
+            Err(status) => refused(&arguments.connection, arguments.output, &status),
+        };
+    }
+    let plans = match client.list_plans(ListPlansRequest::default()).await {
+        Ok(response) => response.into_inner().plans,
+        Err(status) => return refused(&arguments.connection, arguments.output, &status),
+    };
+    let state = |plan: &Plan| {
+        plan_state_name(PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified))
+    };
+    match arguments.output {
+        Output::Json => {
+            let listed: Vec<_> = plans
+                .iter()
+                .map(|plan| {
+                    json!({
+                        "plan": plan.plan_id,
+                        "state": state(plan),
+                        "author": plan.author,
+                        "target_version": plan.target_version,
+                        "shards": plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(),
+                    })
+                })
+                .collect();
+            println!("{}", json!({ "plans": listed }));
+        }
+        Output::Human => {
+            println!(
+                "{:<24} {:<18} {:<22} {:>6}  AUTHOR",
+                "PLAN", "STATE", "TARGET", "SHARDS"
+            );
+            for plan in &plans {
+                println!(
+                    "{:<24} {:<18} {:<22} {:>6}  {}",
+                    plan.plan_id,
+                    state(plan),
+                    plan.target_version,
+                    plan.waves
+                        .iter()
+                        .map(|wave| wave.shards.len())
+                        .sum::<usize>(),
+                    plan.author
+                );
+            }
+            println!("{} plan(s)", plans.len());
+        }
+    }
+    ExitCode::from(exit::OK)
+}
+
+pub async fn act(action: Action, arguments: ActionArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let request = PlanAction {
+        plan_id: arguments.plan.clone(),
+        reason: arguments.reason.clone(),
+    };
+    let answered = match action {
+        Action::Pause => client.pause_rollout(request).await,
+        Action::Resume => client.resume_rollout(request).await,
+        Action::Cancel => client.cancel_rollout(request).await,
+    };
+    match answered {
+        Ok(response) => {
+            print_plan(&response.into_inner(), arguments.output);
+            ExitCode::from(exit::OK)
+        }
+        Err(status) => refused(&arguments.connection, arguments.output, &status),
+    }
+}
