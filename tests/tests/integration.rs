@@ -16,6 +16,7 @@ mod integration {
     mod operator;
     mod paused;
     mod processes;
+    mod rollout;
     mod secrets;
     mod session;
     mod store;

@@ -157,5 +157,8 @@ approvers = [\"carol\"]",
         .await
         .expect_err("not served yet");
     assert_eq!(passed.code(), Code::NotFound, "{passed:?}");
-    assert!(passed.message().contains("fleetshift status"), "says what to do next");
+    assert!(
+        passed.message().contains("fleetshift status"),
+        "says what to do next"
+    );
 }

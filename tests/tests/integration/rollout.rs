@@ -1,0 +1,293 @@
+//! A rollout across real processes: etcd, three coordinator replicas (`fleetshift serve`), two
+//! agents (`fleetshift-agent run`) each on its own PostgreSQL instance with four databases,
+//! connected to two different followers (so every task crosses replicas through the store).
+//! The leader is SIGKILLed once the canary wave is done: another replica takes over, the
+//! rollout completes, and every shard's ledger equals the plan with exactly one claim's token
+//! on every revision (no shard was dispatched twice).
+
+use std::path::Path;
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::rollout_event::Event;
+use fleetshift_common::proto::v1::{
+    ApprovePlanRequest, CreatePlanRequest, GetPlanRequest, ListShardsRequest, PlanAction,
+    PlanState, ShardState, WatchRolloutRequest, WavePolicy,
+};
+use fleetshift_common::tls::identity::Role;
+use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_tests::binary;
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, channel_as, free_port, init_pki, issue};
+use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::wait::wait_until;
+
+use super::support;
+
+const REPLICAS: [&str; 3] = ["c1", "c2", "c3"];
+const DATABASES: usize = 4;
+
+fn write_replica_config(home: &Path, id: &str, port: u16, etcd: &str) -> std::path::PathBuf {
+    let path = home.join(format!("{id}.toml"));
+    let text = format!(
+        "coordinator_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
+         [tls]\ncertificate = \"pki/coordinator-{id}.pem\"\nprivate_key = \"pki/coordinator-{id}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+         [store]\netcd_endpoints = [\"{etcd}\"]\n[roles]\nviewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]\n"
+    );
+    std::fs::write(&path, text).expect("replica config");
+    path
+}
+
+fn write_agent(home: &Path, agent: &str, port: u16, urls: &[String]) -> std::path::PathBuf {
+    let mut shards = String::new();
+    for (index, url) in urls.iter().enumerate() {
+        let secret = home.join(format!("{agent}-{index}.url"));
+        std::fs::write(&secret, url).expect("url file");
+        shards.push_str(&format!(
+            "[[shards]]\nid = \"{agent}-db{index}\"\nlabels = {{ env = \"test\" }}\ndatabase_url_file = \"{}\"\n",
+            secret.display()
+        ));
+    }
+    let path = home.join(format!("agent-{agent}.toml"));
+    let text = format!(
+        "agent_id = \"{agent}\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
+         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+         {shards}"
+    );
+    std::fs::write(&path, text).expect("agent config");
+    path
+}
+
+/// Six revisions that each take a moment, so the leader can be killed mid-rollout.
+fn slow_set() -> tempfile::TempDir {
+    let files: Vec<(String, String)> = (1..=6)
+        .map(|version| {
+            (
+                format!("{version}_step_{version}.sql"),
+                format!(
+                    "SELECT pg_sleep(0.3);\nCREATE TABLE step_{version} (id bigint PRIMARY KEY);"
+                ),
+            )
+        })
+        .collect();
+    let named: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(name, content)| (name.as_str(), content.as_str()))
+        .collect();
+    fleetshift_tests::fixtures::migrations(&named)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("store");
+    let home = tempfile::tempdir().expect("fleet directory");
+    let pki = home.path().join("pki");
+    init_pki(&pki);
+    issue(&pki, Role::Operator, "ops", &[]);
+    let mut replicas = Vec::new();
+    for id in REPLICAS {
+        issue(&pki, Role::Coordinator, id, &["localhost"]);
+        let port = free_port();
+        let config = write_replica_config(home.path(), id, port, &etcd.endpoint);
+        let process = Process::spawn(
+            &binary::fleetshift(),
+            &["serve", "--config", config.to_str().expect("path")],
+            &home.path().join(format!("{id}.log")),
+        );
+        replicas.push((id, port, Some(process)));
+    }
+    let logs = home.path().to_path_buf();
+    let diagnose = move || {
+        let mut text = String::new();
+        for name in ["c1.log", "c2.log", "c3.log", "agent-a.log", "agent-b.log"] {
+            let log = std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+            text.push_str(&format!("--- {name}\n{log}\n"));
+        }
+        text
+    };
+    let elected = wait_until(Duration::from_secs(20), || async {
+        store.leader().await.ok().flatten().is_some()
+    })
+    .await;
+    assert!(elected, "no leader\n{}", diagnose());
+    let leader = store
+        .leader()
+        .await
+        .expect("leader")
+        .expect("leader")
+        .leader;
+    let followers: Vec<u16> = replicas
+        .iter()
+        .filter(|(id, _, _)| *id != leader)
+        .map(|(_, port, _)| *port)
+        .collect();
+
+    let clusters = [
+        PostgresCluster::start().expect("cluster a"),
+        PostgresCluster::start().expect("cluster b"),
+    ];
+    let mut urls: Vec<Vec<String>> = Vec::new();
+    for cluster in &clusters {
+        let mut databases = Vec::new();
+        for index in 0..DATABASES {
+            databases.push(
+                cluster
+                    .create_database(&format!("shard_{index}"))
+                    .await
+                    .expect("database"),
+            );
+        }
+        urls.push(databases);
+    }
+    let mut agents = Vec::new();
+    for ((agent, urls), port) in ["a", "b"].iter().zip(&urls).zip(&followers) {
+        issue(&pki, Role::Agent, agent, &[]);
+        let config = write_agent(home.path(), agent, *port, urls);
+        agents.push(Process::spawn(
+            &binary::agent(),
+            &["--config", config.to_str().expect("path"), "run"],
+            &home.path().join(format!("agent-{agent}.log")),
+        ));
+    }
+
+    let follower = format!("https://localhost:{}", followers[0]);
+    let mut client = FleetServiceClient::new(channel_as(&follower, &pki, "operator-ops").await);
+    let connected = wait_until(Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_shards(ListShardsRequest::default())
+                .await
+                .is_ok_and(|response| response.into_inner().shards.len() == 2 * DATABASES)
+        }
+    })
+    .await;
+    assert!(
+        connected,
+        "the agents never announced their shards\n{}",
+        diagnose()
+    );
+
+    let migrations = slow_set();
+    let set = fleetshift_common::source::MigrationSet::load(migrations.path(), None).expect("set");
+    let plan = client
+        .create_plan(CreatePlanRequest {
+            migration_set: Some(fleetshift_tests::fixtures::shipped(migrations.path())),
+            target_version: String::new(),
+            selector: [("env".to_owned(), "test".to_owned())].into(),
+            waves: Some(WavePolicy {
+                canary_shards: 1,
+                percentages: vec![100],
+                max_concurrency_per_wave: 8,
+                max_concurrency_per_host: 2,
+                failure_threshold: 1,
+            }),
+            limits: None,
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    assert_eq!(plan.waves.len(), 2, "canary, then the rest");
+    client
+        .approve_plan(ApprovePlanRequest {
+            plan_id: plan.plan_id.clone(),
+            comment: String::new(),
+        })
+        .await
+        .expect("approve");
+    let mut events = client
+        .watch_rollout(WatchRolloutRequest {
+            plan_id: plan.plan_id.clone(),
+            include_statements: false,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    client
+        .start_rollout(PlanAction {
+            plan_id: plan.plan_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("start");
+
+    // Once the canary has succeeded and the second wave runs, the leader dies.
+    let canary_done = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.message().await.expect("events") {
+            if let Some(Event::ShardState(changed)) = event.event
+                && changed.wave == 1
+                && changed.state == i32::from(ShardState::Running)
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        canary_done,
+        Ok(true),
+        "the second wave never ran\n{}",
+        diagnose()
+    );
+    let (_, _, process) = replicas
+        .iter_mut()
+        .find(|(id, _, _)| *id == leader)
+        .expect("the leader's process");
+    process.take().expect("running").signal("KILL");
+
+    let finished = wait_until(Duration::from_secs(90), || {
+        let mut client = client.clone();
+        let plan_id = plan.plan_id.clone();
+        async move {
+            client
+                .get_plan(GetPlanRequest { plan_id })
+                .await
+                .is_ok_and(|plan| plan.into_inner().state == i32::from(PlanState::Succeeded))
+        }
+    })
+    .await;
+    assert!(
+        finished,
+        "the rollout did not complete after the leader died\n{}",
+        diagnose()
+    );
+    let new_leader = store
+        .leader()
+        .await
+        .expect("leader")
+        .expect("a leader")
+        .leader;
+    assert_ne!(new_leader, leader, "another replica leads");
+
+    let done = client
+        .get_plan(GetPlanRequest {
+            plan_id: plan.plan_id.clone(),
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    for task in done.waves.iter().flat_map(|wave| &wave.shards) {
+        assert_eq!(task.state, i32::from(ShardState::Succeeded), "{task:?}");
+        let (agent, index) = task.shard_id.split_once("-db").expect("shard id");
+        let cluster = usize::from(agent == "b");
+        let index: usize = index.parse().expect("index");
+        let shard = support::postgres(&urls[cluster][index]).await;
+        support::assert_sound_ledger(&shard, &set, None).await;
+        let ledger = fleetshift_common::engine::ShardEngine::read_ledger(&shard)
+            .await
+            .expect("ledger");
+        assert!(
+            ledger
+                .iter()
+                .all(|entry| entry.fence_token == task.fence_token
+                    && entry.plan_id.as_deref() == Some(plan.plan_id.as_str())),
+            "{}: every revision under the one claim of the plan (dispatched once): {ledger:?}",
+            task.shard_id
+        );
+    }
+    drop(agents);
+}
