@@ -209,13 +209,13 @@ where
                 .store
                 .grant_lease(self.intervals.lease_ttl)
                 .await
-                .map_err(store_status)?,
+                .map_err(Status::from)?,
         };
         self.lease = Some(lease);
         self.store
             .announce_agent(self.identity.name(), &hello.encode_to_vec(), lease)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         let shards = hello
             .shards
             .iter()
@@ -277,7 +277,7 @@ where
                                 StoreError::LeaseExpired(_) => Status::failed_precondition(
                                     "the session's lease lapsed; stop all work and reconnect",
                                 ),
-                                other => store_status(other),
+                                other => Status::from(other),
                             })?;
                     let ack = HeartbeatAck {
                         sequence: heartbeat.sequence,
@@ -346,7 +346,7 @@ where
                 )],
             )
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         tracing::info!(agent = %self.identity, %assignment, succeeded = result.succeeded, "result recorded for the leader");
         Ok(())
     }
@@ -373,14 +373,5 @@ where
             .send(Ok(CoordinatorMessage { body: Some(body) }))
             .await
             .map_err(|_| Status::cancelled("the agent is gone"))
-    }
-}
-
-fn store_status(error: StoreError) -> Status {
-    match error {
-        StoreError::Unavailable(detail) => {
-            Status::unavailable(format!("the fleet store is unavailable: {detail}"))
-        }
-        other => Status::internal(other.to_string()),
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{self, OperatorRole, Roles};
 use crate::mailbox::Mailbox;
 use crate::rollout::{RolloutError, planning, records, transitions, watch};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 #[derive(Debug)]
 pub struct FleetApi<S> {
@@ -47,7 +47,7 @@ impl<S: Store + 'static> FleetApi<S> {
     }
 
     async fn announcements(&self) -> Result<Vec<(String, Hello)>, Status> {
-        let agents = self.store.agents().await.map_err(store_status)?;
+        let agents = self.store.agents().await.map_err(Status::from)?;
         agents
             .into_iter()
             .map(|(agent, facts)| {
@@ -77,25 +77,6 @@ impl<S: Store + 'static> FleetApi<S> {
     }
 }
 
-fn store_status(error: StoreError) -> Status {
-    match error {
-        StoreError::Unavailable(detail) => {
-            Status::unavailable(format!("the fleet store is unavailable: {detail}"))
-        }
-        other => Status::internal(other.to_string()),
-    }
-}
-
-/// Every selector pair must match the shard's labels.
-fn selected(
-    selector: &std::collections::HashMap<String, String>,
-    labels: &std::collections::HashMap<String, String>,
-) -> bool {
-    selector
-        .iter()
-        .all(|(key, value)| labels.get(key) == Some(value))
-}
-
 #[tonic::async_trait]
 impl<S: Store + 'static> FleetService for FleetApi<S> {
     async fn list_shards(
@@ -109,7 +90,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             for shard in hello
                 .shards
                 .into_iter()
-                .filter(|shard| selected(&selector, &shard.labels))
+                .filter(|shard| planning::selected(&selector, &shard.labels))
             {
                 let health = if !shard.reachable {
                     ShardHealth::Unreachable

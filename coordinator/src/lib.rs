@@ -1,5 +1,5 @@
-//! The fleetshift coordinator: fleet state, leases and leadership (and, next, the gRPC
-//! services and the rollout procedure).
+//! The fleetshift coordinator: fleet state, leases and leadership, the gRPC services and the
+//! rollout procedure.
 //!
 //! - [`store`]: leases, per-shard claims whose fencing token is the claim's etcd
 //!   `create_revision`, leadership with epoch-guarded writes; etcd and in-memory
@@ -9,7 +9,9 @@
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
 //! - [`fleet_api`]: `FleetService` for operators: role-checked; shards listed from agents.
-//! - [`mailbox`]: assignments down agent sessions, each with its own reply and deadline.
+//! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
+//!   session openings out of them, and a dispatch that waits for its own reply.
+//! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;

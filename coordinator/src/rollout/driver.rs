@@ -196,29 +196,27 @@ impl<S: Store> Driver<'_, S> {
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
             let claim_key = keys::claim(&task.shard_id);
-            let mut writes = vec![
+            let writes = vec![
                 Write::put(task_key.clone(), finished.encode_to_vec()),
                 Write::Delete(keys::assignment(&task.agent_id, &assignment)),
                 Write::Delete(result_key),
             ];
             let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
             let ours = Condition::CreatedAt(claim_key.clone(), task.fence_token);
-            let mut with_release = writes.clone();
-            with_release.push(Write::Delete(claim_key));
-            let mut committed = self
+            let with_release = [writes.as_slice(), &[Write::Delete(claim_key)]].concat();
+            let released = self
                 .commit(&[unchanged.clone(), ours], &with_release)
                 .await?;
-            if committed.is_none() {
+            let committed = match released {
+                Some(at) => {
+                    self.model.forget_claim(&task.shard_id, at);
+                    Some(at)
+                }
                 // The claim is gone already (or is not this task's): keep whatever is there.
-                committed = self.commit(&[unchanged], &writes).await?;
-            } else {
-                writes = with_release;
-            }
+                None => self.commit(&[unchanged], &writes).await?,
+            };
             let Some(at) = committed else { continue };
             tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?ended, "shard task ended");
-            if writes.len() == 4 {
-                self.model.forget_claim(&task.shard_id, at);
-            }
             self.model.results.remove(&assignment);
             self.model
                 .record_task(&plan.plan_id, &task.shard_id, finished, at);

@@ -20,6 +20,13 @@ const DEFAULT_PER_WAVE: u32 = 16;
 const DEFAULT_PER_HOST: u32 = 4;
 const DEFAULT_FAILURE_THRESHOLD: u32 = 1;
 
+/// Whether labels match a selector: every pair must be there.
+pub fn selected(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
+    selector
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
 /// A shard as announced by its agent.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -43,10 +50,7 @@ pub fn candidates(
             .filter(|name| !name.is_empty())
             .unwrap_or_else(|| agent.clone());
         for shard in &hello.shards {
-            let matches = selector
-                .iter()
-                .all(|(key, value)| shard.labels.get(key) == Some(value));
-            if !matches {
+            if !selected(selector, &shard.labels) {
                 continue;
             }
             let candidate = Candidate {
@@ -232,12 +236,12 @@ mod tests {
         assert_eq!(policy.percentages, [25, 50, 100], "100 is implied");
         let planned = waves(&shards(10), &policy);
         assert_eq!(sizes(&planned), [2, 2, 2, 4]);
-        let mut seen: Vec<&str> = planned
+        let placed: Vec<&str> = planned
             .iter()
             .flat_map(|wave| wave.shards.iter().map(|task| task.shard_id.as_str()))
             .collect();
-        seen.dedup();
-        assert_eq!(seen.len(), 10);
+        let distinct: std::collections::BTreeSet<&str> = placed.iter().copied().collect();
+        assert_eq!((placed.len(), distinct.len()), (10, 10), "each shard once");
         assert!(
             planned
                 .iter()

@@ -85,19 +85,21 @@ pub fn with_tasks(mut plan: Plan, tasks: &BTreeMap<String, ShardTask>) -> Plan {
 /// Creates the plan and its pending tasks, once.
 pub async fn create_plan<S: Store>(store: &S, plan: &Plan) -> Result<(), RolloutError> {
     let key = keys::plan(&plan.plan_id);
-    let mut writes = vec![Write::put(key.clone(), plan.encode_to_vec())];
-    for task in plan.waves.iter().flat_map(|wave| &wave.shards) {
-        writes.push(Write::put(
-            keys::task(&plan.plan_id, &task.shard_id),
-            task.encode_to_vec(),
-        ));
-    }
+    let tasks: Vec<Write> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.shards)
+        .map(|task| {
+            let key = keys::task(&plan.plan_id, &task.shard_id);
+            Write::put(key, task.encode_to_vec())
+        })
+        .collect();
     // etcd allows 128 operations per transaction by default: the plan goes last, so it is
     // visible only once every task is.
-    let plan_write = writes.remove(0);
-    for batch in writes.chunks(100) {
+    for batch in tasks.chunks(100) {
         store.commit(None, &[], batch).await?;
     }
+    let plan_write = Write::put(key.clone(), plan.encode_to_vec());
     let created = store
         .commit(None, &[Condition::Absent(key)], &[plan_write])
         .await?;

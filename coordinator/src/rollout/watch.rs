@@ -19,7 +19,7 @@ use tonic::Status;
 use super::records::{decode, load_plan, tasks_of};
 use super::{RolloutError, plan_ended, plan_of_assignment, task_ended};
 use crate::mailbox::Mailbox;
-use crate::store::{Store, StoreError, keys};
+use crate::store::{Store, keys};
 
 /// Events buffered for a slow watcher before the producer waits.
 const BUFFER: usize = 256;
@@ -88,7 +88,7 @@ impl Follower {
                         Some(Err(error)) => self.fail(Status::internal(error.to_string())).await,
                         None => self.fail(Status::not_found(format!("plan {} was deleted", self.plan_id))).await,
                     },
-                    Some(Err(error)) => self.fail(store_status(&error)).await,
+                    Some(Err(error)) => self.fail(Status::from(error)).await,
                     None => return,
                 },
                 change = task_changes.next() => match change {
@@ -97,7 +97,7 @@ impl Follower {
                         Some(Err(error)) => self.fail(Status::internal(error.to_string())).await,
                         None => Ok(()),
                     },
-                    Some(Err(error)) => self.fail(store_status(&error)).await,
+                    Some(Err(error)) => self.fail(Status::from(error)).await,
                     None => return,
                 },
                 event = progress.recv() => match event {
@@ -176,8 +176,4 @@ impl Follower {
         }
         self.send(Event::Progress(event)).await
     }
-}
-
-fn store_status(error: &StoreError) -> Status {
-    Status::unavailable(format!("following the rollout failed: {error}"))
 }
