@@ -212,10 +212,18 @@ where
                 .map_err(Status::from)?,
         };
         self.lease = Some(lease);
+        let previous = self
+            .store
+            .agent_lease(self.identity.name())
+            .await
+            .map_err(Status::from)?;
         self.store
             .announce_agent(self.identity.name(), &hello.encode_to_vec(), lease)
             .await
             .map_err(Status::from)?;
+        if let Some(previous) = previous.filter(|previous| *previous != lease) {
+            self.supersede(previous).await;
+        }
         let shards = hello
             .shards
             .iter()
@@ -235,6 +243,23 @@ where
             safety_margin: prost_types::Duration::try_from(self.intervals.safety_margin).ok(),
         };
         self.send(CoordinatorBody::Handshake(handshake)).await
+    }
+
+    /// A new session of this agent (a restarted process, or one that could not resume) ends
+    /// the previous session's lease: its claims lapse now rather than at its TTL, so the
+    /// shards are claimed again at once under newer tokens, and a stale copy of the process
+    /// still running under the old claims is fenced out by them. The newest session speaks
+    /// for the agent.
+    async fn supersede(&self, previous: LeaseId) {
+        match self.store.revoke(previous).await {
+            Ok(()) => {
+                tracing::info!(agent = %self.identity, previous, "previous session lease revoked; its claims are released")
+            }
+            // It lapses at its TTL anyway.
+            Err(error) => {
+                tracing::warn!(agent = %self.identity, previous, %error, "cannot revoke the previous session lease; its claims lapse with it")
+            }
+        }
     }
 
     /// The lease a reconnecting agent asks to resume, if it is still alive and still carries

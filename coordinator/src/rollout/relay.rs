@@ -146,7 +146,12 @@ impl<S: Store> Relay<S> {
         if let Some(shipped) = assignment.migration_set.as_mut() {
             shipped.files = self.set(&shipped.digest).await?.files.clone();
         }
-        if !self.running.contains(&id) {
+        if self.running.contains(&id) {
+            if !self.claim_stands(&assignment).await? {
+                tracing::info!(assignment = %id, "claim gone before redelivery; not delivered");
+                return Ok(());
+            }
+        } else {
             let marked = self
                 .store
                 .commit(
@@ -182,6 +187,12 @@ impl<S: Store> Relay<S> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the claim `assignment` was made under still holds its shard.
+    async fn claim_stands(&self, assignment: &v1::Assignment) -> Result<bool, RolloutError> {
+        let claim = self.store.read(&keys::claim(&assignment.shard_id)).await?;
+        Ok(claim.is_some_and(|claim| claim.create_revision == assignment.fence_token))
     }
 
     async fn withdraw(&mut self, key: &str) {
