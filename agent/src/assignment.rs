@@ -23,9 +23,13 @@ use crate::config::AgentConfig;
 
 /// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
 /// naming its kind and what to do.
+/// `lease_ttl` is the session lease's time to live: the shard's own safeguards against a frozen
+/// agent (the server ending an idle transaction, the migrator lock's session lease) lapse on
+/// the same scale, so a newer claim is not kept waiting much longer than the fleet's lease.
 pub async fn execute(
     config: &AgentConfig,
     assignment: Assignment,
+    lease_ttl: Duration,
     stop: CancellationToken,
     progress: mpsc::UnboundedSender<ProgressEvent>,
 ) -> AssignmentResult {
@@ -36,7 +40,7 @@ pub async fn execute(
             let _ = progress.send(progress_event(&assignment, event));
         }
     };
-    let (outcome, ()) = tokio::join!(run(config, &assignment, stop, events), forward);
+    let (outcome, ()) = tokio::join!(run(config, &assignment, lease_ttl, stop, events), forward);
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
         Err(error) => (false, String::new(), Some(error)),
@@ -61,6 +65,7 @@ fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
 async fn run(
     config: &AgentConfig,
     assignment: &Assignment,
+    lease_ttl: Duration,
     stop: CancellationToken,
     events: mpsc::UnboundedSender<ExecutionEvent>,
 ) -> Result<Option<String>, ErrorDetail> {
@@ -101,7 +106,8 @@ async fn run(
         refused(kind, error.to_string())
     })?;
     let limits = assignment.limits.unwrap_or_default();
-    let timeouts = timeouts(&limits).map_err(|message| refused(ErrorKind::BadInput, message))?;
+    let timeouts =
+        timeouts(&limits, lease_ttl).map_err(|message| refused(ErrorKind::BadInput, message))?;
     let connected = engine::connect(&shard.database_url, timeouts)
         .await
         .map_err(|error| exec_failure(&error))?;
@@ -170,7 +176,11 @@ async fn move_shard<E: ShardEngine>(
         .map_err(|error| exec_failure(&error))
 }
 
-fn timeouts(limits: &v1::ExecutionLimits) -> Result<Timeouts, String> {
+/// The shortest migrator-lock session lease the engine accepts.
+const MIN_LOCK_SESSION_LEASE: Duration = Duration::from_secs(1);
+
+/// The plan's limits, with the shard-side timeouts tied to the session's lease.
+fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeouts, String> {
     let defaults = Timeouts::default();
     let given = |value: Option<prost_types::Duration>, default: Duration| {
         value
@@ -180,7 +190,8 @@ fn timeouts(limits: &v1::ExecutionLimits) -> Result<Timeouts, String> {
     let timeouts = Timeouts {
         lock_timeout: given(limits.lock_timeout, defaults.lock_timeout),
         statement_timeout: given(limits.statement_timeout, defaults.statement_timeout),
-        ..defaults
+        idle_in_transaction: lease_ttl,
+        lock_session_lease: lease_ttl.max(MIN_LOCK_SESSION_LEASE),
     };
     timeouts.validate()?;
     Ok(timeouts)

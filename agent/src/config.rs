@@ -24,9 +24,12 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCoordinator {
-    /// `https://host:port` of any coordinator replica.
-    address: String,
-    /// The name the coordinator's certificate is checked against (default: the address's host).
+    /// `https://host:port` of one coordinator replica.
+    address: Option<String>,
+    /// Several replicas, tried in turn: when one is lost the agent moves to the next.
+    addresses: Option<Vec<String>>,
+    /// The name the coordinators' certificates are checked against (default: each address's
+    /// host).
     server_name: Option<String>,
 }
 
@@ -51,12 +54,33 @@ pub struct AgentConfig {
     pub shards: Vec<ShardConfig>,
 }
 
-/// A coordinator to hold a session with, over mutual TLS.
+/// The coordinator replicas to hold a session with (any one at a time), over mutual TLS.
 #[derive(Debug, Clone)]
 pub struct CoordinatorLink {
+    /// At least one; the agent starts with the first and moves on when a session is lost.
+    pub endpoints: Vec<CoordinatorEndpoint>,
+    pub tls: TlsFiles,
+}
+
+/// One replica: where it listens and the name its certificate must carry.
+#[derive(Debug, Clone)]
+pub struct CoordinatorEndpoint {
     pub address: String,
     pub server_name: String,
-    pub tls: TlsFiles,
+}
+
+impl CoordinatorEndpoint {
+    /// `address`, checked against `server_name` or else the address's own host.
+    pub fn new(address: String, server_name: Option<&str>) -> anyhow::Result<Self> {
+        let server_name = match server_name {
+            Some(name) => name.to_owned(),
+            None => server_name_of(&address)?,
+        };
+        Ok(Self {
+            address,
+            server_name,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -149,10 +173,19 @@ fn coordinator_link(
         }
         (None, Some(_)) => bail!("[tls] is only used with a [coordinator] section"),
     };
-    let host = server_name_of(&coordinator.address)?;
+    let addresses = match (coordinator.address, coordinator.addresses) {
+        (Some(address), None) => vec![address],
+        (None, Some(addresses)) if !addresses.is_empty() => addresses,
+        (None, Some(_)) => bail!("[coordinator] addresses is empty: list at least one replica"),
+        (None, None) => bail!("[coordinator] needs address (or addresses, for several replicas)"),
+        (Some(_), Some(_)) => bail!("[coordinator] set address or addresses, not both"),
+    };
+    let endpoints = addresses
+        .into_iter()
+        .map(|address| CoordinatorEndpoint::new(address, coordinator.server_name.as_deref()))
+        .collect::<anyhow::Result<_>>()?;
     Ok(Some(CoordinatorLink {
-        server_name: coordinator.server_name.unwrap_or(host),
-        address: coordinator.address,
+        endpoints,
         tls: tls.relative_to(base),
     }))
 }
@@ -177,6 +210,53 @@ mod tests {
                 .expose()
                 .starts_with("postgres://")
         );
+    }
+
+    #[test]
+    fn several_coordinator_addresses_are_tried_in_turn() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("agent.toml");
+        let body = "[tls]\ncertificate = \"a.pem\"\nprivate_key = \"a.key\"\ntrust_bundle = \"ca.pem\"\n\
+                    [[shards]]\nid = \"s\"\ndatabase_url = \"sqlite::memory:\"\n";
+        std::fs::write(
+            &path,
+            format!(
+                "agent_id = \"a\"\n[coordinator]\naddresses = [\"https://c1.example:7443\", \"https://10.0.0.2:7443\"]\n{body}"
+            ),
+        )
+        .expect("write");
+        let link = AgentConfig::load(&path)
+            .expect("valid")
+            .coordinator
+            .expect("a coordinator");
+        let names: Vec<(&str, &str)> = link
+            .endpoints
+            .iter()
+            .map(|endpoint| (endpoint.address.as_str(), endpoint.server_name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("https://c1.example:7443", "c1.example"),
+                ("https://10.0.0.2:7443", "10.0.0.2")
+            ]
+        );
+        for (coordinator, complaint) in [
+            ("addresses = []", "addresses is empty"),
+            (
+                "address = \"https://a:1\"\naddresses = [\"https://b:1\"]",
+                "not both",
+            ),
+            ("server_name = \"x\"", "needs address"),
+        ] {
+            std::fs::write(
+                &path,
+                format!("agent_id = \"a\"\n[coordinator]\n{coordinator}\n{body}"),
+            )
+            .expect("write");
+            let error = format!("{:#}", AgentConfig::load(&path).expect_err(coordinator));
+            assert!(error.contains(complaint), "{coordinator}: {error}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use fleetshift_common::proto::v1::{
     ProgressEvent, ShardFacts,
 };
 use fleetshift_common::tls;
+use fleetshift_common::tls::mtls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -27,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use crate::config::{AgentConfig, CoordinatorLink};
+use crate::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink};
 use crate::{assignment, check};
 
 /// How a session ended.
@@ -38,21 +39,22 @@ enum Ended {
 }
 
 /// Holds a session until `shutdown` is cancelled, reconnecting as needed (every failure is
-/// retried, so this only ends at shutdown).
+/// retried, so this only ends at shutdown). When a session is lost or cannot be opened the
+/// agent moves to the link's next replica: any replica can resume its lease.
 pub async fn run(config: Arc<AgentConfig>, link: &CoordinatorLink, shutdown: CancellationToken) {
     let mut delays = reconnect_delays();
     // The lease of the last session, offered for resumption so claims bound to it survive a
     // reconnect (a coordinator restart, a network blip).
     let mut last_lease = 0;
-    loop {
-        match session(&config, link, &shutdown, &mut last_lease).await {
+    for endpoint in link.endpoints.iter().cycle() {
+        match session(&config, endpoint, &link.tls, &shutdown, &mut last_lease).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Lost(reason)) => {
-                tracing::warn!(coordinator = %link.address, %reason, "session lost; reconnecting");
+                tracing::warn!(coordinator = %endpoint.address, %reason, "session lost; reconnecting");
                 delays = reconnect_delays();
             }
             Err(error) => {
-                tracing::warn!(coordinator = %link.address, error = %format!("{error:#}"), "cannot hold a session; retrying")
+                tracing::warn!(coordinator = %endpoint.address, error = %format!("{error:#}"), "cannot hold a session; retrying")
             }
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(2));
@@ -76,11 +78,13 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
 
 async fn session(
     config: &Arc<AgentConfig>,
-    link: &CoordinatorLink,
+    endpoint: &CoordinatorEndpoint,
+    tls_files: &TlsFiles,
     shutdown: &CancellationToken,
     last_lease: &mut i64,
 ) -> anyhow::Result<Ended> {
-    let channel = tls::channel::connect(&link.address, &link.server_name, &link.tls).await?;
+    let channel =
+        tls::channel::connect(&endpoint.address, &endpoint.server_name, tls_files).await?;
     let mut client = AgentServiceClient::new(channel);
     let (outbound, receiver) = mpsc::channel(16);
     let hello = Hello {
@@ -178,7 +182,8 @@ async fn session(
                     running.insert(assignment.assignment_id.clone(), stop.clone());
                     let config = Arc::clone(config);
                     let progress = progress.clone();
-                    tasks.spawn(async move { assignment::execute(&config, assignment, stop, progress).await });
+                    let lease_ttl = intervals.lease_ttl;
+                    tasks.spawn(async move { assignment::execute(&config, assignment, lease_ttl, stop, progress).await });
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Cancel(cancel)) })) => {
                     if let Some(stop) = running.get(&cancel.assignment_id) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fleetshift_agent::config::{AgentConfig, CoordinatorLink, ShardConfig};
+use fleetshift_agent::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink, ShardConfig};
 use fleetshift_common::engine::{SqliteShard, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
@@ -200,8 +200,10 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     for number in 1..=arguments.agents {
         let name = agent_name(number);
         let link = CoordinatorLink {
-            address: address.clone(),
-            server_name: "localhost".to_owned(),
+            endpoints: vec![CoordinatorEndpoint {
+                address: address.clone(),
+                server_name: "localhost".to_owned(),
+            }],
             tls: tls_files(&pki_dir, &format!("agent-{name}")),
         };
         let shard = ShardConfig {
