@@ -83,8 +83,8 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Writes `coordinator.toml` in `home` for `fleetshift serve`: heartbeat 1 s, TLS files from
-/// `home/pki`, etcd at `etcd_endpoint`; `roles` is the `[roles]` section's body.
+/// Writes `coordinator.toml` in `home` for `fleetshift serve` as replica `c1`; see
+/// [`write_replica_config`].
 pub fn write_coordinator_config(
     home: &Path,
     port: u16,
@@ -92,26 +92,70 @@ pub fn write_coordinator_config(
     roles: &str,
 ) -> std::path::PathBuf {
     let path = home.join("coordinator.toml");
-    let text = format!(
-        "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
-         [tls]\ncertificate = \"pki/coordinator-c1.pem\"\nprivate_key = \"pki/coordinator-c1.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         [store]\netcd_endpoints = [\"{etcd_endpoint}\"]\n[roles]\n{roles}\n"
-    );
-    std::fs::write(&path, text).expect("coordinator config");
+    std::fs::write(&path, replica_config_text("c1", port, etcd_endpoint, roles))
+        .expect("coordinator config");
     path
+}
+
+/// Writes `<id>.toml` in `home` for `fleetshift serve` as replica `id`: heartbeat 1 s, TLS
+/// files from `home/pki`, etcd at `etcd_endpoint`; `roles` is the `[roles]` section's body.
+pub fn write_replica_config(
+    home: &Path,
+    id: &str,
+    port: u16,
+    etcd_endpoint: &str,
+    roles: &str,
+) -> std::path::PathBuf {
+    let path = home.join(format!("{id}.toml"));
+    std::fs::write(&path, replica_config_text(id, port, etcd_endpoint, roles))
+        .expect("replica config");
+    path
+}
+
+fn replica_config_text(id: &str, port: u16, etcd_endpoint: &str, roles: &str) -> String {
+    format!(
+        "coordinator_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
+         [tls]\ncertificate = \"pki/coordinator-{id}.pem\"\nprivate_key = \"pki/coordinator-{id}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+         [store]\netcd_endpoints = [\"{etcd_endpoint}\"]\n[roles]\n{roles}\n"
+    )
 }
 
 /// Writes `agent.toml` in `home` for `fleetshift-agent run` as `agent`, talking to the
 /// coordinator on `port`; `shards` is the `[[shards]]` tables' text.
 pub fn write_agent_config(home: &Path, port: u16, agent: &str, shards: &str) -> std::path::PathBuf {
     let path = home.join("agent.toml");
-    let text = format!(
-        "agent_id = \"{agent}\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
-         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         {shards}"
-    );
-    std::fs::write(&path, text).expect("agent config");
+    std::fs::write(&path, agent_config_text(agent, &[port], shards)).expect("agent config");
     path
+}
+
+/// An agent's configuration as `agent`, with the replicas on `ports` (tried in turn) and the
+/// `[[shards]]` tables' text; TLS files from `pki/` beside it.
+pub fn agent_config_text(agent: &str, ports: &[u16], shards: &str) -> String {
+    let addresses: Vec<String> = ports
+        .iter()
+        .map(|port| format!("\"https://localhost:{port}\""))
+        .collect();
+    format!(
+        "agent_id = \"{agent}\"\n[coordinator]\naddresses = [{}]\n\
+         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
+         {shards}",
+        addresses.join(", ")
+    )
+}
+
+/// `[[shards]]` tables for `agent`'s databases at `urls`, named `<agent>-db<index>` with the
+/// label `env = "test"`; each URL goes into a file in `home` (as a mounted secret would).
+pub fn shard_tables(home: &Path, agent: &str, urls: &[String]) -> String {
+    let mut tables = String::new();
+    for (index, url) in urls.iter().enumerate() {
+        let secret = home.join(format!("{agent}-{index}.url"));
+        std::fs::write(&secret, url).expect("url file");
+        tables.push_str(&format!(
+            "[[shards]]\nid = \"{agent}-db{index}\"\nlabels = {{ env = \"test\" }}\ndatabase_url_file = \"{}\"\n",
+            secret.display()
+        ));
+    }
+    tables
 }
 
 /// A client channel to the coordinator on `address` as `holder` (`<role>-<name>` in `pki`),

@@ -12,6 +12,7 @@ mod integration {
     mod crates_io;
     mod election;
     mod fleet_api;
+    mod fleet_faults;
     mod locks;
     mod operator;
     mod paused;

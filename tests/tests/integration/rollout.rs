@@ -5,7 +5,6 @@
 //! rollout completes, and every shard's ledger equals the plan with exactly one claim's token
 //! on every revision (no shard was dispatched twice).
 
-use std::path::Path;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
@@ -18,7 +17,10 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, channel_as, free_port, init_pki, issue};
+use fleetshift_tests::fleet::{
+    Process, agent_config_text, channel_as, free_port, init_pki, issue, shard_tables,
+    write_replica_config,
+};
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::wait::wait_until;
 
@@ -26,37 +28,7 @@ use super::support;
 
 const REPLICAS: [&str; 3] = ["c1", "c2", "c3"];
 const DATABASES: usize = 4;
-
-fn write_replica_config(home: &Path, id: &str, port: u16, etcd: &str) -> std::path::PathBuf {
-    let path = home.join(format!("{id}.toml"));
-    let text = format!(
-        "coordinator_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
-         [tls]\ncertificate = \"pki/coordinator-{id}.pem\"\nprivate_key = \"pki/coordinator-{id}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         [store]\netcd_endpoints = [\"{etcd}\"]\n[roles]\nviewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]\n"
-    );
-    std::fs::write(&path, text).expect("replica config");
-    path
-}
-
-fn write_agent(home: &Path, agent: &str, port: u16, urls: &[String]) -> std::path::PathBuf {
-    let mut shards = String::new();
-    for (index, url) in urls.iter().enumerate() {
-        let secret = home.join(format!("{agent}-{index}.url"));
-        std::fs::write(&secret, url).expect("url file");
-        shards.push_str(&format!(
-            "[[shards]]\nid = \"{agent}-db{index}\"\nlabels = {{ env = \"test\" }}\ndatabase_url_file = \"{}\"\n",
-            secret.display()
-        ));
-    }
-    let path = home.join(format!("agent-{agent}.toml"));
-    let text = format!(
-        "agent_id = \"{agent}\"\n[coordinator]\naddress = \"https://localhost:{port}\"\n\
-         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         {shards}"
-    );
-    std::fs::write(&path, text).expect("agent config");
-    path
-}
+const ROLES: &str = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
 
 /// Six revisions that each take a moment, so the leader can be killed mid-rollout.
 fn slow_set() -> tempfile::TempDir {
@@ -91,7 +63,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
     for id in REPLICAS {
         issue(&pki, Role::Coordinator, id, &["localhost"]);
         let port = free_port();
-        let config = write_replica_config(home.path(), id, port, &etcd.endpoint);
+        let config = write_replica_config(home.path(), id, port, &etcd.endpoint, ROLES);
         let process = Process::spawn(
             &binary::fleetshift(),
             &["serve", "--config", config.to_str().expect("path")],
@@ -145,7 +117,9 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
     let mut agents = Vec::new();
     for ((agent, urls), port) in ["a", "b"].iter().zip(&urls).zip(&followers) {
         issue(&pki, Role::Agent, agent, &[]);
-        let config = write_agent(home.path(), agent, *port, urls);
+        let config = home.path().join(format!("agent-{agent}.toml"));
+        let shards = shard_tables(home.path(), agent, urls);
+        std::fs::write(&config, agent_config_text(agent, &[*port], &shards)).expect("config");
         agents.push(Process::spawn(
             &binary::agent(),
             &["--config", config.to_str().expect("path"), "run"],
