@@ -3,6 +3,8 @@
 //! over mutual TLS on loopback with freshly generated certificates. The bundled migration set
 //! is planned, approved and rolled out canary first, then the rest, with live progress and a
 //! per-shard summary; finally a stale holder of one shard is shown being fenced out.
+//! `--postgres` puts the shards in throwaway local PostgreSQL clusters instead, `--etcd` keeps
+//! the fleet's state in a real etcd.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use fleetshift_agent::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink, ShardConfig};
-use fleetshift_common::engine::{SqliteShard, Timeouts};
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
 use fleetshift_common::lease::SessionIntervals;
@@ -28,8 +30,9 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
 use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
+use fleetshift_coordinator::local_postgres::LocalPostgres;
 use fleetshift_coordinator::serve::run_replica;
-use fleetshift_coordinator::store::MemoryStore;
+use fleetshift_coordinator::store::{EtcdStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -80,6 +83,13 @@ pub struct DemoArgs {
     /// Agents in the demo fleet, each with one SQLite shard.
     #[arg(long, visible_alias = "shards", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=500))]
     agents: u16,
+    /// Shards in throwaway local PostgreSQL clusters (one per 8 agents, one database per
+    /// shard, deleted at exit) instead of SQLite files; needs the PostgreSQL server binaries.
+    #[arg(long)]
+    postgres: bool,
+    /// Keep the fleet's state in this etcd (comma-separated endpoints) instead of in memory.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    etcd: Vec<String>,
     /// Keep the working directory (shards, certificates, migrations) and print where it is.
     #[arg(long)]
     keep: bool,
@@ -129,6 +139,74 @@ fn agent_name(number: u16) -> String {
     format!("agent-{number:03}")
 }
 
+fn shard_id(number: u16) -> String {
+    format!("shard-{number:03}")
+}
+
+/// Agents per local PostgreSQL cluster with `--postgres`.
+const AGENTS_PER_CLUSTER: u16 = 8;
+
+/// Where the demo's shards live: SQLite files in its directory, or databases in throwaway
+/// PostgreSQL clusters (stopped and deleted when this is dropped).
+struct Shards {
+    /// Agent `n`'s shard at index `n - 1`.
+    urls: Vec<DatabaseUrl>,
+    clusters: Vec<LocalPostgres>,
+}
+
+impl Shards {
+    async fn create(arguments: &DemoArgs, root: &Path) -> anyhow::Result<Self> {
+        let mut shards = Self {
+            urls: Vec::new(),
+            clusters: Vec::new(),
+        };
+        if !arguments.postgres {
+            shards.urls = (1..=arguments.agents)
+                .map(|number| {
+                    let file = root.join(format!("{}.db", shard_id(number)));
+                    DatabaseUrl::new(format!("sqlite:{}?mode=rwc", file.display()))
+                })
+                .collect();
+            return Ok(shards);
+        }
+        let numbers: Vec<u16> = (1..=arguments.agents).collect();
+        for group in numbers.chunks(usize::from(AGENTS_PER_CLUSTER)) {
+            let cluster = tokio::task::spawn_blocking(LocalPostgres::start)
+                .await?
+                .context("starting a local PostgreSQL cluster (--postgres)")?;
+            for number in group {
+                let name = shard_id(*number).replace('-', "_");
+                shards
+                    .urls
+                    .push(DatabaseUrl::new(cluster.create_database(&name).await?));
+            }
+            shards.clusters.push(cluster);
+        }
+        Ok(shards)
+    }
+
+    fn kind(&self) -> String {
+        if self.clusters.is_empty() {
+            "SQLite shard".to_owned()
+        } else {
+            format!(
+                "PostgreSQL database on {} local cluster(s)",
+                self.clusters.len()
+            )
+        }
+    }
+
+    /// The URL of the shard named `shard`.
+    fn url_of(&self, shard: &str) -> anyhow::Result<DatabaseUrl> {
+        shard
+            .strip_prefix("shard-")
+            .and_then(|number| number.parse::<usize>().ok())
+            .and_then(|number| self.urls.get(number.checked_sub(1)?))
+            .cloned()
+            .with_context(|| format!("{shard} is not one of the demo's shards"))
+    }
+}
+
 fn tls_files(directory: &Path, leaf: &str) -> TlsFiles {
     TlsFiles {
         certificate: directory.join(format!("{leaf}.pem")),
@@ -151,10 +229,17 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     let pki_dir = root.join("pki");
     issue_certificates(&pki_dir, arguments.agents).context("generating certificates")?;
     let human = arguments.output == Output::Human;
+    let shards = Shards::create(arguments, root).await?;
     if human {
+        let store = if arguments.etcd.is_empty() {
+            "in-memory store".to_owned()
+        } else {
+            format!("etcd at {}", arguments.etcd.join(","))
+        };
         println!(
-            "fleetshift demo: 1 coordinator (in-memory store), {} agents with one SQLite shard each, mutual TLS on loopback",
-            arguments.agents
+            "fleetshift demo: 1 coordinator ({store}), {} agents with one {} each, mutual TLS on loopback",
+            arguments.agents,
+            shards.kind()
         );
         println!(
             "migration set: {} revisions ({} format, digest {})",
@@ -180,21 +265,24 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
         trust_domain: TRUST_DOMAIN.to_owned(),
         intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
         tls: tls_files(&pki_dir, "coordinator-demo"),
-        store: StoreChoice::Memory,
+        store: if arguments.etcd.is_empty() {
+            StoreChoice::Memory
+        } else {
+            StoreChoice::Etcd(arguments.etcd.clone())
+        },
         roles,
     };
     let stop = CancellationToken::new();
-    let coordinator = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            run_replica(
-                Arc::new(MemoryStore::new()),
-                &config,
-                listener,
-                stop.cancelled_owned(),
-            )
+    let shutdown = stop.clone().cancelled_owned();
+    let coordinator = if arguments.etcd.is_empty() {
+        let store = Arc::new(MemoryStore::new());
+        tokio::spawn(async move { run_replica(store, &config, listener, shutdown).await })
+    } else {
+        let store = EtcdStore::connect(&arguments.etcd)
             .await
-        })
+            .context("connecting to etcd")?;
+        let store = Arc::new(store);
+        tokio::spawn(async move { run_replica(store, &config, listener, shutdown).await })
     };
     let mut agents = tokio::task::JoinSet::new();
     for number in 1..=arguments.agents {
@@ -207,12 +295,9 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
             tls: tls_files(&pki_dir, &format!("agent-{name}")),
         };
         let shard = ShardConfig {
-            id: format!("shard-{number:03}"),
+            id: shard_id(number),
             labels: [("env".to_owned(), "demo".to_owned())].into(),
-            database_url: DatabaseUrl::new(format!(
-                "sqlite:{}?mode=rwc",
-                root.join(format!("shard-{number:03}.db")).display()
-            )),
+            database_url: shards.url_of(&shard_id(number))?,
         };
         let config = Arc::new(AgentConfig {
             agent_id: name,
@@ -223,20 +308,23 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
         agents.spawn(async move { fleetshift_agent::session::run(config, &link, stop).await });
     }
 
-    let outcome = roll_out(arguments, &address, &pki_dir, &set, root).await;
+    let outcome = roll_out(arguments, &address, &pki_dir, &set, &shards).await;
     stop.cancel();
     while agents.join_next().await.is_some() {}
     coordinator.await??;
     let code = outcome?;
+    drop(shards);
     if arguments.keep {
         let kept = workspace.keep();
         if human {
             println!("working directory kept in {}", kept.display());
-            println!(
-                "try: fleetshift migrate status --database-url sqlite:{}/shard-001.db --dir {}/migrations",
-                kept.display(),
-                kept.display()
-            );
+            if !arguments.postgres {
+                println!(
+                    "try: fleetshift migrate status --database-url sqlite:{}/shard-001.db --dir {}/migrations",
+                    kept.display(),
+                    kept.display()
+                );
+            }
         }
     }
     Ok(code)
@@ -256,7 +344,7 @@ async fn roll_out(
     address: &str,
     pki_dir: &Path,
     set: &MigrationSet,
-    root: &Path,
+    shards: &Shards,
 ) -> anyhow::Result<ExitCode> {
     let human = arguments.output == Output::Human;
     let mut client = operator_client(address, pki_dir).await?;
@@ -321,8 +409,15 @@ async fn roll_out(
         .flat_map(|wave| &wave.shards)
         .find(|task| task.state == i32::from(ShardState::Succeeded));
     if let Some(task) = first {
-        let shard_file = root.join(format!("{}.db", task.shard_id));
-        let refusal = fence_out_stale_agent(&shard_file, set, task.fence_token).await?;
+        let url = shards.url_of(&task.shard_id)?;
+        let refusal = match engine::connect(&url, Timeouts::default()).await? {
+            Connected::Postgres(shard) => {
+                fence_out_stale_agent(shard.as_ref(), set, task.fence_token).await?
+            }
+            Connected::Sqlite(shard) => {
+                fence_out_stale_agent(&shard, set, task.fence_token).await?
+            }
+        };
         if human {
             println!(
                 "\n{} is handed to a newer claim; its previous holder ({}, token {}) then tries to revert a revision:",
@@ -347,27 +442,21 @@ fn identity(agent: &str, token: i64) -> Identity {
     }
 }
 
-async fn open(path: &Path) -> Result<SqliteShard, ExecError> {
-    let url = DatabaseUrl::new(format!("sqlite:{}", path.display()));
-    SqliteShard::connect(&url, Timeouts::default()).await
-}
-
 /// Hands the shard to a newer claim, then lets the stale holder try; returns its refusal.
-async fn fence_out_stale_agent(
-    path: &Path,
+async fn fence_out_stale_agent<E: ShardEngine>(
+    shard: &E,
     set: &MigrationSet,
     token: i64,
 ) -> anyhow::Result<String> {
-    let shard = open(path).await?;
     Executor::new(
-        &shard,
+        shard,
         identity("newer-holder", token + 1),
         ExecutorSettings::default(),
     )
     .up(set, &Request::default())
     .await?;
     let stale = Executor::new(
-        &shard,
+        shard,
         identity("stale-holder", token),
         ExecutorSettings::default(),
     );

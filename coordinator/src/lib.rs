@@ -9,6 +9,7 @@
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
 //! - [`fleet_api`]: `FleetService` for operators: role-checked; shards listed from agents.
+//! - [`local_postgres`]: throwaway PostgreSQL clusters on loopback (demo and tests).
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
 //!   session openings out of them, and a dispatch that waits for its own reply.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
@@ -19,6 +20,7 @@ pub mod authz;
 pub mod config;
 pub mod election;
 pub mod fleet_api;
+pub mod local_postgres;
 pub mod mailbox;
 pub mod rollout;
 pub mod serve;

@@ -336,13 +336,13 @@ async fn unfinished_revision_that_cannot_be_repeated_is_refused_then_resolved() 
     assert_eq!(reason, "finished by hand, CHG-9");
 }
 
-/// The README's first command: a coordinator and agents over mutual TLS in one process roll
-/// the bundled set out canary first; every shard ends at the newest version, then a stale
-/// holder is fenced out.
-#[test]
-fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
+/// Runs `fleetshift demo --output json` with `arguments`; checks that it succeeded with
+/// `agents` shards at the newest version, canary first, with live progress; returns the stale
+/// holder's refusal and the plan id.
+fn run_demo(arguments: &[&str], agents: usize) -> (String, String) {
     let output = std::process::Command::new(binary::fleetshift())
-        .args(["demo", "--agents", "3", "--output", "json"])
+        .args(["demo", "--output", "json"])
+        .args(arguments)
         .output()
         .expect("run the demo");
     assert!(output.status.success(), "{}", binary::printed(&output));
@@ -356,7 +356,7 @@ fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
         .expect("a summary");
     assert_eq!(summary["state"], "succeeded", "{summary}");
     let shards = summary["shards"].as_array().expect("shards");
-    assert_eq!(shards.len(), 3);
+    assert_eq!(shards.len(), agents);
     assert!(
         shards
             .iter()
@@ -375,11 +375,51 @@ fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
         "live progress reached the watcher"
     );
     let fencing = lines.last().expect("output");
+    let refusal = fencing["stale_holder"]["refusal"]
+        .as_str()
+        .filter(|text| text.contains("fenced out"))
+        .unwrap_or_else(|| panic!("the stale holder is fenced out: {fencing}"));
+    let plan = summary["plan"].as_str().expect("plan id");
+    (refusal.to_owned(), plan.to_owned())
+}
+
+/// The README's first command: a coordinator and agents over mutual TLS in one process roll
+/// the bundled set out canary first; every shard ends at the newest version, then a stale
+/// holder is fenced out.
+#[test]
+fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
+    let (refusal, _) = run_demo(&["--agents", "3"], 3);
+    assert!(refusal.contains("sqlite:"), "{refusal}");
+}
+
+/// The same demo with its shards in throwaway PostgreSQL clusters (nine agents: two clusters)
+/// and the fleet's state in a real etcd; the clusters are gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_postgres_and_etcd_keeps_its_state_in_etcd_and_leaves_no_cluster() {
+    use fleetshift_coordinator::store::{EtcdStore, Store, keys};
+
+    let etcd = fleetshift_tests::etcd::EtcdServer::start().expect("etcd");
+    let endpoint = etcd.endpoint.clone();
+    let (refusal, plan) = tokio::task::spawn_blocking(move || {
+        run_demo(&["--agents", "9", "--postgres", "--etcd", &endpoint], 9)
+    })
+    .await
+    .expect("demo");
+    assert!(refusal.contains("postgres://"), "{refusal}");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("store");
+    let stored = store.read(&keys::plan(&plan)).await.expect("read the plan");
+    assert!(stored.is_some(), "the plan is kept in etcd");
+    let port = refusal
+        .split("@127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|port| port.parse::<u16>().ok())
+        .expect("the shard's port");
     assert!(
-        fencing["stale_holder"]["refusal"]
-            .as_str()
-            .is_some_and(|text| text.contains("fenced out")),
-        "{fencing}"
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the demo's PostgreSQL cluster is stopped at exit"
     );
 }
 

@@ -1,1 +1,1 @@
-INSERT INTO accounts (email, plan) VALUES ('ops@example.com', 'team');
+INSERT INTO accounts (id, email, plan) VALUES (1, 'ops@example.com', 'team');

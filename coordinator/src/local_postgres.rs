@@ -1,0 +1,233 @@
+//! Throwaway PostgreSQL clusters on loopback, for `fleetshift demo --postgres` and the test
+//! suite: `initdb` into a temporary directory (as the `postgres` OS user when running as root),
+//! started on a free port with durability off, stopped and deleted on drop. The superuser's
+//! password is random per cluster; connections over the Unix socket need none.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+/// A running cluster; stopped (immediately) and deleted on drop.
+pub struct LocalPostgres {
+    data: tempfile::TempDir,
+    binaries: PathBuf,
+    pub port: u16,
+    run_as_postgres: bool,
+    /// The superuser's password, random per cluster.
+    password: String,
+}
+
+impl std::fmt::Debug for LocalPostgres {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("LocalPostgres")
+            .field("data", &self.data.path())
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalPostgres {
+    /// initdb + start on a free loopback port.
+    pub fn start() -> anyhow::Result<Self> {
+        let binaries = find_binaries()?;
+        let run_as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
+        let data = tempfile::Builder::new()
+            .prefix("fleetshift-pg-")
+            .tempdir()?;
+        let password = random_password()?;
+        let password_file = data.path().join("pwfile");
+        std::fs::write(&password_file, &password)?;
+        if run_as_postgres {
+            let (uid, gid) = postgres_ids()?;
+            std::os::unix::fs::chown(data.path(), Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(&password_file, Some(uid), Some(gid))?;
+        }
+        let cluster_dir = data.path().join("cluster");
+        let mut cluster = Self {
+            data,
+            binaries,
+            port: 0,
+            run_as_postgres,
+            password,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                path_str(&cluster_dir)?,
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &format!("--pwfile={}", path_str(&password_file)?),
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )?;
+        for _attempt in 0..5 {
+            let port = free_port()?;
+            let options = format!(
+                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50",
+                socket = path_str(cluster.data.path())?
+            );
+            let log = cluster.data.path().join("server.log");
+            let started = cluster.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path_str(&cluster_dir)?,
+                    "-w",
+                    "-l",
+                    path_str(&log)?,
+                    "-o",
+                    &options,
+                    "start",
+                ],
+            );
+            if started.is_ok() {
+                cluster.port = port;
+                return Ok(cluster);
+            }
+        }
+        bail!(
+            "PostgreSQL did not start; see {}",
+            cluster.data.path().join("server.log").display()
+        )
+    }
+
+    fn run(&self, program: &str, arguments: &[&str]) -> anyhow::Result<()> {
+        let binary = self.binaries.join(program);
+        let mut command = if self.run_as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        };
+        let output = command
+            .args(arguments)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", binary.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// URL of `database` as the superuser, over TCP with a password.
+    pub fn admin_url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// URL of `database` over the Unix socket (trust authentication, the cheapest connect).
+    pub fn socket_url(&self, database: &str) -> String {
+        format!(
+            "postgresql:///{database}?host={}&port={}&user=postgres",
+            self.data.path().display(),
+            self.port
+        )
+    }
+
+    pub async fn admin_pool(&self, database: &str) -> anyhow::Result<PgPool> {
+        Ok(PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.admin_url(database))
+            .await?)
+    }
+
+    /// Creates a database and returns its admin URL.
+    pub async fn create_database(&self, name: &str) -> anyhow::Result<String> {
+        let pool = self.admin_pool("postgres").await?;
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Ok(self.admin_url(name))
+    }
+
+    /// The directory holding the server's binaries (pg_dump, psql, …).
+    pub fn binaries(&self) -> &Path {
+        &self.binaries
+    }
+
+    /// The server's log, for diagnosing a failed test.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        let cluster_dir = self.data.path().join("cluster");
+        if let Some(dir) = cluster_dir.to_str()
+            && let Err(error) = self.run("pg_ctl", &["-D", dir, "-m", "immediate", "stop"])
+        {
+            tracing::warn!(%error, "stopping a local PostgreSQL cluster failed");
+        }
+    }
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().context("non-UTF-8 temporary path")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn postgres_ids() -> anyhow::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    let line = passwd
+        .lines()
+        .find(|line| line.starts_with("postgres:"))
+        .context("running as root needs a `postgres` OS user (install postgresql)")?;
+    let fields: Vec<&str> = line.split(':').collect();
+    Ok((fields[2].parse()?, fields[3].parse()?))
+}
+
+/// `FLEETSHIFT_PG_BINDIR`, else the newest `/usr/lib/postgresql/<major>/bin`.
+fn find_binaries() -> anyhow::Result<PathBuf> {
+    if let Ok(directory) = std::env::var("FLEETSHIFT_PG_BINDIR") {
+        return Ok(PathBuf::from(directory));
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL server binaries not found under /usr/lib/postgresql; install postgresql or set FLEETSHIFT_PG_BINDIR")?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL with initdb under /usr/lib/postgresql")
+}
+
+/// 24 hex characters from the system's random source.
+fn random_password() -> anyhow::Result<String> {
+    let mut bytes = [0_u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut source| source.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a cluster password")?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
