@@ -154,6 +154,7 @@ async fn session(
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok(result) = joined else { continue };
+                log_outcome(&result);
                 running.remove(&result.assignment_id);
                 // An assignment's progress goes out before its result.
                 while let Ok(event) = reported.try_recv() {
@@ -203,6 +204,7 @@ async fn session(
     let reported = async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok(result) = joined {
+                log_outcome(&result);
                 let _ = outbound
                     .send(AgentMessage {
                         body: Some(AgentBody::Result(result)),
@@ -225,6 +227,19 @@ async fn session(
         tracing::info!("session closed");
     }
     Ok(ended)
+}
+
+/// One line per finished assignment, with the error when it failed.
+fn log_outcome(result: &AssignmentResult) {
+    if result.succeeded {
+        tracing::info!(assignment = %result.assignment_id, shard = %result.shard_id, fence = result.fence_token, version = %result.current_version, "assignment succeeded");
+    } else {
+        let error = result
+            .error
+            .as_ref()
+            .map_or("no detail", |error| error.message.as_str());
+        tracing::warn!(assignment = %result.assignment_id, shard = %result.shard_id, fence = result.fence_token, %error, "assignment failed");
+    }
 }
 
 async fn drain(inbound: &mut Streaming<CoordinatorMessage>) {
