@@ -11,7 +11,7 @@ pub enum ErrorKind {
     BadInput,
     /// An applied revision's checksum no longer matches its file.
     Drift,
-    /// A newer fencing token owns the shard; this run changed nothing.
+    /// A newer fencing token owns the shard; this run wrote nothing more to it.
     FencedOut,
     /// Locks could not be had within the bounded retries.
     LockTimeout,
@@ -46,7 +46,7 @@ pub enum ExecError {
     Unreachable { shard: String, detail: String },
 
     #[error(
-        "shard {shard}: fenced out: this run holds fencing token {ours} but the shard has seen token {current}; a newer claim owns the shard and this run changed nothing"
+        "shard {shard}: fenced out: this run holds fencing token {ours} but the shard has seen token {current}; a newer claim owns the shard and this run wrote nothing more (the ledger is the newer claim's)"
     )]
     FencedOut {
         shard: String,
