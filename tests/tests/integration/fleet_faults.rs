@@ -1,13 +1,16 @@
 //! Faults of the processes in a rollout, one plan each, on one fleet: etcd, two coordinator
 //! replicas, and one agent process serving two PostgreSQL databases, configured with both
-//! replicas. Every revision appends one row to `work_log` in its own transaction, so a
-//! revision that ran twice would leave two rows.
+//! replicas. Every transactional revision appends one row to `work_log`, so a revision that
+//! ran twice would leave two rows; revision 5 runs outside a transaction (a slow, repeatable
+//! `CREATE TABLE IF NOT EXISTS … AS`).
 //!
-//! 1. The agent is SIGKILLed mid-revision and restarted: its claim lapses with its lease, the
-//!    shard is claimed again under a newer token, and every revision runs exactly once.
-//! 2. The agent is SIGSTOPped mid-revision until its claim has lapsed, then continued: the
-//!    revision it had in flight never commits (the server ends the frozen transaction), and the
-//!    shard finishes under a newer claim, each revision once.
+//! 1. The agent is SIGKILLed mid-revision and restarted: its new session releases the old
+//!    claims, the shard is claimed again under a newer token, and every revision runs once.
+//! 2. The agent is SIGSTOPped inside revision 5's statement and a replacement process takes
+//!    its shards under newer claims and finishes them. The stale process is then continued:
+//!    its statement returns and it tries to record revision 5 as applied under its old token.
+//!    That write is refused by the shard's fence (its log names both tokens), and the ledger
+//!    and the work log are exactly as if it had never woken.
 //! 3. The replica holding the agent's session is SIGKILLed: the agent moves to the other
 //!    replica and resumes its lease, so its claims (and fencing tokens) survive.
 
@@ -39,22 +42,24 @@ const ROLES: &str = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"
 const SHARDS: usize = 2;
 const REVISIONS: usize = 9;
 
-/// Nine transactional revisions; each logs itself, then takes a moment (so a process can be
-/// stopped in the middle of one).
+/// The revision that runs outside a transaction.
+const OUTSIDE_TRANSACTION: usize = 5;
+
+/// Nine revisions; each transactional one logs itself, then takes a moment (so a process can
+/// be stopped in the middle of one); revision 5 is one slow autocommit statement.
 fn logging_set() -> tempfile::TempDir {
     let files: Vec<(String, String)> = (1..=REVISIONS)
         .map(|version| {
-            let create = if version == 1 {
-                "CREATE TABLE work_log (version int NOT NULL);\n"
-            } else {
-                ""
+            let script = match version {
+                1 => "CREATE TABLE work_log (version int NOT NULL);\n\
+                      INSERT INTO work_log VALUES (1);\nSELECT pg_sleep(0.8);\n"
+                    .to_owned(),
+                OUTSIDE_TRANSACTION => "-- no-transaction\n\
+                     CREATE TABLE IF NOT EXISTS paused_work AS SELECT 1 AS slept FROM pg_sleep(2.5);\n"
+                    .to_owned(),
+                _ => format!("INSERT INTO work_log VALUES ({version});\nSELECT pg_sleep(0.8);\n"),
             };
-            (
-                format!("{version}_step_{version}.sql"),
-                format!(
-                    "{create}INSERT INTO work_log VALUES ({version});\nSELECT pg_sleep(0.8);\n"
-                ),
-            )
+            (format!("{version}_step_{version}.sql"), script)
         })
         .collect();
     let named: Vec<(&str, &str)> = files
@@ -76,6 +81,8 @@ struct Fleet {
     /// Each replica with an operator's client of it.
     replicas: Vec<Replica>,
     agent: Option<Process>,
+    /// The log of the agent process started last.
+    agent_log: String,
     admins: Vec<PgPool>,
     urls: Vec<String>,
     migrations: tempfile::TempDir,
@@ -140,6 +147,7 @@ impl Fleet {
             store,
             replicas: connected,
             agent: None,
+            agent_log: String::new(),
             admins,
             urls,
             migrations,
@@ -158,6 +166,7 @@ impl Fleet {
     }
 
     fn start_agent(&mut self, log: &str) {
+        self.agent_log = log.to_owned();
         let config = self.home.path().join("agent-a.toml");
         self.agent = Some(Process::spawn(
             &binary::agent(),
@@ -182,6 +191,10 @@ impl Fleet {
             "the agent's shards were not announced\n{}",
             self.logs()
         );
+    }
+
+    fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.home.path().join(name)).unwrap_or_default()
     }
 
     fn logs(&self) -> String {
@@ -257,30 +270,32 @@ impl Fleet {
         plan
     }
 
-    /// A shard inside the second revision of a plan whose first is `after + 1` (so one of
-    /// the plan's revisions is committed and one more is still to come).
-    async fn await_mid_revision(&self, after: usize) -> usize {
+    /// A shard inside the second logging revision of a plan, `logged` rows having been
+    /// logged before the plan (so one of the plan's revisions is committed and one more is
+    /// still to come).
+    async fn await_mid_revision(&self, logged: usize) -> usize {
+        self.await_shard(|rows, running| rows == logged + 1 && running.contains("pg_sleep"))
+            .await
+    }
+
+    /// The first shard whose work-log length and running query satisfy `wanted`.
+    async fn await_shard(&self, wanted: impl Fn(usize, &str) -> bool) -> usize {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < deadline {
             for (index, admin) in self.admins.iter().enumerate() {
-                if work_log(admin).await.len() == after + 1 && sleeping(admin).await {
+                let running = running_query(admin).await.unwrap_or_default();
+                if wanted(work_log(admin).await.len(), &running) {
                     return index;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("no shard got mid-revision\n{}", self.logs());
+        panic!("no shard got where the test waits\n{}", self.logs());
     }
 
     /// The index in `replicas` of the replica holding the agent's session (as its log says).
     fn agents_replica(&self) -> usize {
-        let log = std::fs::read_dir(self.home.path())
-            .expect("fleet directory")
-            .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with("agent-a"))
-            .max_by_key(|entry| entry.metadata().and_then(|meta| meta.modified()).ok())
-            .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
-            .unwrap_or_default();
+        let log = self.log_of(&self.agent_log);
         let established = log
             .lines()
             .rfind(|line| line.contains("session established"))
@@ -299,15 +314,25 @@ impl Fleet {
             .map(|entry| entry.create_revision)
     }
 
-    /// Every revision in `work_log` exactly once, up to `target`, and a sound ledger.
+    /// Every revision's work exactly once, up to `target`, and a sound ledger.
     async fn assert_each_revision_once(&self, target: usize) {
         for (index, admin) in self.admins.iter().enumerate() {
-            let expected: Vec<i32> = (1..=i32::try_from(target).expect("small")).collect();
+            let expected: Vec<i32> = (1..=target)
+                .filter(|version| *version != OUTSIDE_TRANSACTION)
+                .map(|version| i32::try_from(version).expect("small"))
+                .collect();
             assert_eq!(
                 work_log(admin).await,
                 expected,
                 "shard {index}: each revision's work exactly once"
             );
+            if target >= OUTSIDE_TRANSACTION {
+                let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM paused_work")
+                    .fetch_one(admin)
+                    .await
+                    .expect("paused_work");
+                assert_eq!(rows, 1, "shard {index}: revision 5 created its table once");
+            }
             let shard = support::postgres(&self.urls[index]).await;
             support::assert_sound_ledger(&shard, &self.set, Some(&target.to_string())).await;
         }
@@ -336,16 +361,18 @@ async fn work_log(admin: &PgPool) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Whether the agent's connection to this database is inside a revision's `pg_sleep`.
-async fn sleeping(admin: &PgPool) -> bool {
+/// The statement another session is running in this database, if any.
+async fn running_query(admin: &PgPool) -> Option<String> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                        WHERE datname = current_database() AND state = 'active'
-                          AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid())",
+        "SELECT query FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
+           AND query LIKE '%pg_sleep%'
+         LIMIT 1",
     )
-    .fetch_one(admin)
+    .fetch_optional(admin)
     .await
-    .unwrap_or(false)
+    .ok()
+    .flatten()
 }
 
 fn task_token(plan: &Plan, shard: usize) -> i64 {
@@ -387,42 +414,56 @@ async fn a_rollout_survives_its_agent_being_killed_frozen_and_moved_between_repl
         "revisions before the kill under the old claim, the rest under the new: {tokens:?}"
     );
 
-    // 2. SIGSTOP mid-revision until the claim has lapsed, then SIGCONT.
+    // 2. SIGSTOP inside revision 5's statement; a replacement process takes over and
+    //    finishes; then the stale process is continued.
     let second = fleet.start_rollout(6).await;
-    let frozen = fleet.await_mid_revision(3).await;
+    let frozen = fleet
+        .await_shard(|_, running| running.contains("paused_work"))
+        .await;
     let stale = fleet
         .claim_token(frozen)
         .await
         .expect("a claim while running");
-    let agent = fleet.agent.as_ref().expect("running");
-    agent.signal("STOP");
-    let lapsed = wait_until(Duration::from_secs(30), || async {
-        fleet.claim_token(frozen).await.is_none()
+    let stale_process = fleet.agent.take().expect("running");
+    let stale_log = fleet.agent_log.clone();
+    stale_process.signal("STOP");
+    fleet.start_agent("agent-a-replacement.log");
+    let plan = fleet.await_success(&second).await;
+    let fresh = task_token(&plan, frozen);
+    assert!(
+        fresh > stale,
+        "the replacement finished under a newer claim"
+    );
+    stale_process.signal("CONT");
+    let refused = wait_until(Duration::from_secs(30), || async {
+        fleet.log_of(&stale_log).contains("fenced out")
     })
     .await;
-    // Past the claim's lapse, the shard's own safeguards (idle transaction, migrator lock
-    // session) end on the same scale; give them that long before the agent wakes.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    agent.signal("CONT");
+    let log = fleet.log_of(&stale_log);
     assert!(
-        lapsed,
-        "the frozen agent's claim never lapsed\n{}",
+        refused
+            && log.contains(&format!(
+                "this run holds fencing token {stale} but the shard has seen token {fresh}"
+            )),
+        "the woken process tried its late write and the fence refused it\n{}",
         fleet.logs()
     );
-    let plan = fleet.await_success(&second).await;
+    drop(stale_process);
     fleet.assert_each_revision_once(6).await;
-    let fresh = task_token(&plan, frozen);
-    assert!(fresh > stale, "finished under a newer claim");
-    let tokens = fleet.ledger_tokens(frozen, &second).await;
+    let engine = support::postgres(&fleet.urls[frozen]).await;
+    let ledger = engine.read_ledger().await.expect("ledger");
+    let outside = ledger
+        .iter()
+        .find(|entry| entry.version == OUTSIDE_TRANSACTION.to_string())
+        .expect("revision 5 recorded");
     assert_eq!(
-        tokens.last(),
-        Some(&fresh),
-        "the revision in flight at the freeze committed under the newer claim: {tokens:?}"
+        outside.fence_token, fresh,
+        "revision 5 recorded by the newer claim only: {outside:?}"
     );
 
     // 3. The replica holding the agent's session dies: the agent moves to the other one.
     let third = fleet.start_rollout(9).await;
-    let moving = fleet.await_mid_revision(6).await;
+    let moving = fleet.await_mid_revision(5).await;
     let held = fleet
         .claim_token(moving)
         .await
