@@ -11,7 +11,6 @@
 //! round runs both, alternating which goes first, on fresh databases). Target: fleetshift's
 //! median within 1.3x of psql's.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -19,8 +18,8 @@ use fleetshift_common::engine::{PostgresShard, Timeouts};
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::fixtures;
 use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::{fixtures, psql};
 
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()
@@ -57,8 +56,9 @@ fn main() -> anyhow::Result<()> {
         if round % 2 == 1 {
             fleetshift = Some(runtime.block_on(with_fleetshift(&fleetshift_url))?);
         }
-        let per_file = psql_per_file(&cluster, &per_file_url, &set)?;
-        let one_session = psql_one_session(&cluster, &one_session_url, &set)?;
+        let per_file = psql::apply_per_file(cluster.binaries(), &per_file_url, &set.revisions)?;
+        let one_session =
+            psql::apply_in_one_session(cluster.binaries(), &one_session_url, &set.revisions)?;
         let fleetshift = match fleetshift {
             Some(elapsed) => elapsed,
             None => runtime.block_on(with_fleetshift(&fleetshift_url))?,
@@ -106,54 +106,6 @@ fn main() -> anyhow::Result<()> {
         bail!("fleetshift is {ratio:.2}x psql, above the 1.30 target");
     }
     Ok(())
-}
-
-/// One `psql` process per revision, as a shell loop over the files would run them.
-fn psql_per_file(
-    cluster: &PostgresCluster,
-    url: &str,
-    set: &MigrationSet,
-) -> anyhow::Result<Duration> {
-    let psql = cluster.binaries().join("psql");
-    let started = Instant::now();
-    for revision in &set.revisions {
-        let mut command = Command::new(&psql);
-        command
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
-            .arg(&revision.up.path);
-        if revision.transactional {
-            command.arg("--single-transaction");
-        }
-        let output = command.output()?;
-        if !output.status.success() {
-            bail!(
-                "psql failed on {}: {}",
-                revision.label(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    Ok(started.elapsed())
-}
-
-/// Every file through one `psql` process, statements in autocommit.
-fn psql_one_session(
-    cluster: &PostgresCluster,
-    url: &str,
-    set: &MigrationSet,
-) -> anyhow::Result<Duration> {
-    let mut command = Command::new(cluster.binaries().join("psql"));
-    command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url]);
-    for revision in &set.revisions {
-        command.arg("-f").arg(&revision.up.path);
-    }
-    let started = Instant::now();
-    let output = command.output()?;
-    let elapsed = started.elapsed();
-    if !output.status.success() {
-        bail!("psql failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(elapsed)
 }
 
 /// Loading the set, connecting and applying everything under the fenced protocol.

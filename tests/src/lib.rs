@@ -1,14 +1,15 @@
 //! Test harness: real PostgreSQL clusters on loopback, the real `fleetshift` binary, and
 //! helpers to inject faults. Nothing here mocks a database.
 //!
-//! - [`postgres`]: a throwaway cluster per test (initdb + pg_ctl, as the `postgres` OS user
-//!   when running as root), SCRAM passwords over TCP.
+//! - [`postgres`]: a throwaway cluster per test (the product's `LocalPostgres`), and probes
+//!   of what a fleetshift session is running.
 //! - [`etcd`]: a throwaway single-node etcd per test (Debian's `etcd-server`).
 //! - [`fleet`]: a development PKI and child processes that die with the test.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
 //! - [`ledger_check`]: the after-fault checker of a shard's ledger.
 //! - [`wait`]: polling for a condition, bounded in time.
 //! - [`fixtures`]: migration directories written for a test.
+//! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
 
 pub mod binary;
 pub mod etcd;
@@ -16,4 +17,5 @@ pub mod fixtures;
 pub mod fleet;
 pub mod ledger_check;
 pub mod postgres;
+pub mod psql;
 pub mod wait;

@@ -155,6 +155,8 @@ impl Store for EtcdStore {
             .lease_keep_alive(lease)
             .await
             .map_err(expired_or_unavailable)?;
+        // Opening the stream already sent one request and consumed its answer (to check that
+        // the lease exists); the second request's answer carries the remaining TTL.
         keeper.keep_alive().await.map_err(expired_or_unavailable)?;
         let answer = responses.message().await.map_err(expired_or_unavailable)?;
         match answer.map(|response| response.ttl()) {

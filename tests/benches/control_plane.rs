@@ -1,0 +1,397 @@
+//! The control plane's cost per shard: one `fleetshift serve` replica (release build) on a real
+//! etcd, driven by a load generator of simulated agents. Each simulated agent holds a real
+//! session over mutual TLS with its own certificate, heartbeats at the handshake's interval
+//! and answers every assignment at once (a revision started, a revision finished, a result),
+//! so what is measured is the coordinator and etcd, not databases.
+//!
+//! Measured over the rollout, and over an idle window of the same length just before it (the
+//! same fleet connected and heartbeating, no rollout) as the baseline:
+//! - the coordinator's CPU-seconds (`/proc/<pid>/stat`), per 1,000 shards;
+//! - etcd requests (its own `grpc_server_handled_total` / `grpc_server_msg_received_total`
+//!   counters), by method, per shard.
+//!
+//! `cargo build --release --bins && cargo bench -p fleetshift-tests --bench control_plane
+//! [-- SHARDS]` (default 2,000 shards, 10 per simulated agent). Targets: ≤ 6 etcd requests per
+//! shard per rollout; CPU-seconds per 1,000 shards reported.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
+use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
+use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::progress_event::Event as Progress;
+use fleetshift_common::proto::v1::rollout_event::Event;
+use fleetshift_common::proto::v1::{
+    AgentMessage, ApprovePlanRequest, Assignment, AssignmentResult, CreatePlanRequest, Engine,
+    Heartbeat, Hello, ListShardsRequest, PlanAction, PlanState, ProgressEvent, RevisionFinished,
+    RevisionOutcome, RevisionStarted, ShardFacts, WatchRolloutRequest, WavePolicy,
+};
+use fleetshift_common::tls::identity::Role;
+use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fixtures;
+use fleetshift_tests::fleet::{
+    Process, channel_as, free_port, init_pki, issue, write_replica_config,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS_PER_AGENT: usize = 10;
+
+fn main() -> anyhow::Result<()> {
+    let shards: usize = std::env::args()
+        .skip(1)
+        .find(|argument| !argument.starts_with('-'))
+        .map(|argument| argument.parse())
+        .transpose()
+        .context("the argument is the number of simulated shards")?
+        .unwrap_or(2_000);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure(shards))
+}
+
+/// User + system CPU time of process `pid`.
+fn cpu_time(pid: u32, ticks_per_second: f64) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let after_name = stat.rsplit_once(") ").context("unexpected /proc stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: f64 = fields.get(11).context("utime")?.parse()?;
+    let system: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok(Duration::from_secs_f64((user + system) / ticks_per_second))
+}
+
+fn clock_ticks() -> anyhow::Result<f64> {
+    let output = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()?;
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
+/// etcd's request counters by `method` (unary calls handled, stream messages received).
+fn etcd_requests(endpoint: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let address = endpoint
+        .strip_prefix("http://")
+        .context("an http:// endpoint")?;
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let counted = (line.starts_with("grpc_server_handled_total{")
+            && line.contains("grpc_type=\"unary\""))
+            || (line.starts_with("grpc_server_msg_received_total{")
+                && !line.contains("grpc_type=\"unary\""));
+        if !counted {
+            continue;
+        }
+        let Some(method) = line
+            .split("grpc_method=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+        else {
+            continue;
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0);
+        *counts.entry(method.to_owned()).or_insert(0.0) += value;
+    }
+    Ok(counts)
+}
+
+fn difference(
+    after: &BTreeMap<String, f64>,
+    before: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(method, count)| {
+            let earlier = before.get(method).copied().unwrap_or(0.0);
+            (method.clone(), count - earlier)
+        })
+        .filter(|(_, count)| *count > 0.0)
+        .collect()
+}
+
+/// A simulated agent: a real session, heartbeats, and an instant success for every assignment.
+async fn simulated_agent(
+    address: String,
+    pki: PathBuf,
+    name: String,
+    shards: Vec<String>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = channel_as(&address, &pki, &format!("agent-{name}")).await;
+    let mut client = AgentServiceClient::new(channel);
+    let (outbound, receiver) = mpsc::channel(64);
+    let facts = shards
+        .iter()
+        .map(|shard| ShardFacts {
+            shard_id: shard.clone(),
+            labels: [("env".to_owned(), "bench".to_owned())].into(),
+            engine: Engine::Postgres.into(),
+            reachable: true,
+            ..ShardFacts::default()
+        })
+        .collect();
+    let send = |body| AgentMessage { body: Some(body) };
+    outbound
+        .send(send(AgentBody::Hello(Hello {
+            agent_id: name.clone(),
+            shards: facts,
+            ..Hello::default()
+        })))
+        .await?;
+    let mut inbound = client
+        .session(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let Some(CoordinatorBody::Handshake(handshake)) =
+        inbound.message().await?.and_then(|message| message.body)
+    else {
+        bail!("{name}: no handshake");
+    };
+    let heartbeat = handshake
+        .heartbeat_interval
+        .and_then(|interval| Duration::try_from(interval).ok())
+        .context("a heartbeat interval")?;
+    let mut ticks = tokio::time::interval(heartbeat);
+    let mut sequence = 0;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = ticks.tick() => {
+                sequence += 1;
+                outbound.send(send(AgentBody::Heartbeat(Heartbeat { sequence, running_assignments: Vec::new() }))).await?;
+            }
+            message = inbound.message() => match message?.and_then(|message| message.body) {
+                Some(CoordinatorBody::Assignment(assignment)) => {
+                    for event in answer(&assignment) {
+                        outbound.send(send(event)).await?;
+                    }
+                }
+                Some(_) => {}
+                None => bail!("{name}: the coordinator ended the session"),
+            },
+        }
+    }
+}
+
+/// What a real agent sends for a one-revision assignment that succeeds.
+fn answer(assignment: &Assignment) -> Vec<AgentBody> {
+    let progress = |event| {
+        AgentBody::Progress(ProgressEvent {
+            assignment_id: assignment.assignment_id.clone(),
+            shard_id: assignment.shard_id.clone(),
+            at: None,
+            event: Some(event),
+        })
+    };
+    let version = "1".to_owned();
+    vec![
+        progress(Progress::RevisionStarted(RevisionStarted {
+            version: version.clone(),
+            name: "bench".to_owned(),
+            transactional: true,
+            statements: 1,
+        })),
+        progress(Progress::RevisionFinished(RevisionFinished {
+            version: version.clone(),
+            outcome: RevisionOutcome::Applied.into(),
+            ..RevisionFinished::default()
+        })),
+        AgentBody::Result(AssignmentResult {
+            assignment_id: assignment.assignment_id.clone(),
+            shard_id: assignment.shard_id.clone(),
+            fence_token: assignment.fence_token,
+            succeeded: true,
+            current_version: version,
+            error: None,
+        }),
+    ]
+}
+
+async fn measure(shards: usize) -> anyhow::Result<()> {
+    let coordinator_binary = fleetshift_tests::binary::fleetshift();
+    let agents = shards.div_ceil(SHARDS_PER_AGENT);
+    let etcd = EtcdServer::start()?;
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
+    let home = tempfile::tempdir()?;
+    let pki = home.path().join("pki");
+    init_pki(&pki);
+    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
+    issue(&pki, Role::Operator, "ops", &[]);
+    for agent in 0..agents {
+        issue(&pki, Role::Agent, &format!("sim-{agent:05}"), &[]);
+    }
+    let port = free_port();
+    let roles = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
+    let config = write_replica_config(home.path(), "c1", port, &etcd.endpoint, roles);
+    let coordinator = Process::spawn(
+        &coordinator_binary,
+        &["serve", "--config", config.to_str().context("path")?],
+        &home.path().join("c1.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.leader().await?.is_none() {
+        if Instant::now() > deadline {
+            bail!("no leader; see {}", home.path().join("c1.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let address = format!("https://localhost:{port}");
+    let stop = CancellationToken::new();
+    let mut fleet = tokio::task::JoinSet::new();
+    for agent in 0..agents {
+        let owned: Vec<String> = (agent * SHARDS_PER_AGENT
+            ..((agent + 1) * SHARDS_PER_AGENT).min(shards))
+            .map(|shard| format!("sim-shard-{shard:05}"))
+            .collect();
+        fleet.spawn(simulated_agent(
+            address.clone(),
+            pki.clone(),
+            format!("sim-{agent:05}"),
+            owned,
+            stop.clone(),
+        ));
+    }
+    let mut client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed = client
+            .list_shards(ListShardsRequest::default())
+            .await?
+            .into_inner()
+            .shards
+            .len();
+        if listed == shards {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {listed} of {shards} simulated shards announced");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("{shards} simulated shards on {agents} agents connected to one replica");
+    let ticks = clock_ticks()?;
+    let pid = coordinator.id();
+
+    let migrations = fixtures::migrations(&[("1_bench.sql", "CREATE TABLE bench (id int);")]);
+    let plan = client
+        .create_plan(CreatePlanRequest {
+            migration_set: Some(fixtures::shipped(migrations.path())),
+            target_version: String::new(),
+            selector: [("env".to_owned(), "bench".to_owned())].into(),
+            waves: Some(WavePolicy {
+                canary_shards: 1,
+                percentages: vec![100],
+                max_concurrency_per_wave: 256,
+                max_concurrency_per_host: u32::try_from(SHARDS_PER_AGENT)?,
+                failure_threshold: 1,
+            }),
+            limits: None,
+        })
+        .await?
+        .into_inner();
+    client
+        .approve_plan(ApprovePlanRequest {
+            plan_id: plan.plan_id.clone(),
+            comment: String::new(),
+        })
+        .await?;
+    let mut events = client
+        .watch_rollout(WatchRolloutRequest {
+            plan_id: plan.plan_id.clone(),
+            include_statements: false,
+        })
+        .await?
+        .into_inner();
+
+    // The same fleet idling, as long as the rollout will take (measured first, then repeated
+    // to the rollout's length below).
+    let idle_window = Duration::from_secs(5);
+    let idle_cpu_before = cpu_time(pid, ticks)?;
+    let idle_requests_before = etcd_requests(&etcd.endpoint)?;
+    tokio::time::sleep(idle_window).await;
+    let idle_cpu = cpu_time(pid, ticks)? - idle_cpu_before;
+    let idle_requests = difference(&etcd_requests(&etcd.endpoint)?, &idle_requests_before);
+
+    let cpu_before = cpu_time(pid, ticks)?;
+    let requests_before = etcd_requests(&etcd.endpoint)?;
+    let started = Instant::now();
+    client
+        .start_rollout(PlanAction {
+            plan_id: plan.plan_id.clone(),
+            reason: String::new(),
+        })
+        .await?;
+    let mut ended = None;
+    while let Some(event) = events.message().await? {
+        if let Some(Event::PlanState(changed)) = event.event
+            && [
+                PlanState::Succeeded,
+                PlanState::Halted,
+                PlanState::Cancelled,
+            ]
+            .iter()
+            .any(|state| changed.state == i32::from(*state))
+        {
+            ended = Some(changed.state);
+            break;
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_time(pid, ticks)? - cpu_before;
+    let requests = difference(&etcd_requests(&etcd.endpoint)?, &requests_before);
+    if ended != Some(i32::from(PlanState::Succeeded)) {
+        bail!("the rollout ended {ended:?}");
+    }
+    stop.cancel();
+    while fleet.join_next().await.is_some() {}
+
+    let scale = wall.as_secs_f64() / idle_window.as_secs_f64();
+    let idle_cpu_scaled = idle_cpu.as_secs_f64() * scale;
+    let per_thousand = |seconds: f64| seconds * 1_000.0 / shards as f64;
+    println!("rollout: {:.2} s wall", wall.as_secs_f64());
+    println!(
+        "coordinator CPU: {:.2} s in the rollout, {:.2} s idling as long (baseline); {:.3} s per 1,000 shards ({:.3} s net of idle)",
+        cpu.as_secs_f64(),
+        idle_cpu_scaled,
+        per_thousand(cpu.as_secs_f64()),
+        per_thousand(cpu.as_secs_f64() - idle_cpu_scaled)
+    );
+    println!("etcd requests by method (rollout | idle baseline scaled to the rollout's length):");
+    let mut total = 0.0;
+    let mut idle_total = 0.0;
+    let methods: std::collections::BTreeSet<&String> =
+        requests.keys().chain(idle_requests.keys()).collect();
+    for method in methods {
+        let count = requests.get(method).copied().unwrap_or(0.0);
+        let idle = idle_requests.get(method).copied().unwrap_or(0.0) * scale;
+        total += count;
+        idle_total += idle;
+        println!("  {method:<20} {count:>9.0} | {idle:>9.0}");
+    }
+    println!(
+        "etcd requests per shard: {:.2} in all, {:.2} net of the idle baseline (target <= 6)",
+        total / shards as f64,
+        (total - idle_total) / shards as f64
+    );
+    drop(coordinator);
+    Ok(())
+}

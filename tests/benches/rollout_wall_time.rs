@@ -1,0 +1,439 @@
+//! A whole rollout's wall time against `psql`: 64 PostgreSQL databases × crates.io's first 20
+//! revisions, C shards at a time.
+//!
+//! - fleetshift: a real etcd, one `fleetshift serve` replica and four `fleetshift-agent`
+//!   processes (release builds) serving 16 databases each, over mutual TLS; the plan (canary
+//!   of one shard, then the rest, at most C shards at once) is created, approved and started,
+//!   and the time runs from start until the plan has succeeded. Agents connect before the
+//!   clock starts.
+//! - psql per file: C workers, each taking the next database and running the same 20 up
+//!   scripts with one `psql` process per file (`--single-transaction` for the transactional
+//!   ones), as a shell loop over the files would; over the Unix socket with trust
+//!   authentication (psql's cheapest connect). The issue's baseline.
+//! - psql one session: the same, but one `psql` process per database reading all 20 files in
+//!   autocommit: no per-revision atomicity, the floor of sending the SQL.
+//!
+//! Both run in every round on fresh databases of two identical throwaway clusters, alternating
+//! which goes first. `cargo build --release --bins && cargo bench -p fleetshift-tests --bench
+//! rollout_wall_time [-- ROUNDS [C]]` (default 3 rounds, C = 8). Target: fleetshift's median
+//! within 1.3x of psql's.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fleetshift_common::engine::{PostgresShard, ShardEngine, Timeouts};
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::rollout_event::Event;
+use fleetshift_common::proto::v1::{
+    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, PlanAction, PlanState,
+    WatchRolloutRequest, WavePolicy,
+};
+use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_common::source::MigrationSet;
+use fleetshift_common::tls::identity::Role;
+use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fleet::{
+    Process, agent_config_text, channel_as, free_port, init_pki, issue, write_replica_config,
+};
+use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::{binary, fixtures, psql};
+use tonic::transport::Channel;
+
+const SHARDS: usize = 64;
+const AGENTS: usize = 4;
+const REVISIONS: usize = 20;
+
+fn main() -> anyhow::Result<()> {
+    let mut numbers = std::env::args()
+        .skip(1)
+        .filter(|argument| !argument.starts_with('-'))
+        .map(|argument| argument.parse::<usize>());
+    let rounds = numbers
+        .next()
+        .transpose()
+        .context("ROUNDS is a number")?
+        .unwrap_or(3);
+    let concurrency = numbers
+        .next()
+        .transpose()
+        .context("C is a number")?
+        .unwrap_or(8);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(measure(rounds, concurrency))
+}
+
+/// The first `REVISIONS` revision directories of crates.io's history, copied.
+fn twenty_revisions() -> anyhow::Result<tempfile::TempDir> {
+    let source = fixtures::crates_io();
+    let mut entries: Vec<_> = std::fs::read_dir(&source)?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.path())
+        .collect();
+    entries.sort();
+    let target = tempfile::tempdir()?;
+    for directory in entries.iter().take(REVISIONS) {
+        let name = directory.file_name().context("a directory name")?;
+        let copy = target.path().join(name);
+        std::fs::create_dir(&copy)?;
+        for file in std::fs::read_dir(directory)? {
+            let file = file?.path();
+            std::fs::copy(&file, copy.join(file.file_name().context("a file name")?))?;
+        }
+    }
+    Ok(target)
+}
+
+struct Coordinator {
+    address: String,
+    client: FleetServiceClient<Channel>,
+    _process: Process,
+}
+
+async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coordinator> {
+    let pki = home.join("pki");
+    init_pki(&pki);
+    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
+    issue(&pki, Role::Operator, "ops", &[]);
+    for agent in 0..AGENTS {
+        issue(&pki, Role::Agent, &format!("host-{agent}"), &[]);
+    }
+    let port = free_port();
+    let roles = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
+    let config = write_replica_config(home, "c1", port, &etcd.endpoint, roles);
+    let process = Process::spawn(
+        &binary::fleetshift(),
+        &["serve", "--config", config.to_str().context("path")?],
+        &home.join("c1.log"),
+    );
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.leader().await?.is_none() {
+        if Instant::now() > deadline {
+            bail!("no leader; see {}", home.join("c1.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let address = format!("https://localhost:{port}");
+    let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
+    Ok(Coordinator {
+        address,
+        client,
+        _process: process,
+    })
+}
+
+/// Four agent processes for round `round`'s databases (`urls`), labelled with the round.
+fn start_agents(
+    home: &Path,
+    port: &str,
+    round: usize,
+    urls: &[String],
+) -> anyhow::Result<Vec<Process>> {
+    let port: u16 = port
+        .rsplit(':')
+        .next()
+        .context("a port")?
+        .parse()
+        .context("a port")?;
+    let mut agents = Vec::new();
+    for (agent, chunk) in urls.chunks(SHARDS / AGENTS).enumerate() {
+        let name = format!("host-{agent}");
+        let mut shards = String::new();
+        for (index, url) in chunk.iter().enumerate() {
+            let secret = home.join(format!("r{round}-{name}-{index}.url"));
+            std::fs::write(&secret, url)?;
+            shards.push_str(&format!(
+                "[[shards]]\nid = \"r{round}-{name}-db{index}\"\nlabels = {{ round = \"{round}\" }}\ndatabase_url_file = \"{}\"\n",
+                secret.display()
+            ));
+        }
+        let config = home.join(format!("agent-{name}.toml"));
+        std::fs::write(&config, agent_config_text(&name, &[port], &shards))?;
+        agents.push(Process::spawn(
+            &binary::agent(),
+            &["--config", config.to_str().context("path")?, "run"],
+            &home.join(format!("r{round}-agent-{name}.log")),
+        ));
+    }
+    Ok(agents)
+}
+
+async fn with_fleetshift(
+    coordinator: &Coordinator,
+    home: &Path,
+    round: usize,
+    urls: &[String],
+    set_directory: &Path,
+    target: &str,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let agents = start_agents(home, &coordinator.address, round, urls)?;
+    let mut client = coordinator.client.clone();
+    let label = round.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = client
+            .list_shards(ListShardsRequest {
+                selector: [("round".to_owned(), label.clone())].into(),
+            })
+            .await?
+            .into_inner()
+            .shards
+            .len();
+        if listed == SHARDS {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {listed} of {SHARDS} shards announced");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cap = u32::try_from(concurrency)?;
+    let plan = client
+        .create_plan(CreatePlanRequest {
+            migration_set: Some(fixtures::shipped(set_directory)),
+            target_version: target.to_owned(),
+            selector: [("round".to_owned(), label)].into(),
+            waves: Some(WavePolicy {
+                canary_shards: 1,
+                percentages: vec![100],
+                max_concurrency_per_wave: cap,
+                max_concurrency_per_host: cap,
+                failure_threshold: 1,
+            }),
+            limits: None,
+        })
+        .await?
+        .into_inner();
+    client
+        .approve_plan(ApprovePlanRequest {
+            plan_id: plan.plan_id.clone(),
+            comment: String::new(),
+        })
+        .await?;
+    let mut events = client
+        .watch_rollout(WatchRolloutRequest {
+            plan_id: plan.plan_id.clone(),
+            include_statements: false,
+        })
+        .await?
+        .into_inner();
+    let started = Instant::now();
+    client
+        .start_rollout(PlanAction {
+            plan_id: plan.plan_id.clone(),
+            reason: String::new(),
+        })
+        .await?;
+    let mut ended = None;
+    while let Some(event) = events.message().await? {
+        if let Some(Event::PlanState(changed)) = event.event
+            && [
+                PlanState::Succeeded,
+                PlanState::Halted,
+                PlanState::Cancelled,
+            ]
+            .iter()
+            .any(|state| changed.state == i32::from(*state))
+        {
+            ended = Some(changed.state);
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    drop(agents);
+    if ended != Some(i32::from(PlanState::Succeeded)) {
+        bail!(
+            "the rollout ended {ended:?}; see the logs in {}",
+            home.display()
+        );
+    }
+    Ok(elapsed)
+}
+
+/// How the psql baseline runs one database's scripts.
+type PsqlRun = fn(&Path, &str, &[fleetshift_common::source::Revision]) -> anyhow::Result<Duration>;
+
+/// `concurrency` workers running `run` over the databases at `urls`.
+fn with_psql(
+    cluster: &PostgresCluster,
+    urls: &[String],
+    set: &MigrationSet,
+    concurrency: usize,
+    run: PsqlRun,
+) -> anyhow::Result<Duration> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let next = Arc::clone(&next);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    while let Some(url) = urls.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        run(cluster.binaries(), url, &set.revisions)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a psql worker panicked"))??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(started.elapsed())
+}
+
+async fn create_databases(
+    cluster: &PostgresCluster,
+    prefix: &str,
+    socket: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut urls = Vec::with_capacity(SHARDS);
+    for index in 0..SHARDS {
+        let name = format!("{prefix}_{index}");
+        let url = cluster.create_database(&name).await?;
+        urls.push(if socket {
+            cluster.socket_url(&name)
+        } else {
+            url
+        });
+    }
+    Ok(urls)
+}
+
+/// Every fleetshift database ends with the 20 revisions applied.
+async fn check_applied(urls: &[String]) -> anyhow::Result<()> {
+    for url in urls {
+        let shard =
+            PostgresShard::connect(&DatabaseUrl::new(url.as_str()), Timeouts::default()).await?;
+        let applied = shard.read_ledger().await?.len();
+        if applied != REVISIONS {
+            bail!("a shard has {applied} revisions in its ledger, not {REVISIONS}");
+        }
+    }
+    Ok(())
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
+    let set_directory = twenty_revisions()?;
+    let set = MigrationSet::load(set_directory.path(), None)?;
+    let target = set
+        .revisions
+        .last()
+        .context("revisions")?
+        .version
+        .to_string();
+    let etcd = EtcdServer::start()?;
+    let home = tempfile::tempdir()?;
+    let coordinator = start_coordinator(home.path(), &etcd).await?;
+    let fleet_cluster = PostgresCluster::start()?;
+    let psql_cluster = PostgresCluster::start()?;
+    println!(
+        "{SHARDS} databases x {} revisions ({} format), {concurrency} at a time, {rounds} rounds",
+        set.revisions.len(),
+        set.format
+    );
+    let mut fleetshift_times = Vec::with_capacity(rounds);
+    let mut psql_times = Vec::with_capacity(rounds);
+    let mut session_times = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let fleet_urls = create_databases(&fleet_cluster, &format!("r{round}"), false).await?;
+        let psql_urls = create_databases(&psql_cluster, &format!("r{round}"), true).await?;
+        let session_urls = create_databases(&psql_cluster, &format!("s{round}"), true).await?;
+        let fleetshift_first = round % 2 == 0;
+        let mut psql_time = None;
+        if !fleetshift_first {
+            psql_time = Some(with_psql(
+                &psql_cluster,
+                &psql_urls,
+                &set,
+                concurrency,
+                psql::apply_per_file,
+            )?);
+        }
+        let fleetshift = with_fleetshift(
+            &coordinator,
+            home.path(),
+            round,
+            &fleet_urls,
+            set_directory.path(),
+            &target,
+            concurrency,
+        )
+        .await?;
+        let psql = match psql_time {
+            Some(elapsed) => elapsed,
+            None => with_psql(
+                &psql_cluster,
+                &psql_urls,
+                &set,
+                concurrency,
+                psql::apply_per_file,
+            )?,
+        };
+        let session = with_psql(
+            &psql_cluster,
+            &session_urls,
+            &set,
+            concurrency,
+            psql::apply_in_one_session,
+        )?;
+        check_applied(&fleet_urls).await?;
+        println!(
+            "round {round}: psql per file {:>6.0} ms   psql one session {:>6.0} ms   fleetshift {:>6.0} ms",
+            psql.as_secs_f64() * 1e3,
+            session.as_secs_f64() * 1e3,
+            fleetshift.as_secs_f64() * 1e3,
+        );
+        fleetshift_times.push(fleetshift);
+        psql_times.push(psql);
+        session_times.push(session);
+    }
+    let fleetshift = median(&mut fleetshift_times);
+    let psql = median(&mut psql_times);
+    let session = median(&mut session_times);
+    let ratio = fleetshift.as_secs_f64() / psql.as_secs_f64();
+    let floor_ratio = fleetshift.as_secs_f64() / session.as_secs_f64();
+    println!(
+        "median: psql per file {:.0} ms, psql one session {:.0} ms, fleetshift {:.0} ms",
+        psql.as_secs_f64() * 1e3,
+        session.as_secs_f64() * 1e3,
+        fleetshift.as_secs_f64() * 1e3
+    );
+    println!("fleetshift / psql per file    = {ratio:.2} (target <= 1.30)");
+    println!(
+        "fleetshift / psql one session = {floor_ratio:.2} (no per-revision atomicity in the baseline)"
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "benchmark": "rollout_wall_time",
+            "shards": SHARDS,
+            "revisions": set.revisions.len(),
+            "concurrency": concurrency,
+            "rounds": rounds,
+            "psql_per_file_median_ms": psql.as_secs_f64() * 1e3,
+            "psql_one_session_median_ms": session.as_secs_f64() * 1e3,
+            "ratio_vs_psql_one_session": floor_ratio,
+            "fleetshift_median_ms": fleetshift.as_secs_f64() * 1e3,
+            "ratio": ratio,
+            "target_ratio": 1.3,
+        })
+    );
+    Ok(())
+}
