@@ -347,8 +347,7 @@ where
         Ok(Ending::Closed)
     }
 
-    /// A result goes to a dispatcher waiting here, or into the store for the leader; only for
-    /// the agent's own shards.
+    /// A result goes into the store for the leader; only for the agent's own shards.
     async fn take_result(&self, result: AssignmentResult) -> Result<(), Status> {
         let Some(registration) = &self.registration else {
             return Err(Status::internal("session without a registration"));
@@ -358,9 +357,6 @@ where
             return Ok(());
         }
         let assignment = result.assignment_id.clone();
-        if registration.complete(result.clone()) {
-            return Ok(());
-        }
         self.store
             .commit(
                 None,

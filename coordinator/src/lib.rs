@@ -11,7 +11,7 @@
 //! - [`fleet_api`]: `FleetService` for operators: role-checked; shards listed from agents.
 //! - [`local_postgres`]: throwaway PostgreSQL clusters on loopback (demo and tests).
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
-//!   session openings out of them, and a dispatch that waits for its own reply.
+//!   session openings out of them.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 

@@ -1,18 +1,15 @@
-//! Commands down agent sessions: an assignment goes down the agent's stream with its id, and
-//! the caller waits for the matching result on a oneshot, under a timeout. An agent is sent
-//! only assignments for shards it announced; a newer session of the same agent replaces the
-//! older one; a session's end fails its pending assignments.
+//! The agent sessions this replica holds: messages go down an agent's stream (an assignment
+//! only for a shard the agent announced), progress comes out of them for watchers, and their
+//! openings are announced to the relay. A newer session of the same agent replaces the older
+//! one. Results do not pass through here: the session records them in the store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
-use fleetshift_common::proto::v1::{
-    Assignment, AssignmentResult, CoordinatorMessage, ProgressEvent,
-};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use fleetshift_common::proto::v1::{CoordinatorMessage, ProgressEvent};
+use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -25,14 +22,6 @@ pub enum DispatchError {
         "shard {shard} is not one of agent {agent}'s shards; an agent runs only its own shards"
     )]
     NotTheAgentsShard { agent: String, shard: String },
-    #[error("agent {agent} did not report on assignment {assignment} within {waited:?}")]
-    Timeout {
-        agent: String,
-        assignment: String,
-        waited: Duration,
-    },
-    #[error("agent {agent}'s session ended before assignment {assignment} reported")]
-    SessionEnded { agent: String, assignment: String },
 }
 
 /// Progress events kept for slow watchers before the oldest are dropped.
@@ -66,10 +55,9 @@ struct Registered {
     session: u64,
     shards: HashSet<String>,
     outbound: Outbound,
-    pending: HashMap<String, oneshot::Sender<AssignmentResult>>,
 }
 
-/// A session's place in the mailbox; removing it fails the session's pending assignments.
+/// A session's place in the mailbox, removed when dropped.
 #[derive(Debug)]
 pub struct Registration {
     mailbox: Arc<Mailbox>,
@@ -100,7 +88,6 @@ impl Mailbox {
             session,
             shards,
             outbound,
-            pending: HashMap::new(),
         };
         // A newer session of the same agent replaces the older one.
         self.sessions().insert(agent.to_owned(), registered);
@@ -110,73 +97,6 @@ impl Mailbox {
             mailbox: Arc::clone(self),
             agent: agent.to_owned(),
             session,
-        }
-    }
-
-    /// Sends `assignment` to `agent` and waits for its result.
-    pub async fn dispatch(
-        &self,
-        agent: &str,
-        assignment: Assignment,
-        waited: Duration,
-    ) -> Result<AssignmentResult, DispatchError> {
-        let assignment_id = assignment.assignment_id.clone();
-        let (reply, result) = oneshot::channel();
-        let outbound = {
-            let mut sessions = self.sessions();
-            let registered = sessions
-                .get_mut(agent)
-                .ok_or_else(|| DispatchError::NotConnected(agent.to_owned()))?;
-            if !registered.shards.contains(&assignment.shard_id) {
-                return Err(DispatchError::NotTheAgentsShard {
-                    agent: agent.to_owned(),
-                    shard: assignment.shard_id.clone(),
-                });
-            }
-            registered.pending.insert(assignment_id.clone(), reply);
-            registered.outbound.clone()
-        };
-        let ended = || DispatchError::SessionEnded {
-            agent: agent.to_owned(),
-            assignment: assignment_id.clone(),
-        };
-        let message = CoordinatorMessage {
-            body: Some(CoordinatorBody::Assignment(assignment)),
-        };
-        if outbound.send(Ok(message)).await.is_err() {
-            if let Some(registered) = self.sessions().get_mut(agent) {
-                registered.pending.remove(&assignment_id);
-            }
-            return Err(ended());
-        }
-        match tokio::time::timeout(waited, result).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) => Err(ended()),
-            Err(_) => {
-                if let Some(registered) = self.sessions().get_mut(agent) {
-                    registered.pending.remove(&assignment_id);
-                }
-                Err(DispatchError::Timeout {
-                    agent: agent.to_owned(),
-                    assignment: assignment_id,
-                    waited,
-                })
-            }
-        }
-    }
-
-    /// Hands a result to whoever dispatched it; false for results nobody waits for.
-    fn complete(&self, agent: &str, session: u64, result: AssignmentResult) -> bool {
-        let mut sessions = self.sessions();
-        let Some(registered) = sessions
-            .get_mut(agent)
-            .filter(|registered| registered.session == session)
-        else {
-            return false;
-        };
-        match registered.pending.remove(&result.assignment_id) {
-            Some(reply) => reply.send(result).is_ok(),
-            None => false,
         }
     }
 }
@@ -235,11 +155,6 @@ impl Registration {
             })
     }
 
-    /// Delivers a result reported on this session.
-    pub fn complete(&self, result: AssignmentResult) -> bool {
-        self.mailbox.complete(&self.agent, self.session, result)
-    }
-
     /// Relays progress reported on this session, for the agent's own shards only.
     pub fn report_progress(&self, event: ProgressEvent) -> bool {
         let owned = self
@@ -272,73 +187,43 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
+    use fleetshift_common::proto::v1::Assignment;
+
     use super::*;
 
-    fn assignment(id: &str, shard: &str) -> Assignment {
-        Assignment {
+    fn assignment(id: &str, shard: &str) -> CoordinatorBody {
+        CoordinatorBody::Assignment(Assignment {
             assignment_id: id.to_owned(),
             shard_id: shard.to_owned(),
             ..Assignment::default()
-        }
+        })
     }
 
     #[tokio::test]
-    async fn results_reach_their_dispatcher_and_strangers_shards_are_refused() {
+    async fn assignments_go_only_to_the_agent_owning_the_shard_while_connected() {
         let mailbox = Mailbox::new();
         let (outbound, mut agent_side) = mpsc::channel(4);
         let registration = mailbox.register("a", HashSet::from(["s1".to_owned()]), outbound);
-        let refused = mailbox
-            .dispatch("a", assignment("x", "s2"), Duration::from_secs(1))
-            .await;
         assert!(matches!(
-            refused,
+            mailbox.send("a", assignment("x", "s2")).await,
             Err(DispatchError::NotTheAgentsShard { .. })
         ));
         assert!(matches!(
-            mailbox
-                .dispatch("b", assignment("x", "s1"), Duration::from_secs(1))
-                .await,
+            mailbox.send("b", assignment("x", "s1")).await,
             Err(DispatchError::NotConnected(_))
         ));
-        let dispatcher = {
-            let mailbox = Arc::clone(&mailbox);
-            tokio::spawn(async move {
-                mailbox
-                    .dispatch("a", assignment("x", "s1"), Duration::from_secs(5))
-                    .await
-            })
-        };
+        mailbox
+            .send("a", assignment("x", "s1"))
+            .await
+            .expect("sent");
         let sent = agent_side.recv().await.expect("sent").expect("ok");
         assert!(
             matches!(sent.body, Some(CoordinatorBody::Assignment(ref a)) if a.assignment_id == "x")
         );
-        let result = AssignmentResult {
-            assignment_id: "x".to_owned(),
-            succeeded: true,
-            ..AssignmentResult::default()
-        };
-        assert!(registration.complete(result.clone()));
-        assert_eq!(dispatcher.await.expect("task"), Ok(result));
-    }
-
-    #[tokio::test]
-    async fn a_session_ending_fails_its_pending_assignments() {
-        let mailbox = Mailbox::new();
-        let (outbound, mut agent_side) = mpsc::channel(4);
-        let registration = mailbox.register("a", HashSet::from(["s1".to_owned()]), outbound);
-        let dispatcher = {
-            let mailbox = Arc::clone(&mailbox);
-            tokio::spawn(async move {
-                mailbox
-                    .dispatch("a", assignment("x", "s1"), Duration::from_secs(5))
-                    .await
-            })
-        };
-        agent_side.recv().await.expect("sent").expect("ok");
         drop(registration);
         assert!(matches!(
-            dispatcher.await.expect("task"),
-            Err(DispatchError::SessionEnded { .. })
+            mailbox.send("a", assignment("y", "s1")).await,
+            Err(DispatchError::NotConnected(_))
         ));
     }
 
@@ -365,16 +250,5 @@ mod tests {
             watcher.try_recv().is_err(),
             "the foreign shard's event was not relayed"
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_agent_times_out() {
-        let mailbox = Mailbox::new();
-        let (outbound, _agent_side) = mpsc::channel(4);
-        let _registration = mailbox.register("a", HashSet::from(["s1".to_owned()]), outbound);
-        let waited = mailbox
-            .dispatch("a", assignment("x", "s1"), Duration::from_secs(3))
-            .await;
-        assert!(matches!(waited, Err(DispatchError::Timeout { .. })));
     }
 }

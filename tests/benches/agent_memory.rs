@@ -23,7 +23,7 @@ use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fixtures;
-use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue, write_agent_config};
+use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, assign, init_pki, issue, write_agent_config};
 use fleetshift_tests::postgres::PostgresCluster;
 
 const SHARDS: usize = 4;
@@ -146,10 +146,16 @@ async fn measure() -> anyhow::Result<()> {
             trace_context: Default::default(),
         };
         let mailbox = Arc::clone(&mailbox);
+        let store = Arc::clone(&store);
         dispatches.push(tokio::spawn(async move {
-            mailbox
-                .dispatch("db-host-1", assignment, Duration::from_secs(600))
-                .await
+            assign(
+                store.as_ref(),
+                &mailbox,
+                "db-host-1",
+                assignment,
+                Duration::from_secs(600),
+            )
+            .await
         }));
     }
     for dispatch in dispatches {

@@ -170,3 +170,39 @@ pub async fn channel_as(address: &str, pki: &Path, holder: &str) -> tonic::trans
         .await
         .expect("connect to the coordinator")
 }
+
+/// Hands `assignment` straight to `agent`'s session on this replica (no plan, no leader) and
+/// waits up to `wait` for the result the session records in the store, which it then removes.
+/// The send's refusal (not connected, not the agent's shard) is returned as is.
+pub async fn assign<S: fleetshift_coordinator::store::Store>(
+    store: &S,
+    mailbox: &fleetshift_coordinator::mailbox::Mailbox,
+    agent: &str,
+    assignment: fleetshift_common::proto::v1::Assignment,
+    wait: Duration,
+) -> Result<
+    fleetshift_common::proto::v1::AssignmentResult,
+    fleetshift_coordinator::mailbox::DispatchError,
+> {
+    use fleetshift_common::proto::v1::coordinator_message::Body;
+    use fleetshift_coordinator::store::{Write, keys};
+    use prost::Message;
+
+    let key = keys::result(&assignment.assignment_id);
+    mailbox.send(agent, Body::Assignment(assignment)).await?;
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(entry) = store.read(&key).await.expect("read the result") {
+            store
+                .commit(None, &[], &[Write::Delete(key)])
+                .await
+                .expect("remove the result");
+            return Ok(fleetshift_common::proto::v1::AssignmentResult::decode(
+                entry.value.as_slice(),
+            )
+            .expect("a result"));
+        }
+        assert!(Instant::now() < deadline, "no result within {wait:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

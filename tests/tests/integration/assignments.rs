@@ -19,7 +19,7 @@ use fleetshift_coordinator::mailbox::DispatchError;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, init_pki, issue, write_agent_config};
+use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, assign, init_pki, issue, write_agent_config};
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 
@@ -143,21 +143,22 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
 
     // Up, under the claim's token, with its progress streamed live.
     let mut progress = mailbox.subscribe_progress();
-    let result = mailbox
-        .dispatch(
-            "db-host-1",
-            assignment(
-                "a-1",
-                "orders",
-                claim.token.0,
-                Direction::Up,
-                "",
-                set.clone(),
-            ),
-            wait,
-        )
-        .await
-        .expect("dispatched");
+    let result = assign(
+        store.as_ref(),
+        &mailbox,
+        "db-host-1",
+        assignment(
+            "a-1",
+            "orders",
+            claim.token.0,
+            Direction::Up,
+            "",
+            set.clone(),
+        ),
+        wait,
+    )
+    .await
+    .expect("dispatched");
     assert!(
         result.succeeded,
         "{result:?}\n{}",
@@ -210,21 +211,22 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     );
 
     // A stale assignment (an older token) is fenced out by the shard itself.
-    let stale = mailbox
-        .dispatch(
-            "db-host-1",
-            assignment(
-                "a-2",
-                "orders",
-                claim.token.0 - 1,
-                Direction::Down,
-                "1",
-                set.clone(),
-            ),
-            wait,
-        )
-        .await
-        .expect("dispatched");
+    let stale = assign(
+        store.as_ref(),
+        &mailbox,
+        "db-host-1",
+        assignment(
+            "a-2",
+            "orders",
+            claim.token.0 - 1,
+            Direction::Down,
+            "1",
+            set.clone(),
+        ),
+        wait,
+    )
+    .await
+    .expect("dispatched");
     assert!(!stale.succeeded);
     assert_eq!(
         stale.error.as_ref().map(|error| error.kind),
@@ -244,21 +246,22 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         .iter_mut()
         .filter(|file| file.path == "2_items.down.sql")
         .for_each(|file| file.content = b"DROP TABLE orders;".to_vec());
-    let refused = mailbox
-        .dispatch(
-            "db-host-1",
-            assignment(
-                "a-3",
-                "orders",
-                claim.token.0,
-                Direction::Down,
-                "1",
-                tampered,
-            ),
-            wait,
-        )
-        .await
-        .expect("dispatched");
+    let refused = assign(
+        store.as_ref(),
+        &mailbox,
+        "db-host-1",
+        assignment(
+            "a-3",
+            "orders",
+            claim.token.0,
+            Direction::Down,
+            "1",
+            tampered,
+        ),
+        wait,
+    )
+    .await
+    .expect("dispatched");
     assert_eq!(
         refused.error.as_ref().map(|error| error.kind),
         Some(ErrorKind::BadInput.into()),
@@ -273,20 +276,21 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     );
 
     // The coordinator sends an agent only its own shards.
-    let foreign = mailbox
-        .dispatch(
-            "db-host-1",
-            assignment(
-                "a-4",
-                "someone-elses",
-                claim.token.0,
-                Direction::Up,
-                "",
-                set,
-            ),
-            wait,
-        )
-        .await;
+    let foreign = assign(
+        store.as_ref(),
+        &mailbox,
+        "db-host-1",
+        assignment(
+            "a-4",
+            "someone-elses",
+            claim.token.0,
+            Direction::Up,
+            "",
+            set,
+        ),
+        wait,
+    )
+    .await;
     assert!(
         matches!(foreign, Err(DispatchError::NotTheAgentsShard { .. })),
         "{foreign:?}"
