@@ -100,11 +100,10 @@ pub fn start<S: Store + 'static>(
                 }
             }
         }
-        if let Standing::Leader { stepped_down, .. } = &*standing.borrow() {
+        if standing.borrow().is_leader() {
             tracing::info!(%candidate, "shutting down; handing leadership over");
-            stepped_down.cancel();
         }
-        standing.send_replace(Standing::Follower { leader: None });
+        step_down(&standing, None);
         if let Some(current) = lease
             && let Err(error) = store.revoke(current).await
         {
@@ -114,7 +113,7 @@ pub fn start<S: Store + 'static>(
     (receiver, task)
 }
 
-/// Becomes (or stays) a follower; a leader's token is cancelled first.
+/// Becomes (or stays) a follower; a leader's token is cancelled first. Callers log why.
 fn step_down(standing: &watch::Sender<Standing>, leader: Option<Leadership>) {
     if let Standing::Leader {
         stepped_down,
@@ -122,7 +121,7 @@ fn step_down(standing: &watch::Sender<Standing>, leader: Option<Leadership>) {
         ..
     } = &*standing.borrow()
     {
-        tracing::warn!(epoch = epoch.0, "stepping down");
+        tracing::info!(epoch = epoch.0, "stepping down");
         stepped_down.cancel();
     }
     let unchanged =
