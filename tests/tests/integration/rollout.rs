@@ -30,14 +30,15 @@ const REPLICAS: [&str; 3] = ["c1", "c2", "c3"];
 const DATABASES: usize = 4;
 const ROLES: &str = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
 
-/// Six revisions that each take a moment, so the leader can be killed mid-rollout.
+/// Five revisions of a second each: a shard running when the leader dies is still running when
+/// the next leader takes over (one lease TTL, 3 s, later), so the takeover must adopt it.
 fn slow_set() -> tempfile::TempDir {
-    let files: Vec<(String, String)> = (1..=6)
+    let files: Vec<(String, String)> = (1..=5)
         .map(|version| {
             (
                 format!("{version}_step_{version}.sql"),
                 format!(
-                    "SELECT pg_sleep(0.3);\nCREATE TABLE step_{version} (id bigint PRIMARY KEY);"
+                    "SELECT pg_sleep(1.0);\nCREATE TABLE step_{version} (id bigint PRIMARY KEY);"
                 ),
             )
         })
