@@ -2,7 +2,7 @@
 //! to a fresh directory and loaded again, and must hash to the digest the coordinator pinned;
 //! then the fenced executor runs under the claim's token and stops when told.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::tally::RunTally;
 
 /// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
 /// naming its kind and what to do.
@@ -33,9 +34,12 @@ pub async fn execute(
     stop: CancellationToken,
     progress: mpsc::UnboundedSender<ProgressEvent>,
 ) -> AssignmentResult {
+    let started = Instant::now();
     let (events, mut reported) = mpsc::unbounded_channel();
+    let mut tally = RunTally::default();
     let forward = async {
         while let Some(event) = reported.recv().await {
+            tally.count(&event);
             // The session may be gone; the run goes on regardless.
             let _ = progress.send(progress_event(&assignment, event));
         }
@@ -52,6 +56,7 @@ pub async fn execute(
         succeeded,
         current_version,
         error,
+        metrics: Some(tally.metrics(started.elapsed())),
     }
 }
 

@@ -4,7 +4,8 @@
 //! - [`config`]: the agent's configuration (file + environment), validated.
 //! - [`check`]: what the agent sees of each shard (reachability, versions, fence token).
 //! - [`session`]: the session with a coordinator: Hello, heartbeats, lease clock, reconnects.
-//! - [`assignment`]: one assignment run on one shard with the fenced executor.
+//! - [`assignment`]: one assignment run on one shard with the fenced executor, and a tally of
+//!   what it did.
 //! - [`cli`]: `fleetshift-agent run|check`.
 
 pub mod assignment;
@@ -12,3 +13,4 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod session;
+mod tally;

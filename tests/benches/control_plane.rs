@@ -29,7 +29,7 @@ use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
     AgentMessage, ApprovePlanRequest, Assignment, AssignmentResult, CreatePlanRequest, Engine,
     Heartbeat, Hello, ListShardsRequest, PlanAction, PlanState, ProgressEvent, RevisionFinished,
-    RevisionOutcome, RevisionStarted, ShardFacts, WatchRolloutRequest, WavePolicy,
+    RevisionOutcome, RevisionStarted, ShardFacts, ShardMetrics, WatchRolloutRequest, WavePolicy,
 };
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
@@ -222,6 +222,12 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
             succeeded: true,
             current_version: version,
             error: None,
+            metrics: Some(ShardMetrics {
+                revisions_run: 1,
+                statements: 1,
+                lock_retries: 0,
+                duration: Duration::from_millis(1).try_into().ok(),
+            }),
         }),
     ]
 }

@@ -9,8 +9,8 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RolloutEvent, ShardState,
-    WatchRolloutRequest,
+    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RolloutEvent, ShardMetrics,
+    ShardState, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
 use serde_json::json;
@@ -249,6 +249,12 @@ pub fn summary(plan: &Plan, output: Output) {
                     "fence_token": task.fence_token,
                     "current_version": task.current_version,
                     "error": task.error.as_ref().map(|error| &error.message),
+                    "metrics": task.metrics.as_ref().map(|metrics| json!({
+                        "revisions_run": metrics.revisions_run,
+                        "statements": metrics.statements,
+                        "lock_retries": metrics.lock_retries,
+                        "duration_ms": run_time(metrics).map(|took| took.as_millis()),
+                    })),
                 })
             })
             .collect();
@@ -278,16 +284,17 @@ pub fn summary(plan: &Plan, output: Output) {
         println!("  {}", plan.state_reason);
     }
     println!(
-        "{:<6} {:<28} {:<11} {:<16} {:<20} ERROR",
-        "WAVE", "SHARD", "STATE", "AGENT", "VERSION"
+        "{:<6} {:<28} {:<11} {:<16} {:<20} {:>8} {:>7}  ERROR",
+        "WAVE", "SHARD", "STATE", "AGENT", "VERSION", "TOOK", "RETRIES"
     );
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for task in plan.waves.iter().flat_map(|wave| &wave.shards) {
         let state =
             shard_state_name(ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified));
         *counts.entry(state).or_default() += 1;
+        let metrics = task.metrics.as_ref();
         println!(
-            "{:<6} {:<28} {:<11} {:<16} {:<20} {}",
+            "{:<6} {:<28} {:<11} {:<16} {:<20} {:>8} {:>7}  {}",
             task.wave,
             task.shard_id,
             state,
@@ -297,6 +304,13 @@ pub fn summary(plan: &Plan, output: Output) {
             } else {
                 &task.current_version
             },
+            metrics
+                .and_then(run_time)
+                .map_or_else(|| "-".to_owned(), humane),
+            metrics.map_or_else(
+                || "-".to_owned(),
+                |metrics| metrics.lock_retries.to_string()
+            ),
             task.error
                 .as_ref()
                 .map(|error| error.message.as_str())
@@ -308,4 +322,20 @@ pub fn summary(plan: &Plan, output: Output) {
         .map(|(state, count)| format!("{count} {state}"))
         .collect();
     println!("{}", counts.join(", "));
+}
+
+/// How long the shard's run took on its agent, when reported.
+fn run_time(metrics: &ShardMetrics) -> Option<std::time::Duration> {
+    metrics
+        .duration
+        .and_then(|duration| std::time::Duration::try_from(duration).ok())
+}
+
+/// `850ms`, `12.4s`.
+fn humane(took: std::time::Duration) -> String {
+    if took < std::time::Duration::from_secs(1) {
+        format!("{}ms", took.as_millis())
+    } else {
+        format!("{:.1}s", took.as_secs_f64())
+    }
 }

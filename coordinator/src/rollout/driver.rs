@@ -192,6 +192,7 @@ impl<S: Store> Driver<'_, S> {
                 state: ended.into(),
                 error: result.error.clone(),
                 current_version: result.current_version.clone(),
+                metrics: result.metrics,
                 ..task.clone()
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);

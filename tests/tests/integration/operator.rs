@@ -363,6 +363,14 @@ fn run_demo(arguments: &[&str], agents: usize) -> (String, String) {
             .all(|shard| shard["current_version"] == "4" && shard["state"] == "succeeded"),
         "{summary}"
     );
+    assert!(
+        shards
+            .iter()
+            .all(|shard| shard["metrics"]["revisions_run"] == 4
+                && shard["metrics"]["statements"] == 5
+                && shard["metrics"]["duration_ms"].is_u64()),
+        "each shard's run is kept with its task: {summary}"
+    );
     let waves: std::collections::BTreeSet<u64> = shards
         .iter()
         .filter_map(|shard| shard["wave"].as_u64())

@@ -247,6 +247,11 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
         .into_inner();
     for task in done.waves.iter().flat_map(|wave| &wave.shards) {
         assert_eq!(task.state, i32::from(ShardState::Succeeded), "{task:?}");
+        assert_eq!(
+            task.metrics.map(|metrics| metrics.revisions_run),
+            Some(5),
+            "one run did all five revisions, its metrics kept in the task: {task:?}"
+        );
         let (agent, index) = task.shard_id.split_once("-db").expect("shard id");
         let cluster = usize::from(agent == "b");
         let index: usize = index.parse().expect("index");
