@@ -9,7 +9,9 @@ use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
-use fleetshift_common::proto::v1::{AgentMessage, CoordinatorMessage, Heartbeat, Hello};
+use fleetshift_common::proto::v1::{
+    AgentMessage, AssignmentResult, CoordinatorMessage, Heartbeat, Hello, ShardFacts,
+};
 use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::pki;
@@ -18,7 +20,7 @@ use fleetshift_coordinator::agent_session::AgentSessions;
 use fleetshift_coordinator::authz::Roles;
 use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::serve;
-use fleetshift_coordinator::store::{EtcdStore, Store, StoreError};
+use fleetshift_coordinator::store::{EtcdStore, Store, StoreError, keys};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{TRUST_DOMAIN, channel_as, init_pki, issue};
 use fleetshift_tests::wait::wait_until;
@@ -105,10 +107,29 @@ async fn open(
     mpsc::Sender<AgentMessage>,
     Result<Streaming<CoordinatorMessage>, tonic::Status>,
 ) {
+    open_with_shards(client, agent_id, &[]).await
+}
+
+/// Opens a session announcing `shards`.
+async fn open_with_shards(
+    client: &mut AgentServiceClient<Channel>,
+    agent_id: &str,
+    shards: &[&str],
+) -> (
+    mpsc::Sender<AgentMessage>,
+    Result<Streaming<CoordinatorMessage>, tonic::Status>,
+) {
     let (sender, receiver) = mpsc::channel(8);
     let hello = Hello {
         agent_id: agent_id.to_owned(),
         agent_version: "test".to_owned(),
+        shards: shards
+            .iter()
+            .map(|shard| ShardFacts {
+                shard_id: (*shard).to_owned(),
+                ..ShardFacts::default()
+            })
+            .collect(),
         ..Hello::default()
     };
     sender
@@ -322,5 +343,60 @@ async fn an_agent_cannot_resume_another_agents_lease() {
     assert_eq!(
         fleet.store.agent_lease("db-host-1").await.expect("read"),
         Some(handshake.lease_id)
+    );
+}
+
+/// Agent A reporting a result for agent B's shard: refused (nothing reaches the store for the
+/// leader), while its result for its own shard, sent after it on the same stream, is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_report_for_another_agents_shard() {
+    let fleet = fleet().await;
+    let mut owner = client(&fleet, "agent-db-host-2").await;
+    let (_owner_sender, owner_responses) = open_with_shards(&mut owner, "db-host-2", &["s2"]).await;
+    let mut owner_stream = owner_responses.expect("session");
+    assert!(matches!(
+        next(&mut owner_stream).await,
+        Ok(CoordinatorBody::Handshake(_))
+    ));
+    let mut intruder = client(&fleet, "agent-db-host-1").await;
+    let (sender, responses) = open_with_shards(&mut intruder, "db-host-1", &["s1"]).await;
+    let mut stream = responses.expect("session");
+    assert!(matches!(
+        next(&mut stream).await,
+        Ok(CoordinatorBody::Handshake(_))
+    ));
+    let result = |assignment: &str, shard: &str| AgentMessage {
+        body: Some(AgentBody::Result(AssignmentResult {
+            assignment_id: assignment.to_owned(),
+            shard_id: shard.to_owned(),
+            fence_token: 1,
+            succeeded: true,
+            current_version: "9".to_owned(),
+            ..AssignmentResult::default()
+        })),
+    };
+    sender.send(result("p-1~s2~1", "s2")).await.expect("forged");
+    sender.send(result("p-1~s1~1", "s1")).await.expect("own");
+    let recorded = wait_until(Duration::from_secs(10), || async {
+        fleet
+            .store
+            .read(&keys::result("p-1~s1~1"))
+            .await
+            .expect("read")
+            .is_some()
+    })
+    .await;
+    assert!(
+        recorded,
+        "the agent's own result is recorded for the leader"
+    );
+    assert!(
+        fleet
+            .store
+            .read(&keys::result("p-1~s2~1"))
+            .await
+            .expect("read")
+            .is_none(),
+        "a result for another agent's shard is refused"
     );
 }
