@@ -25,19 +25,18 @@ use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
-use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    AgentMessage, ApprovePlanRequest, Assignment, AssignmentResult, CreatePlanRequest, Engine,
-    Heartbeat, Hello, ListShardsRequest, PlanAction, PlanState, ProgressEvent, RevisionFinished,
-    RevisionOutcome, RevisionStarted, ShardFacts, ShardMetrics, WatchRolloutRequest, WavePolicy,
+    AgentMessage, Assignment, AssignmentResult, CreatePlanRequest, Engine, Heartbeat, Hello,
+    ListShardsRequest, PlanState, ProgressEvent, RevisionFinished, RevisionOutcome,
+    RevisionStarted, ShardFacts, ShardMetrics,
 };
 use fleetshift_common::tls::identity::Role;
-use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fixtures;
 use fleetshift_tests::fleet::{
-    Process, channel_as, free_port, init_pki, issue, write_replica_config,
+    Process, await_leader, channel_as, free_port, init_pki, issue, write_replica_config,
 };
+use fleetshift_tests::{fixtures, rollout};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -253,12 +252,8 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
         &["serve", "--config", config.to_str().context("path")?],
         &home.path().join("c1.log"),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.leader().await?.is_none() {
-        if Instant::now() > deadline {
-            bail!("no leader; see {}", home.path().join("c1.log").display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !await_leader(&store, Duration::from_secs(20)).await {
+        bail!("no leader; see {}", home.path().join("c1.log").display());
     }
     let address = format!("https://localhost:{port}");
     let stop = CancellationToken::new();
@@ -298,35 +293,17 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
     let pid = coordinator.id();
 
     let migrations = fixtures::migrations(&[("1_bench.sql", "CREATE TABLE bench (id int);")]);
-    let plan = client
-        .create_plan(CreatePlanRequest {
+    let mut rollout = rollout::prepare(
+        &client,
+        CreatePlanRequest {
             migration_set: Some(fixtures::shipped(migrations.path())),
             target_version: String::new(),
             selector: [("env".to_owned(), "bench".to_owned())].into(),
-            waves: Some(WavePolicy {
-                canary_shards: 1,
-                percentages: vec![100],
-                max_concurrency_per_wave: 256,
-                max_concurrency_per_host: u32::try_from(SHARDS_PER_AGENT)?,
-                failure_threshold: 1,
-            }),
+            waves: Some(rollout::policy(1, 256, u32::try_from(SHARDS_PER_AGENT)?)),
             limits: None,
-        })
-        .await?
-        .into_inner();
-    client
-        .approve_plan(ApprovePlanRequest {
-            plan_id: plan.plan_id.clone(),
-            comment: String::new(),
-        })
-        .await?;
-    let mut events = client
-        .watch_rollout(WatchRolloutRequest {
-            plan_id: plan.plan_id.clone(),
-            include_statements: false,
-        })
-        .await?
-        .into_inner();
+        },
+    )
+    .await?;
 
     // The same fleet idling, as long as the rollout will take (measured first, then repeated
     // to the rollout's length below).
@@ -340,31 +317,12 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
     let cpu_before = cpu_time(pid, ticks)?;
     let requests_before = etcd_requests(&etcd.endpoint)?;
     let started = Instant::now();
-    client
-        .start_rollout(PlanAction {
-            plan_id: plan.plan_id.clone(),
-            reason: String::new(),
-        })
-        .await?;
-    let mut ended = None;
-    while let Some(event) = events.message().await? {
-        if let Some(Event::PlanState(changed)) = event.event
-            && [
-                PlanState::Succeeded,
-                PlanState::Halted,
-                PlanState::Cancelled,
-            ]
-            .iter()
-            .any(|state| changed.state == i32::from(*state))
-        {
-            ended = Some(changed.state);
-            break;
-        }
-    }
+    rollout.start().await?;
+    let ended = rollout.ended().await?;
     let wall = started.elapsed();
     let cpu = cpu_time(pid, ticks)? - cpu_before;
     let requests = difference(&etcd_requests(&etcd.endpoint)?, &requests_before);
-    if ended != Some(i32::from(PlanState::Succeeded)) {
+    if ended != Some(PlanState::Succeeded) {
         bail!("the rollout ended {ended:?}");
     }
     stop.cancel();

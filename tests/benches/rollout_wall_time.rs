@@ -26,21 +26,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use fleetshift_common::engine::{PostgresShard, ShardEngine, Timeouts};
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::rollout_event::Event;
-use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, PlanAction, PlanState,
-    WatchRolloutRequest, WavePolicy,
-};
+use fleetshift_common::proto::v1::{CreatePlanRequest, ListShardsRequest, PlanState};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
-use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, channel_as, free_port, init_pki, issue, write_replica_config,
+    Process, agent_config_text, await_leader, channel_as, free_port, init_pki, issue,
+    write_replica_config,
 };
 use fleetshift_tests::postgres::PostgresCluster;
-use fleetshift_tests::{binary, fixtures, psql};
+use fleetshift_tests::{binary, fixtures, psql, rollout};
 use tonic::transport::Channel;
 
 const SHARDS: usize = 64;
@@ -113,12 +110,8 @@ async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coo
         &home.join("c1.log"),
     );
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.leader().await?.is_none() {
-        if Instant::now() > deadline {
-            bail!("no leader; see {}", home.join("c1.log").display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if !await_leader(&store, Duration::from_secs(20)).await {
+        bail!("no leader; see {}", home.join("c1.log").display());
     }
     let address = format!("https://localhost:{port}");
     let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
@@ -196,60 +189,23 @@ async fn with_fleetshift(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cap = u32::try_from(concurrency)?;
-    let plan = client
-        .create_plan(CreatePlanRequest {
+    let mut rollout = rollout::prepare(
+        &client,
+        CreatePlanRequest {
             migration_set: Some(fixtures::shipped(set_directory)),
             target_version: target.to_owned(),
             selector: [("round".to_owned(), label)].into(),
-            waves: Some(WavePolicy {
-                canary_shards: 1,
-                percentages: vec![100],
-                max_concurrency_per_wave: cap,
-                max_concurrency_per_host: cap,
-                failure_threshold: 1,
-            }),
+            waves: Some(rollout::policy(1, cap, cap)),
             limits: None,
-        })
-        .await?
-        .into_inner();
-    client
-        .approve_plan(ApprovePlanRequest {
-            plan_id: plan.plan_id.clone(),
-            comment: String::new(),
-        })
-        .await?;
-    let mut events = client
-        .watch_rollout(WatchRolloutRequest {
-            plan_id: plan.plan_id.clone(),
-            include_statements: false,
-        })
-        .await?
-        .into_inner();
+        },
+    )
+    .await?;
     let started = Instant::now();
-    client
-        .start_rollout(PlanAction {
-            plan_id: plan.plan_id.clone(),
-            reason: String::new(),
-        })
-        .await?;
-    let mut ended = None;
-    while let Some(event) = events.message().await? {
-        if let Some(Event::PlanState(changed)) = event.event
-            && [
-                PlanState::Succeeded,
-                PlanState::Halted,
-                PlanState::Cancelled,
-            ]
-            .iter()
-            .any(|state| changed.state == i32::from(*state))
-        {
-            ended = Some(changed.state);
-            break;
-        }
-    }
+    rollout.start().await?;
+    let ended = rollout.ended().await?;
     let elapsed = started.elapsed();
     drop(agents);
-    if ended != Some(i32::from(PlanState::Succeeded)) {
+    if ended != Some(PlanState::Succeeded) {
         bail!(
             "the rollout ended {ended:?}; see the logs in {}",
             home.display()

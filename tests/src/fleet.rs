@@ -206,3 +206,14 @@ pub async fn assign<S: fleetshift_coordinator::store::Store>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits up to `limit` for a replica to lead; false when none did.
+pub async fn await_leader<S: fleetshift_coordinator::store::Store>(
+    store: &S,
+    limit: Duration,
+) -> bool {
+    crate::wait::wait_until(limit, || async {
+        store.leader().await.ok().flatten().is_some()
+    })
+    .await
+}

@@ -10,6 +10,7 @@
 //! - [`wait`]: polling for a condition, bounded in time.
 //! - [`fixtures`]: migration directories written for a test.
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
+//! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
 
 pub mod binary;
 pub mod etcd;
@@ -18,4 +19,5 @@ pub mod fleet;
 pub mod ledger_check;
 pub mod postgres;
 pub mod psql;
+pub mod rollout;
 pub mod wait;

@@ -19,8 +19,7 @@ use std::time::Duration;
 use fleetshift_common::engine::ShardEngine;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, GetPlanRequest, ListShardsRequest, Plan, PlanAction,
-    PlanState, ShardState, WavePolicy,
+    CreatePlanRequest, GetPlanRequest, ListShardsRequest, Plan, PlanState, ShardState,
 };
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
@@ -32,6 +31,7 @@ use fleetshift_tests::fleet::{
     write_replica_config,
 };
 use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::rollout;
 use fleetshift_tests::wait::wait_until;
 use sqlx::PgPool;
 use tonic::transport::Channel;
@@ -215,39 +215,20 @@ impl Fleet {
 
     /// Plans, approves and starts a rollout to `target` across both shards at once.
     async fn start_rollout(&self, target: usize) -> String {
-        let mut client = self.client();
-        let plan = client
-            .create_plan(CreatePlanRequest {
+        let mut rollout = rollout::prepare(
+            &self.client(),
+            CreatePlanRequest {
                 migration_set: Some(fleetshift_tests::fixtures::shipped(self.migrations.path())),
                 target_version: target.to_string(),
                 selector: [("env".to_owned(), "test".to_owned())].into(),
-                waves: Some(WavePolicy {
-                    canary_shards: 0,
-                    percentages: vec![100],
-                    max_concurrency_per_wave: 2,
-                    max_concurrency_per_host: 2,
-                    failure_threshold: 1,
-                }),
+                waves: Some(rollout::policy(1, 2, 2)),
                 limits: None,
-            })
-            .await
-            .expect("plan")
-            .into_inner();
-        client
-            .approve_plan(ApprovePlanRequest {
-                plan_id: plan.plan_id.clone(),
-                comment: String::new(),
-            })
-            .await
-            .expect("approve");
-        client
-            .start_rollout(PlanAction {
-                plan_id: plan.plan_id.clone(),
-                reason: String::new(),
-            })
-            .await
-            .expect("start");
-        plan.plan_id
+            },
+        )
+        .await
+        .expect("plan");
+        rollout.start().await.expect("start");
+        rollout.plan_id
     }
 
     async fn plan(&self, plan_id: &str) -> Plan {

@@ -10,18 +10,18 @@ use std::time::Duration;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, GetPlanRequest, ListShardsRequest, PlanAction,
-    PlanState, ShardState, WatchRolloutRequest, WavePolicy,
+    CreatePlanRequest, GetPlanRequest, ListShardsRequest, PlanState, ShardState,
 };
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, channel_as, free_port, init_pki, issue, shard_tables,
+    Process, agent_config_text, await_leader, channel_as, free_port, init_pki, issue, shard_tables,
     write_replica_config,
 };
 use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::rollout;
 use fleetshift_tests::wait::wait_until;
 
 use super::support;
@@ -81,10 +81,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
         }
         text
     };
-    let elected = wait_until(Duration::from_secs(20), || async {
-        store.leader().await.ok().flatten().is_some()
-    })
-    .await;
+    let elected = await_leader(&store, Duration::from_secs(20)).await;
     assert!(elected, "no leader\n{}", diagnose());
     let leader = store
         .leader()
@@ -148,50 +145,32 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
 
     let migrations = slow_set();
     let set = fleetshift_common::source::MigrationSet::load(migrations.path(), None).expect("set");
-    let plan = client
-        .create_plan(CreatePlanRequest {
+    let mut rollout = rollout::prepare(
+        &client,
+        CreatePlanRequest {
             migration_set: Some(fleetshift_tests::fixtures::shipped(migrations.path())),
             target_version: String::new(),
             selector: [("env".to_owned(), "test".to_owned())].into(),
-            waves: Some(WavePolicy {
-                canary_shards: 1,
-                percentages: vec![100],
-                max_concurrency_per_wave: 8,
-                max_concurrency_per_host: 2,
-                failure_threshold: 1,
-            }),
+            waves: Some(rollout::policy(1, 8, 2)),
             limits: None,
+        },
+    )
+    .await
+    .expect("plan");
+    let plan_id = rollout.plan_id.clone();
+    let planned = client
+        .get_plan(GetPlanRequest {
+            plan_id: plan_id.clone(),
         })
         .await
         .expect("plan")
         .into_inner();
-    assert_eq!(plan.waves.len(), 2, "canary, then the rest");
-    client
-        .approve_plan(ApprovePlanRequest {
-            plan_id: plan.plan_id.clone(),
-            comment: String::new(),
-        })
-        .await
-        .expect("approve");
-    let mut events = client
-        .watch_rollout(WatchRolloutRequest {
-            plan_id: plan.plan_id.clone(),
-            include_statements: false,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    client
-        .start_rollout(PlanAction {
-            plan_id: plan.plan_id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .expect("start");
+    assert_eq!(planned.waves.len(), 2, "canary, then the rest");
+    rollout.start().await.expect("start");
 
     // Once the canary has succeeded and the second wave runs, the leader dies.
     let canary_done = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = events.message().await.expect("events") {
+        while let Some(event) = rollout.events.message().await.expect("events") {
             if let Some(Event::ShardState(changed)) = event.event
                 && changed.wave == 1
                 && changed.state == i32::from(ShardState::Running)
@@ -216,7 +195,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
 
     let finished = wait_until(Duration::from_secs(90), || {
         let mut client = client.clone();
-        let plan_id = plan.plan_id.clone();
+        let plan_id = plan_id.clone();
         async move {
             client
                 .get_plan(GetPlanRequest { plan_id })
@@ -240,7 +219,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
 
     let done = client
         .get_plan(GetPlanRequest {
-            plan_id: plan.plan_id.clone(),
+            plan_id: plan_id.clone(),
         })
         .await
         .expect("plan")
@@ -264,7 +243,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
             ledger
                 .iter()
                 .all(|entry| entry.fence_token == task.fence_token
-                    && entry.plan_id.as_deref() == Some(plan.plan_id.as_str())),
+                    && entry.plan_id.as_deref() == Some(plan_id.as_str())),
             "{}: every revision under the one claim of the plan (dispatched once): {ledger:?}",
             task.shard_id
         );
