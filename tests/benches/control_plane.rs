@@ -33,9 +33,7 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{
-    Process, await_leader, channel_as, free_port, init_pki, issue, write_replica_config,
-};
+use fleetshift_tests::fleet::{await_leader, channel_as, init_pki, issue, spawn_replica};
 use fleetshift_tests::{fixtures, rollout};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -232,26 +230,18 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
 }
 
 async fn measure(shards: usize) -> anyhow::Result<()> {
-    let coordinator_binary = fleetshift_tests::binary::fleetshift();
     let agents = shards.div_ceil(SHARDS_PER_AGENT);
     let etcd = EtcdServer::start()?;
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     let home = tempfile::tempdir()?;
     let pki = home.path().join("pki");
     init_pki(&pki);
-    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Operator, "ops", &[]);
     for agent in 0..agents {
         issue(&pki, Role::Agent, &format!("sim-{agent:05}"), &[]);
     }
-    let port = free_port();
     let roles = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
-    let config = write_replica_config(home.path(), "c1", port, &etcd.endpoint, roles);
-    let coordinator = Process::spawn(
-        &coordinator_binary,
-        &["serve", "--config", config.to_str().context("path")?],
-        &home.path().join("c1.log"),
-    );
+    let (port, coordinator) = spawn_replica(home.path(), "c1", &etcd.endpoint, roles);
     if !await_leader(&store, Duration::from_secs(20)).await {
         bail!("no leader; see {}", home.path().join("c1.log").display());
     }

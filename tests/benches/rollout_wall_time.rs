@@ -33,8 +33,7 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, await_leader, channel_as, free_port, init_pki, issue,
-    write_replica_config,
+    Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures, psql, rollout};
@@ -96,19 +95,12 @@ struct Coordinator {
 async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coordinator> {
     let pki = home.join("pki");
     init_pki(&pki);
-    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Operator, "ops", &[]);
     for agent in 0..AGENTS {
         issue(&pki, Role::Agent, &format!("host-{agent}"), &[]);
     }
-    let port = free_port();
     let roles = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
-    let config = write_replica_config(home, "c1", port, &etcd.endpoint, roles);
-    let process = Process::spawn(
-        &binary::fleetshift(),
-        &["serve", "--config", config.to_str().context("path")?],
-        &home.join("c1.log"),
-    );
+    let (port, process) = spawn_replica(home, "c1", &etcd.endpoint, roles);
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     if !await_leader(&store, Duration::from_secs(20)).await {
         bail!("no leader; see {}", home.join("c1.log").display());

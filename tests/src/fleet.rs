@@ -217,3 +217,18 @@ pub async fn await_leader<S: fleetshift_coordinator::store::Store>(
     })
     .await
 }
+
+/// Starts `fleetshift serve` as replica `id` with etcd at `etcd_endpoint`, its certificate
+/// issued into `home/pki` (which holds the CA) and its log in `home/<id>.log`; returns the port
+/// it listens on and the process.
+pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) -> (u16, Process) {
+    issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
+    let port = free_port();
+    let config = write_replica_config(home, id, port, etcd_endpoint, roles);
+    let process = Process::spawn(
+        &crate::binary::fleetshift(),
+        &["serve", "--config", config.to_str().expect("UTF-8 path")],
+        &home.join(format!("{id}.log")),
+    );
+    (port, process)
+}

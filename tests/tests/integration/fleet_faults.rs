@@ -27,8 +27,7 @@ use fleetshift_coordinator::store::{EtcdStore, Store, keys};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, channel_as, free_port, init_pki, issue, shard_tables,
-    write_replica_config,
+    Process, agent_config_text, channel_as, init_pki, issue, shard_tables, spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::rollout;
@@ -105,14 +104,7 @@ impl Fleet {
         issue(&pki, Role::Agent, "a", &[]);
         let mut replicas = Vec::new();
         for id in ["c1", "c2"] {
-            issue(&pki, Role::Coordinator, id, &["localhost"]);
-            let port = free_port();
-            let config = write_replica_config(home.path(), id, port, &etcd.endpoint, ROLES);
-            let process = Process::spawn(
-                &binary::fleetshift(),
-                &["serve", "--config", config.to_str().expect("path")],
-                &home.path().join(format!("{id}.log")),
-            );
+            let (port, process) = spawn_replica(home.path(), id, &etcd.endpoint, ROLES);
             replicas.push((id, port, process));
         }
         let cluster = PostgresCluster::start().expect("cluster");

@@ -17,8 +17,8 @@ use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, await_leader, channel_as, free_port, init_pki, issue, shard_tables,
-    write_replica_config,
+    Process, agent_config_text, await_leader, channel_as, init_pki, issue, shard_tables,
+    spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::rollout;
@@ -62,14 +62,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
     issue(&pki, Role::Operator, "ops", &[]);
     let mut replicas = Vec::new();
     for id in REPLICAS {
-        issue(&pki, Role::Coordinator, id, &["localhost"]);
-        let port = free_port();
-        let config = write_replica_config(home.path(), id, port, &etcd.endpoint, ROLES);
-        let process = Process::spawn(
-            &binary::fleetshift(),
-            &["serve", "--config", config.to_str().expect("path")],
-            &home.path().join(format!("{id}.log")),
-        );
+        let (port, process) = spawn_replica(home.path(), id, &etcd.endpoint, ROLES);
         replicas.push((id, port, Some(process)));
     }
     let logs = home.path().to_path_buf();
