@@ -22,6 +22,12 @@ impl Statement {
         words(&self.sql).take(count).collect()
     }
 
+    /// The statement's code tokens as written (words, literals with their quotes, quoted
+    /// identifiers, punctuation), comments skipped.
+    pub fn tokens(&self) -> impl Iterator<Item = &str> {
+        word_spans(&self.sql).map(|(start, end)| &self.sql[start..end])
+    }
+
     /// BEGIN, COMMIT, ROLLBACK and friends: they would end fleetshift's own transaction
     /// half-way through a revision.
     pub fn controls_transaction(&self) -> bool {

@@ -2,6 +2,7 @@
 
 mod certs;
 mod fleet;
+mod lint;
 mod migrate;
 pub mod progress;
 mod render;
@@ -41,6 +42,8 @@ pub struct Cli {
 pub enum Command {
     /// Apply, revert and inspect migrations on one database (no coordinator involved).
     Migrate(Box<migrate::MigrateArgs>),
+    /// Lint a migration directory: squawk's PostgreSQL rules and fleetshift's own.
+    Lint(lint::LintArgs),
     /// Run fleetshift end to end on an embedded default fleet of SQLite shards.
     Demo(demo::DemoArgs),
     /// Create a development CA and certificates for a local fleet (mutual TLS identities).
@@ -78,6 +81,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Migrate(arguments) => migrate::run(*arguments).await,
         Command::Demo(arguments) => demo::run(arguments).await,
+        Command::Lint(arguments) => lint::run(arguments),
         Command::Certs(arguments) => certs::run(arguments),
         Command::Serve(arguments) => serve::run(arguments).await,
         Command::Shards(arguments) => fleet::shards(arguments).await,

@@ -25,6 +25,8 @@ pub const STOPPED: u8 = 8;
 pub const NOT_AUTHORIZED: u8 = 9;
 /// The plan's state does not allow this now (e.g. starting an unapproved plan).
 pub const NOT_NOW: u8 = 10;
+/// `lint` found open findings at or above `--fail-on`.
+pub const FINDINGS: u8 = 11;
 
 pub fn code(kind: ErrorKind) -> u8 {
     match kind {
@@ -60,4 +62,4 @@ pub fn from_kind(kind: ErrorKind) -> ExitCode {
 pub const HELP: &str = "Exit codes: 0 ok, 1 a statement failed, 2 bad input (files or arguments), 3 drift, \
 4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator, \
 8 stopped by Ctrl-C between revisions (or a rollout cancelled), 9 not authorized by the coordinator, \
-10 the plan's state does not allow this now.";
+10 the plan's state does not allow this now, 11 lint findings at or above --fail-on.";

@@ -15,7 +15,8 @@ fn main() -> ExitCode {
     let default_level = match arguments.command {
         cli::Command::Demo(_) => "warn",
         cli::Command::Migrate(_) | cli::Command::Certs(_) | cli::Command::Serve(_) => "info",
-        cli::Command::Shards(_)
+        cli::Command::Lint(_)
+        | cli::Command::Shards(_)
         | cli::Command::Plan(_)
         | cli::Command::Approve(_)
         | cli::Command::Apply(_)

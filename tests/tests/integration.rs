@@ -13,6 +13,7 @@ mod integration {
     mod election;
     mod fleet_api;
     mod fleet_faults;
+    mod lint;
     mod locks;
     mod operator;
     mod paused;

@@ -269,6 +269,15 @@ pub fn summary(plan: &Plan, output: Output) {
                 "author": plan.author,
                 "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),
                 "shards": shards,
+                "findings": plan.findings.iter().map(|finding| json!({
+                    "rule": finding.rule,
+                    "severity": finding.severity,
+                    "file": finding.file,
+                    "line": finding.line,
+                    "revision": finding.revision,
+                    "message": finding.message,
+                    "allowed": (!finding.allowed.is_empty()).then_some(&finding.allowed),
+                })).collect::<Vec<_>>(),
             })
         );
         return;

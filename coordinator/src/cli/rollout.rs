@@ -164,6 +164,50 @@ fn print_plan(plan: &Plan, output: Output) {
         };
         println!("  wave {}: {} shard(s): {listed}", wave.index, shards.len());
     }
+    print_findings(plan);
+}
+
+/// The plan's lint findings: counts, then the open errors and the allowed findings with their
+/// reasons (`fleetshift lint` lists everything).
+fn print_findings(plan: &Plan) {
+    if plan.findings.is_empty() {
+        println!("lint: no findings");
+        return;
+    }
+    let open = |severity: &str| {
+        plan.findings
+            .iter()
+            .filter(|finding| finding.allowed.is_empty() && finding.severity == severity)
+            .count()
+    };
+    let allowed: Vec<_> = plan
+        .findings
+        .iter()
+        .filter(|finding| !finding.allowed.is_empty())
+        .collect();
+    println!(
+        "lint: {} error(s), {} warning(s), {} info, {} allowed",
+        open("error"),
+        open("warning"),
+        open("info"),
+        allowed.len()
+    );
+    for finding in plan
+        .findings
+        .iter()
+        .filter(|finding| finding.allowed.is_empty() && finding.severity == "error")
+    {
+        println!(
+            "  {}:{}: error [{}] {}",
+            finding.file, finding.line, finding.rule, finding.message
+        );
+    }
+    for finding in allowed {
+        println!(
+            "  {}:{}: allowed [{}]: {}",
+            finding.file, finding.line, finding.rule, finding.allowed
+        );
+    }
 }
 
 pub async fn plan(arguments: PlanArgs) -> ExitCode {

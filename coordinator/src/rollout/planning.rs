@@ -12,6 +12,8 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::shipped;
 
+use crate::lint;
+
 use super::RolloutError;
 
 /// Defaults for what the request leaves at zero.
@@ -164,7 +166,7 @@ pub fn plan(
         .map(|revision| revision.version.as_str().to_owned())
         .ok_or_else(|| RolloutError::BadRequest("the migration set is empty".to_owned()))?;
     let target = if request.target_version.is_empty() {
-        last
+        last.clone()
     } else if set
         .revisions
         .iter()
@@ -188,6 +190,16 @@ pub fn plan(
             request.selector
         )));
     }
+    let applied = set
+        .revisions
+        .iter()
+        .position(|revision| revision.version.as_str() == target)
+        .map_or(set.revisions.len(), |index| index + 1);
+    let findings = lint::lint_revisions(&set.revisions[..applied])
+        .findings
+        .iter()
+        .map(|finding| finding.to_wire(directory.path()))
+        .collect();
     let policy = policy(request.waves)?;
     let limits: ExecutionLimits = request.limits.unwrap_or_default();
     Ok(Plan {
@@ -204,6 +216,7 @@ pub fn plan(
         limits: Some(limits),
         selector: request.selector,
         set_format: shipped.format.clone(),
+        findings,
     })
 }
 
@@ -286,5 +299,67 @@ mod tests {
             candidates(&agents, &HashMap::new()),
             Err(RolloutError::BadRequest(message)) if message.contains("a and b")
         ));
+    }
+
+    #[test]
+    fn a_plan_keeps_the_lint_findings_of_the_revisions_it_applies_with_their_reasons() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let files = [
+            (
+                "1_index.up.sql",
+                "-- fleetshift:allow require-concurrent-index-creation 40 rows per shard\nCREATE INDEX i ON t (c);\n",
+            ),
+            ("1_index.down.sql", "DROP INDEX i;\n"),
+            ("2_wipe.up.sql", "DELETE FROM sessions;\n"),
+            ("2_wipe.down.sql", "SELECT 1;\n"),
+        ];
+        for (name, content) in files {
+            std::fs::write(directory.path().join(name), content).expect("write");
+        }
+        let set =
+            fleetshift_common::source::MigrationSet::load(directory.path(), None).expect("set");
+        let hello = Hello {
+            agent_id: "a".to_owned(),
+            shards: vec![fleetshift_common::proto::v1::ShardFacts {
+                shard_id: "s1".to_owned(),
+                ..Default::default()
+            }],
+            ..Hello::default()
+        };
+        let request = |target: &str| CreatePlanRequest {
+            migration_set: Some(shipped::pack(&set).expect("pack")),
+            target_version: target.to_owned(),
+            ..CreatePlanRequest::default()
+        };
+        let agents = [("a".to_owned(), hello)];
+        let planned = plan(request("1"), "ops", &agents).expect("plan to 1");
+        let rules: Vec<(&str, &str, &str)> = planned
+            .findings
+            .iter()
+            .map(|finding| {
+                (
+                    finding.file.as_str(),
+                    finding.rule.as_str(),
+                    finding.allowed.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [(
+                "1_index.up.sql",
+                "require-concurrent-index-creation",
+                "40 rows per shard"
+            )],
+            "revision 2 is beyond the target"
+        );
+        let planned = plan(request(""), "ops", &agents).expect("plan to the end");
+        assert!(
+            planned
+                .findings
+                .iter()
+                .any(|finding| finding.rule == "unbounded-update-delete"
+                    && finding.allowed.is_empty())
+        );
     }
 }
