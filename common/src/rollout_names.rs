@@ -1,6 +1,7 @@
-//! Names of plan and shard-task states as the CLI, logs and JSON output spell them.
+//! Names of plan and shard-task states and risk levels as the CLI, logs and JSON output spell
+//! them.
 
-use crate::proto::v1::{PlanState, ShardState};
+use crate::proto::v1::{PlanState, RiskLevel, ShardState};
 
 pub fn plan_state_name(state: PlanState) -> &'static str {
     match state {
@@ -12,6 +13,16 @@ pub fn plan_state_name(state: PlanState) -> &'static str {
         PlanState::Succeeded => "succeeded",
         PlanState::Halted => "halted",
         PlanState::Cancelled => "cancelled",
+    }
+}
+
+pub fn risk_level_name(level: RiskLevel) -> &'static str {
+    match level {
+        RiskLevel::Unspecified => "unassessed",
+        RiskLevel::Low => "LOW",
+        RiskLevel::Medium => "MEDIUM",
+        RiskLevel::High => "HIGH",
+        RiskLevel::Critical => "CRITICAL",
     }
 }
 

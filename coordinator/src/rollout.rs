@@ -1,7 +1,8 @@
 //! Rollouts: a plan splits the selected shards into waves; the leader advances it wave by wave
 //! through the store; the replica holding each agent's session delivers its tasks.
 //!
-//! - [`planning`]: a `CreatePlanRequest` checked and split into waves.
+//! - [`planning`]: a `CreatePlanRequest` checked, linted, assessed and split into waves.
+//! - [`risk`]: the plan's risk score, explained, and the approvals it needs.
 //! - [`records`]: plans, shard tasks and migration sets as stored, and compare-and-set updates.
 //! - [`transitions`]: what operators may do to a plan in each state.
 //! - [`driver`]: the leader's loop: claim, dispatch, collect results, halt, finish.
@@ -17,6 +18,7 @@ mod model;
 pub mod planning;
 pub mod records;
 pub mod relay;
+pub mod risk;
 pub mod transitions;
 pub mod watch;
 
@@ -39,6 +41,8 @@ pub enum RolloutError {
     NotNow(String),
     #[error("plan {0} kept changing while this request was applied; retry")]
     Contended(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<RolloutError> for Status {
@@ -51,6 +55,7 @@ impl From<RolloutError> for Status {
             RolloutError::BadRequest(_) => Status::invalid_argument(message),
             RolloutError::NotNow(_) => Status::failed_precondition(message),
             RolloutError::Contended(_) => Status::aborted(message),
+            RolloutError::Forbidden(_) => Status::permission_denied(message),
         }
     }
 }

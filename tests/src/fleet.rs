@@ -232,3 +232,99 @@ pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) ->
     );
     (port, process)
 }
+
+/// A real etcd, a PKI, and one coordinator replica in this process serving agent sessions and
+/// the fleet API over mutual TLS on loopback (no leader work: plans can be made and moved
+/// through their states, nothing is dispatched).
+pub struct InProcessCoordinator {
+    pub store: std::sync::Arc<fleetshift_coordinator::store::EtcdStore>,
+    pub pki: tempfile::TempDir,
+    pub address: std::net::SocketAddr,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _etcd: crate::etcd::EtcdServer,
+}
+
+impl std::fmt::Debug for InProcessCoordinator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("InProcessCoordinator")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessCoordinator {
+    /// Certificates for coordinator `c1`, `agents` and `operators`; `roles` for the API.
+    pub async fn start(
+        roles: fleetshift_coordinator::authz::Roles,
+        agents: &[&str],
+        operators: &[&str],
+    ) -> Self {
+        use fleetshift_common::lease::SessionIntervals;
+        use fleetshift_common::tls::{mtls, reload};
+        use fleetshift_coordinator::agent_session::AgentSessions;
+        use fleetshift_coordinator::fleet_api::FleetApi;
+
+        let etcd = crate::etcd::EtcdServer::start().expect("etcd");
+        let store = std::sync::Arc::new(
+            fleetshift_coordinator::store::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+                .await
+                .expect("store"),
+        );
+        let pki_dir = tempfile::tempdir().expect("pki");
+        init_pki(pki_dir.path());
+        issue(pki_dir.path(), Role::Coordinator, "c1", &["localhost"]);
+        for agent in agents {
+            issue(pki_dir.path(), Role::Agent, agent, &[]);
+        }
+        for operator in operators {
+            issue(pki_dir.path(), Role::Operator, operator, &[]);
+        }
+        let files = fleetshift_common::tls::mtls::TlsFiles {
+            certificate: pki_dir.path().join("coordinator-c1.pem"),
+            private_key: pki_dir.path().join("coordinator-c1.key"),
+            trust_bundle: pki_dir.path().join(pki::CA_CERTIFICATE),
+        };
+        let tls = reload::watch_config(files, mtls::server_config, Duration::from_secs(1))
+            .await
+            .expect("tls");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let sessions = AgentSessions::new(
+            std::sync::Arc::clone(&store),
+            SessionIntervals::from_heartbeat(Duration::from_secs(1)),
+            "c1",
+            TRUST_DOMAIN,
+        );
+        let mailbox = sessions.mailbox();
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(fleetshift_coordinator::serve::serve(
+            listener,
+            tls,
+            sessions,
+            FleetApi::new(std::sync::Arc::clone(&store), mailbox, roles, TRUST_DOMAIN),
+            async {
+                let _ = stop.await;
+            },
+        ));
+        Self {
+            store,
+            pki: pki_dir,
+            address,
+            _shutdown: shutdown,
+            _etcd: etcd,
+        }
+    }
+
+    /// A client channel as `holder` (`<role>-<name>`).
+    pub async fn channel(&self, holder: &str) -> tonic::transport::Channel {
+        channel_as(
+            &format!("https://{}", self.address),
+            self.pki.path(),
+            holder,
+        )
+        .await
+    }
+}

@@ -18,6 +18,7 @@ mod integration {
     mod operator;
     mod paused;
     mod processes;
+    mod risk;
     mod rollout;
     mod secrets;
     mod session;

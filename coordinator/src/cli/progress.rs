@@ -9,10 +9,10 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RolloutEvent, ShardMetrics,
-    ShardState, WatchRolloutRequest,
+    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskLevel, RolloutEvent,
+    ShardMetrics, ShardState, WatchRolloutRequest,
 };
-use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
+use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -269,6 +269,19 @@ pub fn summary(plan: &Plan, output: Output) {
                 "author": plan.author,
                 "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),
                 "shards": shards,
+                "risk": plan.risk.as_ref().map(|risk| json!({
+                    "score": risk.score,
+                    "level": risk_level_name(RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified)),
+                    "revision": risk.revision,
+                    "shard": risk.shard_id,
+                    "approvals_required": risk.approvals_required,
+                    "author_may_approve": risk.author_may_approve,
+                    "factors": risk.factors.iter().map(|factor| json!({
+                        "name": factor.name,
+                        "points": factor.points,
+                        "explanation": factor.explanation,
+                    })).collect::<Vec<_>>(),
+                })),
                 "findings": plan.findings.iter().map(|finding| json!({
                     "rule": finding.rule,
                     "severity": finding.severity,

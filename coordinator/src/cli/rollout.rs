@@ -10,9 +10,9 @@ use clap::Args;
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, CreatePlanRequest, ExecutionLimits, GetPlanRequest, ListPlansRequest, Plan,
-    PlanAction, PlanState, WavePolicy,
+    PlanAction, PlanState, RiskLevel, WavePolicy,
 };
-use fleetshift_common::rollout_names::plan_state_name;
+use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use fleetshift_common::shipped;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
 use serde_json::json;
@@ -164,7 +164,35 @@ fn print_plan(plan: &Plan, output: Output) {
         };
         println!("  wave {}: {} shard(s): {listed}", wave.index, shards.len());
     }
+    print_risk(plan);
     print_findings(plan);
+}
+
+/// The risk score with each factor's contribution, and the approvals it asks for.
+fn print_risk(plan: &Plan) {
+    let Some(risk) = &plan.risk else {
+        return;
+    };
+    let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
+    println!(
+        "risk: {} {} ({} on {}); needs {} approval(s){}",
+        risk.score,
+        risk_level_name(level),
+        risk.revision,
+        risk.shard_id,
+        risk.approvals_required,
+        if risk.author_may_approve {
+            ""
+        } else {
+            ", not by the plan's author"
+        }
+    );
+    for factor in &risk.factors {
+        println!(
+            "  +{:<3} {:<14} {}",
+            factor.points, factor.name, factor.explanation
+        );
+    }
 }
 
 /// The plan's lint findings: counts, then the open errors and the allowed findings with their

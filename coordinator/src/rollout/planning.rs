@@ -14,7 +14,7 @@ use fleetshift_common::shipped;
 
 use crate::lint;
 
-use super::RolloutError;
+use super::{RolloutError, risk};
 
 /// Defaults for what the request leaves at zero.
 const DEFAULT_CANARY: u32 = 1;
@@ -35,6 +35,8 @@ pub struct Candidate {
     pub shard_id: String,
     pub agent_id: String,
     pub host: String,
+    /// The shard's `env` (or `environment`) label.
+    pub environment: Option<String>,
 }
 
 /// Every announced shard whose labels match `selector`, by id; a shard two agents announce
@@ -59,6 +61,11 @@ pub fn candidates(
                 shard_id: shard.shard_id.clone(),
                 agent_id: agent.clone(),
                 host: host.clone(),
+                environment: shard
+                    .labels
+                    .get("env")
+                    .or_else(|| shard.labels.get("environment"))
+                    .cloned(),
             };
             if let Some(other) = found.insert(shard.shard_id.clone(), candidate) {
                 return Err(RolloutError::BadRequest(format!(
@@ -195,11 +202,19 @@ pub fn plan(
         .iter()
         .position(|revision| revision.version.as_str() == target)
         .map_or(set.revisions.len(), |index| index + 1);
-    let findings = lint::lint_revisions(&set.revisions[..applied])
+    let findings: Vec<_> = lint::lint_revisions(&set.revisions[..applied])
         .findings
         .iter()
         .map(|finding| finding.to_wire(directory.path()))
         .collect();
+    let contexts: Vec<risk::ShardContext> = shards
+        .iter()
+        .map(|shard| risk::ShardContext {
+            shard_id: shard.shard_id.clone(),
+            environment: shard.environment.clone(),
+        })
+        .collect();
+    let risk = risk::assess(&set.revisions[..applied], &findings, &contexts);
     let policy = policy(request.waves)?;
     let limits: ExecutionLimits = request.limits.unwrap_or_default();
     Ok(Plan {
@@ -217,6 +232,7 @@ pub fn plan(
         selector: request.selector,
         set_format: shipped.format.clone(),
         findings,
+        risk: Some(risk),
     })
 }
 
@@ -230,6 +246,7 @@ mod tests {
                 shard_id: format!("s{index:03}"),
                 agent_id: "a".to_owned(),
                 host: "h".to_owned(),
+                environment: None,
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use fleetshift_common::proto::v1::{Approval, Plan, PlanState};
+use fleetshift_common::proto::v1::{Approval, Plan, PlanState, RiskAssessment};
 use fleetshift_common::rollout_names::plan_state_name;
 
 use super::RolloutError;
@@ -34,13 +34,38 @@ pub fn approve(plan: &mut Plan, approver: &str, comment: &str) -> Result<(), Rol
             plan.plan_id
         )));
     }
+    let gate = gate(plan);
+    if !gate.author_may_approve && approver == plan.author {
+        return Err(RolloutError::Forbidden(format!(
+            "plan {} is CRITICAL (risk {}): its author cannot approve it; {} other approvers must",
+            plan.plan_id, gate.score, gate.approvals_required
+        )));
+    }
     plan.approvals.push(Approval {
         approver: approver.to_owned(),
         at: Some(prost_types::Timestamp::from(SystemTime::now())),
         comment: comment.to_owned(),
     });
-    plan.state = PlanState::Approved.into();
+    let given = u32::try_from(plan.approvals.len()).unwrap_or(u32::MAX);
+    if given >= gate.approvals_required {
+        plan.state = PlanState::Approved.into();
+        plan.state_reason.clear();
+    } else {
+        plan.state_reason = format!(
+            "{given} of {} approvals (risk {}); another approver is needed",
+            gate.approvals_required, gate.score
+        );
+    }
     Ok(())
+}
+
+/// The approvals the plan's risk asks for (one, by anyone with the role, when not assessed).
+fn gate(plan: &Plan) -> RiskAssessment {
+    plan.risk.clone().unwrap_or(RiskAssessment {
+        approvals_required: 1,
+        author_may_approve: true,
+        ..RiskAssessment::default()
+    })
 }
 
 pub fn start(plan: &mut Plan) -> Result<(), RolloutError> {
@@ -50,10 +75,21 @@ pub fn start(plan: &mut Plan) -> Result<(), RolloutError> {
             plan.state_reason.clear();
             Ok(())
         }
-        PlanState::AwaitingApproval => Err(RolloutError::NotNow(format!(
-            "plan {} needs an approval first: `fleetshift approve {}` (approver role)",
-            plan.plan_id, plan.plan_id
-        ))),
+        PlanState::AwaitingApproval => {
+            let gate = gate(plan);
+            Err(RolloutError::NotNow(format!(
+                "plan {} has {} of {} approvals it needs: `fleetshift approve {}` (approver role{})",
+                plan.plan_id,
+                plan.approvals.len(),
+                gate.approvals_required,
+                plan.plan_id,
+                if gate.author_may_approve {
+                    ""
+                } else {
+                    ", not the plan's author"
+                }
+            )))
+        }
         _ => Err(not_now(plan, "started")),
     }
 }
@@ -117,5 +153,31 @@ mod tests {
         cancel(&mut plan, "changed our minds").expect("cancel");
         assert!(cancel(&mut plan, "twice").is_err());
         assert!(resume(&mut plan).is_err());
+    }
+
+    #[test]
+    fn a_critical_plan_needs_two_approvers_neither_its_author() {
+        let mut plan = Plan {
+            author: "alice".to_owned(),
+            risk: Some(RiskAssessment {
+                score: 95,
+                approvals_required: 2,
+                author_may_approve: false,
+                ..RiskAssessment::default()
+            }),
+            ..plan()
+        };
+        assert!(matches!(
+            approve(&mut plan, "alice", "mine"),
+            Err(RolloutError::Forbidden(message)) if message.contains("author cannot approve")
+        ));
+        approve(&mut plan, "bob", "ok").expect("first approver");
+        assert_eq!(plan.state, i32::from(PlanState::AwaitingApproval));
+        assert!(
+            matches!(start(&mut plan), Err(RolloutError::NotNow(message)) if message.contains("1 of 2"))
+        );
+        approve(&mut plan, "carol", "ok").expect("second approver");
+        assert_eq!(plan.state, i32::from(PlanState::Approved));
+        start(&mut plan).expect("start");
     }
 }

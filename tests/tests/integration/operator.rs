@@ -363,6 +363,16 @@ fn run_demo(arguments: &[&str], agents: usize) -> (String, String) {
             .all(|shard| shard["current_version"] == "4" && shard["state"] == "succeeded"),
         "{summary}"
     );
+    assert_eq!(
+        summary["risk"]["level"], "LOW",
+        "the plan is assessed and explained: {summary}"
+    );
+    assert!(
+        summary["risk"]["factors"]
+            .as_array()
+            .is_some_and(|factors| factors.iter().any(|factor| factor["name"] == "locks")),
+        "{summary}"
+    );
     assert!(
         shards
             .iter()

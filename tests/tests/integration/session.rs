@@ -2,99 +2,30 @@
 //! certificate, Hello checked against it, a lease per session kept alive by heartbeats, and
 //! released as the session ends (at once when closed, on its TTL when broken).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
     AgentMessage, AssignmentResult, CoordinatorMessage, Heartbeat, Hello, ShardFacts,
 };
-use fleetshift_common::tls::identity::Role;
-use fleetshift_common::tls::mtls::{self, TlsFiles};
-use fleetshift_common::tls::pki;
-use fleetshift_common::tls::reload;
-use fleetshift_coordinator::agent_session::AgentSessions;
 use fleetshift_coordinator::authz::Roles;
-use fleetshift_coordinator::fleet_api::FleetApi;
-use fleetshift_coordinator::serve;
-use fleetshift_coordinator::store::{EtcdStore, Store, StoreError, keys};
-use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{TRUST_DOMAIN, channel_as, init_pki, issue};
+use fleetshift_coordinator::store::{Store, StoreError, keys};
+use fleetshift_tests::fleet::{InProcessCoordinator, channel_as};
 use fleetshift_tests::wait::wait_until;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-struct Fleet {
-    _etcd: EtcdServer,
-    store: Arc<EtcdStore>,
-    pki: tempfile::TempDir,
-    address: std::net::SocketAddr,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+/// etcd, a PKI (agents db-host-1 and db-host-2, operator alice), and one coordinator replica
+/// serving agent sessions on loopback.
+async fn fleet() -> InProcessCoordinator {
+    InProcessCoordinator::start(Roles::default(), &["db-host-1", "db-host-2"], &["alice"]).await
 }
 
-/// etcd, a PKI, and one coordinator replica serving agent sessions on loopback.
-async fn fleet() -> Fleet {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = Arc::new(
-        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-            .await
-            .expect("store"),
-    );
-    let pki = tempfile::tempdir().expect("pki");
-    init_pki(pki.path());
-    issue(pki.path(), Role::Coordinator, "c1", &["localhost"]);
-    issue(pki.path(), Role::Agent, "db-host-1", &[]);
-    issue(pki.path(), Role::Agent, "db-host-2", &[]);
-    issue(pki.path(), Role::Operator, "alice", &[]);
-    let files = TlsFiles {
-        certificate: pki.path().join("coordinator-c1.pem"),
-        private_key: pki.path().join("coordinator-c1.key"),
-        trust_bundle: pki.path().join(pki::CA_CERTIFICATE),
-    };
-    let tls = reload::watch_config(files, mtls::server_config, Duration::from_secs(1))
-        .await
-        .expect("tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let sessions = AgentSessions::new(
-        Arc::clone(&store),
-        SessionIntervals::from_heartbeat(Duration::from_secs(1)),
-        "c1",
-        TRUST_DOMAIN,
-    );
-    let mailbox = sessions.mailbox();
-    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve::serve(
-        listener,
-        tls,
-        sessions,
-        FleetApi::new(
-            Arc::clone(&store),
-            Arc::clone(&mailbox),
-            Roles::default(),
-            TRUST_DOMAIN,
-        ),
-        async {
-            let _ = stop.await;
-        },
-    ));
-    Fleet {
-        _etcd: etcd,
-        store,
-        pki,
-        address,
-        _shutdown: shutdown,
-    }
-}
-
-async fn client(fleet: &Fleet, holder: &str) -> AgentServiceClient<Channel> {
+async fn client(fleet: &InProcessCoordinator, holder: &str) -> AgentServiceClient<Channel> {
     let address = format!("https://{}", fleet.address);
     AgentServiceClient::new(channel_as(&address, fleet.pki.path(), holder).await)
 }

@@ -1,0 +1,310 @@
+//! How risky a plan is: a score from 0 to 100 for each revision it applies on each shard it
+//! covers, from named factors that each say what they add and why; the plan takes its riskiest
+//! pair. The level sets the approvals the plan needs before it can start: CRITICAL needs two
+//! distinct approvers, neither of them the plan's author; every other level needs one.
+//!
+//! Factors: open lint findings (the worst severity, more for several errors); locks that block
+//! the table (ACCESS EXCLUSIVE, or SHARE for a plain index build); no down script; a production
+//! shard (`env` / `environment` label); no verified backup on a production shard (plans cannot
+//! require one yet). Table sizes and dependent objects are not assessed yet (the agents' catalog
+//! analysis is not built): that factor adds nothing and says so.
+
+use fleetshift_common::proto::v1::{LintFinding, RiskAssessment, RiskFactor, RiskLevel};
+use fleetshift_common::source::Revision;
+use fleetshift_common::statements::Statement;
+
+/// A shard the plan covers, as risk sees it.
+#[derive(Debug, Clone)]
+pub struct ShardContext {
+    pub shard_id: String,
+    /// The `env` (or `environment`) label, when set.
+    pub environment: Option<String>,
+}
+
+impl ShardContext {
+    fn is_production(&self) -> bool {
+        self.environment
+            .as_deref()
+            .is_some_and(|environment| matches!(environment, "production" | "prod"))
+    }
+}
+
+pub fn level_of(score: u32) -> RiskLevel {
+    match score {
+        0..=30 => RiskLevel::Low,
+        31..=60 => RiskLevel::Medium,
+        61..=80 => RiskLevel::High,
+        _ => RiskLevel::Critical,
+    }
+}
+
+/// The plan's assessment: the riskiest revision on the riskiest shard.
+pub fn assess(
+    revisions: &[Revision],
+    findings: &[LintFinding],
+    shards: &[ShardContext],
+) -> RiskAssessment {
+    let mut riskiest: Option<(u32, String, String, Vec<RiskFactor>)> = None;
+    for revision in revisions {
+        let label = revision.label();
+        let own: Vec<&LintFinding> = findings
+            .iter()
+            .filter(|finding| finding.revision == label)
+            .collect();
+        for shard in shards {
+            let factors = factors(revision, &own, shard);
+            let score = factors
+                .iter()
+                .map(|factor| factor.points)
+                .sum::<u32>()
+                .min(100);
+            if riskiest.as_ref().is_none_or(|(best, ..)| score > *best) {
+                riskiest = Some((score, label.clone(), shard.shard_id.clone(), factors));
+            }
+        }
+    }
+    let Some((score, revision, shard_id, factors)) = riskiest else {
+        return RiskAssessment {
+            level: RiskLevel::Low.into(),
+            approvals_required: 1,
+            author_may_approve: true,
+            ..RiskAssessment::default()
+        };
+    };
+    let level = level_of(score);
+    let critical = level == RiskLevel::Critical;
+    RiskAssessment {
+        score,
+        level: level.into(),
+        revision,
+        shard_id,
+        factors,
+        approvals_required: if critical { 2 } else { 1 },
+        author_may_approve: !critical,
+    }
+}
+
+fn factor(name: &str, points: u32, explanation: String) -> RiskFactor {
+    RiskFactor {
+        name: name.to_owned(),
+        points,
+        explanation,
+    }
+}
+
+fn factors(
+    revision: &Revision,
+    findings: &[&LintFinding],
+    shard: &ShardContext,
+) -> Vec<RiskFactor> {
+    let mut factors = vec![lint(findings), locks(revision.up.statements())];
+    if revision.down.is_none() {
+        factors.push(factor(
+            "reversibility",
+            15,
+            "no down script: the revision cannot be reverted".to_owned(),
+        ));
+    }
+    if shard.is_production() {
+        factors.push(factor(
+            "environment",
+            20,
+            format!("{} is a production shard", shard.shard_id),
+        ));
+        factors.push(factor(
+            "backup",
+            10,
+            "no verified backup is taken before the first DDL".to_owned(),
+        ));
+    }
+    factors.push(factor(
+        "catalog",
+        0,
+        "table sizes and dependent objects are not assessed".to_owned(),
+    ));
+    factors.retain(|factor| factor.points > 0 || factor.name == "catalog");
+    factors
+}
+
+/// The worst open finding: error 30 (+5 for each further error, at most +15), warning 10.
+fn lint(findings: &[&LintFinding]) -> RiskFactor {
+    let open: Vec<&&LintFinding> = findings
+        .iter()
+        .filter(|finding| finding.allowed.is_empty())
+        .collect();
+    let errors: Vec<&str> = open
+        .iter()
+        .filter(|finding| finding.severity == "error")
+        .map(|finding| finding.rule.as_str())
+        .collect();
+    let warnings = open
+        .iter()
+        .filter(|finding| finding.severity == "warning")
+        .count();
+    if !errors.is_empty() {
+        let extra = u32::try_from(errors.len() - 1)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(5)
+            .min(15);
+        return factor(
+            "lint",
+            30 + extra,
+            format!("{} open lint error(s): {}", errors.len(), errors.join(", ")),
+        );
+    }
+    if warnings > 0 {
+        return factor("lint", 10, format!("{warnings} open lint warning(s)"));
+    }
+    factor("lint", 0, "no open lint errors or warnings".to_owned())
+}
+
+/// Statements that block the table while they run.
+fn locks(statements: &[Statement]) -> RiskFactor {
+    let mut exclusive = 0;
+    let mut share = 0;
+    for statement in statements {
+        let words = statement.leading_words(3);
+        let word = |index: usize| words.get(index).map(String::as_str);
+        let concurrently = statement
+            .tokens()
+            .any(|token| token.eq_ignore_ascii_case("CONCURRENTLY"));
+        match (word(0), word(1)) {
+            (Some("ALTER" | "DROP"), Some("TABLE"))
+            | (Some("TRUNCATE" | "LOCK" | "CLUSTER"), _) => exclusive += 1,
+            (Some("DROP"), Some("INDEX")) | (Some("REINDEX"), _) if !concurrently => exclusive += 1,
+            (Some("VACUUM"), Some("FULL")) => exclusive += 1,
+            (Some("CREATE"), Some("INDEX" | "UNIQUE")) if !concurrently => share += 1,
+            _ => {}
+        }
+    }
+    if exclusive > 0 {
+        factor(
+            "locks",
+            20,
+            format!(
+                "{exclusive} statement(s) take an ACCESS EXCLUSIVE lock (reads and writes wait)"
+            ),
+        )
+    } else if share > 0 {
+        factor(
+            "locks",
+            10,
+            format!("{share} index build(s) without CONCURRENTLY block writes"),
+        )
+    } else {
+        factor("locks", 0, "no table-blocking locks".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use fleetshift_common::source::{Script, Version};
+
+    use super::*;
+
+    fn revision(sql: &str, down: bool) -> Revision {
+        Revision {
+            version: Version::integer("1").expect("version"),
+            name: "change".to_owned(),
+            up: Script::new(PathBuf::from("1_change.up.sql"), 1, sql.to_owned()),
+            down: down.then(|| {
+                Script::new(
+                    PathBuf::from("1_change.down.sql"),
+                    1,
+                    "SELECT 1;".to_owned(),
+                )
+            }),
+            transactional: true,
+            checksum: String::new(),
+        }
+    }
+
+    fn finding(rule: &str, severity: &str, allowed: &str) -> LintFinding {
+        LintFinding {
+            rule: rule.to_owned(),
+            severity: severity.to_owned(),
+            revision: "1_change".to_owned(),
+            allowed: allowed.to_owned(),
+            ..LintFinding::default()
+        }
+    }
+
+    fn shard(environment: Option<&str>) -> ShardContext {
+        ShardContext {
+            shard_id: "s1".to_owned(),
+            environment: environment.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_blocking_irreversible_change_on_production_is_critical_with_its_reasons() {
+        let risky = revision("ALTER TABLE users ALTER COLUMN email SET NOT NULL;", false);
+        let findings = [
+            finding("adding-not-nullable-field", "error", ""),
+            finding("changing-column-type", "error", ""),
+        ];
+        let assessed = assess(&[risky], &findings, &[shard(Some("production"))]);
+        assert_eq!(assessed.score, 100);
+        assert_eq!(assessed.level, i32::from(RiskLevel::Critical));
+        assert_eq!(
+            (assessed.approvals_required, assessed.author_may_approve),
+            (2, false)
+        );
+        let names: Vec<(&str, u32)> = assessed
+            .factors
+            .iter()
+            .map(|factor| (factor.name.as_str(), factor.points))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("lint", 35),
+                ("locks", 20),
+                ("reversibility", 15),
+                ("environment", 20),
+                ("backup", 10),
+                ("catalog", 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_revision_is_less_risky_off_production_and_allowed_findings_do_not_count() {
+        let change = revision("CREATE INDEX i ON t (c);", true);
+        let open = [finding("require-concurrent-index-creation", "error", "")];
+        let allowed = [finding(
+            "require-concurrent-index-creation",
+            "error",
+            "tiny table",
+        )];
+        let production = assess(std::slice::from_ref(&change), &open, &[shard(Some("prod"))]);
+        let staging = assess(
+            std::slice::from_ref(&change),
+            &open,
+            &[shard(Some("staging"))],
+        );
+        let reviewed = assess(
+            std::slice::from_ref(&change),
+            &allowed,
+            &[shard(Some("staging"))],
+        );
+        assert_eq!(
+            (production.score, staging.score, reviewed.score),
+            (70, 40, 10)
+        );
+        assert_eq!(production.level, i32::from(RiskLevel::High));
+        assert_eq!(staging.level, i32::from(RiskLevel::Medium));
+        assert_eq!(reviewed.level, i32::from(RiskLevel::Low));
+        assert!(production.author_may_approve);
+    }
+
+    #[test]
+    fn levels_follow_the_bands() {
+        assert_eq!(level_of(30), RiskLevel::Low);
+        assert_eq!(level_of(31), RiskLevel::Medium);
+        assert_eq!(level_of(61), RiskLevel::High);
+        assert_eq!(level_of(81), RiskLevel::Critical);
+    }
+}
