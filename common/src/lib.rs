@@ -4,6 +4,7 @@
 //!   validated, ordered, checksummed.
 //! - [`statements`]: splitting scripts into statements; recognising index builds and
 //!   transaction control.
+//! - [`touched`]: which table a statement changes, how, and under which lock.
 //! - [`lease`]: agent session intervals from one base, and the lease on the agent's own clock.
 //! - [`ledger`]: the record a shard keeps about itself (history, fence, audit) and guards.
 //! - [`engine`]: the database-specific primitives of the fenced protocol (PostgreSQL, SQLite).
@@ -29,3 +30,4 @@ pub mod shipped;
 pub mod source;
 pub mod statements;
 pub mod tls;
+pub mod touched;

@@ -4,6 +4,7 @@ mod certs;
 mod fleet;
 mod lint;
 mod migrate;
+mod notice;
 pub mod progress;
 mod render;
 mod rollout;
@@ -52,8 +53,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// List the fleet's shards (labels, agent, version, health) from a coordinator.
     Shards(fleet::ShardsArgs),
-    /// Plan a rollout of a migration directory over the shards a selector matches.
-    Plan(Box<rollout::PlanArgs>),
+    /// Plan a rollout of a migration directory over the shards a selector matches; `plan
+    /// notice <plan>` renders its maintenance notice.
+    Plan(Box<rollout::PlanCommand>),
     /// Approve a plan (approver role).
     Approve(rollout::ApproveArgs),
     /// Start an approved plan's rollout; `--watch` follows it to the end.
@@ -85,7 +87,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Certs(arguments) => certs::run(arguments),
         Command::Serve(arguments) => serve::run(arguments).await,
         Command::Shards(arguments) => fleet::shards(arguments).await,
-        Command::Plan(arguments) => rollout::plan(*arguments).await,
+        Command::Plan(arguments) => match arguments.action {
+            Some(rollout::PlanSubcommand::Notice(notice)) => notice::run(notice).await,
+            None => rollout::plan(arguments.create).await,
+        },
         Command::Approve(arguments) => rollout::approve(arguments).await,
         Command::Apply(arguments) => rollout::apply(arguments).await,
         Command::Watch(arguments) => rollout::watch(arguments).await,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, CreatePlanRequest, ExecutionLimits, GetPlanRequest, ListPlansRequest, Plan,
@@ -18,15 +18,33 @@ use fleetshift_common::source::{MigrationSet, SourceFormat};
 use serde_json::json;
 
 use super::fleet::{Connection, client, parse_label, refused};
-use super::{Output, progress, render};
+use super::{Output, notice, progress, render};
 use crate::exit;
+
+/// `plan <dir>` creates a plan; `plan notice <plan>` announces one.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct PlanCommand {
+    #[command(subcommand)]
+    pub action: Option<PlanSubcommand>,
+    #[command(flatten)]
+    pub create: PlanArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanSubcommand {
+    /// Render a maintenance notice for a plan: markdown, text, your own Jinja template, or the
+    /// template's context as JSON.
+    Notice(notice::NoticeArgs),
+}
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     connection: Connection,
     /// The migration directory to roll out.
-    directory: PathBuf,
+    #[arg(required = true)]
+    directory: Option<PathBuf>,
     /// Where to take the shards (default: the set's newest revision).
     #[arg(long)]
     target: Option<String>,
@@ -239,7 +257,12 @@ fn print_findings(plan: &Plan) {
 }
 
 pub async fn plan(arguments: PlanArgs) -> ExitCode {
-    let set = match MigrationSet::load(&arguments.directory, arguments.format) {
+    let Some(directory) = &arguments.directory else {
+        let message = "a migration directory is required: fleetshift plan <dir>";
+        render::failure(arguments.output, message, ErrorKind::BadInput);
+        return ExitCode::from(exit::BAD_INPUT);
+    };
+    let set = match MigrationSet::load(directory, arguments.format) {
         Ok(set) => set,
         Err(error) => {
             render::failure(arguments.output, &error.to_string(), ErrorKind::BadInput);

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, ExecutionLimits, Hello, Plan, PlanState, ShardState, ShardTask, Wave,
-    WavePolicy,
+    CreatePlanRequest, ExecutionLimits, Hello, Plan, PlanState, SchemaChange, ShardState,
+    ShardTask, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
+use fleetshift_common::touched::touched;
 
 use crate::lint;
 
@@ -215,6 +216,30 @@ pub fn plan(
         })
         .collect();
     let risk = risk::assess(&set.revisions[..applied], &findings, &contexts);
+    let changes = set.revisions[..applied]
+        .iter()
+        .flat_map(|revision| {
+            revision
+                .up
+                .statements()
+                .iter()
+                .filter_map(move |statement| {
+                    touched(statement).map(|touch| SchemaChange {
+                        revision: revision.label(),
+                        table: touch.table,
+                        operation: touch.operation.to_owned(),
+                        lock: touch.lock.to_owned(),
+                        statement: statement
+                            .sql
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                    })
+                })
+        })
+        .collect();
     let policy = policy(request.waves)?;
     let limits: ExecutionLimits = request.limits.unwrap_or_default();
     Ok(Plan {
@@ -233,6 +258,7 @@ pub fn plan(
         set_format: shipped.format.clone(),
         findings,
         risk: Some(risk),
+        changes,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Risk gates enforced by the coordinator over mutual TLS, with each operator's own
 //! certificate: a CRITICAL plan (a blocking, irreversible change on a production shard) starts
 //! only after two distinct approvers other than its author; every approval is recorded with the
-//! approver's identity and time.
+//! approver's identity and time. And the plan's maintenance notice, rendered by the CLI from a
+//! user's template.
 
 use std::time::Duration;
 
@@ -165,5 +166,69 @@ async fn a_critical_plan_starts_only_after_two_approvers_other_than_its_author()
             .all(|approval| approval.at.is_some())
     );
     alice.start_rollout(start()).await.expect("two approvals");
+    agent.abort();
+}
+
+/// `fleetshift plan notice` over mTLS: a user's template with `{{ x or "default" }}` and a
+/// loop over the affected tables, rendered from the plan the coordinator keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_renders_the_plan_through_a_users_template() {
+    let mut roles = Roles::default();
+    roles.grant("alice", OperatorRole::Operator);
+    roles.grant("alice", OperatorRole::Viewer);
+    let fleet = InProcessCoordinator::start(roles, &["db-host-1"], &["alice"]).await;
+    let agent = production_agent(&fleet).await;
+    let mut alice = FleetServiceClient::new(fleet.channel("operator-alice").await);
+    let migrations = fixtures::migrations(&[(
+        "1_orders.sql",
+        "ALTER TABLE orders ADD COLUMN note text;\nCREATE INDEX CONCURRENTLY items_id ON items (id);",
+    )]);
+    let plan = alice
+        .create_plan(CreatePlanRequest {
+            migration_set: Some(fixtures::shipped(migrations.path())),
+            selector: [("env".to_owned(), "production".to_owned())].into(),
+            ..CreatePlanRequest::default()
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    let template = fleet.pki.path().join("notice.j2");
+    std::fs::write(
+        &template,
+        "{{ maintenance_id }} {{ environment }} {{ pool_size or \"pool n/a\" }}\n\
+         {% for table in affected_tables %}{{ table.name }}: {{ table.operation }} / {{ table.estimated_rows or \"rows unknown\" }}\n{% endfor %}",
+    )
+    .expect("template");
+    let pki = fleet.pki.path();
+    let output = tokio::task::spawn_blocking({
+        let plan_id = plan.plan_id.clone();
+        let address = format!("https://localhost:{}", fleet.address.port());
+        let pki = pki.to_path_buf();
+        move || {
+            std::process::Command::new(fleetshift_tests::binary::fleetshift())
+                .args(["plan", "notice", &plan_id, "--template"])
+                .arg(&template)
+                .env("FLEETSHIFT_COORDINATOR", address)
+                .env("FLEETSHIFT_TLS_CERT", pki.join("operator-alice.pem"))
+                .env("FLEETSHIFT_TLS_KEY", pki.join("operator-alice.key"))
+                .env("FLEETSHIFT_TLS_CA", pki.join("ca.pem"))
+                .output()
+                .expect("run fleetshift plan notice")
+        }
+    })
+    .await
+    .expect("notice");
+    assert!(
+        output.status.success(),
+        "{}",
+        fleetshift_tests::binary::printed(&output)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "{} production pool n/a\nitems: CREATE INDEX / rows unknown\norders: ALTER TABLE / rows unknown\n",
+            plan.plan_id
+        )
+    );
     agent.abort();
 }
