@@ -13,6 +13,7 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
 use crate::authz::{OperatorRole, Roles};
+use crate::webhooks::Webhook;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +28,9 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     roles: RawRoles,
+    /// `[[webhooks]]`: rollout events POSTed to each URL, signed with its secret.
+    #[serde(default)]
+    webhooks: Vec<Webhook>,
 }
 
 /// Operator names (of `spiffe://<td>/operator/<name>` certificates) per role.
@@ -70,6 +74,8 @@ pub struct CoordinatorConfig {
     pub tls: TlsFiles,
     pub store: StoreChoice,
     pub roles: Roles,
+    /// Where the leader sends rollout events (none by default).
+    pub webhooks: Vec<Webhook>,
 }
 
 impl CoordinatorConfig {
@@ -134,6 +140,31 @@ impl CoordinatorConfig {
                 roles.grant(name, role);
             }
         }
+        let mut webhooks = raw.webhooks;
+        for hook in &mut webhooks {
+            if !(hook.url.starts_with("https://") || hook.url.starts_with("http://")) {
+                bail!(
+                    "[[webhooks]] url = {:?} must start with https:// or http://",
+                    hook.url
+                );
+            }
+            let file = hook.secret_file.as_ref().with_context(|| {
+                format!(
+                    "[[webhooks]] {}: secret_file is missing (the HMAC key)",
+                    hook.url
+                )
+            })?;
+            let file = base.join(file);
+            hook.secret = std::fs::read_to_string(&file)
+                .with_context(|| {
+                    format!("[[webhooks]] {}: cannot read {}", hook.url, file.display())
+                })?
+                .trim()
+                .to_owned();
+            if hook.secret.is_empty() {
+                bail!("[[webhooks]] {}: {} is empty", hook.url, file.display());
+            }
+        }
         let store = if raw.store.etcd_endpoints.is_empty() {
             StoreChoice::Memory
         } else {
@@ -147,6 +178,7 @@ impl CoordinatorConfig {
             tls: raw.tls.relative_to(base),
             store,
             roles,
+            webhooks,
         })
     }
 }
@@ -195,5 +227,42 @@ mod tests {
             StoreChoice::Memory,
             "no etcd endpoints: the embedded store"
         );
+    }
+
+    #[test]
+    fn webhooks_read_their_secret_from_a_file_and_must_have_one() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("coordinator.toml");
+        let base = "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:7443\"\ntrust_domain = \"fleet.example\"\n[tls]\ncertificate = \"a\"\nprivate_key = \"b\"\ntrust_bundle = \"c\"\n";
+        std::fs::write(directory.path().join("hook.key"), "s3cret\n").expect("secret");
+        std::fs::write(
+            &path,
+            format!("{base}[[webhooks]]\nurl = \"https://chat.example/hook\"\nsecret_file = \"hook.key\"\nevents = [\"shard.failed\"]\n"),
+        )
+        .expect("write");
+        let config = CoordinatorConfig::load(&path).expect("valid");
+        assert_eq!(config.webhooks.len(), 1);
+        assert_eq!(config.webhooks[0].secret, "s3cret");
+        assert!(
+            !format!("{:?}", config.webhooks[0]).contains("s3cret"),
+            "the secret stays out of debug output"
+        );
+        std::fs::write(
+            &path,
+            format!("{base}[[webhooks]]\nurl = \"https://chat.example/hook\"\n"),
+        )
+        .expect("write");
+        let error = format!(
+            "{:#}",
+            CoordinatorConfig::load(&path).expect_err("no secret")
+        );
+        assert!(error.contains("secret_file is missing"), "{error}");
+        std::fs::write(
+            &path,
+            format!("{base}[[webhooks]]\nurl = \"ftp://x\"\nsecret_file = \"hook.key\"\n"),
+        )
+        .expect("write");
+        let error = format!("{:#}", CoordinatorConfig::load(&path).expect_err("scheme"));
+        assert!(error.contains("must start with https://"), "{error}");
     }
 }

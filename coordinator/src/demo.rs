@@ -271,6 +271,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
             StoreChoice::Etcd(arguments.etcd.clone())
         },
         roles,
+        webhooks: Vec::new(),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();

@@ -14,6 +14,7 @@
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
 //!   session openings out of them.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
+//! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;
@@ -27,3 +28,4 @@ pub mod mailbox;
 pub mod rollout;
 pub mod serve;
 pub mod store;
+pub mod webhooks;

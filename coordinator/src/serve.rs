@@ -25,6 +25,7 @@ use crate::election::{self, Standing};
 use crate::fleet_api::FleetApi;
 use crate::rollout::{driver, relay};
 use crate::store::{EtcdStore, MemoryStore, Store};
+use crate::webhooks::{self, Webhook};
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -138,7 +139,8 @@ pub async fn run_replica<S: Store + 'static>(
         config.intervals,
         background.clone(),
     );
-    let driving = tokio::spawn(drive_while_leading(Arc::clone(&store), standing));
+    let hooks: Arc<[Webhook]> = config.webhooks.clone().into();
+    let driving = tokio::spawn(drive_while_leading(Arc::clone(&store), standing, hooks));
     let served = serve(listener, tls, sessions, fleet, shutdown).await;
     background.cancel();
     driving.abort();
@@ -147,10 +149,12 @@ pub async fn run_replica<S: Store + 'static>(
     served.context("serving gRPC")
 }
 
-/// Runs the rollout driver for each leadership this replica holds.
+/// Runs the rollout driver (and the webhooks, when configured) for each leadership this
+/// replica holds.
 async fn drive_while_leading<S: Store + 'static>(
     store: Arc<S>,
     mut standing: watch::Receiver<Standing>,
+    hooks: Arc<[Webhook]>,
 ) {
     loop {
         let current = standing.borrow_and_update().clone();
@@ -160,7 +164,21 @@ async fn drive_while_leading<S: Store + 'static>(
             ..
         } = current
         {
+            // The driver may end on its own (a write showed the epoch is over); the webhooks
+            // end with it.
+            let leading = stepped_down.child_token();
+            let notifying = (!hooks.is_empty()).then(|| {
+                tokio::spawn(webhooks::notify(
+                    Arc::clone(&store),
+                    Arc::clone(&hooks),
+                    leading.clone(),
+                ))
+            });
             driver::lead(Arc::clone(&store), epoch, stepped_down).await;
+            leading.cancel();
+            if let Some(notifying) = notifying {
+                let _ = notifying.await;
+            }
         }
         if standing.changed().await.is_err() {
             return;

@@ -24,4 +24,5 @@ mod integration {
     mod session;
     mod store;
     mod tls;
+    mod webhooks;
 }

@@ -1,0 +1,126 @@
+//! Webhooks: rollout events POSTed as JSON to configured URLs, signed with an HMAC-SHA256 of
+//! the body under each hook's secret (`X-Fleetshift-Signature: sha256=<hex>`), retried with
+//! backoff, and never in the way of a rollout: the leader derives events from the store's
+//! changes and queues them; a slow or failing hook only loses its own deliveries.
+//!
+//! - [`events`]: which events a change of a plan or a task makes.
+//! - [`delivery`]: signing and posting, with retries.
+
+mod delivery;
+mod events;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::rollout::records::decode;
+use crate::store::{Change, Store, keys};
+
+pub use delivery::sign;
+pub use events::{Event, Tracker};
+
+/// Events waiting for delivery before new ones are dropped (with a warning).
+const QUEUE: usize = 1024;
+
+/// One configured hook.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// The HMAC key; read from `secret_file` when the configuration names a file.
+    #[serde(skip)]
+    pub secret: String,
+    /// A file holding the secret (relative to the configuration file).
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// Only these events (e.g. `shard.failed`); every event when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Webhook {
+    fn wants(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|wanted| wanted == event)
+    }
+}
+
+/// Follows the store while `stop` is not cancelled (the leader's standing) and delivers the
+/// events it derives to `hooks`. Plans and tasks already stored when it starts make no events.
+pub async fn notify<S: Store>(store: Arc<S>, hooks: Arc<[Webhook]>, stop: CancellationToken) {
+    let (queue, queued) = mpsc::channel::<Event>(QUEUE);
+    let sender = tokio::spawn(delivery::deliver_all(Arc::clone(&hooks), queued));
+    tokio::select! {
+        () = stop.cancelled() => {}
+        outcome = follow(store.as_ref(), &queue) => {
+            if let Err(error) = outcome {
+                tracing::warn!(%error, "webhooks stopped following the store; events until the next leadership are not sent");
+            }
+        }
+    }
+    drop(queue);
+    // Queued events still go out; the sender ends when the queue is empty.
+    let _ = sender.await;
+}
+
+async fn follow<S: Store>(
+    store: &S,
+    queue: &mpsc::Sender<Event>,
+) -> Result<(), crate::rollout::RolloutError> {
+    let plans = store.list(&keys::plans_prefix()).await?;
+    let tasks = store.list(&keys::all_tasks_prefix()).await?;
+    let mut tracker = Tracker::default();
+    for entry in &plans.entries {
+        tracker.plan_changed(decode(&entry.key, &entry.value)?);
+    }
+    for entry in &tasks.entries {
+        tracker.task_changed(decode(&entry.key, &entry.value)?, plan_of_task(&entry.key));
+    }
+    let from = plans.revision.min(tasks.revision);
+    let mut changes = store.watch(&keys::all(), from).await?;
+    while let Some(change) = changes.next().await {
+        let change = change?;
+        for event in derive(&mut tracker, &change)? {
+            if queue.try_send(event).is_err() {
+                tracing::warn!("webhook queue full; an event was dropped");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn derive(
+    tracker: &mut Tracker,
+    change: &Change,
+) -> Result<Vec<Event>, crate::rollout::RolloutError> {
+    let Some(value) = &change.value else {
+        return Ok(Vec::new());
+    };
+    if change.key.starts_with(&keys::plans_prefix()) {
+        Ok(tracker.plan_changed(decode(&change.key, value)?))
+    } else if change.key.starts_with(&keys::all_tasks_prefix()) {
+        Ok(tracker.task_changed(decode(&change.key, value)?, plan_of_task(&change.key)))
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// `<prefix>/tasks/<plan>/<shard>` → `<plan>`.
+fn plan_of_task(key: &str) -> String {
+    key.strip_prefix(&keys::all_tasks_prefix())
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -1,0 +1,209 @@
+//! Which events a change makes: a plan appearing, approved, started, halted, completed or
+//! cancelled; a shard failing; a wave whose every shard has ended. The tracker remembers what it
+//! has seen, so a change that repeats a known state makes no event.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::rollout::task_ended;
+
+/// One event, as its JSON body carries it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// `plan.created`, `plan.approved`, `rollout.started`, `wave.finished`, `shard.failed`,
+    /// `rollout.halted`, `rollout.completed`, `rollout.cancelled`.
+    pub event: &'static str,
+    pub plan_id: String,
+    /// RFC 3339, when the coordinator saw it.
+    pub at: String,
+    /// What the event is about (the approver, the shard and its error, the wave, the reason).
+    pub detail: Value,
+}
+
+#[derive(Debug, Default)]
+struct PlanSeen {
+    state: i32,
+    approvals: usize,
+    /// Shards per wave, as planned.
+    waves: BTreeMap<u32, BTreeSet<String>>,
+    /// Shards that have ended, per wave.
+    ended: BTreeMap<u32, BTreeSet<String>>,
+}
+
+/// What the follower has seen of every plan and task.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    plans: HashMap<String, PlanSeen>,
+    tasks: HashMap<(String, String), i32>,
+}
+
+fn event(name: &'static str, plan_id: &str, detail: Value) -> Event {
+    Event {
+        event: name,
+        plan_id: plan_id.to_owned(),
+        at: prost_types::Timestamp::from(std::time::SystemTime::now()).to_string(),
+        detail,
+    }
+}
+
+impl Tracker {
+    /// The events `plan`'s stored state makes, given what was seen of it before.
+    pub fn plan_changed(&mut self, plan: Plan) -> Vec<Event> {
+        let mut events = Vec::new();
+        let seen = self.plans.entry(plan.plan_id.clone()).or_insert_with(|| {
+            events.push(event(
+                "plan.created",
+                &plan.plan_id,
+                json!({ "author": plan.author, "target_version": plan.target_version,
+                        "shards": plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>() }),
+            ));
+            PlanSeen {
+                waves: plan
+                    .waves
+                    .iter()
+                    .map(|wave| {
+                        let shards = wave
+                            .shards
+                            .iter()
+                            .map(|task| task.shard_id.clone())
+                            .collect();
+                        (wave.index, shards)
+                    })
+                    .collect(),
+                ..PlanSeen::default()
+            }
+        });
+        for approval in plan.approvals.iter().skip(seen.approvals) {
+            events.push(event(
+                "plan.approved",
+                &plan.plan_id,
+                json!({ "approver": approval.approver, "comment": approval.comment }),
+            ));
+        }
+        seen.approvals = plan.approvals.len();
+        if seen.state != plan.state {
+            let previous = PlanState::try_from(seen.state).unwrap_or(PlanState::Unspecified);
+            let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+            let reason = json!({ "reason": plan.state_reason });
+            let name = match state {
+                PlanState::Running if previous == PlanState::Approved => Some("rollout.started"),
+                PlanState::Halted => Some("rollout.halted"),
+                PlanState::Succeeded => Some("rollout.completed"),
+                PlanState::Cancelled => Some("rollout.cancelled"),
+                _ => None,
+            };
+            if let Some(name) = name {
+                events.push(event(name, &plan.plan_id, reason));
+            }
+            seen.state = plan.state;
+        }
+        events
+    }
+
+    /// The events a task's stored state makes: its failure, and its wave's end.
+    pub fn task_changed(&mut self, task: ShardTask, plan_id: String) -> Vec<Event> {
+        let key = (plan_id.clone(), task.shard_id.clone());
+        if self.tasks.insert(key, task.state) == Some(task.state) {
+            return Vec::new();
+        }
+        let state = ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified);
+        let mut events = Vec::new();
+        if state == ShardState::Failed {
+            events.push(event(
+                "shard.failed",
+                &plan_id,
+                json!({ "shard": task.shard_id, "agent": task.agent_id, "wave": task.wave,
+                        "error": task.error.as_ref().map(|error| &error.message) }),
+            ));
+        }
+        if task_ended(state)
+            && let Some(seen) = self.plans.get_mut(&plan_id)
+        {
+            let ended = seen.ended.entry(task.wave).or_default();
+            let newly = ended.insert(task.shard_id.clone());
+            let planned = seen.waves.get(&task.wave);
+            if newly && planned.is_some_and(|planned| planned.is_subset(ended)) {
+                events.push(event(
+                    "wave.finished",
+                    &plan_id,
+                    json!({ "wave": task.wave, "shards": ended.len() }),
+                ));
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetshift_common::proto::v1::{Approval, Wave};
+
+    use super::*;
+
+    fn task(shard: &str, state: ShardState) -> ShardTask {
+        ShardTask {
+            shard_id: shard.to_owned(),
+            state: state.into(),
+            wave: 0,
+            ..ShardTask::default()
+        }
+    }
+
+    #[test]
+    fn a_plans_life_makes_each_event_once() {
+        let mut tracker = Tracker::default();
+        let mut plan = Plan {
+            plan_id: "p".to_owned(),
+            state: PlanState::AwaitingApproval.into(),
+            waves: vec![Wave {
+                index: 0,
+                shards: vec![
+                    task("a", ShardState::Pending),
+                    task("b", ShardState::Pending),
+                ],
+            }],
+            ..Plan::default()
+        };
+        let names = |events: Vec<Event>| {
+            events
+                .into_iter()
+                .map(|event| event.event)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(tracker.plan_changed(plan.clone())), ["plan.created"]);
+        assert!(tracker.plan_changed(plan.clone()).is_empty(), "unchanged");
+        plan.approvals.push(Approval::default());
+        plan.state = PlanState::Approved.into();
+        assert_eq!(names(tracker.plan_changed(plan.clone())), ["plan.approved"]);
+        plan.state = PlanState::Running.into();
+        assert_eq!(
+            names(tracker.plan_changed(plan.clone())),
+            ["rollout.started"]
+        );
+        assert!(
+            tracker
+                .task_changed(task("a", ShardState::Running), "p".to_owned())
+                .is_empty()
+        );
+        assert!(
+            tracker
+                .task_changed(task("a", ShardState::Succeeded), "p".to_owned())
+                .is_empty()
+        );
+        assert_eq!(
+            names(tracker.task_changed(task("b", ShardState::Failed), "p".to_owned())),
+            ["shard.failed", "wave.finished"]
+        );
+        assert!(
+            tracker
+                .task_changed(task("b", ShardState::Failed), "p".to_owned())
+                .is_empty(),
+            "seen"
+        );
+        plan.state = PlanState::Halted.into();
+        assert_eq!(names(tracker.plan_changed(plan)), ["rollout.halted"]);
+    }
+}
