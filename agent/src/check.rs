@@ -2,9 +2,10 @@
 
 use std::process::ExitCode;
 
-use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts, catalog};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::RevisionStatus;
+use fleetshift_common::proto::v1::TableFacts;
 use serde::Serialize;
 
 use crate::cli::Output;
@@ -25,6 +26,9 @@ pub struct ShardReport {
     pub unfinished: Vec<String>,
     pub fence_token: Option<i64>,
     pub error: Option<String>,
+    /// The shard's tables with sizes and dependents (PostgreSQL), for the Hello.
+    #[serde(skip)]
+    pub tables: Vec<TableFacts>,
 }
 
 pub async fn run(config: &AgentConfig, output: Output) -> ExitCode {
@@ -82,9 +86,19 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
         unfinished: Vec::new(),
         fence_token: None,
         error: None,
+        tables: Vec::new(),
     };
     let result = match engine::connect(&shard.database_url, Timeouts::default()).await {
-        Ok(Connected::Postgres(engine)) => summarize(engine.as_ref(), &mut report).await,
+        Ok(Connected::Postgres(engine)) => {
+            let summarized = summarize(engine.as_ref(), &mut report).await;
+            match catalog::table_facts(engine.pool()).await {
+                Ok(tables) => report.tables = tables,
+                Err(error) => {
+                    tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's catalog; plans will not weigh its tables")
+                }
+            }
+            summarized
+        }
         Ok(Connected::Sqlite(engine)) => summarize(&engine, &mut report).await,
         Err(error) => Err(error),
     };

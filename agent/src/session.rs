@@ -264,6 +264,7 @@ async fn hello(config: &AgentConfig) -> Hello {
             fence_token: report.fence_token.unwrap_or_default(),
             reachable: report.reachable,
             unfinished_versions: report.unfinished,
+            tables: report.tables,
         });
     }
     Hello {

@@ -8,6 +8,7 @@ mod integration {
     mod agent;
     mod assignments;
     mod atomicity;
+    mod catalog;
     mod conformance;
     mod crates_io;
     mod election;

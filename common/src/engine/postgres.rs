@@ -2,6 +2,7 @@
 //! `SET LOCAL` timeouts in every fenced transaction, and a migrator lock on its own leased
 //! session (see [`migrator_lock`]).
 
+pub mod catalog;
 mod ledger_sql;
 mod migrator_lock;
 mod session;

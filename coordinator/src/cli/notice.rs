@@ -179,11 +179,23 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
     let affected_tables: Vec<Value> = tables
         .iter()
         .map(|(name, (operations, lock))| {
-            json!({
+            let mut table = json!({
                 "name": name,
                 "operation": operations.join(", "),
                 "downtime_estimate": impact(lock),
-            })
+            });
+            // The largest shard's estimate, when the shards' catalogs reported the table.
+            let rows = plan
+                .analyses
+                .iter()
+                .flat_map(|analysis| &analysis.tables)
+                .filter(|facts| facts.table == *name)
+                .map(|facts| facts.estimated_rows)
+                .max();
+            if let (Some(rows), Some(object)) = (rows, table.as_object_mut()) {
+                object.insert("estimated_rows".to_owned(), json!(rows));
+            }
+            table
         })
         .collect();
     let schema_changes: Vec<Value> = plan
@@ -257,7 +269,9 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use fleetshift_common::proto::v1::{Approval, RiskAssessment, SchemaChange, ShardTask, Wave};
+    use fleetshift_common::proto::v1::{
+        Approval, RiskAssessment, SchemaChange, ShardAnalysis, ShardTask, TableFacts, Wave,
+    };
 
     use super::*;
 
@@ -303,6 +317,14 @@ mod tests {
                 approvals_required: 2,
                 ..RiskAssessment::default()
             }),
+            analyses: vec![ShardAnalysis {
+                shard_id: "s1".to_owned(),
+                tables: vec![TableFacts {
+                    table: "orders".to_owned(),
+                    estimated_rows: 120_000,
+                    ..TableFacts::default()
+                }],
+            }],
             approvals: vec![Approval {
                 approver: "spiffe://fleet.example/operator/bob".to_owned(),
                 at: None,
@@ -342,7 +364,8 @@ mod tests {
             "Risk: **CRITICAL** (85/100)",
             "Start: 2026-12-01 02:00 UTC",
             "Expected duration: to be announced",
-            "`orders`: ALTER TABLE, UPDATE; estimated rows: not assessed; downtime: reads and writes wait",
+            "`orders`: ALTER TABLE, UPDATE; estimated rows: 120000; downtime: reads and writes wait",
+            "`items`: CREATE INDEX; estimated rows: not assessed",
             "ALTER TABLE `orders`: `ALTER TABLE orders ADD COLUMN note text`",
             "fleetshift cancel p-1",
             "spiffe://fleet.example/operator/bob",

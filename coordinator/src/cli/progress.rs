@@ -282,6 +282,15 @@ pub fn summary(plan: &Plan, output: Output) {
                         "explanation": factor.explanation,
                     })).collect::<Vec<_>>(),
                 })),
+                "analyses": plan.analyses.iter().map(|analysis| json!({
+                    "shard": analysis.shard_id,
+                    "tables": analysis.tables.iter().map(|facts| json!({
+                        "table": facts.table,
+                        "estimated_rows": facts.estimated_rows,
+                        "total_bytes": facts.total_bytes,
+                        "dependents": facts.dependents,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
                 "findings": plan.findings.iter().map(|finding| json!({
                     "rule": finding.rule,
                     "severity": finding.severity,

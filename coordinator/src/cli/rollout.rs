@@ -183,7 +183,39 @@ fn print_plan(plan: &Plan, output: Output) {
         println!("  wave {}: {} shard(s): {listed}", wave.index, shards.len());
     }
     print_risk(plan);
+    print_analyses(plan);
     print_findings(plan);
+}
+
+/// The changed tables on each shard (first ten shards), as the shards' catalogs describe them.
+fn print_analyses(plan: &Plan) {
+    let shown: Vec<_> = plan
+        .analyses
+        .iter()
+        .filter(|analysis| !analysis.tables.is_empty())
+        .collect();
+    for analysis in shown.iter().take(10) {
+        let tables: Vec<String> = analysis
+            .tables
+            .iter()
+            .map(|facts| {
+                format!(
+                    "{} (~{} rows, {} MiB, {} dependent(s))",
+                    facts.table,
+                    facts.estimated_rows,
+                    facts.total_bytes / (1024 * 1024),
+                    facts.dependents.len()
+                )
+            })
+            .collect();
+        println!("  {}: {}", analysis.shard_id, tables.join("; "));
+    }
+    if shown.len() > 10 {
+        println!(
+            "  … {} more shard(s); --output json lists them",
+            shown.len() - 10
+        );
+    }
 }
 
 /// The risk score with each factor's contribution, and the approvals it asks for.

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, ExecutionLimits, Hello, Plan, PlanState, SchemaChange, ShardState,
-    ShardTask, Wave, WavePolicy,
+    CreatePlanRequest, ExecutionLimits, Hello, Plan, PlanState, SchemaChange, ShardAnalysis,
+    ShardState, ShardTask, TableFacts, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::touched::touched;
@@ -38,6 +38,8 @@ pub struct Candidate {
     pub host: String,
     /// The shard's `env` (or `environment`) label.
     pub environment: Option<String>,
+    /// Its tables as its agent reported them.
+    pub tables: Vec<TableFacts>,
 }
 
 /// Every announced shard whose labels match `selector`, by id; a shard two agents announce
@@ -67,6 +69,7 @@ pub fn candidates(
                     .get("env")
                     .or_else(|| shard.labels.get("environment"))
                     .cloned(),
+                tables: shard.tables.clone(),
             };
             if let Some(other) = found.insert(shard.shard_id.clone(), candidate) {
                 return Err(RolloutError::BadRequest(format!(
@@ -213,6 +216,23 @@ pub fn plan(
         .map(|shard| risk::ShardContext {
             shard_id: shard.shard_id.clone(),
             environment: shard.environment.clone(),
+            tables: shard.tables.clone(),
+        })
+        .collect();
+    let changed: Vec<String> = set.revisions[..applied]
+        .iter()
+        .flat_map(|revision| risk::changed_tables(revision.up.statements()))
+        .collect();
+    let analyses = shards
+        .iter()
+        .map(|shard| ShardAnalysis {
+            shard_id: shard.shard_id.clone(),
+            tables: shard
+                .tables
+                .iter()
+                .filter(|facts| changed.contains(&facts.table))
+                .cloned()
+                .collect(),
         })
         .collect();
     let risk = risk::assess(&set.revisions[..applied], &findings, &contexts);
@@ -259,6 +279,7 @@ pub fn plan(
         findings,
         risk: Some(risk),
         changes,
+        analyses,
     })
 }
 
@@ -273,6 +294,7 @@ mod tests {
                 agent_id: "a".to_owned(),
                 host: "h".to_owned(),
                 environment: None,
+                tables: Vec::new(),
             })
             .collect()
     }

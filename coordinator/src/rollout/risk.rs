@@ -6,12 +6,16 @@
 //! Factors: open lint findings (the worst severity, more for several errors); locks that block
 //! the table (ACCESS EXCLUSIVE, or SHARE for a plain index build); no down script; a production
 //! shard (`env` / `environment` label); no verified backup on a production shard (plans cannot
-//! require one yet). Table sizes and dependent objects are not assessed yet (the agents' catalog
-//! analysis is not built): that factor adds nothing and says so.
+//! require one yet); the size of the largest existing table it changes and the objects that
+//! depend on the changed tables, from the shard's catalog as its agent reported it (when there
+//! are no facts, a `catalog` factor adds nothing and says so).
 
-use fleetshift_common::proto::v1::{LintFinding, RiskAssessment, RiskFactor, RiskLevel};
+use fleetshift_common::proto::v1::{
+    LintFinding, RiskAssessment, RiskFactor, RiskLevel, TableFacts,
+};
 use fleetshift_common::source::Revision;
 use fleetshift_common::statements::Statement;
+use fleetshift_common::touched::touched;
 
 /// A shard the plan covers, as risk sees it.
 #[derive(Debug, Clone)]
@@ -19,6 +23,8 @@ pub struct ShardContext {
     pub shard_id: String,
     /// The `env` (or `environment`) label, when set.
     pub environment: Option<String>,
+    /// Its tables as its agent last reported them; empty when unknown.
+    pub tables: Vec<TableFacts>,
 }
 
 impl ShardContext {
@@ -117,12 +123,73 @@ fn factors(
             "no verified backup is taken before the first DDL".to_owned(),
         ));
     }
-    factors.push(factor(
-        "catalog",
-        0,
-        "table sizes and dependent objects are not assessed".to_owned(),
-    ));
+    factors.extend(catalog(revision.up.statements(), shard));
     factors.retain(|factor| factor.points > 0 || factor.name == "catalog");
+    factors
+}
+
+/// The tables a revision changes that exist already (a table it creates is new and empty).
+pub fn changed_tables(statements: &[Statement]) -> Vec<String> {
+    let mut tables: Vec<String> = statements
+        .iter()
+        .filter_map(touched)
+        .filter(|touch| touch.operation != "CREATE TABLE")
+        .map(|touch| touch.table)
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}
+
+/// Size and dependents of the changed tables on this shard, from its catalog facts.
+fn catalog(statements: &[Statement], shard: &ShardContext) -> Vec<RiskFactor> {
+    if shard.tables.is_empty() {
+        return vec![factor(
+            "catalog",
+            0,
+            format!(
+                "no catalog facts from {}'s agent: table sizes and dependents unknown",
+                shard.shard_id
+            ),
+        )];
+    }
+    let changed: Vec<&TableFacts> = changed_tables(statements)
+        .iter()
+        .filter_map(|name| shard.tables.iter().find(|facts| &facts.table == name))
+        .collect();
+    let mut factors = Vec::new();
+    if let Some(largest) = changed.iter().max_by_key(|facts| facts.estimated_rows) {
+        let points = match largest.estimated_rows {
+            1_000_000.. => 15,
+            100_000.. => 10,
+            10_000.. => 5,
+            _ => 0,
+        };
+        factors.push(factor(
+            "size",
+            points,
+            format!(
+                "{} holds about {} rows ({} MiB) on {}",
+                largest.table,
+                largest.estimated_rows,
+                largest.total_bytes / (1024 * 1024),
+                shard.shard_id
+            ),
+        ));
+    }
+    let dependents: Vec<&str> = changed
+        .iter()
+        .flat_map(|facts| &facts.dependents)
+        .map(String::as_str)
+        .filter(|dependent| !dependent.starts_with("index "))
+        .collect();
+    if !dependents.is_empty() {
+        factors.push(factor(
+            "dependents",
+            if dependents.len() >= 5 { 10 } else { 5 },
+            format!("depended on by {}", dependents.join(", ")),
+        ));
+    }
     factors
 }
 
@@ -235,7 +302,44 @@ mod tests {
         ShardContext {
             shard_id: "s1".to_owned(),
             environment: environment.map(str::to_owned),
+            tables: Vec::new(),
         }
+    }
+
+    fn with_table(rows: i64, dependents: &[&str]) -> ShardContext {
+        ShardContext {
+            tables: vec![TableFacts {
+                table: "t".to_owned(),
+                estimated_rows: rows,
+                total_bytes: rows * 100,
+                dependents: dependents.iter().map(|name| (*name).to_owned()).collect(),
+            }],
+            ..shard(Some("staging"))
+        }
+    }
+
+    #[test]
+    fn the_same_revision_scores_higher_where_its_table_is_large_and_depended_on() {
+        let change = revision("CREATE INDEX i ON t (c);", true);
+        let empty = assess(std::slice::from_ref(&change), &[], &[with_table(0, &[])]);
+        let large = assess(
+            std::slice::from_ref(&change),
+            &[],
+            &[with_table(
+                5_000_000,
+                &["view public.v", "trigger audit", "index i2"],
+            )],
+        );
+        assert_eq!((empty.score, large.score), (10, 30));
+        assert!(
+            large
+                .factors
+                .iter()
+                .any(|factor| factor.name == "dependents"
+                    && factor.explanation.contains("view public.v")
+                    && !factor.explanation.contains("index")),
+            "{large:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,84 @@
+//! What a shard's catalog says about its tables: estimated rows (`reltuples`), total size, and
+//! every object that depends on a table or that a change to it may break: views and
+//! materialized views, foreign keys in and out, indexes, triggers, functions whose body names
+//! the table, row-level security policies and publications. The agent reports these with its
+//! shard facts; plans weigh them in their risk.
+
+use sqlx::PgPool;
+
+use crate::proto::v1::TableFacts;
+
+/// User tables (not in `pg_catalog`, `information_schema` or fleetshift's own schema).
+const TABLES: &str = "
+    SELECT c.oid::bigint, n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,
+           pg_total_relation_size(c.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
+      AND n.nspname NOT LIKE 'pg_toast%'
+    ORDER BY n.nspname, c.relname";
+
+/// (table oid, dependent description) for every kind of dependent.
+const DEPENDENTS: &str = "
+    SELECT DISTINCT d.refobjid::bigint,
+           CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+             || vn.nspname || '.' || v.relname
+    FROM pg_depend d
+    JOIN pg_rewrite r ON r.oid = d.objid
+    JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> d.refobjid
+    JOIN pg_namespace vn ON vn.oid = v.relnamespace
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+  UNION ALL
+    SELECT con.conrelid::bigint, 'foreign key ' || con.conname || ' to ' || con.confrelid::regclass::text
+    FROM pg_constraint con WHERE con.contype = 'f'
+  UNION ALL
+    SELECT con.confrelid::bigint, 'foreign key ' || con.conname || ' from ' || con.conrelid::regclass::text
+    FROM pg_constraint con WHERE con.contype = 'f'
+  UNION ALL
+    SELECT i.indrelid::bigint, 'index ' || i.indexrelid::regclass::text
+    FROM pg_index i
+  UNION ALL
+    SELECT t.tgrelid::bigint, 'trigger ' || t.tgname
+    FROM pg_trigger t WHERE NOT t.tgisinternal
+  UNION ALL
+    SELECT c.oid::bigint, 'function ' || p.oid::regprocedure::text
+    FROM pg_proc p
+    JOIN pg_namespace pn ON pn.oid = p.pronamespace
+    JOIN pg_class c ON c.relkind IN ('r', 'p')
+      AND p.prosrc ~* ('\\m' || c.relname || '\\M')
+    WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')
+  UNION ALL
+    SELECT pol.polrelid::bigint, 'policy ' || pol.polname
+    FROM pg_policy pol
+  UNION ALL
+    SELECT pr.prrelid::bigint, 'publication ' || pub.pubname
+    FROM pg_publication_rel pr JOIN pg_publication pub ON pub.oid = pr.prpubid";
+
+/// Every user table with its size and dependents.
+pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> {
+    let tables: Vec<(i64, String, String, i64, i64)> =
+        sqlx::query_as(TABLES).fetch_all(pool).await?;
+    let dependents: Vec<(i64, String)> = sqlx::query_as(DEPENDENTS).fetch_all(pool).await?;
+    Ok(tables
+        .into_iter()
+        .map(|(oid, schema, name, rows, bytes)| {
+            let mut named: Vec<String> = dependents
+                .iter()
+                .filter(|(table, _)| *table == oid)
+                .map(|(_, dependent)| dependent.clone())
+                .collect();
+            named.sort();
+            named.dedup();
+            TableFacts {
+                table: if schema == "public" {
+                    name
+                } else {
+                    format!("{schema}.{name}")
+                },
+                estimated_rows: rows,
+                total_bytes: bytes,
+                dependents: named,
+            }
+        })
+        .collect())
+}
