@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use fleetshift_common::engine::{PostgresShard, Timeouts};
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
 use fleetshift_common::secrets::DatabaseUrl;
@@ -22,13 +22,7 @@ use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{fixtures, psql};
 
 fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find(|argument| !argument.starts_with('-'))
-        .map(|argument| argument.parse())
-        .transpose()
-        .context("the argument is the number of rounds")?
-        .unwrap_or(5);
+    let [rounds] = fleetshift_tests::bench::numbers(["ROUNDS"], [5])?;
     let runtime = tokio::runtime::Runtime::new()?;
     let cluster = PostgresCluster::start()?;
     let set = MigrationSet::load(&fixtures::crates_io(), None)?;

@@ -42,13 +42,7 @@ use tokio_util::sync::CancellationToken;
 const SHARDS_PER_AGENT: usize = 10;
 
 fn main() -> anyhow::Result<()> {
-    let shards: usize = std::env::args()
-        .skip(1)
-        .find(|argument| !argument.starts_with('-'))
-        .map(|argument| argument.parse())
-        .transpose()
-        .context("the argument is the number of simulated shards")?
-        .unwrap_or(2_000);
+    let [shards] = fleetshift_tests::bench::numbers(["SHARDS"], [2_000])?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -13,13 +13,7 @@ use fleetshift_coordinator::lint;
 use fleetshift_tests::fixtures;
 
 fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find(|argument| !argument.starts_with('-'))
-        .map(|argument| argument.parse())
-        .transpose()
-        .context("the argument is the number of rounds")?
-        .unwrap_or(20);
+    let [rounds] = fleetshift_tests::bench::numbers(["ROUNDS"], [20])?;
     let mut loads = Vec::with_capacity(rounds);
     let mut lints = Vec::with_capacity(rounds);
     let mut report = None;

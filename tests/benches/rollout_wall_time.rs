@@ -44,20 +44,7 @@ const AGENTS: usize = 4;
 const REVISIONS: usize = 20;
 
 fn main() -> anyhow::Result<()> {
-    let mut numbers = std::env::args()
-        .skip(1)
-        .filter(|argument| !argument.starts_with('-'))
-        .map(|argument| argument.parse::<usize>());
-    let rounds = numbers
-        .next()
-        .transpose()
-        .context("ROUNDS is a number")?
-        .unwrap_or(3);
-    let concurrency = numbers
-        .next()
-        .transpose()
-        .context("C is a number")?
-        .unwrap_or(8);
+    let [rounds, concurrency] = fleetshift_tests::bench::numbers(["ROUNDS", "C"], [3, 8])?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

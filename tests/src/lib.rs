@@ -5,6 +5,7 @@
 //!   of what a fleetshift session is running.
 //! - [`etcd`]: a throwaway single-node etcd per test (Debian's `etcd-server`).
 //! - [`fleet`]: a development PKI and child processes that die with the test.
+//! - [`bench`]: the benchmarks' numeric arguments.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
 //! - [`ledger_check`]: the after-fault checker of a shard's ledger.
 //! - [`wait`]: polling for a condition, bounded in time.
@@ -12,6 +13,7 @@
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
 //! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
 
+pub mod bench;
 pub mod binary;
 pub mod etcd;
 pub mod fixtures;
