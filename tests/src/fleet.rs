@@ -238,7 +238,10 @@ pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) ->
 /// through their states, nothing is dispatched).
 pub struct InProcessCoordinator {
     pub store: std::sync::Arc<fleetshift_coordinator::store::EtcdStore>,
-    pub pki: tempfile::TempDir,
+    /// The sessions this replica holds (for handing assignments straight to an agent).
+    pub mailbox: std::sync::Arc<fleetshift_coordinator::mailbox::Mailbox>,
+    /// A directory for the test's files, with the PKI in `pki/`.
+    pub home: tempfile::TempDir,
     pub address: std::net::SocketAddr,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     _etcd: crate::etcd::EtcdServer,
@@ -271,19 +274,20 @@ impl InProcessCoordinator {
                 .await
                 .expect("store"),
         );
-        let pki_dir = tempfile::tempdir().expect("pki");
-        init_pki(pki_dir.path());
-        issue(pki_dir.path(), Role::Coordinator, "c1", &["localhost"]);
+        let home = tempfile::tempdir().expect("fleet directory");
+        let pki_dir = home.path().join("pki");
+        init_pki(&pki_dir);
+        issue(&pki_dir, Role::Coordinator, "c1", &["localhost"]);
         for agent in agents {
-            issue(pki_dir.path(), Role::Agent, agent, &[]);
+            issue(&pki_dir, Role::Agent, agent, &[]);
         }
         for operator in operators {
-            issue(pki_dir.path(), Role::Operator, operator, &[]);
+            issue(&pki_dir, Role::Operator, operator, &[]);
         }
         let files = fleetshift_common::tls::mtls::TlsFiles {
-            certificate: pki_dir.path().join("coordinator-c1.pem"),
-            private_key: pki_dir.path().join("coordinator-c1.key"),
-            trust_bundle: pki_dir.path().join(pki::CA_CERTIFICATE),
+            certificate: pki_dir.join("coordinator-c1.pem"),
+            private_key: pki_dir.join("coordinator-c1.key"),
+            trust_bundle: pki_dir.join(pki::CA_CERTIFICATE),
         };
         let tls = reload::watch_config(files, mtls::server_config, Duration::from_secs(1))
             .await
@@ -304,27 +308,33 @@ impl InProcessCoordinator {
             listener,
             tls,
             sessions,
-            FleetApi::new(std::sync::Arc::clone(&store), mailbox, roles, TRUST_DOMAIN),
+            FleetApi::new(
+                std::sync::Arc::clone(&store),
+                std::sync::Arc::clone(&mailbox),
+                roles,
+                TRUST_DOMAIN,
+            ),
             async {
                 let _ = stop.await;
             },
         ));
         Self {
             store,
-            pki: pki_dir,
+            mailbox,
+            home,
             address,
             _shutdown: shutdown,
             _etcd: etcd,
         }
     }
 
+    /// The PKI directory (`ca.pem`, `<role>-<name>.pem` / `.key`).
+    pub fn pki(&self) -> std::path::PathBuf {
+        self.home.path().join("pki")
+    }
+
     /// A client channel as `holder` (`<role>-<name>`).
     pub async fn channel(&self, holder: &str) -> tonic::transport::Channel {
-        channel_as(
-            &format!("https://{}", self.address),
-            self.pki.path(),
-            holder,
-        )
-        .await
+        channel_as(&format!("https://{}", self.address), &self.pki(), holder).await
     }
 }

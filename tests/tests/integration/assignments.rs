@@ -2,24 +2,15 @@
 //! mailbox to a real agent process, which runs the fenced executor on a real PostgreSQL shard
 //! under the claim's fencing token.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{self, Assignment, Direction, ErrorKind, RevisionOutcome};
 use fleetshift_common::source::MigrationSet;
-use fleetshift_common::tls::identity::Role;
-use fleetshift_common::tls::mtls::{self, TlsFiles};
-use fleetshift_common::tls::{pki, reload};
-use fleetshift_coordinator::agent_session::AgentSessions;
 use fleetshift_coordinator::authz::Roles;
-use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::mailbox::DispatchError;
-use fleetshift_coordinator::serve;
-use fleetshift_coordinator::store::{EtcdStore, Store};
-use fleetshift_tests::etcd::EtcdServer;
-use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, assign, init_pki, issue, write_agent_config};
+use fleetshift_coordinator::store::Store;
+use fleetshift_tests::fleet::{InProcessCoordinator, Process, assign, write_agent_config};
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 
@@ -48,57 +39,14 @@ fn assignment(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = Arc::new(
-        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-            .await
-            .expect("store"),
-    );
+    let fleet = InProcessCoordinator::start(Roles::default(), &["db-host-1"], &[]).await;
+    let (store, mailbox, home) = (&fleet.store, &fleet.mailbox, &fleet.home);
+    let port = fleet.address.port();
     let Database {
         cluster: _cluster,
         url,
         admin,
     } = support::database("orders").await;
-
-    let home = tempfile::tempdir().expect("fleet directory");
-    let pki_dir = home.path().join("pki");
-    init_pki(&pki_dir);
-    issue(&pki_dir, Role::Coordinator, "c1", &["localhost"]);
-    issue(&pki_dir, Role::Agent, "db-host-1", &[]);
-    let server_files = TlsFiles {
-        certificate: pki_dir.join("coordinator-c1.pem"),
-        private_key: pki_dir.join("coordinator-c1.key"),
-        trust_bundle: pki_dir.join(pki::CA_CERTIFICATE),
-    };
-    let tls = reload::watch_config(server_files, mtls::server_config, Duration::from_secs(5))
-        .await
-        .expect("tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let sessions = AgentSessions::new(
-        Arc::clone(&store),
-        SessionIntervals::from_heartbeat(Duration::from_secs(1)),
-        "c1",
-        TRUST_DOMAIN,
-    );
-    let mailbox = sessions.mailbox();
-    let (_shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve::serve(
-        listener,
-        tls,
-        sessions,
-        FleetApi::new(
-            Arc::clone(&store),
-            Arc::clone(&mailbox),
-            Roles::default(),
-            TRUST_DOMAIN,
-        ),
-        async {
-            let _ = stop.await;
-        },
-    ));
 
     std::fs::write(home.path().join("orders.url"), &url).expect("secret");
     write_agent_config(
@@ -145,7 +93,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     let mut progress = mailbox.subscribe_progress();
     let result = assign(
         store.as_ref(),
-        &mailbox,
+        mailbox,
         "db-host-1",
         assignment(
             "a-1",
@@ -213,7 +161,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     // A stale assignment (an older token) is fenced out by the shard itself.
     let stale = assign(
         store.as_ref(),
-        &mailbox,
+        mailbox,
         "db-host-1",
         assignment(
             "a-2",
@@ -248,7 +196,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         .for_each(|file| file.content = b"DROP TABLE orders;".to_vec());
     let refused = assign(
         store.as_ref(),
-        &mailbox,
+        mailbox,
         "db-host-1",
         assignment(
             "a-3",
@@ -278,7 +226,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     // The coordinator sends an agent only its own shards.
     let foreign = assign(
         store.as_ref(),
-        &mailbox,
+        mailbox,
         "db-host-1",
         assignment(
             "a-4",

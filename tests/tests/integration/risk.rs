@@ -192,18 +192,17 @@ async fn a_notice_renders_the_plan_through_a_users_template() {
         .await
         .expect("plan")
         .into_inner();
-    let template = fleet.pki.path().join("notice.j2");
+    let template = fleet.home.path().join("notice.j2");
     std::fs::write(
         &template,
         "{{ maintenance_id }} {{ environment }} {{ pool_size or \"pool n/a\" }}\n\
          {% for table in affected_tables %}{{ table.name }}: {{ table.operation }} / {{ table.estimated_rows or \"rows unknown\" }}\n{% endfor %}",
     )
     .expect("template");
-    let pki = fleet.pki.path();
+    let pki = fleet.pki();
     let output = tokio::task::spawn_blocking({
         let plan_id = plan.plan_id.clone();
         let address = format!("https://localhost:{}", fleet.address.port());
-        let pki = pki.to_path_buf();
         move || {
             std::process::Command::new(fleetshift_tests::binary::fleetshift())
                 .args(["plan", "notice", &plan_id, "--template"])

@@ -27,7 +27,7 @@ async fn fleet() -> InProcessCoordinator {
 
 async fn client(fleet: &InProcessCoordinator, holder: &str) -> AgentServiceClient<Channel> {
     let address = format!("https://{}", fleet.address);
-    AgentServiceClient::new(channel_as(&address, fleet.pki.path(), holder).await)
+    AgentServiceClient::new(channel_as(&address, &fleet.pki(), holder).await)
 }
 
 /// Opens a session; returns the sender for agent messages and the coordinator's stream.
