@@ -72,6 +72,54 @@ pub fn touched(statement: &Statement) -> Option<Touch> {
     })
 }
 
+/// Columns an `ALTER TABLE` renames, drops or retypes, with what it does to them: what depends
+/// on such a column breaks or must be rewritten.
+pub fn altered_columns(statement: &Statement) -> Vec<(String, &'static str)> {
+    let tokens: Vec<&str> = statement.tokens().collect();
+    let upper: Vec<String> = tokens
+        .iter()
+        .map(|token| token.to_ascii_uppercase())
+        .collect();
+    if upper.first().map(String::as_str) != Some("ALTER")
+        || upper.get(1).map(String::as_str) != Some("TABLE")
+    {
+        return Vec::new();
+    }
+    let word = |index: usize| upper.get(index).map(String::as_str);
+    let name_after = |mut index: usize| {
+        while matches!(word(index), Some("COLUMN" | "IF" | "EXISTS")) {
+            index += 1;
+        }
+        tokens.get(index).map(|token| unquote(token))
+    };
+    let mut altered = Vec::new();
+    // After `ALTER TABLE <name>`.
+    for index in 3..upper.len() {
+        let action = match (word(index), word(index + 1)) {
+            (Some("RENAME"), Some("COLUMN")) => Some(("renamed", index + 1)),
+            (Some("RENAME"), Some(next)) if next != "TO" && next != "CONSTRAINT" => {
+                Some(("renamed", index + 1))
+            }
+            (Some("DROP"), Some("COLUMN")) => Some(("dropped", index + 1)),
+            (Some("ALTER"), Some(_))
+                if upper[index + 1..]
+                    .iter()
+                    .take(5)
+                    .any(|token| token == "TYPE") =>
+            {
+                Some(("retyped", index + 1))
+            }
+            _ => None,
+        };
+        if let Some((action, at)) = action
+            && let Some(column) = name_after(at)
+        {
+            altered.push((column, action));
+        }
+    }
+    altered
+}
+
 fn unquote(name: &str) -> String {
     name.trim_matches('"').to_owned()
 }
@@ -108,5 +156,29 @@ mod tests {
             Some(("t".to_owned(), "CREATE TABLE", ACCESS_EXCLUSIVE))
         );
         assert_eq!(touch("SELECT 1"), None);
+    }
+
+    #[test]
+    fn columns_renamed_dropped_or_retyped() {
+        let altered = |sql: &str| altered_columns(&split(sql)[0]);
+        assert_eq!(
+            altered("ALTER TABLE users RENAME COLUMN email TO mail"),
+            [("email".to_owned(), "renamed")]
+        );
+        assert_eq!(
+            altered(
+                "ALTER TABLE users DROP COLUMN IF EXISTS \"legacy\", ALTER COLUMN age TYPE bigint"
+            ),
+            [
+                ("legacy".to_owned(), "dropped"),
+                ("age".to_owned(), "retyped")
+            ]
+        );
+        assert_eq!(
+            altered("ALTER TABLE users ALTER COLUMN age SET DATA TYPE bigint"),
+            [("age".to_owned(), "retyped")]
+        );
+        assert!(altered("ALTER TABLE users ADD COLUMN note text").is_empty());
+        assert!(altered("ALTER TABLE users RENAME TO people").is_empty());
     }
 }

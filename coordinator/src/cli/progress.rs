@@ -289,6 +289,10 @@ pub fn summary(plan: &Plan, output: Output) {
                         "estimated_rows": facts.estimated_rows,
                         "total_bytes": facts.total_bytes,
                         "dependents": facts.dependents,
+                        "columns": facts.columns.iter().map(|column| json!({
+                            "column": column.column,
+                            "dependents": column.dependents,
+                        })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "findings": plan.findings.iter().map(|finding| json!({

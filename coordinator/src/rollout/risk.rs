@@ -6,16 +6,17 @@
 //! Factors: open lint findings (the worst severity, more for several errors); locks that block
 //! the table (ACCESS EXCLUSIVE, or SHARE for a plain index build); no down script; a production
 //! shard (`env` / `environment` label); no verified backup on a production shard (plans cannot
-//! require one yet); the size of the largest existing table it changes and the objects that
-//! depend on the changed tables, from the shard's catalog as its agent reported it (when there
-//! are no facts, a `catalog` factor adds nothing and says so).
+//! require one yet); the size of the largest existing table it changes, the objects that
+//! depend on the changed tables, and the objects that use a column it renames, drops or
+//! retypes, from the shard's catalog as its agent reported it (when there are no facts, a
+//! `catalog` factor adds nothing and says so).
 
 use fleetshift_common::proto::v1::{
     LintFinding, RiskAssessment, RiskFactor, RiskLevel, TableFacts,
 };
 use fleetshift_common::source::Revision;
 use fleetshift_common::statements::Statement;
-use fleetshift_common::touched::touched;
+use fleetshift_common::touched::{altered_columns, touched};
 
 /// A shard the plan covers, as risk sees it.
 #[derive(Debug, Clone)]
@@ -190,7 +191,48 @@ fn catalog(statements: &[Statement], shard: &ShardContext) -> Vec<RiskFactor> {
             format!("depended on by {}", dependents.join(", ")),
         ));
     }
+    factors.extend(broken_by_columns(statements, shard));
     factors
+}
+
+/// Objects that use a column the revision renames, drops or retypes: they break or their SQL
+/// must change (views follow a rename by themselves; function bodies do not).
+fn broken_by_columns(statements: &[Statement], shard: &ShardContext) -> Option<RiskFactor> {
+    let mut broken = Vec::new();
+    for statement in statements {
+        let Some(table) = touched(statement).map(|touch| touch.table) else {
+            continue;
+        };
+        let Some(facts) = shard.tables.iter().find(|facts| facts.table == table) else {
+            continue;
+        };
+        for (column, action) in altered_columns(statement) {
+            let users = facts
+                .columns
+                .iter()
+                .find(|facts| facts.column == column)
+                .map(|facts| facts.dependents.as_slice())
+                .unwrap_or_default();
+            let affected: Vec<&str> = users
+                .iter()
+                .map(String::as_str)
+                .filter(|user| action != "renamed" || user.starts_with("function "))
+                .collect();
+            if !affected.is_empty() {
+                broken.push(format!(
+                    "{table}.{column} {action}: {}",
+                    affected.join(", ")
+                ));
+            }
+        }
+    }
+    (!broken.is_empty()).then(|| {
+        factor(
+            "columns",
+            10,
+            format!("objects that must change: {}", broken.join("; ")),
+        )
+    })
 }
 
 /// The worst open finding: error 30 (+5 for each further error, at most +15), warning 10.
@@ -313,6 +355,7 @@ mod tests {
                 estimated_rows: rows,
                 total_bytes: rows * 100,
                 dependents: dependents.iter().map(|name| (*name).to_owned()).collect(),
+                columns: Vec::new(),
             }],
             ..shard(Some("staging"))
         }
@@ -402,6 +445,39 @@ mod tests {
         assert_eq!(staging.level, i32::from(RiskLevel::Medium));
         assert_eq!(reviewed.level, i32::from(RiskLevel::Low));
         assert!(production.author_may_approve);
+    }
+
+    #[test]
+    fn renaming_a_column_a_function_names_is_a_factor_views_are_not() {
+        let rename = revision("ALTER TABLE t RENAME COLUMN email TO mail;", true);
+        let shard = ShardContext {
+            tables: vec![TableFacts {
+                table: "t".to_owned(),
+                columns: vec![fleetshift_common::proto::v1::ColumnFacts {
+                    column: "email".to_owned(),
+                    dependents: vec![
+                        "view public.v".to_owned(),
+                        "function notify_owner()".to_owned(),
+                    ],
+                }],
+                ..TableFacts::default()
+            }],
+            ..shard(Some("staging"))
+        };
+        let assessed = assess(&[rename], &[], &[shard]);
+        let columns = assessed
+            .factors
+            .iter()
+            .find(|factor| factor.name == "columns")
+            .expect("a columns factor");
+        assert_eq!(columns.points, 10);
+        assert!(
+            columns
+                .explanation
+                .contains("t.email renamed: function notify_owner()")
+                && !columns.explanation.contains("view"),
+            "{columns:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a shard's catalog says about its tables, on real PostgreSQL: sizes from `reltuples` and
 //! every kind of dependent on a schema built for the test (a view on a column, a materialized
 //! view, foreign keys both ways, an index, a trigger, a function whose body names the table, a
-//! policy, a publication).
+//! policy, a publication), and per column the views, foreign keys and functions that use it.
 
 use fleetshift_common::engine::catalog;
 
@@ -71,6 +71,34 @@ async fn every_kind_of_dependent_is_found_with_the_tables_size() {
             orders.dependents
         );
     }
+    let email = users
+        .columns
+        .iter()
+        .find(|column| column.column == "email")
+        .unwrap_or_else(|| panic!("email's users in {:?}", users.columns));
+    for expected in ["view public.user_emails", "function touch_users()"] {
+        assert!(
+            email
+                .dependents
+                .iter()
+                .any(|dependent| dependent == expected),
+            "{expected} uses users.email: {:?}",
+            email.dependents
+        );
+    }
+    let user_id = table("orders")
+        .columns
+        .iter()
+        .find(|column| column.column == "user_id")
+        .expect("orders.user_id");
+    assert!(
+        user_id
+            .dependents
+            .iter()
+            .any(|dependent| dependent == "foreign key orders_user_id_fkey"),
+        "{:?}",
+        user_id.dependents
+    );
     assert!(
         facts
             .iter()

@@ -1,12 +1,13 @@
 //! What a shard's catalog says about its tables: estimated rows (`reltuples`), total size, and
 //! every object that depends on a table or that a change to it may break: views and
 //! materialized views, foreign keys in and out, indexes, triggers, functions whose body names
-//! the table, row-level security policies and publications. The agent reports these with its
-//! shard facts; plans weigh them in their risk.
+//! the table, row-level security policies and publications; and per column, the views,
+//! indexes, foreign keys and functions that use it. The agent reports these with its shard
+//! facts; plans weigh them in their risk.
 
 use sqlx::PgPool;
 
-use crate::proto::v1::TableFacts;
+use crate::proto::v1::{ColumnFacts, TableFacts};
 
 /// User tables (not in `pg_catalog`, `information_schema` or fleetshift's own schema).
 const TABLES: &str = "
@@ -54,11 +55,50 @@ const DEPENDENTS: &str = "
     SELECT pr.prrelid::bigint, 'publication ' || pub.pubname
     FROM pg_publication_rel pr JOIN pg_publication pub ON pub.oid = pr.prpubid";
 
+/// (table oid, column, dependent) for objects that depend on one column: views and
+/// materialized views that read it, indexes and foreign keys on it, and functions whose body
+/// names it (their SQL must change when the column is renamed or dropped).
+const COLUMN_DEPENDENTS: &str = "
+    SELECT DISTINCT d.refobjid::bigint, a.attname::text,
+           CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
+             || vn.nspname || '.' || v.relname
+    FROM pg_depend d
+    JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+    JOIN pg_rewrite r ON r.oid = d.objid
+    JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> d.refobjid
+    JOIN pg_namespace vn ON vn.oid = v.relnamespace
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.refobjsubid > 0
+  UNION ALL
+    SELECT i.indrelid::bigint, a.attname::text, 'index ' || i.indexrelid::regclass::text
+    FROM pg_index i
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+  UNION ALL
+    SELECT con.conrelid::bigint, a.attname::text, 'foreign key ' || con.conname
+    FROM pg_constraint con
+    JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = ANY (con.conkey)
+    WHERE con.contype = 'f'
+  UNION ALL
+    SELECT con.confrelid::bigint, a.attname::text, 'foreign key ' || con.conname
+    FROM pg_constraint con
+    JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = ANY (con.confkey)
+    WHERE con.contype = 'f'
+  UNION ALL
+    SELECT a.attrelid::bigint, a.attname::text, 'function ' || p.oid::regprocedure::text
+    FROM pg_proc p
+    JOIN pg_namespace pn ON pn.oid = p.pronamespace
+    JOIN pg_class c ON c.relkind IN ('r', 'p') AND p.prosrc ~* ('\\m' || c.relname || '\\M')
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      AND p.prosrc ~* ('\\m' || a.attname || '\\M')
+    WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')";
+
 /// Every user table with its size and dependents.
 pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> {
     let tables: Vec<(i64, String, String, i64, i64)> =
         sqlx::query_as(TABLES).fetch_all(pool).await?;
     let dependents: Vec<(i64, String)> = sqlx::query_as(DEPENDENTS).fetch_all(pool).await?;
+    let column_dependents: Vec<(i64, String, String)> =
+        sqlx::query_as(COLUMN_DEPENDENTS).fetch_all(pool).await?;
     Ok(tables
         .into_iter()
         .map(|(oid, schema, name, rows, bytes)| {
@@ -69,6 +109,22 @@ pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> 
                 .collect();
             named.sort();
             named.dedup();
+            let mut columns: Vec<ColumnFacts> = Vec::new();
+            for (_, column, dependent) in
+                column_dependents.iter().filter(|(table, ..)| *table == oid)
+            {
+                match columns.iter_mut().find(|facts| &facts.column == column) {
+                    Some(facts) if !facts.dependents.contains(dependent) => {
+                        facts.dependents.push(dependent.clone());
+                    }
+                    Some(_) => {}
+                    None => columns.push(ColumnFacts {
+                        column: column.clone(),
+                        dependents: vec![dependent.clone()],
+                    }),
+                }
+            }
+            columns.sort_by(|left, right| left.column.cmp(&right.column));
             TableFacts {
                 table: if schema == "public" {
                     name
@@ -78,6 +134,7 @@ pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> 
                 estimated_rows: rows,
                 total_bytes: bytes,
                 dependents: named,
+                columns,
             }
         })
         .collect())
