@@ -27,8 +27,30 @@ pub struct ShardReport {
     pub fence_token: Option<i64>,
     pub error: Option<String>,
     /// The shard's tables with sizes and dependents (PostgreSQL), for the Hello.
-    #[serde(skip)]
+    #[serde(serialize_with = "tables_as_json")]
     pub tables: Vec<TableFacts>,
+}
+
+fn tables_as_json<S: serde::Serializer>(
+    tables: &[TableFacts],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let tables: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|facts| {
+            serde_json::json!({
+                "table": facts.table,
+                "estimated_rows": facts.estimated_rows,
+                "total_bytes": facts.total_bytes,
+                "dependents": facts.dependents,
+                "columns": facts.columns.iter().map(|column| serde_json::json!({
+                    "column": column.column,
+                    "dependents": column.dependents,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde::Serialize::serialize(&tables, serializer)
 }
 
 pub async fn run(config: &AgentConfig, output: Output) -> ExitCode {

@@ -49,6 +49,15 @@ async fn agent_check_reports_every_shard_and_flags_the_unreachable_one() {
     assert_eq!(shards[0]["id"], "orders");
     assert_eq!(shards[0]["applied"], 1);
     assert_eq!(shards[0]["fence_token"], 3);
+    let tables = shards[0]["tables"].as_array().expect("catalog facts");
+    assert_eq!(
+        tables
+            .iter()
+            .map(|table| table["table"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["orders"],
+        "the shard's own tables, not fleetshift's ledger"
+    );
     assert_eq!(shards[1]["reachable"], true);
     assert_eq!(shards[2]["reachable"], false);
     assert!(
