@@ -20,8 +20,9 @@ use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request}
 use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, ShardState, WavePolicy,
+    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, RiskLevel, ShardState, WavePolicy,
 };
+use fleetshift_common::rollout_names::risk_level_name;
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
@@ -391,6 +392,26 @@ async fn roll_out(
                 .map(|wave| wave.shards.len())
                 .sum::<usize>()
         );
+        if let Some(risk) = &plan.risk {
+            let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
+            let reasons: Vec<&str> = risk
+                .factors
+                .iter()
+                .filter(|factor| factor.points > 0)
+                .map(|factor| factor.explanation.as_str())
+                .collect();
+            println!(
+                "risk {} ({}/100): {}; lint: {} finding(s) (`fleetshift lint` lists them)",
+                risk_level_name(level),
+                risk.score,
+                if reasons.is_empty() {
+                    "nothing notable".to_owned()
+                } else {
+                    reasons.join("; ")
+                },
+                plan.findings.len()
+            );
+        }
     }
     client
         .approve_plan(ApprovePlanRequest {
