@@ -11,11 +11,11 @@ use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
 use fleetshift_common::error::ErrorKind;
-use fleetshift_common::proto::v1::{GetPlanRequest, Plan, RiskLevel};
-use fleetshift_common::rollout_names::risk_level_name;
+use fleetshift_common::proto::v1::{GetPlanRequest, Plan};
 use serde_json::{Value, json};
 
 use super::fleet::{Connection, client, refused};
+use super::progress::risk_json;
 use super::{Output, render};
 use crate::exit;
 
@@ -211,8 +211,6 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
             })
         })
         .collect();
-    let risk = plan.risk.clone().unwrap_or_default();
-    let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
     let mut context = json!({
         "subject": format!(
             "Database maintenance: schema version {} on {shard_count} shard(s){}",
@@ -232,16 +230,7 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
         "error_threshold": plan.policy.as_ref().map_or(1, |policy| policy.failure_threshold),
         "affected_tables": affected_tables,
         "schema_changes": schema_changes,
-        "risk": {
-            "score": risk.score,
-            "level": risk_level_name(level),
-            "approvals_required": risk.approvals_required,
-            "factors": risk.factors.iter().map(|factor| json!({
-                "name": factor.name,
-                "points": factor.points,
-                "explanation": factor.explanation,
-            })).collect::<Vec<_>>(),
-        },
+        "risk": risk_json(&plan.risk.clone().unwrap_or_default()),
         "approvals": plan.approvals.iter().map(|approval| json!({
             "approver": approval.approver,
             "at": approval.at.map(|at| at.to_string()),
@@ -272,6 +261,8 @@ mod tests {
     use fleetshift_common::proto::v1::{
         Approval, RiskAssessment, SchemaChange, ShardAnalysis, ShardTask, TableFacts, Wave,
     };
+
+    use fleetshift_common::proto::v1::RiskLevel;
 
     use super::*;
 

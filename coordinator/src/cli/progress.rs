@@ -9,8 +9,8 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskLevel, RolloutEvent,
-    ShardMetrics, ShardState, WatchRolloutRequest,
+    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment, RiskLevel,
+    RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use serde_json::json;
@@ -269,19 +269,7 @@ pub fn summary(plan: &Plan, output: Output) {
                 "author": plan.author,
                 "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),
                 "shards": shards,
-                "risk": plan.risk.as_ref().map(|risk| json!({
-                    "score": risk.score,
-                    "level": risk_level_name(RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified)),
-                    "revision": risk.revision,
-                    "shard": risk.shard_id,
-                    "approvals_required": risk.approvals_required,
-                    "author_may_approve": risk.author_may_approve,
-                    "factors": risk.factors.iter().map(|factor| json!({
-                        "name": factor.name,
-                        "points": factor.points,
-                        "explanation": factor.explanation,
-                    })).collect::<Vec<_>>(),
-                })),
+                "risk": plan.risk.as_ref().map(risk_json),
                 "analyses": plan.analyses.iter().map(|analysis| json!({
                     "shard": analysis.shard_id,
                     "tables": analysis.tables.iter().map(|facts| json!({
@@ -373,4 +361,22 @@ fn humane(took: std::time::Duration) -> String {
     } else {
         format!("{:.1}s", took.as_secs_f64())
     }
+}
+
+/// A plan's risk as JSON output and notice templates see it.
+pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
+    let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
+    json!({
+        "score": risk.score,
+        "level": risk_level_name(level),
+        "revision": risk.revision,
+        "shard": risk.shard_id,
+        "approvals_required": risk.approvals_required,
+        "author_may_approve": risk.author_may_approve,
+        "factors": risk.factors.iter().map(|factor| json!({
+            "name": factor.name,
+            "points": factor.points,
+            "explanation": factor.explanation,
+        })).collect::<Vec<_>>(),
+    })
 }
