@@ -35,21 +35,7 @@ fn tables_as_json<S: serde::Serializer>(
     tables: &[TableFacts],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let tables: Vec<serde_json::Value> = tables
-        .iter()
-        .map(|facts| {
-            serde_json::json!({
-                "table": facts.table,
-                "estimated_rows": facts.estimated_rows,
-                "total_bytes": facts.total_bytes,
-                "dependents": facts.dependents,
-                "columns": facts.columns.iter().map(|column| serde_json::json!({
-                    "column": column.column,
-                    "dependents": column.dependents,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let tables: Vec<serde_json::Value> = tables.iter().map(catalog::facts_json).collect();
     serde::Serialize::serialize(&tables, serializer)
 }
 

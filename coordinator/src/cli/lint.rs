@@ -11,6 +11,7 @@ use fleetshift_common::source::{MigrationSet, SourceFormat};
 use fleetshift_coordinator::lint::{self, Finding, LintReport, Severity};
 use serde_json::json;
 
+use super::migrate::parse_format;
 use super::render;
 use crate::cli::Output;
 use crate::exit;
@@ -47,10 +48,6 @@ enum LintOutput {
     Human,
     Json,
     Sarif,
-}
-
-fn parse_format(text: &str) -> Result<SourceFormat, String> {
-    text.parse()
 }
 
 pub fn run(arguments: LintArgs) -> ExitCode {

@@ -156,7 +156,7 @@ struct Safety {
     fence_token: Option<i64>,
 }
 
-fn parse_format(text: &str) -> Result<SourceFormat, String> {
+pub(super) fn parse_format(text: &str) -> Result<SourceFormat, String> {
     text.parse()
 }
 

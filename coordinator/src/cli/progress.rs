@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use fleetshift_common::engine::catalog;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
@@ -272,16 +273,7 @@ pub fn summary(plan: &Plan, output: Output) {
                 "risk": plan.risk.as_ref().map(risk_json),
                 "analyses": plan.analyses.iter().map(|analysis| json!({
                     "shard": analysis.shard_id,
-                    "tables": analysis.tables.iter().map(|facts| json!({
-                        "table": facts.table,
-                        "estimated_rows": facts.estimated_rows,
-                        "total_bytes": facts.total_bytes,
-                        "dependents": facts.dependents,
-                        "columns": facts.columns.iter().map(|column| json!({
-                            "column": column.column,
-                            "dependents": column.dependents,
-                        })).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
+                    "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "findings": plan.findings.iter().map(|finding| json!({
                     "rule": finding.rule,

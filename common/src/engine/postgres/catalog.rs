@@ -139,3 +139,17 @@ pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> 
         })
         .collect())
 }
+
+/// A table's facts as `fleetshift-agent check` and plans print them.
+pub fn facts_json(facts: &TableFacts) -> serde_json::Value {
+    serde_json::json!({
+        "table": facts.table,
+        "estimated_rows": facts.estimated_rows,
+        "total_bytes": facts.total_bytes,
+        "dependents": facts.dependents,
+        "columns": facts.columns.iter().map(|column| serde_json::json!({
+            "column": column.column,
+            "dependents": column.dependents,
+        })).collect::<Vec<_>>(),
+    })
+}
