@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetshift_common::secrets::DatabaseUrl;
@@ -31,6 +32,8 @@ struct RawCoordinator {
     /// The name the coordinators' certificates are checked against (default: each address's
     /// host).
     server_name: Option<String>,
+    /// How often the agent sends fresh shard facts while it runs no assignment (default 60s).
+    facts_refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +63,12 @@ pub struct CoordinatorLink {
     /// At least one; the agent starts with the first and moves on when a session is lost.
     pub endpoints: Vec<CoordinatorEndpoint>,
     pub tls: TlsFiles,
+    /// How often fresh shard facts are sent while no assignment runs.
+    pub facts_refresh: Duration,
 }
+
+/// Fresh facts every minute: plans see tables in use as of the last minute or so.
+pub const DEFAULT_FACTS_REFRESH: Duration = Duration::from_secs(60);
 
 /// One replica: where it listens and the name its certificate must carry.
 #[derive(Debug, Clone)]
@@ -184,9 +192,21 @@ fn coordinator_link(
         .into_iter()
         .map(|address| CoordinatorEndpoint::new(address, coordinator.server_name.as_deref()))
         .collect::<anyhow::Result<_>>()?;
+    let facts_refresh = match coordinator.facts_refresh.as_deref() {
+        None => DEFAULT_FACTS_REFRESH,
+        Some(text) => fleetshift_common::duration::parse(text)
+            .map_err(|error| anyhow::anyhow!("[coordinator] facts_refresh: {error}"))
+            .and_then(|interval| {
+                if interval.is_zero() {
+                    bail!("[coordinator] facts_refresh must be longer than zero")
+                }
+                Ok(interval)
+            })?,
+    };
     Ok(Some(CoordinatorLink {
         endpoints,
         tls: tls.relative_to(base),
+        facts_refresh,
     }))
 }
 
@@ -248,6 +268,14 @@ mod tests {
                 "not both",
             ),
             ("server_name = \"x\"", "needs address"),
+            (
+                "address = \"https://a:1\"\nfacts_refresh = \"0s\"",
+                "longer than zero",
+            ),
+            (
+                "address = \"https://a:1\"\nfacts_refresh = \"soon\"",
+                "facts_refresh",
+            ),
         ] {
             std::fs::write(
                 &path,

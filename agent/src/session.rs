@@ -1,5 +1,6 @@
 //! The agent's session with the fleet: connect to a coordinator over mutual TLS, say Hello
-//! with the host's shard facts, take the Handshake's intervals, heartbeat and track the lease
+//! with the host's shard facts (sent again, fresh, every refresh interval while no assignment
+//! runs), take the Handshake's intervals, heartbeat and track the lease
 //! on the agent's own clock ([`LeaseClock`]); reconnect with backoff when the session is lost.
 //! Assignments run under the claim's fencing token and stop (between statements) when the
 //! lease may lapse, when cancelled, or at shutdown; their results go back on the stream.
@@ -16,11 +17,10 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, AssignmentResult, CoordinatorMessage, Engine, Handshake, Heartbeat, Hello,
-    ProgressEvent, ShardFacts,
+    AgentMessage, AssignmentResult, CoordinatorMessage, Engine, FactsRefresh, Handshake, Heartbeat,
+    Hello, ProgressEvent, ShardFacts,
 };
 use fleetshift_common::tls;
-use fleetshift_common::tls::mtls::TlsFiles;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -47,7 +47,7 @@ pub async fn run(config: Arc<AgentConfig>, link: &CoordinatorLink, shutdown: Can
     // reconnect (a coordinator restart, a network blip).
     let mut last_lease = 0;
     for endpoint in link.endpoints.iter().cycle() {
-        match session(&config, endpoint, &link.tls, &shutdown, &mut last_lease).await {
+        match session(&config, endpoint, link, &shutdown, &mut last_lease).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(coordinator = %endpoint.address, %reason, "session lost; reconnecting");
@@ -79,12 +79,12 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
 async fn session(
     config: &Arc<AgentConfig>,
     endpoint: &CoordinatorEndpoint,
-    tls_files: &TlsFiles,
+    link: &CoordinatorLink,
     shutdown: &CancellationToken,
     last_lease: &mut i64,
 ) -> anyhow::Result<Ended> {
     let channel =
-        tls::channel::connect(&endpoint.address, &endpoint.server_name, tls_files).await?;
+        tls::channel::connect(&endpoint.address, &endpoint.server_name, &link.tls).await?;
     let mut client = AgentServiceClient::new(channel);
     let (outbound, receiver) = mpsc::channel(16);
     let hello = Hello {
@@ -132,6 +132,9 @@ async fn session(
     let mut tasks: JoinSet<AssignmentResult> = JoinSet::new();
     let (progress, mut reported) = mpsc::unbounded_channel::<ProgressEvent>();
     let mut ticks = tokio::time::interval(intervals.heartbeat);
+    let mut refreshes =
+        tokio::time::interval_at(Instant::now() + link.facts_refresh, link.facts_refresh);
+    let mut refreshing: Option<tokio::task::JoinHandle<()>> = None;
     let mut sequence = 0;
     let ended = loop {
         tokio::select! {
@@ -145,6 +148,18 @@ async fn session(
                 }
                 if clock.work_until().is_some() && !clock.may_work(Instant::now()) {
                     break Ended::Lost("no acknowledgement within the lease: it may lapse, so all work stopped".to_owned());
+                }
+            }
+            _ = refreshes.tick() => {
+                // Reading catalogs while a revision runs would only queue behind its locks.
+                if running.is_empty() && refreshing.as_ref().is_none_or(|task| task.is_finished()) {
+                    let config = Arc::clone(config);
+                    let outbound = outbound.clone();
+                    refreshing = Some(tokio::spawn(async move {
+                        let refresh = FactsRefresh { shards: shard_facts(&config).await };
+                        // A closed stream ends the session in the loop.
+                        let _ = outbound.send(AgentMessage { body: Some(AgentBody::Facts(refresh)) }).await;
+                    }));
                 }
             }
             Some(event) = reported.recv() => {
@@ -201,6 +216,9 @@ async fn session(
     // Stop what runs (between statements), report what finishes, then close our stream: a
     // clean close tells the coordinator to revoke the lease.
     work.cancel();
+    if let Some(refresh) = refreshing {
+        refresh.abort();
+    }
     let reported = async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok(result) = joined {
@@ -248,6 +266,17 @@ async fn drain(inbound: &mut Streaming<CoordinatorMessage>) {
 
 /// Hello, with what the agent sees of each of its shards.
 async fn hello(config: &AgentConfig) -> Hello {
+    Hello {
+        agent_id: config.agent_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        shards: shard_facts(config).await,
+        host: None,
+        resume_lease_id: 0,
+    }
+}
+
+/// What the agent sees of each of its shards now.
+async fn shard_facts(config: &AgentConfig) -> Vec<ShardFacts> {
     let mut shards = Vec::with_capacity(config.shards.len());
     for shard in &config.shards {
         let report = check::inspect(shard).await;
@@ -265,15 +294,10 @@ async fn hello(config: &AgentConfig) -> Hello {
             reachable: report.reachable,
             unfinished_versions: report.unfinished,
             tables: report.tables,
+            observed_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
         });
     }
-    Hello {
-        agent_id: config.agent_id.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        shards,
-        host: None,
-        resume_lease_id: 0,
-    }
+    shards
 }
 
 fn intervals(handshake: &Handshake) -> anyhow::Result<SessionIntervals> {

@@ -17,7 +17,8 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_server::AgentService;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, AssignmentResult, CoordinatorMessage, Handshake, HeartbeatAck, Hello,
+    AgentMessage, AssignmentResult, CoordinatorMessage, FactsRefresh, Handshake, HeartbeatAck,
+    Hello,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use prost::Message;
@@ -109,6 +110,8 @@ pub struct Session<S, I> {
     inbound: I,
     outbound: Outbound,
     lease: Option<LeaseId>,
+    /// The Hello as announced, with the freshest shard facts the agent sent.
+    announced: Option<Hello>,
 }
 
 impl<S, I> std::fmt::Debug for Session<S, I> {
@@ -153,6 +156,7 @@ where
             inbound,
             outbound,
             lease: None,
+            announced: None,
         }
     }
 
@@ -235,6 +239,7 @@ where
             self.outbound.clone(),
         ));
         tracing::info!(agent = %self.identity, lease, shards = hello.shards.len(), "agent session opened");
+        self.announced = Some(hello);
         let handshake = Handshake {
             lease_id: lease,
             coordinator_id: self.coordinator_id.clone(),
@@ -328,6 +333,11 @@ where
                     self.take_result(result).await?;
                 }
                 Ok(AgentMessage {
+                    body: Some(AgentBody::Facts(refresh)),
+                }) => {
+                    self.refresh_facts(refresh, lease).await?;
+                }
+                Ok(AgentMessage {
                     body: Some(AgentBody::Hello(_)),
                 }) => {
                     return Err(Status::invalid_argument("Hello may only open a session"));
@@ -345,6 +355,32 @@ where
             }
         }
         Ok(Ending::Closed)
+    }
+
+    /// Fresh facts replace those of the same shards in the agent's announcement; shards the
+    /// Hello did not name are ignored (an agent speaks only for the shards it opened with).
+    async fn refresh_facts(&mut self, refresh: FactsRefresh, lease: LeaseId) -> Result<(), Status> {
+        let Some(announced) = self.announced.as_mut() else {
+            return Err(Status::internal("session without a Hello"));
+        };
+        for fresh in refresh.shards {
+            match announced
+                .shards
+                .iter_mut()
+                .find(|shard| shard.shard_id == fresh.shard_id)
+            {
+                Some(shard) => *shard = fresh,
+                None => {
+                    tracing::warn!(agent = %self.identity, shard = %fresh.shard_id, "facts for a shard the session's Hello did not name; ignored")
+                }
+            }
+        }
+        self.store
+            .announce_agent(self.identity.name(), &announced.encode_to_vec(), lease)
+            .await
+            .map_err(Status::from)?;
+        tracing::debug!(agent = %self.identity, "shard facts refreshed");
+        Ok(())
     }
 
     /// A result goes into the store for the leader; only for the agent's own shards.

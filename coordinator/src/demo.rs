@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fleetshift_agent::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink, ShardConfig};
+use fleetshift_agent::config::{
+    AgentConfig, CoordinatorEndpoint, CoordinatorLink, DEFAULT_FACTS_REFRESH, ShardConfig,
+};
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
@@ -295,6 +297,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
                 server_name: "localhost".to_owned(),
             }],
             tls: tls_files(&pki_dir, &format!("agent-{name}")),
+            facts_refresh: DEFAULT_FACTS_REFRESH,
         };
         let shard = ShardConfig {
             id: shard_id(number),

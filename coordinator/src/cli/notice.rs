@@ -315,6 +315,7 @@ mod tests {
                     estimated_rows: 120_000,
                     ..TableFacts::default()
                 }],
+                ..ShardAnalysis::default()
             }],
             approvals: vec![Approval {
                 approver: "spiffe://fleet.example/operator/bob".to_owned(),

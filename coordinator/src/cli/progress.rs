@@ -273,6 +273,7 @@ pub fn summary(plan: &Plan, output: Output) {
                 "risk": plan.risk.as_ref().map(risk_json),
                 "analyses": plan.analyses.iter().map(|analysis| json!({
                     "shard": analysis.shard_id,
+                    "observed_at": analysis.observed_at.map(|at| at.to_string()),
                     "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "findings": plan.findings.iter().map(|finding| json!({

@@ -199,8 +199,12 @@ fn print_analyses(plan: &Plan) {
             .tables
             .iter()
             .map(|facts| {
+                let in_use = match facts.activity.len() {
+                    0 => String::new(),
+                    sessions => format!(", in use by {sessions} lock(s)"),
+                };
                 format!(
-                    "{} (~{} rows, {} MiB, {} dependent(s))",
+                    "{} (~{} rows, {} MiB, {} dependent(s){in_use})",
                     facts.table,
                     facts.estimated_rows,
                     facts.total_bytes / (1024 * 1024),

@@ -40,6 +40,8 @@ pub struct Candidate {
     pub environment: Option<String>,
     /// Its tables as its agent reported them.
     pub tables: Vec<TableFacts>,
+    /// When the agent read them.
+    pub observed_at: Option<prost_types::Timestamp>,
 }
 
 /// Every announced shard whose labels match `selector`, by id; a shard two agents announce
@@ -70,6 +72,7 @@ pub fn candidates(
                     .or_else(|| shard.labels.get("environment"))
                     .cloned(),
                 tables: shard.tables.clone(),
+                observed_at: shard.observed_at,
             };
             if let Some(other) = found.insert(shard.shard_id.clone(), candidate) {
                 return Err(RolloutError::BadRequest(format!(
@@ -217,6 +220,7 @@ pub fn plan(
             shard_id: shard.shard_id.clone(),
             environment: shard.environment.clone(),
             tables: shard.tables.clone(),
+            observed_at: shard.observed_at,
         })
         .collect();
     let changed: Vec<String> = set.revisions[..applied]
@@ -233,6 +237,7 @@ pub fn plan(
                 .filter(|facts| changed.contains(&facts.table))
                 .cloned()
                 .collect(),
+            observed_at: shard.observed_at,
         })
         .collect();
     let risk = risk::assess(&set.revisions[..applied], &findings, &contexts);
@@ -295,6 +300,7 @@ mod tests {
                 host: "h".to_owned(),
                 environment: None,
                 tables: Vec::new(),
+                observed_at: None,
             })
             .collect()
     }

@@ -8,11 +8,13 @@
 //! shard (`env` / `environment` label); no verified backup on a production shard (plans cannot
 //! require one yet); the size of the largest existing table it changes, the objects that
 //! depend on the changed tables, and the objects that use a column it renames, drops or
-//! retypes, from the shard's catalog as its agent reported it (when there are no facts, a
-//! `catalog` factor adds nothing and says so).
+//! retypes, and the sessions holding or awaiting locks on the changed tables (more when one
+//! has had a transaction open for a minute), from the shard's catalog as its agent last
+//! reported it (when there are no facts, a `catalog` factor adds nothing and says so).
 
+use fleetshift_common::engine::catalog::describe_activity;
 use fleetshift_common::proto::v1::{
-    LintFinding, RiskAssessment, RiskFactor, RiskLevel, TableFacts,
+    LintFinding, RiskAssessment, RiskFactor, RiskLevel, TableActivity, TableFacts,
 };
 use fleetshift_common::source::Revision;
 use fleetshift_common::statements::Statement;
@@ -26,6 +28,8 @@ pub struct ShardContext {
     pub environment: Option<String>,
     /// Its tables as its agent last reported them; empty when unknown.
     pub tables: Vec<TableFacts>,
+    /// When the agent read them.
+    pub observed_at: Option<prost_types::Timestamp>,
 }
 
 impl ShardContext {
@@ -192,7 +196,51 @@ fn catalog(statements: &[Statement], shard: &ShardContext) -> Vec<RiskFactor> {
         ));
     }
     factors.extend(broken_by_columns(statements, shard));
+    factors.extend(in_use(&changed, shard));
     factors
+}
+
+/// A transaction open this long on a changed table holds its DDL back until it ends.
+const LONG_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sessions that held or awaited a lock on a changed table when the facts were read: the DDL
+/// waits for them (and, while it waits, holds back every later query on the table).
+fn in_use(changed: &[&TableFacts], shard: &ShardContext) -> Option<RiskFactor> {
+    let users: Vec<(&str, &TableActivity)> = changed
+        .iter()
+        .flat_map(|facts| {
+            facts
+                .activity
+                .iter()
+                .map(|activity| (facts.table.as_str(), activity))
+        })
+        .collect();
+    if users.is_empty() {
+        return None;
+    }
+    let long = users.iter().any(|(_, activity)| {
+        activity
+            .transaction_age
+            .and_then(|age| std::time::Duration::try_from(age).ok())
+            .is_some_and(|age| age >= LONG_TRANSACTION)
+    });
+    let when = shard.observed_at.map_or_else(
+        || "when its agent last looked".to_owned(),
+        |at| format!("at {at}"),
+    );
+    let sessions: Vec<String> = users
+        .iter()
+        .map(|(table, activity)| format!("{table}: {}", describe_activity(activity)))
+        .collect();
+    Some(factor(
+        "in use",
+        if long { 10 } else { 5 },
+        format!(
+            "in use on {} {when}: {}",
+            shard.shard_id,
+            sessions.join("; ")
+        ),
+    ))
 }
 
 /// Objects that use a column the revision renames, drops or retypes: they break or their SQL
@@ -345,6 +393,7 @@ mod tests {
             shard_id: "s1".to_owned(),
             environment: environment.map(str::to_owned),
             tables: Vec::new(),
+            observed_at: None,
         }
     }
 
@@ -356,9 +405,47 @@ mod tests {
                 total_bytes: rows * 100,
                 dependents: dependents.iter().map(|name| (*name).to_owned()).collect(),
                 columns: Vec::new(),
+                activity: Vec::new(),
             }],
             ..shard(Some("staging"))
         }
+    }
+
+    #[test]
+    fn a_table_in_use_adds_risk_and_a_long_transaction_on_it_more() {
+        let change = revision("ALTER TABLE t ADD COLUMN c int;", true);
+        let used_for = |seconds: u64| {
+            let mut context = with_table(10, &[]);
+            context.tables[0].activity = vec![TableActivity {
+                pid: 4242,
+                mode: "RowExclusiveLock".to_owned(),
+                granted: true,
+                state: "idle in transaction".to_owned(),
+                transaction_age: prost_types::Duration::try_from(std::time::Duration::from_secs(
+                    seconds,
+                ))
+                .ok(),
+                query: "UPDATE t SET c = 1".to_owned(),
+            }];
+            context
+        };
+        let score = |context: ShardContext| assess(std::slice::from_ref(&change), &[], &[context]);
+        let idle = score(with_table(10, &[]));
+        let brief = score(used_for(2));
+        let long = score(used_for(600));
+        assert_eq!((brief.score - idle.score, long.score - idle.score), (5, 10));
+        let in_use = long
+            .factors
+            .iter()
+            .find(|factor| factor.name == "in use")
+            .unwrap_or_else(|| panic!("{long:?}"));
+        assert!(
+            in_use.explanation.contains("pid 4242")
+                && in_use.explanation.contains("for 600s")
+                && in_use.explanation.contains("UPDATE t SET c = 1"),
+            "{}",
+            in_use.explanation
+        );
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! every object that depends on a table or that a change to it may break: views and
 //! materialized views, foreign keys in and out, indexes, triggers, functions whose body names
 //! the table, row-level security policies and publications; and per column, the views,
-//! indexes, foreign keys and functions that use it. The agent reports these with its shard
-//! facts; plans weigh them in their risk.
+//! indexes, foreign keys and functions that use it; and the sessions holding or awaiting a lock
+//! on it at the moment of reading. The agent reports these with its shard facts; plans weigh
+//! them in their risk.
+
+use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::proto::v1::{ColumnFacts, TableFacts};
+use crate::proto::v1::{ColumnFacts, TableActivity, TableFacts};
 
 /// User tables (not in `pg_catalog`, `information_schema` or fleetshift's own schema).
 const TABLES: &str = "
@@ -92,13 +95,28 @@ const COLUMN_DEPENDENTS: &str = "
       AND p.prosrc ~* ('\\m' || a.attname || '\\M')
     WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')";
 
-/// Every user table with its size and dependents.
+/// (table oid, pid, mode, granted, state, transaction age in seconds, query) for every lock
+/// another session of this database holds or awaits on a relation.
+const ACTIVITY: &str = "
+    SELECT l.relation::bigint, a.pid, l.mode, l.granted, coalesce(a.state, ''),
+           extract(epoch FROM now() - coalesce(a.xact_start, a.query_start, now()))::float8,
+           left(coalesce(a.query, ''), 200)
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'relation'
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid <> pg_backend_pid()
+    ORDER BY l.relation, a.pid, l.mode";
+
+type ActivityRow = (i64, i32, String, bool, String, f64, String);
+
+/// Every user table with its size, its dependents, and the sessions using it now.
 pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> {
     let tables: Vec<(i64, String, String, i64, i64)> =
         sqlx::query_as(TABLES).fetch_all(pool).await?;
     let dependents: Vec<(i64, String)> = sqlx::query_as(DEPENDENTS).fetch_all(pool).await?;
     let column_dependents: Vec<(i64, String, String)> =
         sqlx::query_as(COLUMN_DEPENDENTS).fetch_all(pool).await?;
+    let activity: Vec<ActivityRow> = sqlx::query_as(ACTIVITY).fetch_all(pool).await?;
     Ok(tables
         .into_iter()
         .map(|(oid, schema, name, rows, bytes)| {
@@ -135,9 +153,47 @@ pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> 
                 total_bytes: bytes,
                 dependents: named,
                 columns,
+                activity: activity
+                    .iter()
+                    .filter(|row| row.0 == oid)
+                    .map(table_activity)
+                    .collect(),
             }
         })
         .collect())
+}
+
+fn table_activity(row: &ActivityRow) -> TableActivity {
+    let (_, pid, mode, granted, state, age_seconds, query) = row;
+    TableActivity {
+        pid: *pid,
+        mode: mode.clone(),
+        granted: *granted,
+        state: state.clone(),
+        transaction_age: Duration::try_from_secs_f64(age_seconds.max(0.0))
+            .ok()
+            .and_then(|age| prost_types::Duration::try_from(age).ok()),
+        query: query.clone(),
+    }
+}
+
+/// One session's use of a table as one line: "pid 4242 (idle in transaction for 12s)
+/// holds RowExclusiveLock: UPDATE users SET …".
+pub fn describe_activity(activity: &TableActivity) -> String {
+    let age = activity
+        .transaction_age
+        .and_then(|age| Duration::try_from(age).ok())
+        .map_or_else(String::new, |age| format!(" for {}s", age.as_secs()));
+    let state = if activity.state.is_empty() {
+        "unknown state"
+    } else {
+        &activity.state
+    };
+    let holds = if activity.granted { "holds" } else { "awaits" };
+    format!(
+        "pid {} ({state}{age}) {holds} {}: {}",
+        activity.pid, activity.mode, activity.query
+    )
 }
 
 /// A table's facts as `fleetshift-agent check` and plans print them.
@@ -150,6 +206,17 @@ pub fn facts_json(facts: &TableFacts) -> serde_json::Value {
         "columns": facts.columns.iter().map(|column| serde_json::json!({
             "column": column.column,
             "dependents": column.dependents,
+        })).collect::<Vec<_>>(),
+        "activity": facts.activity.iter().map(|activity| serde_json::json!({
+            "pid": activity.pid,
+            "mode": activity.mode,
+            "granted": activity.granted,
+            "state": activity.state,
+            "transaction_age_seconds": activity
+                .transaction_age
+                .and_then(|age| Duration::try_from(age).ok())
+                .map(|age| age.as_secs_f64()),
+            "query": activity.query,
         })).collect::<Vec<_>>(),
     })
 }
