@@ -1,6 +1,7 @@
 //! Running one assignment on one of this host's shards: the shipped migration set is written
 //! to a fresh directory and loaded again, and must hash to the digest the coordinator pinned;
-//! then the fenced executor runs under the claim's token and stops when told.
+//! then the plan's host duties (pre-flight checks, a verified backup when required), then the
+//! fenced executor under the claim's token, which stops when told.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,9 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    self, Assignment, AssignmentResult, Direction, ErrorDetail, ErrorKind, LockRetry,
-    ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, StatementFinished,
+    self, Assignment, AssignmentResult, BackupRecord, Direction, ErrorDetail, ErrorKind, LockRetry,
+    PreflightCheck, ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted,
+    StatementFinished,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
@@ -20,6 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::duties::backup::Manifest;
+use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
 use crate::tally::RunTally;
 
 /// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
@@ -44,7 +48,19 @@ pub async fn execute(
             let _ = progress.send(progress_event(&assignment, event));
         }
     };
-    let (outcome, ()) = tokio::join!(run(config, &assignment, lease_ttl, stop, events), forward);
+    let duties = DutyProgress {
+        assignment: &assignment,
+        progress: &progress,
+        backup: std::sync::Mutex::new(None),
+    };
+    let (outcome, ()) = tokio::join!(
+        run(config, &assignment, lease_ttl, stop, events, &duties),
+        forward
+    );
+    let backup = duties
+        .backup
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
         Err(error) => (false, String::new(), Some(error)),
@@ -57,6 +73,38 @@ pub async fn execute(
         current_version,
         error,
         metrics: Some(tally.metrics(started.elapsed())),
+        backup,
+    }
+}
+
+/// Duty steps go to the session as they end; the backup also into the result.
+struct DutyProgress<'a> {
+    assignment: &'a Assignment,
+    progress: &'a mpsc::UnboundedSender<ProgressEvent>,
+    backup: std::sync::Mutex<Option<BackupRecord>>,
+}
+
+impl DutyReport for DutyProgress<'_> {
+    fn check(&self, check: PreflightCheck) {
+        if check.passed {
+            tracing::info!(shard = %self.assignment.shard_id, check = %check.name, detail = %check.detail, "pre-flight check passed");
+        } else {
+            tracing::warn!(shard = %self.assignment.shard_id, check = %check.name, detail = %check.detail, "pre-flight check failed");
+        }
+        let _ = self
+            .progress
+            .send(wrap(self.assignment, Event::PreflightCheck(check)));
+    }
+
+    fn backup(&self, manifest: &Manifest) {
+        tracing::info!(shard = %self.assignment.shard_id, backup = %manifest.backup_id, location = %manifest.location.display(), size_bytes = manifest.size_bytes, sha256 = %manifest.sha256, "verified backup recorded");
+        let record = manifest.record();
+        if let Ok(mut slot) = self.backup.lock() {
+            *slot = Some(record.clone());
+        }
+        let _ = self
+            .progress
+            .send(wrap(self.assignment, Event::BackupFinished(record)));
     }
 }
 
@@ -73,6 +121,7 @@ async fn run(
     lease_ttl: Duration,
     stop: CancellationToken,
     events: mpsc::UnboundedSender<ExecutionEvent>,
+    report: &dyn DutyReport,
 ) -> Result<Option<String>, ErrorDetail> {
     let shard = config
         .shards
@@ -134,6 +183,37 @@ async fn run(
         allow_drift: None,
     };
     let direction = Direction::try_from(assignment.direction).unwrap_or(Direction::Unspecified);
+    let duties = assignment.duties.unwrap_or_default();
+    let shard_duties = ShardDuties {
+        shard_id: &shard.id,
+        plan_id: &assignment.plan_id,
+        url: &shard.database_url,
+        duties: &duties,
+        backups: config.backups.as_ref(),
+    };
+    match &connected {
+        Connected::Postgres(engine) => {
+            let ledger = engine
+                .read_ledger()
+                .await
+                .map_err(|error| exec_failure(&error))?;
+            let tables =
+                duties::touched_tables(&set, &ledger, direction, request.target.as_deref());
+            duties::before_revisions(engine, shard_duties, &tables, report, &stop)
+                .await
+                .map_err(duty_failure)?;
+        }
+        Connected::Sqlite(_) if duties.require_backup => {
+            return Err(refused(
+                ErrorKind::Precondition,
+                format!(
+                    "shard {}: the plan requires a backup, but backups of SQLite shards are not supported; nothing ran",
+                    shard.id
+                ),
+            ));
+        }
+        Connected::Sqlite(_) => {}
+    }
     let parts = RunParts {
         identity,
         settings,
@@ -202,6 +282,26 @@ fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeout
     Ok(timeouts)
 }
 
+fn duty_failure(failure: DutyFailure) -> ErrorDetail {
+    match failure {
+        DutyFailure::Stopped => refused(
+            ErrorKind::Stopped,
+            "stopped before the revisions ran; nothing changed".to_owned(),
+        ),
+        DutyFailure::Refused(message) => refused(ErrorKind::Precondition, message),
+    }
+}
+
+/// An event of `assignment`, stamped now.
+fn wrap(assignment: &Assignment, event: Event) -> ProgressEvent {
+    ProgressEvent {
+        assignment_id: assignment.assignment_id.clone(),
+        shard_id: assignment.shard_id.clone(),
+        at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        event: Some(event),
+    }
+}
+
 /// An executor event as the wire carries it.
 fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEvent {
     let duration = |value: Duration| prost_types::Duration::try_from(value).ok();
@@ -262,12 +362,7 @@ fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEve
             })
         }
     };
-    ProgressEvent {
-        assignment_id: assignment.assignment_id.clone(),
-        shard_id: assignment.shard_id.clone(),
-        at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        event: Some(body),
-    }
+    wrap(assignment, body)
 }
 
 fn exec_failure(error: &ExecError) -> ErrorDetail {

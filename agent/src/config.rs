@@ -11,6 +11,8 @@ use fleetshift_common::tls::channel::server_name_of;
 use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
+use crate::duties::backup::BackupSettings;
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,8 +20,27 @@ struct RawConfig {
     agent_id: Option<String>,
     coordinator: Option<RawCoordinator>,
     tls: Option<TlsFiles>,
+    backups: Option<RawBackups>,
     #[serde(default)]
     shards: Vec<RawShard>,
+}
+
+/// `[backups]`: where verified backups go and how many are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackups {
+    /// Each shard's backups go to `<directory>/<shard>/` (relative to the file's directory).
+    directory: PathBuf,
+    /// Backups kept per shard (default 5).
+    keep: Option<usize>,
+    /// Backups older than this are removed, e.g. "720h".
+    max_age: Option<String>,
+    /// The `pg_dump` program (default: `pg_dump` on the PATH).
+    pg_dump: Option<PathBuf>,
+    /// The `pg_restore` program (default: `pg_restore` on the PATH).
+    pg_restore: Option<PathBuf>,
+    /// How long pg_dump may wait for its table locks (default 30s).
+    lock_wait_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +76,9 @@ pub struct AgentConfig {
     /// How to reach the fleet; `None` when the agent only checks its shards.
     pub coordinator: Option<CoordinatorLink>,
     pub shards: Vec<ShardConfig>,
+    /// Where backups go; `None` when the file has no `[backups]` (plans that require a backup
+    /// then fail on this agent's shards, saying so).
+    pub backups: Option<BackupSettings>,
 }
 
 /// The coordinator replicas to hold a session with (any one at a time), over mutual TLS.
@@ -113,8 +137,14 @@ impl AgentConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = || format!("{}: invalid agent configuration", path.display());
         let coordinator = coordinator_link(raw.coordinator, raw.tls, base).with_context(invalid)?;
+        let backups = raw
+            .backups
+            .map(|backups| backup_settings(backups, base))
+            .transpose()
+            .with_context(invalid)?;
         let mut config = Self::validate(raw.shards, agent_id, base).with_context(invalid)?;
         config.coordinator = coordinator;
+        config.backups = backups;
         Ok(config)
     }
 
@@ -164,8 +194,38 @@ impl AgentConfig {
             agent_id,
             coordinator: None,
             shards,
+            backups: None,
         })
     }
+}
+
+fn backup_settings(raw: RawBackups, base: &Path) -> anyhow::Result<BackupSettings> {
+    let duration = |name: &str, text: Option<String>, default: Option<Duration>| {
+        text.map(|text| {
+            fleetshift_common::duration::parse(&text)
+                .map_err(|error| anyhow::anyhow!("[backups] {name}: {error}"))
+        })
+        .transpose()
+        .map(|parsed| parsed.or(default))
+    };
+    if raw.keep == Some(0) {
+        bail!("[backups] keep must be at least 1 (the backup just taken is always kept)");
+    }
+    Ok(BackupSettings {
+        directory: base.join(raw.directory),
+        keep: raw.keep.unwrap_or(5),
+        max_age: duration("max_age", raw.max_age, None)?,
+        pg_dump: raw.pg_dump.unwrap_or_else(|| PathBuf::from("pg_dump")),
+        pg_restore: raw
+            .pg_restore
+            .unwrap_or_else(|| PathBuf::from("pg_restore")),
+        lock_wait_timeout: duration(
+            "lock_wait_timeout",
+            raw.lock_wait_timeout,
+            Some(Duration::from_secs(30)),
+        )?
+        .unwrap_or(Duration::from_secs(30)),
+    })
 }
 
 fn coordinator_link(

@@ -12,5 +12,6 @@ pub mod assignment;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod duties;
 pub mod session;
 mod tally;

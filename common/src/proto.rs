@@ -38,6 +38,10 @@ mod tests {
                 }],
             }),
             limits: None,
+            duties: Some(v1::HostDuties {
+                require_backup: true,
+                preflight: None,
+            }),
             trace_context: [("traceparent".to_owned(), "00-abc-def-01".to_owned())].into(),
         };
         let decoded =

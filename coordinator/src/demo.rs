@@ -308,6 +308,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
             agent_id: name,
             coordinator: Some(link.clone()),
             shards: vec![shard],
+            backups: None,
         });
         let stop = stop.clone();
         agents.spawn(async move { fleetshift_agent::session::run(config, &link, stop).await });
@@ -382,6 +383,7 @@ async fn roll_out(
             failure_threshold: 1,
         }),
         limits: None,
+        duties: None,
     };
     let plan = client.create_plan(request).await?.into_inner();
     if human {

@@ -143,6 +143,7 @@ async fn measure() -> anyhow::Result<()> {
             target_version: String::new(),
             migration_set: Some(set.clone()),
             limits: None,
+            duties: None,
             trace_context: Default::default(),
         };
         let mailbox = Arc::clone(&mailbox);

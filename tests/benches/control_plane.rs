@@ -219,6 +219,7 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
                 lock_retries: 0,
                 duration: Duration::from_millis(1).try_into().ok(),
             }),
+            backup: None,
         }),
     ]
 }
@@ -285,6 +286,7 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
             selector: [("env".to_owned(), "bench".to_owned())].into(),
             waves: Some(rollout::policy(1, 256, u32::try_from(SHARDS_PER_AGENT)?)),
             limits: None,
+            duties: None,
         },
     )
     .await?;

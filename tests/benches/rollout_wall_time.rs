@@ -176,6 +176,7 @@ async fn with_fleetshift(
             selector: [("round".to_owned(), label)].into(),
             waves: Some(rollout::policy(1, cap, cap)),
             limits: None,
+            duties: None,
         },
     )
     .await?;

@@ -11,6 +11,7 @@ mod integration {
     mod catalog;
     mod conformance;
     mod crates_io;
+    mod duties;
     mod election;
     mod fleet_api;
     mod fleet_faults;

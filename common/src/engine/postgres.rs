@@ -3,6 +3,7 @@
 //! session (see [`migrator_lock`]).
 
 pub mod catalog;
+pub mod health;
 mod ledger_sql;
 mod migrator_lock;
 mod session;

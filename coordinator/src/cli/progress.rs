@@ -10,8 +10,8 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment, RiskLevel,
-    RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
+    BackupRecord, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment,
+    RiskLevel, RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use serde_json::json;
@@ -192,6 +192,22 @@ impl Board {
                     "    {} {} {} done",
                     progress.shard_id, statement.version, statement.location
                 ),
+                Some(Progress::PreflightCheck(check)) if !check.passed => println!(
+                    "    {} pre-flight {} FAILED: {}",
+                    progress.shard_id, check.name, check.detail
+                ),
+                Some(Progress::PreflightCheck(check)) => println!(
+                    "    {} pre-flight {}: {}",
+                    progress.shard_id, check.name, check.detail
+                ),
+                Some(Progress::BackupFinished(backup)) => println!(
+                    "    {} backup {} verified ({} entries, {} bytes, sha256 {})",
+                    progress.shard_id,
+                    backup.location,
+                    backup.verified_entries,
+                    backup.size_bytes,
+                    backup.sha256
+                ),
                 Some(Progress::RevisionStarted(_)) | None => {}
             },
             None => {}
@@ -225,12 +241,47 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
                     ("statement_finished", statement.version.clone())
                 }
                 Some(Progress::LockRetry(retry)) => ("lock_retry", retry.version.clone()),
+                Some(Progress::PreflightCheck(check)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": "preflight_check",
+                        "check": check.name,
+                        "passed": check.passed,
+                        "detail": check.detail,
+                    });
+                }
+                Some(Progress::BackupFinished(backup)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": "backup_finished",
+                        "backup": backup_json(backup),
+                    });
+                }
                 None => ("unknown", String::new()),
             };
             json!({ "plan": event.plan_id, "shard": progress.shard_id, "progress": kind, "version": version })
         }
         None => json!({ "plan": event.plan_id }),
     }
+}
+
+/// A backup record as JSON prints it.
+fn backup_json(backup: &BackupRecord) -> serde_json::Value {
+    json!({
+        "backup_id": backup.backup_id,
+        "location": backup.location,
+        "size_bytes": backup.size_bytes,
+        "sha256": backup.sha256,
+        "verified_entries": backup.verified_entries,
+        "database_bytes": backup.database_bytes,
+        "duration_ms": backup
+            .duration
+            .and_then(|took| std::time::Duration::try_from(took).ok())
+            .map(|took| took.as_millis()),
+        "taken_at": backup.taken_at.map(|at| at.to_string()),
+    })
 }
 
 /// The plan, shard by shard.
@@ -250,6 +301,7 @@ pub fn summary(plan: &Plan, output: Output) {
                     "fence_token": task.fence_token,
                     "current_version": task.current_version,
                     "error": task.error.as_ref().map(|error| &error.message),
+                    "backup": task.backup.as_ref().map(backup_json),
                     "metrics": task.metrics.as_ref().map(|metrics| json!({
                         "revisions_run": metrics.revisions_run,
                         "statements": metrics.statements,

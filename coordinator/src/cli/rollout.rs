@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, ExecutionLimits, GetPlanRequest, ListPlansRequest, Plan,
-    PlanAction, PlanState, RiskLevel, WavePolicy,
+    ApprovePlanRequest, CreatePlanRequest, ExecutionLimits, GetPlanRequest, HostDuties,
+    ListPlansRequest, Plan, PlanAction, PlanState, PreflightPolicy, RiskLevel, WavePolicy,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use fleetshift_common::shipped;
@@ -78,6 +78,22 @@ pub struct PlanArgs {
     /// Retries after a lock conflict.
     #[arg(long, default_value_t = 5)]
     lock_retries: u32,
+    /// Each shard's agent takes a verified backup (pg_dump -Fc, checked with pg_restore --list)
+    /// before the first DDL; a failed backup stops the shard.
+    #[arg(long)]
+    require_backup: bool,
+    /// Pre-flight: a transaction open longer than this on a touched table blocks the shard.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
+    long_transaction: Duration,
+    /// Pre-flight: how long to wait for such transactions before failing the shard.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "60s")]
+    wait_for_blockers: Duration,
+    /// Pre-flight: connections in use (% of max_connections) at which a shard fails.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_connections_percent: u32,
+    /// Pre-flight: replication lag above which a shard with replicas fails.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
+    max_replication_lag: Duration,
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
 }
@@ -327,6 +343,17 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             lock_timeout: prost_types::Duration::try_from(arguments.lock_timeout).ok(),
             statement_timeout: prost_types::Duration::try_from(arguments.statement_timeout).ok(),
             lock_retries: arguments.lock_retries,
+        }),
+        duties: Some(HostDuties {
+            require_backup: arguments.require_backup,
+            preflight: Some(PreflightPolicy {
+                long_transaction: prost_types::Duration::try_from(arguments.long_transaction).ok(),
+                wait_for_blockers: prost_types::Duration::try_from(arguments.wait_for_blockers)
+                    .ok(),
+                max_connections_percent: arguments.max_connections_percent,
+                max_replication_lag: prost_types::Duration::try_from(arguments.max_replication_lag)
+                    .ok(),
+            }),
         }),
     };
     let mut client = match client(&arguments.connection, arguments.output).await {

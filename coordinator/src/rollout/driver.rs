@@ -193,6 +193,8 @@ impl<S: Store> Driver<'_, S> {
                 error: result.error.clone(),
                 current_version: result.current_version.clone(),
                 metrics: result.metrics,
+                // A retry that took no new backup keeps the one taken before.
+                backup: result.backup.clone().or_else(|| task.backup.clone()),
                 ..task.clone()
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
@@ -428,6 +430,7 @@ impl<S: Store> Driver<'_, S> {
                     files: Vec::new(),
                 }),
                 limits: plan.limits,
+                duties: plan.duties,
                 trace_context: HashMap::new(),
             }),
             task: Some(running),

@@ -221,6 +221,7 @@ pub fn plan(
             environment: shard.environment.clone(),
             tables: shard.tables.clone(),
             observed_at: shard.observed_at,
+            backup_required: request.duties.is_some_and(|duties| duties.require_backup),
         })
         .collect();
     let changed: Vec<String> = set.revisions[..applied]
@@ -285,6 +286,7 @@ pub fn plan(
         risk: Some(risk),
         changes,
         analyses,
+        duties: request.duties,
     })
 }
 

@@ -5,8 +5,8 @@
 //!
 //! Factors: open lint findings (the worst severity, more for several errors); locks that block
 //! the table (ACCESS EXCLUSIVE, or SHARE for a plain index build); no down script; a production
-//! shard (`env` / `environment` label); no verified backup on a production shard (plans cannot
-//! require one yet); the size of the largest existing table it changes, the objects that
+//! shard (`env` / `environment` label); no verified backup required before the first DDL on a
+//! production shard; the size of the largest existing table it changes, the objects that
 //! depend on the changed tables, and the objects that use a column it renames, drops or
 //! retypes, and the sessions holding or awaiting locks on the changed tables (more when one
 //! has had a transaction open for a minute), from the shard's catalog as its agent last
@@ -30,6 +30,8 @@ pub struct ShardContext {
     pub tables: Vec<TableFacts>,
     /// When the agent read them.
     pub observed_at: Option<prost_types::Timestamp>,
+    /// Whether the plan has the shard's agent take a verified backup before the first DDL.
+    pub backup_required: bool,
 }
 
 impl ShardContext {
@@ -122,10 +124,13 @@ fn factors(
             20,
             format!("{} is a production shard", shard.shard_id),
         ));
+    }
+    if shard.is_production() && !shard.backup_required {
         factors.push(factor(
             "backup",
             10,
-            "no verified backup is taken before the first DDL".to_owned(),
+            "no verified backup is taken before the first DDL (plan with --require-backup)"
+                .to_owned(),
         ));
     }
     factors.extend(catalog(revision.up.statements(), shard));
@@ -394,6 +399,7 @@ mod tests {
             environment: environment.map(str::to_owned),
             tables: Vec::new(),
             observed_at: None,
+            backup_required: false,
         }
     }
 
@@ -409,6 +415,27 @@ mod tests {
             }],
             ..shard(Some("staging"))
         }
+    }
+
+    #[test]
+    fn a_required_backup_removes_the_backup_factor_on_production() {
+        let change = revision("ALTER TABLE t ADD COLUMN c int;", true);
+        let unprotected = assess(std::slice::from_ref(&change), &[], &[shard(Some("prod"))]);
+        let protected = assess(
+            std::slice::from_ref(&change),
+            &[],
+            &[ShardContext {
+                backup_required: true,
+                ..shard(Some("prod"))
+            }],
+        );
+        assert_eq!(unprotected.score - protected.score, 10);
+        assert!(
+            !protected
+                .factors
+                .iter()
+                .any(|factor| factor.name == "backup")
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn assignment(
         target_version: target.to_owned(),
         migration_set: Some(set),
         limits: None,
+        duties: None,
         trace_context: Default::default(),
     }
 }

@@ -215,6 +215,7 @@ impl Fleet {
                 selector: [("env".to_owned(), "test".to_owned())].into(),
                 waves: Some(rollout::policy(1, 2, 2)),
                 limits: None,
+                duties: None,
             },
         )
         .await

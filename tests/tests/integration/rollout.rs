@@ -146,6 +146,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
             selector: [("env".to_owned(), "test".to_owned())].into(),
             waves: Some(rollout::policy(1, 8, 2)),
             limits: None,
+            duties: None,
         },
     )
     .await

@@ -1,0 +1,146 @@
+//! What the agent does on a shard before its revisions run (the plan's host duties): the
+//! pre-flight checks, then a verified backup when the plan requires one. Each step is
+//! reported as it ends; a failure stops the shard before any DDL.
+
+pub mod backup;
+pub mod credentials;
+pub mod preflight;
+
+use fleetshift_common::engine::PostgresShard;
+use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
+use fleetshift_common::proto::v1::{Direction, HostDuties, PreflightCheck};
+use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_common::source::{MigrationSet, Revision, Script};
+use fleetshift_common::touched::touched;
+use tokio_util::sync::CancellationToken;
+
+use self::backup::{BackupFailure, BackupSettings, Manifest, Subject};
+use self::preflight::{Refusal, Scope, Thresholds};
+
+/// Why a shard did not get past its duties.
+#[derive(Debug)]
+pub enum DutyFailure {
+    Stopped,
+    /// The step that failed and why; nothing ran on the shard.
+    Refused(String),
+}
+
+/// One shard's duties for one assignment.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardDuties<'a> {
+    pub shard_id: &'a str,
+    pub plan_id: &'a str,
+    pub url: &'a DatabaseUrl,
+    pub duties: &'a HostDuties,
+    /// `None` when the agent's configuration has no `[backups]` section.
+    pub backups: Option<&'a BackupSettings>,
+}
+
+/// What the duties report as they go.
+pub trait DutyReport: Sync {
+    fn check(&self, check: PreflightCheck);
+    fn backup(&self, manifest: &Manifest);
+}
+
+/// Runs the pre-flight checks and, when required, the backup; the backup taken, if any.
+pub async fn before_revisions(
+    engine: &PostgresShard,
+    shard: ShardDuties<'_>,
+    tables: &[String],
+    report: &dyn DutyReport,
+    stop: &CancellationToken,
+) -> Result<Option<Manifest>, DutyFailure> {
+    let backups = if shard.duties.require_backup {
+        Some(shard.backups.ok_or_else(|| {
+            DutyFailure::Refused(format!(
+                "the plan requires a backup of shard {} but this agent has no [backups] directory configured; add one and retry",
+                shard.shard_id
+            ))
+        })?)
+    } else {
+        None
+    };
+    let directory = backups.map(|settings| backup::shard_directory(settings, shard.shard_id));
+    let scope = Scope {
+        tables,
+        backup_directory: directory.as_deref(),
+    };
+    let thresholds = Thresholds::from_policy(shard.duties.preflight.as_ref());
+    let on_check = |check: PreflightCheck| report.check(check);
+    let database_bytes = preflight::run(engine.pool(), scope, thresholds, &on_check, stop)
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::Stopped => DutyFailure::Stopped,
+            Refusal::Failed { check, detail } => DutyFailure::Refused(format!(
+                "shard {}: pre-flight check {check} failed: {detail}; nothing ran",
+                shard.shard_id
+            )),
+        })?;
+    let Some(settings) = backups else {
+        return Ok(None);
+    };
+    let subject = Subject {
+        shard_id: shard.shard_id,
+        plan_id: shard.plan_id,
+        url: shard.url,
+        database_bytes,
+    };
+    let manifest =
+        backup::take(settings, subject, stop)
+            .await
+            .map_err(|failure| match failure {
+                BackupFailure::Stopped => DutyFailure::Stopped,
+                BackupFailure::Failed(message) => DutyFailure::Refused(format!(
+                    "shard {}: the required backup failed: {message}; nothing ran",
+                    shard.shard_id
+                )),
+            })?;
+    report.backup(&manifest);
+    Ok(Some(manifest))
+}
+
+/// The tables the revisions this assignment would run touch (up: those not applied yet, up to
+/// `target`; down: those applied above `target`), as the catalog names them.
+pub fn touched_tables(
+    set: &MigrationSet,
+    ledger: &[LedgerEntry],
+    direction: Direction,
+    target: Option<&str>,
+) -> Vec<String> {
+    let applied = |revision: &&Revision| {
+        ledger.iter().any(|entry| {
+            entry.version == revision.version.as_str() && entry.status == RevisionStatus::Applied
+        })
+    };
+    let position = target
+        .filter(|target| *target != "base")
+        .and_then(|target| {
+            set.revisions
+                .iter()
+                .position(|revision| revision.version.as_str() == target)
+        });
+    let scripts: Vec<&Script> = match direction {
+        Direction::Up => set.revisions[..position.map_or(set.revisions.len(), |index| index + 1)]
+            .iter()
+            .filter(|revision| !applied(revision))
+            .map(|revision| &revision.up)
+            .collect(),
+        Direction::Down => set.revisions[position.map_or(0, |index| index + 1)..]
+            .iter()
+            .filter(applied)
+            .filter_map(|revision| revision.down.as_ref())
+            .collect(),
+        Direction::Unspecified => Vec::new(),
+    };
+    let mut tables: Vec<String> = scripts
+        .iter()
+        .flat_map(|script| script.statements().iter().filter_map(touched))
+        .map(|touch| match touch.table.strip_prefix("public.") {
+            Some(table) => table.to_owned(),
+            None => touch.table,
+        })
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}

@@ -1,0 +1,437 @@
+//! Verified backups of PostgreSQL shards: `pg_dump -Fc` as a child process, its output streamed
+//! into the shard's backup directory while a SHA-256 is computed, then read back with
+//! `pg_restore --list`. Only a verified dump gets its final name and a manifest beside it
+//! (`<id>.dump`, `<id>.json`); anything else is removed and the shard stops before any DDL.
+//! Credentials reach `pg_dump` through a passfile (see [`super::credentials`]), never its
+//! arguments or environment. Retention keeps the newest `keep` backups per shard and drops those
+//! older than `max_age`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use fleetshift_common::proto::v1::BackupRecord;
+use fleetshift_common::secrets::DatabaseUrl;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::credentials::ClientCredentials;
+
+/// Where and how an agent keeps backups (`[backups]` in its configuration).
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// Each shard's backups go to `<directory>/<shard>/`.
+    pub directory: PathBuf,
+    /// Backups kept per shard, the newest first (at least 1).
+    pub keep: usize,
+    /// Backups older than this are removed (never the one just taken).
+    pub max_age: Option<Duration>,
+    pub pg_dump: PathBuf,
+    pub pg_restore: PathBuf,
+    /// `pg_dump --lock-wait-timeout`: how long it may wait for its shared table locks.
+    pub lock_wait_timeout: Duration,
+}
+
+/// One backup as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub backup_id: String,
+    pub shard_id: String,
+    pub plan_id: String,
+    pub location: PathBuf,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub duration_ms: u64,
+    /// Seconds since the Unix epoch.
+    pub taken_at: u64,
+    pub verified_entries: u32,
+    pub database_bytes: u64,
+}
+
+impl Manifest {
+    pub fn record(&self) -> BackupRecord {
+        BackupRecord {
+            backup_id: self.backup_id.clone(),
+            location: self.location.display().to_string(),
+            size_bytes: self.size_bytes,
+            sha256: self.sha256.clone(),
+            duration: prost_types::Duration::try_from(Duration::from_millis(self.duration_ms)).ok(),
+            taken_at: Some(prost_types::Timestamp::from(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(self.taken_at),
+            )),
+            verified_entries: self.verified_entries,
+            database_bytes: self.database_bytes,
+        }
+    }
+}
+
+/// Why no backup was recorded.
+#[derive(Debug)]
+pub enum BackupFailure {
+    /// Told to stop; the dump was killed and removed.
+    Stopped,
+    /// What went wrong and what to do; credentials scrubbed.
+    Failed(String),
+}
+
+/// The shard and plan a backup is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub shard_id: &'a str,
+    pub plan_id: &'a str,
+    pub url: &'a DatabaseUrl,
+    pub database_bytes: u64,
+}
+
+/// The directory holding `shard`'s backups.
+pub fn shard_directory(settings: &BackupSettings, shard_id: &str) -> PathBuf {
+    let safe: String = shard_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    settings.directory.join(safe.trim_start_matches('.'))
+}
+
+/// Takes, verifies and records a backup of `subject`, then applies retention.
+pub async fn take(
+    settings: &BackupSettings,
+    subject: Subject<'_>,
+    stop: &CancellationToken,
+) -> Result<Manifest, BackupFailure> {
+    let started = Instant::now();
+    let failed = |message: String| BackupFailure::Failed(subject.url.scrub(&message));
+    let directory = shard_directory(settings, subject.shard_id);
+    prepare_directory(&directory).map_err(|error| {
+        failed(format!(
+            "cannot prepare the backup directory {}: {error}; check [backups] directory and its permissions",
+            directory.display()
+        ))
+    })?;
+    let backup_id = backup_id(subject.plan_id);
+    let partial = directory.join(format!("{backup_id}.dump.partial"));
+    let dumped = dump(settings, subject.url, &partial, stop).await;
+    let (size_bytes, sha256) = match dumped {
+        Ok(dumped) => dumped,
+        Err(failure) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(match failure {
+                BackupFailure::Failed(message) => failed(message),
+                stopped => stopped,
+            });
+        }
+    };
+    let verified_entries = match verify(settings, &partial).await {
+        Ok(entries) => entries,
+        Err(message) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(failed(message));
+        }
+    };
+    let location = directory.join(format!("{backup_id}.dump"));
+    let manifest = Manifest {
+        backup_id,
+        shard_id: subject.shard_id.to_owned(),
+        plan_id: subject.plan_id.to_owned(),
+        location: location.clone(),
+        size_bytes,
+        sha256,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        taken_at: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+        verified_entries,
+        database_bytes: subject.database_bytes,
+    };
+    std::fs::rename(&partial, &location)
+        .and_then(|()| write_manifest(&directory, &manifest))
+        .map_err(|error| {
+            let _ = std::fs::remove_file(&partial);
+            failed(format!(
+                "cannot record the backup in {}: {error}",
+                directory.display()
+            ))
+        })?;
+    match prune(&directory, settings, &manifest.backup_id) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(shard = subject.shard_id, removed = ?removed, "older backups removed by retention")
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(shard = subject.shard_id, %error, "retention could not remove older backups")
+        }
+    }
+    Ok(manifest)
+}
+
+/// Creates the shard's directory (owner only) and removes dumps a killed run left behind.
+fn prepare_directory(directory: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(directory)?;
+    std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(directory)? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "partial")
+        {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `20261123T101502.123Z-<plan>`: sorts by time, unique per plan.
+fn backup_id(plan_id: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let plan: String = plan_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{plan}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    )
+}
+
+/// Streams `pg_dump -Fc` into `target`, hashing as it goes; the size and SHA-256 (hex).
+async fn dump(
+    settings: &BackupSettings,
+    url: &DatabaseUrl,
+    target: &Path,
+    stop: &CancellationToken,
+) -> Result<(u64, String), BackupFailure> {
+    let credentials = ClientCredentials::from_url(url).map_err(BackupFailure::Failed)?;
+    let mut command = Command::new(&settings.pg_dump);
+    command
+        .arg("--format=custom")
+        .arg("--no-password")
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            settings.lock_wait_timeout.as_millis()
+        ))
+        .arg("--dbname")
+        .arg(credentials.conninfo());
+    let mut child = spawn_client(command, &credentials, &settings.pg_dump)?;
+    let mut output = child
+        .stdout
+        .take()
+        .ok_or_else(|| BackupFailure::Failed("pg_dump gave no output stream".to_owned()))?;
+    let errors = collect_stderr(&mut child);
+    let mut file = tokio::fs::File::create(target).await.map_err(|error| {
+        BackupFailure::Failed(format!("cannot create {}: {error}", target.display()))
+    })?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut buffer = vec![0_u8; 1 << 20];
+    let streamed: Result<(), String> = async {
+        loop {
+            let read = tokio::select! {
+                () = stop.cancelled() => return Err(String::new()),
+                read = output.read(&mut buffer) => read.map_err(|error| format!("reading pg_dump's output: {error}"))?,
+            };
+            if read == 0 {
+                return Ok(());
+            }
+            hasher.update(&buffer[..read]);
+            file.write_all(&buffer[..read])
+                .await
+                .map_err(|error| format!("writing {}: {error}", target.display()))?;
+            size += read as u64;
+        }
+    }
+    .await;
+    if let Err(message) = streamed {
+        let _ = child.kill().await;
+        return Err(if stop.is_cancelled() {
+            BackupFailure::Stopped
+        } else {
+            BackupFailure::Failed(message)
+        });
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|error| BackupFailure::Failed(format!("waiting for pg_dump: {error}")))?;
+    let stderr = errors.await.unwrap_or_default();
+    if !status.success() {
+        return Err(BackupFailure::Failed(failure_text(
+            "pg_dump", status, &stderr,
+        )));
+    }
+    file.sync_all()
+        .await
+        .map_err(|error| BackupFailure::Failed(format!("syncing {}: {error}", target.display())))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// A PostgreSQL client program with nothing of the agent's environment but `PATH`, and the
+/// passfile when there is a password.
+fn spawn_client(
+    mut command: Command,
+    credentials: &ClientCredentials,
+    program: &Path,
+) -> Result<Child, BackupFailure> {
+    command.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    if let Some(passfile) = credentials.passfile() {
+        command.env("PGPASSFILE", passfile);
+    }
+    command
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| {
+            BackupFailure::Failed(format!(
+                "cannot run {}: {error}; install the PostgreSQL client programs or set [backups] pg_dump / pg_restore",
+                program.display()
+            ))
+        })
+}
+
+/// The last 4 KiB of what the child writes to stderr.
+fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
+    let stderr = child.stderr.take();
+    tokio::spawn(async move {
+        let mut text = Vec::new();
+        if let Some(mut stderr) = stderr {
+            let _ = stderr.read_to_end(&mut text).await;
+        }
+        let text = String::from_utf8_lossy(&text);
+        let start = text.len().saturating_sub(4096);
+        let start = (start..text.len())
+            .find(|index| text.is_char_boundary(*index))
+            .unwrap_or(text.len());
+        text[start..].trim().to_owned()
+    })
+}
+
+fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
+    let how = match (status.code(), status.signal()) {
+        (_, Some(signal)) => format!("{program} was killed by signal {signal}"),
+        (Some(code), None) => format!("{program} exited with status {code}"),
+        (None, None) => format!("{program} ended abnormally"),
+    };
+    if stderr.is_empty() {
+        how
+    } else {
+        format!("{how}: {stderr}")
+    }
+}
+
+/// Reads the dump's table of contents back; the number of entries.
+async fn verify(settings: &BackupSettings, dump: &Path) -> Result<u32, String> {
+    let output = Command::new(&settings.pg_restore)
+        .arg("--list")
+        .arg(dump)
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|path| ("PATH", path)))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|error| {
+            format!(
+                "cannot run {}: {error}; install the PostgreSQL client programs or set [backups] pg_restore",
+                settings.pg_restore.display()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "the dump failed verification: {}",
+            failure_text(
+                "pg_restore --list",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        ));
+    }
+    let entries = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with(';'))
+        .count();
+    u32::try_from(entries).map_err(|_| "the dump lists too many entries".to_owned())
+}
+
+fn write_manifest(directory: &Path, manifest: &Manifest) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
+    let partial = directory.join(format!("{}.json.partial", manifest.backup_id));
+    std::fs::write(&partial, text)?;
+    std::fs::rename(
+        &partial,
+        directory.join(format!("{}.json", manifest.backup_id)),
+    )
+}
+
+/// The shard's recorded backups, newest first.
+pub fn list(directory: &Path) -> std::io::Result<Vec<Manifest>> {
+    let mut manifests = Vec::new();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(manifests),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "json")
+        {
+            let text = std::fs::read(&path)?;
+            match serde_json::from_slice::<Manifest>(&text) {
+                Ok(manifest) => manifests.push(manifest),
+                Err(error) => {
+                    tracing::warn!(manifest = %path.display(), %error, "not a backup manifest; ignored")
+                }
+            }
+        }
+    }
+    manifests.sort_by(|left, right| right.backup_id.cmp(&left.backup_id));
+    Ok(manifests)
+}
+
+/// Removes backups beyond the newest `keep` and older than `max_age`, never `current`; the
+/// ids removed.
+fn prune(
+    directory: &Path,
+    settings: &BackupSettings,
+    current: &str,
+) -> std::io::Result<Vec<String>> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let mut removed = Vec::new();
+    for (index, manifest) in list(directory)?.into_iter().enumerate() {
+        let too_many = index >= settings.keep.max(1);
+        let too_old = settings
+            .max_age
+            .is_some_and(|age| now.saturating_sub(manifest.taken_at) > age.as_secs());
+        if manifest.backup_id != current && (too_many || too_old) {
+            let _ = std::fs::remove_file(&manifest.location);
+            std::fs::remove_file(directory.join(format!("{}.json", manifest.backup_id)))?;
+            removed.push(manifest.backup_id);
+        }
+    }
+    Ok(removed)
+}

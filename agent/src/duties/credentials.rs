@@ -1,0 +1,181 @@
+//! Handing a shard's credentials to a PostgreSQL client program (`pg_dump`, `pg_restore`)
+//! without putting the password in its arguments or its environment: the connection goes as a
+//! libpq keyword/value string without the password, and the password goes into a passfile
+//! readable by the agent's user only (mode 0600, in a private directory) that is removed when
+//! the [`ClientCredentials`] is dropped.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use fleetshift_common::secrets::DatabaseUrl;
+
+/// How a client program connects to one shard.
+#[derive(Debug)]
+pub struct ClientCredentials {
+    /// `host=… port=… user=… dbname=…` and the URL's other parameters; never the password.
+    conninfo: String,
+    passfile: Option<Passfile>,
+}
+
+/// A passfile in a private temporary directory; dropping the directory removes both.
+#[derive(Debug)]
+struct Passfile {
+    _directory: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl ClientCredentials {
+    /// Splits `url` into a password-free connection string and a passfile.
+    pub fn from_url(url: &DatabaseUrl) -> Result<Self, String> {
+        let parsed = url::Url::parse(url.expose())
+            .map_err(|error| format!("the database URL {url} cannot be parsed: {error}"))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(format!(
+                "{url} is not a PostgreSQL URL; pg_dump backs up PostgreSQL shards only"
+            ));
+        }
+        let decode = |text: &str| {
+            percent_decode(text).map_err(|()| format!("{url} has a malformed percent-escape"))
+        };
+        let mut conninfo = String::new();
+        let mut add = |key: &str, value: &str| {
+            let _ = write!(conninfo, "{}{key}={}", separator(&conninfo), quoted(value));
+        };
+        if let Some(host) = parsed.host_str().filter(|host| !host.is_empty()) {
+            add("host", host.trim_start_matches('[').trim_end_matches(']'));
+        }
+        if let Some(port) = parsed.port() {
+            add("port", &port.to_string());
+        }
+        if !parsed.username().is_empty() {
+            add("user", &decode(parsed.username())?);
+        }
+        let database = parsed.path().trim_start_matches('/');
+        if !database.is_empty() {
+            add("dbname", &decode(database)?);
+        }
+        let mut password = parsed.password().map(decode).transpose()?;
+        for (key, value) in parsed.query_pairs() {
+            if key == "password" {
+                password = Some(value.into_owned());
+            } else {
+                add(&key, &value);
+            }
+        }
+        let passfile = password
+            .filter(|password| !password.is_empty())
+            .map(|password| Passfile::write(&password))
+            .transpose()
+            .map_err(|error| format!("cannot write a passfile for {url}: {error}"))?;
+        Ok(Self { conninfo, passfile })
+    }
+
+    /// The connection string for `--dbname`.
+    pub fn conninfo(&self) -> &str {
+        &self.conninfo
+    }
+
+    /// The passfile for `PGPASSFILE`, when the URL carries a password.
+    pub fn passfile(&self) -> Option<&Path> {
+        self.passfile
+            .as_ref()
+            .map(|passfile| passfile.path.as_path())
+    }
+}
+
+impl Passfile {
+    fn write(password: &str) -> std::io::Result<Self> {
+        let directory = tempfile::Builder::new()
+            .prefix("fleetshift-passfile-")
+            .tempdir()?;
+        let path = directory.path().join("pgpass");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        // Only this program reads it, so every host, port, database and user matches.
+        writeln!(file, "*:*:*:*:{}", escaped(password))?;
+        file.sync_all()?;
+        Ok(Self {
+            _directory: directory,
+            path,
+        })
+    }
+}
+
+fn separator(conninfo: &str) -> &'static str {
+    if conninfo.is_empty() { "" } else { " " }
+}
+
+/// A libpq keyword value: single-quoted, with `\` and `'` escaped.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A passfile field: `\` and `:` escaped.
+fn escaped(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+fn percent_decode(text: &str) -> Result<String, ()> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = text.get(index + 1..index + 3).ok_or(())?;
+            decoded.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_goes_to_a_private_passfile_and_nowhere_else() {
+        let url = DatabaseUrl::new(
+            "postgres://app%40eu:s3cr%3At'@db.example:6432/orders?sslmode=require",
+        );
+        let credentials = ClientCredentials::from_url(&url).expect("valid");
+        assert_eq!(
+            credentials.conninfo(),
+            "host='db.example' port='6432' user='app@eu' dbname='orders' sslmode='require'"
+        );
+        assert!(!credentials.conninfo().contains("s3cr"));
+        let passfile = credentials.passfile().expect("a passfile").to_path_buf();
+        assert_eq!(
+            std::fs::read_to_string(&passfile).expect("read"),
+            "*:*:*:*:s3cr\\:t'\n"
+        );
+        let mode = std::fs::metadata(&passfile)
+            .expect("metadata")
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        drop(credentials);
+        assert!(!passfile.exists(), "the passfile is removed");
+    }
+
+    #[test]
+    fn a_url_without_a_password_needs_no_passfile_and_others_are_refused() {
+        let credentials =
+            ClientCredentials::from_url(&DatabaseUrl::new("postgresql://app@localhost/db"))
+                .expect("valid");
+        assert!(credentials.passfile().is_none());
+        let error = ClientCredentials::from_url(&DatabaseUrl::new("sqlite:/tmp/x.db"))
+            .expect_err("not PostgreSQL");
+        assert!(error.contains("PostgreSQL"), "{error}");
+    }
+}

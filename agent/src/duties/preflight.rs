@@ -1,0 +1,260 @@
+//! Pre-flight checks on a PostgreSQL shard, before anything runs there: the server answers
+//! (and its version); connections in use against `max_connections`; replication lag of attached
+//! replicas; free disk where backups go against the database's size (when the plan requires a
+//! backup); and no transaction open longer than the plan's threshold holding a lock on a table
+//! the revisions touch. Such transactions are waited for up to a bound, then the shard fails
+//! naming their pids and queries. Each check is reported as it finishes; the first failure
+//! stops the shard before any DDL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fleetshift_common::engine::catalog::describe_activity;
+use fleetshift_common::engine::health;
+use fleetshift_common::proto::v1::{self, PreflightCheck};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// The plan's thresholds with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub long_transaction: Duration,
+    pub wait_for_blockers: Duration,
+    pub max_connections_percent: u32,
+    pub max_replication_lag: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            long_transaction: Duration::from_secs(30),
+            wait_for_blockers: Duration::from_secs(60),
+            max_connections_percent: 90,
+            max_replication_lag: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn from_policy(policy: Option<&v1::PreflightPolicy>) -> Self {
+        let defaults = Self::default();
+        let Some(policy) = policy else {
+            return defaults;
+        };
+        let given = |value: Option<prost_types::Duration>, default: Duration| {
+            value
+                .and_then(|value| Duration::try_from(value).ok())
+                .unwrap_or(default)
+        };
+        Self {
+            long_transaction: given(policy.long_transaction, defaults.long_transaction),
+            wait_for_blockers: given(policy.wait_for_blockers, defaults.wait_for_blockers),
+            max_connections_percent: match policy.max_connections_percent {
+                0 => defaults.max_connections_percent,
+                percent => percent,
+            },
+            max_replication_lag: given(policy.max_replication_lag, defaults.max_replication_lag),
+        }
+    }
+}
+
+/// What the checks look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// Existing tables the revisions to run touch, as the catalog names them.
+    pub tables: &'a [String],
+    /// Where the backup will go, when the plan requires one.
+    pub backup_directory: Option<&'a Path>,
+}
+
+/// Why the shard may not go ahead.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Told to stop while waiting.
+    Stopped,
+    /// The failed check's name and what it saw.
+    Failed { check: String, detail: String },
+}
+
+/// How often blockers are looked for again while waiting for them.
+const BLOCKER_POLL: Duration = Duration::from_millis(500);
+
+/// Runs every check, reporting each; the database's size on success.
+pub async fn run(
+    pool: &PgPool,
+    scope: Scope<'_>,
+    thresholds: Thresholds,
+    report: &(dyn Fn(PreflightCheck) + Sync),
+    stop: &CancellationToken,
+) -> Result<u64, Refusal> {
+    let check = |name: &str, passed: bool, detail: String| {
+        report(PreflightCheck {
+            name: name.to_owned(),
+            passed,
+            detail: detail.clone(),
+        });
+        if passed {
+            Ok(())
+        } else {
+            Err(Refusal::Failed {
+                check: name.to_owned(),
+                detail,
+            })
+        }
+    };
+    let unreadable = |name: &str, error: sqlx::Error| Refusal::Failed {
+        check: name.to_owned(),
+        detail: format!("cannot read it from the server: {error}"),
+    };
+
+    let version = health::server_version(pool)
+        .await
+        .map_err(|error| unreadable("server", error))?;
+    check("server", true, format!("PostgreSQL {version}"))?;
+
+    let connections = health::connections(pool)
+        .await
+        .map_err(|error| unreadable("connections", error))?;
+    let busy =
+        connections.in_use * 100 >= connections.max * i64::from(thresholds.max_connections_percent);
+    check(
+        "connections",
+        !busy,
+        format!(
+            "{} of {} connections in use (limit {}%){}",
+            connections.in_use,
+            connections.max,
+            thresholds.max_connections_percent,
+            if busy {
+                "; wait for load to drop or raise max_connections"
+            } else {
+                ""
+            }
+        ),
+    )?;
+
+    let replication = health::replication(pool)
+        .await
+        .map_err(|error| unreadable("replication", error))?;
+    if replication.replicas == 0 {
+        check("replication", true, "no replicas attached".to_owned())?;
+    } else {
+        let behind = replication.max_lag > thresholds.max_replication_lag;
+        check(
+            "replication",
+            !behind,
+            format!(
+                "{} replica(s), largest replay lag {:.1}s (limit {}s)",
+                replication.replicas,
+                replication.max_lag.as_secs_f64(),
+                thresholds.max_replication_lag.as_secs()
+            ),
+        )?;
+    }
+
+    let database_bytes = health::database_bytes(pool)
+        .await
+        .map_err(|error| unreadable("disk", error))?;
+    let database_bytes = u64::try_from(database_bytes).unwrap_or_default();
+    if let Some(directory) = scope.backup_directory {
+        let (passed, detail) = match free_bytes(directory) {
+            Ok(free) => (
+                free > database_bytes,
+                format!(
+                    "{} MiB free in {} for a database of {} MiB{}",
+                    free / MIB,
+                    directory.display(),
+                    database_bytes / MIB,
+                    if free > database_bytes {
+                        ""
+                    } else {
+                        "; free space there or point [backups] directory elsewhere"
+                    }
+                ),
+            ),
+            Err(error) => (
+                false,
+                format!("cannot read free space in {}: {error}", directory.display()),
+            ),
+        };
+        check("disk", passed, detail)?;
+    }
+
+    wait_for_blockers(pool, scope.tables, thresholds, stop)
+        .await
+        .and_then(|detail| check("blockers", true, detail))
+        .or_else(|refusal| match refusal {
+            Refusal::Failed {
+                check: name,
+                detail,
+            } => check(&name, false, detail),
+            stopped => Err(stopped),
+        })?;
+    Ok(database_bytes)
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Free bytes for an unprivileged writer on the file system holding `directory` (created when
+/// missing, so a first backup can be checked).
+fn free_bytes(directory: &Path) -> std::io::Result<u64> {
+    std::fs::create_dir_all(directory)?;
+    let stats = rustix::fs::statvfs(directory).map_err(std::io::Error::from)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Waits until no long transaction holds a lock on `tables`, at most the plan's bound.
+async fn wait_for_blockers(
+    pool: &PgPool,
+    tables: &[String],
+    thresholds: Thresholds,
+    stop: &CancellationToken,
+) -> Result<String, Refusal> {
+    if tables.is_empty() {
+        return Ok("the revisions touch no existing table".to_owned());
+    }
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let holders = health::long_lock_holders(pool, tables, thresholds.long_transaction)
+            .await
+            .map_err(|error| Refusal::Failed {
+                check: "blockers".to_owned(),
+                detail: format!("cannot read the server's locks: {error}"),
+            })?;
+        if holders.is_empty() {
+            let waited = if announced {
+                format!(" (after waiting {}s)", started.elapsed().as_secs())
+            } else {
+                String::new()
+            };
+            return Ok(format!(
+                "no transaction open longer than {}s holds a lock on {}{waited}",
+                thresholds.long_transaction.as_secs(),
+                tables.join(", ")
+            ));
+        }
+        let described: Vec<String> = holders
+            .iter()
+            .map(|(table, activity)| format!("{table}: {}", describe_activity(activity)))
+            .collect();
+        if started.elapsed() >= thresholds.wait_for_blockers {
+            return Err(Refusal::Failed {
+                check: "blockers".to_owned(),
+                detail: format!(
+                    "still blocked after {}s by {}; end those sessions (pg_terminate_backend) or retry when they finish",
+                    thresholds.wait_for_blockers.as_secs(),
+                    described.join("; ")
+                ),
+            });
+        }
+        if !announced {
+            tracing::info!(blockers = %described.join("; "), wait_s = thresholds.wait_for_blockers.as_secs(), "waiting for long transactions on touched tables to end");
+            announced = true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Err(Refusal::Stopped),
+            () = tokio::time::sleep(BLOCKER_POLL) => {}
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! What a shard's server says about its health right now, for the agent's pre-flight checks:
+//! its version, connections against `max_connections`, replication lag of attached replicas,
+//! the database's size, and the sessions whose transactions have been open too long while
+//! holding a lock on one of the tables a plan touches.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::proto::v1::TableActivity;
+
+/// Connections in use and the server's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    pub in_use: i64,
+    pub max: i64,
+}
+
+/// Replicas streaming from this server and the largest replay lag among them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replication {
+    pub replicas: i64,
+    pub max_lag: Duration,
+}
+
+/// `server_version`, e.g. "15.18 (Debian 15.18-0+deb12u1)".
+pub async fn server_version(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_setting('server_version')")
+        .fetch_one(pool)
+        .await
+}
+
+pub async fn connections(pool: &PgPool) -> Result<Connections, sqlx::Error> {
+    let (in_use, max): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+                current_setting('max_connections')::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Connections { in_use, max })
+}
+
+pub async fn replication(pool: &PgPool) -> Result<Replication, sqlx::Error> {
+    let (replicas, lag_seconds): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), coalesce(max(extract(epoch FROM replay_lag)), 0)::float8
+         FROM pg_stat_replication",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Replication {
+        replicas,
+        max_lag: Duration::try_from_secs_f64(lag_seconds.max(0.0)).unwrap_or(Duration::MAX),
+    })
+}
+
+/// The current database's size on disk.
+pub async fn database_bytes(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(pool)
+        .await
+}
+
+/// (table, session) for each other session of this database that holds or awaits a lock on one
+/// of `tables` (named as the catalog facts name them, compared without case) inside a
+/// transaction open at least `older_than`.
+const LONG_LOCK_HOLDERS: &str = "
+    SELECT DISTINCT
+           CASE WHEN n.nspname = 'public' THEN c.relname::text
+                ELSE n.nspname || '.' || c.relname END,
+           a.pid, l.mode, l.granted, coalesce(a.state, ''),
+           extract(epoch FROM now() - a.xact_start)::float8,
+           left(coalesce(a.query, ''), 200)
+    FROM pg_locks l
+    JOIN pg_stat_activity a ON a.pid = l.pid
+    JOIN pg_class c ON c.oid = l.relation
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE l.locktype = 'relation'
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.pid <> pg_backend_pid()
+      AND a.xact_start <= now() - make_interval(secs => $2)
+      AND lower(CASE WHEN n.nspname = 'public' THEN c.relname::text
+                     ELSE n.nspname || '.' || c.relname END) = ANY($1)
+    ORDER BY 1, 2";
+
+pub async fn long_lock_holders(
+    pool: &PgPool,
+    tables: &[String],
+    older_than: Duration,
+) -> Result<Vec<(String, TableActivity)>, sqlx::Error> {
+    let rows: Vec<(String, i32, String, bool, String, f64, String)> =
+        sqlx::query_as(LONG_LOCK_HOLDERS)
+            .bind(
+                tables
+                    .iter()
+                    .map(|table| table.to_lowercase())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(older_than.as_secs_f64())
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(table, pid, mode, granted, state, age, query)| {
+            let activity = TableActivity {
+                pid,
+                mode,
+                granted,
+                state,
+                transaction_age: Duration::try_from_secs_f64(age.max(0.0))
+                    .ok()
+                    .and_then(|age| prost_types::Duration::try_from(age).ok()),
+                query,
+            };
+            (table, activity)
+        })
+        .collect())
+}

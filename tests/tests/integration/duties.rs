@@ -1,0 +1,408 @@
+//! The agent's host duties on real PostgreSQL with real `pg_dump` and `pg_restore`: a verified
+//! backup is recorded before the first DDL and retention removes the oldest; a `pg_dump`
+//! killed mid-way stops the shard before any DDL, and its credentials were never in its
+//! arguments, its environment or the agent's log; a long transaction on a touched table makes
+//! pre-flight wait, then fail naming its pid, with nothing run.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetshift_agent::assignment;
+use fleetshift_agent::config::{AgentConfig, ShardConfig};
+use fleetshift_agent::duties::backup::{self, BackupSettings};
+use fleetshift_common::proto::v1::progress_event::Event;
+use fleetshift_common::proto::v1::{
+    Assignment, AssignmentResult, Direction, ErrorKind, HostDuties, PreflightPolicy, ProgressEvent,
+};
+use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_tests::fixtures;
+use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::wait::wait_until;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber;
+
+const SCHEMA: &str = "
+    CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL);
+    INSERT INTO accounts SELECT g, 'owner ' || g FROM generate_series(1, 2000) g;
+    CREATE TABLE notes (id bigint PRIMARY KEY, body text);";
+
+const CANARY: &str = "canary-Zq8v-do-not-leak";
+
+/// A database with `SCHEMA`, reachable as a superuser whose password is the canary.
+struct Shard {
+    cluster: PostgresCluster,
+    admin: sqlx::PgPool,
+    url: String,
+    home: tempfile::TempDir,
+}
+
+async fn shard(name: &str) -> Shard {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let admin_url = cluster.create_database(name).await.expect("database");
+    let admin = cluster.admin_pool(name).await.expect("admin pool");
+    sqlx::raw_sql(SCHEMA).execute(&admin).await.expect("schema");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE canary_owner LOGIN SUPERUSER PASSWORD '{CANARY}'"
+    )))
+    .execute(&admin)
+    .await
+    .expect("canary role");
+    let (_, location) = admin_url.split_once('@').expect("user@host in the URL");
+    Shard {
+        cluster,
+        admin,
+        url: format!("postgres://canary_owner:{CANARY}@{location}"),
+        home: tempfile::tempdir().expect("home"),
+    }
+}
+
+impl Shard {
+    fn settings(&self, keep: usize) -> BackupSettings {
+        BackupSettings {
+            directory: self.home.path().join("backups"),
+            keep,
+            max_age: None,
+            pg_dump: self.cluster.binaries().join("pg_dump"),
+            pg_restore: self.cluster.binaries().join("pg_restore"),
+            lock_wait_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn config(&self, settings: BackupSettings) -> AgentConfig {
+        AgentConfig {
+            agent_id: "db-host-1".to_owned(),
+            coordinator: None,
+            shards: vec![ShardConfig {
+                id: "accounts-1".to_owned(),
+                labels: Default::default(),
+                database_url: DatabaseUrl::new(self.url.clone()),
+            }],
+            backups: Some(settings),
+        }
+    }
+
+    async fn has_note_column(&self) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT FROM information_schema.columns
+                            WHERE table_name = 'accounts' AND column_name = 'note')",
+        )
+        .fetch_one(&self.admin)
+        .await
+        .expect("catalog")
+    }
+}
+
+fn assignment(id: &str, set_dir: &Path, duties: HostDuties) -> Assignment {
+    Assignment {
+        assignment_id: id.to_owned(),
+        plan_id: format!("plan-{id}"),
+        shard_id: "accounts-1".to_owned(),
+        fence_token: 1,
+        direction: Direction::Up.into(),
+        migration_set: Some(fixtures::shipped(set_dir)),
+        duties: Some(duties),
+        ..Assignment::default()
+    }
+}
+
+fn migrations() -> tempfile::TempDir {
+    fixtures::migrations(&[(
+        "1_account_notes.sql",
+        "ALTER TABLE accounts ADD COLUMN note text;",
+    )])
+}
+
+/// Runs `assignment` in this process; its result and every progress event it sent.
+async fn execute(config: &AgentConfig, assignment: Assignment) -> (AssignmentResult, Vec<Event>) {
+    let (progress, mut received) = mpsc::unbounded_channel::<ProgressEvent>();
+    let result = assignment::execute(
+        config,
+        assignment,
+        Duration::from_secs(30),
+        CancellationToken::new(),
+        progress,
+    )
+    .await;
+    let mut events = Vec::new();
+    while let Ok(event) = received.try_recv() {
+        events.extend(event.event);
+    }
+    (result, events)
+}
+
+fn step(event: &Event) -> String {
+    match event {
+        Event::PreflightCheck(check) => format!("preflight {} {}", check.name, check.passed),
+        Event::BackupFinished(_) => "backup".to_owned(),
+        Event::RevisionStarted(started) => format!("revision {}", started.version),
+        Event::RevisionFinished(finished) => format!("finished {}", finished.version),
+        Event::StatementFinished(_) | Event::LockRetry(_) => "statement".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_backup_is_recorded_before_the_first_ddl_and_retention_keeps_the_newest() {
+    let shard = shard("backed_up").await;
+    let config = shard.config(shard.settings(2));
+    let set = migrations();
+    let duties = HostDuties {
+        require_backup: true,
+        preflight: None,
+    };
+    let (result, events) = execute(&config, assignment("a1", set.path(), duties)).await;
+    assert!(result.succeeded, "{:?}", result.error);
+    assert!(shard.has_note_column().await);
+    let steps: Vec<String> = events.iter().map(step).collect();
+    assert_eq!(
+        steps[..7],
+        [
+            "preflight server true",
+            "preflight connections true",
+            "preflight replication true",
+            "preflight disk true",
+            "preflight blockers true",
+            "backup",
+            "revision 1",
+        ],
+        "{steps:?}"
+    );
+
+    let record = result.backup.expect("a backup record in the result");
+    let dump = std::fs::read(&record.location).expect("the dump is where the record says");
+    assert_eq!(record.size_bytes, dump.len() as u64);
+    assert_eq!(record.sha256, hex::encode(Sha256::digest(&dump)));
+    assert!(record.verified_entries >= 2, "{record:?}");
+    assert!(record.database_bytes > 0);
+    assert!(dump.starts_with(b"PGDMP"), "a custom-format dump");
+    // The dump holds the rows as they were before the revision: no `note` column yet.
+    let listed = std::process::Command::new(shard.cluster.binaries().join("pg_restore"))
+        .args([
+            "--schema-only",
+            "--table=accounts",
+            "--file=-",
+            &record.location,
+        ])
+        .output()
+        .expect("pg_restore");
+    let restored = String::from_utf8_lossy(&listed.stdout);
+    assert!(restored.contains("owner text NOT NULL"), "{restored}");
+    assert!(!restored.contains("note text"), "{restored}");
+
+    // Two more runs (each takes a backup first); only the newest two are kept.
+    for id in ["a2", "a3"] {
+        let (result, _) = execute(&config, assignment(id, set.path(), duties)).await;
+        assert!(result.succeeded, "{:?}", result.error);
+    }
+    let directory = backup::shard_directory(&shard.settings(2), "accounts-1");
+    let kept = backup::list(&directory).expect("list");
+    let plans: Vec<&str> = kept.iter().map(|kept| kept.plan_id.as_str()).collect();
+    assert_eq!(plans, ["plan-a3", "plan-a2"]);
+    assert!(
+        !Path::new(&record.location).exists(),
+        "the oldest dump is gone"
+    );
+    let files = std::fs::read_dir(&directory).expect("dir").count();
+    assert_eq!(files, 4, "two dumps and their manifests");
+}
+
+/// The pid of the `pg_dump` whose arguments mention `database`, once it runs.
+fn pg_dump_of(database: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let arguments = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let arguments = String::from_utf8_lossy(&arguments);
+        (arguments.contains("pg_dump") && arguments.contains(&format!("dbname='{database}'")))
+            .then_some(pid)
+    })
+}
+
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut log) = self.0.lock() {
+            log.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backup_stops_the_shard_before_any_ddl_and_never_exposes_the_password() {
+    let shard = shard("killed_dump").await;
+    let config = Arc::new(shard.config(shard.settings(5)));
+    let set = migrations();
+    // pg_dump queues behind this lock, so it is still running when the test kills it.
+    let mut holder = shard.admin.begin().await.expect("transaction");
+    sqlx::raw_sql("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .finish();
+    let run = tokio::spawn({
+        let config = Arc::clone(&config);
+        let assignment = assignment(
+            "k1",
+            set.path(),
+            HostDuties {
+                require_backup: true,
+                preflight: None,
+            },
+        );
+        async move { execute(&config, assignment).await }.with_subscriber(subscriber)
+    });
+
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            pg_dump_of("killed_dump").is_some()
+        })
+        .await,
+        "pg_dump never ran"
+    );
+    let pid = pg_dump_of("killed_dump").expect("found");
+    let proc_file = |name: &str| {
+        std::fs::read(format!("/proc/{pid}/{name}"))
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
+    };
+    let arguments = String::from_utf8_lossy(&proc_file("cmdline")).replace('\0', " ");
+    let environment = String::from_utf8_lossy(&proc_file("environ")).replace('\0', "\n");
+    assert!(!arguments.contains(CANARY), "{arguments}");
+    assert!(!environment.contains(CANARY), "{environment}");
+    assert!(!environment.contains("PGPASSWORD"), "{environment}");
+    let passfile: PathBuf = environment
+        .lines()
+        .find_map(|line| line.strip_prefix("PGPASSFILE="))
+        .expect("the password goes through a passfile")
+        .into();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&passfile)
+            .expect("passfile")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&passfile)
+            .expect("passfile")
+            .contains(CANARY)
+    );
+
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let (result, events) = run.await.expect("the run ends");
+    holder.rollback().await.expect("release");
+
+    assert!(!result.succeeded);
+    let error = result.error.expect("why it failed");
+    assert_eq!(error.kind, i32::from(ErrorKind::Precondition), "{error:?}");
+    assert!(
+        error.message.contains("killed by signal 9") && error.message.contains("accounts-1"),
+        "{}",
+        error.message
+    );
+    assert!(result.backup.is_none());
+    assert!(
+        !events
+            .iter()
+            .any(|event| matches!(event, Event::RevisionStarted(_))),
+        "no revision may start: {:?}",
+        events.iter().map(step).collect::<Vec<_>>()
+    );
+    assert!(!shard.has_note_column().await, "no DDL ran");
+    assert!(!passfile.exists(), "the passfile is removed");
+    let directory = backup::shard_directory(&shard.settings(5), "accounts-1");
+    let left: Vec<_> = std::fs::read_dir(&directory)
+        .expect("dir")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing half-written is kept: {left:?}");
+    let log = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+    assert!(
+        log.contains("pre-flight check passed"),
+        "the log was captured: {log}"
+    );
+    assert!(!log.contains(CANARY), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() {
+    let shard = shard("blocked").await;
+    let config = shard.config(shard.settings(5));
+    let set = migrations();
+    let mut holder = shard.admin.acquire().await.expect("connection");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *holder)
+        .await
+        .expect("pid");
+    for statement in ["BEGIN", "UPDATE accounts SET owner = owner WHERE id = 1"] {
+        sqlx::raw_sql(statement)
+            .execute(&mut *holder)
+            .await
+            .expect("hold a row lock");
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let duties = HostDuties {
+        require_backup: false,
+        preflight: Some(PreflightPolicy {
+            long_transaction: prost_types::Duration::try_from(Duration::from_secs(1)).ok(),
+            wait_for_blockers: prost_types::Duration::try_from(Duration::from_secs(2)).ok(),
+            ..PreflightPolicy::default()
+        }),
+    };
+    let (result, events) = execute(&config, assignment("b1", set.path(), duties)).await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *holder)
+        .await
+        .expect("rollback");
+
+    assert!(!result.succeeded);
+    let error = result.error.expect("why");
+    assert_eq!(error.kind, i32::from(ErrorKind::Precondition), "{error:?}");
+    assert!(
+        error.message.contains("pre-flight check blockers failed")
+            && error
+                .message
+                .contains(&format!("pid {pid} (idle in transaction"))
+            && error.message.contains("UPDATE accounts")
+            && error.message.contains("after 2s"),
+        "{}",
+        error.message
+    );
+    let steps: Vec<String> = events.iter().map(step).collect();
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("preflight blockers false")
+    );
+    assert!(
+        !steps.iter().any(|step| step.starts_with("revision")),
+        "{steps:?}"
+    );
+    assert!(!shard.has_note_column().await, "nothing ran");
+
+    // With the transaction gone, the same assignment goes through.
+    let duties = HostDuties {
+        require_backup: false,
+        preflight: None,
+    };
+    let (result, _) = execute(&config, assignment("b2", set.path(), duties)).await;
+    assert!(result.succeeded, "{:?}", result.error);
+    assert!(shard.has_note_column().await);
+}
