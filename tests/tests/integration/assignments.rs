@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::progress_event::Event;
-use fleetshift_common::proto::v1::{self, Assignment, Direction, ErrorKind, RevisionOutcome};
+use fleetshift_common::proto::v1::{
+    self, Assignment, Direction, ErrorKind, HostDuties, RevisionOutcome,
+};
 use fleetshift_common::source::MigrationSet;
 use fleetshift_coordinator::authz::Roles;
 use fleetshift_coordinator::mailbox::DispatchError;
@@ -44,17 +46,22 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     let (store, mailbox, home) = (&fleet.store, &fleet.mailbox, &fleet.home);
     let port = fleet.address.port();
     let Database {
-        cluster: _cluster,
+        cluster,
         url,
         admin,
     } = support::database("orders").await;
 
     std::fs::write(home.path().join("orders.url"), &url).expect("secret");
+    let backups = format!(
+        "[backups]\ndirectory = \"backups\"\npg_dump = \"{}\"\npg_restore = \"{}\"\n",
+        cluster.binaries().join("pg_dump").display(),
+        cluster.binaries().join("pg_restore").display()
+    );
     write_agent_config(
         home.path(),
         port,
         "db-host-1",
-        "[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n",
+        &format!("{backups}[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n"),
     );
     let agent_config = home.path().join("agent.toml");
     let log = home.path().join("agent.log");
@@ -90,20 +97,26 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         .expect("claim");
     let wait = Duration::from_secs(30);
 
-    // Up, under the claim's token, with its progress streamed live.
+    // Up, under the claim's token, after a verified backup, with its progress streamed live.
     let mut progress = mailbox.subscribe_progress();
     let result = assign(
         store.as_ref(),
         mailbox,
         "db-host-1",
-        assignment(
-            "a-1",
-            "orders",
-            claim.token.0,
-            Direction::Up,
-            "",
-            set.clone(),
-        ),
+        Assignment {
+            duties: Some(HostDuties {
+                require_backup: true,
+                preflight: None,
+            }),
+            ..assignment(
+                "a-1",
+                "orders",
+                claim.token.0,
+                Direction::Up,
+                "",
+                set.clone(),
+            )
+        },
         wait,
     )
     .await
@@ -114,6 +127,24 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert_eq!(result.current_version, "2");
+    // The backup's record reached the coordinator; the password reached neither the agent's
+    // log nor anything else it printed.
+    let backup = result.backup.as_ref().expect("a backup record");
+    assert_eq!(backup.sha256.len(), 64, "{backup:?}");
+    assert!(std::path::Path::new(&backup.location).starts_with(home.path().join("backups")));
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| password.len() >= 8)
+        .expect("a password in the URL");
+    let agent_log = std::fs::read_to_string(&log).expect("agent log");
+    assert!(
+        agent_log.contains("verified backup recorded"),
+        "{agent_log}"
+    );
+    assert!(!agent_log.contains(password), "{agent_log}");
     let mut seen = Vec::new();
     while let Ok(event) = progress.try_recv() {
         assert_eq!(
@@ -129,12 +160,20 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
                     RevisionOutcome::try_from(finished.outcome).expect("outcome")
                 )
             }
+            Event::PreflightCheck(check) => format!("preflight {} {}", check.name, check.passed),
+            Event::BackupFinished(_) => "backup".to_owned(),
             other => format!("{other:?}"),
         });
     }
     assert_eq!(
         seen,
         [
+            "preflight server true",
+            "preflight connections true",
+            "preflight replication true",
+            "preflight disk true",
+            "preflight blockers true",
+            "backup",
             "started 1",
             "finished 1 Applied",
             "started 2",
