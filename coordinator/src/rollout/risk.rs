@@ -12,7 +12,7 @@
 //! has had a transaction open for a minute), from the shard's catalog as its agent last
 //! reported it (when there are no facts, a `catalog` factor adds nothing and says so).
 
-use fleetshift_common::engine::catalog::describe_activity;
+use fleetshift_common::engine::catalog::{activity_age, describe_activity};
 use fleetshift_common::proto::v1::{
     LintFinding, RiskAssessment, RiskFactor, RiskLevel, TableActivity, TableFacts,
 };
@@ -223,12 +223,9 @@ fn in_use(changed: &[&TableFacts], shard: &ShardContext) -> Option<RiskFactor> {
     if users.is_empty() {
         return None;
     }
-    let long = users.iter().any(|(_, activity)| {
-        activity
-            .transaction_age
-            .and_then(|age| std::time::Duration::try_from(age).ok())
-            .is_some_and(|age| age >= LONG_TRANSACTION)
-    });
+    let long = users
+        .iter()
+        .any(|(_, activity)| activity_age(activity).is_some_and(|age| age >= LONG_TRANSACTION));
     let when = shard.observed_at.map_or_else(
         || "when its agent last looked".to_owned(),
         |at| format!("at {at}"),

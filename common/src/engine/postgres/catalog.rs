@@ -6,6 +6,7 @@
 //! on it at the moment of reading. The agent reports these with its shard facts; plans weigh
 //! them in their risk.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -107,7 +108,9 @@ const ACTIVITY: &str = "
       AND l.pid <> pg_backend_pid()
     ORDER BY l.relation, a.pid, l.mode";
 
-type ActivityRow = (i64, i32, String, bool, String, f64, String);
+/// What every activity query selects after the table: pid, mode, granted, state, transaction
+/// age in seconds, query.
+pub(super) type ActivityColumns = (i32, String, bool, String, f64, String);
 
 /// Every user table with its size, its dependents, and the sessions using it now.
 pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> {
@@ -116,7 +119,15 @@ pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> 
     let dependents: Vec<(i64, String)> = sqlx::query_as(DEPENDENTS).fetch_all(pool).await?;
     let column_dependents: Vec<(i64, String, String)> =
         sqlx::query_as(COLUMN_DEPENDENTS).fetch_all(pool).await?;
-    let activity: Vec<ActivityRow> = sqlx::query_as(ACTIVITY).fetch_all(pool).await?;
+    let activity: Vec<(i64, i32, String, bool, String, f64, String)> =
+        sqlx::query_as(ACTIVITY).fetch_all(pool).await?;
+    let mut activity_by_table: HashMap<i64, Vec<TableActivity>> = HashMap::new();
+    for (oid, pid, mode, granted, state, age, query) in activity {
+        activity_by_table
+            .entry(oid)
+            .or_default()
+            .push(table_activity((pid, mode, granted, state, age, query)));
+    }
     Ok(tables
         .into_iter()
         .map(|(oid, schema, name, rows, bytes)| {
@@ -153,37 +164,38 @@ pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> 
                 total_bytes: bytes,
                 dependents: named,
                 columns,
-                activity: activity
-                    .iter()
-                    .filter(|row| row.0 == oid)
-                    .map(table_activity)
-                    .collect(),
+                activity: activity_by_table.remove(&oid).unwrap_or_default(),
             }
         })
         .collect())
 }
 
-fn table_activity(row: &ActivityRow) -> TableActivity {
-    let (_, pid, mode, granted, state, age_seconds, query) = row;
+pub(super) fn table_activity(columns: ActivityColumns) -> TableActivity {
+    let (pid, mode, granted, state, age_seconds, query) = columns;
     TableActivity {
-        pid: *pid,
-        mode: mode.clone(),
-        granted: *granted,
-        state: state.clone(),
+        pid,
+        mode,
+        granted,
+        state,
         transaction_age: Duration::try_from_secs_f64(age_seconds.max(0.0))
             .ok()
             .and_then(|age| prost_types::Duration::try_from(age).ok()),
-        query: query.clone(),
+        query,
     }
+}
+
+/// How long the session's transaction had been open when the facts were read.
+pub fn activity_age(activity: &TableActivity) -> Option<Duration> {
+    activity
+        .transaction_age
+        .and_then(|age| Duration::try_from(age).ok())
 }
 
 /// One session's use of a table as one line: "pid 4242 (idle in transaction for 12s)
 /// holds RowExclusiveLock: UPDATE users SET …".
 pub fn describe_activity(activity: &TableActivity) -> String {
-    let age = activity
-        .transaction_age
-        .and_then(|age| Duration::try_from(age).ok())
-        .map_or_else(String::new, |age| format!(" for {}s", age.as_secs()));
+    let age =
+        activity_age(activity).map_or_else(String::new, |age| format!(" for {}s", age.as_secs()));
     let state = if activity.state.is_empty() {
         "unknown state"
     } else {
@@ -212,10 +224,7 @@ pub fn facts_json(facts: &TableFacts) -> serde_json::Value {
             "mode": activity.mode,
             "granted": activity.granted,
             "state": activity.state,
-            "transaction_age_seconds": activity
-                .transaction_age
-                .and_then(|age| Duration::try_from(age).ok())
-                .map(|age| age.as_secs_f64()),
+            "transaction_age_seconds": activity_age(activity).map(|age| age.as_secs_f64()),
             "query": activity.query,
         })).collect::<Vec<_>>(),
     })

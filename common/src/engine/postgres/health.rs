@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::catalog::table_activity;
 use crate::proto::v1::TableActivity;
 
 /// Connections in use and the server's limit.
@@ -101,17 +102,10 @@ pub async fn long_lock_holders(
     Ok(rows
         .into_iter()
         .map(|(table, pid, mode, granted, state, age, query)| {
-            let activity = TableActivity {
-                pid,
-                mode,
-                granted,
-                state,
-                transaction_age: Duration::try_from_secs_f64(age.max(0.0))
-                    .ok()
-                    .and_then(|age| prost_types::Duration::try_from(age).ok()),
-                query,
-            };
-            (table, activity)
+            (
+                table,
+                table_activity((pid, mode, granted, state, age, query)),
+            )
         })
         .collect())
 }
