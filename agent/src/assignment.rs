@@ -51,16 +51,20 @@ pub async fn execute(
     let duties = DutyProgress {
         assignment: &assignment,
         progress: &progress,
-        backup: std::sync::Mutex::new(None),
     };
+    let mut backup = None;
     let (outcome, ()) = tokio::join!(
-        run(config, &assignment, lease_ttl, stop, events, &duties),
+        run(
+            config,
+            &assignment,
+            lease_ttl,
+            stop,
+            events,
+            &duties,
+            &mut backup
+        ),
         forward
     );
-    let backup = duties
-        .backup
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
         Err(error) => (false, String::new(), Some(error)),
@@ -77,11 +81,10 @@ pub async fn execute(
     }
 }
 
-/// Duty steps go to the session as they end; the backup also into the result.
+/// Duty steps go to the session as they end.
 struct DutyProgress<'a> {
     assignment: &'a Assignment,
     progress: &'a mpsc::UnboundedSender<ProgressEvent>,
-    backup: std::sync::Mutex<Option<BackupRecord>>,
 }
 
 impl DutyReport for DutyProgress<'_> {
@@ -98,13 +101,10 @@ impl DutyReport for DutyProgress<'_> {
 
     fn backup(&self, manifest: &Manifest) {
         tracing::info!(shard = %self.assignment.shard_id, backup = %manifest.backup_id, location = %manifest.location.display(), size_bytes = manifest.size_bytes, sha256 = %manifest.sha256, "verified backup recorded");
-        let record = manifest.record();
-        if let Ok(mut slot) = self.backup.lock() {
-            *slot = Some(record.clone());
-        }
-        let _ = self
-            .progress
-            .send(wrap(self.assignment, Event::BackupFinished(record)));
+        let _ = self.progress.send(wrap(
+            self.assignment,
+            Event::BackupFinished(manifest.record()),
+        ));
     }
 }
 
@@ -115,6 +115,8 @@ fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
     }
 }
 
+/// Unpacks, connects, does the plan's duties and moves the shard; `backup` receives the backup
+/// taken before the revisions, which stands even when they then fail.
 async fn run(
     config: &AgentConfig,
     assignment: &Assignment,
@@ -122,6 +124,7 @@ async fn run(
     stop: CancellationToken,
     events: mpsc::UnboundedSender<ExecutionEvent>,
     report: &dyn DutyReport,
+    backup: &mut Option<BackupRecord>,
 ) -> Result<Option<String>, ErrorDetail> {
     let shard = config
         .shards
@@ -199,9 +202,10 @@ async fn run(
                 .map_err(|error| exec_failure(&error))?;
             let tables =
                 duties::touched_tables(&set, &ledger, direction, request.target.as_deref());
-            duties::before_revisions(engine, shard_duties, &tables, report, &stop)
+            let taken = duties::before_revisions(engine, shard_duties, &tables, report, &stop)
                 .await
                 .map_err(duty_failure)?;
+            *backup = taken.map(|manifest| manifest.record());
         }
         Connected::Sqlite(_) if duties.require_backup => {
             return Err(refused(

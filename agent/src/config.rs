@@ -200,13 +200,12 @@ impl AgentConfig {
 }
 
 fn backup_settings(raw: RawBackups, base: &Path) -> anyhow::Result<BackupSettings> {
-    let duration = |name: &str, text: Option<String>, default: Option<Duration>| {
+    let duration = |name: &str, text: Option<String>| {
         text.map(|text| {
             fleetshift_common::duration::parse(&text)
                 .map_err(|error| anyhow::anyhow!("[backups] {name}: {error}"))
         })
         .transpose()
-        .map(|parsed| parsed.or(default))
     };
     if raw.keep == Some(0) {
         bail!("[backups] keep must be at least 1 (the backup just taken is always kept)");
@@ -214,17 +213,13 @@ fn backup_settings(raw: RawBackups, base: &Path) -> anyhow::Result<BackupSetting
     Ok(BackupSettings {
         directory: base.join(raw.directory),
         keep: raw.keep.unwrap_or(5),
-        max_age: duration("max_age", raw.max_age, None)?,
+        max_age: duration("max_age", raw.max_age)?,
         pg_dump: raw.pg_dump.unwrap_or_else(|| PathBuf::from("pg_dump")),
         pg_restore: raw
             .pg_restore
             .unwrap_or_else(|| PathBuf::from("pg_restore")),
-        lock_wait_timeout: duration(
-            "lock_wait_timeout",
-            raw.lock_wait_timeout,
-            Some(Duration::from_secs(30)),
-        )?
-        .unwrap_or(Duration::from_secs(30)),
+        lock_wait_timeout: duration("lock_wait_timeout", raw.lock_wait_timeout)?
+            .unwrap_or(Duration::from_secs(30)),
     })
 }
 

@@ -14,8 +14,8 @@ use fleetshift_common::source::{MigrationSet, Revision, Script};
 use fleetshift_common::touched::touched;
 use tokio_util::sync::CancellationToken;
 
-use self::backup::{BackupFailure, BackupSettings, Manifest, Subject};
-use self::preflight::{Refusal, Scope, Thresholds};
+use self::backup::{BackupSettings, Manifest, Subject};
+use self::preflight::{Scope, Thresholds};
 
 /// Why a shard did not get past its duties.
 #[derive(Debug)]
@@ -66,16 +66,15 @@ pub async fn before_revisions(
         backup_directory: directory.as_deref(),
     };
     let thresholds = Thresholds::from_policy(shard.duties.preflight.as_ref());
-    let on_check = |check: PreflightCheck| report.check(check);
-    let database_bytes = preflight::run(engine.pool(), scope, thresholds, &on_check, stop)
+    let on_shard = |failure| match failure {
+        DutyFailure::Refused(message) => {
+            DutyFailure::Refused(format!("shard {}: {message}; nothing ran", shard.shard_id))
+        }
+        stopped => stopped,
+    };
+    let database_bytes = preflight::run(engine.pool(), scope, thresholds, report, stop)
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::Stopped => DutyFailure::Stopped,
-            Refusal::Failed { check, detail } => DutyFailure::Refused(format!(
-                "shard {}: pre-flight check {check} failed: {detail}; nothing ran",
-                shard.shard_id
-            )),
-        })?;
+        .map_err(on_shard)?;
     let Some(settings) = backups else {
         return Ok(None);
     };
@@ -85,16 +84,9 @@ pub async fn before_revisions(
         url: shard.url,
         database_bytes,
     };
-    let manifest =
-        backup::take(settings, subject, stop)
-            .await
-            .map_err(|failure| match failure {
-                BackupFailure::Stopped => DutyFailure::Stopped,
-                BackupFailure::Failed(message) => DutyFailure::Refused(format!(
-                    "shard {}: the required backup failed: {message}; nothing ran",
-                    shard.shard_id
-                )),
-            })?;
+    let manifest = backup::take(settings, subject, stop)
+        .await
+        .map_err(on_shard)?;
     report.backup(&manifest);
     Ok(Some(manifest))
 }

@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::DutyFailure;
 use super::credentials::ClientCredentials;
 
 /// Where and how an agent keeps backups (`[backups]` in its configuration).
@@ -70,15 +71,6 @@ impl Manifest {
     }
 }
 
-/// Why no backup was recorded.
-#[derive(Debug)]
-pub enum BackupFailure {
-    /// Told to stop; the dump was killed and removed.
-    Stopped,
-    /// What went wrong and what to do; credentials scrubbed.
-    Failed(String),
-}
-
 /// The shard and plan a backup is for.
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
@@ -108,9 +100,14 @@ pub async fn take(
     settings: &BackupSettings,
     subject: Subject<'_>,
     stop: &CancellationToken,
-) -> Result<Manifest, BackupFailure> {
+) -> Result<Manifest, DutyFailure> {
     let started = Instant::now();
-    let failed = |message: String| BackupFailure::Failed(subject.url.scrub(&message));
+    let failed = |message: String| {
+        DutyFailure::Refused(format!(
+            "the required backup failed: {}",
+            subject.url.scrub(&message)
+        ))
+    };
     let directory = shard_directory(settings, subject.shard_id);
     prepare_directory(&directory).map_err(|error| {
         failed(format!(
@@ -126,7 +123,7 @@ pub async fn take(
         Err(failure) => {
             let _ = std::fs::remove_file(&partial);
             return Err(match failure {
-                BackupFailure::Failed(message) => failed(message),
+                DutyFailure::Refused(message) => failed(message),
                 stopped => stopped,
             });
         }
@@ -216,9 +213,9 @@ async fn dump(
     url: &DatabaseUrl,
     target: &Path,
     stop: &CancellationToken,
-) -> Result<(u64, String), BackupFailure> {
-    let credentials = ClientCredentials::from_url(url).map_err(BackupFailure::Failed)?;
-    let mut command = Command::new(&settings.pg_dump);
+) -> Result<(u64, String), DutyFailure> {
+    let credentials = ClientCredentials::from_url(url).map_err(DutyFailure::Refused)?;
+    let mut command = client_command(&settings.pg_dump, Some(&credentials));
     command
         .arg("--format=custom")
         .arg("--no-password")
@@ -227,15 +224,19 @@ async fn dump(
             settings.lock_wait_timeout.as_millis()
         ))
         .arg("--dbname")
-        .arg(credentials.conninfo());
-    let mut child = spawn_client(command, &credentials, &settings.pg_dump)?;
+        .arg(credentials.conninfo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|error| DutyFailure::Refused(cannot_run(&settings.pg_dump, &error)))?;
     let mut output = child
         .stdout
         .take()
-        .ok_or_else(|| BackupFailure::Failed("pg_dump gave no output stream".to_owned()))?;
+        .ok_or_else(|| DutyFailure::Refused("pg_dump gave no output stream".to_owned()))?;
     let errors = collect_stderr(&mut child);
     let mut file = tokio::fs::File::create(target).await.map_err(|error| {
-        BackupFailure::Failed(format!("cannot create {}: {error}", target.display()))
+        DutyFailure::Refused(format!("cannot create {}: {error}", target.display()))
     })?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
@@ -260,54 +261,50 @@ async fn dump(
     if let Err(message) = streamed {
         let _ = child.kill().await;
         return Err(if stop.is_cancelled() {
-            BackupFailure::Stopped
+            DutyFailure::Stopped
         } else {
-            BackupFailure::Failed(message)
+            DutyFailure::Refused(message)
         });
     }
     let status = child
         .wait()
         .await
-        .map_err(|error| BackupFailure::Failed(format!("waiting for pg_dump: {error}")))?;
+        .map_err(|error| DutyFailure::Refused(format!("waiting for pg_dump: {error}")))?;
     let stderr = errors.await.unwrap_or_default();
     if !status.success() {
-        return Err(BackupFailure::Failed(failure_text(
+        return Err(DutyFailure::Refused(failure_text(
             "pg_dump", status, &stderr,
         )));
     }
     file.sync_all()
         .await
-        .map_err(|error| BackupFailure::Failed(format!("syncing {}: {error}", target.display())))?;
+        .map_err(|error| DutyFailure::Refused(format!("syncing {}: {error}", target.display())))?;
     Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// A PostgreSQL client program with nothing of the agent's environment but `PATH`, and the
-/// passfile when there is a password.
-fn spawn_client(
-    mut command: Command,
-    credentials: &ClientCredentials,
-    program: &Path,
-) -> Result<Child, BackupFailure> {
+/// passfile when it connects with a password; killed if the agent drops it.
+fn client_command(program: &Path, credentials: Option<&ClientCredentials>) -> Command {
+    let mut command = Command::new(program);
     command.env_clear();
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
     }
-    if let Some(passfile) = credentials.passfile() {
+    if let Some(passfile) = credentials.and_then(ClientCredentials::passfile) {
         command.env("PGPASSFILE", passfile);
     }
     command
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| {
-            BackupFailure::Failed(format!(
-                "cannot run {}: {error}; install the PostgreSQL client programs or set [backups] pg_dump / pg_restore",
-                program.display()
-            ))
-        })
+        .kill_on_drop(true);
+    command
+}
+
+fn cannot_run(program: &Path, error: &std::io::Error) -> String {
+    format!(
+        "cannot run {}: {error}; install the PostgreSQL client programs or set [backups] pg_dump / pg_restore",
+        program.display()
+    )
 }
 
 /// The last 4 KiB of what the child writes to stderr.
@@ -342,21 +339,12 @@ fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
 
 /// Reads the dump's table of contents back; the number of entries.
 async fn verify(settings: &BackupSettings, dump: &Path) -> Result<u32, String> {
-    let output = Command::new(&settings.pg_restore)
+    let output = client_command(&settings.pg_restore, None)
         .arg("--list")
         .arg(dump)
-        .env_clear()
-        .envs(std::env::var_os("PATH").map(|path| ("PATH", path)))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output()
         .await
-        .map_err(|error| {
-            format!(
-                "cannot run {}: {error}; install the PostgreSQL client programs or set [backups] pg_restore",
-                settings.pg_restore.display()
-            )
-        })?;
+        .map_err(|error| cannot_run(&settings.pg_restore, &error))?;
     if !output.status.success() {
         return Err(format!(
             "the dump failed verification: {}",

@@ -37,7 +37,10 @@ impl ClientCredentials {
             ));
         }
         let decode = |text: &str| {
-            percent_decode(text).map_err(|()| format!("{url} has a malformed percent-escape"))
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8()
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|_| format!("{url} has a percent-escape that is not UTF-8"))
         };
         let mut conninfo = String::new();
         let mut add = |key: &str, value: &str| {
@@ -118,23 +121,6 @@ fn quoted(value: &str) -> String {
 /// A passfile field: `\` and `:` escaped.
 fn escaped(value: &str) -> String {
     value.replace('\\', "\\\\").replace(':', "\\:")
-}
-
-fn percent_decode(text: &str) -> Result<String, ()> {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' {
-            let hex = text.get(index + 1..index + 3).ok_or(())?;
-            decoded.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
-            index += 3;
-        } else {
-            decoded.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8(decoded).map_err(|_| ())
 }
 
 #[cfg(test)]

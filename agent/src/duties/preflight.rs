@@ -15,6 +15,8 @@ use fleetshift_common::proto::v1::{self, PreflightCheck};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::{DutyFailure, DutyReport};
+
 /// The plan's thresholds with defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -67,15 +69,6 @@ pub struct Scope<'a> {
     pub backup_directory: Option<&'a Path>,
 }
 
-/// Why the shard may not go ahead.
-#[derive(Debug)]
-pub enum Refusal {
-    /// Told to stop while waiting.
-    Stopped,
-    /// The failed check's name and what it saw.
-    Failed { check: String, detail: String },
-}
-
 /// How often blockers are looked for again while waiting for them.
 const BLOCKER_POLL: Duration = Duration::from_millis(500);
 
@@ -84,27 +77,23 @@ pub async fn run(
     pool: &PgPool,
     scope: Scope<'_>,
     thresholds: Thresholds,
-    report: &(dyn Fn(PreflightCheck) + Sync),
+    report: &dyn DutyReport,
     stop: &CancellationToken,
-) -> Result<u64, Refusal> {
+) -> Result<u64, DutyFailure> {
+    let failed = |name: &str, detail: &str| {
+        DutyFailure::Refused(format!("pre-flight check {name} failed: {detail}"))
+    };
     let check = |name: &str, passed: bool, detail: String| {
-        report(PreflightCheck {
+        let refusal = (!passed).then(|| failed(name, &detail));
+        report.check(PreflightCheck {
             name: name.to_owned(),
             passed,
-            detail: detail.clone(),
+            detail,
         });
-        if passed {
-            Ok(())
-        } else {
-            Err(Refusal::Failed {
-                check: name.to_owned(),
-                detail,
-            })
-        }
+        refusal.map_or(Ok(()), Err)
     };
-    let unreadable = |name: &str, error: sqlx::Error| Refusal::Failed {
-        check: name.to_owned(),
-        detail: format!("cannot read it from the server: {error}"),
+    let unreadable = |name: &str, error: sqlx::Error| {
+        failed(name, &format!("cannot read it from the server: {error}"))
     };
 
     let version = health::server_version(pool)
@@ -180,16 +169,13 @@ pub async fn run(
         check("disk", passed, detail)?;
     }
 
-    wait_for_blockers(pool, scope.tables, thresholds, stop)
+    let (passed, detail) = wait_for_blockers(pool, scope.tables, thresholds, stop)
         .await
-        .and_then(|detail| check("blockers", true, detail))
-        .or_else(|refusal| match refusal {
-            Refusal::Failed {
-                check: name,
-                detail,
-            } => check(&name, false, detail),
-            stopped => Err(stopped),
+        .map_err(|error| match error {
+            Waiting::Stopped => DutyFailure::Stopped,
+            Waiting::Unreadable(error) => unreadable("blockers", error),
         })?;
+    check("blockers", passed, detail)?;
     Ok(database_bytes)
 }
 
@@ -203,35 +189,42 @@ fn free_bytes(directory: &Path) -> std::io::Result<u64> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
-/// Waits until no long transaction holds a lock on `tables`, at most the plan's bound.
+/// Why waiting for blockers ended without a verdict.
+enum Waiting {
+    Stopped,
+    Unreadable(sqlx::Error),
+}
+
+/// Waits until no long transaction holds a lock on `tables`, at most the plan's bound; whether
+/// none is left, and what was seen.
 async fn wait_for_blockers(
     pool: &PgPool,
     tables: &[String],
     thresholds: Thresholds,
     stop: &CancellationToken,
-) -> Result<String, Refusal> {
+) -> Result<(bool, String), Waiting> {
     if tables.is_empty() {
-        return Ok("the revisions touch no existing table".to_owned());
+        return Ok((true, "the revisions touch no existing table".to_owned()));
     }
     let started = Instant::now();
     let mut announced = false;
     loop {
         let holders = health::long_lock_holders(pool, tables, thresholds.long_transaction)
             .await
-            .map_err(|error| Refusal::Failed {
-                check: "blockers".to_owned(),
-                detail: format!("cannot read the server's locks: {error}"),
-            })?;
+            .map_err(Waiting::Unreadable)?;
         if holders.is_empty() {
             let waited = if announced {
                 format!(" (after waiting {}s)", started.elapsed().as_secs())
             } else {
                 String::new()
             };
-            return Ok(format!(
-                "no transaction open longer than {}s holds a lock on {}{waited}",
-                thresholds.long_transaction.as_secs(),
-                tables.join(", ")
+            return Ok((
+                true,
+                format!(
+                    "no transaction open longer than {}s holds a lock on {}{waited}",
+                    thresholds.long_transaction.as_secs(),
+                    tables.join(", ")
+                ),
             ));
         }
         let described: Vec<String> = holders
@@ -239,21 +232,21 @@ async fn wait_for_blockers(
             .map(|(table, activity)| format!("{table}: {}", describe_activity(activity)))
             .collect();
         if started.elapsed() >= thresholds.wait_for_blockers {
-            return Err(Refusal::Failed {
-                check: "blockers".to_owned(),
-                detail: format!(
+            return Ok((
+                false,
+                format!(
                     "still blocked after {}s by {}; end those sessions (pg_terminate_backend) or retry when they finish",
                     thresholds.wait_for_blockers.as_secs(),
                     described.join("; ")
                 ),
-            });
+            ));
         }
         if !announced {
             tracing::info!(blockers = %described.join("; "), wait_s = thresholds.wait_for_blockers.as_secs(), "waiting for long transactions on touched tables to end");
             announced = true;
         }
         tokio::select! {
-            () = stop.cancelled() => return Err(Refusal::Stopped),
+            () = stop.cancelled() => return Err(Waiting::Stopped),
             () = tokio::time::sleep(BLOCKER_POLL) => {}
         }
     }
