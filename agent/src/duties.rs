@@ -136,3 +136,65 @@ pub fn touched_tables(
     tables.dedup();
     tables
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> (tempfile::TempDir, MigrationSet) {
+        let directory = tempfile::tempdir().expect("tempdir");
+        for (name, sql) in [
+            ("1_users.up.sql", "CREATE TABLE users (id int);"),
+            ("1_users.down.sql", "DROP TABLE users;"),
+            (
+                "2_orders.up.sql",
+                "ALTER TABLE public.orders ADD COLUMN note text;",
+            ),
+            ("2_orders.down.sql", "ALTER TABLE orders DROP COLUMN note;"),
+            (
+                "3_audit.up.sql",
+                "ALTER TABLE audit.events ADD COLUMN at timestamptz;",
+            ),
+            (
+                "3_audit.down.sql",
+                "ALTER TABLE audit.events DROP COLUMN at;",
+            ),
+        ] {
+            std::fs::write(directory.path().join(name), sql).expect("write");
+        }
+        let set = MigrationSet::load(directory.path(), None).expect("set");
+        (directory, set)
+    }
+
+    fn applied(version: &str) -> LedgerEntry {
+        LedgerEntry {
+            version: version.to_owned(),
+            name: String::new(),
+            checksum: String::new(),
+            status: RevisionStatus::Applied,
+            transactional: true,
+            fence_token: 1,
+            plan_id: None,
+            agent_id: "a".to_owned(),
+            started_at: String::new(),
+            finished_at: None,
+            duration_ms: None,
+            statements_run: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_tables_are_those_of_the_revisions_that_would_run() {
+        let (_directory, set) = set();
+        let ledger = [applied("1")];
+        let up = |target| touched_tables(&set, &ledger, Direction::Up, target);
+        assert_eq!(up(None), ["audit.events", "orders"]);
+        assert_eq!(up(Some("2")), ["orders"], "nothing past the target");
+        let ledger = [applied("1"), applied("2")];
+        let down = |target| touched_tables(&set, &ledger, Direction::Down, target);
+        assert_eq!(down(Some("1")), ["orders"], "only applied ones above it");
+        assert_eq!(down(Some("base")), ["orders", "users"]);
+        assert_eq!(down(None), ["orders", "users"]);
+    }
+}
