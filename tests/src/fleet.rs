@@ -233,6 +233,44 @@ pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) ->
     (port, process)
 }
 
+/// What every fleet test stands on: a real etcd with a store connected to it, and a directory
+/// for the test's files with a fresh development CA in `pki/`.
+pub struct FleetGround {
+    pub etcd: crate::etcd::EtcdServer,
+    pub store: fleetshift_coordinator::store::EtcdStore,
+    pub home: tempfile::TempDir,
+    pub pki: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for FleetGround {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("FleetGround")
+            .field("etcd", &self.etcd)
+            .field("pki", &self.pki)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetGround {
+    pub async fn start() -> Self {
+        let etcd = crate::etcd::EtcdServer::start().expect("etcd");
+        let store =
+            fleetshift_coordinator::store::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+                .await
+                .expect("store");
+        let home = tempfile::tempdir().expect("fleet directory");
+        let pki = home.path().join("pki");
+        init_pki(&pki);
+        Self {
+            etcd,
+            store,
+            home,
+            pki,
+        }
+    }
+}
+
 /// A real etcd, a PKI, and one coordinator replica in this process serving agent sessions and
 /// the fleet API over mutual TLS on loopback (no leader work: plans can be made and moved
 /// through their states, nothing is dispatched).
@@ -268,15 +306,13 @@ impl InProcessCoordinator {
         use fleetshift_coordinator::agent_session::AgentSessions;
         use fleetshift_coordinator::fleet_api::FleetApi;
 
-        let etcd = crate::etcd::EtcdServer::start().expect("etcd");
-        let store = std::sync::Arc::new(
-            fleetshift_coordinator::store::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-                .await
-                .expect("store"),
-        );
-        let home = tempfile::tempdir().expect("fleet directory");
-        let pki_dir = home.path().join("pki");
-        init_pki(&pki_dir);
+        let FleetGround {
+            etcd,
+            store,
+            home,
+            pki: pki_dir,
+        } = FleetGround::start().await;
+        let store = std::sync::Arc::new(store);
         issue(&pki_dir, Role::Coordinator, "c1", &["localhost"]);
         for agent in agents {
             issue(&pki_dir, Role::Agent, agent, &[]);

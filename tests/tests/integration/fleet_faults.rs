@@ -27,7 +27,7 @@ use fleetshift_coordinator::store::{EtcdStore, Store, keys};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, channel_as, init_pki, issue, shard_tables, spawn_replica,
+    FleetGround, Process, agent_config_text, channel_as, issue, shard_tables, spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::rollout;
@@ -93,13 +93,12 @@ struct Fleet {
 
 impl Fleet {
     async fn start() -> Self {
-        let etcd = EtcdServer::start().expect("etcd");
-        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-            .await
-            .expect("store");
-        let home = tempfile::tempdir().expect("fleet directory");
-        let pki = home.path().join("pki");
-        init_pki(&pki);
+        let FleetGround {
+            etcd,
+            store,
+            home,
+            pki,
+        } = FleetGround::start().await;
         issue(&pki, Role::Operator, "ops", &[]);
         issue(&pki, Role::Agent, "a", &[]);
         let mut replicas = Vec::new();

@@ -8,9 +8,8 @@ use fleetshift_common::proto::v1::Hello;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
-use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
+    FleetGround, Process, free_port, issue, write_agent_config, write_coordinator_config,
 };
 use fleetshift_tests::wait::wait_until;
 use prost::Message;
@@ -27,13 +26,12 @@ async fn announced(store: &EtcdStore) -> Vec<Hello> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-        .await
-        .expect("store");
-    let home = tempfile::tempdir().expect("fleet directory");
-    let pki = home.path().join("pki");
-    init_pki(&pki);
+    let FleetGround {
+        etcd,
+        store,
+        home,
+        pki,
+    } = FleetGround::start().await;
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
     let port = free_port();
@@ -143,13 +141,12 @@ database_url = \"sqlite:{}\"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_restart_does_not_release_an_agents_claims() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-        .await
-        .expect("store");
-    let home = tempfile::tempdir().expect("fleet directory");
-    let pki = home.path().join("pki");
-    init_pki(&pki);
+    let FleetGround {
+        etcd,
+        store,
+        home,
+        pki,
+    } = FleetGround::start().await;
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
     let port = free_port();

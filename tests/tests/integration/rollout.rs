@@ -13,11 +13,10 @@ use fleetshift_common::proto::v1::{
     CreatePlanRequest, GetPlanRequest, ListShardsRequest, PlanState, ShardState,
 };
 use fleetshift_common::tls::identity::Role;
-use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_coordinator::store::Store;
 use fleetshift_tests::binary;
-use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, await_leader, channel_as, init_pki, issue, shard_tables,
+    FleetGround, Process, agent_config_text, await_leader, channel_as, issue, shard_tables,
     spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
@@ -52,13 +51,12 @@ fn slow_set() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-        .await
-        .expect("store");
-    let home = tempfile::tempdir().expect("fleet directory");
-    let pki = home.path().join("pki");
-    init_pki(&pki);
+    let FleetGround {
+        etcd,
+        store,
+        home,
+        pki,
+    } = FleetGround::start().await;
     issue(&pki, Role::Operator, "ops", &[]);
     let mut replicas = Vec::new();
     for id in REPLICAS {
