@@ -1,7 +1,9 @@
 //! Running one assignment on one of this host's shards: the shipped migration set is written
 //! to a fresh directory and loaded again, and must hash to the digest the coordinator pinned;
-//! then the plan's host duties (pre-flight checks, a verified backup when required), then the
-//! fenced executor under the claim's token, which stops when told.
+//! then the plan's host duties (pre-flight checks, a verified backup when required, baselines),
+//! then the fenced executor under the claim's token, which stops when told. When one of the
+//! plan's rollback triggers fires, the same executor reverts the shard to its version before
+//! the plan and the baselines are timed again.
 
 use std::time::{Duration, Instant};
 
@@ -12,9 +14,9 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    self, Assignment, AssignmentResult, BackupRecord, Direction, ErrorDetail, ErrorKind, LockRetry,
-    PreflightCheck, ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted,
-    StatementFinished,
+    self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, BaselinePhase, Direction,
+    ErrorDetail, ErrorKind, LockRetry, PreflightCheck, ProgressEvent, RevisionFinished,
+    RevisionOutcome, RevisionStarted, RollbackRecord, RollbackStarted, StatementFinished,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
@@ -23,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::duties::backup::Manifest;
+use crate::duties::baseline::{self, Baselines};
+use crate::duties::rollback::Triggers;
 use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
 use crate::tally::RunTally;
 
@@ -52,7 +56,7 @@ pub async fn execute(
         assignment: &assignment,
         progress: &progress,
     };
-    let mut backup = None;
+    let mut record = RunRecord::default();
     let (outcome, ()) = tokio::join!(
         run(
             config,
@@ -61,13 +65,22 @@ pub async fn execute(
             stop,
             events,
             &duties,
-            &mut backup
+            &mut record
         ),
         forward
     );
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
-        Err(error) => (false, String::new(), Some(error)),
+        Err(error) => {
+            // A rolled-back shard is known to be back where it was.
+            let reverted_to = record
+                .rollback
+                .as_ref()
+                .map(|rollback| rollback.reverted_to.clone())
+                .filter(|version| version != BASE)
+                .unwrap_or_default();
+            (false, reverted_to, Some(error))
+        }
     };
     AssignmentResult {
         assignment_id: assignment.assignment_id,
@@ -77,8 +90,24 @@ pub async fn execute(
         current_version,
         error,
         metrics: Some(tally.metrics(started.elapsed())),
-        backup,
+        backup: record.backup,
+        previous_version: record.previous_version,
+        baselines: record.baselines,
+        rollback: record.rollback,
     }
+}
+
+/// What a run leaves on record besides its outcome; it stands when the revisions fail.
+#[derive(Debug, Default)]
+struct RunRecord {
+    /// Taken before the revisions.
+    backup: Option<BackupRecord>,
+    /// The shard's version when the run began (`base`: none applied).
+    previous_version: String,
+    /// Before, after, and after a rollback.
+    baselines: Vec<BaselineMeasured>,
+    /// The automatic rollback, when one finished.
+    rollback: Option<RollbackRecord>,
 }
 
 /// Duty steps go to the session as they end.
@@ -106,6 +135,22 @@ impl DutyReport for DutyProgress<'_> {
             Event::BackupFinished(manifest.record()),
         ));
     }
+
+    fn baseline(&self, measured: &BaselineMeasured) {
+        tracing::info!(shard = %self.assignment.shard_id, phase = ?measured.phase(), queries = measured.queries.len(), degraded = measured.degraded, "baselines timed");
+        let _ = self.progress.send(wrap(
+            self.assignment,
+            Event::BaselineMeasured(measured.clone()),
+        ));
+    }
+
+    fn rollback_started(&self, started: &RollbackStarted) {
+        tracing::warn!(shard = %self.assignment.shard_id, reason = %started.reason, target = %started.target_version, "rolling the shard back");
+        let _ = self.progress.send(wrap(
+            self.assignment,
+            Event::RollbackStarted(started.clone()),
+        ));
+    }
 }
 
 fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
@@ -115,8 +160,8 @@ fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
     }
 }
 
-/// Unpacks, connects, does the plan's duties and moves the shard; `backup` receives the backup
-/// taken before the revisions, which stands even when they then fail.
+/// Unpacks, connects, does the plan's duties and moves the shard; `record` receives what stands
+/// even when the revisions then fail (the backup, the baselines, a rollback).
 async fn run(
     config: &AgentConfig,
     assignment: &Assignment,
@@ -124,7 +169,7 @@ async fn run(
     stop: CancellationToken,
     events: mpsc::UnboundedSender<ExecutionEvent>,
     report: &dyn DutyReport,
-    backup: &mut Option<BackupRecord>,
+    record: &mut RunRecord,
 ) -> Result<Option<String>, ErrorDetail> {
     let shard = config
         .shards
@@ -186,7 +231,7 @@ async fn run(
         allow_drift: None,
     };
     let direction = Direction::try_from(assignment.direction).unwrap_or(Direction::Unspecified);
-    let duties = assignment.duties.unwrap_or_default();
+    let duties = assignment.duties.clone().unwrap_or_default();
     let shard_duties = ShardDuties {
         shard_id: &shard.id,
         plan_id: &assignment.plan_id,
@@ -205,18 +250,26 @@ async fn run(
             let taken = duties::before_revisions(engine, shard_duties, &tables, report, &stop)
                 .await
                 .map_err(duty_failure)?;
-            *backup = taken.map(|manifest| manifest.record());
+            record.backup = taken.map(|manifest| manifest.record());
         }
-        Connected::Sqlite(_) if duties.require_backup => {
-            return Err(refused(
-                ErrorKind::Precondition,
-                format!(
-                    "shard {}: the plan requires a backup, but backups of SQLite shards are not supported; nothing ran",
-                    shard.id
-                ),
-            ));
+        Connected::Sqlite(_) => {
+            let unsupported = if duties.require_backup {
+                Some("requires a backup")
+            } else if Baselines::from_policy(duties.baselines.as_ref()).is_some() {
+                Some("times baselines")
+            } else {
+                None
+            };
+            if let Some(duty) = unsupported {
+                return Err(refused(
+                    ErrorKind::Precondition,
+                    format!(
+                        "shard {}: the plan {duty}, which only PostgreSQL shards support; nothing ran",
+                        shard.id
+                    ),
+                ));
+            }
         }
-        Connected::Sqlite(_) => {}
     }
     let parts = RunParts {
         identity,
@@ -224,11 +277,35 @@ async fn run(
         stop,
         events,
     };
+    let watch = Watch {
+        shard_id: &shard.id,
+        triggers: Triggers::from_policy(duties.rollback.as_ref()),
+        revert_to: &assignment.revert_to,
+        report,
+    };
     match connected {
         Connected::Postgres(engine) => {
-            move_shard(engine.as_ref(), &set, parts, direction, &request).await
+            let baselines = Baselines::from_policy(duties.baselines.as_ref())
+                .map(|baselines| (baselines, engine.pool()));
+            let moving = Moving {
+                engine: engine.as_ref(),
+                set: &set,
+                parts: &parts,
+            };
+            moving
+                .supervised(direction, &request, &watch, baselines, record)
+                .await
         }
-        Connected::Sqlite(engine) => move_shard(&engine, &set, parts, direction, &request).await,
+        Connected::Sqlite(engine) => {
+            let moving = Moving {
+                engine: &engine,
+                set: &set,
+                parts: &parts,
+            };
+            moving
+                .supervised(direction, &request, &watch, None, record)
+                .await
+        }
     }
 }
 
@@ -240,29 +317,188 @@ struct RunParts {
     events: mpsc::UnboundedSender<ExecutionEvent>,
 }
 
-async fn move_shard<E: ShardEngine>(
-    engine: &E,
-    set: &MigrationSet,
-    parts: RunParts,
-    direction: Direction,
-    request: &Request,
-) -> Result<Option<String>, ErrorDetail> {
-    let executor = Executor::new(engine, parts.identity, parts.settings)
-        .stop_when(parts.stop)
-        .report_to(parts.events);
-    let report = match direction {
-        Direction::Up => executor.up(set, request).await,
-        Direction::Down => executor.down(set, request).await,
-        Direction::Unspecified => {
-            return Err(refused(
-                ErrorKind::BadInput,
-                "the assignment names no direction".to_owned(),
-            ));
+/// What watches the revisions: the plan's rollback triggers and where a rollback goes.
+struct Watch<'a> {
+    shard_id: &'a str,
+    triggers: Triggers,
+    /// The plan's earlier record of the shard's version before it; empty: what this run finds.
+    revert_to: &'a str,
+    report: &'a dyn DutyReport,
+}
+
+/// One shard's migration set under one executor identity.
+struct Moving<'a, E: ShardEngine> {
+    engine: &'a E,
+    set: &'a MigrationSet,
+    parts: &'a RunParts,
+}
+
+impl<E: ShardEngine> Moving<'_, E> {
+    fn executor(&self) -> Executor<'_, E> {
+        Executor::new(
+            self.engine,
+            self.parts.identity.clone(),
+            self.parts.settings,
+        )
+        .stop_when(self.parts.stop.clone())
+        .report_to(self.parts.events.clone())
+    }
+
+    /// Moves the shard, with baselines around the revisions (PostgreSQL) and a rollback when a
+    /// trigger fires; the shard's version afterwards.
+    async fn supervised(
+        &self,
+        direction: Direction,
+        request: &Request,
+        watch: &Watch<'_>,
+        baselines: Option<(Baselines<'_>, &sqlx::PgPool)>,
+        record: &mut RunRecord,
+    ) -> Result<Option<String>, ErrorDetail> {
+        let executor = self.executor();
+        let status = executor
+            .status(self.set)
+            .await
+            .map_err(|error| exec_failure(&error))?;
+        record.previous_version = status.current_version.unwrap_or_else(|| BASE.to_owned());
+        match direction {
+            Direction::Up => {}
+            Direction::Down => {
+                return executor
+                    .down(self.set, request)
+                    .await
+                    .map(|report| report.current_version)
+                    .map_err(|error| exec_failure(&error));
+            }
+            Direction::Unspecified => {
+                return Err(refused(
+                    ErrorKind::BadInput,
+                    "the assignment names no direction".to_owned(),
+                ));
+            }
         }
-    };
-    report
-        .map(|report| report.current_version)
-        .map_err(|error| exec_failure(&error))
+        let stop = &self.parts.stop;
+        let before = timed(baselines, BaselinePhase::Before, None, stop)
+            .await
+            .map_err(duty_failure)?;
+        if let Some(before) = &before {
+            watch.report.baseline(before);
+            record.baselines.push(before.clone());
+        }
+        let outcome = executor.up(self.set, request).await;
+        let after = match (&before, &outcome) {
+            (Some(before), Ok(_)) => timed(baselines, BaselinePhase::After, Some(before), stop)
+                .await
+                .map_err(|failure| applied_but(failure, watch.shard_id))?,
+            _ => None,
+        };
+        if let Some(after) = &after {
+            watch.report.baseline(after);
+            record.baselines.push(after.clone());
+        }
+        let threshold = baselines.map_or(baseline::DEFAULT_THRESHOLD, |(b, _)| b.threshold);
+        let degradation = after
+            .as_ref()
+            .filter(|after| after.degraded)
+            .map(|after| baseline::describe_degradation(after, threshold));
+        let Some(reason) = watch.triggers.reason(&outcome, degradation.as_deref()) else {
+            return outcome
+                .map(|report| report.current_version)
+                .map_err(|error| exec_failure(&error));
+        };
+        let cause = match &outcome {
+            Err(error) => exec_failure(error).kind(),
+            Ok(_) => ErrorKind::Failed,
+        };
+        let revert_to = if watch.revert_to.is_empty() {
+            record.previous_version.clone()
+        } else {
+            watch.revert_to.to_owned()
+        };
+        watch.report.rollback_started(&RollbackStarted {
+            reason: reason.clone(),
+            target_version: revert_to.clone(),
+        });
+        let back = Request {
+            target: Some(revert_to.clone()),
+            allow_drift: None,
+        };
+        let reverted = executor.down(self.set, &back).await.map_err(|error| {
+            refused(
+                ErrorKind::NeedsOperator,
+                format!(
+                    "shard {}: {reason}; the automatic rollback to {revert_to} did not finish, so the shard stays where it is for an operator: {error}",
+                    watch.shard_id
+                ),
+            )
+        })?;
+        let recovered = match &before {
+            Some(before) => timed(baselines, BaselinePhase::Recovered, Some(before), stop)
+                .await
+                .map_err(|failure| applied_but(failure, watch.shard_id))?,
+            None => None,
+        };
+        if let Some(recovered) = &recovered {
+            watch.report.baseline(recovered);
+            record.baselines.push(recovered.clone());
+        }
+        let still = recovered
+            .as_ref()
+            .filter(|recovered| recovered.degraded)
+            .map(|recovered| baseline::describe_degradation(recovered, threshold));
+        record.rollback = Some(RollbackRecord {
+            reason: reason.clone(),
+            reverted_to: revert_to.clone(),
+            revisions: reverted
+                .steps
+                .iter()
+                .filter(|step| step.outcome == StepOutcome::Reverted)
+                .map(|step| format!("{}_{}", step.version, step.name))
+                .collect(),
+            recovered: still.is_none(),
+        });
+        let recovery = match (&recovered, still) {
+            (None, _) => String::new(),
+            (Some(_), None) => "; the baselines recovered".to_owned(),
+            (Some(_), Some(still)) => format!("; the baselines did not recover: {still}"),
+        };
+        Err(refused(
+            cause,
+            format!(
+                "shard {}: rolled back to {revert_to} because {reason}{recovery}",
+                watch.shard_id
+            ),
+        ))
+    }
+}
+
+/// The baselines at `phase`, when the plan has any.
+async fn timed(
+    baselines: Option<(Baselines<'_>, &sqlx::PgPool)>,
+    phase: BaselinePhase,
+    before: Option<&BaselineMeasured>,
+    stop: &CancellationToken,
+) -> Result<Option<BaselineMeasured>, DutyFailure> {
+    match baselines {
+        Some((baselines, pool)) => baselines.measure(pool, phase, before, stop).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The version of a shard with no revision applied.
+const BASE: &str = "base";
+
+/// A duty that failed after the revisions ran: they stand, and the message says so.
+fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {
+    match failure {
+        DutyFailure::Stopped => refused(
+            ErrorKind::Stopped,
+            format!("shard {shard_id}: stopped while timing baselines; the revisions stand"),
+        ),
+        DutyFailure::Refused(message) => refused(
+            ErrorKind::Failed,
+            format!("shard {shard_id}: {message}; the revisions stand"),
+        ),
+    }
 }
 
 /// The shortest migrator-lock session lease the engine accepts.

@@ -1,14 +1,19 @@
-//! What the agent does on a shard before its revisions run (the plan's host duties): the
-//! pre-flight checks, then a verified backup when the plan requires one. Each step is
-//! reported as it ends; a failure stops the shard before any DDL.
+//! What the agent does on a shard around its revisions (the plan's host duties): the pre-flight
+//! checks, then a verified backup when the plan requires one (a failure of either stops the
+//! shard before any DDL); performance baselines before and after; and the triggers of an
+//! automatic rollback. Each step is reported as it ends.
 
 pub mod backup;
+pub mod baseline;
 pub mod credentials;
 pub mod preflight;
+pub mod rollback;
 
 use fleetshift_common::engine::PostgresShard;
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
-use fleetshift_common::proto::v1::{Direction, HostDuties, PreflightCheck};
+use fleetshift_common::proto::v1::{
+    BaselineMeasured, Direction, HostDuties, PreflightCheck, RollbackStarted,
+};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, Revision, Script};
 use fleetshift_common::touched::touched;
@@ -40,6 +45,8 @@ pub struct ShardDuties<'a> {
 pub trait DutyReport: Sync {
     fn check(&self, check: PreflightCheck);
     fn backup(&self, manifest: &Manifest);
+    fn baseline(&self, measured: &BaselineMeasured);
+    fn rollback_started(&self, started: &RollbackStarted);
 }
 
 /// Runs the pre-flight checks and, when required, the backup; the backup taken, if any.

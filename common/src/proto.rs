@@ -40,9 +40,24 @@ mod tests {
             limits: None,
             duties: Some(v1::HostDuties {
                 require_backup: true,
-                preflight: None,
+                baselines: Some(v1::BaselinePolicy {
+                    queries: vec![v1::BaselineQuery {
+                        name: "by_owner".to_owned(),
+                        sql: "SELECT count(*) FROM accounts WHERE owner = 'a'".to_owned(),
+                    }],
+                    runs: 7,
+                    degradation_threshold: 1.5,
+                    noise_floor: None,
+                }),
+                rollback: Some(v1::RollbackPolicy {
+                    on_failure: true,
+                    on_degradation: true,
+                    revision_time_limit: None,
+                }),
+                ..v1::HostDuties::default()
             }),
             trace_context: [("traceparent".to_owned(), "00-abc-def-01".to_owned())].into(),
+            revert_to: "20231231000000".to_owned(),
         };
         let decoded =
             v1::Assignment::decode(assignment.encode_to_vec().as_slice()).expect("decode");

@@ -35,5 +35,6 @@ pub fn shard_state_name(state: ShardState) -> &'static str {
         ShardState::Succeeded => "succeeded",
         ShardState::Failed => "failed",
         ShardState::Cancelled => "cancelled",
+        ShardState::RolledBack => "rolled back",
     }
 }

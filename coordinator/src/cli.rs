@@ -1,6 +1,8 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod baseline_file;
 mod certs;
+mod duties;
 mod fleet;
 mod lint;
 mod migrate;

@@ -64,8 +64,14 @@ impl From<RolloutError> for Status {
 pub fn task_ended(state: ShardState) -> bool {
     matches!(
         state,
-        ShardState::Succeeded | ShardState::Failed | ShardState::Cancelled
+        ShardState::Succeeded | ShardState::Failed | ShardState::Cancelled | ShardState::RolledBack
     )
+}
+
+/// Whether a task counts against its plan's failure threshold: it failed, or its agent rolled
+/// the shard back.
+pub fn task_failed(state: ShardState) -> bool {
+    matches!(state, ShardState::Failed | ShardState::RolledBack)
 }
 
 /// Whether a task holds (or is about to hold) its shard.

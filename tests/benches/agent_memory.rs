@@ -145,6 +145,7 @@ async fn measure() -> anyhow::Result<()> {
             limits: None,
             duties: None,
             trace_context: Default::default(),
+            revert_to: String::new(),
         };
         let mailbox = Arc::clone(&mailbox);
         let store = Arc::clone(&store);

@@ -219,7 +219,7 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
                 lock_retries: 0,
                 duration: Duration::from_millis(1).try_into().ok(),
             }),
-            backup: None,
+            ..AssignmentResult::default()
         }),
     ]
 }

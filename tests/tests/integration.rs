@@ -8,6 +8,7 @@ mod integration {
     mod agent;
     mod assignments;
     mod atomicity;
+    mod baselines;
     mod catalog;
     mod conformance;
     mod crates_io;

@@ -10,14 +10,15 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    BackupRecord, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment,
-    RiskLevel, RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
+    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment, RiskLevel,
+    RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use serde_json::json;
 use tonic::transport::Channel;
 
 use super::Output;
+use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use crate::exit;
 
 const BAR_WIDTH: usize = 20;
@@ -35,7 +36,11 @@ impl Ending {
             .waves
             .iter()
             .flat_map(|wave| &wave.shards)
-            .any(|task| task.state == i32::from(ShardState::Failed));
+            .any(|task| {
+                fleetshift_coordinator::rollout::task_failed(
+                    ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified),
+                )
+            });
         let code = match PlanState::try_from(self.plan.state).unwrap_or(PlanState::Unspecified) {
             PlanState::Succeeded if !failed => exit::OK,
             PlanState::Cancelled => exit::STOPPED,
@@ -145,7 +150,7 @@ impl Board {
                     .count();
                 let failed = shards
                     .values()
-                    .filter(|state| **state == ShardState::Failed)
+                    .filter(|state| fleetshift_coordinator::rollout::task_failed(**state))
                     .count();
                 let filled = (done * BAR_WIDTH).checked_div(shards.len()).unwrap_or(0);
                 let bar = format!("{}{}", "█".repeat(filled), "░".repeat(BAR_WIDTH - filled));
@@ -208,6 +213,12 @@ impl Board {
                     backup.size_bytes,
                     backup.sha256
                 ),
+                Some(Progress::BaselineMeasured(measured)) => {
+                    println!("    {} {}", progress.shard_id, baseline_line(measured));
+                }
+                Some(Progress::RollbackStarted(started)) => {
+                    println!("    {} {}", progress.shard_id, rollback_line(started));
+                }
                 Some(Progress::RevisionStarted(_)) | None => {}
             },
             None => {}
@@ -259,29 +270,29 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
                         "backup": backup_json(backup),
                     });
                 }
+                Some(Progress::BaselineMeasured(measured)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": "baseline_measured",
+                        "baselines": baseline_json(measured),
+                    });
+                }
+                Some(Progress::RollbackStarted(started)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": "rollback_started",
+                        "reason": started.reason,
+                        "target_version": started.target_version,
+                    });
+                }
                 None => ("unknown", String::new()),
             };
             json!({ "plan": event.plan_id, "shard": progress.shard_id, "progress": kind, "version": version })
         }
         None => json!({ "plan": event.plan_id }),
     }
-}
-
-/// A backup record as JSON prints it.
-fn backup_json(backup: &BackupRecord) -> serde_json::Value {
-    json!({
-        "backup_id": backup.backup_id,
-        "location": backup.location,
-        "size_bytes": backup.size_bytes,
-        "sha256": backup.sha256,
-        "verified_entries": backup.verified_entries,
-        "database_bytes": backup.database_bytes,
-        "duration_ms": backup
-            .duration
-            .and_then(|took| std::time::Duration::try_from(took).ok())
-            .map(|took| took.as_millis()),
-        "taken_at": backup.taken_at.map(|at| at.to_string()),
-    })
 }
 
 /// The plan, shard by shard.
@@ -302,6 +313,9 @@ pub fn summary(plan: &Plan, output: Output) {
                     "current_version": task.current_version,
                     "error": task.error.as_ref().map(|error| &error.message),
                     "backup": task.backup.as_ref().map(backup_json),
+                    "previous_version": (!task.previous_version.is_empty()).then_some(&task.previous_version),
+                    "baselines": task.baselines.iter().map(baseline_json).collect::<Vec<_>>(),
+                    "rollback": task.rollback.as_ref().map(rollback_json),
                     "metrics": task.metrics.as_ref().map(|metrics| json!({
                         "revisions_run": metrics.revisions_run,
                         "statements": metrics.statements,

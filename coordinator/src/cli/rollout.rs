@@ -9,14 +9,16 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, ExecutionLimits, GetPlanRequest, HostDuties,
-    ListPlansRequest, Plan, PlanAction, PlanState, PreflightPolicy, RiskLevel, WavePolicy,
+    ApprovePlanRequest, BaselinePolicy, CreatePlanRequest, ExecutionLimits, GetPlanRequest,
+    HostDuties, ListPlansRequest, Plan, PlanAction, PlanState, PreflightPolicy, RiskLevel,
+    RollbackPolicy, WavePolicy,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use fleetshift_common::shipped;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
 use serde_json::json;
 
+use super::baseline_file;
 use super::fleet::{Connection, client, parse_label, refused};
 use super::{Output, notice, progress, render};
 use crate::exit;
@@ -94,6 +96,23 @@ pub struct PlanArgs {
     /// Pre-flight: replication lag above which a shard with replicas fails.
     #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
     max_replication_lag: Duration,
+    /// Baselines: a file of named read-only queries (each under a `-- name: <name>` line),
+    /// timed on every shard before and after the revisions.
+    #[arg(long, value_name = "FILE")]
+    baselines: Option<PathBuf>,
+    /// Baselines: timed runs of each query, after one warm-up run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..=1000))]
+    baseline_runs: u32,
+    /// Baselines: the after/before ratio of a query's median that counts as a degradation.
+    #[arg(long, default_value_t = 1.5)]
+    degradation_threshold: f64,
+    /// Roll a shard back to its version before the plan, on its own, when a revision fails or
+    /// a baseline degrades past the threshold (down scripts, same fencing token).
+    #[arg(long)]
+    auto_rollback: bool,
+    /// Roll a shard back when one of its revisions ran longer than this.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION")]
+    revision_time_limit: Option<Duration>,
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
 }
@@ -328,6 +347,29 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
+    let baselines = match arguments.baselines.as_deref().map(baseline_file::load) {
+        None => None,
+        Some(Ok(queries)) => Some(BaselinePolicy {
+            queries,
+            runs: arguments.baseline_runs,
+            degradation_threshold: arguments.degradation_threshold,
+            noise_floor: None,
+        }),
+        Some(Err(message)) => {
+            render::failure(arguments.output, &message, ErrorKind::BadInput);
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let rollback =
+        (arguments.auto_rollback || arguments.revision_time_limit.is_some()).then(|| {
+            RollbackPolicy {
+                on_failure: arguments.auto_rollback,
+                on_degradation: arguments.auto_rollback,
+                revision_time_limit: arguments
+                    .revision_time_limit
+                    .and_then(|limit| prost_types::Duration::try_from(limit).ok()),
+            }
+        });
     let request = CreatePlanRequest {
         migration_set: Some(packed),
         target_version: arguments.target.clone().unwrap_or_default(),
@@ -354,6 +396,8 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
                 max_replication_lag: prost_types::Duration::try_from(arguments.max_replication_lag)
                     .ok(),
             }),
+            baselines,
+            rollback,
         }),
     };
     let mut client = match client(&arguments.connection, arguments.output).await {

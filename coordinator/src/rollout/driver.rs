@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::model::{ClaimSeen, Model};
 use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
+    task_failed,
 };
 use crate::store::{Condition, Epoch, Store, StoreError, Write, keys};
 
@@ -183,6 +184,8 @@ impl<S: Store> Driver<'_, S> {
                 .is_some_and(|error| error.kind == i32::from(ErrorKind::Stopped));
             let ended = if result.succeeded {
                 ShardState::Succeeded
+            } else if result.rollback.is_some() {
+                ShardState::RolledBack
             } else if stopped && plan_state(plan) == PlanState::Cancelled {
                 ShardState::Cancelled
             } else {
@@ -195,6 +198,14 @@ impl<S: Store> Driver<'_, S> {
                 metrics: result.metrics,
                 // A retry that took no new backup keeps the one taken before.
                 backup: result.backup.clone().or_else(|| task.backup.clone()),
+                // The first run saw the shard before the plan; a retry may see it half-way.
+                previous_version: if task.previous_version.is_empty() {
+                    result.previous_version.clone()
+                } else {
+                    task.previous_version.clone()
+                },
+                baselines: result.baselines.clone(),
+                rollback: result.rollback.clone(),
                 ..task.clone()
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
@@ -280,7 +291,7 @@ impl<S: Store> Driver<'_, S> {
         let failed: Vec<&ShardTask> = tasks
             .values()
             .map(|seen| &seen.value)
-            .filter(|task| state_of(task) == ShardState::Failed)
+            .filter(|task| task_failed(state_of(task)))
             .collect();
         if !failed.is_empty() && failed.len() >= policy.failure_threshold.max(1) as usize {
             let first = failed[0];
@@ -424,13 +435,14 @@ impl<S: Store> Driver<'_, S> {
                 fence_token: token,
                 direction: Direction::Up.into(),
                 target_version: plan.target_version.clone(),
+                revert_to: task.previous_version.clone(),
                 migration_set: Some(MigrationSet {
                     format: plan.set_format.clone(),
                     digest: plan.set_digest.clone(),
                     files: Vec::new(),
                 }),
                 limits: plan.limits,
-                duties: plan.duties,
+                duties: plan.duties.clone(),
                 trace_context: HashMap::new(),
             }),
             task: Some(running),

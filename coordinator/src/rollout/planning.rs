@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, ExecutionLimits, Hello, Plan, PlanState, SchemaChange, ShardAnalysis,
-    ShardState, ShardTask, TableFacts, Wave, WavePolicy,
+    CreatePlanRequest, ExecutionLimits, Hello, HostDuties, Plan, PlanState, SchemaChange,
+    ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::touched::touched;
@@ -86,6 +86,45 @@ pub fn candidates(
 }
 
 /// The policy with defaults filled in, checked.
+/// Timed runs a baseline query may ask for, at most: more only delays every shard.
+const MAX_BASELINE_RUNS: u32 = 1_000;
+
+/// Refuses baselines an agent could not run or compare: unnamed, duplicated or empty queries,
+/// too many runs, or a threshold that would call any jitter a degradation.
+pub fn check_duties(duties: Option<&HostDuties>) -> Result<(), RolloutError> {
+    let Some(baselines) = duties.and_then(|duties| duties.baselines.as_ref()) else {
+        return Ok(());
+    };
+    let mut names = std::collections::HashSet::new();
+    for query in &baselines.queries {
+        if query.name.trim().is_empty() || query.sql.trim().is_empty() {
+            return Err(RolloutError::BadRequest(format!(
+                "every baseline query needs a name and SQL; got name {:?} with SQL {:?}",
+                query.name, query.sql
+            )));
+        }
+        if !names.insert(query.name.as_str()) {
+            return Err(RolloutError::BadRequest(format!(
+                "baseline query {} is named twice; names must be unique",
+                query.name
+            )));
+        }
+    }
+    if baselines.runs > MAX_BASELINE_RUNS {
+        return Err(RolloutError::BadRequest(format!(
+            "baseline runs {} is above the limit of {MAX_BASELINE_RUNS}",
+            baselines.runs
+        )));
+    }
+    let threshold = baselines.degradation_threshold;
+    if threshold != 0.0 && !(threshold > 1.0 && threshold.is_finite()) {
+        return Err(RolloutError::BadRequest(format!(
+            "the degradation threshold must be above 1.0 (a ratio of medians, after over before); got {threshold}"
+        )));
+    }
+    Ok(())
+}
+
 pub fn policy(requested: Option<WavePolicy>) -> Result<WavePolicy, RolloutError> {
     let requested = requested.unwrap_or_default();
     let or = |value: u32, default: u32| if value == 0 { default } else { value };
@@ -221,7 +260,10 @@ pub fn plan(
             environment: shard.environment.clone(),
             tables: shard.tables.clone(),
             observed_at: shard.observed_at,
-            backup_required: request.duties.is_some_and(|duties| duties.require_backup),
+            backup_required: request
+                .duties
+                .as_ref()
+                .is_some_and(|duties| duties.require_backup),
         })
         .collect();
     let changed: Vec<String> = set.revisions[..applied]
@@ -267,6 +309,7 @@ pub fn plan(
         })
         .collect();
     let policy = policy(request.waves)?;
+    check_duties(request.duties.as_ref())?;
     let limits: ExecutionLimits = request.limits.unwrap_or_default();
     Ok(Plan {
         plan_id: new_plan_id(),

@@ -37,6 +37,7 @@ fn assignment(
         limits: None,
         duties: None,
         trace_context: Default::default(),
+        revert_to: String::new(),
     }
 }
 
@@ -107,6 +108,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             duties: Some(HostDuties {
                 require_backup: true,
                 preflight: None,
+                ..HostDuties::default()
             }),
             ..assignment(
                 "a-1",

@@ -32,14 +32,14 @@ const SCHEMA: &str = "
 const CANARY: &str = "canary-Zq8v-do-not-leak";
 
 /// A database with `SCHEMA`, reachable as a superuser whose password is the canary.
-struct Shard {
+pub(super) struct Shard {
     cluster: PostgresCluster,
-    admin: sqlx::PgPool,
+    pub(super) admin: sqlx::PgPool,
     url: String,
     home: tempfile::TempDir,
 }
 
-async fn shard(name: &str) -> Shard {
+pub(super) async fn shard(name: &str) -> Shard {
     let cluster = PostgresCluster::start().expect("cluster");
     let admin_url = cluster.create_database(name).await.expect("database");
     let admin = cluster.admin_pool(name).await.expect("admin pool");
@@ -60,7 +60,7 @@ async fn shard(name: &str) -> Shard {
 }
 
 impl Shard {
-    fn settings(&self, keep: usize) -> BackupSettings {
+    pub(super) fn settings(&self, keep: usize) -> BackupSettings {
         BackupSettings {
             directory: self.home.path().join("backups"),
             keep,
@@ -71,7 +71,7 @@ impl Shard {
         }
     }
 
-    fn config(&self, settings: BackupSettings) -> AgentConfig {
+    pub(super) fn config(&self, settings: BackupSettings) -> AgentConfig {
         AgentConfig {
             agent_id: "db-host-1".to_owned(),
             coordinator: None,
@@ -84,7 +84,7 @@ impl Shard {
         }
     }
 
-    async fn has_note_column(&self) -> bool {
+    pub(super) async fn has_note_column(&self) -> bool {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT FROM information_schema.columns
                             WHERE table_name = 'accounts' AND column_name = 'note')",
@@ -95,7 +95,7 @@ impl Shard {
     }
 }
 
-fn assignment(id: &str, set_dir: &Path, duties: HostDuties) -> Assignment {
+pub(super) fn assignment(id: &str, set_dir: &Path, duties: HostDuties) -> Assignment {
     Assignment {
         assignment_id: id.to_owned(),
         plan_id: format!("plan-{id}"),
@@ -116,7 +116,10 @@ fn migrations() -> tempfile::TempDir {
 }
 
 /// Runs `assignment` in this process; its result and every progress event it sent.
-async fn execute(config: &AgentConfig, assignment: Assignment) -> (AssignmentResult, Vec<Event>) {
+pub(super) async fn execute(
+    config: &AgentConfig,
+    assignment: Assignment,
+) -> (AssignmentResult, Vec<Event>) {
     let (progress, mut received) = mpsc::unbounded_channel::<ProgressEvent>();
     let result = assignment::execute(
         config,
@@ -133,13 +136,15 @@ async fn execute(config: &AgentConfig, assignment: Assignment) -> (AssignmentRes
     (result, events)
 }
 
-fn step(event: &Event) -> String {
+pub(super) fn step(event: &Event) -> String {
     match event {
         Event::PreflightCheck(check) => format!("preflight {} {}", check.name, check.passed),
         Event::BackupFinished(_) => "backup".to_owned(),
         Event::RevisionStarted(started) => format!("revision {}", started.version),
         Event::RevisionFinished(finished) => format!("finished {}", finished.version),
         Event::StatementFinished(_) | Event::LockRetry(_) => "statement".to_owned(),
+        Event::BaselineMeasured(measured) => format!("baselines {:?}", measured.phase()),
+        Event::RollbackStarted(started) => format!("rollback to {}", started.target_version),
     }
 }
 
@@ -151,8 +156,9 @@ async fn a_verified_backup_is_recorded_before_the_first_ddl_and_retention_keeps_
     let duties = HostDuties {
         require_backup: true,
         preflight: None,
+        ..HostDuties::default()
     };
-    let (result, events) = execute(&config, assignment("a1", set.path(), duties)).await;
+    let (result, events) = execute(&config, assignment("a1", set.path(), duties.clone())).await;
     assert!(result.succeeded, "{:?}", result.error);
     assert!(shard.has_note_column().await);
     let steps: Vec<String> = events.iter().map(step).collect();
@@ -193,7 +199,7 @@ async fn a_verified_backup_is_recorded_before_the_first_ddl_and_retention_keeps_
 
     // Two more runs (each takes a backup first); only the newest two are kept.
     for id in ["a2", "a3"] {
-        let (result, _) = execute(&config, assignment(id, set.path(), duties)).await;
+        let (result, _) = execute(&config, assignment(id, set.path(), duties.clone())).await;
         assert!(result.succeeded, "{:?}", result.error);
     }
     let directory = backup::shard_directory(&shard.settings(2), "accounts-1");
@@ -263,6 +269,7 @@ async fn a_killed_backup_stops_the_shard_before_any_ddl_and_never_exposes_the_pa
             HostDuties {
                 require_backup: true,
                 preflight: None,
+                ..HostDuties::default()
             },
         );
         async move { execute(&config, assignment).await }.with_subscriber(subscriber)
@@ -366,6 +373,7 @@ async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() 
             wait_for_blockers: prost_types::Duration::try_from(Duration::from_secs(2)).ok(),
             ..PreflightPolicy::default()
         }),
+        ..HostDuties::default()
     };
     let (result, events) = execute(&config, assignment("b1", set.path(), duties)).await;
     sqlx::raw_sql("ROLLBACK")
@@ -401,6 +409,7 @@ async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() 
     let duties = HostDuties {
         require_backup: false,
         preflight: None,
+        ..HostDuties::default()
     };
     let (result, _) = execute(&config, assignment("b2", set.path(), duties)).await;
     assert!(result.succeeded, "{:?}", result.error);
