@@ -1,5 +1,5 @@
 //! Which events a change makes: a plan appearing, approved, started, halted, completed or
-//! cancelled; a shard failing; a wave whose every shard has ended. The tracker remembers what it
+//! cancelled; a shard failing or rolled back by its agent; a wave whose every shard has ended. The tracker remembers what it
 //! has seen, so a change that repeats a known state makes no event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,7 +14,7 @@ use crate::rollout::task_ended;
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// `plan.created`, `plan.approved`, `rollout.started`, `wave.finished`, `shard.failed`,
-    /// `rollout.halted`, `rollout.completed`, `rollout.cancelled`.
+    /// `shard.rolled_back`, `rollout.halted`, `rollout.completed`, `rollout.cancelled`.
     pub event: &'static str,
     pub plan_id: String,
     /// RFC 3339, when the coordinator saw it.
@@ -119,6 +119,18 @@ impl Tracker {
                         "error": task.error.as_ref().map(|error| &error.message) }),
             ));
         }
+        if state == ShardState::RolledBack {
+            let rollback = task.rollback.as_ref();
+            events.push(event(
+                "shard.rolled_back",
+                &plan_id,
+                json!({ "shard": task.shard_id, "agent": task.agent_id, "wave": task.wave,
+                        "reason": rollback.map(|rollback| &rollback.reason),
+                        "reverted_to": rollback.map(|rollback| &rollback.reverted_to),
+                        "revisions": rollback.map(|rollback| &rollback.revisions),
+                        "recovered": rollback.map(|rollback| rollback.recovered) }),
+            ));
+        }
         if task_ended(state)
             && let Some(seen) = self.plans.get_mut(&plan_id)
         {
@@ -163,6 +175,7 @@ mod tests {
                 shards: vec![
                     task("a", ShardState::Pending),
                     task("b", ShardState::Pending),
+                    task("c", ShardState::Pending),
                 ],
             }],
             ..Plan::default()
@@ -192,6 +205,10 @@ mod tests {
             tracker
                 .task_changed(task("a", ShardState::Succeeded), "p".to_owned())
                 .is_empty()
+        );
+        assert_eq!(
+            names(tracker.task_changed(task("c", ShardState::RolledBack), "p".to_owned())),
+            ["shard.rolled_back"]
         );
         assert_eq!(
             names(tracker.task_changed(task("b", ShardState::Failed), "p".to_owned())),

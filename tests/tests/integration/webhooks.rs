@@ -1,12 +1,12 @@
 //! Webhooks from the leader's view of the store: a plan's life (created, approved, started, a
-//! shard failed, its wave finished, halted) reaches a real HTTP endpoint on loopback as signed
+//! shard failed, another rolled back by its agent, its wave finished, halted) reaches a real HTTP endpoint on loopback as signed
 //! JSON, in order, while a dead hook listed first only loses its own deliveries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask, Wave};
+use fleetshift_common::proto::v1::{Plan, PlanState, RollbackRecord, ShardState, ShardTask, Wave};
 use fleetshift_coordinator::rollout::{records, transitions};
 use fleetshift_coordinator::store::{MemoryStore, Store, Write, keys};
 use fleetshift_coordinator::webhooks::{self, Webhook};
@@ -110,6 +110,7 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
             shards: vec![
                 task("a", ShardState::Pending),
                 task("b", ShardState::Pending),
+                task("c", ShardState::Pending),
             ],
         }],
         ..Plan::default()
@@ -125,14 +126,27 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
     records::update_plan(store.as_ref(), "p-hooks", None, transitions::start)
         .await
         .expect("start");
-    for (shard, state) in [("a", ShardState::Succeeded), ("b", ShardState::Failed)] {
+    let rolled_back = ShardTask {
+        rollback: Some(RollbackRecord {
+            reason: "performance degraded: baseline by_account median 9.10 ms is 80.2x".to_owned(),
+            reverted_to: "1".to_owned(),
+            revisions: vec!["2_drop_account_index".to_owned()],
+            recovered: true,
+        }),
+        ..task("c", ShardState::RolledBack)
+    };
+    for (shard, ended) in [
+        ("a", task("a", ShardState::Succeeded)),
+        ("b", task("b", ShardState::Failed)),
+        ("c", rolled_back),
+    ] {
         store
             .commit(
                 None,
                 &[],
                 &[Write::put(
                     keys::task("p-hooks", shard),
-                    task(shard, state).encode_to_vec(),
+                    ended.encode_to_vec(),
                 )],
             )
             .await
@@ -147,7 +161,7 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
     .expect("halt");
 
     let mut events = Vec::new();
-    while events.len() < 6 {
+    while events.len() < 7 {
         let (headers, body) = tokio::time::timeout(Duration::from_secs(30), received.recv())
             .await
             .expect("every event arrives past the dead hook")
@@ -176,6 +190,7 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
             "plan.approved",
             "rollout.started",
             "shard.failed",
+            "shard.rolled_back",
             "wave.finished",
             "rollout.halted"
         ]
@@ -185,6 +200,10 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
         "spiffe://fleet.example/operator/bob"
     );
     assert_eq!(events[3]["detail"]["shard"], "b");
+    assert_eq!(events[4]["detail"]["shard"], "c");
+    assert_eq!(events[4]["detail"]["reverted_to"], "1");
+    assert_eq!(events[4]["detail"]["revisions"][0], "2_drop_account_index");
+    assert_eq!(events[4]["detail"]["recovered"], true);
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), notifying)
         .await
