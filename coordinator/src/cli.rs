@@ -9,6 +9,7 @@ mod migrate;
 mod notice;
 pub mod progress;
 mod render;
+mod rollback;
 mod rollout;
 mod serve;
 
@@ -72,6 +73,9 @@ pub enum Command {
     Resume(rollout::ActionArgs),
     /// Cancel a rollout: running shards stop between revisions, pending ones never start.
     Cancel(rollout::ActionArgs),
+    /// Plan the revert of a finished plan's shards, each to its version before that plan
+    /// (down scripts, fenced); approve and apply it like any plan.
+    Rollback(rollback::RollbackArgs),
 }
 
 /// How results are printed on stdout.
@@ -100,5 +104,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pause(arguments) => rollout::act(rollout::Action::Pause, arguments).await,
         Command::Resume(arguments) => rollout::act(rollout::Action::Resume, arguments).await,
         Command::Cancel(arguments) => rollout::act(rollout::Action::Cancel, arguments).await,
+        Command::Rollback(arguments) => rollback::run(arguments).await,
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use fleetshift_common::proto::v1::fleet_service_server::FleetService;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, GetPlanRequest, Hello, ListPlansRequest,
-    ListPlansResponse, ListShardsRequest, ListShardsResponse, Plan, PlanAction, RolloutEvent,
-    ShardHealth, ShardSummary, WatchRolloutRequest,
+    ApprovePlanRequest, CreatePlanRequest, CreateRollbackPlanRequest, GetPlanRequest, Hello,
+    ListPlansRequest, ListPlansResponse, ListShardsRequest, ListShardsResponse, Plan, PlanAction,
+    RolloutEvent, ShardHealth, ShardSummary, WatchRolloutRequest,
 };
 use prost::Message;
 use tokio_stream::Stream;
@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{self, OperatorRole, Roles};
 use crate::mailbox::Mailbox;
-use crate::rollout::{RolloutError, planning, records, transitions, watch};
+use crate::rollout::{RolloutError, planning, records, reversal, transitions, watch};
 use crate::store::Store;
 
 #[derive(Debug)]
@@ -126,6 +126,20 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         }
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, %author, shards = plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(), waves = plan.waves.len(), "plan created");
+        Ok(Response::new(plan))
+    }
+
+    async fn create_rollback_plan(
+        &self,
+        request: Request<CreateRollbackPlanRequest>,
+    ) -> Result<Response<Plan>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let request = request.into_inner();
+        let source = self.plan_view(&request.plan_id).await?;
+        let agents = self.announcements().await?;
+        let plan = reversal::plan_rollback(&source, &request.shards, &author, &agents)?;
+        records::create_plan(&*self.store, &plan).await?;
+        tracing::info!(plan = %plan.plan_id, rolls_back = %source.plan_id, %author, shards = plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(), "rollback plan created");
         Ok(Response::new(plan))
     }
 

@@ -24,7 +24,8 @@ fn main() -> ExitCode {
         | cli::Command::Status(_)
         | cli::Command::Pause(_)
         | cli::Command::Resume(_)
-        | cli::Command::Cancel(_) => "warn",
+        | cli::Command::Cancel(_)
+        | cli::Command::Rollback(_) => "warn",
     };
     logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

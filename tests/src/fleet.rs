@@ -218,6 +218,26 @@ pub async fn await_leader<S: fleetshift_coordinator::store::Store>(
     .await
 }
 
+/// Runs the `fleetshift` CLI against the coordinator at `address` (`https://localhost:<port>`)
+/// as `holder` (`operator-<name>`), with the TLS files from `pki`; its output once it exits.
+pub async fn fleetshift_as(
+    address: &str,
+    pki: &Path,
+    holder: &str,
+    arguments: &[&str],
+) -> std::process::Output {
+    let mut command = std::process::Command::new(crate::binary::fleetshift());
+    command
+        .args(arguments)
+        .env("FLEETSHIFT_COORDINATOR", address)
+        .env("FLEETSHIFT_TLS_CERT", pki.join(format!("{holder}.pem")))
+        .env("FLEETSHIFT_TLS_KEY", pki.join(format!("{holder}.key")))
+        .env("FLEETSHIFT_TLS_CA", pki.join(pki::CA_CERTIFICATE));
+    tokio::task::spawn_blocking(move || command.output().expect("run fleetshift"))
+        .await
+        .expect("fleetshift finished")
+}
+
 /// Starts `fleetshift serve` as replica `id` with etcd at `etcd_endpoint`, its certificate
 /// issued into `home/pki` (which holds the CA) and its log in `home/<id>.log`; returns the port
 /// it listens on and the process.

@@ -22,6 +22,7 @@ mod integration {
     mod paused;
     mod processes;
     mod risk;
+    mod rollback;
     mod rollout;
     mod secrets;
     mod session;

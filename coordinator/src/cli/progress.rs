@@ -10,8 +10,8 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment, RiskLevel,
-    RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
+    Direction, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment,
+    RiskLevel, RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use serde_json::json;
@@ -311,6 +311,7 @@ pub fn summary(plan: &Plan, output: Output) {
                     "agent": task.agent_id,
                     "fence_token": task.fence_token,
                     "current_version": task.current_version,
+                    "target_version": (!task.target_version.is_empty()).then_some(&task.target_version),
                     "error": task.error.as_ref().map(|error| &error.message),
                     "backup": task.backup.as_ref().map(backup_json),
                     "previous_version": (!task.previous_version.is_empty()).then_some(&task.previous_version),
@@ -332,6 +333,8 @@ pub fn summary(plan: &Plan, output: Output) {
                 "state": plan_state_name(state),
                 "reason": plan.state_reason,
                 "target_version": plan.target_version,
+                "direction": if plan.direction() == Direction::Down { "down" } else { "up" },
+                "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
                 "set_digest": plan.set_digest,
                 "author": plan.author,
                 "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),

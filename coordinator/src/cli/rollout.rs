@@ -1,5 +1,5 @@
 //! Rollout commands against a coordinator: `plan`, `approve`, `apply`, `watch`, `status`,
-//! `pause`, `resume`, `cancel`. Every one prints for people or (`--output json`) for scripts,
+//! `pause`, `resume`, `cancel` (`rollback` is in its own module). Every one prints for people or (`--output json`) for scripts,
 //! and exits with a code from [`crate::exit`].
 
 use std::path::PathBuf;
@@ -186,7 +186,7 @@ pub enum Action {
     Cancel,
 }
 
-fn print_plan(plan: &Plan, output: Output) {
+pub(super) fn print_plan(plan: &Plan, output: Output) {
     if output == Output::Json {
         progress::summary(plan, output);
         return;
@@ -204,6 +204,12 @@ fn print_plan(plan: &Plan, output: Output) {
         plan.waves.len(),
         plan.target_version
     );
+    if !plan.rolls_back.is_empty() {
+        println!(
+            "  rolls back plan {} with its down scripts",
+            plan.rolls_back
+        );
+    }
     for wave in &plan.waves {
         let shards: Vec<&str> = wave
             .shards

@@ -416,6 +416,10 @@ impl<S: Store> Driver<'_, S> {
             }
         };
         let assignment_id = assignment_id(&plan.plan_id, &task.shard_id, token);
+        let direction = match plan.direction() {
+            Direction::Down => Direction::Down,
+            Direction::Up | Direction::Unspecified => Direction::Up,
+        };
         let claimed = ShardTask {
             state: ShardState::Claimed.into(),
             fence_token: token,
@@ -433,8 +437,12 @@ impl<S: Store> Driver<'_, S> {
                 plan_id: plan.plan_id.clone(),
                 shard_id: task.shard_id.clone(),
                 fence_token: token,
-                direction: Direction::Up.into(),
-                target_version: plan.target_version.clone(),
+                direction: direction.into(),
+                target_version: if task.target_version.is_empty() {
+                    plan.target_version.clone()
+                } else {
+                    task.target_version.clone()
+                },
                 revert_to: task.previous_version.clone(),
                 migration_set: Some(MigrationSet {
                     format: plan.set_format.clone(),

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, ExecutionLimits, Hello, HostDuties, Plan, PlanState, SchemaChange,
-    ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
+    CreatePlanRequest, Direction, ExecutionLimits, Hello, HostDuties, Plan, PlanState,
+    SchemaChange, ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::touched::touched;
@@ -330,6 +330,8 @@ pub fn plan(
         changes,
         analyses,
         duties: request.duties,
+        direction: Direction::Up.into(),
+        rolls_back: String::new(),
     })
 }
 

@@ -1,10 +1,11 @@
-//! Which events a change makes: a plan appearing, approved, started, halted, completed or
-//! cancelled; a shard failing or rolled back by its agent; a wave whose every shard has ended. The tracker remembers what it
+//! Which events a change makes: a plan appearing, approved, started, halted, completed (a
+//! rollback plan's completion is `rollout.rolled_back`) or cancelled; a shard failing or
+//! rolled back by its agent; a wave whose every shard has ended. The tracker remembers what it
 //! has seen, so a change that repeats a known state makes no event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask};
+use fleetshift_common::proto::v1::{Direction, Plan, PlanState, ShardState, ShardTask};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -14,7 +15,8 @@ use crate::rollout::task_ended;
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// `plan.created`, `plan.approved`, `rollout.started`, `wave.finished`, `shard.failed`,
-    /// `shard.rolled_back`, `rollout.halted`, `rollout.completed`, `rollout.cancelled`.
+    /// `shard.rolled_back`, `rollout.halted`, `rollout.completed`, `rollout.rolled_back`,
+    /// `rollout.cancelled`.
     pub event: &'static str,
     pub plan_id: String,
     /// RFC 3339, when the coordinator saw it.
@@ -87,10 +89,17 @@ impl Tracker {
         if seen.state != plan.state {
             let previous = PlanState::try_from(seen.state).unwrap_or(PlanState::Unspecified);
             let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
-            let reason = json!({ "reason": plan.state_reason });
+            let reason = if plan.rolls_back.is_empty() {
+                json!({ "reason": plan.state_reason })
+            } else {
+                json!({ "reason": plan.state_reason, "rolls_back": plan.rolls_back })
+            };
             let name = match state {
                 PlanState::Running if previous == PlanState::Approved => Some("rollout.started"),
                 PlanState::Halted => Some("rollout.halted"),
+                PlanState::Succeeded if plan.direction() == Direction::Down => {
+                    Some("rollout.rolled_back")
+                }
                 PlanState::Succeeded => Some("rollout.completed"),
                 PlanState::Cancelled => Some("rollout.cancelled"),
                 _ => None,
@@ -222,5 +231,23 @@ mod tests {
         );
         plan.state = PlanState::Halted.into();
         assert_eq!(names(tracker.plan_changed(plan)), ["rollout.halted"]);
+    }
+
+    #[test]
+    fn a_finished_rollback_plan_says_so_and_names_the_plan_it_reverted() {
+        let mut tracker = Tracker::default();
+        let mut plan = Plan {
+            plan_id: "r".to_owned(),
+            state: PlanState::Running.into(),
+            direction: Direction::Down.into(),
+            rolls_back: "p".to_owned(),
+            ..Plan::default()
+        };
+        tracker.plan_changed(plan.clone());
+        plan.state = PlanState::Succeeded.into();
+        let events = tracker.plan_changed(plan);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "rollout.rolled_back");
+        assert_eq!(events[0].detail["rolls_back"], "p");
     }
 }

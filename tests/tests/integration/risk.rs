@@ -15,7 +15,7 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
 use fleetshift_tests::fixtures;
-use fleetshift_tests::fleet::InProcessCoordinator;
+use fleetshift_tests::fleet::{InProcessCoordinator, fleetshift_as};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -199,24 +199,19 @@ async fn a_notice_renders_the_plan_through_a_users_template() {
          {% for table in affected_tables %}{{ table.name }}: {{ table.operation }} / {{ table.estimated_rows or \"rows unknown\" }}\n{% endfor %}",
     )
     .expect("template");
-    let pki = fleet.pki();
-    let output = tokio::task::spawn_blocking({
-        let plan_id = plan.plan_id.clone();
-        let address = format!("https://localhost:{}", fleet.address.port());
-        move || {
-            std::process::Command::new(fleetshift_tests::binary::fleetshift())
-                .args(["plan", "notice", &plan_id, "--template"])
-                .arg(&template)
-                .env("FLEETSHIFT_COORDINATOR", address)
-                .env("FLEETSHIFT_TLS_CERT", pki.join("operator-alice.pem"))
-                .env("FLEETSHIFT_TLS_KEY", pki.join("operator-alice.key"))
-                .env("FLEETSHIFT_TLS_CA", pki.join("ca.pem"))
-                .output()
-                .expect("run fleetshift plan notice")
-        }
-    })
-    .await
-    .expect("notice");
+    let output = fleetshift_as(
+        &format!("https://localhost:{}", fleet.address.port()),
+        &fleet.pki(),
+        "operator-alice",
+        &[
+            "plan",
+            "notice",
+            &plan.plan_id,
+            "--template",
+            template.to_str().expect("UTF-8 path"),
+        ],
+    )
+    .await;
     assert!(
         output.status.success(),
         "{}",

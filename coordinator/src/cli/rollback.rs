@@ -1,0 +1,52 @@
+//! `fleetshift rollback PLAN [--shards SELECTOR]`: plans the revert of the shards a finished
+//! plan took to its target, each to its version before that plan. The rollback plan is
+//! approved and applied like any other (`fleetshift approve`, `fleetshift apply --watch`).
+
+use std::process::ExitCode;
+
+use clap::Args;
+use fleetshift_common::proto::v1::CreateRollbackPlanRequest;
+
+use super::Output;
+use super::fleet::{Connection, client, refused};
+use super::rollout::print_plan;
+use crate::exit;
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// The plan whose shards go back; it must have ended (succeeded, halted or cancelled).
+    plan: String,
+    /// Only these shards: ids or patterns with `*`, comma-separated or repeated (default:
+    /// every shard the plan took to its target).
+    #[arg(long, value_delimiter = ',', value_name = "SELECTOR")]
+    shards: Vec<String>,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+pub async fn run(arguments: RollbackArgs) -> ExitCode {
+    let mut client = match client(&arguments.connection, arguments.output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let request = CreateRollbackPlanRequest {
+        plan_id: arguments.plan.clone(),
+        shards: arguments.shards.clone(),
+    };
+    match client.create_rollback_plan(request).await {
+        Ok(response) => {
+            let plan = response.into_inner();
+            print_plan(&plan, arguments.output);
+            if arguments.output == Output::Human {
+                println!(
+                    "next: fleetshift approve {0}, then fleetshift apply {0} --watch",
+                    plan.plan_id
+                );
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(status) => refused(&arguments.connection, arguments.output, &status),
+    }
+}

@@ -1,0 +1,242 @@
+//! Rollback across real processes, driven with the `fleetshift` CLI: etcd, a coordinator
+//! replica (`fleetshift serve`) and an agent (`fleetshift-agent run`) on real PostgreSQL.
+//!
+//! 1. A plan takes the shard to revision 1.
+//! 2. A plan with baselines and `--auto-rollback` drops an index a baseline needs: the agent
+//!    rolls the shard back to 1 on its own, the shard ends ROLLED_BACK, the plan halts and
+//!    `apply --watch` exits 1 with the rollback in its JSON.
+//! 3. `fleetshift rollback` of the first plan (operator only) makes a down plan back to `base`,
+//!    approved and applied like any plan: the column is gone again.
+
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::ListShardsRequest;
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::tls::identity::Role;
+use fleetshift_tests::binary;
+use fleetshift_tests::fixtures;
+use fleetshift_tests::fleet::{
+    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, issue,
+    shard_tables, spawn_replica,
+};
+use fleetshift_tests::wait::wait_until;
+use serde_json::Value;
+
+use super::support::{self, Database, assert_exit};
+
+const ROLES: &str =
+    "viewers = [\"alice\", \"bob\"]\noperators = [\"alice\"]\napprovers = [\"bob\"]";
+
+const EVENTS: &str = "
+    CREATE TABLE events (id bigint PRIMARY KEY, account_id bigint NOT NULL, payload text);
+    INSERT INTO events SELECT g, g % 5000, repeat('x', 40) FROM generate_series(1, 400000) g;
+    CREATE INDEX events_account_idx ON events (account_id);
+    ANALYZE events;";
+
+/// The CLI as operator alice (operator role) and bob (approver role).
+struct Operators {
+    address: String,
+    pki: std::path::PathBuf,
+}
+
+impl Operators {
+    async fn alice(&self, arguments: &[&str]) -> std::process::Output {
+        fleetshift_as(&self.address, &self.pki, "operator-alice", arguments).await
+    }
+
+    async fn bob(&self, arguments: &[&str]) -> std::process::Output {
+        fleetshift_as(&self.address, &self.pki, "operator-bob", arguments).await
+    }
+
+    /// Bob approves `plan_id`, then alice applies it and follows it to the end.
+    async fn approved_and_applied(&self, plan_id: &str) -> std::process::Output {
+        assert_exit(
+            &self.bob(&["approve", plan_id, "--output", "json"]).await,
+            0,
+        );
+        self.alice(&["apply", plan_id, "--watch", "--output", "json"])
+            .await
+    }
+}
+
+/// The last line of what the command printed, as JSON (the plan's summary).
+fn summary(output: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|error| {
+        panic!(
+            "not JSON ({error}): {}",
+            fleetshift_tests::binary::printed(output)
+        )
+    })
+}
+
+async fn has_column(admin: &sqlx::PgPool, column: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM information_schema.columns
+                        WHERE table_name = 'events' AND column_name = $1)",
+    )
+    .bind(column)
+    .fetch_one(admin)
+    .await
+    .expect("catalog")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_on_request() {
+    let FleetGround {
+        etcd,
+        store,
+        home,
+        pki,
+    } = FleetGround::start().await;
+    issue(&pki, Role::Operator, "alice", &[]);
+    issue(&pki, Role::Operator, "bob", &[]);
+    issue(&pki, Role::Agent, "a", &[]);
+    let (port, _replica) = spawn_replica(home.path(), "c1", &etcd.endpoint, ROLES);
+    let logs = home.path().to_path_buf();
+    let diagnose = move || {
+        ["c1.log", "agent.log"]
+            .iter()
+            .map(|name| {
+                let log = std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+                format!("--- {name}\n{log}\n")
+            })
+            .collect::<String>()
+    };
+    assert!(
+        await_leader(&store, Duration::from_secs(20)).await,
+        "no leader\n{}",
+        diagnose()
+    );
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("rolled").await;
+    sqlx::raw_sql(EVENTS).execute(&admin).await.expect("events");
+    let config = home.path().join("agent.toml");
+    let shards = shard_tables(home.path(), "a", &[url]);
+    std::fs::write(&config, agent_config_text("a", &[port], &shards)).expect("agent config");
+    let _agent = Process::spawn(
+        &binary::agent(),
+        &["--config", config.to_str().expect("path"), "run"],
+        &home.path().join("agent.log"),
+    );
+    let address = format!("https://localhost:{port}");
+    let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
+    let connected = wait_until(Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_shards(ListShardsRequest::default())
+                .await
+                .is_ok_and(|response| response.into_inner().shards.len() == 1)
+        }
+    })
+    .await;
+    assert!(connected, "the agent never announced\n{}", diagnose());
+
+    let migrations = fixtures::migrations(&[
+        (
+            "1_event_notes.up.sql",
+            "ALTER TABLE events ADD COLUMN note text;",
+        ),
+        (
+            "1_event_notes.down.sql",
+            "ALTER TABLE events DROP COLUMN note;",
+        ),
+        (
+            "2_drop_account_index.up.sql",
+            "DROP INDEX events_account_idx;",
+        ),
+        (
+            "2_drop_account_index.down.sql",
+            "CREATE INDEX events_account_idx ON events (account_id);",
+        ),
+    ]);
+    let directory = migrations.path().to_str().expect("path");
+    let baselines = home.path().join("baselines.sql");
+    std::fs::write(
+        &baselines,
+        "-- name: by_account\nSELECT count(*) FROM events WHERE account_id = 42;\n",
+    )
+    .expect("baselines");
+    let cli = Operators {
+        address: address.clone(),
+        pki: pki.clone(),
+    };
+
+    // 1. To revision 1.
+    let first = cli
+        .alice(&["plan", directory, "--target", "1", "--output", "json"])
+        .await;
+    assert_exit(&first, 0);
+    let first_id = summary(&first)["plan"].as_str().expect("id").to_owned();
+    let applied = cli.approved_and_applied(&first_id).await;
+    assert_exit(&applied, 0);
+    assert!(has_column(&admin, "note").await);
+
+    // 2. Revision 2 degrades the baseline: the agent rolls the shard back to 1 on its own.
+    let degrading = cli
+        .alice(&[
+            "plan",
+            directory,
+            "--baselines",
+            baselines.to_str().expect("path"),
+            "--auto-rollback",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_exit(&degrading, 0);
+    let degrading_id = summary(&degrading)["plan"].as_str().expect("id").to_owned();
+    let applied = cli.approved_and_applied(&degrading_id).await;
+    assert_exit(&applied, 1);
+    let printed = String::from_utf8_lossy(&applied.stdout);
+    assert!(
+        printed.contains("\"progress\":\"rollback_started\""),
+        "{printed}"
+    );
+    let ended = summary(&applied);
+    assert_eq!(ended["state"], "halted", "{ended}");
+    let shard = &ended["shards"][0];
+    assert_eq!(shard["state"], "rolled back", "{shard}");
+    assert_eq!(shard["current_version"], "1");
+    assert_eq!(shard["previous_version"], "1");
+    assert_eq!(shard["rollback"]["reverted_to"], "1");
+    assert_eq!(shard["rollback"]["recovered"], true);
+    let phases: Vec<&str> = shard["baselines"]
+        .as_array()
+        .expect("baselines")
+        .iter()
+        .filter_map(|measured| measured["phase"].as_str())
+        .collect();
+    assert_eq!(phases, ["before", "after", "recovered"]);
+    assert!(shard["baselines"][1]["queries"][0]["p50_ratio"].as_f64() > Some(1.5));
+    let index: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'events_account_idx'",
+    )
+    .fetch_one(&admin)
+    .await
+    .expect("pg_indexes");
+    assert_eq!(index, 1, "the index is back");
+
+    // 3. The first plan rolled back on request: operators only, then the usual gates.
+    let refused = cli.bob(&["rollback", &first_id]).await;
+    assert_exit(&refused, 9);
+    let planned = cli
+        .alice(&["rollback", &first_id, "--output", "json"])
+        .await;
+    assert_exit(&planned, 0);
+    let rollback = summary(&planned);
+    assert_eq!(rollback["direction"], "down");
+    assert_eq!(rollback["rolls_back"], first_id.as_str());
+    assert_eq!(rollback["target_version"], "base");
+    assert_eq!(rollback["shards"][0]["target_version"], "base");
+    let rollback_id = rollback["plan"].as_str().expect("id").to_owned();
+    let applied = cli.approved_and_applied(&rollback_id).await;
+    assert_exit(&applied, 0);
+    assert_eq!(summary(&applied)["state"], "succeeded");
+    assert!(!has_column(&admin, "note").await, "revision 1 was reverted");
+}
