@@ -7,6 +7,7 @@ pub mod backup;
 pub mod baseline;
 pub mod credentials;
 pub mod preflight;
+pub mod restore_test;
 pub mod rollback;
 
 use fleetshift_common::engine::PostgresShard;
@@ -90,6 +91,7 @@ pub async fn before_revisions(
         plan_id: shard.plan_id,
         url: shard.url,
         database_bytes,
+        restore_test: shard.duties.restore_test.then(|| engine.pool()),
     };
     let manifest = backup::take(settings, subject, stop)
         .await

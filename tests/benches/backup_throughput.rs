@@ -118,6 +118,7 @@ async fn agent(
         plan_id: "bench",
         url,
         database_bytes,
+        restore_test: None,
     };
     let manifest = backup::take(settings, subject, &CancellationToken::new())
         .await

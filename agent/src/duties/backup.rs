@@ -16,12 +16,14 @@ use fleetshift_common::proto::v1::BackupRecord;
 use fleetshift_common::secrets::DatabaseUrl;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::DutyFailure;
 use super::credentials::ClientCredentials;
+use super::restore_test::{self, HeldSnapshot};
 
 /// Where and how an agent keeps backups (`[backups]` in its configuration).
 #[derive(Debug, Clone)]
@@ -52,6 +54,9 @@ pub struct Manifest {
     pub taken_at: u64,
     pub verified_entries: u32,
     pub database_bytes: u64,
+    /// Tables the restore test compared; 0 when there was none.
+    #[serde(default)]
+    pub restored_tables: u32,
 }
 
 impl Manifest {
@@ -67,6 +72,7 @@ impl Manifest {
             )),
             verified_entries: self.verified_entries,
             database_bytes: self.database_bytes,
+            restored_tables: self.restored_tables,
         }
     }
 }
@@ -78,6 +84,8 @@ pub struct Subject<'a> {
     pub plan_id: &'a str,
     pub url: &'a DatabaseUrl,
     pub database_bytes: u64,
+    /// The shard's pool, when the plan asks for a restore test.
+    pub restore_test: Option<&'a PgPool>,
 }
 
 /// The directory holding `shard`'s backups.
@@ -117,23 +125,45 @@ pub async fn take(
     })?;
     let backup_id = backup_id(subject.plan_id);
     let partial = directory.join(format!("{backup_id}.dump.partial"));
-    let dumped = dump(settings, subject.url, &partial, stop).await;
-    let (size_bytes, sha256) = match dumped {
-        Ok(dumped) => dumped,
-        Err(failure) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(match failure {
-                DutyFailure::Refused(message) => failed(message),
-                stopped => stopped,
-            });
+    let snapshot = match subject.restore_test {
+        Some(pool) => Some(HeldSnapshot::export(pool).await.map_err(failed)?),
+        None => None,
+    };
+    let dumped = dump(
+        settings,
+        subject.url,
+        &partial,
+        snapshot.as_ref().map(HeldSnapshot::id),
+        stop,
+    )
+    .await;
+    let expected = match snapshot {
+        Some(snapshot) => Some(snapshot.count_and_release().await),
+        None => None,
+    };
+    let discard = |failure: DutyFailure| {
+        let _ = std::fs::remove_file(&partial);
+        match failure {
+            DutyFailure::Refused(message) => failed(message),
+            stopped => stopped,
         }
     };
-    let verified_entries = match verify(settings, &partial).await {
-        Ok(entries) => entries,
-        Err(message) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(failed(message));
+    let (size_bytes, sha256) = dumped.map_err(discard)?;
+    let expected = expected
+        .transpose()
+        .map_err(|message| discard(DutyFailure::Refused(message)))?;
+    let verified_entries = verify(settings, &partial)
+        .await
+        .map_err(|message| discard(DutyFailure::Refused(message)))?;
+    let restored_tables = match (subject.restore_test, &expected) {
+        (Some(pool), Some(expected)) => {
+            let credentials = ClientCredentials::from_url(subject.url)
+                .map_err(|message| discard(DutyFailure::Refused(message)))?;
+            restore_test::restore_and_compare(settings, &credentials, pool, &partial, expected)
+                .await
+                .map_err(|message| discard(DutyFailure::Refused(message)))?
         }
+        _ => 0,
     };
     let location = directory.join(format!("{backup_id}.dump"));
     let manifest = Manifest {
@@ -149,6 +179,7 @@ pub async fn take(
             .map_or(0, |since| since.as_secs()),
         verified_entries,
         database_bytes: subject.database_bytes,
+        restored_tables,
     };
     std::fs::rename(&partial, &location)
         .and_then(|()| write_manifest(&directory, &manifest))
@@ -207,11 +238,13 @@ fn backup_id(plan_id: &str) -> String {
     )
 }
 
-/// Streams `pg_dump -Fc` into `target`, hashing as it goes; the size and SHA-256 (hex).
+/// Streams `pg_dump -Fc` (of `snapshot`, when given) into `target`, hashing as it goes; the
+/// size and SHA-256 (hex).
 async fn dump(
     settings: &BackupSettings,
     url: &DatabaseUrl,
     target: &Path,
+    snapshot: Option<&str>,
     stop: &CancellationToken,
 ) -> Result<(u64, String), DutyFailure> {
     let credentials = ClientCredentials::from_url(url).map_err(DutyFailure::Refused)?;
@@ -227,6 +260,9 @@ async fn dump(
         .arg(credentials.conninfo())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(snapshot) = snapshot {
+        command.arg(format!("--snapshot={snapshot}"));
+    }
     let mut child = command
         .spawn()
         .map_err(|error| DutyFailure::Refused(cannot_run(&settings.pg_dump, &error)))?;
@@ -284,7 +320,7 @@ async fn dump(
 
 /// A PostgreSQL client program with nothing of the agent's environment but `PATH`, and the
 /// passfile when it connects with a password; killed if the agent drops it.
-fn client_command(program: &Path, credentials: Option<&ClientCredentials>) -> Command {
+pub(super) fn client_command(program: &Path, credentials: Option<&ClientCredentials>) -> Command {
     let mut command = Command::new(program);
     command.env_clear();
     if let Some(path) = std::env::var_os("PATH") {
@@ -324,7 +360,7 @@ fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
     })
 }
 
-fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
+pub(super) fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
     let how = match (status.code(), status.signal()) {
         (_, Some(signal)) => format!("{program} was killed by signal {signal}"),
         (Some(code), None) => format!("{program} exited with status {code}"),

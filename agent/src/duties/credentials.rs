@@ -80,6 +80,17 @@ impl ClientCredentials {
         &self.conninfo
     }
 
+    /// The connection string for `--dbname`, to database `name` on the same server.
+    pub fn conninfo_for(&self, name: &str) -> String {
+        // libpq takes the last value of a repeated keyword.
+        format!(
+            "{}{}dbname={}",
+            self.conninfo,
+            separator(&self.conninfo),
+            quoted(name)
+        )
+    }
+
     /// The passfile for `PGPASSFILE`, when the URL carries a password.
     pub fn passfile(&self) -> Option<&Path> {
         self.passfile

@@ -15,6 +15,7 @@ pub fn backup_json(backup: &BackupRecord) -> serde_json::Value {
         "sha256": backup.sha256,
         "verified_entries": backup.verified_entries,
         "database_bytes": backup.database_bytes,
+        "restored_tables": backup.restored_tables,
         "duration_ms": backup
             .duration
             .and_then(|took| std::time::Duration::try_from(took).ok())

@@ -206,12 +206,17 @@ impl Board {
                     progress.shard_id, check.name, check.detail
                 ),
                 Some(Progress::BackupFinished(backup)) => println!(
-                    "    {} backup {} verified ({} entries, {} bytes, sha256 {})",
+                    "    {} backup {} verified ({} entries, {} bytes, sha256 {}{})",
                     progress.shard_id,
                     backup.location,
                     backup.verified_entries,
                     backup.size_bytes,
-                    backup.sha256
+                    backup.sha256,
+                    if backup.restored_tables > 0 {
+                        format!("; restored, {} tables' rows match", backup.restored_tables)
+                    } else {
+                        String::new()
+                    }
                 ),
                 Some(Progress::BaselineMeasured(measured)) => {
                     println!("    {} {}", progress.shard_id, baseline_line(measured));

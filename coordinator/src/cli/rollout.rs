@@ -84,6 +84,10 @@ pub struct PlanArgs {
     /// before the first DDL; a failed backup stops the shard.
     #[arg(long)]
     require_backup: bool,
+    /// Restore each shard's backup into a scratch database on its server and compare every
+    /// table's row count with the shard's at the moment of the dump (needs CREATEDB).
+    #[arg(long, requires = "require_backup")]
+    restore_test: bool,
     /// Pre-flight: a transaction open longer than this on a touched table blocks the shard.
     #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
     long_transaction: Duration,
@@ -404,6 +408,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             }),
             baselines,
             rollback,
+            restore_test: arguments.restore_test,
         }),
     };
     let mut client = match client(&arguments.connection, arguments.output).await {

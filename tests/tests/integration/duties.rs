@@ -1,5 +1,6 @@
 //! The agent's host duties on real PostgreSQL with real `pg_dump` and `pg_restore`: a verified
-//! backup is recorded before the first DDL and retention removes the oldest; a `pg_dump`
+//! backup is recorded before the first DDL, its restore test finds every table's rows as they
+//! were at the dump (while writes go on), and retention removes the oldest; a `pg_dump`
 //! killed mid-way stops the shard before any DDL, and its credentials were never in its
 //! arguments, its environment or the agent's log; a long transaction on a touched table makes
 //! pre-flight wait, then fail naming its pid, with nothing run.
@@ -158,7 +159,32 @@ async fn a_verified_backup_is_recorded_before_the_first_ddl_and_retention_keeps_
         preflight: None,
         ..HostDuties::default()
     };
-    let (result, events) = execute(&config, assignment("a1", set.path(), duties.clone())).await;
+    // Rows keep arriving while the first backup is taken and restore-tested: the counts it
+    // compares must be those of the dump's own snapshot.
+    let writing = CancellationToken::new();
+    let writer = tokio::spawn({
+        let (admin, writing) = (shard.admin.clone(), writing.clone());
+        async move {
+            let mut id = 1_000_000_i64;
+            while !writing.is_cancelled() {
+                id += 1;
+                sqlx::query("INSERT INTO notes (id, body) VALUES ($1, 'meanwhile')")
+                    .bind(id)
+                    .execute(&admin)
+                    .await
+                    .expect("insert");
+            }
+            id - 1_000_000
+        }
+    });
+    let restore_tested = HostDuties {
+        restore_test: true,
+        ..duties.clone()
+    };
+    let (result, events) = execute(&config, assignment("a1", set.path(), restore_tested)).await;
+    writing.cancel();
+    let inserted = writer.await.expect("writer");
+    assert!(inserted > 0);
     assert!(result.succeeded, "{:?}", result.error);
     assert!(shard.has_note_column().await);
     let steps: Vec<String> = events.iter().map(step).collect();
@@ -182,6 +208,14 @@ async fn a_verified_backup_is_recorded_before_the_first_ddl_and_retention_keeps_
     assert_eq!(record.sha256, hex::encode(Sha256::digest(&dump)));
     assert!(record.verified_entries >= 2, "{record:?}");
     assert!(record.database_bytes > 0);
+    assert_eq!(record.restored_tables, 2, "accounts and notes: {record:?}");
+    let scratch: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'fleetshift_restore_%'",
+    )
+    .fetch_one(&shard.admin)
+    .await
+    .expect("pg_database");
+    assert_eq!(scratch, 0, "the scratch database is dropped");
     assert!(dump.starts_with(b"PGDMP"), "a custom-format dump");
     // The dump holds the rows as they were before the revision: no `note` column yet.
     let listed = std::process::Command::new(shard.cluster.binaries().join("pg_restore"))
