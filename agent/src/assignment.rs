@@ -252,9 +252,9 @@ async fn run(
                 .map_err(duty_failure)?;
             record.backup = taken.map(|manifest| manifest.record());
         }
-        Connected::Sqlite(_) => {
-            let unsupported = if duties.require_backup {
-                Some("requires a backup")
+        Connected::Sqlite(engine) => {
+            let unsupported = if duties.restore_test {
+                Some("restore-tests its backups")
             } else if Baselines::from_policy(duties.baselines.as_ref()).is_some() {
                 Some("times baselines")
             } else {
@@ -268,6 +268,12 @@ async fn run(
                         shard.id
                     ),
                 ));
+            }
+            if duties.require_backup {
+                let taken = duties::sqlite_backup(engine, shard_duties, report)
+                    .await
+                    .map_err(duty_failure)?;
+                record.backup = Some(taken.record());
             }
         }
     }

@@ -9,8 +9,9 @@ pub mod credentials;
 pub mod preflight;
 pub mod restore_test;
 pub mod rollback;
+pub mod sqlite_backup;
 
-use fleetshift_common::engine::PostgresShard;
+use fleetshift_common::engine::{PostgresShard, SqliteShard};
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
 use fleetshift_common::proto::v1::{
     BaselineMeasured, Direction, HostDuties, PreflightCheck, RollbackStarted,
@@ -98,6 +99,49 @@ pub async fn before_revisions(
         .map_err(on_shard)?;
     report.backup(&manifest);
     Ok(Some(manifest))
+}
+
+/// Takes the backup a plan requires of a SQLite shard (pre-flight's PostgreSQL checks do not
+/// apply; free space is checked by the backup itself).
+pub async fn sqlite_backup(
+    engine: &SqliteShard,
+    shard: ShardDuties<'_>,
+    report: &dyn DutyReport,
+) -> Result<Manifest, DutyFailure> {
+    let settings = shard.backups.ok_or_else(|| {
+        DutyFailure::Refused(format!(
+            "the plan requires a backup of shard {} but this agent has no [backups] directory configured; add one and retry",
+            shard.shard_id
+        ))
+    })?;
+    let database_bytes: i64 = sqlx::query_scalar(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+    )
+    .fetch_one(engine.pool())
+    .await
+    .map_err(|error| {
+        DutyFailure::Refused(format!(
+            "shard {}: cannot read the database's size: {error}",
+            shard.shard_id
+        ))
+    })?;
+    let subject = Subject {
+        shard_id: shard.shard_id,
+        plan_id: shard.plan_id,
+        url: shard.url,
+        database_bytes: u64::try_from(database_bytes).unwrap_or_default(),
+        restore_test: None,
+    };
+    let manifest = sqlite_backup::take(settings, subject, engine.pool())
+        .await
+        .map_err(|failure| match failure {
+            DutyFailure::Refused(message) => {
+                DutyFailure::Refused(format!("shard {}: {message}; nothing ran", shard.shard_id))
+            }
+            stopped => stopped,
+        })?;
+    report.backup(&manifest);
+    Ok(manifest)
 }
 
 /// The tables the revisions this assignment would run touch (up: those not applied yet, up to

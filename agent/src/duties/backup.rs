@@ -1,6 +1,7 @@
-//! Verified backups of PostgreSQL shards: `pg_dump -Fc` as a child process, its output streamed
-//! into the shard's backup directory while a SHA-256 is computed, then read back with
-//! `pg_restore --list`. Only a verified dump gets its final name and a manifest beside it
+//! Verified backups of PostgreSQL shards (SQLite shards: [`super::sqlite_backup`]), and what
+//! both share: the directory, the manifest and retention. `pg_dump -Fc` runs as a child
+//! process, its output streamed into the shard's backup directory while a SHA-256 is computed,
+//! then read back with `pg_restore --list`. Only a verified dump gets its final name and a manifest beside it
 //! (`<id>.dump`, `<id>.json`); anything else is removed and the shard stops before any DDL.
 //! Credentials reach `pg_dump` through a passfile (see [`super::credentials`]), never its
 //! arguments or environment. Retention keeps the newest `keep` backups per shard and drops those
@@ -116,14 +117,7 @@ pub async fn take(
             subject.url.scrub(&message)
         ))
     };
-    let directory = shard_directory(settings, subject.shard_id);
-    prepare_directory(&directory).map_err(|error| {
-        failed(format!(
-            "cannot prepare the backup directory {}: {error}; check [backups] directory and its permissions",
-            directory.display()
-        ))
-    })?;
-    let backup_id = backup_id(subject.plan_id);
+    let (directory, backup_id) = begin(settings, subject).map_err(failed)?;
     let partial = directory.join(format!("{backup_id}.dump.partial"));
     let snapshot = match subject.restore_test {
         Some(pool) => Some(HeldSnapshot::export(pool).await.map_err(failed)?),
@@ -165,32 +159,80 @@ pub async fn take(
         }
         _ => 0,
     };
-    let location = directory.join(format!("{backup_id}.dump"));
+    let produced = Produced {
+        partial,
+        extension: "dump",
+        size_bytes,
+        sha256,
+        verified_entries,
+        restored_tables,
+    };
+    record(settings, subject, &directory, backup_id, produced, started).map_err(failed)
+}
+
+/// The shard's backup directory, ready, and the new backup's id.
+pub(super) fn begin(
+    settings: &BackupSettings,
+    subject: Subject<'_>,
+) -> Result<(PathBuf, String), String> {
+    let directory = shard_directory(settings, subject.shard_id);
+    prepare_directory(&directory).map_err(|error| {
+        format!(
+            "cannot prepare the backup directory {}: {error}; check [backups] directory and its permissions",
+            directory.display()
+        )
+    })?;
+    Ok((directory, backup_id(subject.plan_id)))
+}
+
+/// A verified copy in its `.partial` file, not recorded yet.
+#[derive(Debug)]
+pub(super) struct Produced {
+    pub partial: PathBuf,
+    /// The recorded file's extension: `dump`, `sqlite`.
+    pub extension: &'static str,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub verified_entries: u32,
+    pub restored_tables: u32,
+}
+
+/// Gives `produced` its final name and a manifest, then applies retention; the `.partial` is
+/// removed when it cannot be recorded.
+pub(super) fn record(
+    settings: &BackupSettings,
+    subject: Subject<'_>,
+    directory: &Path,
+    backup_id: String,
+    produced: Produced,
+    started: Instant,
+) -> Result<Manifest, String> {
+    let location = directory.join(format!("{backup_id}.{}", produced.extension));
     let manifest = Manifest {
         backup_id,
         shard_id: subject.shard_id.to_owned(),
         plan_id: subject.plan_id.to_owned(),
         location: location.clone(),
-        size_bytes,
-        sha256,
+        size_bytes: produced.size_bytes,
+        sha256: produced.sha256,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         taken_at: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
-        verified_entries,
+        verified_entries: produced.verified_entries,
         database_bytes: subject.database_bytes,
-        restored_tables,
+        restored_tables: produced.restored_tables,
     };
-    std::fs::rename(&partial, &location)
-        .and_then(|()| write_manifest(&directory, &manifest))
+    std::fs::rename(&produced.partial, &location)
+        .and_then(|()| write_manifest(directory, &manifest))
         .map_err(|error| {
-            let _ = std::fs::remove_file(&partial);
-            failed(format!(
+            let _ = std::fs::remove_file(&produced.partial);
+            format!(
                 "cannot record the backup in {}: {error}",
                 directory.display()
-            ))
+            )
         })?;
-    match prune(&directory, settings, &manifest.backup_id) {
+    match prune(directory, settings, &manifest.backup_id) {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(shard = subject.shard_id, removed = ?removed, "older backups removed by retention")
         }

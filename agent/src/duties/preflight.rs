@@ -183,7 +183,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// Free bytes for an unprivileged writer on the file system holding `directory` (created when
 /// missing, so a first backup can be checked).
-fn free_bytes(directory: &Path) -> std::io::Result<u64> {
+pub(super) fn free_bytes(directory: &Path) -> std::io::Result<u64> {
     std::fs::create_dir_all(directory)?;
     let stats = rustix::fs::statvfs(directory).map_err(std::io::Error::from)?;
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))

@@ -3,7 +3,8 @@
 //! were at the dump (while writes go on), and retention removes the oldest; a `pg_dump`
 //! killed mid-way stops the shard before any DDL, and its credentials were never in its
 //! arguments, its environment or the agent's log; a long transaction on a touched table makes
-//! pre-flight wait, then fail naming its pid, with nothing run.
+//! pre-flight wait, then fail naming its pid, with nothing run. A SQLite shard is copied online
+//! (`VACUUM INTO`) and checked before its first DDL.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -448,4 +449,81 @@ async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() 
     let (result, _) = execute(&config, assignment("b2", set.path(), duties)).await;
     assert!(result.succeeded, "{:?}", result.error);
     assert!(shard.has_note_column().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
+    let home = tempfile::tempdir().expect("home");
+    let database = home.path().join("accounts.db");
+    let url = format!("sqlite://{}", database.display());
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&database)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("sqlite");
+        sqlx::raw_sql(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+             INSERT INTO accounts SELECT i, 'owner ' || i FROM n;",
+        )
+        .execute(&pool)
+        .await
+        .expect("schema");
+        pool.close().await;
+    }
+    let config = AgentConfig {
+        agent_id: "db-host-1".to_owned(),
+        coordinator: None,
+        shards: vec![ShardConfig {
+            id: "accounts-1".to_owned(),
+            labels: Default::default(),
+            database_url: DatabaseUrl::new(url),
+        }],
+        backups: Some(BackupSettings {
+            directory: home.path().join("backups"),
+            keep: 5,
+            max_age: None,
+            pg_dump: PathBuf::from("pg_dump"),
+            pg_restore: PathBuf::from("pg_restore"),
+            lock_wait_timeout: Duration::from_secs(30),
+        }),
+    };
+    let set = migrations();
+    let duties = HostDuties {
+        require_backup: true,
+        ..HostDuties::default()
+    };
+    let (result, events) = execute(&config, assignment("s1", set.path(), duties)).await;
+    assert!(result.succeeded, "{:?}", result.error);
+    let steps: Vec<String> = events.iter().map(step).collect();
+    assert_eq!(steps[..2], ["backup", "revision 1"], "{steps:?}");
+
+    let record = result.backup.expect("a backup record");
+    assert!(record.location.ends_with(".sqlite"), "{record:?}");
+    let copy = std::fs::read(&record.location).expect("the copy is where the record says");
+    assert_eq!(record.size_bytes, copy.len() as u64);
+    assert_eq!(record.sha256, hex::encode(Sha256::digest(&copy)));
+    assert!(record.verified_entries >= 1);
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&record.location)
+        .read_only(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("open the copy");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 100);
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('accounts')")
+        .fetch_all(&pool)
+        .await
+        .expect("columns");
+    assert_eq!(
+        columns,
+        ["id", "owner"],
+        "the copy is from before the revision"
+    );
 }
