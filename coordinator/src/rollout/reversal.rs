@@ -73,7 +73,7 @@ pub fn plan_rollback(
         .find(|task| task.previous_version.is_empty())
     {
         return Err(RolloutError::BadRequest(format!(
-            "shard {} has no recorded version from before plan {}; revert it on its host with `fleetshift migrate down --target <version>`",
+            "shard {} has no recorded version from before plan {}; revert it on its host with `fleetshift migrate down --to <version>`",
             unknown.shard_id, source.plan_id
         )));
     }
