@@ -402,7 +402,7 @@ fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
     })
 }
 
-pub(super) fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
+fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
     let how = match (status.code(), status.signal()) {
         (_, Some(signal)) => format!("{program} was killed by signal {signal}"),
         (Some(code), None) => format!("{program} exited with status {code}"),
@@ -415,25 +415,36 @@ pub(super) fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> S
     }
 }
 
-/// Reads the dump's table of contents back; the number of entries.
-async fn verify(settings: &BackupSettings, dump: &Path) -> Result<u32, String> {
-    let output = client_command(&settings.pg_restore, None)
-        .arg("--list")
-        .arg(dump)
+/// Runs `command` (of `program`, described as `what`) to its end; its standard output, or
+/// what went wrong.
+pub(super) async fn run_to_end(
+    mut command: Command,
+    program: &Path,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let output = command
         .output()
         .await
-        .map_err(|error| cannot_run(&settings.pg_restore, &error))?;
-    if !output.status.success() {
-        return Err(format!(
-            "the dump failed verification: {}",
-            failure_text(
-                "pg_restore --list",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )
-        ));
+        .map_err(|error| cannot_run(program, &error))?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(failure_text(
+            what,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+        ))
     }
-    let entries = String::from_utf8_lossy(&output.stdout)
+}
+
+/// Reads the dump's table of contents back; the number of entries.
+async fn verify(settings: &BackupSettings, dump: &Path) -> Result<u32, String> {
+    let mut command = client_command(&settings.pg_restore, None);
+    command.arg("--list").arg(dump);
+    let listed = run_to_end(command, &settings.pg_restore, "pg_restore --list")
+        .await
+        .map_err(|failure| format!("the dump failed verification: {failure}"))?;
+    let entries = String::from_utf8_lossy(&listed)
         .lines()
         .filter(|line| !line.trim().is_empty() && !line.starts_with(';'))
         .count();

@@ -10,7 +10,7 @@ use std::path::Path;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgPool, Postgres};
 
-use super::backup::{BackupSettings, client_command, failure_text};
+use super::backup::{BackupSettings, client_command, run_to_end};
 use super::credentials::ClientCredentials;
 
 /// Rows per table (`schema.table`, quoted where needed).
@@ -124,27 +124,18 @@ async fn restore_into(
     dump: &Path,
     expected: &RowCounts,
 ) -> Result<u32, String> {
-    let output = client_command(&settings.pg_restore, Some(credentials))
+    let mut command = client_command(&settings.pg_restore, Some(credentials));
+    command
         .arg("--no-password")
         .arg("--no-owner")
         .arg("--no-privileges")
         .arg("--exit-on-error")
         .arg("--dbname")
         .arg(credentials.conninfo_for(scratch))
-        .arg(dump)
-        .output()
+        .arg(dump);
+    run_to_end(command, &settings.pg_restore, "pg_restore")
         .await
-        .map_err(|error| format!("cannot run {}: {error}", settings.pg_restore.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "the dump did not restore: {}",
-            failure_text(
-                "pg_restore",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )
-        ));
-    }
+        .map_err(|failure| format!("the dump did not restore: {failure}"))?;
     let options = pool.connect_options().as_ref().clone().database(scratch);
     let mut connection = sqlx::PgConnection::connect_with(&options)
         .await
