@@ -270,7 +270,7 @@ async fn run(
                 ));
             }
             if duties.require_backup {
-                let taken = duties::sqlite_backup(engine, shard_duties, report)
+                let taken = duties::back_up_sqlite(engine, shard_duties, report)
                     .await
                     .map_err(duty_failure)?;
                 record.backup = Some(taken.record());

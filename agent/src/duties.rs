@@ -103,7 +103,7 @@ pub async fn before_revisions(
 
 /// Takes the backup a plan requires of a SQLite shard (pre-flight's PostgreSQL checks do not
 /// apply; free space is checked by the backup itself).
-pub async fn sqlite_backup(
+pub async fn back_up_sqlite(
     engine: &SqliteShard,
     shard: ShardDuties<'_>,
     report: &dyn DutyReport,

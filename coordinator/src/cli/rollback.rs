@@ -9,8 +9,7 @@ use fleetshift_common::proto::v1::CreateRollbackPlanRequest;
 
 use super::Output;
 use super::fleet::{Connection, client, refused};
-use super::rollout::print_plan;
-use crate::exit;
+use super::rollout::print_created;
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -36,17 +35,7 @@ pub async fn run(arguments: RollbackArgs) -> ExitCode {
         shards: arguments.shards.clone(),
     };
     match client.create_rollback_plan(request).await {
-        Ok(response) => {
-            let plan = response.into_inner();
-            print_plan(&plan, arguments.output);
-            if arguments.output == Output::Human {
-                println!(
-                    "next: fleetshift approve {0}, then fleetshift apply {0} --watch",
-                    plan.plan_id
-                );
-            }
-            ExitCode::from(exit::OK)
-        }
+        Ok(response) => print_created(&response.into_inner(), arguments.output),
         Err(status) => refused(&arguments.connection, arguments.output, &status),
     }
 }

@@ -190,7 +190,19 @@ pub enum Action {
     Cancel,
 }
 
-pub(super) fn print_plan(plan: &Plan, output: Output) {
+/// A new plan, and (for people) what to do with it next.
+pub(super) fn print_created(plan: &Plan, output: Output) -> ExitCode {
+    print_plan(plan, output);
+    if output == Output::Human {
+        println!(
+            "next: fleetshift approve {0}, then fleetshift apply {0} --watch",
+            plan.plan_id
+        );
+    }
+    ExitCode::from(exit::OK)
+}
+
+fn print_plan(plan: &Plan, output: Output) {
     if output == Output::Json {
         progress::summary(plan, output);
         return;
@@ -416,17 +428,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
         Err(code) => return code,
     };
     match client.create_plan(request).await {
-        Ok(response) => {
-            let plan = response.into_inner();
-            print_plan(&plan, arguments.output);
-            if arguments.output == Output::Human {
-                println!(
-                    "next: fleetshift approve {0}, then fleetshift apply {0} --watch",
-                    plan.plan_id
-                );
-            }
-            ExitCode::from(exit::OK)
-        }
+        Ok(response) => print_created(&response.into_inner(), arguments.output),
         Err(status) => refused(&arguments.connection, arguments.output, &status),
     }
 }
