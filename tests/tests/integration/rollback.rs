@@ -22,16 +22,11 @@ use fleetshift_tests::fleet::{
 use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
 
+use super::baselines::{EVENTS, has_account_index, has_column};
 use super::support::{self, Database, assert_exit};
 
 const ROLES: &str =
     "viewers = [\"alice\", \"bob\"]\noperators = [\"alice\"]\napprovers = [\"bob\"]";
-
-const EVENTS: &str = "
-    CREATE TABLE events (id bigint PRIMARY KEY, account_id bigint NOT NULL, payload text);
-    INSERT INTO events SELECT g, g % 5000, repeat('x', 40) FROM generate_series(1, 400000) g;
-    CREATE INDEX events_account_idx ON events (account_id);
-    ANALYZE events;";
 
 /// The CLI as operator alice (operator role) and bob (approver role).
 struct Operators {
@@ -69,17 +64,6 @@ fn summary(output: &std::process::Output) -> Value {
             fleetshift_tests::binary::printed(output)
         )
     })
-}
-
-async fn has_column(admin: &sqlx::PgPool, column: &str) -> bool {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT FROM information_schema.columns
-                        WHERE table_name = 'events' AND column_name = $1)",
-    )
-    .bind(column)
-    .fetch_one(admin)
-    .await
-    .expect("catalog")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +159,7 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
     let first_id = summary(&first)["plan"].as_str().expect("id").to_owned();
     let applied = cli.approved_and_applied(&first_id).await;
     assert_exit(&applied, 0);
-    assert!(has_column(&admin, "note").await);
+    assert!(has_column(&admin, "events", "note").await);
 
     // 2. Revision 2 degrades the baseline: the agent rolls the shard back to 1 on its own.
     let degrading = cli
@@ -214,13 +198,7 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
         .collect();
     assert_eq!(phases, ["before", "after", "recovered"]);
     assert!(shard["baselines"][1]["queries"][0]["p50_ratio"].as_f64() > Some(1.5));
-    let index: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_indexes WHERE indexname = 'events_account_idx'",
-    )
-    .fetch_one(&admin)
-    .await
-    .expect("pg_indexes");
-    assert_eq!(index, 1, "the index is back");
+    assert!(has_account_index(&admin).await, "the index is back");
 
     // 3. The first plan rolled back on request: operators only, then the usual gates.
     let refused = cli.bob(&["rollback", &first_id]).await;
@@ -238,5 +216,8 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
     let applied = cli.approved_and_applied(&rollback_id).await;
     assert_exit(&applied, 0);
     assert_eq!(summary(&applied)["state"], "succeeded");
-    assert!(!has_column(&admin, "note").await, "revision 1 was reverted");
+    assert!(
+        !has_column(&admin, "events", "note").await,
+        "revision 1 was reverted"
+    );
 }
