@@ -218,6 +218,17 @@ pub async fn await_leader<S: fleetshift_coordinator::store::Store>(
     .await
 }
 
+/// The logs `names` in `home`, each under a `--- <name>` line, for a failing test to show.
+pub fn logs(home: &Path, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            let log = std::fs::read_to_string(home.join(name)).unwrap_or_default();
+            format!("--- {name}\n{log}\n")
+        })
+        .collect()
+}
+
 /// Runs the `fleetshift` CLI against the coordinator at `address` (`https://localhost:<port>`)
 /// as `holder` (`operator-<name>`), with the TLS files from `pki`; its output once it exits.
 pub async fn fleetshift_as(

@@ -16,7 +16,7 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, issue,
+    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, issue, logs,
     shard_tables, spawn_replica,
 };
 use fleetshift_tests::wait::wait_until;
@@ -78,16 +78,8 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
     issue(&pki, Role::Operator, "bob", &[]);
     issue(&pki, Role::Agent, "a", &[]);
     let (port, _replica) = spawn_replica(home.path(), "c1", &etcd.endpoint, ROLES);
-    let logs = home.path().to_path_buf();
-    let diagnose = move || {
-        ["c1.log", "agent.log"]
-            .iter()
-            .map(|name| {
-                let log = std::fs::read_to_string(logs.join(name)).unwrap_or_default();
-                format!("--- {name}\n{log}\n")
-            })
-            .collect::<String>()
-    };
+    let logs_in = home.path().to_path_buf();
+    let diagnose = move || logs(&logs_in, &["c1.log", "agent.log"]);
     assert!(
         await_leader(&store, Duration::from_secs(20)).await,
         "no leader\n{}",

@@ -16,7 +16,7 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::Store;
 use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, await_leader, channel_as, issue, shard_tables,
+    FleetGround, Process, agent_config_text, await_leader, channel_as, issue, logs, shard_tables,
     spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
@@ -63,14 +63,12 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
         let (port, process) = spawn_replica(home.path(), id, &etcd.endpoint, ROLES);
         replicas.push((id, port, Some(process)));
     }
-    let logs = home.path().to_path_buf();
+    let logs_in = home.path().to_path_buf();
     let diagnose = move || {
-        let mut text = String::new();
-        for name in ["c1.log", "c2.log", "c3.log", "agent-a.log", "agent-b.log"] {
-            let log = std::fs::read_to_string(logs.join(name)).unwrap_or_default();
-            text.push_str(&format!("--- {name}\n{log}\n"));
-        }
-        text
+        logs(
+            &logs_in,
+            &["c1.log", "c2.log", "c3.log", "agent-a.log", "agent-b.log"],
+        )
     };
     let elected = await_leader(&store, Duration::from_secs(20)).await;
     assert!(elected, "no leader\n{}", diagnose());
