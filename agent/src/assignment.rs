@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::duties::backup::Manifest;
-use crate::duties::baseline::{self, Baselines};
+use crate::duties::baseline::Baselines;
 use crate::duties::rollback::Triggers;
 use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
 use crate::tally::RunTally;
@@ -382,30 +382,24 @@ impl<E: ShardEngine> Moving<'_, E> {
                 ));
             }
         }
-        let stop = &self.parts.stop;
-        let before = timed(baselines, BaselinePhase::Before, None, stop)
+        let timing = Timing {
+            baselines,
+            stop: &self.parts.stop,
+            report: watch.report,
+        };
+        let before = timing
+            .phase(BaselinePhase::Before, None, record)
             .await
             .map_err(duty_failure)?;
-        if let Some(before) = &before {
-            watch.report.baseline(before);
-            record.baselines.push(before.clone());
-        }
         let outcome = executor.up(self.set, request).await;
         let after = match (&before, &outcome) {
-            (Some(before), Ok(_)) => timed(baselines, BaselinePhase::After, Some(before), stop)
+            (Some(before), Ok(_)) => timing
+                .phase(BaselinePhase::After, Some(before), record)
                 .await
                 .map_err(|failure| applied_but(failure, watch.shard_id))?,
             _ => None,
         };
-        if let Some(after) = &after {
-            watch.report.baseline(after);
-            record.baselines.push(after.clone());
-        }
-        let threshold = baselines.map_or(baseline::DEFAULT_THRESHOLD, |(b, _)| b.threshold);
-        let degradation = after
-            .as_ref()
-            .filter(|after| after.degraded)
-            .map(|after| baseline::describe_degradation(after, threshold));
+        let degradation = timing.degradation(after.as_ref());
         let Some(reason) = watch.triggers.reason(&outcome, degradation.as_deref()) else {
             return outcome
                 .map(|report| report.current_version)
@@ -415,6 +409,30 @@ impl<E: ShardEngine> Moving<'_, E> {
             Err(error) => exec_failure(error).kind(),
             Ok(_) => ErrorKind::Failed,
         };
+        let rollback = Rollback {
+            reason,
+            cause,
+            before: before.as_ref(),
+        };
+        self.revert(&executor, watch, &timing, rollback, record)
+            .await
+    }
+
+    /// Reverts the shard to its version before the plan and times the baselines again; the
+    /// run's outcome, which is an error either way: the rollback, or why it did not finish.
+    async fn revert(
+        &self,
+        executor: &Executor<'_, E>,
+        watch: &Watch<'_>,
+        timing: &Timing<'_>,
+        rollback: Rollback<'_>,
+        record: &mut RunRecord,
+    ) -> Result<Option<String>, ErrorDetail> {
+        let Rollback {
+            reason,
+            cause,
+            before,
+        } = rollback;
         let revert_to = if watch.revert_to.is_empty() {
             record.previous_version.clone()
         } else {
@@ -437,23 +455,26 @@ impl<E: ShardEngine> Moving<'_, E> {
                 ),
             )
         })?;
-        let recovered = match &before {
-            Some(before) => timed(baselines, BaselinePhase::Recovered, Some(before), stop)
+        let recovered = match before {
+            Some(before) => timing
+                .phase(BaselinePhase::Recovered, Some(before), record)
                 .await
                 .map_err(|failure| applied_but(failure, watch.shard_id))?,
             None => None,
         };
-        if let Some(recovered) = &recovered {
-            watch.report.baseline(recovered);
-            record.baselines.push(recovered.clone());
-        }
-        let still = recovered
-            .as_ref()
-            .filter(|recovered| recovered.degraded)
-            .map(|recovered| baseline::describe_degradation(recovered, threshold));
+        let still = timing.degradation(recovered.as_ref());
+        let recovery = match (&recovered, &still) {
+            (None, _) => String::new(),
+            (Some(_), None) => "; the baselines recovered".to_owned(),
+            (Some(_), Some(still)) => format!("; the baselines did not recover: {still}"),
+        };
+        let message = format!(
+            "shard {}: rolled back to {revert_to} because {reason}{recovery}",
+            watch.shard_id
+        );
         record.rollback = Some(RollbackRecord {
-            reason: reason.clone(),
-            reverted_to: revert_to.clone(),
+            reason,
+            reverted_to: revert_to,
             revisions: reverted
                 .steps
                 .iter()
@@ -462,31 +483,47 @@ impl<E: ShardEngine> Moving<'_, E> {
                 .collect(),
             recovered: still.is_none(),
         });
-        let recovery = match (&recovered, still) {
-            (None, _) => String::new(),
-            (Some(_), None) => "; the baselines recovered".to_owned(),
-            (Some(_), Some(still)) => format!("; the baselines did not recover: {still}"),
-        };
-        Err(refused(
-            cause,
-            format!(
-                "shard {}: rolled back to {revert_to} because {reason}{recovery}",
-                watch.shard_id
-            ),
-        ))
+        Err(refused(cause, message))
     }
 }
 
-/// The baselines at `phase`, when the plan has any.
-async fn timed(
-    baselines: Option<(Baselines<'_>, &sqlx::PgPool)>,
-    phase: BaselinePhase,
-    before: Option<&BaselineMeasured>,
-    stop: &CancellationToken,
-) -> Result<Option<BaselineMeasured>, DutyFailure> {
-    match baselines {
-        Some((baselines, pool)) => baselines.measure(pool, phase, before, stop).await.map(Some),
-        None => Ok(None),
+/// Why a shard is rolled back, and the baselines it must get back to.
+struct Rollback<'a> {
+    reason: String,
+    /// The error kind the shard ends with: the failure's, or FAILED.
+    cause: ErrorKind,
+    before: Option<&'a BaselineMeasured>,
+}
+
+/// The plan's baselines on this shard, when it has any: each phase is timed, reported and
+/// kept in the run's record.
+struct Timing<'a> {
+    baselines: Option<(Baselines<'a>, &'a sqlx::PgPool)>,
+    stop: &'a CancellationToken,
+    report: &'a dyn DutyReport,
+}
+
+impl Timing<'_> {
+    /// The baselines at `phase`, compared with `before` when given.
+    async fn phase(
+        &self,
+        phase: BaselinePhase,
+        before: Option<&BaselineMeasured>,
+        record: &mut RunRecord,
+    ) -> Result<Option<BaselineMeasured>, DutyFailure> {
+        let Some((baselines, pool)) = self.baselines else {
+            return Ok(None);
+        };
+        let measured = baselines.measure(pool, phase, before, self.stop).await?;
+        self.report.baseline(&measured);
+        record.baselines.push(measured.clone());
+        Ok(Some(measured))
+    }
+
+    /// The degraded queries of `measured`, described, when any degraded.
+    fn degradation(&self, measured: Option<&BaselineMeasured>) -> Option<String> {
+        let (baselines, _) = self.baselines?;
+        baselines.degradation(measured?)
     }
 }
 

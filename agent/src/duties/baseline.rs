@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use super::DutyFailure;
 
 /// The fewest timed runs a query gets.
-pub const MIN_RUNS: u32 = 5;
+const MIN_RUNS: u32 = 5;
 /// The default after/before ratio of medians that counts as a degradation.
-pub const DEFAULT_THRESHOLD: f64 = 1.5;
+const DEFAULT_THRESHOLD: f64 = 1.5;
 /// The default smallest growth of a median that can count as a degradation.
-pub const DEFAULT_NOISE_FLOOR: Duration = Duration::from_millis(1);
+const DEFAULT_NOISE_FLOOR: Duration = Duration::from_millis(1);
 /// How many of `pg_stat_statements`' statements are captured.
 const TOP_STATEMENTS: i64 = 10;
 
@@ -121,29 +121,35 @@ impl<'a> Baselines<'a> {
         }
         degraded
     }
-}
 
-/// The degraded queries of `measured`, with their ratios, for messages.
-pub fn describe_degradation(measured: &BaselineMeasured, threshold: f64) -> String {
-    measured
-        .queries
-        .iter()
-        .filter(|timing| timing.degraded)
-        .map(|timing| {
-            if timing.error.is_empty() {
-                format!(
-                    "baseline {} median {:.2} ms is {:.1}x its median before (threshold {threshold}x)",
-                    timing.name, timing.p50_ms, timing.p50_ratio
-                )
-            } else {
-                format!(
-                    "baseline {} fails after the revisions: {}",
-                    timing.name, timing.error
-                )
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    /// The degraded queries of `measured`, with their ratios, for messages; `None` when
+    /// none degraded.
+    pub fn degradation(&self, measured: &BaselineMeasured) -> Option<String> {
+        if !measured.degraded {
+            return None;
+        }
+        let threshold = self.threshold;
+        measured
+            .queries
+            .iter()
+            .filter(|timing| timing.degraded)
+            .map(|timing| {
+                if timing.error.is_empty() {
+                    format!(
+                        "baseline {} median {:.2} ms is {:.1}x its median before (threshold {threshold}x)",
+                        timing.name, timing.p50_ms, timing.p50_ratio
+                    )
+                } else {
+                    format!(
+                        "baseline {} fails after the revisions: {}",
+                        timing.name, timing.error
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+            .into()
+    }
 }
 
 /// A connection of its own, where every transaction is read-only.
