@@ -43,6 +43,28 @@ pub struct ShardDuties<'a> {
     pub backups: Option<&'a BackupSettings>,
 }
 
+impl<'a> ShardDuties<'a> {
+    /// Where the required backup goes; refused when the agent has no `[backups]`.
+    fn backup_settings(&self) -> Result<&'a BackupSettings, DutyFailure> {
+        self.backups.ok_or_else(|| {
+            DutyFailure::Refused(format!(
+                "the plan requires a backup of shard {} but this agent has no [backups] directory configured; add one and retry",
+                self.shard_id
+            ))
+        })
+    }
+
+    /// A duty's failure, as the shard's: named, and saying nothing ran.
+    fn nothing_ran(&self, failure: DutyFailure) -> DutyFailure {
+        match failure {
+            DutyFailure::Refused(message) => {
+                DutyFailure::Refused(format!("shard {}: {message}; nothing ran", self.shard_id))
+            }
+            stopped => stopped,
+        }
+    }
+}
+
 /// What the duties report as they go.
 pub trait DutyReport: Sync {
     fn check(&self, check: PreflightCheck);
@@ -60,12 +82,7 @@ pub async fn before_revisions(
     stop: &CancellationToken,
 ) -> Result<Option<Manifest>, DutyFailure> {
     let backups = if shard.duties.require_backup {
-        Some(shard.backups.ok_or_else(|| {
-            DutyFailure::Refused(format!(
-                "the plan requires a backup of shard {} but this agent has no [backups] directory configured; add one and retry",
-                shard.shard_id
-            ))
-        })?)
+        Some(shard.backup_settings()?)
     } else {
         None
     };
@@ -75,12 +92,7 @@ pub async fn before_revisions(
         backup_directory: directory.as_deref(),
     };
     let thresholds = Thresholds::from_policy(shard.duties.preflight.as_ref());
-    let on_shard = |failure| match failure {
-        DutyFailure::Refused(message) => {
-            DutyFailure::Refused(format!("shard {}: {message}; nothing ran", shard.shard_id))
-        }
-        stopped => stopped,
-    };
+    let on_shard = |failure| shard.nothing_ran(failure);
     let database_bytes = preflight::run(engine.pool(), scope, thresholds, report, stop)
         .await
         .map_err(on_shard)?;
@@ -108,12 +120,7 @@ pub async fn back_up_sqlite(
     shard: ShardDuties<'_>,
     report: &dyn DutyReport,
 ) -> Result<Manifest, DutyFailure> {
-    let settings = shard.backups.ok_or_else(|| {
-        DutyFailure::Refused(format!(
-            "the plan requires a backup of shard {} but this agent has no [backups] directory configured; add one and retry",
-            shard.shard_id
-        ))
-    })?;
+    let settings = shard.backup_settings()?;
     let database_bytes: i64 = sqlx::query_scalar(
         "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
     )
@@ -134,12 +141,7 @@ pub async fn back_up_sqlite(
     };
     let manifest = sqlite_backup::take(settings, subject, engine.pool())
         .await
-        .map_err(|failure| match failure {
-            DutyFailure::Refused(message) => {
-                DutyFailure::Refused(format!("shard {}: {message}; nothing ran", shard.shard_id))
-            }
-            stopped => stopped,
-        })?;
+        .map_err(|failure| shard.nothing_ran(failure))?;
     report.backup(&manifest);
     Ok(manifest)
 }
