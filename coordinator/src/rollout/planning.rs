@@ -480,4 +480,47 @@ mod tests {
                     && finding.allowed.is_empty())
         );
     }
+
+    #[test]
+    fn baselines_an_agent_could_not_run_or_compare_are_refused() {
+        use fleetshift_common::proto::v1::{BaselinePolicy, BaselineQuery};
+
+        let query = |name: &str, sql: &str| BaselineQuery {
+            name: name.to_owned(),
+            sql: sql.to_owned(),
+        };
+        let duties = |queries: Vec<BaselineQuery>, runs: u32, threshold: f64| HostDuties {
+            baselines: Some(BaselinePolicy {
+                queries,
+                runs,
+                degradation_threshold: threshold,
+                noise_floor: None,
+            }),
+            ..HostDuties::default()
+        };
+        let refusal = |duties: HostDuties| {
+            check_duties(Some(&duties))
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(check_duties(None).is_ok());
+        assert!(check_duties(Some(&duties(vec![query("a", "SELECT 1")], 0, 0.0))).is_ok());
+        assert!(
+            refusal(duties(vec![query("", "SELECT 1")], 5, 1.5)).contains("needs a name and SQL")
+        );
+        assert!(refusal(duties(vec![query("a", " ")], 5, 1.5)).contains("needs a name and SQL"));
+        assert!(
+            refusal(duties(
+                vec![query("a", "SELECT 1"), query("a", "SELECT 2")],
+                5,
+                1.5
+            ))
+            .contains("baseline query a is named twice")
+        );
+        assert!(
+            refusal(duties(vec![query("a", "SELECT 1")], 1_001, 1.5)).contains("above the limit")
+        );
+        assert!(refusal(duties(vec![query("a", "SELECT 1")], 5, 0.9)).contains("above 1.0"));
+        assert!(refusal(duties(vec![query("a", "SELECT 1")], 5, f64::NAN)).contains("above 1.0"));
+    }
 }
