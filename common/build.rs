@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "../proto";
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
     "fleetshift/v1/types.proto",
+    "fleetshift/v1/backups.proto",
     "fleetshift/v1/agent.proto",
     "fleetshift/v1/fleet.proto",
     "fleetshift/v1/store.proto",

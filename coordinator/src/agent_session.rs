@@ -17,8 +17,8 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_server::AgentService;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, AssignmentResult, CoordinatorMessage, FactsRefresh, Handshake, HeartbeatAck,
-    Hello,
+    AgentMessage, AssignmentResult, BackupReply, CoordinatorMessage, FactsRefresh, Handshake,
+    HeartbeatAck, Hello,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use prost::Message;
@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz;
 use crate::mailbox::{Mailbox, Outbound, Registration};
-use crate::store::{LeaseId, Store, StoreError, Write, keys};
+use crate::store::{Condition, LeaseId, Store, StoreError, Write, keys};
 
 /// The agent service of one coordinator replica.
 #[derive(Debug)]
@@ -338,6 +338,11 @@ where
                     self.refresh_facts(refresh, lease).await?;
                 }
                 Ok(AgentMessage {
+                    body: Some(AgentBody::BackupReply(reply)),
+                }) => {
+                    self.take_backup_reply(reply).await?;
+                }
+                Ok(AgentMessage {
                     body: Some(AgentBody::Hello(_)),
                 }) => {
                     return Err(Status::invalid_argument("Hello may only open a session"));
@@ -405,6 +410,40 @@ where
             .await
             .map_err(Status::from)?;
         tracing::info!(agent = %self.identity, %assignment, succeeded = result.succeeded, "result recorded for the leader");
+        Ok(())
+    }
+
+    /// A reply goes to the request it answers, under that request's lease, so the replica
+    /// the operator called sees it; only for a request made of this agent.
+    async fn take_backup_reply(&self, reply: BackupReply) -> Result<(), Status> {
+        let request_key = keys::backup_request(self.identity.name(), &reply.request_id);
+        let Some(request) = self.store.read(&request_key).await.map_err(Status::from)? else {
+            tracing::warn!(agent = %self.identity, request = %reply.request_id, "reply to a backup request nobody waits for (it ended or was never made of this agent); dropped");
+            return Ok(());
+        };
+        let request_id = reply.request_id.clone();
+        let recorded = self
+            .store
+            .commit(
+                None,
+                &[Condition::CreatedAt(request_key, request.create_revision)],
+                &[Write::Put {
+                    key: keys::backup_reply(&request_id),
+                    value: reply.encode_to_vec(),
+                    lease: Some(request.lease),
+                }],
+            )
+            .await;
+        match recorded {
+            Ok(Some(_)) => {}
+            // The caller gave up meanwhile: its lease and request are gone.
+            Ok(None) | Err(StoreError::LeaseExpired(_)) => {
+                tracing::warn!(agent = %self.identity, request = %request_id, "the backup request ended before its reply; dropped");
+                return Ok(());
+            }
+            Err(error) => return Err(Status::from(error)),
+        }
+        tracing::info!(agent = %self.identity, request = %request_id, failed = reply.error.is_some(), "backup reply recorded for the replica that asked");
         Ok(())
     }
 

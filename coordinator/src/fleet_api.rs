@@ -6,10 +6,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::fleet_service_server::FleetService;
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::backup_reply::Outcome;
+use fleetshift_common::proto::v1::backup_request::Action;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, CreateRollbackPlanRequest, GetPlanRequest, Hello,
-    ListPlansRequest, ListPlansResponse, ListShardsRequest, ListShardsResponse, Plan, PlanAction,
-    RolloutEvent, ShardHealth, ShardSummary, WatchRolloutRequest,
+    ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
+    CreateRollbackPlanRequest, GetPlanRequest, Hello, ListBackups, ListBackupsRequest,
+    ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
+    ListShardsResponse, Plan, PlanAction, RestoreBackup, RestoreBackupRequest, RolloutEvent,
+    ShardHealth, ShardSummary, VerifyBackup, VerifyBackupRequest, WatchRolloutRequest,
 };
 use prost::Message;
 use tokio_stream::Stream;
@@ -17,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{self, OperatorRole, Roles};
+use crate::backups::{self, Errand, QUICK_TIMEOUT};
 use crate::mailbox::Mailbox;
 use crate::rollout::{RolloutError, planning, records, reversal, transitions, watch};
 use crate::store::Store;
@@ -65,6 +72,30 @@ impl<S: Store + 'static> FleetApi<S> {
         let record = records::load_plan(&*self.store, plan_id).await?;
         let tasks = records::load_tasks(&*self.store, plan_id).await?;
         Ok(records::with_tasks(record.plan, &tasks))
+    }
+
+    /// Sends a backup request to the shard's agent; the agent and what it did.
+    async fn ask(
+        &self,
+        shard_id: String,
+        action: Action,
+        requested_by: String,
+        timeout: Duration,
+    ) -> Result<(String, Outcome), Status> {
+        let agents = self.announcements().await?;
+        let errand = Errand {
+            shard_id,
+            action,
+            requested_by,
+            timeout,
+        };
+        let (agent, reply) = backups::ask(&*self.store, &agents, errand).await?;
+        let outcome = reply.outcome.ok_or_else(|| {
+            Status::internal(format!(
+                "agent {agent} replied with neither an outcome nor an error"
+            ))
+        })?;
+        Ok((agent, outcome))
     }
 
     async fn change(
@@ -206,6 +237,75 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         .await
     }
 
+    async fn list_backups(
+        &self,
+        request: Request<ListBackupsRequest>,
+    ) -> Result<Response<ListBackupsResponse>, Status> {
+        let caller = self.authorize(&request, OperatorRole::Viewer)?;
+        let shard_id = request.into_inner().shard_id;
+        let (agent, outcome) = self
+            .ask(
+                shard_id.clone(),
+                Action::List(ListBackups {}),
+                caller,
+                QUICK_TIMEOUT,
+            )
+            .await?;
+        match outcome {
+            Outcome::Listed(listed) => Ok(Response::new(ListBackupsResponse {
+                shard_id,
+                agent_id: agent,
+                backups: listed.backups,
+            })),
+            other => Err(unexpected(&agent, &other)),
+        }
+    }
+
+    async fn verify_backup(
+        &self,
+        request: Request<VerifyBackupRequest>,
+    ) -> Result<Response<BackupVerified>, Status> {
+        let caller = self.authorize(&request, OperatorRole::Operator)?;
+        let request = request.into_inner();
+        let action = Action::Verify(VerifyBackup {
+            backup_id: request.backup_id,
+        });
+        let (agent, outcome) = self
+            .ask(request.shard_id, action, caller, QUICK_TIMEOUT)
+            .await?;
+        match outcome {
+            Outcome::Verified(verified) => Ok(Response::new(verified)),
+            other => Err(unexpected(&agent, &other)),
+        }
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<RestoreBackupRequest>,
+    ) -> Result<Response<BackupRestored>, Status> {
+        let caller = self.authorize(&request, OperatorRole::Approver)?;
+        let request = request.into_inner();
+        let timeout = positive(request.timeout, "timeout")?.unwrap_or(RESTORE_TIMEOUT);
+        let lock_timeout =
+            positive(request.lock_timeout, "lock_timeout")?.unwrap_or(RESTORE_LOCK_TIMEOUT);
+        let action = Action::Restore(RestoreBackup {
+            backup_id: request.backup_id.clone(),
+            fence_token: 0,
+            lock_timeout: prost_types::Duration::try_from(lock_timeout).ok(),
+        });
+        tracing::info!(shard = %request.shard_id, backup = %request.backup_id, by = %caller, "restore requested");
+        let (agent, outcome) = self
+            .ask(request.shard_id.clone(), action, caller, timeout)
+            .await?;
+        match outcome {
+            Outcome::Restored(restored) => {
+                tracing::info!(shard = %request.shard_id, backup = %request.backup_id, %agent, version = %restored.current_version, "backup restored");
+                Ok(Response::new(restored))
+            }
+            other => Err(unexpected(&agent, &other)),
+        }
+    }
+
     type WatchRolloutStream = Pin<Box<dyn Stream<Item = Result<RolloutEvent, Status>> + Send>>;
 
     async fn watch_rollout(
@@ -223,4 +323,29 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
+}
+
+/// How long a restore may take by default, its safety backup included.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a restore may wait for its locks by default.
+const RESTORE_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A duration the caller set, if any; zero or negative ones are refused.
+fn positive(value: Option<prost_types::Duration>, name: &str) -> Result<Option<Duration>, Status> {
+    match value {
+        None => Ok(None),
+        Some(value) => match Duration::try_from(value) {
+            Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
+            _ => Err(Status::invalid_argument(format!(
+                "{name} must be a positive duration"
+            ))),
+        },
+    }
+}
+
+fn unexpected(agent: &str, outcome: &Outcome) -> Status {
+    Status::internal(format!(
+        "agent {agent} answered a different request: {outcome:?}"
+    ))
 }

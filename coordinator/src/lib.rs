@@ -5,6 +5,7 @@
 //!   `create_revision`, leadership with epoch-guarded writes; etcd and in-memory
 //!   implementations that pass one conformance suite.
 //! - [`authz`]: operator roles (viewer, operator, approver) granted by identity.
+//! - [`backups`]: operators' backup requests (list, verify, restore) relayed to agents.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
@@ -19,6 +20,7 @@
 
 pub mod agent_session;
 pub mod authz;
+pub mod backups;
 pub mod config;
 pub mod election;
 pub mod fleet_api;

@@ -114,20 +114,25 @@ impl Mailbox {
         self.opened.subscribe()
     }
 
-    /// Sends `body` down `agent`'s session without waiting for an answer; an assignment only
-    /// for one of the agent's own shards.
+    /// Sends `body` down `agent`'s session without waiting for an answer; an assignment or a
+    /// backup request only for one of the agent's own shards.
     pub async fn send(&self, agent: &str, body: CoordinatorBody) -> Result<(), DispatchError> {
         let outbound = {
             let sessions = self.sessions();
             let registered = sessions
                 .get(agent)
                 .ok_or_else(|| DispatchError::NotConnected(agent.to_owned()))?;
-            if let CoordinatorBody::Assignment(assignment) = &body
-                && !registered.shards.contains(&assignment.shard_id)
+            let shard = match &body {
+                CoordinatorBody::Assignment(assignment) => Some(&assignment.shard_id),
+                CoordinatorBody::BackupRequest(request) => Some(&request.shard_id),
+                _ => None,
+            };
+            if let Some(shard) = shard
+                && !registered.shards.contains(shard)
             {
                 return Err(DispatchError::NotTheAgentsShard {
                     agent: agent.to_owned(),
-                    shard: assignment.shard_id.clone(),
+                    shard: shard.clone(),
                 });
             }
             registered.outbound.clone()

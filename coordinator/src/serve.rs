@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::agent_session::AgentSessions;
+use crate::backups;
 use crate::config::{CoordinatorConfig, StoreChoice};
 use crate::election::{self, Standing};
 use crate::fleet_api::FleetApi;
@@ -105,8 +106,8 @@ pub async fn run_coordinator(
     }
 }
 
-/// One replica on `listener` with `store`: agent sessions, the fleet API, the relay of
-/// assignments, and (while elected) the rollout driver.
+/// One replica on `listener` with `store`: agent sessions, the fleet API, the relays of
+/// assignments and backup requests, and (while elected) the rollout driver.
 pub async fn run_replica<S: Store + 'static>(
     store: Arc<S>,
     config: &CoordinatorConfig,
@@ -132,7 +133,16 @@ pub async fn run_replica<S: Store + 'static>(
         &config.trust_domain,
     );
     let background = CancellationToken::new();
-    let relay = tokio::spawn(relay::run(Arc::clone(&store), mailbox, background.clone()));
+    let relay = tokio::spawn(relay::run(
+        Arc::clone(&store),
+        Arc::clone(&mailbox),
+        background.clone(),
+    ));
+    let backup_relay = tokio::spawn(backups::relay::run(
+        Arc::clone(&store),
+        mailbox,
+        background.clone(),
+    ));
     let (standing, election) = election::start(
         Arc::clone(&store),
         &config.coordinator_id,
@@ -145,7 +155,7 @@ pub async fn run_replica<S: Store + 'static>(
     background.cancel();
     driving.abort();
     // Both end on the token; a panic in either has been logged by the runtime.
-    let _ = tokio::join!(relay, election);
+    let _ = tokio::join!(relay, backup_relay, election);
     served.context("serving gRPC")
 }
 

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod health;
 mod ledger_sql;
 mod migrator_lock;
+pub mod restore_sql;
 mod session;
 
 use std::str::FromStr;
@@ -117,7 +118,8 @@ fn millis(duration: Duration) -> String {
     format!("{}ms", duration.as_millis())
 }
 
-fn quote_identifier(name: &str) -> String {
+/// `name` as a quoted identifier.
+pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

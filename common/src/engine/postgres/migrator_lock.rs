@@ -24,7 +24,7 @@ use crate::error::ExecError;
 
 /// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
 /// per database, so one key serves every shard.
-const KEY: i64 = 0x666c_6565_7473_6866;
+pub(super) const KEY: i64 = 0x666c_6565_7473_6866;
 
 #[derive(Debug)]
 pub struct MigratorLock {
