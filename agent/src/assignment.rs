@@ -528,7 +528,7 @@ impl Timing<'_> {
 }
 
 /// The version of a shard with no revision applied.
-const BASE: &str = "base";
+pub(crate) const BASE: &str = "base";
 
 /// A duty that failed after the revisions ran: they stand, and the message says so.
 fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {

@@ -39,6 +39,8 @@ struct RawBackups {
     pg_dump: Option<PathBuf>,
     /// The `pg_restore` program (default: `pg_restore` on the PATH).
     pg_restore: Option<PathBuf>,
+    /// The `psql` program restores run through (default: `psql` on the PATH).
+    psql: Option<PathBuf>,
     /// How long pg_dump may wait for its table locks (default 30s).
     lock_wait_timeout: Option<String>,
 }
@@ -218,6 +220,7 @@ fn backup_settings(raw: RawBackups, base: &Path) -> anyhow::Result<BackupSetting
         pg_restore: raw
             .pg_restore
             .unwrap_or_else(|| PathBuf::from("pg_restore")),
+        psql: raw.psql.unwrap_or_else(|| PathBuf::from("psql")),
         lock_wait_timeout: duration("lock_wait_timeout", raw.lock_wait_timeout)?
             .unwrap_or(Duration::from_secs(30)),
     })

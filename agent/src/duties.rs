@@ -7,6 +7,7 @@ pub mod backup;
 pub mod baseline;
 pub mod credentials;
 pub mod preflight;
+pub mod restore;
 pub mod restore_test;
 pub mod rollback;
 pub mod sqlite_backup;

@@ -6,6 +6,7 @@
 //! - [`session`]: the session with a coordinator: Hello, heartbeats, lease clock, reconnects.
 //! - [`assignment`]: one assignment run on one shard with the fenced executor, and a tally of
 //!   what it did.
+//! - [`requests`]: operators' backup requests (list, verify, restore) relayed to the agent.
 //! - [`cli`]: `fleetshift-agent run|check`.
 
 pub mod assignment;
@@ -13,5 +14,6 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod duties;
+pub mod requests;
 pub mod session;
 mod tally;

@@ -6,7 +6,7 @@
 //! lease may lapse, when cancelled, or at shutdown; their results go back on the stream.
 //! On shutdown the agent closes its stream, so the coordinator revokes its lease at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, AssignmentResult, CoordinatorMessage, Engine, FactsRefresh, Handshake, Heartbeat,
-    Hello, ProgressEvent, ShardFacts,
+    AgentMessage, AssignmentResult, BackupReply, CoordinatorMessage, Engine, FactsRefresh,
+    Handshake, Heartbeat, Hello, ProgressEvent, ShardFacts,
 };
 use fleetshift_common::tls;
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink};
-use crate::{assignment, check};
+use crate::{assignment, check, requests};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -130,6 +130,9 @@ async fn session(
     let work = shutdown.child_token();
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
     let mut tasks: JoinSet<AssignmentResult> = JoinSet::new();
+    // Backup requests being answered, by id (a request delivered again is not run twice).
+    let mut answering: HashSet<String> = HashSet::new();
+    let mut replies: JoinSet<BackupReply> = JoinSet::new();
     let (progress, mut reported) = mpsc::unbounded_channel::<ProgressEvent>();
     let mut ticks = tokio::time::interval(intervals.heartbeat);
     let mut refreshes =
@@ -181,6 +184,13 @@ async fn session(
                     break Ended::Lost("the session's stream closed".to_owned());
                 }
             }
+            Some(joined) = replies.join_next(), if !replies.is_empty() => {
+                let Ok(reply) = joined else { continue };
+                answering.remove(&reply.request_id);
+                if outbound.send(AgentMessage { body: Some(AgentBody::BackupReply(reply)) }).await.is_err() {
+                    break Ended::Lost("the session's stream closed".to_owned());
+                }
+            }
             message = inbound.message() => match message {
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::HeartbeatAck(ack)) })) => {
                     clock.acknowledged(ack.sequence);
@@ -207,6 +217,18 @@ async fn session(
                         stop.cancel();
                     }
                 }
+                Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::BackupRequest(request)) })) => {
+                    if !answering.insert(request.request_id.clone()) {
+                        continue;
+                    }
+                    let stop = work.child_token();
+                    if !clock.may_work(Instant::now()) {
+                        stop.cancel();
+                    }
+                    tracing::info!(request = %request.request_id, shard = %request.shard_id, by = %request.requested_by, "backup request received");
+                    let config = Arc::clone(config);
+                    replies.spawn(async move { requests::answer(&config, request, stop).await });
+                }
                 Ok(Some(other)) => tracing::debug!(?other, "coordinator message not handled"),
                 Ok(None) => break Ended::Lost("the coordinator ended the session".to_owned()),
                 Err(status) => break Ended::Lost(status.message().to_owned()),
@@ -219,6 +241,8 @@ async fn session(
     if let Some(refresh) = refreshing {
         refresh.abort();
     }
+    // A restore stopped by `work` has rolled back; its caller's lease ends with this session.
+    replies.abort_all();
     let reported = async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok(result) = joined {

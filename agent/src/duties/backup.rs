@@ -7,6 +7,7 @@
 //! arguments or environment. Retention keeps the newest `keep` backups per shard and drops those
 //! older than `max_age`.
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub struct BackupSettings {
     pub max_age: Option<Duration>,
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
+    /// Restores run the backup's script through it, in one transaction.
+    pub psql: PathBuf,
     /// `pg_dump --lock-wait-timeout`: how long it may wait for its shared table locks.
     pub lock_wait_timeout: Duration,
 }
@@ -449,6 +452,78 @@ async fn verify(settings: &BackupSettings, dump: &Path) -> Result<u32, String> {
         .filter(|line| !line.trim().is_empty() && !line.starts_with(';'))
         .count();
     u32::try_from(entries).map_err(|_| "the dump lists too many entries".to_owned())
+}
+
+/// The file's size and SHA-256 (hex), read off the runtime's threads.
+pub(super) async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&path)?;
+        file.sync_all()?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0_u8; 1 << 20];
+        let mut size = 0_u64;
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                return Ok((size, hex::encode(hasher.finalize())));
+            }
+            hasher.update(&buffer[..read]);
+            size += read as u64;
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// `backup_id` of the shard whose backups are in `directory`, as its manifest records it.
+pub fn find(directory: &Path, backup_id: &str) -> Result<Manifest, String> {
+    let manifests = list(directory).map_err(|error| {
+        format!(
+            "cannot read the backups in {}: {error}",
+            directory.display()
+        )
+    })?;
+    manifests
+        .into_iter()
+        .find(|manifest| manifest.backup_id == backup_id)
+        .ok_or_else(|| {
+            format!(
+                "no backup {backup_id} in {}; `fleetshift backups list` shows the shard's backups",
+                directory.display()
+            )
+        })
+}
+
+/// Checks a recorded backup again: its size and SHA-256 against the manifest, then its
+/// contents (the dump's table of contents, or the SQLite copy's integrity); the entries read.
+pub async fn check_recorded(settings: &BackupSettings, manifest: &Manifest) -> Result<u32, String> {
+    let damaged = |detail: String| {
+        format!(
+            "backup {} at {} is damaged: {detail}; restore another one (`fleetshift backups list`)",
+            manifest.backup_id,
+            manifest.location.display()
+        )
+    };
+    let (size_bytes, sha256) = hash_file(&manifest.location)
+        .await
+        .map_err(|error| damaged(format!("cannot read it: {error}")))?;
+    if size_bytes != manifest.size_bytes || sha256 != manifest.sha256 {
+        return Err(damaged(format!(
+            "it has {size_bytes} bytes with SHA-256 {sha256}, its manifest records {} bytes with SHA-256 {}",
+            manifest.size_bytes, manifest.sha256
+        )));
+    }
+    let is_sqlite = manifest
+        .location
+        .extension()
+        .is_some_and(|extension| extension == "sqlite");
+    let entries = if is_sqlite {
+        super::sqlite_backup::verify(&manifest.location).await
+    } else {
+        verify(settings, &manifest.location).await
+    };
+    entries.map_err(damaged)
 }
 
 fn write_manifest(directory: &Path, manifest: &Manifest) -> std::io::Result<()> {

@@ -3,11 +3,9 @@
 //! SHA-256 computed from the file, verified by opening the copy read-only and running
 //! `PRAGMA integrity_check`. Recorded and kept like PostgreSQL dumps.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
@@ -54,7 +52,7 @@ pub async fn take(
     .execute(pool)
     .await
     .map_err(|error| discard(format!("VACUUM INTO {target}: {error}")))?;
-    let (size_bytes, sha256) = hash_file(&partial)
+    let (size_bytes, sha256) = backup::hash_file(&partial)
         .await
         .map_err(|error| discard(format!("reading {target}: {error}")))?;
     let verified_entries = verify(&partial).await.map_err(discard)?;
@@ -69,30 +67,8 @@ pub async fn take(
     backup::record(settings, subject, &directory, backup_id, produced, started).map_err(failed)
 }
 
-/// The file's size and SHA-256 (hex), read off the runtime's threads.
-async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(&path)?;
-        file.sync_all()?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0_u8; 1 << 20];
-        let mut size = 0_u64;
-        loop {
-            let read = file.read(&mut buffer)?;
-            if read == 0 {
-                return Ok((size, hex::encode(hasher.finalize())));
-            }
-            hasher.update(&buffer[..read]);
-            size += read as u64;
-        }
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 /// Opens the copy read-only and checks it; the number of schema entries it holds.
-async fn verify(copy: &Path) -> Result<u32, String> {
+pub(super) async fn verify(copy: &Path) -> Result<u32, String> {
     let options = SqliteConnectOptions::new().filename(copy).read_only(true);
     let mut connection = SqliteConnection::connect_with(&options)
         .await

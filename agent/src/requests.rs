@@ -1,0 +1,173 @@
+//! Operators' backup requests, relayed by the coordinator: list a shard's backups, verify one
+//! again, or restore one (under the coordinator's claim of the shard). Every request gets a
+//! reply: what was found or done, or an error saying what to do next.
+
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::backup_reply::Outcome;
+use fleetshift_common::proto::v1::backup_request::Action;
+use fleetshift_common::proto::v1::{
+    BackupList, BackupReply, BackupRequest, BackupRestored, BackupVerified, ErrorDetail, ErrorKind,
+    RestoreBackup,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::check;
+use crate::config::{AgentConfig, ShardConfig};
+use crate::duties::backup::{self, BackupSettings};
+use crate::duties::restore::{self, RestoreOrder};
+
+/// The longest lock wait a restore accepts when the request names none.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers `request`; a restore stops (changing nothing) when `stop` is cancelled.
+pub async fn answer(
+    config: &AgentConfig,
+    request: BackupRequest,
+    stop: CancellationToken,
+) -> BackupReply {
+    let answered = answer_for_shard(config, &request, &stop).await;
+    let (outcome, error) = match answered {
+        Ok(outcome) => (Some(outcome), None),
+        Err(error) => {
+            tracing::warn!(request = %request.request_id, shard = %request.shard_id, error = %error.message, "backup request failed");
+            (None, Some(error))
+        }
+    };
+    BackupReply {
+        request_id: request.request_id,
+        shard_id: request.shard_id,
+        outcome,
+        error,
+    }
+}
+
+fn failure(kind: ErrorKind, message: String) -> ErrorDetail {
+    ErrorDetail {
+        kind: kind.into(),
+        message,
+    }
+}
+
+async fn answer_for_shard(
+    config: &AgentConfig,
+    request: &BackupRequest,
+    stop: &CancellationToken,
+) -> Result<Outcome, ErrorDetail> {
+    let shard = config
+        .shards
+        .iter()
+        .find(|shard| shard.id == request.shard_id)
+        .ok_or_else(|| {
+            failure(
+                ErrorKind::BadInput,
+                format!(
+                    "agent {} does not serve shard {}",
+                    config.agent_id, request.shard_id
+                ),
+            )
+        })?;
+    let settings = config.backups.as_ref().ok_or_else(|| {
+        failure(
+            ErrorKind::BadInput,
+            format!(
+                "agent {} keeps no backups (its configuration has no [backups] section), so shard {} has none",
+                config.agent_id, shard.id
+            ),
+        )
+    })?;
+    let directory = backup::shard_directory(settings, &shard.id);
+    let find = |backup_id: &str| {
+        backup::find(&directory, backup_id).map_err(|message| {
+            failure(
+                ErrorKind::BadInput,
+                format!("shard {}: {message}", shard.id),
+            )
+        })
+    };
+    match &request.action {
+        Some(Action::List(_)) => {
+            let manifests = backup::list(&directory).map_err(|error| {
+                failure(
+                    ErrorKind::Failed,
+                    format!(
+                        "shard {}: cannot read the backups in {}: {error}",
+                        shard.id,
+                        directory.display()
+                    ),
+                )
+            })?;
+            Ok(Outcome::Listed(BackupList {
+                backups: manifests.iter().map(backup::Manifest::record).collect(),
+            }))
+        }
+        Some(Action::Verify(verify)) => {
+            let manifest = find(&verify.backup_id)?;
+            let entries = backup::check_recorded(settings, &manifest)
+                .await
+                .map_err(|message| {
+                    failure(ErrorKind::Failed, format!("shard {}: {message}", shard.id))
+                })?;
+            tracing::info!(shard = %shard.id, backup = %manifest.backup_id, entries, by = %request.requested_by, "backup verified");
+            Ok(Outcome::Verified(BackupVerified {
+                backup: Some(manifest.record()),
+                entries,
+            }))
+        }
+        Some(Action::Restore(order)) => {
+            let manifest = find(&order.backup_id)?;
+            restore_shard(config, settings, shard, request, order, manifest, stop).await
+        }
+        None => Err(failure(
+            ErrorKind::BadInput,
+            "the request names no action; this agent may be older than its coordinator".to_owned(),
+        )),
+    }
+}
+
+async fn restore_shard(
+    config: &AgentConfig,
+    settings: &BackupSettings,
+    shard: &ShardConfig,
+    request: &BackupRequest,
+    order: &RestoreBackup,
+    manifest: backup::Manifest,
+    stop: &CancellationToken,
+) -> Result<Outcome, ErrorDetail> {
+    if order.fence_token <= 0 {
+        return Err(failure(
+            ErrorKind::BadInput,
+            format!(
+                "shard {}: a restore needs the coordinator's claim of the shard (a fencing token)",
+                shard.id
+            ),
+        ));
+    }
+    let lock_timeout = order
+        .lock_timeout
+        .and_then(|timeout| Duration::try_from(timeout).ok())
+        .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+    tracing::warn!(shard = %shard.id, backup = %manifest.backup_id, token = order.fence_token, by = %request.requested_by, "restoring a backup");
+    let restore_order = RestoreOrder {
+        shard_id: &shard.id,
+        url: &shard.database_url,
+        agent_id: &config.agent_id,
+        requested_by: &request.requested_by,
+        backup: &manifest,
+        fence_token: order.fence_token,
+        lock_timeout,
+    };
+    let restored = restore::restore(settings, restore_order, stop)
+        .await
+        .map_err(|failed| failure(failed.kind, failed.message))?;
+    let after = check::inspect(shard).await;
+    Ok(Outcome::Restored(BackupRestored {
+        backup: Some(manifest.record()),
+        safety_backup: Some(restored.safety_backup.record()),
+        dropped: restored.dropped,
+        current_version: after
+            .latest_applied
+            .unwrap_or_else(|| crate::assignment::BASE.to_owned()),
+        duration: prost_types::Duration::try_from(restored.duration).ok(),
+    }))
+}
