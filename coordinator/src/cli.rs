@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod backups;
 mod baseline_file;
 mod certs;
 mod duties;
@@ -76,6 +77,8 @@ pub enum Command {
     /// Plan the revert of a finished plan's shards, each to its version before that plan
     /// (down scripts, fenced); approve and apply it like any plan.
     Rollback(rollback::RollbackArgs),
+    /// A shard's backups on its agent's host: list them, verify one, restore one (approver).
+    Backups(backups::BackupsArgs),
 }
 
 /// How results are printed on stdout.
@@ -105,5 +108,6 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Resume(arguments) => rollout::act(rollout::Action::Resume, arguments).await,
         Command::Cancel(arguments) => rollout::act(rollout::Action::Cancel, arguments).await,
         Command::Rollback(arguments) => rollback::run(arguments).await,
+        Command::Backups(arguments) => backups::run(arguments).await,
     }
 }

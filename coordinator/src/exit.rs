@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use fleetshift_common::error::ErrorKind;
+use fleetshift_common::proto::v1::ErrorKind as WireErrorKind;
 
 pub const OK: u8 = 0;
 /// A statement failed (the revision was rolled back, or left `started` when it cannot be).
@@ -51,6 +52,21 @@ pub fn from_status(code: tonic::Code) -> u8 {
         }
         tonic::Code::FailedPrecondition | tonic::Code::Aborted => NOT_NOW,
         _ => FAILED,
+    }
+}
+
+/// An agent's failure, by the kind it reported on the wire.
+pub fn from_wire(kind: WireErrorKind) -> u8 {
+    match kind {
+        WireErrorKind::BadInput => BAD_INPUT,
+        WireErrorKind::Drift => DRIFT,
+        WireErrorKind::FencedOut => FENCED_OUT,
+        WireErrorKind::LockTimeout => LOCK_TIMEOUT,
+        WireErrorKind::Unreachable => UNREACHABLE,
+        WireErrorKind::NeedsOperator => NEEDS_OPERATOR,
+        WireErrorKind::Stopped => STOPPED,
+        WireErrorKind::Precondition => NOT_NOW,
+        WireErrorKind::Failed | WireErrorKind::Unspecified => FAILED,
     }
 }
 

@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         | cli::Command::Pause(_)
         | cli::Command::Resume(_)
         | cli::Command::Cancel(_)
-        | cli::Command::Rollback(_) => "warn",
+        | cli::Command::Rollback(_)
+        | cli::Command::Backups(_) => "warn",
     };
     logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         max_age: None,
         pg_dump: cluster.binaries().join("pg_dump"),
         pg_restore: cluster.binaries().join("pg_restore"),
+        psql: cluster.binaries().join("psql"),
         lock_wait_timeout: Duration::from_secs(60),
     };
     let url = DatabaseUrl::new(url);

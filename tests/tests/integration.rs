@@ -8,8 +8,10 @@ mod integration {
     mod agent;
     mod assignments;
     mod atomicity;
+    mod backups;
     mod baselines;
     mod catalog;
+    mod cli_fleet;
     mod conformance;
     mod crates_io;
     mod duties;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth};
+use fleetshift_common::proto::v1::{ErrorKind as WireErrorKind, ListShardsRequest, ShardHealth};
 use fleetshift_common::tls::{
     self,
     channel::server_name_of,
@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 use super::Output;
 use crate::exit;
+use fleetshift_coordinator::backups::ERROR_KIND_METADATA;
 
 /// How to reach a coordinator as an operator.
 #[derive(Debug, Args)]
@@ -86,7 +87,8 @@ pub(super) async fn client(
     }
 }
 
-/// Reports a coordinator's refusal; the exit code says which kind.
+/// Reports a coordinator's refusal; the exit code says which kind (an agent's own kind when
+/// the refusal carries one).
 pub(super) fn refused(connection: &Connection, output: Output, status: &tonic::Status) -> ExitCode {
     let message = format!("{}: {}", connection.coordinator, status.message());
     match output {
@@ -96,7 +98,16 @@ pub(super) fn refused(connection: &Connection, output: Output, status: &tonic::S
             json!({ "error": { "code": format!("{:?}", status.code()), "message": message } })
         ),
     }
-    ExitCode::from(exit::from_status(status.code()))
+    let agent_kind = status
+        .metadata()
+        .get(ERROR_KIND_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .and_then(|value| WireErrorKind::try_from(value).ok());
+    ExitCode::from(match agent_kind {
+        Some(kind) => exit::from_wire(kind),
+        None => exit::from_status(status.code()),
+    })
 }
 
 pub async fn shards(arguments: ShardsArgs) -> ExitCode {

@@ -69,6 +69,7 @@ impl Shard {
             max_age: None,
             pg_dump: self.cluster.binaries().join("pg_dump"),
             pg_restore: self.cluster.binaries().join("pg_restore"),
+            psql: self.cluster.binaries().join("psql"),
             lock_wait_timeout: Duration::from_secs(60),
         }
     }
@@ -487,6 +488,7 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
             max_age: None,
             pg_dump: PathBuf::from("pg_dump"),
             pg_restore: PathBuf::from("pg_restore"),
+            psql: PathBuf::from("psql"),
             lock_wait_timeout: Duration::from_secs(30),
         }),
     };

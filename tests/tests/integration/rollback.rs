@@ -8,111 +8,16 @@
 //! 3. `fleetshift rollback` of the first plan (operator only) makes a down plan back to `base`,
 //!    approved and applied like any plan: the column is gone again.
 
-use std::time::Duration;
-
-use fleetshift_common::proto::v1::ListShardsRequest;
-use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::tls::identity::Role;
-use fleetshift_tests::binary;
 use fleetshift_tests::fixtures;
-use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, issue, logs,
-    shard_tables, spawn_replica,
-};
-use fleetshift_tests::wait::wait_until;
-use serde_json::Value;
 
 use super::baselines::{EVENTS, has_account_index, has_column};
-use super::support::{self, Database, assert_exit};
-
-const ROLES: &str =
-    "viewers = [\"alice\", \"bob\"]\noperators = [\"alice\"]\napprovers = [\"bob\"]";
-
-/// The CLI as operator alice (operator role) and bob (approver role).
-struct Operators {
-    address: String,
-    pki: std::path::PathBuf,
-}
-
-impl Operators {
-    async fn alice(&self, arguments: &[&str]) -> std::process::Output {
-        fleetshift_as(&self.address, &self.pki, "operator-alice", arguments).await
-    }
-
-    async fn bob(&self, arguments: &[&str]) -> std::process::Output {
-        fleetshift_as(&self.address, &self.pki, "operator-bob", arguments).await
-    }
-
-    /// Bob approves `plan_id`, then alice applies it and follows it to the end.
-    async fn approved_and_applied(&self, plan_id: &str) -> std::process::Output {
-        assert_exit(
-            &self.bob(&["approve", plan_id, "--output", "json"]).await,
-            0,
-        );
-        self.alice(&["apply", plan_id, "--watch", "--output", "json"])
-            .await
-    }
-}
-
-/// The last line of what the command printed, as JSON (the plan's summary).
-fn summary(output: &std::process::Output) -> Value {
-    let text = String::from_utf8_lossy(&output.stdout);
-    let last = text.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|error| {
-        panic!(
-            "not JSON ({error}): {}",
-            fleetshift_tests::binary::printed(output)
-        )
-    })
-}
+use super::cli_fleet::{CliFleet, summary};
+use super::support::assert_exit;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_on_request() {
-    let FleetGround {
-        etcd,
-        store,
-        home,
-        pki,
-    } = FleetGround::start().await;
-    issue(&pki, Role::Operator, "alice", &[]);
-    issue(&pki, Role::Operator, "bob", &[]);
-    issue(&pki, Role::Agent, "a", &[]);
-    let (port, _replica) = spawn_replica(home.path(), "c1", &etcd.endpoint, ROLES);
-    let logs_in = home.path().to_path_buf();
-    let diagnose = move || logs(&logs_in, &["c1.log", "agent.log"]);
-    assert!(
-        await_leader(&store, Duration::from_secs(20)).await,
-        "no leader\n{}",
-        diagnose()
-    );
-    let Database {
-        cluster: _cluster,
-        url,
-        admin,
-    } = support::database("rolled").await;
-    sqlx::raw_sql(EVENTS).execute(&admin).await.expect("events");
-    let config = home.path().join("agent.toml");
-    let shards = shard_tables(home.path(), "a", &[url]);
-    std::fs::write(&config, agent_config_text("a", &[port], &shards)).expect("agent config");
-    let _agent = Process::spawn(
-        &binary::agent(),
-        &["--config", config.to_str().expect("path"), "run"],
-        &home.path().join("agent.log"),
-    );
-    let address = format!("https://localhost:{port}");
-    let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
-    let connected = wait_until(Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move {
-            client
-                .list_shards(ListShardsRequest::default())
-                .await
-                .is_ok_and(|response| response.into_inner().shards.len() == 1)
-        }
-    })
-    .await;
-    assert!(connected, "the agent never announced\n{}", diagnose());
-
+    let fleet = CliFleet::start("rolled", EVENTS, |_| String::new()).await;
+    let (admin, cli) = (&fleet.database.admin, &fleet.cli);
     let migrations = fixtures::migrations(&[
         (
             "1_event_notes.up.sql",
@@ -132,17 +37,12 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
         ),
     ]);
     let directory = migrations.path().to_str().expect("path");
-    let baselines = home.path().join("baselines.sql");
+    let baselines = fleet.home.path().join("baselines.sql");
     std::fs::write(
         &baselines,
         "-- name: by_account\nSELECT count(*) FROM events WHERE account_id = 42;\n",
     )
     .expect("baselines");
-    let cli = Operators {
-        address: address.clone(),
-        pki: pki.clone(),
-    };
-
     // 1. To revision 1.
     let first = cli
         .alice(&["plan", directory, "--target", "1", "--output", "json"])
@@ -151,7 +51,7 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
     let first_id = summary(&first)["plan"].as_str().expect("id").to_owned();
     let applied = cli.approved_and_applied(&first_id).await;
     assert_exit(&applied, 0);
-    assert!(has_column(&admin, "events", "note").await);
+    assert!(has_column(admin, "events", "note").await);
 
     // 2. Revision 2 degrades the baseline: the agent rolls the shard back to 1 on its own.
     let degrading = cli
@@ -190,7 +90,7 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
         .collect();
     assert_eq!(phases, ["before", "after", "recovered"]);
     assert!(shard["baselines"][1]["queries"][0]["p50_ratio"].as_f64() > Some(1.5));
-    assert!(has_account_index(&admin).await, "the index is back");
+    assert!(has_account_index(admin).await, "the index is back");
 
     // 3. The first plan rolled back on request: operators only, then the usual gates.
     let refused = cli.bob(&["rollback", &first_id]).await;
@@ -209,7 +109,7 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
     assert_exit(&applied, 0);
     assert_eq!(summary(&applied)["state"], "succeeded");
     assert!(
-        !has_column(&admin, "events", "note").await,
+        !has_column(admin, "events", "note").await,
         "revision 1 was reverted"
     );
 }

@@ -1,0 +1,171 @@
+//! A fleet driven through the real CLI: etcd, one `fleetshift serve` replica and one
+//! `fleetshift-agent run` process serving one PostgreSQL shard, with operators alice (operator
+//! role) and bob (approver role).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::ListShardsRequest;
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::tls::identity::Role;
+use fleetshift_tests::binary;
+use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_tests::fleet::{
+    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, issue, logs,
+    shard_tables, spawn_replica,
+};
+use fleetshift_tests::wait::wait_until;
+use serde_json::Value;
+
+use super::support::{self, Database, assert_exit};
+
+const ROLES: &str =
+    "viewers = [\"alice\", \"bob\"]\noperators = [\"alice\"]\napprovers = [\"bob\"]";
+
+/// The running fleet; everything stops when it is dropped.
+pub struct CliFleet {
+    // Dropped in this order: the processes before their database, store and files.
+    _agent: Process,
+    _replica: Process,
+    pub database: Database,
+    pub store: fleetshift_coordinator::store::EtcdStore,
+    pub cli: Operators,
+    /// The shard's id.
+    pub shard: String,
+    _etcd: EtcdServer,
+    pub home: tempfile::TempDir,
+}
+
+impl CliFleet {
+    /// Starts the fleet on a new database `name`, prepared with `schema`; `agent_sections` go
+    /// into the agent's configuration before its shard.
+    pub async fn start(
+        name: &str,
+        schema: &str,
+        agent_sections: impl Fn(&Database) -> String,
+    ) -> Self {
+        let FleetGround {
+            etcd,
+            store,
+            home,
+            pki,
+        } = FleetGround::start().await;
+        issue(&pki, Role::Operator, "alice", &[]);
+        issue(&pki, Role::Operator, "bob", &[]);
+        issue(&pki, Role::Agent, "a", &[]);
+        let (port, replica) = spawn_replica(home.path(), "c1", &etcd.endpoint, ROLES);
+        assert!(
+            await_leader(&store, Duration::from_secs(20)).await,
+            "no leader\n{}",
+            diagnose(home.path())
+        );
+        let database = support::database(name).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(schema.to_owned()))
+            .execute(&database.admin)
+            .await
+            .expect("schema");
+        let config = home.path().join("agent.toml");
+        let shards = format!(
+            "{}{}",
+            agent_sections(&database),
+            shard_tables(home.path(), "a", std::slice::from_ref(&database.url))
+        );
+        std::fs::write(&config, agent_config_text("a", &[port], &shards)).expect("agent config");
+        let agent = Process::spawn(
+            &binary::agent(),
+            &["--config", config.to_str().expect("path"), "run"],
+            &home.path().join("agent.log"),
+        );
+        let address = format!("https://localhost:{port}");
+        let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
+        let connected = wait_until(Duration::from_secs(30), || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .list_shards(ListShardsRequest::default())
+                    .await
+                    .is_ok_and(|response| response.into_inner().shards.len() == 1)
+            }
+        })
+        .await;
+        assert!(
+            connected,
+            "the agent never announced\n{}",
+            diagnose(home.path())
+        );
+        Self {
+            store,
+            database,
+            cli: Operators { address, pki },
+            shard: "a-db0".to_owned(),
+            home,
+            _etcd: etcd,
+            _replica: replica,
+            _agent: agent,
+        }
+    }
+
+    /// The replica's and the agent's logs, for a failed assertion.
+    pub fn diagnose(&self) -> String {
+        diagnose(self.home.path())
+    }
+}
+
+fn diagnose(home: &Path) -> String {
+    logs(home, &["c1.log", "agent.log"])
+}
+
+/// The CLI as operator alice (operator role) and bob (approver role).
+pub struct Operators {
+    address: String,
+    pki: PathBuf,
+}
+
+impl Operators {
+    pub async fn alice(&self, arguments: &[&str]) -> std::process::Output {
+        fleetshift_as(&self.address, &self.pki, "operator-alice", arguments).await
+    }
+
+    pub async fn bob(&self, arguments: &[&str]) -> std::process::Output {
+        fleetshift_as(&self.address, &self.pki, "operator-bob", arguments).await
+    }
+
+    /// The coordinator's address and the certificates' directory, for a CLI run elsewhere.
+    pub fn endpoint(&self) -> (String, PathBuf) {
+        (self.address.clone(), self.pki.clone())
+    }
+
+    /// Bob approves `plan_id`, then alice applies it and follows it to the end.
+    pub async fn approved_and_applied(&self, plan_id: &str) -> std::process::Output {
+        assert_exit(
+            &self.bob(&["approve", plan_id, "--output", "json"]).await,
+            0,
+        );
+        self.alice(&["apply", plan_id, "--watch", "--output", "json"])
+            .await
+    }
+
+    /// Alice plans `arguments` (after `plan`), bob approves and alice applies it to its end;
+    /// the plan's id and how `apply --watch` ended.
+    pub async fn planned_and_applied(&self, arguments: &[&str]) -> (String, std::process::Output) {
+        let planned = self
+            .alice(&[&["plan"], arguments, &["--output", "json"]].concat())
+            .await;
+        assert_exit(&planned, 0);
+        let plan_id = summary(&planned)["plan"].as_str().expect("id").to_owned();
+        let applied = self.approved_and_applied(&plan_id).await;
+        (plan_id, applied)
+    }
+}
+
+/// The last line of what the command printed, as JSON (the plan's summary).
+pub fn summary(output: &std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|error| {
+        panic!(
+            "not JSON ({error}): {}",
+            fleetshift_tests::binary::printed(output)
+        )
+    })
+}
