@@ -1,7 +1,8 @@
 //! Throwaway PostgreSQL clusters on loopback, for `fleetshift demo --postgres` and the test
 //! suite: `initdb` into a temporary directory (as the `postgres` OS user when running as root),
-//! started on a free port with durability off, stopped and deleted on drop. The superuser's
-//! password is random per cluster; connections over the Unix socket need none.
+//! started on a free port with durability off, stopped and deleted on drop; and hot standbys
+//! of them. The superuser's password is random per cluster; connections over the Unix socket
+//! need none.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -36,27 +37,11 @@ impl std::fmt::Debug for LocalPostgres {
 impl LocalPostgres {
     /// initdb + start on a free loopback port.
     pub fn start() -> anyhow::Result<Self> {
-        let binaries = find_binaries()?;
-        let run_as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
-        let data = tempfile::Builder::new()
-            .prefix("fleetshift-pg-")
-            .tempdir()?;
-        let password = random_password()?;
-        let password_file = data.path().join("pwfile");
-        std::fs::write(&password_file, &password)?;
-        if run_as_postgres {
-            let (uid, gid) = postgres_ids()?;
-            std::os::unix::fs::chown(data.path(), Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&password_file, Some(uid), Some(gid))?;
-        }
-        let cluster_dir = data.path().join("cluster");
-        let mut cluster = Self {
-            data,
-            binaries,
-            port: 0,
-            run_as_postgres,
-            password,
-        };
+        let mut cluster = Self::prepare(random_password()?)?;
+        let password_file = cluster.data.path().join("pwfile");
+        std::fs::write(&password_file, &cluster.password)?;
+        cluster.hand_to_postgres(&password_file)?;
+        let cluster_dir = cluster.cluster_dir();
         cluster.run(
             "initdb",
             &[
@@ -73,14 +58,80 @@ impl LocalPostgres {
                 "--locale=C",
             ],
         )?;
+        cluster.launch("")?;
+        Ok(cluster)
+    }
+
+    /// A hot standby streaming from this cluster (`pg_basebackup -R`), started on its own free
+    /// port. It reports its replay position every second, so its lag shows on this cluster's
+    /// `pg_stat_replication` promptly.
+    pub fn start_standby(&self) -> anyhow::Result<Self> {
+        let mut standby = Self::prepare(self.password.clone())?;
+        let cluster_dir = standby.cluster_dir();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                path_str(&cluster_dir)?,
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--no-sync",
+                "--checkpoint=fast",
+                "-h",
+                path_str(self.data.path())?,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ],
+        )?;
+        standby.launch("-c hot_standby=on -c wal_receiver_status_interval=1s")?;
+        Ok(standby)
+    }
+
+    /// An empty, not yet started cluster home.
+    fn prepare(password: String) -> anyhow::Result<Self> {
+        let binaries = find_binaries()?;
+        let run_as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
+        let data = tempfile::Builder::new()
+            .prefix("fleetshift-pg-")
+            .tempdir()?;
+        let cluster = Self {
+            data,
+            binaries,
+            port: 0,
+            run_as_postgres,
+            password,
+        };
+        cluster.hand_to_postgres(cluster.data.path())?;
+        Ok(cluster)
+    }
+
+    /// Makes `path` the `postgres` OS user's when the server runs as that user.
+    fn hand_to_postgres(&self, path: &Path) -> anyhow::Result<()> {
+        if self.run_as_postgres {
+            let (uid, gid) = postgres_ids()?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+
+    fn cluster_dir(&self) -> PathBuf {
+        self.data.path().join("cluster")
+    }
+
+    /// Starts the server on a free loopback port (retrying when another process takes it
+    /// first), with durability off and `extra_options` for `postgres`.
+    fn launch(&mut self, extra_options: &str) -> anyhow::Result<()> {
+        let cluster_dir = self.cluster_dir();
+        let log = self.data.path().join("server.log");
         for _attempt in 0..5 {
             let port = free_port()?;
             let options = format!(
-                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50",
-                socket = path_str(cluster.data.path())?
+                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50 {extra_options}",
+                socket = path_str(self.data.path())?
             );
-            let log = cluster.data.path().join("server.log");
-            let started = cluster.run(
+            let started = self.run(
                 "pg_ctl",
                 &[
                     "-D",
@@ -94,14 +145,11 @@ impl LocalPostgres {
                 ],
             );
             if started.is_ok() {
-                cluster.port = port;
-                return Ok(cluster);
+                self.port = port;
+                return Ok(());
             }
         }
-        bail!(
-            "PostgreSQL did not start; see {}",
-            cluster.data.path().join("server.log").display()
-        )
+        bail!("PostgreSQL did not start; see {}", log.display())
     }
 
     fn run(&self, program: &str, arguments: &[&str]) -> anyhow::Result<()> {
@@ -175,7 +223,7 @@ impl LocalPostgres {
 
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
-        let cluster_dir = self.data.path().join("cluster");
+        let cluster_dir = self.cluster_dir();
         if let Some(dir) = cluster_dir.to_str()
             && let Err(error) = self.run("pg_ctl", &["-D", dir, "-m", "immediate", "stop"])
         {

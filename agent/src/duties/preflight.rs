@@ -133,10 +133,20 @@ pub async fn run(
             "replication",
             !behind,
             format!(
-                "{} replica(s), largest replay lag {:.1}s (limit {}s)",
+                "{} replica(s), largest replay lag {:.1}s{} (limit {}s){}",
                 replication.replicas,
                 replication.max_lag.as_secs_f64(),
-                thresholds.max_replication_lag.as_secs()
+                replication
+                    .furthest_behind
+                    .map(|name| format!(" on {name}"))
+                    .unwrap_or_default(),
+                thresholds.max_replication_lag.as_secs(),
+                if behind {
+                    "; let the replica catch up (is its replay paused or its disk slow?) \
+                     or plan with a larger --max-replication-lag"
+                } else {
+                    ""
+                }
             ),
         )?;
     }

@@ -17,11 +17,13 @@ pub struct Connections {
     pub max: i64,
 }
 
-/// Replicas streaming from this server and the largest replay lag among them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Replicas streaming from this server and the one furthest behind.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Replication {
     pub replicas: i64,
     pub max_lag: Duration,
+    /// The furthest-behind replica's `application_name` and address, when any is attached.
+    pub furthest_behind: Option<String>,
 }
 
 /// `server_version`, e.g. "15.18 (Debian 15.18-0+deb12u1)".
@@ -42,15 +44,19 @@ pub async fn connections(pool: &PgPool) -> Result<Connections, sqlx::Error> {
 }
 
 pub async fn replication(pool: &PgPool) -> Result<Replication, sqlx::Error> {
-    let (replicas, lag_seconds): (i64, f64) = sqlx::query_as(
-        "SELECT count(*), coalesce(max(extract(epoch FROM replay_lag)), 0)::float8
-         FROM pg_stat_replication",
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT application_name || coalesce(' at ' || host(client_addr), ''),
+                coalesce(extract(epoch FROM replay_lag), 0)::float8
+         FROM pg_stat_replication
+         ORDER BY replay_lag DESC NULLS LAST",
     )
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
+    let lag_seconds = rows.first().map_or(0.0, |(_, lag)| *lag);
     Ok(Replication {
-        replicas,
+        replicas: i64::try_from(rows.len()).unwrap_or(i64::MAX),
         max_lag: Duration::try_from_secs_f64(lag_seconds.max(0.0)).unwrap_or(Duration::MAX),
+        furthest_behind: rows.into_iter().next().map(|(name, _)| name),
     })
 }
 
