@@ -204,15 +204,30 @@ pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Connected,
     }
 }
 
+/// A database error as an operator should read it: the server's own message, without the
+/// line of the server's source code that raised it (which sqlx appends as "at line N" and
+/// which reads as a line of a migration file).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseMessage<'a>(pub &'a sqlx::Error);
+
+impl std::fmt::Display for DatabaseMessage<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            sqlx::Error::Database(database_error) => formatter.write_str(database_error.message()),
+            other => other.fmt(formatter),
+        }
+    }
+}
+
 /// A failed statement (by its index in the body, if it is one), with its SQLSTATE.
 pub(crate) fn statement_error(index: Option<usize>, error: &sqlx::Error) -> StatementError {
-    let (sqlstate, message) = match error {
-        sqlx::Error::Database(database_error) => (
-            database_error.code().map(|code| code.into_owned()),
-            database_error.message().to_owned(),
-        ),
-        other => (None, other.to_string()),
+    let sqlstate = match error {
+        sqlx::Error::Database(database_error) => {
+            database_error.code().map(|code| code.into_owned())
+        }
+        _ => None,
     };
+    let message = DatabaseMessage(error).to_string();
     StatementError {
         index,
         sqlstate,

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use fleetshift_common::engine::DatabaseMessage;
 use fleetshift_common::proto::v1::{
     BaselineMeasured, BaselinePhase, BaselinePolicy, BaselineQuery, QueryTiming, TopStatement,
 };
@@ -60,9 +61,9 @@ impl<'a> Baselines<'a> {
         before: Option<&BaselineMeasured>,
         stop: &CancellationToken,
     ) -> Result<BaselineMeasured, DutyFailure> {
-        let mut connection = read_only_session(pool)
-            .await
-            .map_err(|error| DutyFailure::Refused(format!("baselines: {error}")))?;
+        let mut connection = read_only_session(pool).await.map_err(|error| {
+            DutyFailure::Refused(format!("baselines: {}", DatabaseMessage(&error)))
+        })?;
         let mut queries = Vec::with_capacity(self.queries.len());
         for query in self.queries {
             if stop.is_cancelled() {
@@ -72,7 +73,7 @@ impl<'a> Baselines<'a> {
                 Ok(samples) => summarise(&query.name, &samples),
                 Err(error) => QueryTiming {
                     name: query.name.clone(),
-                    error: error.to_string(),
+                    error: DatabaseMessage(&error).to_string(),
                     ..QueryTiming::default()
                 },
             };

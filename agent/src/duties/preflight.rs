@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fleetshift_common::engine::catalog::describe_activity;
-use fleetshift_common::engine::health;
+use fleetshift_common::engine::{DatabaseMessage, health};
 use fleetshift_common::proto::v1::{self, PreflightCheck};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,13 @@ pub async fn run(
         refusal.map_or(Ok(()), Err)
     };
     let unreadable = |name: &str, error: sqlx::Error| {
-        failed(name, &format!("cannot read it from the server: {error}"))
+        failed(
+            name,
+            &format!(
+                "cannot read it from the server: {}",
+                DatabaseMessage(&error)
+            ),
+        )
     };
 
     let version = health::server_version(pool)

@@ -15,7 +15,7 @@ mod contents;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fleetshift_common::engine::restore_sql;
+use fleetshift_common::engine::{DatabaseMessage, restore_sql};
 use fleetshift_common::proto::v1::ErrorKind;
 use fleetshift_common::secrets::DatabaseUrl;
 use sqlx::PgPool;
@@ -145,7 +145,10 @@ async fn prepare(
     stop: &CancellationToken,
 ) -> Result<(Manifest, contents::Reconciliation), DutyFailure> {
     let catalog_failed = |error: sqlx::Error| {
-        DutyFailure::Refused(format!("cannot read the shard's catalog: {error}"))
+        DutyFailure::Refused(format!(
+            "cannot read the shard's catalog: {}",
+            DatabaseMessage(&error)
+        ))
     };
     let database_bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
         .fetch_one(pool)

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fleetshift_common::engine::DatabaseMessage;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgPool, Postgres};
 
@@ -39,7 +40,12 @@ pub struct HeldSnapshot {
 impl HeldSnapshot {
     /// Opens the transaction and exports its snapshot.
     pub async fn export(pool: &PgPool) -> Result<Self, String> {
-        let failed = |error: sqlx::Error| format!("cannot export a snapshot for the dump: {error}");
+        let failed = |error: sqlx::Error| {
+            format!(
+                "cannot export a snapshot for the dump: {}",
+                DatabaseMessage(&error)
+            )
+        };
         let mut connection = pool.acquire().await.map_err(failed)?;
         sqlx::raw_sql(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;

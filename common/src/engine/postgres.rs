@@ -20,8 +20,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
-    AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
-    bookkeeping_error, ledger_entry, statement_error,
+    AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine, StatementError, Timeouts,
+    TxError, bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, Writer};
@@ -60,7 +60,7 @@ impl PostgresShard {
         let probe = options
             .connect()
             .await
-            .map_err(|error| unreachable(error.to_string()))?;
+            .map_err(|error| unreachable(DatabaseMessage(&error).to_string()))?;
         if let Err(error) = probe.close().await {
             tracing::debug!(shard = %name, %error, "closing the probe connection failed");
         }
@@ -89,7 +89,7 @@ impl PostgresShard {
         move |error| ExecError::Database {
             shard: self.name.clone(),
             context: context.clone(),
-            detail: error.to_string(),
+            detail: DatabaseMessage(&error).to_string(),
         }
     }
 

@@ -13,8 +13,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions};
 use super::fenced::{self, LedgerSql};
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
-    AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, Timeouts, TxError,
-    bookkeeping_error, ledger_entry, statement_error,
+    AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine, StatementError, Timeouts,
+    TxError, bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, Writer};
@@ -111,7 +111,7 @@ impl SqliteShard {
         move |error| ExecError::Database {
             shard: self.name.clone(),
             context: context.clone(),
-            detail: error.to_string(),
+            detail: DatabaseMessage(&error).to_string(),
         }
     }
 

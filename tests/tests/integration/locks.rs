@@ -219,4 +219,24 @@ async fn permanent_blocker_exhausts_the_bounded_retries_with_a_clear_error() {
     support::assert_exit(&output, 5);
     assert!(binary::printed(&output).contains("gave up after 2 attempt(s)"));
     blocker.rollback().await.expect("release the blocker");
+
+    // A ledger locked away: the error gives the server's reason, not the line of the server's
+    // own source code that raised it (which would read as a line of a migration file).
+    let mut ledger_holder = admin.begin().await.expect("ledger holder");
+    sqlx::query("LOCK TABLE fleetshift.history IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *ledger_holder)
+        .await
+        .expect("lock the ledger");
+    let error = executor
+        .status(&set)
+        .await
+        .expect_err("the ledger is locked");
+    ledger_holder.rollback().await.expect("release the ledger");
+    let message = error.to_string();
+    assert!(
+        message.contains("reading the ledger")
+            && message.ends_with("canceling statement due to lock timeout")
+            && !message.contains(" at line "),
+        "{message}"
+    );
 }

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::session;
+use crate::engine::DatabaseMessage;
 use crate::error::ExecError;
 
 /// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
@@ -42,14 +43,14 @@ impl MigratorLock {
         let failed = |context: &str, error: sqlx::Error| ExecError::Database {
             shard: shard.to_owned(),
             context: context.to_owned(),
-            detail: error.to_string(),
+            detail: DatabaseMessage(&error).to_string(),
         };
         let mut connection = options
             .connect()
             .await
             .map_err(|error| ExecError::Unreachable {
                 shard: shard.to_owned(),
-                detail: error.to_string(),
+                detail: DatabaseMessage(&error).to_string(),
             })?;
         let version = session::configure(&mut connection)
             .await
