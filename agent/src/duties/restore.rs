@@ -102,7 +102,12 @@ pub async fn restore(
         .acquire_timeout(Duration::from_secs(10))
         .connect(order.url.expose())
         .await
-        .map_err(|error| unchanged(ErrorKind::Unreachable, format!("cannot connect: {error}")))?;
+        .map_err(|error| {
+            unchanged(
+                ErrorKind::Unreachable,
+                format!("cannot connect: {}", DatabaseMessage(&error)),
+            )
+        })?;
     let prepared = prepare(settings, order, &pool, stop).await;
     pool.close().await;
     let (safety_backup, reconciliation) = prepared.map_err(|failure| match failure {
@@ -114,8 +119,8 @@ pub async fn restore(
     let credentials = ClientCredentials::from_url(order.url)
         .map_err(|message| unchanged(ErrorKind::BadInput, message))?;
     let reason = format!(
-        "restored backup {} (taken {}s after the epoch), requested by {}; the shard before it is backup {}",
-        order.backup.backup_id, order.backup.taken_at, order.requested_by, safety_backup.backup_id
+        "restored backup {}, requested by {}; the shard before it is backup {}",
+        order.backup.backup_id, order.requested_by, safety_backup.backup_id
     );
     let script = Script {
         prologue: restore_sql::prologue(

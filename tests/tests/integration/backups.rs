@@ -6,7 +6,8 @@
 //! good one intact and a damaged one damaged. A restore is refused to an operator without the
 //! approver role and without `--yes`; it gives up after its lock timeout when a session holds a
 //! lock, changing nothing. A restore that waits for a lock holds the shard: a rollout started
-//! meanwhile does not touch the shard until the restore has finished. The restore puts the
+//! meanwhile does not touch the shard until the restore has finished, and a second restore is
+//! refused naming the holder. The restore puts the
 //! backup's schema, rows and ledger back, drops what the backup lacks, leaves the fence at its
 //! claim's token with an audit entry, and keeps the shard as it was in a safety backup.
 
@@ -230,6 +231,15 @@ async fn backups_are_listed_verified_and_restored_under_a_claim_that_keeps_rollo
         "the rollout waited"
     );
     assert!(!restoring.is_finished(), "the restore waits for the lock");
+    // A second restore meanwhile is told who holds the shard, and changes nothing.
+    let second = cli.bob(&[&restore[..], &["--yes"]].concat()).await;
+    assert_exit(&second, 10);
+    assert!(
+        fleetshift_tests::binary::printed(&second)
+            .contains("is held by restore requested by spiffe://fleet.example/operator/bob"),
+        "{}",
+        fleetshift_tests::binary::printed(&second)
+    );
 
     // The lock goes: the restore runs, then the rollout.
     sqlx::raw_sql("COMMIT")
