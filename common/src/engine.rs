@@ -151,11 +151,12 @@ pub trait ShardEngine: Send + Sync {
 
     fn current_fence(&self) -> impl Future<Output = Result<i64, ExecError>> + Send;
 
+    /// Runs `work` in one transaction; once committed, how long each body statement took.
     fn fenced_transaction(
         &self,
         writer: &Writer,
         work: FencedTransaction<'_>,
-    ) -> impl Future<Output = Result<(), TxError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Duration>, TxError>> + Send;
 
     /// Runs one statement outside any transaction. `resuming` is true when an earlier attempt
     /// of the same revision may have run it already.

@@ -2,6 +2,7 @@
 //! (with its own BEGIN and timeouts), hands it here with its [`LedgerSql`], and commits.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Type};
 
@@ -25,8 +26,8 @@ pub(crate) struct LedgerSql {
     pub insert_audit: &'static str,
 }
 
-/// Moves the fence, checks the guard, runs the body, writes the records — inside the
-/// caller's open transaction. The guard is read by a statement of its own AFTER the fence
+/// Moves the fence, checks the guard, runs the body (timing each statement), writes the
+/// records — inside the caller's open transaction. The guard is read by a statement of its own AFTER the fence
 /// update: having waited for the fence row, it takes a fresh snapshot and sees what the
 /// previous holder committed. Folding both into one statement would reuse the older snapshot
 /// and could let a revision apply twice.
@@ -35,7 +36,7 @@ pub(crate) async fn run<DB>(
     sql: &LedgerSql,
     writer: &Writer,
     work: FencedTransaction<'_>,
-) -> Result<(), TxError>
+) -> Result<Vec<Duration>, TxError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -82,11 +83,14 @@ where
             .collect();
         work.guard.check(&observed).map_err(TxError::Guard)?;
     }
+    let mut durations = Vec::with_capacity(work.body.len());
     for (index, statement) in work.body.iter().enumerate() {
+        let started = Instant::now();
         sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
             .execute(&mut *connection)
             .await
             .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
+        durations.push(started.elapsed());
     }
     for record in work.records {
         upsert(record, writer, sql.upsert_history)
@@ -105,7 +109,7 @@ where
             .await
             .map_err(bookkeeping_error("recording the audit entry"))?;
     }
-    Ok(())
+    Ok(durations)
 }
 
 fn upsert<'q, DB>(

@@ -173,7 +173,7 @@ impl ShardEngine for PostgresShard {
         &self,
         writer: &Writer,
         work: FencedTransaction<'_>,
-    ) -> Result<(), TxError> {
+    ) -> Result<Vec<Duration>, TxError> {
         let mut transaction = self
             .pool
             .begin()
@@ -189,11 +189,13 @@ impl ShardEngine for PostgresShard {
             .execute(&mut *transaction)
             .await
             .map_err(bookkeeping_error("setting timeouts"))?;
-        fenced::run::<Postgres>(&mut transaction, &ledger_sql::LEDGER, writer, work).await?;
+        let durations =
+            fenced::run::<Postgres>(&mut transaction, &ledger_sql::LEDGER, writer, work).await?;
         transaction
             .commit()
             .await
-            .map_err(bookkeeping_error("committing"))
+            .map_err(bookkeeping_error("committing"))?;
+        Ok(durations)
     }
 
     async fn run_autocommit(

@@ -167,17 +167,18 @@ impl ShardEngine for SqliteShard {
         &self,
         writer: &Writer,
         work: FencedTransaction<'_>,
-    ) -> Result<(), TxError> {
+    ) -> Result<Vec<Duration>, TxError> {
         let mut transaction = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(bookkeeping_error("beginning a transaction"))?;
-        fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work).await?;
+        let durations = fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work).await?;
         transaction
             .commit()
             .await
-            .map_err(bookkeeping_error("committing"))
+            .map_err(bookkeeping_error("committing"))?;
+        Ok(durations)
     }
 
     async fn run_autocommit(

@@ -13,8 +13,8 @@ pub enum ExecutionEvent {
         transactional: bool,
         statements: usize,
     },
-    /// A statement run outside a transaction finished (statements inside a transaction are
-    /// reported with their revision).
+    /// A statement finished: one run outside a transaction as soon as it did, the statements
+    /// of a transactional revision once their transaction committed.
     StatementFinished {
         version: String,
         location: String,

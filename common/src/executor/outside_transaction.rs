@@ -191,6 +191,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             )
             .await
             .result
+            .map(drop)
     }
 
     /// One autocommit statement, after checking the fence; returns the lock retries spent.

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::failure::{describe_tx_error, is_lock_conflict, locate};
-use super::{Direction, Executor, StepOutcome, StepReport, step_report};
+use super::{Direction, ExecutionEvent, Executor, StepOutcome, StepReport, step_report};
 use crate::engine::{FencedTransaction, ShardEngine, TxError};
 use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{Expect, Guard, RevisionStatus, Writer};
@@ -87,10 +87,20 @@ impl<E: ShardEngine> Executor<'_, E> {
             .await;
         let lock_retries = attempts.attempts - 1;
         let outcome = match attempts.result {
-            Ok(()) => match direction {
-                Direction::Up => StepOutcome::Applied,
-                Direction::Down => StepOutcome::Reverted,
-            },
+            Ok(durations) => {
+                // Reported once committed: a statement of a rolled-back attempt did not count.
+                for (statement, duration) in statements.iter().zip(durations) {
+                    self.emit(ExecutionEvent::StatementFinished {
+                        version: version.to_owned(),
+                        location: script.locate(statement),
+                        duration,
+                    });
+                }
+                match direction {
+                    Direction::Up => StepOutcome::Applied,
+                    Direction::Down => StepOutcome::Reverted,
+                }
+            }
             Err(TxError::Guard(violation)) if violation.version == version => {
                 tracing::info!(shard = %self.engine.shard(), revision = %label, "already done by another run");
                 StepOutcome::AlreadyDone
@@ -138,7 +148,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                     audit: None,
                 };
                 match self.engine.fenced_transaction(writer, work).await {
-                    Ok(()) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),
+                    Ok(_) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),
                     Err(record_error) => format!("the revision was rolled back: nothing of it is applied (recording the failure also failed: {})", describe_tx_error(&record_error)),
                 }
             }

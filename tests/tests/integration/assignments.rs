@@ -164,6 +164,10 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             }
             Event::PreflightCheck(check) => format!("preflight {} {}", check.name, check.passed),
             Event::BackupFinished(_) => "backup".to_owned(),
+            Event::StatementFinished(statement) => format!(
+                "statement {}",
+                statement.location.rsplit('/').next().unwrap_or_default()
+            ),
             other => format!("{other:?}"),
         });
     }
@@ -177,8 +181,10 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             "preflight blockers true",
             "backup",
             "started 1",
+            "statement 1_orders.up.sql:1",
             "finished 1 Applied",
             "started 2",
+            "statement 2_items.up.sql:1",
             "finished 2 Applied"
         ],
         "live progress, in order"

@@ -153,7 +153,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
     while let Some(joined) = tasks.join_next().await {
         let (contender, token, result) = joined.expect("contender task");
         match result {
-            Ok(()) => winners.push(token),
+            Ok(_) => winners.push(token),
             Err(TxError::FencedOut { current }) => assert!(current > token),
             Err(TxError::Guard(violation)) => {
                 assert_eq!(violation.found, Some(RevisionStatus::Applied))
