@@ -28,6 +28,7 @@ use crate::duties::backup::Manifest;
 use crate::duties::baseline::Baselines;
 use crate::duties::rollback::Triggers;
 use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
+use crate::metrics::{AgentMetrics, PoolFigures};
 use crate::tally::RunTally;
 
 /// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
@@ -37,6 +38,7 @@ use crate::tally::RunTally;
 /// the same scale, so a newer claim is not kept waiting much longer than the fleet's lease.
 pub async fn execute(
     config: &AgentConfig,
+    metrics: &AgentMetrics,
     assignment: Assignment,
     lease_ttl: Duration,
     stop: CancellationToken,
@@ -59,7 +61,7 @@ pub async fn execute(
     let mut record = RunRecord::default();
     let (outcome, ()) = tokio::join!(
         run(
-            config,
+            Host { config, metrics },
             &assignment,
             lease_ttl,
             stop,
@@ -160,10 +162,16 @@ fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
     }
 }
 
+/// The agent an assignment runs on: its configuration and its metrics.
+struct Host<'a> {
+    config: &'a AgentConfig,
+    metrics: &'a AgentMetrics,
+}
+
 /// Unpacks, connects, does the plan's duties and moves the shard; `record` receives what stands
 /// even when the revisions then fail (the backup, the baselines, a rollback).
 async fn run(
-    config: &AgentConfig,
+    host: Host<'_>,
     assignment: &Assignment,
     lease_ttl: Duration,
     stop: CancellationToken,
@@ -171,6 +179,7 @@ async fn run(
     report: &dyn DutyReport,
     record: &mut RunRecord,
 ) -> Result<Option<String>, ErrorDetail> {
+    let Host { config, metrics } = host;
     let shard = config
         .shards
         .iter()
@@ -213,6 +222,7 @@ async fn run(
     let connected = engine::connect(&shard.database_url, timeouts)
         .await
         .map_err(|error| exec_failure(&error))?;
+    let _pool_reported = metrics.track_pool(&shard.id, pool_figures(&connected));
     let identity = Identity {
         agent_id: config.agent_id.clone(),
         plan_id: Some(assignment.plan_id.clone()),
@@ -548,6 +558,14 @@ fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {
 const MIN_LOCK_SESSION_LEASE: Duration = Duration::from_secs(1);
 
 /// The plan's limits, with the shard-side timeouts tied to the session's lease.
+/// The engine's connection pool, for the metrics.
+fn pool_figures(connected: &Connected) -> Box<dyn PoolFigures> {
+    match connected {
+        Connected::Postgres(engine) => Box::new(engine.pool().clone()),
+        Connected::Sqlite(engine) => Box::new(engine.pool().clone()),
+    }
+}
+
 fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeouts, String> {
     let defaults = Timeouts::default();
     let given = |value: Option<prost_types::Duration>, default: Duration| {

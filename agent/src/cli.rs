@@ -3,8 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
 
+use clap::{Parser, Subcommand, ValueEnum};
+use fleetshift_common::telemetry::endpoint;
+use fleetshift_common::telemetry::logging::LogFormat;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::SessionTelemetry;
 use crate::{check, config, session};
 
 /// Exit code when the configuration is unusable.
@@ -25,6 +32,16 @@ pub struct Cli {
         default_value = "/etc/fleetshift/agent.toml"
     )]
     config: PathBuf,
+
+    /// Log format on stderr (levels from RUST_LOG, default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "FLEETSHIFT_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -66,16 +83,31 @@ pub async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(BAD_CONFIG);
             };
             fleetshift_common::tls::mtls::install_crypto_provider();
-            let shutdown = tokio_util::sync::CancellationToken::new();
+            let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            session::run(std::sync::Arc::new(config), &link, shutdown).await;
+            let mut registry = Registry::default();
+            let telemetry = SessionTelemetry::new(&mut registry);
+            if let Some(address) = config.telemetry_listen {
+                let serving = endpoint::spawn(
+                    address,
+                    Arc::new(registry),
+                    telemetry.readiness.subscribe(),
+                    shutdown.clone(),
+                )
+                .await;
+                if let Err(error) = serving {
+                    eprintln!("error: cannot serve telemetry on {address}: {error}");
+                    return ExitCode::from(BAD_CONFIG);
+                }
+            }
+            session::run(Arc::new(config), &link, &telemetry, shutdown).await;
             ExitCode::SUCCESS
         }
     }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+async fn cancel_on_signal(shutdown: CancellationToken) {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut terminate) => {

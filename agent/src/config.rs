@@ -2,6 +2,7 @@
 //! file is validated into [`AgentConfig`] before anything uses it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use crate::duties::backup::BackupSettings;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     agent_id: Option<String>,
+    /// Where `/metrics` and the health probes are served, e.g. "0.0.0.0:9465" (off when unset).
+    telemetry_listen: Option<String>,
     coordinator: Option<RawCoordinator>,
     tls: Option<TlsFiles>,
     backups: Option<RawBackups>,
@@ -81,6 +84,8 @@ pub struct AgentConfig {
     /// Where backups go; `None` when the file has no `[backups]` (plans that require a backup
     /// then fail on this agent's shards, saying so).
     pub backups: Option<BackupSettings>,
+    /// Where the telemetry endpoint listens; `None` serves none.
+    pub telemetry_listen: Option<SocketAddr>,
 }
 
 /// The coordinator replicas to hold a session with (any one at a time), over mutual TLS.
@@ -125,7 +130,8 @@ pub struct ShardConfig {
 }
 
 impl AgentConfig {
-    /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id`.
+    /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id` and
+    /// `FLEETSHIFT_TELEMETRY_LISTEN` its `telemetry_listen`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the agent configuration", path.display()))?;
@@ -136,6 +142,9 @@ impl AgentConfig {
             anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
         })?;
         let agent_id = std::env::var("FLEETSHIFT_AGENT_ID").ok().or(raw.agent_id);
+        let telemetry_listen = std::env::var("FLEETSHIFT_TELEMETRY_LISTEN")
+            .ok()
+            .or(raw.telemetry_listen);
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = || format!("{}: invalid agent configuration", path.display());
         let coordinator = coordinator_link(raw.coordinator, raw.tls, base).with_context(invalid)?;
@@ -147,6 +156,16 @@ impl AgentConfig {
         let mut config = Self::validate(raw.shards, agent_id, base).with_context(invalid)?;
         config.coordinator = coordinator;
         config.backups = backups;
+        config.telemetry_listen = telemetry_listen
+            .map(|address| {
+                address.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "telemetry_listen = {address:?} is not an address like 0.0.0.0:9465"
+                    )
+                })
+            })
+            .transpose()
+            .with_context(invalid)?;
         Ok(config)
     }
 
@@ -197,6 +216,7 @@ impl AgentConfig {
             coordinator: None,
             shards,
             backups: None,
+            telemetry_listen: None,
         })
     }
 }

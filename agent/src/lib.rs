@@ -7,6 +7,7 @@
 //! - [`assignment`]: one assignment run on one shard with the fenced executor, and a tally of
 //!   what it did.
 //! - [`requests`]: operators' backup requests (list, verify, restore) relayed to the agent.
+//! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
 
 pub mod assignment;
@@ -14,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod duties;
+pub mod metrics;
 pub mod requests;
 pub mod session;
 mod tally;

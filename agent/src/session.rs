@@ -20,8 +20,10 @@ use fleetshift_common::proto::v1::{
     AgentMessage, AssignmentResult, BackupReply, CoordinatorMessage, Engine, FactsRefresh,
     Handshake, Heartbeat, Hello, ProgressEvent, ShardFacts,
 };
+use fleetshift_common::telemetry::endpoint::Readiness;
 use fleetshift_common::tls;
-use tokio::sync::mpsc;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,7 +31,41 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use crate::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink};
+use crate::metrics::AgentMetrics;
 use crate::{assignment, check, requests};
+
+/// What the session tells the telemetry endpoint: its metrics, and readiness (ready while a
+/// session is established).
+#[derive(Debug, Clone)]
+pub struct SessionTelemetry {
+    pub metrics: Arc<AgentMetrics>,
+    pub readiness: Arc<watch::Sender<Readiness>>,
+}
+
+impl SessionTelemetry {
+    /// Metrics registered in `registry`; not ready until a session is established.
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            metrics: AgentMetrics::register(registry),
+            readiness: Arc::new(watch::Sender::new(Readiness::not_ready(
+                "no session with a coordinator yet",
+            ))),
+        }
+    }
+
+    fn established(&self, coordinator: &str) {
+        self.metrics.session_up(true);
+        self.readiness.send_replace(Readiness::Ready);
+        tracing::debug!(%coordinator, "ready");
+    }
+
+    fn lost(&self, reason: &str) {
+        self.metrics.session_up(false);
+        self.readiness.send_replace(Readiness::not_ready(format!(
+            "no session with a coordinator: {reason}"
+        )));
+    }
+}
 
 /// How a session ended.
 #[derive(Debug)]
@@ -41,22 +77,43 @@ enum Ended {
 /// Holds a session until `shutdown` is cancelled, reconnecting as needed (every failure is
 /// retried, so this only ends at shutdown). When a session is lost or cannot be opened the
 /// agent moves to the link's next replica: any replica can resume its lease.
-pub async fn run(config: Arc<AgentConfig>, link: &CoordinatorLink, shutdown: CancellationToken) {
+pub async fn run(
+    config: Arc<AgentConfig>,
+    link: &CoordinatorLink,
+    telemetry: &SessionTelemetry,
+    shutdown: CancellationToken,
+) {
     let mut delays = reconnect_delays();
     // The lease of the last session, offered for resumption so claims bound to it survive a
     // reconnect (a coordinator restart, a network blip).
     let mut last_lease = 0;
     for endpoint in link.endpoints.iter().cycle() {
-        match session(&config, endpoint, link, &shutdown, &mut last_lease).await {
-            Ok(Ended::Shutdown) => return,
+        match session(
+            &config,
+            endpoint,
+            link,
+            telemetry,
+            &shutdown,
+            &mut last_lease,
+        )
+        .await
+        {
+            Ok(Ended::Shutdown) => {
+                telemetry.lost("shutting down");
+                return;
+            }
             Ok(Ended::Lost(reason)) => {
                 tracing::warn!(coordinator = %endpoint.address, %reason, "session lost; reconnecting");
+                telemetry.lost(&reason);
                 delays = reconnect_delays();
             }
             Err(error) => {
-                tracing::warn!(coordinator = %endpoint.address, error = %format!("{error:#}"), "cannot hold a session; retrying")
+                let error = format!("{error:#}");
+                tracing::warn!(coordinator = %endpoint.address, %error, "cannot hold a session; retrying");
+                telemetry.lost(&error);
             }
         }
+        telemetry.metrics.reconnecting();
         let delay = delays.next().unwrap_or(Duration::from_secs(2));
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -80,9 +137,11 @@ async fn session(
     config: &Arc<AgentConfig>,
     endpoint: &CoordinatorEndpoint,
     link: &CoordinatorLink,
+    telemetry: &SessionTelemetry,
     shutdown: &CancellationToken,
     last_lease: &mut i64,
 ) -> anyhow::Result<Ended> {
+    let metrics = &telemetry.metrics;
     let channel =
         tls::channel::connect(&endpoint.address, &endpoint.server_name, &link.tls).await?;
     let mut client = AgentServiceClient::new(channel);
@@ -126,6 +185,7 @@ async fn session(
     let mut clock = LeaseClock::new(intervals);
     clock.heartbeat_sent(0, hello_sent);
     clock.acknowledged(0);
+    telemetry.established(&handshake.coordinator_id);
     // Every assignment stops when this does: at shutdown, or when the lease may lapse.
     let work = shutdown.child_token();
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
@@ -149,6 +209,9 @@ async fn session(
                 if outbound.send(AgentMessage { body: Some(AgentBody::Heartbeat(heartbeat)) }).await.is_err() {
                     break Ended::Lost("the session's stream closed".to_owned());
                 }
+                if let Some(until) = clock.work_until() {
+                    metrics.lease_remaining(until.saturating_duration_since(Instant::now()));
+                }
                 if clock.work_until().is_some() && !clock.may_work(Instant::now()) {
                     break Ended::Lost("no acknowledgement within the lease: it may lapse, so all work stopped".to_owned());
                 }
@@ -166,6 +229,7 @@ async fn session(
                 }
             }
             Some(event) = reported.recv() => {
+                metrics.observe(&event);
                 if outbound.send(AgentMessage { body: Some(AgentBody::Progress(event)) }).await.is_err() {
                     break Ended::Lost("the session's stream closed".to_owned());
                 }
@@ -174,8 +238,10 @@ async fn session(
                 let Ok(result) = joined else { continue };
                 log_outcome(&result);
                 running.remove(&result.assignment_id);
+                metrics.assignments_running(running.len());
                 // An assignment's progress goes out before its result.
                 while let Ok(event) = reported.try_recv() {
+                    metrics.observe(&event);
                     if outbound.send(AgentMessage { body: Some(AgentBody::Progress(event)) }).await.is_err() {
                         break;
                     }
@@ -206,10 +272,12 @@ async fn session(
                     }
                     tracing::info!(assignment = %assignment.assignment_id, shard = %assignment.shard_id, fence = assignment.fence_token, "assignment received");
                     running.insert(assignment.assignment_id.clone(), stop.clone());
+                    metrics.assignments_running(running.len());
                     let config = Arc::clone(config);
+                    let metrics = Arc::clone(metrics);
                     let progress = progress.clone();
                     let lease_ttl = intervals.lease_ttl;
-                    tasks.spawn(async move { assignment::execute(&config, assignment, lease_ttl, stop, progress).await });
+                    tasks.spawn(async move { assignment::execute(&config, &metrics, assignment, lease_ttl, stop, progress).await });
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Cancel(cancel)) })) => {
                     if let Some(stop) = running.get(&cancel.assignment_id) {

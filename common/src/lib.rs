@@ -16,6 +16,7 @@
 //! - [`shipped`]: a migration set packed for the wire and unpacked with its digest checked.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
+//! - [`telemetry`]: structured logs, Prometheus metrics and health endpoints.
 
 pub mod duration;
 pub mod engine;
@@ -29,5 +30,6 @@ pub mod secrets;
 pub mod shipped;
 pub mod source;
 pub mod statements;
+pub mod telemetry;
 pub mod tls;
 pub mod touched;

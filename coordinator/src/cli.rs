@@ -17,8 +17,8 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fleetshift_common::telemetry::logging::LogFormat;
 
-use crate::logging::LogFormat;
 use crate::{demo, exit};
 
 #[derive(Debug, Parser)]

@@ -20,6 +20,8 @@ use crate::webhooks::Webhook;
 struct RawConfig {
     coordinator_id: String,
     listen: String,
+    /// Where `/metrics` and the health probes are served (off when unset).
+    telemetry_listen: Option<String>,
     trust_domain: String,
     #[serde(default = "default_heartbeat")]
     heartbeat: String,
@@ -69,6 +71,8 @@ pub enum StoreChoice {
 pub struct CoordinatorConfig {
     pub coordinator_id: String,
     pub listen: SocketAddr,
+    /// Where the telemetry endpoint listens; `None` serves none.
+    pub telemetry_listen: Option<SocketAddr>,
     pub trust_domain: String,
     pub intervals: SessionIntervals,
     pub tls: TlsFiles,
@@ -79,8 +83,9 @@ pub struct CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN` and
-    /// `FLEETSHIFT_ETCD_ENDPOINTS` (comma-separated) override the file.
+    /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN`,
+    /// `FLEETSHIFT_TELEMETRY_LISTEN` and `FLEETSHIFT_ETCD_ENDPOINTS` (comma-separated) override
+    /// the file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
@@ -99,6 +104,9 @@ impl CoordinatorConfig {
         }
         if let Ok(listen) = std::env::var("FLEETSHIFT_LISTEN") {
             raw.listen = listen;
+        }
+        if let Ok(listen) = std::env::var("FLEETSHIFT_TELEMETRY_LISTEN") {
+            raw.telemetry_listen = Some(listen);
         }
         if let Ok(endpoints) = std::env::var("FLEETSHIFT_ETCD_ENDPOINTS") {
             raw.store.etcd_endpoints = endpoints
@@ -120,6 +128,14 @@ impl CoordinatorConfig {
                 raw.listen
             )
         })?;
+        let telemetry_listen = raw
+            .telemetry_listen
+            .map(|address| {
+                address.parse().with_context(|| {
+                    format!("telemetry_listen = {address:?} is not an address like 0.0.0.0:9464")
+                })
+            })
+            .transpose()?;
         let heartbeat = duration::parse(&raw.heartbeat).map_err(anyhow::Error::msg)?;
         if heartbeat < Duration::from_millis(500) {
             bail!(
@@ -173,6 +189,7 @@ impl CoordinatorConfig {
         Ok(Self {
             coordinator_id: raw.coordinator_id,
             listen,
+            telemetry_listen,
             trust_domain: raw.trust_domain,
             intervals: SessionIntervals::from_heartbeat(heartbeat),
             tls: raw.tls.relative_to(base),

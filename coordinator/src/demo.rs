@@ -16,6 +16,7 @@ use clap::Args;
 use fleetshift_agent::config::{
     AgentConfig, CoordinatorEndpoint, CoordinatorLink, DEFAULT_FACTS_REFRESH, ShardConfig,
 };
+use fleetshift_agent::session::SessionTelemetry;
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
@@ -36,6 +37,7 @@ use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
 use fleetshift_coordinator::local_postgres::LocalPostgres;
 use fleetshift_coordinator::serve::run_replica;
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -265,6 +267,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     let config = CoordinatorConfig {
         coordinator_id: "demo".to_owned(),
         listen: listener.local_addr()?,
+        telemetry_listen: None,
         trust_domain: TRUST_DOMAIN.to_owned(),
         intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
         tls: tls_files(&pki_dir, "coordinator-demo"),
@@ -309,9 +312,14 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
             coordinator: Some(link.clone()),
             shards: vec![shard],
             backups: None,
+            telemetry_listen: None,
         });
         let stop = stop.clone();
-        agents.spawn(async move { fleetshift_agent::session::run(config, &link, stop).await });
+        // The demo serves no telemetry: the metrics go unread.
+        let telemetry = SessionTelemetry::new(&mut Registry::default());
+        agents.spawn(async move {
+            fleetshift_agent::session::run(config, &link, &telemetry, stop).await
+        });
     }
 
     let outcome = roll_out(arguments, &address, &pki_dir, &set, &shards).await;

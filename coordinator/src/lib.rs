@@ -14,6 +14,7 @@
 //! - [`local_postgres`]: throwaway PostgreSQL clusters on loopback (demo and tests).
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
 //!   session openings out of them.
+//! - [`metrics`]: the Prometheus metrics of a replica (store, gRPC, leadership, rollouts).
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
@@ -27,6 +28,7 @@ pub mod fleet_api;
 pub mod lint;
 pub mod local_postgres;
 pub mod mailbox;
+pub mod metrics;
 pub mod rollout;
 pub mod serve;
 pub mod store;

@@ -103,6 +103,11 @@ impl Mailbox {
 
 impl Mailbox {
     /// The agent's current session here, if it has one.
+    /// Agents with a session on this replica.
+    pub fn connected(&self) -> usize {
+        self.sessions().len()
+    }
+
     pub fn session_of(&self, agent: &str) -> Option<u64> {
         self.sessions()
             .get(agent)

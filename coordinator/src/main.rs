@@ -7,7 +7,6 @@ use clap::Parser;
 mod cli;
 mod demo;
 mod exit;
-mod logging;
 
 fn main() -> ExitCode {
     let arguments = cli::Cli::parse();
@@ -28,7 +27,7 @@ fn main() -> ExitCode {
         | cli::Command::Rollback(_)
         | cli::Command::Backups(_) => "warn",
     };
-    logging::init(arguments.log_format, default_level);
+    fleetshift_common::telemetry::logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,7 +15,7 @@
 //! transaction). See `docs/architecture.md` for the capacity arithmetic.
 
 pub mod driver;
-mod model;
+pub(crate) mod model;
 pub mod planning;
 pub mod records;
 pub mod relay;

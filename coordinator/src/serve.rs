@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
 use fleetshift_common::proto::v1::fleet_service_server::FleetServiceServer;
+use fleetshift_common::telemetry::endpoint::{self, Readiness};
 use fleetshift_common::tls::{mtls, reload};
+use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -24,8 +26,10 @@ use crate::backups;
 use crate::config::{CoordinatorConfig, StoreChoice};
 use crate::election::{self, Standing};
 use crate::fleet_api::FleetApi;
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
 use crate::rollout::{driver, relay};
-use crate::store::{EtcdStore, MemoryStore, Store};
+use crate::store::{EtcdStore, MemoryStore, MeteredStore, Store};
 use crate::webhooks::{self, Webhook};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -34,15 +38,18 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
 const TLS_POLL: Duration = Duration::from_secs(5);
 
-/// Serves the agent and fleet services on `listener` until `shutdown` completes.
+/// Serves the agent and fleet services on `listener` until `shutdown` completes, timing
+/// every request into `metrics`.
 pub async fn serve<S: Store + 'static>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     sessions: AgentSessions<S>,
     fleet: FleetApi<S>,
+    metrics: Arc<CoordinatorMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
+        .layer(GrpcMetricsLayer::new(metrics))
         .add_service(AgentServiceServer::new(sessions))
         .add_service(FleetServiceServer::new(fleet))
         .serve_with_incoming_shutdown(tls_connections(listener, tls), shutdown)
@@ -107,7 +114,8 @@ pub async fn run_coordinator(
 }
 
 /// One replica on `listener` with `store`: agent sessions, the fleet API, the relays of
-/// assignments and backup requests, and (while elected) the rollout driver.
+/// assignments and backup requests, (while elected) the rollout driver, and the telemetry
+/// endpoint when configured.
 pub async fn run_replica<S: Store + 'static>(
     store: Arc<S>,
     config: &CoordinatorConfig,
@@ -119,6 +127,9 @@ pub async fn run_replica<S: Store + 'static>(
         .await
         .context("loading the coordinator's TLS files")?;
     tracing::info!(address = %listener.local_addr()?, coordinator = %config.coordinator_id, store = ?config.store, "coordinator listening");
+    let mut registry = Registry::default();
+    let metrics = CoordinatorMetrics::register(&mut registry);
+    let store = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
     let sessions = AgentSessions::new(
         Arc::clone(&store),
         config.intervals,
@@ -126,6 +137,7 @@ pub async fn run_replica<S: Store + 'static>(
         &config.trust_domain,
     );
     let mailbox = sessions.mailbox();
+    registry.register_collector(Box::new(ConnectedAgents(Arc::clone(&mailbox))));
     let fleet = FleetApi::new(
         Arc::clone(&store),
         Arc::clone(&mailbox),
@@ -149,14 +161,51 @@ pub async fn run_replica<S: Store + 'static>(
         config.intervals,
         background.clone(),
     );
+    if let Some(address) = config.telemetry_listen {
+        let readiness = readiness_of(standing.clone(), background.clone());
+        endpoint::spawn(address, Arc::new(registry), readiness, background.clone())
+            .await
+            .with_context(|| format!("cannot serve telemetry on {address}"))?;
+    }
     let hooks: Arc<[Webhook]> = config.webhooks.clone().into();
-    let driving = tokio::spawn(drive_while_leading(Arc::clone(&store), standing, hooks));
-    let served = serve(listener, tls, sessions, fleet, shutdown).await;
+    let driving = tokio::spawn(drive_while_leading(
+        Arc::clone(&store),
+        standing,
+        hooks,
+        Arc::clone(&metrics),
+    ));
+    let served = serve(listener, tls, sessions, fleet, metrics, shutdown).await;
     background.cancel();
     driving.abort();
     // Both end on the token; a panic in either has been logged by the runtime.
     let _ = tokio::join!(relay, backup_relay, election);
     served.context("serving gRPC")
+}
+
+/// Ready while the store answers the election and a leader is known (this replica or
+/// another): the replica can then serve agents and operators. Follows `standing` until
+/// `stop`.
+fn readiness_of(
+    mut standing: watch::Receiver<Standing>,
+    stop: CancellationToken,
+) -> watch::Receiver<Readiness> {
+    let judge = |standing: &Standing| match standing {
+        Standing::Leader { .. } | Standing::Follower { leader: Some(_) } => Readiness::Ready,
+        Standing::Follower { leader: None } => Readiness::not_ready(
+            "no leader known: the fleet store (etcd) is unreachable or an election is under way",
+        ),
+    };
+    let (sender, receiver) = watch::channel(judge(&standing.borrow_and_update()));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = standing.changed() => if changed.is_err() { return },
+            }
+            sender.send_replace(judge(&standing.borrow_and_update()));
+        }
+    });
+    receiver
 }
 
 /// Runs the rollout driver (and the webhooks, when configured) for each leadership this
@@ -165,6 +214,7 @@ async fn drive_while_leading<S: Store + 'static>(
     store: Arc<S>,
     mut standing: watch::Receiver<Standing>,
     hooks: Arc<[Webhook]>,
+    metrics: Arc<CoordinatorMetrics>,
 ) {
     loop {
         let current = standing.borrow_and_update().clone();
@@ -174,6 +224,7 @@ async fn drive_while_leading<S: Store + 'static>(
             ..
         } = current
         {
+            metrics.leading(Some(epoch.0));
             // The driver may end on its own (a write showed the epoch is over); the webhooks
             // end with it.
             let leading = stepped_down.child_token();
@@ -184,7 +235,8 @@ async fn drive_while_leading<S: Store + 'static>(
                     leading.clone(),
                 ))
             });
-            driver::lead(Arc::clone(&store), epoch, stepped_down).await;
+            driver::lead(Arc::clone(&store), epoch, stepped_down, &metrics.rollouts).await;
+            metrics.leading(None);
             leading.cancel();
             if let Some(notifying) = notifying {
                 let _ = notifying.await;

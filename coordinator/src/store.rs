@@ -11,6 +11,7 @@
 mod etcd;
 pub mod keys;
 mod memory;
+mod metered;
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
+pub use metered::MeteredStore;
 
 /// An etcd lease id (or the in-memory store's equivalent).
 pub type LeaseId = i64;

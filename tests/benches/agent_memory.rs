@@ -19,12 +19,14 @@ use fleetshift_common::tls::{pki, reload};
 use fleetshift_coordinator::agent_session::AgentSessions;
 use fleetshift_coordinator::authz::Roles;
 use fleetshift_coordinator::fleet_api::FleetApi;
+use fleetshift_coordinator::metrics::CoordinatorMetrics;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, assign, init_pki, issue, write_agent_config};
 use fleetshift_tests::postgres::PostgresCluster;
+use prometheus_client::registry::Registry;
 
 const SHARDS: usize = 4;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -80,9 +82,17 @@ async fn measure() -> anyhow::Result<()> {
         TRUST_DOMAIN,
     );
     let (_stop_serving, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve::serve(listener, tls, sessions, fleet, async {
-        let _ = stop.await;
-    }));
+    let metrics = CoordinatorMetrics::register(&mut Registry::default());
+    tokio::spawn(serve::serve(
+        listener,
+        tls,
+        sessions,
+        fleet,
+        metrics,
+        async {
+            let _ = stop.await;
+        },
+    ));
 
     let mut tables = String::new();
     for shard in 0..SHARDS {

@@ -57,6 +57,11 @@ impl EtcdServer {
         Ok(server)
     }
 
+    /// The server's process id (to kill it mid-test).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_until_healthy(&self, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_coordinator::metrics::CoordinatorMetrics;
+use prometheus_client::registry::Registry;
 
 pub const TRUST_DOMAIN: &str = "fleet.example";
 
@@ -264,6 +266,36 @@ pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) ->
     (port, process)
 }
 
+/// Like [`spawn_replica`], also serving the telemetry endpoint (on the second port returned)
+/// and logging JSON.
+pub fn spawn_observed_replica(
+    home: &Path,
+    id: &str,
+    etcd_endpoint: &str,
+    roles: &str,
+) -> (u16, u16, Process) {
+    issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
+    let (port, telemetry) = (free_port(), free_port());
+    let config = home.join(format!("{id}.toml"));
+    let text = format!(
+        "telemetry_listen = \"127.0.0.1:{telemetry}\"\n{}",
+        replica_config_text(id, port, etcd_endpoint, roles)
+    );
+    std::fs::write(&config, text).expect("replica config");
+    let process = Process::spawn(
+        &crate::binary::fleetshift(),
+        &[
+            "serve",
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+        ],
+        &home.join(format!("{id}.log")),
+    );
+    (port, telemetry, process)
+}
+
 /// What every fleet test stands on: a real etcd with a store connected to it, and a directory
 /// for the test's files with a fresh development CA in `pki/`.
 pub struct FleetGround {
@@ -381,6 +413,7 @@ impl InProcessCoordinator {
                 roles,
                 TRUST_DOMAIN,
             ),
+            CoordinatorMetrics::register(&mut Registry::default()),
             async {
                 let _ = stop.await;
             },

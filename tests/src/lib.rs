@@ -12,6 +12,7 @@
 //! - [`fixtures`]: migration directories written for a test.
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
 //! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
+//! - [`scrape`]: reading a process's telemetry endpoint (metrics, health probes).
 
 pub mod bench;
 pub mod binary;
@@ -22,4 +23,5 @@ pub mod ledger_check;
 pub mod postgres;
 pub mod psql;
 pub mod rollout;
+pub mod scrape;
 pub mod wait;

@@ -29,6 +29,7 @@ mod integration {
     mod secrets;
     mod session;
     mod store;
+    mod telemetry;
     mod tls;
     mod webhooks;
 }

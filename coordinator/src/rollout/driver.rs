@@ -30,22 +30,35 @@ use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
     task_failed,
 };
+use crate::metrics::rollouts::RolloutGauges;
 use crate::store::{Condition, Epoch, Store, StoreError, Write, keys};
 
 /// How often the leader looks again without a change to wake it.
 const TICK: Duration = Duration::from_millis(500);
 
 /// Leads rollouts until `stepped_down` is cancelled or a write shows the epoch is over.
+/// The rollout gauges show what this leader sees while it leads, and nothing after.
 pub async fn lead<S: Store + 'static>(
     store: Arc<S>,
     epoch: Epoch,
     stepped_down: CancellationToken,
+    gauges: &RolloutGauges,
 ) {
     tracing::info!(epoch = epoch.0, "rollout driver started");
+    lead_publishing(&*store, epoch, &stepped_down, gauges).await;
+    gauges.clear();
+}
+
+async fn lead_publishing<S: Store>(
+    store: &S,
+    epoch: Epoch,
+    stepped_down: &CancellationToken,
+    gauges: &RolloutGauges,
+) {
     loop {
         let outcome = tokio::select! {
             () = stepped_down.cancelled() => return,
-            outcome = drive(&*store, epoch) => outcome,
+            outcome = drive(store, epoch, gauges) => outcome,
         };
         match outcome {
             Err(RolloutError::Store(StoreError::NotLeader(_))) => {
@@ -67,7 +80,11 @@ pub async fn lead<S: Store + 'static>(
     }
 }
 
-async fn drive<S: Store>(store: &S, epoch: Epoch) -> Result<(), RolloutError> {
+async fn drive<S: Store>(
+    store: &S,
+    epoch: Epoch,
+    gauges: &RolloutGauges,
+) -> Result<(), RolloutError> {
     let (model, revision) = Model::load(store).await?;
     let mut changes = store.watch(&keys::all(), revision).await?;
     let mut driver = Driver {
@@ -89,6 +106,7 @@ async fn drive<S: Store>(store: &S, epoch: Epoch) -> Result<(), RolloutError> {
             _ = ticks.tick() => {}
         }
         driver.advance().await?;
+        gauges.publish(&driver.model);
     }
 }
 

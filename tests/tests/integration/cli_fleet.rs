@@ -11,8 +11,8 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, issue, logs,
-    shard_tables, spawn_replica,
+    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, free_port,
+    issue, logs, shard_tables, spawn_observed_replica,
 };
 use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
@@ -26,13 +26,15 @@ const ROLES: &str =
 pub struct CliFleet {
     // Dropped in this order: the processes before their database, store and files.
     _agent: Process,
-    _replica: Process,
+    pub replica: Process,
     pub database: Database,
     pub store: fleetshift_coordinator::store::EtcdStore,
     pub cli: Operators,
     /// The shard's id.
     pub shard: String,
-    _etcd: EtcdServer,
+    /// Where the replica's and the agent's telemetry endpoints listen (both log JSON).
+    pub telemetry: Telemetry,
+    pub etcd: EtcdServer,
     pub home: tempfile::TempDir,
 }
 
@@ -53,7 +55,8 @@ impl CliFleet {
         issue(&pki, Role::Operator, "alice", &[]);
         issue(&pki, Role::Operator, "bob", &[]);
         issue(&pki, Role::Agent, "a", &[]);
-        let (port, replica) = spawn_replica(home.path(), "c1", &etcd.endpoint, ROLES);
+        let (port, coordinator_telemetry, replica) =
+            spawn_observed_replica(home.path(), "c1", &etcd.endpoint, ROLES);
         assert!(
             await_leader(&store, Duration::from_secs(20)).await,
             "no leader\n{}",
@@ -70,10 +73,21 @@ impl CliFleet {
             agent_sections(&database),
             shard_tables(home.path(), "a", std::slice::from_ref(&database.url))
         );
-        std::fs::write(&config, agent_config_text("a", &[port], &shards)).expect("agent config");
+        let agent_telemetry = free_port();
+        let text = format!(
+            "telemetry_listen = \"127.0.0.1:{agent_telemetry}\"\n{}",
+            agent_config_text("a", &[port], &shards)
+        );
+        std::fs::write(&config, text).expect("agent config");
         let agent = Process::spawn(
             &binary::agent(),
-            &["--config", config.to_str().expect("path"), "run"],
+            &[
+                "--log-format",
+                "json",
+                "--config",
+                config.to_str().expect("path"),
+                "run",
+            ],
             &home.path().join("agent.log"),
         );
         let address = format!("https://localhost:{port}");
@@ -98,9 +112,13 @@ impl CliFleet {
             database,
             cli: Operators { address, pki },
             shard: "a-db0".to_owned(),
+            telemetry: Telemetry {
+                coordinator: format!("127.0.0.1:{coordinator_telemetry}"),
+                agent: format!("127.0.0.1:{agent_telemetry}"),
+            },
             home,
-            _etcd: etcd,
-            _replica: replica,
+            etcd,
+            replica,
             _agent: agent,
         }
     }
@@ -113,6 +131,13 @@ impl CliFleet {
 
 fn diagnose(home: &Path) -> String {
     logs(home, &["c1.log", "agent.log"])
+}
+
+/// `host:port` of each telemetry endpoint.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub coordinator: String,
+    pub agent: String,
 }
 
 /// The CLI as operator alice (operator role) and bob (approver role).

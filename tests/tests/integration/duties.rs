@@ -14,6 +14,7 @@ use std::time::Duration;
 use fleetshift_agent::assignment;
 use fleetshift_agent::config::{AgentConfig, ShardConfig};
 use fleetshift_agent::duties::backup::{self, BackupSettings};
+use fleetshift_agent::metrics::AgentMetrics;
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
     Assignment, AssignmentResult, Direction, ErrorKind, HostDuties, PreflightPolicy, ProgressEvent,
@@ -22,6 +23,7 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::wait::wait_until;
+use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +87,7 @@ impl Shard {
                 database_url: DatabaseUrl::new(self.url.clone()),
             }],
             backups: Some(settings),
+            telemetry_listen: None,
         }
     }
 
@@ -125,8 +128,10 @@ pub(super) async fn execute(
     assignment: Assignment,
 ) -> (AssignmentResult, Vec<Event>) {
     let (progress, mut received) = mpsc::unbounded_channel::<ProgressEvent>();
+    let metrics = AgentMetrics::register(&mut Registry::default());
     let result = assignment::execute(
         config,
+        &metrics,
         assignment,
         Duration::from_secs(30),
         CancellationToken::new(),
@@ -610,6 +615,7 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
             psql: PathBuf::from("psql"),
             lock_wait_timeout: Duration::from_secs(30),
         }),
+        telemetry_listen: None,
     };
     let set = migrations();
     let duties = HostDuties {

@@ -1,0 +1,5 @@
+//! What operators watch a fleetshift process by: structured logs ([`logging`]), and one HTTP
+//! endpoint ([`endpoint`]) with Prometheus metrics and the liveness and readiness probes.
+
+pub mod endpoint;
+pub mod logging;
