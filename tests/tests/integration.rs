@@ -19,6 +19,7 @@ mod integration {
     mod fleet_api;
     mod fleet_faults;
     mod lint;
+    mod local_fleet;
     mod locks;
     mod operator;
     mod paused;
