@@ -14,6 +14,8 @@ mod integration {
     mod cli_fleet;
     mod conformance;
     mod crates_io;
+    mod deploy_manifests;
+    mod deploy_units;
     mod duties;
     mod election;
     mod fleet_api;
