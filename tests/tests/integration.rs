@@ -14,6 +14,7 @@ mod integration {
     mod cli_fleet;
     mod conformance;
     mod crates_io;
+    mod deploy_dashboard;
     mod deploy_manifests;
     mod deploy_units;
     mod duties;

@@ -49,7 +49,7 @@ fn text<'y>(yaml: &'y Yaml, what: &str) -> &'y str {
         .unwrap_or_else(|| panic!("{what} is missing or not a string"))
 }
 
-fn list<'y>(yaml: &'y Yaml) -> &'y [Yaml] {
+fn list(yaml: &Yaml) -> &[Yaml] {
     yaml.as_vec().map_or(&[], Vec::as_slice)
 }
 

@@ -6,13 +6,15 @@
 //!    holds a session.
 //! 2. While a revision sleeps on the shard, the leader shows the plan running with its shard
 //!    task, and the agent shows the assignment and its connection in use.
-//! 3. After the rollout the figures have moved (statements, revisions, gRPC calls by method,
-//!    store round trips) and the plan's own series are gone; no label carries the database
-//!    URL.
+//! 3. After the rollout (with a verified backup and a baseline) the figures have moved
+//!    (statements, revisions, backups, baseline ratio, gRPC calls by method, store round
+//!    trips) and the plan's own series are gone; no label carries the database URL.
 //! 4. The logs are JSON lines whose fields name the plan, shard and fence.
-//! 5. Readiness follows the links: with etcd killed the replica is not ready (naming why);
-//!    with the replica killed the agent is not ready.
+//! 5. Readiness follows the links: with etcd killed the replica is not ready (naming why)
+//!    and counts the failed store requests; with the replica killed the agent is not ready.
+//! 6. Every metric the shipped Grafana dashboard queries was in one of these scrapes.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fleetshift_tests::fixtures;
@@ -21,6 +23,7 @@ use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
 
 use super::cli_fleet::{CliFleet, summary};
+use super::deploy_dashboard::{assert_queries_only, families_in};
 use super::support::assert_exit;
 
 const ACCOUNTS: &str = "CREATE TABLE accounts (id int PRIMARY KEY);";
@@ -41,7 +44,17 @@ fn json_lines(log: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
-    let fleet = CliFleet::start("observed", ACCOUNTS, |_| String::new()).await;
+    let fleet = CliFleet::start("observed", ACCOUNTS, |database| {
+        let binaries = database.cluster.binaries();
+        format!(
+            "[backups]\ndirectory = \"backups\"\npg_dump = \"{}\"\npg_restore = \"{}\"\n",
+            binaries.join("pg_dump").display(),
+            binaries.join("pg_restore").display(),
+        )
+    })
+    .await;
+    // Every family any scrape showed, for the dashboard's check.
+    let mut seen = BTreeSet::new();
     let (coordinator, agent) = (
         fleet.telemetry.coordinator.clone(),
         fleet.telemetry.agent.clone(),
@@ -93,7 +106,23 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
         ("2_pause.down.sql", "SELECT 1;"),
     ]);
     let directory = migrations.path().to_str().expect("path");
-    let planned = cli.alice(&["plan", directory, "--output", "json"]).await;
+    let baselines = fleet.home.path().join("baselines.sql");
+    std::fs::write(
+        &baselines,
+        "-- name: accounts\nSELECT count(*) FROM accounts;\n",
+    )
+    .expect("baselines");
+    let planned = cli
+        .alice(&[
+            "plan",
+            directory,
+            "--require-backup",
+            "--baselines",
+            baselines.to_str().expect("path"),
+            "--output",
+            "json",
+        ])
+        .await;
     assert_exit(&planned, 0);
     let plan = summary(&planned)["plan"].as_str().expect("id").to_owned();
     assert_exit(&cli.bob(&["approve", &plan, "--output", "json"]).await, 0);
@@ -114,6 +143,7 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
         metrics(&coordinator),
         fleet.diagnose()
     );
+    seen.extend(families_in(&metrics(&coordinator)));
     let agent_works = wait_until(Duration::from_secs(20), || {
         let agent = agent.clone();
         async move {
@@ -128,6 +158,7 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
     })
     .await;
     assert!(agent_works, "{}\n{}", metrics(&agent), fleet.diagnose());
+    seen.extend(families_in(&metrics(&agent)));
     assert!(at_least(
         &metrics(&agent),
         "fleetshift_agent_lease_remaining_seconds",
@@ -164,6 +195,32 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
         "{leader}"
     );
     let agent_text = metrics(&agent);
+    seen.extend(families_in(&leader));
+    seen.extend(families_in(&agent_text));
+    assert!(
+        at_least(
+            &agent_text,
+            "fleetshift_agent_backup_duration_seconds_count",
+            1.0
+        ),
+        "{agent_text}"
+    );
+    assert!(
+        at_least(
+            &agent_text,
+            "fleetshift_agent_backup_size_bytes{shard=\"a-db0\"}",
+            1.0
+        ),
+        "{agent_text}"
+    );
+    assert!(
+        at_least(
+            &agent_text,
+            "fleetshift_agent_baseline_p50_ratio{shard=\"a-db0\",query=\"accounts\"}",
+            0.01
+        ),
+        "{agent_text}"
+    );
     assert!(
         at_least(
             &agent_text,
@@ -233,10 +290,22 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
     let (_, reason) = get(&coordinator, "/health/readiness").expect("answer");
     assert!(reason.contains("no leader known"), "{reason}");
     assert_eq!(status(&coordinator, "/health/liveness"), 200);
-    assert_eq!(
-        sample(&metrics(&coordinator), "fleetshift_leader"),
-        Some(0.0)
+    let cut_off = metrics(&coordinator);
+    assert_eq!(sample(&cut_off, "fleetshift_leader"), Some(0.0));
+    assert!(
+        at_least(
+            &cut_off,
+            "fleetshift_store_request_errors_total{operation=\"keep_alive\",kind=\"unavailable\"}",
+            1.0
+        ),
+        "{cut_off}"
     );
+    assert!(
+        at_least(&cut_off, "fleetshift_lease_keepalive_failures_total", 1.0),
+        "{cut_off}"
+    );
+    seen.extend(families_in(&cut_off));
+    assert_queries_only(&seen);
     kill(fleet.replica.id());
     let agent_unready = wait_until(Duration::from_secs(20), || {
         let agent = agent.clone();
