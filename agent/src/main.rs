@@ -7,7 +7,6 @@ use fleetshift_agent::cli;
 
 fn main() -> ExitCode {
     let arguments = cli::Cli::parse();
-    fleetshift_common::telemetry::logging::init(arguments.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -18,5 +17,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(cli::run(arguments))
+    let traces = {
+        let _entered = runtime.enter();
+        fleetshift_common::telemetry::logging::init(
+            arguments.log_format,
+            "info",
+            "fleetshift-agent",
+        )
+    };
+    let traces = match traces {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(cli::BAD_CONFIG);
+        }
+    };
+    let code = runtime.block_on(cli::run(arguments));
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
 }

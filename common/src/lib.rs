@@ -16,7 +16,7 @@
 //! - [`shipped`]: a migration set packed for the wire and unpacked with its digest checked.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
-//! - [`telemetry`]: structured logs, Prometheus metrics and health endpoints.
+//! - [`telemetry`]: structured logs, OpenTelemetry traces, Prometheus metrics and health endpoints.
 
 pub mod duration;
 pub mod engine;

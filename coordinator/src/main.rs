@@ -27,7 +27,6 @@ fn main() -> ExitCode {
         | cli::Command::Rollback(_)
         | cli::Command::Backups(_) => "warn",
     };
-    fleetshift_common::telemetry::logging::init(arguments.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,5 +37,24 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    runtime.block_on(cli::run(arguments))
+    let service = match arguments.command {
+        cli::Command::Serve(_) => "fleetshift-coordinator",
+        _ => "fleetshift-cli",
+    };
+    let traces = {
+        let _entered = runtime.enter();
+        fleetshift_common::telemetry::logging::init(arguments.log_format, default_level, service)
+    };
+    let traces = match traces {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
+    let code = runtime.block_on(cli::run(arguments));
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
 }

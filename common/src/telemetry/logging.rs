@@ -1,8 +1,13 @@
-//! Structured logs on stderr: text or JSON, levels from `RUST_LOG` (default `info`).
+//! Structured logs on stderr (text or JSON, levels from `RUST_LOG`, default `info`), and the
+//! trace exporter beside them when the OpenTelemetry environment asks for one.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+use super::traces::{TraceExport, TraceSetupError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -10,18 +15,43 @@ pub enum LogFormat {
     Json,
 }
 
-/// `default_level` applies when RUST_LOG is unset.
-pub fn init(format: LogFormat, default_level: &str) {
+/// Sets up the process's logs, and its traces as [`TraceExport::install`] describes.
+/// `default_level` applies when RUST_LOG is unset; `service` names the process in traces.
+/// Must run inside the tokio runtime (the exporter's channel lives on it).
+pub fn init(
+    format: LogFormat,
+    default_level: &str,
+    service: &'static str,
+) -> Result<Option<TraceExport>, TraceSetupError> {
+    let traces = TraceExport::install(service)?;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only for a person watching; log files and collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    match format {
-        LogFormat::Text => builder.compact().init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    // Log lines are events only: spans are for traces, and carry nothing a line lacks.
+    let events_only = tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event());
+    let lines = match format {
+        LogFormat::Text => lines
+            .compact()
+            .with_filter(filter)
+            .with_filter(events_only)
+            .boxed(),
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(filter)
+            .with_filter(events_only)
+            .boxed(),
+    };
+    let spans = traces.as_ref().map(TraceExport::layer);
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(spans)
+        .init();
+    Ok(traces)
 }
