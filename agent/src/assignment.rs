@@ -20,8 +20,10 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
+use fleetshift_common::telemetry::traces::context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::AgentConfig;
 use crate::duties::backup::Manifest;
@@ -59,18 +61,27 @@ pub async fn execute(
         progress: &progress,
     };
     let mut record = RunRecord::default();
-    let (outcome, ()) = tokio::join!(
-        run(
-            Host { config, metrics },
-            &assignment,
-            lease_ttl,
-            stop,
-            events,
-            &duties,
-            &mut record
-        ),
-        forward
-    );
+    let span = run_span(&assignment);
+    let (outcome, ()) = async {
+        tokio::join!(
+            run(
+                Host { config, metrics },
+                &assignment,
+                lease_ttl,
+                stop,
+                events,
+                &duties,
+                &mut record
+            ),
+            forward
+        )
+    }
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &outcome {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", error.message.as_str());
+    }
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
         Err(error) => {
@@ -97,6 +108,24 @@ pub async fn execute(
         baselines: record.baselines,
         rollback: record.rollback,
     }
+}
+
+/// The span of this run, under the coordinator's span of the shard task when the assignment
+/// names it.
+fn run_span(assignment: &Assignment) -> tracing::Span {
+    let span = tracing::info_span!(
+        "assignment",
+        fleetshift.plan = %assignment.plan_id,
+        fleetshift.shard = %assignment.shard_id,
+        fleetshift.assignment = %assignment.assignment_id,
+        fleetshift.fence = assignment.fence_token,
+        fleetshift.direction = assignment.direction().as_str_name(),
+        fleetshift.target_version = %assignment.target_version,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    context::continue_from(&span, &assignment.trace_context);
+    span
 }
 
 /// What a run leaves on record besides its outcome; it stands when the revisions fail.
@@ -456,7 +485,15 @@ impl<E: ShardEngine> Moving<'_, E> {
             target: Some(revert_to.clone()),
             allow_drift: None,
         };
-        let reverted = executor.down(self.set, &back).await.map_err(|error| {
+        let reverted = executor
+            .down(self.set, &back)
+            .instrument(tracing::info_span!(
+                "rollback",
+                fleetshift.reason = %reason,
+                fleetshift.target_version = %revert_to
+            ))
+            .await
+            .map_err(|error| {
             refused(
                 ErrorKind::NeedsOperator,
                 format!(
@@ -524,7 +561,13 @@ impl Timing<'_> {
         let Some((baselines, pool)) = self.baselines else {
             return Ok(None);
         };
-        let measured = baselines.measure(pool, phase, before, self.stop).await?;
+        let measured = baselines
+            .measure(pool, phase, before, self.stop)
+            .instrument(tracing::info_span!(
+                "baseline",
+                fleetshift.phase = phase.as_str_name()
+            ))
+            .await?;
         self.report.baseline(&measured);
         record.baselines.push(measured.clone());
         Ok(Some(measured))

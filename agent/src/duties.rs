@@ -21,6 +21,7 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, Revision, Script};
 use fleetshift_common::touched::touched;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use self::backup::{BackupSettings, Manifest, Subject};
 use self::preflight::{Scope, Thresholds};
@@ -95,6 +96,7 @@ pub async fn before_revisions(
     let thresholds = Thresholds::from_policy(shard.duties.preflight.as_ref());
     let on_shard = |failure| shard.nothing_ran(failure);
     let database_bytes = preflight::run(engine.pool(), scope, thresholds, report, stop)
+        .instrument(tracing::info_span!("preflight"))
         .await
         .map_err(on_shard)?;
     let Some(settings) = backups else {
@@ -108,6 +110,7 @@ pub async fn before_revisions(
         restore_test: shard.duties.restore_test.then(|| engine.pool()),
     };
     let manifest = backup::take(settings, subject, stop)
+        .instrument(tracing::info_span!("backup"))
         .await
         .map_err(on_shard)?;
     report.backup(&manifest);

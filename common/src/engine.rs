@@ -29,6 +29,7 @@ use crate::ledger::{
     AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus, Writer,
 };
 use crate::secrets::DatabaseUrl;
+use crate::source::Script;
 use crate::statements::Statement;
 
 /// Time limits every shard session runs under.
@@ -88,6 +89,8 @@ impl Timeouts {
 pub struct FencedTransaction<'a> {
     pub guard: &'a Guard,
     pub body: &'a [Statement],
+    /// The script the body comes from, to name each statement's place in traces.
+    pub script: Option<&'a Script>,
     pub records: &'a [LedgerRecord],
     pub audit: Option<&'a AuditRecord>,
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use events::ExecutionEvent;
 pub use report::{RunReport, StepOutcome, StepReport};
@@ -37,6 +38,7 @@ use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
 use crate::ledger::{AuditRecord, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{MigrationSet, Revision, Script};
+use crate::telemetry::traces::mark_failed;
 
 /// Who runs, under which token. `fence_token: None` reuses the shard's current token (a
 /// local run that neither fences out nor is fenced by the fleet's last claim).
@@ -284,6 +286,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         let claim = FencedTransaction {
             guard: &Guard::default(),
             body: &[],
+            script: None,
             records: &[],
             audit: None,
         };
@@ -323,13 +326,16 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .checked_sub(1)
                 .map(|previous| &set.revisions[previous]);
             let resuming = status.revisions[index].status == Some(RevisionStatus::Started);
-            let report = if revision.transactional {
-                self.apply_in_transaction(revision, predecessor, Direction::Up, &writer)
-                    .await?
-            } else {
-                self.apply_outside_transaction(revision, predecessor, resuming, &writer)
-                    .await?
+            let step = async {
+                if revision.transactional {
+                    self.apply_in_transaction(revision, predecessor, Direction::Up, &writer)
+                        .await
+                } else {
+                    self.apply_outside_transaction(revision, predecessor, resuming, &writer)
+                        .await
+                }
             };
+            let report = in_revision_span(revision, Direction::Up, step).await?;
             self.revision_finished(&report);
             reports.push(report);
         }
@@ -362,13 +368,16 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .map_or(0, |script| script.statements().len());
             self.revision_started(revision, down_statements);
             let successor = set.revisions.get(index + 1);
-            let report = if revision.transactional {
-                self.apply_in_transaction(revision, successor, Direction::Down, &writer)
-                    .await?
-            } else {
-                self.revert_outside_transaction(revision, successor, &writer)
-                    .await?
+            let step = async {
+                if revision.transactional {
+                    self.apply_in_transaction(revision, successor, Direction::Down, &writer)
+                        .await
+                } else {
+                    self.revert_outside_transaction(revision, successor, &writer)
+                        .await
+                }
             };
+            let report = in_revision_span(revision, Direction::Down, step).await?;
             self.revision_finished(&report);
             reports.push(report);
         }
@@ -423,6 +432,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             let work = FencedTransaction {
                 guard: &Guard::default(),
                 body: &[],
+                script: None,
                 records: &[],
                 audit: Some(&audit),
             };
@@ -469,6 +479,32 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 revisions: vec![revision.label()],
             })
     }
+}
+
+/// Runs one revision's step in its span, marked failed when the step fails.
+async fn in_revision_span(
+    revision: &Revision,
+    direction: Direction,
+    step: impl Future<Output = Result<StepReport, ExecError>>,
+) -> Result<StepReport, ExecError> {
+    let span = tracing::info_span!(
+        "revision",
+        fleetshift.version = %revision.version,
+        fleetshift.revision = %revision.label(),
+        fleetshift.direction = ?direction,
+        fleetshift.transactional = revision.transactional,
+        fleetshift.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let result = step.instrument(span.clone()).await;
+    match &result {
+        Ok(report) => {
+            span.record("fleetshift.outcome", tracing::field::debug(report.outcome));
+        }
+        Err(error) => mark_failed(&span, error),
+    }
+    result
 }
 
 fn step_report(

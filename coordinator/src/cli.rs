@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleetshift_common::telemetry::logging::LogFormat;
+use tracing::Instrument as _;
 
 use crate::{demo, exit};
 
@@ -89,6 +90,39 @@ pub enum Output {
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
+    let span = command_span(&cli.command);
+    run_command(cli).instrument(span).await
+}
+
+/// The span of a command that calls the coordinator, so its calls join one trace with the
+/// coordinator's spans of them; none for the others (`serve` has a span per request).
+fn command_span(command: &Command) -> tracing::Span {
+    let name = match command {
+        Command::Shards(_) => "shards",
+        Command::Plan(_) => "plan",
+        Command::Approve(_) => "approve",
+        Command::Apply(_) => "apply",
+        Command::Watch(_) => "watch",
+        Command::Status(_) => "status",
+        Command::Pause(_) => "pause",
+        Command::Resume(_) => "resume",
+        Command::Cancel(_) => "cancel",
+        Command::Rollback(_) => "rollback",
+        Command::Backups(_) => "backups",
+        Command::Migrate(_)
+        | Command::Demo(_)
+        | Command::Lint(_)
+        | Command::Certs(_)
+        | Command::Serve(_) => return tracing::Span::none(),
+    };
+    tracing::info_span!(
+        "command",
+        otel.name = %format_args!("fleetshift {name}"),
+        otel.kind = "client",
+    )
+}
+
+async fn run_command(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Migrate(arguments) => migrate::run(*arguments).await,
         Command::Demo(arguments) => demo::run(arguments).await,

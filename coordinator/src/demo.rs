@@ -29,6 +29,7 @@ use fleetshift_common::rollout_names::risk_level_name;
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
+use fleetshift_common::telemetry::traces::context::PropagateContext;
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
@@ -39,7 +40,6 @@ use fleetshift_coordinator::serve::run_replica;
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::cli::{Output, progress};
 use crate::exit;
@@ -344,13 +344,13 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn operator_client(
-    address: &str,
-    pki_dir: &Path,
-) -> anyhow::Result<FleetServiceClient<Channel>> {
+async fn operator_client(address: &str, pki_dir: &Path) -> anyhow::Result<progress::FleetClient> {
     let files = tls_files(pki_dir, &format!("operator-{OPERATOR}"));
     let channel = fleetshift_common::tls::channel::connect(address, "localhost", &files).await?;
-    Ok(FleetServiceClient::new(channel))
+    Ok(FleetServiceClient::with_interceptor(
+        channel,
+        PropagateContext,
+    ))
 }
 
 async fn roll_out(

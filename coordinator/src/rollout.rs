@@ -9,6 +9,7 @@
 //! - [`driver`]: the leader's loop: claim, dispatch, collect results, halt, finish.
 //! - [`relay`]: every replica's side: dispatches to the agents it holds, results back.
 //! - [`watch`]: a rollout's events for `WatchRollout`.
+//! - [`spans`]: the rollout's trace: its root, waves and shard task runs, recorded as they end.
 //!
 //! Per shard and rollout the store sees five requests: the claim, the task and assignment
 //! (one transaction), RUNNING, the result, and the final state with the release (one
@@ -21,6 +22,7 @@ pub mod records;
 pub mod relay;
 pub mod reversal;
 pub mod risk;
+pub mod spans;
 pub mod transitions;
 pub mod watch;
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
 use fleetshift_common::proto::v1::fleet_service_server::FleetServiceServer;
 use fleetshift_common::telemetry::endpoint::{self, Readiness};
+use fleetshift_common::telemetry::traces::context;
 use fleetshift_common::tls::{mtls, reload};
 use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
@@ -39,7 +40,8 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 const TLS_POLL: Duration = Duration::from_secs(5);
 
 /// Serves the agent and fleet services on `listener` until `shutdown` completes, timing
-/// every request into `metrics`.
+/// every request into `metrics` and giving each its span, under the caller's when the request
+/// carries a trace context.
 pub async fn serve<S: Store + 'static>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
@@ -49,11 +51,24 @@ pub async fn serve<S: Store + 'static>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
+        .trace_fn(request_span)
         .layer(GrpcMetricsLayer::new(metrics))
         .add_service(AgentServiceServer::new(sessions))
         .add_service(FleetServiceServer::new(fleet))
         .serve_with_incoming_shutdown(tls_connections(listener, tls), shutdown)
         .await
+}
+
+/// The span of one call: `fleetshift.v1.FleetService/CreatePlan` and so on.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc request",
+        otel.name = request.uri().path().trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    context::continue_request(&span, request.headers());
+    span
 }
 
 /// Accepted, handshaken connections. The accept loop ends when the server drops the stream.

@@ -2,12 +2,34 @@
 //! (with its own BEGIN and timeouts), hands it here with its [`LedgerSql`], and commits.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Type};
+use tracing::Instrument as _;
 
 use super::{FencedTransaction, TxError, bookkeeping_error, statement_error};
 use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
+use crate::source::Script;
+use crate::statements::Statement;
+use crate::telemetry::traces::{mark_failed, statement_span};
+
+/// Where a body statement stands, for its span: `file:line`, or its number in the body when
+/// the script is not known.
+struct Place<'a> {
+    script: Option<&'a Script>,
+    statement: &'a Statement,
+    index: usize,
+}
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.script {
+            Some(script) => formatter.write_str(&script.locate(self.statement)),
+            None => write!(formatter, "statement {}", self.index + 1),
+        }
+    }
+}
 
 /// The ledger SQL of one database. Parameters are `$n` in every dialect.
 #[derive(Debug)]
@@ -86,10 +108,20 @@ where
     let mut durations = Vec::with_capacity(work.body.len());
     for (index, statement) in work.body.iter().enumerate() {
         let started = Instant::now();
-        sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+        let span = statement_span(&Place {
+            script: work.script,
+            statement,
+            index,
+        });
+        let ran = sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
             .execute(&mut *connection)
-            .await
-            .map_err(|error| TxError::Statement(statement_error(Some(index), &error)))?;
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = ran {
+            let failure = statement_error(Some(index), &error);
+            mark_failed(&span, &failure.message);
+            return Err(TxError::Statement(failure));
+        }
         durations.push(started.elapsed());
     }
     for record in work.records {

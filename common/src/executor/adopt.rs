@@ -76,6 +76,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let work = FencedTransaction {
             guard: &guard,
             body: &[],
+            script: None,
             records: &records,
             audit: Some(&audit),
         };

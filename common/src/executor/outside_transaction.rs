@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use tracing::Instrument as _;
+
 use super::ExecutionEvent;
 use super::failure::{describe_tx_error, is_lock_conflict, with_aftermath};
 use super::{Executor, StepOutcome, StepReport, step_report};
@@ -11,6 +13,7 @@ use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{Expect, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{Revision, Script};
 use crate::statements::Statement;
+use crate::telemetry::traces::{mark_failed, statement_span};
 
 impl<E: ShardEngine> Executor<'_, E> {
     /// A non-transactional revision: fenced `started` record → statements in autocommit
@@ -183,6 +186,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                         FencedTransaction {
                             guard,
                             body: &[],
+                            script: None,
                             records,
                             audit: None,
                         },
@@ -215,6 +219,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let label = revision.label();
         let location = script.locate(statement);
         let started = Instant::now();
+        let span = statement_span(&location);
         let attempts = self
             .settings
             .lock_retry
@@ -225,7 +230,11 @@ impl<E: ShardEngine> Executor<'_, E> {
                 },
                 || self.engine.run_autocommit(statement, resuming),
             )
+            .instrument(span.clone())
             .await;
+        if let Err(failure) = &attempts.result {
+            mark_failed(&span, &failure.message);
+        }
         match attempts.result {
             Ok(outcome) => {
                 match outcome {

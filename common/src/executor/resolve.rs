@@ -42,6 +42,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let work = FencedTransaction {
             guard: &guard,
             body: &[],
+            script: None,
             records: std::slice::from_ref(&record),
             audit: Some(&audit),
         };

@@ -77,6 +77,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                         let work = FencedTransaction {
                             guard,
                             body: statements,
+                            script: Some(script),
                             records: std::slice::from_ref(&record),
                             audit: None,
                         };
@@ -144,6 +145,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 let work = FencedTransaction {
                     guard: &guard,
                     body: &[],
+                    script: None,
                     records: std::slice::from_ref(&record),
                     audit: None,
                 };

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{ErrorKind as WireErrorKind, ListShardsRequest, ShardHealth};
+use fleetshift_common::telemetry::traces::context::PropagateContext;
 use fleetshift_common::tls::{
     self,
     channel::server_name_of,
@@ -16,6 +17,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::Output;
+use super::progress::FleetClient;
 use crate::exit;
 use fleetshift_coordinator::backups::ERROR_KIND_METADATA;
 
@@ -56,7 +58,7 @@ pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-pub(super) async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
+async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
     let server_name = match &connection.server_name {
         Some(name) => name.clone(),
         None => server_name_of(&connection.coordinator)?,
@@ -69,13 +71,17 @@ pub(super) async fn connect(connection: &Connection) -> Result<Channel, TlsError
     tls::channel::connect(&connection.coordinator, &server_name, &files).await
 }
 
-/// A client of the coordinator, or the exit code after saying why there is none.
+/// A client of the coordinator whose calls carry the command's trace context, or the exit
+/// code after saying why there is none.
 pub(super) async fn client(
     connection: &Connection,
     output: Output,
-) -> Result<FleetServiceClient<Channel>, ExitCode> {
+) -> Result<FleetClient, ExitCode> {
     match connect(connection).await {
-        Ok(channel) => Ok(FleetServiceClient::new(channel)),
+        Ok(channel) => Ok(FleetServiceClient::with_interceptor(
+            channel,
+            PropagateContext,
+        )),
         Err(error) => {
             super::render::failure(
                 output,

@@ -14,10 +14,13 @@ use fleetshift_common::proto::v1::{
     RiskLevel, RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
+use fleetshift_common::telemetry::traces::context::Traced;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::Output;
+
+/// The CLI's client of the coordinator: its calls carry the command's trace context.
+pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use crate::exit;
 
@@ -53,7 +56,7 @@ impl Ending {
 /// Follows `plan_id` until its rollout ends, starting it first (once the watch is open, so
 /// nothing is missed) when `start` is set; `Err` carries the coordinator's refusal.
 pub async fn follow(
-    client: &mut FleetServiceClient<Channel>,
+    client: &mut FleetClient,
     plan_id: &str,
     output: Output,
     statements: bool,

@@ -26,6 +26,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{ClaimSeen, Model};
+use super::spans::{self, RolloutTrace};
 use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
     task_failed,
@@ -92,6 +93,7 @@ async fn drive<S: Store>(
         epoch,
         model,
         withdrawn: HashSet::new(),
+        halted: HashSet::new(),
     };
     let mut ticks = tokio::time::interval(TICK);
     loop {
@@ -116,6 +118,12 @@ struct Driver<'s, S> {
     model: Model,
     /// Assignments withdrawn by this leader (so each is withdrawn once).
     withdrawn: HashSet<String>,
+    /// Plans this leader halted, before its model hears of it (their waves' spans ended there).
+    halted: HashSet<String>,
+}
+
+fn now() -> Option<prost_types::Timestamp> {
+    Some(std::time::SystemTime::now().into())
 }
 
 fn state_of(task: &ShardTask) -> ShardState {
@@ -224,6 +232,7 @@ impl<S: Store> Driver<'_, S> {
                 },
                 baselines: result.baselines.clone(),
                 rollback: result.rollback.clone(),
+                finished_at: now(),
                 ..task.clone()
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
@@ -249,11 +258,35 @@ impl<S: Store> Driver<'_, S> {
             };
             let Some(at) = committed else { continue };
             tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?ended, "shard task ended");
+            spans::run_ended(plan, &finished);
             self.model.results.remove(&assignment);
+            let wave = finished.wave;
             self.model
                 .record_task(&plan.plan_id, &task.shard_id, finished, at);
+            self.task_ended(plan, wave);
         }
         Ok(())
+    }
+
+    /// After a commit ended a task of wave `wave`: the wave's span when that was its last
+    /// task, and a cancelled rollout's when it was the plan's.
+    fn task_ended(&self, plan: &Plan, wave: u32) {
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return;
+        };
+        let halted = plan_state(plan) == PlanState::Halted || self.halted.contains(&plan.plan_id);
+        let in_wave: Vec<&ShardTask> = tasks
+            .values()
+            .map(|seen| &seen.value)
+            .filter(|task| task.wave == wave)
+            .collect();
+        if !halted && in_wave.iter().all(|task| task_ended(state_of(task))) {
+            spans::wave_ended(plan, wave, &in_wave);
+        }
+        let all_ended = tasks.values().all(|seen| task_ended(state_of(&seen.value)));
+        if plan_state(plan) == PlanState::Cancelled && all_ended {
+            spans::rollout_ended(plan, PlanState::Cancelled);
+        }
     }
 
     async fn recover_lapsed(&mut self, plan: &Plan) -> Result<(), RolloutError> {
@@ -283,6 +316,8 @@ impl<S: Store> Driver<'_, S> {
                 state: ShardState::Pending.into(),
                 fence_token: 0,
                 error: None,
+                started_at: None,
+                finished_at: None,
                 ..task.clone()
             };
             let key = keys::task(&plan.plan_id, &task.shard_id);
@@ -294,6 +329,7 @@ impl<S: Store> Driver<'_, S> {
                 .await?;
             if let Some(at) = committed {
                 tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = task.fence_token, "claim lapsed with its agent's lease; the shard goes back to pending");
+                spans::run_lapsed(plan, &task);
                 self.model
                     .record_task(&plan.plan_id, &task.shard_id, pending, at);
             }
@@ -443,6 +479,8 @@ impl<S: Store> Driver<'_, S> {
             fence_token: token,
             agent_id: agent.clone(),
             error: None,
+            started_at: now(),
+            finished_at: None,
             ..task.clone()
         };
         let running = ShardTask {
@@ -469,7 +507,9 @@ impl<S: Store> Driver<'_, S> {
                 }),
                 limits: plan.limits,
                 duties: plan.duties.clone(),
-                trace_context: HashMap::new(),
+                trace_context: RolloutTrace::of(plan)
+                    .map(|trace| trace.carrier_for_run(&task.shard_id, token))
+                    .unwrap_or_default(),
             }),
             task: Some(running),
         };
@@ -527,13 +567,35 @@ impl<S: Store> Driver<'_, S> {
         })
         .await;
         match updated {
-            Ok(_) => {
+            Ok(ended) => {
                 tracing::info!(plan = %plan.plan_id, ?state, %reason, "rollout ended");
+                if state == PlanState::Halted {
+                    self.halted.insert(plan.plan_id.clone());
+                    self.waves_halted(&ended);
+                }
+                spans::rollout_ended(&ended, state);
                 Ok(())
             }
             // An operator got there first; the next round sees their change.
             Err(RolloutError::NotNow(_) | RolloutError::Contended(_)) => Ok(()),
             Err(error) => Err(error),
+        }
+    }
+
+    /// The spans of the waves a halt cut short: begun, with tasks that will never end.
+    fn waves_halted(&self, plan: &Plan) {
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return;
+        };
+        for wave in &plan.waves {
+            let in_wave: Vec<&ShardTask> = tasks
+                .values()
+                .map(|seen| &seen.value)
+                .filter(|task| task.wave == wave.index)
+                .collect();
+            if in_wave.iter().any(|task| !task_ended(state_of(task))) {
+                spans::wave_halted(plan, wave.index, &in_wave, &plan.state_reason);
+            }
         }
     }
 
@@ -570,8 +632,10 @@ impl<S: Store> Driver<'_, S> {
                 )
                 .await?
             {
+                let wave = cancelled.wave;
                 self.model
                     .record_task(&plan.plan_id, &task.shard_id, cancelled, at);
+                self.task_ended(plan, wave);
             }
         }
         Ok(())

@@ -15,7 +15,7 @@ use fleetshift_common::touched::touched;
 
 use crate::lint;
 
-use super::{RolloutError, risk};
+use super::{RolloutError, risk, spans};
 
 /// Defaults for what the request leaves at zero.
 const DEFAULT_CANARY: u32 = 1;
@@ -332,6 +332,7 @@ pub fn plan(
         duties: request.duties,
         direction: Direction::Up.into(),
         rolls_back: String::new(),
+        trace_context: spans::new_trace_context(),
     })
 }
 

@@ -11,7 +11,7 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::rollout_names::plan_state_name;
 
 use super::planning::{self, Candidate};
-use super::{RolloutError, plan_ended};
+use super::{RolloutError, plan_ended, spans};
 
 /// Plans the rollback of `source` (with its task records) for `author`: the shards it took to
 /// its target that match `patterns` (all of them when empty), over the agents announcing
@@ -131,6 +131,7 @@ pub fn plan_rollback(
         duties,
         direction: Direction::Down.into(),
         rolls_back: source.plan_id.clone(),
+        trace_context: spans::new_trace_context(),
         ..Plan::default()
     })
 }

@@ -86,6 +86,7 @@ async fn run_sql<E: ShardEngine>(engine: &E, sql: &str) {
     let work = FencedTransaction {
         guard: &Guard::default(),
         body: &body,
+        script: None,
         records: &[],
         audit: None,
     };
@@ -139,6 +140,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
             let work = FencedTransaction {
                 guard: &guard,
                 body: &body,
+                script: None,
                 records: std::slice::from_ref(&record),
                 audit: None,
             };
