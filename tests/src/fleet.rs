@@ -34,9 +34,20 @@ pub struct Process(Child);
 impl Process {
     /// Starts `program`; its stderr goes to `log`.
     pub fn spawn(program: &Path, arguments: &[&str], log: &Path) -> Self {
+        Self::spawn_with(program, arguments, log, &[])
+    }
+
+    /// Like [`Process::spawn`], with `environment` added to the inherited one.
+    pub fn spawn_with(
+        program: &Path,
+        arguments: &[&str],
+        log: &Path,
+        environment: &[(String, String)],
+    ) -> Self {
         let log = std::fs::File::create(log).expect("log file");
         let child = Command::new(program)
             .args(arguments)
+            .envs(environment.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -239,9 +250,21 @@ pub async fn fleetshift_as(
     holder: &str,
     arguments: &[&str],
 ) -> std::process::Output {
+    fleetshift_as_with(address, pki, holder, arguments, &[]).await
+}
+
+/// Like [`fleetshift_as`], with `environment` added to the inherited one.
+pub async fn fleetshift_as_with(
+    address: &str,
+    pki: &Path,
+    holder: &str,
+    arguments: &[&str],
+    environment: &[(String, String)],
+) -> std::process::Output {
     let mut command = std::process::Command::new(crate::binary::fleetshift());
     command
         .args(arguments)
+        .envs(environment.iter().map(|(name, value)| (name, value)))
         .env("FLEETSHIFT_COORDINATOR", address)
         .env("FLEETSHIFT_TLS_CERT", pki.join(format!("{holder}.pem")))
         .env("FLEETSHIFT_TLS_KEY", pki.join(format!("{holder}.key")))
@@ -267,12 +290,13 @@ pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) ->
 }
 
 /// Like [`spawn_replica`], also serving the telemetry endpoint (on the second port returned)
-/// and logging JSON.
+/// and logging JSON, with `environment` added to the inherited one.
 pub fn spawn_observed_replica(
     home: &Path,
     id: &str,
     etcd_endpoint: &str,
     roles: &str,
+    environment: &[(String, String)],
 ) -> (u16, u16, Process) {
     issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
     let (port, telemetry) = (free_port(), free_port());
@@ -282,7 +306,7 @@ pub fn spawn_observed_replica(
         replica_config_text(id, port, etcd_endpoint, roles)
     );
     std::fs::write(&config, text).expect("replica config");
-    let process = Process::spawn(
+    let process = Process::spawn_with(
         &crate::binary::fleetshift(),
         &[
             "serve",
@@ -292,6 +316,7 @@ pub fn spawn_observed_replica(
             config.to_str().expect("UTF-8 path"),
         ],
         &home.join(format!("{id}.log")),
+        environment,
     );
     (port, telemetry, process)
 }

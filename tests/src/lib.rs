@@ -13,9 +13,11 @@
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
 //! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
 //! - [`scrape`]: reading a process's telemetry endpoint (metrics, health probes).
+//! - [`collector`]: an OTLP trace collector on loopback, keeping the spans it receives.
 
 pub mod bench;
 pub mod binary;
+pub mod collector;
 pub mod etcd;
 pub mod fixtures;
 pub mod fleet;

@@ -35,5 +35,6 @@ mod integration {
     mod store;
     mod telemetry;
     mod tls;
+    mod traces;
     mod webhooks;
 }

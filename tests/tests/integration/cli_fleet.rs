@@ -11,8 +11,8 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as, free_port,
-    issue, logs, shard_tables, spawn_observed_replica,
+    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as_with,
+    free_port, issue, logs, shard_tables, spawn_observed_replica,
 };
 use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
@@ -46,6 +46,17 @@ impl CliFleet {
         schema: &str,
         agent_sections: impl Fn(&Database) -> String,
     ) -> Self {
+        Self::start_with(name, schema, agent_sections, Vec::new()).await
+    }
+
+    /// Like [`CliFleet::start`], with `environment` added to the inherited one of every
+    /// process: the replica, the agent and each CLI run.
+    pub async fn start_with(
+        name: &str,
+        schema: &str,
+        agent_sections: impl Fn(&Database) -> String,
+        environment: Vec<(String, String)>,
+    ) -> Self {
         let FleetGround {
             etcd,
             store,
@@ -56,7 +67,7 @@ impl CliFleet {
         issue(&pki, Role::Operator, "bob", &[]);
         issue(&pki, Role::Agent, "a", &[]);
         let (port, coordinator_telemetry, replica) =
-            spawn_observed_replica(home.path(), "c1", &etcd.endpoint, ROLES);
+            spawn_observed_replica(home.path(), "c1", &etcd.endpoint, ROLES, &environment);
         assert!(
             await_leader(&store, Duration::from_secs(20)).await,
             "no leader\n{}",
@@ -79,7 +90,7 @@ impl CliFleet {
             agent_config_text("a", &[port], &shards)
         );
         std::fs::write(&config, text).expect("agent config");
-        let agent = Process::spawn(
+        let agent = Process::spawn_with(
             &binary::agent(),
             &[
                 "--log-format",
@@ -89,6 +100,7 @@ impl CliFleet {
                 "run",
             ],
             &home.path().join("agent.log"),
+            &environment,
         );
         let address = format!("https://localhost:{port}");
         let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
@@ -110,7 +122,11 @@ impl CliFleet {
         Self {
             store,
             database,
-            cli: Operators { address, pki },
+            cli: Operators {
+                address,
+                pki,
+                environment,
+            },
             shard: "a-db0".to_owned(),
             telemetry: Telemetry {
                 coordinator: format!("127.0.0.1:{coordinator_telemetry}"),
@@ -144,15 +160,30 @@ pub struct Telemetry {
 pub struct Operators {
     address: String,
     pki: PathBuf,
+    environment: Vec<(String, String)>,
 }
 
 impl Operators {
     pub async fn alice(&self, arguments: &[&str]) -> std::process::Output {
-        fleetshift_as(&self.address, &self.pki, "operator-alice", arguments).await
+        fleetshift_as_with(
+            &self.address,
+            &self.pki,
+            "operator-alice",
+            arguments,
+            &self.environment,
+        )
+        .await
     }
 
     pub async fn bob(&self, arguments: &[&str]) -> std::process::Output {
-        fleetshift_as(&self.address, &self.pki, "operator-bob", arguments).await
+        fleetshift_as_with(
+            &self.address,
+            &self.pki,
+            "operator-bob",
+            arguments,
+            &self.environment,
+        )
+        .await
     }
 
     /// The coordinator's address and the certificates' directory, for a CLI run elsewhere.
