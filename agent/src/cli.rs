@@ -11,6 +11,7 @@ use fleetshift_common::telemetry::logging::LogFormat;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::AcquireTimes;
 use crate::session::SessionTelemetry;
 use crate::{check, config, session};
 
@@ -64,7 +65,9 @@ pub enum Output {
     Json,
 }
 
-pub async fn run(cli: Cli) -> ExitCode {
+/// Runs the command; `acquire_times` is filled by the layer `main` installed, and shown with
+/// the agent's other metrics.
+pub async fn run(cli: Cli, acquire_times: AcquireTimes) -> ExitCode {
     let config = match config::AgentConfig::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -87,6 +90,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             let mut registry = Registry::default();
             let telemetry = SessionTelemetry::new(&mut registry);
+            acquire_times.register(&mut registry);
             if let Some(address) = config.telemetry_listen {
                 let serving = endpoint::spawn(
                     address,

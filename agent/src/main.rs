@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fleetshift_agent::cli;
+use fleetshift_agent::metrics::AcquireTimes;
 
 fn main() -> ExitCode {
     let arguments = cli::Cli::parse();
@@ -17,12 +18,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let acquire_times = AcquireTimes::default();
     let traces = {
         let _entered = runtime.enter();
         fleetshift_common::telemetry::logging::init(
             arguments.log_format,
             "info",
             "fleetshift-agent",
+            Some(Box::new(acquire_times.layer())),
         )
     };
     let traces = match traces {
@@ -32,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::BAD_CONFIG);
         }
     };
-    let code = runtime.block_on(cli::run(arguments));
+    let code = runtime.block_on(cli::run(arguments, acquire_times));
     if let Some(traces) = traces {
         traces.shutdown();
     }

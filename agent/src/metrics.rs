@@ -6,6 +6,10 @@
 //! Labels are bounded: `shard` takes the configured shard ids, `query` the plan's baseline
 //! names, `outcome` a fixed set. Nothing in them comes from a database URL.
 
+mod acquire;
+
+pub use acquire::AcquireTimes;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -84,6 +84,11 @@ impl Timeouts {
     }
 }
 
+/// The level of sqlx's event for every connection a pool hands out (target
+/// `sqlx::pool::acquire`, field `acquired_after_secs`): the agent times acquisitions from them,
+/// and logs show them only at `trace`.
+pub const ACQUIRE_EVENTS: log::LevelFilter = log::LevelFilter::Trace;
+
 /// The work of one fenced transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct FencedTransaction<'a> {

@@ -43,7 +43,12 @@ fn main() -> ExitCode {
     };
     let traces = {
         let _entered = runtime.enter();
-        fleetshift_common::telemetry::logging::init(arguments.log_format, default_level, service)
+        fleetshift_common::telemetry::logging::init(
+            arguments.log_format,
+            default_level,
+            service,
+            None,
+        )
     };
     let traces = match traces {
         Ok(traces) => traces,

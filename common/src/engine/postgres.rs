@@ -20,8 +20,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
-    AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine, StatementError, Timeouts,
-    TxError, bookkeeping_error, ledger_entry, statement_error,
+    ACQUIRE_EVENTS, AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine,
+    StatementError, Timeouts, TxError, bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, Writer};
@@ -67,6 +67,7 @@ impl PostgresShard {
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
+            .acquire_time_level(ACQUIRE_EVENTS)
             .after_connect(|connection, _metadata| {
                 Box::pin(async move { session::configure(connection).await.map(drop) })
             })

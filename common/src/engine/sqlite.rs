@@ -96,6 +96,7 @@ impl SqliteShard {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            .acquire_time_level(super::ACQUIRE_EVENTS)
             .connect_with(options)
             .await
             .map_err(|error| unreachable(error.to_string()))?;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::traces::{TraceExport, TraceSetupError};
 
@@ -15,13 +15,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up the process's logs, and its traces as [`TraceExport::install`] describes.
-/// `default_level` applies when RUST_LOG is unset; `service` names the process in traces.
-/// Must run inside the tokio runtime (the exporter's channel lives on it).
+/// A layer of the process's own beside logs and traces (one that turns events into metrics).
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Sets up the process's logs, and its traces as [`TraceExport::install`] describes, and
+/// `extra` when given. `default_level` applies when RUST_LOG is unset; `service` names the
+/// process in traces. Must run inside the tokio runtime (the exporter's channel lives on it).
 pub fn init(
     format: LogFormat,
     default_level: &str,
     service: &'static str,
+    extra: Option<ExtraLayer>,
 ) -> Result<Option<TraceExport>, TraceSetupError> {
     let traces = TraceExport::install(service)?;
     let filter = EnvFilter::try_from_default_env()
@@ -49,8 +53,9 @@ pub fn init(
             .boxed(),
     };
     let spans = traces.as_ref().map(TraceExport::layer);
+    let layers: Vec<ExtraLayer> = std::iter::once(lines).chain(extra).collect();
     tracing_subscriber::registry()
-        .with(lines)
+        .with(layers)
         .with(spans)
         .init();
     Ok(traces)

@@ -250,6 +250,15 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
         sample(&agent_text, "fleetshift_agent_assignments_running"),
         Some(0.0)
     );
+    // Every connection the run's pool handed out was timed (ledger, fence, revisions, ...).
+    assert!(
+        at_least(
+            &agent_text,
+            "fleetshift_agent_db_pool_acquire_duration_seconds_count",
+            5.0
+        ),
+        "{agent_text}"
+    );
     assert!(
         !agent_text.contains("fleetshift_agent_db_pool_connections{"),
         "a finished assignment's pool is not reported: {agent_text}"
