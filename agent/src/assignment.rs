@@ -385,7 +385,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             self.parts.identity.clone(),
             self.parts.settings,
         )
-        .stop_when(self.parts.stop.clone())
+        .interrupt_when(self.parts.stop.clone())
         .report_to(self.parts.events.clone())
     }
 

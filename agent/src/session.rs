@@ -2,8 +2,9 @@
 //! with the host's shard facts (sent again, fresh, every refresh interval while no assignment
 //! runs), take the Handshake's intervals, heartbeat and track the lease
 //! on the agent's own clock ([`LeaseClock`]); reconnect with backoff when the session is lost.
-//! Assignments run under the claim's fencing token and stop (between statements) when the
-//! lease may lapse, when cancelled, or at shutdown; their results go back on the stream.
+//! Assignments run under the claim's fencing token and stop (their running statement
+//! cancelled) when the lease may lapse, when cancelled, or at shutdown; their results go back
+//! on the stream.
 //! On shutdown the agent closes its stream, so the coordinator revokes its lease at once.
 
 use std::collections::{HashMap, HashSet};
@@ -303,7 +304,7 @@ async fn session(
             },
         }
     };
-    // Stop what runs (between statements), report what finishes, then close our stream: a
+    // Stop what runs (running statements are cancelled), report it, then close our stream: a
     // clean close tells the coordinator to revoke the lease.
     work.cancel();
     if let Some(refresh) = refreshing {

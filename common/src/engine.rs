@@ -186,6 +186,12 @@ pub trait ShardEngine: Send + Sync {
     fn foreign_histories(
         &self,
     ) -> impl Future<Output = Result<Vec<ForeignHistory>, ExecError>> + Send;
+
+    /// Asks the database to cancel the statements [`ShardEngine::fenced_transaction`] and
+    /// [`ShardEngine::run_autocommit`] are running now; each then fails (on PostgreSQL with
+    /// `query_canceled`), and a transaction is rolled back whole. Best effort: a failure to
+    /// reach the database is logged, and the statement runs on to its end.
+    fn interrupt(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// The engine a database URL names.

@@ -21,8 +21,9 @@ pub enum ErrorKind {
     NeedsOperator,
     /// A statement failed; the revision was rolled back (or left `started` if it cannot be).
     Failed,
-    /// The run was told to stop (its lease may lapse, an operator cancelled, Ctrl-C); it
-    /// stopped between revisions or statements, never inside a transaction.
+    /// The run was told to stop (its lease may lapse, an operator cancelled, Ctrl-C): between
+    /// revisions or statements, or (an agent's run) by cancelling the running statement,
+    /// whose transaction is rolled back whole.
     Stopped,
 }
 

@@ -92,6 +92,8 @@ pub struct Executor<'a, E: ShardEngine> {
     settings: ExecutorSettings,
     /// Checked before every revision and every autocommit statement.
     stop: CancellationToken,
+    /// Whether a stop cancels the running statement too.
+    interrupt: bool,
     /// Where progress goes, if anyone listens.
     events: Option<mpsc::UnboundedSender<ExecutionEvent>>,
 }
@@ -110,6 +112,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             identity,
             settings,
             stop: CancellationToken::new(),
+            interrupt: false,
             events: None,
         }
     }
@@ -173,11 +176,52 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         });
     }
 
-    /// Stops the run at the next revision or autocommit statement once `stop` is cancelled
-    /// (never inside a transaction).
+    /// Stops the run at the next revision or autocommit statement once `stop` is cancelled;
+    /// a statement running then runs to its end.
     pub fn stop_when(mut self, stop: CancellationToken) -> Self {
         self.stop = stop;
         self
+    }
+
+    /// Like [`Executor::stop_when`], and a statement running then is cancelled by the server:
+    /// a transactional revision is rolled back whole, an autocommit one stays `started` for
+    /// the next run to resume. For a claim that is ending (cancelled rollout, lost session).
+    pub fn interrupt_when(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self.interrupt = true;
+        self
+    }
+
+    /// Runs `work` (statements on the shard); told to stop meanwhile (under
+    /// [`Executor::interrupt_when`]), asks the engine to cancel the running statement, then
+    /// waits for `work`, which ends in that error.
+    async fn interruptible<T>(&self, work: impl Future<Output = T>) -> T {
+        if !self.interrupt {
+            return work.await;
+        }
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => done,
+            () = self.stop.cancelled() => {
+                self.engine.interrupt().await;
+                work.await
+            }
+        }
+    }
+
+    /// Whether a failure now may be the server cancelling a statement on our request.
+    fn interrupted(&self) -> bool {
+        self.interrupt && self.stop.is_cancelled()
+    }
+
+    /// The error of a run stopped while `what` was running (cancelled by the server).
+    fn stopped_during(&self, what: String) -> ExecError {
+        ExecError::Stopped {
+            shard: self.shard(),
+            next: what,
+            reason: "the run was told to stop and the statement running was cancelled".to_owned(),
+        }
     }
 
     /// An error if the run has been told to stop before `next`.

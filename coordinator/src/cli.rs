@@ -73,7 +73,8 @@ pub enum Command {
     Pause(rollout::ActionArgs),
     /// Continue a paused rollout.
     Resume(rollout::ActionArgs),
-    /// Cancel a rollout: running shards stop between revisions, pending ones never start.
+    /// Cancel a rollout (the emergency stop): the statement running on each shard is cancelled
+    /// (a transactional revision rolls back whole), pending shards never start.
     Cancel(rollout::ActionArgs),
     /// Plan the revert of a finished plan's shards, each to its version before that plan
     /// (down scripts, fenced); approve and apply it like any plan.

@@ -30,6 +30,7 @@ mod integration {
     mod risk;
     mod rollback;
     mod rollout;
+    mod runbook;
     mod secrets;
     mod session;
     mod store;

@@ -8,6 +8,7 @@ mod ledger_sql;
 mod migrator_lock;
 pub mod restore_sql;
 mod session;
+mod working;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use migrator_lock::MigratorLock;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
+use working::Working;
 
 use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
@@ -34,6 +36,8 @@ pub struct PostgresShard {
     options: PgConnectOptions,
     pool: PgPool,
     timeouts: Timeouts,
+    /// The server processes running this engine's migration statements now.
+    working: Working,
 }
 
 impl PostgresShard {
@@ -77,6 +81,7 @@ impl PostgresShard {
             options,
             pool,
             timeouts,
+            working: Working::default(),
         })
     }
 
@@ -126,6 +131,38 @@ pub fn quote_identifier(name: &str) -> String {
 
 impl ShardEngine for PostgresShard {
     type MigratorLock = MigratorLock;
+
+    async fn interrupt(&self) {
+        let pids = self.working.pids();
+        if pids.is_empty() {
+            return;
+        }
+        // A connection of its own: the pool's may all be busy with the statements to cancel.
+        let mut connection = match PgConnection::connect_with(&self.options).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(shard = %self.name, error = %DatabaseMessage(&error), "cannot reach the shard to cancel its running statement; it runs to its end");
+                return;
+            }
+        };
+        for pid in pids {
+            let cancelled = sqlx::query("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .execute(&mut connection)
+                .await;
+            match cancelled {
+                Ok(_) => {
+                    tracing::info!(shard = %self.name, pid, "asked the server to cancel the running statement")
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %self.name, pid, error = %DatabaseMessage(&error), "cannot cancel the running statement; it runs to its end")
+                }
+            }
+        }
+        if let Err(error) = connection.close().await {
+            tracing::debug!(shard = %self.name, %error, "closing the cancelling connection failed");
+        }
+    }
 
     fn shard(&self) -> &str {
         &self.name
@@ -180,16 +217,19 @@ impl ShardEngine for PostgresShard {
             .begin()
             .await
             .map_err(bookkeeping_error("beginning a transaction"))?;
+        // The timeouts, and the server process's id (for a stop to cancel), in one round trip.
         let set_timeouts = format!(
-            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'; SET LOCAL idle_in_transaction_session_timeout = '{}'",
+            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'; SET LOCAL idle_in_transaction_session_timeout = '{}'; SELECT pg_backend_pid()",
             millis(self.timeouts.lock_timeout),
             millis(self.timeouts.statement_timeout),
             millis(self.timeouts.idle_in_transaction),
         );
-        sqlx::raw_sql(AssertSqlSafe(set_timeouts))
-            .execute(&mut *transaction)
+        let pid: i32 = sqlx::raw_sql(AssertSqlSafe(set_timeouts))
+            .fetch_one(&mut *transaction)
             .await
+            .and_then(|row| row.try_get(0))
             .map_err(bookkeeping_error("setting timeouts"))?;
+        let _working = self.working.enter(pid);
         let durations =
             fenced::run::<Postgres>(&mut transaction, &ledger_sql::LEDGER, writer, work).await?;
         transaction
@@ -209,6 +249,11 @@ impl ShardEngine for PostgresShard {
             .acquire()
             .await
             .map_err(|error| statement_error(None, &error))?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(|error| statement_error(None, &error))?;
+        let _working = self.working.enter(pid);
         let index_name = statement.index_build().and_then(|build| {
             let name = build.index_name?;
             Some((name, build.if_not_exists))

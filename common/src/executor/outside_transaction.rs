@@ -228,7 +228,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 |failure, attempt, wait| {
                     self.lock_retried(revision, &location, attempt, wait, failure)
                 },
-                || self.engine.run_autocommit(statement, resuming),
+                || self.interruptible(self.engine.run_autocommit(statement, resuming)),
             )
             .instrument(span.clone())
             .await;
@@ -236,6 +236,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             mark_failed(&span, &failure.message);
         }
         match attempts.result {
+            Err(_) if self.interrupted() => Err(self.stopped_during(format!(
+                "the end of the statement at {location} (outside a transaction: the revision stays `started` and the next run resumes it)"
+            ))),
             Ok(outcome) => {
                 match outcome {
                     AutocommitOutcome::Ran => {}

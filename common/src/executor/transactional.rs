@@ -81,7 +81,8 @@ impl<E: ShardEngine> Executor<'_, E> {
                             records: std::slice::from_ref(&record),
                             audit: None,
                         };
-                        self.engine.fenced_transaction(writer, work).await
+                        self.interruptible(self.engine.fenced_transaction(writer, work))
+                            .await
                     }
                 },
             )
@@ -105,6 +106,11 @@ impl<E: ShardEngine> Executor<'_, E> {
             Err(TxError::Guard(violation)) if violation.version == version => {
                 tracing::info!(shard = %self.engine.shard(), revision = %label, "already done by another run");
                 StepOutcome::AlreadyDone
+            }
+            Err(_) if self.interrupted() => {
+                return Err(self.stopped_during(format!(
+                    "the end of revision {label} (its transaction was rolled back: nothing of it is applied)"
+                )));
             }
             Err(error) => {
                 return Err(self

@@ -25,7 +25,7 @@ const ROLES: &str =
 /// The running fleet; everything stops when it is dropped.
 pub struct CliFleet {
     // Dropped in this order: the processes before their database, store and files.
-    _agent: Process,
+    pub agent: Process,
     pub replica: Process,
     pub database: Database,
     pub store: fleetshift_coordinator::store::EtcdStore,
@@ -135,7 +135,7 @@ impl CliFleet {
             home,
             etcd,
             replica,
-            _agent: agent,
+            agent,
         }
     }
 
