@@ -2,7 +2,8 @@
 //! agent, etcd and PostgreSQL: `pause` holds a rollout (the running shard finishes, nothing
 //! new starts, the plan stays paused) and `resume` finishes it; `cancel` is the emergency
 //! stop: the statement running on the shard is cancelled, its transaction rolled back, and
-//! `watch` exits 8.
+//! `watch` exits 8; so does stopping the agent. An ended plan is undone for the shards
+//! `rollback --shards` selects.
 
 use std::time::Duration;
 
@@ -76,6 +77,30 @@ async fn pause_holds_a_rollout_and_resume_finishes_it() {
     assert_exit(&watched, 0);
     assert_eq!(status(&fleet, &plan).await["state"], "succeeded");
     assert_exit(&fleet.cli.alice(&["pause", &plan]).await, 10);
+
+    // The runbook's undo of an ended plan, for the shards a pattern selects.
+    let none = fleet
+        .cli
+        .alice(&["rollback", &plan, "--shards", "b-*", "--output", "json"])
+        .await;
+    assert_exit(&none, 2);
+    let planned = fleet
+        .cli
+        .alice(&["rollback", &plan, "--shards", "a-*", "--output", "json"])
+        .await;
+    assert_exit(&planned, 0);
+    let rollback = summary(&planned);
+    assert_eq!(
+        rollback["shards"][0]["shard"],
+        fleet.shard.as_str(),
+        "{rollback}"
+    );
+    let rollback = rollback["plan"].as_str().expect("id").to_owned();
+    assert_exit(&fleet.cli.approved_and_applied(&rollback).await, 0);
+    let reverted = status(&fleet, &rollback).await;
+    assert_eq!(reverted["state"], "succeeded", "{reverted}");
+    // Nothing applied any more.
+    assert_eq!(reverted["shards"][0]["current_version"], "", "{reverted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
