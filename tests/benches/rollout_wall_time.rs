@@ -13,7 +13,10 @@
 //! - psql one session: the same, but one `psql` process per database reading all 20 files in
 //!   autocommit: no per-revision atomicity, the floor of sending the SQL.
 //!
-//! Both run in every round on fresh databases of two identical throwaway clusters, alternating
+//! - fleetshift traced: a second fleet (its own etcd, replica and agents) exporting every span
+//!   over OTLP/gRPC to a collector in this process: what traces cost when they are on.
+//!
+//! All run in every round on fresh databases of two identical throwaway clusters, alternating
 //! which goes first. `cargo build --release --bins && cargo bench -p fleetshift-tests --bench
 //! rollout_wall_time [-- ROUNDS [C]]` (default 3 rounds, C = 8). Target: fleetshift's median
 //! within 1.3x of psql's.
@@ -31,9 +34,10 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
+use fleetshift_tests::collector::Collector;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica,
+    Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica_with,
 };
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures, psql, rollout};
@@ -76,10 +80,17 @@ fn twenty_revisions() -> anyhow::Result<tempfile::TempDir> {
 struct Coordinator {
     address: String,
     client: FleetServiceClient<Channel>,
+    /// Added to the replica's and its agents' environment.
+    environment: Vec<(String, String)>,
     _process: Process,
 }
 
-async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coordinator> {
+async fn start_coordinator(
+    home: &Path,
+    etcd: &EtcdServer,
+    environment: Vec<(String, String)>,
+) -> anyhow::Result<Coordinator> {
+    std::fs::create_dir_all(home)?;
     let pki = home.join("pki");
     init_pki(&pki);
     issue(&pki, Role::Operator, "ops", &[]);
@@ -87,7 +98,7 @@ async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coo
         issue(&pki, Role::Agent, &format!("host-{agent}"), &[]);
     }
     let roles = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
-    let (port, process) = spawn_replica(home, "c1", &etcd.endpoint, roles);
+    let (port, process) = spawn_replica_with(home, "c1", &etcd.endpoint, roles, &environment);
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     if !await_leader(&store, Duration::from_secs(20)).await {
         bail!("no leader; see {}", home.join("c1.log").display());
@@ -97,6 +108,7 @@ async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coo
     Ok(Coordinator {
         address,
         client,
+        environment,
         _process: process,
     })
 }
@@ -104,11 +116,12 @@ async fn start_coordinator(home: &Path, etcd: &EtcdServer) -> anyhow::Result<Coo
 /// Four agent processes for round `round`'s databases (`urls`), labelled with the round.
 fn start_agents(
     home: &Path,
-    port: &str,
+    coordinator: &Coordinator,
     round: usize,
     urls: &[String],
 ) -> anyhow::Result<Vec<Process>> {
-    let port: u16 = port
+    let port: u16 = coordinator
+        .address
         .rsplit(':')
         .next()
         .context("a port")?
@@ -128,10 +141,11 @@ fn start_agents(
         }
         let config = home.join(format!("agent-{name}.toml"));
         std::fs::write(&config, agent_config_text(&name, &[port], &shards))?;
-        agents.push(Process::spawn(
+        agents.push(Process::spawn_with(
             &binary::agent(),
             &["--config", config.to_str().context("path")?, "run"],
             &home.join(format!("r{round}-agent-{name}.log")),
+            &coordinator.environment,
         ));
     }
     Ok(agents)
@@ -146,7 +160,7 @@ async fn with_fleetshift(
     target: &str,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
-    let agents = start_agents(home, &coordinator.address, round, urls)?;
+    let agents = start_agents(home, coordinator, round, urls)?;
     let mut client = coordinator.client.clone();
     let label = round.to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -276,7 +290,15 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
         .to_string();
     let etcd = EtcdServer::start()?;
     let home = tempfile::tempdir()?;
-    let coordinator = start_coordinator(home.path(), &etcd).await?;
+    let coordinator = start_coordinator(&home.path().join("plain"), &etcd, Vec::new()).await?;
+    let collector = Collector::start().await;
+    let traced_etcd = EtcdServer::start()?;
+    let traced = start_coordinator(
+        &home.path().join("traced"),
+        &traced_etcd,
+        collector.environment(),
+    )
+    .await?;
     let fleet_cluster = PostgresCluster::start()?;
     let psql_cluster = PostgresCluster::start()?;
     println!(
@@ -287,8 +309,10 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
     let mut fleetshift_times = Vec::with_capacity(rounds);
     let mut psql_times = Vec::with_capacity(rounds);
     let mut session_times = Vec::with_capacity(rounds);
+    let mut traced_times = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let fleet_urls = create_databases(&fleet_cluster, &format!("r{round}"), false).await?;
+        let traced_urls = create_databases(&fleet_cluster, &format!("t{round}"), false).await?;
         let psql_urls = create_databases(&psql_cluster, &format!("r{round}"), true).await?;
         let session_urls = create_databases(&psql_cluster, &format!("s{round}"), true).await?;
         let fleetshift_first = round % 2 == 0;
@@ -302,16 +326,46 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
                 psql::apply_per_file,
             )?);
         }
-        let fleetshift = with_fleetshift(
-            &coordinator,
-            home.path(),
+        let mut untraced = None;
+        if fleetshift_first {
+            untraced = Some(
+                with_fleetshift(
+                    &coordinator,
+                    &home.path().join("plain"),
+                    round,
+                    &fleet_urls,
+                    set_directory.path(),
+                    &target,
+                    concurrency,
+                )
+                .await?,
+            );
+        }
+        let traced_time = with_fleetshift(
+            &traced,
+            &home.path().join("traced"),
             round,
-            &fleet_urls,
+            &traced_urls,
             set_directory.path(),
             &target,
             concurrency,
         )
         .await?;
+        let fleetshift = match untraced {
+            Some(elapsed) => elapsed,
+            None => {
+                with_fleetshift(
+                    &coordinator,
+                    &home.path().join("plain"),
+                    round,
+                    &fleet_urls,
+                    set_directory.path(),
+                    &target,
+                    concurrency,
+                )
+                .await?
+            }
+        };
         let psql = match psql_time {
             Some(elapsed) => elapsed,
             None => with_psql(
@@ -330,12 +384,15 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
             psql::apply_in_one_session,
         )?;
         check_applied(&fleet_urls).await?;
+        check_applied(&traced_urls).await?;
         println!(
-            "round {round}: psql per file {:>6.0} ms   psql one session {:>6.0} ms   fleetshift {:>6.0} ms",
+            "round {round}: psql per file {:>6.0} ms   psql one session {:>6.0} ms   fleetshift {:>6.0} ms   traced {:>6.0} ms",
             psql.as_secs_f64() * 1e3,
             session.as_secs_f64() * 1e3,
             fleetshift.as_secs_f64() * 1e3,
+            traced_time.as_secs_f64() * 1e3,
         );
+        traced_times.push(traced_time);
         fleetshift_times.push(fleetshift);
         psql_times.push(psql);
         session_times.push(session);
@@ -343,7 +400,12 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
     let fleetshift = median(&mut fleetshift_times);
     let psql = median(&mut psql_times);
     let session = median(&mut session_times);
+    let traced_median = median(&mut traced_times);
     let ratio = fleetshift.as_secs_f64() / psql.as_secs_f64();
+    let traced_ratio = traced_median.as_secs_f64() / fleetshift.as_secs_f64();
+    // The last spans of the last round are exported within the batch delay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans = collector.spans().len();
     let floor_ratio = fleetshift.as_secs_f64() / session.as_secs_f64();
     println!(
         "median: psql per file {:.0} ms, psql one session {:.0} ms, fleetshift {:.0} ms",
@@ -354,6 +416,10 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
     println!("fleetshift / psql per file    = {ratio:.2} (target <= 1.30)");
     println!(
         "fleetshift / psql one session = {floor_ratio:.2} (no per-revision atomicity in the baseline)"
+    );
+    println!(
+        "traced {:.0} ms / untraced = {traced_ratio:.2} ({spans} spans received)",
+        traced_median.as_secs_f64() * 1e3
     );
     println!(
         "{}",
@@ -368,6 +434,9 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
             "ratio_vs_psql_one_session": floor_ratio,
             "fleetshift_median_ms": fleetshift.as_secs_f64() * 1e3,
             "ratio": ratio,
+            "fleetshift_traced_median_ms": traced_median.as_secs_f64() * 1e3,
+            "traced_over_untraced": traced_ratio,
+            "spans_received": spans,
             "target_ratio": 1.3,
         })
     );

@@ -278,13 +278,25 @@ pub async fn fleetshift_as_with(
 /// issued into `home/pki` (which holds the CA) and its log in `home/<id>.log`; returns the port
 /// it listens on and the process.
 pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) -> (u16, Process) {
+    spawn_replica_with(home, id, etcd_endpoint, roles, &[])
+}
+
+/// Like [`spawn_replica`], with `environment` added to the inherited one.
+pub fn spawn_replica_with(
+    home: &Path,
+    id: &str,
+    etcd_endpoint: &str,
+    roles: &str,
+    environment: &[(String, String)],
+) -> (u16, Process) {
     issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
     let port = free_port();
     let config = write_replica_config(home, id, port, etcd_endpoint, roles);
-    let process = Process::spawn(
+    let process = Process::spawn_with(
         &crate::binary::fleetshift(),
         &["serve", "--config", config.to_str().expect("UTF-8 path")],
         &home.join(format!("{id}.log")),
+        environment,
     );
     (port, process)
 }
