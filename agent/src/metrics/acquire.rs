@@ -50,9 +50,10 @@ impl AcquireTimes {
         Recorder {
             histogram: self.histogram.clone(),
         }
-        .with_filter(filter_fn(|metadata| {
-            metadata.is_event() && metadata.target() == TARGET
-        }))
+        .with_filter(
+            filter_fn(|metadata| metadata.is_event() && metadata.target() == TARGET)
+                .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE),
+        )
     }
 }
 

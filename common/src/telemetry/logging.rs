@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::{FilterExt as _, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -35,20 +36,19 @@ pub fn init(
         // Colours only for a person watching; log files and collectors get plain text.
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    // Log lines are events only: spans are for traces, and carry nothing a line lacks.
-    let events_only = tracing_subscriber::filter::filter_fn(|metadata| metadata.is_event());
+    // Log lines are events only: spans are for traces, and carry nothing a line lacks. One
+    // combined filter, so every callsite's interest is decided once (never, for the chatty
+    // trace events of h2 and tonic) and the level hint stays RUST_LOG's.
+    let events_only = filter_fn(|metadata| metadata.is_event())
+        .with_max_level_hint(LevelFilter::TRACE)
+        .and(filter);
     let lines = match format {
-        LogFormat::Text => lines
-            .compact()
-            .with_filter(filter)
-            .with_filter(events_only)
-            .boxed(),
+        LogFormat::Text => lines.compact().with_filter(events_only).boxed(),
         LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_filter(filter)
             .with_filter(events_only)
             .boxed(),
     };

@@ -127,11 +127,14 @@ impl TraceExport {
             .with_tracer(self.provider.tracer(SCOPE))
             .with_location(false)
             .with_threads(false)
-            .with_filter(filter_fn(|metadata| {
-                metadata.is_span()
-                    && metadata.target().starts_with("fleetshift")
-                    && *metadata.level() <= tracing::Level::INFO
-            }))
+            .with_filter(
+                filter_fn(|metadata| {
+                    metadata.is_span()
+                        && metadata.target().starts_with("fleetshift")
+                        && *metadata.level() <= tracing::Level::INFO
+                })
+                .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO),
+            )
     }
 
     /// Exports what is still buffered and stops the exporter.

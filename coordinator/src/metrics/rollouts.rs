@@ -105,13 +105,17 @@ impl RolloutGauges {
                 waves: i64::try_from(plan.waves.len()).unwrap_or(i64::MAX),
                 ..PlanFigures::default()
             };
+            // Counted by the state's number first: a label is made once per state, not per task.
+            let mut by_state: BTreeMap<i32, i64> = BTreeMap::new();
             for task in tasks.into_iter().flat_map(|tasks| tasks.values()) {
-                let state =
-                    ShardState::try_from(task.value.state).unwrap_or(ShardState::Unspecified);
+                *by_state.entry(task.value.state).or_default() += 1;
+            }
+            for (state, count) in by_state {
+                let state = ShardState::try_from(state).unwrap_or(ShardState::Unspecified);
                 *figures
                     .shards_by_state
                     .entry(label_value(shard_state_name(state)))
-                    .or_default() += 1;
+                    .or_default() += count;
             }
             let unfinished = |shard: &str| {
                 tasks.and_then(|tasks| tasks.get(shard)).is_none_or(|seen| {

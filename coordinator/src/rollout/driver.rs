@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleetshift_common::proto::v1::{
     Assignment, Direction, Dispatch, ErrorKind, MigrationSet, Plan, PlanState, ShardState,
@@ -26,6 +26,8 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{ClaimSeen, Model};
+use fleetshift_common::telemetry::traces;
+
 use super::spans::{self, RolloutTrace};
 use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
@@ -36,6 +38,10 @@ use crate::store::{Condition, Epoch, Store, StoreError, Write, keys};
 
 /// How often the leader looks again without a change to wake it.
 const TICK: Duration = Duration::from_millis(500);
+
+/// How often, at most, the leader publishes its rollout gauges (a tick publishes the last
+/// state within `TICK` of a change).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 /// Leads rollouts until `stepped_down` is cancelled or a write shows the epoch is over.
 /// The rollout gauges show what this leader sees while it leads, and nothing after.
@@ -96,6 +102,7 @@ async fn drive<S: Store>(
         halted: HashSet::new(),
     };
     let mut ticks = tokio::time::interval(TICK);
+    let mut published = None;
     loop {
         tokio::select! {
             change = changes.next() => {
@@ -108,7 +115,11 @@ async fn drive<S: Store>(
             _ = ticks.tick() => {}
         }
         driver.advance().await?;
-        gauges.publish(&driver.model);
+        // Scrapes come every few seconds; a busy rollout steps hundreds of times a second.
+        if published.is_none_or(|at: Instant| at.elapsed() >= PUBLISH_EVERY) {
+            gauges.publish(&driver.model);
+            published = Some(Instant::now());
+        }
     }
 }
 
@@ -271,6 +282,11 @@ impl<S: Store> Driver<'_, S> {
     /// After a commit ended a task of wave `wave`: the wave's span when that was its last
     /// task, and a cancelled rollout's when it was the plan's.
     fn task_ended(&self, plan: &Plan, wave: u32) {
+        // Looking at every task of the plan per ended task costs O(shards²) per rollout: only
+        // when there are spans to record.
+        if !traces::enabled() {
+            return;
+        }
         let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
             return;
         };

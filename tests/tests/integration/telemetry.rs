@@ -168,12 +168,19 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
     // 3. After it.
     let watched = cli.alice(&["watch", &plan, "--output", "json"]).await;
     assert_exit(&watched, 0);
+    // The leader publishes its rollout gauges at most every 250 ms, and on its next tick.
+    let published = wait_until(Duration::from_secs(5), || {
+        let coordinator = coordinator.clone();
+        async move {
+            sample(
+                &metrics(&coordinator),
+                "fleetshift_rollouts{state=\"succeeded\"}",
+            ) == Some(1.0)
+        }
+    })
+    .await;
     let leader = metrics(&coordinator);
-    assert_eq!(
-        sample(&leader, "fleetshift_rollouts{state=\"succeeded\"}"),
-        Some(1.0),
-        "{leader}"
-    );
+    assert!(published, "{leader}");
     let plan_series_gone = wait_until(Duration::from_secs(5), || {
         let (coordinator, plan) = (coordinator.clone(), plan.clone());
         async move { !metrics(&coordinator).contains(&format!("plan=\"{plan}\"")) }
