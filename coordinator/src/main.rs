@@ -39,6 +39,8 @@ fn main() -> ExitCode {
     };
     let service = match arguments.command {
         cli::Command::Serve(_) => "fleetshift-coordinator",
+        // One process holding the coordinator and the agents: its trace shows both sides.
+        cli::Command::Demo(_) => "fleetshift-demo",
         _ => "fleetshift-cli",
     };
     let traces = {

@@ -280,3 +280,25 @@ fn an_otlp_protocol_fleetshift_cannot_speak_is_refused_at_start() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_exports_its_rollout_as_one_trace() {
+    let collector = Collector::start().await;
+    let mut command = std::process::Command::new(binary::fleetshift());
+    command
+        .args(["demo", "--shards", "2", "--output", "json"])
+        .envs(collector.environment());
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run the demo"))
+        .await
+        .expect("demo finished");
+    assert!(output.status.success(), "{}", binary::printed(&output));
+    // The demo flushes its exporter before it exits.
+    let spans = collector.spans();
+    let rollout = only(&spans, "rollout");
+    assert_eq!(rollout.service, "fleetshift-demo");
+    let runs = named(&spans, "assignment");
+    assert_eq!(runs.len(), 2, "{spans:#?}");
+    for run in runs {
+        assert_eq!(run.trace_id, rollout.trace_id, "{run:#?}");
+    }
+}
