@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts};
 use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
 use fleetshift_common::executor::{
     ExecutionEvent, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, StepOutcome,
@@ -396,7 +396,7 @@ impl<E: ShardEngine> Moving<'_, E> {
         direction: Direction,
         request: &Request,
         watch: &Watch<'_>,
-        baselines: Option<(Baselines<'_>, &sqlx::PgPool)>,
+        baselines: Option<(Baselines<'_>, &CountedPool)>,
         record: &mut RunRecord,
     ) -> Result<Option<String>, ErrorDetail> {
         let executor = self.executor();
@@ -545,7 +545,7 @@ struct Rollback<'a> {
 /// The plan's baselines on this shard, when it has any: each phase is timed, reported and
 /// kept in the run's record.
 struct Timing<'a> {
-    baselines: Option<(Baselines<'a>, &'a sqlx::PgPool)>,
+    baselines: Option<(Baselines<'a>, &'a CountedPool)>,
     stop: &'a CancellationToken,
     report: &'a dyn DutyReport,
 }

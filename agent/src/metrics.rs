@@ -13,6 +13,7 @@ pub use acquire::AcquireTimes;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use fleetshift_common::engine::CountedPool;
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{BaselinePhase, ProgressEvent, RevisionOutcome};
 use prometheus_client::collector::Collector;
@@ -251,8 +252,11 @@ pub trait PoolFigures: Send + Sync + std::fmt::Debug {
     fn size(&self) -> u32;
     fn idle(&self) -> usize;
     fn max(&self) -> u32;
+    /// Tasks waiting for a connection, when the pool counts them.
+    fn waiting(&self) -> Option<usize>;
 }
 
+/// A SQLite shard's pool: one connection, and no count of waiters.
 impl<DB: sqlx::Database> PoolFigures for sqlx::Pool<DB> {
     fn size(&self) -> u32 {
         sqlx::Pool::size(self)
@@ -264,6 +268,28 @@ impl<DB: sqlx::Database> PoolFigures for sqlx::Pool<DB> {
 
     fn max(&self) -> u32 {
         self.options().get_max_connections()
+    }
+
+    fn waiting(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl PoolFigures for CountedPool {
+    fn size(&self) -> u32 {
+        CountedPool::size(self)
+    }
+
+    fn idle(&self) -> usize {
+        self.num_idle()
+    }
+
+    fn max(&self) -> u32 {
+        self.max_connections()
+    }
+
+    fn waiting(&self) -> Option<usize> {
+        Some(CountedPool::waiting(self))
     }
 }
 
@@ -323,7 +349,7 @@ struct PoolLabels {
 impl Collector for Pools {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Sums per shard, read under the lock, encoded after it.
-        let figures: Vec<(String, u64, u64, u64)> = {
+        let figures: Vec<(String, u64, u64, u64, Option<u64>)> = {
             let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
             live.1
                 .iter()
@@ -335,7 +361,12 @@ impl Collector for Pools {
                             sums.2 + u64::from(pool.max()),
                         )
                     });
-                    (shard.clone(), size, idle, max)
+                    let waiting = pools
+                        .values()
+                        .filter_map(|pool| pool.waiting())
+                        .map(|waiting| waiting as u64)
+                        .reduce(|sum, waiting| sum + waiting);
+                    (shard.clone(), size, idle, max, waiting)
                 })
                 .collect()
         };
@@ -345,7 +376,7 @@ impl Collector for Pools {
             None,
             MetricType::Gauge,
         )?;
-        for (shard, size, idle, _) in &figures {
+        for (shard, size, idle, _, _) in &figures {
             for (state, value) in [("in_use", size.saturating_sub(*idle)), ("idle", *idle)] {
                 let labels = PoolLabels {
                     shard: shard.clone(),
@@ -361,12 +392,27 @@ impl Collector for Pools {
             None,
             MetricType::Gauge,
         )?;
-        for (shard, _, _, max) in &figures {
+        for (shard, _, _, max, _) in &figures {
             let labels = ShardLabel {
                 shard: shard.clone(),
             };
             ConstGauge::new(i64::try_from(*max).unwrap_or(i64::MAX))
                 .encode(capacity.encode_family(&labels)?)?;
+        }
+        let mut waiters = encoder.encode_descriptor(
+            "fleetshift_agent_db_pool_waiters",
+            "Tasks waiting for a connection from the pools of running assignments (PostgreSQL shards)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (shard, _, _, _, waiting) in &figures {
+            if let Some(waiting) = waiting {
+                let labels = ShardLabel {
+                    shard: shard.clone(),
+                };
+                ConstGauge::new(i64::try_from(*waiting).unwrap_or(i64::MAX))
+                    .encode(waiters.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -405,6 +451,9 @@ mod tests {
         }
         fn max(&self) -> u32 {
             2
+        }
+        fn waiting(&self) -> Option<usize> {
+            Some(3)
         }
     }
 
@@ -449,6 +498,10 @@ mod tests {
             scraped.contains(
                 "fleetshift_agent_db_pool_connections{shard=\"users-1\",state=\"in_use\"} 1"
             ),
+            "{scraped}"
+        );
+        assert!(
+            scraped.contains("fleetshift_agent_db_pool_waiters{shard=\"users-1\"} 3"),
             "{scraped}"
         );
         drop(tracked);

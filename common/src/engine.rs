@@ -20,7 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use foreign::{ForeignHistory, ForeignTool};
-pub use postgres::PostgresShard;
+pub use postgres::{CountedPool, PostgresShard};
 pub use postgres::{catalog, health, quote_identifier, restore_sql};
 pub use sqlite::SqliteShard;
 

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use fleetshift_common::engine::CountedPool;
 use fleetshift_common::proto::v1::BackupRecord;
 use fleetshift_common::secrets::DatabaseUrl;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -89,7 +89,7 @@ pub struct Subject<'a> {
     pub url: &'a DatabaseUrl,
     pub database_bytes: u64,
     /// The shard's pool, when the plan asks for a restore test.
-    pub restore_test: Option<&'a PgPool>,
+    pub restore_test: Option<&'a CountedPool>,
 }
 
 /// The directory holding `shard`'s backups.

@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use fleetshift_common::engine::CountedPool;
 use fleetshift_common::engine::DatabaseMessage;
 use fleetshift_common::proto::v1::{
     BaselineMeasured, BaselinePhase, BaselinePolicy, BaselineQuery, QueryTiming, TopStatement,
 };
-use sqlx::{Connection, PgPool, Row};
+use sqlx::{Connection, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::DutyFailure;
@@ -56,7 +57,7 @@ impl<'a> Baselines<'a> {
     /// refuses the shard, since there is nothing to compare against.
     pub async fn measure(
         &self,
-        pool: &PgPool,
+        pool: &CountedPool,
         phase: BaselinePhase,
         before: Option<&BaselineMeasured>,
         stop: &CancellationToken,
@@ -154,7 +155,7 @@ impl<'a> Baselines<'a> {
 }
 
 /// A connection of its own, where every transaction is read-only.
-async fn read_only_session(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Error> {
+async fn read_only_session(pool: &CountedPool) -> Result<sqlx::PgConnection, sqlx::Error> {
     let mut connection = pool.acquire().await?.detach();
     sqlx::query("SET default_transaction_read_only = on")
         .execute(&mut connection)

@@ -9,10 +9,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fleetshift_common::engine::CountedPool;
 use fleetshift_common::engine::catalog::describe_activity;
 use fleetshift_common::engine::{DatabaseMessage, health};
 use fleetshift_common::proto::v1::{self, PreflightCheck};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{DutyFailure, DutyReport};
@@ -74,7 +74,7 @@ const BLOCKER_POLL: Duration = Duration::from_millis(500);
 
 /// Runs every check, reporting each; the database's size on success.
 pub async fn run(
-    pool: &PgPool,
+    pool: &CountedPool,
     scope: Scope<'_>,
     thresholds: Thresholds,
     report: &dyn DutyReport,
@@ -214,7 +214,7 @@ enum Waiting {
 /// Waits until no long transaction holds a lock on `tables`, at most the plan's bound; whether
 /// none is left, and what was seen.
 async fn wait_for_blockers(
-    pool: &PgPool,
+    pool: &CountedPool,
     tables: &[String],
     thresholds: Thresholds,
     stop: &CancellationToken,

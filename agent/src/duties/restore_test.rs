@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fleetshift_common::engine::CountedPool;
 use fleetshift_common::engine::DatabaseMessage;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{Connection, Postgres};
 
 use super::backup::{BackupSettings, client_command, run_to_end};
 use super::credentials::ClientCredentials;
@@ -39,7 +40,7 @@ pub struct HeldSnapshot {
 
 impl HeldSnapshot {
     /// Opens the transaction and exports its snapshot.
-    pub async fn export(pool: &PgPool) -> Result<Self, String> {
+    pub async fn export(pool: &CountedPool) -> Result<Self, String> {
         let failed = |error: sqlx::Error| {
             format!(
                 "cannot export a snapshot for the dump: {}",
@@ -97,7 +98,7 @@ async fn count_rows(connection: &mut sqlx::PgConnection) -> Result<RowCounts, sq
 pub async fn restore_and_compare(
     settings: &BackupSettings,
     credentials: &ClientCredentials,
-    pool: &PgPool,
+    pool: &CountedPool,
     dump: &Path,
     expected: &RowCounts,
 ) -> Result<u32, String> {
@@ -125,7 +126,7 @@ pub async fn restore_and_compare(
 async fn restore_into(
     settings: &BackupSettings,
     credentials: &ClientCredentials,
-    pool: &PgPool,
+    pool: &CountedPool,
     scratch: &str,
     dump: &Path,
     expected: &RowCounts,

@@ -3,6 +3,7 @@
 //! session (see [`migrator_lock`]).
 
 pub mod catalog;
+mod counted_pool;
 pub mod health;
 mod ledger_sql;
 mod migrator_lock;
@@ -13,9 +14,10 @@ mod working;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use counted_pool::CountedPool;
 use migrator_lock::MigratorLock;
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use working::Working;
 
@@ -34,7 +36,7 @@ use crate::statements::Statement;
 pub struct PostgresShard {
     name: String,
     options: PgConnectOptions,
-    pool: PgPool,
+    pool: CountedPool,
     timeouts: Timeouts,
     /// The server processes running this engine's migration statements now.
     working: Working,
@@ -79,14 +81,15 @@ impl PostgresShard {
         Ok(Self {
             name,
             options,
-            pool,
+            pool: CountedPool::new(pool),
             timeouts,
             working: Working::default(),
         })
     }
 
-    /// The connection pool, for callers that read the shard (tests, introspection).
-    pub fn pool(&self) -> &PgPool {
+    /// The connection pool (its waiters counted), for callers that read the shard (duties,
+    /// introspection, tests).
+    pub fn pool(&self) -> &CountedPool {
         &self.pool
     }
 

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use fleetshift_common::engine::catalog;
+use fleetshift_common::engine::{CountedPool, catalog};
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{CreatePlanRequest, Hello};
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
@@ -43,7 +43,9 @@ async fn every_kind_of_dependent_is_found_with_the_tables_size() {
     } = support::database("catalog").await;
     sqlx::raw_sql(SCHEMA).execute(&admin).await.expect("schema");
     let (mut holder, holder_pid) = hold_row_lock(&admin).await;
-    let facts = catalog::table_facts(&admin).await.expect("catalog");
+    let facts = catalog::table_facts(&CountedPool::new(admin.clone()))
+        .await
+        .expect("catalog");
     let table = |name: &str| {
         facts
             .iter()

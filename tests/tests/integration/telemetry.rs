@@ -154,6 +154,7 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
                     "fleetshift_agent_db_pool_connections{shard=\"a-db0\",state=\"in_use\"}",
                     1.0,
                 )
+                && sample(&text, "fleetshift_agent_db_pool_waiters{shard=\"a-db0\"}").is_some()
         }
     })
     .await;
@@ -348,4 +349,31 @@ fn kill(pid: u32) {
         .status()
         .expect("kill");
     assert!(killed.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_counts_the_tasks_waiting_for_one_of_its_connections() {
+    let database = super::support::database("waiters").await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database.url)
+        .await
+        .expect("pool");
+    let pool = fleetshift_common::engine::CountedPool::new(pool);
+    let held = pool.acquire().await.expect("the only connection");
+    assert_eq!(pool.waiting(), 0);
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            // Through the executor, as the engine's and duties' queries go.
+            sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&pool)
+                .await
+        })
+    };
+    let counted = wait_until(Duration::from_secs(5), || async { pool.waiting() == 1 }).await;
+    assert!(counted, "the waiting query is counted");
+    drop(held);
+    assert_eq!(waiter.await.expect("joined").expect("ran"), 1);
+    assert_eq!(pool.waiting(), 0);
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use super::CountedPool;
 
 use crate::proto::v1::{ColumnFacts, TableActivity, TableFacts};
 
@@ -113,7 +113,7 @@ const ACTIVITY: &str = "
 pub(super) type ActivityColumns = (i32, String, bool, String, f64, String);
 
 /// Every user table with its size, its dependents, and the sessions using it now.
-pub async fn table_facts(pool: &PgPool) -> Result<Vec<TableFacts>, sqlx::Error> {
+pub async fn table_facts(pool: &CountedPool) -> Result<Vec<TableFacts>, sqlx::Error> {
     let tables: Vec<(i64, String, String, i64, i64)> =
         sqlx::query_as(TABLES).fetch_all(pool).await?;
     let dependents: Vec<(i64, String)> = sqlx::query_as(DEPENDENTS).fetch_all(pool).await?;

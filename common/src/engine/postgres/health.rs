@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use super::CountedPool;
 
 use super::catalog::table_activity;
 use crate::proto::v1::TableActivity;
@@ -27,13 +27,13 @@ pub struct Replication {
 }
 
 /// `server_version`, e.g. "15.18 (Debian 15.18-0+deb12u1)".
-pub async fn server_version(pool: &PgPool) -> Result<String, sqlx::Error> {
+pub async fn server_version(pool: &CountedPool) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT current_setting('server_version')")
         .fetch_one(pool)
         .await
 }
 
-pub async fn connections(pool: &PgPool) -> Result<Connections, sqlx::Error> {
+pub async fn connections(pool: &CountedPool) -> Result<Connections, sqlx::Error> {
     let (in_use, max): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
                 current_setting('max_connections')::bigint",
@@ -43,7 +43,7 @@ pub async fn connections(pool: &PgPool) -> Result<Connections, sqlx::Error> {
     Ok(Connections { in_use, max })
 }
 
-pub async fn replication(pool: &PgPool) -> Result<Replication, sqlx::Error> {
+pub async fn replication(pool: &CountedPool) -> Result<Replication, sqlx::Error> {
     let rows: Vec<(String, f64)> = sqlx::query_as(
         "SELECT application_name || coalesce(' at ' || host(client_addr), ''),
                 coalesce(extract(epoch FROM replay_lag), 0)::float8
@@ -61,7 +61,7 @@ pub async fn replication(pool: &PgPool) -> Result<Replication, sqlx::Error> {
 }
 
 /// The current database's size on disk.
-pub async fn database_bytes(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn database_bytes(pool: &CountedPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_database_size(current_database())")
         .fetch_one(pool)
         .await
@@ -90,7 +90,7 @@ const LONG_LOCK_HOLDERS: &str = "
     ORDER BY 1, 2";
 
 pub async fn long_lock_holders(
-    pool: &PgPool,
+    pool: &CountedPool,
     tables: &[String],
     older_than: Duration,
 ) -> Result<Vec<(String, TableActivity)>, sqlx::Error> {
