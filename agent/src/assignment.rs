@@ -20,7 +20,7 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
-use fleetshift_common::telemetry::traces::context;
+use fleetshift_common::telemetry::traces::{self, context};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -79,8 +79,7 @@ pub async fn execute(
     .instrument(span.clone())
     .await;
     if let Err(error) = &outcome {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", error.message.as_str());
+        traces::mark_failed(&span, &error.message);
     }
     let (succeeded, current_version, error) = match outcome {
         Ok(version) => (true, version.unwrap_or_default(), None),
@@ -485,15 +484,13 @@ impl<E: ShardEngine> Moving<'_, E> {
             target: Some(revert_to.clone()),
             allow_drift: None,
         };
-        let reverted = executor
-            .down(self.set, &back)
-            .instrument(tracing::info_span!(
-                "rollback",
-                fleetshift.reason = %reason,
-                fleetshift.target_version = %revert_to
-            ))
-            .await
-            .map_err(|error| {
+        let span = tracing::info_span!(
+            "rollback",
+            fleetshift.reason = %reason,
+            fleetshift.target_version = %revert_to
+        );
+        let reverted = executor.down(self.set, &back).instrument(span).await;
+        let reverted = reverted.map_err(|error| {
             refused(
                 ErrorKind::NeedsOperator,
                 format!(
@@ -600,7 +597,6 @@ fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {
 /// The shortest migrator-lock session lease the engine accepts.
 const MIN_LOCK_SESSION_LEASE: Duration = Duration::from_secs(1);
 
-/// The plan's limits, with the shard-side timeouts tied to the session's lease.
 /// The engine's connection pool, for the metrics.
 fn pool_figures(connected: &Connected) -> Box<dyn PoolFigures> {
     match connected {
@@ -609,6 +605,7 @@ fn pool_figures(connected: &Connected) -> Box<dyn PoolFigures> {
     }
 }
 
+/// The plan's limits, with the shard-side timeouts tied to the session's lease.
 fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeouts, String> {
     let defaults = Timeouts::default();
     let given = |value: Option<prost_types::Duration>, default: Duration| {

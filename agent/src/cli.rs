@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fleetshift_common::telemetry::endpoint;
-use fleetshift_common::telemetry::logging::LogFormat;
+use fleetshift_common::telemetry::logging::LogOptions;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -34,15 +34,8 @@ pub struct Cli {
     )]
     config: PathBuf,
 
-    /// Log format on stderr (levels from RUST_LOG, default info).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "FLEETSHIFT_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub logging: LogOptions,
 
     #[command(subcommand)]
     command: Command,

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let traces = {
         let _entered = runtime.enter();
         fleetshift_common::telemetry::logging::init(
-            arguments.log_format,
+            arguments.logging.format,
             "info",
             "fleetshift-agent",
             Some(Box::new(acquire_times.layer())),

@@ -17,7 +17,7 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fleetshift_common::telemetry::logging::LogFormat;
+use fleetshift_common::telemetry::logging::LogOptions;
 use tracing::Instrument as _;
 
 use crate::{demo, exit};
@@ -30,15 +30,8 @@ use crate::{demo, exit};
     after_help = exit::HELP
 )]
 pub struct Cli {
-    /// Log format on stderr (levels from RUST_LOG, default info).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "FLEETSHIFT_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub logging: LogOptions,
 
     #[command(subcommand)]
     pub command: Command,

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     let traces = {
         let _entered = runtime.enter();
         fleetshift_common::telemetry::logging::init(
-            arguments.log_format,
+            arguments.logging.format,
             default_level,
             service,
             None,

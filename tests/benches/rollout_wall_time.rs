@@ -326,45 +326,27 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
                 psql::apply_per_file,
             )?);
         }
-        let mut untraced = None;
-        if fleetshift_first {
-            untraced = Some(
-                with_fleetshift(
-                    &coordinator,
-                    &home.path().join("plain"),
-                    round,
-                    &fleet_urls,
-                    set_directory.path(),
-                    &target,
-                    concurrency,
-                )
-                .await?,
-            );
-        }
-        let traced_time = with_fleetshift(
-            &traced,
-            &home.path().join("traced"),
-            round,
-            &traced_urls,
-            set_directory.path(),
-            &target,
-            concurrency,
-        )
-        .await?;
-        let fleetshift = match untraced {
-            Some(elapsed) => elapsed,
-            None => {
-                with_fleetshift(
-                    &coordinator,
-                    &home.path().join("plain"),
-                    round,
-                    &fleet_urls,
-                    set_directory.path(),
-                    &target,
-                    concurrency,
-                )
-                .await?
-            }
+        let rollout = async |fleet: &Coordinator, directory: &str, urls: &[String]| {
+            with_fleetshift(
+                fleet,
+                &home.path().join(directory),
+                round,
+                urls,
+                set_directory.path(),
+                &target,
+                concurrency,
+            )
+            .await
+        };
+        let (fleetshift, traced_time) = if fleetshift_first {
+            let untraced = rollout(&coordinator, "plain", &fleet_urls).await?;
+            (untraced, rollout(&traced, "traced", &traced_urls).await?)
+        } else {
+            let traced_time = rollout(&traced, "traced", &traced_urls).await?;
+            (
+                rollout(&coordinator, "plain", &fleet_urls).await?,
+                traced_time,
+            )
         };
         let psql = match psql_time {
             Some(elapsed) => elapsed,

@@ -49,9 +49,9 @@ pub(crate) struct LedgerSql {
 }
 
 /// Moves the fence, checks the guard, runs the body (timing each statement), writes the
-/// records — inside the caller's open transaction. The guard is read by a statement of its own AFTER the fence
-/// update: having waited for the fence row, it takes a fresh snapshot and sees what the
-/// previous holder committed. Folding both into one statement would reuse the older snapshot
+/// records — inside the caller's open transaction. The guard is read by a statement of its own
+/// AFTER the fence update: having waited for the fence row, it takes a fresh snapshot and sees
+/// what the previous holder committed. Folding both into one statement would reuse the older snapshot
 /// and could let a revision apply twice.
 pub(crate) async fn run<DB>(
     connection: &mut DB::Connection,

@@ -135,38 +135,6 @@ pub fn quote_identifier(name: &str) -> String {
 impl ShardEngine for PostgresShard {
     type MigratorLock = MigratorLock;
 
-    async fn interrupt(&self) {
-        let pids = self.working.pids();
-        if pids.is_empty() {
-            return;
-        }
-        // A connection of its own: the pool's may all be busy with the statements to cancel.
-        let mut connection = match PgConnection::connect_with(&self.options).await {
-            Ok(connection) => connection,
-            Err(error) => {
-                tracing::warn!(shard = %self.name, error = %DatabaseMessage(&error), "cannot reach the shard to cancel its running statement; it runs to its end");
-                return;
-            }
-        };
-        for pid in pids {
-            let cancelled = sqlx::query("SELECT pg_cancel_backend($1)")
-                .bind(pid)
-                .execute(&mut connection)
-                .await;
-            match cancelled {
-                Ok(_) => {
-                    tracing::info!(shard = %self.name, pid, "asked the server to cancel the running statement")
-                }
-                Err(error) => {
-                    tracing::warn!(shard = %self.name, pid, error = %DatabaseMessage(&error), "cannot cancel the running statement; it runs to its end")
-                }
-            }
-        }
-        if let Err(error) = connection.close().await {
-            tracing::debug!(shard = %self.name, %error, "closing the cancelling connection failed");
-        }
-    }
-
     fn shard(&self) -> &str {
         &self.name
     }
@@ -390,5 +358,37 @@ impl ShardEngine for PostgresShard {
             });
         }
         Ok(histories)
+    }
+
+    async fn interrupt(&self) {
+        let pids = self.working.pids();
+        if pids.is_empty() {
+            return;
+        }
+        // A connection of its own: the pool's may all be busy with the statements to cancel.
+        let mut connection = match PgConnection::connect_with(&self.options).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(shard = %self.name, error = %DatabaseMessage(&error), "cannot reach the shard to cancel its running statement; it runs to its end");
+                return;
+            }
+        };
+        for pid in pids {
+            let cancelled = sqlx::query("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .execute(&mut connection)
+                .await;
+            match cancelled {
+                Ok(_) => {
+                    tracing::info!(shard = %self.name, pid, "asked the server to cancel the running statement")
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %self.name, pid, error = %DatabaseMessage(&error), "cannot cancel the running statement; it runs to its end")
+                }
+            }
+        }
+        if let Err(error) = connection.close().await {
+            tracing::debug!(shard = %self.name, %error, "closing the cancelling connection failed");
+        }
     }
 }

@@ -128,10 +128,6 @@ impl SqliteShard {
 }
 
 impl ShardEngine for SqliteShard {
-    /// SQLite statements run in this process on one connection, and sqlx offers no way to
-    /// interrupt one: a stop takes effect at the next statement.
-    async fn interrupt(&self) {}
-
     /// SQLite's single write lock, taken by every `BEGIN IMMEDIATE`, already keeps other
     /// migrators out of each transaction.
     type MigratorLock = ();
@@ -233,4 +229,8 @@ impl ShardEngine for SqliteShard {
         }
         Ok(histories)
     }
+
+    /// SQLite statements run in this process on one connection, and sqlx offers no way to
+    /// interrupt one: a stop takes effect at the next statement.
+    async fn interrupt(&self) {}
 }

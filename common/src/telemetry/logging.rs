@@ -16,6 +16,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flag both binaries take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogOptions {
+    /// Log format on stderr (levels from RUST_LOG, default info).
+    #[arg(
+        id = "log_format",
+        long = "log-format",
+        value_name = "LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "FLEETSHIFT_LOG_FORMAT"
+    )]
+    pub format: LogFormat,
+}
+
 /// A layer of the process's own beside logs and traces (one that turns events into metrics).
 pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 

@@ -118,11 +118,9 @@ impl RolloutGauges {
                     .or_default() += count;
             }
             let unfinished = |shard: &str| {
-                tasks.and_then(|tasks| tasks.get(shard)).is_none_or(|seen| {
-                    !crate::rollout::task_ended(
-                        ShardState::try_from(seen.value.state).unwrap_or(ShardState::Unspecified),
-                    )
-                })
+                tasks
+                    .and_then(|tasks| tasks.get(shard))
+                    .is_none_or(|seen| !crate::rollout::task_ended(seen.value.state()))
             };
             figures.wave = plan
                 .waves

@@ -14,7 +14,7 @@
 //!
 //! Every write carries the leader's epoch; the first refused one ends the loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,11 @@ use fleetshift_common::proto::v1::{
     Assignment, Direction, Dispatch, ErrorKind, MigrationSet, Plan, PlanState, ShardState,
     ShardTask,
 };
+use fleetshift_common::telemetry::traces;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{ClaimSeen, Model};
-use fleetshift_common::telemetry::traces;
-
+use super::model::{ClaimSeen, Model, Seen};
 use super::spans::{self, RolloutTrace};
 use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
@@ -143,6 +142,15 @@ fn state_of(task: &ShardTask) -> ShardState {
 
 fn plan_state(plan: &Plan) -> PlanState {
     PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified)
+}
+
+/// The tasks of one wave of a plan (`tasks`, by shard).
+fn wave_tasks(tasks: &BTreeMap<String, Seen<ShardTask>>, wave: u32) -> Vec<&ShardTask> {
+    tasks
+        .values()
+        .map(|seen| &seen.value)
+        .filter(|task| task.wave == wave)
+        .collect()
 }
 
 impl<S: Store> Driver<'_, S> {
@@ -291,11 +299,7 @@ impl<S: Store> Driver<'_, S> {
             return;
         };
         let halted = plan_state(plan) == PlanState::Halted || self.halted.contains(&plan.plan_id);
-        let in_wave: Vec<&ShardTask> = tasks
-            .values()
-            .map(|seen| &seen.value)
-            .filter(|task| task.wave == wave)
-            .collect();
+        let in_wave = wave_tasks(tasks, wave);
         if !halted && in_wave.iter().all(|task| task_ended(state_of(task))) {
             spans::wave_ended(plan, wave, &in_wave);
         }
@@ -604,11 +608,7 @@ impl<S: Store> Driver<'_, S> {
             return;
         };
         for wave in &plan.waves {
-            let in_wave: Vec<&ShardTask> = tasks
-                .values()
-                .map(|seen| &seen.value)
-                .filter(|task| task.wave == wave.index)
-                .collect();
+            let in_wave = wave_tasks(tasks, wave.index);
             if in_wave.iter().any(|task| !task_ended(state_of(task))) {
                 spans::wave_halted(plan, wave.index, &in_wave, &plan.state_reason);
             }

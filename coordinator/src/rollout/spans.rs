@@ -137,7 +137,7 @@ impl RolloutTrace {
         };
         let failed = tasks
             .iter()
-            .filter(|task| matches!(state_of(task), ShardState::Failed | ShardState::RolledBack))
+            .filter(|task| matches!(task.state(), ShardState::Failed | ShardState::RolledBack))
             .count();
         let error = match halted {
             Some((_, reason)) => Some(format!("the plan halted: {reason}")),
@@ -180,7 +180,7 @@ impl RolloutTrace {
                 KeyValue::new("fleetshift.host", task.host.clone()),
                 KeyValue::new("fleetshift.fence", task.fence_token),
                 KeyValue::new("fleetshift.wave", i64::from(task.wave)),
-                KeyValue::new("fleetshift.state", state_of(task).as_str_name()),
+                KeyValue::new("fleetshift.state", task.state().as_str_name()),
                 KeyValue::new("fleetshift.current_version", task.current_version.clone()),
             ],
             error,
@@ -195,7 +195,7 @@ impl RolloutTrace {
 pub fn run_ended(plan: &Plan, task: &ShardTask) {
     let Some(trace) = traced(plan) else { return };
     let end = time_of(task.finished_at.as_ref()).unwrap_or_else(SystemTime::now);
-    let error = match state_of(task) {
+    let error = match task.state() {
         ShardState::Succeeded => None,
         state => Some(
             task.error
@@ -246,10 +246,6 @@ fn traced(plan: &Plan) -> Option<RolloutTrace> {
     } else {
         None
     }
-}
-
-fn state_of(task: &ShardTask) -> ShardState {
-    ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)
 }
 
 fn time_of(timestamp: Option<&prost_types::Timestamp>) -> Option<SystemTime> {

@@ -15,7 +15,7 @@ use fleetshift_tests::collector::{Collector, ReceivedSpan};
 use fleetshift_tests::fixtures;
 use fleetshift_tests::wait::wait_until;
 
-use super::cli_fleet::{CliFleet, summary};
+use super::cli_fleet::CliFleet;
 use super::support::assert_exit;
 
 const ACCOUNTS: &str = "CREATE TABLE accounts (id int PRIMARY KEY);";
@@ -70,13 +70,10 @@ async fn a_rollout_is_one_trace_across_cli_coordinator_and_agent() {
         ("2_index.down.sql", "DROP INDEX accounts_email;"),
     ]);
     let directory = migrations.path().to_str().expect("path");
-    let planned = fleet
+    let (plan, applied) = fleet
         .cli
-        .alice(&["plan", directory, "--require-backup", "--output", "json"])
+        .planned_and_applied(&[directory, "--require-backup"])
         .await;
-    assert_exit(&planned, 0);
-    let plan = summary(&planned)["plan"].as_str().expect("id").to_owned();
-    let applied = fleet.cli.approved_and_applied(&plan).await;
     assert_exit(&applied, 0);
 
     // The rollout's span is recorded when the leader ends the plan; the agent's when its run
@@ -187,13 +184,7 @@ async fn a_rollout_is_one_trace_across_cli_coordinator_and_agent() {
     // A failing rollout: its trace says where it failed, at every level.
     std::fs::write(migrations.path().join("3_broken.up.sql"), "SELECT 1/0;").expect("file");
     std::fs::write(migrations.path().join("3_broken.down.sql"), "SELECT 1;").expect("file");
-    let planned = fleet
-        .cli
-        .alice(&["plan", directory, "--output", "json"])
-        .await;
-    assert_exit(&planned, 0);
-    let broken = summary(&planned)["plan"].as_str().expect("id").to_owned();
-    let applied = fleet.cli.approved_and_applied(&broken).await;
+    let (broken, applied) = fleet.cli.planned_and_applied(&[directory]).await;
     assert_exit(&applied, 1);
     let recorded = wait_until(Duration::from_secs(20), || {
         let spans = collector.spans();
