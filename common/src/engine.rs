@@ -107,6 +107,9 @@ pub struct StatementError {
     pub index: Option<usize>,
     pub sqlstate: Option<String>,
     pub message: String,
+    /// The connection went away under the statement (see [`connection_lost`]); the server
+    /// rolled back whatever transaction it was in.
+    pub connection_lost: bool,
 }
 
 impl StatementError {
@@ -187,6 +190,10 @@ pub trait ShardEngine: Send + Sync {
         &self,
     ) -> impl Future<Output = Result<Vec<ForeignHistory>, ExecError>> + Send;
 
+    /// Whether the database answers a new connection now (a lost one is not retried until it
+    /// does).
+    fn probe(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
     /// Asks the database to cancel the statements [`ShardEngine::fenced_transaction`] and
     /// [`ShardEngine::run_autocommit`] are running now; each then fails (on PostgreSQL with
     /// `query_canceled`), and a transaction is rolled back whole. Best effort: a failure to
@@ -247,6 +254,51 @@ pub(crate) fn statement_error(index: Option<usize>, error: &sqlx::Error) -> Stat
         index,
         sqlstate,
         message,
+        connection_lost: connection_lost(error),
+    }
+}
+
+/// Whether `error` means the connection to the server is gone or cannot be made (the server
+/// restarting or shutting down, a failover, a dropped link, a refused connection), as opposed
+/// to the server answering about the work itself. Such a failure is transient until proven
+/// otherwise: the server rolled back what was in flight, and the work can run again once it
+/// answers.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database_error) => database_error
+            .code()
+            .is_some_and(|code| connection_ended(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs with which the server ends a connection: the connection exception class (08),
+/// an administrator's shutdown or termination (57P01), a crash shutdown (57P02), a server not
+/// accepting connections yet (57P03), and the idle timeouts (25P03, 57P05).
+fn connection_ended(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "57P05" | "25P03")
+}
+
+/// `error` in `context` on `shard` as an [`ExecError`]: a lost connection, or what the
+/// database said.
+pub(crate) fn database_error(shard: &str, context: &str, error: &sqlx::Error) -> ExecError {
+    if connection_lost(error) {
+        ExecError::ConnectionLost {
+            shard: shard.to_owned(),
+            during: context.to_owned(),
+            detail: DatabaseMessage(error).to_string(),
+        }
+    } else {
+        ExecError::Database {
+            shard: shard.to_owned(),
+            context: context.to_owned(),
+            detail: DatabaseMessage(error).to_string(),
+        }
     }
 }
 
@@ -254,7 +306,7 @@ pub(crate) fn statement_error(index: Option<usize>, error: &sqlx::Error) -> Stat
 pub(crate) fn bookkeeping_error(context: &'static str) -> impl Fn(sqlx::Error) -> TxError {
     move |error| {
         let failure = statement_error(None, &error);
-        if failure.is_lock_conflict() {
+        if failure.is_lock_conflict() || failure.connection_lost {
             TxError::Statement(failure)
         } else {
             TxError::Database {

@@ -46,6 +46,17 @@ pub enum ExecError {
     )]
     Unreachable { shard: String, detail: String },
 
+    /// The server went away or cannot be reached (a restart, a failover, a dropped link):
+    /// transient until proven otherwise. Whatever was in flight was rolled back by the server.
+    #[error(
+        "shard {shard}: cannot reach the database server while {during}: {detail}\nnext: check that the server is up (a restart or failover ends every connection), then rerun: the run resumes from the shard's ledger"
+    )]
+    ConnectionLost {
+        shard: String,
+        during: String,
+        detail: String,
+    },
+
     #[error(
         "shard {shard}: fenced out: this run holds fencing token {ours} but the shard has seen token {current}; a newer claim owns the shard and this run wrote nothing more (the ledger is the newer claim's)"
     )]
@@ -141,6 +152,12 @@ fn drift_listing(drifted: &[DriftedRevision]) -> String {
 }
 
 impl ExecError {
+    /// Whether the server was out of reach rather than anything being wrong with the work or
+    /// the shard: worth waiting for the server and running again.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Self::ConnectionLost { .. })
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Source(_) | Self::MissingDownScripts { .. } => ErrorKind::BadInput,
@@ -149,7 +166,7 @@ impl ExecError {
             Self::LockTimeoutExhausted { .. } | Self::AnotherMigrator { .. } => {
                 ErrorKind::LockTimeout
             }
-            Self::Unreachable { .. } => ErrorKind::Unreachable,
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } => ErrorKind::Unreachable,
             Self::NeedsOperator { .. } => ErrorKind::NeedsOperator,
             Self::Stopped { .. } => ErrorKind::Stopped,
             Self::StatementFailed { .. } | Self::Database { .. } => ErrorKind::Failed,

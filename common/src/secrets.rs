@@ -31,6 +31,23 @@ impl DatabaseUrl {
         }
     }
 
+    /// Where the server is, for messages: the URL's `host:port`, or the masked URL when it
+    /// names none (a Unix socket given as a parameter, a SQLite file).
+    pub fn server(&self) -> String {
+        let Some((_, rest)) = self.0.split_once("://") else {
+            return self.masked();
+        };
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        if host.is_empty() {
+            self.masked()
+        } else {
+            host.to_owned()
+        }
+    }
+
     fn password(&self) -> Option<&str> {
         let authority = self.0.split_once("://")?.1;
         let authority = &authority[..authority.find(['/', '?', '#']).unwrap_or(authority.len())];
@@ -106,6 +123,21 @@ fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_is_named_without_credentials() {
+        let url = DatabaseUrl::new("postgres://app:s3cr@t@db-1.example:5433/main?sslmode=require");
+        assert_eq!(url.server(), "db-1.example:5433");
+        let socket = DatabaseUrl::new("postgresql:///main?host=/run/postgresql&password=x");
+        assert_eq!(
+            socket.server(),
+            "postgresql:///main?host=/run/postgresql&password=****"
+        );
+        assert_eq!(
+            DatabaseUrl::new("sqlite:shard.db").server(),
+            "sqlite:shard.db"
+        );
+    }
 
     #[test]
     fn masks_userinfo_passwords() {

@@ -25,7 +25,8 @@ use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
     ACQUIRE_EVENTS, AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine,
-    StatementError, Timeouts, TxError, bookkeeping_error, ledger_entry, statement_error,
+    StatementError, Timeouts, TxError, bookkeeping_error, connection_lost, database_error,
+    ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, Writer};
@@ -63,10 +64,17 @@ impl PostgresShard {
             .disable_statement_logging();
         // A direct first connection fails fast with the server's own reason (refused,
         // authentication, unknown database); a pool would only report its own timeout.
-        let probe = options
-            .connect()
-            .await
-            .map_err(|error| unreachable(DatabaseMessage(&error).to_string()))?;
+        let probe = options.connect().await.map_err(|error| {
+            if connection_lost(&error) {
+                ExecError::ConnectionLost {
+                    shard: name.clone(),
+                    during: "connecting".to_owned(),
+                    detail: url.scrub(&DatabaseMessage(&error).to_string()),
+                }
+            } else {
+                unreachable(DatabaseMessage(&error).to_string())
+            }
+        })?;
         if let Err(error) = probe.close().await {
             tracing::debug!(shard = %name, %error, "closing the probe connection failed");
         }
@@ -95,11 +103,7 @@ impl PostgresShard {
 
     fn database_error(&self, context: &str) -> impl Fn(sqlx::Error) -> ExecError + '_ {
         let context = context.to_owned();
-        move |error| ExecError::Database {
-            shard: self.name.clone(),
-            context: context.clone(),
-            detail: DatabaseMessage(&error).to_string(),
-        }
+        move |error| database_error(&self.name, &context, &error)
     }
 
     async fn ledger_exists(&self) -> Result<bool, ExecError> {
@@ -259,6 +263,7 @@ impl ShardEngine for PostgresShard {
             return Err(StatementError {
                 index: None,
                 sqlstate: None,
+                connection_lost: false,
                 message: format!(
                     "index {name} is missing or INVALID after the build; it will be dropped and rebuilt on the next run"
                 ),
@@ -358,6 +363,16 @@ impl ShardEngine for PostgresShard {
             });
         }
         Ok(histories)
+    }
+
+    async fn probe(&self) -> Result<(), ExecError> {
+        let connection = PgConnection::connect_with(&self.options)
+            .await
+            .map_err(|error| database_error(&self.name, "connecting", &error))?;
+        if let Err(error) = connection.close().await {
+            tracing::debug!(shard = %self.name, %error, "closing the probe connection failed");
+        }
+        Ok(())
     }
 
     async fn interrupt(&self) {

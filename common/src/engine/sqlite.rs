@@ -230,6 +230,14 @@ impl ShardEngine for SqliteShard {
         Ok(histories)
     }
 
+    async fn probe(&self) -> Result<(), ExecError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(self.database_error("connecting"))
+    }
+
     /// SQLite statements run in this process on one connection, and sqlx offers no way to
     /// interrupt one: a stop takes effect at the next statement.
     async fn interrupt(&self) {}

@@ -20,6 +20,11 @@ impl<E: ShardEngine> Executor<'_, E> {
         writer: &Writer,
     ) -> ExecError {
         match error {
+            TxError::Statement(failure) if failure.connection_lost => self.connection_lost(
+                &revision.label(),
+                &locate(script, statements, &failure),
+                failure,
+            ),
             TxError::Statement(failure) if failure.is_lock_conflict() => {
                 ExecError::LockTimeoutExhausted {
                     shard: self.shard(),
@@ -65,6 +70,11 @@ impl<E: ShardEngine> Executor<'_, E> {
                 shard: self.shard(),
                 reason: guard_message(context, &violation),
             },
+            TxError::Statement(failure) if failure.connection_lost => ExecError::ConnectionLost {
+                shard: self.shard(),
+                during: context.to_owned(),
+                detail: failure.message,
+            },
             TxError::Statement(failure) => ExecError::Database {
                 shard: self.shard(),
                 context: context.to_owned(),
@@ -78,6 +88,22 @@ impl<E: ShardEngine> Executor<'_, E> {
                 context: format!("{context}: {inner}"),
                 detail,
             },
+        }
+    }
+}
+
+impl<E: ShardEngine> Executor<'_, E> {
+    /// The connection went away while revision `revision` ran the statement at `location`.
+    pub(super) fn connection_lost(
+        &self,
+        revision: &str,
+        location: &str,
+        failure: StatementError,
+    ) -> ExecError {
+        ExecError::ConnectionLost {
+            shard: self.shard(),
+            during: format!("revision {revision} ran the statement at {location}"),
+            detail: failure.message,
         }
     }
 }

@@ -257,6 +257,9 @@ impl<E: ShardEngine> Executor<'_, E> {
                 });
                 Ok(attempts.attempts - 1)
             }
+            Err(failure) if failure.connection_lost => {
+                Err(self.connection_lost(&label, &location, failure))
+            }
             Err(failure) if failure.is_lock_conflict() => Err(ExecError::LockTimeoutExhausted {
                 shard: self.shard(),
                 revision: label,
@@ -288,6 +291,11 @@ impl<E: ShardEngine> Executor<'_, E> {
         error: ExecError,
         writer: &Writer,
     ) -> ExecError {
+        if error.is_connection_lost() {
+            // The server is gone: there is nothing to record on, and the row stays `started`
+            // for the next run to resume.
+            return error;
+        }
         let message = error.to_string();
         let record = self.record(
             revision,

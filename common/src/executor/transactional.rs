@@ -140,7 +140,11 @@ impl<E: ShardEngine> Executor<'_, E> {
         writer: &Writer,
     ) -> ExecError {
         let failure = match error {
-            TxError::Statement(failure) if !failure.is_lock_conflict() => failure,
+            TxError::Statement(failure)
+                if !failure.is_lock_conflict() && !failure.connection_lost =>
+            {
+                failure
+            }
             other => return self.step_error(other, revision, script, statements, writer),
         };
         let location = locate(script, statements, &failure);

@@ -33,6 +33,14 @@ pub async fn server_version(pool: &CountedPool) -> Result<String, sqlx::Error> {
         .await
 }
 
+/// When the server process started (`pg_postmaster_start_time()`): a different answer after a
+/// failure means the server restarted, or another one took over, in between.
+pub async fn server_started_at(pool: &CountedPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(pool)
+        .await
+}
+
 pub async fn connections(pool: &CountedPool) -> Result<Connections, sqlx::Error> {
     let (in_use, max): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),

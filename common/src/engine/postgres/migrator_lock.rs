@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::session;
-use crate::engine::DatabaseMessage;
+use crate::engine::database_error;
 use crate::error::ExecError;
 
 /// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
@@ -40,18 +40,11 @@ impl MigratorLock {
         wait: Duration,
         lease: Duration,
     ) -> Result<Self, ExecError> {
-        let failed = |context: &str, error: sqlx::Error| ExecError::Database {
-            shard: shard.to_owned(),
-            context: context.to_owned(),
-            detail: DatabaseMessage(&error).to_string(),
-        };
+        let failed = |context: &str, error: sqlx::Error| database_error(shard, context, &error);
         let mut connection = options
             .connect()
             .await
-            .map_err(|error| ExecError::Unreachable {
-                shard: shard.to_owned(),
-                detail: DatabaseMessage(&error).to_string(),
-            })?;
+            .map_err(|error| failed("opening the migration lock's session", error))?;
         let version = session::configure(&mut connection)
             .await
             .map_err(|error| failed("configuring the lock session", error))?;
