@@ -11,6 +11,7 @@ pub fn plan_state_name(state: PlanState) -> &'static str {
         PlanState::Running => "running",
         PlanState::Paused => "paused",
         PlanState::Succeeded => "succeeded",
+        PlanState::FinishedWithFailures => "finished-with-failures",
         PlanState::Halted => "halted",
         PlanState::Cancelled => "cancelled",
     }

@@ -313,6 +313,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
             shards: vec![shard],
             backups: None,
             telemetry_listen: None,
+            database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
         });
         let stop = stop.clone();
         // The demo serves no telemetry: the metrics go unread.
@@ -389,6 +390,7 @@ async fn roll_out(
             max_concurrency_per_wave: 4,
             max_concurrency_per_host: 1,
             failure_threshold: 1,
+            max_shard_retries: 0,
         }),
         limits: None,
         duties: None,

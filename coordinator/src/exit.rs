@@ -64,7 +64,7 @@ pub fn from_wire(kind: WireErrorKind) -> u8 {
         WireErrorKind::LockTimeout => LOCK_TIMEOUT,
         WireErrorKind::Unreachable => UNREACHABLE,
         WireErrorKind::NeedsOperator => NEEDS_OPERATOR,
-        WireErrorKind::Stopped => STOPPED,
+        WireErrorKind::Stopped | WireErrorKind::Interrupted => STOPPED,
         WireErrorKind::Precondition => NOT_NOW,
         WireErrorKind::Failed | WireErrorKind::Unspecified => FAILED,
     }

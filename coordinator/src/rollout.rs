@@ -7,6 +7,7 @@
 //! - [`records`]: plans, shard tasks and migration sets as stored, and compare-and-set updates.
 //! - [`transitions`]: what operators may do to a plan in each state.
 //! - [`driver`]: the leader's loop: claim, dispatch, collect results, halt, finish.
+//! - [`outcome`]: which results end a task and which interrupt it (run again, bounded).
 //! - [`relay`]: every replica's side: dispatches to the agents it holds, results back.
 //! - [`watch`]: a rollout's events for `WatchRollout`.
 //! - [`spans`]: the rollout's trace: its root, waves and shard task runs, recorded as they end.
@@ -17,6 +18,7 @@
 
 pub mod driver;
 pub(crate) mod model;
+pub mod outcome;
 pub mod planning;
 pub mod records;
 pub mod relay;
@@ -87,7 +89,10 @@ pub fn task_active(state: ShardState) -> bool {
 pub fn plan_ended(state: PlanState) -> bool {
     matches!(
         state,
-        PlanState::Succeeded | PlanState::Halted | PlanState::Cancelled
+        PlanState::Succeeded
+            | PlanState::FinishedWithFailures
+            | PlanState::Halted
+            | PlanState::Cancelled
     )
 }
 

@@ -19,6 +19,7 @@ pub fn policy(canary: u32, per_wave: u32, per_host: u32) -> WavePolicy {
         max_concurrency_per_wave: per_wave,
         max_concurrency_per_host: per_host,
         failure_threshold: 1,
+        max_shard_retries: 0,
     }
 }
 
@@ -76,7 +77,10 @@ impl Prepared {
                 let state = PlanState::try_from(changed.state).unwrap_or(PlanState::Unspecified);
                 if matches!(
                     state,
-                    PlanState::Succeeded | PlanState::Halted | PlanState::Cancelled
+                    PlanState::Succeeded
+                        | PlanState::FinishedWithFailures
+                        | PlanState::Halted
+                        | PlanState::Cancelled
                 ) {
                     return Ok(Some(state));
                 }

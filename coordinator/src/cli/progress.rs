@@ -11,7 +11,7 @@ use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
     Direction, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment,
-    RiskLevel, RolloutEvent, ShardMetrics, ShardState, WatchRolloutRequest,
+    RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use fleetshift_common::telemetry::traces::context::Traced;
@@ -307,10 +307,7 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
 pub fn summary(plan: &Plan, output: Output) {
     let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
     if output == Output::Json {
-        let shards: Vec<_> = plan
-            .waves
-            .iter()
-            .flat_map(|wave| &wave.shards)
+        let shards: Vec<_> = failed_first(plan)
             .map(|task| {
                 json!({
                     "shard": task.shard_id,
@@ -325,6 +322,8 @@ pub fn summary(plan: &Plan, output: Output) {
                     "previous_version": (!task.previous_version.is_empty()).then_some(&task.previous_version),
                     "baselines": task.baselines.iter().map(baseline_json).collect::<Vec<_>>(),
                     "rollback": task.rollback.as_ref().map(rollback_json),
+                    "interruptions": task.interruptions,
+                    "interruption_causes": task.interruption_causes,
                     "metrics": task.metrics.as_ref().map(|metrics| json!({
                         "revisions_run": metrics.revisions_run,
                         "statements": metrics.statements,
@@ -381,7 +380,7 @@ pub fn summary(plan: &Plan, output: Output) {
         "WAVE", "SHARD", "STATE", "AGENT", "VERSION", "TOOK", "RETRIES"
     );
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for task in plan.waves.iter().flat_map(|wave| &wave.shards) {
+    for task in failed_first(plan) {
         let state =
             shard_state_name(ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified));
         *counts.entry(state).or_default() += 1;
@@ -404,10 +403,7 @@ pub fn summary(plan: &Plan, output: Output) {
                 || "-".to_owned(),
                 |metrics| metrics.lock_retries.to_string()
             ),
-            task.error
-                .as_ref()
-                .map(|error| error.message.as_str())
-                .unwrap_or("")
+            problem(task)
         );
     }
     let counts: Vec<String> = counts
@@ -415,6 +411,29 @@ pub fn summary(plan: &Plan, output: Output) {
         .map(|(state, count)| format!("{count} {state}"))
         .collect();
     println!("{}", counts.join(", "));
+}
+
+/// The plan's tasks, those that failed or were rolled back first (each group in wave order).
+fn failed_first(plan: &Plan) -> impl Iterator<Item = &ShardTask> {
+    let tasks = || plan.waves.iter().flat_map(|wave| &wave.shards);
+    let failed = |task: &&ShardTask| fleetshift_coordinator::rollout::task_failed(task.state());
+    tasks()
+        .filter(failed)
+        .chain(tasks().filter(move |task| !failed(task)))
+}
+
+/// A task's error, and how often its runs were interrupted when they were.
+fn problem(task: &ShardTask) -> String {
+    let error = task
+        .error
+        .as_ref()
+        .map(|error| error.message.as_str())
+        .unwrap_or("");
+    match (task.interruptions, error.is_empty()) {
+        (0, _) => error.to_owned(),
+        (count, true) => format!("(interrupted {count}x, ran again)"),
+        (count, false) => format!("{error} (interrupted {count}x)"),
+    }
 }
 
 /// How long the shard's run took on its agent, when reported.

@@ -71,6 +71,10 @@ pub struct PlanArgs {
     /// Failed shards that halt the rollout.
     #[arg(long, default_value_t = 1)]
     failure_threshold: u32,
+    /// How often one shard may be interrupted (its agent's session or lease lost, the agent
+    /// stopping) and run again under a new claim before it fails.
+    #[arg(long, default_value_t = fleetshift_coordinator::rollout::outcome::DEFAULT_MAX_SHARD_RETRIES)]
+    max_shard_retries: u32,
     /// Longest lock wait of one statement attempt on every shard, e.g. `2s`.
     #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "2s")]
     lock_timeout: Duration,
@@ -402,6 +406,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             max_concurrency_per_wave: arguments.max_concurrency,
             max_concurrency_per_host: arguments.max_per_host,
             failure_threshold: arguments.failure_threshold,
+            max_shard_retries: arguments.max_shard_retries,
         }),
         limits: Some(ExecutionLimits {
             lock_timeout: prost_types::Duration::try_from(arguments.lock_timeout).ok(),

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetshift_common::proto::v1::{
-    Assignment, Direction, Dispatch, ErrorKind, MigrationSet, Plan, PlanState, ShardState,
-    ShardTask,
+    Assignment, AssignmentResult, Direction, Dispatch, ErrorDetail, ErrorKind, MigrationSet, Plan,
+    PlanState, ShardState, ShardTask,
 };
 use fleetshift_common::telemetry::traces;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::model::{ClaimSeen, Model, Seen};
+use super::outcome::{self, RunOutcome};
 use super::spans::{self, RolloutTrace};
 use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
@@ -223,36 +224,15 @@ impl<S: Store> Driver<'_, S> {
                 self.commit(&[], &[Write::Delete(result_key)]).await?;
                 continue;
             };
-            let stopped = result
-                .error
-                .as_ref()
-                .is_some_and(|error| error.kind == i32::from(ErrorKind::Stopped));
-            let ended = if result.succeeded {
-                ShardState::Succeeded
-            } else if result.rollback.is_some() {
-                ShardState::RolledBack
-            } else if stopped && plan_state(plan) == PlanState::Cancelled {
-                ShardState::Cancelled
-            } else {
-                ShardState::Failed
-            };
-            let finished = ShardTask {
-                state: ended.into(),
-                error: result.error.clone(),
-                current_version: result.current_version.clone(),
-                metrics: result.metrics,
-                // A retry that took no new backup keeps the one taken before.
-                backup: result.backup.clone().or_else(|| task.backup.clone()),
-                // The first run saw the shard before the plan; a retry may see it half-way.
-                previous_version: if task.previous_version.is_empty() {
-                    result.previous_version.clone()
-                } else {
-                    task.previous_version.clone()
+            let ran = with_result(&task, &result);
+            let finished = match outcome::of_result(&result, plan_state(plan)) {
+                RunOutcome::Final(state) => ShardTask {
+                    state: state.into(),
+                    error: result.error.clone(),
+                    finished_at: now(),
+                    ..ran
                 },
-                baselines: result.baselines.clone(),
-                rollback: result.rollback.clone(),
-                finished_at: now(),
-                ..task.clone()
+                RunOutcome::Interrupted(cause) => after_interruption(ran, cause, retry_bound(plan)),
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
             let claim_key = keys::claim(&task.shard_id);
@@ -276,15 +256,30 @@ impl<S: Store> Driver<'_, S> {
                 None => self.commit(&[unchanged], &writes).await?,
             };
             let Some(at) = committed else { continue };
-            tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?ended, "shard task ended");
-            spans::run_ended(plan, &finished);
             self.model.results.remove(&assignment);
-            let wave = finished.wave;
-            self.model
-                .record_task(&plan.plan_id, &task.shard_id, finished, at);
-            self.task_ended(plan, wave);
+            self.recorded(plan, &task, finished, at);
         }
         Ok(())
+    }
+
+    /// After a commit moved `task` (as it was) to `next`: the log line, the run's span, the
+    /// model, and the wave's span when the task ended.
+    fn recorded(&mut self, plan: &Plan, task: &ShardTask, next: ShardTask, at: i64) {
+        let state = state_of(&next);
+        let wave = next.wave;
+        if state == ShardState::Pending {
+            let cause = next.interruption_causes.last().map_or("", String::as_str);
+            tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = task.fence_token, interruptions = next.interruptions, %cause, "shard task interrupted; it runs again under a new claim");
+            spans::run_interrupted(plan, task, cause);
+        } else {
+            tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?state, "shard task ended");
+            spans::run_ended(plan, &next);
+        }
+        self.model
+            .record_task(&plan.plan_id, &task.shard_id, next, at);
+        if task_ended(state) {
+            self.task_ended(plan, wave);
+        }
     }
 
     /// After a commit ended a task of wave `wave`: the wave's span when that was its last
@@ -332,26 +327,17 @@ impl<S: Store> Driver<'_, S> {
             if self.model.results.contains_key(&assignment) {
                 continue;
             }
-            let pending = ShardTask {
-                state: ShardState::Pending.into(),
-                fence_token: 0,
-                error: None,
-                started_at: None,
-                finished_at: None,
-                ..task.clone()
-            };
+            let cause = outcome::lapsed_cause(&task.agent_id, task.fence_token);
+            let next = after_interruption(task.clone(), cause, retry_bound(plan));
             let key = keys::task(&plan.plan_id, &task.shard_id);
             let committed = self
                 .commit(
                     &[Condition::ModifiedAt(key.clone(), revision)],
-                    &[Write::put(key, pending.encode_to_vec())],
+                    &[Write::put(key, next.encode_to_vec())],
                 )
                 .await?;
             if let Some(at) = committed {
-                tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = task.fence_token, "claim lapsed with its agent's lease; the shard goes back to pending");
-                spans::run_lapsed(plan, &task);
-                self.model
-                    .record_task(&plan.plan_id, &task.shard_id, pending, at);
+                self.recorded(plan, &task, next, at);
             }
         }
         Ok(())
@@ -390,12 +376,19 @@ impl<S: Store> Driver<'_, S> {
             })
         });
         let Some(wave) = wave else {
-            let reason = if failed.is_empty() {
-                String::new()
-            } else {
-                format!("{} shard(s) failed, below the threshold", failed.len())
-            };
-            return self.finish(plan, PlanState::Succeeded, reason).await;
+            if failed.is_empty() {
+                return self.finish(plan, PlanState::Succeeded, String::new()).await;
+            }
+            let shards: Vec<&str> = failed.iter().map(|task| task.shard_id.as_str()).collect();
+            let reason = format!(
+                "{} shard(s) failed, below the threshold of {}: {}",
+                failed.len(),
+                policy.failure_threshold.max(1),
+                shards.join(", ")
+            );
+            return self
+                .finish(plan, PlanState::FinishedWithFailures, reason)
+                .await;
         };
         let mut active_in_wave = wave
             .shards
@@ -655,5 +648,66 @@ impl<S: Store> Driver<'_, S> {
             }
         }
         Ok(())
+    }
+}
+
+/// How often a task of `plan` may be interrupted and run again.
+fn retry_bound(plan: &Plan) -> u32 {
+    outcome::max_retries(
+        plan.policy
+            .as_ref()
+            .map_or(0, |policy| policy.max_shard_retries),
+    )
+}
+
+/// `task` with what its run reported: the version it reached, its figures, its backup (a
+/// retry that took none keeps the earlier one), the version before the plan (the first run's),
+/// its baselines and rollback.
+fn with_result(task: &ShardTask, result: &AssignmentResult) -> ShardTask {
+    ShardTask {
+        current_version: result.current_version.clone(),
+        metrics: result.metrics,
+        backup: result.backup.clone().or_else(|| task.backup.clone()),
+        // The first run saw the shard before the plan; a retry may see it half-way.
+        previous_version: if task.previous_version.is_empty() {
+            result.previous_version.clone()
+        } else {
+            task.previous_version.clone()
+        },
+        baselines: result.baselines.clone(),
+        rollback: result.rollback.clone(),
+        ..task.clone()
+    }
+}
+
+/// `task` after a run interrupted by `cause`: pending again with no claim (the next dispatch
+/// claims it anew, under a newer token), or failed once its interruptions exceed `bound`.
+fn after_interruption(task: ShardTask, cause: String, bound: u32) -> ShardTask {
+    let interruptions = task.interruptions.saturating_add(1);
+    let mut causes = task.interruption_causes.clone();
+    causes.push(cause);
+    if interruptions > bound {
+        let message = outcome::retries_exhausted(&task.shard_id, bound, &causes);
+        return ShardTask {
+            state: ShardState::Failed.into(),
+            error: Some(ErrorDetail {
+                kind: ErrorKind::Interrupted.into(),
+                message,
+            }),
+            interruptions,
+            interruption_causes: causes,
+            finished_at: now(),
+            ..task
+        };
+    }
+    ShardTask {
+        state: ShardState::Pending.into(),
+        fence_token: 0,
+        error: None,
+        started_at: None,
+        finished_at: None,
+        interruptions,
+        interruption_causes: causes,
+        ..task
     }
 }

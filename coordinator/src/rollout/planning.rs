@@ -15,7 +15,7 @@ use fleetshift_common::touched::touched;
 
 use crate::lint;
 
-use super::{RolloutError, risk, spans};
+use super::{RolloutError, outcome, risk, spans};
 
 /// Defaults for what the request leaves at zero.
 const DEFAULT_CANARY: u32 = 1;
@@ -147,6 +147,7 @@ pub fn policy(requested: Option<WavePolicy>) -> Result<WavePolicy, RolloutError>
         max_concurrency_per_wave: or(requested.max_concurrency_per_wave, DEFAULT_PER_WAVE),
         max_concurrency_per_host: or(requested.max_concurrency_per_host, DEFAULT_PER_HOST),
         failure_threshold: or(requested.failure_threshold, DEFAULT_FAILURE_THRESHOLD),
+        max_shard_retries: outcome::max_retries(requested.max_shard_retries),
     })
 }
 

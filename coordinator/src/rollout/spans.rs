@@ -82,7 +82,10 @@ impl RolloutTrace {
 
     /// The rollout's span, ended at `end` in `state`.
     fn rollout_span(&self, plan: &Plan, state: PlanState, end: SystemTime) -> FinishedSpan {
-        let failed = matches!(state, PlanState::Halted | PlanState::Cancelled);
+        let failed = matches!(
+            state,
+            PlanState::Halted | PlanState::Cancelled | PlanState::FinishedWithFailures
+        );
         FinishedSpan {
             name: "rollout",
             id: self.root.clone(),
@@ -207,13 +210,11 @@ pub fn run_ended(plan: &Plan, task: &ShardTask) {
     finished::record(trace.run_span(plan, task, end, error));
 }
 
-/// A run whose claim lapsed with its agent's lease (`task` as it was before).
-pub fn run_lapsed(plan: &Plan, task: &ShardTask) {
+/// A run interrupted by `cause` (`task` as it was before): the task runs again under a new
+/// claim.
+pub fn run_interrupted(plan: &Plan, task: &ShardTask, cause: &str) {
     let Some(trace) = traced(plan) else { return };
-    let reason = format!(
-        "the claim lapsed with agent {}'s lease; the task runs again under a new claim",
-        task.agent_id
-    );
+    let reason = format!("interrupted: {cause}; the task runs again under a new claim");
     finished::record(trace.run_span(plan, task, SystemTime::now(), Some(reason)));
 }
 

@@ -113,7 +113,10 @@ pub fn resume(plan: &mut Plan) -> Result<(), RolloutError> {
 }
 
 pub fn cancel(plan: &mut Plan, reason: &str) -> Result<(), RolloutError> {
-    if matches!(state(plan), PlanState::Succeeded | PlanState::Cancelled) {
+    if matches!(
+        state(plan),
+        PlanState::Succeeded | PlanState::FinishedWithFailures | PlanState::Cancelled
+    ) {
         return Err(not_now(plan, "cancelled"));
     }
     plan.state = PlanState::Cancelled.into();

@@ -101,6 +101,7 @@ impl Tracker {
                     Some("rollout.rolled_back")
                 }
                 PlanState::Succeeded => Some("rollout.completed"),
+                PlanState::FinishedWithFailures => Some("rollout.finished_with_failures"),
                 PlanState::Cancelled => Some("rollout.cancelled"),
                 _ => None,
             };
