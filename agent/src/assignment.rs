@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts};
+use std::future::Future;
+
+use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts, health};
 use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
 use fleetshift_common::executor::{
     ExecutionEvent, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, StepOutcome,
@@ -31,6 +33,8 @@ use crate::duties::baseline::Baselines;
 use crate::duties::rollback::Triggers;
 use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
 use crate::metrics::{AgentMetrics, PoolFigures};
+use crate::outage::{Patience, StepFailure};
+use crate::stop::{StopCause, StopSignal};
 use crate::tally::RunTally;
 
 /// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
@@ -43,7 +47,7 @@ pub async fn execute(
     metrics: &AgentMetrics,
     assignment: Assignment,
     lease_ttl: Duration,
-    stop: CancellationToken,
+    stop: StopSignal,
     progress: mpsc::UnboundedSender<ProgressEvent>,
 ) -> AssignmentResult {
     let started = Instant::now();
@@ -68,7 +72,7 @@ pub async fn execute(
                 Host { config, metrics },
                 &assignment,
                 lease_ttl,
-                stop,
+                stop.token().clone(),
                 events,
                 &duties,
                 &mut record
@@ -78,6 +82,7 @@ pub async fn execute(
     }
     .instrument(span.clone())
     .await;
+    let outcome = outcome.map_err(|error| with_stop_cause(error, &assignment.shard_id, &stop));
     if let Err(error) = &outcome {
         traces::mark_failed(&span, &error.message);
     }
@@ -106,6 +111,21 @@ pub async fn execute(
         previous_version: record.previous_version,
         baselines: record.baselines,
         rollback: record.rollback,
+    }
+}
+
+/// A stopped run's error as its stop's cause makes it: the coordinator's withdrawal stays a
+/// stop; the agent's own stop for its safety is an interruption, which the leader runs again.
+fn with_stop_cause(error: ErrorDetail, shard: &str, stop: &StopSignal) -> ErrorDetail {
+    if error.kind != i32::from(ErrorKind::Stopped) {
+        return error;
+    }
+    match stop.cause() {
+        Some(StopCause::Interrupted(cause)) => refused(
+            ErrorKind::Interrupted,
+            format!("shard {shard}: interrupted: {cause}; {}", error.message),
+        ),
+        Some(StopCause::Withdrawn(_)) | None => error,
     }
 }
 
@@ -247,9 +267,19 @@ async fn run(
     let limits = assignment.limits.unwrap_or_default();
     let timeouts =
         timeouts(&limits, lease_ttl).map_err(|message| refused(ErrorKind::BadInput, message))?;
-    let connected = engine::connect(&shard.database_url, timeouts)
-        .await
-        .map_err(|error| exec_failure(&error))?;
+    let mut patience = Patience::new(
+        &shard.id,
+        shard.database_url.server(),
+        config.database_outage_wait,
+        &stop,
+    );
+    let connected = patience
+        .persist("connecting", || async {
+            engine::connect(&shard.database_url, timeouts)
+                .await
+                .map_err(lost_or_final)
+        })
+        .await?;
     let _pool_reported = metrics.track_pool(&shard.id, pool_figures(&connected));
     let identity = Identity {
         agent_id: config.agent_id.clone(),
@@ -279,15 +309,16 @@ async fn run(
     };
     match &connected {
         Connected::Postgres(engine) => {
-            let ledger = engine
-                .read_ledger()
-                .await
-                .map_err(|error| exec_failure(&error))?;
-            let tables =
-                duties::touched_tables(&set, &ledger, direction, request.target.as_deref());
-            let taken = duties::before_revisions(engine, shard_duties, &tables, report, &stop)
-                .await
-                .map_err(duty_failure)?;
+            let taken = patience
+                .persist("running the pre-flight checks and backup", || async {
+                    let ledger = engine.read_ledger().await.map_err(lost_or_final)?;
+                    let tables =
+                        duties::touched_tables(&set, &ledger, direction, request.target.as_deref());
+                    let duty =
+                        duties::before_revisions(engine, shard_duties, &tables, report, &stop);
+                    duty_step(engine.pool(), duty, duty_failure).await
+                })
+                .await?;
             record.backup = taken.map(|manifest| manifest.record());
         }
         Connected::Sqlite(engine) => {
@@ -318,7 +349,7 @@ async fn run(
     let parts = RunParts {
         identity,
         settings,
-        stop,
+        stop: stop.clone(),
         events,
     };
     let watch = Watch {
@@ -337,7 +368,7 @@ async fn run(
                 parts: &parts,
             };
             moving
-                .supervised(direction, &request, &watch, baselines, record)
+                .supervised(direction, &request, &watch, baselines, patience, record)
                 .await
         }
         Connected::Sqlite(engine) => {
@@ -347,7 +378,7 @@ async fn run(
                 parts: &parts,
             };
             moving
-                .supervised(direction, &request, &watch, None, record)
+                .supervised(direction, &request, &watch, None, patience, record)
                 .await
         }
     }
@@ -389,27 +420,32 @@ impl<E: ShardEngine> Moving<'_, E> {
     }
 
     /// Moves the shard, with baselines around the revisions (PostgreSQL) and a rollback when a
-    /// trigger fires; the shard's version afterwards.
+    /// trigger fires; the shard's version afterwards. Each step runs again after a loss of the
+    /// database server, within `patience`'s bound, resuming from the shard's ledger.
     async fn supervised(
         &self,
         direction: Direction,
         request: &Request,
         watch: &Watch<'_>,
         baselines: Option<(Baselines<'_>, &CountedPool)>,
+        mut patience: Patience<'_>,
         record: &mut RunRecord,
     ) -> Result<Option<String>, ErrorDetail> {
         let executor = self.executor();
-        let status = executor
-            .status(self.set)
-            .await
-            .map_err(|error| exec_failure(&error))?;
+        let status = patience
+            .persist("reading the ledger", || async {
+                executor.status(self.set).await.map_err(lost_or_final)
+            })
+            .await?;
         record.previous_version = status.current_version.unwrap_or_else(|| BASE.to_owned());
         match direction {
             Direction::Up => {}
             Direction::Down => {
-                return executor
-                    .down(self.set, request)
-                    .await
+                return patience
+                    .persist("reverting revisions", || async {
+                        retried_on_loss(executor.down(self.set, request).await)
+                    })
+                    .await?
                     .map(|report| report.current_version)
                     .map_err(|error| exec_failure(&error));
             }
@@ -426,17 +462,24 @@ impl<E: ShardEngine> Moving<'_, E> {
             report: watch.report,
         };
         let before = timing
-            .phase(BaselinePhase::Before, None, record)
-            .await
-            .map_err(duty_failure)?;
-        let outcome = executor.up(self.set, request).await;
+            .phase(BaselinePhase::Before, None, &mut patience, duty_failure)
+            .await?;
+        record.baselines.extend(before.clone());
+        let outcome = patience
+            .persist("applying revisions", || async {
+                retried_on_loss(executor.up(self.set, request).await)
+            })
+            .await?;
         let after = match (&before, &outcome) {
-            (Some(before), Ok(_)) => timing
-                .phase(BaselinePhase::After, Some(before), record)
-                .await
-                .map_err(|failure| applied_but(failure, watch.shard_id))?,
+            (Some(before), Ok(_)) => {
+                let after_but = |failure| applied_but(failure, watch.shard_id);
+                timing
+                    .phase(BaselinePhase::After, Some(before), &mut patience, after_but)
+                    .await?
+            }
             _ => None,
         };
+        record.baselines.extend(after.clone());
         let degradation = timing.degradation(after.as_ref());
         let Some(reason) = watch.triggers.reason(&outcome, degradation.as_deref()) else {
             return outcome
@@ -452,7 +495,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             cause,
             before: before.as_ref(),
         };
-        self.revert(&executor, watch, &timing, rollback, record)
+        self.revert(&executor, watch, &timing, rollback, patience, record)
             .await
     }
 
@@ -464,6 +507,7 @@ impl<E: ShardEngine> Moving<'_, E> {
         watch: &Watch<'_>,
         timing: &Timing<'_>,
         rollback: Rollback<'_>,
+        mut patience: Patience<'_>,
         record: &mut RunRecord,
     ) -> Result<Option<String>, ErrorDetail> {
         let Rollback {
@@ -500,12 +544,20 @@ impl<E: ShardEngine> Moving<'_, E> {
             )
         })?;
         let recovered = match before {
-            Some(before) => timing
-                .phase(BaselinePhase::Recovered, Some(before), record)
-                .await
-                .map_err(|failure| applied_but(failure, watch.shard_id))?,
+            Some(before) => {
+                let after_but = |failure| applied_but(failure, watch.shard_id);
+                timing
+                    .phase(
+                        BaselinePhase::Recovered,
+                        Some(before),
+                        &mut patience,
+                        after_but,
+                    )
+                    .await?
+            }
             None => None,
         };
+        record.baselines.extend(recovered.clone());
         let still = timing.degradation(recovered.as_ref());
         let recovery = match (&recovered, &still) {
             (None, _) => String::new(),
@@ -548,25 +600,31 @@ struct Timing<'a> {
 }
 
 impl Timing<'_> {
-    /// The baselines at `phase`, compared with `before` when given.
+    /// The baselines at `phase`, compared with `before` when given, timed again after a loss
+    /// of the server; a failure of their own as `failed` makes it.
     async fn phase(
         &self,
         phase: BaselinePhase,
         before: Option<&BaselineMeasured>,
-        record: &mut RunRecord,
-    ) -> Result<Option<BaselineMeasured>, DutyFailure> {
+        patience: &mut Patience<'_>,
+        failed: impl Fn(DutyFailure) -> ErrorDetail,
+    ) -> Result<Option<BaselineMeasured>, ErrorDetail> {
         let Some((baselines, pool)) = self.baselines else {
             return Ok(None);
         };
-        let measured = baselines
-            .measure(pool, phase, before, self.stop)
-            .instrument(tracing::info_span!(
-                "baseline",
-                fleetshift.phase = phase.as_str_name()
-            ))
+        let failed = &failed;
+        let measured = patience
+            .persist("timing the baselines", || async move {
+                let measuring = baselines
+                    .measure(pool, phase, before, self.stop)
+                    .instrument(tracing::info_span!(
+                        "baseline",
+                        fleetshift.phase = phase.as_str_name()
+                    ));
+                duty_step(pool, measuring, failed).await
+            })
             .await?;
         self.report.baseline(&measured);
-        record.baselines.push(measured.clone());
         Ok(Some(measured))
     }
 
@@ -575,6 +633,52 @@ impl Timing<'_> {
         let (baselines, _) = self.baselines?;
         baselines.degradation(measured?)
     }
+}
+
+/// An engine failure as a step's: a lost server is retried, anything else is final.
+fn lost_or_final(error: ExecError) -> StepFailure {
+    if error.is_connection_lost() {
+        StepFailure::Lost(first_line(&error.to_string()))
+    } else {
+        StepFailure::Final(exec_failure(&error))
+    }
+}
+
+/// A revisions step's outcome, kept whole (rollback triggers read it) unless it lost the
+/// server, which retries it.
+fn retried_on_loss<T>(outcome: Result<T, ExecError>) -> Result<Result<T, ExecError>, StepFailure> {
+    match outcome {
+        Err(error) if error.is_connection_lost() => {
+            Err(StepFailure::Lost(first_line(&error.to_string())))
+        }
+        other => Ok(other),
+    }
+}
+
+/// A host duty's step: when it failed and the server did not answer afterwards, or answered
+/// as a server that started since (a restart, a failover), the failure was the outage's and
+/// the step runs again; otherwise it is the duty's own, as `failed` makes it.
+async fn duty_step<T>(
+    pool: &CountedPool,
+    step: impl Future<Output = Result<T, DutyFailure>>,
+    failed: impl Fn(DutyFailure) -> ErrorDetail,
+) -> Result<T, StepFailure> {
+    let started_at = health::server_started_at(pool).await.ok();
+    let refusal = match step.await {
+        Ok(value) => return Ok(value),
+        Err(DutyFailure::Refused(refusal)) => refusal,
+        Err(stopped) => return Err(StepFailure::Final(failed(stopped))),
+    };
+    let now = health::server_started_at(pool).await.ok();
+    if started_at.is_some() && now == started_at {
+        Err(StepFailure::Final(failed(DutyFailure::Refused(refusal))))
+    } else {
+        Err(StepFailure::Lost(first_line(&refusal)))
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
 }
 
 /// The version of a shard with no revision applied.

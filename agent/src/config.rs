@@ -13,6 +13,7 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
 use crate::duties::backup::BackupSettings;
+use crate::outage::DEFAULT_OUTAGE_WAIT;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -24,6 +25,9 @@ struct RawConfig {
     coordinator: Option<RawCoordinator>,
     tls: Option<TlsFiles>,
     backups: Option<RawBackups>,
+    /// How long a run waits for a shard's database server that went away (a restart, a
+    /// failover) before the shard fails, e.g. "2m" (default).
+    database_outage_wait: Option<String>,
     #[serde(default)]
     shards: Vec<RawShard>,
 }
@@ -86,6 +90,9 @@ pub struct AgentConfig {
     pub backups: Option<BackupSettings>,
     /// Where the telemetry endpoint listens; `None` serves none.
     pub telemetry_listen: Option<SocketAddr>,
+    /// How long a run waits for a shard's database server that went away before the shard
+    /// fails.
+    pub database_outage_wait: Duration,
 }
 
 /// The coordinator replicas to hold a session with (any one at a time), over mutual TLS.
@@ -153,7 +160,14 @@ impl AgentConfig {
             .map(|backups| backup_settings(backups, base))
             .transpose()
             .with_context(invalid)?;
+        let database_outage_wait = match raw.database_outage_wait.as_deref() {
+            None => DEFAULT_OUTAGE_WAIT,
+            Some(text) => fleetshift_common::duration::parse(text)
+                .map_err(|error| anyhow::anyhow!("database_outage_wait: {error}"))
+                .with_context(invalid)?,
+        };
         let mut config = Self::validate(raw.shards, agent_id, base).with_context(invalid)?;
+        config.database_outage_wait = database_outage_wait;
         config.coordinator = coordinator;
         config.backups = backups;
         config.telemetry_listen = telemetry_listen
@@ -217,6 +231,7 @@ impl AgentConfig {
             shards,
             backups: None,
             telemetry_listen: None,
+            database_outage_wait: DEFAULT_OUTAGE_WAIT,
         })
     }
 }

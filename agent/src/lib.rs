@@ -6,6 +6,9 @@
 //! - [`session`]: the session with a coordinator: Hello, heartbeats, lease clock, reconnects.
 //! - [`assignment`]: one assignment run on one shard with the fenced executor, and a tally of
 //!   what it did.
+//! - [`outage`]: riding out a lost database server within a bound, step by step.
+//! - [`stop`]: telling a run to stop, and why (a withdrawal ends a task, an interruption
+//!   does not).
 //! - [`requests`]: operators' backup requests (list, verify, restore) relayed to the agent.
 //! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
@@ -16,6 +19,8 @@ pub mod cli;
 pub mod config;
 pub mod duties;
 pub mod metrics;
+pub mod outage;
 pub mod requests;
 pub mod session;
+pub mod stop;
 mod tally;

@@ -7,7 +7,7 @@
 //! on the stream.
 //! On shutdown the agent closes its stream, so the coordinator revokes its lease at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tonic::Streaming;
 
 use crate::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink};
 use crate::metrics::AgentMetrics;
+use crate::stop::{StopCause, StopSignal};
 use crate::{assignment, check, requests};
 
 /// What the session tells the telemetry endpoint: its metrics, and readiness (ready while a
@@ -85,6 +86,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut delays = reconnect_delays();
+    let mut finished = Finished::default();
     // The lease of the last session, offered for resumption so claims bound to it survive a
     // reconnect (a coordinator restart, a network blip).
     let mut last_lease = 0;
@@ -96,6 +98,7 @@ pub async fn run(
             telemetry,
             &shutdown,
             &mut last_lease,
+            &mut finished,
         )
         .await
         {
@@ -141,6 +144,7 @@ async fn session(
     telemetry: &SessionTelemetry,
     shutdown: &CancellationToken,
     last_lease: &mut i64,
+    finished: &mut Finished,
 ) -> anyhow::Result<Ended> {
     let metrics = &telemetry.metrics;
     let channel =
@@ -189,7 +193,7 @@ async fn session(
     telemetry.established(&handshake.coordinator_id);
     // Every assignment stops when this does: at shutdown, or when the lease may lapse.
     let work = shutdown.child_token();
-    let mut running: HashMap<String, CancellationToken> = HashMap::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
     let mut tasks: JoinSet<AssignmentResult> = JoinSet::new();
     // Backup requests being answered, by id (a request delivered again is not run twice).
     let mut answering: HashSet<String> = HashSet::new();
@@ -239,6 +243,7 @@ async fn session(
                 let Ok(result) = joined else { continue };
                 log_outcome(&result);
                 running.remove(&result.assignment_id);
+                finished.remember(&result);
                 metrics.assignments_running(running.len());
                 // An assignment's progress goes out before its result.
                 while let Ok(event) = reported.try_recv() {
@@ -267,12 +272,34 @@ async fn session(
                         // Delivered again after a reconnect: it is running already.
                         continue;
                     }
-                    let stop = work.child_token();
+                    if let Some(result) = finished.result_of(&assignment.assignment_id) {
+                        // Delivered again after a reconnect: it ended, and its result may not
+                        // have arrived. It never runs twice under one claim.
+                        tracing::info!(assignment = %assignment.assignment_id, "assignment delivered again after it ended; sending its result again");
+                        if outbound.send(AgentMessage { body: Some(AgentBody::Result(result)) }).await.is_err() {
+                            break Ended::Lost("the session's stream closed".to_owned());
+                        }
+                        continue;
+                    }
+                    let stop = StopSignal::child_of(&work);
                     if !clock.may_work(Instant::now()) {
-                        stop.cancel();
+                        stop.stop(StopCause::Interrupted("the agent's session lease may lapse before the assignment could start".to_owned()));
+                    }
+                    for (id, older) in &running {
+                        if older.shard == assignment.shard_id && older.fence_token < assignment.fence_token {
+                            tracing::info!(assignment = %id, newer = %assignment.assignment_id, "a newer assignment for the shard supersedes a running one");
+                            older.stop.stop(StopCause::Interrupted(format!(
+                                "superseded by assignment {} under a newer claim (fencing token {})",
+                                assignment.assignment_id, assignment.fence_token
+                            )));
+                        }
                     }
                     tracing::info!(assignment = %assignment.assignment_id, shard = %assignment.shard_id, fence = assignment.fence_token, "assignment received");
-                    running.insert(assignment.assignment_id.clone(), stop.clone());
+                    running.insert(assignment.assignment_id.clone(), Running {
+                        shard: assignment.shard_id.clone(),
+                        fence_token: assignment.fence_token,
+                        stop: stop.clone(),
+                    });
                     metrics.assignments_running(running.len());
                     let config = Arc::clone(config);
                     let metrics = Arc::clone(metrics);
@@ -281,9 +308,9 @@ async fn session(
                     tasks.spawn(async move { assignment::execute(&config, &metrics, assignment, lease_ttl, stop, progress).await });
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Cancel(cancel)) })) => {
-                    if let Some(stop) = running.get(&cancel.assignment_id) {
+                    if let Some(run) = running.get(&cancel.assignment_id) {
                         tracing::info!(assignment = %cancel.assignment_id, reason = %cancel.reason, "assignment cancelled");
-                        stop.cancel();
+                        run.stop.stop(StopCause::Withdrawn(cancel.reason));
                     }
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::BackupRequest(request)) })) => {
@@ -305,7 +332,15 @@ async fn session(
         }
     };
     // Stop what runs (running statements are cancelled), report it, then close our stream: a
-    // clean close tells the coordinator to revoke the lease.
+    // clean close tells the coordinator to revoke the lease. Runs stopped here are interrupted,
+    // not failed: the leader runs them again under newer claims.
+    let cause = match &ended {
+        Ended::Shutdown => "the agent is shutting down".to_owned(),
+        Ended::Lost(reason) => format!("the agent's session was lost ({reason})"),
+    };
+    for run in running.values() {
+        run.stop.stop(StopCause::Interrupted(cause.clone()));
+    }
     work.cancel();
     if let Some(refresh) = refreshing {
         refresh.abort();
@@ -316,6 +351,7 @@ async fn session(
         while let Some(joined) = tasks.join_next().await {
             if let Ok(result) = joined {
                 log_outcome(&result);
+                finished.remember(&result);
                 let _ = outbound
                     .send(AgentMessage {
                         body: Some(AgentBody::Result(result)),
@@ -338,6 +374,42 @@ async fn session(
         tracing::info!("session closed");
     }
     Ok(ended)
+}
+
+/// An assignment running in this session.
+#[derive(Debug)]
+struct Running {
+    shard: String,
+    fence_token: i64,
+    stop: StopSignal,
+}
+
+/// The results of the assignments this process ran last, by id, across sessions: an
+/// assignment delivered again after it ended (its result may have been lost with a session)
+/// is answered with its result, not run a second time under the same claim.
+#[derive(Debug, Default)]
+struct Finished {
+    results: VecDeque<AssignmentResult>,
+}
+
+impl Finished {
+    /// Enough for every shard of a large host to have ended twice in a row.
+    const KEPT: usize = 256;
+
+    fn remember(&mut self, result: &AssignmentResult) {
+        if self.results.len() == Self::KEPT {
+            self.results.pop_front();
+        }
+        self.results.push_back(result.clone());
+    }
+
+    fn result_of(&self, assignment_id: &str) -> Option<AssignmentResult> {
+        self.results
+            .iter()
+            .rev()
+            .find(|result| result.assignment_id == assignment_id)
+            .cloned()
+    }
 }
 
 /// One line per finished assignment, with the error when it failed.

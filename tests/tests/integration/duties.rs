@@ -15,6 +15,7 @@ use fleetshift_agent::assignment;
 use fleetshift_agent::config::{AgentConfig, ShardConfig};
 use fleetshift_agent::duties::backup::{self, BackupSettings};
 use fleetshift_agent::metrics::AgentMetrics;
+use fleetshift_agent::stop::StopSignal;
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
     Assignment, AssignmentResult, Direction, ErrorKind, HostDuties, PreflightPolicy, ProgressEvent,
@@ -88,6 +89,7 @@ impl Shard {
             }],
             backups: Some(settings),
             telemetry_listen: None,
+            database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
         }
     }
 
@@ -134,7 +136,7 @@ pub(super) async fn execute(
         &metrics,
         assignment,
         Duration::from_secs(30),
-        CancellationToken::new(),
+        StopSignal::child_of(&CancellationToken::new()),
         progress,
     )
     .await;
@@ -616,6 +618,7 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
             lock_wait_timeout: Duration::from_secs(30),
         }),
         telemetry_listen: None,
+        database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
     };
     let set = migrations();
     let duties = HostDuties {
