@@ -18,8 +18,8 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, AssignmentResult, BackupReply, CoordinatorMessage, Engine, FactsRefresh,
-    Handshake, Heartbeat, Hello, ProgressEvent, ShardFacts,
+    AgentMessage, AssignmentResult, BackupReply, CoordinatorMessage, Engine, ErrorKind,
+    FactsRefresh, Handshake, Heartbeat, Hello, ProgressEvent, ShardFacts,
 };
 use fleetshift_common::telemetry::endpoint::Readiness;
 use fleetshift_common::tls;
@@ -384,9 +384,11 @@ struct Running {
     stop: StopSignal,
 }
 
-/// The results of the assignments this process ran last, by id, across sessions: an
-/// assignment delivered again after it ended (its result may have been lost with a session)
-/// is answered with its result, not run a second time under the same claim.
+/// The results of the assignments this process ran to an end of their own last, across
+/// sessions: an assignment delivered again after it ended (its result may have been lost with
+/// a session) is answered with its result, not run a second time. Interrupted runs are not
+/// kept: a replica delivers an assignment again only while its claim stands, and then it runs
+/// again under that claim (the agent moved to another replica and kept its lease).
 #[derive(Debug, Default)]
 struct Finished {
     results: VecDeque<AssignmentResult>,
@@ -397,6 +399,13 @@ impl Finished {
     const KEPT: usize = 256;
 
     fn remember(&mut self, result: &AssignmentResult) {
+        let interrupted = result
+            .error
+            .as_ref()
+            .is_some_and(|error| error.kind == i32::from(ErrorKind::Interrupted));
+        if interrupted {
+            return;
+        }
         if self.results.len() == Self::KEPT {
             self.results.pop_front();
         }
