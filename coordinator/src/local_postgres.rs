@@ -22,6 +22,26 @@ pub struct LocalPostgres {
     run_as_postgres: bool,
     /// The superuser's password, random per cluster.
     password: String,
+    /// The server's options (port, socket, settings), for starting it again.
+    options: String,
+}
+
+/// How `pg_ctl` shuts a server down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Ends every session (SQLSTATE 57P01), then shuts down cleanly.
+    Fast,
+    /// Kills the server without a clean shutdown; it recovers from its WAL when started.
+    Immediate,
+}
+
+impl Shutdown {
+    fn mode(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Immediate => "immediate",
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalPostgres {
@@ -102,6 +122,7 @@ impl LocalPostgres {
             port: 0,
             run_as_postgres,
             password,
+            options: String::new(),
         };
         cluster.hand_to_postgres(cluster.data.path())?;
         Ok(cluster)
@@ -123,7 +144,6 @@ impl LocalPostgres {
     /// Starts the server on a free loopback port (retrying when another process takes it
     /// first), with durability off and `extra_options` for `postgres`.
     fn launch(&mut self, extra_options: &str) -> anyhow::Result<()> {
-        let cluster_dir = self.cluster_dir();
         let log = self.data.path().join("server.log");
         for _attempt in 0..5 {
             let port = free_port()?;
@@ -131,25 +151,58 @@ impl LocalPostgres {
                 "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50 {extra_options}",
                 socket = path_str(self.data.path())?
             );
-            let started = self.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    path_str(&cluster_dir)?,
-                    "-w",
-                    "-l",
-                    path_str(&log)?,
-                    "-o",
-                    &options,
-                    "start",
-                ],
-            );
-            if started.is_ok() {
+            if self.start_with(&options).is_ok() {
                 self.port = port;
+                self.options = options;
                 return Ok(());
             }
         }
         bail!("PostgreSQL did not start; see {}", log.display())
+    }
+
+    fn start_with(&self, options: &str) -> anyhow::Result<()> {
+        let log = self.data.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&self.cluster_dir())?,
+                "-w",
+                "-l",
+                path_str(&log)?,
+                "-o",
+                options,
+                "start",
+            ],
+        )
+    }
+
+    /// Restarts the server on the same port, shutting it down as `how` says: every session
+    /// ends, as in a real restart.
+    pub fn restart(&self, how: Shutdown) -> anyhow::Result<()> {
+        self.stop(how)?;
+        self.start_again()
+    }
+
+    /// Stops the server (see [`LocalPostgres::start_again`]).
+    pub fn stop(&self, how: Shutdown) -> anyhow::Result<()> {
+        let cluster_dir = self.cluster_dir();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&cluster_dir)?,
+                "-w",
+                "-m",
+                how.mode(),
+                "stop",
+            ],
+        )
+    }
+
+    /// Starts a stopped server again, on the same port with the same settings.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.start_with(&self.options)
     }
 
     fn run(&self, program: &str, arguments: &[&str]) -> anyhow::Result<()> {

@@ -19,10 +19,12 @@ use std::time::Duration;
 use fleetshift_common::engine::ShardEngine;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, GetPlanRequest, ListShardsRequest, Plan, PlanState, ShardState,
+    CreatePlanRequest, ErrorKind, ExecutionLimits, GetPlanRequest, ListShardsRequest, Plan,
+    PlanState, ShardState, ShardTask, WavePolicy,
 };
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
+use fleetshift_coordinator::local_postgres::Shutdown;
 use fleetshift_coordinator::store::{EtcdStore, Store, keys};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
@@ -39,10 +41,13 @@ use super::support;
 
 const ROLES: &str = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
 const SHARDS: usize = 2;
-const REVISIONS: usize = 9;
+const REVISIONS: usize = 10;
 
 /// The revision that runs outside a transaction.
 const OUTSIDE_TRANSACTION: usize = 5;
+
+/// The revision that builds an index concurrently (outside a transaction).
+const INDEX_BUILD: usize = 10;
 
 /// Nine revisions; each transactional one logs itself, then takes a moment (so a process can
 /// be stopped in the middle of one); revision 5 is one slow autocommit statement.
@@ -55,6 +60,9 @@ fn logging_set() -> tempfile::TempDir {
                     .to_owned(),
                 OUTSIDE_TRANSACTION => "-- no-transaction\n\
                      CREATE TABLE IF NOT EXISTS paused_work AS SELECT 1 AS slept FROM pg_sleep(2.5);\n"
+                    .to_owned(),
+                INDEX_BUILD => "-- no-transaction\n\
+                     CREATE INDEX CONCURRENTLY work_log_version ON work_log (version);\n"
                     .to_owned(),
                 _ => format!("INSERT INTO work_log VALUES ({version});\nSELECT pg_sleep(0.8);\n"),
             };
@@ -86,13 +94,20 @@ struct Fleet {
     urls: Vec<String>,
     migrations: tempfile::TempDir,
     set: MigrationSet,
+    /// The replicas' ports, in `replicas`' first order.
+    ports: Vec<u16>,
     // Dropped last: the processes above stop before their services.
-    _cluster: PostgresCluster,
+    cluster: PostgresCluster,
     _etcd: EtcdServer,
 }
 
 impl Fleet {
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// A fleet whose agent's configuration begins with `agent_settings` (top-level keys).
+    async fn start_with(agent_settings: &str) -> Self {
         let FleetGround {
             etcd,
             store,
@@ -128,7 +143,10 @@ impl Fleet {
         let shards = shard_tables(home.path(), "a", &urls);
         std::fs::write(
             home.path().join("agent-a.toml"),
-            agent_config_text("a", &ports, &shards),
+            format!(
+                "{agent_settings}\n{}",
+                agent_config_text("a", &ports, &shards)
+            ),
         )
         .expect("agent config");
         let migrations = logging_set();
@@ -143,7 +161,8 @@ impl Fleet {
             urls,
             migrations,
             set,
-            _cluster: cluster,
+            ports,
+            cluster,
             _etcd: etcd,
         };
         fleet.start_agent("agent-a.log");
@@ -206,14 +225,25 @@ impl Fleet {
 
     /// Plans, approves and starts a rollout to `target` across both shards at once.
     async fn start_rollout(&self, target: usize) -> String {
+        self.start_rollout_with(target, rollout::policy(1, 2, 2), None)
+            .await
+    }
+
+    /// Like [`Fleet::start_rollout`], with the waves and limits given.
+    async fn start_rollout_with(
+        &self,
+        target: usize,
+        waves: WavePolicy,
+        limits: Option<ExecutionLimits>,
+    ) -> String {
         let mut rollout = rollout::prepare(
             &self.client(),
             CreatePlanRequest {
                 migration_set: Some(fleetshift_tests::fixtures::shipped(self.migrations.path())),
                 target_version: target.to_string(),
                 selector: [("env".to_owned(), "test".to_owned())].into(),
-                waves: Some(rollout::policy(1, 2, 2)),
-                limits: None,
+                waves: Some(waves),
+                limits,
                 duties: None,
             },
         )
@@ -231,6 +261,33 @@ impl Fleet {
             .await
             .expect("plan")
             .into_inner()
+    }
+
+    /// The plan once it ended, whatever its end.
+    async fn await_end(&self, plan_id: &str) -> Plan {
+        let ended = wait_until(Duration::from_secs(120), || async {
+            let plan = self.plan(plan_id).await;
+            fleetshift_coordinator::rollout::plan_ended(plan.state())
+                && plan.waves.iter().flat_map(|wave| &wave.shards).all(|task| {
+                    fleetshift_coordinator::rollout::task_ended(task.state())
+                        || task.state() == ShardState::Pending
+                })
+        })
+        .await;
+        let plan = self.plan(plan_id).await;
+        assert!(ended, "{plan:?} did not end\n{}", self.logs());
+        plan
+    }
+
+    /// Runs the `fleetshift` CLI as the operator against the first replica.
+    async fn cli(&self, arguments: &[&str]) -> std::process::Output {
+        fleetshift_tests::fleet::fleetshift_as(
+            &format!("https://localhost:{}", self.ports[0]),
+            &self.home.path().join("pki"),
+            "operator-ops",
+            arguments,
+        )
+        .await
     }
 
     async fn await_success(&self, plan_id: &str) -> Plan {
@@ -291,7 +348,7 @@ impl Fleet {
     async fn assert_each_revision_once(&self, target: usize) {
         for (index, admin) in self.admins.iter().enumerate() {
             let expected: Vec<i32> = (1..=target)
-                .filter(|version| *version != OUTSIDE_TRANSACTION)
+                .filter(|version| ![OUTSIDE_TRANSACTION, INDEX_BUILD].contains(version))
                 .map(|version| i32::try_from(version).expect("small"))
                 .collect();
             assert_eq!(
@@ -460,4 +517,317 @@ async fn a_rollout_survives_its_agent_being_killed_frozen_and_moved_between_repl
             );
         }
     }
+}
+
+fn task_of(plan: &Plan, shard: usize) -> &ShardTask {
+    plan.waves
+        .iter()
+        .flat_map(|wave| &wave.shards)
+        .find(|task| task.shard_id == shard_id(shard))
+        .expect("the shard's task")
+}
+
+/// The first line of the agent log that contains `text` appears, within `limit`.
+async fn await_log(fleet: &Fleet, log: &str, text: &str) {
+    let seen = wait_until(Duration::from_secs(60), || async {
+        fleet.log_of(log).contains(text)
+    })
+    .await;
+    assert!(seen, "{log} never said {text:?}\n{}", fleet.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_agent_stops_for_its_own_safety_is_interrupted_and_runs_again() {
+    let mut fleet = Fleet::start().await;
+
+    // 1. SIGTERM mid-revision (a supervisor's stop): the running statement is cancelled and
+    //    the run reported interrupted, not failed; the restarted agent finishes the shard
+    //    under a newer claim.
+    let first = fleet.start_rollout(3).await;
+    let stopped = fleet.await_mid_revision(0).await;
+    let before = fleet
+        .claim_token(stopped)
+        .await
+        .expect("a claim while running");
+    let mut agent = fleet.agent.take().expect("running");
+    agent.signal("TERM");
+    agent
+        .wait_for_exit(Duration::from_secs(60))
+        .expect("the agent stops on SIGTERM");
+    drop(agent);
+    fleet.start_agent("agent-a-after-term.log");
+    let plan = fleet.await_success(&first).await;
+    fleet.assert_each_revision_once(3).await;
+    let task = task_of(&plan, stopped);
+    assert!(
+        task.fence_token > before,
+        "claimed again under a newer token: {before} then {task:?}"
+    );
+    assert!(
+        task.interruptions >= 1
+            && task
+                .interruption_causes
+                .iter()
+                .any(|cause| cause.contains("the agent is shutting down")),
+        "the interruption and its cause are kept: {task:?}"
+    );
+    let tokens = fleet.ledger_tokens(stopped, &first).await;
+    assert!(
+        tokens.first() == Some(&before) && tokens.last() == Some(&task.fence_token),
+        "the revision before the stop under the old claim, the rest under the new: {tokens:?}"
+    );
+
+    // 2. The agent frozen past its lease mid-revision: its claim lapses; continued, it stops
+    //    what it was doing, reconnects, and the shard finishes under a newer claim.
+    let second = fleet.start_rollout(6).await;
+    let frozen = fleet.await_mid_revision(3).await;
+    let before = fleet
+        .claim_token(frozen)
+        .await
+        .expect("a claim while running");
+    let agent = fleet.agent.as_ref().expect("running");
+    agent.signal("STOP");
+    let lapsed = wait_until(Duration::from_secs(30), || async {
+        fleet.claim_token(frozen).await != Some(before)
+    })
+    .await;
+    fleet.agent.as_ref().expect("running").signal("CONT");
+    assert!(lapsed, "the frozen agent's claim lapsed\n{}", fleet.logs());
+    let plan = fleet.await_success(&second).await;
+    fleet.assert_each_revision_once(6).await;
+    let after = task_of(&plan, frozen).fence_token;
+    assert!(
+        after > before,
+        "a newer claim after the freeze: {before} then {after}"
+    );
+    let tokens = fleet.ledger_tokens(frozen, &second).await;
+    assert!(
+        tokens.contains(&before) && tokens.last() == Some(&after),
+        "the revision before the freeze under the old claim, the rest under the new: {tokens:?}"
+    );
+
+    // 3. The replica holding the agent's session frozen until the agent's lease clock runs
+    //    out: the agent stops its work (it may no longer hold its claims), moves to the
+    //    other replica and the shard finishes; whatever the frozen replica later hands on
+    //    of the stopped run is an interruption, never a failure.
+    let third = fleet.start_rollout(9).await;
+    let moving = fleet.await_mid_revision(6).await;
+    let before = fleet
+        .claim_token(moving)
+        .await
+        .expect("a claim while running");
+    let serving = fleet.agents_replica();
+    fleet.replicas[serving].process.signal("STOP");
+    await_log(
+        &fleet,
+        &fleet.agent_log,
+        "no acknowledgement within the lease",
+    )
+    .await;
+    fleet.replicas[serving].process.signal("CONT");
+    let plan = fleet.await_success(&third).await;
+    fleet.assert_each_revision_once(9).await;
+    let tokens = fleet.ledger_tokens(moving, &third).await;
+    assert!(
+        tokens.first() == Some(&before)
+            && tokens.windows(2).all(|pair| pair[0] <= pair[1])
+            && tokens.last() == Some(&task_of(&plan, moving).fence_token),
+        "the same claim (lease resumed) or a newer one (lapsed or interrupted), never an older: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_mid_revision_is_ridden_out() {
+    let fleet = Fleet::start().await;
+
+    // 1. A fast restart (every session ended with 57P01) inside a transactional revision:
+    //    the server rolled it back; the agent waits, reconnects and runs it again.
+    let first = fleet.start_rollout(4).await;
+    fleet.await_mid_revision(0).await;
+    fleet.cluster.restart(Shutdown::Fast).expect("fast restart");
+    let plan = fleet.await_success(&first).await;
+    fleet.assert_each_revision_once(4).await;
+    for shard in 0..SHARDS {
+        let task = task_of(&plan, shard);
+        assert_eq!(
+            task.interruptions, 0,
+            "the outage was ridden out within the run: {task:?}"
+        );
+    }
+    let log = fleet.log_of(&fleet.agent_log);
+    assert!(
+        log.contains("lost the database server; waiting for it")
+            && log.contains("the database server is back"),
+        "{log}"
+    );
+
+    // 2. An immediate restart (a crash) while an index is built concurrently: the build is
+    //    left INVALID; the next attempt drops and rebuilds it. Each shard keeps a snapshot
+    //    open so the build waits for it, visibly half-done.
+    let mut holders = Vec::new();
+    for admin in &fleet.admins {
+        let mut holder = admin.begin().await.expect("begin");
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *holder)
+            .await
+            .expect("isolation");
+        sqlx::query("SELECT count(*) FROM work_log")
+            .execute(&mut *holder)
+            .await
+            .expect("snapshot");
+        holders.push(holder);
+    }
+    let limits = ExecutionLimits {
+        lock_timeout: prost_types::Duration::try_from(Duration::from_secs(30)).ok(),
+        statement_timeout: prost_types::Duration::try_from(Duration::from_secs(120)).ok(),
+        lock_retries: 3,
+    };
+    let second = fleet
+        .start_rollout_with(INDEX_BUILD, rollout::policy(1, 2, 2), Some(limits))
+        .await;
+    let building = wait_until(Duration::from_secs(60), || async {
+        invalid_indexes(&fleet.admins[0]).await == ["work_log_version"]
+    })
+    .await;
+    assert!(
+        building,
+        "the index build never waited half-done\n{}",
+        fleet.logs()
+    );
+    fleet
+        .cluster
+        .restart(Shutdown::Immediate)
+        .expect("immediate restart");
+    drop(holders);
+    fleet.await_success(&second).await;
+    fleet.assert_each_revision_once(INDEX_BUILD).await;
+    for admin in &fleet.admins {
+        assert_eq!(
+            invalid_indexes(admin).await,
+            Vec::<String>::new(),
+            "no INVALID index left"
+        );
+        let valid: bool = sqlx::query_scalar(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'work_log_version'::regclass",
+        )
+        .fetch_one(admin)
+        .await
+        .expect("the index");
+        assert!(valid, "the index was built again, valid");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stays_down_past_the_bound_fails_its_shards_naming_it() {
+    let fleet = Fleet::start_with("database_outage_wait = \"3s\"").await;
+    let plan_id = fleet.start_rollout(3).await;
+    fleet.await_mid_revision(0).await;
+    fleet.cluster.stop(Shutdown::Immediate).expect("stop");
+    let plan = fleet.await_end(&plan_id).await;
+    fleet.cluster.start_again().expect("start again");
+    let server = format!("127.0.0.1:{}", fleet.cluster.port);
+    let failed: Vec<&ShardTask> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.shards)
+        .filter(|task| task.state() == ShardState::Failed)
+        .collect();
+    assert!(!failed.is_empty(), "{plan:?}");
+    for task in failed {
+        let error = task.error.as_ref().expect("an error");
+        assert_eq!(error.kind, i32::from(ErrorKind::Unreachable), "{error:?}");
+        assert!(
+            error.message.contains(&server)
+                && error
+                    .message
+                    .contains("did not come back within 3s (waited"),
+            "the server and the wait are named: {}",
+            error.message
+        );
+    }
+    assert_eq!(plan.state(), PlanState::Halted, "{plan:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_below_the_threshold_and_exhausted_retries_are_told_as_such() {
+    let mut fleet = Fleet::start().await;
+
+    // 1. Shard 1 fails for its own reason (its first revision's table exists already),
+    //    below a threshold of 2: the plan finishes with failures, and watch exits 1.
+    sqlx::query("CREATE TABLE work_log (version int NOT NULL)")
+        .execute(&fleet.admins[1])
+        .await
+        .expect("a table in the way");
+    let lenient = WavePolicy {
+        failure_threshold: 2,
+        ..rollout::policy(1, 2, 2)
+    };
+    let first = fleet.start_rollout_with(2, lenient, None).await;
+    let plan = fleet.await_end(&first).await;
+    assert_eq!(plan.state(), PlanState::FinishedWithFailures, "{plan:?}");
+    assert!(plan.state_reason.contains(&shard_id(1)), "{plan:?}");
+    assert_eq!(task_of(&plan, 0).state(), ShardState::Succeeded);
+    assert_eq!(task_of(&plan, 1).state(), ShardState::Failed);
+    let watched = fleet.cli(&["watch", &first]).await;
+    assert_eq!(
+        watched.status.code(),
+        Some(1),
+        "{}",
+        fleetshift_tests::binary::printed(&watched)
+    );
+    let status = fleet.cli(&["status", &first, "--output", "json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status as JSON");
+    assert_eq!(status["state"], "finished-with-failures", "{status}");
+    assert_eq!(
+        status["shards"][0]["shard"],
+        shard_id(1),
+        "failed shards first: {status}"
+    );
+
+    // 2. A plan allowing one retry per shard, whose canary shard is interrupted twice (its
+    //    agent stopped mid-revision, then restarted): the shard fails with the count and
+    //    each cause.
+    sqlx::query("DROP TABLE work_log")
+        .execute(&fleet.admins[1])
+        .await
+        .expect("out of the way");
+    let strict = WavePolicy {
+        max_shard_retries: 1,
+        ..rollout::policy(1, 2, 2)
+    };
+    let second = fleet.start_rollout_with(4, strict, None).await;
+    for restart in ["agent-a-second.log", "agent-a-third.log"] {
+        fleet.await_mid_revision(2).await;
+        let mut agent = fleet.agent.take().expect("running");
+        agent.signal("TERM");
+        agent
+            .wait_for_exit(Duration::from_secs(60))
+            .expect("the agent stops on SIGTERM");
+        drop(agent);
+        fleet.start_agent(restart);
+    }
+    let plan = fleet.await_end(&second).await;
+    let canary = task_of(&plan, 0);
+    assert_eq!(canary.state(), ShardState::Failed, "{plan:?}");
+    let error = canary.error.as_ref().expect("an error");
+    assert_eq!(error.kind, i32::from(ErrorKind::Interrupted), "{error:?}");
+    assert!(
+        error
+            .message
+            .contains("interrupted 2 times, more than the plan's bound of 1 retries")
+            && error.message.matches("the agent is shutting down").count() == 2,
+        "the count and each cause: {}",
+        error.message
+    );
+    assert_eq!(plan.state(), PlanState::Halted, "{plan:?}");
+}
+
+/// The INVALID indexes of the database, by name.
+async fn invalid_indexes(admin: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap_or_default()
 }
