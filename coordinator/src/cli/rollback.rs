@@ -15,7 +15,7 @@ use super::rollout::print_created;
 pub struct RollbackArgs {
     #[command(flatten)]
     connection: Connection,
-    /// The plan whose shards go back; it must have ended (succeeded, halted or cancelled).
+    /// The plan whose shards go back; it must have ended (succeeded, finished with failures, halted or cancelled).
     plan: String,
     /// Only these shards: ids or patterns with `*`, comma-separated or repeated (default:
     /// every shard the plan took to its target).
