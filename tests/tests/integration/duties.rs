@@ -21,6 +21,7 @@ use fleetshift_common::proto::v1::{
     Assignment, AssignmentResult, Direction, ErrorKind, HostDuties, PreflightPolicy, ProgressEvent,
 };
 use fleetshift_common::secrets::DatabaseUrl;
+use fleetshift_coordinator::local_postgres::Shutdown;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::wait::wait_until;
@@ -391,6 +392,78 @@ async fn a_killed_backup_stops_the_shard_before_any_ddl_and_never_exposes_the_pa
         "the log was captured: {log}"
     );
     assert!(!log.contains(CANARY), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_during_the_backup_is_ridden_out() {
+    let shard = shard("restarted_dump").await;
+    let config = Arc::new(shard.config(shard.settings(5)));
+    let set = migrations();
+    // pg_dump queues behind this lock, so the restart catches it half-way.
+    let mut holder = shard.admin.begin().await.expect("transaction");
+    sqlx::raw_sql("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let run = tokio::spawn({
+        let config = Arc::clone(&config);
+        let assignment = assignment(
+            "r1",
+            set.path(),
+            HostDuties {
+                require_backup: true,
+                ..HostDuties::default()
+            },
+        );
+        async move { execute(&config, assignment).await }
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            pg_dump_of("restarted_dump").is_some()
+        })
+        .await,
+        "pg_dump never ran"
+    );
+    // A fast restart ends every session: pg_dump's, and the lock holder's.
+    shard.cluster.restart(Shutdown::Fast).expect("restart");
+    drop(holder);
+    let (result, events) = run.await.expect("the run ends");
+
+    assert!(result.succeeded, "{:?}", result.error);
+    let backup = result.backup.expect("the backup taken after the restart");
+    assert!(backup.verified_entries > 0, "{backup:?}");
+    assert!(
+        shard.has_note_column().await,
+        "the revision ran after the backup"
+    );
+    let checks = events
+        .iter()
+        .filter(|event| matches!(event, Event::PreflightCheck(check) if check.name == "server"))
+        .count();
+    assert_eq!(
+        checks, 2,
+        "the pre-flight ran again on the restarted server"
+    );
+    let directory = backup::shard_directory(&shard.settings(5), "accounts-1");
+    let mut left: Vec<String> = std::fs::read_dir(&directory)
+        .expect("dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!("{}.dump", backup.backup_id),
+            format!("{}.json", backup.backup_id)
+        ],
+        "one verified backup, nothing half-written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

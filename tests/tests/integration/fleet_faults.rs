@@ -41,13 +41,13 @@ use super::support;
 
 const ROLES: &str = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
 const SHARDS: usize = 2;
-const REVISIONS: usize = 10;
+const REVISIONS: usize = 11;
 
 /// The revision that runs outside a transaction.
 const OUTSIDE_TRANSACTION: usize = 5;
 
-/// The revision that builds an index concurrently (outside a transaction).
-const INDEX_BUILD: usize = 10;
+/// The revisions that build an index concurrently (outside a transaction), and the indexes.
+const INDEX_BUILDS: [(usize, &str); 2] = [(10, "work_log_version"), (11, "work_log_version_again")];
 
 /// Nine revisions; each transactional one logs itself, then takes a moment (so a process can
 /// be stopped in the middle of one); revision 5 is one slow autocommit statement.
@@ -61,9 +61,15 @@ fn logging_set() -> tempfile::TempDir {
                 OUTSIDE_TRANSACTION => "-- no-transaction\n\
                      CREATE TABLE IF NOT EXISTS paused_work AS SELECT 1 AS slept FROM pg_sleep(2.5);\n"
                     .to_owned(),
-                INDEX_BUILD => "-- no-transaction\n\
-                     CREATE INDEX CONCURRENTLY work_log_version ON work_log (version);\n"
-                    .to_owned(),
+                build if INDEX_BUILDS.iter().any(|(version, _)| *version == build) => {
+                    let (_, index) = INDEX_BUILDS
+                        .iter()
+                        .find(|(version, _)| *version == build)
+                        .expect("an index build");
+                    format!(
+                        "-- no-transaction\nCREATE INDEX CONCURRENTLY {index} ON work_log (version);\n"
+                    )
+                }
                 _ => format!("INSERT INTO work_log VALUES ({version});\nSELECT pg_sleep(0.8);\n"),
             };
             (format!("{version}_step_{version}.sql"), script)
@@ -183,6 +189,18 @@ impl Fleet {
             &["--config", config.to_str().expect("path"), "run"],
             &self.home.path().join(log),
         ));
+    }
+
+    /// Stops the agent as a supervisor does (SIGTERM), waits for it to exit, and starts it
+    /// again logging to `log`.
+    fn stop_agent_and_restart(&mut self, log: &str) {
+        let mut agent = self.agent.take().expect("running");
+        agent.signal("TERM");
+        agent
+            .wait_for_exit(Duration::from_secs(60))
+            .expect("the agent stops on SIGTERM");
+        drop(agent);
+        self.start_agent(log);
     }
 
     async fn await_shards(&self) {
@@ -348,7 +366,10 @@ impl Fleet {
     async fn assert_each_revision_once(&self, target: usize) {
         for (index, admin) in self.admins.iter().enumerate() {
             let expected: Vec<i32> = (1..=target)
-                .filter(|version| ![OUTSIDE_TRANSACTION, INDEX_BUILD].contains(version))
+                .filter(|version| {
+                    *version != OUTSIDE_TRANSACTION
+                        && INDEX_BUILDS.iter().all(|(build, _)| build != version)
+                })
                 .map(|version| i32::try_from(version).expect("small"))
                 .collect();
             assert_eq!(
@@ -549,13 +570,7 @@ async fn a_run_the_agent_stops_for_its_own_safety_is_interrupted_and_runs_again(
         .claim_token(stopped)
         .await
         .expect("a claim while running");
-    let mut agent = fleet.agent.take().expect("running");
-    agent.signal("TERM");
-    agent
-        .wait_for_exit(Duration::from_secs(60))
-        .expect("the agent stops on SIGTERM");
-    drop(agent);
-    fleet.start_agent("agent-a-after-term.log");
+    fleet.stop_agent_and_restart("agent-a-after-term.log");
     let plan = fleet.await_success(&first).await;
     fleet.assert_each_revision_once(3).await;
     let task = task_of(&plan, stopped);
@@ -640,19 +655,32 @@ async fn a_run_the_agent_stops_for_its_own_safety_is_interrupted_and_runs_again(
 async fn a_database_restart_mid_revision_is_ridden_out() {
     let fleet = Fleet::start().await;
 
-    // 1. A fast restart (every session ended with 57P01) inside a transactional revision:
-    //    the server rolled it back; the agent waits, reconnects and runs it again.
-    let first = fleet.start_rollout(4).await;
+    // 1. A fast restart (every session ended with 57P01), then an immediate one (a crash),
+    //    each inside a transactional revision: the server rolled it back; the agent waits,
+    //    reconnects and runs it again.
+    let first = fleet.start_rollout(3).await;
     fleet.await_mid_revision(0).await;
     fleet.cluster.restart(Shutdown::Fast).expect("fast restart");
     let plan = fleet.await_success(&first).await;
-    fleet.assert_each_revision_once(4).await;
+    fleet.assert_each_revision_once(3).await;
+    let second = fleet.start_rollout(9).await;
+    // Revision 6, after revision 4 committed and revision 5 (outside a transaction) ran.
+    fleet
+        .await_shard(|rows, running| rows == 4 && running.contains("pg_sleep(0.8)"))
+        .await;
+    fleet
+        .cluster
+        .restart(Shutdown::Immediate)
+        .expect("immediate restart");
+    let second = fleet.await_success(&second).await;
+    fleet.assert_each_revision_once(9).await;
     for shard in 0..SHARDS {
-        let task = task_of(&plan, shard);
-        assert_eq!(
-            task.interruptions, 0,
-            "the outage was ridden out within the run: {task:?}"
-        );
+        for task in [task_of(&plan, shard), task_of(&second, shard)] {
+            assert_eq!(
+                task.interruptions, 0,
+                "the outage was ridden out within the run: {task:?}"
+            );
+        }
     }
     let log = fleet.log_of(&fleet.agent_log);
     assert!(
@@ -661,9 +689,20 @@ async fn a_database_restart_mid_revision_is_ridden_out() {
         "{log}"
     );
 
-    // 2. An immediate restart (a crash) while an index is built concurrently: the build is
-    //    left INVALID; the next attempt drops and rebuilds it. Each shard keeps a snapshot
-    //    open so the build waits for it, visibly half-done.
+    // 2. An immediate, then a fast restart while an index is built concurrently: the build
+    //    is left INVALID; the next attempt drops and rebuilds it.
+    for ((version, index), how) in INDEX_BUILDS
+        .into_iter()
+        .zip([Shutdown::Immediate, Shutdown::Fast])
+    {
+        restart_during_index_build(&fleet, version, index, how).await;
+    }
+}
+
+/// Rolls out to `version`, which builds `index` concurrently, and restarts the server `how`
+/// while the build waits half-done (each shard keeps a snapshot open, which the build waits
+/// for); every revision must run once and the index end valid, no INVALID index left.
+async fn restart_during_index_build(fleet: &Fleet, version: usize, index: &str, how: Shutdown) {
     let mut holders = Vec::new();
     for admin in &fleet.admins {
         let mut holder = admin.begin().await.expect("begin");
@@ -682,38 +721,36 @@ async fn a_database_restart_mid_revision_is_ridden_out() {
         statement_timeout: prost_types::Duration::try_from(Duration::from_secs(120)).ok(),
         lock_retries: 3,
     };
-    let second = fleet
-        .start_rollout_with(INDEX_BUILD, rollout::policy(1, 2, 2), Some(limits))
+    let plan_id = fleet
+        .start_rollout_with(version, rollout::policy(1, 2, 2), Some(limits))
         .await;
     let building = wait_until(Duration::from_secs(60), || async {
-        invalid_indexes(&fleet.admins[0]).await == ["work_log_version"]
+        invalid_indexes(&fleet.admins[0]).await == [index]
     })
     .await;
     assert!(
         building,
-        "the index build never waited half-done\n{}",
+        "the build of {index} never waited half-done\n{}",
         fleet.logs()
     );
-    fleet
-        .cluster
-        .restart(Shutdown::Immediate)
-        .expect("immediate restart");
+    fleet.cluster.restart(how).expect("restart");
     drop(holders);
-    fleet.await_success(&second).await;
-    fleet.assert_each_revision_once(INDEX_BUILD).await;
+    fleet.await_success(&plan_id).await;
+    fleet.assert_each_revision_once(version).await;
     for admin in &fleet.admins {
         assert_eq!(
             invalid_indexes(admin).await,
             Vec::<String>::new(),
-            "no INVALID index left"
+            "no INVALID index left after a {how:?} restart"
         );
         let valid: bool = sqlx::query_scalar(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'work_log_version'::regclass",
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
         )
+        .bind(index)
         .fetch_one(admin)
         .await
         .expect("the index");
-        assert!(valid, "the index was built again, valid");
+        assert!(valid, "{index} was built again, valid");
     }
 }
 
@@ -798,13 +835,7 @@ async fn failures_below_the_threshold_and_exhausted_retries_are_told_as_such() {
     let second = fleet.start_rollout_with(4, strict, None).await;
     for restart in ["agent-a-second.log", "agent-a-third.log"] {
         fleet.await_mid_revision(2).await;
-        let mut agent = fleet.agent.take().expect("running");
-        agent.signal("TERM");
-        agent
-            .wait_for_exit(Duration::from_secs(60))
-            .expect("the agent stops on SIGTERM");
-        drop(agent);
-        fleet.start_agent(restart);
+        fleet.stop_agent_and_restart(restart);
     }
     let plan = fleet.await_end(&second).await;
     let canary = task_of(&plan, 0);
