@@ -381,6 +381,33 @@ mod tests {
     }
 
     #[test]
+    fn the_database_outage_wait_defaults_to_two_minutes_and_is_checked() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("agent.toml");
+        let shards = "[[shards]]\nid = \"s\"\ndatabase_url = \"sqlite::memory:\"\n";
+        std::fs::write(&path, format!("agent_id = \"a\"\n{shards}")).expect("write");
+        let config = AgentConfig::load(&path).expect("valid");
+        assert_eq!(config.database_outage_wait, Duration::from_secs(120));
+        std::fs::write(
+            &path,
+            format!("agent_id = \"a\"\ndatabase_outage_wait = \"5m\"\n{shards}"),
+        )
+        .expect("write");
+        let config = AgentConfig::load(&path).expect("valid");
+        assert_eq!(config.database_outage_wait, Duration::from_secs(300));
+        std::fs::write(
+            &path,
+            format!("agent_id = \"a\"\ndatabase_outage_wait = \"a while\"\n{shards}"),
+        )
+        .expect("write");
+        let error = format!(
+            "{:#}",
+            AgentConfig::load(&path).expect_err("not a duration")
+        );
+        assert!(error.contains("database_outage_wait"), "{error}");
+    }
+
+    #[test]
     fn mistakes_are_named_with_file_and_line() {
         let directory = tempfile::tempdir().expect("tempdir");
         let path = directory.path().join("agent.toml");

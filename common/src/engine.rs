@@ -352,6 +352,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gone_server_is_a_lost_connection_and_a_server_answer_is_not() {
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 5 bytes, got 0 bytes at EOF",
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for lost in [
+            sqlx::Error::Io(eof),
+            sqlx::Error::Io(refused),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+        ] {
+            assert!(connection_lost(&lost), "{lost}");
+            assert!(
+                database_error("s1", "reading the ledger", &lost).is_connection_lost(),
+                "{lost}"
+            );
+        }
+        for answered in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::Protocol("unexpected message".to_owned()),
+        ] {
+            assert!(!connection_lost(&answered), "{answered}");
+        }
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "57P05", "25P03",
+        ] {
+            assert!(connection_ended(code), "{code}");
+        }
+        for code in ["57014", "55P03", "40P01", "42P07", "28P01", "3D000"] {
+            assert!(!connection_ended(code), "{code}");
+        }
+    }
+
+    #[test]
     fn timeouts_that_would_break_the_lock_discipline_are_refused() {
         assert_eq!(Timeouts::default().validate(), Ok(()));
         let equal = Timeouts {

@@ -235,6 +235,26 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_that_finished_with_failures_says_so_and_not_completed() {
+        let mut tracker = Tracker::default();
+        let mut plan = Plan {
+            plan_id: "p".to_owned(),
+            state: PlanState::Running.into(),
+            ..Plan::default()
+        };
+        tracker.plan_changed(plan.clone());
+        plan.state = PlanState::FinishedWithFailures.into();
+        plan.state_reason = "1 shard(s) failed, below the threshold of 2: b".to_owned();
+        let events = tracker.plan_changed(plan);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "rollout.finished_with_failures");
+        assert_eq!(
+            events[0].detail["reason"],
+            "1 shard(s) failed, below the threshold of 2: b"
+        );
+    }
+
+    #[test]
     fn a_finished_rollback_plan_says_so_and_names_the_plan_it_reverted() {
         let mut tracker = Tracker::default();
         let mut plan = Plan {
