@@ -292,3 +292,91 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         "{foreign:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_assignment_for_a_shard_interrupts_the_one_running_there() {
+    let fleet = InProcessCoordinator::start(Roles::default(), &["db-host-1"], &[]).await;
+    let (store, mailbox, home) = (&fleet.store, &fleet.mailbox, &fleet.home);
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("orders").await;
+    std::fs::write(home.path().join("orders.url"), &url).expect("secret");
+    write_agent_config(
+        home.path(),
+        fleet.address.port(),
+        "db-host-1",
+        "[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n",
+    );
+    let agent_config = home.path().join("agent.toml");
+    let log = home.path().join("agent.log");
+    let _agent = Process::spawn(
+        &binary::agent(),
+        &["--config", agent_config.to_str().expect("path"), "run"],
+        &log,
+    );
+    let connected = wait_until(Duration::from_secs(20), || async {
+        store.agents().await.expect("agents").len() == 1
+    })
+    .await;
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(connected, "agent never connected:\n{}", agent_log());
+    let migrations = fixtures::migrations(&[(
+        "1_slow.sql",
+        "CREATE TABLE slow (id integer);\nSELECT pg_sleep(3);",
+    )]);
+    let set = fixtures::shipped(migrations.path());
+
+    // The older claim's run is inside its revision when the newer one's assignment arrives.
+    let older = assignment("older", "orders", 5, Direction::Up, "", set.clone());
+    mailbox
+        .send(
+            "db-host-1",
+            fleetshift_common::proto::v1::coordinator_message::Body::Assignment(older),
+        )
+        .await
+        .expect("delivered");
+    let running = wait_until(Duration::from_secs(30), || async {
+        fleetshift_tests::postgres::fleetshift_running(&admin, "pg_sleep")
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(running, "the older run never started:\n{}", agent_log());
+    let newer = assign(
+        store.as_ref(),
+        mailbox,
+        "db-host-1",
+        assignment("newer", "orders", 6, Direction::Up, "", set),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("delivered");
+    assert!(newer.succeeded, "{:?}\n{}", newer.error, agent_log());
+
+    let older = store
+        .read(&fleetshift_coordinator::store::keys::result("older"))
+        .await
+        .expect("read")
+        .map(|entry| {
+            <v1::AssignmentResult as prost::Message>::decode(entry.value.as_slice())
+                .expect("a result")
+        })
+        .expect("the older run reported");
+    let error = older.error.expect("why it ended");
+    assert_eq!(error.kind, i32::from(ErrorKind::Interrupted), "{error:?}");
+    assert!(
+        error
+            .message
+            .contains("superseded by assignment newer under a newer claim (fencing token 6)"),
+        "{}",
+        error.message
+    );
+    let shard = support::postgres(&url).await;
+    let ledger = fleetshift_common::engine::ShardEngine::read_ledger(&shard)
+        .await
+        .expect("ledger");
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0].fence_token, 6, "applied once, by the newer claim");
+}
