@@ -16,9 +16,10 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, BaselinePhase, Direction,
-    ErrorDetail, ErrorKind, LockRetry, PreflightCheck, ProgressEvent, RevisionFinished,
-    RevisionOutcome, RevisionStarted, RollbackRecord, RollbackStarted, StatementFinished,
+    self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, BaselinePhase,
+    DatabaseOutage, Direction, ErrorDetail, ErrorKind, LockRetry, PreflightCheck, ProgressEvent,
+    RevisionFinished, RevisionOutcome, RevisionStarted, RollbackRecord, RollbackStarted,
+    StatementFinished,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
@@ -194,6 +195,12 @@ impl DutyReport for DutyProgress<'_> {
         ));
     }
 
+    fn database_outage(&self, outage: &DatabaseOutage) {
+        let _ = self
+            .progress
+            .send(wrap(self.assignment, Event::DatabaseOutage(outage.clone())));
+    }
+
     fn rollback_started(&self, started: &RollbackStarted) {
         tracing::warn!(shard = %self.assignment.shard_id, reason = %started.reason, target = %started.target_version, "rolling the shard back");
         let _ = self.progress.send(wrap(
@@ -272,6 +279,7 @@ async fn run(
         shard.database_url.server(),
         config.database_outage_wait,
         &stop,
+        report,
     );
     let connected = patience
         .persist("connecting", || async {

@@ -15,7 +15,7 @@ pub mod sqlite_backup;
 use fleetshift_common::engine::{PostgresShard, SqliteShard};
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
 use fleetshift_common::proto::v1::{
-    BaselineMeasured, Direction, HostDuties, PreflightCheck, RollbackStarted,
+    BaselineMeasured, DatabaseOutage, Direction, HostDuties, PreflightCheck, RollbackStarted,
 };
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, Revision, Script};
@@ -67,12 +67,14 @@ impl<'a> ShardDuties<'a> {
     }
 }
 
-/// What the duties report as they go.
+/// What a run reports as it goes: its duties' steps, a rollback, the database going away and
+/// coming back.
 pub trait DutyReport: Sync {
     fn check(&self, check: PreflightCheck);
     fn backup(&self, manifest: &Manifest);
     fn baseline(&self, measured: &BaselineMeasured);
     fn rollback_started(&self, started: &RollbackStarted);
+    fn database_outage(&self, outage: &DatabaseOutage);
 }
 
 /// Runs the pre-flight checks and, when required, the backup; the backup taken, if any.

@@ -61,6 +61,7 @@ pub struct AgentMetrics {
     backup_size: Family<ShardLabel, Gauge>,
     baseline_ratio: Family<BaselineLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     rollbacks: Counter,
+    database_outages: Family<ShardLabel, Counter>,
     session_up: Gauge,
     reconnects: Counter,
     lease_remaining: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -79,6 +80,7 @@ impl AgentMetrics {
             backup_size: Family::default(),
             baseline_ratio: Family::default(),
             rollbacks: Counter::default(),
+            database_outages: Family::default(),
             session_up: Gauge::default(),
             reconnects: Counter::default(),
             lease_remaining: Gauge::default(),
@@ -122,6 +124,11 @@ impl AgentMetrics {
             "fleetshift_agent_rollbacks",
             "Automatic rollbacks started",
             metrics.rollbacks.clone(),
+        );
+        registry.register(
+            "fleetshift_agent_database_outages",
+            "Times a run lost its shard's database server (a restart, a failover, a dropped connection) and waited for it",
+            metrics.database_outages.clone(),
         );
         registry.register(
             "fleetshift_agent_session_up",
@@ -199,7 +206,14 @@ impl AgentMetrics {
             Event::RollbackStarted(_) => {
                 self.rollbacks.inc();
             }
-            Event::RevisionStarted(_) | Event::PreflightCheck(_) => {}
+            Event::DatabaseOutage(outage) if !outage.recovered => {
+                self.database_outages
+                    .get_or_create(&ShardLabel {
+                        shard: event.shard_id.clone(),
+                    })
+                    .inc();
+            }
+            Event::RevisionStarted(_) | Event::PreflightCheck(_) | Event::DatabaseOutage(_) => {}
         }
     }
 

@@ -7,9 +7,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind};
+use fleetshift_common::proto::v1::{DatabaseOutage, ErrorDetail, ErrorKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::duties::DutyReport;
 
 /// How long a run waits for its database server by default.
 pub const DEFAULT_OUTAGE_WAIT: Duration = Duration::from_secs(120);
@@ -23,15 +25,27 @@ pub enum StepFailure {
     Final(ErrorDetail),
 }
 
+impl std::fmt::Debug for Patience<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Patience")
+            .field("shard", &self.shard)
+            .field("server", &self.server)
+            .field("bound", &self.bound)
+            .field("since", &self.since)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One run's patience with its database server: every loss of the server since the last step
-/// that succeeded shares one bound.
-#[derive(Debug)]
+/// that succeeded shares one bound. The loss and the server's return are reported as progress.
 pub struct Patience<'a> {
     shard: &'a str,
     /// Where the server is, for messages (never credentials).
     server: String,
     bound: Duration,
     stop: &'a CancellationToken,
+    report: &'a dyn DutyReport,
     /// When the server was first lost, while it has not come back.
     since: Option<Instant>,
     /// Pauses between attempts, reset when the server comes back.
@@ -44,15 +58,28 @@ impl<'a> Patience<'a> {
         server: String,
         bound: Duration,
         stop: &'a CancellationToken,
+        report: &'a dyn DutyReport,
     ) -> Self {
         Self {
             shard,
             server,
             bound,
             stop,
+            report,
             since: None,
             pauses: None,
         }
+    }
+
+    fn reported(&self, step: &str, detail: &str, waited: Duration, recovered: bool) {
+        self.report.database_outage(&DatabaseOutage {
+            server: self.server.clone(),
+            step: step.to_owned(),
+            detail: detail.to_owned(),
+            waited: prost_types::Duration::try_from(waited).ok(),
+            recovered,
+            bound: prost_types::Duration::try_from(self.bound).ok(),
+        });
     }
 
     /// Runs `step` until it succeeds or fails for a reason of its own; after each loss of the
@@ -67,6 +94,7 @@ impl<'a> Patience<'a> {
                 Ok(value) => {
                     if let Some(since) = self.since.take() {
                         tracing::info!(shard = %self.shard, server = %self.server, step = what, waited_ms = since.elapsed().as_millis() as u64, "the database server is back; the step ran again");
+                        self.reported(what, "", since.elapsed(), true);
                     }
                     self.pauses = None;
                     return Ok(value);
@@ -79,7 +107,13 @@ impl<'a> Patience<'a> {
 
     /// Waits before the next attempt; `Err` once the bound is spent or the run is stopped.
     async fn pause(&mut self, what: &str, detail: &str) -> Result<(), ErrorDetail> {
-        let since = *self.since.get_or_insert_with(Instant::now);
+        let since = match self.since {
+            Some(since) => since,
+            None => {
+                self.reported(what, detail, Duration::ZERO, false);
+                *self.since.insert(Instant::now())
+            }
+        };
         let waited = since.elapsed();
         if waited >= self.bound {
             return Err(ErrorDetail {
@@ -129,18 +163,38 @@ fn pauses() -> backon::ExponentialBackoff {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use fleetshift_common::proto::v1::{BaselineMeasured, PreflightCheck, RollbackStarted};
+
     use super::*;
+    use crate::duties::backup::Manifest;
+
+    /// Keeps the outages reported; nothing else happens in these tests.
+    #[derive(Default)]
+    struct Outages(Mutex<Vec<DatabaseOutage>>);
+
+    impl DutyReport for Outages {
+        fn check(&self, _: PreflightCheck) {}
+        fn backup(&self, _: &Manifest) {}
+        fn baseline(&self, _: &BaselineMeasured) {}
+        fn rollback_started(&self, _: &RollbackStarted) {}
+        fn database_outage(&self, outage: &DatabaseOutage) {
+            self.0.lock().expect("outages").push(outage.clone());
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_step_that_loses_the_server_runs_again_once_it_answers() {
         let stop = CancellationToken::new();
+        let outages = Outages::default();
         let mut patience = Patience::new(
             "s1",
             "127.0.0.1:5432".to_owned(),
             DEFAULT_OUTAGE_WAIT,
             &stop,
+            &outages,
         );
         let attempts = AtomicUsize::new(0);
         let started = Instant::now();
@@ -156,6 +210,21 @@ mod tests {
             .expect("the server came back");
         assert_eq!(value, 7);
         assert_eq!(attempts.load(Ordering::SeqCst), 4);
+        let outages = outages.0.lock().expect("outages");
+        let seen: Vec<(bool, &str)> = outages
+            .iter()
+            .map(|outage| (outage.recovered, outage.detail.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [(false, "connection refused"), (true, "")],
+            "the loss once, then the return"
+        );
+        assert!(
+            outages[1]
+                .waited
+                .is_some_and(|waited| waited.nanos > 0 || waited.seconds > 0)
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
@@ -166,11 +235,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_server_that_stays_away_fails_the_step_naming_it_and_the_wait() {
         let stop = CancellationToken::new();
+        let outages = Outages::default();
         let mut patience = Patience::new(
             "s1",
             "db-1:5432".to_owned(),
             Duration::from_secs(120),
             &stop,
+            &outages,
         );
         let started = Instant::now();
         let failed = patience
@@ -197,7 +268,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_final_failure_is_not_retried_and_a_stop_ends_the_wait() {
         let stop = CancellationToken::new();
-        let mut patience = Patience::new("s1", "db".to_owned(), DEFAULT_OUTAGE_WAIT, &stop);
+        let outages = Outages::default();
+        let mut patience =
+            Patience::new("s1", "db".to_owned(), DEFAULT_OUTAGE_WAIT, &stop, &outages);
         let attempts = AtomicUsize::new(0);
         let failed = patience
             .persist("applying", || async {

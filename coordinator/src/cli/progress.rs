@@ -10,8 +10,9 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    Direction, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome, RiskAssessment,
-    RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask, WatchRolloutRequest,
+    DatabaseOutage, Direction, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome,
+    RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
+    WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use fleetshift_common::telemetry::traces::context::Traced;
@@ -227,6 +228,9 @@ impl Board {
                 Some(Progress::RollbackStarted(started)) => {
                     println!("    {} {}", progress.shard_id, rollback_line(started));
                 }
+                Some(Progress::DatabaseOutage(outage)) => {
+                    println!("    {} {}", progress.shard_id, outage_line(outage));
+                }
                 Some(Progress::RevisionStarted(_)) | None => {}
             },
             None => {}
@@ -293,6 +297,18 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
                         "progress": "rollback_started",
                         "reason": started.reason,
                         "target_version": started.target_version,
+                    });
+                }
+                Some(Progress::DatabaseOutage(outage)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": if outage.recovered { "database_back" } else { "database_lost" },
+                        "server": outage.server,
+                        "step": outage.step,
+                        "detail": (!outage.detail.is_empty()).then_some(&outage.detail),
+                        "waited_ms": duration_of(outage.waited).map(|waited| waited.as_millis()),
+                        "bound_ms": duration_of(outage.bound).map(|bound| bound.as_millis()),
                     });
                 }
                 None => ("unknown", String::new()),
@@ -436,11 +452,35 @@ fn problem(task: &ShardTask) -> String {
     }
 }
 
+/// `lost its database server 10.0.0.5:5432 while applying revisions (…); waiting up to
+/// 120s`, or `database server 10.0.0.5:5432 back after 0.8s`.
+fn outage_line(outage: &DatabaseOutage) -> String {
+    let waited = duration_of(outage.waited).unwrap_or_default();
+    if outage.recovered {
+        format!(
+            "database server {} back after {}; {} goes on",
+            outage.server,
+            humane(waited),
+            outage.step
+        )
+    } else {
+        format!(
+            "lost its database server {} while {} ({}); waiting up to {}",
+            outage.server,
+            outage.step,
+            outage.detail,
+            duration_of(outage.bound).map_or_else(|| "its bound".to_owned(), humane)
+        )
+    }
+}
+
+fn duration_of(duration: Option<prost_types::Duration>) -> Option<std::time::Duration> {
+    duration.and_then(|duration| std::time::Duration::try_from(duration).ok())
+}
+
 /// How long the shard's run took on its agent, when reported.
 fn run_time(metrics: &ShardMetrics) -> Option<std::time::Duration> {
-    metrics
-        .duration
-        .and_then(|duration| std::time::Duration::try_from(duration).ok())
+    duration_of(metrics.duration)
 }
 
 /// `850ms`, `12.4s`.

@@ -157,6 +157,7 @@ pub(super) fn step(event: &Event) -> String {
         Event::StatementFinished(_) | Event::LockRetry(_) => "statement".to_owned(),
         Event::BaselineMeasured(measured) => format!("baselines {:?}", measured.phase()),
         Event::RollbackStarted(started) => format!("rollback to {}", started.target_version),
+        Event::DatabaseOutage(outage) => format!("outage recovered {}", outage.recovered),
     }
 }
 

@@ -18,9 +18,11 @@ use std::time::Duration;
 
 use fleetshift_common::engine::ShardEngine;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::progress_event::Event as ProgressKind;
+use fleetshift_common::proto::v1::rollout_event::Event as RolloutEvent;
 use fleetshift_common::proto::v1::{
     CreatePlanRequest, ErrorKind, ExecutionLimits, GetPlanRequest, ListShardsRequest, Plan,
-    PlanState, ShardState, ShardTask, WavePolicy,
+    PlanState, ShardState, ShardTask, WatchRolloutRequest, WavePolicy,
 };
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
@@ -659,10 +661,38 @@ async fn a_database_restart_mid_revision_is_ridden_out() {
     //    each inside a transactional revision: the server rolled it back; the agent waits,
     //    reconnects and runs it again.
     let first = fleet.start_rollout(3).await;
+    // The replica holding the agent's session relays its progress, the outage included.
+    let mut events = fleet.replicas[fleet.agents_replica()]
+        .client
+        .clone()
+        .watch_rollout(WatchRolloutRequest {
+            plan_id: first.clone(),
+            include_statements: false,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
     fleet.await_mid_revision(0).await;
     fleet.cluster.restart(Shutdown::Fast).expect("fast restart");
     let plan = fleet.await_success(&first).await;
     fleet.assert_each_revision_once(3).await;
+    let mut outages = Vec::new();
+    while let Some(event) = events.message().await.expect("the watch") {
+        if let Some(RolloutEvent::Progress(progress)) = event.event
+            && let Some(ProgressKind::DatabaseOutage(outage)) = progress.event
+        {
+            outages.push((progress.shard_id, outage));
+        }
+    }
+    let server = format!("127.0.0.1:{}", fleet.cluster.port);
+    for recovered in [false, true] {
+        assert!(
+            outages
+                .iter()
+                .any(|(_, outage)| outage.recovered == recovered && outage.server == server),
+            "watchers saw the server lost and back: {outages:?}"
+        );
+    }
     let second = fleet.start_rollout(9).await;
     // Revision 6, after revision 4 committed and revision 5 (outside a transaction) ran.
     fleet
