@@ -126,7 +126,7 @@ fn with_stop_cause(error: ErrorDetail, shard: &str, stop: &StopSignal) -> ErrorD
             ErrorKind::Interrupted,
             format!("shard {shard}: interrupted: {cause}; {}", error.message),
         ),
-        Some(StopCause::Withdrawn(_)) | None => error,
+        Some(StopCause::Withdrawn) | None => error,
     }
 }
 

@@ -310,7 +310,7 @@ async fn session(
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::Cancel(cancel)) })) => {
                     if let Some(run) = running.get(&cancel.assignment_id) {
                         tracing::info!(assignment = %cancel.assignment_id, reason = %cancel.reason, "assignment cancelled");
-                        run.stop.stop(StopCause::Withdrawn(cancel.reason));
+                        run.stop.stop(StopCause::Withdrawn);
                     }
                 }
                 Ok(Some(CoordinatorMessage { body: Some(CoordinatorBody::BackupRequest(request)) })) => {

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopCause {
     /// The coordinator withdrew the assignment (an operator cancelled the plan, or its claim
-    /// is gone); the reason it gave.
-    Withdrawn(String),
+    /// is gone); the session logs the reason it gave.
+    Withdrawn,
     /// The agent stopped it for its own safety; why.
     Interrupted(String),
 }
@@ -66,12 +66,9 @@ mod tests {
         let parent = CancellationToken::new();
         let withdrawn = StopSignal::child_of(&parent);
         assert_eq!(withdrawn.cause(), None);
-        withdrawn.stop(StopCause::Withdrawn("plan cancelled".to_owned()));
+        withdrawn.stop(StopCause::Withdrawn);
         withdrawn.stop(StopCause::Interrupted("shutting down".to_owned()));
-        assert_eq!(
-            withdrawn.cause(),
-            Some(StopCause::Withdrawn("plan cancelled".to_owned()))
-        );
+        assert_eq!(withdrawn.cause(), Some(StopCause::Withdrawn));
         let orphaned = StopSignal::child_of(&parent);
         parent.cancel();
         assert!(orphaned.token().is_cancelled());
