@@ -675,6 +675,7 @@ async fn duty_step<T>(
     let refusal = match step.await {
         Ok(value) => return Ok(value),
         Err(DutyFailure::Refused(refusal)) => refusal,
+        Err(DutyFailure::ConnectionLost(detail)) => return Err(StepFailure::Lost(detail)),
         Err(stopped) => return Err(StepFailure::Final(failed(stopped))),
     };
     let now = health::server_started_at(pool).await.ok();
@@ -702,6 +703,10 @@ fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {
         DutyFailure::Refused(message) => refused(
             ErrorKind::Failed,
             format!("shard {shard_id}: {message}; the revisions stand"),
+        ),
+        DutyFailure::ConnectionLost(detail) => refused(
+            ErrorKind::Unreachable,
+            format!("shard {shard_id}: {detail}; the revisions stand"),
         ),
     }
 }
@@ -742,6 +747,9 @@ fn duty_failure(failure: DutyFailure) -> ErrorDetail {
             "stopped before the revisions ran; nothing changed".to_owned(),
         ),
         DutyFailure::Refused(message) => refused(ErrorKind::Precondition, message),
+        DutyFailure::ConnectionLost(detail) => {
+            refused(ErrorKind::Unreachable, format!("{detail}; nothing changed"))
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub mod restore_test;
 pub mod rollback;
 pub mod sqlite_backup;
 
-use fleetshift_common::engine::{PostgresShard, SqliteShard};
+use fleetshift_common::engine::{self, DatabaseMessage, PostgresShard, SqliteShard};
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
 use fleetshift_common::proto::v1::{
     BaselineMeasured, DatabaseOutage, Direction, HostDuties, PreflightCheck, RollbackStarted,
@@ -32,6 +32,26 @@ pub enum DutyFailure {
     Stopped,
     /// The step that failed and why; nothing ran on the shard.
     Refused(String),
+    /// The connection to the database server went away under the step (a restart, a
+    /// failover, a dropped link): the step runs again once the server answers.
+    ConnectionLost(String),
+}
+
+impl DutyFailure {
+    /// A database error while `doing` something: a lost connection, or the step's refusal as
+    /// `refusal` words it.
+    pub fn from_database(
+        doing: &str,
+        error: &sqlx::Error,
+        refusal: impl FnOnce(String) -> DutyFailure,
+    ) -> Self {
+        let detail = DatabaseMessage(error).to_string();
+        if engine::connection_lost(error) {
+            Self::ConnectionLost(format!("{doing}: {detail}"))
+        } else {
+            refusal(detail)
+        }
+    }
 }
 
 /// One shard's duties for one assignment.

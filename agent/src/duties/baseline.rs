@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use fleetshift_common::engine::CountedPool;
-use fleetshift_common::engine::DatabaseMessage;
+use fleetshift_common::engine::{self, DatabaseMessage};
 use fleetshift_common::proto::v1::{
     BaselineMeasured, BaselinePhase, BaselinePolicy, BaselineQuery, QueryTiming, TopStatement,
 };
@@ -63,7 +63,9 @@ impl<'a> Baselines<'a> {
         stop: &CancellationToken,
     ) -> Result<BaselineMeasured, DutyFailure> {
         let mut connection = read_only_session(pool).await.map_err(|error| {
-            DutyFailure::Refused(format!("baselines: {}", DatabaseMessage(&error)))
+            DutyFailure::from_database("baselines", &error, |detail| {
+                DutyFailure::Refused(format!("baselines: {detail}"))
+            })
         })?;
         let mut queries = Vec::with_capacity(self.queries.len());
         for query in self.queries {
@@ -72,6 +74,14 @@ impl<'a> Baselines<'a> {
             }
             let timing = match time_query(&mut connection, &query.sql, self.runs).await {
                 Ok(samples) => summarise(&query.name, &samples),
+                // The server went away: that says nothing of the query, which is timed again.
+                Err(error) if engine::connection_lost(&error) => {
+                    return Err(DutyFailure::ConnectionLost(format!(
+                        "baseline query {}: {}",
+                        query.name,
+                        DatabaseMessage(&error)
+                    )));
+                }
                 Err(error) => QueryTiming {
                     name: query.name.clone(),
                     error: DatabaseMessage(&error).to_string(),

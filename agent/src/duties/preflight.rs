@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fleetshift_common::engine::CountedPool;
 use fleetshift_common::engine::catalog::describe_activity;
-use fleetshift_common::engine::{DatabaseMessage, health};
+use fleetshift_common::engine::health;
 use fleetshift_common::proto::v1::{self, PreflightCheck};
 use tokio_util::sync::CancellationToken;
 
@@ -93,13 +93,9 @@ pub async fn run(
         refusal.map_or(Ok(()), Err)
     };
     let unreadable = |name: &str, error: sqlx::Error| {
-        failed(
-            name,
-            &format!(
-                "cannot read it from the server: {}",
-                DatabaseMessage(&error)
-            ),
-        )
+        DutyFailure::from_database(&format!("pre-flight check {name}"), &error, |detail| {
+            failed(name, &format!("cannot read it from the server: {detail}"))
+        })
     };
 
     let version = health::server_version(pool)

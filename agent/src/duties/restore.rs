@@ -115,6 +115,7 @@ pub async fn restore(
             unchanged(ErrorKind::Stopped, "the agent was told to stop".to_owned())
         }
         DutyFailure::Refused(message) => unchanged(ErrorKind::Precondition, message),
+        DutyFailure::ConnectionLost(detail) => unchanged(ErrorKind::Unreachable, detail),
     })?;
     let credentials = ClientCredentials::from_url(order.url)
         .map_err(|message| unchanged(ErrorKind::BadInput, message))?;

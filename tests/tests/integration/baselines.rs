@@ -4,11 +4,15 @@
 //! index is back and the baseline recovered. A failing revision is rolled back the same way;
 //! with a revision that has no down script, the shard stops and waits for an operator.
 
+use std::time::Duration;
+
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
     Assignment, BaselinePhase, BaselinePolicy, BaselineQuery, ErrorKind, HostDuties, RollbackPolicy,
 };
+use fleetshift_coordinator::local_postgres::Shutdown;
 use fleetshift_tests::fixtures;
+use fleetshift_tests::wait::wait_until;
 
 use super::duties::{Shard, assignment, execute, shard, step};
 
@@ -240,5 +244,84 @@ async fn a_failed_revision_rolls_back_and_an_irreversible_one_waits_for_an_opera
     assert!(
         has_column(&shard.admin, "accounts", "flag").await,
         "nothing was guessed at: 2 stays applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarts_while_baselines_are_timed_time_them_again_and_roll_nothing_back() {
+    let shard = shard("restarted_baselines").await;
+    let set = fixtures::migrations(&[(
+        "1_account_notes.sql",
+        "ALTER TABLE accounts ADD COLUMN note text;",
+    )]);
+    let duties = HostDuties {
+        baselines: Some(BaselinePolicy {
+            queries: vec![BaselineQuery {
+                name: "slow".to_owned(),
+                sql: "SELECT pg_sleep(0.3)".to_owned(),
+            }],
+            runs: 5,
+            ..BaselinePolicy::default()
+        }),
+        // A query cut off by the restart must not read as a degradation.
+        rollback: Some(RollbackPolicy {
+            on_degradation: true,
+            ..RollbackPolicy::default()
+        }),
+        ..HostDuties::default()
+    };
+    let config = std::sync::Arc::new(shard.config(shard.settings(5)));
+    let run = tokio::spawn({
+        let config = std::sync::Arc::clone(&config);
+        async move { execute(&config, assignment("b1", set.path(), duties)).await }
+    });
+    // Once before the revision, once after it.
+    for applied in [false, true] {
+        let timing = wait_until(Duration::from_secs(30), || async {
+            has_column(&shard.admin, "accounts", "note").await == applied
+                && fleetshift_tests::postgres::fleetshift_running(&shard.admin, "pg_sleep(0.3)")
+                    .await
+                    .is_some()
+        })
+        .await;
+        assert!(
+            timing,
+            "the baselines never ran (revision applied: {applied})"
+        );
+        shard.cluster.restart(Shutdown::Fast).expect("restart");
+    }
+    let (result, events) = run.await.expect("the run ends");
+
+    assert!(result.succeeded, "{:?}", result.error);
+    assert!(result.rollback.is_none(), "{:?}", result.rollback);
+    let phases: Vec<BaselinePhase> = result
+        .baselines
+        .iter()
+        .map(|measured| measured.phase())
+        .collect();
+    assert_eq!(
+        phases,
+        [BaselinePhase::Before, BaselinePhase::After],
+        "each phase recorded once, the interrupted one timed again"
+    );
+    for measured in &result.baselines {
+        assert!(
+            measured
+                .queries
+                .iter()
+                .all(|query| query.error.is_empty() && query.runs == 5),
+            "{measured:?}"
+        );
+    }
+    assert!(has_column(&shard.admin, "accounts", "note").await);
+    let recovered = events
+        .iter()
+        .filter(|event| matches!(event, Event::DatabaseOutage(outage) if outage.recovered))
+        .count();
+    assert_eq!(
+        recovered,
+        2,
+        "both outages were reported: {:?}",
+        events.iter().map(step).collect::<Vec<_>>()
     );
 }

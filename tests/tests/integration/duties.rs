@@ -40,7 +40,7 @@ const CANARY: &str = "canary-Zq8v-do-not-leak";
 
 /// A database with `SCHEMA`, reachable as a superuser whose password is the canary.
 pub(super) struct Shard {
-    cluster: PostgresCluster,
+    pub(super) cluster: PostgresCluster,
     pub(super) admin: sqlx::PgPool,
     url: String,
     home: tempfile::TempDir,
