@@ -41,11 +41,43 @@ fn assignment(
     }
 }
 
+/// Starts agent `db-host-1` serving shard `orders` (its URL in `orders.url`), with
+/// `settings` (TOML sections) before its shard, and waits until it is connected; the process
+/// and its log.
+async fn start_agent(
+    fleet: &InProcessCoordinator,
+    settings: &str,
+) -> (Process, std::path::PathBuf) {
+    let home = fleet.home.path();
+    write_agent_config(
+        home,
+        fleet.address.port(),
+        "db-host-1",
+        &format!("{settings}[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n"),
+    );
+    let agent_config = home.join("agent.toml");
+    let log = home.join("agent.log");
+    let agent = Process::spawn(
+        &binary::agent(),
+        &["--config", agent_config.to_str().expect("path"), "run"],
+        &log,
+    );
+    let connected = wait_until(Duration::from_secs(20), || async {
+        fleet.store.agents().await.expect("agents").len() == 1
+    })
+    .await;
+    assert!(
+        connected,
+        "agent never connected:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    (agent, log)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     let fleet = InProcessCoordinator::start(Roles::default(), &["db-host-1"], &[]).await;
     let (store, mailbox, home) = (&fleet.store, &fleet.mailbox, &fleet.home);
-    let port = fleet.address.port();
     let Database {
         cluster,
         url,
@@ -58,28 +90,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         cluster.binaries().join("pg_dump").display(),
         cluster.binaries().join("pg_restore").display()
     );
-    write_agent_config(
-        home.path(),
-        port,
-        "db-host-1",
-        &format!("{backups}[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n"),
-    );
-    let agent_config = home.path().join("agent.toml");
-    let log = home.path().join("agent.log");
-    let _agent = Process::spawn(
-        &binary::agent(),
-        &["--config", agent_config.to_str().expect("path"), "run"],
-        &log,
-    );
-    let connected = wait_until(Duration::from_secs(20), || async {
-        store.agents().await.expect("agents").len() == 1
-    })
-    .await;
-    assert!(
-        connected,
-        "agent never connected:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let (_agent, log) = start_agent(&fleet, &backups).await;
 
     let migrations = fixtures::migrations(&[
         ("1_orders.up.sql", "CREATE TABLE orders (id integer);"),
@@ -303,25 +314,8 @@ async fn a_newer_assignment_for_a_shard_interrupts_the_one_running_there() {
         admin,
     } = support::database("orders").await;
     std::fs::write(home.path().join("orders.url"), &url).expect("secret");
-    write_agent_config(
-        home.path(),
-        fleet.address.port(),
-        "db-host-1",
-        "[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n",
-    );
-    let agent_config = home.path().join("agent.toml");
-    let log = home.path().join("agent.log");
-    let _agent = Process::spawn(
-        &binary::agent(),
-        &["--config", agent_config.to_str().expect("path"), "run"],
-        &log,
-    );
-    let connected = wait_until(Duration::from_secs(20), || async {
-        store.agents().await.expect("agents").len() == 1
-    })
-    .await;
+    let (_agent, log) = start_agent(&fleet, "").await;
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(connected, "agent never connected:\n{}", agent_log());
     let migrations = fixtures::migrations(&[(
         "1_slow.sql",
         "CREATE TABLE slow (id integer);\nSELECT pg_sleep(3);",

@@ -94,6 +94,16 @@ impl Shard {
         }
     }
 
+    /// A transaction holding `notes` in ACCESS EXCLUSIVE mode: `pg_dump` waits for it.
+    async fn hold_notes(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut holder = self.admin.begin().await.expect("transaction");
+        sqlx::raw_sql("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *holder)
+            .await
+            .expect("lock");
+        holder
+    }
+
     pub(super) async fn has_note_column(&self) -> bool {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT FROM information_schema.columns
@@ -294,11 +304,7 @@ async fn a_killed_backup_stops_the_shard_before_any_ddl_and_never_exposes_the_pa
     let config = Arc::new(shard.config(shard.settings(5)));
     let set = migrations();
     // pg_dump queues behind this lock, so it is still running when the test kills it.
-    let mut holder = shard.admin.begin().await.expect("transaction");
-    sqlx::raw_sql("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .expect("lock");
+    let holder = shard.hold_notes().await;
     let log = CapturedLog::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -401,11 +407,7 @@ async fn a_server_restart_during_the_backup_is_ridden_out() {
     let config = Arc::new(shard.config(shard.settings(5)));
     let set = migrations();
     // pg_dump queues behind this lock, so the restart catches it half-way.
-    let mut holder = shard.admin.begin().await.expect("transaction");
-    sqlx::raw_sql("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .expect("lock");
+    let holder = shard.hold_notes().await;
     let run = tokio::spawn({
         let config = Arc::clone(&config);
         let assignment = assignment(
