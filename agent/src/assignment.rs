@@ -541,7 +541,12 @@ impl<E: ShardEngine> Moving<'_, E> {
             fleetshift.reason = %reason,
             fleetshift.target_version = %revert_to
         );
-        let reverted = executor.down(self.set, &back).instrument(span).await;
+        let reverted = patience
+            .persist("rolling back", || async {
+                retried_on_loss(executor.down(self.set, &back).await)
+            })
+            .instrument(span)
+            .await?;
         let reverted = reverted.map_err(|error| {
             refused(
                 ErrorKind::NeedsOperator,
@@ -663,9 +668,10 @@ fn retried_on_loss<T>(outcome: Result<T, ExecError>) -> Result<Result<T, ExecErr
     }
 }
 
-/// A host duty's step: when it failed and the server did not answer afterwards, or answered
-/// as a server that started since (a restart, a failover), the failure was the outage's and
-/// the step runs again; otherwise it is the duty's own, as `failed` makes it.
+/// A host duty's step. A duty that saw its connection lost is retried; one that failed
+/// otherwise (a client program such as `pg_dump`) is retried when the server did not answer
+/// afterwards, or answered as a server that started since (a restart, a failover);
+/// otherwise the failure is the duty's own, as `failed` makes it.
 async fn duty_step<T>(
     pool: &CountedPool,
     step: impl Future<Output = Result<T, DutyFailure>>,
