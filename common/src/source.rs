@@ -189,7 +189,7 @@ impl MigrationSet {
     pub fn load(directory: &Path, format: Option<SourceFormat>) -> Result<Self, SourceError> {
         let listing = layout::Listing::read(directory)?;
         let format = listing.format(directory, format)?;
-        let mut problems = Vec::new();
+        let mut problems = listing.near_misses();
         let mut revisions = match format {
             SourceFormat::Sqlx => sqlx::revisions(&listing, &mut problems),
             SourceFormat::Diesel => diesel::revisions(&listing, &mut problems),
@@ -216,10 +216,29 @@ impl MigrationSet {
         })
     }
 
-    pub fn revision(&self, version: &str) -> Option<&Revision> {
+    /// The index of the revision `version` names, read the way this set's format reads
+    /// versions (`0009` is `9`; Flyway's `1.2.0` is `1.2`; diesel's without dashes), or as
+    /// written when it is no version of the format.
+    pub fn position(&self, version: &str) -> Option<usize> {
+        let named = self.names(version);
         self.revisions
             .iter()
-            .find(|revision| revision.version.as_str() == version)
+            .position(|revision| named(&revision.version))
+    }
+
+    pub fn revision(&self, version: &str) -> Option<&Revision> {
+        self.position(version).map(|index| &self.revisions[index])
+    }
+
+    /// Whether a version is the one `text` names (see [`MigrationSet::position`]); `text` is
+    /// read once.
+    pub fn names(&self, text: &str) -> impl Fn(&Version) -> bool + use<> {
+        let parsed = self.format.parse_version(text);
+        let text = text.to_owned();
+        move |version| match &parsed {
+            Some(parsed) => version == parsed,
+            None => version.as_str() == text,
+        }
     }
 }
 

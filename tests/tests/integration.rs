@@ -37,5 +37,6 @@ mod integration {
     mod telemetry;
     mod tls;
     mod traces;
+    mod versions;
     mod webhooks;
 }

@@ -37,10 +37,15 @@ pub struct ShardStatus {
 
 impl ShardStatus {
     pub fn compare(shard: &str, set: &MigrationSet, ledger: &[LedgerEntry]) -> Self {
+        let entries: Vec<(&LedgerEntry, _)> = ledger
+            .iter()
+            .map(|entry| (entry, set.names(&entry.version)))
+            .collect();
         let find = |revision: &Revision| {
-            ledger
+            entries
                 .iter()
-                .find(|entry| entry.version == revision.version.as_str())
+                .find(|(_, names)| names(&revision.version))
+                .map(|(entry, _)| *entry)
         };
         let mut drifted = Vec::new();
         let revisions: Vec<RevisionState> = set
@@ -104,12 +109,6 @@ impl ShardStatus {
             .filter(|state| state.status != Some(RevisionStatus::Applied))
     }
 
-    fn index_of(&self, version: &str) -> Option<usize> {
-        self.revisions
-            .iter()
-            .position(|state| state.version == version)
-    }
-
     fn needs_operator(&self, reason: String) -> ExecError {
         ExecError::NeedsOperator {
             shard: self.shard.clone(),
@@ -139,18 +138,15 @@ impl ShardStatus {
         Ok(())
     }
 
-    /// Index (exclusive) up to which `target` reaches; all revisions when `None`.
-    fn target_end(&self, target: Option<&str>) -> Result<usize, ExecError> {
+    /// Index (exclusive) up to which `target` reaches in `set`; all revisions when `None`.
+    fn target_end(&self, set: &MigrationSet, target: Option<&str>) -> Result<usize, ExecError> {
         match target {
             None => Ok(self.revisions.len()),
-            Some(version) => self
-                .index_of(version)
-                .map(|index| index + 1)
-                .ok_or_else(|| {
-                    self.needs_operator(format!(
-                        "target version {version} is not in the migration set"
-                    ))
-                }),
+            Some(version) => set.position(version).map(|index| index + 1).ok_or_else(|| {
+                self.needs_operator(format!(
+                    "target version {version} is not in the migration set"
+                ))
+            }),
         }
     }
 
@@ -162,7 +158,7 @@ impl ShardStatus {
         allow_drift: bool,
     ) -> Result<Vec<usize>, ExecError> {
         self.check_consistent(allow_drift)?;
-        let end = self.target_end(target)?;
+        let end = self.target_end(set, target)?;
         let last_applied = self
             .revisions
             .iter()
@@ -241,7 +237,7 @@ impl ShardStatus {
             None => applied.last().copied().into_iter().collect(),
             Some("base") => applied.into_iter().rev().collect(),
             Some(version) => {
-                let keep = self.target_end(Some(version))?;
+                let keep = self.target_end(set, Some(version))?;
                 applied
                     .into_iter()
                     .filter(|index| *index >= keep)

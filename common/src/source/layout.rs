@@ -16,6 +16,9 @@ pub enum EntryKind {
     SingleScript { has_dbmate_sections: bool },
     /// `V…__…sql`, `U…__…sql`, `R__…sql` or a `.sql.conf` beside them (Flyway).
     FlywayFile,
+    /// Named like a migration but fitting no layout (a version that is not a number, a
+    /// missing `_` or `__`): an error that says what is wrong, never silently ignored.
+    NearMiss,
     /// Anything else (seed data, READMEs): ignored and reported.
     Other,
 }
@@ -32,7 +35,7 @@ impl EntryKind {
                 has_dbmate_sections: false,
             } => Some(SourceFormat::Sqlx),
             Self::FlywayFile => Some(SourceFormat::Flyway),
-            Self::Other => None,
+            Self::NearMiss | Self::Other => None,
         }
     }
 
@@ -107,7 +110,10 @@ impl Listing {
             let foreign: Vec<SourceProblem> = self
                 .entries
                 .iter()
-                .filter(|entry| entry.kind != EntryKind::Other && !entry.kind.fits(format))
+                .filter(|entry| {
+                    !matches!(entry.kind, EntryKind::Other | EntryKind::NearMiss)
+                        && !entry.kind.fits(format)
+                })
                 .map(|entry| {
                     SourceProblem::new(
                         &entry.path,
@@ -124,6 +130,8 @@ impl Listing {
         let detected: Vec<(SourceFormat, &Entry)> = examples.into_values().collect();
         match detected.as_slice() {
             [(format, _)] => Ok(*format),
+            // What almost matched says more than "unrecognised".
+            [] if !self.near_misses().is_empty() => Err(invalid(self.near_misses())),
             [] => Err(invalid(vec![SourceProblem::new(
                 directory,
                 "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`); name the format with --format if the directory is meant to be empty",
@@ -148,8 +156,19 @@ impl Listing {
     pub fn ignored(&self, format: SourceFormat) -> Vec<PathBuf> {
         self.entries
             .iter()
-            .filter(|entry| !entry.kind.fits(format))
+            .filter(|entry| entry.kind != EntryKind::NearMiss && !entry.kind.fits(format))
             .map(|entry| entry.path.clone())
+            .collect()
+    }
+
+    /// A problem for each entry named like a migration that fits no layout.
+    pub fn near_misses(&self) -> Vec<SourceProblem> {
+        self.of_kind(|kind| kind == EntryKind::NearMiss)
+            .filter_map(|entry| {
+                let is_dir = entry.path.is_dir();
+                near_miss(&entry.file_name, is_dir)
+                    .map(|reason| SourceProblem::new(&entry.path, reason))
+            })
             .collect()
     }
 
@@ -165,18 +184,31 @@ pub fn version_and_name(stem: &str) -> Option<(&str, &str)> {
 }
 
 fn classify(path: &Path, file_name: &str) -> EntryKind {
-    if path.is_dir() {
+    let is_dir = path.is_dir();
+    let kind = if is_dir {
         let looks_like_revision = version_and_name(file_name)
             .is_some_and(|(version, _)| Version::diesel(version).is_some());
-        return if looks_like_revision {
+        if looks_like_revision {
             EntryKind::RevisionDirectory
         } else {
             EntryKind::Other
-        };
+        }
+    } else if is_flyway_name(file_name) {
+        EntryKind::FlywayFile
+    } else {
+        classify_script(path, file_name)
+    };
+    let meant_as_migration = kind == EntryKind::Other
+        && (!is_dir || path.join("up.sql").is_file())
+        && near_miss(file_name, is_dir).is_some();
+    if meant_as_migration {
+        EntryKind::NearMiss
+    } else {
+        kind
     }
-    if is_flyway_name(file_name) {
-        return EntryKind::FlywayFile;
-    }
+}
+
+fn classify_script(path: &Path, file_name: &str) -> EntryKind {
     let Some(stem) = file_name.strip_suffix(".sql") else {
         return EntryKind::Other;
     };
@@ -195,6 +227,52 @@ fn classify(path: &Path, file_name: &str) -> EntryKind {
         },
         _ => EntryKind::Other,
     }
+}
+
+/// Why an entry that no layout recognises was nonetheless meant as a migration, when its
+/// name says so: an `.up.sql` / `.down.sql` script, a `.sql` file or a directory (holding an
+/// `up.sql`) whose name begins with a digit, or a `V<digit>…` / `U<digit>…` / `R_…` script.
+fn near_miss(file_name: &str, is_dir: bool) -> Option<String> {
+    const SQLX: &str = "sqlx and golang-migrate name scripts `<version>_<name>.up.sql` (or `.down.sql`, or one `<version>_<name>.sql`) with a version of digits only, any length, e.g. `20240131120000_add_users.up.sql`";
+    let shape = |stem: &str| -> String {
+        match stem.split_once('_') {
+            None => format!("nothing separates the version from the name: `{stem}` has no `_`"),
+            Some(("", _)) => "the version before the first `_` is empty".to_owned(),
+            Some((_, "")) => "the name after the first `_` is empty".to_owned(),
+            Some((version, _)) => format!("the version `{version}` is not a number"),
+        }
+    };
+    if is_dir {
+        return file_name.starts_with(|c: char| c.is_ascii_digit()).then(|| {
+            let reason = match version_and_name(file_name) {
+                None => shape(file_name),
+                Some((version, _)) => format!("the version `{version}` has characters other than digits and dashes"),
+            };
+            format!("named like a diesel revision directory but {reason}; diesel names them `<version>_<name>/` with a version of digits and dashes, e.g. `2024-01-31-120000_add_users/`")
+        });
+    }
+    let stem = file_name.strip_suffix(".sql")?;
+    if let Some(inner) = stem
+        .strip_suffix(".up")
+        .or_else(|| stem.strip_suffix(".down"))
+    {
+        return Some(format!(
+            "named like an up/down migration script but {}; {SQLX}",
+            shape(inner)
+        ));
+    }
+    let mut characters = stem.chars();
+    let first = characters.next()?;
+    if matches!(first, 'V' | 'U') && characters.next().is_some_and(|c| c.is_ascii_digit())
+        || stem.starts_with("R_")
+    {
+        return Some(
+            "named like a Flyway script but without the two underscores that separate the version from the description; Flyway names them `V<version>__<description>.sql` (`U` for undo, `R__` for repeatable), e.g. `V1.2__add_users.sql`".to_owned(),
+        );
+    }
+    first
+        .is_ascii_digit()
+        .then(|| format!("named like a migration script but {}; {SQLX}", shape(stem)))
 }
 
 fn is_flyway_name(file_name: &str) -> bool {

@@ -282,3 +282,96 @@ fn crates_io_history_loads_in_diesel_order() {
         "comment-only and empty downs: {irreversible:?}"
     );
 }
+
+#[test]
+fn twenty_digit_versions_load_in_order_and_are_found_however_spelled() {
+    let directory = fixture(&[
+        ("20150101000001000000_b.up.sql", "SELECT 2;"),
+        ("20150100000001000000_a.up.sql", "SELECT 1;"),
+        ("100000000000000000000000_c.up.sql", "SELECT 3;"),
+    ]);
+    let set = load(directory.path());
+    assert_eq!(
+        versions(&set),
+        [
+            "20150100000001000000",
+            "20150101000001000000",
+            "100000000000000000000000"
+        ]
+    );
+    assert_eq!(set.position("20150101000001000000"), Some(1));
+    assert_eq!(
+        set.position("0020150101000001000000"),
+        Some(1),
+        "leading zeros"
+    );
+    assert_eq!(set.position("20150101000001000001"), None);
+    assert_eq!(set.position("not-a-version"), None);
+    let flyway = fixture(&[("V1.2__a.sql", "SELECT 1;"), ("V1.10__b.sql", "SELECT 2;")]);
+    let set = load(flyway.path());
+    assert_eq!(
+        set.position("1.2.0"),
+        Some(0),
+        "Flyway's trailing zero parts"
+    );
+    assert_eq!(set.position("1.10"), Some(1));
+}
+
+#[test]
+fn a_file_named_almost_like_a_migration_is_told_what_is_wrong() {
+    let cases = [
+        ("1a_users.up.sql", "the version `1a` is not a number"),
+        ("users.up.sql", "has no `_`"),
+        (
+            "_users.down.sql",
+            "the version before the first `_` is empty",
+        ),
+        ("1_.up.sql", "the name after the first `_` is empty"),
+        (
+            "2024-01-31_users.sql",
+            "the version `2024-01-31` is not a number",
+        ),
+        ("V1_init.sql", "two underscores"),
+        ("R_views.sql", "two underscores"),
+    ];
+    for (name, reason) in cases {
+        // Alone, it is what almost matched (never "unrecognised layout")...
+        let alone = fixture(&[(name, "SELECT 1;")]);
+        let found = problems(alone.path(), None);
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        assert!(
+            found[0].path.ends_with(name) && found[0].message.contains(reason),
+            "{name}: {found:?}"
+        );
+        assert!(!found[0].message.contains("unrecognised"), "{name}");
+        // ...and beside valid revisions it is reported, not ignored.
+        let beside = fixture(&[("1_ok.up.sql", "SELECT 1;"), (name, "SELECT 1;")]);
+        let found = problems(beside.path(), None);
+        assert!(
+            found
+                .iter()
+                .any(|problem| problem.path.ends_with(name) && problem.message.contains(reason)),
+            "{name}: {found:?}"
+        );
+    }
+    let diesel = fixture(&[
+        ("2017-08-31-230457_ok/up.sql", "SELECT 1;"),
+        ("2017-08-3x_bad/up.sql", "SELECT 1;"),
+    ]);
+    let found = problems(diesel.path(), None);
+    assert!(
+        found
+            .iter()
+            .any(|problem| problem.path.ends_with("2017-08-3x_bad")
+                && problem.message.contains("digits and dashes")),
+        "{found:?}"
+    );
+    // What is not named like a migration stays ignored and listed.
+    let seeded = fixture(&[
+        ("1_ok.up.sql", "SELECT 1;"),
+        ("data_seed.sql", "SELECT 1;"),
+        ("README.md", "x"),
+    ]);
+    let set = load(seeded.path());
+    assert_eq!(set.ignored.len(), 2);
+}

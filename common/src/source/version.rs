@@ -1,4 +1,6 @@
-//! Revision versions and the order each tool gives them.
+//! Revision versions and the order each tool gives them. Numbers are digit strings of any
+//! length (20-digit timestamps exist in real histories, beyond 64 bits): they are compared by
+//! magnitude without being parsed into a fixed-width integer.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -13,7 +15,7 @@ pub struct Version {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum OrderKey {
     /// Numeric parts compared one by one (sqlx and golang-migrate: one part; Flyway: `1.2.10`).
-    Parts(Vec<u64>),
+    Parts(Vec<Number>),
     /// Plain text comparison (diesel with dashes removed, dbmate by file name).
     Text(String),
 }
@@ -40,8 +42,8 @@ impl Version {
         let mut parts = text
             .split(['.', '_'])
             .map(parse_digits)
-            .collect::<Option<Vec<u64>>>()?;
-        while parts.len() > 1 && parts.last() == Some(&0) {
+            .collect::<Option<Vec<Number>>>()?;
+        while parts.len() > 1 && parts.last().is_some_and(Number::is_zero) {
             parts.pop();
         }
         Some(Self::new(text, OrderKey::Parts(parts)))
@@ -70,11 +72,43 @@ impl Version {
     }
 }
 
-fn parse_digits(text: &str) -> Option<u64> {
+/// A non-negative integer of any length, kept as its digits without leading zeros (`0` for
+/// zero): a longer one is larger, and of equal length the digits compare as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Number(String);
+
+impl Number {
+    fn is_zero(&self) -> bool {
+        self.0 == "0"
+    }
+}
+
+impl Ord for Number {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0
+            .len()
+            .cmp(&other.0.len())
+            .then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl PartialOrd for Number {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `text` as a number when it is nothing but ASCII digits (any number of them).
+fn parse_digits(text: &str) -> Option<Number> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    text.parse().ok()
+    let significant = text.trim_start_matches('0');
+    Some(Number(if significant.is_empty() {
+        "0".to_owned()
+    } else {
+        significant.to_owned()
+    }))
 }
 
 impl PartialEq for Version {
@@ -144,6 +178,45 @@ mod tests {
         assert_eq!(sorted(versions), ["1.2", "1.2.9", "1.2.10", "1.10", "2"]);
         assert_eq!(Version::flyway("1.2"), Version::flyway("1.2.0"));
         assert_eq!(Version::flyway("1_1"), Version::flyway("1.1"));
+    }
+
+    #[test]
+    fn versions_of_any_length_order_by_magnitude() {
+        // 20-digit timestamps (beyond u64) as real Go projects write them, and longer.
+        let versions = [
+            "20150101000001000000",
+            "20150100000001000000",
+            "9",
+            "18446744073709551616",
+            "100000000000000000000000000000",
+            "0009",
+            "0",
+        ]
+        .into_iter()
+        .filter_map(Version::integer)
+        .collect::<Vec<_>>();
+        assert_eq!(versions.len(), 7);
+        assert_eq!(
+            sorted(versions),
+            [
+                "0",
+                "9",
+                "0009",
+                "18446744073709551616",
+                "20150100000001000000",
+                "20150101000001000000",
+                "100000000000000000000000000000"
+            ]
+        );
+        assert_eq!(Version::integer("0009"), Version::integer("9"));
+        assert_eq!(Version::integer("000"), Version::integer("0"));
+        assert_eq!(
+            Version::flyway("1.20150101000001000000.0"),
+            Version::flyway("1.20150101000001000000")
+        );
+        assert!(
+            Version::flyway("1.99999999999999999999") < Version::flyway("1.100000000000000000000")
+        );
     }
 
     #[test]

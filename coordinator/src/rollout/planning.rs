@@ -221,12 +221,9 @@ pub fn plan(
         .ok_or_else(|| RolloutError::BadRequest("the migration set is empty".to_owned()))?;
     let target = if request.target_version.is_empty() {
         last.clone()
-    } else if set
-        .revisions
-        .iter()
-        .any(|revision| revision.version.as_str() == request.target_version)
-    {
-        request.target_version.clone()
+    } else if let Some(revision) = set.revision(&request.target_version) {
+        // The set's own spelling: agents and ledgers name it so.
+        revision.version.as_str().to_owned()
     } else {
         return Err(RolloutError::BadRequest(format!(
             "target version {} is not in the migration set (its versions run from {} to {last})",
@@ -245,9 +242,7 @@ pub fn plan(
         )));
     }
     let applied = set
-        .revisions
-        .iter()
-        .position(|revision| revision.version.as_str() == target)
+        .position(&target)
         .map_or(set.revisions.len(), |index| index + 1);
     let findings: Vec<_> = lint::lint_revisions(&set.revisions[..applied])
         .findings

@@ -1,0 +1,131 @@
+//! Versions as real projects write them: digit strings of any length (20-digit timestamps are
+//! beyond 64 bits), ordered by magnitude and named however spelled (`--to` with leading
+//! zeros), through the CLI on PostgreSQL and SQLite, recorded in the ledger as written; and a
+//! file named almost like a migration refused with what is wrong with it.
+
+use fleetshift_common::engine::ShardEngine;
+use fleetshift_tests::{binary, fixtures};
+
+use super::support::{self, Database, dir, json};
+
+const FIRST: &str = "20150100000001000000";
+const SECOND: &str = "20150101000001000000";
+const THIRD: &str = "100000000000000000000000";
+
+fn long_versions() -> tempfile::TempDir {
+    fixtures::migrations(&[
+        (
+            "20150101000001000000_b.up.sql",
+            "CREATE TABLE b (id integer);",
+        ),
+        ("20150101000001000000_b.down.sql", "DROP TABLE b;"),
+        (
+            "20150100000001000000_a.up.sql",
+            "CREATE TABLE a (id integer);",
+        ),
+        ("20150100000001000000_a.down.sql", "DROP TABLE a;"),
+        (
+            "100000000000000000000000_c.up.sql",
+            "CREATE TABLE c (id integer);",
+        ),
+        ("100000000000000000000000_c.down.sql", "DROP TABLE c;"),
+    ])
+}
+
+/// Up to the second version (named with leading zeros), then the rest, then down to the first;
+/// the shard's version after each step, as `migrate status` reports it.
+fn walk(url: &str, directory: &tempfile::TempDir) -> Vec<String> {
+    let current = || {
+        let status = binary::run(
+            url,
+            &[
+                "migrate",
+                "status",
+                "--dir",
+                dir(directory),
+                "--output",
+                "json",
+            ],
+        );
+        json(&status)["status"]["current_version"]
+            .as_str()
+            .unwrap_or("base")
+            .to_owned()
+    };
+    let mut seen = Vec::new();
+    for step in [
+        vec![
+            "migrate",
+            "up",
+            "--dir",
+            dir(directory),
+            "--to",
+            "00020150101000001000000",
+        ],
+        vec!["migrate", "up", "--dir", dir(directory)],
+        vec!["migrate", "down", "--dir", dir(directory), "--to", FIRST],
+    ] {
+        let output = binary::run(url, &step);
+        assert!(
+            output.status.success(),
+            "{step:?}: {}",
+            binary::printed(&output)
+        );
+        seen.push(current());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn twenty_digit_versions_go_up_and_down_on_postgres_in_order() {
+    let Database {
+        cluster: _cluster,
+        url,
+        admin: _admin,
+    } = support::database("long_versions").await;
+    let directory = long_versions();
+    assert_eq!(walk(&url, &directory), [SECOND, THIRD, FIRST]);
+    let shard = support::postgres(&url).await;
+    let mut recorded: Vec<(String, String)> = shard
+        .read_ledger()
+        .await
+        .expect("ledger")
+        .into_iter()
+        .map(|entry| (entry.version, entry.status.to_string()))
+        .collect();
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        [
+            (THIRD.to_owned(), "reverted".to_owned()),
+            (FIRST.to_owned(), "applied".to_owned()),
+            (SECOND.to_owned(), "reverted".to_owned()),
+        ],
+        "recorded as written, beyond 64 bits"
+    );
+}
+
+#[tokio::test]
+async fn twenty_digit_versions_go_up_and_down_on_sqlite_in_order() {
+    let home = tempfile::tempdir().expect("home");
+    let url = format!("sqlite:{}", home.path().join("shard.db").display());
+    let directory = long_versions();
+    assert_eq!(walk(&url, &directory), [SECOND, THIRD, FIRST]);
+}
+
+#[test]
+fn a_file_named_almost_like_a_migration_is_refused_naming_it_and_the_cause() {
+    let directory = fixtures::migrations(&[
+        ("20150100000001000000_a.up.sql", "SELECT 1;"),
+        ("2015010000000100000a_b.up.sql", "SELECT 1;"),
+    ]);
+    let verify = binary::run("", &["migrate", "verify", "--dir", dir(&directory)]);
+    support::assert_exit(&verify, 2);
+    let printed = binary::printed(&verify);
+    assert!(
+        printed.contains("2015010000000100000a_b.up.sql")
+            && printed.contains("the version `2015010000000100000a` is not a number"),
+        "{printed}"
+    );
+    assert!(!printed.contains("unrecognised layout"), "{printed}");
+}
