@@ -170,6 +170,13 @@ impl Revision {
     pub fn label(&self) -> String {
         format!("{}_{}", self.version, self.name)
     }
+
+    /// An up script that is empty or holds only comments: a deliberate revision in real
+    /// histories (a placeholder for another dialect, a step kept for numbering), applied as
+    /// a no-op and recorded in the ledger like any other.
+    pub fn is_no_op(&self) -> bool {
+        self.up.statements().is_empty()
+    }
 }
 
 /// A validated, ordered migration set.
@@ -266,13 +273,6 @@ fn check_revisions(revisions: &[Revision], problems: &mut Vec<SourceProblem>) {
                     ));
                 }
             }
-        }
-        if revision.up.statements().is_empty() {
-            problems.push(SourceProblem::at_line(
-                &revision.up.path,
-                revision.up.first_line,
-                "empty up script: it has no SQL statements",
-            ));
         }
     }
 }

@@ -135,7 +135,6 @@ fn every_problem_is_reported_at_once_with_its_location() {
         ("1_a.up.sql", "SELECT 1;"),
         ("001_again.sql", "SELECT 1;"),
         ("2_orphan.down.sql", "SELECT 1;"),
-        ("3_empty.up.sql", "-- nothing yet\n"),
         ("4_binary.up.sql", ""),
     ]);
     write(
@@ -163,13 +162,12 @@ fn every_problem_is_reported_at_once_with_its_location() {
         has("2_orphan.down.sql", "without an up script"),
         "{rendered:#?}"
     );
-    assert!(has("3_empty.up.sql:1", "empty up script"), "{rendered:#?}");
     assert!(has("4_binary.up.sql:2", "not valid UTF-8"), "{rendered:#?}");
     assert!(
         has("5_dangling.up.sql", "cannot read file"),
         "{rendered:#?}"
     );
-    assert_eq!(found.len(), 5, "{rendered:#?}");
+    assert_eq!(found.len(), 4, "{rendered:#?}");
 }
 
 #[test]
@@ -374,4 +372,32 @@ fn a_file_named_almost_like_a_migration_is_told_what_is_wrong() {
     ]);
     let set = load(seeded.path());
     assert_eq!(set.ignored.len(), 2);
+}
+
+#[test]
+fn an_up_script_without_statements_is_a_no_op_revision_in_every_format() {
+    let sqlx = fixture(&[
+        ("1_a.up.sql", "SELECT 1;"),
+        (
+            "2_placeholder.up.sql",
+            "-- kept for numbering: this step only exists for MySQL\n",
+        ),
+        ("3_empty.up.sql", ""),
+        ("4_b.up.sql", "SELECT 2;"),
+    ]);
+    let set = load(sqlx.path());
+    let no_ops: Vec<&str> = set
+        .revisions
+        .iter()
+        .filter(|revision| revision.is_no_op())
+        .map(|revision| revision.version.as_str())
+        .collect();
+    assert_eq!(no_ops, ["2", "3"]);
+    let dbmate = fixture(&[(
+        "1_a.sql",
+        "-- migrate:up\n-- nothing here\n-- migrate:down\n",
+    )]);
+    assert!(load(dbmate.path()).revisions[0].is_no_op());
+    let flyway = fixture(&[("V1__a.sql", "/* placeholder */")]);
+    assert!(load(flyway.path()).revisions[0].is_no_op());
 }

@@ -142,6 +142,11 @@ pub fn report(output: Output, report: &RunReport) {
     );
 }
 
+/// The revisions whose up script has no statements.
+fn no_ops(set: &MigrationSet) -> impl Iterator<Item = &Revision> {
+    set.revisions.iter().filter(|revision| revision.is_no_op())
+}
+
 pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>) {
     if output == Output::Json {
         print_json(&json!({
@@ -150,6 +155,7 @@ pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>
             "revisions": set.revisions.len(),
             "digest": set.digest,
             "ignored": set.ignored,
+            "no_ops": no_ops(set).map(|revision| &revision.up.path).collect::<Vec<_>>(),
             "drifted": status.map(|status| &status.drifted),
         }));
         return;
@@ -163,6 +169,13 @@ pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>
     );
     for path in &set.ignored {
         println!("ignored (not a revision): {}", path.display());
+    }
+    for revision in no_ops(set) {
+        println!(
+            "no-op revision {} (no statements; applied and recorded like any other): {}",
+            revision.label(),
+            revision.up.path.display()
+        );
     }
     if let Some(status) = status {
         if status.drifted.is_empty() {

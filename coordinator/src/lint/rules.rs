@@ -1,6 +1,7 @@
 //! fleetshift's own rules, for what squawk does not look at: whole-table writes, backfills in
 //! one statement, statements that cannot run in the revision's transaction, revisions without a
-//! down script, and enum values used in the transaction that adds them.
+//! down script, enum values used in the transaction that adds them, and (for information)
+//! revisions whose up script has no statements.
 
 use fleetshift_common::source::Revision;
 use fleetshift_common::statements::Statement;
@@ -12,12 +13,22 @@ pub const UNBATCHED_BACKFILL: &str = "unbatched-backfill";
 pub const NOT_IN_TRANSACTION: &str = "non-transactional-in-transaction";
 pub const IRREVERSIBLE: &str = "irreversible-revision";
 pub const ENUM_VALUE_USED: &str = "enum-value-used-in-same-revision";
+pub const EMPTY_REVISION: &str = "empty-revision";
 
 const OUTSIDE_TRANSACTION_HINT: &str = "move it to a revision of its own that runs outside a transaction (sqlx: first line `-- no-transaction`; dbmate: `-- migrate:up transaction:false`; diesel: `run_in_transaction = false` in metadata.toml)";
 
 pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {
     let statements = revision.up.statements();
     let mut found = Vec::new();
+    if revision.is_no_op() {
+        found.push(RawFinding {
+            rule: EMPTY_REVISION.to_owned(),
+            severity: Severity::Info,
+            script_line: 1,
+            message: "the up script has no statements: the revision is applied as a no-op and recorded in the ledger like any other".to_owned(),
+            hint: Some("nothing to do when it keeps a version's place (a placeholder for another dialect, a numbering step); otherwise write its SQL".to_owned()),
+        });
+    }
     if revision.down.is_none() {
         found.push(RawFinding {
             rule: IRREVERSIBLE.to_owned(),
@@ -205,6 +216,17 @@ mod tests {
             rules(sql, false).is_empty(),
             "autocommit: the value is committed first"
         );
+    }
+
+    #[test]
+    fn an_up_script_without_statements_is_told_as_information() {
+        let found = check(&revision("-- placeholder for MySQL\n", true, true));
+        let found: Vec<(&str, Severity)> = found
+            .iter()
+            .map(|finding| (finding.rule.as_str(), finding.severity))
+            .collect();
+        assert_eq!(found, [(EMPTY_REVISION, Severity::Info)]);
+        assert!(check(&revision("SELECT 1;", true, true)).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Versions as real projects write them: digit strings of any length (20-digit timestamps are
-//! beyond 64 bits), ordered by magnitude and named however spelled (`--to` with leading
-//! zeros), through the CLI on PostgreSQL and SQLite, recorded in the ledger as written; and a
-//! file named almost like a migration refused with what is wrong with it.
+//! Versions and revisions as real projects write them: digit strings of any length (20-digit
+//! timestamps are beyond 64 bits), ordered by magnitude and named however spelled (`--to`
+//! with leading zeros), through the CLI on PostgreSQL and SQLite, recorded in the ledger as
+//! written; up scripts without statements applied as recorded no-ops; and a file named almost
+//! like a migration refused with what is wrong with it.
 
 use fleetshift_common::engine::ShardEngine;
 use fleetshift_tests::{binary, fixtures};
@@ -128,4 +129,96 @@ fn a_file_named_almost_like_a_migration_is_refused_naming_it_and_the_cause() {
         "{printed}"
     );
     assert!(!printed.contains("unrecognised layout"), "{printed}");
+}
+
+/// A history with a comment-only placeholder and an empty step between two real revisions.
+fn with_no_ops() -> tempfile::TempDir {
+    fixtures::migrations(&[
+        ("1_a.up.sql", "CREATE TABLE a (id integer);"),
+        (
+            "2_mysql_only.up.sql",
+            "-- This step only exists for MySQL; kept so versions line up.\n",
+        ),
+        ("3_empty.up.sql", ""),
+        ("4_b.up.sql", "CREATE TABLE b (id integer);"),
+    ])
+}
+
+/// Every revision of [`with_no_ops`] is recorded applied in `ledger`, with its checksum.
+fn assert_all_recorded(ledger: Vec<fleetshift_common::ledger::LedgerEntry>) {
+    let directory = with_no_ops();
+    let set = fleetshift_common::source::MigrationSet::load(directory.path(), None).expect("set");
+    let mut recorded: Vec<(String, String, String)> = ledger
+        .into_iter()
+        .map(|entry| (entry.version, entry.status.to_string(), entry.checksum))
+        .collect();
+    recorded.sort();
+    let expected: Vec<(String, String, String)> = set
+        .revisions
+        .iter()
+        .map(|revision| {
+            (
+                revision.version.to_string(),
+                "applied".to_owned(),
+                revision.checksum.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded, expected,
+        "every revision recorded, the no-ops too"
+    );
+}
+
+#[tokio::test]
+async fn up_scripts_without_statements_are_applied_as_recorded_no_ops() {
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("no_ops").await;
+    let directory = with_no_ops();
+    let verify = binary::run(&url, &["migrate", "verify", "--dir", dir(&directory)]);
+    assert!(verify.status.success(), "{}", binary::printed(&verify));
+    let printed = binary::printed(&verify);
+    assert!(
+        printed.contains("no-op revision 2_mysql_only")
+            && printed.contains("no-op revision 3_empty"),
+        "{printed}"
+    );
+    let listed = binary::run(
+        &url,
+        &[
+            "migrate",
+            "verify",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(
+        json(&listed)["no_ops"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        binary::printed(&listed)
+    );
+
+    let up = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let b: bool = sqlx::query_scalar("SELECT to_regclass('b') IS NOT NULL")
+        .fetch_one(&admin)
+        .await
+        .expect("catalog");
+    assert!(b, "the revision after the no-ops ran");
+    let shard = support::postgres(&url).await;
+    assert_all_recorded(shard.read_ledger().await.expect("ledger"));
+
+    let home = tempfile::tempdir().expect("home");
+    let path = home.path().join("shard.db");
+    let sqlite_url = format!("sqlite:{}", path.display());
+    let up = binary::run(&sqlite_url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let shard = support::sqlite(&path).await;
+    assert_all_recorded(shard.read_ledger().await.expect("ledger"));
 }
