@@ -191,9 +191,23 @@ pub struct MigrationSet {
     pub digest: String,
 }
 
-impl MigrationSet {
-    /// Reads and validates `directory`; `format` is detected when `None`.
-    pub fn load(directory: &Path, format: Option<SourceFormat>) -> Result<Self, SourceError> {
+/// A directory as far as it could be read: the revisions read, in order, and every problem
+/// found with the files (transaction control statements aside: see
+/// [`transaction_control`]). Lint works on this, so a set's bad input is reported beside
+/// its findings rather than instead of them.
+#[derive(Debug)]
+pub struct Reading {
+    pub format: SourceFormat,
+    pub revisions: Vec<Revision>,
+    pub problems: Vec<SourceProblem>,
+    /// Files in the directory that belong to no revision.
+    pub ignored: Vec<PathBuf>,
+}
+
+impl Reading {
+    /// Reads `directory`; `format` is detected when `None`. `Err` only when the directory
+    /// cannot be listed or its format cannot be told.
+    pub fn of(directory: &Path, format: Option<SourceFormat>) -> Result<Self, SourceError> {
         let listing = layout::Listing::read(directory)?;
         let format = listing.format(directory, format)?;
         let mut problems = listing.near_misses();
@@ -204,7 +218,26 @@ impl MigrationSet {
             SourceFormat::Dbmate => dbmate::revisions(&listing, &mut problems),
         };
         revisions.sort_by(|left, right| left.version.cmp(&right.version));
-        check_revisions(&revisions, &mut problems);
+        duplicates(&revisions, &mut problems);
+        Ok(Self {
+            format,
+            ignored: listing.ignored(format),
+            revisions,
+            problems,
+        })
+    }
+}
+
+impl MigrationSet {
+    /// Reads and validates `directory`; `format` is detected when `None`.
+    pub fn load(directory: &Path, format: Option<SourceFormat>) -> Result<Self, SourceError> {
+        let Reading {
+            format,
+            revisions,
+            mut problems,
+            ignored,
+        } = Reading::of(directory, format)?;
+        problems.extend(transaction_control(&revisions));
         if !problems.is_empty() {
             problems
                 .sort_by(|left, right| left.path.cmp(&right.path).then(left.line.cmp(&right.line)));
@@ -217,7 +250,7 @@ impl MigrationSet {
         Ok(Self {
             directory: directory.to_path_buf(),
             format,
-            ignored: listing.ignored(format),
+            ignored,
             revisions,
             digest,
         })
@@ -249,7 +282,7 @@ impl MigrationSet {
     }
 }
 
-fn check_revisions(revisions: &[Revision], problems: &mut Vec<SourceProblem>) {
+fn duplicates(revisions: &[Revision], problems: &mut Vec<SourceProblem>) {
     for pair in revisions.windows(2) {
         if pair[0].version == pair[1].version {
             problems.push(SourceProblem::new(
@@ -262,6 +295,13 @@ fn check_revisions(revisions: &[Revision], problems: &mut Vec<SourceProblem>) {
             ));
         }
     }
+}
+
+/// Transaction control statements in any script of `revisions`: fleetshift runs each
+/// transactional revision in ONE transaction and each statement of a non-transactional one on
+/// its own, so a `BEGIN` or `COMMIT` would break either.
+pub fn transaction_control(revisions: &[Revision]) -> Vec<SourceProblem> {
+    let mut problems = Vec::new();
     for revision in revisions {
         for script in std::iter::once(&revision.up).chain(&revision.down) {
             for statement in script.statements() {
@@ -269,13 +309,17 @@ fn check_revisions(revisions: &[Revision], problems: &mut Vec<SourceProblem>) {
                     problems.push(SourceProblem::at_line(
                         &script.path,
                         script.file_line(statement.line),
-                        "transaction control statement: fleetshift runs each transactional revision in ONE transaction and each statement of a non-transactional one on its own; remove it",
+                        TRANSACTION_CONTROL,
                     ));
                 }
             }
         }
     }
+    problems
 }
+
+/// Why a transaction control statement cannot stand in a revision.
+pub const TRANSACTION_CONTROL: &str = "transaction control statement: fleetshift runs each transactional revision in ONE transaction and each statement of a non-transactional one on its own; remove it";
 
 fn digest(revisions: &[Revision]) -> String {
     let mut hasher = Sha256::new();

@@ -60,11 +60,31 @@ impl Finding {
 #[derive(Debug, Clone, Serialize)]
 pub struct LintReport {
     pub revisions: usize,
+    /// Scripts linted on their own (files that belong to no migration set, standard input).
+    pub scripts: usize,
     pub statements: usize,
     pub findings: Vec<Finding>,
 }
 
 impl LintReport {
+    /// Nothing linted yet.
+    pub fn empty() -> Self {
+        Self {
+            revisions: 0,
+            scripts: 0,
+            statements: 0,
+            findings: Vec::new(),
+        }
+    }
+
+    /// Adds `other`'s counts and findings to this report.
+    pub fn absorb(&mut self, other: Self) {
+        self.revisions += other.revisions;
+        self.scripts += other.scripts;
+        self.statements += other.statements;
+        self.findings.extend(other.findings);
+    }
+
     /// Open findings at `severity` or above.
     pub fn open_at_or_above(&self, severity: Severity) -> usize {
         self.findings
@@ -79,6 +99,23 @@ pub fn lint_set(set: &MigrationSet) -> LintReport {
     lint_revisions(&set.revisions)
 }
 
+/// Lints one script that belongs to no migration set, the way squawk lints a file: squawk's
+/// rules and fleetshift's statement rules, run in a transaction when `in_transaction` says
+/// so; `label` names it in findings.
+pub fn lint_script(script: &Script, in_transaction: bool, label: &str) -> LintReport {
+    let mut raw = squawk::check(script, in_transaction);
+    raw.extend(without_squawks(
+        &raw,
+        rules::check_statements(script.statements(), in_transaction),
+    ));
+    LintReport {
+        revisions: 0,
+        scripts: 1,
+        statements: script.statements().len(),
+        findings: located(script, raw, label, &allowances::Allowances::read(script)),
+    }
+}
+
 /// Lints these revisions (a plan lints those it applies).
 pub fn lint_revisions(revisions: &[Revision]) -> LintReport {
     let mut findings = Vec::new();
@@ -89,6 +126,7 @@ pub fn lint_revisions(revisions: &[Revision]) -> LintReport {
     }
     LintReport {
         revisions: revisions.len(),
+        scripts: 0,
         statements,
         findings,
     }
@@ -132,24 +170,38 @@ impl Finding {
 fn lint_revision(revision: &Revision) -> Vec<Finding> {
     let script = &revision.up;
     let mut raw: Vec<RawFinding> = squawk::check(script, revision.transactional);
-    let own = rules::check(revision);
-    // squawk names a concurrent index build in a transaction itself; say it once.
+    raw.extend(without_squawks(&raw, rules::check(revision)));
+    let allowances = allowances::Allowances::read(script);
+    let mut findings = located(script, raw, &revision.label(), &allowances);
+    findings.extend(allowances.mistakes(revision));
+    findings
+}
+
+/// fleetshift's `own` findings but those squawk already made: squawk names a concurrent
+/// index build in a transaction itself; say it once.
+fn without_squawks(squawks: &[RawFinding], own: Vec<RawFinding>) -> Vec<RawFinding> {
     let said_by_squawk = |finding: &RawFinding| {
         finding.rule == rules::NOT_IN_TRANSACTION
-            && raw.iter().any(|other| {
+            && squawks.iter().any(|other| {
                 other.rule == squawk::CONCURRENT_INDEX_IN_TRANSACTION
                     && other.script_line == finding.script_line
             })
     };
-    let own: Vec<RawFinding> = own
-        .into_iter()
+    own.into_iter()
         .filter(|finding| !said_by_squawk(finding))
-        .collect();
-    raw.extend(own);
+        .collect()
+}
+
+/// `raw` findings of `script` in line order, placed in the file, with their statements and
+/// what `allowances` allows; `label` names the revision (or script).
+fn located(
+    script: &Script,
+    mut raw: Vec<RawFinding>,
+    label: &str,
+    allowances: &allowances::Allowances,
+) -> Vec<Finding> {
     raw.sort_by_key(|finding| finding.script_line);
-    let allowances = allowances::Allowances::read(script);
-    let mut findings: Vec<Finding> = raw
-        .into_iter()
+    raw.into_iter()
         .map(|raw| {
             let statement = statement_at(script, raw.script_line);
             let allowed = statement
@@ -159,16 +211,14 @@ fn lint_revision(revision: &Revision) -> Vec<Finding> {
                 severity: raw.severity,
                 file: script.path.clone(),
                 line: script.file_line(raw.script_line),
-                revision: revision.label(),
+                revision: label.to_owned(),
                 message: raw.message,
                 hint: raw.hint,
                 statement: statement.map(first_line).unwrap_or_default(),
                 allowed,
             }
         })
-        .collect();
-    findings.extend(allowances.mistakes(revision));
-    findings
+        .collect()
 }
 
 /// A finding before allowances, located by its line in the script.

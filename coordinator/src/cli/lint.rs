@@ -1,13 +1,21 @@
-//! `fleetshift lint DIR`: the set's findings for people (statement, file:line, fix hint), as
-//! JSON, or as SARIF 2.1.0 for code-scanning UIs; the exit code says whether open findings
-//! reach `--fail-on`.
+//! `fleetshift lint PATH…`: migration directories, SQL files, glob patterns and standard
+//! input, linted the way squawk users lint. A directory is a migration set (each revision in
+//! its own transaction mode); a file inside one is linted as its revision; any other file, or
+//! standard input, as one script (in a transaction only with `--assume-in-transaction`, as
+//! squawk does). A set's bad input (duplicate versions, misnamed files…) is reported beside
+//! the findings. Findings for people (statement, file:line, fix hint), as JSON, as SARIF 2.1.0
+//! for code-scanning UIs, or one line each (`file:line:col: rule: message`) for editors and
+//! CI annotations; the exit code says whether there was bad input (2) or open findings reach
+//! `--fail-on` (11).
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use fleetshift_common::error::ErrorKind;
-use fleetshift_common::source::{MigrationSet, SourceFormat};
+use fleetshift_common::source::{Reading, Revision, Script, SourceFormat, SourceProblem};
 use fleetshift_coordinator::lint::{self, Finding, LintReport, Severity};
 use serde_json::json;
 
@@ -18,19 +26,28 @@ use crate::exit;
 
 #[derive(Debug, Args)]
 pub struct LintArgs {
-    /// Migration directory.
-    directory: PathBuf,
+    /// Migration directories, SQL files, glob patterns (quote them: 'db/**/*.sql') or `-` for
+    /// standard input. A file inside a migration directory is linted as its revision; any
+    /// other file as one script.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<String>,
     /// Migration layout: sqlx, golang-migrate, diesel, flyway or dbmate; detected from file
     /// names when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
+    /// Lint scripts that belong to no migration set (files, standard input) as if they ran
+    /// inside a transaction, as squawk's flag of the same name does; a revision always
+    /// follows its own transaction mode.
+    #[arg(long)]
+    assume_in_transaction: bool,
     /// Open findings at this severity or above make the exit code 11.
     #[arg(long, value_enum, default_value = "error")]
     fail_on: FailOn,
     /// Also list findings allowed by a `fleetshift:allow` comment or a reviewed region.
     #[arg(long)]
     show_allowed: bool,
-    /// Human-readable findings, one JSON document, or SARIF 2.1.0.
+    /// Human-readable findings, one JSON document, SARIF 2.1.0, or one line per finding
+    /// (`file:line:col: rule: message`).
     #[arg(long, value_enum, default_value = "human", env = "FLEETSHIFT_OUTPUT")]
     output: LintOutput,
 }
@@ -48,29 +65,57 @@ enum LintOutput {
     Human,
     Json,
     Sarif,
+    Compact,
 }
 
+/// What one path on the command line stands for.
+#[derive(Debug)]
+enum Input {
+    Directory(PathBuf),
+    File(PathBuf),
+    Stdin,
+}
+
+/// The name standard input goes by in findings.
+const STDIN: &str = "<stdin>";
+
+/// The rule name bad input is reported under, beside the findings.
+const BAD_INPUT: &str = "bad-input";
+
 pub fn run(arguments: LintArgs) -> ExitCode {
-    let set = match MigrationSet::load(&arguments.directory, arguments.format) {
-        Ok(set) => set,
-        Err(error) => {
-            let output = if arguments.output == LintOutput::Human {
-                Output::Human
-            } else {
-                Output::Json
+    let inputs = match inputs(&arguments.paths) {
+        Ok(inputs) => inputs,
+        Err(message) => {
+            let output = match arguments.output {
+                LintOutput::Human | LintOutput::Compact => Output::Human,
+                LintOutput::Json | LintOutput::Sarif => Output::Json,
             };
-            render::failure(output, &error.to_string(), ErrorKind::BadInput);
+            render::failure(output, &message, ErrorKind::BadInput);
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
-    let mut report = lint::lint_set(&set);
-    for finding in &mut report.findings {
-        finding.file = relative(&finding.file, &arguments.directory);
+    let mut linted = Linted {
+        format: arguments.format,
+        in_transaction: arguments.assume_in_transaction,
+        report: LintReport::empty(),
+        problems: Vec::new(),
+        sets: HashMap::new(),
+    };
+    for input in inputs {
+        linted.lint(input);
     }
+    let Linted {
+        report, problems, ..
+    } = linted;
     match arguments.output {
-        LintOutput::Human => human(&report, arguments.show_allowed),
-        LintOutput::Json => println!("{}", json!(report)),
-        LintOutput::Sarif => println!("{}", sarif(&report)),
+        LintOutput::Human => human(&report, &problems, arguments.show_allowed),
+        LintOutput::Json => {
+            let mut document = json!(report);
+            document["problems"] = json!(problems.iter().map(problem_json).collect::<Vec<_>>());
+            println!("{document}");
+        }
+        LintOutput::Sarif => println!("{}", sarif(&report, &problems)),
+        LintOutput::Compact => compact(&report, &problems, arguments.show_allowed),
     }
     let threshold = match arguments.fail_on {
         FailOn::Info => Some(Severity::Info),
@@ -78,9 +123,149 @@ pub fn run(arguments: LintArgs) -> ExitCode {
         FailOn::Error => Some(Severity::Error),
         FailOn::Never => None,
     };
+    if !problems.is_empty() {
+        return ExitCode::from(exit::BAD_INPUT);
+    }
     match threshold {
         Some(severity) if report.open_at_or_above(severity) > 0 => ExitCode::from(exit::FINDINGS),
         _ => ExitCode::from(exit::OK),
+    }
+}
+
+/// The command line's paths as inputs, glob patterns expanded (in order, each match once).
+fn inputs(paths: &[String]) -> Result<Vec<Input>, String> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if path == "-" {
+            inputs.push(Input::Stdin);
+            continue;
+        }
+        let matched: Vec<PathBuf> = if path.contains(['*', '?', '[']) {
+            let pattern = glob::glob(path)
+                .map_err(|error| format!("{path}: not a valid glob pattern: {error}"))?;
+            let matched: Vec<PathBuf> = pattern.filter_map(Result::ok).collect();
+            if matched.is_empty() {
+                return Err(format!("{path}: the pattern matches no file"));
+            }
+            matched
+        } else {
+            vec![PathBuf::from(path)]
+        };
+        for path in matched {
+            if path.is_dir() {
+                inputs.push(Input::Directory(path));
+            } else if path.is_file() {
+                inputs.push(Input::File(path));
+            } else {
+                return Err(format!(
+                    "{}: no such file or directory; give a migration directory, SQL files, a quoted glob pattern or - for standard input",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+/// What has been linted so far.
+struct Linted {
+    format: Option<SourceFormat>,
+    in_transaction: bool,
+    report: LintReport,
+    problems: Vec<SourceProblem>,
+    /// Directories read while looking for a file's revision (`None`: not a migration set).
+    sets: HashMap<PathBuf, Option<Reading>>,
+}
+
+impl Linted {
+    fn lint(&mut self, input: Input) {
+        match input {
+            Input::Directory(directory) => match Reading::of(&directory, self.format) {
+                Ok(reading) => {
+                    let mut report = lint::lint_revisions(&reading.revisions);
+                    for finding in &mut report.findings {
+                        finding.file = relative(&finding.file, &directory);
+                    }
+                    self.report.absorb(report);
+                    self.problems
+                        .extend(reading.problems.into_iter().map(|problem| SourceProblem {
+                            path: relative(&problem.path, &directory),
+                            ..problem
+                        }));
+                }
+                Err(error) => self.problems.extend(error.problems),
+            },
+            Input::File(path) => {
+                if let Some(revision) = self.revision_of(&path) {
+                    let mut report = lint::lint_revisions(std::slice::from_ref(&revision));
+                    for finding in &mut report.findings {
+                        finding.file.clone_from(&path);
+                    }
+                    self.report.absorb(report);
+                    return;
+                }
+                match std::fs::read(&path) {
+                    Ok(bytes) => self.lint_script(path, &bytes),
+                    Err(error) => self.problems.push(SourceProblem::new(
+                        &path,
+                        format!("cannot read file: {error}"),
+                    )),
+                }
+            }
+            Input::Stdin => {
+                let mut bytes = Vec::new();
+                match std::io::stdin().read_to_end(&mut bytes) {
+                    Ok(_) => self.lint_script(PathBuf::from(STDIN), &bytes),
+                    Err(error) => self.problems.push(SourceProblem::new(
+                        Path::new(STDIN),
+                        format!("cannot read standard input: {error}"),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Lints `bytes` as one script named `path`.
+    fn lint_script(&mut self, path: PathBuf, bytes: &[u8]) {
+        let Ok(sql) = String::from_utf8(bytes.to_vec()) else {
+            self.problems.push(SourceProblem::new(
+                &path,
+                "not valid UTF-8; save it as UTF-8",
+            ));
+            return;
+        };
+        let label = path.display().to_string();
+        let script = Script::new(path, 1, sql);
+        self.report
+            .absorb(lint::lint_script(&script, self.in_transaction, &label));
+    }
+
+    /// The revision whose up script `path` is, when its directory (or, for diesel, the one
+    /// above) is a migration set.
+    fn revision_of(&mut self, path: &Path) -> Option<Revision> {
+        let wanted = path.canonicalize().ok()?;
+        for directory in path.ancestors().skip(1).take(2) {
+            let directory = if directory.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                directory
+            };
+            let format = self.format;
+            let reading = self
+                .sets
+                .entry(directory.to_path_buf())
+                .or_insert_with(|| Reading::of(directory, format).ok());
+            let found = reading.as_ref().and_then(|reading| {
+                reading
+                    .revisions
+                    .iter()
+                    .find(|revision| revision.up.path.canonicalize().ok().as_ref() == Some(&wanted))
+            });
+            if let Some(revision) = found {
+                return Some(revision.clone());
+            }
+        }
+        None
     }
 }
 
@@ -88,7 +273,44 @@ fn relative(file: &Path, directory: &Path) -> PathBuf {
     file.strip_prefix(directory).unwrap_or(file).to_path_buf()
 }
 
-fn human(report: &LintReport, show_allowed: bool) {
+fn problem_json(problem: &SourceProblem) -> serde_json::Value {
+    json!({
+        "file": problem.path,
+        "line": problem.line,
+        "message": problem.message,
+    })
+}
+
+/// `file:line:col: rule: message`, one per open finding (and allowed ones when asked) and one
+/// per bad input.
+fn compact(report: &LintReport, problems: &[SourceProblem], show_allowed: bool) {
+    for problem in problems {
+        println!(
+            "{}:{}:1: {BAD_INPUT}: {}",
+            problem.path.display(),
+            problem.line.unwrap_or(1),
+            problem.message.replace('\n', " ")
+        );
+    }
+    for finding in report
+        .findings
+        .iter()
+        .filter(|finding| show_allowed || finding.is_open())
+    {
+        println!(
+            "{}:{}:1: {}: {}",
+            finding.file.display(),
+            finding.line,
+            finding.rule,
+            finding.message
+        );
+    }
+}
+
+fn human(report: &LintReport, problems: &[SourceProblem], show_allowed: bool) {
+    for problem in problems {
+        println!("{problem} [{BAD_INPUT}]");
+    }
     for finding in report
         .findings
         .iter()
@@ -124,8 +346,18 @@ fn human(report: &LintReport, show_allowed: bool) {
             .iter()
             .filter(|finding| finding.is_open())
             .count();
+    let scripts = if report.scripts == 0 {
+        String::new()
+    } else {
+        format!(", {} script(s)", report.scripts)
+    };
+    let bad = if problems.is_empty() {
+        String::new()
+    } else {
+        format!("; {} bad input problem(s)", problems.len())
+    };
     println!(
-        "{} revisions, {} statements: {} error(s), {} warning(s), {} info, {allowed} allowed",
+        "{} revisions{scripts}, {} statements: {} error(s), {} warning(s), {} info, {allowed} allowed{bad}",
         report.revisions,
         report.statements,
         open(Severity::Error),
@@ -136,14 +368,28 @@ fn human(report: &LintReport, show_allowed: bool) {
 
 /// SARIF 2.1.0: one run, the rules that fired, one result per finding (allowed ones carry an
 /// accepted suppression with its reason).
-fn sarif(report: &LintReport) -> serde_json::Value {
+fn sarif(report: &LintReport, problems: &[SourceProblem]) -> serde_json::Value {
     let mut rules: Vec<&str> = report
         .findings
         .iter()
         .map(|finding| finding.rule.as_str())
+        .chain(problems.first().map(|_| BAD_INPUT))
         .collect();
     rules.sort_unstable();
     rules.dedup();
+    let bad_input = problems.iter().map(|problem| {
+        json!({
+            "ruleId": BAD_INPUT,
+            "level": "error",
+            "message": { "text": problem.message },
+            "locations": [{
+                "physicalLocation": {
+                    "artifactLocation": { "uri": problem.path.to_string_lossy() },
+                    "region": { "startLine": problem.line.unwrap_or(1) },
+                }
+            }],
+        })
+    });
     let results: Vec<serde_json::Value> = report
         .findings
         .iter()
@@ -173,6 +419,7 @@ fn sarif(report: &LintReport) -> serde_json::Value {
             }
             result
         })
+        .chain(bad_input)
         .collect();
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",

@@ -1,7 +1,7 @@
 //! fleetshift's own rules, for what squawk does not look at: whole-table writes, backfills in
 //! one statement, statements that cannot run in the revision's transaction, revisions without a
-//! down script, enum values used in the transaction that adds them, and (for information)
-//! revisions whose up script has no statements.
+//! down script, enum values used in the transaction that adds them, transaction control
+//! statements, and (for information) revisions whose up script has no statements.
 
 use fleetshift_common::source::Revision;
 use fleetshift_common::statements::Statement;
@@ -14,6 +14,7 @@ pub const NOT_IN_TRANSACTION: &str = "non-transactional-in-transaction";
 pub const IRREVERSIBLE: &str = "irreversible-revision";
 pub const ENUM_VALUE_USED: &str = "enum-value-used-in-same-revision";
 pub const EMPTY_REVISION: &str = "empty-revision";
+pub const TRANSACTION_CONTROL: &str = "transaction-control-in-revision";
 
 const OUTSIDE_TRANSACTION_HINT: &str = "move it to a revision of its own that runs outside a transaction (sqlx: first line `-- no-transaction`; dbmate: `-- migrate:up transaction:false`; diesel: `run_in_transaction = false` in metadata.toml)";
 
@@ -38,16 +39,37 @@ pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {
             hint: Some("write a down script, or mark a deliberate no-op with `-- fleetshift:nothing-to-undo`".to_owned()),
         });
     }
+    found.extend(check_statements(statements, revision.transactional));
+    found
+}
+
+/// The rules about statements alone (a lone script has no revision to judge), run in a
+/// transaction or not.
+pub(super) fn check_statements(statements: &[Statement], transactional: bool) -> Vec<RawFinding> {
+    let mut found = Vec::new();
     for statement in statements {
         found.extend(unbounded_or_unbatched(statement));
-        if revision.transactional {
+        found.extend(transaction_control(statement));
+        if transactional {
             found.extend(not_in_transaction(statement));
         }
     }
-    if revision.transactional {
+    if transactional {
         found.extend(enum_values_used(statements));
     }
     found
+}
+
+/// `BEGIN`, `COMMIT` and their kin cannot stand in a revision: fleetshift opens and ends its
+/// transactions itself.
+fn transaction_control(statement: &Statement) -> Option<RawFinding> {
+    statement.controls_transaction().then(|| RawFinding {
+        rule: TRANSACTION_CONTROL.to_owned(),
+        severity: Severity::Error,
+        script_line: statement.line,
+        message: "transaction control cannot run inside a fleetshift revision: fleetshift runs each transactional revision in ONE transaction and each statement of a non-transactional one on its own".to_owned(),
+        hint: Some(format!("remove it; if the statements must not share a transaction, {OUTSIDE_TRANSACTION_HINT}")),
+    })
 }
 
 fn has_token(statement: &Statement, word: &str) -> bool {
