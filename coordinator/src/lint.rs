@@ -14,6 +14,9 @@ mod allowances;
 mod rules;
 mod squawk;
 
+pub use rules::ALL as OWN_RULES;
+pub use squawk::HANDLED_BY_FLEETSHIFT;
+
 use std::path::PathBuf;
 
 use fleetshift_common::source::{MigrationSet, Revision, Script};
@@ -94,6 +97,36 @@ impl LintReport {
     }
 }
 
+/// How the rules run, as squawk users set it (`--pg-version`, `--exclude`, `.squawk.toml`);
+/// plans lint with the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct LintSettings {
+    /// The PostgreSQL version squawk's rules assume (squawk's default, 15, when `None`).
+    pub pg_version: Option<squawk_linter::Version>,
+    /// Rules that report nothing: squawk's names or fleetshift's.
+    pub excluded_rules: Vec<String>,
+}
+
+impl LintSettings {
+    /// Refuses a rule name that is neither squawk's nor fleetshift's, saying which exist.
+    pub fn check_rule(name: &str) -> Result<(), String> {
+        if rules::ALL.contains(&name)
+            || name == squawk::SYNTAX_ERROR
+            || name.parse::<squawk_linter::Rule>().is_ok()
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "unknown rule {name:?}: use a squawk rule name (https://squawkhq.com/docs/rules) or one of fleetshift's: {}",
+            rules::ALL.join(", ")
+        ))
+    }
+
+    fn excludes(&self, rule: &str) -> bool {
+        self.excluded_rules.iter().any(|excluded| excluded == rule)
+    }
+}
+
 /// Lints every revision's up script (and notes revisions without a down script).
 pub fn lint_set(set: &MigrationSet) -> LintReport {
     lint_revisions(&set.revisions)
@@ -102,12 +135,18 @@ pub fn lint_set(set: &MigrationSet) -> LintReport {
 /// Lints one script that belongs to no migration set, the way squawk lints a file: squawk's
 /// rules and fleetshift's statement rules, run in a transaction when `in_transaction` says
 /// so; `label` names it in findings.
-pub fn lint_script(script: &Script, in_transaction: bool, label: &str) -> LintReport {
-    let mut raw = squawk::check(script, in_transaction);
+pub fn lint_script(
+    script: &Script,
+    in_transaction: bool,
+    label: &str,
+    settings: &LintSettings,
+) -> LintReport {
+    let mut raw = squawk::check(script, in_transaction, settings);
     raw.extend(without_squawks(
         &raw,
         rules::check_statements(script.statements(), in_transaction),
     ));
+    raw.retain(|finding| !settings.excludes(&finding.rule));
     LintReport {
         revisions: 0,
         scripts: 1,
@@ -116,13 +155,18 @@ pub fn lint_script(script: &Script, in_transaction: bool, label: &str) -> LintRe
     }
 }
 
-/// Lints these revisions (a plan lints those it applies).
+/// Lints these revisions (a plan lints those it applies) with the default settings.
 pub fn lint_revisions(revisions: &[Revision]) -> LintReport {
+    lint_revisions_with(revisions, &LintSettings::default())
+}
+
+/// Lints these revisions with `settings`.
+pub fn lint_revisions_with(revisions: &[Revision], settings: &LintSettings) -> LintReport {
     let mut findings = Vec::new();
     let mut statements = 0;
     for revision in revisions {
         statements += revision.up.statements().len();
-        findings.extend(lint_revision(revision));
+        findings.extend(lint_revision(revision, settings));
     }
     LintReport {
         revisions: revisions.len(),
@@ -167,10 +211,11 @@ impl Finding {
     }
 }
 
-fn lint_revision(revision: &Revision) -> Vec<Finding> {
+fn lint_revision(revision: &Revision, settings: &LintSettings) -> Vec<Finding> {
     let script = &revision.up;
-    let mut raw: Vec<RawFinding> = squawk::check(script, revision.transactional);
+    let mut raw: Vec<RawFinding> = squawk::check(script, revision.transactional, settings);
     raw.extend(without_squawks(&raw, rules::check(revision)));
+    raw.retain(|finding| !settings.excludes(&finding.rule));
     let allowances = allowances::Allowances::read(script);
     let mut findings = located(script, raw, &revision.label(), &allowances);
     findings.extend(allowances.mistakes(revision));

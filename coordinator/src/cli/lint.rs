@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::source::{Reading, Revision, Script, SourceFormat, SourceProblem};
-use fleetshift_coordinator::lint::{self, Finding, LintReport, Severity};
+use fleetshift_coordinator::lint::{self, Finding, LintReport, LintSettings, Severity};
 use serde_json::json;
 
 use super::migrate::parse_format;
@@ -40,6 +40,25 @@ pub struct LintArgs {
     /// follows its own transaction mode.
     #[arg(long)]
     assume_in_transaction: bool,
+    /// The PostgreSQL version squawk's rules assume, e.g. `13.0` (default 15), as squawk's
+    /// flag.
+    #[arg(long, value_parser = parse_pg_version)]
+    pg_version: Option<squawk_linter::Version>,
+    /// Rules to turn off, squawk's or fleetshift's names, comma-separated or repeated, as
+    /// squawk's flag. fleetshift itself leaves out squawk's require-timeout-settings,
+    /// require-lock-timeout and require-statement-timeout: it sets both timeouts in every
+    /// session it runs revisions in.
+    #[arg(long, short = 'e', value_delimiter = ',', value_name = "RULE")]
+    exclude: Vec<String>,
+    /// Files not to lint: paths or patterns, matched against each path as given, as squawk's
+    /// flag.
+    #[arg(long, value_name = "PATH")]
+    exclude_path: Vec<String>,
+    /// squawk's configuration file; default: `.squawk.toml` in this directory or the
+    /// nearest one above it (pg_version, excluded_rules, assume_in_transaction and
+    /// excluded_paths are read; flags add to or override them).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Open findings at this severity or above make the exit code 11.
     #[arg(long, value_enum, default_value = "error")]
     fail_on: FailOn,
@@ -83,8 +102,10 @@ const STDIN: &str = "<stdin>";
 const BAD_INPUT: &str = "bad-input";
 
 pub fn run(arguments: LintArgs) -> ExitCode {
-    let inputs = match inputs(&arguments.paths) {
-        Ok(inputs) => inputs,
+    let prepared = Configured::from(&arguments)
+        .and_then(|configured| inputs(&arguments.paths).map(|inputs| (configured, inputs)));
+    let (configured, inputs) = match prepared {
+        Ok(prepared) => prepared,
         Err(message) => {
             let output = match arguments.output {
                 LintOutput::Human | LintOutput::Compact => Output::Human,
@@ -96,7 +117,7 @@ pub fn run(arguments: LintArgs) -> ExitCode {
     };
     let mut linted = Linted {
         format: arguments.format,
-        in_transaction: arguments.assume_in_transaction,
+        configured,
         report: LintReport::empty(),
         problems: Vec::new(),
         sets: HashMap::new(),
@@ -167,10 +188,122 @@ fn inputs(paths: &[String]) -> Result<Vec<Input>, String> {
     Ok(inputs)
 }
 
+fn parse_pg_version(text: &str) -> Result<squawk_linter::Version, String> {
+    text.parse()
+        .map_err(|error| format!("{error}; give a version such as 13.0 or 16"))
+}
+
+/// squawk's `.squawk.toml`, the keys fleetshift reads (others are squawk's business).
+#[derive(Debug, Default, serde::Deserialize)]
+struct SquawkConfig {
+    pg_version: Option<String>,
+    #[serde(default)]
+    excluded_rules: Vec<String>,
+    assume_in_transaction: Option<bool>,
+    #[serde(default)]
+    excluded_paths: Vec<String>,
+}
+
+impl SquawkConfig {
+    /// `explicit`, else `.squawk.toml` in the current directory or the nearest one above.
+    fn find(explicit: Option<&Path>) -> Result<Option<(PathBuf, Self)>, String> {
+        let path = match explicit {
+            Some(path) => path.to_path_buf(),
+            None => {
+                let here = std::env::current_dir()
+                    .map_err(|error| format!("cannot read the current directory: {error}"))?;
+                let found = here
+                    .ancestors()
+                    .map(|directory| directory.join(".squawk.toml"))
+                    .find(|candidate| candidate.is_file());
+                match found {
+                    Some(path) => path,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            format!(
+                "{}: cannot read squawk's configuration: {error}",
+                path.display()
+            )
+        })?;
+        let config = toml::from_str(&text).map_err(|error: toml::de::Error| {
+            let line = error
+                .span()
+                .map_or(1, |span| text[..span.start].matches('\n').count() + 1);
+            format!("{}:{line}: {}", path.display(), error.message())
+        })?;
+        Ok(Some((path, config)))
+    }
+}
+
+/// The settings a lint runs with: flags over squawk's configuration file.
+struct Configured {
+    settings: LintSettings,
+    in_transaction: bool,
+    excluded_paths: Vec<glob::Pattern>,
+}
+
+impl Configured {
+    fn from(arguments: &LintArgs) -> Result<Self, String> {
+        let (source, config) = SquawkConfig::find(arguments.config.as_deref())?
+            .map_or((None, SquawkConfig::default()), |(path, config)| {
+                (Some(path), config)
+            });
+        let at = |key: &str| match &source {
+            Some(path) => format!("{}: {key}", path.display()),
+            None => key.to_owned(),
+        };
+        let pg_version = match (arguments.pg_version, &config.pg_version) {
+            (Some(version), _) => Some(version),
+            (None, Some(text)) => Some(
+                parse_pg_version(text).map_err(|error| format!("{}: {error}", at("pg_version")))?,
+            ),
+            (None, None) => None,
+        };
+        let mut excluded_rules = config.excluded_rules.clone();
+        excluded_rules.extend(arguments.exclude.iter().cloned());
+        for rule in &excluded_rules {
+            LintSettings::check_rule(rule)
+                .map_err(|error| format!("{}: {error}", at("excluded rules")))?;
+        }
+        let excluded_paths = config
+            .excluded_paths
+            .iter()
+            .chain(&arguments.exclude_path)
+            .map(|pattern| {
+                glob::Pattern::new(pattern).map_err(|error| {
+                    format!(
+                        "{}: {pattern:?} is not a valid pattern: {error}",
+                        at("excluded paths")
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            settings: LintSettings {
+                pg_version,
+                excluded_rules,
+            },
+            in_transaction: arguments.assume_in_transaction
+                || config.assume_in_transaction.unwrap_or(false),
+            excluded_paths,
+        })
+    }
+
+    /// Whether `path`, as given, is excluded from linting (squawk matches the same way).
+    fn skips(&self, path: &Path) -> bool {
+        self.excluded_paths
+            .iter()
+            .any(|pattern| pattern.matches_path(path))
+    }
+}
+
 /// What has been linted so far.
 struct Linted {
     format: Option<SourceFormat>,
-    in_transaction: bool,
+    configured: Configured,
     report: LintReport,
     problems: Vec<SourceProblem>,
     /// Directories read while looking for a file's revision (`None`: not a migration set).
@@ -182,7 +315,12 @@ impl Linted {
         match input {
             Input::Directory(directory) => match Reading::of(&directory, self.format) {
                 Ok(reading) => {
-                    let mut report = lint::lint_revisions(&reading.revisions);
+                    let kept: Vec<Revision> = reading
+                        .revisions
+                        .into_iter()
+                        .filter(|revision| !self.configured.skips(&revision.up.path))
+                        .collect();
+                    let mut report = lint::lint_revisions_with(&kept, &self.configured.settings);
                     for finding in &mut report.findings {
                         finding.file = relative(&finding.file, &directory);
                     }
@@ -195,9 +333,13 @@ impl Linted {
                 }
                 Err(error) => self.problems.extend(error.problems),
             },
+            Input::File(path) if self.configured.skips(&path) => {}
             Input::File(path) => {
                 if let Some(revision) = self.revision_of(&path) {
-                    let mut report = lint::lint_revisions(std::slice::from_ref(&revision));
+                    let mut report = lint::lint_revisions_with(
+                        std::slice::from_ref(&revision),
+                        &self.configured.settings,
+                    );
                     for finding in &mut report.findings {
                         finding.file.clone_from(&path);
                     }
@@ -236,8 +378,12 @@ impl Linted {
         };
         let label = path.display().to_string();
         let script = Script::new(path, 1, sql);
-        self.report
-            .absorb(lint::lint_script(&script, self.in_transaction, &label));
+        self.report.absorb(lint::lint_script(
+            &script,
+            self.configured.in_transaction,
+            &label,
+            &self.configured.settings,
+        ));
     }
 
     /// The revision whose up script `path` is, when its directory (or, for diesel, the one

@@ -16,6 +16,17 @@ pub const ENUM_VALUE_USED: &str = "enum-value-used-in-same-revision";
 pub const EMPTY_REVISION: &str = "empty-revision";
 pub const TRANSACTION_CONTROL: &str = "transaction-control-in-revision";
 
+/// Every rule of fleetshift's own.
+pub const ALL: [&str; 7] = [
+    UNBOUNDED_WRITE,
+    UNBATCHED_BACKFILL,
+    NOT_IN_TRANSACTION,
+    IRREVERSIBLE,
+    ENUM_VALUE_USED,
+    EMPTY_REVISION,
+    TRANSACTION_CONTROL,
+];
+
 const OUTSIDE_TRANSACTION_HINT: &str = "move it to a revision of its own that runs outside a transaction (sqlx: first line `-- no-transaction`; dbmate: `-- migrate:up transaction:false`; diesel: `run_in_transaction = false` in metadata.toml)";
 
 pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {

@@ -5,24 +5,61 @@ use fleetshift_common::source::Script;
 use squawk_linter::{Linter, Rule};
 use squawk_syntax::SourceFile;
 
-use super::{RawFinding, Severity};
+use super::{LintSettings, RawFinding, Severity};
 
 /// Rules about what fleetshift does for every revision already: it sets `lock_timeout` and
 /// `statement_timeout` in every session, so asking the script for them is noise.
-const HANDLED_BY_FLEETSHIFT: [Rule; 3] = [
+pub const HANDLED_BY_FLEETSHIFT: [Rule; 3] = [
     Rule::RequireTimeoutSettings,
     Rule::RequireLockTimeout,
     Rule::RequireStatementTimeout,
 ];
 
+/// squawk's name for SQL its parser cannot read; the CLI reports those and nothing else of
+/// the script, and so does fleetshift.
+pub const SYNTAX_ERROR: &str = "syntax-error";
+
 /// squawk's name for a concurrent index build inside a transaction.
 pub(super) const CONCURRENT_INDEX_IN_TRANSACTION: &str =
     "ban-concurrent-index-creation-in-transaction";
 
-pub(super) fn check(script: &Script, transactional: bool) -> Vec<RawFinding> {
+pub(super) fn check(
+    script: &Script,
+    transactional: bool,
+    settings: &LintSettings,
+) -> Vec<RawFinding> {
     let parse = SourceFile::parse(&script.sql);
-    let mut linter = Linter::with_rules(&[], &HANDLED_BY_FLEETSHIFT);
+    let errors = parse.errors();
+    if !errors.is_empty() {
+        return errors
+            .iter()
+            .map(|error| {
+                let offset = usize::from(error.range().start()).min(script.sql.len());
+                RawFinding {
+                    rule: SYNTAX_ERROR.to_owned(),
+                    severity: Severity::Warning,
+                    script_line: line_of(&script.sql, offset),
+                    message: format!("squawk cannot parse this: {}", error.message()),
+                    hint: Some("squawk checks nothing else in a script it cannot parse; check the SQL, or lint the statement squawk's parser does not know on its own".to_owned()),
+                }
+            })
+            .filter(|finding| !settings.excludes(&finding.rule))
+            .collect();
+    }
+    let excluded: Vec<Rule> = HANDLED_BY_FLEETSHIFT
+        .into_iter()
+        .chain(
+            settings
+                .excluded_rules
+                .iter()
+                .filter_map(|name| name.parse().ok()),
+        )
+        .collect();
+    let mut linter = Linter::with_rules(&[], &excluded);
     linter.settings.assume_in_transaction = transactional;
+    if let Some(version) = settings.pg_version {
+        linter.settings.pg_version = version;
+    }
     linter
         .lint(&parse, &script.sql)
         .into_iter()
@@ -99,7 +136,11 @@ mod tests {
 
     #[test]
     fn squawk_names_and_lines_are_kept() {
-        let found = check(&script("SELECT 1;\n\nCREATE INDEX i ON t (c);\n"), true);
+        let found = check(
+            &script("SELECT 1;\n\nCREATE INDEX i ON t (c);\n"),
+            true,
+            &LintSettings::default(),
+        );
         let index: Vec<(&str, usize, Severity)> = found
             .iter()
             .map(|finding| (finding.rule.as_str(), finding.script_line, finding.severity))
@@ -121,7 +162,11 @@ mod tests {
 
     #[test]
     fn timeout_rules_are_left_to_fleetshift() {
-        let found = check(&script("ALTER TABLE t ADD COLUMN c int;\n"), true);
+        let found = check(
+            &script("ALTER TABLE t ADD COLUMN c int;\n"),
+            true,
+            &LintSettings::default(),
+        );
         assert!(
             found
                 .iter()
