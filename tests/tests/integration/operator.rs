@@ -205,13 +205,14 @@ async fn exit_codes_tell_bad_input_unreachable_and_fenced_out_apart() {
     let bad = fixtures::migrations(&[
         ("1_a.sql", "SELECT 1;"),
         ("01_again.sql", "SELECT 2;"),
-        ("2_b.up.sql", ""),
+        ("2x_b.up.sql", "SELECT 3;"),
     ]);
     let output = binary::run(&url, &["migrate", "up", "--dir", dir(&bad)]);
     support::assert_exit(&output, 2);
     let printed = binary::printed(&output);
     assert!(
-        printed.contains("duplicate version") && printed.contains("2_b.up.sql:1: empty up script"),
+        printed.contains("duplicate version")
+            && printed.contains("2x_b.up.sql: named like an up/down migration script but the version `2x` is not a number"),
         "{printed}"
     );
 
