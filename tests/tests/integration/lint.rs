@@ -496,8 +496,9 @@ fn crates_io_scripts_linted_as_files_get_exactly_squawks_findings() {
     assert_eq!(fleetshifts(&files), expected);
 }
 
-/// For squawk rules crates.io does not exercise: a file that fires the rule and one that does
-/// not, each compared with squawk itself.
+/// For every default squawk rule crates.io does not exercise (but `prefer-repack`, which
+/// needs PostgreSQL 19: see the configuration test): a file that fires the rule and one that
+/// does not, each compared with squawk itself.
 const RULE_CASES: &[(&str, &str, &str)] = &[
     (
         "require-concurrent-index-deletion",
@@ -562,6 +563,82 @@ const RULE_CASES: &[(&str, &str, &str)] = &[
         "CREATE SCHEMA IF NOT EXISTS s;",
     ),
     ("ban-set-schema", "ALTER TABLE t SET SCHEMA s;", "SELECT 1;"),
+    (
+        "prefer-text-field",
+        "CREATE TABLE t (name varchar(100));",
+        "CREATE TABLE t (name text);",
+    ),
+    (
+        "transaction-nesting",
+        "BEGIN;\nBEGIN;\nSELECT 1;\nCOMMIT;\nCOMMIT;",
+        "BEGIN;\nSELECT 1;\nCOMMIT;",
+    ),
+    (
+        "ban-concurrent-index-creation-in-transaction",
+        "BEGIN;\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c);\nCOMMIT;",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c);",
+    ),
+    (
+        "unused-ignore",
+        "-- squawk-ignore-next-statement ban-drop-table\nSELECT 1;",
+        "SELECT 1;",
+    ),
+    (
+        "ban-alter-domain-with-add-constraint",
+        "ALTER DOMAIN d ADD CONSTRAINT c CHECK (VALUE > 0);",
+        "ALTER DOMAIN d SET DEFAULT 0;",
+    ),
+    (
+        "ban-uncommitted-transaction",
+        "BEGIN;\nSELECT 1;",
+        "BEGIN;\nSELECT 1;\nCOMMIT;",
+    ),
+    (
+        "require-enum-value-ordering",
+        "ALTER TYPE e ADD VALUE 'x';",
+        "ALTER TYPE e ADD VALUE 'x' AFTER 'w';",
+    ),
+    (
+        "identifier-too-long",
+        "CREATE TABLE t (a_column_name_that_is_very_long_and_longer_than_sixty_three_characters bigint);",
+        "CREATE TABLE t (short_name bigint);",
+    ),
+    (
+        "require-concurrent-partition-detach",
+        "ALTER TABLE p DETACH PARTITION c;",
+        "ALTER TABLE p DETACH PARTITION c CONCURRENTLY;",
+    ),
+    (
+        "require-concurrent-reindex",
+        "REINDEX INDEX i;",
+        "REINDEX INDEX CONCURRENTLY i;",
+    ),
+    (
+        "ban-duplicate-column-assignments",
+        "UPDATE t SET a = 1, a = 2 WHERE id = 1;",
+        "UPDATE t SET a = 1, b = 2 WHERE id = 1;",
+    ),
+    (
+        "ban-drop-sequence",
+        "DROP SEQUENCE s;",
+        "CREATE SEQUENCE IF NOT EXISTS s;",
+    ),
+    ("ban-drop-domain", "DROP DOMAIN d;", "SELECT 1;"),
+    (
+        "ban-drop-generated-expression",
+        "ALTER TABLE t ALTER COLUMN c DROP EXPRESSION;",
+        "SELECT 1;",
+    ),
+    (
+        "ban-alter-identity",
+        "ALTER TABLE t ALTER COLUMN id DROP IDENTITY;",
+        "SELECT 1;",
+    ),
+    (
+        "ban-drop-extension",
+        "DROP EXTENSION e;",
+        "CREATE EXTENSION IF NOT EXISTS e;",
+    ),
 ];
 
 #[test]
@@ -639,4 +716,30 @@ fn squawks_configuration_file_means_the_same_to_fleetshift() {
         "{}",
         binary::printed(&typo)
     );
+}
+
+#[test]
+fn a_newer_postgres_version_turns_on_the_rules_that_need_it_for_both_tools() {
+    let (directory, files) = lone_files(&[("full".to_owned(), "VACUUM FULL t;".to_owned())]);
+    let files: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter_map(|file| file.file_name().map(std::path::PathBuf::from))
+        .collect();
+    let before = squawks_in(&files, directory.path());
+    assert!(
+        before.iter().all(|(_, rule, _)| rule != "prefer-repack"),
+        "{before:?}"
+    );
+    assert_eq!(fleetshifts_in(&files, directory.path()), before);
+    std::fs::write(
+        directory.path().join(".squawk.toml"),
+        "pg_version = \"19\"\n",
+    )
+    .expect("config");
+    let after = squawks_in(&files, directory.path());
+    assert!(
+        after.iter().any(|(_, rule, _)| rule == "prefer-repack"),
+        "{after:?}"
+    );
+    assert_eq!(fleetshifts_in(&files, directory.path()), after);
 }
