@@ -27,6 +27,12 @@ pub fn crates_io() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/crates.io/migrations")
 }
 
+/// Harbor's golang-migrate history (39 up scripts), copied unchanged with its source and
+/// license in `tests/fixtures/harbor/`.
+pub fn harbor() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/harbor/migrations")
+}
+
 /// A migration directory in the form an assignment ships it: every file (recursively), with
 /// the set's format and digest.
 pub fn shipped(directory: &Path) -> fleetshift_common::proto::v1::MigrationSet {

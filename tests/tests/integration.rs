@@ -27,6 +27,7 @@ mod integration {
     mod operator;
     mod paused;
     mod processes;
+    mod real_histories;
     mod risk;
     mod rollback;
     mod rollout;
