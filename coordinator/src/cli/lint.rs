@@ -197,8 +197,9 @@ struct Linted {
     configured: Configured,
     report: LintReport,
     problems: Vec<SourceProblem>,
-    /// Directories read while looking for a file's revision (`None`: not a migration set).
-    sets: HashMap<PathBuf, Option<Reading>>,
+    /// Directories read while looking for a file's revision: their revisions by the canonical
+    /// path of the up script (none when the directory is not a migration set).
+    sets: HashMap<PathBuf, HashMap<PathBuf, Revision>>,
 }
 
 impl Linted {
@@ -288,22 +289,29 @@ impl Linted {
                 directory
             };
             let format = self.format;
-            let reading = self
+            let revisions = self
                 .sets
                 .entry(directory.to_path_buf())
-                .or_insert_with(|| Reading::of(directory, format).ok());
-            let found = reading.as_ref().and_then(|reading| {
-                reading
-                    .revisions
-                    .iter()
-                    .find(|revision| revision.up.path.canonicalize().ok().as_ref() == Some(&wanted))
-            });
-            if let Some(revision) = found {
+                .or_insert_with(|| revisions_by_path(directory, format));
+            if let Some(revision) = revisions.get(&wanted) {
                 return Some(revision.clone());
             }
         }
         None
     }
+}
+
+/// The revisions of the migration set in `directory` by the canonical path of their up
+/// scripts; none when it is no migration set.
+fn revisions_by_path(directory: &Path, format: Option<SourceFormat>) -> HashMap<PathBuf, Revision> {
+    let Ok(reading) = Reading::of(directory, format) else {
+        return HashMap::new();
+    };
+    reading
+        .revisions
+        .into_iter()
+        .filter_map(|revision| Some((revision.up.path.canonicalize().ok()?, revision)))
+        .collect()
 }
 
 fn relative(file: &Path, directory: &Path) -> PathBuf {
