@@ -22,7 +22,7 @@ use fleetshift_common::proto::v1::{
     StatementFinished,
 };
 use fleetshift_common::shipped;
-use fleetshift_common::source::MigrationSet;
+use fleetshift_common::source::{Engine, MigrationSet};
 use fleetshift_common::telemetry::traces::{self, context};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -320,8 +320,12 @@ async fn run(
             let taken = patience
                 .persist("running the pre-flight checks and backup", || async {
                     let ledger = engine.read_ledger().await.map_err(lost_or_final)?;
-                    let tables =
-                        duties::touched_tables(&set, &ledger, direction, request.target.as_deref());
+                    let tables = duties::touched_tables(
+                        set.for_engine(Engine::Postgres),
+                        &ledger,
+                        direction,
+                        request.target.as_deref(),
+                    );
                     let duty =
                         duties::before_revisions(engine, shard_duties, &tables, report, &stop);
                     duty_step(engine.pool(), duty, duty_failure).await

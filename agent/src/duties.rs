@@ -187,11 +187,7 @@ pub fn touched_tables(
     };
     let position = target
         .filter(|target| *target != "base")
-        .and_then(|target| {
-            set.revisions
-                .iter()
-                .position(|revision| revision.version.as_str() == target)
-        });
+        .and_then(|target| set.position(target));
     let scripts: Vec<&Script> = match direction {
         Direction::Up => set.revisions[..position.map_or(set.revisions.len(), |index| index + 1)]
             .iter()

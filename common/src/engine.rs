@@ -29,6 +29,7 @@ use crate::ledger::{
     AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus, Writer,
 };
 use crate::secrets::DatabaseUrl;
+use crate::source::Engine;
 use crate::source::Script;
 use crate::statements::Statement;
 
@@ -151,6 +152,9 @@ pub enum AutocommitOutcome {
 pub trait ShardEngine: Send + Sync {
     /// Held while a run works on the shard; keeps other migrators out.
     type MigratorLock: Send;
+
+    /// Which engine this is: it chooses the files of a set whose files differ by engine.
+    const ENGINE: Engine;
 
     /// The shard's name for messages (never contains credentials).
     fn shard(&self) -> &str;

@@ -242,6 +242,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
 
     /// The shard's ledger compared with `set`; reads only.
     pub async fn status(&self, set: &MigrationSet) -> Result<ShardStatus, ExecError> {
+        let set = set.for_engine(E::ENGINE);
         let ledger = self.engine.read_ledger().await?;
         Ok(ShardStatus::compare(self.engine.shard(), set, &ledger))
     }
@@ -254,6 +255,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         direction: Direction,
         request: &Request,
     ) -> Result<Vec<&'s Revision>, ExecError> {
+        let set = set.for_engine(E::ENGINE);
         let status = self.status(set).await?;
         let target = request.target.as_deref();
         let allow_drift = request.allow_drift.is_some();
@@ -268,6 +270,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
     }
 
     pub async fn up(&self, set: &MigrationSet, request: &Request) -> Result<RunReport, ExecError> {
+        let set = set.for_engine(E::ENGINE);
         self.with_migrator_lock(|writer| self.up_locked(set, request, writer))
             .await
     }
@@ -277,6 +280,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         set: &MigrationSet,
         request: &Request,
     ) -> Result<RunReport, ExecError> {
+        let set = set.for_engine(E::ENGINE);
         self.with_migrator_lock(|writer| self.down_locked(set, request, writer))
             .await
     }
@@ -289,6 +293,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         resolution: Resolution,
         reason: &str,
     ) -> Result<RunReport, ExecError> {
+        let set = set.for_engine(E::ENGINE);
         self.with_migrator_lock(|writer| {
             self.resolve_locked(set, version, resolution, reason, writer)
         })

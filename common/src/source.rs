@@ -1,24 +1,28 @@
 //! Migration sources: the histories users already keep, read from a directory.
 //!
 //! Formats are detected from file names (or named explicitly): sqlx / golang-migrate,
-//! diesel, Flyway and dbmate. Loading validates the whole set before anything touches a
+//! diesel, Flyway, dbmate and pop. Loading validates the whole set before anything touches a
 //! database and reports every problem it finds in one [`SourceError`].
 
 mod dbmate;
 mod diesel;
+mod engine;
 mod flyway;
 mod layout;
+mod pop;
 mod problem;
 mod read;
 mod sqlx;
 mod version;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
+pub use engine::Engine;
 pub use problem::{SourceError, SourceProblem};
 pub use version::Version;
 
@@ -36,10 +40,19 @@ pub enum SourceFormat {
     Flyway,
     /// `<version>_<name>.sql` with `-- migrate:up` / `-- migrate:down` sections.
     Dbmate,
+    /// `<version>_<name>[.<dialect>][.autocommit].(up|down).sql` (pop, popx): each engine
+    /// runs its dialect's files.
+    Pop,
 }
 
 impl SourceFormat {
-    pub const ALL: [SourceFormat; 4] = [Self::Sqlx, Self::Diesel, Self::Flyway, Self::Dbmate];
+    pub const ALL: [SourceFormat; 5] = [
+        Self::Sqlx,
+        Self::Diesel,
+        Self::Flyway,
+        Self::Dbmate,
+        Self::Pop,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +60,7 @@ impl SourceFormat {
             Self::Diesel => "diesel",
             Self::Flyway => "flyway",
             Self::Dbmate => "dbmate",
+            Self::Pop => "pop",
         }
     }
 }
@@ -59,7 +73,7 @@ impl SourceFormat {
             Self::Sqlx => Version::integer(text),
             Self::Diesel => Version::diesel(text),
             Self::Flyway => Version::flyway(text),
-            Self::Dbmate => Version::dbmate(text),
+            Self::Dbmate | Self::Pop => Version::digits_as_text(text),
         }
     }
 }
@@ -79,8 +93,9 @@ impl FromStr for SourceFormat {
             "diesel" => Ok(Self::Diesel),
             "flyway" => Ok(Self::Flyway),
             "dbmate" => Ok(Self::Dbmate),
+            "pop" | "popx" => Ok(Self::Pop),
             other => Err(format!(
-                "unknown migration format {other:?}; expected one of sqlx, golang-migrate, diesel, flyway, dbmate"
+                "unknown migration format {other:?}; expected one of sqlx, golang-migrate, diesel, flyway, dbmate, pop"
             )),
         }
     }
@@ -184,11 +199,15 @@ impl Revision {
 pub struct MigrationSet {
     pub directory: PathBuf,
     pub format: SourceFormat,
+    /// The revisions in order, as PostgreSQL runs them (see [`MigrationSet::for_engine`]).
     pub revisions: Vec<Revision>,
     /// Files in the directory that belong to no revision (seed data, READMEs).
     pub ignored: Vec<PathBuf>,
-    /// SHA-256 over every revision's version, name, mode and up/down scripts, hex.
+    /// SHA-256 over every revision's version, name, mode and up/down scripts, hex; for a set
+    /// whose engines run different files, over each engine's revisions and file names.
     pub digest: String,
+    /// The set as each other engine runs it, where that differs (pop dialect files).
+    variants: BTreeMap<Engine, MigrationSet>,
 }
 
 /// A directory as far as it could be read: the revisions read, in order, and every problem
@@ -198,7 +217,10 @@ pub struct MigrationSet {
 #[derive(Debug)]
 pub struct Reading {
     pub format: SourceFormat,
+    /// As PostgreSQL runs them.
     pub revisions: Vec<Revision>,
+    /// As each other engine runs them, where that differs (pop dialect files).
+    pub variants: BTreeMap<Engine, Vec<Revision>>,
     pub problems: Vec<SourceProblem>,
     /// Files in the directory that belong to no revision.
     pub ignored: Vec<PathBuf>,
@@ -211,18 +233,36 @@ impl Reading {
         let listing = layout::Listing::read(directory)?;
         let format = listing.format(directory, format)?;
         let mut problems = listing.near_misses();
+        let mut variants = BTreeMap::new();
         let mut revisions = match format {
             SourceFormat::Sqlx => sqlx::revisions(&listing, &mut problems),
             SourceFormat::Diesel => diesel::revisions(&listing, &mut problems),
             SourceFormat::Flyway => flyway::revisions(&listing, &mut problems),
             SourceFormat::Dbmate => dbmate::revisions(&listing, &mut problems),
+            SourceFormat::Pop => {
+                let mut postgres = Vec::new();
+                for (engine, revisions) in pop::revisions(directory, &listing, &mut problems) {
+                    if engine == Engine::Postgres {
+                        postgres = revisions;
+                    } else {
+                        variants.insert(engine, revisions);
+                    }
+                }
+                postgres
+            }
         };
-        revisions.sort_by(|left, right| left.version.cmp(&right.version));
-        duplicates(&revisions, &mut problems);
+        for revisions in std::iter::once(&mut revisions).chain(variants.values_mut()) {
+            revisions.sort_by(|left, right| left.version.cmp(&right.version));
+            duplicates(revisions, &mut problems);
+        }
+        // A file every engine reads is reported once.
+        problems.sort_by(|left, right| left.path.cmp(&right.path).then(left.line.cmp(&right.line)));
+        problems.dedup();
         Ok(Self {
             format,
             ignored: listing.ignored(format),
             revisions,
+            variants,
             problems,
         })
     }
@@ -234,26 +274,62 @@ impl MigrationSet {
         let Reading {
             format,
             revisions,
+            variants,
             mut problems,
             ignored,
         } = Reading::of(directory, format)?;
-        problems.extend(transaction_control(&revisions));
+        for revisions in std::iter::once(&revisions).chain(variants.values()) {
+            problems.extend(transaction_control(revisions));
+        }
         if !problems.is_empty() {
             problems
                 .sort_by(|left, right| left.path.cmp(&right.path).then(left.line.cmp(&right.line)));
+            problems.dedup();
             return Err(SourceError {
                 directory: directory.to_path_buf(),
                 problems,
             });
         }
-        let digest = digest(&revisions);
-        Ok(Self {
+        let digest = if variants.is_empty() {
+            digest(&revisions)
+        } else {
+            let engines = std::iter::once((Engine::Postgres, &revisions)).chain(
+                variants
+                    .iter()
+                    .map(|(engine, revisions)| (*engine, revisions)),
+            );
+            engines_digest(engines)
+        };
+        let set = |revisions| Self {
             directory: directory.to_path_buf(),
             format,
-            ignored,
+            ignored: ignored.clone(),
             revisions,
-            digest,
+            digest: digest.clone(),
+            variants: BTreeMap::new(),
+        };
+        let variants = variants
+            .into_iter()
+            .map(|(engine, revisions)| (engine, set(revisions)))
+            .collect();
+        Ok(Self {
+            variants,
+            ..set(revisions)
         })
+    }
+
+    /// The set as `engine` runs it: the same set unless its files differ by engine (pop).
+    /// Every engine's set has the same versions and the same digest.
+    pub fn for_engine(&self, engine: Engine) -> &MigrationSet {
+        self.variants.get(&engine).unwrap_or(self)
+    }
+
+    /// Each engine with the set it runs, when the files differ by engine; empty otherwise.
+    pub fn engine_variants(&self) -> impl Iterator<Item = (Engine, &MigrationSet)> {
+        let differs = !self.variants.is_empty();
+        std::iter::once((Engine::Postgres, self))
+            .chain(self.variants.iter().map(|(engine, set)| (*engine, set)))
+            .filter(move |_| differs)
     }
 
     /// The index of the revision `version` names, read the way this set's format reads
@@ -320,6 +396,28 @@ pub fn transaction_control(revisions: &[Revision]) -> Vec<SourceProblem> {
 
 /// Why a transaction control statement cannot stand in a revision.
 pub const TRANSACTION_CONTROL: &str = "transaction control statement: fleetshift runs each transactional revision in ONE transaction and each statement of a non-transactional one on its own; remove it";
+
+/// The digest of a set whose engines run different files: each engine's revisions with the
+/// files they run, so the digest a plan pins names what every engine will execute.
+fn engines_digest<'r>(engines: impl Iterator<Item = (Engine, &'r Vec<Revision>)>) -> String {
+    let mut hasher = Sha256::new();
+    for (engine, revisions) in engines {
+        hasher.update(format!("engine {engine}\n").as_bytes());
+        for revision in revisions {
+            let file = |script: &Script| {
+                script
+                    .path
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let down = revision.down.as_ref().map_or_else(|| "-".to_owned(), file);
+            hasher.update(format!("{}\0{}\n", file(&revision.up), down).as_bytes());
+        }
+        hasher.update(digest(revisions).as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
 
 fn digest(revisions: &[Revision]) -> String {
     let mut hasher = Sha256::new();

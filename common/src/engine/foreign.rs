@@ -12,6 +12,8 @@ pub enum ForeignTool {
     GolangMigrate,
     Dbmate,
     Diesel,
+    /// pop and popx: `schema_migration`, one row per applied version.
+    Pop,
 }
 
 impl ForeignTool {
@@ -21,6 +23,7 @@ impl ForeignTool {
             Self::Flyway => "flyway_schema_history",
             Self::GolangMigrate | Self::Dbmate => "schema_migrations",
             Self::Diesel => "__diesel_schema_migrations",
+            Self::Pop => "schema_migration",
         }
     }
 }

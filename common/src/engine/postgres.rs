@@ -31,6 +31,7 @@ use super::{
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, Writer};
 use crate::secrets::DatabaseUrl;
+use crate::source::Engine;
 use crate::statements::Statement;
 
 #[derive(Debug)]
@@ -138,6 +139,8 @@ pub fn quote_identifier(name: &str) -> String {
 
 impl ShardEngine for PostgresShard {
     type MigratorLock = MigratorLock;
+
+    const ENGINE: Engine = Engine::Postgres;
 
     fn shard(&self) -> &str {
         &self.name
@@ -288,11 +291,12 @@ impl ShardEngine for PostgresShard {
 
     async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
         let failed = self.database_error("reading another tool's history");
-        let present: (bool, bool, bool, bool, bool) = sqlx::query_as(
+        let present: (bool, bool, bool, bool, bool, bool) = sqlx::query_as(
             "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,
                     to_regclass('flyway_schema_history') IS NOT NULL,
                     to_regclass('schema_migrations') IS NOT NULL,
                     to_regclass('__diesel_schema_migrations') IS NOT NULL,
+                    to_regclass('schema_migration') IS NOT NULL,
                     EXISTS (SELECT 1 FROM information_schema.columns
                             WHERE table_name = 'schema_migrations' AND column_name = 'dirty'
                               AND table_schema = ANY (current_schemas(false)))",
@@ -300,7 +304,8 @@ impl ShardEngine for PostgresShard {
         .fetch_one(&self.pool)
         .await
         .map_err(&failed)?;
-        let (has_sqlx, has_flyway, has_schema_migrations, has_diesel, golang_migrate) = present;
+        let (has_sqlx, has_flyway, has_schema_migrations, has_diesel, has_pop, golang_migrate) =
+            present;
         let mut histories = Vec::new();
         if has_sqlx {
             let rows = sqlx::query_as(
@@ -359,6 +364,17 @@ impl ShardEngine for PostgresShard {
             .map_err(&failed)?;
             histories.push(ForeignHistory {
                 tool: ForeignTool::Diesel,
+                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+            });
+        }
+        if has_pop {
+            let versions =
+                sqlx::query_scalar("SELECT version::text FROM schema_migration ORDER BY version")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Pop,
                 applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
             });
         }

@@ -19,6 +19,7 @@ use super::{
 use crate::error::ExecError;
 use crate::ledger::{LedgerEntry, Writer};
 use crate::secrets::DatabaseUrl;
+use crate::source::Engine;
 use crate::statements::Statement;
 
 const CREATE_LEDGER: &str = "
@@ -132,6 +133,8 @@ impl ShardEngine for SqliteShard {
     /// migrators out of each transaction.
     type MigratorLock = ();
 
+    const ENGINE: Engine = Engine::Sqlite;
+
     fn shard(&self) -> &str {
         &self.name
     }
@@ -224,6 +227,18 @@ impl ShardEngine for SqliteShard {
             .map_err(&failed)?;
             histories.push(ForeignHistory {
                 tool: ForeignTool::Diesel,
+                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+            });
+        }
+        if self.table_exists("schema_migration").await? {
+            let versions = sqlx::query_scalar(
+                "SELECT CAST(version AS TEXT) FROM schema_migration ORDER BY version",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Pop,
                 applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
             });
         }

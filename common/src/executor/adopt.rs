@@ -13,6 +13,7 @@ use crate::source::{MigrationSet, Revision};
 impl<E: ShardEngine> Executor<'_, E> {
     /// Imports the one foreign history in the database into an empty fleetshift ledger.
     pub async fn adopt(&self, set: &MigrationSet, reason: &str) -> Result<RunReport, ExecError> {
+        let set = set.for_engine(E::ENGINE);
         self.with_migrator_lock(|writer| self.adopt_locked(set, reason, writer))
             .await
     }
@@ -36,7 +37,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         }
         let mut histories = self.engine.foreign_histories().await?;
         let history = match histories.len() {
-            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations)".to_owned())),
+            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations, schema_migration)".to_owned())),
             1 => histories.remove(0),
             _ => {
                 let tables: Vec<&str> = histories.iter().map(|history| history.tool.table()).collect();

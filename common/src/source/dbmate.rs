@@ -38,7 +38,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         let Some((version_text, name)) = version_and_name(stem) else {
             continue;
         };
-        let Some(version) = Version::dbmate(version_text) else {
+        let Some(version) = Version::digits_as_text(version_text) else {
             continue;
         };
         let Some(text) = read::text(&entry.path, problems) else {

@@ -10,8 +10,10 @@ use super::{SourceError, SourceFormat, SourceProblem, Version};
 pub enum EntryKind {
     /// `<version>_<name>/` (diesel).
     RevisionDirectory,
-    /// `<version>_<name>.up.sql` or `.down.sql` (sqlx, golang-migrate).
+    /// `<version>_<name>.up.sql` or `.down.sql` (sqlx, golang-migrate, pop).
     UpDownScript,
+    /// `<version>_<name>.<dialect>.up.sql`, or with `.autocommit` (pop only).
+    PopScript,
     /// `<version>_<name>.sql`: sqlx's single file, or dbmate's when it has section markers.
     SingleScript { has_dbmate_sections: bool },
     /// `V…__…sql`, `U…__…sql`, `R__…sql` or a `.sql.conf` beside them (Flyway).
@@ -35,6 +37,7 @@ impl EntryKind {
                 has_dbmate_sections: false,
             } => Some(SourceFormat::Sqlx),
             Self::FlywayFile => Some(SourceFormat::Flyway),
+            Self::PopScript => Some(SourceFormat::Pop),
             Self::NearMiss | Self::Other => None,
         }
     }
@@ -44,6 +47,8 @@ impl EntryKind {
         match (self, format) {
             // dbmate's module reports a missing `-- migrate:up` marker itself.
             (Self::SingleScript { .. }, SourceFormat::Dbmate) => true,
+            // pop's dialect-less scripts are named like golang-migrate's.
+            (Self::UpDownScript, SourceFormat::Pop) => true,
             (kind, format) => kind.detected_format() == Some(format),
         }
     }
@@ -128,13 +133,23 @@ impl Listing {
             };
         }
         let detected: Vec<(SourceFormat, &Entry)> = examples.into_values().collect();
+        let all_pop = self.entries.iter().all(|entry| {
+            entry.kind.detected_format().is_none() || entry.kind.fits(SourceFormat::Pop)
+        });
+        if all_pop
+            && detected
+                .iter()
+                .any(|(format, _)| *format == SourceFormat::Pop)
+        {
+            return Ok(SourceFormat::Pop);
+        }
         match detected.as_slice() {
             [(format, _)] => Ok(*format),
             // What almost matched says more than "unrecognised".
             [] if !self.near_misses().is_empty() => Err(invalid(self.near_misses())),
             [] => Err(invalid(vec![SourceProblem::new(
                 directory,
-                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`); name the format with --format if the directory is meant to be empty",
+                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`, pop `20200101000000_name.postgres.up.sql`); name the format with --format if the directory is meant to be empty",
             )])),
             several => Err(invalid(
                 several
@@ -217,7 +232,13 @@ fn classify_script(path: &Path, file_name: &str) -> EntryKind {
         .or_else(|| stem.strip_suffix(".down"))
     {
         return match version_and_name(inner) {
-            Some((version, _)) if Version::integer(version).is_some() => EntryKind::UpDownScript,
+            Some((version, rest)) if Version::integer(version).is_some() => {
+                if super::pop::marks_pop(rest) {
+                    EntryKind::PopScript
+                } else {
+                    EntryKind::UpDownScript
+                }
+            }
             _ => EntryKind::Other,
         };
     }
@@ -249,6 +270,14 @@ fn near_miss(file_name: &str, is_dir: bool) -> Option<String> {
                 Some((version, _)) => format!("the version `{version}` has characters other than digits and dashes"),
             };
             format!("named like a diesel revision directory but {reason}; diesel names them `<version>_<name>/` with a version of digits and dashes, e.g. `2024-01-31-120000_add_users/`")
+        });
+    }
+    if let Some(stem) = file_name
+        .strip_suffix(".up.fizz")
+        .or_else(|| file_name.strip_suffix(".down.fizz"))
+    {
+        return stem.starts_with(|c: char| c.is_ascii_digit()).then(|| {
+            "a pop fizz migration: fizz is pop's own language, not SQL, and fleetshift runs SQL files only; replace it with `<version>_<name>.up.sql` (and `.down.sql`) holding the SQL it stands for".to_owned()
         });
     }
     let stem = file_name.strip_suffix(".sql")?;

@@ -49,8 +49,8 @@ impl Version {
         Some(Self::new(text, OrderKey::Parts(parts)))
     }
 
-    /// dbmate: digits, ordered as text the way it sorts its files.
-    pub fn dbmate(text: &str) -> Option<Self> {
+    /// dbmate and pop: digits, ordered as text the way both sort their files.
+    pub fn digits_as_text(text: &str) -> Option<Self> {
         parse_digits(text)?;
         Some(Self::new(text, OrderKey::Text(text.to_owned())))
     }

@@ -34,7 +34,7 @@ pub struct LintArgs {
     /// other file as one script.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<String>,
-    /// Migration layout: sqlx, golang-migrate, diesel, flyway or dbmate; detected from file
+    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate or pop; detected from file
     /// names when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,

@@ -147,6 +147,29 @@ fn no_ops(set: &MigrationSet) -> impl Iterator<Item = &Revision> {
     set.revisions.iter().filter(|revision| revision.is_no_op())
 }
 
+/// For a set whose engines run different files (pop): the files each engine runs, revision
+/// by revision.
+fn engine_files(set: &MigrationSet) -> serde_json::Map<String, serde_json::Value> {
+    set.engine_variants()
+        .map(|(engine, variant)| {
+            let revisions: Vec<_> = variant
+                .revisions
+                .iter()
+                .map(|revision| {
+                    json!({
+                        "version": revision.version.as_str(),
+                        "up": revision.up.path,
+                        "down": revision.down.as_ref().map(|script| &script.path),
+                        "transactional": revision.transactional,
+                        "no_op": revision.is_no_op(),
+                    })
+                })
+                .collect();
+            (engine.name().to_owned(), json!(revisions))
+        })
+        .collect()
+}
+
 pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>) {
     if output == Output::Json {
         print_json(&json!({
@@ -156,6 +179,7 @@ pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>
             "digest": set.digest,
             "ignored": set.ignored,
             "no_ops": no_ops(set).map(|revision| &revision.up.path).collect::<Vec<_>>(),
+            "engines": engine_files(set),
             "drifted": status.map(|status| &status.drifted),
         }));
         return;
@@ -169,6 +193,21 @@ pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>
     );
     for path in &set.ignored {
         println!("ignored (not a revision): {}", path.display());
+    }
+    for (engine, variant) in set.engine_variants() {
+        let count = |wanted: fn(&Revision) -> bool| {
+            variant
+                .revisions
+                .iter()
+                .filter(|revision| wanted(revision))
+                .count()
+        };
+        println!(
+            "{engine} runs its own files: {} revisions, {} of them no-ops, {} outside a transaction",
+            variant.revisions.len(),
+            count(Revision::is_no_op),
+            count(|revision| !revision.transactional)
+        );
     }
     for revision in no_ops(set) {
         println!(
