@@ -33,6 +33,13 @@ pub fn harbor() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/harbor/migrations")
 }
 
+/// Ory Kratos's pop history (703 versions, 3,483 files: a file per dialect, 20-digit
+/// versions, `.autocommit` revisions), copied unchanged with its source and license in
+/// `tests/fixtures/kratos/`.
+pub fn kratos() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kratos/migrations")
+}
+
 /// A migration directory in the form an assignment ships it: every file (recursively), with
 /// the set's format and digest.
 pub fn shipped(directory: &Path) -> fleetshift_common::proto::v1::MigrationSet {
