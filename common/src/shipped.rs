@@ -114,6 +114,7 @@ pub fn unpack(shipped: &v1::MigrationSet, directory: &Path) -> Result<MigrationS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Engine;
 
     fn write(directory: &Path, name: &str, content: &str) {
         std::fs::write(directory.join(name), content).expect("write");
@@ -134,6 +135,40 @@ mod tests {
         let target = tempfile::tempdir().expect("dir");
         let unpacked = unpack(&packed, target.path()).expect("unpack");
         assert_eq!(unpacked.digest, set.digest);
+    }
+
+    #[test]
+    fn a_pop_set_travels_with_every_engines_files_and_a_sqlite_only_change_is_caught() {
+        let source = tempfile::tempdir().expect("dir");
+        write(
+            source.path(),
+            "1_users.postgres.up.sql",
+            "CREATE TABLE users (id uuid);",
+        );
+        write(
+            source.path(),
+            "1_users.sqlite3.up.sql",
+            "CREATE TABLE users (id text);",
+        );
+        let set = MigrationSet::load(source.path(), None).expect("load");
+        let packed = pack(&set).expect("pack");
+        assert_eq!(packed.format, "pop");
+        let target = tempfile::tempdir().expect("dir");
+        let unpacked = unpack(&packed, target.path()).expect("unpack");
+        let sqlite = &unpacked.for_engine(Engine::Sqlite).revisions[0];
+        assert_eq!(sqlite.up.sql, "CREATE TABLE users (id text);");
+        let mut tampered = packed.clone();
+        let file = tampered
+            .files
+            .iter_mut()
+            .find(|file| file.path.contains("sqlite3"))
+            .expect("the sqlite3 file travels");
+        file.content = b"DROP TABLE users;".to_vec();
+        let target = tempfile::tempdir().expect("dir");
+        assert!(matches!(
+            unpack(&tampered, target.path()),
+            Err(ShippedError::DigestMismatch { .. })
+        ));
     }
 
     #[test]

@@ -209,12 +209,17 @@ pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>
             count(|revision| !revision.transactional)
         );
     }
-    for revision in no_ops(set) {
+    const NO_OPS_SHOWN: usize = 10;
+    for revision in no_ops(set).take(NO_OPS_SHOWN) {
         println!(
             "no-op revision {} (no statements; applied and recorded like any other): {}",
             revision.label(),
             revision.up.path.display()
         );
+    }
+    let more = no_ops(set).count().saturating_sub(NO_OPS_SHOWN);
+    if more > 0 {
+        println!("… and {more} more no-op revisions (--output json lists them all)");
     }
     if let Some(status) = status {
         if status.drifted.is_empty() {
