@@ -9,6 +9,7 @@ mod diesel;
 mod engine;
 mod flyway;
 mod layout;
+mod liquibase;
 mod pop;
 mod problem;
 mod read;
@@ -43,15 +44,19 @@ pub enum SourceFormat {
     /// `<version>_<name>[.<dialect>][.autocommit].(up|down).sql` (pop, popx): each engine
     /// runs its dialect's files.
     Pop,
+    /// Liquibase formatted SQL changelogs (`--liquibase formatted sql`, `--changeset
+    /// author:id`), alone or included by an XML/YAML master changelog; version = changeset order.
+    Liquibase,
 }
 
 impl SourceFormat {
-    pub const ALL: [SourceFormat; 5] = [
+    pub const ALL: [SourceFormat; 6] = [
         Self::Sqlx,
         Self::Diesel,
         Self::Flyway,
         Self::Dbmate,
         Self::Pop,
+        Self::Liquibase,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +66,7 @@ impl SourceFormat {
             Self::Flyway => "flyway",
             Self::Dbmate => "dbmate",
             Self::Pop => "pop",
+            Self::Liquibase => "liquibase",
         }
     }
 }
@@ -70,7 +76,7 @@ impl SourceFormat {
     /// diesel records them).
     pub fn parse_version(self, text: &str) -> Option<Version> {
         match self {
-            Self::Sqlx => Version::integer(text),
+            Self::Sqlx | Self::Liquibase => Version::integer(text),
             Self::Diesel => Version::diesel(text),
             Self::Flyway => Version::flyway(text),
             Self::Dbmate | Self::Pop => Version::digits_as_text(text),
@@ -94,8 +100,9 @@ impl FromStr for SourceFormat {
             "flyway" => Ok(Self::Flyway),
             "dbmate" => Ok(Self::Dbmate),
             "pop" | "popx" => Ok(Self::Pop),
+            "liquibase" => Ok(Self::Liquibase),
             other => Err(format!(
-                "unknown migration format {other:?}; expected one of sqlx, golang-migrate, diesel, flyway, dbmate, pop"
+                "unknown migration format {other:?}; expected one of sqlx, golang-migrate, diesel, flyway, dbmate, pop, liquibase"
             )),
         }
     }
@@ -234,21 +241,25 @@ impl Reading {
         let format = listing.format(directory, format)?;
         let mut problems = listing.near_misses();
         let mut variants = BTreeMap::new();
+        let mut ignored = listing.ignored(format);
         let mut revisions = match format {
             SourceFormat::Sqlx => sqlx::revisions(&listing, &mut problems),
             SourceFormat::Diesel => diesel::revisions(&listing, &mut problems),
             SourceFormat::Flyway => flyway::revisions(&listing, &mut problems),
             SourceFormat::Dbmate => dbmate::revisions(&listing, &mut problems),
             SourceFormat::Pop => {
-                let mut postgres = Vec::new();
-                for (engine, revisions) in pop::revisions(directory, &listing, &mut problems) {
-                    if engine == Engine::Postgres {
-                        postgres = revisions;
-                    } else {
-                        variants.insert(engine, revisions);
-                    }
+                let per_engine = pop::revisions(directory, &listing, &mut problems);
+                split_engines(per_engine, &mut variants)
+            }
+            SourceFormat::Liquibase => {
+                let read = liquibase::revisions(directory, &listing, &mut problems);
+                // Folders the master changelog reached into hold revisions.
+                ignored.retain(|path| !read.files.iter().any(|file| file.starts_with(path)));
+                let mut per_engine = read.per_engine;
+                if !read.differs {
+                    per_engine.retain(|(engine, _)| *engine == Engine::Postgres);
                 }
-                postgres
+                split_engines(per_engine, &mut variants)
             }
         };
         for revisions in std::iter::once(&mut revisions).chain(variants.values_mut()) {
@@ -260,12 +271,28 @@ impl Reading {
         problems.dedup();
         Ok(Self {
             format,
-            ignored: listing.ignored(format),
+            ignored,
             revisions,
             variants,
             problems,
         })
     }
+}
+
+/// PostgreSQL's revisions; the other engines' go to `variants`.
+fn split_engines(
+    per_engine: Vec<(Engine, Vec<Revision>)>,
+    variants: &mut BTreeMap<Engine, Vec<Revision>>,
+) -> Vec<Revision> {
+    let mut postgres = Vec::new();
+    for (engine, revisions) in per_engine {
+        if engine == Engine::Postgres {
+            postgres = revisions;
+        } else {
+            variants.insert(engine, revisions);
+        }
+    }
+    postgres
 }
 
 impl MigrationSet {

@@ -14,6 +14,8 @@ pub enum ForeignTool {
     Diesel,
     /// pop and popx: `schema_migration`, one row per applied version.
     Pop,
+    /// Liquibase: `databasechangelog`, one row per changeset run (`id`, `author`, `filename`).
+    Liquibase,
 }
 
 impl ForeignTool {
@@ -24,6 +26,7 @@ impl ForeignTool {
             Self::GolangMigrate | Self::Dbmate => "schema_migrations",
             Self::Diesel => "__diesel_schema_migrations",
             Self::Pop => "schema_migration",
+            Self::Liquibase => "databasechangelog",
         }
     }
 }
@@ -35,6 +38,31 @@ pub enum ForeignApplied {
     Versions(Vec<ForeignRevision>),
     /// golang-migrate keeps only the latest version and whether it was left half-done.
     UpTo { version: i64, dirty: bool },
+    /// Liquibase records changesets by author, id and changelog file, not by version.
+    Changesets(Vec<ForeignChangeset>),
+}
+
+/// A changeset Liquibase ran (`EXECUTED`, `MARK_RAN` or `RERAN` in `databasechangelog`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignChangeset {
+    pub id: String,
+    pub author: String,
+    /// The changelog's path as Liquibase was given it (often a classpath path).
+    pub filename: String,
+}
+
+/// Rows of `databasechangelog` that count as run; `FAILED` and `SKIPPED` do not.
+pub(crate) fn liquibase_changesets(
+    rows: Vec<(String, String, String, String)>,
+) -> Vec<ForeignChangeset> {
+    rows.into_iter()
+        .filter(|(_, _, _, kind)| matches!(kind.as_str(), "EXECUTED" | "MARK_RAN" | "RERAN"))
+        .map(|(id, author, filename, _)| ForeignChangeset {
+            id,
+            author,
+            filename,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -291,12 +291,13 @@ impl ShardEngine for PostgresShard {
 
     async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
         let failed = self.database_error("reading another tool's history");
-        let present: (bool, bool, bool, bool, bool, bool) = sqlx::query_as(
+        let present: (bool, bool, bool, bool, bool, bool, bool) = sqlx::query_as(
             "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,
                     to_regclass('flyway_schema_history') IS NOT NULL,
                     to_regclass('schema_migrations') IS NOT NULL,
                     to_regclass('__diesel_schema_migrations') IS NOT NULL,
                     to_regclass('schema_migration') IS NOT NULL,
+                    to_regclass('databasechangelog') IS NOT NULL,
                     EXISTS (SELECT 1 FROM information_schema.columns
                             WHERE table_name = 'schema_migrations' AND column_name = 'dirty'
                               AND table_schema = ANY (current_schemas(false)))",
@@ -304,8 +305,15 @@ impl ShardEngine for PostgresShard {
         .fetch_one(&self.pool)
         .await
         .map_err(&failed)?;
-        let (has_sqlx, has_flyway, has_schema_migrations, has_diesel, has_pop, golang_migrate) =
-            present;
+        let (
+            has_sqlx,
+            has_flyway,
+            has_schema_migrations,
+            has_diesel,
+            has_pop,
+            has_liquibase,
+            golang_migrate,
+        ) = present;
         let mut histories = Vec::new();
         if has_sqlx {
             let rows = sqlx::query_as(
@@ -376,6 +384,19 @@ impl ShardEngine for PostgresShard {
             histories.push(ForeignHistory {
                 tool: ForeignTool::Pop,
                 applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+            });
+        }
+        if has_liquibase {
+            let rows = sqlx::query_as(
+                "SELECT id::text, author::text, filename::text, exectype::text
+                 FROM databasechangelog ORDER BY orderexecuted",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Liquibase,
+                applied: ForeignApplied::Changesets(foreign::liquibase_changesets(rows)),
             });
         }
         Ok(histories)

@@ -242,6 +242,18 @@ impl ShardEngine for SqliteShard {
                 applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
             });
         }
+        if self.table_exists("databasechangelog").await? {
+            let rows = sqlx::query_as(
+                "SELECT id, author, filename, exectype FROM databasechangelog ORDER BY orderexecuted",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&failed)?;
+            histories.push(ForeignHistory {
+                tool: ForeignTool::Liquibase,
+                applied: ForeignApplied::Changesets(foreign::liquibase_changesets(rows)),
+            });
+        }
         Ok(histories)
     }
 

@@ -3,6 +3,8 @@
 
 use sha2::{Digest, Sha384};
 
+mod liquibase;
+
 use super::{Executor, RunReport};
 use crate::engine::foreign::ForeignApplied;
 use crate::engine::{FencedTransaction, ForeignHistory, ShardEngine};
@@ -37,7 +39,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         }
         let mut histories = self.engine.foreign_histories().await?;
         let history = match histories.len() {
-            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations, schema_migration)".to_owned())),
+            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations, schema_migration, databasechangelog)".to_owned())),
             1 => histories.remove(0),
             _ => {
                 let tables: Vec<&str> = histories.iter().map(|history| history.tool.table()).collect();
@@ -47,7 +49,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 )));
             }
         };
-        let adopted = self.match_revisions(set, &history)?;
+        let adopted = with_skipped_no_ops(set, self.match_revisions(set, &history)?);
         let records: Vec<LedgerRecord> = adopted
             .iter()
             .map(|revision| LedgerRecord {
@@ -118,6 +120,20 @@ impl<E: ShardEngine> Executor<'_, E> {
                     .filter(|revision| last.as_ref().is_some_and(|last| revision.version <= *last))
                     .collect())
             }
+            ForeignApplied::Changesets(changesets) => {
+                let (adopted, unknown) = liquibase::matched(set, changesets);
+                if unknown.is_empty() {
+                    Ok(adopted)
+                } else {
+                    Err(ExecError::NeedsOperator {
+                        shard,
+                        reason: format!(
+                            "databasechangelog records changesets the migration set does not contain: {}\nnext: point --dir at the changelog this database was migrated with",
+                            unknown.join(", ")
+                        ),
+                    })
+                }
+            }
             ForeignApplied::Versions(foreign) => {
                 let mut adopted = Vec::new();
                 let mut unknown = Vec::new();
@@ -162,4 +178,22 @@ impl<E: ShardEngine> Executor<'_, E> {
             }
         }
     }
+}
+
+/// `adopted`, with every no-op revision below the last of them: a revision that does nothing
+/// on this engine (a pop version for other dialects, a Liquibase changeset for another
+/// `dbms`) was never run here by the other tool, yet must not stay pending behind applied ones.
+fn with_skipped_no_ops<'s>(set: &'s MigrationSet, adopted: Vec<&'s Revision>) -> Vec<&'s Revision> {
+    let Some(last) = adopted.iter().map(|revision| &revision.version).max() else {
+        return adopted;
+    };
+    set.revisions
+        .iter()
+        .filter(|revision| {
+            adopted
+                .iter()
+                .any(|chosen| chosen.version == revision.version)
+                || (revision.is_no_op() && revision.version < *last)
+        })
+        .collect()
 }

@@ -14,6 +14,10 @@ pub enum EntryKind {
     UpDownScript,
     /// `<version>_<name>.<dialect>.up.sql`, or with `.autocommit` (pop only).
     PopScript,
+    /// A `.sql` file whose first line is `--liquibase formatted sql`, whatever its name.
+    LiquibaseChangelog,
+    /// An XML or YAML Liquibase master changelog.
+    LiquibaseMaster,
     /// `<version>_<name>.sql`: sqlx's single file, or dbmate's when it has section markers.
     SingleScript { has_dbmate_sections: bool },
     /// `V…__…sql`, `U…__…sql`, `R__…sql` or a `.sql.conf` beside them (Flyway).
@@ -38,6 +42,7 @@ impl EntryKind {
             } => Some(SourceFormat::Sqlx),
             Self::FlywayFile => Some(SourceFormat::Flyway),
             Self::PopScript => Some(SourceFormat::Pop),
+            Self::LiquibaseChangelog | Self::LiquibaseMaster => Some(SourceFormat::Liquibase),
             Self::NearMiss | Self::Other => None,
         }
     }
@@ -149,7 +154,7 @@ impl Listing {
             [] if !self.near_misses().is_empty() => Err(invalid(self.near_misses())),
             [] => Err(invalid(vec![SourceProblem::new(
                 directory,
-                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`, pop `20200101000000_name.postgres.up.sql`); name the format with --format if the directory is meant to be empty",
+                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`, pop `20200101000000_name.postgres.up.sql`, Liquibase `.sql` files beginning `--liquibase formatted sql`); name the format with --format if the directory is meant to be empty",
             )])),
             several => Err(invalid(
                 several
@@ -208,6 +213,8 @@ fn classify(path: &Path, file_name: &str) -> EntryKind {
         } else {
             EntryKind::Other
         }
+    } else if let Some(kind) = liquibase_kind(path) {
+        kind
     } else if is_flyway_name(file_name) {
         EntryKind::FlywayFile
     } else {
@@ -316,6 +323,25 @@ fn is_flyway_name(file_name: &str) -> bool {
     matches!(characters.next(), Some('V' | 'U'))
         && characters.next().is_some_and(|c| c.is_ascii_digit())
         && stem.contains("__")
+}
+
+/// A Liquibase formatted SQL changelog (by its first line) or master changelog.
+fn liquibase_kind(path: &Path) -> Option<EntryKind> {
+    use std::io::BufRead;
+    match path.extension().and_then(|extension| extension.to_str())? {
+        "sql" => {
+            let file = std::fs::File::open(path).ok()?;
+            let mut first = String::new();
+            std::io::BufReader::new(file).read_line(&mut first).ok()?;
+            let first = first.trim_start_matches('\u{feff}');
+            super::liquibase::is_header(first).then_some(EntryKind::LiquibaseChangelog)
+        }
+        "xml" | "yaml" | "yml" => {
+            let text = std::fs::read_to_string(path).ok()?;
+            super::liquibase::is_master(path, &text).then_some(EntryKind::LiquibaseMaster)
+        }
+        _ => None,
+    }
 }
 
 fn has_dbmate_sections(path: &Path) -> bool {

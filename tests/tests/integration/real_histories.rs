@@ -220,16 +220,19 @@ async fn kratos_pop_history_is_adopted_from_popx_and_finished_on_sqlite_with_its
     .execute(&mut popx)
     .await
     .expect("popx's table");
-    let adopted = &set.revisions[..120];
-    for revision in adopted {
+    let mut skipped = 0;
+    for revision in &set.revisions[..120] {
         let version = revision.version.as_str();
-        if let Some(file) = popx_sqlite_file(&directory, version) {
-            let sql = std::fs::read_to_string(&file).expect("read");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut popx)
-                .await
-                .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
-        }
+        // popx neither runs nor records a version with no file for its dialect.
+        let Some(file) = popx_sqlite_file(&directory, version) else {
+            skipped += 1;
+            continue;
+        };
+        let sql = std::fs::read_to_string(&file).expect("read");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut popx)
+            .await
+            .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
         sqlx::query("INSERT INTO schema_migration (version) VALUES (?1)")
             .bind(version)
             .execute(&mut popx)
@@ -237,6 +240,7 @@ async fn kratos_pop_history_is_adopted_from_popx_and_finished_on_sqlite_with_its
             .expect("record");
     }
     popx.close().await.expect("close");
+    assert!(skipped > 0, "Kratos has versions for other dialects only");
 
     let refused = binary::run(&url, &["migrate", "up", "--dir", path]);
     support::assert_exit(&refused, 7);
