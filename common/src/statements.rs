@@ -39,6 +39,23 @@ impl Statement {
         }
     }
 
+    /// Whether PostgreSQL refuses the statement inside a transaction block (`CONCURRENTLY`
+    /// index work, `VACUUM`, databases and tablespaces, `ALTER SYSTEM`).
+    pub fn refused_in_transaction(&self) -> bool {
+        let words = self.leading_words(2);
+        let first = words.first().map(String::as_str);
+        let second = words.get(1).map(String::as_str);
+        match (first, second) {
+            (Some("CREATE" | "DROP"), Some("DATABASE" | "TABLESPACE")) => true,
+            (Some("CREATE" | "DROP" | "REINDEX"), _) => self
+                .tokens()
+                .any(|token| token.eq_ignore_ascii_case("CONCURRENTLY")),
+            (Some("VACUUM"), _) => true,
+            (Some("ALTER"), Some("SYSTEM")) => true,
+            _ => false,
+        }
+    }
+
     /// A CREATE INDEX CONCURRENTLY statement, parsed; `None` for anything else.
     pub fn index_build(&self) -> Option<IndexBuild> {
         IndexBuild::parse(&self.sql)

@@ -40,6 +40,17 @@ pub fn kratos() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kratos/migrations")
 }
 
+/// Marquez's Flyway history: its 81 versioned scripts (and the README beside them), copied
+/// unchanged with their source and license in `tests/fixtures/marquez/`.
+pub fn marquez() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/marquez/migrations")
+}
+
+/// Marquez's three repeatable (`R__`) Flyway scripts, kept apart from [`marquez`].
+pub fn marquez_repeatable() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/marquez/repeatable")
+}
+
 /// A migration directory in the form an assignment ships it: every file (recursively), with
 /// the set's format and digest.
 pub fn shipped(directory: &Path) -> fleetshift_common::proto::v1::MigrationSet {

@@ -45,10 +45,12 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         let down = undo_path.and_then(|path| {
             read::text(path, problems).map(|sql| Script::new(path.to_path_buf(), 1, sql))
         });
-        let Some(transactional) = execute_in_transaction(&entry.path, problems) else {
+        let up = Script::new(entry.path.clone(), 1, up_sql);
+        let Some(transactional) = execute_in_transaction(&entry.path, problems)
+            .unwrap_or_else(|| detected_mode(&up, problems))
+        else {
             continue;
         };
-        let up = Script::new(entry.path.clone(), 1, up_sql);
         revisions.push(Revision::new(version, &name, up, down, transactional));
     }
     for (_, orphan) in undos {
@@ -68,21 +70,50 @@ fn parse_name(file_name: &str) -> Option<(char, Version, String)> {
     (!name.is_empty()).then(|| (prefix, version, name.to_owned()))
 }
 
-/// `executeInTransaction` from the script's `.sql.conf` (true when absent).
-fn execute_in_transaction(script: &Path, problems: &mut Vec<SourceProblem>) -> Option<bool> {
+/// Flyway's own choice when no `.sql.conf` decides: a script whose statements PostgreSQL
+/// refuses inside a transaction (`CREATE INDEX CONCURRENTLY`…) runs without one; a script
+/// mixing those with others is refused, as Flyway refuses it by default (`mixed=false`).
+fn detected_mode(up: &Script, problems: &mut Vec<SourceProblem>) -> Option<bool> {
+    let statements = up.statements();
+    let refused: Vec<_> = statements
+        .iter()
+        .filter(|statement| statement.refused_in_transaction())
+        .collect();
+    match refused.first() {
+        None => Some(true),
+        Some(_) if refused.len() == statements.len() => Some(false),
+        Some(first) => {
+            problems.push(SourceProblem::at_line(
+                &up.path,
+                up.file_line(first.line),
+                "this statement cannot run inside a transaction and the script has others that can: Flyway refuses such a script (unless `mixed` is on) and so does fleetshift; move it to a script of its own, or set executeInTransaction=false in the script's .sql.conf",
+            ));
+            None
+        }
+    }
+}
+
+/// `executeInTransaction` from the script's `.sql.conf`: `None` when there is none, or
+/// when it does not say; `Some(None)` when it is invalid.
+fn execute_in_transaction(
+    script: &Path,
+    problems: &mut Vec<SourceProblem>,
+) -> Option<Option<bool>> {
     let mut conf = script.as_os_str().to_owned();
     conf.push(".conf");
     let conf = Path::new(&conf);
     if !conf.exists() {
-        return Some(true);
+        return None;
     }
-    let text = read::text(conf, problems)?;
+    let Some(text) = read::text(conf, problems) else {
+        return Some(None);
+    };
     for (index, line) in text.lines().enumerate() {
         let Some((setting, value)) = line.split_once('=') else {
             continue;
         };
         if setting.trim() == "executeInTransaction" {
-            return match value.trim() {
+            return Some(match value.trim() {
                 "true" => Some(true),
                 "false" => Some(false),
                 other => {
@@ -93,8 +124,8 @@ fn execute_in_transaction(script: &Path, problems: &mut Vec<SourceProblem>) -> O
                     ));
                     None
                 }
-            };
+            });
         }
     }
-    Some(true)
+    None
 }

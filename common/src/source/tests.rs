@@ -401,3 +401,31 @@ fn an_up_script_without_statements_is_a_no_op_revision_in_every_format() {
     let flyway = fixture(&[("V1__a.sql", "/* placeholder */")]);
     assert!(load(flyway.path()).revisions[0].is_no_op());
 }
+
+#[test]
+fn flyway_runs_a_script_of_concurrent_index_builds_without_a_transaction_as_flyway_does() {
+    let directory = fixture(&[
+        ("V1__table.sql", "CREATE TABLE t (c int);"),
+        (
+            "V2__indexes.sql",
+            "CREATE INDEX CONCURRENTLY i ON t (c);\nDROP INDEX CONCURRENTLY IF EXISTS old;",
+        ),
+        ("V3__explicit.sql", "CREATE INDEX CONCURRENTLY j ON t (c);"),
+        ("V3__explicit.sql.conf", "executeInTransaction=true\n"),
+    ]);
+    let set = load(directory.path());
+    let modes: Vec<bool> = set.revisions.iter().map(|r| r.transactional).collect();
+    assert_eq!(modes, [true, false, true], "a .sql.conf still decides");
+
+    let mixed = fixture(&[(
+        "V1__mixed.sql",
+        "CREATE TABLE t (c int);\nCREATE INDEX CONCURRENTLY i ON t (c);",
+    )]);
+    let found = problems(mixed.path(), None);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].line, Some(2));
+    assert!(
+        found[0].message.contains("Flyway refuses such a script"),
+        "{found:?}"
+    );
+}

@@ -120,17 +120,7 @@ fn unbounded_or_unbatched(statement: &Statement) -> Option<RawFinding> {
 
 /// Statements PostgreSQL refuses inside a transaction block.
 fn not_in_transaction(statement: &Statement) -> Option<RawFinding> {
-    let words = statement.leading_words(2);
-    let first = words.first().map(String::as_str);
-    let second = words.get(1).map(String::as_str);
-    let refused = match (first, second) {
-        (Some("CREATE" | "DROP" | "REINDEX"), _) if has_token(statement, "CONCURRENTLY") => true,
-        (Some("VACUUM"), _) => true,
-        (Some("CREATE" | "DROP"), Some("DATABASE" | "TABLESPACE")) => true,
-        (Some("ALTER"), Some("SYSTEM")) => true,
-        _ => false,
-    };
-    refused.then(|| RawFinding {
+    statement.refused_in_transaction().then(|| RawFinding {
         rule: NOT_IN_TRANSACTION.to_owned(),
         severity: Severity::Error,
         script_line: statement.line,

@@ -313,3 +313,75 @@ async fn kratos_pop_history_is_adopted_from_popx_and_finished_on_sqlite_with_its
         "only popx's own table is left"
     );
 }
+
+#[tokio::test]
+async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_refused_by_name() {
+    let directory = fixtures::marquez();
+    let set = MigrationSet::load(&directory, None).expect("Marquez's versioned scripts load");
+    assert_eq!(set.format, SourceFormat::Flyway);
+    assert_eq!(set.revisions.len(), 81);
+    let order: Vec<&str> = set.revisions[..4]
+        .iter()
+        .map(|revision| revision.version.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        ["1", "2", "2.1", "3"],
+        "Flyway orders versions part by part"
+    );
+    let ignored: Vec<_> = set
+        .ignored
+        .iter()
+        .filter_map(|path| path.file_name())
+        .collect();
+    assert_eq!(
+        ignored,
+        ["V57__readme.md"],
+        "a README named like a script is no script"
+    );
+    let path = directory.to_str().expect("UTF-8 path");
+
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("marquez").await;
+    let up = binary::run(&url, &["migrate", "up", "--dir", path]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let shard = support::postgres(&url).await;
+    let ledger = shard.read_ledger().await.expect("ledger");
+    assert_eq!(ledger.len(), 81);
+    let tables = postgres_tables(&admin).await;
+    for table in ["datasets", "jobs", "runs", "lineage_events", "namespaces"] {
+        assert!(
+            tables.iter().any(|name| name == table),
+            "{table} missing: {tables:?}"
+        );
+    }
+    // Flyway has no down scripts without its paid edition: a revert is refused naming them.
+    let down = binary::run(&url, &["migrate", "down", "--dir", path]);
+    support::assert_exit(&down, 2);
+
+    // The whole directory as Marquez keeps it: the repeatable scripts are refused, each
+    // named with what to do, and nothing is applied.
+    let whole = tempfile::tempdir().expect("tempdir");
+    for folder in [fixtures::marquez(), fixtures::marquez_repeatable()] {
+        for entry in std::fs::read_dir(folder).expect("list") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), whole.path().join(entry.file_name())).expect("copy");
+        }
+    }
+    let error = MigrationSet::load(whole.path(), None).expect_err("repeatables are refused");
+    let refused: Vec<String> = error
+        .problems
+        .iter()
+        .map(|problem| problem.to_string())
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+    assert!(
+        refused.iter().all(|problem| problem.contains("R__")
+            && problem.contains("repeatable migrations (R__) are not supported")
+            && problem.contains("turn it into a versioned V script")),
+        "{refused:#?}"
+    );
+}

@@ -344,22 +344,19 @@ fn parse_header(
         dbms: Dbms::EVERY,
         ignored: false,
     };
-    let mut tokens = tokens(header).into_iter();
-    let identity = tokens.next().unwrap_or_default();
-    match identity.split_once(':') {
-        Some((author, id)) if !author.is_empty() && !id.is_empty() => {
-            changeset.author = author.trim_matches('"').to_owned();
-            changeset.id = id.trim_matches('"').to_owned();
-        }
-        _ => problems.push(SourceProblem::at_line(
+    let Some((author, id, attributes)) = identity(header) else {
+        problems.push(SourceProblem::at_line(
             path,
             line,
             format!(
                 "`--changeset {header}` does not name the changeset: write `--changeset author:id`"
             ),
-        )),
-    }
-    for token in tokens {
+        ));
+        return changeset;
+    };
+    changeset.author = author;
+    changeset.id = id;
+    for token in tokens(attributes) {
         let problem = |message: String| SourceProblem::at_line(path, line, message);
         let Some((key, value)) = token.split_once(':') else {
             problems.push(problem(format!(
@@ -398,6 +395,25 @@ fn parse_header(
         }
     }
     changeset
+}
+
+/// `author:id` and the attributes after it. As in Liquibase, the author runs to the first
+/// `:` (spaces included) unless quoted, and the id is quoted or runs to the next space.
+fn identity(header: &str) -> Option<(String, String, &str)> {
+    let (author, rest) = match header.strip_prefix('"') {
+        Some(quoted) => {
+            let (author, rest) = quoted.split_once('"')?;
+            (author, rest.trim_start().strip_prefix(':')?)
+        }
+        None => header.split_once(':')?,
+    };
+    let rest = rest.trim_start();
+    let (id, attributes) = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split_once('"')?,
+        None => rest.split_once(char::is_whitespace).unwrap_or((rest, "")),
+    };
+    let author = author.trim();
+    (!author.is_empty() && !id.is_empty()).then(|| (author.to_owned(), id.to_owned(), attributes))
 }
 
 /// Splits at whitespace outside double quotes.

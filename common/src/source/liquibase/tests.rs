@@ -54,7 +54,7 @@ DROP INDEX CONCURRENTLY accounts_id;
 INSERT INTO accounts VALUES (1);
 --rollback empty
 
---changeset dave:forever
+--changeset Dave Jones:forever
 ALTER TABLE accounts ADD COLUMN note text;
 ";
 
@@ -78,7 +78,7 @@ fn changesets_are_revisions_in_order_named_author_and_id() {
         ("1", "alice:create-accounts", true),
         ("2", "bob:index", false),
         ("3", "carol smith:seed", true),
-        ("4", "dave:forever", true),
+        ("4", "Dave Jones:forever", true),
     ]
     .map(|(version, name, transactional)| (version.to_owned(), name.to_owned(), transactional));
     assert_eq!(listed, expected);
