@@ -10,6 +10,7 @@ mod engine;
 mod flyway;
 mod layout;
 mod liquibase;
+mod mode;
 mod pop;
 mod problem;
 mod read;
@@ -117,6 +118,9 @@ pub struct Script {
     pub first_line: usize,
     pub sql: String,
     statements: Vec<Statement>,
+    /// `BEGIN` / `COMMIT` pairs folded into the revision's own transaction (see
+    /// [`Script::fold_transaction_blocks`]): not run, reported by lint.
+    folded: Vec<Statement>,
 }
 
 impl Script {
@@ -127,11 +131,47 @@ impl Script {
             first_line,
             sql,
             statements,
+            folded: Vec::new(),
         }
     }
 
+    /// The statements that run.
     pub fn statements(&self) -> &[Statement] {
         &self.statements
+    }
+
+    /// The `BEGIN` / `COMMIT` statements folded into the revision's transaction.
+    pub fn folded(&self) -> &[Statement] {
+        &self.folded
+    }
+
+    /// Scripts written for tools that run a file as it is (golang-migrate) group their
+    /// statements in `BEGIN; … COMMIT;` blocks. In a transactional revision, fleetshift already
+    /// runs the whole script in ONE transaction, which contains every such block: plain,
+    /// balanced, non-nested pairs are folded into it (not run), so the script applies all or
+    /// nothing where the original could stop between blocks. Anything else (a `ROLLBACK`,
+    /// an unbalanced or nested pair, `BEGIN ISOLATION LEVEL …`) is left to be refused.
+    fn fold_transaction_blocks(&mut self) {
+        let mut open = false;
+        let mut boundaries = Vec::new();
+        for (index, statement) in self.statements.iter().enumerate() {
+            if !statement.controls_transaction() {
+                continue;
+            }
+            match statement.plain_transaction_boundary() {
+                Some(opens) if opens != open => {
+                    open = opens;
+                    boundaries.push(index);
+                }
+                _ => return,
+            }
+        }
+        if open || boundaries.is_empty() {
+            return;
+        }
+        for index in boundaries.into_iter().rev() {
+            self.folded.insert(0, self.statements.remove(index));
+        }
     }
 
     /// The line in the file of a line in this script.
@@ -179,14 +219,30 @@ impl Revision {
         let down = down.filter(|script| {
             !script.statements().is_empty() || script.sql.contains(NOTHING_TO_UNDO)
         });
-        Self {
+        let mut revision = Self {
             version,
             name: name.to_owned(),
             up,
-            down,
+            down: None,
             transactional,
             checksum,
+        };
+        if transactional {
+            revision.up.fold_transaction_blocks();
         }
+        revision.with_down(down)
+    }
+
+    /// Sets the down script as written, even without statements: for layouts where a
+    /// written down script is a deliberate no-op revert (pop, Liquibase's `--rollback empty`).
+    fn with_down(mut self, down: Option<Script>) -> Self {
+        self.down = down.map(|mut script| {
+            if self.transactional {
+                script.fold_transaction_blocks();
+            }
+            script
+        });
+        self
     }
 
     pub fn label(&self) -> String {

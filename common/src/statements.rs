@@ -56,6 +56,18 @@ impl Statement {
         }
     }
 
+    /// A plain `BEGIN` / `START TRANSACTION` (`Some(true)`) or `COMMIT` / `END` (`Some(false)`),
+    /// without options; `None` for anything else (other transaction control included).
+    pub fn plain_transaction_boundary(&self) -> Option<bool> {
+        let words = self.leading_words(3);
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["BEGIN"] | ["BEGIN", "TRANSACTION" | "WORK"] | ["START", "TRANSACTION"] => Some(true),
+            ["COMMIT" | "END"] | ["COMMIT" | "END", "TRANSACTION" | "WORK"] => Some(false),
+            _ => None,
+        }
+    }
+
     /// A CREATE INDEX CONCURRENTLY statement, parsed; `None` for anything else.
     pub fn index_build(&self) -> Option<IndexBuild> {
         IndexBuild::parse(&self.sql)

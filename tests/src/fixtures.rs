@@ -51,6 +51,12 @@ pub fn marquez_repeatable() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/marquez/repeatable")
 }
 
+/// Ente's golang-migrate history with down scripts (124 revisions), copied unchanged with
+/// its source and license in `tests/fixtures/ente/`.
+pub fn ente() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ente/migrations")
+}
+
 /// A migration directory in the form an assignment ships it: every file (recursively), with
 /// the set's format and digest.
 pub fn shipped(directory: &Path) -> fleetshift_common::proto::v1::MigrationSet {

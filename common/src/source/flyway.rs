@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::layout::{EntryKind, Listing};
-use super::{Revision, Script, SourceProblem, Version, read};
+use super::{Revision, Script, SourceProblem, Version, mode, read};
 
 pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Revision> {
     let mut undos: Vec<(Version, &Path)> = Vec::new();
@@ -47,7 +47,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         });
         let up = Script::new(entry.path.clone(), 1, up_sql);
         let Some(transactional) = execute_in_transaction(&entry.path, problems)
-            .unwrap_or_else(|| detected_mode(&up, problems))
+            .unwrap_or_else(|| mode::detected(&up, mode::FLYWAY_MIXED, problems))
         else {
             continue;
         };
@@ -68,29 +68,6 @@ fn parse_name(file_name: &str) -> Option<(char, Version, String)> {
     let (version_text, name) = stem[1..].split_once("__")?;
     let version = Version::flyway(version_text)?;
     (!name.is_empty()).then(|| (prefix, version, name.to_owned()))
-}
-
-/// Flyway's own choice when no `.sql.conf` decides: a script whose statements PostgreSQL
-/// refuses inside a transaction (`CREATE INDEX CONCURRENTLY`…) runs without one; a script
-/// mixing those with others is refused, as Flyway refuses it by default (`mixed=false`).
-fn detected_mode(up: &Script, problems: &mut Vec<SourceProblem>) -> Option<bool> {
-    let statements = up.statements();
-    let refused: Vec<_> = statements
-        .iter()
-        .filter(|statement| statement.refused_in_transaction())
-        .collect();
-    match refused.first() {
-        None => Some(true),
-        Some(_) if refused.len() == statements.len() => Some(false),
-        Some(first) => {
-            problems.push(SourceProblem::at_line(
-                &up.path,
-                up.file_line(first.line),
-                "this statement cannot run inside a transaction and the script has others that can: Flyway refuses such a script (unless `mixed` is on) and so does fleetshift; move it to a script of its own, or set executeInTransaction=false in the script's .sql.conf",
-            ));
-            None
-        }
-    }
 }
 
 /// `executeInTransaction` from the script's `.sql.conf`: `None` when there is none, or

@@ -83,11 +83,10 @@ fn revision(position: usize, changeset: &Changeset, engine: Engine) -> Option<Re
     let name = changeset.name();
     if !changeset.dbms.runs_on(engine) {
         let nothing = || Script::new(changeset.path.clone(), changeset.line, String::new());
-        let mut revision = Revision::new(version, &name, nothing(), None, true);
-        revision.down = Some(nothing());
-        return Some(revision);
+        let revision = Revision::new(version, &name, nothing(), None, true);
+        return Some(revision.with_down(Some(nothing())));
     }
-    let mut revision = Revision::new(
+    let revision = Revision::new(
         version,
         &name,
         changeset.up.clone(),
@@ -95,7 +94,7 @@ fn revision(position: usize, changeset: &Changeset, engine: Engine) -> Option<Re
         changeset.transactional,
     );
     // Written rollbacks count even without statements (`--rollback empty`).
-    revision.down = match &changeset.rollback {
+    let down = match &changeset.rollback {
         Rollback::Missing => None,
         Rollback::Nothing => Some(Script::new(
             changeset.path.clone(),
@@ -104,7 +103,7 @@ fn revision(position: usize, changeset: &Changeset, engine: Engine) -> Option<Re
         )),
         Rollback::Sql(script) => Some(script.clone()),
     };
-    Some(revision)
+    Some(revision.with_down(down))
 }
 
 #[cfg(test)]

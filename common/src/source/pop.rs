@@ -235,9 +235,8 @@ fn for_dialect(
             ));
             Script::new(path, 1, String::new())
         };
-        let mut revision = Revision::new(version.clone(), name, absent("up"), None, true);
-        revision.down = Some(absent("down"));
-        return Some(revision);
+        let revision = Revision::new(version.clone(), name, absent("up"), None, true);
+        return Some(revision.with_down(Some(absent("down"))));
     };
     if let Some(down_file) = down_file
         && down_file.suffix.autocommit != up_file.suffix.autocommit
@@ -266,10 +265,9 @@ fn for_dialect(
         None => None,
     };
     let up = Script::new(up_file.path.clone(), 1, up_sql);
-    let mut revision = Revision::new(version.clone(), name, up, None, !up_file.suffix.autocommit);
+    let revision = Revision::new(version.clone(), name, up, None, !up_file.suffix.autocommit);
     // popx runs an empty down script as a no-op revert: written, it counts.
-    revision.down = down;
-    Some(revision)
+    Some(revision.with_down(down))
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! sqlx and golang-migrate: `<version>_<name>.up.sql` + `.down.sql`, or sqlx's single
-//! `<version>_<name>.sql`; sqlx's `-- no-transaction` first line turns the transaction off.
+//! `<version>_<name>.sql`; sqlx's `-- no-transaction` first line turns the transaction off,
+//! and so does a script whose every statement PostgreSQL refuses in a transaction, as
+//! golang-migrate runs it (see [`super::mode`]).
 
 use std::collections::BTreeMap;
 
 use super::layout::{EntryKind, Listing, version_and_name};
-use super::{Revision, Script, SourceProblem, Version, read};
+use super::{Revision, Script, SourceProblem, Version, mode, read};
 
 pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Revision> {
     let mut downs = BTreeMap::new();
@@ -46,8 +48,16 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             read::text(&down_entry.path, problems)
                 .map(|sql| Script::new(down_entry.path.clone(), 1, sql))
         });
-        let transactional = up_sql.lines().next().map(str::trim) != Some("-- no-transaction");
+        let marked = up_sql.lines().next().map(str::trim) == Some("-- no-transaction");
         let up = Script::new(entry.path.clone(), 1, up_sql);
+        let transactional = if marked {
+            Some(false)
+        } else {
+            mode::detected(&up, mode::UP_DOWN_MIXED, problems)
+        };
+        let Some(transactional) = transactional else {
+            continue;
+        };
         revisions.push(Revision::new(version, name, up, down, transactional));
     }
     for (version, orphan) in downs {

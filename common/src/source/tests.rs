@@ -429,3 +429,89 @@ fn flyway_runs_a_script_of_concurrent_index_builds_without_a_transaction_as_flyw
         "{found:?}"
     );
 }
+
+#[test]
+fn plain_begin_commit_blocks_fold_into_the_revisions_transaction_and_nothing_else_does() {
+    let directory = fixture(&[
+        (
+            "1_blocks.up.sql",
+            "CREATE TABLE a (id int);\nBEGIN;\nALTER TABLE a ADD b int;\nCOMMIT;\nSTART TRANSACTION;\nALTER TABLE a ADD c int;\nEND;",
+        ),
+        (
+            "1_blocks.down.sql",
+            "BEGIN WORK;\nDROP TABLE a;\nCOMMIT WORK;",
+        ),
+    ]);
+    let set = load(directory.path());
+    let revision = &set.revisions[0];
+    let run: Vec<&str> = revision
+        .up
+        .statements()
+        .iter()
+        .map(|s| s.sql.trim())
+        .collect();
+    assert_eq!(
+        run,
+        [
+            "CREATE TABLE a (id int)",
+            "ALTER TABLE a ADD b int",
+            "ALTER TABLE a ADD c int"
+        ]
+    );
+    let folded: Vec<usize> = revision.up.folded().iter().map(|s| s.line).collect();
+    assert_eq!(folded, [2, 4, 5, 7]);
+    let down = revision.down.as_ref().expect("down");
+    assert_eq!(down.statements().len(), 1);
+    assert_eq!(down.folded().len(), 2);
+
+    for (sql, what) in [
+        ("BEGIN;\nSELECT 1;\nROLLBACK;", "a rollback"),
+        ("BEGIN;\nSELECT 1;", "an unclosed block"),
+        (
+            "BEGIN;\nBEGIN;\nSELECT 1;\nCOMMIT;\nCOMMIT;",
+            "nested blocks",
+        ),
+        (
+            "BEGIN ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\nCOMMIT;",
+            "options",
+        ),
+        (
+            "-- no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;",
+            "a non-transactional revision",
+        ),
+    ] {
+        let directory = fixture(&[("1_x.up.sql", sql)]);
+        let found = problems(directory.path(), None);
+        assert!(
+            !found.is_empty()
+                && found
+                    .iter()
+                    .all(|problem| problem.message == TRANSACTION_CONTROL),
+            "{what} must stay refused: {found:?}"
+        );
+    }
+}
+
+#[test]
+fn an_up_down_script_of_concurrent_index_builds_runs_without_a_transaction() {
+    let directory = fixture(&[
+        ("1_index.up.sql", "CREATE INDEX CONCURRENTLY i ON t (c);"),
+        ("1_index.down.sql", "DROP INDEX CONCURRENTLY i;"),
+        ("2_plain.up.sql", "CREATE TABLE u (id int);"),
+    ]);
+    let set = load(directory.path());
+    let modes: Vec<bool> = set.revisions.iter().map(|r| r.transactional).collect();
+    assert_eq!(modes, [false, true]);
+    let mixed = fixture(&[(
+        "1_mixed.up.sql",
+        "CREATE TABLE t (c int);\nCREATE INDEX CONCURRENTLY i ON t (c);",
+    )]);
+    let found = problems(mixed.path(), None);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]
+            .message
+            .contains("golang-migrate sends a file as one"),
+        "{found:?}"
+    );
+}

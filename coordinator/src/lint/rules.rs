@@ -50,6 +50,15 @@ pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {
             hint: Some("write a down script, or mark a deliberate no-op with `-- fleetshift:nothing-to-undo`".to_owned()),
         });
     }
+    for statement in revision.up.folded() {
+        found.push(RawFinding {
+            rule: TRANSACTION_CONTROL.to_owned(),
+            severity: Severity::Info,
+            script_line: statement.line,
+            message: "folded, not run: the revision already runs in ONE transaction, which holds this BEGIN … COMMIT block; the script applies all or nothing".to_owned(),
+            hint: None,
+        });
+    }
     found.extend(check_statements(statements, revision.transactional));
     found
 }

@@ -385,3 +385,100 @@ async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_
         "{refused:#?}"
     );
 }
+
+#[tokio::test]
+async fn entes_golang_migrate_history_with_transaction_blocks_goes_up_and_down() {
+    let directory = fixtures::ente();
+    let set = MigrationSet::load(&directory, None).expect("Ente's history loads as it is");
+    assert_eq!(set.format, SourceFormat::Sqlx);
+    assert_eq!(set.revisions.len(), 124);
+    let folded = set
+        .revisions
+        .iter()
+        .filter(|revision| !revision.up.folded().is_empty())
+        .count();
+    assert!(
+        folded >= 8,
+        "Ente groups statements in BEGIN … COMMIT blocks: {folded}"
+    );
+    let path = directory.to_str().expect("UTF-8 path");
+
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("ente").await;
+    let up = binary::run(&url, &["migrate", "up", "--dir", path]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let shard = support::postgres(&url).await;
+    let ledger = shard.read_ledger().await.expect("ledger");
+    assert_eq!(ledger.len(), 124);
+    let tables = postgres_tables(&admin).await;
+    for table in [
+        "users",
+        "files",
+        "collections",
+        "otts",
+        "public_collection_tokens",
+    ] {
+        assert!(
+            tables.iter().any(|name| name == table),
+            "{table} missing: {tables:?}"
+        );
+    }
+
+    // Thirteen down scripts hold only a comment (`-- no-op`, `-- Just for sanity`): not
+    // marked as deliberate no-ops, they count as missing, so going back to the start is
+    // refused naming each of them, before anything is reverted.
+    let refused = binary::run(&url, &["migrate", "down", "--to", "base", "--dir", path]);
+    support::assert_exit(&refused, 2);
+    let printed = binary::printed(&refused);
+    for revision in [
+        "91_increase_free_validity",
+        "24_bump_ids",
+        "16_remove_deleted_file_objects",
+    ] {
+        assert!(printed.contains(revision), "{revision}: {printed}");
+    }
+    assert_eq!(shard.read_ledger().await.expect("ledger").len(), 124);
+    assert!(
+        shard
+            .read_ledger()
+            .await
+            .expect("ledger")
+            .iter()
+            .all(|entry| entry.status == RevisionStatus::Applied),
+        "nothing was reverted"
+    );
+    // Above them, the real down scripts revert 124 to 94.
+    let down = binary::run(&url, &["migrate", "down", "--to", "93", "--dir", path]);
+    assert!(down.status.success(), "{}", binary::printed(&down));
+    let reverted = |ledger: &[fleetshift_common::ledger::LedgerEntry]| {
+        ledger
+            .iter()
+            .filter(|entry| entry.status == RevisionStatus::Reverted)
+            .count()
+    };
+    assert_eq!(
+        reverted(&shard.read_ledger().await.expect("ledger")),
+        124 - 93
+    );
+    // 93's own down script drops a function another table's trigger still uses (a real bug
+    // of that script): the revert fails naming the file and line, is rolled back whole,
+    // and 93 stays applied.
+    let broken = binary::run(&url, &["migrate", "down", "--dir", path]);
+    support::assert_exit(&broken, 1);
+    let printed = binary::printed(&broken);
+    assert!(
+        printed.contains("93_emergency_contact.down.sql:12"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("the revision is still applied"),
+        "{printed}"
+    );
+    assert_eq!(
+        reverted(&shard.read_ledger().await.expect("ledger")),
+        124 - 93
+    );
+}
