@@ -64,3 +64,21 @@ pub fn shipped(directory: &Path) -> fleetshift_common::proto::v1::MigrationSet {
         fleetshift_common::source::MigrationSet::load(directory, None).expect("migration set");
     fleetshift_common::shipped::pack(&set).expect("pack")
 }
+
+/// Dbmate history of Supabase's Postgres image (30 revisions), copied unchanged with its
+/// source and license in `tests/fixtures/supabase/`.
+pub fn supabase() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/supabase/migrations")
+}
+
+/// pg-index-health-demo's Liquibase changelog (a YAML master and 9 SQL files), copied
+/// unchanged with its source and license in `tests/fixtures/pg-index-health-demo/`.
+pub fn pg_index_health_demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pg-index-health-demo/changelog")
+}
+
+/// Three formatted SQL changelogs from Liquibase's own tests, copied unchanged with their
+/// source and license in `tests/fixtures/liquibase-tests/`.
+pub fn liquibase_tests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/liquibase-tests/changelog")
+}

@@ -47,7 +47,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         });
         let up = Script::new(entry.path.clone(), 1, up_sql);
         let Some(transactional) = execute_in_transaction(&entry.path, problems)
-            .unwrap_or_else(|| mode::detected(&up, mode::FLYWAY_MIXED, problems))
+            .unwrap_or_else(|| Some(mode::detected(&up)))
         else {
             continue;
         };

@@ -50,14 +50,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
         });
         let marked = up_sql.lines().next().map(str::trim) == Some("-- no-transaction");
         let up = Script::new(entry.path.clone(), 1, up_sql);
-        let transactional = if marked {
-            Some(false)
-        } else {
-            mode::detected(&up, mode::UP_DOWN_MIXED, problems)
-        };
-        let Some(transactional) = transactional else {
-            continue;
-        };
+        let transactional = !marked && mode::detected(&up);
         revisions.push(Revision::new(version, name, up, down, transactional));
     }
     for (version, orphan) in downs {

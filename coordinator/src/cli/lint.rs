@@ -34,7 +34,7 @@ pub struct LintArgs {
     /// other file as one script.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<String>,
-    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate or pop; detected from file
+    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate, pop or liquibase; detected from file
     /// names when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
@@ -197,9 +197,9 @@ struct Linted {
     configured: Configured,
     report: LintReport,
     problems: Vec<SourceProblem>,
-    /// Directories read while looking for a file's revision: their revisions by the canonical
-    /// path of the up script (none when the directory is not a migration set).
-    sets: HashMap<PathBuf, HashMap<PathBuf, Revision>>,
+    /// Directories read while looking for a file's revisions: their revisions by the
+    /// canonical path of the up script (none when the directory is not a migration set).
+    sets: HashMap<PathBuf, HashMap<PathBuf, Vec<Revision>>>,
 }
 
 impl Linted {
@@ -227,11 +227,9 @@ impl Linted {
             },
             Input::File(path) if self.configured.skips(&path) => {}
             Input::File(path) => {
-                if let Some(revision) = self.revision_of(&path) {
-                    let mut report = lint::lint_revisions_with(
-                        std::slice::from_ref(&revision),
-                        &self.configured.settings,
-                    );
+                if let Some(revisions) = self.revisions_of(&path) {
+                    let mut report =
+                        lint::lint_revisions_with(&revisions, &self.configured.settings);
                     for finding in &mut report.findings {
                         finding.file.clone_from(&path);
                     }
@@ -278,9 +276,9 @@ impl Linted {
         ));
     }
 
-    /// The revision whose up script `path` is, when its directory (or, for diesel, the one
-    /// above) is a migration set.
-    fn revision_of(&mut self, path: &Path) -> Option<Revision> {
+    /// The revisions whose up script `path` is (one, or every changeset of a Liquibase
+    /// changelog), when its directory (or, for diesel, the one above) is a migration set.
+    fn revisions_of(&mut self, path: &Path) -> Option<Vec<Revision>> {
         let wanted = path.canonicalize().ok()?;
         for directory in path.ancestors().skip(1).take(2) {
             let directory = if directory.as_os_str().is_empty() {
@@ -293,8 +291,8 @@ impl Linted {
                 .sets
                 .entry(directory.to_path_buf())
                 .or_insert_with(|| revisions_by_path(directory, format));
-            if let Some(revision) = revisions.get(&wanted) {
-                return Some(revision.clone());
+            if let Some(found) = revisions.get(&wanted) {
+                return Some(found.clone());
             }
         }
         None
@@ -303,15 +301,20 @@ impl Linted {
 
 /// The revisions of the migration set in `directory` by the canonical path of their up
 /// scripts; none when it is no migration set.
-fn revisions_by_path(directory: &Path, format: Option<SourceFormat>) -> HashMap<PathBuf, Revision> {
+fn revisions_by_path(
+    directory: &Path,
+    format: Option<SourceFormat>,
+) -> HashMap<PathBuf, Vec<Revision>> {
+    let mut by_path: HashMap<PathBuf, Vec<Revision>> = HashMap::new();
     let Ok(reading) = Reading::of(directory, format) else {
-        return HashMap::new();
+        return by_path;
     };
-    reading
-        .revisions
-        .into_iter()
-        .filter_map(|revision| Some((revision.up.path.canonicalize().ok()?, revision)))
-        .collect()
+    for revision in reading.revisions {
+        if let Ok(path) = revision.up.path.canonicalize() {
+            by_path.entry(path).or_default().push(revision);
+        }
+    }
+    by_path
 }
 
 fn relative(file: &Path, directory: &Path) -> PathBuf {

@@ -51,7 +51,7 @@ enum MigrateCommand {
     },
     /// Validate the migration files; with a database, also check applied revisions for drift.
     Verify(Target),
-    /// Import the history another tool (sqlx, Flyway, golang-migrate, dbmate, diesel, pop) kept.
+    /// Import the history another tool (sqlx, Flyway, golang-migrate, dbmate, diesel, pop, Liquibase) kept.
     Adopt {
         #[command(flatten)]
         target: Target,
@@ -114,7 +114,7 @@ struct Target {
     /// Migration directory.
     #[arg(long, env = "FLEETSHIFT_MIGRATIONS_DIR")]
     dir: PathBuf,
-    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate or pop; detected from file
+    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate, pop or liquibase; detected from file
     /// names when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,

@@ -27,7 +27,7 @@ pub const ALL: [&str; 7] = [
     TRANSACTION_CONTROL,
 ];
 
-const OUTSIDE_TRANSACTION_HINT: &str = "move it to a revision of its own that runs outside a transaction (sqlx: first line `-- no-transaction`; dbmate: `-- migrate:up transaction:false`; diesel: `run_in_transaction = false` in metadata.toml; pop: `.autocommit.` in the file name)";
+const OUTSIDE_TRANSACTION_HINT: &str = "move it to a revision of its own that runs outside a transaction (sqlx: first line `-- no-transaction`; dbmate: `-- migrate:up transaction:false`; diesel: `run_in_transaction = false` in metadata.toml; pop: `.autocommit.` in the file name; Liquibase: `runInTransaction:false`)";
 
 pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {
     let statements = revision.up.statements();

@@ -482,3 +482,191 @@ async fn entes_golang_migrate_history_with_transaction_blocks_goes_up_and_down()
         124 - 93
     );
 }
+
+#[test]
+fn supabases_dbmate_history_loads_and_lints_as_it_is() {
+    let directory = fixtures::supabase();
+    let set = MigrationSet::load(&directory, None).expect("Supabase's history loads as it is");
+    assert_eq!(set.format, SourceFormat::Dbmate);
+    assert_eq!(set.revisions.len(), 30);
+    assert_eq!(set.revisions[0].version.as_str(), "10000000000000");
+    assert!(
+        set.revisions.iter().all(|revision| revision.down.is_none()),
+        "every down section is empty"
+    );
+    let lint = std::process::Command::new(binary::fleetshift())
+        .args([
+            "lint",
+            directory.to_str().expect("UTF-8"),
+            "--output",
+            "json",
+            "--fail-on",
+            "never",
+        ])
+        .output()
+        .expect("lint");
+    support::assert_exit(&lint, 0);
+    let report = json(&lint);
+    assert_eq!(report["revisions"], 30, "{report}");
+    assert_eq!(
+        report["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+}
+
+#[test]
+fn pg_index_health_demos_liquibase_changelog_is_read_through_its_master_and_one_attribute_refused()
+{
+    let directory = fixtures::pg_index_health_demo();
+    let error = MigrationSet::load(&directory, None).expect_err("failOnError:false is refused");
+    let problems: Vec<String> = error.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].contains("sql/buyer.sql:34: `failOnError:false` is not supported"),
+        "{problems:#?}"
+    );
+    // Everything else is read, in the master's order, for lint to report beside the problem.
+    let reading = fleetshift_common::source::Reading::of(&directory, None).expect("readable");
+    assert_eq!(reading.format, SourceFormat::Liquibase);
+    assert_eq!(reading.revisions.len(), 41);
+    let first: Vec<&str> = reading.revisions[..3]
+        .iter()
+        .map(|revision| revision.name.as_str())
+        .collect();
+    assert_eq!(
+        first,
+        [
+            "ivan.vakhrushev:2020.01.01:create.schema",
+            "ivan.vakhrushev:2024.11.01:warehouse.table",
+            "ivan.vakhrushev:2025.06.28:warehouse.created_at.column",
+        ],
+        "schema.sql, then warehouse.sql, as the master lists them"
+    );
+    let concurrent = reading
+        .revisions
+        .iter()
+        .filter(|revision| !revision.transactional)
+        .count();
+    assert!(
+        concurrent >= 3,
+        "runInTransaction:false changesets: {concurrent}"
+    );
+    let lint = std::process::Command::new(binary::fleetshift())
+        .args([
+            "lint",
+            directory.to_str().expect("UTF-8"),
+            "--output",
+            "json",
+            "--fail-on",
+            "never",
+        ])
+        .output()
+        .expect("lint");
+    support::assert_exit(&lint, 2);
+    let report = json(&lint);
+    assert_eq!(report["revisions"], 41, "{report}");
+    assert_eq!(
+        report["problems"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn liquibase_formatted_changelogs_go_up_and_down_and_a_liquibase_history_is_adopted() {
+    let directory = fixtures::liquibase_tests();
+    let set = MigrationSet::load(&directory, None).expect("Liquibase's changelogs load");
+    assert_eq!(set.format, SourceFormat::Liquibase);
+    let names: Vec<&str> = set
+        .revisions
+        .iter()
+        .map(|revision| revision.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "your.name:1",
+            "nvoxland:1",
+            "flautert:3324_1",
+            "flautert:3324_2"
+        ],
+        "files in name order, changesets in file order"
+    );
+    let path = directory.to_str().expect("UTF-8 path");
+
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("liquibase").await;
+    let up = binary::run(&url, &["migrate", "up", "--dir", path]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    assert_eq!(
+        postgres_tables(&admin).await,
+        ["included_sql", "person", "rollback_test"]
+    );
+    // `-- rollback DROP TABLE rollback_test` and `-- rollback empty` revert 4 and 3; the
+    // first file has no rollback, so going further is refused naming it.
+    let down = binary::run(&url, &["migrate", "down", "--to", "2", "--dir", path]);
+    assert!(down.status.success(), "{}", binary::printed(&down));
+    assert_eq!(postgres_tables(&admin).await, ["included_sql", "person"]);
+    let refused = binary::run(&url, &["migrate", "down", "--to", "base", "--dir", path]);
+    support::assert_exit(&refused, 2);
+    assert!(
+        binary::printed(&refused).contains("your.name:1"),
+        "{}",
+        binary::printed(&refused)
+    );
+
+    // A database Liquibase migrated through the first two changesets: its history is adopted
+    // by author:id and nothing is run twice.
+    let Database {
+        cluster: _other,
+        url,
+        admin,
+    } = support::database("from_liquibase").await;
+    sqlx::raw_sql(
+        "CREATE TABLE databasechangelog (id varchar(255) NOT NULL, author varchar(255) NOT NULL,
+             filename varchar(255) NOT NULL, dateexecuted timestamp NOT NULL,
+             orderexecuted int NOT NULL, exectype varchar(10) NOT NULL, md5sum varchar(35));
+         INSERT INTO databasechangelog VALUES
+             ('1', 'your.name', 'changelog/basic.formatted.sql', now(), 1, 'EXECUTED', '9:0'),
+             ('1', 'nvoxland', 'changelog/included.sql', now(), 2, 'EXECUTED', '9:0'),
+             ('3324_1', 'flautert', 'changelog/rollbackable.changelog.sql', now(), 3, 'FAILED', '9:0');
+         CREATE TABLE person (id int primary key, name varchar(50) not null, address1 varchar(50),
+             address2 varchar(50), city varchar(30));
+         CREATE TABLE included_sql (id int not null primary key, name varchar(255));",
+    )
+    .execute(&admin)
+    .await
+    .expect("Liquibase's history");
+    let refused = binary::run(&url, &["migrate", "up", "--dir", path]);
+    support::assert_exit(&refused, 7);
+    assert!(
+        binary::printed(&refused).contains("databasechangelog"),
+        "{}",
+        binary::printed(&refused)
+    );
+    let adopt = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            path,
+            "--reason",
+            "from Liquibase",
+        ],
+    );
+    assert!(adopt.status.success(), "{}", binary::printed(&adopt));
+    let shard = support::postgres(&url).await;
+    assert_eq!(
+        shard.read_ledger().await.expect("ledger").len(),
+        2,
+        "the FAILED row is not adopted"
+    );
+    let up = binary::run(&url, &["migrate", "up", "--dir", path]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    assert_eq!(shard.read_ledger().await.expect("ledger").len(), 4);
+}
