@@ -594,6 +594,21 @@ async fn liquibase_formatted_changelogs_go_up_and_down_and_a_liquibase_history_i
         "files in name order, changesets in file order"
     );
     let path = directory.to_str().expect("UTF-8 path");
+    // A changelog file inside the set is linted as the changesets it holds.
+    let file = directory.join("rollbackable.changelog.sql");
+    let lint = std::process::Command::new(binary::fleetshift())
+        .args([
+            "lint",
+            file.to_str().expect("UTF-8"),
+            "--output",
+            "json",
+            "--fail-on",
+            "never",
+        ])
+        .output()
+        .expect("lint");
+    support::assert_exit(&lint, 0);
+    assert_eq!(json(&lint)["revisions"], 2, "{}", binary::printed(&lint));
 
     let Database {
         cluster: _cluster,
