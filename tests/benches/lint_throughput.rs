@@ -5,7 +5,9 @@
 //! - crates.io's whole history (285 revisions, diesel);
 //! - a generated 1,000-revision sqlx directory: crates.io's scripts in turn (transaction mode
 //!   and down scripts kept), renamed to 20-digit versions (beyond 64 bits, as real Go
-//!   projects write them).
+//!   projects write them);
+//! - Ory Kratos's pop history (703 versions in 3,483 files, a set per engine), for the
+//!   largest real directory in the fixtures (reported, no target).
 //!
 //! `cargo bench -p fleetshift-tests --bench lint_throughput [-- ROUNDS]` (default 20 rounds,
 //! medians). Targets: crates.io loaded and linted in under 1 s; the 1,000 revisions loaded in
@@ -37,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     if thousand.lint > Duration::from_secs(1) {
         bail!("linting {GENERATED} revisions took over 1 s");
     }
+    measure("kratos", &fixtures::kratos(), rounds)?;
     Ok(())
 }
 

@@ -20,12 +20,7 @@ async fn harbors_golang_migrate_history_loads_lints_and_applies_as_it_is() {
     assert!(set.ignored.is_empty(), "{:?}", set.ignored);
     let path = directory.to_str().expect("UTF-8 path");
 
-    let lint = std::process::Command::new(binary::fleetshift())
-        .args(["lint", path, "--output", "json", "--fail-on", "never"])
-        .output()
-        .expect("lint");
-    support::assert_exit(&lint, 0);
-    let report = json(&lint);
+    let report = lint_report(&directory, 0);
     assert_eq!(report["revisions"], 39, "{report}");
     assert_eq!(
         report["problems"].as_array().map(Vec::len),
@@ -95,6 +90,23 @@ async fn harbors_golang_migrate_history_loads_lints_and_applies_as_it_is() {
         "{}",
         binary::printed(&down)
     );
+}
+
+/// `fleetshift lint PATH --output json --fail-on never`: its report, once it exited `code`.
+fn lint_report(path: &std::path::Path, code: i32) -> serde_json::Value {
+    let lint = std::process::Command::new(binary::fleetshift())
+        .args([
+            "lint",
+            path.to_str().expect("UTF-8 path"),
+            "--output",
+            "json",
+            "--fail-on",
+            "never",
+        ])
+        .output()
+        .expect("lint");
+    support::assert_exit(&lint, code);
+    json(&lint)
 }
 
 /// The tables of the public schema, sorted.
@@ -494,19 +506,7 @@ fn supabases_dbmate_history_loads_and_lints_as_it_is() {
         set.revisions.iter().all(|revision| revision.down.is_none()),
         "every down section is empty"
     );
-    let lint = std::process::Command::new(binary::fleetshift())
-        .args([
-            "lint",
-            directory.to_str().expect("UTF-8"),
-            "--output",
-            "json",
-            "--fail-on",
-            "never",
-        ])
-        .output()
-        .expect("lint");
-    support::assert_exit(&lint, 0);
-    let report = json(&lint);
+    let report = lint_report(&directory, 0);
     assert_eq!(report["revisions"], 30, "{report}");
     assert_eq!(
         report["problems"].as_array().map(Vec::len),
@@ -552,19 +552,7 @@ fn pg_index_health_demos_liquibase_changelog_is_read_through_its_master_and_one_
         concurrent >= 3,
         "runInTransaction:false changesets: {concurrent}"
     );
-    let lint = std::process::Command::new(binary::fleetshift())
-        .args([
-            "lint",
-            directory.to_str().expect("UTF-8"),
-            "--output",
-            "json",
-            "--fail-on",
-            "never",
-        ])
-        .output()
-        .expect("lint");
-    support::assert_exit(&lint, 2);
-    let report = json(&lint);
+    let report = lint_report(&directory, 2);
     assert_eq!(report["revisions"], 41, "{report}");
     assert_eq!(
         report["problems"].as_array().map(Vec::len),
@@ -596,19 +584,7 @@ async fn liquibase_formatted_changelogs_go_up_and_down_and_a_liquibase_history_i
     let path = directory.to_str().expect("UTF-8 path");
     // A changelog file inside the set is linted as the changesets it holds.
     let file = directory.join("rollbackable.changelog.sql");
-    let lint = std::process::Command::new(binary::fleetshift())
-        .args([
-            "lint",
-            file.to_str().expect("UTF-8"),
-            "--output",
-            "json",
-            "--fail-on",
-            "never",
-        ])
-        .output()
-        .expect("lint");
-    support::assert_exit(&lint, 0);
-    assert_eq!(json(&lint)["revisions"], 2, "{}", binary::printed(&lint));
+    assert_eq!(lint_report(&file, 0)["revisions"], 2);
 
     let Database {
         cluster: _cluster,

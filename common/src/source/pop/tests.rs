@@ -290,30 +290,23 @@ fn every_pop_mistake_names_its_file_and_what_to_do() {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    assert!(
-        said("1_b.sqlite3.up.sql").contains("the same version is named `b` here and `a`"),
-        "{found:?}"
-    );
-    assert!(
-        said("2_c.sqlite3.up.sql").contains("a second up script for sqlite3"),
-        "{found:?}"
-    );
-    assert!(
-        said("3_d.down.sql").contains("is `.autocommit` but this script is not"),
-        "{found:?}"
-    );
-    assert!(
-        said("4_e.postgres.down.sql").contains("down script without an up script for postgres"),
-        "{found:?}"
-    );
-    assert!(
-        said("5_f.oracle.up.sql").contains("`oracle` is not a dialect pop knows"),
-        "{found:?}"
-    );
-    assert!(
-        said("6_g.up.fizz").contains("fizz is pop's own language, not SQL"),
-        "{found:?}"
-    );
+    let expected = [
+        (
+            "1_b.sqlite3.up.sql",
+            "the same version is named `b` here and `a`",
+        ),
+        ("2_c.sqlite3.up.sql", "a second up script for sqlite3"),
+        ("3_d.down.sql", "is `.autocommit` but this script is not"),
+        (
+            "4_e.postgres.down.sql",
+            "down script without an up script for postgres",
+        ),
+        ("5_f.oracle.up.sql", "`oracle` is not a dialect pop knows"),
+        ("6_g.up.fizz", "fizz is pop's own language, not SQL"),
+    ];
+    for (file, message) in expected {
+        assert!(said(file).contains(message), "{file}: {found:?}");
+    }
     assert_eq!(
         found.len(),
         6,
