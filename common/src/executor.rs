@@ -416,7 +416,10 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .as_ref()
                 .map_or(0, |script| script.statements().len());
             self.revision_started(revision, down_statements);
-            let successor = set.revisions.get(index + 1);
+            // Repeatable scripts are never reverted: the guard looks past them.
+            let successor = set.revisions[index + 1..]
+                .iter()
+                .find(|revision| !revision.is_repeatable());
             let step = async {
                 if revision.transactional {
                     self.apply_in_transaction(revision, successor, Direction::Down, &writer)

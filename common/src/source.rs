@@ -246,7 +246,16 @@ impl Revision {
     }
 
     pub fn label(&self) -> String {
+        if self.is_repeatable() {
+            return self.version.to_string();
+        }
         format!("{}_{}", self.version, self.name)
+    }
+
+    /// A Flyway repeatable script: applied after every versioned revision and again when its
+    /// content changes; never reverted.
+    pub fn is_repeatable(&self) -> bool {
+        self.version.is_repeatable()
     }
 
     /// An up script that is empty or holds only comments: a deliberate revision in real

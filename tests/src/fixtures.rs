@@ -40,15 +40,10 @@ pub fn kratos() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kratos/migrations")
 }
 
-/// Marquez's Flyway history: its 81 versioned scripts (and the README beside them), copied
-/// unchanged with their source and license in `tests/fixtures/marquez/`.
+/// Marquez's Flyway history: 81 versioned scripts, 3 repeatable ones and the README beside
+/// them, copied unchanged with their source and license in `tests/fixtures/marquez/`.
 pub fn marquez() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/marquez/migrations")
-}
-
-/// Marquez's three repeatable (`R__`) Flyway scripts, kept apart from [`marquez`].
-pub fn marquez_repeatable() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/marquez/repeatable")
 }
 
 /// Ente's golang-migrate history with down scripts (124 revisions), copied unchanged with

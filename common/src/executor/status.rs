@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::error::{DriftedRevision, ExecError};
 use crate::ledger::{LedgerEntry, RevisionStatus};
-use crate::source::{MigrationSet, Revision};
+use crate::source::{MigrationSet, Revision, Version};
 
 /// One revision of the set, as the shard sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -14,6 +14,8 @@ pub struct RevisionState {
     pub name: String,
     pub transactional: bool,
     pub reversible: bool,
+    /// A Flyway repeatable script: out of the versioned order, never reverted.
+    pub repeatable: bool,
     /// `None`: never attempted on this shard (pending).
     pub status: Option<RevisionStatus>,
     pub drifted: bool,
@@ -33,6 +35,16 @@ pub struct ShardStatus {
     pub drifted: Vec<DriftedRevision>,
     /// Applied or started on the shard but absent from the set.
     pub unknown: Vec<LedgerEntry>,
+}
+
+/// A ledger entry for an earlier content of a repeatable script the set still has: its
+/// current content is the set's revision, pending or applied.
+fn superseded(set: &MigrationSet, entry: &LedgerEntry) -> bool {
+    Version::repeatable_description(&entry.version).is_some_and(|description| {
+        set.revisions
+            .iter()
+            .any(|revision| revision.is_repeatable() && revision.name == description)
+    })
 }
 
 impl ShardStatus {
@@ -69,6 +81,7 @@ impl ShardStatus {
                     name: revision.name.clone(),
                     transactional: revision.transactional,
                     reversible: revision.down.is_some(),
+                    repeatable: revision.is_repeatable(),
                     status: entry.map(|entry| entry.status),
                     drifted: drift,
                     finished_at: entry.and_then(|entry| entry.finished_at.clone()),
@@ -85,13 +98,13 @@ impl ShardStatus {
                     RevisionStatus::Applied | RevisionStatus::Started
                 )
             })
-            .filter(|entry| set.revision(&entry.version).is_none())
+            .filter(|entry| set.revision(&entry.version).is_none() && !superseded(set, entry))
             .cloned()
             .collect();
         let current_version = revisions
             .iter()
             .rev()
-            .find(|state| state.status == Some(RevisionStatus::Applied))
+            .find(|state| state.status == Some(RevisionStatus::Applied) && !state.repeatable)
             .map(|state| state.version.clone());
         Self {
             shard: shard.to_owned(),
@@ -159,10 +172,12 @@ impl ShardStatus {
     ) -> Result<Vec<usize>, ExecError> {
         self.check_consistent(allow_drift)?;
         let end = self.target_end(set, target)?;
+        // Repeatable scripts run after the versioned ones whenever they change: they never
+        // make a versioned revision out of order.
         let last_applied = self
             .revisions
             .iter()
-            .rposition(|state| state.status == Some(RevisionStatus::Applied));
+            .rposition(|state| state.status == Some(RevisionStatus::Applied) && !state.repeatable);
         let mut steps = Vec::new();
         for (index, state) in self.revisions.iter().enumerate().take(end) {
             if state.status == Some(RevisionStatus::Applied) {
@@ -230,7 +245,7 @@ impl ShardStatus {
             .revisions
             .iter()
             .enumerate()
-            .filter(|(_, state)| state.status == Some(RevisionStatus::Applied))
+            .filter(|(_, state)| state.status == Some(RevisionStatus::Applied) && !state.repeatable)
             .map(|(index, _)| index)
             .collect();
         let steps: Vec<usize> = match target {
@@ -402,5 +417,109 @@ mod tests {
             }
             other => panic!("expected missing downs, got {other:?}"),
         }
+    }
+
+    /// Versions of a Flyway set with two versioned scripts (with undo) and two repeatables.
+    fn flyway(view: &str) -> (tempfile::TempDir, MigrationSet) {
+        set(&[
+            ("V1__a.sql", "CREATE TABLE a (id int);"),
+            ("U1__a.sql", "DROP TABLE a;"),
+            ("V2__b.sql", "CREATE TABLE b (id int);"),
+            ("U2__b.sql", "DROP TABLE b;"),
+            ("R__b_view.sql", view),
+            (
+                "R__a_view.sql",
+                "CREATE OR REPLACE VIEW av AS SELECT * FROM a;",
+            ),
+        ])
+    }
+
+    fn applied(set: &MigrationSet, upto: usize) -> Vec<LedgerEntry> {
+        set.revisions[..upto]
+            .iter()
+            .map(|revision| entry(set, revision.version.as_str(), RevisionStatus::Applied))
+            .collect()
+    }
+
+    #[test]
+    fn repeatable_scripts_run_after_the_versioned_ones_and_again_when_they_change() {
+        let (_directory, set) = flyway("CREATE OR REPLACE VIEW bv AS SELECT * FROM b;");
+        let order: Vec<String> = set.revisions.iter().map(Revision::label).collect();
+        assert_eq!(order[..2], ["1_a", "2_b"]);
+        assert!(
+            order[2].starts_with("R__a_view#") && order[3].starts_with("R__b_view#"),
+            "{order:?}"
+        );
+        let status = ShardStatus::compare("s", &set, &[]);
+        assert_eq!(
+            status.plan_up(&set, None, false).expect("plan"),
+            [0, 1, 2, 3]
+        );
+
+        // Everything applied, then b_view changes: only it is pending, the ledger row of its
+        // earlier content is no unknown history, and the versioned revision stays current.
+        let ledger = applied(&set, 4);
+        let (_changed_directory, changed) =
+            flyway("CREATE OR REPLACE VIEW bv AS SELECT id FROM b;");
+        let status = ShardStatus::compare("s", &changed, &ledger);
+        assert!(status.unknown.is_empty(), "{:?}", status.unknown);
+        assert_eq!(status.plan_up(&changed, None, false).expect("plan"), [3]);
+        assert_eq!(status.current_version.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_new_versioned_revision_is_not_out_of_order_behind_applied_repeatables() {
+        let (_directory, before) = flyway("CREATE OR REPLACE VIEW bv AS SELECT * FROM b;");
+        let ledger = applied(&before, 4);
+        let (_after_directory, after) = set(&[
+            ("V1__a.sql", "CREATE TABLE a (id int);"),
+            ("U1__a.sql", "DROP TABLE a;"),
+            ("V2__b.sql", "CREATE TABLE b (id int);"),
+            ("U2__b.sql", "DROP TABLE b;"),
+            ("V3__c.sql", "CREATE TABLE c (id int);"),
+            ("U3__c.sql", "DROP TABLE c;"),
+            (
+                "R__b_view.sql",
+                "CREATE OR REPLACE VIEW bv AS SELECT * FROM b;",
+            ),
+            (
+                "R__a_view.sql",
+                "CREATE OR REPLACE VIEW av AS SELECT * FROM a;",
+            ),
+        ]);
+        let status = ShardStatus::compare("s", &after, &ledger);
+        assert_eq!(status.plan_up(&after, None, false).expect("plan"), [2]);
+        // Down reverts versioned revisions only, newest first, past the repeatables.
+        let mut ledger = ledger;
+        ledger.push(entry(&after, "3", RevisionStatus::Applied));
+        let status = ShardStatus::compare("s", &after, &ledger);
+        assert_eq!(status.plan_down(&after, None, false).expect("plan"), [2]);
+        assert_eq!(
+            status.plan_down(&after, Some("base"), false).expect("plan"),
+            [2, 1, 0]
+        );
+    }
+
+    #[test]
+    fn a_repeatable_script_the_set_no_longer_has_is_unknown_history() {
+        let (_directory, before) = flyway("CREATE OR REPLACE VIEW bv AS SELECT * FROM b;");
+        let ledger = applied(&before, 4);
+        let (_after_directory, after) = set(&[
+            ("V1__a.sql", "CREATE TABLE a (id int);"),
+            ("V2__b.sql", "CREATE TABLE b (id int);"),
+            (
+                "R__a_view.sql",
+                "CREATE OR REPLACE VIEW av AS SELECT * FROM a;",
+            ),
+        ]);
+        let status = ShardStatus::compare("s", &after, &ledger);
+        let unknown: Vec<&str> = status
+            .unknown
+            .iter()
+            .map(|entry| entry.version.as_str())
+            .collect();
+        assert_eq!(unknown.len(), 1);
+        assert!(unknown[0].starts_with("R__b_view#"), "{unknown:?}");
+        assert!(status.plan_up(&after, None, false).is_err());
     }
 }

@@ -1,5 +1,5 @@
-//! Flyway: `V<version>__<name>.sql`, optional `U<version>__<name>.sql` undo scripts and
-//! `V….sql.conf` files (`executeInTransaction=false`).
+//! Flyway: `V<version>__<name>.sql`, optional `U<version>__<name>.sql` undo scripts,
+//! repeatable `R__<description>.sql` scripts and `….sql.conf` files (`executeInTransaction`).
 
 use std::path::Path;
 
@@ -9,15 +9,17 @@ use super::{Revision, Script, SourceProblem, Version, mode, read};
 pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Revision> {
     let mut undos: Vec<(Version, &Path)> = Vec::new();
     let mut versioned = Vec::new();
+    let mut repeatables = Vec::new();
     for entry in listing.of_kind(|kind| kind == EntryKind::FlywayFile) {
         if entry.file_name.ends_with(".sql.conf") {
             continue;
         }
-        if entry.file_name.starts_with("R__") {
-            problems.push(SourceProblem::new(
-                &entry.path,
-                "repeatable migrations (R__) are not supported: fleetshift applies each revision exactly once; turn it into a versioned V script",
-            ));
+        if let Some(description) = entry
+            .file_name
+            .strip_prefix("R__")
+            .and_then(|rest| rest.strip_suffix(".sql"))
+        {
+            repeatables.extend(repeatable(&entry.path, description, problems));
             continue;
         }
         let Some((prefix, version, name)) = parse_name(&entry.file_name) else {
@@ -59,7 +61,31 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             "undo script without a versioned V script of the same version",
         ));
     }
+    revisions.extend(repeatables);
     revisions
+}
+
+/// A repeatable script (`R__<description>.sql`): run after every versioned revision, and
+/// again whenever its content changes, as Flyway runs it. Its version names its content
+/// (see [`Version::repeatable`]); it has no down script (Flyway has none for it).
+fn repeatable(
+    path: &Path,
+    description: &str,
+    problems: &mut Vec<SourceProblem>,
+) -> Option<Revision> {
+    if description.is_empty() {
+        problems.push(SourceProblem::new(
+            path,
+            "a repeatable script needs a description: `R__<description>.sql`",
+        ));
+        return None;
+    }
+    let sql = read::text(path, problems)?;
+    let up = Script::new(path.to_path_buf(), 1, sql);
+    let transactional =
+        execute_in_transaction(path, problems).unwrap_or_else(|| Some(mode::detected(&up)))?;
+    let version = Version::repeatable(description, &up.checksum());
+    Some(Revision::new(version, description, up, None, transactional))
 }
 
 fn parse_name(file_name: &str) -> Option<(char, Version, String)> {

@@ -503,3 +503,47 @@ fn an_up_down_script_of_concurrent_index_builds_runs_without_a_transaction() {
     )]);
     assert!(load(mixed.path()).revisions[0].transactional);
 }
+
+#[test]
+fn flyway_repeatable_scripts_follow_every_versioned_one_named_by_their_content() {
+    let directory = fixture(&[
+        ("V2__b.sql", "CREATE TABLE b (id int);"),
+        ("V10__c.sql", "CREATE TABLE c (id int);"),
+        ("R__views.sql", "CREATE OR REPLACE VIEW v AS SELECT 1;"),
+        (
+            "R__functions.sql",
+            "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+        ),
+        ("R__.sql", "SELECT 1;"),
+    ]);
+    let found = problems(directory.path(), None);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].message.contains("needs a description"),
+        "{found:?}"
+    );
+    std::fs::remove_file(directory.path().join("R__.sql")).expect("remove");
+    let set = load(directory.path());
+    let labels: Vec<String> = set.revisions.iter().map(Revision::label).collect();
+    assert_eq!(labels[..2], ["2_b", "10_c"]);
+    let checksum = &set.revisions[2].checksum;
+    assert_eq!(labels[2], format!("R__functions#{}", &checksum[..12]));
+    assert!(labels[3].starts_with("R__views#"), "{labels:?}");
+    assert!(
+        set.revisions[2..]
+            .iter()
+            .all(|r| r.is_repeatable() && r.down.is_none())
+    );
+    // Another content is another version: pending again.
+    std::fs::write(
+        directory.path().join("R__views.sql"),
+        "CREATE OR REPLACE VIEW v AS SELECT 2;",
+    )
+    .expect("edit");
+    let changed = load(directory.path());
+    assert_ne!(
+        changed.revisions[3].version.as_str(),
+        set.revisions[3].version.as_str()
+    );
+    assert_ne!(changed.digest, set.digest);
+}

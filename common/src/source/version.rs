@@ -5,6 +5,8 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+const REPEATABLE_PREFIX: &str = "R__";
+
 /// A revision's version as written in its file name, with the key the source tool sorts by.
 #[derive(Debug, Clone)]
 pub struct Version {
@@ -18,6 +20,8 @@ enum OrderKey {
     Parts(Vec<Number>),
     /// Plain text comparison (diesel with dashes removed, dbmate by file name).
     Text(String),
+    /// A Flyway repeatable script, by description: after every versioned revision.
+    Repeatable(String),
 }
 
 impl Version {
@@ -53,6 +57,27 @@ impl Version {
     pub fn digits_as_text(text: &str) -> Option<Self> {
         parse_digits(text)?;
         Some(Self::new(text, OrderKey::Text(text.to_owned())))
+    }
+
+    /// A Flyway repeatable script (`R__<description>.sql`), written `R__<description>#<hash>`:
+    /// each content of the script is its own entry in the ledger, so a changed script is
+    /// pending again. It orders after every versioned revision, repeatables by description.
+    pub fn repeatable(description: &str, checksum: &str) -> Self {
+        let short = checksum.get(..12).unwrap_or(checksum);
+        Self::new(
+            &format!("{REPEATABLE_PREFIX}{description}#{short}"),
+            OrderKey::Repeatable(description.to_owned()),
+        )
+    }
+
+    /// The description of a repeatable's version text (`R__<description>#<hash>`).
+    pub fn repeatable_description(text: &str) -> Option<&str> {
+        let rest = text.strip_prefix(REPEATABLE_PREFIX)?;
+        rest.rsplit_once('#').map(|(description, _)| description)
+    }
+
+    pub fn is_repeatable(&self) -> bool {
+        matches!(self.key, OrderKey::Repeatable(_))
     }
 
     fn new(text: &str, key: OrderKey) -> Self {

@@ -41,7 +41,8 @@ pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {
             hint: Some("nothing to do when it keeps a version's place (a placeholder for another dialect, a numbering step); otherwise write its SQL".to_owned()),
         });
     }
-    if revision.down.is_none() {
+    // A repeatable script is never reverted: it runs again when it changes.
+    if revision.down.is_none() && !revision.is_repeatable() {
         found.push(RawFinding {
             rule: IRREVERSIBLE.to_owned(),
             severity: Severity::Warning,

@@ -327,11 +327,16 @@ async fn kratos_pop_history_is_adopted_from_popx_and_finished_on_sqlite_with_its
 }
 
 #[tokio::test]
-async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_refused_by_name() {
-    let directory = fixtures::marquez();
-    let set = MigrationSet::load(&directory, None).expect("Marquez's versioned scripts load");
+async fn marquez_flyway_history_applies_in_flyway_order_and_reruns_a_changed_repeatable() {
+    // A copy, so a repeatable script can change as it would in the project.
+    let directory = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(fixtures::marquez()).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), directory.path().join(entry.file_name())).expect("copy");
+    }
+    let set = MigrationSet::load(directory.path(), None).expect("Marquez's history loads as it is");
     assert_eq!(set.format, SourceFormat::Flyway);
-    assert_eq!(set.revisions.len(), 81);
+    assert_eq!(set.revisions.len(), 84);
     let order: Vec<&str> = set.revisions[..4]
         .iter()
         .map(|revision| revision.version.as_str())
@@ -340,6 +345,19 @@ async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_
         order,
         ["1", "2", "2.1", "3"],
         "Flyway orders versions part by part"
+    );
+    let repeatables: Vec<String> = set.revisions[81..]
+        .iter()
+        .map(|revision| revision.name.clone())
+        .collect();
+    assert_eq!(
+        repeatables,
+        [
+            "Datasets_view",
+            "Jobs_view_and_rewrite_function",
+            "Runs_view"
+        ],
+        "repeatable scripts last, by description"
     );
     let ignored: Vec<_> = set
         .ignored
@@ -351,7 +369,7 @@ async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_
         ["V57__readme.md"],
         "a README named like a script is no script"
     );
-    let path = directory.to_str().expect("UTF-8 path");
+    let path = directory.path().to_str().expect("UTF-8 path");
 
     let Database {
         cluster: _cluster,
@@ -361,8 +379,7 @@ async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_
     let up = binary::run(&url, &["migrate", "up", "--dir", path]);
     assert!(up.status.success(), "{}", binary::printed(&up));
     let shard = support::postgres(&url).await;
-    let ledger = shard.read_ledger().await.expect("ledger");
-    assert_eq!(ledger.len(), 81);
+    assert_eq!(shard.read_ledger().await.expect("ledger").len(), 84);
     let tables = postgres_tables(&admin).await;
     for table in ["datasets", "jobs", "runs", "lineage_events", "namespaces"] {
         assert!(
@@ -370,31 +387,51 @@ async fn marquez_flyway_history_applies_in_flyway_order_and_its_repeatables_are_
             "{table} missing: {tables:?}"
         );
     }
-    // Flyway has no down scripts without its paid edition: a revert is refused naming them.
+    let views: Vec<String> = sqlx::query_scalar(
+        "SELECT viewname::text FROM pg_views WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("catalog");
+    for view in ["datasets_view", "jobs_view", "runs_view"] {
+        assert!(
+            views.iter().any(|name| name == view),
+            "{view} missing: {views:?}"
+        );
+    }
+
+    // Nothing changed: nothing runs. A repeatable script changes: it alone runs again.
+    let again = binary::run(&url, &["migrate", "up", "--dir", path, "--output", "json"]);
+    assert!(again.status.success(), "{}", binary::printed(&again));
+    assert_eq!(
+        json(&again)["steps"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        binary::printed(&again)
+    );
+    let runs_view = directory.path().join("R__Runs_view.sql");
+    let mut sql = std::fs::read_to_string(&runs_view).expect("read");
+    sql.push_str("\n-- changed by the team\n");
+    std::fs::write(&runs_view, sql).expect("write");
+    let rerun = binary::run(&url, &["migrate", "up", "--dir", path, "--output", "json"]);
+    assert!(rerun.status.success(), "{}", binary::printed(&rerun));
+    let steps = json(&rerun)["steps"].clone();
+    assert_eq!(steps.as_array().map(Vec::len), Some(1), "{steps}");
+    assert_eq!(steps[0]["name"], "Runs_view", "{steps}");
+    assert_eq!(
+        shard.read_ledger().await.expect("ledger").len(),
+        85,
+        "each content recorded"
+    );
+
+    // Flyway has no down scripts without its paid edition: a revert is refused naming the
+    // newest versioned revision (a repeatable script is never reverted).
     let down = binary::run(&url, &["migrate", "down", "--dir", path]);
     support::assert_exit(&down, 2);
-
-    // The whole directory as Marquez keeps it: the repeatable scripts are refused, each
-    // named with what to do, and nothing is applied.
-    let whole = tempfile::tempdir().expect("tempdir");
-    for folder in [fixtures::marquez(), fixtures::marquez_repeatable()] {
-        for entry in std::fs::read_dir(folder).expect("list") {
-            let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), whole.path().join(entry.file_name())).expect("copy");
-        }
-    }
-    let error = MigrationSet::load(whole.path(), None).expect_err("repeatables are refused");
-    let refused: Vec<String> = error
-        .problems
-        .iter()
-        .map(|problem| problem.to_string())
-        .collect();
-    assert_eq!(refused.len(), 3, "{refused:#?}");
     assert!(
-        refused.iter().all(|problem| problem.contains("R__")
-            && problem.contains("repeatable migrations (R__) are not supported")
-            && problem.contains("turn it into a versioned V script")),
-        "{refused:#?}"
+        binary::printed(&down).contains("74_alter_jobs_to_add_current_run_uuid"),
+        "{}",
+        binary::printed(&down)
     );
 }
 

@@ -222,3 +222,47 @@ async fn up_scripts_without_statements_are_applied_as_recorded_no_ops() {
     let shard = support::sqlite(&path).await;
     assert_all_recorded(shard.read_ledger().await.expect("ledger"));
 }
+
+/// Flyway's repeatable scripts never stand in the way of reverting versioned revisions: the
+/// down guard looks past them (on SQLite, through the CLI).
+#[tokio::test]
+async fn versioned_revisions_revert_past_applied_repeatable_scripts() {
+    let directory = fixtures::migrations(&[
+        ("V1__a.sql", "CREATE TABLE a (id integer);"),
+        ("U1__a.sql", "DROP TABLE a;"),
+        ("V2__b.sql", "CREATE TABLE b (id integer);"),
+        ("U2__b.sql", "DROP TABLE b;"),
+        (
+            "R__views.sql",
+            "DROP VIEW IF EXISTS v;\nCREATE VIEW v AS SELECT 1 AS one;",
+        ),
+    ]);
+    let home = tempfile::tempdir().expect("tempdir");
+    let database = home.path().join("shard.db");
+    let url = format!("sqlite:{}", database.display());
+    let up = binary::run(&url, &["migrate", "up", "--dir", dir(&directory)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let down = binary::run(
+        &url,
+        &[
+            "migrate",
+            "down",
+            "--dir",
+            dir(&directory),
+            "--output",
+            "json",
+        ],
+    );
+    assert!(down.status.success(), "{}", binary::printed(&down));
+    let steps = json(&down)["steps"].clone();
+    assert_eq!(steps.as_array().map(Vec::len), Some(1), "{steps}");
+    assert_eq!(steps[0]["version"], "2", "{steps}");
+    let shard = support::sqlite(&database).await;
+    let ledger = shard.read_ledger().await.expect("ledger");
+    let reverted: Vec<&str> = ledger
+        .iter()
+        .filter(|entry| entry.status == fleetshift_common::ledger::RevisionStatus::Reverted)
+        .map(|entry| entry.version.as_str())
+        .collect();
+    assert_eq!(reverted, ["2"]);
+}
