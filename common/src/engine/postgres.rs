@@ -114,14 +114,22 @@ impl PostgresShard {
             .map_err(self.database_error("checking for the ledger"))
     }
 
+    /// Whether the index `name` on `table` (as the statement writes it) is valid, with its
+    /// schema: the index lives in its table's schema, which need not be on the search path.
     async fn index_validity(
         connection: &mut PgConnection,
-        index_name: &str,
-    ) -> Result<Option<bool>, StatementError> {
-        sqlx::query_scalar(
-            "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(quote_ident($1))",
+        name: &str,
+        table: &str,
+    ) -> Result<Option<(bool, String)>, StatementError> {
+        sqlx::query_as(
+            "SELECT i.indisvalid, n.nspname::text
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relname = $1 AND i.indrelid = to_regclass($2)",
         )
-        .bind(index_name)
+        .bind(name)
+        .bind(table)
         .fetch_optional(connection)
         .await
         .map_err(|error| statement_error(None, &error))
@@ -232,20 +240,20 @@ impl ShardEngine for PostgresShard {
             .await
             .map_err(|error| statement_error(None, &error))?;
         let _working = self.working.enter(pid);
-        let index_name = statement.index_build().and_then(|build| {
-            let name = build.index_name?;
-            Some((name, build.if_not_exists))
-        });
+        let build = statement
+            .index_build()
+            .and_then(|build| Some((build.index_name?, build.table, build.if_not_exists)));
         let mut outcome = AutocommitOutcome::Ran;
-        if let Some((name, if_not_exists)) = &index_name {
-            match Self::index_validity(&mut connection, name).await? {
-                Some(true) if resuming || *if_not_exists => {
+        if let Some((name, table, if_not_exists)) = &build {
+            match Self::index_validity(&mut connection, name, table).await? {
+                Some((true, _)) if resuming || *if_not_exists => {
                     return Ok(AutocommitOutcome::IndexAlreadyValid);
                 }
-                Some(false) => {
+                Some((false, schema)) => {
                     tracing::warn!(shard = %self.name, index = %name, "dropping invalid index left by an earlier attempt");
                     sqlx::raw_sql(AssertSqlSafe(format!(
-                        "DROP INDEX CONCURRENTLY {}",
+                        "DROP INDEX CONCURRENTLY {}.{}",
+                        quote_identifier(&schema),
                         quote_identifier(name)
                     )))
                     .execute(&mut *connection)
@@ -260,8 +268,11 @@ impl ShardEngine for PostgresShard {
             .execute(&mut *connection)
             .await
             .map_err(|error| statement_error(None, &error))?;
-        if let Some((name, _)) = &index_name
-            && Self::index_validity(&mut connection, name).await? != Some(true)
+        if let Some((name, table, _)) = &build
+            && !matches!(
+                Self::index_validity(&mut connection, name, table).await?,
+                Some((true, _))
+            )
         {
             return Err(StatementError {
                 index: None,

@@ -10,11 +10,14 @@ pub struct IndexBuild {
     /// `None` when the statement lets the server choose a name.
     pub index_name: Option<String>,
     pub if_not_exists: bool,
+    /// The table as written (`demo.buyer`, `"Orders"`): the index is created in its schema,
+    /// which need not be on the search path.
+    pub table: String,
 }
 
 impl IndexBuild {
     pub(super) fn parse(sql: &str) -> Option<Self> {
-        let upper_words: Vec<String> = words(sql).take(9).collect();
+        let upper_words: Vec<String> = words(sql).take(16).collect();
         let mut position = 0;
         let expect = |word: &str, position: &mut usize| {
             let found = upper_words.get(*position).is_some_and(|w| w == word);
@@ -38,23 +41,56 @@ impl IndexBuild {
             None
         } else {
             let (start, end) = word_spans(sql).nth(position)?;
+            position += 1;
             Some(identifier_as_stored(&sql[start..end]))
         };
+        if !expect("ON", &mut position) {
+            return None;
+        }
+        expect("ONLY", &mut position);
+        let table = qualified_name(sql, position)?;
         Some(Self {
             index_name,
             if_not_exists,
+            table,
         })
     }
 }
 
+/// The possibly schema-qualified name starting at token `position`, as written.
+fn qualified_name(sql: &str, position: usize) -> Option<String> {
+    let mut tokens = word_spans(sql)
+        .skip(position)
+        .map(|(start, end)| &sql[start..end]);
+    let mut name = tokens.next()?.to_owned();
+    while let Some(".") = tokens.next() {
+        name.push('.');
+        name.push_str(tokens.next()?);
+    }
+    Some(name)
+}
+
+/// PostgreSQL keeps at most this many bytes of an identifier (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// The identifier as the catalog stores it: unquoted ones folded to lower case, and any
+/// longer than 63 bytes cut there on a character boundary, as PostgreSQL cuts them.
 fn identifier_as_stored(raw: &str) -> String {
-    match raw
+    let mut stored = match raw
         .strip_prefix('"')
         .and_then(|rest| rest.strip_suffix('"'))
     {
         Some(quoted) => quoted.replace("\"\"", "\""),
         None => raw.to_ascii_lowercase(),
+    };
+    if stored.len() > MAX_IDENTIFIER_BYTES {
+        let mut end = MAX_IDENTIFIER_BYTES;
+        while !stored.is_char_boundary(end) {
+            end -= 1;
+        }
+        stored.truncate(end);
     }
+    stored
 }
 
 #[cfg(test)]
@@ -70,7 +106,8 @@ mod tests {
             build,
             Some(IndexBuild {
                 index_name: Some("index_users_canon".to_owned()),
-                if_not_exists: true
+                if_not_exists: true,
+                table: "users".to_owned(),
             })
         );
         let quoted = IndexBuild::parse("create unique index concurrently \"MixedCase\" on t (c)");
@@ -80,6 +117,24 @@ mod tests {
         );
         let unnamed = IndexBuild::parse("CREATE INDEX CONCURRENTLY ON t (c)");
         assert_eq!(unnamed.map(|b| b.index_name), Some(None));
+        let qualified = IndexBuild::parse(
+            "create index concurrently if not exists i_buyer_id_phone on demo.buyer (id, phone)",
+        );
+        assert_eq!(qualified.map(|b| b.table), Some("demo.buyer".to_owned()));
+        let long = IndexBuild::parse(
+            "CREATE UNIQUE INDEX CONCURRENTLY idx_courier_phone_and_email_should_be_unique_very_long_name_that_will_be_truncated ON demo.courier (phone, email)",
+        );
+        assert_eq!(
+            long.and_then(|b| b.index_name),
+            Some("idx_courier_phone_and_email_should_be_unique_very_long_name_tha".to_owned()),
+            "cut at 63 bytes, as PostgreSQL stores it"
+        );
+        let only =
+            IndexBuild::parse("CREATE INDEX CONCURRENTLY i ON ONLY \"Sales\".\"Orders\" (c)");
+        assert_eq!(
+            only.map(|b| b.table),
+            Some("\"Sales\".\"Orders\"".to_owned())
+        );
     }
 
     #[test]
