@@ -21,6 +21,7 @@ mod report;
 mod resolve;
 mod retry;
 mod status;
+mod tolerated;
 mod transactional;
 
 use std::time::Duration;
@@ -574,5 +575,6 @@ fn step_report(
         statements_run,
         duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         lock_retries,
+        tolerated_failure: None,
     }
 }

@@ -202,6 +202,9 @@ pub struct Revision {
     pub transactional: bool,
     /// SHA-256 of the up script, hex.
     pub checksum: String,
+    /// A failure of the up script is recorded and the run goes on (Liquibase
+    /// `failOnError:false`); only statement failures, never faults or stops.
+    pub failure_tolerated: bool,
 }
 
 /// Marks a statement-less down script as a deliberate no-op revert.
@@ -226,6 +229,7 @@ impl Revision {
             down: None,
             transactional,
             checksum,
+            failure_tolerated: false,
         };
         if transactional {
             revision.up.fold_transaction_blocks();
@@ -518,9 +522,15 @@ fn digest(revisions: &[Revision]) -> String {
             .down
             .as_ref()
             .map_or_else(|| "-".to_owned(), Script::checksum);
+        // Marked only where set, so the digests of every other set stay as they were.
+        let tolerated = if revision.failure_tolerated {
+            "\0failure-tolerated"
+        } else {
+            ""
+        };
         hasher.update(
             format!(
-                "{}\0{}\0{}\0{}\0{}\n",
+                "{}\0{}\0{}\0{}\0{}{tolerated}\n",
                 revision.version, revision.name, revision.transactional, revision.checksum, down
             )
             .as_bytes(),

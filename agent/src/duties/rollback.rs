@@ -90,6 +90,7 @@ mod tests {
                 statements_run: 1,
                 duration_ms,
                 lock_retries: 0,
+                tolerated_failure: None,
             }],
             current_version: Some("2".to_owned()),
         }

@@ -68,6 +68,13 @@ impl<E: ShardEngine> Executor<'_, E> {
                 .await
             {
                 Ok(retries) => lock_retries += retries,
+                Err(ExecError::StatementFailed(failure)) if revision.failure_tolerated => {
+                    let tolerated = format!("{}: {}", failure.location, failure.message);
+                    let guard = Guard::default().require(version, Expect::Started);
+                    return self
+                        .tolerate(revision, tolerated, &guard, index, started, writer)
+                        .await;
+                }
                 Err(error) => {
                     return Err(self
                         .leave_started(revision, statements, index, error, writer)

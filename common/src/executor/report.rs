@@ -23,6 +23,10 @@ pub struct StepReport {
     pub duration_ms: u64,
     /// Attempts beyond the first, after lock conflicts.
     pub lock_retries: usize,
+    /// The failure a revision that tolerates one (Liquibase `failOnError:false`) met: it is
+    /// recorded as applied with this error, and the run goes on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerated_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -112,6 +112,19 @@ impl<E: ShardEngine> Executor<'_, E> {
                     "the end of revision {label} (its transaction was rolled back: nothing of it is applied)"
                 )));
             }
+            Err(TxError::Statement(failure))
+                if direction == Direction::Up
+                    && revision.failure_tolerated
+                    && !failure.is_lock_conflict()
+                    && !failure.connection_lost =>
+            {
+                let location = locate(script, statements, &failure);
+                let failure = format!("{location}: {}", failure.message);
+                // The transaction was rolled back: none of the revision's statements count.
+                return self
+                    .tolerate(revision, failure, &guard, 0, started, writer)
+                    .await;
+            }
             Err(error) => {
                 return Err(self
                     .fail_transactional(revision, script, statements, direction, error, writer)

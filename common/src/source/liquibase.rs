@@ -103,7 +103,9 @@ fn revision(position: usize, changeset: &Changeset, engine: Engine) -> Option<Re
         )),
         Rollback::Sql(script) => Some(script.clone()),
     };
-    Some(revision.with_down(down))
+    let mut revision = revision.with_down(down);
+    revision.failure_tolerated = changeset.failure_tolerated;
+    Some(revision)
 }
 
 #[cfg(test)]

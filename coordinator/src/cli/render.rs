@@ -127,6 +127,9 @@ pub fn report(output: Output, report: &RunReport) {
             step.statements_run,
             step.duration_ms
         );
+        if let Some(failure) = &step.tolerated_failure {
+            println!("             failed, and recorded as applied (failOnError:false): {failure}");
+        }
     }
     if report.steps.is_empty() {
         println!("nothing to do");

@@ -202,6 +202,7 @@ mod tests {
             }),
             transactional,
             checksum: String::new(),
+            failure_tolerated: false,
         }
     }
 

@@ -377,6 +377,7 @@ mod tests {
             }),
             transactional: true,
             checksum: String::new(),
+            failure_tolerated: false,
         }
     }
 

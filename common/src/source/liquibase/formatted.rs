@@ -5,7 +5,8 @@
 //! What fleetshift cannot honour is refused by name, never skipped: preconditions, changelog
 //! properties, includes inside SQL, contexts and labels (chosen at run time, where fleetshift
 //! runs every revision), `runAlways`/`runOnChange` (fleetshift applies a revision once),
-//! `failOnError:false`, and statement delimiters other than `;`.
+//! and statement delimiters other than `;`. `failOnError:false` is honoured: a failure of
+//! the changeset is recorded with it, and the run goes on.
 
 use std::path::{Path, PathBuf};
 
@@ -109,6 +110,8 @@ pub struct Changeset {
     pub dbms: Dbms,
     /// `ignore:true`: Liquibase neither runs nor records it.
     pub ignored: bool,
+    /// `failOnError:false`: a failure is recorded and the run goes on.
+    pub failure_tolerated: bool,
 }
 
 impl Changeset {
@@ -343,6 +346,7 @@ fn parse_header(
         transactional: true,
         dbms: Dbms::EVERY,
         ignored: false,
+        failure_tolerated: false,
     };
     let Some((author, id, attributes)) = identity(header) else {
         problems.push(SourceProblem::at_line(
@@ -377,10 +381,7 @@ fn parse_header(
             "enddelimiter" | "rollbackenddelimiter" => problems.push(problem(format!(
                 "`{key}:{value}` is not supported: fleetshift ends statements at `;` (outside quotes, dollar quotes and comments); use `;`"
             ))),
-            "failonerror" if flag(value) => {}
-            "failonerror" => problems.push(problem(
-                "`failOnError:false` is not supported: a fleetshift revision either applies or stops the run; make the changeset succeed (e.g. `IF NOT EXISTS`) or remove it".to_owned(),
-            )),
+            "failonerror" => changeset.failure_tolerated = value.eq_ignore_ascii_case("false"),
             "runalways" | "runonchange" if !flag(value) => {}
             "runalways" | "runonchange" => problems.push(problem(format!(
                 "`{key}:{value}` is not supported: fleetshift applies each revision exactly once; put repeatable work in a new changeset"

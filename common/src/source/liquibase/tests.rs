@@ -232,7 +232,7 @@ CREATE TABLE early (id int);
 SELECT 1;
 --changeset a:2 context:dev labels:demo
 SELECT 2;
---changeset a:3 runAlways:true failOnError:false endDelimiter:/
+--changeset a:3 runAlways:true endDelimiter:/
 SELECT 3;
 --changeset nobody
 SELECT 4;
@@ -252,7 +252,6 @@ SELECT 7;
         "changelog.sql:7: `context:dev` is not supported",
         "changelog.sql:7: `labels:demo` is not supported",
         "changelog.sql:9: `runAlways:true` is not supported",
-        "changelog.sql:9: `failOnError:false` is not supported",
         "changelog.sql:9: `endDelimiter:/` is not supported",
         "changelog.sql:11: `--changeset nobody` does not name the changeset",
         "changelog.sql:13: changeset a:1 is already defined on line 3",
