@@ -77,3 +77,9 @@ pub fn pg_index_health_demo() -> PathBuf {
 pub fn liquibase_tests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/liquibase-tests/changelog")
 }
+
+/// Fluidity's dbmate history for PostgreSQL (31 revisions), copied unchanged with its source
+/// and license in `tests/fixtures/fluidity/`.
+pub fn fluidity() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fluidity/migrations")
+}

@@ -1,7 +1,7 @@
 //! dbmate: one `<version>_<name>.sql` per revision with `-- migrate:up` and `-- migrate:down`
 //! sections; `transaction:false` on a marker line turns the transaction off.
 
-use super::layout::{EntryKind, Listing, version_and_name};
+use super::layout::{EntryKind, Listing};
 use super::{Revision, Script, SourceProblem, Version, read};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,32 @@ struct Section {
     transactional: bool,
 }
 
+/// dbmate's reading of a file name: the leading digits are the version, and what follows
+/// (after a `_` or `-`) describes it; a bare version is its own description.
+fn version_and_description(stem: &str) -> Option<(&str, &str)> {
+    let digits = stem
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(stem.len());
+    let (version, rest) = stem.split_at(digits);
+    if version.is_empty() {
+        return None;
+    }
+    let description = rest.trim_start_matches(['_', '-']);
+    Some((
+        version,
+        if description.is_empty() {
+            version
+        } else {
+            description
+        },
+    ))
+}
+
 pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Revision> {
     let mut revisions = Vec::new();
     for entry in listing.of_kind(|kind| matches!(kind, EntryKind::SingleScript { .. })) {
         let stem = entry.file_name.trim_end_matches(".sql");
-        let Some((version_text, name)) = version_and_name(stem) else {
+        let Some((version_text, name)) = version_and_description(stem) else {
             continue;
         };
         let Some(version) = Version::digits_as_text(version_text) else {

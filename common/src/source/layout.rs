@@ -253,6 +253,13 @@ fn classify_script(path: &Path, file_name: &str) -> EntryKind {
         Some((version, _)) if Version::integer(version).is_some() => EntryKind::SingleScript {
             has_dbmate_sections: has_dbmate_sections(path),
         },
+        // dbmate takes a file's leading digits as its version, whatever follows them
+        // (`20220807151154-faucet_users.sql`).
+        _ if stem.starts_with(|c: char| c.is_ascii_digit()) && has_dbmate_sections(path) => {
+            EntryKind::SingleScript {
+                has_dbmate_sections: true,
+            }
+        }
         _ => EntryKind::Other,
     }
 }

@@ -547,3 +547,33 @@ fn flyway_repeatable_scripts_follow_every_versioned_one_named_by_their_content()
     );
     assert_ne!(changed.digest, set.digest);
 }
+
+#[test]
+fn dbmate_takes_the_leading_digits_as_the_version_whatever_follows() {
+    let directory = fixture(&[
+        (
+            "20220807151154-faucet_users.sql",
+            "-- migrate:up\nSELECT 1;\n-- migrate:down\nSELECT 2;\n",
+        ),
+        (
+            "20220813151154_solana_init-users.sql",
+            "-- migrate:up\nSELECT 3;\n",
+        ),
+        ("20220901000000.sql", "-- migrate:up\nSELECT 4;\n"),
+    ]);
+    let set = load(directory.path());
+    assert_eq!(set.format, SourceFormat::Dbmate);
+    let named: Vec<(&str, &str)> = set
+        .revisions
+        .iter()
+        .map(|r| (r.version.as_str(), r.name.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("20220807151154", "faucet_users"),
+            ("20220813151154", "solana_init-users"),
+            ("20220901000000", "20220901000000"),
+        ]
+    );
+}
