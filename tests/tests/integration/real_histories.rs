@@ -109,6 +109,30 @@ fn lint_report(path: &std::path::Path, code: i32) -> serde_json::Value {
     json(&lint)
 }
 
+/// `up` refuses a database another tool migrated, naming that tool's `table`; `adopt` then
+/// imports its history.
+fn adopt_after_refusal(url: &str, path: &str, table: &str) {
+    let refused = binary::run(url, &["migrate", "up", "--dir", path]);
+    support::assert_exit(&refused, 7);
+    assert!(
+        binary::printed(&refused).contains(table),
+        "{}",
+        binary::printed(&refused)
+    );
+    let adopt = binary::run(
+        url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            path,
+            "--reason",
+            "switching tools",
+        ],
+    );
+    assert!(adopt.status.success(), "{}", binary::printed(&adopt));
+}
+
 /// The tables of the public schema, sorted.
 async fn postgres_tables(admin: &sqlx::PgPool) -> Vec<String> {
     sqlx::query_scalar(
@@ -254,25 +278,7 @@ async fn kratos_pop_history_is_adopted_from_popx_and_finished_on_sqlite_with_its
     popx.close().await.expect("close");
     assert!(skipped > 0, "Kratos has versions for other dialects only");
 
-    let refused = binary::run(&url, &["migrate", "up", "--dir", path]);
-    support::assert_exit(&refused, 7);
-    assert!(
-        binary::printed(&refused).contains("schema_migration"),
-        "{}",
-        binary::printed(&refused)
-    );
-    let adopt = binary::run(
-        &url,
-        &[
-            "migrate",
-            "adopt",
-            "--dir",
-            path,
-            "--reason",
-            "moving from popx",
-        ],
-    );
-    assert!(adopt.status.success(), "{}", binary::printed(&adopt));
+    adopt_after_refusal(&url, path, "schema_migration");
     // The 120 adopted revisions created tables already: running one again would fail.
     let up = binary::run(&url, &["migrate", "up", "--dir", path]);
     assert!(up.status.success(), "{}", binary::printed(&up));
@@ -715,25 +721,7 @@ async fn liquibase_formatted_changelogs_go_up_and_down_and_a_liquibase_history_i
     .execute(&admin)
     .await
     .expect("Liquibase's history");
-    let refused = binary::run(&url, &["migrate", "up", "--dir", path]);
-    support::assert_exit(&refused, 7);
-    assert!(
-        binary::printed(&refused).contains("databasechangelog"),
-        "{}",
-        binary::printed(&refused)
-    );
-    let adopt = binary::run(
-        &url,
-        &[
-            "migrate",
-            "adopt",
-            "--dir",
-            path,
-            "--reason",
-            "from Liquibase",
-        ],
-    );
-    assert!(adopt.status.success(), "{}", binary::printed(&adopt));
+    adopt_after_refusal(&url, path, "databasechangelog");
     let shard = support::postgres(&url).await;
     assert_eq!(
         shard.read_ledger().await.expect("ledger").len(),
