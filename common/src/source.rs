@@ -1,8 +1,9 @@
 //! Migration sources: the histories users already keep, read from a directory.
 //!
 //! Formats are detected from file names (or named explicitly): sqlx / golang-migrate,
-//! diesel, Flyway, dbmate and pop. Loading validates the whole set before anything touches a
-//! database and reports every problem it finds in one [`SourceError`].
+//! diesel, Flyway, dbmate, pop and Liquibase formatted SQL. Loading validates the whole set
+//! before anything touches a database and reports every problem it finds in one
+//! [`SourceError`].
 
 mod dbmate;
 mod diesel;
