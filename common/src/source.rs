@@ -283,7 +283,8 @@ pub struct MigrationSet {
     /// SHA-256 over every revision's version, name, mode and up/down scripts, hex; for a set
     /// whose engines run different files, over each engine's revisions and file names.
     pub digest: String,
-    /// The set as each other engine runs it, where that differs (pop dialect files).
+    /// The set as each other engine runs it, where that differs (pop dialect files,
+    /// Liquibase `dbms:` changesets).
     variants: BTreeMap<Engine, MigrationSet>,
 }
 
@@ -296,7 +297,8 @@ pub struct Reading {
     pub format: SourceFormat,
     /// As PostgreSQL runs them.
     pub revisions: Vec<Revision>,
-    /// As each other engine runs them, where that differs (pop dialect files).
+    /// As each other engine runs them, where that differs (pop dialect files, Liquibase
+    /// `dbms:` changesets).
     pub variants: BTreeMap<Engine, Vec<Revision>>,
     pub problems: Vec<SourceProblem>,
     /// Files in the directory that belong to no revision.
@@ -336,9 +338,7 @@ impl Reading {
             revisions.sort_by(|left, right| left.version.cmp(&right.version));
             duplicates(revisions, &mut problems);
         }
-        // A file every engine reads is reported once.
-        problems.sort_by(|left, right| left.path.cmp(&right.path).then(left.line.cmp(&right.line)));
-        problems.dedup();
+        tidy(&mut problems);
         Ok(Self {
             format,
             ignored,
@@ -347,6 +347,12 @@ impl Reading {
             problems,
         })
     }
+}
+
+/// Problems in file and line order, each once (a file every engine reads is reported once).
+fn tidy(problems: &mut Vec<SourceProblem>) {
+    problems.sort_by(|left, right| left.path.cmp(&right.path).then(left.line.cmp(&right.line)));
+    problems.dedup();
 }
 
 /// PostgreSQL's revisions; the other engines' go to `variants`.
@@ -379,9 +385,7 @@ impl MigrationSet {
             problems.extend(transaction_control(revisions));
         }
         if !problems.is_empty() {
-            problems
-                .sort_by(|left, right| left.path.cmp(&right.path).then(left.line.cmp(&right.line)));
-            problems.dedup();
+            tidy(&mut problems);
             return Err(SourceError {
                 directory: directory.to_path_buf(),
                 problems,
@@ -415,7 +419,8 @@ impl MigrationSet {
         })
     }
 
-    /// The set as `engine` runs it: the same set unless its files differ by engine (pop).
+    /// The set as `engine` runs it: the same set unless what runs differs by engine (pop,
+    /// Liquibase `dbms:`).
     /// Every engine's set has the same versions and the same digest.
     pub fn for_engine(&self, engine: Engine) -> &MigrationSet {
         self.variants.get(&engine).unwrap_or(self)

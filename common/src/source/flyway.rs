@@ -48,9 +48,7 @@ pub fn revisions(listing: &Listing, problems: &mut Vec<SourceProblem>) -> Vec<Re
             read::text(path, problems).map(|sql| Script::new(path.to_path_buf(), 1, sql))
         });
         let up = Script::new(entry.path.clone(), 1, up_sql);
-        let Some(transactional) = execute_in_transaction(&entry.path, problems)
-            .unwrap_or_else(|| Some(mode::detected(&up)))
-        else {
+        let Some(transactional) = transaction_mode(&up, problems) else {
             continue;
         };
         revisions.push(Revision::new(version, &name, up, down, transactional));
@@ -82,8 +80,7 @@ fn repeatable(
     }
     let sql = read::text(path, problems)?;
     let up = Script::new(path.to_path_buf(), 1, sql);
-    let transactional =
-        execute_in_transaction(path, problems).unwrap_or_else(|| Some(mode::detected(&up)))?;
+    let transactional = transaction_mode(&up, problems)?;
     let version = Version::repeatable(description, &up.checksum());
     Some(Revision::new(version, description, up, None, transactional))
 }
@@ -94,6 +91,12 @@ fn parse_name(file_name: &str) -> Option<(char, Version, String)> {
     let (version_text, name) = stem[1..].split_once("__")?;
     let version = Version::flyway(version_text)?;
     (!name.is_empty()).then(|| (prefix, version, name.to_owned()))
+}
+
+/// Whether the script runs in a transaction: as its `.sql.conf` says, else as Flyway decides
+/// from its statements; `None` (a problem reported) when the `.sql.conf` is invalid.
+fn transaction_mode(up: &Script, problems: &mut Vec<SourceProblem>) -> Option<bool> {
+    execute_in_transaction(&up.path, problems).unwrap_or_else(|| Some(mode::detected(up)))
 }
 
 /// `executeInTransaction` from the script's `.sql.conf`: `None` when there is none, or

@@ -150,7 +150,8 @@ fn no_ops(set: &MigrationSet) -> impl Iterator<Item = &Revision> {
     set.revisions.iter().filter(|revision| revision.is_no_op())
 }
 
-/// For a set whose engines run different files (pop): the files each engine runs, revision
+/// For a set whose engines run different files (pop, Liquibase `dbms:`): the files each
+/// engine runs, revision
 /// by revision.
 fn engine_files(set: &MigrationSet) -> serde_json::Map<String, serde_json::Value> {
     set.engine_variants()
