@@ -1,6 +1,7 @@
-//! Switching tools: the history sqlx, golang-migrate or diesel kept is imported, and
-//! nothing is re-run.
+//! Switching tools: the history sqlx, golang-migrate, diesel, Flyway, dbmate, pop or
+//! Liquibase kept is imported, and nothing is re-run.
 
+use fleetshift_common::engine::ShardEngine;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::AssertSqlSafe;
@@ -330,4 +331,97 @@ async fn flyway_history_with_an_undo_and_dbmate_history_are_adopted() {
     );
     support::assert_exit(&up, 0);
     assert_eq!(support::json(&up)["steps"][0]["version"], "20200102000000");
+}
+
+/// popx's `schema_migration` on PostgreSQL (Kratos's test adopts it on SQLite) and Liquibase's
+/// `databasechangelog` on SQLite (the Liquibase test adopts it on PostgreSQL): each is read
+/// where the other test does not, and nothing is run twice.
+#[tokio::test]
+async fn pop_history_on_postgres_and_liquibase_history_on_sqlite_are_adopted() {
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("from_popx").await;
+    let pop = fixtures::migrations(&[
+        (
+            "20240101000000000000_users.postgres.up.sql",
+            "CREATE TABLE users (id integer);",
+        ),
+        (
+            "20240101000000000000_users.sqlite3.up.sql",
+            "CREATE TABLE users (id integer);",
+        ),
+        (
+            "20240102000000000000_orders.up.sql",
+            "CREATE TABLE orders (id integer);",
+        ),
+    ]);
+    sqlx::raw_sql(
+        "CREATE TABLE users (id integer);
+         CREATE TABLE schema_migration (version varchar(48) NOT NULL, version_self int NOT NULL DEFAULT 0);
+         INSERT INTO schema_migration (version) VALUES ('20240101000000000000');",
+    )
+    .execute(&admin)
+    .await
+    .expect("popx's state");
+    let adopt = binary::run(
+        &url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&pop),
+            "--reason",
+            "from popx",
+        ],
+    );
+    assert!(adopt.status.success(), "{}", binary::printed(&adopt));
+    // users exists already: running it again would fail.
+    let up = binary::run(&url, &["migrate", "up", "--dir", dir(&pop)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let shard = support::postgres(&url).await;
+    assert_eq!(shard.read_ledger().await.expect("ledger").len(), 2);
+
+    let liquibase = fixtures::migrations(&[(
+        "changelog.sql",
+        "--liquibase formatted sql\n--changeset a:users\nCREATE TABLE users (id integer);\n--changeset a:orders\nCREATE TABLE orders (id integer);\n",
+    )]);
+    let home = tempfile::tempdir().expect("tempdir");
+    let database = home.path().join("shard.db");
+    let sqlite_url = format!("sqlite:{}", database.display());
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&database)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("SQLite");
+    sqlx::raw_sql(
+        "CREATE TABLE users (id integer);
+         CREATE TABLE databasechangelog (id varchar(255) NOT NULL, author varchar(255) NOT NULL,
+             filename varchar(255) NOT NULL, dateexecuted timestamp NOT NULL,
+             orderexecuted int NOT NULL, exectype varchar(10) NOT NULL, md5sum varchar(35));
+         INSERT INTO databasechangelog VALUES
+             ('users', 'a', 'db/changelog.sql', '2024-01-01', 1, 'EXECUTED', '9:0');",
+    )
+    .execute(&pool)
+    .await
+    .expect("Liquibase's state");
+    pool.close().await;
+    let adopt = binary::run(
+        &sqlite_url,
+        &[
+            "migrate",
+            "adopt",
+            "--dir",
+            dir(&liquibase),
+            "--reason",
+            "from Liquibase",
+        ],
+    );
+    assert!(adopt.status.success(), "{}", binary::printed(&adopt));
+    let up = binary::run(&sqlite_url, &["migrate", "up", "--dir", dir(&liquibase)]);
+    assert!(up.status.success(), "{}", binary::printed(&up));
+    let shard = support::sqlite(&database).await;
+    assert_eq!(shard.read_ledger().await.expect("ledger").len(), 2);
 }
