@@ -5,6 +5,7 @@
 //! plan's rollback triggers fires, the same executor reverts the shard to its version before
 //! the plan and the baselines are timed again.
 
+use fleetshift_common::fence::FenceToken;
 use std::time::{Duration, Instant};
 
 use std::future::Future;
@@ -292,7 +293,7 @@ async fn run(
     let identity = Identity {
         agent_id: config.agent_id.clone(),
         plan_id: Some(assignment.plan_id.clone()),
-        fence_token: Some(assignment.fence_token),
+        fence_token: Some(FenceToken::from_raw(assignment.fence_token)),
     };
     let settings = ExecutorSettings {
         lock_retry: LockRetryPolicy {

@@ -1,5 +1,6 @@
 //! `fleetshift-agent check`: connect to every shard of the host and report its ledger.
 
+use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts, catalog};
@@ -24,7 +25,7 @@ pub struct ShardReport {
     pub applied: usize,
     pub latest_applied: Option<String>,
     pub unfinished: Vec<String>,
-    pub fence_token: Option<i64>,
+    pub fence_token: Option<FenceToken>,
     pub error: Option<String>,
     /// The shard's tables with sizes and dependents (PostgreSQL), for the Hello.
     #[serde(serialize_with = "tables_as_json")]

@@ -217,6 +217,7 @@ pub fn touched_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleetshift_common::fence::FenceToken;
 
     fn set() -> (tempfile::TempDir, MigrationSet) {
         let directory = tempfile::tempdir().expect("tempdir");
@@ -250,7 +251,7 @@ mod tests {
             checksum: String::new(),
             status: RevisionStatus::Applied,
             transactional: true,
-            fence_token: 1,
+            fence_token: FenceToken::from_raw(1),
             plan_id: None,
             agent_id: "a".to_owned(),
             started_at: String::new(),

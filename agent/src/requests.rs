@@ -2,6 +2,7 @@
 //! again, or restore one (under the coordinator's claim of the shard). Every request gets a
 //! reply: what was found or done, or an error saying what to do next.
 
+use fleetshift_common::fence::FenceToken;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::backup_reply::Outcome;
@@ -134,7 +135,7 @@ async fn restore_shard(
     manifest: backup::Manifest,
     stop: &CancellationToken,
 ) -> Result<Outcome, ErrorDetail> {
-    if order.fence_token <= 0 {
+    let Some(fence_token) = FenceToken::from_wire(order.fence_token) else {
         return Err(failure(
             ErrorKind::BadInput,
             format!(
@@ -142,19 +143,19 @@ async fn restore_shard(
                 shard.id
             ),
         ));
-    }
+    };
     let lock_timeout = order
         .lock_timeout
         .and_then(|timeout| Duration::try_from(timeout).ok())
         .unwrap_or(DEFAULT_LOCK_TIMEOUT);
-    tracing::warn!(shard = %shard.id, backup = %manifest.backup_id, token = order.fence_token, by = %request.requested_by, "restoring a backup");
+    tracing::warn!(shard = %shard.id, backup = %manifest.backup_id, token = %fence_token, by = %request.requested_by, "restoring a backup");
     let restore_order = RestoreOrder {
         shard_id: &shard.id,
         url: &shard.database_url,
         agent_id: &config.agent_id,
         requested_by: &request.requested_by,
         backup: &manifest,
-        fence_token: order.fence_token,
+        fence_token,
         lock_timeout,
     };
     let restored = restore::restore(settings, restore_order, stop)

@@ -7,6 +7,7 @@
 //! on the stream.
 //! On shutdown the agent closes its stream, so the coordinator revokes its lease at once.
 
+use fleetshift_common::fence::FenceToken;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -464,7 +465,7 @@ async fn shard_facts(config: &AgentConfig) -> Vec<ShardFacts> {
             labels: report.labels.into_iter().collect(),
             engine: engine.into(),
             current_version: report.latest_applied.unwrap_or_default(),
-            fence_token: report.fence_token.unwrap_or_default(),
+            fence_token: report.fence_token.map_or(0, FenceToken::get),
             reachable: report.reachable,
             unfinished_versions: report.unfinished,
             tables: report.tables,

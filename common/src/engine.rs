@@ -25,6 +25,7 @@ pub use postgres::{catalog, health, quote_identifier, restore_sql};
 pub use sqlite::SqliteShard;
 
 use crate::error::ExecError;
+use crate::fence::FenceToken;
 use crate::ledger::{
     AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus, Writer,
 };
@@ -128,7 +129,7 @@ impl StatementError {
 #[derive(Debug, Clone)]
 pub enum TxError {
     FencedOut {
-        current: i64,
+        current: FenceToken,
     },
     Guard(GuardViolation),
     Statement(StatementError),
@@ -164,7 +165,7 @@ pub trait ShardEngine: Send + Sync {
     /// The history rows, empty when the ledger does not exist yet.
     fn read_ledger(&self) -> impl Future<Output = Result<Vec<LedgerEntry>, ExecError>> + Send;
 
-    fn current_fence(&self) -> impl Future<Output = Result<i64, ExecError>> + Send;
+    fn current_fence(&self) -> impl Future<Output = Result<FenceToken, ExecError>> + Send;
 
     /// Runs `work` in one transaction; once committed, how long each body statement took.
     fn fenced_transaction(
@@ -340,7 +341,7 @@ where
         checksum: row.try_get("checksum")?,
         status,
         transactional: row.try_get("transactional")?,
-        fence_token: row.try_get("fence_token")?,
+        fence_token: FenceToken::from_raw(row.try_get("fence_token")?),
         plan_id: row.try_get("plan_id")?,
         agent_id: row.try_get("agent_id")?,
         started_at: row.try_get("started_at")?,

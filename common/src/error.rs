@@ -2,6 +2,7 @@
 //! applies, and says what to do next. [`ErrorKind`] is the small set callers map to exit
 //! codes and wire status codes.
 
+use crate::fence::FenceToken;
 use crate::source::SourceError;
 
 /// The classes of failure a script or an operator must be able to tell apart.
@@ -62,8 +63,8 @@ pub enum ExecError {
     )]
     FencedOut {
         shard: String,
-        ours: i64,
-        current: i64,
+        ours: FenceToken,
+        current: FenceToken,
     },
 
     #[error(

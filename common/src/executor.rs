@@ -37,6 +37,7 @@ pub use status::{RevisionState, ShardStatus};
 
 use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
+use crate::fence::FenceToken;
 use crate::ledger::{AuditRecord, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{MigrationSet, Revision, Script};
 use crate::telemetry::traces::mark_failed;
@@ -47,7 +48,7 @@ use crate::telemetry::traces::mark_failed;
 pub struct Identity {
     pub agent_id: String,
     pub plan_id: Option<String>,
-    pub fence_token: Option<i64>,
+    pub fence_token: Option<FenceToken>,
 }
 
 #[derive(Debug, Clone, Copy)]

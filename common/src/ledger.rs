@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::fence::FenceToken;
+
 use serde::Serialize;
 
 /// Where a revision stands on a shard.
@@ -54,7 +56,7 @@ pub struct LedgerEntry {
     pub checksum: String,
     pub status: RevisionStatus,
     pub transactional: bool,
-    pub fence_token: i64,
+    pub fence_token: FenceToken,
     pub plan_id: Option<String>,
     pub agent_id: String,
     pub started_at: String,
@@ -67,7 +69,7 @@ pub struct LedgerEntry {
 /// Who is writing, under which fencing token.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    pub fence_token: i64,
+    pub fence_token: FenceToken,
     pub agent_id: String,
     pub plan_id: Option<String>,
 }

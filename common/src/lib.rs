@@ -6,6 +6,7 @@
 //!   transaction control.
 //! - [`touched`]: which table a statement changes, how, and under which lock.
 //! - [`lease`]: agent session intervals from one base, and the lease on the agent's own clock.
+//! - [`fence`]: the fencing token a claim carries and a shard's ledger checks.
 //! - [`ledger`]: the record a shard keeps about itself (history, fence, audit) and guards.
 //! - [`engine`]: the database-specific primitives of the fenced protocol (PostgreSQL, SQLite).
 //! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
@@ -22,6 +23,7 @@ pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod fence;
 pub mod lease;
 pub mod ledger;
 pub mod proto;

@@ -19,7 +19,8 @@ use prost::Message;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
-use crate::store::{Condition, Store, StoreError, Write, keys};
+use crate::claims;
+use crate::store::{Condition, LeaseId, Store, Write, keys};
 
 /// The metadata key a refusal carries an agent's [`ErrorKind`] in (its number), so the CLI
 /// exits with the code that kind has everywhere else.
@@ -68,23 +69,15 @@ async fn exchange<S: Store>(
     store: &S,
     agent: &str,
     request_id: &str,
-    lease: i64,
+    lease: LeaseId,
     errand: Errand,
 ) -> Result<BackupReply, Status> {
     let mut action = errand.action;
     if let Action::Restore(restore) = &mut action {
-        let holder = format!("restore requested by {}", errand.requested_by);
-        let claim = store
-            .claim(&errand.shard_id, &holder, lease)
-            .await
-            .map_err(|error| match error {
-                StoreError::Claimed { shard, holder, token } => Status::failed_precondition(format!(
-                    "shard {shard} is held by {holder} (fence token {token}): a rollout task or another restore runs there; retry once it has finished (`fleetshift status`)"
-                )),
-                other => Status::from(other),
-            })?;
-        restore.fence_token = claim.token.0;
-        tracing::info!(shard = %errand.shard_id, token = claim.token.0, by = %errand.requested_by, "shard claimed for a restore");
+        let claim =
+            claims::for_restore(store, &errand.shard_id, &errand.requested_by, lease).await?;
+        restore.fence_token = claim.token.get();
+        tracing::info!(shard = %errand.shard_id, token = %claim.token, by = %errand.requested_by, "shard claimed for a restore");
     }
     let request = BackupRequest {
         request_id: request_id.to_owned(),

@@ -6,6 +6,7 @@
 //! `--postgres` puts the shards in throwaway local PostgreSQL clusters instead, `--etcd` keeps
 //! the fleet's state in a real etcd.
 
+use fleetshift_common::fence::FenceToken;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -449,10 +450,11 @@ async fn roll_out(
         let url = shards.url_of(&task.shard_id)?;
         let refusal = match engine::connect(&url, Timeouts::default()).await? {
             Connected::Postgres(shard) => {
-                fence_out_stale_agent(shard.as_ref(), set, task.fence_token).await?
+                fence_out_stale_agent(shard.as_ref(), set, FenceToken::from_raw(task.fence_token))
+                    .await?
             }
             Connected::Sqlite(shard) => {
-                fence_out_stale_agent(&shard, set, task.fence_token).await?
+                fence_out_stale_agent(&shard, set, FenceToken::from_raw(task.fence_token)).await?
             }
         };
         if human {
@@ -471,7 +473,7 @@ async fn roll_out(
     Ok(ending.exit_code())
 }
 
-fn identity(agent: &str, token: i64) -> Identity {
+fn identity(agent: &str, token: FenceToken) -> Identity {
     Identity {
         agent_id: agent.to_owned(),
         plan_id: Some("demo-fencing".to_owned()),
@@ -483,11 +485,13 @@ fn identity(agent: &str, token: i64) -> Identity {
 async fn fence_out_stale_agent<E: ShardEngine>(
     shard: &E,
     set: &MigrationSet,
-    token: i64,
+    token: FenceToken,
 ) -> anyhow::Result<String> {
+    // The next claim of the shard: the store issues it a higher token.
+    let newer = FenceToken::from_raw(token.get() + 1);
     Executor::new(
         shard,
-        identity("newer-holder", token + 1),
+        identity("newer-holder", newer),
         ExecutorSettings::default(),
     )
     .up(set, &Request::default())

@@ -5,6 +5,8 @@
 //!   `create_revision`, leadership with epoch-guarded writes; etcd and in-memory
 //!   implementations that pass one conformance suite.
 //! - [`authz`]: operator roles (viewer, operator, approver) granted by identity.
+//! - [`claims`]: who may work on a shard under which fencing token, for rollout tasks and
+//!   restores.
 //! - [`backups`]: operators' backup requests (list, verify, restore) relayed to agents.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
@@ -22,6 +24,7 @@
 pub mod agent_session;
 pub mod authz;
 pub mod backups;
+pub mod claims;
 pub mod config;
 pub mod election;
 pub mod fleet_api;

@@ -28,10 +28,10 @@ pub mod spans;
 pub mod transitions;
 pub mod watch;
 
-use fleetshift_common::proto::v1::{PlanState, ShardState};
+use fleetshift_common::proto::v1::{PlanState, ShardState, ShardTask};
 use tonic::Status;
 
-use crate::store::StoreError;
+use crate::store::{FenceToken, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -97,8 +97,13 @@ pub fn plan_ended(state: PlanState) -> bool {
 }
 
 /// `<plan>~<shard>~<token>`: unique per claim, and its plan is its prefix.
-pub fn assignment_id(plan: &str, shard: &str, token: i64) -> String {
+pub fn assignment_id(plan: &str, shard: &str, token: FenceToken) -> String {
     format!("{plan}~{shard}~{token}")
+}
+
+/// The token of the claim `task` runs under (the initial fence while it is pending).
+pub fn task_token(task: &ShardTask) -> FenceToken {
+    FenceToken::from_raw(task.fence_token)
 }
 
 /// The plan an assignment id belongs to.

@@ -25,9 +25,8 @@ pub use metered::MeteredStore;
 /// An etcd lease id (or the in-memory store's equivalent).
 pub type LeaseId = i64;
 
-/// The claim key's create revision: what the shard's ledger fences with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FenceToken(pub i64);
+/// A claim key's create revision is the token the shard's ledger fences with.
+pub use fleetshift_common::fence::FenceToken;
 
 /// The leader key's create revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -141,7 +140,7 @@ pub enum StoreError {
     Claimed {
         shard: String,
         holder: String,
-        token: i64,
+        token: FenceToken,
     },
     #[error("not the leader: epoch {0} is over")]
     NotLeader(i64),

@@ -148,7 +148,7 @@ async fn measure() -> anyhow::Result<()> {
             assignment_id: format!("bench-{shard}"),
             plan_id: "bench".to_owned(),
             shard_id: claim.shard.clone(),
-            fence_token: claim.token.0,
+            fence_token: claim.token.get(),
             direction: Direction::Up.into(),
             target_version: String::new(),
             migration_set: Some(set.clone()),

@@ -11,6 +11,7 @@
 //! round runs both, alternating which goes first, on fresh databases). Target: fleetshift's
 //! median within 1.3x of psql's.
 
+use fleetshift_common::fence::FenceToken;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -110,7 +111,7 @@ async fn with_fleetshift(url: &str) -> anyhow::Result<Duration> {
     let identity = Identity {
         agent_id: "bench".to_owned(),
         plan_id: None,
-        fence_token: Some(1),
+        fence_token: Some(FenceToken::from_raw(1)),
     };
     let report = Executor::new(&shard, identity, ExecutorSettings::default())
         .up(&set, &Request::default())

@@ -2,6 +2,7 @@
 //! migrators — each revision applied once, in the set's order, no gap, nothing left unfinished,
 //! and fencing tokens never going backwards along the order of application.
 
+use fleetshift_common::fence::FenceToken;
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
 use fleetshift_common::source::MigrationSet;
 
@@ -24,7 +25,7 @@ pub fn check(
     let Some(end) = end else {
         return Err(vec![format!("target {target:?} is not in the set")]);
     };
-    let mut last_token = i64::MIN;
+    let mut last_token = FenceToken::INITIAL;
     for (index, revision) in set.revisions.iter().enumerate() {
         let rows: Vec<&LedgerEntry> = ledger
             .iter()
@@ -110,7 +111,7 @@ mod tests {
                 .unwrap_or_default(),
             status,
             transactional: true,
-            fence_token: token,
+            fence_token: FenceToken::from_raw(token),
             plan_id: None,
             agent_id: "a".to_owned(),
             started_at: "t".to_owned(),

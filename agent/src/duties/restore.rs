@@ -12,6 +12,7 @@
 
 mod contents;
 
+use fleetshift_common::fence::FenceToken;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub struct RestoreOrder<'a> {
     pub agent_id: &'a str,
     pub requested_by: &'a str,
     pub backup: &'a Manifest,
-    pub fence_token: i64,
+    pub fence_token: FenceToken,
     pub lock_timeout: Duration,
 }
 
@@ -135,7 +136,7 @@ pub async fn restore(
     run_script(settings, &credentials, order.backup, &script, stop)
         .await
         .map_err(|failure| unchanged(failure.kind, failure.message))?;
-    tracing::info!(shard, backup = %order.backup.backup_id, safety_backup = %safety_backup.backup_id, dropped = ?reconciliation.dropped, token = order.fence_token, "backup restored");
+    tracing::info!(shard, backup = %order.backup.backup_id, safety_backup = %safety_backup.backup_id, dropped = ?reconciliation.dropped, token = %order.fence_token, "backup restored");
     Ok(Restored {
         safety_backup,
         dropped: reconciliation.dropped,

@@ -77,11 +77,12 @@ mod tests {
     use fleetshift_common::executor::StepReport;
 
     use super::*;
+    use fleetshift_common::fence::FenceToken;
 
     fn report(duration_ms: u64) -> RunReport {
         RunReport {
             shard: "s".to_owned(),
-            fence_token: 1,
+            fence_token: FenceToken::from_raw(1),
             steps: vec![StepReport {
                 version: "2".to_owned(),
                 name: "index".to_owned(),

@@ -9,6 +9,7 @@ use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Typ
 use tracing::Instrument as _;
 
 use super::{FencedTransaction, TxError, bookkeeping_error, statement_error};
+use crate::fence::FenceToken;
 use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
 use crate::source::Script;
 use crate::statements::Statement;
@@ -72,7 +73,7 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     let moved: Option<i64> = sqlx::query_scalar::<DB, i64>(sql.move_fence)
-        .bind(writer.fence_token)
+        .bind(writer.fence_token.get())
         .fetch_optional(&mut *connection)
         .await
         .map_err(bookkeeping_error("moving the fence"))?;
@@ -81,7 +82,9 @@ where
             .fetch_one(&mut *connection)
             .await
             .map_err(bookkeeping_error("reading the fence"))?;
-        return Err(TxError::FencedOut { current });
+        return Err(TxError::FencedOut {
+            current: FenceToken::from_raw(current),
+        });
     }
     let versions = work.guard.versions();
     if !versions.is_empty() {
@@ -136,7 +139,7 @@ where
             .bind(audit.version.as_deref())
             .bind(audit.reason.as_str())
             .bind(writer.agent_id.as_str())
-            .bind(writer.fence_token)
+            .bind(writer.fence_token.get())
             .execute(&mut *connection)
             .await
             .map_err(bookkeeping_error("recording the audit entry"))?;
@@ -163,7 +166,7 @@ where
         .bind(record.checksum.as_str())
         .bind(record.status.as_str())
         .bind(record.transactional)
-        .bind(writer.fence_token)
+        .bind(writer.fence_token.get())
         .bind(writer.plan_id.as_deref())
         .bind(writer.agent_id.as_str())
         .bind(record.duration_ms)

@@ -29,6 +29,7 @@ use super::{
     ledger_entry, statement_error,
 };
 use crate::error::ExecError;
+use crate::fence::FenceToken;
 use crate::ledger::{LedgerEntry, Writer};
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
@@ -186,10 +187,11 @@ impl ShardEngine for PostgresShard {
             .collect()
     }
 
-    async fn current_fence(&self) -> Result<i64, ExecError> {
+    async fn current_fence(&self) -> Result<FenceToken, ExecError> {
         sqlx::query_scalar("SELECT token FROM fleetshift.fence")
             .fetch_one(&self.pool)
             .await
+            .map(FenceToken::from_raw)
             .map_err(self.database_error("reading the fence"))
     }
 

@@ -32,7 +32,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         if let Some(predecessor) = predecessor {
             guard = guard.require(predecessor.version.as_str(), Expect::Applied);
         }
-        tracing::info!(shard = %self.engine.shard(), revision = %label, resuming, statements = statements.len(), fence = writer.fence_token, "running revision outside a transaction");
+        tracing::info!(shard = %self.engine.shard(), revision = %label, resuming, statements = statements.len(), fence = %writer.fence_token, "running revision outside a transaction");
         let started = Instant::now();
         let start_record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
         match self

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::fence::FenceToken;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepOutcome {
@@ -32,7 +34,7 @@ pub struct StepReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub shard: String,
-    pub fence_token: i64,
+    pub fence_token: FenceToken,
     pub steps: Vec<StepReport>,
     pub current_version: Option<String>,
 }

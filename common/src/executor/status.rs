@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{DriftedRevision, ExecError};
+use crate::fence::FenceToken;
 use crate::ledger::{LedgerEntry, RevisionStatus};
 use crate::source::{MigrationSet, Revision, Version};
 
@@ -20,7 +21,7 @@ pub struct RevisionState {
     pub status: Option<RevisionStatus>,
     pub drifted: bool,
     pub finished_at: Option<String>,
-    pub fence_token: Option<i64>,
+    pub fence_token: Option<FenceToken>,
     pub error: Option<String>,
 }
 
@@ -215,7 +216,7 @@ impl ShardStatus {
             Some(statement) => Err(self.needs_operator(format!(
                 "revision {} was started (fence {}) and did not finish; its statement at {} may have run and is not safe to repeat\nnext: inspect the shard, finish or undo the revision by hand, then record the outcome with `fleetshift migrate resolve --version {} --as applied|failed --reason \"…\"`",
                 label(state),
-                state.fence_token.unwrap_or_default(),
+                state.fence_token.unwrap_or(FenceToken::INITIAL),
                 revision.up.locate(statement),
                 state.version
             ))),
@@ -304,7 +305,7 @@ mod tests {
             checksum,
             status,
             transactional: true,
-            fence_token: 1,
+            fence_token: FenceToken::from_raw(1),
             plan_id: None,
             agent_id: "a".to_owned(),
             started_at: "t".to_owned(),

@@ -43,7 +43,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             guard = guard.require(neighbour.version.as_str(), neighbour_expect);
         }
         let label = revision.label();
-        tracing::info!(shard = %self.engine.shard(), revision = %label, direction = ?direction, statements = statements.len(), fence = writer.fence_token, "running revision in one transaction");
+        tracing::info!(shard = %self.engine.shard(), revision = %label, direction = ?direction, statements = statements.len(), fence = %writer.fence_token, "running revision in one transaction");
         let started = Instant::now();
         let attempts = self
             .settings

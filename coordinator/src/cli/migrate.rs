@@ -1,5 +1,6 @@
 //! `fleetshift migrate`: status, up, down, verify, adopt and resolve on one database.
 
+use fleetshift_common::fence::FenceToken;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -249,7 +250,7 @@ async fn on_engine<E: ShardEngine>(
             Identity {
                 agent_id: safety.agent_id.clone(),
                 plan_id: safety.plan_id.clone(),
-                fence_token: safety.fence_token,
+                fence_token: safety.fence_token.map(FenceToken::from_raw),
             },
             ExecutorSettings {
                 lock_retry: LockRetryPolicy {

@@ -26,15 +26,16 @@ use fleetshift_common::telemetry::traces;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{ClaimSeen, Model, Seen};
+use super::model::{Model, Seen};
 use super::outcome::{self, RunOutcome};
 use super::spans::{self, RolloutTrace};
 use super::{
     RolloutError, assignment_id, plan_ended, plan_of_assignment, records, task_active, task_ended,
-    task_failed,
+    task_failed, task_token,
 };
+use crate::claims;
 use crate::metrics::rollouts::RolloutGauges;
-use crate::store::{Condition, Epoch, Store, StoreError, Write, keys};
+use crate::store::{Condition, Epoch, FenceToken, Store, StoreError, Write, keys};
 
 /// How often the leader looks again without a change to wake it.
 const TICK: Duration = Duration::from_millis(500);
@@ -235,15 +236,14 @@ impl<S: Store> Driver<'_, S> {
                 RunOutcome::Interrupted(cause) => after_interruption(ran, cause, retry_bound(plan)),
             };
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
-            let claim_key = keys::claim(&task.shard_id);
             let writes = vec![
                 Write::put(task_key.clone(), finished.encode_to_vec()),
                 Write::Delete(keys::assignment(&task.agent_id, &assignment)),
                 Write::Delete(result_key),
             ];
             let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
-            let ours = Condition::CreatedAt(claim_key.clone(), task.fence_token);
-            let with_release = [writes.as_slice(), &[Write::Delete(claim_key)]].concat();
+            let ours = claims::held(&task.shard_id, task_token(&task));
+            let with_release = [writes.as_slice(), &[claims::release(&task.shard_id)]].concat();
             let released = self
                 .commit(&[unchanged.clone(), ours], &with_release)
                 .await?;
@@ -269,7 +269,7 @@ impl<S: Store> Driver<'_, S> {
         let wave = next.wave;
         if state == ShardState::Pending {
             let cause = next.interruption_causes.last().map_or("", String::as_str);
-            tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = task.fence_token, interruptions = next.interruptions, %cause, "shard task interrupted; it runs again under a new claim");
+            tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = %task_token(task), interruptions = next.interruptions, %cause, "shard task interrupted; it runs again under a new claim");
             spans::run_interrupted(plan, task, cause);
         } else {
             tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?state, "shard task ended");
@@ -318,16 +318,16 @@ impl<S: Store> Driver<'_, S> {
                         .model
                         .claims
                         .get(&task.shard_id)
-                        .is_none_or(|claim| claim.value.token != task.fence_token)
+                        .is_none_or(|claim| claim.value.token != task_token(task))
             })
             .map(|seen| (seen.value.clone(), seen.revision))
             .collect();
         for (task, revision) in lapsed {
-            let assignment = assignment_id(&plan.plan_id, &task.shard_id, task.fence_token);
+            let assignment = assignment_id(&plan.plan_id, &task.shard_id, task_token(&task));
             if self.model.results.contains_key(&assignment) {
                 continue;
             }
-            let cause = outcome::lapsed_cause(&task.agent_id, task.fence_token);
+            let cause = outcome::lapsed_cause(&task.agent_id, task_token(&task));
             let next = after_interruption(task.clone(), cause, retry_bound(plan));
             let key = keys::task(&plan.plan_id, &task.shard_id);
             let committed = self
@@ -440,46 +440,37 @@ impl<S: Store> Driver<'_, S> {
             return Ok(false);
         };
         let task_key = keys::task(&plan.plan_id, &task.shard_id);
-        let claim_key = keys::claim(&task.shard_id);
         let token = match self
             .model
             .claims
             .get(&task.shard_id)
             .map(|seen| seen.value.clone())
         {
-            Some(claim) if claim.holder == agent && !self.claim_in_use(claim.token) => {
+            Some(claim) if claim.name == agent && !self.claim_in_use(claim.token) => {
                 // Claimed by a leader that stopped before handing the task over: carry on.
                 claim.token
             }
             Some(_) => return Ok(false),
             None => {
-                let claimed = self
-                    .store
-                    .commit(
-                        Some(self.epoch),
-                        &[
-                            Condition::Absent(claim_key.clone()),
-                            Condition::ModifiedAt(task_key.clone(), revision),
-                        ],
-                        &[Write::Put {
-                            key: claim_key.clone(),
-                            value: agent.clone().into_bytes(),
-                            lease: Some(lease),
-                        }],
-                    )
-                    .await;
-                match claimed {
-                    Ok(Some(token)) => {
-                        let claim = ClaimSeen {
-                            holder: agent.clone(),
-                            token,
-                        };
-                        self.model.record_claim(&task.shard_id, claim, token);
-                        token
-                    }
-                    Ok(None) | Err(StoreError::LeaseExpired(_)) => return Ok(false),
-                    Err(error) => return Err(error.into()),
-                }
+                let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
+                let claimed = claims::for_task(
+                    self.store,
+                    self.epoch,
+                    &task.shard_id,
+                    &agent,
+                    lease,
+                    unchanged,
+                )
+                .await?;
+                let Some(token) = claimed else {
+                    return Ok(false);
+                };
+                let claim = claims::Holder {
+                    name: agent.clone(),
+                    token,
+                };
+                self.model.record_claim(&task.shard_id, claim, token.get());
+                token
             }
         };
         let assignment_id = assignment_id(&plan.plan_id, &task.shard_id, token);
@@ -489,7 +480,7 @@ impl<S: Store> Driver<'_, S> {
         };
         let claimed = ShardTask {
             state: ShardState::Claimed.into(),
-            fence_token: token,
+            fence_token: token.get(),
             agent_id: agent.clone(),
             error: None,
             started_at: now(),
@@ -505,7 +496,7 @@ impl<S: Store> Driver<'_, S> {
                 assignment_id: assignment_id.clone(),
                 plan_id: plan.plan_id.clone(),
                 shard_id: task.shard_id.clone(),
-                fence_token: token,
+                fence_token: token.get(),
                 direction: direction.into(),
                 target_version: if task.target_version.is_empty() {
                     plan.target_version.clone()
@@ -531,7 +522,7 @@ impl<S: Store> Driver<'_, S> {
             .commit(
                 Some(self.epoch),
                 &[
-                    Condition::CreatedAt(claim_key, token),
+                    claims::held(&task.shard_id, token),
                     Condition::ModifiedAt(task_key.clone(), revision),
                 ],
                 &[
@@ -546,7 +537,7 @@ impl<S: Store> Driver<'_, S> {
             .await;
         match committed {
             Ok(Some(at)) => {
-                tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, %agent, token, "shard task dispatched");
+                tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, %agent, %token, "shard task dispatched");
                 self.model
                     .record_task(&plan.plan_id, &task.shard_id, claimed, at);
                 Ok(true)
@@ -556,12 +547,12 @@ impl<S: Store> Driver<'_, S> {
         }
     }
 
-    fn claim_in_use(&self, token: i64) -> bool {
+    fn claim_in_use(&self, token: FenceToken) -> bool {
         self.model
             .tasks
             .values()
             .flat_map(|tasks| tasks.values())
-            .any(|seen| seen.value.fence_token == token && task_active(state_of(&seen.value)))
+            .any(|seen| seen.value.fence_token == token.get() && task_active(state_of(&seen.value)))
     }
 
     async fn finish(
@@ -619,7 +610,7 @@ impl<S: Store> Driver<'_, S> {
             .collect();
         for (task, revision) in open {
             if task_active(state_of(&task)) {
-                let assignment = assignment_id(&plan.plan_id, &task.shard_id, task.fence_token);
+                let assignment = assignment_id(&plan.plan_id, &task.shard_id, task_token(&task));
                 if self.withdrawn.insert(assignment.clone()) {
                     self.commit(
                         &[],

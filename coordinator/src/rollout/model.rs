@@ -9,6 +9,7 @@ use fleetshift_common::proto::v1::{AssignmentResult, Hello, Plan, ShardTask};
 
 use super::RolloutError;
 use super::records::decode;
+use crate::claims;
 use crate::store::{Change, Entry, LeaseId, Store, keys};
 
 /// A value and the revision it was written at.
@@ -16,13 +17,6 @@ use crate::store::{Change, Entry, LeaseId, Store, keys};
 pub struct Seen<T> {
     pub value: T,
     pub revision: i64,
-}
-
-/// A claim on a shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimSeen {
-    pub holder: String,
-    pub token: i64,
 }
 
 /// An agent with a live session.
@@ -37,7 +31,7 @@ pub struct Model {
     pub plans: BTreeMap<String, Seen<Plan>>,
     /// By plan, then shard.
     pub tasks: BTreeMap<String, BTreeMap<String, Seen<ShardTask>>>,
-    pub claims: HashMap<String, Seen<ClaimSeen>>,
+    pub claims: HashMap<String, Seen<claims::Holder>>,
     pub agents: HashMap<String, Seen<AgentSeen>>,
     /// By assignment id.
     pub results: BTreeMap<String, Seen<AssignmentResult>>,
@@ -59,7 +53,7 @@ fn place(key: &str) -> Place<'_> {
     } else if let Some(rest) = key.strip_prefix(&keys::all_tasks_prefix()) {
         rest.split_once('/')
             .map_or(Place::Other, |(plan, shard)| Place::Task(plan, shard))
-    } else if let Some(shard) = key.strip_prefix(&keys::claims_prefix()) {
+    } else if let Some(shard) = key.strip_prefix(&claims::prefix()) {
         Place::Claim(shard)
     } else if let Some(agent) = key.strip_prefix(&keys::agents_prefix()) {
         Place::Agent(agent)
@@ -83,7 +77,7 @@ impl Model {
         for prefix in [
             keys::plans_prefix(),
             keys::all_tasks_prefix(),
-            keys::claims_prefix(),
+            claims::prefix(),
             keys::agents_prefix(),
             keys::results_prefix(),
         ] {
@@ -136,11 +130,7 @@ impl Model {
                 }
             }
             (Place::Claim(shard), Some(value)) => {
-                let holder = String::from_utf8_lossy(value).into_owned();
-                let claim = ClaimSeen {
-                    holder,
-                    token: change.create_revision,
-                };
+                let claim = claims::Holder::from_stored(value, change.create_revision);
                 self.record_claim(shard, claim, revision);
             }
             (Place::Claim(shard), None) => {
@@ -204,7 +194,7 @@ impl Model {
         }
     }
 
-    pub fn record_claim(&mut self, shard: &str, claim: ClaimSeen, revision: i64) {
+    pub fn record_claim(&mut self, shard: &str, claim: claims::Holder, revision: i64) {
         if newer(self.claims.get(shard), revision) {
             self.claims.insert(
                 shard.to_owned(),

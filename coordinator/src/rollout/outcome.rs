@@ -11,6 +11,8 @@
 
 use fleetshift_common::proto::v1::{AssignmentResult, ErrorKind, PlanState, ShardState};
 
+use crate::store::FenceToken;
+
 /// The default bound of retries after interruptions, per shard task.
 pub const DEFAULT_MAX_SHARD_RETRIES: u32 = 5;
 
@@ -61,7 +63,7 @@ pub fn of_result(result: &AssignmentResult, plan_state: PlanState) -> RunOutcome
 }
 
 /// The cause recorded when a task's claim lapsed with its agent's session lease.
-pub fn lapsed_cause(agent: &str, token: i64) -> String {
+pub fn lapsed_cause(agent: &str, token: FenceToken) -> String {
     format!("agent {agent}'s session lease lapsed, and with it claim {token}")
 }
 

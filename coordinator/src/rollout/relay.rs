@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::RolloutError;
 use super::records::{decode, load_set};
+use crate::claims;
 use crate::mailbox::Mailbox;
-use crate::store::{Condition, Store, StoreError, Write, keys};
+use crate::store::{FenceToken, Store, StoreError, Write, keys};
 
 /// Pause before following again after the store failed.
 const RETRY: Duration = Duration::from_millis(500);
@@ -156,9 +157,9 @@ impl<S: Store> Relay<S> {
                 .store
                 .commit(
                     None,
-                    &[Condition::CreatedAt(
-                        keys::claim(&assignment.shard_id),
-                        assignment.fence_token,
+                    &[claims::held(
+                        &assignment.shard_id,
+                        FenceToken::from_raw(assignment.fence_token),
                     )],
                     &[Write::put(
                         keys::task(&assignment.plan_id, &assignment.shard_id),
@@ -191,8 +192,8 @@ impl<S: Store> Relay<S> {
 
     /// Whether the claim `assignment` was made under still holds its shard.
     async fn claim_stands(&self, assignment: &v1::Assignment) -> Result<bool, RolloutError> {
-        let claim = self.store.read(&keys::claim(&assignment.shard_id)).await?;
-        Ok(claim.is_some_and(|claim| claim.create_revision == assignment.fence_token))
+        let token = FenceToken::from_raw(assignment.fence_token);
+        Ok(claims::stands(&*self.store, &assignment.shard_id, token).await?)
     }
 
     async fn withdraw(&mut self, key: &str) {

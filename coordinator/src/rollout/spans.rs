@@ -25,6 +25,9 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanContext, SpanId, TraceState};
 use sha2::{Digest, Sha256};
 
+use super::task_token;
+use crate::store::FenceToken;
+
 /// A new plan's trace context: a fresh trace, whose root is the rollout's span.
 pub fn new_trace_context() -> HashMap<String, String> {
     context::carrier_of(&finished::new_root())
@@ -48,12 +51,12 @@ impl RolloutTrace {
     }
 
     /// The span of the run of `shard`'s task under claim `token`.
-    pub fn run(&self, shard: &str, token: i64) -> SpanContext {
-        self.derived("run", &[shard.as_bytes(), &token.to_be_bytes()])
+    pub fn run(&self, shard: &str, token: FenceToken) -> SpanContext {
+        self.derived("run", &[shard.as_bytes(), &token.get().to_be_bytes()])
     }
 
     /// What an assignment carries so the agent's spans hang under the run's.
-    pub fn carrier_for_run(&self, shard: &str, token: i64) -> HashMap<String, String> {
+    pub fn carrier_for_run(&self, shard: &str, token: FenceToken) -> HashMap<String, String> {
         context::carrier_of(&self.run(shard, token))
     }
 
@@ -172,7 +175,7 @@ impl RolloutTrace {
     ) -> FinishedSpan {
         FinishedSpan {
             name: "shard task",
-            id: self.run(&task.shard_id, task.fence_token),
+            id: self.run(&task.shard_id, task_token(task)),
             parent: Some(self.wave(task.wave).span_id()),
             start: time_of(task.started_at.as_ref()).unwrap_or(end),
             end,
@@ -299,16 +302,16 @@ mod tests {
         );
         assert_eq!(first.wave(0).span_id(), second.wave(0).span_id());
         assert_eq!(
-            first.run("s1", 42).span_id(),
-            second.run("s1", 42).span_id()
+            first.run("s1", FenceToken::from_raw(42)).span_id(),
+            second.run("s1", FenceToken::from_raw(42)).span_id()
         );
         let ids = [
             first.root.span_id(),
             first.wave(0).span_id(),
             first.wave(1).span_id(),
-            first.run("s1", 42).span_id(),
-            first.run("s1", 43).span_id(),
-            first.run("s2", 42).span_id(),
+            first.run("s1", FenceToken::from_raw(42)).span_id(),
+            first.run("s1", FenceToken::from_raw(43)).span_id(),
+            first.run("s2", FenceToken::from_raw(42)).span_id(),
         ];
         for (index, id) in ids.iter().enumerate() {
             assert!(!ids[index + 1..].contains(id), "{ids:?}");
@@ -325,9 +328,13 @@ mod tests {
     #[test]
     fn the_carrier_for_a_run_names_the_run_span_in_the_rollouts_trace() {
         let trace = RolloutTrace::of(&plan()).expect("traced");
-        let carried = context::span_in(&trace.carrier_for_run("s1", 7)).expect("valid");
+        let carried =
+            context::span_in(&trace.carrier_for_run("s1", FenceToken::from_raw(7))).expect("valid");
         assert_eq!(carried.trace_id(), trace.root.trace_id());
-        assert_eq!(carried.span_id(), trace.run("s1", 7).span_id());
+        assert_eq!(
+            carried.span_id(),
+            trace.run("s1", FenceToken::from_raw(7)).span_id()
+        );
     }
 
     #[test]
@@ -352,7 +359,10 @@ mod tests {
         let end = SystemTime::UNIX_EPOCH + Duration::from_secs(30);
         let run = trace.run_span(&plan, &failed, end, Some("relation exists".to_owned()));
         assert_eq!(run.parent, Some(wave.id.span_id()));
-        assert_eq!(run.id.span_id(), trace.run("s2", 42).span_id());
+        assert_eq!(
+            run.id.span_id(),
+            trace.run("s2", FenceToken::from_raw(42)).span_id()
+        );
         let rollout = trace.rollout_span(&plan, PlanState::Succeeded, end);
         assert_eq!(rollout.parent, None);
         assert_eq!(rollout.start, SystemTime::UNIX_EPOCH);

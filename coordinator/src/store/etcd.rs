@@ -177,19 +177,19 @@ impl Store for EtcdStore {
 
     async fn claim(&self, shard: &str, holder: &str, lease: LeaseId) -> Result<Claim, StoreError> {
         match self
-            .create_or_read(&keys::claim(shard), holder, lease)
+            .create_or_read(&crate::claims::key(shard), holder, lease)
             .await?
         {
             Ok(token) => Ok(Claim {
                 shard: shard.to_owned(),
                 holder: holder.to_owned(),
-                token: FenceToken(token),
+                token: FenceToken::from_raw(token),
                 lease,
             }),
             Err(existing) => Err(StoreError::Claimed {
                 shard: shard.to_owned(),
                 holder: text(&existing)?,
-                token: existing.create_revision(),
+                token: FenceToken::from_raw(existing.create_revision()),
             }),
         }
     }
@@ -198,7 +198,7 @@ impl Store for EtcdStore {
         let response = self
             .client
             .clone()
-            .get(keys::claim(shard), None)
+            .get(crate::claims::key(shard), None)
             .await
             .map_err(unavailable)?;
         let Some(kv) = response.kvs().first() else {
@@ -207,18 +207,18 @@ impl Store for EtcdStore {
         Ok(Some(Claim {
             shard: shard.to_owned(),
             holder: text(kv)?,
-            token: FenceToken(kv.create_revision()),
+            token: FenceToken::from_raw(kv.create_revision()),
             lease: kv.lease(),
         }))
     }
 
     async fn release(&self, claim: &Claim) -> Result<bool, StoreError> {
-        let key = keys::claim(&claim.shard);
+        let key = crate::claims::key(&claim.shard);
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
                 key.as_str(),
                 CompareOp::Equal,
-                claim.token.0,
+                claim.token.get(),
             )])
             .and_then(vec![TxnOp::delete(key.as_str(), None)]);
         Ok(self.txn(txn).await?.succeeded())

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `leader` | candidate id, on its lease | election |
 //! | `agents/<agent>` | the agent's Hello, on its session lease | the replica it talks to |
-//! | `claims/<shard>` | holder agent id, on the agent's lease | the leader |
+//! | `claims/<shard>` | the holder's name, on its lease ([`crate::claims`]) | the leader (tasks); the replica called (restores) |
 //! | `plans/<plan>` | `StoredPlan` | operators (CAS) and the leader |
 //! | `tasks/<plan>/<shard>` | `ShardTask` | the leader; `running` by the agent's replica |
 //! | `assignments/<agent>/<assignment>` | `Assignment` without files, on the agent's lease | the leader |
@@ -17,14 +17,6 @@ const PREFIX: &str = "/fleetshift/v1";
 
 pub fn all() -> String {
     format!("{PREFIX}/")
-}
-
-pub fn claim(shard: &str) -> String {
-    format!("{PREFIX}/claims/{shard}")
-}
-
-pub fn claims_prefix() -> String {
-    format!("{PREFIX}/claims/")
 }
 
 pub fn leader() -> String {

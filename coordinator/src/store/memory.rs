@@ -241,27 +241,27 @@ impl Store for MemoryStore {
     }
 
     async fn claim(&self, shard: &str, holder: &str, lease: LeaseId) -> Result<Claim, StoreError> {
-        let key = keys::claim(shard);
+        let key = crate::claims::key(shard);
         self.with_state(|state| {
             if let Some(existing) = state.entries.get(&key) {
                 return Err(StoreError::Claimed {
                     shard: shard.to_owned(),
                     holder: text(&key, &existing.value)?,
-                    token: existing.create_revision,
+                    token: FenceToken::from_raw(existing.create_revision),
                 });
             }
             let token = state.create(&key, holder.as_bytes(), Some(lease))?;
             Ok(Claim {
                 shard: shard.to_owned(),
                 holder: holder.to_owned(),
-                token: FenceToken(token),
+                token: FenceToken::from_raw(token),
                 lease,
             })
         })
     }
 
     async fn claim_of(&self, shard: &str) -> Result<Option<Claim>, StoreError> {
-        let key = keys::claim(shard);
+        let key = crate::claims::key(shard);
         self.with_state(|state| {
             let Some(entry) = state.entries.get(&key) else {
                 return Ok(None);
@@ -269,19 +269,19 @@ impl Store for MemoryStore {
             Ok(Some(Claim {
                 shard: shard.to_owned(),
                 holder: text(&key, &entry.value)?,
-                token: FenceToken(entry.create_revision),
+                token: FenceToken::from_raw(entry.create_revision),
                 lease: entry.lease.unwrap_or_default(),
             }))
         })
     }
 
     async fn release(&self, claim: &Claim) -> Result<bool, StoreError> {
-        let key = keys::claim(&claim.shard);
+        let key = crate::claims::key(&claim.shard);
         self.with_state(|state| {
             let ours = state
                 .entries
                 .get(&key)
-                .is_some_and(|entry| entry.create_revision == claim.token.0);
+                .is_some_and(|entry| entry.create_revision == claim.token.get());
             if ours {
                 state.revision += 1;
                 state.delete(&key);

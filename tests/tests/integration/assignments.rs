@@ -124,7 +124,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             ..assignment(
                 "a-1",
                 "orders",
-                claim.token.0,
+                claim.token.get(),
                 Direction::Up,
                 "",
                 set.clone(),
@@ -211,7 +211,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     support::assert_sound_ledger(&support::postgres(&url).await, &loaded, None).await;
     assert!(
         rows.iter()
-            .all(|(_, token, agent, plan)| *token == claim.token.0
+            .all(|(_, token, agent, plan)| *token == claim.token.get()
                 && agent == "db-host-1"
                 && plan.as_deref() == Some("plan-1")),
         "{rows:?}"
@@ -225,7 +225,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         assignment(
             "a-2",
             "orders",
-            claim.token.0 - 1,
+            claim.token.get() - 1,
             Direction::Down,
             "1",
             set.clone(),
@@ -260,7 +260,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         assignment(
             "a-3",
             "orders",
-            claim.token.0,
+            claim.token.get(),
             Direction::Down,
             "1",
             tampered,
@@ -290,7 +290,7 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
         assignment(
             "a-4",
             "someone-elses",
-            claim.token.0,
+            claim.token.get(),
             Direction::Up,
             "",
             set,
@@ -372,5 +372,9 @@ async fn a_newer_assignment_for_a_shard_interrupts_the_one_running_there() {
         .await
         .expect("ledger");
     assert_eq!(ledger.len(), 1, "{ledger:?}");
-    assert_eq!(ledger[0].fence_token, 6, "applied once, by the newer claim");
+    assert_eq!(
+        ledger[0].fence_token.get(),
+        6,
+        "applied once, by the newer claim"
+    );
 }

@@ -212,7 +212,7 @@ async fn backups_are_listed_verified_and_restored_under_a_claim_that_keeps_rollo
         .expect("claim")
         .expect("held")
         .token
-        .0;
+        .get();
     // A rollout to revision 3 started now does not touch the shard while the restore holds it.
     let planned = cli
         .alice(&["plan", directory, "--target", "3", "--output", "json"])

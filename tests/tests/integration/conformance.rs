@@ -1,6 +1,7 @@
 //! One suite, both engines: the fenced protocol's guarantees hold on PostgreSQL and SQLite.
 //! Every contender has its own engine (its own connections), like separate agents.
 
+use fleetshift_common::fence::FenceToken;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -61,7 +62,7 @@ impl TestShard for Sqlite {
 
 fn writer(token: i64) -> Writer {
     Writer {
-        fence_token: token,
+        fence_token: FenceToken::from_raw(token),
         agent_id: format!("agent-{token}"),
         plan_id: None,
     }
@@ -156,7 +157,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
         let (contender, token, result) = joined.expect("contender task");
         match result {
             Ok(_) => winners.push(token),
-            Err(TxError::FencedOut { current }) => assert!(current > token),
+            Err(TxError::FencedOut { current }) => assert!(current.get() > token),
             Err(TxError::Guard(violation)) => {
                 assert_eq!(violation.found, Some(RevisionStatus::Applied))
             }
@@ -178,7 +179,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
         .iter()
         .find(|entry| entry.version == "1")
         .expect("history row");
-    assert_eq!(entry.fence_token, winners[0]);
+    assert_eq!(entry.fence_token.get(), winners[0]);
 }
 
 /// A newer claim applies revision 1; the stale holder then tries the rest and is fenced out
@@ -203,11 +204,8 @@ pub async fn stale_holder_is_fenced_out<S: TestShard>(shard: &S, set: &Migration
     assert!(
         matches!(
             refused,
-            ExecError::FencedOut {
-                ours: 5,
-                current: 7,
-                ..
-            }
+            ExecError::FencedOut { ours, current, .. }
+                if ours.get() == 5 && current.get() == 7
         ),
         "{refused}"
     );
@@ -221,7 +219,7 @@ pub async fn stale_holder_is_fenced_out<S: TestShard>(shard: &S, set: &Migration
         set.revisions.len() - 1,
         "the stale holder applied nothing"
     );
-    assert_eq!(newer.current_fence().await.expect("fence"), 7);
+    assert_eq!(newer.current_fence().await.expect("fence").get(), 7);
     assert_eq!(
         shard.count(&newer, "fleetshift_probe").await,
         0,

@@ -26,8 +26,9 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
+use fleetshift_coordinator::claims;
 use fleetshift_coordinator::local_postgres::Shutdown;
-use fleetshift_coordinator::store::{EtcdStore, Store, keys};
+use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
@@ -358,7 +359,7 @@ impl Fleet {
 
     async fn claim_token(&self, shard: usize) -> Option<i64> {
         self.store
-            .read(&keys::claim(&shard_id(shard)))
+            .read(&claims::key(&shard_id(shard)))
             .await
             .expect("read the claim")
             .map(|entry| entry.create_revision)
@@ -398,7 +399,7 @@ impl Fleet {
         ledger
             .iter()
             .filter(|entry| entry.plan_id.as_deref() == Some(plan_id))
-            .map(|entry| entry.fence_token)
+            .map(|entry| entry.fence_token.get())
             .collect()
     }
 }
@@ -510,7 +511,8 @@ async fn a_rollout_survives_its_agent_being_killed_frozen_and_moved_between_repl
         .find(|entry| entry.version == OUTSIDE_TRANSACTION.to_string())
         .expect("revision 5 recorded");
     assert_eq!(
-        outside.fence_token, fresh,
+        outside.fence_token.get(),
+        fresh,
         "revision 5 recorded by the newer claim only: {outside:?}"
     );
 

@@ -232,7 +232,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
         assert!(
             ledger
                 .iter()
-                .all(|entry| entry.fence_token == task.fence_token
+                .all(|entry| entry.fence_token.get() == task.fence_token
                     && entry.plan_id.as_deref() == Some(plan_id.as_str())),
             "{}: every revision under the one claim of the plan (dispatched once): {ledger:?}",
             task.shard_id

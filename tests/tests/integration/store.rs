@@ -22,7 +22,7 @@ async fn claims_are_exclusive_and_tokens_increase<S: Store>(store: &S) {
     match store.claim("shard-x", "agent-b", lease_b).await {
         Err(StoreError::Claimed { holder, token, .. }) => {
             assert_eq!(holder, "agent-a");
-            assert_eq!(token, first.token.0);
+            assert_eq!(token, first.token);
         }
         other => panic!("a held shard must not be claimed again: {other:?}"),
     }

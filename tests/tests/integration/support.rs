@@ -1,5 +1,6 @@
 //! Shared helpers: connecting engines and executors the way the CLI does.
 
+use fleetshift_common::fence::FenceToken;
 use std::time::Duration;
 
 use fleetshift_common::engine::ShardEngine;
@@ -32,7 +33,7 @@ pub fn identity(agent: &str, fence_token: Option<i64>) -> Identity {
     Identity {
         agent_id: agent.to_owned(),
         plan_id: Some("test-plan".to_owned()),
-        fence_token,
+        fence_token: fence_token.map(FenceToken::from_raw),
     }
 }
 

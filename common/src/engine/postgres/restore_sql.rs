@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::ledger_sql;
 use super::migrator_lock::KEY;
+use crate::fence::FenceToken;
 
 /// What the prologue raises when the migrator lock is held (matched in the client's error).
 pub const MIGRATOR_BUSY: &str =
@@ -21,7 +22,7 @@ pub const MIGRATOR_BUSY: &str =
 pub const FENCED_OUT: &str = "fleetshift: fenced out by token";
 
 /// Runs first. `locks` are the shard's relations, already quoted (`"schema"."name"`).
-pub fn prologue(token: i64, lock_timeout: Duration, locks: &[String]) -> String {
+pub fn prologue(token: FenceToken, lock_timeout: Duration, locks: &[String]) -> String {
     let mut sql = format!(
         "SET LOCAL lock_timeout = '{lock_ms}ms';
 DO $fleetshift$
@@ -52,7 +53,7 @@ $fleetshift$;
 }
 
 /// Runs last: the ledger, the fence at `token`, and an audit entry with `reason`.
-pub fn epilogue(token: i64, agent_id: &str, reason: &str) -> String {
+pub fn epilogue(token: FenceToken, agent_id: &str, reason: &str) -> String {
     format!(
         "{create}
 UPDATE fleetshift.fence SET token = {token};
@@ -76,16 +77,20 @@ mod tests {
 
     #[test]
     fn the_prologue_bounds_lock_waits_before_anything_and_locks_what_it_is_given() {
-        let sql = prologue(42, Duration::from_secs(3), &["\"public\".\"t\"".to_owned()]);
+        let sql = prologue(
+            FenceToken::from_raw(42),
+            Duration::from_secs(3),
+            &["\"public\".\"t\"".to_owned()],
+        );
         assert!(sql.starts_with("SET LOCAL lock_timeout = '3000ms';"));
         assert!(sql.contains("IF current_token > 42 THEN"));
         assert!(sql.ends_with("LOCK TABLE \"public\".\"t\" IN ACCESS EXCLUSIVE MODE;\n"));
-        assert!(!prologue(1, Duration::ZERO, &[]).contains("LOCK TABLE"));
+        assert!(!prologue(FenceToken::from_raw(1), Duration::ZERO, &[]).contains("LOCK TABLE"));
     }
 
     #[test]
     fn the_epilogue_quotes_what_it_records() {
-        let sql = epilogue(7, "agent-'1", "restored by o'brien");
+        let sql = epilogue(FenceToken::from_raw(7), "agent-'1", "restored by o'brien");
         assert!(sql.contains("'restored by o''brien', 'agent-''1', 7"));
         assert!(sql.contains("UPDATE fleetshift.fence SET token = 7;"));
     }
