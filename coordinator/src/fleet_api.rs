@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
 use crate::mailbox::Mailbox;
-use crate::rollout::{RolloutError, planning, records, reversal, transitions, watch};
+use crate::rollout::{RolloutError, planning, records, reversal, transitions, watch, waves};
 use crate::store::Store;
 
 #[derive(Debug)]
@@ -156,7 +156,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             records::save_set(&*self.store, shipped).await?;
         }
         records::create_plan(&*self.store, &plan).await?;
-        tracing::info!(plan = %plan.plan_id, %author, shards = plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(), waves = plan.waves.len(), "plan created");
+        tracing::info!(plan = %plan.plan_id, %author, shards = waves::shard_count(&plan), waves = plan.waves.len(), "plan created");
         Ok(Response::new(plan))
     }
 
@@ -170,7 +170,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let agents = self.announcements().await?;
         let plan = reversal::plan_rollback(&source, &request.shards, &author, &agents)?;
         records::create_plan(&*self.store, &plan).await?;
-        tracing::info!(plan = %plan.plan_id, rolls_back = %source.plan_id, %author, shards = plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(), "rollback plan created");
+        tracing::info!(plan = %plan.plan_id, rolls_back = %source.plan_id, %author, shards = waves::shard_count(&plan), "rollback plan created");
         Ok(Response::new(plan))
     }
 

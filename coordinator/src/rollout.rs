@@ -7,6 +7,7 @@
 //! - [`records`]: plans, shard tasks and migration sets as stored, and compare-and-set updates.
 //! - [`transitions`]: what operators may do to a plan in each state.
 //! - [`driver`]: the leader's loop: claim, dispatch, collect results, halt, finish.
+//! - [`waves`]: a plan's shard count, current wave, counts per state and the caps on starts.
 //! - [`outcome`]: which results end a task and which interrupt it (run again, bounded).
 //! - [`relay`]: every replica's side: dispatches to the agents it holds, results back.
 //! - [`watch`]: a rollout's events for `WatchRollout`.
@@ -27,6 +28,7 @@ pub mod risk;
 pub mod spans;
 pub mod transitions;
 pub mod watch;
+pub mod waves;
 
 use fleetshift_common::proto::v1::{PlanState, ShardState, ShardTask};
 use tonic::Status;

@@ -18,6 +18,7 @@ use super::fleet::{Connection, client, refused};
 use super::progress::risk_json;
 use super::{Output, render};
 use crate::exit;
+use fleetshift_coordinator::rollout::waves;
 
 const MARKDOWN: &str = include_str!("notice/notice.md.j2");
 const TEXT: &str = include_str!("notice/notice.txt.j2");
@@ -163,7 +164,7 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
         .selector
         .get("env")
         .or_else(|| plan.selector.get("environment"));
-    let shard_count: usize = plan.waves.iter().map(|wave| wave.shards.len()).sum();
+    let shard_count = waves::shard_count(plan);
     let mut tables: BTreeMap<&str, (Vec<&str>, &str)> = BTreeMap::new();
     for change in &plan.changes {
         let entry = tables

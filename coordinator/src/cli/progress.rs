@@ -24,6 +24,7 @@ use super::Output;
 pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use crate::exit;
+use fleetshift_coordinator::rollout::waves;
 
 const BAR_WIDTH: usize = 20;
 
@@ -35,16 +36,11 @@ pub struct Ending {
 
 impl Ending {
     pub fn exit_code(&self) -> ExitCode {
-        let failed = self
-            .plan
-            .waves
-            .iter()
-            .flat_map(|wave| &wave.shards)
-            .any(|task| {
-                fleetshift_coordinator::rollout::task_failed(
-                    ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified),
-                )
-            });
+        let failed = waves::planned_tasks(&self.plan).any(|task| {
+            fleetshift_coordinator::rollout::task_failed(
+                ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified),
+            )
+        });
         let code = match PlanState::try_from(self.plan.state).unwrap_or(PlanState::Unspecified) {
             PlanState::Succeeded if !failed => exit::OK,
             PlanState::Cancelled => exit::STOPPED,
@@ -431,7 +427,7 @@ pub fn summary(plan: &Plan, output: Output) {
 
 /// The plan's tasks, those that failed or were rolled back first (each group in wave order).
 fn failed_first(plan: &Plan) -> impl Iterator<Item = &ShardTask> {
-    let tasks = || plan.waves.iter().flat_map(|wave| &wave.shards);
+    let tasks = || waves::planned_tasks(plan);
     let failed = |task: &&ShardTask| fleetshift_coordinator::rollout::task_failed(task.state());
     tasks()
         .filter(failed)

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
-use fleetshift_common::proto::v1::{PlanState, ShardState};
+use fleetshift_common::proto::v1::PlanState;
 use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::rollout::model::Model;
+use crate::rollout::waves;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -105,30 +106,20 @@ impl RolloutGauges {
                 waves: i64::try_from(plan.waves.len()).unwrap_or(i64::MAX),
                 ..PlanFigures::default()
             };
-            // Counted by the state's number first: a label is made once per state, not per task.
-            let mut by_state: BTreeMap<i32, i64> = BTreeMap::new();
-            for task in tasks.into_iter().flat_map(|tasks| tasks.values()) {
-                *by_state.entry(task.value.state).or_default() += 1;
-            }
-            for (state, count) in by_state {
-                let state = ShardState::try_from(state).unwrap_or(ShardState::Unspecified);
+            // Counted by state first: a label is made once per state, not per task.
+            let stored = tasks.into_iter().flat_map(|tasks| tasks.values());
+            for (state, count) in waves::counts(stored.map(|seen| &seen.value)) {
                 *figures
                     .shards_by_state
                     .entry(label_value(shard_state_name(state)))
-                    .or_default() += count;
+                    .or_default() += i64::try_from(count).unwrap_or(i64::MAX);
             }
-            let unfinished = |shard: &str| {
+            let progress = waves::Progress::new(plan, |shard| {
                 tasks
                     .and_then(|tasks| tasks.get(shard))
-                    .is_none_or(|seen| !crate::rollout::task_ended(seen.value.state()))
-            };
-            figures.wave = plan
-                .waves
-                .iter()
-                .find(|wave| wave.shards.iter().any(|shard| unfinished(&shard.shard_id)))
-                .map_or(figures.waves.saturating_sub(1), |wave| {
-                    i64::from(wave.index)
-                });
+                    .map(|seen| &seen.value)
+            });
+            figures.wave = i64::from(progress.current_index());
             in_progress.insert(plan_id.clone(), figures);
         }
         self.set(&plans_by_state, &in_progress);
@@ -204,6 +195,7 @@ mod tests {
 
     use super::*;
     use crate::rollout::model::Seen;
+    use fleetshift_common::proto::v1::ShardState;
 
     fn seen<T>(value: T) -> Seen<T> {
         Seen { value, revision: 1 }

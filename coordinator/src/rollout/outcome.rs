@@ -9,7 +9,9 @@
 //! run: the task goes back to pending and runs again under a newer claim, resuming from the
 //! shard's ledger, up to the plan's bound of retries.
 
-use fleetshift_common::proto::v1::{AssignmentResult, ErrorKind, PlanState, ShardState};
+use fleetshift_common::proto::v1::{
+    AssignmentResult, ErrorDetail, ErrorKind, Plan, PlanState, ShardState, ShardTask, WavePolicy,
+};
 
 use crate::store::FenceToken;
 
@@ -98,6 +100,100 @@ fn first_line(message: &str) -> String {
     } else {
         line.to_owned()
     }
+}
+
+/// How often a task of `plan` may be interrupted and run again.
+pub fn retry_bound(plan: &Plan) -> u32 {
+    max_retries(
+        plan.policy
+            .as_ref()
+            .map_or(0, |policy| policy.max_shard_retries),
+    )
+}
+
+/// `task` with what its run reported: the version it reached, its figures, its backup (a
+/// retry that took none keeps the earlier one), the version before the plan (the first run's),
+/// its baselines and rollback.
+pub fn with_result(task: &ShardTask, result: &AssignmentResult) -> ShardTask {
+    ShardTask {
+        current_version: result.current_version.clone(),
+        metrics: result.metrics,
+        backup: result.backup.clone().or_else(|| task.backup.clone()),
+        // The first run saw the shard before the plan; a retry may see it half-way.
+        previous_version: if task.previous_version.is_empty() {
+            result.previous_version.clone()
+        } else {
+            task.previous_version.clone()
+        },
+        baselines: result.baselines.clone(),
+        rollback: result.rollback.clone(),
+        ..task.clone()
+    }
+}
+
+/// `task` after a run interrupted by `cause`: pending again with no claim (the next dispatch
+/// claims it anew, under a newer token), or failed once its interruptions exceed `bound`.
+pub fn after_interruption(task: ShardTask, cause: String, bound: u32) -> ShardTask {
+    let interruptions = task.interruptions.saturating_add(1);
+    let mut causes = task.interruption_causes.clone();
+    causes.push(cause);
+    if interruptions > bound {
+        let message = retries_exhausted(&task.shard_id, bound, &causes);
+        return ShardTask {
+            state: ShardState::Failed.into(),
+            error: Some(ErrorDetail {
+                kind: ErrorKind::Interrupted.into(),
+                message,
+            }),
+            interruptions,
+            interruption_causes: causes,
+            finished_at: Some(std::time::SystemTime::now().into()),
+            ..task
+        };
+    }
+    ShardTask {
+        state: ShardState::Pending.into(),
+        fence_token: 0,
+        error: None,
+        started_at: None,
+        finished_at: None,
+        interruptions,
+        interruption_causes: causes,
+        ..task
+    }
+}
+
+/// Why `plan` halts now: its failed tasks reached the policy's threshold.
+pub fn halt_reason(failed: &[&ShardTask], policy: &WavePolicy) -> Option<String> {
+    let threshold = policy.failure_threshold.max(1);
+    let first = failed.first()?;
+    if failed.len() < threshold as usize {
+        return None;
+    }
+    Some(format!(
+        "{} shard(s) failed, threshold {threshold}: {} ({}); nothing new is dispatched",
+        failed.len(),
+        first.shard_id,
+        first
+            .error
+            .as_ref()
+            .map_or("no detail", |error| error.message.as_str())
+    ))
+}
+
+/// How a plan whose every task has ended, `failed` of them failed, ends.
+pub fn plan_end(failed: &[&ShardTask], policy: &WavePolicy) -> (PlanState, String) {
+    if failed.is_empty() {
+        return (PlanState::Succeeded, String::new());
+    }
+    let shards: Vec<&str> = failed.iter().map(|task| task.shard_id.as_str()).collect();
+    let reason = format!(
+        "{} shard(s) failed, below the threshold of {}: {}",
+        failed.len(),
+        policy.failure_threshold.max(1),
+        shards.join(", ")
+    );
+    (PlanState::FinishedWithFailures, reason)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use fleetshift_common::proto::v1::{self, Plan, ShardTask};
 use prost::Message;
 
 use super::RolloutError;
+use super::waves;
 use crate::store::{Condition, Entry, Epoch, Store, StoreError, Write, keys};
 
 /// Largest chunk of an encoded migration set (etcd refuses requests over 1.5 MiB).
@@ -85,10 +86,7 @@ pub fn with_tasks(mut plan: Plan, tasks: &BTreeMap<String, ShardTask>) -> Plan {
 /// Creates the plan and its pending tasks, once.
 pub async fn create_plan<S: Store>(store: &S, plan: &Plan) -> Result<(), RolloutError> {
     let key = keys::plan(&plan.plan_id);
-    let tasks: Vec<Write> = plan
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
+    let tasks: Vec<Write> = waves::planned_tasks(plan)
         .map(|task| {
             let key = keys::task(&plan.plan_id, &task.shard_id);
             Write::put(key, task.encode_to_vec())

@@ -11,7 +11,7 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::rollout_names::plan_state_name;
 
 use super::planning::{self, Candidate};
-use super::{RolloutError, plan_ended, spans};
+use super::{RolloutError, plan_ended, spans, waves};
 
 /// Plans the rollback of `source` (with its task records) for `author`: the shards it took to
 /// its target that match `patterns` (all of them when empty), over the agents announcing
@@ -36,10 +36,7 @@ pub fn plan_rollback(
             source.plan_id, source.rolls_back
         )));
     }
-    let succeeded: Vec<&ShardTask> = source
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
+    let succeeded: Vec<&ShardTask> = waves::planned_tasks(source)
         .filter(|task| task.state() == ShardState::Succeeded)
         .collect();
     if let Some(unmatched) = patterns.iter().find(|pattern| {

@@ -26,6 +26,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceState};
 use sha2::{Digest, Sha256};
 
 use super::task_token;
+use super::waves;
 use crate::store::FenceToken;
 
 /// A new plan's trace context: a fresh trace, whose root is the rollout's span.
@@ -102,13 +103,7 @@ impl RolloutTrace {
                 KeyValue::new("fleetshift.direction", plan.direction().as_str_name()),
                 KeyValue::new("fleetshift.state", state.as_str_name()),
                 KeyValue::new("fleetshift.waves", plan.waves.len() as i64),
-                KeyValue::new(
-                    "fleetshift.shards",
-                    plan.waves
-                        .iter()
-                        .map(|wave| wave.shards.len())
-                        .sum::<usize>() as i64,
-                ),
+                KeyValue::new("fleetshift.shards", waves::shard_count(plan) as i64),
             ],
             error: failed.then(|| {
                 if plan.state_reason.is_empty() {

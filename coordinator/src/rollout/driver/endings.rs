@@ -1,0 +1,264 @@
+//! How tasks and plans end, for the leader's loop: results collected and claims released,
+//! lapsed claims recovered, plans finished or halted, cancelled plans wound down, and the
+//! spans of waves and rollouts that end with them.
+
+use std::collections::BTreeMap;
+
+use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask};
+use fleetshift_common::telemetry::traces;
+use prost::Message;
+
+use super::{Driver, now, plan_state, state_of};
+use crate::claims;
+use crate::rollout::model::Seen;
+use crate::rollout::outcome::{self, RunOutcome};
+use crate::rollout::spans;
+use crate::rollout::{
+    RolloutError, assignment_id, plan_of_assignment, records, task_active, task_ended, task_token,
+};
+use crate::store::{Condition, Store, Write, keys};
+
+/// The tasks of one wave of a plan (`tasks`, by shard).
+fn wave_tasks(tasks: &BTreeMap<String, Seen<ShardTask>>, wave: u32) -> Vec<&ShardTask> {
+    tasks
+        .values()
+        .map(|seen| &seen.value)
+        .filter(|task| task.wave == wave)
+        .collect()
+}
+
+impl<S: Store> Driver<'_, S> {
+    fn task(&self, plan: &str, shard: &str) -> Option<(ShardTask, i64)> {
+        self.model
+            .tasks
+            .get(plan)?
+            .get(shard)
+            .map(|seen| (seen.value.clone(), seen.revision))
+    }
+
+    pub(super) async fn collect_results(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let results: Vec<(String, _)> = self
+            .model
+            .results
+            .iter()
+            .filter(|(assignment, _)| plan_of_assignment(assignment) == plan.plan_id)
+            .map(|(assignment, seen)| (assignment.clone(), seen.value.clone()))
+            .collect();
+        for (assignment, result) in results {
+            let result_key = keys::result(&assignment);
+            let current = self
+                .task(&plan.plan_id, &result.shard_id)
+                .filter(|(task, _)| {
+                    task.fence_token == result.fence_token && task_active(state_of(task))
+                });
+            let Some((task, revision)) = current else {
+                tracing::info!(%assignment, "dropping the result of a superseded claim");
+                self.commit(&[], &[Write::Delete(result_key)]).await?;
+                continue;
+            };
+            let ran = outcome::with_result(&task, &result);
+            let finished = match outcome::of_result(&result, plan_state(plan)) {
+                RunOutcome::Final(state) => ShardTask {
+                    state: state.into(),
+                    error: result.error.clone(),
+                    finished_at: now(),
+                    ..ran
+                },
+                RunOutcome::Interrupted(cause) => {
+                    outcome::after_interruption(ran, cause, outcome::retry_bound(plan))
+                }
+            };
+            let task_key = keys::task(&plan.plan_id, &task.shard_id);
+            let writes = vec![
+                Write::put(task_key.clone(), finished.encode_to_vec()),
+                Write::Delete(keys::assignment(&task.agent_id, &assignment)),
+                Write::Delete(result_key),
+            ];
+            let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
+            let ours = claims::held(&task.shard_id, task_token(&task));
+            let with_release = [writes.as_slice(), &[claims::release(&task.shard_id)]].concat();
+            let released = self
+                .commit(&[unchanged.clone(), ours], &with_release)
+                .await?;
+            let committed = match released {
+                Some(at) => {
+                    self.model.forget_claim(&task.shard_id, at);
+                    Some(at)
+                }
+                // The claim is gone already (or is not this task's): keep whatever is there.
+                None => self.commit(&[unchanged], &writes).await?,
+            };
+            let Some(at) = committed else { continue };
+            self.model.results.remove(&assignment);
+            self.recorded(plan, &task, finished, at);
+        }
+        Ok(())
+    }
+
+    /// After a commit moved `task` (as it was) to `next`: the log line, the run's span, the
+    /// model, and the wave's span when the task ended.
+    fn recorded(&mut self, plan: &Plan, task: &ShardTask, next: ShardTask, at: i64) {
+        let state = state_of(&next);
+        let wave = next.wave;
+        if state == ShardState::Pending {
+            let cause = next.interruption_causes.last().map_or("", String::as_str);
+            tracing::warn!(plan = %plan.plan_id, shard = %task.shard_id, agent = %task.agent_id, token = %task_token(task), interruptions = next.interruptions, %cause, "shard task interrupted; it runs again under a new claim");
+            spans::run_interrupted(plan, task, cause);
+        } else {
+            tracing::info!(plan = %plan.plan_id, shard = %task.shard_id, state = ?state, "shard task ended");
+            spans::run_ended(plan, &next);
+        }
+        self.model
+            .record_task(&plan.plan_id, &task.shard_id, next, at);
+        if task_ended(state) {
+            self.task_ended(plan, wave);
+        }
+    }
+
+    /// After a commit ended a task of wave `wave`: the wave's span when that was its last
+    /// task, and a cancelled rollout's when it was the plan's.
+    fn task_ended(&self, plan: &Plan, wave: u32) {
+        // Looking at every task of the plan per ended task costs O(shards²) per rollout: only
+        // when there are spans to record.
+        if !traces::enabled() {
+            return;
+        }
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return;
+        };
+        let halted = plan_state(plan) == PlanState::Halted || self.halted.contains(&plan.plan_id);
+        let in_wave = wave_tasks(tasks, wave);
+        if !halted && in_wave.iter().all(|task| task_ended(state_of(task))) {
+            spans::wave_ended(plan, wave, &in_wave);
+        }
+        let all_ended = tasks.values().all(|seen| task_ended(state_of(&seen.value)));
+        if plan_state(plan) == PlanState::Cancelled && all_ended {
+            spans::rollout_ended(plan, PlanState::Cancelled);
+        }
+    }
+
+    pub(super) async fn recover_lapsed(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let lapsed: Vec<(ShardTask, i64)> = self
+            .model
+            .tasks
+            .get(&plan.plan_id)
+            .into_iter()
+            .flat_map(|tasks| tasks.values())
+            .filter(|seen| {
+                let task = &seen.value;
+                task_active(state_of(task))
+                    && self
+                        .model
+                        .claims
+                        .get(&task.shard_id)
+                        .is_none_or(|claim| claim.value.token != task_token(task))
+            })
+            .map(|seen| (seen.value.clone(), seen.revision))
+            .collect();
+        for (task, revision) in lapsed {
+            let assignment = assignment_id(&plan.plan_id, &task.shard_id, task_token(&task));
+            if self.model.results.contains_key(&assignment) {
+                continue;
+            }
+            let cause = outcome::lapsed_cause(&task.agent_id, task_token(&task));
+            let next = outcome::after_interruption(task.clone(), cause, outcome::retry_bound(plan));
+            let key = keys::task(&plan.plan_id, &task.shard_id);
+            let committed = self
+                .commit(
+                    &[Condition::ModifiedAt(key.clone(), revision)],
+                    &[Write::put(key, next.encode_to_vec())],
+                )
+                .await?;
+            if let Some(at) = committed {
+                self.recorded(plan, &task, next, at);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn finish(
+        &mut self,
+        plan: &Plan,
+        state: PlanState,
+        reason: String,
+    ) -> Result<(), RolloutError> {
+        let updated = records::update_plan(self.store, &plan.plan_id, Some(self.epoch), |stored| {
+            if plan_state(stored) != PlanState::Running {
+                return Err(RolloutError::NotNow("changed meanwhile".to_owned()));
+            }
+            stored.state = state.into();
+            stored.state_reason.clone_from(&reason);
+            Ok(())
+        })
+        .await;
+        match updated {
+            Ok(ended) => {
+                tracing::info!(plan = %plan.plan_id, ?state, %reason, "rollout ended");
+                if state == PlanState::Halted {
+                    self.halted.insert(plan.plan_id.clone());
+                    self.waves_halted(&ended);
+                }
+                spans::rollout_ended(&ended, state);
+                Ok(())
+            }
+            // An operator got there first; the next round sees their change.
+            Err(RolloutError::NotNow(_) | RolloutError::Contended(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The spans of the waves a halt cut short: begun, with tasks that will never end.
+    fn waves_halted(&self, plan: &Plan) {
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return;
+        };
+        for wave in &plan.waves {
+            let in_wave = wave_tasks(tasks, wave.index);
+            if in_wave.iter().any(|task| !task_ended(state_of(task))) {
+                spans::wave_halted(plan, wave.index, &in_wave, &plan.state_reason);
+            }
+        }
+    }
+
+    pub(super) async fn cancel(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
+            return Ok(());
+        };
+        let open: Vec<(ShardTask, i64)> = tasks
+            .values()
+            .filter(|seen| !task_ended(state_of(&seen.value)))
+            .map(|seen| (seen.value.clone(), seen.revision))
+            .collect();
+        for (task, revision) in open {
+            if task_active(state_of(&task)) {
+                let assignment = assignment_id(&plan.plan_id, &task.shard_id, task_token(&task));
+                if self.withdrawn.insert(assignment.clone()) {
+                    self.commit(
+                        &[],
+                        &[Write::Delete(keys::assignment(&task.agent_id, &assignment))],
+                    )
+                    .await?;
+                }
+                continue;
+            }
+            let cancelled = ShardTask {
+                state: ShardState::Cancelled.into(),
+                ..task.clone()
+            };
+            let key = keys::task(&plan.plan_id, &task.shard_id);
+            if let Some(at) = self
+                .commit(
+                    &[Condition::ModifiedAt(key.clone(), revision)],
+                    &[Write::put(key, cancelled.encode_to_vec())],
+                )
+                .await?
+            {
+                let wave = cancelled.wave;
+                self.model
+                    .record_task(&plan.plan_id, &task.shard_id, cancelled, at);
+                self.task_ended(plan, wave);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! Waves as a running rollout sees them: how many shards a plan holds, which wave is current,
+//! how its tasks stand, and which pending task may start next under the per-wave and per-host
+//! caps. The leader's driver, its gauges, the rollout's spans and the CLI's progress ask here
+//! instead of each walking the plan on its own.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fleetshift_common::proto::v1::{Plan, ShardState, ShardTask, Wave, WavePolicy};
+
+use super::{task_active, task_ended};
+
+/// Every shard of `plan`, across its waves.
+pub fn shard_count(plan: &Plan) -> usize {
+    plan.waves.iter().map(|wave| wave.shards.len()).sum()
+}
+
+/// The tasks `plan` was created with, wave by wave.
+pub fn planned_tasks(plan: &Plan) -> impl Iterator<Item = &ShardTask> {
+    plan.waves.iter().flat_map(|wave| &wave.shards)
+}
+
+/// How many tasks stand in each state.
+pub fn counts<'t>(tasks: impl IntoIterator<Item = &'t ShardTask>) -> BTreeMap<ShardState, usize> {
+    let mut counts = BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.state()).or_default() += 1;
+    }
+    counts
+}
+
+/// A plan's waves with its tasks as stored now: `stored` finds a shard's task (`None` for a
+/// shard with no task yet, which counts as not ended).
+pub struct Progress<'p, F> {
+    plan: &'p Plan,
+    stored: F,
+}
+
+impl<F> std::fmt::Debug for Progress<'_, F> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Progress")
+            .field("plan", &self.plan.plan_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p, F> Progress<'p, F>
+where
+    F: Fn(&str) -> Option<&'p ShardTask>,
+{
+    pub fn new(plan: &'p Plan, stored: F) -> Self {
+        Self { plan, stored }
+    }
+
+    fn ended(&self, shard: &str) -> bool {
+        (self.stored)(shard).is_some_and(|task| task_ended(task.state()))
+    }
+
+    /// The first wave with a shard that has not ended: the one the rollout works on. `None`
+    /// once every shard has ended.
+    pub fn current(&self) -> Option<&'p Wave> {
+        self.plan
+            .waves
+            .iter()
+            .find(|wave| wave.shards.iter().any(|shard| !self.ended(&shard.shard_id)))
+    }
+
+    /// The current wave's index, or the last wave's once every shard has ended.
+    pub fn current_index(&self) -> u32 {
+        self.current()
+            .or_else(|| self.plan.waves.last())
+            .map_or(0, |wave| wave.index)
+    }
+
+    /// The stored tasks of `wave`.
+    pub fn tasks_in(&self, wave: &'p Wave) -> impl Iterator<Item = &'p ShardTask> + '_ {
+        wave.shards
+            .iter()
+            .filter_map(|shard| (self.stored)(&shard.shard_id))
+    }
+}
+
+/// The starts a wave still has room for: at most `max_concurrency_per_wave` of its tasks and
+/// `max_concurrency_per_host` of the fleet's (across plans) active at once.
+#[derive(Debug)]
+pub struct Slots {
+    per_wave: usize,
+    per_host: usize,
+    active_in_wave: usize,
+    active_per_host: HashMap<String, usize>,
+}
+
+impl Slots {
+    /// The room left in `wave_tasks`' wave, with `fleet_tasks` (every task of every plan)
+    /// counted per host.
+    pub fn new<'t>(
+        policy: &WavePolicy,
+        wave_tasks: impl IntoIterator<Item = &'t ShardTask>,
+        fleet_tasks: impl IntoIterator<Item = &'t ShardTask>,
+    ) -> Self {
+        let active_in_wave = wave_tasks
+            .into_iter()
+            .filter(|task| task_active(task.state()))
+            .count();
+        let mut active_per_host: HashMap<String, usize> = HashMap::new();
+        for task in fleet_tasks {
+            if task_active(task.state()) {
+                *active_per_host.entry(task.host.clone()).or_default() += 1;
+            }
+        }
+        Self {
+            per_wave: policy.max_concurrency_per_wave.max(1) as usize,
+            per_host: policy.max_concurrency_per_host.max(1) as usize,
+            active_in_wave,
+            active_per_host,
+        }
+    }
+
+    /// Whether the wave runs as many tasks as it may.
+    pub fn wave_full(&self) -> bool {
+        self.active_in_wave >= self.per_wave
+    }
+
+    /// Whether a task on `host` may start now.
+    pub fn admits(&self, host: &str) -> bool {
+        !self.wave_full() && self.active_per_host.get(host).copied().unwrap_or(0) < self.per_host
+    }
+
+    /// A task on `host` started.
+    pub fn take(&mut self, host: &str) {
+        self.active_in_wave += 1;
+        *self.active_per_host.entry(host.to_owned()).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(shard: &str, host: &str, wave: u32, state: ShardState) -> ShardTask {
+        ShardTask {
+            shard_id: shard.to_owned(),
+            host: host.to_owned(),
+            wave,
+            state: state.into(),
+            ..ShardTask::default()
+        }
+    }
+
+    fn plan(waves: &[&[ShardTask]]) -> Plan {
+        Plan {
+            waves: waves
+                .iter()
+                .enumerate()
+                .map(|(index, shards)| Wave {
+                    index: u32::try_from(index).expect("few waves"),
+                    shards: shards.to_vec(),
+                })
+                .collect(),
+            ..Plan::default()
+        }
+    }
+
+    fn stored(tasks: &[ShardTask]) -> BTreeMap<String, ShardTask> {
+        tasks
+            .iter()
+            .map(|task| (task.shard_id.clone(), task.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_current_wave_is_the_first_with_a_shard_not_ended() {
+        let first = [task("a", "h1", 0, ShardState::Pending)];
+        let second = [task("b", "h1", 1, ShardState::Pending)];
+        let planned = plan(&[&first, &second]);
+        assert_eq!(shard_count(&planned), 2);
+        let now = stored(&[
+            task("a", "h1", 0, ShardState::Succeeded),
+            task("b", "h1", 1, ShardState::Pending),
+        ]);
+        let progress = Progress::new(&planned, |shard| now.get(shard));
+        assert_eq!(progress.current().map(|wave| wave.index), Some(1));
+        let done = stored(&[
+            task("a", "h1", 0, ShardState::Succeeded),
+            task("b", "h1", 1, ShardState::Failed),
+        ]);
+        let ended = Progress::new(&planned, |shard| done.get(shard));
+        assert!(ended.current().is_none());
+        assert_eq!(ended.current_index(), 1, "the last wave once all ended");
+        let counted = counts(done.values());
+        assert_eq!(counted.get(&ShardState::Succeeded), Some(&1));
+        assert_eq!(counted.get(&ShardState::Failed), Some(&1));
+    }
+
+    #[test]
+    fn a_shard_with_no_task_yet_keeps_its_wave_current() {
+        let planned = plan(&[&[task("a", "h1", 0, ShardState::Pending)]]);
+        let nothing: BTreeMap<String, ShardTask> = BTreeMap::new();
+        let progress = Progress::new(&planned, |shard| nothing.get(shard));
+        assert_eq!(progress.current().map(|wave| wave.index), Some(0));
+    }
+
+    #[test]
+    fn slots_cap_the_wave_and_each_host() {
+        let policy = WavePolicy {
+            max_concurrency_per_wave: 2,
+            max_concurrency_per_host: 1,
+            ..WavePolicy::default()
+        };
+        let running_elsewhere = task("x", "h2", 0, ShardState::Running);
+        let mut slots = Slots::new(&policy, [], [&running_elsewhere]);
+        assert!(slots.admits("h1"));
+        assert!(!slots.admits("h2"), "h2 runs a task of another plan");
+        slots.take("h1");
+        assert!(!slots.admits("h1"), "one per host");
+        assert!(slots.admits("h3"));
+        slots.take("h3");
+        assert!(slots.wave_full(), "two per wave");
+        assert!(!slots.admits("h4"));
+    }
+}
