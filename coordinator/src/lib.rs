@@ -13,7 +13,6 @@
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
 //! - [`fleet_api`]: `FleetService` for operators: role-checked; shards listed from agents.
 //! - [`lint`]: squawk's rules and fleetshift's own on a migration set, with allowances.
-//! - [`local_postgres`]: throwaway PostgreSQL clusters on loopback (demo and tests).
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
 //!   session openings out of them.
 //! - [`metrics`]: the Prometheus metrics of a replica (store, gRPC, leadership, rollouts).
@@ -29,7 +28,6 @@ pub mod config;
 pub mod election;
 pub mod fleet_api;
 pub mod lint;
-pub mod local_postgres;
 pub mod mailbox;
 pub mod metrics;
 pub mod rollout;

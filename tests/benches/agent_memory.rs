@@ -22,7 +22,7 @@ use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::metrics::CoordinatorMetrics;
 use fleetshift_coordinator::serve;
 use fleetshift_coordinator::store::{EtcdStore, Store};
-use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::fleet::{Process, TRUST_DOMAIN, assign, init_pki, issue, write_agent_config};
 use fleetshift_tests::postgres::PostgresCluster;

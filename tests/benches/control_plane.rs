@@ -32,7 +32,7 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
-use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::fleet::{await_leader, channel_as, init_pki, issue, spawn_replica};
 use fleetshift_tests::{fixtures, rollout};
 use tokio::sync::mpsc;

@@ -88,16 +88,40 @@ impl Drop for Process {
     }
 }
 
-/// A free TCP port on loopback (for a process that will listen on it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("free port")
+/// What a replica logs once its gRPC listener is bound (with the address).
+pub const COORDINATOR_LISTENING: &str = "coordinator listening";
+
+/// What a process logs once its telemetry endpoint is bound (with the address).
+pub const TELEMETRY_LISTENING: &str = "telemetry endpoint listening";
+
+/// The loopback port a child process told to listen on `127.0.0.1:0` logged, in `log`, on
+/// the line with `message` (text or JSON logs alike); waits up to 30 s for that line.
+pub fn logged_port(log: &Path, message: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .filter(|line| line.contains(message))
+            .find_map(|line| {
+                let (_, after) = line.split_once("127.0.0.1:")?;
+                let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            });
+        if let Some(port) = port {
+            return port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no \"{message}\" line with an address in {} within 30 s:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-/// Writes `coordinator.toml` in `home` for `fleetshift serve` as replica `c1`; see
-/// [`write_replica_config`].
+/// Writes `coordinator.toml` in `home` for `fleetshift serve` as replica `c1` (`port` 0: the
+/// kernel picks one, see [`logged_port`]); see [`write_replica_config`].
 pub fn write_coordinator_config(
     home: &Path,
     port: u16,
@@ -275,8 +299,8 @@ pub async fn fleetshift_as_with(
 }
 
 /// Starts `fleetshift serve` as replica `id` with etcd at `etcd_endpoint`, its certificate
-/// issued into `home/pki` (which holds the CA) and its log in `home/<id>.log`; returns the port
-/// it listens on and the process.
+/// issued into `home/pki` (which holds the CA) and its log in `home/<id>.log`, listening on a
+/// port the kernel picks (port 0); returns that port, as the replica logged it, and the process.
 pub fn spawn_replica(home: &Path, id: &str, etcd_endpoint: &str, roles: &str) -> (u16, Process) {
     spawn_replica_with(home, id, etcd_endpoint, roles, &[])
 }
@@ -290,15 +314,15 @@ pub fn spawn_replica_with(
     environment: &[(String, String)],
 ) -> (u16, Process) {
     issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
-    let port = free_port();
-    let config = write_replica_config(home, id, port, etcd_endpoint, roles);
+    let config = write_replica_config(home, id, 0, etcd_endpoint, roles);
+    let log = home.join(format!("{id}.log"));
     let process = Process::spawn_with(
         &crate::binary::fleetshift(),
         &["serve", "--config", config.to_str().expect("UTF-8 path")],
-        &home.join(format!("{id}.log")),
+        &log,
         environment,
     );
-    (port, process)
+    (logged_port(&log, COORDINATOR_LISTENING), process)
 }
 
 /// Like [`spawn_replica`], also serving the telemetry endpoint (on the second port returned)
@@ -311,13 +335,13 @@ pub fn spawn_observed_replica(
     environment: &[(String, String)],
 ) -> (u16, u16, Process) {
     issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
-    let (port, telemetry) = (free_port(), free_port());
     let config = home.join(format!("{id}.toml"));
     let text = format!(
-        "telemetry_listen = \"127.0.0.1:{telemetry}\"\n{}",
-        replica_config_text(id, port, etcd_endpoint, roles)
+        "telemetry_listen = \"127.0.0.1:0\"\n{}",
+        replica_config_text(id, 0, etcd_endpoint, roles)
     );
     std::fs::write(&config, text).expect("replica config");
+    let log = home.join(format!("{id}.log"));
     let process = Process::spawn_with(
         &crate::binary::fleetshift(),
         &[
@@ -327,16 +351,17 @@ pub fn spawn_observed_replica(
             "--config",
             config.to_str().expect("UTF-8 path"),
         ],
-        &home.join(format!("{id}.log")),
+        &log,
         environment,
     );
-    (port, telemetry, process)
+    let port = logged_port(&log, COORDINATOR_LISTENING);
+    (port, logged_port(&log, TELEMETRY_LISTENING), process)
 }
 
 /// What every fleet test stands on: a real etcd with a store connected to it, and a directory
 /// for the test's files with a fresh development CA in `pki/`.
 pub struct FleetGround {
-    pub etcd: crate::etcd::EtcdServer,
+    pub etcd: fleetshift_testkit::etcd::EtcdServer,
     pub store: fleetshift_coordinator::store::EtcdStore,
     pub home: tempfile::TempDir,
     pub pki: std::path::PathBuf,
@@ -354,7 +379,7 @@ impl std::fmt::Debug for FleetGround {
 
 impl FleetGround {
     pub async fn start() -> Self {
-        let etcd = crate::etcd::EtcdServer::start().expect("etcd");
+        let etcd = fleetshift_testkit::etcd::EtcdServer::start().expect("etcd");
         let store =
             fleetshift_coordinator::store::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
                 .await
@@ -382,7 +407,7 @@ pub struct InProcessCoordinator {
     pub home: tempfile::TempDir,
     pub address: std::net::SocketAddr,
     _shutdown: tokio::sync::oneshot::Sender<()>,
-    _etcd: crate::etcd::EtcdServer,
+    _etcd: fleetshift_testkit::etcd::EtcdServer,
 }
 
 impl std::fmt::Debug for InProcessCoordinator {

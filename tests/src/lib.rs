@@ -1,9 +1,8 @@
 //! Test harness: real PostgreSQL clusters on loopback, the real `fleetshift` binary, and
 //! helpers to inject faults. Nothing here mocks a database.
 //!
-//! - [`postgres`]: a throwaway cluster per test (the product's `LocalPostgres`), and probes
-//!   of what a fleetshift session is running.
-//! - [`etcd`]: a throwaway single-node etcd per test (Debian's `etcd-server`).
+//! - [`postgres`]: a throwaway cluster per test (`fleetshift-testkit`'s), and probes of what a
+//!   fleetshift session is running.
 //! - [`fleet`]: a development PKI and child processes that die with the test.
 //! - [`bench`]: the benchmarks' numeric arguments.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
@@ -18,7 +17,6 @@
 pub mod bench;
 pub mod binary;
 pub mod collector;
-pub mod etcd;
 pub mod fixtures;
 pub mod fleet;
 pub mod ledger_check;

@@ -1,9 +1,9 @@
-//! PostgreSQL for tests: throwaway clusters (the product's own [`LocalPostgres`]) and probes
+//! PostgreSQL for tests: throwaway clusters (the testkit's [`PostgresCluster`]) and probes
 //! of what a fleetshift session is doing.
 
 use sqlx::PgPool;
 
-pub use fleetshift_coordinator::local_postgres::LocalPostgres as PostgresCluster;
+pub use fleetshift_testkit::postgres::LocalPostgres as PostgresCluster;
 
 /// Whether a fleetshift session is running a statement containing `fragment`.
 pub async fn fleetshift_running(admin: &PgPool, fragment: &str) -> Option<i32> {

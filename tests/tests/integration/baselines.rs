@@ -10,7 +10,7 @@ use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
     Assignment, BaselinePhase, BaselinePolicy, BaselineQuery, ErrorKind, HostDuties, RollbackPolicy,
 };
-use fleetshift_coordinator::local_postgres::Shutdown;
+use fleetshift_testkit::postgres::Shutdown;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::wait::wait_until;
 

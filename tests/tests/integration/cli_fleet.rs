@@ -9,10 +9,10 @@ use fleetshift_common::proto::v1::ListShardsRequest;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
-use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
     FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as_with,
-    free_port, issue, logs, shard_tables, spawn_observed_replica,
+    TELEMETRY_LISTENING, issue, logged_port, logs, shard_tables, spawn_observed_replica,
 };
 use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
@@ -84,9 +84,8 @@ impl CliFleet {
             agent_sections(&database),
             shard_tables(home.path(), "a", std::slice::from_ref(&database.url))
         );
-        let agent_telemetry = free_port();
         let text = format!(
-            "telemetry_listen = \"127.0.0.1:{agent_telemetry}\"\n{}",
+            "telemetry_listen = \"127.0.0.1:0\"\n{}",
             agent_config_text("a", &[port], &shards)
         );
         std::fs::write(&config, text).expect("agent config");
@@ -102,6 +101,7 @@ impl CliFleet {
             &home.path().join("agent.log"),
             &environment,
         );
+        let agent_telemetry = logged_port(&home.path().join("agent.log"), TELEMETRY_LISTENING);
         let address = format!("https://localhost:{port}");
         let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
         let connected = wait_until(Duration::from_secs(30), || {

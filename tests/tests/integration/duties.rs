@@ -21,7 +21,7 @@ use fleetshift_common::proto::v1::{
     Assignment, AssignmentResult, Direction, ErrorKind, HostDuties, PreflightPolicy, ProgressEvent,
 };
 use fleetshift_common::secrets::DatabaseUrl;
-use fleetshift_coordinator::local_postgres::Shutdown;
+use fleetshift_testkit::postgres::Shutdown;
 use fleetshift_tests::fixtures;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::wait::wait_until;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleetshift_common::lease::SessionIntervals;
 use fleetshift_coordinator::election::{self, Standing};
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore, Store, StoreError, Write, keys};
-use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_testkit::etcd::EtcdServer;
 use tokio_util::sync::CancellationToken;
 
 fn leader_of(

@@ -9,9 +9,10 @@ use fleetshift_common::proto::v1::ApprovePlanRequest;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_tests::binary;
-use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::fleet::{
-    Process, channel_as, free_port, init_pki, issue, write_agent_config, write_coordinator_config,
+    COORDINATOR_LISTENING, Process, channel_as, init_pki, issue, logged_port, write_agent_config,
+    write_coordinator_config,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -54,23 +55,14 @@ async fn operators_see_the_fleet_according_to_their_roles() {
     for operator in ["alice", "carol", "mallory"] {
         issue(&pki, Role::Operator, operator, &[]);
     }
-    let port = free_port();
-    write_coordinator_config(
+    let coordinator_config = write_coordinator_config(
         home.path(),
-        port,
+        0,
         &etcd.endpoint,
         "viewers = [\"alice\"]
 approvers = [\"carol\"]",
     );
-    let shard_tables = format!(
-        "[[shards]]\nid = \"users-eu\"\nlabels = {{ env = \"production\", region = \"eu\" }}\ndatabase_url = \"sqlite:{}\"\n\
-         [[shards]]\nid = \"users-staging\"\nlabels = {{ env = \"staging\" }}\ndatabase_url = \"sqlite:{}\"\n",
-        home.path().join("eu.db").display(),
-        home.path().join("staging.db").display()
-    );
-    write_agent_config(home.path(), port, "db-host-1", &shard_tables);
-    let coordinator_config = home.path().join("coordinator.toml");
-    let agent_config = home.path().join("agent.toml");
+    let coordinator_log = home.path().join("coordinator.log");
     let _coordinator = Process::spawn(
         &binary::fleetshift(),
         &[
@@ -78,8 +70,16 @@ approvers = [\"carol\"]",
             "--config",
             coordinator_config.to_str().expect("path"),
         ],
-        &home.path().join("coordinator.log"),
+        &coordinator_log,
     );
+    let port = logged_port(&coordinator_log, COORDINATOR_LISTENING);
+    let shard_tables = format!(
+        "[[shards]]\nid = \"users-eu\"\nlabels = {{ env = \"production\", region = \"eu\" }}\ndatabase_url = \"sqlite:{}\"\n\
+         [[shards]]\nid = \"users-staging\"\nlabels = {{ env = \"staging\" }}\ndatabase_url = \"sqlite:{}\"\n",
+        home.path().join("eu.db").display(),
+        home.path().join("staging.db").display()
+    );
+    let agent_config = write_agent_config(home.path(), port, "db-host-1", &shard_tables);
     let _agent = Process::spawn(
         &binary::agent(),
         &["--config", agent_config.to_str().expect("path"), "run"],

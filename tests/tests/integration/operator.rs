@@ -417,7 +417,7 @@ fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
 async fn demo_on_postgres_and_etcd_keeps_its_state_in_etcd_and_leaves_no_cluster() {
     use fleetshift_coordinator::store::{EtcdStore, Store, keys};
 
-    let etcd = fleetshift_tests::etcd::EtcdServer::start().expect("etcd");
+    let etcd = fleetshift_testkit::etcd::EtcdServer::start().expect("etcd");
     let endpoint = etcd.endpoint.clone();
     let (refusal, plan) = tokio::task::spawn_blocking(move || {
         run_demo(&["--agents", "9", "--postgres", "--etcd", &endpoint], 9)

@@ -9,7 +9,8 @@ use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
-    FleetGround, Process, free_port, issue, write_agent_config, write_coordinator_config,
+    COORDINATOR_LISTENING, FleetGround, Process, issue, logged_port, write_agent_config,
+    write_coordinator_config,
 };
 use fleetshift_tests::wait::wait_until;
 use prost::Message;
@@ -34,9 +35,19 @@ async fn an_agent_process_holds_its_session_and_releases_it_as_it_stops() {
     } = FleetGround::start().await;
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
-    let port = free_port();
-    write_coordinator_config(home.path(), port, &etcd.endpoint, "");
-    write_agent_config(
+    let coordinator_config = write_coordinator_config(home.path(), 0, &etcd.endpoint, "");
+    let coordinator_log = home.path().join("coordinator.log");
+    let mut coordinator = Process::spawn(
+        &binary::fleetshift(),
+        &[
+            "serve",
+            "--config",
+            coordinator_config.to_str().expect("path"),
+        ],
+        &coordinator_log,
+    );
+    let port = logged_port(&coordinator_log, COORDINATOR_LISTENING);
+    let agent_config = write_agent_config(
         home.path(),
         port,
         "db-host-1",
@@ -48,17 +59,6 @@ database_url = \"sqlite:{}\"
 ",
             home.path().join("cache.db").display()
         ),
-    );
-    let coordinator_config = home.path().join("coordinator.toml");
-    let agent_config = home.path().join("agent.toml");
-    let mut coordinator = Process::spawn(
-        &binary::fleetshift(),
-        &[
-            "serve",
-            "--config",
-            coordinator_config.to_str().expect("path"),
-        ],
-        &home.path().join("coordinator.log"),
     );
     let agent_arguments = ["--config", agent_config.to_str().expect("path"), "run"];
     let logs = home.path().to_path_buf();
@@ -149,23 +149,26 @@ async fn a_coordinator_restart_does_not_release_an_agents_claims() {
     } = FleetGround::start().await;
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
-    let port = free_port();
-    let coordinator_config = write_coordinator_config(home.path(), port, &etcd.endpoint, "");
-    let shard = format!(
-        "[[shards]]\nid = \"cache\"\ndatabase_url = \"sqlite:{}\"\n",
-        home.path().join("cache.db").display()
+    let first_config = write_coordinator_config(home.path(), 0, &etcd.endpoint, "");
+    let first_log = home.path().join("coordinator-1.log");
+    let coordinator = Process::spawn(
+        &binary::fleetshift(),
+        &["serve", "--config", first_config.to_str().expect("path")],
+        &first_log,
     );
-    let agent_config = write_agent_config(home.path(), port, "db-host-1", &shard);
+    let port = logged_port(&first_log, COORDINATOR_LISTENING);
+    // The restarted replica takes the same port, so the agent's one address still reaches it.
+    let coordinator_config = write_coordinator_config(home.path(), port, &etcd.endpoint, "");
     let serve = [
         "serve",
         "--config",
         coordinator_config.to_str().expect("path"),
     ];
-    let coordinator = Process::spawn(
-        &binary::fleetshift(),
-        &serve,
-        &home.path().join("coordinator-1.log"),
+    let shard = format!(
+        "[[shards]]\nid = \"cache\"\ndatabase_url = \"sqlite:{}\"\n",
+        home.path().join("cache.db").display()
     );
+    let agent_config = write_agent_config(home.path(), port, "db-host-1", &shard);
     let _agent = Process::spawn(
         &binary::agent(),
         &["--config", agent_config.to_str().expect("path"), "run"],

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fleetshift_coordinator::store::{
     Condition, EtcdStore, MemoryStore, Store, StoreError, Write, keys,
 };
-use fleetshift_tests::etcd::EtcdServer;
+use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::wait::wait_until;
 
 const TTL: Duration = Duration::from_secs(2);

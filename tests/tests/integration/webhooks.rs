@@ -93,7 +93,7 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
     let (url, mut received) = endpoint().await;
     let dead = format!(
         "http://127.0.0.1:{}/gone",
-        fleetshift_tests::fleet::free_port()
+        fleetshift_testkit::ports::free_port().expect("a free port")
     );
     let hooks: Arc<[Webhook]> = vec![hook(&dead, "other"), hook(&url, "s3cret")].into();
     let stop = CancellationToken::new();

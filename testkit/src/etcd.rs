@@ -1,11 +1,13 @@
 //! Throwaway single-node etcd servers on loopback.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::ports;
 
 /// A running etcd; killed (by its PID) and deleted on drop.
 #[derive(Debug)]
@@ -16,19 +18,23 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
-    /// Starts `FLEETSHIFT_ETCD_BINARY` (default `etcd`) on free loopback ports and waits for
-    /// `/health` to answer.
+    /// Starts `FLEETSHIFT_ETCD_BINARY` (default `etcd`) on free loopback ports (others when
+    /// a port was taken meanwhile) and waits for `/health` to answer.
     pub fn start() -> anyhow::Result<Self> {
         let binary = std::env::var("FLEETSHIFT_ETCD_BINARY").unwrap_or_else(|_| "etcd".to_owned());
+        ports::with_free_port(|client_port| {
+            ports::with_free_port(|peer_port| Self::start_on(&binary, client_port, peer_port))
+        })
+    }
+
+    fn start_on(binary: &str, client_port: u16, peer_port: u16) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("fleetshift-etcd-")
             .tempdir()?;
-        let client_port = free_port()?;
-        let peer_port = free_port()?;
         let client_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(data.path().join("etcd.log"))?;
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .arg("--name=default")
             .arg(format!(
                 "--data-dir={}",
@@ -48,7 +54,7 @@ impl EtcdServer {
                     "starting {binary} (install Debian's etcd-server or set FLEETSHIFT_ETCD_BINARY)"
                 )
             })?;
-        let server = Self {
+        let mut server = Self {
             child,
             data,
             endpoint: client_url,
@@ -62,11 +68,18 @@ impl EtcdServer {
         self.child.id()
     }
 
-    fn wait_until_healthy(&self, port: u16) -> anyhow::Result<()> {
+    /// Waits for `/health`; fails at once when the server exits (its port was taken).
+    fn wait_until_healthy(&mut self, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if healthy(port) {
                 return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.data.path().join("etcd.log"))
+                    .unwrap_or_default();
+                bail!("etcd exited ({status}) before it was healthy:
+{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -97,6 +110,3 @@ fn healthy(port: u16) -> bool {
     response.contains("\"health\":\"true\"")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}

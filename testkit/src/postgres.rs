@@ -5,7 +5,6 @@
 //! need none.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,6 +12,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::ports;
 
 /// A running cluster; stopped (immediately) and deleted on drop.
 pub struct LocalPostgres {
@@ -145,19 +146,18 @@ impl LocalPostgres {
     /// first), with durability off and `extra_options` for `postgres`.
     fn launch(&mut self, extra_options: &str) -> anyhow::Result<()> {
         let log = self.data.path().join("server.log");
-        for _attempt in 0..5 {
-            let port = free_port()?;
+        let socket = path_str(self.data.path())?.to_owned();
+        let (port, options) = ports::with_free_port(|port| {
             let options = format!(
-                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50 {extra_options}",
-                socket = path_str(self.data.path())?
+                "-p {port} -k {socket} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50 {extra_options}"
             );
-            if self.start_with(&options).is_ok() {
-                self.port = port;
-                self.options = options;
-                return Ok(());
-            }
-        }
-        bail!("PostgreSQL did not start; see {}", log.display())
+            self.start_with(&options)?;
+            Ok((port, options))
+        })
+        .with_context(|| format!("PostgreSQL did not start; see {}", log.display()))?;
+        self.port = port;
+        self.options = options;
+        Ok(())
     }
 
     fn start_with(&self, options: &str) -> anyhow::Result<()> {
@@ -287,10 +287,6 @@ impl Drop for LocalPostgres {
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str().context("non-UTF-8 temporary path")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn postgres_ids() -> anyhow::Result<(u32, u32)> {

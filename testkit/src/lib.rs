@@ -1,0 +1,11 @@
+//! Throwaway servers on loopback for `fleetshift demo` and the test suite; nothing here is
+//! part of the product's coordinator or agent.
+//!
+//! - [`postgres`]: PostgreSQL clusters (`initdb` in a temporary directory, durability off) and
+//!   hot standbys of them.
+//! - [`etcd`]: single-node etcd servers.
+//! - [`ports`]: the one way to pick a port for a server in another process.
+
+pub mod etcd;
+pub mod ports;
+pub mod postgres;
