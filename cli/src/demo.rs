@@ -36,9 +36,9 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
 use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
-use fleetshift_testkit::postgres::LocalPostgres;
 use fleetshift_coordinator::serve::run_replica;
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore};
+use fleetshift_testkit::postgres::LocalPostgres;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 

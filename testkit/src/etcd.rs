@@ -76,10 +76,12 @@ impl EtcdServer {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(self.data.path().join("etcd.log"))
-                    .unwrap_or_default();
-                bail!("etcd exited ({status}) before it was healthy:
-{log}");
+                let log =
+                    std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default();
+                bail!(
+                    "etcd exited ({status}) before it was healthy:
+{log}"
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -109,4 +111,3 @@ fn healthy(port: u16) -> bool {
     let _ = stream.read_to_string(&mut response);
     response.contains("\"health\":\"true\"")
 }
-

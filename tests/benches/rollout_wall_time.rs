@@ -34,8 +34,8 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
-use fleetshift_tests::collector::Collector;
 use fleetshift_testkit::etcd::EtcdServer;
+use fleetshift_tests::collector::Collector;
 use fleetshift_tests::fleet::{
     Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica_with,
 };

@@ -8,11 +8,11 @@ use std::time::Duration;
 use fleetshift_common::proto::v1::ListShardsRequest;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::tls::identity::Role;
-use fleetshift_tests::binary;
 use fleetshift_testkit::etcd::EtcdServer;
+use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, await_leader, channel_as, fleetshift_as_with,
-    TELEMETRY_LISTENING, issue, logged_port, logs, shard_tables, spawn_observed_replica,
+    FleetGround, Process, TELEMETRY_LISTENING, agent_config_text, await_leader, channel_as,
+    fleetshift_as_with, issue, logged_port, logs, shard_tables, spawn_observed_replica,
 };
 use fleetshift_tests::wait::wait_until;
 use serde_json::Value;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use fleetshift_common::proto::v1::ApprovePlanRequest;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::tls::identity::Role;
-use fleetshift_tests::binary;
 use fleetshift_testkit::etcd::EtcdServer;
+use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
     COORDINATOR_LISTENING, Process, channel_as, init_pki, issue, logged_port, write_agent_config,
     write_coordinator_config,

@@ -27,10 +27,10 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::claims;
-use fleetshift_testkit::postgres::Shutdown;
 use fleetshift_coordinator::store::{EtcdStore, Store};
-use fleetshift_tests::binary;
 use fleetshift_testkit::etcd::EtcdServer;
+use fleetshift_testkit::postgres::Shutdown;
+use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
     FleetGround, Process, agent_config_text, channel_as, issue, shard_tables, spawn_replica,
 };

@@ -1,0 +1,101 @@
+//! What a session hands its work to: assignments, backup requests and fresh shard facts.
+//! [`HostWork`] does it on this host's databases; tests give the session work that only
+//! records how it was told to stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::fence::FenceToken;
+use fleetshift_common::proto::v1::{
+    Assignment, AssignmentResult, BackupReply, BackupRequest, Engine, ProgressEvent, ShardFacts,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::metrics::AgentMetrics;
+use crate::stop::StopSignal;
+use crate::{assignment, check, requests};
+
+/// The work a session runs; cloned into each task it spawns.
+pub trait Work: Clone + Send + Sync + 'static {
+    /// Runs `assignment` until it ends or `stop` fires; its progress goes to `progress`.
+    fn assignment(
+        &self,
+        assignment: Assignment,
+        lease_ttl: Duration,
+        stop: StopSignal,
+        progress: mpsc::UnboundedSender<ProgressEvent>,
+    ) -> impl Future<Output = AssignmentResult> + Send;
+
+    /// Answers an operator's backup request; `stop` fires when the session ends.
+    fn backup_request(
+        &self,
+        request: BackupRequest,
+        stop: CancellationToken,
+    ) -> impl Future<Output = BackupReply> + Send;
+
+    /// What the agent sees of each of its shards now.
+    fn facts(&self) -> impl Future<Output = Vec<ShardFacts>> + Send;
+}
+
+/// Work on this host's shards.
+#[derive(Debug, Clone)]
+pub struct HostWork {
+    pub config: Arc<AgentConfig>,
+    pub metrics: Arc<AgentMetrics>,
+}
+
+impl Work for HostWork {
+    async fn assignment(
+        &self,
+        assignment: Assignment,
+        lease_ttl: Duration,
+        stop: StopSignal,
+        progress: mpsc::UnboundedSender<ProgressEvent>,
+    ) -> AssignmentResult {
+        assignment::execute(
+            &self.config,
+            &self.metrics,
+            assignment,
+            lease_ttl,
+            stop,
+            progress,
+        )
+        .await
+    }
+
+    async fn backup_request(&self, request: BackupRequest, stop: CancellationToken) -> BackupReply {
+        requests::answer(&self.config, request, stop).await
+    }
+
+    async fn facts(&self) -> Vec<ShardFacts> {
+        shard_facts(&self.config).await
+    }
+}
+
+/// What the agent sees of each of its shards now.
+async fn shard_facts(config: &AgentConfig) -> Vec<ShardFacts> {
+    let mut shards = Vec::with_capacity(config.shards.len());
+    for shard in &config.shards {
+        let report = check::inspect(shard).await;
+        let engine = if shard.database_url.expose().starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            Engine::Postgres
+        };
+        shards.push(ShardFacts {
+            shard_id: report.id,
+            labels: report.labels.into_iter().collect(),
+            engine: engine.into(),
+            current_version: report.latest_applied.unwrap_or_default(),
+            fence_token: report.fence_token.map_or(0, FenceToken::get),
+            reachable: report.reachable,
+            unfinished_versions: report.unfinished,
+            tables: report.tables,
+            observed_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        });
+    }
+    shards
+}
