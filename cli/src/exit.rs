@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::proto::v1::ErrorKind as WireErrorKind;
+use fleetshift_coordinator::error::ErrorCode;
 
 pub const OK: u8 = 0;
 /// A statement failed (the revision was rolled back, or left `started` when it cannot be).
@@ -42,16 +43,14 @@ pub fn code(kind: ErrorKind) -> u8 {
     }
 }
 
-/// A coordinator's refusal, by gRPC status code.
+/// A coordinator's refusal, by its error code (read back from the gRPC status code).
 pub fn from_status(code: tonic::Code) -> u8 {
-    match code {
-        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => NOT_AUTHORIZED,
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => UNREACHABLE,
-        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::Unimplemented => {
-            BAD_INPUT
-        }
-        tonic::Code::FailedPrecondition | tonic::Code::Aborted => NOT_NOW,
-        _ => FAILED,
+    match ErrorCode::of_grpc(code) {
+        ErrorCode::Unauthenticated | ErrorCode::Forbidden => NOT_AUTHORIZED,
+        ErrorCode::Unavailable | ErrorCode::TimedOut => UNREACHABLE,
+        ErrorCode::BadRequest | ErrorCode::NotFound | ErrorCode::Unsupported => BAD_INPUT,
+        ErrorCode::NotNow | ErrorCode::Contended => NOT_NOW,
+        ErrorCode::Gone | ErrorCode::Internal => FAILED,
     }
 }
 

@@ -25,11 +25,14 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz;
+use crate::error::{ErrorCode, refuse};
 use crate::mailbox::{Mailbox, Outbound, Registration};
 use crate::store::{Condition, LeaseId, Store, StoreError, Write, keys};
+use crate::tasks::TaskSet;
 
 /// The agent service of one coordinator replica.
 #[derive(Debug)]
@@ -39,6 +42,9 @@ pub struct AgentSessions<S> {
     intervals: SessionIntervals,
     coordinator_id: String,
     trust_domain: String,
+    /// Where sessions run; stopping it ends them (abruptly: their agents move on to another
+    /// replica and resume their leases there).
+    tasks: TaskSet,
 }
 
 impl<S: Store + 'static> AgentSessions<S> {
@@ -47,6 +53,7 @@ impl<S: Store + 'static> AgentSessions<S> {
         intervals: SessionIntervals,
         coordinator_id: &str,
         trust_domain: &str,
+        tasks: TaskSet,
     ) -> Self {
         Self {
             store,
@@ -54,6 +61,7 @@ impl<S: Store + 'static> AgentSessions<S> {
             intervals,
             coordinator_id: coordinator_id.to_owned(),
             trust_domain: trust_domain.to_owned(),
+            tasks,
         }
     }
 
@@ -65,10 +73,13 @@ impl<S: Store + 'static> AgentSessions<S> {
     fn agent_identity<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
         let identity = authz::caller(request, &self.trust_domain)?;
         if identity.role() != Role::Agent {
-            return Err(Status::permission_denied(format!(
-                "{identity} is not an agent identity; agents present spiffe://{}/agent/<id>",
-                self.trust_domain
-            )));
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "{identity} is not an agent identity; agents present spiffe://{}/agent/<id>",
+                    self.trust_domain
+                ),
+            ));
         }
         Ok(identity)
     }
@@ -93,8 +104,10 @@ impl<S: Store + 'static> AgentService for AgentSessions<S> {
             request.into_inner(),
             outbound,
         );
-        // The task ends with the agent's stream (or when the response stream is dropped).
-        tokio::spawn(session.drive());
+        // The task ends with the agent's stream, when the replica stops, or when the
+        // response stream is dropped.
+        let stopping = self.tasks.stopping().clone();
+        self.tasks.spawn(session.drive(stopping));
         Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
     }
 }
@@ -160,11 +173,14 @@ where
         }
     }
 
-    /// Runs the session to its end and reports a failure to the agent.
-    pub async fn drive(mut self) {
-        let ending = match self.init().await {
-            Ok(()) => self.run().await,
-            Err(status) => Err(status),
+    /// Runs the session to its end (or until `stopping`) and reports a failure to the agent.
+    pub async fn drive(mut self, stopping: CancellationToken) {
+        let ending = tokio::select! {
+            () = stopping.cancelled() => {
+                tracing::info!(agent = %self.identity, "replica stopping; the session ends and its lease lapses unless the agent resumes it elsewhere");
+                Ok(Ending::Abrupt)
+            }
+            ending = self.init_and_run() => ending,
         };
         let ending = match ending {
             Ok(ending) => ending,
@@ -181,28 +197,33 @@ where
     async fn init(&mut self) -> Result<(), Status> {
         let first = tokio::time::timeout(self.intervals.lease_ttl, self.inbound.next())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within the lease TTL"))?;
+            .map_err(|_| refuse(ErrorCode::TimedOut, "no Hello within the lease TTL"))?;
         let hello: Hello = match first {
             Some(Ok(AgentMessage {
                 body: Some(AgentBody::Hello(hello)),
             })) => hello,
             Some(Ok(_)) => {
-                return Err(Status::invalid_argument(
+                return Err(refuse(
+                    ErrorCode::BadRequest,
                     "the first message of a session must be Hello",
                 ));
             }
             Some(Err(status)) => return Err(status),
             None => {
-                return Err(Status::cancelled(
+                return Err(refuse(
+                    ErrorCode::Gone,
                     "the agent closed the session before Hello",
                 ));
             }
         };
         if hello.agent_id != self.identity.name() {
-            return Err(Status::permission_denied(format!(
-                "Hello names agent {:?} but the certificate is {}; an agent speaks only for itself",
-                hello.agent_id, self.identity
-            )));
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "Hello names agent {:?} but the certificate is {}; an agent speaks only for itself",
+                    hello.agent_id, self.identity
+                ),
+            ));
         }
         let lease = match self.resumable(hello.resume_lease_id).await {
             Some(lease) => {
@@ -290,11 +311,25 @@ where
             .map(|_| requested)
     }
 
+    async fn init_and_run(&mut self) -> Result<Ending, Status> {
+        self.init().await?;
+        self.run().await
+    }
+
+    /// Takes the agent's messages until its stream ends. A stream silent for a whole lease
+    /// TTL (heartbeats come every heartbeat interval) is a half-open connection: the session
+    /// ends abruptly and the lease lapses on its own.
     async fn run(&mut self) -> Result<Ending, Status> {
         let lease = self
             .lease
-            .ok_or_else(|| Status::internal("session without a lease"))?;
-        while let Some(message) = self.inbound.next().await {
+            .ok_or_else(|| refuse(ErrorCode::Internal, "session without a lease"))?;
+        loop {
+            let next = tokio::time::timeout(self.intervals.lease_ttl, self.inbound.next()).await;
+            let Ok(next) = next else {
+                tracing::warn!(agent = %self.identity, ttl_ms = self.intervals.lease_ttl.as_millis() as u64, "nothing from the agent within the lease TTL; the connection is presumed dead and the session ends");
+                return Ok(Ending::Abrupt);
+            };
+            let Some(message) = next else { break };
             match message {
                 Ok(AgentMessage {
                     body: Some(AgentBody::Heartbeat(heartbeat)),
@@ -304,7 +339,8 @@ where
                             .keep_alive(lease)
                             .await
                             .map_err(|error| match error {
-                                StoreError::LeaseExpired(_) => Status::failed_precondition(
+                                StoreError::LeaseExpired(_) => refuse(
+                                    ErrorCode::NotNow,
                                     "the session's lease lapsed; stop all work and reconnect",
                                 ),
                                 other => Status::from(other),
@@ -345,13 +381,19 @@ where
                 Ok(AgentMessage {
                     body: Some(AgentBody::Hello(_)),
                 }) => {
-                    return Err(Status::invalid_argument("Hello may only open a session"));
+                    return Err(refuse(
+                        ErrorCode::BadRequest,
+                        "Hello may only open a session",
+                    ));
                 }
                 Ok(other) => {
-                    return Err(Status::unimplemented(format!(
-                        "this coordinator does not take {:?} messages yet",
-                        other.body.map(|body| std::mem::discriminant(&body))
-                    )));
+                    return Err(refuse(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "this coordinator does not take {:?} messages yet",
+                            other.body.map(|body| std::mem::discriminant(&body))
+                        ),
+                    ));
                 }
                 Err(status) => {
                     tracing::info!(agent = %self.identity, code = ?status.code(), "agent stream broke; its lease lapses on its own");
@@ -366,7 +408,7 @@ where
     /// Hello did not name are ignored (an agent speaks only for the shards it opened with).
     async fn refresh_facts(&mut self, refresh: FactsRefresh, lease: LeaseId) -> Result<(), Status> {
         let Some(announced) = self.announced.as_mut() else {
-            return Err(Status::internal("session without a Hello"));
+            return Err(refuse(ErrorCode::Internal, "session without a Hello"));
         };
         for fresh in refresh.shards {
             match announced
@@ -391,7 +433,10 @@ where
     /// A result goes into the store for the leader; only for the agent's own shards.
     async fn take_result(&self, result: AssignmentResult) -> Result<(), Status> {
         let Some(registration) = &self.registration else {
-            return Err(Status::internal("session without a registration"));
+            return Err(refuse(
+                ErrorCode::Internal,
+                "session without a registration",
+            ));
         };
         if !registration.owns(&result.shard_id) {
             tracing::warn!(agent = %self.identity, shard = %result.shard_id, "result for a shard that is not this agent's; refused");
@@ -468,6 +513,9 @@ where
         self.outbound
             .send(Ok(CoordinatorMessage { body: Some(body) }))
             .await
-            .map_err(|_| Status::cancelled("the agent is gone"))
+            .map_err(|_| refuse(ErrorCode::Gone, "the agent is gone"))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,15 +8,18 @@ use fleetshift_common::tls::identity::{Role as IdentityRole, SpiffeId};
 use fleetshift_common::tls::mtls;
 use tonic::{Request, Status};
 
+use crate::error::{ErrorCode, refuse};
+
 /// The caller's identity: its certificate's URI SAN, in this coordinator's trust domain.
 pub fn caller<T>(request: &Request<T>, trust_domain: &str) -> Result<SpiffeId, Status> {
     let certificates = request.peer_certs();
     let identity = mtls::peer_identity(certificates.as_deref().map(Vec::as_slice))
-        .map_err(|error| Status::unauthenticated(error.to_string()))?;
+        .map_err(|error| refuse(ErrorCode::Unauthenticated, error.to_string()))?;
     if identity.trust_domain() != trust_domain {
-        return Err(Status::permission_denied(format!(
-            "{identity} belongs to another trust domain than {trust_domain}"
-        )));
+        return Err(refuse(
+            ErrorCode::Forbidden,
+            format!("{identity} belongs to another trust domain than {trust_domain}"),
+        ));
     }
     Ok(identity)
 }
@@ -59,10 +62,13 @@ impl Roles {
     /// Allows `identity` to do what `needed` permits, or says why not.
     pub fn authorize(&self, identity: &SpiffeId, needed: OperatorRole) -> Result<(), Status> {
         if identity.role() != IdentityRole::Operator {
-            return Err(Status::permission_denied(format!(
-                "{identity} is not an operator identity; the fleet service answers spiffe://{}/operator/<name>",
-                identity.trust_domain()
-            )));
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "{identity} is not an operator identity; the fleet service answers spiffe://{}/operator/<name>",
+                    identity.trust_domain()
+                ),
+            ));
         }
         let roles = self.granted.get(identity.name());
         if roles.is_some_and(|roles| roles.contains(&needed)) {
@@ -78,10 +84,13 @@ impl Roles {
                     .join(", ")
             },
         );
-        Err(Status::permission_denied(format!(
-            "{identity} needs the {} role (it has: {held}); grant it under [roles] in the coordinator's configuration",
-            needed.as_str()
-        )))
+        Err(refuse(
+            ErrorCode::Forbidden,
+            format!(
+                "{identity} needs the {} role (it has: {held}); grant it under [roles] in the coordinator's configuration",
+                needed.as_str()
+            ),
+        ))
     }
 }
 

@@ -20,6 +20,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::claims;
+use crate::error::{ErrorCode, refuse};
 use crate::store::{Condition, LeaseId, Store, Write, keys};
 
 /// The metadata key a refusal carries an agent's [`ErrorKind`] in (its number), so the CLI
@@ -101,26 +102,31 @@ async fn exchange<S: Store>(
         .await
         .map_err(Status::from)?;
     if written.is_none() {
-        return Err(Status::internal(format!(
-            "backup request {request_id} exists already"
-        )));
+        return Err(refuse(
+            ErrorCode::Internal,
+            format!("backup request {request_id} exists already"),
+        ));
     }
     let waited = tokio::time::timeout(errand.timeout, async {
         while let Some(change) = replies.next().await {
             let change = change.map_err(Status::from)?;
             if let Some(value) = change.value {
                 return BackupReply::decode(value.as_slice()).map_err(|error| {
-                    Status::internal(format!("agent {agent}'s reply is unreadable: {error}"))
+                    refuse(
+                        ErrorCode::Internal,
+                        format!("agent {agent}'s reply is unreadable: {error}"),
+                    )
                 });
             }
         }
-        Err(Status::unavailable(
+        Err(refuse(
+            ErrorCode::Unavailable,
             "the fleet store stopped reporting changes; the request may still run on the agent",
         ))
     })
     .await;
     waited.unwrap_or_else(|_| {
-        Err(Status::deadline_exceeded(format!(
+        Err(refuse(ErrorCode::TimedOut, format!(
             "agent {agent} did not answer about shard {} within {}s; check the agent's log (it may still be working)",
             request.shard_id,
             errand.timeout.as_secs()
@@ -135,7 +141,7 @@ fn agent_of(agents: &[(String, Hello)], shard: &str) -> Result<String, Status> {
         .find(|(_, hello)| hello.shards.iter().any(|facts| facts.shard_id == shard))
         .map(|(agent, _)| agent.clone())
         .ok_or_else(|| {
-            Status::not_found(format!(
+            refuse(ErrorCode::NotFound, format!(
                 "no connected agent serves shard {shard}; `fleetshift shards` lists the fleet's shards"
             ))
         })
@@ -145,15 +151,15 @@ fn agent_of(agents: &[(String, Hello)], shard: &str) -> Result<String, Status> {
 fn agent_refusal(error: &ErrorDetail) -> Status {
     let kind = ErrorKind::try_from(error.kind).unwrap_or(ErrorKind::Failed);
     let code = match kind {
-        ErrorKind::BadInput => tonic::Code::InvalidArgument,
-        ErrorKind::Unreachable => tonic::Code::Unavailable,
+        ErrorKind::BadInput => ErrorCode::BadRequest,
+        ErrorKind::Unreachable => ErrorCode::Unavailable,
         ErrorKind::FencedOut | ErrorKind::LockTimeout | ErrorKind::Precondition => {
-            tonic::Code::FailedPrecondition
+            ErrorCode::NotNow
         }
-        ErrorKind::Stopped => tonic::Code::Aborted,
-        _ => tonic::Code::Internal,
+        ErrorKind::Stopped => ErrorCode::Contended,
+        _ => ErrorCode::Internal,
     };
-    let mut status = Status::new(code, error.message.clone());
+    let mut status = refuse(code, error.message.clone());
     status
         .metadata_mut()
         .insert(ERROR_KIND_METADATA, MetadataValue::from(error.kind));

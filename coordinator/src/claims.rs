@@ -19,6 +19,7 @@
 
 use tonic::Status;
 
+use crate::error::{ErrorCode, refuse};
 use crate::store::{Claim, Condition, Epoch, FenceToken, LeaseId, Store, StoreError, Write, keys};
 
 /// Where every claim lives.
@@ -101,7 +102,7 @@ pub async fn for_restore<S: Store>(
         .claim(shard, &holder, lease)
         .await
         .map_err(|error| match error {
-            StoreError::Claimed { shard, holder, token } => Status::failed_precondition(format!(
+            StoreError::Claimed { shard, holder, token } => refuse(ErrorCode::NotNow, format!(
                 "shard {shard} is held by {holder} (fence token {token}): a rollout task or another restore runs there; retry once it has finished (`fleetshift status`)"
             )),
             other => Status::from(other),

@@ -2,10 +2,9 @@
 //! file is validated into [`CoordinatorConfig`] before anything uses it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use fleetshift_common::duration;
 use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::tls::identity::{Role, SpiffeId};
@@ -82,22 +81,46 @@ pub struct CoordinatorConfig {
     pub webhooks: Vec<Webhook>,
 }
 
+/// Why a configuration file cannot be used: the file, the line when known, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(
+                formatter,
+                "{}:{line}: {}",
+                self.path.display(),
+                self.message
+            ),
+            None => write!(formatter, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
 impl CoordinatorConfig {
     /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN`,
     /// `FLEETSHIFT_TELEMETRY_LISTEN` and `FLEETSHIFT_ETCD_ENDPOINTS` (comma-separated) override
     /// the file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "{}: cannot read the coordinator configuration",
-                path.display()
-            )
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read the coordinator configuration: {error}"),
         })?;
-        let mut raw: RawConfig = toml::from_str(&text).map_err(|error| {
-            let line = error
-                .span()
-                .map_or(1, |span| text[..span.start].matches('\n').count() + 1);
-            anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
+        let mut raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError {
+            path: path.to_path_buf(),
+            line: Some(
+                error
+                    .span()
+                    .map_or(1, |span| text[..span.start].matches('\n').count() + 1),
+            ),
+            message: error.message().to_owned(),
         })?;
         if let Ok(id) = std::env::var("FLEETSHIFT_COORDINATOR_ID") {
             raw.coordinator_id = id;
@@ -115,33 +138,40 @@ impl CoordinatorConfig {
                 .collect();
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::validate(raw, base)
-            .with_context(|| format!("{}: invalid coordinator configuration", path.display()))
+        Self::validate(raw, base).map_err(|message| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("invalid coordinator configuration: {message}"),
+        })
     }
 
-    fn validate(raw: RawConfig, base: &Path) -> anyhow::Result<Self> {
-        SpiffeId::new(&raw.trust_domain, Role::Coordinator, &raw.coordinator_id)
-            .context("coordinator_id and trust_domain must form a valid identity")?;
-        let listen = raw.listen.parse().with_context(|| {
+    /// The configuration `raw` stands for, or what is wrong with it.
+    fn validate(raw: RawConfig, base: &Path) -> Result<Self, String> {
+        SpiffeId::new(&raw.trust_domain, Role::Coordinator, &raw.coordinator_id).map_err(
+            |error| format!("coordinator_id and trust_domain must form a valid identity: {error}"),
+        )?;
+        let listen = raw.listen.parse().map_err(|error| {
             format!(
-                "listen = {:?} is not an address like 0.0.0.0:7443",
+                "listen = {:?} is not an address like 0.0.0.0:7443: {error}",
                 raw.listen
             )
         })?;
         let telemetry_listen = raw
             .telemetry_listen
             .map(|address| {
-                address.parse().with_context(|| {
-                    format!("telemetry_listen = {address:?} is not an address like 0.0.0.0:9464")
+                address.parse().map_err(|error| {
+                    format!(
+                        "telemetry_listen = {address:?} is not an address like 0.0.0.0:9464: {error}"
+                    )
                 })
             })
             .transpose()?;
-        let heartbeat = duration::parse(&raw.heartbeat).map_err(anyhow::Error::msg)?;
+        let heartbeat = duration::parse(&raw.heartbeat)?;
         if heartbeat < Duration::from_millis(500) {
-            bail!(
+            return Err(format!(
                 "heartbeat = {:?} is too short (at least 500ms)",
                 raw.heartbeat
-            );
+            ));
         }
         let mut roles = Roles::default();
         for (names, role) in [
@@ -150,8 +180,8 @@ impl CoordinatorConfig {
             (&raw.roles.approvers, OperatorRole::Approver),
         ] {
             for name in names {
-                SpiffeId::new(&raw.trust_domain, Role::Operator, name).with_context(|| {
-                    format!("[roles] names {name:?}, which is not a valid operator name")
+                SpiffeId::new(&raw.trust_domain, Role::Operator, name).map_err(|error| {
+                    format!("[roles] names {name:?}, which is not a valid operator name: {error}")
                 })?;
                 roles.grant(name, role);
             }
@@ -159,12 +189,12 @@ impl CoordinatorConfig {
         let mut webhooks = raw.webhooks;
         for hook in &mut webhooks {
             if !(hook.url.starts_with("https://") || hook.url.starts_with("http://")) {
-                bail!(
+                return Err(format!(
                     "[[webhooks]] url = {:?} must start with https:// or http://",
                     hook.url
-                );
+                ));
             }
-            let file = hook.secret_file.as_ref().with_context(|| {
+            let file = hook.secret_file.as_ref().ok_or_else(|| {
                 format!(
                     "[[webhooks]] {}: secret_file is missing (the HMAC key)",
                     hook.url
@@ -172,13 +202,21 @@ impl CoordinatorConfig {
             })?;
             let file = base.join(file);
             hook.secret = std::fs::read_to_string(&file)
-                .with_context(|| {
-                    format!("[[webhooks]] {}: cannot read {}", hook.url, file.display())
+                .map_err(|error| {
+                    format!(
+                        "[[webhooks]] {}: cannot read {}: {error}",
+                        hook.url,
+                        file.display()
+                    )
                 })?
                 .trim()
                 .to_owned();
             if hook.secret.is_empty() {
-                bail!("[[webhooks]] {}: {} is empty", hook.url, file.display());
+                return Err(format!(
+                    "[[webhooks]] {}: {} is empty",
+                    hook.url,
+                    file.display()
+                ));
             }
         }
         let store = if raw.store.etcd_endpoints.is_empty() {

@@ -24,9 +24,11 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
+use crate::error::{ErrorCode, refuse};
 use crate::mailbox::Mailbox;
 use crate::rollout::{RolloutError, planning, records, reversal, transitions, watch, waves};
 use crate::store::Store;
+use crate::tasks::TaskSet;
 
 #[derive(Debug)]
 pub struct FleetApi<S> {
@@ -34,15 +36,24 @@ pub struct FleetApi<S> {
     mailbox: Arc<Mailbox>,
     roles: Roles,
     trust_domain: String,
+    /// Where rollout watches run; stopping it ends them.
+    tasks: TaskSet,
 }
 
 impl<S: Store + 'static> FleetApi<S> {
-    pub fn new(store: Arc<S>, mailbox: Arc<Mailbox>, roles: Roles, trust_domain: &str) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        mailbox: Arc<Mailbox>,
+        roles: Roles,
+        trust_domain: &str,
+        tasks: TaskSet,
+    ) -> Self {
         Self {
             store,
             mailbox,
             roles,
             trust_domain: trust_domain.to_owned(),
+            tasks,
         }
     }
 
@@ -59,9 +70,10 @@ impl<S: Store + 'static> FleetApi<S> {
             .into_iter()
             .map(|(agent, facts)| {
                 let hello = Hello::decode(facts.as_slice()).map_err(|error| {
-                    Status::internal(format!(
-                        "agent {agent}'s announcement is unreadable: {error}"
-                    ))
+                    refuse(
+                        ErrorCode::Internal,
+                        format!("agent {agent}'s announcement is unreadable: {error}"),
+                    )
                 })?;
                 Ok((agent, hello))
             })
@@ -91,9 +103,10 @@ impl<S: Store + 'static> FleetApi<S> {
         };
         let (agent, reply) = backups::ask(&*self.store, &agents, errand).await?;
         let outcome = reply.outcome.ok_or_else(|| {
-            Status::internal(format!(
-                "agent {agent} replied with neither an outcome nor an error"
-            ))
+            refuse(
+                ErrorCode::Internal,
+                format!("agent {agent} replied with neither an outcome nor an error"),
+            )
         })?;
         Ok((agent, outcome))
     }
@@ -317,6 +330,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let events = watch::follow(
             Arc::clone(&self.store),
             &self.mailbox,
+            &self.tasks,
             &request.plan_id,
             request.include_statements,
         )
@@ -337,15 +351,17 @@ fn positive(value: Option<prost_types::Duration>, name: &str) -> Result<Option<D
         None => Ok(None),
         Some(value) => match Duration::try_from(value) {
             Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
-            _ => Err(Status::invalid_argument(format!(
-                "{name} must be a positive duration"
-            ))),
+            _ => Err(refuse(
+                ErrorCode::BadRequest,
+                format!("{name} must be a positive duration"),
+            )),
         },
     }
 }
 
 fn unexpected(agent: &str, outcome: &Outcome) -> Status {
-    Status::internal(format!(
-        "agent {agent} answered a different request: {outcome:?}"
-    ))
+    refuse(
+        ErrorCode::Internal,
+        format!("agent {agent} answered a different request: {outcome:?}"),
+    )
 }

@@ -10,6 +10,7 @@
 //! - [`backups`]: operators' backup requests (list, verify, restore) relayed to agents.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
+//! - [`error`]: the small set of error codes and their one mapping to gRPC.
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
 //! - [`fleet_api`]: `FleetService` for operators: role-checked; shards listed from agents.
 //! - [`lint`]: squawk's rules and fleetshift's own on a migration set, with allowances.
@@ -18,6 +19,7 @@
 //! - [`metrics`]: the Prometheus metrics of a replica (store, gRPC, leadership, rollouts).
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
+//! - [`tasks`]: the tasks a replica owns, stopped and awaited stage by stage at shutdown.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
 pub mod agent_session;
@@ -26,6 +28,7 @@ pub mod backups;
 pub mod claims;
 pub mod config;
 pub mod election;
+pub mod error;
 pub mod fleet_api;
 pub mod lint;
 pub mod mailbox;
@@ -33,4 +36,5 @@ pub mod metrics;
 pub mod rollout;
 pub mod serve;
 pub mod store;
+pub mod tasks;
 pub mod webhooks;

@@ -31,7 +31,6 @@ pub mod watch;
 pub mod waves;
 
 use fleetshift_common::proto::v1::{PlanState, ShardState, ShardTask};
-use tonic::Status;
 
 use crate::store::{FenceToken, StoreError};
 
@@ -51,21 +50,6 @@ pub enum RolloutError {
     Contended(String),
     #[error("{0}")]
     Forbidden(String),
-}
-
-impl From<RolloutError> for Status {
-    fn from(error: RolloutError) -> Self {
-        let message = error.to_string();
-        match error {
-            RolloutError::Store(StoreError::Unavailable(_)) => Status::unavailable(message),
-            RolloutError::Store(_) | RolloutError::Corrupt { .. } => Status::internal(message),
-            RolloutError::UnknownPlan(_) => Status::not_found(message),
-            RolloutError::BadRequest(_) => Status::invalid_argument(message),
-            RolloutError::NotNow(_) => Status::failed_precondition(message),
-            RolloutError::Contended(_) => Status::aborted(message),
-            RolloutError::Forbidden(_) => Status::permission_denied(message),
-        }
-    }
 }
 
 /// Whether a task has ended.

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
 use fleetshift_common::proto::v1::fleet_service_server::FleetServiceServer;
 use fleetshift_common::telemetry::endpoint::{self, Readiness};
@@ -30,32 +29,69 @@ use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
 use crate::rollout::{driver, relay};
+use crate::store::StoreError;
 use crate::store::{EtcdStore, MemoryStore, MeteredStore, Store};
+use crate::tasks::TaskSet;
 use crate::webhooks::{self, Webhook};
+use fleetshift_common::tls::mtls::TlsError;
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// HTTP/2 pings on every connection this often; a peer that does not answer one within
+/// [`KEEPALIVE_TIMEOUT`] is gone (a half-open connection) and its streams end.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long each stage of a shutdown may take: the RPC server with its streams, then the
+/// background work (relays, election hand-over, the driver).
+const STAGE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a replica could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to etcd: {0}")]
+    Store(#[from] StoreError),
+    #[error("loading the coordinator's TLS files: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot serve telemetry on {address}: {source}")]
+    Telemetry {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving gRPC: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
 
 /// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
 const TLS_POLL: Duration = Duration::from_secs(5);
 
 /// Serves the agent and fleet services on `listener` until `shutdown` completes, timing
 /// every request into `metrics` and giving each its span, under the caller's when the request
-/// carries a trace context.
+/// carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
+/// stop `rpc`'s streams too (sessions, watches), or the server waits for them to end.
 pub async fn serve<S: Store + 'static>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     sessions: AgentSessions<S>,
     fleet: FleetApi<S>,
     metrics: Arc<CoordinatorMetrics>,
+    rpc: TaskSet,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(request_span)
         .layer(GrpcMetricsLayer::new(metrics))
         .add_service(AgentServiceServer::new(sessions))
         .add_service(FleetServiceServer::new(fleet))
-        .serve_with_incoming_shutdown(tls_connections(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(tls_connections(listener, tls, &rpc), shutdown)
         .await
 }
 
@@ -75,9 +111,11 @@ fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
 fn tls_connections(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
+    rpc: &TaskSet,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (sender, receiver) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let handshakes = rpc.clone();
+    rpc.spawn(async move {
         loop {
             let accepted = tokio::select! {
                 () = sender.closed() => return,
@@ -92,7 +130,7 @@ fn tls_connections(
             };
             let acceptor = TlsAcceptor::from(tls.borrow().clone());
             let connections = sender.clone();
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         // The server may be shutting down; then the connection just closes.
@@ -111,15 +149,16 @@ fn tls_connections(
 pub async fn run_coordinator(
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .map_err(|source| ServeError::Listen {
+            address: config.listen,
+            source,
+        })?;
     match &config.store {
         StoreChoice::Etcd(endpoints) => {
-            let store = EtcdStore::connect(endpoints)
-                .await
-                .context("connecting to etcd")?;
+            let store = EtcdStore::connect(endpoints).await?;
             run_replica(Arc::new(store), &config, listener, shutdown).await
         }
         StoreChoice::Memory => {
@@ -131,25 +170,36 @@ pub async fn run_coordinator(
 /// One replica on `listener` with `store`: agent sessions, the fleet API, the relays of
 /// assignments and backup requests, (while elected) the rollout driver, and the telemetry
 /// endpoint when configured.
+///
+/// Shutdown runs in stages, each under [`STAGE_DEADLINE`]: first the RPC server stops
+/// accepting and its streams end (sessions end abruptly, so their agents resume their leases
+/// with another replica; watchers reconnect), then the background work stops (the relays, the
+/// driver, which is cancelled and awaited between two steps, and the election, which hands
+/// leadership over).
 pub async fn run_replica<S: Store + 'static>(
     store: Arc<S>,
     config: &CoordinatorConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     mtls::install_crypto_provider();
-    let tls = reload::watch_config(config.tls.clone(), mtls::server_config, TLS_POLL)
-        .await
-        .context("loading the coordinator's TLS files")?;
-    tracing::info!(address = %listener.local_addr()?, coordinator = %config.coordinator_id, store = ?config.store, "coordinator listening");
+    let tls = reload::watch_config(config.tls.clone(), mtls::server_config, TLS_POLL).await?;
+    let address = listener.local_addr().map_err(|source| ServeError::Listen {
+        address: config.listen,
+        source,
+    })?;
+    tracing::info!(%address, coordinator = %config.coordinator_id, store = ?config.store, "coordinator listening");
     let mut registry = Registry::default();
     let metrics = CoordinatorMetrics::register(&mut registry);
     let store = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
+    let rpc = TaskSet::new();
+    let background = TaskSet::new();
     let sessions = AgentSessions::new(
         Arc::clone(&store),
         config.intervals,
         &config.coordinator_id,
         &config.trust_domain,
+        rpc.clone(),
     );
     let mailbox = sessions.mailbox();
     registry.register_collector(Box::new(ConnectedAgents(Arc::clone(&mailbox))));
@@ -158,43 +208,67 @@ pub async fn run_replica<S: Store + 'static>(
         Arc::clone(&mailbox),
         config.roles.clone(),
         &config.trust_domain,
+        rpc.clone(),
     );
-    let background = CancellationToken::new();
-    let relay = tokio::spawn(relay::run(
+    let stopping = background.stopping().clone();
+    background.spawn(relay::run(
         Arc::clone(&store),
         Arc::clone(&mailbox),
-        background.clone(),
+        stopping.clone(),
     ));
-    let backup_relay = tokio::spawn(backups::relay::run(
+    background.spawn(backups::relay::run(
         Arc::clone(&store),
         mailbox,
-        background.clone(),
+        stopping.clone(),
     ));
     let (standing, election) = election::start(
         Arc::clone(&store),
         &config.coordinator_id,
         config.intervals,
-        background.clone(),
+        stopping.clone(),
     );
+    background.spawn(async move {
+        // The election's own task hands leadership over when it stops.
+        let _ = election.await;
+    });
     if let Some(address) = config.telemetry_listen {
-        let readiness = readiness_of(standing.clone(), background.clone());
-        endpoint::spawn(address, Arc::new(registry), readiness, background.clone())
+        let readiness = readiness_of(standing.clone(), &background);
+        endpoint::spawn(address, Arc::new(registry), readiness, stopping.clone())
             .await
-            .with_context(|| format!("cannot serve telemetry on {address}"))?;
+            .map_err(|source| ServeError::Telemetry { address, source })?;
     }
     let hooks: Arc<[Webhook]> = config.webhooks.clone().into();
-    let driving = tokio::spawn(drive_while_leading(
+    background.spawn(drive_while_leading(
         Arc::clone(&store),
         standing,
         hooks,
         Arc::clone(&metrics),
+        stopping,
     ));
-    let served = serve(listener, tls, sessions, fleet, metrics, shutdown).await;
-    background.cancel();
-    driving.abort();
-    // Both end on the token; a panic in either has been logged by the runtime.
-    let _ = tokio::join!(relay, backup_relay, election);
-    served.context("serving gRPC")
+    let rpc_stopping = rpc.stopping().clone();
+    let stop_rpc = async move {
+        shutdown.await;
+        tracing::info!("stopping: the RPC server and its streams first");
+        rpc_stopping.cancel();
+    };
+    let served = serve(
+        listener,
+        tls,
+        sessions,
+        fleet,
+        metrics,
+        rpc.clone(),
+        stop_rpc,
+    )
+    .await;
+    if !rpc.stop(STAGE_DEADLINE).await {
+        tracing::warn!("sessions or watches did not end within the deadline; left behind");
+    }
+    tracing::info!("stopping: relays, election and driver");
+    if !background.stop(STAGE_DEADLINE).await {
+        tracing::warn!("background work did not end within the deadline; left behind");
+    }
+    served.map_err(ServeError::from)
 }
 
 /// Ready while the store answers the election and a leader is known (this replica or
@@ -202,8 +276,9 @@ pub async fn run_replica<S: Store + 'static>(
 /// `stop`.
 fn readiness_of(
     mut standing: watch::Receiver<Standing>,
-    stop: CancellationToken,
+    tasks: &TaskSet,
 ) -> watch::Receiver<Readiness> {
+    let stop = tasks.stopping().clone();
     let judge = |standing: &Standing| match standing {
         Standing::Leader { .. } | Standing::Follower { leader: Some(_) } => Readiness::Ready,
         Standing::Follower { leader: None } => Readiness::not_ready(
@@ -211,7 +286,7 @@ fn readiness_of(
         ),
     };
     let (sender, receiver) = watch::channel(judge(&standing.borrow_and_update()));
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -224,14 +299,15 @@ fn readiness_of(
 }
 
 /// Runs the rollout driver (and the webhooks, when configured) for each leadership this
-/// replica holds.
+/// replica holds, until `stopping`: then the driver is cancelled and awaited.
 async fn drive_while_leading<S: Store + 'static>(
     store: Arc<S>,
     mut standing: watch::Receiver<Standing>,
     hooks: Arc<[Webhook]>,
     metrics: Arc<CoordinatorMetrics>,
+    stopping: CancellationToken,
 ) {
-    loop {
+    while !stopping.is_cancelled() {
         let current = standing.borrow_and_update().clone();
         if let Standing::Leader {
             epoch,
@@ -250,15 +326,30 @@ async fn drive_while_leading<S: Store + 'static>(
                     leading.clone(),
                 ))
             });
-            driver::lead(Arc::clone(&store), epoch, stepped_down, &metrics.rollouts).await;
+            let lead = driver::lead(
+                Arc::clone(&store),
+                epoch,
+                leading.clone(),
+                &metrics.rollouts,
+            );
+            tokio::pin!(lead);
+            tokio::select! {
+                () = &mut lead => {}
+                () = stopping.cancelled() => {
+                    // Cancelled between two steps, and awaited: no write is cut in half.
+                    leading.cancel();
+                    lead.await;
+                }
+            }
             metrics.leading(None);
             leading.cancel();
             if let Some(notifying) = notifying {
                 let _ = notifying.await;
             }
         }
-        if standing.changed().await.is_err() {
-            return;
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            changed = standing.changed() => if changed.is_err() { return },
         }
     }
 }

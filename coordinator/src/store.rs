@@ -148,19 +148,6 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
 }
 
-impl From<StoreError> for tonic::Status {
-    /// An unreachable store is worth retrying (UNAVAILABLE); anything else is the coordinator's
-    /// fault (INTERNAL).
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(detail) => {
-                Self::unavailable(format!("the fleet store is unavailable: {detail}"))
-            }
-            other => Self::internal(other.to_string()),
-        }
-    }
-}
-
 /// Fleet state, as the coordinator needs it. Every method is one round trip to the store.
 pub trait Store: Send + Sync {
     /// A lease that lapses `ttl` after its last keep-alive (etcd rounds up to whole seconds

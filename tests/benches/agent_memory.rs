@@ -5,6 +5,7 @@
 //! `cargo build --release --bin fleetshift-agent && cargo bench -p fleetshift-tests --bench agent_memory`
 //! Targets: at most 20 MiB idle, at most 60 MiB busy.
 
+use fleetshift_coordinator::tasks::TaskSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,7 @@ async fn measure() -> anyhow::Result<()> {
         SessionIntervals::from_heartbeat(Duration::from_secs(1)),
         "c1",
         TRUST_DOMAIN,
+        TaskSet::new(),
     );
     let mailbox = sessions.mailbox();
     let fleet = FleetApi::new(
@@ -80,6 +82,7 @@ async fn measure() -> anyhow::Result<()> {
         Arc::clone(&mailbox),
         Roles::default(),
         TRUST_DOMAIN,
+        TaskSet::new(),
     );
     let (_stop_serving, stop) = tokio::sync::oneshot::channel::<()>();
     let metrics = CoordinatorMetrics::register(&mut Registry::default());
@@ -89,6 +92,7 @@ async fn measure() -> anyhow::Result<()> {
         sessions,
         fleet,
         metrics,
+        TaskSet::new(),
         async {
             let _ = stop.await;
         },

@@ -1,5 +1,6 @@
 //! Pieces of a fleet on loopback: a development PKI and child processes that die with the test.
 
+use fleetshift_coordinator::tasks::TaskSet;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -462,6 +463,7 @@ impl InProcessCoordinator {
             SessionIntervals::from_heartbeat(Duration::from_secs(1)),
             "c1",
             TRUST_DOMAIN,
+            TaskSet::new(),
         );
         let mailbox = sessions.mailbox();
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
@@ -474,8 +476,10 @@ impl InProcessCoordinator {
                 std::sync::Arc::clone(&mailbox),
                 roles,
                 TRUST_DOMAIN,
+                TaskSet::new(),
             ),
             CoordinatorMetrics::register(&mut Registry::default()),
+            TaskSet::new(),
             async {
                 let _ = stop.await;
             },

@@ -6,6 +6,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::mtls::{TlsError, TlsFiles};
 
+/// HTTP/2 pings to the coordinator this often; no answer within [`KEEPALIVE_TIMEOUT`] ends
+/// the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The host of an `https://host:port` address: the name the coordinator's certificate is
 /// checked against unless another is given.
 pub fn server_name_of(address: &str) -> Result<String, TlsError> {
@@ -42,6 +47,11 @@ pub async fn connect(
     Channel::from_shared(address.to_owned())
         .map_err(|error| TlsError::Config(format!("invalid address {address}: {error}")))?
         .connect_timeout(Duration::from_secs(5))
+        // A coordinator that stops answering pings is gone (a half-open connection): the
+        // session's stream fails and the agent reconnects, instead of waiting on it forever.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tls_config(tls)
         .map_err(|error| TlsError::Config(error.to_string()))?
         .connect()

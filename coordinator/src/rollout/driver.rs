@@ -61,12 +61,8 @@ async fn lead_publishing<S: Store>(
     stepped_down: &CancellationToken,
     gauges: &RolloutGauges,
 ) {
-    loop {
-        let outcome = tokio::select! {
-            () = stepped_down.cancelled() => return,
-            outcome = drive(store, epoch, gauges) => outcome,
-        };
-        match outcome {
+    while !stepped_down.is_cancelled() {
+        match drive(store, epoch, stepped_down, gauges).await {
             Err(RolloutError::Store(StoreError::NotLeader(_))) => {
                 tracing::warn!(
                     epoch = epoch.0,
@@ -86,13 +82,25 @@ async fn lead_publishing<S: Store>(
     }
 }
 
+/// Follows the fleet and advances every plan after each batch of changes, until
+/// `stepped_down`: it is heeded between steps, never in the middle of one.
 async fn drive<S: Store>(
     store: &S,
     epoch: Epoch,
+    stepped_down: &CancellationToken,
     gauges: &RolloutGauges,
 ) -> Result<(), RolloutError> {
-    let (model, revision) = Model::load(store).await?;
-    let mut changes = store.watch(&keys::all(), revision).await?;
+    // Reads only: dropping them when the leadership ends cuts nothing in half.
+    let loaded = tokio::select! {
+        () = stepped_down.cancelled() => return Ok(()),
+        loaded = Model::load(store) => loaded?,
+    };
+    let (model, revision) = loaded;
+    let everything = keys::all();
+    let mut changes = tokio::select! {
+        () = stepped_down.cancelled() => return Ok(()),
+        changes = store.watch(&everything, revision) => changes?,
+    };
     let mut driver = Driver {
         store,
         epoch,
@@ -104,6 +112,7 @@ async fn drive<S: Store>(
     let mut published = None;
     loop {
         tokio::select! {
+            () = stepped_down.cancelled() => return Ok(()),
             change = changes.next() => {
                 let change = change.ok_or_else(|| StoreError::Unavailable("the watch ended".to_owned()))??;
                 driver.model.apply(&change);

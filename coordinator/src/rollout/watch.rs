@@ -18,8 +18,10 @@ use tonic::Status;
 
 use super::records::{decode, load_plan, tasks_of};
 use super::{RolloutError, plan_ended, plan_of_assignment, task_ended};
+use crate::error::{ErrorCode, refuse};
 use crate::mailbox::Mailbox;
 use crate::store::{Store, keys};
+use crate::tasks::TaskSet;
 
 /// Events buffered for a slow watcher before the producer waits.
 const BUFFER: usize = 256;
@@ -28,13 +30,14 @@ const BUFFER: usize = 256;
 pub async fn follow<S: Store + 'static>(
     store: Arc<S>,
     mailbox: &Mailbox,
+    tasks: &TaskSet,
     plan_id: &str,
     include_statements: bool,
 ) -> Result<mpsc::Receiver<Result<RolloutEvent, Status>>, RolloutError> {
     let progress = mailbox.subscribe_progress();
     let record = load_plan(&*store, plan_id).await?;
     let listing = store.list(&keys::tasks_prefix(plan_id)).await?;
-    let tasks = tasks_of(&listing.entries)?;
+    let current = tasks_of(&listing.entries)?;
     let plan_changes = store.watch(&keys::plan(plan_id), record.revision).await?;
     let task_changes = store
         .watch(&keys::tasks_prefix(plan_id), listing.revision)
@@ -47,7 +50,15 @@ pub async fn follow<S: Store + 'static>(
         plan_state: PlanState::Unspecified,
         tasks: HashMap::new(),
     };
-    tokio::spawn(follower.run(record.plan, tasks, plan_changes, task_changes, progress));
+    let stopping = tasks.stopping().clone();
+    let following = follower.run(record.plan, current, plan_changes, task_changes, progress);
+    tasks.spawn(async move {
+        // A stopping replica ends its watches; watchers reconnect to another replica.
+        tokio::select! {
+            () = stopping.cancelled() => {}
+            () = following => {}
+        }
+    });
     Ok(receiver)
 }
 
@@ -85,8 +96,8 @@ impl Follower {
                 change = plan_changes.next() => match change {
                     Some(Ok(change)) => match change.value.map(|value| decode::<Plan>(&change.key, &value)) {
                         Some(Ok(plan)) => self.plan(&plan).await,
-                        Some(Err(error)) => self.fail(Status::internal(error.to_string())).await,
-                        None => self.fail(Status::not_found(format!("plan {} was deleted", self.plan_id))).await,
+                        Some(Err(error)) => self.fail(refuse(ErrorCode::Internal, error.to_string())).await,
+                        None => self.fail(refuse(ErrorCode::NotFound, format!("plan {} was deleted", self.plan_id))).await,
                     },
                     Some(Err(error)) => self.fail(Status::from(error)).await,
                     None => return,
@@ -94,7 +105,7 @@ impl Follower {
                 change = task_changes.next() => match change {
                     Some(Ok(change)) => match change.value.map(|value| decode::<ShardTask>(&change.key, &value)) {
                         Some(Ok(task)) => self.task(&task).await,
-                        Some(Err(error)) => self.fail(Status::internal(error.to_string())).await,
+                        Some(Err(error)) => self.fail(refuse(ErrorCode::Internal, error.to_string())).await,
                         None => Ok(()),
                     },
                     Some(Err(error)) => self.fail(Status::from(error)).await,
