@@ -9,6 +9,8 @@
 //!   restores.
 //! - [`backups`]: operators' backup requests (list, verify, restore) relayed to agents.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
+//! - [`agent_relay`]: the loop both relays share: follow stored work, hand it to the agents
+//!   whose sessions this replica holds.
 //! - [`agent_session`]: `AgentService.Session`: identity, Hello, lease, Handshake, heartbeats.
 //! - [`error`]: the small set of error codes and their one mapping to gRPC.
 //! - [`election`]: leader election with a step-down token the leader's work runs under.
@@ -22,6 +24,7 @@
 //! - [`tasks`]: the tasks a replica owns, stopped and awaited stage by stage at shutdown.
 //! - [`serve`]: gRPC over mutual TLS with a configuration that reloads while serving.
 
+pub mod agent_relay;
 pub mod agent_session;
 pub mod authz;
 pub mod backups;

@@ -5,45 +5,27 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetshift_common::proto::v1::BackupRequest;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use prost::Message;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent_relay::{self, Relay, agent_of_key};
 use crate::mailbox::Mailbox;
 use crate::store::{Store, StoreError, keys};
 
-/// Pause before following again after the store failed.
-const RETRY: Duration = Duration::from_millis(500);
-
 /// Relays until `shutdown`.
 pub async fn run<S: Store>(store: Arc<S>, mailbox: Arc<Mailbox>, shutdown: CancellationToken) {
-    let mut relay = Relay {
-        store,
-        mailbox,
+    let relay = Requests {
+        mailbox: Arc::clone(&mailbox),
         outstanding: HashMap::new(),
         delivered: HashSet::new(),
     };
-    loop {
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => return,
-            outcome = relay.follow() => outcome,
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(%error, "relaying backup requests interrupted; following again");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(RETRY) => {}
-        }
-    }
+    agent_relay::run(&*store, &mailbox, relay, shutdown).await;
 }
 
-struct Relay<S> {
-    store: Arc<S>,
+struct Requests {
     mailbox: Arc<Mailbox>,
     /// Requests not answered yet, by key.
     outstanding: HashMap<String, BackupRequest>,
@@ -51,85 +33,53 @@ struct Relay<S> {
     delivered: HashSet<(u64, String)>,
 }
 
-fn agent_of_key(key: &str) -> Option<&str> {
-    key.strip_prefix(&keys::backup_requests_prefix())?
-        .split_once('/')
-        .map(|(agent, _)| agent)
-}
+impl Relay for Requests {
+    type Error = StoreError;
+    const WHAT: &'static str = "backup requests";
 
-fn decode(key: &str, value: &[u8]) -> Result<BackupRequest, StoreError> {
-    BackupRequest::decode(value).map_err(|error| StoreError::Corrupt {
-        key: key.to_owned(),
-        detail: error.to_string(),
-    })
-}
+    fn prefix(&self) -> String {
+        keys::backup_requests_prefix()
+    }
 
-impl<S: Store> Relay<S> {
-    async fn follow(&mut self) -> Result<(), StoreError> {
-        let mut openings = self.mailbox.subscribe_openings();
-        let prefix = keys::backup_requests_prefix();
-        let listing = self.store.list(&prefix).await?;
+    fn clear(&mut self) {
         self.outstanding.clear();
-        for entry in &listing.entries {
-            self.outstanding
-                .insert(entry.key.clone(), decode(&entry.key, &entry.value)?);
-        }
-        self.deliver_where(|_| true).await;
-        let mut changes = self.store.watch(&prefix, listing.revision).await?;
-        loop {
-            tokio::select! {
-                change = changes.next() => {
-                    let change = change.ok_or_else(|| StoreError::Unavailable("the watch ended".to_owned()))??;
-                    match change.value {
-                        Some(value) => {
-                            self.outstanding.insert(change.key.clone(), decode(&change.key, &value)?);
-                            self.deliver(&change.key).await;
-                        }
-                        None => {
-                            self.outstanding.remove(&change.key);
-                            self.delivered.retain(|(_, key)| *key != change.key);
-                        }
-                    }
-                }
-                opened = openings.recv() => match opened {
-                    Ok(agent) => self.deliver_where(|key| agent_of_key(key) == Some(agent.as_str())).await,
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.deliver_where(|_| true).await,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
-            }
-        }
     }
 
-    async fn deliver_where(&mut self, wanted: impl Fn(&str) -> bool) {
-        let keys: Vec<String> = self
-            .outstanding
-            .keys()
-            .filter(|key| wanted(key))
-            .cloned()
-            .collect();
-        for key in keys {
-            self.deliver(&key).await;
-        }
+    fn insert(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let request = BackupRequest::decode(value).map_err(|error| StoreError::Corrupt {
+            key: key.to_owned(),
+            detail: error.to_string(),
+        })?;
+        self.outstanding.insert(key.to_owned(), request);
+        Ok(())
     }
 
-    /// Hands the request at `key` to its agent if its session is here and has not had it.
-    async fn deliver(&mut self, key: &str) {
-        let Some(agent) = agent_of_key(key) else {
-            return;
+    async fn remove(&mut self, key: &str) {
+        self.outstanding.remove(key);
+        self.delivered.retain(|(_, delivered)| delivered != key);
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.outstanding.keys().cloned().collect()
+    }
+
+    async fn deliver(&mut self, key: &str) -> Result<(), StoreError> {
+        let Some(agent) = agent_of_key(&self.prefix(), key).map(str::to_owned) else {
+            return Ok(());
         };
-        let Some(session) = self.mailbox.session_of(agent) else {
-            return;
+        let Some(session) = self.mailbox.session_of(&agent) else {
+            return Ok(());
         };
         let Some(request) = self.outstanding.get(key).cloned() else {
-            return;
+            return Ok(());
         };
         if !self.delivered.insert((session, key.to_owned())) {
-            return;
+            return Ok(());
         }
         let id = request.request_id.clone();
         if let Err(error) = self
             .mailbox
-            .send(agent, CoordinatorBody::BackupRequest(request))
+            .send(&agent, CoordinatorBody::BackupRequest(request))
             .await
         {
             self.delivered.remove(&(session, key.to_owned()));
@@ -137,5 +87,6 @@ impl<S: Store> Relay<S> {
         } else {
             tracing::info!(%agent, request = %id, "backup request delivered");
         }
+        Ok(())
     }
 }

@@ -6,49 +6,33 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{self, Cancel, Dispatch};
 use prost::Message;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::RolloutError;
 use super::records::{decode, load_set};
+use crate::agent_relay::{self, Relay, agent_of_key};
 use crate::claims;
 use crate::mailbox::Mailbox;
-use crate::store::{FenceToken, Store, StoreError, Write, keys};
-
-/// Pause before following again after the store failed.
-const RETRY: Duration = Duration::from_millis(500);
+use crate::store::{FenceToken, Store, Write, keys};
 
 /// Relays until `shutdown`.
 pub async fn run<S: Store>(store: Arc<S>, mailbox: Arc<Mailbox>, shutdown: CancellationToken) {
-    let mut relay = Relay {
-        store,
-        mailbox,
+    let relay = Assignments {
+        store: Arc::clone(&store),
+        mailbox: Arc::clone(&mailbox),
         dispatches: HashMap::new(),
         delivered: HashSet::new(),
         running: HashSet::new(),
         sets: HashMap::new(),
     };
-    loop {
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => return,
-            outcome = relay.follow() => outcome,
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(%error, "relaying assignments interrupted; following again");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(RETRY) => {}
-        }
-    }
+    agent_relay::run(&*store, &mailbox, relay, shutdown).await;
 }
 
-struct Relay<S> {
+struct Assignments<S> {
     store: Arc<S>,
     mailbox: Arc<Mailbox>,
     /// Outstanding assignments by key.
@@ -61,73 +45,41 @@ struct Relay<S> {
     sets: HashMap<String, Arc<v1::MigrationSet>>,
 }
 
-fn agent_of_key(key: &str) -> Option<&str> {
-    key.strip_prefix(&keys::assignments_prefix())?
-        .split_once('/')
-        .map(|(agent, _)| agent)
-}
+impl<S: Store> Relay for Assignments<S> {
+    type Error = RolloutError;
+    const WHAT: &'static str = "assignments";
 
-impl<S: Store> Relay<S> {
-    async fn follow(&mut self) -> Result<(), RolloutError> {
-        let mut openings = self.mailbox.subscribe_openings();
-        let listing = self.store.list(&keys::assignments_prefix()).await?;
-        self.dispatches.clear();
-        for entry in &listing.entries {
-            self.dispatches
-                .insert(entry.key.clone(), decode(&entry.key, &entry.value)?);
-        }
-        let keys: Vec<String> = self.dispatches.keys().cloned().collect();
-        for key in keys {
-            self.deliver(&key).await?;
-        }
-        let mut changes = self
-            .store
-            .watch(&keys::assignments_prefix(), listing.revision)
-            .await?;
-        loop {
-            tokio::select! {
-                change = changes.next() => {
-                    let change = change.ok_or_else(|| StoreError::Unavailable("the watch ended".to_owned()))??;
-                    match change.value {
-                        Some(value) => {
-                            let dispatch: Dispatch = decode(&change.key, &value)?;
-                            self.dispatches.insert(change.key.clone(), dispatch);
-                            self.deliver(&change.key).await?;
-                        }
-                        None => self.withdraw(&change.key).await,
-                    }
-                }
-                opened = openings.recv() => match opened {
-                    Ok(agent) => self.deliver_to(&agent).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let keys: Vec<String> = self.dispatches.keys().cloned().collect();
-                        for key in keys {
-                            self.deliver(&key).await?;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
-            }
-        }
+    fn prefix(&self) -> String {
+        keys::assignments_prefix()
     }
 
-    async fn deliver_to(&mut self, agent: &str) -> Result<(), RolloutError> {
-        let prefix = keys::agent_assignments_prefix(agent);
-        let keys: Vec<String> = self
-            .dispatches
-            .keys()
-            .filter(|key| key.starts_with(&prefix))
-            .cloned()
-            .collect();
-        for key in keys {
-            self.deliver(&key).await?;
-        }
+    fn clear(&mut self) {
+        self.dispatches.clear();
+    }
+
+    fn insert(&mut self, key: &str, value: &[u8]) -> Result<(), RolloutError> {
+        let dispatch: Dispatch = decode(key, value)?;
+        self.dispatches.insert(key.to_owned(), dispatch);
         Ok(())
     }
 
-    /// Hands the assignment at `key` to its agent if its session is here and has not had it.
+    async fn remove(&mut self, key: &str) {
+        self.withdraw(key).await;
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.dispatches.keys().cloned().collect()
+    }
+
     async fn deliver(&mut self, key: &str) -> Result<(), RolloutError> {
-        let Some(agent) = agent_of_key(key) else {
+        self.hand_over(key).await
+    }
+}
+
+impl<S: Store> Assignments<S> {
+    /// Hands the assignment at `key` to its agent if its session is here and has not had it.
+    async fn hand_over(&mut self, key: &str) -> Result<(), RolloutError> {
+        let Some(agent) = agent_of_key(&keys::assignments_prefix(), key) else {
             return Ok(());
         };
         let Some(session) = self.mailbox.session_of(agent) else {
@@ -206,7 +158,7 @@ impl<S: Store> Relay<S> {
         let id = assignment.assignment_id;
         self.running.remove(&id);
         self.delivered.retain(|(_, delivered)| *delivered != id);
-        let Some(agent) = agent_of_key(key) else {
+        let Some(agent) = agent_of_key(&keys::assignments_prefix(), key) else {
             return;
         };
         let cancel = Cancel {
