@@ -11,16 +11,13 @@ use std::time::{Duration, Instant};
 use std::future::Future;
 
 use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts, health};
-use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
+use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{
-    ExecutionEvent, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, StepOutcome,
+    ExecutionEvent, ExecutorSettings, Identity, LockRetryPolicy, Request,
 };
-use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, BaselinePhase,
-    DatabaseOutage, Direction, ErrorDetail, ErrorKind, LockRetry, PreflightCheck, ProgressEvent,
-    RevisionFinished, RevisionOutcome, RevisionStarted, RollbackRecord, RollbackStarted,
-    StatementFinished,
+    self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, Direction, ErrorDetail,
+    ErrorKind, ProgressEvent, RollbackRecord,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::{Engine, MigrationSet};
@@ -29,8 +26,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::AgentConfig;
-use crate::duties::backup::Manifest;
+mod moving;
+mod wire;
+
+use moving::{Moving, RunParts, Watch};
+use wire::{DutyProgress, duty_failure, exec_failure, progress_event, refused};
+
+use crate::config::{AgentConfig, ShardConfig};
 use crate::duties::baseline::Baselines;
 use crate::duties::rollback::Triggers;
 use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
@@ -162,62 +164,6 @@ struct RunRecord {
     rollback: Option<RollbackRecord>,
 }
 
-/// Duty steps go to the session as they end.
-struct DutyProgress<'a> {
-    assignment: &'a Assignment,
-    progress: &'a mpsc::UnboundedSender<ProgressEvent>,
-}
-
-impl DutyReport for DutyProgress<'_> {
-    fn check(&self, check: PreflightCheck) {
-        if check.passed {
-            tracing::info!(shard = %self.assignment.shard_id, check = %check.name, detail = %check.detail, "pre-flight check passed");
-        } else {
-            tracing::warn!(shard = %self.assignment.shard_id, check = %check.name, detail = %check.detail, "pre-flight check failed");
-        }
-        let _ = self
-            .progress
-            .send(wrap(self.assignment, Event::PreflightCheck(check)));
-    }
-
-    fn backup(&self, manifest: &Manifest) {
-        tracing::info!(shard = %self.assignment.shard_id, backup = %manifest.backup_id, location = %manifest.location.display(), size_bytes = manifest.size_bytes, sha256 = %manifest.sha256, "verified backup recorded");
-        let _ = self.progress.send(wrap(
-            self.assignment,
-            Event::BackupFinished(manifest.record()),
-        ));
-    }
-
-    fn baseline(&self, measured: &BaselineMeasured) {
-        tracing::info!(shard = %self.assignment.shard_id, phase = ?measured.phase(), queries = measured.queries.len(), degraded = measured.degraded, "baselines timed");
-        let _ = self.progress.send(wrap(
-            self.assignment,
-            Event::BaselineMeasured(measured.clone()),
-        ));
-    }
-
-    fn database_outage(&self, outage: &DatabaseOutage) {
-        let _ = self
-            .progress
-            .send(wrap(self.assignment, Event::DatabaseOutage(outage.clone())));
-    }
-
-    fn rollback_started(&self, started: &RollbackStarted) {
-        tracing::warn!(shard = %self.assignment.shard_id, reason = %started.reason, target = %started.target_version, "rolling the shard back");
-        let _ = self.progress.send(wrap(
-            self.assignment,
-            Event::RollbackStarted(started.clone()),
-        ));
-    }
-}
-
-fn refused(kind: ErrorKind, message: String) -> ErrorDetail {
-    ErrorDetail {
-        kind: kind.into(),
-        message,
-    }
-}
-
 /// The agent an assignment runs on: its configuration and its metrics.
 struct Host<'a> {
     config: &'a AgentConfig,
@@ -236,42 +182,8 @@ async fn run(
     record: &mut RunRecord,
 ) -> Result<Option<String>, ErrorDetail> {
     let Host { config, metrics } = host;
-    let shard = config
-        .shards
-        .iter()
-        .find(|shard| shard.id == assignment.shard_id)
-        .ok_or_else(|| {
-            refused(
-                ErrorKind::BadInput,
-                format!(
-                    "shard {} is not one of agent {}'s shards",
-                    assignment.shard_id, config.agent_id
-                ),
-            )
-        })?;
-    let shipped = assignment.migration_set.as_ref().ok_or_else(|| {
-        refused(
-            ErrorKind::BadInput,
-            "the assignment carries no migration set".to_owned(),
-        )
-    })?;
-    let directory = tempfile::Builder::new()
-        .prefix("fleetshift-assignment-")
-        .tempdir()
-        .map_err(|error| {
-            refused(
-                ErrorKind::Failed,
-                format!("cannot create a working directory: {error}"),
-            )
-        })?;
-    let set = shipped::unpack(shipped, directory.path()).map_err(|error| {
-        let kind = if error.is_bad_input() {
-            ErrorKind::BadInput
-        } else {
-            ErrorKind::Failed
-        };
-        refused(kind, error.to_string())
-    })?;
+    let shard = shard_of(config, assignment)?;
+    let (_directory, set) = unpacked(assignment)?;
     let limits = assignment.limits.unwrap_or_default();
     let timeouts =
         timeouts(&limits, lease_ttl).map_err(|message| refused(ErrorKind::BadInput, message))?;
@@ -290,19 +202,6 @@ async fn run(
         })
         .await?;
     let _pool_reported = metrics.track_pool(&shard.id, pool_figures(&connected));
-    let identity = Identity {
-        agent_id: config.agent_id.clone(),
-        plan_id: Some(assignment.plan_id.clone()),
-        fence_token: Some(FenceToken::from_raw(assignment.fence_token)),
-    };
-    let settings = ExecutorSettings {
-        lock_retry: LockRetryPolicy {
-            max_retries: usize::try_from(limits.lock_retries).unwrap_or(usize::MAX),
-            ..LockRetryPolicy::default()
-        },
-        lock_timeout: timeouts.lock_timeout,
-        ..ExecutorSettings::default()
-    };
     let request = Request {
         target: Some(assignment.target_version.clone()).filter(|target| !target.is_empty()),
         allow_drift: None,
@@ -316,52 +215,23 @@ async fn run(
         duties: &duties,
         backups: config.backups.as_ref(),
     };
-    match &connected {
-        Connected::Postgres(engine) => {
-            let taken = patience
-                .persist("running the pre-flight checks and backup", || async {
-                    let ledger = engine.read_ledger().await.map_err(lost_or_final)?;
-                    let tables = duties::touched_tables(
-                        set.for_engine(Engine::Postgres),
-                        &ledger,
-                        direction,
-                        request.target.as_deref(),
-                    );
-                    let duty =
-                        duties::before_revisions(engine, shard_duties, &tables, report, &stop);
-                    duty_step(engine.pool(), duty, duty_failure).await
-                })
-                .await?;
-            record.backup = taken.map(|manifest| manifest.record());
-        }
-        Connected::Sqlite(engine) => {
-            let unsupported = if duties.restore_test {
-                Some("restore-tests its backups")
-            } else if Baselines::from_policy(duties.baselines.as_ref()).is_some() {
-                Some("times baselines")
-            } else {
-                None
-            };
-            if let Some(duty) = unsupported {
-                return Err(refused(
-                    ErrorKind::Precondition,
-                    format!(
-                        "shard {}: the plan {duty}, which only PostgreSQL shards support; nothing ran",
-                        shard.id
-                    ),
-                ));
-            }
-            if duties.require_backup {
-                let taken = duties::back_up_sqlite(engine, shard_duties, report)
-                    .await
-                    .map_err(duty_failure)?;
-                record.backup = Some(taken.record());
-            }
-        }
-    }
+    let before = Before {
+        set: &set,
+        direction,
+        target: request.target.as_deref(),
+        report,
+        stop: &stop,
+    };
+    record.backup = before
+        .duties(&connected, shard_duties, &mut patience)
+        .await?;
     let parts = RunParts {
-        identity,
-        settings,
+        identity: Identity {
+            agent_id: config.agent_id.clone(),
+            plan_id: Some(assignment.plan_id.clone()),
+            fence_token: Some(FenceToken::from_raw(assignment.fence_token)),
+        },
+        settings: executor_settings(&limits, &timeouts),
         stop: stop.clone(),
         events,
     };
@@ -397,259 +267,134 @@ async fn run(
     }
 }
 
-/// What an executor is built from, whatever the engine.
-struct RunParts {
-    identity: Identity,
-    settings: ExecutorSettings,
-    stop: CancellationToken,
-    events: mpsc::UnboundedSender<ExecutionEvent>,
-}
-
-/// What watches the revisions: the plan's rollback triggers and where a rollback goes.
-struct Watch<'a> {
-    shard_id: &'a str,
-    triggers: Triggers,
-    /// The plan's earlier record of the shard's version before it; empty: what this run finds.
-    revert_to: &'a str,
-    report: &'a dyn DutyReport,
-}
-
-/// One shard's migration set under one executor identity.
-struct Moving<'a, E: ShardEngine> {
-    engine: &'a E,
-    set: &'a MigrationSet,
-    parts: &'a RunParts,
-}
-
-impl<E: ShardEngine> Moving<'_, E> {
-    fn executor(&self) -> Executor<'_, E> {
-        Executor::new(
-            self.engine,
-            self.parts.identity.clone(),
-            self.parts.settings,
-        )
-        .interrupt_when(self.parts.stop.clone())
-        .report_to(self.parts.events.clone())
+/// The executor's settings under the plan's `limits`.
+fn executor_settings(limits: &v1::ExecutionLimits, timeouts: &Timeouts) -> ExecutorSettings {
+    ExecutorSettings {
+        lock_retry: LockRetryPolicy {
+            max_retries: usize::try_from(limits.lock_retries).unwrap_or(usize::MAX),
+            ..LockRetryPolicy::default()
+        },
+        lock_timeout: timeouts.lock_timeout,
+        ..ExecutorSettings::default()
     }
+}
 
-    /// Moves the shard, with baselines around the revisions (PostgreSQL) and a rollback when a
-    /// trigger fires; the shard's version afterwards. Each step runs again after a loss of the
-    /// database server, within `patience`'s bound, resuming from the shard's ledger.
-    async fn supervised(
-        &self,
-        direction: Direction,
-        request: &Request,
-        watch: &Watch<'_>,
-        baselines: Option<(Baselines<'_>, &CountedPool)>,
-        mut patience: Patience<'_>,
-        record: &mut RunRecord,
-    ) -> Result<Option<String>, ErrorDetail> {
-        let executor = self.executor();
-        let status = patience
-            .persist("reading the ledger", || async {
-                executor.status(self.set).await.map_err(lost_or_final)
-            })
-            .await?;
-        record.previous_version = status.current_version.unwrap_or_else(|| BASE.to_owned());
-        match direction {
-            Direction::Up => {}
-            Direction::Down => {
-                return patience
-                    .persist("reverting revisions", || async {
-                        retried_on_loss(executor.down(self.set, request).await)
-                    })
-                    .await?
-                    .map(|report| report.current_version)
-                    .map_err(|error| exec_failure(&error));
-            }
-            Direction::Unspecified => {
-                return Err(refused(
-                    ErrorKind::BadInput,
-                    "the assignment names no direction".to_owned(),
-                ));
-            }
-        }
-        let timing = Timing {
-            baselines,
-            stop: &self.parts.stop,
-            report: watch.report,
-        };
-        let before = timing
-            .phase(BaselinePhase::Before, None, &mut patience, duty_failure)
-            .await?;
-        record.baselines.extend(before.clone());
-        let outcome = patience
-            .persist("applying revisions", || async {
-                retried_on_loss(executor.up(self.set, request).await)
-            })
-            .await?;
-        let after = match (&before, &outcome) {
-            (Some(before), Ok(_)) => {
-                let after_but = |failure| applied_but(failure, watch.shard_id);
-                timing
-                    .phase(BaselinePhase::After, Some(before), &mut patience, after_but)
-                    .await?
-            }
-            _ => None,
-        };
-        record.baselines.extend(after.clone());
-        let degradation = timing.degradation(after.as_ref());
-        let Some(reason) = watch.triggers.reason(&outcome, degradation.as_deref()) else {
-            return outcome
-                .map(|report| report.current_version)
-                .map_err(|error| exec_failure(&error));
-        };
-        let cause = match &outcome {
-            Err(error) => exec_failure(error).kind(),
-            Ok(_) => ErrorKind::Failed,
-        };
-        let rollback = Rollback {
-            reason,
-            cause,
-            before: before.as_ref(),
-        };
-        self.revert(&executor, watch, &timing, rollback, patience, record)
-            .await
-    }
-
-    /// Reverts the shard to its version before the plan and times the baselines again; the
-    /// run's outcome, which is an error either way: the rollback, or why it did not finish.
-    async fn revert(
-        &self,
-        executor: &Executor<'_, E>,
-        watch: &Watch<'_>,
-        timing: &Timing<'_>,
-        rollback: Rollback<'_>,
-        mut patience: Patience<'_>,
-        record: &mut RunRecord,
-    ) -> Result<Option<String>, ErrorDetail> {
-        let Rollback {
-            reason,
-            cause,
-            before,
-        } = rollback;
-        let revert_to = if watch.revert_to.is_empty() {
-            record.previous_version.clone()
-        } else {
-            watch.revert_to.to_owned()
-        };
-        watch.report.rollback_started(&RollbackStarted {
-            reason: reason.clone(),
-            target_version: revert_to.clone(),
-        });
-        let back = Request {
-            target: Some(revert_to.clone()),
-            allow_drift: None,
-        };
-        let span = tracing::info_span!(
-            "rollback",
-            fleetshift.reason = %reason,
-            fleetshift.target_version = %revert_to
-        );
-        let reverted = patience
-            .persist("rolling back", || async {
-                retried_on_loss(executor.down(self.set, &back).await)
-            })
-            .instrument(span)
-            .await?;
-        let reverted = reverted.map_err(|error| {
+/// The configured shard `assignment` is for.
+fn shard_of<'c>(
+    config: &'c AgentConfig,
+    assignment: &Assignment,
+) -> Result<&'c ShardConfig, ErrorDetail> {
+    config
+        .shards
+        .iter()
+        .find(|shard| shard.id == assignment.shard_id)
+        .ok_or_else(|| {
             refused(
-                ErrorKind::NeedsOperator,
+                ErrorKind::BadInput,
                 format!(
-                    "shard {}: {reason}; the automatic rollback to {revert_to} did not finish, so the shard stays where it is for an operator: {error}",
-                    watch.shard_id
+                    "shard {} is not one of agent {}'s shards",
+                    assignment.shard_id, config.agent_id
                 ),
             )
+        })
+}
+
+/// The shipped migration set, written to a fresh directory (kept while the run lasts) and
+/// loaded again, hashing to the digest the coordinator pinned.
+fn unpacked(assignment: &Assignment) -> Result<(tempfile::TempDir, MigrationSet), ErrorDetail> {
+    let shipped = assignment.migration_set.as_ref().ok_or_else(|| {
+        refused(
+            ErrorKind::BadInput,
+            "the assignment carries no migration set".to_owned(),
+        )
+    })?;
+    let directory = tempfile::Builder::new()
+        .prefix("fleetshift-assignment-")
+        .tempdir()
+        .map_err(|error| {
+            refused(
+                ErrorKind::Failed,
+                format!("cannot create a working directory: {error}"),
+            )
         })?;
-        let recovered = match before {
-            Some(before) => {
-                let after_but = |failure| applied_but(failure, watch.shard_id);
-                timing
-                    .phase(
-                        BaselinePhase::Recovered,
-                        Some(before),
-                        &mut patience,
-                        after_but,
-                    )
-                    .await?
-            }
-            None => None,
+    let set = shipped::unpack(shipped, directory.path()).map_err(|error| {
+        let kind = if error.is_bad_input() {
+            ErrorKind::BadInput
+        } else {
+            ErrorKind::Failed
         };
-        record.baselines.extend(recovered.clone());
-        let still = timing.degradation(recovered.as_ref());
-        let recovery = match (&recovered, &still) {
-            (None, _) => String::new(),
-            (Some(_), None) => "; the baselines recovered".to_owned(),
-            (Some(_), Some(still)) => format!("; the baselines did not recover: {still}"),
-        };
-        let message = format!(
-            "shard {}: rolled back to {revert_to} because {reason}{recovery}",
-            watch.shard_id
-        );
-        record.rollback = Some(RollbackRecord {
-            reason,
-            reverted_to: revert_to,
-            revisions: reverted
-                .steps
-                .iter()
-                .filter(|step| step.outcome == StepOutcome::Reverted)
-                .map(|step| format!("{}_{}", step.version, step.name))
-                .collect(),
-            recovered: still.is_none(),
-        });
-        Err(refused(cause, message))
-    }
+        refused(kind, error.to_string())
+    })?;
+    Ok((directory, set))
 }
 
-/// Why a shard is rolled back, and the baselines it must get back to.
-struct Rollback<'a> {
-    reason: String,
-    /// The error kind the shard ends with: the failure's, or FAILED.
-    cause: ErrorKind,
-    before: Option<&'a BaselineMeasured>,
-}
-
-/// The plan's baselines on this shard, when it has any: each phase is timed, reported and
-/// kept in the run's record.
-struct Timing<'a> {
-    baselines: Option<(Baselines<'a>, &'a CountedPool)>,
-    stop: &'a CancellationToken,
+/// The plan's duties before the revisions: pre-flight checks and a backup.
+struct Before<'a> {
+    set: &'a MigrationSet,
+    direction: Direction,
+    target: Option<&'a str>,
     report: &'a dyn DutyReport,
+    stop: &'a CancellationToken,
 }
 
-impl Timing<'_> {
-    /// The baselines at `phase`, compared with `before` when given, timed again after a loss
-    /// of the server; a failure of their own as `failed` makes it.
-    async fn phase(
+impl Before<'_> {
+    /// Runs them on `connected`; the backup taken, if any.
+    async fn duties(
         &self,
-        phase: BaselinePhase,
-        before: Option<&BaselineMeasured>,
+        connected: &Connected,
+        shard: ShardDuties<'_>,
         patience: &mut Patience<'_>,
-        failed: impl Fn(DutyFailure) -> ErrorDetail,
-    ) -> Result<Option<BaselineMeasured>, ErrorDetail> {
-        let Some((baselines, pool)) = self.baselines else {
-            return Ok(None);
-        };
-        let failed = &failed;
-        let measured = patience
-            .persist("timing the baselines", || async move {
-                let measuring = baselines
-                    .measure(pool, phase, before, self.stop)
-                    .instrument(tracing::info_span!(
-                        "baseline",
-                        fleetshift.phase = phase.as_str_name()
+    ) -> Result<Option<BackupRecord>, ErrorDetail> {
+        match connected {
+            Connected::Postgres(engine) => {
+                let taken = patience
+                    .persist("running the pre-flight checks and backup", || async {
+                        let ledger = engine.read_ledger().await.map_err(lost_or_final)?;
+                        let tables = duties::touched_tables(
+                            self.set.for_engine(Engine::Postgres),
+                            &ledger,
+                            self.direction,
+                            self.target,
+                        );
+                        let duty = duties::before_revisions(
+                            engine,
+                            shard,
+                            &tables,
+                            self.report,
+                            self.stop,
+                        );
+                        duty_step(engine.pool(), duty, duty_failure).await
+                    })
+                    .await?;
+                Ok(taken.map(|manifest| manifest.record()))
+            }
+            Connected::Sqlite(engine) => {
+                let duties = shard.duties;
+                let unsupported = if duties.restore_test {
+                    Some("restore-tests its backups")
+                } else if Baselines::from_policy(duties.baselines.as_ref()).is_some() {
+                    Some("times baselines")
+                } else {
+                    None
+                };
+                if let Some(duty) = unsupported {
+                    return Err(refused(
+                        ErrorKind::Precondition,
+                        format!(
+                            "shard {}: the plan {duty}, which only PostgreSQL shards support; nothing ran",
+                            shard.shard_id
+                        ),
                     ));
-                duty_step(pool, measuring, failed).await
-            })
-            .await?;
-        self.report.baseline(&measured);
-        Ok(Some(measured))
-    }
-
-    /// The degraded queries of `measured`, described, when any degraded.
-    fn degradation(&self, measured: Option<&BaselineMeasured>) -> Option<String> {
-        let (baselines, _) = self.baselines?;
-        baselines.degradation(measured?)
+                }
+                if !duties.require_backup {
+                    return Ok(None);
+                }
+                let taken = duties::back_up_sqlite(engine, shard, self.report)
+                    .await
+                    .map_err(duty_failure)?;
+                Ok(Some(taken.record()))
+            }
+        }
     }
 }
 
@@ -749,104 +494,4 @@ fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeout
     };
     timeouts.validate()?;
     Ok(timeouts)
-}
-
-fn duty_failure(failure: DutyFailure) -> ErrorDetail {
-    match failure {
-        DutyFailure::Stopped => refused(
-            ErrorKind::Stopped,
-            "stopped before the revisions ran; nothing changed".to_owned(),
-        ),
-        DutyFailure::Refused(message) => refused(ErrorKind::Precondition, message),
-        DutyFailure::ConnectionLost(detail) => {
-            refused(ErrorKind::Unreachable, format!("{detail}; nothing changed"))
-        }
-    }
-}
-
-/// An event of `assignment`, stamped now.
-fn wrap(assignment: &Assignment, event: Event) -> ProgressEvent {
-    ProgressEvent {
-        assignment_id: assignment.assignment_id.clone(),
-        shard_id: assignment.shard_id.clone(),
-        at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        event: Some(event),
-    }
-}
-
-/// An executor event as the wire carries it.
-fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEvent {
-    let duration = |value: Duration| prost_types::Duration::try_from(value).ok();
-    let count = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
-    let body = match event {
-        ExecutionEvent::RevisionStarted {
-            version,
-            name,
-            transactional,
-            statements,
-        } => Event::RevisionStarted(RevisionStarted {
-            version,
-            name,
-            transactional,
-            statements: count(statements),
-        }),
-        ExecutionEvent::StatementFinished {
-            version,
-            location,
-            duration: took,
-        } => Event::StatementFinished(StatementFinished {
-            version,
-            location,
-            duration: duration(took),
-        }),
-        ExecutionEvent::LockRetry {
-            version,
-            location,
-            attempt,
-            wait,
-            sqlstate,
-        } => Event::LockRetry(LockRetry {
-            version,
-            location,
-            attempt: count(attempt),
-            wait: duration(wait),
-            sqlstate: sqlstate.unwrap_or_default(),
-        }),
-        ExecutionEvent::RevisionFinished {
-            version,
-            outcome,
-            duration: took,
-            statements_run,
-            lock_retries,
-        } => {
-            let outcome = match outcome {
-                StepOutcome::Applied => RevisionOutcome::Applied,
-                StepOutcome::Resumed => RevisionOutcome::Resumed,
-                StepOutcome::Reverted => RevisionOutcome::Reverted,
-                StepOutcome::AlreadyDone => RevisionOutcome::AlreadyDone,
-            };
-            Event::RevisionFinished(RevisionFinished {
-                version,
-                outcome: outcome.into(),
-                duration: duration(took),
-                statements_run: count(statements_run),
-                lock_retries: count(lock_retries),
-            })
-        }
-    };
-    wrap(assignment, body)
-}
-
-fn exec_failure(error: &ExecError) -> ErrorDetail {
-    let kind = match error.kind() {
-        ExecErrorKind::BadInput => ErrorKind::BadInput,
-        ExecErrorKind::Drift => ErrorKind::Drift,
-        ExecErrorKind::FencedOut => ErrorKind::FencedOut,
-        ExecErrorKind::LockTimeout => ErrorKind::LockTimeout,
-        ExecErrorKind::Unreachable => ErrorKind::Unreachable,
-        ExecErrorKind::NeedsOperator => ErrorKind::NeedsOperator,
-        ExecErrorKind::Failed => ErrorKind::Failed,
-        ExecErrorKind::Stopped => ErrorKind::Stopped,
-    };
-    refused(kind, error.to_string())
 }

@@ -106,78 +106,21 @@ pub async fn run(
     let connections = health::connections(pool)
         .await
         .map_err(|error| unreadable("connections", error))?;
-    let busy =
-        connections.in_use * 100 >= connections.max * i64::from(thresholds.max_connections_percent);
-    check(
-        "connections",
-        !busy,
-        format!(
-            "{} of {} connections in use (limit {}%){}",
-            connections.in_use,
-            connections.max,
-            thresholds.max_connections_percent,
-            if busy {
-                "; wait for load to drop or raise max_connections"
-            } else {
-                ""
-            }
-        ),
-    )?;
+    let (passed, detail) = connections_verdict(&connections, &thresholds);
+    check("connections", passed, detail)?;
 
     let replication = health::replication(pool)
         .await
         .map_err(|error| unreadable("replication", error))?;
-    if replication.replicas == 0 {
-        check("replication", true, "no replicas attached".to_owned())?;
-    } else {
-        let behind = replication.max_lag > thresholds.max_replication_lag;
-        check(
-            "replication",
-            !behind,
-            format!(
-                "{} replica(s), largest replay lag {:.1}s{} (limit {}s){}",
-                replication.replicas,
-                replication.max_lag.as_secs_f64(),
-                replication
-                    .furthest_behind
-                    .map(|name| format!(" on {name}"))
-                    .unwrap_or_default(),
-                thresholds.max_replication_lag.as_secs(),
-                if behind {
-                    "; let the replica catch up (is its replay paused or its disk slow?) \
-                     or plan with a larger --max-replication-lag"
-                } else {
-                    ""
-                }
-            ),
-        )?;
-    }
+    let (passed, detail) = replication_verdict(&replication, &thresholds);
+    check("replication", passed, detail)?;
 
     let database_bytes = health::database_bytes(pool)
         .await
         .map_err(|error| unreadable("disk", error))?;
     let database_bytes = u64::try_from(database_bytes).unwrap_or_default();
     if let Some(directory) = scope.backup_directory {
-        let (passed, detail) = match free_bytes(directory) {
-            Ok(free) => (
-                free > database_bytes,
-                format!(
-                    "{} MiB free in {} for a database of {} MiB{}",
-                    free / MIB,
-                    directory.display(),
-                    database_bytes / MIB,
-                    if free > database_bytes {
-                        ""
-                    } else {
-                        "; free space there or point [backups] directory elsewhere"
-                    }
-                ),
-            ),
-            Err(error) => (
-                false,
-                format!("cannot read free space in {}: {error}", directory.display()),
-            ),
-        };
+        let (passed, detail) = disk_verdict(directory, database_bytes);
         check("disk", passed, detail)?;
     }
 
@@ -192,6 +135,80 @@ pub async fn run(
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// Whether few enough connections are in use, and the check's detail.
+fn connections_verdict(
+    connections: &health::Connections,
+    thresholds: &Thresholds,
+) -> (bool, String) {
+    let busy =
+        connections.in_use * 100 >= connections.max * i64::from(thresholds.max_connections_percent);
+    let detail = format!(
+        "{} of {} connections in use (limit {}%){}",
+        connections.in_use,
+        connections.max,
+        thresholds.max_connections_percent,
+        if busy {
+            "; wait for load to drop or raise max_connections"
+        } else {
+            ""
+        }
+    );
+    (!busy, detail)
+}
+
+/// Whether every replica is close enough behind, and the check's detail.
+fn replication_verdict(
+    replication: &health::Replication,
+    thresholds: &Thresholds,
+) -> (bool, String) {
+    if replication.replicas == 0 {
+        return (true, "no replicas attached".to_owned());
+    }
+    let behind = replication.max_lag > thresholds.max_replication_lag;
+    let detail = format!(
+        "{} replica(s), largest replay lag {:.1}s{} (limit {}s){}",
+        replication.replicas,
+        replication.max_lag.as_secs_f64(),
+        replication
+            .furthest_behind
+            .as_ref()
+            .map(|name| format!(" on {name}"))
+            .unwrap_or_default(),
+        thresholds.max_replication_lag.as_secs(),
+        if behind {
+            "; let the replica catch up (is its replay paused or its disk slow?) \
+             or plan with a larger --max-replication-lag"
+        } else {
+            ""
+        }
+    );
+    (!behind, detail)
+}
+
+/// Whether `directory` has room for a backup of `database_bytes`, and the check's detail.
+fn disk_verdict(directory: &Path, database_bytes: u64) -> (bool, String) {
+    match free_bytes(directory) {
+        Ok(free) => (
+            free > database_bytes,
+            format!(
+                "{} MiB free in {} for a database of {} MiB{}",
+                free / MIB,
+                directory.display(),
+                database_bytes / MIB,
+                if free > database_bytes {
+                    ""
+                } else {
+                    "; free space there or point [backups] directory elsewhere"
+                }
+            ),
+        ),
+        Err(error) => (
+            false,
+            format!("cannot read free space in {}: {error}", directory.display()),
+        ),
+    }
+}
 
 /// Free bytes for an unprivileged writer on the file system holding `directory` (created when
 /// missing, so a first backup can be checked).
