@@ -11,6 +11,7 @@ use fleetshift_common::proto::v1::{
     SchemaChange, ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
+use fleetshift_common::source::{MigrationSet, Revision};
 use fleetshift_common::touched::touched;
 
 use crate::lint;
@@ -197,76 +198,36 @@ pub fn new_plan_id() -> String {
     format!("p{}-{:05x}", now.as_secs(), now.subsec_micros())
 }
 
-/// Checks the request and plans it for `author` over the announced `agents`.
-pub fn plan(
-    request: CreatePlanRequest,
-    author: &str,
-    agents: &[(String, Hello)],
-) -> Result<Plan, RolloutError> {
-    let shipped = request.migration_set.as_ref().ok_or_else(|| {
-        RolloutError::BadRequest("the request carries no migration set".to_owned())
-    })?;
-    let directory = tempfile::Builder::new()
-        .prefix("fleetshift-plan-")
-        .tempdir()
-        .map_err(|error| {
-            RolloutError::NotNow(format!("cannot unpack the migration set: {error}"))
-        })?;
-    let set = shipped::unpack(shipped, directory.path())
-        .map_err(|error| RolloutError::BadRequest(error.to_string()))?;
+/// The version a plan goes to: the requested one in the set's own spelling (agents and
+/// ledgers name it so), or the set's last.
+fn target_of(set: &MigrationSet, requested: &str) -> Result<String, RolloutError> {
     let last = set
         .revisions
         .last()
         .map(|revision| revision.version.as_str().to_owned())
         .ok_or_else(|| RolloutError::BadRequest("the migration set is empty".to_owned()))?;
-    let target = if request.target_version.is_empty() {
-        last.clone()
-    } else if let Some(revision) = set.revision(&request.target_version) {
-        // The set's own spelling: agents and ledgers name it so.
-        revision.version.as_str().to_owned()
-    } else {
-        return Err(RolloutError::BadRequest(format!(
-            "target version {} is not in the migration set (its versions run from {} to {last})",
-            request.target_version,
+    if requested.is_empty() {
+        return Ok(last);
+    }
+    let revision = set.revision(requested).ok_or_else(|| {
+        RolloutError::BadRequest(format!(
+            "target version {requested} is not in the migration set (its versions run from {} to {last})",
             set.revisions
                 .first()
                 .map(|revision| revision.version.as_str())
                 .unwrap_or_default()
-        )));
-    };
-    let shards = candidates(agents, &request.selector)?;
-    if shards.is_empty() {
-        return Err(RolloutError::BadRequest(format!(
-            "no connected agent announces a shard matching {:?}; `fleetshift shards` lists them",
-            request.selector
-        )));
-    }
-    let applied = set
-        .position(&target)
-        .map_or(set.revisions.len(), |index| index + 1);
-    let findings: Vec<_> = lint::lint_revisions(&set.revisions[..applied])
-        .findings
-        .iter()
-        .map(|finding| finding.to_wire(directory.path()))
-        .collect();
-    let contexts: Vec<risk::ShardContext> = shards
-        .iter()
-        .map(|shard| risk::ShardContext {
-            shard_id: shard.shard_id.clone(),
-            environment: shard.environment.clone(),
-            tables: shard.tables.clone(),
-            observed_at: shard.observed_at,
-            backup_required: request
-                .duties
-                .as_ref()
-                .is_some_and(|duties| duties.require_backup),
-        })
-        .collect();
-    let changed: Vec<String> = set.revisions[..applied]
+        ))
+    })?;
+    Ok(revision.version.as_str().to_owned())
+}
+
+/// What each shard knows of the tables `revisions` change.
+fn analyses_of(shards: &[Candidate], revisions: &[Revision]) -> Vec<ShardAnalysis> {
+    let changed: Vec<String> = revisions
         .iter()
         .flat_map(|revision| risk::changed_tables(revision.up.statements()))
         .collect();
-    let analyses = shards
+    shards
         .iter()
         .map(|shard| ShardAnalysis {
             shard_id: shard.shard_id.clone(),
@@ -278,9 +239,12 @@ pub fn plan(
                 .collect(),
             observed_at: shard.observed_at,
         })
-        .collect();
-    let risk = risk::assess(&set.revisions[..applied], &findings, &contexts);
-    let changes = set.revisions[..applied]
+        .collect()
+}
+
+/// Every table change `revisions` make, with its lock and the first line of its statement.
+fn schema_changes(revisions: &[Revision]) -> Vec<SchemaChange> {
+    revisions
         .iter()
         .flat_map(|revision| {
             revision
@@ -303,7 +267,60 @@ pub fn plan(
                     })
                 })
         })
+        .collect()
+}
+
+/// Checks the request and plans it for `author` over the announced `agents`.
+pub fn plan(
+    request: CreatePlanRequest,
+    author: &str,
+    agents: &[(String, Hello)],
+) -> Result<Plan, RolloutError> {
+    let shipped = request.migration_set.as_ref().ok_or_else(|| {
+        RolloutError::BadRequest("the request carries no migration set".to_owned())
+    })?;
+    let directory = tempfile::Builder::new()
+        .prefix("fleetshift-plan-")
+        .tempdir()
+        .map_err(|error| {
+            RolloutError::NotNow(format!("cannot unpack the migration set: {error}"))
+        })?;
+    let set = shipped::unpack(shipped, directory.path())
+        .map_err(|error| RolloutError::BadRequest(error.to_string()))?;
+    let target = target_of(&set, &request.target_version)?;
+    let shards = candidates(agents, &request.selector)?;
+    if shards.is_empty() {
+        return Err(RolloutError::BadRequest(format!(
+            "no connected agent announces a shard matching {:?}; `fleetshift shards` lists them",
+            request.selector
+        )));
+    }
+    let applied = set
+        .position(&target)
+        .map_or(set.revisions.len(), |index| index + 1);
+    let findings: Vec<_> = lint::lint_revisions(&set.revisions[..applied])
+        .findings
+        .iter()
+        .map(|finding| finding.to_wire(directory.path()))
         .collect();
+    let revisions = &set.revisions[..applied];
+    let backup_required = request
+        .duties
+        .as_ref()
+        .is_some_and(|duties| duties.require_backup);
+    let contexts: Vec<risk::ShardContext> = shards
+        .iter()
+        .map(|shard| risk::ShardContext {
+            shard_id: shard.shard_id.clone(),
+            environment: shard.environment.clone(),
+            tables: shard.tables.clone(),
+            observed_at: shard.observed_at,
+            backup_required,
+        })
+        .collect();
+    let analyses = analyses_of(&shards, revisions);
+    let risk = risk::assess(revisions, &findings, &contexts);
+    let changes = schema_changes(revisions);
     let policy = policy(request.waves)?;
     check_duties(request.duties.as_ref())?;
     let limits: ExecutionLimits = request.limits.unwrap_or_default();

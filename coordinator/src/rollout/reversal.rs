@@ -36,44 +36,7 @@ pub fn plan_rollback(
             source.plan_id, source.rolls_back
         )));
     }
-    let succeeded: Vec<&ShardTask> = waves::planned_tasks(source)
-        .filter(|task| task.state() == ShardState::Succeeded)
-        .collect();
-    if let Some(unmatched) = patterns.iter().find(|pattern| {
-        !succeeded
-            .iter()
-            .any(|task| matches(pattern, &task.shard_id))
-    }) {
-        return Err(RolloutError::BadRequest(format!(
-            "--shards {unmatched} matches no shard plan {} took to its target ({})",
-            source.plan_id,
-            listing(&succeeded)
-        )));
-    }
-    let selected: Vec<&ShardTask> = succeeded
-        .into_iter()
-        .filter(|task| {
-            patterns.is_empty()
-                || patterns
-                    .iter()
-                    .any(|pattern| matches(pattern, &task.shard_id))
-        })
-        .collect();
-    if selected.is_empty() {
-        return Err(RolloutError::BadRequest(format!(
-            "plan {} took no shard to its target; there is nothing to roll back",
-            source.plan_id
-        )));
-    }
-    if let Some(unknown) = selected
-        .iter()
-        .find(|task| task.previous_version.is_empty())
-    {
-        return Err(RolloutError::BadRequest(format!(
-            "shard {} has no recorded version from before plan {}; revert it on its host with `fleetshift migrate down --to <version>`",
-            unknown.shard_id, source.plan_id
-        )));
-    }
+    let selected = selected_tasks(source, patterns)?;
     let announced: HashMap<String, Candidate> = planning::candidates(agents, &HashMap::new())?
         .into_iter()
         .map(|candidate| (candidate.shard_id.clone(), candidate))
@@ -131,6 +94,53 @@ pub fn plan_rollback(
         trace_context: spans::new_trace_context(),
         ..Plan::default()
     })
+}
+
+/// The tasks of `source` to roll back: those it took to its target that match `patterns` (all
+/// of them when empty), each with its version from before the plan.
+fn selected_tasks<'p>(
+    source: &'p Plan,
+    patterns: &[String],
+) -> Result<Vec<&'p ShardTask>, RolloutError> {
+    let succeeded: Vec<&ShardTask> = waves::planned_tasks(source)
+        .filter(|task| task.state() == ShardState::Succeeded)
+        .collect();
+    if let Some(unmatched) = patterns.iter().find(|pattern| {
+        !succeeded
+            .iter()
+            .any(|task| matches(pattern, &task.shard_id))
+    }) {
+        return Err(RolloutError::BadRequest(format!(
+            "--shards {unmatched} matches no shard plan {} took to its target ({})",
+            source.plan_id,
+            listing(&succeeded)
+        )));
+    }
+    let selected: Vec<&ShardTask> = succeeded
+        .into_iter()
+        .filter(|task| {
+            patterns.is_empty()
+                || patterns
+                    .iter()
+                    .any(|pattern| matches(pattern, &task.shard_id))
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err(RolloutError::BadRequest(format!(
+            "plan {} took no shard to its target; there is nothing to roll back",
+            source.plan_id
+        )));
+    }
+    if let Some(unknown) = selected
+        .iter()
+        .find(|task| task.previous_version.is_empty())
+    {
+        return Err(RolloutError::BadRequest(format!(
+            "shard {} has no recorded version from before plan {}; revert it on its host with `fleetshift migrate down --to <version>`",
+            unknown.shard_id, source.plan_id
+        )));
+    }
+    Ok(selected)
 }
 
 /// Whether `shard_id` matches `pattern`, where `*` stands for any run of characters.
