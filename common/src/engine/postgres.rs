@@ -146,6 +146,18 @@ pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Which other tools' history tables the shard has (and whether `schema_migrations` is
+/// golang-migrate's, with its `dirty` column, or dbmate's).
+const FOREIGN_TABLES: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,
+        to_regclass('flyway_schema_history') IS NOT NULL,
+        to_regclass('schema_migrations') IS NOT NULL,
+        to_regclass('__diesel_schema_migrations') IS NOT NULL,
+        to_regclass('schema_migration') IS NOT NULL,
+        to_regclass('databasechangelog') IS NOT NULL,
+        EXISTS (SELECT 1 FROM information_schema.columns
+                WHERE table_name = 'schema_migrations' AND column_name = 'dirty'
+                  AND table_schema = ANY (current_schemas(false)))";
+
 impl ShardEngine for PostgresShard {
     type MigratorLock = MigratorLock;
 
@@ -304,20 +316,6 @@ impl ShardEngine for PostgresShard {
 
     async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
         let failed = self.database_error("reading another tool's history");
-        let present: (bool, bool, bool, bool, bool, bool, bool) = sqlx::query_as(
-            "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,
-                    to_regclass('flyway_schema_history') IS NOT NULL,
-                    to_regclass('schema_migrations') IS NOT NULL,
-                    to_regclass('__diesel_schema_migrations') IS NOT NULL,
-                    to_regclass('schema_migration') IS NOT NULL,
-                    to_regclass('databasechangelog') IS NOT NULL,
-                    EXISTS (SELECT 1 FROM information_schema.columns
-                            WHERE table_name = 'schema_migrations' AND column_name = 'dirty'
-                              AND table_schema = ANY (current_schemas(false)))",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(&failed)?;
         let (
             has_sqlx,
             has_flyway,
@@ -326,7 +324,10 @@ impl ShardEngine for PostgresShard {
             has_pop,
             has_liquibase,
             golang_migrate,
-        ) = present;
+        ) = sqlx::query_as::<_, (bool, bool, bool, bool, bool, bool, bool)>(FOREIGN_TABLES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(&failed)?;
         let mut histories = Vec::new();
         if has_sqlx {
             let rows = sqlx::query_as(
@@ -365,39 +366,35 @@ impl ShardEngine for PostgresShard {
                     applied: ForeignApplied::UpTo { version, dirty },
                 });
             }
-        } else if has_schema_migrations {
-            let versions =
-                sqlx::query_scalar("SELECT version::text FROM schema_migrations ORDER BY version")
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(&failed)?;
-            histories.push(ForeignHistory {
-                tool: ForeignTool::Dbmate,
-                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
-            });
         }
-        if has_diesel {
-            let versions = sqlx::query_scalar(
+        let plain = [
+            (
+                has_schema_migrations && !golang_migrate,
+                ForeignTool::Dbmate,
+                "SELECT version::text FROM schema_migrations ORDER BY version",
+            ),
+            (
+                has_diesel,
+                ForeignTool::Diesel,
                 "SELECT version::text FROM __diesel_schema_migrations ORDER BY version",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(&failed)?;
-            histories.push(ForeignHistory {
-                tool: ForeignTool::Diesel,
-                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
-            });
-        }
-        if has_pop {
-            let versions =
-                sqlx::query_scalar("SELECT version::text FROM schema_migration ORDER BY version")
+            ),
+            (
+                has_pop,
+                ForeignTool::Pop,
+                "SELECT version::text FROM schema_migration ORDER BY version",
+            ),
+        ];
+        for (present, tool, query) in plain {
+            if present {
+                let versions = sqlx::query_scalar(query)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(&failed)?;
-            histories.push(ForeignHistory {
-                tool: ForeignTool::Pop,
-                applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
-            });
+                histories.push(ForeignHistory {
+                    tool,
+                    applied: ForeignApplied::Versions(foreign::plain_versions(versions)),
+                });
+            }
         }
         if has_liquibase {
             let rows = sqlx::query_as(

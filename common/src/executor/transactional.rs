@@ -1,15 +1,27 @@
 //! Transactional revisions: up or down as ONE fenced transaction, retried on lock
 //! conflicts; a failed up is recorded as failed.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::failure::{describe_tx_error, is_lock_conflict, locate};
+use super::retry::Attempts;
 use super::{Direction, ExecutionEvent, Executor, StepOutcome, StepReport, step_report};
 use crate::engine::{FencedTransaction, ShardEngine, TxError};
 use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{Expect, Guard, RevisionStatus, Writer};
 use crate::source::{Revision, Script};
 use crate::statements::Statement;
+
+/// One revision's transaction, as each attempt runs it.
+#[derive(Debug, Clone, Copy)]
+struct Attempt<'a> {
+    revision: &'a Revision,
+    script: &'a Script,
+    statements: &'a [Statement],
+    guard: &'a Guard,
+    final_status: RevisionStatus,
+    started: Instant,
+}
 
 impl<E: ShardEngine> Executor<'_, E> {
     /// Up or down of a transactional revision: ONE fenced transaction, retried on lock
@@ -45,48 +57,15 @@ impl<E: ShardEngine> Executor<'_, E> {
         let label = revision.label();
         tracing::info!(shard = %self.engine.shard(), revision = %label, direction = ?direction, statements = statements.len(), fence = %writer.fence_token, "running revision in one transaction");
         let started = Instant::now();
-        let attempts = self
-            .settings
-            .lock_retry
-            .run(
-                is_lock_conflict,
-                |error: &TxError, attempt, wait| {
-                    if let TxError::Statement(failure) = error {
-                        self.lock_retried(
-                            revision,
-                            &locate(script, statements, failure),
-                            attempt,
-                            wait,
-                            failure,
-                        );
-                    }
-                },
-                || {
-                    let elapsed = started.elapsed();
-                    let record = self.record(
-                        revision,
-                        final_status,
-                        false,
-                        Some(elapsed),
-                        statements.len(),
-                        None,
-                    );
-                    let guard = &guard;
-                    let statements = &statements;
-                    async move {
-                        let work = FencedTransaction {
-                            guard,
-                            body: statements,
-                            script: Some(script),
-                            records: std::slice::from_ref(&record),
-                            audit: None,
-                        };
-                        self.interruptible(self.engine.fenced_transaction(writer, work))
-                            .await
-                    }
-                },
-            )
-            .await;
+        let attempt = Attempt {
+            revision,
+            script,
+            statements,
+            guard: &guard,
+            final_status,
+            started,
+        };
+        let attempts = self.fenced_with_retries(&attempt, writer).await;
         let lock_retries = attempts.attempts - 1;
         let outcome = match attempts.result {
             Ok(durations) => {
@@ -140,6 +119,61 @@ impl<E: ShardEngine> Executor<'_, E> {
             duration,
             lock_retries,
         ))
+    }
+
+    /// Runs `attempt`'s fenced transaction, again after each lock conflict within the
+    /// policy's bound; the durations of its statements when it commits.
+    async fn fenced_with_retries(
+        &self,
+        attempt: &Attempt<'_>,
+        writer: &Writer,
+    ) -> Attempts<Vec<Duration>, TxError> {
+        let Attempt {
+            revision,
+            script,
+            statements,
+            guard,
+            final_status,
+            started,
+        } = *attempt;
+        self.settings
+            .lock_retry
+            .run(
+                is_lock_conflict,
+                |error: &TxError, attempt, wait| {
+                    if let TxError::Statement(failure) = error {
+                        self.lock_retried(
+                            revision,
+                            &locate(script, statements, failure),
+                            attempt,
+                            wait,
+                            failure,
+                        );
+                    }
+                },
+                || {
+                    let record = self.record(
+                        revision,
+                        final_status,
+                        false,
+                        Some(started.elapsed()),
+                        statements.len(),
+                        None,
+                    );
+                    async move {
+                        let work = FencedTransaction {
+                            guard,
+                            body: statements,
+                            script: Some(script),
+                            records: std::slice::from_ref(&record),
+                            audit: None,
+                        };
+                        self.interruptible(self.engine.fenced_transaction(writer, work))
+                            .await
+                    }
+                },
+            )
+            .await
     }
 
     /// Turns a failed transactional step into an error; a failed `up` is recorded as failed.

@@ -203,26 +203,7 @@ pub fn changesets(path: &Path, text: &str, problems: &mut Vec<SourceProblem>) ->
             continue;
         }
         if let Some(sql) = keyword(rest, "rollback") {
-            let Some(open) = &mut open else {
-                problems.push(SourceProblem::at_line(
-                    path,
-                    number,
-                    "a `--rollback` line before the first `--changeset` belongs to no changeset",
-                ));
-                continue;
-            };
-            open.body.push(String::new());
-            let lower = sql.to_ascii_lowercase();
-            if lower == "empty" || lower == "not required" {
-                open.rollback_nothing = true;
-            } else if lower.contains("changesetid:") {
-                problems.push(unsupported(
-                    "a rollback that names another changeset (`changeSetId:`)",
-                    "write the SQL that reverts this changeset on `--rollback` lines",
-                ));
-            } else if !sql.is_empty() {
-                open.rollback_lines.push((number, sql.to_owned()));
-            }
+            rollback_line(open.as_mut(), path, number, sql, problems);
             continue;
         }
         if let Some((name, why)) = refused(rest) {
@@ -243,6 +224,37 @@ pub fn changesets(path: &Path, text: &str, problems: &mut Vec<SourceProblem>) ->
     done.extend(open.map(close));
     duplicates(&done, problems);
     done
+}
+
+/// A `--rollback` line with `sql`, for the changeset `open`.
+fn rollback_line(
+    open: Option<&mut Open>,
+    path: &Path,
+    number: usize,
+    sql: &str,
+    problems: &mut Vec<SourceProblem>,
+) {
+    let Some(open) = open else {
+        problems.push(SourceProblem::at_line(
+            path,
+            number,
+            "a `--rollback` line before the first `--changeset` belongs to no changeset",
+        ));
+        return;
+    };
+    open.body.push(String::new());
+    let lower = sql.to_ascii_lowercase();
+    if lower == "empty" || lower == "not required" {
+        open.rollback_nothing = true;
+    } else if lower.contains("changesetid:") {
+        problems.push(SourceProblem::at_line(
+            path,
+            number,
+            "a rollback that names another changeset (`changeSetId:`) is not supported: write the SQL that reverts this changeset on `--rollback` lines",
+        ));
+    } else if !sql.is_empty() {
+        open.rollback_lines.push((number, sql.to_owned()));
+    }
 }
 
 /// A directive fleetshift cannot honour, with its name and what to do instead.
