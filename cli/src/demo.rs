@@ -24,7 +24,8 @@ use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request}
 use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, RiskLevel, ShardState, WavePolicy,
+    ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, Plan, RiskLevel, ShardState,
+    WavePolicy,
 };
 use fleetshift_common::rollout_names::risk_level_name;
 use fleetshift_common::secrets::DatabaseUrl;
@@ -257,29 +258,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
-    let mut roles = Roles::default();
-    for role in [
-        OperatorRole::Viewer,
-        OperatorRole::Operator,
-        OperatorRole::Approver,
-    ] {
-        roles.grant(OPERATOR, role);
-    }
-    let config = CoordinatorConfig {
-        coordinator_id: "demo".to_owned(),
-        listen: listener.local_addr()?,
-        telemetry_listen: None,
-        trust_domain: TRUST_DOMAIN.to_owned(),
-        intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
-        tls: tls_files(&pki_dir, "coordinator-demo"),
-        store: if arguments.etcd.is_empty() {
-            StoreChoice::Memory
-        } else {
-            StoreChoice::Etcd(arguments.etcd.clone())
-        },
-        roles,
-        webhooks: Vec::new(),
-    };
+    let config = coordinator_config(arguments, listener.local_addr()?, &pki_dir);
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     let coordinator = if arguments.etcd.is_empty() {
@@ -292,37 +271,7 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
         let store = Arc::new(store);
         tokio::spawn(async move { run_replica(store, &config, listener, shutdown).await })
     };
-    let mut agents = tokio::task::JoinSet::new();
-    for number in 1..=arguments.agents {
-        let name = agent_name(number);
-        let link = CoordinatorLink {
-            endpoints: vec![CoordinatorEndpoint {
-                address: address.clone(),
-                server_name: "localhost".to_owned(),
-            }],
-            tls: tls_files(&pki_dir, &format!("agent-{name}")),
-            facts_refresh: DEFAULT_FACTS_REFRESH,
-        };
-        let shard = ShardConfig {
-            id: shard_id(number),
-            labels: [("env".to_owned(), "demo".to_owned())].into(),
-            database_url: shards.url_of(&shard_id(number))?,
-        };
-        let config = Arc::new(AgentConfig {
-            agent_id: name,
-            coordinator: Some(link.clone()),
-            shards: vec![shard],
-            backups: None,
-            telemetry_listen: None,
-            database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
-        });
-        let stop = stop.clone();
-        // The demo serves no telemetry: the metrics go unread.
-        let telemetry = SessionTelemetry::new(&mut Registry::default());
-        agents.spawn(async move {
-            fleetshift_agent::session::run(config, &link, &telemetry, stop).await
-        });
-    }
+    let mut agents = spawn_agents(arguments, &address, &pki_dir, &shards, &stop)?;
 
     let outcome = roll_out(arguments, &address, &pki_dir, &set, &shards).await;
     stop.cancel();
@@ -346,6 +295,79 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// One agent per shard, in process, each holding its session until `stop`.
+fn spawn_agents(
+    arguments: &DemoArgs,
+    address: &str,
+    pki_dir: &Path,
+    shards: &Shards,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    let mut agents = tokio::task::JoinSet::new();
+    for number in 1..=arguments.agents {
+        let name = agent_name(number);
+        let link = CoordinatorLink {
+            endpoints: vec![CoordinatorEndpoint {
+                address: address.to_owned(),
+                server_name: "localhost".to_owned(),
+            }],
+            tls: tls_files(pki_dir, &format!("agent-{name}")),
+            facts_refresh: DEFAULT_FACTS_REFRESH,
+        };
+        let shard = ShardConfig {
+            id: shard_id(number),
+            labels: [("env".to_owned(), "demo".to_owned())].into(),
+            database_url: shards.url_of(&shard_id(number))?,
+        };
+        let config = Arc::new(AgentConfig {
+            agent_id: name,
+            coordinator: Some(link.clone()),
+            shards: vec![shard],
+            backups: None,
+            telemetry_listen: None,
+            database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
+        });
+        let stop = stop.clone();
+        // The demo serves no telemetry: the metrics go unread.
+        let telemetry = SessionTelemetry::new(&mut Registry::default());
+        agents.spawn(async move {
+            fleetshift_agent::session::run(config, &link, &telemetry, stop).await
+        });
+    }
+    Ok(agents)
+}
+
+/// The demo's coordinator: every role granted to the demo's operator, heartbeats every 500ms.
+fn coordinator_config(
+    arguments: &DemoArgs,
+    listen: std::net::SocketAddr,
+    pki_dir: &Path,
+) -> CoordinatorConfig {
+    let mut roles = Roles::default();
+    for role in [
+        OperatorRole::Viewer,
+        OperatorRole::Operator,
+        OperatorRole::Approver,
+    ] {
+        roles.grant(OPERATOR, role);
+    }
+    CoordinatorConfig {
+        coordinator_id: "demo".to_owned(),
+        listen,
+        telemetry_listen: None,
+        trust_domain: TRUST_DOMAIN.to_owned(),
+        intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
+        tls: tls_files(pki_dir, "coordinator-demo"),
+        store: if arguments.etcd.is_empty() {
+            StoreChoice::Memory
+        } else {
+            StoreChoice::Etcd(arguments.etcd.clone())
+        },
+        roles,
+        webhooks: Vec::new(),
+    }
+}
+
 async fn operator_client(address: &str, pki_dir: &Path) -> anyhow::Result<progress::FleetClient> {
     let files = tls_files(pki_dir, &format!("operator-{OPERATOR}"));
     let channel = fleetshift_common::tls::channel::connect(address, "localhost", &files).await?;
@@ -365,19 +387,7 @@ async fn roll_out(
     let human = arguments.output == Output::Human;
     let mut client = operator_client(address, pki_dir).await?;
     let wanted = usize::from(arguments.agents);
-    let connected = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let listed = client.list_shards(ListShardsRequest::default()).await;
-            if listed.is_ok_and(|response| response.into_inner().shards.len() == wanted) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    if connected.is_err() {
-        bail!("the demo's agents did not all connect within 30 s");
-    }
+    wait_for_agents(&mut client, wanted).await?;
     if human {
         println!("{wanted} agents connected\n");
     }
@@ -398,36 +408,7 @@ async fn roll_out(
     };
     let plan = client.create_plan(request).await?.into_inner();
     if human {
-        println!(
-            "planned {}: canary wave of {} shard, then {} more",
-            plan.plan_id,
-            plan.waves.first().map_or(0, |wave| wave.shards.len()),
-            plan.waves
-                .iter()
-                .skip(1)
-                .map(|wave| wave.shards.len())
-                .sum::<usize>()
-        );
-        if let Some(risk) = &plan.risk {
-            let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
-            let reasons: Vec<&str> = risk
-                .factors
-                .iter()
-                .filter(|factor| factor.points > 0)
-                .map(|factor| factor.explanation.as_str())
-                .collect();
-            println!(
-                "risk {} ({}/100): {}; lint: {} finding(s) (`fleetshift lint` lists them)",
-                risk_level_name(level),
-                risk.score,
-                if reasons.is_empty() {
-                    "nothing notable".to_owned()
-                } else {
-                    reasons.join("; ")
-                },
-                plan.findings.len()
-            );
-        }
+        print_plan(&plan);
     }
     client
         .approve_plan(ApprovePlanRequest {
@@ -440,8 +421,71 @@ async fn roll_out(
     }
     let ending =
         progress::follow(&mut client, &plan.plan_id, arguments.output, false, true).await?;
-    let first = ending
-        .plan
+    show_fencing(&ending.plan, set, shards, human).await?;
+    Ok(ending.exit_code())
+}
+
+/// Waits until `wanted` agents announce their shards (at most 30 s).
+async fn wait_for_agents(client: &mut progress::FleetClient, wanted: usize) -> anyhow::Result<()> {
+    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let listed = client.list_shards(ListShardsRequest::default()).await;
+            if listed.is_ok_and(|response| response.into_inner().shards.len() == wanted) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if connected.is_err() {
+        bail!("the demo's agents did not all connect within 30 s");
+    }
+    Ok(())
+}
+
+/// The plan's waves and risk, as the demo tells them.
+fn print_plan(plan: &Plan) {
+    println!(
+        "planned {}: canary wave of {} shard, then {} more",
+        plan.plan_id,
+        plan.waves.first().map_or(0, |wave| wave.shards.len()),
+        plan.waves
+            .iter()
+            .skip(1)
+            .map(|wave| wave.shards.len())
+            .sum::<usize>()
+    );
+    if let Some(risk) = &plan.risk {
+        let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
+        let reasons: Vec<&str> = risk
+            .factors
+            .iter()
+            .filter(|factor| factor.points > 0)
+            .map(|factor| factor.explanation.as_str())
+            .collect();
+        println!(
+            "risk {} ({}/100): {}; lint: {} finding(s) (`fleetshift lint` lists them)",
+            risk_level_name(level),
+            risk.score,
+            if reasons.is_empty() {
+                "nothing notable".to_owned()
+            } else {
+                reasons.join("; ")
+            },
+            plan.findings.len()
+        );
+    }
+}
+
+/// Hands the first shard that succeeded to a newer claim and shows its previous holder
+/// refused by the shard's fence.
+async fn show_fencing(
+    plan: &Plan,
+    set: &MigrationSet,
+    shards: &Shards,
+    human: bool,
+) -> anyhow::Result<()> {
+    let first = plan
         .waves
         .iter()
         .flat_map(|wave| &wave.shards)
@@ -470,7 +514,7 @@ async fn roll_out(
             println!("{fencing}");
         }
     }
-    Ok(ending.exit_code())
+    Ok(())
 }
 
 fn identity(agent: &str, token: FenceToken) -> Identity {

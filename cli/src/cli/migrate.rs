@@ -244,25 +244,7 @@ async fn on_engine<E: ShardEngine>(
             interrupt.cancel();
         }
     });
-    let executor = |safety: &Safety| {
-        Executor::new(
-            engine,
-            Identity {
-                agent_id: safety.agent_id.clone(),
-                plan_id: safety.plan_id.clone(),
-                fence_token: safety.fence_token.map(FenceToken::from_raw),
-            },
-            ExecutorSettings {
-                lock_retry: LockRetryPolicy {
-                    max_retries: safety.lock_retries,
-                    ..LockRetryPolicy::default()
-                },
-                migrator_lock_wait: safety.migrator_wait,
-                lock_timeout: timeouts.lock_timeout,
-            },
-        )
-        .stop_when(stop.clone())
-    };
+    let executor = |safety: &Safety| writer(engine, safety, timeouts).stop_when(stop.clone());
     let reader = Executor::new(
         engine,
         Identity {
@@ -288,28 +270,22 @@ async fn on_engine<E: ShardEngine>(
             target,
             safety,
             movement,
-        } => {
-            move_shard(
-                &executor(safety),
-                engine.shard(),
-                set,
-                Direction::Up,
-                movement,
-                target.output,
-                timeouts,
-            )
-            .await?;
         }
-        MigrateCommand::Down {
+        | MigrateCommand::Down {
             target,
             safety,
             movement,
         } => {
+            let direction = if matches!(command, MigrateCommand::Up { .. }) {
+                Direction::Up
+            } else {
+                Direction::Down
+            };
             move_shard(
                 &executor(safety),
                 engine.shard(),
                 set,
-                Direction::Down,
+                direction,
                 movement,
                 target.output,
                 timeouts,
@@ -342,6 +318,30 @@ async fn on_engine<E: ShardEngine>(
         }
     }
     Ok(ExitCode::from(exit::OK))
+}
+
+/// An executor that writes to the shard as `safety` says.
+fn writer<'e, E: ShardEngine>(
+    engine: &'e E,
+    safety: &Safety,
+    timeouts: Timeouts,
+) -> Executor<'e, E> {
+    Executor::new(
+        engine,
+        Identity {
+            agent_id: safety.agent_id.clone(),
+            plan_id: safety.plan_id.clone(),
+            fence_token: safety.fence_token.map(FenceToken::from_raw),
+        },
+        ExecutorSettings {
+            lock_retry: LockRetryPolicy {
+                max_retries: safety.lock_retries,
+                ..LockRetryPolicy::default()
+            },
+            migrator_lock_wait: safety.migrator_wait,
+            lock_timeout: timeouts.lock_timeout,
+        },
+    )
 }
 
 /// `up` or `down`: print the plan (dry run) or run it.

@@ -10,8 +10,8 @@ use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
-    DatabaseOutage, Direction, GetPlanRequest, Plan, PlanAction, PlanState, RevisionOutcome,
-    RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
+    DatabaseOutage, Direction, GetPlanRequest, Plan, PlanAction, PlanState, ProgressEvent,
+    RevisionOutcome, RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
     WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
@@ -167,71 +167,69 @@ impl Board {
                     shard_state_name(state),
                 );
             }
-            Some(Event::Progress(progress)) => match &progress.event {
-                Some(Progress::RevisionFinished(finished)) => {
-                    let outcome = RevisionOutcome::try_from(finished.outcome)
-                        .map(|outcome| {
-                            outcome
-                                .as_str_name()
-                                .trim_start_matches("REVISION_OUTCOME_")
-                                .to_lowercase()
-                        })
-                        .unwrap_or_default();
-                    let took = finished
-                        .duration
-                        .and_then(|duration| std::time::Duration::try_from(duration).ok())
-                        .unwrap_or_default();
-                    println!(
-                        "    {} {} {outcome} in {took:.1?} ({} statements, {} lock retries)",
-                        progress.shard_id,
-                        finished.version,
-                        finished.statements_run,
-                        finished.lock_retries
-                    );
+            Some(Event::Progress(progress)) => {
+                if let Some(line) = progress_line(progress) {
+                    println!("    {} {line}", progress.shard_id);
                 }
-                Some(Progress::LockRetry(retry)) => println!(
-                    "    {} {} lock wait at {} (attempt {}, {})",
-                    progress.shard_id, retry.version, retry.location, retry.attempt, retry.sqlstate
-                ),
-                Some(Progress::StatementFinished(statement)) => println!(
-                    "    {} {} {} done",
-                    progress.shard_id, statement.version, statement.location
-                ),
-                Some(Progress::PreflightCheck(check)) if !check.passed => println!(
-                    "    {} pre-flight {} FAILED: {}",
-                    progress.shard_id, check.name, check.detail
-                ),
-                Some(Progress::PreflightCheck(check)) => println!(
-                    "    {} pre-flight {}: {}",
-                    progress.shard_id, check.name, check.detail
-                ),
-                Some(Progress::BackupFinished(backup)) => println!(
-                    "    {} backup {} verified ({} entries, {} bytes, sha256 {}{})",
-                    progress.shard_id,
-                    backup.location,
-                    backup.verified_entries,
-                    backup.size_bytes,
-                    backup.sha256,
-                    if backup.restored_tables > 0 {
-                        format!("; restored, {} tables' rows match", backup.restored_tables)
-                    } else {
-                        String::new()
-                    }
-                ),
-                Some(Progress::BaselineMeasured(measured)) => {
-                    println!("    {} {}", progress.shard_id, baseline_line(measured));
-                }
-                Some(Progress::RollbackStarted(started)) => {
-                    println!("    {} {}", progress.shard_id, rollback_line(started));
-                }
-                Some(Progress::DatabaseOutage(outage)) => {
-                    println!("    {} {}", progress.shard_id, outage_line(outage));
-                }
-                Some(Progress::RevisionStarted(_)) | None => {}
-            },
+            }
             None => {}
         }
     }
+}
+
+/// One line about an agent's progress event (after its shard's name), or none for events the
+/// board does not show.
+fn progress_line(progress: &ProgressEvent) -> Option<String> {
+    let line = match &progress.event {
+        Some(Progress::RevisionFinished(finished)) => {
+            let outcome = RevisionOutcome::try_from(finished.outcome)
+                .map(|outcome| {
+                    outcome
+                        .as_str_name()
+                        .trim_start_matches("REVISION_OUTCOME_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            let took = finished
+                .duration
+                .and_then(|duration| std::time::Duration::try_from(duration).ok())
+                .unwrap_or_default();
+            format!(
+                "{} {outcome} in {took:.1?} ({} statements, {} lock retries)",
+                finished.version, finished.statements_run, finished.lock_retries
+            )
+        }
+        Some(Progress::LockRetry(retry)) => format!(
+            "{} lock wait at {} (attempt {}, {})",
+            retry.version, retry.location, retry.attempt, retry.sqlstate
+        ),
+        Some(Progress::StatementFinished(statement)) => {
+            format!("{} {} done", statement.version, statement.location)
+        }
+        Some(Progress::PreflightCheck(check)) if !check.passed => {
+            format!("pre-flight {} FAILED: {}", check.name, check.detail)
+        }
+        Some(Progress::PreflightCheck(check)) => {
+            format!("pre-flight {}: {}", check.name, check.detail)
+        }
+        Some(Progress::BackupFinished(backup)) => format!(
+            "backup {} verified ({} entries, {} bytes, sha256 {}{})",
+            backup.location,
+            backup.verified_entries,
+            backup.size_bytes,
+            backup.sha256,
+            if backup.restored_tables > 0 {
+                format!("; restored, {} tables' rows match", backup.restored_tables)
+            } else {
+                String::new()
+            }
+        ),
+        Some(Progress::BaselineMeasured(measured)) => baseline_line(measured),
+        Some(Progress::RollbackStarted(started)) => rollback_line(started),
+        Some(Progress::DatabaseOutage(outage)) => outage_line(outage),
+        Some(Progress::RevisionStarted(_)) | None => return None,
+    };
+    Some(line)
 }
 
 fn event_json(event: &RolloutEvent) -> serde_json::Value {
@@ -319,62 +317,7 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
 pub fn summary(plan: &Plan, output: Output) {
     let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
     if output == Output::Json {
-        let shards: Vec<_> = failed_first(plan)
-            .map(|task| {
-                json!({
-                    "shard": task.shard_id,
-                    "wave": task.wave,
-                    "state": shard_state_name(ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)),
-                    "agent": task.agent_id,
-                    "fence_token": task.fence_token,
-                    "current_version": task.current_version,
-                    "target_version": (!task.target_version.is_empty()).then_some(&task.target_version),
-                    "error": task.error.as_ref().map(|error| &error.message),
-                    "backup": task.backup.as_ref().map(backup_json),
-                    "previous_version": (!task.previous_version.is_empty()).then_some(&task.previous_version),
-                    "baselines": task.baselines.iter().map(baseline_json).collect::<Vec<_>>(),
-                    "rollback": task.rollback.as_ref().map(rollback_json),
-                    "interruptions": task.interruptions,
-                    "interruption_causes": task.interruption_causes,
-                    "metrics": task.metrics.as_ref().map(|metrics| json!({
-                        "revisions_run": metrics.revisions_run,
-                        "statements": metrics.statements,
-                        "lock_retries": metrics.lock_retries,
-                        "duration_ms": run_time(metrics).map(|took| took.as_millis()),
-                    })),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "plan": plan.plan_id,
-                "state": plan_state_name(state),
-                "reason": plan.state_reason,
-                "target_version": plan.target_version,
-                "direction": if plan.direction() == Direction::Down { "down" } else { "up" },
-                "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
-                "set_digest": plan.set_digest,
-                "author": plan.author,
-                "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),
-                "shards": shards,
-                "risk": plan.risk.as_ref().map(risk_json),
-                "analyses": plan.analyses.iter().map(|analysis| json!({
-                    "shard": analysis.shard_id,
-                    "observed_at": analysis.observed_at.map(|at| at.to_string()),
-                    "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "findings": plan.findings.iter().map(|finding| json!({
-                    "rule": finding.rule,
-                    "severity": finding.severity,
-                    "file": finding.file,
-                    "line": finding.line,
-                    "revision": finding.revision,
-                    "message": finding.message,
-                    "allowed": (!finding.allowed.is_empty()).then_some(&finding.allowed),
-                })).collect::<Vec<_>>(),
-            })
-        );
+        summary_json(plan, state);
         return;
     }
     println!(
@@ -423,6 +366,66 @@ pub fn summary(plan: &Plan, output: Output) {
         .map(|(state, count)| format!("{count} {state}"))
         .collect();
     println!("{}", counts.join(", "));
+}
+
+/// The summary as one JSON document.
+fn summary_json(plan: &Plan, state: PlanState) {
+    let shards: Vec<_> = failed_first(plan)
+        .map(|task| {
+            json!({
+                "shard": task.shard_id,
+                "wave": task.wave,
+                "state": shard_state_name(ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)),
+                "agent": task.agent_id,
+                "fence_token": task.fence_token,
+                "current_version": task.current_version,
+                "target_version": (!task.target_version.is_empty()).then_some(&task.target_version),
+                "error": task.error.as_ref().map(|error| &error.message),
+                "backup": task.backup.as_ref().map(backup_json),
+                "previous_version": (!task.previous_version.is_empty()).then_some(&task.previous_version),
+                "baselines": task.baselines.iter().map(baseline_json).collect::<Vec<_>>(),
+                "rollback": task.rollback.as_ref().map(rollback_json),
+                "interruptions": task.interruptions,
+                "interruption_causes": task.interruption_causes,
+                "metrics": task.metrics.as_ref().map(|metrics| json!({
+                    "revisions_run": metrics.revisions_run,
+                    "statements": metrics.statements,
+                    "lock_retries": metrics.lock_retries,
+                    "duration_ms": run_time(metrics).map(|took| took.as_millis()),
+                })),
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "plan": plan.plan_id,
+            "state": plan_state_name(state),
+            "reason": plan.state_reason,
+            "target_version": plan.target_version,
+            "direction": if plan.direction() == Direction::Down { "down" } else { "up" },
+            "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
+            "set_digest": plan.set_digest,
+            "author": plan.author,
+            "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),
+            "shards": shards,
+            "risk": plan.risk.as_ref().map(risk_json),
+            "analyses": plan.analyses.iter().map(|analysis| json!({
+                "shard": analysis.shard_id,
+                "observed_at": analysis.observed_at.map(|at| at.to_string()),
+                "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "findings": plan.findings.iter().map(|finding| json!({
+                "rule": finding.rule,
+                "severity": finding.severity,
+                "file": finding.file,
+                "line": finding.line,
+                "revision": finding.revision,
+                "message": finding.message,
+                "allowed": (!finding.allowed.is_empty()).then_some(&finding.allowed),
+            })).collect::<Vec<_>>(),
+        })
+    );
 }
 
 /// The plan's tasks, those that failed or were rolled back first (each group in wave order).
