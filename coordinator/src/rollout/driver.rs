@@ -25,6 +25,8 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 mod endings;
+#[cfg(test)]
+mod tests;
 
 use super::model::Model;
 use super::outcome::{self};
