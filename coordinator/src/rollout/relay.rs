@@ -181,3 +181,6 @@ impl<S: Store> Assignments<S> {
         Ok(set)
     }
 }
+
+#[cfg(test)]
+mod tests;
