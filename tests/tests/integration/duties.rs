@@ -485,7 +485,18 @@ async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() 
             .await
             .expect("hold a row lock");
     }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Long by the check's measure (1 s) once the server says so.
+    let long = wait_until(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT now() - xact_start > interval '1.1 seconds' FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(&shard.admin)
+        .await
+        .unwrap_or(false)
+    })
+    .await;
+    assert!(long, "the holder's transaction never grew long");
     let duties = HostDuties {
         require_backup: false,
         preflight: Some(PreflightPolicy {

@@ -116,7 +116,18 @@ database_url = \"sqlite:{}\"
     assert!(up, "the agent did not come back\n{}", diagnose());
     agent.signal("KILL");
     drop(agent);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the coordinator has seen the stream break, the lease must still stand.
+    let noticed = wait_until(Duration::from_secs(15), || async {
+        std::fs::read_to_string(&coordinator_log)
+            .unwrap_or_default()
+            .contains("session ended abruptly")
+    })
+    .await;
+    assert!(
+        noticed,
+        "the coordinator never noticed the killed agent\n{}",
+        diagnose()
+    );
     assert_eq!(
         announced(&store).await.len(),
         1,
@@ -201,8 +212,20 @@ async fn a_coordinator_restart_does_not_release_an_agents_claims() {
         &serve,
         &home.path().join("coordinator-2.log"),
     );
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let log = std::fs::read_to_string(home.path().join("agent.log")).unwrap_or_default();
+    let agent_log = home.path().join("agent.log");
+    let sessions = || {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .matches("session established")
+            .count()
+    };
+    let reconnected = wait_until(Duration::from_secs(20), || async { sessions() >= 2 }).await;
+    assert!(
+        reconnected,
+        "the agent never reconnected:\n{}",
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
     assert_eq!(
         log.matches("session established").count(),
         2,

@@ -175,7 +175,11 @@ async fn a_broken_session_keeps_its_lease_until_the_ttl() {
     drop(responses);
     drop(client);
     std::mem::forget(sender);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let noticed = wait_until(Duration::from_secs(15), || async {
+        fleet.mailbox.connected() == 0
+    })
+    .await;
+    assert!(noticed, "the replica never noticed the broken stream");
     assert!(
         fleet
             .store
