@@ -5,7 +5,6 @@
 //! plan's rollback triggers fires, the same executor reverts the shard to its version before
 //! the plan and the baselines are timed again.
 
-use fleetshift_common::fence::FenceToken;
 use std::time::{Duration, Instant};
 
 use std::future::Future;
@@ -27,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 mod moving;
+mod order;
 mod wire;
+
+pub use order::{InvalidAssignment, Order};
 
 use moving::{Moving, RunParts, Watch};
 use wire::{DutyProgress, duty_failure, exec_failure, progress_event, refused};
@@ -54,6 +56,36 @@ pub async fn execute(
     stop: StopSignal,
     progress: mpsc::UnboundedSender<ProgressEvent>,
 ) -> AssignmentResult {
+    let order = match Order::try_from(assignment.clone()) {
+        Ok(order) => order,
+        Err(invalid) => {
+            tracing::warn!(%invalid, "assignment refused: nothing ran");
+            return AssignmentResult {
+                assignment_id: assignment.assignment_id,
+                shard_id: assignment.shard_id,
+                fence_token: assignment.fence_token,
+                error: Some(refused(
+                    ErrorKind::BadInput,
+                    format!(
+                        "{invalid}; nothing ran (the coordinator sent an incomplete assignment)"
+                    ),
+                )),
+                ..AssignmentResult::default()
+            };
+        }
+    };
+    run_order(config, metrics, order, lease_ttl, stop, progress).await
+}
+
+/// Runs a checked assignment; see [`execute`].
+async fn run_order(
+    config: &AgentConfig,
+    metrics: &AgentMetrics,
+    order: Order,
+    lease_ttl: Duration,
+    stop: StopSignal,
+    progress: mpsc::UnboundedSender<ProgressEvent>,
+) -> AssignmentResult {
     let started = Instant::now();
     let (events, mut reported) = mpsc::unbounded_channel();
     let mut tally = RunTally::default();
@@ -61,20 +93,20 @@ pub async fn execute(
         while let Some(event) = reported.recv().await {
             tally.count(&event);
             // The session may be gone; the run goes on regardless.
-            let _ = progress.send(progress_event(&assignment, event));
+            let _ = progress.send(progress_event(&order, event));
         }
     };
     let duties = DutyProgress {
-        assignment: &assignment,
+        order: &order,
         progress: &progress,
     };
     let mut record = RunRecord::default();
-    let span = run_span(&assignment);
+    let span = run_span(&order);
     let (outcome, ()) = async {
         tokio::join!(
             run(
                 Host { config, metrics },
-                &assignment,
+                &order,
                 lease_ttl,
                 stop.token().clone(),
                 events,
@@ -86,7 +118,7 @@ pub async fn execute(
     }
     .instrument(span.clone())
     .await;
-    let outcome = outcome.map_err(|error| with_stop_cause(error, &assignment.shard_id, &stop));
+    let outcome = outcome.map_err(|error| with_stop_cause(error, &order.shard_id, &stop));
     if let Err(error) = &outcome {
         traces::mark_failed(&span, &error.message);
     }
@@ -104,9 +136,9 @@ pub async fn execute(
         }
     };
     AssignmentResult {
-        assignment_id: assignment.assignment_id,
-        shard_id: assignment.shard_id,
-        fence_token: assignment.fence_token,
+        assignment_id: order.assignment_id,
+        shard_id: order.shard_id,
+        fence_token: order.fence_token.get(),
         succeeded,
         current_version,
         error,
@@ -135,19 +167,19 @@ fn with_stop_cause(error: ErrorDetail, shard: &str, stop: &StopSignal) -> ErrorD
 
 /// The span of this run, under the coordinator's span of the shard task when the assignment
 /// names it.
-fn run_span(assignment: &Assignment) -> tracing::Span {
+fn run_span(order: &Order) -> tracing::Span {
     let span = tracing::info_span!(
         "assignment",
-        fleetshift.plan = %assignment.plan_id,
-        fleetshift.shard = %assignment.shard_id,
-        fleetshift.assignment = %assignment.assignment_id,
-        fleetshift.fence = assignment.fence_token,
-        fleetshift.direction = assignment.direction().as_str_name(),
-        fleetshift.target_version = %assignment.target_version,
+        fleetshift.plan = %order.plan_id,
+        fleetshift.shard = %order.shard_id,
+        fleetshift.assignment = %order.assignment_id,
+        fleetshift.fence = order.fence_token.get(),
+        fleetshift.direction = order.direction.as_str_name(),
+        fleetshift.target_version = order.target_version.as_deref().unwrap_or_default(),
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     );
-    context::continue_from(&span, &assignment.trace_context);
+    context::continue_from(&span, &order.trace_context);
     span
 }
 
@@ -174,7 +206,7 @@ struct Host<'a> {
 /// even when the revisions then fail (the backup, the baselines, a rollback).
 async fn run(
     host: Host<'_>,
-    assignment: &Assignment,
+    order: &Order,
     lease_ttl: Duration,
     stop: CancellationToken,
     events: mpsc::UnboundedSender<ExecutionEvent>,
@@ -182,9 +214,9 @@ async fn run(
     record: &mut RunRecord,
 ) -> Result<Option<String>, ErrorDetail> {
     let Host { config, metrics } = host;
-    let shard = shard_of(config, assignment)?;
-    let (_directory, set) = unpacked(assignment)?;
-    let limits = assignment.limits.unwrap_or_default();
+    let shard = shard_of(config, order)?;
+    let (_directory, set) = unpacked(order)?;
+    let limits = order.limits;
     let timeouts =
         timeouts(&limits, lease_ttl).map_err(|message| refused(ErrorKind::BadInput, message))?;
     let mut patience = Patience::new(
@@ -203,16 +235,16 @@ async fn run(
         .await?;
     let _pool_reported = metrics.track_pool(&shard.id, pool_figures(&connected));
     let request = Request {
-        target: Some(assignment.target_version.clone()).filter(|target| !target.is_empty()),
+        target: order.target_version.clone(),
         allow_drift: None,
     };
-    let direction = Direction::try_from(assignment.direction).unwrap_or(Direction::Unspecified);
-    let duties = assignment.duties.clone().unwrap_or_default();
+    let direction = order.direction;
+    let duties = &order.duties;
     let shard_duties = ShardDuties {
         shard_id: &shard.id,
-        plan_id: &assignment.plan_id,
+        plan_id: &order.plan_id,
         url: &shard.database_url,
-        duties: &duties,
+        duties,
         backups: config.backups.as_ref(),
     };
     let before = Before {
@@ -228,8 +260,8 @@ async fn run(
     let parts = RunParts {
         identity: Identity {
             agent_id: config.agent_id.clone(),
-            plan_id: Some(assignment.plan_id.clone()),
-            fence_token: Some(FenceToken::from_raw(assignment.fence_token)),
+            plan_id: Some(order.plan_id.clone()),
+            fence_token: Some(order.fence_token),
         },
         settings: executor_settings(&limits, &timeouts),
         stop: stop.clone(),
@@ -238,7 +270,7 @@ async fn run(
     let watch = Watch {
         shard_id: &shard.id,
         triggers: Triggers::from_policy(duties.rollback.as_ref()),
-        revert_to: &assignment.revert_to,
+        revert_to: &order.revert_to,
         report,
     };
     match connected {
@@ -279,21 +311,18 @@ fn executor_settings(limits: &v1::ExecutionLimits, timeouts: &Timeouts) -> Execu
     }
 }
 
-/// The configured shard `assignment` is for.
-fn shard_of<'c>(
-    config: &'c AgentConfig,
-    assignment: &Assignment,
-) -> Result<&'c ShardConfig, ErrorDetail> {
+/// The configured shard `order` is for.
+fn shard_of<'c>(config: &'c AgentConfig, order: &Order) -> Result<&'c ShardConfig, ErrorDetail> {
     config
         .shards
         .iter()
-        .find(|shard| shard.id == assignment.shard_id)
+        .find(|shard| shard.id == order.shard_id)
         .ok_or_else(|| {
             refused(
                 ErrorKind::BadInput,
                 format!(
                     "shard {} is not one of agent {}'s shards",
-                    assignment.shard_id, config.agent_id
+                    order.shard_id, config.agent_id
                 ),
             )
         })
@@ -301,13 +330,7 @@ fn shard_of<'c>(
 
 /// The shipped migration set, written to a fresh directory (kept while the run lasts) and
 /// loaded again, hashing to the digest the coordinator pinned.
-fn unpacked(assignment: &Assignment) -> Result<(tempfile::TempDir, MigrationSet), ErrorDetail> {
-    let shipped = assignment.migration_set.as_ref().ok_or_else(|| {
-        refused(
-            ErrorKind::BadInput,
-            "the assignment carries no migration set".to_owned(),
-        )
-    })?;
+fn unpacked(order: &Order) -> Result<(tempfile::TempDir, MigrationSet), ErrorDetail> {
     let directory = tempfile::Builder::new()
         .prefix("fleetshift-assignment-")
         .tempdir()
@@ -317,7 +340,7 @@ fn unpacked(assignment: &Assignment) -> Result<(tempfile::TempDir, MigrationSet)
                 format!("cannot create a working directory: {error}"),
             )
         })?;
-    let set = shipped::unpack(shipped, directory.path()).map_err(|error| {
+    let set = shipped::unpack(&order.set, directory.path()).map_err(|error| {
         let kind = if error.is_bad_input() {
             ErrorKind::BadInput
         } else {

@@ -87,6 +87,7 @@ impl<E: ShardEngine> Moving<'_, E> {
                     .map(|report| report.current_version)
                     .map_err(|error| exec_failure(&error));
             }
+            // An Order never carries it (checked where the run began).
             Direction::Unspecified => {
                 return Err(refused(
                     ErrorKind::BadInput,

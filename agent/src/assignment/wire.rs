@@ -7,61 +7,59 @@ use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
 use fleetshift_common::executor::{ExecutionEvent, StepOutcome};
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    Assignment, BaselineMeasured, DatabaseOutage, ErrorDetail, ErrorKind, LockRetry,
-    PreflightCheck, ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted,
-    RollbackStarted, StatementFinished,
+    BaselineMeasured, DatabaseOutage, ErrorDetail, ErrorKind, LockRetry, PreflightCheck,
+    ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, RollbackStarted,
+    StatementFinished,
 };
 use tokio::sync::mpsc;
 
+use super::Order;
 use crate::duties::backup::Manifest;
 use crate::duties::{DutyFailure, DutyReport};
 
 /// Duty steps go to the session as they end.
 pub(super) struct DutyProgress<'a> {
-    pub(super) assignment: &'a Assignment,
+    pub(super) order: &'a Order,
     pub(super) progress: &'a mpsc::UnboundedSender<ProgressEvent>,
 }
 
 impl DutyReport for DutyProgress<'_> {
     fn check(&self, check: PreflightCheck) {
         if check.passed {
-            tracing::info!(shard = %self.assignment.shard_id, check = %check.name, detail = %check.detail, "pre-flight check passed");
+            tracing::info!(shard = %self.order.shard_id, check = %check.name, detail = %check.detail, "pre-flight check passed");
         } else {
-            tracing::warn!(shard = %self.assignment.shard_id, check = %check.name, detail = %check.detail, "pre-flight check failed");
+            tracing::warn!(shard = %self.order.shard_id, check = %check.name, detail = %check.detail, "pre-flight check failed");
         }
         let _ = self
             .progress
-            .send(wrap(self.assignment, Event::PreflightCheck(check)));
+            .send(wrap(self.order, Event::PreflightCheck(check)));
     }
 
     fn backup(&self, manifest: &Manifest) {
-        tracing::info!(shard = %self.assignment.shard_id, backup = %manifest.backup_id, location = %manifest.location.display(), size_bytes = manifest.size_bytes, sha256 = %manifest.sha256, "verified backup recorded");
-        let _ = self.progress.send(wrap(
-            self.assignment,
-            Event::BackupFinished(manifest.record()),
-        ));
+        tracing::info!(shard = %self.order.shard_id, backup = %manifest.backup_id, location = %manifest.location.display(), size_bytes = manifest.size_bytes, sha256 = %manifest.sha256, "verified backup recorded");
+        let _ = self
+            .progress
+            .send(wrap(self.order, Event::BackupFinished(manifest.record())));
     }
 
     fn baseline(&self, measured: &BaselineMeasured) {
-        tracing::info!(shard = %self.assignment.shard_id, phase = ?measured.phase(), queries = measured.queries.len(), degraded = measured.degraded, "baselines timed");
-        let _ = self.progress.send(wrap(
-            self.assignment,
-            Event::BaselineMeasured(measured.clone()),
-        ));
+        tracing::info!(shard = %self.order.shard_id, phase = ?measured.phase(), queries = measured.queries.len(), degraded = measured.degraded, "baselines timed");
+        let _ = self
+            .progress
+            .send(wrap(self.order, Event::BaselineMeasured(measured.clone())));
     }
 
     fn database_outage(&self, outage: &DatabaseOutage) {
         let _ = self
             .progress
-            .send(wrap(self.assignment, Event::DatabaseOutage(outage.clone())));
+            .send(wrap(self.order, Event::DatabaseOutage(outage.clone())));
     }
 
     fn rollback_started(&self, started: &RollbackStarted) {
-        tracing::warn!(shard = %self.assignment.shard_id, reason = %started.reason, target = %started.target_version, "rolling the shard back");
-        let _ = self.progress.send(wrap(
-            self.assignment,
-            Event::RollbackStarted(started.clone()),
-        ));
+        tracing::warn!(shard = %self.order.shard_id, reason = %started.reason, target = %started.target_version, "rolling the shard back");
+        let _ = self
+            .progress
+            .send(wrap(self.order, Event::RollbackStarted(started.clone())));
     }
 }
 
@@ -85,18 +83,18 @@ pub(super) fn duty_failure(failure: DutyFailure) -> ErrorDetail {
     }
 }
 
-/// An event of `assignment`, stamped now.
-pub(super) fn wrap(assignment: &Assignment, event: Event) -> ProgressEvent {
+/// An event of `order`, stamped now.
+pub(super) fn wrap(order: &Order, event: Event) -> ProgressEvent {
     ProgressEvent {
-        assignment_id: assignment.assignment_id.clone(),
-        shard_id: assignment.shard_id.clone(),
+        assignment_id: order.assignment_id.clone(),
+        shard_id: order.shard_id.clone(),
         at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
         event: Some(event),
     }
 }
 
 /// An executor event as the wire carries it.
-pub(super) fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> ProgressEvent {
+pub(super) fn progress_event(order: &Order, event: ExecutionEvent) -> ProgressEvent {
     let duration = |value: Duration| prost_types::Duration::try_from(value).ok();
     let count = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
     let body = match event {
@@ -155,7 +153,7 @@ pub(super) fn progress_event(assignment: &Assignment, event: ExecutionEvent) -> 
             })
         }
     };
-    wrap(assignment, body)
+    wrap(order, body)
 }
 
 pub(super) fn exec_failure(error: &ExecError) -> ErrorDetail {
