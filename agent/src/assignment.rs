@@ -491,7 +491,7 @@ fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {
 }
 
 /// The shortest migrator-lock session lease the engine accepts.
-const MIN_LOCK_SESSION_LEASE: Duration = Duration::from_secs(1);
+const MIN_MIGRATOR_LOCK_IDLE: Duration = Duration::from_secs(1);
 
 /// The engine's connection pool, for the metrics.
 fn pool_figures(connected: &Connected) -> Box<dyn PoolFigures> {
@@ -513,7 +513,7 @@ fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeout
         lock_timeout: given(limits.lock_timeout, defaults.lock_timeout),
         statement_timeout: given(limits.statement_timeout, defaults.statement_timeout),
         idle_in_transaction: lease_ttl,
-        lock_session_lease: lease_ttl.max(MIN_LOCK_SESSION_LEASE),
+        migrator_lock_idle: lease_ttl.max(MIN_MIGRATOR_LOCK_IDLE),
     };
     timeouts.validate()?;
     Ok(timeouts)

@@ -47,7 +47,7 @@ pub struct Timeouts {
     /// The migrator lock lives in its own session, kept busy by a heartbeat; the server ends
     /// that session (releasing the lock) when the heartbeat stops this long — a paused or
     /// frozen migrator cannot keep the shard locked (PostgreSQL 14+).
-    pub lock_session_lease: Duration,
+    pub migrator_lock_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -56,7 +56,7 @@ impl Default for Timeouts {
             lock_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(15 * 60),
             idle_in_transaction: Duration::from_secs(60),
-            lock_session_lease: Duration::from_secs(30),
+            migrator_lock_idle: Duration::from_secs(30),
         }
     }
 }
@@ -79,8 +79,8 @@ impl Timeouts {
         if self.idle_in_transaction.is_zero() {
             return Err("idle-in-transaction timeout must be greater than zero".to_owned());
         }
-        if self.lock_session_lease < Duration::from_secs(1) {
-            return Err("lock session lease must be at least 1s".to_owned());
+        if self.migrator_lock_idle < Duration::from_secs(1) {
+            return Err("migrator lock idle timeout must be at least 1s".to_owned());
         }
         Ok(())
     }
@@ -415,7 +415,7 @@ mod tests {
                 .contains("wait forever")
         );
         let unleased = Timeouts {
-            lock_session_lease: Duration::from_millis(500),
+            migrator_lock_idle: Duration::from_millis(500),
             ..Timeouts::default()
         };
         assert!(unleased.validate().is_err());

@@ -26,7 +26,7 @@ use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
 use crate::error::{ErrorCode, refuse};
 use crate::mailbox::Mailbox;
-use crate::rollout::{RolloutError, planning, records, reversal, transitions, watch, waves};
+use crate::rollout::{RolloutError, planning, records, rollback, transitions, watch, waves};
 use crate::store::Store;
 use crate::tasks::TaskSet;
 
@@ -181,7 +181,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let request = request.into_inner();
         let source = self.plan_view(&request.plan_id).await?;
         let agents = self.announcements().await?;
-        let plan = reversal::plan_rollback(&source, &request.shards, &author, &agents)?;
+        let plan = rollback::plan_rollback(&source, &request.shards, &author, &agents)?;
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, rolls_back = %source.plan_id, %author, shards = waves::shard_count(&plan), "rollback plan created");
         Ok(Response::new(plan))

@@ -2,7 +2,7 @@
 //! through the store; the replica holding each agent's session delivers its tasks.
 //!
 //! - [`planning`]: a `CreatePlanRequest` checked, linted, assessed and split into waves.
-//! - [`reversal`]: a rollback plan, sending a finished plan's shards back where they were.
+//! - [`rollback`]: a rollback plan, sending a finished plan's shards back where they were.
 //! - [`risk`]: the plan's risk score, explained, and the approvals it needs.
 //! - [`records`]: plans, shard tasks and migration sets as stored, and compare-and-set updates.
 //! - [`transitions`]: what operators may do to a plan in each state.
@@ -23,8 +23,8 @@ pub mod outcome;
 pub mod planning;
 pub mod records;
 pub mod relay;
-pub mod reversal;
 pub mod risk;
+pub mod rollback;
 pub mod spans;
 pub mod transitions;
 pub mod watch;

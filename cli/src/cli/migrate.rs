@@ -138,8 +138,8 @@ struct Safety {
     idle_in_transaction_timeout: Duration,
     /// The migrator lock's session ends this long after its holder stops heartbeating (a
     /// paused migrator cannot keep the database locked; PostgreSQL 14+).
-    #[arg(long, default_value = "30s", value_parser = duration::parse)]
-    lock_session_lease: Duration,
+    #[arg(long, default_value = "30s", value_parser = duration::parse, alias = "lock-session-lease")]
+    migrator_lock_idle: Duration,
     /// Retries after a lock conflict (exponential backoff with jitter).
     #[arg(long, default_value_t = 6)]
     lock_retries: usize,
@@ -220,7 +220,7 @@ async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
         lock_timeout: safety.lock_timeout,
         statement_timeout: safety.statement_timeout,
         idle_in_transaction: safety.idle_in_transaction_timeout,
-        lock_session_lease: safety.lock_session_lease,
+        migrator_lock_idle: safety.migrator_lock_idle,
     });
     timeouts.validate().map_err(Failure::Usage)?;
     match engine::connect(&url, timeouts).await? {

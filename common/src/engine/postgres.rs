@@ -3,12 +3,12 @@
 //! session (see [`migrator_lock`]).
 
 pub mod catalog;
+mod connection_settings;
 mod counted_pool;
 pub mod health;
 mod ledger_sql;
 mod migrator_lock;
 pub mod restore_sql;
-mod session;
 mod working;
 
 use std::str::FromStr;
@@ -85,7 +85,7 @@ impl PostgresShard {
             .acquire_timeout(Duration::from_secs(10))
             .acquire_time_level(ACQUIRE_EVENTS)
             .after_connect(|connection, _metadata| {
-                Box::pin(async move { session::configure(connection).await.map(drop) })
+                Box::pin(async move { connection_settings::configure(connection).await.map(drop) })
             })
             .connect_lazy_with(options.clone());
         Ok(Self {
@@ -305,7 +305,7 @@ impl ShardEngine for PostgresShard {
             &self.options,
             &self.name,
             wait,
-            self.timeouts.lock_session_lease,
+            self.timeouts.migrator_lock_idle,
         )
         .await
     }

@@ -116,7 +116,7 @@ async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
             "agent-a",
             "--idle-in-transaction-timeout",
             "1s",
-            "--lock-session-lease",
+            "--migrator-lock-idle",
             "2s",
         ])
         .env("FLEETSHIFT_DATABASE_URL", &url)

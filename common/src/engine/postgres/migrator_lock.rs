@@ -4,8 +4,8 @@
 //! - It is taken with `pg_try_advisory_lock`, polled with backoff, on a session of its own
 //!   that never opens a transaction: nothing ever waits for it inside a transaction, so it
 //!   cannot deadlock with CREATE INDEX CONCURRENTLY.
-//! - That session is leased: `idle_session_timeout` ends it unless a heartbeat keeps it busy,
-//!   so a paused or frozen holder loses the lock by itself (PostgreSQL 14+).
+//! - That session has an idle limit: `idle_session_timeout` ends it unless a heartbeat keeps
+//!   it busy, so a paused or frozen holder loses the lock by itself (PostgreSQL 14+).
 //! - It is released by unlocking and closing the session; dropping the guard without
 //!   releasing aborts the heartbeat, which closes the session all the same.
 //!
@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::session;
+use super::connection_settings;
 use crate::engine::database_error;
 use crate::error::ExecError;
 
@@ -38,24 +38,24 @@ impl MigratorLock {
         options: &PgConnectOptions,
         shard: &str,
         wait: Duration,
-        lease: Duration,
+        idle_limit: Duration,
     ) -> Result<Self, ExecError> {
         let failed = |context: &str, error: sqlx::Error| database_error(shard, context, &error);
         let mut connection = options
             .connect()
             .await
             .map_err(|error| failed("opening the migration lock's session", error))?;
-        let version = session::configure(&mut connection)
+        let version = connection_settings::configure(&mut connection)
             .await
             .map_err(|error| failed("configuring the lock session", error))?;
-        if version >= session::VERSION_WITH_SESSION_CHECKS {
+        if version >= connection_settings::VERSION_WITH_SESSION_CHECKS {
             sqlx::query(AssertSqlSafe(format!(
                 "SET idle_session_timeout = '{}ms'",
-                lease.as_millis()
+                idle_limit.as_millis()
             )))
             .execute(&mut connection)
             .await
-            .map_err(|error| failed("leasing the lock session", error))?;
+            .map_err(|error| failed("setting the lock session's idle limit", error))?;
         }
         let started = Instant::now();
         let mut delays = ExponentialBuilder::new()
@@ -71,7 +71,7 @@ impl MigratorLock {
                 .await
                 .map_err(|error| failed("taking the migration lock", error))?;
             if acquired {
-                return Ok(Self::hold(connection, lease, shard.to_owned()));
+                return Ok(Self::hold(connection, idle_limit, shard.to_owned()));
             }
             let waited = started.elapsed();
             if waited >= wait {
@@ -89,10 +89,10 @@ impl MigratorLock {
         }
     }
 
-    /// Keeps the session busy well inside its lease until asked to stop.
-    fn hold(mut connection: PgConnection, lease: Duration, shard: String) -> Self {
+    /// Keeps the session busy well inside its idle limit until asked to stop.
+    fn hold(mut connection: PgConnection, idle_limit: Duration, shard: String) -> Self {
         let (stop, mut stopped) = oneshot::channel();
-        let beat = lease / 4;
+        let beat = idle_limit / 4;
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::select! {

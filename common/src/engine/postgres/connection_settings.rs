@@ -1,4 +1,4 @@
-//! Settings every fleetshift session gets beyond the startup options.
+//! Settings every connection fleetshift opens to PostgreSQL gets beyond the startup options.
 
 use sqlx::postgres::PgConnection;
 
