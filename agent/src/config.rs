@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use fleetshift_common::config_file::{ConfigError, read_toml};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::tls::channel::server_name_of;
-use fleetshift_common::tls::mtls::TlsFiles;
+use fleetshift_common::tls::mtls::{TlsError, TlsFiles};
 use serde::Deserialize;
 
 use crate::duties::backup::BackupSettings;
@@ -117,7 +117,7 @@ pub struct CoordinatorEndpoint {
 
 impl CoordinatorEndpoint {
     /// `address`, checked against `server_name` or else the address's own host.
-    pub fn new(address: String, server_name: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(address: String, server_name: Option<&str>) -> Result<Self, TlsError> {
         let server_name = match server_name {
             Some(name) => name.to_owned(),
             None => server_name_of(&address)?,
@@ -139,47 +139,40 @@ pub struct ShardConfig {
 impl AgentConfig {
     /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id` and
     /// `FLEETSHIFT_TELEMETRY_LISTEN` its `telemetry_listen`.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the agent configuration", path.display()))?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|error| {
-            let line = error
-                .span()
-                .map_or(1, |span| text[..span.start].matches('\n').count() + 1);
-            anyhow::anyhow!("{}:{line}: {}", path.display(), error.message())
-        })?;
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = read_toml(path, "agent configuration")?;
         let agent_id = std::env::var("FLEETSHIFT_AGENT_ID").ok().or(raw.agent_id);
         let telemetry_listen = std::env::var("FLEETSHIFT_TELEMETRY_LISTEN")
             .ok()
             .or(raw.telemetry_listen);
         let base = path.parent().unwrap_or(Path::new("."));
-        let invalid = || format!("{}: invalid agent configuration", path.display());
-        let coordinator = coordinator_link(raw.coordinator, raw.tls, base).with_context(invalid)?;
+        let invalid = |message: String| {
+            ConfigError::new(path, format!("invalid agent configuration: {message}"))
+        };
+        let coordinator = coordinator_link(raw.coordinator, raw.tls, base).map_err(invalid)?;
         let backups = raw
             .backups
             .map(|backups| backup_settings(backups, base))
             .transpose()
-            .with_context(invalid)?;
+            .map_err(invalid)?;
         let database_outage_wait = match raw.database_outage_wait.as_deref() {
             None => DEFAULT_OUTAGE_WAIT,
             Some(text) => fleetshift_common::duration::parse(text)
-                .map_err(|error| anyhow::anyhow!("database_outage_wait: {error}"))
-                .with_context(invalid)?,
+                .map_err(|error| invalid(format!("database_outage_wait: {error}")))?,
         };
-        let mut config = Self::validate(raw.shards, agent_id, base).with_context(invalid)?;
+        let mut config = Self::validate(raw.shards, agent_id, base).map_err(invalid)?;
         config.database_outage_wait = database_outage_wait;
         config.coordinator = coordinator;
         config.backups = backups;
         config.telemetry_listen = telemetry_listen
             .map(|address| {
                 address.parse().map_err(|_| {
-                    anyhow::anyhow!(
+                    invalid(format!(
                         "telemetry_listen = {address:?} is not an address like 0.0.0.0:9465"
-                    )
+                    ))
                 })
             })
-            .transpose()
-            .with_context(invalid)?;
+            .transpose()?;
         Ok(config)
     }
 
@@ -187,37 +180,45 @@ impl AgentConfig {
         raw_shards: Vec<RawShard>,
         agent_id: Option<String>,
         base: &Path,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, String> {
         let agent_id = agent_id
             .filter(|id| !id.trim().is_empty())
-            .context("agent_id is missing (set it in the file or FLEETSHIFT_AGENT_ID)")?;
+            .ok_or("agent_id is missing (set it in the file or FLEETSHIFT_AGENT_ID)")?;
         if raw_shards.is_empty() {
-            bail!("no [[shards]]: an agent serves at least one shard");
+            return Err("no [[shards]]: an agent serves at least one shard".to_owned());
         }
         let mut shards: Vec<ShardConfig> = Vec::with_capacity(raw_shards.len());
         for raw in raw_shards {
             if shards.iter().any(|shard| shard.id == raw.id) {
-                bail!("shard {:?} is listed twice", raw.id);
+                return Err(format!("shard {:?} is listed twice", raw.id));
             }
             let url = match (raw.database_url, raw.database_url_file) {
                 (Some(url), None) => url,
                 (None, Some(file)) => {
                     let file = base.join(file);
                     std::fs::read_to_string(&file)
-                        .with_context(|| {
-                            format!("shard {:?}: cannot read {}", raw.id, file.display())
+                        .map_err(|error| {
+                            format!(
+                                "shard {:?}: cannot read {}: {error}",
+                                raw.id,
+                                file.display()
+                            )
                         })?
                         .trim()
                         .to_owned()
                 }
-                (Some(_), Some(_)) => bail!(
-                    "shard {:?}: set database_url or database_url_file, not both",
-                    raw.id
-                ),
-                (None, None) => bail!(
-                    "shard {:?}: database_url_file (or database_url) is missing",
-                    raw.id
-                ),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "shard {:?}: set database_url or database_url_file, not both",
+                        raw.id
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "shard {:?}: database_url_file (or database_url) is missing",
+                        raw.id
+                    ));
+                }
             };
             shards.push(ShardConfig {
                 id: raw.id,
@@ -236,16 +237,18 @@ impl AgentConfig {
     }
 }
 
-fn backup_settings(raw: RawBackups, base: &Path) -> anyhow::Result<BackupSettings> {
+fn backup_settings(raw: RawBackups, base: &Path) -> Result<BackupSettings, String> {
     let duration = |name: &str, text: Option<String>| {
         text.map(|text| {
             fleetshift_common::duration::parse(&text)
-                .map_err(|error| anyhow::anyhow!("[backups] {name}: {error}"))
+                .map_err(|error| format!("[backups] {name}: {error}"))
         })
         .transpose()
     };
     if raw.keep == Some(0) {
-        bail!("[backups] keep must be at least 1 (the backup just taken is always kept)");
+        return Err(
+            "[backups] keep must be at least 1 (the backup just taken is always kept)".to_owned(),
+        );
     }
     Ok(BackupSettings {
         directory: base.join(raw.directory),
@@ -265,33 +268,47 @@ fn coordinator_link(
     coordinator: Option<RawCoordinator>,
     tls: Option<TlsFiles>,
     base: &Path,
-) -> anyhow::Result<Option<CoordinatorLink>> {
+) -> Result<Option<CoordinatorLink>, String> {
     let (coordinator, tls) = match (coordinator, tls) {
         (None, None) => return Ok(None),
         (Some(coordinator), Some(tls)) => (coordinator, tls),
         (Some(_), None) => {
-            bail!("[coordinator] needs a [tls] section (certificate, private_key, trust_bundle)")
+            return Err(
+                "[coordinator] needs a [tls] section (certificate, private_key, trust_bundle)"
+                    .to_owned(),
+            );
         }
-        (None, Some(_)) => bail!("[tls] is only used with a [coordinator] section"),
+        (None, Some(_)) => return Err("[tls] is only used with a [coordinator] section".to_owned()),
     };
     let addresses = match (coordinator.address, coordinator.addresses) {
         (Some(address), None) => vec![address],
         (None, Some(addresses)) if !addresses.is_empty() => addresses,
-        (None, Some(_)) => bail!("[coordinator] addresses is empty: list at least one replica"),
-        (None, None) => bail!("[coordinator] needs address (or addresses, for several replicas)"),
-        (Some(_), Some(_)) => bail!("[coordinator] set address or addresses, not both"),
+        (None, Some(_)) => {
+            return Err("[coordinator] addresses is empty: list at least one replica".to_owned());
+        }
+        (None, None) => {
+            return Err(
+                "[coordinator] needs address (or addresses, for several replicas)".to_owned(),
+            );
+        }
+        (Some(_), Some(_)) => {
+            return Err("[coordinator] set address or addresses, not both".to_owned());
+        }
     };
     let endpoints = addresses
         .into_iter()
-        .map(|address| CoordinatorEndpoint::new(address, coordinator.server_name.as_deref()))
-        .collect::<anyhow::Result<_>>()?;
+        .map(|address| {
+            CoordinatorEndpoint::new(address, coordinator.server_name.as_deref())
+                .map_err(|error| format!("[coordinator] {error}"))
+        })
+        .collect::<Result<_, _>>()?;
     let facts_refresh = match coordinator.facts_refresh.as_deref() {
         None => DEFAULT_FACTS_REFRESH,
         Some(text) => fleetshift_common::duration::parse(text)
-            .map_err(|error| anyhow::anyhow!("[coordinator] facts_refresh: {error}"))
+            .map_err(|error| format!("[coordinator] facts_refresh: {error}"))
             .and_then(|interval| {
                 if interval.is_zero() {
-                    bail!("[coordinator] facts_refresh must be longer than zero")
+                    return Err("[coordinator] facts_refresh must be longer than zero".to_owned());
                 }
                 Ok(interval)
             })?,

@@ -13,12 +13,14 @@
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
 //! - [`rollout_names`]: plan and shard-task states as people and scripts read them.
+//! - [`config_file`]: reading a TOML configuration file; errors that name file and line.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
 //! - [`shipped`]: a migration set packed for the wire and unpacked with its digest checked.
 //! - [`secrets`]: masking database URLs and other credentials before anything prints them.
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
 //! - [`telemetry`]: structured logs, OpenTelemetry traces, Prometheus metrics and health endpoints.
 
+pub mod config_file;
 pub mod duration;
 pub mod engine;
 pub mod error;

@@ -2,7 +2,10 @@
 //! file is validated into [`CoordinatorConfig`] before anything uses it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub use fleetshift_common::config_file::ConfigError;
+use fleetshift_common::config_file::read_toml;
 use std::time::Duration;
 
 use fleetshift_common::duration;
@@ -81,47 +84,12 @@ pub struct CoordinatorConfig {
     pub webhooks: Vec<Webhook>,
 }
 
-/// Why a configuration file cannot be used: the file, the line when known, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(line) => write!(
-                formatter,
-                "{}:{line}: {}",
-                self.path.display(),
-                self.message
-            ),
-            None => write!(formatter, "{}: {}", self.path.display(), self.message),
-        }
-    }
-}
-
 impl CoordinatorConfig {
     /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN`,
     /// `FLEETSHIFT_TELEMETRY_LISTEN` and `FLEETSHIFT_ETCD_ENDPOINTS` (comma-separated) override
     /// the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-            path: path.to_path_buf(),
-            line: None,
-            message: format!("cannot read the coordinator configuration: {error}"),
-        })?;
-        let mut raw: RawConfig = toml::from_str(&text).map_err(|error| ConfigError {
-            path: path.to_path_buf(),
-            line: Some(
-                error
-                    .span()
-                    .map_or(1, |span| text[..span.start].matches('\n').count() + 1),
-            ),
-            message: error.message().to_owned(),
-        })?;
+        let mut raw: RawConfig = read_toml(path, "coordinator configuration")?;
         if let Ok(id) = std::env::var("FLEETSHIFT_COORDINATOR_ID") {
             raw.coordinator_id = id;
         }
@@ -138,10 +106,11 @@ impl CoordinatorConfig {
                 .collect();
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::validate(raw, base).map_err(|message| ConfigError {
-            path: path.to_path_buf(),
-            line: None,
-            message: format!("invalid coordinator configuration: {message}"),
+        Self::validate(raw, base).map_err(|message| {
+            ConfigError::new(
+                path,
+                format!("invalid coordinator configuration: {message}"),
+            )
         })
     }
 
