@@ -359,8 +359,11 @@ pub fn spawn_observed_replica(
     (port, logged_port(&log, TELEMETRY_LISTENING), process)
 }
 
-/// What every fleet test stands on: a real etcd with a store connected to it, and a directory
-/// for the test's files with a fresh development CA in `pki/`.
+/// The one way tests start a fleet: a real etcd with a store connected to it and a directory for
+/// the test's files with a fresh development CA in `pki/`, then the parts the test asks for —
+/// replica processes ([`FleetGround::replica`], [`FleetGround::observed_replica`]) or one replica
+/// in this process ([`FleetGround::in_process`]); agents are started as processes from configs
+/// written with [`agent_config_text`].
 pub struct FleetGround {
     pub etcd: fleetshift_testkit::etcd::EtcdServer,
     pub store: fleetshift_coordinator::store::EtcdStore,
@@ -395,6 +398,44 @@ impl FleetGround {
             pki,
         }
     }
+
+    /// A certificate for `name` in the ground's PKI.
+    pub fn issue(&self, role: Role, name: &str) {
+        issue(&self.pki, role, name, &[]);
+    }
+
+    /// `fleetshift serve` as replica `id` (see [`spawn_replica`]): its port and process.
+    pub fn replica(&self, id: &str, roles: &str) -> (u16, Process) {
+        spawn_replica(self.home.path(), id, &self.etcd.endpoint, roles)
+    }
+
+    /// Like [`FleetGround::replica`], also serving telemetry and logging JSON, with
+    /// `environment` added: its port, its telemetry port and its process.
+    pub fn observed_replica(
+        &self,
+        id: &str,
+        roles: &str,
+        environment: &[(String, String)],
+    ) -> (u16, u16, Process) {
+        spawn_observed_replica(
+            self.home.path(),
+            id,
+            &self.etcd.endpoint,
+            roles,
+            environment,
+        )
+    }
+
+    /// One coordinator replica `c1` in this process serving agent sessions and the fleet API
+    /// (no leader work), with certificates for `agents` and `operators`.
+    pub async fn in_process(
+        self,
+        roles: fleetshift_coordinator::authz::Roles,
+        agents: &[&str],
+        operators: &[&str],
+    ) -> InProcessCoordinator {
+        InProcessCoordinator::on(self, roles, agents, operators).await
+    }
 }
 
 /// A real etcd, a PKI, and one coordinator replica in this process serving agent sessions and
@@ -421,8 +462,21 @@ impl std::fmt::Debug for InProcessCoordinator {
 }
 
 impl InProcessCoordinator {
-    /// Certificates for coordinator `c1`, `agents` and `operators`; `roles` for the API.
+    /// A fresh [`FleetGround`] with the replica on it; see [`FleetGround::in_process`].
     pub async fn start(
+        roles: fleetshift_coordinator::authz::Roles,
+        agents: &[&str],
+        operators: &[&str],
+    ) -> Self {
+        FleetGround::start()
+            .await
+            .in_process(roles, agents, operators)
+            .await
+    }
+
+    /// Certificates for coordinator `c1`, `agents` and `operators`; `roles` for the API.
+    async fn on(
+        ground: FleetGround,
         roles: fleetshift_coordinator::authz::Roles,
         agents: &[&str],
         operators: &[&str],
@@ -437,7 +491,7 @@ impl InProcessCoordinator {
             store,
             home,
             pki: pki_dir,
-        } = FleetGround::start().await;
+        } = ground;
         let store = std::sync::Arc::new(store);
         issue(&pki_dir, Role::Coordinator, "c1", &["localhost"]);
         for agent in agents {

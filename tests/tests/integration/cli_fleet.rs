@@ -12,7 +12,7 @@ use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
     FleetGround, Process, TELEMETRY_LISTENING, agent_config_text, await_leader, channel_as,
-    fleetshift_as_with, issue, logged_port, logs, shard_tables, spawn_observed_replica,
+    fleetshift_as_with, logged_port, logs, shard_tables,
 };
 use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
@@ -57,17 +57,19 @@ impl CliFleet {
         agent_sections: impl Fn(&Database) -> String,
         environment: Vec<(String, String)>,
     ) -> Self {
+        let ground = FleetGround::start().await;
+        for operator in ["alice", "bob"] {
+            ground.issue(Role::Operator, operator);
+        }
+        ground.issue(Role::Agent, "a");
+        let (port, coordinator_telemetry, replica) =
+            ground.observed_replica("c1", ROLES, &environment);
         let FleetGround {
             etcd,
             store,
             home,
             pki,
-        } = FleetGround::start().await;
-        issue(&pki, Role::Operator, "alice", &[]);
-        issue(&pki, Role::Operator, "bob", &[]);
-        issue(&pki, Role::Agent, "a", &[]);
-        let (port, coordinator_telemetry, replica) =
-            spawn_observed_replica(home.path(), "c1", &etcd.endpoint, ROLES, &environment);
+        } = ground;
         assert!(
             await_leader(&store, Duration::from_secs(20)).await,
             "no leader\n{}",

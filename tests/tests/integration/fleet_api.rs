@@ -8,11 +8,10 @@ use std::time::Duration;
 use fleetshift_common::proto::v1::ApprovePlanRequest;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::tls::identity::Role;
-use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
-    COORDINATOR_LISTENING, Process, channel_as, init_pki, issue, logged_port, write_agent_config,
-    write_coordinator_config,
+    COORDINATOR_LISTENING, FleetGround, Process, channel_as, issue, logged_port,
+    write_agent_config, write_coordinator_config,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -46,10 +45,12 @@ async fn grpc_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_see_the_fleet_according_to_their_roles() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let home = tempfile::tempdir().expect("fleet directory");
-    let pki = home.path().join("pki");
-    init_pki(&pki);
+    let FleetGround {
+        etcd,
+        store: _store,
+        home,
+        pki,
+    } = FleetGround::start().await;
     issue(&pki, Role::Coordinator, "c1", &["localhost"]);
     issue(&pki, Role::Agent, "db-host-1", &[]);
     for operator in ["alice", "carol", "mallory"] {

@@ -31,9 +31,7 @@ use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_testkit::postgres::Shutdown;
 use fleetshift_tests::binary;
-use fleetshift_tests::fleet::{
-    FleetGround, Process, agent_config_text, channel_as, issue, shard_tables, spawn_replica,
-};
+use fleetshift_tests::fleet::{FleetGround, Process, agent_config_text, channel_as, shard_tables};
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::rollout;
 use fleetshift_tests::wait::wait_until;
@@ -117,19 +115,20 @@ impl Fleet {
 
     /// A fleet whose agent's configuration begins with `agent_settings` (top-level keys).
     async fn start_with(agent_settings: &str) -> Self {
+        let ground = FleetGround::start().await;
+        ground.issue(Role::Operator, "ops");
+        ground.issue(Role::Agent, "a");
+        let mut replicas = Vec::new();
+        for id in ["c1", "c2"] {
+            let (port, process) = ground.replica(id, ROLES);
+            replicas.push((id, port, process));
+        }
         let FleetGround {
             etcd,
             store,
             home,
             pki,
-        } = FleetGround::start().await;
-        issue(&pki, Role::Operator, "ops", &[]);
-        issue(&pki, Role::Agent, "a", &[]);
-        let mut replicas = Vec::new();
-        for id in ["c1", "c2"] {
-            let (port, process) = spawn_replica(home.path(), id, &etcd.endpoint, ROLES);
-            replicas.push((id, port, process));
-        }
+        } = ground;
         let cluster = PostgresCluster::start().expect("cluster");
         let mut urls = Vec::new();
         let mut admins = Vec::new();

@@ -17,7 +17,6 @@ use fleetshift_coordinator::store::Store;
 use fleetshift_tests::binary;
 use fleetshift_tests::fleet::{
     FleetGround, Process, agent_config_text, await_leader, channel_as, issue, logs, shard_tables,
-    spawn_replica,
 };
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::rollout;
@@ -51,18 +50,19 @@ fn slow_set() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once() {
+    let ground = FleetGround::start().await;
+    ground.issue(Role::Operator, "ops");
+    let mut replicas = Vec::new();
+    for id in REPLICAS {
+        let (port, process) = ground.replica(id, ROLES);
+        replicas.push((id, port, Some(process)));
+    }
     let FleetGround {
-        etcd,
+        etcd: _etcd,
         store,
         home,
         pki,
-    } = FleetGround::start().await;
-    issue(&pki, Role::Operator, "ops", &[]);
-    let mut replicas = Vec::new();
-    for id in REPLICAS {
-        let (port, process) = spawn_replica(home.path(), id, &etcd.endpoint, ROLES);
-        replicas.push((id, port, Some(process)));
-    }
+    } = ground;
     let logs_in = home.path().to_path_buf();
     let diagnose = move || {
         logs(
