@@ -430,8 +430,10 @@ where
         Ok(())
     }
 
-    /// A result goes into the store for the leader; only for the agent's own shards.
+    /// A result goes into the store for the leader; only for the agent's own shards, and only
+    /// a complete one (see [`check_result`]).
     async fn take_result(&self, result: AssignmentResult) -> Result<(), Status> {
+        check_result(&result)?;
         let Some(registration) = &self.registration else {
             return Err(refuse(
                 ErrorCode::Internal,
@@ -514,6 +516,29 @@ where
             .send(Ok(CoordinatorMessage { body: Some(body) }))
             .await
             .map_err(|_| refuse(ErrorCode::Gone, "the agent is gone"))
+    }
+}
+
+/// A result as the leader may act on it: it names its assignment, shard and claim, and a
+/// failure says what failed; otherwise INVALID_ARGUMENT naming the field (the session ends).
+fn check_result(result: &AssignmentResult) -> Result<(), Status> {
+    let missing = if result.assignment_id.is_empty() {
+        Some("assignment_id is missing")
+    } else if result.shard_id.is_empty() {
+        Some("shard_id is missing")
+    } else if result.fence_token <= 0 {
+        Some("fence_token is not a claim's token (it must be positive)")
+    } else if !result.succeeded && result.rollback.is_none() && result.error.is_none() {
+        Some("error is missing from a failed result")
+    } else {
+        None
+    };
+    match missing {
+        Some(problem) => Err(refuse(
+            ErrorCode::BadRequest,
+            format!("result {:?}: {problem}", result.assignment_id),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -161,13 +161,11 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<CreatePlanRequest>,
     ) -> Result<Response<Plan>, Status> {
         let author = self.authorize(&request, OperatorRole::Operator)?;
-        let request = request.into_inner();
+        let request = planning::PlanRequest::try_from(request.into_inner())?;
         let agents = self.announcements().await?;
-        let shipped = request.migration_set.clone();
+        let shipped = request.set.clone();
         let plan = planning::plan(request, &author, &agents)?;
-        if let Some(shipped) = &shipped {
-            records::save_set(&*self.store, shipped).await?;
-        }
+        records::save_set(&*self.store, &shipped).await?;
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, %author, shards = waves::shard_count(&plan), waves = plan.waves.len(), "plan created");
         Ok(Response::new(plan))

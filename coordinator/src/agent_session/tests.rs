@@ -164,3 +164,31 @@ async fn an_agent_speaks_only_for_itself() {
     within(driven).await.expect("session task");
     assert_eq!(announced(&store).await, 0);
 }
+
+#[test]
+fn an_incomplete_result_is_refused_naming_the_field() {
+    let complete = AssignmentResult {
+        assignment_id: "p1~s1~7".to_owned(),
+        shard_id: "s1".to_owned(),
+        fence_token: 7,
+        succeeded: true,
+        ..AssignmentResult::default()
+    };
+    assert!(check_result(&complete).is_ok());
+    let no_token = AssignmentResult {
+        fence_token: 0,
+        ..complete.clone()
+    };
+    let refused = check_result(&no_token).expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("fence_token"), "{refused:?}");
+    let silent_failure = AssignmentResult {
+        succeeded: false,
+        ..complete
+    };
+    let refused = check_result(&silent_failure).expect_err("no error");
+    assert!(
+        refused.message().contains("error is missing"),
+        "{refused:?}"
+    );
+}

@@ -1,4 +1,5 @@
-//! Turning a `CreatePlanRequest` into a plan: the shipped set is unpacked and must hash to its
+//! Turning a `CreatePlanRequest` into a plan: the request is checked into a `PlanRequest`
+//! where it arrives (`TryFrom`), then the shipped set is unpacked and must hash to its
 //! digest, the target must be one of its versions, the selector must match announced shards,
 //! and the shards are split into waves: a canary wave of N shards, then waves up to each
 //! cumulative percentage of the rest. Shards are ordered by id, so a plan is reproducible.
@@ -7,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, Direction, ExecutionLimits, Hello, HostDuties, Plan, PlanState,
+    self as v1, CreatePlanRequest, Direction, ExecutionLimits, Hello, HostDuties, Plan, PlanState,
     SchemaChange, ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
@@ -270,15 +271,47 @@ fn schema_changes(revisions: &[Revision]) -> Vec<SchemaChange> {
         .collect()
 }
 
-/// Checks the request and plans it for `author` over the announced `agents`.
+/// A `CreatePlanRequest` checked where it arrives: a migration set, a wave policy with its
+/// defaults filled in and its percentages in order, duties that make sense, limits (default
+/// when absent). What [`plan`] works from.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub set: v1::MigrationSet,
+    /// Empty: the set's last version.
+    pub target_version: String,
+    pub selector: HashMap<String, String>,
+    pub policy: WavePolicy,
+    pub limits: ExecutionLimits,
+    pub duties: Option<HostDuties>,
+}
+
+impl TryFrom<CreatePlanRequest> for PlanRequest {
+    type Error = RolloutError;
+
+    fn try_from(request: CreatePlanRequest) -> Result<Self, Self::Error> {
+        let set = request.migration_set.ok_or_else(|| {
+            RolloutError::BadRequest("the request carries no migration_set".to_owned())
+        })?;
+        let policy = policy(request.waves)?;
+        check_duties(request.duties.as_ref())?;
+        Ok(Self {
+            set,
+            target_version: request.target_version,
+            selector: request.selector,
+            policy,
+            limits: request.limits.unwrap_or_default(),
+            duties: request.duties,
+        })
+    }
+}
+
+/// Plans `request` for `author` over the announced `agents`.
 pub fn plan(
-    request: CreatePlanRequest,
+    request: PlanRequest,
     author: &str,
     agents: &[(String, Hello)],
 ) -> Result<Plan, RolloutError> {
-    let shipped = request.migration_set.as_ref().ok_or_else(|| {
-        RolloutError::BadRequest("the request carries no migration set".to_owned())
-    })?;
+    let shipped = &request.set;
     let directory = tempfile::Builder::new()
         .prefix("fleetshift-plan-")
         .tempdir()
@@ -321,9 +354,14 @@ pub fn plan(
     let analyses = analyses_of(&shards, revisions);
     let risk = risk::assess(revisions, &findings, &contexts);
     let changes = schema_changes(revisions);
-    let policy = policy(request.waves)?;
-    check_duties(request.duties.as_ref())?;
-    let limits: ExecutionLimits = request.limits.unwrap_or_default();
+    let PlanRequest {
+        set: shipped,
+        selector,
+        policy,
+        limits,
+        duties,
+        ..
+    } = request;
     Ok(Plan {
         plan_id: new_plan_id(),
         author: author.to_owned(),
@@ -336,13 +374,13 @@ pub fn plan(
         state_reason: String::new(),
         policy: Some(policy),
         limits: Some(limits),
-        selector: request.selector,
-        set_format: shipped.format.clone(),
+        selector,
+        set_format: shipped.format,
         findings,
         risk: Some(risk),
         changes,
         analyses,
-        duties: request.duties,
+        duties,
         direction: Direction::Up.into(),
         rolls_back: String::new(),
         trace_context: spans::new_trace_context(),
@@ -368,6 +406,29 @@ mod tests {
 
     fn sizes(waves: &[Wave]) -> Vec<usize> {
         waves.iter().map(|wave| wave.shards.len()).collect()
+    }
+
+    #[test]
+    fn a_request_is_checked_where_it_arrives_naming_what_is_wrong() {
+        let missing = PlanRequest::try_from(CreatePlanRequest::default()).expect_err("no set");
+        assert!(missing.to_string().contains("migration_set"), "{missing}");
+        let unordered = CreatePlanRequest {
+            migration_set: Some(v1::MigrationSet::default()),
+            waves: Some(WavePolicy {
+                percentages: vec![50, 20],
+                ..WavePolicy::default()
+            }),
+            ..CreatePlanRequest::default()
+        };
+        let error = PlanRequest::try_from(unordered).expect_err("percentages");
+        assert!(error.to_string().contains("wave percentages"), "{error}");
+        let defaults = CreatePlanRequest {
+            migration_set: Some(v1::MigrationSet::default()),
+            ..CreatePlanRequest::default()
+        };
+        let checked = PlanRequest::try_from(defaults).expect("valid");
+        assert_eq!(checked.policy.percentages.last(), Some(&100));
+        assert_eq!(checked.limits, ExecutionLimits::default());
     }
 
     #[test]
@@ -464,7 +525,8 @@ mod tests {
             ..CreatePlanRequest::default()
         };
         let agents = [("a".to_owned(), hello)];
-        let planned = plan(request("1"), "ops", &agents).expect("plan to 1");
+        let checked = |target: &str| PlanRequest::try_from(request(target)).expect("valid");
+        let planned = plan(checked("1"), "ops", &agents).expect("plan to 1");
         let rules: Vec<(&str, &str, &str)> = planned
             .findings
             .iter()
@@ -485,7 +547,7 @@ mod tests {
             )],
             "revision 2 is beyond the target"
         );
-        let planned = plan(request(""), "ops", &agents).expect("plan to the end");
+        let planned = plan(checked(""), "ops", &agents).expect("plan to the end");
         assert!(
             planned
                 .findings
