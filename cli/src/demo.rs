@@ -37,6 +37,7 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
 use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
+use fleetshift_coordinator::rollout::waves;
 use fleetshift_coordinator::serve::run_replica;
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore};
 use fleetshift_testkit::postgres::LocalPostgres;
@@ -445,15 +446,11 @@ async fn wait_for_agents(client: &mut progress::FleetClient, wanted: usize) -> a
 
 /// The plan's waves and risk, as the demo tells them.
 fn print_plan(plan: &Plan) {
+    let canary = plan.waves.first().map_or(0, |wave| wave.shards.len());
     println!(
-        "planned {}: canary wave of {} shard, then {} more",
+        "planned {}: canary wave of {canary} shard, then {} more",
         plan.plan_id,
-        plan.waves.first().map_or(0, |wave| wave.shards.len()),
-        plan.waves
-            .iter()
-            .skip(1)
-            .map(|wave| wave.shards.len())
-            .sum::<usize>()
+        waves::shard_count(plan) - canary
     );
     if let Some(risk) = &plan.risk {
         let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
@@ -485,11 +482,8 @@ async fn show_fencing(
     shards: &Shards,
     human: bool,
 ) -> anyhow::Result<()> {
-    let first = plan
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
-        .find(|task| task.state == i32::from(ShardState::Succeeded));
+    let first =
+        waves::planned_tasks(plan).find(|task| task.state == i32::from(ShardState::Succeeded));
     if let Some(task) = first {
         let url = shards.url_of(&task.shard_id)?;
         let refusal = match engine::connect(&url, Timeouts::default()).await? {

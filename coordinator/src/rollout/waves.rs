@@ -72,6 +72,16 @@ where
             .map_or(0, |wave| wave.index)
     }
 
+    /// The stored tasks of the wave numbered `index` (none for a wave the plan lacks).
+    pub fn tasks_of(&self, index: u32) -> Vec<&'p ShardTask> {
+        self.plan
+            .waves
+            .iter()
+            .filter(|wave| wave.index == index)
+            .flat_map(|wave| self.tasks_in(wave))
+            .collect()
+    }
+
     /// The stored tasks of `wave`.
     pub fn tasks_in(&self, wave: &'p Wave) -> impl Iterator<Item = &'p ShardTask> + '_ {
         wave.shards
@@ -180,6 +190,13 @@ mod tests {
         ]);
         let progress = Progress::new(&planned, |shard| now.get(shard));
         assert_eq!(progress.current().map(|wave| wave.index), Some(1));
+        let second: Vec<&str> = progress
+            .tasks_of(1)
+            .iter()
+            .map(|task| task.shard_id.as_str())
+            .collect();
+        assert_eq!(second, ["b"]);
+        assert!(progress.tasks_of(7).is_empty(), "no such wave");
         let done = stored(&[
             task("a", "h1", 0, ShardState::Succeeded),
             task("b", "h1", 1, ShardState::Failed),

@@ -2,30 +2,18 @@
 //! lapsed claims recovered, plans finished or halted, cancelled plans wound down, and the
 //! spans of waves and rollouts that end with them.
 
-use std::collections::BTreeMap;
-
 use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask};
 use fleetshift_common::telemetry::traces;
 use prost::Message;
 
 use super::{Driver, now, plan_state, state_of};
 use crate::claims;
-use crate::rollout::model::Seen;
 use crate::rollout::outcome::{self, RunOutcome};
-use crate::rollout::spans;
 use crate::rollout::{
     RolloutError, assignment_id, plan_of_assignment, records, task_active, task_ended, task_token,
 };
+use crate::rollout::{spans, waves};
 use crate::store::{Condition, Store, Write, keys};
-
-/// The tasks of one wave of a plan (`tasks`, by shard).
-fn wave_tasks(tasks: &BTreeMap<String, Seen<ShardTask>>, wave: u32) -> Vec<&ShardTask> {
-    tasks
-        .values()
-        .map(|seen| &seen.value)
-        .filter(|task| task.wave == wave)
-        .collect()
-}
 
 impl<S: Store> Driver<'_, S> {
     fn task(&self, plan: &str, shard: &str) -> Option<(ShardTask, i64)> {
@@ -127,7 +115,8 @@ impl<S: Store> Driver<'_, S> {
             return;
         };
         let halted = plan_state(plan) == PlanState::Halted || self.halted.contains(&plan.plan_id);
-        let in_wave = wave_tasks(tasks, wave);
+        let progress = waves::Progress::new(plan, |shard| tasks.get(shard).map(|seen| &seen.value));
+        let in_wave = progress.tasks_of(wave);
         if !halted && in_wave.iter().all(|task| task_ended(state_of(task))) {
             spans::wave_ended(plan, wave, &in_wave);
         }
@@ -212,8 +201,9 @@ impl<S: Store> Driver<'_, S> {
         let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
             return;
         };
+        let progress = waves::Progress::new(plan, |shard| tasks.get(shard).map(|seen| &seen.value));
         for wave in &plan.waves {
-            let in_wave = wave_tasks(tasks, wave.index);
+            let in_wave: Vec<&ShardTask> = progress.tasks_in(wave).collect();
             if in_wave.iter().any(|task| !task_ended(state_of(task))) {
                 spans::wave_halted(plan, wave.index, &in_wave, &plan.state_reason);
             }
