@@ -335,3 +335,77 @@ async fn an_agent_cannot_report_for_another_agents_shard() {
         "a result for another agent's shard is refused"
     );
 }
+
+/// A replica shutting down while an agent holds a session stops in its stages (the RPC server
+/// and its streams, then the background work) instead of waiting on the open stream, and
+/// leaves the agent's lease for the agent to resume with another replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_ends_open_sessions_and_leaves_their_leases() {
+    use std::sync::Arc;
+
+    use fleetshift_common::lease::SessionIntervals;
+    use fleetshift_common::tls::identity::Role;
+    use fleetshift_common::tls::mtls::TlsFiles;
+    use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
+    use fleetshift_coordinator::serve::run_replica;
+    use fleetshift_coordinator::store::MemoryStore;
+    use fleetshift_tests::fleet::{TRUST_DOMAIN, init_pki, issue};
+    use tokio_util::sync::CancellationToken;
+
+    let home = tempfile::tempdir().expect("home");
+    let pki = home.path().join("pki");
+    init_pki(&pki);
+    issue(&pki, Role::Coordinator, "c1", &["localhost"]);
+    issue(&pki, Role::Agent, "db-host-1", &[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let config = CoordinatorConfig {
+        coordinator_id: "c1".to_owned(),
+        listen: address,
+        telemetry_listen: None,
+        trust_domain: TRUST_DOMAIN.to_owned(),
+        intervals: SessionIntervals::from_heartbeat(Duration::from_secs(1)),
+        tls: TlsFiles {
+            certificate: pki.join("coordinator-c1.pem"),
+            private_key: pki.join("coordinator-c1.key"),
+            trust_bundle: pki.join("ca.pem"),
+        },
+        store: StoreChoice::Memory,
+        roles: Roles::default(),
+        webhooks: Vec::new(),
+    };
+    let store = Arc::new(MemoryStore::new());
+    let stop = CancellationToken::new();
+    let replica = {
+        let store = Arc::clone(&store);
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(async move { run_replica(store, &config, listener, shutdown).await })
+    };
+    let mut client = AgentServiceClient::new(
+        channel_as(
+            &format!("https://localhost:{}", address.port()),
+            &pki,
+            "agent-db-host-1",
+        )
+        .await,
+    );
+    let (_sender, responses) = open(&mut client, "db-host-1").await;
+    let mut responses = responses.expect("session");
+    assert!(matches!(
+        next(&mut responses).await,
+        Ok(CoordinatorBody::Handshake(_))
+    ));
+    assert_eq!(store.agents().await.expect("agents").len(), 1);
+
+    stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), replica).await;
+    let served = stopped.expect("the replica stops though a session was open");
+    served.expect("replica task").expect("a clean stop");
+    assert_eq!(
+        store.agents().await.expect("agents").len(),
+        1,
+        "the session's lease is left for the agent to resume elsewhere"
+    );
+}
