@@ -56,14 +56,16 @@ pub async fn execute(
     stop: StopSignal,
     progress: mpsc::UnboundedSender<ProgressEvent>,
 ) -> AssignmentResult {
-    let order = match Order::try_from(assignment.clone()) {
+    // What a refusal names, kept before the assignment (and its files) moves into the order.
+    let (shard_id, fence_token) = (assignment.shard_id.clone(), assignment.fence_token);
+    let order = match Order::try_from(assignment) {
         Ok(order) => order,
         Err(invalid) => {
             tracing::warn!(%invalid, "assignment refused: nothing ran");
             return AssignmentResult {
-                assignment_id: assignment.assignment_id,
-                shard_id: assignment.shard_id,
-                fence_token: assignment.fence_token,
+                assignment_id: invalid.assignment.clone(),
+                shard_id,
+                fence_token,
                 error: Some(refused(
                     ErrorKind::BadInput,
                     format!(
