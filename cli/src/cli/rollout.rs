@@ -114,6 +114,10 @@ pub struct PlanArgs {
     /// Baselines: the after/before ratio of a query's median that counts as a degradation.
     #[arg(long, default_value_t = 1.5)]
     degradation_threshold: f64,
+    /// Baselines: the smallest growth of a query's median that can count as a degradation,
+    /// whatever the ratio (sub-millisecond queries jitter on a busy host).
+    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION", default_value = "1ms")]
+    baseline_noise_floor: Duration,
     /// Roll a shard back to its version before the plan, on its own, when a revision fails or
     /// a baseline degrades past the threshold (down scripts, same fencing token).
     #[arg(long)]
@@ -379,7 +383,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             queries,
             runs: arguments.baseline_runs,
             degradation_threshold: arguments.degradation_threshold,
-            noise_floor: None,
+            noise_floor: prost_types::Duration::try_from(arguments.baseline_noise_floor).ok(),
         }),
         Some(Err(message)) => {
             render::failure(arguments.output, &message, ErrorKind::BadInput);
