@@ -1,10 +1,12 @@
 //! Migration sources: the histories users already keep, read from a directory.
 //!
 //! Formats are detected from file names (or named explicitly): sqlx / golang-migrate,
-//! diesel, Flyway, dbmate, pop and Liquibase formatted SQL. Loading validates the whole set
+//! diesel, Flyway, dbmate, pop, Liquibase formatted SQL, and Alembic projects once rendered
+//! to SQL (see [`alembic`]). Loading validates the whole set
 //! before anything touches a database and reports every problem it finds in one
 //! [`SourceError`].
 
+pub mod alembic;
 mod dbmate;
 mod diesel;
 mod engine;
@@ -25,6 +27,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
+pub use alembic::AlembicHistory;
 pub use engine::Engine;
 pub use problem::{SourceError, SourceProblem};
 pub use version::Version;
@@ -49,16 +52,20 @@ pub enum SourceFormat {
     /// Liquibase formatted SQL changelogs (`--liquibase formatted sql`, `--changeset
     /// author:id`), alone or included by an XML/YAML master changelog; version = changeset order.
     Liquibase,
+    /// An Alembic (or Flask-Migrate) project, rendered to SQL by the CLI: a
+    /// `fleetshift-alembic.toml` manifest and `revisions/<id>.up.sql` / `.down.sql`.
+    Alembic,
 }
 
 impl SourceFormat {
-    pub const ALL: [SourceFormat; 6] = [
+    pub const ALL: [SourceFormat; 7] = [
         Self::Sqlx,
         Self::Diesel,
         Self::Flyway,
         Self::Dbmate,
         Self::Pop,
         Self::Liquibase,
+        Self::Alembic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +76,7 @@ impl SourceFormat {
             Self::Dbmate => "dbmate",
             Self::Pop => "pop",
             Self::Liquibase => "liquibase",
+            Self::Alembic => "alembic",
         }
     }
 }
@@ -82,6 +90,8 @@ impl SourceFormat {
             Self::Diesel => Version::diesel(text),
             Self::Flyway => Version::flyway(text),
             Self::Dbmate | Self::Pop => Version::digits_as_text(text),
+            // Revision ids name revisions as written; their order is the set's.
+            Self::Alembic => None,
         }
     }
 }
@@ -103,8 +113,9 @@ impl FromStr for SourceFormat {
             "dbmate" => Ok(Self::Dbmate),
             "pop" | "popx" => Ok(Self::Pop),
             "liquibase" => Ok(Self::Liquibase),
+            "alembic" | "flask-migrate" => Ok(Self::Alembic),
             other => Err(format!(
-                "unknown migration format {other:?}; expected one of sqlx, golang-migrate, diesel, flyway, dbmate, pop, liquibase"
+                "unknown migration format {other:?}; expected one of sqlx, golang-migrate, diesel, flyway, dbmate, pop, liquibase, alembic, flask-migrate"
             )),
         }
     }
@@ -286,6 +297,8 @@ pub struct MigrationSet {
     /// The set as each other engine runs it, where that differs (pop dialect files,
     /// Liquibase `dbms:` changesets).
     variants: BTreeMap<Engine, MigrationSet>,
+    /// An Alembic set's revision graph and version table.
+    pub alembic: Option<AlembicHistory>,
 }
 
 /// A directory as far as it could be read: the revisions read, in order, and every problem
@@ -303,6 +316,8 @@ pub struct Reading {
     pub problems: Vec<SourceProblem>,
     /// Files in the directory that belong to no revision.
     pub ignored: Vec<PathBuf>,
+    /// An Alembic set's revision graph and version table.
+    pub alembic: Option<AlembicHistory>,
 }
 
 impl Reading {
@@ -314,6 +329,7 @@ impl Reading {
         let mut problems = listing.near_misses();
         let mut variants = BTreeMap::new();
         let mut ignored = listing.ignored(format);
+        let mut alembic = None;
         let mut revisions = match format {
             SourceFormat::Sqlx => sqlx::revisions(&listing, &mut problems),
             SourceFormat::Diesel => diesel::revisions(&listing, &mut problems),
@@ -333,6 +349,12 @@ impl Reading {
                 }
                 split_engines(per_engine, &mut variants)
             }
+            SourceFormat::Alembic => {
+                let (revisions, history) = alembic::revisions(directory, &mut problems);
+                ignored.retain(|path| !path.ends_with(alembic::SCRIPTS));
+                alembic = history;
+                revisions
+            }
         };
         for revisions in std::iter::once(&mut revisions).chain(variants.values_mut()) {
             revisions.sort_by(|left, right| left.version.cmp(&right.version));
@@ -345,6 +367,7 @@ impl Reading {
             revisions,
             variants,
             problems,
+            alembic,
         })
     }
 }
@@ -380,6 +403,7 @@ impl MigrationSet {
             variants,
             mut problems,
             ignored,
+            alembic,
         } = Reading::of(directory, format)?;
         for revisions in std::iter::once(&revisions).chain(variants.values()) {
             problems.extend(transaction_control(revisions));
@@ -391,7 +415,9 @@ impl MigrationSet {
                 problems,
             });
         }
-        let digest = if variants.is_empty() {
+        let digest = if let Some(history) = &alembic {
+            alembic_digest(&revisions, history)
+        } else if variants.is_empty() {
             digest(&revisions)
         } else {
             let engines = std::iter::once((Engine::Postgres, &revisions)).chain(
@@ -408,6 +434,7 @@ impl MigrationSet {
             revisions,
             digest: digest.clone(),
             variants: BTreeMap::new(),
+            alembic: alembic.clone(),
         };
         let variants = variants
             .into_iter()
@@ -518,6 +545,15 @@ fn engines_digest<'r>(engines: impl Iterator<Item = (Engine, &'r Vec<Revision>)>
         }
         hasher.update(digest(revisions).as_bytes());
     }
+    hex::encode(hasher.finalize())
+}
+
+/// An Alembic set's digest: its revisions and the graph and version-table settings the
+/// agents act on.
+fn alembic_digest(revisions: &[Revision], history: &AlembicHistory) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(history.fingerprint().as_bytes());
+    hasher.update(digest(revisions).as_bytes());
     hex::encode(hasher.finalize())
 }
 

@@ -25,6 +25,8 @@ pub enum EntryKind {
     /// Named like a migration but fitting no layout (a version that is not a number, a
     /// missing `_` or `__`): an error that says what is wrong, never silently ignored.
     NearMiss,
+    /// `fleetshift-alembic.toml`: an Alembic project rendered to SQL.
+    AlembicManifest,
     /// Anything else (seed data, READMEs): ignored and reported.
     Other,
 }
@@ -43,6 +45,7 @@ impl EntryKind {
             Self::FlywayFile => Some(SourceFormat::Flyway),
             Self::PopScript => Some(SourceFormat::Pop),
             Self::LiquibaseChangelog | Self::LiquibaseMaster => Some(SourceFormat::Liquibase),
+            Self::AlembicManifest => Some(SourceFormat::Alembic),
             Self::NearMiss | Self::Other => None,
         }
     }
@@ -213,6 +216,8 @@ fn classify(path: &Path, file_name: &str) -> EntryKind {
         } else {
             EntryKind::Other
         }
+    } else if file_name == super::alembic::MANIFEST {
+        EntryKind::AlembicManifest
     } else if let Some(kind) = liquibase_kind(path) {
         kind
     } else if is_flyway_name(file_name) {

@@ -59,6 +59,12 @@ impl Version {
         Some(Self::new(text, OrderKey::Text(text.to_owned())))
     }
 
+    /// Alembic: a revision id (a hash, not a number), ordered by its place in the order
+    /// Alembic applies the set (`position`).
+    pub fn alembic(id: &str, position: usize) -> Self {
+        Self::new(id, OrderKey::Parts(vec![Number(position.to_string())]))
+    }
+
     /// A Flyway repeatable script (`R__<description>.sql`), written `R__<description>#<hash>`:
     /// each content of the script is its own entry in the ledger, so a changed script is
     /// pending again. It orders after every versioned revision, repeatables by description.
