@@ -13,6 +13,7 @@ mod render;
 mod rollback;
 mod rollout;
 mod serve;
+mod sources;
 
 use std::process::ExitCode;
 

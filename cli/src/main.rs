@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod alembic;
 mod cli;
 mod demo;
 mod exit;

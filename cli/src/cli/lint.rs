@@ -23,6 +23,7 @@ use self::settings::{Configured, parse_pg_version};
 use super::migrate::parse_format;
 use super::render;
 use crate::cli::Output;
+use crate::cli::sources::{self, AlembicArgs};
 use crate::exit;
 
 mod settings;
@@ -38,6 +39,8 @@ pub struct LintArgs {
     /// names when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
+    #[command(flatten)]
+    alembic: AlembicArgs,
     /// Lint scripts that belong to no migration set (files, standard input) as if they ran
     /// inside a transaction, as squawk's flag of the same name does; a revision always
     /// follows its own transaction mode.
@@ -120,6 +123,7 @@ pub fn run(arguments: LintArgs) -> ExitCode {
     };
     let mut linted = Linted {
         format: arguments.format,
+        alembic: arguments.alembic.clone(),
         configured,
         report: LintReport::empty(),
         problems: Vec::new(),
@@ -194,6 +198,7 @@ fn inputs(paths: &[String]) -> Result<Vec<Input>, String> {
 /// What has been linted so far.
 struct Linted {
     format: Option<SourceFormat>,
+    alembic: AlembicArgs,
     configured: Configured,
     report: LintReport,
     problems: Vec<SourceProblem>,
@@ -205,8 +210,8 @@ struct Linted {
 impl Linted {
     fn lint(&mut self, input: Input) {
         match input {
-            Input::Directory(directory) => match Reading::of(&directory, self.format) {
-                Ok(reading) => {
+            Input::Directory(given) => match sources::reading(&given, self.format, &self.alembic) {
+                Ok((directory, reading)) => {
                     let kept: Vec<Revision> = reading
                         .revisions
                         .into_iter()
@@ -223,7 +228,7 @@ impl Linted {
                             ..problem
                         }));
                 }
-                Err(error) => self.problems.extend(error.problems),
+                Err(problems) => self.problems.extend(problems),
             },
             Input::File(path) if self.configured.skips(&path) => {}
             Input::File(path) => {

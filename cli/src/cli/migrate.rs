@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use fleetshift_common::duration;
 
+use super::sources::{self, AlembicArgs};
 use super::{Output, render};
 use crate::exit;
 
@@ -119,6 +120,8 @@ struct Target {
     /// names when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
+    #[command(flatten)]
+    alembic: AlembicArgs,
     /// Human-readable text, or one JSON document on stdout (errors too).
     #[arg(long, value_enum, default_value = "human", env = "FLEETSHIFT_OUTPUT")]
     output: Output,
@@ -372,7 +375,7 @@ async fn move_shard<E: ShardEngine>(
 }
 
 fn load_set(target: &Target) -> Result<MigrationSet, Failure> {
-    MigrationSet::load(&target.dir, target.format).map_err(|error| Failure::Exec(error.into()))
+    sources::load(&target.dir, target.format, &target.alembic).map_err(Failure::Usage)
 }
 
 fn database_url(target: &Target) -> Result<DatabaseUrl, Failure> {

@@ -15,11 +15,12 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use fleetshift_common::shipped;
-use fleetshift_common::source::{MigrationSet, SourceFormat};
+use fleetshift_common::source::SourceFormat;
 use serde_json::json;
 
 use super::baseline_file;
 use super::fleet::{Connection, client, parse_label, refused};
+use super::sources::{self, AlembicArgs};
 use super::{Output, notice, progress, render};
 use crate::exit;
 
@@ -53,6 +54,8 @@ pub struct PlanArgs {
     /// The directory's layout, when detection is not wanted.
     #[arg(long)]
     format: Option<SourceFormat>,
+    #[command(flatten)]
+    alembic: AlembicArgs,
     /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
     #[arg(long = "selector", value_parser = parse_label)]
     selector: Vec<(String, String)>,
@@ -363,10 +366,10 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
         render::failure(arguments.output, message, ErrorKind::BadInput);
         return ExitCode::from(exit::BAD_INPUT);
     };
-    let set = match MigrationSet::load(directory, arguments.format) {
+    let set = match sources::load(directory, arguments.format, &arguments.alembic) {
         Ok(set) => set,
         Err(error) => {
-            render::failure(arguments.output, &error.to_string(), ErrorKind::BadInput);
+            render::failure(arguments.output, &error, ErrorKind::BadInput);
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
