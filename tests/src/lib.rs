@@ -4,6 +4,7 @@
 //! - [`postgres`]: a throwaway cluster per test (`fleetshift-testkit`'s), and probes of what a
 //!   fleetshift session is running.
 //! - [`fleet`]: a development PKI and child processes that die with the test.
+//! - [`alembic`]: Alembic projects and the virtualenv that renders them.
 //! - [`bench`]: the benchmarks' numeric arguments.
 //! - [`binary`]: locating and running the built `fleetshift` binary.
 //! - [`ledger_check`]: the after-fault checker of a shard's ledger.
@@ -14,6 +15,7 @@
 //! - [`scrape`]: reading a process's telemetry endpoint (metrics, health probes).
 //! - [`collector`]: an OTLP trace collector on loopback, keeping the spans it receives.
 
+pub mod alembic;
 pub mod bench;
 pub mod binary;
 pub mod collector;

@@ -6,6 +6,7 @@ mod integration {
 
     mod adoption;
     mod agent;
+    mod alembic;
     mod assignments;
     mod atomicity;
     mod backups;
