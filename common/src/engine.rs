@@ -100,6 +100,18 @@ pub struct FencedTransaction<'a> {
     pub script: Option<&'a Script>,
     pub records: &'a [LedgerRecord],
     pub audit: Option<&'a AuditRecord>,
+    /// Another tool's version table, rewritten with the ledger.
+    pub version_table: Option<&'a VersionTableRows>,
+}
+
+/// The rows an Alembic version table holds once a transaction commits: its heads among the
+/// applied revisions. Kept current so the team's `alembic current` stays true beside
+/// fleetshift; written in the same transaction as the ledger, so both always agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionTableRows {
+    /// As Alembic names it (possibly schema-qualified).
+    pub table: String,
+    pub heads: Vec<String>,
 }
 
 /// A statement that failed: its index in the body, or `None` for the engine's own
@@ -194,6 +206,13 @@ pub trait ShardEngine: Send + Sync {
     fn foreign_histories(
         &self,
     ) -> impl Future<Output = Result<Vec<ForeignHistory>, ExecError>> + Send;
+
+    /// The `version_num` rows of an Alembic version table (`table` as Alembic names it);
+    /// `None` when the database has no such table.
+    fn version_table_rows(
+        &self,
+        table: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, ExecError>> + Send;
 
     /// Whether the database answers a new connection now (a lost one is not retried until it
     /// does).

@@ -23,6 +23,7 @@ mod retry;
 mod status;
 mod tolerated;
 mod transactional;
+mod version_table;
 
 use std::time::Duration;
 
@@ -340,6 +341,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             script: None,
             records: &[],
             audit: None,
+            version_table: None,
         };
         self.engine
             .fenced_transaction(&writer, claim)
@@ -356,7 +358,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
     ) -> Result<RunReport, ExecError> {
         let ledger = self.engine.read_ledger().await?;
         if ledger.is_empty() {
-            self.refuse_unadopted_history().await?;
+            self.refuse_unadopted_history(set).await?;
         }
         let status = ShardStatus::compare(self.engine.shard(), set, &ledger);
         let steps = status.plan_up(
@@ -368,9 +370,11 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             self.record_drift_overrides(&status, reason, &writer)
                 .await?;
         }
+        let kept = self.kept_version_table(set).await?;
         let mut reports = Vec::with_capacity(steps.len());
         for index in steps {
             let revision = &set.revisions[index];
+            let rows = kept.map(|kept| kept.after(set, index, Direction::Up));
             self.check_stop(&format!("revision {}", revision.label()))?;
             self.revision_started(revision, revision.up.statements().len());
             let predecessor = index
@@ -379,11 +383,23 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             let resuming = status.revisions[index].status == Some(RevisionStatus::Started);
             let step = async {
                 if revision.transactional {
-                    self.apply_in_transaction(revision, predecessor, Direction::Up, &writer)
-                        .await
+                    self.apply_in_transaction(
+                        revision,
+                        predecessor,
+                        Direction::Up,
+                        &writer,
+                        rows.as_ref(),
+                    )
+                    .await
                 } else {
-                    self.apply_outside_transaction(revision, predecessor, resuming, &writer)
-                        .await
+                    self.apply_outside_transaction(
+                        revision,
+                        predecessor,
+                        resuming,
+                        &writer,
+                        rows.as_ref(),
+                    )
+                    .await
                 }
             };
             let report = in_revision_span(revision, Direction::Up, step).await?;
@@ -409,9 +425,11 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             self.record_drift_overrides(&status, reason, &writer)
                 .await?;
         }
+        let kept = self.kept_version_table(set).await?;
         let mut reports = Vec::with_capacity(steps.len());
         for index in steps {
             let revision = &set.revisions[index];
+            let rows = kept.map(|kept| kept.after(set, index, Direction::Down));
             self.check_stop(&format!("reverting revision {}", revision.label()))?;
             let down_statements = revision
                 .down
@@ -424,10 +442,16 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .find(|revision| !revision.is_repeatable());
             let step = async {
                 if revision.transactional {
-                    self.apply_in_transaction(revision, successor, Direction::Down, &writer)
-                        .await
+                    self.apply_in_transaction(
+                        revision,
+                        successor,
+                        Direction::Down,
+                        &writer,
+                        rows.as_ref(),
+                    )
+                    .await
                 } else {
-                    self.revert_outside_transaction(revision, successor, &writer)
+                    self.revert_outside_transaction(revision, successor, &writer, rows.as_ref())
                         .await
                 }
             };
@@ -453,8 +477,9 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         })
     }
 
-    async fn refuse_unadopted_history(&self) -> Result<(), ExecError> {
-        let foreign = self.engine.foreign_histories().await?;
+    async fn refuse_unadopted_history(&self, set: &MigrationSet) -> Result<(), ExecError> {
+        let mut foreign = self.engine.foreign_histories().await?;
+        foreign.extend(self.alembic_history(set).await?);
         if foreign.is_empty() {
             return Ok(());
         }
@@ -489,6 +514,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 script: None,
                 records: &[],
                 audit: Some(&audit),
+                version_table: None,
             };
             self.engine
                 .fenced_transaction(writer, work)

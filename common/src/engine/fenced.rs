@@ -133,6 +133,22 @@ where
             .await
             .map_err(bookkeeping_error("recording the revision"))?;
     }
+    if let Some(rows) = work.version_table {
+        let table = rows.table.as_str();
+        sqlx::query::<DB>(AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
+        for head in &rows.heads {
+            sqlx::query::<DB>(AssertSqlSafe(format!(
+                "INSERT INTO {table} (version_num) VALUES ($1)"
+            )))
+            .bind(head.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
+        }
+    }
     if let Some(audit) = work.audit {
         sqlx::query::<DB>(sql.insert_audit)
             .bind(audit.action.as_str())

@@ -16,6 +16,8 @@ pub enum ForeignTool {
     Pop,
     /// Liquibase: `databasechangelog`, one row per changeset run (`id`, `author`, `filename`).
     Liquibase,
+    /// Alembic (and Flask-Migrate): `alembic_version`, one row per head.
+    Alembic,
 }
 
 impl ForeignTool {
@@ -27,6 +29,7 @@ impl ForeignTool {
             Self::Diesel => "__diesel_schema_migrations",
             Self::Pop => "schema_migration",
             Self::Liquibase => "databasechangelog",
+            Self::Alembic => "alembic_version",
         }
     }
 }
@@ -40,6 +43,8 @@ pub enum ForeignApplied {
     UpTo { version: i64, dirty: bool },
     /// Liquibase records changesets by author, id and changelog file, not by version.
     Changesets(Vec<ForeignChangeset>),
+    /// Alembic keeps only its heads: every ancestor of each is applied.
+    Heads(Vec<String>),
 }
 
 /// A changeset Liquibase ran (`EXECUTED`, `MARK_RAN` or `RERAN` in `databasechangelog`).

@@ -314,6 +314,25 @@ impl ShardEngine for PostgresShard {
         lock.release(&self.name).await;
     }
 
+    async fn version_table_rows(&self, table: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let failed = self.database_error("reading the Alembic version table");
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(&failed)?;
+        if !exists {
+            return Ok(None);
+        }
+        let rows = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT version_num::text FROM {table} ORDER BY 1"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&failed)?;
+        Ok(Some(rows))
+    }
+
     async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
         let failed = self.database_error("reading another tool's history");
         let (

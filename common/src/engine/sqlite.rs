@@ -205,6 +205,19 @@ impl ShardEngine for SqliteShard {
 
     async fn release_migrator_lock(&self, _lock: ()) {}
 
+    async fn version_table_rows(&self, table: &str) -> Result<Option<Vec<String>>, ExecError> {
+        if !self.table_exists(table).await? {
+            return Ok(None);
+        }
+        let rows = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT CAST(version_num AS TEXT) FROM {table} ORDER BY 1"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.database_error("reading the Alembic version table"))?;
+        Ok(Some(rows))
+    }
+
     async fn foreign_histories(&self) -> Result<Vec<ForeignHistory>, ExecError> {
         let failed = self.database_error("reading another tool's history");
         let mut histories = Vec::new();

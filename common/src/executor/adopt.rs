@@ -38,8 +38,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             )));
         }
         let mut histories = self.engine.foreign_histories().await?;
+        histories.extend(self.alembic_history(set).await?);
         let history = match histories.len() {
-            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations, schema_migration, databasechangelog)".to_owned())),
+            0 => return Err(needs_operator("no history of another migration tool was found (looked for _sqlx_migrations, flyway_schema_history, schema_migrations, __diesel_schema_migrations, schema_migration, databasechangelog, and alembic_version for an Alembic set)".to_owned())),
             1 => histories.remove(0),
             _ => {
                 let tables: Vec<&str> = histories.iter().map(|history| history.tool.table()).collect();
@@ -82,6 +83,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             script: None,
             records: &records,
             audit: Some(&audit),
+            version_table: None,
         };
         self.engine
             .fenced_transaction(&writer, work)
@@ -120,6 +122,8 @@ impl<E: ShardEngine> Executor<'_, E> {
                     .filter(|revision| last.as_ref().is_some_and(|last| revision.version <= *last))
                     .collect())
             }
+            ForeignApplied::Heads(heads) => alembic_heads(set, heads)
+                .map_err(|reason| ExecError::NeedsOperator { shard, reason }),
             ForeignApplied::Changesets(changesets) => {
                 let (adopted, unknown) = liquibase::matched(set, changesets);
                 if unknown.is_empty() {
@@ -178,6 +182,32 @@ impl<E: ShardEngine> Executor<'_, E> {
             }
         }
     }
+}
+
+/// The revisions an Alembic version table holding `heads` stands for: the heads and all their
+/// ancestors.
+fn alembic_heads<'s>(set: &'s MigrationSet, heads: &[String]) -> Result<Vec<&'s Revision>, String> {
+    let Some(history) = &set.alembic else {
+        return Err("alembic_version was found but the migration set is not an Alembic project\nnext: point --dir at the Alembic project this database was migrated with".to_owned());
+    };
+    let unknown: Vec<&str> = heads
+        .iter()
+        .filter(|head| !history.contains(head))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{} records revisions the migration set does not contain: {}\nnext: point --dir at the Alembic project this database was migrated with",
+            history.version_table,
+            unknown.join(", ")
+        ));
+    }
+    let applied = history.applied_below(heads);
+    Ok(set
+        .revisions
+        .iter()
+        .filter(|revision| applied.contains(revision.version.as_str()))
+        .collect())
 }
 
 /// `adopted`, with every no-op revision below the last of them: a revision that does nothing

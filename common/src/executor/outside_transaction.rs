@@ -8,7 +8,9 @@ use tracing::Instrument as _;
 use super::ExecutionEvent;
 use super::failure::{describe_tx_error, is_lock_conflict, with_aftermath};
 use super::{Executor, StepOutcome, StepReport, step_report};
-use crate::engine::{AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, TxError};
+use crate::engine::{
+    AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, TxError, VersionTableRows,
+};
 use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{Expect, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{Revision, Script};
@@ -24,6 +26,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         predecessor: Option<&Revision>,
         resuming: bool,
         writer: &Writer,
+        version_table: Option<&VersionTableRows>,
     ) -> Result<StepReport, ExecError> {
         let version = revision.version.as_str();
         let label = revision.label();
@@ -41,6 +44,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 std::slice::from_ref(&start_record),
                 writer,
                 revision,
+                None,
             )
             .await
         {
@@ -91,9 +95,15 @@ impl<E: ShardEngine> Executor<'_, E> {
             statements.len(),
             None,
         );
-        self.fenced_records(&finish_guard, std::slice::from_ref(&done), writer, revision)
-            .await
-            .map_err(|error| self.step_error(error, revision, &revision.up, statements, writer))?;
+        self.fenced_records(
+            &finish_guard,
+            std::slice::from_ref(&done),
+            writer,
+            revision,
+            version_table,
+        )
+        .await
+        .map_err(|error| self.step_error(error, revision, &revision.up, statements, writer))?;
         let outcome = if resuming {
             StepOutcome::Resumed
         } else {
@@ -115,6 +125,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         revision: &Revision,
         successor: Option<&Revision>,
         writer: &Writer,
+        version_table: Option<&VersionTableRows>,
     ) -> Result<StepReport, ExecError> {
         let version = revision.version.as_str();
         let script = self.down_script(revision)?;
@@ -124,7 +135,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             guard = guard.require(successor.version.as_str(), Expect::NotApplied);
         }
         let started = Instant::now();
-        self.fenced_records(&guard, &[], writer, revision)
+        self.fenced_records(&guard, &[], writer, revision, None)
             .await
             .map_err(|error| self.step_error(error, revision, script, statements, writer))?;
         let mut lock_retries = 0;
@@ -153,9 +164,15 @@ impl<E: ShardEngine> Executor<'_, E> {
             statements.len(),
             None,
         );
-        self.fenced_records(&guard, std::slice::from_ref(&reverted), writer, revision)
-            .await
-            .map_err(|error| self.step_error(error, revision, script, statements, writer))?;
+        self.fenced_records(
+            &guard,
+            std::slice::from_ref(&reverted),
+            writer,
+            revision,
+            version_table,
+        )
+        .await
+        .map_err(|error| self.step_error(error, revision, script, statements, writer))?;
         Ok(step_report(
             revision,
             StepOutcome::Reverted,
@@ -171,6 +188,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         records: &[LedgerRecord],
         writer: &Writer,
         revision: &Revision,
+        version_table: Option<&VersionTableRows>,
     ) -> Result<(), TxError> {
         self.settings
             .lock_retry
@@ -196,6 +214,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                             script: None,
                             records,
                             audit: None,
+                            version_table,
                         },
                     )
                 },
@@ -314,7 +333,13 @@ impl<E: ShardEngine> Executor<'_, E> {
         );
         let guard = Guard::default().require(revision.version.as_str(), Expect::Started);
         if let Err(record_error) = self
-            .fenced_records(&guard, std::slice::from_ref(&record), writer, revision)
+            .fenced_records(
+                &guard,
+                std::slice::from_ref(&record),
+                writer,
+                revision,
+                None,
+            )
             .await
         {
             tracing::warn!(shard = %self.engine.shard(), error = %describe_tx_error(&record_error), "could not record the error on the started revision");

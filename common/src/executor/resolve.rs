@@ -45,6 +45,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             script: None,
             records: std::slice::from_ref(&record),
             audit: Some(&audit),
+            version_table: None,
         };
         self.engine
             .fenced_transaction(&writer, work)

@@ -42,6 +42,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             script: None,
             records: std::slice::from_ref(&record),
             audit: None,
+            version_table: None,
         };
         self.engine
             .fenced_transaction(writer, work)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::failure::{describe_tx_error, is_lock_conflict, locate};
 use super::retry::Attempts;
 use super::{Direction, ExecutionEvent, Executor, StepOutcome, StepReport, step_report};
-use crate::engine::{FencedTransaction, ShardEngine, TxError};
+use crate::engine::{FencedTransaction, ShardEngine, TxError, VersionTableRows};
 use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{Expect, Guard, RevisionStatus, Writer};
 use crate::source::{Revision, Script};
@@ -21,6 +21,7 @@ struct Attempt<'a> {
     guard: &'a Guard,
     final_status: RevisionStatus,
     started: Instant,
+    version_table: Option<&'a VersionTableRows>,
 }
 
 impl<E: ShardEngine> Executor<'_, E> {
@@ -33,6 +34,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         neighbour: Option<&Revision>,
         direction: Direction,
         writer: &Writer,
+        version_table: Option<&VersionTableRows>,
     ) -> Result<StepReport, ExecError> {
         let version = revision.version.as_str();
         let (script, this_expect, neighbour_expect, final_status) = match direction {
@@ -64,6 +66,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             guard: &guard,
             final_status,
             started,
+            version_table,
         };
         let attempts = self.fenced_with_retries(&attempt, writer).await;
         let lock_retries = attempts.attempts - 1;
@@ -135,6 +138,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             guard,
             final_status,
             started,
+            version_table,
         } = *attempt;
         self.settings
             .lock_retry
@@ -167,6 +171,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                             script: Some(script),
                             records: std::slice::from_ref(&record),
                             audit: None,
+                            version_table,
                         };
                         self.interruptible(self.engine.fenced_transaction(writer, work))
                             .await
@@ -205,6 +210,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                     script: None,
                     records: std::slice::from_ref(&record),
                     audit: None,
+                    version_table: None,
                 };
                 match self.engine.fenced_transaction(writer, work).await {
                     Ok(_) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),

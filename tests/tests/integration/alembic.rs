@@ -1,6 +1,7 @@
 //! Alembic and Flask-Migrate projects rolled out as they are: rendered by the project's own
 //! Alembic (from `.tools/alembic`, which `scripts/test` installs) and run as SQL.
 
+mod adoption;
 mod offline;
 
 use fleetshift_tests::alembic;

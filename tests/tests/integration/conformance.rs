@@ -90,6 +90,7 @@ async fn run_sql<E: ShardEngine>(engine: &E, sql: &str) {
         script: None,
         records: &[],
         audit: None,
+        version_table: None,
     };
     engine
         .fenced_transaction(&writer(0), work)
@@ -144,6 +145,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
                 script: None,
                 records: std::slice::from_ref(&record),
                 audit: None,
+                version_table: None,
             };
             (
                 contender,
