@@ -2,6 +2,7 @@
 //! Alembic (from `.tools/alembic`, which `scripts/test` installs) and run as SQL.
 
 mod adoption;
+mod fleet;
 mod offline;
 
 use fleetshift_tests::alembic;

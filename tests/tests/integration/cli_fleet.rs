@@ -30,8 +30,10 @@ pub struct CliFleet {
     pub database: Database,
     pub store: fleetshift_coordinator::store::EtcdStore,
     pub cli: Operators,
-    /// The shard's id.
+    /// The first shard's id.
     pub shard: String,
+    /// Every shard's database URL, the first shard's first (`a-db0`, `a-db1`, …).
+    pub shard_urls: Vec<String>,
     /// Where the replica's and the agent's telemetry endpoints listen (both log JSON).
     pub telemetry: Telemetry,
     pub etcd: EtcdServer,
@@ -54,6 +56,18 @@ impl CliFleet {
     pub async fn start_with(
         name: &str,
         schema: &str,
+        agent_sections: impl Fn(&Database) -> String,
+        environment: Vec<(String, String)>,
+    ) -> Self {
+        Self::start_shards(name, schema, 1, agent_sections, environment).await
+    }
+
+    /// Like [`CliFleet::start_with`], with `count` shards: databases `name`, `name_1`, …
+    /// on one PostgreSQL cluster, each prepared with `schema`, all served by the one agent.
+    pub async fn start_shards(
+        name: &str,
+        schema: &str,
+        count: usize,
         agent_sections: impl Fn(&Database) -> String,
         environment: Vec<(String, String)>,
     ) -> Self {
@@ -80,11 +94,31 @@ impl CliFleet {
             .execute(&database.admin)
             .await
             .expect("schema");
+        let mut shard_urls = vec![database.url.clone()];
+        for index in 1..count {
+            let extra = format!("{name}_{index}");
+            let url = database
+                .cluster
+                .create_database(&extra)
+                .await
+                .expect("database");
+            let admin = database
+                .cluster
+                .admin_pool(&extra)
+                .await
+                .expect("admin pool");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(schema.to_owned()))
+                .execute(&admin)
+                .await
+                .expect("schema");
+            admin.close().await;
+            shard_urls.push(url);
+        }
         let config = home.path().join("agent.toml");
         let shards = format!(
             "{}{}",
             agent_sections(&database),
-            shard_tables(home.path(), "a", std::slice::from_ref(&database.url))
+            shard_tables(home.path(), "a", &shard_urls)
         );
         let text = format!(
             "telemetry_listen = \"127.0.0.1:0\"\n{}",
@@ -112,7 +146,7 @@ impl CliFleet {
                 client
                     .list_shards(ListShardsRequest::default())
                     .await
-                    .is_ok_and(|response| response.into_inner().shards.len() == 1)
+                    .is_ok_and(|response| response.into_inner().shards.len() == count)
             }
         })
         .await;
@@ -130,6 +164,7 @@ impl CliFleet {
                 environment,
             },
             shard: "a-db0".to_owned(),
+            shard_urls,
             telemetry: Telemetry {
                 coordinator: format!("127.0.0.1:{coordinator_telemetry}"),
                 agent: format!("127.0.0.1:{agent_telemetry}"),
