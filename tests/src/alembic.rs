@@ -23,6 +23,12 @@ pub fn flask_shop() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/alembic/flask_shop")
 }
 
+/// microblog's Flask-Migrate history (9 revisions), copied unchanged with its source and
+/// license in `tests/fixtures/alembic/microblog/`, beside a stub application of ours.
+pub fn microblog() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/alembic/microblog")
+}
+
 /// `fleetshift` with the test virtualenv and `cache` as its rendered-set cache.
 pub fn fleetshift(cache: &Path) -> Command {
     let mut command = Command::new(crate::binary::fleetshift());

@@ -2,6 +2,7 @@
 //! unchanged into `tests/fixtures/` with their source and license): loaded, linted, applied
 //! to a real PostgreSQL database and recorded. One module per tool; the shared steps here.
 
+mod alembic;
 mod dbmate;
 mod flyway;
 mod golang_migrate;
@@ -14,7 +15,16 @@ use super::support::{self, json};
 
 /// `fleetshift lint PATH --output json --fail-on never`: its report, once it exited `code`.
 pub(super) fn lint_report(path: &std::path::Path, code: i32) -> serde_json::Value {
-    let lint = std::process::Command::new(binary::fleetshift())
+    lint_report_with(std::process::Command::new(binary::fleetshift()), path, code)
+}
+
+/// [`lint_report`] with `fleetshift` as `command` prepares it.
+pub(super) fn lint_report_with(
+    mut command: std::process::Command,
+    path: &std::path::Path,
+    code: i32,
+) -> serde_json::Value {
+    let lint = command
         .args([
             "lint",
             path.to_str().expect("UTF-8 path"),
