@@ -217,6 +217,9 @@ pub struct Revision {
     /// A failure of the up script is recorded and the run goes on (Liquibase
     /// `failOnError:false`); only statement failures, never faults or stops.
     pub failure_tolerated: bool,
+    /// Why the revision has no down script, when its tool says (an Alembic downgrade that
+    /// raised when rendered offline).
+    pub irreversible: Option<String>,
 }
 
 /// Marks a statement-less down script as a deliberate no-op revert.
@@ -242,6 +245,7 @@ impl Revision {
             transactional,
             checksum,
             failure_tolerated: false,
+            irreversible: None,
         };
         if transactional {
             revision.up.fold_transaction_blocks();

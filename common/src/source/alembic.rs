@@ -126,7 +126,14 @@ fn revision(
     let version = Version::alembic(&entry.id, position);
     let revision = Revision::new(version, &entry.name, up, None, entry.transactional);
     // A downgrade Alembic renders as nothing (`pass`) is a deliberate no-op revert.
-    Some(revision.with_down(down))
+    let mut revision = revision.with_down(down);
+    revision.irreversible = entry.irreversible.as_ref().map(|error| {
+        format!(
+            "Alembic could not render the downgrade of {} offline: {error}",
+            entry.source
+        )
+    });
+    Some(revision)
 }
 
 #[cfg(test)]

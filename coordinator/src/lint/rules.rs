@@ -47,7 +47,10 @@ pub(super) fn check(revision: &Revision) -> Vec<RawFinding> {
             rule: IRREVERSIBLE.to_owned(),
             severity: Severity::Warning,
             script_line: statements.first().map_or(1, |statement| statement.line),
-            message: "the revision has no down script: it cannot be reverted, so a failed rollout cannot be rolled back automatically".to_owned(),
+            message: match &revision.irreversible {
+                None => "the revision has no down script: it cannot be reverted, so a failed rollout cannot be rolled back automatically".to_owned(),
+                Some(why) => format!("the revision has no down script ({why}): it cannot be reverted, so a failed rollout cannot be rolled back automatically"),
+            },
             hint: Some("write a down script, or mark a deliberate no-op with `-- fleetshift:nothing-to-undo`".to_owned()),
         });
     }
@@ -203,6 +206,7 @@ mod tests {
             transactional,
             checksum: String::new(),
             failure_tolerated: false,
+            irreversible: None,
         }
     }
 

@@ -21,6 +21,7 @@ fn revision(sql: &str, down: bool) -> Revision {
         transactional: true,
         checksum: String::new(),
         failure_tolerated: false,
+        irreversible: None,
     }
 }
 

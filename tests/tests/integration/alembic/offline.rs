@@ -99,14 +99,20 @@ fn a_downgrade_that_raises_makes_its_revision_irreversible_and_rendering_goes_on
     assert_exit(&linted, 0);
     let report = json(&linted);
     assert_eq!(report["revisions"], 3, "{report}");
-    let irreversible: Vec<&str> = report["findings"]
+    let irreversible: Vec<(&str, &str)> = report["findings"]
         .as_array()
         .expect("findings")
         .iter()
         .filter(|finding| finding["rule"] == "irreversible-revision")
-        .filter_map(|finding| finding["file"].as_str())
+        .filter_map(|finding| Some((finding["file"].as_str()?, finding["message"].as_str()?)))
         .collect();
-    assert_eq!(irreversible, ["revisions/b2.up.sql"], "{report}");
+    assert_eq!(irreversible.len(), 1, "{report}");
+    let (file, message) = irreversible[0];
+    assert_eq!(file, "revisions/b2.up.sql");
+    assert!(
+        message.contains("Alembic could not render the downgrade of alembic/versions/b2_notes.py offline: NotImplementedError: the notes cannot be taken back"),
+        "{message}"
+    );
     let manifest = std::fs::read_dir(cache.path().join("alembic"))
         .expect("cache")
         .filter_map(Result::ok)
