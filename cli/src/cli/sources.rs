@@ -42,9 +42,17 @@ impl AlembicArgs {
                 }
             },
         };
+        // Alembic runs in the project's folder: a relative virtualenv would be looked up there.
+        let venv = match &self.alembic_venv {
+            None => None,
+            Some(venv) => Some(
+                std::path::absolute(venv)
+                    .map_err(|error| format!("--alembic-venv {}: {error}", venv.display()))?,
+            ),
+        };
         Ok(alembic::Options {
             command,
-            venv: self.alembic_venv.clone(),
+            venv,
             keep_version_table: !self.alembic_leave_version_table,
             cache: self.cache_dir.clone(),
         })

@@ -25,6 +25,24 @@ async fn microblogs_flask_migrate_history_renders_goes_up_and_back_to_base() {
     let report = lint_report_with(alembic::fleetshift(cache.path()), &project, 0);
     assert_eq!(report["revisions"], 9, "{report}");
 
+    // A virtualenv given relative to where the operator stands, not to the project.
+    let venv = alembic::venv();
+    let (parent, name) = (
+        venv.parent().expect("parent"),
+        venv.file_name().expect("name"),
+    );
+    let cold = tempfile::tempdir().expect("a cache of its own, so Alembic runs");
+    let verified = alembic::fleetshift(cold.path())
+        .current_dir(parent)
+        .env_remove("FLEETSHIFT_ALEMBIC_VENV")
+        .args(["migrate", "verify", "--dir"])
+        .arg(&project)
+        .arg("--alembic-venv")
+        .arg(name)
+        .output()
+        .expect("verify");
+    assert_exit(&verified, 0);
+
     let Database {
         cluster: _cluster,
         url,
