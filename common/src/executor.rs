@@ -371,10 +371,12 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .await?;
         }
         let kept = self.kept_version_table(set).await?;
+        let mut applied = version_table::applied(set, &status);
         let mut reports = Vec::with_capacity(steps.len());
         for index in steps {
             let revision = &set.revisions[index];
-            let rows = kept.map(|kept| kept.after(set, index, Direction::Up));
+            let version = revision.version.as_str();
+            let rows = kept.map(|kept| kept.after(&applied, version, Direction::Up));
             self.check_stop(&format!("revision {}", revision.label()))?;
             self.revision_started(revision, revision.up.statements().len());
             let predecessor = index
@@ -403,6 +405,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 }
             };
             let report = in_revision_span(revision, Direction::Up, step).await?;
+            applied.push(version);
             self.revision_finished(&report);
             reports.push(report);
         }
@@ -426,10 +429,12 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .await?;
         }
         let kept = self.kept_version_table(set).await?;
+        let mut applied = version_table::applied(set, &status);
         let mut reports = Vec::with_capacity(steps.len());
         for index in steps {
             let revision = &set.revisions[index];
-            let rows = kept.map(|kept| kept.after(set, index, Direction::Down));
+            let version = revision.version.as_str();
+            let rows = kept.map(|kept| kept.after(&applied, version, Direction::Down));
             self.check_stop(&format!("reverting revision {}", revision.label()))?;
             let down_statements = revision
                 .down
@@ -456,6 +461,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 }
             };
             let report = in_revision_span(revision, Direction::Down, step).await?;
+            applied.retain(|other| *other != version);
             self.revision_finished(&report);
             reports.push(report);
         }
@@ -474,22 +480,6 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             fence_token: writer.fence_token,
             steps,
             current_version: status.current_version,
-        })
-    }
-
-    async fn refuse_unadopted_history(&self, set: &MigrationSet) -> Result<(), ExecError> {
-        let mut foreign = self.engine.foreign_histories().await?;
-        foreign.extend(self.alembic_history(set).await?);
-        if foreign.is_empty() {
-            return Ok(());
-        }
-        let tables: Vec<&str> = foreign.iter().map(|history| history.tool.table()).collect();
-        Err(ExecError::NeedsOperator {
-            shard: self.shard(),
-            reason: format!(
-                "this database was migrated by another tool ({}) and fleetshift has no history for it yet; applying now could re-run revisions\nnext: run `fleetshift migrate adopt` to import that history",
-                tables.join(", ")
-            ),
         })
     }
 

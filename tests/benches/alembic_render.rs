@@ -46,7 +46,10 @@ fn measure(revisions: usize, rounds: usize, sample: usize) -> anyhow::Result<Dur
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .output()?;
         if !output.status.success() {
-            bail!("alembic {arguments:?}: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "alembic {arguments:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(started.elapsed())
     };
@@ -84,7 +87,10 @@ fn measure(revisions: usize, rounds: usize, sample: usize) -> anyhow::Result<Dur
     let cached = median((0..rounds).map(|_| verify(cache.path())))?;
     let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
     println!("{revisions} revisions (medians of {rounds}):");
-    println!("  Alembic alone, one invocation:        {:>9.1} ms", ms(once));
+    println!(
+        "  Alembic alone, one invocation:        {:>9.1} ms",
+        ms(once)
+    );
     println!(
         "  one Python start per revision:        {:>9.1} ms (from {sampled} timed)",
         ms(per_revision)
@@ -106,7 +112,9 @@ fn measure(revisions: usize, rounds: usize, sample: usize) -> anyhow::Result<Dur
 fn median(runs: impl Iterator<Item = anyhow::Result<Duration>>) -> anyhow::Result<Duration> {
     let mut runs = runs.collect::<anyhow::Result<Vec<_>>>()?;
     runs.sort();
-    runs.get(runs.len() / 2).copied().context("at least one round")
+    runs.get(runs.len() / 2)
+        .copied()
+        .context("at least one round")
 }
 
 /// The id of the generated revision at `index`: twelve hex digits, as Alembic writes them.
@@ -129,7 +137,9 @@ fn generate(root: &Path, revisions: usize) -> anyhow::Result<()> {
         let table = format!("t{}", index / 3 * 3);
         let (upgrade, downgrade) = match index % 3 {
             0 => (
-                format!("op.create_table('{table}', sa.Column('id', sa.BigInteger(), primary_key=True))"),
+                format!(
+                    "op.create_table('{table}', sa.Column('id', sa.BigInteger(), primary_key=True))"
+                ),
                 format!("op.drop_table('{table}')"),
             ),
             1 => (

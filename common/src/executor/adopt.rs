@@ -93,6 +93,26 @@ impl<E: ShardEngine> Executor<'_, E> {
         self.finish(set, Vec::new(), &writer).await
     }
 
+    /// `up` on an empty ledger: refused while another tool's history is in the database.
+    pub(super) async fn refuse_unadopted_history(
+        &self,
+        set: &MigrationSet,
+    ) -> Result<(), ExecError> {
+        let mut foreign = self.engine.foreign_histories().await?;
+        foreign.extend(self.alembic_history(set).await?);
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let tables: Vec<&str> = foreign.iter().map(|history| history.tool.table()).collect();
+        Err(ExecError::NeedsOperator {
+            shard: self.shard(),
+            reason: format!(
+                "this database was migrated by another tool ({}) and fleetshift has no history for it yet; applying now could re-run revisions\nnext: run `fleetshift migrate adopt` to import that history",
+                tables.join(", ")
+            ),
+        })
+    }
+
     /// The set's revisions the foreign history records as applied; refuses versions the set
     /// lacks and (for sqlx, which keeps checksums) scripts that changed since.
     fn match_revisions<'s>(

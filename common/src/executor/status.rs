@@ -184,7 +184,7 @@ impl ShardStatus {
             if state.status == Some(RevisionStatus::Applied) {
                 continue;
             }
-            if let Some(later) = last_applied.filter(|later| *later > index) {
+            if let Some(later) = self.applied_after(set, index, last_applied) {
                 return Err(self.needs_operator(format!(
                     "revision {} is pending but the later revision {} is already applied; fleetshift applies revisions strictly in order\nnext: give the new revision a version after {}",
                     label(state),
@@ -198,6 +198,32 @@ impl ShardStatus {
             steps.push(index);
         }
         Ok(steps)
+    }
+
+    /// An applied revision after `index` that forbids applying it now: the last applied one,
+    /// as revisions apply strictly in order; in an Alembic set, only one built on it, as
+    /// Alembic applies the branches of its graph in any order.
+    fn applied_after(
+        &self,
+        set: &MigrationSet,
+        index: usize,
+        last_applied: Option<usize>,
+    ) -> Option<usize> {
+        let Some(history) = &set.alembic else {
+            return last_applied.filter(|later| *later > index);
+        };
+        let pending = self.revisions[index].version.as_str();
+        self.revisions
+            .iter()
+            .enumerate()
+            .skip(index + 1)
+            .filter(|(_, state)| state.status == Some(RevisionStatus::Applied))
+            .map(|(later, _)| later)
+            .find(|later| {
+                history
+                    .applied_below(std::slice::from_ref(&self.revisions[*later].version))
+                    .contains(pending)
+            })
     }
 
     /// A `started` revision is resumed only when every statement is safe to repeat.

@@ -1,10 +1,12 @@
 //! Alembic's version table on shards the team also runs Alembic on: kept current by each
 //! revision's own transaction when the set asks for it and the shard has the table.
 
+use super::status::ShardStatus;
 use super::{Direction, Executor};
 use crate::engine::foreign::ForeignApplied;
 use crate::engine::{ForeignHistory, ForeignTool, ShardEngine, VersionTableRows};
 use crate::error::ExecError;
+use crate::ledger::RevisionStatus;
 use crate::source::{AlembicHistory, MigrationSet};
 
 /// A version table this run keeps current.
@@ -56,24 +58,32 @@ impl<E: ShardEngine> Executor<'_, E> {
 }
 
 impl KeptTable<'_> {
-    /// The rows once revision `index` of `set` is applied (up) or reverted (down).
-    /// Revisions apply strictly in order, so every revision before it is applied.
+    /// The rows once revision `version` is applied (up) or reverted (down) on a shard where
+    /// `applied` are.
     pub(super) fn after(
         &self,
-        set: &MigrationSet,
-        index: usize,
+        applied: &[&str],
+        version: &str,
         direction: Direction,
     ) -> VersionTableRows {
-        let end = match direction {
-            Direction::Up => index + 1,
-            Direction::Down => index,
+        let others = applied.iter().copied().filter(|other| *other != version);
+        let heads = match direction {
+            Direction::Up => self.history.heads_of(others.chain([version])),
+            Direction::Down => self.history.heads_of(others),
         };
-        let applied = set.revisions[..end]
-            .iter()
-            .map(|revision| revision.version.as_str());
         VersionTableRows {
             table: self.history.version_table.clone(),
-            heads: self.history.heads_of(applied),
+            heads,
         }
     }
+}
+
+/// The versions `status` finds applied, in the set's order.
+pub(super) fn applied<'s>(set: &'s MigrationSet, status: &ShardStatus) -> Vec<&'s str> {
+    set.revisions
+        .iter()
+        .zip(&status.revisions)
+        .filter(|(_, state)| state.status == Some(RevisionStatus::Applied))
+        .map(|(revision, _)| revision.version.as_str())
+        .collect()
 }

@@ -107,3 +107,45 @@ async fn a_shard_alembic_took_half_way_is_adopted_finished_and_alembic_version_k
     flask_db(&url, &["upgrade", "head"]);
     assert_eq!(version_rows(&admin).await, [head]);
 }
+
+#[tokio::test]
+async fn a_shard_alembic_took_up_one_branch_gets_the_other_branch_and_the_merge() {
+    let cache = tempfile::tempdir().expect("cache");
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("one_branch").await;
+    // Shipments tracked, refunds not yet: Alembic applies 1a2b3c4d5e11 and its ancestors only.
+    let tracked = FLASK_SHOP_ORDER[11];
+    flask_db(&url, &["upgrade", tracked]);
+    let adopted = migrate(
+        cache.path(),
+        &url,
+        &["adopt", "--reason", "switching to fleetshift"],
+    );
+    assert_exit(&adopted, 0);
+
+    // The refunds branch comes before it in Alembic's order; nothing applied depends on it.
+    let refunds = FLASK_SHOP_ORDER[10];
+    let to_refunds = migrate(cache.path(), &url, &["up", "--to", refunds]);
+    assert_exit(&to_refunds, 0);
+    assert_eq!(
+        version_rows(&admin).await,
+        [tracked, refunds],
+        "both branch heads"
+    );
+    let up = migrate(cache.path(), &url, &["up", "--output", "json"]);
+    assert_exit(&up, 0);
+    let report = json(&up);
+    let applied: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|step| step["version"].as_str())
+        .collect();
+    assert_eq!(applied, FLASK_SHOP_ORDER[12..]);
+    let head = FLASK_SHOP_ORDER[21];
+    assert_eq!(version_rows(&admin).await, [head]);
+    assert!(flask_db(&url, &["current"]).contains(&format!("{head} (head)")));
+}
