@@ -157,7 +157,7 @@ impl Listing {
             [] if !self.near_misses().is_empty() => Err(invalid(self.near_misses())),
             [] => Err(invalid(vec![SourceProblem::new(
                 directory,
-                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`, pop `20200101000000_name.postgres.up.sql`, Liquibase `.sql` files beginning `--liquibase formatted sql`); name the format with --format if the directory is meant to be empty",
+                "unrecognised layout: no file matches a known format (sqlx `1_name.up.sql`, diesel `2017-08-31-230457_name/up.sql`, Flyway `V1__name.sql`, dbmate `20200101000000_name.sql` with `-- migrate:up`, pop `20200101000000_name.postgres.up.sql`, Liquibase `.sql` files beginning `--liquibase formatted sql`, an Alembic or Flask-Migrate project with `alembic.ini` or `migrations/env.py`); name the format with --format if the directory is meant to be empty",
             )])),
             several => Err(invalid(
                 several
