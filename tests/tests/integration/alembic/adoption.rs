@@ -44,17 +44,26 @@ fn migrate(cache: &Path, url: &str, arguments: &[&str]) -> std::process::Output 
     alembic::run(cache, url, &all)
 }
 
+/// A database `flask db upgrade <revision>` took there, and the cache to render in.
+async fn taken_by_alembic_to(name: &str, revision: &str) -> (tempfile::TempDir, Database) {
+    let cache = tempfile::tempdir().expect("cache");
+    let database = support::database(name).await;
+    flask_db(&database.url, &["upgrade", revision]);
+    assert_eq!(version_rows(&database.admin).await, [revision]);
+    (cache, database)
+}
+
 #[tokio::test]
 async fn a_shard_alembic_took_half_way_is_adopted_finished_and_alembic_version_kept_true() {
-    let cache = tempfile::tempdir().expect("cache");
-    let Database {
-        cluster: _cluster,
-        url,
-        admin,
-    } = support::database("half_way").await;
     let half_way = FLASK_SHOP_ORDER[14];
-    flask_db(&url, &["upgrade", half_way]);
-    assert_eq!(version_rows(&admin).await, [half_way]);
+    let (
+        cache,
+        Database {
+            cluster: _cluster,
+            url,
+            admin,
+        },
+    ) = taken_by_alembic_to("half_way", half_way).await;
 
     // fleetshift will not run revisions Alembic may already have run…
     let refused = migrate(cache.path(), &url, &["up"]);
@@ -110,15 +119,16 @@ async fn a_shard_alembic_took_half_way_is_adopted_finished_and_alembic_version_k
 
 #[tokio::test]
 async fn a_shard_alembic_took_up_one_branch_gets_the_other_branch_and_the_merge() {
-    let cache = tempfile::tempdir().expect("cache");
-    let Database {
-        cluster: _cluster,
-        url,
-        admin,
-    } = support::database("one_branch").await;
     // Shipments tracked, refunds not yet: Alembic applies 1a2b3c4d5e11 and its ancestors only.
     let tracked = FLASK_SHOP_ORDER[11];
-    flask_db(&url, &["upgrade", tracked]);
+    let (
+        cache,
+        Database {
+            cluster: _cluster,
+            url,
+            admin,
+        },
+    ) = taken_by_alembic_to("one_branch", tracked).await;
     let adopted = migrate(
         cache.path(),
         &url,

@@ -30,6 +30,19 @@ fn revision(id: &str, down: &str, upgrade: &str, downgrade: &str) -> String {
     )
 }
 
+/// The first revision of the small projects: an `account` table.
+fn accounts() -> (&'static str, String) {
+    (
+        "a1_accounts",
+        revision(
+            "a1",
+            "None",
+            "    op.create_table('account', sa.Column('id', sa.Integer, primary_key=True))",
+            "    op.drop_table('account')",
+        ),
+    )
+}
+
 /// An Alembic project: `alembic.ini`, `alembic/env.py` and the given revision files.
 fn project(revisions: &[(&str, String)]) -> tempfile::TempDir {
     let mut files = vec![
@@ -67,15 +80,7 @@ fn a_downgrade_that_raises_makes_its_revision_irreversible_and_rendering_goes_on
     let cache = tempfile::tempdir().expect("cache");
     let raises = "    raise NotImplementedError('the notes cannot be taken back')";
     let project = project(&[
-        (
-            "a1_accounts",
-            revision(
-                "a1",
-                "None",
-                "    op.create_table('account', sa.Column('id', sa.Integer, primary_key=True))",
-                "    op.drop_table('account')",
-            ),
-        ),
+        accounts(),
         (
             "b2_notes",
             revision(
@@ -133,15 +138,7 @@ async fn a_revision_that_reads_data_offline_is_named_with_its_file_and_nothing_r
     let cache = tempfile::tempdir().expect("cache");
     let reads = "    count = op.get_bind().execute(sa.text('SELECT count(*) FROM account')).scalar()\n    op.execute(f'ALTER TABLE account ADD COLUMN seen_{count} int')";
     let project = project(&[
-        (
-            "a1_accounts",
-            revision(
-                "a1",
-                "None",
-                "    op.create_table('account', sa.Column('id', sa.Integer, primary_key=True))",
-                "    op.drop_table('account')",
-            ),
-        ),
+        accounts(),
         ("b2_reads", revision("b2", "'a1'", reads, "    pass")),
     ]);
     let Database {
