@@ -35,8 +35,9 @@ pub struct LintArgs {
     /// other file as one script.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<String>,
-    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate, pop or liquibase; detected from file
-    /// names when omitted.
+    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate, pop, liquibase or alembic;
+    /// detected from file names (an Alembic project from `alembic.ini` or `migrations/env.py`)
+    /// when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
     #[command(flatten)]

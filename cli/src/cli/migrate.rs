@@ -53,7 +53,8 @@ enum MigrateCommand {
     },
     /// Validate the migration files; with a database, also check applied revisions for drift.
     Verify(Target),
-    /// Import the history another tool (sqlx, Flyway, golang-migrate, dbmate, diesel, pop, Liquibase) kept.
+    /// Import the history another tool (sqlx, Flyway, golang-migrate, dbmate, diesel, pop, Liquibase,
+    /// Alembic) kept.
     Adopt {
         #[command(flatten)]
         target: Target,
@@ -116,8 +117,9 @@ struct Target {
     /// Migration directory.
     #[arg(long, env = "FLEETSHIFT_MIGRATIONS_DIR")]
     dir: PathBuf,
-    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate, pop or liquibase; detected from file
-    /// names when omitted.
+    /// Migration layout: sqlx, golang-migrate, diesel, flyway, dbmate, pop, liquibase or alembic;
+    /// detected from file names (an Alembic project from `alembic.ini` or `migrations/env.py`)
+    /// when omitted.
     #[arg(long, value_parser = parse_format, env = "FLEETSHIFT_MIGRATIONS_FORMAT")]
     format: Option<SourceFormat>,
     #[command(flatten)]
