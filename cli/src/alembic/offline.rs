@@ -126,41 +126,61 @@ fn terminated(statement: &Statement) -> String {
     }
 }
 
-/// The table a `CREATE TABLE <name> (version_num …` statement creates.
+/// The table a `CREATE TABLE <name> (version_num …` statement creates (schema-qualified
+/// when `env.py` sets `version_table_schema`).
 fn created_version_table(statement: &Statement) -> Option<String> {
-    let tokens: Vec<&str> = statement.tokens().take(4).collect();
-    match tokens.as_slice() {
-        [create, table, name, "("]
-            if create.eq_ignore_ascii_case("CREATE")
-                && table.eq_ignore_ascii_case("TABLE")
-                && statement.sql.contains("version_num") =>
-        {
-            Some((*name).to_owned())
-        }
-        _ => None,
-    }
+    let tokens: Vec<&str> = statement.tokens().take(8).collect();
+    let [create, table, rest @ ..] = tokens.as_slice() else {
+        return None;
+    };
+    let (name, next) = qualified_name(rest);
+    let creates = create.eq_ignore_ascii_case("CREATE") && table.eq_ignore_ascii_case("TABLE");
+    (creates && next == Some("(") && statement.sql.contains("version_num")).then_some(name)
 }
 
 /// Whether the statement is Alembic's bookkeeping in `table`: `INSERT INTO`, `UPDATE`,
 /// `DELETE FROM`, `CREATE TABLE` or `DROP TABLE` of it.
 fn touches_table(statement: &Statement, table: &str) -> bool {
-    let tokens: Vec<&str> = statement.tokens().take(3).collect();
-    let named = |token: &&str| {
-        token
-            .trim_matches('"')
-            .eq_ignore_ascii_case(table.trim_matches('"'))
+    let tokens: Vec<&str> = statement.tokens().take(8).collect();
+    let named = |rest: &[&str]| {
+        qualified_name(rest)
+            .0
+            .eq_ignore_ascii_case(&unquoted(table))
     };
     match tokens.as_slice() {
-        [verb, name, ..] if verb.eq_ignore_ascii_case("UPDATE") => named(name),
-        [verb, keyword, name] => {
+        [verb, rest @ ..] if verb.eq_ignore_ascii_case("UPDATE") => named(rest),
+        [verb, keyword, rest @ ..] => {
             let pair = (verb.to_ascii_uppercase(), keyword.to_ascii_uppercase());
             matches!(
                 (pair.0.as_str(), pair.1.as_str()),
                 ("INSERT", "INTO") | ("DELETE", "FROM") | ("CREATE", "TABLE") | ("DROP", "TABLE")
-            ) && named(name)
+            ) && named(rest)
         }
         _ => false,
     }
+}
+
+/// The (possibly schema-qualified) name the tokens start with, unquoted, and the token after it.
+fn qualified_name<'t>(tokens: &[&'t str]) -> (String, Option<&'t str>) {
+    let mut name = String::new();
+    let mut rest = tokens.iter();
+    let mut expect_part = true;
+    for token in rest.by_ref() {
+        if expect_part {
+            name.push_str(token.trim_matches('"'));
+            expect_part = false;
+        } else if *token == "." {
+            name.push('.');
+            expect_part = true;
+        } else {
+            return (name, Some(token));
+        }
+    }
+    (name, None)
+}
+
+fn unquoted(name: &str) -> String {
+    name.replace('"', "")
 }
 
 #[cfg(test)]

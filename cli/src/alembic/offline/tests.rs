@@ -81,3 +81,19 @@ fn a_version_table_of_another_name_is_found_and_left_out() {
     assert_eq!(rendered.version_table, "shard_revisions");
     assert_eq!(rendered.sections[0].sql, "CREATE TABLE t (id int);\n");
 }
+
+#[test]
+fn a_schema_qualified_version_table_is_found_and_left_out() {
+    let output = "BEGIN;\n\nCREATE TABLE shards.alembic_version (\n    version_num VARCHAR(32) NOT NULL\n);\n\n\
+        -- Running upgrade  -> a1\n\nCREATE TABLE t (id int);\n\n\
+        INSERT INTO shards.alembic_version (version_num) VALUES ('a1');\n\n\
+        -- Running upgrade a1 -> b2\n\nALTER TABLE t ADD COLUMN n int;\n\n\
+        UPDATE shards.alembic_version SET version_num='b2' WHERE shards.alembic_version.version_num = 'a1';\n\nCOMMIT;\n";
+    let rendered = split(output, Direction::Upgrade);
+    assert_eq!(rendered.version_table, "shards.alembic_version");
+    assert_eq!(rendered.sections[0].sql, "CREATE TABLE t (id int);\n");
+    assert_eq!(
+        rendered.sections[1].sql,
+        "ALTER TABLE t ADD COLUMN n int;\n"
+    );
+}
