@@ -5,7 +5,6 @@
 
 pub mod backup;
 pub mod baseline;
-pub mod credentials;
 pub mod preflight;
 pub mod restore;
 pub mod restore_test;

@@ -28,6 +28,7 @@ pub mod executor;
 pub mod fence;
 pub mod lease;
 pub mod ledger;
+pub mod pg_client;
 pub mod proto;
 pub mod rollout_names;
 pub mod secrets;

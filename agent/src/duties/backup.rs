@@ -9,9 +9,8 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use fleetshift_common::engine::CountedPool;
@@ -20,13 +19,17 @@ use fleetshift_common::secrets::DatabaseUrl;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use super::DutyFailure;
-use super::credentials::ClientCredentials;
 use super::restore_test::{self, HeldSnapshot};
+use fleetshift_common::pg_client::{
+    ClientCredentials, cannot_run, client_command, failure_text, run_to_end,
+};
 
+/// Where the client programs' paths are configured, for errors that cannot start one.
+pub(super) const PROGRAMS: &str = "[backups] pg_dump / pg_restore";
 /// Where and how an agent keeps backups (`[backups]` in its configuration).
 #[derive(Debug, Clone)]
 pub struct BackupSettings {
@@ -310,7 +313,7 @@ async fn dump(
     }
     let mut child = command
         .spawn()
-        .map_err(|error| DutyFailure::Refused(cannot_run(&settings.pg_dump, &error)))?;
+        .map_err(|error| DutyFailure::Refused(cannot_run(&settings.pg_dump, &error, PROGRAMS)))?;
     let mut output = child
         .stdout
         .take()
@@ -363,31 +366,6 @@ async fn dump(
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-/// A PostgreSQL client program with nothing of the agent's environment but `PATH`, and the
-/// passfile when it connects with a password; killed if the agent drops it.
-pub(super) fn client_command(program: &Path, credentials: Option<&ClientCredentials>) -> Command {
-    let mut command = Command::new(program);
-    command.env_clear();
-    if let Some(path) = std::env::var_os("PATH") {
-        command.env("PATH", path);
-    }
-    if let Some(passfile) = credentials.and_then(ClientCredentials::passfile) {
-        command.env("PGPASSFILE", passfile);
-    }
-    command
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-fn cannot_run(program: &Path, error: &std::io::Error) -> String {
-    format!(
-        "cannot run {}: {error}; install the PostgreSQL client programs or set [backups] pg_dump / pg_restore",
-        program.display()
-    )
-}
-
 /// The last 4 KiB of what the child writes to stderr.
 fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
     let stderr = child.stderr.take();
@@ -405,46 +383,11 @@ fn collect_stderr(child: &mut Child) -> tokio::task::JoinHandle<String> {
     })
 }
 
-fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
-    let how = match (status.code(), status.signal()) {
-        (_, Some(signal)) => format!("{program} was killed by signal {signal}"),
-        (Some(code), None) => format!("{program} exited with status {code}"),
-        (None, None) => format!("{program} ended abnormally"),
-    };
-    if stderr.is_empty() {
-        how
-    } else {
-        format!("{how}: {stderr}")
-    }
-}
-
-/// Runs `command` (of `program`, described as `what`) to its end; its standard output, or
-/// what went wrong.
-pub(super) async fn run_to_end(
-    mut command: Command,
-    program: &Path,
-    what: &str,
-) -> Result<Vec<u8>, String> {
-    let output = command
-        .output()
-        .await
-        .map_err(|error| cannot_run(program, &error))?;
-    if output.status.success() {
-        Ok(output.stdout)
-    } else {
-        Err(failure_text(
-            what,
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-        ))
-    }
-}
-
 /// Reads the dump's table of contents back; the number of entries.
 async fn verify(settings: &BackupSettings, dump: &Path) -> Result<u32, String> {
     let mut command = client_command(&settings.pg_restore, None);
     command.arg("--list").arg(dump);
-    let listed = run_to_end(command, &settings.pg_restore, "pg_restore --list")
+    let listed = run_to_end(command, &settings.pg_restore, "pg_restore --list", PROGRAMS)
         .await
         .map_err(|failure| format!("the dump failed verification: {failure}"))?;
     let entries = String::from_utf8_lossy(&listed)

@@ -24,8 +24,8 @@ use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
 use super::DutyFailure;
-use super::backup::{self, BackupSettings, Manifest, Subject, client_command, run_to_end};
-use super::credentials::ClientCredentials;
+use super::backup::{self, BackupSettings, Manifest, PROGRAMS, Subject};
+use fleetshift_common::pg_client::{ClientCredentials, client_command, run_to_end};
 
 /// Which backup goes back onto which shard, for whom.
 #[derive(Debug, Clone, Copy)]
@@ -177,7 +177,7 @@ async fn prepare(
     let safety_backup = backup::take(&unpruned, subject, stop).await?;
     let mut command = client_command(&settings.pg_restore, None);
     command.arg("--list").arg(&order.backup.location);
-    let listing = run_to_end(command, &settings.pg_restore, "pg_restore --list")
+    let listing = run_to_end(command, &settings.pg_restore, "pg_restore --list", PROGRAMS)
         .await
         .map_err(DutyFailure::Refused)?;
     let in_backup = contents::from_listing(&String::from_utf8_lossy(&listing));

@@ -12,8 +12,8 @@ use fleetshift_common::engine::DatabaseMessage;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Postgres};
 
-use super::backup::{BackupSettings, client_command, run_to_end};
-use super::credentials::ClientCredentials;
+use super::backup::{BackupSettings, PROGRAMS};
+use fleetshift_common::pg_client::{ClientCredentials, client_command, run_to_end};
 
 /// Rows per table (`schema.table`, quoted where needed).
 pub type RowCounts = BTreeMap<String, i64>;
@@ -140,7 +140,7 @@ async fn restore_into(
         .arg("--dbname")
         .arg(credentials.conninfo_for(scratch))
         .arg(dump);
-    run_to_end(command, &settings.pg_restore, "pg_restore")
+    run_to_end(command, &settings.pg_restore, "pg_restore", PROGRAMS)
         .await
         .map_err(|failure| format!("the dump did not restore: {failure}"))?;
     let options = pool.connect_options().as_ref().clone().database(scratch);

@@ -1,15 +1,20 @@
-//! Handing a shard's credentials to a PostgreSQL client program (`pg_dump`, `pg_restore`)
-//! without putting the password in its arguments or its environment: the connection goes as a
-//! libpq keyword/value string without the password, and the password goes into a passfile
-//! readable by the agent's user only (mode 0600, in a private directory) that is removed when
-//! the [`ClientCredentials`] is dropped.
+//! Running PostgreSQL's client programs (`pg_dump`, `pg_restore`, `psql`) against a shard.
+//!
+//! The shard's credentials never go into a program's arguments or environment: the connection
+//! goes as a libpq keyword/value string without the password, and the password goes into a
+//! passfile readable by this process's user only (mode 0600, in a private directory) that is
+//! removed when the [`ClientCredentials`] is dropped.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 
-use fleetshift_common::secrets::DatabaseUrl;
+use tokio::process::Command;
+
+use crate::secrets::DatabaseUrl;
 
 /// How a client program connects to one shard.
 #[derive(Debug)]
@@ -117,6 +122,69 @@ impl Passfile {
             _directory: directory,
             path,
         })
+    }
+}
+
+/// A client program with nothing of this process's environment but `PATH`, and the passfile
+/// when it connects with a password; killed if its handle is dropped.
+pub fn client_command(program: &Path, credentials: Option<&ClientCredentials>) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    if let Some(passfile) = credentials.and_then(ClientCredentials::passfile) {
+        command.env("PGPASSFILE", passfile);
+    }
+    command
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command` (of `program`, described as `what`) to its end; its standard output, or
+/// what went wrong. `setting` names where the program's path is configured.
+pub async fn run_to_end(
+    mut command: Command,
+    program: &Path,
+    what: &str,
+    setting: &str,
+) -> Result<Vec<u8>, String> {
+    let output = command
+        .output()
+        .await
+        .map_err(|error| cannot_run(program, &error, setting))?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(failure_text(
+            what,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+        ))
+    }
+}
+
+/// Why `program` could not start, and what to do about it.
+pub fn cannot_run(program: &Path, error: &std::io::Error, setting: &str) -> String {
+    format!(
+        "cannot run {}: {error}; install the PostgreSQL client programs or set {setting}",
+        program.display()
+    )
+}
+
+/// How a client program ended, with the end of what it wrote to stderr.
+pub fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
+    let how = match (status.code(), status.signal()) {
+        (_, Some(signal)) => format!("{program} was killed by signal {signal}"),
+        (Some(code), None) => format!("{program} exited with status {code}"),
+        (None, None) => format!("{program} ended abnormally"),
+    };
+    if stderr.is_empty() {
+        how
+    } else {
+        format!("{how}: {stderr}")
     }
 }
 
