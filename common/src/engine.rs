@@ -11,7 +11,7 @@
 //! - [`ShardEngine::lock_out_other_migrators`]: a lock other migrators respect, taken without
 //!   ever blocking inside a transaction.
 
-mod fenced;
+pub(crate) mod fenced;
 pub mod foreign;
 mod postgres;
 mod sqlite;

@@ -30,6 +30,7 @@ pub mod lease;
 pub mod ledger;
 pub mod pg_client;
 pub mod proto;
+pub mod rehearsal;
 pub mod rollout_names;
 pub mod secrets;
 pub mod shipped;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Type};
@@ -29,6 +30,39 @@ impl fmt::Display for Place<'_> {
             Some(script) => formatter.write_str(&script.locate(self.statement)),
             None => write!(formatter, "statement {}", self.index + 1),
         }
+    }
+}
+
+/// Watches a fenced transaction's body from inside it, on its connection: a rehearsal's
+/// tracer reads the catalog before the body and after each statement. The protocol runs the
+/// same with or without one; `()` watches nothing.
+pub(crate) trait BodyObserver<DB: Database>: Send {
+    fn before_body(
+        &mut self,
+        connection: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// After body statement `index` succeeded in `elapsed`.
+    fn after_statement(
+        &mut self,
+        connection: &mut DB::Connection,
+        index: usize,
+        elapsed: Duration,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+impl<DB: Database> BodyObserver<DB> for () {
+    async fn before_body(&mut self, _connection: &mut DB::Connection) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn after_statement(
+        &mut self,
+        _connection: &mut DB::Connection,
+        _index: usize,
+        _elapsed: Duration,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
 
@@ -59,6 +93,7 @@ pub(crate) async fn run<DB>(
     sql: &LedgerSql,
     writer: &Writer,
     work: FencedTransaction<'_>,
+    observer: &mut impl BodyObserver<DB>,
 ) -> Result<Vec<Duration>, TxError>
 where
     DB: Database,
@@ -108,6 +143,11 @@ where
             .collect();
         work.guard.check(&observed).map_err(TxError::Guard)?;
     }
+    let observing = bookkeeping_error("tracing the revision's statements");
+    observer
+        .before_body(&mut *connection)
+        .await
+        .map_err(&observing)?;
     let mut durations = Vec::with_capacity(work.body.len());
     for (index, statement) in work.body.iter().enumerate() {
         let started = Instant::now();
@@ -125,7 +165,12 @@ where
             mark_failed(&span, &failure.message);
             return Err(TxError::Statement(failure));
         }
-        durations.push(started.elapsed());
+        let elapsed = started.elapsed();
+        observer
+            .after_statement(&mut *connection, index, elapsed)
+            .await
+            .map_err(&observing)?;
+        durations.push(elapsed);
     }
     for record in work.records {
         upsert(record, writer, sql.upsert_history)

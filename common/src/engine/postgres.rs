@@ -12,7 +12,8 @@ pub mod restore_sql;
 mod working;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub use counted_pool::CountedPool;
 use migrator_lock::MigratorLock;
@@ -31,6 +32,8 @@ use super::{
 use crate::error::ExecError;
 use crate::fence::FenceToken;
 use crate::ledger::{LedgerEntry, Writer};
+use crate::rehearsal::catalog_state::CatalogState;
+use crate::rehearsal::tracer::Tracer;
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
 use crate::statements::Statement;
@@ -43,6 +46,8 @@ pub struct PostgresShard {
     timeouts: Timeouts,
     /// The server processes running this engine's migration statements now.
     working: Working,
+    /// A rehearsal's tracer, reading the catalog around every migration statement.
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl PostgresShard {
@@ -94,7 +99,16 @@ impl PostgresShard {
             pool: CountedPool::new(pool),
             timeouts,
             working: Working::default(),
+            tracer: None,
         })
+    }
+
+    /// This engine with `tracer` watching every migration statement (a rehearsal's scratch
+    /// database; never a shard).
+    #[must_use]
+    pub fn traced(mut self, tracer: Arc<Tracer>) -> Self {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// The connection pool (its waiters counted), for callers that read the shard (duties,
@@ -230,13 +244,44 @@ impl ShardEngine for PostgresShard {
             .and_then(|row| row.try_get(0))
             .map_err(bookkeeping_error("setting timeouts"))?;
         let _working = self.working.enter(pid);
-        let durations =
-            fenced::run::<Postgres>(&mut transaction, &ledger_sql::LEDGER, writer, work).await?;
-        transaction
-            .commit()
-            .await
-            .map_err(bookkeeping_error("committing"))?;
-        Ok(durations)
+        let mut observer = self
+            .tracer
+            .as_deref()
+            .map(|tracer| tracer.transaction(work.body, work.script));
+        let ran = match &mut observer {
+            Some(observer) => {
+                fenced::run::<Postgres>(
+                    &mut transaction,
+                    &ledger_sql::LEDGER,
+                    writer,
+                    work,
+                    observer,
+                )
+                .await
+            }
+            None => {
+                fenced::run::<Postgres>(
+                    &mut transaction,
+                    &ledger_sql::LEDGER,
+                    writer,
+                    work,
+                    &mut (),
+                )
+                .await
+            }
+        };
+        let committed = match ran {
+            Ok(durations) => transaction
+                .commit()
+                .await
+                .map(|()| durations)
+                .map_err(bookkeeping_error("committing")),
+            Err(error) => Err(error),
+        };
+        if let Some(observer) = observer {
+            observer.finish(committed.is_ok());
+        }
+        committed
     }
 
     async fn run_autocommit(
@@ -278,10 +323,26 @@ impl ShardEngine for PostgresShard {
                 _ => {}
             }
         }
+        let before = match &self.tracer {
+            Some(_) => Some(
+                CatalogState::read(&mut connection)
+                    .await
+                    .map_err(|error| statement_error(None, &error))?,
+            ),
+            None => None,
+        };
+        let started = Instant::now();
         sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
             .execute(&mut *connection)
             .await
             .map_err(|error| statement_error(None, &error))?;
+        let elapsed = started.elapsed();
+        if let (Some(tracer), Some(before)) = (&self.tracer, before) {
+            let after = CatalogState::read(&mut connection)
+                .await
+                .map_err(|error| statement_error(None, &error))?;
+            tracer.autocommit(statement, &before, &after, elapsed);
+        }
         if let Some((name, table, _)) = &build
             && !matches!(
                 Self::index_validity(&mut connection, name, table).await?,

@@ -179,7 +179,8 @@ impl ShardEngine for SqliteShard {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(bookkeeping_error("beginning a transaction"))?;
-        let durations = fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work).await?;
+        let durations =
+            fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work, &mut ()).await?;
         transaction
             .commit()
             .await
