@@ -9,6 +9,7 @@ mod lint;
 mod migrate;
 mod notice;
 pub mod progress;
+mod rehearse;
 mod render;
 mod rollback;
 mod rollout;

@@ -2,12 +2,205 @@
 //! reads, after every statement, which locks it took, which relations it rewrote and which
 //! tables it scanned; the findings name each hazard.
 //!
+//! - [`scratch`]: the scratch database beside the shard: its schema, a sample of its rows.
 //! - [`catalog_state`]: one reading of the catalog and the connection's locks and scans.
 //! - [`effects`]: what one statement did, as the difference of two readings.
 //! - [`tracer`]: the readings taken around every statement a traced engine runs.
 //! - [`findings`]: the hazards a trace shows, with eugene's hint ids and lock hold times.
+//!
+//! [`rehearse`] puts them together: build the scratch database, run the revisions there with
+//! the executor exactly as a rollout would (same transaction modes, timeouts and fenced
+//! protocol, on the scratch copy of the ledger), read the findings, drop the scratch database
+//! whatever happened.
 
 pub mod catalog_state;
 pub mod effects;
 pub mod findings;
+pub mod scratch;
 pub mod tracer;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use self::catalog_state::CatalogState;
+use self::findings::{Finding, RevisionTrace, UnindexedForeignKey};
+use self::scratch::{SampleOptions, SampleReport, Scratch};
+use self::tracer::{TracedRun, Tracer};
+use crate::engine::{DatabaseMessage, PostgresShard, Timeouts};
+use crate::error::ExecError;
+use crate::executor::{Executor, ExecutorSettings, Identity, Request};
+use crate::secrets::DatabaseUrl;
+use crate::source::MigrationSet;
+
+/// Why a rehearsal could not run (a revision failing on the sample is a result, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum RehearsalError {
+    #[error(
+        "{shard}: cannot create the scratch database: {detail}; grant the user CREATEDB (rehearsals build a sampled copy beside the shard)"
+    )]
+    CannotCreate { shard: String, detail: String },
+    #[error("{shard}: building the scratch database failed while {step}: {detail}")]
+    Build {
+        shard: String,
+        step: String,
+        detail: String,
+    },
+    #[error(
+        "{shard}: reading the scratch database {database} after the revisions failed: {detail}"
+    )]
+    Trace {
+        shard: String,
+        database: String,
+        detail: String,
+    },
+    #[error("{shard}: the scratch database {database} was not dropped: {detail}; drop it by hand")]
+    NotDropped {
+        shard: String,
+        database: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+impl RehearsalError {
+    fn build(shard: &DatabaseUrl, step: &str, error: &dyn std::fmt::Display) -> Self {
+        Self::Build {
+            shard: shard.masked(),
+            step: step.to_owned(),
+            detail: shard.scrub(&error.to_string()),
+        }
+    }
+}
+
+/// What a rehearsal of one shard found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rehearsal {
+    pub shard: String,
+    pub sample: SampleReport,
+    /// The revisions that ran, with every statement's trace.
+    pub revisions: Vec<RevisionTrace>,
+    pub findings: Vec<Finding>,
+    /// The revision that failed on the sample, and why; the ones after it did not run.
+    pub failure: Option<String>,
+}
+
+impl Rehearsal {
+    /// Passed: every revision ran and no E-class hazard was found.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none() && !self.findings.iter().any(|finding| finding.hint.is_hazard())
+    }
+}
+
+/// How to rehearse.
+#[derive(Debug, Clone)]
+pub struct RehearsalSettings {
+    pub sample: SampleOptions,
+    /// The rollout's timeouts, applied to the scratch database as they would be to the shard.
+    pub timeouts: Timeouts,
+    pub executor: ExecutorSettings,
+    pub plan_id: Option<String>,
+}
+
+/// Rehearses `set`'s pending revisions (up to `request.target`) for the shard at `shard`.
+pub async fn rehearse(
+    shard: &DatabaseUrl,
+    set: &MigrationSet,
+    request: &Request,
+    settings: &RehearsalSettings,
+) -> Result<Rehearsal, RehearsalError> {
+    let (scratch, sample) = Scratch::build(shard, &settings.sample).await?;
+    let outcome = run_traced(&scratch, set, request, settings).await;
+    let dropped = scratch.drop_database().await;
+    let (runs, failure, unindexed) = outcome?;
+    dropped?;
+    let revisions = attribute(set, runs);
+    let findings = findings::findings(&revisions, &unindexed);
+    Ok(Rehearsal {
+        shard: shard.masked(),
+        sample,
+        revisions,
+        findings,
+        failure,
+    })
+}
+
+type Traced = (Vec<TracedRun>, Option<String>, Vec<UnindexedForeignKey>);
+
+/// Runs the revisions in the scratch database under a tracer.
+async fn run_traced(
+    scratch: &Scratch,
+    set: &MigrationSet,
+    request: &Request,
+    settings: &RehearsalSettings,
+) -> Result<Traced, RehearsalError> {
+    let tracer = Arc::new(Tracer::default());
+    let engine = PostgresShard::connect(scratch.url(), settings.timeouts)
+        .await?
+        .traced(Arc::clone(&tracer));
+    let executor = Executor::new(
+        &engine,
+        Identity {
+            agent_id: "fleetshift-rehearsal".to_owned(),
+            plan_id: settings.plan_id.clone(),
+            fence_token: None,
+        },
+        settings.executor,
+    );
+    let failure = executor
+        .up(set, request)
+        .await
+        .err()
+        .map(|error| error.to_string());
+    let mut connection = engine
+        .pool()
+        .acquire()
+        .await
+        .map_err(|error| reading_failed(scratch, &error))?;
+    let state = CatalogState::read(&mut connection)
+        .await
+        .map_err(|error| reading_failed(scratch, &error))?;
+    drop(connection);
+    Ok((tracer.take(), failure, state.unindexed_foreign_keys()))
+}
+
+fn reading_failed(scratch: &Scratch, error: &sqlx::Error) -> RehearsalError {
+    RehearsalError::Trace {
+        shard: scratch.shard().to_owned(),
+        database: scratch.name().to_owned(),
+        detail: DatabaseMessage(error).to_string(),
+    }
+}
+
+/// Each run under the revision whose up script holds its first statement.
+fn attribute(set: &MigrationSet, runs: Vec<TracedRun>) -> Vec<RevisionTrace> {
+    let mut revisions: Vec<RevisionTrace> = Vec::new();
+    for run in runs {
+        let Some(first) = run.statements.first() else {
+            continue;
+        };
+        let version = set
+            .revisions
+            .iter()
+            .find(|revision| {
+                revision
+                    .up
+                    .statements()
+                    .iter()
+                    .any(|statement| statement.line == first.line && statement.sql == first.sql)
+            })
+            .map_or_else(
+                || "?".to_owned(),
+                |revision| revision.version.as_str().to_owned(),
+            );
+        match revisions.last_mut() {
+            Some(last) if last.version == version => last.runs.push(run),
+            _ => revisions.push(RevisionTrace {
+                version,
+                runs: vec![run],
+            }),
+        }
+    }
+    revisions
+}

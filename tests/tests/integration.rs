@@ -29,6 +29,7 @@ mod integration {
     mod paused;
     mod processes;
     mod real_histories;
+    mod rehearsal;
     mod risk;
     mod rollback;
     mod rollout;

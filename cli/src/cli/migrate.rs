@@ -11,12 +11,14 @@ use fleetshift_common::error::{ErrorKind, ExecError};
 use fleetshift_common::executor::{
     Direction, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, Resolution,
 };
+use fleetshift_common::rehearsal::{self, RehearsalError, RehearsalSettings};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
 use tokio_util::sync::CancellationToken;
 
 use fleetshift_common::duration;
 
+use super::rehearse::{self, SampleArgs};
 use super::sources::{self, AlembicArgs};
 use super::{Output, render};
 use crate::exit;
@@ -50,6 +52,21 @@ enum MigrateCommand {
         safety: Safety,
         #[command(flatten)]
         movement: Movement,
+    },
+    /// Run the pending revisions on a sampled copy of the database (a scratch database on the
+    /// same server, always dropped) under a tracer, and report every statement's locks,
+    /// rewrites and scans and the hazards they show. The database itself is only read.
+    /// Exit 0: passed; 11: a hazard was found; 1: a revision failed on the sample.
+    Rehearse {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        safety: Safety,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// The last version to rehearse (default: everything pending).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
     },
     /// Validate the migration files; with a database, also check applied revisions for drift.
     Verify(Target),
@@ -173,6 +190,9 @@ enum Failure {
     Exec(#[from] ExecError),
     #[error("{0}")]
     Usage(String),
+    /// The rehearsal's scratch database could not be built or dropped.
+    #[error("{0}")]
+    Rehearsal(String),
 }
 
 impl Failure {
@@ -180,6 +200,7 @@ impl Failure {
         match self {
             Self::Exec(error) => error.kind(),
             Self::Usage(_) => ErrorKind::BadInput,
+            Self::Rehearsal(_) => ErrorKind::Failed,
         }
     }
 }
@@ -190,6 +211,7 @@ pub async fn run(arguments: MigrateArgs) -> ExitCode {
         MigrateCommand::Up { target, .. }
         | MigrateCommand::Down { target, .. }
         | MigrateCommand::Adopt { target, .. }
+        | MigrateCommand::Rehearse { target, .. }
         | MigrateCommand::Resolve { target, .. } => target.output,
     };
     match execute(arguments.command).await {
@@ -217,6 +239,7 @@ async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
         MigrateCommand::Up { target, safety, .. }
         | MigrateCommand::Down { target, safety, .. }
         | MigrateCommand::Adopt { target, safety, .. }
+        | MigrateCommand::Rehearse { target, safety, .. }
         | MigrateCommand::Resolve { target, safety, .. } => (target, Some(safety)),
     };
     let set = load_set(target)?;
@@ -228,6 +251,15 @@ async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
         migrator_lock_idle: safety.migrator_lock_idle,
     });
     timeouts.validate().map_err(Failure::Usage)?;
+    if let MigrateCommand::Rehearse {
+        target,
+        safety,
+        sample,
+        to,
+    } = &command
+    {
+        return rehearse(&url, &set, target, safety, sample, to.clone(), timeouts).await;
+    }
     match engine::connect(&url, timeouts).await? {
         Connected::Postgres(shard) => on_engine(shard.as_ref(), &command, &set, timeouts).await,
         Connected::Sqlite(shard) => on_engine(&shard, &command, &set, timeouts).await,
@@ -305,6 +337,11 @@ async fn on_engine<E: ShardEngine>(
             let report = executor(safety).adopt(set, reason).await?;
             render::report(target.output, &report);
         }
+        MigrateCommand::Rehearse { .. } => {
+            return Err(Failure::Usage(
+                "a rehearsal runs on a scratch copy, never on the database itself".to_owned(),
+            ));
+        }
         MigrateCommand::Resolve {
             target,
             safety,
@@ -325,6 +362,47 @@ async fn on_engine<E: ShardEngine>(
     Ok(ExitCode::from(exit::OK))
 }
 
+/// `rehearse`: the sampled copy, the traced run, the report.
+async fn rehearse(
+    url: &DatabaseUrl,
+    set: &MigrationSet,
+    target: &Target,
+    safety: &Safety,
+    sample: &SampleArgs,
+    to: Option<String>,
+    timeouts: Timeouts,
+) -> Result<ExitCode, Failure> {
+    if !url.expose().starts_with("postgres") {
+        return Err(Failure::Usage(format!(
+            "{url}: rehearsals need PostgreSQL (they trace its locks and catalog)"
+        )));
+    }
+    let settings = RehearsalSettings {
+        sample: sample.options(),
+        timeouts,
+        executor: settings(safety, timeouts),
+        plan_id: safety.plan_id.clone(),
+    };
+    let request = Request {
+        target: to,
+        allow_drift: None,
+    };
+    let rehearsal = rehearsal::rehearse(url, set, &request, &settings)
+        .await
+        .map_err(|error| match error {
+            RehearsalError::Exec(error) => Failure::Exec(error),
+            other => Failure::Rehearsal(other.to_string()),
+        })?;
+    rehearse::render(target.output, &rehearsal);
+    Ok(ExitCode::from(if rehearsal.failure.is_some() {
+        exit::FAILED
+    } else if rehearsal.passed() {
+        exit::OK
+    } else {
+        exit::FINDINGS
+    }))
+}
+
 /// An executor that writes to the shard as `safety` says.
 fn writer<'e, E: ShardEngine>(
     engine: &'e E,
@@ -338,15 +416,19 @@ fn writer<'e, E: ShardEngine>(
             plan_id: safety.plan_id.clone(),
             fence_token: safety.fence_token.map(FenceToken::from_raw),
         },
-        ExecutorSettings {
-            lock_retry: LockRetryPolicy {
-                max_retries: safety.lock_retries,
-                ..LockRetryPolicy::default()
-            },
-            migrator_lock_wait: safety.migrator_wait,
-            lock_timeout: timeouts.lock_timeout,
-        },
+        settings(safety, timeouts),
     )
+}
+
+fn settings(safety: &Safety, timeouts: Timeouts) -> ExecutorSettings {
+    ExecutorSettings {
+        lock_retry: LockRetryPolicy {
+            max_retries: safety.lock_retries,
+            ..LockRetryPolicy::default()
+        },
+        migrator_lock_wait: safety.migrator_wait,
+        lock_timeout: timeouts.lock_timeout,
+    }
 }
 
 /// `up` or `down`: print the plan (dry run) or run it.

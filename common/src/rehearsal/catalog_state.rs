@@ -105,7 +105,7 @@ impl CatalogState {
         let indexes =
             sqlx::query_as::<_, (i64, i64, bool, bool, Vec<i16>)>(sqlx::AssertSqlSafe(format!(
                 "SELECT i.indexrelid::int8, i.indrelid::int8, i.indisvalid, i.indisunique,
-                        i.indkey::int2[]
+                        string_to_array(i.indkey::text, ' ')::int2[]
                  FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE {USER_SCHEMAS}"
@@ -162,6 +162,28 @@ impl CatalogState {
             locks,
             lock_timeout_disabled: lock_timeout.trim() == "0",
         })
+    }
+
+    /// Foreign keys no index leads with: every delete or key update of the referenced table
+    /// scans the referencing one.
+    pub fn unindexed_foreign_keys(&self) -> Vec<super::findings::UnindexedForeignKey> {
+        self.constraints
+            .values()
+            .filter(|constraint| constraint.kind == 'f')
+            .filter(|constraint| {
+                !self.indexes.values().any(|index| {
+                    index.table == constraint.table
+                        && index.columns.len() >= constraint.columns.len()
+                        && constraint.columns.iter().all(|column| {
+                            index.columns[..constraint.columns.len()].contains(column)
+                        })
+                })
+            })
+            .map(|constraint| super::findings::UnindexedForeignKey {
+                table: self.name_of(constraint.table),
+                name: constraint.name.clone(),
+            })
+            .collect()
     }
 
     /// The relation's name, or its oid when it is not a user relation.

@@ -1,0 +1,161 @@
+//! `fleetshift migrate rehearse`: the pending revisions run on a sampled copy of one database
+//! under the tracer ([`fleetshift_common::rehearsal`]); the report names every hazard with the
+//! statement, its lock and how long it was held.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use fleetshift_common::rehearsal::Rehearsal;
+use fleetshift_common::rehearsal::effects::Effects;
+use fleetshift_common::rehearsal::scratch::SampleOptions;
+use serde_json::json;
+
+use super::Output;
+
+/// How much of the database the scratch copy gets.
+#[derive(Debug, Args)]
+pub(super) struct SampleArgs {
+    /// Percent of each table's blocks copied into the scratch database (TABLESAMPLE SYSTEM),
+    /// e.g. 10% or 2.5.
+    #[arg(long, default_value = "10%", value_parser = parse_percent)]
+    sample: f64,
+    /// At most this many rows per table.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_rows_per_table: u64,
+    /// The pg_dump that copies the schema.
+    #[arg(long, default_value = "pg_dump", env = "FLEETSHIFT_PG_DUMP")]
+    pg_dump: PathBuf,
+    /// The pg_restore that loads it into the scratch database.
+    #[arg(long, default_value = "pg_restore", env = "FLEETSHIFT_PG_RESTORE")]
+    pg_restore: PathBuf,
+}
+
+impl SampleArgs {
+    pub(super) fn options(&self) -> SampleOptions {
+        SampleOptions {
+            percent: self.sample,
+            max_rows_per_table: self.max_rows_per_table,
+            pg_dump: self.pg_dump.clone(),
+            pg_restore: self.pg_restore.clone(),
+        }
+    }
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    let percent: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage (e.g. 10% or 2.5)"))?;
+    if percent > 0.0 && percent <= 100.0 {
+        Ok(percent)
+    } else {
+        Err(format!("{text:?} is outside (0%, 100%]"))
+    }
+}
+
+/// Prints the rehearsal: the sample, each statement's trace, the findings.
+pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
+    if output == Output::Json {
+        let value = json!({ "passed": rehearsal.passed(), "rehearsal": rehearsal });
+        match serde_json::to_string_pretty(&value) {
+            Ok(text) => println!("{text}"),
+            Err(error) => eprintln!("error: cannot encode the result as JSON: {error}"),
+        }
+        return;
+    }
+    let sample = &rehearsal.sample;
+    println!(
+        "rehearsal of {}: a {}% sample (at most {} rows per table), built in {} ms",
+        rehearsal.shard, sample.percent, sample.max_rows_per_table, sample.build_ms
+    );
+    for table in &sample.tables {
+        let how = if table.whole {
+            "copied whole".to_owned()
+        } else {
+            format!("1 row stands for {:.1}", table.factor())
+        };
+        println!(
+            "  {:<40} {:>10} of ~{} rows ({how})",
+            table.table, table.rows_sampled, table.rows_in_shard
+        );
+    }
+    for revision in &rehearsal.revisions {
+        println!("revision {}", revision.version);
+        for run in &revision.runs {
+            for statement in &run.statements {
+                println!(
+                    "  {} ({:.1} ms{}){}",
+                    statement.place,
+                    statement.elapsed_us as f64 / 1000.0,
+                    if run.in_transaction {
+                        ""
+                    } else {
+                        ", outside a transaction"
+                    },
+                    effects_summary(&statement.effects)
+                );
+            }
+        }
+    }
+    if let Some(failure) = &rehearsal.failure {
+        println!("FAILED on the sample: {failure}");
+    }
+    if rehearsal.findings.is_empty() {
+        println!("no findings");
+    }
+    for finding in &rehearsal.findings {
+        let lock = match (&finding.lock_mode, finding.held_us) {
+            (Some(mode), Some(held)) => {
+                format!(" [{mode} held {:.1} ms]", held as f64 / 1000.0)
+            }
+            _ => String::new(),
+        };
+        println!(
+            "{} {}: {} — {}{lock}\n    {}",
+            finding.hint,
+            finding.place,
+            finding.hint.title(),
+            finding.relation,
+            finding.detail
+        );
+    }
+}
+
+/// `: locks …; rewrote …; scanned …` for one statement, or nothing.
+fn effects_summary(effects: &Effects) -> String {
+    let mut parts = Vec::new();
+    if !effects.locks.is_empty() {
+        let locks: Vec<String> = effects
+            .locks
+            .iter()
+            .map(|lock| format!("{} {}", lock.mode, lock.relation))
+            .collect();
+        parts.push(format!("locks {}", locks.join(", ")));
+    }
+    if !effects.rewritten.is_empty() {
+        parts.push(format!("rewrote {}", effects.rewritten.join(", ")));
+    }
+    if !effects.scanned.is_empty() {
+        parts.push(format!("scanned {}", effects.scanned.join(", ")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_a_percentage_in_range() {
+        assert_eq!(parse_percent("10%"), Ok(10.0));
+        assert_eq!(parse_percent("2.5"), Ok(2.5));
+        assert_eq!(parse_percent("100%"), Ok(100.0));
+        for wrong in ["0%", "150%", "-3", "ten"] {
+            assert!(parse_percent(wrong).is_err(), "{wrong}");
+        }
+    }
+}

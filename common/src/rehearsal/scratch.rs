@@ -1,0 +1,431 @@
+//! The scratch database a rehearsal runs in, beside the shard on its own server: the shard's
+//! schema from `pg_dump --schema-only` (restored with `pg_restore`), then a sample of each
+//! table's rows copied straight from the shard (`TABLESAMPLE SYSTEM`, capped per table) with
+//! triggers and foreign-key checks off (`session_replication_role = replica`), so the sample
+//! need not be closed under references; then the sequences' positions, then `ANALYZE`.
+//!
+//! fleetshift's ledger and tables of at most [`WHOLE_TABLE_BYTES`] are copied whole: sampling
+//! the blocks of a table that small keeps all or nothing. Scratch databases are named
+//! [`SCRATCH_PREFIX`]…, and [`Scratch::drop_database`] drops one `WITH (FORCE)`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use futures_util::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
+
+use super::RehearsalError;
+use crate::engine::{DatabaseMessage, quote_identifier};
+use crate::pg_client::{ClientCredentials, client_command, run_to_end};
+use crate::secrets::DatabaseUrl;
+
+/// Every scratch database's name starts with this.
+pub const SCRATCH_PREFIX: &str = "fleetshift_rehearsal_";
+
+/// Tables this small are copied whole.
+pub const WHOLE_TABLE_BYTES: i64 = 64 * 1024;
+
+/// Where the configuration names the client programs, for errors.
+const PROGRAMS: &str = "--pg-dump / --pg-restore";
+
+/// How much of the shard the scratch database gets.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// Percent of each table's blocks, in (0, 100].
+    pub percent: f64,
+    /// At most this many rows per table.
+    pub max_rows_per_table: u64,
+    pub pg_dump: PathBuf,
+    pub pg_restore: PathBuf,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self {
+            percent: 10.0,
+            max_rows_per_table: 1_000_000,
+            pg_dump: PathBuf::from("pg_dump"),
+            pg_restore: PathBuf::from("pg_restore"),
+        }
+    }
+}
+
+/// One table's sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampledTable {
+    pub table: String,
+    /// Rows in the shard (the planner's estimate; the sample scaled up when there is none).
+    pub rows_in_shard: i64,
+    pub bytes_in_shard: i64,
+    pub rows_sampled: u64,
+    /// Copied whole (the ledger, or a table of at most [`WHOLE_TABLE_BYTES`]).
+    pub whole: bool,
+}
+
+impl SampledTable {
+    /// How many of the shard's rows each sampled row stands for (1 for a whole copy).
+    pub fn factor(&self) -> f64 {
+        if self.whole || self.rows_sampled == 0 {
+            return 1.0;
+        }
+        (self.rows_in_shard.max(0) as f64 / self.rows_sampled as f64).max(1.0)
+    }
+}
+
+/// What the scratch database holds of the shard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SampleReport {
+    pub percent: f64,
+    pub max_rows_per_table: u64,
+    pub tables: Vec<SampledTable>,
+    pub build_ms: u64,
+}
+
+/// A scratch database, until dropped.
+#[derive(Debug)]
+pub struct Scratch {
+    name: String,
+    /// The shard's server, connected to the shard's database (never to the scratch one).
+    server: PgConnectOptions,
+    url: DatabaseUrl,
+    shard: String,
+}
+
+/// A user table as the shard's catalog describes it.
+struct SourceTable {
+    name: String,
+    columns: String,
+    bytes: i64,
+    estimate: i64,
+    whole: bool,
+}
+
+impl Scratch {
+    /// Creates the scratch database beside `shard` and fills it; dropped again if filling fails.
+    pub async fn build(
+        shard: &DatabaseUrl,
+        options: &SampleOptions,
+    ) -> Result<(Self, SampleReport), RehearsalError> {
+        let started = Instant::now();
+        let name = format!(
+            "{SCRATCH_PREFIX}{}_{:08x}",
+            std::process::id(),
+            rand_suffix()
+        );
+        let server: PgConnectOptions = shard
+            .expose()
+            .parse()
+            .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;
+        let url = DatabaseUrl::new(scratch_url(shard, &name)?);
+        let scratch = Self {
+            name,
+            server,
+            url,
+            shard: shard.masked(),
+        };
+        let mut source = scratch.connect_server().await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE DATABASE {}",
+            quote_identifier(&scratch.name)
+        )))
+        .execute(&mut source)
+        .await
+        .map_err(|error| RehearsalError::CannotCreate {
+            shard: scratch.shard.clone(),
+            detail: DatabaseMessage(&error).to_string(),
+        })?;
+        match scratch.fill(shard, &mut source, options).await {
+            Ok(tables) => {
+                let _ = source.close().await;
+                let report = SampleReport {
+                    percent: options.percent,
+                    max_rows_per_table: options.max_rows_per_table,
+                    tables,
+                    build_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                };
+                Ok((scratch, report))
+            }
+            Err(error) => {
+                let _ = source.close().await;
+                if let Err(dropped) = scratch.drop_database().await {
+                    tracing::warn!(%dropped, "the scratch database of a failed rehearsal was not dropped");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The scratch database's URL (same server and credentials as the shard).
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The shard it copies, for messages (never credentials).
+    pub fn shard(&self) -> &str {
+        &self.shard
+    }
+
+    /// Drops the scratch database, ending any connection still in it.
+    pub async fn drop_database(&self) -> Result<(), RehearsalError> {
+        let mut server = self.connect_server().await?;
+        let dropped = sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_identifier(&self.name)
+        )))
+        .execute(&mut server)
+        .await;
+        let _ = server.close().await;
+        dropped
+            .map(drop)
+            .map_err(|error| RehearsalError::NotDropped {
+                shard: self.shard.clone(),
+                database: self.name.clone(),
+                detail: DatabaseMessage(&error).to_string(),
+            })
+    }
+
+    async fn connect_server(&self) -> Result<PgConnection, RehearsalError> {
+        self.server
+            .connect()
+            .await
+            .map_err(|error| RehearsalError::Build {
+                shard: self.shard.clone(),
+                step: "connecting to the shard's server".to_owned(),
+                detail: DatabaseMessage(&error).to_string(),
+            })
+    }
+
+    async fn fill(
+        &self,
+        shard: &DatabaseUrl,
+        source: &mut PgConnection,
+        options: &SampleOptions,
+    ) -> Result<Vec<SampledTable>, RehearsalError> {
+        self.copy_schema(shard, options).await?;
+        let failed = |step: &'static str| {
+            move |error: sqlx::Error| RehearsalError::Build {
+                shard: self.shard.clone(),
+                step: step.to_owned(),
+                detail: DatabaseMessage(&error).to_string(),
+            }
+        };
+        let mut target = self
+            .server
+            .clone()
+            .database(&self.name)
+            .connect()
+            .await
+            .map_err(failed("connecting to the scratch database"))?;
+        sqlx::raw_sql("SET session_replication_role = replica")
+            .execute(&mut target)
+            .await
+            .map_err(failed(
+                "turning triggers and foreign-key checks off (the user needs superuser or the shard's ownership)",
+            ))?;
+        let tables = source_tables(source)
+            .await
+            .map_err(failed("listing the shard's tables"))?;
+        let mut sampled = Vec::with_capacity(tables.len());
+        for table in tables {
+            let rows = copy_rows(source, &mut target, &table, options)
+                .await
+                .map_err(failed("copying a sample of the rows"))?;
+            sampled.push(SampledTable {
+                rows_in_shard: if table.estimate >= 0 {
+                    table.estimate
+                } else {
+                    scaled(rows, options.percent, table.whole)
+                },
+                table: table.name,
+                bytes_in_shard: table.bytes,
+                rows_sampled: rows,
+                whole: table.whole,
+            });
+        }
+        copy_sequences(source, &mut target)
+            .await
+            .map_err(failed("setting the sequences"))?;
+        sqlx::raw_sql("RESET session_replication_role; ANALYZE")
+            .execute(&mut target)
+            .await
+            .map_err(failed("analysing the sample"))?;
+        let _ = target.close().await;
+        Ok(sampled)
+    }
+
+    /// `pg_dump --schema-only` of the shard, restored into the scratch database without owners
+    /// or privileges (the rehearsal's user owns everything there).
+    async fn copy_schema(
+        &self,
+        shard: &DatabaseUrl,
+        options: &SampleOptions,
+    ) -> Result<(), RehearsalError> {
+        let failed = |step: &str, detail: String| RehearsalError::Build {
+            shard: self.shard.clone(),
+            step: step.to_owned(),
+            detail,
+        };
+        let credentials = ClientCredentials::from_url(shard)
+            .map_err(|detail| failed("reading the database URL", detail))?;
+        let directory = tempfile::Builder::new()
+            .prefix("fleetshift-rehearsal-")
+            .tempdir()
+            .map_err(|error| failed("making a directory for the schema dump", error.to_string()))?;
+        let dump = directory.path().join("schema.dump");
+        let mut command = client_command(&options.pg_dump, Some(&credentials));
+        command
+            .arg("--no-password")
+            .arg("--schema-only")
+            .arg("--format=custom")
+            .arg("--file")
+            .arg(&dump)
+            .arg("--dbname")
+            .arg(credentials.conninfo());
+        run_to_end(command, &options.pg_dump, "pg_dump --schema-only", PROGRAMS)
+            .await
+            .map_err(|detail| failed("dumping the shard's schema", detail))?;
+        let mut command = client_command(&options.pg_restore, Some(&credentials));
+        command
+            .arg("--no-password")
+            .arg("--no-owner")
+            .arg("--no-privileges")
+            .arg("--exit-on-error")
+            .arg("--dbname")
+            .arg(credentials.conninfo_for(&self.name))
+            .arg(&dump);
+        run_to_end(command, &options.pg_restore, "pg_restore", PROGRAMS)
+            .await
+            .map_err(|detail| failed("restoring the schema into the scratch database", detail))?;
+        Ok(())
+    }
+}
+
+/// The shard's URL with the scratch database's name in place of the shard's.
+fn scratch_url(shard: &DatabaseUrl, name: &str) -> Result<String, RehearsalError> {
+    let mut parsed = url::Url::parse(shard.expose())
+        .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(parsed.to_string())
+}
+
+/// Distinguishes the scratch databases of one process: the clock, and a counter for two made
+/// within the clock's resolution.
+fn rand_suffix() -> u32 {
+    static MADE: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    nanos.wrapping_add(
+        MADE.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9),
+    )
+}
+
+/// The sample scaled back up to the table, when the planner has no estimate.
+fn scaled(rows: u64, percent: f64, whole: bool) -> i64 {
+    let rows = rows as f64;
+    let estimate = if whole { rows } else { rows * 100.0 / percent };
+    estimate.round() as i64
+}
+
+/// The shard's ordinary tables (leaf partitions included), except those of extensions.
+async fn source_tables(source: &mut PgConnection) -> Result<Vec<SourceTable>, sqlx::Error> {
+    let rows: Vec<(String, String, i64, i64, bool)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, c.relname),
+                (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                 FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = ''),
+                pg_relation_size(c.oid), c.reltuples::int8,
+                n.nspname = 'fleetshift'
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg\\_toast%'
+           AND NOT EXISTS (SELECT FROM pg_depend d
+                           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                             AND d.deptype = 'e')
+         ORDER BY 1",
+    )
+    .fetch_all(source)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, columns, bytes, estimate, ledger)| SourceTable {
+            name,
+            columns,
+            bytes,
+            estimate,
+            whole: ledger || bytes <= WHOLE_TABLE_BYTES,
+        })
+        .collect())
+}
+
+/// Streams the table's sample from the shard into the scratch database; the rows copied.
+async fn copy_rows(
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+    table: &SourceTable,
+    options: &SampleOptions,
+) -> Result<u64, sqlx::Error> {
+    if table.columns.is_empty() {
+        return Ok(0);
+    }
+    let sample = if table.whole {
+        String::new()
+    } else {
+        format!(" TABLESAMPLE SYSTEM ({})", options.percent)
+    };
+    let limit = if table.name.starts_with("fleetshift.") {
+        String::new()
+    } else {
+        format!(" LIMIT {}", options.max_rows_per_table)
+    };
+    let mut writer = target
+        .copy_in_raw(&format!(
+            "COPY {} ({}) FROM STDIN",
+            table.name, table.columns
+        ))
+        .await?;
+    let mut reader = source
+        .copy_out_raw(&format!(
+            "COPY (SELECT {} FROM {}{sample}{limit}) TO STDOUT",
+            table.columns, table.name
+        ))
+        .await?;
+    while let Some(chunk) = reader.try_next().await? {
+        writer.send(chunk).await?;
+    }
+    writer.finish().await
+}
+
+/// Each sequence where the shard's is, so rows a revision inserts do not collide with sampled
+/// ones.
+async fn copy_sequences(
+    source: &mut PgConnection,
+    target: &mut PgConnection,
+) -> Result<(), sqlx::Error> {
+    let sequences: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(source)
+    .await?;
+    for (sequence, last_value) in sequences {
+        if let Some(last_value) = last_value {
+            sqlx::query("SELECT setval($1::regclass, $2)")
+                .bind(&sequence)
+                .bind(last_value)
+                .execute(&mut *target)
+                .await?;
+        }
+    }
+    Ok(())
+}
