@@ -32,6 +32,7 @@ use crate::error::ExecError;
 use crate::executor::{Executor, ExecutorSettings, Identity, Request};
 use crate::secrets::DatabaseUrl;
 use crate::source::MigrationSet;
+use crate::touched::{ForeignKeyClause, added_foreign_keys};
 
 /// Why a rehearsal could not run (a revision failing on the sample is a result, not this).
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +111,13 @@ pub async fn rehearse(
     request: &Request,
     settings: &RehearsalSettings,
 ) -> Result<Rehearsal, RehearsalError> {
-    let (scratch, sample) = Scratch::build(shard, &settings.sample).await?;
+    let references: Vec<ForeignKeyClause> = set
+        .revisions
+        .iter()
+        .flat_map(|revision| revision.up.statements())
+        .flat_map(added_foreign_keys)
+        .collect();
+    let (scratch, sample) = Scratch::build(shard, &settings.sample, &references).await?;
     let outcome = run_traced(&scratch, set, request, settings).await;
     let dropped = scratch.drop_database().await;
     let (runs, failure, unindexed) = outcome?;

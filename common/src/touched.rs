@@ -120,6 +120,71 @@ pub fn altered_columns(statement: &Statement) -> Vec<(String, &'static str)> {
     altered
 }
 
+/// A `FOREIGN KEY (…) REFERENCES …` clause of an `ALTER TABLE`: the columns it constrains
+/// and what they reference (names as written, unquoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignKeyClause {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub referenced: String,
+    /// Empty: the referenced table's primary key.
+    pub referenced_columns: Vec<String>,
+}
+
+/// The table-level foreign keys an `ALTER TABLE` adds.
+pub fn added_foreign_keys(statement: &Statement) -> Vec<ForeignKeyClause> {
+    let Some(touch) = touched(statement).filter(|touch| touch.operation == "ALTER TABLE") else {
+        return Vec::new();
+    };
+    let tokens: Vec<&str> = statement.tokens().collect();
+    let upper: Vec<String> = tokens
+        .iter()
+        .map(|token| token.to_ascii_uppercase())
+        .collect();
+    let mut clauses = Vec::new();
+    for index in 0..upper.len() {
+        if upper[index] != "FOREIGN" || upper.get(index + 1).map(String::as_str) != Some("KEY") {
+            continue;
+        }
+        let (columns, after) = parenthesised(&tokens, index + 2);
+        if columns.is_empty() || upper.get(after).map(String::as_str) != Some("REFERENCES") {
+            continue;
+        }
+        let Some(name) = tokens.get(after + 1) else {
+            continue;
+        };
+        let (referenced, next) = match (tokens.get(after + 2), tokens.get(after + 3)) {
+            (Some(&"."), Some(rest)) => (format!("{}.{}", unquote(name), unquote(rest)), after + 4),
+            _ => (unquote(name), after + 2),
+        };
+        let (referenced_columns, _) = parenthesised(&tokens, next);
+        clauses.push(ForeignKeyClause {
+            table: touch.table.clone(),
+            columns,
+            referenced,
+            referenced_columns,
+        });
+    }
+    clauses
+}
+
+/// `( a , b )` starting at `start`: the names, and the index after the `)`; nothing when
+/// `start` is not a `(`.
+fn parenthesised(tokens: &[&str], start: usize) -> (Vec<String>, usize) {
+    if tokens.get(start) != Some(&"(") {
+        return (Vec::new(), start);
+    }
+    let mut names = Vec::new();
+    for (offset, token) in tokens[start + 1..].iter().enumerate() {
+        match *token {
+            ")" => return (names, start + offset + 2),
+            "," => {}
+            name => names.push(unquote(name)),
+        }
+    }
+    (Vec::new(), start)
+}
+
 fn unquote(name: &str) -> String {
     name.trim_matches('"').to_owned()
 }
@@ -128,6 +193,33 @@ fn unquote(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::statements::split;
+
+    #[test]
+    fn the_foreign_keys_an_alter_table_adds_are_read_with_their_columns() {
+        let statements = split(
+            "ALTER TABLE shop.books ADD CONSTRAINT fk FOREIGN KEY (author_id, \"Region\") REFERENCES shop.authors (id, region) NOT VALID;
+             ALTER TABLE books ADD FOREIGN KEY (author_id) REFERENCES authors;
+             ALTER TABLE books ADD COLUMN shelf integer REFERENCES shelves;
+             CREATE TABLE x (a integer, FOREIGN KEY (a) REFERENCES y (b));",
+        );
+        let keys: Vec<Vec<ForeignKeyClause>> = statements.iter().map(added_foreign_keys).collect();
+        assert_eq!(
+            keys[0],
+            [ForeignKeyClause {
+                table: "shop.books".to_owned(),
+                columns: vec!["author_id".to_owned(), "Region".to_owned()],
+                referenced: "shop.authors".to_owned(),
+                referenced_columns: vec!["id".to_owned(), "region".to_owned()],
+            }]
+        );
+        assert_eq!(keys[1][0].referenced, "authors");
+        assert!(keys[1][0].referenced_columns.is_empty());
+        assert!(
+            keys[2].is_empty(),
+            "a new column is NULL everywhere: nothing to close"
+        );
+        assert!(keys[3].is_empty(), "a new table is empty");
+    }
 
     fn touch(sql: &str) -> Option<(String, &'static str, &'static str)> {
         touched(&split(sql)[0]).map(|touch| (touch.table, touch.operation, touch.lock))

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use fleetshift_common::rehearsal::Rehearsal;
 use fleetshift_common::rehearsal::effects::Effects;
+use fleetshift_common::rehearsal::findings::strongest_locks;
 use fleetshift_common::rehearsal::scratch::SampleOptions;
 use serde_json::json;
 
@@ -69,11 +70,17 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
         rehearsal.shard, sample.percent, sample.max_rows_per_table, sample.build_ms
     );
     for table in &sample.tables {
-        let how = if table.whole {
+        let mut how = if table.whole {
             "copied whole".to_owned()
         } else {
             format!("1 row stands for {:.1}", table.factor())
         };
+        if table.rows_removed > 0 {
+            how.push_str(&format!(
+                "; {} removed: they referenced rows outside the sample",
+                table.rows_removed
+            ));
+        }
         println!(
             "  {:<40} {:>10} of ~{} rows ({how})",
             table.table, table.rows_sampled, table.rows_in_shard
@@ -125,9 +132,8 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
 fn effects_summary(effects: &Effects) -> String {
     let mut parts = Vec::new();
     if !effects.locks.is_empty() {
-        let locks: Vec<String> = effects
-            .locks
-            .iter()
+        let locks: Vec<String> = strongest_locks(&effects.locks)
+            .into_iter()
             .map(|lock| format!("{} {}", lock.mode, lock.relation))
             .collect();
         parts.push(format!("locks {}", locks.join(", ")));

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Type};
 use tracing::Instrument as _;
 
-use super::{FencedTransaction, TxError, bookkeeping_error, statement_error};
+use super::{FencedTransaction, TxError, VersionTableRows, bookkeeping_error, statement_error};
 use crate::fence::FenceToken;
-use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
+use crate::ledger::{Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::Script;
 use crate::statements::Statement;
 use crate::telemetry::traces::{mark_failed, statement_span};
@@ -121,28 +121,7 @@ where
             current: FenceToken::from_raw(current),
         });
     }
-    let versions = work.guard.versions();
-    if !versions.is_empty() {
-        let placeholders: Vec<String> = (1..=versions.len()).map(|n| format!("${n}")).collect();
-        let query_text = format!(
-            "SELECT version, status FROM {} WHERE version IN ({})",
-            sql.history_table,
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_as::<DB, (String, String)>(AssertSqlSafe(query_text));
-        for version in &versions {
-            query = query.bind(version.as_str());
-        }
-        let rows = query
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("reading the ledger"))?;
-        let observed: HashMap<String, RevisionStatus> = rows
-            .into_iter()
-            .filter_map(|(version, status)| Some((version, RevisionStatus::parse(&status)?)))
-            .collect();
-        work.guard.check(&observed).map_err(TxError::Guard)?;
-    }
+    check_guard::<DB>(connection, sql, work.guard).await?;
     let observing = bookkeeping_error("tracing the revision's statements");
     observer
         .before_body(&mut *connection)
@@ -179,20 +158,7 @@ where
             .map_err(bookkeeping_error("recording the revision"))?;
     }
     if let Some(rows) = work.version_table {
-        let table = rows.table.as_str();
-        sqlx::query::<DB>(AssertSqlSafe(format!("DELETE FROM {table}")))
-            .execute(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
-        for head in &rows.heads {
-            sqlx::query::<DB>(AssertSqlSafe(format!(
-                "INSERT INTO {table} (version_num) VALUES ($1)"
-            )))
-            .bind(head.as_str())
-            .execute(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
-        }
+        rewrite_version_table::<DB>(connection, rows).await?;
     }
     if let Some(audit) = work.audit {
         sqlx::query::<DB>(sql.insert_audit)
@@ -206,6 +172,73 @@ where
             .map_err(bookkeeping_error("recording the audit entry"))?;
     }
     Ok(durations)
+}
+
+/// Reads the guarded versions' statuses in the transaction and checks the guard.
+async fn check_guard<DB>(
+    connection: &mut DB::Connection,
+    sql: &LedgerSql,
+    guard: &Guard,
+) -> Result<(), TxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let versions = guard.versions();
+    if !versions.is_empty() {
+        let placeholders: Vec<String> = (1..=versions.len()).map(|n| format!("${n}")).collect();
+        let query_text = format!(
+            "SELECT version, status FROM {} WHERE version IN ({})",
+            sql.history_table,
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<DB, (String, String)>(AssertSqlSafe(query_text));
+        for version in &versions {
+            query = query.bind(version.as_str());
+        }
+        let rows = query
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("reading the ledger"))?;
+        let observed: HashMap<String, RevisionStatus> = rows
+            .into_iter()
+            .filter_map(|(version, status)| Some((version, RevisionStatus::parse(&status)?)))
+            .collect();
+        guard.check(&observed).map_err(TxError::Guard)?;
+    }
+    Ok(())
+}
+
+/// Replaces an Alembic version table's rows with `rows.heads`.
+async fn rewrite_version_table<DB>(
+    connection: &mut DB::Connection,
+    rows: &VersionTableRows,
+) -> Result<(), TxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let table = rows.table.as_str();
+    sqlx::query::<DB>(AssertSqlSafe(format!("DELETE FROM {table}")))
+        .execute(&mut *connection)
+        .await
+        .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
+    for head in &rows.heads {
+        sqlx::query::<DB>(AssertSqlSafe(format!(
+            "INSERT INTO {table} (version_num) VALUES ($1)"
+        )))
+        .bind(head.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
+    }
+    Ok(())
 }
 
 fn upsert<'q, DB>(

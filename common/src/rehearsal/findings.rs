@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::effects::Effects;
+use super::effects::{Effects, LockTaken};
 use super::tracer::{TracedRun, TracedStatement};
 
 /// The hazards a trace shows, by eugene's hint ids.
@@ -157,6 +157,22 @@ pub fn blocks_writes(mode: &str) -> bool {
     strength(mode) >= strength("ShareLock")
 }
 
+/// The strongest of `locks` on each relation, in the order the relations first appear.
+pub fn strongest_locks(locks: &[LockTaken]) -> Vec<&LockTaken> {
+    let mut strongest: Vec<&LockTaken> = Vec::new();
+    for lock in locks {
+        match strongest
+            .iter_mut()
+            .find(|kept| kept.relation == lock.relation)
+        {
+            Some(kept) if strength(&kept.mode) < strength(&lock.mode) => *kept = lock,
+            Some(_) => {}
+            None => strongest.push(lock),
+        }
+    }
+    strongest
+}
+
 /// Every finding of a rehearsal's trace, in the order the statements ran.
 pub fn findings(revisions: &[RevisionTrace], unindexed: &[UnindexedForeignKey]) -> Vec<Finding> {
     let mut found = Vec::new();
@@ -236,6 +252,13 @@ fn altered_tables(effects: &Effects) -> Vec<String> {
 }
 
 fn statement_findings(at: &At<'_>, unindexed: &[UnindexedForeignKey], found: &mut Vec<Finding>) {
+    constraint_findings(at, unindexed, found);
+    column_findings(at, found);
+    lock_findings(at, found);
+}
+
+/// E1, E7, E8, W14 and E15: what the constraints a statement added did.
+fn constraint_findings(at: &At<'_>, unindexed: &[UnindexedForeignKey], found: &mut Vec<Finding>) {
     let effects = &at.statement.effects;
     for constraint in &effects.constraints_added {
         let table = constraint.table.as_str();
@@ -269,6 +292,11 @@ fn statement_findings(at: &At<'_>, unindexed: &[UnindexedForeignKey], found: &mu
             at.push(found, Hint::E15, table, format!("no index on {table} leads with the columns of foreign key {} ({}): every delete or key update of the referenced table scans {table}", constraint.name, constraint.columns.join(", ")));
         }
     }
+}
+
+/// E2, E3, E11 and E5: what the statement did to columns.
+fn column_findings(at: &At<'_>, found: &mut Vec<Finding>) {
+    let effects = &at.statement.effects;
     for column in &effects.not_null_set {
         let table = column
             .rsplit_once('.')
@@ -305,6 +333,11 @@ fn statement_findings(at: &At<'_>, unindexed: &[UnindexedForeignKey], found: &mu
             );
         }
     }
+}
+
+/// E6, E10, E9 and W13: index builds, rewrites under lock, unbounded lock waits, enums.
+fn lock_findings(at: &At<'_>, found: &mut Vec<Finding>) {
+    let effects = &at.statement.effects;
     for index in &effects.indexes_built {
         if !index.concurrently && !index.for_constraint {
             at.push(found, Hint::E6, &index.table, format!("index {} was built in a transaction, blocking writes to {}; use CREATE INDEX CONCURRENTLY", index.name, index.table));

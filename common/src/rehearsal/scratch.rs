@@ -21,6 +21,7 @@ use super::RehearsalError;
 use crate::engine::{DatabaseMessage, quote_identifier};
 use crate::pg_client::{ClientCredentials, client_command, run_to_end};
 use crate::secrets::DatabaseUrl;
+use crate::touched::ForeignKeyClause;
 
 /// Every scratch database's name starts with this.
 pub const SCRATCH_PREFIX: &str = "fleetshift_rehearsal_";
@@ -61,6 +62,9 @@ pub struct SampledTable {
     pub rows_in_shard: i64,
     pub bytes_in_shard: i64,
     pub rows_sampled: u64,
+    /// Sampled rows removed because they reference rows outside the sample, through a foreign
+    /// key the revisions add (validating it on the sample would fail otherwise).
+    pub rows_removed: u64,
     /// Copied whole (the ledger, or a table of at most [`WHOLE_TABLE_BYTES`]).
     pub whole: bool,
 }
@@ -68,10 +72,11 @@ pub struct SampledTable {
 impl SampledTable {
     /// How many of the shard's rows each sampled row stands for (1 for a whole copy).
     pub fn factor(&self) -> f64 {
-        if self.whole || self.rows_sampled == 0 {
+        let kept = self.rows_sampled.saturating_sub(self.rows_removed);
+        if self.whole || kept == 0 {
             return 1.0;
         }
-        (self.rows_in_shard.max(0) as f64 / self.rows_sampled as f64).max(1.0)
+        (self.rows_in_shard.max(0) as f64 / kept as f64).max(1.0)
     }
 }
 
@@ -108,6 +113,7 @@ impl Scratch {
     pub async fn build(
         shard: &DatabaseUrl,
         options: &SampleOptions,
+        references: &[ForeignKeyClause],
     ) -> Result<(Self, SampleReport), RehearsalError> {
         let started = Instant::now();
         let name = format!(
@@ -137,7 +143,7 @@ impl Scratch {
             shard: scratch.shard.clone(),
             detail: DatabaseMessage(&error).to_string(),
         })?;
-        match scratch.fill(shard, &mut source, options).await {
+        match scratch.fill(shard, &mut source, options, references).await {
             Ok(tables) => {
                 let _ = source.close().await;
                 let report = SampleReport {
@@ -207,6 +213,7 @@ impl Scratch {
         shard: &DatabaseUrl,
         source: &mut PgConnection,
         options: &SampleOptions,
+        references: &[ForeignKeyClause],
     ) -> Result<Vec<SampledTable>, RehearsalError> {
         self.copy_schema(shard, options).await?;
         let failed = |step: &'static str| {
@@ -246,8 +253,14 @@ impl Scratch {
                 table: table.name,
                 bytes_in_shard: table.bytes,
                 rows_sampled: rows,
+                rows_removed: 0,
                 whole: table.whole,
             });
+        }
+        for (table, removed) in close_under(&mut target, references).await {
+            if let Some(sampled) = sampled.iter_mut().find(|sampled| sampled.table == table) {
+                sampled.rows_removed += removed;
+            }
         }
         copy_sequences(source, &mut target)
             .await
@@ -404,6 +417,94 @@ async fn copy_rows(
         writer.send(chunk).await?;
     }
     writer.finish().await
+}
+
+/// Removes the sampled rows that a foreign key the revisions add would find dangling: the
+/// sample is not closed under references, the shard is. A clause whose tables do not exist
+/// yet (an earlier revision creates them) is skipped. Rows removed per table.
+async fn close_under(
+    target: &mut PgConnection,
+    references: &[ForeignKeyClause],
+) -> Vec<(String, u64)> {
+    let mut removed = Vec::new();
+    for clause in references {
+        match close_one(target, clause).await {
+            Ok(Some((table, rows))) => removed.push((table, rows)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(table = %clause.table, referenced = %clause.referenced, error = %DatabaseMessage(&error), "not closing the sample under this foreign key");
+            }
+        }
+    }
+    removed
+}
+
+async fn close_one(
+    target: &mut PgConnection,
+    clause: &ForeignKeyClause,
+) -> Result<Option<(String, u64)>, sqlx::Error> {
+    let referenced_columns = if clause.referenced_columns.is_empty() {
+        let key: Option<Vec<String>> = sqlx::query_scalar(
+            "SELECT array_agg(a.attname::text ORDER BY k.n)
+             FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_attribute a ON a.attnum = k.attnum
+             WHERE i.indrelid = to_regclass($1) AND i.indisprimary
+               AND a.attrelid = i.indrelid",
+        )
+        .bind(quoted_name(&clause.referenced))
+        .fetch_one(&mut *target)
+        .await?;
+        key.unwrap_or_default()
+    } else {
+        clause.referenced_columns.clone()
+    };
+    if referenced_columns.len() != clause.columns.len() {
+        return Ok(None);
+    }
+    let present: Vec<String> = clause
+        .columns
+        .iter()
+        .map(|column| format!("r.{} IS NOT NULL", quote_identifier(column)))
+        .collect();
+    let matching: Vec<String> = clause
+        .columns
+        .iter()
+        .zip(&referenced_columns)
+        .map(|(column, referenced)| {
+            format!(
+                "p.{} = r.{}",
+                quote_identifier(referenced),
+                quote_identifier(column)
+            )
+        })
+        .collect();
+    let table = quoted_name(&clause.table);
+    let deleted = sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET session_replication_role = replica;
+         DELETE FROM {table} AS r WHERE {} AND NOT EXISTS (SELECT FROM {} AS p WHERE {});
+         RESET session_replication_role",
+        present.join(" AND "),
+        quoted_name(&clause.referenced),
+        matching.join(" AND ")
+    )))
+    .execute(&mut *target)
+    .await?;
+    let qualified: String = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+    )
+    .bind(&table)
+    .fetch_one(&mut *target)
+    .await?;
+    Ok(Some((qualified, deleted.rows_affected())))
+}
+
+/// `schema.table` or `table`, each part quoted.
+fn quoted_name(name: &str) -> String {
+    name.split('.')
+        .map(quote_identifier)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Each sequence where the shard's is, so rows a revision inserts do not collide with sampled

@@ -14,6 +14,8 @@ use fleetshift_tests::postgres::PostgresCluster;
 
 use super::support;
 
+mod cli;
+
 /// Revision 1 of every case, applied to the shard before the rehearsal: tables with rows.
 const BASE: &str = "
 CREATE TABLE authors (id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text,
@@ -300,4 +302,60 @@ async fn the_trace_shows_the_locks_scans_and_rewrites_the_findings_rest_on() {
     let built = statement(&concurrent, "2").effects.indexes_built;
     assert_eq!(built.len(), 1);
     assert!(built[0].concurrently, "{built:?}");
+}
+
+#[tokio::test]
+async fn a_sample_is_closed_under_the_foreign_keys_the_revisions_add() {
+    let cluster = PostgresCluster::start().expect("cluster");
+    let url = cluster.create_database("closed").await.expect("database");
+    let directory = fixtures::migrations(&[
+        ("1_base.sql", BASE),
+        (
+            "2_books_author.sql",
+            "ALTER TABLE books ADD CONSTRAINT books_author FOREIGN KEY (author_id) REFERENCES authors;",
+        ),
+    ]);
+    let set = MigrationSet::load(directory.path(), None).expect("set");
+    let shard = support::postgres(&url).await;
+    Executor::new(
+        &shard,
+        support::identity("setup", None),
+        support::quick_settings(),
+    )
+    .up(
+        &set,
+        &Request {
+            target: Some("1".to_owned()),
+            allow_drift: None,
+        },
+    )
+    .await
+    .expect("base applied");
+    // The first 100 authors (ids 1–100) and the first 100 books (authors 2–101): one book
+    // references an author outside the sample.
+    let mut settings = settings(&cluster, 100.0);
+    settings.sample.max_rows_per_table = 100;
+    let rehearsal =
+        rehearsal::rehearse(&DatabaseUrl::new(url), &set, &Request::default(), &settings)
+            .await
+            .expect("rehearsal ran");
+    assert!(rehearsal.failure.is_none(), "{rehearsal:#?}");
+    let books = rehearsal
+        .sample
+        .tables
+        .iter()
+        .find(|table| table.table == "public.books")
+        .expect("books sampled");
+    assert_eq!(
+        (books.rows_sampled, books.rows_removed),
+        (100, 1),
+        "{books:?}"
+    );
+    assert!(
+        rehearsal
+            .findings
+            .iter()
+            .any(|finding| finding.hint == Hint::E1 && finding.relation == "public.books"),
+        "{rehearsal:#?}"
+    );
 }

@@ -1,0 +1,160 @@
+//! `fleetshift migrate rehearse` on a real server: a sampled copy, the hazard reported with
+//! exit 11, the database itself untouched and no scratch database left behind.
+
+use fleetshift_tests::{binary, fixtures};
+use sqlx::PgPool;
+
+use crate::integration::support::{self, assert_exit};
+
+const EVENTS: &str = "
+CREATE TABLE events (id bigint PRIMARY KEY, kind text, payload text);
+INSERT INTO events SELECT g, 'k' || (g % 7), repeat('x', 60) FROM generate_series(1, 100000) g;
+CREATE TABLE settings (name text PRIMARY KEY, value text);
+INSERT INTO settings VALUES ('mode', 'live'), ('region', 'eu');
+";
+
+/// Everything a rehearsal must not change: relations and their storage, constraints, the
+/// ledger's rows.
+async fn snapshot(admin: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT concat_ws(' | ',
+            (SELECT string_agg(relname || ':' || relfilenode, ',' ORDER BY relname)
+             FROM pg_class WHERE relnamespace = 'public'::regnamespace),
+            (SELECT string_agg(conname || ':' || convalidated, ',' ORDER BY conname)
+             FROM pg_constraint WHERE connamespace = 'public'::regnamespace),
+            (SELECT string_agg(version || ':' || status, ',' ORDER BY version)
+             FROM fleetshift.history),
+            (SELECT count(*) FROM events)::text)",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("snapshot")
+}
+
+async fn scratch_databases(admin: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'fleetshift\\_rehearsal\\_%'",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("databases")
+}
+
+fn table<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["rehearsal"]["sample"]["tables"]
+        .as_array()
+        .and_then(|tables| tables.iter().find(|table| table["table"] == name))
+        .unwrap_or_else(|| panic!("{name} in the sample: {report:#}"))
+}
+
+#[tokio::test]
+async fn a_sampled_rehearsal_reports_the_hazard_and_leaves_the_database_as_it_was() {
+    let database = support::database("shop").await;
+    let directory = fixtures::migrations(&[
+        ("1_events.sql", EVENTS),
+        (
+            "2_payload_present.sql",
+            "ALTER TABLE events ADD CONSTRAINT payload_present CHECK (payload IS NOT NULL);",
+        ),
+    ]);
+    let dir = support::dir(&directory);
+    let pg_dump = database.cluster.binaries().join("pg_dump");
+    let pg_restore = database.cluster.binaries().join("pg_restore");
+    let tools = [
+        "--pg-dump",
+        pg_dump.to_str().expect("utf-8"),
+        "--pg-restore",
+        pg_restore.to_str().expect("utf-8"),
+    ];
+    let applied = binary::run(&database.url, &["migrate", "up", "--dir", dir, "--to", "1"]);
+    assert_exit(&applied, 0);
+    let before = snapshot(&database.admin).await;
+
+    let mut arguments = vec!["migrate", "rehearse", "--dir", dir, "--sample", "10%"];
+    arguments.extend(tools);
+    arguments.extend(["--output", "json"]);
+    let rehearsed = binary::run(&database.url, &arguments);
+    assert_exit(&rehearsed, 11);
+    let report = support::json(&rehearsed);
+    assert_eq!(report["passed"], false);
+    let events = table(&report, "public.events");
+    let sampled = events["rows_sampled"].as_u64().expect("rows");
+    assert!(
+        (2_000..=30_000).contains(&sampled),
+        "about a tenth of 100000 rows: {events}"
+    );
+    assert_eq!(events["whole"], false);
+    let settings = table(&report, "public.settings");
+    assert_eq!(settings["whole"], true);
+    assert_eq!(settings["rows_sampled"], 2);
+    let e1 = report["rehearsal"]["findings"]
+        .as_array()
+        .and_then(|findings| findings.iter().find(|finding| finding["hint"] == "E1"))
+        .unwrap_or_else(|| panic!("E1 reported: {report:#}"));
+    assert_eq!(e1["revision"], "2");
+    assert_eq!(e1["lock_mode"], "AccessExclusiveLock");
+    assert!(
+        e1["place"]
+            .as_str()
+            .is_some_and(|place| place.ends_with("2_payload_present.sql:1")),
+        "{e1}"
+    );
+
+    let mut capped = vec![
+        "migrate",
+        "rehearse",
+        "--dir",
+        dir,
+        "--sample",
+        "100",
+        "--max-rows-per-table",
+        "500",
+    ];
+    capped.extend(tools);
+    let human = binary::run(&database.url, &capped);
+    assert_exit(&human, 11);
+    let printed = binary::printed(&human);
+    assert!(printed.contains("public.events"), "{printed}");
+    assert!(
+        printed.contains("       500 of ~"),
+        "capped at 500 rows: {printed}"
+    );
+    assert!(printed.contains("E1 "), "{printed}");
+
+    assert_eq!(
+        snapshot(&database.admin).await,
+        before,
+        "the database is untouched"
+    );
+    assert_eq!(
+        scratch_databases(&database.admin).await,
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_rehearsal_refuses_what_it_cannot_do_before_touching_anything() {
+    let database = support::database("refusals").await;
+    let directory = fixtures::migrations(&[("1_t.sql", "CREATE TABLE t (id integer);")]);
+    let dir = support::dir(&directory);
+    let zero = binary::run(
+        &database.url,
+        &["migrate", "rehearse", "--dir", dir, "--sample", "0%"],
+    );
+    assert_exit(&zero, 2);
+    assert!(binary::printed(&zero).contains("outside (0%, 100%]"));
+    let sqlite = binary::run(
+        "sqlite:/tmp/fleetshift-rehearsal-refused.db",
+        &["migrate", "rehearse", "--dir", dir],
+    );
+    assert_exit(&sqlite, 2);
+    assert!(
+        binary::printed(&sqlite).contains("rehearsals need PostgreSQL"),
+        "{}",
+        binary::printed(&sqlite)
+    );
+    assert_eq!(
+        scratch_databases(&database.admin).await,
+        Vec::<String>::new()
+    );
+}
