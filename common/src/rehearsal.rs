@@ -6,6 +6,7 @@
 //! - [`catalog_state`]: one reading of the catalog and the connection's locks and scans.
 //! - [`effects`]: what one statement did, as the difference of two readings.
 //! - [`tracer`]: the readings taken around every statement a traced engine runs.
+//! - [`estimates`]: each statement's time scaled from the sample to the shard.
 //! - [`findings`]: the hazards a trace shows, with eugene's hint ids and lock hold times.
 //!
 //! [`rehearse`] puts them together: build the scratch database, run the revisions there with
@@ -15,6 +16,7 @@
 
 pub mod catalog_state;
 pub mod effects;
+pub mod estimates;
 pub mod findings;
 pub mod scratch;
 pub mod tracer;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use self::catalog_state::CatalogState;
+use self::estimates::{Scale, StatementEstimate};
 use self::findings::{Finding, RevisionTrace, UnindexedForeignKey};
 use self::scratch::{SampleOptions, SampleReport, Scratch};
 use self::tracer::{TracedRun, Tracer};
@@ -83,6 +86,8 @@ pub struct Rehearsal {
     /// The revisions that ran, with every statement's trace.
     pub revisions: Vec<RevisionTrace>,
     pub findings: Vec<Finding>,
+    /// The statements whose time grows with a table, estimated at the shard's size.
+    pub estimates: Vec<StatementEstimate>,
     /// The revision that failed on the sample, and why; the ones after it did not run.
     pub failure: Option<String>,
 }
@@ -123,12 +128,15 @@ pub async fn rehearse(
     let (runs, failure, unindexed) = outcome?;
     dropped?;
     let revisions = attribute(set, runs);
-    let findings = findings::findings(&revisions, &unindexed);
+    let scale = Scale::from_sample(&sample);
+    let findings = findings::findings(&revisions, &unindexed, &scale);
+    let estimates = estimates::estimates(&revisions, &scale);
     Ok(Rehearsal {
         shard: shard.masked(),
         sample,
         revisions,
         findings,
+        estimates,
         failure,
     })
 }

@@ -91,9 +91,9 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
         for run in &revision.runs {
             for statement in &run.statements {
                 println!(
-                    "  {} ({:.1} ms{}){}",
+                    "  {} ({}{}){}",
                     statement.place,
-                    statement.elapsed_us as f64 / 1000.0,
+                    micros(statement.elapsed_us),
                     if run.in_transaction {
                         ""
                     } else {
@@ -104,6 +104,19 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
             }
         }
     }
+    if !rehearsal.estimates.is_empty() {
+        println!("at the shard's size:");
+    }
+    for estimate in &rehearsal.estimates {
+        println!(
+            "  {}: {} on the sample x {:.1} ({}) = ~{}",
+            estimate.place,
+            micros(estimate.sample_us),
+            estimate.factor,
+            estimate.table,
+            micros(estimate.estimated_us)
+        );
+    }
     if let Some(failure) = &rehearsal.failure {
         println!("FAILED on the sample: {failure}");
     }
@@ -111,10 +124,16 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
         println!("no findings");
     }
     for finding in &rehearsal.findings {
-        let lock = match (&finding.lock_mode, finding.held_us) {
-            (Some(mode), Some(held)) => {
-                format!(" [{mode} held {:.1} ms]", held as f64 / 1000.0)
-            }
+        let lock = match (
+            &finding.lock_mode,
+            finding.held_us,
+            finding.estimated_hold_us,
+        ) {
+            (Some(mode), Some(held), Some(estimated)) => format!(
+                " [{mode} held {} on the sample, ~{} on the shard]",
+                micros(held),
+                micros(estimated)
+            ),
             _ => String::new(),
         };
         println!(
@@ -125,6 +144,16 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
             finding.relation,
             finding.detail
         );
+    }
+}
+
+/// A time in microseconds as people read it: `0.7 ms`, `12.3 s`.
+fn micros(micros: u64) -> String {
+    let millis = micros as f64 / 1000.0;
+    if millis < 1000.0 {
+        format!("{millis:.1} ms")
+    } else {
+        format!("{:.1} s", millis / 1000.0)
     }
 }
 

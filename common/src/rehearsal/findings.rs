@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::effects::{Effects, LockTaken};
+use super::estimates::{Scale, scaled};
 use super::tracer::{TracedRun, TracedStatement};
 
 /// The hazards a trace shows, by eugene's hint ids.
@@ -115,6 +116,9 @@ pub struct Finding {
     pub lock_mode: Option<String>,
     /// How long that lock was held, until the transaction ended.
     pub held_us: Option<u64>,
+    /// How long it would be held on the shard: each statement's time scaled to the shard's
+    /// size (see [`super::estimates`]).
+    pub estimated_hold_us: Option<u64>,
     /// What happened, in fleetshift's words.
     pub detail: String,
 }
@@ -174,12 +178,16 @@ pub fn strongest_locks(locks: &[LockTaken]) -> Vec<&LockTaken> {
 }
 
 /// Every finding of a rehearsal's trace, in the order the statements ran.
-pub fn findings(revisions: &[RevisionTrace], unindexed: &[UnindexedForeignKey]) -> Vec<Finding> {
+pub fn findings(
+    revisions: &[RevisionTrace],
+    unindexed: &[UnindexedForeignKey],
+    scale: &Scale,
+) -> Vec<Finding> {
     let mut found = Vec::new();
     for revision in revisions {
         let mut altered: BTreeMap<String, usize> = BTreeMap::new();
         for run in &revision.runs {
-            let locks = RunLocks::of(run);
+            let locks = RunLocks::of(run, scale);
             for (index, statement) in run.statements.iter().enumerate() {
                 let at = At {
                     revision: &revision.version,
@@ -347,7 +355,7 @@ fn lock_findings(at: &At<'_>, found: &mut Vec<Finding>) {
         if at
             .locks
             .strongest(relation, at.index)
-            .is_some_and(|(mode, _)| blocks_writes(mode))
+            .is_some_and(|hold| blocks_writes(&hold.mode))
         {
             at.push(
                 found,
@@ -390,8 +398,9 @@ impl At<'_> {
             place: self.statement.place.clone(),
             statement: self.statement.sql.trim().to_owned(),
             relation: relation.to_owned(),
-            lock_mode: held.map(|(mode, _)| mode.to_owned()),
-            held_us: held.map(|(_, held)| held),
+            lock_mode: held.map(|hold| hold.mode.clone()),
+            held_us: held.map(|hold| hold.held_us),
+            estimated_hold_us: held.map(|hold| hold.estimated_us),
             detail,
         });
     }
@@ -406,6 +415,8 @@ pub struct LockHold {
     pub statement: usize,
     /// From the start of that statement to the end of the transaction.
     pub held_us: u64,
+    /// The same on the shard, each statement's time scaled to the shard's size.
+    pub estimated_us: u64,
 }
 
 /// The locks of one run, each with its hold time.
@@ -417,32 +428,34 @@ pub struct RunLocks {
 impl RunLocks {
     /// A transaction's locks are held to its end: from the statement that took each one, the
     /// time of that statement and every later one.
-    pub fn of(run: &TracedRun) -> Self {
+    pub fn of(run: &TracedRun, scale: &Scale) -> Self {
         let mut holds = Vec::new();
         for (index, statement) in run.statements.iter().enumerate() {
-            let held_us = run.statements[index..]
+            let later = &run.statements[index..];
+            let held_us = later.iter().map(|later| later.elapsed_us).sum();
+            let estimated_us = later
                 .iter()
-                .map(|later| later.elapsed_us)
-                .sum();
+                .map(|later| scaled(later.elapsed_us, scale.of(&later.effects).1))
+                .fold(0_u64, u64::saturating_add);
             for lock in &statement.effects.locks {
                 holds.push(LockHold {
                     relation: lock.relation.clone(),
                     mode: lock.mode.clone(),
                     statement: index,
                     held_us,
+                    estimated_us,
                 });
             }
         }
         Self { holds }
     }
 
-    /// The strongest lock held on `relation` once statement `index` ran, and its hold time.
-    pub fn strongest(&self, relation: &str, index: usize) -> Option<(&str, u64)> {
+    /// The strongest lock held on `relation` once statement `index` ran.
+    pub fn strongest(&self, relation: &str, index: usize) -> Option<&LockHold> {
         self.holds
             .iter()
             .filter(|hold| hold.relation == relation && hold.statement <= index)
             .max_by_key(|hold| strength(&hold.mode))
-            .map(|hold| (hold.mode.as_str(), hold.held_us))
     }
 
     /// The first ACCESS EXCLUSIVE lock taken before statement `index`.

@@ -1,5 +1,7 @@
 use super::*;
 use crate::rehearsal::effects::{ColumnAdded, LockTaken};
+use crate::rehearsal::estimates::estimates;
+use crate::rehearsal::scratch::{SampleReport, SampledTable};
 
 fn statement(place: &str, elapsed_us: u64, effects: Effects) -> TracedStatement {
     TracedStatement {
@@ -16,6 +18,21 @@ fn lock(relation: &str, mode: &str) -> LockTaken {
         relation: relation.to_owned(),
         mode: mode.to_owned(),
     }
+}
+
+/// Orders: 1000 rows in the shard, 100 in the sample.
+fn orders_ten_times_larger() -> Scale {
+    Scale::from_sample(&SampleReport {
+        tables: vec![SampledTable {
+            table: "public.orders".to_owned(),
+            rows_in_shard: 1000,
+            bytes_in_shard: 1 << 20,
+            rows_sampled: 100,
+            rows_removed: 0,
+            whole: false,
+        }],
+        ..SampleReport::default()
+    })
 }
 
 fn revision(statements: Vec<TracedStatement>) -> Vec<RevisionTrace> {
@@ -46,19 +63,24 @@ fn a_lock_is_held_from_the_statement_that_took_it_to_the_end_of_the_transaction(
             7,
             Effects {
                 locks: vec![lock("public.orders", "AccessExclusiveLock")],
+                rewritten: vec!["public.orders".to_owned()],
                 ..Effects::default()
             },
         ),
         statement("2_a.sql:4", 5, Effects::default()),
     ]);
-    let locks = RunLocks::of(&trace[0].runs[0]);
-    assert_eq!(locks.strongest("public.orders", 0), None);
-    assert_eq!(locks.strongest("public.orders", 1), Some(("ShareLock", 42)));
-    assert_eq!(
-        locks.strongest("public.orders", 3),
-        Some(("AccessExclusiveLock", 12))
-    );
-    let found = findings(&trace, &[]);
+    let scale = orders_ten_times_larger();
+    let locks = RunLocks::of(&trace[0].runs[0], &scale);
+    let hold = |index| {
+        locks
+            .strongest("public.orders", index)
+            .map(|hold| (hold.mode.as_str(), hold.held_us, hold.estimated_us))
+    };
+    assert_eq!(hold(0), None);
+    // Statement 3 rewrote orders: ten times its 7 µs on the shard.
+    assert_eq!(hold(1), Some(("ShareLock", 42, 30 + 70 + 5)));
+    assert_eq!(hold(3), Some(("AccessExclusiveLock", 12, 70 + 5)));
+    let found = findings(&trace, &[], &scale);
     let e4: Vec<&Finding> = found.iter().filter(|f| f.hint == Hint::E4).collect();
     assert_eq!(
         e4.len(),
@@ -68,6 +90,13 @@ fn a_lock_is_held_from_the_statement_that_took_it_to_the_end_of_the_transaction(
     assert_eq!(e4[0].place, "2_a.sql:4");
     assert_eq!(e4[0].lock_mode.as_deref(), Some("AccessExclusiveLock"));
     assert_eq!(e4[0].held_us, Some(12));
+    assert_eq!(e4[0].estimated_hold_us, Some(75));
+    let estimated = estimates(&trace, &scale);
+    assert_eq!(estimated.len(), 1, "{estimated:?}");
+    assert_eq!(
+        (estimated[0].place.as_str(), estimated[0].estimated_us),
+        ("2_a.sql:3", 70)
+    );
 }
 
 #[test]
@@ -101,7 +130,7 @@ fn a_not_null_without_a_scan_and_a_second_alter_are_told_apart() {
             },
         ),
     ]);
-    let found = findings(&trace, &[]);
+    let found = findings(&trace, &[], &Scale::default());
     let hints: Vec<(Hint, &str)> = found.iter().map(|f| (f.hint, f.place.as_str())).collect();
     assert_eq!(hints, vec![(Hint::E2, "3.sql:2"), (Hint::W12, "3.sql:2")]);
     assert!(found[0].detail.contains("public.users.name"), "{found:#?}");

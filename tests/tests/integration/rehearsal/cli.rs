@@ -100,6 +100,25 @@ async fn a_sampled_rehearsal_reports_the_hazard_and_leaves_the_database_as_it_wa
         "{e1}"
     );
 
+    let estimate = report["rehearsal"]["estimates"]
+        .as_array()
+        .and_then(|estimates| {
+            estimates
+                .iter()
+                .find(|estimate| estimate["place"] == e1["place"])
+        })
+        .unwrap_or_else(|| panic!("the validation scan is estimated: {report:#}"));
+    assert_eq!(estimate["table"], "public.events");
+    let factor = estimate["factor"].as_f64().expect("factor");
+    assert!(
+        (3.0..=50.0).contains(&factor),
+        "about 10 shard rows per sampled row: {estimate}"
+    );
+    assert!(
+        e1["estimated_hold_us"].as_u64() > e1["held_us"].as_u64(),
+        "the lock is held longer on the whole table: {e1}"
+    );
+
     let mut capped = vec![
         "migrate",
         "rehearse",
