@@ -44,6 +44,8 @@ pub enum RehearsalError {
         "{shard}: cannot create the scratch database: {detail}; grant the user CREATEDB (rehearsals build a sampled copy beside the shard)"
     )]
     CannotCreate { shard: String, detail: String },
+    #[error("{shard}: no room for the rehearsal's scratch database: {detail}")]
+    NoRoom { shard: String, detail: String },
     #[error("{shard}: building the scratch database failed while {step}: {detail}")]
     Build {
         shard: String,

@@ -11,6 +11,7 @@ use fleetshift_common::error::{ErrorKind, ExecError};
 use fleetshift_common::executor::{
     Direction, Executor, ExecutorSettings, Identity, LockRetryPolicy, Request, Resolution,
 };
+use fleetshift_common::rehearsal::scratch;
 use fleetshift_common::rehearsal::{self, RehearsalError, RehearsalSettings};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
@@ -387,6 +388,11 @@ async fn rehearse(
         target: to,
         allow_drift: None,
     };
+    // A rehearsal killed earlier (this command has no agent to clean up after it) left its
+    // scratch database behind: drop it first.
+    scratch::drop_leftovers(url, rehearse::OWNER)
+        .await
+        .map_err(|error| Failure::Rehearsal(error.to_string()))?;
     let rehearsal = rehearsal::rehearse(url, set, &request, &settings)
         .await
         .map_err(|error| match error {

@@ -13,6 +13,9 @@ use serde_json::json;
 
 use super::Output;
 
+/// The owner tag of the scratch databases this command builds.
+pub(super) const OWNER: &str = "cli";
+
 /// How much of the database the scratch copy gets.
 #[derive(Debug, Args)]
 pub(super) struct SampleArgs {
@@ -38,6 +41,7 @@ impl SampleArgs {
             max_rows_per_table: self.max_rows_per_table,
             pg_dump: self.pg_dump.clone(),
             pg_restore: self.pg_restore.clone(),
+            owner: OWNER.to_owned(),
         }
     }
 }
@@ -69,6 +73,7 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
         "rehearsal of {}: a {}% sample (at most {} rows per table), built in {} ms",
         rehearsal.shard, sample.percent, sample.max_rows_per_table, sample.build_ms
     );
+    println!("  disk: {}", sample.disk);
     for table in &sample.tables {
         let mut how = if table.whole {
             "copied whole".to_owned()

@@ -41,6 +41,9 @@ pub struct SampleOptions {
     pub max_rows_per_table: u64,
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
+    /// Who builds the scratch databases (an agent's id, or `cli`): part of their names, so
+    /// [`drop_leftovers`] finds its own.
+    pub owner: String,
 }
 
 impl Default for SampleOptions {
@@ -50,6 +53,7 @@ impl Default for SampleOptions {
             max_rows_per_table: 1_000_000,
             pg_dump: PathBuf::from("pg_dump"),
             pg_restore: PathBuf::from("pg_restore"),
+            owner: "cli".to_owned(),
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct SampleReport {
     pub percent: f64,
     pub max_rows_per_table: u64,
     pub tables: Vec<SampledTable>,
+    /// What the disk check before the build found (or why it could not look).
+    pub disk: String,
     pub build_ms: u64,
 }
 
@@ -117,7 +123,8 @@ impl Scratch {
     ) -> Result<(Self, SampleReport), RehearsalError> {
         let started = Instant::now();
         let name = format!(
-            "{SCRATCH_PREFIX}{}_{:08x}",
+            "{}{}_{:08x}",
+            owner_prefix(&options.owner),
             std::process::id(),
             rand_suffix()
         );
@@ -133,6 +140,16 @@ impl Scratch {
             shard: shard.masked(),
         };
         let mut source = scratch.connect_server().await?;
+        let disk = match check_disk(&mut source, options.percent).await {
+            Ok(disk) => disk,
+            Err(detail) => {
+                let _ = source.close().await;
+                return Err(RehearsalError::NoRoom {
+                    shard: scratch.shard,
+                    detail,
+                });
+            }
+        };
         sqlx::raw_sql(AssertSqlSafe(format!(
             "CREATE DATABASE {}",
             quote_identifier(&scratch.name)
@@ -150,6 +167,7 @@ impl Scratch {
                     percent: options.percent,
                     max_rows_per_table: options.max_rows_per_table,
                     tables,
+                    disk,
                     build_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 };
                 Ok((scratch, report))
@@ -318,6 +336,112 @@ impl Scratch {
             .map_err(|detail| failed("restoring the schema into the scratch database", detail))?;
         Ok(())
     }
+}
+
+/// `fleetshift_rehearsal_<owner>_`: the owner's letters and digits, at most 16.
+fn owner_prefix(owner: &str) -> String {
+    let tag: String = owner
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|letter| letter.to_ascii_lowercase())
+        .take(16)
+        .collect();
+    format!("{SCRATCH_PREFIX}{tag}_")
+}
+
+/// Drops the scratch databases `owner` left on the shard's server whose process is no longer
+/// running on this host (killed mid-rehearsal); their names.
+pub async fn drop_leftovers(
+    shard: &DatabaseUrl,
+    owner: &str,
+) -> Result<Vec<String>, RehearsalError> {
+    let options: PgConnectOptions = shard
+        .expose()
+        .parse()
+        .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;
+    let failed = |error: sqlx::Error| {
+        RehearsalError::build(
+            shard,
+            "dropping leftover scratch databases",
+            &DatabaseMessage(&error),
+        )
+    };
+    let mut server = options.connect().await.map_err(failed)?;
+    let prefix = owner_prefix(owner);
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+    )
+    .bind(&prefix)
+    .fetch_all(&mut server)
+    .await
+    .map_err(failed)?;
+    let mut dropped = Vec::new();
+    for name in names {
+        let pid = name[prefix.len()..]
+            .split('_')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(running) {
+            continue;
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_identifier(&name)
+        )))
+        .execute(&mut server)
+        .await
+        .map_err(failed)?;
+        tracing::info!(database = %name, "dropped a scratch database a stopped rehearsal left");
+        dropped.push(name);
+    }
+    let _ = server.close().await;
+    Ok(dropped)
+}
+
+/// Whether process `pid` runs on this host.
+fn running(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The server's data directory, when this host can see it, must have room for the sample
+/// (twice the database's size times the sampled share: rows and their indexes, with slack).
+/// A server elsewhere, or a user not allowed to read `data_directory`, skips the check and
+/// says so.
+async fn check_disk(source: &mut PgConnection, percent: f64) -> Result<String, String> {
+    let facts: Result<(Option<String>, i64), sqlx::Error> = sqlx::query_as(
+        "SELECT current_setting('data_directory', true), pg_database_size(current_database())",
+    )
+    .fetch_one(&mut *source)
+    .await;
+    let (directory, size) = match facts {
+        Ok((Some(directory), size)) => (PathBuf::from(directory), size),
+        Ok((None, _)) | Err(_) => {
+            return Ok("not checked: the user may not read the server's data_directory".to_owned());
+        }
+    };
+    let needed = (size.max(0) as f64 * percent / 100.0 * 2.0) as u64;
+    let Ok(stats) = rustix::fs::statvfs(&directory) else {
+        return Ok(format!(
+            "not checked: the data directory {} is not on this host",
+            directory.display()
+        ));
+    };
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    let mib = |bytes: u64| bytes / (1024 * 1024);
+    if free < needed {
+        return Err(format!(
+            "the sample needs about {} MiB and {} has {} MiB free; sample less (--sample) or rehearse on a staging server",
+            mib(needed),
+            directory.display(),
+            mib(free)
+        ));
+    }
+    Ok(format!(
+        "{} MiB free in {} for a sample of about {} MiB",
+        mib(free),
+        directory.display(),
+        mib(needed)
+    ))
 }
 
 /// The shard's URL with the scratch database's name in place of the shard's.

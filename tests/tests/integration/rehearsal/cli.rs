@@ -84,6 +84,13 @@ async fn a_sampled_rehearsal_reports_the_hazard_and_leaves_the_database_as_it_wa
         "about a tenth of 100000 rows: {events}"
     );
     assert_eq!(events["whole"], false);
+    let disk = report["rehearsal"]["sample"]["disk"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        disk.contains("MiB free in"),
+        "the superuser's server is on this host: {disk}"
+    );
     let settings = table(&report, "public.settings");
     assert_eq!(settings["whole"], true);
     assert_eq!(settings["rows_sampled"], 2);
@@ -175,5 +182,82 @@ async fn a_rehearsal_refuses_what_it_cannot_do_before_touching_anything() {
     assert_eq!(
         scratch_databases(&database.admin).await,
         Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_rehearsal_leaves_the_database_untouched_and_its_scratch_copy_goes_next_time() {
+    let database = support::database("killed").await;
+    let base = ("1_events.sql", EVENTS);
+    let directory = fixtures::migrations(&[
+        base,
+        (
+            "2_slow.sql",
+            "ALTER TABLE events ADD COLUMN seen boolean;\nSELECT pg_sleep(60);",
+        ),
+    ]);
+    let quick = fixtures::migrations(&[base]);
+    let applied = binary::run(
+        &database.url,
+        &[
+            "migrate",
+            "up",
+            "--dir",
+            support::dir(&directory),
+            "--to",
+            "1",
+        ],
+    );
+    assert_exit(&applied, 0);
+    let before = snapshot(&database.admin).await;
+    let pg_dump = database.cluster.binaries().join("pg_dump");
+    let pg_restore = database.cluster.binaries().join("pg_restore");
+    let mut child = std::process::Command::new(binary::fleetshift())
+        .args(["migrate", "rehearse", "--dir", support::dir(&directory)])
+        .arg("--pg-dump")
+        .arg(&pg_dump)
+        .arg("--pg-restore")
+        .arg(&pg_restore)
+        .env("FLEETSHIFT_DATABASE_URL", &database.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rehearse");
+    let sleeping = fleetshift_tests::wait::wait_until(std::time::Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                            WHERE datname LIKE 'fleetshift\\_rehearsal\\_%' AND query LIKE '%pg_sleep%')",
+        )
+        .fetch_one(&database.admin)
+        .await
+        .unwrap_or(false)
+    })
+    .await;
+    assert!(sleeping, "the rehearsal reached its slow statement");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let left = scratch_databases(&database.admin).await;
+    assert_eq!(
+        left.len(),
+        1,
+        "a killed rehearsal cannot drop its copy: {left:?}"
+    );
+
+    let mut arguments = vec!["migrate", "rehearse", "--dir", support::dir(&quick)];
+    let tools = [
+        pg_dump.to_str().expect("utf-8"),
+        pg_restore.to_str().expect("utf-8"),
+    ];
+    arguments.extend(["--pg-dump", tools[0], "--pg-restore", tools[1]]);
+    let again = binary::run(&database.url, &arguments);
+    assert_exit(&again, 0);
+    assert_eq!(
+        scratch_databases(&database.admin).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        snapshot(&database.admin).await,
+        before,
+        "the database is untouched"
     );
 }
