@@ -9,7 +9,7 @@
 //! - [`outage`]: riding out a lost database server within a bound, step by step.
 //! - [`stop`]: telling a run to stop, and why (a withdrawal ends a task, an interruption
 //!   does not).
-//! - [`requests`]: operators' backup requests (list, verify, restore) relayed to the agent.
+//! - [`requests`]: operators' host requests (list, verify, restore) relayed to the agent.
 //! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
 

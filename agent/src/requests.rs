@@ -1,14 +1,14 @@
-//! Operators' backup requests, relayed by the coordinator: list a shard's backups, verify one
+//! Operators' host requests, relayed by the coordinator: list a shard's backups, verify one
 //! again, or restore one (under the coordinator's claim of the shard). Every request gets a
 //! reply: what was found or done, or an error saying what to do next.
 
 use fleetshift_common::fence::FenceToken;
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::backup_reply::Outcome;
-use fleetshift_common::proto::v1::backup_request::Action;
+use fleetshift_common::proto::v1::host_reply::Outcome;
+use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
-    BackupList, BackupReply, BackupRequest, BackupRestored, BackupVerified, ErrorDetail, ErrorKind,
+    BackupList, BackupRestored, BackupVerified, ErrorDetail, ErrorKind, HostReply, HostRequest,
     RestoreBackup,
 };
 use tokio_util::sync::CancellationToken;
@@ -24,18 +24,18 @@ const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers `request`; a restore stops (changing nothing) when `stop` is cancelled.
 pub async fn answer(
     config: &AgentConfig,
-    request: BackupRequest,
+    request: HostRequest,
     stop: CancellationToken,
-) -> BackupReply {
+) -> HostReply {
     let answered = answer_for_shard(config, &request, &stop).await;
     let (outcome, error) = match answered {
         Ok(outcome) => (Some(outcome), None),
         Err(error) => {
-            tracing::warn!(request = %request.request_id, shard = %request.shard_id, error = %error.message, "backup request failed");
+            tracing::warn!(request = %request.request_id, shard = %request.shard_id, error = %error.message, "host request failed");
             (None, Some(error))
         }
     };
-    BackupReply {
+    HostReply {
         request_id: request.request_id,
         shard_id: request.shard_id,
         outcome,
@@ -52,7 +52,7 @@ fn failure(kind: ErrorKind, message: String) -> ErrorDetail {
 
 async fn answer_for_shard(
     config: &AgentConfig,
-    request: &BackupRequest,
+    request: &HostRequest,
     stop: &CancellationToken,
 ) -> Result<Outcome, ErrorDetail> {
     let shard = config
@@ -130,7 +130,7 @@ async fn restore_shard(
     config: &AgentConfig,
     settings: &BackupSettings,
     shard: &ShardConfig,
-    request: &BackupRequest,
+    request: &HostRequest,
     order: &RestoreBackup,
     manifest: backup::Manifest,
     stop: &CancellationToken,

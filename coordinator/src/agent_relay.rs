@@ -1,7 +1,7 @@
 //! The loop every replica runs to hand stored work to the agents whose sessions it holds:
 //! follow a key prefix (`<prefix><agent>/<id>`), keep what is outstanding, hand each item to
 //! its agent when it appears and again when the agent's session (re)opens here, and follow
-//! again after the store fails. The rollout relay (assignments) and the backup relay
+//! again after the store fails. The rollout relay (assignments) and the host-request relay
 //! (operators' requests) are its two [`Relay`]s; what an item is and how it is handed over is
 //! theirs.
 
@@ -22,7 +22,7 @@ const RETRY: Duration = Duration::from_millis(500);
 pub trait Relay: Send {
     type Error: Display + From<StoreError> + Send;
 
-    /// What it relays, for the log ("assignments", "backup requests").
+    /// What it relays, for the log ("assignments", "host requests").
     const WHAT: &'static str;
 
     /// The prefix it follows.

@@ -17,8 +17,8 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_server::AgentService;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, AssignmentResult, BackupReply, CoordinatorMessage, FactsRefresh, Handshake,
-    HeartbeatAck, Hello,
+    AgentMessage, AssignmentResult, CoordinatorMessage, FactsRefresh, Handshake, HeartbeatAck,
+    Hello, HostReply,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use prost::Message;
@@ -374,7 +374,7 @@ where
                     self.refresh_facts(refresh, lease).await?;
                 }
                 Ok(AgentMessage {
-                    body: Some(AgentBody::BackupReply(reply)),
+                    body: Some(AgentBody::HostReply(reply)),
                 }) => {
                     self.take_backup_reply(reply).await?;
                 }
@@ -462,10 +462,10 @@ where
 
     /// A reply goes to the request it answers, under that request's lease, so the replica
     /// the operator called sees it; only for a request made of this agent.
-    async fn take_backup_reply(&self, reply: BackupReply) -> Result<(), Status> {
-        let request_key = keys::backup_request(self.identity.name(), &reply.request_id);
+    async fn take_backup_reply(&self, reply: HostReply) -> Result<(), Status> {
+        let request_key = keys::host_request(self.identity.name(), &reply.request_id);
         let Some(request) = self.store.read(&request_key).await.map_err(Status::from)? else {
-            tracing::warn!(agent = %self.identity, request = %reply.request_id, "reply to a backup request nobody waits for (it ended or was never made of this agent); dropped");
+            tracing::warn!(agent = %self.identity, request = %reply.request_id, "reply to a host request nobody waits for (it ended or was never made of this agent); dropped");
             return Ok(());
         };
         let request_id = reply.request_id.clone();
@@ -475,7 +475,7 @@ where
                 None,
                 &[Condition::CreatedAt(request_key, request.create_revision)],
                 &[Write::Put {
-                    key: keys::backup_reply(&request_id),
+                    key: keys::host_reply(&request_id),
                     value: reply.encode_to_vec(),
                     lease: Some(request.lease),
                 }],
@@ -485,12 +485,12 @@ where
             Ok(Some(_)) => {}
             // The caller gave up meanwhile: its lease and request are gone.
             Ok(None) | Err(StoreError::LeaseExpired(_)) => {
-                tracing::warn!(agent = %self.identity, request = %request_id, "the backup request ended before its reply; dropped");
+                tracing::warn!(agent = %self.identity, request = %request_id, "the host request ended before its reply; dropped");
                 return Ok(());
             }
             Err(error) => return Err(Status::from(error)),
         }
-        tracing::info!(agent = %self.identity, request = %request_id, failed = reply.error.is_some(), "backup reply recorded for the replica that asked");
+        tracing::info!(agent = %self.identity, request = %request_id, failed = reply.error.is_some(), "host reply recorded for the replica that asked");
         Ok(())
     }
 

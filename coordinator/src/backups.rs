@@ -13,8 +13,8 @@ pub mod relay;
 
 use std::time::{Duration, SystemTime};
 
-use fleetshift_common::proto::v1::backup_request::Action;
-use fleetshift_common::proto::v1::{BackupReply, BackupRequest, ErrorDetail, ErrorKind, Hello};
+use fleetshift_common::proto::v1::host_request::Action;
+use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, Hello, HostReply, HostRequest};
 use prost::Message;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -48,7 +48,7 @@ pub async fn ask<S: Store>(
     store: &S,
     agents: &[(String, Hello)],
     errand: Errand,
-) -> Result<(String, BackupReply), Status> {
+) -> Result<(String, HostReply), Status> {
     let agent = agent_of(agents, &errand.shard_id)?;
     let request_id = new_request_id();
     let lease = store
@@ -57,7 +57,7 @@ pub async fn ask<S: Store>(
         .map_err(Status::from)?;
     let asked = exchange(store, &agent, &request_id, lease, errand).await;
     if let Err(error) = store.revoke(lease).await {
-        tracing::warn!(%error, request = %request_id, "cannot end the backup request's lease; it lapses on its own");
+        tracing::warn!(%error, request = %request_id, "cannot end the host request's lease; it lapses on its own");
     }
     let reply = asked?;
     match reply.error {
@@ -72,7 +72,7 @@ async fn exchange<S: Store>(
     request_id: &str,
     lease: LeaseId,
     errand: Errand,
-) -> Result<BackupReply, Status> {
+) -> Result<HostReply, Status> {
     let mut action = errand.action;
     if let Action::Restore(restore) = &mut action {
         let claim =
@@ -80,21 +80,21 @@ async fn exchange<S: Store>(
         restore.fence_token = claim.token.get();
         tracing::info!(shard = %errand.shard_id, token = %claim.token, by = %errand.requested_by, "shard claimed for a restore");
     }
-    let request = BackupRequest {
+    let request = HostRequest {
         request_id: request_id.to_owned(),
         shard_id: errand.shard_id.clone(),
         action: Some(action),
         requested_by: errand.requested_by,
     };
-    let reply_key = keys::backup_reply(request_id);
+    let reply_key = keys::host_reply(request_id);
     let from = store.list(&reply_key).await.map_err(Status::from)?.revision;
     let mut replies = store.watch(&reply_key, from).await.map_err(Status::from)?;
     let written = store
         .commit(
             None,
-            &[Condition::Absent(keys::backup_request(agent, request_id))],
+            &[Condition::Absent(keys::host_request(agent, request_id))],
             &[Write::Put {
-                key: keys::backup_request(agent, request_id),
+                key: keys::host_request(agent, request_id),
                 value: request.encode_to_vec(),
                 lease: Some(lease),
             }],
@@ -104,14 +104,14 @@ async fn exchange<S: Store>(
     if written.is_none() {
         return Err(refuse(
             ErrorCode::Internal,
-            format!("backup request {request_id} exists already"),
+            format!("host request {request_id} exists already"),
         ));
     }
     let waited = tokio::time::timeout(errand.timeout, async {
         while let Some(change) = replies.next().await {
             let change = change.map_err(Status::from)?;
             if let Some(value) = change.value {
-                return BackupReply::decode(value.as_slice()).map_err(|error| {
+                return HostReply::decode(value.as_slice()).map_err(|error| {
                     refuse(
                         ErrorCode::Internal,
                         format!("agent {agent}'s reply is unreadable: {error}"),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use fleetshift_common::proto::v1::fleet_service_server::FleetService;
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::backup_reply::Outcome;
-use fleetshift_common::proto::v1::backup_request::Action;
+use fleetshift_common::proto::v1::host_reply::Outcome;
+use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
     CreateRollbackPlanRequest, GetPlanRequest, Hello, ListBackups, ListBackupsRequest,
@@ -86,7 +86,7 @@ impl<S: Store + 'static> FleetApi<S> {
         Ok(records::with_tasks(record.plan, &tasks))
     }
 
-    /// Sends a backup request to the shard's agent; the agent and what it did.
+    /// Sends a host request to the shard's agent; the agent and what it did.
     async fn ask(
         &self,
         shard_id: String,

@@ -7,7 +7,7 @@
 //! - [`authz`]: operator roles (viewer, operator, approver) granted by identity.
 //! - [`claims`]: who may work on a shard under which fencing token, for rollout tasks and
 //!   restores.
-//! - [`backups`]: operators' backup requests (list, verify, restore) relayed to agents.
+//! - [`backups`]: operators' host requests (list, verify, restore) relayed to agents.
 //! - [`config`]: the coordinator's configuration (file + environment), validated.
 //! - [`agent_relay`]: the loop both relays share: follow stored work, hand it to the agents
 //!   whose sessions this replica holds.

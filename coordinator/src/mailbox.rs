@@ -120,7 +120,7 @@ impl Mailbox {
     }
 
     /// Sends `body` down `agent`'s session without waiting for an answer; an assignment or a
-    /// backup request only for one of the agent's own shards.
+    /// host request only for one of the agent's own shards.
     pub async fn send(&self, agent: &str, body: CoordinatorBody) -> Result<(), DispatchError> {
         let outbound = {
             let sessions = self.sessions();
@@ -129,7 +129,7 @@ impl Mailbox {
                 .ok_or_else(|| DispatchError::NotConnected(agent.to_owned()))?;
             let shard = match &body {
                 CoordinatorBody::Assignment(assignment) => Some(&assignment.shard_id),
-                CoordinatorBody::BackupRequest(request) => Some(&request.shard_id),
+                CoordinatorBody::HostRequest(request) => Some(&request.shard_id),
                 _ => None,
             };
             if let Some(shard) = shard

@@ -168,7 +168,7 @@ pub async fn run_coordinator(
 }
 
 /// One replica on `listener` with `store`: agent sessions, the fleet API, the relays of
-/// assignments and backup requests, (while elected) the rollout driver, and the telemetry
+/// assignments and host requests, (while elected) the rollout driver, and the telemetry
 /// endpoint when configured.
 ///
 /// Shutdown runs in stages, each under [`STAGE_DEADLINE`]: first the RPC server stops

@@ -11,8 +11,8 @@ use fleetshift_common::lease::{LeaseClock, SessionIntervals};
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, Assignment, AssignmentResult, BackupReply, BackupRequest, Cancel,
-    CoordinatorMessage, FactsRefresh, Handshake, Heartbeat, HeartbeatAck, ProgressEvent,
+    AgentMessage, Assignment, AssignmentResult, Cancel, CoordinatorMessage, FactsRefresh,
+    Handshake, Heartbeat, HeartbeatAck, HostReply, HostRequest, ProgressEvent,
 };
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -65,7 +65,7 @@ pub struct Session<'f, W> {
     runs: JoinSet<AssignmentResult>,
     /// Backup requests being answered, by id (a request delivered again is not run twice).
     answering: HashSet<String>,
-    replies: JoinSet<BackupReply>,
+    replies: JoinSet<HostReply>,
     progress: mpsc::UnboundedSender<ProgressEvent>,
     reported: mpsc::UnboundedReceiver<ProgressEvent>,
     refreshing: Option<JoinHandle<()>>,
@@ -265,10 +265,10 @@ impl<'f, W: Work> Session<'f, W> {
         send(&self.outbound, AgentBody::Result(result)).await
     }
 
-    async fn on_reply(&mut self, joined: Result<BackupReply, JoinError>) -> Step {
+    async fn on_reply(&mut self, joined: Result<HostReply, JoinError>) -> Step {
         let Ok(reply) = joined else { return Ok(()) };
         self.answering.remove(&reply.request_id);
-        send(&self.outbound, AgentBody::BackupReply(reply)).await
+        send(&self.outbound, AgentBody::HostReply(reply)).await
     }
 
     async fn on_message(&mut self, message: Option<Result<CoordinatorMessage, Status>>) -> Step {
@@ -291,7 +291,7 @@ impl<'f, W: Work> Session<'f, W> {
                 self.on_cancel(&cancel);
                 Ok(())
             }
-            CoordinatorBody::BackupRequest(request) => {
+            CoordinatorBody::HostRequest(request) => {
                 self.on_backup_request(request);
                 Ok(())
             }
@@ -362,7 +362,7 @@ impl<'f, W: Work> Session<'f, W> {
         }
     }
 
-    fn on_backup_request(&mut self, request: BackupRequest) {
+    fn on_backup_request(&mut self, request: HostRequest) {
         if !self.answering.insert(request.request_id.clone()) {
             return;
         }
@@ -370,10 +370,10 @@ impl<'f, W: Work> Session<'f, W> {
         if !self.clock.may_work(Instant::now()) {
             stop.cancel();
         }
-        tracing::info!(request = %request.request_id, shard = %request.shard_id, by = %request.requested_by, "backup request received");
+        tracing::info!(request = %request.request_id, shard = %request.shard_id, by = %request.requested_by, "host request received");
         let work = self.work.clone();
         self.replies
-            .spawn(async move { work.backup_request(request, stop).await });
+            .spawn(async move { work.host_request(request, stop).await });
     }
 
     /// Stops what runs (running statements are cancelled), reports it, then, at shutdown,

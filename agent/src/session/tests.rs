@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
-    AgentMessage, Assignment, AssignmentResult, BackupReply, BackupRequest, Cancel,
-    CoordinatorMessage, ErrorDetail, ErrorKind, Handshake, HeartbeatAck, ProgressEvent, ShardFacts,
+    AgentMessage, Assignment, AssignmentResult, Cancel, CoordinatorMessage, ErrorDetail, ErrorKind,
+    Handshake, HeartbeatAck, HostReply, HostRequest, ProgressEvent, ShardFacts,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -52,14 +52,10 @@ impl Work for Recorder {
         }
     }
 
-    async fn backup_request(
-        &self,
-        request: BackupRequest,
-        _stop: CancellationToken,
-    ) -> BackupReply {
-        BackupReply {
+    async fn host_request(&self, request: HostRequest, _stop: CancellationToken) -> HostReply {
+        HostReply {
             request_id: request.request_id,
-            ..BackupReply::default()
+            ..HostReply::default()
         }
     }
 

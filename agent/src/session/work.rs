@@ -1,4 +1,4 @@
-//! What a session hands its work to: assignments, backup requests and fresh shard facts.
+//! What a session hands its work to: assignments, host requests and fresh shard facts.
 //! [`HostWork`] does it on this host's databases; tests give the session work that only
 //! records how it was told to stop.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{
-    Assignment, AssignmentResult, BackupReply, BackupRequest, Engine, ProgressEvent, ShardFacts,
+    Assignment, AssignmentResult, Engine, HostReply, HostRequest, ProgressEvent, ShardFacts,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,12 +29,12 @@ pub trait Work: Clone + Send + Sync + 'static {
         progress: mpsc::UnboundedSender<ProgressEvent>,
     ) -> impl Future<Output = AssignmentResult> + Send;
 
-    /// Answers an operator's backup request; `stop` fires when the session ends.
-    fn backup_request(
+    /// Answers an operator's host request; `stop` fires when the session ends.
+    fn host_request(
         &self,
-        request: BackupRequest,
+        request: HostRequest,
         stop: CancellationToken,
-    ) -> impl Future<Output = BackupReply> + Send;
+    ) -> impl Future<Output = HostReply> + Send;
 
     /// What the agent sees of each of its shards now.
     fn facts(&self) -> impl Future<Output = Vec<ShardFacts>> + Send;
@@ -66,7 +66,7 @@ impl Work for HostWork {
         .await
     }
 
-    async fn backup_request(&self, request: BackupRequest, stop: CancellationToken) -> BackupReply {
+    async fn host_request(&self, request: HostRequest, stop: CancellationToken) -> HostReply {
         requests::answer(&self.config, request, stop).await
     }
 

@@ -1,4 +1,4 @@
-//! Every replica hands the backup requests of agents whose sessions it holds down their
+//! Every replica hands the host requests of agents whose sessions it holds down their
 //! streams: those outstanding when it starts following, new ones as they are written, and an
 //! agent's outstanding ones again when its session (re)opens here. The agent ignores a request
 //! it is already working on.
@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fleetshift_common::proto::v1::BackupRequest;
+use fleetshift_common::proto::v1::HostRequest;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -28,17 +28,17 @@ pub async fn run<S: Store>(store: Arc<S>, mailbox: Arc<Mailbox>, shutdown: Cance
 struct Requests {
     mailbox: Arc<Mailbox>,
     /// Requests not answered yet, by key.
-    outstanding: HashMap<String, BackupRequest>,
+    outstanding: HashMap<String, HostRequest>,
     /// (session, key) pairs handed over.
     delivered: HashSet<(u64, String)>,
 }
 
 impl Relay for Requests {
     type Error = StoreError;
-    const WHAT: &'static str = "backup requests";
+    const WHAT: &'static str = "host requests";
 
     fn prefix(&self) -> String {
-        keys::backup_requests_prefix()
+        keys::host_requests_prefix()
     }
 
     fn clear(&mut self) {
@@ -46,7 +46,7 @@ impl Relay for Requests {
     }
 
     fn insert(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let request = BackupRequest::decode(value).map_err(|error| StoreError::Corrupt {
+        let request = HostRequest::decode(value).map_err(|error| StoreError::Corrupt {
             key: key.to_owned(),
             detail: error.to_string(),
         })?;
@@ -79,13 +79,13 @@ impl Relay for Requests {
         let id = request.request_id.clone();
         if let Err(error) = self
             .mailbox
-            .send(&agent, CoordinatorBody::BackupRequest(request))
+            .send(&agent, CoordinatorBody::HostRequest(request))
             .await
         {
             self.delivered.remove(&(session, key.to_owned()));
-            tracing::warn!(%agent, request = %id, %error, "backup request not delivered; it is delivered again when the agent reconnects");
+            tracing::warn!(%agent, request = %id, %error, "host request not delivered; it is delivered again when the agent reconnects");
         } else {
-            tracing::info!(%agent, request = %id, "backup request delivered");
+            tracing::info!(%agent, request = %id, "host request delivered");
         }
         Ok(())
     }

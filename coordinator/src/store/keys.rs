@@ -10,8 +10,8 @@
 //! | `assignments/<agent>/<assignment>` | `Assignment` without files, on the agent's lease | the leader |
 //! | `results/<assignment>` | `AssignmentResult` | the agent's replica; removed by the leader |
 //! | `sets/<digest>/<chunk>` | a chunk of the encoded `MigrationSet` | `CreatePlan` |
-//! | `backup-requests/<agent>/<request>` | `BackupRequest`, on the operator call's lease | the replica called |
-//! | `backup-replies/<request>` | `BackupReply`, on the same lease | the agent's replica |
+//! | `host-requests/<agent>/<request>` | `HostRequest`, on the operator call's lease | the replica called |
+//! | `host-replies/<request>` | `HostReply`, on the same lease | the agent's replica |
 
 const PREFIX: &str = "/fleetshift/v1";
 
@@ -79,14 +79,14 @@ pub fn set_chunk(digest: &str, chunk: usize) -> String {
     format!("{}{chunk:06}", set_prefix(digest))
 }
 
-pub fn backup_requests_prefix() -> String {
-    format!("{PREFIX}/backup-requests/")
+pub fn host_requests_prefix() -> String {
+    format!("{PREFIX}/host-requests/")
 }
 
-pub fn backup_request(agent: &str, request: &str) -> String {
-    format!("{}{agent}/{request}", backup_requests_prefix())
+pub fn host_request(agent: &str, request: &str) -> String {
+    format!("{}{agent}/{request}", host_requests_prefix())
 }
 
-pub fn backup_reply(request: &str) -> String {
-    format!("{PREFIX}/backup-replies/{request}")
+pub fn host_reply(request: &str) -> String {
+    format!("{PREFIX}/host-replies/{request}")
 }
