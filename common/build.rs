@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 const PROTO_ROOT: &str = "../proto";
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "fleetshift/v1/types.proto",
+    "fleetshift/v1/rehearsals.proto",
     "fleetshift/v1/backups.proto",
     "fleetshift/v1/agent.proto",
     "fleetshift/v1/fleet.proto",

@@ -29,10 +29,12 @@ mod moving;
 mod order;
 mod wire;
 
+pub(crate) use wire::exec_failure;
+
 pub use order::{InvalidAssignment, Order};
 
 use moving::{Moving, RunParts, Watch};
-use wire::{DutyProgress, duty_failure, exec_failure, progress_event, refused};
+use wire::{DutyProgress, duty_failure, progress_event, refused};
 
 use crate::config::{AgentConfig, ShardConfig};
 use crate::duties::baseline::Baselines;

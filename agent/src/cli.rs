@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::AcquireTimes;
 use crate::session::SessionTelemetry;
-use crate::{check, config, session};
+use crate::{check, config, rehearse, session};
 
 /// Exit code when the configuration is unusable.
 pub const BAD_CONFIG: u8 = 2;
@@ -97,6 +97,7 @@ pub async fn run(cli: Cli, acquire_times: AcquireTimes) -> ExitCode {
                     return ExitCode::from(BAD_CONFIG);
                 }
             }
+            rehearse::drop_leftovers(&config).await;
             session::run(Arc::new(config), &link, &telemetry, shutdown).await;
             ExitCode::SUCCESS
         }

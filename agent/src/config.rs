@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::config_file::{ConfigError, read_toml};
@@ -11,6 +12,7 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::tls::channel::server_name_of;
 use fleetshift_common::tls::mtls::{TlsError, TlsFiles};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::duties::backup::BackupSettings;
 use crate::outage::DEFAULT_OUTAGE_WAIT;
@@ -25,6 +27,7 @@ struct RawConfig {
     coordinator: Option<RawCoordinator>,
     tls: Option<TlsFiles>,
     backups: Option<RawBackups>,
+    rehearsals: Option<RawRehearsals>,
     /// How long a run waits for a shard's database server that went away (a restart, a
     /// failover) before the shard fails, e.g. "2m" (default).
     database_outage_wait: Option<String>,
@@ -50,6 +53,18 @@ struct RawBackups {
     psql: Option<PathBuf>,
     /// How long pg_dump may wait for its table locks (default 30s).
     lock_wait_timeout: Option<String>,
+}
+
+/// `[rehearsals]`: how this host builds the sampled copies rehearsals run on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRehearsals {
+    /// Rehearsals running at once on this host (default 1); more wait their turn.
+    max_concurrent: Option<usize>,
+    /// The `pg_dump` that copies a shard's schema (default: `[backups]`'s, else the PATH's).
+    pg_dump: Option<PathBuf>,
+    /// The `pg_restore` that loads it (default: `[backups]`'s, else the PATH's).
+    pg_restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,11 +103,64 @@ pub struct AgentConfig {
     /// Where backups go; `None` when the file has no `[backups]` (plans that require a backup
     /// then fail on this agent's shards, saying so).
     pub backups: Option<BackupSettings>,
+    /// How rehearsals run on this host.
+    pub rehearsals: RehearsalLimits,
     /// Where the telemetry endpoint listens; `None` serves none.
     pub telemetry_listen: Option<SocketAddr>,
     /// How long a run waits for a shard's database server that went away before the shard
     /// fails.
     pub database_outage_wait: Duration,
+}
+
+/// How rehearsals run on this host: at most `max_concurrent` at once (the slots), with these
+/// client programs.
+#[derive(Debug, Clone)]
+pub struct RehearsalLimits {
+    pub max_concurrent: usize,
+    pub pg_dump: PathBuf,
+    pub pg_restore: PathBuf,
+    pub slots: Arc<Semaphore>,
+}
+
+impl RehearsalLimits {
+    fn new(max_concurrent: usize, pg_dump: PathBuf, pg_restore: PathBuf) -> Self {
+        Self {
+            max_concurrent,
+            pg_dump,
+            pg_restore,
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+        }
+    }
+}
+
+impl Default for RehearsalLimits {
+    fn default() -> Self {
+        Self::new(1, PathBuf::from("pg_dump"), PathBuf::from("pg_restore"))
+    }
+}
+
+fn rehearsal_limits(
+    raw: Option<RawRehearsals>,
+    backups: Option<&BackupSettings>,
+) -> Result<RehearsalLimits, String> {
+    let raw = raw.unwrap_or(RawRehearsals {
+        max_concurrent: None,
+        pg_dump: None,
+        pg_restore: None,
+    });
+    let max_concurrent = raw.max_concurrent.unwrap_or(1);
+    if max_concurrent == 0 {
+        return Err("[rehearsals] max_concurrent must be at least 1".to_owned());
+    }
+    let pg_dump = raw
+        .pg_dump
+        .or_else(|| backups.map(|backups| backups.pg_dump.clone()))
+        .unwrap_or_else(|| PathBuf::from("pg_dump"));
+    let pg_restore = raw
+        .pg_restore
+        .or_else(|| backups.map(|backups| backups.pg_restore.clone()))
+        .unwrap_or_else(|| PathBuf::from("pg_restore"));
+    Ok(RehearsalLimits::new(max_concurrent, pg_dump, pg_restore))
 }
 
 /// The coordinator replicas to hold a session with (any one at a time), over mutual TLS.
@@ -155,6 +223,7 @@ impl AgentConfig {
             .map(|backups| backup_settings(backups, base))
             .transpose()
             .map_err(invalid)?;
+        let rehearsals = rehearsal_limits(raw.rehearsals, backups.as_ref()).map_err(invalid)?;
         let database_outage_wait = match raw.database_outage_wait.as_deref() {
             None => DEFAULT_OUTAGE_WAIT,
             Some(text) => fleetshift_common::duration::parse(text)
@@ -164,6 +233,7 @@ impl AgentConfig {
         config.database_outage_wait = database_outage_wait;
         config.coordinator = coordinator;
         config.backups = backups;
+        config.rehearsals = rehearsals;
         config.telemetry_listen = telemetry_listen
             .map(|address| {
                 address.parse().map_err(|_| {
@@ -231,6 +301,7 @@ impl AgentConfig {
             coordinator: None,
             shards,
             backups: None,
+            rehearsals: RehearsalLimits::default(),
             telemetry_listen: None,
             database_outage_wait: DEFAULT_OUTAGE_WAIT,
         })

@@ -9,7 +9,9 @@
 //! - [`outage`]: riding out a lost database server within a bound, step by step.
 //! - [`stop`]: telling a run to stop, and why (a withdrawal ends a task, an interruption
 //!   does not).
-//! - [`requests`]: operators' host requests (list, verify, restore) relayed to the agent.
+//! - [`requests`]: operators' host requests (list, verify, restore a backup; rehearse a plan)
+//!   relayed to the agent.
+//! - [`rehearse`]: a plan rehearsed on a sampled copy of one shard, at most N at once.
 //! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod duties;
 pub mod metrics;
 pub mod outage;
+pub mod rehearse;
 pub mod requests;
 pub mod session;
 pub mod stop;

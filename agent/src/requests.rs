@@ -3,6 +3,7 @@
 //! reply: what was found or done, or an error saying what to do next.
 
 use fleetshift_common::fence::FenceToken;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::host_reply::Outcome;
@@ -13,10 +14,10 @@ use fleetshift_common::proto::v1::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::check;
 use crate::config::{AgentConfig, ShardConfig};
 use crate::duties::backup::{self, BackupSettings};
 use crate::duties::restore::{self, RestoreOrder};
+use crate::{check, rehearse};
 
 /// The longest lock wait a restore accepts when the request names none.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,26 +69,18 @@ async fn answer_for_shard(
                 ),
             )
         })?;
-    let settings = config.backups.as_ref().ok_or_else(|| {
-        failure(
+    let Some(action) = &request.action else {
+        return Err(failure(
             ErrorKind::BadInput,
-            format!(
-                "agent {} keeps no backups (its configuration has no [backups] section), so shard {} has none",
-                config.agent_id, shard.id
-            ),
-        )
-    })?;
-    let directory = backup::shard_directory(settings, &shard.id);
-    let find = |backup_id: &str| {
-        backup::find(&directory, backup_id).map_err(|message| {
-            failure(
-                ErrorKind::BadInput,
-                format!("shard {}: {message}", shard.id),
-            )
-        })
+            "the request names no action; this agent may be older than its coordinator".to_owned(),
+        ));
     };
-    match &request.action {
-        Some(Action::List(_)) => {
+    match action {
+        Action::Rehearse(order) => rehearse::rehearse(config, shard, order, stop)
+            .await
+            .map(Outcome::Rehearsed),
+        Action::List(_) => {
+            let (_, directory) = backups_of(config, shard)?;
             let manifests = backup::list(&directory).map_err(|error| {
                 failure(
                     ErrorKind::Failed,
@@ -102,8 +95,9 @@ async fn answer_for_shard(
                 backups: manifests.iter().map(backup::Manifest::record).collect(),
             }))
         }
-        Some(Action::Verify(verify)) => {
-            let manifest = find(&verify.backup_id)?;
+        Action::Verify(verify) => {
+            let (settings, directory) = backups_of(config, shard)?;
+            let manifest = find(shard, &directory, &verify.backup_id)?;
             let entries = backup::check_recorded(settings, &manifest)
                 .await
                 .map_err(|message| {
@@ -115,15 +109,43 @@ async fn answer_for_shard(
                 entries,
             }))
         }
-        Some(Action::Restore(order)) => {
-            let manifest = find(&order.backup_id)?;
+        Action::Restore(order) => {
+            let (settings, directory) = backups_of(config, shard)?;
+            let manifest = find(shard, &directory, &order.backup_id)?;
             restore_shard(config, settings, shard, request, order, manifest, stop).await
         }
-        None => Err(failure(
-            ErrorKind::BadInput,
-            "the request names no action; this agent may be older than its coordinator".to_owned(),
-        )),
     }
+}
+
+/// The backup settings and the shard's backup directory; an agent without `[backups]` keeps
+/// none.
+fn backups_of<'c>(
+    config: &'c AgentConfig,
+    shard: &ShardConfig,
+) -> Result<(&'c BackupSettings, PathBuf), ErrorDetail> {
+    let settings = config.backups.as_ref().ok_or_else(|| {
+        failure(
+            ErrorKind::BadInput,
+            format!(
+                "agent {} keeps no backups (its configuration has no [backups] section), so shard {} has none",
+                config.agent_id, shard.id
+            ),
+        )
+    })?;
+    Ok((settings, backup::shard_directory(settings, &shard.id)))
+}
+
+fn find(
+    shard: &ShardConfig,
+    directory: &Path,
+    backup_id: &str,
+) -> Result<backup::Manifest, ErrorDetail> {
+    backup::find(directory, backup_id).map_err(|message| {
+        failure(
+            ErrorKind::BadInput,
+            format!("shard {}: {message}", shard.id),
+        )
+    })
 }
 
 async fn restore_shard(

@@ -8,6 +8,7 @@
 //! - [`tracer`]: the readings taken around every statement a traced engine runs.
 //! - [`estimates`]: each statement's time scaled from the sample to the shard.
 //! - [`findings`]: the hazards a trace shows, with eugene's hint ids and lock hold times.
+//! - [`wire`]: a rehearsal as the agent reports it and the plan keeps it.
 //!
 //! [`rehearse`] puts them together: build the scratch database, run the revisions there with
 //! the executor exactly as a rollout would (same transaction modes, timeouts and fenced
@@ -20,6 +21,7 @@ pub mod estimates;
 pub mod findings;
 pub mod scratch;
 pub mod tracer;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -84,6 +86,8 @@ impl RehearsalError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rehearsal {
     pub shard: String,
+    /// The shard's newest applied revision before the rehearsal (`None`: none).
+    pub shard_version: Option<String>,
     pub sample: SampleReport,
     /// The revisions that ran, with every statement's trace.
     pub revisions: Vec<RevisionTrace>,
@@ -127,23 +131,30 @@ pub async fn rehearse(
     let (scratch, sample) = Scratch::build(shard, &settings.sample, &references).await?;
     let outcome = run_traced(&scratch, set, request, settings).await;
     let dropped = scratch.drop_database().await;
-    let (runs, failure, unindexed) = outcome?;
+    let traced = outcome?;
     dropped?;
-    let revisions = attribute(set, runs);
+    let revisions = attribute(set, traced.runs);
     let scale = Scale::from_sample(&sample);
-    let findings = findings::findings(&revisions, &unindexed, &scale);
+    let findings = findings::findings(&revisions, &traced.unindexed, &scale);
     let estimates = estimates::estimates(&revisions, &scale);
     Ok(Rehearsal {
         shard: shard.masked(),
+        shard_version: traced.shard_version,
+        failure: traced.failure,
         sample,
         revisions,
         findings,
         estimates,
-        failure,
     })
 }
 
-type Traced = (Vec<TracedRun>, Option<String>, Vec<UnindexedForeignKey>);
+/// What the traced run left.
+struct Traced {
+    runs: Vec<TracedRun>,
+    shard_version: Option<String>,
+    failure: Option<String>,
+    unindexed: Vec<UnindexedForeignKey>,
+}
 
 /// Runs the revisions in the scratch database under a tracer.
 async fn run_traced(
@@ -165,6 +176,7 @@ async fn run_traced(
         },
         settings.executor,
     );
+    let shard_version = executor.status(set).await?.current_version;
     let failure = executor
         .up(set, request)
         .await
@@ -179,7 +191,12 @@ async fn run_traced(
         .await
         .map_err(|error| reading_failed(scratch, &error))?;
     drop(connection);
-    Ok((tracer.take(), failure, state.unindexed_foreign_keys()))
+    Ok(Traced {
+        runs: tracer.take(),
+        shard_version,
+        failure,
+        unindexed: state.unindexed_foreign_keys(),
+    })
 }
 
 fn reading_failed(scratch: &Scratch, error: &sqlx::Error) -> RehearsalError {

@@ -156,7 +156,7 @@ pub(super) fn progress_event(order: &Order, event: ExecutionEvent) -> ProgressEv
     wrap(order, body)
 }
 
-pub(super) fn exec_failure(error: &ExecError) -> ErrorDetail {
+pub(crate) fn exec_failure(error: &ExecError) -> ErrorDetail {
     let kind = match error.kind() {
         ExecErrorKind::BadInput => ErrorKind::BadInput,
         ExecErrorKind::Drift => ErrorKind::Drift,
