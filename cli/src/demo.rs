@@ -325,6 +325,7 @@ fn spawn_agents(
             coordinator: Some(link.clone()),
             shards: vec![shard],
             backups: None,
+            rehearsals: Default::default(),
             telemetry_listen: None,
             database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
         });

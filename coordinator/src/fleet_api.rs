@@ -14,8 +14,9 @@ use fleetshift_common::proto::v1::{
     ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
     CreateRollbackPlanRequest, GetPlanRequest, Hello, ListBackups, ListBackupsRequest,
     ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
-    ListShardsResponse, Plan, PlanAction, RestoreBackup, RestoreBackupRequest, RolloutEvent,
-    ShardHealth, ShardSummary, VerifyBackup, VerifyBackupRequest, WatchRolloutRequest,
+    ListShardsResponse, Plan, PlanAction, RehearsePlanRequest, RehearsePlanResponse, RestoreBackup,
+    RestoreBackupRequest, RolloutEvent, ShardHealth, ShardSummary, VerifyBackup,
+    VerifyBackupRequest, WatchRolloutRequest,
 };
 use prost::Message;
 use tokio_stream::Stream;
@@ -26,6 +27,8 @@ use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
 use crate::error::{ErrorCode, refuse};
 use crate::mailbox::Mailbox;
+use crate::rehearsals;
+use crate::rollout::rehearsal_gate::ShardVersions;
 use crate::rollout::{RolloutError, planning, records, rollback, transitions, watch, waves};
 use crate::store::Store;
 use crate::tasks::TaskSet;
@@ -212,8 +215,22 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     ) -> Result<Response<Plan>, Status> {
         let approver = self.authorize(&request, OperatorRole::Approver)?;
         let request = request.into_inner();
+        let versions: ShardVersions = self
+            .announcements()
+            .await?
+            .into_iter()
+            .flat_map(|(_, hello)| hello.shards)
+            .map(|shard| {
+                let version = if shard.current_version.is_empty() {
+                    "base".to_owned()
+                } else {
+                    shard.current_version
+                };
+                (shard.shard_id, version)
+            })
+            .collect();
         self.change(&request.plan_id, |plan| {
-            transitions::approve(plan, &approver, &request.comment)
+            transitions::approve(plan, &approver, &request.comment, &versions)
         })
         .await
     }
@@ -315,6 +332,19 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             }
             other => Err(unexpected(&agent, &other)),
         }
+    }
+
+    async fn rehearse_plan(
+        &self,
+        request: Request<RehearsePlanRequest>,
+    ) -> Result<Response<RehearsePlanResponse>, Status> {
+        let caller = self.authorize(&request, OperatorRole::Operator)?;
+        let request = request.into_inner();
+        let timeout = positive(request.timeout, "timeout")?.unwrap_or(rehearsals::DEFAULT_TIMEOUT);
+        let agents = self.announcements().await?;
+        let response =
+            rehearsals::rehearse(&*self.store, &agents, request, &caller, timeout).await?;
+        Ok(Response::new(response))
     }
 
     type WatchRolloutStream = Pin<Box<dyn Stream<Item = Result<RolloutEvent, Status>> + Send>>;

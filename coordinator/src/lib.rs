@@ -36,6 +36,7 @@ pub mod fleet_api;
 pub mod lint;
 pub mod mailbox;
 pub mod metrics;
+pub mod rehearsals;
 pub mod rollout;
 pub mod serve;
 pub mod store;

@@ -22,6 +22,7 @@ pub(crate) mod model;
 pub mod outcome;
 pub mod planning;
 pub mod records;
+pub mod rehearsal_gate;
 pub mod relay;
 pub mod risk;
 pub mod rollback;

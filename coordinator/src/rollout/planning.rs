@@ -370,6 +370,7 @@ pub fn plan(
         state: PlanState::AwaitingApproval.into(),
         waves: waves(&shards, &policy),
         approvals: Vec::new(),
+        rehearsals: Vec::new(),
         created_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         state_reason: String::new(),
         policy: Some(policy),

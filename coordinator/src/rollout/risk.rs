@@ -20,6 +20,8 @@ use fleetshift_common::source::Revision;
 use fleetshift_common::statements::Statement;
 use fleetshift_common::touched::{altered_columns, touched};
 
+pub mod measured;
+
 /// A shard the plan covers, as risk sees it.
 #[derive(Debug, Clone)]
 pub struct ShardContext {

@@ -7,6 +7,7 @@ use fleetshift_common::proto::v1::{Approval, Plan, PlanState, RiskAssessment};
 use fleetshift_common::rollout_names::plan_state_name;
 
 use super::RolloutError;
+use super::rehearsal_gate::{self, ShardVersions};
 
 fn state(plan: &Plan) -> PlanState {
     PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified)
@@ -20,7 +21,14 @@ fn not_now(plan: &Plan, action: &str) -> RolloutError {
     ))
 }
 
-pub fn approve(plan: &mut Plan, approver: &str, comment: &str) -> Result<(), RolloutError> {
+/// Records `approver`'s approval; a HIGH or CRITICAL plan first needs the rehearsals its level
+/// asks for (see [`rehearsal_gate`]), judged against each shard's version in `versions`.
+pub fn approve(
+    plan: &mut Plan,
+    approver: &str,
+    comment: &str,
+    versions: &ShardVersions,
+) -> Result<(), RolloutError> {
     if state(plan) != PlanState::AwaitingApproval && state(plan) != PlanState::Approved {
         return Err(not_now(plan, "approved"));
     }
@@ -33,6 +41,9 @@ pub fn approve(plan: &mut Plan, approver: &str, comment: &str) -> Result<(), Rol
             "{approver} has approved plan {} already",
             plan.plan_id
         )));
+    }
+    if let Some(missing) = rehearsal_gate::missing(plan, versions) {
+        return Err(RolloutError::NotNow(missing));
     }
     let gate = gate(plan);
     if !gate.author_may_approve && approver == plan.author {
@@ -143,9 +154,9 @@ mod tests {
             matches!(start(&mut plan), Err(RolloutError::NotNow(message)) if message.contains("fleetshift approve p1"))
         );
         assert!(pause(&mut plan, "").is_err());
-        approve(&mut plan, "alice", "checked").expect("approve");
+        approve(&mut plan, "alice", "checked", &ShardVersions::new()).expect("approve");
         assert!(
-            approve(&mut plan, "alice", "again").is_err(),
+            approve(&mut plan, "alice", "again", &ShardVersions::new()).is_err(),
             "one approval per approver"
         );
         start(&mut plan).expect("start");
@@ -171,15 +182,15 @@ mod tests {
             ..plan()
         };
         assert!(matches!(
-            approve(&mut plan, "alice", "mine"),
+            approve(&mut plan, "alice", "mine", &ShardVersions::new()),
             Err(RolloutError::Forbidden(message)) if message.contains("author cannot approve")
         ));
-        approve(&mut plan, "bob", "ok").expect("first approver");
+        approve(&mut plan, "bob", "ok", &ShardVersions::new()).expect("first approver");
         assert_eq!(plan.state, i32::from(PlanState::AwaitingApproval));
         assert!(
             matches!(start(&mut plan), Err(RolloutError::NotNow(message)) if message.contains("1 of 2"))
         );
-        approve(&mut plan, "carol", "ok").expect("second approver");
+        approve(&mut plan, "carol", "ok", &ShardVersions::new()).expect("second approver");
         assert_eq!(plan.state, i32::from(PlanState::Approved));
         start(&mut plan).expect("start");
     }

@@ -12,6 +12,7 @@
 //! | `sets/<digest>/<chunk>` | a chunk of the encoded `MigrationSet` | `CreatePlan` |
 //! | `host-requests/<agent>/<request>` | `HostRequest`, on the operator call's lease | the replica called |
 //! | `host-replies/<request>` | `HostReply`, on the same lease | the agent's replica |
+//! | `rehearsals/<plan>/<shard>` | `ShardRehearsal`, the newest | the replica called |
 
 const PREFIX: &str = "/fleetshift/v1";
 
@@ -89,4 +90,12 @@ pub fn host_request(agent: &str, request: &str) -> String {
 
 pub fn host_reply(request: &str) -> String {
     format!("{PREFIX}/host-replies/{request}")
+}
+
+pub fn rehearsals_prefix(plan: &str) -> String {
+    format!("{PREFIX}/rehearsals/{plan}/")
+}
+
+pub fn rehearsal(plan: &str, shard: &str) -> String {
+    format!("{}{shard}", rehearsals_prefix(plan))
 }

@@ -89,6 +89,7 @@ impl Shard {
                 database_url: DatabaseUrl::new(self.url.clone()),
             }],
             backups: Some(settings),
+            rehearsals: Default::default(),
             telemetry_listen: None,
             database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
         }
@@ -508,6 +509,7 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
             psql: PathBuf::from("psql"),
             lock_wait_timeout: Duration::from_secs(30),
         }),
+        rehearsals: Default::default(),
         telemetry_listen: None,
         database_outage_wait: fleetshift_agent::outage::DEFAULT_OUTAGE_WAIT,
     };

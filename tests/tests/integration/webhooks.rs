@@ -119,7 +119,12 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
         .await
         .expect("plan");
     records::update_plan(store.as_ref(), "p-hooks", None, |plan| {
-        transitions::approve(plan, "spiffe://fleet.example/operator/bob", "ok")
+        transitions::approve(
+            plan,
+            "spiffe://fleet.example/operator/bob",
+            "ok",
+            &Default::default(),
+        )
     })
     .await
     .expect("approve");
