@@ -376,7 +376,7 @@ where
                 Ok(AgentMessage {
                     body: Some(AgentBody::HostReply(reply)),
                 }) => {
-                    self.take_backup_reply(reply).await?;
+                    self.take_host_reply(reply).await?;
                 }
                 Ok(AgentMessage {
                     body: Some(AgentBody::Hello(_)),
@@ -462,7 +462,7 @@ where
 
     /// A reply goes to the request it answers, under that request's lease, so the replica
     /// the operator called sees it; only for a request made of this agent.
-    async fn take_backup_reply(&self, reply: HostReply) -> Result<(), Status> {
+    async fn take_host_reply(&self, reply: HostReply) -> Result<(), Status> {
         let request_key = keys::host_request(self.identity.name(), &reply.request_id);
         let Some(request) = self.store.read(&request_key).await.map_err(Status::from)? else {
             tracing::warn!(agent = %self.identity, request = %reply.request_id, "reply to a host request nobody waits for (it ended or was never made of this agent); dropped");

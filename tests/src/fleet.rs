@@ -439,8 +439,8 @@ impl FleetGround {
 }
 
 /// A real etcd, a PKI, and one coordinator replica in this process serving agent sessions and
-/// the fleet API over mutual TLS on loopback (no leader work: plans can be made and moved
-/// through their states, nothing is dispatched).
+/// the fleet API over mutual TLS on loopback, relaying host requests to agents (no leader
+/// work: plans can be made and moved through their states, nothing is dispatched).
 pub struct InProcessCoordinator {
     pub store: std::sync::Arc<fleetshift_coordinator::store::EtcdStore>,
     /// The sessions this replica holds (for handing assignments straight to an agent).
@@ -449,6 +449,8 @@ pub struct InProcessCoordinator {
     pub home: tempfile::TempDir,
     pub address: std::net::SocketAddr,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+    /// Stops the host-request relay when dropped.
+    _relay: tokio_util::sync::DropGuard,
     _etcd: fleetshift_testkit::etcd::EtcdServer,
 }
 
@@ -521,6 +523,12 @@ impl InProcessCoordinator {
         );
         let mailbox = sessions.mailbox();
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(fleetshift_coordinator::backups::relay::run(
+            std::sync::Arc::clone(&store),
+            std::sync::Arc::clone(&mailbox),
+            relay.clone(),
+        ));
         tokio::spawn(fleetshift_coordinator::serve::serve(
             listener,
             tls,
@@ -544,6 +552,7 @@ impl InProcessCoordinator {
             home,
             address,
             _shutdown: shutdown,
+            _relay: relay.drop_guard(),
             _etcd: etcd,
         }
     }

@@ -1,7 +1,11 @@
-//! The rehearsals a plan's risk asks for before it may be approved: a HIGH plan needs a passed
-//! rehearsal on at least one shard at each schema version its shards are at (the revisions run
-//! the same on every shard at one version, so one rehearsal speaks for them); a CRITICAL plan
-//! needs a passed rehearsal on every shard, at the version that shard is at now.
+//! The rehearsals a plan's risk asks for before it may be approved: a HIGH plan needs a
+//! rehearsal that ran every revision on at least one shard at each schema version its shards
+//! are at (the revisions run the same on every shard at one version, so one rehearsal speaks
+//! for them); a CRITICAL plan needs such a rehearsal on every shard, at its current version.
+//!
+//! A rehearsal passes this gate when every revision ran on the sample. The hazards it found do
+//! not block approval: they are measured evidence, put into the plan's risk (a hazard on a large
+//! table makes the plan HIGH) and shown to the approvers, who decide with them in view.
 
 use std::collections::BTreeMap;
 
@@ -20,10 +24,10 @@ pub fn missing(plan: &Plan, versions: &ShardVersions) -> Option<String> {
         .flat_map(|wave| &wave.shards)
         .map(|task| task.shard_id.as_str())
         .collect();
-    let passed: Vec<&RehearsalSummary> = plan
+    let ran: Vec<&RehearsalSummary> = plan
         .rehearsals
         .iter()
-        .filter(|rehearsal| rehearsal.passed)
+        .filter(|rehearsal| rehearsal.failure.is_empty())
         .collect();
     let version_of = |shard: &str| versions.get(shard).map(String::as_str);
     let uncovered: Vec<&str> = match level {
@@ -31,7 +35,7 @@ pub fn missing(plan: &Plan, versions: &ShardVersions) -> Option<String> {
             .iter()
             .copied()
             .filter(|shard| {
-                !passed.iter().any(|rehearsal| {
+                !ran.iter().any(|rehearsal| {
                     rehearsal.shard_id == *shard
                         || version_of(shard) == Some(rehearsal.shard_version.as_str())
                 })
@@ -41,7 +45,7 @@ pub fn missing(plan: &Plan, versions: &ShardVersions) -> Option<String> {
             .iter()
             .copied()
             .filter(|shard| {
-                !passed.iter().any(|rehearsal| {
+                !ran.iter().any(|rehearsal| {
                     rehearsal.shard_id == *shard
                         && version_of(shard).is_none_or(|now| now == rehearsal.shard_version)
                 })
@@ -54,7 +58,7 @@ pub fn missing(plan: &Plan, versions: &ShardVersions) -> Option<String> {
     }
     Some(match level {
         RiskLevel::Critical => format!(
-            "plan {} is CRITICAL (risk {}): every shard needs a passed rehearsal at its current version; {} of {} have none: {}; run `fleetshift rehearse {}`",
+            "plan {} is CRITICAL (risk {}): every shard needs a rehearsal that ran every revision at its current version; {} of {} have none: {}; run `fleetshift rehearse {}`",
             plan.plan_id,
             risk.score,
             uncovered.len(),
@@ -79,7 +83,7 @@ pub fn missing(plan: &Plan, versions: &ShardVersions) -> Option<String> {
                 .filter_map(|shards| shards.first().copied())
                 .collect();
             format!(
-                "plan {} is HIGH (risk {}): approval needs a passed rehearsal on one shard at each schema version it touches; none yet at {}; run `fleetshift rehearse {} --shards '{}'`",
+                "plan {} is HIGH (risk {}): approval needs a rehearsal that ran every revision on one shard at each schema version it touches; none yet at {}; run `fleetshift rehearse {} --shards '{}'`",
                 plan.plan_id,
                 risk.score,
                 wanted.join(", "),
@@ -134,10 +138,11 @@ mod tests {
         }
     }
 
-    fn passed(shard: &str, version: &str) -> RehearsalSummary {
+    fn ran(shard: &str, version: &str) -> RehearsalSummary {
         RehearsalSummary {
             shard_id: shard.to_owned(),
-            passed: true,
+            passed: false,
+            hints: vec!["E6".to_owned()],
             shard_version: version.to_owned(),
             ..RehearsalSummary::default()
         }
@@ -151,23 +156,23 @@ mod tests {
     }
 
     #[test]
-    fn a_high_plan_needs_one_passed_rehearsal_per_schema_version() {
+    fn a_high_plan_needs_one_rehearsal_that_ran_every_revision_per_schema_version() {
         let none = missing(&plan(RiskLevel::High, vec![]), &versions()).expect("missing");
         assert!(none.contains("version 2 (a, b), version 3 (c)"), "{none}");
         assert!(none.contains("--shards '{a,c}'"), "{none}");
         let failed = RehearsalSummary {
-            passed: false,
-            ..passed("c", "3")
+            failure: "revision 3 failed on the sample: boom".to_owned(),
+            ..ran("c", "3")
         };
         let one = missing(
-            &plan(RiskLevel::High, vec![passed("a", "2"), failed]),
+            &plan(RiskLevel::High, vec![ran("a", "2"), failed]),
             &versions(),
         )
         .expect("version 3 is not covered");
         assert!(one.contains("none yet at version 3 (c)"), "{one}");
         assert_eq!(
             missing(
-                &plan(RiskLevel::High, vec![passed("b", "2"), passed("c", "3")]),
+                &plan(RiskLevel::High, vec![ran("b", "2"), ran("c", "3")]),
                 &versions()
             ),
             None
@@ -177,13 +182,13 @@ mod tests {
 
     #[test]
     fn a_critical_plan_needs_every_shard_rehearsed_at_its_current_version() {
-        let stale = passed("c", "2");
-        let rehearsed = vec![passed("a", "2"), passed("b", "2"), stale];
+        let stale = ran("c", "2");
+        let rehearsed = vec![ran("a", "2"), ran("b", "2"), stale];
         let message = missing(&plan(RiskLevel::Critical, rehearsed.clone()), &versions())
             .expect("c moved on since its rehearsal");
         assert!(message.contains("1 of 3 have none: c"), "{message}");
         let mut all = rehearsed;
-        all.push(passed("c", "3"));
+        all.push(ran("c", "3"));
         assert_eq!(missing(&plan(RiskLevel::Critical, all), &versions()), None);
     }
 }

@@ -42,15 +42,15 @@ pub fn approve(
             plan.plan_id
         )));
     }
-    if let Some(missing) = rehearsal_gate::missing(plan, versions) {
-        return Err(RolloutError::NotNow(missing));
-    }
     let gate = gate(plan);
     if !gate.author_may_approve && approver == plan.author {
         return Err(RolloutError::Forbidden(format!(
             "plan {} is CRITICAL (risk {}): its author cannot approve it; {} other approvers must",
             plan.plan_id, gate.score, gate.approvals_required
         )));
+    }
+    if let Some(missing) = rehearsal_gate::missing(plan, versions) {
+        return Err(RolloutError::NotNow(missing));
     }
     plan.approvals.push(Approval {
         approver: approver.to_owned(),

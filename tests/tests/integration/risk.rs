@@ -1,17 +1,21 @@
 //! Risk gates enforced by the coordinator over mutual TLS, with each operator's own
 //! certificate: a CRITICAL plan (a blocking, irreversible change on a production shard) starts
-//! only after two distinct approvers other than its author; every approval is recorded with the
-//! approver's identity and time. And the plan's maintenance notice, rendered by the CLI from a
+//! only after a rehearsal of it on every shard and two distinct approvers other than its author;
+//! every approval is recorded with the approver's identity and time. And the plan's maintenance notice, rendered by the CLI from a
 //! user's template.
 
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
+use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::host_reply::Outcome;
+use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
-    AgentMessage, ApprovePlanRequest, CreatePlanRequest, Heartbeat, Hello, PlanAction, PlanState,
-    RiskLevel, ShardFacts,
+    AgentMessage, ApprovePlanRequest, CoordinatorMessage, CreatePlanRequest, Heartbeat, Hello,
+    HostReply, PlanAction, PlanState, RehearsalFinding, RehearsePlanRequest, RiskLevel, ShardFacts,
+    ShardRehearsal,
 };
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
 use fleetshift_tests::fixtures;
@@ -56,10 +60,48 @@ async fn production_agent(fleet: &InProcessCoordinator) -> tokio::task::JoinHand
                 return;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
-            while let Ok(Ok(Some(_))) =
+            while let Ok(Ok(Some(message))) =
                 tokio::time::timeout(Duration::from_millis(1), stream.message()).await
-            {}
+            {
+                if let Some(reply) = rehearsed(message)
+                    && sender.send(reply).await.is_err()
+                {
+                    return;
+                }
+            }
         }
+    })
+}
+
+/// The agent's answer to a rehearsal request: every revision ran, one E-class hazard found.
+fn rehearsed(message: CoordinatorMessage) -> Option<AgentMessage> {
+    let Some(CoordinatorBody::HostRequest(request)) = message.body else {
+        return None;
+    };
+    let Some(Action::Rehearse(_)) = request.action else {
+        return None;
+    };
+    let rehearsal = ShardRehearsal {
+        shard_id: request.shard_id.clone(),
+        agent_id: "db-host-1".to_owned(),
+        passed: false,
+        shard_version: "base".to_owned(),
+        findings: vec![RehearsalFinding {
+            hint: "E2".to_owned(),
+            hazard: true,
+            relation: "public.users".to_owned(),
+            lock_mode: "AccessExclusiveLock".to_owned(),
+            ..RehearsalFinding::default()
+        }],
+        ..ShardRehearsal::default()
+    };
+    Some(AgentMessage {
+        body: Some(AgentBody::HostReply(HostReply {
+            request_id: request.request_id,
+            shard_id: request.shard_id,
+            outcome: Some(Outcome::Rehearsed(rehearsal)),
+            error: None,
+        })),
     })
 }
 
@@ -123,6 +165,32 @@ async fn a_critical_plan_starts_only_after_two_approvers_other_than_its_author()
         .expect_err("the author");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("author cannot approve"));
+
+    let unrehearsed = bob
+        .approve_plan(approve("checked"))
+        .await
+        .expect_err("no rehearsal yet");
+    assert_eq!(unrehearsed.code(), Code::FailedPrecondition);
+    assert!(
+        unrehearsed
+            .message()
+            .contains("1 of 1 have none: users-eu; run `fleetshift rehearse"),
+        "{}",
+        unrehearsed.message()
+    );
+    let rehearsal = alice
+        .rehearse_plan(RehearsePlanRequest {
+            plan_id: plan.plan_id.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            ..RehearsePlanRequest::default()
+        })
+        .await
+        .expect("rehearsed")
+        .into_inner();
+    assert_eq!(rehearsal.rehearsals.len(), 1, "{rehearsal:?}");
 
     let once = bob.approve_plan(approve("checked")).await.expect("bob");
     assert_eq!(
