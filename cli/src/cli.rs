@@ -9,6 +9,7 @@ mod lint;
 mod migrate;
 mod notice;
 pub mod progress;
+mod rehearsals;
 mod rehearse;
 mod render;
 mod rollback;
@@ -76,6 +77,9 @@ pub enum Command {
     Rollback(rollback::RollbackArgs),
     /// A shard's backups on its agent's host: list them, verify one, restore one (approver).
     Backups(backups::BackupsArgs),
+    /// Run a plan on a sampled copy of each chosen shard and trace every lock it takes
+    /// (operator); HIGH and CRITICAL plans need rehearsals before approval.
+    Rehearse(Box<rehearsals::RehearseArgs>),
 }
 
 /// How results are printed on stdout.
@@ -105,6 +109,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Cancel(_) => "cancel",
         Command::Rollback(_) => "rollback",
         Command::Backups(_) => "backups",
+        Command::Rehearse(_) => "rehearse",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -139,5 +144,6 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Cancel(arguments) => rollout::act(rollout::Action::Cancel, arguments).await,
         Command::Rollback(arguments) => rollback::run(arguments).await,
         Command::Backups(arguments) => backups::run(arguments).await,
+        Command::Rehearse(arguments) => rehearsals::run(*arguments).await,
     }
 }

@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         | cli::Command::Resume(_)
         | cli::Command::Cancel(_)
         | cli::Command::Rollback(_)
-        | cli::Command::Backups(_) => "warn",
+        | cli::Command::Backups(_)
+        | cli::Command::Rehearse(_) => "warn",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

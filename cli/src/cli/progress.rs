@@ -415,6 +415,7 @@ fn summary_json(plan: &Plan, state: PlanState) {
                 "observed_at": analysis.observed_at.map(|at| at.to_string()),
                 "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "rehearsals": super::rehearsals::summaries_json(plan),
             "findings": plan.findings.iter().map(|finding| json!({
                 "rule": finding.rule,
                 "severity": finding.severity,

@@ -46,7 +46,7 @@ impl SampleArgs {
     }
 }
 
-fn parse_percent(text: &str) -> Result<f64, String> {
+pub(super) fn parse_percent(text: &str) -> Result<f64, String> {
     let number = text.trim().trim_end_matches('%').trim();
     let percent: f64 = number
         .parse()
@@ -153,7 +153,7 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
 }
 
 /// A time in microseconds as people read it: `0.7 ms`, `12.3 s`.
-fn micros(micros: u64) -> String {
+pub(super) fn micros(micros: u64) -> String {
     let millis = micros as f64 / 1000.0;
     if millis < 1000.0 {
         format!("{millis:.1} ms")

@@ -18,10 +18,9 @@ use fleetshift_common::shipped;
 use fleetshift_common::source::SourceFormat;
 use serde_json::json;
 
-use super::baseline_file;
 use super::fleet::{Connection, client, parse_label, refused};
 use super::sources::{self, AlembicArgs};
-use super::{Output, notice, progress, render};
+use super::{Output, baseline_file, notice, progress, rehearsals, render};
 use crate::exit;
 
 /// `plan <dir>` creates a plan; `plan notice <plan>` announces one.
@@ -251,6 +250,7 @@ fn print_plan(plan: &Plan, output: Output) {
         println!("  wave {}: {} shard(s): {listed}", wave.index, shards.len());
     }
     print_risk(plan);
+    rehearsals::print_summaries(plan);
     print_analyses(plan);
     print_findings(plan);
 }
