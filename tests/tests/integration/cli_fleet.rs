@@ -125,18 +125,7 @@ impl CliFleet {
             agent_config_text("a", &[port], &shards)
         );
         std::fs::write(&config, text).expect("agent config");
-        let agent = Process::spawn_with(
-            &binary::agent(),
-            &[
-                "--log-format",
-                "json",
-                "--config",
-                config.to_str().expect("path"),
-                "run",
-            ],
-            &home.path().join("agent.log"),
-            &environment,
-        );
+        let agent = spawn_agent(home.path(), &environment);
         let agent_telemetry = logged_port(&home.path().join("agent.log"), TELEMETRY_LISTENING);
         let address = format!("https://localhost:{port}");
         let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
@@ -176,10 +165,44 @@ impl CliFleet {
         }
     }
 
+    /// SIGKILLs the agent and starts it again on the same configuration; its first life's log
+    /// is kept as `agent-killed.log`.
+    pub fn restart_agent(&mut self) {
+        self.agent.signal("KILL");
+        assert!(
+            self.agent.wait_for_exit(Duration::from_secs(10)).is_some(),
+            "the agent outlived SIGKILL"
+        );
+        let home = self.home.path();
+        std::fs::rename(home.join("agent.log"), home.join("agent-killed.log")).expect("log");
+        self.agent = spawn_agent(home, &self.cli.environment);
+        self.telemetry.agent = format!(
+            "127.0.0.1:{}",
+            logged_port(&home.join("agent.log"), TELEMETRY_LISTENING)
+        );
+    }
+
     /// The replica's and the agent's logs, for a failed assertion.
     pub fn diagnose(&self) -> String {
         diagnose(self.home.path())
     }
+}
+
+/// The agent on `home`'s `agent.toml`, logging JSON to `agent.log`.
+fn spawn_agent(home: &Path, environment: &[(String, String)]) -> Process {
+    let config = home.join("agent.toml");
+    Process::spawn_with(
+        &binary::agent(),
+        &[
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().expect("path"),
+            "run",
+        ],
+        &home.join("agent.log"),
+        environment,
+    )
 }
 
 fn diagnose(home: &Path) -> String {

@@ -15,6 +15,7 @@ use fleetshift_tests::postgres::PostgresCluster;
 use super::support;
 
 mod cli;
+mod fleet;
 
 /// Revision 1 of every case, applied to the shard before the rehearsal: tables with rows.
 const BASE: &str = "
