@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use clap::{Args, ValueEnum};
 use fleetshift_common::error::ErrorKind;
-use fleetshift_common::proto::v1::{GetPlanRequest, Plan};
+use fleetshift_common::proto::v1::{GetPlanRequest, Plan, RehearsalSummary};
 use serde_json::{Value, json};
 
 use super::fleet::{Connection, client, refused};
@@ -148,6 +148,69 @@ fn impact(lock: &str) -> &'static str {
     }
 }
 
+/// The longest blocking lock a rehearsal held on `table`, at its shard's size: `ShareLock
+/// for ~12.3 s on shard-7 (E6)`.
+fn measured_hold(plan: &Plan, table: &str) -> Option<String> {
+    let qualified = format!(".{table}");
+    plan.rehearsals
+        .iter()
+        .flat_map(|rehearsal| {
+            rehearsal
+                .findings
+                .iter()
+                .map(move |finding| (rehearsal, finding))
+        })
+        .filter(|(_, finding)| {
+            !finding.lock_mode.is_empty()
+                && (finding.relation == table || finding.relation.ends_with(&qualified))
+        })
+        .max_by_key(|(_, finding)| {
+            finding
+                .estimated_hold
+                .map(|hold| (hold.seconds, hold.nanos))
+        })
+        .map(|(rehearsal, finding)| {
+            format!(
+                "{} for ~{} on {} ({})",
+                finding.lock_mode,
+                seconds(finding.estimated_hold),
+                rehearsal.shard_id,
+                finding.hint
+            )
+        })
+}
+
+fn seconds(duration: Option<prost_types::Duration>) -> String {
+    duration.map_or_else(
+        || "an unknown time".to_owned(),
+        |duration| {
+            format!(
+                "{:.1} s",
+                duration.seconds as f64 + f64::from(duration.nanos) / 1e9
+            )
+        },
+    )
+}
+
+/// A kept rehearsal as the template sees it.
+fn rehearsal_context(rehearsal: &RehearsalSummary) -> Value {
+    json!({
+        "shard": rehearsal.shard_id,
+        "shard_version": rehearsal.shard_version,
+        "passed": rehearsal.passed,
+        "failure": rehearsal.failure,
+        "rehearsed_at": rehearsal.rehearsed_at.map(|at| at.to_string()),
+        "findings": rehearsal.findings.iter().map(|finding| json!({
+            "hint": finding.hint,
+            "title": finding.title,
+            "relation": finding.relation,
+            "place": finding.place,
+            "lock_mode": finding.lock_mode,
+            "estimated_hold": seconds(finding.estimated_hold),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// How strongly a lock blocks, for picking a table's worst.
 fn strength(lock: &str) -> u8 {
     match lock {
@@ -196,6 +259,9 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
             if let (Some(rows), Some(object)) = (rows, table.as_object_mut()) {
                 object.insert("estimated_rows".to_owned(), json!(rows));
             }
+            if let (Some(hold), Some(object)) = (measured_hold(plan, name), table.as_object_mut()) {
+                object.insert("measured_hold".to_owned(), json!(hold));
+            }
             table
         })
         .collect();
@@ -232,6 +298,7 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
         "affected_tables": affected_tables,
         "schema_changes": schema_changes,
         "risk": risk_json(&plan.risk.clone().unwrap_or_default()),
+        "rehearsals": plan.rehearsals.iter().map(rehearsal_context).collect::<Vec<_>>(),
         "approvals": plan.approvals.iter().map(|approval| json!({
             "approver": approval.approver,
             "at": approval.at.map(|at| at.to_string()),
@@ -260,7 +327,8 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
 #[cfg(test)]
 mod tests {
     use fleetshift_common::proto::v1::{
-        Approval, RiskAssessment, SchemaChange, ShardAnalysis, ShardTask, TableFacts, Wave,
+        Approval, RehearsalFinding, RiskAssessment, SchemaChange, ShardAnalysis, ShardTask,
+        TableFacts, Wave,
     };
 
     use fleetshift_common::proto::v1::RiskLevel;
@@ -323,6 +391,22 @@ mod tests {
                 at: None,
                 comment: "checked".to_owned(),
             }],
+            rehearsals: vec![RehearsalSummary {
+                shard_id: "s1".to_owned(),
+                shard_version: "2".to_owned(),
+                hints: vec!["E4".to_owned()],
+                findings: vec![RehearsalFinding {
+                    hint: "E4".to_owned(),
+                    relation: "public.orders".to_owned(),
+                    lock_mode: "AccessExclusiveLock".to_owned(),
+                    estimated_hold: Some(prost_types::Duration {
+                        seconds: 12,
+                        nanos: 300_000_000,
+                    }),
+                    ..RehearsalFinding::default()
+                }],
+                ..RehearsalSummary::default()
+            }],
             ..Plan::default()
         }
     }
@@ -364,10 +448,19 @@ mod tests {
             "spiffe://fleet.example/operator/bob",
             "Support: dba@example.com",
             "Emergency: dba@example.com",
+            "rehearsed: AccessExclusiveLock for ~12.3 s on s1 (E4)",
+            "- `s1` at version 2: E4 public.orders (AccessExclusiveLock ~12.3 s)",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
-        assert!(notice(TEXT, &context(&plan(), &announcement)).is_ok());
+        let text = notice(TEXT, &context(&plan(), &announcement)).expect("rendered");
+        assert!(text.contains("REHEARSALS\n- s1 at version 2: E4"), "{text}");
+        let unrehearsed = Plan {
+            rehearsals: Vec::new(),
+            ..plan()
+        };
+        let text = notice(MARKDOWN, &context(&unrehearsed, &announcement)).expect("rendered");
+        assert!(text.contains("- none (`fleetshift rehearse p-1`"), "{text}");
     }
 
     #[test]

@@ -121,5 +121,6 @@ pub fn summary(rehearsal: &v1::ShardRehearsal) -> v1::RehearsalSummary {
         rehearsed_at: rehearsal.rehearsed_at,
         hints,
         failure: rehearsal.failure.clone(),
+        findings: rehearsal.findings.clone(),
     }
 }

@@ -1,11 +1,12 @@
-//! Which events a change makes: a plan appearing, approved, started, halted, completed (a
-//! rollback plan's completion is `rollout.rolled_back`) or cancelled; a shard failing or
-//! rolled back by its agent; a wave whose every shard has ended. The tracker remembers what it
-//! has seen, so a change that repeats a known state makes no event.
+//! Which events a change makes: a plan appearing, rehearsed, approved, started, halted,
+//! completed (a rollback plan's completion is `rollout.rolled_back`) or cancelled; a shard
+//! failing or rolled back by its agent; a wave whose every shard has ended. The tracker
+//! remembers what it has seen, so a change that repeats a known state makes no event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use fleetshift_common::proto::v1::{Direction, Plan, PlanState, ShardState, ShardTask};
+use fleetshift_common::proto::v1::{Direction, Plan, PlanState, RiskLevel, ShardState, ShardTask};
+use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -14,7 +15,7 @@ use crate::rollout::task_ended;
 /// One event, as its JSON body carries it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// `plan.created`, `plan.approved`, `rollout.started`, `wave.finished`, `shard.failed`,
+    /// `plan.created`, `plan.rehearsed`, `plan.approved`, `rollout.started`, `wave.finished`, `shard.failed`,
     /// `shard.rolled_back`, `rollout.halted`, `rollout.completed`, `rollout.rolled_back`,
     /// `rollout.cancelled`.
     pub event: &'static str,
@@ -33,6 +34,8 @@ struct PlanSeen {
     waves: BTreeMap<u32, BTreeSet<String>>,
     /// Shards that have ended, per wave.
     ended: BTreeMap<u32, BTreeSet<String>>,
+    /// Rehearsals reported, as (shard, when it ended).
+    rehearsals: BTreeSet<(String, String)>,
 }
 
 /// What the follower has seen of every plan and task.
@@ -49,6 +52,43 @@ fn event(name: &'static str, plan_id: &str, detail: Value) -> Event {
         at: prost_types::Timestamp::from(std::time::SystemTime::now()).to_string(),
         detail,
     }
+}
+
+/// `plan.rehearsed` for the rehearsals of `plan` not in `seen` (then added): each shard's
+/// verdict and the hints found, the plan's risk with them, and its state (a rehearsal that
+/// raised an approved plan's risk sends it back to awaiting approval, saying why).
+fn rehearsed(plan: &Plan, seen: &mut BTreeSet<(String, String)>) -> Option<Event> {
+    let new: Vec<Value> = plan
+        .rehearsals
+        .iter()
+        .filter(|rehearsal| {
+            let at = rehearsal
+                .rehearsed_at
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            seen.insert((rehearsal.shard_id.clone(), at))
+        })
+        .map(|rehearsal| {
+            json!({ "shard": rehearsal.shard_id, "passed": rehearsal.passed,
+                    "shard_version": rehearsal.shard_version, "hints": rehearsal.hints,
+                    "failure": (!rehearsal.failure.is_empty()).then_some(&rehearsal.failure) })
+        })
+        .collect();
+    if new.is_empty() {
+        return None;
+    }
+    let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+    let risk = plan.risk.as_ref().map(|risk| {
+        let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
+        json!({ "level": risk_level_name(level), "score": risk.score })
+    });
+    Some(event(
+        "plan.rehearsed",
+        &plan.plan_id,
+        json!({ "rehearsals": new, "risk": risk, "state": plan_state_name(state),
+                "reason": plan.state_reason }),
+    ))
 }
 
 impl Tracker {
@@ -78,6 +118,9 @@ impl Tracker {
                 ..PlanSeen::default()
             }
         });
+        if let Some(rehearsed) = rehearsed(&plan, &mut seen.rehearsals) {
+            events.push(rehearsed);
+        }
         for approval in plan.approvals.iter().skip(seen.approvals) {
             events.push(event(
                 "plan.approved",
@@ -161,7 +204,7 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use fleetshift_common::proto::v1::{Approval, Wave};
+    use fleetshift_common::proto::v1::{Approval, RehearsalSummary, Wave};
 
     use super::*;
 
@@ -198,6 +241,16 @@ mod tests {
         };
         assert_eq!(names(tracker.plan_changed(plan.clone())), ["plan.created"]);
         assert!(tracker.plan_changed(plan.clone()).is_empty(), "unchanged");
+        plan.rehearsals.push(RehearsalSummary {
+            shard_id: "a".to_owned(),
+            hints: vec!["E6".to_owned()],
+            rehearsed_at: Some(prost_types::Timestamp::default()),
+            ..RehearsalSummary::default()
+        });
+        let rehearsed = tracker.plan_changed(plan.clone());
+        assert_eq!(names(rehearsed.clone()), ["plan.rehearsed"]);
+        assert_eq!(rehearsed[0].detail["rehearsals"][0]["hints"][0], "E6");
+        assert!(tracker.plan_changed(plan.clone()).is_empty(), "seen");
         plan.approvals.push(Approval::default());
         plan.state = PlanState::Approved.into();
         assert_eq!(names(tracker.plan_changed(plan.clone())), ["plan.approved"]);
