@@ -8,11 +8,13 @@
 //! the blocks of a table that small keeps all or nothing. Scratch databases are named
 //! [`SCRATCH_PREFIX`]…, and [`Scratch::drop_database`] drops one `WITH (FORCE)`.
 
+mod leftovers;
+mod rows;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use futures_util::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _};
@@ -22,6 +24,9 @@ use crate::engine::{DatabaseMessage, quote_identifier};
 use crate::pg_client::{ClientCredentials, client_command, run_to_end};
 use crate::secrets::DatabaseUrl;
 use crate::touched::ForeignKeyClause;
+pub use leftovers::drop_leftovers;
+use leftovers::owner_prefix;
+use rows::{close_under, copy_rows, copy_sequences, scaled, source_tables};
 
 /// Every scratch database's name starts with this.
 pub const SCRATCH_PREFIX: &str = "fleetshift_rehearsal_";
@@ -103,15 +108,6 @@ pub struct Scratch {
     server: PgConnectOptions,
     url: DatabaseUrl,
     shard: String,
-}
-
-/// A user table as the shard's catalog describes it.
-struct SourceTable {
-    name: String,
-    columns: String,
-    bytes: i64,
-    estimate: i64,
-    whole: bool,
 }
 
 impl Scratch {
@@ -338,71 +334,6 @@ impl Scratch {
     }
 }
 
-/// `fleetshift_rehearsal_<owner>_`: the owner's letters and digits, at most 16.
-fn owner_prefix(owner: &str) -> String {
-    let tag: String = owner
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|letter| letter.to_ascii_lowercase())
-        .take(16)
-        .collect();
-    format!("{SCRATCH_PREFIX}{tag}_")
-}
-
-/// Drops the scratch databases `owner` left on the shard's server whose process is no longer
-/// running on this host (killed mid-rehearsal); their names.
-pub async fn drop_leftovers(
-    shard: &DatabaseUrl,
-    owner: &str,
-) -> Result<Vec<String>, RehearsalError> {
-    let options: PgConnectOptions = shard
-        .expose()
-        .parse()
-        .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;
-    let failed = |error: sqlx::Error| {
-        RehearsalError::build(
-            shard,
-            "dropping leftover scratch databases",
-            &DatabaseMessage(&error),
-        )
-    };
-    let mut server = options.connect().await.map_err(failed)?;
-    let prefix = owner_prefix(owner);
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
-    )
-    .bind(&prefix)
-    .fetch_all(&mut server)
-    .await
-    .map_err(failed)?;
-    let mut dropped = Vec::new();
-    for name in names {
-        let pid = name[prefix.len()..]
-            .split('_')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok());
-        if pid.is_some_and(running) {
-            continue;
-        }
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_identifier(&name)
-        )))
-        .execute(&mut server)
-        .await
-        .map_err(failed)?;
-        tracing::info!(database = %name, "dropped a scratch database a stopped rehearsal left");
-        dropped.push(name);
-    }
-    let _ = server.close().await;
-    Ok(dropped)
-}
-
-/// Whether process `pid` runs on this host.
-fn running(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// The server's data directory, when this host can see it, must have room for the sample
 /// (twice the database's size times the sampled share: rows and their indexes, with slack).
 /// A server elsewhere, or a user not allowed to read `data_directory`, skips the check and
@@ -463,194 +394,4 @@ fn rand_suffix() -> u32 {
         MADE.fetch_add(1, Ordering::Relaxed)
             .wrapping_mul(0x9e37_79b9),
     )
-}
-
-/// The sample scaled back up to the table, when the planner has no estimate.
-fn scaled(rows: u64, percent: f64, whole: bool) -> i64 {
-    let rows = rows as f64;
-    let estimate = if whole { rows } else { rows * 100.0 / percent };
-    estimate.round() as i64
-}
-
-/// The shard's ordinary tables (leaf partitions included), except those of extensions.
-async fn source_tables(source: &mut PgConnection) -> Result<Vec<SourceTable>, sqlx::Error> {
-    let rows: Vec<(String, String, i64, i64, bool)> = sqlx::query_as(
-        "SELECT format('%I.%I', n.nspname, c.relname),
-                (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
-                 FROM pg_attribute a
-                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                   AND a.attgenerated = ''),
-                pg_relation_size(c.oid), c.reltuples::int8,
-                n.nspname = 'fleetshift'
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'r'
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_toast%'
-           AND NOT EXISTS (SELECT FROM pg_depend d
-                           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                             AND d.deptype = 'e')
-         ORDER BY 1",
-    )
-    .fetch_all(source)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(name, columns, bytes, estimate, ledger)| SourceTable {
-            name,
-            columns,
-            bytes,
-            estimate,
-            whole: ledger || bytes <= WHOLE_TABLE_BYTES,
-        })
-        .collect())
-}
-
-/// Streams the table's sample from the shard into the scratch database; the rows copied.
-async fn copy_rows(
-    source: &mut PgConnection,
-    target: &mut PgConnection,
-    table: &SourceTable,
-    options: &SampleOptions,
-) -> Result<u64, sqlx::Error> {
-    if table.columns.is_empty() {
-        return Ok(0);
-    }
-    let sample = if table.whole {
-        String::new()
-    } else {
-        format!(" TABLESAMPLE SYSTEM ({})", options.percent)
-    };
-    let limit = if table.name.starts_with("fleetshift.") {
-        String::new()
-    } else {
-        format!(" LIMIT {}", options.max_rows_per_table)
-    };
-    let mut writer = target
-        .copy_in_raw(&format!(
-            "COPY {} ({}) FROM STDIN",
-            table.name, table.columns
-        ))
-        .await?;
-    let mut reader = source
-        .copy_out_raw(&format!(
-            "COPY (SELECT {} FROM {}{sample}{limit}) TO STDOUT",
-            table.columns, table.name
-        ))
-        .await?;
-    while let Some(chunk) = reader.try_next().await? {
-        writer.send(chunk).await?;
-    }
-    writer.finish().await
-}
-
-/// Removes the sampled rows that a foreign key the revisions add would find dangling: the
-/// sample is not closed under references, the shard is. A clause whose tables do not exist
-/// yet (an earlier revision creates them) is skipped. Rows removed per table.
-async fn close_under(
-    target: &mut PgConnection,
-    references: &[ForeignKeyClause],
-) -> Vec<(String, u64)> {
-    let mut removed = Vec::new();
-    for clause in references {
-        match close_one(target, clause).await {
-            Ok(Some((table, rows))) => removed.push((table, rows)),
-            Ok(None) => {}
-            Err(error) => {
-                tracing::debug!(table = %clause.table, referenced = %clause.referenced, error = %DatabaseMessage(&error), "not closing the sample under this foreign key");
-            }
-        }
-    }
-    removed
-}
-
-async fn close_one(
-    target: &mut PgConnection,
-    clause: &ForeignKeyClause,
-) -> Result<Option<(String, u64)>, sqlx::Error> {
-    let referenced_columns = if clause.referenced_columns.is_empty() {
-        let key: Option<Vec<String>> = sqlx::query_scalar(
-            "SELECT array_agg(a.attname::text ORDER BY k.n)
-             FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-             JOIN pg_attribute a ON a.attnum = k.attnum
-             WHERE i.indrelid = to_regclass($1) AND i.indisprimary
-               AND a.attrelid = i.indrelid",
-        )
-        .bind(quoted_name(&clause.referenced))
-        .fetch_one(&mut *target)
-        .await?;
-        key.unwrap_or_default()
-    } else {
-        clause.referenced_columns.clone()
-    };
-    if referenced_columns.len() != clause.columns.len() {
-        return Ok(None);
-    }
-    let present: Vec<String> = clause
-        .columns
-        .iter()
-        .map(|column| format!("r.{} IS NOT NULL", quote_identifier(column)))
-        .collect();
-    let matching: Vec<String> = clause
-        .columns
-        .iter()
-        .zip(&referenced_columns)
-        .map(|(column, referenced)| {
-            format!(
-                "p.{} = r.{}",
-                quote_identifier(referenced),
-                quote_identifier(column)
-            )
-        })
-        .collect();
-    let table = quoted_name(&clause.table);
-    let deleted = sqlx::raw_sql(AssertSqlSafe(format!(
-        "SET session_replication_role = replica;
-         DELETE FROM {table} AS r WHERE {} AND NOT EXISTS (SELECT FROM {} AS p WHERE {});
-         RESET session_replication_role",
-        present.join(" AND "),
-        quoted_name(&clause.referenced),
-        matching.join(" AND ")
-    )))
-    .execute(&mut *target)
-    .await?;
-    let qualified: String = sqlx::query_scalar(
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
-    )
-    .bind(&table)
-    .fetch_one(&mut *target)
-    .await?;
-    Ok(Some((qualified, deleted.rows_affected())))
-}
-
-/// `schema.table` or `table`, each part quoted.
-fn quoted_name(name: &str) -> String {
-    name.split('.')
-        .map(quote_identifier)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// Each sequence where the shard's is, so rows a revision inserts do not collide with sampled
-/// ones.
-async fn copy_sequences(
-    source: &mut PgConnection,
-    target: &mut PgConnection,
-) -> Result<(), sqlx::Error> {
-    let sequences: Vec<(String, Option<i64>)> = sqlx::query_as(
-        "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences
-         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
-    )
-    .fetch_all(source)
-    .await?;
-    for (sequence, last_value) in sequences {
-        if let Some(last_value) = last_value {
-            sqlx::query("SELECT setval($1::regclass, $2)")
-                .bind(&sequence)
-                .bind(last_value)
-                .execute(&mut *target)
-                .await?;
-        }
-    }
-    Ok(())
 }
