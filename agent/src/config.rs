@@ -65,6 +65,11 @@ struct RawRehearsals {
     pg_dump: Option<PathBuf>,
     /// The `pg_restore` that loads it (default: `[backups]`'s, else the PATH's).
     pg_restore: Option<PathBuf>,
+    /// A database on a staging server whose user may create databases: the scratch copies are
+    /// built there instead of beside each shard (inline, discouraged: the file holds a secret).
+    staging_url: Option<String>,
+    /// A file holding that URL.
+    staging_url_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +124,8 @@ pub struct RehearsalLimits {
     pub max_concurrent: usize,
     pub pg_dump: PathBuf,
     pub pg_restore: PathBuf,
+    /// Where the scratch copies are built; `None`: beside each shard, on its own server.
+    pub staging: Option<DatabaseUrl>,
     pub slots: Arc<Semaphore>,
 }
 
@@ -128,6 +135,7 @@ impl RehearsalLimits {
             max_concurrent,
             pg_dump,
             pg_restore,
+            staging: None,
             slots: Arc::new(Semaphore::new(max_concurrent)),
         }
     }
@@ -139,15 +147,51 @@ impl Default for RehearsalLimits {
     }
 }
 
+/// A database URL given inline or in a file (relative to `base`); `None` when neither is.
+fn secret_url(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base: &Path,
+    what: &str,
+) -> Result<Option<String>, String> {
+    match (inline, file) {
+        (Some(url), None) => Ok(Some(url)),
+        (None, Some(file)) => {
+            let file = base.join(file);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|error| format!("{what}: cannot read {}: {error}", file.display()))?;
+            Ok(Some(text.trim().to_owned()))
+        }
+        (Some(_), Some(_)) => Err(format!(
+            "{what}: set database_url or database_url_file, not both"
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
 fn rehearsal_limits(
     raw: Option<RawRehearsals>,
     backups: Option<&BackupSettings>,
+    base: &Path,
 ) -> Result<RehearsalLimits, String> {
     let raw = raw.unwrap_or(RawRehearsals {
         max_concurrent: None,
         pg_dump: None,
         pg_restore: None,
+        staging_url: None,
+        staging_url_file: None,
     });
+    let staging = secret_url(
+        raw.staging_url,
+        raw.staging_url_file,
+        base,
+        "[rehearsals] staging",
+    )?;
+    if let Some(url) = &staging
+        && !url.starts_with("postgres")
+    {
+        return Err("[rehearsals] staging_url must be a PostgreSQL URL (postgres://…)".to_owned());
+    }
     let max_concurrent = raw.max_concurrent.unwrap_or(1);
     if max_concurrent == 0 {
         return Err("[rehearsals] max_concurrent must be at least 1".to_owned());
@@ -160,7 +204,9 @@ fn rehearsal_limits(
         .pg_restore
         .or_else(|| backups.map(|backups| backups.pg_restore.clone()))
         .unwrap_or_else(|| PathBuf::from("pg_restore"));
-    Ok(RehearsalLimits::new(max_concurrent, pg_dump, pg_restore))
+    let mut limits = RehearsalLimits::new(max_concurrent, pg_dump, pg_restore);
+    limits.staging = staging.map(DatabaseUrl::new);
+    Ok(limits)
 }
 
 /// The coordinator replicas to hold a session with (any one at a time), over mutual TLS.
@@ -223,7 +269,8 @@ impl AgentConfig {
             .map(|backups| backup_settings(backups, base))
             .transpose()
             .map_err(invalid)?;
-        let rehearsals = rehearsal_limits(raw.rehearsals, backups.as_ref()).map_err(invalid)?;
+        let rehearsals =
+            rehearsal_limits(raw.rehearsals, backups.as_ref(), base).map_err(invalid)?;
         let database_outage_wait = match raw.database_outage_wait.as_deref() {
             None => DEFAULT_OUTAGE_WAIT,
             Some(text) => fleetshift_common::duration::parse(text)
@@ -262,34 +309,9 @@ impl AgentConfig {
             if shards.iter().any(|shard| shard.id == raw.id) {
                 return Err(format!("shard {:?} is listed twice", raw.id));
             }
-            let url = match (raw.database_url, raw.database_url_file) {
-                (Some(url), None) => url,
-                (None, Some(file)) => {
-                    let file = base.join(file);
-                    std::fs::read_to_string(&file)
-                        .map_err(|error| {
-                            format!(
-                                "shard {:?}: cannot read {}: {error}",
-                                raw.id,
-                                file.display()
-                            )
-                        })?
-                        .trim()
-                        .to_owned()
-                }
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "shard {:?}: set database_url or database_url_file, not both",
-                        raw.id
-                    ));
-                }
-                (None, None) => {
-                    return Err(format!(
-                        "shard {:?}: database_url_file (or database_url) is missing",
-                        raw.id
-                    ));
-                }
-            };
+            let what = format!("shard {:?}", raw.id);
+            let url = secret_url(raw.database_url, raw.database_url_file, base, &what)?
+                .ok_or_else(|| format!("{what}: database_url_file (or database_url) is missing"))?;
             shards.push(ShardConfig {
                 id: raw.id,
                 labels: raw.labels,
@@ -510,6 +532,40 @@ mod tests {
         let error = format!("{:#}", AgentConfig::load(&path).expect_err("no url"));
         assert!(
             error.contains("database_url_file (or database_url) is missing"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn rehearsals_may_build_their_copies_on_a_staging_server_named_in_a_file() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("agent.toml");
+        std::fs::write(
+            directory.path().join("staging.url"),
+            "postgres://rehearse:secret@staging:5432/postgres\n",
+        )
+        .expect("write");
+        let shard = "[[shards]]\nid = \"s\"\ndatabase_url = \"sqlite::memory:\"\n";
+        std::fs::write(
+            &path,
+            format!("agent_id = \"a\"\n[rehearsals]\nstaging_url_file = \"staging.url\"\n{shard}"),
+        )
+        .expect("write");
+        let config = AgentConfig::load(&path).expect("loads");
+        let staging = config.rehearsals.staging.expect("staging");
+        assert_eq!(
+            staging.expose(),
+            "postgres://rehearse:secret@staging:5432/postgres"
+        );
+        assert!(!format!("{staging:?}").contains("secret"));
+        std::fs::write(
+            &path,
+            format!("agent_id = \"a\"\n[rehearsals]\nstaging_url = \"mysql://x\"\n{shard}"),
+        )
+        .expect("write");
+        let error = format!("{:#}", AgentConfig::load(&path).expect_err("not postgres"));
+        assert!(
+            error.contains("staging_url must be a PostgreSQL URL"),
             "{error}"
         );
     }

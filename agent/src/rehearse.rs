@@ -12,6 +12,7 @@ use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, RehearseShard, ShardR
 use fleetshift_common::rehearsal::scratch::{self, SampleOptions};
 use fleetshift_common::rehearsal::wire::{self, Reported};
 use fleetshift_common::rehearsal::{self, RehearsalError, RehearsalSettings};
+use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::shipped;
 use tokio_util::sync::CancellationToken;
 
@@ -148,6 +149,7 @@ fn settings(config: &AgentConfig, order: &RehearseShard) -> Result<RehearsalSett
             pg_dump: config.rehearsals.pg_dump.clone(),
             pg_restore: config.rehearsals.pg_restore.clone(),
             owner: config.agent_id.clone(),
+            staging: config.rehearsals.staging.clone(),
         },
         timeouts,
         executor: ExecutorSettings {
@@ -162,20 +164,27 @@ fn settings(config: &AgentConfig, order: &RehearseShard) -> Result<RehearsalSett
     })
 }
 
-/// Drops the scratch databases an earlier run of this agent left on its PostgreSQL shards'
-/// servers (killed mid-rehearsal). A server it cannot reach now is left for the next start.
+/// Drops the scratch databases an earlier run of this agent left (killed mid-rehearsal): on
+/// the staging server when there is one, else on its PostgreSQL shards' servers. A server it
+/// cannot reach now is left for the next start.
 pub async fn drop_leftovers(config: &AgentConfig) {
-    for shard in &config.shards {
-        if !shard.database_url.expose().starts_with("postgres") {
-            continue;
-        }
-        match scratch::drop_leftovers(&shard.database_url, &config.agent_id).await {
+    let servers: Vec<(&str, &DatabaseUrl)> = match &config.rehearsals.staging {
+        Some(staging) => vec![("staging", staging)],
+        None => config
+            .shards
+            .iter()
+            .filter(|shard| shard.database_url.expose().starts_with("postgres"))
+            .map(|shard| (shard.id.as_str(), &shard.database_url))
+            .collect(),
+    };
+    for (server, url) in servers {
+        match scratch::drop_leftovers(url, &config.agent_id).await {
             Ok(dropped) if !dropped.is_empty() => {
-                tracing::warn!(shard = %shard.id, dropped = ?dropped, "dropped scratch databases a stopped rehearsal left");
+                tracing::warn!(%server, dropped = ?dropped, "dropped scratch databases a stopped rehearsal left");
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(shard = %shard.id, %error, "cannot look for scratch databases a stopped rehearsal left; trying again at the next start");
+                tracing::warn!(%server, %error, "cannot look for scratch databases a stopped rehearsal left; trying again at the next start");
             }
         }
     }

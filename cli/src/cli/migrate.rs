@@ -390,7 +390,7 @@ async fn rehearse(
     };
     // A rehearsal killed earlier (this command has no agent to clean up after it) left its
     // scratch database behind: drop it first.
-    scratch::drop_leftovers(url, rehearse::OWNER)
+    scratch::drop_leftovers(&sample.server(url), rehearse::OWNER)
         .await
         .map_err(|error| Failure::Rehearsal(error.to_string()))?;
     let rehearsal = rehearsal::rehearse(url, set, &request, &settings)

@@ -9,6 +9,7 @@ use fleetshift_common::rehearsal::Rehearsal;
 use fleetshift_common::rehearsal::effects::Effects;
 use fleetshift_common::rehearsal::findings::strongest_locks;
 use fleetshift_common::rehearsal::scratch::SampleOptions;
+use fleetshift_common::secrets::DatabaseUrl;
 use serde_json::json;
 
 use super::Output;
@@ -32,6 +33,10 @@ pub(super) struct SampleArgs {
     /// The pg_restore that loads it into the scratch database.
     #[arg(long, default_value = "pg_restore", env = "FLEETSHIFT_PG_RESTORE")]
     pg_restore: PathBuf,
+    /// Build the scratch database on this staging server instead of beside the database: a
+    /// PostgreSQL URL whose user may create databases (the database reads only the sample).
+    #[arg(long, env = "FLEETSHIFT_STAGING_URL", hide_env_values = true)]
+    staging_url: Option<String>,
 }
 
 impl SampleArgs {
@@ -42,7 +47,15 @@ impl SampleArgs {
             pg_dump: self.pg_dump.clone(),
             pg_restore: self.pg_restore.clone(),
             owner: OWNER.to_owned(),
+            staging: self.staging_url.clone().map(DatabaseUrl::new),
         }
+    }
+
+    /// The server the scratch databases go on: the staging one, or the database's own.
+    pub(super) fn server(&self, database: &DatabaseUrl) -> DatabaseUrl {
+        self.staging_url
+            .clone()
+            .map_or_else(|| database.clone(), DatabaseUrl::new)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The scratch database a rehearsal runs in, beside the shard on its own server: the shard's
-//! schema from `pg_dump --schema-only` (restored with `pg_restore`), then a sample of each
+//! The scratch database a rehearsal runs in, beside the shard on its own server or on a
+//! staging server ([`SampleOptions::staging`]): the shard's schema from `pg_dump --schema-only` (restored with `pg_restore`), then a sample of each
 //! table's rows copied straight from the shard (`TABLESAMPLE SYSTEM`, capped per table) with
 //! triggers and foreign-key checks off (`session_replication_role = replica`), so the sample
 //! need not be closed under references; then the sequences' positions, then `ANALYZE`.
@@ -49,6 +49,9 @@ pub struct SampleOptions {
     /// Who builds the scratch databases (an agent's id, or `cli`): part of their names, so
     /// [`drop_leftovers`] finds its own.
     pub owner: String,
+    /// A database on a staging server whose user may create databases: the scratch database is
+    /// built there, and the shard's server only serves the reads of the sample.
+    pub staging: Option<DatabaseUrl>,
 }
 
 impl Default for SampleOptions {
@@ -59,6 +62,7 @@ impl Default for SampleOptions {
             pg_dump: PathBuf::from("pg_dump"),
             pg_restore: PathBuf::from("pg_restore"),
             owner: "cli".to_owned(),
+            staging: None,
         }
     }
 }
@@ -104,8 +108,11 @@ pub struct SampleReport {
 #[derive(Debug)]
 pub struct Scratch {
     name: String,
-    /// The shard's server, connected to the shard's database (never to the scratch one).
+    /// The server the scratch database is on (the shard's, or the staging one), connected to
+    /// the database its URL names (never to the scratch one).
     server: PgConnectOptions,
+    /// That server's URL, for `pg_restore`.
+    server_url: DatabaseUrl,
     url: DatabaseUrl,
     shard: String,
 }
@@ -124,38 +131,27 @@ impl Scratch {
             std::process::id(),
             rand_suffix()
         );
-        let server: PgConnectOptions = shard
-            .expose()
-            .parse()
-            .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;
-        let url = DatabaseUrl::new(scratch_url(shard, &name)?);
+        let server_url = options.staging.as_ref().unwrap_or(shard);
+        let server: PgConnectOptions = server_url.expose().parse().map_err(|error| {
+            RehearsalError::build(server_url, "reading the database URL", &error)
+        })?;
+        let url = DatabaseUrl::new(scratch_url(server_url, &name)?);
         let scratch = Self {
             name,
             server,
+            server_url: server_url.clone(),
             url,
             shard: shard.masked(),
         };
-        let mut source = scratch.connect_server().await?;
-        let disk = match check_disk(&mut source, options.percent).await {
+        let mut source = connect(shard, "connecting to the shard").await?;
+        let created = scratch.create(&mut source, options.percent).await;
+        let disk = match created {
             Ok(disk) => disk,
-            Err(detail) => {
+            Err(error) => {
                 let _ = source.close().await;
-                return Err(RehearsalError::NoRoom {
-                    shard: scratch.shard,
-                    detail,
-                });
+                return Err(error);
             }
         };
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE DATABASE {}",
-            quote_identifier(&scratch.name)
-        )))
-        .execute(&mut source)
-        .await
-        .map_err(|error| RehearsalError::CannotCreate {
-            shard: scratch.shard.clone(),
-            detail: DatabaseMessage(&error).to_string(),
-        })?;
         match scratch.fill(shard, &mut source, options, references).await {
             Ok(tables) => {
                 let _ = source.close().await;
@@ -211,13 +207,53 @@ impl Scratch {
             })
     }
 
+    /// Checks the room on the scratch database's server for a sample of the shard (connected
+    /// as `source`), then creates the database; what the check found.
+    async fn create(
+        &self,
+        source: &mut PgConnection,
+        percent: f64,
+    ) -> Result<String, RehearsalError> {
+        let size: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(&mut *source)
+                .await;
+        let mut server = self.connect_server().await?;
+        let disk = match size {
+            Ok(size) => check_disk(&mut server, size, percent).await,
+            Err(error) => Ok(format!(
+                "not checked: the shard's size is unknown ({})",
+                DatabaseMessage(&error)
+            )),
+        };
+        let created = match disk {
+            Ok(disk) => sqlx::raw_sql(AssertSqlSafe(format!(
+                "CREATE DATABASE {}",
+                quote_identifier(&self.name)
+            )))
+            .execute(&mut server)
+            .await
+            .map(|_| disk)
+            .map_err(|error| RehearsalError::CannotCreate {
+                shard: self.shard.clone(),
+                detail: DatabaseMessage(&error).to_string(),
+            }),
+            Err(detail) => Err(RehearsalError::NoRoom {
+                shard: self.shard.clone(),
+                detail,
+            }),
+        };
+        let _ = server.close().await;
+        created
+    }
+
     async fn connect_server(&self) -> Result<PgConnection, RehearsalError> {
         self.server
             .connect()
             .await
             .map_err(|error| RehearsalError::Build {
                 shard: self.shard.clone(),
-                step: "connecting to the shard's server".to_owned(),
+                step: "connecting to the scratch database's server".to_owned(),
                 detail: DatabaseMessage(&error).to_string(),
             })
     }
@@ -301,6 +337,8 @@ impl Scratch {
         };
         let credentials = ClientCredentials::from_url(shard)
             .map_err(|detail| failed("reading the database URL", detail))?;
+        let server = ClientCredentials::from_url(&self.server_url)
+            .map_err(|detail| failed("reading the staging server's URL", detail))?;
         let directory = tempfile::Builder::new()
             .prefix("fleetshift-rehearsal-")
             .tempdir()
@@ -318,14 +356,14 @@ impl Scratch {
         run_to_end(command, &options.pg_dump, "pg_dump --schema-only", PROGRAMS)
             .await
             .map_err(|detail| failed("dumping the shard's schema", detail))?;
-        let mut command = client_command(&options.pg_restore, Some(&credentials));
+        let mut command = client_command(&options.pg_restore, Some(&server));
         command
             .arg("--no-password")
             .arg("--no-owner")
             .arg("--no-privileges")
             .arg("--exit-on-error")
             .arg("--dbname")
-            .arg(credentials.conninfo_for(&self.name))
+            .arg(server.conninfo_for(&self.name))
             .arg(&dump);
         run_to_end(command, &options.pg_restore, "pg_restore", PROGRAMS)
             .await
@@ -338,15 +376,14 @@ impl Scratch {
 /// (twice the database's size times the sampled share: rows and their indexes, with slack).
 /// A server elsewhere, or a user not allowed to read `data_directory`, skips the check and
 /// says so.
-async fn check_disk(source: &mut PgConnection, percent: f64) -> Result<String, String> {
-    let facts: Result<(Option<String>, i64), sqlx::Error> = sqlx::query_as(
-        "SELECT current_setting('data_directory', true), pg_database_size(current_database())",
-    )
-    .fetch_one(&mut *source)
-    .await;
-    let (directory, size) = match facts {
-        Ok((Some(directory), size)) => (PathBuf::from(directory), size),
-        Ok((None, _)) | Err(_) => {
+async fn check_disk(server: &mut PgConnection, size: i64, percent: f64) -> Result<String, String> {
+    let directory: Result<Option<String>, sqlx::Error> =
+        sqlx::query_scalar("SELECT current_setting('data_directory', true)")
+            .fetch_one(&mut *server)
+            .await;
+    let directory = match directory {
+        Ok(Some(directory)) => PathBuf::from(directory),
+        Ok(None) | Err(_) => {
             return Ok("not checked: the user may not read the server's data_directory".to_owned());
         }
     };
@@ -375,7 +412,19 @@ async fn check_disk(source: &mut PgConnection, percent: f64) -> Result<String, S
     ))
 }
 
-/// The shard's URL with the scratch database's name in place of the shard's.
+/// A session on the database `url` names.
+async fn connect(url: &DatabaseUrl, step: &str) -> Result<PgConnection, RehearsalError> {
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .map_err(|error| RehearsalError::build(url, "reading the database URL", &error))?;
+    options
+        .connect()
+        .await
+        .map_err(|error| RehearsalError::build(url, step, &DatabaseMessage(&error)))
+}
+
+/// The server's URL with the scratch database's name in place of the database's.
 fn scratch_url(shard: &DatabaseUrl, name: &str) -> Result<String, RehearsalError> {
     let mut parsed = url::Url::parse(shard.expose())
         .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;

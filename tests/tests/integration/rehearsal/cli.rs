@@ -261,3 +261,72 @@ async fn a_killed_rehearsal_leaves_the_database_untouched_and_its_scratch_copy_g
         "the database is untouched"
     );
 }
+
+/// With `--staging-url` the scratch copy lives on another server: while the rehearsal runs it
+/// is there and not beside the database, and it is gone from both at the end.
+#[tokio::test]
+async fn a_rehearsal_on_a_staging_server_leaves_the_databases_server_alone() {
+    let database = support::database("staged").await;
+    let staging = fleetshift_tests::postgres::PostgresCluster::start().expect("staging server");
+    let staging_admin = staging.admin_pool("postgres").await.expect("staging pool");
+    let directory = fixtures::migrations(&[
+        ("1_events.sql", EVENTS),
+        (
+            "2_payload_present.sql",
+            "ALTER TABLE events ADD CONSTRAINT payload_present CHECK (payload IS NOT NULL);\n\
+             SELECT pg_sleep(2);",
+        ),
+    ]);
+    let dir = support::dir(&directory);
+    assert_exit(
+        &binary::run(&database.url, &["migrate", "up", "--dir", dir, "--to", "1"]),
+        0,
+    );
+    let before = snapshot(&database.admin).await;
+    let pg_dump = database.cluster.binaries().join("pg_dump");
+    let pg_restore = database.cluster.binaries().join("pg_restore");
+    let child = tokio::process::Command::new(binary::fleetshift())
+        .args(["migrate", "rehearse", "--dir", dir, "--output", "json"])
+        .arg("--pg-dump")
+        .arg(&pg_dump)
+        .arg("--pg-restore")
+        .arg(&pg_restore)
+        .env("FLEETSHIFT_DATABASE_URL", &database.url)
+        .env("FLEETSHIFT_STAGING_URL", staging.admin_url("postgres"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rehearse");
+    let on_staging =
+        fleetshift_tests::wait::wait_until(std::time::Duration::from_secs(60), || async {
+            !scratch_databases(&staging_admin).await.is_empty()
+        })
+        .await;
+    assert!(on_staging, "the scratch copy appears on the staging server");
+    assert_eq!(
+        scratch_databases(&database.admin).await,
+        Vec::<String>::new(),
+        "nothing is built beside the database"
+    );
+    let output = child.wait_with_output().await.expect("rehearsal ended");
+    assert_exit(&output, 11);
+    let report = support::json(&output);
+    let e1 = report["rehearsal"]["findings"]
+        .as_array()
+        .and_then(|findings| findings.iter().find(|finding| finding["hint"] == "E1"));
+    assert!(e1.is_some(), "{report:#}");
+    assert!(table(&report, "public.events")["rows_sampled"].as_u64() > Some(0));
+    assert_eq!(
+        scratch_databases(&staging_admin).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        scratch_databases(&database.admin).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        snapshot(&database.admin).await,
+        before,
+        "the database is untouched"
+    );
+}
