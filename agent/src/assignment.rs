@@ -507,18 +507,26 @@ fn pool_figures(connected: &Connected) -> Box<dyn PoolFigures> {
 
 /// The plan's limits, with the shard-side timeouts tied to the session's lease.
 fn timeouts(limits: &v1::ExecutionLimits, lease_ttl: Duration) -> Result<Timeouts, String> {
+    let timeouts = Timeouts {
+        idle_in_transaction: lease_ttl,
+        migrator_lock_idle: lease_ttl.max(MIN_MIGRATOR_LOCK_IDLE),
+        ..plan_timeouts(limits)
+    };
+    timeouts.validate()?;
+    Ok(timeouts)
+}
+
+/// The plan's lock and statement timeouts (the defaults where it sets none), the rest default.
+pub(crate) fn plan_timeouts(limits: &v1::ExecutionLimits) -> Timeouts {
     let defaults = Timeouts::default();
     let given = |value: Option<prost_types::Duration>, default: Duration| {
         value
             .and_then(|value| Duration::try_from(value).ok())
             .unwrap_or(default)
     };
-    let timeouts = Timeouts {
+    Timeouts {
         lock_timeout: given(limits.lock_timeout, defaults.lock_timeout),
         statement_timeout: given(limits.statement_timeout, defaults.statement_timeout),
-        idle_in_transaction: lease_ttl,
-        migrator_lock_idle: lease_ttl.max(MIN_MIGRATOR_LOCK_IDLE),
-    };
-    timeouts.validate()?;
-    Ok(timeouts)
+        ..defaults
+    }
 }

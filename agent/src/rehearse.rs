@@ -4,9 +4,8 @@
 //! the copies a killed agent left behind are dropped when it starts again
 //! ([`drop_leftovers`]).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use fleetshift_common::engine::Timeouts;
 use fleetshift_common::executor::{ExecutorSettings, LockRetryPolicy, Request};
 use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, RehearseShard, ShardRehearsal};
 use fleetshift_common::rehearsal::scratch::{self, SampleOptions};
@@ -16,7 +15,7 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::shipped;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::exec_failure;
+use crate::assignment::{exec_failure, plan_timeouts};
 use crate::config::{AgentConfig, ShardConfig};
 
 /// The sample when the request names none.
@@ -113,17 +112,7 @@ fn stopped(shard: &ShardConfig) -> ErrorDetail {
 /// The request's sample and the plan's lock discipline, with this host's client programs.
 fn settings(config: &AgentConfig, order: &RehearseShard) -> Result<RehearsalSettings, ErrorDetail> {
     let limits = order.limits.unwrap_or_default();
-    let defaults = Timeouts::default();
-    let given = |value: Option<prost_types::Duration>, default: Duration| {
-        value
-            .and_then(|value| Duration::try_from(value).ok())
-            .unwrap_or(default)
-    };
-    let timeouts = Timeouts {
-        lock_timeout: given(limits.lock_timeout, defaults.lock_timeout),
-        statement_timeout: given(limits.statement_timeout, defaults.statement_timeout),
-        ..defaults
-    };
+    let timeouts = plan_timeouts(&limits);
     timeouts
         .validate()
         .map_err(|message| failure(ErrorKind::BadInput, message))?;

@@ -254,13 +254,6 @@ where
             .iter()
             .map(|shard| shard.shard_id.clone())
             .collect();
-        self.registration = Some(self.mailbox.register(
-            self.identity.name(),
-            shards,
-            self.outbound.clone(),
-        ));
-        tracing::info!(agent = %self.identity, lease, shards = hello.shards.len(), "agent session opened");
-        self.announced = Some(hello);
         let handshake = Handshake {
             lease_id: lease,
             coordinator_id: self.coordinator_id.clone(),
@@ -268,7 +261,17 @@ where
             lease_ttl: prost_types::Duration::try_from(self.intervals.lease_ttl).ok(),
             safety_margin: prost_types::Duration::try_from(self.intervals.safety_margin).ok(),
         };
-        self.send(CoordinatorBody::Handshake(handshake)).await
+        // The handshake goes first on the stream: once registered, the relays and the leader
+        // may hand the session work at once, and the agent takes only a handshake first.
+        self.send(CoordinatorBody::Handshake(handshake)).await?;
+        self.registration = Some(self.mailbox.register(
+            self.identity.name(),
+            shards,
+            self.outbound.clone(),
+        ));
+        tracing::info!(agent = %self.identity, lease, shards = hello.shards.len(), "agent session opened");
+        self.announced = Some(hello);
+        Ok(())
     }
 
     /// A new session of this agent (a restarted process, or one that could not resume) ends

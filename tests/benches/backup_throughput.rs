@@ -15,15 +15,16 @@ use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_tests::postgres::PostgresCluster;
 use tokio_util::sync::CancellationToken;
 
-/// Bytes per generated row, roughly, on disk.
-const ROW_BYTES: u64 = 280;
-
 fn main() -> anyhow::Result<()> {
     let [rounds, mib] = fleetshift_tests::bench::numbers(["ROUNDS", "MIB"], [2, 1100])?;
     let runtime = tokio::runtime::Runtime::new()?;
     let cluster = PostgresCluster::start()?;
     let url = runtime.block_on(cluster.create_database("backup_bench"))?;
-    let database_bytes = runtime.block_on(generate(&cluster, mib as u64))?;
+    let database_bytes = runtime.block_on(fleetshift_tests::bench::events_database(
+        &cluster,
+        "backup_bench",
+        mib as u64,
+    ))?;
     println!(
         "database: {} MiB; {rounds} round(s)",
         database_bytes / (1024 * 1024)
@@ -84,27 +85,6 @@ fn main() -> anyhow::Result<()> {
         plain.as_secs_f64() / agent.as_secs_f64()
     );
     Ok(())
-}
-
-/// Fills the database with about `mib` MiB of rows; its size.
-async fn generate(cluster: &PostgresCluster, mib: u64) -> anyhow::Result<u64> {
-    let pool = cluster.admin_pool("backup_bench").await?;
-    let rows = mib * 1024 * 1024 / ROW_BYTES;
-    let started = Instant::now();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE events (id bigint PRIMARY KEY, kind text, body text, at timestamptz);
-         INSERT INTO events
-           SELECT g, 'kind-' || (g % 17), md5(g::text) || repeat(md5((g * 7)::text), 6), now()
-           FROM generate_series(1, {rows}) g;
-         ANALYZE events;"
-    )))
-    .execute(&pool)
-    .await?;
-    let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-        .fetch_one(&pool)
-        .await?;
-    println!("generated {rows} rows in {:.1?}", started.elapsed());
-    Ok(u64::try_from(bytes)?)
 }
 
 /// One verified backup the agent's way; its time and dump size.

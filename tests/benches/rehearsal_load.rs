@@ -21,8 +21,6 @@ use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::postgres::PostgresCluster;
 use sqlx::PgPool;
 
-/// Bytes per generated row, roughly, on disk.
-const ROW_BYTES: u64 = 280;
 const DATABASE: &str = "rehearsal_bench";
 
 fn main() -> anyhow::Result<()> {
@@ -32,7 +30,9 @@ fn main() -> anyhow::Result<()> {
     let cluster = PostgresCluster::start()?;
     let url = DatabaseUrl::new(runtime.block_on(cluster.create_database(DATABASE))?);
     let admin = runtime.block_on(cluster.admin_pool("postgres"))?;
-    let database_bytes = runtime.block_on(generate(&cluster, mib as u64))?;
+    let database_bytes = runtime.block_on(fleetshift_tests::bench::events_database(
+        &cluster, DATABASE, mib as u64,
+    ))?;
     let migrations = tempfile::tempdir()?;
     std::fs::write(
         migrations.path().join("1_kind_present.sql"),
@@ -152,28 +152,6 @@ async fn settled_reads(admin: &PgPool) -> anyhow::Result<u64> {
         last = Some(bytes);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Fills the database with about `mib` MiB of rows; its size.
-async fn generate(cluster: &PostgresCluster, mib: u64) -> anyhow::Result<u64> {
-    let pool = cluster.admin_pool(DATABASE).await?;
-    let rows = mib * 1024 * 1024 / ROW_BYTES;
-    let started = Instant::now();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE TABLE events (id bigint PRIMARY KEY, kind text, body text, at timestamptz);
-         INSERT INTO events
-           SELECT g, 'kind-' || (g % 17), md5(g::text) || repeat(md5((g * 7)::text), 6), now()
-           FROM generate_series(1, {rows}) g;
-         ANALYZE events;"
-    )))
-    .execute(&pool)
-    .await?;
-    let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
-    println!("generated {rows} rows in {:.1?}", started.elapsed());
-    Ok(u64::try_from(bytes)?)
 }
 
 fn median(measured: &mut [(Duration, u64)]) -> (Duration, u64) {

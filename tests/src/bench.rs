@@ -1,6 +1,14 @@
-//! What the benchmarks share: their numeric arguments (cargo bench passes `--bench` too).
+//! What the benchmarks share: their numeric arguments (cargo bench passes `--bench` too) and
+//! the large database some of them work on.
+
+use std::time::Instant;
 
 use anyhow::Context;
+
+use crate::postgres::PostgresCluster;
+
+/// Bytes per generated row, roughly, on disk.
+const ROW_BYTES: u64 = 280;
 
 /// The command line's numbers, in order, each with its default; `names` say what they mean
 /// (for the error when one is not a number).
@@ -19,4 +27,31 @@ pub fn numbers<const N: usize>(
             .with_context(|| format!("{name} is a number, not {text:?}"))?;
     }
     Ok(numbers)
+}
+
+/// Fills `database` of `cluster` with about `mib` MiB of rows in one table, `events`; the
+/// database's size.
+pub async fn events_database(
+    cluster: &PostgresCluster,
+    database: &str,
+    mib: u64,
+) -> anyhow::Result<u64> {
+    let pool = cluster.admin_pool(database).await?;
+    let rows = mib * 1024 * 1024 / ROW_BYTES;
+    let started = Instant::now();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE events (id bigint PRIMARY KEY, kind text, body text, at timestamptz);
+         INSERT INTO events
+           SELECT g, 'kind-' || (g % 17), md5(g::text) || repeat(md5((g * 7)::text), 6), now()
+           FROM generate_series(1, {rows}) g;
+         ANALYZE events;"
+    )))
+    .execute(&pool)
+    .await?;
+    let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    println!("generated {rows} rows in {:.1?}", started.elapsed());
+    Ok(u64::try_from(bytes)?)
 }

@@ -62,8 +62,10 @@ async fn start_agent(
         &["--config", agent_config.to_str().expect("path"), "run"],
         &log,
     );
+    // Announced in the store, and its session registered here to take assignments.
     let connected = wait_until(Duration::from_secs(20), || async {
         fleet.store.agents().await.expect("agents").len() == 1
+            && fleet.mailbox.session_of("db-host-1").is_some()
     })
     .await;
     assert!(

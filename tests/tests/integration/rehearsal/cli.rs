@@ -31,7 +31,8 @@ async fn snapshot(admin: &PgPool) -> String {
     .expect("snapshot")
 }
 
-async fn scratch_databases(admin: &PgPool) -> Vec<String> {
+/// The scratch databases on `admin`'s server.
+pub(super) async fn scratch_databases(admin: &PgPool) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT datname::text FROM pg_database WHERE datname LIKE 'fleetshift\\_rehearsal\\_%'",
     )

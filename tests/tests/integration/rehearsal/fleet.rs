@@ -16,6 +16,7 @@ use fleetshift_tests::wait::wait_until;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::cli::scratch_databases;
 use crate::integration::cli_fleet::{CliFleet, summary};
 use crate::integration::support::{self, assert_exit};
 
@@ -264,15 +265,6 @@ async fn sleeping_scratch(admin: &PgPool) -> Option<String> {
     .fetch_optional(admin)
     .await
     .expect("pg_stat_activity")
-}
-
-async fn scratch_databases(admin: &PgPool) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE datname LIKE 'fleetshift\\_rehearsal\\_%'",
-    )
-    .fetch_all(admin)
-    .await
-    .expect("databases")
 }
 
 /// What a rehearsal must not change on a shard: its relations and their storage, and its rows.
