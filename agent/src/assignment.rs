@@ -37,13 +37,13 @@ use moving::{Moving, RunParts, Watch};
 use wire::{DutyProgress, duty_failure, progress_event, refused};
 
 use crate::config::{AgentConfig, ShardConfig};
-use crate::duties::baseline::Baselines;
 use crate::duties::rollback::Triggers;
 use crate::duties::{self, DutyFailure, DutyReport, ShardDuties};
 use crate::metrics::{AgentMetrics, PoolFigures};
 use crate::outage::{Patience, StepFailure};
 use crate::stop::{StopCause, StopSignal};
 use crate::tally::RunTally;
+use fleetshift_common::baseline::Baselines;
 
 /// Runs `assignment`, reporting its progress to `progress`; every failure becomes a result
 /// naming its kind and what to do.

@@ -4,13 +4,13 @@
 //! automatic rollback. Each step is reported as it ends.
 
 pub mod backup;
-pub mod baseline;
 pub mod preflight;
 pub mod restore;
 pub mod restore_test;
 pub mod rollback;
 pub mod sqlite_backup;
 
+use fleetshift_common::baseline::BaselineError;
 use fleetshift_common::engine::{self, DatabaseMessage, PostgresShard, SqliteShard};
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
 use fleetshift_common::proto::v1::{
@@ -34,6 +34,16 @@ pub enum DutyFailure {
     /// The connection to the database server went away under the step (a restart, a
     /// failover, a dropped link): the step runs again once the server answers.
     ConnectionLost(String),
+}
+
+impl From<BaselineError> for DutyFailure {
+    fn from(error: BaselineError) -> Self {
+        match error {
+            BaselineError::Stopped => Self::Stopped,
+            BaselineError::Refused(detail) => Self::Refused(detail),
+            BaselineError::ConnectionLost(detail) => Self::ConnectionLost(detail),
+        }
+    }
 }
 
 impl DutyFailure {

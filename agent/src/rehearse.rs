@@ -150,6 +150,7 @@ fn settings(config: &AgentConfig, order: &RehearseShard) -> Result<RehearsalSett
             ..ExecutorSettings::default()
         },
         plan_id: Some(order.plan_id.clone()),
+        baselines: order.baselines.clone(),
     })
 }
 

@@ -20,6 +20,7 @@
 //! - [`tls`]: mutual TLS: SPIFFE identities, a development PKI, rustls configurations.
 //! - [`telemetry`]: structured logs, OpenTelemetry traces, Prometheus metrics and health endpoints.
 
+pub mod baseline;
 pub mod config_file;
 pub mod duration;
 pub mod engine;

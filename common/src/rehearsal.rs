@@ -15,6 +15,7 @@
 //! protocol, on the scratch copy of the ledger), read the findings, drop the scratch database
 //! whatever happened.
 
+pub mod baselines;
 pub mod catalog_state;
 pub mod effects;
 pub mod estimates;
@@ -27,14 +28,17 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use self::baselines::BaselineComparison;
 use self::catalog_state::CatalogState;
 use self::estimates::{Scale, StatementEstimate};
 use self::findings::{Finding, RevisionTrace, UnindexedForeignKey};
 use self::scratch::{SampleOptions, SampleReport, Scratch};
 use self::tracer::{TracedRun, Tracer};
+use crate::baseline::BaselineError;
 use crate::engine::{DatabaseMessage, PostgresShard, Timeouts};
 use crate::error::ExecError;
 use crate::executor::{Executor, ExecutorSettings, Identity, Request};
+use crate::proto::v1::BaselinePolicy;
 use crate::secrets::DatabaseUrl;
 use crate::source::MigrationSet;
 use crate::touched::{ForeignKeyClause, added_foreign_keys};
@@ -96,12 +100,18 @@ pub struct Rehearsal {
     pub estimates: Vec<StatementEstimate>,
     /// The revision that failed on the sample, and why; the ones after it did not run.
     pub failure: Option<String>,
+    /// The plan's baseline queries on the sample, before and after the revisions.
+    pub baselines: Vec<BaselineComparison>,
+    /// The baselines that got slower past the threshold (or fail only afterwards), described.
+    pub degradation: Option<String>,
 }
 
 impl Rehearsal {
-    /// Passed: every revision ran and no E-class hazard was found.
+    /// Passed: every revision ran, no E-class hazard was found and no baseline degraded.
     pub fn passed(&self) -> bool {
-        self.failure.is_none() && !self.findings.iter().any(|finding| finding.hint.is_hazard())
+        self.failure.is_none()
+            && self.degradation.is_none()
+            && !self.findings.iter().any(|finding| finding.hint.is_hazard())
     }
 }
 
@@ -113,6 +123,8 @@ pub struct RehearsalSettings {
     pub timeouts: Timeouts,
     pub executor: ExecutorSettings,
     pub plan_id: Option<String>,
+    /// The plan's baseline queries, timed on the sample before and after the revisions.
+    pub baselines: Option<BaselinePolicy>,
 }
 
 /// Rehearses `set`'s pending revisions (up to `request.target`) for the shard at `shard`.
@@ -141,6 +153,8 @@ pub async fn rehearse(
         shard: shard.masked(),
         shard_version: traced.shard_version,
         failure: traced.failure,
+        baselines: traced.baselines,
+        degradation: traced.degradation,
         sample,
         revisions,
         findings,
@@ -154,6 +168,8 @@ struct Traced {
     shard_version: Option<String>,
     failure: Option<String>,
     unindexed: Vec<UnindexedForeignKey>,
+    baselines: Vec<BaselineComparison>,
+    degradation: Option<String>,
 }
 
 /// Runs the revisions in the scratch database under a tracer.
@@ -177,11 +193,21 @@ async fn run_traced(
         settings.executor,
     );
     let shard_version = executor.status(set).await?.current_version;
+    let policy = settings.baselines.as_ref();
+    let timed = baselines::before(policy, engine.pool())
+        .await
+        .map_err(|error| baselines_failed(scratch, &error))?;
     let failure = executor
         .up(set, request)
         .await
         .err()
         .map(|error| error.to_string());
+    let (baselines, degradation) = match (&timed, &failure) {
+        (Some(before), None) => baselines::after(policy, engine.pool(), before)
+            .await
+            .map_err(|error| baselines_failed(scratch, &error))?,
+        _ => (Vec::new(), None),
+    };
     let mut connection = engine
         .pool()
         .acquire()
@@ -196,7 +222,17 @@ async fn run_traced(
         shard_version,
         failure,
         unindexed: state.unindexed_foreign_keys(),
+        baselines,
+        degradation,
     })
+}
+
+fn baselines_failed(scratch: &Scratch, error: &BaselineError) -> RehearsalError {
+    RehearsalError::Trace {
+        shard: scratch.shard().to_owned(),
+        database: scratch.name().to_owned(),
+        detail: format!("timing the baselines: {error}"),
+    }
 }
 
 fn reading_failed(scratch: &Scratch, error: &sqlx::Error) -> RehearsalError {

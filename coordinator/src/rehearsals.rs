@@ -58,6 +58,10 @@ pub async fn rehearse<S: Store>(
         limits: plan.limits,
         sample_percent: request.sample_percent,
         max_rows_per_table: request.max_rows_per_table,
+        baselines: plan
+            .duties
+            .as_ref()
+            .and_then(|duties| duties.baselines.clone()),
     };
     tracing::info!(plan = %plan.plan_id, shards = shards.len(), by = %requested_by, "rehearsal requested");
     let asked: Vec<(String, Result<ShardRehearsal, Status>)> = futures_util::stream::iter(shards)

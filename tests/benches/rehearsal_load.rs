@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         timeouts: Timeouts::default(),
         executor: ExecutorSettings::default(),
         plan_id: None,
+        baselines: None,
     };
     println!(
         "database: {} MiB; {rounds} round(s); {percent}% sample",

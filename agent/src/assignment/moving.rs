@@ -17,10 +17,10 @@ use tracing::Instrument as _;
 
 use super::wire::{duty_failure, exec_failure, refused};
 use super::{BASE, RunRecord, applied_but, duty_step, lost_or_final, retried_on_loss};
-use crate::duties::baseline::Baselines;
 use crate::duties::rollback::Triggers;
 use crate::duties::{DutyFailure, DutyReport};
 use crate::outage::Patience;
+use fleetshift_common::baseline::Baselines;
 
 /// What an executor is built from, whatever the engine.
 pub(super) struct RunParts {
@@ -259,12 +259,16 @@ impl Timing<'_> {
         let failed = &failed;
         let measured = patience
             .persist("timing the baselines", || async move {
-                let measuring = baselines
-                    .measure(pool, phase, before, self.stop)
-                    .instrument(tracing::info_span!(
-                        "baseline",
-                        fleetshift.phase = phase.as_str_name()
-                    ));
+                let measuring = async {
+                    baselines
+                        .measure(pool, phase, before, self.stop)
+                        .await
+                        .map_err(DutyFailure::from)
+                }
+                .instrument(tracing::info_span!(
+                    "baseline",
+                    fleetshift.phase = phase.as_str_name()
+                ));
                 duty_step(pool, measuring, failed).await
             })
             .await?;

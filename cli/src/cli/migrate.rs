@@ -383,6 +383,7 @@ async fn rehearse(
         timeouts,
         executor: settings(safety, timeouts),
         plan_id: safety.plan_id.clone(),
+        baselines: sample.baselines().map_err(Failure::Usage)?,
     };
     let request = Request {
         target: to,

@@ -173,6 +173,9 @@ fn print_rehearsal(rehearsal: &ShardRehearsal) {
     if !rehearsal.failure.is_empty() {
         println!("  failed on the sample: {}", rehearsal.failure);
     }
+    if !rehearsal.degradation.is_empty() {
+        println!("  slower on the sample: {}", rehearsal.degradation);
+    }
     for finding in &rehearsal.findings {
         let lock = if finding.lock_mode.is_empty() {
             String::new()
@@ -263,6 +266,15 @@ fn rehearsal_json(rehearsal: &ShardRehearsal) -> Value {
             "factor": estimate.factor,
             "sample_ms": millis(estimate.sample),
             "estimated_ms": millis(estimate.estimated),
+        })).collect::<Vec<_>>(),
+        "degradation": (!rehearsal.degradation.is_empty()).then_some(&rehearsal.degradation),
+        "baselines": rehearsal.baselines.iter().map(|baseline| json!({
+            "query": baseline.query,
+            "before_ms": baseline.before_ms,
+            "after_ms": baseline.after_ms,
+            "ratio": baseline.ratio,
+            "degraded": baseline.degraded,
+            "error": (!baseline.error.is_empty()).then_some(&baseline.error),
         })).collect::<Vec<_>>(),
         "trace": rehearsal.trace.iter().map(|statement| json!({
             "revision": statement.revision,

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use fleetshift_common::proto::v1::BaselinePolicy;
 use fleetshift_common::rehearsal::Rehearsal;
 use fleetshift_common::rehearsal::effects::Effects;
 use fleetshift_common::rehearsal::findings::strongest_locks;
@@ -37,6 +38,14 @@ pub(super) struct SampleArgs {
     /// PostgreSQL URL whose user may create databases (the database reads only the sample).
     #[arg(long, env = "FLEETSHIFT_STAGING_URL", hide_env_values = true)]
     staging_url: Option<String>,
+    /// Named read-only queries (each under a `-- name: <name>` line), timed on the sample
+    /// before and after the revisions; one that gets slower past the threshold fails the
+    /// rehearsal.
+    #[arg(long, value_name = "FILE")]
+    baselines: Option<PathBuf>,
+    /// After/before ratio of a baseline's median that counts as slower.
+    #[arg(long, default_value_t = 1.5)]
+    degradation_threshold: f64,
 }
 
 impl SampleArgs {
@@ -49,6 +58,19 @@ impl SampleArgs {
             owner: OWNER.to_owned(),
             staging: self.staging_url.clone().map(DatabaseUrl::new),
         }
+    }
+
+    /// The baseline queries of `--baselines`, with the threshold; the error names the file's
+    /// line.
+    pub(super) fn baselines(&self) -> Result<Option<BaselinePolicy>, String> {
+        let Some(path) = &self.baselines else {
+            return Ok(None);
+        };
+        Ok(Some(BaselinePolicy {
+            queries: super::baseline_file::load(path)?,
+            degradation_threshold: self.degradation_threshold,
+            ..BaselinePolicy::default()
+        }))
     }
 
     /// The server the scratch databases go on: the staging one, or the database's own.
@@ -137,6 +159,19 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
     }
     if let Some(failure) = &rehearsal.failure {
         println!("FAILED on the sample: {failure}");
+    }
+    for baseline in &rehearsal.baselines {
+        println!(
+            "baseline {}: {:.2} ms before, {:.2} ms after ({:.1}x){}",
+            baseline.query,
+            baseline.before_ms,
+            baseline.after_ms,
+            baseline.ratio,
+            if baseline.degraded { " DEGRADED" } else { "" }
+        );
+    }
+    if let Some(degradation) = &rehearsal.degradation {
+        println!("SLOWER on the sample: {degradation}");
     }
     if rehearsal.findings.is_empty() {
         println!("no findings");

@@ -95,6 +95,19 @@ pub fn report(rehearsal: &Rehearsal, reported: Reported<'_>) -> v1::ShardRehears
                 })
             })
             .collect(),
+        baselines: rehearsal
+            .baselines
+            .iter()
+            .map(|baseline| v1::RehearsedBaseline {
+                query: baseline.query.clone(),
+                before_ms: baseline.before_ms,
+                after_ms: baseline.after_ms,
+                ratio: baseline.ratio,
+                degraded: baseline.degraded,
+                error: baseline.error.clone().unwrap_or_default(),
+            })
+            .collect(),
+        degradation: rehearsal.degradation.clone().unwrap_or_default(),
     }
 }
 
@@ -122,5 +135,6 @@ pub fn summary(rehearsal: &v1::ShardRehearsal) -> v1::RehearsalSummary {
         hints,
         failure: rehearsal.failure.clone(),
         findings: rehearsal.findings.clone(),
+        degradation: rehearsal.degradation.clone(),
     }
 }

@@ -190,6 +190,7 @@ fn settings(cluster: &PostgresCluster, percent: f64) -> RehearsalSettings {
         timeouts: Timeouts::default(),
         executor: support::quick_settings(),
         plan_id: None,
+        baselines: None,
     }
 }
 

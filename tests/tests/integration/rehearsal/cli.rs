@@ -331,3 +331,77 @@ async fn a_rehearsal_on_a_staging_server_leaves_the_databases_server_alone() {
         "the database is untouched"
     );
 }
+
+/// `--baselines`: the queries are timed on the sample before and after the revisions; a
+/// revision that drops the index a query needs makes it slower there (exit 11, named), and one
+/// that leaves it alone passes.
+#[tokio::test]
+async fn a_baseline_that_gets_slower_on_the_sample_fails_the_rehearsal() {
+    let database = support::database("timed").await;
+    let directory = fixtures::migrations(&[
+        ("1_events.sql", EVENTS),
+        ("2_note.sql", "ALTER TABLE events ADD COLUMN note text;"),
+        (
+            "3_no_key.sql",
+            "ALTER TABLE events DROP CONSTRAINT events_pkey;",
+        ),
+    ]);
+    let dir = support::dir(&directory);
+    assert_exit(
+        &binary::run(&database.url, &["migrate", "up", "--dir", dir, "--to", "1"]),
+        0,
+    );
+    let queries = tempfile::NamedTempFile::new().expect("baselines file");
+    std::fs::write(
+        queries.path(),
+        "-- name: by_id\nSELECT payload FROM events WHERE id = 4242;\n",
+    )
+    .expect("write");
+    let pg_dump = database.cluster.binaries().join("pg_dump");
+    let pg_restore = database.cluster.binaries().join("pg_restore");
+    let rehearse = |to: &'static str| {
+        let arguments = [
+            "migrate",
+            "rehearse",
+            "--dir",
+            dir,
+            "--to",
+            to,
+            "--sample",
+            "100",
+            "--baselines",
+            queries.path().to_str().expect("utf-8"),
+            "--pg-dump",
+            pg_dump.to_str().expect("utf-8"),
+            "--pg-restore",
+            pg_restore.to_str().expect("utf-8"),
+            "--output",
+            "json",
+        ];
+        binary::run(&database.url, &arguments)
+    };
+
+    let harmless = rehearse("2");
+    assert_exit(&harmless, 0);
+    let report = support::json(&harmless);
+    assert_eq!(report["rehearsal"]["baselines"][0]["query"], "by_id");
+    assert_eq!(report["rehearsal"]["baselines"][0]["degraded"], false);
+
+    let keyless = rehearse("3");
+    assert_exit(&keyless, 11);
+    let report = support::json(&keyless);
+    assert_eq!(
+        report["rehearsal"]["baselines"][0]["degraded"], true,
+        "{report:#}"
+    );
+    assert!(
+        report["rehearsal"]["degradation"]
+            .as_str()
+            .is_some_and(|degradation| degradation.contains("baseline by_id median")),
+        "{report:#}"
+    );
+    assert_eq!(
+        scratch_databases(&database.admin).await,
+        Vec::<String>::new()
+    );
+}

@@ -6,15 +6,26 @@
 
 use std::time::{Duration, Instant};
 
-use fleetshift_common::engine::CountedPool;
-use fleetshift_common::engine::{self, DatabaseMessage};
-use fleetshift_common::proto::v1::{
+use crate::engine::CountedPool;
+use crate::engine::{self, DatabaseMessage};
+use crate::proto::v1::{
     BaselineMeasured, BaselinePhase, BaselinePolicy, BaselineQuery, QueryTiming, TopStatement,
 };
 use sqlx::{Connection, Row};
 use tokio_util::sync::CancellationToken;
 
-use super::DutyFailure;
+/// Why the baselines could not be timed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BaselineError {
+    #[error("stopped")]
+    Stopped,
+    /// A query failed before the revisions, or no read-only session could be had.
+    #[error("{0}")]
+    Refused(String),
+    /// The server went away under the timing: it runs again once the server answers.
+    #[error("{0}")]
+    ConnectionLost(String),
+}
 
 /// The fewest timed runs a query gets.
 const MIN_RUNS: u32 = 5;
@@ -61,22 +72,25 @@ impl<'a> Baselines<'a> {
         phase: BaselinePhase,
         before: Option<&BaselineMeasured>,
         stop: &CancellationToken,
-    ) -> Result<BaselineMeasured, DutyFailure> {
+    ) -> Result<BaselineMeasured, BaselineError> {
         let mut connection = read_only_session(pool).await.map_err(|error| {
-            DutyFailure::from_database("baselines", &error, |detail| {
-                DutyFailure::Refused(format!("baselines: {detail}"))
-            })
+            let detail = DatabaseMessage(&error).to_string();
+            if engine::connection_lost(&error) {
+                BaselineError::ConnectionLost(format!("baselines: {detail}"))
+            } else {
+                BaselineError::Refused(format!("baselines: {detail}"))
+            }
         })?;
         let mut queries = Vec::with_capacity(self.queries.len());
         for query in self.queries {
             if stop.is_cancelled() {
-                return Err(DutyFailure::Stopped);
+                return Err(BaselineError::Stopped);
             }
             let timing = match time_query(&mut connection, &query.sql, self.runs).await {
                 Ok(samples) => summarise(&query.name, &samples),
                 // The server went away: that says nothing of the query, which is timed again.
                 Err(error) if engine::connection_lost(&error) => {
-                    return Err(DutyFailure::ConnectionLost(format!(
+                    return Err(BaselineError::ConnectionLost(format!(
                         "baseline query {}: {}",
                         query.name,
                         DatabaseMessage(&error)
@@ -96,7 +110,7 @@ impl<'a> Baselines<'a> {
         if before.is_none()
             && let Some(failed) = queries.iter().find(|timing| !timing.error.is_empty())
         {
-            return Err(DutyFailure::Refused(format!(
+            return Err(BaselineError::Refused(format!(
                 "baseline query {} failed before the revisions: {}; fix it in the plan's baselines",
                 failed.name, failed.error
             )));
