@@ -6,7 +6,8 @@
 //! estimates scale with each shard's size, the hazard on the large shard raises the approved
 //! plan to HIGH and reopens its approval, and the kept rehearsals let it be approved again.
 //! Then the agent is SIGKILLed mid-rehearsal: after its restart the killed run's scratch copy is
-//! gone, the waiting call is answered by the restarted agent, and neither shard was touched.
+//! gone, the waiting call is answered by the restarted agent. A plan HIGH from the start is
+//! refused approval until a rehearsal ran it, and approved after. Neither shard was touched.
 
 use std::time::Duration;
 
@@ -179,6 +180,7 @@ async fn rehearsals_scale_with_each_shard_raise_the_risk_and_survive_a_killed_ag
     assert_eq!(summary(&approved)["state"], "approved");
 
     killed_mid_rehearsal(&mut fleet, directory).await;
+    high_plan_waits_for_a_rehearsal(&fleet).await;
     assert_eq!(
         (
             snapshot_of(&fleet.database.admin).await,
@@ -254,6 +256,53 @@ async fn killed_mid_rehearsal(fleet: &mut CliFleet, directory: &str) {
         "{rehearsal:#}"
     );
     assert_eq!(scratch_databases(&admin).await, Vec::<String>::new());
+}
+
+/// A plan HIGH before any rehearsal (a validating CHECK with no down script takes ACCESS
+/// EXCLUSIVE and carries a lint error): approval is refused until a rehearsal ran every
+/// revision; one on `a-db0` speaks for `a-db1`, which is at the same version.
+async fn high_plan_waits_for_a_rehearsal(fleet: &CliFleet) {
+    let migrations = fixtures::migrations(&[(
+        "1_kind_present.up.sql",
+        "ALTER TABLE events ADD CONSTRAINT kind_present CHECK (kind IS NOT NULL);",
+    )]);
+    let directory = support::dir(&migrations);
+    let planned = fleet
+        .cli
+        .alice(&["plan", directory, "--output", "json"])
+        .await;
+    assert_exit(&planned, 0);
+    let planned = summary(&planned);
+    let plan_id = planned["plan"].as_str().expect("id").to_owned();
+    assert_eq!(risk(&planned).0, "HIGH", "{planned:#}");
+
+    let refused = fleet.cli.bob(&["approve", &plan_id]).await;
+    assert_exit(&refused, 10);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("a-db0") && said.contains(&format!("fleetshift rehearse {plan_id}")),
+        "the refusal names the shards and what to run: {said}"
+    );
+
+    let rehearsed = fleet
+        .cli
+        .alice(&[
+            "rehearse", &plan_id, "--shards", "a-db0", "--output", "json",
+        ])
+        .await;
+    let report = support::json(&rehearsed);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+    assert_eq!(
+        rehearsal_of(&report, "a-db0")["failure"],
+        Value::Null,
+        "{report:#}"
+    );
+    let approved = fleet
+        .cli
+        .bob(&["approve", &plan_id, "--output", "json"])
+        .await;
+    assert_exit(&approved, 0);
+    assert_eq!(summary(&approved)["state"], "approved");
 }
 
 /// The scratch database where a rehearsal's `pg_sleep` runs now, if any.
