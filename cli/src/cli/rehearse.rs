@@ -103,6 +103,13 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
         }
         return;
     }
+    render_sample(rehearsal);
+    render_runs(rehearsal);
+    render_outcome(rehearsal);
+}
+
+/// The sample the rehearsal ran on: how it was taken and what each table stands for.
+fn render_sample(rehearsal: &Rehearsal) {
     let sample = &rehearsal.sample;
     println!(
         "rehearsal of {}: a {}% sample (at most {} rows per table), built in {} ms",
@@ -126,6 +133,10 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
             table.table, table.rows_sampled, table.rows_in_shard
         );
     }
+}
+
+/// Each statement as it ran on the sample, then the estimates at the shard's size.
+fn render_runs(rehearsal: &Rehearsal) {
     for revision in &rehearsal.revisions {
         println!("revision {}", revision.version);
         for run in &revision.runs {
@@ -157,6 +168,10 @@ pub(super) fn render(output: Output, rehearsal: &Rehearsal) {
             micros(estimate.estimated_us)
         );
     }
+}
+
+/// The failure, the baselines before and after, and the findings.
+fn render_outcome(rehearsal: &Rehearsal) {
     if let Some(failure) = &rehearsal.failure {
         println!("FAILED on the sample: {failure}");
     }
