@@ -21,8 +21,8 @@ use tonic::Status;
 
 use crate::backups::{self, Errand};
 use crate::error::{ErrorCode, refuse};
-use crate::rollout::records;
 use crate::rollout::risk::measured::{HazardSize, measured};
+use crate::rollout::{records, waves};
 use crate::store::{Store, Write, keys};
 
 /// How long one shard's rehearsal may take when the request names no bound.
@@ -108,10 +108,7 @@ fn positive_or(value: i64, default: i64) -> i64 {
 
 /// The plan's shards whose ids match `pattern` (every shard when it is empty).
 fn selected(plan: &Plan, pattern: &str) -> Result<Vec<String>, Status> {
-    let all: Vec<String> = plan
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
+    let all: Vec<String> = waves::planned_tasks(plan)
         .map(|task| task.shard_id.clone())
         .collect();
     if pattern.is_empty() {

@@ -16,6 +16,7 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use fleetshift_common::shipped;
 use fleetshift_common::source::SourceFormat;
+use fleetshift_coordinator::rollout::waves;
 use serde_json::json;
 
 use super::fleet::{Connection, client, parse_label, refused};
@@ -223,10 +224,7 @@ fn print_plan(plan: &Plan, output: Output) {
         plan.plan_id,
         plan_state_name(state),
         plan.author,
-        plan.waves
-            .iter()
-            .map(|wave| wave.shards.len())
-            .sum::<usize>(),
+        waves::shard_count(plan),
         plan.waves.len(),
         plan.target_version
     );
@@ -546,7 +544,7 @@ pub async fn status(arguments: StatusArgs) -> ExitCode {
                         "state": state(plan),
                         "author": plan.author,
                         "target_version": plan.target_version,
-                        "shards": plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>(),
+                        "shards": waves::shard_count(plan),
                     })
                 })
                 .collect();
@@ -563,10 +561,7 @@ pub async fn status(arguments: StatusArgs) -> ExitCode {
                     plan.plan_id,
                     state(plan),
                     plan.target_version,
-                    plan.waves
-                        .iter()
-                        .map(|wave| wave.shards.len())
-                        .sum::<usize>(),
+                    waves::shard_count(plan),
                     plan.author
                 );
             }

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use fleetshift_common::proto::v1::{Plan, RehearsalSummary, RiskLevel};
 
+use super::waves;
+
 /// Each shard's newest applied revision as its agent last announced it.
 pub type ShardVersions = BTreeMap<String, String>;
 
@@ -18,10 +20,7 @@ pub type ShardVersions = BTreeMap<String, String>;
 pub fn missing(plan: &Plan, versions: &ShardVersions) -> Option<String> {
     let risk = plan.risk.as_ref()?;
     let level = RiskLevel::try_from(risk.level).unwrap_or(RiskLevel::Unspecified);
-    let shards: Vec<&str> = plan
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
+    let shards: Vec<&str> = waves::planned_tasks(plan)
         .map(|task| task.shard_id.as_str())
         .collect();
     let ran: Vec<&RehearsalSummary> = plan

@@ -10,7 +10,7 @@ use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::rollout::task_ended;
+use crate::rollout::{task_ended, waves};
 
 /// One event, as its JSON body carries it.
 #[derive(Debug, Clone, Serialize)]
@@ -100,7 +100,7 @@ impl Tracker {
                 "plan.created",
                 &plan.plan_id,
                 json!({ "author": plan.author, "target_version": plan.target_version,
-                        "shards": plan.waves.iter().map(|wave| wave.shards.len()).sum::<usize>() }),
+                        "shards": waves::shard_count(&plan) }),
             ));
             PlanSeen {
                 waves: plan
