@@ -12,6 +12,7 @@
 //! - [`executor`]: the fenced protocol itself — up, down, resume, resolve, adopt.
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
+//! - [`schema`]: a shard's schema as canonical text, its fingerprint, and diffs between two.
 //! - [`rollout_names`]: plan and shard-task states as people and scripts read them.
 //! - [`config_file`]: reading a TOML configuration file; errors that name file and line.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
@@ -33,6 +34,7 @@ pub mod pg_client;
 pub mod proto;
 pub mod rehearsal;
 pub mod rollout_names;
+pub mod schema;
 pub mod secrets;
 pub mod shipped;
 pub mod source;
