@@ -16,7 +16,7 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::proto::v1::{
     self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, Direction, ErrorDetail,
-    ErrorKind, ProgressEvent, RollbackRecord,
+    ErrorKind, ProgressEvent, RollbackRecord, SchemaFingerprints,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::{Engine, MigrationSet};
@@ -151,6 +151,7 @@ async fn run_order(
         previous_version: record.previous_version,
         baselines: record.baselines,
         rollback: record.rollback,
+        schema: record.schema,
     }
 }
 
@@ -198,6 +199,8 @@ struct RunRecord {
     baselines: Vec<BaselineMeasured>,
     /// The automatic rollback, when one finished.
     rollback: Option<RollbackRecord>,
+    /// The schema before the first revision and after the last run's last one.
+    schema: Option<SchemaFingerprints>,
 }
 
 /// The agent an assignment runs on: its configuration and its metrics.

@@ -27,8 +27,10 @@ pub use sqlite::SqliteShard;
 use crate::error::ExecError;
 use crate::fence::FenceToken;
 use crate::ledger::{
-    AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus, Writer,
+    AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus,
+    VersionFingerprint, Writer,
 };
+use crate::schema::Snapshot;
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
 use crate::source::Script;
@@ -102,6 +104,8 @@ pub struct FencedTransaction<'a> {
     pub audit: Option<&'a AuditRecord>,
     /// Another tool's version table, rewritten with the ledger.
     pub version_table: Option<&'a VersionTableRows>,
+    /// The schema the shard has at the version this transaction leaves it at.
+    pub fingerprint: Option<&'a VersionFingerprint>,
 }
 
 /// The rows an Alembic version table holds once a transaction commits: its heads among the
@@ -178,6 +182,9 @@ pub trait ShardEngine: Send + Sync {
     fn read_ledger(&self) -> impl Future<Output = Result<Vec<LedgerEntry>, ExecError>> + Send;
 
     fn current_fence(&self) -> impl Future<Output = Result<FenceToken, ExecError>> + Send;
+
+    /// The shard's schema as it stands now, the ledger's own objects left out.
+    fn schema_snapshot(&self) -> impl Future<Output = Result<Snapshot, ExecError>> + Send;
 
     /// Runs `work` in one transaction; once committed, how long each body statement took.
     fn fenced_transaction(

@@ -9,13 +9,16 @@
 //!
 //! - `status`: comparing a set with the ledger and planning (pure);
 //! - `transactional`, `outside_transaction`: the two kinds of step;
-//! - `resolve`, `adopt`: operator decisions and imported histories;
+//! - `resolve`, `adopt`, `drift`: operator decisions and imported histories;
 //! - `failure`: errors that name shard, revision, file:line and the next step;
-//! - `retry`: bounded lock-conflict retries; `report`: what a run did.
+//! - `retry`: bounded lock-conflict retries; `report`: what a run did;
+//! - `fingerprints`: the schema before and after a run, its fingerprint kept in the ledger.
 
 mod adopt;
+mod drift;
 mod events;
 mod failure;
+mod fingerprints;
 mod outside_transaction;
 mod report;
 mod resolve;
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use events::ExecutionEvent;
+pub use fingerprints::SchemaFingerprints;
 pub use report::{RunReport, StepOutcome, StepReport};
 pub use retry::LockRetryPolicy;
 pub use status::{RevisionState, ShardStatus};
@@ -39,7 +43,8 @@ pub use status::{RevisionState, ShardStatus};
 use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
 use crate::fence::FenceToken;
-use crate::ledger::{AuditRecord, Guard, LedgerRecord, RevisionStatus, Writer};
+use crate::ledger::{Guard, LedgerRecord, RevisionStatus, Writer};
+use crate::schema;
 use crate::source::{MigrationSet, Revision, Script};
 use crate::telemetry::traces::mark_failed;
 
@@ -342,6 +347,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             records: &[],
             audit: None,
             version_table: None,
+            fingerprint: None,
         };
         self.engine
             .fenced_transaction(&writer, claim)
@@ -370,6 +376,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             self.record_drift_overrides(&status, reason, &writer)
                 .await?;
         }
+        let before = self.schema_before(steps.len()).await?;
         let kept = self.kept_version_table(set).await?;
         let mut applied = version_table::applied(set, &status);
         let mut reports = Vec::with_capacity(steps.len());
@@ -409,7 +416,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             self.revision_finished(&report);
             reports.push(report);
         }
-        self.finish(set, reports, &writer).await
+        self.finish(set, reports, &writer, before.as_ref()).await
     }
 
     async fn down_locked(
@@ -428,6 +435,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             self.record_drift_overrides(&status, reason, &writer)
                 .await?;
         }
+        let before = self.schema_before(steps.len()).await?;
         let kept = self.kept_version_table(set).await?;
         let mut applied = version_table::applied(set, &status);
         let mut reports = Vec::with_capacity(steps.len());
@@ -465,56 +473,32 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             self.revision_finished(&report);
             reports.push(report);
         }
-        self.finish(set, reports, &writer).await
+        self.finish(set, reports, &writer, before.as_ref()).await
     }
 
+    /// The run's report; when `before` was read, the schema it left, recorded.
     async fn finish(
         &self,
         set: &MigrationSet,
         steps: Vec<StepReport>,
         writer: &Writer,
+        before: Option<&schema::Snapshot>,
     ) -> Result<RunReport, ExecError> {
         let status = self.status(set).await?;
+        let schema = match before {
+            Some(before) => Some(
+                self.schema_after(before, status.current_version.as_deref(), writer)
+                    .await?,
+            ),
+            None => None,
+        };
         Ok(RunReport {
             shard: self.shard(),
             fence_token: writer.fence_token,
             steps,
             current_version: status.current_version,
+            schema,
         })
-    }
-
-    async fn record_drift_overrides(
-        &self,
-        status: &ShardStatus,
-        reason: &str,
-        writer: &Writer,
-    ) -> Result<(), ExecError> {
-        for drifted in &status.drifted {
-            let audit = AuditRecord {
-                action: "allow-drift".to_owned(),
-                version: Some(drifted.version.clone()),
-                reason: format!(
-                    "{reason} (applied checksum {}, file checksum {})",
-                    drifted.applied_checksum, drifted.source_checksum
-                ),
-            };
-            let work = FencedTransaction {
-                guard: &Guard::default(),
-                body: &[],
-                script: None,
-                records: &[],
-                audit: Some(&audit),
-                version_table: None,
-            };
-            self.engine
-                .fenced_transaction(writer, work)
-                .await
-                .map_err(|error| {
-                    self.bookkeeping_error(error, writer, "recording the drift override")
-                })?;
-            tracing::warn!(shard = %self.engine.shard(), revision = %drifted.version, reason, "proceeding despite drift");
-        }
-        Ok(())
     }
 
     fn record(

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::fence::FenceToken;
+use crate::schema::Fingerprint;
 
 use serde::Serialize;
 
@@ -64,6 +65,14 @@ pub struct LedgerEntry {
     pub duration_ms: Option<i64>,
     pub statements_run: i64,
     pub error: Option<String>,
+}
+
+/// The schema a shard had when a run left it at `version`, kept in the ledger beside the
+/// history (one row per version, replaced when a later run reaches the version again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionFingerprint {
+    pub version: String,
+    pub fingerprint: Fingerprint,
 }
 
 /// Who is writing, under which fencing token.

@@ -34,6 +34,7 @@ mod integration {
     mod rollback;
     mod rollout;
     mod runbook;
+    mod schema;
     mod secrets;
     mod session;
     mod store;

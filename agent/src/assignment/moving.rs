@@ -4,11 +4,11 @@
 
 use fleetshift_common::engine::{CountedPool, ShardEngine};
 use fleetshift_common::executor::{
-    ExecutionEvent, Executor, ExecutorSettings, Identity, Request, StepOutcome,
+    self, ExecutionEvent, Executor, ExecutorSettings, Identity, Request, StepOutcome,
 };
 use fleetshift_common::proto::v1::{
     BaselineMeasured, BaselinePhase, Direction, ErrorDetail, ErrorKind, RollbackRecord,
-    RollbackStarted,
+    RollbackStarted, SchemaFingerprints,
 };
 use fleetshift_common::source::MigrationSet;
 use tokio::sync::mpsc;
@@ -84,7 +84,10 @@ impl<E: ShardEngine> Moving<'_, E> {
                         retried_on_loss(executor.down(self.set, request).await)
                     })
                     .await?
-                    .map(|report| report.current_version)
+                    .map(|report| {
+                        record.schema = report.schema.as_ref().map(schema_fingerprints);
+                        report.current_version
+                    })
                     .map_err(|error| exec_failure(&error));
             }
             // An Order never carries it (checked where the run began).
@@ -109,6 +112,9 @@ impl<E: ShardEngine> Moving<'_, E> {
                 retried_on_loss(executor.up(self.set, request).await)
             })
             .await?;
+        if let Ok(report) = &outcome {
+            record.schema = report.schema.as_ref().map(schema_fingerprints);
+        }
         let after = match (&before, &outcome) {
             (Some(before), Ok(_)) => {
                 let after_but = |failure| applied_but(failure, watch.shard_id);
@@ -212,6 +218,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             "shard {}: rolled back to {revert_to} because {reason}{recovery}",
             watch.shard_id
         );
+        record.schema = reverted.schema.as_ref().map(schema_fingerprints);
         record.rollback = Some(RollbackRecord {
             reason,
             reverted_to: revert_to,
@@ -280,5 +287,14 @@ impl Timing<'_> {
     fn degradation(&self, measured: Option<&BaselineMeasured>) -> Option<String> {
         let (baselines, _) = self.baselines?;
         baselines.degradation(measured?)
+    }
+}
+
+/// A run's schema change as the wire carries it.
+fn schema_fingerprints(change: &executor::SchemaFingerprints) -> SchemaFingerprints {
+    SchemaFingerprints {
+        before: change.before.to_string(),
+        after: change.after.to_string(),
+        objects_changed: u32::try_from(change.objects_changed).unwrap_or(u32::MAX),
     }
 }

@@ -94,6 +94,7 @@ mod tests {
                 tolerated_failure: None,
             }],
             current_version: Some("2".to_owned()),
+            schema: None,
         }
     }
 

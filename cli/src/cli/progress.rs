@@ -385,6 +385,11 @@ fn summary_json(plan: &Plan, state: PlanState) {
                 "previous_version": (!task.previous_version.is_empty()).then_some(&task.previous_version),
                 "baselines": task.baselines.iter().map(baseline_json).collect::<Vec<_>>(),
                 "rollback": task.rollback.as_ref().map(rollback_json),
+                "schema": task.schema.as_ref().map(|schema| json!({
+                    "before": schema.before,
+                    "after": schema.after,
+                    "objects_changed": schema.objects_changed,
+                })),
                 "interruptions": task.interruptions,
                 "interruption_causes": task.interruption_causes,
                 "metrics": task.metrics.as_ref().map(|metrics| json!({
@@ -511,86 +516,4 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, Wave};
-
-    use super::*;
-
-    fn task(shard: &str, state: ShardState) -> ShardTask {
-        ShardTask {
-            shard_id: shard.to_owned(),
-            state: state.into(),
-            ..ShardTask::default()
-        }
-    }
-
-    #[test]
-    fn failed_and_rolled_back_shards_are_listed_first_in_wave_order() {
-        let plan = Plan {
-            waves: vec![
-                Wave {
-                    index: 0,
-                    shards: vec![
-                        task("a", ShardState::Succeeded),
-                        task("b", ShardState::Failed),
-                    ],
-                },
-                Wave {
-                    index: 1,
-                    shards: vec![
-                        task("c", ShardState::RolledBack),
-                        task("d", ShardState::Succeeded),
-                    ],
-                },
-            ],
-            ..Plan::default()
-        };
-        let order: Vec<&str> = failed_first(&plan)
-            .map(|task| task.shard_id.as_str())
-            .collect();
-        assert_eq!(order, ["b", "c", "a", "d"]);
-    }
-
-    #[test]
-    fn interruptions_are_told_beside_the_error() {
-        let mut retried = task("a", ShardState::Succeeded);
-        retried.interruptions = 2;
-        assert_eq!(problem(&retried), "(interrupted 2x, ran again)");
-        let mut failed = task("b", ShardState::Failed);
-        failed.interruptions = 1;
-        failed.error = Some(ErrorDetail {
-            kind: ErrorKind::Failed.into(),
-            message: "syntax error".to_owned(),
-        });
-        assert_eq!(problem(&failed), "syntax error (interrupted 1x)");
-        assert_eq!(problem(&task("c", ShardState::Succeeded)), "");
-    }
-
-    #[test]
-    fn an_outage_is_told_when_lost_and_when_back() {
-        let lost = DatabaseOutage {
-            server: "10.0.0.5:5432".to_owned(),
-            step: "applying revisions".to_owned(),
-            detail: "Connection refused".to_owned(),
-            waited: prost_types::Duration::try_from(Duration::ZERO).ok(),
-            recovered: false,
-            bound: prost_types::Duration::try_from(Duration::from_secs(120)).ok(),
-        };
-        assert_eq!(
-            outage_line(&lost),
-            "lost its database server 10.0.0.5:5432 while applying revisions (Connection refused); waiting up to 120.0s"
-        );
-        let back = DatabaseOutage {
-            recovered: true,
-            detail: String::new(),
-            waited: prost_types::Duration::try_from(Duration::from_millis(800)).ok(),
-            ..lost
-        };
-        assert_eq!(
-            outage_line(&back),
-            "database server 10.0.0.5:5432 back after 800ms; applying revisions goes on"
-        );
-    }
-}
+mod tests;

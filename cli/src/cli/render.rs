@@ -143,6 +143,14 @@ pub fn report(output: Output, report: &RunReport) {
             .unwrap_or("(none applied)"),
         report.fence_token
     );
+    if let Some(schema) = &report.schema {
+        println!(
+            "schema {} -> {} ({} object(s) changed)",
+            schema.before.short(),
+            schema.after.short(),
+            schema.objects_changed
+        );
+    }
 }
 
 /// The revisions whose up script has no statements.

@@ -81,6 +81,8 @@ pub(crate) struct LedgerSql {
     pub upsert_history: &'static str,
     /// `$1` action, `$2` version, `$3` reason, `$4` agent id, `$5` fence token.
     pub insert_audit: &'static str,
+    /// `$1` version, `$2` fingerprint: inserts or replaces the version's fingerprint.
+    pub upsert_fingerprint: &'static str,
 }
 
 /// Moves the fence, checks the guard, runs the body (timing each statement), writes the
@@ -156,6 +158,14 @@ where
             .execute(&mut *connection)
             .await
             .map_err(bookkeeping_error("recording the revision"))?;
+    }
+    if let Some(recorded) = work.fingerprint {
+        sqlx::query::<DB>(sql.upsert_fingerprint)
+            .bind(recorded.version.as_str())
+            .bind(recorded.fingerprint.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(bookkeeping_error("recording the schema fingerprint"))?;
     }
     if let Some(rows) = work.version_table {
         rewrite_version_table::<DB>(connection, rows).await?;

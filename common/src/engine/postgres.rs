@@ -34,6 +34,7 @@ use crate::fence::FenceToken;
 use crate::ledger::{LedgerEntry, Writer};
 use crate::rehearsal::catalog_state::CatalogState;
 use crate::rehearsal::tracer::Tracer;
+use crate::schema::{self, Snapshot};
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
 use crate::statements::Statement;
@@ -219,6 +220,14 @@ impl ShardEngine for PostgresShard {
             .await
             .map(FenceToken::from_raw)
             .map_err(self.database_error("reading the fence"))
+    }
+
+    async fn schema_snapshot(&self) -> Result<Snapshot, ExecError> {
+        let reading = self.database_error("reading the schema");
+        let mut connection = self.pool.acquire().await.map_err(&reading)?;
+        schema::postgres::read(&mut connection)
+            .await
+            .map_err(&reading)
     }
 
     async fn fenced_transaction(

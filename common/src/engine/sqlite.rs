@@ -19,6 +19,7 @@ use super::{
 use crate::error::ExecError;
 use crate::fence::FenceToken;
 use crate::ledger::{LedgerEntry, Writer};
+use crate::schema::{self, Snapshot};
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
 use crate::statements::Statement;
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS fleetshift_history (
     duration_ms INTEGER,
     statements_run INTEGER NOT NULL DEFAULT 0,
     error TEXT
+);
+CREATE TABLE IF NOT EXISTS fleetshift_fingerprints (
+    version TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS fleetshift_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -74,6 +80,9 @@ const LEDGER: LedgerSql = LedgerSql {
             statements_run = excluded.statements_run, error = excluded.error",
     insert_audit: "INSERT INTO fleetshift_audit (action, version, reason, agent_id, fence_token)
          VALUES ($1, $2, $3, $4, $5)",
+    upsert_fingerprint: "INSERT INTO fleetshift_fingerprints (version, fingerprint) VALUES ($1, $2)
+         ON CONFLICT (version) DO UPDATE SET fingerprint = excluded.fingerprint,
+            recorded_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
 };
 
 #[derive(Debug)]
@@ -167,6 +176,14 @@ impl ShardEngine for SqliteShard {
             .await
             .map(FenceToken::from_raw)
             .map_err(self.database_error("reading the fence"))
+    }
+
+    async fn schema_snapshot(&self) -> Result<Snapshot, ExecError> {
+        let reading = self.database_error("reading the schema");
+        let mut connection = self.pool.acquire().await.map_err(&reading)?;
+        schema::sqlite::read(&mut connection)
+            .await
+            .map_err(&reading)
     }
 
     async fn fenced_transaction(

@@ -84,13 +84,14 @@ impl<E: ShardEngine> Executor<'_, E> {
             records: &records,
             audit: Some(&audit),
             version_table: None,
+            fingerprint: None,
         };
         self.engine
             .fenced_transaction(&writer, work)
             .await
             .map_err(|error| self.bookkeeping_error(error, &writer, "importing the history"))?;
         tracing::info!(shard = %self.engine.shard(), table = history.tool.table(), revisions = records.len(), "history adopted");
-        self.finish(set, Vec::new(), &writer).await
+        self.finish(set, Vec::new(), &writer, None).await
     }
 
     /// `up` on an empty ledger: refused while another tool's history is in the database.

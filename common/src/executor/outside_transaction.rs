@@ -215,6 +215,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                             records,
                             audit: None,
                             version_table,
+                            fingerprint: None,
                         },
                     )
                 },

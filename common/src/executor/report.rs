@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::SchemaFingerprints;
 use crate::fence::FenceToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,4 +38,7 @@ pub struct RunReport {
     pub fence_token: FenceToken,
     pub steps: Vec<StepReport>,
     pub current_version: Option<String>,
+    /// The schema before the first revision and after the last; none when nothing ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaFingerprints>,
 }

@@ -46,11 +46,12 @@ impl<E: ShardEngine> Executor<'_, E> {
             records: std::slice::from_ref(&record),
             audit: Some(&audit),
             version_table: None,
+            fingerprint: None,
         };
         self.engine
             .fenced_transaction(&writer, work)
             .await
             .map_err(|error| self.bookkeeping_error(error, &writer, "resolving the revision"))?;
-        self.finish(set, Vec::new(), &writer).await
+        self.finish(set, Vec::new(), &writer, None).await
     }
 }

@@ -43,6 +43,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             records: std::slice::from_ref(&record),
             audit: None,
             version_table: None,
+            fingerprint: None,
         };
         self.engine
             .fenced_transaction(writer, work)

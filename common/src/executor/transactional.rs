@@ -172,6 +172,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                             records: std::slice::from_ref(&record),
                             audit: None,
                             version_table,
+                            fingerprint: None,
                         };
                         self.interruptible(self.engine.fenced_transaction(writer, work))
                             .await
@@ -211,6 +212,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                     records: std::slice::from_ref(&record),
                     audit: None,
                     version_table: None,
+                    fingerprint: None,
                 };
                 match self.engine.fenced_transaction(writer, work).await {
                     Ok(_) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),

@@ -91,6 +91,7 @@ async fn run_sql<E: ShardEngine>(engine: &E, sql: &str) {
         records: &[],
         audit: None,
         version_table: None,
+        fingerprint: None,
     };
     engine
         .fenced_transaction(&writer(0), work)
@@ -146,6 +147,7 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
                 records: std::slice::from_ref(&record),
                 audit: None,
                 version_table: None,
+                fingerprint: None,
             };
             (
                 contender,

@@ -364,6 +364,18 @@ fn run_demo(arguments: &[&str], agents: usize) -> (String, String) {
             .all(|shard| shard["current_version"] == "4" && shard["state"] == "succeeded"),
         "{summary}"
     );
+    // Every shard left the same schema, and its task says which.
+    let left: std::collections::BTreeSet<&str> = shards
+        .iter()
+        .filter_map(|shard| shard["schema"]["after"].as_str())
+        .collect();
+    assert_eq!(left.len(), 1, "one schema after the rollout: {summary}");
+    assert!(
+        shards
+            .iter()
+            .all(|shard| shard["schema"]["before"] != shard["schema"]["after"]),
+        "{summary}"
+    );
     assert_eq!(
         summary["risk"]["level"], "LOW",
         "the plan is assessed and explained: {summary}"

@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS fleetshift.history (
     statements_run bigint NOT NULL DEFAULT 0,
     error text
 );
+CREATE TABLE IF NOT EXISTS fleetshift.fingerprints (
+    version text PRIMARY KEY,
+    fingerprint text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 CREATE TABLE IF NOT EXISTS fleetshift.audit (
     id bigserial PRIMARY KEY,
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -60,4 +65,7 @@ pub const LEDGER: LedgerSql = LedgerSql {
             statements_run = EXCLUDED.statements_run, error = EXCLUDED.error",
     insert_audit: "INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token)
          VALUES ($1, $2, $3, $4, $5)",
+    upsert_fingerprint: "INSERT INTO fleetshift.fingerprints (version, fingerprint) VALUES ($1, $2)
+         ON CONFLICT (version) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+            recorded_at = clock_timestamp()",
 };
