@@ -13,10 +13,14 @@
 //!
 //! - `postgres`, `sqlite`: reading a snapshot from a shard.
 //! - `diff`: what differs between two snapshots, object by object.
+//! - `drift`: shards at one version grouped by fingerprint: the majority and the outliers.
+//! - `wire`: a snapshot compressed for the wire, checked against its fingerprint.
 
 mod diff;
+pub mod drift;
 pub mod postgres;
 pub mod sqlite;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;
