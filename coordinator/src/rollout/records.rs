@@ -9,10 +9,7 @@ use prost::Message;
 
 use super::RolloutError;
 use super::waves;
-use crate::store::{Condition, Entry, Epoch, Store, StoreError, Write, keys};
-
-/// Largest chunk of an encoded migration set (etcd refuses requests over 1.5 MiB).
-const SET_CHUNK: usize = 1 << 20;
+use crate::store::{Condition, Entry, Epoch, Store, StoreError, Write, chunked, keys};
 
 /// Attempts of a compare-and-set update before giving up.
 const CAS_ATTEMPTS: usize = 8;
@@ -138,40 +135,17 @@ pub async fn update_plan<S: Store>(
 
 /// Stores the set in chunks under its digest, unless it is there already.
 pub async fn save_set<S: Store>(store: &S, set: &v1::MigrationSet) -> Result<(), RolloutError> {
-    let first = keys::set_chunk(&set.digest, 0);
-    if store.read(&first).await?.is_some() {
-        return Ok(());
-    }
-    let encoded = set.encode_to_vec();
-    for (index, chunk) in encoded.chunks(SET_CHUNK).enumerate().rev() {
-        // Chunk 0 last: its presence means the set is complete.
-        store
-            .commit(
-                None,
-                &[],
-                &[Write::put(
-                    keys::set_chunk(&set.digest, index),
-                    chunk.to_vec(),
-                )],
-            )
-            .await?;
-    }
+    chunked::save(store, &keys::set_prefix(&set.digest), &set.encode_to_vec()).await?;
     Ok(())
 }
 
 pub async fn load_set<S: Store>(store: &S, digest: &str) -> Result<v1::MigrationSet, RolloutError> {
     let prefix = keys::set_prefix(digest);
-    let listing = store.list(&prefix).await?;
-    if listing.entries.is_empty() {
+    let Some(encoded) = chunked::load(store, &prefix).await? else {
         return Err(RolloutError::Store(StoreError::Corrupt {
             key: prefix,
             detail: "the plan's migration set is missing from the store".to_owned(),
         }));
-    }
-    let encoded: Vec<u8> = listing
-        .entries
-        .iter()
-        .flat_map(|entry| entry.value.iter().copied())
-        .collect();
+    };
     decode(&prefix, &encoded)
 }

@@ -10,6 +10,7 @@
 //! | `assignments/<agent>/<assignment>` | `Assignment` without files, on the agent's lease | the leader |
 //! | `results/<assignment>` | `AssignmentResult` | the agent's replica; removed by the leader |
 //! | `sets/<digest>/<chunk>` | a chunk of the encoded `MigrationSet` | `CreatePlan` |
+//! | `schemas/<fingerprint>/<chunk>` | a chunk of a schema snapshot's gzip-compressed canonical text | the replica an agent reported it to |
 //! | `host-requests/<agent>/<request>` | `HostRequest`, on the operator call's lease | the replica called |
 //! | `host-replies/<request>` | `HostReply`, on the same lease | the agent's replica |
 //! | `rehearsals/<plan>/<shard>` | `ShardRehearsal`, the newest | the replica called |
@@ -76,10 +77,6 @@ pub fn set_prefix(digest: &str) -> String {
     format!("{PREFIX}/sets/{digest}/")
 }
 
-pub fn set_chunk(digest: &str, chunk: usize) -> String {
-    format!("{}{chunk:06}", set_prefix(digest))
-}
-
 pub fn host_requests_prefix() -> String {
     format!("{PREFIX}/host-requests/")
 }
@@ -98,4 +95,8 @@ pub fn rehearsals_prefix(plan: &str) -> String {
 
 pub fn rehearsal(plan: &str, shard: &str) -> String {
     format!("{}{shard}", rehearsals_prefix(plan))
+}
+
+pub fn schema_prefix(fingerprint: &str) -> String {
+    format!("{PREFIX}/schemas/{fingerprint}/")
 }
