@@ -84,6 +84,8 @@ struct RawCoordinator {
     server_name: Option<String>,
     /// How often the agent sends fresh shard facts while it runs no assignment (default 60s).
     facts_refresh: Option<String>,
+    /// How often the agent reads each shard's schema for its fingerprint (default 10m).
+    schema_check: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,10 +219,15 @@ pub struct CoordinatorLink {
     pub tls: TlsFiles,
     /// How often fresh shard facts are sent while no assignment runs.
     pub facts_refresh: Duration,
+    /// How often each shard's schema is read for its fingerprint.
+    pub schema_check: Duration,
 }
 
 /// Fresh facts every minute: plans see tables in use as of the last minute or so.
 pub const DEFAULT_FACTS_REFRESH: Duration = Duration::from_secs(60);
+
+/// A shard's schema read every ten minutes: drift shows within that.
+pub const DEFAULT_SCHEMA_CHECK: Duration = Duration::from_secs(600);
 
 /// One replica: where it listens and the name its certificate must carry.
 #[derive(Debug, Clone)]
@@ -395,22 +402,33 @@ fn coordinator_link(
                 .map_err(|error| format!("[coordinator] {error}"))
         })
         .collect::<Result<_, _>>()?;
-    let facts_refresh = match coordinator.facts_refresh.as_deref() {
-        None => DEFAULT_FACTS_REFRESH,
-        Some(text) => fleetshift_common::duration::parse(text)
-            .map_err(|error| format!("[coordinator] facts_refresh: {error}"))
-            .and_then(|interval| {
-                if interval.is_zero() {
-                    return Err("[coordinator] facts_refresh must be longer than zero".to_owned());
-                }
-                Ok(interval)
-            })?,
-    };
     Ok(Some(CoordinatorLink {
         endpoints,
         tls: tls.relative_to(base),
-        facts_refresh,
+        facts_refresh: interval(
+            "facts_refresh",
+            coordinator.facts_refresh.as_deref(),
+            DEFAULT_FACTS_REFRESH,
+        )?,
+        schema_check: interval(
+            "schema_check",
+            coordinator.schema_check.as_deref(),
+            DEFAULT_SCHEMA_CHECK,
+        )?,
     }))
+}
+
+/// `[coordinator] name`: a duration above zero, or `default` when not set.
+fn interval(name: &str, text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let interval = fleetshift_common::duration::parse(text)
+        .map_err(|error| format!("[coordinator] {name}: {error}"))?;
+    if interval.is_zero() {
+        return Err(format!("[coordinator] {name} must be longer than zero"));
+    }
+    Ok(interval)
 }
 
 #[cfg(test)]

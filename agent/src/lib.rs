@@ -12,6 +12,7 @@
 //! - [`requests`]: operators' host requests (list, verify, restore a backup; rehearse a plan)
 //!   relayed to the agent.
 //! - [`rehearse`]: a plan rehearsed on a sampled copy of one shard, at most N at once.
+//! - [`schema_checks`]: each shard's schema fingerprint, read at most every `schema_check`.
 //! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
 
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod outage;
 pub mod rehearse;
 pub mod requests;
+pub mod schema_checks;
 pub mod session;
 pub mod stop;
 mod tally;

@@ -39,6 +39,7 @@ pub use work::{HostWork, Work};
 
 use crate::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink};
 use crate::metrics::AgentMetrics;
+use crate::schema_checks::SchemaChecks;
 use finished::Finished;
 use held::Session;
 
@@ -87,6 +88,7 @@ pub async fn run(
     let work = HostWork {
         config: Arc::clone(&config),
         metrics: Arc::clone(&telemetry.metrics),
+        schemas: Arc::new(SchemaChecks::new(link.schema_check)),
     };
     let hello = Hello {
         agent_id: config.agent_id.clone(),

@@ -14,6 +14,7 @@ mod rehearse;
 mod render;
 mod rollback;
 mod rollout;
+mod schema;
 mod serve;
 mod sources;
 
@@ -80,6 +81,9 @@ pub enum Command {
     /// Run a plan on a sampled copy of each chosen shard and trace every lock it takes
     /// (operator); HIGH and CRITICAL plans need rehearsals before approval.
     Rehearse(Box<rehearsals::RehearseArgs>),
+    /// The fleet's schemas by fingerprint (viewer): `drift` finds shards whose schema differs
+    /// from their version's majority, `show` prints one, `diff` compares two.
+    Schema(schema::SchemaArgs),
 }
 
 /// How results are printed on stdout.
@@ -110,6 +114,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Rollback(_) => "rollback",
         Command::Backups(_) => "backups",
         Command::Rehearse(_) => "rehearse",
+        Command::Schema(_) => "schema",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -145,5 +150,6 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Rollback(arguments) => rollback::run(arguments).await,
         Command::Backups(arguments) => backups::run(arguments).await,
         Command::Rehearse(arguments) => rehearsals::run(*arguments).await,
+        Command::Schema(arguments) => schema::run(arguments).await,
     }
 }

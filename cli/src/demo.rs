@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use fleetshift_agent::config::{
-    AgentConfig, CoordinatorEndpoint, CoordinatorLink, DEFAULT_FACTS_REFRESH, ShardConfig,
+    AgentConfig, CoordinatorEndpoint, CoordinatorLink, DEFAULT_FACTS_REFRESH, DEFAULT_SCHEMA_CHECK,
+    ShardConfig,
 };
 use fleetshift_agent::session::SessionTelemetry;
 use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
@@ -314,6 +315,7 @@ fn spawn_agents(
             }],
             tls: tls_files(pki_dir, &format!("agent-{name}")),
             facts_refresh: DEFAULT_FACTS_REFRESH,
+            schema_check: DEFAULT_SCHEMA_CHECK,
         };
         let shard = ShardConfig {
             id: shard_id(number),

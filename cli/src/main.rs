@@ -27,7 +27,8 @@ fn main() -> ExitCode {
         | cli::Command::Cancel(_)
         | cli::Command::Rollback(_)
         | cli::Command::Backups(_)
-        | cli::Command::Rehearse(_) => "warn",
+        | cli::Command::Rehearse(_)
+        | cli::Command::Schema(_) => "warn",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::authz;
 use crate::error::{ErrorCode, refuse};
 use crate::mailbox::{Mailbox, Outbound, Registration};
+use crate::schemas;
 use crate::store::{Condition, LeaseId, Store, StoreError, Write, keys};
 use crate::tasks::TaskSet;
 
@@ -198,7 +199,7 @@ where
         let first = tokio::time::timeout(self.intervals.lease_ttl, self.inbound.next())
             .await
             .map_err(|_| refuse(ErrorCode::TimedOut, "no Hello within the lease TTL"))?;
-        let hello: Hello = match first {
+        let mut hello: Hello = match first {
             Some(Ok(AgentMessage {
                 body: Some(AgentBody::Hello(hello)),
             })) => hello,
@@ -240,6 +241,9 @@ where
         let previous = self
             .store
             .agent_lease(self.identity.name())
+            .await
+            .map_err(Status::from)?;
+        schemas::keep(self.store.as_ref(), self.identity.name(), &mut hello.shards)
             .await
             .map_err(Status::from)?;
         self.store
@@ -413,7 +417,11 @@ where
         let Some(announced) = self.announced.as_mut() else {
             return Err(refuse(ErrorCode::Internal, "session without a Hello"));
         };
-        for fresh in refresh.shards {
+        let mut fresh_shards = refresh.shards;
+        schemas::keep(self.store.as_ref(), self.identity.name(), &mut fresh_shards)
+            .await
+            .map_err(Status::from)?;
+        for fresh in fresh_shards {
             match announced
                 .shards
                 .iter_mut()

@@ -12,12 +12,13 @@ use fleetshift_common::proto::v1::host_reply::Outcome;
 use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
-    CreateRollbackPlanRequest, GetPlanRequest, Hello, ListBackups, ListBackupsRequest,
-    ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
-    ListShardsResponse, Plan, PlanAction, RehearsePlanRequest, RehearsePlanResponse, RestoreBackup,
-    RestoreBackupRequest, RolloutEvent, ShardHealth, ShardSummary, VerifyBackup,
-    VerifyBackupRequest, WatchRolloutRequest,
+    CreateRollbackPlanRequest, GetPlanRequest, GetSchemaRequest, Hello, ListBackups,
+    ListBackupsRequest, ListBackupsResponse, ListPlansRequest, ListPlansResponse,
+    ListShardsRequest, ListShardsResponse, Plan, PlanAction, RehearsePlanRequest,
+    RehearsePlanResponse, RestoreBackup, RestoreBackupRequest, RolloutEvent, SchemaSnapshot,
+    ShardHealth, ShardSummary, VerifyBackup, VerifyBackupRequest, WatchRolloutRequest,
 };
+use fleetshift_common::schema::Fingerprint;
 use prost::Message;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,6 +31,7 @@ use crate::mailbox::Mailbox;
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
 use crate::rollout::{RolloutError, planning, records, rollback, transitions, watch, waves};
+use crate::schemas;
 use crate::store::Store;
 use crate::tasks::TaskSet;
 
@@ -152,11 +154,39 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
                     agent_id: agent.clone(),
                     current_version: shard.current_version,
                     health: health.into(),
+                    schema_fingerprint: shard.schema_fingerprint,
                 });
             }
         }
         shards.sort_by(|left, right| left.shard_id.cmp(&right.shard_id));
         Ok(Response::new(ListShardsResponse { shards }))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<GetSchemaRequest>,
+    ) -> Result<Response<SchemaSnapshot>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let asked = request.into_inner().fingerprint;
+        let fingerprint = Fingerprint::from_hex(&asked).ok_or_else(|| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("fingerprint: {asked:?} is not 64 hex digits (SHA-256)"),
+            )
+        })?;
+        let snapshot = schemas::load(&*self.store, &fingerprint)
+            .await
+            .map_err(Status::from)?
+            .ok_or_else(|| {
+                refuse(
+                    ErrorCode::NotFound,
+                    format!("no schema snapshot with fingerprint {fingerprint}: no agent has reported one"),
+                )
+            })?;
+        Ok(Response::new(SchemaSnapshot {
+            fingerprint: fingerprint.to_string(),
+            canonical: snapshot.canonical(),
+        }))
     }
 
     async fn create_plan(

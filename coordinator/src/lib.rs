@@ -19,6 +19,7 @@
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
 //!   session openings out of them.
 //! - [`metrics`]: the Prometheus metrics of a replica (store, gRPC, leadership, rollouts).
+//! - [`schemas`]: schema snapshots agents report, kept once per fingerprint.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
 //! - [`tasks`]: the tasks a replica owns, stopped and awaited stage by stage at shutdown.
@@ -38,6 +39,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod rehearsals;
 pub mod rollout;
+pub mod schemas;
 pub mod serve;
 pub mod store;
 pub mod tasks;

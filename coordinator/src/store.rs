@@ -8,6 +8,7 @@
 //!   **epoch**, and every write the leader makes is a transaction comparing it, so a deposed
 //!   leader's late writes are refused.
 
+pub mod chunked;
 mod etcd;
 pub mod keys;
 mod memory;

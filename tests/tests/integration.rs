@@ -35,6 +35,7 @@ mod integration {
     mod rollout;
     mod runbook;
     mod schema;
+    mod schema_drift;
     mod secrets;
     mod session;
     mod store;

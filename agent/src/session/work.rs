@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
+use crate::schema_checks::{Reported, SchemaChecks};
 use crate::stop::StopSignal;
 use crate::{assignment, check, requests};
 
@@ -45,6 +46,7 @@ pub trait Work: Clone + Send + Sync + 'static {
 pub struct HostWork {
     pub config: Arc<AgentConfig>,
     pub metrics: Arc<AgentMetrics>,
+    pub schemas: Arc<SchemaChecks>,
 }
 
 impl Work for HostWork {
@@ -71,15 +73,20 @@ impl Work for HostWork {
     }
 
     async fn facts(&self) -> Vec<ShardFacts> {
-        shard_facts(&self.config).await
+        shard_facts(&self.config, &self.schemas).await
     }
 }
 
 /// What the agent sees of each of its shards now.
-async fn shard_facts(config: &AgentConfig) -> Vec<ShardFacts> {
+async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardFacts> {
     let mut shards = Vec::with_capacity(config.shards.len());
     for shard in &config.shards {
         let report = check::inspect(shard).await;
+        let schema = if report.reachable {
+            schemas.report(shard).await
+        } else {
+            Reported::default()
+        };
         let engine = if shard.database_url.expose().starts_with("sqlite:") {
             Engine::Sqlite
         } else {
@@ -95,6 +102,8 @@ async fn shard_facts(config: &AgentConfig) -> Vec<ShardFacts> {
             unfinished_versions: report.unfinished,
             tables: report.tables,
             observed_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            schema_fingerprint: schema.fingerprint,
+            schema_snapshot: schema.snapshot,
         });
     }
     shards

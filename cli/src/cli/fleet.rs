@@ -139,6 +139,7 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
                         "current_version": shard.current_version,
                         "health": health_name(shard.health),
                         "labels": shard.labels,
+                        "schema_fingerprint": (!shard.schema_fingerprint.is_empty()).then_some(&shard.schema_fingerprint),
                     })
                 })
                 .collect();
@@ -146,8 +147,8 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
         }
         Output::Human => {
             println!(
-                "{:<24} {:<20} {:<24} {:<20} LABELS",
-                "SHARD", "AGENT", "VERSION", "HEALTH"
+                "{:<24} {:<20} {:<24} {:<20} {:<12} LABELS",
+                "SHARD", "AGENT", "VERSION", "HEALTH", "SCHEMA"
             );
             for shard in &listed {
                 let mut labels: Vec<String> = shard
@@ -157,7 +158,7 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
                     .collect();
                 labels.sort();
                 println!(
-                    "{:<24} {:<20} {:<24} {:<20} {}",
+                    "{:<24} {:<20} {:<24} {:<20} {:<12} {}",
                     shard.shard_id,
                     shard.agent_id,
                     if shard.current_version.is_empty() {
@@ -166,6 +167,7 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
                         &shard.current_version
                     },
                     health_name(shard.health),
+                    shard.schema_fingerprint.get(..12).unwrap_or("-"),
                     labels.join(",")
                 );
             }

@@ -1,0 +1,101 @@
+//! The agent's schema checks: each shard's schema is read as a snapshot at most every
+//! `schema_check` (default 10 minutes) and its fingerprint reported with every shard fact in
+//! between; the snapshot itself goes along only when it was read fresh, for the coordinator to
+//! keep by fingerprint. A shard whose fingerprint changes without a revision has drifted.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::error::ExecError;
+use fleetshift_common::schema::wire;
+use tokio::time::Instant;
+
+use crate::config::ShardConfig;
+
+/// The last check of each shard, shared by every session of the agent.
+#[derive(Debug)]
+pub struct SchemaChecks {
+    interval: Duration,
+    last: Mutex<HashMap<String, Checked>>,
+}
+
+#[derive(Debug, Clone)]
+struct Checked {
+    at: Instant,
+    fingerprint: String,
+}
+
+/// What a shard's facts say of its schema.
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// The fingerprint at the last check; empty when never read.
+    pub fingerprint: String,
+    /// The packed snapshot, when it was read for this report.
+    pub snapshot: Vec<u8>,
+}
+
+impl SchemaChecks {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The shard's schema for its facts: read now when its last check is older than the
+    /// interval (or there was none), else the last check's fingerprint. A failed read keeps
+    /// the last fingerprint and is logged.
+    pub async fn report(&self, shard: &ShardConfig) -> Reported {
+        let last = self.last_of(&shard.id);
+        if let Some(last) = &last
+            && last.at.elapsed() < self.interval
+        {
+            return Reported {
+                fingerprint: last.fingerprint.clone(),
+                snapshot: Vec::new(),
+            };
+        }
+        match read(shard).await {
+            Ok((fingerprint, snapshot)) => {
+                if let Ok(mut checks) = self.last.lock() {
+                    checks.insert(
+                        shard.id.clone(),
+                        Checked {
+                            at: Instant::now(),
+                            fingerprint: fingerprint.clone(),
+                        },
+                    );
+                }
+                Reported {
+                    fingerprint,
+                    snapshot,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's schema; its last fingerprint stands");
+                Reported {
+                    fingerprint: last.map(|last| last.fingerprint).unwrap_or_default(),
+                    snapshot: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn last_of(&self, shard: &str) -> Option<Checked> {
+        self.last
+            .lock()
+            .ok()
+            .and_then(|checks| checks.get(shard).cloned())
+    }
+}
+
+/// The shard's fingerprint and packed snapshot, read now.
+async fn read(shard: &ShardConfig) -> Result<(String, Vec<u8>), ExecError> {
+    let snapshot = match engine::connect(&shard.database_url, Timeouts::default()).await? {
+        Connected::Postgres(engine) => engine.schema_snapshot().await?,
+        Connected::Sqlite(engine) => engine.schema_snapshot().await?,
+    };
+    Ok((snapshot.fingerprint().to_string(), wire::pack(&snapshot)))
+}

@@ -1,0 +1,99 @@
+//! Schema snapshots the fleet keeps, by fingerprint: agents send a shard's snapshot with its
+//! facts when they read it fresh; the replica checks it against its fingerprint, stores it
+//! once under `schemas/<fingerprint>/` (shards with the same schema share it) and drops it
+//! from the facts it stores, which keep only the fingerprint.
+
+use fleetshift_common::proto::v1::ShardFacts;
+use fleetshift_common::schema::{Fingerprint, Snapshot, wire};
+
+use crate::store::{Store, StoreError, chunked, keys};
+
+/// Keeps the snapshots `shards` carry and leaves only their fingerprints in them. A snapshot
+/// that does not match its fingerprint is dropped (with the fingerprint) and logged.
+pub async fn keep<S: Store>(
+    store: &S,
+    agent: &str,
+    shards: &mut [ShardFacts],
+) -> Result<(), StoreError> {
+    for shard in shards {
+        let packed = std::mem::take(&mut shard.schema_snapshot);
+        if packed.is_empty() {
+            continue;
+        }
+        match wire::unpack(&packed, &shard.schema_fingerprint) {
+            Ok(_) => {
+                chunked::save(
+                    store,
+                    &keys::schema_prefix(&shard.schema_fingerprint),
+                    &packed,
+                )
+                .await?;
+            }
+            Err(error) => {
+                tracing::warn!(%agent, shard = %shard.shard_id, %error, "schema snapshot refused; the shard's fingerprint is left empty");
+                shard.schema_fingerprint.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The snapshot with `fingerprint`, when the fleet has it.
+pub async fn load<S: Store>(
+    store: &S,
+    fingerprint: &Fingerprint,
+) -> Result<Option<Snapshot>, StoreError> {
+    let prefix = keys::schema_prefix(fingerprint.as_str());
+    let Some(packed) = chunked::load(store, &prefix).await? else {
+        return Ok(None);
+    };
+    wire::unpack(&packed, fingerprint.as_str())
+        .map(Some)
+        .map_err(|error| StoreError::Corrupt {
+            key: prefix,
+            detail: error.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetshift_common::schema::{ObjectKind, attributes};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn facts(shard: &str, snapshot: &Snapshot, claimed: &str) -> ShardFacts {
+        ShardFacts {
+            shard_id: shard.to_owned(),
+            schema_fingerprint: claimed.to_owned(),
+            schema_snapshot: wire::pack(snapshot),
+            ..ShardFacts::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_kept_by_its_fingerprint_and_one_that_lies_is_dropped() {
+        let store = MemoryStore::new();
+        let mut snapshot = Snapshot::default();
+        snapshot.insert(
+            ObjectKind::Table,
+            "public.users",
+            attributes([("kind", "table".to_owned())]),
+        );
+        let fingerprint = snapshot.fingerprint();
+        let mut shards = [
+            facts("honest", &snapshot, fingerprint.as_str()),
+            facts("liar", &snapshot, &"0".repeat(64)),
+        ];
+        keep(&store, "a", &mut shards).await.expect("kept");
+        assert!(shards.iter().all(|shard| shard.schema_snapshot.is_empty()));
+        assert_eq!(shards[0].schema_fingerprint, fingerprint.as_str());
+        assert_eq!(shards[1].schema_fingerprint, "");
+        assert_eq!(
+            load(&store, &fingerprint).await.expect("loaded"),
+            Some(snapshot)
+        );
+        let zeros = Fingerprint::from_hex(&"0".repeat(64)).expect("hex");
+        assert_eq!(load(&store, &zeros).await.expect("loaded"), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! Fleet-wide schema drift across real processes: etcd, a coordinator replica and an agent
+//! serving three PostgreSQL shards built from one schema. After a hand edit on one shard and
+//! the agent's restart (a fresh schema check), `schema drift` names that shard with the exact
+//! differences and exits 3; `schema show` prints its snapshot and `schema diff` compares it
+//! with another shard.
+
+use std::time::Duration;
+
+use fleetshift_tests::wait::wait_until;
+
+use crate::integration::cli_fleet::CliFleet;
+use crate::integration::support::{self, assert_exit};
+
+const USERS: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text, note text);";
+
+/// Each shard's reported fingerprint, by shard id.
+async fn fingerprints(fleet: &CliFleet) -> Vec<(String, Option<String>)> {
+    let listed = fleet.cli.alice(&["shards", "--output", "json"]).await;
+    assert_exit(&listed, 0);
+    support::json(&listed)["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|shard| {
+            (
+                shard["shard"].as_str().expect("id").to_owned(),
+                shard["schema_fingerprint"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_edited_shard_is_named_with_each_difference() {
+    let mut fleet = CliFleet::start_shards("drift", USERS, 3, |_| String::new(), Vec::new()).await;
+    let reported = wait_until(Duration::from_secs(30), || async {
+        fingerprints(&fleet)
+            .await
+            .iter()
+            .all(|(_, fingerprint)| fingerprint.is_some())
+    })
+    .await;
+    assert!(reported, "no fingerprints\n{}", fleet.diagnose());
+    let calm = fleet
+        .cli
+        .alice(&["schema", "drift", "--output", "json"])
+        .await;
+    assert_exit(&calm, 0);
+    let calm = support::json(&calm);
+    assert_eq!(calm["versions"][0]["version"], "base", "{calm:#}");
+    assert_eq!(calm["versions"][0]["majority_shards"], 3, "{calm:#}");
+
+    let edited = fleet
+        .database
+        .cluster
+        .admin_pool("drift_2")
+        .await
+        .expect("admin pool");
+    sqlx::raw_sql(
+        "CREATE INDEX users_email_idx ON users (email);
+         ALTER TABLE users ALTER COLUMN note TYPE varchar(200);",
+    )
+    .execute(&edited)
+    .await
+    .expect("hand edit");
+    edited.close().await;
+    let before = fingerprints(&fleet).await;
+    fleet.restart_agent();
+    let seen = wait_until(Duration::from_secs(30), || async {
+        let now = fingerprints(&fleet).await;
+        now.len() == 3 && now[2].1.is_some() && now[2] != before[2]
+    })
+    .await;
+    assert!(seen, "the edit never showed\n{}", fleet.diagnose());
+
+    let drifted = fleet
+        .cli
+        .alice(&["schema", "drift", "--output", "json"])
+        .await;
+    assert_exit(&drifted, 3);
+    let drifted = support::json(&drifted);
+    let version = &drifted["versions"][0];
+    assert_eq!(version["majority_shards"], 2, "{drifted:#}");
+    let outliers = version["outliers"].as_array().expect("outliers");
+    assert_eq!(outliers.len(), 1, "{drifted:#}");
+    assert_eq!(outliers[0]["shard"], "a-db2");
+    assert_eq!(
+        outliers[0]["differences"],
+        serde_json::json!([
+            "column public.users.note: type character varying(200) vs text",
+            "index public.users_email_idx: extra"
+        ])
+    );
+    let human = fleet.cli.alice(&["schema", "drift"]).await;
+    assert_exit(&human, 3);
+    let printed = String::from_utf8_lossy(&human.stdout);
+    assert!(printed.contains("DRIFTED a-db2"), "{printed}");
+
+    let shown = fleet
+        .cli
+        .alice(&["schema", "show", "--shard", "a-db2"])
+        .await;
+    assert_exit(&shown, 0);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("index public.users_email_idx\n  definition: CREATE INDEX users_email_idx ON public.users USING btree (email)\n"),
+        "{shown}"
+    );
+    let compared = fleet
+        .cli
+        .alice(&[
+            "schema", "diff", "--shard", "a-db2", "--shard", "a-db0", "--output", "json",
+        ])
+        .await;
+    assert_exit(&compared, 3);
+    assert_eq!(
+        support::json(&compared)["differences"],
+        outliers[0]["differences"]
+    );
+    let same = fleet
+        .cli
+        .alice(&["schema", "diff", "--shard", "a-db0", "--shard", "a-db1"])
+        .await;
+    assert_exit(&same, 0);
+    let unknown = fleet
+        .cli
+        .alice(&["schema", "show", "--shard", "nowhere"])
+        .await;
+    assert_exit(&unknown, 2);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no shard nowhere in the fleet"));
+}
