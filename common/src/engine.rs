@@ -108,6 +108,32 @@ pub struct FencedTransaction<'a> {
     pub fingerprint: Option<&'a VersionFingerprint>,
 }
 
+impl<'a> FencedTransaction<'a> {
+    /// A transaction that moves the fence and checks `guard`, and does nothing else: no
+    /// statements, records, audit entry or fingerprint. Say what it writes with struct update
+    /// syntax.
+    pub fn guarded(guard: &'a Guard) -> Self {
+        Self {
+            guard,
+            body: &[],
+            script: None,
+            records: &[],
+            audit: None,
+            version_table: None,
+            fingerprint: None,
+        }
+    }
+
+    /// A transaction that only moves the fence.
+    pub fn fence_only() -> Self {
+        Self::guarded(&UNGUARDED)
+    }
+}
+
+static UNGUARDED: Guard = Guard {
+    expectations: Vec::new(),
+};
+
 /// The rows an Alembic version table holds once a transaction commits: its heads among the
 /// applied revisions. Kept current so the team's `alembic current` stays true beside
 /// fleetshift; written in the same transaction as the ledger, so both always agree.

@@ -43,7 +43,7 @@ pub use status::{RevisionState, ShardStatus};
 use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
 use crate::fence::FenceToken;
-use crate::ledger::{Guard, LedgerRecord, RevisionStatus, Writer};
+use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
 use crate::schema;
 use crate::source::{MigrationSet, Revision, Script};
 use crate::telemetry::traces::mark_failed;
@@ -340,15 +340,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             agent_id: self.identity.agent_id.clone(),
             plan_id: self.identity.plan_id.clone(),
         };
-        let claim = FencedTransaction {
-            guard: &Guard::default(),
-            body: &[],
-            script: None,
-            records: &[],
-            audit: None,
-            version_table: None,
-            fingerprint: None,
-        };
+        let claim = FencedTransaction::fence_only();
         self.engine
             .fenced_transaction(&writer, claim)
             .await

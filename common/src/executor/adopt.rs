@@ -78,13 +78,9 @@ impl<E: ShardEngine> Executor<'_, E> {
             ),
         };
         let work = FencedTransaction {
-            guard: &guard,
-            body: &[],
-            script: None,
             records: &records,
             audit: Some(&audit),
-            version_table: None,
-            fingerprint: None,
+            ..FencedTransaction::guarded(&guard)
         };
         self.engine
             .fenced_transaction(&writer, work)

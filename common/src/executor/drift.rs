@@ -4,7 +4,7 @@
 use super::{Executor, ShardStatus};
 use crate::engine::{FencedTransaction, ShardEngine};
 use crate::error::ExecError;
-use crate::ledger::{AuditRecord, Guard, Writer};
+use crate::ledger::{AuditRecord, Writer};
 
 impl<E: ShardEngine> Executor<'_, E> {
     pub(super) async fn record_drift_overrides(
@@ -23,13 +23,8 @@ impl<E: ShardEngine> Executor<'_, E> {
                 ),
             };
             let work = FencedTransaction {
-                guard: &Guard::default(),
-                body: &[],
-                script: None,
-                records: &[],
                 audit: Some(&audit),
-                version_table: None,
-                fingerprint: None,
+                ..FencedTransaction::fence_only()
             };
             self.engine
                 .fenced_transaction(writer, work)

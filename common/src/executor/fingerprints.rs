@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Executor;
 use crate::engine::{FencedTransaction, ShardEngine};
 use crate::error::ExecError;
-use crate::ledger::{Guard, VersionFingerprint, Writer};
+use crate::ledger::{VersionFingerprint, Writer};
 use crate::schema::{Fingerprint, Snapshot};
 
 /// The shard's schema before and after a run, and how many objects differ between them.
@@ -48,13 +48,8 @@ impl<E: ShardEngine> Executor<'_, E> {
                 fingerprint: change.after.clone(),
             };
             let work = FencedTransaction {
-                guard: &Guard::default(),
-                body: &[],
-                script: None,
-                records: &[],
-                audit: None,
-                version_table: None,
                 fingerprint: Some(&recorded),
+                ..FencedTransaction::fence_only()
             };
             self.engine
                 .fenced_transaction(writer, work)

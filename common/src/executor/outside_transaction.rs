@@ -209,13 +209,9 @@ impl<E: ShardEngine> Executor<'_, E> {
                     self.engine.fenced_transaction(
                         writer,
                         FencedTransaction {
-                            guard,
-                            body: &[],
-                            script: None,
                             records,
-                            audit: None,
                             version_table,
-                            fingerprint: None,
+                            ..FencedTransaction::guarded(guard)
                         },
                     )
                 },

@@ -40,13 +40,9 @@ impl<E: ShardEngine> Executor<'_, E> {
         };
         let guard = Guard::default().require(version, Expect::Started);
         let work = FencedTransaction {
-            guard: &guard,
-            body: &[],
-            script: None,
             records: std::slice::from_ref(&record),
             audit: Some(&audit),
-            version_table: None,
-            fingerprint: None,
+            ..FencedTransaction::guarded(&guard)
         };
         self.engine
             .fenced_transaction(&writer, work)

@@ -37,13 +37,8 @@ impl<E: ShardEngine> Executor<'_, E> {
             Some(message),
         );
         let work = FencedTransaction {
-            guard,
-            body: &[],
-            script: None,
             records: std::slice::from_ref(&record),
-            audit: None,
-            version_table: None,
-            fingerprint: None,
+            ..FencedTransaction::guarded(guard)
         };
         self.engine
             .fenced_transaction(writer, work)

@@ -206,13 +206,8 @@ impl<E: ShardEngine> Executor<'_, E> {
                 let record = self.record(revision, RevisionStatus::Failed, false, None, 0, Some(format!("{location}: {}", failure.message)));
                 let guard = Guard::default().require(revision.version.as_str(), Expect::NotApplied);
                 let work = FencedTransaction {
-                    guard: &guard,
-                    body: &[],
-                    script: None,
                     records: std::slice::from_ref(&record),
-                    audit: None,
-                    version_table: None,
-                    fingerprint: None,
+                    ..FencedTransaction::guarded(&guard)
                 };
                 match self.engine.fenced_transaction(writer, work).await {
                     Ok(_) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),

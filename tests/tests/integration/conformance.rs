@@ -85,13 +85,8 @@ fn applied_record(version: &str) -> LedgerRecord {
 async fn run_sql<E: ShardEngine>(engine: &E, sql: &str) {
     let body: Vec<Statement> = statements::split(sql);
     let work = FencedTransaction {
-        guard: &Guard::default(),
         body: &body,
-        script: None,
-        records: &[],
-        audit: None,
-        version_table: None,
-        fingerprint: None,
+        ..FencedTransaction::fence_only()
     };
     engine
         .fenced_transaction(&writer(0), work)
@@ -141,13 +136,9 @@ pub async fn racing_contenders_apply_a_revision_once<S: TestShard>(
             let record = applied_record("1");
             barrier.wait().await;
             let work = FencedTransaction {
-                guard: &guard,
                 body: &body,
-                script: None,
                 records: std::slice::from_ref(&record),
-                audit: None,
-                version_table: None,
-                fingerprint: None,
+                ..FencedTransaction::guarded(&guard)
             };
             (
                 contender,

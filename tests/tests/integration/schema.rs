@@ -49,6 +49,35 @@ const BACKWARD: &str = "
     CREATE SCHEMA fleetshift;
     CREATE TABLE fleetshift.history (version text);";
 
+/// Two snapshots of one schema: no difference, one fingerprint, and the text holds each of
+/// `expected`.
+fn assert_same_schema(one: &Snapshot, other: &Snapshot, expected: &[&str]) {
+    assert_eq!(one.diff(other), [], "{}", one.canonical());
+    assert_eq!(one.fingerprint(), other.fingerprint());
+    let text = one.canonical();
+    for expected in expected {
+        assert!(text.contains(expected), "{expected:?} in\n{text}");
+    }
+}
+
+/// `changed` differs from `reference` in a line starting with `expected`.
+fn assert_change_shows(changed: &Snapshot, reference: &Snapshot, alteration: &str, expected: &str) {
+    assert_ne!(
+        changed.fingerprint(),
+        reference.fingerprint(),
+        "{alteration}"
+    );
+    let lines: Vec<String> = changed
+        .diff(reference)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        lines.iter().any(|line| line.starts_with(expected)),
+        "{alteration}: {expected:?} in {lines:#?}"
+    );
+}
+
 async fn snapshot_of(url: &str) -> Snapshot {
     let mut connection = PgConnection::connect(url).await.expect("connect");
     let snapshot = schema::postgres::read(&mut connection)
@@ -79,19 +108,19 @@ async fn a_postgres_schema_has_one_fingerprint_whatever_the_order_and_each_chang
 
     let forward = snapshot_of(&database.url).await;
     let reversed = snapshot_of(&backward).await;
-    assert_eq!(forward.diff(&reversed), [], "{}", forward.canonical());
-    assert_eq!(forward.fingerprint(), reversed.fingerprint());
+    assert_same_schema(
+        &forward,
+        &reversed,
+        &[
+            "extension citext\n  schema: public\n  version: 1.5\n",
+            "enum app.mood\n  labels: 'calm', 'busy'\n",
+            "column app.users.mood\n  type: app.mood\n",
+            "column app.users.id\n  default: nextval('app.users_id_seq'::regclass)\n  not_null: true\n  type: bigint\n",
+            "sequence app.users_id_seq\n",
+            "  owned_by: app.users.id\n",
+        ],
+    );
     let text = forward.canonical();
-    for expected in [
-        "extension citext\n  schema: public\n  version: 1.5\n",
-        "enum app.mood\n  labels: 'calm', 'busy'\n",
-        "column app.users.mood\n  type: app.mood\n",
-        "column app.users.id\n  default: nextval('app.users_id_seq'::regclass)\n  not_null: true\n  type: bigint\n",
-        "sequence app.users_id_seq\n",
-        "  owned_by: app.users.id\n",
-    ] {
-        assert!(text.contains(expected), "{expected:?} in\n{text}");
-    }
     assert!(
         !text.contains("citext(") && !text.contains("fleetshift"),
         "{text}"
@@ -189,16 +218,7 @@ async fn every_change_shows(database: &support::Database, forward: &Snapshot) {
             .expect(alteration);
         admin.close().await;
         let changed = snapshot_of(&database.cluster.admin_url(&name)).await;
-        assert_ne!(changed.fingerprint(), forward.fingerprint(), "{alteration}");
-        let lines: Vec<String> = changed
-            .diff(forward)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert!(
-            lines.iter().any(|line| line.starts_with(expected)),
-            "{alteration}: {expected:?} in {lines:#?}"
-        );
+        assert_change_shows(&changed, forward, alteration, expected);
     }
 }
 
@@ -235,17 +255,16 @@ async fn a_sqlite_schema_has_one_fingerprint_whatever_the_order_and_each_change_
         CREATE INDEX orders_user ON orders (user_id);";
     let reference = sqlite_snapshot(forward).await;
     let reversed = sqlite_snapshot(backward).await;
-    assert_eq!(reference.diff(&reversed), [], "{}", reference.canonical());
-    assert_eq!(reference.fingerprint(), reversed.fingerprint());
-    let text = reference.canonical();
-    for expected in [
-        "constraint orders.check (total >= 0)\n",
-        "constraint orders.foreign key (user_id)\n  definition: FOREIGN KEY (user_id) REFERENCES users(id) ON UPDATE NO ACTION ON DELETE CASCADE\n",
-        "constraint users.unique (email)\n",
-        "column users.id\n  primary_key: 1\n  type: integer\n",
-    ] {
-        assert!(text.contains(expected), "{expected:?} in\n{text}");
-    }
+    assert_same_schema(
+        &reference,
+        &reversed,
+        &[
+            "constraint orders.check (total >= 0)\n",
+            "constraint orders.foreign key (user_id)\n  definition: FOREIGN KEY (user_id) REFERENCES users(id) ON UPDATE NO ACTION ON DELETE CASCADE\n",
+            "constraint users.unique (email)\n",
+            "column users.id\n  primary_key: 1\n  type: integer\n",
+        ],
+    );
 
     for (alteration, expected) in [
         (
@@ -260,15 +279,7 @@ async fn a_sqlite_schema_has_one_fingerprint_whatever_the_order_and_each_change_
         ),
     ] {
         let changed = sqlite_snapshot(&format!("{forward}\n{alteration};")).await;
-        let lines: Vec<String> = changed
-            .diff(&reference)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert!(
-            lines.iter().any(|line| line.starts_with(expected)),
-            "{alteration}: {expected:?} in {lines:#?}"
-        );
+        assert_change_shows(&changed, &reference, alteration, expected);
     }
 }
 
