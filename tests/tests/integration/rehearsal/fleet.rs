@@ -71,6 +71,18 @@ fn risk(plan: &Value) -> (&str, Vec<&str>) {
     (plan["risk"]["level"].as_str().expect("level"), factors)
 }
 
+/// The plan alice makes of `directory`, and its id.
+async fn planned(fleet: &CliFleet, directory: &str) -> (Value, String) {
+    let planned = fleet
+        .cli
+        .alice(&["plan", directory, "--output", "json"])
+        .await;
+    assert_exit(&planned, 0);
+    let planned = summary(&planned);
+    let plan_id = planned["plan"].as_str().expect("id").to_owned();
+    (planned, plan_id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rehearsals_scale_with_each_shard_raise_the_risk_and_survive_a_killed_agent() {
     let mut fleet = CliFleet::start_shards(
@@ -109,13 +121,7 @@ async fn rehearsals_scale_with_each_shard_raise_the_risk_and_survive_a_killed_ag
         ("1_events_kind.down.sql", "DROP INDEX events_kind;"),
     ]);
     let directory = support::dir(&migrations);
-    let planned = fleet
-        .cli
-        .alice(&["plan", directory, "--output", "json"])
-        .await;
-    assert_exit(&planned, 0);
-    let planned = summary(&planned);
-    let plan_id = planned["plan"].as_str().expect("id").to_owned();
+    let (planned, plan_id) = planned(&fleet, directory).await;
     let (level, _) = risk(&planned);
     assert!(matches!(level, "LOW" | "MEDIUM"), "{planned:#}");
     assert_exit(
@@ -202,12 +208,7 @@ async fn killed_mid_rehearsal(fleet: &mut CliFleet, directory: &str) {
         std::fs::write(directory.join(file), sql).expect("revision");
     }
     let directory = directory.to_str().expect("utf-8");
-    let planned = fleet
-        .cli
-        .alice(&["plan", directory, "--output", "json"])
-        .await;
-    assert_exit(&planned, 0);
-    let plan_id = summary(&planned)["plan"].as_str().expect("id").to_owned();
+    let (_, plan_id) = planned(fleet, directory).await;
     let (address, pki) = fleet.cli.endpoint();
     let call = tokio::spawn(async move {
         let arguments = [
@@ -267,13 +268,7 @@ async fn high_plan_waits_for_a_rehearsal(fleet: &CliFleet) {
         "ALTER TABLE events ADD CONSTRAINT kind_present CHECK (kind IS NOT NULL);",
     )]);
     let directory = support::dir(&migrations);
-    let planned = fleet
-        .cli
-        .alice(&["plan", directory, "--output", "json"])
-        .await;
-    assert_exit(&planned, 0);
-    let planned = summary(&planned);
-    let plan_id = planned["plan"].as_str().expect("id").to_owned();
+    let (planned, plan_id) = planned(fleet, directory).await;
     assert_eq!(risk(&planned).0, "HIGH", "{planned:#}");
 
     let refused = fleet.cli.bob(&["approve", &plan_id]).await;
