@@ -409,6 +409,7 @@ async fn roll_out(
         }),
         limits: None,
         duties: None,
+        allow_drift_shards: String::new(),
     };
     let plan = client.create_plan(request).await?.into_inner();
     if human {

@@ -287,6 +287,7 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
             waves: Some(rollout::policy(1, 256, u32::try_from(SHARDS_PER_AGENT)?)),
             limits: None,
             duties: None,
+            allow_drift_shards: String::new(),
         },
     )
     .await?;

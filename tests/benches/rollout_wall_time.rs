@@ -191,6 +191,7 @@ async fn with_fleetshift(
             waves: Some(rollout::policy(1, cap, cap)),
             limits: None,
             duties: None,
+            allow_drift_shards: String::new(),
         },
     )
     .await?;

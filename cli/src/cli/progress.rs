@@ -421,6 +421,13 @@ fn summary_json(plan: &Plan, state: PlanState) {
                 "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "rehearsals": super::rehearsals::summaries_json(plan),
+            "drift_allowed": plan.drift_allowed.iter().map(|allowed| json!({
+                "shard": allowed.shard_id,
+                "version": allowed.version,
+                "fingerprint": allowed.fingerprint,
+                "majority": allowed.majority,
+                "reason": allowed.reason,
+            })).collect::<Vec<_>>(),
             "findings": plan.findings.iter().map(|finding| json!({
                 "rule": finding.rule,
                 "severity": finding.severity,

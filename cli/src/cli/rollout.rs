@@ -2,9 +2,7 @@
 //! `pause`, `resume`, `cancel` (`rollback` is in its own module). Every one prints for people or (`--output json`) for scripts,
 //! and exits with a code from [`crate::exit`].
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use fleetshift_common::error::ErrorKind;
@@ -15,14 +13,17 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use fleetshift_common::shipped;
-use fleetshift_common::source::SourceFormat;
 use fleetshift_coordinator::rollout::waves;
 use serde_json::json;
 
-use super::fleet::{Connection, client, parse_label, refused};
-use super::sources::{self, AlembicArgs};
+use super::fleet::{Connection, client, refused};
+use super::sources;
 use super::{Output, baseline_file, notice, progress, rehearsals, render};
 use crate::exit;
+
+mod plan_args;
+
+pub use plan_args::PlanArgs;
 
 /// `plan <dir>` creates a plan; `plan notice <plan>` announces one.
 #[derive(Debug, Args)]
@@ -39,97 +40,6 @@ pub enum PlanSubcommand {
     /// Render a maintenance notice for a plan: markdown, text, your own Jinja template, or the
     /// template's context as JSON.
     Notice(notice::NoticeArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    connection: Connection,
-    /// The migration directory to roll out.
-    #[arg(required = true)]
-    directory: Option<PathBuf>,
-    /// Where to take the shards (default: the set's newest revision).
-    #[arg(long)]
-    target: Option<String>,
-    /// The directory's layout, when detection is not wanted.
-    #[arg(long)]
-    format: Option<SourceFormat>,
-    #[command(flatten)]
-    alembic: AlembicArgs,
-    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
-    #[arg(long = "selector", value_parser = parse_label)]
-    selector: Vec<(String, String)>,
-    /// Shards in the first (canary) wave.
-    #[arg(long, default_value_t = 1)]
-    canary: u32,
-    /// Cumulative percentages of the remaining shards per following wave.
-    #[arg(long, value_delimiter = ',', default_value = "25,100")]
-    waves: Vec<u32>,
-    /// Shards of one wave running at once.
-    #[arg(long, default_value_t = 16)]
-    max_concurrency: u32,
-    /// Shards of one host running at once.
-    #[arg(long, default_value_t = 4)]
-    max_per_host: u32,
-    /// Failed shards that halt the rollout.
-    #[arg(long, default_value_t = 1)]
-    failure_threshold: u32,
-    /// How often one shard may be interrupted (its agent's session or lease lost, the agent
-    /// stopping) and run again under a new claim before it fails.
-    #[arg(long, default_value_t = fleetshift_coordinator::rollout::outcome::DEFAULT_MAX_SHARD_RETRIES)]
-    max_shard_retries: u32,
-    /// Longest lock wait of one statement attempt on every shard, e.g. `2s`.
-    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "2s")]
-    lock_timeout: Duration,
-    /// Longest run of one statement, e.g. `15m`.
-    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "15m")]
-    statement_timeout: Duration,
-    /// Retries after a lock conflict.
-    #[arg(long, default_value_t = 5)]
-    lock_retries: u32,
-    /// Each shard's agent takes a verified backup (pg_dump -Fc, checked with pg_restore --list)
-    /// before the first DDL; a failed backup stops the shard.
-    #[arg(long)]
-    require_backup: bool,
-    /// Restore each shard's backup into a scratch database on its server and compare every
-    /// table's row count with the shard's at the moment of the dump (needs CREATEDB).
-    #[arg(long, requires = "require_backup")]
-    restore_test: bool,
-    /// Pre-flight: a transaction open longer than this on a touched table blocks the shard.
-    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
-    long_transaction: Duration,
-    /// Pre-flight: how long to wait for such transactions before failing the shard.
-    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "60s")]
-    wait_for_blockers: Duration,
-    /// Pre-flight: connections in use (% of max_connections) at which a shard fails.
-    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
-    max_connections_percent: u32,
-    /// Pre-flight: replication lag above which a shard with replicas fails.
-    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
-    max_replication_lag: Duration,
-    /// Baselines: a file of named read-only queries (each under a `-- name: <name>` line),
-    /// timed on every shard before and after the revisions.
-    #[arg(long, value_name = "FILE")]
-    baselines: Option<PathBuf>,
-    /// Baselines: timed runs of each query, after one warm-up run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..=1000))]
-    baseline_runs: u32,
-    /// Baselines: the after/before ratio of a query's median that counts as a degradation.
-    #[arg(long, default_value_t = 1.5)]
-    degradation_threshold: f64,
-    /// Baselines: the smallest growth of a query's median that can count as a degradation,
-    /// whatever the ratio (sub-millisecond queries jitter on a busy host).
-    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION", default_value = "1ms")]
-    baseline_noise_floor: Duration,
-    /// Roll a shard back to its version before the plan, on its own, when a revision fails or
-    /// a baseline degrades past the threshold (down scripts, same fencing token).
-    #[arg(long)]
-    auto_rollback: bool,
-    /// Roll a shard back when one of its revisions ran longer than this.
-    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION")]
-    revision_time_limit: Option<Duration>,
-    #[arg(long, value_enum, default_value = "human")]
-    output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +138,12 @@ fn print_plan(plan: &Plan, output: Output) {
         plan.waves.len(),
         plan.target_version
     );
+    for allowed in &plan.drift_allowed {
+        println!(
+            "  {} planned although its schema differs from its version's majority: {}",
+            allowed.shard_id, allowed.reason
+        );
+    }
     if !plan.rolls_back.is_empty() {
         println!(
             "  rolls back plan {} with its down scripts",
@@ -432,6 +348,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             rollback,
             restore_test: arguments.restore_test,
         }),
+        allow_drift_shards: arguments.allow_drift_shards.clone().unwrap_or_default(),
     };
     let mut client = match client(&arguments.connection, arguments.output).await {
         Ok(client) => client,

@@ -283,6 +283,8 @@ pub struct PlanRequest {
     pub policy: WavePolicy,
     pub limits: ExecutionLimits,
     pub duties: Option<HostDuties>,
+    /// Why drifted shards may be planned; empty: they are refused.
+    pub allow_drift_shards: String,
 }
 
 impl TryFrom<CreatePlanRequest> for PlanRequest {
@@ -301,6 +303,7 @@ impl TryFrom<CreatePlanRequest> for PlanRequest {
             policy,
             limits: request.limits.unwrap_or_default(),
             duties: request.duties,
+            allow_drift_shards: request.allow_drift_shards,
         })
     }
 }
@@ -328,6 +331,7 @@ pub fn plan(
             request.selector
         )));
     }
+    let drift_allowed = drift::allowances(agents, &shards, &request.allow_drift_shards)?;
     let applied = set
         .position(&target)
         .map_or(set.revisions.len(), |index| index + 1);
@@ -385,8 +389,10 @@ pub fn plan(
         direction: Direction::Up.into(),
         rolls_back: String::new(),
         trace_context: spans::new_trace_context(),
+        drift_allowed,
     })
 }
 
+mod drift;
 #[cfg(test)]
 mod tests;

@@ -143,6 +143,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
             waves: Some(rollout::policy(1, 8, 2)),
             limits: None,
             duties: None,
+            allow_drift_shards: String::new(),
         },
     )
     .await

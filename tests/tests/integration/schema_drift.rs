@@ -2,13 +2,14 @@
 //! serving three PostgreSQL shards built from one schema. After a hand edit on one shard and
 //! the agent's restart (a fresh schema check), `schema drift` names that shard with the exact
 //! differences and exits 3; `schema show` prints its snapshot and `schema diff` compares it
-//! with another shard.
+//! with another shard. A plan refuses the shard by name, and plans it with a recorded reason.
 
 use std::time::Duration;
 
+use fleetshift_tests::fixtures;
 use fleetshift_tests::wait::wait_until;
 
-use crate::integration::cli_fleet::CliFleet;
+use crate::integration::cli_fleet::{CliFleet, summary};
 use crate::integration::support::{self, assert_exit};
 
 const USERS: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text, note text);";
@@ -122,10 +123,42 @@ async fn a_hand_edited_shard_is_named_with_each_difference() {
         .alice(&["schema", "diff", "--shard", "a-db0", "--shard", "a-db1"])
         .await;
     assert_exit(&same, 0);
+    plans_refuse_the_drifted_shard(&fleet).await;
     let unknown = fleet
         .cli
         .alice(&["schema", "show", "--shard", "nowhere"])
         .await;
     assert_exit(&unknown, 2);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no shard nowhere in the fleet"));
+}
+
+/// A plan over the fleet refuses `a-db2` by name; with a reason it plans it and keeps the
+/// reason.
+async fn plans_refuse_the_drifted_shard(fleet: &CliFleet) {
+    let migrations = fixtures::migrations(&[("1_orders.sql", "CREATE TABLE orders (id bigint);")]);
+    let directory = support::dir(&migrations);
+    let refused = fleet.cli.alice(&["plan", directory]).await;
+    assert_exit(&refused, 2);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("1 shard(s) differ from the fleet's schema")
+            && said.contains("a-db2 (version base")
+            && said.contains("--allow-drift-shards"),
+        "{said}"
+    );
+    let allowed = fleet
+        .cli
+        .alice(&[
+            "plan",
+            directory,
+            "--allow-drift-shards",
+            "hotfix 4711 stays",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_exit(&allowed, 0);
+    let plan = summary(&allowed);
+    assert_eq!(plan["drift_allowed"][0]["shard"], "a-db2", "{plan:#}");
+    assert_eq!(plan["drift_allowed"][0]["reason"], "hotfix 4711 stays");
 }

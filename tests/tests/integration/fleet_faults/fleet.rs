@@ -248,6 +248,7 @@ impl Fleet {
                 waves: Some(waves),
                 limits,
                 duties: None,
+                allow_drift_shards: String::new(),
             },
         )
         .await

@@ -1,0 +1,106 @@
+//! `fleetshift plan`'s arguments: the set, the shards, the waves, the limits and the duties.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use fleetshift_common::source::SourceFormat;
+
+use super::super::Output;
+use super::super::fleet::{Connection, parse_label};
+use super::super::sources::AlembicArgs;
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub(super) connection: Connection,
+    /// The migration directory to roll out.
+    #[arg(required = true)]
+    pub(super) directory: Option<PathBuf>,
+    /// Where to take the shards (default: the set's newest revision).
+    #[arg(long)]
+    pub(super) target: Option<String>,
+    /// The directory's layout, when detection is not wanted.
+    #[arg(long)]
+    pub(super) format: Option<SourceFormat>,
+    #[command(flatten)]
+    pub(super) alembic: AlembicArgs,
+    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
+    #[arg(long = "selector", value_parser = parse_label)]
+    pub(super) selector: Vec<(String, String)>,
+    /// Shards in the first (canary) wave.
+    #[arg(long, default_value_t = 1)]
+    pub(super) canary: u32,
+    /// Cumulative percentages of the remaining shards per following wave.
+    #[arg(long, value_delimiter = ',', default_value = "25,100")]
+    pub(super) waves: Vec<u32>,
+    /// Shards of one wave running at once.
+    #[arg(long, default_value_t = 16)]
+    pub(super) max_concurrency: u32,
+    /// Shards of one host running at once.
+    #[arg(long, default_value_t = 4)]
+    pub(super) max_per_host: u32,
+    /// Failed shards that halt the rollout.
+    #[arg(long, default_value_t = 1)]
+    pub(super) failure_threshold: u32,
+    /// How often one shard may be interrupted (its agent's session or lease lost, the agent
+    /// stopping) and run again under a new claim before it fails.
+    #[arg(long, default_value_t = fleetshift_coordinator::rollout::outcome::DEFAULT_MAX_SHARD_RETRIES)]
+    pub(super) max_shard_retries: u32,
+    /// Longest lock wait of one statement attempt on every shard, e.g. `2s`.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "2s")]
+    pub(super) lock_timeout: Duration,
+    /// Longest run of one statement, e.g. `15m`.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "15m")]
+    pub(super) statement_timeout: Duration,
+    /// Retries after a lock conflict.
+    #[arg(long, default_value_t = 5)]
+    pub(super) lock_retries: u32,
+    /// Each shard's agent takes a verified backup (pg_dump -Fc, checked with pg_restore --list)
+    /// before the first DDL; a failed backup stops the shard.
+    #[arg(long)]
+    pub(super) require_backup: bool,
+    /// Restore each shard's backup into a scratch database on its server and compare every
+    /// table's row count with the shard's at the moment of the dump (needs CREATEDB).
+    #[arg(long, requires = "require_backup")]
+    pub(super) restore_test: bool,
+    /// Pre-flight: a transaction open longer than this on a touched table blocks the shard.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
+    pub(super) long_transaction: Duration,
+    /// Pre-flight: how long to wait for such transactions before failing the shard.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "60s")]
+    pub(super) wait_for_blockers: Duration,
+    /// Pre-flight: connections in use (% of max_connections) at which a shard fails.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(super) max_connections_percent: u32,
+    /// Pre-flight: replication lag above which a shard with replicas fails.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, default_value = "30s")]
+    pub(super) max_replication_lag: Duration,
+    /// Baselines: a file of named read-only queries (each under a `-- name: <name>` line),
+    /// timed on every shard before and after the revisions.
+    #[arg(long, value_name = "FILE")]
+    pub(super) baselines: Option<PathBuf>,
+    /// Baselines: timed runs of each query, after one warm-up run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..=1000))]
+    pub(super) baseline_runs: u32,
+    /// Baselines: the after/before ratio of a query's median that counts as a degradation.
+    #[arg(long, default_value_t = 1.5)]
+    pub(super) degradation_threshold: f64,
+    /// Baselines: the smallest growth of a query's median that can count as a degradation,
+    /// whatever the ratio (sub-millisecond queries jitter on a busy host).
+    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION", default_value = "1ms")]
+    pub(super) baseline_noise_floor: Duration,
+    /// Roll a shard back to its version before the plan, on its own, when a revision fails or
+    /// a baseline degrades past the threshold (down scripts, same fencing token).
+    #[arg(long)]
+    pub(super) auto_rollback: bool,
+    /// Roll a shard back when one of its revisions ran longer than this.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION")]
+    pub(super) revision_time_limit: Option<Duration>,
+    /// Plan shards whose schema differs from the fleet's majority at their version anyway,
+    /// for this reason (kept in the plan); without it such shards are refused.
+    #[arg(long, value_name = "REASON")]
+    pub(super) allow_drift_shards: Option<String>,
+    #[arg(long, value_enum, default_value = "human")]
+    pub(super) output: Output,
+}
