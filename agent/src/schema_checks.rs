@@ -1,7 +1,10 @@
 //! The agent's schema checks: each shard's schema is read as a snapshot at most every
 //! `schema_check` (default 10 minutes) and its fingerprint reported with every shard fact in
 //! between; the snapshot itself goes along only when it was read fresh, for the coordinator to
-//! keep by fingerprint. A shard whose fingerprint changes without a revision has drifted.
+//! keep by fingerprint. A shard whose version changed since its last check is read again at
+//! once, so a fingerprint never changes in the facts without its version when a run made the
+//! change: a shard whose fingerprint changes at the same version was changed outside
+//! fleetshift.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +27,8 @@ pub struct SchemaChecks {
 #[derive(Debug, Clone)]
 struct Checked {
     at: Instant,
+    /// The shard's newest applied version then.
+    version: String,
     fingerprint: String,
 }
 
@@ -44,13 +49,14 @@ impl SchemaChecks {
         }
     }
 
-    /// The shard's schema for its facts: read now when its last check is older than the
-    /// interval (or there was none), else the last check's fingerprint. A failed read keeps
-    /// the last fingerprint and is logged.
-    pub async fn report(&self, shard: &ShardConfig) -> Reported {
+    /// The shard's schema for its facts, the shard being at `version`: read now when its last
+    /// check is older than the interval, was at another version, or there was none; else the
+    /// last check's fingerprint. A failed read keeps the last fingerprint and is logged.
+    pub async fn report(&self, shard: &ShardConfig, version: &str) -> Reported {
         let last = self.last_of(&shard.id);
         if let Some(last) = &last
             && last.at.elapsed() < self.interval
+            && last.version == version
         {
             return Reported {
                 fingerprint: last.fingerprint.clone(),
@@ -64,6 +70,7 @@ impl SchemaChecks {
                         shard.id.clone(),
                         Checked {
                             at: Instant::now(),
+                            version: version.to_owned(),
                             fingerprint: fingerprint.clone(),
                         },
                     );

@@ -81,14 +81,18 @@ async fn follow<S: Store>(
 ) -> Result<(), crate::rollout::RolloutError> {
     let plans = store.list(&keys::plans_prefix()).await?;
     let tasks = store.list(&keys::all_tasks_prefix()).await?;
+    let agents = store.list(&keys::agents_prefix()).await?;
     let mut tracker = Tracker::default();
+    for entry in &agents.entries {
+        tracker.agent_announced(agent_of(&entry.key), &decode(&entry.key, &entry.value)?);
+    }
     for entry in &plans.entries {
         tracker.plan_changed(decode(&entry.key, &entry.value)?);
     }
     for entry in &tasks.entries {
         tracker.task_changed(decode(&entry.key, &entry.value)?, plan_of_task(&entry.key));
     }
-    let from = plans.revision.min(tasks.revision);
+    let from = plans.revision.min(tasks.revision).min(agents.revision);
     let mut changes = store.watch(&keys::all(), from).await?;
     while let Some(change) = changes.next().await {
         let change = change?;
@@ -112,9 +116,16 @@ fn derive(
         Ok(tracker.plan_changed(decode(&change.key, value)?))
     } else if change.key.starts_with(&keys::all_tasks_prefix()) {
         Ok(tracker.task_changed(decode(&change.key, value)?, plan_of_task(&change.key)))
+    } else if change.key.starts_with(&keys::agents_prefix()) {
+        Ok(tracker.agent_announced(agent_of(&change.key), &decode(&change.key, value)?))
     } else {
         Ok(Vec::new())
     }
+}
+
+/// `<prefix>/agents/<agent>` → `<agent>`.
+fn agent_of(key: &str) -> &str {
+    key.strip_prefix(&keys::agents_prefix()).unwrap_or_default()
 }
 
 /// `<prefix>/tasks/<plan>/<shard>` → `<plan>`.

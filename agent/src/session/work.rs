@@ -83,7 +83,9 @@ async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardF
     for shard in &config.shards {
         let report = check::inspect(shard).await;
         let schema = if report.reachable {
-            schemas.report(shard).await
+            schemas
+                .report(shard, report.latest_applied.as_deref().unwrap_or_default())
+                .await
         } else {
             Reported::default()
         };

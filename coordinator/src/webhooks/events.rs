@@ -1,11 +1,15 @@
 //! Which events a change makes: a plan appearing, rehearsed, approved, started, halted,
 //! completed (a rollback plan's completion is `rollout.rolled_back`) or cancelled; a shard
-//! failing or rolled back by its agent; a wave whose every shard has ended. The tracker
-//! remembers what it has seen, so a change that repeats a known state makes no event.
+//! failing or rolled back by its agent; a wave whose every shard has ended; a shard whose
+//! schema fingerprint changed while its version stayed (a change made outside fleetshift).
+//! The tracker remembers what it has seen, so a change that repeats a known state makes no
+//! event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use fleetshift_common::proto::v1::{Direction, Plan, PlanState, RiskLevel, ShardState, ShardTask};
+use fleetshift_common::proto::v1::{
+    Direction, Hello, Plan, PlanState, RiskLevel, ShardState, ShardTask,
+};
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -17,8 +21,9 @@ use crate::rollout::{task_ended, waves};
 pub struct Event {
     /// `plan.created`, `plan.rehearsed`, `plan.approved`, `rollout.started`, `wave.finished`, `shard.failed`,
     /// `shard.rolled_back`, `rollout.halted`, `rollout.completed`, `rollout.rolled_back`,
-    /// `rollout.cancelled`.
+    /// `rollout.cancelled`, `shard.schema_changed`.
     pub event: &'static str,
+    /// Empty for `shard.schema_changed`, which no plan made.
     pub plan_id: String,
     /// RFC 3339, when the coordinator saw it.
     pub at: String,
@@ -43,6 +48,8 @@ struct PlanSeen {
 pub struct Tracker {
     plans: HashMap<String, PlanSeen>,
     tasks: HashMap<(String, String), i32>,
+    /// Each shard's (version, schema fingerprint) as its agent last announced them.
+    schemas: HashMap<String, (String, String)>,
 }
 
 fn event(name: &'static str, plan_id: &str, detail: Value) -> Event {
@@ -92,6 +99,36 @@ fn rehearsed(plan: &Plan, seen: &mut BTreeSet<(String, String)>) -> Option<Event
 }
 
 impl Tracker {
+    /// `shard.schema_changed` for each shard of `hello` whose fingerprint changed while its
+    /// version stayed the same (agents read a shard's schema again whenever its version moves,
+    /// so a run's own change never shows here).
+    pub fn agent_announced(&mut self, agent: &str, hello: &Hello) -> Vec<Event> {
+        let mut events = Vec::new();
+        for shard in hello
+            .shards
+            .iter()
+            .filter(|shard| !shard.schema_fingerprint.is_empty())
+        {
+            let now = (
+                shard.current_version.clone(),
+                shard.schema_fingerprint.clone(),
+            );
+            let Some((version, before)) = self.schemas.insert(shard.shard_id.clone(), now) else {
+                continue;
+            };
+            if version == shard.current_version && before != shard.schema_fingerprint {
+                events.push(event(
+                    "shard.schema_changed",
+                    "",
+                    json!({ "shard": shard.shard_id, "agent": agent,
+                            "version": if version.is_empty() { "base" } else { &version },
+                            "before": before, "after": shard.schema_fingerprint }),
+                ));
+            }
+        }
+        events
+    }
+
     /// The events `plan`'s stored state makes, given what was seen of it before.
     pub fn plan_changed(&mut self, plan: Plan) -> Vec<Event> {
         let mut events = Vec::new();
@@ -215,6 +252,52 @@ mod tests {
             wave: 0,
             ..ShardTask::default()
         }
+    }
+
+    fn announced(shards: &[(&str, &str, &str)]) -> Hello {
+        Hello {
+            shards: shards
+                .iter()
+                .map(
+                    |(shard, version, fingerprint)| fleetshift_common::proto::v1::ShardFacts {
+                        shard_id: (*shard).to_owned(),
+                        current_version: (*version).to_owned(),
+                        schema_fingerprint: (*fingerprint).to_owned(),
+                        ..Default::default()
+                    },
+                )
+                .collect(),
+            ..Hello::default()
+        }
+    }
+
+    #[test]
+    fn a_schema_that_changes_without_a_revision_makes_one_event() {
+        let mut tracker = Tracker::default();
+        assert!(
+            tracker
+                .agent_announced("a", &announced(&[("s1", "1", "aa"), ("s2", "", "bb")]))
+                .is_empty()
+        );
+        // The same again, a run that moved s1's version with its schema, a shard not yet read.
+        assert!(
+            tracker
+                .agent_announced("a", &announced(&[("s1", "1", "aa"), ("s2", "", "bb")]))
+                .is_empty()
+        );
+        assert!(
+            tracker
+                .agent_announced("a", &announced(&[("s1", "2", "cc"), ("s2", "", "")]))
+                .is_empty()
+        );
+        let events =
+            tracker.agent_announced("a", &announced(&[("s1", "2", "cc"), ("s2", "", "dd")]));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "shard.schema_changed");
+        assert_eq!(
+            events[0].detail,
+            json!({ "shard": "s2", "agent": "a", "version": "base", "before": "bb", "after": "dd" })
+        );
     }
 
     #[test]

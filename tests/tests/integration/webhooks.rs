@@ -1,12 +1,15 @@
 //! Webhooks from the leader's view of the store: a plan's life (created, approved, started, a
 //! shard failed, another rolled back by its agent, its wave finished, halted) reaches a real HTTP endpoint on loopback as signed
-//! JSON, in order, while a dead hook listed first only loses its own deliveries.
+//! JSON, in order, while a dead hook listed first only loses its own deliveries. A shard whose
+//! schema fingerprint changes at the same version is reported as `shard.schema_changed`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::{Plan, PlanState, RollbackRecord, ShardState, ShardTask, Wave};
+use fleetshift_common::proto::v1::{
+    Hello, Plan, PlanState, RollbackRecord, ShardFacts, ShardState, ShardTask, Wave,
+};
 use fleetshift_coordinator::rollout::{records, transitions};
 use fleetshift_coordinator::store::{MemoryStore, Store, Write, keys};
 use fleetshift_coordinator::webhooks::{self, Webhook};
@@ -209,6 +212,37 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
     assert_eq!(events[4]["detail"]["reverted_to"], "1");
     assert_eq!(events[4]["detail"]["revisions"][0], "2_drop_account_index");
     assert_eq!(events[4]["detail"]["recovered"], true);
+
+    // A shard's schema changes while its version stays: a change no plan made.
+    let lease = store
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("lease");
+    for fingerprint in ["a".repeat(64), "b".repeat(64)] {
+        let hello = Hello {
+            agent_id: "agent-1".to_owned(),
+            shards: vec![ShardFacts {
+                shard_id: "users-7".to_owned(),
+                current_version: "3".to_owned(),
+                schema_fingerprint: fingerprint,
+                ..ShardFacts::default()
+            }],
+            ..Hello::default()
+        };
+        store
+            .announce_agent("agent-1", &hello.encode_to_vec(), lease)
+            .await
+            .expect("announced");
+    }
+    let (_, body) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the schema change arrives")
+        .expect("endpoint");
+    let changed: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(changed["event"], "shard.schema_changed", "{changed}");
+    assert_eq!(changed["detail"]["shard"], "users-7");
+    assert_eq!(changed["detail"]["version"], "3");
+    assert_eq!(changed["detail"]["after"], "b".repeat(64));
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), notifying)
         .await
