@@ -19,6 +19,8 @@
 //! - [`mailbox`]: the agent sessions this replica holds: messages down them, progress and
 //!   session openings out of them.
 //! - [`metrics`]: the Prometheus metrics of a replica (store, gRPC, leadership, rollouts).
+//! - [`schema_drift`]: the leader's count of shards whose schema differs from their version's
+//!   majority.
 //! - [`schemas`]: schema snapshots agents report, kept once per fingerprint.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
@@ -39,6 +41,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod rehearsals;
 pub mod rollout;
+pub mod schema_drift;
 pub mod schemas;
 pub mod serve;
 pub mod store;

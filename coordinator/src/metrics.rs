@@ -60,6 +60,8 @@ pub struct CoordinatorMetrics {
     keepalive_failures: Counter,
     grpc_duration: Family<MethodLabel, Histogram, fn() -> Histogram>,
     pub rollouts: rollouts::RolloutGauges,
+    /// Shards whose schema differs from their version's majority (the leader's count).
+    pub schema_drift: Gauge,
 }
 
 impl CoordinatorMetrics {
@@ -73,6 +75,7 @@ impl CoordinatorMetrics {
             keepalive_failures: Counter::default(),
             grpc_duration: Family::new_with_constructor(latency_histogram),
             rollouts: rollouts::RolloutGauges::default(),
+            schema_drift: Gauge::default(),
         };
         registry.register(
             "fleetshift_leader",
@@ -105,6 +108,11 @@ impl CoordinatorMetrics {
             "gRPC requests until the response headers (for a stream: until it is open), by method",
             Unit::Seconds,
             metrics.grpc_duration.clone(),
+        );
+        registry.register(
+            "fleetshift_schema_drift_shards",
+            "Shards whose schema fingerprint differs from the fleet's majority at their version (the leader's count; 0 on followers)",
+            metrics.schema_drift.clone(),
         );
         metrics.rollouts.register(registry);
         Arc::new(metrics)

@@ -29,6 +29,7 @@ use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
 use crate::rollout::{driver, relay};
+use crate::schema_drift;
 use crate::store::StoreError;
 use crate::store::{EtcdStore, MemoryStore, MeteredStore, Store};
 use crate::tasks::TaskSet;
@@ -298,8 +299,9 @@ fn readiness_of(
     receiver
 }
 
-/// Runs the rollout driver (and the webhooks, when configured) for each leadership this
-/// replica holds, until `stopping`: then the driver is cancelled and awaited.
+/// Runs the rollout driver, the schema drift gauge (and the webhooks, when configured) for
+/// each leadership this replica holds, until `stopping`: then the driver is cancelled and
+/// awaited, and the others with it.
 async fn drive_while_leading<S: Store + 'static>(
     store: Arc<S>,
     mut standing: watch::Receiver<Standing>,
@@ -326,6 +328,11 @@ async fn drive_while_leading<S: Store + 'static>(
                     leading.clone(),
                 ))
             });
+            let drift = tokio::spawn(schema_drift::follow(
+                Arc::clone(&store),
+                metrics.schema_drift.clone(),
+                leading.clone(),
+            ));
             let lead = driver::lead(
                 Arc::clone(&store),
                 epoch,
@@ -346,6 +353,7 @@ async fn drive_while_leading<S: Store + 'static>(
             if let Some(notifying) = notifying {
                 let _ = notifying.await;
             }
+            let _ = drift.await;
         }
         tokio::select! {
             () = stopping.cancelled() => return,

@@ -1,18 +1,27 @@
 //! Fleet-wide schema drift across real processes: etcd, a coordinator replica and an agent
 //! serving three PostgreSQL shards built from one schema. After a hand edit on one shard and
-//! the agent's restart (a fresh schema check), `schema drift` names that shard with the exact
+//! the agent's restart (a fresh schema check), the leader's `fleetshift_schema_drift_shards`
+//! goes from 0 to 1 and `schema drift` names that shard with the exact
 //! differences and exits 3; `schema show` prints its snapshot and `schema diff` compares it
 //! with another shard. A plan refuses the shard by name, and plans it with a recorded reason.
 
 use std::time::Duration;
 
-use fleetshift_tests::fixtures;
 use fleetshift_tests::wait::wait_until;
+use fleetshift_tests::{fixtures, scrape};
 
 use crate::integration::cli_fleet::{CliFleet, summary};
 use crate::integration::support::{self, assert_exit};
 
 const USERS: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text, note text);";
+
+/// The leader's `fleetshift_schema_drift_shards`.
+fn drift_gauge(fleet: &CliFleet) -> Option<f64> {
+    scrape::sample(
+        &scrape::metrics(&fleet.telemetry.coordinator),
+        "fleetshift_schema_drift_shards",
+    )
+}
 
 /// Each shard's reported fingerprint, by shard id.
 async fn fingerprints(fleet: &CliFleet) -> Vec<(String, Option<String>)> {
@@ -51,6 +60,7 @@ async fn a_hand_edited_shard_is_named_with_each_difference() {
     assert_eq!(calm["versions"][0]["version"], "base", "{calm:#}");
     assert_eq!(calm["versions"][0]["majority_shards"], 3, "{calm:#}");
 
+    assert_eq!(drift_gauge(&fleet), Some(0.0));
     let edited = fleet
         .database
         .cluster
@@ -74,6 +84,14 @@ async fn a_hand_edited_shard_is_named_with_each_difference() {
     .await;
     assert!(seen, "the edit never showed\n{}", fleet.diagnose());
 
+    let counted = wait_until(Duration::from_secs(30), || async {
+        drift_gauge(&fleet) == Some(1.0)
+    })
+    .await;
+    assert!(
+        counted,
+        "the leader's gauge never counted the drifted shard"
+    );
     let drifted = fleet
         .cli
         .alice(&["schema", "drift", "--output", "json"])
