@@ -258,8 +258,9 @@ pub struct ShardConfig {
 }
 
 impl AgentConfig {
-    /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id` and
-    /// `FLEETSHIFT_TELEMETRY_LISTEN` its `telemetry_listen`.
+    /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id`,
+    /// `FLEETSHIFT_TELEMETRY_LISTEN` its `telemetry_listen`, and `FLEETSHIFT_FACTS_REFRESH` /
+    /// `FLEETSHIFT_SCHEMA_CHECK` its `[coordinator]` intervals.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = read_toml(path, "agent configuration")?;
         let agent_id = std::env::var("FLEETSHIFT_AGENT_ID").ok().or(raw.agent_id);
@@ -407,12 +408,18 @@ fn coordinator_link(
         tls: tls.relative_to(base),
         facts_refresh: interval(
             "facts_refresh",
-            coordinator.facts_refresh.as_deref(),
+            std::env::var("FLEETSHIFT_FACTS_REFRESH")
+                .ok()
+                .or(coordinator.facts_refresh)
+                .as_deref(),
             DEFAULT_FACTS_REFRESH,
         )?,
         schema_check: interval(
             "schema_check",
-            coordinator.schema_check.as_deref(),
+            std::env::var("FLEETSHIFT_SCHEMA_CHECK")
+                .ok()
+                .or(coordinator.schema_check)
+                .as_deref(),
             DEFAULT_SCHEMA_CHECK,
         )?,
     }))

@@ -1,6 +1,6 @@
 //! Fleet-wide schema drift across real processes: etcd, a coordinator replica and an agent
-//! serving three PostgreSQL shards built from one schema. After a hand edit on one shard and
-//! the agent's restart (a fresh schema check), the leader's `fleetshift_schema_drift_shards`
+//! serving three PostgreSQL shards built from one schema. After a hand edit on one shard, seen
+//! by the agent's periodic schema check, the leader's `fleetshift_schema_drift_shards`
 //! goes from 0 to 1 and `schema drift` names that shard with the exact
 //! differences and exits 3; `schema show` prints its snapshot and `schema diff` compares it
 //! with another shard. A plan refuses the shard by name, and plans it with a recorded reason.
@@ -42,7 +42,12 @@ async fn fingerprints(fleet: &CliFleet) -> Vec<(String, Option<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_edited_shard_is_named_with_each_difference() {
-    let mut fleet = CliFleet::start_shards("drift", USERS, 3, |_| String::new(), Vec::new()).await;
+    // Facts every second, each shard's schema read again every second: the periodic check
+    // is what sees the hand edit.
+    let every_second = ["FLEETSHIFT_FACTS_REFRESH", "FLEETSHIFT_SCHEMA_CHECK"]
+        .map(|name| (name.to_owned(), "1s".to_owned()))
+        .to_vec();
+    let fleet = CliFleet::start_shards("drift", USERS, 3, |_| String::new(), every_second).await;
     let reported = wait_until(Duration::from_secs(30), || async {
         fingerprints(&fleet)
             .await
@@ -76,7 +81,6 @@ async fn a_hand_edited_shard_is_named_with_each_difference() {
     .expect("hand edit");
     edited.close().await;
     let before = fingerprints(&fleet).await;
-    fleet.restart_agent();
     let seen = wait_until(Duration::from_secs(30), || async {
         let now = fingerprints(&fleet).await;
         now.len() == 3 && now[2].1.is_some() && now[2] != before[2]
