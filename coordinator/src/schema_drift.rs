@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::Hello;
-use fleetshift_common::schema::Fingerprint;
 use fleetshift_common::schema::drift::{self, ShardSchema};
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message;
@@ -65,17 +64,13 @@ fn schemas_of(key: &str, value: &[u8]) -> Vec<ShardSchema> {
     };
     hello
         .shards
-        .into_iter()
+        .iter()
         .filter_map(|shard| {
-            Some(ShardSchema {
-                fingerprint: Fingerprint::from_hex(&shard.schema_fingerprint)?,
-                version: if shard.current_version.is_empty() {
-                    "base".to_owned()
-                } else {
-                    shard.current_version
-                },
-                shard_id: shard.shard_id,
-            })
+            ShardSchema::reported(
+                &shard.shard_id,
+                &shard.current_version,
+                &shard.schema_fingerprint,
+            )
         })
         .collect()
 }

@@ -144,29 +144,20 @@ impl Schemas {
             .get(fingerprint)
             .ok_or_else(|| Refusal::Input(format!("snapshot {fingerprint} went missing")))
     }
-
-    /// The fingerprint of `shard`'s schema, or why there is none.
-    async fn fingerprint_of(&mut self, shard: &str) -> Result<Fingerprint, Refusal> {
-        let listed = self.shards(&[]).await?;
-        let Some(found) = listed.iter().find(|listed| listed.shard_id == shard) else {
-            return Err(Refusal::Input(format!(
-                "no shard {shard} in the fleet; `fleetshift shards` lists them"
-            )));
-        };
-        Fingerprint::from_hex(&found.schema_fingerprint).ok_or_else(|| {
-            Refusal::Input(format!(
-                "shard {shard}: its agent has not read its schema yet (it does every `schema_check`, and on connecting)"
-            ))
-        })
-    }
 }
 
-fn version_of(shard: &ShardSummary) -> String {
-    if shard.current_version.is_empty() {
-        "base".to_owned()
-    } else {
-        shard.current_version.clone()
-    }
+/// The fingerprint of `shard`'s schema in `listed`, or why there is none.
+fn fingerprint_of(listed: &[ShardSummary], shard: &str) -> Result<Fingerprint, Refusal> {
+    let Some(found) = listed.iter().find(|listed| listed.shard_id == shard) else {
+        return Err(Refusal::Input(format!(
+            "no shard {shard} in the fleet; `fleetshift shards` lists them"
+        )));
+    };
+    Fingerprint::from_hex(&found.schema_fingerprint).ok_or_else(|| {
+        Refusal::Input(format!(
+            "shard {shard}: its agent has not read its schema yet (it does every `schema_check`, and on connecting)"
+        ))
+    })
 }
 
 async fn drift(
@@ -175,19 +166,18 @@ async fn drift(
     output: Output,
 ) -> Result<ExitCode, Refusal> {
     let listed = schemas.shards(selector).await?;
-    let (checked, unchecked): (Vec<_>, Vec<_>) = listed
-        .iter()
-        .partition(|shard| Fingerprint::from_hex(&shard.schema_fingerprint).is_some());
-    let shards: Vec<ShardSchema> = checked
-        .iter()
-        .filter_map(|shard| {
-            Some(ShardSchema {
-                shard_id: shard.shard_id.clone(),
-                version: version_of(shard),
-                fingerprint: Fingerprint::from_hex(&shard.schema_fingerprint)?,
-            })
-        })
-        .collect();
+    let mut shards = Vec::new();
+    let mut unchecked = Vec::new();
+    for shard in &listed {
+        match ShardSchema::reported(
+            &shard.shard_id,
+            &shard.current_version,
+            &shard.schema_fingerprint,
+        ) {
+            Some(read) => shards.push(read),
+            None => unchecked.push(shard.shard_id.as_str()),
+        }
+    }
     let versions = drift::by_version(&shards);
     let mut reported = Vec::new();
     let mut drifted = false;
@@ -217,10 +207,6 @@ async fn drift(
             "outliers": outliers,
         }));
     }
-    let unchecked: Vec<&str> = unchecked
-        .iter()
-        .map(|shard| shard.shard_id.as_str())
-        .collect();
     match output {
         Output::Json => println!(
             "{}",
@@ -263,7 +249,8 @@ fn print_drift(versions: &[serde_json::Value], unchecked: &[&str]) {
 }
 
 async fn show(schemas: &mut Schemas, shard: &str, output: Output) -> Result<ExitCode, Refusal> {
-    let fingerprint = schemas.fingerprint_of(shard).await?;
+    let listed = schemas.shards(&[]).await?;
+    let fingerprint = fingerprint_of(&listed, shard)?;
     let snapshot = schemas.snapshot(&fingerprint).await?;
     match output {
         Output::Json => println!(
@@ -289,8 +276,9 @@ async fn diff(
             shards.len()
         )));
     };
-    let mine = schemas.fingerprint_of(ours).await?;
-    let theirs = schemas.fingerprint_of(reference).await?;
+    let listed = schemas.shards(&[]).await?;
+    let mine = fingerprint_of(&listed, ours)?;
+    let theirs = fingerprint_of(&listed, reference)?;
     let against = schemas.snapshot(&theirs).await?.clone();
     let differences: Vec<String> = schemas
         .snapshot(&mine)

@@ -16,6 +16,18 @@ pub struct ShardSchema {
     pub fingerprint: Fingerprint,
 }
 
+impl ShardSchema {
+    /// A shard as its agent reports it: `version` empty means none applied (`base`);
+    /// `None` when the fingerprint is not a read one (empty: never read).
+    pub fn reported(shard_id: &str, version: &str, fingerprint: &str) -> Option<Self> {
+        Some(Self {
+            shard_id: shard_id.to_owned(),
+            version: if version.is_empty() { "base" } else { version }.to_owned(),
+            fingerprint: Fingerprint::from_hex(fingerprint)?,
+        })
+    }
+}
+
 /// The shards at one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VersionSchemas {

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 
 use fleetshift_common::proto::v1::{DriftAllowance, Hello};
-use fleetshift_common::schema::Fingerprint;
 use fleetshift_common::schema::drift::{self, ShardSchema};
 
 use super::Candidate;
@@ -24,15 +23,11 @@ pub fn allowances(
         .iter()
         .flat_map(|(_, hello)| &hello.shards)
         .filter_map(|shard| {
-            Some(ShardSchema {
-                shard_id: shard.shard_id.clone(),
-                version: if shard.current_version.is_empty() {
-                    "base".to_owned()
-                } else {
-                    shard.current_version.clone()
-                },
-                fingerprint: Fingerprint::from_hex(&shard.schema_fingerprint)?,
-            })
+            ShardSchema::reported(
+                &shard.shard_id,
+                &shard.current_version,
+                &shard.schema_fingerprint,
+            )
         })
         .collect();
     let selected: BTreeSet<&str> = selected
