@@ -1,7 +1,7 @@
 //! Schema snapshots the fleet keeps, by fingerprint: agents send a shard's snapshot with its
-//! facts when they read it fresh; the replica checks it against its fingerprint, stores it
-//! once under `schemas/<fingerprint>/` (shards with the same schema share it) and drops it
-//! from the facts it stores, which keep only the fingerprint.
+//! facts when they read it fresh. A snapshot not kept yet is checked against its fingerprint
+//! and stored once under `schemas/<fingerprint>/` (shards with the same schema share it); the
+//! replica drops it from the facts it stores, which keep only the fingerprint.
 
 use fleetshift_common::proto::v1::ShardFacts;
 use fleetshift_common::schema::{Fingerprint, Snapshot, wire};
@@ -18,6 +18,16 @@ pub async fn keep<S: Store>(
     for shard in shards {
         let packed = std::mem::take(&mut shard.schema_snapshot);
         if packed.is_empty() {
+            continue;
+        }
+        // A snapshot kept already was checked when it was stored: no need to unpack it again.
+        let kept = match Fingerprint::from_hex(&shard.schema_fingerprint) {
+            Some(fingerprint) => {
+                chunked::contains(store, &keys::schema_prefix(fingerprint.as_str())).await?
+            }
+            None => false,
+        };
+        if kept {
             continue;
         }
         match wire::unpack(&packed, &shard.schema_fingerprint) {

@@ -12,9 +12,14 @@ pub fn chunk_key(prefix: &str, index: usize) -> String {
     format!("{prefix}{index:06}")
 }
 
-/// Writes `value` under `prefix` unless it is there already (chunk 0 present).
+/// Whether a complete value is under `prefix` (chunk 0 present).
+pub async fn contains<S: Store>(store: &S, prefix: &str) -> Result<bool, StoreError> {
+    Ok(store.read(&chunk_key(prefix, 0)).await?.is_some())
+}
+
+/// Writes `value` under `prefix` unless it is there already.
 pub async fn save<S: Store>(store: &S, prefix: &str, value: &[u8]) -> Result<(), StoreError> {
-    if store.read(&chunk_key(prefix, 0)).await?.is_some() {
+    if contains(store, prefix).await? {
         return Ok(());
     }
     for (index, chunk) in value.chunks(CHUNK).enumerate().rev() {
