@@ -71,6 +71,16 @@ fn risk(plan: &Value) -> (&str, Vec<&str>) {
     (plan["risk"]["level"].as_str().expect("level"), factors)
 }
 
+/// Bob approves `plan_id`, and the plan is approved.
+async fn approved_by_bob(fleet: &CliFleet, plan_id: &str) {
+    let approved = fleet
+        .cli
+        .bob(&["approve", plan_id, "--output", "json"])
+        .await;
+    assert_exit(&approved, 0);
+    assert_eq!(summary(&approved)["state"], "approved");
+}
+
 /// The plan alice makes of `directory`, and its id.
 async fn planned(fleet: &CliFleet, directory: &str) -> (Value, String) {
     let planned = fleet
@@ -178,12 +188,7 @@ async fn rehearsals_scale_with_each_shard_raise_the_risk_and_survive_a_killed_ag
     assert_eq!(level, "HIGH");
     assert!(factors.contains(&"rehearsal"), "{status:#}");
     assert_eq!(status["rehearsals"].as_array().map(Vec::len), Some(2));
-    let approved = fleet
-        .cli
-        .bob(&["approve", &plan_id, "--output", "json"])
-        .await;
-    assert_exit(&approved, 0);
-    assert_eq!(summary(&approved)["state"], "approved");
+    approved_by_bob(&fleet, &plan_id).await;
 
     killed_mid_rehearsal(&mut fleet, directory).await;
     high_plan_waits_for_a_rehearsal(&fleet).await;
@@ -292,12 +297,7 @@ async fn high_plan_waits_for_a_rehearsal(fleet: &CliFleet) {
         Value::Null,
         "{report:#}"
     );
-    let approved = fleet
-        .cli
-        .bob(&["approve", &plan_id, "--output", "json"])
-        .await;
-    assert_exit(&approved, 0);
-    assert_eq!(summary(&approved)["state"], "approved");
+    approved_by_bob(fleet, &plan_id).await;
 }
 
 /// The scratch database where a rehearsal's `pg_sleep` runs now, if any.
