@@ -16,17 +16,19 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::proto::v1::{
     self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, Direction, ErrorDetail,
-    ErrorKind, ProgressEvent, RollbackRecord, SchemaFingerprints,
+    ErrorKind, ProgressEvent, RollbackRecord, SchemaFingerprints, ValidationReport,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::{Engine, MigrationSet};
 use fleetshift_common::telemetry::traces::{self, context};
+use fleetshift_common::validation::Validator;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 mod moving;
 mod order;
+mod validating;
 mod wire;
 
 pub(crate) use wire::exec_failure;
@@ -34,6 +36,7 @@ pub(crate) use wire::exec_failure;
 pub use order::{InvalidAssignment, Order};
 
 use moving::{Moving, RunParts, Watch};
+use validating::Validating;
 use wire::{DutyProgress, duty_failure, progress_event, refused};
 
 use crate::config::{AgentConfig, ShardConfig};
@@ -152,6 +155,8 @@ async fn run_order(
         baselines: record.baselines,
         rollback: record.rollback,
         schema: record.schema,
+        validation: record.validation,
+        schema_snapshot: record.schema_snapshot,
     }
 }
 
@@ -201,6 +206,10 @@ struct RunRecord {
     rollback: Option<RollbackRecord>,
     /// The schema before the first revision and after the last run's last one.
     schema: Option<SchemaFingerprints>,
+    /// The last run's schema, packed for the wire.
+    schema_snapshot: Vec<u8>,
+    /// The post-migration validation of the revisions that ran.
+    validation: Option<ValidationReport>,
 }
 
 /// The agent an assignment runs on: its configuration and its metrics.
@@ -280,6 +289,12 @@ async fn run(
         revert_to: &order.revert_to,
         report,
     };
+    let validating = |validator| Validating {
+        validator,
+        verify_data: &duties.verify_data,
+        timeouts,
+        shard_id: &shard.id,
+    };
     match connected {
         Connected::Postgres(engine) => {
             let baselines = Baselines::from_policy(duties.baselines.as_ref())
@@ -288,6 +303,7 @@ async fn run(
                 engine: engine.as_ref(),
                 set: &set,
                 parts: &parts,
+                validating: validating(Validator::Postgres(engine.pool())),
             };
             moving
                 .supervised(direction, &request, &watch, baselines, patience, record)
@@ -298,6 +314,7 @@ async fn run(
                 engine: &engine,
                 set: &set,
                 parts: &parts,
+                validating: validating(Validator::Sqlite(engine.pool())),
             };
             moving
                 .supervised(direction, &request, &watch, None, patience, record)

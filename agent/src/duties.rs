@@ -18,7 +18,7 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::{MigrationSet, Revision, Script};
-use fleetshift_common::touched::touched;
+use fleetshift_common::touched;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -210,17 +210,7 @@ pub fn touched_tables(
             .collect(),
         Direction::Unspecified => Vec::new(),
     };
-    let mut tables: Vec<String> = scripts
-        .iter()
-        .flat_map(|script| script.statements().iter().filter_map(touched))
-        .map(|touch| match touch.table.strip_prefix("public.") {
-            Some(table) => table.to_owned(),
-            None => touch.table,
-        })
-        .collect();
-    tables.sort();
-    tables.dedup();
-    tables
+    touched::tables_of(scripts)
 }
 
 #[cfg(test)]

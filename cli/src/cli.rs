@@ -17,6 +17,7 @@ mod rollout;
 mod schema;
 mod serve;
 mod sources;
+mod validation;
 
 use std::process::ExitCode;
 

@@ -30,6 +30,7 @@ use crate::ledger::{
     AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus,
     VersionFingerprint, Writer,
 };
+use crate::proto::v1::DataCheck;
 use crate::schema::Snapshot;
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
@@ -106,6 +107,9 @@ pub struct FencedTransaction<'a> {
     pub version_table: Option<&'a VersionTableRows>,
     /// The schema the shard has at the version this transaction leaves it at.
     pub fingerprint: Option<&'a VersionFingerprint>,
+    /// Tables whose data the body must leave as it found them: checksummed before it and
+    /// after it, in the transaction; a difference fails it (see [`crate::validation`]).
+    pub verify_data: &'a [DataCheck],
 }
 
 impl<'a> FencedTransaction<'a> {
@@ -121,6 +125,7 @@ impl<'a> FencedTransaction<'a> {
             audit: None,
             version_table: None,
             fingerprint: None,
+            verify_data: &[],
         }
     }
 

@@ -44,6 +44,7 @@ use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
 use crate::fence::FenceToken;
 use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
+use crate::proto::v1::DataCheck;
 use crate::schema;
 use crate::source::{MigrationSet, Revision, Script};
 use crate::telemetry::traces::mark_failed;
@@ -104,6 +105,8 @@ pub struct Executor<'a, E: ShardEngine> {
     interrupt: bool,
     /// Where progress goes, if anyone listens.
     events: Option<mpsc::UnboundedSender<ExecutionEvent>>,
+    /// Tables whose data no transactional revision applied may change.
+    verify_data: &'a [DataCheck],
 }
 
 /// Which way a run moves the shard.
@@ -122,7 +125,15 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             stop: CancellationToken::new(),
             interrupt: false,
             events: None,
+            verify_data: &[],
         }
+    }
+
+    /// Checks inside each transactional revision applied that it left the data of `checks`
+    /// as it found them; one that changed them is rolled back whole and fails.
+    pub fn verify_data(mut self, checks: &'a [DataCheck]) -> Self {
+        self.verify_data = checks;
+        self
     }
 
     /// Sends progress ([`ExecutionEvent`]) to `events` as the run goes.

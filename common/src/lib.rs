@@ -13,6 +13,8 @@
 //! - [`error`]: errors that name shard, revision and file:line, and their kinds.
 //! - [`proto`]: the wire contract (`proto/fleetshift/v1`), generated at build time.
 //! - [`schema`]: a shard's schema as canonical text, its fingerprint, and diffs between two.
+//! - [`validation`]: post-migration validation: integrity, row counts, data checksums and
+//!   unvalidated foreign keys, before and after a run's revisions.
 //! - [`rollout_names`]: plan and shard-task states as people and scripts read them.
 //! - [`config_file`]: reading a TOML configuration file; errors that name file and line.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
@@ -42,3 +44,4 @@ pub mod statements;
 pub mod telemetry;
 pub mod tls;
 pub mod touched;
+pub mod validation;

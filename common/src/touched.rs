@@ -2,6 +2,7 @@
 //! statement's leading words, for notices and risk (a guide for people, not a parser: a
 //! statement it does not recognise touches nothing).
 
+use crate::source::Script;
 use crate::statements::Statement;
 
 /// A table a statement changes.
@@ -70,6 +71,22 @@ pub fn touched(statement: &Statement) -> Option<Touch> {
         operation,
         lock,
     })
+}
+
+/// The tables `scripts` change, as the catalog names them (`public.` left off), sorted, once
+/// each.
+pub fn tables_of<'s>(scripts: impl IntoIterator<Item = &'s Script>) -> Vec<String> {
+    let mut tables: Vec<String> = scripts
+        .into_iter()
+        .flat_map(|script| script.statements().iter().filter_map(touched))
+        .map(|touch| match touch.table.strip_prefix("public.") {
+            Some(table) => table.to_owned(),
+            None => touch.table,
+        })
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
 }
 
 /// Columns an `ALTER TABLE` renames, drops or retypes, with what it does to them: what depends

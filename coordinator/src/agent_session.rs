@@ -443,7 +443,7 @@ where
 
     /// A result goes into the store for the leader; only for the agent's own shards, and only
     /// a complete one (see [`check_result`]).
-    async fn take_result(&self, result: AssignmentResult) -> Result<(), Status> {
+    async fn take_result(&self, mut result: AssignmentResult) -> Result<(), Status> {
         check_result(&result)?;
         let Some(registration) = &self.registration else {
             return Err(refuse(
@@ -455,6 +455,9 @@ where
             tracing::warn!(agent = %self.identity, shard = %result.shard_id, "result for a shard that is not this agent's; refused");
             return Ok(());
         }
+        schemas::keep_left(self.store.as_ref(), self.identity.name(), &mut result)
+            .await
+            .map_err(Status::from)?;
         let assignment = result.assignment_id.clone();
         self.store
             .commit(

@@ -17,6 +17,7 @@
 //! (one transaction), RUNNING, the result, and the final state with the release (one
 //! transaction). See `docs/architecture.md` for the capacity arithmetic.
 
+pub mod canary;
 pub mod driver;
 pub(crate) mod model;
 pub mod outcome;

@@ -3,8 +3,9 @@
 //! and stored once under `schemas/<fingerprint>/` (shards with the same schema share it); the
 //! replica drops it from the facts it stores, which keep only the fingerprint.
 
-use fleetshift_common::proto::v1::ShardFacts;
-use fleetshift_common::schema::{Fingerprint, Snapshot, wire};
+use fleetshift_common::proto::v1::{AssignmentResult, ShardFacts};
+use fleetshift_common::schema::wire::{self, UnpackError};
+use fleetshift_common::schema::{Fingerprint, Snapshot};
 
 use crate::store::{Store, StoreError, chunked, keys};
 
@@ -17,35 +18,54 @@ pub async fn keep<S: Store>(
 ) -> Result<(), StoreError> {
     for shard in shards {
         let packed = std::mem::take(&mut shard.schema_snapshot);
-        if packed.is_empty() {
-            continue;
-        }
-        // A snapshot kept already was checked when it was stored: no need to unpack it again.
-        let kept = match Fingerprint::from_hex(&shard.schema_fingerprint) {
-            Some(fingerprint) => {
-                chunked::contains(store, &keys::schema_prefix(fingerprint.as_str())).await?
-            }
-            None => false,
-        };
-        if kept {
-            continue;
-        }
-        match wire::unpack(&packed, &shard.schema_fingerprint) {
-            Ok(_) => {
-                chunked::save(
-                    store,
-                    &keys::schema_prefix(&shard.schema_fingerprint),
-                    &packed,
-                )
-                .await?;
-            }
-            Err(error) => {
-                tracing::warn!(%agent, shard = %shard.shard_id, %error, "schema snapshot refused; the shard's fingerprint is left empty");
-                shard.schema_fingerprint.clear();
-            }
+        let kept = keep_one(store, &packed, &shard.schema_fingerprint).await?;
+        if let Err(error) = kept {
+            tracing::warn!(%agent, shard = %shard.shard_id, %error, "schema snapshot refused; the shard's fingerprint is left empty");
+            shard.schema_fingerprint.clear();
         }
     }
     Ok(())
+}
+
+/// Keeps the snapshot a run's result carries (the schema the run left) and drops it from the
+/// result, which is stored without it. One that does not match the run's fingerprint is
+/// logged and dropped: the comparison with the plan's canary then names no differences.
+pub async fn keep_left<S: Store>(
+    store: &S,
+    agent: &str,
+    result: &mut AssignmentResult,
+) -> Result<(), StoreError> {
+    let packed = std::mem::take(&mut result.schema_snapshot);
+    let Some(schema) = &result.schema else {
+        return Ok(());
+    };
+    if let Err(error) = keep_one(store, &packed, &schema.after).await? {
+        tracing::warn!(%agent, shard = %result.shard_id, %error, "schema snapshot of a run refused");
+    }
+    Ok(())
+}
+
+/// Stores `packed` under `fingerprint` unless it is there already or empty; the reason it
+/// was refused when it does not match.
+async fn keep_one<S: Store>(
+    store: &S,
+    packed: &[u8],
+    fingerprint: &str,
+) -> Result<Result<(), UnpackError>, StoreError> {
+    if packed.is_empty() {
+        return Ok(Ok(()));
+    }
+    // A snapshot kept already was checked when it was stored: no need to unpack it again.
+    if let Some(fingerprint) = Fingerprint::from_hex(fingerprint)
+        && chunked::contains(store, &keys::schema_prefix(fingerprint.as_str())).await?
+    {
+        return Ok(Ok(()));
+    }
+    if let Err(error) = wire::unpack(packed, fingerprint) {
+        return Ok(Err(error));
+    }
+    chunked::save(store, &keys::schema_prefix(fingerprint), packed).await?;
+    Ok(Ok(()))
 }
 
 /// The snapshot with `fingerprint`, when the fleet has it.

@@ -4,17 +4,19 @@
 
 use fleetshift_common::engine::{CountedPool, ShardEngine};
 use fleetshift_common::executor::{
-    self, ExecutionEvent, Executor, ExecutorSettings, Identity, Request, StepOutcome,
+    self, ExecutionEvent, Executor, ExecutorSettings, Identity, Request, RunReport, StepOutcome,
 };
 use fleetshift_common::proto::v1::{
     BaselineMeasured, BaselinePhase, Direction, ErrorDetail, ErrorKind, RollbackRecord,
-    RollbackStarted, SchemaFingerprints,
+    RollbackStarted, SchemaFingerprints, ValidationReport,
 };
+use fleetshift_common::schema::wire;
 use fleetshift_common::source::MigrationSet;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::validating::{self, Validating};
 use super::wire::{duty_failure, exec_failure, refused};
 use super::{BASE, RunRecord, applied_but, duty_step, lost_or_final, retried_on_loss};
 use crate::duties::rollback::Triggers;
@@ -44,6 +46,26 @@ pub(super) struct Moving<'a, E: ShardEngine> {
     pub(super) engine: &'a E,
     pub(super) set: &'a MigrationSet,
     pub(super) parts: &'a RunParts,
+    pub(super) validating: Validating<'a>,
+}
+
+/// What moving a shard up works with.
+struct Up<'r, 'a, E: ShardEngine> {
+    executor: &'r Executor<'a, E>,
+    request: &'r Request,
+    watch: &'r Watch<'r>,
+    timing: &'r Timing<'r>,
+    validation: &'r validating::Before,
+}
+
+/// A run whose revisions left the shard failing its validation: they stand.
+fn not_valid(shard_id: &str, invalid: &str) -> ErrorDetail {
+    refused(
+        ErrorKind::Failed,
+        format!(
+            "shard {shard_id}: post-migration validation failed: {invalid}; the revisions stand: fix the shard, or revert it with `fleetshift rollback`"
+        ),
+    )
 }
 
 impl<E: ShardEngine> Moving<'_, E> {
@@ -55,11 +77,13 @@ impl<E: ShardEngine> Moving<'_, E> {
         )
         .interrupt_when(self.parts.stop.clone())
         .report_to(self.parts.events.clone())
+        .verify_data(self.validating.verify_data)
     }
 
-    /// Moves the shard, with baselines around the revisions (PostgreSQL) and a rollback when a
-    /// trigger fires; the shard's version afterwards. Each step runs again after a loss of the
-    /// database server, within `patience`'s bound, resuming from the shard's ledger.
+    /// Moves the shard, with baselines around the revisions (PostgreSQL), validation after
+    /// them, and a rollback when a trigger fires; the shard's version afterwards. Each step
+    /// runs again after a loss of the database server, within `patience`'s bound, resuming
+    /// from the shard's ledger.
     pub(super) async fn supervised(
         &self,
         direction: Direction,
@@ -76,20 +100,9 @@ impl<E: ShardEngine> Moving<'_, E> {
             })
             .await?;
         record.previous_version = status.current_version.unwrap_or_else(|| BASE.to_owned());
-        match direction {
-            Direction::Up => {}
-            Direction::Down => {
-                return patience
-                    .persist("reverting revisions", || async {
-                        retried_on_loss(executor.down(self.set, request).await)
-                    })
-                    .await?
-                    .map(|report| {
-                        record.schema = report.schema.as_ref().map(schema_fingerprints);
-                        report.current_version
-                    })
-                    .map_err(|error| exec_failure(&error));
-            }
+        let moving = match direction {
+            Direction::Up => executor::Direction::Up,
+            Direction::Down => executor::Direction::Down,
             // An Order never carries it (checked where the run began).
             Direction::Unspecified => {
                 return Err(refused(
@@ -97,12 +110,56 @@ impl<E: ShardEngine> Moving<'_, E> {
                     "the assignment names no direction".to_owned(),
                 ));
             }
+        };
+        let validation = self
+            .validating
+            .before(&executor, self.set, moving, request, &mut patience)
+            .await?;
+        if moving == executor::Direction::Down {
+            let report = patience
+                .persist("reverting revisions", || async {
+                    retried_on_loss(executor.down(self.set, request).await)
+                })
+                .await?
+                .map_err(|error| exec_failure(&error))?;
+            record.left(&report);
+            let validated = self.validating.after(&validation, &mut patience).await?;
+            let invalid = record.validated(validated);
+            return match invalid {
+                Some(invalid) => Err(not_valid(watch.shard_id, &invalid)),
+                None => Ok(report.current_version),
+            };
         }
         let timing = Timing {
             baselines,
             stop: &self.parts.stop,
             report: watch.report,
         };
+        let moving_up = Up {
+            executor: &executor,
+            request,
+            watch,
+            timing: &timing,
+            validation: &validation,
+        };
+        self.up(moving_up, patience, record).await
+    }
+
+    /// Applies the revisions between the baselines, validates them, and rolls the shard back
+    /// when a trigger fires.
+    async fn up(
+        &self,
+        up: Up<'_, '_, E>,
+        mut patience: Patience<'_>,
+        record: &mut RunRecord,
+    ) -> Result<Option<String>, ErrorDetail> {
+        let Up {
+            executor,
+            request,
+            watch,
+            timing,
+            validation,
+        } = up;
         let before = timing
             .phase(BaselinePhase::Before, None, &mut patience, duty_failure)
             .await?;
@@ -113,7 +170,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             })
             .await?;
         if let Ok(report) = &outcome {
-            record.schema = report.schema.as_ref().map(schema_fingerprints);
+            record.left(report);
         }
         let after = match (&before, &outcome) {
             (Some(before), Ok(_)) => {
@@ -125,11 +182,24 @@ impl<E: ShardEngine> Moving<'_, E> {
             _ => None,
         };
         record.baselines.extend(after.clone());
+        let invalid = match &outcome {
+            Ok(_) => {
+                let validated = self.validating.after(validation, &mut patience).await?;
+                record.validated(validated)
+            }
+            Err(_) => None,
+        };
         let degradation = timing.degradation(after.as_ref());
-        let Some(reason) = watch.triggers.reason(&outcome, degradation.as_deref()) else {
-            return outcome
-                .map(|report| report.current_version)
-                .map_err(|error| exec_failure(&error));
+        let Some(reason) =
+            watch
+                .triggers
+                .reason(&outcome, degradation.as_deref(), invalid.as_deref())
+        else {
+            let report = outcome.map_err(|error| exec_failure(&error))?;
+            return match invalid {
+                Some(invalid) => Err(not_valid(watch.shard_id, &invalid)),
+                None => Ok(report.current_version),
+            };
         };
         let cause = match &outcome {
             Err(error) => exec_failure(error).kind(),
@@ -140,7 +210,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             cause,
             before: before.as_ref(),
         };
-        self.revert(&executor, watch, &timing, rollback, patience, record)
+        self.revert(executor, watch, timing, rollback, patience, record)
             .await
     }
 
@@ -218,7 +288,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             "shard {}: rolled back to {revert_to} because {reason}{recovery}",
             watch.shard_id
         );
-        record.schema = reverted.schema.as_ref().map(schema_fingerprints);
+        record.left(&reverted);
         record.rollback = Some(RollbackRecord {
             reason,
             reverted_to: revert_to,
@@ -290,11 +360,25 @@ impl Timing<'_> {
     }
 }
 
-/// A run's schema change as the wire carries it.
-fn schema_fingerprints(change: &executor::SchemaFingerprints) -> SchemaFingerprints {
-    SchemaFingerprints {
-        before: change.before.to_string(),
-        after: change.after.to_string(),
-        objects_changed: u32::try_from(change.objects_changed).unwrap_or(u32::MAX),
+impl RunRecord {
+    /// What the run's revisions left: the schema change and the schema itself.
+    fn left(&mut self, report: &RunReport) {
+        self.schema = report.schema.as_ref().map(|change| SchemaFingerprints {
+            before: change.before.to_string(),
+            after: change.after.to_string(),
+            objects_changed: u32::try_from(change.objects_changed).unwrap_or(u32::MAX),
+        });
+        self.schema_snapshot = report
+            .schema
+            .as_ref()
+            .map(|change| wire::pack(&change.left))
+            .unwrap_or_default();
+    }
+
+    /// Keeps the validation report; its failures, one line, when it failed.
+    fn validated(&mut self, report: ValidationReport) -> Option<String> {
+        let invalid = (!report.passed).then(|| report.failures.join("; "));
+        self.validation = Some(report);
+        invalid
     }
 }

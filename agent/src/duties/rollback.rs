@@ -34,11 +34,13 @@ impl Triggers {
     }
 
     /// Why the shard must go back, if it must. `degradation` describes the baseline queries
-    /// that degraded after the revisions, when any did.
+    /// that degraded after the revisions, and `invalid` what failed their validation, when
+    /// anything did; a failed validation counts as a failure.
     pub fn reason(
         &self,
         outcome: &Result<RunReport, ExecError>,
         degradation: Option<&str>,
+        invalid: Option<&str>,
     ) -> Option<String> {
         match outcome {
             Err(error) => (self.on_failure
@@ -66,7 +68,10 @@ impl Triggers {
                 let degraded = degradation
                     .filter(|_| self.on_degradation)
                     .map(|described| format!("performance degraded: {described}"));
-                slow.or(degraded)
+                let invalid = invalid
+                    .filter(|_| self.on_failure)
+                    .map(|failures| format!("post-migration validation failed: {failures}"));
+                slow.or(invalid).or(degraded)
             }
         }
     }
@@ -122,24 +127,38 @@ mod tests {
             revision_time_limit: Some(Duration::from_secs(1)),
         };
         let failed = Err(failure(ErrorKind::Failed));
-        assert!(none.reason(&failed, None).is_none());
-        assert!(all.reason(&failed, None).expect("failure").contains("boom"));
+        assert!(none.reason(&failed, None, None).is_none());
+        assert!(
+            all.reason(&failed, None, None)
+                .expect("failure")
+                .contains("boom")
+        );
         let stopped = Err(failure(ErrorKind::Stopped));
-        assert!(all.reason(&stopped, None).is_none(), "a stop is obeyed");
+        assert!(
+            all.reason(&stopped, None, None).is_none(),
+            "a stop is obeyed"
+        );
 
         let slow = Ok(report(1_500));
-        assert!(none.reason(&slow, None).is_none());
+        assert!(none.reason(&slow, None, None).is_none());
         assert!(
-            all.reason(&slow, None)
+            all.reason(&slow, None, None)
                 .expect("slow")
                 .contains("ran 1.5s, over the plan's limit of 1.0s")
         );
         let quick = Ok(report(500));
-        assert!(all.reason(&quick, None).is_none());
-        assert!(none.reason(&quick, Some("q 3x")).is_none());
+        assert!(all.reason(&quick, None, None).is_none());
+        assert!(none.reason(&quick, Some("q 3x"), None).is_none());
         assert_eq!(
-            all.reason(&quick, Some("q 3x")).as_deref(),
+            all.reason(&quick, Some("q 3x"), None).as_deref(),
             Some("performance degraded: q 3x")
+        );
+        let invalid = Some("--verify-data orders: the data changed");
+        assert!(none.reason(&quick, None, invalid).is_none());
+        assert_eq!(
+            all.reason(&quick, None, invalid).as_deref(),
+            Some("post-migration validation failed: --verify-data orders: the data changed"),
+            "a failed validation is a failure"
         );
     }
 }

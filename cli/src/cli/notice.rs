@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::fleet::{Connection, client, refused};
 use super::progress::risk_json;
+use super::validation;
 use super::{Output, render};
 use crate::exit;
 use fleetshift_coordinator::rollout::waves;
@@ -299,6 +300,12 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
         "schema_changes": schema_changes,
         "risk": risk_json(&plan.risk.clone().unwrap_or_default()),
         "rehearsals": plan.rehearsals.iter().map(rehearsal_context).collect::<Vec<_>>(),
+        "validation": validation::notice_context(plan),
+        "rollback_automatic": plan
+            .duties
+            .as_ref()
+            .and_then(|duties| duties.rollback.as_ref())
+            .is_some_and(|rollback| rollback.on_failure),
         "approvals": plan.approvals.iter().map(|approval| json!({
             "approver": approval.approver,
             "at": approval.at.map(|at| at.to_string()),
@@ -327,8 +334,8 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
 #[cfg(test)]
 mod tests {
     use fleetshift_common::proto::v1::{
-        Approval, RehearsalFinding, RiskAssessment, SchemaChange, ShardAnalysis, ShardTask,
-        TableFacts, Wave,
+        Approval, DataCheck, HostDuties, RehearsalFinding, RiskAssessment, RollbackPolicy,
+        SchemaChange, ShardAnalysis, ShardTask, TableFacts, ValidationReport, Wave,
     };
 
     use fleetshift_common::proto::v1::RiskLevel;
@@ -349,7 +356,24 @@ mod tests {
             selector: [("env".to_owned(), "production".to_owned())].into(),
             waves: vec![Wave {
                 index: 0,
-                shards: vec![ShardTask::default(), ShardTask::default()],
+                shards: vec![
+                    ShardTask {
+                        shard_id: "s1".to_owned(),
+                        validation: Some(ValidationReport {
+                            passed: true,
+                            ..ValidationReport::default()
+                        }),
+                        ..ShardTask::default()
+                    },
+                    ShardTask {
+                        shard_id: "s2".to_owned(),
+                        validation: Some(ValidationReport {
+                            failures: vec!["--verify-data orders: the data changed".to_owned()],
+                            ..ValidationReport::default()
+                        }),
+                        ..ShardTask::default()
+                    },
+                ],
             }],
             changes: vec![
                 change(
@@ -386,6 +410,17 @@ mod tests {
                 }],
                 ..ShardAnalysis::default()
             }],
+            duties: Some(HostDuties {
+                verify_data: vec![DataCheck {
+                    table: "orders".to_owned(),
+                    columns: vec!["id".to_owned(), "total".to_owned()],
+                }],
+                rollback: Some(RollbackPolicy {
+                    on_failure: true,
+                    ..RollbackPolicy::default()
+                }),
+                ..HostDuties::default()
+            }),
             approvals: vec![Approval {
                 approver: "spiffe://fleet.example/operator/bob".to_owned(),
                 at: None,
@@ -450,6 +485,9 @@ mod tests {
             "Emergency: dba@example.com",
             "rehearsed: AccessExclusiveLock for ~12.3 s on s1 (E4)",
             "- `s1` at version 2: E4 public.orders (AccessExclusiveLock ~12.3 s)",
+            "## Post-migration validation\nEvery shard is checked after its revisions; a failed check fails the shard and rolls it back.",
+            "- data checksum of orders:id,total before and after: a difference fails the shard",
+            "- Results: 1 of 2 shard(s) passed; `s2` failed: --verify-data orders: the data changed",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }

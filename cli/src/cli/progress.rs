@@ -23,6 +23,7 @@ use super::Output;
 /// The CLI's client of the coordinator: its calls carry the command's trace context.
 pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
+use super::validation;
 use crate::exit;
 use fleetshift_coordinator::rollout::waves;
 
@@ -366,6 +367,7 @@ pub fn summary(plan: &Plan, output: Output) {
         .map(|(state, count)| format!("{count} {state}"))
         .collect();
     println!("{}", counts.join(", "));
+    validation::print_section(plan);
 }
 
 /// The summary as one JSON document.
@@ -390,6 +392,7 @@ fn summary_json(plan: &Plan, state: PlanState) {
                     "after": schema.after,
                     "objects_changed": schema.objects_changed,
                 })),
+                "validation": task.validation.as_ref().map(validation::report_json),
                 "interruptions": task.interruptions,
                 "interruption_causes": task.interruption_causes,
                 "metrics": task.metrics.as_ref().map(|metrics| json!({

@@ -347,6 +347,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             baselines,
             rollback,
             restore_test: arguments.restore_test,
+            verify_data: arguments.verify_data.clone(),
         }),
         allow_drift_shards: arguments.allow_drift_shards.clone().unwrap_or_default(),
     };

@@ -11,6 +11,7 @@ mod migrator_lock;
 pub mod restore_sql;
 mod working;
 
+use crate::validation;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,6 +254,10 @@ impl ShardEngine for PostgresShard {
             .and_then(|row| row.try_get(0))
             .map_err(bookkeeping_error("setting timeouts"))?;
         let _working = self.working.enter(pid);
+        let verify = work.verify_data;
+        let before = validation::postgres::checksums(&mut transaction, verify)
+            .await
+            .map_err(validation::tx_error)?;
         let mut observer = self
             .tracer
             .as_deref()
@@ -278,6 +283,17 @@ impl ShardEngine for PostgresShard {
                 )
                 .await
             }
+        };
+        let ran = match ran {
+            Ok(durations) if !verify.is_empty() => {
+                let after = validation::postgres::checksums(&mut transaction, verify)
+                    .await
+                    .map_err(validation::tx_error);
+                after
+                    .and_then(|after| validation::unchanged(verify, &before, &after))
+                    .map(|()| durations)
+            }
+            other => other,
         };
         let committed = match ran {
             Ok(durations) => transaction

@@ -3,6 +3,7 @@
 //! bounds how long it waits for it. SQLite has no statement timeout; index builds need no
 //! catalog verification (they are atomic).
 
+use crate::validation;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -196,8 +197,18 @@ impl ShardEngine for SqliteShard {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(bookkeeping_error("beginning a transaction"))?;
+        let verify = work.verify_data;
+        let before = validation::sqlite::checksums(&mut transaction, verify)
+            .await
+            .map_err(validation::tx_error)?;
         let durations =
             fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work, &mut ()).await?;
+        if !verify.is_empty() {
+            let after = validation::sqlite::checksums(&mut transaction, verify)
+                .await
+                .map_err(validation::tx_error)?;
+            validation::unchanged(verify, &before, &after)?;
+        }
         transaction
             .commit()
             .await

@@ -17,6 +17,9 @@ pub struct SchemaFingerprints {
     pub before: Fingerprint,
     pub after: Fingerprint,
     pub objects_changed: usize,
+    /// The schema the run left, for whoever compares it with another shard's.
+    #[serde(skip)]
+    pub left: Snapshot,
 }
 
 impl<E: ShardEngine> Executor<'_, E> {
@@ -41,6 +44,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             before: before.fingerprint(),
             after: after.fingerprint(),
             objects_changed: after.diff(before).len(),
+            left: after,
         };
         if let Some(version) = version {
             let recorded = VersionFingerprint {

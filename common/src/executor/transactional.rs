@@ -173,6 +173,10 @@ impl<E: ShardEngine> Executor<'_, E> {
                             audit: None,
                             version_table,
                             fingerprint: None,
+                            verify_data: match final_status {
+                                RevisionStatus::Applied => self.verify_data,
+                                _ => &[],
+                            },
                         };
                         self.interruptible(self.engine.fenced_transaction(writer, work))
                             .await

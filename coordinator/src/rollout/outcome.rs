@@ -113,8 +113,8 @@ pub fn retry_bound(plan: &Plan) -> u32 {
 
 /// `task` with what its run reported: the version it reached, its figures, its backup (a
 /// retry that took none keeps the earlier one), the version before the plan (the first run's),
-/// its baselines and rollback, and the schema change (a retry with no revisions left to run
-/// keeps the earlier run's).
+/// its baselines, rollback and validation, and the schema change (a retry with no revisions
+/// left to run keeps the earlier run's).
 pub fn with_result(task: &ShardTask, result: &AssignmentResult) -> ShardTask {
     ShardTask {
         current_version: result.current_version.clone(),
@@ -128,6 +128,7 @@ pub fn with_result(task: &ShardTask, result: &AssignmentResult) -> ShardTask {
         },
         baselines: result.baselines.clone(),
         schema: result.schema.clone().or_else(|| task.schema.clone()),
+        validation: result.validation.clone(),
         rollback: result.rollback.clone(),
         ..task.clone()
     }

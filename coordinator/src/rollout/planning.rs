@@ -91,9 +91,23 @@ pub fn candidates(
 /// Timed runs a baseline query may ask for, at most: more only delays every shard.
 const MAX_BASELINE_RUNS: u32 = 1_000;
 
+/// Refuses duties an agent could not do: `--verify-data` tables without a name or with an
+/// empty column, and baselines it could not run or compare (see [`check_baselines`]).
+pub fn check_duties(duties: Option<&HostDuties>) -> Result<(), RolloutError> {
+    for check in duties.iter().flat_map(|duties| &duties.verify_data) {
+        if check.table.trim().is_empty() || check.columns.iter().any(|c| c.trim().is_empty()) {
+            return Err(RolloutError::BadRequest(format!(
+                "every --verify-data check needs a table and non-empty column names; got table {:?} with columns {:?}",
+                check.table, check.columns
+            )));
+        }
+    }
+    check_baselines(duties)
+}
+
 /// Refuses baselines an agent could not run or compare: unnamed, duplicated or empty queries,
 /// too many runs, or a threshold that would call any jitter a degradation.
-pub fn check_duties(duties: Option<&HostDuties>) -> Result<(), RolloutError> {
+fn check_baselines(duties: Option<&HostDuties>) -> Result<(), RolloutError> {
     let Some(baselines) = duties.and_then(|duties| duties.baselines.as_ref()) else {
         return Ok(());
     };

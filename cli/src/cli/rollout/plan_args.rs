@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use fleetshift_common::proto::v1::DataCheck;
 use fleetshift_common::source::SourceFormat;
 
 use super::super::Output;
@@ -90,8 +91,14 @@ pub struct PlanArgs {
     /// whatever the ratio (sub-millisecond queries jitter on a busy host).
     #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION", default_value = "1ms")]
     pub(super) baseline_noise_floor: Duration,
-    /// Roll a shard back to its version before the plan, on its own, when a revision fails or
-    /// a baseline degrades past the threshold (down scripts, same fencing token).
+    /// Validation: a table whose data the revisions must not change, with the columns to
+    /// compare (all when none are named): an order-independent checksum is taken on every
+    /// shard before and after, and a difference fails the shard. Repeatable.
+    #[arg(long, value_name = "TABLE[:COLUMNS]", value_parser = parse_data_check)]
+    pub(super) verify_data: Vec<DataCheck>,
+    /// Roll a shard back to its version before the plan, on its own, when a revision fails,
+    /// its post-migration validation fails, or a baseline degrades past the threshold (down
+    /// scripts, same fencing token).
     #[arg(long)]
     pub(super) auto_rollback: bool,
     /// Roll a shard back when one of its revisions ran longer than this.
@@ -103,4 +110,43 @@ pub struct PlanArgs {
     pub(super) allow_drift_shards: Option<String>,
     #[arg(long, value_enum, default_value = "human")]
     pub(super) output: Output,
+}
+
+/// `orders`, `billing.invoices:id,total`.
+fn parse_data_check(text: &str) -> Result<DataCheck, String> {
+    let (table, columns) = match text.split_once(':') {
+        Some((table, columns)) => (table, columns.split(',').map(str::trim).collect()),
+        None => (text, Vec::new()),
+    };
+    let table = table.trim();
+    if table.is_empty() || columns.iter().any(|column: &&str| column.is_empty()) {
+        return Err(format!(
+            "{text:?} is not TABLE or TABLE:COLUMN,COLUMN (e.g. orders:id,total)"
+        ));
+    }
+    Ok(DataCheck {
+        table: table.to_owned(),
+        columns: columns.into_iter().map(str::to_owned).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_check_names_a_table_and_maybe_its_columns() {
+        let check = parse_data_check("billing.invoices:id, total").expect("valid");
+        assert_eq!(check.table, "billing.invoices");
+        assert_eq!(check.columns, ["id", "total"]);
+        assert!(
+            parse_data_check("orders")
+                .expect("valid")
+                .columns
+                .is_empty()
+        );
+        for bad in ["", ":id", "orders:", "orders:id,,total"] {
+            assert!(parse_data_check(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use crate::rollout::outcome::{self, RunOutcome};
 use crate::rollout::{
     RolloutError, assignment_id, plan_of_assignment, records, task_active, task_ended, task_token,
 };
-use crate::rollout::{spans, waves};
+use crate::rollout::{canary, spans, waves};
 use crate::store::{Condition, Store, Write, keys};
 
 impl<S: Store> Driver<'_, S> {
@@ -56,6 +56,7 @@ impl<S: Store> Driver<'_, S> {
                     outcome::after_interruption(ran, cause, outcome::retry_bound(plan))
                 }
             };
+            let finished = self.compared_with_canary(plan, finished).await?;
             let task_key = keys::task(&plan.plan_id, &task.shard_id);
             let writes = vec![
                 Write::put(task_key.clone(), finished.encode_to_vec()),
@@ -81,6 +82,25 @@ impl<S: Store> Driver<'_, S> {
             self.recorded(plan, &task, finished, at);
         }
         Ok(())
+    }
+
+    /// `task`, when it succeeded, compared with the plan's canary at its version.
+    async fn compared_with_canary(
+        &self,
+        plan: &Plan,
+        task: ShardTask,
+    ) -> Result<ShardTask, RolloutError> {
+        if state_of(&task) != ShardState::Succeeded {
+            return Ok(task);
+        }
+        let tasks = self.model.tasks.get(&plan.plan_id);
+        let Some(canary) = canary::of(
+            &task,
+            tasks.into_iter().flatten().map(|(_, seen)| &seen.value),
+        ) else {
+            return Ok(task);
+        };
+        Ok(canary::compare(self.store, task, canary).await?)
     }
 
     /// After a commit moved `task` (as it was) to `next`: the log line, the run's span, the
