@@ -184,6 +184,9 @@ pub enum TxError {
         context: &'static str,
         detail: String,
     },
+    /// The body changed data of the plan's `--verify-data` tables; the transaction was rolled
+    /// back.
+    DataChanged(String),
 }
 
 /// What running a statement outside a transaction did.

@@ -22,12 +22,14 @@ use sqlx::SqlitePool;
 use crate::engine::{CountedPool, StatementError, TxError};
 use crate::proto::v1::{DataCheck, ForeignKeyCheck};
 
+mod json;
 pub(crate) mod postgres;
 mod report;
 pub(crate) mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use json::report_json;
 pub use report::compare;
 
 /// A table whose heap (all partitions) is bigger than this is counted from the planner's
@@ -185,15 +187,10 @@ pub(crate) fn unchanged(
     if changes.is_empty() {
         return Ok(());
     }
-    Err(TxError::Statement(StatementError {
-        index: None,
-        sqlstate: None,
-        message: format!(
-            "the revision changed data the plan says no revision may change: {}",
-            changes.join("; ")
-        ),
-        connection_lost: false,
-    }))
+    Err(TxError::DataChanged(format!(
+        "the revision changed data the plan says no revision may change: {}",
+        changes.join("; ")
+    )))
 }
 
 /// A shard's database, for validation.

@@ -327,18 +327,20 @@ pub fn spawn_replica_with(
 }
 
 /// Like [`spawn_replica`], also serving the telemetry endpoint (on the second port returned)
-/// and logging JSON, with `environment` added to the inherited one.
+/// and logging JSON, with `sections` added to its configuration (e.g. `[[webhooks]]`) and
+/// `environment` to the inherited one.
 pub fn spawn_observed_replica(
     home: &Path,
     id: &str,
     etcd_endpoint: &str,
     roles: &str,
+    sections: &str,
     environment: &[(String, String)],
 ) -> (u16, u16, Process) {
     issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
     let config = home.join(format!("{id}.toml"));
     let text = format!(
-        "telemetry_listen = \"127.0.0.1:0\"\n{}",
+        "telemetry_listen = \"127.0.0.1:0\"\n{}\n{sections}",
         replica_config_text(id, 0, etcd_endpoint, roles)
     );
     std::fs::write(&config, text).expect("replica config");
@@ -409,12 +411,14 @@ impl FleetGround {
         spawn_replica(self.home.path(), id, &self.etcd.endpoint, roles)
     }
 
-    /// Like [`FleetGround::replica`], also serving telemetry and logging JSON, with
-    /// `environment` added: its port, its telemetry port and its process.
+    /// Like [`FleetGround::replica`], also serving telemetry and logging JSON, with `sections`
+    /// added to its configuration and `environment` to its own: its port, its telemetry port
+    /// and its process.
     pub fn observed_replica(
         &self,
         id: &str,
         roles: &str,
+        sections: &str,
         environment: &[(String, String)],
     ) -> (u16, u16, Process) {
         spawn_observed_replica(
@@ -422,6 +426,7 @@ impl FleetGround {
             id,
             &self.etcd.endpoint,
             roles,
+            sections,
             environment,
         )
     }

@@ -42,6 +42,7 @@ mod integration {
     mod telemetry;
     mod tls;
     mod traces;
+    mod validated_rollout;
     mod validation;
     mod versions;
     mod webhooks;

@@ -1,44 +1,12 @@
-//! How post-migration validation reads: each shard's report as JSON and as lines for people,
-//! and what a plan will check, for the maintenance notice.
+//! How post-migration validation reads: each shard's report as lines for people (JSON prints
+//! [`report_json`]), and what a plan will check, for the maintenance notice.
 
 use fleetshift_common::proto::v1::{Plan, ShardTask, ValidationReport};
 use fleetshift_common::validation;
 use fleetshift_coordinator::rollout::waves;
 use serde_json::{Value, json};
 
-/// A shard's report as JSON prints it.
-pub fn report_json(report: &ValidationReport) -> Value {
-    json!({
-        "passed": report.passed,
-        "failures": report.failures,
-        "notes": report.notes,
-        "row_counts": report.row_counts.iter().map(|rows| json!({
-            "table": rows.table,
-            "before": rows.before,
-            "after": rows.after,
-            "estimated": rows.estimated,
-        })).collect::<Vec<_>>(),
-        "checksums": report.checksums.iter().map(|sum| json!({
-            "table": sum.table,
-            "columns": sum.columns,
-            "rows_before": sum.rows_before,
-            "rows_after": sum.rows_after,
-            "before": sum.before,
-            "after": sum.after,
-            "equal": sum.equal,
-        })).collect::<Vec<_>>(),
-        "foreign_keys": report.foreign_keys.iter().map(|key| json!({
-            "constraint": key.constraint,
-            "violating_rows": key.violating_rows,
-            "examples": key.examples,
-            "error": (!key.error.is_empty()).then_some(&key.error),
-        })).collect::<Vec<_>>(),
-        "canary": (!report.canary_shard.is_empty()).then(|| json!({
-            "shard": report.canary_shard,
-            "fingerprint": report.canary_fingerprint,
-        })),
-    })
-}
+pub use fleetshift_common::validation::report_json;
 
 /// `users-1: passed; rows orders 10 → 10, notes 0 (estimated); same schema as canary users-0`,
 /// then a line per failure and note.

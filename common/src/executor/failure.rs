@@ -50,6 +50,16 @@ impl<E: ShardEngine> Executor<'_, E> {
                 shard: self.shard(),
                 reason: guard_message(&revision.label(), &violation),
             },
+            TxError::DataChanged(message) => {
+                ExecError::StatementFailed(Box::new(StatementFailure {
+                    shard: self.shard(),
+                    revision: revision.label(),
+                    location: after_body(script),
+                    sqlstate: None,
+                    message,
+                    aftermath: String::new(),
+                }))
+            }
             other => self.bookkeeping_error(other, writer, "running the revision"),
         }
     }
@@ -86,6 +96,11 @@ impl<E: ShardEngine> Executor<'_, E> {
             } => ExecError::Database {
                 shard: self.shard(),
                 context: format!("{context}: {inner}"),
+                detail,
+            },
+            TxError::DataChanged(detail) => ExecError::Database {
+                shard: self.shard(),
+                context: context.to_owned(),
                 detail,
             },
         }
@@ -129,7 +144,16 @@ pub(super) fn describe_tx_error(error: &TxError) -> String {
         TxError::Guard(violation) => guard_message("guard", violation),
         TxError::Statement(failure) => failure.message.clone(),
         TxError::Database { context, detail } => format!("{context}: {detail}"),
+        TxError::DataChanged(message) => message.clone(),
     }
+}
+
+/// Where the check after a script's last statement fails, for messages.
+pub(super) fn after_body(script: &Script) -> String {
+    format!(
+        "{} (the --verify-data check after its last statement)",
+        script.path.display()
+    )
 }
 
 pub(super) fn guard_message(subject: &str, violation: &GuardViolation) -> String {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::failure::{describe_tx_error, is_lock_conflict, locate};
+use super::failure::{after_body, describe_tx_error, is_lock_conflict, locate};
 use super::retry::Attempts;
 use super::{Direction, ExecutionEvent, Executor, StepOutcome, StepReport, step_report};
 use crate::engine::{FencedTransaction, ShardEngine, TxError, VersionTableRows};
@@ -196,18 +196,19 @@ impl<E: ShardEngine> Executor<'_, E> {
         error: TxError,
         writer: &Writer,
     ) -> ExecError {
-        let failure = match error {
+        let (location, sqlstate, message) = match error {
             TxError::Statement(failure)
                 if !failure.is_lock_conflict() && !failure.connection_lost =>
             {
-                failure
+                let location = locate(script, statements, &failure);
+                (location, failure.sqlstate, failure.message)
             }
+            TxError::DataChanged(message) => (after_body(script), None, message),
             other => return self.step_error(other, revision, script, statements, writer),
         };
-        let location = locate(script, statements, &failure);
         let aftermath = match direction {
             Direction::Up => {
-                let record = self.record(revision, RevisionStatus::Failed, false, None, 0, Some(format!("{location}: {}", failure.message)));
+                let record = self.record(revision, RevisionStatus::Failed, false, None, 0, Some(format!("{location}: {message}")));
                 let guard = Guard::default().require(revision.version.as_str(), Expect::NotApplied);
                 let work = FencedTransaction {
                     records: std::slice::from_ref(&record),
@@ -224,8 +225,8 @@ impl<E: ShardEngine> Executor<'_, E> {
             shard: self.shard(),
             revision: revision.label(),
             location,
-            sqlstate: failure.sqlstate,
-            message: failure.message,
+            sqlstate,
+            message,
             aftermath,
         }))
     }

@@ -5,6 +5,7 @@
 //! The tracker remembers what it has seen, so a change that repeats a known state makes no
 //! event.
 
+use fleetshift_common::validation;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use fleetshift_common::proto::v1::{
@@ -41,6 +42,32 @@ struct PlanSeen {
     ended: BTreeMap<u32, BTreeSet<String>>,
     /// Rehearsals reported, as (shard, when it ended).
     rehearsals: BTreeSet<(String, String)>,
+    /// The post-migration validation of the wave's ended shards.
+    validated: BTreeMap<u32, WaveValidation>,
+}
+
+/// How a wave's shards passed their post-migration validation, for `wave.finished`.
+#[derive(Debug, Default)]
+struct WaveValidation {
+    passed: usize,
+    failed: Vec<String>,
+    with_notes: Vec<String>,
+}
+
+impl WaveValidation {
+    fn count(&mut self, task: &ShardTask) {
+        let Some(report) = &task.validation else {
+            return;
+        };
+        if report.passed {
+            self.passed += 1;
+        } else {
+            self.failed.push(task.shard_id.clone());
+        }
+        if !report.notes.is_empty() {
+            self.with_notes.push(task.shard_id.clone());
+        }
+    }
 }
 
 /// What the follower has seen of every plan and task.
@@ -206,7 +233,8 @@ impl Tracker {
                 "shard.failed",
                 &plan_id,
                 json!({ "shard": task.shard_id, "agent": task.agent_id, "wave": task.wave,
-                        "error": task.error.as_ref().map(|error| &error.message) }),
+                        "error": task.error.as_ref().map(|error| &error.message),
+                        "validation": task.validation.as_ref().map(validation::report_json) }),
             ));
         }
         if state == ShardState::RolledBack {
@@ -218,7 +246,8 @@ impl Tracker {
                         "reason": rollback.map(|rollback| &rollback.reason),
                         "reverted_to": rollback.map(|rollback| &rollback.reverted_to),
                         "revisions": rollback.map(|rollback| &rollback.revisions),
-                        "recovered": rollback.map(|rollback| rollback.recovered) }),
+                        "recovered": rollback.map(|rollback| rollback.recovered),
+                        "validation": task.validation.as_ref().map(validation::report_json) }),
             ));
         }
         if task_ended(state)
@@ -226,12 +255,19 @@ impl Tracker {
         {
             let ended = seen.ended.entry(task.wave).or_default();
             let newly = ended.insert(task.shard_id.clone());
+            let validated = seen.validated.entry(task.wave).or_default();
+            if newly {
+                validated.count(&task);
+            }
             let planned = seen.waves.get(&task.wave);
             if newly && planned.is_some_and(|planned| planned.is_subset(ended)) {
                 events.push(event(
                     "wave.finished",
                     &plan_id,
-                    json!({ "wave": task.wave, "shards": ended.len() }),
+                    json!({ "wave": task.wave, "shards": ended.len(),
+                            "validation": { "passed": validated.passed,
+                                            "failed": validated.failed,
+                                            "with_notes": validated.with_notes } }),
                 ));
             }
         }
@@ -241,7 +277,7 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use fleetshift_common::proto::v1::{Approval, RehearsalSummary, Wave};
+    use fleetshift_common::proto::v1::{Approval, RehearsalSummary, ValidationReport, Wave};
 
     use super::*;
 
@@ -347,18 +383,35 @@ mod tests {
                 .task_changed(task("a", ShardState::Running), "p".to_owned())
                 .is_empty()
         );
-        assert!(
-            tracker
-                .task_changed(task("a", ShardState::Succeeded), "p".to_owned())
-                .is_empty()
-        );
+        let noted = ShardTask {
+            validation: Some(ValidationReport {
+                passed: true,
+                notes: vec!["constraint orders.fk is NOT VALID".to_owned()],
+                ..ValidationReport::default()
+            }),
+            ..task("a", ShardState::Succeeded)
+        };
+        assert!(tracker.task_changed(noted, "p".to_owned()).is_empty());
         assert_eq!(
             names(tracker.task_changed(task("c", ShardState::RolledBack), "p".to_owned())),
             ["shard.rolled_back"]
         );
+        let invalid = ShardTask {
+            validation: Some(ValidationReport {
+                failures: vec!["--verify-data orders: the data changed".to_owned()],
+                ..ValidationReport::default()
+            }),
+            ..task("b", ShardState::Failed)
+        };
+        let ended = tracker.task_changed(invalid, "p".to_owned());
+        assert_eq!(names(ended.clone()), ["shard.failed", "wave.finished"]);
         assert_eq!(
-            names(tracker.task_changed(task("b", ShardState::Failed), "p".to_owned())),
-            ["shard.failed", "wave.finished"]
+            ended[0].detail["validation"]["failures"][0],
+            "--verify-data orders: the data changed"
+        );
+        assert_eq!(
+            ended[1].detail["validation"],
+            json!({ "passed": 1, "failed": ["b"], "with_notes": ["a"] })
         );
         assert!(
             tracker

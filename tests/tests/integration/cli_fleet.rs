@@ -71,13 +71,26 @@ impl CliFleet {
         agent_sections: impl Fn(&Database) -> String,
         environment: Vec<(String, String)>,
     ) -> Self {
+        Self::start_configured(name, schema, count, agent_sections, "", environment).await
+    }
+
+    /// Like [`CliFleet::start_shards`], with `replica_sections` added to the replica's
+    /// configuration (e.g. `[[webhooks]]`).
+    pub async fn start_configured(
+        name: &str,
+        schema: &str,
+        count: usize,
+        agent_sections: impl Fn(&Database) -> String,
+        replica_sections: &str,
+        environment: Vec<(String, String)>,
+    ) -> Self {
         let ground = FleetGround::start().await;
         for operator in ["alice", "bob"] {
             ground.issue(Role::Operator, operator);
         }
         ground.issue(Role::Agent, "a");
         let (port, coordinator_telemetry, replica) =
-            ground.observed_replica("c1", ROLES, &environment);
+            ground.observed_replica("c1", ROLES, replica_sections, &environment);
         let FleetGround {
             etcd,
             store,

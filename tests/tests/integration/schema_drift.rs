@@ -1,7 +1,8 @@
 //! Fleet-wide schema drift across real processes: etcd, a coordinator replica and an agent
 //! serving three PostgreSQL shards built from one schema. After a hand edit on one shard, seen
-//! by the agent's periodic schema check, the leader's `fleetshift_schema_drift_shards`
-//! goes from 0 to 1 and `schema drift` names that shard with the exact
+//! by the agent's periodic schema check, the replica's webhook endpoint (a real HTTP server on
+//! loopback) receives `shard.schema_changed` for that shard, the leader's
+//! `fleetshift_schema_drift_shards` goes from 0 to 1 and `schema drift` names that shard with the exact
 //! differences and exits 3; `schema show` prints its snapshot and `schema diff` compares it
 //! with another shard. A plan refuses the shard by name, and plans it with a recorded reason.
 
@@ -12,6 +13,7 @@ use fleetshift_tests::{fixtures, scrape};
 
 use crate::integration::cli_fleet::{CliFleet, summary};
 use crate::integration::support::{self, assert_exit};
+use crate::integration::webhooks;
 
 const USERS: &str = "CREATE TABLE users (id bigint PRIMARY KEY, email text, note text);";
 
@@ -40,6 +42,15 @@ async fn fingerprints(fleet: &CliFleet) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The fingerprint `shard` reports now.
+async fn now_of(fleet: &CliFleet, shard: &str) -> Option<String> {
+    fingerprints(fleet)
+        .await
+        .into_iter()
+        .find(|(id, _)| id == shard)
+        .and_then(|(_, fingerprint)| fingerprint)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_edited_shard_is_named_with_each_difference() {
     // Facts every second, each shard's schema read again every second: the periodic check
@@ -47,7 +58,15 @@ async fn a_hand_edited_shard_is_named_with_each_difference() {
     let every_second = ["FLEETSHIFT_FACTS_REFRESH", "FLEETSHIFT_SCHEMA_CHECK"]
         .map(|name| (name.to_owned(), "1s".to_owned()))
         .to_vec();
-    let fleet = CliFleet::start_shards("drift", USERS, 3, |_| String::new(), every_second).await;
+    let (url, mut received) = webhooks::endpoint().await;
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), "hook-secret").expect("secret");
+    let hook = format!(
+        "[[webhooks]]\nurl = \"{url}\"\nsecret_file = \"{}\"\nevents = [\"shard.schema_changed\"]\n",
+        secret.path().display()
+    );
+    let fleet =
+        CliFleet::start_configured("drift", USERS, 3, |_| String::new(), &hook, every_second).await;
     let reported = wait_until(Duration::from_secs(30), || async {
         fingerprints(&fleet)
             .await
@@ -87,6 +106,18 @@ async fn a_hand_edited_shard_is_named_with_each_difference() {
     })
     .await;
     assert!(seen, "the edit never showed\n{}", fleet.diagnose());
+    let (_, body) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the webhook arrives")
+        .expect("endpoint");
+    let changed: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(changed["event"], "shard.schema_changed", "{changed}");
+    assert_eq!(changed["detail"]["shard"], "a-db2", "{changed}");
+    assert_eq!(changed["detail"]["version"], "base", "{changed}");
+    assert_eq!(
+        changed["detail"]["after"],
+        serde_json::json!(now_of(&fleet, "a-db2").await)
+    );
 
     let counted = wait_until(Duration::from_secs(30), || async {
         drift_gauge(&fleet) == Some(1.0)

@@ -170,6 +170,10 @@ async fn a_deleting_revision_is_rolled_back_whole<E: ShardEngine>(engine: &E) {
         "{said}"
     );
     assert!(said.contains("nothing of it is applied"), "{said}");
+    assert!(
+        said.contains("2_cleanup.up.sql (the --verify-data check after its last statement)"),
+        "{said}"
+    );
     let ledger = engine.read_ledger().await.expect("ledger");
     let status = |version: &str| {
         ledger

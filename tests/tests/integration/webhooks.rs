@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A request the endpoint received: its headers (lower-cased names) and body.
-type Received = (HashMap<String, String>, Vec<u8>);
+pub(crate) type Received = (HashMap<String, String>, Vec<u8>);
 
 /// An HTTP endpoint on loopback that answers 200 to every request and hands it over.
-async fn endpoint() -> (String, mpsc::UnboundedReceiver<Received>) {
+pub(crate) async fn endpoint() -> (String, mpsc::UnboundedReceiver<Received>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
