@@ -1,10 +1,11 @@
 //! The last check of post-migration validation, which only the coordinator can make: a shard
 //! that reached a version must have the schema the plan's canary reached at that version (the
 //! first of the plan's shards to get there). A shard whose schema differs fails with the
-//! differences, object by object; its revisions stand.
+//! differences, object by object; its revisions stand. Shards the plan took with their drift
+//! allowed (`--allow-drift-shards`) never set the schema, and a difference of theirs is a note.
 
 use fleetshift_common::proto::v1::{
-    ErrorDetail, ErrorKind, ShardState, ShardTask, ValidationReport,
+    ErrorDetail, ErrorKind, Plan, ShardState, ShardTask, ValidationReport,
 };
 use fleetshift_common::schema::Fingerprint;
 
@@ -14,9 +15,10 @@ use crate::store::{Store, StoreError};
 /// Differences listed in a failure; the rest are counted.
 const LISTED: usize = 20;
 
-/// The canary `task` is compared with among the plan's `tasks`: the first other task to
-/// succeed at the same version with a schema on record.
+/// The canary `task` is compared with among `plan`'s `tasks`: the first other task to succeed
+/// at the same version with a schema on record, not one whose drift the plan allowed.
 pub fn of<'t>(
+    plan: &Plan,
     task: &ShardTask,
     tasks: impl IntoIterator<Item = &'t ShardTask>,
 ) -> Option<&'t ShardTask> {
@@ -24,6 +26,7 @@ pub fn of<'t>(
         .into_iter()
         .filter(|other| {
             other.shard_id != task.shard_id
+                && drift_allowed(plan, &other.shard_id).is_none()
                 && other.state == i32::from(ShardState::Succeeded)
                 && other.current_version == task.current_version
                 && other
@@ -37,10 +40,20 @@ pub fn of<'t>(
         })
 }
 
-/// `task`, which succeeded, compared with `canary`: its validation names the canary, and a
-/// different schema fails it with the differences (read from the snapshots the fleet keeps).
+/// Why `plan` took `shard` with a schema that differed from the fleet's, when it did.
+fn drift_allowed<'p>(plan: &'p Plan, shard: &str) -> Option<&'p str> {
+    plan.drift_allowed
+        .iter()
+        .find(|allowed| allowed.shard_id == shard)
+        .map(|allowed| allowed.reason.as_str())
+}
+
+/// `task` of `plan`, which succeeded, compared with `canary`: its validation names the
+/// canary, and a different schema fails it with the differences (read from the snapshots the
+/// fleet keeps), or is noted when the plan allowed the shard's drift.
 pub async fn compare<S: Store>(
     store: &S,
+    plan: &Plan,
     mut task: ShardTask,
     canary: &ShardTask,
 ) -> Result<ShardTask, StoreError> {
@@ -65,6 +78,12 @@ pub async fn compare<S: Store>(
         short(&theirs),
         task.current_version
     );
+    if let Some(reason) = drift_allowed(plan, &task.shard_id) {
+        validation.notes.push(format!(
+            "{failure} (its drift was allowed when the plan was made: {reason})"
+        ));
+        return Ok(task);
+    }
     validation.passed = false;
     validation.failures.push(failure.clone());
     task.state = ShardState::Failed.into();
@@ -110,7 +129,10 @@ fn short(fingerprint: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use fleetshift_common::proto::v1::SchemaFingerprints;
+    use fleetshift_common::proto::v1::{AssignmentResult, DriftAllowance, SchemaFingerprints};
+    use fleetshift_common::schema::{ObjectKind, Snapshot, attributes, wire};
+
+    use crate::store::MemoryStore;
 
     use super::*;
 
@@ -141,14 +163,107 @@ mod tests {
             ..task("d", "3", "f9", 2)
         };
         let tasks = [late.clone(), first.clone(), other_version, failed];
+        let plan = Plan::default();
         let ours = task("e", "3", "f2", 30);
-        assert_eq!(of(&ours, &tasks).map(|t| t.shard_id.as_str()), Some("b"));
-        assert_eq!(
-            of(&first, &tasks).map(|t| t.shard_id.as_str()),
-            Some("a"),
-            "never itself"
-        );
+        let canary = |task| of(&plan, task, &tasks).map(|t| t.shard_id.as_str());
+        assert_eq!(canary(&ours), Some("b"));
+        assert_eq!(canary(&first), Some("a"), "never itself");
         let unrecorded = task("e", "4", "f2", 30);
-        assert!(of(&unrecorded, &tasks).is_none(), "nobody else at 4");
+        assert!(canary(&unrecorded).is_none(), "nobody else at 4");
+        let allowed = Plan {
+            drift_allowed: vec![DriftAllowance {
+                shard_id: "b".to_owned(),
+                reason: "hotfix".to_owned(),
+                ..DriftAllowance::default()
+            }],
+            ..Plan::default()
+        };
+        assert_eq!(
+            of(&allowed, &ours, &tasks).map(|t| t.shard_id.as_str()),
+            Some("a"),
+            "a shard whose drift was allowed never sets the schema"
+        );
+    }
+
+    /// Two schemas kept in `store`: `users`, and `users` with an index; their fingerprints.
+    async fn kept(store: &MemoryStore) -> (String, String) {
+        let mut plain = Snapshot::default();
+        plain.insert(ObjectKind::Table, "public.users", attributes([]));
+        let mut indexed = plain.clone();
+        indexed.insert(ObjectKind::Index, "public.users_email_idx", attributes([]));
+        let mut fingerprints = Vec::new();
+        for snapshot in [plain, indexed] {
+            let fingerprint = snapshot.fingerprint().to_string();
+            let mut result = AssignmentResult {
+                schema: Some(SchemaFingerprints {
+                    after: fingerprint.clone(),
+                    ..SchemaFingerprints::default()
+                }),
+                schema_snapshot: wire::pack(&snapshot),
+                ..AssignmentResult::default()
+            };
+            schemas::keep_left(store, "a", &mut result)
+                .await
+                .expect("kept");
+            assert!(
+                result.schema_snapshot.is_empty(),
+                "not stored with the result"
+            );
+            fingerprints.push(fingerprint);
+        }
+        (fingerprints[0].clone(), fingerprints[1].clone())
+    }
+
+    #[tokio::test]
+    async fn a_different_schema_fails_unless_the_plan_allowed_the_shards_drift() {
+        let store = MemoryStore::new();
+        let (plain, indexed) = kept(&store).await;
+        let canary = task("users-0", "1", &plain, 1);
+        let same = compare(
+            &store,
+            &Plan::default(),
+            task("users-1", "1", &plain, 2),
+            &canary,
+        )
+        .await
+        .expect("compared");
+        assert_eq!(same.state, i32::from(ShardState::Succeeded));
+        let report = same.validation.expect("report");
+        assert!(report.passed);
+        assert_eq!(report.canary_shard, "users-0");
+
+        let differs = task("users-2", "1", &indexed, 3);
+        let failed = compare(&store, &Plan::default(), differs.clone(), &canary)
+            .await
+            .expect("compared");
+        assert_eq!(failed.state, i32::from(ShardState::Failed));
+        let message = failed.error.expect("error").message;
+        assert!(
+            message.contains("differs from canary shard users-0's")
+                && message.contains("at version 1: index public.users_email_idx: extra"),
+            "{message}"
+        );
+        assert!(!failed.validation.expect("report").passed);
+
+        let allowed = Plan {
+            drift_allowed: vec![DriftAllowance {
+                shard_id: "users-2".to_owned(),
+                reason: "hotfix 4711".to_owned(),
+                ..DriftAllowance::default()
+            }],
+            ..Plan::default()
+        };
+        let noted = compare(&store, &allowed, differs, &canary)
+            .await
+            .expect("compared");
+        assert_eq!(noted.state, i32::from(ShardState::Succeeded));
+        let report = noted.validation.expect("report");
+        assert!(report.passed);
+        assert!(
+            report.notes[0]
+                .ends_with("(its drift was allowed when the plan was made: hotfix 4711)"),
+            "{:?}",
+            report.notes
+        );
     }
 }

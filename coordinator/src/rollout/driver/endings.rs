@@ -94,13 +94,11 @@ impl<S: Store> Driver<'_, S> {
             return Ok(task);
         }
         let tasks = self.model.tasks.get(&plan.plan_id);
-        let Some(canary) = canary::of(
-            &task,
-            tasks.into_iter().flatten().map(|(_, seen)| &seen.value),
-        ) else {
+        let others = tasks.into_iter().flatten().map(|(_, seen)| &seen.value);
+        let Some(canary) = canary::of(plan, &task, others) else {
             return Ok(task);
         };
-        Ok(canary::compare(self.store, task, canary).await?)
+        Ok(canary::compare(self.store, plan, task, canary).await?)
     }
 
     /// After a commit moved `task` (as it was) to `next`: the log line, the run's span, the
