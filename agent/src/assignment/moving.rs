@@ -375,8 +375,31 @@ impl RunRecord {
             .unwrap_or_default();
     }
 
-    /// Keeps the validation report; its failures, one line, when it failed.
-    fn validated(&mut self, report: ValidationReport) -> Option<String> {
+    /// Keeps the validation report, with the baselines timed after the revisions; its
+    /// failures, one line, when it failed.
+    fn validated(&mut self, mut report: ValidationReport) -> Option<String> {
+        let after = self
+            .baselines
+            .iter()
+            .rev()
+            .find(|measured| measured.phase() == BaselinePhase::After);
+        if let Some(after) = after {
+            report.performance.clone_from(&after.queries);
+            report
+                .notes
+                .extend(
+                    after
+                        .queries
+                        .iter()
+                        .filter(|timing| timing.degraded)
+                        .map(|timing| {
+                            format!(
+                                "baseline {} degraded: median {:.2} ms, {:.1}x its median before",
+                                timing.name, timing.p50_ms, timing.p50_ratio
+                            )
+                        }),
+                );
+        }
         let invalid = (!report.passed).then(|| report.failures.join("; "));
         self.validation = Some(report);
         invalid

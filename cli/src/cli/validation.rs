@@ -37,6 +37,17 @@ pub fn report_lines(shard: &str, report: &ValidationReport) -> Vec<String> {
             report.checksums.len()
         ));
     }
+    if !report.performance.is_empty() {
+        let degraded = report
+            .performance
+            .iter()
+            .filter(|timing| timing.degraded)
+            .count();
+        parts.push(format!(
+            "{} baseline(s), {degraded} degraded",
+            report.performance.len()
+        ));
+    }
     if !report.canary_shard.is_empty() && report.passed {
         parts.push(format!("same schema as canary {}", report.canary_shard));
     }

@@ -31,6 +31,13 @@ pub fn report_json(report: &ValidationReport) -> Value {
             "examples": key.examples,
             "error": (!key.error.is_empty()).then_some(&key.error),
         })).collect::<Vec<_>>(),
+        "performance": report.performance.iter().map(|timing| json!({
+            "query": timing.name,
+            "p50_ms": timing.p50_ms,
+            "p50_ratio": (timing.p50_ratio > 0.0).then_some(timing.p50_ratio),
+            "degraded": timing.degraded,
+            "error": (!timing.error.is_empty()).then_some(&timing.error),
+        })).collect::<Vec<_>>(),
         "canary": (!report.canary_shard.is_empty()).then(|| json!({
             "shard": report.canary_shard,
             "fingerprint": report.canary_fingerprint,

@@ -94,6 +94,23 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
         .collect();
     assert_eq!(phases, ["before", "after", "recovered"]);
     assert!(shard["baselines"][1]["queries"][0]["p50_ratio"].as_f64() > Some(1.5));
+    // The same timings in the shard's validation report, the degradation noted there.
+    let report = &shard["validation"];
+    assert_eq!(
+        report["performance"][0]["query"], "by_account",
+        "{report:#}"
+    );
+    assert_eq!(report["performance"][0]["degraded"], true, "{report:#}");
+    assert!(
+        report["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .any(|note| note
+                .as_str()
+                .is_some_and(|note| note.starts_with("baseline by_account degraded: median"))),
+        "{report:#}"
+    );
     assert!(has_account_index(admin).await, "the index is back");
 
     // 3. The first plan rolled back on request: operators only, then the usual gates.
