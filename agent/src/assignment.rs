@@ -81,7 +81,9 @@ pub async fn execute(
             };
         }
     };
-    run_order(config, metrics, order, lease_ttl, stop, progress).await
+    // On the heap: a caller that awaits this on its own stack (rather than spawning it) would
+    // otherwise hold the whole run's state there, more than a thread's stack in a debug build.
+    Box::pin(run_order(config, metrics, order, lease_ttl, stop, progress)).await
 }
 
 /// Runs a checked assignment; see [`execute`].
