@@ -16,7 +16,8 @@ use fleetshift_common::executor::{
 };
 use fleetshift_common::proto::v1::{
     self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, Direction, ErrorDetail,
-    ErrorKind, ProgressEvent, RollbackRecord, SchemaFingerprints, ValidationReport,
+    ErrorKind, ProgressEvent, RevisionDuration, RollbackRecord, SchemaFingerprints,
+    ValidationReport,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::{Engine, MigrationSet};
@@ -29,6 +30,7 @@ use tracing::Instrument as _;
 mod moving;
 mod order;
 mod validating;
+mod window_gate;
 mod wire;
 
 pub(crate) use wire::exec_failure;
@@ -159,6 +161,7 @@ async fn run_order(
         schema: record.schema,
         validation: record.validation,
         schema_snapshot: record.schema_snapshot,
+        durations: record.durations,
     }
 }
 
@@ -212,6 +215,8 @@ struct RunRecord {
     schema_snapshot: Vec<u8>,
     /// The post-migration validation of the revisions that ran.
     validation: Option<ValidationReport>,
+    /// How long each revision applied took.
+    durations: Vec<RevisionDuration>,
 }
 
 /// The agent an assignment runs on: its configuration and its metrics.
@@ -284,6 +289,7 @@ async fn run(
         settings: executor_settings(&limits, &timeouts),
         stop: stop.clone(),
         events,
+        gate: order.gate.clone(),
     };
     let watch = Watch {
         shard_id: &shard.id,

@@ -410,6 +410,7 @@ async fn roll_out(
         limits: None,
         duties: None,
         allow_drift_shards: String::new(),
+        schedule: None,
     };
     let plan = client.create_plan(request).await?.into_inner();
     if human {

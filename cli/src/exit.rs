@@ -40,6 +40,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::NeedsOperator => NEEDS_OPERATOR,
         ErrorKind::Failed => FAILED,
         ErrorKind::Stopped => STOPPED,
+        ErrorKind::OutsideWindow => NOT_NOW,
     }
 }
 
@@ -64,7 +65,7 @@ pub fn from_wire(kind: WireErrorKind) -> u8 {
         WireErrorKind::Unreachable => UNREACHABLE,
         WireErrorKind::NeedsOperator => NEEDS_OPERATOR,
         WireErrorKind::Stopped | WireErrorKind::Interrupted => STOPPED,
-        WireErrorKind::Precondition => NOT_NOW,
+        WireErrorKind::Precondition | WireErrorKind::OutsideWindow => NOT_NOW,
         WireErrorKind::Failed | WireErrorKind::Unspecified => FAILED,
     }
 }

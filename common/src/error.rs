@@ -26,6 +26,9 @@ pub enum ErrorKind {
     /// revisions or statements, or (an agent's run) by cancelling the running statement,
     /// whose transaction is rolled back whole.
     Stopped,
+    /// The shard's maintenance window closed, or would before the next revision ends: the run
+    /// stopped between revisions.
+    OutsideWindow,
 }
 
 /// An applied revision whose file changed since.
@@ -114,6 +117,15 @@ pub enum ExecError {
         reason: String,
     },
 
+    #[error(
+        "shard {shard}: paused before {next}: {reason}; everything before it is complete and recorded, and the shard goes on in its next window"
+    )]
+    OutsideWindow {
+        shard: String,
+        next: String,
+        reason: String,
+    },
+
     #[error("shard {shard}: {context}: {detail}")]
     Database {
         shard: String,
@@ -170,6 +182,7 @@ impl ExecError {
             Self::Unreachable { .. } | Self::ConnectionLost { .. } => ErrorKind::Unreachable,
             Self::NeedsOperator { .. } => ErrorKind::NeedsOperator,
             Self::Stopped { .. } => ErrorKind::Stopped,
+            Self::OutsideWindow { .. } => ErrorKind::OutsideWindow,
             Self::StatementFailed { .. } | Self::Database { .. } => ErrorKind::Failed,
         }
     }

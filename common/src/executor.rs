@@ -107,6 +107,15 @@ pub struct Executor<'a, E: ShardEngine> {
     events: Option<mpsc::UnboundedSender<ExecutionEvent>>,
     /// Tables whose data no transactional revision applied may change.
     verify_data: &'a [DataCheck],
+    /// Asked before each revision applied whether it may start.
+    gate: Option<&'a dyn RevisionGate>,
+}
+
+/// Asked before each revision an `up` run applies whether it may start now (a maintenance
+/// window); a revision is never stopped once started.
+pub trait RevisionGate: Send + Sync + std::fmt::Debug {
+    /// `Err(reason)`: the run stops before `revision`, everything before it complete.
+    fn admit(&self, revision: &Revision) -> Result<(), String>;
 }
 
 /// Which way a run moves the shard.
@@ -126,7 +135,27 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             interrupt: false,
             events: None,
             verify_data: &[],
+            gate: None,
         }
+    }
+
+    /// Asks `gate` before each revision applied whether it may start.
+    pub fn gate(mut self, gate: &'a dyn RevisionGate) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// An error when the gate keeps `revision` from starting now.
+    fn check_gate(&self, revision: &Revision) -> Result<(), ExecError> {
+        let Some(gate) = self.gate else {
+            return Ok(());
+        };
+        gate.admit(revision)
+            .map_err(|reason| ExecError::OutsideWindow {
+                shard: self.shard(),
+                next: format!("revision {}", revision.label()),
+                reason,
+            })
     }
 
     /// Checks inside each transactional revision applied that it left the data of `checks`
@@ -388,6 +417,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             let version = revision.version.as_str();
             let rows = kept.map(|kept| kept.after(&applied, version, Direction::Up));
             self.check_stop(&format!("revision {}", revision.label()))?;
+            self.check_gate(revision)?;
             self.revision_started(revision, revision.up.statements().len());
             let predecessor = index
                 .checked_sub(1)

@@ -15,6 +15,7 @@
 //! - [`schema`]: a shard's schema as canonical text, its fingerprint, and diffs between two.
 //! - [`validation`]: post-migration validation: integrity, row counts, data checksums and
 //!   unvalidated foreign keys, before and after a run's revisions.
+//! - [`window`]: maintenance windows in IANA time zones, and where a shard stands against them.
 //! - [`rollout_names`]: plan and shard-task states as people and scripts read them.
 //! - [`config_file`]: reading a TOML configuration file; errors that name file and line.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
@@ -45,3 +46,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod touched;
 pub mod validation;
+pub mod window;

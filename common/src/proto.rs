@@ -58,6 +58,15 @@ mod tests {
             }),
             trace_context: [("traceparent".to_owned(), "00-abc-def-01".to_owned())].into(),
             revert_to: "20231231000000".to_owned(),
+            windows: vec!["Sat 02:00-04:00 Europe/Berlin".to_owned()],
+            estimates: vec![v1::RevisionDuration {
+                version: "20240101000000".to_owned(),
+                duration: Some(prost_types::Duration {
+                    seconds: 90,
+                    nanos: 0,
+                }),
+                source: "fleet".to_owned(),
+            }],
         };
         let decoded =
             v1::Assignment::decode(assignment.encode_to_vec().as_slice()).expect("decode");

@@ -27,6 +27,7 @@ pub mod rehearsal_gate;
 pub mod relay;
 pub mod risk;
 pub mod rollback;
+pub mod schedule;
 pub mod spans;
 pub mod transitions;
 pub mod watch;

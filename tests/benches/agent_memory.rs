@@ -158,8 +158,7 @@ async fn measure() -> anyhow::Result<()> {
             migration_set: Some(set.clone()),
             limits: None,
             duties: None,
-            trace_context: Default::default(),
-            revert_to: String::new(),
+            ..Assignment::default()
         };
         let mailbox = Arc::clone(&mailbox);
         let store = Arc::clone(&store);

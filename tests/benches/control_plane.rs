@@ -288,6 +288,7 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
             limits: None,
             duties: None,
             allow_drift_shards: String::new(),
+            schedule: None,
         },
     )
     .await?;

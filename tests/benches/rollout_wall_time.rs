@@ -192,6 +192,7 @@ async fn with_fleetshift(
             limits: None,
             duties: None,
             allow_drift_shards: String::new(),
+            schedule: None,
         },
     )
     .await?;

@@ -7,8 +7,8 @@ use fleetshift_common::executor::{
     self, ExecutionEvent, Executor, ExecutorSettings, Identity, Request, RunReport, StepOutcome,
 };
 use fleetshift_common::proto::v1::{
-    BaselineMeasured, BaselinePhase, Direction, ErrorDetail, ErrorKind, RollbackRecord,
-    RollbackStarted, SchemaFingerprints, ValidationReport,
+    BaselineMeasured, BaselinePhase, Direction, ErrorDetail, ErrorKind, RevisionDuration,
+    RollbackRecord, RollbackStarted, SchemaFingerprints, ValidationReport,
 };
 use fleetshift_common::schema::wire;
 use fleetshift_common::source::MigrationSet;
@@ -17,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::validating::{self, Validating};
+use super::window_gate::WindowGate;
 use super::wire::{duty_failure, exec_failure, refused};
 use super::{BASE, RunRecord, applied_but, duty_step, lost_or_final, retried_on_loss};
 use crate::duties::rollback::Triggers;
 use crate::duties::{DutyFailure, DutyReport};
 use crate::outage::Patience;
 use fleetshift_common::baseline::Baselines;
+use std::sync::Arc;
 
 /// What an executor is built from, whatever the engine.
 pub(super) struct RunParts {
@@ -30,6 +32,8 @@ pub(super) struct RunParts {
     pub(super) settings: ExecutorSettings,
     pub(super) stop: CancellationToken,
     pub(super) events: mpsc::UnboundedSender<ExecutionEvent>,
+    /// Asked before each revision applied: the shard's maintenance windows.
+    pub(super) gate: Option<Arc<WindowGate>>,
 }
 
 /// What watches the revisions: the plan's rollback triggers and where a rollback goes.
@@ -70,14 +74,18 @@ fn not_valid(shard_id: &str, invalid: &str) -> ErrorDetail {
 
 impl<E: ShardEngine> Moving<'_, E> {
     fn executor(&self) -> Executor<'_, E> {
-        Executor::new(
+        let executor = Executor::new(
             self.engine,
             self.parts.identity.clone(),
             self.parts.settings,
         )
         .interrupt_when(self.parts.stop.clone())
         .report_to(self.parts.events.clone())
-        .verify_data(self.validating.verify_data)
+        .verify_data(self.validating.verify_data);
+        match &self.parts.gate {
+            Some(gate) => executor.gate(gate.as_ref()),
+            None => executor,
+        }
     }
 
     /// Moves the shard, with baselines around the revisions (PostgreSQL), validation after
@@ -373,6 +381,20 @@ impl RunRecord {
             .as_ref()
             .map(|change| wire::pack(&change.left))
             .unwrap_or_default();
+        self.durations.extend(
+            report
+                .steps
+                .iter()
+                .filter(|step| matches!(step.outcome, StepOutcome::Applied | StepOutcome::Resumed))
+                .map(|step| RevisionDuration {
+                    version: step.version.clone(),
+                    duration: prost_types::Duration::try_from(std::time::Duration::from_millis(
+                        step.duration_ms,
+                    ))
+                    .ok(),
+                    source: String::new(),
+                }),
+        );
     }
 
     /// Keeps the validation report, with the baselines timed after the revisions; its

@@ -2,11 +2,14 @@
 //! nothing deeper guesses at a missing field.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{
     Assignment, Direction, ExecutionLimits, HostDuties, MigrationSet,
 };
+
+use super::window_gate::WindowGate;
 
 /// A checked assignment.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct Order {
     pub limits: ExecutionLimits,
     pub duties: HostDuties,
     pub trace_context: HashMap<String, String>,
+    /// The shard's maintenance windows and the revisions' estimates; none: any time.
+    pub gate: Option<Arc<WindowGate>>,
 }
 
 /// What is wrong with an assignment: the field, and how.
@@ -70,6 +75,9 @@ impl TryFrom<Assignment> for Order {
         let set = assignment
             .migration_set
             .ok_or_else(|| invalid("migration_set", "is missing"))?;
+        let gate = WindowGate::new(&assignment.windows, &assignment.estimates)
+            .map_err(|_| invalid("windows", "cannot be read"))?
+            .map(Arc::new);
         Ok(Self {
             fence_token,
             direction,
@@ -79,6 +87,7 @@ impl TryFrom<Assignment> for Order {
             limits: assignment.limits.unwrap_or_default(),
             duties: assignment.duties.unwrap_or_default(),
             trace_context: assignment.trace_context,
+            gate,
             assignment_id: assignment.assignment_id,
             plan_id: assignment.plan_id,
             shard_id: assignment.shard_id,

@@ -166,6 +166,7 @@ pub(crate) fn exec_failure(error: &ExecError) -> ErrorDetail {
         ExecErrorKind::NeedsOperator => ErrorKind::NeedsOperator,
         ExecErrorKind::Failed => ErrorKind::Failed,
         ExecErrorKind::Stopped => ErrorKind::Stopped,
+        ExecErrorKind::OutsideWindow => ErrorKind::OutsideWindow,
     };
     refused(kind, error.to_string())
 }

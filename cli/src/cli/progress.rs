@@ -25,7 +25,7 @@ pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use super::validation;
 use crate::exit;
-use fleetshift_coordinator::rollout::waves;
+use fleetshift_coordinator::rollout::{schedule, waves};
 
 const BAR_WIDTH: usize = 20;
 
@@ -317,8 +317,9 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
 /// The plan, shard by shard.
 pub fn summary(plan: &Plan, output: Output) {
     let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+    let now = jiff::Timestamp::now();
     if output == Output::Json {
-        summary_json(plan, state);
+        summary_json(plan, state, now);
         return;
     }
     println!(
@@ -359,7 +360,7 @@ pub fn summary(plan: &Plan, output: Output) {
                 || "-".to_owned(),
                 |metrics| metrics.lock_retries.to_string()
             ),
-            problem(task)
+            problem(plan, task, now)
         );
     }
     let counts: Vec<String> = counts
@@ -371,7 +372,7 @@ pub fn summary(plan: &Plan, output: Output) {
 }
 
 /// The summary as one JSON document.
-fn summary_json(plan: &Plan, state: PlanState) {
+fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
     let shards: Vec<_> = failed_first(plan)
         .map(|task| {
             json!({
@@ -393,6 +394,8 @@ fn summary_json(plan: &Plan, state: PlanState) {
                     "objects_changed": schema.objects_changed,
                 })),
                 "validation": task.validation.as_ref().map(validation::report_json),
+                "windows": task.windows,
+                "waiting": waiting(plan, task, now),
                 "interruptions": task.interruptions,
                 "interruption_causes": task.interruption_causes,
                 "metrics": task.metrics.as_ref().map(|metrics| json!({
@@ -424,6 +427,10 @@ fn summary_json(plan: &Plan, state: PlanState) {
                 "tables": analysis.tables.iter().map(catalog::facts_json).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "rehearsals": super::rehearsals::summaries_json(plan),
+            "schedule": plan.schedule.as_ref().map(|schedule| json!({
+                "windows": schedule.windows,
+                "start_at": schedule.start_at.map(|at| at.to_string()),
+            })),
             "drift_allowed": plan.drift_allowed.iter().map(|allowed| json!({
                 "shard": allowed.shard_id,
                 "version": allowed.version,
@@ -444,6 +451,18 @@ fn summary_json(plan: &Plan, state: PlanState) {
     );
 }
 
+/// What a pending task of a running or approved plan waits for: its start or its window.
+fn waiting(plan: &Plan, task: &ShardTask, now: jiff::Timestamp) -> Option<String> {
+    let open = matches!(
+        plan.state(),
+        PlanState::Running | PlanState::Approved | PlanState::AwaitingApproval
+    );
+    (open && task.state() == ShardState::Pending)
+        .then(|| schedule::waiting(plan, task, now))
+        .flatten()
+        .map(|waiting| waiting.describe(now))
+}
+
 /// The plan's tasks, those that failed or were rolled back first (each group in wave order).
 fn failed_first(plan: &Plan) -> impl Iterator<Item = &ShardTask> {
     let tasks = || waves::planned_tasks(plan);
@@ -453,13 +472,16 @@ fn failed_first(plan: &Plan) -> impl Iterator<Item = &ShardTask> {
         .chain(tasks().filter(move |task| !failed(task)))
 }
 
-/// A task's error, and how often its runs were interrupted when they were.
-fn problem(task: &ShardTask) -> String {
-    let error = task
-        .error
-        .as_ref()
-        .map(|error| error.message.as_str())
-        .unwrap_or("");
+/// A task's error (or what a pending one waits for), and how often its runs were interrupted
+/// when they were.
+fn problem(plan: &Plan, task: &ShardTask, now: jiff::Timestamp) -> String {
+    let waiting = waiting(plan, task, now);
+    let error = waiting.as_deref().unwrap_or_else(|| {
+        task.error
+            .as_ref()
+            .map(|error| error.message.as_str())
+            .unwrap_or("")
+    });
     match (task.interruptions, error.is_empty()) {
         (0, _) => error.to_owned(),
         (count, true) => format!("(interrupted {count}x, ran again)"),

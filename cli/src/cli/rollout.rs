@@ -350,6 +350,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             verify_data: arguments.verify_data.clone(),
         }),
         allow_drift_shards: arguments.allow_drift_shards.clone().unwrap_or_default(),
+        schedule: arguments.schedule(),
     };
     let mut client = match client(&arguments.connection, arguments.output).await {
         Ok(client) => client,

@@ -136,5 +136,39 @@ pub fn summary(rehearsal: &v1::ShardRehearsal) -> v1::RehearsalSummary {
         failure: rehearsal.failure.clone(),
         findings: rehearsal.findings.clone(),
         degradation: rehearsal.degradation.clone(),
+        estimates: revision_estimates(rehearsal),
     }
+}
+
+/// Each revision's expected duration on the shard: the sum of its statements' times on the
+/// sample, each scaled to the shard's size where an estimate scaled it.
+fn revision_estimates(rehearsal: &v1::ShardRehearsal) -> Vec<v1::RevisionDuration> {
+    let mut revisions: Vec<(String, std::time::Duration)> = Vec::new();
+    for statement in &rehearsal.trace {
+        let scaled = rehearsal
+            .estimates
+            .iter()
+            .find(|estimate| {
+                estimate.revision == statement.revision && estimate.place == statement.place
+            })
+            .and_then(|estimate| estimate.estimated)
+            .or(statement.elapsed)
+            .and_then(|took| std::time::Duration::try_from(took).ok())
+            .unwrap_or_default();
+        match revisions
+            .iter_mut()
+            .find(|(version, _)| *version == statement.revision)
+        {
+            Some((_, total)) => *total += scaled,
+            None => revisions.push((statement.revision.clone(), scaled)),
+        }
+    }
+    revisions
+        .into_iter()
+        .map(|(version, total)| v1::RevisionDuration {
+            version,
+            duration: prost_types::Duration::try_from(total).ok(),
+            source: "rehearsal".to_owned(),
+        })
+        .collect()
 }

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetshift_common::proto::v1::{
-    Assignment, Direction, Dispatch, MigrationSet, Plan, PlanState, ShardState, ShardTask,
+    Assignment, Direction, Dispatch, MigrationSet, Plan, PlanState, RevisionDuration, ShardState,
+    ShardTask,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +32,8 @@ mod tests;
 use super::model::Model;
 use super::outcome::{self};
 use super::spans::RolloutTrace;
-use super::waves;
 use super::{RolloutError, assignment_id, plan_ended, task_active, task_ended, task_failed};
+use super::{schedule, waves};
 use crate::claims;
 use crate::metrics::rollouts::RolloutGauges;
 use crate::store::{Condition, Epoch, FenceToken, Store, StoreError, Write, keys};
@@ -228,9 +229,13 @@ impl<S: Store> Driver<'_, S> {
             .filter(|seen| state_of(&seen.value) == ShardState::Pending)
             .map(|seen| (seen.value.clone(), seen.revision))
             .collect();
+        let now = jiff::Timestamp::now();
         for (task, revision) in pending {
             if slots.wave_full() {
                 break;
+            }
+            if schedule::waiting(plan, &task, now).is_some() {
+                continue;
             }
             if !slots.admits(&task.host) {
                 continue;
@@ -298,7 +303,10 @@ impl<S: Store> Driver<'_, S> {
             finished_at: None,
             ..task.clone()
         };
-        let dispatch = dispatch_of(plan, &claimed, &assignment_id, token);
+        let tasks = self.model.tasks.get(&plan.plan_id);
+        let others = tasks.into_iter().flatten().map(|(_, seen)| &seen.value);
+        let estimates = schedule::estimates(plan, &claimed, others);
+        let dispatch = dispatch_of(plan, &claimed, &assignment_id, token, estimates);
         let committed = self
             .store
             .commit(
@@ -339,12 +347,14 @@ impl<S: Store> Driver<'_, S> {
 }
 
 /// What the agent's replica delivers for `claimed`: the assignment (its migration set named
-/// by digest only) and the task as the replica marks it when it delivers.
+/// by digest only, with the revisions' `estimates` for its windows) and the task as the
+/// replica marks it when it delivers.
 fn dispatch_of(
     plan: &Plan,
     claimed: &ShardTask,
     assignment_id: &str,
     token: FenceToken,
+    estimates: Vec<RevisionDuration>,
 ) -> Dispatch {
     let direction = match plan.direction() {
         Direction::Down => Direction::Down,
@@ -363,6 +373,8 @@ fn dispatch_of(
         direction: direction.into(),
         target_version,
         revert_to: claimed.previous_version.clone(),
+        windows: claimed.windows.clone(),
+        estimates,
         migration_set: Some(MigrationSet {
             format: plan.set_format.clone(),
             digest: plan.set_digest.clone(),

@@ -25,6 +25,9 @@ pub enum RunOutcome {
     Final(ShardState),
     /// A fault outside the shard stopped the run: the task runs again under a newer claim.
     Interrupted(String),
+    /// The shard's window closed between revisions: the task runs again in its next window,
+    /// and that is no interruption.
+    Waits(String),
 }
 
 /// The outcome of `result` for a task of a plan in `plan_state`.
@@ -53,6 +56,10 @@ pub fn of_result(result: &AssignmentResult, plan_state: PlanState) -> RunOutcome
         ErrorKind::Stopped | ErrorKind::Interrupted | ErrorKind::FencedOut => {
             RunOutcome::Interrupted(first_line(message))
         }
+        ErrorKind::OutsideWindow if plan_state == PlanState::Cancelled => {
+            RunOutcome::Final(ShardState::Cancelled)
+        }
+        ErrorKind::OutsideWindow => RunOutcome::Waits(first_line(message)),
         ErrorKind::BadInput
         | ErrorKind::Drift
         | ErrorKind::LockTimeout
@@ -61,6 +68,22 @@ pub fn of_result(result: &AssignmentResult, plan_state: PlanState) -> RunOutcome
         | ErrorKind::Failed
         | ErrorKind::Precondition
         | ErrorKind::Unspecified => RunOutcome::Final(ShardState::Failed),
+    }
+}
+
+/// `task` after a run that stopped at its window's close (`why`): pending again with no
+/// claim, its interruptions untouched; the reason stays as its last word until it runs again.
+pub fn after_window(task: ShardTask, why: String) -> ShardTask {
+    ShardTask {
+        state: ShardState::Pending.into(),
+        fence_token: 0,
+        error: Some(ErrorDetail {
+            kind: ErrorKind::OutsideWindow.into(),
+            message: why,
+        }),
+        started_at: None,
+        finished_at: None,
+        ..task
     }
 }
 
@@ -129,6 +152,7 @@ pub fn with_result(task: &ShardTask, result: &AssignmentResult) -> ShardTask {
         baselines: result.baselines.clone(),
         schema: result.schema.clone().or_else(|| task.schema.clone()),
         validation: result.validation.clone(),
+        durations: [task.durations.as_slice(), &result.durations].concat(),
         rollback: result.rollback.clone(),
         ..task.clone()
     }
@@ -274,6 +298,33 @@ mod tests {
         assert_eq!(
             of_result(&failed(ErrorKind::Failed, "boom"), PlanState::Cancelled),
             RunOutcome::Final(ShardState::Failed)
+        );
+    }
+
+    #[test]
+    fn a_closed_window_makes_the_task_wait_without_counting_an_interruption() {
+        let closed = failed(ErrorKind::OutsideWindow, "paused before revision 3\nmore");
+        assert_eq!(
+            of_result(&closed, PlanState::Running),
+            RunOutcome::Waits("paused before revision 3".to_owned())
+        );
+        assert_eq!(
+            of_result(&closed, PlanState::Cancelled),
+            RunOutcome::Final(ShardState::Cancelled)
+        );
+        let task = ShardTask {
+            state: ShardState::Running.into(),
+            fence_token: 9,
+            interruptions: 1,
+            ..ShardTask::default()
+        };
+        let waiting = after_window(task, "paused".to_owned());
+        assert_eq!(waiting.state, i32::from(ShardState::Pending));
+        assert_eq!(waiting.fence_token, 0);
+        assert_eq!(waiting.interruptions, 1, "not an interruption");
+        assert_eq!(
+            waiting.error.map(|error| error.kind),
+            Some(i32::from(ErrorKind::OutsideWindow))
         );
     }
 

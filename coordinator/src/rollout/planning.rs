@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
     self as v1, CreatePlanRequest, Direction, ExecutionLimits, Hello, HostDuties, Plan, PlanState,
-    SchemaChange, ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
+    Schedule, SchemaChange, ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::{MigrationSet, Revision};
@@ -17,7 +17,7 @@ use fleetshift_common::touched::touched;
 
 use crate::lint;
 
-use super::{RolloutError, outcome, risk, spans};
+use super::{RolloutError, outcome, risk, schedule, spans};
 
 /// Defaults for what the request leaves at zero.
 const DEFAULT_CANARY: u32 = 1;
@@ -44,6 +44,8 @@ pub struct Candidate {
     pub tables: Vec<TableFacts>,
     /// When the agent read them.
     pub observed_at: Option<prost_types::Timestamp>,
+    /// Its own maintenance windows (its `maintenance-window` label), when it has any.
+    pub windows_label: Option<String>,
 }
 
 /// Every announced shard whose labels match `selector`, by id; a shard two agents announce
@@ -75,6 +77,7 @@ pub fn candidates(
                     .cloned(),
                 tables: shard.tables.clone(),
                 observed_at: shard.observed_at,
+                windows_label: shard.labels.get(schedule::WINDOW_LABEL).cloned(),
             };
             if let Some(other) = found.insert(shard.shard_id.clone(), candidate) {
                 return Err(RolloutError::BadRequest(format!(
@@ -299,6 +302,8 @@ pub struct PlanRequest {
     pub duties: Option<HostDuties>,
     /// Why drifted shards may be planned; empty: they are refused.
     pub allow_drift_shards: String,
+    /// When it may run.
+    pub schedule: Option<Schedule>,
 }
 
 impl TryFrom<CreatePlanRequest> for PlanRequest {
@@ -318,6 +323,7 @@ impl TryFrom<CreatePlanRequest> for PlanRequest {
             limits: request.limits.unwrap_or_default(),
             duties: request.duties,
             allow_drift_shards: request.allow_drift_shards,
+            schedule: schedule::checked(request.schedule)?,
         })
     }
 }
@@ -372,12 +378,21 @@ pub fn plan(
     let analyses = analyses_of(&shards, revisions);
     let risk = risk::assess(revisions, &findings, &contexts);
     let changes = schema_changes(revisions);
+    let mut waves = waves(&shards, &request.policy);
+    for task in waves.iter_mut().flat_map(|wave| &mut wave.shards) {
+        let label = shards
+            .iter()
+            .find(|shard| shard.shard_id == task.shard_id)
+            .and_then(|shard| shard.windows_label.as_deref());
+        task.windows = schedule::shard_windows(&task.shard_id, label, request.schedule.as_ref())?;
+    }
     let PlanRequest {
         set: shipped,
         selector,
         policy,
         limits,
         duties,
+        schedule,
         ..
     } = request;
     Ok(Plan {
@@ -386,7 +401,7 @@ pub fn plan(
         set_digest: shipped.digest.clone(),
         target_version: target,
         state: PlanState::AwaitingApproval.into(),
-        waves: waves(&shards, &policy),
+        waves,
         approvals: Vec::new(),
         rehearsals: Vec::new(),
         created_at: Some(prost_types::Timestamp::from(SystemTime::now())),
@@ -404,6 +419,7 @@ pub fn plan(
         rolls_back: String::new(),
         trace_context: spans::new_trace_context(),
         drift_allowed,
+        schedule,
     })
 }
 

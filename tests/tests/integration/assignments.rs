@@ -36,8 +36,7 @@ fn assignment(
         migration_set: Some(set),
         limits: None,
         duties: None,
-        trace_context: Default::default(),
-        revert_to: String::new(),
+        ..Assignment::default()
     }
 }
 

@@ -41,6 +41,8 @@ fn failed_and_rolled_back_shards_are_listed_first_in_wave_order() {
 
 #[test]
 fn interruptions_are_told_beside_the_error() {
+    let now = jiff::Timestamp::now();
+    let problem = |task: &ShardTask| super::problem(&Plan::default(), task, now);
     let mut retried = task("a", ShardState::Succeeded);
     retried.interruptions = 2;
     assert_eq!(problem(&retried), "(interrupted 2x, ran again)");
@@ -78,4 +80,28 @@ fn an_outage_is_told_when_lost_and_when_back() {
         outage_line(&back),
         "database server 10.0.0.5:5432 back after 800ms; applying revisions goes on"
     );
+}
+
+#[test]
+fn a_pending_shard_of_a_running_plan_says_what_it_waits_for() {
+    let at = |text: &str| text.parse::<jiff::Timestamp>().expect("timestamp");
+    let plan = Plan {
+        state: PlanState::Running.into(),
+        ..Plan::default()
+    };
+    let waiting = ShardTask {
+        windows: vec!["Sat 02:00-04:00 UTC".to_owned()],
+        ..task("a", ShardState::Pending)
+    };
+    // 2026-12-04 is a Friday.
+    assert_eq!(
+        problem(&plan, &waiting, at("2026-12-04T22:48:00Z")),
+        "waiting for window (opens in 3h12m)"
+    );
+    assert_eq!(problem(&plan, &waiting, at("2026-12-05T03:00:00Z")), "");
+    let ended = Plan {
+        state: PlanState::Cancelled.into(),
+        ..plan
+    };
+    assert_eq!(problem(&ended, &waiting, at("2026-12-04T22:48:00Z")), "");
 }

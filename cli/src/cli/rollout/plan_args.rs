@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fleetshift_common::proto::v1::DataCheck;
+use fleetshift_common::proto::v1::{DataCheck, Schedule};
 use fleetshift_common::source::SourceFormat;
+use fleetshift_common::window;
 
 use super::super::Output;
 use super::super::fleet::{Connection, parse_label};
@@ -108,8 +109,41 @@ pub struct PlanArgs {
     /// for this reason (kept in the plan); without it such shards are refused.
     #[arg(long, value_name = "REASON")]
     pub(super) allow_drift_shards: Option<String>,
+    /// Schedule: a maintenance window shards run in, e.g. "Sat 02:00-04:00 Europe/Berlin",
+    /// "Mon-Fri 22:00-02:00 UTC", "2026-12-24T01:00/2h UTC" (repeatable; a shard's own
+    /// `maintenance-window` label replaces them). A revision starts only while its shard's
+    /// window is open and would end before it closes.
+    #[arg(long = "window", value_name = "WINDOW", value_parser = parse_window)]
+    pub(super) windows: Vec<String>,
+    /// Schedule: nothing is dispatched before this time, even once applied
+    /// (2026-12-24T01:00:00Z, or "2026-12-24T01:00 Europe/Berlin").
+    #[arg(long, value_name = "TIME", value_parser = window::parse_instant)]
+    pub(super) start_at: Option<jiff::Timestamp>,
     #[arg(long, value_enum, default_value = "human")]
     pub(super) output: Output,
+}
+
+impl PlanArgs {
+    /// The plan's schedule, when it has one.
+    pub(super) fn schedule(&self) -> Option<Schedule> {
+        if self.windows.is_empty() && self.start_at.is_none() {
+            return None;
+        }
+        Some(Schedule {
+            windows: self.windows.clone(),
+            start_at: self.start_at.map(|at| prost_types::Timestamp {
+                seconds: at.as_second(),
+                nanos: at.subsec_nanosecond(),
+            }),
+        })
+    }
+}
+
+/// A window, read here so a typo is refused before anything is sent.
+fn parse_window(text: &str) -> Result<String, String> {
+    window::Window::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| error.to_string())
 }
 
 /// `orders`, `billing.invoices:id,total`.

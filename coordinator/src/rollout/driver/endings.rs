@@ -55,6 +55,7 @@ impl<S: Store> Driver<'_, S> {
                 RunOutcome::Interrupted(cause) => {
                     outcome::after_interruption(ran, cause, outcome::retry_bound(plan))
                 }
+                RunOutcome::Waits(why) => outcome::after_window(ran, why),
             };
             let finished = self.compared_with_canary(plan, finished).await?;
             let task_key = keys::task(&plan.plan_id, &task.shard_id);

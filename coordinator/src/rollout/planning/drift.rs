@@ -114,6 +114,7 @@ mod tests {
             environment: None,
             tables: Vec::new(),
             observed_at: None,
+            windows_label: None,
         }
     }
 

@@ -11,6 +11,7 @@ fn shards(count: usize) -> Vec<Candidate> {
             environment: None,
             tables: Vec::new(),
             observed_at: None,
+            windows_label: None,
         })
         .collect()
 }

@@ -249,6 +249,7 @@ impl Fleet {
                 limits,
                 duties: None,
                 allow_drift_shards: String::new(),
+                schedule: None,
             },
         )
         .await
