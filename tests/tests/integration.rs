@@ -46,4 +46,5 @@ mod integration {
     mod validation;
     mod versions;
     mod webhooks;
+    mod windows;
 }

@@ -21,6 +21,8 @@ use super::{Output, render};
 use crate::exit;
 use fleetshift_coordinator::rollout::waves;
 
+mod schedule;
+
 const MARKDOWN: &str = include_str!("notice/notice.md.j2");
 const TEXT: &str = include_str!("notice/notice.txt.j2");
 
@@ -312,12 +314,17 @@ fn context(plan: &Plan, announcement: &Announcement) -> Value {
             "comment": approval.comment,
         })).collect::<Vec<_>>(),
         "timestamp": prost_types::Timestamp::from(SystemTime::now()).to_string(),
+        "windows": plan.schedule.as_ref().map(|schedule| schedule.windows.clone()).unwrap_or_default(),
     });
+    let expected = schedule::expected(plan, jiff::Timestamp::now());
     let optional = [
         ("environment", environment.cloned()),
-        ("start_time", announcement.start.clone()),
-        ("duration", announcement.duration.clone()),
-        ("end_time", announcement.end.clone()),
+        ("start_time", announcement.start.clone().or(expected.start)),
+        (
+            "duration",
+            announcement.duration.clone().or(expected.duration),
+        ),
+        ("end_time", announcement.end.clone().or(expected.end)),
         ("support_contact", announcement.support_contact.clone()),
         ("emergency_contact", announcement.emergency_contact.clone()),
     ];
