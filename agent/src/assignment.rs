@@ -12,7 +12,7 @@ use std::future::Future;
 use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts, health};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{
-    ExecutionEvent, ExecutorSettings, Identity, LockRetryPolicy, Request,
+    ExecutionEvent, ExecutorSettings, Identity, LockRetryPolicy, Request, Throttle,
 };
 use fleetshift_common::proto::v1::{
     self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, Direction, ErrorDetail,
@@ -29,6 +29,7 @@ use tracing::Instrument as _;
 
 mod moving;
 mod order;
+mod throttle;
 mod validating;
 mod window_gate;
 mod wire;
@@ -38,6 +39,7 @@ pub(crate) use wire::exec_failure;
 pub use order::{InvalidAssignment, Order};
 
 use moving::{Moving, RunParts, Watch};
+use throttle::ShardThrottle;
 use validating::Validating;
 use wire::{DutyProgress, duty_failure, progress_event, refused};
 
@@ -307,11 +309,21 @@ async fn run(
         Connected::Postgres(engine) => {
             let baselines = Baselines::from_policy(duties.baselines.as_ref())
                 .map(|baselines| (baselines, engine.pool()));
+            let throttle = ShardThrottle::new(duties.throttle.as_ref(), engine.pool());
+            if let Some(throttle) = &throttle {
+                throttle.check().await.map_err(|problem| {
+                    refused(
+                        ErrorKind::Precondition,
+                        format!("shard {}: {problem}; nothing ran", shard.id),
+                    )
+                })?;
+            }
             let moving = Moving {
                 engine: engine.as_ref(),
                 set: &set,
                 parts: &parts,
                 validating: validating(Validator::Postgres(engine.pool())),
+                throttle: throttle.as_ref().map(|throttle| throttle as &dyn Throttle),
             };
             moving
                 .supervised(direction, &request, &watch, baselines, patience, record)
@@ -323,6 +335,7 @@ async fn run(
                 set: &set,
                 parts: &parts,
                 validating: validating(Validator::Sqlite(engine.pool())),
+                throttle: None,
             };
             moving
                 .supervised(direction, &request, &watch, None, patience, record)
@@ -429,6 +442,8 @@ impl Before<'_> {
                     Some("restore-tests its backups")
                 } else if Baselines::from_policy(duties.baselines.as_ref()).is_some() {
                     Some("times baselines")
+                } else if duties.throttle.is_some() {
+                    Some("throttles on replica lag, sessions or a query")
                 } else {
                     None
                 };

@@ -36,6 +36,12 @@ struct OutcomeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThrottleLabels {
+    shard: String,
+    signal: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BaselineLabels {
     shard: String,
     query: String,
@@ -62,6 +68,7 @@ pub struct AgentMetrics {
     baseline_ratio: Family<BaselineLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     rollbacks: Counter,
     database_outages: Family<ShardLabel, Counter>,
+    throttled: Family<ThrottleLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     session_up: Gauge,
     reconnects: Counter,
     lease_remaining: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -81,6 +88,7 @@ impl AgentMetrics {
             baseline_ratio: Family::default(),
             rollbacks: Counter::default(),
             database_outages: Family::default(),
+            throttled: Family::default(),
             session_up: Gauge::default(),
             reconnects: Counter::default(),
             lease_remaining: Gauge::default(),
@@ -119,6 +127,12 @@ impl AgentMetrics {
             "fleetshift_agent_baseline_p50_ratio",
             "Latest after/before ratio of a baseline query's median",
             metrics.baseline_ratio.clone(),
+        );
+        registry.register_with_unit(
+            "fleetshift_agent_throttled",
+            "Time runs waited for their shard to be less busy, by the signal that held them",
+            Unit::Seconds,
+            metrics.throttled.clone(),
         );
         registry.register(
             "fleetshift_agent_rollbacks",
@@ -212,6 +226,16 @@ impl AgentMetrics {
                         shard: event.shard_id.clone(),
                     })
                     .inc();
+            }
+            Event::Throttled(throttled) => {
+                if let Some(seconds) = seconds(throttled.waited) {
+                    self.throttled
+                        .get_or_create(&ThrottleLabels {
+                            shard: event.shard_id.clone(),
+                            signal: throttled.signal.clone(),
+                        })
+                        .inc_by(seconds);
+                }
             }
             Event::RevisionStarted(_) | Event::PreflightCheck(_) | Event::DatabaseOutage(_) => {}
         }

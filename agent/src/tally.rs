@@ -11,6 +11,7 @@ pub struct RunTally {
     revisions_run: u32,
     statements: u32,
     lock_retries: u32,
+    throttled: Duration,
 }
 
 impl RunTally {
@@ -30,6 +31,7 @@ impl RunTally {
             ExecutionEvent::LockRetry { .. } => {
                 self.lock_retries = self.lock_retries.saturating_add(1);
             }
+            ExecutionEvent::Throttled { waited, .. } => self.throttled += *waited,
             ExecutionEvent::RevisionStarted { .. } | ExecutionEvent::StatementFinished { .. } => {}
         }
     }
@@ -41,6 +43,7 @@ impl RunTally {
             statements: self.statements,
             lock_retries: self.lock_retries,
             duration: prost_types::Duration::try_from(duration).ok(),
+            throttled: prost_types::Duration::try_from(self.throttled).ok(),
         }
     }
 }

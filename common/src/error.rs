@@ -126,6 +126,16 @@ pub enum ExecError {
         reason: String,
     },
 
+    #[error(
+        "shard {shard}: throttled before {next} for {waited_secs}s in all, the plan's longest wait: {detail}; everything before it is complete and recorded\nnext: find why the shard is busy, then plan it again (or with a longer --throttle-max-wait)"
+    )]
+    Throttled {
+        shard: String,
+        next: String,
+        detail: String,
+        waited_secs: u64,
+    },
+
     #[error("shard {shard}: {context}: {detail}")]
     Database {
         shard: String,
@@ -183,6 +193,7 @@ impl ExecError {
             Self::NeedsOperator { .. } => ErrorKind::NeedsOperator,
             Self::Stopped { .. } => ErrorKind::Stopped,
             Self::OutsideWindow { .. } => ErrorKind::OutsideWindow,
+            Self::Throttled { .. } => ErrorKind::Failed,
             Self::StatementFailed { .. } | Self::Database { .. } => ErrorKind::Failed,
         }
     }

@@ -13,6 +13,8 @@
 //! - `failure`: errors that name shard, revision, file:line and the next step;
 //! - `retry`: bounded lock-conflict retries; `report`: what a run did;
 //! - `fingerprints`: the schema before and after a run, its fingerprint kept in the ledger.
+//! - `throttle`: waiting between revisions (and statements outside a transaction) while the
+//!   shard is busy.
 
 mod adopt;
 mod drift;
@@ -24,6 +26,7 @@ mod report;
 mod resolve;
 mod retry;
 mod status;
+mod throttle;
 mod tolerated;
 mod transactional;
 mod version_table;
@@ -39,6 +42,7 @@ pub use fingerprints::SchemaFingerprints;
 pub use report::{RunReport, StepOutcome, StepReport};
 pub use retry::LockRetryPolicy;
 pub use status::{RevisionState, ShardStatus};
+pub use throttle::{Busy, SAMPLE_EVERY, Throttle};
 
 use crate::engine::{FencedTransaction, ShardEngine, StatementError};
 use crate::error::ExecError;
@@ -109,6 +113,10 @@ pub struct Executor<'a, E: ShardEngine> {
     verify_data: &'a [DataCheck],
     /// Asked before each revision applied whether it may start.
     gate: Option<&'a dyn RevisionGate>,
+    /// What the run waits on between revisions and statements outside a transaction.
+    throttle: Option<&'a dyn Throttle>,
+    /// How long it has waited, in all.
+    waited: throttle::Waited,
 }
 
 /// Asked before each revision an `up` run applies whether it may start now (a maintenance
@@ -136,7 +144,21 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             events: None,
             verify_data: &[],
             gate: None,
+            throttle: None,
+            waited: throttle::Waited::default(),
         }
+    }
+
+    /// Waits on `throttle` before each revision applied and each statement run outside a
+    /// transaction (see [`Throttle`]).
+    pub fn throttle(mut self, throttle: &'a dyn Throttle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    /// How long the run has waited on its throttle, in all.
+    pub fn throttled_for(&self) -> Duration {
+        self.waited.total()
     }
 
     /// Asks `gate` before each revision applied whether it may start.
@@ -416,7 +438,9 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             let revision = &set.revisions[index];
             let version = revision.version.as_str();
             let rows = kept.map(|kept| kept.after(&applied, version, Direction::Up));
-            self.check_stop(&format!("revision {}", revision.label()))?;
+            let next = format!("revision {}", revision.label());
+            self.throttled(&next).await?;
+            self.check_stop(&next)?;
             self.check_gate(revision)?;
             self.revision_started(revision, revision.up.statements().len());
             let predecessor = index

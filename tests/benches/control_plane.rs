@@ -218,6 +218,7 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
                 statements: 1,
                 lock_retries: 0,
                 duration: Duration::from_millis(1).try_into().ok(),
+                throttled: None,
             }),
             ..AssignmentResult::default()
         }),

@@ -5,6 +5,7 @@
 use fleetshift_common::engine::{CountedPool, ShardEngine};
 use fleetshift_common::executor::{
     self, ExecutionEvent, Executor, ExecutorSettings, Identity, Request, RunReport, StepOutcome,
+    Throttle,
 };
 use fleetshift_common::proto::v1::{
     BaselineMeasured, BaselinePhase, Direction, ErrorDetail, ErrorKind, RevisionDuration,
@@ -51,6 +52,8 @@ pub(super) struct Moving<'a, E: ShardEngine> {
     pub(super) set: &'a MigrationSet,
     pub(super) parts: &'a RunParts,
     pub(super) validating: Validating<'a>,
+    /// What the run waits on between revisions, when the plan throttles.
+    pub(super) throttle: Option<&'a dyn Throttle>,
 }
 
 /// What moving a shard up works with.
@@ -82,8 +85,12 @@ impl<E: ShardEngine> Moving<'_, E> {
         .interrupt_when(self.parts.stop.clone())
         .report_to(self.parts.events.clone())
         .verify_data(self.validating.verify_data);
-        match &self.parts.gate {
+        let executor = match &self.parts.gate {
             Some(gate) => executor.gate(gate.as_ref()),
+            None => executor,
+        };
+        match self.throttle {
+            Some(throttle) => executor.throttle(throttle),
             None => executor,
         }
     }

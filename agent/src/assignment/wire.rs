@@ -9,7 +9,7 @@ use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
     BaselineMeasured, DatabaseOutage, ErrorDetail, ErrorKind, LockRetry, PreflightCheck,
     ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, RollbackStarted,
-    StatementFinished,
+    StatementFinished, Throttled,
 };
 use tokio::sync::mpsc;
 
@@ -130,6 +130,18 @@ pub(super) fn progress_event(order: &Order, event: ExecutionEvent) -> ProgressEv
             attempt: count(attempt),
             wait: duration(wait),
             sqlstate: sqlstate.unwrap_or_default(),
+        }),
+        ExecutionEvent::Throttled {
+            next: _,
+            signal,
+            detail,
+            waited,
+            resumed,
+        } => Event::Throttled(Throttled {
+            signal,
+            detail,
+            waited: duration(waited),
+            resumed,
         }),
         ExecutionEvent::RevisionFinished {
             version,

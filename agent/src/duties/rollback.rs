@@ -43,6 +43,8 @@ impl Triggers {
         invalid: Option<&str>,
     ) -> Option<String> {
         match outcome {
+            // A shard too busy to go on is left where it is: reverting it would add to the load.
+            Err(ExecError::Throttled { .. }) => None,
             Err(error) => (self.on_failure
                 && matches!(error.kind(), ErrorKind::Failed | ErrorKind::LockTimeout))
             .then(|| format!("a revision failed: {error}")),
@@ -137,6 +139,16 @@ mod tests {
         assert!(
             all.reason(&stopped, None, None).is_none(),
             "a stop is obeyed"
+        );
+        let throttled = Err(ExecError::Throttled {
+            shard: "s".to_owned(),
+            next: "revision 2".to_owned(),
+            detail: "replica lag 9.0s > 5s".to_owned(),
+            waited_secs: 1800,
+        });
+        assert!(
+            all.reason(&throttled, None, None).is_none(),
+            "a busy shard is not reverted"
         );
 
         let slow = Ok(report(1_500));

@@ -12,7 +12,7 @@ use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
     DatabaseOutage, Direction, GetPlanRequest, Plan, PlanAction, PlanState, ProgressEvent,
     RevisionOutcome, RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
-    WatchRolloutRequest,
+    Throttled, WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use fleetshift_common::telemetry::traces::context::Traced;
@@ -228,6 +228,7 @@ fn progress_line(progress: &ProgressEvent) -> Option<String> {
         Some(Progress::BaselineMeasured(measured)) => baseline_line(measured),
         Some(Progress::RollbackStarted(started)) => rollback_line(started),
         Some(Progress::DatabaseOutage(outage)) => outage_line(outage),
+        Some(Progress::Throttled(throttled)) => throttled_line(throttled),
         Some(Progress::RevisionStarted(_)) | None => return None,
     };
     Some(line)
@@ -292,6 +293,16 @@ fn event_json(event: &RolloutEvent) -> serde_json::Value {
                         "progress": "rollback_started",
                         "reason": started.reason,
                         "target_version": started.target_version,
+                    });
+                }
+                Some(Progress::Throttled(throttled)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": if throttled.resumed { "throttle_lifted" } else { "throttled" },
+                        "signal": throttled.signal,
+                        "detail": throttled.detail,
+                        "waited_ms": duration_of(throttled.waited).map(|waited| waited.as_millis()),
                     });
                 }
                 Some(Progress::DatabaseOutage(outage)) => {
@@ -368,6 +379,9 @@ pub fn summary(plan: &Plan, output: Output) {
         .map(|(state, count)| format!("{count} {state}"))
         .collect();
     println!("{}", counts.join(", "));
+    if let Some(throttled) = throttled_summary(plan) {
+        println!("{throttled}");
+    }
     validation::print_section(plan);
 }
 
@@ -403,6 +417,7 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
                     "statements": metrics.statements,
                     "lock_retries": metrics.lock_retries,
                     "duration_ms": run_time(metrics).map(|took| took.as_millis()),
+                    "throttled_ms": duration_of(metrics.throttled).map(|took| took.as_millis()),
                 })),
             })
         })
@@ -486,6 +501,32 @@ fn problem(plan: &Plan, task: &ShardTask, now: jiff::Timestamp) -> String {
         (0, _) => error.to_owned(),
         (count, true) => format!("(interrupted {count}x, ran again)"),
         (count, false) => format!("{error} (interrupted {count}x)"),
+    }
+}
+
+/// `throttled: 2 shard(s) waited 4m12s in all for their shards to be less busy`, when any did.
+fn throttled_summary(plan: &Plan) -> Option<String> {
+    let waits: Vec<std::time::Duration> = waves::planned_tasks(plan)
+        .filter_map(|task| duration_of(task.metrics.as_ref()?.throttled))
+        .filter(|waited| !waited.is_zero())
+        .collect();
+    if waits.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "throttled: {} shard(s) waited {} in all for their shards to be less busy",
+        waits.len(),
+        fleetshift_common::window::humane(waits.iter().sum())
+    ))
+}
+
+/// `throttled: replica lag 7.2s > 5s`, then `throttle lifted after 42.0s (replica lag …)`.
+fn throttled_line(throttled: &Throttled) -> String {
+    let waited = duration_of(throttled.waited).unwrap_or_default();
+    match (waited.is_zero(), throttled.resumed) {
+        (true, _) => format!("throttled: {}", throttled.detail),
+        (false, true) => format!("throttle lifted after {waited:.1?} ({})", throttled.detail),
+        (false, false) => format!("gave up waiting after {waited:.1?}: {}", throttled.detail),
     }
 }
 

@@ -348,6 +348,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             rollback,
             restore_test: arguments.restore_test,
             verify_data: arguments.verify_data.clone(),
+            throttle: arguments.throttle(),
         }),
         allow_drift_shards: arguments.allow_drift_shards.clone().unwrap_or_default(),
         schedule: arguments.schedule(),

@@ -35,4 +35,14 @@ pub enum ExecutionEvent {
         statements_run: usize,
         lock_retries: usize,
     },
+    /// The run waits for the shard to be less busy before `next` (see [`super::Throttle`]):
+    /// once when the wait begins (`waited` zero), once when it ends with the whole wait
+    /// (`resumed`, or not when the run gave up waiting).
+    Throttled {
+        next: String,
+        signal: String,
+        detail: String,
+        waited: Duration,
+        resumed: bool,
+    },
 }

@@ -67,6 +67,14 @@ impl<E: ShardEngine> Executor<'_, E> {
         }
         let mut lock_retries = 0;
         for (index, statement) in statements.iter().enumerate() {
+            if index > 0 {
+                let next = format!(
+                    "{} of revision {}",
+                    revision.up.locate(statement),
+                    revision.label()
+                );
+                self.throttled(&next).await?;
+            }
             match self
                 .run_autocommit_step(revision, &revision.up, statement, resuming, writer)
                 .await

@@ -169,6 +169,7 @@ pub(super) fn step(event: &Event) -> String {
         Event::BaselineMeasured(measured) => format!("baselines {:?}", measured.phase()),
         Event::RollbackStarted(started) => format!("rollback to {}", started.target_version),
         Event::DatabaseOutage(outage) => format!("outage recovered {}", outage.recovered),
+        Event::Throttled(throttled) => format!("throttled resumed {}", throttled.resumed),
     }
 }
 
@@ -552,3 +553,4 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
 }
 
 mod preflight;
+mod throttle;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fleetshift_common::proto::v1::{DataCheck, Schedule};
+use fleetshift_common::proto::v1::{DataCheck, Schedule, ThrottlePolicy};
 use fleetshift_common::source::SourceFormat;
 use fleetshift_common::window;
 
@@ -119,11 +119,45 @@ pub struct PlanArgs {
     /// (2026-12-24T01:00:00Z, or "2026-12-24T01:00 Europe/Berlin").
     #[arg(long, value_name = "TIME", value_parser = window::parse_instant)]
     pub(super) start_at: Option<jiff::Timestamp>,
+    /// Throttle: wait between revisions while a replica of the shard's server lags more than
+    /// this (none: not read).
+    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION")]
+    pub(super) throttle_lag: Option<Duration>,
+    /// Throttle: wait while active sessions exceed this share of max_connections, e.g. 80%.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub(super) throttle_active_sessions: Option<u32>,
+    /// Throttle: wait while a read-only query (in FILE, returning one number) returns more
+    /// than THRESHOLD, e.g. queue-depth.sql:1000.
+    #[arg(long, value_name = "FILE:THRESHOLD", value_parser = parse_throttle_query)]
+    pub(super) throttle_query: Option<(String, f64)>,
+    /// Throttle: the longest a shard's run waits in all before the shard fails, throttled.
+    #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION", default_value = "30m")]
+    pub(super) throttle_max_wait: Duration,
     #[arg(long, value_enum, default_value = "human")]
     pub(super) output: Output,
 }
 
 impl PlanArgs {
+    /// The plan's throttle, when it sets a threshold.
+    pub(super) fn throttle(&self) -> Option<ThrottlePolicy> {
+        if self.throttle_lag.is_none()
+            && self.throttle_active_sessions.is_none()
+            && self.throttle_query.is_none()
+        {
+            return None;
+        }
+        let (query, query_threshold) = self.throttle_query.clone().unwrap_or_default();
+        Some(ThrottlePolicy {
+            max_replication_lag: self
+                .throttle_lag
+                .and_then(|lag| prost_types::Duration::try_from(lag).ok()),
+            max_active_sessions_percent: self.throttle_active_sessions.unwrap_or_default(),
+            query,
+            query_threshold,
+            max_wait: prost_types::Duration::try_from(self.throttle_max_wait).ok(),
+        })
+    }
+
     /// The plan's schedule, when it has one.
     pub(super) fn schedule(&self) -> Option<Schedule> {
         if self.windows.is_empty() && self.start_at.is_none() {
@@ -137,6 +171,33 @@ impl PlanArgs {
             }),
         })
     }
+}
+
+/// `80%` or `80`, from 1 to 100.
+fn parse_percent(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%');
+    match number.parse::<u32>() {
+        Ok(percent @ 1..=100) => Ok(percent),
+        _ => Err(format!(
+            "{text:?} is not a percentage from 1 to 100 (e.g. 80%)"
+        )),
+    }
+}
+
+/// `FILE:THRESHOLD`: the file's query, read now, and the number above which to wait.
+fn parse_throttle_query(text: &str) -> Result<(String, f64), String> {
+    let (file, threshold) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not FILE:THRESHOLD (e.g. queue-depth.sql:1000)"))?;
+    let threshold: f64 = threshold
+        .parse()
+        .map_err(|_| format!("{threshold:?} in {text:?} is not a number"))?;
+    let query = std::fs::read_to_string(file)
+        .map_err(|error| format!("cannot read the throttle query {file}: {error}"))?;
+    if query.trim().is_empty() {
+        return Err(format!("the throttle query {file} is empty"));
+    }
+    Ok((query.trim().to_owned(), threshold))
 }
 
 /// A window, read here so a typo is refused before anything is sent.
@@ -182,5 +243,26 @@ mod tests {
         for bad in ["", ":id", "orders:", "orders:id,,total"] {
             assert!(parse_data_check(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn throttle_arguments_are_read_before_anything_is_sent() {
+        assert_eq!(parse_percent("80%"), Ok(80));
+        assert_eq!(parse_percent("100"), Ok(100));
+        assert!(parse_percent("0%").is_err() && parse_percent("120%").is_err());
+        let directory = tempfile::tempdir().expect("tempdir");
+        let file = directory.path().join("depth.sql");
+        std::fs::write(&file, "SELECT count(*) FROM jobs;\n").expect("query");
+        let spec = format!("{}:1000", file.display());
+        assert_eq!(
+            parse_throttle_query(&spec),
+            Ok(("SELECT count(*) FROM jobs;".to_owned(), 1000.0))
+        );
+        assert!(parse_throttle_query(&format!("{}:many", file.display())).is_err());
+        assert!(
+            parse_throttle_query("/nowhere.sql:1")
+                .expect_err("no file")
+                .contains("cannot read the throttle query /nowhere.sql")
+        );
     }
 }

@@ -82,7 +82,7 @@ async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() 
 }
 
 /// The largest replay lag the shard's server reports for its replicas, in seconds.
-async fn replay_lag(admin: &sqlx::PgPool) -> f64 {
+pub(super) async fn replay_lag(admin: &sqlx::PgPool) -> f64 {
     sqlx::query_scalar(
         "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication",
     )

@@ -1,0 +1,162 @@
+//! Throttling on a real primary with a real streaming replica whose replay is paused: the
+//! agent waits before its next revision while the replica falls behind, holding no transaction
+//! open meanwhile, and goes on once replay resumes; the wait shows as progress events and in
+//! the run's figures. A second run, with a short longest wait, fails throttled, naming the
+//! replica lag, and is not rolled back even with automatic rollback on.
+
+use fleetshift_common::proto::v1::{RollbackPolicy, ThrottlePolicy};
+
+use super::preflight::replay_lag;
+use super::*;
+
+/// Sessions of the shard's database sitting in an open transaction, other than this one.
+async fn idle_in_transaction(admin: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// Pauses replay on `replica` and writes on the primary until the replica is `behind` seconds
+/// behind.
+async fn fall_behind(shard: &Shard, replica: &sqlx::PgPool, id: i64, behind: f64) {
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(replica)
+        .await
+        .expect("pause replay");
+    sqlx::query("INSERT INTO notes (id, body) VALUES ($1, 'not yet on the replica')")
+        .bind(id)
+        .execute(&shard.admin)
+        .await
+        .expect("write on the primary");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            replay_lag(&shard.admin).await > behind
+        })
+        .await,
+        "the replica falls behind"
+    );
+}
+
+fn throttled(max_wait: Duration, rollback: bool) -> HostDuties {
+    HostDuties {
+        throttle: Some(ThrottlePolicy {
+            max_replication_lag: prost_types::Duration::try_from(Duration::from_secs(1)).ok(),
+            max_wait: prost_types::Duration::try_from(max_wait).ok(),
+            ..ThrottlePolicy::default()
+        }),
+        rollback: rollback.then(|| RollbackPolicy {
+            on_failure: true,
+            ..RollbackPolicy::default()
+        }),
+        ..HostDuties::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
+    let shard = shard("throttled").await;
+    let config = Arc::new(shard.config(shard.settings(5)));
+    let standby = shard.cluster.start_standby().expect("hot standby");
+    let replica = standby.admin_pool("throttled").await.expect("standby pool");
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            )
+            .fetch_one(&shard.admin)
+            .await
+            .expect("pg_stat_replication")
+                == 1
+        })
+        .await,
+        "the standby streams"
+    );
+    fall_behind(&shard, &replica, 1, 2.0).await;
+    let set = migrations();
+    let run = tokio::spawn({
+        let config = Arc::clone(&config);
+        let assignment = assignment("t1", set.path(), throttled(Duration::from_secs(120), false));
+        async move { execute(&config, assignment).await }
+    });
+    // Held: nothing applied, and no transaction kept open while it waits.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(idle_in_transaction(&shard.admin).await, 0);
+        assert!(!shard.has_note_column().await, "held before the revision");
+    }
+    assert!(!run.is_finished());
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .expect("resume replay");
+    let (result, events) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run goes on once the replica catches up")
+        .expect("run");
+    assert!(result.succeeded, "{:?}", result.error);
+    assert!(shard.has_note_column().await);
+    let throttles: Vec<String> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Throttled(throttled) => Some(format!(
+                "{} {} {}",
+                throttled.signal,
+                throttled.resumed,
+                throttled.detail.starts_with("replica lag")
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        throttles,
+        ["replica lag false true", "replica lag true true"],
+        "one wait, begun and ended"
+    );
+    let waited = result
+        .metrics
+        .and_then(|metrics| metrics.throttled)
+        .and_then(|waited| Duration::try_from(waited).ok())
+        .unwrap_or_default();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+
+    // Behind again, with a short longest wait: the shard fails throttled and stays as it is.
+    fall_behind(&shard, &replica, 2, 2.0).await;
+    let more = fixtures::migrations(&[
+        (
+            "1_account_notes.sql",
+            "ALTER TABLE accounts ADD COLUMN note text;",
+        ),
+        (
+            "2_more_notes.sql",
+            "ALTER TABLE accounts ADD COLUMN more text;",
+        ),
+    ]);
+    let (result, _) = execute(
+        &config,
+        assignment("t2", more.path(), throttled(Duration::from_secs(2), true)),
+    )
+    .await;
+    assert!(!result.succeeded);
+    assert!(result.rollback.is_none(), "a busy shard is not reverted");
+    let error = result.error.expect("why");
+    assert_eq!(error.kind, i32::from(ErrorKind::Failed), "{error:?}");
+    assert!(
+        error
+            .message
+            .contains("throttled before revision 2_more_notes")
+            && error.message.contains("replica lag")
+            && error.message.contains("--throttle-max-wait"),
+        "{}",
+        error.message
+    );
+    assert!(shard.has_note_column().await, "revision 1 stays");
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .expect("resume replay");
+}
