@@ -411,6 +411,7 @@ async fn roll_out(
         duties: None,
         allow_drift_shards: String::new(),
         schedule: None,
+        updates: None,
     };
     let plan = client.create_plan(request).await?.into_inner();
     if human {

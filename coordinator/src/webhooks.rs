@@ -4,13 +4,16 @@
 //! changes and queues them; a slow or failing hook only loses its own deliveries.
 //!
 //! - [`events`]: which events a change of a plan or a task makes.
+//! - [`status`]: timed `rollout.status` updates of running plans that ask for them.
 //! - [`delivery`]: signing and posting, with retries.
 
 mod delivery;
 mod events;
+pub mod status;
 
 use std::sync::Arc;
 
+use fleetshift_common::proto::v1::{Plan, ShardTask};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -82,40 +85,69 @@ async fn follow<S: Store>(
     let plans = store.list(&keys::plans_prefix()).await?;
     let tasks = store.list(&keys::all_tasks_prefix()).await?;
     let agents = store.list(&keys::agents_prefix()).await?;
-    let mut tracker = Tracker::default();
+    let mut followed = Followed::default();
     for entry in &agents.entries {
-        tracker.agent_announced(agent_of(&entry.key), &decode(&entry.key, &entry.value)?);
+        followed
+            .tracker
+            .agent_announced(agent_of(&entry.key), &decode(&entry.key, &entry.value)?);
     }
     for entry in &plans.entries {
-        tracker.plan_changed(decode(&entry.key, &entry.value)?);
+        let plan: Plan = decode(&entry.key, &entry.value)?;
+        followed.updates.plan_changed(&plan);
+        followed.tracker.plan_changed(plan);
     }
     for entry in &tasks.entries {
-        tracker.task_changed(decode(&entry.key, &entry.value)?, plan_of_task(&entry.key));
+        let task: ShardTask = decode(&entry.key, &entry.value)?;
+        let plan_id = plan_of_task(&entry.key);
+        followed.updates.task_changed(&plan_id, &task);
+        followed.tracker.task_changed(task, plan_id);
     }
     let from = plans.revision.min(tasks.revision).min(agents.revision);
     let mut changes = store.watch(&keys::all(), from).await?;
-    while let Some(change) = changes.next().await {
-        let change = change?;
-        for event in derive(&mut tracker, &change)? {
+    let mut ticks = tokio::time::interval(UPDATES_TICK);
+    loop {
+        let events = tokio::select! {
+            change = changes.next() => match change {
+                Some(change) => derive(&mut followed, &change?)?,
+                None => return Ok(()),
+            },
+            _ = ticks.tick() => followed.updates.due(tokio::time::Instant::now()),
+        };
+        for event in events {
             if queue.try_send(event).is_err() {
                 tracing::warn!("webhook queue full; an event was dropped");
             }
         }
     }
-    Ok(())
+}
+
+/// How often the follower looks for status updates that are due.
+const UPDATES_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the follower keeps: what it has seen, and the plans that send updates.
+#[derive(Debug, Default)]
+struct Followed {
+    tracker: Tracker,
+    updates: status::Updates,
 }
 
 fn derive(
-    tracker: &mut Tracker,
+    followed: &mut Followed,
     change: &Change,
 ) -> Result<Vec<Event>, crate::rollout::RolloutError> {
     let Some(value) = &change.value else {
         return Ok(Vec::new());
     };
+    let tracker = &mut followed.tracker;
     if change.key.starts_with(&keys::plans_prefix()) {
-        Ok(tracker.plan_changed(decode(&change.key, value)?))
+        let plan: Plan = decode(&change.key, value)?;
+        followed.updates.plan_changed(&plan);
+        Ok(tracker.plan_changed(plan))
     } else if change.key.starts_with(&keys::all_tasks_prefix()) {
-        Ok(tracker.task_changed(decode(&change.key, value)?, plan_of_task(&change.key)))
+        let task: ShardTask = decode(&change.key, value)?;
+        let plan_id = plan_of_task(&change.key);
+        followed.updates.task_changed(&plan_id, &task);
+        Ok(tracker.task_changed(task, plan_id))
     } else if change.key.starts_with(&keys::agents_prefix()) {
         Ok(tracker.agent_announced(agent_of(&change.key), &decode(&change.key, value)?))
     } else {

@@ -290,6 +290,7 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
             duties: None,
             allow_drift_shards: String::new(),
             schedule: None,
+            updates: None,
         },
     )
     .await?;

@@ -193,6 +193,7 @@ async fn with_fleetshift(
             duties: None,
             allow_drift_shards: String::new(),
             schedule: None,
+            updates: None,
         },
     )
     .await?;

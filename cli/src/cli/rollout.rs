@@ -317,6 +317,13 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
                     .and_then(|limit| prost_types::Duration::try_from(limit).ok()),
             }
         });
+    let updates = match arguments.updates() {
+        Ok(updates) => updates,
+        Err(message) => {
+            render::failure(arguments.output, &message, ErrorKind::BadInput);
+            return ExitCode::from(exit::BAD_INPUT);
+        }
+    };
     let request = CreatePlanRequest {
         migration_set: Some(packed),
         target_version: arguments.target.clone().unwrap_or_default(),
@@ -352,6 +359,7 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
         }),
         allow_drift_shards: arguments.allow_drift_shards.clone().unwrap_or_default(),
         schedule: arguments.schedule(),
+        updates,
     };
     let mut client = match client(&arguments.connection, arguments.output).await {
         Ok(client) => client,

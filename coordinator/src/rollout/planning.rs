@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use fleetshift_common::proto::v1::{
     self as v1, CreatePlanRequest, Direction, ExecutionLimits, Hello, HostDuties, Plan, PlanState,
-    Schedule, SchemaChange, ShardAnalysis, ShardState, ShardTask, TableFacts, Wave, WavePolicy,
+    Schedule, SchemaChange, ShardAnalysis, ShardState, ShardTask, StatusUpdates, TableFacts, Wave,
+    WavePolicy,
 };
 use fleetshift_common::shipped;
 use fleetshift_common::source::{MigrationSet, Revision};
@@ -304,6 +305,8 @@ pub struct PlanRequest {
     pub allow_drift_shards: String,
     /// When it may run.
     pub schedule: Option<Schedule>,
+    /// Timed status updates while it runs.
+    pub updates: Option<StatusUpdates>,
 }
 
 impl TryFrom<CreatePlanRequest> for PlanRequest {
@@ -324,6 +327,7 @@ impl TryFrom<CreatePlanRequest> for PlanRequest {
             duties: request.duties,
             allow_drift_shards: request.allow_drift_shards,
             schedule: schedule::checked(request.schedule)?,
+            updates: checked_updates(request.updates)?,
         })
     }
 }
@@ -393,6 +397,7 @@ pub fn plan(
         limits,
         duties,
         schedule,
+        updates,
         ..
     } = request;
     Ok(Plan {
@@ -420,8 +425,32 @@ pub fn plan(
         trace_context: spans::new_trace_context(),
         drift_allowed,
         schedule,
+        updates,
     })
 }
+
+/// Status updates whose template renders, at an interval of a minute or more.
+fn checked_updates(updates: Option<StatusUpdates>) -> Result<Option<StatusUpdates>, RolloutError> {
+    let Some(updates) = updates else {
+        return Ok(None);
+    };
+    let every = updates
+        .every
+        .and_then(|every| std::time::Duration::try_from(every).ok())
+        .unwrap_or_default();
+    if every < MIN_UPDATE_INTERVAL {
+        return Err(RolloutError::BadRequest(format!(
+            "status updates every {}s are too frequent for a channel; the least is {}s",
+            every.as_secs(),
+            MIN_UPDATE_INTERVAL.as_secs()
+        )));
+    }
+    crate::webhooks::status::check_template(&updates.template)?;
+    Ok(Some(updates))
+}
+
+/// The shortest interval between status updates.
+const MIN_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 mod drift;
 #[cfg(test)]

@@ -79,7 +79,7 @@ pub struct Tracker {
     schemas: HashMap<String, (String, String)>,
 }
 
-fn event(name: &'static str, plan_id: &str, detail: Value) -> Event {
+pub(super) fn event(name: &'static str, plan_id: &str, detail: Value) -> Event {
     Event {
         event: name,
         plan_id: plan_id.to_owned(),

@@ -1,16 +1,17 @@
 //! Webhooks from the leader's view of the store: a plan's life (created, approved, started, a
 //! shard failed, another rolled back by its agent, its wave finished, halted) reaches a real HTTP endpoint on loopback as signed
 //! JSON, in order, while a dead hook listed first only loses its own deliveries. A shard whose
-//! schema fingerprint changes at the same version is reported as `shard.schema_changed`.
+//! schema fingerprint changes at the same version is reported as `shard.schema_changed`. A
+//! running plan that asks for status updates sends `rollout.status` rendered by its template.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::{
-    Hello, Plan, PlanState, RollbackRecord, ShardFacts, ShardState, ShardTask, Wave,
+    Hello, Plan, PlanState, RollbackRecord, ShardFacts, ShardState, ShardTask, StatusUpdates, Wave,
 };
-use fleetshift_coordinator::rollout::{records, transitions};
+use fleetshift_coordinator::rollout::{records, transitions, waves};
 use fleetshift_coordinator::store::{MemoryStore, Store, Write, keys};
 use fleetshift_coordinator::webhooks::{self, Webhook};
 use prost::Message;
@@ -243,6 +244,74 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
     assert_eq!(changed["detail"]["shard"], "users-7");
     assert_eq!(changed["detail"]["version"], "3");
     assert_eq!(changed["detail"]["after"], "b".repeat(64));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), notifying)
+        .await
+        .expect("the notifier ends when leadership does")
+        .expect("notifier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_plan_that_asks_for_updates_sends_them_rendered_with_its_template() {
+    let store = Arc::new(MemoryStore::new());
+    let plan = Plan {
+        plan_id: "p-updates".to_owned(),
+        state: PlanState::Running.into(),
+        updates: Some(StatusUpdates {
+            every: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            template: "{{ plan }}: {{ shards.succeeded }}/{{ total }} done, {{ running }} running"
+                .to_owned(),
+        }),
+        waves: vec![Wave {
+            index: 0,
+            shards: vec![
+                task("a", ShardState::Succeeded),
+                task("b", ShardState::Running),
+                task("c", ShardState::Pending),
+            ],
+        }],
+        ..Plan::default()
+    };
+    // Stored before the follower starts: it finds the running plan when it lists.
+    records::create_plan(store.as_ref(), &plan)
+        .await
+        .expect("plan");
+    for task in waves::planned_tasks(&plan) {
+        store
+            .commit(
+                None,
+                &[],
+                &[Write::put(
+                    keys::task("p-updates", &task.shard_id),
+                    task.encode_to_vec(),
+                )],
+            )
+            .await
+            .expect("task");
+    }
+    let (url, mut received) = endpoint().await;
+    let hooks: Arc<[Webhook]> = vec![Webhook {
+        events: vec!["rollout.status".to_owned()],
+        ..hook(&url, "s3cret")
+    }]
+    .into();
+    let stop = CancellationToken::new();
+    let notifying = tokio::spawn(webhooks::notify(Arc::clone(&store), hooks, stop.clone()));
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("an update arrives")
+        .expect("endpoint");
+    assert_eq!(headers["x-fleetshift-event"], "rollout.status");
+    let update: Value = serde_json::from_slice(&body).expect("JSON body");
+    assert_eq!(update["plan_id"], "p-updates", "{update}");
+    assert_eq!(update["detail"]["total"], 3, "{update}");
+    assert_eq!(
+        update["detail"]["text"], "p-updates: 1/3 done, 1 running",
+        "{update}"
+    );
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), notifying)
         .await

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fleetshift_common::proto::v1::{DataCheck, Schedule, ThrottlePolicy};
+use fleetshift_common::proto::v1::{DataCheck, Schedule, StatusUpdates, ThrottlePolicy};
 use fleetshift_common::source::SourceFormat;
 use fleetshift_common::window;
 
@@ -133,11 +133,38 @@ pub struct PlanArgs {
     /// Throttle: the longest a shard's run waits in all before the shard fails, throttled.
     #[arg(long, value_parser = fleetshift_common::duration::parse, value_name = "DURATION", default_value = "30m")]
     pub(super) throttle_max_wait: Duration,
+    /// Status updates: while the plan runs, the leader sends a `rollout.status` webhook this
+    /// often ("every 15m" or "15m").
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_updates)]
+    pub(super) updates: Option<Duration>,
+    /// Status updates: a minijinja template for each update's text (for chat channels).
+    #[arg(long, value_name = "FILE", requires = "updates")]
+    pub(super) update_template: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "human")]
     pub(super) output: Output,
 }
 
 impl PlanArgs {
+    /// The plan's status updates, when it asks for them; the template's file read now.
+    pub(super) fn updates(&self) -> Result<Option<StatusUpdates>, String> {
+        let Some(every) = self.updates else {
+            return Ok(None);
+        };
+        let template = match &self.update_template {
+            Some(path) => std::fs::read_to_string(path).map_err(|error| {
+                format!(
+                    "cannot read the update template {}: {error}",
+                    path.display()
+                )
+            })?,
+            None => String::new(),
+        };
+        Ok(Some(StatusUpdates {
+            every: prost_types::Duration::try_from(every).ok(),
+            template,
+        }))
+    }
+
     /// The plan's throttle, when it sets a threshold.
     pub(super) fn throttle(&self) -> Option<ThrottlePolicy> {
         if self.throttle_lag.is_none()
@@ -171,6 +198,13 @@ impl PlanArgs {
             }),
         })
     }
+}
+
+/// `every 15m` or `15m`.
+fn parse_updates(text: &str) -> Result<Duration, String> {
+    let interval = text.trim();
+    let interval = interval.strip_prefix("every").map_or(interval, str::trim);
+    fleetshift_common::duration::parse(interval)
 }
 
 /// `80%` or `80`, from 1 to 100.

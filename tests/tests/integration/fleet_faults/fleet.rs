@@ -250,6 +250,7 @@ impl Fleet {
                 duties: None,
                 allow_drift_shards: String::new(),
                 schedule: None,
+                updates: None,
             },
         )
         .await
