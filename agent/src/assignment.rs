@@ -37,9 +37,9 @@ mod wire;
 pub(crate) use wire::exec_failure;
 
 pub use order::{InvalidAssignment, Order};
+pub use throttle::ShardThrottle;
 
 use moving::{Moving, RunParts, Watch};
-use throttle::ShardThrottle;
 use validating::Validating;
 use wire::{DutyProgress, duty_failure, progress_event, refused};
 

@@ -33,6 +33,7 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_testkit::etcd::EtcdServer;
+use fleetshift_tests::bench::{clock_ticks, cpu_time};
 use fleetshift_tests::fleet::{await_leader, channel_as, init_pki, issue, spawn_replica};
 use fleetshift_tests::{fixtures, rollout};
 use tokio::sync::mpsc;
@@ -50,23 +51,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// User + system CPU time of process `pid`.
-fn cpu_time(pid: u32, ticks_per_second: f64) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let after_name = stat.rsplit_once(") ").context("unexpected /proc stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let user: f64 = fields.get(11).context("utime")?.parse()?;
-    let system: f64 = fields.get(12).context("stime")?.parse()?;
-    Ok(Duration::from_secs_f64((user + system) / ticks_per_second))
-}
-
-fn clock_ticks() -> anyhow::Result<f64> {
-    let output = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()?;
-    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
-}
-
 /// etcd's request counters by `method` (unary calls handled, stream messages received).
 fn etcd_requests(endpoint: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let address = endpoint

@@ -55,3 +55,24 @@ pub async fn events_database(
     println!("generated {rows} rows in {:.1?}", started.elapsed());
     Ok(u64::try_from(bytes)?)
 }
+
+/// The CPU time (user and system) process `pid` has used.
+pub fn cpu_time(pid: u32, ticks_per_second: f64) -> anyhow::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let after_name = stat.rsplit_once(") ").context("unexpected /proc stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: f64 = fields.get(11).context("utime")?.parse()?;
+    let system: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok(std::time::Duration::from_secs_f64(
+        (user + system) / ticks_per_second,
+    ))
+}
+
+/// The kernel's clock ticks per second, which `/proc/<pid>/stat` counts in.
+pub fn clock_ticks() -> anyhow::Result<f64> {
+    let output = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()?;
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}

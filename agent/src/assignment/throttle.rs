@@ -18,7 +18,7 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
 
 /// The plan's thresholds on one shard.
 #[derive(Debug)]
-pub(super) struct ShardThrottle {
+pub struct ShardThrottle {
     pool: CountedPool,
     max_lag: Option<Duration>,
     max_active_percent: Option<u32>,
@@ -36,7 +36,7 @@ struct Sample {
 
 impl ShardThrottle {
     /// The throttle `policy` asks for on `pool`; none when it sets no threshold.
-    pub(super) fn new(policy: Option<&ThrottlePolicy>, pool: &CountedPool) -> Option<Self> {
+    pub fn new(policy: Option<&ThrottlePolicy>, pool: &CountedPool) -> Option<Self> {
         let policy = policy?;
         let max_lag = policy
             .max_replication_lag
