@@ -82,6 +82,7 @@ pub async fn follow(
             })
             .await?;
     }
+    waiting_shards(&plan, output);
     while let Some(event) = events.message().await? {
         match output {
             Output::Json => println!("{}", event_json(&event)),
@@ -464,6 +465,23 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
             })).collect::<Vec<_>>(),
         })
     );
+}
+
+/// Each shard that cannot start yet, and what it waits for, once as the watch begins.
+fn waiting_shards(plan: &Plan, output: Output) {
+    let now = jiff::Timestamp::now();
+    for task in waves::planned_tasks(plan) {
+        let Some(waiting) = waiting(plan, task, now) else {
+            continue;
+        };
+        match output {
+            Output::Json => println!(
+                "{}",
+                json!({ "plan": plan.plan_id, "shard": task.shard_id, "progress": "waiting", "detail": waiting })
+            ),
+            Output::Human => println!("    {} {waiting}", task.shard_id),
+        }
+    }
 }
 
 /// What a pending task of a running or approved plan waits for: its start or its window.

@@ -73,35 +73,46 @@ async fn a_shard_runs_only_in_its_windows_and_goes_on_in_the_next() {
         "{notice}"
     );
     assert_exit(&fleet.cli.bob(&["approve", &plan_id]).await, 0);
-    assert_exit(&fleet.cli.alice(&["apply", &plan_id]).await, 0);
-
-    let status = fleet
-        .cli
-        .alice(&["status", &plan_id, "--output", "json"])
-        .await;
-    let shard = &summary(&status)["shards"][0];
-    assert_eq!(shard["state"], "pending", "{shard:#}");
-    let waiting = shard["waiting"].as_str().expect("what it waits for");
-    assert!(
-        waiting.starts_with("waiting for window (opens in"),
-        "{waiting}"
-    );
-    let human = fleet.cli.alice(&["status", &plan_id]).await;
-    assert!(
-        String::from_utf8_lossy(&human.stdout).contains("waiting for window (opens in"),
-        "{}",
-        fleetshift_tests::binary::printed(&human)
-    );
-
-    let ended = wait_until(Duration::from_secs(120), || async {
+    let applied = fleet.cli.alice(&["apply", &plan_id]).await;
+    assert_exit(&applied, 0);
+    // A watch that follows the plan to its end, from before the first window.
+    let watch = ["watch", plan_id.as_str()];
+    let watching = fleet.cli.alice(&watch);
+    let checking = async {
         let status = fleet
             .cli
             .alice(&["status", &plan_id, "--output", "json"])
             .await;
-        summary(&status)["state"] == "succeeded"
-    })
-    .await;
+        let shard = &summary(&status)["shards"][0];
+        assert_eq!(shard["state"], "pending", "{shard:#}");
+        let waiting = shard["waiting"].as_str().expect("what it waits for");
+        assert!(
+            waiting.starts_with("waiting for window (opens in"),
+            "{waiting}"
+        );
+        let human = fleet.cli.alice(&["status", &plan_id]).await;
+        assert!(
+            String::from_utf8_lossy(&human.stdout).contains("waiting for window (opens in"),
+            "{}",
+            fleetshift_tests::binary::printed(&human)
+        );
+
+        wait_until(Duration::from_secs(120), || async {
+            let status = fleet
+                .cli
+                .alice(&["status", &plan_id, "--output", "json"])
+                .await;
+            summary(&status)["state"] == "succeeded"
+        })
+        .await
+    };
+    let (watched, ended) = tokio::join!(watching, checking);
     assert!(ended, "the plan never finished\n{}", fleet.diagnose());
+    let watched = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.contains("a-db0 waiting for window (opens in"),
+        "{watched}"
+    );
     let status = fleet
         .cli
         .alice(&["status", &plan_id, "--output", "json"])
