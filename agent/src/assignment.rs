@@ -309,15 +309,7 @@ async fn run(
         Connected::Postgres(engine) => {
             let baselines = Baselines::from_policy(duties.baselines.as_ref())
                 .map(|baselines| (baselines, engine.pool()));
-            let throttle = ShardThrottle::new(duties.throttle.as_ref(), engine.pool());
-            if let Some(throttle) = &throttle {
-                throttle.check().await.map_err(|problem| {
-                    refused(
-                        ErrorKind::Precondition,
-                        format!("shard {}: {problem}; nothing ran", shard.id),
-                    )
-                })?;
-            }
+            let throttle = shard_throttle(duties, engine.pool(), &shard.id).await?;
             let moving = Moving {
                 engine: engine.as_ref(),
                 set: &set,
@@ -342,6 +334,25 @@ async fn run(
                 .await
         }
     }
+}
+
+/// The plan's throttle on a PostgreSQL shard, its query checked once: one that fails refuses
+/// the shard before anything runs.
+async fn shard_throttle(
+    duties: &v1::HostDuties,
+    pool: &CountedPool,
+    shard_id: &str,
+) -> Result<Option<ShardThrottle>, ErrorDetail> {
+    let Some(throttle) = ShardThrottle::new(duties.throttle.as_ref(), pool) else {
+        return Ok(None);
+    };
+    throttle.check().await.map_err(|problem| {
+        refused(
+            ErrorKind::Precondition,
+            format!("shard {shard_id}: {problem}; nothing ran"),
+        )
+    })?;
+    Ok(Some(throttle))
 }
 
 /// The executor's settings under the plan's `limits`.

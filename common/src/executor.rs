@@ -13,6 +13,7 @@
 //! - `failure`: errors that name shard, revision, file:line and the next step;
 //! - `retry`: bounded lock-conflict retries; `report`: what a run did;
 //! - `fingerprints`: the schema before and after a run, its fingerprint kept in the ledger.
+//! - `gate`: whether a revision may start now (a maintenance window).
 //! - `throttle`: waiting between revisions (and statements outside a transaction) while the
 //!   shard is busy.
 
@@ -21,6 +22,7 @@ mod drift;
 mod events;
 mod failure;
 mod fingerprints;
+mod gate;
 mod outside_transaction;
 mod report;
 mod resolve;
@@ -39,12 +41,13 @@ use tracing::Instrument as _;
 
 pub use events::ExecutionEvent;
 pub use fingerprints::SchemaFingerprints;
+pub use gate::RevisionGate;
 pub use report::{RunReport, StepOutcome, StepReport};
 pub use retry::LockRetryPolicy;
 pub use status::{RevisionState, ShardStatus};
 pub use throttle::{Busy, SAMPLE_EVERY, Throttle};
 
-use crate::engine::{FencedTransaction, ShardEngine, StatementError};
+use crate::engine::{FencedTransaction, ShardEngine};
 use crate::error::ExecError;
 use crate::fence::FenceToken;
 use crate::ledger::{LedgerRecord, RevisionStatus, Writer};
@@ -119,13 +122,6 @@ pub struct Executor<'a, E: ShardEngine> {
     waited: throttle::Waited,
 }
 
-/// Asked before each revision an `up` run applies whether it may start now (a maintenance
-/// window); a revision is never stopped once started.
-pub trait RevisionGate: Send + Sync + std::fmt::Debug {
-    /// `Err(reason)`: the run stops before `revision`, everything before it complete.
-    fn admit(&self, revision: &Revision) -> Result<(), String>;
-}
-
 /// Which way a run moves the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -149,101 +145,11 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         }
     }
 
-    /// Waits on `throttle` before each revision applied and each statement run outside a
-    /// transaction (see [`Throttle`]).
-    pub fn throttle(mut self, throttle: &'a dyn Throttle) -> Self {
-        self.throttle = Some(throttle);
-        self
-    }
-
-    /// How long the run has waited on its throttle, in all.
-    pub fn throttled_for(&self) -> Duration {
-        self.waited.total()
-    }
-
-    /// Asks `gate` before each revision applied whether it may start.
-    pub fn gate(mut self, gate: &'a dyn RevisionGate) -> Self {
-        self.gate = Some(gate);
-        self
-    }
-
-    /// An error when the gate keeps `revision` from starting now.
-    fn check_gate(&self, revision: &Revision) -> Result<(), ExecError> {
-        let Some(gate) = self.gate else {
-            return Ok(());
-        };
-        gate.admit(revision)
-            .map_err(|reason| ExecError::OutsideWindow {
-                shard: self.shard(),
-                next: format!("revision {}", revision.label()),
-                reason,
-            })
-    }
-
     /// Checks inside each transactional revision applied that it left the data of `checks`
     /// as it found them; one that changed them is rolled back whole and fails.
     pub fn verify_data(mut self, checks: &'a [DataCheck]) -> Self {
         self.verify_data = checks;
         self
-    }
-
-    /// Sends progress ([`ExecutionEvent`]) to `events` as the run goes.
-    pub fn report_to(mut self, events: mpsc::UnboundedSender<ExecutionEvent>) -> Self {
-        self.events = Some(events);
-        self
-    }
-
-    fn emit(&self, event: ExecutionEvent) {
-        if let Some(events) = &self.events {
-            // Nobody listening any more changes nothing for the run.
-            let _ = events.send(event);
-        }
-    }
-
-    /// A lock conflict about to be retried: logged, and reported as progress.
-    fn lock_retried(
-        &self,
-        revision: &Revision,
-        location: &str,
-        attempt: usize,
-        wait: Duration,
-        failure: &StatementError,
-    ) {
-        tracing::warn!(
-            shard = %self.engine.shard(),
-            revision = %revision.label(),
-            %location,
-            attempt,
-            wait_ms = wait.as_millis() as u64,
-            error = %failure.message,
-            "lock conflict, retrying after backoff"
-        );
-        self.emit(ExecutionEvent::LockRetry {
-            version: revision.version.to_string(),
-            location: location.to_owned(),
-            attempt,
-            wait,
-            sqlstate: failure.sqlstate.clone(),
-        });
-    }
-
-    fn revision_started(&self, revision: &Revision, statements: usize) {
-        self.emit(ExecutionEvent::RevisionStarted {
-            version: revision.version.to_string(),
-            name: revision.name.clone(),
-            transactional: revision.transactional,
-            statements,
-        });
-    }
-
-    fn revision_finished(&self, report: &StepReport) {
-        self.emit(ExecutionEvent::RevisionFinished {
-            version: report.version.clone(),
-            outcome: report.outcome,
-            duration: Duration::from_millis(report.duration_ms),
-            statements_run: report.statements_run,
-            lock_retries: report.lock_retries,
-        });
     }
 
     /// Stops the run at the next revision or autocommit statement once `stop` is cancelled;

@@ -12,7 +12,7 @@ use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
     DatabaseOutage, Direction, GetPlanRequest, Plan, PlanAction, PlanState, ProgressEvent,
     RevisionOutcome, RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
-    Throttled, WatchRolloutRequest,
+    WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use fleetshift_common::telemetry::traces::context::Traced;
@@ -25,7 +25,8 @@ pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use super::validation;
 use crate::exit;
-use fleetshift_coordinator::rollout::{schedule, waves};
+use fleetshift_coordinator::rollout::waves;
+use pacing::{throttled_line, throttled_summary, waiting, waiting_shards};
 
 const BAR_WIDTH: usize = 20;
 
@@ -467,35 +468,6 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
     );
 }
 
-/// Each shard that cannot start yet, and what it waits for, once as the watch begins.
-fn waiting_shards(plan: &Plan, output: Output) {
-    let now = jiff::Timestamp::now();
-    for task in waves::planned_tasks(plan) {
-        let Some(waiting) = waiting(plan, task, now) else {
-            continue;
-        };
-        match output {
-            Output::Json => println!(
-                "{}",
-                json!({ "plan": plan.plan_id, "shard": task.shard_id, "progress": "waiting", "detail": waiting })
-            ),
-            Output::Human => println!("    {} {waiting}", task.shard_id),
-        }
-    }
-}
-
-/// What a pending task of a running or approved plan waits for: its start or its window.
-fn waiting(plan: &Plan, task: &ShardTask, now: jiff::Timestamp) -> Option<String> {
-    let open = matches!(
-        plan.state(),
-        PlanState::Running | PlanState::Approved | PlanState::AwaitingApproval
-    );
-    (open && task.state() == ShardState::Pending)
-        .then(|| schedule::waiting(plan, task, now))
-        .flatten()
-        .map(|waiting| waiting.describe(now))
-}
-
 /// The plan's tasks, those that failed or were rolled back first (each group in wave order).
 fn failed_first(plan: &Plan) -> impl Iterator<Item = &ShardTask> {
     let tasks = || waves::planned_tasks(plan);
@@ -519,32 +491,6 @@ fn problem(plan: &Plan, task: &ShardTask, now: jiff::Timestamp) -> String {
         (0, _) => error.to_owned(),
         (count, true) => format!("(interrupted {count}x, ran again)"),
         (count, false) => format!("{error} (interrupted {count}x)"),
-    }
-}
-
-/// `throttled: 2 shard(s) waited 4m12s in all for their shards to be less busy`, when any did.
-fn throttled_summary(plan: &Plan) -> Option<String> {
-    let waits: Vec<std::time::Duration> = waves::planned_tasks(plan)
-        .filter_map(|task| duration_of(task.metrics.as_ref()?.throttled))
-        .filter(|waited| !waited.is_zero())
-        .collect();
-    if waits.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "throttled: {} shard(s) waited {} in all for their shards to be less busy",
-        waits.len(),
-        fleetshift_common::window::humane(waits.iter().sum())
-    ))
-}
-
-/// `throttled: replica lag 7.2s > 5s`, then `throttle lifted after 42.0s (replica lag …)`.
-fn throttled_line(throttled: &Throttled) -> String {
-    let waited = duration_of(throttled.waited).unwrap_or_default();
-    match (waited.is_zero(), throttled.resumed) {
-        (true, _) => format!("throttled: {}", throttled.detail),
-        (false, true) => format!("throttle lifted after {waited:.1?} ({})", throttled.detail),
-        (false, false) => format!("gave up waiting after {waited:.1?}: {}", throttled.detail),
     }
 }
 
@@ -606,5 +552,6 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
     })
 }
 
+mod pacing;
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,14 @@
-//! What a run reports as it goes, for live progress (the agent streams these to coordinators).
+//! What a run reports as it goes, for live progress (the agent streams these to coordinators),
+//! and the executor's side of reporting it.
 //! Sent on an unbounded channel and never awaited: reporting cannot slow a migration down.
 
 use std::time::Duration;
 
-use super::StepOutcome;
+use tokio::sync::mpsc;
+
+use super::{Executor, StepOutcome, StepReport};
+use crate::engine::{ShardEngine, StatementError};
+use crate::source::Revision;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutionEvent {
@@ -45,4 +50,65 @@ pub enum ExecutionEvent {
         waited: Duration,
         resumed: bool,
     },
+}
+
+impl<E: ShardEngine> Executor<'_, E> {
+    /// Sends progress ([`ExecutionEvent`]) to `events` as the run goes.
+    pub fn report_to(mut self, events: mpsc::UnboundedSender<ExecutionEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    pub(super) fn emit(&self, event: ExecutionEvent) {
+        if let Some(events) = &self.events {
+            // Nobody listening any more changes nothing for the run.
+            let _ = events.send(event);
+        }
+    }
+
+    /// A lock conflict about to be retried: logged, and reported as progress.
+    pub(super) fn lock_retried(
+        &self,
+        revision: &Revision,
+        location: &str,
+        attempt: usize,
+        wait: Duration,
+        failure: &StatementError,
+    ) {
+        tracing::warn!(
+            shard = %self.engine.shard(),
+            revision = %revision.label(),
+            %location,
+            attempt,
+            wait_ms = wait.as_millis() as u64,
+            error = %failure.message,
+            "lock conflict, retrying after backoff"
+        );
+        self.emit(ExecutionEvent::LockRetry {
+            version: revision.version.to_string(),
+            location: location.to_owned(),
+            attempt,
+            wait,
+            sqlstate: failure.sqlstate.clone(),
+        });
+    }
+
+    pub(super) fn revision_started(&self, revision: &Revision, statements: usize) {
+        self.emit(ExecutionEvent::RevisionStarted {
+            version: revision.version.to_string(),
+            name: revision.name.clone(),
+            transactional: revision.transactional,
+            statements,
+        });
+    }
+
+    pub(super) fn revision_finished(&self, report: &StepReport) {
+        self.emit(ExecutionEvent::RevisionFinished {
+            version: report.version.clone(),
+            outcome: report.outcome,
+            duration: Duration::from_millis(report.duration_ms),
+            statements_run: report.statements_run,
+            lock_retries: report.lock_retries,
+        });
+    }
 }

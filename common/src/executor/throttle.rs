@@ -51,7 +51,14 @@ impl Waited {
     }
 }
 
-impl<E: ShardEngine> Executor<'_, E> {
+impl<'a, E: ShardEngine> Executor<'a, E> {
+    /// Waits on `throttle` before each revision applied and each statement run outside a
+    /// transaction.
+    pub fn throttle(mut self, throttle: &'a dyn Throttle) -> Self {
+        self.throttle = Some(throttle);
+        self
+    }
+
     /// Waits while the throttle finds the shard busy before `next`; an error once the run's
     /// waits add up past the throttle's bound. A stop ends the wait (the caller checks it).
     pub(super) async fn throttled(&self, next: &str) -> Result<(), ExecError> {
