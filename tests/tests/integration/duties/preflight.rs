@@ -81,6 +81,29 @@ async fn a_long_transaction_on_a_touched_table_fails_preflight_naming_its_pid() 
     assert!(shard.has_note_column().await);
 }
 
+/// A hot standby of the shard's cluster, streaming, and a pool on its copy of `database`.
+pub(super) async fn streaming_standby(
+    shard: &Shard,
+    database: &str,
+) -> (PostgresCluster, sqlx::PgPool) {
+    let standby = shard.cluster.start_standby().expect("hot standby");
+    let replica = standby.admin_pool(database).await.expect("standby pool");
+    let streaming = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        )
+        .fetch_one(&shard.admin)
+        .await
+        .expect("pg_stat_replication")
+            == 1
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), streaming).await,
+        "the standby streams"
+    );
+    (standby, replica)
+}
+
 /// The largest replay lag the shard's server reports for its replicas, in seconds.
 pub(super) async fn replay_lag(admin: &sqlx::PgPool) -> f64 {
     sqlx::query_scalar(
@@ -96,24 +119,7 @@ async fn a_replica_whose_replay_is_paused_fails_preflight_until_it_catches_up() 
     let shard = shard("replicated").await;
     let config = shard.config(shard.settings(5));
     let set = migrations();
-    let standby = shard.cluster.start_standby().expect("hot standby");
-    let replica = standby
-        .admin_pool("replicated")
-        .await
-        .expect("standby pool");
-    let streaming = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-        )
-        .fetch_one(&shard.admin)
-        .await
-        .expect("pg_stat_replication")
-            == 1
-    };
-    assert!(
-        wait_until(Duration::from_secs(30), streaming).await,
-        "the standby streams"
-    );
+    let (_standby, replica) = streaming_standby(&shard, "replicated").await;
 
     // Replay stops on the standby while the primary keeps writing: its lag grows.
     sqlx::query("SELECT pg_wal_replay_pause()")

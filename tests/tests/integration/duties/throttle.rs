@@ -6,7 +6,7 @@
 
 use fleetshift_common::proto::v1::{RollbackPolicy, ThrottlePolicy};
 
-use super::preflight::replay_lag;
+use super::preflight::{replay_lag, streaming_standby};
 use super::*;
 
 /// Sessions of the shard's database sitting in an open transaction, other than this one.
@@ -61,21 +61,7 @@ fn throttled(max_wait: Duration, rollback: bool) -> HostDuties {
 async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
     let shard = shard("throttled").await;
     let config = Arc::new(shard.config(shard.settings(5)));
-    let standby = shard.cluster.start_standby().expect("hot standby");
-    let replica = standby.admin_pool("throttled").await.expect("standby pool");
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            )
-            .fetch_one(&shard.admin)
-            .await
-            .expect("pg_stat_replication")
-                == 1
-        })
-        .await,
-        "the standby streams"
-    );
+    let (_standby, replica) = streaming_standby(&shard, "throttled").await;
     fall_behind(&shard, &replica, 1, 2.0).await;
     let set = migrations();
     let run = tokio::spawn({
