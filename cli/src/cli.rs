@@ -17,6 +17,7 @@ mod rollout;
 mod schema;
 mod serve;
 mod sources;
+mod throttles;
 mod validation;
 
 use std::process::ExitCode;
@@ -85,6 +86,9 @@ pub enum Command {
     /// The fleet's schemas by fingerprint (viewer): `drift` finds shards whose schema differs
     /// from their version's majority, `show` prints one, `diff` compares two.
     Schema(schema::SchemaArgs),
+    /// Hold the shards a selector matches for a while: `set` (operator), `list` (viewer),
+    /// `lift` (operator). Nothing is dispatched to a held shard.
+    Throttle(throttles::ThrottleArgs),
 }
 
 /// How results are printed on stdout.
@@ -116,6 +120,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Backups(_) => "backups",
         Command::Rehearse(_) => "rehearse",
         Command::Schema(_) => "schema",
+        Command::Throttle(_) => "throttle",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -152,5 +157,6 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Backups(arguments) => backups::run(arguments).await,
         Command::Rehearse(arguments) => rehearsals::run(*arguments).await,
         Command::Schema(arguments) => schema::run(arguments).await,
+        Command::Throttle(arguments) => throttles::run(arguments).await,
     }
 }

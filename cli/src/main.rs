@@ -28,7 +28,8 @@ fn main() -> ExitCode {
         | cli::Command::Rollback(_)
         | cli::Command::Backups(_)
         | cli::Command::Rehearse(_)
-        | cli::Command::Schema(_) => "warn",
+        | cli::Command::Schema(_)
+        | cli::Command::Throttle(_) => "warn",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

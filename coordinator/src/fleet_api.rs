@@ -12,11 +12,12 @@ use fleetshift_common::proto::v1::host_reply::Outcome;
 use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
-    CreateRollbackPlanRequest, GetPlanRequest, GetSchemaRequest, Hello, ListBackups,
-    ListBackupsRequest, ListBackupsResponse, ListPlansRequest, ListPlansResponse,
-    ListShardsRequest, ListShardsResponse, Plan, PlanAction, RehearsePlanRequest,
-    RehearsePlanResponse, RestoreBackup, RestoreBackupRequest, RolloutEvent, SchemaSnapshot,
-    ShardHealth, ShardSummary, VerifyBackup, VerifyBackupRequest, WatchRolloutRequest,
+    CreateRollbackPlanRequest, FleetThrottle, GetPlanRequest, GetSchemaRequest, Hello,
+    LiftThrottleRequest, ListBackups, ListBackupsRequest, ListBackupsResponse, ListPlansRequest,
+    ListPlansResponse, ListShardsRequest, ListShardsResponse, ListThrottlesRequest,
+    ListThrottlesResponse, Plan, PlanAction, RehearsePlanRequest, RehearsePlanResponse,
+    RestoreBackup, RestoreBackupRequest, RolloutEvent, SchemaSnapshot, ShardHealth, ShardSummary,
+    ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest, WatchRolloutRequest,
 };
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;
@@ -34,6 +35,7 @@ use crate::rollout::{RolloutError, planning, records, rollback, transitions, wat
 use crate::schemas;
 use crate::store::Store;
 use crate::tasks::TaskSet;
+use crate::throttles;
 
 #[derive(Debug)]
 pub struct FleetApi<S> {
@@ -378,6 +380,36 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     }
 
     type WatchRolloutStream = Pin<Box<dyn Stream<Item = Result<RolloutEvent, Status>> + Send>>;
+
+    async fn throttle_shards(
+        &self,
+        request: Request<ThrottleShardsRequest>,
+    ) -> Result<Response<FleetThrottle>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let throttle = throttles::set(&*self.store, request.into_inner(), &author).await?;
+        tracing::info!(throttle = %throttle.throttle_id, %author, selector = ?throttle.selector, reason = %throttle.reason, "fleet throttle set");
+        Ok(Response::new(throttle))
+    }
+
+    async fn list_throttles(
+        &self,
+        request: Request<ListThrottlesRequest>,
+    ) -> Result<Response<ListThrottlesResponse>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let throttles = throttles::list(&*self.store).await?;
+        Ok(Response::new(ListThrottlesResponse { throttles }))
+    }
+
+    async fn lift_throttle(
+        &self,
+        request: Request<LiftThrottleRequest>,
+    ) -> Result<Response<FleetThrottle>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let id = request.into_inner().throttle_id;
+        let throttle = throttles::lift(&*self.store, &id).await?;
+        tracing::info!(throttle = %id, %author, "fleet throttle lifted");
+        Ok(Response::new(throttle))
+    }
 
     async fn watch_rollout(
         &self,

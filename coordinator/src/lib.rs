@@ -22,6 +22,7 @@
 //! - [`schema_drift`]: the leader's count of shards whose schema differs from their version's
 //!   majority.
 //! - [`schemas`]: schema snapshots agents report, kept once per fingerprint.
+//! - [`throttles`]: operators' holds on the shards a selector matches, expiring by lease.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
 //! - [`tasks`]: the tasks a replica owns, stopped and awaited stage by stage at shutdown.
@@ -46,4 +47,5 @@ pub mod schemas;
 pub mod serve;
 pub mod store;
 pub mod tasks;
+pub mod throttles;
 pub mod webhooks;

@@ -22,6 +22,7 @@ mod integration {
     mod election;
     mod fleet_api;
     mod fleet_faults;
+    mod fleet_throttle;
     mod lint;
     mod local_fleet;
     mod locks;

@@ -234,7 +234,9 @@ impl<S: Store> Driver<'_, S> {
             if slots.wave_full() {
                 break;
             }
-            if schedule::waiting(plan, &task, now).is_some() {
+            if schedule::waiting(plan, &task, now).is_some()
+                || self.model.throttle_of(&task.shard_id).is_some()
+            {
                 continue;
             }
             if !slots.admits(&task.host) {

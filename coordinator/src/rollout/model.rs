@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use fleetshift_common::proto::v1::{AssignmentResult, Hello, Plan, ShardTask};
+use fleetshift_common::proto::v1::{AssignmentResult, FleetThrottle, Hello, Plan, ShardTask};
 
 use super::RolloutError;
 use super::records::decode;
@@ -35,6 +35,8 @@ pub struct Model {
     pub agents: HashMap<String, Seen<AgentSeen>>,
     /// By assignment id.
     pub results: BTreeMap<String, Seen<AssignmentResult>>,
+    /// Operators' throttles in force, by id.
+    pub throttles: BTreeMap<String, Seen<FleetThrottle>>,
 }
 
 /// What a key is, by its place in the layout.
@@ -44,6 +46,7 @@ enum Place<'k> {
     Claim(&'k str),
     Agent(&'k str),
     Result(&'k str),
+    Throttle(&'k str),
     Other,
 }
 
@@ -59,6 +62,8 @@ fn place(key: &str) -> Place<'_> {
         Place::Agent(agent)
     } else if let Some(assignment) = key.strip_prefix(&keys::results_prefix()) {
         Place::Result(assignment)
+    } else if let Some(id) = key.strip_prefix(&keys::throttles_prefix()) {
+        Place::Throttle(id)
     } else {
         Place::Other
     }
@@ -80,6 +85,7 @@ impl Model {
             claims::prefix(),
             keys::agents_prefix(),
             keys::results_prefix(),
+            keys::throttles_prefix(),
         ] {
             let listing = store.list(&prefix).await?;
             first_revision.get_or_insert(listing.revision);
@@ -176,6 +182,15 @@ impl Model {
                     self.results.remove(assignment);
                 }
             }
+            (Place::Throttle(id), Some(value)) => {
+                let throttle: FleetThrottle = decode(&change.key, value)?;
+                let value = throttle;
+                self.throttles
+                    .insert(id.to_owned(), Seen { value, revision });
+            }
+            (Place::Throttle(id), None) => {
+                self.throttles.remove(id);
+            }
             (Place::Other, _) => {}
         }
         Ok(())
@@ -213,6 +228,19 @@ impl Model {
     }
 
     /// The agent announcing `shard` now, preferring `preferred`.
+    /// The throttle holding `shard` (by its labels as its agent announced them), if one does.
+    pub fn throttle_of(&self, shard: &str) -> Option<&FleetThrottle> {
+        let labels = self.agents.values().find_map(|seen| {
+            seen.value
+                .hello
+                .shards
+                .iter()
+                .find(|facts| facts.shard_id == shard)
+                .map(|facts| &facts.labels)
+        })?;
+        crate::throttles::holding(self.throttles.values().map(|seen| &seen.value), labels)
+    }
+
     pub fn agent_of(&self, shard: &str, preferred: &str) -> Option<(String, LeaseId)> {
         let announces = |seen: &Seen<AgentSeen>| {
             seen.value

@@ -25,6 +25,14 @@ pub fn leader() -> String {
     format!("{PREFIX}/leader")
 }
 
+pub fn throttles_prefix() -> String {
+    format!("{PREFIX}/throttles/")
+}
+
+pub fn throttle(id: &str) -> String {
+    format!("{}{id}", throttles_prefix())
+}
+
 pub fn agents_prefix() -> String {
     format!("{PREFIX}/agents/")
 }
