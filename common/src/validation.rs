@@ -234,8 +234,3 @@ fn failed(doing: &str, error: &sqlx::Error) -> ValidationError {
         ValidationError::Refused(detail)
     }
 }
-
-/// `name` as a quoted SQL identifier.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}

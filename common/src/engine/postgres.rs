@@ -162,6 +162,14 @@ pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `schema.table` or `table`, each part quoted.
+pub fn quote_qualified(name: &str) -> String {
+    name.split('.')
+        .map(quote_identifier)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Which other tools' history tables the shard has (and whether `schema_migrations` is
 /// golang-migrate's, with its `dirty` column, or dbmate's).
 const FOREIGN_TABLES: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,

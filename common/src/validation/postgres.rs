@@ -8,9 +8,9 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::{
     Checks, Checksum, ChecksumRead, EXACT_COUNT_BYTES, EXAMPLES, Observed, RowCount,
-    ValidationError, failed, quoted,
+    ValidationError, failed,
 };
-use crate::engine::{CountedPool, DatabaseMessage};
+use crate::engine::{CountedPool, DatabaseMessage, quote_identifier, quote_qualified};
 use crate::proto::v1::{DataCheck, ForeignKeyCheck};
 
 /// Schemas whose objects are not the application's.
@@ -92,10 +92,6 @@ fn millis(duration: Duration) -> u128 {
 /// taken literally (a mixed-case name the script quoted).
 const RELATION: &str = "coalesce(to_regclass($1), to_regclass($2))";
 
-fn literal_parts(table: &str) -> String {
-    table.split('.').map(quoted).collect::<Vec<_>>().join(".")
-}
-
 /// `table`'s rows, `None` when it does not exist.
 async fn row_count(
     connection: &mut PgConnection,
@@ -111,7 +107,7 @@ async fn row_count(
     );
     let found: Option<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sized))
         .bind(table)
-        .bind(literal_parts(table))
+        .bind(quote_qualified(table))
         .fetch_optional(&mut *connection)
         .await
         .map_err(|e| failed(&doing, &e))?;
@@ -159,7 +155,7 @@ async fn checksum(
     let relation: Option<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {RELATION}::text")))
             .bind(&check.table)
-            .bind(literal_parts(&check.table))
+            .bind(quote_qualified(&check.table))
             .fetch_one(&mut *connection)
             .await
             .map_err(|e| failed(&doing, &e))?;
@@ -172,7 +168,7 @@ async fn checksum(
         let columns: Vec<String> = check
             .columns
             .iter()
-            .map(|column| format!("t.{}", quoted(column)))
+            .map(|column| format!("t.{}", quote_identifier(column)))
             .collect();
         format!("ROW({})::text", columns.join(", "))
     };

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::{
-    Checks, Checksum, ChecksumRead, EXAMPLES, Observed, RowCount, ValidationError, failed, quoted,
+    Checks, Checksum, ChecksumRead, EXAMPLES, Observed, RowCount, ValidationError, failed,
 };
-use crate::engine::DatabaseMessage;
+use crate::engine::{DatabaseMessage, quote_identifier};
 use crate::proto::v1::{DataCheck, ForeignKeyCheck};
 
 pub(super) async fn observe(
@@ -62,7 +62,7 @@ async fn exists(
 async fn count(connection: &mut SqliteConnection, table: &str) -> Result<i64, ValidationError> {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM {}",
-        quoted(table)
+        quote_identifier(table)
     )))
     .fetch_one(&mut *connection)
     .await
@@ -102,12 +102,12 @@ async fn checksum(
     };
     let row: Vec<String> = columns
         .iter()
-        .map(|column| format!("quote({})", quoted(column)))
+        .map(|column| format!("quote({})", quote_identifier(column)))
         .collect();
     let sql = format!(
         "SELECT {} FROM {}",
         row.join(" || char(31) || "),
-        quoted(&table)
+        quote_identifier(&table)
     );
     let query = sqlx::AssertSqlSafe(sql);
     let mut rows = sqlx::query_scalar::<_, String>(query).fetch(&mut *connection);

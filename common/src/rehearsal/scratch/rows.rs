@@ -7,7 +7,7 @@ use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgConnection;
 
 use super::{SampleOptions, WHOLE_TABLE_BYTES};
-use crate::engine::{DatabaseMessage, quote_identifier};
+use crate::engine::{DatabaseMessage, quote_identifier, quote_qualified};
 use crate::touched::ForeignKeyClause;
 
 /// A user table as the shard's catalog describes it.
@@ -131,7 +131,7 @@ async fn close_one(
              WHERE i.indrelid = to_regclass($1) AND i.indisprimary
                AND a.attrelid = i.indrelid",
         )
-        .bind(quoted_name(&clause.referenced))
+        .bind(quote_qualified(&clause.referenced))
         .fetch_one(&mut *target)
         .await?;
         key.unwrap_or_default()
@@ -158,13 +158,13 @@ async fn close_one(
             )
         })
         .collect();
-    let table = quoted_name(&clause.table);
+    let table = quote_qualified(&clause.table);
     let deleted = sqlx::raw_sql(AssertSqlSafe(format!(
         "SET session_replication_role = replica;
          DELETE FROM {table} AS r WHERE {} AND NOT EXISTS (SELECT FROM {} AS p WHERE {});
          RESET session_replication_role",
         present.join(" AND "),
-        quoted_name(&clause.referenced),
+        quote_qualified(&clause.referenced),
         matching.join(" AND ")
     )))
     .execute(&mut *target)
@@ -177,14 +177,6 @@ async fn close_one(
     .fetch_one(&mut *target)
     .await?;
     Ok(Some((qualified, deleted.rows_affected())))
-}
-
-/// `schema.table` or `table`, each part quoted.
-fn quoted_name(name: &str) -> String {
-    name.split('.')
-        .map(quote_identifier)
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// Each sequence where the shard's is, so rows a revision inserts do not collide with sampled
