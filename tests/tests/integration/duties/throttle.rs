@@ -2,7 +2,8 @@
 //! agent waits before its next revision while the replica falls behind, holding no transaction
 //! open meanwhile, and goes on once replay resumes; the wait shows as progress events and in
 //! the run's figures. A second run, with a short longest wait, fails throttled, naming the
-//! replica lag, and is not rolled back even with automatic rollback on.
+//! replica lag, and is not rolled back even with automatic rollback on. A throttle query that
+//! fails refuses the shard before anything runs.
 
 use fleetshift_common::proto::v1::{RollbackPolicy, ThrottlePolicy};
 
@@ -69,12 +70,15 @@ async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
         let assignment = assignment("t1", set.path(), throttled(Duration::from_secs(120), false));
         async move { execute(&config, assignment).await }
     });
-    // Held: nothing applied, and no transaction kept open while it waits.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // Held while the replica falls further behind (from 2 s to 5 s of lag): nothing applied,
+    // and no transaction kept open while it waits.
+    let held = wait_until(Duration::from_secs(30), || async {
         assert_eq!(idle_in_transaction(&shard.admin).await, 0);
         assert!(!shard.has_note_column().await, "held before the revision");
-    }
+        replay_lag(&shard.admin).await > 5.0
+    })
+    .await;
+    assert!(held, "the replica falls further behind");
     assert!(!run.is_finished());
     sqlx::query("SELECT pg_wal_replay_resume()")
         .execute(&replica)
@@ -145,4 +149,31 @@ async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
         .execute(&replica)
         .await
         .expect("resume replay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_query_that_fails_refuses_the_shard_before_anything_runs() {
+    let shard = shard("badly_throttled").await;
+    let config = shard.config(shard.settings(5));
+    let set = migrations();
+    let duties = HostDuties {
+        throttle: Some(ThrottlePolicy {
+            query: "SELECT depth FROM no_such_queue".to_owned(),
+            query_threshold: 10.0,
+            ..ThrottlePolicy::default()
+        }),
+        ..HostDuties::default()
+    };
+    let (result, _) = execute(&config, assignment("q1", set.path(), duties)).await;
+    assert!(!result.succeeded);
+    let error = result.error.expect("why");
+    assert_eq!(error.kind, i32::from(ErrorKind::Precondition), "{error:?}");
+    assert!(
+        error.message.contains("the plan's throttle query fails")
+            && error.message.contains("no_such_queue")
+            && error.message.contains("nothing ran"),
+        "{}",
+        error.message
+    );
+    assert!(!shard.has_note_column().await, "nothing ran");
 }
