@@ -9,7 +9,7 @@ use fleetshift_common::proto::v1::{FleetThrottle, ThrottleShardsRequest};
 use prost::Message;
 
 use crate::rollout::{RolloutError, planning};
-use crate::store::{Store, Write, keys};
+use crate::store::{Condition, Store, Write, keys};
 
 /// The longest a throttle may last.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -29,32 +29,37 @@ pub async fn set<S: Store>(
                 "a throttle lasts from a second to a day; give --for, e.g. 30m".to_owned(),
             )
         })?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let throttle = FleetThrottle {
-        throttle_id: format!(
-            "t{}",
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis()
-        ),
+        throttle_id: format!("t{}-{:05x}", now.as_secs(), now.subsec_micros()),
         selector: request.selector,
         until: Some((SystemTime::now() + duration).into()),
         reason: request.reason,
         author: author.to_owned(),
     };
     let lease = store.grant_lease(duration).await?;
-    store
+    let key = keys::throttle(&throttle.throttle_id);
+    let written = store
         .commit(
             None,
-            &[],
+            &[Condition::Absent(key.clone())],
             &[Write::Put {
-                key: keys::throttle(&throttle.throttle_id),
+                key,
                 value: throttle.encode_to_vec(),
                 lease: Some(lease),
             }],
         )
         .await?;
-    Ok(throttle)
+    // Never over another throttle: one set in the same microsecond is told to try again.
+    match written {
+        Some(_) => Ok(throttle),
+        None => Err(RolloutError::Contended(format!(
+            "throttle {}",
+            throttle.throttle_id
+        ))),
+    }
 }
 
 /// The throttles in force, soonest to expire first.

@@ -230,6 +230,10 @@ impl Model {
     /// The agent announcing `shard` now, preferring `preferred`.
     /// The throttle holding `shard` (by its labels as its agent announced them), if one does.
     pub fn throttle_of(&self, shard: &str) -> Option<&FleetThrottle> {
+        // Asked for every pending task on every round: nothing to look up without throttles.
+        if self.throttles.is_empty() {
+            return None;
+        }
         let labels = self.agents.values().find_map(|seen| {
             seen.value
                 .hello
