@@ -232,17 +232,9 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         request: &Request,
     ) -> Result<Vec<&'s Revision>, ExecError> {
         let set = set.for_engine(E::ENGINE);
-        let status = self.status(set).await?;
-        let target = request.target.as_deref();
-        let allow_drift = request.allow_drift.is_some();
-        let steps = match direction {
-            Direction::Up => status.plan_up(set, target, allow_drift)?,
-            Direction::Down => status.plan_down(set, target, allow_drift)?,
-        };
-        Ok(steps
-            .into_iter()
-            .map(|index| &set.revisions[index])
-            .collect())
+        self.status(set)
+            .await?
+            .revisions_to_run(set, direction, request)
     }
 
     pub async fn up(&self, set: &MigrationSet, request: &Request) -> Result<RunReport, ExecError> {

@@ -114,7 +114,10 @@ impl<E: ShardEngine> Moving<'_, E> {
                 executor.status(self.set).await.map_err(lost_or_final)
             })
             .await?;
-        record.previous_version = status.current_version.unwrap_or_else(|| BASE.to_owned());
+        record.previous_version = status
+            .current_version
+            .clone()
+            .unwrap_or_else(|| BASE.to_owned());
         let moving = match direction {
             Direction::Up => executor::Direction::Up,
             Direction::Down => executor::Direction::Down,
@@ -126,9 +129,12 @@ impl<E: ShardEngine> Moving<'_, E> {
                 ));
             }
         };
+        let revisions = status
+            .revisions_to_run(self.set.for_engine(E::ENGINE), moving, request)
+            .map_err(|error| exec_failure(&error))?;
         let validation = self
             .validating
-            .before(&executor, self.set, moving, request, &mut patience)
+            .before(&revisions, moving, &mut patience)
             .await?;
         if moving == executor::Direction::Down {
             let report = patience

@@ -3,14 +3,13 @@
 //! with the foreign keys the server does not enforce checked for violating rows. An
 //! observation that loses the server runs again within the run's patience.
 
-use fleetshift_common::engine::{ShardEngine, Timeouts};
-use fleetshift_common::executor::{Direction, Executor, Request};
+use fleetshift_common::engine::Timeouts;
+use fleetshift_common::executor::Direction;
 use fleetshift_common::proto::v1::{DataCheck, ErrorDetail, ErrorKind, ValidationReport};
-use fleetshift_common::source::{MigrationSet, Revision};
+use fleetshift_common::source::Revision;
 use fleetshift_common::touched;
 use fleetshift_common::validation::{self, Checks, Observed, ValidationError, Validator};
 
-use super::lost_or_final;
 use super::wire::refused;
 use crate::outage::{Patience, StepFailure};
 
@@ -38,25 +37,16 @@ impl Validating<'_> {
         }
     }
 
-    /// Observes the shard before the revisions `executor` would run; a `--verify-data` table
-    /// that cannot be checksummed refuses the run before anything changed.
-    pub(super) async fn before<E: ShardEngine>(
+    /// Observes the shard before the revisions `revisions` (those a run in `direction` will
+    /// apply or revert); a `--verify-data` table that cannot be checksummed refuses the run
+    /// before anything changed.
+    pub(super) async fn before(
         &self,
-        executor: &Executor<'_, E>,
-        set: &MigrationSet,
+        revisions: &[&Revision],
         direction: Direction,
-        request: &Request,
         patience: &mut Patience<'_>,
     ) -> Result<Before, ErrorDetail> {
-        let touched = patience
-            .persist("reading the revisions to run", || async {
-                let revisions = executor
-                    .plan(set, direction, request)
-                    .await
-                    .map_err(lost_or_final)?;
-                Ok(touched_tables(&revisions, direction))
-            })
-            .await?;
+        let touched = touched_tables(revisions, direction);
         let nothing_ran = |message: String| {
             refused(
                 ErrorKind::Precondition,

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::{Direction, Request};
 use crate::error::{DriftedRevision, ExecError};
 use crate::fence::FenceToken;
 use crate::ledger::{LedgerEntry, RevisionStatus};
@@ -49,6 +50,26 @@ fn superseded(set: &MigrationSet, entry: &LedgerEntry) -> bool {
 }
 
 impl ShardStatus {
+    /// The revisions of `set` (this engine's files) a run in `direction` would apply, in
+    /// order, or revert, newest first.
+    pub fn revisions_to_run<'s>(
+        &self,
+        set: &'s MigrationSet,
+        direction: Direction,
+        request: &Request,
+    ) -> Result<Vec<&'s Revision>, ExecError> {
+        let target = request.target.as_deref();
+        let allow_drift = request.allow_drift.is_some();
+        let steps = match direction {
+            Direction::Up => self.plan_up(set, target, allow_drift)?,
+            Direction::Down => self.plan_down(set, target, allow_drift)?,
+        };
+        Ok(steps
+            .into_iter()
+            .map(|index| &set.revisions[index])
+            .collect())
+    }
+
     pub fn compare(shard: &str, set: &MigrationSet, ledger: &[LedgerEntry]) -> Self {
         let entries: Vec<(&LedgerEntry, _)> = ledger
             .iter()
