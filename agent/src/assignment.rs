@@ -12,7 +12,7 @@ use std::future::Future;
 use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts, health};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{
-    ExecutionEvent, ExecutorSettings, Identity, LockRetryPolicy, Request, Throttle,
+    ExecutionEvent, ExecutorSettings, Identity, LockRetryPolicy, Request,
 };
 use fleetshift_common::proto::v1::{
     self, Assignment, AssignmentResult, BackupRecord, BaselineMeasured, Direction, ErrorDetail,
@@ -29,6 +29,7 @@ use tracing::Instrument as _;
 
 mod moving;
 mod order;
+mod paced;
 mod throttle;
 mod validating;
 mod window_gate;
@@ -37,9 +38,11 @@ mod wire;
 pub(crate) use wire::exec_failure;
 
 pub use order::{InvalidAssignment, Order};
+pub use paced::FleetThrottles;
 pub use throttle::ShardThrottle;
 
 use moving::{Moving, RunParts, Watch};
+use paced::Paced;
 use validating::Validating;
 use wire::{DutyProgress, duty_failure, progress_event, refused};
 
@@ -64,6 +67,7 @@ pub async fn execute(
     lease_ttl: Duration,
     stop: StopSignal,
     progress: mpsc::UnboundedSender<ProgressEvent>,
+    throttles: FleetThrottles,
 ) -> AssignmentResult {
     // What a refusal names, kept before the assignment (and its files) moves into the order.
     let (shard_id, fence_token) = (assignment.shard_id.clone(), assignment.fence_token);
@@ -87,13 +91,17 @@ pub async fn execute(
     };
     // On the heap: a caller that awaits this on its own stack (rather than spawning it) would
     // otherwise hold the whole run's state there, more than a thread's stack in a debug build.
-    Box::pin(run_order(config, metrics, order, lease_ttl, stop, progress)).await
+    let host = Host {
+        config,
+        metrics,
+        throttles,
+    };
+    Box::pin(run_order(host, order, lease_ttl, stop, progress)).await
 }
 
 /// Runs a checked assignment; see [`execute`].
 async fn run_order(
-    config: &AgentConfig,
-    metrics: &AgentMetrics,
+    host: Host<'_>,
     order: Order,
     lease_ttl: Duration,
     stop: StopSignal,
@@ -118,7 +126,7 @@ async fn run_order(
     let (outcome, ()) = async {
         tokio::join!(
             run(
-                Host { config, metrics },
+                host,
                 &order,
                 lease_ttl,
                 stop.token().clone(),
@@ -221,10 +229,12 @@ struct RunRecord {
     durations: Vec<RevisionDuration>,
 }
 
-/// The agent an assignment runs on: its configuration and its metrics.
+/// The agent an assignment runs on: its configuration, its metrics and the fleet throttles its
+/// session follows.
 struct Host<'a> {
     config: &'a AgentConfig,
     metrics: &'a AgentMetrics,
+    throttles: FleetThrottles,
 }
 
 /// Unpacks, connects, does the plan's duties and moves the shard; `record` receives what stands
@@ -238,7 +248,11 @@ async fn run(
     report: &dyn DutyReport,
     record: &mut RunRecord,
 ) -> Result<Option<String>, ErrorDetail> {
-    let Host { config, metrics } = host;
+    let Host {
+        config,
+        metrics,
+        throttles,
+    } = host;
     let shard = shard_of(config, order)?;
     let (_directory, set) = unpacked(order)?;
     let limits = order.limits;
@@ -293,6 +307,11 @@ async fn run(
         events,
         gate: order.gate.clone(),
     };
+    let labels = shard
+        .labels
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
     let watch = Watch {
         shard_id: &shard.id,
         triggers: Triggers::from_policy(duties.rollback.as_ref()),
@@ -310,24 +329,34 @@ async fn run(
             let baselines = Baselines::from_policy(duties.baselines.as_ref())
                 .map(|baselines| (baselines, engine.pool()));
             let throttle = shard_throttle(duties, engine.pool(), &shard.id).await?;
+            let paced = Paced {
+                shard: throttle.as_ref(),
+                labels,
+                fleet: throttles,
+            };
             let moving = Moving {
                 engine: engine.as_ref(),
                 set: &set,
                 parts: &parts,
                 validating: validating(Validator::Postgres(engine.pool())),
-                throttle: throttle.as_ref().map(|throttle| throttle as &dyn Throttle),
+                throttle: &paced,
             };
             moving
                 .supervised(direction, &request, &watch, baselines, patience, record)
                 .await
         }
         Connected::Sqlite(engine) => {
+            let paced = Paced {
+                shard: None,
+                labels,
+                fleet: throttles,
+            };
             let moving = Moving {
                 engine: &engine,
                 set: &set,
                 parts: &parts,
                 validating: validating(Validator::Sqlite(engine.pool())),
-                throttle: None,
+                throttle: &paced,
             };
             moving
                 .supervised(direction, &request, &watch, None, patience, record)

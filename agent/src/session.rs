@@ -89,6 +89,7 @@ pub async fn run(
         config: Arc::clone(&config),
         metrics: Arc::clone(&telemetry.metrics),
         schemas: Arc::new(SchemaChecks::new(link.schema_check)),
+        throttles: Arc::new(tokio::sync::watch::Sender::new(Arc::from([]))),
     };
     let hello = Hello {
         agent_id: config.agent_id.clone(),

@@ -39,6 +39,7 @@ pub mod rehearsal;
 pub mod rollout_names;
 pub mod schema;
 pub mod secrets;
+pub mod selector;
 pub mod shipped;
 pub mod source;
 pub mod statements;

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::authz;
 use crate::error::{ErrorCode, refuse};
 use crate::mailbox::{Mailbox, Outbound, Registration};
+use crate::rollout::throttled;
 use crate::schemas;
 use crate::store::{Condition, LeaseId, Store, StoreError, Write, keys};
 use crate::tasks::TaskSet;
@@ -362,12 +363,18 @@ where
                     body: Some(AgentBody::Progress(event)),
                 }) => {
                     let shard = event.shard_id.clone();
+                    let wait = throttled::recorded(&event, lease);
                     let relayed = self
                         .registration
                         .as_ref()
                         .is_some_and(|registration| registration.report_progress(event));
                     if !relayed {
                         tracing::warn!(agent = %self.identity, %shard, "progress for a shard that is not this agent's; not relayed");
+                    } else if let Some(wait) = wait {
+                        self.store
+                            .commit(None, &[], &[wait])
+                            .await
+                            .map_err(Status::from)?;
                     }
                 }
                 Ok(AgentMessage {
@@ -463,10 +470,10 @@ where
             .commit(
                 None,
                 &[],
-                &[Write::put(
-                    keys::result(&assignment),
-                    result.encode_to_vec(),
-                )],
+                &[
+                    Write::put(keys::result(&assignment), result.encode_to_vec()),
+                    throttled::ended(&assignment),
+                ],
             )
             .await
             .map_err(Status::from)?;

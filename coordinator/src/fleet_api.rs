@@ -31,7 +31,9 @@ use crate::error::{ErrorCode, refuse};
 use crate::mailbox::Mailbox;
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
-use crate::rollout::{RolloutError, planning, records, rollback, transitions, watch, waves};
+use crate::rollout::{
+    RolloutError, planning, records, rollback, throttled, transitions, watch, waves,
+};
 use crate::schemas;
 use crate::store::Store;
 use crate::tasks::TaskSet;
@@ -141,7 +143,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             for shard in hello
                 .shards
                 .into_iter()
-                .filter(|shard| planning::selected(&selector, &shard.labels))
+                .filter(|shard| fleetshift_common::selector::selects(&selector, &shard.labels))
             {
                 let health = if !shard.reachable {
                     ShardHealth::Unreachable
@@ -223,7 +225,10 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     async fn get_plan(&self, request: Request<GetPlanRequest>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
         let plan_id = request.into_inner().plan_id;
-        Ok(Response::new(self.plan_view(&plan_id).await?))
+        let mut plan = self.plan_view(&plan_id).await?;
+        let waits = throttled::load(&*self.store, &plan_id).await?;
+        throttled::put_on(&mut plan, &waits, std::time::SystemTime::now());
+        Ok(Response::new(plan))
     }
 
     async fn list_plans(

@@ -102,12 +102,17 @@ impl Mailbox {
 }
 
 impl Mailbox {
-    /// The agent's current session here, if it has one.
-    /// Agents with a session on this replica.
+    /// How many agents have a session on this replica.
     pub fn connected(&self) -> usize {
         self.sessions().len()
     }
 
+    /// The agents with a session on this replica.
+    pub fn agents(&self) -> Vec<String> {
+        self.sessions().keys().cloned().collect()
+    }
+
+    /// The agent's current session here, if it has one.
     pub fn session_of(&self, agent: &str) -> Option<u64> {
         self.sessions()
             .get(agent)

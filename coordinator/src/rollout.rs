@@ -29,6 +29,7 @@ pub mod risk;
 pub mod rollback;
 pub mod schedule;
 pub mod spans;
+pub mod throttled;
 pub mod transitions;
 pub mod watch;
 pub mod waves;

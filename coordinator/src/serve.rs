@@ -33,6 +33,7 @@ use crate::schema_drift;
 use crate::store::StoreError;
 use crate::store::{EtcdStore, MemoryStore, MeteredStore, Store};
 use crate::tasks::TaskSet;
+use crate::throttles;
 use crate::webhooks::{self, Webhook};
 use fleetshift_common::tls::mtls::TlsError;
 
@@ -218,6 +219,11 @@ pub async fn run_replica<S: Store + 'static>(
         stopping.clone(),
     ));
     background.spawn(backups::relay::run(
+        Arc::clone(&store),
+        Arc::clone(&mailbox),
+        stopping.clone(),
+    ));
+    background.spawn(throttles::relay::run(
         Arc::clone(&store),
         mailbox,
         stopping.clone(),

@@ -1,15 +1,18 @@
 //! Operators' throttles on the fleet: a selector held for a while. Each is stored under
 //! `throttles/<id>` on a store lease as long as it lasts, so it disappears by itself when it
-//! expires; lifting it deletes it. The leader does not dispatch to a held shard.
+//! expires; lifting it deletes it. The leader does not dispatch to a held shard, and every
+//! replica hands the list in force to the agents whose sessions it holds ([`relay`]), which
+//! hold their running shards before the next revision.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use fleetshift_common::proto::v1::{FleetThrottle, ThrottleShardsRequest};
 use prost::Message;
 
-use crate::rollout::{RolloutError, planning};
+use crate::rollout::RolloutError;
 use crate::store::{Condition, Store, Write, keys};
+
+pub mod relay;
 
 /// The longest a throttle may last.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -87,18 +90,10 @@ pub async fn lift<S: Store>(store: &S, id: &str) -> Result<FleetThrottle, Rollou
     Ok(throttle)
 }
 
-/// The throttle holding a shard with `labels`, if one does.
-pub fn holding<'t>(
-    throttles: impl IntoIterator<Item = &'t FleetThrottle>,
-    labels: &HashMap<String, String>,
-) -> Option<&'t FleetThrottle> {
-    throttles
-        .into_iter()
-        .find(|throttle| planning::selected(&throttle.selector, labels))
-}
-
 #[cfg(test)]
 mod tests {
+    use fleetshift_common::selector::holding;
+
     use super::*;
     use crate::store::MemoryStore;
 
@@ -117,8 +112,9 @@ mod tests {
         assert_eq!(listed, std::slice::from_ref(&throttle));
         let eu = [("region".to_owned(), "eu".to_owned())].into();
         let us = [("region".to_owned(), "us".to_owned())].into();
-        assert_eq!(holding(&listed, &eu), Some(&throttle));
-        assert_eq!(holding(&listed, &us), None);
+        let now = SystemTime::now();
+        assert_eq!(holding(&listed, &eu, now), Some(&throttle));
+        assert_eq!(holding(&listed, &us, now), None);
         assert_eq!(
             lift(&store, &throttle.throttle_id).await.expect("lifted"),
             throttle

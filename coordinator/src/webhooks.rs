@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::rollout::records::decode;
+use crate::rollout::throttled;
 use crate::store::{Change, Store, keys};
 
 pub use delivery::sign;
@@ -85,7 +86,14 @@ async fn follow<S: Store>(
     let plans = store.list(&keys::plans_prefix()).await?;
     let tasks = store.list(&keys::all_tasks_prefix()).await?;
     let agents = store.list(&keys::agents_prefix()).await?;
+    let waits = store.list(&keys::all_throttled_prefix()).await?;
     let mut followed = Followed::default();
+    for entry in &waits.entries {
+        if let Some(assignment) = throttled::assignment_of_key(&entry.key) {
+            let event = decode(&entry.key, &entry.value)?;
+            followed.updates.wait_changed(assignment, Some(event));
+        }
+    }
     for entry in &agents.entries {
         followed
             .tracker
@@ -102,7 +110,11 @@ async fn follow<S: Store>(
         followed.updates.task_changed(&plan_id, &task);
         followed.tracker.task_changed(task, plan_id);
     }
-    let from = plans.revision.min(tasks.revision).min(agents.revision);
+    let from = plans
+        .revision
+        .min(tasks.revision)
+        .min(agents.revision)
+        .min(waits.revision);
     let mut changes = store.watch(&keys::all(), from).await?;
     let mut ticks = tokio::time::interval(UPDATES_TICK);
     loop {
@@ -135,6 +147,14 @@ fn derive(
     followed: &mut Followed,
     change: &Change,
 ) -> Result<Vec<Event>, crate::rollout::RolloutError> {
+    if let Some(assignment) = throttled::assignment_of_key(&change.key) {
+        let event = match &change.value {
+            Some(value) => Some(decode(&change.key, value)?),
+            None => None,
+        };
+        followed.updates.wait_changed(assignment, event);
+        return Ok(Vec::new());
+    }
     let Some(value) = &change.value else {
         return Ok(Vec::new());
     };

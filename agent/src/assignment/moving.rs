@@ -52,8 +52,8 @@ pub(super) struct Moving<'a, E: ShardEngine> {
     pub(super) set: &'a MigrationSet,
     pub(super) parts: &'a RunParts,
     pub(super) validating: Validating<'a>,
-    /// What the run waits on between revisions, when the plan throttles.
-    pub(super) throttle: Option<&'a dyn Throttle>,
+    /// What the run waits on between revisions: the plan's thresholds and the fleet throttles.
+    pub(super) throttle: &'a dyn Throttle,
 }
 
 /// What moving a shard up works with.
@@ -89,10 +89,7 @@ impl<E: ShardEngine> Moving<'_, E> {
             Some(gate) => executor.gate(gate.as_ref()),
             None => executor,
         };
-        match self.throttle {
-            Some(throttle) => executor.throttle(throttle),
-            None => executor,
-        }
+        executor.throttle(self.throttle)
     }
 
     /// Moves the shard, with baselines around the revisions (PostgreSQL), validation after

@@ -122,6 +122,7 @@ impl ShardThrottle {
                     sample.lag.as_secs_f64(),
                     max.as_secs_f64()
                 ),
+                bounded: true,
             });
         }
         if let Some(percent) = self.max_active_percent {
@@ -133,6 +134,7 @@ impl ShardThrottle {
                         "active sessions {} > {allowed} ({percent}% of max_connections {})",
                         sample.active, sample.max_connections
                     ),
+                    bounded: true,
                 });
             }
         }
@@ -141,6 +143,7 @@ impl ShardThrottle {
         Some(Busy {
             signal: "query".to_owned(),
             detail: format!("the plan's throttle query returned {value} > {threshold}"),
+            bounded: true,
         })
     }
 }

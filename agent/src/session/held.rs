@@ -295,6 +295,10 @@ impl<'f, W: Work> Session<'f, W> {
                 self.on_backup_request(request);
                 Ok(())
             }
+            CoordinatorBody::FleetThrottles(list) => {
+                self.work.hold(list.throttles);
+                Ok(())
+            }
             CoordinatorBody::Handshake(_) => {
                 tracing::debug!("a second handshake ignored");
                 Ok(())

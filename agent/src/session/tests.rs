@@ -62,6 +62,8 @@ impl Work for Recorder {
     async fn facts(&self) -> Vec<ShardFacts> {
         Vec::new()
     }
+
+    fn hold(&self, _throttles: Vec<fleetshift_common::proto::v1::FleetThrottle>) {}
 }
 
 /// `future`'s output, or a failure after a minute of (paused, virtual) time: a broken

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{
-    Assignment, AssignmentResult, Engine, HostReply, HostRequest, ProgressEvent, ShardFacts,
+    Assignment, AssignmentResult, Engine, FleetThrottle, HostReply, HostRequest, ProgressEvent,
+    ShardFacts,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -39,6 +40,10 @@ pub trait Work: Clone + Send + Sync + 'static {
 
     /// What the agent sees of each of its shards now.
     fn facts(&self) -> impl Future<Output = Vec<ShardFacts>> + Send;
+
+    /// Takes the operators' fleet throttles in force (the whole list, replacing the last);
+    /// runs on the shards they select wait before their next revision.
+    fn hold(&self, throttles: Vec<FleetThrottle>);
 }
 
 /// Work on this host's shards.
@@ -47,6 +52,8 @@ pub struct HostWork {
     pub config: Arc<AgentConfig>,
     pub metrics: Arc<AgentMetrics>,
     pub schemas: Arc<SchemaChecks>,
+    /// The fleet throttles the last session heard of; each run follows them.
+    pub throttles: Arc<watch::Sender<Arc<[FleetThrottle]>>>,
 }
 
 impl Work for HostWork {
@@ -64,6 +71,7 @@ impl Work for HostWork {
             lease_ttl,
             stop,
             progress,
+            self.throttles.subscribe(),
         )
         .await
     }
@@ -74,6 +82,13 @@ impl Work for HostWork {
 
     async fn facts(&self) -> Vec<ShardFacts> {
         shard_facts(&self.config, &self.schemas).await
+    }
+
+    fn hold(&self, throttles: Vec<FleetThrottle>) {
+        if !throttles.is_empty() {
+            tracing::info!(throttles = throttles.len(), "fleet throttles in force");
+        }
+        self.throttles.send_replace(Arc::from(throttles));
     }
 }
 

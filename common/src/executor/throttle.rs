@@ -3,7 +3,9 @@
 //! signal (replica lag, active sessions, an operator's query) is above its threshold, and waits
 //! while one is, sampling again every [`SAMPLE_EVERY`]. It never waits inside a transaction,
 //! where locks are held. Past the throttle's longest wait for the whole run, it stops with
-//! [`ExecError::Throttled`] naming the signal.
+//! [`ExecError::Throttled`] naming the signal; waits on an unbounded signal (an operator's
+//! fleet throttle) do not count toward it. When the signal waited on changes, the old one's
+//! wait is reported as over and the new one's as begun.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -25,6 +27,9 @@ pub struct Busy {
     pub signal: String,
     /// What was read against what is allowed: `replica lag 7.2s > 5s`.
     pub detail: String,
+    /// Whether waiting on it counts toward the throttle's longest wait. An operator's fleet
+    /// throttle does not: it ends when lifted or when it expires.
+    pub bounded: bool,
 }
 
 /// What a run waits on.
@@ -65,18 +70,18 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
         let Some(throttle) = self.throttle else {
             return Ok(());
         };
-        let began = Instant::now();
-        let mut last: Option<Busy> = None;
+        // The signal waited on, and since when: each signal's wait is reported on its own.
+        let mut waiting: Option<(Busy, Instant)> = None;
         loop {
             let Some(busy) = throttle.busy().await else {
-                if let Some(busy) = last {
-                    self.throttle_event(next, busy, began.elapsed(), true);
+                if let Some((last, since)) = waiting {
+                    self.throttle_event(next, last, since.elapsed(), true);
                 }
                 return Ok(());
             };
-            if self.waited.total() >= throttle.max_wait() {
-                if let Some(first) = last {
-                    self.throttle_event(next, first, began.elapsed(), false);
+            if busy.bounded && self.waited.total() >= throttle.max_wait() {
+                if let Some((last, since)) = waiting {
+                    self.throttle_event(next, last, since.elapsed(), false);
                 }
                 return Err(ExecError::Throttled {
                     shard: self.shard(),
@@ -85,14 +90,24 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                     waited_secs: self.waited.total().as_secs(),
                 });
             }
-            if last.is_none() {
+            if waiting
+                .as_ref()
+                .is_none_or(|(last, _)| last.signal != busy.signal)
+            {
+                if let Some((last, since)) = waiting.take() {
+                    self.throttle_event(next, last, since.elapsed(), true);
+                }
                 tracing::info!(shard = %self.engine.shard(), %next, detail = %busy.detail, "throttled: waiting for the shard to be less busy");
                 self.throttle_event(next, busy.clone(), Duration::ZERO, false);
-                last = Some(busy);
+                waiting = Some((busy.clone(), Instant::now()));
             }
             tokio::select! {
                 () = self.stop.cancelled() => return Ok(()),
-                () = tokio::time::sleep(SAMPLE_EVERY) => self.waited.add(SAMPLE_EVERY),
+                () = tokio::time::sleep(SAMPLE_EVERY) => {
+                    if busy.bounded {
+                        self.waited.add(SAMPLE_EVERY);
+                    }
+                }
             }
         }
     }

@@ -242,7 +242,11 @@ impl Model {
                 .find(|facts| facts.shard_id == shard)
                 .map(|facts| &facts.labels)
         })?;
-        crate::throttles::holding(self.throttles.values().map(|seen| &seen.value), labels)
+        fleetshift_common::selector::holding(
+            self.throttles.values().map(|seen| &seen.value),
+            labels,
+            std::time::SystemTime::now(),
+        )
     }
 
     pub fn agent_of(&self, shard: &str, preferred: &str) -> Option<(String, LeaseId)> {

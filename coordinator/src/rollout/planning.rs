@@ -26,13 +26,6 @@ const DEFAULT_PER_WAVE: u32 = 16;
 const DEFAULT_PER_HOST: u32 = 4;
 const DEFAULT_FAILURE_THRESHOLD: u32 = 1;
 
-/// Whether labels match a selector: every pair must be there.
-pub fn selected(selector: &HashMap<String, String>, labels: &HashMap<String, String>) -> bool {
-    selector
-        .iter()
-        .all(|(key, value)| labels.get(key) == Some(value))
-}
-
 /// A shard as announced by its agent.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -64,7 +57,7 @@ pub fn candidates(
             .filter(|name| !name.is_empty())
             .unwrap_or_else(|| agent.clone());
         for shard in &hello.shards {
-            if !selected(selector, &shard.labels) {
+            if !fleetshift_common::selector::selects(selector, &shard.labels) {
                 continue;
             }
             let candidate = Candidate {

@@ -33,6 +33,19 @@ pub fn throttle(id: &str) -> String {
     format!("{}{id}", throttles_prefix())
 }
 
+pub fn all_throttled_prefix() -> String {
+    format!("{PREFIX}/throttled/")
+}
+
+pub fn throttled_prefix(plan: &str) -> String {
+    format!("{}{plan}/", all_throttled_prefix())
+}
+
+/// A run waiting on a throttle now, by its plan and assignment.
+pub fn throttled(plan: &str, assignment: &str) -> String {
+    format!("{}{assignment}", throttled_prefix(plan))
+}
+
 pub fn agents_prefix() -> String {
     format!("{PREFIX}/agents/")
 }

@@ -1,20 +1,20 @@
 //! Timed status updates: while a plan that asks for them (`Plan.updates`) runs, a
 //! `rollout.status` event at its interval, with a summary (waves, shards by state, shards
-//! waiting for their start or window, shards that had to wait for a busy server, the time left
-//! as the finished shards suggest) and that summary rendered by the plan's template (or the
+//! waiting for their start or window, shards waiting on a throttle now, shards whose runs had
+//! to wait for a busy server, the time left as the finished shards suggest) and that summary rendered by the plan's template (or the
 //! default one) as `text`, for chat channels.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask};
+use fleetshift_common::proto::v1::{Plan, PlanState, ProgressEvent, ShardState, ShardTask};
 use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
 use fleetshift_common::window;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::events::{Event, event};
-use crate::rollout::{RolloutError, schedule, waves};
+use crate::rollout::{RolloutError, schedule, throttled, waves};
 
 /// The text of an update when the plan gives no template.
 pub const DEFAULT_TEMPLATE: &str = "Rollout {{ plan }} ({{ state }}): {{ shards.succeeded or 0 }} of {{ total }} shard(s) done\
@@ -22,7 +22,8 @@ pub const DEFAULT_TEMPLATE: &str = "Rollout {{ plan }} ({{ state }}): {{ shards.
 {% if shards[\"rolled back\"] %}, {{ shards[\"rolled back\"] }} rolled back{% endif %}\
 {% if running %}, {{ running }} running{% endif %}\
 {% if waiting %}, {{ waiting | length }} waiting for their window or start{% endif %}\
-{% if throttled %}; {{ throttled | length }} waited for a busy server{% endif %}\
+{% if throttled %}; {{ throttled | length }} throttled now{% endif %}\
+{% if waited %}; {{ waited | length }} waited for a busy server{% endif %}\
 {% if estimated_left %}; about {{ estimated_left }} left{% endif %}.";
 
 /// Checks that `template` parses; the error names the line.
@@ -55,6 +56,8 @@ struct Followed {
 #[derive(Debug, Default)]
 pub struct Updates {
     plans: HashMap<String, Followed>,
+    /// The runs of every plan waiting on a throttle now.
+    waits: throttled::Waits,
 }
 
 impl Updates {
@@ -81,6 +84,14 @@ impl Updates {
         }
     }
 
+    /// A run began waiting on a throttle (`event`), or stopped (`None`).
+    pub fn wait_changed(&mut self, assignment: &str, event: Option<ProgressEvent>) {
+        match event {
+            Some(event) => self.waits.insert(assignment.to_owned(), event),
+            None => self.waits.remove(assignment),
+        };
+    }
+
     /// The updates due now, each plan's clock restarted.
     pub fn due(&mut self, now: Instant) -> Vec<Event> {
         let mut due = Vec::new();
@@ -92,7 +103,7 @@ impl Updates {
                 continue;
             }
             followed.last = now;
-            due.push(update(followed));
+            due.push(update(followed, &self.waits));
         }
         due
     }
@@ -107,8 +118,9 @@ fn every(plan: &Plan) -> Option<Duration> {
 }
 
 /// The `rollout.status` event of `followed` now.
-fn update(followed: &Followed) -> Event {
-    let plan = with_tasks(followed);
+fn update(followed: &Followed, waits: &throttled::Waits) -> Event {
+    let mut plan = with_tasks(followed);
+    throttled::put_on(&mut plan, waits, std::time::SystemTime::now());
     let mut summary = summary(&plan, jiff::Timestamp::now());
     let template = plan
         .updates
@@ -154,7 +166,14 @@ pub fn summary(plan: &Plan, now: jiff::Timestamp) -> Value {
             Some(format!("{}: {}", task.shard_id, waiting.describe(now)))
         })
         .collect();
-    let throttled: Vec<&str> = tasks
+    let throttled: Vec<String> = tasks
+        .iter()
+        .filter_map(|task| {
+            let throttled = task.throttled.as_ref()?;
+            Some(format!("{}: {}", task.shard_id, throttled.detail))
+        })
+        .collect();
+    let waited: Vec<&str> = tasks
         .iter()
         .filter(|task| waited(task) > Duration::ZERO)
         .map(|task| task.shard_id.as_str())
@@ -181,6 +200,7 @@ pub fn summary(plan: &Plan, now: jiff::Timestamp) -> Value {
         "waves": waves,
         "waiting": waiting,
         "throttled": throttled,
+        "waited": waited,
         "estimated_left": estimated_left(plan, &tasks).map(window::humane),
     })
 }
@@ -218,7 +238,10 @@ fn estimated_left(plan: &Plan, tasks: &[&ShardTask]) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use fleetshift_common::proto::v1::{ShardMetrics, StatusUpdates, Wave, WavePolicy};
+    use fleetshift_common::proto::v1::progress_event::Event;
+    use fleetshift_common::proto::v1::{ShardMetrics, StatusUpdates, Throttled, Wave, WavePolicy};
+
+    use crate::store::FenceToken;
 
     use super::*;
 
@@ -255,7 +278,18 @@ mod tests {
             waves: vec![Wave {
                 index: 0,
                 shards: vec![
-                    task("a", ShardState::Succeeded, 60),
+                    ShardTask {
+                        metrics: Some(ShardMetrics {
+                            throttled: Some(prost_types::Duration {
+                                seconds: 30,
+                                nanos: 0,
+                            }),
+                            ..task("a", ShardState::Succeeded, 60)
+                                .metrics
+                                .unwrap_or_default()
+                        }),
+                        ..task("a", ShardState::Succeeded, 60)
+                    },
                     task("b", ShardState::Failed, 120),
                     task("c", ShardState::Running, 0),
                     task("d", ShardState::Pending, 0),
@@ -272,8 +306,15 @@ mod tests {
     #[test]
     fn an_update_summarises_the_plan_and_renders_its_text() {
         let now = "2026-12-04T12:00:00Z".parse().expect("timestamp");
-        let summary = summary(&plan(), now);
+        let mut plan = plan();
+        plan.waves[0].shards[2].throttled = Some(Throttled {
+            detail: "replica lag 7.2s > 5s".to_owned(),
+            ..Throttled::default()
+        });
+        let summary = summary(&plan, now);
         assert_eq!(summary["total"], 5);
+        assert_eq!(summary["throttled"], json!(["c: replica lag 7.2s > 5s"]));
+        assert_eq!(summary["waited"], json!(["a"]));
         assert_eq!(summary["running"], 1);
         assert_eq!(summary["shards"]["succeeded"], 1);
         assert_eq!(summary["waiting"].as_array().map(Vec::len), Some(1));
@@ -281,7 +322,7 @@ mod tests {
         assert_eq!(summary["estimated_left"], "3m");
         assert_eq!(
             render(DEFAULT_TEMPLATE, &summary).expect("rendered"),
-            "Rollout p-1 (running): 1 of 5 shard(s) done, 1 failed, 1 running, 1 waiting for their window or start; about 3m left."
+            "Rollout p-1 (running): 1 of 5 shard(s) done, 1 failed, 1 running, 1 waiting for their window or start; 1 throttled now; 1 waited for a busy server; about 3m left."
         );
         assert!(check_template("{% if %}").is_err());
         assert!(check_template("{{ plan }}: {{ shards.succeeded }}").is_ok());
@@ -292,6 +333,18 @@ mod tests {
         let mut updates = Updates::default();
         let mut plan = plan();
         updates.plan_changed(&plan);
+        // Shard c's run waits on a throttle; the update says so.
+        let assignment = crate::rollout::assignment_id("p-1", "c", FenceToken::from_raw(0));
+        let began = ProgressEvent {
+            assignment_id: assignment.clone(),
+            shard_id: "c".to_owned(),
+            at: Some(std::time::SystemTime::now().into()),
+            event: Some(Event::Throttled(Throttled {
+                detail: "fleet throttle t1 set by alice".to_owned(),
+                ..Throttled::default()
+            })),
+        };
+        updates.wait_changed(&assignment, Some(began));
         let start = Instant::now();
         assert!(updates.due(start).is_empty());
         tokio::time::advance(Duration::from_secs(899)).await;
@@ -300,6 +353,11 @@ mod tests {
         let due = updates.due(Instant::now());
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].event, "rollout.status");
+        assert_eq!(
+            due[0].detail["throttled"],
+            json!(["c: fleet throttle t1 set by alice"])
+        );
+        updates.wait_changed(&assignment, None);
         assert!(
             due[0].detail["text"]
                 .as_str()

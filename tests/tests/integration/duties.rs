@@ -150,6 +150,7 @@ pub(super) async fn execute(
         Duration::from_secs(30),
         StopSignal::child_of(&CancellationToken::new()),
         progress,
+        tokio::sync::watch::channel(std::sync::Arc::from([])).1,
     )
     .await;
     let mut events = Vec::new();

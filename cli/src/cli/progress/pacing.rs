@@ -25,8 +25,14 @@ pub(super) fn waiting_shards(plan: &Plan, output: Output) {
     }
 }
 
-/// What a pending task of a running or approved plan waits for: its start or its window.
+/// What a task of a running or approved plan waits for: its start or its window while pending,
+/// a throttle while it runs (`throttled: replica lag 7.2s > 5s (for 42s)`).
 pub(super) fn waiting(plan: &Plan, task: &ShardTask, now: jiff::Timestamp) -> Option<String> {
+    if let Some(throttled) = &task.throttled {
+        let waited = duration_of(throttled.waited).unwrap_or_default();
+        let waited = fleetshift_common::window::humane(waited);
+        return Some(format!("throttled: {} (for {waited})", throttled.detail));
+    }
     let open = matches!(
         plan.state(),
         PlanState::Running | PlanState::Approved | PlanState::AwaitingApproval

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, Wave};
+use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, Throttled, Wave};
 
 use super::*;
 
@@ -104,4 +104,28 @@ fn a_pending_shard_of_a_running_plan_says_what_it_waits_for() {
         ..plan
     };
     assert_eq!(problem(&ended, &waiting, at("2026-12-04T22:48:00Z")), "");
+}
+
+#[test]
+fn a_running_shard_waiting_on_a_throttle_says_on_what_and_for_how_long() {
+    let plan = Plan {
+        state: PlanState::Running.into(),
+        ..Plan::default()
+    };
+    let held = ShardTask {
+        throttled: Some(Throttled {
+            signal: "fleet throttle".to_owned(),
+            detail: "fleet throttle t1 set by alice (incident 42)".to_owned(),
+            waited: Some(prost_types::Duration {
+                seconds: 192,
+                nanos: 0,
+            }),
+            resumed: false,
+        }),
+        ..task("a", ShardState::Running)
+    };
+    assert_eq!(
+        problem(&plan, &held, jiff::Timestamp::now()),
+        "throttled: fleet throttle t1 set by alice (incident 42) (for 3m)"
+    );
 }
