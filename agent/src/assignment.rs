@@ -328,7 +328,7 @@ async fn run(
         Connected::Postgres(engine) => {
             let baselines = Baselines::from_policy(duties.baselines.as_ref())
                 .map(|baselines| (baselines, engine.pool()));
-            let throttle = shard_throttle(duties, engine.pool(), &shard.id).await?;
+            let throttle = shard_throttle(duties, engine.pool(), shard).await?;
             let paced = Paced {
                 shard: throttle.as_ref(),
                 labels,
@@ -365,22 +365,26 @@ async fn run(
     }
 }
 
-/// The plan's throttle on a PostgreSQL shard, its query checked once: one that fails refuses
-/// the shard before anything runs.
+/// The plan's throttle on a PostgreSQL shard, watching the shard's configured replicas, its
+/// query and replicas checked once: one that fails refuses the shard before anything runs.
 async fn shard_throttle(
     duties: &v1::HostDuties,
     pool: &CountedPool,
-    shard_id: &str,
+    shard: &ShardConfig,
 ) -> Result<Option<ShardThrottle>, ErrorDetail> {
     let Some(throttle) = ShardThrottle::new(duties.throttle.as_ref(), pool) else {
         return Ok(None);
     };
-    throttle.check().await.map_err(|problem| {
+    let refuse = |problem: String| {
         refused(
             ErrorKind::Precondition,
-            format!("shard {shard_id}: {problem}; nothing ran"),
+            format!("shard {}: {problem}; nothing ran", shard.id),
         )
-    })?;
+    };
+    let throttle = throttle
+        .watching(&shard.throttle_replicas)
+        .map_err(refuse)?;
+    throttle.check().await.map_err(refuse)?;
     Ok(Some(throttle))
 }
 

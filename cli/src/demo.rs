@@ -321,6 +321,7 @@ fn spawn_agents(
             id: shard_id(number),
             labels: [("env".to_owned(), "demo".to_owned())].into(),
             database_url: shards.url_of(&shard_id(number))?,
+            throttle_replicas: Vec::new(),
         };
         let config = Arc::new(AgentConfig {
             agent_id: name,

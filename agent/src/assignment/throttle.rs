@@ -1,8 +1,9 @@
 //! What a PostgreSQL shard's run waits on: the replay lag of the replicas attached to its
-//! server, its active sessions against `max_connections`, and the plan's own query, each against
-//! its threshold. Sampled when the executor asks (before each revision, and between statements
-//! run outside a transaction) and every second while it waits: one round trip, plus one for
-//! the plan's query when it has one.
+//! server and of those the agent is told to watch ([`replicas`]), its active sessions against
+//! `max_connections`, and the plan's own query, each against its threshold. Sampled when the
+//! executor asks (before each revision, and between statements run outside a transaction) and
+//! every second while it waits: one round trip, plus one for the plan's query when it has one
+//! and one per watched replica when the plan bounds the lag.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,15 +12,22 @@ use std::time::Duration;
 use fleetshift_common::engine::CountedPool;
 use fleetshift_common::executor::{Busy, Throttle};
 use fleetshift_common::proto::v1::ThrottlePolicy;
+use fleetshift_common::secrets::DatabaseUrl;
 use sqlx::Connection;
 
 /// The default longest wait of a run.
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
 
+mod replicas;
+
+use replicas::Watched;
+
 /// The plan's thresholds on one shard.
 #[derive(Debug)]
 pub struct ShardThrottle {
     pool: CountedPool,
+    /// Read only when the plan bounds the lag.
+    replicas: Vec<Watched>,
     max_lag: Option<Duration>,
     max_active_percent: Option<u32>,
     query: Option<(String, f64)>,
@@ -28,10 +36,12 @@ pub struct ShardThrottle {
 
 /// One sample of the shard.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Sample {
+struct Sample<'r> {
     lag: Duration,
     active: i64,
     max_connections: i64,
+    /// The most lagging watched replica, by its server.
+    watched: Option<(&'r str, Duration)>,
 }
 
 impl ShardThrottle {
@@ -56,6 +66,7 @@ impl ShardThrottle {
         }
         Some(Self {
             pool: pool.clone(),
+            replicas: Vec::new(),
             max_lag,
             max_active_percent,
             query,
@@ -67,9 +78,24 @@ impl ShardThrottle {
         })
     }
 
-    /// Why the plan's query cannot throttle this shard, when it cannot: asked once before the
-    /// revisions, so a query that fails refuses the shard instead of being ignored.
+    /// This throttle also reading the replay lag of `replicas` when the plan bounds the lag.
+    pub fn watching(mut self, replicas: &[DatabaseUrl]) -> Result<Self, String> {
+        if self.max_lag.is_some() {
+            self.replicas = replicas
+                .iter()
+                .map(Watched::lazy)
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(self)
+    }
+
+    /// Why the plan's query or a watched replica cannot throttle this shard, when one cannot:
+    /// asked once before the revisions, so a query that fails or a replica that cannot be
+    /// read refuses the shard instead of being ignored.
     pub(super) async fn check(&self) -> Result<(), String> {
+        for replica in &self.replicas {
+            replica.lag().await?;
+        }
         let Some((query, _)) = &self.query else {
             return Ok(());
         };
@@ -81,7 +107,7 @@ impl ShardThrottle {
         })
     }
 
-    async fn sample(&self) -> Result<Sample, sqlx::Error> {
+    async fn sample(&self) -> Result<Sample<'_>, sqlx::Error> {
         let (lag, active, max_connections): (f64, i64, i64) = sqlx::query_as(
             "SELECT coalesce((SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication), 0)::float8,
                     (SELECT count(*) FROM pg_stat_activity
@@ -94,6 +120,7 @@ impl ShardThrottle {
             lag: Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or(Duration::MAX),
             active,
             max_connections,
+            watched: replicas::most_behind(&self.replicas).await,
         })
     }
 
@@ -113,7 +140,20 @@ impl ShardThrottle {
     }
 
     /// The first signal of `sample` (and the query's `value`) above its threshold.
-    fn judge(&self, sample: Sample, value: Option<f64>) -> Option<Busy> {
+    fn judge(&self, sample: Sample<'_>, value: Option<f64>) -> Option<Busy> {
+        if let Some((server, lag)) = sample.watched
+            && let Some(max) = self.max_lag.filter(|max| lag > *max)
+        {
+            return Some(Busy {
+                signal: "replica lag".to_owned(),
+                detail: format!(
+                    "replica lag {:.1}s > {}s on {server}",
+                    lag.as_secs_f64(),
+                    max.as_secs_f64()
+                ),
+                bounded: true,
+            });
+        }
         if let Some(max) = self.max_lag.filter(|max| sample.lag > *max) {
             return Some(Busy {
                 signal: "replica lag".to_owned(),
@@ -208,6 +248,7 @@ mod tests {
             lag: Duration::from_secs(1),
             active: 10,
             max_connections: 100,
+            watched: Some(("10.0.0.7:5432", Duration::from_secs(2))),
         };
         assert_eq!(throttle.judge(calm, Some(3.0)), None);
         let lagging = Sample {
@@ -217,6 +258,15 @@ mod tests {
         assert_eq!(
             throttle.judge(lagging, None).map(|busy| busy.detail),
             Some("replica lag 7.2s > 5s".to_owned())
+        );
+        let behind = Sample {
+            watched: Some(("10.0.0.7:5432", Duration::from_millis(9_000))),
+            ..lagging
+        };
+        assert_eq!(
+            throttle.judge(behind, None).map(|busy| busy.detail),
+            Some("replica lag 9.0s > 5s on 10.0.0.7:5432".to_owned()),
+            "a watched replica is named"
         );
         let crowded = Sample { active: 81, ..calm };
         assert_eq!(

@@ -87,6 +87,7 @@ impl Shard {
                 id: "accounts-1".to_owned(),
                 labels: Default::default(),
                 database_url: DatabaseUrl::new(self.url.clone()),
+                throttle_replicas: Vec::new(),
             }],
             backups: Some(settings),
             rehearsals: Default::default(),
@@ -501,6 +502,7 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
             id: "accounts-1".to_owned(),
             labels: Default::default(),
             database_url: DatabaseUrl::new(url),
+            throttle_replicas: Vec::new(),
         }],
         backups: Some(BackupSettings {
             directory: home.path().join("backups"),

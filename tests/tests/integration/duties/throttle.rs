@@ -2,8 +2,9 @@
 //! agent waits before its next revision while the replica falls behind, holding no transaction
 //! open meanwhile, and goes on once replay resumes; the wait shows as progress events and in
 //! the run's figures. A second run, with a short longest wait, fails throttled, naming the
-//! replica lag, and is not rolled back even with automatic rollback on. A throttle query that
-//! fails refuses the shard before anything runs.
+//! replica lag of the standby the agent is told to watch, and is not rolled back even with
+//! automatic rollback on. A throttle query that fails, or a watched replica that is no
+//! replica, refuses the shard before anything runs.
 
 use fleetshift_common::proto::v1::{RollbackPolicy, ThrottlePolicy};
 
@@ -62,7 +63,7 @@ fn throttled(max_wait: Duration, rollback: bool) -> HostDuties {
 async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
     let shard = shard("throttled").await;
     let config = Arc::new(shard.config(shard.settings(5)));
-    let (_standby, replica) = streaming_standby(&shard, "throttled").await;
+    let (standby, replica) = streaming_standby(&shard, "throttled").await;
     fall_behind(&shard, &replica, 1, 2.0).await;
     let set = migrations();
     let run = tokio::spawn({
@@ -115,7 +116,13 @@ async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
     assert!(waited >= Duration::from_secs(3), "{waited:?}");
 
     // Behind again, with a short longest wait: the shard fails throttled and stays as it is.
+    // This time the agent also watches the standby itself (`throttle_replicas`), whose own
+    // replay timestamp it reads first and names.
     fall_behind(&shard, &replica, 2, 2.0).await;
+    let mut config = shard.config(shard.settings(5));
+    let standby_url = standby.admin_url("throttled");
+    config.shards[0].throttle_replicas = vec![DatabaseUrl::new(standby_url.clone())];
+    let standby_server = DatabaseUrl::new(standby_url).server();
     let more = fixtures::migrations(&[
         (
             "1_account_notes.sql",
@@ -140,6 +147,7 @@ async fn a_lagging_replica_holds_the_next_revision_until_replay_resumes() {
             .message
             .contains("throttled before revision 2_more_notes")
             && error.message.contains("replica lag")
+            && error.message.contains(&format!("on {standby_server}"))
             && error.message.contains("--throttle-max-wait"),
         "{}",
         error.message
@@ -172,6 +180,34 @@ async fn a_throttle_query_that_fails_refuses_the_shard_before_anything_runs() {
         error.message.contains("the plan's throttle query fails")
             && error.message.contains("no_such_queue")
             && error.message.contains("nothing ran"),
+        "{}",
+        error.message
+    );
+    assert!(!shard.has_note_column().await, "nothing ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_replica_that_is_no_replica_refuses_the_shard_before_anything_runs() {
+    let shard = shard("not_a_replica").await;
+    let mut config = shard.config(shard.settings(5));
+    // The primary itself, listed by mistake.
+    config.shards[0].throttle_replicas = vec![DatabaseUrl::new(shard.url.clone())];
+    let set = migrations();
+    let (result, _) = execute(
+        &config,
+        assignment("r1", set.path(), throttled(Duration::from_secs(60), false)),
+    )
+    .await;
+    let error = result.error.expect("why");
+    assert_eq!(error.kind, i32::from(ErrorKind::Precondition), "{error:?}");
+    assert!(
+        error
+            .message
+            .contains("is not a replica (it is not in recovery)")
+            && error.message.contains("throttle_replicas")
+            && error.message.contains("nothing ran")
+            && !error.message.contains("postgres://")
+            && !error.message.contains(CANARY),
         "{}",
         error.message
     );
