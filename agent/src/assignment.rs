@@ -307,11 +307,7 @@ async fn run(
         events,
         gate: order.gate.clone(),
     };
-    let labels = shard
-        .labels
-        .iter()
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
+    let paced = Paced::fleet(&shard.labels, throttles);
     let watch = Watch {
         shard_id: &shard.id,
         triggers: Triggers::from_policy(duties.rollback.as_ref()),
@@ -328,12 +324,8 @@ async fn run(
         Connected::Postgres(engine) => {
             let baselines = Baselines::from_policy(duties.baselines.as_ref())
                 .map(|baselines| (baselines, engine.pool()));
-            let throttle = shard_throttle(duties, engine.pool(), shard).await?;
-            let paced = Paced {
-                shard: throttle.as_ref(),
-                labels,
-                fleet: throttles,
-            };
+            let throttle = throttle::of_shard(duties, engine.pool(), shard).await?;
+            let paced = paced.and_shard(throttle.as_ref());
             let moving = Moving {
                 engine: engine.as_ref(),
                 set: &set,
@@ -346,11 +338,6 @@ async fn run(
                 .await
         }
         Connected::Sqlite(engine) => {
-            let paced = Paced {
-                shard: None,
-                labels,
-                fleet: throttles,
-            };
             let moving = Moving {
                 engine: &engine,
                 set: &set,
@@ -363,29 +350,6 @@ async fn run(
                 .await
         }
     }
-}
-
-/// The plan's throttle on a PostgreSQL shard, watching the shard's configured replicas, its
-/// query and replicas checked once: one that fails refuses the shard before anything runs.
-async fn shard_throttle(
-    duties: &v1::HostDuties,
-    pool: &CountedPool,
-    shard: &ShardConfig,
-) -> Result<Option<ShardThrottle>, ErrorDetail> {
-    let Some(throttle) = ShardThrottle::new(duties.throttle.as_ref(), pool) else {
-        return Ok(None);
-    };
-    let refuse = |problem: String| {
-        refused(
-            ErrorKind::Precondition,
-            format!("shard {}: {problem}; nothing ran", shard.id),
-        )
-    };
-    let throttle = throttle
-        .watching(&shard.throttle_replicas)
-        .map_err(refuse)?;
-    throttle.check().await.map_err(refuse)?;
-    Ok(Some(throttle))
 }
 
 /// The executor's settings under the plan's `limits`.

@@ -4,7 +4,7 @@
 //! a held shard is not sampled), then the shard's signals; a fleet throttle's wait does not
 //! count toward the plan's longest wait, since it ends when lifted or when it expires.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,12 +26,29 @@ const FLEET_SIGNAL: &str = "fleet throttle";
 /// One run's throttle.
 #[derive(Debug)]
 pub struct Paced<'t> {
-    pub shard: Option<&'t ShardThrottle>,
-    pub labels: HashMap<String, String>,
-    pub fleet: FleetThrottles,
+    shard: Option<&'t ShardThrottle>,
+    labels: HashMap<String, String>,
+    fleet: FleetThrottles,
 }
 
-impl Paced<'_> {
+impl<'t> Paced<'t> {
+    /// The fleet throttles, for a shard with `labels`.
+    pub fn fleet(labels: &BTreeMap<String, String>, fleet: FleetThrottles) -> Self {
+        Self {
+            shard: None,
+            labels: labels
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            fleet,
+        }
+    }
+
+    /// These and the plan's thresholds on the shard, when it has any.
+    pub fn and_shard(self, shard: Option<&'t ShardThrottle>) -> Self {
+        Self { shard, ..self }
+    }
+
     /// The fleet throttle holding the shard now, as a signal.
     fn held(&self) -> Option<Busy> {
         let throttles = self.fleet.borrow();
@@ -93,11 +110,7 @@ mod tests {
     #[tokio::test]
     async fn a_fleet_throttle_holds_the_shards_it_selects_until_lifted_without_a_bound() {
         let (set, fleet) = watch::channel(Arc::<[FleetThrottle]>::from([]));
-        let paced = Paced {
-            shard: None,
-            labels: [("region".to_owned(), "eu".to_owned())].into(),
-            fleet,
-        };
+        let paced = Paced::fleet(&[("region".to_owned(), "eu".to_owned())].into(), fleet);
         assert_eq!(paced.busy().await, None);
         assert_eq!(paced.max_wait(), Duration::MAX);
         let later = SystemTime::now() + Duration::from_secs(600);

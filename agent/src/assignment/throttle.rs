@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fleetshift_common::engine::CountedPool;
 use fleetshift_common::executor::{Busy, Throttle};
-use fleetshift_common::proto::v1::ThrottlePolicy;
+use fleetshift_common::proto::v1::{ErrorDetail, ErrorKind, HostDuties, ThrottlePolicy};
 use fleetshift_common::secrets::DatabaseUrl;
 use sqlx::Connection;
 
@@ -21,6 +21,9 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30 * 60);
 mod replicas;
 
 use replicas::Watched;
+
+use super::wire::refused;
+use crate::config::ShardConfig;
 
 /// The plan's thresholds on one shard.
 #[derive(Debug)]
@@ -215,6 +218,29 @@ impl Throttle for ShardThrottle {
     fn max_wait(&self) -> Duration {
         self.max_wait
     }
+}
+
+/// The plan's throttle on a PostgreSQL shard, watching the shard's configured replicas, its
+/// query and replicas checked once: one that fails refuses the shard before anything runs.
+pub(super) async fn of_shard(
+    duties: &HostDuties,
+    pool: &CountedPool,
+    shard: &ShardConfig,
+) -> Result<Option<ShardThrottle>, ErrorDetail> {
+    let Some(throttle) = ShardThrottle::new(duties.throttle.as_ref(), pool) else {
+        return Ok(None);
+    };
+    let refuse = |problem: String| {
+        refused(
+            ErrorKind::Precondition,
+            format!("shard {}: {problem}; nothing ran", shard.id),
+        )
+    };
+    let throttle = throttle
+        .watching(&shard.throttle_replicas)
+        .map_err(refuse)?;
+    throttle.check().await.map_err(refuse)?;
+    Ok(Some(throttle))
 }
 
 #[cfg(test)]
