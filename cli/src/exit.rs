@@ -49,7 +49,10 @@ pub fn from_status(code: tonic::Code) -> u8 {
     match ErrorCode::of_grpc(code) {
         ErrorCode::Unauthenticated | ErrorCode::Forbidden => NOT_AUTHORIZED,
         ErrorCode::Unavailable | ErrorCode::TimedOut => UNREACHABLE,
-        ErrorCode::BadRequest | ErrorCode::NotFound | ErrorCode::Unsupported => BAD_INPUT,
+        ErrorCode::BadRequest
+        | ErrorCode::NotFound
+        | ErrorCode::Unsupported
+        | ErrorCode::Expired => BAD_INPUT,
         ErrorCode::NotNow | ErrorCode::Contended => NOT_NOW,
         ErrorCode::Gone | ErrorCode::Internal => FAILED,
     }

@@ -30,6 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz;
 use crate::error::{ErrorCode, refuse};
+use crate::events::journal::Feed;
 use crate::mailbox::{Mailbox, Outbound, Registration};
 use crate::rollout::throttled;
 use crate::schemas;
@@ -65,6 +66,13 @@ impl<S: Store + 'static> AgentSessions<S> {
             trust_domain: trust_domain.to_owned(),
             tasks,
         }
+    }
+
+    /// These sessions, their agents' progress going to `journal` (without it, nowhere).
+    #[must_use]
+    pub fn journaling(mut self, journal: Feed) -> Self {
+        self.mailbox = Arc::new(Mailbox::with_journal(journal));
+        self
     }
 
     /// Where assignments are dispatched to connected agents.
@@ -465,6 +473,8 @@ where
         schemas::keep_left(self.store.as_ref(), self.identity.name(), &mut result)
             .await
             .map_err(Status::from)?;
+        // The run's last progress goes before its end in every watcher's order.
+        registration.progress_stored().await;
         let assignment = result.assignment_id.clone();
         self.store
             .commit(

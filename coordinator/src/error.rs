@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Gone,
     /// This coordinator does not do that.
     Unsupported,
+    /// What was asked for is no longer kept (history the store compacted).
+    Expired,
     /// The coordinator's own fault.
     Internal,
 }
@@ -53,6 +55,7 @@ impl ErrorCode {
             Self::TimedOut => tonic::Code::DeadlineExceeded,
             Self::Gone => tonic::Code::Cancelled,
             Self::Unsupported => tonic::Code::Unimplemented,
+            Self::Expired => tonic::Code::OutOfRange,
             Self::Internal => tonic::Code::Internal,
         }
     }
@@ -61,7 +64,8 @@ impl ErrorCode {
     /// codes the coordinator never sends count as internal.
     pub fn of_grpc(code: tonic::Code) -> Self {
         match code {
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Self::BadRequest,
+            tonic::Code::InvalidArgument => Self::BadRequest,
+            tonic::Code::OutOfRange => Self::Expired,
             tonic::Code::NotFound => Self::NotFound,
             tonic::Code::Unauthenticated => Self::Unauthenticated,
             tonic::Code::PermissionDenied => Self::Forbidden,
@@ -99,6 +103,7 @@ impl ServiceError for StoreError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Compacted(_) => ErrorCode::Expired,
             Self::LeaseExpired(_)
             | Self::Claimed { .. }
             | Self::NotLeader(_)
@@ -143,7 +148,7 @@ impl From<RolloutError> for Status {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 11] = [
+    const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::Unauthenticated,
@@ -154,6 +159,7 @@ mod tests {
         ErrorCode::TimedOut,
         ErrorCode::Gone,
         ErrorCode::Unsupported,
+        ErrorCode::Expired,
         ErrorCode::Internal,
     ];
 

@@ -17,7 +17,8 @@ use fleetshift_common::proto::v1::{
     ListPlansResponse, ListShardsRequest, ListShardsResponse, ListThrottlesRequest,
     ListThrottlesResponse, Plan, PlanAction, RehearsePlanRequest, RehearsePlanResponse,
     RestoreBackup, RestoreBackupRequest, RolloutEvent, SchemaSnapshot, ShardHealth, ShardSummary,
-    ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest, WatchRolloutRequest,
+    ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest, WatchEventsRequest,
+    WatchRolloutRequest,
 };
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;
@@ -28,12 +29,11 @@ use tonic::{Request, Response, Status};
 use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
 use crate::error::{ErrorCode, refuse};
-use crate::mailbox::Mailbox;
+use crate::events::Sequence;
+use crate::events::follow::{self, Scope, Watch};
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
-use crate::rollout::{
-    RolloutError, planning, records, rollback, throttled, transitions, watch, waves,
-};
+use crate::rollout::{RolloutError, planning, records, rollback, throttled, transitions, waves};
 use crate::schemas;
 use crate::store::Store;
 use crate::tasks::TaskSet;
@@ -42,7 +42,6 @@ use crate::throttles;
 #[derive(Debug)]
 pub struct FleetApi<S> {
     store: Arc<S>,
-    mailbox: Arc<Mailbox>,
     roles: Roles,
     trust_domain: String,
     /// Where rollout watches run; stopping it ends them.
@@ -50,16 +49,9 @@ pub struct FleetApi<S> {
 }
 
 impl<S: Store + 'static> FleetApi<S> {
-    pub fn new(
-        store: Arc<S>,
-        mailbox: Arc<Mailbox>,
-        roles: Roles,
-        trust_domain: &str,
-        tasks: TaskSet,
-    ) -> Self {
+    pub fn new(store: Arc<S>, roles: Roles, trust_domain: &str, tasks: TaskSet) -> Self {
         Self {
             store,
-            mailbox,
             roles,
             trust_domain: trust_domain.to_owned(),
             tasks,
@@ -129,6 +121,9 @@ impl<S: Store + 'static> FleetApi<S> {
         Ok(Response::new(self.plan_view(plan_id).await?))
     }
 }
+
+/// A stream of events, as the two watch calls answer.
+type EventStream = Pin<Box<dyn Stream<Item = Result<RolloutEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: Store + 'static> FleetService for FleetApi<S> {
@@ -384,7 +379,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         Ok(Response::new(response))
     }
 
-    type WatchRolloutStream = Pin<Box<dyn Stream<Item = Result<RolloutEvent, Status>> + Send>>;
+    type WatchRolloutStream = EventStream;
 
     async fn throttle_shards(
         &self,
@@ -422,14 +417,29 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
         let request = request.into_inner();
-        let events = watch::follow(
-            Arc::clone(&self.store),
-            &self.mailbox,
-            &self.tasks,
-            &request.plan_id,
-            request.include_statements,
-        )
-        .await?;
+        let watch = Watch {
+            scope: Scope::Plan(request.plan_id),
+            include_statements: request.include_statements,
+            since: (request.since > 0).then(|| Sequence::from_raw(request.since)),
+        };
+        let events = follow::follow(Arc::clone(&self.store), &self.tasks, watch).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(events))))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let request = request.into_inner();
+        let watch = Watch {
+            scope: Scope::Fleet,
+            include_statements: request.include_statements,
+            since: (request.since > 0).then(|| Sequence::from_raw(request.since)),
+        };
+        let events = follow::follow(Arc::clone(&self.store), &self.tasks, watch).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 }

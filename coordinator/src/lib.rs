@@ -36,6 +36,7 @@ pub mod claims;
 pub mod config;
 pub mod election;
 pub mod error;
+pub mod events;
 pub mod fleet_api;
 pub mod lint;
 pub mod mailbox;

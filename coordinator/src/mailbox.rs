@@ -1,6 +1,6 @@
 //! The agent sessions this replica holds: messages go down an agent's stream (an assignment
-//! only for a shard the agent announced), progress comes out of them for watchers, and their
-//! openings are announced to the relay. A newer session of the same agent replaces the older
+//! only for a shard the agent announced), progress comes out of them into the event journal,
+//! and their openings are announced to the relays. A newer session of the same agent replaces the older
 //! one. Results do not pass through here: the session records them in the store.
 
 use std::collections::{HashMap, HashSet};
@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{CoordinatorMessage, ProgressEvent};
 use tokio::sync::{broadcast, mpsc};
+
+use crate::events::journal::Feed;
 use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -24,15 +26,13 @@ pub enum DispatchError {
     NotTheAgentsShard { agent: String, shard: String },
 }
 
-/// Progress events kept for slow watchers before the oldest are dropped.
-const PROGRESS_BACKLOG: usize = 4096;
-
 /// Live sessions by agent, and the progress they report.
 #[derive(Debug)]
 pub struct Mailbox {
     sessions: Mutex<HashMap<String, Registered>>,
     next_session: AtomicU64,
-    progress: broadcast::Sender<ProgressEvent>,
+    /// Where the sessions' progress goes: this replica's part of the event journal.
+    journal: Feed,
     opened: broadcast::Sender<String>,
 }
 
@@ -40,13 +40,9 @@ pub struct Mailbox {
 const OPENED_BACKLOG: usize = 1024;
 
 impl Default for Mailbox {
+    /// A mailbox whose progress goes nowhere (tests of sessions and relays).
     fn default() -> Self {
-        Self {
-            sessions: Mutex::default(),
-            next_session: AtomicU64::default(),
-            progress: broadcast::channel(PROGRESS_BACKLOG).0,
-            opened: broadcast::channel(OPENED_BACKLOG).0,
-        }
+        Self::with_journal(Feed::detached())
     }
 }
 
@@ -68,6 +64,16 @@ pub struct Registration {
 impl Mailbox {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A mailbox whose sessions' progress goes to `journal`.
+    pub fn with_journal(journal: Feed) -> Self {
+        Self {
+            sessions: Mutex::default(),
+            next_session: AtomicU64::default(),
+            journal,
+            opened: broadcast::channel(OPENED_BACKLOG).0,
+        }
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
@@ -152,11 +158,6 @@ impl Mailbox {
             .await
             .map_err(|_| DispatchError::NotConnected(agent.to_owned()))
     }
-
-    /// Progress agents report, as it arrives (a watcher that falls behind misses the oldest).
-    pub fn subscribe_progress(&self) -> broadcast::Receiver<ProgressEvent> {
-        self.progress.subscribe()
-    }
 }
 
 impl Registration {
@@ -180,10 +181,14 @@ impl Registration {
                 registered.session == self.session && registered.shards.contains(&event.shard_id)
             });
         if owned {
-            // No watcher at the moment is fine.
-            let _ = self.mailbox.progress.send(event);
+            self.mailbox.journal.record(event);
         }
         owned
+    }
+
+    /// Waits until the progress this session reported is in the journal (a while at most).
+    pub async fn progress_stored(&self) {
+        self.mailbox.journal.flushed().await;
     }
 }
 
@@ -205,6 +210,7 @@ mod tests {
     use fleetshift_common::proto::v1::Assignment;
 
     use super::*;
+    use crate::events::journal::Journaled;
 
     fn assignment(id: &str, shard: &str) -> CoordinatorBody {
         CoordinatorBody::Assignment(Assignment {
@@ -243,11 +249,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn progress_is_relayed_only_for_the_agents_own_shards() {
-        let mailbox = Mailbox::new();
+    async fn progress_goes_to_the_journal_only_for_the_agents_own_shards() {
+        let (journal, mut watcher) = Feed::channel();
+        let mailbox = Arc::new(Mailbox::with_journal(journal));
         let (outbound, _agent_side) = mpsc::channel(4);
         let registration = mailbox.register("a", HashSet::from(["s1".to_owned()]), outbound);
-        let mut watcher = mailbox.subscribe_progress();
         let event = |shard: &str| ProgressEvent {
             shard_id: shard.to_owned(),
             ..ProgressEvent::default()
@@ -257,10 +263,10 @@ mod tests {
             !registration.report_progress(event("s2")),
             "not this agent's shard"
         );
-        assert_eq!(
-            watcher.try_recv().map(|event| event.shard_id),
-            Ok("s1".to_owned())
-        );
+        assert!(matches!(
+            watcher.try_recv(),
+            Ok(Journaled::Event(event)) if event.shard_id == "s1"
+        ));
         assert!(
             watcher.try_recv().is_err(),
             "the foreign shard's event was not relayed"

@@ -141,6 +141,7 @@ impl CoordinatorMetrics {
                 StoreError::Claimed { .. } => "claimed",
                 StoreError::NotLeader(_) => "not_leader",
                 StoreError::Corrupt { .. } => "corrupt",
+                StoreError::Compacted(_) => "compacted",
             };
             self.store_errors
                 .get_or_create(&OperationErrorLabels { operation, kind })

@@ -31,7 +31,6 @@ pub mod schedule;
 pub mod spans;
 pub mod throttled;
 pub mod transitions;
-pub mod watch;
 pub mod waves;
 
 use fleetshift_common::proto::v1::{PlanState, ShardState, ShardTask};

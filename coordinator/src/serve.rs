@@ -25,6 +25,7 @@ use crate::agent_session::AgentSessions;
 use crate::backups;
 use crate::config::{CoordinatorConfig, StoreChoice};
 use crate::election::{self, Standing};
+use crate::events::journal::{self, Feed};
 use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
@@ -196,18 +197,19 @@ pub async fn run_replica<S: Store + 'static>(
     let store = Arc::new(MeteredStore::new(store, Arc::clone(&metrics)));
     let rpc = TaskSet::new();
     let background = TaskSet::new();
+    let (journal, journaled) = Feed::channel();
     let sessions = AgentSessions::new(
         Arc::clone(&store),
         config.intervals,
         &config.coordinator_id,
         &config.trust_domain,
         rpc.clone(),
-    );
+    )
+    .journaling(journal);
     let mailbox = sessions.mailbox();
     registry.register_collector(Box::new(ConnectedAgents(Arc::clone(&mailbox))));
     let fleet = FleetApi::new(
         Arc::clone(&store),
-        Arc::clone(&mailbox),
         config.roles.clone(),
         &config.trust_domain,
         rpc.clone(),
@@ -221,6 +223,12 @@ pub async fn run_replica<S: Store + 'static>(
     background.spawn(backups::relay::run(
         Arc::clone(&store),
         Arc::clone(&mailbox),
+        stopping.clone(),
+    ));
+    background.spawn(journal::write(
+        Arc::clone(&store),
+        config.coordinator_id.clone(),
+        journaled,
         stopping.clone(),
     ));
     background.spawn(throttles::relay::run(

@@ -147,6 +147,9 @@ pub enum StoreError {
     NotLeader(i64),
     #[error("unexpected data in the store at {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    /// A watch asked for changes the store no longer keeps (it compacted its history).
+    #[error("the store no longer keeps changes before revision {0}")]
+    Compacted(i64),
 }
 
 /// Fleet state, as the coordinator needs it. Every method is one round trip to the store.

@@ -79,7 +79,6 @@ async fn measure() -> anyhow::Result<()> {
     let mailbox = sessions.mailbox();
     let fleet = FleetApi::new(
         Arc::clone(&store),
-        Arc::clone(&mailbox),
         Roles::default(),
         TRUST_DOMAIN,
         TaskSet::new(),

@@ -454,7 +454,7 @@ pub struct InProcessCoordinator {
     pub home: tempfile::TempDir,
     pub address: std::net::SocketAddr,
     _shutdown: tokio::sync::oneshot::Sender<()>,
-    /// Stops the host-request relay when dropped.
+    /// Stops the host-request relay and the event journal's writer when dropped.
     _relay: tokio_util::sync::DropGuard,
     _etcd: fleetshift_testkit::etcd::EtcdServer,
 }
@@ -519,16 +519,24 @@ impl InProcessCoordinator {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
+        let (journal, journaled) = fleetshift_coordinator::events::journal::Feed::channel();
         let sessions = AgentSessions::new(
             std::sync::Arc::clone(&store),
             SessionIntervals::from_heartbeat(Duration::from_secs(1)),
             "c1",
             TRUST_DOMAIN,
             TaskSet::new(),
-        );
+        )
+        .journaling(journal);
         let mailbox = sessions.mailbox();
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let relay = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(fleetshift_coordinator::events::journal::write(
+            std::sync::Arc::clone(&store),
+            "c1".to_owned(),
+            journaled,
+            relay.clone(),
+        ));
         tokio::spawn(fleetshift_coordinator::backups::relay::run(
             std::sync::Arc::clone(&store),
             std::sync::Arc::clone(&mailbox),
@@ -540,7 +548,6 @@ impl InProcessCoordinator {
             sessions,
             FleetApi::new(
                 std::sync::Arc::clone(&store),
-                std::sync::Arc::clone(&mailbox),
                 roles,
                 TRUST_DOMAIN,
                 TaskSet::new(),
@@ -560,6 +567,28 @@ impl InProcessCoordinator {
             _relay: relay.drop_guard(),
             _etcd: etcd,
         }
+    }
+
+    /// Every progress event in the event journal, in the order it was stored.
+    pub async fn journaled(&self) -> Vec<fleetshift_common::proto::v1::ProgressEvent> {
+        use fleetshift_coordinator::store::{Store, keys};
+        use prost::Message;
+
+        let mut batches = self
+            .store
+            .list(&keys::journal_prefix())
+            .await
+            .expect("journal")
+            .entries;
+        batches.sort_by_key(|entry| entry.mod_revision);
+        batches
+            .iter()
+            .flat_map(|entry| {
+                fleetshift_common::proto::v1::JournalBatch::decode(entry.value.as_slice())
+                    .expect("a journal batch")
+                    .events
+            })
+            .collect()
     }
 
     /// The PKI directory (`ca.pem`, `<role>-<name>.pem` / `.key`).

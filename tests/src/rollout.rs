@@ -48,6 +48,7 @@ pub async fn prepare(
         .watch_rollout(WatchRolloutRequest {
             plan_id: plan.plan_id.clone(),
             include_statements: false,
+            since: 0,
         })
         .await?
         .into_inner();

@@ -72,6 +72,7 @@ pub async fn follow(
         .watch_rollout(WatchRolloutRequest {
             plan_id: plan_id.to_owned(),
             include_statements: statements,
+            since: 0,
         })
         .await?
         .into_inner();
@@ -236,7 +237,17 @@ fn progress_line(progress: &ProgressEvent) -> Option<String> {
     Some(line)
 }
 
+/// One event as a JSON line: its fields, its sequence (to resume after) and when it happened.
 fn event_json(event: &RolloutEvent) -> serde_json::Value {
+    let mut fields = event_fields(event);
+    if let Some(object) = fields.as_object_mut() {
+        object.insert("sequence".to_owned(), json!(event.sequence));
+        object.insert("at".to_owned(), json!(event.at.map(|at| at.to_string())));
+    }
+    fields
+}
+
+fn event_fields(event: &RolloutEvent) -> serde_json::Value {
     match &event.event {
         Some(Event::PlanState(changed)) => json!({
             "plan": event.plan_id,

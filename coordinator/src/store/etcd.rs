@@ -382,6 +382,10 @@ impl Store for EtcdStore {
                         return;
                     }
                 };
+                if response.canceled() && response.compact_revision() > 0 {
+                    let _ = sender.send(Err(StoreError::Compacted(response.compact_revision())));
+                    return;
+                }
                 if response.canceled() {
                     let _ = sender.send(Err(StoreError::Unavailable(format!(
                         "etcd cancelled the watch (compacted at {}): {}",

@@ -46,6 +46,15 @@ pub fn throttled(plan: &str, assignment: &str) -> String {
     format!("{}{assignment}", throttled_prefix(plan))
 }
 
+pub fn journal_prefix() -> String {
+    format!("{PREFIX}/journal/")
+}
+
+/// One batch of the event journal, by the replica that wrote it.
+pub fn journal_batch(replica: &str, batch: &str) -> String {
+    format!("{}{replica}/{batch}", journal_prefix())
+}
+
 pub fn agents_prefix() -> String {
     format!("{PREFIX}/agents/")
 }

@@ -378,9 +378,7 @@ impl Store for MemoryStore {
                 .front()
                 .map_or(state.revision, |change| change.revision);
             if after + 1 < oldest && state.log.len() == CHANGE_LOG {
-                return Err(StoreError::Unavailable(format!(
-                    "revision {after} is no longer in the change log; list again"
-                )));
+                return Err(StoreError::Compacted(oldest));
             }
             let (sender, receiver) = mpsc::unbounded_channel();
             for change in state

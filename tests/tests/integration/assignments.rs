@@ -111,7 +111,6 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     let wait = Duration::from_secs(30);
 
     // Up, under the claim's token, after a verified backup, with its progress streamed live.
-    let mut progress = mailbox.subscribe_progress();
     let result = assign(
         store.as_ref(),
         mailbox,
@@ -160,7 +159,8 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     );
     assert!(!agent_log.contains(password), "{agent_log}");
     let mut seen = Vec::new();
-    while let Ok(event) = progress.try_recv() {
+    // The run's progress reached the event journal before its result was recorded.
+    for event in fleet.journaled().await {
         assert_eq!(
             (event.shard_id.as_str(), event.assignment_id.as_str()),
             ("orders", "a-1")

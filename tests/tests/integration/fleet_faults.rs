@@ -13,6 +13,9 @@
 //!    and the work log are exactly as if it had never woken.
 //! 3. The replica holding the agent's session is SIGKILLed: the agent moves to the other
 //!    replica and resumes its lease, so its claims (and fencing tokens) survive.
+//!
+//! Every replica streams every event of a rollout, whichever holds the agent's session, and a
+//! watcher that moves to another replica continues after the last sequence it saw.
 
 use std::time::Duration;
 
@@ -263,6 +266,7 @@ async fn a_database_restart_mid_revision_is_ridden_out() {
         .watch_rollout(WatchRolloutRequest {
             plan_id: first.clone(),
             include_statements: false,
+            since: 0,
         })
         .await
         .expect("watch")
@@ -486,4 +490,117 @@ async fn invalid_indexes(admin: &PgPool) -> Vec<String> {
     .fetch_all(admin)
     .await
     .unwrap_or_default()
+}
+
+/// Every event of `plan_id` after `since` (0: from its current state) that `replica` streams,
+/// until the stream ends.
+async fn watched(
+    fleet: &Fleet,
+    replica: usize,
+    plan_id: &str,
+    since: u64,
+) -> Vec<fleetshift_common::proto::v1::RolloutEvent> {
+    let mut events = fleet.replicas[replica]
+        .client
+        .clone()
+        .watch_rollout(WatchRolloutRequest {
+            plan_id: plan_id.to_owned(),
+            include_statements: true,
+            since,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.message())
+        .await
+        .expect("the stream goes on or ends")
+        .expect("the watch")
+    {
+        seen.push(event);
+    }
+    seen
+}
+
+/// `shard-1 finished 2`, `shard-0 succeeded`, …
+fn described(event: &fleetshift_common::proto::v1::RolloutEvent) -> String {
+    match &event.event {
+        Some(RolloutEvent::PlanState(changed)) => format!("plan {:?}", changed.state()),
+        Some(RolloutEvent::ShardState(changed)) => {
+            format!("{} {:?}", changed.shard_id, changed.state())
+        }
+        Some(RolloutEvent::Progress(progress)) => match &progress.event {
+            Some(ProgressKind::RevisionStarted(started)) => {
+                format!("{} started {}", progress.shard_id, started.version)
+            }
+            Some(ProgressKind::RevisionFinished(finished)) => {
+                format!("{} finished {}", progress.shard_id, finished.version)
+            }
+            Some(ProgressKind::StatementFinished(statement)) => {
+                format!("{} statement {}", progress.shard_id, statement.version)
+            }
+            other => format!("{} {other:?}", progress.shard_id),
+        },
+        None => "nothing".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_streams_every_event_and_a_watcher_resumes_on_another() {
+    let fleet = Fleet::start().await;
+    let plan_id = fleet.start_rollout(3).await;
+    fleet.await_success(&plan_id).await;
+    let holder = fleet.agents_replica();
+    let other = 1 - holder;
+
+    // From the start of the store's history, on the replica that never held the agent's
+    // session: every shard's progress, statements included, each shard's before its end.
+    let full = watched(&fleet, other, &plan_id, 1).await;
+    let described_all: Vec<String> = full.iter().map(described).collect();
+    for shard in (0..SHARDS).map(shard_id) {
+        for version in 1..=3 {
+            for step in ["started", "statement", "finished"] {
+                let wanted = format!("{shard} {step} {version}");
+                assert!(
+                    described_all.contains(&wanted),
+                    "{wanted} missing: {described_all:#?}"
+                );
+            }
+        }
+        let last_progress = described_all
+            .iter()
+            .rposition(|event| event.starts_with(&format!("{shard} finished")));
+        let ended = described_all
+            .iter()
+            .position(|event| *event == format!("{shard} Succeeded"));
+        assert!(
+            last_progress < ended && ended.is_some(),
+            "{shard}'s progress comes before its end: {described_all:#?}"
+        );
+    }
+    assert_eq!(
+        described_all.last().map(String::as_str),
+        Some("plan Succeeded")
+    );
+    let sequences: Vec<u64> = full.iter().map(|event| event.sequence).collect();
+    assert!(
+        sequences.windows(2).all(|pair| pair[0] < pair[1]),
+        "{sequences:?}"
+    );
+
+    // A watcher that saw up to a point on one replica continues on the other: exactly the
+    // rest, numbered alike.
+    for cut in [0, full.len() / 3, full.len() / 2, full.len() - 2] {
+        let rest = watched(&fleet, holder, &plan_id, full[cut].sequence).await;
+        assert_eq!(
+            rest.iter().map(described).collect::<Vec<_>>(),
+            described_all[cut + 1..],
+            "resumed after {cut} ({})",
+            described_all[cut]
+        );
+        assert_eq!(
+            rest.iter().map(|event| event.sequence).collect::<Vec<_>>(),
+            sequences[cut + 1..]
+        );
+    }
 }

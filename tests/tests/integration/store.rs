@@ -314,7 +314,7 @@ async fn watches_replay_then_follow_including_lapsed_leases<S: Store>(store: &S)
     };
     let first = next().await;
     assert_eq!(
-        (first.key, first.value),
+        (first.key.clone(), first.value.clone()),
         (keys::task("watched", "a"), Some(b"1".to_vec())),
         "replayed from the listing's revision"
     );
@@ -340,6 +340,17 @@ async fn watches_replay_then_follow_including_lapsed_leases<S: Store>(store: &S)
         "the lapsed lease's key is seen deleted"
     );
     assert!(third.revision > second.revision);
+    // From the start of the store's history: the same changes again, the first one first.
+    let mut from_start = store.watch(&prefix, 0).await.expect("watch");
+    let replayed = tokio::time::timeout(TTL * 5, from_start.next())
+        .await
+        .expect("a change within the bound")
+        .expect("the watch goes on")
+        .expect("no store error");
+    assert_eq!(
+        (replayed.key, replayed.revision),
+        (keys::task("watched", "a"), first.revision)
+    );
 }
 
 async fn conformance<S: Store>(store: &S) {

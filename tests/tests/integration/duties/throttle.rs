@@ -11,12 +11,15 @@ use fleetshift_common::proto::v1::{RollbackPolicy, ThrottlePolicy};
 use super::preflight::{replay_lag, streaming_standby};
 use super::*;
 
-/// Sessions of the shard's database sitting in an open transaction, other than this one.
+/// Sessions of the shard's database holding a transaction open while doing nothing for more
+/// than a second, other than this one (the moments between two statements of one transaction
+/// do not count: a throttled run would sit there for seconds).
 async fn idle_in_transaction(admin: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND pid <> pg_backend_pid()
-           AND state LIKE 'idle in transaction%'",
+           AND state LIKE 'idle in transaction%'
+           AND state_change < now() - interval '1 second'",
     )
     .fetch_one(admin)
     .await
