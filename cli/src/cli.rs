@@ -4,6 +4,7 @@ mod backups;
 mod baseline_file;
 mod certs;
 mod duties;
+mod events;
 mod fleet;
 mod lint;
 mod migrate;
@@ -64,8 +65,12 @@ pub enum Command {
     Approve(rollout::ApproveArgs),
     /// Start an approved plan's rollout; `--watch` follows it to the end.
     Apply(rollout::ApplyArgs),
-    /// Follow a rollout live: per-wave progress, then a per-shard summary.
+    /// Follow a rollout live: per-wave progress, then a per-shard summary; `--all` follows
+    /// every plan of the fleet.
     Watch(rollout::WatchArgs),
+    /// Every event of the fleet (or of one plan) as it happens, one per line; `--output json`
+    /// for scripts, `--since` to continue after the last sequence seen.
+    Events(events::EventsArgs),
     /// Every plan, or one plan shard by shard.
     Status(rollout::StatusArgs),
     /// Stop dispatching new shards; running ones finish.
@@ -112,6 +117,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Approve(_) => "approve",
         Command::Apply(_) => "apply",
         Command::Watch(_) => "watch",
+        Command::Events(_) => "events",
         Command::Status(_) => "status",
         Command::Pause(_) => "pause",
         Command::Resume(_) => "resume",
@@ -149,6 +155,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Approve(arguments) => rollout::approve(arguments).await,
         Command::Apply(arguments) => rollout::apply(arguments).await,
         Command::Watch(arguments) => rollout::watch(arguments).await,
+        Command::Events(arguments) => events::run(arguments).await,
         Command::Status(arguments) => rollout::status(arguments).await,
         Command::Pause(arguments) => rollout::act(rollout::Action::Pause, arguments).await,
         Command::Resume(arguments) => rollout::act(rollout::Action::Resume, arguments).await,

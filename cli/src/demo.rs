@@ -427,8 +427,14 @@ async fn roll_out(
     if human {
         println!("approved by {OPERATOR}; starting\n");
     }
-    let ending =
-        progress::follow(&mut client, &plan.plan_id, arguments.output, false, true).await?;
+    let following = progress::Following {
+        replicas: None,
+        output: arguments.output,
+        statements: false,
+        start: true,
+        since: 0,
+    };
+    let ending = progress::follow(client.clone(), &plan.plan_id, following).await?;
     show_fencing(&ending.plan, set, shards, human).await?;
     Ok(ending.exit_code())
 }

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         | cli::Command::Approve(_)
         | cli::Command::Apply(_)
         | cli::Command::Watch(_)
+        | cli::Command::Events(_)
         | cli::Command::Status(_)
         | cli::Command::Pause(_)
         | cli::Command::Resume(_)

@@ -24,7 +24,8 @@ use fleetshift_coordinator::backups::ERROR_KIND_METADATA;
 /// How to reach a coordinator as an operator.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// `https://host:port` of any coordinator replica.
+    /// `https://host:port` of any coordinator replica, or several separated by commas, tried
+    /// in turn (a watch moves on to the next when its replica goes away).
     #[arg(long, env = "FLEETSHIFT_COORDINATOR")]
     pub coordinator: String,
     /// The operator's certificate (spiffe://<trust-domain>/operator/<name>).
@@ -58,17 +59,49 @@ pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-async fn connect(connection: &Connection) -> Result<Channel, TlsError> {
-    let server_name = match &connection.server_name {
-        Some(name) => name.clone(),
-        None => server_name_of(&connection.coordinator)?,
-    };
-    let files = TlsFiles {
-        certificate: connection.certificate.clone(),
-        private_key: connection.private_key.clone(),
-        trust_bundle: connection.trust_bundle.clone(),
-    };
-    tls::channel::connect(&connection.coordinator, &server_name, &files).await
+impl Connection {
+    /// The replicas' addresses, in the order given.
+    pub(super) fn addresses(&self) -> Vec<&str> {
+        self.coordinator
+            .split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
+            .collect()
+    }
+
+    async fn connect_to(&self, address: &str) -> Result<Channel, TlsError> {
+        let server_name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => server_name_of(address)?,
+        };
+        let files = TlsFiles {
+            certificate: self.certificate.clone(),
+            private_key: self.private_key.clone(),
+            trust_bundle: self.trust_bundle.clone(),
+        };
+        tls::channel::connect(address, &server_name, &files).await
+    }
+
+    /// A client of the first replica that answers, trying them in turn from the `from`-th
+    /// (wrapping around), with that replica's place; every failure, named, when none does.
+    pub(super) async fn client_from(&self, from: usize) -> Result<(FleetClient, usize), String> {
+        let addresses = self.addresses();
+        if addresses.is_empty() {
+            return Err("--coordinator names no address".to_owned());
+        }
+        let mut failures = Vec::new();
+        for offset in 0..addresses.len() {
+            let index = (from + offset) % addresses.len();
+            match self.connect_to(addresses[index]).await {
+                Ok(channel) => {
+                    let client = FleetServiceClient::with_interceptor(channel, PropagateContext);
+                    return Ok((client, index));
+                }
+                Err(error) => failures.push(format!("{}: {error}", addresses[index])),
+            }
+        }
+        Err(failures.join("; "))
+    }
 }
 
 /// A client of the coordinator whose calls carry the command's trace context, or the exit
@@ -77,15 +110,12 @@ pub(super) async fn client(
     connection: &Connection,
     output: Output,
 ) -> Result<FleetClient, ExitCode> {
-    match connect(connection).await {
-        Ok(channel) => Ok(FleetServiceClient::with_interceptor(
-            channel,
-            PropagateContext,
-        )),
-        Err(error) => {
+    match connection.client_from(0).await {
+        Ok((client, _)) => Ok(client),
+        Err(failures) => {
             super::render::failure(
                 output,
-                &format!("{}: {error}", connection.coordinator),
+                &failures,
                 fleetshift_common::error::ErrorKind::Unreachable,
             );
             Err(ExitCode::from(exit::UNREACHABLE))

@@ -12,7 +12,6 @@ use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{
     DatabaseOutage, Direction, GetPlanRequest, Plan, PlanAction, PlanState, ProgressEvent,
     RevisionOutcome, RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
-    WatchRolloutRequest,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
 use fleetshift_common::telemetry::traces::context::Traced;
@@ -27,6 +26,9 @@ use super::validation;
 use crate::exit;
 use fleetshift_coordinator::rollout::waves;
 use pacing::{throttled_line, throttled_summary, waiting, waiting_shards};
+use resume::{Resumable, Watched};
+
+use super::fleet::Connection;
 
 const BAR_WIDTH: usize = 20;
 
@@ -52,15 +54,34 @@ impl Ending {
     }
 }
 
-/// Follows `plan_id` until its rollout ends, starting it first (once the watch is open, so
-/// nothing is missed) when `start` is set; `Err` carries the coordinator's refusal.
+/// How to follow a rollout.
+#[derive(Debug, Clone, Copy)]
+pub struct Following<'c> {
+    /// The replicas to move between when the watch breaks; none: reopen on the same client.
+    pub replicas: Option<&'c Connection>,
+    pub output: Output,
+    /// Every statement as it finishes.
+    pub statements: bool,
+    /// Start the rollout once the watch is open (so nothing is missed).
+    pub start: bool,
+    /// Continue after this sequence instead of starting with the current state.
+    pub since: u64,
+}
+
+/// Follows `plan_id` until its rollout ends, through replicas that come and go; `Err`
+/// carries the coordinator's refusal.
 pub async fn follow(
-    client: &mut FleetClient,
+    mut client: FleetClient,
     plan_id: &str,
-    output: Output,
-    statements: bool,
-    start: bool,
+    following: Following<'_>,
 ) -> Result<Ending, tonic::Status> {
+    let Following {
+        replicas,
+        output,
+        statements,
+        start,
+        since,
+    } = following;
     let plan = client
         .get_plan(GetPlanRequest {
             plan_id: plan_id.to_owned(),
@@ -68,16 +89,12 @@ pub async fn follow(
         .await?
         .into_inner();
     let mut board = Board::new(&plan);
-    let mut events = client
-        .watch_rollout(WatchRolloutRequest {
-            plan_id: plan_id.to_owned(),
-            include_statements: statements,
-            since: 0,
-        })
-        .await?
-        .into_inner();
+    let watched = Watched::Plan(plan_id.to_owned());
+    let mut events = Resumable::new(client, replicas, watched, statements, since);
+    events.open().await?;
     if start {
-        client
+        events
+            .client()
             .start_rollout(PlanAction {
                 plan_id: plan_id.to_owned(),
                 reason: String::new(),
@@ -85,13 +102,14 @@ pub async fn follow(
             .await?;
     }
     waiting_shards(&plan, output);
-    while let Some(event) = events.message().await? {
+    while let Some(event) = events.next().await? {
         match output {
             Output::Json => println!("{}", event_json(&event)),
             Output::Human => board.show(&event),
         }
     }
-    let plan = client
+    let plan = events
+        .client()
         .get_plan(GetPlanRequest {
             plan_id: plan_id.to_owned(),
         })
@@ -183,7 +201,7 @@ impl Board {
 
 /// One line about an agent's progress event (after its shard's name), or none for events the
 /// board does not show.
-fn progress_line(progress: &ProgressEvent) -> Option<String> {
+pub(super) fn progress_line(progress: &ProgressEvent) -> Option<String> {
     let line = match &progress.event {
         Some(Progress::RevisionFinished(finished)) => {
             let outcome = RevisionOutcome::try_from(finished.outcome)
@@ -238,7 +256,7 @@ fn progress_line(progress: &ProgressEvent) -> Option<String> {
 }
 
 /// One event as a JSON line: its fields, its sequence (to resume after) and when it happened.
-fn event_json(event: &RolloutEvent) -> serde_json::Value {
+pub(super) fn event_json(event: &RolloutEvent) -> serde_json::Value {
     let mut fields = event_fields(event);
     if let Some(object) = fields.as_object_mut() {
         object.insert("sequence".to_owned(), json!(event.sequence));
@@ -564,5 +582,6 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
 }
 
 mod pacing;
+pub mod resume;
 #[cfg(test)]
 mod tests;

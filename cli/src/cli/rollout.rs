@@ -16,7 +16,10 @@ use fleetshift_common::shipped;
 use fleetshift_coordinator::rollout::waves;
 use serde_json::json;
 
+use super::events::{self, Stream};
 use super::fleet::{Connection, client, refused};
+use super::progress::Following;
+use super::progress::resume::Watched;
 use super::sources;
 use super::{Output, baseline_file, notice, progress, rehearsals, render};
 use crate::exit;
@@ -73,7 +76,16 @@ pub struct ApplyArgs {
 pub struct WatchArgs {
     #[command(flatten)]
     connection: Connection,
-    plan: String,
+    /// The plan to follow to its end.
+    #[arg(required_unless_present = "all")]
+    plan: Option<String>,
+    /// Follow every plan of the fleet instead, until interrupted.
+    #[arg(long, conflicts_with = "plan")]
+    all: bool,
+    /// Continue after this sequence (the last one seen, from any replica) instead of starting
+    /// with the current state.
+    #[arg(long, default_value_t = 0)]
+    since: u64,
     /// Show every statement as it finishes.
     #[arg(long)]
     statements: bool,
@@ -407,32 +419,42 @@ pub async fn apply(arguments: ApplyArgs) -> ExitCode {
             Err(status) => refused(&arguments.connection, arguments.output, &status),
         };
     }
-    let followed = progress::follow(
-        &mut client,
-        &arguments.plan,
-        arguments.output,
-        arguments.statements,
-        true,
-    );
-    match followed.await {
+    let following = Following {
+        replicas: Some(&arguments.connection),
+        output: arguments.output,
+        statements: arguments.statements,
+        start: true,
+        since: 0,
+    };
+    match progress::follow(client, &arguments.plan, following).await {
         Ok(ending) => ending.exit_code(),
         Err(status) => refused(&arguments.connection, arguments.output, &status),
     }
 }
 
 pub async fn watch(arguments: WatchArgs) -> ExitCode {
-    let mut client = match client(&arguments.connection, arguments.output).await {
+    let client = match client(&arguments.connection, arguments.output).await {
         Ok(client) => client,
         Err(code) => return code,
     };
-    let followed = progress::follow(
-        &mut client,
-        &arguments.plan,
-        arguments.output,
-        arguments.statements,
-        false,
-    );
-    match followed.await {
+    let Some(plan_id) = arguments.plan.as_deref().filter(|_| !arguments.all) else {
+        let watched = Stream {
+            connection: &arguments.connection,
+            watched: Watched::Fleet,
+            since: arguments.since,
+            statements: arguments.statements,
+            output: arguments.output,
+        };
+        return events::stream(client, watched).await;
+    };
+    let following = Following {
+        replicas: Some(&arguments.connection),
+        output: arguments.output,
+        statements: arguments.statements,
+        start: false,
+        since: arguments.since,
+    };
+    match progress::follow(client, plan_id, following).await {
         Ok(ending) => ending.exit_code(),
         Err(status) => refused(&arguments.connection, arguments.output, &status),
     }

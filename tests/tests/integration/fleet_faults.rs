@@ -604,3 +604,113 @@ async fn every_replica_streams_every_event_and_a_watcher_resumes_on_another() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_keeps_streaming_events_when_its_replica_is_killed() {
+    let fleet = Fleet::start().await;
+    let plan_id = fleet.start_rollout(3).await;
+    // `fleetshift events` for the plan, from the start of history, told of both replicas: it
+    // streams from the first.
+    let pki = fleet.home.path().join("pki");
+    let out = fleet.home.path().join("events.jsonl");
+    let err = fleet.home.path().join("events.err");
+    // The second replica first: the fleet's own calls go to the first.
+    let addresses = fleet
+        .ports
+        .iter()
+        .rev()
+        .map(|port| format!("https://localhost:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut events = Reaped(
+        std::process::Command::new(fleetshift_tests::binary::fleetshift())
+            .args([
+                "events",
+                "--plan",
+                &plan_id,
+                "--since",
+                "1",
+                "--statements",
+                "--output",
+                "json",
+            ])
+            .env("FLEETSHIFT_COORDINATOR", &addresses)
+            .env("FLEETSHIFT_TLS_CERT", pki.join("operator-ops.pem"))
+            .env("FLEETSHIFT_TLS_KEY", pki.join("operator-ops.key"))
+            .env("FLEETSHIFT_TLS_CA", pki.join("ca.pem"))
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .stderr(std::fs::File::create(&err).expect("err"))
+            .spawn()
+            .expect("fleetshift events"),
+    );
+    let streaming = wait_until(Duration::from_secs(30), || async {
+        std::fs::read_to_string(&out).is_ok_and(|text| text.lines().count() >= 3)
+    })
+    .await;
+    assert!(streaming, "the CLI streams\n{}", fleet.logs());
+
+    // Its replica dies mid-rollout; the CLI moves to the other and goes on.
+    fleet.replicas[1].process.signal("KILL");
+    fleet.await_success(&plan_id).await;
+    let ended = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = events.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })
+    .await
+    .expect("waited");
+    let said = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(
+        ended.is_some_and(|status| status.success()),
+        "the CLI ends with the plan: {said}"
+    );
+    assert!(said.contains("the watch broke"), "it moved on: {said}");
+
+    // What it printed is exactly what the surviving replica replays: no gap, no repeat.
+    let printed: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .expect("out")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let replayed = watched(&fleet, 0, &plan_id, 1).await;
+    assert_eq!(
+        printed
+            .iter()
+            .map(|event| event["sequence"].as_u64().expect("a sequence"))
+            .collect::<Vec<_>>(),
+        replayed
+            .iter()
+            .map(|event| event.sequence)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        printed
+            .iter()
+            .all(|event| event["plan"] == plan_id.as_str())
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|event| event["progress"] == "revision_finished" && event["shard"] == shard_id(1)),
+        "{printed:#?}"
+    );
+    assert_eq!(
+        printed.last().map(|event| &event["plan_state"]),
+        Some(&serde_json::json!("succeeded"))
+    );
+}
+
+/// A child process killed and reaped when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
