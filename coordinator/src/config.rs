@@ -24,6 +24,8 @@ struct RawConfig {
     listen: String,
     /// Where `/metrics` and the health probes are served (off when unset).
     telemetry_listen: Option<String>,
+    /// Where `grpc.health.v1` alone is served in plaintext, for gRPC probes (off when unset).
+    health_listen: Option<String>,
     trust_domain: String,
     #[serde(default = "default_heartbeat")]
     heartbeat: String,
@@ -75,6 +77,8 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// Where the telemetry endpoint listens; `None` serves none.
     pub telemetry_listen: Option<SocketAddr>,
+    /// Where the plaintext gRPC health listener listens; `None` serves none.
+    pub health_listen: Option<SocketAddr>,
     pub trust_domain: String,
     pub intervals: SessionIntervals,
     pub tls: TlsFiles,
@@ -86,8 +90,8 @@ pub struct CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN`,
-    /// `FLEETSHIFT_TELEMETRY_LISTEN` and `FLEETSHIFT_ETCD_ENDPOINTS` (comma-separated) override
-    /// the file.
+    /// `FLEETSHIFT_TELEMETRY_LISTEN`, `FLEETSHIFT_HEALTH_LISTEN` and `FLEETSHIFT_ETCD_ENDPOINTS`
+    /// (comma-separated) override the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut raw: RawConfig = read_toml(path, "coordinator configuration")?;
         if let Ok(id) = std::env::var("FLEETSHIFT_COORDINATOR_ID") {
@@ -98,6 +102,9 @@ impl CoordinatorConfig {
         }
         if let Ok(listen) = std::env::var("FLEETSHIFT_TELEMETRY_LISTEN") {
             raw.telemetry_listen = Some(listen);
+        }
+        if let Ok(listen) = std::env::var("FLEETSHIFT_HEALTH_LISTEN") {
+            raw.health_listen = Some(listen);
         }
         if let Ok(endpoints) = std::env::var("FLEETSHIFT_ETCD_ENDPOINTS") {
             raw.store.etcd_endpoints = endpoints
@@ -131,6 +138,16 @@ impl CoordinatorConfig {
                 address.parse().map_err(|error| {
                     format!(
                         "telemetry_listen = {address:?} is not an address like 0.0.0.0:9464: {error}"
+                    )
+                })
+            })
+            .transpose()?;
+        let health_listen = raw
+            .health_listen
+            .map(|address| {
+                address.parse().map_err(|error| {
+                    format!(
+                        "health_listen = {address:?} is not an address like 0.0.0.0:7444: {error}"
                     )
                 })
             })
@@ -197,6 +214,7 @@ impl CoordinatorConfig {
             coordinator_id: raw.coordinator_id,
             listen,
             telemetry_listen,
+            health_listen,
             trust_domain: raw.trust_domain,
             intervals: SessionIntervals::from_heartbeat(heartbeat),
             tls: raw.tls.relative_to(base),

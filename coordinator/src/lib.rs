@@ -41,6 +41,7 @@ pub mod fleet_api;
 pub mod lint;
 pub mod mailbox;
 pub mod metrics;
+pub mod probes;
 pub mod rehearsals;
 pub mod rollout;
 pub mod schema_drift;

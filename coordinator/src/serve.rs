@@ -20,6 +20,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::agent_session::AgentSessions;
 use crate::backups;
@@ -29,6 +30,7 @@ use crate::events::journal::{self, Feed};
 use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
+use crate::probes;
 use crate::rollout::{driver, relay};
 use crate::schema_drift;
 use crate::store::StoreError;
@@ -69,33 +71,57 @@ pub enum ServeError {
     },
     #[error("serving gRPC: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("building gRPC reflection from the wire contract: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot serve gRPC health on {address}: {source}")]
+    Health {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// How often the TLS files are checked for a rotation (SIGHUP reloads at once).
 const TLS_POLL: Duration = Duration::from_secs(5);
 
-/// Serves the agent and fleet services on `listener` until `shutdown` completes, timing
+/// What a replica serves over mutual TLS: its two services and `grpc.health.v1` (server
+/// reflection is added to them).
+pub struct Services<S, H> {
+    pub sessions: AgentSessions<S>,
+    pub fleet: FleetApi<S>,
+    /// Following the replica's readiness ([`probes::health`]).
+    pub health: HealthServer<H>,
+}
+
+impl<S, H> std::fmt::Debug for Services<S, H> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+/// Serves `services` and server reflection on `listener` until `shutdown` completes, timing
 /// every request into `metrics` and giving each its span, under the caller's when the request
 /// carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
 /// stop `rpc`'s streams too (sessions, watches), or the server waits for them to end.
-pub async fn serve<S: Store + 'static>(
+pub async fn serve<S: Store + 'static, H: Health>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
-    sessions: AgentSessions<S>,
-    fleet: FleetApi<S>,
+    services: Services<S, H>,
     metrics: Arc<CoordinatorMetrics>,
     rpc: TaskSet,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(request_span)
         .layer(GrpcMetricsLayer::new(metrics))
-        .add_service(AgentServiceServer::new(sessions))
-        .add_service(FleetServiceServer::new(fleet))
+        .add_service(AgentServiceServer::new(services.sessions))
+        .add_service(FleetServiceServer::new(services.fleet))
+        .add_service(services.health)
+        .add_service(probes::reflection()?)
         .serve_with_incoming_shutdown(tls_connections(listener, tls, &rpc), shutdown)
-        .await
+        .await?;
+    Ok(())
 }
 
 /// The span of one call: `fleetshift.v1.FleetService/CreatePlan` and so on.
@@ -246,8 +272,15 @@ pub async fn run_replica<S: Store + 'static>(
         // The election's own task hands leadership over when it stops.
         let _ = election.await;
     });
+    let readiness = readiness_of(standing.clone(), &background);
+    let health = probes::health(readiness.clone(), &rpc);
+    if let Some(address) = config.health_listen {
+        let plain = probes::health(readiness.clone(), &rpc);
+        probes::serve_health_plainly(address, plain, &rpc)
+            .await
+            .map_err(|source| ServeError::Health { address, source })?;
+    }
     if let Some(address) = config.telemetry_listen {
-        let readiness = readiness_of(standing.clone(), &background);
         endpoint::spawn(address, Arc::new(registry), readiness, stopping.clone())
             .await
             .map_err(|source| ServeError::Telemetry { address, source })?;
@@ -266,16 +299,12 @@ pub async fn run_replica<S: Store + 'static>(
         tracing::info!("stopping: the RPC server and its streams first");
         rpc_stopping.cancel();
     };
-    let served = serve(
-        listener,
-        tls,
+    let services = Services {
         sessions,
         fleet,
-        metrics,
-        rpc.clone(),
-        stop_rpc,
-    )
-    .await;
+        health,
+    };
+    let served = serve(listener, tls, services, metrics, rpc.clone(), stop_rpc).await;
     if !rpc.stop(STAGE_DEADLINE).await {
         tracing::warn!("sessions or watches did not end within the deadline; left behind");
     }
@@ -283,7 +312,7 @@ pub async fn run_replica<S: Store + 'static>(
     if !background.stop(STAGE_DEADLINE).await {
         tracing::warn!("background work did not end within the deadline; left behind");
     }
-    served.map_err(ServeError::from)
+    served
 }
 
 /// Ready while the store answers the election and a leader is known (this replica or

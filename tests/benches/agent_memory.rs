@@ -85,17 +85,17 @@ async fn measure() -> anyhow::Result<()> {
     );
     let (_stop_serving, stop) = tokio::sync::oneshot::channel::<()>();
     let metrics = CoordinatorMetrics::register(&mut Registry::default());
-    tokio::spawn(serve::serve(
-        listener,
-        tls,
+    let rpc = TaskSet::new();
+    let ready =
+        tokio::sync::watch::channel(fleetshift_common::telemetry::endpoint::Readiness::Ready).1;
+    let services = serve::Services {
         sessions,
         fleet,
-        metrics,
-        TaskSet::new(),
-        async {
-            let _ = stop.await;
-        },
-    ));
+        health: fleetshift_coordinator::probes::health(ready, &rpc),
+    };
+    tokio::spawn(serve::serve(listener, tls, services, metrics, rpc, async {
+        let _ = stop.await;
+    }));
 
     let mut tables = String::new();
     for shard in 0..SHARDS {

@@ -542,18 +542,25 @@ impl InProcessCoordinator {
             std::sync::Arc::clone(&mailbox),
             relay.clone(),
         ));
-        tokio::spawn(fleetshift_coordinator::serve::serve(
-            listener,
-            tls,
+        let rpc = TaskSet::new();
+        let ready =
+            tokio::sync::watch::channel(fleetshift_common::telemetry::endpoint::Readiness::Ready).1;
+        let services = fleetshift_coordinator::serve::Services {
             sessions,
-            FleetApi::new(
+            fleet: FleetApi::new(
                 std::sync::Arc::clone(&store),
                 roles,
                 TRUST_DOMAIN,
                 TaskSet::new(),
             ),
+            health: fleetshift_coordinator::probes::health(ready, &rpc),
+        };
+        tokio::spawn(fleetshift_coordinator::serve::serve(
+            listener,
+            tls,
+            services,
             CoordinatorMetrics::register(&mut Registry::default()),
-            TaskSet::new(),
+            rpc,
             async {
                 let _ = stop.await;
             },

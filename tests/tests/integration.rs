@@ -23,6 +23,7 @@ mod integration {
     mod fleet_api;
     mod fleet_faults;
     mod fleet_throttle;
+    mod grpc_conventions;
     mod lint;
     mod local_fleet;
     mod locks;

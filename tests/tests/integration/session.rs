@@ -365,6 +365,7 @@ async fn a_stopping_replica_ends_open_sessions_and_leaves_their_leases() {
         coordinator_id: "c1".to_owned(),
         listen: address,
         telemetry_listen: None,
+        health_listen: None,
         trust_domain: TRUST_DOMAIN.to_owned(),
         intervals: SessionIntervals::from_heartbeat(Duration::from_secs(1)),
         tls: TlsFiles {
