@@ -13,6 +13,9 @@ pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fleetshift_v1_descriptor.bin"));
 
 #[cfg(test)]
+mod compat;
+
+#[cfg(test)]
 mod tests {
     use prost::Message;
     use prost_types::FileDescriptorSet;
