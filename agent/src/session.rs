@@ -28,6 +28,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use fleetshift_common::lease::SessionIntervals;
 use fleetshift_common::proto::v1::Hello;
 use fleetshift_common::telemetry::endpoint::Readiness;
+use fleetshift_common::versions;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -93,7 +94,8 @@ pub async fn run(
     };
     let hello = Hello {
         agent_id: config.agent_id.clone(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        agent_version: versions::VERSION.to_owned(),
+        oldest_coordinator: versions::OLDEST_COORDINATOR.to_owned(),
         shards: Vec::new(),
         host: None,
         resume_lease_id: 0,

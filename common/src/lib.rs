@@ -47,4 +47,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod touched;
 pub mod validation;
+pub mod versions;
 pub mod window;

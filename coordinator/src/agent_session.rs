@@ -21,6 +21,7 @@ use fleetshift_common::proto::v1::{
     Hello, HostReply,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
+use fleetshift_common::versions::{self, Side};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -235,6 +236,7 @@ where
                 ),
             ));
         }
+        check_versions(&hello)?;
         let lease = match self.resumable(hello.resume_lease_id).await {
             Some(lease) => {
                 tracing::info!(agent = %self.identity, lease, "session lease resumed after a reconnect");
@@ -273,6 +275,8 @@ where
             heartbeat_interval: prost_types::Duration::try_from(self.intervals.heartbeat).ok(),
             lease_ttl: prost_types::Duration::try_from(self.intervals.lease_ttl).ok(),
             safety_margin: prost_types::Duration::try_from(self.intervals.safety_margin).ok(),
+            coordinator_version: versions::VERSION.to_owned(),
+            oldest_agent: versions::OLDEST_AGENT.to_owned(),
         };
         // The handshake goes first on the stream: once registered, the relays and the leader
         // may hand the session work at once, and the agent takes only a handshake first.
@@ -569,6 +573,27 @@ fn check_result(result: &AssignmentResult) -> Result<(), Status> {
             ErrorCode::BadRequest,
             format!("result {:?}: {problem}", result.assignment_id),
         )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an agent this coordinator cannot work with, or one that cannot work with this
+/// coordinator, naming both versions and what to upgrade first.
+fn check_versions(hello: &Hello) -> Result<(), Status> {
+    let too_old_agent = versions::refusal(
+        Side::Agent,
+        &hello.agent_version,
+        versions::VERSION,
+        versions::OLDEST_AGENT,
+    );
+    let too_old_coordinator = versions::refusal(
+        Side::Coordinator,
+        versions::VERSION,
+        &hello.agent_version,
+        &hello.oldest_coordinator,
+    );
+    match too_old_agent.or(too_old_coordinator) {
+        Some(refused) => Err(refuse(ErrorCode::NotNow, refused)),
         None => Ok(()),
     }
 }

@@ -154,6 +154,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
                     current_version: shard.current_version,
                     health: health.into(),
                     schema_fingerprint: shard.schema_fingerprint,
+                    agent_version: hello.agent_version.clone(),
                 });
             }
         }

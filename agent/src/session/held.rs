@@ -14,6 +14,7 @@ use fleetshift_common::proto::v1::{
     AgentMessage, Assignment, AssignmentResult, Cancel, CoordinatorMessage, FactsRefresh,
     Handshake, Heartbeat, HeartbeatAck, HostReply, HostRequest, ProgressEvent,
 };
+use fleetshift_common::versions::{self, Side};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, Interval};
@@ -126,6 +127,14 @@ impl<'f, W: Work> Session<'f, W> {
             Some(Err(status)) => return Err(SessionError::Refused(status.message().to_owned())),
             None => return Err(SessionError::Refused("the stream ended".to_owned())),
         };
+        if let Some(refused) = versions::refusal(
+            Side::Coordinator,
+            &handshake.coordinator_version,
+            versions::VERSION,
+            versions::OLDEST_COORDINATOR,
+        ) {
+            return Err(SessionError::Refused(refused));
+        }
         let intervals = intervals(&handshake)?;
         if *last_lease != 0 && *last_lease != handshake.lease_id {
             tracing::warn!(

@@ -80,6 +80,11 @@ fn recorder() -> (Recorder, mpsc::UnboundedReceiver<(String, StopCause)>) {
 }
 
 fn handshake(lease: i64) -> CoordinatorMessage {
+    handshake_from(lease, fleetshift_common::versions::VERSION)
+}
+
+/// The handshake of a coordinator at `version`.
+fn handshake_from(lease: i64, version: &str) -> CoordinatorMessage {
     let intervals = SessionIntervals::from_heartbeat(HEARTBEAT);
     let duration = |value: Duration| prost_types::Duration::try_from(value).ok();
     CoordinatorMessage {
@@ -89,6 +94,8 @@ fn handshake(lease: i64) -> CoordinatorMessage {
             heartbeat_interval: duration(intervals.heartbeat),
             lease_ttl: duration(intervals.lease_ttl),
             safety_margin: duration(intervals.safety_margin),
+            coordinator_version: version.to_owned(),
+            oldest_agent: fleetshift_common::versions::OLDEST_AGENT.to_owned(),
         })),
     }
 }
@@ -125,9 +132,14 @@ impl Replica {
 /// A session's streams with the handshake (lease `lease`) already waiting, and the replica's
 /// end; heartbeats are acknowledged when `acknowledging`.
 fn streams(lease: i64, acknowledging: bool) -> (Streams, Replica) {
+    streams_after(handshake(lease), acknowledging)
+}
+
+/// Like [`streams`], with `handshake` waiting.
+fn streams_after(handshake: CoordinatorMessage, acknowledging: bool) -> (Streams, Replica) {
     let (outbound, mut sent) = mpsc::channel::<AgentMessage>(16);
     let (to_agent, inbound) = mpsc::unbounded_channel();
-    to_agent.send(Ok(handshake(lease))).expect("open");
+    to_agent.send(Ok(handshake)).expect("open");
     let (passed, from_agent) = mpsc::unbounded_channel();
     let acknowledge = to_agent.clone();
     tokio::spawn(async move {
@@ -350,4 +362,35 @@ async fn a_reconnect_offers_the_last_lease_for_resumption() {
         shutdown.cancel();
     };
     tokio::join!(sessions.hold(&telemetry, &shutdown), script);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_coordinator_too_old_for_this_agent_is_refused_naming_both_versions() {
+    let (work, _stopped) = recorder();
+    let (streams, _replica) = streams_after(handshake_from(7, "0.0.1"), true);
+    let mut finished = Finished::default();
+    let mut last_lease = 0;
+    let refused = Session::init(
+        work,
+        streams,
+        Instant::now(),
+        &mut last_lease,
+        metrics(),
+        &mut finished,
+        &CancellationToken::new(),
+    )
+    .await
+    .map(drop)
+    .expect_err("too old");
+    let SessionError::Refused(message) = refused else {
+        panic!("a refusal, got {refused:?}");
+    };
+    assert!(
+        message.starts_with(&format!(
+            "coordinator 0.0.1 is too old for agent {}",
+            fleetshift_common::versions::VERSION
+        )) && message.ends_with("upgrade the coordinators first"),
+        "{message}"
+    );
+    assert_eq!(last_lease, 0, "no lease taken from a refused coordinator");
 }

@@ -166,6 +166,7 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
                     json!({
                         "shard": shard.shard_id,
                         "agent": shard.agent_id,
+                        "agent_version": (!shard.agent_version.is_empty()).then_some(&shard.agent_version),
                         "current_version": shard.current_version,
                         "health": health_name(shard.health),
                         "labels": shard.labels,
@@ -177,8 +178,8 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
         }
         Output::Human => {
             println!(
-                "{:<24} {:<20} {:<24} {:<20} {:<12} LABELS",
-                "SHARD", "AGENT", "VERSION", "HEALTH", "SCHEMA"
+                "{:<24} {:<28} {:<24} {:<20} {:<12} LABELS",
+                "SHARD", "AGENT (VERSION)", "VERSION", "HEALTH", "SCHEMA"
             );
             for shard in &listed {
                 let mut labels: Vec<String> = shard
@@ -187,10 +188,15 @@ pub async fn shards(arguments: ShardsArgs) -> ExitCode {
                     .map(|(key, value)| format!("{key}={value}"))
                     .collect();
                 labels.sort();
+                let agent = if shard.agent_version.is_empty() {
+                    shard.agent_id.clone()
+                } else {
+                    format!("{} ({})", shard.agent_id, shard.agent_version)
+                };
                 println!(
-                    "{:<24} {:<20} {:<24} {:<20} {:<12} {}",
+                    "{:<24} {:<28} {:<24} {:<20} {:<12} {}",
                     shard.shard_id,
-                    shard.agent_id,
+                    agent,
                     if shard.current_version.is_empty() {
                         "-"
                     } else {

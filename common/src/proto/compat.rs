@@ -173,7 +173,11 @@ fn decode(bytes: &[u8]) -> FileDescriptorSet {
 #[test]
 fn the_contract_is_compatible_with_the_last_release() {
     let broken = incompatibilities(&decode(RELEASED), &decode(DESCRIPTOR_SET));
-    assert!(broken.is_empty(), "incompatible with the last release:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "incompatible with the last release:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]
@@ -183,7 +187,9 @@ fn removing_renumbering_retyping_or_reshaping_is_caught() {
     for file in &mut changed.file {
         for message in &mut file.message_type {
             match message.name() {
-                "Hello" => message.field.retain(|field| field.name() != "agent_version"),
+                "Hello" => message
+                    .field
+                    .retain(|field| field.name() != "agent_version"),
                 "Heartbeat" => {
                     for field in &mut message.field {
                         field.number = Some(field.number() + 100);
@@ -214,10 +220,19 @@ fn removing_renumbering_retyping_or_reshaping_is_caught() {
     }
     let broken = incompatibilities(&released, &changed);
     let named = |text: &str| broken.iter().any(|line| line.contains(text));
-    assert!(named("Hello: field agent_version = 2 was removed"), "{broken:#?}");
+    assert!(
+        named("Hello: field agent_version = 2 was removed"),
+        "{broken:#?}"
+    );
     assert!(named("fleetshift.v1.Heartbeat: field"), "{broken:#?}");
-    assert!(named("Assignment: field fence_token = 4 became"), "{broken:#?}");
+    assert!(
+        named("Assignment: field fence_token = 4 became"),
+        "{broken:#?}"
+    );
     assert!(named("enum fleetshift.v1.Direction"), "{broken:#?}");
-    assert!(named("rpc fleetshift.v1.FleetService.WatchRollout"), "{broken:#?}");
+    assert!(
+        named("rpc fleetshift.v1.FleetService.WatchRollout"),
+        "{broken:#?}"
+    );
     assert!(incompatibilities(&released, &released).is_empty());
 }

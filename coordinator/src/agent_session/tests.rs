@@ -197,3 +197,72 @@ fn an_incomplete_result_is_refused_naming_the_field() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn agents_and_coordinators_too_old_for_each_other_are_refused_naming_both() {
+    let store = Arc::new(MemoryStore::new());
+    let stopping = CancellationToken::new();
+    let refused = |hello: Hello| {
+        let store = Arc::clone(&store);
+        let stopping = stopping.clone();
+        async move {
+            let (mut agent, driven) = open(&store, "a1", &stopping);
+            agent.send(AgentBody::Hello(hello));
+            let answer = agent.answer().await;
+            within(driven).await.expect("session task");
+            answer
+        }
+    };
+    let old_agent = refused(Hello {
+        agent_id: "a1".to_owned(),
+        agent_version: "0.0.1".to_owned(),
+        ..Hello::default()
+    })
+    .await
+    .expect_err("too old an agent");
+    assert_eq!(old_agent.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        old_agent.message().starts_with(&format!(
+            "agent 0.0.1 is too old for coordinator {}",
+            versions::VERSION
+        )) && old_agent.message().ends_with("upgrade the agents first"),
+        "{}",
+        old_agent.message()
+    );
+    let demanding_agent = refused(Hello {
+        agent_id: "a1".to_owned(),
+        agent_version: "99.0.0".to_owned(),
+        oldest_coordinator: "98.0.0".to_owned(),
+        ..Hello::default()
+    })
+    .await
+    .expect_err("too old a coordinator");
+    assert!(
+        demanding_agent.message().starts_with(&format!(
+            "coordinator {} is too old for agent 99.0.0",
+            versions::VERSION
+        )) && demanding_agent
+            .message()
+            .ends_with("upgrade the coordinators first"),
+        "{}",
+        demanding_agent.message()
+    );
+    assert_eq!(announced(&store).await, 0, "neither was announced");
+
+    // An agent of this version, and one that says nothing of versions (an older contract),
+    // are taken; the handshake names this coordinator's version and the oldest agent it takes.
+    let (mut agent, _driven) = open(&store, "a1", &stopping);
+    agent.send(AgentBody::Hello(Hello {
+        agent_id: "a1".to_owned(),
+        agent_version: versions::VERSION.to_owned(),
+        oldest_coordinator: versions::OLDEST_COORDINATOR.to_owned(),
+        ..Hello::default()
+    }));
+    let handshake = agent.handshake().await;
+    assert_eq!(handshake.coordinator_version, versions::VERSION);
+    assert_eq!(handshake.oldest_agent, versions::OLDEST_AGENT);
+    let (mut silent, _driven) = open(&store, "a2", &stopping);
+    silent.hello("a2");
+    silent.handshake().await;
+    stopping.cancel();
+}

@@ -109,6 +109,10 @@ approvers = [\"carol\"]",
     };
     assert_eq!(listed["shards"][0]["shard"], "users-eu");
     assert_eq!(listed["shards"][0]["agent"], "db-host-1");
+    assert_eq!(
+        listed["shards"][0]["agent_version"],
+        fleetshift_common::versions::VERSION
+    );
     assert_eq!(listed["shards"][0]["health"], "healthy");
     let filtered = shards(
         home.path(),
