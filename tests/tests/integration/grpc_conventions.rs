@@ -1,7 +1,8 @@
 //! The standard gRPC services on a real replica process (etcd, mutual TLS), as grpcurl and
 //! Kubernetes probes use them: `grpc.health.v1` answers SERVING for the server and each of its
 //! services once a leader is known, over mutual TLS and on the plaintext health listener,
-//! which serves nothing else; server reflection lists every service.
+//! which serves nothing else; server reflection lists every service. A unary call is given up
+//! at the client's deadline, and a stream open when the replica stops ends with UNAVAILABLE.
 
 use std::time::Duration;
 
@@ -126,4 +127,63 @@ async fn health_and_reflection_answer_without_fleetshifts_protos() {
             "grpc.reflection.v1.ServerReflection",
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_honour_the_clients_deadline_and_streams_end_unavailable_when_a_replica_stops() {
+    let ground = FleetGround::start().await;
+    ground.issue(Role::Operator, "ops");
+    let (port, replica) =
+        spawn_replica_with(ground.home.path(), "c1", &ground.etcd.endpoint, ROLES, &[]);
+    let channel = channel_as(
+        &format!("https://localhost:{port}"),
+        &ground.pki,
+        "operator-ops",
+    )
+    .await;
+    let mut fleet =
+        fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient::new(channel);
+
+    // A deadline shorter than a round trip to the store: the call is given up, not finished.
+    let mut hurried =
+        tonic::Request::new(fleetshift_common::proto::v1::ListShardsRequest::default());
+    hurried.set_timeout(Duration::from_micros(1));
+    let expired = fleet
+        .list_shards(hurried)
+        .await
+        .expect_err("past its deadline");
+    assert!(
+        matches!(
+            expired.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{expired:?}"
+    );
+    assert!(
+        fleet
+            .list_shards(fleetshift_common::proto::v1::ListShardsRequest::default())
+            .await
+            .is_ok()
+    );
+
+    // A stream open when the replica is told to stop ends with UNAVAILABLE, saying to go on
+    // elsewhere with --since.
+    let mut events = fleet
+        .watch_events(fleetshift_common::proto::v1::WatchEventsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    replica.signal("TERM");
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("--since"), "{}", ended.message());
 }
