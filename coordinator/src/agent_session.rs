@@ -21,7 +21,7 @@ use fleetshift_common::proto::v1::{
     Hello, HostReply,
 };
 use fleetshift_common::tls::identity::{Role, SpiffeId};
-use fleetshift_common::versions::{self, Side};
+use fleetshift_common::versions;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -236,7 +236,7 @@ where
                 ),
             ));
         }
-        check_versions(&hello)?;
+        compatibility::check(&hello)?;
         let lease = match self.resumable(hello.resume_lease_id).await {
             Some(lease) => {
                 tracing::info!(agent = %self.identity, lease, "session lease resumed after a reconnect");
@@ -577,26 +577,7 @@ fn check_result(result: &AssignmentResult) -> Result<(), Status> {
     }
 }
 
-/// Refuses an agent this coordinator cannot work with, or one that cannot work with this
-/// coordinator, naming both versions and what to upgrade first.
-fn check_versions(hello: &Hello) -> Result<(), Status> {
-    let too_old_agent = versions::refusal(
-        Side::Agent,
-        &hello.agent_version,
-        versions::VERSION,
-        versions::OLDEST_AGENT,
-    );
-    let too_old_coordinator = versions::refusal(
-        Side::Coordinator,
-        versions::VERSION,
-        &hello.agent_version,
-        &hello.oldest_coordinator,
-    );
-    match too_old_agent.or(too_old_coordinator) {
-        Some(refused) => Err(refuse(ErrorCode::NotNow, refused)),
-        None => Ok(()),
-    }
-}
+mod compatibility;
 
 #[cfg(test)]
 mod tests;
