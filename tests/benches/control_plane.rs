@@ -8,7 +8,9 @@
 //! same fleet connected and heartbeating, no rollout) as the baseline:
 //! - the coordinator's CPU-seconds (`/proc/<pid>/stat`), per 1,000 shards;
 //! - etcd requests (its own `grpc_server_handled_total` / `grpc_server_msg_received_total`
-//!   counters), by method, per shard.
+//!   counters), by method, per shard;
+//! - the event journal's share: the batches it stored (one etcd put each) per progress event
+//!   the agents reported (two per shard).
 //!
 //! `cargo build --release --bins && cargo bench -p fleetshift-tests --bench control_plane
 //! [-- SHARDS]` (default 2,000 shards, 10 per simulated agent). Targets: ≤ 6 etcd requests per
@@ -330,6 +332,18 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
         total / shards as f64,
         (total - idle_total) / shards as f64
     );
+    let batches = journal_batches(&store).await?;
+    let events = 2 * shards;
+    println!(
+        "event journal: {batches} batches for {events} progress events: {:.3} etcd puts per event",
+        batches as f64 / events as f64
+    );
     drop(coordinator);
     Ok(())
+}
+
+/// How many batches the event journal holds (none has expired within a run).
+async fn journal_batches(store: &EtcdStore) -> anyhow::Result<usize> {
+    use fleetshift_coordinator::store::{Store, keys};
+    Ok(store.list(&keys::journal_prefix()).await?.entries.len())
 }
