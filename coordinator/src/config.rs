@@ -132,26 +132,9 @@ impl CoordinatorConfig {
                 raw.listen
             )
         })?;
-        let telemetry_listen = raw
-            .telemetry_listen
-            .map(|address| {
-                address.parse().map_err(|error| {
-                    format!(
-                        "telemetry_listen = {address:?} is not an address like 0.0.0.0:9464: {error}"
-                    )
-                })
-            })
-            .transpose()?;
-        let health_listen = raw
-            .health_listen
-            .map(|address| {
-                address.parse().map_err(|error| {
-                    format!(
-                        "health_listen = {address:?} is not an address like 0.0.0.0:7444: {error}"
-                    )
-                })
-            })
-            .transpose()?;
+        let telemetry_listen =
+            optional_address("telemetry_listen", raw.telemetry_listen, "0.0.0.0:9464")?;
+        let health_listen = optional_address("health_listen", raw.health_listen, "0.0.0.0:7444")?;
         let heartbeat = duration::parse(&raw.heartbeat)?;
         if heartbeat < Duration::from_millis(500) {
             return Err(format!(
@@ -225,6 +208,22 @@ impl CoordinatorConfig {
     }
 }
 
+/// The address `name` gives, if it gives one; what is wrong with it otherwise (`example`
+/// shows the form).
+fn optional_address(
+    name: &str,
+    address: Option<String>,
+    example: &str,
+) -> Result<Option<SocketAddr>, String> {
+    address
+        .map(|address| {
+            address.parse().map_err(|error| {
+                format!("{name} = {address:?} is not an address like {example}: {error}")
+            })
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +261,20 @@ mod tests {
             CoordinatorConfig::load(&path).expect_err("bad address")
         );
         assert!(error.contains("not an address"), "{error}");
+        let probes = "health_listen = \"0.0.0.0:7444\"\ntelemetry_listen = \"0.0.0.0:9464\"\n";
+        std::fs::write(&path, format!("{probes}{valid}")).expect("write");
+        let config = CoordinatorConfig::load(&path).expect("valid");
+        assert_eq!(config.health_listen, "0.0.0.0:7444".parse().ok());
+        assert_eq!(config.telemetry_listen, "0.0.0.0:9464".parse().ok());
+        std::fs::write(&path, format!("health_listen = \"port 7444\"\n{valid}")).expect("write");
+        let error = format!(
+            "{:#}",
+            CoordinatorConfig::load(&path).expect_err("bad address")
+        );
+        assert!(
+            error.contains("health_listen = \"port 7444\" is not an address like 0.0.0.0:7444"),
+            "{error}"
+        );
         std::fs::write(&path, valid).expect("write");
         let config = CoordinatorConfig::load(&path).expect("valid");
         assert_eq!(
