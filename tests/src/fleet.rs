@@ -45,12 +45,34 @@ impl Process {
         log: &Path,
         environment: &[(String, String)],
     ) -> Self {
+        Self::start(program, arguments, Stdio::null(), log, environment)
+    }
+
+    /// Like [`Process::spawn_with`], its stdout written to `output`.
+    pub fn spawn_printing(
+        program: &Path,
+        arguments: &[&str],
+        output: &Path,
+        log: &Path,
+        environment: &[(String, String)],
+    ) -> Self {
+        let output = std::fs::File::create(output).expect("output file");
+        Self::start(program, arguments, output.into(), log, environment)
+    }
+
+    fn start(
+        program: &Path,
+        arguments: &[&str],
+        stdout: Stdio,
+        log: &Path,
+        environment: &[(String, String)],
+    ) -> Self {
         let log = std::fs::File::create(log).expect("log file");
         let child = Command::new(program)
             .args(arguments)
             .envs(environment.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .expect("spawn");

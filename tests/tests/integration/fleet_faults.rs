@@ -27,6 +27,7 @@ use fleetshift_common::proto::v1::{
     WavePolicy,
 };
 use fleetshift_testkit::postgres::Shutdown;
+use fleetshift_tests::fleet::Process;
 use fleetshift_tests::rollout;
 use fleetshift_tests::wait::wait_until;
 use sqlx::PgPool;
@@ -622,26 +623,29 @@ async fn the_cli_keeps_streaming_events_when_its_replica_is_killed() {
         .map(|port| format!("https://localhost:{port}"))
         .collect::<Vec<_>>()
         .join(",");
-    let mut events = Reaped(
-        std::process::Command::new(fleetshift_tests::binary::fleetshift())
-            .args([
-                "events",
-                "--plan",
-                &plan_id,
-                "--since",
-                "1",
-                "--statements",
-                "--output",
-                "json",
-            ])
-            .env("FLEETSHIFT_COORDINATOR", &addresses)
-            .env("FLEETSHIFT_TLS_CERT", pki.join("operator-ops.pem"))
-            .env("FLEETSHIFT_TLS_KEY", pki.join("operator-ops.key"))
-            .env("FLEETSHIFT_TLS_CA", pki.join("ca.pem"))
-            .stdout(std::fs::File::create(&out).expect("out"))
-            .stderr(std::fs::File::create(&err).expect("err"))
-            .spawn()
-            .expect("fleetshift events"),
+    let operator = |file: &str| pki.join(file).display().to_string();
+    let environment = [
+        ("FLEETSHIFT_COORDINATOR", addresses),
+        ("FLEETSHIFT_TLS_CERT", operator("operator-ops.pem")),
+        ("FLEETSHIFT_TLS_KEY", operator("operator-ops.key")),
+        ("FLEETSHIFT_TLS_CA", operator("ca.pem")),
+    ]
+    .map(|(name, value)| (name.to_owned(), value));
+    let mut events = Process::spawn_printing(
+        &fleetshift_tests::binary::fleetshift(),
+        &[
+            "events",
+            "--plan",
+            &plan_id,
+            "--since",
+            "1",
+            "--statements",
+            "--output",
+            "json",
+        ],
+        &out,
+        &err,
+        &environment,
     );
     let streaming = wait_until(Duration::from_secs(30), || async {
         std::fs::read_to_string(&out).is_ok_and(|text| text.lines().count() >= 3)
@@ -652,18 +656,9 @@ async fn the_cli_keeps_streaming_events_when_its_replica_is_killed() {
     // Its replica dies mid-rollout; the CLI moves to the other and goes on.
     fleet.replicas[1].process.signal("KILL");
     fleet.await_success(&plan_id).await;
-    let ended = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = events.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    })
-    .await
-    .expect("waited");
+    let ended = tokio::task::spawn_blocking(move || events.wait_for_exit(Duration::from_secs(60)))
+        .await
+        .expect("waited");
     let said = std::fs::read_to_string(&err).unwrap_or_default();
     assert!(
         ended.is_some_and(|status| status.success()),
@@ -703,14 +698,4 @@ async fn the_cli_keeps_streaming_events_when_its_replica_is_killed() {
         printed.last().map(|event| &event["plan_state"]),
         Some(&serde_json::json!("succeeded"))
     );
-}
-
-/// A child process killed and reaped when dropped.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
