@@ -277,13 +277,27 @@ impl Operators {
     /// Alice plans `arguments` (after `plan`), bob approves and alice applies it to its end;
     /// the plan's id and how `apply --watch` ended.
     pub async fn planned_and_applied(&self, arguments: &[&str]) -> (String, std::process::Output) {
+        let plan_id = self.planned(arguments).await;
+        let applied = self.approved_and_applied(&plan_id).await;
+        (plan_id, applied)
+    }
+
+    /// Alice plans `arguments` (after `plan`), bob approves and alice starts it without
+    /// watching; the plan's id.
+    pub async fn planned_and_started(&self, arguments: &[&str]) -> String {
+        let plan_id = self.planned(arguments).await;
+        assert_exit(&self.bob(&["approve", &plan_id]).await, 0);
+        assert_exit(&self.alice(&["apply", &plan_id]).await, 0);
+        plan_id
+    }
+
+    /// Alice plans `arguments` (after `plan`); the plan's id.
+    async fn planned(&self, arguments: &[&str]) -> String {
         let planned = self
             .alice(&[&["plan"], arguments, &["--output", "json"]].concat())
             .await;
         assert_exit(&planned, 0);
-        let plan_id = summary(&planned)["plan"].as_str().expect("id").to_owned();
-        let applied = self.approved_and_applied(&plan_id).await;
-        (plan_id, applied)
+        summary(&planned)["plan"].as_str().expect("id").to_owned()
     }
 }
 

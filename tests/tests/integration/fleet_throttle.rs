@@ -45,13 +45,7 @@ async fn a_throttled_shard_waits_until_the_throttle_is_lifted() {
 
     let migrations =
         fixtures::migrations(&[("1_note.sql", "ALTER TABLE items ADD COLUMN note text;")]);
-    let planned = cli
-        .alice(&["plan", support::dir(&migrations), "--output", "json"])
-        .await;
-    assert_exit(&planned, 0);
-    let plan_id = summary(&planned)["plan"].as_str().expect("id").to_owned();
-    assert_exit(&cli.bob(&["approve", &plan_id]).await, 0);
-    assert_exit(&cli.alice(&["apply", &plan_id]).await, 0);
+    let plan_id = cli.planned_and_started(&[support::dir(&migrations)]).await;
     let state = || async {
         let status = cli.alice(&["status", &plan_id, "--output", "json"]).await;
         summary(&status)["shards"][0]["state"]
@@ -111,20 +105,13 @@ async fn a_fleet_throttle_holds_a_running_shard_before_its_next_revision() {
         ("2_note.sql", "ALTER TABLE items ADD COLUMN note text;"),
     ]);
     let throttle_query = format!("{}:0", gate.display());
-    let planned = cli
-        .alice(&[
-            "plan",
+    let plan_id = cli
+        .planned_and_started(&[
             support::dir(&migrations),
             "--throttle-query",
             &throttle_query,
-            "--output",
-            "json",
         ])
         .await;
-    assert_exit(&planned, 0);
-    let plan_id = summary(&planned)["plan"].as_str().expect("id").to_owned();
-    assert_exit(&cli.bob(&["approve", &plan_id]).await, 0);
-    assert_exit(&cli.alice(&["apply", &plan_id]).await, 0);
     let waiting = || async {
         let status = cli.alice(&["status", &plan_id, "--output", "json"]).await;
         summary(&status)["shards"][0]["waiting"]
