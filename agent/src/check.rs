@@ -3,7 +3,7 @@
 use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
-use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts, catalog};
+use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts, catalog, server};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::proto::v1::TableFacts;
@@ -30,6 +30,10 @@ pub struct ShardReport {
     /// The shard's tables with sizes and dependents (PostgreSQL), for the Hello.
     #[serde(serialize_with = "tables_as_json")]
     pub tables: Vec<TableFacts>,
+    /// The cluster's system identifier (PostgreSQL), empty when unknown.
+    pub system_identifier: String,
+    /// The server's version, empty when unreachable.
+    pub server_version: String,
 }
 
 fn tables_as_json<S: serde::Serializer>(
@@ -96,6 +100,8 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
         fence_token: None,
         error: None,
         tables: Vec::new(),
+        system_identifier: String::new(),
+        server_version: String::new(),
     };
     let result = match engine::connect(&shard.database_url, Timeouts::default()).await {
         Ok(Connected::Postgres(engine)) => {
@@ -106,9 +112,27 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
                     tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's catalog; plans will not weigh its tables")
                 }
             }
+            match server::identity(engine.pool()).await {
+                Ok((identifier, version)) => {
+                    report.system_identifier = identifier;
+                    report.server_version = version;
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's server identity; the per-host cap counts it by address")
+                }
+            }
             summarized
         }
-        Ok(Connected::Sqlite(engine)) => summarize(&engine, &mut report).await,
+        Ok(Connected::Sqlite(engine)) => {
+            let summarized = summarize(&engine, &mut report).await;
+            if let Ok(version) = sqlx::query_scalar("SELECT sqlite_version()")
+                .fetch_one(engine.pool())
+                .await
+            {
+                report.server_version = version;
+            }
+            summarized
+        }
         Err(error) => Err(error),
     };
     if let Err(error) = result {

@@ -21,6 +21,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod duties;
+pub mod host;
 pub mod metrics;
 pub mod outage;
 pub mod rehearse;

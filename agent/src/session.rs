@@ -91,13 +91,15 @@ pub async fn run(
         metrics: Arc::clone(&telemetry.metrics),
         schemas: Arc::new(SchemaChecks::new(link.schema_check)),
         throttles: Arc::new(tokio::sync::watch::Sender::new(Arc::from([]))),
+        host: crate::host::facts(),
+        attributes: Arc::default(),
     };
     let hello = Hello {
         agent_id: config.agent_id.clone(),
         agent_version: versions::VERSION.to_owned(),
         oldest_coordinator: versions::OLDEST_COORDINATOR.to_owned(),
         shards: Vec::new(),
-        host: None,
+        host: Some(work.host.clone()),
         resume_lease_id: 0,
     };
     let sessions = Sessions {

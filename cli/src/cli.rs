@@ -17,6 +17,7 @@ mod rollback;
 mod rollout;
 mod schema;
 mod serve;
+mod shards;
 mod sources;
 mod throttles;
 mod validation;
@@ -56,8 +57,8 @@ pub enum Command {
     Certs(certs::CertsArgs),
     /// Run one coordinator replica (agent sessions over mutual TLS).
     Serve(serve::ServeArgs),
-    /// List the fleet's shards (labels, agent, version, health) from a coordinator.
-    Shards(fleet::ShardsArgs),
+    /// List the fleet's shards (labels, agent, host, database server, version, health).
+    Shards(shards::ShardsArgs),
     /// Plan a rollout of a migration directory over the shards a selector matches; `plan
     /// notice <plan>` renders its maintenance notice.
     Plan(Box<rollout::PlanCommand>),
@@ -147,7 +148,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Lint(arguments) => lint::run(arguments),
         Command::Certs(arguments) => certs::run(arguments),
         Command::Serve(arguments) => serve::run(arguments).await,
-        Command::Shards(arguments) => fleet::shards(arguments).await,
+        Command::Shards(arguments) => shards::run(arguments).await,
         Command::Plan(arguments) => match arguments.action {
             Some(rollout::PlanSubcommand::Notice(notice)) => notice::run(notice).await,
             None => rollout::plan(arguments.create).await,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use foreign::{ForeignHistory, ForeignTool};
 pub use postgres::{CountedPool, PostgresShard};
-pub use postgres::{catalog, health, quote_identifier, quote_qualified, restore_sql};
+pub use postgres::{catalog, health, quote_identifier, quote_qualified, restore_sql, server};
 pub use sqlite::SqliteShard;
 
 use crate::error::ExecError;

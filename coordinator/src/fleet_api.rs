@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::fleet_service_server::FleetService;
+use fleetshift_common::selector::Announced;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::host_reply::Outcome;
@@ -135,11 +136,14 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let selector = request.into_inner().selector;
         let mut shards = Vec::new();
         for (agent, hello) in self.announcements().await? {
-            for shard in hello
-                .shards
-                .into_iter()
-                .filter(|shard| fleetshift_common::selector::selects(&selector, &shard.labels))
-            {
+            for shard in hello.shards.into_iter().filter(|shard| {
+                let announced = Announced {
+                    agent: &agent,
+                    host: hello.host.as_ref(),
+                    shard,
+                };
+                fleetshift_common::selector::selects(&selector, &announced.attributes())
+            }) {
                 let health = if !shard.reachable {
                     ShardHealth::Unreachable
                 } else if !shard.unfinished_versions.is_empty() {
@@ -155,6 +159,8 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
                     health: health.into(),
                     schema_fingerprint: shard.schema_fingerprint,
                     agent_version: hello.agent_version.clone(),
+                    host: hello.host.clone(),
+                    server: shard.server,
                 });
             }
         }

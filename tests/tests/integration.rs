@@ -21,6 +21,7 @@ mod integration {
     mod duties;
     mod election;
     mod fleet_api;
+    mod fleet_caps;
     mod fleet_faults;
     mod fleet_throttle;
     mod grpc_conventions;

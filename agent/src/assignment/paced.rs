@@ -1,6 +1,7 @@
 //! What a run waits on: the plan's thresholds on its shard (a [`ShardThrottle`], PostgreSQL
 //! only) and the operators' fleet throttles that select the shard, which the session keeps
-//! current in a [`FleetThrottles`] channel. The fleet throttles come first (read from memory:
+//! current in a [`FleetThrottles`] channel; they select by the shard's attributes as its last
+//! Hello announced them (labels and reported facts). The fleet throttles come first (read from memory:
 //! a held shard is not sampled), then the shard's signals; a fleet throttle's wait does not
 //! count toward the plan's longest wait, since it ends when lifted or when it expires.
 
@@ -17,8 +18,15 @@ use tokio::sync::watch;
 
 use super::ShardThrottle;
 
-/// The operators' fleet throttles in force, as the agent's session last heard them.
-pub type FleetThrottles = watch::Receiver<Arc<[FleetThrottle]>>;
+/// The operators' fleet throttles in force, as the agent's session last heard them, and what
+/// they select one shard by.
+#[derive(Debug)]
+pub struct FleetThrottles {
+    pub list: watch::Receiver<Arc<[FleetThrottle]>>,
+    /// The shard's attributes as announced (see `selector::Announced`); `None` before its
+    /// first announcement, when its labels stand in.
+    pub attributes: Option<HashMap<String, String>>,
+}
 
 /// The signal a fleet throttle's wait is reported under.
 const FLEET_SIGNAL: &str = "fleet throttle";
@@ -27,20 +35,23 @@ const FLEET_SIGNAL: &str = "fleet throttle";
 #[derive(Debug)]
 pub struct Paced<'t> {
     shard: Option<&'t ShardThrottle>,
-    labels: HashMap<String, String>,
-    fleet: FleetThrottles,
+    attributes: HashMap<String, String>,
+    fleet: watch::Receiver<Arc<[FleetThrottle]>>,
 }
 
 impl<'t> Paced<'t> {
     /// The fleet throttles, for a shard with `labels`.
     pub fn fleet(labels: &BTreeMap<String, String>, fleet: FleetThrottles) -> Self {
-        Self {
-            shard: None,
-            labels: labels
+        let attributes = fleet.attributes.unwrap_or_else(|| {
+            labels
                 .iter()
                 .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
-            fleet,
+                .collect()
+        });
+        Self {
+            shard: None,
+            attributes,
+            fleet: fleet.list,
         }
     }
 
@@ -52,7 +63,7 @@ impl<'t> Paced<'t> {
     /// The fleet throttle holding the shard now, as a signal.
     fn held(&self) -> Option<Busy> {
         let throttles = self.fleet.borrow();
-        let throttle = selector::holding(throttles.iter(), &self.labels, SystemTime::now())?;
+        let throttle = selector::holding(throttles.iter(), &self.attributes, SystemTime::now())?;
         let until = throttle
             .until
             .map(|until| format!(" until {until}"))
@@ -109,7 +120,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_fleet_throttle_holds_the_shards_it_selects_until_lifted_without_a_bound() {
-        let (set, fleet) = watch::channel(Arc::<[FleetThrottle]>::from([]));
+        let (set, list) = watch::channel(Arc::<[FleetThrottle]>::from([]));
+        let fleet = FleetThrottles {
+            list,
+            attributes: None,
+        };
         let paced = Paced::fleet(&[("region".to_owned(), "eu".to_owned())].into(), fleet);
         assert_eq!(paced.busy().await, None);
         assert_eq!(paced.max_wait(), Duration::MAX);
@@ -133,5 +148,24 @@ mod tests {
             None,
             "an expired throttle holds nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_fleet_throttle_selects_by_the_announced_facts() {
+        let later = SystemTime::now() + Duration::from_secs(600);
+        let by_host = throttle(&[(selector::HOST, "web-1")], later);
+        let (_set, list) = watch::channel(Arc::<[FleetThrottle]>::from([by_host]));
+        let announced = |hostname: &str| FleetThrottles {
+            list: list.clone(),
+            attributes: Some([(selector::HOST.to_owned(), hostname.to_owned())].into()),
+        };
+        let labels = [("region".to_owned(), "eu".to_owned())].into();
+        assert!(
+            Paced::fleet(&labels, announced("web-1"))
+                .busy()
+                .await
+                .is_some()
+        );
+        assert_eq!(Paced::fleet(&labels, announced("web-2")).busy().await, None);
     }
 }

@@ -2,15 +2,17 @@
 //! [`HostWork`] does it on this host's databases; tests give the session work that only
 //! records how it was told to stop.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{
-    Assignment, AssignmentResult, Engine, FleetThrottle, HostReply, HostRequest, ProgressEvent,
-    ShardFacts,
+    Assignment, AssignmentResult, Engine, FleetThrottle, HostFacts, HostReply, HostRequest,
+    ProgressEvent, ServerFacts, ShardFacts,
 };
+use fleetshift_common::selector::Announced;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,11 @@ pub struct HostWork {
     pub schemas: Arc<SchemaChecks>,
     /// The fleet throttles the last session heard of; each run follows them.
     pub throttles: Arc<watch::Sender<Arc<[FleetThrottle]>>>,
+    /// This host, as every Hello describes it.
+    pub host: HostFacts,
+    /// Each shard's attributes (labels and reported facts) as last announced: what fleet
+    /// throttles select by, the same as the coordinator sees.
+    pub attributes: Arc<Mutex<HashMap<String, HashMap<String, String>>>>,
 }
 
 impl Work for HostWork {
@@ -64,6 +71,16 @@ impl Work for HostWork {
         stop: StopSignal,
         progress: mpsc::UnboundedSender<ProgressEvent>,
     ) -> AssignmentResult {
+        let attributes = self
+            .attributes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&assignment.shard_id)
+            .cloned();
+        let throttles = assignment::FleetThrottles {
+            list: self.throttles.subscribe(),
+            attributes,
+        };
         assignment::execute(
             &self.config,
             &self.metrics,
@@ -71,7 +88,7 @@ impl Work for HostWork {
             lease_ttl,
             stop,
             progress,
-            self.throttles.subscribe(),
+            throttles,
         )
         .await
     }
@@ -81,7 +98,21 @@ impl Work for HostWork {
     }
 
     async fn facts(&self) -> Vec<ShardFacts> {
-        shard_facts(&self.config, &self.schemas).await
+        let shards = shard_facts(&self.config, &self.schemas).await;
+        let announced = shards.iter().map(|shard| {
+            let attributes = Announced {
+                agent: &self.config.agent_id,
+                host: Some(&self.host),
+                shard,
+            }
+            .attributes();
+            (shard.shard_id.clone(), attributes)
+        });
+        *self
+            .attributes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = announced.collect();
+        shards
     }
 
     fn hold(&self, throttles: Vec<FleetThrottle>) {
@@ -109,6 +140,11 @@ async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardF
         } else {
             Engine::Postgres
         };
+        let server = ServerFacts {
+            system_identifier: report.system_identifier,
+            address: shard.database_url.server(),
+            version: report.server_version,
+        };
         shards.push(ShardFacts {
             shard_id: report.id,
             labels: report.labels.into_iter().collect(),
@@ -121,6 +157,7 @@ async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardF
             observed_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
             schema_fingerprint: schema.fingerprint,
             schema_snapshot: schema.snapshot,
+            server: Some(server),
         });
     }
     shards

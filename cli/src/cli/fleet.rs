@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use fleetshift_common::proto::v1::ErrorKind as WireErrorKind;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{ErrorKind as WireErrorKind, ListShardsRequest, ShardHealth};
 use fleetshift_common::telemetry::traces::context::PropagateContext;
 use fleetshift_common::tls::{
     self,
@@ -39,17 +39,6 @@ pub struct Connection {
     /// Name the coordinator's certificate is checked against (default: the address's host).
     #[arg(long)]
     server_name: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct ShardsArgs {
-    #[command(flatten)]
-    connection: Connection,
-    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
-    #[arg(long = "selector", value_parser = parse_label)]
-    selector: Vec<(String, String)>,
-    #[arg(long, value_enum, default_value = "human")]
-    output: Output,
 }
 
 pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -144,81 +133,4 @@ pub(super) fn refused(connection: &Connection, output: Output, status: &tonic::S
         Some(kind) => exit::from_wire(kind),
         None => exit::from_status(status.code()),
     })
-}
-
-pub async fn shards(arguments: ShardsArgs) -> ExitCode {
-    let mut client = match client(&arguments.connection, arguments.output).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    let request = ListShardsRequest {
-        selector: arguments.selector.into_iter().collect(),
-    };
-    let listed = match client.list_shards(request).await {
-        Ok(response) => response.into_inner().shards,
-        Err(status) => return refused(&arguments.connection, arguments.output, &status),
-    };
-    match arguments.output {
-        Output::Json => {
-            let shards: Vec<_> = listed
-                .iter()
-                .map(|shard| {
-                    json!({
-                        "shard": shard.shard_id,
-                        "agent": shard.agent_id,
-                        "agent_version": (!shard.agent_version.is_empty()).then_some(&shard.agent_version),
-                        "current_version": shard.current_version,
-                        "health": health_name(shard.health),
-                        "labels": shard.labels,
-                        "schema_fingerprint": (!shard.schema_fingerprint.is_empty()).then_some(&shard.schema_fingerprint),
-                    })
-                })
-                .collect();
-            println!("{}", json!({ "shards": shards }));
-        }
-        Output::Human => {
-            println!(
-                "{:<24} {:<28} {:<24} {:<20} {:<12} LABELS",
-                "SHARD", "AGENT (VERSION)", "VERSION", "HEALTH", "SCHEMA"
-            );
-            for shard in &listed {
-                let mut labels: Vec<String> = shard
-                    .labels
-                    .iter()
-                    .map(|(key, value)| format!("{key}={value}"))
-                    .collect();
-                labels.sort();
-                let agent = if shard.agent_version.is_empty() {
-                    shard.agent_id.clone()
-                } else {
-                    format!("{} ({})", shard.agent_id, shard.agent_version)
-                };
-                println!(
-                    "{:<24} {:<28} {:<24} {:<20} {:<12} {}",
-                    shard.shard_id,
-                    agent,
-                    if shard.current_version.is_empty() {
-                        "-"
-                    } else {
-                        &shard.current_version
-                    },
-                    health_name(shard.health),
-                    shard.schema_fingerprint.get(..12).unwrap_or("-"),
-                    labels.join(",")
-                );
-            }
-            println!("{} shard(s)", listed.len());
-        }
-    }
-    ExitCode::from(exit::OK)
-}
-
-fn health_name(health: i32) -> &'static str {
-    match ShardHealth::try_from(health).unwrap_or(ShardHealth::Unspecified) {
-        ShardHealth::Healthy => "healthy",
-        ShardHealth::Unreachable => "unreachable",
-        ShardHealth::AgentDisconnected => "agent-disconnected",
-        ShardHealth::UnfinishedRevision => "unfinished-revision",
-        ShardHealth::Unspecified => "unknown",
-    }
 }

@@ -9,6 +9,7 @@ pub mod health;
 mod ledger_sql;
 mod migrator_lock;
 pub mod restore_sql;
+pub mod server;
 mod working;
 
 use crate::validation;

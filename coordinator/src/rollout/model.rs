@@ -228,23 +228,26 @@ impl Model {
     }
 
     /// The agent announcing `shard` now, preferring `preferred`.
-    /// The throttle holding `shard` (by its labels as its agent announced them), if one does.
+    /// The throttle holding `shard` (by its attributes as its agent announced them), if one
+    /// does.
     pub fn throttle_of(&self, shard: &str) -> Option<&FleetThrottle> {
         // Asked for every pending task on every round: nothing to look up without throttles.
         if self.throttles.is_empty() {
             return None;
         }
-        let labels = self.agents.values().find_map(|seen| {
-            seen.value
-                .hello
-                .shards
-                .iter()
-                .find(|facts| facts.shard_id == shard)
-                .map(|facts| &facts.labels)
+        let attributes = self.agents.iter().find_map(|(agent, seen)| {
+            let hello = &seen.value.hello;
+            let facts = hello.shards.iter().find(|facts| facts.shard_id == shard)?;
+            let announced = fleetshift_common::selector::Announced {
+                agent,
+                host: hello.host.as_ref(),
+                shard: facts,
+            };
+            Some(announced.attributes())
         })?;
         fleetshift_common::selector::holding(
             self.throttles.values().map(|seen| &seen.value),
-            labels,
+            &attributes,
             std::time::SystemTime::now(),
         )
     }

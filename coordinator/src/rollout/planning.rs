@@ -12,6 +12,7 @@ use fleetshift_common::proto::v1::{
     Schedule, SchemaChange, ShardAnalysis, ShardState, ShardTask, StatusUpdates, TableFacts, Wave,
     WavePolicy,
 };
+use fleetshift_common::selector::Announced;
 use fleetshift_common::shipped;
 use fleetshift_common::source::{MigrationSet, Revision};
 use fleetshift_common::touched::touched;
@@ -31,6 +32,8 @@ const DEFAULT_FAILURE_THRESHOLD: u32 = 1;
 pub struct Candidate {
     pub shard_id: String,
     pub agent_id: String,
+    /// The database server it lives on, as the per-host cap counts it
+    /// (`selector::Announced::server_key`).
     pub host: String,
     /// The shard's `env` (or `environment`) label.
     pub environment: Option<String>,
@@ -42,28 +45,27 @@ pub struct Candidate {
     pub windows_label: Option<String>,
 }
 
-/// Every announced shard whose labels match `selector`, by id; a shard two agents announce
-/// is refused (which one runs it would be a guess).
+/// Every announced shard whose attributes (labels and reported facts) match `selector`, by id;
+/// a shard two agents announce is refused (which one runs it would be a guess).
 pub fn candidates(
     agents: &[(String, Hello)],
     selector: &HashMap<String, String>,
 ) -> Result<Vec<Candidate>, RolloutError> {
     let mut found: BTreeMap<String, Candidate> = BTreeMap::new();
     for (agent, hello) in agents {
-        let host = hello
-            .host
-            .as_ref()
-            .map(|host| host.hostname.clone())
-            .filter(|name| !name.is_empty())
-            .unwrap_or_else(|| agent.clone());
         for shard in &hello.shards {
-            if !fleetshift_common::selector::selects(selector, &shard.labels) {
+            let announced = Announced {
+                agent,
+                host: hello.host.as_ref(),
+                shard,
+            };
+            if !fleetshift_common::selector::selects(selector, &announced.attributes()) {
                 continue;
             }
             let candidate = Candidate {
                 shard_id: shard.shard_id.clone(),
                 agent_id: agent.clone(),
-                host: host.clone(),
+                host: announced.server_key(),
                 environment: shard
                     .labels
                     .get("env")

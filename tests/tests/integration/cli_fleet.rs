@@ -75,7 +75,8 @@ impl CliFleet {
     }
 
     /// Like [`CliFleet::start_shards`], with `replica_sections` added to the replica's
-    /// configuration (e.g. `[[webhooks]]`).
+    /// configuration (e.g. `[[webhooks]]`). Shards `agent_sections` add are waited for too
+    /// (the agent announces all of its shards at once).
     pub async fn start_configured(
         name: &str,
         schema: &str,
@@ -148,7 +149,7 @@ impl CliFleet {
                 client
                     .list_shards(ListShardsRequest::default())
                     .await
-                    .is_ok_and(|response| response.into_inner().shards.len() == count)
+                    .is_ok_and(|response| response.into_inner().shards.len() >= count)
             }
         })
         .await;

@@ -151,7 +151,10 @@ pub(super) async fn execute(
         Duration::from_secs(30),
         StopSignal::child_of(&CancellationToken::new()),
         progress,
-        tokio::sync::watch::channel(std::sync::Arc::from([])).1,
+        fleetshift_agent::assignment::FleetThrottles {
+            list: tokio::sync::watch::channel(std::sync::Arc::from([])).1,
+            attributes: None,
+        },
     )
     .await;
     let mut events = Vec::new();

@@ -27,7 +27,9 @@ pub struct PlanArgs {
     pub(super) format: Option<SourceFormat>,
     #[command(flatten)]
     pub(super) alembic: AlembicArgs,
-    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable).
+    /// Only shards whose labels match, e.g. `--selector env=production` (repeatable); the
+    /// facts agents report are selectable too (`fleetshift.io/host`, `fleetshift.io/server`,
+    /// `fleetshift.io/server-version`, …: see `fleetshift shards --help`).
     #[arg(long = "selector", value_parser = parse_label)]
     pub(super) selector: Vec<(String, String)>,
     /// Shards in the first (canary) wave.
@@ -39,7 +41,8 @@ pub struct PlanArgs {
     /// Shards of one wave running at once.
     #[arg(long, default_value_t = 16)]
     pub(super) max_concurrency: u32,
-    /// Shards of one host running at once.
+    /// Shards of one database server running at once, across plans and agents (a server is
+    /// known by its PostgreSQL system identifier, whatever address reaches it).
     #[arg(long, default_value_t = 4)]
     pub(super) max_per_host: u32,
     /// Failed shards that halt the rollout.
