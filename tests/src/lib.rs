@@ -10,6 +10,7 @@
 //! - [`ledger_check`]: the after-fault checker of a shard's ledger.
 //! - [`wait`]: polling for a condition, bounded in time.
 //! - [`fixtures`]: migration directories written for a test.
+//! - [`previous_release`]: a link that makes a current agent speak the last release's contract.
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
 //! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
 //! - [`scrape`]: reading a process's telemetry endpoint (metrics, health probes).
@@ -23,6 +24,7 @@ pub mod fixtures;
 pub mod fleet;
 pub mod ledger_check;
 pub mod postgres;
+pub mod previous_release;
 pub mod psql;
 pub mod rollout;
 pub mod scrape;

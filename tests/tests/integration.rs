@@ -35,6 +35,7 @@ mod integration {
     mod rehearsal;
     mod risk;
     mod rollback;
+    mod rolling_upgrade;
     mod rollout;
     mod runbook;
     mod schema;
