@@ -237,7 +237,10 @@ impl AgentMetrics {
                         .inc_by(seconds);
                 }
             }
-            Event::RevisionStarted(_) | Event::PreflightCheck(_) | Event::DatabaseOutage(_) => {}
+            Event::RevisionStarted(_)
+            | Event::StatementRunning(_)
+            | Event::PreflightCheck(_)
+            | Event::DatabaseOutage(_) => {}
         }
     }
 

@@ -32,7 +32,9 @@ impl RunTally {
                 self.lock_retries = self.lock_retries.saturating_add(1);
             }
             ExecutionEvent::Throttled { waited, .. } => self.throttled += *waited,
-            ExecutionEvent::RevisionStarted { .. } | ExecutionEvent::StatementFinished { .. } => {}
+            ExecutionEvent::RevisionStarted { .. }
+            | ExecutionEvent::StatementRunning { .. }
+            | ExecutionEvent::StatementFinished { .. } => {}
         }
     }
 

@@ -110,6 +110,19 @@ pub struct FencedTransaction<'a> {
     /// Tables whose data the body must leave as it found them: checksummed before it and
     /// after it, in the transaction; a difference fails it (see [`crate::validation`]).
     pub verify_data: &'a [DataCheck],
+    /// Told as each body statement starts, for live progress.
+    pub on_statement: Option<StatementStarts<'a>>,
+}
+
+/// Told the index of each body statement of a fenced transaction as it starts (every attempt
+/// starts again from the first).
+#[derive(Clone, Copy)]
+pub struct StatementStarts<'a>(pub &'a (dyn Fn(usize) + Sync));
+
+impl std::fmt::Debug for StatementStarts<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("StatementStarts")
+    }
 }
 
 impl<'a> FencedTransaction<'a> {
@@ -126,6 +139,7 @@ impl<'a> FencedTransaction<'a> {
             version_table: None,
             fingerprint: None,
             verify_data: &[],
+            on_statement: None,
         }
     }
 
@@ -258,6 +272,12 @@ pub trait ShardEngine: Send + Sync {
     /// Whether the database answers a new connection now (a lost one is not retried until it
     /// does).
     fn probe(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// The locks the server processes running [`ShardEngine::fenced_transaction`]'s and
+    /// [`ShardEngine::run_autocommit`]'s statements hold or await now (`AccessExclusiveLock on
+    /// public.items`, `waiting for ShareLock on a transaction`), waits and the strongest first.
+    /// Best effort, for progress: empty when unknown.
+    fn working_locks(&self) -> impl Future<Output = Vec<String>> + Send;
 
     /// Asks the database to cancel the statements [`ShardEngine::fenced_transaction`] and
     /// [`ShardEngine::run_autocommit`] are running now; each then fails (on PostgreSQL with

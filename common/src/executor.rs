@@ -14,6 +14,7 @@
 //! - `retry`: bounded lock-conflict retries; `report`: what a run did;
 //! - `fingerprints`: the schema before and after a run, its fingerprint kept in the ledger.
 //! - `gate`: whether a revision may start now (a maintenance window).
+//! - `running`: the statement running now, reported as it starts and while it runs.
 //! - `throttle`: waiting between revisions (and statements outside a transaction) while the
 //!   shard is busy.
 
@@ -27,6 +28,7 @@ mod outside_transaction;
 mod report;
 mod resolve;
 mod retry;
+mod running;
 mod status;
 mod throttle;
 mod tolerated;
@@ -65,6 +67,9 @@ pub struct Identity {
     pub fence_token: Option<FenceToken>,
 }
 
+/// How often a running statement is reported again, by default.
+pub const STATEMENT_UPDATES: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy)]
 pub struct ExecutorSettings {
     pub lock_retry: LockRetryPolicy,
@@ -72,6 +77,8 @@ pub struct ExecutorSettings {
     pub migrator_lock_wait: Duration,
     /// For messages: the per-attempt lock timeout the engine was connected with.
     pub lock_timeout: Duration,
+    /// How often a running statement is reported again (see [`ExecutionEvent::StatementRunning`]).
+    pub statement_updates: Duration,
 }
 
 impl Default for ExecutorSettings {
@@ -80,6 +87,7 @@ impl Default for ExecutorSettings {
             lock_retry: LockRetryPolicy::default(),
             migrator_lock_wait: Duration::from_secs(60),
             lock_timeout: crate::engine::Timeouts::default().lock_timeout,
+            statement_updates: STATEMENT_UPDATES,
         }
     }
 }
@@ -120,6 +128,8 @@ pub struct Executor<'a, E: ShardEngine> {
     throttle: Option<&'a dyn Throttle>,
     /// How long it has waited, in all.
     waited: throttle::Waited,
+    /// The statement running now, for its updates.
+    running: running::Running,
 }
 
 /// Which way a run moves the shard.
@@ -142,6 +152,7 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
             gate: None,
             throttle: None,
             waited: throttle::Waited::default(),
+            running: running::Running::default(),
         }
     }
 

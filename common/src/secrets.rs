@@ -100,6 +100,50 @@ pub fn mask_url(text: &str) -> String {
     mask_password_parameters(&masked_userinfo)
 }
 
+/// A migration's statement as it may be shown: the string literal after every `PASSWORD`
+/// keyword masked (`CREATE ROLE … PASSWORD '…'`, a user mapping's `OPTIONS (password '…')`),
+/// and so is every password in a URL or `password=` parameter it holds.
+pub fn mask_statement(sql: &str) -> String {
+    let lowered = sql.to_ascii_lowercase();
+    let mut output = String::with_capacity(sql.len());
+    let mut copied = 0;
+    let mut searched = 0;
+    while let Some(offset) = lowered[searched..].find("password") {
+        let keyword_end = searched + offset + "password".len();
+        searched = keyword_end;
+        let after = &sql[keyword_end..];
+        let literal_start = keyword_end + (after.len() - after.trim_start().len());
+        if !sql[literal_start..].starts_with('\'') {
+            continue;
+        }
+        let literal_end = closing_quote(sql, literal_start + 1);
+        output.push_str(&sql[copied..=literal_start]);
+        output.push_str(MASK);
+        copied = literal_end;
+        searched = literal_end;
+    }
+    output.push_str(&sql[copied..]);
+    mask_url(&output)
+}
+
+/// Where the SQL string literal whose text starts at `start` ends: at its closing quote (a
+/// doubled quote is part of the text), or at the end of `sql`.
+fn closing_quote(sql: &str, start: usize) -> usize {
+    let bytes = sql.as_bytes();
+    let mut at = start;
+    while at < bytes.len() {
+        if bytes[at] == b'\'' {
+            if bytes.get(at + 1) == Some(&b'\'') {
+                at += 2;
+                continue;
+            }
+            return at;
+        }
+        at += 1;
+    }
+    bytes.len()
+}
+
 fn mask_password_parameters(text: &str) -> String {
     let mut output = String::with_capacity(text.len());
     let mut rest = text;
@@ -123,6 +167,28 @@ fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_statement_shows_no_password() {
+        assert_eq!(
+            mask_statement("CREATE ROLE app LOGIN PASSWORD 'it''s s3cret' VALID UNTIL 'infinity';"),
+            "CREATE ROLE app LOGIN PASSWORD '****' VALID UNTIL 'infinity';"
+        );
+        assert_eq!(
+            mask_statement(
+                "CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'u', Password\n  'x');"
+            ),
+            "CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'u', Password\n  '****');"
+        );
+        assert_eq!(
+            mask_statement("SELECT dblink_connect('postgres://u:pw@h/db'); -- password_reset"),
+            "SELECT dblink_connect('postgres://u:****@h/db'); -- password_reset"
+        );
+        assert_eq!(
+            mask_statement("ALTER ROLE a PASSWORD 'open"),
+            "ALTER ROLE a PASSWORD '****"
+        );
+    }
 
     #[test]
     fn the_server_is_named_without_credentials() {

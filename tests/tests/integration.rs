@@ -38,6 +38,7 @@ mod integration {
     mod rolling_upgrade;
     mod rollout;
     mod runbook;
+    mod running_statements;
     mod schema;
     mod schema_drift;
     mod secrets;

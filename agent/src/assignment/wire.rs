@@ -9,7 +9,7 @@ use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
     BaselineMeasured, DatabaseOutage, ErrorDetail, ErrorKind, LockRetry, PreflightCheck,
     ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, RollbackStarted,
-    StatementFinished, Throttled,
+    StatementFinished, StatementRunning, Throttled,
 };
 use tokio::sync::mpsc;
 
@@ -108,6 +108,21 @@ pub(super) fn progress_event(order: &Order, event: ExecutionEvent) -> ProgressEv
             name,
             transactional,
             statements: count(statements),
+        }),
+        ExecutionEvent::StatementRunning {
+            version,
+            location,
+            text,
+            elapsed,
+            locks,
+            in_transaction,
+        } => Event::StatementRunning(StatementRunning {
+            version,
+            location,
+            text,
+            elapsed: duration(elapsed),
+            locks,
+            in_transaction,
         }),
         ExecutionEvent::StatementFinished {
             version,

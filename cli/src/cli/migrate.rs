@@ -435,6 +435,7 @@ fn settings(safety: &Safety, timeouts: Timeouts) -> ExecutorSettings {
         },
         migrator_lock_wait: safety.migrator_wait,
         lock_timeout: timeouts.lock_timeout,
+        ..ExecutorSettings::default()
     }
 }
 

@@ -221,13 +221,9 @@ pub(super) fn progress_line(progress: &ProgressEvent) -> Option<String> {
                 finished.version, finished.statements_run, finished.lock_retries
             )
         }
-        Some(Progress::LockRetry(retry)) => format!(
-            "{} lock wait at {} (attempt {}, {})",
-            retry.version, retry.location, retry.attempt, retry.sqlstate
-        ),
-        Some(Progress::StatementFinished(statement)) => {
-            format!("{} {} done", statement.version, statement.location)
-        }
+        Some(Progress::LockRetry(retry)) => statements::retried_line(retry),
+        Some(Progress::StatementRunning(statement)) => statements::running_line(statement),
+        Some(Progress::StatementFinished(statement)) => statements::finished_line(statement),
         Some(Progress::PreflightCheck(check)) if !check.passed => {
             format!("pre-flight {} FAILED: {}", check.name, check.detail)
         }
@@ -287,10 +283,36 @@ fn event_fields(event: &RolloutEvent) -> serde_json::Value {
                 Some(Progress::RevisionFinished(finished)) => {
                     ("revision_finished", finished.version.clone())
                 }
-                Some(Progress::StatementFinished(statement)) => {
-                    ("statement_finished", statement.version.clone())
+                Some(Progress::StatementRunning(statement)) => {
+                    return merged(
+                        json!({ "plan": event.plan_id, "shard": progress.shard_id, "progress": "statement_running" }),
+                        statements::running_json(statement),
+                    );
                 }
-                Some(Progress::LockRetry(retry)) => ("lock_retry", retry.version.clone()),
+                Some(Progress::StatementFinished(statement)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": "statement_finished",
+                        "version": statement.version,
+                        "location": statement.location,
+                        "state": "committed",
+                        "duration_ms": duration_of(statement.duration).map(|took| took.as_millis()),
+                    });
+                }
+                Some(Progress::LockRetry(retry)) => {
+                    return json!({
+                        "plan": event.plan_id,
+                        "shard": progress.shard_id,
+                        "progress": "lock_retry",
+                        "version": retry.version,
+                        "location": retry.location,
+                        "state": "rolled back, retrying",
+                        "attempt": retry.attempt,
+                        "sqlstate": retry.sqlstate,
+                        "wait_ms": duration_of(retry.wait).map(|wait| wait.as_millis()),
+                    });
+                }
                 Some(Progress::PreflightCheck(check)) => {
                     return json!({
                         "plan": event.plan_id,
@@ -354,6 +376,14 @@ fn event_fields(event: &RolloutEvent) -> serde_json::Value {
         }
         None => json!({ "plan": event.plan_id }),
     }
+}
+
+/// `fields` with `more`'s fields added.
+fn merged(mut fields: serde_json::Value, more: serde_json::Value) -> serde_json::Value {
+    if let (Some(fields), serde_json::Value::Object(more)) = (fields.as_object_mut(), more) {
+        fields.extend(more);
+    }
+    fields
 }
 
 /// The plan, shard by shard.
@@ -583,5 +613,6 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
 
 mod pacing;
 pub mod resume;
+mod statements;
 #[cfg(test)]
 mod tests;

@@ -131,6 +131,9 @@ where
         .map_err(&observing)?;
     let mut durations = Vec::with_capacity(work.body.len());
     for (index, statement) in work.body.iter().enumerate() {
+        if let Some(starts) = work.on_statement {
+            (starts.0)(index);
+        }
         let started = Instant::now();
         let span = statement_span(&Place {
             script: work.script,

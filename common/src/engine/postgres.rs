@@ -6,6 +6,7 @@ pub mod catalog;
 mod connection_settings;
 mod counted_pool;
 pub mod health;
+mod held_locks;
 mod ledger_sql;
 mod migrator_lock;
 pub mod restore_sql;
@@ -173,6 +174,10 @@ pub fn quote_qualified(name: &str) -> String {
 
 /// Which other tools' history tables the shard has (and whether `schema_migrations` is
 /// golang-migrate's, with its `dirty` column, or dbmate's).
+/// How long a statement update waits to read the running statement's locks (the pool may be
+/// busy): an update without them beats a late one.
+const LOCKS_READ_LIMIT: Duration = Duration::from_secs(2);
+
 const FOREIGN_TABLES: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL,
         to_regclass('flyway_schema_history') IS NOT NULL,
         to_regclass('schema_migrations') IS NOT NULL,
@@ -534,6 +539,18 @@ impl ShardEngine for PostgresShard {
             tracing::debug!(shard = %self.name, %error, "closing the probe connection failed");
         }
         Ok(())
+    }
+
+    async fn working_locks(&self) -> Vec<String> {
+        let pids = self.working.pids();
+        match tokio::time::timeout(LOCKS_READ_LIMIT, held_locks::of(&self.pool, &pids)).await {
+            Ok(Ok(locks)) => locks,
+            Ok(Err(error)) => {
+                tracing::debug!(shard = %self.name, error = %DatabaseMessage(&error), "cannot read the running statement's locks");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     async fn interrupt(&self) {

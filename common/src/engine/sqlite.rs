@@ -311,5 +311,9 @@ impl ShardEngine for SqliteShard {
 
     /// SQLite statements run in this process on one connection, and sqlx offers no way to
     /// interrupt one: a stop takes effect at the next statement.
+    async fn working_locks(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     async fn interrupt(&self) {}
 }

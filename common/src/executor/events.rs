@@ -18,6 +18,19 @@ pub enum ExecutionEvent {
         transactional: bool,
         statements: usize,
     },
+    /// A statement is running: once as it starts (`elapsed` zero, no locks), then every
+    /// `ExecutorSettings::statement_updates` while it runs.
+    StatementRunning {
+        version: String,
+        location: String,
+        /// Its SQL, passwords masked, cut at 1,000 characters.
+        text: String,
+        elapsed: Duration,
+        /// What its server process holds or awaits now (see `ShardEngine::working_locks`).
+        locks: Vec<String>,
+        /// Inside the revision's transaction: uncommitted until the revision commits.
+        in_transaction: bool,
+    },
     /// A statement finished: one run outside a transaction as soon as it did, the statements
     /// of a transactional revision once their transaction committed.
     StatementFinished {

@@ -251,6 +251,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let location = script.locate(statement);
         let started = Instant::now();
         let span = statement_span(&location);
+        self.statement_started(revision, script, statement, false);
         let attempts = self
             .settings
             .lock_retry
@@ -259,7 +260,11 @@ impl<E: ShardEngine> Executor<'_, E> {
                 |failure, attempt, wait| {
                     self.lock_retried(revision, &location, attempt, wait, failure)
                 },
-                || self.interruptible(self.engine.run_autocommit(statement, resuming)),
+                || {
+                    self.watched(
+                        self.interruptible(self.engine.run_autocommit(statement, resuming)),
+                    )
+                },
             )
             .instrument(span.clone())
             .await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::failure::{after_body, describe_tx_error, is_lock_conflict, locate};
 use super::retry::Attempts;
 use super::{Direction, ExecutionEvent, Executor, StepOutcome, StepReport, step_report};
-use crate::engine::{FencedTransaction, ShardEngine, TxError, VersionTableRows};
+use crate::engine::{FencedTransaction, ShardEngine, StatementStarts, TxError, VersionTableRows};
 use crate::error::{ExecError, StatementFailure};
 use crate::ledger::{Expect, Guard, RevisionStatus, Writer};
 use crate::source::{Revision, Script};
@@ -140,6 +140,11 @@ impl<E: ShardEngine> Executor<'_, E> {
             started,
             version_table,
         } = *attempt;
+        let started_statement = |index: usize| {
+            if let Some(statement) = statements.get(index) {
+                self.statement_started(revision, script, statement, true);
+            }
+        };
         self.settings
             .lock_retry
             .run(
@@ -166,6 +171,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                     );
                     async move {
                         let work = FencedTransaction {
+                            on_statement: Some(StatementStarts(&started_statement)),
                             guard,
                             body: statements,
                             script: Some(script),
@@ -178,8 +184,10 @@ impl<E: ShardEngine> Executor<'_, E> {
                                 _ => &[],
                             },
                         };
-                        self.interruptible(self.engine.fenced_transaction(writer, work))
-                            .await
+                        self.watched(
+                            self.interruptible(self.engine.fenced_transaction(writer, work)),
+                        )
+                        .await
                     }
                 },
             )

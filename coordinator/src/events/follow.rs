@@ -367,13 +367,24 @@ impl Follower {
         if !self.watch.scope.covers(&plan_id) {
             return Ok(());
         }
-        if !self.watch.include_statements
-            && matches!(event.event, Some(Progress::StatementFinished(_)))
-        {
+        if !self.watch.include_statements && per_statement(&event) {
             return Ok(());
         }
         let when = event.at;
         self.send(&plan_id, at, when, Event::Progress(event)).await
+    }
+}
+
+/// Whether `event` is one of the per-statement events a watch without statements leaves out:
+/// every statement's start and end. A statement still running after its first update
+/// interval is shown regardless: a long statement is what a watcher needs to see.
+fn per_statement(event: &ProgressEvent) -> bool {
+    match &event.event {
+        Some(Progress::StatementFinished(_)) => true,
+        Some(Progress::StatementRunning(running)) => running
+            .elapsed
+            .is_none_or(|elapsed| elapsed.seconds == 0 && elapsed.nanos == 0),
+        _ => false,
     }
 }
 

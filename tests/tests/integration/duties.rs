@@ -170,7 +170,9 @@ pub(super) fn step(event: &Event) -> String {
         Event::BackupFinished(_) => "backup".to_owned(),
         Event::RevisionStarted(started) => format!("revision {}", started.version),
         Event::RevisionFinished(finished) => format!("finished {}", finished.version),
-        Event::StatementFinished(_) | Event::LockRetry(_) => "statement".to_owned(),
+        Event::StatementRunning(_) | Event::StatementFinished(_) | Event::LockRetry(_) => {
+            "statement".to_owned()
+        }
         Event::BaselineMeasured(measured) => format!("baselines {:?}", measured.phase()),
         Event::RollbackStarted(started) => format!("rollback to {}", started.target_version),
         Event::DatabaseOutage(outage) => format!("outage recovered {}", outage.recovered),

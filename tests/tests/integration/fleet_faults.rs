@@ -698,4 +698,20 @@ async fn the_cli_keeps_streaming_events_when_its_replica_is_killed() {
         printed.last().map(|event| &event["plan_state"]),
         Some(&serde_json::json!("succeeded"))
     );
+    // Each transactional statement shows as running uncommitted, then committed.
+    let states = |kind: &str| {
+        printed
+            .iter()
+            .filter(|event| event["progress"] == kind)
+            .map(|event| event["state"].as_str().unwrap_or_default().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        states("statement_running"),
+        ["running (uncommitted)".to_owned()].into()
+    );
+    assert_eq!(
+        states("statement_finished"),
+        ["committed".to_owned()].into()
+    );
 }

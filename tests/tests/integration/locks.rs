@@ -37,6 +37,7 @@ fn settings(max_retries: usize) -> ExecutorSettings {
         },
         migrator_lock_wait: Duration::from_secs(10),
         lock_timeout: LOCK_TIMEOUT,
+        ..ExecutorSettings::default()
     }
 }
 

@@ -55,6 +55,7 @@ pub fn quick_settings() -> ExecutorSettings {
         },
         migrator_lock_wait: Duration::from_secs(30),
         lock_timeout: Timeouts::default().lock_timeout,
+        ..ExecutorSettings::default()
     }
 }
 

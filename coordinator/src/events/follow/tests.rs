@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::{
-    RevisionStarted, ShardTask, StatementFinished, Wave, progress_event,
+    RevisionStarted, ShardTask, StatementFinished, StatementRunning, Wave, progress_event,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -294,4 +294,26 @@ async fn an_unknown_plan_is_refused_and_history_the_store_dropped_is_named() {
         status.message()
     );
     tasks.stop(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn without_statements_only_a_long_running_statement_is_shown() {
+    let running = |elapsed: Option<Duration>| {
+        progress(
+            "s1",
+            progress_event::Event::StatementRunning(StatementRunning {
+                elapsed: elapsed.and_then(|elapsed| prost_types::Duration::try_from(elapsed).ok()),
+                ..StatementRunning::default()
+            }),
+        )
+    };
+    let finished = progress(
+        "s1",
+        progress_event::Event::StatementFinished(StatementFinished::default()),
+    );
+    assert!(per_statement(&finished));
+    assert!(per_statement(&running(None)));
+    assert!(per_statement(&running(Some(Duration::ZERO))));
+    assert!(!per_statement(&running(Some(Duration::from_secs(5)))));
+    assert!(!per_statement(&progress("s1", started("1"))));
 }
