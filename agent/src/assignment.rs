@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use std::future::Future;
 
-use fleetshift_common::engine::{self, Connected, CountedPool, ShardEngine, Timeouts, health};
+use fleetshift_common::engine::{Connected, CountedPool, ShardEngine, Timeouts, health};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{
     ExecutionEvent, ExecutorSettings, Identity, LockRetryPolicy, Request,
@@ -267,9 +267,7 @@ async fn run(
     );
     let connected = patience
         .persist("connecting", || async {
-            engine::connect(&shard.database_url, timeouts)
-                .await
-                .map_err(lost_or_final)
+            shard.connect(timeouts).await.map_err(lost_or_final)
         })
         .await?;
     let _pool_reported = metrics.track_pool(&shard.id, pool_figures(&connected));

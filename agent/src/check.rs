@@ -3,7 +3,7 @@
 use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
-use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts, catalog, server};
+use fleetshift_common::engine::{Connected, ShardEngine, Timeouts, catalog, server};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::proto::v1::TableFacts;
@@ -103,7 +103,7 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
         system_identifier: String::new(),
         server_version: String::new(),
     };
-    let result = match engine::connect(&shard.database_url, Timeouts::default()).await {
+    let result = match shard.connect(Timeouts::default()).await {
         Ok(Connected::Postgres(engine)) => {
             let summarized = summarize(engine.as_ref(), &mut report).await;
             match catalog::table_facts(engine.pool()).await {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::config_file::{ConfigError, read_toml};
+use fleetshift_common::database_tls::{self, TlsSettings};
+use fleetshift_common::engine::{self, Connected, Timeouts};
+use fleetshift_common::error::ExecError;
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::tls::channel::server_name_of;
 use fleetshift_common::tls::mtls::{TlsError, TlsFiles};
@@ -105,6 +108,15 @@ struct RawShard {
     /// …or each in a file.
     #[serde(default)]
     throttle_replica_files: Vec<PathBuf>,
+    /// TLS to the shard's server (`disable` … `verify-full`), for the agent's connections and
+    /// the client programs it runs alike; the URL's own parameters work too.
+    sslmode: Option<String>,
+    /// The CA certificates the server's certificate must chain to (relative to this file).
+    sslrootcert: Option<PathBuf>,
+    /// The agent's client certificate…
+    sslcert: Option<PathBuf>,
+    /// …and its key (0600, or 0640 owned by root).
+    sslkey: Option<PathBuf>,
 }
 
 /// A validated configuration.
@@ -201,6 +213,9 @@ fn rehearsal_limits(
     {
         return Err("[rehearsals] staging_url must be a PostgreSQL URL (postgres://…)".to_owned());
     }
+    if let Some(url) = &staging {
+        database_tls::check(url).map_err(|error| format!("[rehearsals] staging: {error}"))?;
+    }
     let max_concurrent = raw.max_concurrent.unwrap_or(1);
     if max_concurrent == 0 {
         return Err("[rehearsals] max_concurrent must be at least 1".to_owned());
@@ -266,6 +281,19 @@ pub struct ShardConfig {
     pub throttle_replicas: Vec<DatabaseUrl>,
 }
 
+impl ShardConfig {
+    /// How messages name the shard: its id and its server (`orders-7 (db-3:5432)`), never
+    /// its URL.
+    pub fn display_name(&self) -> String {
+        format!("{} ({})", self.id, self.database_url.server())
+    }
+
+    /// Connects to the shard, named by [`ShardConfig::display_name`].
+    pub async fn connect(&self, timeouts: Timeouts) -> Result<Connected, ExecError> {
+        engine::connect_named(self.display_name(), &self.database_url, timeouts).await
+    }
+}
+
 impl AgentConfig {
     /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id`,
     /// `FLEETSHIFT_TELEMETRY_LISTEN` its `telemetry_listen`, and `FLEETSHIFT_FACTS_REFRESH` /
@@ -329,6 +357,14 @@ impl AgentConfig {
             let what = format!("shard {:?}", raw.id);
             let url = secret_url(raw.database_url, raw.database_url_file, base, &what)?
                 .ok_or_else(|| format!("{what}: database_url_file (or database_url) is missing"))?;
+            let tls = TlsSettings {
+                sslmode: raw.sslmode,
+                sslrootcert: raw.sslrootcert,
+                sslcert: raw.sslcert,
+                sslkey: raw.sslkey,
+            };
+            let url = database_tls::apply(&url, &tls, base)
+                .map_err(|error| format!("{what}: {error}"))?;
             let mut throttle_replicas: Vec<DatabaseUrl> = raw
                 .throttle_replicas
                 .into_iter()
@@ -348,6 +384,11 @@ impl AgentConfig {
                     "{what}: throttle replica {} is not a postgres:// URL",
                     other.masked()
                 ));
+            }
+            for replica in &throttle_replicas {
+                database_tls::check(replica.expose()).map_err(|error| {
+                    format!("{what}: throttle replica {}: {error}", replica.server())
+                })?;
             }
             shards.push(ShardConfig {
                 id: raw.id,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
+use fleetshift_common::engine::{Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::schema::wire;
 use tokio::time::Instant;
@@ -100,7 +100,7 @@ impl SchemaChecks {
 
 /// The shard's fingerprint and packed snapshot, read now.
 async fn read(shard: &ShardConfig) -> Result<(String, Vec<u8>), ExecError> {
-    let snapshot = match engine::connect(&shard.database_url, Timeouts::default()).await? {
+    let snapshot = match shard.connect(Timeouts::default()).await? {
         Connected::Postgres(engine) => engine.schema_snapshot().await?,
         Connected::Sqlite(engine) => engine.schema_snapshot().await?,
     };

@@ -293,19 +293,30 @@ pub enum Connected {
     Sqlite(SqliteShard),
 }
 
-/// Connects to `url` (`postgres://…` / `postgresql://…` or `sqlite:…`).
+/// Connects to `url` (`postgres://…` / `postgresql://…` or `sqlite:…`), named in messages by
+/// the URL itself (masked).
 pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Connected, ExecError> {
+    connect_named(url.masked(), url, timeouts).await
+}
+
+/// Connects to `url`, named `name` in every message: a fleet's shard by its id and server
+/// (`orders-7 (db-3:5432)`), never by its URL.
+pub async fn connect_named(
+    name: String,
+    url: &DatabaseUrl,
+    timeouts: Timeouts,
+) -> Result<Connected, ExecError> {
     let text = url.expose();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        let shard = PostgresShard::connect(url, timeouts).await?;
+        let shard = PostgresShard::connect_named(name, url, timeouts).await?;
         Ok(Connected::Postgres(Box::new(shard)))
     } else if text.starts_with("sqlite:") {
         Ok(Connected::Sqlite(
-            SqliteShard::connect(url, timeouts).await?,
+            SqliteShard::connect_named(name, url, timeouts).await?,
         ))
     } else {
         Err(ExecError::Unreachable {
-            shard: url.masked(),
+            shard: name,
             detail: "unsupported database URL: expected postgres://… or sqlite:…".to_owned(),
         })
     }
@@ -350,11 +361,9 @@ pub(crate) fn statement_error(index: Option<usize>, error: &sqlx::Error) -> Stat
 /// answers.
 pub fn connection_lost(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        // A certificate the other side refuses is no lost connection: waiting would not mend it.
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => crate::database_tls::refusal(error).is_none(),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(database_error) => database_error
             .code()
             .is_some_and(|code| connection_ended(&code)),

@@ -17,6 +17,7 @@
 //!   unvalidated foreign keys, before and after a run's revisions.
 //! - [`window`]: maintenance windows in IANA time zones, and where a shard stands against them.
 //! - [`rollout_names`]: plan and shard-task states as people and scripts read them.
+//! - [`database_tls`]: TLS to PostgreSQL shards (`sslmode` and its files), checked before use.
 //! - [`config_file`]: reading a TOML configuration file; errors that name file and line.
 //! - [`duration`]: `500ms`, `2s`, `15m`, `1h` in arguments and configuration files.
 //! - [`shipped`]: a migration set packed for the wire and unpacked with its digest checked.
@@ -26,6 +27,7 @@
 
 pub mod baseline;
 pub mod config_file;
+pub mod database_tls;
 pub mod duration;
 pub mod engine;
 pub mod error;

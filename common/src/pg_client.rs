@@ -3,7 +3,9 @@
 //! The shard's credentials never go into a program's arguments or environment: the connection
 //! goes as a libpq keyword/value string without the password, and the password goes into a
 //! passfile readable by this process's user only (mode 0600, in a private directory) that is
-//! removed when the [`ClientCredentials`] is dropped.
+//! removed when the [`ClientCredentials`] is dropped. The URL's TLS settings (`sslmode` and its
+//! files, see [`crate::database_tls`]) go as libpq's `PGSSL…` variables, so the programs
+//! connect as the agent does and no key path shows in their arguments.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -19,9 +21,12 @@ use crate::secrets::DatabaseUrl;
 /// How a client program connects to one shard.
 #[derive(Debug)]
 pub struct ClientCredentials {
-    /// `host=… port=… user=… dbname=…` and the URL's other parameters; never the password.
+    /// `host=… port=… user=… dbname=…` and the URL's other parameters; never the password
+    /// or the TLS settings.
     conninfo: String,
     passfile: Option<Passfile>,
+    /// The URL's TLS settings as libpq's environment variables.
+    tls: Vec<(&'static str, String)>,
 }
 
 /// A passfile in a private temporary directory; dropping the directory removes both.
@@ -65,9 +70,12 @@ impl ClientCredentials {
             add("dbname", &decode(database)?);
         }
         let mut password = parsed.password().map(decode).transpose()?;
+        let mut tls = Vec::new();
         for (key, value) in parsed.query_pairs() {
             if key == "password" {
                 password = Some(value.into_owned());
+            } else if let Some(variable) = tls_variable(&key) {
+                tls.push((variable, value.into_owned()));
             } else {
                 add(&key, &value);
             }
@@ -77,7 +85,11 @@ impl ClientCredentials {
             .map(|password| Passfile::write(&password))
             .transpose()
             .map_err(|error| format!("cannot write a passfile for {url}: {error}"))?;
-        Ok(Self { conninfo, passfile })
+        Ok(Self {
+            conninfo,
+            passfile,
+            tls,
+        })
     }
 
     /// The connection string for `--dbname`.
@@ -133,8 +145,11 @@ pub fn client_command(program: &Path, credentials: Option<&ClientCredentials>) -
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
     }
-    if let Some(passfile) = credentials.and_then(ClientCredentials::passfile) {
-        command.env("PGPASSFILE", passfile);
+    if let Some(credentials) = credentials {
+        if let Some(passfile) = credentials.passfile() {
+            command.env("PGPASSFILE", passfile);
+        }
+        command.envs(credentials.tls.iter().map(|(name, value)| (*name, value)));
     }
     command
         .env("PGCONNECT_TIMEOUT", "10")
@@ -188,6 +203,17 @@ pub fn failure_text(program: &str, status: ExitStatus, stderr: &str) -> String {
     }
 }
 
+/// libpq's environment variable for a TLS parameter of [`crate::database_tls`].
+fn tls_variable(parameter: &str) -> Option<&'static str> {
+    match parameter {
+        "sslmode" => Some("PGSSLMODE"),
+        "sslrootcert" => Some("PGSSLROOTCERT"),
+        "sslcert" => Some("PGSSLCERT"),
+        "sslkey" => Some("PGSSLKEY"),
+        _ => None,
+    }
+}
+
 fn separator(conninfo: &str) -> &'static str {
     if conninfo.is_empty() { "" } else { " " }
 }
@@ -214,7 +240,19 @@ mod tests {
         let credentials = ClientCredentials::from_url(&url).expect("valid");
         assert_eq!(
             credentials.conninfo(),
-            "host='db.example' port='6432' user='app@eu' dbname='orders' sslmode='require'"
+            "host='db.example' port='6432' user='app@eu' dbname='orders'"
+        );
+        let command = client_command(Path::new("pg_dump"), Some(&credentials));
+        let environment: Vec<_> = command
+            .as_std()
+            .get_envs()
+            .filter(|(name, _)| name.to_string_lossy().starts_with("PGSSL"))
+            .map(|(name, value)| (name.to_owned(), value.map(ToOwned::to_owned)))
+            .collect();
+        assert_eq!(
+            environment,
+            [("PGSSLMODE".into(), Some("require".into()))],
+            "TLS settings go to libpq's variables"
         );
         assert!(!credentials.conninfo().contains("s3cr"));
         let passfile = credentials.passfile().expect("a passfile").to_path_buf();

@@ -21,14 +21,26 @@ impl DatabaseUrl {
         mask_url(&self.0)
     }
 
-    /// `text` (a driver's error message, say) with this URL's password replaced by `****`,
-    /// in case the text quotes it.
+    /// `text` (a driver's error message, say) with this URL's password and client key path
+    /// replaced by `****`, in case the text quotes them.
     pub fn scrub(&self, text: &str) -> String {
-        let masked = mask_url(text);
-        match self.password() {
-            Some(password) if !password.is_empty() => masked.replace(password, MASK),
-            _ => masked,
+        let mut masked = mask_url(text);
+        if let Some(password) = self.password().filter(|password| !password.is_empty()) {
+            masked = masked.replace(password, MASK);
         }
+        if let Some(key) = self.key_path().filter(|key| !key.is_empty()) {
+            masked = masked.replace(&key, MASK);
+        }
+        masked
+    }
+
+    /// The client key's path (`sslkey`), decoded.
+    fn key_path(&self) -> Option<String> {
+        let parsed = url::Url::parse(&self.0).ok()?;
+        parsed
+            .query_pairs()
+            .find(|(key, _)| key == "sslkey")
+            .map(|(_, value)| value.into_owned())
     }
 
     /// Where the server is, for messages: the URL's `host:port`, or the masked URL when it
@@ -70,8 +82,8 @@ impl fmt::Display for DatabaseUrl {
 
 const MASK: &str = "****";
 
-/// Masks the password in `scheme://user:password@host`, and any `password=` parameter in a
-/// URL query or a libpq keyword/value string.
+/// Masks the password in `scheme://user:password@host`, and any `password=` or `sslkey=`
+/// parameter in a URL query or a libpq keyword/value string.
 pub fn mask_url(text: &str) -> String {
     let masked_userinfo = match text.find("://") {
         Some(scheme_end) => {
@@ -144,11 +156,22 @@ fn closing_quote(sql: &str, start: usize) -> usize {
     bytes.len()
 }
 
+/// Parameters whose values are never shown: passwords, and the client key's path.
+const MASKED_PARAMETERS: [&str; 2] = ["password=", "sslkey="];
+
 fn mask_password_parameters(text: &str) -> String {
+    MASKED_PARAMETERS
+        .iter()
+        .fold(text.to_owned(), |text, parameter| {
+            mask_parameter(&text, parameter)
+        })
+}
+
+fn mask_parameter(text: &str, parameter: &str) -> String {
     let mut output = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(position) = find_ignore_case(rest, "password=") {
-        let value_start = position + "password=".len();
+    while let Some(position) = find_ignore_case(rest, parameter) {
+        let value_start = position + parameter.len();
         output.push_str(&rest[..value_start]);
         output.push_str(MASK);
         let value_end = rest[value_start..]
@@ -224,6 +247,21 @@ mod tests {
         assert_eq!(
             mask_url("host=db user=app PASSWORD=hunter2 dbname=main"),
             "host=db user=app PASSWORD=**** dbname=main"
+        );
+    }
+
+    #[test]
+    fn the_client_keys_path_is_never_shown() {
+        let url = DatabaseUrl::new(
+            "postgres://app:pw@db/main?sslmode=verify-full&sslkey=%2Fetc%2Fkeys%2Fapp.key&sslcert=/etc/keys/app.pem",
+        );
+        assert_eq!(
+            url.masked(),
+            "postgres://app:****@db/main?sslmode=verify-full&sslkey=****&sslcert=/etc/keys/app.pem"
+        );
+        assert_eq!(
+            url.scrub("could not load /etc/keys/app.key"),
+            "could not load ****"
         );
     }
 

@@ -55,10 +55,55 @@ impl std::fmt::Debug for LocalPostgres {
     }
 }
 
+/// A server's TLS files (PEM) and who may connect: every TCP connection must use TLS and
+/// present a client certificate signed by `client_ca` whose CN names the database user
+/// (`hostssl … cert`); the Unix socket keeps trust authentication.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub certificate: String,
+    pub private_key: String,
+    pub client_ca: String,
+}
+
 impl LocalPostgres {
     /// initdb + start on a free loopback port.
     pub fn start() -> anyhow::Result<Self> {
-        let mut cluster = Self::prepare(random_password()?)?;
+        let mut cluster = Self::initialized()?;
+        cluster.launch("")?;
+        Ok(cluster)
+    }
+
+    /// Like [`LocalPostgres::start`], with `ssl = on` and only client certificates over TCP.
+    pub fn start_with_tls(tls: &ServerTls) -> anyhow::Result<Self> {
+        let mut cluster = Self::initialized()?;
+        let cluster_dir = cluster.cluster_dir();
+        for (name, text) in [
+            ("server.crt", &tls.certificate),
+            ("server.key", &tls.private_key),
+            ("client-ca.crt", &tls.client_ca),
+            (
+                "pg_hba.conf",
+                &"local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n"
+                    .to_owned(),
+            ),
+        ] {
+            let path = cluster_dir.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(
+                &path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            cluster.hand_to_postgres(&path)?;
+        }
+        cluster.launch(
+            "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=client-ca.crt",
+        )?;
+        Ok(cluster)
+    }
+
+    /// A cluster initialised (not started) with a random superuser password.
+    fn initialized() -> anyhow::Result<Self> {
+        let cluster = Self::prepare(random_password()?)?;
         let password_file = cluster.data.path().join("pwfile");
         std::fs::write(&password_file, &cluster.password)?;
         cluster.hand_to_postgres(&password_file)?;
@@ -79,7 +124,6 @@ impl LocalPostgres {
                 "--locale=C",
             ],
         )?;
-        cluster.launch("")?;
         Ok(cluster)
     }
 

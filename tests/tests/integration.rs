@@ -15,6 +15,7 @@ mod integration {
     mod cli_fleet;
     mod conformance;
     mod crates_io;
+    mod database_tls;
     mod deploy_dashboard;
     mod deploy_manifests;
     mod deploy_units;

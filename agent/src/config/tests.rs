@@ -188,3 +188,54 @@ fn throttle_replicas_come_inline_or_from_files_and_must_be_postgres() {
         "{error}"
     );
 }
+
+#[test]
+fn a_shards_tls_settings_join_its_url_and_its_key_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("agent.toml");
+    for (name, mode) in [
+        ("ca.pem", 0o644),
+        ("agent.pem", 0o644),
+        ("agent.key", 0o600),
+    ] {
+        let file = directory.path().join(name);
+        std::fs::write(&file, "pem").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    std::fs::write(
+        directory.path().join("orders.url"),
+        "postgres://fleet@db.internal:5432/orders?sslmode=verify-full\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &path,
+        "agent_id = \"a\"\n[[shards]]\nid = \"orders\"\ndatabase_url_file = \"orders.url\"\n\
+         sslrootcert = \"ca.pem\"\nsslcert = \"agent.pem\"\nsslkey = \"agent.key\"\n",
+    )
+    .expect("write");
+    let config = AgentConfig::load(&path).expect("loads");
+    let url = config.shards[0].database_url.expose().to_owned();
+    let at = |name: &str| directory.path().join(name).display().to_string();
+    for expected in [
+        "sslmode=verify-full".to_owned(),
+        format!("sslrootcert={}", at("ca.pem").replace('/', "%2F")),
+        format!("sslkey={}", at("agent.key").replace('/', "%2F")),
+    ] {
+        assert!(url.contains(&expected), "{expected} in {url}");
+    }
+    assert!(!config.shards[0].database_url.masked().contains("agent.key"));
+
+    std::fs::set_permissions(
+        directory.path().join("agent.key"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .expect("chmod");
+    let error = format!("{:#}", AgentConfig::load(&path).expect_err("readable key"));
+    assert!(
+        error.contains("shard \"orders\": the sslkey file has group or world access (mode 0640)")
+            && !error.contains("agent.key"),
+        "{error}"
+    );
+}

@@ -252,6 +252,8 @@ async fn execute(command: MigrateCommand) -> Result<ExitCode, Failure> {
         migrator_lock_idle: safety.migrator_lock_idle,
     });
     timeouts.validate().map_err(Failure::Usage)?;
+    fleetshift_common::database_tls::check(url.expose())
+        .map_err(|error| Failure::Usage(format!("the database URL's TLS settings: {error}")))?;
     if let MigrateCommand::Rehearse {
         target,
         safety,

@@ -55,8 +55,17 @@ pub struct PostgresShard {
 }
 
 impl PostgresShard {
+    /// Connects to `url`, named in messages by the URL itself (masked).
     pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Self, ExecError> {
-        let name = url.masked();
+        Self::connect_named(url.masked(), url, timeouts).await
+    }
+
+    /// Connects to `url`, named `name` in every message (`orders-7 (db-3:5432)`).
+    pub async fn connect_named(
+        name: String,
+        url: &DatabaseUrl,
+        timeouts: Timeouts,
+    ) -> Result<Self, ExecError> {
         let unreachable = |detail: String| ExecError::Unreachable {
             shard: name.clone(),
             detail: url.scrub(&detail),
@@ -76,7 +85,9 @@ impl PostgresShard {
         // A direct first connection fails fast with the server's own reason (refused,
         // authentication, unknown database); a pool would only report its own timeout.
         let probe = options.connect().await.map_err(|error| {
-            if connection_lost(&error) {
+            if let Some(refusal) = crate::database_tls::refusal(&error) {
+                unreachable(refusal)
+            } else if connection_lost(&error) {
                 ExecError::ConnectionLost {
                     shard: name.clone(),
                     during: "connecting".to_owned(),

@@ -93,8 +93,17 @@ pub struct SqliteShard {
 }
 
 impl SqliteShard {
+    /// Connects to `url`, named in messages by the URL itself (masked).
     pub async fn connect(url: &DatabaseUrl, timeouts: Timeouts) -> Result<Self, ExecError> {
-        let name = url.masked();
+        Self::connect_named(url.masked(), url, timeouts).await
+    }
+
+    /// Connects to `url`, named `name` in every message.
+    pub async fn connect_named(
+        name: String,
+        url: &DatabaseUrl,
+        timeouts: Timeouts,
+    ) -> Result<Self, ExecError> {
         let unreachable = |detail: String| ExecError::Unreachable {
             shard: name.clone(),
             detail,

@@ -176,6 +176,15 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             }
             Event::PreflightCheck(check) => format!("preflight {} {}", check.name, check.passed),
             Event::BackupFinished(_) => "backup".to_owned(),
+            Event::StatementRunning(statement) => format!(
+                "running {}{}",
+                statement.location.rsplit('/').next().unwrap_or_default(),
+                if statement.in_transaction {
+                    " (uncommitted)"
+                } else {
+                    ""
+                }
+            ),
             Event::StatementFinished(statement) => format!(
                 "statement {}",
                 statement.location.rsplit('/').next().unwrap_or_default()
@@ -193,9 +202,11 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
             "preflight blockers true",
             "backup",
             "started 1",
+            "running 1_orders.up.sql:1 (uncommitted)",
             "statement 1_orders.up.sql:1",
             "finished 1 Applied",
             "started 2",
+            "running 2_items.up.sql:1 (uncommitted)",
             "statement 2_items.up.sql:1",
             "finished 2 Applied"
         ],

@@ -85,7 +85,10 @@ fn lifecycle(events: &[Event]) -> Vec<String> {
         .filter(|event| {
             !matches!(
                 event,
-                Event::PreflightCheck(_) | Event::StatementFinished(_) | Event::LockRetry(_)
+                Event::PreflightCheck(_)
+                    | Event::StatementRunning(_)
+                    | Event::StatementFinished(_)
+                    | Event::LockRetry(_)
             )
         })
         .map(step)
