@@ -82,11 +82,14 @@ async fn the_local_fleet_script_starts_a_fleet_that_rolls_out_and_stops_it_by_pi
         .parent()
         .expect("target dir")
         .to_path_buf();
+    // Named relative to where fleet-up runs, as an operator types it.
+    std::os::unix::fs::symlink(&bin_dir, home.path().join("bin")).expect("link");
     let mut running = Running {
         dir: dir.clone(),
         stopped: false,
     };
     let up = Command::new(script("fleet-up"))
+        .current_dir(home.path())
         .args([
             "--dir",
             dir.to_str().expect("path"),
@@ -97,7 +100,7 @@ async fn the_local_fleet_script_starts_a_fleet_that_rolls_out_and_stops_it_by_pi
             "--base-port",
             &base.to_string(),
             "--bin-dir",
-            bin_dir.to_str().expect("path"),
+            "bin",
         ])
         .output()
         .expect("fleet-up");
@@ -108,7 +111,10 @@ async fn the_local_fleet_script_starts_a_fleet_that_rolls_out_and_stops_it_by_pi
         printed(&up)
     );
 
-    // Driven through the environment file, as the script says.
+    // Driven through the environment file, as the script says; its PATH holds from anywhere.
+    let written = std::fs::read_to_string(dir.join("env")).expect("env file");
+    let absolute = format!("export PATH={}:", home.path().join("bin").display());
+    assert!(written.contains(&absolute), "{written}");
     let environment = environment(&dir.join("env"));
     let listed = fleetshift(&environment, &["shards", "--output", "json"]).await;
     assert_exit(&listed, 0);
