@@ -39,6 +39,7 @@ mod tests {
                     path: "1_a.sql".to_owned(),
                     content: b"SELECT 1;".to_vec(),
                 }],
+                origin: "db/migrations".to_owned(),
             }),
             limits: None,
             duties: Some(v1::HostDuties {

@@ -73,10 +73,12 @@ pub fn pack(set: &MigrationSet) -> Result<v1::MigrationSet, ShippedError> {
         format: set.format.name().to_owned(),
         digest: set.digest.clone(),
         files,
+        origin: set.directory.to_string_lossy().into_owned(),
     })
 }
 
-/// Writes the shipped files under `directory`, loads them, and checks the digest.
+/// Writes the shipped files under `directory`, loads them, and checks the digest. Scripts are
+/// named under the set's origin (where the operator's repository keeps them), not `directory`.
 pub fn unpack(shipped: &v1::MigrationSet, directory: &Path) -> Result<MigrationSet, ShippedError> {
     for file in &shipped.files {
         let relative = Path::new(&file.path);
@@ -101,13 +103,14 @@ pub fn unpack(shipped: &v1::MigrationSet, directory: &Path) -> Result<MigrationS
         "" => None,
         named => Some(named.parse().map_err(ShippedError::Format)?),
     };
-    let set = MigrationSet::load(directory, format)?;
+    let mut set = MigrationSet::load(directory, format)?;
     if set.digest != shipped.digest {
         return Err(ShippedError::DigestMismatch {
             computed: set.digest,
             pinned: shipped.digest.clone(),
         });
     }
+    set.name_scripts_under(directory, Path::new(&shipped.origin));
     Ok(set)
 }
 
@@ -135,6 +138,56 @@ mod tests {
         let target = tempfile::tempdir().expect("dir");
         let unpacked = unpack(&packed, target.path()).expect("unpack");
         assert_eq!(unpacked.digest, set.digest);
+    }
+
+    #[test]
+    fn unpacked_scripts_are_named_as_the_operator_named_them_not_by_the_copy() {
+        let source = tempfile::tempdir().expect("dir");
+        write(
+            source.path(),
+            "1_users.postgres.up.sql",
+            "CREATE TABLE users (id uuid);",
+        );
+        write(
+            source.path(),
+            "1_users.sqlite3.up.sql",
+            "CREATE TABLE users (id text);",
+        );
+        write(
+            source.path(),
+            "1_users.postgres.down.sql",
+            "DROP TABLE users;",
+        );
+        let set = MigrationSet::load(source.path(), None).expect("load");
+        let mut packed = pack(&set).expect("pack");
+        assert_eq!(packed.origin, source.path().to_string_lossy());
+        packed.origin = "db/migrations".to_owned();
+        let target = tempfile::tempdir().expect("dir");
+        let unpacked = unpack(&packed, target.path()).expect("unpack");
+        let postgres = &unpacked.revisions[0];
+        let statement = &postgres.up.statements()[0];
+        assert_eq!(
+            postgres.up.locate(statement),
+            "db/migrations/1_users.postgres.up.sql:1"
+        );
+        let down = postgres.down.as_ref().expect("down");
+        assert_eq!(
+            down.path,
+            Path::new("db/migrations/1_users.postgres.down.sql")
+        );
+        let sqlite = &unpacked.for_engine(Engine::Sqlite).revisions[0];
+        assert_eq!(
+            sqlite.up.path,
+            Path::new("db/migrations/1_users.sqlite3.up.sql")
+        );
+
+        packed.origin = String::new();
+        let target = tempfile::tempdir().expect("dir");
+        let unpacked = unpack(&packed, target.path()).expect("unpack");
+        assert_eq!(
+            unpacked.revisions[0].up.path,
+            Path::new("1_users.postgres.up.sql")
+        );
     }
 
     #[test]

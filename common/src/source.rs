@@ -465,6 +465,21 @@ impl MigrationSet {
             .filter(move |_| differs)
     }
 
+    /// Names every script (of every engine's set) under `origin` where it is under `directory`:
+    /// a set loaded from a copy reports its files as the original's. Only names change.
+    pub fn name_scripts_under(&mut self, directory: &Path, origin: &Path) {
+        for revision in &mut self.revisions {
+            for script in std::iter::once(&mut revision.up).chain(revision.down.as_mut()) {
+                if let Ok(relative) = script.path.strip_prefix(directory) {
+                    script.path = origin.join(relative);
+                }
+            }
+        }
+        for variant in self.variants.values_mut() {
+            variant.name_scripts_under(directory, origin);
+        }
+    }
+
     /// The index of the revision `version` names, read the way this set's format reads
     /// versions (`0009` is `9`; Flyway's `1.2.0` is `1.2`; diesel's without dashes), or as
     /// written when it is no version of the format.

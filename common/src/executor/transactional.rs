@@ -91,7 +91,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             }
             Err(_) if self.interrupted() => {
                 return Err(self.stopped_during(format!(
-                    "the end of revision {label} (its transaction was rolled back: nothing of it is applied)"
+                    "the end of revision {label} (its transaction was rolled back, so none of its statements took effect)"
                 )));
             }
             Err(TxError::Statement(failure))
@@ -223,11 +223,11 @@ impl<E: ShardEngine> Executor<'_, E> {
                     ..FencedTransaction::guarded(&guard)
                 };
                 match self.engine.fenced_transaction(writer, work).await {
-                    Ok(_) => "the revision was rolled back: nothing of it is applied; it is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),
-                    Err(record_error) => format!("the revision was rolled back: nothing of it is applied (recording the failure also failed: {})", describe_tx_error(&record_error)),
+                    Ok(_) => "its transaction was rolled back, so none of the revision's statements took effect and the shard stays at the version before it; the revision is recorded as failed\nnext: fix the script and rerun `up`".to_owned(),
+                    Err(record_error) => format!("its transaction was rolled back, so none of the revision's statements took effect and the shard stays at the version before it (recording the failure also failed: {})", describe_tx_error(&record_error)),
                 }
             }
-            Direction::Down => "the revert was rolled back: the revision is still applied\nnext: fix the down script and rerun `down`".to_owned(),
+            Direction::Down => "the revert's transaction was rolled back, so none of the down script's statements took effect and the revision is still applied\nnext: fix the down script and rerun `down`".to_owned(),
         };
         ExecError::StatementFailed(Box::new(StatementFailure {
             shard: self.shard(),

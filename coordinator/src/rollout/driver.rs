@@ -381,6 +381,7 @@ fn dispatch_of(
             format: plan.set_format.clone(),
             digest: plan.set_digest.clone(),
             files: Vec::new(),
+            origin: plan.set_origin.clone(),
         }),
         limits: plan.limits,
         duties: plan.duties.clone(),

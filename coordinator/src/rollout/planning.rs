@@ -357,7 +357,7 @@ pub fn plan(
     let findings: Vec<_> = lint::lint_revisions(&set.revisions[..applied])
         .findings
         .iter()
-        .map(|finding| finding.to_wire(directory.path()))
+        .map(|finding| finding.to_wire(std::path::Path::new(&shipped.origin)))
         .collect();
     let revisions = &set.revisions[..applied];
     let backup_required = request
@@ -410,6 +410,7 @@ pub fn plan(
         limits: Some(limits),
         selector,
         set_format: shipped.format,
+        set_origin: shipped.origin,
         findings,
         risk: Some(risk),
         changes,

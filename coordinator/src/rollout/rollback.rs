@@ -88,6 +88,7 @@ pub fn plan_rollback(
         limits: source.limits,
         selector: source.selector.clone(),
         set_format: source.set_format.clone(),
+        set_origin: source.set_origin.clone(),
         duties,
         direction: Direction::Down.into(),
         rolls_back: source.plan_id.clone(),

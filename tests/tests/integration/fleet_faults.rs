@@ -435,6 +435,16 @@ async fn failures_below_the_threshold_and_exhausted_retries_are_told_as_such() {
     assert!(plan.state_reason.contains(&shard_id(1)), "{plan:?}");
     assert_eq!(task_of(&plan, 0).state(), ShardState::Succeeded);
     assert_eq!(task_of(&plan, 1).state(), ShardState::Failed);
+    let failure = &task_of(&plan, 1).error.as_ref().expect("an error").message;
+    let in_repository = format!("{}/1_", fleet.migrations.path().display());
+    assert!(
+        failure.contains(&in_repository) && !failure.contains("fleetshift-assignment-"),
+        "the statement is named by the file the author planned from: {failure}"
+    );
+    assert!(
+        failure.contains("none of the revision's statements took effect"),
+        "{failure}"
+    );
     let watched = fleet.cli(&["watch", &first]).await;
     assert_eq!(
         watched.status.code(),

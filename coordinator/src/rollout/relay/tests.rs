@@ -99,6 +99,7 @@ async fn stored_set(store: &MemoryStore) {
             digest: "d1".to_owned(),
             format: "sqlx".to_owned(),
             files: Vec::new(),
+            origin: String::new(),
         },
     )
     .await
