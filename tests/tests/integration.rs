@@ -26,6 +26,7 @@ mod integration {
     mod fleet_faults;
     mod fleet_throttle;
     mod grpc_conventions;
+    mod handshakes;
     mod lint;
     mod local_fleet;
     mod locks;

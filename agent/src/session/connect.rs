@@ -8,7 +8,11 @@ use std::pin::Pin;
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::{AgentMessage, CoordinatorMessage, Hello};
-use fleetshift_common::tls::{self, mtls::TlsError};
+use fleetshift_common::tls::{
+    self,
+    mtls::{TlsError, TlsFiles},
+    refusal::Setting,
+};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +40,8 @@ impl std::fmt::Debug for Streams {
 pub enum SessionError {
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{error}; check {check}")]
+    TlsRefused { error: TlsError, check: String },
     #[error("the coordinator refused the session: {0}")]
     Refused(String),
     #[error("the session's stream closed before the Hello was sent")]
@@ -67,7 +73,9 @@ impl Connect for TlsConnect<'_> {
         hello: Hello,
     ) -> Result<Streams, SessionError> {
         let channel =
-            tls::channel::connect(&endpoint.address, &endpoint.server_name, &self.link.tls).await?;
+            tls::channel::connect(&endpoint.address, &endpoint.server_name, &self.link.tls)
+                .await
+                .map_err(|error| explained(error, &self.link.tls))?;
         let mut client = AgentServiceClient::new(channel);
         let (outbound, receiver) = mpsc::channel(16);
         outbound
@@ -86,4 +94,25 @@ impl Connect for TlsConnect<'_> {
             inbound: Box::pin(inbound),
         })
     }
+}
+
+/// `error`, with the agent's setting to check when it is a refused handshake.
+fn explained(error: TlsError, files: &TlsFiles) -> SessionError {
+    let setting = match &error {
+        TlsError::Handshake { refusal, .. } => refusal.setting(),
+        _ => None,
+    };
+    let check = match setting {
+        None => return SessionError::Tls(error),
+        Some(Setting::TrustBundle) => format!(
+            "[tls] trust_bundle (now {}): it must hold the CA that issued the coordinators' certificates",
+            files.trust_bundle.display()
+        ),
+        Some(Setting::ServerName) => "[coordinator] server_name, or the address's host: it must be a name the coordinator's certificate carries".to_owned(),
+        Some(Setting::Certificate) => format!(
+            "[tls] certificate and private_key (now {}): the agent's certificate must be current and issued by the fleet's CA (`fleetshift certs issue --agent NAME`)",
+            files.certificate.display()
+        ),
+    };
+    SessionError::TlsRefused { error, check }
 }

@@ -12,6 +12,7 @@ use fleetshift_common::tls::{
     self,
     channel::server_name_of,
     mtls::{TlsError, TlsFiles},
+    refusal::{HandshakeRefusal, Setting},
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -71,6 +72,47 @@ impl Connection {
         tls::channel::connect(address, &server_name, &files).await
     }
 
+    /// `error` from connecting to `address`; a refused handshake names the setting to check.
+    fn explained(&self, address: &str, error: &TlsError) -> String {
+        match error {
+            TlsError::Handshake { refusal, .. } => match refusal.setting() {
+                Some(setting) => format!("{error}; check {}", self.setting_name(setting)),
+                None => error.to_string(),
+            },
+            other => format!("{address}: {other}"),
+        }
+    }
+
+    /// A call that failed because the coordinator refused this side's certificate after the
+    /// handshake seemed done (TLS 1.3 checks the client's certificate last), explained.
+    fn refused_handshake(&self, status: &tonic::Status) -> Option<String> {
+        let server_name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => server_name_of(self.addresses().first()?).ok()?,
+        };
+        let refusal = HandshakeRefusal::find(status, &server_name)?;
+        let error = TlsError::Handshake {
+            address: self.coordinator.clone(),
+            refusal,
+        };
+        Some(self.explained(&self.coordinator, &error))
+    }
+
+    /// How this command is told `setting`, and what it must be.
+    fn setting_name(&self, setting: Setting) -> String {
+        match setting {
+            Setting::TrustBundle => format!(
+                "FLEETSHIFT_TLS_CA (--trust-bundle, now {}): it must hold the CA that issued the coordinators' certificates",
+                self.trust_bundle.display()
+            ),
+            Setting::ServerName => "the coordinator address's host, or --server-name: it must be a name the coordinator's certificate carries".to_owned(),
+            Setting::Certificate => format!(
+                "FLEETSHIFT_TLS_CERT and FLEETSHIFT_TLS_KEY (--certificate, now {}): the operator certificate must be current and issued by the fleet's CA (`fleetshift certs issue --operator NAME`)",
+                self.certificate.display()
+            ),
+        }
+    }
+
     /// A client of the first replica that answers, trying them in turn from the `from`-th
     /// (wrapping around), with that replica's place; every failure, named, when none does.
     pub(super) async fn client_from(&self, from: usize) -> Result<(FleetClient, usize), String> {
@@ -86,7 +128,7 @@ impl Connection {
                     let client = FleetServiceClient::with_interceptor(channel, PropagateContext);
                     return Ok((client, index));
                 }
-                Err(error) => failures.push(format!("{}: {error}", addresses[index])),
+                Err(error) => failures.push(self.explained(addresses[index], &error)),
             }
         }
         Err(failures.join("; "))
@@ -115,6 +157,14 @@ pub(super) async fn client(
 /// Reports a coordinator's refusal; the exit code says which kind (an agent's own kind when
 /// the refusal carries one).
 pub(super) fn refused(connection: &Connection, output: Output, status: &tonic::Status) -> ExitCode {
+    if let Some(explained) = connection.refused_handshake(status) {
+        super::render::failure(
+            output,
+            &explained,
+            fleetshift_common::error::ErrorKind::Unreachable,
+        );
+        return ExitCode::from(exit::UNREACHABLE);
+    }
     let message = format!("{}: {}", connection.coordinator, status.message());
     match output {
         Output::Human => eprintln!("error: {message}"),

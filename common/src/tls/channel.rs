@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use rustls_pki_types::ServerName;
+use tonic::codegen::http::Uri;
+use tonic::transport::Channel;
 
-use super::mtls::{TlsError, TlsFiles};
+use super::connector::Connector;
+use super::mtls::{self, TlsError, TlsFiles};
+use super::refusal::HandshakeRefusal;
 
 /// HTTP/2 pings to the coordinator this often; no answer within [`KEEPALIVE_TIMEOUT`] ends
 /// the connection.
@@ -25,39 +29,61 @@ pub fn server_name_of(address: &str) -> Result<String, TlsError> {
     Ok(host.to_owned())
 }
 
-/// Connects to `address`, presenting the certificate in `files` and trusting only its bundle.
+/// Connects to `address`, presenting the certificate in `files` and trusting only its bundle;
+/// a refused handshake is told as such (see [`super::refusal`]).
 pub async fn connect(
     address: &str,
     server_name: &str,
     files: &TlsFiles,
 ) -> Result<Channel, TlsError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|error| TlsError::File {
-            path: path.to_path_buf(),
-            message: format!("cannot read: {error}"),
-        })
-    };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&files.trust_bundle)?))
-        .identity(Identity::from_pem(
-            read(&files.certificate)?,
-            read(&files.private_key)?,
-        ))
-        .domain_name(server_name);
-    Channel::from_shared(address.to_owned())
+    let config = mtls::client_config(files)?;
+    let checked_name = ServerName::try_from(server_name.to_owned())
+        .map_err(|error| TlsError::Config(format!("server name {server_name:?}: {error}")))?;
+    let origin: Uri = address
+        .parse()
+        .map_err(|error| TlsError::Config(format!("invalid address {address}: {error}")))?;
+    // The connector speaks TLS itself; tonic is given the plain form of the address to dial
+    // and told the real origin for requests.
+    let authority = origin
+        .authority()
+        .ok_or_else(|| TlsError::Config(format!("{address:?} has no host:port")))?;
+    Channel::from_shared(format!("http://{authority}"))
         .map_err(|error| TlsError::Config(format!("invalid address {address}: {error}")))?
+        .origin(origin.clone())
         .connect_timeout(Duration::from_secs(5))
         // A coordinator that stops answering pings is gone (a half-open connection): the
         // session's stream fails and the agent reconnects, instead of waiting on it forever.
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .tls_config(tls)
-        .map_err(|error| TlsError::Config(error.to_string()))?
-        .connect()
-        .await
-        .map_err(|error| TlsError::Unreachable {
-            address: address.to_owned(),
-            detail: error.to_string(),
+        .connect_with_connector(Connector {
+            config,
+            server_name: checked_name,
         })
+        .await
+        .map_err(|error| match HandshakeRefusal::find(&error, server_name) {
+            Some(refusal) => TlsError::Handshake {
+                address: address.to_owned(),
+                refusal,
+            },
+            None => TlsError::Unreachable {
+                address: address.to_owned(),
+                detail: describe(&error),
+            },
+        })
+}
+
+/// `error` with its causes: tonic's own text is only "transport error".
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
 }

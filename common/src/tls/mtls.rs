@@ -44,6 +44,11 @@ pub enum TlsError {
     Config(String),
     #[error("cannot reach {address}: {detail}")]
     Unreachable { address: String, detail: String },
+    #[error("TLS handshake with {address}: {refusal}")]
+    Handshake {
+        address: String,
+        refusal: super::refusal::HandshakeRefusal,
+    },
 }
 
 /// Installs ring as the process's crypto provider (once; later calls change nothing).
