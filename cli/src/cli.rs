@@ -3,6 +3,7 @@
 mod backups;
 mod baseline_file;
 mod certs;
+mod dry_run;
 mod duties;
 mod events;
 mod fleet;
@@ -81,8 +82,8 @@ pub enum Command {
     /// Cancel a rollout (the emergency stop): the statement running on each shard is cancelled
     /// (a transactional revision rolls back whole), pending shards never start.
     Cancel(rollout::ActionArgs),
-    /// Plan the revert of a finished plan's shards, each to its version before that plan
-    /// (down scripts, fenced); approve and apply it like any plan.
+    /// Plan the revert of a finished plan's shards, each to its version before that plan or to
+    /// `--to` (down scripts, fenced); approve and apply it like any plan.
     Rollback(rollback::RollbackArgs),
     /// A shard's backups on its agent's host: list them, verify one, restore one (approver).
     Backups(backups::BackupsArgs),

@@ -110,6 +110,28 @@ pub fn holding<'t>(
     })
 }
 
+/// Whether `shard_id` matches `pattern`, where `*` stands for any run of characters.
+pub fn id_matches(pattern: &str, shard_id: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let Some(first) = pieces.next() else {
+        return pattern == shard_id;
+    };
+    let Some(mut rest) = shard_id.strip_prefix(first) else {
+        return false;
+    };
+    let pieces: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = pieces.split_last() else {
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -234,5 +256,17 @@ mod tests {
             "localhost on two hosts"
         );
         assert_eq!(key(&one, &ShardFacts::default()), "h1");
+    }
+
+    #[test]
+    fn patterns_match_whole_ids_with_stars_for_any_run() {
+        assert!(id_matches("users-1", "users-1"));
+        assert!(!id_matches("users-1", "users-10"));
+        assert!(id_matches("users-*", "users-10"));
+        assert!(id_matches("*-10", "users-10"));
+        assert!(id_matches("u*s-*0", "users-10"));
+        assert!(!id_matches("u*s-*0", "users-11"));
+        assert!(id_matches("*", "anything"));
+        assert!(!id_matches("a*a", "a"), "the two ends cannot overlap");
     }
 }

@@ -161,6 +161,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
                     agent_version: hello.agent_version.clone(),
                     host: hello.host.clone(),
                     server: shard.server,
+                    engine: shard.engine,
                 });
             }
         }
@@ -218,7 +219,15 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let request = request.into_inner();
         let source = self.plan_view(&request.plan_id).await?;
         let agents = self.announcements().await?;
-        let plan = rollback::plan_rollback(&source, &request.shards, &author, &agents)?;
+        let shipped = records::load_set(&*self.store, &source.set_digest).await?;
+        let (_directory, set) = planning::unpacked(&shipped)?;
+        let rollback = rollback::Rollback {
+            source: &source,
+            set: &set,
+            patterns: &request.shards,
+            to: Some(request.to_version.as_str()).filter(|version| !version.is_empty()),
+        };
+        let plan = rollback::plan_rollback(rollback, &author, &agents)?;
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, rolls_back = %source.plan_id, %author, shards = waves::shard_count(&plan), "rollback plan created");
         Ok(Response::new(plan))

@@ -32,6 +32,7 @@ mod integration {
     mod locks;
     mod operator;
     mod paused;
+    mod plan_sql;
     mod processes;
     mod real_histories;
     mod rehearsal;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use fleetshift_common::duration;
 
+use super::dry_run::DryRun;
 use super::rehearse::{self, SampleArgs};
 use super::sources::{self, AlembicArgs};
 use super::{Output, render};
@@ -457,7 +458,13 @@ async fn move_shard<E: ShardEngine>(
     };
     if movement.dry_run {
         let plan = executor.plan(set, direction, &request).await?;
-        render::dry_run(output, shard, &plan, direction, timeouts);
+        let dry_run = DryRun {
+            target: shard,
+            revisions: &plan,
+            direction,
+            timeouts,
+        };
+        dry_run.print(output);
     } else {
         let report = match direction {
             Direction::Up => executor.up(set, &request).await?,

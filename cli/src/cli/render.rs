@@ -1,15 +1,14 @@
 //! Printing results: aligned text for people, one JSON document for scripts.
 
-use fleetshift_common::engine::Timeouts;
 use fleetshift_common::error::ErrorKind;
-use fleetshift_common::executor::{Direction, RunReport, ShardStatus};
+use fleetshift_common::executor::{RunReport, ShardStatus};
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::source::{MigrationSet, Revision};
 use serde_json::json;
 
 use super::Output;
 
-fn print_json(value: &serde_json::Value) {
+pub fn print_json(value: &serde_json::Value) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(error) => eprintln!("error: cannot encode the result as JSON: {error}"),
@@ -245,87 +244,6 @@ pub fn verified(output: Output, set: &MigrationSet, status: Option<&ShardStatus>
                 "DRIFT {}_{}: applied {} but the file hashes to {}",
                 drifted.version, drifted.name, drifted.applied_checksum, drifted.source_checksum
             );
-        }
-    }
-}
-
-/// The SQL a run would send, in order, with its transaction framing.
-pub fn dry_run(
-    output: Output,
-    shard: &str,
-    plan: &[&Revision],
-    direction: Direction,
-    timeouts: Timeouts,
-) {
-    let scripts: Vec<(&Revision, Vec<&str>)> = plan
-        .iter()
-        .map(|revision| {
-            let script = match direction {
-                Direction::Up => Some(&revision.up),
-                Direction::Down => revision.down.as_ref(),
-            };
-            let statements = script
-                .map(|script| {
-                    script
-                        .statements()
-                        .iter()
-                        .map(|statement| statement.sql.as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (*revision, statements)
-        })
-        .collect();
-    if output == Output::Json {
-        let revisions: Vec<_> = scripts
-            .iter()
-            .map(|(revision, statements)| {
-                json!({
-                    "version": revision.version.as_str(),
-                    "name": revision.name,
-                    "transactional": revision.transactional,
-                    "statements": statements,
-                })
-            })
-            .collect();
-        print_json(
-            &json!({ "shard": shard, "direction": format!("{direction:?}").to_lowercase(), "revisions": revisions }),
-        );
-        return;
-    }
-    println!(
-        "-- dry run on {shard}: {} revision(s), nothing is executed",
-        plan.len()
-    );
-    for (revision, statements) in scripts {
-        println!();
-        if revision.transactional {
-            println!("-- {} (one transaction)", revision.label());
-            println!("BEGIN;");
-            println!(
-                "SET LOCAL lock_timeout = '{}ms';",
-                timeouts.lock_timeout.as_millis()
-            );
-            println!(
-                "SET LOCAL statement_timeout = '{}ms';",
-                timeouts.statement_timeout.as_millis()
-            );
-            println!("-- fleetshift: fence check-and-set and ledger check");
-            for statement in statements {
-                println!("{statement};");
-            }
-            println!("-- fleetshift: ledger record");
-            println!("COMMIT;");
-        } else {
-            println!(
-                "-- {} (outside a transaction: each statement commits on its own)",
-                revision.label()
-            );
-            println!("-- fleetshift: fenced `started` record");
-            for statement in statements {
-                println!("{statement};");
-            }
-            println!("-- fleetshift: fenced completion record");
         }
     }
 }

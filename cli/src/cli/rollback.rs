@@ -1,5 +1,7 @@
-//! `fleetshift rollback PLAN [--shards SELECTOR]`: plans the revert of the shards a finished
-//! plan took to its target, each to its version before that plan. The rollback plan is
+//! `fleetshift rollback PLAN [--shards SELECTOR] [--to VERSION]`: plans the revert of the
+//! shards a finished plan took to its target, each to its version before that plan (or to
+//! VERSION, where that is later). A revision on the way without a down script is refused here,
+//! at planning, with the lowest version the plan can reach. The rollback plan is
 //! approved and applied like any other (`fleetshift approve`, `fleetshift apply --watch`).
 
 use std::process::ExitCode;
@@ -21,6 +23,10 @@ pub struct RollbackArgs {
     /// every shard the plan took to its target).
     #[arg(long, value_delimiter = ',', value_name = "SELECTOR")]
     shards: Vec<String>,
+    /// Back only this far: each shard goes to the later of VERSION and its version before the
+    /// plan (when older revisions have no down script, the refusal names the lowest VERSION).
+    #[arg(long = "to", value_name = "VERSION")]
+    to_version: Option<String>,
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
 }
@@ -33,6 +39,7 @@ pub async fn run(arguments: RollbackArgs) -> ExitCode {
     let request = CreateRollbackPlanRequest {
         plan_id: arguments.plan.clone(),
         shards: arguments.shards.clone(),
+        to_version: arguments.to_version.clone().unwrap_or_default(),
     };
     match client.create_rollback_plan(request).await {
         Ok(response) => print_created(&response.into_inner(), arguments.output),

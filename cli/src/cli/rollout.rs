@@ -24,6 +24,7 @@ use super::sources;
 use super::{Output, baseline_file, notice, progress, rehearsals, render};
 use crate::exit;
 
+mod fleet_sql;
 mod plan_args;
 
 pub use plan_args::PlanArgs;
@@ -299,6 +300,9 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
+    if arguments.sql {
+        return fleet_sql::print(&arguments, &set).await;
+    }
     let packed = match shipped::pack(&set) {
         Ok(packed) => packed,
         Err(error) => {

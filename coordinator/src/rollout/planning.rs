@@ -327,13 +327,10 @@ impl TryFrom<CreatePlanRequest> for PlanRequest {
     }
 }
 
-/// Plans `request` for `author` over the announced `agents`.
-pub fn plan(
-    request: PlanRequest,
-    author: &str,
-    agents: &[(String, Hello)],
-) -> Result<Plan, RolloutError> {
-    let shipped = &request.set;
+/// `shipped` written to a fresh directory (removed when it is dropped) and loaded.
+pub fn unpacked(
+    shipped: &fleetshift_common::proto::v1::MigrationSet,
+) -> Result<(tempfile::TempDir, MigrationSet), RolloutError> {
     let directory = tempfile::Builder::new()
         .prefix("fleetshift-plan-")
         .tempdir()
@@ -342,6 +339,17 @@ pub fn plan(
         })?;
     let set = shipped::unpack(shipped, directory.path())
         .map_err(|error| RolloutError::BadRequest(error.to_string()))?;
+    Ok((directory, set))
+}
+
+/// Plans `request` for `author` over the announced `agents`.
+pub fn plan(
+    request: PlanRequest,
+    author: &str,
+    agents: &[(String, Hello)],
+) -> Result<Plan, RolloutError> {
+    let shipped = &request.set;
+    let (_directory, set) = unpacked(shipped)?;
     let target = target_of(&set, &request.target_version)?;
     let shards = candidates(agents, &request.selector)?;
     if shards.is_empty() {

@@ -9,19 +9,41 @@ use fleetshift_common::proto::v1::{
     Direction, Hello, HostDuties, Plan, PlanState, ShardState, ShardTask,
 };
 use fleetshift_common::rollout_names::plan_state_name;
+use fleetshift_common::selector::id_matches as matches;
+use fleetshift_common::source::MigrationSet;
 
 use super::planning::{self, Candidate};
 use super::{RolloutError, plan_ended, spans, waves};
 
-/// Plans the rollback of `source` (with its task records) for `author`: the shards it took to
-/// its target that match `patterns` (all of them when empty), over the agents announcing
-/// them now.
+mod reach;
+
+/// What to roll back.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollback<'a> {
+    /// The plan, with its task records.
+    pub source: &'a Plan,
+    /// Its migration set, whose down scripts revert it.
+    pub set: &'a MigrationSet,
+    /// Shard ids or patterns; empty: every shard it took to its target.
+    pub patterns: &'a [String],
+    /// Back only this far (each shard to the later of this and its version before the plan).
+    pub to: Option<&'a str>,
+}
+
+/// Plans `rollback` for `author`: the shards its plan took to its target that match its
+/// patterns, over the agents announcing them now; refused when a revision on the way back
+/// has no down script.
 pub fn plan_rollback(
-    source: &Plan,
-    patterns: &[String],
+    rollback: Rollback<'_>,
     author: &str,
     agents: &[(String, Hello)],
 ) -> Result<Plan, RolloutError> {
+    let Rollback {
+        source,
+        set,
+        patterns,
+        to,
+    } = rollback;
     let state = PlanState::try_from(source.state).unwrap_or(PlanState::Unspecified);
     if !plan_ended(state) {
         return Err(RolloutError::NotNow(format!(
@@ -52,19 +74,18 @@ pub fn plan_rollback(
             })
         })
         .collect::<Result<_, _>>()?;
-    let back_to: HashMap<&str, &str> = selected
-        .iter()
-        .map(|task| (task.shard_id.as_str(), task.previous_version.as_str()))
+    let back_to: HashMap<String, String> = reach::destinations(set, source, &selected, to)?
+        .into_iter()
         .collect();
     let policy = source.policy.clone().unwrap_or_default();
     let mut waves = planning::waves(&shards, &policy);
     for task in waves.iter_mut().flat_map(|wave| &mut wave.shards) {
         task.target_version = back_to
             .get(task.shard_id.as_str())
-            .map(|version| (*version).to_owned())
+            .cloned()
             .unwrap_or_default();
     }
-    let mut versions: Vec<&str> = back_to.values().copied().collect();
+    let mut versions: Vec<&str> = back_to.values().map(String::as_str).collect();
     versions.sort_unstable();
     versions.dedup();
     let duties = source.duties.as_ref().map(|duties| HostDuties {
@@ -144,28 +165,6 @@ fn selected_tasks<'p>(
     Ok(selected)
 }
 
-/// Whether `shard_id` matches `pattern`, where `*` stands for any run of characters.
-fn matches(pattern: &str, shard_id: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    let Some(first) = pieces.next() else {
-        return pattern == shard_id;
-    };
-    let Some(mut rest) = shard_id.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        return rest.is_empty();
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 fn listing(tasks: &[&ShardTask]) -> String {
     if tasks.is_empty() {
         return "none".to_owned();
@@ -179,18 +178,6 @@ mod tests {
     use fleetshift_common::proto::v1::{ShardFacts, Wave, WavePolicy};
 
     use super::*;
-
-    #[test]
-    fn patterns_match_whole_ids_with_stars_for_any_run() {
-        assert!(matches("users-1", "users-1"));
-        assert!(!matches("users-1", "users-10"));
-        assert!(matches("users-*", "users-10"));
-        assert!(matches("*-10", "users-10"));
-        assert!(matches("u*s-*0", "users-10"));
-        assert!(!matches("u*s-*0", "users-11"));
-        assert!(matches("*", "anything"));
-        assert!(!matches("a*a", "a"), "the two ends cannot overlap");
-    }
 
     fn task(shard: &str, state: ShardState, previous: &str) -> ShardTask {
         ShardTask {
@@ -222,6 +209,34 @@ mod tests {
         }
     }
 
+    /// Revisions 1 to 3, each with its down script.
+    fn reversible_set() -> (tempfile::TempDir, MigrationSet) {
+        let directory = tempfile::tempdir().expect("dir");
+        for version in 1..=3 {
+            let file = |suffix: &str| directory.path().join(format!("{version}_t.{suffix}.sql"));
+            std::fs::write(file("up"), format!("CREATE TABLE t{version} (id int);")).expect("up");
+            std::fs::write(file("down"), format!("DROP TABLE t{version};")).expect("down");
+        }
+        let set = MigrationSet::load(directory.path(), None).expect("set");
+        (directory, set)
+    }
+
+    /// `plan_rollback` of `source`'s `patterns` over `agents`, with a reversible set.
+    fn planned(
+        source: &Plan,
+        patterns: &[String],
+        agents: &[(String, Hello)],
+    ) -> Result<Plan, RolloutError> {
+        let (_directory, set) = reversible_set();
+        let rollback = Rollback {
+            source,
+            set: &set,
+            patterns,
+            to: None,
+        };
+        plan_rollback(rollback, "alice", agents)
+    }
+
     fn agents() -> Vec<(String, Hello)> {
         let shard = |id: &str| ShardFacts {
             shard_id: id.to_owned(),
@@ -238,8 +253,7 @@ mod tests {
 
     #[test]
     fn the_shards_that_reached_the_target_go_back_each_to_its_own_version() {
-        let plan =
-            plan_rollback(&source(PlanState::Succeeded), &[], "alice", &agents()).expect("planned");
+        let plan = planned(&source(PlanState::Succeeded), &[], &agents()).expect("planned");
         assert_eq!(plan.direction(), Direction::Down);
         assert_eq!(plan.rolls_back, "p1");
         assert_eq!(plan.state(), PlanState::AwaitingApproval);
@@ -251,10 +265,9 @@ mod tests {
             .collect();
         assert_eq!(targets, [("users-1", "1"), ("users-2", "base")]);
 
-        let one = plan_rollback(
+        let one = planned(
             &source(PlanState::Halted),
             &["users-2".to_owned()],
-            "alice",
             &agents(),
         )
         .expect("planned");
@@ -272,7 +285,7 @@ mod tests {
     fn a_rollback_is_refused_with_the_reason() {
         let refused = |plan: &Plan, patterns: &[&str]| {
             let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
-            plan_rollback(plan, &patterns, "alice", &agents())
+            planned(plan, &patterns, &agents())
                 .expect_err("refused")
                 .to_string()
         };
@@ -288,7 +301,7 @@ mod tests {
         let mut rollback = source(PlanState::Succeeded);
         rollback.direction = Direction::Down.into();
         assert!(refused(&rollback, &[]).contains("itself a rollback"));
-        let gone = plan_rollback(&source(PlanState::Succeeded), &[], "alice", &[])
+        let gone = planned(&source(PlanState::Succeeded), &[], &[])
             .expect_err("no agents")
             .to_string();
         assert!(

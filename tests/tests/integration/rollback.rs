@@ -134,3 +134,56 @@ async fn a_degraded_shard_rolls_back_on_its_own_and_a_finished_plan_rolls_back_o
         "revision 1 was reverted"
     );
 }
+
+/// A rollback over a revision without a down script is refused when it is planned, naming the
+/// revision and the `--to` that goes back as far as the down scripts do; with that `--to`, the
+/// shard goes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_past_an_irreversible_revision_is_refused_at_planning_and_offers_to() {
+    let fleet = CliFleet::start("irreversible", "SELECT 1;", |_| String::new()).await;
+    let (admin, cli) = (&fleet.database.admin, &fleet.cli);
+    let migrations = fixtures::migrations(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        ("1_a.down.sql", "DROP TABLE a;"),
+        ("2_b.up.sql", "CREATE TABLE b (id int);"),
+        ("3_c.up.sql", "CREATE TABLE c (id int);"),
+        ("3_c.down.sql", "DROP TABLE c;"),
+    ]);
+    let directory = migrations.path().to_str().expect("path");
+    let planned = cli.alice(&["plan", directory, "--output", "json"]).await;
+    assert_exit(&planned, 0);
+    let plan_id = summary(&planned)["plan"].as_str().expect("id").to_owned();
+    assert_exit(&cli.approved_and_applied(&plan_id).await, 0);
+
+    let refused = cli.alice(&["rollback", &plan_id]).await;
+    assert_exit(&refused, 2);
+    let said = fleetshift_tests::binary::printed(&refused);
+    assert!(
+        said.contains("1 revision(s) it would revert have no down script: 2_b")
+            && said.contains(&format!("fleetshift rollback {plan_id} --to 2")),
+        "{said}"
+    );
+    let plans = cli.alice(&["status", "--output", "json"]).await;
+    assert_eq!(
+        summary(&plans)["plans"].as_array().map(Vec::len),
+        Some(1),
+        "nothing was planned: {}",
+        fleetshift_tests::binary::printed(&plans)
+    );
+
+    let planned = cli
+        .alice(&["rollback", &plan_id, "--to", "2", "--output", "json"])
+        .await;
+    assert_exit(&planned, 0);
+    let rollback = summary(&planned);
+    assert_eq!(rollback["shards"][0]["target_version"], "2", "{rollback:#}");
+    let rollback_id = rollback["plan"].as_str().expect("id").to_owned();
+    assert_exit(&cli.approved_and_applied(&rollback_id).await, 0);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+    )
+    .fetch_all(admin)
+    .await
+    .expect("tables");
+    assert_eq!(tables, ["a", "b"], "back to 2: c reverted, b stays");
+}

@@ -32,6 +32,18 @@ pub struct PlanArgs {
     /// `fleetshift.io/server-version`, …: see `fleetshift shards --help`).
     #[arg(long = "selector", value_parser = parse_label)]
     pub(super) selector: Vec<(String, String)>,
+    /// Dry run: print exactly the SQL each matching shard would run (grouped by the version it
+    /// is at and its engine, per revision and transaction mode) and create no plan.
+    #[arg(long)]
+    pub(super) sql: bool,
+    /// With --sql: only these shards (ids or `*` patterns, comma-separated or repeated).
+    #[arg(
+        long = "shard",
+        value_delimiter = ',',
+        value_name = "SHARD",
+        requires = "sql"
+    )]
+    pub(super) shards: Vec<String>,
     /// Shards in the first (canary) wave.
     #[arg(long, default_value_t = 1)]
     pub(super) canary: u32,
