@@ -11,7 +11,7 @@ use fleetshift_common::proto::v1::CreateRollbackPlanRequest;
 
 use super::Output;
 use super::fleet::{Connection, client, refused};
-use super::rollout::print_created;
+use super::rollout::{Detail, print_created};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -42,7 +42,7 @@ pub async fn run(arguments: RollbackArgs) -> ExitCode {
         to_version: arguments.to_version.clone().unwrap_or_default(),
     };
     match client.create_rollback_plan(request).await {
-        Ok(response) => print_created(&response.into_inner(), arguments.output),
+        Ok(response) => print_created(&response.into_inner(), arguments.output, Detail::ByRule),
         Err(status) => refused(&arguments.connection, arguments.output, &status),
     }
 }

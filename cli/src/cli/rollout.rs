@@ -24,8 +24,11 @@ use super::sources;
 use super::{Output, baseline_file, notice, progress, rehearsals, render};
 use crate::exit;
 
+mod findings;
 mod fleet_sql;
 mod plan_args;
+
+pub use findings::Detail;
 
 pub use plan_args::PlanArgs;
 
@@ -125,8 +128,8 @@ pub enum Action {
 }
 
 /// A new plan, and (for people) what to do with it next.
-pub(super) fn print_created(plan: &Plan, output: Output) -> ExitCode {
-    print_plan(plan, output);
+pub(super) fn print_created(plan: &Plan, output: Output, detail: Detail) -> ExitCode {
+    print_plan(plan, output, detail);
     if output == Output::Human {
         println!(
             "next: fleetshift approve {0}, then fleetshift apply {0} --watch",
@@ -136,7 +139,7 @@ pub(super) fn print_created(plan: &Plan, output: Output) -> ExitCode {
     ExitCode::from(exit::OK)
 }
 
-fn print_plan(plan: &Plan, output: Output) {
+fn print_plan(plan: &Plan, output: Output, detail: Detail) {
     if output == Output::Json {
         progress::summary(plan, output);
         return;
@@ -179,7 +182,9 @@ fn print_plan(plan: &Plan, output: Output) {
     print_risk(plan);
     rehearsals::print_summaries(plan);
     print_analyses(plan);
-    print_findings(plan);
+    for line in findings::lines(&plan.findings, detail) {
+        println!("{line}");
+    }
 }
 
 /// The changed tables on each shard (first ten shards), as the shards' catalogs describe them.
@@ -240,49 +245,6 @@ fn print_risk(plan: &Plan) {
         println!(
             "  +{:<3} {:<14} {}",
             factor.points, factor.name, factor.explanation
-        );
-    }
-}
-
-/// The plan's lint findings: counts, then the open errors and the allowed findings with their
-/// reasons (`fleetshift lint` lists everything).
-fn print_findings(plan: &Plan) {
-    if plan.findings.is_empty() {
-        println!("lint: no findings");
-        return;
-    }
-    let open = |severity: &str| {
-        plan.findings
-            .iter()
-            .filter(|finding| finding.allowed.is_empty() && finding.severity == severity)
-            .count()
-    };
-    let allowed: Vec<_> = plan
-        .findings
-        .iter()
-        .filter(|finding| !finding.allowed.is_empty())
-        .collect();
-    println!(
-        "lint: {} error(s), {} warning(s), {} info, {} allowed",
-        open("error"),
-        open("warning"),
-        open("info"),
-        allowed.len()
-    );
-    for finding in plan
-        .findings
-        .iter()
-        .filter(|finding| finding.allowed.is_empty() && finding.severity == "error")
-    {
-        println!(
-            "  {}:{}: error [{}] {}",
-            finding.file, finding.line, finding.rule, finding.message
-        );
-    }
-    for finding in allowed {
-        println!(
-            "  {}:{}: allowed [{}]: {}",
-            finding.file, finding.line, finding.rule, finding.allowed
         );
     }
 }
@@ -382,7 +344,14 @@ pub async fn plan(arguments: PlanArgs) -> ExitCode {
         Err(code) => return code,
     };
     match client.create_plan(request).await {
-        Ok(response) => print_created(&response.into_inner(), arguments.output),
+        Ok(response) => {
+            let detail = if arguments.verbose {
+                Detail::Every
+            } else {
+                Detail::ByRule
+            };
+            print_created(&response.into_inner(), arguments.output, detail)
+        }
         Err(status) => refused(&arguments.connection, arguments.output, &status),
     }
 }
@@ -398,7 +367,7 @@ pub async fn approve(arguments: ApproveArgs) -> ExitCode {
     };
     match client.approve_plan(request).await {
         Ok(response) => {
-            print_plan(&response.into_inner(), arguments.output);
+            print_plan(&response.into_inner(), arguments.output, Detail::ByRule);
             ExitCode::from(exit::OK)
         }
         Err(status) => refused(&arguments.connection, arguments.output, &status),
@@ -417,7 +386,7 @@ pub async fn apply(arguments: ApplyArgs) -> ExitCode {
         };
         return match client.start_rollout(action).await {
             Ok(response) => {
-                print_plan(&response.into_inner(), arguments.output);
+                print_plan(&response.into_inner(), arguments.output, Detail::ByRule);
                 ExitCode::from(exit::OK)
             }
             Err(status) => refused(&arguments.connection, arguments.output, &status),
@@ -541,7 +510,7 @@ pub async fn act(action: Action, arguments: ActionArgs) -> ExitCode {
     };
     match answered {
         Ok(response) => {
-            print_plan(&response.into_inner(), arguments.output);
+            print_plan(&response.into_inner(), arguments.output, Detail::ByRule);
             ExitCode::from(exit::OK)
         }
         Err(status) => refused(&arguments.connection, arguments.output, &status),

@@ -36,6 +36,9 @@ pub struct PlanArgs {
     /// is at and its engine, per revision and transaction mode) and create no plan.
     #[arg(long)]
     pub(super) sql: bool,
+    /// List every lint finding (default: one line per rule, with its count and first place).
+    #[arg(long)]
+    pub(super) verbose: bool,
     /// With --sql: only these shards (ids or `*` patterns, comma-separated or repeated).
     #[arg(
         long = "shard",
