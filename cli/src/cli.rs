@@ -10,6 +10,7 @@ mod fleet;
 mod lint;
 mod migrate;
 mod notice;
+mod packaging;
 pub mod progress;
 mod rehearsals;
 mod rehearse;
@@ -96,6 +97,10 @@ pub enum Command {
     /// Hold the shards a selector matches for a while: `set` (operator), `list` (viewer),
     /// `lift` (operator). Nothing is dispatched to a held shard.
     Throttle(throttles::ThrottleArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(packaging::CompletionsArgs),
+    /// Write man pages for fleetshift, each subcommand and fleetshift-agent.
+    Man(packaging::ManArgs),
 }
 
 /// How results are printed on stdout.
@@ -133,7 +138,9 @@ fn command_span(command: &Command) -> tracing::Span {
         | Command::Demo(_)
         | Command::Lint(_)
         | Command::Certs(_)
-        | Command::Serve(_) => return tracing::Span::none(),
+        | Command::Serve(_)
+        | Command::Completions(_)
+        | Command::Man(_) => return tracing::Span::none(),
     };
     tracing::info_span!(
         "command",
@@ -167,5 +174,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Rehearse(arguments) => rehearsals::run(*arguments).await,
         Command::Schema(arguments) => schema::run(arguments).await,
         Command::Throttle(arguments) => throttles::run(arguments).await,
+        Command::Completions(arguments) => packaging::completions(&arguments),
+        Command::Man(arguments) => packaging::man(&arguments),
     }
 }

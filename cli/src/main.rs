@@ -30,7 +30,9 @@ fn main() -> ExitCode {
         | cli::Command::Backups(_)
         | cli::Command::Rehearse(_)
         | cli::Command::Schema(_)
-        | cli::Command::Throttle(_) => "warn",
+        | cli::Command::Throttle(_)
+        | cli::Command::Completions(_)
+        | cli::Command::Man(_) => "warn",
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -31,6 +31,7 @@ mod integration {
     mod local_fleet;
     mod locks;
     mod operator;
+    mod packaging;
     mod paused;
     mod plan_sql;
     mod processes;
