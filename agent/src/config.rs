@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetshift_common::config_file::{ConfigError, read_toml};
+use fleetshift_common::config_file::{ConfigError, read_toml_with_env};
 use fleetshift_common::database_tls::{self, TlsSettings};
 use fleetshift_common::engine::{self, Connected, Timeouts};
 use fleetshift_common::error::ExecError;
@@ -295,15 +295,15 @@ impl ShardConfig {
 }
 
 impl AgentConfig {
-    /// Reads `path`; `FLEETSHIFT_AGENT_ID` overrides the file's `agent_id`,
-    /// `FLEETSHIFT_TELEMETRY_LISTEN` its `telemetry_listen`, and `FLEETSHIFT_FACTS_REFRESH` /
-    /// `FLEETSHIFT_SCHEMA_CHECK` its `[coordinator]` intervals.
+    /// Reads `path`, each key set in the environment replacing the file's
+    /// ([`environment::KEYS`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = read_toml(path, "agent configuration")?;
-        let agent_id = std::env::var("FLEETSHIFT_AGENT_ID").ok().or(raw.agent_id);
-        let telemetry_listen = std::env::var("FLEETSHIFT_TELEMETRY_LISTEN")
-            .ok()
-            .or(raw.telemetry_listen);
+        let raw: RawConfig =
+            read_toml_with_env(path, "agent configuration", environment::KEYS, |variable| {
+                std::env::var(variable).ok()
+            })?;
+        let agent_id = raw.agent_id;
+        let telemetry_listen = raw.telemetry_listen;
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = |message: String| {
             ConfigError::new(path, format!("invalid agent configuration: {message}"))
@@ -479,18 +479,12 @@ fn coordinator_link(
         tls: tls.relative_to(base),
         facts_refresh: interval(
             "facts_refresh",
-            std::env::var("FLEETSHIFT_FACTS_REFRESH")
-                .ok()
-                .or(coordinator.facts_refresh)
-                .as_deref(),
+            coordinator.facts_refresh.as_deref(),
             DEFAULT_FACTS_REFRESH,
         )?,
         schema_check: interval(
             "schema_check",
-            std::env::var("FLEETSHIFT_SCHEMA_CHECK")
-                .ok()
-                .or(coordinator.schema_check)
-                .as_deref(),
+            coordinator.schema_check.as_deref(),
             DEFAULT_SCHEMA_CHECK,
         )?,
     }))
@@ -508,6 +502,8 @@ fn interval(name: &str, text: Option<&str>, default: Duration) -> Result<Duratio
     }
     Ok(interval)
 }
+
+pub mod environment;
 
 #[cfg(test)]
 mod tests;

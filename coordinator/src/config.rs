@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use fleetshift_common::config_file::ConfigError;
-use fleetshift_common::config_file::read_toml;
+use fleetshift_common::config_file::read_toml_with_env;
 use std::time::Duration;
 
 use fleetshift_common::duration;
@@ -16,6 +16,8 @@ use serde::Deserialize;
 
 use crate::authz::{OperatorRole, Roles};
 use crate::webhooks::Webhook;
+
+pub mod environment;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,29 +91,15 @@ pub struct CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    /// Reads `path`; `FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN`,
-    /// `FLEETSHIFT_TELEMETRY_LISTEN`, `FLEETSHIFT_HEALTH_LISTEN` and `FLEETSHIFT_ETCD_ENDPOINTS`
-    /// (comma-separated) override the file.
+    /// Reads `path`, each key set in the environment replacing the file's
+    /// ([`environment::KEYS`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut raw: RawConfig = read_toml(path, "coordinator configuration")?;
-        if let Ok(id) = std::env::var("FLEETSHIFT_COORDINATOR_ID") {
-            raw.coordinator_id = id;
-        }
-        if let Ok(listen) = std::env::var("FLEETSHIFT_LISTEN") {
-            raw.listen = listen;
-        }
-        if let Ok(listen) = std::env::var("FLEETSHIFT_TELEMETRY_LISTEN") {
-            raw.telemetry_listen = Some(listen);
-        }
-        if let Ok(listen) = std::env::var("FLEETSHIFT_HEALTH_LISTEN") {
-            raw.health_listen = Some(listen);
-        }
-        if let Ok(endpoints) = std::env::var("FLEETSHIFT_ETCD_ENDPOINTS") {
-            raw.store.etcd_endpoints = endpoints
-                .split(',')
-                .map(|endpoint| endpoint.trim().to_owned())
-                .collect();
-        }
+        let raw: RawConfig = read_toml_with_env(
+            path,
+            "coordinator configuration",
+            environment::KEYS,
+            |variable| std::env::var(variable).ok(),
+        )?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::validate(raw, base).map_err(|message| {
             ConfigError::new(

@@ -13,6 +13,7 @@ mod integration {
     mod baselines;
     mod catalog;
     mod cli_fleet;
+    mod config_env;
     mod conformance;
     mod crates_io;
     mod database_tls;

@@ -1,0 +1,84 @@
+//! The environment variables that set the coordinator's configuration keys, each replacing its
+//! key in the file. `FLEETSHIFT_COORDINATOR_<SECTION>_<KEY>` for all but the older names kept
+//! as they were (`FLEETSHIFT_COORDINATOR_ID`, `FLEETSHIFT_LISTEN`, `FLEETSHIFT_TELEMETRY_LISTEN`,
+//! `FLEETSHIFT_HEALTH_LISTEN`, `FLEETSHIFT_ETCD_ENDPOINTS`); `[[webhooks]]` is one TOML value.
+
+use fleetshift_common::config_file::{EnvKey, EnvKind};
+
+const fn key(variable: &'static str, path: &'static [&'static str], kind: EnvKind) -> EnvKey {
+    EnvKey {
+        variable,
+        path,
+        kind,
+    }
+}
+
+/// Every key of the coordinator's file, with its variable.
+pub const KEYS: &[EnvKey] = &[
+    key(
+        "FLEETSHIFT_COORDINATOR_ID",
+        &["coordinator_id"],
+        EnvKind::Text,
+    ),
+    key("FLEETSHIFT_LISTEN", &["listen"], EnvKind::Text),
+    key(
+        "FLEETSHIFT_TELEMETRY_LISTEN",
+        &["telemetry_listen"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_HEALTH_LISTEN",
+        &["health_listen"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_TRUST_DOMAIN",
+        &["trust_domain"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_HEARTBEAT",
+        &["heartbeat"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_TLS_CERTIFICATE",
+        &["tls", "certificate"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_TLS_PRIVATE_KEY",
+        &["tls", "private_key"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_TLS_TRUST_BUNDLE",
+        &["tls", "trust_bundle"],
+        EnvKind::Text,
+    ),
+    key(
+        "FLEETSHIFT_ETCD_ENDPOINTS",
+        &["store", "etcd_endpoints"],
+        EnvKind::List,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_ROLES_VIEWERS",
+        &["roles", "viewers"],
+        EnvKind::List,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_ROLES_OPERATORS",
+        &["roles", "operators"],
+        EnvKind::List,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_ROLES_APPROVERS",
+        &["roles", "approvers"],
+        EnvKind::List,
+    ),
+    key(
+        "FLEETSHIFT_COORDINATOR_WEBHOOKS",
+        &["webhooks"],
+        EnvKind::Toml,
+    ),
+];
