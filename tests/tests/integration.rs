@@ -18,6 +18,7 @@ mod integration {
     mod crates_io;
     mod database_tls;
     mod deploy_dashboard;
+    mod deploy_images;
     mod deploy_manifests;
     mod deploy_units;
     mod duties;

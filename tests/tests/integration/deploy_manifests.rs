@@ -16,7 +16,7 @@ fn manifests_dir() -> PathBuf {
 }
 
 /// Every document of every manifest, with the file it came from.
-fn documents() -> Vec<(String, Yaml)> {
+pub(super) fn documents() -> Vec<(String, Yaml)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(manifests_dir())
         .expect("deploy/kubernetes")
         .map(|entry| entry.expect("entry").path())
@@ -49,7 +49,7 @@ fn text<'y>(yaml: &'y Yaml, what: &str) -> &'y str {
         .unwrap_or_else(|| panic!("{what} is missing or not a string"))
 }
 
-fn list(yaml: &Yaml) -> &[Yaml] {
+pub(super) fn list(yaml: &Yaml) -> &[Yaml] {
     yaml.as_vec().map_or(&[], Vec::as_slice)
 }
 
