@@ -156,10 +156,45 @@ async fn heartbeats_keep_the_session_lease_and_closing_revokes_it() {
     assert!(released, "a closed session's lease must be revoked");
 }
 
+/// A TCP relay to the replica whose connections end at once, without TLS or HTTP/2 saying
+/// goodbye, when it is dropped: a crashed host, as the replica sees it.
+struct Relay {
+    address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        });
+        Self { address, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_session_keeps_its_lease_until_the_ttl() {
     let fleet = fleet().await;
-    let mut client = client(&fleet, "agent-db-host-1").await;
+    let relay = Relay::to(fleet.address).await;
+    let address = format!("https://localhost:{}", relay.address.port());
+    let mut client =
+        AgentServiceClient::new(channel_as(&address, &fleet.pki(), "agent-db-host-1").await);
     let (sender, responses) = open(&mut client, "db-host-1").await;
     let mut responses = responses.expect("session");
     let CoordinatorBody::Handshake(handshake) = next(&mut responses).await.expect("handshake")
@@ -171,10 +206,9 @@ async fn a_broken_session_keeps_its_lease_until_the_ttl() {
         .claim("users-0002", "db-host-1", handshake.lease_id)
         .await
         .expect("claim");
-    // The agent vanishes without closing its stream (its connection is torn down).
-    drop(responses);
-    drop(client);
-    std::mem::forget(sender);
+    // The agent's host vanishes: its connection is torn down without its stream closing.
+    drop(relay);
+    let _kept_open = (sender, responses, client);
     let noticed = wait_until(Duration::from_secs(15), || async {
         fleet.mailbox.connected() == 0
     })
