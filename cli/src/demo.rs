@@ -423,6 +423,7 @@ async fn roll_out(
         .approve_plan(ApprovePlanRequest {
             plan_id: plan.plan_id.clone(),
             comment: "demo".to_owned(),
+            capacity: "dba".to_owned(),
         })
         .await?;
     if human {

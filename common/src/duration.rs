@@ -21,6 +21,19 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `duration` as [`parse`] reads it, in the largest unit that holds it whole: `30m`, `90s`,
+/// `1500ms`.
+pub fn format(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0 => "0s".to_owned(),
+        _ if millis.is_multiple_of(3_600_000) => format!("{}h", millis / 3_600_000),
+        _ if millis.is_multiple_of(60_000) => format!("{}m", millis / 60_000),
+        _ if millis.is_multiple_of(1000) => format!("{}s", millis / 1000),
+        _ => format!("{millis}ms"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +45,12 @@ mod tests {
         assert_eq!(parse("15m"), Ok(Duration::from_secs(900)));
         assert!(parse("15").is_err());
         assert!(parse("2 days").is_err());
+    }
+
+    #[test]
+    fn formats_what_it_parses() {
+        for text in ["30m", "1h", "90s", "1500ms", "0s"] {
+            assert_eq!(format(parse(text).expect("parse")), text);
+        }
     }
 }

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use foreign::{ForeignHistory, ForeignTool};
-pub use postgres::{CountedPool, PostgresShard};
+pub use postgres::{CountedPool, POOL, PoolSettings, PostgresShard};
 pub use postgres::{catalog, health, quote_identifier, quote_qualified, restore_sql, server};
 pub use sqlite::SqliteShard;
 

@@ -186,6 +186,7 @@ mod tests {
                 system_identifier: identifier.to_owned(),
                 address: address.to_owned(),
                 version: "16.4".to_owned(),
+                ..crate::proto::v1::ServerFacts::default()
             }),
             ..ShardFacts::default()
         }

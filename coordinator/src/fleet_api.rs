@@ -12,7 +12,7 @@ use std::time::Duration;
 use fleetshift_common::proto::v1::host_reply::Outcome;
 use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
+    Approval, ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
     CreateRollbackPlanRequest, FleetThrottle, GetPlanRequest, GetSchemaRequest, Hello,
     LiftThrottleRequest, ListBackups, ListBackupsRequest, ListBackupsResponse, ListPlansRequest,
     ListPlansResponse, ListShardsRequest, ListShardsResponse, ListThrottlesRequest,
@@ -277,8 +277,14 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
                 (shard.shard_id, version)
             })
             .collect();
+        let approval = Approval {
+            approver,
+            at: None,
+            comment: request.comment.clone(),
+            capacity: request.capacity.clone(),
+        };
         self.change(&request.plan_id, |plan| {
-            transitions::approve(plan, &approver, &request.comment, &versions)
+            transitions::approve(plan, approval.clone(), &versions)
         })
         .await
     }

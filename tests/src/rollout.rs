@@ -42,6 +42,7 @@ pub async fn prepare(
         .approve_plan(ApprovePlanRequest {
             plan_id: plan.plan_id.clone(),
             comment: String::new(),
+            capacity: String::new(),
         })
         .await?;
     let events = client

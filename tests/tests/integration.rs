@@ -32,6 +32,7 @@ mod integration {
     mod lint;
     mod local_fleet;
     mod locks;
+    mod notice;
     mod operator;
     mod packaging;
     mod paused;

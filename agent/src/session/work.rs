@@ -144,6 +144,7 @@ async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardF
             system_identifier: report.system_identifier,
             address: shard.database_url.server(),
             version: report.server_version,
+            masked_url: shard.database_url.masked(),
         };
         shards.push(ShardFacts {
             shard_id: report.id,

@@ -57,8 +57,35 @@ pub struct ApproveArgs {
     /// Why, or what was checked.
     #[arg(long, default_value = "")]
     comment: String,
+    /// The capacity you approve in (the maintenance notice names each one's approval).
+    #[arg(long = "as", value_enum, value_name = "CAPACITY")]
+    capacity: Option<Capacity>,
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
+}
+
+/// Who an approval speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capacity {
+    /// The database administrators.
+    Dba,
+    /// Engineering (the service's owners).
+    Eng,
+    /// Operations.
+    Ops,
+    /// Security.
+    Sec,
+}
+
+impl Capacity {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dba => "dba",
+            Self::Eng => "eng",
+            Self::Ops => "ops",
+            Self::Sec => "sec",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +391,11 @@ pub async fn approve(arguments: ApproveArgs) -> ExitCode {
     let request = ApprovePlanRequest {
         plan_id: arguments.plan.clone(),
         comment: arguments.comment.clone(),
+        capacity: arguments
+            .capacity
+            .map(Capacity::name)
+            .unwrap_or_default()
+            .to_owned(),
     };
     match client.approve_plan(request).await {
         Ok(response) => {

@@ -23,15 +23,25 @@ fn not_now(plan: &Plan, action: &str) -> RolloutError {
 
 /// Records `approver`'s approval; a HIGH or CRITICAL plan first needs the rehearsals its level
 /// asks for (see [`rehearsal_gate`]), judged against each shard's version in `versions`.
+/// The capacities an approver may sign in (empty: none given).
+pub const CAPACITIES: [&str; 5] = ["", "dba", "eng", "ops", "sec"];
+
+/// Records `approval` (its time is set here) if the plan may take it.
 pub fn approve(
     plan: &mut Plan,
-    approver: &str,
-    comment: &str,
+    approval: Approval,
     versions: &ShardVersions,
 ) -> Result<(), RolloutError> {
     if state(plan) != PlanState::AwaitingApproval && state(plan) != PlanState::Approved {
         return Err(not_now(plan, "approved"));
     }
+    if !CAPACITIES.contains(&approval.capacity.as_str()) {
+        return Err(RolloutError::BadRequest(format!(
+            "--as {}: an approver signs as dba, eng, ops or sec",
+            approval.capacity
+        )));
+    }
+    let approver = approval.approver.as_str();
     if plan
         .approvals
         .iter()
@@ -53,9 +63,8 @@ pub fn approve(
         return Err(RolloutError::NotNow(missing));
     }
     plan.approvals.push(Approval {
-        approver: approver.to_owned(),
         at: Some(prost_types::Timestamp::from(SystemTime::now())),
-        comment: comment.to_owned(),
+        ..approval
     });
     let given = u32::try_from(plan.approvals.len()).unwrap_or(u32::MAX);
     if given >= gate.approvals_required {
@@ -147,6 +156,35 @@ mod tests {
         }
     }
 
+    fn by(approver: &str, comment: &str) -> Approval {
+        Approval {
+            approver: approver.to_owned(),
+            comment: comment.to_owned(),
+            ..Approval::default()
+        }
+    }
+
+    #[test]
+    fn an_approval_is_in_one_of_the_known_capacities() {
+        let mut plan = plan();
+        let unknown = Approval {
+            capacity: "cfo".to_owned(),
+            ..by("alice", "ok")
+        };
+        let refused = approve(&mut plan, unknown, &ShardVersions::new()).expect_err("unknown");
+        assert!(
+            refused.to_string().contains("dba, eng, ops or sec"),
+            "{refused}"
+        );
+        let dba = Approval {
+            capacity: "dba".to_owned(),
+            ..by("alice", "ok")
+        };
+        approve(&mut plan, dba, &ShardVersions::new()).expect("approve");
+        assert_eq!(plan.approvals[0].capacity, "dba");
+        assert!(plan.approvals[0].at.is_some());
+    }
+
     #[test]
     fn a_plan_runs_only_once_approved_and_pauses_only_while_running() {
         let mut plan = plan();
@@ -154,9 +192,9 @@ mod tests {
             matches!(start(&mut plan), Err(RolloutError::NotNow(message)) if message.contains("fleetshift approve p1"))
         );
         assert!(pause(&mut plan, "").is_err());
-        approve(&mut plan, "alice", "checked", &ShardVersions::new()).expect("approve");
+        approve(&mut plan, by("alice", "checked"), &ShardVersions::new()).expect("approve");
         assert!(
-            approve(&mut plan, "alice", "again", &ShardVersions::new()).is_err(),
+            approve(&mut plan, by("alice", "again"), &ShardVersions::new()).is_err(),
             "one approval per approver"
         );
         start(&mut plan).expect("start");
@@ -182,15 +220,15 @@ mod tests {
             ..plan()
         };
         assert!(matches!(
-            approve(&mut plan, "alice", "mine", &ShardVersions::new()),
+            approve(&mut plan, by("alice", "mine"), &ShardVersions::new()),
             Err(RolloutError::Forbidden(message)) if message.contains("author cannot approve")
         ));
-        approve(&mut plan, "bob", "ok", &ShardVersions::new()).expect("first approver");
+        approve(&mut plan, by("bob", "ok"), &ShardVersions::new()).expect("first approver");
         assert_eq!(plan.state, i32::from(PlanState::AwaitingApproval));
         assert!(
             matches!(start(&mut plan), Err(RolloutError::NotNow(message)) if message.contains("1 of 2"))
         );
-        approve(&mut plan, "carol", "ok", &ShardVersions::new()).expect("second approver");
+        approve(&mut plan, by("carol", "ok"), &ShardVersions::new()).expect("second approver");
         assert_eq!(plan.state, i32::from(PlanState::Approved));
         start(&mut plan).expect("start");
     }

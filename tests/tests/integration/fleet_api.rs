@@ -149,6 +149,7 @@ approvers = [\"carol\"]",
     let approve = ApprovePlanRequest {
         plan_id: "p-1".to_owned(),
         comment: "looks fine".to_owned(),
+        capacity: String::new(),
     };
     let refused = grpc_client(home.path(), port, "operator-alice")
         .await

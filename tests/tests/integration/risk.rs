@@ -154,6 +154,7 @@ async fn a_critical_plan_starts_only_after_two_approvers_other_than_its_author()
     let approve = |comment: &str| ApprovePlanRequest {
         plan_id: plan.plan_id.clone(),
         comment: comment.to_owned(),
+        capacity: String::new(),
     };
     let start = || PlanAction {
         plan_id: plan.plan_id.clone(),
@@ -263,7 +264,7 @@ async fn a_notice_renders_the_plan_through_a_users_template() {
     let template = fleet.home.path().join("notice.j2");
     std::fs::write(
         &template,
-        "{{ maintenance_id }} {{ environment }} {{ pool_size or \"pool n/a\" }}\n\
+        "{{ maintenance_id }} {{ environment }} pool {{ pool_size }} {{ affected_services or \"services n/a\" }} {{ rollback_command }}\n\
          {% for table in affected_tables %}{{ table.name }}: {{ table.operation }} / {{ table.estimated_rows or \"rows unknown\" }}\n{% endfor %}",
     )
     .expect("template");
@@ -288,7 +289,7 @@ async fn a_notice_renders_the_plan_through_a_users_template() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
         format!(
-            "{} production pool n/a\nitems: CREATE INDEX / rows unknown\norders: ALTER TABLE / rows unknown\n",
+            "{0} production pool 2 services n/a fleetshift rollback {0}\nitems: CREATE INDEX / rows unknown\norders: ALTER TABLE / rows unknown\n",
             plan.plan_id
         )
     );

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::{
-    Hello, Plan, PlanState, RollbackRecord, ShardFacts, ShardState, ShardTask, StatusUpdates, Wave,
+    Approval, Hello, Plan, PlanState, RollbackRecord, ShardFacts, ShardState, ShardTask,
+    StatusUpdates, Wave,
 };
 use fleetshift_coordinator::rollout::{records, transitions, waves};
 use fleetshift_coordinator::store::{MemoryStore, Store, Write, keys};
@@ -123,12 +124,12 @@ async fn a_plans_life_reaches_the_endpoint_signed_and_in_order_past_a_dead_hook(
         .await
         .expect("plan");
     records::update_plan(store.as_ref(), "p-hooks", None, |plan| {
-        transitions::approve(
-            plan,
-            "spiffe://fleet.example/operator/bob",
-            "ok",
-            &Default::default(),
-        )
+        let approval = Approval {
+            approver: "spiffe://fleet.example/operator/bob".to_owned(),
+            comment: "ok".to_owned(),
+            ..Approval::default()
+        };
+        transitions::approve(plan, approval, &Default::default())
     })
     .await
     .expect("approve");
