@@ -30,6 +30,7 @@ mod integration {
     mod grpc_conventions;
     mod handshakes;
     mod lint;
+    mod live_display;
     mod local_fleet;
     mod locks;
     mod notice;

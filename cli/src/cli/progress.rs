@@ -3,6 +3,7 @@
 //! (json). The exit code says how the rollout ended.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use fleetshift_common::engine::catalog;
@@ -88,7 +89,6 @@ pub async fn follow(
         })
         .await?
         .into_inner();
-    let mut board = Board::new(&plan);
     let watched = Watched::Plan(plan_id.to_owned());
     let mut events = Resumable::new(client, replicas, watched, statements, since);
     events.open().await?;
@@ -101,11 +101,16 @@ pub async fn follow(
             })
             .await?;
     }
-    waiting_shards(&plan, output);
-    while let Some(event) = events.next().await? {
-        match output {
-            Output::Json => println!("{}", event_json(&event)),
-            Output::Human => board.show(&event),
+    if output == Output::Human && std::io::stdout().is_terminal() {
+        live::follow(&plan, &mut events).await?;
+    } else {
+        waiting_shards(&plan, output);
+        let mut board = Board::new(&plan);
+        while let Some(event) = events.next().await? {
+            match output {
+                Output::Json => println!("{}", event_json(&event)),
+                Output::Human => board.show(&event),
+            }
         }
     }
     let plan = events
@@ -611,6 +616,7 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
     })
 }
 
+mod live;
 mod pacing;
 pub mod resume;
 mod statements;
