@@ -13,6 +13,7 @@
 
 pub(crate) mod fenced;
 pub mod foreign;
+mod pool;
 mod postgres;
 mod sqlite;
 
@@ -20,7 +21,8 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use foreign::{ForeignHistory, ForeignTool};
-pub use postgres::{CountedPool, POOL, PoolSettings, PostgresShard};
+pub use pool::{POOL, PoolSettings};
+pub use postgres::{CountedPool, PostgresShard};
 pub use postgres::{catalog, health, quote_identifier, quote_qualified, restore_sql, server};
 pub use sqlite::SqliteShard;
 

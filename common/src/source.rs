@@ -9,8 +9,10 @@
 pub mod alembic;
 mod dbmate;
 mod diesel;
+mod digest;
 mod engine;
 mod flyway;
+use digest::{alembic_digest, digest, engines_digest};
 mod layout;
 mod liquibase;
 mod mode;
@@ -544,61 +546,6 @@ pub fn transaction_control(revisions: &[Revision]) -> Vec<SourceProblem> {
 
 /// Why a transaction control statement cannot stand in a revision.
 pub const TRANSACTION_CONTROL: &str = "transaction control statement: fleetshift runs each transactional revision in ONE transaction and each statement of a non-transactional one on its own; remove it";
-
-/// The digest of a set whose engines run different files: each engine's revisions with the
-/// files they run, so the digest a plan pins names what every engine will execute.
-fn engines_digest<'r>(engines: impl Iterator<Item = (Engine, &'r Vec<Revision>)>) -> String {
-    let mut hasher = Sha256::new();
-    for (engine, revisions) in engines {
-        hasher.update(format!("engine {engine}\n").as_bytes());
-        for revision in revisions {
-            let file = |script: &Script| {
-                script
-                    .path
-                    .file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            };
-            let down = revision.down.as_ref().map_or_else(|| "-".to_owned(), file);
-            hasher.update(format!("{}\0{}\n", file(&revision.up), down).as_bytes());
-        }
-        hasher.update(digest(revisions).as_bytes());
-    }
-    hex::encode(hasher.finalize())
-}
-
-/// An Alembic set's digest: its revisions and the graph and version-table settings the
-/// agents act on.
-fn alembic_digest(revisions: &[Revision], history: &AlembicHistory) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(history.fingerprint().as_bytes());
-    hasher.update(digest(revisions).as_bytes());
-    hex::encode(hasher.finalize())
-}
-
-fn digest(revisions: &[Revision]) -> String {
-    let mut hasher = Sha256::new();
-    for revision in revisions {
-        let down = revision
-            .down
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), Script::checksum);
-        // Marked only where set, so the digests of every other set stay as they were.
-        let tolerated = if revision.failure_tolerated {
-            "\0failure-tolerated"
-        } else {
-            ""
-        };
-        hasher.update(
-            format!(
-                "{}\0{}\0{}\0{}\0{}{tolerated}\n",
-                revision.version, revision.name, revision.transactional, revision.checksum, down
-            )
-            .as_bytes(),
-        );
-    }
-    hex::encode(hasher.finalize())
-}
 
 #[cfg(test)]
 mod tests;

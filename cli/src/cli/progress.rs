@@ -25,6 +25,7 @@ pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use super::validation;
 use crate::exit;
+use board::Board;
 use fleetshift_coordinator::rollout::waves;
 use pacing::{throttled_line, throttled_summary, waiting, waiting_shards};
 use resume::{Resumable, Watched};
@@ -122,86 +123,6 @@ pub async fn follow(
         .into_inner();
     summary(&plan, output);
     Ok(Ending { plan })
-}
-
-/// Shard states by wave, for the bars.
-struct Board {
-    waves: BTreeMap<u32, BTreeMap<String, ShardState>>,
-}
-
-impl Board {
-    fn new(plan: &Plan) -> Self {
-        let waves = plan
-            .waves
-            .iter()
-            .map(|wave| {
-                let shards = wave
-                    .shards
-                    .iter()
-                    .map(|task| {
-                        let state = ShardState::try_from(task.state).unwrap_or(ShardState::Pending);
-                        (task.shard_id.clone(), state)
-                    })
-                    .collect();
-                (wave.index, shards)
-            })
-            .collect();
-        Self { waves }
-    }
-
-    fn show(&mut self, event: &RolloutEvent) {
-        match &event.event {
-            Some(Event::PlanState(changed)) => {
-                let state = PlanState::try_from(changed.state).unwrap_or(PlanState::Unspecified);
-                if changed.reason.is_empty() {
-                    println!("plan {}: {}", event.plan_id, plan_state_name(state));
-                } else {
-                    println!(
-                        "plan {}: {} ({})",
-                        event.plan_id,
-                        plan_state_name(state),
-                        changed.reason
-                    );
-                }
-            }
-            Some(Event::ShardState(changed)) => {
-                let state = ShardState::try_from(changed.state).unwrap_or(ShardState::Unspecified);
-                let shards = self.waves.entry(changed.wave).or_default();
-                if shards.get(&changed.shard_id) == Some(&state) {
-                    return;
-                }
-                shards.insert(changed.shard_id.clone(), state);
-                let done = shards
-                    .values()
-                    .filter(|state| fleetshift_coordinator::rollout::task_ended(**state))
-                    .count();
-                let failed = shards
-                    .values()
-                    .filter(|state| fleetshift_coordinator::rollout::task_failed(**state))
-                    .count();
-                let filled = (done * BAR_WIDTH).checked_div(shards.len()).unwrap_or(0);
-                let bar = format!("{}{}", "█".repeat(filled), "░".repeat(BAR_WIDTH - filled));
-                let error = changed
-                    .error
-                    .as_ref()
-                    .map(|error| format!(": {}", error.message))
-                    .unwrap_or_default();
-                println!(
-                    "wave {} {bar} {done:>3}/{:<3} {failed} failed  {} {}{error}",
-                    changed.wave,
-                    shards.len(),
-                    changed.shard_id,
-                    shard_state_name(state),
-                );
-            }
-            Some(Event::Progress(progress)) => {
-                if let Some(line) = progress_line(progress) {
-                    println!("    {} {line}", progress.shard_id);
-                }
-            }
-            None => {}
-        }
-    }
 }
 
 /// One line about an agent's progress event (after its shard's name), or none for events the
@@ -616,6 +537,7 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
     })
 }
 
+mod board;
 mod live;
 mod pacing;
 pub mod resume;

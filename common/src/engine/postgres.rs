@@ -18,10 +18,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::pool::POOL;
+
 pub use counted_pool::CountedPool;
 use migrator_lock::MigratorLock;
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use working::Working;
 
@@ -41,28 +43,6 @@ use crate::schema::{self, Snapshot};
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
 use crate::statements::Statement;
-
-/// The connection pool an engine keeps to its shard (one per agent and shard).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSettings {
-    /// Connections at most; the pool never goes beyond (no overflow).
-    pub size: u32,
-    /// How long a caller waits for a free connection.
-    pub acquire_timeout: Duration,
-    /// A connection older than this is closed and replaced.
-    pub recycle: Duration,
-    /// Whether a connection is checked before it is handed out.
-    pub pre_ping: bool,
-}
-
-/// What every PostgreSQL shard's pool is (the migration session, plus one for the reads
-/// around it).
-pub const POOL: PoolSettings = PoolSettings {
-    size: 2,
-    acquire_timeout: Duration::from_secs(10),
-    recycle: Duration::from_secs(30 * 60),
-    pre_ping: true,
-};
 
 #[derive(Debug)]
 pub struct PostgresShard {
@@ -122,11 +102,8 @@ impl PostgresShard {
         if let Err(error) = probe.close().await {
             tracing::debug!(shard = %name, %error, "closing the probe connection failed");
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(POOL.size)
-            .acquire_timeout(POOL.acquire_timeout)
-            .max_lifetime(POOL.recycle)
-            .test_before_acquire(POOL.pre_ping)
+        let pool = POOL
+            .options()
             .acquire_time_level(ACQUIRE_EVENTS)
             .after_connect(|connection, _metadata| {
                 Box::pin(async move { connection_settings::configure(connection).await.map(drop) })

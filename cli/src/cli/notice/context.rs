@@ -97,6 +97,48 @@ fn rehearsal_context(rehearsal: &RehearsalSummary) -> Value {
     })
 }
 
+/// Each table the plan changes: its operations, what waits on it while the worst lock is held,
+/// the largest shard's row estimate and a rehearsal's measured hold, when known.
+fn affected_tables(plan: &Plan) -> Vec<Value> {
+    let mut tables: BTreeMap<&str, (Vec<&str>, &str)> = BTreeMap::new();
+    for change in &plan.changes {
+        let entry = tables
+            .entry(change.table.as_str())
+            .or_insert((Vec::new(), ""));
+        if !entry.0.contains(&change.operation.as_str()) {
+            entry.0.push(change.operation.as_str());
+        }
+        if strength(&change.lock) >= strength(entry.1) {
+            entry.1 = change.lock.as_str();
+        }
+    }
+    tables
+        .iter()
+        .map(|(name, (operations, lock))| {
+            let mut table = json!({
+                "name": name,
+                "operation": operations.join(", "),
+                "downtime_estimate": impact(lock),
+            });
+            // The largest shard's estimate, when the shards' catalogs reported the table.
+            let rows = plan
+                .analyses
+                .iter()
+                .flat_map(|analysis| &analysis.tables)
+                .filter(|facts| facts.table == *name)
+                .map(|facts| facts.estimated_rows)
+                .max();
+            if let (Some(rows), Some(object)) = (rows, table.as_object_mut()) {
+                object.insert("estimated_rows".to_owned(), json!(rows));
+            }
+            if let (Some(hold), Some(object)) = (measured_hold(plan, name), table.as_object_mut()) {
+                object.insert("measured_hold".to_owned(), json!(hold));
+            }
+            table
+        })
+        .collect()
+}
+
 /// What rolls a shard back on its own under this plan, in words.
 fn rollback_triggers(plan: &Plan) -> Vec<String> {
     let duties = plan.duties.clone().unwrap_or_default();
@@ -150,43 +192,7 @@ pub fn context(plan: &Plan, shards: &[ShardSummary], announcement: &Announcement
         .get("env")
         .or_else(|| plan.selector.get("environment"));
     let shard_count = waves::shard_count(plan);
-    let mut tables: BTreeMap<&str, (Vec<&str>, &str)> = BTreeMap::new();
-    for change in &plan.changes {
-        let entry = tables
-            .entry(change.table.as_str())
-            .or_insert((Vec::new(), ""));
-        if !entry.0.contains(&change.operation.as_str()) {
-            entry.0.push(change.operation.as_str());
-        }
-        if strength(&change.lock) >= strength(entry.1) {
-            entry.1 = change.lock.as_str();
-        }
-    }
-    let affected_tables: Vec<Value> = tables
-        .iter()
-        .map(|(name, (operations, lock))| {
-            let mut table = json!({
-                "name": name,
-                "operation": operations.join(", "),
-                "downtime_estimate": impact(lock),
-            });
-            // The largest shard's estimate, when the shards' catalogs reported the table.
-            let rows = plan
-                .analyses
-                .iter()
-                .flat_map(|analysis| &analysis.tables)
-                .filter(|facts| facts.table == *name)
-                .map(|facts| facts.estimated_rows)
-                .max();
-            if let (Some(rows), Some(object)) = (rows, table.as_object_mut()) {
-                object.insert("estimated_rows".to_owned(), json!(rows));
-            }
-            if let (Some(hold), Some(object)) = (measured_hold(plan, name), table.as_object_mut()) {
-                object.insert("measured_hold".to_owned(), json!(hold));
-            }
-            table
-        })
-        .collect();
+    let affected_tables = affected_tables(plan);
     let schema_changes: Vec<Value> = plan
         .changes
         .iter()

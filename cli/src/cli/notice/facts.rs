@@ -18,13 +18,30 @@ pub fn variables(plan: &Plan, shards: &[ShardSummary]) -> Vec<(&'static str, Opt
         .iter()
         .filter(|shard| planned.contains(shard.shard_id.as_str()))
         .collect();
-    let duties = plan.duties.clone().unwrap_or_default();
-    let rollback = duties.rollback.unwrap_or_default();
-    let baselines = duties.baselines.unwrap_or_default();
     let mut variables = vec![
         ("database_engine", database_engine(&covered)),
         ("previous_version", previous_version(plan, &covered)),
         ("database_url_masked", masked_urls(&covered)),
+    ];
+    variables.extend(duty_variables(plan));
+    variables.extend(pool_variables());
+    variables.extend(approvals(plan));
+    variables
+}
+
+/// From the plan's duties: the revision time limit, the baselines and their threshold, the
+/// pre-flight connections gate.
+fn duty_variables(plan: &Plan) -> [(&'static str, Option<String>); 4] {
+    let duties = plan.duties.clone().unwrap_or_default();
+    let rollback = duties.rollback.unwrap_or_default();
+    let baselines = duties.baselines.unwrap_or_default();
+    let has_baselines = !baselines.queries.is_empty();
+    let threshold = if baselines.degradation_threshold > 0.0 {
+        baselines.degradation_threshold
+    } else {
+        1.5
+    };
+    [
         (
             "rollback_timeout",
             rollback
@@ -34,18 +51,12 @@ pub fn variables(plan: &Plan, shards: &[ShardSummary]) -> Vec<(&'static str, Opt
         ),
         (
             "performance_threshold",
-            (!baselines.queries.is_empty()).then(|| {
-                let threshold = if baselines.degradation_threshold > 0.0 {
-                    baselines.degradation_threshold
-                } else {
-                    1.5
-                };
-                format!("{threshold}x a baseline query's median before the migration")
-            }),
+            has_baselines
+                .then(|| format!("{threshold}x a baseline query's median before the migration")),
         ),
         (
             "baseline_db_query",
-            (!baselines.queries.is_empty()).then(|| {
+            has_baselines.then(|| {
                 baselines
                     .queries
                     .iter()
@@ -66,15 +77,18 @@ pub fn variables(plan: &Plan, shards: &[ShardSummary]) -> Vec<(&'static str, Opt
                 )
             }),
         ),
-    ];
-    variables.extend(pool_variables());
-    for capacity in ["dba", "eng", "ops", "sec"] {
-        let name = match capacity {
-            "dba" => "dba_approval",
-            "eng" => "eng_approval",
-            "ops" => "ops_approval",
-            _ => "sec_approval",
-        };
+    ]
+}
+
+/// `dba_approval` … `sec_approval`: each capacity's approval, when given.
+fn approvals(plan: &Plan) -> [(&'static str, Option<String>); 4] {
+    [
+        ("dba", "dba_approval"),
+        ("eng", "eng_approval"),
+        ("ops", "ops_approval"),
+        ("sec", "sec_approval"),
+    ]
+    .map(|(capacity, name)| {
         let given = plan
             .approvals
             .iter()
@@ -91,9 +105,8 @@ pub fn variables(plan: &Plan, shards: &[ShardSummary]) -> Vec<(&'static str, Opt
                 };
                 format!("approved by {}{at}{comment}", approval.approver)
             });
-        variables.push((name, given));
-    }
-    variables
+        (name, given)
+    })
 }
 
 /// The agent's pool per shard (fleetshift's own, the same on every shard).

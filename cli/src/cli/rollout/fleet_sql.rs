@@ -46,17 +46,8 @@ pub async fn print(arguments: &PlanArgs, set: &MigrationSet) -> ExitCode {
         Ok(response) => response.into_inner().shards,
         Err(status) => return refused(&arguments.connection, output, &status),
     };
-    let chosen: Vec<&ShardSummary> = listed
-        .iter()
-        .filter(|shard| {
-            arguments.shards.is_empty()
-                || arguments
-                    .shards
-                    .iter()
-                    .any(|pattern| id_matches(pattern, &shard.shard_id))
-        })
-        .collect();
-    if chosen.is_empty() {
+    let groups = groups(&listed, &arguments.shards);
+    if groups.is_empty() {
         return bad_input(
             output,
             "no shard matches the selector and --shard; `fleetshift shards` lists them",
@@ -67,21 +58,6 @@ pub async fn print(arguments: &PlanArgs, set: &MigrationSet) -> ExitCode {
         statement_timeout: arguments.statement_timeout,
         ..Timeouts::default()
     };
-    let mut groups: BTreeMap<Group, Vec<&str>> = BTreeMap::new();
-    for shard in chosen {
-        let engine = match shard.engine() {
-            WireEngine::Sqlite => Engine::Sqlite,
-            WireEngine::Postgres | WireEngine::Unspecified => Engine::Postgres,
-        };
-        let version = match shard.current_version.as_str() {
-            "base" => String::new(),
-            other => other.to_owned(),
-        };
-        groups
-            .entry(Group { engine, version })
-            .or_default()
-            .push(&shard.shard_id);
-    }
     let mut documents = Vec::new();
     for (group, shards) in &groups {
         let engine_set = set.for_engine(group.engine);
@@ -124,6 +100,32 @@ pub async fn print(arguments: &PlanArgs, set: &MigrationSet) -> ExitCode {
         }));
     }
     ExitCode::SUCCESS
+}
+
+/// The shards `patterns` choose (all when empty), grouped by engine and version.
+fn groups<'s>(listed: &'s [ShardSummary], patterns: &[String]) -> BTreeMap<Group, Vec<&'s str>> {
+    let mut groups: BTreeMap<Group, Vec<&str>> = BTreeMap::new();
+    let chosen = listed.iter().filter(|shard| {
+        patterns.is_empty()
+            || patterns
+                .iter()
+                .any(|pattern| id_matches(pattern, &shard.shard_id))
+    });
+    for shard in chosen {
+        let engine = match shard.engine() {
+            WireEngine::Sqlite => Engine::Sqlite,
+            WireEngine::Postgres | WireEngine::Unspecified => Engine::Postgres,
+        };
+        let version = match shard.current_version.as_str() {
+            "base" => String::new(),
+            other => other.to_owned(),
+        };
+        groups
+            .entry(Group { engine, version })
+            .or_default()
+            .push(&shard.shard_id);
+    }
+    groups
 }
 
 fn bad_input(output: Output, message: &str) -> ExitCode {
