@@ -48,6 +48,16 @@ pub struct EnvKey {
     pub kind: EnvKind,
 }
 
+impl EnvKey {
+    pub const fn new(variable: &'static str, path: &'static [&'static str], kind: EnvKind) -> Self {
+        Self {
+            variable,
+            path,
+            kind,
+        }
+    }
+}
+
 /// How a variable's text becomes the key's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvKind {

@@ -5,126 +5,118 @@
 
 use fleetshift_common::config_file::{EnvKey, EnvKind};
 
-const fn key(variable: &'static str, path: &'static [&'static str], kind: EnvKind) -> EnvKey {
-    EnvKey {
-        variable,
-        path,
-        kind,
-    }
-}
-
 /// Every key of the agent's file, with its variable.
 pub const KEYS: &[EnvKey] = &[
-    key("FLEETSHIFT_AGENT_ID", &["agent_id"], EnvKind::Text),
-    key(
+    EnvKey::new("FLEETSHIFT_AGENT_ID", &["agent_id"], EnvKind::Text),
+    EnvKey::new(
         "FLEETSHIFT_TELEMETRY_LISTEN",
         &["telemetry_listen"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_DATABASE_OUTAGE_WAIT",
         &["database_outage_wait"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_COORDINATOR_ADDRESS",
         &["coordinator", "address"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_COORDINATOR_ADDRESSES",
         &["coordinator", "addresses"],
         EnvKind::List,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_COORDINATOR_SERVER_NAME",
         &["coordinator", "server_name"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_FACTS_REFRESH",
         &["coordinator", "facts_refresh"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_SCHEMA_CHECK",
         &["coordinator", "schema_check"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_TLS_CERTIFICATE",
         &["tls", "certificate"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_TLS_PRIVATE_KEY",
         &["tls", "private_key"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_TLS_TRUST_BUNDLE",
         &["tls", "trust_bundle"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_DIRECTORY",
         &["backups", "directory"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_KEEP",
         &["backups", "keep"],
         EnvKind::Integer,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_MAX_AGE",
         &["backups", "max_age"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_PG_DUMP",
         &["backups", "pg_dump"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_PG_RESTORE",
         &["backups", "pg_restore"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_PSQL",
         &["backups", "psql"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_BACKUPS_LOCK_WAIT_TIMEOUT",
         &["backups", "lock_wait_timeout"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_REHEARSALS_MAX_CONCURRENT",
         &["rehearsals", "max_concurrent"],
         EnvKind::Integer,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_REHEARSALS_PG_DUMP",
         &["rehearsals", "pg_dump"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_REHEARSALS_PG_RESTORE",
         &["rehearsals", "pg_restore"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_REHEARSALS_STAGING_URL",
         &["rehearsals", "staging_url"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_AGENT_REHEARSALS_STAGING_URL_FILE",
         &["rehearsals", "staging_url_file"],
         EnvKind::Text,
     ),
-    key("FLEETSHIFT_AGENT_SHARDS", &["shards"], EnvKind::Toml),
+    EnvKey::new("FLEETSHIFT_AGENT_SHARDS", &["shards"], EnvKind::Toml),
 ];

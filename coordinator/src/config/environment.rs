@@ -5,78 +5,70 @@
 
 use fleetshift_common::config_file::{EnvKey, EnvKind};
 
-const fn key(variable: &'static str, path: &'static [&'static str], kind: EnvKind) -> EnvKey {
-    EnvKey {
-        variable,
-        path,
-        kind,
-    }
-}
-
 /// Every key of the coordinator's file, with its variable.
 pub const KEYS: &[EnvKey] = &[
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_ID",
         &["coordinator_id"],
         EnvKind::Text,
     ),
-    key("FLEETSHIFT_LISTEN", &["listen"], EnvKind::Text),
-    key(
+    EnvKey::new("FLEETSHIFT_LISTEN", &["listen"], EnvKind::Text),
+    EnvKey::new(
         "FLEETSHIFT_TELEMETRY_LISTEN",
         &["telemetry_listen"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_HEALTH_LISTEN",
         &["health_listen"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_TRUST_DOMAIN",
         &["trust_domain"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_HEARTBEAT",
         &["heartbeat"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_TLS_CERTIFICATE",
         &["tls", "certificate"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_TLS_PRIVATE_KEY",
         &["tls", "private_key"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_TLS_TRUST_BUNDLE",
         &["tls", "trust_bundle"],
         EnvKind::Text,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_ETCD_ENDPOINTS",
         &["store", "etcd_endpoints"],
         EnvKind::List,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_ROLES_VIEWERS",
         &["roles", "viewers"],
         EnvKind::List,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_ROLES_OPERATORS",
         &["roles", "operators"],
         EnvKind::List,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_ROLES_APPROVERS",
         &["roles", "approvers"],
         EnvKind::List,
     ),
-    key(
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_WEBHOOKS",
         &["webhooks"],
         EnvKind::Toml,
