@@ -32,6 +32,7 @@ pub struct Connection {
     /// The operator's certificate (spiffe://<trust-domain>/operator/<name>).
     #[arg(long, env = "FLEETSHIFT_TLS_CERT")]
     certificate: PathBuf,
+    /// The operator certificate's private key (PEM).
     #[arg(long, env = "FLEETSHIFT_TLS_KEY")]
     private_key: PathBuf,
     /// The fleet's CA bundle.
