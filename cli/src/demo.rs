@@ -501,7 +501,8 @@ async fn show_fencing(
         waves::planned_tasks(plan).find(|task| task.state == i32::from(ShardState::Succeeded));
     if let Some(task) = first {
         let url = shards.url_of(&task.shard_id)?;
-        let name = task.shard_id.clone();
+        // As agents name shards: by id and server, never by URL.
+        let name = format!("{} ({})", task.shard_id, url.server());
         let refusal = match engine::connect_named(name, &url, Timeouts::default()).await? {
             Connected::Postgres(shard) => {
                 fence_out_stale_agent(shard.as_ref(), set, FenceToken::from_raw(task.fence_token))

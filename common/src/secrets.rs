@@ -43,9 +43,13 @@ impl DatabaseUrl {
             .map(|(_, value)| value.into_owned())
     }
 
-    /// Where the server is, for messages: the URL's `host:port`, or the masked URL when it
-    /// names none (a Unix socket given as a parameter, a SQLite file).
+    /// Where the server is, for messages: the URL's `host:port`, a SQLite URL's file, or the
+    /// masked URL when it names neither (a Unix socket given as a parameter).
     pub fn server(&self) -> String {
+        if let Some(file) = self.0.strip_prefix("sqlite:") {
+            let file = file.strip_prefix("//").unwrap_or(file);
+            return file[..file.find('?').unwrap_or(file.len())].to_owned();
+        }
         let Some((_, rest)) = self.0.split_once("://") else {
             return self.masked();
         };
@@ -222,9 +226,10 @@ mod tests {
             socket.server(),
             "postgresql:///main?host=/run/postgresql&password=****"
         );
+        assert_eq!(DatabaseUrl::new("sqlite:shard.db").server(), "shard.db");
         assert_eq!(
-            DatabaseUrl::new("sqlite:shard.db").server(),
-            "sqlite:shard.db"
+            DatabaseUrl::new("sqlite:///var/lib/a.db?mode=rwc").server(),
+            "/var/lib/a.db"
         );
     }
 

@@ -420,7 +420,11 @@ fn run_demo(arguments: &[&str], agents: usize) -> (String, String) {
 #[test]
 fn demo_rolls_out_over_mtls_and_fences_out_the_stale_holder() {
     let (refusal, _) = run_demo(&["--agents", "3"], 3);
-    assert!(refusal.contains("sqlite:"), "{refusal}");
+    assert!(
+        refusal.contains("shard shard-001 (") && refusal.contains("shard-001.db)"),
+        "named by id and file: {refusal}"
+    );
+    assert!(!refusal.contains("sqlite:"), "never by URL: {refusal}");
 }
 
 /// The same demo with its shards in throwaway PostgreSQL clusters (nine agents: two clusters)
@@ -436,16 +440,16 @@ async fn demo_on_postgres_and_etcd_keeps_its_state_in_etcd_and_leaves_no_cluster
     })
     .await
     .expect("demo");
-    assert!(refusal.contains("postgres://"), "{refusal}");
+    assert!(!refusal.contains("postgres://"), "never by URL: {refusal}");
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
         .await
         .expect("store");
     let stored = store.read(&keys::plan(&plan)).await.expect("read the plan");
     assert!(stored.is_some(), "the plan is kept in etcd");
     let port = refusal
-        .split("@127.0.0.1:")
+        .split("(127.0.0.1:")
         .nth(1)
-        .and_then(|rest| rest.split('/').next())
+        .and_then(|rest| rest.split(')').next())
         .and_then(|port| port.parse::<u16>().ok())
         .expect("the shard's port");
     assert!(
