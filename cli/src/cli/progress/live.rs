@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
-use fleetshift_common::proto::v1::{Plan, PlanState, RolloutEvent, ShardState};
+use fleetshift_common::proto::v1::{Plan, PlanState, ProgressEvent, RolloutEvent, ShardState};
 use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
 use fleetshift_coordinator::rollout::{task_ended, waves};
 
@@ -125,38 +125,41 @@ impl Live {
                     _ => Vec::new(),
                 }
             }
-            Some(Event::Progress(progress)) => {
-                let shard = progress.shard_id.clone();
-                match &progress.event {
-                    Some(Progress::RevisionStarted(started)) => {
-                        let running = self.running.entry(shard).or_insert(Running {
-                            revision: None,
-                            since: now,
-                        });
-                        running.revision = Some(started.version.clone());
-                        Vec::new()
-                    }
-                    Some(Progress::Throttled(throttled)) => {
-                        // A wait begins with nothing waited yet; it ends with the whole wait.
-                        let began = throttled
-                            .waited
-                            .is_none_or(|waited| waited.seconds == 0 && waited.nanos == 0);
-                        if began {
-                            self.throttled.insert(shard.clone());
-                        } else {
-                            self.throttled.remove(&shard);
-                        }
-                        notable(progress)
-                    }
-                    Some(
-                        Progress::PreflightCheck(_)
-                        | Progress::RollbackStarted(_)
-                        | Progress::DatabaseOutage(_),
-                    ) => notable(progress),
-                    _ => Vec::new(),
-                }
-            }
+            Some(Event::Progress(progress)) => self.progress(progress, now),
             None => Vec::new(),
+        }
+    }
+
+    /// Takes an agent's progress event in; the lines to print above the display.
+    fn progress(&mut self, progress: &ProgressEvent, now: Instant) -> Vec<String> {
+        let shard = progress.shard_id.clone();
+        match &progress.event {
+            Some(Progress::RevisionStarted(started)) => {
+                let running = self.running.entry(shard).or_insert(Running {
+                    revision: None,
+                    since: now,
+                });
+                running.revision = Some(started.version.clone());
+                Vec::new()
+            }
+            Some(Progress::Throttled(throttled)) => {
+                // A wait begins with nothing waited yet; it ends with the whole wait.
+                let began = throttled
+                    .waited
+                    .is_none_or(|waited| waited.seconds == 0 && waited.nanos == 0);
+                if began {
+                    self.throttled.insert(shard);
+                } else {
+                    self.throttled.remove(&shard);
+                }
+                notable(progress)
+            }
+            Some(
+                Progress::PreflightCheck(_)
+                | Progress::RollbackStarted(_)
+                | Progress::DatabaseOutage(_),
+            ) => notable(progress),
+            _ => Vec::new(),
         }
     }
 
@@ -288,7 +291,7 @@ fn terminal_width() -> usize {
 }
 
 /// A progress event worth a line above the display.
-fn notable(progress: &fleetshift_common::proto::v1::ProgressEvent) -> Vec<String> {
+fn notable(progress: &ProgressEvent) -> Vec<String> {
     progress_line(progress)
         .map(|line| vec![format!("{} {line}", progress.shard_id)])
         .unwrap_or_default()
