@@ -522,8 +522,7 @@ fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
-/// The version of a shard with no revision applied.
-pub(crate) const BASE: &str = "base";
+pub(crate) use fleetshift_common::ledger::BASE;
 
 /// A duty that failed after the revisions ran: they stand, and the message says so.
 fn applied_but(failure: DutyFailure, shard_id: &str) -> ErrorDetail {

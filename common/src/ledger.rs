@@ -9,6 +9,14 @@ use crate::schema::Fingerprint;
 
 use serde::Serialize;
 
+/// How a shard with no revision applied names its version.
+pub const BASE: &str = "base";
+
+/// `version` as messages show it: [`BASE`] for none (empty).
+pub fn shown_version(version: &str) -> &str {
+    if version.is_empty() { BASE } else { version }
+}
+
 /// Where a revision stands on a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

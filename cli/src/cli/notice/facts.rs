@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use fleetshift_common::duration;
 use fleetshift_common::engine::POOL;
+use fleetshift_common::ledger::shown_version;
 use fleetshift_common::proto::v1::{Engine, Plan, ShardSummary};
 use fleetshift_coordinator::rollout::waves;
 
@@ -152,7 +153,7 @@ fn previous_version(plan: &Plan, shards: &[&ShardSummary]) -> Option<String> {
             } else {
                 task.previous_version.as_str()
             };
-            if version.is_empty() { "base" } else { version }.to_owned()
+            shown_version(version).to_owned()
         })
         .collect();
     joined(versions)

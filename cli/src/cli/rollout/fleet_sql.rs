@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use fleetshift_common::engine::Timeouts;
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::executor::Direction;
+use fleetshift_common::ledger::{BASE, shown_version};
 use fleetshift_common::proto::v1::{Engine as WireEngine, ListShardsRequest, ShardSummary};
 use fleetshift_common::selector::id_matches;
 use fleetshift_common::source::{Engine, MigrationSet, Revision};
@@ -117,7 +118,7 @@ fn groups<'s>(listed: &'s [ShardSummary], patterns: &[String]) -> BTreeMap<Group
             WireEngine::Postgres | WireEngine::Unspecified => Engine::Postgres,
         };
         let version = match shard.current_version.as_str() {
-            "base" => String::new(),
+            BASE => String::new(),
             other => other.to_owned(),
         };
         groups
@@ -131,10 +132,6 @@ fn groups<'s>(listed: &'s [ShardSummary], patterns: &[String]) -> BTreeMap<Group
 fn bad_input(output: Output, message: &str) -> ExitCode {
     render::failure(output, message, ErrorKind::BadInput);
     ExitCode::from(exit::BAD_INPUT)
-}
-
-fn shown_version(version: &str) -> &str {
-    if version.is_empty() { "base" } else { version }
 }
 
 /// Where the run ends: `requested`, or the set's newest revision.

@@ -3,13 +3,11 @@
 //! has none, the rollback is refused at planning, naming those revisions and the lowest version
 //! the plan can reach (`--to`), instead of failing on the shards once approved.
 
+use fleetshift_common::ledger::BASE;
 use fleetshift_common::proto::v1::{Plan, ShardTask};
 use fleetshift_common::source::MigrationSet;
 
 use crate::rollout::RolloutError;
-
-/// A shard's version with no revision applied.
-const BASE: &str = "base";
 
 /// Each task's shard with the version it goes back to: its version before the plan, or `to`
 /// where that is later. Refused when a revision on the way has no down script.
