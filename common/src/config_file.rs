@@ -65,8 +65,6 @@ pub enum EnvKind {
     Text,
     /// A whole number.
     Integer,
-    /// `true` or `false`.
-    Boolean,
     /// Comma-separated items, each as it is (`a,b` is `["a", "b"]`).
     List,
     /// A TOML value: an array (`["a", "b"]`), an inline table, or an array of inline tables
@@ -98,22 +96,24 @@ pub fn read_toml_with_env<T: DeserializeOwned>(
         ),
         message: error.message().to_owned(),
     };
-    let mut table: toml::Table = toml::from_str(&text).map_err(in_file)?;
-    let mut applied = Vec::new();
+    let in_environment = |key: &EnvKey, problem: String| {
+        ConfigError::new(path, format!("environment {}: {problem}", key.variable))
+    };
+    let mut overrides = Vec::new();
     for key in keys {
-        let Some(raw) = lookup(key.variable) else {
-            continue;
-        };
-        let value = env_value(key, &raw).map_err(|problem| {
-            ConfigError::new(path, format!("environment {}: {problem}", key.variable))
-        })?;
-        place(&mut table, key.path, value).map_err(|problem| {
-            ConfigError::new(path, format!("environment {}: {problem}", key.variable))
-        })?;
-        applied.push(key.variable);
+        if let Some(raw) = lookup(key.variable) {
+            let value = env_value(key, &raw).map_err(|problem| in_environment(key, problem))?;
+            overrides.push((key, value));
+        }
     }
-    if applied.is_empty() {
+    if overrides.is_empty() {
         return toml::from_str(&text).map_err(in_file);
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(in_file)?;
+    let mut applied = Vec::with_capacity(overrides.len());
+    for (key, value) in overrides {
+        place(&mut table, key.path, value).map_err(|problem| in_environment(key, problem))?;
+        applied.push(key.variable);
     }
     T::deserialize(table).map_err(|error| {
         ConfigError::new(
@@ -136,11 +136,6 @@ fn env_value(key: &EnvKey, raw: &str) -> Result<toml::Value, String> {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| format!("{raw:?} is not a whole number")),
-        EnvKind::Boolean => match raw.trim() {
-            "true" => Ok(toml::Value::Boolean(true)),
-            "false" => Ok(toml::Value::Boolean(false)),
-            other => Err(format!("{other:?} is neither true nor false")),
-        },
         EnvKind::List => Ok(toml::Value::Array(
             raw.split(',')
                 .map(str::trim)
@@ -202,7 +197,6 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Section {
         keep: Option<i64>,
-        on: Option<bool>,
         hosts: Option<Vec<String>>,
     }
 
@@ -222,11 +216,6 @@ mod tests {
             variable: "KEEP",
             path: &["section", "keep"],
             kind: EnvKind::Integer,
-        },
-        EnvKey {
-            variable: "ON",
-            path: &["section", "on"],
-            kind: EnvKind::Boolean,
         },
         EnvKey {
             variable: "HOSTS",
@@ -260,7 +249,6 @@ mod tests {
             environment(&[
                 ("NAME", "env"),
                 ("KEEP", "7"),
-                ("ON", "true"),
                 ("HOSTS", "a:1, b:2"),
                 ("ITEMS", "[{ id = \"x\" }, { id = \"y\" }]"),
             ]),
@@ -268,7 +256,6 @@ mod tests {
         .expect("read");
         assert_eq!(read.name, "env");
         assert_eq!(read.section.keep, Some(7));
-        assert_eq!(read.section.on, Some(true));
         assert_eq!(
             read.section.hosts,
             Some(vec!["a:1".to_owned(), "b:2".to_owned()])
