@@ -34,6 +34,12 @@ use super::fleet::Connection;
 
 const BAR_WIDTH: usize = 20;
 
+/// A bar `done` of `total` full, [`BAR_WIDTH`] characters wide.
+fn bar(done: usize, total: usize) -> String {
+    let filled = (done * BAR_WIDTH).checked_div(total).unwrap_or(0);
+    format!("{}{}", "█".repeat(filled), "░".repeat(BAR_WIDTH - filled))
+}
+
 /// How a followed rollout ended.
 #[derive(Debug, Clone)]
 pub struct Ending {

@@ -7,7 +7,7 @@ use fleetshift_common::proto::v1::rollout_event::Event;
 use fleetshift_common::proto::v1::{Plan, PlanState, RolloutEvent, ShardState};
 use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
 
-use super::{BAR_WIDTH, progress_line};
+use super::{bar, progress_line};
 
 /// Shard states by wave, for the bars.
 pub(super) struct Board {
@@ -64,8 +64,7 @@ impl Board {
                     .values()
                     .filter(|state| fleetshift_coordinator::rollout::task_failed(**state))
                     .count();
-                let filled = (done * BAR_WIDTH).checked_div(shards.len()).unwrap_or(0);
-                let bar = format!("{}{}", "█".repeat(filled), "░".repeat(BAR_WIDTH - filled));
+                let bar = bar(done, shards.len());
                 let error = changed
                     .error
                     .as_ref()

@@ -18,7 +18,7 @@ use fleetshift_coordinator::rollout::{task_ended, waves};
 use tokio::sync::mpsc;
 
 use super::resume::Resumable;
-use super::{BAR_WIDTH, pacing, progress_line};
+use super::{bar, pacing, progress_line};
 
 /// Running shards named on the display; the rest are counted.
 const RUNNING_SHOWN: usize = 6;
@@ -300,7 +300,6 @@ fn notable(progress: &ProgressEvent) -> Vec<String> {
 /// `wave 0 ██████░░░░  6/20  succeeded 5, failed 1, running 3, pending 11`.
 fn wave_line(index: u32, shards: &BTreeMap<String, ShardState>) -> String {
     let ended = shards.values().filter(|state| task_ended(**state)).count();
-    let filled = (ended * BAR_WIDTH).checked_div(shards.len()).unwrap_or(0);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for state in shards.values() {
         *counts.entry(shard_state_name(*state)).or_default() += 1;
@@ -310,9 +309,8 @@ fn wave_line(index: u32, shards: &BTreeMap<String, ShardState>) -> String {
         .map(|(state, count)| format!("{state} {count}"))
         .collect();
     format!(
-        "wave {index} {}{} {ended:>4}/{:<4} {}",
-        "█".repeat(filled),
-        "░".repeat(BAR_WIDTH - filled),
+        "wave {index} {} {ended:>4}/{:<4} {}",
+        bar(ended, shards.len()),
         shards.len(),
         counts.join(", ")
     )
