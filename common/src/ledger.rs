@@ -132,14 +132,19 @@ pub enum Expect {
 }
 
 impl Expect {
-    fn allows(self, status: Option<RevisionStatus>) -> bool {
+    /// The statuses this expectation accepts; `None` is a revision the ledger has no row for.
+    pub fn allowed(self) -> &'static [Option<RevisionStatus>] {
         use RevisionStatus::{Applied, Failed, Reverted, Started};
         match self {
-            Self::Applied => status == Some(Applied),
-            Self::NotApplied => matches!(status, None | Some(Failed | Reverted)),
-            Self::NotAppliedOrStarted => matches!(status, None | Some(Failed | Reverted | Started)),
-            Self::Started => status == Some(Started),
+            Self::Applied => &[Some(Applied)],
+            Self::NotApplied => &[None, Some(Failed), Some(Reverted)],
+            Self::NotAppliedOrStarted => &[None, Some(Failed), Some(Reverted), Some(Started)],
+            Self::Started => &[Some(Started)],
         }
+    }
+
+    fn allows(self, status: Option<RevisionStatus>) -> bool {
+        self.allowed().contains(&status)
     }
 }
 

@@ -23,6 +23,7 @@ mod integration {
     mod deploy_units;
     mod duties;
     mod election;
+    mod fenced_batches;
     mod fleet_api;
     mod fleet_caps;
     mod fleet_faults;

@@ -1,12 +1,26 @@
-//! The fenced transaction, written once for every engine. An engine opens the transaction
-//! (with its own BEGIN and timeouts), hands it here with its [`LedgerSql`], and commits.
+//! The fenced transaction's parts, written once for every engine. An engine takes a
+//! [`Session`] from its pool, opens the transaction (its own `BEGIN` and timeouts, the fence
+//! and the guard: [`open_checked_by_client`], or PostgreSQL's server-side opening), runs the
+//! [`body`] and [`close`]s (the records and `COMMIT`) with its [`LedgerSql`]; anything in
+//! between (data checksums) is the engine's own.
+//!
+//! The ledger's statements travel in simple-protocol batches ([`batch`]), one round trip
+//! each, values written as literals ([`literal`]). In READ COMMITTED each statement of a
+//! batch still takes its own snapshot, which the guard relies on.
+
+mod literal;
+mod session;
+
+pub(crate) use literal::{Dialect, Literal};
+pub(crate) use session::Session;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use sqlx::{AssertSqlSafe, Database, Decode, Encode, Executor, IntoArguments, Type};
+use futures_util::TryStreamExt as _;
+use sqlx::{AssertSqlSafe, Database, Decode, Either, Executor, Row as _, Type};
 use tracing::Instrument as _;
 
 use super::{FencedTransaction, TxError, VersionTableRows, bookkeeping_error, statement_error};
@@ -15,13 +29,14 @@ use crate::ledger::{Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::Script;
 use crate::statements::Statement;
 use crate::telemetry::traces::{mark_failed, statement_span};
+use literal::LiteralError;
 
 /// Where a body statement stands, for its span: `file:line`, or its number in the body when
 /// the script is not known.
-struct Place<'a> {
-    script: Option<&'a Script>,
-    statement: &'a Statement,
-    index: usize,
+pub(crate) struct Place<'a> {
+    pub script: Option<&'a Script>,
+    pub statement: &'a Statement,
+    pub index: usize,
 }
 
 impl fmt::Display for Place<'_> {
@@ -66,12 +81,11 @@ impl<DB: Database> BodyObserver<DB> for () {
     }
 }
 
-/// The ledger SQL of one database. Parameters are `$n` in every dialect.
+/// The ledger SQL of one database. Parameters are `$n` in every dialect; they are written in
+/// as literals of [`LedgerSql::dialect`].
 #[derive(Debug)]
 pub(crate) struct LedgerSql {
-    /// `$1` = token; moves the fence only when `token <= $1`, `RETURNING token` (no row:
-    /// fenced out).
-    pub move_fence: &'static str,
+    pub dialect: Dialect,
     pub read_fence: &'static str,
     /// The history table, for the guard's `version IN (…)` query.
     pub history_table: &'static str,
@@ -85,45 +99,214 @@ pub(crate) struct LedgerSql {
     pub upsert_fingerprint: &'static str,
 }
 
-/// Moves the fence, checks the guard, runs the body (timing each statement), writes the
-/// records — inside the caller's open transaction. The guard is read by a statement of its own
-/// AFTER the fence update: having waited for the fence row, it takes a fresh snapshot and sees
-/// what the previous holder committed. Folding both into one statement would reuse the older snapshot
-/// and could let a revision apply twice.
-pub(crate) async fn run<DB>(
+/// Between two statements of a batch: the line break first, so a statement ending in a `--`
+/// comment does not comment the semicolon out.
+pub(crate) const SEPARATOR: &str = "\n;\n";
+
+/// One statement of a batch and what it does, to name in an error.
+pub(crate) struct Step {
+    pub sql: String,
+    pub doing: &'static str,
+}
+
+impl Step {
+    pub(crate) fn new(sql: impl Into<String>, doing: &'static str) -> Self {
+        Self {
+            sql: sql.into(),
+            doing,
+        }
+    }
+
+    pub(crate) fn rendered(
+        sql: &LedgerSql,
+        template: &str,
+        values: &[Literal<'_>],
+        doing: &'static str,
+    ) -> Result<Self, TxError> {
+        sql.dialect
+            .render(template, values)
+            .map(|text| Self::new(text, doing))
+            .map_err(|error: LiteralError| TxError::Database {
+                context: doing,
+                detail: error.to_string(),
+            })
+    }
+}
+
+/// Sends `steps` as one batch (one round trip) and returns each statement's rows. An error
+/// names what the statement that failed was doing; the statements after it did not run.
+pub(crate) async fn batch<DB>(
+    connection: &mut DB::Connection,
+    steps: &[Step],
+) -> Result<Vec<Vec<DB::Row>>, TxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    batch_raw::<DB>(connection, steps)
+        .await
+        .map_err(|(failed, error)| {
+            let doing = steps
+                .get(failed)
+                .or(steps.last())
+                .map_or("running the ledger's statements", |step| step.doing);
+            bookkeeping_error(doing)(error)
+        })
+}
+
+/// [`batch`], failing with the index of the statement that failed and the driver's error.
+pub(crate) async fn batch_raw<DB>(
+    connection: &mut DB::Connection,
+    steps: &[Step],
+) -> Result<Vec<Vec<DB::Row>>, (usize, sqlx::Error)>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let text: Vec<&str> = steps.iter().map(|step| step.sql.as_str()).collect();
+    let mut results: Vec<Vec<DB::Row>> = vec![Vec::new()];
+    let mut stream =
+        sqlx::raw_sql(AssertSqlSafe(text.join(SEPARATOR))).fetch_many(&mut *connection);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(Either::Left(_))) => results.push(Vec::new()),
+            Ok(Some(Either::Right(row))) => {
+                if let Some(rows) = results.last_mut() {
+                    rows.push(row);
+                }
+            }
+            Ok(None) => break,
+            Err(error) => return Err((results.len() - 1, error)),
+        }
+    }
+    results.truncate(steps.len());
+    Ok(results)
+}
+
+/// Begins the transaction with the engine's `begin` statements, moves the fence with
+/// `move_fence` (`$1` = token; moves it only when `token <= $1`, `RETURNING token, <server
+/// `; no row: fenced out) and reads the guarded revisions, in one batch, then
+/// checks them here. The guard is read by a statement of its own AFTER the fence update:
+/// having waited for the fence row, it takes a fresh snapshot (READ COMMITTED takes one per
+/// statement, also within a batch) and sees what the previous holder committed. Folding both
+/// into one statement would reuse the older snapshot and could let a revision apply twice.
+pub(crate) async fn open_checked_by_client<DB>(
     connection: &mut DB::Connection,
     sql: &LedgerSql,
+    move_fence: &str,
+    begin: Vec<Step>,
     writer: &Writer,
-    work: FencedTransaction<'_>,
+    guard: &Guard,
+) -> Result<(), TxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut steps = begin;
+    let fence_at = steps.len();
+    steps.push(Step::rendered(
+        sql,
+        move_fence,
+        &[Literal::Integer(writer.fence_token.get())],
+        "moving the fence",
+    )?);
+    let guard_at = steps.len();
+    let reads_guard = !guard.expectations.is_empty();
+    if reads_guard {
+        steps.push(guard_read(sql, guard)?);
+    }
+    let results = batch::<DB>(connection, &steps).await?;
+    if results.get(fence_at).is_none_or(Vec::is_empty) {
+        let reading = Step::new(sql.read_fence, "reading the fence");
+        let read = batch::<DB>(connection, std::slice::from_ref(&reading)).await?;
+        let current: i64 = match read.first().and_then(|rows| rows.first()) {
+            Some(row) => row.try_get(0).map_err(bookkeeping_error(reading.doing))?,
+            None => {
+                return Err(TxError::Database {
+                    context: reading.doing,
+                    detail: "the fence row is missing".to_owned(),
+                });
+            }
+        };
+        return Err(TxError::FencedOut {
+            current: FenceToken::from_raw(current),
+        });
+    };
+    if reads_guard {
+        let rows = results.get(guard_at).map_or(&[][..], Vec::as_slice);
+        check_guard::<DB>(rows, guard)?;
+    }
+    Ok(())
+}
+
+/// The statement reading the guarded revisions' statuses.
+fn guard_read(sql: &LedgerSql, guard: &Guard) -> Result<Step, TxError> {
+    let placeholders: Vec<String> = (1..=guard.expectations.len())
+        .map(|n| format!("${n}"))
+        .collect();
+    let template = format!(
+        "SELECT version, status FROM {} WHERE version IN ({})",
+        sql.history_table,
+        placeholders.join(", ")
+    );
+    let values: Vec<Literal> = guard
+        .expectations
+        .iter()
+        .map(|(version, _)| Literal::Text(version))
+        .collect();
+    Step::rendered(sql, &template, &values, "reading the ledger")
+}
+
+/// Checks `guard` against the statuses in `rows` (`version`, `status`).
+fn check_guard<DB>(rows: &[DB::Row], guard: &Guard) -> Result<(), TxError>
+where
+    DB: Database,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let reading = bookkeeping_error("reading the ledger");
+    let mut observed: HashMap<String, RevisionStatus> = HashMap::new();
+    for row in rows {
+        let version: String = row.try_get(0).map_err(&reading)?;
+        let status: String = row.try_get(1).map_err(&reading)?;
+        if let Some(status) = RevisionStatus::parse(&status) {
+            observed.insert(version, status);
+        }
+    }
+    guard.check(&observed).map_err(TxError::Guard)
+}
+
+/// Reads the guarded revisions' statuses now and checks `guard` against them.
+pub(crate) async fn observe_guard<DB>(
+    connection: &mut DB::Connection,
+    sql: &LedgerSql,
+    guard: &Guard,
+) -> Result<(), TxError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let read = batch::<DB>(connection, &[guard_read(sql, guard)?]).await?;
+    let rows = read.first().map_or(&[][..], Vec::as_slice);
+    check_guard::<DB>(rows, guard)
+}
+
+/// The body of `work`, statement by statement (each timed, each told to `observer`), inside
+/// the open transaction.
+pub(crate) async fn body<DB>(
+    connection: &mut DB::Connection,
+    work: &FencedTransaction<'_>,
     observer: &mut impl BodyObserver<DB>,
 ) -> Result<Vec<Duration>, TxError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let moved: Option<i64> = sqlx::query_scalar::<DB, i64>(sql.move_fence)
-        .bind(writer.fence_token.get())
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(bookkeeping_error("moving the fence"))?;
-    if moved.is_none() {
-        let current: i64 = sqlx::query_scalar::<DB, i64>(sql.read_fence)
-            .fetch_one(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("reading the fence"))?;
-        return Err(TxError::FencedOut {
-            current: FenceToken::from_raw(current),
-        });
-    }
-    check_guard::<DB>(connection, sql, work.guard).await?;
     let observing = bookkeeping_error("tracing the revision's statements");
     observer
         .before_body(&mut *connection)
@@ -156,128 +339,102 @@ where
             .map_err(&observing)?;
         durations.push(elapsed);
     }
-    for record in work.records {
-        upsert(record, writer, sql.upsert_history)
-            .execute(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("recording the revision"))?;
-    }
-    if let Some(recorded) = work.fingerprint {
-        sqlx::query::<DB>(sql.upsert_fingerprint)
-            .bind(recorded.version.as_str())
-            .bind(recorded.fingerprint.as_str())
-            .execute(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("recording the schema fingerprint"))?;
-    }
-    if let Some(rows) = work.version_table {
-        rewrite_version_table::<DB>(connection, rows).await?;
-    }
-    if let Some(audit) = work.audit {
-        sqlx::query::<DB>(sql.insert_audit)
-            .bind(audit.action.as_str())
-            .bind(audit.version.as_deref())
-            .bind(audit.reason.as_str())
-            .bind(writer.agent_id.as_str())
-            .bind(writer.fence_token.get())
-            .execute(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("recording the audit entry"))?;
-    }
     Ok(durations)
 }
 
-/// Reads the guarded versions' statuses in the transaction and checks the guard.
-async fn check_guard<DB>(
+/// Writes `work`'s records (history rows, fingerprint, another tool's version table, audit
+/// entry) and commits: one batch. A failure leaves the transaction to roll back.
+pub(crate) async fn close<DB>(
     connection: &mut DB::Connection,
     sql: &LedgerSql,
-    guard: &Guard,
+    writer: &Writer,
+    work: &FencedTransaction<'_>,
 ) -> Result<(), TxError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let versions = guard.versions();
-    if !versions.is_empty() {
-        let placeholders: Vec<String> = (1..=versions.len()).map(|n| format!("${n}")).collect();
-        let query_text = format!(
-            "SELECT version, status FROM {} WHERE version IN ({})",
-            sql.history_table,
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query_as::<DB, (String, String)>(AssertSqlSafe(query_text));
-        for version in &versions {
-            query = query.bind(version.as_str());
-        }
-        let rows = query
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(bookkeeping_error("reading the ledger"))?;
-        let observed: HashMap<String, RevisionStatus> = rows
-            .into_iter()
-            .filter_map(|(version, status)| Some((version, RevisionStatus::parse(&status)?)))
-            .collect();
-        guard.check(&observed).map_err(TxError::Guard)?;
+    let mut steps = record_steps(sql, writer, work)?;
+    steps.push(Step::new("COMMIT", "committing"));
+    batch::<DB>(connection, &steps).await.map(drop)
+}
+
+/// The statements writing `work`'s records, in order.
+pub(crate) fn record_steps(
+    sql: &LedgerSql,
+    writer: &Writer,
+    work: &FencedTransaction<'_>,
+) -> Result<Vec<Step>, TxError> {
+    let mut steps = Vec::with_capacity(work.records.len() + 4);
+    for record in work.records {
+        steps.push(Step::rendered(
+            sql,
+            sql.upsert_history,
+            &history_values(record, writer),
+            "recording the revision",
+        )?);
     }
-    Ok(())
+    if let Some(recorded) = work.fingerprint {
+        steps.push(Step::rendered(
+            sql,
+            sql.upsert_fingerprint,
+            &[
+                Literal::Text(recorded.version.as_str()),
+                Literal::Text(recorded.fingerprint.as_str()),
+            ],
+            "recording the schema fingerprint",
+        )?);
+    }
+    if let Some(rows) = work.version_table {
+        steps.extend(version_table_steps(sql, rows)?);
+    }
+    if let Some(audit) = work.audit {
+        steps.push(Step::rendered(
+            sql,
+            sql.insert_audit,
+            &[
+                Literal::Text(audit.action.as_str()),
+                audit.version.as_deref().into(),
+                Literal::Text(audit.reason.as_str()),
+                Literal::Text(writer.agent_id.as_str()),
+                Literal::Integer(writer.fence_token.get()),
+            ],
+            "recording the audit entry",
+        )?);
+    }
+    Ok(steps)
+}
+
+/// The history row's values, in [`LedgerSql::upsert_history`]'s order.
+fn history_values<'a>(record: &'a LedgerRecord, writer: &'a Writer) -> [Literal<'a>; 12] {
+    [
+        Literal::Text(record.version.as_str()),
+        Literal::Text(record.name.as_str()),
+        Literal::Text(record.checksum.as_str()),
+        Literal::Text(record.status.as_str()),
+        Literal::Boolean(record.transactional),
+        Literal::Integer(writer.fence_token.get()),
+        writer.plan_id.as_deref().into(),
+        Literal::Text(writer.agent_id.as_str()),
+        record.duration_ms.into(),
+        Literal::Integer(record.statements_run),
+        record.error.as_deref().into(),
+        Literal::Boolean(record.keep_started_at),
+    ]
 }
 
 /// Replaces an Alembic version table's rows with `rows.heads`.
-async fn rewrite_version_table<DB>(
-    connection: &mut DB::Connection,
-    rows: &VersionTableRows,
-) -> Result<(), TxError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-{
+fn version_table_steps(sql: &LedgerSql, rows: &VersionTableRows) -> Result<Vec<Step>, TxError> {
+    let doing = "rewriting the Alembic version table";
     let table = rows.table.as_str();
-    sqlx::query::<DB>(AssertSqlSafe(format!("DELETE FROM {table}")))
-        .execute(&mut *connection)
-        .await
-        .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
+    let mut steps = vec![Step::new(format!("DELETE FROM {table}"), doing)];
     for head in &rows.heads {
-        sqlx::query::<DB>(AssertSqlSafe(format!(
-            "INSERT INTO {table} (version_num) VALUES ($1)"
-        )))
-        .bind(head.as_str())
-        .execute(&mut *connection)
-        .await
-        .map_err(bookkeeping_error("rewriting the Alembic version table"))?;
+        steps.push(Step::rendered(
+            sql,
+            &format!("INSERT INTO {table} (version_num) VALUES ($1)"),
+            &[Literal::Text(head.as_str())],
+            doing,
+        )?);
     }
-    Ok(())
-}
-
-fn upsert<'q, DB>(
-    record: &'q LedgerRecord,
-    writer: &'q Writer,
-    sql: &'static str,
-) -> sqlx::query::Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'e> i64: Encode<'e, DB> + Type<DB>,
-    for<'e> bool: Encode<'e, DB> + Type<DB>,
-    for<'e> &'e str: Encode<'e, DB> + Type<DB>,
-    for<'e> Option<&'e str>: Encode<'e, DB> + Type<DB>,
-    for<'e> Option<i64>: Encode<'e, DB> + Type<DB>,
-{
-    sqlx::query::<DB>(sql)
-        .bind(record.version.as_str())
-        .bind(record.name.as_str())
-        .bind(record.checksum.as_str())
-        .bind(record.status.as_str())
-        .bind(record.transactional)
-        .bind(writer.fence_token.get())
-        .bind(writer.plan_id.as_deref())
-        .bind(writer.agent_id.as_str())
-        .bind(record.duration_ms)
-        .bind(record.statements_run)
-        .bind(record.error.as_deref())
-        .bind(record.keep_started_at)
+    Ok(steps)
 }

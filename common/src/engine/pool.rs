@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sqlx::Connection as _;
 use sqlx::postgres::PgPoolOptions;
 
 /// The connection pool an engine keeps to its shard (one per agent and shard).
@@ -13,8 +14,9 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// A connection older than this is closed and replaced.
     pub recycle: Duration,
-    /// Whether a connection is checked before it is handed out.
-    pub pre_ping: bool,
+    /// A connection idle for this long is checked before it is handed out (one round trip);
+    /// one in steady use is not, and a connection lost under a statement is reported as such.
+    pub ping_after_idle: Duration,
 }
 
 /// What every PostgreSQL shard's pool is (the migration session, plus one for the reads
@@ -23,16 +25,25 @@ pub const POOL: PoolSettings = PoolSettings {
     size: 2,
     acquire_timeout: Duration::from_secs(10),
     recycle: Duration::from_secs(30 * 60),
-    pre_ping: true,
+    ping_after_idle: Duration::from_secs(1),
 };
 
 impl PoolSettings {
     /// A pool builder with these settings.
     pub(super) fn options(&self) -> PgPoolOptions {
+        let idle = self.ping_after_idle;
         PgPoolOptions::new()
             .max_connections(self.size)
             .acquire_timeout(self.acquire_timeout)
             .max_lifetime(self.recycle)
-            .test_before_acquire(self.pre_ping)
+            .test_before_acquire(false)
+            .before_acquire(move |connection, metadata| {
+                Box::pin(async move {
+                    if metadata.idle_for >= idle {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
     }
 }

@@ -8,7 +8,10 @@ mod counted_pool;
 pub mod health;
 mod held_locks;
 mod ledger_sql;
+mod migration_session;
 mod migrator_lock;
+mod one_trip;
+mod opening;
 pub mod restore_sql;
 pub mod server;
 mod working;
@@ -21,10 +24,11 @@ use std::time::{Duration, Instant};
 use super::pool::POOL;
 
 pub use counted_pool::CountedPool;
+use migration_session::MigrationSession;
 use migrator_lock::MigratorLock;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use working::Working;
 
 use super::fenced;
@@ -50,6 +54,8 @@ pub struct PostgresShard {
     options: PgConnectOptions,
     pool: CountedPool,
     timeouts: Timeouts,
+    /// The connection fenced transactions run on.
+    migration: MigrationSession,
     /// The server processes running this engine's migration statements now.
     working: Working,
     /// A rehearsal's tracer, reading the catalog around every migration statement.
@@ -114,6 +120,7 @@ impl PostgresShard {
             options,
             pool: CountedPool::new(pool),
             timeouts,
+            migration: MigrationSession::default(),
             working: Working::default(),
             tracer: None,
         })
@@ -167,6 +174,34 @@ impl PostgresShard {
     }
 }
 
+impl PostgresShard {
+    /// The fenced transaction on `connection` step by step: the opening in one round trip;
+    /// the data checks and the body, each statement on its own (a tracer reads the catalog
+    /// between them); the records with `COMMIT` in one more.
+    async fn stepwise(
+        &self,
+        connection: &mut PgConnection,
+        writer: &Writer,
+        work: &FencedTransaction<'_>,
+        observer: &mut impl fenced::BodyObserver<Postgres>,
+    ) -> Result<Vec<Duration>, TxError> {
+        opening::open(connection, &self.timeouts, writer, work.guard).await?;
+        let verify = work.verify_data;
+        let before = validation::postgres::checksums(connection, verify)
+            .await
+            .map_err(validation::tx_error)?;
+        let durations = fenced::body::<Postgres>(connection, work, observer).await?;
+        if !verify.is_empty() {
+            let after = validation::postgres::checksums(connection, verify)
+                .await
+                .map_err(validation::tx_error)?;
+            validation::unchanged(verify, &before, &after)?;
+        }
+        fenced::close::<Postgres>(connection, &ledger_sql::LEDGER, writer, work).await?;
+        Ok(durations)
+    }
+}
+
 fn millis(duration: Duration) -> String {
     format!("{}ms", duration.as_millis())
 }
@@ -210,7 +245,16 @@ impl ShardEngine for PostgresShard {
     }
 
     async fn ensure_ledger(&self) -> Result<(), ExecError> {
-        if self.ledger_exists().await? {
+        // A ledger an earlier release made lacks the opening function; CREATE adds it.
+        let current: bool = sqlx::query_scalar(
+            "SELECT to_regclass('fleetshift.history') IS NOT NULL
+                AND to_regprocedure($1) IS NOT NULL",
+        )
+        .bind(ledger_sql::OPEN_REVISION)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.database_error("checking for the ledger"))?;
+        if current {
             return Ok(());
         }
         let mut transaction = self
@@ -262,77 +306,38 @@ impl ShardEngine for PostgresShard {
         writer: &Writer,
         work: FencedTransaction<'_>,
     ) -> Result<Vec<Duration>, TxError> {
-        let mut transaction = self
-            .pool
-            .begin()
+        let mut lease = self
+            .migration
+            .lease(&self.options)
             .await
-            .map_err(bookkeeping_error("beginning a transaction"))?;
-        // The timeouts, and the server process's id (for a stop to cancel), in one round trip.
-        let set_timeouts = format!(
-            "SET LOCAL lock_timeout = '{}'; SET LOCAL statement_timeout = '{}'; SET LOCAL idle_in_transaction_session_timeout = '{}'; SELECT pg_backend_pid()",
-            millis(self.timeouts.lock_timeout),
-            millis(self.timeouts.statement_timeout),
-            millis(self.timeouts.idle_in_transaction),
-        );
-        let pid: i32 = sqlx::raw_sql(AssertSqlSafe(set_timeouts))
-            .fetch_one(&mut *transaction)
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(bookkeeping_error("setting timeouts"))?;
-        let _working = self.working.enter(pid);
-        let verify = work.verify_data;
-        let before = validation::postgres::checksums(&mut transaction, verify)
-            .await
-            .map_err(validation::tx_error)?;
+            .map_err(bookkeeping_error("connecting the migration session"))?;
+        let Some((connection, process)) = lease.parts() else {
+            return Err(TxError::Database {
+                context: "connecting the migration session",
+                detail: "the session closed".to_owned(),
+            });
+        };
+        let _working = self.working.enter(process);
         let mut observer = self
             .tracer
             .as_deref()
             .map(|tracer| tracer.transaction(work.body, work.script));
         let ran = match &mut observer {
-            Some(observer) => {
-                fenced::run::<Postgres>(
-                    &mut transaction,
-                    &ledger_sql::LEDGER,
-                    writer,
-                    work,
-                    observer,
-                )
-                .await
+            Some(observer) => self.stepwise(connection, writer, &work, observer).await,
+            None if work.verify_data.is_empty() => {
+                let begin = opening::steps(&self.timeouts, writer, work.guard)?;
+                one_trip::run(connection, begin, writer, &work).await
             }
-            None => {
-                fenced::run::<Postgres>(
-                    &mut transaction,
-                    &ledger_sql::LEDGER,
-                    writer,
-                    work,
-                    &mut (),
-                )
-                .await
-            }
+            None => self.stepwise(connection, writer, &work, &mut ()).await,
         };
-        let ran = match ran {
-            Ok(durations) if !verify.is_empty() => {
-                let after = validation::postgres::checksums(&mut transaction, verify)
-                    .await
-                    .map_err(validation::tx_error);
-                after
-                    .and_then(|after| validation::unchanged(verify, &before, &after))
-                    .map(|()| durations)
-            }
-            other => other,
-        };
-        let committed = match ran {
-            Ok(durations) => transaction
-                .commit()
-                .await
-                .map(|()| durations)
-                .map_err(bookkeeping_error("committing")),
-            Err(error) => Err(error),
-        };
-        if let Some(observer) = observer {
-            observer.finish(committed.is_ok());
+        match &ran {
+            Ok(_) => lease.committed(),
+            Err(_) => lease.roll_back().await,
         }
-        committed
+        if let Some(observer) = observer {
+            observer.finish(ran.is_ok());
+        }
+        ran
     }
 
     async fn run_autocommit(

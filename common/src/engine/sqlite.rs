@@ -11,7 +11,7 @@ use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions};
 
-use super::fenced::{self, LedgerSql};
+use super::fenced::{self, Dialect, LedgerSql, Session, Step};
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
     AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine, StatementError, Timeouts,
@@ -62,8 +62,11 @@ CREATE TABLE IF NOT EXISTS fleetshift_audit (
 );
 ";
 
+/// Moves the fence (`$1` = token); no row: a newer token holds it.
+const MOVE_FENCE: &str = "UPDATE fleetshift_fence SET token = $1 WHERE token <= $1 RETURNING token";
+
 const LEDGER: LedgerSql = LedgerSql {
-    move_fence: "UPDATE fleetshift_fence SET token = $1 WHERE token <= $1 RETURNING token",
+    dialect: Dialect::Sqlite,
     read_fence: "SELECT token FROM fleetshift_fence",
     history_table: "fleetshift_history",
     upsert_history: "INSERT INTO fleetshift_history
@@ -201,28 +204,18 @@ impl ShardEngine for SqliteShard {
         writer: &Writer,
         work: FencedTransaction<'_>,
     ) -> Result<Vec<Duration>, TxError> {
-        let mut transaction = self
+        let connection = self
             .pool
-            .begin_with("BEGIN IMMEDIATE")
+            .acquire()
             .await
             .map_err(bookkeeping_error("beginning a transaction"))?;
-        let verify = work.verify_data;
-        let before = validation::sqlite::checksums(&mut transaction, verify)
-            .await
-            .map_err(validation::tx_error)?;
-        let durations =
-            fenced::run::<Sqlite>(&mut transaction, &LEDGER, writer, work, &mut ()).await?;
-        if !verify.is_empty() {
-            let after = validation::sqlite::checksums(&mut transaction, verify)
-                .await
-                .map_err(validation::tx_error)?;
-            validation::unchanged(verify, &before, &after)?;
+        let mut session = Session::new(connection);
+        let ran = in_session(&mut session, writer, &work).await;
+        match &ran {
+            Ok(_) => session.committed(),
+            Err(_) => session.roll_back().await,
         }
-        transaction
-            .commit()
-            .await
-            .map_err(bookkeeping_error("committing"))?;
-        Ok(durations)
+        ran
     }
 
     async fn run_autocommit(
@@ -325,4 +318,32 @@ impl ShardEngine for SqliteShard {
     }
 
     async fn interrupt(&self) {}
+}
+
+/// The fenced transaction on `session`: `BEGIN IMMEDIATE` (the write lock at once), the fence
+/// and the guard; the body; the data checks; the records with `COMMIT`.
+async fn in_session(
+    session: &mut Session<Sqlite>,
+    writer: &Writer,
+    work: &FencedTransaction<'_>,
+) -> Result<Vec<Duration>, TxError> {
+    let begin = vec![Step::new("BEGIN IMMEDIATE", "beginning a transaction")];
+    let connection = session.connection();
+    fenced::open_checked_by_client::<Sqlite>(
+        connection, &LEDGER, MOVE_FENCE, begin, writer, work.guard,
+    )
+    .await?;
+    let verify = work.verify_data;
+    let before = validation::sqlite::checksums(connection, verify)
+        .await
+        .map_err(validation::tx_error)?;
+    let durations = fenced::body::<Sqlite>(connection, work, &mut ()).await?;
+    if !verify.is_empty() {
+        let after = validation::sqlite::checksums(connection, verify)
+            .await
+            .map_err(validation::tx_error)?;
+        validation::unchanged(verify, &before, &after)?;
+    }
+    fenced::close::<Sqlite>(connection, &LEDGER, writer, work).await?;
+    Ok(durations)
 }

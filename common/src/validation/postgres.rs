@@ -176,21 +176,33 @@ async fn checksum(
         "SELECT count(*), coalesce(sum(hashtextextended({row}, 0)::numeric), 0)::text
          FROM {relation} AS t"
     );
-    let mut savepoint = connection.begin().await.map_err(|e| failed(&doing, &e))?;
+    // A savepoint written out: the fenced transaction is the ledger's own, not the driver's,
+    // so the driver would not know to nest.
+    sqlx::raw_sql(sqlx::AssertSqlSafe("SAVEPOINT fleetshift_checksum"))
+        .execute(&mut *connection)
+        .await
+        .map_err(|e| failed(&doing, &e))?;
     let read: Result<(i64, String), sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .fetch_one(&mut *savepoint)
+        .fetch_one(&mut *connection)
         .await;
-    match read {
-        Ok((rows, sum)) => {
-            savepoint.commit().await.map_err(|e| failed(&doing, &e))?;
-            Ok(Ok(Some(Checksum { rows, sum })))
+    let (end, outcome) = match read {
+        Ok((rows, sum)) => (
+            "RELEASE SAVEPOINT fleetshift_checksum",
+            Ok(Some(Checksum { rows, sum })),
+        ),
+        Err(error) if crate::engine::connection_lost(&error) => {
+            return Err(failed(&doing, &error));
         }
-        Err(error) if crate::engine::connection_lost(&error) => Err(failed(&doing, &error)),
-        Err(error) => {
-            savepoint.rollback().await.map_err(|e| failed(&doing, &e))?;
-            Ok(Err(DatabaseMessage(&error).to_string()))
-        }
-    }
+        Err(error) => (
+            "ROLLBACK TO SAVEPOINT fleetshift_checksum",
+            Err(DatabaseMessage(&error).to_string()),
+        ),
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(end))
+        .execute(&mut *connection)
+        .await
+        .map_err(|e| failed(&doing, &e))?;
+    Ok(outcome)
 }
 
 /// Foreign keys written `NOT VALID`: the child, the parent, and their columns, quoted.

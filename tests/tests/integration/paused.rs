@@ -92,7 +92,7 @@ async fn holder_delayed_past_a_newer_claim_is_fenced_out_when_it_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
+async fn frozen_migrator_loses_its_lock_and_changes_nothing_after_what_it_had_sent() {
     let Database {
         cluster: _cluster,
         url,
@@ -137,8 +137,10 @@ async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
         .expect("SIGSTOP");
     assert!(stopped.success());
 
-    // The server ends the frozen transaction (idle in transaction) and the lock session
-    // (no heartbeat): a newer claim gets the shard without anyone killing anything.
+    // The frozen migrator had sent revision 1's last statement with its records and COMMIT
+    // (one round trip): the server finishes that revision under the frozen holder's token,
+    // which still held the fence. It then ends the lock session (no heartbeat): a newer claim
+    // gets the shard without anyone killing anything, and applies the rest.
     let shard = support::postgres(&url).await;
     let mut settings = support::quick_settings();
     settings.migrator_lock_wait = Duration::from_secs(20);
@@ -146,7 +148,7 @@ async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
         .up(&set, &Request::default())
         .await
         .expect("the newer claim proceeds while the old holder is frozen");
-    assert_eq!(report.steps.len(), 2);
+    assert_eq!(report.steps.len(), 1, "revision 1 was the frozen holder's");
 
     let resumed = Command::new("kill")
         .args(["-CONT", &pid])
@@ -159,11 +161,13 @@ async fn frozen_migrator_loses_its_lock_and_transaction_and_changes_nothing() {
         "the frozen migrator must not report success"
     );
     let history = history_tokens(&admin).await;
-    assert!(
-        history
-            .iter()
-            .all(|(_, token, agent)| *token == 7 && agent == "agent-b"),
-        "{history:?}"
+    assert_eq!(
+        history,
+        vec![
+            ("1".to_owned(), 5, "agent-a".to_owned()),
+            ("2".to_owned(), 7, "agent-b".to_owned()),
+        ],
+        "nothing of the frozen holder's after the newer claim moved the fence"
     );
     support::assert_sound_ledger(&support::postgres(&url).await, &set, None).await;
     let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM work_log")

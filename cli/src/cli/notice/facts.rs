@@ -117,7 +117,13 @@ fn pool_variables() -> [(&'static str, Option<String>); 5] {
         ("pool_timeout", Some(duration::format(POOL.acquire_timeout))),
         ("pool_recycle", Some(duration::format(POOL.recycle))),
         ("max_overflow", Some("0".to_owned())),
-        ("pool_pre_ping", Some(POOL.pre_ping.to_string())),
+        (
+            "pool_pre_ping",
+            Some(format!(
+                "after {} idle",
+                duration::format(POOL.ping_after_idle)
+            )),
+        ),
     ]
 }
 

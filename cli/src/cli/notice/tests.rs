@@ -316,7 +316,7 @@ fn every_variable_renders_what_the_plan_knows() {
         "pool_timeout=[10s]",
         "pool_recycle=[30m]",
         "max_overflow=[0]",
-        "pool_pre_ping=[true]",
+        "pool_pre_ping=[after 1s idle]",
         "baseline_db_query=[by_account: SELECT count(*) FROM orders WHERE account_id = 42]",
         "baseline_connections=[below 80% of max_connections on each shard (checked before its first DDL)]",
         "sec_approval=[approved by spiffe://fleet.example/operator/sec-lead at 2026-11-30T00:53:20Z: ok]",

@@ -1,6 +1,6 @@
 //! The PostgreSQL ledger's SQL: schema `fleetshift` with `history`, `fence` and `audit`.
 
-use crate::engine::fenced::LedgerSql;
+use crate::engine::fenced::{Dialect, LedgerSql};
 
 pub const CREATE: &str = "
 CREATE SCHEMA IF NOT EXISTS fleetshift;
@@ -38,7 +38,39 @@ CREATE TABLE IF NOT EXISTS fleetshift.audit (
     agent_id text NOT NULL,
     fence_token bigint NOT NULL
 );
+CREATE OR REPLACE FUNCTION fleetshift.open_revision_v1(
+    holder bigint, guarded text[], accepted text[],
+    lock_wait text, statement_limit text, idle_limit text)
+RETURNS void LANGUAGE plpgsql AS $body$
+DECLARE
+    moved bigint;
+    offending text;
+BEGIN
+    PERFORM set_config('lock_timeout', lock_wait, true),
+            set_config('statement_timeout', statement_limit, true),
+            set_config('idle_in_transaction_session_timeout', idle_limit, true);
+    UPDATE fleetshift.fence SET token = holder WHERE token <= holder RETURNING token INTO moved;
+    IF moved IS NULL THEN
+        RAISE EXCEPTION 'fleetshift: a newer token holds the fence' USING ERRCODE = 'FS001';
+    END IF;
+    SELECT g.version INTO offending
+      FROM unnest(guarded, accepted) AS g(version, statuses)
+      LEFT JOIN fleetshift.history h ON h.version = g.version
+     WHERE NOT coalesce(h.status, 'none') = ANY (string_to_array(g.statuses, ','))
+     LIMIT 1;
+    IF offending IS NOT NULL THEN
+        RAISE EXCEPTION 'fleetshift: the ledger guard does not hold for revision %', offending
+            USING ERRCODE = 'FS002';
+    END IF;
+END
+$body$;
+COMMENT ON FUNCTION fleetshift.open_revision_v1(bigint, text[], text[], text, text, text) IS
+    'fleetshift: opens a revision''s transaction (timeouts, fence, guard); see docs/architecture.md';
 ";
+
+/// The function [`CREATE`] adds; a ledger without it is brought up to date.
+pub const OPEN_REVISION: &str =
+    "fleetshift.open_revision_v1(bigint, text[], text[], text, text, text)";
 
 pub const SELECT_HISTORY: &str = "
 SELECT version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
@@ -48,7 +80,7 @@ SELECT version, name, checksum, status, transactional, fence_token, plan_id, age
 FROM fleetshift.history";
 
 pub const LEDGER: LedgerSql = LedgerSql {
-    move_fence: "UPDATE fleetshift.fence SET token = $1 WHERE token <= $1 RETURNING token",
+    dialect: Dialect::Postgres,
     read_fence: "SELECT token FROM fleetshift.fence",
     history_table: "fleetshift.history",
     upsert_history: "INSERT INTO fleetshift.history AS h

@@ -1,0 +1,149 @@
+//! How a PostgreSQL shard opens a fenced transaction: `BEGIN`, then one call of the ledger's
+//! `fleetshift.open_revision_v1`, which sets the transaction's timeouts, moves the fence and
+//! checks the guard on the server. The function fails (and with it the rest of a batch) when
+//! a newer token holds the fence or the guard does not hold, so nothing after it runs. Inside
+//! the function the guard is read by a statement of its own after the fence update: a
+//! volatile function takes a fresh snapshot per statement, so having waited for the fence
+//! row, the guard sees what the previous holder committed. One planned call instead of
+//! several statements parsed each time.
+
+use sqlx::{PgConnection, Postgres, Row as _};
+
+use super::ledger_sql;
+use crate::engine::fenced::{Literal, Step, batch, batch_raw, observe_guard};
+use crate::engine::{Timeouts, TxError, bookkeeping_error};
+use crate::fence::FenceToken;
+use crate::ledger::{Guard, RevisionStatus, Writer};
+
+/// The SQLSTATE the function raises when a newer token holds the fence.
+const FENCED_OUT: &str = "FS001";
+/// The SQLSTATE the function raises when the guard does not hold.
+const GUARD_FAILED: &str = "FS002";
+
+/// What the call is doing, in errors.
+pub(super) const OPENING: &str = "moving the fence";
+
+/// Opens the transaction (one round trip).
+pub(super) async fn open(
+    connection: &mut PgConnection,
+    timeouts: &Timeouts,
+    writer: &Writer,
+    guard: &Guard,
+) -> Result<(), TxError> {
+    let begin = steps(timeouts, writer, guard)?;
+    match batch_raw::<Postgres>(connection, &begin).await {
+        Ok(_) => Ok(()),
+        Err((failed, error)) if failed + 1 == begin.len() => {
+            Err(refused(connection, guard, error).await)
+        }
+        Err((failed, error)) => {
+            let doing = begin.get(failed).map_or(OPENING, |step| step.doing);
+            Err(bookkeeping_error(doing)(error))
+        }
+    }
+}
+
+/// `BEGIN` and the call (last).
+pub(super) fn steps(
+    timeouts: &Timeouts,
+    writer: &Writer,
+    guard: &Guard,
+) -> Result<Vec<Step>, TxError> {
+    let versions: Vec<Literal> = guard
+        .expectations
+        .iter()
+        .map(|(version, _)| Literal::Text(version))
+        .collect();
+    let accepted: Vec<String> = guard
+        .expectations
+        .iter()
+        .map(|(_, expect)| {
+            let statuses: Vec<&str> = expect
+                .allowed()
+                .iter()
+                .map(|status| status.map_or("none", RevisionStatus::as_str))
+                .collect();
+            statuses.join(",")
+        })
+        .collect();
+    let accepted: Vec<Literal> = accepted.iter().map(|text| Literal::Text(text)).collect();
+    let lock_wait = super::millis(timeouts.lock_timeout);
+    let statement_limit = super::millis(timeouts.statement_timeout);
+    let idle_limit = super::millis(timeouts.idle_in_transaction);
+    let call = Step::rendered(
+        &ledger_sql::LEDGER,
+        "SELECT fleetshift.open_revision_v1($1, $2::text[], $3::text[], $4, $5, $6)",
+        &[
+            Literal::Integer(writer.fence_token.get()),
+            Literal::Array(&versions),
+            Literal::Array(&accepted),
+            Literal::Text(&lock_wait),
+            Literal::Text(&statement_limit),
+            Literal::Text(&idle_limit),
+        ],
+        OPENING,
+    )?;
+    Ok(vec![Step::new("BEGIN", "beginning a transaction"), call])
+}
+
+/// Why the call failed: fenced out (the fence read again), the guard (the guarded revisions
+/// read again, to say which and in what state), or the database's own error. The transaction
+/// is rolled back first.
+pub(super) async fn refused(
+    connection: &mut PgConnection,
+    guard: &Guard,
+    error: sqlx::Error,
+) -> TxError {
+    let code = error
+        .as_database_error()
+        .and_then(|database| database.code().map(|code| code.into_owned()));
+    let refusal = match code.as_deref() {
+        Some(FENCED_OUT) => Refusal::FencedOut,
+        Some(GUARD_FAILED) => Refusal::Guard,
+        _ => return bookkeeping_error(OPENING)(error),
+    };
+    let rollback = [Step::new("ROLLBACK", "rolling back")];
+    if let Err(error) = batch::<Postgres>(connection, &rollback).await {
+        return error;
+    }
+    match refusal {
+        Refusal::FencedOut => fenced_out(connection).await,
+        Refusal::Guard => match observe_guard::<Postgres>(connection, &ledger_sql::LEDGER, guard)
+            .await
+        {
+            Ok(()) => TxError::Database {
+                context: "reading the ledger",
+                detail: "the ledger guard did not hold, and the ledger changed before it could be read again; run again".to_owned(),
+            },
+            Err(error) => error,
+        },
+    }
+}
+
+enum Refusal {
+    FencedOut,
+    Guard,
+}
+
+async fn fenced_out(connection: &mut PgConnection) -> TxError {
+    let reading = [Step::new(
+        ledger_sql::LEDGER.read_fence,
+        "reading the fence",
+    )];
+    let read = match batch::<Postgres>(connection, &reading).await {
+        Ok(read) => read,
+        Err(error) => return error,
+    };
+    match read.first().and_then(|rows| rows.first()) {
+        Some(row) => match row.try_get::<i64, _>(0) {
+            Ok(current) => TxError::FencedOut {
+                current: FenceToken::from_raw(current),
+            },
+            Err(error) => bookkeeping_error("reading the fence")(error),
+        },
+        None => TxError::Database {
+            context: "reading the fence",
+            detail: "the fence row is missing".to_owned(),
+        },
+    }
+}
