@@ -12,6 +12,8 @@
 //! - [`fixtures`]: migration directories written for a test.
 //! - [`previous_release`]: a link that makes a current agent speak the last release's contract.
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
+//! - [`peers`]: the benchmarks' peers, `sqlx migrate run` and `dbmate up` on the same scripts.
+//! - [`generated`]: histories the benchmarks write (many small DDL revisions).
 //! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
 //! - [`scrape`]: reading a process's telemetry endpoint (metrics, health probes).
 //! - [`collector`]: an OTLP trace collector on loopback, keeping the spans it receives.
@@ -22,7 +24,9 @@ pub mod binary;
 pub mod collector;
 pub mod fixtures;
 pub mod fleet;
+pub mod generated;
 pub mod ledger_check;
+pub mod peers;
 pub mod postgres;
 pub mod previous_release;
 pub mod psql;

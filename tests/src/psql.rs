@@ -56,3 +56,37 @@ pub fn apply_in_one_session(
     }
     Ok(elapsed)
 }
+
+/// Every file through one `psql` process, each transactional revision in its own transaction
+/// (`BEGIN`, the file, `COMMIT`): the same atomicity per revision as fleetshift, with nothing
+/// recorded; returns the wall time.
+pub fn apply_in_one_session_with_transactions(
+    binaries: &Path,
+    url: &str,
+    revisions: &[Revision],
+) -> anyhow::Result<Duration> {
+    let mut script = String::new();
+    for revision in revisions {
+        let include = format!("\\i '{}'\n", revision.up.path.display());
+        if revision.transactional {
+            script.push_str("BEGIN;\n");
+            script.push_str(&include);
+            script.push_str("COMMIT;\n");
+        } else {
+            script.push_str(&include);
+        }
+    }
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), script)?;
+    let mut command = Command::new(binaries.join("psql"));
+    command
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
+        .arg(file.path());
+    let started = Instant::now();
+    let output = command.output()?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(elapsed)
+}
