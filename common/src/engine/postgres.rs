@@ -92,7 +92,7 @@ impl PostgresShard {
             .disable_statement_logging();
         // A direct first connection fails fast with the server's own reason (refused,
         // authentication, unknown database); a pool would only report its own timeout.
-        let probe = options.connect().await.map_err(|error| {
+        let refused = |error: sqlx::Error| {
             if let Some(refusal) = crate::database_tls::refusal(&error) {
                 unreachable(refusal)
             } else if connection_lost(&error) {
@@ -104,10 +104,12 @@ impl PostgresShard {
             } else {
                 unreachable(DatabaseMessage(&error).to_string())
             }
-        })?;
-        if let Err(error) = probe.close().await {
-            tracing::debug!(shard = %name, %error, "closing the probe connection failed");
-        }
+        };
+        let probe = options.connect().await.map_err(refused)?;
+        // The probe stays, as the session the fenced transactions will run on.
+        let migration = MigrationSession::starting_with(probe)
+            .await
+            .map_err(refused)?;
         let pool = POOL
             .options()
             .acquire_time_level(ACQUIRE_EVENTS)
@@ -120,7 +122,7 @@ impl PostgresShard {
             options,
             pool: CountedPool::new(pool),
             timeouts,
-            migration: MigrationSession::default(),
+            migration,
             working: Working::default(),
             tracer: None,
         })

@@ -2,7 +2,8 @@
 //! transactions, whose server process id is read once when it connects. Knowing the process
 //! before a transaction is sent lets a stop cancel its statements even when the whole
 //! transaction travels as one batch (whose results the server sends only at its end); keeping
-//! it saves a pool hand-over per revision. Transactions on it take turns.
+//! it saves a pool hand-over per revision. It starts as the connection the engine first
+//! reached the server with. Transactions on it take turns.
 //!
 //! A lease dropped with its transaction still open (an interrupted run) closes the connection,
 //! and the server rolls the transaction back; the next lease connects again.
@@ -16,7 +17,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::connection_settings;
 use crate::engine::pool::POOL;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct MigrationSession {
     slot: Mutex<Option<Held>>,
 }
@@ -29,6 +30,13 @@ struct Held {
 }
 
 impl MigrationSession {
+    /// The session, on `connection` (configured here).
+    pub(super) async fn starting_with(connection: PgConnection) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            slot: Mutex::new(Some(configured(connection).await?)),
+        })
+    }
+
     /// The session, for one transaction: connected now if it is not (or if it was idle long
     /// enough to check, and the check failed).
     pub(super) async fn lease(&self, options: &PgConnectOptions) -> Result<Lease<'_>, sqlx::Error> {
@@ -47,7 +55,10 @@ impl MigrationSession {
 }
 
 async fn connect(options: &PgConnectOptions) -> Result<Held, sqlx::Error> {
-    let mut connection = options.connect().await?;
+    configured(options.connect().await?).await
+}
+
+async fn configured(mut connection: PgConnection) -> Result<Held, sqlx::Error> {
     connection_settings::configure(&mut connection).await?;
     let process: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut connection)
