@@ -48,13 +48,7 @@ pub fn apply_in_one_session(
     for revision in revisions {
         command.arg("-f").arg(&revision.up.path);
     }
-    let started = Instant::now();
-    let output = command.output()?;
-    let elapsed = started.elapsed();
-    if !output.status.success() {
-        bail!("psql failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    Ok(elapsed)
+    timed(&mut command)
 }
 
 /// Every file through one `psql` process, each transactional revision in its own transaction
@@ -82,6 +76,11 @@ pub fn apply_in_one_session_with_transactions(
     command
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f"])
         .arg(file.path());
+    timed(&mut command)
+}
+
+/// Runs `psql` as `command` says; the wall time, or its error output.
+fn timed(command: &mut Command) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let output = command.output()?;
     let elapsed = started.elapsed();
