@@ -1,5 +1,6 @@
 //! The fenced transaction's parts, written once for every engine. An engine takes a
-//! [`Session`] from its pool, opens the transaction (its own `BEGIN` and timeouts, the fence
+//! connection (SQLite: a [`Session`] from its pool; PostgreSQL: its migration session), opens
+//! the transaction (its own `BEGIN` and timeouts, the fence
 //! and the guard: [`open_checked_by_client`], or PostgreSQL's server-side opening), runs the
 //! [`body`] and [`close`]s (the records and `COMMIT`) with its [`LedgerSql`]; anything in
 //! between (data checksums) is the engine's own.
@@ -220,26 +221,40 @@ where
     }
     let results = batch::<DB>(connection, &steps).await?;
     if results.get(fence_at).is_none_or(Vec::is_empty) {
-        let reading = Step::new(sql.read_fence, "reading the fence");
-        let read = batch::<DB>(connection, std::slice::from_ref(&reading)).await?;
-        let current: i64 = match read.first().and_then(|rows| rows.first()) {
-            Some(row) => row.try_get(0).map_err(bookkeeping_error(reading.doing))?,
-            None => {
-                return Err(TxError::Database {
-                    context: reading.doing,
-                    detail: "the fence row is missing".to_owned(),
-                });
-            }
-        };
-        return Err(TxError::FencedOut {
-            current: FenceToken::from_raw(current),
-        });
-    };
+        return Err(fenced_out::<DB>(connection, sql).await);
+    }
     if reads_guard {
         let rows = results.get(guard_at).map_or(&[][..], Vec::as_slice);
         check_guard::<DB>(rows, guard)?;
     }
     Ok(())
+}
+
+/// A newer token holds the fence: the error naming it, read now.
+pub(crate) async fn fenced_out<DB>(connection: &mut DB::Connection, sql: &LedgerSql) -> TxError
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> i64: Decode<'q, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let reading = Step::new(sql.read_fence, "reading the fence");
+    let read = match batch::<DB>(connection, std::slice::from_ref(&reading)).await {
+        Ok(read) => read,
+        Err(error) => return error,
+    };
+    match read.first().and_then(|rows| rows.first()) {
+        Some(row) => match row.try_get::<i64, _>(0) {
+            Ok(current) => TxError::FencedOut {
+                current: FenceToken::from_raw(current),
+            },
+            Err(error) => bookkeeping_error(reading.doing)(error),
+        },
+        None => TxError::Database {
+            context: reading.doing,
+            detail: "the fence row is missing".to_owned(),
+        },
+    }
 }
 
 /// The statement reading the guarded revisions' statuses.

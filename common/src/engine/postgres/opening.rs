@@ -7,12 +7,11 @@
 //! row, the guard sees what the previous holder committed. One planned call instead of
 //! several statements parsed each time.
 
-use sqlx::{PgConnection, Postgres, Row as _};
+use sqlx::{PgConnection, Postgres};
 
 use super::ledger_sql;
-use crate::engine::fenced::{Literal, Step, batch, batch_raw, observe_guard};
+use crate::engine::fenced::{Literal, Step, batch, batch_raw, fenced_out, observe_guard};
 use crate::engine::{Timeouts, TxError, bookkeeping_error};
-use crate::fence::FenceToken;
 use crate::ledger::{Guard, RevisionStatus, Writer};
 
 /// The SQLSTATE the function raises when a newer token holds the fence.
@@ -107,7 +106,7 @@ pub(super) async fn refused(
         return error;
     }
     match refusal {
-        Refusal::FencedOut => fenced_out(connection).await,
+        Refusal::FencedOut => fenced_out::<Postgres>(connection, &ledger_sql::LEDGER).await,
         Refusal::Guard => match observe_guard::<Postgres>(connection, &ledger_sql::LEDGER, guard)
             .await
         {
@@ -123,27 +122,4 @@ pub(super) async fn refused(
 enum Refusal {
     FencedOut,
     Guard,
-}
-
-async fn fenced_out(connection: &mut PgConnection) -> TxError {
-    let reading = [Step::new(
-        ledger_sql::LEDGER.read_fence,
-        "reading the fence",
-    )];
-    let read = match batch::<Postgres>(connection, &reading).await {
-        Ok(read) => read,
-        Err(error) => return error,
-    };
-    match read.first().and_then(|rows| rows.first()) {
-        Some(row) => match row.try_get::<i64, _>(0) {
-            Ok(current) => TxError::FencedOut {
-                current: FenceToken::from_raw(current),
-            },
-            Err(error) => bookkeeping_error("reading the fence")(error),
-        },
-        None => TxError::Database {
-            context: "reading the fence",
-            detail: "the fence row is missing".to_owned(),
-        },
-    }
 }
