@@ -1,5 +1,5 @@
-//! Running one assignment on one of this host's shards: the shipped migration set is written
-//! to a fresh directory and loaded again, and must hash to the digest the coordinator pinned;
+//! Running one assignment on one of this host's shards: the shipped migration set is unpacked
+//! (once per set: [`UnpackedSets`]) and must hash to the digest the coordinator pinned;
 //! then the plan's host duties (pre-flight checks, a verified backup when required, baselines),
 //! then the fenced executor under the claim's token, which stops when told. When one of the
 //! plan's rollback triggers fires, the same executor reverts the shard to its version before
@@ -19,7 +19,6 @@ use fleetshift_common::proto::v1::{
     ErrorKind, ProgressEvent, RevisionDuration, RollbackRecord, SchemaFingerprints,
     ValidationReport,
 };
-use fleetshift_common::shipped;
 use fleetshift_common::source::{Engine, MigrationSet};
 use fleetshift_common::telemetry::traces::{self, context};
 use fleetshift_common::validation::Validator;
@@ -31,6 +30,7 @@ mod moving;
 mod order;
 mod paced;
 mod throttle;
+mod unpacked;
 mod validating;
 mod window_gate;
 mod wire;
@@ -40,6 +40,7 @@ pub(crate) use wire::exec_failure;
 pub use order::{InvalidAssignment, Order};
 pub use paced::FleetThrottles;
 pub use throttle::ShardThrottle;
+pub use unpacked::UnpackedSets;
 
 use moving::{Moving, RunParts, Watch};
 use paced::Paced;
@@ -61,13 +62,11 @@ use fleetshift_common::baseline::Baselines;
 /// agent (the server ending an idle transaction, the migrator lock's session lease) lapse on
 /// the same scale, so a newer claim is not kept waiting much longer than the fleet's lease.
 pub async fn execute(
-    config: &AgentConfig,
-    metrics: &AgentMetrics,
+    host: Host<'_>,
     assignment: Assignment,
     lease_ttl: Duration,
     stop: StopSignal,
     progress: mpsc::UnboundedSender<ProgressEvent>,
-    throttles: FleetThrottles,
 ) -> AssignmentResult {
     // What a refusal names, kept before the assignment (and its files) moves into the order.
     let (shard_id, fence_token) = (assignment.shard_id.clone(), assignment.fence_token);
@@ -91,11 +90,6 @@ pub async fn execute(
     };
     // On the heap: a caller that awaits this on its own stack (rather than spawning it) would
     // otherwise hold the whole run's state there, more than a thread's stack in a debug build.
-    let host = Host {
-        config,
-        metrics,
-        throttles,
-    };
     Box::pin(run_order(host, order, lease_ttl, stop, progress)).await
 }
 
@@ -229,12 +223,14 @@ struct RunRecord {
     durations: Vec<RevisionDuration>,
 }
 
-/// The agent an assignment runs on: its configuration, its metrics and the fleet throttles its
-/// session follows.
-struct Host<'a> {
-    config: &'a AgentConfig,
-    metrics: &'a AgentMetrics,
-    throttles: FleetThrottles,
+/// The agent an assignment runs on: its configuration, its metrics, the fleet throttles its
+/// session follows and the migration sets it has unpacked.
+#[derive(Debug)]
+pub struct Host<'a> {
+    pub config: &'a AgentConfig,
+    pub metrics: &'a AgentMetrics,
+    pub throttles: FleetThrottles,
+    pub sets: &'a UnpackedSets,
 }
 
 /// Unpacks, connects, does the plan's duties and moves the shard; `record` receives what stands
@@ -252,9 +248,17 @@ async fn run(
         config,
         metrics,
         throttles,
+        sets,
     } = host;
     let shard = shard_of(config, order)?;
-    let (_directory, set) = unpacked(order)?;
+    let set = sets.get(&order.set).map_err(|error| {
+        let kind = if error.is_bad_input() {
+            ErrorKind::BadInput
+        } else {
+            ErrorKind::Failed
+        };
+        refused(kind, error.to_string())
+    })?;
     let limits = order.limits;
     let timeouts =
         timeouts(&limits, lease_ttl).map_err(|message| refused(ErrorKind::BadInput, message))?;
@@ -377,29 +381,6 @@ fn shard_of<'c>(config: &'c AgentConfig, order: &Order) -> Result<&'c ShardConfi
                 ),
             )
         })
-}
-
-/// The shipped migration set, written to a fresh directory (kept while the run lasts) and
-/// loaded again, hashing to the digest the coordinator pinned.
-fn unpacked(order: &Order) -> Result<(tempfile::TempDir, MigrationSet), ErrorDetail> {
-    let directory = tempfile::Builder::new()
-        .prefix("fleetshift-assignment-")
-        .tempdir()
-        .map_err(|error| {
-            refused(
-                ErrorKind::Failed,
-                format!("cannot create a working directory: {error}"),
-            )
-        })?;
-    let set = shipped::unpack(&order.set, directory.path()).map_err(|error| {
-        let kind = if error.is_bad_input() {
-            ErrorKind::BadInput
-        } else {
-            ErrorKind::Failed
-        };
-        refused(kind, error.to_string())
-    })?;
-    Ok((directory, set))
 }
 
 /// The plan's duties before the revisions: pre-flight checks and a backup.

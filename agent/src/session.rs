@@ -93,6 +93,7 @@ pub async fn run(
         throttles: Arc::new(tokio::sync::watch::Sender::new(Arc::from([]))),
         host: crate::host::facts(),
         attributes: Arc::default(),
+        sets: Arc::default(),
     };
     let hello = Hello {
         agent_id: config.agent_id.clone(),

@@ -54,6 +54,8 @@ pub struct HostWork {
     pub config: Arc<AgentConfig>,
     pub metrics: Arc<AgentMetrics>,
     pub schemas: Arc<SchemaChecks>,
+    /// The migration sets unpacked lately, shared by every run.
+    pub sets: Arc<assignment::UnpackedSets>,
     /// The fleet throttles the last session heard of; each run follows them.
     pub throttles: Arc<watch::Sender<Arc<[FleetThrottle]>>>,
     /// This host, as every Hello describes it.
@@ -81,16 +83,13 @@ impl Work for HostWork {
             list: self.throttles.subscribe(),
             attributes,
         };
-        assignment::execute(
-            &self.config,
-            &self.metrics,
-            assignment,
-            lease_ttl,
-            stop,
-            progress,
+        let host = assignment::Host {
+            config: &self.config,
+            metrics: &self.metrics,
             throttles,
-        )
-        .await
+            sets: &self.sets,
+        };
+        assignment::execute(host, assignment, lease_ttl, stop, progress).await
     }
 
     async fn host_request(&self, request: HostRequest, stop: CancellationToken) -> HostReply {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 
 use super::{
     Checks, Checksum, ChecksumRead, EXACT_COUNT_BYTES, EXAMPLES, Observed, RowCount,
@@ -22,8 +22,7 @@ pub(super) async fn observe(
     checks: &Checks<'_>,
 ) -> Result<Observed, ValidationError> {
     let doing = "observing the shard";
-    let mut connection = read_only(pool, checks).await?;
-    let mut transaction = connection.begin().await.map_err(|e| failed(doing, &e))?;
+    let mut transaction = read_only(pool, checks).await?;
     let mut observed = Observed::default();
     let indexes = format!(
         "SELECT ic.oid::regclass::text, CASE WHEN NOT i.indisvalid THEN 'invalid' ELSE 'not ready' END
@@ -53,35 +52,30 @@ pub(super) async fn observe(
     }
     observed.checksums = checksums(&mut transaction, checks.verify_data).await?;
     transaction.commit().await.map_err(|e| failed(doing, &e))?;
-    let _ = connection.close().await;
     Ok(observed)
 }
 
-/// A connection of its own whose transactions are read-only and repeatable-read, with the
-/// plan's timeouts.
+/// A read-only, repeatable-read transaction on a pooled connection, with the plan's timeouts;
+/// every setting is the transaction's own, so the connection goes back to the pool as it came
+/// (a connection of its own would cost a new server session per observation).
 async fn read_only(
     pool: &CountedPool,
     checks: &Checks<'_>,
-) -> Result<PgConnection, ValidationError> {
-    let doing = "opening a read-only session";
-    let mut connection = pool
-        .acquire()
-        .await
-        .map_err(|e| failed(doing, &e))?
-        .detach();
+) -> Result<Transaction<'static, Postgres>, ValidationError> {
+    let doing = "opening a read-only transaction";
+    let mut transaction = pool.begin().await.map_err(|e| failed(doing, &e))?;
     let settings = format!(
-        "SET default_transaction_read_only = on;
-         SET default_transaction_isolation = 'repeatable read';
-         SET lock_timeout = {};
-         SET statement_timeout = {}",
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+         SET LOCAL lock_timeout = {};
+         SET LOCAL statement_timeout = {}",
         millis(checks.lock_timeout),
         millis(checks.statement_timeout)
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(settings))
-        .execute(&mut connection)
+        .execute(&mut *transaction)
         .await
         .map_err(|e| failed(doing, &e))?;
-    Ok(connection)
+    Ok(transaction)
 }
 
 fn millis(duration: Duration) -> u128 {
@@ -230,8 +224,7 @@ pub(super) async fn foreign_keys(
     checks: &Checks<'_>,
 ) -> Result<Vec<ForeignKeyCheck>, ValidationError> {
     let doing = "checking foreign keys not validated";
-    let mut connection = read_only(pool, checks).await?;
-    let mut transaction = connection.begin().await.map_err(|e| failed(doing, &e))?;
+    let mut transaction = read_only(pool, checks).await?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{UNVALIDATED_KEYS}{FOREIGN_SCHEMAS} ORDER BY 1"
     )))
@@ -250,7 +243,6 @@ pub(super) async fn foreign_keys(
         found.push(violations(&mut transaction, key).await?);
     }
     transaction.commit().await.map_err(|e| failed(doing, &e))?;
-    let _ = connection.close().await;
     Ok(found)
 }
 

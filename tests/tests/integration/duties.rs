@@ -144,17 +144,22 @@ pub(super) async fn execute(
 ) -> (AssignmentResult, Vec<Event>) {
     let (progress, mut received) = mpsc::unbounded_channel::<ProgressEvent>();
     let metrics = AgentMetrics::register(&mut Registry::default());
-    let result = assignment::execute(
+    let sets = assignment::UnpackedSets::default();
+    let host = assignment::Host {
         config,
-        &metrics,
+        metrics: &metrics,
+        throttles: assignment::FleetThrottles {
+            list: tokio::sync::watch::channel(std::sync::Arc::from([])).1,
+            attributes: None,
+        },
+        sets: &sets,
+    };
+    let result = assignment::execute(
+        host,
         assignment,
         Duration::from_secs(30),
         StopSignal::child_of(&CancellationToken::new()),
         progress,
-        fleetshift_agent::assignment::FleetThrottles {
-            list: tokio::sync::watch::channel(std::sync::Arc::from([])).1,
-            attributes: None,
-        },
     )
     .await;
     let mut events = Vec::new();
