@@ -24,7 +24,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use fleetshift_common::engine::{PostgresShard, ShardEngine, Timeouts};
@@ -40,6 +40,7 @@ use fleetshift_tests::fleet::{
     Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica_with,
 };
 use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::rollout::Timeline;
 use fleetshift_tests::{binary, fixtures, psql, rollout};
 use tonic::transport::Channel;
 
@@ -198,9 +199,11 @@ async fn with_fleetshift(
     )
     .await?;
     let started = Instant::now();
+    let started_at = SystemTime::now();
     rollout.start().await?;
     let ended = rollout.ended().await?;
     let elapsed = started.elapsed();
+    let ended_at = SystemTime::now();
     drop(agents);
     if ended != Some(PlanState::Succeeded) {
         bail!(
@@ -208,6 +211,8 @@ async fn with_fleetshift(
             home.display()
         );
     }
+    let timeline = Timeline::read(&client, &rollout.plan_id, started_at, ended_at).await?;
+    println!("  {timeline}");
     Ok(elapsed)
 }
 
