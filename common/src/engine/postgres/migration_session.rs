@@ -3,7 +3,9 @@
 //! before a transaction is sent lets a stop cancel its statements even when the whole
 //! transaction travels as one batch (whose results the server sends only at its end); keeping
 //! it saves a pool hand-over per revision. It starts as the connection the engine first
-//! reached the server with. Transactions on it take turns.
+//! reached the server with. Transactions on it take turns; the run's schema snapshots (before
+//! its first revision, after its last) take their turn too, so the second reuses the first's
+//! plan.
 //!
 //! A lease dropped with its transaction still open (an interrupted run) closes the connection,
 //! and the server rolls the transaction back; the next lease connects again.
