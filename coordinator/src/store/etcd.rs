@@ -1,6 +1,7 @@
 //! The store in etcd (etcd-client). Every claim, release, campaign and leader write is ONE
 //! transaction; tokens and epochs are etcd revisions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -8,6 +9,10 @@ use etcd_client::{
     TxnOpResponse, TxnResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
+
+mod keepers;
+
+use keepers::Keepers;
 
 use super::{
     Change, Changes, Claim, Condition, Entry, Epoch, FenceToken, Leadership, LeaseId, Listing,
@@ -17,6 +22,7 @@ use super::{
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    keepers: Arc<Keepers>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -30,7 +36,10 @@ impl EtcdStore {
         let client = Client::connect(endpoints, None)
             .await
             .map_err(unavailable)?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            keepers: Arc::default(),
+        })
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
@@ -147,25 +156,11 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        // An expired lease shows up as an error or as a TTL of zero, depending on timing.
-        let expired_or_unavailable = |error| lease_or_unavailable(error, lease);
-        let (mut keeper, mut responses) = self
-            .client
-            .clone()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(expired_or_unavailable)?;
-        // Opening the stream already sent one request and consumed its answer (to check that
-        // the lease exists); the second request's answer carries the remaining TTL.
-        keeper.keep_alive().await.map_err(expired_or_unavailable)?;
-        let answer = responses.message().await.map_err(expired_or_unavailable)?;
-        match answer.map(|response| response.ttl()) {
-            Some(ttl) if ttl > 0 => Ok(Duration::from_secs(ttl.unsigned_abs())),
-            _ => Err(StoreError::LeaseExpired(lease)),
-        }
+        self.keepers.keep_alive(&self.client, lease).await
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.keepers.forget(lease);
         match self.client.clone().lease_revoke(lease).await {
             Ok(_) => Ok(()),
             Err(error) => match lease_or_unavailable(error, lease) {

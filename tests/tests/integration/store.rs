@@ -402,3 +402,43 @@ async fn an_unreachable_etcd_is_reported_as_such() {
         "{unreachable:?}"
     );
 }
+
+/// etcd's own count of `metric` for the LeaseKeepAlive stream.
+fn keep_alive_count(endpoint: &str, metric: &str) -> f64 {
+    let address = endpoint.strip_prefix("http://").expect("an http endpoint");
+    fleetshift_tests::scrape::metrics(address)
+        .lines()
+        .filter(|line| line.starts_with(metric) && line.contains("grpc_method=\"LeaseKeepAlive\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_etcd_store_keeps_a_lease_alive_on_one_stream() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("connect");
+    let lease = store.grant_lease(TTL * 5).await.expect("lease");
+    let streams = keep_alive_count(&etcd.endpoint, "grpc_server_started_total{");
+    let requests = keep_alive_count(&etcd.endpoint, "grpc_server_msg_received_total{");
+    for _ in 0..5 {
+        let remaining = store.keep_alive(lease).await.expect("kept alive");
+        assert!(remaining > Duration::ZERO && remaining <= TTL * 5);
+    }
+    assert_eq!(
+        keep_alive_count(&etcd.endpoint, "grpc_server_started_total{") - streams,
+        1.0,
+        "one stream for every keep-alive of the lease"
+    );
+    assert_eq!(
+        keep_alive_count(&etcd.endpoint, "grpc_server_msg_received_total{") - requests,
+        6.0,
+        "the opening request, the one that reads the TTL, then one per keep-alive"
+    );
+    store.revoke(lease).await.expect("revoke");
+    assert_eq!(
+        store.keep_alive(lease).await,
+        Err(StoreError::LeaseExpired(lease))
+    );
+}
