@@ -1,6 +1,9 @@
-//! Migration sets this agent has unpacked and verified, kept by what names them (digest,
-//! layout and origin): every shard of a plan runs the same set, and unpacking one writes every
-//! file to a fresh directory and reads it back, so it is done once per set, not once per run.
+//! Migration sets this agent has unpacked and verified, kept by exactly what was shipped (the
+//! files' bytes, the digest, layout and origin): every shard of a plan runs the same set, and
+//! unpacking one writes every file to a fresh directory and reads it back, so it is done once
+//! per set, not once per run. Hashing the shipped bytes is cheap next to that, and it keeps
+//! the check honest: files that differ from the verified ones (damaged or tampered with on the
+//! way) are unpacked and refused for their digest, never swapped for the kept set.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,14 +11,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use fleetshift_common::proto::v1;
 use fleetshift_common::shipped::{self, ShippedError};
 use fleetshift_common::source::MigrationSet;
+use sha2::{Digest, Sha256};
 
 /// How many sets are kept: the plans running at once, and a rollback's after them.
 const KEPT: usize = 4;
 
-/// What makes two shipped sets load the same: the digest covers every revision; the layout
-/// and the origin change how they are read and named.
+/// What makes two shipped sets load the same: the same files, pinned to the same digest, read
+/// in the same layout and named under the same origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
+    files: [u8; 32],
     digest: String,
     format: String,
     origin: String,
@@ -23,7 +28,15 @@ struct Key {
 
 impl Key {
     fn of(shipped: &v1::MigrationSet) -> Self {
+        let mut files = Sha256::new();
+        for file in &shipped.files {
+            for part in [file.path.as_bytes(), &file.content] {
+                files.update((part.len() as u64).to_le_bytes());
+                files.update(part);
+            }
+        }
         Self {
+            files: files.finalize().into(),
             digest: shipped.digest.clone(),
             format: shipped.format.clone(),
             origin: shipped.origin.clone(),
@@ -105,16 +118,18 @@ mod tests {
     }
 
     #[test]
-    fn a_set_is_unpacked_once_and_a_wrong_digest_is_still_refused() {
+    fn a_set_is_unpacked_once_and_its_tampered_copy_is_refused() {
         let sets = UnpackedSets::default();
         let packed = shipped("CREATE TABLE users (id int);");
         let first = sets.get(&packed).expect("unpacked");
         let again = sets.get(&packed).expect("kept");
         assert!(Arc::ptr_eq(&first, &again), "the second run reuses the set");
-        let mut tampered = shipped("CREATE TABLE users (id bigint);");
-        tampered.digest = "0".repeat(64);
+        // Same digest pinned, other bytes: checked afresh, not served from the kept set.
+        let mut tampered = packed.clone();
+        tampered.files[0].content = b"DROP TABLE users;".to_vec();
         let refused = sets.get(&tampered).expect_err("digest mismatch");
         assert!(refused.is_bad_input(), "{refused}");
+        assert!(refused.to_string().contains("hashes to"), "{refused}");
     }
 
     #[test]
