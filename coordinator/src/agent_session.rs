@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz;
 use crate::error::{ErrorCode, refuse};
-use crate::events::journal::Feed;
+use crate::events::journal::{Feed, Handed};
 use crate::mailbox::{Mailbox, Outbound, Registration};
 use crate::rollout::throttled;
 use crate::schemas;
@@ -477,20 +477,17 @@ where
         schemas::keep_left(self.store.as_ref(), self.identity.name(), &mut result)
             .await
             .map_err(Status::from)?;
-        // The run's last progress goes before its end in every watcher's order.
-        registration.progress_stored().await;
         let assignment = result.assignment_id.clone();
-        self.store
-            .commit(
-                None,
-                &[],
-                &[
-                    Write::put(keys::result(&assignment), result.encode_to_vec()),
-                    throttled::ended(&assignment),
-                ],
-            )
-            .await
-            .map_err(Status::from)?;
+        let writes = vec![
+            Write::put(keys::result(&assignment), result.encode_to_vec()),
+            throttled::ended(&assignment),
+        ];
+        // With the run's last progress: it goes before the run's end in every watcher's order.
+        match registration.store_after_progress(writes).await {
+            Handed::Stored(stored) => stored,
+            Handed::NoWriter(writes) => self.store.commit(None, &[], &writes).await.map(drop),
+        }
+        .map_err(Status::from)?;
         tracing::info!(agent = %self.identity, %assignment, succeeded = result.succeeded, "result recorded for the leader");
         Ok(())
     }

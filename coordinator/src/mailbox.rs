@@ -11,7 +11,8 @@ use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{CoordinatorMessage, ProgressEvent};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::events::journal::Feed;
+use crate::events::journal::{Feed, Handed};
+use crate::store::Write;
 use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -186,9 +187,9 @@ impl Registration {
         owned
     }
 
-    /// Waits until the progress this session reported is in the journal (a while at most).
-    pub async fn progress_stored(&self) {
-        self.mailbox.journal.flushed().await;
+    /// Stores `writes` in one transaction with (or after) the progress this session reported.
+    pub async fn store_after_progress(&self, writes: Vec<Write>) -> Handed {
+        self.mailbox.journal.store_after(writes).await
     }
 }
 

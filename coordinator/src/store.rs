@@ -100,6 +100,14 @@ impl Write {
             lease: None,
         }
     }
+
+    /// The bytes it sends: its key and value.
+    pub fn size(&self) -> usize {
+        match self {
+            Self::Put { key, value, .. } => key.len() + value.len(),
+            Self::Delete(key) => key.len(),
+        }
+    }
 }
 
 /// One change seen by [`Store::watch`].

@@ -1,9 +1,11 @@
 //! This replica's part of the event journal: the progress agents report on the sessions it
 //! holds, gathered for up to [`BATCH_WINDOW`] (or [`BATCH_EVENTS`]) and stored as one
 //! `JournalBatch` under `journal/<replica>/<batch>`, on a lease that keeps it at least
-//! [`RETENTION`]. A session asks for what it reported to be stored ([`Feed::flushed`]) before
-//! it records a run's result, so a shard's last progress precedes its task's end in the order
-//! every watcher sees.
+//! [`RETENTION`]. A session's record of a run's result travels in the same transaction as the
+//! batch holding the run's last progress ([`Feed::store_after`]), so that progress precedes
+//! the task's end in the order every watcher sees; results arriving together share one
+//! transaction (measured on the control-plane benchmark: a batch and a result transaction per
+//! shard before, one transaction per group of shards finishing together now).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -32,15 +34,27 @@ const ROTATION: Duration = Duration::from_secs(600);
 /// Events waiting for the writer before a session's report is dropped (the store is down).
 const BACKLOG: usize = 65_536;
 
-/// How long a session waits for its reports to be stored before recording a result anyway.
-const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// The most writes besides the batch in one transaction (etcd takes 128 operations).
+const BATCH_WRITES: usize = 120;
+
+/// The most bytes of events and writes in one transaction (etcd takes 1.5 MiB requests).
+const BATCH_BYTES: usize = 1024 * 1024;
 
 /// What sessions hand the writer.
 #[derive(Debug)]
 pub enum Journaled {
     Event(Box<ProgressEvent>),
-    /// Store everything before this, then answer.
-    Flush(oneshot::Sender<()>),
+    /// Store these with everything before them, then answer.
+    Store(Vec<Write>, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What became of writes handed to the writer.
+#[derive(Debug)]
+pub enum Handed {
+    /// The writer's transaction, with everything recorded before them.
+    Stored(Result<(), StoreError>),
+    /// No writer runs (a detached feed, or the replica is stopping): the caller stores them.
+    NoWriter(Vec<Write>),
 }
 
 /// Where sessions report progress for the journal.
@@ -71,17 +85,20 @@ impl Feed {
         }
     }
 
-    /// Waits (a while at most) until everything recorded so far is stored.
-    pub async fn flushed(&self) {
+    /// Stores `writes` in one transaction with (or after) everything recorded so far.
+    pub async fn store_after(&self, writes: Vec<Write>) -> Handed {
         let (done, stored) = oneshot::channel();
-        if self.0.send(Journaled::Flush(done)).await.is_err() {
-            return;
+        if let Err(refused) = self.0.send(Journaled::Store(writes, done)).await {
+            return match refused.0 {
+                Journaled::Store(writes, _) => Handed::NoWriter(writes),
+                Journaled::Event(_) => Handed::NoWriter(Vec::new()),
+            };
         }
-        if tokio::time::timeout(FLUSH_WAIT, stored).await.is_err() {
-            tracing::warn!(
-                "the event journal did not store a session's progress in time; its result is recorded anyway"
-            );
-        }
+        Handed::Stored(stored.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the event journal's writer stopped before storing".to_owned(),
+            ))
+        }))
     }
 }
 
@@ -111,7 +128,7 @@ pub async fn write<S: Store>(
         let mut batch = Batch::default();
         batch.take(first);
         let deadline = Instant::now() + BATCH_WINDOW;
-        while !batch.full() {
+        while !batch.awaited() && !batch.full() {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
                 next = feed.recv() => match next {
@@ -120,33 +137,59 @@ pub async fn write<S: Store>(
                 },
             }
         }
+        // What is already queued goes along: sessions finishing together share a transaction.
+        while !batch.full() {
+            match feed.try_recv() {
+                Ok(next) => batch.take(next),
+                Err(_) => break,
+            }
+        }
         writer.store(batch).await;
     }
     let mut rest = Batch::default();
     while let Ok(next) = feed.try_recv() {
+        if rest.full() {
+            writer.store(std::mem::take(&mut rest)).await;
+        }
         rest.take(next);
     }
     writer.store(rest).await;
 }
 
-/// Events gathered, and the sessions waiting for them to be stored.
+/// Events gathered, and the writes sessions asked to store after them.
 #[derive(Debug, Default)]
 struct Batch {
     events: Vec<ProgressEvent>,
-    waiting: Vec<oneshot::Sender<()>>,
+    writes: Vec<Write>,
+    waiting: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    bytes: usize,
 }
 
 impl Batch {
     fn take(&mut self, item: Journaled) {
         match item {
-            Journaled::Event(event) => self.events.push(*event),
-            Journaled::Flush(done) => self.waiting.push(done),
+            Journaled::Event(event) => {
+                self.bytes += event.encoded_len();
+                self.events.push(*event);
+            }
+            Journaled::Store(writes, done) => {
+                self.bytes += writes.iter().map(Write::size).sum::<usize>();
+                self.writes.extend(writes);
+                self.waiting.push(done);
+            }
         }
     }
 
-    /// Full, or someone waits for it.
+    /// Someone waits for it to be stored.
+    fn awaited(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// As much as one transaction takes.
     fn full(&self) -> bool {
-        self.events.len() >= BATCH_EVENTS || !self.waiting.is_empty()
+        self.events.len() >= BATCH_EVENTS
+            || self.writes.len() >= BATCH_WRITES
+            || self.bytes >= BATCH_BYTES
     }
 }
 
@@ -162,40 +205,55 @@ struct Writer<S> {
 
 impl<S: Store> Writer<S> {
     async fn store(&mut self, batch: Batch) {
-        if !batch.events.is_empty() {
-            let count = batch.events.len();
+        let count = batch.events.len();
+        let journal = if batch.events.is_empty() {
+            None
+        } else {
+            self.batches += 1;
+            let key = keys::journal_batch(&self.replica, &format!("{}-{}", self.run, self.batches));
             let value = JournalBatch {
                 events: batch.events,
             }
             .encode_to_vec();
-            self.batches += 1;
-            let key = keys::journal_batch(&self.replica, &format!("{}-{}", self.run, self.batches));
-            let attempt = || self.put(&key, &value);
-            let stored = attempt
+            Some((key, value))
+        };
+        let stored = if journal.is_none() && batch.writes.is_empty() {
+            Ok(())
+        } else {
+            let attempt = || self.commit(journal.as_ref(), &batch.writes);
+            attempt
                 .retry(
                     ExponentialBuilder::new()
                         .with_min_delay(Duration::from_millis(100))
                         .with_max_delay(Duration::from_secs(1))
                         .with_max_times(3),
                 )
-                .await;
-            if let Err(error) = stored {
-                tracing::warn!(%error, events = count, "progress events not stored in the event journal; watchers miss them");
-            }
+                .await
+        };
+        if let Err(error) = &stored {
+            tracing::warn!(%error, events = count, "progress events not stored in the event journal; watchers miss them");
         }
         for done in batch.waiting {
-            let _ = done.send(());
+            let _ = done.send(stored.clone());
         }
     }
 
-    async fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let lease = self.lease().await?;
-        let written = Write::Put {
-            key: key.to_owned(),
-            value: value.to_vec(),
-            lease: Some(lease),
-        };
-        let committed = self.store.commit(None, &[], &[written]).await;
+    /// The batch (on the journal's lease) and `writes`, in one transaction.
+    async fn commit(
+        &self,
+        journal: Option<&(String, Vec<u8>)>,
+        writes: &[Write],
+    ) -> Result<(), StoreError> {
+        let mut all = Vec::with_capacity(writes.len() + 1);
+        if let Some((key, value)) = journal {
+            all.push(Write::Put {
+                key: key.clone(),
+                value: value.clone(),
+                lease: Some(self.lease().await?),
+            });
+        }
+        all.extend_from_slice(writes);
+        let committed = self.store.commit(None, &[], &all).await;
         if let Err(StoreError::LeaseExpired(_)) = committed {
             // Revoked or lost with a store restart: the next attempt takes a new one.
             *self.current_lease() = None;
@@ -219,5 +277,78 @@ impl<S: Store> Writer<S> {
         self.lease
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn event(shard: &str) -> ProgressEvent {
+        ProgressEvent {
+            shard_id: shard.to_owned(),
+            ..ProgressEvent::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn results_queued_together_share_the_transaction_of_the_progress_before_them() {
+        let store = Arc::new(MemoryStore::new());
+        let (feed, journaled) = Feed::channel();
+        feed.record(event("a"));
+        feed.record(event("b"));
+        let result = |name: &str| vec![Write::put(keys::result(name), name.as_bytes().to_vec())];
+        let (first, second) = (feed.clone(), feed.clone());
+        let storing = tokio::spawn(async move {
+            tokio::join!(
+                first.store_after(result("p/a/1")),
+                second.store_after(result("p/b/1"))
+            )
+        });
+        // Both results wait in the queue before the writer starts.
+        while journaled.len() < 4 {
+            tokio::task::yield_now().await;
+        }
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(write(
+            Arc::clone(&store),
+            "c1".to_owned(),
+            journaled,
+            stop.clone(),
+        ));
+        let (first, second) = storing.await.expect("stored");
+        for handed in [first, second] {
+            assert!(matches!(handed, Handed::Stored(Ok(()))), "{handed:?}");
+        }
+        let batches = store.list(&keys::journal_prefix()).await.expect("list");
+        assert_eq!(
+            batches.entries.len(),
+            1,
+            "one batch for both runs' progress"
+        );
+        let batch = &batches.entries[0];
+        for name in ["p/a/1", "p/b/1"] {
+            let stored = store
+                .read(&keys::result(name))
+                .await
+                .expect("read")
+                .expect("the result is stored");
+            assert_eq!(
+                stored.mod_revision, batch.mod_revision,
+                "{name} is stored in the batch's transaction"
+            );
+        }
+        stop.cancel();
+        writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn without_a_writer_the_writes_come_back_to_the_caller() {
+        let writes = vec![Write::Delete("x".to_owned())];
+        match Feed::detached().store_after(writes.clone()).await {
+            Handed::NoWriter(back) => assert_eq!(back, writes),
+            other => panic!("{other:?}"),
+        }
     }
 }

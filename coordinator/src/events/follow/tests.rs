@@ -69,7 +69,11 @@ async fn journal(store: &Arc<MemoryStore>, events: Vec<ProgressEvent>) {
     for event in events {
         feed.record(event);
     }
-    feed.flushed().await;
+    let stored = feed.store_after(Vec::new()).await;
+    assert!(
+        matches!(stored, journal::Handed::Stored(Ok(()))),
+        "{stored:?}"
+    );
     stop.cancel();
     writer.await.expect("writer");
 }
