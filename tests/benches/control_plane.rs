@@ -4,17 +4,20 @@
 //! and answers every assignment at once (a revision started, a revision finished, a result),
 //! so what is measured is the coordinator and etcd, not databases.
 //!
-//! Measured over the rollout, and over an idle window of the same length just before it (the
-//! same fleet connected and heartbeating, no rollout) as the baseline:
-//! - the coordinator's CPU-seconds (`/proc/<pid>/stat`), per 1,000 shards;
-//! - etcd requests (its own `grpc_server_handled_total` / `grpc_server_msg_received_total`
-//!   counters), by method, per shard;
-//! - the event journal's share: the batches it stored (one etcd put each) per progress event
-//!   the agents reported (two per shard).
+//! - memory: the coordinator's resident set before and after the agents connect, per session;
+//! - the idle fleet (connected, heartbeating, no rollout) over a 5 s window: CPU-seconds and
+//!   etcd requests per second per 1,000 agents, and the baseline the rollouts are set against;
+//! - a rollout at concurrency 256: wall time and shards per second, the coordinator's
+//!   CPU-seconds (`/proc/<pid>/stat`) per 1,000 shards, etcd requests (its own
+//!   `grpc_server_handled_total` / `grpc_server_msg_received_total` counters) by method and
+//!   per shard, and the event journal's batches per progress event (two per shard);
+//! - a second rollout (one more revision) followed by WATCHERS `WatchRollout` streams from
+//!   before its start to its end: the leader's CPU per shard against the first rollout's.
 //!
 //! `cargo build --release --bins && cargo bench -p fleetshift-tests --bench control_plane
-//! [-- SHARDS]` (default 2,000 shards, 10 per simulated agent). Targets: ≤ 6 etcd requests per
-//! shard per rollout; CPU-seconds per 1,000 shards reported.
+//! [-- SHARDS [WATCHERS]]` (default 2,000 shards, 10 per simulated agent, 100 watchers).
+//! Targets: ≤ 3 etcd requests per shard per rollout, ≥ 200 shards/s, < 1 CPU-s per 1,000
+//! shards, watchers adding < 10%.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -30,7 +33,7 @@ use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::{
     AgentMessage, Assignment, AssignmentResult, CreatePlanRequest, Engine, Heartbeat, Hello,
     ListShardsRequest, PlanState, ProgressEvent, RevisionFinished, RevisionOutcome,
-    RevisionStarted, ShardFacts, ShardMetrics,
+    RevisionStarted, ShardFacts, ShardMetrics, WatchRolloutRequest,
 };
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
@@ -41,15 +44,17 @@ use fleetshift_tests::{fixtures, rollout};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 const SHARDS_PER_AGENT: usize = 10;
 
 fn main() -> anyhow::Result<()> {
-    let [shards] = fleetshift_tests::bench::numbers(["SHARDS"], [2_000])?;
+    let [shards, watchers] =
+        fleetshift_tests::bench::numbers(["SHARDS", "WATCHERS"], [2_000, 100])?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(measure(shards))
+        .block_on(measure(shards, watchers))
 }
 
 /// User + system CPU time of process `pid`.
@@ -179,7 +184,7 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
             event: Some(event),
         })
     };
-    let version = "1".to_owned();
+    let version = assignment.target_version.clone();
     vec![
         progress(Progress::RevisionStarted(RevisionStarted {
             version: version.clone(),
@@ -211,7 +216,102 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
     ]
 }
 
-async fn measure(shards: usize) -> anyhow::Result<()> {
+/// A resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
+fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("VmRSS in /proc/<pid>/status")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// What one rollout cost the coordinator and etcd.
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+    requests: BTreeMap<String, f64>,
+}
+
+/// Rolls the fleet to the last revision of `revisions`, with `watchers` operators following
+/// it over `WatchRollout` from before its start to its end.
+async fn roll_out(
+    client: &FleetServiceClient<Channel>,
+    fleet: &Fleet,
+    revisions: &[(&str, &str)],
+    watchers: usize,
+) -> anyhow::Result<Cost> {
+    let migrations = fixtures::migrations(revisions);
+    let mut rollout = rollout::prepare(
+        client,
+        CreatePlanRequest {
+            migration_set: Some(fixtures::shipped(migrations.path())),
+            target_version: String::new(),
+            selector: [("env".to_owned(), "bench".to_owned())].into(),
+            waves: Some(rollout::policy(1, 256, u32::try_from(SHARDS_PER_AGENT)?)),
+            limits: None,
+            duties: None,
+            allow_drift_shards: String::new(),
+            schedule: None,
+            updates: None,
+        },
+    )
+    .await?;
+    let mut following = tokio::task::JoinSet::new();
+    for _ in 0..watchers {
+        let mut events = client
+            .clone()
+            .watch_rollout(WatchRolloutRequest {
+                plan_id: rollout.plan_id.clone(),
+                include_statements: false,
+                since: 0,
+            })
+            .await?
+            .into_inner();
+        following.spawn(async move {
+            let mut received = 0_usize;
+            while let Ok(Some(_)) = events.message().await {
+                received += 1;
+            }
+            received
+        });
+    }
+    let cpu_before = cpu_time(fleet.pid, fleet.ticks)?;
+    let requests_before = etcd_requests(&fleet.etcd)?;
+    let started = Instant::now();
+    rollout.start().await?;
+    let ended = rollout.ended().await?;
+    let wall = started.elapsed();
+    let cpu = cpu_time(fleet.pid, fleet.ticks)? - cpu_before;
+    let requests = difference(&etcd_requests(&fleet.etcd)?, &requests_before);
+    if ended != Some(PlanState::Succeeded) {
+        bail!("the rollout ended {ended:?}");
+    }
+    // Each watch ends when the plan does; what a watcher received shows it kept up.
+    let mut least = usize::MAX;
+    while let Some(received) = following.join_next().await {
+        least = least.min(received?);
+    }
+    if watchers > 0 {
+        println!("{watchers} watchers: each received at least {least} events");
+    }
+    Ok(Cost {
+        wall,
+        cpu,
+        requests,
+    })
+}
+
+/// The coordinator's process and etcd, as the measurements read them.
+struct Fleet {
+    pid: u32,
+    ticks: f64,
+    etcd: String,
+}
+
+async fn measure(shards: usize, watchers: usize) -> anyhow::Result<()> {
     let agents = shards.div_ceil(SHARDS_PER_AGENT);
     let etcd = EtcdServer::start()?;
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
@@ -227,15 +327,23 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
     if !await_leader(&store, Duration::from_secs(20)).await {
         bail!("no leader; see {}", home.path().join("c1.log").display());
     }
+    let fleet = Fleet {
+        pid: coordinator.id(),
+        ticks: clock_ticks()?,
+        etcd: etcd.endpoint.clone(),
+    };
     let address = format!("https://localhost:{port}");
+    let mut client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
+    client.list_shards(ListShardsRequest::default()).await?;
+    let resident_before = resident_bytes(fleet.pid)?;
     let stop = CancellationToken::new();
-    let mut fleet = tokio::task::JoinSet::new();
+    let mut simulated = tokio::task::JoinSet::new();
     for agent in 0..agents {
         let owned: Vec<String> = (agent * SHARDS_PER_AGENT
             ..((agent + 1) * SHARDS_PER_AGENT).min(shards))
             .map(|shard| format!("sim-shard-{shard:05}"))
             .collect();
-        fleet.spawn(simulated_agent(
+        simulated.spawn(simulated_agent(
             address.clone(),
             pki.clone(),
             format!("sim-{agent:05}"),
@@ -243,8 +351,7 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
             stop.clone(),
         ));
     }
-    let mut client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let listed = client
             .list_shards(ListShardsRequest::default())
@@ -260,89 +367,96 @@ async fn measure(shards: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let per_session = resident_bytes(fleet.pid)?.saturating_sub(resident_before) / agents as u64;
     println!("{shards} simulated shards on {agents} agents connected to one replica");
-    let ticks = clock_ticks()?;
-    let pid = coordinator.id();
+    println!(
+        "memory: {:.1} KiB of the coordinator's resident set per connected agent session",
+        per_session as f64 / 1024.0
+    );
 
-    let migrations = fixtures::migrations(&[("1_bench.sql", "CREATE TABLE bench (id int);")]);
-    let mut rollout = rollout::prepare(
-        &client,
-        CreatePlanRequest {
-            migration_set: Some(fixtures::shipped(migrations.path())),
-            target_version: String::new(),
-            selector: [("env".to_owned(), "bench".to_owned())].into(),
-            waves: Some(rollout::policy(1, 256, u32::try_from(SHARDS_PER_AGENT)?)),
-            limits: None,
-            duties: None,
-            allow_drift_shards: String::new(),
-            schedule: None,
-            updates: None,
-        },
-    )
-    .await?;
-
-    // The same fleet idling, as long as the rollout will take (measured first, then repeated
-    // to the rollout's length below).
     let idle_window = Duration::from_secs(5);
-    let idle_cpu_before = cpu_time(pid, ticks)?;
-    let idle_requests_before = etcd_requests(&etcd.endpoint)?;
+    let idle_cpu_before = cpu_time(fleet.pid, fleet.ticks)?;
+    let idle_requests_before = etcd_requests(&fleet.etcd)?;
     tokio::time::sleep(idle_window).await;
-    let idle_cpu = cpu_time(pid, ticks)? - idle_cpu_before;
-    let idle_requests = difference(&etcd_requests(&etcd.endpoint)?, &idle_requests_before);
-
-    let cpu_before = cpu_time(pid, ticks)?;
-    let requests_before = etcd_requests(&etcd.endpoint)?;
-    let started = Instant::now();
-    rollout.start().await?;
-    let ended = rollout.ended().await?;
-    let wall = started.elapsed();
-    let cpu = cpu_time(pid, ticks)? - cpu_before;
-    let requests = difference(&etcd_requests(&etcd.endpoint)?, &requests_before);
-    if ended != Some(PlanState::Succeeded) {
-        bail!("the rollout ended {ended:?}");
-    }
-    stop.cancel();
-    while fleet.join_next().await.is_some() {}
-
-    let scale = wall.as_secs_f64() / idle_window.as_secs_f64();
-    let idle_cpu_scaled = idle_cpu.as_secs_f64() * scale;
-    let per_thousand = |seconds: f64| seconds * 1_000.0 / shards as f64;
-    println!("rollout: {:.2} s wall", wall.as_secs_f64());
+    let idle_cpu = cpu_time(fleet.pid, fleet.ticks)? - idle_cpu_before;
+    let idle_requests = difference(&etcd_requests(&fleet.etcd)?, &idle_requests_before);
+    let per_agent_second = |value: f64| value * 1_000.0 / agents as f64 / idle_window.as_secs_f64();
     println!(
-        "coordinator CPU: {:.2} s in the rollout, {:.2} s idling as long (baseline); {:.3} s per 1,000 shards ({:.3} s net of idle)",
-        cpu.as_secs_f64(),
-        idle_cpu_scaled,
-        per_thousand(cpu.as_secs_f64()),
-        per_thousand(cpu.as_secs_f64() - idle_cpu_scaled)
+        "idle fleet (heartbeats only): {:.4} CPU-s and {:.1} etcd requests per second per 1,000 agents",
+        per_agent_second(idle_cpu.as_secs_f64()),
+        per_agent_second(idle_requests.values().sum()),
     );
-    println!("etcd requests by method (rollout | idle baseline scaled to the rollout's length):");
-    let mut total = 0.0;
-    let mut idle_total = 0.0;
-    let methods: std::collections::BTreeSet<&String> =
-        requests.keys().chain(idle_requests.keys()).collect();
-    for method in methods {
-        let count = requests.get(method).copied().unwrap_or(0.0);
-        let idle = idle_requests.get(method).copied().unwrap_or(0.0) * scale;
-        total += count;
-        idle_total += idle;
-        println!("  {method:<20} {count:>9.0} | {idle:>9.0}");
-    }
-    println!(
-        "etcd requests per shard: {:.2} in all, {:.2} net of the idle baseline (target <= 6)",
-        total / shards as f64,
-        (total - idle_total) / shards as f64
-    );
+
+    let first = [("1_bench.sql", "CREATE TABLE bench (id int);")];
+    let cost = roll_out(&client, &fleet, &first, 0).await?;
+    report(&cost, &idle_requests, idle_cpu, idle_window, shards);
     let batches = journal_batches(&store).await?;
     let events = 2 * shards;
     println!(
         "event journal: {batches} batches for {events} progress events: {:.3} etcd puts per event",
         batches as f64 / events as f64
     );
+    if watchers > 0 {
+        let second = [
+            first[0],
+            ("2_bench.sql", "CREATE TABLE bench_two (id int);"),
+        ];
+        let watched = roll_out(&client, &fleet, &second, watchers).await?;
+        report(&watched, &idle_requests, idle_cpu, idle_window, shards);
+        let per_shard = |cost: &Cost| cost.cpu.as_secs_f64() / shards as f64;
+        println!(
+            "{watchers} watchers: the leader's CPU per shard {:.2}x the unwatched rollout's (target < 1.10)",
+            per_shard(&watched) / per_shard(&cost)
+        );
+    }
+    stop.cancel();
+    while simulated.join_next().await.is_some() {}
     drop(coordinator);
     Ok(())
 }
 
-/// How many batches the event journal holds (none has expired within a run).
+/// Prints what a rollout cost, against the idle fleet's heartbeats over as long.
+fn report(
+    cost: &Cost,
+    idle_requests: &BTreeMap<String, f64>,
+    idle_cpu: Duration,
+    idle_window: Duration,
+    shards: usize,
+) {
+    let scale = cost.wall.as_secs_f64() / idle_window.as_secs_f64();
+    let idle_cpu_scaled = idle_cpu.as_secs_f64() * scale;
+    let per_thousand = |seconds: f64| seconds * 1_000.0 / shards as f64;
+    println!(
+        "rollout: {:.2} s wall, {:.0} shards/s dispatched and finished",
+        cost.wall.as_secs_f64(),
+        shards as f64 / cost.wall.as_secs_f64()
+    );
+    println!(
+        "coordinator CPU: {:.2} s in the rollout, {:.2} s idling as long (baseline); {:.3} s per 1,000 shards ({:.3} s net of idle)",
+        cost.cpu.as_secs_f64(),
+        idle_cpu_scaled,
+        per_thousand(cost.cpu.as_secs_f64()),
+        per_thousand(cost.cpu.as_secs_f64() - idle_cpu_scaled)
+    );
+    println!("etcd requests by method (rollout | idle baseline scaled to the rollout's length):");
+    let mut total = 0.0;
+    let mut idle_total = 0.0;
+    let methods: std::collections::BTreeSet<&String> =
+        cost.requests.keys().chain(idle_requests.keys()).collect();
+    for method in methods {
+        let count = cost.requests.get(method).copied().unwrap_or(0.0);
+        let idle = idle_requests.get(method).copied().unwrap_or(0.0) * scale;
+        total += count;
+        idle_total += idle;
+        println!("  {method:<20} {count:>9.0} | {idle:>9.0}");
+    }
+    println!(
+        "etcd requests per shard: {:.2} in all, {:.2} net of the idle baseline (target <= 3)",
+        total / shards as f64,
+        (total - idle_total) / shards as f64
+    );
+}
+
 async fn journal_batches(store: &EtcdStore) -> anyhow::Result<usize> {
     use fleetshift_coordinator::store::{Store, keys};
     Ok(store.list(&keys::journal_prefix()).await?.entries.len())

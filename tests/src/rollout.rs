@@ -129,8 +129,8 @@ impl Timeline {
             })
             .await?
             .into_inner();
-        let instant = |stamp: &Option<prost_types::Timestamp>| -> anyhow::Result<SystemTime> {
-            let stamp = stamp.clone().context("a task without its times")?;
+        let instant = |stamp: Option<prost_types::Timestamp>| -> anyhow::Result<SystemTime> {
+            let stamp = stamp.context("a task without its times")?;
             Ok(SystemTime::try_from(stamp)?)
         };
         let since = |from: SystemTime, to: SystemTime| to.duration_since(from).unwrap_or_default();
@@ -138,8 +138,8 @@ impl Timeline {
         let mut agent = Duration::ZERO;
         for wave in &plan.waves {
             for task in &wave.shards {
-                let begun = instant(&task.started_at)?;
-                let finished = instant(&task.finished_at)?;
+                let begun = instant(task.started_at)?;
+                let finished = instant(task.finished_at)?;
                 spans.push((wave.index, begun, finished));
                 let run = task.metrics.and_then(|metrics| metrics.duration);
                 agent += run.map(Duration::try_from).transpose()?.unwrap_or_default();
