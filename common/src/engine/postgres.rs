@@ -311,9 +311,7 @@ impl ShardEngine for PostgresShard {
             .parts()
             .ok_or_else(|| sqlx::Error::Io(std::io::ErrorKind::NotConnected.into()))
             .map_err(&reading)?;
-        let snapshot = schema::postgres::read(connection)
-            .await
-            .map_err(&reading)?;
+        let snapshot = schema::postgres::read(connection).await.map_err(&reading)?;
         lease.committed();
         Ok(snapshot)
     }
