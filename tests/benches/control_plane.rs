@@ -409,6 +409,7 @@ async fn measure(shards: usize, watchers: usize) -> anyhow::Result<()> {
             per_shard(&watched) / per_shard(&cost)
         );
     }
+    footprint(&store, shards).await?;
     stop.cancel();
     while simulated.join_next().await.is_some() {}
     drop(coordinator);
@@ -455,6 +456,32 @@ fn report(
         total / shards as f64,
         (total - idle_total) / shards as f64
     );
+}
+
+/// The store's keys and bytes by kind (the first path segment after the prefix), per shard.
+async fn footprint(store: &EtcdStore, shards: usize) -> anyhow::Result<()> {
+    use fleetshift_coordinator::store::{Store, keys};
+    let prefix = keys::all();
+    let listing = store.list(&prefix).await?;
+    let mut kinds: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for entry in &listing.entries {
+        let kind = entry.key[prefix.len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let counted = kinds.entry(kind).or_default();
+        counted.0 += 1;
+        counted.1 += entry.key.len() + entry.value.len();
+    }
+    println!("store after the rollouts (keys, bytes per shard):");
+    for (kind, (count, bytes)) in kinds {
+        println!(
+            "  {kind:<14} {count:>7} keys {:>9.1} bytes per shard",
+            bytes as f64 / shards as f64
+        );
+    }
+    Ok(())
 }
 
 async fn journal_batches(store: &EtcdStore) -> anyhow::Result<usize> {

@@ -442,3 +442,53 @@ async fn the_etcd_store_keeps_a_lease_alive_on_one_stream() {
         Err(StoreError::LeaseExpired(lease))
     );
 }
+
+#[tokio::test]
+async fn the_etcd_store_lists_a_prefix_larger_than_one_answer() {
+    let etcd = EtcdServer::start().expect("etcd");
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .expect("connect");
+    let prefix = format!("{}listed/", keys::all());
+    // 2,500 small keys (more than one page) and five of 1 MiB (more than one answer holds).
+    let small: Vec<String> = (0..2_500)
+        .map(|index| format!("{prefix}k{index:05}"))
+        .collect();
+    for chunk in small.chunks(100) {
+        let writes: Vec<Write> = chunk
+            .iter()
+            .map(|key| Write::put(key.clone(), b"v".to_vec()))
+            .collect();
+        store.commit(None, &[], &writes).await.expect("small keys");
+    }
+    let large: Vec<String> = (0..5).map(|index| format!("{prefix}z{index}")).collect();
+    for key in &large {
+        store
+            .commit(None, &[], &[Write::put(key.clone(), vec![7; 1 << 20])])
+            .await
+            .expect("a large key");
+    }
+    // Neighbours on both sides of the prefix stay out.
+    for outside in [
+        format!("{}listec", keys::all()),
+        format!("{}listee", keys::all()),
+    ] {
+        store
+            .commit(None, &[], &[Write::put(outside, b"x".to_vec())])
+            .await
+            .expect("a neighbour");
+    }
+    let listing = store.list(&prefix).await.expect("listed");
+    let listed: Vec<&str> = listing
+        .entries
+        .iter()
+        .map(|entry| entry.key.as_str())
+        .collect();
+    let expected: Vec<&str> = small.iter().chain(&large).map(String::as_str).collect();
+    assert_eq!(listed, expected, "every key of the prefix, once, in order");
+    assert!(
+        listing.entries[2_500..]
+            .iter()
+            .all(|entry| entry.value.len() == 1 << 20)
+    );
+}
