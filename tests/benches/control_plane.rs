@@ -216,6 +216,47 @@ fn answer(assignment: &Assignment) -> Vec<AgentBody> {
     ]
 }
 
+/// `shards` shards on simulated agents, every one announced to the replica at `address`.
+async fn connect_simulated(
+    address: &str,
+    pki: &std::path::Path,
+    shards: usize,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinSet<anyhow::Result<()>>> {
+    let agents = shards.div_ceil(SHARDS_PER_AGENT);
+    let mut simulated = tokio::task::JoinSet::new();
+    for agent in 0..agents {
+        let owned: Vec<String> = (agent * SHARDS_PER_AGENT
+            ..((agent + 1) * SHARDS_PER_AGENT).min(shards))
+            .map(|shard| format!("sim-shard-{shard:05}"))
+            .collect();
+        simulated.spawn(simulated_agent(
+            address.to_owned(),
+            pki.to_path_buf(),
+            format!("sim-{agent:05}"),
+            owned,
+            stop.clone(),
+        ));
+    }
+    let mut client = FleetServiceClient::new(channel_as(address, pki, "operator-ops").await);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let listed = client
+            .list_shards(ListShardsRequest::default())
+            .await?
+            .into_inner()
+            .shards
+            .len();
+        if listed == shards {
+            return Ok(simulated);
+        }
+        if Instant::now() > deadline {
+            bail!("only {listed} of {shards} simulated shards announced");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A resident set size in bytes (`VmRSS` of `/proc/<pid>/status`).
 fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -337,36 +378,7 @@ async fn measure(shards: usize, watchers: usize) -> anyhow::Result<()> {
     client.list_shards(ListShardsRequest::default()).await?;
     let resident_before = resident_bytes(fleet.pid)?;
     let stop = CancellationToken::new();
-    let mut simulated = tokio::task::JoinSet::new();
-    for agent in 0..agents {
-        let owned: Vec<String> = (agent * SHARDS_PER_AGENT
-            ..((agent + 1) * SHARDS_PER_AGENT).min(shards))
-            .map(|shard| format!("sim-shard-{shard:05}"))
-            .collect();
-        simulated.spawn(simulated_agent(
-            address.clone(),
-            pki.clone(),
-            format!("sim-{agent:05}"),
-            owned,
-            stop.clone(),
-        ));
-    }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let listed = client
-            .list_shards(ListShardsRequest::default())
-            .await?
-            .into_inner()
-            .shards
-            .len();
-        if listed == shards {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {listed} of {shards} simulated shards announced");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut simulated = connect_simulated(&address, &pki, shards, &stop).await?;
     let per_session = resident_bytes(fleet.pid)?.saturating_sub(resident_before) / agents as u64;
     println!("{shards} simulated shards on {agents} agents connected to one replica");
     println!(

@@ -257,25 +257,30 @@ impl<S: Store> Driver<'_, S> {
         )
         .await;
         for outcome in sent {
-            match outcome? {
-                Dispatched::Handed {
-                    shard,
-                    claim,
-                    task,
-                    at,
-                } => {
-                    if let Some((holder, claimed_at)) = claim {
-                        self.model.record_claim(&shard, holder, claimed_at);
-                    }
-                    self.model.record_task(&plan.plan_id, &shard, *task, at);
-                }
-                Dispatched::Claimed { shard, holder, at } => {
-                    self.model.record_claim(&shard, holder, at);
-                }
-                Dispatched::Refused => {}
-            }
+            self.record(&plan.plan_id, outcome?);
         }
         Ok(())
+    }
+
+    /// What a dispatch wrote, in the model (before the watch brings it).
+    fn record(&mut self, plan_id: &str, dispatched: Dispatched) {
+        match dispatched {
+            Dispatched::Handed {
+                shard,
+                claim,
+                task,
+                at,
+            } => {
+                if let Some((holder, claimed_at)) = claim {
+                    self.model.record_claim(&shard, holder, claimed_at);
+                }
+                self.model.record_task(plan_id, &shard, *task, at);
+            }
+            Dispatched::Claimed { shard, holder, at } => {
+                self.model.record_claim(&shard, holder, at);
+            }
+            Dispatched::Refused => {}
+        }
     }
 
     /// The task with the agent to run it and its claim, when the model shows it can run now:
@@ -338,11 +343,44 @@ impl<S: Store> Driver<'_, S> {
                 (token, Some((holder, token.get())))
             }
         };
+        let handed = self
+            .hand_over(plan, &task, revision, (&agent, lease), token)
+            .await;
+        let shard = task.shard_id;
+        match handed {
+            Ok(Some((claimed, at))) => {
+                tracing::info!(plan = %plan.plan_id, %shard, %agent, %token, "shard task dispatched");
+                Ok(Dispatched::Handed {
+                    shard,
+                    claim: new_claim,
+                    task: Box::new(claimed),
+                    at,
+                })
+            }
+            Ok(None) | Err(StoreError::LeaseExpired(_)) => Ok(match new_claim {
+                Some((holder, at)) => Dispatched::Claimed { shard, holder, at },
+                None => Dispatched::Refused,
+            }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Writes the claimed task and its assignment while the claim stands and the task is as
+    /// the model saw it at `revision`; the task as written and the commit's revision.
+    async fn hand_over(
+        &self,
+        plan: &Plan,
+        task: &ShardTask,
+        revision: i64,
+        (agent, lease): (&str, LeaseId),
+        token: FenceToken,
+    ) -> Result<Option<(ShardTask, i64)>, StoreError> {
+        let task_key = keys::task(&plan.plan_id, &task.shard_id);
         let assignment_id = assignment_id(&plan.plan_id, &task.shard_id, token);
         let claimed = ShardTask {
             state: ShardState::Claimed.into(),
             fence_token: token.get(),
-            agent_id: agent.clone(),
+            agent_id: agent.to_owned(),
             error: None,
             started_at: now(),
             finished_at: None,
@@ -363,30 +401,14 @@ impl<S: Store> Driver<'_, S> {
                 &[
                     Write::put(task_key, claimed.encode_to_vec()),
                     Write::Put {
-                        key: keys::assignment(&agent, &assignment_id),
+                        key: keys::assignment(agent, &assignment_id),
                         value: dispatch.encode_to_vec(),
                         lease: Some(lease),
                     },
                 ],
             )
-            .await;
-        let shard = task.shard_id;
-        match committed {
-            Ok(Some(at)) => {
-                tracing::info!(plan = %plan.plan_id, %shard, %agent, %token, "shard task dispatched");
-                Ok(Dispatched::Handed {
-                    shard,
-                    claim: new_claim,
-                    task: Box::new(claimed),
-                    at,
-                })
-            }
-            Ok(None) | Err(StoreError::LeaseExpired(_)) => Ok(match new_claim {
-                Some((holder, at)) => Dispatched::Claimed { shard, holder, at },
-                None => Dispatched::Refused,
-            }),
-            Err(error) => Err(error.into()),
-        }
+            .await?;
+        Ok(committed.map(|at| (claimed, at)))
     }
 
     fn claim_in_use(&self, token: FenceToken) -> bool {
