@@ -370,12 +370,18 @@ async fn the_in_memory_store_conforms() {
     conformance(&MemoryStore::new()).await;
 }
 
-#[tokio::test]
-async fn the_etcd_store_conforms() {
+/// A real etcd and the store on it.
+async fn etcd_store() -> (EtcdServer, EtcdStore) {
     let etcd = EtcdServer::start().expect("etcd");
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
         .await
         .expect("connect");
+    (etcd, store)
+}
+
+#[tokio::test]
+async fn the_etcd_store_conforms() {
+    let (_etcd, store) = etcd_store().await;
     conformance(&store).await;
 }
 
@@ -415,10 +421,7 @@ fn keep_alive_count(endpoint: &str, metric: &str) -> f64 {
 
 #[tokio::test]
 async fn the_etcd_store_keeps_a_lease_alive_on_one_stream() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-        .await
-        .expect("connect");
+    let (etcd, store) = etcd_store().await;
     let lease = store.grant_lease(TTL * 5).await.expect("lease");
     let streams = keep_alive_count(&etcd.endpoint, "grpc_server_started_total{");
     let requests = keep_alive_count(&etcd.endpoint, "grpc_server_msg_received_total{");
@@ -445,10 +448,7 @@ async fn the_etcd_store_keeps_a_lease_alive_on_one_stream() {
 
 #[tokio::test]
 async fn the_etcd_store_lists_a_prefix_larger_than_one_answer() {
-    let etcd = EtcdServer::start().expect("etcd");
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
-        .await
-        .expect("connect");
+    let (_etcd, store) = etcd_store().await;
     let prefix = format!("{}listed/", keys::all());
     // 2,500 small keys (more than one page) and five of 1 MiB (more than one answer holds).
     let small: Vec<String> = (0..2_500)
