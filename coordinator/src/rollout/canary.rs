@@ -22,21 +22,28 @@ pub fn of<'t>(
     task: &ShardTask,
     tasks: impl IntoIterator<Item = &'t ShardTask>,
 ) -> Option<&'t ShardTask> {
+    // Runs for every result over every task of the plan: the cheap tests first, and the order
+    // compared in place (a key cloned per task was the leader's top entry at 10,000 shards).
+    let finished = |task: &ShardTask| {
+        let at = task.finished_at.unwrap_or_default();
+        (at.seconds, at.nanos)
+    };
     tasks
         .into_iter()
         .filter(|other| {
-            other.shard_id != task.shard_id
-                && drift_allowed(plan, &other.shard_id).is_none()
-                && other.state == i32::from(ShardState::Succeeded)
+            other.state == i32::from(ShardState::Succeeded)
                 && other.current_version == task.current_version
+                && other.shard_id != task.shard_id
                 && other
                     .schema
                     .as_ref()
                     .is_some_and(|schema| !schema.after.is_empty())
+                && drift_allowed(plan, &other.shard_id).is_none()
         })
-        .min_by_key(|other| {
-            let at = other.finished_at.unwrap_or_default();
-            (at.seconds, at.nanos, other.shard_id.clone())
+        .min_by(|left, right| {
+            finished(left)
+                .cmp(&finished(right))
+                .then_with(|| left.shard_id.cmp(&right.shard_id))
         })
 }
 
