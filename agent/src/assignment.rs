@@ -41,6 +41,7 @@ pub use order::{InvalidAssignment, Order};
 pub use paced::FleetThrottles;
 pub use throttle::ShardThrottle;
 pub use unpacked::UnpackedSets;
+pub(crate) use unpacked::unpack;
 
 use moving::{Moving, RunParts, Watch};
 use paced::Paced;
@@ -251,14 +252,9 @@ async fn run(
         sets,
     } = host;
     let shard = shard_of(config, order)?;
-    let set = sets.get(&order.set).map_err(|error| {
-        let kind = if error.is_bad_input() {
-            ErrorKind::BadInput
-        } else {
-            ErrorKind::Failed
-        };
-        refused(kind, error.to_string())
-    })?;
+    let set = sets
+        .get(&order.set)
+        .map_err(|error| refused(error.kind(), error.to_string()))?;
     let limits = order.limits;
     let timeouts =
         timeouts(&limits, lease_ttl).map_err(|message| refused(ErrorKind::BadInput, message))?;

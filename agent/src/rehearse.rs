@@ -12,10 +12,9 @@ use fleetshift_common::rehearsal::scratch::{self, SampleOptions};
 use fleetshift_common::rehearsal::wire::{self, Reported};
 use fleetshift_common::rehearsal::{self, RehearsalError, RehearsalSettings};
 use fleetshift_common::secrets::DatabaseUrl;
-use fleetshift_common::shipped;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignment::{exec_failure, plan_timeouts};
+use crate::assignment::{exec_failure, plan_timeouts, unpack};
 use crate::config::{AgentConfig, ShardConfig};
 
 /// The sample when the request names none.
@@ -52,23 +51,7 @@ pub async fn rehearse(
             "the rehearsal carries no migration set".to_owned(),
         ));
     };
-    let directory = tempfile::Builder::new()
-        .prefix("fleetshift-rehearsal-")
-        .tempdir()
-        .map_err(|error| {
-            failure(
-                ErrorKind::Failed,
-                format!("cannot create a working directory: {error}"),
-            )
-        })?;
-    let set = shipped::unpack(shipped, directory.path()).map_err(|error| {
-        let kind = if error.is_bad_input() {
-            ErrorKind::BadInput
-        } else {
-            ErrorKind::Failed
-        };
-        failure(kind, error.to_string())
-    })?;
+    let set = unpack(shipped).map_err(|error| failure(error.kind(), error.to_string()))?;
     let settings = settings(config, order)?;
     let request = Request {
         target: Some(order.target_version.clone()).filter(|target| !target.is_empty()),

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use fleetshift_common::proto::v1;
+use fleetshift_common::proto::v1::{self, ErrorKind};
 use fleetshift_common::shipped::{self, ShippedError};
 use fleetshift_common::source::MigrationSet;
 use sha2::{Digest, Sha256};
@@ -67,6 +67,25 @@ impl UnpackError {
             Self::Shipped(error) => error.is_bad_input(),
         }
     }
+
+    /// The error kind a run that cannot start for it reports.
+    pub fn kind(&self) -> ErrorKind {
+        if self.is_bad_input() {
+            ErrorKind::BadInput
+        } else {
+            ErrorKind::Failed
+        }
+    }
+}
+
+/// `shipped`, written to a fresh directory (removed once it is loaded), loaded and checked
+/// against its digest.
+pub(crate) fn unpack(shipped: &v1::MigrationSet) -> Result<MigrationSet, UnpackError> {
+    let directory = tempfile::Builder::new()
+        .prefix("fleetshift-set-")
+        .tempdir()
+        .map_err(UnpackError::Directory)?;
+    Ok(shipped::unpack(shipped, directory.path())?)
 }
 
 impl UnpackedSets {
@@ -77,11 +96,7 @@ impl UnpackedSets {
         if let Some(set) = self.kept(&key) {
             return Ok(set);
         }
-        let directory = tempfile::Builder::new()
-            .prefix("fleetshift-set-")
-            .tempdir()
-            .map_err(UnpackError::Directory)?;
-        let set = Arc::new(shipped::unpack(shipped, directory.path())?);
+        let set = Arc::new(unpack(shipped)?);
         let mut recent = self.recent();
         if !recent.iter().any(|(kept, _)| *kept == key) {
             if recent.len() == KEPT {
