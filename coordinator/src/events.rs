@@ -4,8 +4,9 @@
 //! the **journal** in the store ([`journal`]): batches of events under
 //! `journal/<replica>/<batch>`, one put per batch, on a lease as long as the retention. Plan
 //! and task records are in the store already. Every replica follows the store from a revision
-//! ([`follow`]) and streams plan and task changes and journal events in the store's one order,
-//! each with its [`Sequence`], so a watcher that reconnects to any replica continues after
+//! ([`follow`]), through one watch that decodes each change once for every stream on it
+//! ([`fanout`]), and streams plan and task changes and journal events in the store's one
+//! order, each with its [`Sequence`], so a watcher that reconnects to any replica continues after
 //! the last sequence it saw, without gaps or duplicates.
 //!
 //! Why the store rather than replica-to-replica streams: the store already orders every
@@ -15,8 +16,10 @@
 //! each), so at most 1 and at least 1/256 etcd request per event, at most ten a second per
 //! replica however busy the fleet, plus one lease grant per rotation.
 
+pub mod fanout;
 pub mod follow;
 pub mod journal;
 mod sequence;
+mod update;
 
 pub use sequence::Sequence;

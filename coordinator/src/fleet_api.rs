@@ -31,6 +31,7 @@ use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
 use crate::error::{ErrorCode, refuse};
 use crate::events::Sequence;
+use crate::events::fanout::Fanout;
 use crate::events::follow::{self, Scope, Watch};
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
@@ -45,17 +46,18 @@ pub struct FleetApi<S> {
     store: Arc<S>,
     roles: Roles,
     trust_domain: String,
-    /// Where rollout watches run; stopping it ends them.
-    tasks: TaskSet,
+    /// The replica's one watch of the store for every rollout watch on it; stopping the
+    /// tasks it was made with ends them.
+    events: Arc<Fanout<S>>,
 }
 
 impl<S: Store + 'static> FleetApi<S> {
     pub fn new(store: Arc<S>, roles: Roles, trust_domain: &str, tasks: TaskSet) -> Self {
         Self {
-            store,
+            store: Arc::clone(&store),
             roles,
             trust_domain: trust_domain.to_owned(),
-            tasks,
+            events: Fanout::new(store, tasks),
         }
     }
 
@@ -444,7 +446,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             include_statements: request.include_statements,
             since: (request.since > 0).then(|| Sequence::from_raw(request.since)),
         };
-        let events = follow::follow(Arc::clone(&self.store), &self.tasks, watch).await?;
+        let events = follow::follow(&self.events, watch).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 
@@ -461,7 +463,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             include_statements: request.include_statements,
             since: (request.since > 0).then(|| Sequence::from_raw(request.since)),
         };
-        let events = follow::follow(Arc::clone(&self.store), &self.tasks, watch).await?;
+        let events = follow::follow(&self.events, watch).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 }

@@ -22,11 +22,11 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::Sequence;
+use super::fanout::{Fanout, Next, Source};
+use super::update::{Record, Update};
 use crate::error::{ErrorCode, refuse};
-use crate::rollout::records::decode;
 use crate::rollout::{RolloutError, plan_ended, plan_of_assignment, task_ended};
-use crate::store::{Change, Entry, Store, StoreError, keys};
-use crate::tasks::TaskSet;
+use crate::store::{Entry, Store, StoreError, keys};
 
 /// Events buffered for a slow watcher before the follower waits.
 const BUFFER: usize = 256;
@@ -56,12 +56,15 @@ pub struct Watch {
     pub since: Option<Sequence>,
 }
 
-/// Starts a stream; fails at once for an unknown plan.
+/// Starts a stream on the replica's shared watch ([`Fanout`]); fails at once for an unknown
+/// plan.
 pub async fn follow<S: Store + 'static>(
-    store: Arc<S>,
-    tasks: &TaskSet,
+    fanout: &Arc<Fanout<S>>,
     watch: Watch,
 ) -> Result<mpsc::Receiver<Result<RolloutEvent, Status>>, RolloutError> {
+    let store = fanout.store();
+    // Joined before the first read, every change after that read reaches this stream.
+    let joined = watch.since.is_none().then(|| fanout.join()).flatten();
     let (plans, plans_read) = match &watch.scope {
         Scope::Plan(id) => {
             let listing = store.list(&keys::plan(id)).await?;
@@ -88,26 +91,29 @@ pub async fn follow<S: Store + 'static>(
     let after = watch
         .since
         .map_or(plans_read, |since| (since.revision() - 1).max(0));
-    let changes = store.watch(&keys::all(), after).await?;
+    let source = fanout.follow(joined, after).await?;
     let (sender, receiver) = mpsc::channel(BUFFER);
     let caught_up = watch
         .since
         .is_none_or(|since| since.revision() >= plans_read);
     let mut follower = Follower {
+        seen: watch.since,
         watch,
         sender,
         read_at,
+        after,
         plans: HashMap::new(),
         tasks: HashMap::new(),
         place: (0, 0),
         caught_up,
     };
-    let stopping = tasks.stopping().clone();
-    tasks.spawn(async move {
+    let stopping = fanout.tasks().stopping().clone();
+    let owner = Arc::clone(fanout);
+    fanout.tasks().spawn(async move {
         // A stopping replica ends its streams; watchers reconnect to another replica.
         let stopped = tokio::select! {
             () = stopping.cancelled() => true,
-            () = follower.run(plans, current_tasks, changes) => false,
+            () = follower.run(plans, current_tasks, source, &owner) => false,
         };
         if stopped {
             follower.stopped();
@@ -128,6 +134,12 @@ struct Follower {
     sender: mpsc::Sender<Result<RolloutEvent, Status>>,
     /// The sequence of the first read: the current state's.
     read_at: Sequence,
+    /// The revision the stream follows changes after.
+    after: i64,
+    /// The last sequence this stream has handled: taken in again, a change up to it updates
+    /// what the stream knows but sends nothing (`since` first, then where the stream stood
+    /// when it left the shared watch).
+    seen: Option<Sequence>,
     plans: HashMap<String, Known<PlanState>>,
     /// By plan and shard.
     tasks: HashMap<(String, String), Known<ShardState>>,
@@ -141,38 +153,61 @@ struct Follower {
 type Sent = Result<(), ()>;
 
 impl Follower {
-    async fn run(
+    async fn run<S: Store + 'static>(
         &mut self,
         plans: Vec<Entry>,
         tasks: Vec<Entry>,
-        mut changes: crate::store::Changes,
+        mut source: Source,
+        fanout: &Fanout<S>,
     ) {
         let starting = self.watch.since.is_none();
         for entry in plans.iter().chain(&tasks) {
-            let change = Change {
-                key: entry.key.clone(),
-                value: Some(entry.value.clone()),
-                revision: entry.mod_revision,
-                create_revision: entry.create_revision,
-                lease: entry.lease,
-            };
-            if self.record(&change, self.read_at, starting).await.is_err() {
+            let update = Update::of(&entry.key, Some(&entry.value), entry.mod_revision);
+            if self
+                .record(&update.record, self.read_at, starting)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         while !self.finished() {
-            let sent = tokio::select! {
-                change = changes.next() => match change {
-                    Some(Ok(change)) => self.change(&change).await,
-                    Some(Err(error)) => self.fail(self.store_failed(error)).await,
-                    None => return,
-                },
+            let next = tokio::select! {
+                next = source.next() => next,
                 () = self.sender.closed() => return,
+            };
+            let sent = match next {
+                Next::Update(update) => self.change(&update).await,
+                Next::Behind => match fanout.own(self.resume()).await {
+                    Ok(own) => {
+                        source = own;
+                        Ok(())
+                    }
+                    Err(error) => self.fail(self.store_failed(error)).await,
+                },
+                Next::Failed(error) => self.fail(self.store_failed(error)).await,
+                Next::Ended => return,
             };
             if sent.is_err() {
                 return;
             }
         }
+    }
+
+    /// Leaves the shared watch: the revision to follow the store after, from the start of
+    /// the one last taken (whose changes the shared watch may not all have sent), numbered
+    /// anew and sending nothing already handled.
+    fn resume(&mut self) -> i64 {
+        let (revision, next) = self.place;
+        if revision <= self.after {
+            return self.after;
+        }
+        if let Some(place) = next.checked_sub(1) {
+            let handled = Sequence::of(revision, place);
+            self.seen = Some(self.seen.map_or(handled, |seen| seen.max(handled)));
+        }
+        self.place = (0, 0);
+        revision - 1
     }
 
     /// The replica is stopping: the watcher is told to go on elsewhere.
@@ -197,89 +232,73 @@ impl Follower {
         }
     }
 
-    /// Numbers `change` (every change takes a place; a journal batch one per event) and sends
+    /// Numbers `update` (every change takes a place; a journal batch one per event) and sends
     /// what it means for this stream.
-    async fn change(&mut self, change: &Change) -> Sent {
-        if self.place.0 != change.revision {
-            self.place = (change.revision, 0);
+    async fn change(&mut self, update: &Update) -> Sent {
+        if update.revision <= self.after {
+            // Sent by the shared watch before this stream's first read.
+            return Ok(());
         }
-        self.caught_up |= change.revision >= self.read_at.revision();
-        if change.key.starts_with(&keys::journal_prefix()) {
-            return self.journal(change).await;
+        if self.place.0 != update.revision {
+            self.place = (update.revision, 0);
         }
-        let at = Sequence::of(change.revision, self.place.1);
+        self.caught_up |= update.revision >= self.read_at.revision();
+        if let Record::Journal(batch) = &update.record {
+            return self.journal(update.revision, batch.as_ref()).await;
+        }
+        let at = Sequence::of(update.revision, self.place.1);
         self.place.1 += 1;
-        let fresh = self.watch.since.is_none_or(|since| at > since);
-        self.record(change, at, fresh).await
+        let fresh = self.fresh(at);
+        self.record(&update.record, at, fresh).await
+    }
+
+    fn fresh(&self, at: Sequence) -> bool {
+        self.seen.is_none_or(|seen| at > seen)
     }
 
     /// Takes in a plan or task record at `at`; sends its state when `send` and it changed.
-    async fn record(&mut self, change: &Change, at: Sequence, send: bool) -> Sent {
-        if let Some(plan_id) = change.key.strip_prefix(&keys::plans_prefix()) {
-            if !self.watch.scope.covers(plan_id) {
-                return Ok(());
+    async fn record(&mut self, record: &Record, at: Sequence, send: bool) -> Sent {
+        match record {
+            Record::Plan { id, .. } | Record::Task { plan_id: id, .. }
+                if !self.watch.scope.covers(id) =>
+            {
+                Ok(())
             }
-            let Some(value) = &change.value else {
-                return match self.watch.scope {
-                    Scope::Plan(_) => {
-                        self.fail(refuse(
-                            ErrorCode::NotFound,
-                            format!("plan {plan_id} was deleted"),
-                        ))
-                        .await
-                    }
-                    Scope::Fleet => Ok(()),
-                };
-            };
-            let plan: Plan = match decode(&change.key, value) {
-                Ok(plan) => plan,
-                Err(error) => {
-                    return self
-                        .fail(refuse(ErrorCode::Internal, error.to_string()))
-                        .await;
-                }
-            };
-            return self.plan(&plan, at, send).await;
-        }
-        let Some(rest) = change.key.strip_prefix(&keys::all_tasks_prefix()) else {
-            return Ok(());
-        };
-        let Some((plan_id, _)) = rest.split_once('/') else {
-            return Ok(());
-        };
-        let Some(value) = &change.value else {
-            return Ok(());
-        };
-        if !self.watch.scope.covers(plan_id) {
-            return Ok(());
-        }
-        match decode::<ShardTask>(&change.key, value) {
-            Ok(task) => self.task(plan_id, &task, at, send).await,
-            Err(error) => {
-                self.fail(refuse(ErrorCode::Internal, error.to_string()))
+            Record::Plan {
+                plan: Some(plan), ..
+            } => self.plan(plan, at, send).await,
+            Record::Plan { id, plan: None } => match self.watch.scope {
+                Scope::Plan(_) => {
+                    self.fail(refuse(
+                        ErrorCode::NotFound,
+                        format!("plan {id} was deleted"),
+                    ))
                     .await
+                }
+                Scope::Fleet => Ok(()),
+            },
+            Record::Task { plan_id, task } => self.task(plan_id, task, at, send).await,
+            Record::Malformed { plan_id, error }
+                if plan_id
+                    .as_ref()
+                    .is_none_or(|id| self.watch.scope.covers(id)) =>
+            {
+                self.fail(refuse(ErrorCode::Internal, error.clone())).await
             }
+            Record::Malformed { .. } | Record::Journal(_) | Record::Other => Ok(()),
         }
     }
 
-    async fn journal(&mut self, change: &Change) -> Sent {
-        let Some(value) = &change.value else {
+    async fn journal(&mut self, revision: i64, batch: Option<&JournalBatch>) -> Sent {
+        let Some(batch) = batch else {
             // A batch's lease lapsed: it takes one place, like any change.
             self.place.1 += 1;
             return Ok(());
         };
-        let batch: JournalBatch = match decode(&change.key, value) {
-            Ok(batch) => batch,
-            Err(error) => {
-                return self
-                    .fail(refuse(ErrorCode::Internal, error.to_string()))
-                    .await;
-            }
-        };
-        for event in batch.events {
-            let at = Sequence::of(change.revision, self.place.1);
+        for event in &batch.events {
+            let at = Sequence::of(revision, self.place.1);
             self.place.1 += 1;
-            if self.watch.since.is_some_and(|since| at <= since) {
+            if !self.fresh(at) {
                 continue;
             }
             self.progress(event, at).await?;
@@ -362,16 +381,16 @@ impl Follower {
         self.send(plan_id, at, now(), event).await
     }
 
-    async fn progress(&self, event: ProgressEvent, at: Sequence) -> Sent {
-        let plan_id = plan_of_assignment(&event.assignment_id).to_owned();
-        if !self.watch.scope.covers(&plan_id) {
+    async fn progress(&self, event: &ProgressEvent, at: Sequence) -> Sent {
+        let plan_id = plan_of_assignment(&event.assignment_id);
+        if !self.watch.scope.covers(plan_id) {
             return Ok(());
         }
-        if !self.watch.include_statements && per_statement(&event) {
+        if !self.watch.include_statements && per_statement(event) {
             return Ok(());
         }
-        let when = event.at;
-        self.send(&plan_id, at, when, Event::Progress(event)).await
+        self.send(plan_id, at, event.at, Event::Progress(event.clone()))
+            .await
     }
 }
 

@@ -189,6 +189,19 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Watches whose receiver is still held.
+    #[cfg(test)]
+    pub(crate) fn open_watches(&self) -> usize {
+        self.with_state(|state| {
+            Ok(state
+                .watchers
+                .iter()
+                .filter(|watcher| !watcher.sender.is_closed())
+                .count())
+        })
+        .unwrap_or_default()
+    }
+
     /// Runs `operation` on the state after expiring lapsed leases.
     fn with_state<T>(
         &self,

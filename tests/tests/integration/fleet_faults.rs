@@ -243,12 +243,17 @@ async fn a_run_the_agent_stops_for_its_own_safety_is_interrupted_and_runs_again(
     fleet.replicas[serving].process.signal("CONT");
     let plan = fleet.await_success(&third).await;
     fleet.assert_each_revision_once(9).await;
+    // The agent may finish every revision before its lease clock runs out; the shard is
+    // then claimed again and that claim finds nothing left to apply, so the final claim
+    // is at least the last one the ledger names, not necessarily equal to it.
     let tokens = fleet.ledger_tokens(moving, &third).await;
+    let last = task_of(&plan, moving).fence_token;
     assert!(
         tokens.first() == Some(&before)
             && tokens.windows(2).all(|pair| pair[0] <= pair[1])
-            && tokens.last() == Some(&task_of(&plan, moving).fence_token),
-        "the same claim (lease resumed) or a newer one (lapsed or interrupted), never an older: {tokens:?}"
+            && tokens.last().is_some_and(|token| *token <= last),
+        "the same claim (lease resumed) or a newer one (lapsed or interrupted), never an older: \
+         {tokens:?}, claimed {before} before the freeze and {last} at the end"
     );
 }
 

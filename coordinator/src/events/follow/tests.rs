@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::events::journal::{self, Feed};
 use crate::store::{MemoryStore, Write};
+use crate::tasks::TaskSet;
 
 fn task(shard: &str, state: ShardState) -> ShardTask {
     ShardTask {
@@ -170,10 +171,9 @@ async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() 
     )
     .await;
     let tasks = TaskSet::new();
+    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
     // Watching before the plan runs: the current state, then each change as it happens.
-    let live = follow(Arc::clone(&store), &tasks, watch(None))
-        .await
-        .expect("follows");
+    let live = follow(&fanout, watch(None)).await.expect("follows");
     a_plans_life(&store).await;
     let seen = drain(live).await;
     assert_eq!(
@@ -199,13 +199,9 @@ async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() 
 
     // From the very start of the store's history: every change, the plan's creation first.
     let replayed = drain(
-        follow(
-            Arc::clone(&store),
-            &tasks,
-            watch(Some(Sequence::from_raw(1))),
-        )
-        .await
-        .expect("follows"),
+        follow(&fanout, watch(Some(Sequence::from_raw(1))))
+            .await
+            .expect("follows"),
     )
     .await;
     assert_eq!(
@@ -216,13 +212,9 @@ async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() 
     // Resumed after each event, on another follower (as another replica would): exactly the
     // rest, with the same sequences.
     for (index, event) in seen.iter().enumerate() {
-        let resumed = follow(
-            Arc::clone(&store),
-            &tasks,
-            watch(Some(Sequence::from_raw(event.sequence))),
-        )
-        .await
-        .expect("follows");
+        let resumed = follow(&fanout, watch(Some(Sequence::from_raw(event.sequence))))
+            .await
+            .expect("follows");
         let rest = drain(resumed).await;
         assert_eq!(
             rest.iter().map(|event| event.sequence).collect::<Vec<_>>(),
@@ -235,17 +227,150 @@ async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() 
 }
 
 #[tokio::test]
+async fn the_streams_on_a_replica_share_one_store_watch_until_the_last_leaves() {
+    let store = Arc::new(MemoryStore::new());
+    put(
+        &store,
+        keys::plan("p1"),
+        plan(PlanState::Approved).encode_to_vec(),
+    )
+    .await;
+    let tasks = TaskSet::new();
+    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(follow(&fanout, watch(None)).await.expect("follows"));
+    }
+    assert_eq!(store.open_watches(), 1, "one watch for five streams");
+    a_plans_life(&store).await;
+    let mut seen = Vec::new();
+    for stream in streams {
+        seen.push(drain(stream).await);
+    }
+    let described: Vec<Vec<String>> = seen
+        .iter()
+        .map(|events| events.iter().map(describe).collect())
+        .collect();
+    assert_eq!(described[0].len(), 9, "{:?}", described[0]);
+    assert!(
+        seen.iter().all(|events| events
+            .iter()
+            .map(|event| event.sequence)
+            .eq(seen[0].iter().map(|event| event.sequence))),
+        "every stream the same events with the same sequences: {described:?}"
+    );
+
+    // The streams ended; the shared watch ends with the next change, and the next stream
+    // starts another.
+    put(
+        &store,
+        keys::plan("p2"),
+        plan(PlanState::Approved).encode_to_vec(),
+    )
+    .await;
+    wait_for_watches(&store, 0).await;
+    let fleet = Watch {
+        scope: Scope::Fleet,
+        include_statements: false,
+        since: None,
+    };
+    let _stream = follow(&fanout, fleet).await.expect("follows");
+    assert_eq!(store.open_watches(), 1);
+    tasks.stop(Duration::from_secs(5)).await;
+}
+
+async fn wait_for_watches(store: &MemoryStore, open: usize) {
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while store.open_watches() != open {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{} watches open", store.open_watches());
+}
+
+#[tokio::test]
+async fn a_stream_the_shared_watch_leaves_behind_follows_the_store_without_gap_or_repeat() {
+    let store = Arc::new(MemoryStore::new());
+    put(
+        &store,
+        keys::plan("p1"),
+        plan(PlanState::Running).encode_to_vec(),
+    )
+    .await;
+    let tasks = TaskSet::new();
+    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
+    let keeping_up = follow(&fanout, watch(None)).await.expect("follows");
+    let keeping_up = tokio::spawn(drain(keeping_up));
+    // Not read until the end: more changes than its buffer and the shared backlog hold,
+    // two to a revision (a journal batch of two events, then a task), so the shared watch
+    // leaves it behind inside a revision, after a batch whose events it has sent.
+    let behind = follow(&fanout, watch(None)).await.expect("follows");
+    let revisions = super::super::fanout::BACKLOG + BUFFER;
+    for revision in 0..revisions {
+        let state = if revision % 2 == 0 {
+            ShardState::Running
+        } else {
+            ShardState::Claimed
+        };
+        let batch = JournalBatch {
+            events: vec![
+                progress("s1", started(&revision.to_string())),
+                progress("s2", started(&revision.to_string())),
+            ],
+        };
+        let writes = [
+            Write::put(
+                keys::journal_batch("c1", &revision.to_string()),
+                batch.encode_to_vec(),
+            ),
+            Write::put(keys::task("p1", "s1"), task("s1", state).encode_to_vec()),
+        ];
+        store.commit(None, &[], &writes).await.expect("commit");
+        // The other stream keeps up.
+        tokio::task::yield_now().await;
+    }
+    put(
+        &store,
+        keys::task("p1", "s1"),
+        task("s1", ShardState::Succeeded).encode_to_vec(),
+    )
+    .await;
+    put(
+        &store,
+        keys::plan("p1"),
+        plan(PlanState::Succeeded).encode_to_vec(),
+    )
+    .await;
+    let expected = keeping_up.await.expect("drained");
+    assert_eq!(
+        expected.len(),
+        3 * revisions + 3,
+        "the plan, three a revision, the ends"
+    );
+    let behind = drain(behind).await;
+    let sequences = |events: &[RolloutEvent]| -> Vec<u64> {
+        events.iter().map(|event| event.sequence).collect()
+    };
+    assert_eq!(sequences(&behind), sequences(&expected));
+    assert_eq!(
+        behind.iter().map(describe).collect::<Vec<_>>(),
+        expected.iter().map(describe).collect::<Vec<_>>()
+    );
+    tasks.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn the_fleet_stream_carries_every_plan_and_its_statements_when_asked() {
     let store = Arc::new(MemoryStore::new());
     let tasks = TaskSet::new();
+    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
     let fleet = Watch {
         scope: Scope::Fleet,
         include_statements: true,
         since: None,
     };
-    let mut live = follow(Arc::clone(&store), &tasks, fleet)
-        .await
-        .expect("follows");
+    let mut live = follow(&fanout, fleet).await.expect("follows");
     a_plans_life(&store).await;
     let mut seen = Vec::new();
     while seen.len() < 9 {
@@ -277,14 +402,17 @@ async fn the_fleet_stream_carries_every_plan_and_its_statements_when_asked() {
 async fn an_unknown_plan_is_refused_and_history_the_store_dropped_is_named() {
     let store = Arc::new(MemoryStore::new());
     let tasks = TaskSet::new();
+    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
     assert!(matches!(
-        follow(Arc::clone(&store), &tasks, watch(None)).await,
+        follow(&fanout, watch(None)).await,
         Err(RolloutError::UnknownPlan(_))
     ));
     let follower = Follower {
         watch: watch(Some(Sequence::of(3, 1))),
         sender: mpsc::channel(1).0,
         read_at: Sequence::of(9, 0),
+        after: 0,
+        seen: None,
         plans: HashMap::new(),
         tasks: HashMap::new(),
         place: (0, 0),
