@@ -3,8 +3,9 @@
 //! A stream that followed the store itself would cost the replica a watch, and a decoding of
 //! every change, per watcher: with a hundred operators watching a rollout, a hundred copies of
 //! every task record and journal batch. Instead the first stream starts one shared watch
-//! that decodes each change once ([`Update`]) and hands it to every stream following it;
-//! the watch ends with the first change after its last stream left.
+//! that decodes each change once ([`Update`]) and hands what has arrived together, as one
+//! batch, to every stream following it; the watch ends with the first change after its last
+//! stream left.
 //!
 //! A stream joins the shared watch when the watch has sent nothing it needs (nothing after the
 //! revision the stream begins after); otherwise, and when it falls behind the shared watch by
@@ -19,8 +20,14 @@ use super::update::Update;
 use crate::store::{Changes, Store, StoreError, keys};
 use crate::tasks::TaskSet;
 
-/// Changes the shared watch keeps for a stream that has not taken them yet.
+/// Batches the shared watch keeps for a stream that has not taken them yet.
 pub const BACKLOG: usize = 4096;
+
+/// Changes sent as one batch at most.
+const BATCH: usize = 256;
+
+/// Changes decoded, in the store's order.
+pub type Batch = Arc<[Update]>;
 
 /// The replica's shared watch, started by the first stream that needs it.
 #[derive(Debug)]
@@ -32,9 +39,9 @@ pub struct Fanout<S> {
 
 #[derive(Debug)]
 struct Shared {
-    sender: broadcast::Sender<Arc<Update>>,
+    sender: broadcast::Sender<Batch>,
     /// The revision of the last change sent: a stream joining now receives every later
-    /// revision whole.
+    /// revision whole (a revision may span two batches).
     sent_through: i64,
 }
 
@@ -42,7 +49,7 @@ struct Shared {
 #[derive(Debug)]
 pub enum Source {
     /// The shared watch: every change after the revision the stream joined at.
-    Shared(broadcast::Receiver<Arc<Update>>),
+    Shared(broadcast::Receiver<Batch>),
     /// The stream's own watch of the store.
     Own(Changes),
 }
@@ -50,7 +57,7 @@ pub enum Source {
 /// A stream that joined the shared watch before knowing where it begins.
 #[derive(Debug)]
 pub struct Joined {
-    receiver: broadcast::Receiver<Arc<Update>>,
+    receiver: broadcast::Receiver<Batch>,
     sent_through: i64,
 }
 
@@ -128,9 +135,9 @@ impl<S: Store + 'static> Fanout<S> {
         (running.sent_through <= after).then(|| Source::Shared(running.sender.subscribe()))
     }
 
-    /// Decodes each change once and sends it to every stream; ends when the store's watch
-    /// does (the streams then follow the store themselves), when no stream is left, or when
-    /// the replica stops.
+    /// Decodes each change once and sends what has arrived to every stream; ends when the
+    /// store's watch does (the streams then follow the store themselves), when no stream is
+    /// left, or when the replica stops.
     async fn relay(&self, mut changes: Changes) {
         let stopping = self.tasks.stopping().clone();
         loop {
@@ -141,17 +148,40 @@ impl<S: Store + 'static> Fanout<S> {
             let Some(Ok(change)) = change else {
                 break;
             };
-            let update = Update::of(&change.key, change.value.as_deref(), change.revision);
+            let mut batch = vec![Update::of(
+                &change.key,
+                change.value.as_deref(),
+                change.revision,
+            )];
+            let mut failed = false;
+            while batch.len() < BATCH {
+                match changes.ready() {
+                    Some(Ok(change)) => batch.push(Update::of(
+                        &change.key,
+                        change.value.as_deref(),
+                        change.revision,
+                    )),
+                    Some(Err(_)) => {
+                        failed = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let last = batch.last().map_or(change.revision, |update| update.revision);
             let mut shared = self.shared();
             let Some(running) = shared.as_mut() else {
                 return;
             };
-            if running.sender.send(Arc::new(update)).is_err() {
+            if running.sender.send(batch.into()).is_err() {
                 // No stream left: one that joins later starts a new watch.
                 *shared = None;
                 return;
             }
-            running.sent_through = change.revision;
+            running.sent_through = last;
+            if failed {
+                break;
+            }
         }
         *self.shared() = None;
     }
@@ -164,7 +194,7 @@ impl<S: Store + 'static> Fanout<S> {
 /// What a [`Source`] gives next.
 #[derive(Debug)]
 pub enum Next {
-    Update(Arc<Update>),
+    Updates(Batch),
     /// The shared watch ended or left this stream behind: follow the store itself from the
     /// last change taken.
     Behind,
@@ -177,13 +207,13 @@ pub enum Next {
 impl Source {
     pub async fn next(&mut self) -> Next {
         match self {
-            Self::Shared(receiver) => receiver.recv().await.map_or(Next::Behind, Next::Update),
+            Self::Shared(receiver) => receiver.recv().await.map_or(Next::Behind, Next::Updates),
             Self::Own(changes) => match changes.next().await {
-                Some(Ok(change)) => Next::Update(Arc::new(Update::of(
+                Some(Ok(change)) => Next::Updates(Arc::new([Update::of(
                     &change.key,
                     change.value.as_deref(),
                     change.revision,
-                ))),
+                )])),
                 Some(Err(error)) => Next::Failed(error),
                 None => Next::Ended,
             },

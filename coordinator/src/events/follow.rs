@@ -129,6 +129,18 @@ struct Known<T> {
     sent: Option<T>,
 }
 
+impl<T: Copy + PartialEq> Known<T> {
+    /// Takes in `state`; whether to send it: when `send` and it is not what was sent last.
+    fn take(&mut self, state: T, send: bool) -> bool {
+        self.current = state;
+        if !send || self.sent == Some(state) {
+            return false;
+        }
+        self.sent = Some(state);
+        true
+    }
+}
+
 struct Follower {
     watch: Watch,
     sender: mpsc::Sender<Result<RolloutEvent, Status>>,
@@ -141,8 +153,9 @@ struct Follower {
     /// when it left the shared watch).
     seen: Option<Sequence>,
     plans: HashMap<String, Known<PlanState>>,
-    /// By plan and shard.
-    tasks: HashMap<(String, String), Known<ShardState>>,
+    /// By plan, then shard (looked up without allocating: every change of a task reaches
+    /// every stream).
+    tasks: HashMap<String, HashMap<String, Known<ShardState>>>,
     /// The revision being numbered and the next place in it.
     place: (i64, u32),
     /// Whether the stream has reached its first read (a plan's stream ends only after).
@@ -177,7 +190,7 @@ impl Follower {
                 () = self.sender.closed() => return,
             };
             let sent = match next {
-                Next::Update(update) => self.change(&update).await,
+                Next::Updates(batch) => self.changes(&batch).await,
                 Next::Behind => match fanout.own(self.resume()).await {
                     Ok(own) => {
                         source = own;
@@ -230,6 +243,17 @@ impl Follower {
             ),
             other => Status::from(other),
         }
+    }
+
+    /// Takes in `batch` up to the stream's end.
+    async fn changes(&mut self, batch: &[Update]) -> Sent {
+        for update in batch {
+            if self.finished() {
+                break;
+            }
+            self.change(update).await?;
+        }
+        Ok(())
     }
 
     /// Numbers `update` (every change takes a place; a journal batch one per event) and sends
@@ -320,7 +344,7 @@ impl Follower {
         // A halted plan's pending tasks stay pending.
         let halted = state == PlanState::Halted;
         plan_ended(state)
-            && self.tasks.values().all(|known| {
+            && self.tasks.values().flat_map(HashMap::values).all(|known| {
                 task_ended(known.current) || (halted && known.current == ShardState::Pending)
             })
     }
@@ -349,11 +373,9 @@ impl Follower {
     async fn plan(&mut self, plan: &Plan, at: Sequence, send: bool) -> Sent {
         let state = plan.state();
         let known = self.plans.entry(plan.plan_id.clone()).or_default();
-        known.current = state;
-        if !send || known.sent == Some(state) {
+        if !known.take(state, send) {
             return Ok(());
         }
-        known.sent = Some(state);
         let event = Event::PlanState(PlanStateChanged {
             state: state.into(),
             reason: plan.state_reason.clone(),
@@ -363,15 +385,9 @@ impl Follower {
 
     async fn task(&mut self, plan_id: &str, task: &ShardTask, at: Sequence, send: bool) -> Sent {
         let state = task.state();
-        let known = self
-            .tasks
-            .entry((plan_id.to_owned(), task.shard_id.clone()))
-            .or_default();
-        known.current = state;
-        if !send || known.sent == Some(state) {
+        if !take_task(&mut self.tasks, (plan_id, &task.shard_id), state, send) {
             return Ok(());
         }
-        known.sent = Some(state);
         let event = Event::ShardState(ShardStateChanged {
             shard_id: task.shard_id.clone(),
             wave: task.wave,
@@ -392,6 +408,29 @@ impl Follower {
         self.send(plan_id, at, event.at, Event::Progress(event.clone()))
             .await
     }
+}
+
+/// Takes in `state` for `plan_id`'s task on `shard`; whether to send it (see [`Known::take`]).
+/// Allocates only for a task the stream has not seen before.
+fn take_task(
+    tasks: &mut HashMap<String, HashMap<String, Known<ShardState>>>,
+    (plan_id, shard): (&str, &str),
+    state: ShardState,
+    send: bool,
+) -> bool {
+    if let Some(known) = tasks
+        .get_mut(plan_id)
+        .and_then(|shards| shards.get_mut(shard))
+    {
+        return known.take(state, send);
+    }
+    let mut known = Known::default();
+    let taken = known.take(state, send);
+    tasks
+        .entry(plan_id.to_owned())
+        .or_default()
+        .insert(shard.to_owned(), known);
+    taken
 }
 
 /// Whether `event` is one of the per-statement events a watch without statements leaves out:

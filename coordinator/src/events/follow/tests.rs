@@ -306,7 +306,7 @@ async fn a_stream_the_shared_watch_leaves_behind_follows_the_store_without_gap_o
     // two to a revision (a journal batch of two events, then a task), so the shared watch
     // leaves it behind inside a revision, after a batch whose events it has sent.
     let behind = follow(&fanout, watch(None)).await.expect("follows");
-    let revisions = super::super::fanout::BACKLOG + BUFFER;
+    let revisions = super::super::fanout::BACKLOG + 2 * BUFFER;
     for revision in 0..revisions {
         let state = if revision % 2 == 0 {
             ShardState::Running
