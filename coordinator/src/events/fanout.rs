@@ -168,7 +168,9 @@ impl<S: Store + 'static> Fanout<S> {
                     None => break,
                 }
             }
-            let last = batch.last().map_or(change.revision, |update| update.revision);
+            let last = batch
+                .last()
+                .map_or(change.revision, |update| update.revision);
             let mut shared = self.shared();
             let Some(running) = shared.as_mut() else {
                 return;
