@@ -161,17 +161,18 @@ fn watch(since: Option<Sequence>) -> Watch {
     }
 }
 
-#[tokio::test]
-async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() {
+/// A store holding plan p1 in `state`, and a replica's shared watch of it.
+async fn with_plan(state: PlanState) -> (Arc<MemoryStore>, TaskSet, Arc<Fanout<MemoryStore>>) {
     let store = Arc::new(MemoryStore::new());
-    put(
-        &store,
-        keys::plan("p1"),
-        plan(PlanState::Approved).encode_to_vec(),
-    )
-    .await;
+    put(&store, keys::plan("p1"), plan(state).encode_to_vec()).await;
     let tasks = TaskSet::new();
     let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
+    (store, tasks, fanout)
+}
+
+#[tokio::test]
+async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() {
+    let (store, tasks, fanout) = with_plan(PlanState::Approved).await;
     // Watching before the plan runs: the current state, then each change as it happens.
     let live = follow(&fanout, watch(None)).await.expect("follows");
     a_plans_life(&store).await;
@@ -228,15 +229,7 @@ async fn a_watch_from_the_start_and_every_resumption_see_the_same_events_once() 
 
 #[tokio::test]
 async fn the_streams_on_a_replica_share_one_store_watch_until_the_last_leaves() {
-    let store = Arc::new(MemoryStore::new());
-    put(
-        &store,
-        keys::plan("p1"),
-        plan(PlanState::Approved).encode_to_vec(),
-    )
-    .await;
-    let tasks = TaskSet::new();
-    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
+    let (store, tasks, fanout) = with_plan(PlanState::Approved).await;
     let mut streams = Vec::new();
     for _ in 0..5 {
         streams.push(follow(&fanout, watch(None)).await.expect("follows"));
@@ -291,15 +284,7 @@ async fn wait_for_watches(store: &MemoryStore, open: usize) {
 
 #[tokio::test]
 async fn a_stream_the_shared_watch_leaves_behind_follows_the_store_without_gap_or_repeat() {
-    let store = Arc::new(MemoryStore::new());
-    put(
-        &store,
-        keys::plan("p1"),
-        plan(PlanState::Running).encode_to_vec(),
-    )
-    .await;
-    let tasks = TaskSet::new();
-    let fanout = Fanout::new(Arc::clone(&store), tasks.clone());
+    let (store, tasks, fanout) = with_plan(PlanState::Running).await;
     let keeping_up = follow(&fanout, watch(None)).await.expect("follows");
     let keeping_up = tokio::spawn(drain(keeping_up));
     // Not read until the end: more changes than its buffer and the shared backlog hold,
