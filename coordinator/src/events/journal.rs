@@ -87,13 +87,12 @@ impl Feed {
 
     /// Stores `writes` in one transaction with (or after) everything recorded so far.
     pub async fn store_after(&self, writes: Vec<Write>) -> Handed {
+        // A place in the queue first, so the writes come back whole when no writer is left.
+        let Ok(place) = self.0.reserve().await else {
+            return Handed::NoWriter(writes);
+        };
         let (done, stored) = oneshot::channel();
-        if let Err(refused) = self.0.send(Journaled::Store(writes, done)).await {
-            return match refused.0 {
-                Journaled::Store(writes, _) => Handed::NoWriter(writes),
-                Journaled::Event(_) => Handed::NoWriter(Vec::new()),
-            };
-        }
+        place.send(Journaled::Store(writes, done));
         Handed::Stored(stored.await.unwrap_or_else(|_| {
             Err(StoreError::Unavailable(
                 "the event journal's writer stopped before storing".to_owned(),
