@@ -148,19 +148,11 @@ impl<S: Store + 'static> Fanout<S> {
             let Some(Ok(change)) = change else {
                 break;
             };
-            let mut batch = vec![Update::of(
-                &change.key,
-                change.value.as_deref(),
-                change.revision,
-            )];
+            let mut batch = vec![Update::from(&change)];
             let mut failed = false;
             while batch.len() < BATCH {
                 match changes.ready() {
-                    Some(Ok(change)) => batch.push(Update::of(
-                        &change.key,
-                        change.value.as_deref(),
-                        change.revision,
-                    )),
+                    Some(Ok(change)) => batch.push(Update::from(&change)),
                     Some(Err(_)) => {
                         failed = true;
                         break;
@@ -211,11 +203,7 @@ impl Source {
         match self {
             Self::Shared(receiver) => receiver.recv().await.map_or(Next::Behind, Next::Updates),
             Self::Own(changes) => match changes.next().await {
-                Some(Ok(change)) => Next::Updates(Arc::new([Update::of(
-                    &change.key,
-                    change.value.as_deref(),
-                    change.revision,
-                )])),
+                Some(Ok(change)) => Next::Updates(Arc::new([Update::from(&change)])),
                 Some(Err(error)) => Next::Failed(error),
                 None => Next::Ended,
             },

@@ -4,7 +4,7 @@
 use fleetshift_common::proto::v1::{JournalBatch, Plan, ShardTask};
 
 use crate::rollout::records::decode;
-use crate::store::keys;
+use crate::store::{Change, keys};
 
 /// One change of the store, decoded.
 #[derive(Debug)]
@@ -39,6 +39,12 @@ impl Update {
             revision,
             record: Record::of(key, value),
         }
+    }
+}
+
+impl From<&Change> for Update {
+    fn from(change: &Change) -> Self {
+        Self::of(&change.key, change.value.as_deref(), change.revision)
     }
 }
 
