@@ -10,6 +10,7 @@
 
 pub mod chunked;
 mod etcd;
+pub mod grouped;
 pub mod keys;
 mod memory;
 mod metered;
@@ -22,6 +23,10 @@ use tokio::sync::mpsc;
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
+
+/// Most transactions one [`Store::commit_each`] takes: etcd allows 128 operations in a
+/// transaction, and the operations of nested ones count against what their parent leaves.
+pub const EACH_LIMIT: usize = 32;
 
 /// An etcd lease id (or the in-memory store's equivalent).
 pub type LeaseId = i64;
@@ -107,6 +112,32 @@ impl Write {
             Self::Put { key, value, .. } => key.len() + value.len(),
             Self::Delete(key) => key.len(),
         }
+    }
+}
+
+/// One part of a [`Store::commit_each`]: its writes apply if its conditions hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub conditions: Vec<Condition>,
+    pub writes: Vec<Write>,
+}
+
+impl Transaction {
+    /// The keys it writes.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.writes.iter().map(|write| match write {
+            Write::Put { key, .. } | Write::Delete(key) => key.as_str(),
+        })
+    }
+
+    /// The bytes it sends: its writes' keys and values and its conditions' keys.
+    pub fn size(&self) -> usize {
+        let conditions = self.conditions.iter().map(|condition| match condition {
+            Condition::Absent(key)
+            | Condition::CreatedAt(key, _)
+            | Condition::ModifiedAt(key, _) => key.len(),
+        });
+        self.writes.iter().map(Write::size).sum::<usize>() + conditions.sum::<usize>()
     }
 }
 
@@ -212,6 +243,18 @@ pub trait Store: Send + Sync {
         conditions: &[Condition],
         writes: &[Write],
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Applies, in one commit, each of `transactions` whose conditions hold, while `epoch`'s
+    /// leadership stands (else [`StoreError::NotLeader`] and nothing applies). Every condition
+    /// is judged on the store as it was before the commit. For each transaction, the revision
+    /// it applied at (the same for all), or `None` when a condition failed. No two
+    /// transactions may write the same key, and at most [`EACH_LIMIT`] go in one commit
+    /// ([`grouped::commit`] splits longer lists).
+    fn commit_each(
+        &self,
+        epoch: Option<Epoch>,
+        transactions: &[Transaction],
+    ) -> impl Future<Output = Result<Vec<Option<i64>>, StoreError>> + Send;
 
     fn read(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
 

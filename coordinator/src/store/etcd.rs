@@ -16,7 +16,7 @@ use keepers::Keepers;
 
 use super::{
     Change, Changes, Claim, Condition, Entry, Epoch, FenceToken, Leadership, LeaseId, Listing,
-    Store, StoreError, Write, keys,
+    Store, StoreError, Transaction, Write, keys,
 };
 
 #[derive(Clone)]
@@ -44,6 +44,26 @@ impl EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         self.client.clone().txn(txn).await.map_err(unavailable)
+    }
+
+    /// Sends a commit of `writes`; a lapsed lease of one of them is [`StoreError::LeaseExpired`].
+    async fn send<'w>(
+        &self,
+        txn: Txn,
+        writes: impl IntoIterator<Item = &'w Write>,
+    ) -> Result<TxnResponse, StoreError> {
+        let lease = writes.into_iter().find_map(|write| match write {
+            Write::Put { lease, .. } => *lease,
+            Write::Delete(_) => None,
+        });
+        self.client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|error| match lease {
+                Some(lease) => lease_or_unavailable(error, lease),
+                None => unavailable(error),
+            })
     }
 
     /// Creates `key` bound to `lease` unless it exists; otherwise returns what is there.
@@ -132,6 +152,42 @@ fn compare(condition: &Condition) -> Compare {
         Condition::ModifiedAt(key, revision) => {
             Compare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
         }
+    }
+}
+
+/// The condition "the leadership of `epoch` stands".
+fn leads(epoch: Epoch) -> Compare {
+    Compare::create_revision(keys::leader(), CompareOp::Equal, epoch.0)
+}
+
+/// A refused commit's verdict on the epoch, from its `or_else` read of the leader key:
+/// [`StoreError::NotLeader`] when `epoch` no longer leads (a condition failed otherwise).
+fn still_leading(response: &TxnResponse, epoch: Option<Epoch>) -> Result<(), StoreError> {
+    let Some(epoch) = epoch else {
+        return Ok(());
+    };
+    let leader = response
+        .op_responses()
+        .into_iter()
+        .find_map(|operation| match operation {
+            TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::create_revision),
+            _ => None,
+        });
+    if leader == Some(epoch.0) {
+        Ok(())
+    } else {
+        Err(StoreError::NotLeader(epoch.0))
+    }
+}
+
+fn operation(write: &Write) -> TxnOp {
+    match write {
+        Write::Put { key, value, lease } => TxnOp::put(
+            key.as_str(),
+            value.clone(),
+            lease.map(|lease| PutOptions::new().with_lease(lease)),
+        ),
+        Write::Delete(key) => TxnOp::delete(key.as_str(), None),
     }
 }
 
@@ -282,58 +338,70 @@ impl Store for EtcdStore {
         writes: &[Write],
     ) -> Result<Option<i64>, StoreError> {
         let mut compares: Vec<Compare> = conditions.iter().map(compare).collect();
-        if let Some(epoch) = epoch {
-            compares.push(Compare::create_revision(
-                keys::leader(),
-                CompareOp::Equal,
-                epoch.0,
-            ));
-        }
-        let operations = writes
-            .iter()
-            .map(|write| match write {
-                Write::Put { key, value, lease } => TxnOp::put(
-                    key.as_str(),
-                    value.clone(),
-                    lease.map(|lease| PutOptions::new().with_lease(lease)),
-                ),
-                Write::Delete(key) => TxnOp::delete(key.as_str(), None),
-            })
-            .collect::<Vec<_>>();
+        compares.extend(epoch.map(leads));
         let txn = Txn::new()
             .when(compares)
-            .and_then(operations)
+            .and_then(writes.iter().map(operation).collect::<Vec<_>>())
             .or_else(vec![TxnOp::get(keys::leader(), None)]);
-        let lease = writes.iter().find_map(|write| match write {
-            Write::Put { lease, .. } => *lease,
-            Write::Delete(_) => None,
-        });
-        let response = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|error| match lease {
-                Some(lease) => lease_or_unavailable(error, lease),
-                None => unavailable(error),
-            })?;
+        let response = self.send(txn, writes).await?;
         if response.succeeded() {
             return revision(&response).map(Some);
         }
-        if let Some(epoch) = epoch {
-            let leads = response
-                .op_responses()
-                .into_iter()
-                .find_map(|operation| match operation {
-                    TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::create_revision),
-                    _ => None,
-                })
-                == Some(epoch.0);
-            if !leads {
-                return Err(StoreError::NotLeader(epoch.0));
-            }
-        }
+        still_leading(&response, epoch)?;
         Ok(None)
+    }
+
+    async fn commit_each(
+        &self,
+        epoch: Option<Epoch>,
+        transactions: &[Transaction],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let nested = transactions
+            .iter()
+            .map(|transaction| {
+                TxnOp::txn(
+                    Txn::new()
+                        .when(
+                            transaction
+                                .conditions
+                                .iter()
+                                .map(compare)
+                                .collect::<Vec<_>>(),
+                        )
+                        .and_then(transaction.writes.iter().map(operation).collect::<Vec<_>>()),
+                )
+            })
+            .collect::<Vec<_>>();
+        let txn = Txn::new()
+            .when(epoch.map(leads).into_iter().collect::<Vec<_>>())
+            .and_then(nested)
+            .or_else(vec![TxnOp::get(keys::leader(), None)]);
+        let writes: Vec<&Write> = transactions
+            .iter()
+            .flat_map(|transaction| &transaction.writes)
+            .collect();
+        let response = self.send(txn, writes).await?;
+        if !response.succeeded() {
+            still_leading(&response, epoch)?;
+            return Ok(vec![None; transactions.len()]);
+        }
+        let at = revision(&response)?;
+        let applied: Vec<Option<i64>> = response
+            .op_responses()
+            .into_iter()
+            .map(|operation| match operation {
+                TxnOpResponse::Txn(nested) => nested.succeeded().then_some(at),
+                _ => None,
+            })
+            .collect();
+        if applied.len() != transactions.len() {
+            return Err(StoreError::Unavailable(format!(
+                "etcd answered {} of {} transactions",
+                applied.len(),
+                transactions.len()
+            )));
+        }
+        Ok(applied)
     }
 
     async fn read(&self, key: &str) -> Result<Option<Entry>, StoreError> {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{
     Change, Changes, Claim, Condition, Entry, Epoch, FenceToken, Leadership, LeaseId, Listing,
-    Store, StoreError, Write, keys,
+    Store, StoreError, Transaction, Write, keys,
 };
 
 /// Changes kept for watchers that start in the past.
@@ -367,6 +367,51 @@ impl Store for MemoryStore {
                 }
             }
             Ok(Some(state.revision))
+        })
+    }
+
+    async fn commit_each(
+        &self,
+        epoch: Option<Epoch>,
+        transactions: &[Transaction],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        self.with_state(|state| {
+            if let Some(epoch) = epoch
+                && !state.holds(&Condition::CreatedAt(keys::leader(), epoch.0))
+            {
+                return Err(StoreError::NotLeader(epoch.0));
+            }
+            let holding: Vec<bool> = transactions
+                .iter()
+                .map(|transaction| transaction.conditions.iter().all(|c| state.holds(c)))
+                .collect();
+            let applying = || {
+                transactions
+                    .iter()
+                    .zip(&holding)
+                    .filter(|(_, holds)| **holds)
+                    .flat_map(|(transaction, _)| &transaction.writes)
+            };
+            for write in applying() {
+                if let Write::Put { lease, .. } = write {
+                    state.check_lease(*lease)?;
+                }
+            }
+            if !holding.contains(&true) {
+                return Ok(vec![None; transactions.len()]);
+            }
+            state.revision += 1;
+            for write in applying() {
+                match write {
+                    Write::Put { key, value, lease } => state.put(key, value, *lease),
+                    Write::Delete(key) => state.delete(key),
+                }
+            }
+            let revision = state.revision;
+            Ok(holding
+                .iter()
+                .map(|holds| holds.then_some(revision))
+                .collect())
         })
     }
 

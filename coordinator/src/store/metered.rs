@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Changes, Claim, Condition, Entry, Epoch, Leadership, LeaseId, Listing, Store, StoreError, Write,
+    Changes, Claim, Condition, Entry, Epoch, Leadership, LeaseId, Listing, Store, StoreError,
+    Transaction, Write,
 };
 use crate::metrics::CoordinatorMetrics;
 
@@ -81,6 +82,15 @@ impl<S: Store> Store for MeteredStore<S> {
         writes: &[Write],
     ) -> Result<Option<i64>, StoreError> {
         self.timed("commit", self.inner.commit(epoch, conditions, writes))
+            .await
+    }
+
+    async fn commit_each(
+        &self,
+        epoch: Option<Epoch>,
+        transactions: &[Transaction],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        self.timed("commit_each", self.inner.commit_each(epoch, transactions))
             .await
     }
 
