@@ -69,7 +69,8 @@ pub fn task_failed(state: ShardState) -> bool {
     matches!(state, ShardState::Failed | ShardState::RolledBack)
 }
 
-/// Whether a task holds (or is about to hold) its shard.
+/// Whether a task holds its shard: it runs under a claim (CLAIMED is how earlier releases
+/// wrote a task handed over but not yet delivered).
 pub fn task_active(state: ShardState) -> bool {
     matches!(state, ShardState::Claimed | ShardState::Running)
 }

@@ -36,7 +36,9 @@ use super::{RolloutError, assignment_id, plan_ended, task_active, task_ended, ta
 use super::{schedule, waves};
 use crate::claims;
 use crate::metrics::rollouts::RolloutGauges;
-use crate::store::{Condition, Epoch, FenceToken, LeaseId, Store, StoreError, Write, keys};
+use crate::store::{
+    Condition, Epoch, FenceToken, LeaseId, Store, StoreError, Transaction, Write, grouped, keys,
+};
 
 /// How often the leader looks again without a change to wake it.
 const TICK: Duration = Duration::from_millis(500);
@@ -249,15 +251,18 @@ impl<S: Store> Driver<'_, S> {
             slots.take(&ready.task.host);
             chosen.push(ready);
         }
-        // Different shards' claims and hand-overs are independent: sent together, their
-        // round trips to the store overlap (one at a time, a leader dispatched ~170 shards/s
-        // on this machine's etcd). A rare refusal leaves its slot unused until the next step.
-        let sent = futures_util::future::join_all(
-            chosen.into_iter().map(|ready| self.dispatch(plan, ready)),
-        )
-        .await;
-        for outcome in sent {
-            self.record(&plan.plan_id, outcome?);
+        // Different shards' claims are independent: sent together, their round trips to the
+        // store overlap (one at a time, a leader dispatched ~170 shards/s on this machine's
+        // etcd). Their hand-overs then go in as few commits as the store takes. A rare
+        // refusal leaves its slot unused until the next step.
+        let claimed =
+            futures_util::future::join_all(chosen.into_iter().map(|ready| self.claim(plan, ready)))
+                .await
+                .into_iter()
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()?;
+        for dispatched in self.hand_over(plan, claimed).await? {
+            self.record(&plan.plan_id, dispatched);
         }
         Ok(())
     }
@@ -309,78 +314,88 @@ impl<S: Store> Driver<'_, S> {
         })
     }
 
-    /// Claims the shard for its agent (unless claimed already) and hands it the task, in the
-    /// store only: the caller records what it did in the model.
-    async fn dispatch(&self, plan: &Plan, ready: Ready) -> Result<Dispatched, RolloutError> {
-        let Ready {
-            task,
-            revision,
-            agent,
-            lease,
-            claim,
-        } = ready;
-        let task_key = keys::task(&plan.plan_id, &task.shard_id);
-        let (token, new_claim) = match claim {
-            Some(token) => (token, None),
-            None => {
-                let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
-                let claimed = claims::for_task(
-                    self.store,
-                    self.epoch,
-                    &task.shard_id,
-                    &agent,
-                    lease,
-                    unchanged,
-                )
-                .await?;
-                let Some(token) = claimed else {
-                    return Ok(Dispatched::Refused);
-                };
-                let holder = claims::Holder {
-                    name: agent.clone(),
-                    token,
-                };
-                (token, Some((holder, token.get())))
-            }
-        };
-        let handed = self
-            .hand_over(plan, &task, revision, (&agent, lease), token)
-            .await;
-        let shard = task.shard_id;
-        match handed {
-            Ok(Some((claimed, at))) => {
-                tracing::info!(plan = %plan.plan_id, %shard, %agent, %token, "shard task dispatched");
-                Ok(Dispatched::Handed {
-                    shard,
-                    claim: new_claim,
-                    task: Box::new(claimed),
-                    at,
-                })
-            }
-            Ok(None) | Err(StoreError::LeaseExpired(_)) => Ok(match new_claim {
-                Some((holder, at)) => Dispatched::Claimed { shard, holder, at },
-                None => Dispatched::Refused,
-            }),
-            Err(error) => Err(error.into()),
+    /// Claims the shard for its agent unless claimed already; `None` when it cannot be now.
+    async fn claim(&self, plan: &Plan, ready: Ready) -> Result<Option<Claimed>, RolloutError> {
+        if let Some(token) = ready.claim {
+            return Ok(Some(Claimed {
+                ready,
+                token,
+                new: None,
+            }));
         }
+        let task_key = keys::task(&plan.plan_id, &ready.task.shard_id);
+        let unchanged = Condition::ModifiedAt(task_key, ready.revision);
+        let claimed = claims::for_task(
+            self.store,
+            self.epoch,
+            &ready.task.shard_id,
+            &ready.agent,
+            ready.lease,
+            unchanged,
+        )
+        .await?;
+        Ok(claimed.map(|token| {
+            let holder = claims::Holder {
+                name: ready.agent.clone(),
+                token,
+            };
+            Claimed {
+                ready,
+                token,
+                new: Some((holder, token.get())),
+            }
+        }))
     }
 
-    /// Writes the claimed task and its assignment while the claim stands and the task is as
-    /// the model saw it at `revision`; the task as written and the commit's revision.
+    /// Writes each claimed task as running, with its assignment, while its claim stands and
+    /// the task is as the model saw it; in the store only (the caller records what it did).
     async fn hand_over(
         &self,
         plan: &Plan,
-        task: &ShardTask,
-        revision: i64,
-        (agent, lease): (&str, LeaseId),
-        token: FenceToken,
-    ) -> Result<Option<(ShardTask, i64)>, StoreError> {
+        claimed: Vec<Claimed>,
+    ) -> Result<Vec<Dispatched>, RolloutError> {
+        let running: Vec<(ShardTask, Transaction)> = claimed
+            .iter()
+            .map(|claimed| self.running(plan, claimed))
+            .collect();
+        let transactions: Vec<Transaction> = running
+            .iter()
+            .map(|(_, transaction)| transaction.clone())
+            .collect();
+        let applied = grouped::commit(self.store, Some(self.epoch), &transactions).await?;
+        let handed = claimed.into_iter().zip(running).zip(applied);
+        Ok(handed
+            .map(|((claimed, (task, _)), at)| {
+                let Claimed { ready, token, new } = claimed;
+                let shard = task.shard_id.clone();
+                match (at, new) {
+                    (Some(at), new) => {
+                        tracing::info!(plan = %plan.plan_id, %shard, agent = %ready.agent, %token, "shard task dispatched");
+                        Dispatched::Handed {
+                            shard,
+                            claim: new,
+                            task: Box::new(task),
+                            at,
+                        }
+                    }
+                    (None, Some((holder, at))) => Dispatched::Claimed { shard, holder, at },
+                    (None, None) => Dispatched::Refused,
+                }
+            })
+            .collect())
+    }
+
+    /// `claimed` as it runs, and the transaction that writes it and its assignment (bound to
+    /// the agent's session lease) while its claim stands and it is as the model saw it.
+    fn running(&self, plan: &Plan, claimed: &Claimed) -> (ShardTask, Transaction) {
+        let Claimed { ready, token, .. } = claimed;
+        let task = &ready.task;
         let task_key = keys::task(&plan.plan_id, &task.shard_id);
-        let assignment_id = assignment_id(&plan.plan_id, &task.shard_id, token);
-        let claimed = ShardTask {
-            state: ShardState::Claimed.into(),
+        let assignment_id = assignment_id(&plan.plan_id, &task.shard_id, *token);
+        let running = ShardTask {
+            state: ShardState::Running.into(),
             fence_token: token.get(),
-            agent_id: agent.to_owned(),
+            agent_id: ready.agent.clone(),
             error: None,
             started_at: now(),
             finished_at: None,
@@ -388,27 +403,23 @@ impl<S: Store> Driver<'_, S> {
         };
         let tasks = self.model.tasks.get(&plan.plan_id);
         let others = tasks.into_iter().flatten().map(|(_, seen)| &seen.value);
-        let estimates = schedule::estimates(plan, &claimed, others);
-        let dispatch = dispatch_of(plan, &claimed, &assignment_id, token, estimates);
-        let committed = self
-            .store
-            .commit(
-                Some(self.epoch),
-                &[
-                    claims::held(&task.shard_id, token),
-                    Condition::ModifiedAt(task_key.clone(), revision),
-                ],
-                &[
-                    Write::put(task_key, claimed.encode_to_vec()),
-                    Write::Put {
-                        key: keys::assignment(agent, &assignment_id),
-                        value: dispatch.encode_to_vec(),
-                        lease: Some(lease),
-                    },
-                ],
-            )
-            .await?;
-        Ok(committed.map(|at| (claimed, at)))
+        let estimates = schedule::estimates(plan, &running, others);
+        let dispatch = dispatch_of(plan, &running, &assignment_id, *token, estimates);
+        let transaction = Transaction {
+            conditions: vec![
+                claims::held(&task.shard_id, *token),
+                Condition::ModifiedAt(task_key.clone(), ready.revision),
+            ],
+            writes: vec![
+                Write::put(task_key, running.encode_to_vec()),
+                Write::Put {
+                    key: keys::assignment(&ready.agent, &assignment_id),
+                    value: dispatch.encode_to_vec(),
+                    lease: Some(ready.lease),
+                },
+            ],
+        };
+        (running, transaction)
     }
 
     fn claim_in_use(&self, token: FenceToken) -> bool {
@@ -430,6 +441,14 @@ struct Ready {
     claim: Option<FenceToken>,
 }
 
+/// A ready task whose shard is claimed for its agent under `token`; `new` is the claim (and
+/// the revision it was made at) when this step took it.
+struct Claimed {
+    ready: Ready,
+    token: FenceToken,
+    new: Option<(claims::Holder, i64)>,
+}
+
 /// What a dispatch did in the store.
 enum Dispatched {
     /// The task and its assignment are written; `claim` is the claim taken for it, if new.
@@ -439,7 +458,7 @@ enum Dispatched {
         task: Box<ShardTask>,
         at: i64,
     },
-    /// The shard was claimed, but the task changed or the lease lapsed before the hand-over.
+    /// The shard was claimed, but the task changed or the claim lapsed before the hand-over.
     Claimed {
         shard: String,
         holder: claims::Holder,
@@ -449,12 +468,11 @@ enum Dispatched {
     Refused,
 }
 
-/// What the agent's replica delivers for `claimed`: the assignment (its migration set named
-/// by digest only, with the revisions' `estimates` for its windows) and the task as the
-/// replica marks it when it delivers.
+/// What the agent's replica delivers for `task` (as handed over): the assignment, its
+/// migration set named by digest only, with the revisions' `estimates` for its windows.
 fn dispatch_of(
     plan: &Plan,
-    claimed: &ShardTask,
+    task: &ShardTask,
     assignment_id: &str,
     token: FenceToken,
     estimates: Vec<RevisionDuration>,
@@ -463,20 +481,20 @@ fn dispatch_of(
         Direction::Down => Direction::Down,
         Direction::Up | Direction::Unspecified => Direction::Up,
     };
-    let target_version = if claimed.target_version.is_empty() {
+    let target_version = if task.target_version.is_empty() {
         plan.target_version.clone()
     } else {
-        claimed.target_version.clone()
+        task.target_version.clone()
     };
     let assignment = Assignment {
         assignment_id: assignment_id.to_owned(),
         plan_id: plan.plan_id.clone(),
-        shard_id: claimed.shard_id.clone(),
+        shard_id: task.shard_id.clone(),
         fence_token: token.get(),
         direction: direction.into(),
         target_version,
-        revert_to: claimed.previous_version.clone(),
-        windows: claimed.windows.clone(),
+        revert_to: task.previous_version.clone(),
+        windows: task.windows.clone(),
         estimates,
         migration_set: Some(MigrationSet {
             format: plan.set_format.clone(),
@@ -487,14 +505,11 @@ fn dispatch_of(
         limits: plan.limits,
         duties: plan.duties.clone(),
         trace_context: RolloutTrace::of(plan)
-            .map(|trace| trace.carrier_for_run(&claimed.shard_id, token))
+            .map(|trace| trace.carrier_for_run(&task.shard_id, token))
             .unwrap_or_default(),
     };
     Dispatch {
         assignment: Some(assignment),
-        task: Some(ShardTask {
-            state: ShardState::Running.into(),
-            ..claimed.clone()
-        }),
+        task: Some(task.clone()),
     }
 }

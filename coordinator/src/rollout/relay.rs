@@ -1,23 +1,23 @@
 //! Every replica's half of a rollout: it follows the assignments the leader writes and hands
 //! those of agents whose sessions it holds down their streams, with the migration set's files
-//! attached (read once per set). Before handing one over it marks the task RUNNING, only while
-//! the claim stands. A withdrawn assignment becomes a Cancel; an agent that (re)connects gets
-//! its outstanding assignments again (the agent ignores ones it is already running).
+//! attached (read once per set). An assignment stands only as long as its claim: the leader
+//! writes it while the claim stands, bound to the same session lease, and deletes it with the
+//! release. A withdrawn assignment becomes a Cancel; an agent that (re)connects gets its
+//! outstanding assignments again (the agent ignores ones it is already running). The shard's
+//! ledger, not the relay, fences out a run whose claim is gone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{self, Cancel, Dispatch};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::RolloutError;
 use super::records::{decode, load_set};
 use crate::agent_relay::{self, Relay, agent_of_key};
-use crate::claims;
 use crate::mailbox::Mailbox;
-use crate::store::{FenceToken, Store, Write, keys};
+use crate::store::{Store, keys};
 
 /// Relays until `shutdown`.
 pub async fn run<S: Store>(store: Arc<S>, mailbox: Arc<Mailbox>, shutdown: CancellationToken) {
@@ -26,7 +26,6 @@ pub async fn run<S: Store>(store: Arc<S>, mailbox: Arc<Mailbox>, shutdown: Cance
         mailbox: Arc::clone(&mailbox),
         dispatches: HashMap::new(),
         delivered: HashSet::new(),
-        running: HashSet::new(),
         sets: HashMap::new(),
     };
     agent_relay::run(&*store, &mailbox, relay, shutdown).await;
@@ -39,8 +38,6 @@ struct Assignments<S> {
     dispatches: HashMap<String, Dispatch>,
     /// (session, assignment) pairs handed over.
     delivered: HashSet<(u64, String)>,
-    /// Assignments marked RUNNING by this replica.
-    running: HashSet<String>,
     /// Migration sets by digest.
     sets: HashMap<String, Arc<v1::MigrationSet>>,
 }
@@ -87,7 +84,7 @@ impl<S: Store> Assignments<S> {
         };
         let Some(Dispatch {
             assignment: Some(mut assignment),
-            task: Some(task),
+            ..
         }) = self.dispatches.get(key).cloned()
         else {
             return Ok(());
@@ -98,32 +95,6 @@ impl<S: Store> Assignments<S> {
         }
         if let Some(shipped) = assignment.migration_set.as_mut() {
             shipped.files = self.set(&shipped.digest).await?.files.clone();
-        }
-        if self.running.contains(&id) {
-            if !self.claim_stands(&assignment).await? {
-                tracing::info!(assignment = %id, "claim gone before redelivery; not delivered");
-                return Ok(());
-            }
-        } else {
-            let marked = self
-                .store
-                .commit(
-                    None,
-                    &[claims::held(
-                        &assignment.shard_id,
-                        FenceToken::from_raw(assignment.fence_token),
-                    )],
-                    &[Write::put(
-                        keys::task(&assignment.plan_id, &assignment.shard_id),
-                        task.encode_to_vec(),
-                    )],
-                )
-                .await?;
-            if marked.is_none() {
-                tracing::info!(assignment = %id, "claim gone before delivery; not delivered");
-                return Ok(());
-            }
-            self.running.insert(id.clone());
         }
         let agent = agent.to_owned();
         match self
@@ -142,12 +113,6 @@ impl<S: Store> Assignments<S> {
         Ok(())
     }
 
-    /// Whether the claim `assignment` was made under still holds its shard.
-    async fn claim_stands(&self, assignment: &v1::Assignment) -> Result<bool, RolloutError> {
-        let token = FenceToken::from_raw(assignment.fence_token);
-        Ok(claims::stands(&*self.store, &assignment.shard_id, token).await?)
-    }
-
     async fn withdraw(&mut self, key: &str) {
         let Some(dispatch) = self.dispatches.remove(key) else {
             return;
@@ -156,7 +121,6 @@ impl<S: Store> Assignments<S> {
             return;
         };
         let id = assignment.assignment_id;
-        self.running.remove(&id);
         self.delivered.retain(|(_, delivered)| *delivered != id);
         let Some(agent) = agent_of_key(&keys::assignments_prefix(), key) else {
             return;

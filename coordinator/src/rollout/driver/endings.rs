@@ -2,7 +2,7 @@
 //! lapsed claims recovered, plans finished or halted, cancelled plans wound down, and the
 //! spans of waves and rollouts that end with them.
 
-use fleetshift_common::proto::v1::{Plan, PlanState, ShardState, ShardTask};
+use fleetshift_common::proto::v1::{AssignmentResult, Plan, PlanState, ShardState, ShardTask};
 use fleetshift_common::telemetry::traces;
 use prost::Message;
 
@@ -13,7 +13,7 @@ use crate::rollout::{
     RolloutError, assignment_id, plan_of_assignment, records, task_active, task_ended, task_token,
 };
 use crate::rollout::{canary, spans, waves};
-use crate::store::{Condition, Store, Write, keys};
+use crate::store::{Condition, Store, Transaction, Write, grouped, keys};
 
 impl<S: Store> Driver<'_, S> {
     fn task(&self, plan: &str, shard: &str) -> Option<(ShardTask, i64)> {
@@ -24,6 +24,11 @@ impl<S: Store> Driver<'_, S> {
             .map(|seen| (seen.value.clone(), seen.revision))
     }
 
+    /// Ends the tasks whose agents reported, in as few commits as the store takes: each
+    /// ending writes the task, deletes its assignment and result and releases its claim,
+    /// while the task is as the model saw it and the claim is still its own. An ending whose
+    /// claim is gone already (it lapsed after the result came) goes in a second round without
+    /// the release. Results of superseded claims are dropped.
     pub(super) async fn collect_results(&mut self, plan: &Plan) -> Result<(), RolloutError> {
         let results: Vec<(String, _)> = self
             .model
@@ -32,8 +37,9 @@ impl<S: Store> Driver<'_, S> {
             .filter(|(assignment, _)| plan_of_assignment(assignment) == plan.plan_id)
             .map(|(assignment, seen)| (assignment.clone(), seen.value.clone()))
             .collect();
+        let mut endings = Vec::new();
+        let mut superseded = Vec::new();
         for (assignment, result) in results {
-            let result_key = keys::result(&assignment);
             let current = self
                 .task(&plan.plan_id, &result.shard_id)
                 .filter(|(task, _)| {
@@ -41,48 +47,77 @@ impl<S: Store> Driver<'_, S> {
                 });
             let Some((task, revision)) = current else {
                 tracing::info!(%assignment, "dropping the result of a superseded claim");
-                self.commit(&[], &[Write::Delete(result_key)]).await?;
+                superseded.push(Transaction {
+                    conditions: Vec::new(),
+                    writes: vec![Write::Delete(keys::result(&assignment))],
+                });
                 continue;
             };
-            let ran = outcome::with_result(&task, &result);
-            let finished = match outcome::of_result(&result, plan_state(plan)) {
-                RunOutcome::Final(state) => ShardTask {
-                    state: state.into(),
-                    error: result.error.clone(),
-                    finished_at: now(),
-                    ..ran
-                },
-                RunOutcome::Interrupted(cause) => {
-                    outcome::after_interruption(ran, cause, outcome::retry_bound(plan))
-                }
-                RunOutcome::Waits(why) => outcome::after_window(ran, why),
-            };
-            let finished = self.compared_with_canary(plan, finished).await?;
-            let task_key = keys::task(&plan.plan_id, &task.shard_id);
-            let writes = vec![
-                Write::put(task_key.clone(), finished.encode_to_vec()),
-                Write::Delete(keys::assignment(&task.agent_id, &assignment)),
-                Write::Delete(result_key),
-            ];
-            let unchanged = Condition::ModifiedAt(task_key.clone(), revision);
-            let ours = claims::held(&task.shard_id, task_token(&task));
-            let with_release = [writes.as_slice(), &[claims::release(&task.shard_id)]].concat();
-            let released = self
-                .commit(&[unchanged.clone(), ours], &with_release)
-                .await?;
-            let committed = match released {
+            let finished = self.finished(plan, &task, &result).await?;
+            endings.push(Ending {
+                assignment,
+                task,
+                revision,
+                finished,
+            });
+        }
+        let releasing: Vec<Transaction> = endings
+            .iter()
+            .map(|ending| ending.transaction(true))
+            .chain(superseded)
+            .collect();
+        let applied = grouped::commit(self.store, Some(self.epoch), &releasing).await?;
+        let mut claim_gone = Vec::new();
+        for (ending, at) in endings.into_iter().zip(applied) {
+            match at {
                 Some(at) => {
-                    self.model.forget_claim(&task.shard_id, at);
-                    Some(at)
+                    self.model.forget_claim(&ending.task.shard_id, at);
+                    self.ended(plan, ending, at);
                 }
-                // The claim is gone already (or is not this task's): keep whatever is there.
-                None => self.commit(&[unchanged], &writes).await?,
-            };
-            let Some(at) = committed else { continue };
-            self.model.results.remove(&assignment);
-            self.recorded(plan, &task, finished, at);
+                None => claim_gone.push(ending),
+            }
+        }
+        // Rare: the claim lapsed (or the task changed) after the result came.
+        let keeping: Vec<Transaction> = claim_gone
+            .iter()
+            .map(|ending| ending.transaction(false))
+            .collect();
+        let applied = grouped::commit(self.store, Some(self.epoch), &keeping).await?;
+        for (ending, at) in claim_gone.into_iter().zip(applied) {
+            if let Some(at) = at {
+                self.ended(plan, ending, at);
+            }
         }
         Ok(())
+    }
+
+    /// `task` as `result` leaves it.
+    async fn finished(
+        &self,
+        plan: &Plan,
+        task: &ShardTask,
+        result: &AssignmentResult,
+    ) -> Result<ShardTask, RolloutError> {
+        let ran = outcome::with_result(task, result);
+        let finished = match outcome::of_result(result, plan_state(plan)) {
+            RunOutcome::Final(state) => ShardTask {
+                state: state.into(),
+                error: result.error.clone(),
+                finished_at: now(),
+                ..ran
+            },
+            RunOutcome::Interrupted(cause) => {
+                outcome::after_interruption(ran, cause, outcome::retry_bound(plan))
+            }
+            RunOutcome::Waits(why) => outcome::after_window(ran, why),
+        };
+        self.compared_with_canary(plan, finished).await
+    }
+
+    /// After `ending` committed at `at`.
+    fn ended(&mut self, plan: &Plan, ending: Ending, at: i64) {
+        self.model.results.remove(&ending.assignment);
+        self.recorded(plan, &ending.task, ending.finished, at);
     }
 
     /// `task`, when it succeeded, compared with the plan's canary at its version.
@@ -269,5 +304,34 @@ impl<S: Store> Driver<'_, S> {
             }
         }
         Ok(())
+    }
+}
+
+/// A task whose agent reported: the task as the model saw it (at `revision`) and as the
+/// result leaves it.
+struct Ending {
+    assignment: String,
+    task: ShardTask,
+    revision: i64,
+    finished: ShardTask,
+}
+
+impl Ending {
+    /// The commit that records it while the task is unchanged, and, with `release`, gives
+    /// up its claim while the claim is still the task's.
+    fn transaction(&self, release: bool) -> Transaction {
+        let shard = &self.task.shard_id;
+        let task_key = keys::task(plan_of_assignment(&self.assignment), shard);
+        let mut conditions = vec![Condition::ModifiedAt(task_key.clone(), self.revision)];
+        let mut writes = vec![
+            Write::put(task_key, self.finished.encode_to_vec()),
+            Write::Delete(keys::assignment(&self.task.agent_id, &self.assignment)),
+            Write::Delete(keys::result(&self.assignment)),
+        ];
+        if release {
+            conditions.push(claims::held(shard, task_token(&self.task)));
+            writes.push(claims::release(shard));
+        }
+        Transaction { conditions, writes }
     }
 }

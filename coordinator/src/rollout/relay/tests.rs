@@ -3,22 +3,22 @@
 
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::{
-    Assignment, CoordinatorMessage, MigrationSet as WireSet, ShardState, ShardTask,
-};
+use fleetshift_common::proto::v1::{Assignment, CoordinatorMessage, MigrationSet as WireSet};
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::*;
-use crate::store::{Condition, MemoryStore};
+use crate::claims;
+use crate::store::{Condition, LeaseId, MemoryStore, Write};
 
 const LONG: Duration = Duration::from_secs(3600);
 
 type FromReplica = mpsc::Receiver<Result<CoordinatorMessage, Status>>;
 
-/// Claims `shard` for `agent` and writes an assignment under that claim, as the leader does;
-/// the assignment's id.
-async fn dispatch(store: &MemoryStore, agent: &str, shard: &str) -> String {
+/// Claims `shard` for `agent` and writes an assignment under that claim, both bound to one
+/// session lease, as the leader does; the assignment's id and the lease.
+async fn dispatch(store: &MemoryStore, agent: &str, shard: &str) -> (String, LeaseId) {
     let lease = store.grant_lease(LONG).await.expect("lease");
     let token = store
         .commit(
@@ -34,12 +34,6 @@ async fn dispatch(store: &MemoryStore, agent: &str, shard: &str) -> String {
         .expect("claim")
         .expect("unclaimed");
     let id = format!("p1~{shard}~{token}");
-    let task = ShardTask {
-        shard_id: shard.to_owned(),
-        state: ShardState::Running.into(),
-        fence_token: token,
-        ..ShardTask::default()
-    };
     let dispatch = Dispatch {
         assignment: Some(Assignment {
             assignment_id: id.clone(),
@@ -52,20 +46,21 @@ async fn dispatch(store: &MemoryStore, agent: &str, shard: &str) -> String {
             }),
             ..Assignment::default()
         }),
-        task: Some(task),
+        task: None,
     };
     store
         .commit(
             None,
             &[],
-            &[Write::put(
-                keys::assignment(agent, &id),
-                dispatch.encode_to_vec(),
-            )],
+            &[Write::Put {
+                key: keys::assignment(agent, &id),
+                value: dispatch.encode_to_vec(),
+                lease: Some(lease),
+            }],
         )
         .await
         .expect("assignment");
-    id
+    (id, lease)
 }
 
 /// The next message down the agent's stream (at most a minute of session time).
@@ -81,15 +76,6 @@ async fn next(from_replica: &mut FromReplica) -> CoordinatorBody {
 async fn nothing_more(from_replica: &mut FromReplica) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(from_replica.try_recv().is_err(), "nothing else was sent");
-}
-
-async fn running_state(store: &MemoryStore, shard: &str) -> Option<ShardState> {
-    let entry = store.read(&keys::task("p1", shard)).await.expect("read")?;
-    Some(
-        ShardTask::decode(entry.value.as_slice())
-            .expect("task")
-            .state(),
-    )
 }
 
 async fn stored_set(store: &MemoryStore) {
@@ -115,12 +101,11 @@ async fn an_assignment_reaches_its_agent_once_and_again_when_the_agent_reconnect
     let relay = tokio::spawn(run(Arc::clone(&store), Arc::clone(&mailbox), stop.clone()));
     let (outbound, mut from_replica) = mpsc::channel(16);
     let session = mailbox.register("a1", ["s1".to_owned()].into(), outbound);
-    let id = dispatch(&store, "a1", "s1").await;
+    let (id, _) = dispatch(&store, "a1", "s1").await;
     match next(&mut from_replica).await {
         CoordinatorBody::Assignment(assignment) => assert_eq!(assignment.assignment_id, id),
         other => panic!("expected the assignment, got {other:?}"),
     }
-    assert_eq!(running_state(&store, "s1").await, Some(ShardState::Running));
     nothing_more(&mut from_replica).await;
     // The agent reconnects (a new session here): it gets its outstanding assignment again.
     drop(session);
@@ -143,7 +128,7 @@ async fn a_withdrawn_assignment_becomes_a_cancel() {
     let relay = tokio::spawn(run(Arc::clone(&store), Arc::clone(&mailbox), stop.clone()));
     let (outbound, mut from_replica) = mpsc::channel(16);
     let _session = mailbox.register("a1", ["s1".to_owned()].into(), outbound);
-    let id = dispatch(&store, "a1", "s1").await;
+    let (id, _) = dispatch(&store, "a1", "s1").await;
     assert!(matches!(
         next(&mut from_replica).await,
         CoordinatorBody::Assignment(_)
@@ -161,26 +146,30 @@ async fn a_withdrawn_assignment_becomes_a_cancel() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_assignment_whose_claim_is_gone_is_not_delivered() {
+async fn an_assignment_whose_claim_lapsed_is_not_delivered() {
     let store = Arc::new(MemoryStore::new());
     stored_set(&store).await;
     let mailbox = Mailbox::new();
-    let id = dispatch(&store, "a1", "s1").await;
-    // The claim lapses before any replica delivered the assignment.
-    store
-        .commit(None, &[], &[claims::release("s1")])
-        .await
-        .expect("claim gone");
+    let (id, lease) = dispatch(&store, "a1", "s1").await;
+    let (_, other_lease) = dispatch(&store, "a1", "s2").await;
+    // The agent's session lease lapses before any replica delivered the assignment: the
+    // claim and the assignment go together.
+    store.revoke(lease).await.expect("lapsed");
     let (outbound, mut from_replica) = mpsc::channel(16);
-    let _session = mailbox.register("a1", ["s1".to_owned()].into(), outbound);
+    let _session = mailbox.register("a1", ["s1".to_owned(), "s2".to_owned()].into(), outbound);
     let stop = CancellationToken::new();
     let relay = tokio::spawn(run(Arc::clone(&store), Arc::clone(&mailbox), stop.clone()));
+    match next(&mut from_replica).await {
+        CoordinatorBody::Assignment(assignment) => assert_eq!(assignment.shard_id, "s2"),
+        other => panic!("expected the standing assignment, got {other:?}"),
+    }
     nothing_more(&mut from_replica).await;
-    assert_ne!(
-        running_state(&store, "s1").await,
-        Some(ShardState::Running),
-        "{id} was not marked running"
+    assert_eq!(
+        store.read(&claims::key("s1")).await.expect("read"),
+        None,
+        "{id}"
     );
+    store.revoke(other_lease).await.expect("revoke");
     stop.cancel();
     relay.await.expect("relay");
 }
