@@ -393,3 +393,88 @@ async fn a_new_leader_resumes_the_wave_without_dispatching_again() {
     stop.cancel();
     driver.await.expect("second driver");
 }
+
+/// The revision each of `shards`' task records was last written at.
+async fn written_at(store: &MemoryStore, plan: &str, shards: &[&str]) -> Vec<i64> {
+    let mut revisions = Vec::new();
+    for shard in shards {
+        let entry = store.read(&keys::task(plan, shard)).await.expect("read");
+        revisions.push(entry.expect("a task").mod_revision);
+    }
+    revisions
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steps_hand_overs_and_a_rounds_endings_each_go_in_one_commit() {
+    let store = Arc::new(MemoryStore::new());
+    let (epoch, _) = elect(&store, "c1").await;
+    let shards = ["s1", "s2", "s3", "s4"];
+    announce(&store, "a1", &shards).await;
+    let wave = [("s1", "h1"), ("s2", "h2"), ("s3", "h3"), ("s4", "h4")];
+    records::create_plan(&*store, &plan("p1", &[&wave], policy(4, 1, 1)))
+        .await
+        .expect("plan");
+    let (stop, driver) = drive(&store, epoch);
+    eventually("the wave starts", || async {
+        shards_assigned(&store).await.len() == shards.len()
+    })
+    .await;
+    stop.cancel();
+    driver.await.expect("driver");
+    let handed = written_at(&store, "p1", &shards).await;
+    assert!(
+        handed.iter().all(|at| *at == handed[0]),
+        "one commit hands the step's tasks over: {handed:?}"
+    );
+    for shard in shards {
+        assert_eq!(task(&store, "p1", shard).await.state(), ShardState::Running);
+        report(&store, shard, None).await;
+    }
+    let (stop, driver) = drive(&store, epoch);
+    eventually("the plan succeeds", || async {
+        plan_state(&store, "p1").await.0 == PlanState::Succeeded
+    })
+    .await;
+    let ended = written_at(&store, "p1", &shards).await;
+    assert!(
+        ended.iter().all(|at| *at == ended[0] && *at > handed[0]),
+        "one commit ends the round's tasks: {ended:?}"
+    );
+    stop.cancel();
+    driver.await.expect("driver");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_whose_claim_lapsed_before_the_leader_read_it_still_ends_its_task() {
+    let store = Arc::new(MemoryStore::new());
+    let (epoch, _) = elect(&store, "c1").await;
+    announce(&store, "a1", &["s1"]).await;
+    records::create_plan(&*store, &plan("p1", &[&[("s1", "h1")]], policy(1, 1, 1)))
+        .await
+        .expect("plan");
+    let (stop, driver) = drive(&store, epoch);
+    eventually("s1 starts", || async {
+        shards_assigned(&store).await == ["s1"]
+    })
+    .await;
+    stop.cancel();
+    driver.await.expect("driver");
+    report(&store, "s1", None).await;
+    store
+        .commit(None, &[], &[crate::claims::release("s1")])
+        .await
+        .expect("the claim lapses");
+    let (stop, driver) = drive(&store, epoch);
+    eventually("the plan succeeds", || async {
+        plan_state(&store, "p1").await.0 == PlanState::Succeeded
+    })
+    .await;
+    let ended = task(&store, "p1", "s1").await;
+    assert_eq!(ended.state(), ShardState::Succeeded);
+    assert_eq!(ended.interruptions, 0, "the run's result stands");
+    assert!(assignments(&store).await.is_empty());
+    let results = store.list(&keys::results_prefix()).await.expect("list");
+    assert!(results.entries.is_empty(), "the result was taken");
+    stop.cancel();
+    driver.await.expect("driver");
+}
