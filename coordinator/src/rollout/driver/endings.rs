@@ -2,6 +2,8 @@
 //! lapsed claims recovered, plans finished or halted, cancelled plans wound down, and the
 //! spans of waves and rollouts that end with them.
 
+use std::collections::HashMap;
+
 use fleetshift_common::proto::v1::{AssignmentResult, Plan, PlanState, ShardState, ShardTask};
 use fleetshift_common::telemetry::traces;
 use prost::Message;
@@ -39,6 +41,7 @@ impl<S: Store> Driver<'_, S> {
             .collect();
         let mut endings = Vec::new();
         let mut superseded = Vec::new();
+        let mut canaries = Canaries::default();
         for (assignment, result) in results {
             let current = self
                 .task(&plan.plan_id, &result.shard_id)
@@ -53,7 +56,7 @@ impl<S: Store> Driver<'_, S> {
                 });
                 continue;
             };
-            let finished = self.finished(plan, &task, &result).await?;
+            let finished = self.finished(plan, &task, &result, &mut canaries).await?;
             endings.push(Ending {
                 assignment,
                 task,
@@ -97,6 +100,7 @@ impl<S: Store> Driver<'_, S> {
         plan: &Plan,
         task: &ShardTask,
         result: &AssignmentResult,
+        canaries: &mut Canaries,
     ) -> Result<ShardTask, RolloutError> {
         let ran = outcome::with_result(task, result);
         let finished = match outcome::of_result(result, plan_state(plan)) {
@@ -111,7 +115,7 @@ impl<S: Store> Driver<'_, S> {
             }
             RunOutcome::Waits(why) => outcome::after_window(ran, why),
         };
-        self.compared_with_canary(plan, finished).await
+        self.compared_with_canary(plan, finished, canaries).await
     }
 
     /// After `ending` committed at `at`.
@@ -120,18 +124,28 @@ impl<S: Store> Driver<'_, S> {
         self.recorded(plan, &ending.task, ending.finished, at);
     }
 
-    /// `task`, when it succeeded, compared with the plan's canary at its version.
+    /// `task`, when it succeeded, compared with the plan's canary at its version (found once
+    /// per version and round in `canaries`).
     async fn compared_with_canary(
         &self,
         plan: &Plan,
         task: ShardTask,
+        canaries: &mut Canaries,
     ) -> Result<ShardTask, RolloutError> {
         if state_of(&task) != ShardState::Succeeded {
             return Ok(task);
         }
         let tasks = self.model.tasks.get(&plan.plan_id);
         let others = tasks.into_iter().flatten().map(|(_, seen)| &seen.value);
-        let Some(canary) = canary::of(plan, &task, others) else {
+        let canary = canaries
+            .0
+            .entry(task.current_version.clone())
+            .or_insert_with(|| canary::of(plan, &task, others).cloned());
+        // A canary is a task that succeeded, never one still running: never `task` itself.
+        let Some(canary) = canary
+            .as_ref()
+            .filter(|found| found.shard_id != task.shard_id)
+        else {
             return Ok(task);
         };
         Ok(canary::compare(self.store, plan, task, canary).await?)
@@ -306,6 +320,12 @@ impl<S: Store> Driver<'_, S> {
         Ok(())
     }
 }
+
+/// The canary of each version for one round of endings: the model's tasks do not change while
+/// a round is worked out (it records the endings after their commit), so each version's
+/// canary is looked for once per round, not once per result (a walk of the plan each).
+#[derive(Default)]
+struct Canaries(HashMap<String, Option<ShardTask>>);
 
 /// A task whose agent reported: the task as the model saw it (at `revision`) and as the
 /// result leaves it.
