@@ -229,12 +229,12 @@ mod tests {
         let mut model = Model::default();
         model.plans.insert(
             "p1".to_owned(),
-            seen(Plan {
+            seen(std::sync::Arc::new(Plan {
                 plan_id: "p1".to_owned(),
                 state: plan_state.into(),
                 waves,
                 ..Plan::default()
-            }),
+            })),
         );
         let tasks = model.tasks.entry("p1".to_owned()).or_default();
         tasks.insert("a".to_owned(), seen(task("a", ShardState::Succeeded)));

@@ -177,7 +177,7 @@ impl<S: Store> Driver<'_, S> {
                 .model
                 .plans
                 .get(&plan_id)
-                .map(|seen| seen.value.clone())
+                .map(|seen| Arc::clone(&seen.value))
             else {
                 continue;
             };
@@ -224,20 +224,20 @@ impl<S: Store> Driver<'_, S> {
             progress.tasks_in(wave),
             fleet_tasks.map(|seen| &seen.value),
         );
-        let pending: Vec<(ShardTask, i64)> = wave
+        // Walked lazily and cloned only when chosen: most steps choose a few of many.
+        let pending = wave
             .shards
             .iter()
             .filter_map(|shard| tasks.get(&shard.shard_id))
-            .filter(|seen| state_of(&seen.value) == ShardState::Pending)
-            .map(|seen| (seen.value.clone(), seen.revision))
-            .collect();
+            .filter(|seen| state_of(&seen.value) == ShardState::Pending);
         let now = jiff::Timestamp::now();
         let mut chosen = Vec::new();
-        for (task, revision) in pending {
+        for seen in pending {
             if slots.wave_full() {
                 break;
             }
-            if schedule::waiting(plan, &task, now).is_some()
+            let task = &seen.value;
+            if schedule::waiting(plan, task, now).is_some()
                 || self.model.throttle_of(&task.shard_id).is_some()
             {
                 continue;
@@ -245,7 +245,7 @@ impl<S: Store> Driver<'_, S> {
             if !slots.admits(&task.host) {
                 continue;
             }
-            let Some(ready) = self.ready(task, revision) else {
+            let Some(ready) = self.ready(task, seen.revision) else {
                 continue;
             };
             slots.take(&ready.task.host);
@@ -290,7 +290,7 @@ impl<S: Store> Driver<'_, S> {
 
     /// The task with the agent to run it and its claim, when the model shows it can run now:
     /// its shard's agent is connected and no other claim holds the shard.
-    fn ready(&self, task: ShardTask, revision: i64) -> Option<Ready> {
+    fn ready(&self, task: &ShardTask, revision: i64) -> Option<Ready> {
         let (agent, lease) = self.model.agent_of(&task.shard_id, &task.agent_id)?;
         let claim = match self
             .model
@@ -306,7 +306,7 @@ impl<S: Store> Driver<'_, S> {
             None => None,
         };
         Some(Ready {
-            task,
+            task: task.clone(),
             revision,
             agent,
             lease,

@@ -4,6 +4,7 @@
 //! commits at once, before their echo arrives).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use fleetshift_common::proto::v1::{AssignmentResult, FleetThrottle, Hello, Plan, ShardTask};
 
@@ -28,7 +29,8 @@ pub struct AgentSeen {
 
 #[derive(Debug, Default)]
 pub struct Model {
-    pub plans: BTreeMap<String, Seen<Plan>>,
+    /// Shared: the leader takes a plan out for every step, and a plan holds all its shards.
+    pub plans: BTreeMap<String, Seen<Arc<Plan>>>,
     /// By plan, then shard.
     pub tasks: BTreeMap<String, BTreeMap<String, Seen<ShardTask>>>,
     pub claims: HashMap<String, Seen<claims::Holder>>,
@@ -112,7 +114,7 @@ impl Model {
                     self.plans.insert(
                         id.to_owned(),
                         Seen {
-                            value: plan,
+                            value: Arc::new(plan),
                             revision,
                         },
                     );
