@@ -58,7 +58,26 @@ pub async fn events_database(
 
 /// The CPU time (user and system) process `pid` has used.
 pub fn cpu_time(pid: u32, ticks_per_second: f64) -> anyhow::Result<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu_time(&format!("/proc/{pid}/stat"), ticks_per_second)
+}
+
+/// The CPU time (user + system) one thread of this process has used so far.
+pub fn thread_cpu_time(tid: u32, ticks_per_second: f64) -> anyhow::Result<std::time::Duration> {
+    stat_cpu_time(&format!("/proc/self/task/{tid}/stat"), ticks_per_second)
+}
+
+/// The calling thread's id, as `/proc/self/task/` names it.
+pub fn thread_id() -> anyhow::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self")?;
+    let tid = link
+        .file_name()
+        .context("a thread id in /proc/thread-self")?;
+    Ok(tid.to_string_lossy().parse()?)
+}
+
+/// User + system time from a `/proc/.../stat` file.
+fn stat_cpu_time(path: &str, ticks_per_second: f64) -> anyhow::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(path)?;
     // Fields after the command name (which may hold spaces) start at ") ".
     let after_name = stat.rsplit_once(") ").context("unexpected /proc stat")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
