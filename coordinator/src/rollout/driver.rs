@@ -219,11 +219,12 @@ impl<S: Store> Driver<'_, S> {
             return self.finish(plan, state, reason).await;
         };
         let fleet_tasks = self.model.tasks.values().flat_map(|tasks| tasks.values());
-        let mut slots = waves::Slots::new(
-            &policy,
-            progress.tasks_in(wave),
-            fleet_tasks.map(|seen| &seen.value),
-        );
+        // Each task knows its wave: a walk of the plan's tasks, not a lookup per wave shard.
+        let in_wave = tasks
+            .values()
+            .map(|seen| &seen.value)
+            .filter(|task| task.wave == wave.index);
+        let mut slots = waves::Slots::new(&policy, in_wave, fleet_tasks.map(|seen| &seen.value));
         // Walked lazily and cloned only when chosen: most steps choose a few of many.
         let pending = wave
             .shards
