@@ -153,6 +153,51 @@ impl State {
         self.log.push_back(change);
     }
 
+    /// Applies each part (conditions, writes) whose conditions hold, all at one new revision,
+    /// while `epoch` leads; conditions are judged before any part applies. For each part, the
+    /// revision it applied at, or `None`.
+    fn commit_each<'p>(
+        &mut self,
+        epoch: Option<Epoch>,
+        parts: impl IntoIterator<Item = (&'p [Condition], &'p [Write])>,
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        if let Some(epoch) = epoch
+            && !self.holds(&Condition::CreatedAt(keys::leader(), epoch.0))
+        {
+            return Err(StoreError::NotLeader(epoch.0));
+        }
+        let parts: Vec<(bool, &[Write])> = parts
+            .into_iter()
+            .map(|(conditions, writes)| (conditions.iter().all(|c| self.holds(c)), writes))
+            .collect();
+        let applying = || {
+            parts
+                .iter()
+                .filter(|(holds, _)| *holds)
+                .flat_map(|(_, writes)| writes.iter())
+        };
+        for write in applying() {
+            if let Write::Put { lease, .. } = write {
+                self.check_lease(*lease)?;
+            }
+        }
+        if !parts.iter().any(|(holds, _)| *holds) {
+            return Ok(vec![None; parts.len()]);
+        }
+        self.revision += 1;
+        for write in applying() {
+            match write {
+                Write::Put { key, value, lease } => self.put(key, value, *lease),
+                Write::Delete(key) => self.delete(key),
+            }
+        }
+        let revision = self.revision;
+        Ok(parts
+            .iter()
+            .map(|(holds, _)| holds.then_some(revision))
+            .collect())
+    }
+
     fn holds(&self, condition: &Condition) -> bool {
         match condition {
             Condition::Absent(key) => !self.entries.contains_key(key),
@@ -346,27 +391,8 @@ impl Store for MemoryStore {
         writes: &[Write],
     ) -> Result<Option<i64>, StoreError> {
         self.with_state(|state| {
-            if let Some(epoch) = epoch
-                && !state.holds(&Condition::CreatedAt(keys::leader(), epoch.0))
-            {
-                return Err(StoreError::NotLeader(epoch.0));
-            }
-            if !conditions.iter().all(|condition| state.holds(condition)) {
-                return Ok(None);
-            }
-            for write in writes {
-                if let Write::Put { lease, .. } = write {
-                    state.check_lease(*lease)?;
-                }
-            }
-            state.revision += 1;
-            for write in writes {
-                match write {
-                    Write::Put { key, value, lease } => state.put(key, value, *lease),
-                    Write::Delete(key) => state.delete(key),
-                }
-            }
-            Ok(Some(state.revision))
+            let applied = state.commit_each(epoch, [(conditions, writes)])?;
+            Ok(applied.into_iter().next().flatten())
         })
     }
 
@@ -376,42 +402,10 @@ impl Store for MemoryStore {
         transactions: &[Transaction],
     ) -> Result<Vec<Option<i64>>, StoreError> {
         self.with_state(|state| {
-            if let Some(epoch) = epoch
-                && !state.holds(&Condition::CreatedAt(keys::leader(), epoch.0))
-            {
-                return Err(StoreError::NotLeader(epoch.0));
-            }
-            let holding: Vec<bool> = transactions
+            let parts = transactions
                 .iter()
-                .map(|transaction| transaction.conditions.iter().all(|c| state.holds(c)))
-                .collect();
-            let applying = || {
-                transactions
-                    .iter()
-                    .zip(&holding)
-                    .filter(|(_, holds)| **holds)
-                    .flat_map(|(transaction, _)| &transaction.writes)
-            };
-            for write in applying() {
-                if let Write::Put { lease, .. } = write {
-                    state.check_lease(*lease)?;
-                }
-            }
-            if !holding.contains(&true) {
-                return Ok(vec![None; transactions.len()]);
-            }
-            state.revision += 1;
-            for write in applying() {
-                match write {
-                    Write::Put { key, value, lease } => state.put(key, value, *lease),
-                    Write::Delete(key) => state.delete(key),
-                }
-            }
-            let revision = state.revision;
-            Ok(holding
-                .iter()
-                .map(|holds| holds.then_some(revision))
-                .collect())
+                .map(|transaction| (&transaction.conditions[..], &transaction.writes[..]));
+            state.commit_each(epoch, parts)
         })
     }
 
