@@ -108,13 +108,3 @@ pub async fn for_restore<S: Store>(
             other => Status::from(other),
         })
 }
-
-/// Whether the claim that issued `token` still holds `shard`.
-pub async fn stands<S: Store>(
-    store: &S,
-    shard: &str,
-    token: FenceToken,
-) -> Result<bool, StoreError> {
-    let claim = store.read(&key(shard)).await?;
-    Ok(claim.is_some_and(|claim| FenceToken::from_raw(claim.create_revision) == token))
-}

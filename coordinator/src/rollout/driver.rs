@@ -355,18 +355,14 @@ impl<S: Store> Driver<'_, S> {
         plan: &Plan,
         claimed: Vec<Claimed>,
     ) -> Result<Vec<Dispatched>, RolloutError> {
-        let running: Vec<(ShardTask, Transaction)> = claimed
+        let (running, transactions): (Vec<ShardTask>, Vec<Transaction>) = claimed
             .iter()
             .map(|claimed| self.running(plan, claimed))
-            .collect();
-        let transactions: Vec<Transaction> = running
-            .iter()
-            .map(|(_, transaction)| transaction.clone())
-            .collect();
+            .unzip();
         let applied = grouped::commit(self.store, Some(self.epoch), &transactions).await?;
         let handed = claimed.into_iter().zip(running).zip(applied);
         Ok(handed
-            .map(|((claimed, (task, _)), at)| {
+            .map(|((claimed, task), at)| {
                 let Claimed { ready, token, new } = claimed;
                 let shard = task.shard_id.clone();
                 match (at, new) {
