@@ -426,6 +426,16 @@ async fn a_steps_hand_overs_and_a_rounds_endings_each_go_in_one_commit() {
         handed.iter().all(|at| *at == handed[0]),
         "one commit hands the step's tasks over: {handed:?}"
     );
+    // Bound to the agent's session lease, like the claims: an assignment goes with its claim
+    // when the session's lease lapses, which is all the relay relies on.
+    let session = store
+        .agent_lease("a1")
+        .await
+        .expect("read")
+        .expect("a session");
+    let listed = store.list(&keys::assignments_prefix()).await.expect("list");
+    assert_eq!(listed.entries.len(), shards.len());
+    assert!(listed.entries.iter().all(|entry| entry.lease == session));
     for shard in shards {
         assert_eq!(task(&store, "p1", shard).await.state(), ShardState::Running);
         report(&store, shard, None).await;
