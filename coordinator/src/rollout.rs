@@ -55,6 +55,11 @@ pub enum RolloutError {
     Forbidden(String),
 }
 
+/// A task's state; one this release does not know reads as unspecified.
+pub fn state_of(task: &ShardTask) -> ShardState {
+    ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)
+}
+
 /// Whether a task has ended.
 pub fn task_ended(state: ShardState) -> bool {
     matches!(

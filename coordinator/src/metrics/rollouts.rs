@@ -236,9 +236,8 @@ mod tests {
                 ..Plan::default()
             })),
         );
-        let tasks = model.tasks.entry("p1".to_owned()).or_default();
-        tasks.insert("a".to_owned(), seen(task("a", ShardState::Succeeded)));
-        tasks.insert("b".to_owned(), seen(task("b", second)));
+        model.record_task("p1", "a", task("a", ShardState::Succeeded), 1);
+        model.record_task("p1", "b", task("b", second), 1);
         model
     }
 

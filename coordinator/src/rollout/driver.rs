@@ -29,10 +29,10 @@ mod endings;
 #[cfg(test)]
 mod tests;
 
-use super::model::Model;
+use super::model::{Model, PlanTasks};
 use super::outcome::{self};
 use super::spans::RolloutTrace;
-use super::{RolloutError, assignment_id, plan_ended, task_active, task_ended, task_failed};
+use super::{RolloutError, assignment_id, plan_ended, state_of};
 use super::{schedule, waves};
 use crate::claims;
 use crate::metrics::rollouts::RolloutGauges;
@@ -150,10 +150,6 @@ fn now() -> Option<prost_types::Timestamp> {
     Some(std::time::SystemTime::now().into())
 }
 
-fn state_of(task: &ShardTask) -> ShardState {
-    ShardState::try_from(task.state).unwrap_or(ShardState::Unspecified)
-}
-
 fn plan_state(plan: &Plan) -> PlanState {
     PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified)
 }
@@ -181,11 +177,11 @@ impl<S: Store> Driver<'_, S> {
             else {
                 continue;
             };
-            let busy = self.model.tasks.get(&plan_id).is_some_and(|tasks| {
-                tasks
-                    .values()
-                    .any(|task| !task_ended(state_of(&task.value)))
-            });
+            let busy = self
+                .model
+                .tasks
+                .get(&plan_id)
+                .is_some_and(|tasks| tasks.unended() > 0);
             if plan_ended(plan_state(&plan)) && !busy {
                 continue;
             }
@@ -205,26 +201,22 @@ impl<S: Store> Driver<'_, S> {
             return Ok(());
         };
         let policy = plan.policy.clone().unwrap_or_default();
-        let failed: Vec<&ShardTask> = tasks
-            .values()
-            .map(|seen| &seen.value)
-            .filter(|task| task_failed(state_of(task)))
-            .collect();
+        let failed: Vec<&ShardTask> = tasks.failed().collect();
         if let Some(reason) = outcome::halt_reason(&failed, &policy) {
             return self.finish(plan, PlanState::Halted, reason).await;
         }
-        let progress = waves::Progress::new(plan, |shard| tasks.get(shard).map(|seen| &seen.value));
-        let Some(wave) = progress.current() else {
+        // The first wave with a shard that has not ended (a shard without a task has not).
+        let current = plan
+            .waves
+            .iter()
+            .find(|wave| tasks.ended_in_wave(wave.index) < wave.shards.len());
+        let Some(wave) = current else {
             let (state, reason) = outcome::plan_end(&failed, &policy);
             return self.finish(plan, state, reason).await;
         };
-        let fleet_tasks = self.model.tasks.values().flat_map(|tasks| tasks.values());
-        // Each task knows its wave: a walk of the plan's tasks, not a lookup per wave shard.
-        let in_wave = tasks
-            .values()
-            .map(|seen| &seen.value)
-            .filter(|task| task.wave == wave.index);
-        let mut slots = waves::Slots::new(&policy, in_wave, fleet_tasks.map(|seen| &seen.value));
+        let mut slots = waves::Slots::new(&policy, tasks.active_in_wave(wave.index), |host| {
+            self.model.active_on(host)
+        });
         // Walked lazily and cloned only when chosen: most steps choose a few of many.
         let pending = wave
             .shards
@@ -399,7 +391,10 @@ impl<S: Store> Driver<'_, S> {
             ..task.clone()
         };
         let tasks = self.model.tasks.get(&plan.plan_id);
-        let others = tasks.into_iter().flatten().map(|(_, seen)| &seen.value);
+        let others = tasks
+            .into_iter()
+            .flat_map(|tasks| tasks.values())
+            .map(|seen| &seen.value);
         let estimates = schedule::estimates(plan, &running, others);
         let dispatch = dispatch_of(plan, &running, &assignment_id, *token, estimates);
         let transaction = Transaction {
@@ -423,8 +418,8 @@ impl<S: Store> Driver<'_, S> {
         self.model
             .tasks
             .values()
-            .flat_map(|tasks| tasks.values())
-            .any(|seen| seen.value.fence_token == token.get() && task_active(state_of(&seen.value)))
+            .flat_map(PlanTasks::active)
+            .any(|seen| seen.value.fence_token == token.get())
     }
 }
 

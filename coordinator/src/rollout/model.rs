@@ -3,15 +3,18 @@
 //! so a replayed or late change never overwrites a newer one (the leader also records its own
 //! commits at once, before their echo arrives).
 
+mod plan_tasks;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::{AssignmentResult, FleetThrottle, Hello, Plan, ShardTask};
 
-use super::RolloutError;
 use super::records::decode;
+use super::{RolloutError, state_of, task_active};
 use crate::claims;
 use crate::store::{Change, Entry, LeaseId, Store, keys};
+pub use plan_tasks::PlanTasks;
 
 /// A value and the revision it was written at.
 #[derive(Debug, Clone)]
@@ -31,8 +34,11 @@ pub struct AgentSeen {
 pub struct Model {
     /// Shared: the leader takes a plan out for every step, and a plan holds all its shards.
     pub plans: BTreeMap<String, Seen<Arc<Plan>>>,
-    /// By plan, then shard.
-    pub tasks: BTreeMap<String, BTreeMap<String, Seen<ShardTask>>>,
+    /// By plan, then shard; changed only through [`Model::record_task`] and the watch, which
+    /// keep the tallies (the plan's, and the hosts' below).
+    pub tasks: BTreeMap<String, PlanTasks>,
+    /// Active tasks per host, over every plan: the per-host cap's count.
+    active_per_host: HashMap<String, usize>,
     pub claims: HashMap<String, Seen<claims::Holder>>,
     pub agents: HashMap<String, Seen<AgentSeen>>,
     /// By assignment id.
@@ -123,7 +129,11 @@ impl Model {
             (Place::Plan(id), None) => {
                 if newer(self.plans.get(id), revision) {
                     self.plans.remove(id);
-                    self.tasks.remove(id);
+                    if let Some(tasks) = self.tasks.remove(id) {
+                        for seen in tasks.values() {
+                            self.count_host(&seen.value, false);
+                        }
+                    }
                 }
             }
             (Place::Task(plan, shard), Some(value)) => {
@@ -133,8 +143,9 @@ impl Model {
             (Place::Task(plan, shard), None) => {
                 if let Some(tasks) = self.tasks.get_mut(plan)
                     && newer(tasks.get(shard), revision)
+                    && let Some(removed) = tasks.remove(shard)
                 {
-                    tasks.remove(shard);
+                    self.count_host(&removed.value, false);
                 }
             }
             (Place::Claim(shard), Some(value)) => {
@@ -199,16 +210,43 @@ impl Model {
     }
 
     pub fn record_task(&mut self, plan: &str, shard: &str, task: ShardTask, revision: i64) {
-        let tasks = self.tasks.entry(plan.to_owned()).or_default();
-        if newer(tasks.get(shard), revision) {
-            tasks.insert(
-                shard.to_owned(),
-                Seen {
-                    value: task,
-                    revision,
-                },
-            );
+        let stored = self.tasks.get(plan).and_then(|tasks| tasks.get(shard));
+        if !newer(stored, revision) {
+            return;
         }
+        self.count_host(&task, true);
+        let seen = Seen {
+            value: task,
+            revision,
+        };
+        let replaced = self
+            .tasks
+            .entry(plan.to_owned())
+            .or_default()
+            .insert(shard, seen);
+        if let Some(replaced) = replaced {
+            self.count_host(&replaced.value, false);
+        }
+    }
+
+    /// Takes an active task into the per-host count, or out of it.
+    fn count_host(&mut self, task: &ShardTask, adding: bool) {
+        if !task_active(state_of(task)) {
+            return;
+        }
+        if adding {
+            *self.active_per_host.entry(task.host.clone()).or_default() += 1;
+        } else if let Some(count) = self.active_per_host.get_mut(&task.host) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.active_per_host.remove(&task.host);
+            }
+        }
+    }
+
+    /// Active tasks on `host`, over every plan.
+    pub fn active_on(&self, host: &str) -> usize {
+        self.active_per_host.get(host).copied().unwrap_or(0)
     }
 
     pub fn record_claim(&mut self, shard: &str, claim: claims::Holder, revision: i64) {
@@ -283,3 +321,6 @@ fn change_of(entry: &Entry) -> Change {
         lease: entry.lease,
     }
 }
+
+#[cfg(test)]
+mod tests;

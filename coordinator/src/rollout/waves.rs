@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fleetshift_common::proto::v1::{Plan, ShardState, ShardTask, Wave, WavePolicy};
 
-use super::{task_active, task_ended};
+use super::task_ended;
 
 /// Every shard of `plan`, across its waves.
 pub fn shard_count(plan: &Plan) -> usize {
@@ -91,38 +91,40 @@ where
 }
 
 /// The starts a wave still has room for: at most `max_concurrency_per_wave` of its tasks and
-/// `max_concurrency_per_host` of the fleet's (across plans) active at once.
-#[derive(Debug)]
-pub struct Slots {
+/// `max_concurrency_per_host` of the fleet's (across plans) active at once. The counts come
+/// from the leader's model as they stand; a step's own starts are added here.
+pub struct Slots<H> {
     per_wave: usize,
     per_host: usize,
     active_in_wave: usize,
-    active_per_host: HashMap<String, usize>,
+    /// Active tasks on a host, over every plan, before this step.
+    active_on: H,
+    /// The starts of this step, per host.
+    taken: HashMap<String, usize>,
 }
 
-impl Slots {
-    /// The room left in `wave_tasks`' wave, with `fleet_tasks` (every task of every plan)
-    /// counted per host.
-    pub fn new<'t>(
-        policy: &WavePolicy,
-        wave_tasks: impl IntoIterator<Item = &'t ShardTask>,
-        fleet_tasks: impl IntoIterator<Item = &'t ShardTask>,
-    ) -> Self {
-        let active_in_wave = wave_tasks
-            .into_iter()
-            .filter(|task| task_active(task.state()))
-            .count();
-        let mut active_per_host: HashMap<String, usize> = HashMap::new();
-        for task in fleet_tasks {
-            if task_active(task.state()) {
-                *active_per_host.entry(task.host.clone()).or_default() += 1;
-            }
-        }
+impl<H> std::fmt::Debug for Slots<H> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Slots")
+            .field("per_wave", &self.per_wave)
+            .field("per_host", &self.per_host)
+            .field("active_in_wave", &self.active_in_wave)
+            .field("taken", &self.taken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Fn(&str) -> usize> Slots<H> {
+    /// The room left in a wave with `active_in_wave` tasks active, `active_on` counting a
+    /// host's active tasks across every plan.
+    pub fn new(policy: &WavePolicy, active_in_wave: usize, active_on: H) -> Self {
         Self {
             per_wave: policy.max_concurrency_per_wave.max(1) as usize,
             per_host: policy.max_concurrency_per_host.max(1) as usize,
             active_in_wave,
-            active_per_host,
+            active_on,
+            taken: HashMap::new(),
         }
     }
 
@@ -133,13 +135,14 @@ impl Slots {
 
     /// Whether a task on `host` may start now.
     pub fn admits(&self, host: &str) -> bool {
-        !self.wave_full() && self.active_per_host.get(host).copied().unwrap_or(0) < self.per_host
+        let taken = self.taken.get(host).copied().unwrap_or(0);
+        !self.wave_full() && (self.active_on)(host) + taken < self.per_host
     }
 
     /// A task on `host` started.
     pub fn take(&mut self, host: &str) {
         self.active_in_wave += 1;
-        *self.active_per_host.entry(host.to_owned()).or_default() += 1;
+        *self.taken.entry(host.to_owned()).or_default() += 1;
     }
 }
 
@@ -224,8 +227,8 @@ mod tests {
             max_concurrency_per_host: 1,
             ..WavePolicy::default()
         };
-        let running_elsewhere = task("x", "h2", 0, ShardState::Running);
-        let mut slots = Slots::new(&policy, [], [&running_elsewhere]);
+        let running_elsewhere = |host: &str| usize::from(host == "h2");
+        let mut slots = Slots::new(&policy, 0, running_elsewhere);
         assert!(slots.admits("h1"));
         assert!(!slots.admits("h2"), "h2 runs a task of another plan");
         slots.take("h1");

@@ -8,11 +8,13 @@ use fleetshift_common::proto::v1::{AssignmentResult, Plan, PlanState, ShardState
 use fleetshift_common::telemetry::traces;
 use prost::Message;
 
-use super::{Driver, now, plan_state, state_of};
+use super::{Driver, now, plan_state};
 use crate::claims;
+use crate::rollout::model::PlanTasks;
 use crate::rollout::outcome::{self, RunOutcome};
 use crate::rollout::{
-    RolloutError, assignment_id, plan_of_assignment, records, task_active, task_ended, task_token,
+    RolloutError, assignment_id, plan_of_assignment, records, state_of, task_active, task_ended,
+    task_token,
 };
 use crate::rollout::{canary, spans, waves};
 use crate::store::{Condition, Store, Transaction, Write, grouped, keys};
@@ -136,7 +138,10 @@ impl<S: Store> Driver<'_, S> {
             return Ok(task);
         }
         let tasks = self.model.tasks.get(&plan.plan_id);
-        let others = tasks.into_iter().flatten().map(|(_, seen)| &seen.value);
+        let others = tasks
+            .into_iter()
+            .flat_map(|tasks| tasks.values())
+            .map(|seen| &seen.value);
         let canary = canaries
             .0
             .entry(task.current_version.clone())
@@ -200,15 +205,13 @@ impl<S: Store> Driver<'_, S> {
             .tasks
             .get(&plan.plan_id)
             .into_iter()
-            .flat_map(|tasks| tasks.values())
+            .flat_map(PlanTasks::active)
             .filter(|seen| {
                 let task = &seen.value;
-                task_active(state_of(task))
-                    && self
-                        .model
-                        .claims
-                        .get(&task.shard_id)
-                        .is_none_or(|claim| claim.value.token != task_token(task))
+                self.model
+                    .claims
+                    .get(&task.shard_id)
+                    .is_none_or(|claim| claim.value.token != task_token(task))
             })
             .map(|seen| (seen.value.clone(), seen.revision))
             .collect();

@@ -1,0 +1,120 @@
+//! One plan's tasks, by shard, with the tallies the leader asks for at every step kept as the
+//! tasks change: how many have not ended, which hold their shard or failed, and per wave how
+//! many are active and how many ended. A step then costs what it dispatches, not a walk of
+//! every task of the plan (at 100,000 shards those walks were most of the leader's time).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Deref;
+
+use fleetshift_common::proto::v1::ShardTask;
+
+use super::Seen;
+use crate::rollout::{state_of, task_active, task_ended, task_failed};
+
+#[derive(Debug, Default)]
+pub struct PlanTasks {
+    tasks: BTreeMap<String, Seen<ShardTask>>,
+    unended: usize,
+    active: BTreeSet<String>,
+    failed: BTreeSet<String>,
+    waves: HashMap<u32, WaveTally>,
+}
+
+/// One wave's tasks, counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct WaveTally {
+    active: usize,
+    ended: usize,
+}
+
+/// Reads go straight to the map; changes go through [`PlanTasks::insert`] and
+/// [`PlanTasks::remove`], which keep the tallies.
+impl Deref for PlanTasks {
+    type Target = BTreeMap<String, Seen<ShardTask>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tasks
+    }
+}
+
+impl PlanTasks {
+    /// Stores `seen` for `shard`; the task it replaced, if any.
+    pub fn insert(&mut self, shard: &str, seen: Seen<ShardTask>) -> Option<Seen<ShardTask>> {
+        let replaced = self.remove(shard);
+        self.count(shard, &seen.value, true);
+        self.tasks.insert(shard.to_owned(), seen);
+        replaced
+    }
+
+    /// Forgets `shard`'s task; the task, if there was one.
+    pub fn remove(&mut self, shard: &str) -> Option<Seen<ShardTask>> {
+        let removed = self.tasks.remove(shard);
+        if let Some(old) = &removed {
+            self.count(shard, &old.value, false);
+        }
+        removed
+    }
+
+    /// Adds `task` to the tallies, or takes it out of them.
+    fn count(&mut self, shard: &str, task: &ShardTask, adding: bool) {
+        let state = state_of(task);
+        let step = |count: &mut usize| {
+            if adding {
+                *count += 1;
+            } else {
+                *count = count.saturating_sub(1);
+            }
+        };
+        let wave = self.waves.entry(task.wave).or_default();
+        if task_ended(state) {
+            step(&mut wave.ended);
+        } else {
+            step(&mut self.unended);
+        }
+        if task_active(state) {
+            step(&mut wave.active);
+        }
+        let sets = [
+            (task_active(state), &mut self.active),
+            (task_failed(state), &mut self.failed),
+        ];
+        for (member, set) in sets {
+            match (member, adding) {
+                (false, _) => {}
+                (true, true) => {
+                    set.insert(shard.to_owned());
+                }
+                (true, false) => {
+                    set.remove(shard);
+                }
+            }
+        }
+    }
+
+    /// How many tasks have not ended.
+    pub fn unended(&self) -> usize {
+        self.unended
+    }
+
+    /// The tasks that hold their shard now.
+    pub fn active(&self) -> impl Iterator<Item = &Seen<ShardTask>> {
+        self.active.iter().filter_map(|shard| self.tasks.get(shard))
+    }
+
+    /// The tasks that count against the plan's failure threshold.
+    pub fn failed(&self) -> impl Iterator<Item = &ShardTask> {
+        self.failed
+            .iter()
+            .filter_map(|shard| self.tasks.get(shard).map(|seen| &seen.value))
+    }
+
+    /// How many tasks of wave `index` hold their shard now.
+    pub fn active_in_wave(&self, index: u32) -> usize {
+        self.waves.get(&index).map_or(0, |wave| wave.active)
+    }
+
+    /// How many tasks of wave `index` have ended.
+    pub fn ended_in_wave(&self, index: u32) -> usize {
+        self.waves.get(&index).map_or(0, |wave| wave.ended)
+    }
+}

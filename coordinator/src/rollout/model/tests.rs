@@ -1,0 +1,168 @@
+//! The model's tallies against a count from scratch, after every change of a long sequence
+//! that moves tasks through every state, between hosts and waves, and removes tasks and
+//! plans, as the watch and the leader's own records do.
+
+use std::collections::HashMap;
+
+use fleetshift_common::proto::v1::{ShardState, ShardTask};
+use prost::Message as _;
+
+use super::{Model, Seen};
+use crate::rollout::{state_of, task_active, task_ended, task_failed};
+use crate::store::{Change, keys};
+
+const STATES: [ShardState; 7] = [
+    ShardState::Pending,
+    ShardState::Claimed,
+    ShardState::Running,
+    ShardState::Succeeded,
+    ShardState::Failed,
+    ShardState::Cancelled,
+    ShardState::RolledBack,
+];
+
+/// A small linear congruential sequence: the same changes on every run.
+struct Sequence(u64);
+
+impl Sequence {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from(self.0 >> 33).expect("31 bits fit") % bound
+    }
+}
+
+fn task(shard: usize, host: usize, wave: u32, state: ShardState) -> ShardTask {
+    ShardTask {
+        shard_id: format!("s{shard}"),
+        host: format!("h{host}"),
+        wave,
+        state: state.into(),
+        ..ShardTask::default()
+    }
+}
+
+fn put(key: String, task: &ShardTask, revision: i64) -> Change {
+    Change {
+        key,
+        value: Some(task.encode_to_vec()),
+        revision,
+        create_revision: revision,
+        lease: 0,
+    }
+}
+
+fn delete(key: String, revision: i64) -> Change {
+    Change {
+        key,
+        value: None,
+        revision,
+        create_revision: 0,
+        lease: 0,
+    }
+}
+
+/// Every tally the model keeps equals the same count made from its tasks.
+fn assert_tallies(model: &Model, step: usize) {
+    let mut per_host: HashMap<&str, usize> = HashMap::new();
+    for (plan, tasks) in &model.tasks {
+        let all: Vec<&ShardTask> = tasks
+            .values()
+            .map(|seen: &Seen<ShardTask>| &seen.value)
+            .collect();
+        let unended = all.iter().filter(|t| !task_ended(state_of(t))).count();
+        assert_eq!(
+            tasks.unended(),
+            unended,
+            "step {step}, plan {plan}: unended"
+        );
+        let mut failed: Vec<&str> = all
+            .iter()
+            .filter(|t| task_failed(state_of(t)))
+            .map(|t| t.shard_id.as_str())
+            .collect();
+        failed.sort_unstable();
+        let counted: Vec<&str> = tasks.failed().map(|t| t.shard_id.as_str()).collect();
+        assert_eq!(counted, failed, "step {step}, plan {plan}: failed");
+        let active: Vec<&str> = all
+            .iter()
+            .filter(|t| task_active(state_of(t)))
+            .map(|t| t.shard_id.as_str())
+            .collect();
+        let counted: Vec<&str> = tasks
+            .active()
+            .map(|seen| seen.value.shard_id.as_str())
+            .collect();
+        assert_eq!(counted, active, "step {step}, plan {plan}: active");
+        for wave in 0..3 {
+            let in_wave = || all.iter().filter(move |t| t.wave == wave);
+            let ended = in_wave().filter(|t| task_ended(state_of(t))).count();
+            let active = in_wave().filter(|t| task_active(state_of(t))).count();
+            assert_eq!(
+                tasks.ended_in_wave(wave),
+                ended,
+                "step {step}: wave {wave} ended"
+            );
+            assert_eq!(
+                tasks.active_in_wave(wave),
+                active,
+                "step {step}: wave {wave} active"
+            );
+        }
+        for t in all.iter().filter(|t| task_active(state_of(t))) {
+            *per_host.entry(&t.host).or_default() += 1;
+        }
+    }
+    for host in 0..4 {
+        let host = format!("h{host}");
+        let expected = per_host.get(host.as_str()).copied().unwrap_or(0);
+        assert_eq!(model.active_on(&host), expected, "step {step}: {host}");
+    }
+}
+
+#[test]
+fn tallies_match_a_count_from_scratch_after_every_change() {
+    let mut model = Model::default();
+    let mut sequence = Sequence(7);
+    let mut revision = 0;
+    for step in 0..5_000 {
+        revision += 1;
+        let plan = format!("p{}", sequence.below(3));
+        let shard = sequence.below(20);
+        let key = keys::task(&plan, &format!("s{shard}"));
+        match sequence.below(20) {
+            // The plan goes, and its tasks with it.
+            0 => model.apply(&delete(keys::plan(&plan), revision)),
+            1 | 2 => model.apply(&delete(key, revision)),
+            // The leader's own record, or a stale echo of an older write.
+            3..=7 => {
+                let state = STATES[sequence.below(STATES.len())];
+                let written = task(
+                    shard,
+                    sequence.below(4),
+                    u32::try_from(shard % 3).expect("below 3"),
+                    state,
+                );
+                let at = if sequence.below(4) == 0 {
+                    revision - 5
+                } else {
+                    revision
+                };
+                model.record_task(&plan, &format!("s{shard}"), written, at);
+            }
+            _ => {
+                let state = STATES[sequence.below(STATES.len())];
+                let written = task(
+                    shard,
+                    sequence.below(4),
+                    u32::try_from(shard % 3).expect("below 3"),
+                    state,
+                );
+                model.apply(&put(key, &written, revision));
+            }
+        }
+        assert_tallies(&model, step);
+    }
+}
