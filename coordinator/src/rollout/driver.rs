@@ -197,6 +197,16 @@ impl<S: Store> Driver<'_, S> {
     }
 
     async fn run(&mut self, plan: &Plan) -> Result<(), RolloutError> {
+        let Some(tasks) = self.model.tasks.get_mut(&plan.plan_id) else {
+            return Ok(());
+        };
+        // The first wave with a shard that has not ended (a shard without a task has not),
+        // and where in it the walk for work starts.
+        let current = plan
+            .waves
+            .iter()
+            .find(|wave| tasks.ended_in_wave(wave.index) < wave.shards.len());
+        let open = current.map_or(0, |wave| tasks.first_open(wave));
         let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
             return Ok(());
         };
@@ -205,11 +215,6 @@ impl<S: Store> Driver<'_, S> {
         if let Some(reason) = outcome::halt_reason(&failed, &policy) {
             return self.finish(plan, PlanState::Halted, reason).await;
         }
-        // The first wave with a shard that has not ended (a shard without a task has not).
-        let current = plan
-            .waves
-            .iter()
-            .find(|wave| tasks.ended_in_wave(wave.index) < wave.shards.len());
         let Some(wave) = current else {
             let (state, reason) = outcome::plan_end(&failed, &policy);
             return self.finish(plan, state, reason).await;
@@ -218,8 +223,7 @@ impl<S: Store> Driver<'_, S> {
             self.model.active_on(host)
         });
         // Walked lazily and cloned only when chosen: most steps choose a few of many.
-        let pending = wave
-            .shards
+        let pending = wave.shards[open..]
             .iter()
             .filter_map(|shard| tasks.get(&shard.shard_id))
             .filter(|seen| state_of(&seen.value) == ShardState::Pending);

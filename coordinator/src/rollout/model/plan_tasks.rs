@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Deref;
 
-use fleetshift_common::proto::v1::ShardTask;
+use fleetshift_common::proto::v1::{ShardTask, Wave};
 
 use super::Seen;
 use crate::rollout::{state_of, task_active, task_ended, task_failed};
@@ -18,6 +18,10 @@ pub struct PlanTasks {
     active: BTreeSet<String>,
     failed: BTreeSet<String>,
     waves: HashMap<u32, WaveTally>,
+    /// Per wave, how many of its first shards (in the plan's order) have ended: where a walk
+    /// for work starts. Ended tasks stay ended, so it only moves on, unless an ended task is
+    /// replaced or removed; then that wave is walked from its start once more.
+    ended_prefix: HashMap<u32, usize>,
 }
 
 /// One wave's tasks, counted.
@@ -65,6 +69,9 @@ impl PlanTasks {
                 *count = count.saturating_sub(1);
             }
         };
+        if !adding && task_ended(state) {
+            self.ended_prefix.remove(&task.wave);
+        }
         let wave = self.waves.entry(task.wave).or_default();
         if task_ended(state) {
             step(&mut wave.ended);
@@ -89,6 +96,25 @@ impl PlanTasks {
                 }
             }
         }
+    }
+
+    /// Where `wave`'s shards that have not ended begin: every shard before has a task that
+    /// ended.
+    pub fn first_open(&mut self, wave: &Wave) -> usize {
+        let ended = |shard: &ShardTask| {
+            self.tasks
+                .get(&shard.shard_id)
+                .is_some_and(|seen| task_ended(state_of(&seen.value)))
+        };
+        let known = self.ended_prefix.get(&wave.index).copied().unwrap_or(0);
+        let open = wave
+            .shards
+            .iter()
+            .skip(known)
+            .position(|shard| !ended(shard))
+            .map_or(wave.shards.len(), |found| known + found);
+        self.ended_prefix.insert(wave.index, open);
+        open
     }
 
     /// How many tasks have not ended.
