@@ -28,6 +28,9 @@ struct State {
     revision: i64,
     last_lease: LeaseId,
     leases: HashMap<LeaseId, Lease>,
+    /// No lease lapses before this (renewals only push deadlines later): until then, nothing
+    /// to look for. None when no lease was granted since the last look.
+    earliest_deadline: Option<Instant>,
     entries: BTreeMap<String, Stored>,
     log: VecDeque<Change>,
     watchers: Vec<Watcher>,
@@ -57,6 +60,9 @@ impl State {
     /// Drops lapsed leases and every key bound to them.
     fn expire(&mut self) {
         let now = Instant::now();
+        if self.earliest_deadline.is_none_or(|earliest| now < earliest) {
+            return;
+        }
         let lapsed: Vec<LeaseId> = self
             .leases
             .iter()
@@ -66,6 +72,7 @@ impl State {
         for id in lapsed {
             self.drop_lease(id);
         }
+        self.earliest_deadline = self.leases.values().map(|lease| lease.deadline).min();
     }
 
     fn drop_lease(&mut self, id: LeaseId) {
@@ -275,6 +282,12 @@ impl Store for MemoryStore {
                 ttl,
                 deadline: Instant::now() + ttl,
             };
+            let deadline = lease.deadline;
+            state.earliest_deadline = Some(
+                state
+                    .earliest_deadline
+                    .map_or(deadline, |earliest| earliest.min(deadline)),
+            );
             state.leases.insert(state.last_lease, lease);
             Ok(state.last_lease)
         })
