@@ -15,36 +15,32 @@ use crate::store::{Store, StoreError};
 /// Differences listed in a failure; the rest are counted.
 const LISTED: usize = 20;
 
-/// The canary `task` is compared with among `plan`'s `tasks`: the first other task to succeed
-/// at the same version with a schema on record, not one whose drift the plan allowed.
+/// Whether `task` may be a canary at its version: it succeeded with a schema on record.
+pub fn candidate(task: &ShardTask) -> bool {
+    task.state == i32::from(ShardState::Succeeded)
+        && task
+            .schema
+            .as_ref()
+            .is_some_and(|schema| !schema.after.is_empty())
+}
+
+/// When `task` finished: candidates are taken first to finish first (by shard id on a tie).
+pub fn finished(task: &ShardTask) -> (i64, i32) {
+    let at = task.finished_at.unwrap_or_default();
+    (at.seconds, at.nanos)
+}
+
+/// The canary `task` is compared with among `candidates`, the plan's [`candidate`]s at
+/// `task`'s version in the order they finished: the first that is another shard and whose
+/// drift the plan did not allow.
 pub fn of<'t>(
     plan: &Plan,
     task: &ShardTask,
-    tasks: impl IntoIterator<Item = &'t ShardTask>,
+    candidates: impl IntoIterator<Item = &'t ShardTask>,
 ) -> Option<&'t ShardTask> {
-    // Runs for every result over every task of the plan: the cheap tests first, and the order
-    // compared in place (a key cloned per task was the leader's top entry at 10,000 shards).
-    let finished = |task: &ShardTask| {
-        let at = task.finished_at.unwrap_or_default();
-        (at.seconds, at.nanos)
-    };
-    tasks
-        .into_iter()
-        .filter(|other| {
-            other.state == i32::from(ShardState::Succeeded)
-                && other.current_version == task.current_version
-                && other.shard_id != task.shard_id
-                && other
-                    .schema
-                    .as_ref()
-                    .is_some_and(|schema| !schema.after.is_empty())
-                && drift_allowed(plan, &other.shard_id).is_none()
-        })
-        .min_by(|left, right| {
-            finished(left)
-                .cmp(&finished(right))
-                .then_with(|| left.shard_id.cmp(&right.shard_id))
-        })
+    candidates.into_iter().find(|other| {
+        other.shard_id != task.shard_id && drift_allowed(plan, &other.shard_id).is_none()
+    })
 }
 
 /// Why `plan` took `shard` with a schema that differed from the fleet's, when it did.
@@ -169,10 +165,20 @@ mod tests {
             state: ShardState::Failed.into(),
             ..task("d", "3", "f9", 2)
         };
-        let tasks = [late.clone(), first.clone(), other_version, failed];
+        let mut model = crate::rollout::model::Model::default();
+        for (revision, each) in [late.clone(), first.clone(), other_version, failed]
+            .into_iter()
+            .enumerate()
+        {
+            let shard = each.shard_id.clone();
+            model.record_task("p1", &shard, each, i64::try_from(revision).expect("small"));
+        }
+        let tasks = model.tasks.get("p1").expect("recorded");
         let plan = Plan::default();
         let ours = task("e", "3", "f2", 30);
-        let canary = |task| of(&plan, task, &tasks).map(|t| t.shard_id.as_str());
+        let canary = |task: &ShardTask| {
+            of(&plan, task, tasks.candidates(&task.current_version)).map(|t| t.shard_id.as_str())
+        };
         assert_eq!(canary(&ours), Some("b"));
         assert_eq!(canary(&first), Some("a"), "never itself");
         let unrecorded = task("e", "4", "f2", 30);
@@ -186,7 +192,7 @@ mod tests {
             ..Plan::default()
         };
         assert_eq!(
-            of(&allowed, &ours, &tasks).map(|t| t.shard_id.as_str()),
+            of(&allowed, &ours, tasks.candidates("3")).map(|t| t.shard_id.as_str()),
             Some("a"),
             "a shard whose drift was allowed never sets the schema"
         );

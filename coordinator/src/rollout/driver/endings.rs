@@ -2,8 +2,6 @@
 //! lapsed claims recovered, plans finished or halted, cancelled plans wound down, and the
 //! spans of waves and rollouts that end with them.
 
-use std::collections::HashMap;
-
 use fleetshift_common::proto::v1::{AssignmentResult, Plan, PlanState, ShardState, ShardTask};
 use fleetshift_common::telemetry::traces;
 use prost::Message;
@@ -43,7 +41,6 @@ impl<S: Store> Driver<'_, S> {
             .collect();
         let mut endings = Vec::new();
         let mut superseded = Vec::new();
-        let mut canaries = Canaries::default();
         for (assignment, result) in results {
             let current = self
                 .task(&plan.plan_id, &result.shard_id)
@@ -58,7 +55,7 @@ impl<S: Store> Driver<'_, S> {
                 });
                 continue;
             };
-            let finished = self.finished(plan, &task, &result, &mut canaries).await?;
+            let finished = self.finished(plan, &task, &result).await?;
             endings.push(Ending {
                 assignment,
                 task,
@@ -102,7 +99,6 @@ impl<S: Store> Driver<'_, S> {
         plan: &Plan,
         task: &ShardTask,
         result: &AssignmentResult,
-        canaries: &mut Canaries,
     ) -> Result<ShardTask, RolloutError> {
         let ran = outcome::with_result(task, result);
         let finished = match outcome::of_result(result, plan_state(plan)) {
@@ -117,7 +113,7 @@ impl<S: Store> Driver<'_, S> {
             }
             RunOutcome::Waits(why) => outcome::after_window(ran, why),
         };
-        self.compared_with_canary(plan, finished, canaries).await
+        self.compared_with_canary(plan, finished).await
     }
 
     /// After `ending` committed at `at`.
@@ -126,34 +122,24 @@ impl<S: Store> Driver<'_, S> {
         self.recorded(plan, &ending.task, ending.finished, at);
     }
 
-    /// `task`, when it succeeded, compared with the plan's canary at its version (found once
-    /// per version and round in `canaries`).
+    /// `task`, when it succeeded, compared with the plan's canary at its version.
     async fn compared_with_canary(
         &self,
         plan: &Plan,
         task: ShardTask,
-        canaries: &mut Canaries,
     ) -> Result<ShardTask, RolloutError> {
         if state_of(&task) != ShardState::Succeeded {
             return Ok(task);
         }
         let tasks = self.model.tasks.get(&plan.plan_id);
-        let others = tasks
+        let candidates = tasks
             .into_iter()
-            .flat_map(|tasks| tasks.values())
-            .map(|seen| &seen.value);
-        let canary = canaries
-            .0
-            .entry(task.current_version.clone())
-            .or_insert_with(|| canary::of(plan, &task, others).cloned());
+            .flat_map(|tasks| tasks.candidates(&task.current_version));
         // A canary is a task that succeeded, never one still running: never `task` itself.
-        let Some(canary) = canary
-            .as_ref()
-            .filter(|found| found.shard_id != task.shard_id)
-        else {
+        let Some(canary) = canary::of(plan, &task, candidates).cloned() else {
             return Ok(task);
         };
-        Ok(canary::compare(self.store, plan, task, canary).await?)
+        Ok(canary::compare(self.store, plan, task, &canary).await?)
     }
 
     /// After a commit moved `task` (as it was) to `next`: the log line, the run's span, the
@@ -323,12 +309,6 @@ impl<S: Store> Driver<'_, S> {
         Ok(())
     }
 }
-
-/// The canary of each version for one round of endings: the model's tasks do not change while
-/// a round is worked out (it records the endings after their commit), so each version's
-/// canary is looked for once per round, not once per result (a walk of the plan each).
-#[derive(Default)]
-struct Canaries(HashMap<String, Option<ShardTask>>);
 
 /// A task whose agent reported: the task as the model saw it (at `revision`) and as the
 /// result leaves it.

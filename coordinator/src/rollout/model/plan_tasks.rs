@@ -1,15 +1,16 @@
 //! One plan's tasks, by shard, with the tallies the leader asks for at every step kept as the
 //! tasks change: how many have not ended, which hold their shard or failed, and per wave how
-//! many are active and how many ended. A step then costs what it dispatches, not a walk of
+//! many are active and how many ended; and per version the tasks that may be its canary. A step then costs what it dispatches, not a walk of
 //! every task of the plan (at 100,000 shards those walks were most of the leader's time).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Deref;
 
 use fleetshift_common::proto::v1::{ShardTask, Wave};
 
 use super::Seen;
-use crate::rollout::{state_of, task_active, task_ended, task_failed};
+use crate::rollout::{canary, state_of, task_active, task_ended, task_failed};
 
 #[derive(Debug, Default)]
 pub struct PlanTasks {
@@ -22,7 +23,12 @@ pub struct PlanTasks {
     /// for work starts. Ended tasks stay ended, so it only moves on, unless an ended task is
     /// replaced or removed; then that wave is walked from its start once more.
     ended_prefix: HashMap<u32, usize>,
+    /// Per version, the tasks that may be its canary, first to finish first.
+    candidates: HashMap<String, BTreeSet<Candidate>>,
 }
+
+/// A canary candidate's place in its version's order: when it finished, then its shard.
+type Candidate = ((i64, i32), String);
 
 /// One wave's tasks, counted.
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,6 +78,18 @@ impl PlanTasks {
         if !adding && task_ended(state) {
             self.ended_prefix.remove(&task.wave);
         }
+        if canary::candidate(task) {
+            let key = (canary::finished(task), shard.to_owned());
+            let at_version = self.candidates.entry(task.current_version.clone());
+            if adding {
+                at_version.or_default().insert(key);
+            } else if let Entry::Occupied(mut set) = at_version {
+                set.get_mut().remove(&key);
+                if set.get().is_empty() {
+                    set.remove();
+                }
+            }
+        }
         let wave = self.waves.entry(task.wave).or_default();
         if task_ended(state) {
             step(&mut wave.ended);
@@ -115,6 +133,15 @@ impl PlanTasks {
             .map_or(wave.shards.len(), |found| known + found);
         self.ended_prefix.insert(wave.index, open);
         open
+    }
+
+    /// The tasks that may be the canary at `version`, first to finish first.
+    pub fn candidates(&self, version: &str) -> impl Iterator<Item = &ShardTask> {
+        self.candidates
+            .get(version)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, shard)| self.tasks.get(shard).map(|seen| &seen.value))
     }
 
     /// How many tasks have not ended.

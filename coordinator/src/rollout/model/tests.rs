@@ -1,15 +1,15 @@
 //! The model's tallies against a count from scratch, after every change of a long sequence
 //! that moves tasks through every state, between hosts and waves, and removes tasks and
 //! plans, as the watch and the leader's own records do; and where each wave's walk for work
-//! starts.
+//! starts, and the candidates for canary.
 
 use std::collections::HashMap;
 
-use fleetshift_common::proto::v1::{ShardState, ShardTask, Wave};
+use fleetshift_common::proto::v1::{SchemaFingerprints, ShardState, ShardTask, Wave};
 use prost::Message as _;
 
 use super::{Model, Seen};
-use crate::rollout::{state_of, task_active, task_ended, task_failed};
+use crate::rollout::{canary, state_of, task_active, task_ended, task_failed};
 use crate::store::{Change, keys};
 
 const STATES: [ShardState; 7] = [
@@ -41,6 +41,17 @@ fn task(shard: usize, host: usize, wave: u32, state: ShardState) -> ShardTask {
         host: format!("h{host}"),
         wave,
         state: state.into(),
+        // Some with a schema on record (canary candidates when they succeed), finished at
+        // different times, at two versions.
+        current_version: format!("v{}", shard % 2),
+        schema: host.is_multiple_of(2).then(|| SchemaFingerprints {
+            after: format!("schema-{shard}"),
+            ..SchemaFingerprints::default()
+        }),
+        finished_at: Some(prost_types::Timestamp {
+            seconds: i64::try_from(host).expect("small"),
+            nanos: 0,
+        }),
         ..ShardTask::default()
     }
 }
@@ -146,6 +157,23 @@ fn assert_tallies(model: &Model, step: usize) {
                 tasks.active_in_wave(wave),
                 active,
                 "step {step}: wave {wave} active"
+            );
+        }
+        for version in ["v0", "v1"] {
+            let mut expected: Vec<&ShardTask> = all
+                .iter()
+                .copied()
+                .filter(|t| t.current_version == version && canary::candidate(t))
+                .collect();
+            expected.sort_by_key(|t| (canary::finished(t), t.shard_id.clone()));
+            let expected: Vec<&str> = expected.iter().map(|t| t.shard_id.as_str()).collect();
+            let counted: Vec<&str> = tasks
+                .candidates(version)
+                .map(|t| t.shard_id.as_str())
+                .collect();
+            assert_eq!(
+                counted, expected,
+                "step {step}, plan {plan}: candidates at {version}"
             );
         }
         for t in all.iter().filter(|t| task_active(state_of(t))) {
