@@ -147,6 +147,13 @@ impl PostgresShard {
         move |error| database_error(&self.name, &context, &error)
     }
 
+    async fn ledger_exists(&self) -> Result<bool, ExecError> {
+        sqlx::query_scalar("SELECT to_regclass('fleetshift.history') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.database_error("checking for the ledger"))
+    }
+
     /// Whether the index `name` on `table` (as the statement writes it) is valid, with its
     /// schema: the index lives in its table's schema, which need not be on the search path.
     async fn index_validity(
@@ -197,13 +204,6 @@ impl PostgresShard {
     }
 }
 
-/// Whether `connection`'s database has a ledger.
-async fn ledger_exists(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT to_regclass('fleetshift.history') IS NOT NULL")
-        .fetch_one(connection)
-        .await
-}
-
 fn millis(duration: Duration) -> String {
     format!("{}ms", duration.as_millis())
 }
@@ -249,46 +249,43 @@ impl ShardEngine for PostgresShard {
     }
 
     async fn ensure_ledger(&self) -> Result<(), ExecError> {
-        // One connection for the check and the creation: a second acquisition right after
-        // the first would find the first connection not yet back in the pool and open
-        // another session. A ledger an earlier release made lacks the opening function;
-        // CREATE adds it.
-        let creating = self.database_error("creating the ledger");
-        let mut connection = self.pool.acquire().await.map_err(&creating)?;
+        // A ledger an earlier release made lacks the opening function; CREATE adds it.
         let current: bool = sqlx::query_scalar(
             "SELECT to_regclass('fleetshift.history') IS NOT NULL
                 AND to_regprocedure($1) IS NOT NULL",
         )
         .bind(ledger_sql::OPEN_REVISION)
-        .fetch_one(&mut *connection)
+        .fetch_one(&self.pool)
         .await
         .map_err(self.database_error("checking for the ledger"))?;
         if current {
             return Ok(());
         }
-        let mut transaction = connection.begin().await.map_err(&creating)?;
+        let mut transaction = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.database_error("creating the ledger"))?;
         sqlx::raw_sql(ledger_sql::CREATE)
             .execute(&mut *transaction)
             .await
-            .map_err(&creating)?;
-        transaction.commit().await.map_err(&creating)
+            .map_err(self.database_error("creating the ledger"))?;
+        transaction
+            .commit()
+            .await
+            .map_err(self.database_error("creating the ledger"))
     }
 
     async fn read_ledger(&self) -> Result<Vec<LedgerEntry>, ExecError> {
-        let reading = self.database_error("reading the ledger");
-        let mut connection = self.pool.acquire().await.map_err(&reading)?;
-        if !ledger_exists(&mut connection)
-            .await
-            .map_err(self.database_error("checking for the ledger"))?
-        {
+        if !self.ledger_exists().await? {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(ledger_sql::SELECT_HISTORY)
-            .fetch_all(&mut *connection)
+            .fetch_all(&self.pool)
             .await
-            .map_err(&reading)?;
+            .map_err(self.database_error("reading the ledger"))?;
         rows.iter()
-            .map(|row| ledger_entry(row).map_err(&reading))
+            .map(|row| ledger_entry(row).map_err(self.database_error("reading the ledger")))
             .collect()
     }
 
