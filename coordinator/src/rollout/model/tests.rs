@@ -197,19 +197,18 @@ fn tallies_match_a_count_from_scratch_after_every_change() {
         let plan = format!("p{}", sequence.below(3));
         let shard = sequence.below(20);
         let key = keys::task(&plan, &format!("s{shard}"));
+        let written = |sequence: &mut Sequence| {
+            let state = STATES[sequence.below(STATES.len())];
+            let wave = u32::try_from(shard % 3).expect("below 3");
+            task(shard, sequence.below(4), wave, state)
+        };
         match sequence.below(20) {
             // The plan goes, and its tasks with it.
             0 => model.apply(&delete(keys::plan(&plan), revision)),
             1 | 2 => model.apply(&delete(key, revision)),
             // The leader's own record, or a stale echo of an older write.
             3..=7 => {
-                let state = STATES[sequence.below(STATES.len())];
-                let written = task(
-                    shard,
-                    sequence.below(4),
-                    u32::try_from(shard % 3).expect("below 3"),
-                    state,
-                );
+                let written = written(&mut sequence);
                 let at = if sequence.below(4) == 0 {
                     revision - 5
                 } else {
@@ -218,13 +217,7 @@ fn tallies_match_a_count_from_scratch_after_every_change() {
                 model.record_task(&plan, &format!("s{shard}"), written, at);
             }
             _ => {
-                let state = STATES[sequence.below(STATES.len())];
-                let written = task(
-                    shard,
-                    sequence.below(4),
-                    u32::try_from(shard % 3).expect("below 3"),
-                    state,
-                );
+                let written = written(&mut sequence);
                 model.apply(&put(key, &written, revision));
             }
         }
