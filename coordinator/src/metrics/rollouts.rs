@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::rollout::model::Model;
+use crate::rollout::model::{Model, PlanTasks};
 use crate::rollout::waves;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,12 +114,11 @@ impl RolloutGauges {
                     .entry(label_value(shard_state_name(state)))
                     .or_default() += i64::try_from(count).unwrap_or(i64::MAX);
             }
-            let progress = waves::Progress::new(plan, |shard| {
-                tasks
-                    .and_then(|tasks| tasks.get(shard))
-                    .map(|seen| &seen.value)
-            });
-            figures.wave = i64::from(progress.current_index());
+            // The current wave, or the last once every shard has ended.
+            let none = PlanTasks::default();
+            let current = tasks.unwrap_or(&none).current_wave(plan);
+            let wave = current.or_else(|| plan.waves.last());
+            figures.wave = i64::from(wave.map_or(0, |wave| wave.index));
             in_progress.insert(plan_id.clone(), figures);
         }
         self.set(&plans_by_state, &in_progress);
@@ -201,9 +200,10 @@ mod tests {
         Seen { value, revision: 1 }
     }
 
-    fn task(shard: &str, state: ShardState) -> ShardTask {
+    fn task(shard: &str, wave: u32, state: ShardState) -> ShardTask {
         ShardTask {
             shard_id: shard.to_owned(),
+            wave,
             state: state.into(),
             ..ShardTask::default()
         }
@@ -219,11 +219,11 @@ mod tests {
         let waves = vec![
             Wave {
                 index: 0,
-                shards: vec![task("a", ShardState::Pending)],
+                shards: vec![task("a", 0, ShardState::Pending)],
             },
             Wave {
                 index: 1,
-                shards: vec![task("b", ShardState::Pending)],
+                shards: vec![task("b", 1, ShardState::Pending)],
             },
         ];
         let mut model = Model::default();
@@ -236,8 +236,8 @@ mod tests {
                 ..Plan::default()
             })),
         );
-        model.record_task("p1", "a", task("a", ShardState::Succeeded), 1);
-        model.record_task("p1", "b", task("b", second), 1);
+        model.record_task("p1", "a", task("a", 0, ShardState::Succeeded), 1);
+        model.record_task("p1", "b", task("b", 1, second), 1);
         model
     }
 

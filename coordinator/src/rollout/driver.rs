@@ -200,12 +200,8 @@ impl<S: Store> Driver<'_, S> {
         let Some(tasks) = self.model.tasks.get_mut(&plan.plan_id) else {
             return Ok(());
         };
-        // The first wave with a shard that has not ended (a shard without a task has not),
-        // and where in it the walk for work starts.
-        let current = plan
-            .waves
-            .iter()
-            .find(|wave| tasks.ended_in_wave(wave.index) < wave.shards.len());
+        // The wave the rollout works on, and where in it the walk for work starts.
+        let current = tasks.current_wave(plan);
         let open = current.map_or(0, |wave| tasks.first_open(wave));
         let Some(tasks) = self.model.tasks.get(&plan.plan_id) else {
             return Ok(());

@@ -1,13 +1,10 @@
-//! Waves as a running rollout sees them: how many shards a plan holds, which wave is current,
-//! how its tasks stand, and which pending task may start next under the per-wave and per-host
-//! caps. The leader's driver, its gauges, the rollout's spans and the CLI's progress ask here
-//! instead of each walking the plan on its own.
+//! Waves as a running rollout sees them: how many shards a plan holds, how its tasks stand,
+//! and which pending task may start next under the per-wave and per-host caps. Which wave is
+//! current the leader's model knows (`model::PlanTasks::current_wave`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use fleetshift_common::proto::v1::{Plan, ShardState, ShardTask, Wave, WavePolicy};
-
-use super::task_ended;
 
 /// Every shard of `plan`, across its waves.
 pub fn shard_count(plan: &Plan) -> usize {
@@ -50,26 +47,6 @@ where
 {
     pub fn new(plan: &'p Plan, stored: F) -> Self {
         Self { plan, stored }
-    }
-
-    fn ended(&self, shard: &str) -> bool {
-        (self.stored)(shard).is_some_and(|task| task_ended(task.state()))
-    }
-
-    /// The first wave with a shard that has not ended: the one the rollout works on. `None`
-    /// once every shard has ended.
-    pub fn current(&self) -> Option<&'p Wave> {
-        self.plan
-            .waves
-            .iter()
-            .find(|wave| wave.shards.iter().any(|shard| !self.ended(&shard.shard_id)))
-    }
-
-    /// The current wave's index, or the last wave's once every shard has ended.
-    pub fn current_index(&self) -> u32 {
-        self.current()
-            .or_else(|| self.plan.waves.last())
-            .map_or(0, |wave| wave.index)
     }
 
     /// The stored tasks of the wave numbered `index` (none for a wave the plan lacks).
@@ -182,17 +159,16 @@ mod tests {
     }
 
     #[test]
-    fn the_current_wave_is_the_first_with_a_shard_not_ended() {
+    fn a_waves_stored_tasks_are_found_and_counted() {
         let first = [task("a", "h1", 0, ShardState::Pending)];
         let second = [task("b", "h1", 1, ShardState::Pending)];
         let planned = plan(&[&first, &second]);
         assert_eq!(shard_count(&planned), 2);
-        let now = stored(&[
+        let done = stored(&[
             task("a", "h1", 0, ShardState::Succeeded),
-            task("b", "h1", 1, ShardState::Pending),
+            task("b", "h1", 1, ShardState::Failed),
         ]);
-        let progress = Progress::new(&planned, |shard| now.get(shard));
-        assert_eq!(progress.current().map(|wave| wave.index), Some(1));
+        let progress = Progress::new(&planned, |shard| done.get(shard));
         let second: Vec<&str> = progress
             .tasks_of(1)
             .iter()
@@ -200,24 +176,9 @@ mod tests {
             .collect();
         assert_eq!(second, ["b"]);
         assert!(progress.tasks_of(7).is_empty(), "no such wave");
-        let done = stored(&[
-            task("a", "h1", 0, ShardState::Succeeded),
-            task("b", "h1", 1, ShardState::Failed),
-        ]);
-        let ended = Progress::new(&planned, |shard| done.get(shard));
-        assert!(ended.current().is_none());
-        assert_eq!(ended.current_index(), 1, "the last wave once all ended");
         let counted = counts(done.values());
         assert_eq!(counted.get(&ShardState::Succeeded), Some(&1));
         assert_eq!(counted.get(&ShardState::Failed), Some(&1));
-    }
-
-    #[test]
-    fn a_shard_with_no_task_yet_keeps_its_wave_current() {
-        let planned = plan(&[&[task("a", "h1", 0, ShardState::Pending)]]);
-        let nothing: BTreeMap<String, ShardTask> = BTreeMap::new();
-        let progress = Progress::new(&planned, |shard| nothing.get(shard));
-        assert_eq!(progress.current().map(|wave| wave.index), Some(0));
     }
 
     #[test]

@@ -29,7 +29,7 @@ struct State {
     last_lease: LeaseId,
     leases: HashMap<LeaseId, Lease>,
     /// No lease lapses before this (renewals only push deadlines later): until then, nothing
-    /// to look for. None when no lease was granted since the last look.
+    /// to look for. None when there is no lease.
     earliest_deadline: Option<Instant>,
     entries: BTreeMap<String, Stored>,
     log: VecDeque<Change>,

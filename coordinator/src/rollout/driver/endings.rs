@@ -165,7 +165,7 @@ impl<S: Store> Driver<'_, S> {
     /// After a commit ended a task of wave `wave`: the wave's span when that was its last
     /// task, and a cancelled rollout's when it was the plan's.
     fn task_ended(&self, plan: &Plan, wave: u32) {
-        // Looking at every task of the plan per ended task costs O(shards²) per rollout: only
+        // Looking at every task of the wave per ended task costs O(shards²) per rollout: only
         // when there are spans to record.
         if !traces::enabled() {
             return;
@@ -179,8 +179,7 @@ impl<S: Store> Driver<'_, S> {
         if !halted && in_wave.iter().all(|task| task_ended(state_of(task))) {
             spans::wave_ended(plan, wave, &in_wave);
         }
-        let all_ended = tasks.values().all(|seen| task_ended(state_of(&seen.value)));
-        if plan_state(plan) == PlanState::Cancelled && all_ended {
+        if plan_state(plan) == PlanState::Cancelled && tasks.unended() == 0 {
             spans::rollout_ended(plan, PlanState::Cancelled);
         }
     }

@@ -1,13 +1,15 @@
 //! One plan's tasks, by shard, with the tallies the leader asks for at every step kept as the
-//! tasks change: how many have not ended, which hold their shard or failed, and per wave how
-//! many are active and how many ended; and per version the tasks that may be its canary. A step then costs what it dispatches, not a walk of
-//! every task of the plan (at 100,000 shards those walks were most of the leader's time).
+//! tasks change: how many have not ended, which hold their shard or failed, per wave how many
+//! are active and how many ended (and so which wave is current) and where its shards not ended
+//! begin, and per version the tasks that may be its canary. A step then costs what it
+//! dispatches, not a walk of every task of the plan (at 100,000 shards those walks were most
+//! of the leader's time).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Deref;
 
-use fleetshift_common::proto::v1::{ShardTask, Wave};
+use fleetshift_common::proto::v1::{Plan, ShardTask, Wave};
 
 use super::Seen;
 use crate::rollout::{canary, state_of, task_active, task_ended, task_failed};
@@ -38,7 +40,8 @@ struct WaveTally {
 }
 
 /// Reads go straight to the map; changes go through [`PlanTasks::insert`] and
-/// [`PlanTasks::remove`], which keep the tallies.
+/// [`PlanTasks::remove`], which keep the tallies, and only the model makes them (it keeps the
+/// per-host count beside).
 impl Deref for PlanTasks {
     type Target = BTreeMap<String, Seen<ShardTask>>;
 
@@ -49,7 +52,7 @@ impl Deref for PlanTasks {
 
 impl PlanTasks {
     /// Stores `seen` for `shard`; the task it replaced, if any.
-    pub fn insert(&mut self, shard: &str, seen: Seen<ShardTask>) -> Option<Seen<ShardTask>> {
+    pub(super) fn insert(&mut self, shard: &str, seen: Seen<ShardTask>) -> Option<Seen<ShardTask>> {
         let replaced = self.remove(shard);
         self.count(shard, &seen.value, true);
         self.tasks.insert(shard.to_owned(), seen);
@@ -57,7 +60,7 @@ impl PlanTasks {
     }
 
     /// Forgets `shard`'s task; the task, if there was one.
-    pub fn remove(&mut self, shard: &str) -> Option<Seen<ShardTask>> {
+    pub(super) fn remove(&mut self, shard: &str) -> Option<Seen<ShardTask>> {
         let removed = self.tasks.remove(shard);
         if let Some(old) = &removed {
             self.count(shard, &old.value, false);
@@ -114,6 +117,14 @@ impl PlanTasks {
                 }
             }
         }
+    }
+
+    /// The first wave of `plan` with a shard that has not ended (a shard without a task has
+    /// not): the one the rollout works on. `None` once every shard has ended.
+    pub fn current_wave<'p>(&self, plan: &'p Plan) -> Option<&'p Wave> {
+        plan.waves
+            .iter()
+            .find(|wave| self.ended_in_wave(wave.index) < wave.shards.len())
     }
 
     /// Where `wave`'s shards that have not ended begin: every shard before has a task that

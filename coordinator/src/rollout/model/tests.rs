@@ -229,3 +229,38 @@ fn tallies_match_a_count_from_scratch_after_every_change() {
         }
     }
 }
+
+#[test]
+fn the_current_wave_is_the_first_with_a_shard_not_ended() {
+    let plan = fleetshift_common::proto::v1::Plan {
+        plan_id: "p1".to_owned(),
+        waves: waves(),
+        ..Default::default()
+    };
+    let mut model = Model::default();
+    let current = |model: &Model| {
+        let none = super::PlanTasks::default();
+        let tasks = model.tasks.get("p1").unwrap_or(&none);
+        tasks.current_wave(&plan).map(|wave| wave.index)
+    };
+    assert_eq!(
+        current(&model),
+        Some(0),
+        "shards without a task have not ended"
+    );
+    let mut revision = 0;
+    let mut end_wave = |model: &mut Model, wave: u32, state: ShardState| {
+        for shard in (0..20).filter(|shard| shard % 3 == wave as usize) {
+            revision += 1;
+            let ended = task(shard, 0, wave, state);
+            model.record_task("p1", &format!("s{shard}"), ended, revision);
+        }
+    };
+    end_wave(&mut model, 0, ShardState::Succeeded);
+    assert_eq!(current(&model), Some(1));
+    end_wave(&mut model, 1, ShardState::Failed);
+    end_wave(&mut model, 2, ShardState::Running);
+    assert_eq!(current(&model), Some(2), "running is not ended");
+    end_wave(&mut model, 2, ShardState::Cancelled);
+    assert_eq!(current(&model), None, "every shard ended");
+}
