@@ -86,16 +86,16 @@ async fn a_rollout_survives_its_agent_being_killed_frozen_and_moved_between_repl
         "the replacement finished under a newer claim"
     );
     stale_process.signal("CONT");
+    // This log already holds an earlier run's refusal (the restart above): wait for this one.
+    let this_refusal = format!(
+        "fenced out: this run holds fencing token {stale} but the shard has seen token {fresh}"
+    );
     let refused = wait_until(Duration::from_secs(30), || async {
-        fleet.log_of(&stale_log).contains("fenced out")
+        fleet.log_of(&stale_log).contains(&this_refusal)
     })
     .await;
-    let log = fleet.log_of(&stale_log);
     assert!(
-        refused
-            && log.contains(&format!(
-                "this run holds fencing token {stale} but the shard has seen token {fresh}"
-            )),
+        refused,
         "the woken process tried its late write and the fence refused it\n{}",
         fleet.logs()
     );
