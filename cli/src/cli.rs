@@ -15,6 +15,7 @@ pub mod progress;
 mod rehearsals;
 mod rehearse;
 mod render;
+mod replicas;
 mod rollback;
 mod rollout;
 mod schema;
@@ -97,6 +98,8 @@ pub enum Command {
     /// Hold the shards a selector matches for a while: `set` (operator), `list` (viewer),
     /// `lift` (operator). Nothing is dispatched to a held shard.
     Throttle(throttles::ThrottleArgs),
+    /// Every replica `--coordinator` names: whether it answers and which one leads (viewer).
+    Replicas(replicas::ReplicasArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(packaging::CompletionsArgs),
     /// Write man pages for fleetshift, each subcommand and fleetshift-agent.
@@ -134,6 +137,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Rehearse(_) => "rehearse",
         Command::Schema(_) => "schema",
         Command::Throttle(_) => "throttle",
+        Command::Replicas(_) => "replicas",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -174,6 +178,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Rehearse(arguments) => rehearsals::run(*arguments).await,
         Command::Schema(arguments) => schema::run(arguments).await,
         Command::Throttle(arguments) => throttles::run(arguments).await,
+        Command::Replicas(arguments) => replicas::run(arguments).await,
         Command::Completions(arguments) => packaging::completions(&arguments),
         Command::Man(arguments) => packaging::man(&arguments),
     }

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         | cli::Command::Rehearse(_)
         | cli::Command::Schema(_)
         | cli::Command::Throttle(_)
+        | cli::Command::Replicas(_)
         | cli::Command::Completions(_)
         | cli::Command::Man(_) => "warn",
     };

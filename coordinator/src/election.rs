@@ -35,6 +35,30 @@ impl Standing {
     }
 }
 
+/// A replica as the fleet service describes it: its id and its standing, followed live.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub id: String,
+    pub standing: watch::Receiver<Standing>,
+}
+
+impl Replica {
+    /// Whether this replica leads, and the leadership when one is known (this replica's when
+    /// it leads), read together.
+    pub fn now(&self) -> (bool, Option<Leadership>) {
+        match &*self.standing.borrow() {
+            Standing::Leader { epoch, .. } => (
+                true,
+                Some(Leadership {
+                    leader: self.id.clone(),
+                    epoch: *epoch,
+                }),
+            ),
+            Standing::Follower { leader } => (false, leader.clone()),
+        }
+    }
+}
+
 /// Runs the election until `shutdown`; the receiver follows this replica's standing.
 pub fn start<S: Store + 'static>(
     store: Arc<S>,

@@ -13,11 +13,12 @@ use fleetshift_common::proto::v1::host_reply::Outcome;
 use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     Approval, ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
-    CreateRollbackPlanRequest, FleetThrottle, GetPlanRequest, GetSchemaRequest, Hello,
-    LiftThrottleRequest, ListBackups, ListBackupsRequest, ListBackupsResponse, ListPlansRequest,
-    ListPlansResponse, ListShardsRequest, ListShardsResponse, ListThrottlesRequest,
-    ListThrottlesResponse, Plan, PlanAction, RehearsePlanRequest, RehearsePlanResponse,
-    RestoreBackup, RestoreBackupRequest, RolloutEvent, SchemaSnapshot, ShardHealth, ShardSummary,
+    CreateRollbackPlanRequest, DescribeReplicaRequest, FleetThrottle, GetPlanRequest,
+    GetSchemaRequest, Hello, LiftThrottleRequest, ListBackups, ListBackupsRequest,
+    ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
+    ListShardsResponse, ListThrottlesRequest, ListThrottlesResponse, Plan, PlanAction,
+    RehearsePlanRequest, RehearsePlanResponse, ReplicaStanding, RestoreBackup,
+    RestoreBackupRequest, RolloutEvent, SchemaSnapshot, ShardHealth, ShardSummary,
     ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest, WatchEventsRequest,
     WatchRolloutRequest,
 };
@@ -29,6 +30,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{self, OperatorRole, Roles};
 use crate::backups::{self, Errand, QUICK_TIMEOUT};
+use crate::election::Replica;
 use crate::error::{ErrorCode, refuse};
 use crate::events::Sequence;
 use crate::events::fanout::Fanout;
@@ -49,15 +51,24 @@ pub struct FleetApi<S> {
     /// The replica's one watch of the store for every rollout watch on it; stopping the
     /// tasks it was made with ends them.
     events: Arc<Fanout<S>>,
+    /// This replica, for `DescribeReplica`.
+    replica: Replica,
 }
 
 impl<S: Store + 'static> FleetApi<S> {
-    pub fn new(store: Arc<S>, roles: Roles, trust_domain: &str, tasks: TaskSet) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        roles: Roles,
+        trust_domain: &str,
+        replica: Replica,
+        tasks: TaskSet,
+    ) -> Self {
         Self {
             store: Arc::clone(&store),
             roles,
             trust_domain: trust_domain.to_owned(),
             events: Fanout::new(store, tasks),
+            replica,
         }
     }
 
@@ -433,6 +444,22 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let throttle = throttles::lift(&*self.store, &id).await?;
         tracing::info!(throttle = %id, %author, "fleet throttle lifted");
         Ok(Response::new(throttle))
+    }
+
+    async fn describe_replica(
+        &self,
+        request: Request<DescribeReplicaRequest>,
+    ) -> Result<Response<ReplicaStanding>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let (leading, leadership) = self.replica.now();
+        let (leader_id, epoch) =
+            leadership.map_or((String::new(), 0), |known| (known.leader, known.epoch.0));
+        Ok(Response::new(ReplicaStanding {
+            coordinator_id: self.replica.id.clone(),
+            leading,
+            leader_id,
+            epoch,
+        }))
     }
 
     async fn watch_rollout(

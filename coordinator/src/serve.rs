@@ -25,7 +25,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use crate::agent_session::AgentSessions;
 use crate::backups;
 use crate::config::{CoordinatorConfig, StoreChoice};
-use crate::election::{self, Standing};
+use crate::election::{self, Replica, Standing};
 use crate::events::journal::{self, Feed};
 use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
@@ -234,13 +234,24 @@ pub async fn run_replica<S: Store + 'static>(
     .journaling(journal);
     let mailbox = sessions.mailbox();
     registry.register_collector(Box::new(ConnectedAgents(Arc::clone(&mailbox))));
+    let stopping = background.stopping().clone();
+    let (standing, election) = election::start(
+        Arc::clone(&store),
+        &config.coordinator_id,
+        config.intervals,
+        stopping.clone(),
+    );
+    let replica = Replica {
+        id: config.coordinator_id.clone(),
+        standing: standing.clone(),
+    };
     let fleet = FleetApi::new(
         Arc::clone(&store),
         config.roles.clone(),
         &config.trust_domain,
+        replica,
         rpc.clone(),
     );
-    let stopping = background.stopping().clone();
     background.spawn(relay::run(
         Arc::clone(&store),
         Arc::clone(&mailbox),
@@ -262,12 +273,6 @@ pub async fn run_replica<S: Store + 'static>(
         mailbox,
         stopping.clone(),
     ));
-    let (standing, election) = election::start(
-        Arc::clone(&store),
-        &config.coordinator_id,
-        config.intervals,
-        stopping.clone(),
-    );
     background.spawn(async move {
         // The election's own task hands leadership over when it stops.
         let _ = election.await;

@@ -19,6 +19,7 @@ use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::{pki, reload};
 use fleetshift_coordinator::agent_session::AgentSessions;
 use fleetshift_coordinator::authz::Roles;
+use fleetshift_coordinator::election::{Replica, Standing};
 use fleetshift_coordinator::fleet_api::FleetApi;
 use fleetshift_coordinator::metrics::CoordinatorMetrics;
 use fleetshift_coordinator::serve;
@@ -81,6 +82,10 @@ async fn measure() -> anyhow::Result<()> {
         Arc::clone(&store),
         Roles::default(),
         TRUST_DOMAIN,
+        Replica {
+            id: "c1".to_owned(),
+            standing: tokio::sync::watch::channel(Standing::Follower { leader: None }).1,
+        },
         TaskSet::new(),
     );
     let (_stop_serving, stop) = tokio::sync::oneshot::channel::<()>();

@@ -11,8 +11,11 @@
 //!   CPU-seconds (`/proc/<pid>/stat`) per 1,000 shards, etcd requests (its own
 //!   `grpc_server_handled_total` / `grpc_server_msg_received_total` counters) by method and
 //!   per shard, and the event journal's batches per progress event (two per shard);
-//! - a second rollout (one more revision) followed by WATCHERS `WatchRollout` streams from
-//!   before its start to its end: the leader's CPU per shard against the first rollout's.
+//! - with WATCHERS, a second replica (a follower) runs from the start, and two more rollouts
+//!   (one more revision each) are followed by WATCHERS `WatchRollout` streams from before
+//!   their start to their end: first on the follower, as the CLI places watches when given
+//!   several replicas, then on the leader; the leader's CPU per shard against the unwatched
+//!   rollout's, and what the follower spent.
 //!
 //! `cargo build --release --bins && cargo bench -p fleetshift-tests --bench control_plane
 //! [-- SHARDS [WATCHERS]]` (default 2,000 shards, 10 per simulated agent, 100 watchers).
@@ -31,15 +34,16 @@ use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::{
-    AgentMessage, Assignment, AssignmentResult, CreatePlanRequest, Engine, Heartbeat, Hello,
-    ListShardsRequest, PlanState, ProgressEvent, RevisionFinished, RevisionOutcome,
-    RevisionStarted, ShardFacts, ShardMetrics, WatchRolloutRequest,
+    AgentMessage, Assignment, AssignmentResult, CreatePlanRequest, DescribeReplicaRequest, Engine,
+    Heartbeat, Hello, ListShardsRequest, PlanState, ProgressEvent, RevisionFinished,
+    RevisionOutcome, RevisionStarted, ShardFacts, ShardMetrics, WatchRolloutRequest,
 };
 use fleetshift_common::tls::identity::Role;
 use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::bench::{clock_ticks, cpu_time};
 use fleetshift_tests::fleet::{await_leader, channel_as, init_pki, issue, spawn_replica};
+use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{fixtures, rollout};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -272,17 +276,26 @@ fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
 /// What one rollout cost the coordinator and etcd.
 struct Cost {
     wall: Duration,
+    /// The leader's.
     cpu: Duration,
+    /// The follower's, when there is one.
+    follower_cpu: Option<Duration>,
     requests: BTreeMap<String, f64>,
 }
 
-/// Rolls the fleet to the last revision of `revisions`, with `watchers` operators following
-/// it over `WatchRollout` from before its start to its end.
+/// Who follows a rollout: `count` streams on the replica `client` reaches.
+struct Watchers<'a> {
+    client: &'a FleetServiceClient<Channel>,
+    count: usize,
+}
+
+/// Rolls the fleet to the last revision of `revisions`, with `watchers` following it over
+/// `WatchRollout` from before its start to its end.
 async fn roll_out(
     client: &FleetServiceClient<Channel>,
     fleet: &Fleet,
     revisions: &[(&str, &str)],
-    watchers: usize,
+    watchers: Option<Watchers<'_>>,
 ) -> anyhow::Result<Cost> {
     let migrations = fixtures::migrations(revisions);
     let mut rollout = rollout::prepare(
@@ -301,8 +314,10 @@ async fn roll_out(
     )
     .await?;
     let mut following = tokio::task::JoinSet::new();
+    let (watching, watchers) =
+        watchers.map_or((client, 0), |watchers| (watchers.client, watchers.count));
     for _ in 0..watchers {
-        let mut events = client
+        let mut events = watching
             .clone()
             .watch_rollout(WatchRolloutRequest {
                 plan_id: rollout.plan_id.clone(),
@@ -319,13 +334,23 @@ async fn roll_out(
             received
         });
     }
+    let follower_cpu = || {
+        fleet
+            .follower
+            .map(|pid| cpu_time(pid, fleet.ticks))
+            .transpose()
+    };
     let cpu_before = cpu_time(fleet.pid, fleet.ticks)?;
+    let follower_before = follower_cpu()?;
     let requests_before = etcd_requests(&fleet.etcd)?;
     let started = Instant::now();
     rollout.start().await?;
     let ended = rollout.ended().await?;
     let wall = started.elapsed();
     let cpu = cpu_time(fleet.pid, fleet.ticks)? - cpu_before;
+    let follower_cpu = follower_cpu()?
+        .zip(follower_before)
+        .map(|(after, before)| after - before);
     let requests = difference(&etcd_requests(&fleet.etcd)?, &requests_before);
     if ended != Some(PlanState::Succeeded) {
         bail!("the rollout ended {ended:?}");
@@ -341,13 +366,17 @@ async fn roll_out(
     Ok(Cost {
         wall,
         cpu,
+        follower_cpu,
         requests,
     })
 }
 
-/// The coordinator's process and etcd, as the measurements read them.
+/// The coordinator's processes and etcd, as the measurements read them.
 struct Fleet {
+    /// The leader's.
     pid: u32,
+    /// The follower's, when there is one.
+    follower: Option<u32>,
     ticks: f64,
     etcd: String,
 }
@@ -368,13 +397,20 @@ async fn measure(shards: usize, watchers: usize) -> anyhow::Result<()> {
     if !await_leader(&store, Duration::from_secs(20)).await {
         bail!("no leader; see {}", home.path().join("c1.log").display());
     }
+    // The follower, for the watchers: started once c1 leads, so it follows.
+    let follower = (watchers > 0).then(|| spawn_replica(home.path(), "c2", &etcd.endpoint, roles));
     let fleet = Fleet {
         pid: coordinator.id(),
+        follower: follower.as_ref().map(|(_, process)| process.id()),
         ticks: clock_ticks()?,
         etcd: etcd.endpoint.clone(),
     };
     let address = format!("https://localhost:{port}");
     let mut client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
+    let follower_client = match &follower {
+        Some((port, _)) => Some(following(*port, &pki).await?),
+        None => None,
+    };
     client.list_shards(ListShardsRequest::default()).await?;
     let resident_before = resident_bytes(fleet.pid)?;
     let stop = CancellationToken::new();
@@ -400,7 +436,7 @@ async fn measure(shards: usize, watchers: usize) -> anyhow::Result<()> {
     );
 
     let first = [("1_bench.sql", "CREATE TABLE bench (id int);")];
-    let cost = roll_out(&client, &fleet, &first, 0).await?;
+    let cost = roll_out(&client, &fleet, &first, None).await?;
     report(&cost, &idle_requests, idle_cpu, idle_window, shards);
     let batches = journal_batches(&store).await?;
     let events = 2 * shards;
@@ -408,24 +444,70 @@ async fn measure(shards: usize, watchers: usize) -> anyhow::Result<()> {
         "event journal: {batches} batches for {events} progress events: {:.3} etcd puts per event",
         batches as f64 / events as f64
     );
-    if watchers > 0 {
-        let second = [
-            first[0],
-            ("2_bench.sql", "CREATE TABLE bench_two (id int);"),
-        ];
-        let watched = roll_out(&client, &fleet, &second, watchers).await?;
-        report(&watched, &idle_requests, idle_cpu, idle_window, shards);
+    if let Some(follower_client) = &follower_client {
         let per_shard = |cost: &Cost| cost.cpu.as_secs_f64() / shards as f64;
-        println!(
-            "{watchers} watchers: the leader's CPU per shard {:.2}x the unwatched rollout's (target < 1.10)",
-            per_shard(&watched) / per_shard(&cost)
-        );
+        let mut revisions = first.to_vec();
+        for (name, sql, watching, place) in [
+            (
+                "2_bench.sql",
+                "CREATE TABLE bench_two (id int);",
+                follower_client,
+                "on the follower",
+            ),
+            (
+                "3_bench.sql",
+                "CREATE TABLE bench_three (id int);",
+                &client,
+                "on the leader",
+            ),
+        ] {
+            revisions.push((name, sql));
+            let following = Watchers {
+                client: watching,
+                count: watchers,
+            };
+            let watched = roll_out(&client, &fleet, &revisions, Some(following)).await?;
+            println!("-- {watchers} watchers {place}:");
+            report(&watched, &idle_requests, idle_cpu, idle_window, shards);
+            println!(
+                "{watchers} watchers {place}: the leader's CPU per shard {:.2}x the unwatched rollout's (target < 1.10); the follower spent {:.2} CPU-s",
+                per_shard(&watched) / per_shard(&cost),
+                watched.follower_cpu.unwrap_or_default().as_secs_f64()
+            );
+        }
     }
     footprint(&store, shards).await?;
     stop.cancel();
     while simulated.join_next().await.is_some() {}
     drop(coordinator);
     Ok(())
+}
+
+/// A client of the replica on `port` once it follows a known leader (it learns the leader at
+/// its first campaign).
+async fn following(
+    port: u16,
+    pki: &std::path::Path,
+) -> anyhow::Result<FleetServiceClient<Channel>> {
+    let address = format!("https://localhost:{port}");
+    let client = FleetServiceClient::new(channel_as(&address, pki, "operator-ops").await);
+    let follows = wait_until(Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .describe_replica(DescribeReplicaRequest {})
+                .await
+                .is_ok_and(|standing| {
+                    let standing = standing.into_inner();
+                    !standing.leading && !standing.leader_id.is_empty()
+                })
+        }
+    })
+    .await;
+    if !follows {
+        bail!("{address} never followed a known leader");
+    }
+    Ok(client)
 }
 
 /// Prints what a rollout cost, against the idle fleet's heartbeats over as long.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
+use fleetshift_coordinator::election::{Replica, Standing};
 use fleetshift_coordinator::metrics::CoordinatorMetrics;
 use prometheus_client::registry::Registry;
 
@@ -573,6 +574,10 @@ impl InProcessCoordinator {
                 std::sync::Arc::clone(&store),
                 roles,
                 TRUST_DOMAIN,
+                Replica {
+                    id: "c1".to_owned(),
+                    standing: tokio::sync::watch::channel(Standing::Follower { leader: None }).1,
+                },
                 TaskSet::new(),
             ),
             health: fleetshift_coordinator::probes::health(ready, &rpc),

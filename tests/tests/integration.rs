@@ -42,6 +42,7 @@ mod integration {
     mod processes;
     mod real_histories;
     mod rehearsal;
+    mod replicas;
     mod risk;
     mod rollback;
     mod rolling_upgrade;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use fleetshift_common::proto::v1::ErrorKind as WireErrorKind;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::{DescribeReplicaRequest, ReplicaStanding};
 use fleetshift_common::telemetry::traces::context::PropagateContext;
 use fleetshift_common::tls::{
     self,
@@ -133,6 +134,78 @@ impl Connection {
             }
         }
         Err(failures.join("; "))
+    }
+}
+
+/// A replica's answer to `DescribeReplica`, with the client that asked.
+pub(super) struct Described {
+    pub client: FleetClient,
+    /// The replica's place in `--coordinator`.
+    pub index: usize,
+    pub standing: ReplicaStanding,
+}
+
+/// Why a replica gave no standing, and the exit code that says so.
+#[derive(Debug)]
+pub(super) struct Unanswered {
+    pub message: String,
+    pub exit: u8,
+}
+
+impl Connection {
+    /// Asks the `index`-th replica for its standing; why not, named, when it cannot answer.
+    pub(super) async fn describe(&self, index: usize) -> Result<Described, Unanswered> {
+        let address = self
+            .addresses()
+            .get(index)
+            .copied()
+            .ok_or_else(|| Unanswered {
+                message: format!("--coordinator names no replica number {}", index + 1),
+                exit: exit::BAD_INPUT,
+            })?;
+        let channel = self.connect_to(address).await.map_err(|error| Unanswered {
+            message: self.explained(address, &error),
+            exit: exit::UNREACHABLE,
+        })?;
+        let mut client = FleetServiceClient::with_interceptor(channel, PropagateContext);
+        let standing = client
+            .describe_replica(DescribeReplicaRequest {})
+            .await
+            .map_err(|status| match self.refused_handshake(&status) {
+                Some(explained) => Unanswered {
+                    message: explained,
+                    exit: exit::UNREACHABLE,
+                },
+                None => Unanswered {
+                    message: format!("{address}: {}", status.message()),
+                    exit: exit::from_status(status.code()),
+                },
+            })?
+            .into_inner();
+        Ok(Described {
+            client,
+            index,
+            standing,
+        })
+    }
+
+    /// For a watch, when several replicas are given: the first that answers as a follower of a
+    /// known leader, so streams cost the leader nothing. `None` with a single address, or
+    /// when none answers so (no leader known, or replicas too old to say).
+    pub(super) async fn follower(&self) -> Option<Described> {
+        let count = self.addresses().len();
+        if count < 2 {
+            return None;
+        }
+        for index in 0..count {
+            if let Ok(described) = self.describe(index).await
+                && !described.standing.leading
+                && !described.standing.leader_id.is_empty()
+            {
+                return Some(described);
+            }
+        }
+        None
     }
 }
 

@@ -1,7 +1,8 @@
 //! A watch that survives its replica: when the stream breaks (the replica stops, the
 //! connection drops) it opens it again, on the next replica when several are given, and
 //! continues after the last sequence it handed out, so nothing is missed and nothing comes
-//! twice.
+//! twice. Given several replicas, it watches on one that does not lead: every replica serves
+//! watches from its own follower of the store, so the leader's CPU goes to dispatching.
 
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Resumable<'c> {
     since: u64,
     stream: Option<Streaming<RolloutEvent>>,
     reopenings: u32,
+    /// Whether a replica was chosen for the first opening.
+    placed: bool,
 }
 
 impl<'c> Resumable<'c> {
@@ -51,6 +54,7 @@ impl<'c> Resumable<'c> {
             since,
             stream: None,
             reopenings: 0,
+            placed: false,
         }
     }
 
@@ -61,6 +65,10 @@ impl<'c> Resumable<'c> {
 
     /// Opens the watch now (so what happens from here on is seen), if it is not open.
     pub async fn open(&mut self) -> Result<(), Status> {
+        if !self.placed {
+            self.placed = true;
+            self.move_to_follower().await;
+        }
         while self.stream.is_none() {
             match self.request().await {
                 Ok(stream) => self.stream = Some(stream),
@@ -114,8 +122,28 @@ impl<'c> Resumable<'c> {
         Ok(response.into_inner())
     }
 
-    /// After `status` broke the stream: waits a little, moves to the next replica when there
-    /// are several, and says so; false once it has tried too often in a row.
+    /// Moves to a replica that does not lead, when several are given and one answers as such,
+    /// and says which; else stays on the client it was given.
+    async fn move_to_follower(&mut self) {
+        let Some((connection, _)) = self.replicas else {
+            return;
+        };
+        let Some(described) = connection.follower().await else {
+            return;
+        };
+        eprintln!(
+            "watching on {} ({}, which does not lead; {} leads)",
+            connection.addresses()[described.index],
+            described.standing.coordinator_id,
+            described.standing.leader_id
+        );
+        self.client = described.client;
+        self.replicas = Some((connection, described.index));
+    }
+
+    /// After `status` broke the stream: waits a little, moves to a replica that does not lead
+    /// (else the next one) when there are several, and says so; false once it has tried too
+    /// often in a row.
     async fn reopen(&mut self, status: &Status) -> bool {
         if self.reopenings >= MAX_REOPENINGS {
             return false;
@@ -124,8 +152,11 @@ impl<'c> Resumable<'c> {
         tokio::time::sleep(Duration::from_millis(200) * self.reopenings).await;
         let mut target = "the same coordinator".to_owned();
         if let Some((connection, current)) = self.replicas {
-            let next = current + 1;
-            if let Ok((client, index)) = connection.client_from(next).await {
+            if let Some(described) = connection.follower().await {
+                self.client = described.client;
+                self.replicas = Some((connection, described.index));
+                target = connection.addresses()[described.index].to_owned();
+            } else if let Ok((client, index)) = connection.client_from(current + 1).await {
                 self.client = client;
                 self.replicas = Some((connection, index));
                 target = connection.addresses()[index].to_owned();
