@@ -16,6 +16,7 @@ mod rehearsals;
 mod rehearse;
 mod render;
 mod replicas;
+mod retry;
 mod rollback;
 mod rollout;
 mod schema;
@@ -87,6 +88,9 @@ pub enum Command {
     /// Plan the revert of a finished plan's shards, each to its version before that plan or to
     /// `--to` (down scripts, fenced); approve and apply it like any plan.
     Rollback(rollback::RollbackArgs),
+    /// Plan again, alone, the shards of an ended plan that did not succeed (`--failed`: only
+    /// those that failed), under the plan's own terms; approve and apply it like any plan.
+    Retry(retry::RetryArgs),
     /// A shard's backups on its agent's host: list them, verify one, restore one (approver).
     Backups(backups::BackupsArgs),
     /// Run a plan on a sampled copy of each chosen shard and trace every lock it takes
@@ -138,6 +142,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Schema(_) => "schema",
         Command::Throttle(_) => "throttle",
         Command::Replicas(_) => "replicas",
+        Command::Retry(_) => "retry",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -179,6 +184,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Schema(arguments) => schema::run(arguments).await,
         Command::Throttle(arguments) => throttles::run(arguments).await,
         Command::Replicas(arguments) => replicas::run(arguments).await,
+        Command::Retry(arguments) => retry::run(arguments).await,
         Command::Completions(arguments) => packaging::completions(&arguments),
         Command::Man(arguments) => packaging::man(&arguments),
     }

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         | cli::Command::Schema(_)
         | cli::Command::Throttle(_)
         | cli::Command::Replicas(_)
+        | cli::Command::Retry(_)
         | cli::Command::Completions(_)
         | cli::Command::Man(_) => "warn",
     };

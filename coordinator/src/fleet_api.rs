@@ -13,8 +13,8 @@ use fleetshift_common::proto::v1::host_reply::Outcome;
 use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     Approval, ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
-    CreateRollbackPlanRequest, DescribeReplicaRequest, FleetThrottle, GetPlanRequest,
-    GetSchemaRequest, Hello, LiftThrottleRequest, ListBackups, ListBackupsRequest,
+    CreateRetryPlanRequest, CreateRollbackPlanRequest, DescribeReplicaRequest, FleetThrottle,
+    GetPlanRequest, GetSchemaRequest, Hello, LiftThrottleRequest, ListBackups, ListBackupsRequest,
     ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
     ListShardsResponse, ListThrottlesRequest, ListThrottlesResponse, Plan, PlanAction,
     RehearsePlanRequest, RehearsePlanResponse, ReplicaStanding, RestoreBackup,
@@ -37,7 +37,9 @@ use crate::events::fanout::Fanout;
 use crate::events::follow::{self, Scope, Watch};
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
-use crate::rollout::{RolloutError, planning, records, rollback, throttled, transitions, waves};
+use crate::rollout::{
+    RolloutError, planning, records, retry, rollback, throttled, transitions, waves,
+};
 use crate::schemas;
 use crate::store::Store;
 use crate::tasks::TaskSet;
@@ -243,6 +245,25 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let plan = rollback::plan_rollback(rollback, &author, &agents)?;
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, rolls_back = %source.plan_id, %author, shards = waves::shard_count(&plan), "rollback plan created");
+        Ok(Response::new(plan))
+    }
+
+    async fn create_retry_plan(
+        &self,
+        request: Request<CreateRetryPlanRequest>,
+    ) -> Result<Response<Plan>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let request = request.into_inner();
+        let source = self.plan_view(&request.plan_id).await?;
+        let agents = self.announcements().await?;
+        let retry = retry::Retry {
+            source: &source,
+            failed_only: request.failed_only,
+            patterns: &request.shards,
+        };
+        let plan = retry::plan_retry(retry, &author, &agents)?;
+        records::create_plan(&*self.store, &plan).await?;
+        tracing::info!(plan = %plan.plan_id, retries = %source.plan_id, %author, shards = waves::shard_count(&plan), left_out = plan.left_out.len(), "retry plan created");
         Ok(Response::new(plan))
     }
 

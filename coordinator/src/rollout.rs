@@ -3,6 +3,7 @@
 //!
 //! - [`planning`]: a `CreatePlanRequest` checked, linted, assessed and split into waves.
 //! - [`rollback`]: a rollback plan, sending a finished plan's shards back where they were.
+//! - [`retry`]: a retry plan, the shards of an ended plan that did not succeed, planned again.
 //! - [`risk`]: the plan's risk score, explained, and the approvals it needs.
 //! - [`records`]: plans, shard tasks and migration sets as stored, and compare-and-set updates.
 //! - [`transitions`]: what operators may do to a plan in each state.
@@ -25,6 +26,7 @@ pub mod planning;
 pub mod records;
 pub mod rehearsal_gate;
 pub mod relay;
+pub mod retry;
 pub mod risk;
 pub mod rollback;
 pub mod schedule;

@@ -43,6 +43,7 @@ mod integration {
     mod real_histories;
     mod rehearsal;
     mod replicas;
+    mod retry;
     mod risk;
     mod rollback;
     mod rolling_upgrade;

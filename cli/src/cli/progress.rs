@@ -424,6 +424,11 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
             "target_version": plan.target_version,
             "direction": if plan.direction() == Direction::Down { "down" } else { "up" },
             "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
+            "retries": (!plan.retries.is_empty()).then_some(&plan.retries),
+            "left_out": plan.left_out.iter().map(|left| json!({
+                "shard": left.shard_id,
+                "reason": left.reason,
+            })).collect::<Vec<_>>(),
             "set_digest": plan.set_digest,
             "author": plan.author,
             "approvals": plan.approvals.iter().map(|approval| &approval.approver).collect::<Vec<_>>(),

@@ -1,5 +1,5 @@
 //! `fleetshift rollback PLAN [--shards SELECTOR] [--to VERSION]`: plans the revert of the
-//! shards a finished plan took to its target, each to its version before that plan (or to
+//! shards a finished plan moved, each to its version before that plan (or to
 //! VERSION, where that is later). A revision on the way without a down script is refused here,
 //! at planning, with the lowest version the plan can reach. The rollback plan is
 //! approved and applied like any other (`fleetshift approve`, `fleetshift apply --watch`).
@@ -20,7 +20,7 @@ pub struct RollbackArgs {
     /// The plan whose shards go back; it must have ended (succeeded, finished with failures, halted or cancelled).
     plan: String,
     /// Only these shards: ids or patterns with `*`, comma-separated or repeated (default:
-    /// every shard the plan took to its target).
+    /// every shard the plan moved: to its target, or part of the way before failing).
     #[arg(long, value_delimiter = ',', value_name = "SELECTOR")]
     shards: Vec<String>,
     /// Back only this far: each shard goes to the later of VERSION and its version before the

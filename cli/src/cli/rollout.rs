@@ -193,6 +193,15 @@ fn print_plan(plan: &Plan, output: Output, detail: Detail) {
             plan.rolls_back
         );
     }
+    if !plan.retries.is_empty() {
+        println!(
+            "  retries plan {} for the shards it did not take to their target",
+            plan.retries
+        );
+    }
+    for left in &plan.left_out {
+        println!("  left out: {} {}", left.shard_id, left.reason);
+    }
     for wave in &plan.waves {
         let shards: Vec<&str> = wave
             .shards

@@ -430,6 +430,8 @@ pub fn plan(
         drift_allowed,
         schedule,
         updates,
+        retries: String::new(),
+        left_out: Vec::new(),
     })
 }
 

@@ -1,19 +1,20 @@
-//! Rollback plans: the shards a finished plan took to its target, each sent back to the version
-//! it had before that plan (recorded from its first run), with the plan's own migration set and
-//! its down scripts. A rollback plan goes through the same gates as any plan: one approval,
+//! Rollback plans: the shards a finished plan moved (took to its target, or part of the way
+//! before failing or being cancelled), each sent back to the version it had before that plan
+//! (recorded from its first run), with the plan's own migration set and its down scripts; the
+//! plan's other shards are listed with why they are left out. A rollback plan goes through the same gates as any plan: one approval,
 //! then the fenced protocol shard by shard, in the source plan's waves.
 
 use std::collections::HashMap;
 
 use fleetshift_common::proto::v1::{
-    Direction, Hello, HostDuties, Plan, PlanState, ShardState, ShardTask,
+    Direction, Hello, HostDuties, LeftOut, Plan, PlanState, ShardState, ShardTask,
 };
 use fleetshift_common::rollout_names::plan_state_name;
 use fleetshift_common::selector::id_matches as matches;
 use fleetshift_common::source::MigrationSet;
 
 use super::planning::{self, Candidate};
-use super::{RolloutError, plan_ended, spans, waves};
+use super::{RolloutError, plan_ended, spans, state_of, waves};
 
 mod reach;
 
@@ -24,14 +25,13 @@ pub struct Rollback<'a> {
     pub source: &'a Plan,
     /// Its migration set, whose down scripts revert it.
     pub set: &'a MigrationSet,
-    /// Shard ids or patterns; empty: every shard it took to its target.
+    /// Shard ids or patterns; empty: every shard it moved.
     pub patterns: &'a [String],
     /// Back only this far (each shard to the later of this and its version before the plan).
     pub to: Option<&'a str>,
 }
 
-/// Plans `rollback` for `author`: the shards its plan took to its target that match its
-/// patterns, over the agents announcing them now; refused when a revision on the way back
+/// Plans `rollback` for `author`: the shards its plan moved that match its patterns, over the agents announcing them now; refused when a revision on the way back
 /// has no down script.
 pub fn plan_rollback(
     rollback: Rollback<'_>,
@@ -58,7 +58,7 @@ pub fn plan_rollback(
             source.plan_id, source.rolls_back
         )));
     }
-    let selected = selected_tasks(source, patterns)?;
+    let (selected, left_out) = selected_tasks(source, patterns)?;
     let announced: HashMap<String, Candidate> = planning::candidates(agents, &HashMap::new())?
         .into_iter()
         .map(|candidate| (candidate.shard_id.clone(), candidate))
@@ -114,42 +114,53 @@ pub fn plan_rollback(
         direction: Direction::Down.into(),
         rolls_back: source.plan_id.clone(),
         trace_context: spans::new_trace_context(),
+        left_out,
         ..Plan::default()
     })
 }
 
-/// The tasks of `source` to roll back: those it took to its target that match `patterns` (all
-/// of them when empty), each with its version from before the plan.
+/// The tasks of `source` to roll back, those that moved (reached the target, or failed or
+/// were cancelled after some of its revisions applied) and match `patterns` (all of them when
+/// empty), each with its version from before the plan; the others, each with the reason.
 fn selected_tasks<'p>(
     source: &'p Plan,
     patterns: &[String],
-) -> Result<Vec<&'p ShardTask>, RolloutError> {
-    let succeeded: Vec<&ShardTask> = waves::planned_tasks(source)
-        .filter(|task| task.state() == ShardState::Succeeded)
-        .collect();
-    if let Some(unmatched) = patterns.iter().find(|pattern| {
-        !succeeded
-            .iter()
-            .any(|task| matches(pattern, &task.shard_id))
-    }) {
+) -> Result<(Vec<&'p ShardTask>, Vec<LeftOut>), RolloutError> {
+    let mut moved = Vec::new();
+    let mut left_out = Vec::new();
+    for task in waves::planned_tasks(source) {
+        match unmoved(source, task) {
+            Some(reason) => left_out.push(LeftOut {
+                shard_id: task.shard_id.clone(),
+                reason,
+            }),
+            None => moved.push(task),
+        }
+    }
+    if let Some(unmatched) = patterns
+        .iter()
+        .find(|pattern| !moved.iter().any(|task| matches(pattern, &task.shard_id)))
+    {
         return Err(RolloutError::BadRequest(format!(
-            "--shards {unmatched} matches no shard plan {} took to its target ({})",
+            "--shards {unmatched} matches no shard plan {} moved ({})",
             source.plan_id,
-            listing(&succeeded)
+            listing(&moved)
         )));
     }
-    let selected: Vec<&ShardTask> = succeeded
-        .into_iter()
-        .filter(|task| {
+    let (selected, unnamed): (Vec<&ShardTask>, Vec<&ShardTask>) =
+        moved.into_iter().partition(|task| {
             patterns.is_empty()
                 || patterns
                     .iter()
                     .any(|pattern| matches(pattern, &task.shard_id))
-        })
-        .collect();
+        });
+    left_out.extend(unnamed.into_iter().map(|task| LeftOut {
+        shard_id: task.shard_id.clone(),
+        reason: "not named by --shards".to_owned(),
+    }));
     if selected.is_empty() {
         return Err(RolloutError::BadRequest(format!(
-            "plan {} took no shard to its target; there is nothing to roll back",
+            "plan {} moved no shard; there is nothing to roll back",
             source.plan_id
         )));
     }
@@ -162,7 +173,35 @@ fn selected_tasks<'p>(
             unknown.shard_id, source.plan_id
         )));
     }
-    Ok(selected)
+    left_out.sort_by(|left, right| left.shard_id.cmp(&right.shard_id));
+    Ok((selected, left_out))
+}
+
+/// Why `task`'s shard did not move in `source` (nothing to revert), or `None` when it moved:
+/// it reached the target, or ended elsewhere after some of the plan's revisions applied.
+fn unmoved(source: &Plan, task: &ShardTask) -> Option<String> {
+    let plan = &source.plan_id;
+    let state = state_of(task);
+    let partly = !task.current_version.is_empty()
+        && !task.previous_version.is_empty()
+        && task.current_version != task.previous_version;
+    match state {
+        ShardState::Succeeded => None,
+        ShardState::Failed | ShardState::Cancelled if partly => None,
+        ShardState::RolledBack => Some(format!(
+            "its agent already rolled it back to its version before plan {plan}"
+        )),
+        ShardState::Failed => Some(format!(
+            "failed in plan {plan} before any of its revisions applied"
+        )),
+        ShardState::Cancelled => Some(format!(
+            "was cancelled in plan {plan} before any of its revisions applied"
+        )),
+        ShardState::Pending
+        | ShardState::Unspecified
+        | ShardState::Claimed
+        | ShardState::Running => Some(format!("never ran in plan {plan}")),
+    }
 }
 
 fn listing(tasks: &[&ShardTask]) -> String {
@@ -282,6 +321,50 @@ mod tests {
     }
 
     #[test]
+    fn shards_that_moved_part_of_the_way_go_back_and_the_others_are_named() {
+        let plan = planned(&source(PlanState::Halted), &[], &agents()).expect("planned");
+        let left: Vec<(&str, &str)> = plan
+            .left_out
+            .iter()
+            .map(|left| (left.shard_id.as_str(), left.reason.as_str()))
+            .collect();
+        assert_eq!(
+            left,
+            [(
+                "orders-1",
+                "failed in plan p1 before any of its revisions applied"
+            )]
+        );
+
+        let mut partly = source(PlanState::Halted);
+        partly.waves[0].shards[2].current_version = "2".to_owned();
+        partly.waves[0]
+            .shards
+            .push(task("orders-2", ShardState::RolledBack, "1"));
+        let plan = planned(&partly, &["orders-*".to_owned()], &agents()).expect("planned");
+        let targets: Vec<(&str, &str)> = waves::planned_tasks(&plan)
+            .map(|task| (task.shard_id.as_str(), task.target_version.as_str()))
+            .collect();
+        assert_eq!(targets, [("orders-1", "1")]);
+        let left: Vec<(&str, &str)> = plan
+            .left_out
+            .iter()
+            .map(|left| (left.shard_id.as_str(), left.reason.as_str()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                (
+                    "orders-2",
+                    "its agent already rolled it back to its version before plan p1"
+                ),
+                ("users-1", "not named by --shards"),
+                ("users-2", "not named by --shards"),
+            ]
+        );
+    }
+
+    #[test]
     fn a_rollback_is_refused_with_the_reason() {
         let refused = |plan: &Plan, patterns: &[&str]| {
             let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
@@ -292,7 +375,7 @@ mod tests {
         assert!(refused(&source(PlanState::Running), &[]).contains("is running"));
         let failed_only = refused(&source(PlanState::Halted), &["orders-*"]);
         assert!(
-            failed_only.contains("matches no shard plan p1 took to its target (users-1, users-2)"),
+            failed_only.contains("matches no shard plan p1 moved (users-1, users-2)"),
             "{failed_only}"
         );
         let mut unrecorded = source(PlanState::Succeeded);
