@@ -11,6 +11,8 @@ use fleetshift_common::config_file::{ConfigError, read_toml_with_env};
 use fleetshift_common::database_tls::{self, TlsSettings};
 use fleetshift_common::engine::{self, Connected, Timeouts};
 use fleetshift_common::error::ExecError;
+use fleetshift_common::proto::v1::ShardLifecycle;
+use fleetshift_common::rollout_names::parse_lifecycle;
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::tls::channel::server_name_of;
 use fleetshift_common::tls::mtls::{TlsError, TlsFiles};
@@ -97,6 +99,9 @@ struct RawShard {
     id: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// `active` (default), `suspended`, `provisioning` or `retired`: only active shards are
+    /// planned; an operator's `fleetshift shards lifecycle` overrides it.
+    lifecycle: Option<String>,
     /// Inline URL (discouraged: the file then holds a secret).
     database_url: Option<String>,
     /// A file holding the URL, e.g. a mounted secret.
@@ -276,6 +281,8 @@ impl CoordinatorEndpoint {
 pub struct ShardConfig {
     pub id: String,
     pub labels: BTreeMap<String, String>,
+    /// Its lifecycle as this configuration gives it.
+    pub lifecycle: ShardLifecycle,
     pub database_url: DatabaseUrl,
     /// Replicas whose replay lag a throttling plan waits on besides the attached ones.
     pub throttle_replicas: Vec<DatabaseUrl>,
@@ -390,9 +397,14 @@ impl AgentConfig {
                     format!("{what}: throttle replica {}: {error}", replica.server())
                 })?;
             }
+            let lifecycle = match raw.lifecycle.as_deref() {
+                None => ShardLifecycle::Active,
+                Some(name) => parse_lifecycle(name).map_err(|why| format!("{what}: {why}"))?,
+            };
             shards.push(ShardConfig {
                 id: raw.id,
                 labels: raw.labels,
+                lifecycle,
                 database_url: DatabaseUrl::new(url),
                 throttle_replicas,
             });

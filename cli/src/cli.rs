@@ -7,6 +7,7 @@ mod dry_run;
 mod duties;
 mod events;
 mod fleet;
+mod lifecycle;
 mod lint;
 mod migrate;
 mod notice;
@@ -63,6 +64,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// List the fleet's shards (labels, agent, host, database server, version, health).
     Shards(shards::ShardsArgs),
+    /// Set a shard's lifecycle (active, suspended, provisioning, retired) over its agent's
+    /// configuration, or hand it back with `agent` (operator). Only active shards are planned.
+    Lifecycle(lifecycle::LifecycleArgs),
     /// Plan a rollout of a migration directory over the shards a selector matches; `plan
     /// notice <plan>` renders its maintenance notice.
     Plan(Box<rollout::PlanCommand>),
@@ -127,6 +131,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn command_span(command: &Command) -> tracing::Span {
     let name = match command {
         Command::Shards(_) => "shards",
+        Command::Lifecycle(_) => "lifecycle",
         Command::Plan(_) => "plan",
         Command::Approve(_) => "approve",
         Command::Apply(_) => "apply",
@@ -166,6 +171,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Certs(arguments) => certs::run(arguments),
         Command::Serve(arguments) => serve::run(arguments).await,
         Command::Shards(arguments) => shards::run(arguments).await,
+        Command::Lifecycle(arguments) => lifecycle::run(arguments).await,
         Command::Plan(arguments) => match arguments.action {
             Some(rollout::PlanSubcommand::Notice(notice)) => notice::run(notice).await,
             None => rollout::plan(arguments.create).await,

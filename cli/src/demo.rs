@@ -320,6 +320,7 @@ fn spawn_agents(
         let shard = ShardConfig {
             id: shard_id(number),
             labels: [("env".to_owned(), "demo".to_owned())].into(),
+            lifecycle: fleetshift_common::proto::v1::ShardLifecycle::Active,
             database_url: shards.url_of(&shard_id(number))?,
             throttle_replicas: Vec::new(),
         };

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         cli::Command::Migrate(_) | cli::Command::Certs(_) | cli::Command::Serve(_) => "info",
         cli::Command::Lint(_)
         | cli::Command::Shards(_)
+        | cli::Command::Lifecycle(_)
         | cli::Command::Plan(_)
         | cli::Command::Approve(_)
         | cli::Command::Apply(_)

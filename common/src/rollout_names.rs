@@ -1,7 +1,7 @@
 //! Names of plan and shard-task states and risk levels as the CLI, logs and JSON output spell
 //! them.
 
-use crate::proto::v1::{PlanState, RiskLevel, ShardState};
+use crate::proto::v1::{PlanState, RiskLevel, ShardLifecycle, ShardState};
 
 pub fn plan_state_name(state: PlanState) -> &'static str {
     match state {
@@ -38,4 +38,37 @@ pub fn shard_state_name(state: ShardState) -> &'static str {
         ShardState::Cancelled => "cancelled",
         ShardState::RolledBack => "rolled back",
     }
+}
+
+/// The lifecycles an agent's configuration and an operator may name, in their spelling.
+pub const LIFECYCLES: [(&str, ShardLifecycle); 4] = [
+    ("active", ShardLifecycle::Active),
+    ("suspended", ShardLifecycle::Suspended),
+    ("provisioning", ShardLifecycle::Provisioning),
+    ("retired", ShardLifecycle::Retired),
+];
+
+/// A lifecycle's name; unspecified reads as active (agents that predate lifecycles).
+pub fn lifecycle_name(lifecycle: ShardLifecycle) -> &'static str {
+    match lifecycle {
+        ShardLifecycle::Unspecified | ShardLifecycle::Active => "active",
+        ShardLifecycle::Suspended => "suspended",
+        ShardLifecycle::Provisioning => "provisioning",
+        ShardLifecycle::Retired => "retired",
+    }
+}
+
+/// The lifecycle `name` spells, or why not (naming the ones there are).
+pub fn parse_lifecycle(name: &str) -> Result<ShardLifecycle, String> {
+    LIFECYCLES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, lifecycle)| *lifecycle)
+        .ok_or_else(|| {
+            let known: Vec<&str> = LIFECYCLES.iter().map(|(known, _)| *known).collect();
+            format!(
+                "{name:?} is not a shard lifecycle; use one of {}",
+                known.join(", ")
+            )
+        })
 }

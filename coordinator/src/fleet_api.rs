@@ -18,9 +18,9 @@ use fleetshift_common::proto::v1::{
     ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
     ListShardsResponse, ListThrottlesRequest, ListThrottlesResponse, Plan, PlanAction,
     RehearsePlanRequest, RehearsePlanResponse, ReplicaStanding, RestoreBackup,
-    RestoreBackupRequest, RolloutEvent, SchemaSnapshot, ShardHealth, ShardSummary,
-    ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest, WatchEventsRequest,
-    WatchRolloutRequest,
+    RestoreBackupRequest, RolloutEvent, SchemaSnapshot, SetShardLifecycleRequest, ShardHealth,
+    ShardLifecycleSetting, ShardSummary, ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest,
+    WatchEventsRequest, WatchRolloutRequest,
 };
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;
@@ -35,6 +35,7 @@ use crate::error::{ErrorCode, refuse};
 use crate::events::Sequence;
 use crate::events::fanout::Fanout;
 use crate::events::follow::{self, Scope, Watch};
+use crate::lifecycles;
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
 use crate::rollout::{
@@ -149,6 +150,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     ) -> Result<Response<ListShardsResponse>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
         let selector = request.into_inner().selector;
+        let settings = lifecycles::load(&*self.store).await?;
         let mut shards = Vec::new();
         for (agent, hello) in self.announcements().await? {
             for shard in hello.shards.into_iter().filter(|shard| {
@@ -166,7 +168,10 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
                 } else {
                     ShardHealth::Healthy
                 };
+                let (lifecycle, lifecycle_source) = lifecycles::in_force(&shard, &settings);
                 shards.push(ShardSummary {
+                    lifecycle: lifecycle.into(),
+                    lifecycle_source,
                     shard_id: shard.shard_id,
                     labels: shard.labels,
                     agent_id: agent.clone(),
@@ -217,9 +222,12 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     ) -> Result<Response<Plan>, Status> {
         let author = self.authorize(&request, OperatorRole::Operator)?;
         let request = planning::PlanRequest::try_from(request.into_inner())?;
-        let agents = self.announcements().await?;
+        let settings = lifecycles::load(&*self.store).await?;
+        let (agents, left_out) =
+            lifecycles::plannable(self.announcements().await?, &settings, &request.selector)?;
         let shipped = request.set.clone();
-        let plan = planning::plan(request, &author, &agents)?;
+        let mut plan = planning::plan(request, &author, &agents)?;
+        plan.left_out = left_out;
         records::save_set(&*self.store, &shipped).await?;
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, %author, shards = waves::shard_count(&plan), waves = plan.waves.len(), "plan created");
@@ -255,11 +263,15 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let author = self.authorize(&request, OperatorRole::Operator)?;
         let request = request.into_inner();
         let source = self.plan_view(&request.plan_id).await?;
-        let agents = self.announcements().await?;
+        let settings = lifecycles::load(&*self.store).await?;
+        let everywhere = std::collections::HashMap::new();
+        let (agents, inactive) =
+            lifecycles::plannable(self.announcements().await?, &settings, &everywhere)?;
         let retry = retry::Retry {
             source: &source,
             failed_only: request.failed_only,
             patterns: &request.shards,
+            inactive: &inactive,
         };
         let plan = retry::plan_retry(retry, &author, &agents)?;
         records::create_plan(&*self.store, &plan).await?;
@@ -465,6 +477,16 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let throttle = throttles::lift(&*self.store, &id).await?;
         tracing::info!(throttle = %id, %author, "fleet throttle lifted");
         Ok(Response::new(throttle))
+    }
+
+    async fn set_shard_lifecycle(
+        &self,
+        request: Request<SetShardLifecycleRequest>,
+    ) -> Result<Response<ShardLifecycleSetting>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let setting = lifecycles::set(&*self.store, request.into_inner(), &author).await?;
+        tracing::info!(shard = %setting.shard_id, lifecycle = setting.lifecycle, %author, reason = %setting.reason, "shard lifecycle set");
+        Ok(Response::new(setting))
     }
 
     async fn describe_replica(

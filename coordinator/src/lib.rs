@@ -38,6 +38,7 @@ pub mod election;
 pub mod error;
 pub mod events;
 pub mod fleet_api;
+pub mod lifecycles;
 pub mod lint;
 pub mod mailbox;
 pub mod metrics;

@@ -239,3 +239,25 @@ fn a_shards_tls_settings_join_its_url_and_its_key_must_be_private() {
         "{error}"
     );
 }
+
+#[test]
+fn a_shards_lifecycle_defaults_to_active_and_a_wrong_one_is_named() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("agent.toml");
+    let write = |lifecycle: &str| {
+        let text = format!(
+            "agent_id = \"a\"\n[[shards]]\nid = \"t1\"\ndatabase_url = \"sqlite::memory:\"\n{lifecycle}[[shards]]\nid = \"t2\"\ndatabase_url = \"sqlite::memory:\"\n"
+        );
+        std::fs::write(&path, text).expect("write");
+    };
+    write("lifecycle = \"suspended\"\n");
+    let config = AgentConfig::load(&path).expect("valid");
+    assert_eq!(config.shards[0].lifecycle, ShardLifecycle::Suspended);
+    assert_eq!(config.shards[1].lifecycle, ShardLifecycle::Active);
+    write("lifecycle = \"paused\"\n");
+    let error = format!("{:#}", AgentConfig::load(&path).expect_err("unknown"));
+    assert!(
+        error.contains("shard \"t1\": \"paused\" is not a shard lifecycle; use one of active, suspended, provisioning, retired"),
+        "{error}"
+    );
+}

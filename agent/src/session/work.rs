@@ -158,6 +158,7 @@ async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardF
             schema_fingerprint: schema.fingerprint,
             schema_snapshot: schema.snapshot,
             server: Some(server),
+            lifecycle: shard.lifecycle.into(),
         });
     }
     shards

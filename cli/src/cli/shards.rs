@@ -1,10 +1,11 @@
 //! `fleetshift shards`: the fleet's shards with their agents, hosts, database servers,
-//! versions and health, selected by labels or by those facts.
+//! versions, health and lifecycle, selected by labels or by those facts.
 
 use std::process::ExitCode;
 
 use clap::Args;
-use fleetshift_common::proto::v1::{ListShardsRequest, ServerFacts, ShardHealth};
+use fleetshift_common::proto::v1::{ListShardsRequest, ServerFacts, ShardHealth, ShardLifecycle};
+use fleetshift_common::rollout_names::lifecycle_name;
 use serde_json::json;
 
 use super::Output;
@@ -48,6 +49,8 @@ pub async fn run(arguments: ShardsArgs) -> ExitCode {
                         "agent_version": (!shard.agent_version.is_empty()).then_some(&shard.agent_version),
                         "current_version": shard.current_version,
                         "health": health_name(shard.health),
+                        "lifecycle": lifecycle_of(shard.lifecycle),
+                        "lifecycle_source": shard.lifecycle_source,
                         "labels": shard.labels,
                         "schema_fingerprint": (!shard.schema_fingerprint.is_empty()).then_some(&shard.schema_fingerprint),
                         "host": shard.host.as_ref().map(|host| json!({
@@ -67,8 +70,15 @@ pub async fn run(arguments: ShardsArgs) -> ExitCode {
         }
         Output::Human => {
             println!(
-                "{:<24} {:<28} {:<20} {:<28} {:<24} {:<20} {:<12} LABELS",
-                "SHARD", "AGENT (VERSION)", "HOST", "SERVER", "VERSION", "HEALTH", "SCHEMA"
+                "{:<24} {:<28} {:<20} {:<28} {:<24} {:<20} {:<13} {:<12} LABELS",
+                "SHARD",
+                "AGENT (VERSION)",
+                "HOST",
+                "SERVER",
+                "VERSION",
+                "HEALTH",
+                "LIFECYCLE",
+                "SCHEMA"
             );
             for shard in &listed {
                 let mut labels: Vec<String> = shard
@@ -83,7 +93,7 @@ pub async fn run(arguments: ShardsArgs) -> ExitCode {
                     format!("{} ({})", shard.agent_id, shard.agent_version)
                 };
                 println!(
-                    "{:<24} {:<28} {:<20} {:<28} {:<24} {:<20} {:<12} {}",
+                    "{:<24} {:<28} {:<20} {:<28} {:<24} {:<20} {:<13} {:<12} {}",
                     shard.shard_id,
                     agent,
                     shard
@@ -97,6 +107,7 @@ pub async fn run(arguments: ShardsArgs) -> ExitCode {
                         &shard.current_version
                     },
                     health_name(shard.health),
+                    lifecycle_of(shard.lifecycle),
                     shard.schema_fingerprint.get(..12).unwrap_or("-"),
                     labels.join(",")
                 );
@@ -105,6 +116,10 @@ pub async fn run(arguments: ShardsArgs) -> ExitCode {
         }
     }
     ExitCode::from(exit::OK)
+}
+
+fn lifecycle_of(lifecycle: i32) -> &'static str {
+    lifecycle_name(ShardLifecycle::try_from(lifecycle).unwrap_or(ShardLifecycle::Unspecified))
 }
 
 fn health_name(health: i32) -> &'static str {

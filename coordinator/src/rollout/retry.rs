@@ -21,6 +21,8 @@ pub struct Retry<'a> {
     pub failed_only: bool,
     /// Shard ids or patterns; empty: every shard the above takes.
     pub patterns: &'a [String],
+    /// Shards that are not active now, each with why (they are left out).
+    pub inactive: &'a [LeftOut],
 }
 
 /// Plans `retry` for `author` over the agents announcing its shards now.
@@ -33,6 +35,7 @@ pub fn plan_retry(
         source,
         failed_only,
         patterns,
+        inactive,
     } = retry;
     let state = PlanState::try_from(source.state).unwrap_or(PlanState::Unspecified);
     if !plan_ended(state) {
@@ -42,7 +45,7 @@ pub fn plan_retry(
             plan_state_name(state)
         )));
     }
-    let Choice { taken, left_out } = choose(source, failed_only, patterns)?;
+    let Choice { taken, left_out } = choose(source, failed_only, patterns, inactive)?;
     let announced: HashMap<String, Candidate> = planning::candidates(agents, &HashMap::new())?
         .into_iter()
         .map(|candidate| (candidate.shard_id.clone(), candidate))
@@ -108,11 +111,16 @@ fn choose<'p>(
     source: &'p Plan,
     failed_only: bool,
     patterns: &[String],
+    inactive: &[LeftOut],
 ) -> Result<Choice<'p>, RolloutError> {
     let mut retryable = Vec::new();
     let mut left_out = Vec::new();
     for task in waves::planned_tasks(source) {
-        match why_not(source, task, failed_only) {
+        let not_active = inactive
+            .iter()
+            .find(|left| left.shard_id == task.shard_id)
+            .map(|left| format!("is {}; retry it once it is active", left.reason));
+        match why_not(source, task, failed_only).or(not_active) {
             Some(reason) => left_out.push(LeftOut {
                 shard_id: task.shard_id.clone(),
                 reason,

@@ -127,6 +127,14 @@ pub fn rehearsal(plan: &str, shard: &str) -> String {
     format!("{}{shard}", rehearsals_prefix(plan))
 }
 
+pub fn lifecycles_prefix() -> String {
+    format!("{PREFIX}/lifecycles/")
+}
+
+pub fn lifecycle(shard: &str) -> String {
+    format!("{PREFIX}/lifecycles/{shard}")
+}
+
 pub fn schema_prefix(fingerprint: &str) -> String {
     format!("{PREFIX}/schemas/{fingerprint}/")
 }

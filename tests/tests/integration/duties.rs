@@ -86,6 +86,7 @@ impl Shard {
             shards: vec![ShardConfig {
                 id: "accounts-1".to_owned(),
                 labels: Default::default(),
+                lifecycle: fleetshift_common::proto::v1::ShardLifecycle::Active,
                 database_url: DatabaseUrl::new(self.url.clone()),
                 throttle_replicas: Vec::new(),
             }],
@@ -511,6 +512,7 @@ async fn a_sqlite_shard_is_copied_online_and_checked_before_its_first_ddl() {
         shards: vec![ShardConfig {
             id: "accounts-1".to_owned(),
             labels: Default::default(),
+            lifecycle: fleetshift_common::proto::v1::ShardLifecycle::Active,
             database_url: DatabaseUrl::new(url),
             throttle_replicas: Vec::new(),
         }],

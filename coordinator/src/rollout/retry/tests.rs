@@ -73,6 +73,7 @@ fn planned(source: &Plan, failed_only: bool, patterns: &[&str]) -> Result<Plan, 
         source,
         failed_only,
         patterns: &patterns,
+        inactive: &[],
     };
     plan_retry(retry, "bob", &agents())
 }
@@ -146,6 +147,26 @@ fn failed_only_takes_the_failures_and_says_why_the_rest_stay() {
 }
 
 #[test]
+fn a_shard_that_is_not_active_is_left_out_with_its_lifecycle() {
+    let inactive = [LeftOut {
+        shard_id: "users-3".to_owned(),
+        reason: "suspended (agent configuration)".to_owned(),
+    }];
+    let retry = Retry {
+        source: &source(PlanState::Halted),
+        failed_only: true,
+        patterns: &[],
+        inactive: &inactive,
+    };
+    let plan = plan_retry(retry, "bob", &agents()).expect("planned");
+    assert_eq!(taken(&plan), ["users-2"]);
+    assert!(left_out(&plan).contains(&(
+        "users-3",
+        "is suspended (agent configuration); retry it once it is active"
+    )));
+}
+
+#[test]
 fn a_retry_of_a_rollback_sends_each_shard_to_its_own_version() {
     let mut source = source(PlanState::FinishedWithFailures);
     source.direction = Direction::Down.into();
@@ -186,6 +207,7 @@ fn a_retry_is_refused_with_the_reason() {
             source: &source(PlanState::Halted),
             failed_only: false,
             patterns: &[],
+            inactive: &[],
         },
         "bob",
         &[],
