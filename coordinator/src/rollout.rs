@@ -21,6 +21,7 @@
 pub mod canary;
 pub mod driver;
 pub(crate) mod model;
+mod named;
 pub mod outcome;
 pub mod planning;
 pub mod records;

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use fleetshift_common::proto::v1::{Hello, LeftOut, Plan, PlanState, ShardState, ShardTask};
 use fleetshift_common::rollout_names::plan_state_name;
-use fleetshift_common::selector::id_matches as matches;
 
+use super::named::named;
 use super::planning::{self, Candidate};
 use super::{RolloutError, plan_ended, spans, state_of, waves};
 
@@ -128,28 +128,9 @@ fn choose<'p>(
             None => retryable.push(task),
         }
     }
-    if let Some(unmatched) = patterns.iter().find(|pattern| {
-        !retryable
-            .iter()
-            .any(|task| matches(pattern, &task.shard_id))
-    }) {
-        return Err(RolloutError::BadRequest(format!(
-            "--shards {unmatched} matches no shard of plan {} to retry ({})",
-            source.plan_id,
-            listing(&retryable)
-        )));
-    }
-    let (taken, unnamed): (Vec<&ShardTask>, Vec<&ShardTask>) =
-        retryable.into_iter().partition(|task| {
-            patterns.is_empty()
-                || patterns
-                    .iter()
-                    .any(|pattern| matches(pattern, &task.shard_id))
-        });
-    left_out.extend(unnamed.into_iter().map(|task| LeftOut {
-        shard_id: task.shard_id.clone(),
-        reason: "not named by --shards".to_owned(),
-    }));
+    let what = format!("shard of plan {} to retry", source.plan_id);
+    let (taken, unnamed) = named(retryable, patterns, &what)?;
+    left_out.extend(unnamed);
     if taken.is_empty() {
         let which = if failed_only {
             "no shard of it failed"
@@ -184,14 +165,6 @@ fn why_not(source: &Plan, task: &ShardTask, failed_only: bool) -> Option<String>
         | ShardState::Claimed
         | ShardState::Running => None,
     }
-}
-
-fn listing(tasks: &[&ShardTask]) -> String {
-    if tasks.is_empty() {
-        return "none".to_owned();
-    }
-    let ids: Vec<&str> = tasks.iter().map(|task| task.shard_id.as_str()).collect();
-    ids.join(", ")
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use fleetshift_common::proto::v1::{
     Direction, Hello, HostDuties, LeftOut, Plan, PlanState, ShardState, ShardTask,
 };
 use fleetshift_common::rollout_names::plan_state_name;
-use fleetshift_common::selector::id_matches as matches;
 use fleetshift_common::source::MigrationSet;
 
+use super::named::named;
 use super::planning::{self, Candidate};
 use super::{RolloutError, plan_ended, spans, state_of, waves};
 
@@ -137,27 +137,9 @@ fn selected_tasks<'p>(
             None => moved.push(task),
         }
     }
-    if let Some(unmatched) = patterns
-        .iter()
-        .find(|pattern| !moved.iter().any(|task| matches(pattern, &task.shard_id)))
-    {
-        return Err(RolloutError::BadRequest(format!(
-            "--shards {unmatched} matches no shard plan {} moved ({})",
-            source.plan_id,
-            listing(&moved)
-        )));
-    }
-    let (selected, unnamed): (Vec<&ShardTask>, Vec<&ShardTask>) =
-        moved.into_iter().partition(|task| {
-            patterns.is_empty()
-                || patterns
-                    .iter()
-                    .any(|pattern| matches(pattern, &task.shard_id))
-        });
-    left_out.extend(unnamed.into_iter().map(|task| LeftOut {
-        shard_id: task.shard_id.clone(),
-        reason: "not named by --shards".to_owned(),
-    }));
+    let what = format!("shard plan {} moved", source.plan_id);
+    let (selected, unnamed) = named(moved, patterns, &what)?;
+    left_out.extend(unnamed);
     if selected.is_empty() {
         return Err(RolloutError::BadRequest(format!(
             "plan {} moved no shard; there is nothing to roll back",
@@ -202,14 +184,6 @@ fn unmoved(source: &Plan, task: &ShardTask) -> Option<String> {
         | ShardState::Claimed
         | ShardState::Running => Some(format!("never ran in plan {plan}")),
     }
-}
-
-fn listing(tasks: &[&ShardTask]) -> String {
-    if tasks.is_empty() {
-        return "none".to_owned();
-    }
-    let ids: Vec<&str> = tasks.iter().map(|task| task.shard_id.as_str()).collect();
-    ids.join(", ")
 }
 
 #[cfg(test)]
@@ -320,14 +294,17 @@ mod tests {
         );
     }
 
+    fn left_out(plan: &Plan) -> Vec<(&str, &str)> {
+        plan.left_out
+            .iter()
+            .map(|left| (left.shard_id.as_str(), left.reason.as_str()))
+            .collect()
+    }
+
     #[test]
     fn shards_that_moved_part_of_the_way_go_back_and_the_others_are_named() {
         let plan = planned(&source(PlanState::Halted), &[], &agents()).expect("planned");
-        let left: Vec<(&str, &str)> = plan
-            .left_out
-            .iter()
-            .map(|left| (left.shard_id.as_str(), left.reason.as_str()))
-            .collect();
+        let left = left_out(&plan);
         assert_eq!(
             left,
             [(
@@ -346,11 +323,7 @@ mod tests {
             .map(|task| (task.shard_id.as_str(), task.target_version.as_str()))
             .collect();
         assert_eq!(targets, [("orders-1", "1")]);
-        let left: Vec<(&str, &str)> = plan
-            .left_out
-            .iter()
-            .map(|left| (left.shard_id.as_str(), left.reason.as_str()))
-            .collect();
+        let left = left_out(&plan);
         assert_eq!(
             left,
             [
