@@ -100,7 +100,7 @@ struct RawShard {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     /// `active` (default), `suspended`, `provisioning` or `retired`: only active shards are
-    /// planned; an operator's `fleetshift shards lifecycle` overrides it.
+    /// planned; an operator's `fleetshift lifecycle` overrides it.
     lifecycle: Option<String>,
     /// Inline URL (discouraged: the file then holds a secret).
     database_url: Option<String>,

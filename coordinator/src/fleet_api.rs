@@ -264,9 +264,8 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let request = request.into_inner();
         let source = self.plan_view(&request.plan_id).await?;
         let settings = lifecycles::load(&*self.store).await?;
-        let everywhere = std::collections::HashMap::new();
-        let (agents, inactive) =
-            lifecycles::plannable(self.announcements().await?, &settings, &everywhere)?;
+        let agents = self.announcements().await?;
+        let inactive = lifecycles::inactive(&agents, &settings);
         let retry = retry::Retry {
             source: &source,
             failed_only: request.failed_only,

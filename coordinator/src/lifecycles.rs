@@ -100,6 +100,20 @@ pub fn not_plannable(shard: &ShardFacts, settings: &Settings) -> Option<String> 
         .then(|| format!("{} ({source})", lifecycle_name(lifecycle)))
 }
 
+/// Every announced shard that is not active, with why.
+pub fn inactive(agents: &[(String, Hello)], settings: &Settings) -> Vec<LeftOut> {
+    agents
+        .iter()
+        .flat_map(|(_, hello)| &hello.shards)
+        .filter_map(|shard| {
+            not_plannable(shard, settings).map(|reason| LeftOut {
+                shard_id: shard.shard_id.clone(),
+                reason,
+            })
+        })
+        .collect()
+}
+
 /// The announcements with only their active shards, and the shards `selector` picks that are
 /// not active, each with why; refused when `selector` picks shards and none is active.
 pub fn plannable(
@@ -143,7 +157,7 @@ pub fn plannable(
             .map(|left| format!("{} is {}", left.shard_id, left.reason))
             .collect();
         return Err(RolloutError::BadRequest(format!(
-            "no shard matching {selector:?} is active: {}; `fleetshift shards lifecycle` changes it",
+            "no shard matching {selector:?} is active: {}; `fleetshift lifecycle <shard> active` changes that",
             named.join("; ")
         )));
     }
@@ -230,6 +244,7 @@ mod tests {
         assert_eq!(left_out.len(), 1);
         assert_eq!(left_out[0].shard_id, "tenant-2");
         assert_eq!(left_out[0].reason, "provisioning (agent configuration)");
+        assert_eq!(inactive(&agents(), &Settings::new()), left_out);
 
         let only = HashMap::from([("tier".to_owned(), "trial".to_owned())]);
         let refused = plannable(agents(), &Settings::new(), &only)

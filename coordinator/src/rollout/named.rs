@@ -1,10 +1,30 @@
-//! The shards `--shards` names among those a rollback or retry could take: ids or patterns
-//! where `*` matches any run of characters; the rest of those are left out, said so.
+//! Which of a source plan's shards a rollback or retry takes: those its own rule keeps, then
+//! those `--shards` names (ids or patterns where `*` matches any run of characters); every
+//! other is left out with the reason.
 
-use fleetshift_common::proto::v1::{LeftOut, ShardTask};
+use fleetshift_common::proto::v1::{LeftOut, Plan, ShardTask};
 use fleetshift_common::selector::id_matches as matches;
 
-use super::RolloutError;
+use super::{RolloutError, waves};
+
+/// `source`'s tasks that `why_not` keeps (`None`), and the others with its reason.
+pub fn sift(
+    source: &Plan,
+    why_not: impl Fn(&ShardTask) -> Option<String>,
+) -> (Vec<&ShardTask>, Vec<LeftOut>) {
+    let mut kept = Vec::new();
+    let mut left_out = Vec::new();
+    for task in waves::planned_tasks(source) {
+        match why_not(task) {
+            Some(reason) => left_out.push(LeftOut {
+                shard_id: task.shard_id.clone(),
+                reason,
+            }),
+            None => kept.push(task),
+        }
+    }
+    (kept, left_out)
+}
 
 /// The tasks `patterns` name (all of them when empty), and the others as left out. Refused
 /// when a pattern names none of `tasks`, listing them as `what` (e.g. "shard plan p1 moved").

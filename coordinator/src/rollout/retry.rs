@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use fleetshift_common::proto::v1::{Hello, LeftOut, Plan, PlanState, ShardState, ShardTask};
 use fleetshift_common::rollout_names::plan_state_name;
 
-use super::named::named;
+use super::named::{named, sift};
 use super::planning::{self, Candidate};
-use super::{RolloutError, plan_ended, spans, state_of, waves};
+use super::{RolloutError, plan_ended, spans, state_of};
 
 /// What to try again.
 #[derive(Debug, Clone, Copy)]
@@ -113,21 +113,14 @@ fn choose<'p>(
     patterns: &[String],
     inactive: &[LeftOut],
 ) -> Result<Choice<'p>, RolloutError> {
-    let mut retryable = Vec::new();
-    let mut left_out = Vec::new();
-    for task in waves::planned_tasks(source) {
-        let not_active = inactive
-            .iter()
-            .find(|left| left.shard_id == task.shard_id)
-            .map(|left| format!("is {}; retry it once it is active", left.reason));
-        match why_not(source, task, failed_only).or(not_active) {
-            Some(reason) => left_out.push(LeftOut {
-                shard_id: task.shard_id.clone(),
-                reason,
-            }),
-            None => retryable.push(task),
-        }
-    }
+    let (retryable, mut left_out) = sift(source, |task| {
+        why_not(source, task, failed_only).or_else(|| {
+            inactive
+                .iter()
+                .find(|left| left.shard_id == task.shard_id)
+                .map(|left| format!("is {}; retry it once it is active", left.reason))
+        })
+    });
     let what = format!("shard of plan {} to retry", source.plan_id);
     let (taken, unnamed) = named(retryable, patterns, &what)?;
     left_out.extend(unnamed);

@@ -1,8 +1,9 @@
 //! Rollback plans: the shards a finished plan moved (took to its target, or part of the way
 //! before failing or being cancelled), each sent back to the version it had before that plan
 //! (recorded from its first run), with the plan's own migration set and its down scripts; the
-//! plan's other shards are listed with why they are left out. A rollback plan goes through the same gates as any plan: one approval,
-//! then the fenced protocol shard by shard, in the source plan's waves.
+//! plan's other shards are listed with why they are left out. A rollback plan goes through the
+//! same gates as any plan: one approval, then the fenced protocol shard by shard, in the
+//! source plan's waves.
 
 use std::collections::HashMap;
 
@@ -12,9 +13,9 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::rollout_names::plan_state_name;
 use fleetshift_common::source::MigrationSet;
 
-use super::named::named;
+use super::named::{named, sift};
 use super::planning::{self, Candidate};
-use super::{RolloutError, plan_ended, spans, state_of, waves};
+use super::{RolloutError, plan_ended, spans, state_of};
 
 mod reach;
 
@@ -31,8 +32,8 @@ pub struct Rollback<'a> {
     pub to: Option<&'a str>,
 }
 
-/// Plans `rollback` for `author`: the shards its plan moved that match its patterns, over the agents announcing them now; refused when a revision on the way back
-/// has no down script.
+/// Plans `rollback` for `author`: the shards its plan moved that match its patterns, over the
+/// agents announcing them now; refused when a revision on the way back has no down script.
 pub fn plan_rollback(
     rollback: Rollback<'_>,
     author: &str,
@@ -126,17 +127,7 @@ fn selected_tasks<'p>(
     source: &'p Plan,
     patterns: &[String],
 ) -> Result<(Vec<&'p ShardTask>, Vec<LeftOut>), RolloutError> {
-    let mut moved = Vec::new();
-    let mut left_out = Vec::new();
-    for task in waves::planned_tasks(source) {
-        match unmoved(source, task) {
-            Some(reason) => left_out.push(LeftOut {
-                shard_id: task.shard_id.clone(),
-                reason,
-            }),
-            None => moved.push(task),
-        }
-    }
+    let (moved, mut left_out) = sift(source, |task| unmoved(source, task));
     let what = format!("shard plan {} moved", source.plan_id);
     let (selected, unnamed) = named(moved, patterns, &what)?;
     left_out.extend(unnamed);
@@ -191,6 +182,7 @@ mod tests {
     use fleetshift_common::proto::v1::{ShardFacts, Wave, WavePolicy};
 
     use super::*;
+    use crate::rollout::waves;
 
     fn task(shard: &str, state: ShardState, previous: &str) -> ShardTask {
         ShardTask {

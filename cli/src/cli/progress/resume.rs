@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use fleetshift_common::proto::v1::{RolloutEvent, WatchEventsRequest, WatchRolloutRequest};
+use fleetshift_common::proto::v1::{
+    ReplicaStanding, RolloutEvent, WatchEventsRequest, WatchRolloutRequest,
+};
 use tonic::{Code, Status, Streaming};
 
 use super::FleetClient;
@@ -67,7 +69,14 @@ impl<'c> Resumable<'c> {
     pub async fn open(&mut self) -> Result<(), Status> {
         if !self.placed {
             self.placed = true;
-            self.move_to_follower().await;
+            if let Some(standing) = self.move_to_follower().await {
+                eprintln!(
+                    "watching on {} ({}, which does not lead; {} leads)",
+                    self.address(),
+                    standing.coordinator_id,
+                    standing.leader_id
+                );
+            }
         }
         while self.stream.is_none() {
             match self.request().await {
@@ -122,23 +131,22 @@ impl<'c> Resumable<'c> {
         Ok(response.into_inner())
     }
 
-    /// Moves to a replica that does not lead, when several are given and one answers as such,
-    /// and says which; else stays on the client it was given.
-    async fn move_to_follower(&mut self) {
-        let Some((connection, _)) = self.replicas else {
-            return;
-        };
-        let Some(described) = connection.follower().await else {
-            return;
-        };
-        eprintln!(
-            "watching on {} ({}, which does not lead; {} leads)",
-            connection.addresses()[described.index],
-            described.standing.coordinator_id,
-            described.standing.leader_id
-        );
+    /// Moves to a replica that does not lead, when several are given and one answers as such;
+    /// its standing. Else stays on the client it has.
+    async fn move_to_follower(&mut self) -> Option<ReplicaStanding> {
+        let (connection, _) = self.replicas?;
+        let described = connection.follower().await?;
         self.client = described.client;
         self.replicas = Some((connection, described.index));
+        Some(described.standing)
+    }
+
+    /// The address of the replica in use; "the same coordinator" without several.
+    fn address(&self) -> String {
+        self.replicas.map_or_else(
+            || "the same coordinator".to_owned(),
+            |(connection, index)| connection.addresses()[index].to_owned(),
+        )
     }
 
     /// After `status` broke the stream: waits a little, moves to a replica that does not lead
@@ -150,21 +158,17 @@ impl<'c> Resumable<'c> {
         }
         self.reopenings += 1;
         tokio::time::sleep(Duration::from_millis(200) * self.reopenings).await;
-        let mut target = "the same coordinator".to_owned();
-        if let Some((connection, current)) = self.replicas {
-            if let Some(described) = connection.follower().await {
-                self.client = described.client;
-                self.replicas = Some((connection, described.index));
-                target = connection.addresses()[described.index].to_owned();
-            } else if let Ok((client, index)) = connection.client_from(current + 1).await {
-                self.client = client;
-                self.replicas = Some((connection, index));
-                target = connection.addresses()[index].to_owned();
-            }
+        if self.move_to_follower().await.is_none()
+            && let Some((connection, current)) = self.replicas
+            && let Ok((client, index)) = connection.client_from(current + 1).await
+        {
+            self.client = client;
+            self.replicas = Some((connection, index));
         }
         eprintln!(
-            "the watch broke ({}); continuing on {target} after sequence {}",
+            "the watch broke ({}); continuing on {} after sequence {}",
             status.message(),
+            self.address(),
             self.since
         );
         true

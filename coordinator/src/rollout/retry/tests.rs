@@ -1,6 +1,7 @@
 use fleetshift_common::proto::v1::{Direction, RiskAssessment, ShardFacts, Wave, WavePolicy};
 
 use super::*;
+use crate::rollout::waves;
 
 fn task(shard: &str, state: ShardState) -> ShardTask {
     ShardTask {
