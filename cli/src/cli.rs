@@ -24,6 +24,7 @@ mod schema;
 mod serve;
 mod shards;
 mod sources;
+mod targets;
 mod throttles;
 mod validation;
 
@@ -106,6 +107,10 @@ pub enum Command {
     /// Hold the shards a selector matches for a while: `set` (operator), `list` (viewer),
     /// `lift` (operator). Nothing is dispatched to a held shard.
     Throttle(throttles::ThrottleArgs),
+    /// Fleet targets: `set` keeps the shards a selector matches at a version (the leader
+    /// plans every active one behind it, as a controller), `status` says where each stands and
+    /// why, `list`, `remove`.
+    Target(targets::TargetArgs),
     /// Every replica `--coordinator` names: whether it answers and which one leads (viewer).
     Replicas(replicas::ReplicasArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -148,6 +153,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Throttle(_) => "throttle",
         Command::Replicas(_) => "replicas",
         Command::Retry(_) => "retry",
+        Command::Target(_) => "target",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -191,6 +197,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Throttle(arguments) => throttles::run(arguments).await,
         Command::Replicas(arguments) => replicas::run(arguments).await,
         Command::Retry(arguments) => retry::run(arguments).await,
+        Command::Target(arguments) => targets::run(arguments).await,
         Command::Completions(arguments) => packaging::completions(&arguments),
         Command::Man(arguments) => packaging::man(&arguments),
     }

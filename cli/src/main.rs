@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         | cli::Command::Throttle(_)
         | cli::Command::Replicas(_)
         | cli::Command::Retry(_)
+        | cli::Command::Target(_)
         | cli::Command::Completions(_)
         | cli::Command::Man(_) => "warn",
     };

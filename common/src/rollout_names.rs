@@ -1,7 +1,7 @@
 //! Names of plan and shard-task states and risk levels as the CLI, logs and JSON output spell
 //! them.
 
-use crate::proto::v1::{PlanState, RiskLevel, ShardLifecycle, ShardState};
+use crate::proto::v1::{PlanState, RiskLevel, ShardLifecycle, ShardState, TargetStanding};
 
 pub fn plan_state_name(state: PlanState) -> &'static str {
     match state {
@@ -55,6 +55,18 @@ pub fn lifecycle_name(lifecycle: ShardLifecycle) -> &'static str {
         ShardLifecycle::Suspended => "suspended",
         ShardLifecycle::Provisioning => "provisioning",
         ShardLifecycle::Retired => "retired",
+    }
+}
+
+/// How a shard's standing against a fleet target is spelled (CLI, JSON).
+pub fn target_standing_name(standing: TargetStanding) -> &'static str {
+    match standing {
+        TargetStanding::Unspecified => "unknown",
+        TargetStanding::At => "at",
+        TargetStanding::Behind => "behind",
+        TargetStanding::Ahead => "ahead",
+        TargetStanding::UnknownVersion => "unknown-version",
+        TargetStanding::Unseen => "unseen",
     }
 }
 

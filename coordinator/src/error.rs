@@ -129,7 +129,7 @@ impl ServiceError for RolloutError {
         match self {
             Self::Store(error) => error.code(),
             Self::Corrupt { .. } => ErrorCode::Internal,
-            Self::UnknownPlan(_) => ErrorCode::NotFound,
+            Self::UnknownPlan(_) | Self::NotFound(_) => ErrorCode::NotFound,
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::NotNow(_) => ErrorCode::NotNow,
             Self::Contended(_) => ErrorCode::Contended,

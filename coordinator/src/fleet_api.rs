@@ -22,6 +22,10 @@ use fleetshift_common::proto::v1::{
     ShardLifecycleSetting, ShardSummary, ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest,
     WatchEventsRequest, WatchRolloutRequest,
 };
+use fleetshift_common::proto::v1::{
+    FleetTarget, GetTargetStatusRequest, ListTargetsRequest, ListTargetsResponse,
+    RemoveTargetRequest, SetTargetRequest, TargetStatus,
+};
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;
 use tokio_stream::Stream;
@@ -43,6 +47,7 @@ use crate::rollout::{
 };
 use crate::schemas;
 use crate::store::Store;
+use crate::targets;
 use crate::tasks::TaskSet;
 use crate::throttles;
 
@@ -276,6 +281,44 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         records::create_plan(&*self.store, &plan).await?;
         tracing::info!(plan = %plan.plan_id, retries = %source.plan_id, %author, shards = waves::shard_count(&plan), left_out = plan.left_out.len(), "retry plan created");
         Ok(Response::new(plan))
+    }
+
+    async fn set_target(
+        &self,
+        request: Request<SetTargetRequest>,
+    ) -> Result<Response<FleetTarget>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let target = targets::set(&*self.store, request.into_inner(), &author).await?;
+        tracing::info!(target = %target.name, version = %targets::version(&target), %author, "fleet target set");
+        Ok(Response::new(target))
+    }
+
+    async fn list_targets(
+        &self,
+        request: Request<ListTargetsRequest>,
+    ) -> Result<Response<ListTargetsResponse>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let targets = targets::load_all(&*self.store).await?;
+        Ok(Response::new(ListTargetsResponse { targets }))
+    }
+
+    async fn get_target_status(
+        &self,
+        request: Request<GetTargetStatusRequest>,
+    ) -> Result<Response<TargetStatus>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let name = request.into_inner().name;
+        Ok(Response::new(targets::status(&*self.store, &name).await?))
+    }
+
+    async fn remove_target(
+        &self,
+        request: Request<RemoveTargetRequest>,
+    ) -> Result<Response<FleetTarget>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let target = targets::remove(&*self.store, &request.into_inner().name).await?;
+        tracing::info!(target = %target.name, %author, "fleet target removed");
+        Ok(Response::new(target))
     }
 
     async fn get_plan(&self, request: Request<GetPlanRequest>) -> Result<Response<Plan>, Status> {

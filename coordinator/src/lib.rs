@@ -22,6 +22,7 @@
 //! - [`schema_drift`]: the leader's count of shards whose schema differs from their version's
 //!   majority.
 //! - [`schemas`]: schema snapshots agents report, kept once per fingerprint.
+//! - [`targets`]: fleet targets, and the leader's reconciliation that keeps shards at them.
 //! - [`throttles`]: operators' holds on the shards a selector matches, expiring by lease.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
 //! - [`webhooks`]: rollout events POSTed, signed, to configured URLs (from the leader).
@@ -49,6 +50,7 @@ pub mod schema_drift;
 pub mod schemas;
 pub mod serve;
 pub mod store;
+pub mod targets;
 pub mod tasks;
 pub mod throttles;
 pub mod webhooks;

@@ -49,6 +49,8 @@ pub enum RolloutError {
     #[error("no plan {0}; `fleetshift status` lists the plans")]
     UnknownPlan(String),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     NotNow(String),

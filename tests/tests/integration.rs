@@ -56,6 +56,7 @@ mod integration {
     mod secrets;
     mod session;
     mod store;
+    mod targets;
     mod telemetry;
     mod tls;
     mod traces;

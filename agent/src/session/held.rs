@@ -255,7 +255,7 @@ impl<'f, W: Work> Session<'f, W> {
         send(&self.outbound, AgentBody::Progress(event)).await
     }
 
-    /// A run ended: its progress goes out first, then its result.
+    /// A run ended: its progress goes out first, then its result, then fresh facts.
     async fn on_run_ended(&mut self, joined: Result<AssignmentResult, JoinError>) -> Step {
         let Ok(result) = joined else { return Ok(()) };
         log_outcome(&result);
@@ -271,7 +271,11 @@ impl<'f, W: Work> Session<'f, W> {
                 break;
             }
         }
-        send(&self.outbound, AgentBody::Result(result)).await
+        send(&self.outbound, AgentBody::Result(result)).await?;
+        // The shard's version moved: the coordinator hears it now, not a refresh later (a
+        // fleet target's reconciliation waits for it).
+        self.on_refresh();
+        Ok(())
     }
 
     async fn on_reply(&mut self, joined: Result<HostReply, JoinError>) -> Step {

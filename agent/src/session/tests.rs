@@ -294,6 +294,11 @@ async fn a_cancel_reaches_the_run_and_a_redelivered_assignment_is_answered_not_r
         Some(("a1".to_owned(), StopCause::Withdrawn))
     );
     let first = result_of(&within(replica.next()).await).clone();
+    let refreshed = within(replica.next()).await;
+    assert!(
+        matches!(refreshed.body, Some(AgentBody::Facts(_))),
+        "fresh facts follow a run's result: {refreshed:?}"
+    );
     replica.send(assignment("a1", "s1", 5));
     let again = result_of(&within(replica.next()).await).clone();
     assert_eq!(again, first, "the same result, sent again");

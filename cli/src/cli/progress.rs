@@ -425,6 +425,7 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
             "direction": if plan.direction() == Direction::Down { "down" } else { "up" },
             "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
             "retries": (!plan.retries.is_empty()).then_some(&plan.retries),
+            "fleet_target": (!plan.fleet_target.is_empty()).then_some(&plan.fleet_target),
             "left_out": plan.left_out.iter().map(|left| json!({
                 "shard": left.shard_id,
                 "reason": left.reason,

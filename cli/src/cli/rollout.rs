@@ -7,12 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use fleetshift_common::error::ErrorKind;
 use fleetshift_common::proto::v1::{
-    ApprovePlanRequest, BaselinePolicy, CreatePlanRequest, ExecutionLimits, GetPlanRequest,
-    HostDuties, ListPlansRequest, Plan, PlanAction, PlanState, PreflightPolicy, RiskLevel,
-    RollbackPolicy, WavePolicy,
+    ApprovePlanRequest, GetPlanRequest, ListPlansRequest, Plan, PlanAction, PlanState, RiskLevel,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name};
-use fleetshift_common::shipped;
 use fleetshift_coordinator::rollout::waves;
 use serde_json::json;
 
@@ -20,8 +17,7 @@ use super::events::{self, Stream};
 use super::fleet::{Connection, client, refused};
 use super::progress::Following;
 use super::progress::resume::Watched;
-use super::sources;
-use super::{Output, baseline_file, notice, progress, rehearsals, render};
+use super::{Output, notice, progress, rehearsals, render};
 use crate::exit;
 
 mod findings;
@@ -286,94 +282,22 @@ fn print_risk(plan: &Plan) {
 }
 
 pub async fn plan(arguments: PlanArgs) -> ExitCode {
-    let Some(directory) = &arguments.directory else {
-        let message = "a migration directory is required: fleetshift plan <dir>";
-        render::failure(arguments.output, message, ErrorKind::BadInput);
-        return ExitCode::from(exit::BAD_INPUT);
-    };
-    let set = match sources::load(directory, arguments.format, &arguments.alembic) {
+    let set = match arguments.set("fleetshift plan <dir>") {
         Ok(set) => set,
-        Err(error) => {
-            render::failure(arguments.output, &error, ErrorKind::BadInput);
+        Err(message) => {
+            render::failure(arguments.output, &message, ErrorKind::BadInput);
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
     if arguments.sql {
         return fleet_sql::print(&arguments, &set).await;
     }
-    let packed = match shipped::pack(&set) {
-        Ok(packed) => packed,
-        Err(error) => {
-            render::failure(arguments.output, &error.to_string(), ErrorKind::BadInput);
-            return ExitCode::from(exit::BAD_INPUT);
-        }
-    };
-    let baselines = match arguments.baselines.as_deref().map(baseline_file::load) {
-        None => None,
-        Some(Ok(queries)) => Some(BaselinePolicy {
-            queries,
-            runs: arguments.baseline_runs,
-            degradation_threshold: arguments.degradation_threshold,
-            noise_floor: prost_types::Duration::try_from(arguments.baseline_noise_floor).ok(),
-        }),
-        Some(Err(message)) => {
-            render::failure(arguments.output, &message, ErrorKind::BadInput);
-            return ExitCode::from(exit::BAD_INPUT);
-        }
-    };
-    let rollback =
-        (arguments.auto_rollback || arguments.revision_time_limit.is_some()).then(|| {
-            RollbackPolicy {
-                on_failure: arguments.auto_rollback,
-                on_degradation: arguments.auto_rollback,
-                revision_time_limit: arguments
-                    .revision_time_limit
-                    .and_then(|limit| prost_types::Duration::try_from(limit).ok()),
-            }
-        });
-    let updates = match arguments.updates() {
-        Ok(updates) => updates,
+    let request = match arguments.request(&set) {
+        Ok(request) => request,
         Err(message) => {
             render::failure(arguments.output, &message, ErrorKind::BadInput);
             return ExitCode::from(exit::BAD_INPUT);
         }
-    };
-    let request = CreatePlanRequest {
-        migration_set: Some(packed),
-        target_version: arguments.target.clone().unwrap_or_default(),
-        selector: arguments.selector.iter().cloned().collect(),
-        waves: Some(WavePolicy {
-            canary_shards: arguments.canary,
-            percentages: arguments.waves.clone(),
-            max_concurrency_per_wave: arguments.max_concurrency,
-            max_concurrency_per_host: arguments.max_per_host,
-            failure_threshold: arguments.failure_threshold,
-            max_shard_retries: arguments.max_shard_retries,
-        }),
-        limits: Some(ExecutionLimits {
-            lock_timeout: prost_types::Duration::try_from(arguments.lock_timeout).ok(),
-            statement_timeout: prost_types::Duration::try_from(arguments.statement_timeout).ok(),
-            lock_retries: arguments.lock_retries,
-        }),
-        duties: Some(HostDuties {
-            require_backup: arguments.require_backup,
-            preflight: Some(PreflightPolicy {
-                long_transaction: prost_types::Duration::try_from(arguments.long_transaction).ok(),
-                wait_for_blockers: prost_types::Duration::try_from(arguments.wait_for_blockers)
-                    .ok(),
-                max_connections_percent: arguments.max_connections_percent,
-                max_replication_lag: prost_types::Duration::try_from(arguments.max_replication_lag)
-                    .ok(),
-            }),
-            baselines,
-            rollback,
-            restore_test: arguments.restore_test,
-            verify_data: arguments.verify_data.clone(),
-            throttle: arguments.throttle(),
-        }),
-        allow_drift_shards: arguments.allow_drift_shards.clone().unwrap_or_default(),
-        schedule: arguments.schedule(),
-        updates,
     };
     let mut client = match client(&arguments.connection, arguments.output).await {
         Ok(client) => client,

@@ -16,10 +16,14 @@ pub struct Update {
 /// What a change wrote, as far as the event streams care.
 #[derive(Debug)]
 pub enum Record {
-    /// A plan written, or deleted (`None`).
-    Plan { id: String, plan: Option<Plan> },
+    /// A plan written, or deleted (`None`). Plans and tasks are boxed: each is many times
+    /// the size of the other records.
+    Plan { id: String, plan: Option<Box<Plan>> },
     /// A task written; a deleted task tells a stream nothing.
-    Task { plan_id: String, task: ShardTask },
+    Task {
+        plan_id: String,
+        task: Box<ShardTask>,
+    },
     /// A journal batch written, or gone with its lease (`None`).
     Journal(Option<JournalBatch>),
     /// A record that does not decode, and the plan it belongs to (`None`: any plan's, as a
@@ -68,7 +72,7 @@ impl Record {
                 },
                 Some(Ok(plan)) => Self::Plan {
                     id: id.to_owned(),
-                    plan: Some(plan),
+                    plan: Some(Box::new(plan)),
                 },
                 Some(Err(error)) => Self::malformed(id, &error),
             };
@@ -81,7 +85,7 @@ impl Record {
             Some(((plan_id, _), value)) => match decode::<ShardTask>(key, value) {
                 Ok(task) => Self::Task {
                     plan_id: plan_id.to_owned(),
-                    task,
+                    task: Box::new(task),
                 },
                 Err(error) => Self::malformed(plan_id, &error),
             },

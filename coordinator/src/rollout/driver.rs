@@ -12,6 +12,9 @@
 //! 4. a cancelled plan cancels its pending tasks and withdraws running assignments (the
 //!    agent's replica turns the withdrawal into a Cancel).
 //!
+//! Then, when something it follows changed, the reconciler keeps the fleet at its targets
+//! ([`crate::targets::reconcile`]).
+//!
 //! Every write carries the leader's epoch; the first refused one ends the loop.
 
 use std::collections::HashSet;
@@ -39,6 +42,7 @@ use crate::metrics::rollouts::RolloutGauges;
 use crate::store::{
     Condition, Epoch, FenceToken, LeaseId, Store, StoreError, Transaction, Write, grouped, keys,
 };
+use crate::targets::reconcile::Reconciler;
 
 /// How often the leader looks again without a change to wake it.
 const TICK: Duration = Duration::from_millis(500);
@@ -113,6 +117,7 @@ async fn drive<S: Store>(
         withdrawn: HashSet::new(),
         halted: HashSet::new(),
     };
+    let mut reconciler = Reconciler::default();
     let mut ticks = tokio::time::interval(TICK);
     let mut published = None;
     loop {
@@ -120,14 +125,20 @@ async fn drive<S: Store>(
             () = stepped_down.cancelled() => return Ok(()),
             change = changes.next() => {
                 let change = change.ok_or_else(|| StoreError::Unavailable("the watch ended".to_owned()))??;
+                reconciler.heed(&change.key);
                 driver.model.apply(&change);
                 while let Some(more) = changes.ready() {
-                    driver.model.apply(&more?);
+                    let more = more?;
+                    reconciler.heed(&more.key);
+                    driver.model.apply(&more);
                 }
             }
             _ = ticks.tick() => {}
         }
         driver.advance().await?;
+        if reconciler.due(Instant::now()) {
+            reconciler.pass(store, epoch, &driver.model).await?;
+        }
         // Scrapes come every few seconds; a busy rollout steps hundreds of times a second.
         if published.is_none_or(|at: Instant| at.elapsed() >= PUBLISH_EVERY) {
             gauges.publish(&driver.model);

@@ -8,7 +8,9 @@ mod plan_tasks;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use fleetshift_common::proto::v1::{AssignmentResult, FleetThrottle, Hello, Plan, ShardTask};
+use fleetshift_common::proto::v1::{
+    AssignmentResult, FleetTarget, FleetThrottle, Hello, Plan, ShardLifecycleSetting, ShardTask,
+};
 
 use super::records::decode;
 use super::{RolloutError, state_of, task_active};
@@ -45,6 +47,10 @@ pub struct Model {
     pub results: BTreeMap<String, Seen<AssignmentResult>>,
     /// Operators' throttles in force, by id.
     pub throttles: BTreeMap<String, Seen<FleetThrottle>>,
+    /// Fleet targets, by name.
+    pub targets: BTreeMap<String, Seen<FleetTarget>>,
+    /// Operators' shard lifecycles, by shard.
+    pub lifecycles: HashMap<String, ShardLifecycleSetting>,
 }
 
 /// What a key is, by its place in the layout.
@@ -55,6 +61,8 @@ enum Place<'k> {
     Agent(&'k str),
     Result(&'k str),
     Throttle(&'k str),
+    Target(&'k str),
+    Lifecycle(&'k str),
     Other,
 }
 
@@ -72,6 +80,10 @@ fn place(key: &str) -> Place<'_> {
         Place::Result(assignment)
     } else if let Some(id) = key.strip_prefix(&keys::throttles_prefix()) {
         Place::Throttle(id)
+    } else if let Some(name) = key.strip_prefix(&keys::targets_prefix()) {
+        Place::Target(name)
+    } else if let Some(shard) = key.strip_prefix(&keys::lifecycles_prefix()) {
+        Place::Lifecycle(shard)
     } else {
         Place::Other
     }
@@ -94,6 +106,8 @@ impl Model {
             keys::agents_prefix(),
             keys::results_prefix(),
             keys::throttles_prefix(),
+            keys::targets_prefix(),
+            keys::lifecycles_prefix(),
         ] {
             let listing = store.list(&prefix).await?;
             first_revision.get_or_insert(listing.revision);
@@ -203,6 +217,25 @@ impl Model {
             }
             (Place::Throttle(id), None) => {
                 self.throttles.remove(id);
+            }
+            (Place::Target(name), Some(value)) => {
+                let value: FleetTarget = decode(&change.key, value)?;
+                if newer(self.targets.get(name), revision) {
+                    self.targets
+                        .insert(name.to_owned(), Seen { value, revision });
+                }
+            }
+            (Place::Target(name), None) => {
+                if newer(self.targets.get(name), revision) {
+                    self.targets.remove(name);
+                }
+            }
+            (Place::Lifecycle(shard), Some(value)) => {
+                let setting: ShardLifecycleSetting = decode(&change.key, value)?;
+                self.lifecycles.insert(shard.to_owned(), setting);
+            }
+            (Place::Lifecycle(shard), None) => {
+                self.lifecycles.remove(shard);
             }
             (Place::Other, _) => {}
         }

@@ -214,7 +214,7 @@ pub fn new_plan_id() -> String {
 
 /// The version a plan goes to: the requested one in the set's own spelling (agents and
 /// ledgers name it so), or the set's last.
-fn target_of(set: &MigrationSet, requested: &str) -> Result<String, RolloutError> {
+pub fn target_of(set: &MigrationSet, requested: &str) -> Result<String, RolloutError> {
     let last = set
         .revisions
         .last()
@@ -432,6 +432,8 @@ pub fn plan(
         updates,
         retries: String::new(),
         left_out: Vec::new(),
+        fleet_target: String::new(),
+        catch_up_from: HashMap::new(),
     })
 }
 

@@ -82,6 +82,24 @@ pub fn with_tasks(mut plan: Plan, tasks: &BTreeMap<String, ShardTask>) -> Plan {
 
 /// Creates the plan and its pending tasks, once.
 pub async fn create_plan<S: Store>(store: &S, plan: &Plan) -> Result<(), RolloutError> {
+    create(store, plan, None).await
+}
+
+/// Creates the plan and its pending tasks, once, while `epoch`'s leadership stands (the
+/// leader's own plans: a deposed leader's late plan is refused).
+pub async fn create_plan_as_leader<S: Store>(
+    store: &S,
+    plan: &Plan,
+    epoch: Epoch,
+) -> Result<(), RolloutError> {
+    create(store, plan, Some(epoch)).await
+}
+
+async fn create<S: Store>(
+    store: &S,
+    plan: &Plan,
+    epoch: Option<Epoch>,
+) -> Result<(), RolloutError> {
     let key = keys::plan(&plan.plan_id);
     let tasks: Vec<Write> = waves::planned_tasks(plan)
         .map(|task| {
@@ -92,11 +110,11 @@ pub async fn create_plan<S: Store>(store: &S, plan: &Plan) -> Result<(), Rollout
     // etcd allows 128 operations per transaction by default: the plan goes last, so it is
     // visible only once every task is.
     for batch in tasks.chunks(100) {
-        store.commit(None, &[], batch).await?;
+        store.commit(epoch, &[], batch).await?;
     }
     let plan_write = Write::put(key.clone(), plan.encode_to_vec());
     let created = store
-        .commit(None, &[Condition::Absent(key)], &[plan_write])
+        .commit(epoch, &[Condition::Absent(key)], &[plan_write])
         .await?;
     match created {
         Some(_) => Ok(()),

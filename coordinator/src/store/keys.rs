@@ -14,6 +14,8 @@
 //! | `host-requests/<agent>/<request>` | `HostRequest`, on the operator call's lease | the replica called |
 //! | `host-replies/<request>` | `HostReply`, on the same lease | the agent's replica |
 //! | `rehearsals/<plan>/<shard>` | `ShardRehearsal`, the newest | the replica called |
+//! | `lifecycles/<shard>` | `ShardLifecycleSetting` | the replica called |
+//! | `targets/<name>` | `FleetTarget` | the replica called (set); the leader (approvals, refusals) |
 
 const PREFIX: &str = "/fleetshift/v1";
 
@@ -133,6 +135,14 @@ pub fn lifecycles_prefix() -> String {
 
 pub fn lifecycle(shard: &str) -> String {
     format!("{PREFIX}/lifecycles/{shard}")
+}
+
+pub fn targets_prefix() -> String {
+    format!("{PREFIX}/targets/")
+}
+
+pub fn target(name: &str) -> String {
+    format!("{PREFIX}/targets/{name}")
 }
 
 pub fn schema_prefix(fingerprint: &str) -> String {

@@ -196,6 +196,66 @@ impl CliFleet {
         );
     }
 
+    /// Stops the agent (SIGTERM) and waits for it to exit; its log is kept as
+    /// `agent-stopped.log`.
+    pub fn stop_agent(&mut self) {
+        self.agent.signal("TERM");
+        assert!(
+            self.agent.wait_for_exit(Duration::from_secs(30)).is_some(),
+            "the agent outlived SIGTERM"
+        );
+        let home = self.home.path();
+        std::fs::rename(home.join("agent.log"), home.join("agent-stopped.log")).expect("log");
+    }
+
+    /// Starts the stopped agent again, on its configuration as it is now.
+    pub fn start_agent(&mut self) {
+        let home = self.home.path();
+        self.agent = spawn_agent(home, &self.cli.environment);
+        self.telemetry.agent = format!(
+            "127.0.0.1:{}",
+            logged_port(&home.join("agent.log"), TELEMETRY_LISTENING)
+        );
+    }
+
+    /// A new database prepared with `schema` on the fleet's cluster, added to the agent's
+    /// configuration as its next shard (`a-db<N>`), served from the agent's next start; its id.
+    pub async fn add_shard(&mut self, schema: &str) -> String {
+        let index = self.shard_urls.len();
+        let name = format!("added_{index}");
+        let url = self
+            .database
+            .cluster
+            .create_database(&name)
+            .await
+            .expect("database");
+        let admin = self
+            .database
+            .cluster
+            .admin_pool(&name)
+            .await
+            .expect("admin pool");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(schema.to_owned()))
+            .execute(&admin)
+            .await
+            .expect("schema");
+        admin.close().await;
+        let home = self.home.path();
+        let secret = home.join(format!("a-{index}.url"));
+        std::fs::write(&secret, &url).expect("url file");
+        let id = format!("a-db{index}");
+        let table = format!(
+            "[[shards]]\nid = \"{id}\"\nlabels = {{ env = \"test\" }}\ndatabase_url_file = \"{}\"\n",
+            secret.display()
+        );
+        let config = home.join("agent.toml");
+        let mut text = std::fs::read_to_string(&config).expect("agent config");
+        text.push_str(&table);
+        std::fs::write(&config, text).expect("agent config");
+        self.shard_urls.push(url);
+        id
+    }
+
     /// The replica's and the agent's logs, for a failed assertion.
     pub fn diagnose(&self) -> String {
         diagnose(self.home.path())

@@ -4,23 +4,27 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fleetshift_common::proto::v1::{DataCheck, Schedule, StatusUpdates, ThrottlePolicy};
-use fleetshift_common::source::SourceFormat;
+use fleetshift_common::proto::v1::{
+    BaselinePolicy, CreatePlanRequest, DataCheck, ExecutionLimits, HostDuties, PreflightPolicy,
+    RollbackPolicy, Schedule, StatusUpdates, ThrottlePolicy, WavePolicy,
+};
+use fleetshift_common::shipped;
+use fleetshift_common::source::{MigrationSet, SourceFormat};
 use fleetshift_common::window;
 
-use super::super::Output;
 use super::super::fleet::{Connection, parse_label};
-use super::super::sources::AlembicArgs;
+use super::super::sources::{self, AlembicArgs};
+use super::super::{Output, baseline_file};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub(super) connection: Connection,
+    pub(crate) connection: Connection,
     /// The migration directory to roll out.
     #[arg(required = true)]
     pub(super) directory: Option<PathBuf>,
     /// Where to take the shards (default: the set's newest revision).
-    #[arg(long)]
+    #[arg(long, visible_alias = "version")]
     pub(super) target: Option<String>,
     /// The directory's layout, when detection is not wanted.
     #[arg(long)]
@@ -35,7 +39,7 @@ pub struct PlanArgs {
     /// Dry run: print exactly the SQL each matching shard would run (grouped by the version it
     /// is at and its engine, per revision and transaction mode) and create no plan.
     #[arg(long)]
-    pub(super) sql: bool,
+    pub(crate) sql: bool,
     /// List every lint finding (default: one line per rule, with its count and first place).
     #[arg(long)]
     pub(super) verbose: bool,
@@ -159,10 +163,80 @@ pub struct PlanArgs {
     #[arg(long, value_name = "FILE", requires = "updates")]
     pub(super) update_template: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "human")]
-    pub(super) output: Output,
+    pub(crate) output: Output,
 }
 
 impl PlanArgs {
+    /// The directory's migration set, validated; `usage` shows how to name the directory.
+    pub(crate) fn set(&self, usage: &str) -> Result<MigrationSet, String> {
+        let directory = self
+            .directory
+            .as_deref()
+            .ok_or_else(|| format!("a migration directory is required: {usage}"))?;
+        sources::load(directory, self.format, &self.alembic)
+    }
+
+    /// The plan's terms: the set packed to ship, the shards, waves, limits, duties, schedule
+    /// and updates; files the options name are read now.
+    pub(crate) fn request(&self, set: &MigrationSet) -> Result<CreatePlanRequest, String> {
+        let packed = shipped::pack(set).map_err(|error| error.to_string())?;
+        let baselines = match self.baselines.as_deref().map(baseline_file::load) {
+            None => None,
+            Some(Ok(queries)) => Some(BaselinePolicy {
+                queries,
+                runs: self.baseline_runs,
+                degradation_threshold: self.degradation_threshold,
+                noise_floor: prost_types::Duration::try_from(self.baseline_noise_floor).ok(),
+            }),
+            Some(Err(message)) => return Err(message),
+        };
+        let rollback =
+            (self.auto_rollback || self.revision_time_limit.is_some()).then(|| RollbackPolicy {
+                on_failure: self.auto_rollback,
+                on_degradation: self.auto_rollback,
+                revision_time_limit: self
+                    .revision_time_limit
+                    .and_then(|limit| prost_types::Duration::try_from(limit).ok()),
+            });
+        let updates = self.updates()?;
+        Ok(CreatePlanRequest {
+            migration_set: Some(packed),
+            target_version: self.target.clone().unwrap_or_default(),
+            selector: self.selector.iter().cloned().collect(),
+            waves: Some(WavePolicy {
+                canary_shards: self.canary,
+                percentages: self.waves.clone(),
+                max_concurrency_per_wave: self.max_concurrency,
+                max_concurrency_per_host: self.max_per_host,
+                failure_threshold: self.failure_threshold,
+                max_shard_retries: self.max_shard_retries,
+            }),
+            limits: Some(ExecutionLimits {
+                lock_timeout: prost_types::Duration::try_from(self.lock_timeout).ok(),
+                statement_timeout: prost_types::Duration::try_from(self.statement_timeout).ok(),
+                lock_retries: self.lock_retries,
+            }),
+            duties: Some(HostDuties {
+                require_backup: self.require_backup,
+                preflight: Some(PreflightPolicy {
+                    long_transaction: prost_types::Duration::try_from(self.long_transaction).ok(),
+                    wait_for_blockers: prost_types::Duration::try_from(self.wait_for_blockers).ok(),
+                    max_connections_percent: self.max_connections_percent,
+                    max_replication_lag: prost_types::Duration::try_from(self.max_replication_lag)
+                        .ok(),
+                }),
+                baselines,
+                rollback,
+                restore_test: self.restore_test,
+                verify_data: self.verify_data.clone(),
+                throttle: self.throttle(),
+            }),
+            allow_drift_shards: self.allow_drift_shards.clone().unwrap_or_default(),
+            schedule: self.schedule(),
+            updates,
+        })
+    }
+
     /// The plan's status updates, when it asks for them; the template's file read now.
     pub(super) fn updates(&self) -> Result<Option<StatusUpdates>, String> {
         let Some(every) = self.updates else {

@@ -1,0 +1,293 @@
+//! Where each shard stands against a fleet target, and why it is not there yet: the one
+//! judgement behind both the leader's reconciliation (which shards to plan) and
+//! `GetTargetStatus` (what to tell the operator). Pure: it is given the announced shards, the
+//! operators' lifecycles and the plans' tasks, and reads nothing itself.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fleetshift_common::proto::v1::{
+    FleetTarget, HostFacts, Plan, PlanState, ShardFacts, ShardLifecycle, ShardState, ShardTask,
+    TargetShard, TargetStanding,
+};
+use fleetshift_common::rollout_names::plan_state_name;
+use fleetshift_common::selector::{self, Announced};
+
+use crate::lifecycles::{self, Settings};
+use crate::rollout::{plan_ended, state_of, task_ended};
+
+/// A shard as its agent announced it, with the store revision of that announcement.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub agent: &'a str,
+    pub host: Option<&'a HostFacts>,
+    pub facts: &'a ShardFacts,
+    /// The revision the announcement was written at: facts written before a task ended may
+    /// predate its run.
+    pub revision: i64,
+}
+
+/// What the plans say about the shards: which are in a plan that has not ended, and how each
+/// shard's newest task of the target's present goal went.
+#[derive(Debug, Default)]
+pub struct PlanIndex {
+    busy: HashMap<String, Busy>,
+    latest: HashMap<String, Latest>,
+}
+
+#[derive(Debug, Clone)]
+struct Busy {
+    plan_id: String,
+    state: PlanState,
+}
+
+#[derive(Debug, Clone)]
+struct Latest {
+    plan_id: String,
+    state: ShardState,
+    error: String,
+    /// The revision the task was written at.
+    revision: i64,
+}
+
+impl PlanIndex {
+    /// Takes in one task of `plan`, written at `revision`.
+    pub fn add(&mut self, target: &FleetTarget, plan: &Plan, task: &ShardTask, revision: i64) {
+        let plan_state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+        let state = state_of(task);
+        if !plan_ended(plan_state) && !task_ended(state) {
+            self.busy.insert(
+                task.shard_id.clone(),
+                Busy {
+                    plan_id: plan.plan_id.clone(),
+                    state: plan_state,
+                },
+            );
+        }
+        if super::plan_serves(target, plan) {
+            let newer = self
+                .latest
+                .get(&task.shard_id)
+                .is_none_or(|latest| latest.plan_id < plan.plan_id);
+            if newer {
+                self.latest.insert(
+                    task.shard_id.clone(),
+                    Latest {
+                        plan_id: plan.plan_id.clone(),
+                        state,
+                        error: task
+                            .error
+                            .as_ref()
+                            .map(|error| error.message.clone())
+                            .unwrap_or_default(),
+                        revision,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether a plan is worth reading for `target`: one that has not ended (its shards are
+    /// busy), or one of the target's own.
+    pub fn reads(target: &FleetTarget, plan: &Plan) -> bool {
+        let state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
+        !plan_ended(state) || plan.fleet_target == target.name
+    }
+}
+
+/// One shard's standing, and whether the leader should plan it now (from which version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    pub shard: TargetShard,
+    /// `Some(from)` when a catch-up from version `from` is due.
+    pub catch_up: Option<String>,
+}
+
+/// Where the target's shards stand: every announced shard its selector matches, and every
+/// shard one of its plans took that is not announced now; by shard id.
+pub fn judge(
+    target: &FleetTarget,
+    shards: &[Seen<'_>],
+    settings: &Settings,
+    plans: &PlanIndex,
+) -> Vec<Judged> {
+    let selector = target
+        .terms
+        .as_ref()
+        .map(|terms| &terms.selector)
+        .cloned()
+        .unwrap_or_default();
+    let order: HashMap<&str, usize> = target
+        .versions
+        .iter()
+        .enumerate()
+        .map(|(index, version)| (version.as_str(), index))
+        .collect();
+    let goal = order.get(super::version(target)).copied();
+    let mut judged: BTreeMap<String, Judged> = BTreeMap::new();
+    for seen in shards {
+        let announced = Announced {
+            agent: seen.agent,
+            host: seen.host,
+            shard: seen.facts,
+        };
+        if !selector::selects(&selector, &announced.attributes()) {
+            continue;
+        }
+        let standing = place(&seen.facts.current_version, &order, goal);
+        let (reason, catch_up) = if standing == TargetStanding::Behind {
+            behind(target, seen, settings, plans)
+        } else {
+            (other_reason(standing, &seen.facts.current_version), None)
+        };
+        let plan_id = plans
+            .busy
+            .get(&seen.facts.shard_id)
+            .map(|busy| busy.plan_id.clone())
+            .or_else(|| {
+                plans
+                    .latest
+                    .get(&seen.facts.shard_id)
+                    .map(|latest| latest.plan_id.clone())
+            })
+            .unwrap_or_default();
+        judged.insert(
+            seen.facts.shard_id.clone(),
+            Judged {
+                shard: TargetShard {
+                    shard_id: seen.facts.shard_id.clone(),
+                    current_version: seen.facts.current_version.clone(),
+                    standing: standing.into(),
+                    plan_id,
+                    reason,
+                },
+                catch_up,
+            },
+        );
+    }
+    for (shard_id, latest) in &plans.latest {
+        judged.entry(shard_id.clone()).or_insert_with(|| Judged {
+            shard: TargetShard {
+                shard_id: shard_id.clone(),
+                current_version: String::new(),
+                standing: TargetStanding::Unseen.into(),
+                plan_id: latest.plan_id.clone(),
+                reason: "its agent has no session now; it is caught up when it returns".to_owned(),
+            },
+            catch_up: None,
+        });
+    }
+    judged.into_values().collect()
+}
+
+/// A version's place against the goal in the set's order (an empty ledger is before all).
+fn place(current: &str, order: &HashMap<&str, usize>, goal: Option<usize>) -> TargetStanding {
+    let Some(goal) = goal else {
+        return TargetStanding::UnknownVersion;
+    };
+    if current.is_empty() {
+        return TargetStanding::Behind;
+    }
+    match order.get(current) {
+        None => TargetStanding::UnknownVersion,
+        Some(&at) if at == goal => TargetStanding::At,
+        Some(&at) if at < goal => TargetStanding::Behind,
+        Some(_) => TargetStanding::Ahead,
+    }
+}
+
+fn other_reason(standing: TargetStanding, current: &str) -> String {
+    match standing {
+        TargetStanding::Ahead => {
+            "past the target; nothing takes a shard back on its own (`fleetshift rollback` does)"
+                .to_owned()
+        }
+        TargetStanding::UnknownVersion => format!(
+            "at version {current}, which the target's set does not have; fix the shard or the set"
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Why a shard behind the target is not caught up yet, and whether to plan it now.
+fn behind(
+    target: &FleetTarget,
+    seen: &Seen<'_>,
+    settings: &Settings,
+    plans: &PlanIndex,
+) -> (String, Option<String>) {
+    let facts = seen.facts;
+    let (lifecycle, source) = lifecycles::in_force(facts, settings);
+    if lifecycle != ShardLifecycle::Active {
+        return (
+            format!(
+                "{} ({source}); caught up once active",
+                fleetshift_common::rollout_names::lifecycle_name(lifecycle)
+            ),
+            None,
+        );
+    }
+    if !facts.reachable {
+        return (
+            format!(
+                "its agent {} cannot reach the database; caught up once it can",
+                seen.agent
+            ),
+            None,
+        );
+    }
+    if let Some(busy) = plans.busy.get(&facts.shard_id) {
+        let reason = match busy.state {
+            PlanState::AwaitingApproval => format!(
+                "in plan {0}, awaiting approval: `fleetshift approve {0}`",
+                busy.plan_id
+            ),
+            PlanState::Running => format!("catching up in plan {}", busy.plan_id),
+            state => format!("in plan {}, {}", busy.plan_id, plan_state_name(state)),
+        };
+        return (reason, None);
+    }
+    if let Some(latest) = plans.latest.get(&facts.shard_id) {
+        match latest.state {
+            ShardState::Succeeded if seen.revision < latest.revision => {
+                return (
+                    format!(
+                        "caught up in plan {}; waiting for its agent's fresh facts",
+                        latest.plan_id
+                    ),
+                    None,
+                );
+            }
+            ShardState::Failed | ShardState::RolledBack => {
+                return (
+                    format!(
+                        "failed in plan {0}: {1}; `fleetshift retry {0} --failed` tries again",
+                        latest.plan_id, latest.error
+                    ),
+                    None,
+                );
+            }
+            ShardState::Cancelled => {
+                return (
+                    format!(
+                        "cancelled in plan {0}; `fleetshift retry {0}` plans it again",
+                        latest.plan_id
+                    ),
+                    None,
+                );
+            }
+            _ => {}
+        }
+    }
+    let from = facts.current_version.clone();
+    let reason = match super::covering(target, &from) {
+        Some(approval) => format!(
+            "behind; its catch-up runs without asking again (approved in plan {})",
+            approval.plan_id
+        ),
+        None => "behind; its catch-up is planned for approval".to_owned(),
+    };
+    (reason, Some(from))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,61 @@
+//! `GetTargetStatus`: a target's shards judged from the store as it is now, on any replica,
+//! with the same judgement the leader reconciles by.
+
+use fleetshift_common::proto::v1::{Hello, Plan, ShardTask, TargetStatus};
+
+use super::standing::{self, PlanIndex};
+use crate::lifecycles;
+use crate::rollout::{RolloutError, records};
+use crate::store::{Store, keys};
+
+/// Where the shards of target `name` stand.
+pub async fn status<S: Store>(store: &S, name: &str) -> Result<TargetStatus, RolloutError> {
+    let target = super::load(store, name)
+        .await?
+        .ok_or_else(|| super::unknown(name))?
+        .target;
+    let settings = lifecycles::load(store).await?;
+    let listing = store.list(&keys::agents_prefix()).await?;
+    let agents_prefix = keys::agents_prefix();
+    let agents: Vec<(String, Hello, i64)> = listing
+        .entries
+        .iter()
+        .map(|entry| {
+            let agent = entry
+                .key
+                .strip_prefix(&agents_prefix)
+                .unwrap_or(&entry.key)
+                .to_owned();
+            let hello: Hello = records::decode(&entry.key, &entry.value)?;
+            Ok((agent, hello, entry.mod_revision))
+        })
+        .collect::<Result<_, RolloutError>>()?;
+    let shards: Vec<standing::Seen<'_>> = agents
+        .iter()
+        .flat_map(|(agent, hello, revision)| {
+            hello.shards.iter().map(move |facts| standing::Seen {
+                agent,
+                host: hello.host.as_ref(),
+                facts,
+                revision: *revision,
+            })
+        })
+        .collect();
+    let mut index = PlanIndex::default();
+    let plans: Vec<Plan> = records::load_plans(store).await?;
+    for plan in plans.iter().filter(|plan| PlanIndex::reads(&target, plan)) {
+        let tasks = store.list(&keys::tasks_prefix(&plan.plan_id)).await?;
+        for entry in &tasks.entries {
+            let task: ShardTask = records::decode(&entry.key, &entry.value)?;
+            index.add(&target, plan, &task, entry.mod_revision);
+        }
+    }
+    let shards = standing::judge(&target, &shards, &settings, &index)
+        .into_iter()
+        .map(|judged| judged.shard)
+        .collect();
+    Ok(TargetStatus {
+        target: Some(target),
+        shards,
+    })
+}
