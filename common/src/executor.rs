@@ -29,6 +29,7 @@ mod report;
 mod resolve;
 mod retry;
 mod running;
+mod seed;
 mod status;
 mod throttle;
 mod tolerated;

@@ -40,6 +40,7 @@ pub mod proto;
 pub mod rehearsal;
 pub mod rollout_names;
 pub mod schema;
+pub mod schema_baseline;
 pub mod secrets;
 pub mod selector;
 pub mod shipped;

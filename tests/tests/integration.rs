@@ -52,6 +52,7 @@ mod integration {
     mod runbook;
     mod running_statements;
     mod schema;
+    mod schema_baselines;
     mod schema_drift;
     mod secrets;
     mod session;

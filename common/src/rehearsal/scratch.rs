@@ -425,7 +425,7 @@ async fn connect(url: &DatabaseUrl, step: &str) -> Result<PgConnection, Rehearsa
 }
 
 /// The server's URL with the scratch database's name in place of the database's.
-fn scratch_url(shard: &DatabaseUrl, name: &str) -> Result<String, RehearsalError> {
+pub(crate) fn scratch_url(shard: &DatabaseUrl, name: &str) -> Result<String, RehearsalError> {
     let mut parsed = url::Url::parse(shard.expose())
         .map_err(|error| RehearsalError::build(shard, "reading the database URL", &error))?;
     parsed.set_path(&format!("/{name}"));
@@ -434,7 +434,7 @@ fn scratch_url(shard: &DatabaseUrl, name: &str) -> Result<String, RehearsalError
 
 /// Distinguishes the scratch databases of one process: the clock, and a counter for two made
 /// within the clock's resolution.
-fn rand_suffix() -> u32 {
+pub(crate) fn rand_suffix() -> u32 {
     static MADE: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -244,11 +244,7 @@ fn for_target(
     let target = &seen.value;
     let shared = Arc::new(target.clone());
     let mut actions = Vec::new();
-    let mut index = PlanIndex::default();
-    for (plan_id, plan) in &model.plans {
-        if !PlanIndex::reads(target, &plan.value) {
-            continue;
-        }
+    for plan in model.plans.values() {
         if super::plan_serves(target, &plan.value)
             && plan.value.state == i32::from(PlanState::Approved)
         {
@@ -259,34 +255,40 @@ fn for_target(
                 target_revision: seen.revision,
             });
         }
-        for task in model
-            .tasks
-            .get(plan_id)
-            .into_iter()
-            .flat_map(|t| t.values())
-        {
-            index.add(target, &plan.value, &task.value, task.revision);
-        }
     }
     if refused.contains_key(&target.name) {
         return actions;
     }
+    let index = || {
+        let mut index = PlanIndex::default();
+        for (plan_id, plan) in &model.plans {
+            if !PlanIndex::reads(target, &plan.value) {
+                continue;
+            }
+            for task in model
+                .tasks
+                .get(plan_id)
+                .into_iter()
+                .flat_map(|t| t.values())
+            {
+                index.add(target, &plan.value, &task.value, task.revision);
+            }
+        }
+        index
+    };
     let mut covered = BTreeMap::new();
     let mut uncovered = BTreeMap::new();
     let mut approvals: Vec<TargetApproval> = Vec::new();
-    for judged in standing::judge(target, shards, &model.lifecycles, &index) {
-        let Some(from) = judged.catch_up else {
-            continue;
-        };
+    for (shard, from) in standing::catch_ups(target, shards, &model.lifecycles, index) {
         match super::covering(target, &from) {
             Some(approval) => {
                 if !approvals.iter().any(|a| a.plan_id == approval.plan_id) {
                     approvals.push(approval.clone());
                 }
-                covered.insert(judged.shard.shard_id, from);
+                covered.insert(shard, from);
             }
             None => {
-                uncovered.insert(judged.shard.shard_id, from);
+                uncovered.insert(shard, from);
             }
         }
     }
@@ -323,7 +325,7 @@ async fn plan_catch_up<S: Store>(
     } = catch_up;
     let set = records::load_set(store, super::digest(target)).await?;
     let request = super::plan_request(target, set)?;
-    let agents: Vec<(String, Hello)> = model
+    let mut agents: Vec<(String, Hello)> = model
         .agents
         .iter()
         .filter_map(|(agent, seen)| {
@@ -334,6 +336,8 @@ async fn plan_catch_up<S: Store>(
             (!hello.shards.is_empty()).then(|| (agent.clone(), hello))
         })
         .collect();
+    // In a reproducible order, as `CreatePlan` is given them.
+    agents.sort_by(|left, right| left.0.cmp(&right.0));
     let author = target.author.clone();
     // Unpacking, linting and scoring a long set takes a while: off the leader's loop.
     let mut plan = tokio::task::spawn_blocking(move || planning::plan(request, &author, &agents))

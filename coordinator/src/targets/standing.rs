@@ -28,7 +28,7 @@ pub struct Seen<'a> {
 
 /// What the plans say about the shards: which are in a plan that has not ended, and how each
 /// shard's newest task of the target's present goal went.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PlanIndex {
     busy: HashMap<String, Busy>,
     latest: HashMap<String, Latest>,
@@ -94,12 +94,88 @@ impl PlanIndex {
     }
 }
 
-/// One shard's standing, and whether the leader should plan it now (from which version).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Judged {
-    pub shard: TargetShard,
-    /// `Some(from)` when a catch-up from version `from` is due.
-    pub catch_up: Option<String>,
+/// The target's versions in order, and where its goal is among them.
+struct Order<'t> {
+    places: HashMap<&'t str, usize>,
+    goal: Option<usize>,
+}
+
+impl<'t> Order<'t> {
+    fn of(target: &'t FleetTarget) -> Self {
+        let places: HashMap<&str, usize> = target
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(index, version)| (version.as_str(), index))
+            .collect();
+        let goal = places.get(super::version(target)).copied();
+        Self { places, goal }
+    }
+
+    /// A version's place against the goal (an empty ledger is before all).
+    fn place(&self, current: &str) -> TargetStanding {
+        let Some(goal) = self.goal else {
+            return TargetStanding::UnknownVersion;
+        };
+        if current.is_empty() {
+            return TargetStanding::Behind;
+        }
+        match self.places.get(current) {
+            None => TargetStanding::UnknownVersion,
+            Some(&at) if at == goal => TargetStanding::At,
+            Some(&at) if at < goal => TargetStanding::Behind,
+            Some(_) => TargetStanding::Ahead,
+        }
+    }
+}
+
+fn selector_of(target: &FleetTarget) -> HashMap<String, String> {
+    target
+        .terms
+        .as_ref()
+        .map(|terms| terms.selector.clone())
+        .unwrap_or_default()
+}
+
+fn selected(selector: &HashMap<String, String>, seen: &Seen<'_>) -> bool {
+    let announced = Announced {
+        agent: seen.agent,
+        host: seen.host,
+        shard: seen.facts,
+    };
+    selector::selects(selector, &announced.attributes())
+}
+
+/// The shards the leader should plan now for `target`, each with its version. Only versions
+/// are read until a shard is behind: a fleet at its target costs a lookup per shard, and the
+/// plans (`plans`, built only then) are not read at all.
+pub fn catch_ups(
+    target: &FleetTarget,
+    shards: &[Seen<'_>],
+    settings: &Settings,
+    plans: impl FnOnce() -> PlanIndex,
+) -> Vec<(String, String)> {
+    let order = Order::of(target);
+    let behind: Vec<&Seen<'_>> = shards
+        .iter()
+        .filter(|seen| order.place(&seen.facts.current_version) == TargetStanding::Behind)
+        .collect();
+    if behind.is_empty() {
+        return Vec::new();
+    }
+    let selector = selector_of(target);
+    let plans = plans();
+    let mut due: Vec<(String, String)> = behind
+        .into_iter()
+        .filter(|seen| selected(&selector, seen))
+        .filter_map(|seen| {
+            let (_, from) = judge_behind(target, seen, settings, &plans);
+            from.map(|from| (seen.facts.shard_id.clone(), from))
+        })
+        .collect();
+    due.sort();
+    due.dedup_by(|later, earlier| later.0 == earlier.0);
+    due
 }
 
 /// Where the target's shards stand: every announced shard its selector matches, and every
@@ -109,35 +185,16 @@ pub fn judge(
     shards: &[Seen<'_>],
     settings: &Settings,
     plans: &PlanIndex,
-) -> Vec<Judged> {
-    let selector = target
-        .terms
-        .as_ref()
-        .map(|terms| &terms.selector)
-        .cloned()
-        .unwrap_or_default();
-    let order: HashMap<&str, usize> = target
-        .versions
-        .iter()
-        .enumerate()
-        .map(|(index, version)| (version.as_str(), index))
-        .collect();
-    let goal = order.get(super::version(target)).copied();
-    let mut judged: BTreeMap<String, Judged> = BTreeMap::new();
-    for seen in shards {
-        let announced = Announced {
-            agent: seen.agent,
-            host: seen.host,
-            shard: seen.facts,
-        };
-        if !selector::selects(&selector, &announced.attributes()) {
-            continue;
-        }
-        let standing = place(&seen.facts.current_version, &order, goal);
-        let (reason, catch_up) = if standing == TargetStanding::Behind {
-            behind(target, seen, settings, plans)
+) -> Vec<TargetShard> {
+    let selector = selector_of(target);
+    let order = Order::of(target);
+    let mut judged: BTreeMap<String, TargetShard> = BTreeMap::new();
+    for seen in shards.iter().filter(|seen| selected(&selector, seen)) {
+        let standing = order.place(&seen.facts.current_version);
+        let reason = if standing == TargetStanding::Behind {
+            judge_behind(target, seen, settings, plans).0
         } else {
-            (other_reason(standing, &seen.facts.current_version), None)
+            other_reason(standing, &seen.facts.current_version)
         };
         let plan_id = plans
             .busy
@@ -152,47 +209,27 @@ pub fn judge(
             .unwrap_or_default();
         judged.insert(
             seen.facts.shard_id.clone(),
-            Judged {
-                shard: TargetShard {
-                    shard_id: seen.facts.shard_id.clone(),
-                    current_version: seen.facts.current_version.clone(),
-                    standing: standing.into(),
-                    plan_id,
-                    reason,
-                },
-                catch_up,
+            TargetShard {
+                shard_id: seen.facts.shard_id.clone(),
+                current_version: seen.facts.current_version.clone(),
+                standing: standing.into(),
+                plan_id,
+                reason,
             },
         );
     }
     for (shard_id, latest) in &plans.latest {
-        judged.entry(shard_id.clone()).or_insert_with(|| Judged {
-            shard: TargetShard {
+        judged
+            .entry(shard_id.clone())
+            .or_insert_with(|| TargetShard {
                 shard_id: shard_id.clone(),
                 current_version: String::new(),
                 standing: TargetStanding::Unseen.into(),
                 plan_id: latest.plan_id.clone(),
                 reason: "its agent has no session now; it is caught up when it returns".to_owned(),
-            },
-            catch_up: None,
-        });
+            });
     }
     judged.into_values().collect()
-}
-
-/// A version's place against the goal in the set's order (an empty ledger is before all).
-fn place(current: &str, order: &HashMap<&str, usize>, goal: Option<usize>) -> TargetStanding {
-    let Some(goal) = goal else {
-        return TargetStanding::UnknownVersion;
-    };
-    if current.is_empty() {
-        return TargetStanding::Behind;
-    }
-    match order.get(current) {
-        None => TargetStanding::UnknownVersion,
-        Some(&at) if at == goal => TargetStanding::At,
-        Some(&at) if at < goal => TargetStanding::Behind,
-        Some(_) => TargetStanding::Ahead,
-    }
 }
 
 fn other_reason(standing: TargetStanding, current: &str) -> String {
@@ -209,7 +246,7 @@ fn other_reason(standing: TargetStanding, current: &str) -> String {
 }
 
 /// Why a shard behind the target is not caught up yet, and whether to plan it now.
-fn behind(
+fn judge_behind(
     target: &FleetTarget,
     seen: &Seen<'_>,
     settings: &Settings,

@@ -50,10 +50,7 @@ pub async fn status<S: Store>(store: &S, name: &str) -> Result<TargetStatus, Rol
             index.add(&target, plan, &task, entry.mod_revision);
         }
     }
-    let shards = standing::judge(&target, &shards, &settings, &index)
-        .into_iter()
-        .map(|judged| judged.shard)
-        .collect();
+    let shards = standing::judge(&target, &shards, &settings, &index);
     Ok(TargetStatus {
         target: Some(target),
         shards,

@@ -65,16 +65,31 @@ fn task(shard: &str, state: ShardState) -> ShardTask {
     }
 }
 
+/// The one shard's standing, and the version its catch-up would start from if one is due.
 fn judged_one(
     target: &FleetTarget,
     facts: &ShardFacts,
     revision: i64,
     plans: &PlanIndex,
-) -> Judged {
+) -> (TargetShard, Option<String>) {
+    judged_with(target, facts, revision, &Settings::new(), plans)
+}
+
+fn judged_with(
+    target: &FleetTarget,
+    facts: &ShardFacts,
+    revision: i64,
+    settings: &Settings,
+    plans: &PlanIndex,
+) -> (TargetShard, Option<String>) {
     let shards = [seen(facts, revision)];
-    let mut judged = judge(target, &shards, &Settings::new(), plans);
+    let mut judged = judge(target, &shards, settings, plans);
     assert_eq!(judged.len(), 1, "{judged:?}");
-    judged.remove(0)
+    let due = catch_ups(target, &shards, settings, || plans.clone());
+    (
+        judged.remove(0),
+        due.into_iter().next().map(|(_, from)| from),
+    )
 }
 
 #[test]
@@ -91,13 +106,13 @@ fn versions_are_placed_in_the_sets_order_and_only_a_shard_behind_is_planned() {
     for (version, standing, catch_up) in cases {
         let facts = facts("s1", version);
         let judged = judged_one(&target, &facts, 1, &plans);
-        assert_eq!(judged.shard.standing, i32::from(standing), "{version:?}");
-        assert_eq!(judged.catch_up.as_deref(), catch_up, "{version:?}");
+        assert_eq!(judged.0.standing, i32::from(standing), "{version:?}");
+        assert_eq!(judged.1.as_deref(), catch_up, "{version:?}");
     }
     let facts = facts("s1", "9");
     assert!(
         judged_one(&target, &facts, 1, &plans)
-            .shard
+            .0
             .reason
             .contains("does not have")
     );
@@ -111,8 +126,10 @@ fn shards_the_selector_does_not_match_are_not_the_targets() {
     let mine = facts("s1", "");
     let shards = [seen(&mine, 1), seen(&other, 1)];
     let judged = judge(&target, &shards, &Settings::new(), &PlanIndex::default());
-    let ids: Vec<&str> = judged.iter().map(|j| j.shard.shard_id.as_str()).collect();
+    let ids: Vec<&str> = judged.iter().map(|j| j.shard_id.as_str()).collect();
     assert_eq!(ids, ["s1"]);
+    let due = catch_ups(&target, &shards, &Settings::new(), PlanIndex::default);
+    assert_eq!(due, [("s1".to_owned(), String::new())]);
 }
 
 #[test]
@@ -129,22 +146,17 @@ fn an_inactive_or_unreachable_shard_behind_waits_and_says_why() {
             at: None,
         },
     )]);
-    let shards = [seen(&suspended, 1)];
-    let judged = judge(&target, &shards, &settings, &PlanIndex::default());
-    assert_eq!(judged[0].catch_up, None);
+    let judged = judged_with(&target, &suspended, 1, &settings, &PlanIndex::default());
+    assert_eq!(judged.1, None);
     assert!(
-        judged[0]
-            .shard
-            .reason
-            .starts_with("suspended (set by alice"),
-        "{:?}",
-        judged[0]
+        judged.0.reason.starts_with("suspended (set by alice"),
+        "{judged:?}"
     );
     let mut unreachable = facts("s1", "1");
     unreachable.reachable = false;
     let judged = judged_one(&target, &unreachable, 1, &PlanIndex::default());
-    assert_eq!(judged.catch_up, None);
-    assert!(judged.shard.reason.contains("cannot reach"), "{judged:?}");
+    assert_eq!(judged.1, None);
+    assert!(judged.0.reason.contains("cannot reach"), "{judged:?}");
 }
 
 #[test]
@@ -165,9 +177,9 @@ fn a_shard_in_a_plan_that_has_not_ended_is_left_to_it() {
             5,
         );
         let judged = judged_one(&target, &facts, 9, &plans);
-        assert_eq!(judged.catch_up, None, "{state:?}");
-        assert!(judged.shard.reason.contains(says), "{judged:?}");
-        assert_eq!(judged.shard.plan_id, "p1");
+        assert_eq!(judged.1, None, "{state:?}");
+        assert!(judged.0.reason.contains(says), "{judged:?}");
+        assert_eq!(judged.0.plan_id, "p1");
     }
 }
 
@@ -188,10 +200,10 @@ fn a_shard_that_failed_in_the_targets_plan_waits_for_a_retry() {
         5,
     );
     let judged = judged_one(&target, &facts, 9, &plans);
-    assert_eq!(judged.catch_up, None);
+    assert_eq!(judged.1, None);
     assert!(
         judged
-            .shard
+            .0
             .reason
             .contains("failed in plan p1: lock timeout; `fleetshift retry p1 --failed`"),
         "{judged:?}"
@@ -204,7 +216,7 @@ fn a_shard_that_failed_in_the_targets_plan_waits_for_a_retry() {
         12,
     );
     let judged = judged_one(&target, &facts, 9, &plans);
-    assert!(judged.shard.reason.contains("fresh facts"), "{judged:?}");
+    assert!(judged.0.reason.contains("fresh facts"), "{judged:?}");
 }
 
 #[test]
@@ -219,10 +231,10 @@ fn facts_older_than_a_success_are_awaited_and_newer_ones_believed() {
         10,
     );
     let stale = judged_one(&target, &facts, 9, &plans);
-    assert_eq!(stale.catch_up, None);
+    assert_eq!(stale.1, None);
     // Announced after the success and still behind: restored from a backup, say.
     let fresh = judged_one(&target, &facts, 11, &plans);
-    assert_eq!(fresh.catch_up.as_deref(), Some("1"));
+    assert_eq!(fresh.1.as_deref(), Some("1"));
 }
 
 #[test]
@@ -235,12 +247,12 @@ fn another_goals_plans_do_not_count_and_an_approval_covers_its_starting_version(
     plans.add(&target, &older, &task("s1", ShardState::Failed), 5);
     let judged = judged_one(&target, &facts, 9, &plans);
     assert_eq!(
-        judged.catch_up.as_deref(),
+        judged.1.as_deref(),
         Some("1"),
         "a failure towards another version"
     );
     assert!(
-        judged.shard.reason.contains("planned for approval"),
+        judged.0.reason.contains("planned for approval"),
         "{judged:?}"
     );
     target.approved.push(TargetApproval {
@@ -250,7 +262,7 @@ fn another_goals_plans_do_not_count_and_an_approval_covers_its_starting_version(
     });
     let judged = judged_one(&target, &facts, 9, &plans);
     assert!(
-        judged.shard.reason.contains("approved in plan p0"),
+        judged.0.reason.contains("approved in plan p0"),
         "{judged:?}"
     );
 }
@@ -267,6 +279,5 @@ fn a_shard_of_the_targets_plans_not_announced_is_unseen() {
     );
     let judged = judge(&target, &[], &Settings::new(), &plans);
     assert_eq!(judged.len(), 1);
-    assert_eq!(judged[0].shard.standing, i32::from(TargetStanding::Unseen));
-    assert_eq!(judged[0].catch_up, None);
+    assert_eq!(judged[0].standing, i32::from(TargetStanding::Unseen));
 }
