@@ -330,6 +330,7 @@ async fn run(
                 parts: &parts,
                 validating: validating(Validator::Postgres(engine.pool())),
                 throttle: &paced,
+                baseline: order.baseline.as_ref(),
             };
             moving
                 .supervised(direction, &request, &watch, baselines, patience, record)
@@ -342,6 +343,8 @@ async fn run(
                 parts: &parts,
                 validating: validating(Validator::Sqlite(engine.pool())),
                 throttle: &paced,
+                // A baseline is PostgreSQL's SQL: SQLite shards replay.
+                baseline: None,
             };
             moving
                 .supervised(direction, &request, &watch, None, patience, record)

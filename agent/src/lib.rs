@@ -9,9 +9,10 @@
 //! - [`outage`]: riding out a lost database server within a bound, step by step.
 //! - [`stop`]: telling a run to stop, and why (a withdrawal ends a task, an interruption
 //!   does not).
-//! - [`requests`]: operators' host requests (list, verify, restore a backup; rehearse a plan)
+//! - [`requests`]: operators' host requests (list, verify, restore a backup; rehearse a plan; take or verify a schema baseline)
 //!   relayed to the agent.
 //! - [`rehearse`]: a plan rehearsed on a sampled copy of one shard, at most N at once.
+//! - [`schema_baselines`]: a shard's schema baseline taken, or one verified beside it.
 //! - [`schema_checks`]: each shard's schema fingerprint, read at most every `schema_check`.
 //! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod outage;
 pub mod rehearse;
 pub mod requests;
+pub mod schema_baselines;
 pub mod schema_checks;
 pub mod session;
 pub mod stop;

@@ -1,5 +1,6 @@
 //! Operators' host requests, relayed by the coordinator: list a shard's backups, verify one
-//! again, or restore one (under the coordinator's claim of the shard). Every request gets a
+//! again, or restore one (under the coordinator's claim of the shard); rehearse a plan; take
+//! or verify a schema baseline. Every request gets a
 //! reply: what was found or done, or an error saying what to do next.
 
 use fleetshift_common::fence::FenceToken;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, ShardConfig};
 use crate::duties::backup::{self, BackupSettings};
 use crate::duties::restore::{self, RestoreOrder};
-use crate::{check, rehearse};
+use crate::{check, rehearse, schema_baselines};
 
 /// The longest lock wait a restore accepts when the request names none.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,6 +80,12 @@ async fn answer_for_shard(
         Action::Rehearse(order) => rehearse::rehearse(config, shard, order, stop)
             .await
             .map(Outcome::Rehearsed),
+        Action::TakeBaseline(order) => schema_baselines::take(config, shard, order)
+            .await
+            .map(Outcome::BaselineTaken),
+        Action::VerifyBaseline(order) => schema_baselines::verify(config, shard, order)
+            .await
+            .map(Outcome::BaselineVerified),
         Action::List(_) => {
             let (_, directory) = backups_of(config, shard)?;
             let manifests = backup::list(&directory).map_err(|error| {

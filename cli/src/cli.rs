@@ -21,6 +21,7 @@ mod retry;
 mod rollback;
 mod rollout;
 mod schema;
+mod schema_baselines;
 mod serve;
 mod shards;
 mod sources;
@@ -107,6 +108,9 @@ pub enum Command {
     /// Hold the shards a selector matches for a while: `set` (operator), `list` (viewer),
     /// `lift` (operator). Nothing is dispatched to a held shard.
     Throttle(throttles::ThrottleArgs),
+    /// Schema baselines: `create` takes a shard's schema at its version, `verify` proves it
+    /// against the set, `list`; plans seed new, empty shards from the newest verified one.
+    Baseline(schema_baselines::BaselineArgs),
     /// Fleet targets: `set` keeps the shards a selector matches at a version (the leader
     /// plans every active one behind it, as a controller), `status` says where each stands and
     /// why, `list`, `remove`.
@@ -154,6 +158,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Replicas(_) => "replicas",
         Command::Retry(_) => "retry",
         Command::Target(_) => "target",
+        Command::Baseline(_) => "baseline",
         Command::Migrate(_)
         | Command::Demo(_)
         | Command::Lint(_)
@@ -198,6 +203,7 @@ async fn run_command(cli: Cli) -> ExitCode {
         Command::Replicas(arguments) => replicas::run(arguments).await,
         Command::Retry(arguments) => retry::run(arguments).await,
         Command::Target(arguments) => targets::run(arguments).await,
+        Command::Baseline(arguments) => schema_baselines::run(arguments).await,
         Command::Completions(arguments) => packaging::completions(&arguments),
         Command::Man(arguments) => packaging::man(&arguments),
     }

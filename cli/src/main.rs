@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         | cli::Command::Replicas(_)
         | cli::Command::Retry(_)
         | cli::Command::Target(_)
+        | cli::Command::Baseline(_)
         | cli::Command::Completions(_)
         | cli::Command::Man(_) => "warn",
     };

@@ -114,6 +114,10 @@ pub struct FencedTransaction<'a> {
     pub verify_data: &'a [DataCheck],
     /// Told as each body statement starts, for live progress.
     pub on_statement: Option<StatementStarts<'a>>,
+    /// The body goes in one round trip with the opening and the records (PostgreSQL without
+    /// a tracer or data checks): no statement is timed or reported on its own. For generated
+    /// SQL of many statements, such as a schema baseline's.
+    pub batched: bool,
 }
 
 /// Told the index of each body statement of a fenced transaction as it starts (every attempt
@@ -142,6 +146,7 @@ impl<'a> FencedTransaction<'a> {
             fingerprint: None,
             verify_data: &[],
             on_statement: None,
+            batched: false,
         }
     }
 

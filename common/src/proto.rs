@@ -71,6 +71,13 @@ mod tests {
                 }),
                 source: "fleet".to_owned(),
             }],
+            baseline: Some(v1::SchemaBaseline {
+                baseline_id: "b1".to_owned(),
+                version: "20231231000000".to_owned(),
+                schema_sql: "CREATE TABLE accounts (id bigint);".to_owned(),
+                fingerprint: "cd".repeat(32),
+                ..v1::SchemaBaseline::default()
+            }),
         };
         let decoded =
             v1::Assignment::decode(assignment.encode_to_vec().as_slice()).expect("decode");

@@ -17,6 +17,7 @@ use crate::error::ExecError;
 use crate::executor::{Executor, ExecutorSettings, Identity, Request};
 use crate::ledger::RevisionStatus;
 use crate::pg_client::{ClientCredentials, client_command, run_to_end};
+use crate::proto::v1;
 use crate::schema::Fingerprint;
 use crate::secrets::DatabaseUrl;
 use crate::source::MigrationSet;
@@ -42,6 +43,39 @@ impl SchemaBaseline {
     /// The statements that build the schema.
     pub fn statements(&self) -> Vec<Statement> {
         statements::split(&self.schema_sql)
+    }
+
+    /// The baseline a wire message carries, with its SQL; why not, when it is not whole.
+    pub fn from_wire(wire: &v1::SchemaBaseline) -> Result<Self, String> {
+        let fingerprint = Fingerprint::from_hex(&wire.fingerprint).ok_or_else(|| {
+            format!(
+                "baseline {}: fingerprint {:?} is not 64 hex digits",
+                wire.baseline_id, wire.fingerprint
+            )
+        })?;
+        if wire.schema_sql.is_empty() || wire.version.is_empty() {
+            return Err(format!(
+                "baseline {} came without its SQL or version",
+                wire.baseline_id
+            ));
+        }
+        Ok(Self {
+            version: wire.version.clone(),
+            set_digest: wire.set_digest.clone(),
+            schema_sql: wire.schema_sql.clone(),
+            fingerprint,
+        })
+    }
+
+    /// The wire message for it; the caller names it (id, source, author, time).
+    pub fn to_wire(&self) -> v1::SchemaBaseline {
+        v1::SchemaBaseline {
+            version: self.version.clone(),
+            set_digest: self.set_digest.clone(),
+            schema_sql: self.schema_sql.clone(),
+            fingerprint: self.fingerprint.to_string(),
+            ..v1::SchemaBaseline::default()
+        }
     }
 }
 

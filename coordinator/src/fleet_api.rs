@@ -23,8 +23,9 @@ use fleetshift_common::proto::v1::{
     WatchEventsRequest, WatchRolloutRequest,
 };
 use fleetshift_common::proto::v1::{
-    FleetTarget, GetTargetStatusRequest, ListTargetsRequest, ListTargetsResponse,
-    RemoveTargetRequest, SetTargetRequest, TargetStatus,
+    CreateBaselineRequest, FleetTarget, GetTargetStatusRequest, ListBaselinesRequest,
+    ListBaselinesResponse, ListTargetsRequest, ListTargetsResponse, RemoveTargetRequest,
+    SchemaBaseline, SetTargetRequest, TargetStatus, VerifyBaselineRequest,
 };
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;
@@ -45,6 +46,7 @@ use crate::rollout::rehearsal_gate::ShardVersions;
 use crate::rollout::{
     RolloutError, planning, records, retry, rollback, throttled, transitions, waves,
 };
+use crate::schema_baselines;
 use crate::schemas;
 use crate::store::Store;
 use crate::targets;
@@ -226,7 +228,8 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<CreatePlanRequest>,
     ) -> Result<Response<Plan>, Status> {
         let author = self.authorize(&request, OperatorRole::Operator)?;
-        let request = planning::PlanRequest::try_from(request.into_inner())?;
+        let mut request = planning::PlanRequest::try_from(request.into_inner())?;
+        request.baselines = schema_baselines::list(&*self.store).await?;
         let settings = lifecycles::load(&*self.store).await?;
         let (agents, left_out) =
             lifecycles::plannable(self.announcements().await?, &settings, &request.selector)?;
@@ -319,6 +322,47 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         let target = targets::remove(&*self.store, &request.into_inner().name).await?;
         tracing::info!(target = %target.name, %author, "fleet target removed");
         Ok(Response::new(target))
+    }
+
+    async fn create_baseline(
+        &self,
+        request: Request<CreateBaselineRequest>,
+    ) -> Result<Response<SchemaBaseline>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let agents = self.announcements().await?;
+        let baseline =
+            schema_baselines::create(&*self.store, &agents, request.into_inner(), &author).await?;
+        tracing::info!(baseline = %baseline.baseline_id, shard = %baseline.source_shard, version = %baseline.version, %author, "schema baseline taken");
+        Ok(Response::new(baseline))
+    }
+
+    async fn verify_baseline(
+        &self,
+        request: Request<VerifyBaselineRequest>,
+    ) -> Result<Response<SchemaBaseline>, Status> {
+        let author = self.authorize(&request, OperatorRole::Operator)?;
+        let request = request.into_inner();
+        let agents = self.announcements().await?;
+        let baseline = schema_baselines::verify(
+            &*self.store,
+            &agents,
+            &request.baseline_id,
+            &request.shard_id,
+            &author,
+        )
+        .await?;
+        let holds = baseline.verification.as_ref().is_some_and(|v| v.holds);
+        tracing::info!(baseline = %baseline.baseline_id, holds, %author, "schema baseline verified");
+        Ok(Response::new(baseline))
+    }
+
+    async fn list_baselines(
+        &self,
+        request: Request<ListBaselinesRequest>,
+    ) -> Result<Response<ListBaselinesResponse>, Status> {
+        self.authorize(&request, OperatorRole::Viewer)?;
+        let baselines = schema_baselines::list(&*self.store).await?;
+        Ok(Response::new(ListBaselinesResponse { baselines }))
     }
 
     async fn get_plan(&self, request: Request<GetPlanRequest>) -> Result<Response<Plan>, Status> {

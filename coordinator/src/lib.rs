@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod probes;
 pub mod rehearsals;
 pub mod rollout;
+pub mod schema_baselines;
 pub mod schema_drift;
 pub mod schemas;
 pub mod serve;

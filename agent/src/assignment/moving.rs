@@ -12,6 +12,7 @@ use fleetshift_common::proto::v1::{
     RollbackRecord, RollbackStarted, SchemaFingerprints, ValidationReport,
 };
 use fleetshift_common::schema::wire;
+use fleetshift_common::schema_baseline::SchemaBaseline;
 use fleetshift_common::source::MigrationSet;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,8 @@ pub(super) struct Moving<'a, E: ShardEngine> {
     pub(super) validating: Validating<'a>,
     /// What the run waits on between revisions: the plan's thresholds and the fleet throttles.
     pub(super) throttle: &'a dyn Throttle,
+    /// A verified schema baseline to seed the shard from when its ledger is empty.
+    pub(super) baseline: Option<&'a SchemaBaseline>,
 }
 
 /// What moving a shard up works with.
@@ -63,6 +66,11 @@ struct Up<'r, 'a, E: ShardEngine> {
     watch: &'r Watch<'r>,
     timing: &'r Timing<'r>,
     validation: &'r validating::Before,
+}
+
+/// Whether the shard's ledger records nothing: a shard a baseline may seed.
+fn ledger_empty(status: &executor::ShardStatus) -> bool {
+    status.unknown.is_empty() && status.revisions.iter().all(|state| state.status.is_none())
 }
 
 /// A run whose revisions left the shard failing its validation: they stand.
@@ -106,11 +114,26 @@ impl<E: ShardEngine> Moving<'_, E> {
         record: &mut RunRecord,
     ) -> Result<Option<String>, ErrorDetail> {
         let executor = self.executor();
-        let status = patience
+        let mut status = patience
             .persist("reading the ledger", || async {
                 executor.status(self.set).await.map_err(lost_or_final)
             })
             .await?;
+        if let Some(baseline) = self.baseline
+            && direction == Direction::Up
+            && ledger_empty(&status)
+        {
+            // One fenced transaction: interrupted, it left nothing, and the next run seeds
+            // again; done, the ledger is no longer empty and the next run only goes on.
+            executor
+                .seed(self.set, baseline, "a new, empty shard")
+                .await
+                .map_err(|error| exec_failure(&error))?;
+            status = executor
+                .status(self.set)
+                .await
+                .map_err(|error| exec_failure(&error))?;
+        }
         record.previous_version = status
             .current_version
             .clone()

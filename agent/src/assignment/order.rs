@@ -8,6 +8,7 @@ use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{
     Assignment, Direction, ExecutionLimits, HostDuties, MigrationSet,
 };
+use fleetshift_common::schema_baseline::SchemaBaseline;
 
 use super::window_gate::WindowGate;
 
@@ -32,6 +33,8 @@ pub struct Order {
     pub trace_context: HashMap<String, String>,
     /// The shard's maintenance windows and the revisions' estimates; none: any time.
     pub gate: Option<Arc<WindowGate>>,
+    /// A verified schema baseline to seed the shard from when its ledger is empty.
+    pub baseline: Option<SchemaBaseline>,
 }
 
 /// What is wrong with an assignment: the field, and how.
@@ -75,6 +78,17 @@ impl TryFrom<Assignment> for Order {
         let set = assignment
             .migration_set
             .ok_or_else(|| invalid("migration_set", "is missing"))?;
+        let baseline = assignment
+            .baseline
+            .as_ref()
+            .map(SchemaBaseline::from_wire)
+            .transpose()
+            .map_err(|_| {
+                invalid(
+                    "baseline",
+                    "is not whole (its SQL, version or fingerprint is missing)",
+                )
+            })?;
         let gate = WindowGate::new(&assignment.windows, &assignment.estimates)
             .map_err(|_| invalid("windows", "cannot be read"))?
             .map(Arc::new);
@@ -88,6 +102,7 @@ impl TryFrom<Assignment> for Order {
             duties: assignment.duties.unwrap_or_default(),
             trace_context: assignment.trace_context,
             gate,
+            baseline,
             assignment_id: assignment.assignment_id,
             plan_id: assignment.plan_id,
             shard_id: assignment.shard_id,

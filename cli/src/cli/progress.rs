@@ -426,6 +426,7 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
             "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
             "retries": (!plan.retries.is_empty()).then_some(&plan.retries),
             "fleet_target": (!plan.fleet_target.is_empty()).then_some(&plan.fleet_target),
+            "baseline": plan.baseline.as_ref().map(|baseline| &baseline.baseline_id),
             "left_out": plan.left_out.iter().map(|left| json!({
                 "shard": left.shard_id,
                 "reason": left.reason,

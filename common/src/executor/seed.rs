@@ -96,6 +96,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 records: &records,
                 audit: Some(&audit),
                 fingerprint: Some(&fingerprint),
+                batched: true,
                 ..FencedTransaction::guarded(&guard)
             };
             self.engine

@@ -183,6 +183,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                                 RevisionStatus::Applied => self.verify_data,
                                 _ => &[],
                             },
+                            batched: false,
                         };
                         self.watched(
                             self.interruptible(self.engine.fenced_transaction(writer, work)),

@@ -507,6 +507,8 @@ fn dispatch_of(
         }),
         limits: plan.limits,
         duties: plan.duties.clone(),
+        // Named only; the relay attaches its SQL.
+        baseline: plan.baseline.clone(),
         trace_context: RolloutTrace::of(plan)
             .map(|trace| trace.carrier_for_run(&task.shard_id, token))
             .unwrap_or_default(),

@@ -302,6 +302,9 @@ pub struct PlanRequest {
     pub schedule: Option<Schedule>,
     /// Timed status updates while it runs.
     pub updates: Option<StatusUpdates>,
+    /// The fleet's schema baselines (without their SQL): the plan names the newest verified
+    /// one of its set at or below its target, to seed new, empty shards from.
+    pub baselines: Vec<v1::SchemaBaseline>,
 }
 
 impl TryFrom<CreatePlanRequest> for PlanRequest {
@@ -323,6 +326,7 @@ impl TryFrom<CreatePlanRequest> for PlanRequest {
             allow_drift_shards: request.allow_drift_shards,
             schedule: schedule::checked(request.schedule)?,
             updates: checked_updates(request.updates)?,
+            baselines: Vec::new(),
         })
     }
 }
@@ -393,6 +397,7 @@ pub fn plan(
             .and_then(|shard| shard.windows_label.as_deref());
         task.windows = schedule::shard_windows(&task.shard_id, label, request.schedule.as_ref())?;
     }
+    let baseline = crate::schema_baselines::for_plan(&request.baselines, &set, &target);
     let PlanRequest {
         set: shipped,
         selector,
@@ -434,6 +439,7 @@ pub fn plan(
         left_out: Vec::new(),
         fleet_target: String::new(),
         catch_up_from: HashMap::new(),
+        baseline,
     })
 }
 

@@ -96,6 +96,10 @@ impl<S: Store> Assignments<S> {
         if let Some(shipped) = assignment.migration_set.as_mut() {
             shipped.files = self.set(&shipped.digest).await?.files.clone();
         }
+        if let Some(baseline) = assignment.baseline.as_mut() {
+            baseline.schema_sql =
+                crate::schema_baselines::sql(&*self.store, &baseline.baseline_id).await?;
+        }
         let agent = agent.to_owned();
         match self
             .mailbox

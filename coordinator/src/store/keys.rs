@@ -15,6 +15,8 @@
 //! | `host-replies/<request>` | `HostReply`, on the same lease | the agent's replica |
 //! | `rehearsals/<plan>/<shard>` | `ShardRehearsal`, the newest | the replica called |
 //! | `lifecycles/<shard>` | `ShardLifecycleSetting` | the replica called |
+//! | `baselines/<id>` | `SchemaBaseline` without its SQL, with its last verification | the replica called |
+//! | `baseline-sql/<id>/<chunk>` | a chunk of the baseline's SQL | the replica called |
 //! | `targets/<name>` | `FleetTarget` | the replica called (set); the leader (approvals, refusals) |
 
 const PREFIX: &str = "/fleetshift/v1";
@@ -143,6 +145,18 @@ pub fn targets_prefix() -> String {
 
 pub fn target(name: &str) -> String {
     format!("{PREFIX}/targets/{name}")
+}
+
+pub fn baselines_prefix() -> String {
+    format!("{PREFIX}/baselines/")
+}
+
+pub fn baseline(id: &str) -> String {
+    format!("{PREFIX}/baselines/{id}")
+}
+
+pub fn baseline_sql_prefix(id: &str) -> String {
+    format!("{PREFIX}/baseline-sql/{id}/")
 }
 
 pub fn schema_prefix(fingerprint: &str) -> String {

@@ -324,7 +324,8 @@ async fn plan_catch_up<S: Store>(
         covered_by,
     } = catch_up;
     let set = records::load_set(store, super::digest(target)).await?;
-    let request = super::plan_request(target, set)?;
+    let mut request = super::plan_request(target, set)?;
+    request.baselines = crate::schema_baselines::list(store).await?;
     let mut agents: Vec<(String, Hello)> = model
         .agents
         .iter()

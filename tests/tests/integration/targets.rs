@@ -178,3 +178,95 @@ async fn the_leader_keeps_new_returning_and_reactivated_shards_at_the_target() {
     let targets = json(&listed);
     assert_eq!(targets["targets"][0]["approved"][0]["from_version"], "");
 }
+
+/// Whether the shard's ledger records a seeding from a schema baseline.
+async fn seeded(url: &str) -> bool {
+    let pool = sqlx::PgPool::connect(url).await.expect("shard");
+    let seeded: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM fleetshift.audit WHERE action = 'baseline')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("audit");
+    pool.close().await;
+    seeded
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shard_is_seeded_from_the_verified_baseline_of_crates_io() {
+    let mut fleet = CliFleet::start_shards("seeding", "", 1, |_| String::new(), Vec::new()).await;
+    let directory = fixtures::crates_io();
+    let directory = directory.to_str().expect("path");
+    let set = ["target", "set", directory, "--name", "main"];
+    assert_exit(&fleet.cli.alice(&set).await, 0);
+    let waiting = standings_until(&fleet, "the first catch-up", |shards| {
+        shards
+            .get("a-db0")
+            .is_some_and(|(_, plan, _)| !plan.is_empty())
+    })
+    .await;
+    let first = &waiting["a-db0"].1;
+    // crates.io's history is HIGH risk: approval needs a rehearsal first (exit 11: findings).
+    let rehearsed = fleet
+        .cli
+        .alice(&["rehearse", first, "--shards", "a-db0"])
+        .await;
+    assert!(
+        matches!(rehearsed.status.code(), Some(0 | 11)),
+        "{rehearsed:?}"
+    );
+    assert_exit(&fleet.cli.bob(&["approve", first]).await, 0);
+    standings_until(&fleet, "a-db0 replayed to the target", |shards| {
+        at(shards, "a-db0")
+    })
+    .await;
+    assert!(
+        !seeded(&fleet.shard_urls[0]).await,
+        "the first shard replays"
+    );
+
+    // A baseline is used only once verified; viewers cannot take one.
+    let create = [
+        "baseline",
+        "create",
+        directory,
+        "--from-shard",
+        "a-db0",
+        "--output",
+        "json",
+    ];
+    assert_exit(&fleet.cli.bob(&create).await, 9);
+    let created = fleet.cli.alice(&create).await;
+    assert_exit(&created, 0);
+    let baseline = json(&created)["baselines"][0].clone();
+    assert_eq!(baseline["version"], "2026-07-30-140000-0000", "{baseline}");
+    assert!(baseline["verification"].is_null(), "{baseline}");
+    let id = baseline["baseline"].as_str().expect("id").to_owned();
+    let verified = fleet
+        .cli
+        .alice(&["baseline", "verify", &id, "--output", "json"])
+        .await;
+    assert_exit(&verified, 0);
+    let verification = json(&verified)["baselines"][0]["verification"].clone();
+    assert_eq!(verification["holds"], true, "{verification}");
+    assert_eq!(verification["replayed"], baseline["fingerprint"]);
+
+    fleet.stop_agent();
+    let added = fleet.add_shard("").await;
+    fleet.start_agent();
+    let caught_up = standings_until(&fleet, "the new shard at the target", |shards| {
+        at(shards, &added)
+    })
+    .await;
+    assert!(
+        seeded(&fleet.shard_urls[1]).await,
+        "seeded from the baseline"
+    );
+    let plan = fleet
+        .cli
+        .alice(&["status", &caught_up[&added].1, "--output", "json"])
+        .await;
+    assert_exit(&plan, 0);
+    let plan = super::cli_fleet::summary(&plan);
+    assert_eq!(plan["baseline"], id.as_str(), "{plan}");
+}

@@ -6,7 +6,8 @@
 //! statement takes its own snapshot (READ COMMITTED).
 //!
 //! Every body statement still goes in a batch of its own or with bookkeeping only, so each is
-//! timed, reported as running when it is sent, and bounded by `statement_timeout` on its own.
+//! timed, reported as running when it is sent, and bounded by `statement_timeout` on its own;
+//! a `batched` transaction sends its whole body with the opening and the records instead.
 
 use std::time::{Duration, Instant};
 
@@ -69,7 +70,7 @@ fn batches(
     }
     let mut batches = vec![first];
     for (index, statement) in work.body.iter().enumerate() {
-        if index > 0 {
+        if index > 0 && !work.batched {
             batches.push(Batch::default());
         }
         if let Some(batch) = batches.last_mut() {
