@@ -15,6 +15,7 @@ pub(crate) mod fenced;
 pub mod foreign;
 mod pool;
 mod postgres;
+mod scope;
 mod sqlite;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ pub use foreign::{ForeignHistory, ForeignTool};
 pub use pool::{POOL, PoolSettings};
 pub use postgres::{CountedPool, PostgresShard};
 pub use postgres::{catalog, health, quote_identifier, quote_qualified, restore_sql, server};
+pub use scope::ShardScope;
 pub use sqlite::SqliteShard;
 
 use crate::error::ExecError;

@@ -59,6 +59,7 @@ mod integration {
     mod store;
     mod targets;
     mod telemetry;
+    mod tenants;
     mod tls;
     mod traces;
     mod validated_rollout;

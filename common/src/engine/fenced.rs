@@ -15,6 +15,7 @@ mod session;
 pub(crate) use literal::{Dialect, Literal};
 pub(crate) use session::Session;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -87,17 +88,17 @@ impl<DB: Database> BodyObserver<DB> for () {
 #[derive(Debug)]
 pub(crate) struct LedgerSql {
     pub dialect: Dialect,
-    pub read_fence: &'static str,
+    pub read_fence: Cow<'static, str>,
     /// The history table, for the guard's `version IN (…)` query.
-    pub history_table: &'static str,
+    pub history_table: Cow<'static, str>,
     /// `$1` version, `$2` name, `$3` checksum, `$4` status, `$5` transactional, `$6` fence
     /// token, `$7` plan id, `$8` agent id, `$9` duration ms, `$10` statements run, `$11` error,
     /// `$12` keep the existing `started_at`.
-    pub upsert_history: &'static str,
+    pub upsert_history: Cow<'static, str>,
     /// `$1` action, `$2` version, `$3` reason, `$4` agent id, `$5` fence token.
-    pub insert_audit: &'static str,
+    pub insert_audit: Cow<'static, str>,
     /// `$1` version, `$2` fingerprint: inserts or replaces the version's fingerprint.
-    pub upsert_fingerprint: &'static str,
+    pub upsert_fingerprint: Cow<'static, str>,
 }
 
 /// Between two statements of a batch: the line break first, so a statement ending in a `--`
@@ -238,7 +239,7 @@ where
     for<'q> i64: Decode<'q, DB> + Type<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let reading = Step::new(sql.read_fence, "reading the fence");
+    let reading = Step::new(sql.read_fence.as_ref(), "reading the fence");
     let read = match batch::<DB>(connection, std::slice::from_ref(&reading)).await {
         Ok(read) => read,
         Err(error) => return error,
@@ -384,7 +385,7 @@ pub(crate) fn record_steps(
     for record in work.records {
         steps.push(Step::rendered(
             sql,
-            sql.upsert_history,
+            &sql.upsert_history,
             &history_values(record, writer),
             "recording the revision",
         )?);
@@ -392,7 +393,7 @@ pub(crate) fn record_steps(
     if let Some(recorded) = work.fingerprint {
         steps.push(Step::rendered(
             sql,
-            sql.upsert_fingerprint,
+            &sql.upsert_fingerprint,
             &[
                 Literal::Text(recorded.version.as_str()),
                 Literal::Text(recorded.fingerprint.as_str()),
@@ -406,7 +407,7 @@ pub(crate) fn record_steps(
     if let Some(audit) = work.audit {
         steps.push(Step::rendered(
             sql,
-            sql.insert_audit,
+            &sql.insert_audit,
             &[
                 Literal::Text(audit.action.as_str()),
                 audit.version.as_deref().into(),

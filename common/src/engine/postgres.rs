@@ -24,13 +24,17 @@ use std::time::{Duration, Instant};
 use super::pool::POOL;
 
 pub use counted_pool::CountedPool;
+pub(super) use ledger_sql::DEFAULT_SCHEMA as DEFAULT_LEDGER_SCHEMA;
+use ledger_sql::PgLedger;
 use migration_session::MigrationSession;
+pub(super) use migrator_lock::KEY as MIGRATOR_LOCK_KEY;
 use migrator_lock::MigratorLock;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
 use working::Working;
 
+use super::ShardScope;
 use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
@@ -60,6 +64,10 @@ pub struct PostgresShard {
     working: Working,
     /// A rehearsal's tracer, reading the catalog around every migration statement.
     tracer: Option<Arc<Tracer>>,
+    /// The whole database, or one schema of it.
+    scope: ShardScope,
+    /// The ledger's SQL, in the scope's ledger schema.
+    ledger: Arc<PgLedger>,
 }
 
 impl PostgresShard {
@@ -74,6 +82,17 @@ impl PostgresShard {
         url: &DatabaseUrl,
         timeouts: Timeouts,
     ) -> Result<Self, ExecError> {
+        Self::connect_scoped(name, url, timeouts, ShardScope::Database).await
+    }
+
+    /// Connects to `url` as the shard `scope` says: the whole database, or one schema of it
+    /// (every connection's `search_path` set to it).
+    pub async fn connect_scoped(
+        name: String,
+        url: &DatabaseUrl,
+        timeouts: Timeouts,
+        scope: ShardScope,
+    ) -> Result<Self, ExecError> {
         let unreachable = |detail: String| ExecError::Unreachable {
             shard: name.clone(),
             detail: url.scrub(&detail),
@@ -81,14 +100,14 @@ impl PostgresShard {
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|error| unreachable(format!("invalid database URL: {error}")))?
             .application_name("fleetshift")
-            .options([
+            .options(scope.search_path().into_iter().chain([
                 ("lock_timeout", millis(timeouts.lock_timeout)),
                 ("statement_timeout", millis(timeouts.statement_timeout)),
                 (
                     "idle_in_transaction_session_timeout",
                     millis(timeouts.idle_in_transaction),
                 ),
-            ])
+            ]))
             .disable_statement_logging();
         // A direct first connection fails fast with the server's own reason (refused,
         // authentication, unknown database); a pool would only report its own timeout.
@@ -125,6 +144,8 @@ impl PostgresShard {
             migration,
             working: Working::default(),
             tracer: None,
+            ledger: Arc::new(PgLedger::in_schema(&scope.ledger_schema())),
+            scope,
         })
     }
 
@@ -148,7 +169,8 @@ impl PostgresShard {
     }
 
     async fn ledger_exists(&self) -> Result<bool, ExecError> {
-        sqlx::query_scalar("SELECT to_regclass('fleetshift.history') IS NOT NULL")
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(self.ledger.sql.history_table.as_ref())
             .fetch_one(&self.pool)
             .await
             .map_err(self.database_error("checking for the ledger"))
@@ -187,7 +209,7 @@ impl PostgresShard {
         work: &FencedTransaction<'_>,
         observer: &mut impl fenced::BodyObserver<Postgres>,
     ) -> Result<Vec<Duration>, TxError> {
-        opening::open(connection, &self.timeouts, writer, work.guard).await?;
+        opening::open(connection, &self.ledger, &self.timeouts, writer, work.guard).await?;
         let verify = work.verify_data;
         let before = validation::postgres::checksums(connection, verify)
             .await
@@ -199,7 +221,7 @@ impl PostgresShard {
                 .map_err(validation::tx_error)?;
             validation::unchanged(verify, &before, &after)?;
         }
-        fenced::close::<Postgres>(connection, &ledger_sql::LEDGER, writer, work).await?;
+        fenced::close::<Postgres>(connection, &self.ledger.sql, writer, work).await?;
         Ok(durations)
     }
 }
@@ -251,10 +273,10 @@ impl ShardEngine for PostgresShard {
     async fn ensure_ledger(&self) -> Result<(), ExecError> {
         // A ledger an earlier release made lacks the opening function; CREATE adds it.
         let current: bool = sqlx::query_scalar(
-            "SELECT to_regclass('fleetshift.history') IS NOT NULL
-                AND to_regprocedure($1) IS NOT NULL",
+            "SELECT to_regclass($2) IS NOT NULL AND to_regprocedure($1) IS NOT NULL",
         )
-        .bind(ledger_sql::OPEN_REVISION)
+        .bind(&self.ledger.open_revision)
+        .bind(self.ledger.sql.history_table.as_ref())
         .fetch_one(&self.pool)
         .await
         .map_err(self.database_error("checking for the ledger"))?;
@@ -266,7 +288,7 @@ impl ShardEngine for PostgresShard {
             .begin()
             .await
             .map_err(self.database_error("creating the ledger"))?;
-        sqlx::raw_sql(ledger_sql::CREATE)
+        sqlx::raw_sql(AssertSqlSafe(self.ledger.create.clone()))
             .execute(&mut *transaction)
             .await
             .map_err(self.database_error("creating the ledger"))?;
@@ -280,7 +302,7 @@ impl ShardEngine for PostgresShard {
         if !self.ledger_exists().await? {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(ledger_sql::SELECT_HISTORY)
+        let rows = sqlx::query(AssertSqlSafe(self.ledger.select_history.clone()))
             .fetch_all(&self.pool)
             .await
             .map_err(self.database_error("reading the ledger"))?;
@@ -290,7 +312,7 @@ impl ShardEngine for PostgresShard {
     }
 
     async fn current_fence(&self) -> Result<FenceToken, ExecError> {
-        sqlx::query_scalar("SELECT token FROM fleetshift.fence")
+        sqlx::query_scalar(AssertSqlSafe(self.ledger.sql.read_fence.to_string()))
             .fetch_one(&self.pool)
             .await
             .map(FenceToken::from_raw)
@@ -311,7 +333,9 @@ impl ShardEngine for PostgresShard {
             .parts()
             .ok_or_else(|| sqlx::Error::Io(std::io::ErrorKind::NotConnected.into()))
             .map_err(&reading)?;
-        let snapshot = schema::postgres::read(connection).await.map_err(&reading)?;
+        let snapshot = schema::postgres::read_scoped(connection, self.scope.schema_name())
+            .await
+            .map_err(&reading)?;
         lease.committed();
         Ok(snapshot)
     }
@@ -340,8 +364,8 @@ impl ShardEngine for PostgresShard {
         let ran = match &mut observer {
             Some(observer) => self.stepwise(connection, writer, &work, observer).await,
             None if work.verify_data.is_empty() => {
-                let begin = opening::steps(&self.timeouts, writer, work.guard)?;
-                one_trip::run(connection, begin, writer, &work).await
+                let begin = opening::steps(&self.ledger, &self.timeouts, writer, work.guard)?;
+                one_trip::run(connection, &self.ledger, begin, writer, &work).await
             }
             None => self.stepwise(connection, writer, &work, &mut ()).await,
         };
@@ -436,6 +460,7 @@ impl ShardEngine for PostgresShard {
         MigratorLock::acquire(
             &self.options,
             &self.name,
+            self.scope.lock_key(),
             wait,
             self.timeouts.migrator_lock_idle,
         )

@@ -4,6 +4,7 @@
 //! catalog verification (they are atomic).
 
 use crate::validation;
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -67,9 +68,9 @@ const MOVE_FENCE: &str = "UPDATE fleetshift_fence SET token = $1 WHERE token <= 
 
 const LEDGER: LedgerSql = LedgerSql {
     dialect: Dialect::Sqlite,
-    read_fence: "SELECT token FROM fleetshift_fence",
-    history_table: "fleetshift_history",
-    upsert_history: "INSERT INTO fleetshift_history
+    read_fence: Cow::Borrowed("SELECT token FROM fleetshift_fence"),
+    history_table: Cow::Borrowed("fleetshift_history"),
+    upsert_history: Cow::Borrowed("INSERT INTO fleetshift_history
             (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
              started_at, finished_at, duration_ms, statements_run, error)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
@@ -81,12 +82,12 @@ const LEDGER: LedgerSql = LedgerSql {
             plan_id = excluded.plan_id, agent_id = excluded.agent_id,
             started_at = CASE WHEN $12 THEN fleetshift_history.started_at ELSE excluded.started_at END,
             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-            statements_run = excluded.statements_run, error = excluded.error",
-    insert_audit: "INSERT INTO fleetshift_audit (action, version, reason, agent_id, fence_token)
-         VALUES ($1, $2, $3, $4, $5)",
-    upsert_fingerprint: "INSERT INTO fleetshift_fingerprints (version, fingerprint) VALUES ($1, $2)
+            statements_run = excluded.statements_run, error = excluded.error"),
+    insert_audit: Cow::Borrowed("INSERT INTO fleetshift_audit (action, version, reason, agent_id, fence_token)
+         VALUES ($1, $2, $3, $4, $5)"),
+    upsert_fingerprint: Cow::Borrowed("INSERT INTO fleetshift_fingerprints (version, fingerprint) VALUES ($1, $2)
          ON CONFLICT (version) DO UPDATE SET fingerprint = excluded.fingerprint,
-            recorded_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            recorded_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
 };
 
 #[derive(Debug)]

@@ -1,8 +1,9 @@
 //! A PostgreSQL shard's snapshot, read in one query inside a read-only repeatable-read
 //! transaction whose `search_path` is `pg_catalog` alone, so every name the catalog's
-//! deparsers print is schema-qualified whatever the connection's own path is.
+//! deparsers print is schema-qualified whatever the connection's own path is; or, for a shard
+//! that is one schema (a tenant), of that schema alone with names relative to it.
 //!
-//! Left out: the system schemas, fleetshift's ledger schema, and every object an extension
+//! Left out: the system schemas, fleetshift's ledger schemas, and every object an extension
 //! owns (the extension itself, with its version, stands for them). Not-null constraints are
 //! read as the column's `not_null` (PostgreSQL 18 also lists them as constraints), so shards on
 //! different major versions compare equal.
@@ -17,7 +18,10 @@ WITH extension_members AS (
     SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
 ), namespaces AS (
     SELECT n.oid, n.nspname FROM pg_namespace n
-    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
+    WHERE CASE WHEN $1::text IS NULL
+               THEN n.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
+                    AND n.nspname NOT LIKE 'fleetshift\_%'
+               ELSE n.nspname = $1::text END
       AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
       AND (n.oid, 'pg_namespace'::regclass) NOT IN (SELECT objid, classid FROM extension_members)
 ), relations AS (
@@ -28,6 +32,7 @@ WITH extension_members AS (
 )
 SELECT 'extension', e.extname::text, ARRAY['version', e.extversion, 'schema', n.nspname::text]
 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE $1::text IS NULL
 UNION ALL
 SELECT 'schema', nspname::text, ARRAY[]::text[] FROM namespaces
 UNION ALL
@@ -114,30 +119,109 @@ WHERE NOT g.tgisinternal
 
 /// Reads the snapshot of the database `connection` is connected to.
 pub async fn read(connection: &mut PgConnection) -> Result<Snapshot, sqlx::Error> {
+    read_scoped(connection, None).await
+}
+
+/// Reads the snapshot of the database `connection` is connected to, or with `schema`, of that
+/// schema alone: its objects named relative to it (the deparsers print them unqualified, as
+/// the schema leads the search path), so two tenants with the same schema compare equal.
+/// Extensions belong to the database, not to a tenant, and are left out of a schema's.
+pub async fn read_scoped(
+    connection: &mut PgConnection,
+    schema: Option<&str>,
+) -> Result<Snapshot, sqlx::Error> {
     let mut transaction = connection.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *transaction)
         .await?;
-    sqlx::query("SET LOCAL search_path TO pg_catalog")
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(schema.map_or_else(
+            || "pg_catalog".to_owned(),
+            |schema| {
+                format!(
+                    "{}, pg_catalog",
+                    super::super::engine::quote_identifier(schema)
+                )
+            },
+        ))
         .execute(&mut *transaction)
         .await?;
-    let rows = sqlx::query(OBJECTS).fetch_all(&mut *transaction).await?;
+    let rows = sqlx::query(OBJECTS)
+        .bind(schema)
+        .fetch_all(&mut *transaction)
+        .await?;
     transaction.commit().await?;
+    let relative = |text: String| match schema {
+        Some(schema) => unqualified(&text, schema),
+        None => text,
+    };
     let mut snapshot = Snapshot::default();
     for row in rows {
         let kind: String = row.try_get(0)?;
-        let name: String = row.try_get(1)?;
+        if schema.is_some() && kind == "schema" {
+            // The tenant's schema is the shard itself, not one of its objects.
+            continue;
+        }
+        let name: String = relative(row.try_get(1)?);
         let pairs: Vec<Option<String>> = row.try_get(2)?;
         let Some(kind) = ObjectKind::from_name(&kind) else {
             continue;
         };
         let attributes = super::attributes(pairs.chunks(2).filter_map(|pair| match pair {
-            [Some(attribute), value] => {
-                Some((attribute.as_str(), value.clone().unwrap_or_default()))
-            }
+            [Some(attribute), value] => Some((
+                attribute.as_str(),
+                relative(value.clone().unwrap_or_default()),
+            )),
             _ => None,
         }));
         snapshot.insert(kind, name, attributes);
     }
     Ok(snapshot)
+}
+
+/// `text` with every `schema.` that starts a name (not preceded by a letter, digit, `_` or `"`)
+/// taken out: the names the query builds itself (`schema.table`) and any the deparsers still
+/// qualify.
+fn unqualified(text: &str, schema: &str) -> String {
+    let prefix = format!("{schema}.");
+    let mut kept = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&prefix) {
+        let boundary = rest[..at].chars().next_back().is_none_or(|before| {
+            !(before.is_ascii_alphanumeric() || before == '_' || before == '"')
+        });
+        kept.push_str(&rest[..at]);
+        if !boundary {
+            kept.push_str(&prefix);
+        }
+        rest = &rest[at + prefix.len()..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenants_names_are_relative_to_its_schema() {
+        assert_eq!(unqualified("tenant_1.accounts", "tenant_1"), "accounts");
+        assert_eq!(
+            unqualified(
+                "CREATE INDEX a ON tenant_1.accounts USING btree (id)",
+                "tenant_1"
+            ),
+            "CREATE INDEX a ON accounts USING btree (id)"
+        );
+        assert_eq!(
+            unqualified("xtenant_1.accounts", "tenant_1"),
+            "xtenant_1.accounts"
+        );
+        assert_eq!(
+            unqualified("tenant_10.accounts", "tenant_1"),
+            "tenant_10.accounts"
+        );
+        assert_eq!(unqualified("other.accounts", "tenant_1"), "other.accounts");
+    }
 }

@@ -1,8 +1,62 @@
-//! The PostgreSQL ledger's SQL: schema `fleetshift` with `history`, `fence` and `audit`.
+//! The PostgreSQL ledger's SQL: schema `fleetshift` with `history`, `fence` and `audit`, or,
+//! for a shard that is one schema of its database (a tenant), the same in a schema of its
+//! own: `fleetshift_<tenant>`. The texts below name the default schema; [`PgLedger::in_schema`]
+//! renders them for another.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use crate::engine::fenced::{Dialect, LedgerSql};
 
-pub const CREATE: &str = "
+/// The schema the ledger of a whole-database shard lives in.
+pub const DEFAULT_SCHEMA: &str = "fleetshift";
+
+/// The ledger's SQL for one schema.
+#[derive(Debug)]
+pub struct PgLedger {
+    /// Creates (or brings up to date) the ledger.
+    pub create: String,
+    /// The opening function's signature, for `to_regprocedure`.
+    pub open_revision: String,
+    /// Calls the opening function (`$1`…`$6`).
+    pub open_call: String,
+    pub select_history: String,
+    pub sql: LedgerSql,
+}
+
+/// The ledger of whole-database shards.
+pub static DEFAULT: LazyLock<PgLedger> = LazyLock::new(|| PgLedger::in_schema(DEFAULT_SCHEMA));
+
+impl PgLedger {
+    /// The ledger's SQL with its objects in `schema` (a plain identifier: letters, digits and
+    /// `_`, checked where scopes are made).
+    pub fn in_schema(schema: &str) -> Self {
+        let render = |text: &str| {
+            text.replace("fleetshift.", &format!("{schema}.")).replace(
+                "SCHEMA IF NOT EXISTS fleetshift;",
+                &format!("SCHEMA IF NOT EXISTS {schema};"),
+            )
+        };
+        Self {
+            create: render(CREATE),
+            open_revision: render(OPEN_REVISION),
+            open_call: render(
+                "SELECT fleetshift.open_revision_v1($1, $2::text[], $3::text[], $4, $5, $6)",
+            ),
+            select_history: render(SELECT_HISTORY),
+            sql: LedgerSql {
+                dialect: Dialect::Postgres,
+                read_fence: Cow::Owned(render(READ_FENCE)),
+                history_table: Cow::Owned(render(HISTORY_TABLE)),
+                upsert_history: Cow::Owned(render(UPSERT_HISTORY)),
+                insert_audit: Cow::Owned(render(INSERT_AUDIT)),
+                upsert_fingerprint: Cow::Owned(render(UPSERT_FINGERPRINT)),
+            },
+        }
+    }
+}
+
+const CREATE: &str = "
 CREATE SCHEMA IF NOT EXISTS fleetshift;
 CREATE TABLE IF NOT EXISTS fleetshift.fence (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -69,21 +123,20 @@ COMMENT ON FUNCTION fleetshift.open_revision_v1(bigint, text[], text[], text, te
 ";
 
 /// The function [`CREATE`] adds; a ledger without it is brought up to date.
-pub const OPEN_REVISION: &str =
-    "fleetshift.open_revision_v1(bigint, text[], text[], text, text, text)";
+const OPEN_REVISION: &str = "fleetshift.open_revision_v1(bigint, text[], text[], text, text, text)";
 
-pub const SELECT_HISTORY: &str = "
+const SELECT_HISTORY: &str = "
 SELECT version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS started_at,
        to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS finished_at,
        duration_ms, statements_run, error
 FROM fleetshift.history";
 
-pub const LEDGER: LedgerSql = LedgerSql {
-    dialect: Dialect::Postgres,
-    read_fence: "SELECT token FROM fleetshift.fence",
-    history_table: "fleetshift.history",
-    upsert_history: "INSERT INTO fleetshift.history AS h
+const READ_FENCE: &str = "SELECT token FROM fleetshift.fence";
+
+const HISTORY_TABLE: &str = "fleetshift.history";
+
+const UPSERT_HISTORY: &str = "INSERT INTO fleetshift.history AS h
             (version, name, checksum, status, transactional, fence_token, plan_id, agent_id,
              started_at, finished_at, duration_ms, statements_run, error)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(),
@@ -94,10 +147,13 @@ pub const LEDGER: LedgerSql = LedgerSql {
             plan_id = EXCLUDED.plan_id, agent_id = EXCLUDED.agent_id,
             started_at = CASE WHEN $12 THEN h.started_at ELSE EXCLUDED.started_at END,
             finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
-            statements_run = EXCLUDED.statements_run, error = EXCLUDED.error",
-    insert_audit: "INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token)
-         VALUES ($1, $2, $3, $4, $5)",
-    upsert_fingerprint: "INSERT INTO fleetshift.fingerprints (version, fingerprint) VALUES ($1, $2)
+            statements_run = EXCLUDED.statements_run, error = EXCLUDED.error";
+
+const INSERT_AUDIT: &str =
+    "INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token)
+         VALUES ($1, $2, $3, $4, $5)";
+
+const UPSERT_FINGERPRINT: &str =
+    "INSERT INTO fleetshift.fingerprints (version, fingerprint) VALUES ($1, $2)
          ON CONFLICT (version) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
-            recorded_at = clock_timestamp()",
-};
+            recorded_at = clock_timestamp()";

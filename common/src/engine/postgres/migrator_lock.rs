@@ -23,12 +23,14 @@ use super::connection_settings;
 use crate::engine::database_error;
 use crate::error::ExecError;
 
-/// The advisory lock key fleetshift migrators share ("fleetshf"); advisory locks are
-/// per database, so one key serves every shard.
-pub(super) const KEY: i64 = 0x666c_6565_7473_6866;
+/// The advisory lock key fleetshift migrators of a whole database share ("fleetshf");
+/// advisory locks are per database, so one key serves every such shard. A shard that is one
+/// schema of its database has a key of its own ([`crate::engine::ShardScope::lock_key`]).
+pub const KEY: i64 = 0x666c_6565_7473_6866;
 
 #[derive(Debug)]
 pub struct MigratorLock {
+    key: i64,
     stop: Option<oneshot::Sender<()>>,
     heartbeat: Option<JoinHandle<PgConnection>>,
 }
@@ -37,6 +39,7 @@ impl MigratorLock {
     pub async fn acquire(
         options: &PgConnectOptions,
         shard: &str,
+        key: i64,
         wait: Duration,
         idle_limit: Duration,
     ) -> Result<Self, ExecError> {
@@ -66,16 +69,16 @@ impl MigratorLock {
             .build();
         loop {
             let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(KEY)
+                .bind(key)
                 .fetch_one(&mut connection)
                 .await
                 .map_err(|error| failed("taking the migration lock", error))?;
             if acquired {
-                return Ok(Self::hold(connection, idle_limit, shard.to_owned()));
+                return Ok(Self::hold(connection, key, idle_limit, shard.to_owned()));
             }
             let waited = started.elapsed();
             if waited >= wait {
-                let holder = holder(&mut connection).await;
+                let holder = holder(&mut connection, key).await;
                 // Ending the session releases anything it held; an error here changes nothing.
                 let _closed = connection.close().await;
                 return Err(ExecError::AnotherMigrator {
@@ -90,7 +93,7 @@ impl MigratorLock {
     }
 
     /// Keeps the session busy well inside its idle limit until asked to stop.
-    fn hold(mut connection: PgConnection, idle_limit: Duration, shard: String) -> Self {
+    fn hold(mut connection: PgConnection, key: i64, idle_limit: Duration, shard: String) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let beat = idle_limit / 4;
         let heartbeat = tokio::spawn(async move {
@@ -108,6 +111,7 @@ impl MigratorLock {
             }
         });
         Self {
+            key,
             stop: Some(stop),
             heartbeat: Some(heartbeat),
         }
@@ -129,7 +133,7 @@ impl MigratorLock {
             }
         };
         if let Err(error) = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(KEY)
+            .bind(self.key)
             .execute(&mut connection)
             .await
         {
@@ -151,14 +155,14 @@ impl Drop for MigratorLock {
 }
 
 /// Who holds the lock: pid, application and client, for the error message.
-async fn holder(connection: &mut PgConnection) -> String {
+async fn holder(connection: &mut PgConnection, key: i64) -> String {
     let holder: Result<Option<(i32, String, String)>, sqlx::Error> = sqlx::query_as(
         "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local socket')
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
            AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid",
     )
-    .bind(KEY)
+    .bind(key)
     .fetch_optional(&mut *connection)
     .await;
     match holder {

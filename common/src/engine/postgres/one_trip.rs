@@ -15,7 +15,8 @@ use futures_util::TryStreamExt as _;
 use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use super::{ledger_sql, opening};
+use super::ledger_sql::PgLedger;
+use super::opening;
 use crate::engine::fenced::{Place, SEPARATOR, Step, record_steps};
 use crate::engine::{FencedTransaction, TxError, bookkeeping_error, statement_error};
 use crate::ledger::Writer;
@@ -54,6 +55,7 @@ impl Batch {
 /// The transaction's batches: the opening (`begin`, the call last) with the first body
 /// statement, the middle statements alone, the last statement with the records and `COMMIT`.
 fn batches(
+    ledger: &PgLedger,
     begin: Vec<Step>,
     writer: &Writer,
     work: &FencedTransaction<'_>,
@@ -78,7 +80,7 @@ fn batches(
         }
     }
     if let Some(last) = batches.last_mut() {
-        for step in record_steps(&ledger_sql::LEDGER, writer, work)? {
+        for step in record_steps(&ledger.sql, writer, work)? {
             last.push(Role::Ledger(step.doing), step.sql);
         }
         last.push(Role::Ledger("committing"), "COMMIT".to_owned());
@@ -89,12 +91,13 @@ fn batches(
 /// Runs `work` on `connection`, opened by `begin`; each body statement's duration.
 pub(super) async fn run(
     connection: &mut PgConnection,
+    ledger: &PgLedger,
     begin: Vec<Step>,
     writer: &Writer,
     work: &FencedTransaction<'_>,
 ) -> Result<Vec<Duration>, TxError> {
     let mut durations = Vec::with_capacity(work.body.len());
-    for batch in batches(begin, writer, work)? {
+    for batch in batches(ledger, begin, writer, work)? {
         let statement = batch.body();
         let span = statement.and_then(|index| {
             if let Some(starts) = work.on_statement {
@@ -127,7 +130,7 @@ pub(super) async fn run(
                 }
                 TxError::Statement(failure)
             }
-            Role::Opening => opening::refused(connection, work.guard, error).await,
+            Role::Opening => opening::refused(connection, ledger, work.guard, error).await,
             Role::Ledger(doing) => bookkeeping_error(doing)(error),
         });
     }

@@ -9,7 +9,7 @@
 
 use sqlx::{PgConnection, Postgres};
 
-use super::ledger_sql;
+use super::ledger_sql::PgLedger;
 use crate::engine::fenced::{Literal, Step, batch, batch_raw, fenced_out, observe_guard};
 use crate::engine::{Timeouts, TxError, bookkeeping_error};
 use crate::ledger::{Guard, RevisionStatus, Writer};
@@ -25,15 +25,16 @@ pub(super) const OPENING: &str = "moving the fence";
 /// Opens the transaction (one round trip).
 pub(super) async fn open(
     connection: &mut PgConnection,
+    ledger: &PgLedger,
     timeouts: &Timeouts,
     writer: &Writer,
     guard: &Guard,
 ) -> Result<(), TxError> {
-    let begin = steps(timeouts, writer, guard)?;
+    let begin = steps(ledger, timeouts, writer, guard)?;
     match batch_raw::<Postgres>(connection, &begin).await {
         Ok(_) => Ok(()),
         Err((failed, error)) if failed + 1 == begin.len() => {
-            Err(refused(connection, guard, error).await)
+            Err(refused(connection, ledger, guard, error).await)
         }
         Err((failed, error)) => {
             let doing = begin.get(failed).map_or(OPENING, |step| step.doing);
@@ -44,6 +45,7 @@ pub(super) async fn open(
 
 /// `BEGIN` and the call (last).
 pub(super) fn steps(
+    ledger: &PgLedger,
     timeouts: &Timeouts,
     writer: &Writer,
     guard: &Guard,
@@ -70,8 +72,8 @@ pub(super) fn steps(
     let statement_limit = super::millis(timeouts.statement_timeout);
     let idle_limit = super::millis(timeouts.idle_in_transaction);
     let call = Step::rendered(
-        &ledger_sql::LEDGER,
-        "SELECT fleetshift.open_revision_v1($1, $2::text[], $3::text[], $4, $5, $6)",
+        &ledger.sql,
+        &ledger.open_call,
         &[
             Literal::Integer(writer.fence_token.get()),
             Literal::Array(&versions),
@@ -90,6 +92,7 @@ pub(super) fn steps(
 /// is rolled back first.
 pub(super) async fn refused(
     connection: &mut PgConnection,
+    ledger: &PgLedger,
     guard: &Guard,
     error: sqlx::Error,
 ) -> TxError {
@@ -106,8 +109,8 @@ pub(super) async fn refused(
         return error;
     }
     match refusal {
-        Refusal::FencedOut => fenced_out::<Postgres>(connection, &ledger_sql::LEDGER).await,
-        Refusal::Guard => match observe_guard::<Postgres>(connection, &ledger_sql::LEDGER, guard)
+        Refusal::FencedOut => fenced_out::<Postgres>(connection, &ledger.sql).await,
+        Refusal::Guard => match observe_guard::<Postgres>(connection, &ledger.sql, guard)
             .await
         {
             Ok(()) => TxError::Database {

@@ -60,7 +60,7 @@ UPDATE fleetshift.fence SET token = {token};
 INSERT INTO fleetshift.audit (action, version, reason, agent_id, fence_token)
     VALUES ('restore', NULL, {reason}, {agent}, {token});
 ",
-        create = ledger_sql::CREATE,
+        create = ledger_sql::DEFAULT.create,
         reason = literal(reason),
         agent = literal(agent_id),
     )
