@@ -277,6 +277,11 @@ async fn run(
     };
     let direction = order.direction;
     let duties = &order.duties;
+    if duties.require_backup {
+        shard
+            .whole_database_only("a backup")
+            .map_err(|why| refused(ErrorKind::BadInput, why))?;
+    }
     let shard_duties = ShardDuties {
         shard_id: &shard.id,
         plan_id: &order.plan_id,
@@ -330,7 +335,11 @@ async fn run(
                 parts: &parts,
                 validating: validating(Validator::Postgres(engine.pool())),
                 throttle: &paced,
-                baseline: order.baseline.as_ref(),
+                // A baseline is a whole database's schema: a tenant replays.
+                baseline: order
+                    .baseline
+                    .as_ref()
+                    .filter(|_| shard.scope.schema_name().is_none()),
             };
             moving
                 .supervised(direction, &request, &watch, baselines, patience, record)

@@ -3,7 +3,7 @@
 use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
-use fleetshift_common::engine::{Connected, ShardEngine, Timeouts, catalog, server};
+use fleetshift_common::engine::{Connected, ShardEngine, ShardScope, Timeouts, catalog, server};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::RevisionStatus;
 use fleetshift_common::proto::v1::TableFacts;
@@ -107,7 +107,7 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
         Ok(Connected::Postgres(engine)) => {
             let summarized = summarize(engine.as_ref(), &mut report).await;
             match catalog::table_facts(engine.pool()).await {
-                Ok(tables) => report.tables = tables,
+                Ok(tables) => report.tables = in_scope(tables, &shard.scope),
                 Err(error) => {
                     tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's catalog; plans will not weigh its tables")
                 }
@@ -164,4 +164,20 @@ async fn summarize<E: ShardEngine>(engine: &E, report: &mut ShardReport) -> Resu
         report.fence_token = Some(engine.current_fence().await?);
     }
     Ok(())
+}
+
+/// The tables of the shard's scope: all of a database's; a tenant's own, named as its SQL
+/// names them (without the schema).
+fn in_scope(tables: Vec<TableFacts>, scope: &ShardScope) -> Vec<TableFacts> {
+    let Some(schema) = scope.schema_name() else {
+        return tables;
+    };
+    let prefix = format!("{schema}.");
+    tables
+        .into_iter()
+        .filter_map(|facts| {
+            let table = facts.table.strip_prefix(&prefix)?.to_owned();
+            Some(TableFacts { table, ..facts })
+        })
+        .collect()
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::AcquireTimes;
 use crate::session::SessionTelemetry;
-use crate::{check, config, rehearse, session};
+use crate::{check, config, rehearse, session, tenants};
 
 /// Exit code when the configuration is unusable.
 pub const BAD_CONFIG: u8 = 2;
@@ -61,13 +61,17 @@ pub enum Output {
 /// Runs the command; `acquire_times` is filled by the layer `main` installed, and shown with
 /// the agent's other metrics.
 pub async fn run(cli: Cli, acquire_times: AcquireTimes) -> ExitCode {
-    let config = match config::AgentConfig::load(&cli.config) {
+    let mut config = match config::AgentConfig::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error:#}");
             return ExitCode::from(BAD_CONFIG);
         }
     };
+    if let Err(why) = tenants::discover(&mut config).await {
+        eprintln!("error: {}: {why}", cli.config.display());
+        return ExitCode::from(BAD_CONFIG);
+    }
     match cli.command {
         Command::Check { output } => check::run(&config, output).await,
         Command::Run => {

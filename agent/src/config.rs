@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleetshift_common::config_file::{ConfigError, read_toml_with_env};
 use fleetshift_common::database_tls::{self, TlsSettings};
-use fleetshift_common::engine::{self, Connected, Timeouts};
+use fleetshift_common::engine::{self, Connected, ShardScope, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::proto::v1::ShardLifecycle;
 use fleetshift_common::rollout_names::parse_lifecycle;
@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::duties::backup::BackupSettings;
 use crate::outage::DEFAULT_OUTAGE_WAIT;
+use crate::tenants::{TenantDatabase, TenantSource};
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -122,6 +123,11 @@ struct RawShard {
     sslcert: Option<PathBuf>,
     /// …and its key (0600, or 0640 owned by root).
     sslkey: Option<PathBuf>,
+    /// The database holds tenants, one schema each: every schema whose name matches this
+    /// `LIKE` pattern (e.g. `tenant_%`) is a shard of its own, `<id>.<schema>`.
+    tenants: Option<String>,
+    /// …or every schema this read-only query returns (one text column).
+    tenants_query: Option<String>,
 }
 
 /// A validated configuration.
@@ -131,6 +137,9 @@ pub struct AgentConfig {
     /// How to reach the fleet; `None` when the agent only checks its shards.
     pub coordinator: Option<CoordinatorLink>,
     pub shards: Vec<ShardConfig>,
+    /// Databases whose tenant schemas are shards, found when the agent starts
+    /// ([`crate::tenants::discover`]).
+    pub tenant_databases: Vec<TenantDatabase>,
     /// Where backups go; `None` when the file has no `[backups]` (plans that require a backup
     /// then fail on this agent's shards, saying so).
     pub backups: Option<BackupSettings>,
@@ -277,7 +286,7 @@ impl CoordinatorEndpoint {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ShardConfig {
     pub id: String,
     pub labels: BTreeMap<String, String>,
@@ -286,6 +295,8 @@ pub struct ShardConfig {
     pub database_url: DatabaseUrl,
     /// Replicas whose replay lag a throttling plan waits on besides the attached ones.
     pub throttle_replicas: Vec<DatabaseUrl>,
+    /// The whole database, or one tenant schema of it.
+    pub scope: ShardScope,
 }
 
 impl ShardConfig {
@@ -295,9 +306,27 @@ impl ShardConfig {
         format!("{} ({})", self.id, self.database_url.server())
     }
 
-    /// Connects to the shard, named by [`ShardConfig::display_name`].
+    /// Connects to the shard, named by [`ShardConfig::display_name`], in its scope.
     pub async fn connect(&self, timeouts: Timeouts) -> Result<Connected, ExecError> {
-        engine::connect_named(self.display_name(), &self.database_url, timeouts).await
+        engine::connect_scoped(
+            self.display_name(),
+            &self.database_url,
+            timeouts,
+            self.scope.clone(),
+        )
+        .await
+    }
+
+    /// Why a duty or request that works on the whole database cannot be done for this shard,
+    /// when it is one tenant schema of it.
+    pub fn whole_database_only(&self, what: &str) -> Result<(), String> {
+        match self.scope.schema_name() {
+            None => Ok(()),
+            Some(schema) => Err(format!(
+                "shard {} is tenant schema {schema} of its database: {what} works on a whole database, not one tenant",
+                self.id
+            )),
+        }
     }
 }
 
@@ -357,8 +386,13 @@ impl AgentConfig {
             return Err("no [[shards]]: an agent serves at least one shard".to_owned());
         }
         let mut shards: Vec<ShardConfig> = Vec::with_capacity(raw_shards.len());
+        let mut tenant_databases = Vec::new();
         for raw in raw_shards {
-            if shards.iter().any(|shard| shard.id == raw.id) {
+            let taken = shards.iter().any(|shard| shard.id == raw.id)
+                || tenant_databases
+                    .iter()
+                    .any(|database: &TenantDatabase| database.shard.id == raw.id);
+            if taken {
                 return Err(format!("shard {:?} is listed twice", raw.id));
             }
             let what = format!("shard {:?}", raw.id);
@@ -401,18 +435,31 @@ impl AgentConfig {
                 None => ShardLifecycle::Active,
                 Some(name) => parse_lifecycle(name).map_err(|why| format!("{what}: {why}"))?,
             };
-            shards.push(ShardConfig {
+            let shard = ShardConfig {
                 id: raw.id,
                 labels: raw.labels,
                 lifecycle,
                 database_url: DatabaseUrl::new(url),
                 throttle_replicas,
-            });
+                scope: ShardScope::Database,
+            };
+            match TenantSource::of(raw.tenants, raw.tenants_query)
+                .map_err(|why| format!("{what}: {why}"))?
+            {
+                Some(source) => {
+                    if !shard.database_url.expose().starts_with("postgres") {
+                        return Err(format!("{what}: tenant schemas need PostgreSQL"));
+                    }
+                    tenant_databases.push(TenantDatabase { shard, source });
+                }
+                None => shards.push(shard),
+            }
         }
         Ok(Self {
             agent_id,
             coordinator: None,
             shards,
+            tenant_databases,
             backups: None,
             rehearsals: RehearsalLimits::default(),
             telemetry_listen: None,

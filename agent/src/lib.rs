@@ -13,6 +13,7 @@
 //!   relayed to the agent.
 //! - [`rehearse`]: a plan rehearsed on a sampled copy of one shard, at most N at once.
 //! - [`schema_baselines`]: a shard's schema baseline taken, or one verified beside it.
+//! - [`tenants`]: databases whose tenant schemas are shards, found at start.
 //! - [`schema_checks`]: each shard's schema fingerprint, read at most every `schema_check`.
 //! - [`metrics`]: the agent's Prometheus metrics, read off its progress events and session.
 //! - [`cli`]: `fleetshift-agent run|check`.
@@ -32,3 +33,4 @@ pub mod schema_checks;
 pub mod session;
 pub mod stop;
 mod tally;
+pub mod tenants;

@@ -70,6 +70,9 @@ async fn answer_for_shard(
                 ),
             )
         })?;
+    shard
+        .whole_database_only("backups, restores, rehearsals and schema baselines")
+        .map_err(|why| failure(ErrorKind::BadInput, why))?;
     let Some(action) = &request.action else {
         return Err(failure(
             ErrorKind::BadInput,

@@ -323,11 +323,13 @@ fn spawn_agents(
             lifecycle: fleetshift_common::proto::v1::ShardLifecycle::Active,
             database_url: shards.url_of(&shard_id(number))?,
             throttle_replicas: Vec::new(),
+            scope: fleetshift_common::engine::ShardScope::Database,
         };
         let config = Arc::new(AgentConfig {
             agent_id: name,
             coordinator: Some(link.clone()),
             shards: vec![shard],
+            tenant_databases: Vec::new(),
             backups: None,
             rehearsals: Default::default(),
             telemetry_listen: None,

@@ -315,10 +315,25 @@ pub async fn connect_named(
     url: &DatabaseUrl,
     timeouts: Timeouts,
 ) -> Result<Connected, ExecError> {
+    connect_scoped(name, url, timeouts, ShardScope::Database).await
+}
+
+/// [`connect_named`], for the part of the database `scope` says (a schema: PostgreSQL only).
+pub async fn connect_scoped(
+    name: String,
+    url: &DatabaseUrl,
+    timeouts: Timeouts,
+    scope: ShardScope,
+) -> Result<Connected, ExecError> {
     let text = url.expose();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        let shard = PostgresShard::connect_named(name, url, timeouts).await?;
+        let shard = PostgresShard::connect_scoped(name, url, timeouts, scope).await?;
         Ok(Connected::Postgres(Box::new(shard)))
+    } else if let Some(schema) = scope.schema_name() {
+        Err(ExecError::Unreachable {
+            shard: name,
+            detail: format!("schema {schema}: a shard that is one schema needs PostgreSQL"),
+        })
     } else if text.starts_with("sqlite:") {
         Ok(Connected::Sqlite(
             SqliteShard::connect_named(name, url, timeouts).await?,

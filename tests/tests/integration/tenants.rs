@@ -2,9 +2,13 @@
 //! in one database, each migrated as a shard of its own with unqualified SQL. Each tenant's
 //! tables land in its schema, its ledger and fence are its own (`fleetshift_<tenant>`), every
 //! tenant at a version has the same fingerprint and one that drifted does not, and the whole
-//! database's own snapshot leaves the tenants' ledgers out.
+//! database's own snapshot leaves the tenants' ledgers out. Across real processes, one agent
+//! serves the 40 tenants of a `tenants = "tenant\_%"` entry: a fleet target takes them all to
+//! its version, never more at once than the server's cap, and `schema drift` names the one
+//! tenant edited by hand.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use fleetshift_common::engine::{PostgresShard, ShardEngine, ShardScope, Timeouts};
 use fleetshift_common::error::ExecError;
@@ -13,11 +17,17 @@ use fleetshift_common::schema::Fingerprint;
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
 use fleetshift_tests::fixtures;
+use fleetshift_tests::wait::wait_until;
 use futures_util::StreamExt as _;
 
-use super::support::{self, Database};
+use super::cli_fleet::CliFleet;
+use super::support::{self, Database, assert_exit, json};
 
 const TENANTS: usize = 200;
+
+/// Tenants one agent serves across real processes: its first announcement reads every
+/// tenant's facts, ~150 ms each on this machine (connections and catalog reads per tenant).
+const SERVED_TENANTS: usize = 40;
 
 fn tenant(index: usize) -> String {
     format!("tenant_{index:03}")
@@ -143,5 +153,152 @@ async fn two_hundred_tenants_of_one_database_are_shards_of_their_own() {
     assert!(
         !names.iter().any(|name| name.contains("fleetshift_")),
         "{names:?}"
+    );
+}
+
+/// Each tenant's (standing, plan) in `target status tenants`.
+async fn standings(fleet: &CliFleet) -> BTreeMap<String, (String, String)> {
+    let status = fleet
+        .cli
+        .alice(&["target", "status", "tenants", "--output", "json"])
+        .await;
+    assert_exit(&status, 0);
+    json(&status)["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|shard| {
+            let text = |key: &str| shard[key].as_str().expect(key).to_owned();
+            (text("shard"), (text("standing"), text("plan")))
+        })
+        .collect()
+}
+
+/// The most revisions that ran at once across the tenants, from their ledgers' times.
+async fn most_at_once(admin: &sqlx::PgPool) -> i64 {
+    let mut union = Vec::new();
+    for index in 0..SERVED_TENANTS {
+        union.push(format!(
+            "SELECT started_at, finished_at FROM fleetshift_{}.history",
+            tenant(index)
+        ));
+    }
+    let query = format!(
+        "WITH runs AS ({}) SELECT max((SELECT count(*) FROM runs other WHERE other.started_at < run.finished_at AND other.finished_at > run.started_at)) FROM runs run",
+        union.join(" UNION ALL ")
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+        .fetch_one(admin)
+        .await
+        .expect("overlaps")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
+    let schemas: String = (0..SERVED_TENANTS)
+        .map(|index| format!("CREATE SCHEMA {};\n", tenant(index)))
+        .collect();
+    let tenants_entry = |database: &Database| {
+        format!(
+            "[[shards]]\nid = \"billing\"\nlabels = {{ env = \"tenants\" }}\ndatabase_url = \"{}\"\ntenants = \"tenant\\\\_%\"\n",
+            database.url
+        )
+    };
+    let every_two_seconds = ["FLEETSHIFT_FACTS_REFRESH", "FLEETSHIFT_SCHEMA_CHECK"]
+        .map(|name| (name.to_owned(), "2s".to_owned()))
+        .to_vec();
+    let fleet = CliFleet::start_configured(
+        "tenanted",
+        &schemas,
+        1 + SERVED_TENANTS,
+        tenants_entry,
+        "",
+        every_two_seconds,
+    )
+    .await;
+    let migrations = fixtures::migrations(&[(
+        "1_accounts.sql",
+        "CREATE TABLE accounts (id bigint PRIMARY KEY, note text);\nCREATE INDEX accounts_note ON accounts (note);\nSELECT pg_sleep(0.05);",
+    )]);
+    let directory = migrations.path().to_str().expect("path");
+    let set = [
+        "target",
+        "set",
+        directory,
+        "--name",
+        "tenants",
+        "--selector",
+        "env=tenants",
+        "--canary",
+        "1",
+        "--waves",
+        "100",
+        "--max-concurrency",
+        "64",
+        "--max-per-host",
+        "4",
+    ];
+    assert_exit(&fleet.cli.alice(&set).await, 0);
+    let planned = wait_until(Duration::from_secs(60), || async {
+        let standings = standings(&fleet).await;
+        standings.len() == SERVED_TENANTS && standings.values().all(|(_, plan)| !plan.is_empty())
+    })
+    .await;
+    let first = standings(&fleet).await;
+    assert!(planned, "{first:?}\n{}", fleet.diagnose());
+    let plans: BTreeSet<&String> = first.values().map(|(_, plan)| plan).collect();
+    assert_eq!(plans.len(), 1, "one catch-up for every tenant: {plans:?}");
+    let plan = first.values().next().expect("a tenant").1.clone();
+    assert_exit(&fleet.cli.bob(&["approve", &plan]).await, 0);
+    let done = wait_until(Duration::from_secs(180), || async {
+        let standings = standings(&fleet).await;
+        standings.len() == SERVED_TENANTS
+            && standings.values().all(|(standing, _)| standing == "at")
+    })
+    .await;
+    assert!(done, "{:?}\n{}", standings(&fleet).await, fleet.diagnose());
+    let admin = &fleet.database.admin;
+    let at_once = most_at_once(admin).await;
+    assert!(
+        (1..=4).contains(&at_once),
+        "one server's tenants ran {at_once} at once; its cap is 4"
+    );
+
+    // Drift per schema: one tenant edited by hand is named, the others agree.
+    sqlx::raw_sql("DROP INDEX tenant_007.accounts_note")
+        .execute(admin)
+        .await
+        .expect("hand edit");
+    let named = wait_until(Duration::from_secs(60), || async {
+        let drift = fleet
+            .cli
+            .alice(&["schema", "drift", "--output", "json"])
+            .await;
+        drift.status.code() != Some(0)
+            && String::from_utf8_lossy(&drift.stdout).contains("billing.tenant_007")
+    })
+    .await;
+    let drift = fleet
+        .cli
+        .alice(&["schema", "drift", "--output", "json"])
+        .await;
+    assert!(
+        named,
+        "{}\n{}",
+        String::from_utf8_lossy(&drift.stdout),
+        fleet.diagnose()
+    );
+    let report = json(&drift);
+    let version = report["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .find(|version| version["version"] == "1")
+        .expect("version 1")
+        .clone();
+    assert_eq!(
+        version["majority_shards"],
+        SERVED_TENANTS - 1,
+        "{version:#}"
     );
 }
