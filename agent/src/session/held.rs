@@ -273,7 +273,13 @@ impl<'f, W: Work> Session<'f, W> {
         }
         send(&self.outbound, AgentBody::Result(result)).await?;
         // The shard's version moved: the coordinator hears it now, not a refresh later (a
-        // fleet target's reconciliation waits for it).
+        // fleet target's reconciliation waits for it). A refresh under way may have read the
+        // shard before the run ended: it gives way to one that starts now.
+        if self.running.is_empty()
+            && let Some(under_way) = self.refreshing.take()
+        {
+            under_way.abort();
+        }
         self.on_refresh();
         Ok(())
     }

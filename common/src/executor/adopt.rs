@@ -12,6 +12,30 @@ use crate::error::{DriftedRevision, ExecError};
 use crate::ledger::{AuditRecord, Expect, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{MigrationSet, Revision};
 
+/// Ledger rows recording `revisions` as applied (run by someone else, or built another way),
+/// and the guard that none of them is recorded yet: what adoption and seeding write.
+pub(super) fn recorded_as_applied<'r>(
+    revisions: impl Iterator<Item = &'r Revision>,
+) -> (Vec<LedgerRecord>, Guard) {
+    let records: Vec<LedgerRecord> = revisions
+        .map(|revision| LedgerRecord {
+            version: revision.version.to_string(),
+            name: revision.name.clone(),
+            checksum: revision.checksum.clone(),
+            status: RevisionStatus::Applied,
+            transactional: revision.transactional,
+            keep_started_at: false,
+            duration_ms: None,
+            statements_run: 0,
+            error: None,
+        })
+        .collect();
+    let guard = records.iter().fold(Guard::default(), |guard, record| {
+        guard.require(&record.version, Expect::NotApplied)
+    });
+    (records, guard)
+}
+
 impl<E: ShardEngine> Executor<'_, E> {
     /// Imports the one foreign history in the database into an empty fleetshift ledger.
     pub async fn adopt(&self, set: &MigrationSet, reason: &str) -> Result<RunReport, ExecError> {
@@ -51,23 +75,7 @@ impl<E: ShardEngine> Executor<'_, E> {
             }
         };
         let adopted = with_skipped_no_ops(set, self.match_revisions(set, &history)?);
-        let records: Vec<LedgerRecord> = adopted
-            .iter()
-            .map(|revision| LedgerRecord {
-                version: revision.version.to_string(),
-                name: revision.name.clone(),
-                checksum: revision.checksum.clone(),
-                status: RevisionStatus::Applied,
-                transactional: revision.transactional,
-                keep_started_at: false,
-                duration_ms: None,
-                statements_run: 0,
-                error: None,
-            })
-            .collect();
-        let guard = adopted.iter().fold(Guard::default(), |guard, revision| {
-            guard.require(revision.version.as_str(), Expect::NotApplied)
-        });
+        let (records, guard) = recorded_as_applied(adopted.iter().copied());
         let audit = AuditRecord {
             action: "adopt".to_owned(),
             version: adopted.last().map(|revision| revision.version.to_string()),

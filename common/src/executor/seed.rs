@@ -6,7 +6,7 @@
 use super::{Executor, RunReport};
 use crate::engine::{FencedTransaction, ShardEngine};
 use crate::error::ExecError;
-use crate::ledger::{AuditRecord, Expect, Guard, LedgerRecord, RevisionStatus, VersionFingerprint};
+use crate::ledger::{AuditRecord, VersionFingerprint};
 use crate::schema_baseline::SchemaBaseline;
 use crate::source::MigrationSet;
 
@@ -59,23 +59,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                 ))
             })?;
             let seeded = &set.revisions[..=upto];
-            let records: Vec<LedgerRecord> = seeded
-                .iter()
-                .map(|revision| LedgerRecord {
-                    version: revision.version.to_string(),
-                    name: revision.name.clone(),
-                    checksum: revision.checksum.clone(),
-                    status: RevisionStatus::Applied,
-                    transactional: revision.transactional,
-                    keep_started_at: false,
-                    duration_ms: None,
-                    statements_run: 0,
-                    error: None,
-                })
-                .collect();
-            let guard = seeded.iter().fold(Guard::default(), |guard, revision| {
-                guard.require(revision.version.as_str(), Expect::NotApplied)
-            });
+            let (records, guard) = super::adopt::recorded_as_applied(seeded.iter());
             let audit = AuditRecord {
                 action: "baseline".to_owned(),
                 version: Some(baseline.version.clone()),

@@ -218,7 +218,7 @@ fn not_started(plan: &Plan) -> bool {
     )
 }
 
-/// Every announced shard, with its announcement's revision.
+/// Every announced shard.
 fn announced(model: &Model) -> Vec<standing::Seen<'_>> {
     model
         .agents
@@ -229,7 +229,6 @@ fn announced(model: &Model) -> Vec<standing::Seen<'_>> {
                 agent,
                 host: hello.host.as_ref(),
                 facts,
-                revision: seen.revision,
             })
         })
         .collect()
@@ -271,7 +270,7 @@ fn for_target(
                 .into_iter()
                 .flat_map(|t| t.values())
             {
-                index.add(target, &plan.value, &task.value, task.revision);
+                index.add(target, &plan.value, &task.value);
             }
         }
         index

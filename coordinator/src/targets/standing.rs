@@ -15,15 +15,12 @@ use fleetshift_common::selector::{self, Announced};
 use crate::lifecycles::{self, Settings};
 use crate::rollout::{plan_ended, state_of, task_ended};
 
-/// A shard as its agent announced it, with the store revision of that announcement.
+/// A shard as its agent announced it.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen<'a> {
     pub agent: &'a str,
     pub host: Option<&'a HostFacts>,
     pub facts: &'a ShardFacts,
-    /// The revision the announcement was written at: facts written before a task ended may
-    /// predate its run.
-    pub revision: i64,
 }
 
 /// What the plans say about the shards: which are in a plan that has not ended, and how each
@@ -45,13 +42,14 @@ struct Latest {
     plan_id: String,
     state: ShardState,
     error: String,
-    /// The revision the task was written at.
-    revision: i64,
+    /// The claim's token the task ran under: the shard's fence after its run. Facts with an
+    /// older fence were read before the run, however late they arrived.
+    fence_token: i64,
 }
 
 impl PlanIndex {
-    /// Takes in one task of `plan`, written at `revision`.
-    pub fn add(&mut self, target: &FleetTarget, plan: &Plan, task: &ShardTask, revision: i64) {
+    /// Takes in one task of `plan`.
+    pub fn add(&mut self, target: &FleetTarget, plan: &Plan, task: &ShardTask) {
         let plan_state = PlanState::try_from(plan.state).unwrap_or(PlanState::Unspecified);
         let state = state_of(task);
         if !plan_ended(plan_state) && !task_ended(state) {
@@ -79,7 +77,7 @@ impl PlanIndex {
                             .as_ref()
                             .map(|error| error.message.clone())
                             .unwrap_or_default(),
-                        revision,
+                        fence_token: task.fence_token,
                     },
                 );
             }
@@ -285,7 +283,7 @@ fn judge_behind(
     }
     if let Some(latest) = plans.latest.get(&facts.shard_id) {
         match latest.state {
-            ShardState::Succeeded if seen.revision < latest.revision => {
+            ShardState::Succeeded if facts.fence_token < latest.fence_token => {
                 return (
                     format!(
                         "caught up in plan {}; waiting for its agent's fresh facts",

@@ -17,7 +17,7 @@ pub async fn status<S: Store>(store: &S, name: &str) -> Result<TargetStatus, Rol
     let settings = lifecycles::load(store).await?;
     let listing = store.list(&keys::agents_prefix()).await?;
     let agents_prefix = keys::agents_prefix();
-    let agents: Vec<(String, Hello, i64)> = listing
+    let agents: Vec<(String, Hello)> = listing
         .entries
         .iter()
         .map(|entry| {
@@ -27,17 +27,16 @@ pub async fn status<S: Store>(store: &S, name: &str) -> Result<TargetStatus, Rol
                 .unwrap_or(&entry.key)
                 .to_owned();
             let hello: Hello = records::decode(&entry.key, &entry.value)?;
-            Ok((agent, hello, entry.mod_revision))
+            Ok((agent, hello))
         })
         .collect::<Result<_, RolloutError>>()?;
     let shards: Vec<standing::Seen<'_>> = agents
         .iter()
-        .flat_map(|(agent, hello, revision)| {
+        .flat_map(|(agent, hello)| {
             hello.shards.iter().map(move |facts| standing::Seen {
                 agent,
                 host: hello.host.as_ref(),
                 facts,
-                revision: *revision,
             })
         })
         .collect();
@@ -47,7 +46,7 @@ pub async fn status<S: Store>(store: &S, name: &str) -> Result<TargetStatus, Rol
         let tasks = store.list(&keys::tasks_prefix(&plan.plan_id)).await?;
         for entry in &tasks.entries {
             let task: ShardTask = records::decode(&entry.key, &entry.value)?;
-            index.add(&target, plan, &task, entry.mod_revision);
+            index.add(&target, plan, &task);
         }
     }
     let shards = standing::judge(&target, &shards, &settings, &index);

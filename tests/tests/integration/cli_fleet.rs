@@ -110,23 +110,7 @@ impl CliFleet {
             .expect("schema");
         let mut shard_urls = vec![database.url.clone()];
         for index in 1..count {
-            let extra = format!("{name}_{index}");
-            let url = database
-                .cluster
-                .create_database(&extra)
-                .await
-                .expect("database");
-            let admin = database
-                .cluster
-                .admin_pool(&extra)
-                .await
-                .expect("admin pool");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(schema.to_owned()))
-                .execute(&admin)
-                .await
-                .expect("schema");
-            admin.close().await;
-            shard_urls.push(url);
+            shard_urls.push(prepared(&database, &format!("{name}_{index}"), schema).await);
         }
         let config = home.path().join("agent.toml");
         let shards = format!(
@@ -222,24 +206,7 @@ impl CliFleet {
     /// configuration as its next shard (`a-db<N>`), served from the agent's next start; its id.
     pub async fn add_shard(&mut self, schema: &str) -> String {
         let index = self.shard_urls.len();
-        let name = format!("added_{index}");
-        let url = self
-            .database
-            .cluster
-            .create_database(&name)
-            .await
-            .expect("database");
-        let admin = self
-            .database
-            .cluster
-            .admin_pool(&name)
-            .await
-            .expect("admin pool");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(schema.to_owned()))
-            .execute(&admin)
-            .await
-            .expect("schema");
-        admin.close().await;
+        let url = prepared(&self.database, &format!("added_{index}"), schema).await;
         let home = self.home.path();
         let secret = home.join(format!("a-{index}.url"));
         std::fs::write(&secret, &url).expect("url file");
@@ -263,6 +230,22 @@ impl CliFleet {
 }
 
 /// The agent on `home`'s `agent.toml`, logging JSON to `agent.log`.
+/// A new database `name` on the fleet's cluster, prepared with `schema`; its URL.
+async fn prepared(database: &Database, name: &str, schema: &str) -> String {
+    let url = database
+        .cluster
+        .create_database(name)
+        .await
+        .expect("database");
+    let admin = database.cluster.admin_pool(name).await.expect("admin pool");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(schema.to_owned()))
+        .execute(&admin)
+        .await
+        .expect("schema");
+    admin.close().await;
+    url
+}
+
 fn spawn_agent(home: &Path, environment: &[(String, String)]) -> Process {
     let config = home.join("agent.toml");
     Process::spawn_with(

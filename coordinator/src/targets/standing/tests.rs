@@ -37,13 +37,21 @@ fn facts(shard: &str, version: &str) -> ShardFacts {
     }
 }
 
-fn seen(facts: &ShardFacts, revision: i64) -> Seen<'_> {
+fn seen(facts: &ShardFacts) -> Seen<'_> {
     Seen {
         agent: "a1",
         host: None,
         facts,
-        revision,
     }
+}
+
+/// Takes in `task` of `plan`, run under the claim token `fence`.
+fn added(plans: &mut PlanIndex, target: &FleetTarget, plan: &Plan, task: &ShardTask, fence: i64) {
+    let task = ShardTask {
+        fence_token: fence,
+        ..task.clone()
+    };
+    plans.add(target, plan, &task);
 }
 
 fn plan(id: &str, state: PlanState, target: &str) -> Plan {
@@ -69,20 +77,25 @@ fn task(shard: &str, state: ShardState) -> ShardTask {
 fn judged_one(
     target: &FleetTarget,
     facts: &ShardFacts,
-    revision: i64,
+    fence: i64,
     plans: &PlanIndex,
 ) -> (TargetShard, Option<String>) {
-    judged_with(target, facts, revision, &Settings::new(), plans)
+    judged_with(target, facts, fence, &Settings::new(), plans)
 }
 
 fn judged_with(
     target: &FleetTarget,
     facts: &ShardFacts,
-    revision: i64,
+    fence: i64,
     settings: &Settings,
     plans: &PlanIndex,
 ) -> (TargetShard, Option<String>) {
-    let shards = [seen(facts, revision)];
+    // The shard's fence as its agent read it.
+    let facts = ShardFacts {
+        fence_token: fence,
+        ..facts.clone()
+    };
+    let shards = [seen(&facts)];
     let mut judged = judge(target, &shards, settings, plans);
     assert_eq!(judged.len(), 1, "{judged:?}");
     let due = catch_ups(target, &shards, settings, || plans.clone());
@@ -124,7 +137,7 @@ fn shards_the_selector_does_not_match_are_not_the_targets() {
     let mut other = facts("s2", "");
     other.labels.insert("tier".to_owned(), "free".to_owned());
     let mine = facts("s1", "");
-    let shards = [seen(&mine, 1), seen(&other, 1)];
+    let shards = [seen(&mine), seen(&other)];
     let judged = judge(&target, &shards, &Settings::new(), &PlanIndex::default());
     let ids: Vec<&str> = judged.iter().map(|j| j.shard_id.as_str()).collect();
     assert_eq!(ids, ["s1"]);
@@ -170,7 +183,8 @@ fn a_shard_in_a_plan_that_has_not_ended_is_left_to_it() {
     ] {
         let mut plans = PlanIndex::default();
         // Any plan holds the shard, the target's or an operator's.
-        plans.add(
+        added(
+            &mut plans,
             &target,
             &plan("p1", state, ""),
             &task("s1", ShardState::Pending),
@@ -193,7 +207,8 @@ fn a_shard_that_failed_in_the_targets_plan_waits_for_a_retry() {
         ..ErrorDetail::default()
     });
     let mut plans = PlanIndex::default();
-    plans.add(
+    added(
+        &mut plans,
         &target,
         &plan("p1", PlanState::FinishedWithFailures, "main"),
         &failed,
@@ -209,7 +224,8 @@ fn a_shard_that_failed_in_the_targets_plan_waits_for_a_retry() {
         "{judged:?}"
     );
     // A newer plan of the target that succeeded takes over from the failure.
-    plans.add(
+    added(
+        &mut plans,
         &target,
         &plan("p2", PlanState::Succeeded, "main"),
         &task("s1", ShardState::Succeeded),
@@ -224,7 +240,8 @@ fn facts_older_than_a_success_are_awaited_and_newer_ones_believed() {
     let target = target();
     let facts = facts("s1", "1");
     let mut plans = PlanIndex::default();
-    plans.add(
+    added(
+        &mut plans,
         &target,
         &plan("p1", PlanState::Succeeded, "main"),
         &task("s1", ShardState::Succeeded),
@@ -232,7 +249,7 @@ fn facts_older_than_a_success_are_awaited_and_newer_ones_believed() {
     );
     let stale = judged_one(&target, &facts, 9, &plans);
     assert_eq!(stale.1, None);
-    // Announced after the success and still behind: restored from a backup, say.
+    // Behind under a newer fence than the run's: restored under a later claim, say.
     let fresh = judged_one(&target, &facts, 11, &plans);
     assert_eq!(fresh.1.as_deref(), Some("1"));
 }
@@ -244,7 +261,13 @@ fn another_goals_plans_do_not_count_and_an_approval_covers_its_starting_version(
     let mut plans = PlanIndex::default();
     let mut older = plan("p1", PlanState::FinishedWithFailures, "main");
     older.target_version = "2".to_owned();
-    plans.add(&target, &older, &task("s1", ShardState::Failed), 5);
+    added(
+        &mut plans,
+        &target,
+        &older,
+        &task("s1", ShardState::Failed),
+        5,
+    );
     let judged = judged_one(&target, &facts, 9, &plans);
     assert_eq!(
         judged.1.as_deref(),
@@ -271,7 +294,8 @@ fn another_goals_plans_do_not_count_and_an_approval_covers_its_starting_version(
 fn a_shard_of_the_targets_plans_not_announced_is_unseen() {
     let target = target();
     let mut plans = PlanIndex::default();
-    plans.add(
+    added(
+        &mut plans,
         &target,
         &plan("p1", PlanState::Succeeded, "main"),
         &task("gone", ShardState::Succeeded),
