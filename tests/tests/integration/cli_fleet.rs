@@ -127,7 +127,9 @@ impl CliFleet {
         let agent_telemetry = logged_port(&home.path().join("agent.log"), TELEMETRY_LISTENING);
         let address = format!("https://localhost:{port}");
         let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-alice").await);
-        let connected = wait_until(Duration::from_secs(30), || {
+        // An agent reads every shard's facts before its first announcement: many tenants of a
+        // database on a loaded machine take a while.
+        let connected = wait_until(Duration::from_secs(120), || {
             let mut client = client.clone();
             async move {
                 client
