@@ -14,13 +14,12 @@ use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     Approval, ApprovePlanRequest, BackupRestored, BackupVerified, CreatePlanRequest,
     CreateRetryPlanRequest, CreateRollbackPlanRequest, DescribeReplicaRequest, FleetThrottle,
-    GetPlanRequest, GetSchemaRequest, Hello, LiftThrottleRequest, ListBackups, ListBackupsRequest,
+    GetPlanRequest, GetSchemaRequest, Hello, LiftThrottleRequest, ListBackupsRequest,
     ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
     ListShardsResponse, ListThrottlesRequest, ListThrottlesResponse, Plan, PlanAction,
-    RehearsePlanRequest, RehearsePlanResponse, ReplicaStanding, RestoreBackup,
-    RestoreBackupRequest, RolloutEvent, SchemaSnapshot, SetShardLifecycleRequest, ShardHealth,
-    ShardLifecycleSetting, ShardSummary, ThrottleShardsRequest, VerifyBackup, VerifyBackupRequest,
-    WatchEventsRequest, WatchRolloutRequest,
+    RehearsePlanRequest, RehearsePlanResponse, ReplicaStanding, RestoreBackupRequest, RolloutEvent,
+    SchemaSnapshot, SetShardLifecycleRequest, ShardHealth, ShardLifecycleSetting, ShardSummary,
+    ThrottleShardsRequest, VerifyBackupRequest, WatchEventsRequest, WatchRolloutRequest,
 };
 use fleetshift_common::proto::v1::{
     CreateBaselineRequest, FleetTarget, GetTargetStatusRequest, ListBaselinesRequest,
@@ -34,7 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{self, OperatorRole, Roles};
-use crate::backups::{self, Errand, QUICK_TIMEOUT};
+use crate::backups::{self, Errand};
 use crate::election::Replica;
 use crate::error::{ErrorCode, refuse};
 use crate::events::Sequence;
@@ -52,6 +51,7 @@ use crate::store::Store;
 use crate::targets;
 use crate::tasks::TaskSet;
 use crate::throttles;
+use backup_calls::positive;
 
 #[derive(Debug)]
 pub struct FleetApi<S> {
@@ -456,23 +456,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<ListBackupsRequest>,
     ) -> Result<Response<ListBackupsResponse>, Status> {
         let caller = self.authorize(&request, OperatorRole::Viewer)?;
-        let shard_id = request.into_inner().shard_id;
-        let (agent, outcome) = self
-            .ask(
-                shard_id.clone(),
-                Action::List(ListBackups {}),
-                caller,
-                QUICK_TIMEOUT,
-            )
-            .await?;
-        match outcome {
-            Outcome::Listed(listed) => Ok(Response::new(ListBackupsResponse {
-                shard_id,
-                agent_id: agent,
-                backups: listed.backups,
-            })),
-            other => Err(unexpected(&agent, &other)),
-        }
+        self.backups_of(request.into_inner(), caller).await
     }
 
     async fn verify_backup(
@@ -480,17 +464,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<VerifyBackupRequest>,
     ) -> Result<Response<BackupVerified>, Status> {
         let caller = self.authorize(&request, OperatorRole::Operator)?;
-        let request = request.into_inner();
-        let action = Action::Verify(VerifyBackup {
-            backup_id: request.backup_id,
-        });
-        let (agent, outcome) = self
-            .ask(request.shard_id, action, caller, QUICK_TIMEOUT)
-            .await?;
-        match outcome {
-            Outcome::Verified(verified) => Ok(Response::new(verified)),
-            other => Err(unexpected(&agent, &other)),
-        }
+        self.backup_checked(request.into_inner(), caller).await
     }
 
     async fn restore_backup(
@@ -498,26 +472,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<RestoreBackupRequest>,
     ) -> Result<Response<BackupRestored>, Status> {
         let caller = self.authorize(&request, OperatorRole::Approver)?;
-        let request = request.into_inner();
-        let timeout = positive(request.timeout, "timeout")?.unwrap_or(RESTORE_TIMEOUT);
-        let lock_timeout =
-            positive(request.lock_timeout, "lock_timeout")?.unwrap_or(RESTORE_LOCK_TIMEOUT);
-        let action = Action::Restore(RestoreBackup {
-            backup_id: request.backup_id.clone(),
-            fence_token: 0,
-            lock_timeout: prost_types::Duration::try_from(lock_timeout).ok(),
-        });
-        tracing::info!(shard = %request.shard_id, backup = %request.backup_id, by = %caller, "restore requested");
-        let (agent, outcome) = self
-            .ask(request.shard_id.clone(), action, caller, timeout)
-            .await?;
-        match outcome {
-            Outcome::Restored(restored) => {
-                tracing::info!(shard = %request.shard_id, backup = %request.backup_id, %agent, version = %restored.current_version, "backup restored");
-                Ok(Response::new(restored))
-            }
-            other => Err(unexpected(&agent, &other)),
-        }
+        self.backup_restored(request.into_inner(), caller).await
     }
 
     async fn rehearse_plan(
@@ -624,29 +579,4 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     }
 }
 
-/// How long a restore may take by default, its safety backup included.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// How long a restore may wait for its locks by default.
-const RESTORE_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A duration the caller set, if any; zero or negative ones are refused.
-fn positive(value: Option<prost_types::Duration>, name: &str) -> Result<Option<Duration>, Status> {
-    match value {
-        None => Ok(None),
-        Some(value) => match Duration::try_from(value) {
-            Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
-            _ => Err(refuse(
-                ErrorCode::BadRequest,
-                format!("{name} must be a positive duration"),
-            )),
-        },
-    }
-}
-
-fn unexpected(agent: &str, outcome: &Outcome) -> Status {
-    refuse(
-        ErrorCode::Internal,
-        format!("agent {agent} answered a different request: {outcome:?}"),
-    )
-}
+mod backup_calls;
