@@ -22,6 +22,7 @@
 //! - [`schema_drift`]: the leader's count of shards whose schema differs from their version's
 //!   majority.
 //! - [`schemas`]: schema snapshots agents report, kept once per fingerprint.
+//! - [`schema_baselines`]: schema baselines taken and verified by agents, named in plans.
 //! - [`targets`]: fleet targets, and the leader's reconciliation that keeps shards at them.
 //! - [`throttles`]: operators' holds on the shards a selector matches, expiring by lease.
 //! - [`rollout`]: plans in waves, the leader's driver, every replica's relay, rollout watches.
