@@ -311,7 +311,10 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
     ) -> Result<Response<TargetStatus>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
         let name = request.into_inner().name;
-        Ok(Response::new(targets::status(&*self.store, &name).await?))
+        let agents = self.announcements().await?;
+        Ok(Response::new(
+            targets::status(&*self.store, &name, &agents).await?,
+        ))
     }
 
     async fn remove_target(

@@ -94,21 +94,7 @@ pub async fn verify<S: Store>(
     author: &str,
 ) -> Result<SchemaBaseline, Status> {
     let (record, revision) = load(store, id).await?;
-    let sql = chunked::load(store, &keys::baseline_sql_prefix(id))
-        .await
-        .map_err(Status::from)?
-        .ok_or_else(|| {
-            refuse(
-                ErrorCode::Internal,
-                format!("baseline {id}'s SQL is missing from the store"),
-            )
-        })?;
-    let schema_sql = String::from_utf8(sql).map_err(|error| {
-        refuse(
-            ErrorCode::Internal,
-            format!("baseline {id}'s SQL is not UTF-8: {error}"),
-        )
-    })?;
+    let schema_sql = sql(store, id).await?;
     let shipped = records::load_set(store, &record.set_digest).await?;
     let shard_id = if shard_id.is_empty() {
         record.source_shard.clone()

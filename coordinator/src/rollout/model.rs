@@ -47,8 +47,8 @@ pub struct Model {
     pub results: BTreeMap<String, Seen<AssignmentResult>>,
     /// Operators' throttles in force, by id.
     pub throttles: BTreeMap<String, Seen<FleetThrottle>>,
-    /// Fleet targets, by name.
-    pub targets: BTreeMap<String, Seen<FleetTarget>>,
+    /// Fleet targets, by name; shared, as the reconciler's actions hold them.
+    pub targets: BTreeMap<String, Seen<Arc<FleetTarget>>>,
     /// Operators' shard lifecycles, by shard.
     pub lifecycles: HashMap<String, ShardLifecycleSetting>,
 }
@@ -219,7 +219,7 @@ impl Model {
                 self.throttles.remove(id);
             }
             (Place::Target(name), Some(value)) => {
-                let value: FleetTarget = decode(&change.key, value)?;
+                let value: Arc<FleetTarget> = Arc::new(decode(&change.key, value)?);
                 if newer(self.targets.get(name), revision) {
                     self.targets
                         .insert(name.to_owned(), Seen { value, revision });

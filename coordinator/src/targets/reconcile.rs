@@ -237,11 +237,11 @@ fn announced(model: &Model) -> Vec<standing::Seen<'_>> {
 fn for_target(
     model: &Model,
     shards: &[standing::Seen<'_>],
-    seen: &Seen<FleetTarget>,
+    seen: &Seen<Arc<FleetTarget>>,
     refused: &HashMap<String, Instant>,
 ) -> Vec<Action> {
-    let target = &seen.value;
-    let shared = Arc::new(target.clone());
+    let target: &FleetTarget = &seen.value;
+    let shared = &seen.value;
     let mut actions = Vec::new();
     for plan in model.plans.values() {
         if super::plan_serves(target, &plan.value)
@@ -250,7 +250,7 @@ fn for_target(
             actions.push(Action::Start {
                 plan: Arc::clone(&plan.value),
                 plan_revision: plan.revision,
-                target: Arc::clone(&shared),
+                target: Arc::clone(shared),
                 target_revision: seen.revision,
             });
         }
@@ -294,7 +294,7 @@ fn for_target(
     for (shards, covered_by) in [(covered, approvals), (uncovered, Vec::new())] {
         if !shards.is_empty() {
             actions.push(Action::CatchUp {
-                target: Arc::clone(&shared),
+                target: Arc::clone(shared),
                 target_revision: seen.revision,
                 shards,
                 covered_by,

@@ -8,28 +8,17 @@ use crate::lifecycles;
 use crate::rollout::{RolloutError, records};
 use crate::store::{Store, keys};
 
-/// Where the shards of target `name` stand.
-pub async fn status<S: Store>(store: &S, name: &str) -> Result<TargetStatus, RolloutError> {
+/// Where the shards of target `name` stand, among the announced `agents`.
+pub async fn status<S: Store>(
+    store: &S,
+    name: &str,
+    agents: &[(String, Hello)],
+) -> Result<TargetStatus, RolloutError> {
     let target = super::load(store, name)
         .await?
         .ok_or_else(|| super::unknown(name))?
         .target;
     let settings = lifecycles::load(store).await?;
-    let listing = store.list(&keys::agents_prefix()).await?;
-    let agents_prefix = keys::agents_prefix();
-    let agents: Vec<(String, Hello)> = listing
-        .entries
-        .iter()
-        .map(|entry| {
-            let agent = entry
-                .key
-                .strip_prefix(&agents_prefix)
-                .unwrap_or(&entry.key)
-                .to_owned();
-            let hello: Hello = records::decode(&entry.key, &entry.value)?;
-            Ok((agent, hello))
-        })
-        .collect::<Result<_, RolloutError>>()?;
     let shards: Vec<standing::Seen<'_>> = agents
         .iter()
         .flat_map(|(agent, hello)| {
