@@ -3,9 +3,11 @@
 use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
-use fleetshift_common::engine::{Connected, ShardEngine, ShardScope, Timeouts, catalog, server};
+use fleetshift_common::engine::{
+    Connected, PostgresShard, ShardEngine, ShardScope, Timeouts, catalog, server,
+};
 use fleetshift_common::error::ExecError;
-use fleetshift_common::ledger::RevisionStatus;
+use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
 use fleetshift_common::proto::v1::TableFacts;
 use serde::Serialize;
 
@@ -89,38 +91,13 @@ pub async fn run(config: &AgentConfig, output: Output) -> ExitCode {
 
 /// Connects to the shard and reads its ledger.
 pub async fn inspect(shard: &ShardConfig) -> ShardReport {
-    let mut report = ShardReport {
-        id: shard.id.clone(),
-        target: shard.database_url.masked(),
-        labels: shard.labels.clone(),
-        reachable: false,
-        applied: 0,
-        latest_applied: None,
-        unfinished: Vec::new(),
-        fence_token: None,
-        error: None,
-        tables: Vec::new(),
-        system_identifier: String::new(),
-        server_version: String::new(),
-    };
+    let mut report = ShardReport::blank(shard);
     let result = match shard.connect(Timeouts::default()).await {
         Ok(Connected::Postgres(engine)) => {
             let summarized = summarize(engine.as_ref(), &mut report).await;
-            match catalog::table_facts(engine.pool()).await {
-                Ok(tables) => report.tables = in_scope(tables, &shard.scope),
-                Err(error) => {
-                    tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's catalog; plans will not weigh its tables")
-                }
-            }
-            match server::identity(engine.pool()).await {
-                Ok((identifier, version)) => {
-                    report.system_identifier = identifier;
-                    report.server_version = version;
-                }
-                Err(error) => {
-                    tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's server identity; the per-host cap counts it by address")
-                }
-            }
+            DatabaseFacts::read(&engine, shard)
+                .await
+                .fill(&mut report, &shard.scope);
             summarized
         }
         Ok(Connected::Sqlite(engine)) => {
@@ -135,49 +112,158 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
         }
         Err(error) => Err(error),
     };
-    if let Err(error) = result {
-        report.error = Some(shard.database_url.scrub(&error.to_string()));
-    }
+    report.failed(shard, result);
     report
+}
+
+/// Reads the tenant `shard` through `database`, an engine of the whole database its schema is
+/// in, with what the database's tenants share (`shared`).
+pub async fn inspect_tenant(
+    database: &PostgresShard,
+    shard: &ShardConfig,
+    shared: &DatabaseFacts,
+) -> ShardReport {
+    let mut report = ShardReport::blank(shard);
+    let result = match database.tenant(&shard.scope) {
+        Some(tenant) => {
+            report.reachable = true;
+            match tenant.read_ledger().await {
+                Ok(ledger) if ledger.is_empty() => Ok(report.record(&ledger, None)),
+                Ok(ledger) => tenant
+                    .current_fence()
+                    .await
+                    .map(|fence| report.record(&ledger, Some(fence))),
+                Err(error) => Err(error),
+            }
+        }
+        None => Err(ExecError::Unreachable {
+            shard: shard.id.clone(),
+            detail: "not a tenant schema".to_owned(),
+        }),
+    };
+    shared.fill(&mut report, &shard.scope);
+    report.failed(shard, result);
+    report
+}
+
+/// A shard that could not be read: `error` says why.
+pub fn unreachable(shard: &ShardConfig, error: &ExecError) -> ShardReport {
+    let mut report = ShardReport::blank(shard);
+    report.error = Some(shard.database_url.scrub(&error.to_string()));
+    report
+}
+
+impl ShardReport {
+    /// Nothing read yet of `shard`.
+    fn blank(shard: &ShardConfig) -> Self {
+        Self {
+            id: shard.id.clone(),
+            target: shard.database_url.masked(),
+            labels: shard.labels.clone(),
+            reachable: false,
+            applied: 0,
+            latest_applied: None,
+            unfinished: Vec::new(),
+            fence_token: None,
+            error: None,
+            tables: Vec::new(),
+            system_identifier: String::new(),
+            server_version: String::new(),
+        }
+    }
+
+    /// Records why `result` failed, if it did, without the URL's secrets.
+    fn failed(&mut self, shard: &ShardConfig, result: Result<(), ExecError>) {
+        if let Err(error) = result {
+            self.error = Some(shard.database_url.scrub(&error.to_string()));
+        }
+    }
+
+    /// Records what `ledger` says: the versions applied, the newest, the unfinished.
+    fn record(&mut self, ledger: &[LedgerEntry], fence: Option<FenceToken>) {
+        let applied = || {
+            ledger
+                .iter()
+                .filter(|entry| entry.status == RevisionStatus::Applied)
+        };
+        self.applied = applied().count();
+        self.latest_applied = applied()
+            .max_by(|left, right| left.finished_at.cmp(&right.finished_at))
+            .map(|entry| entry.version.clone());
+        self.unfinished = ledger
+            .iter()
+            .filter(|entry| entry.status == RevisionStatus::Started)
+            .map(|entry| entry.version.clone())
+            .collect();
+        self.fence_token = fence;
+    }
 }
 
 async fn summarize<E: ShardEngine>(engine: &E, report: &mut ShardReport) -> Result<(), ExecError> {
     report.reachable = true;
     let ledger = engine.read_ledger().await?;
-    let applied: Vec<&str> = ledger
-        .iter()
-        .filter(|entry| entry.status == RevisionStatus::Applied)
-        .map(|entry| entry.version.as_str())
-        .collect();
-    report.applied = applied.len();
-    report.latest_applied = ledger
-        .iter()
-        .filter(|entry| entry.status == RevisionStatus::Applied)
-        .max_by(|left, right| left.finished_at.cmp(&right.finished_at))
-        .map(|entry| entry.version.clone());
-    report.unfinished = ledger
-        .iter()
-        .filter(|entry| entry.status == RevisionStatus::Started)
-        .map(|entry| entry.version.clone())
-        .collect();
-    if !ledger.is_empty() {
-        report.fence_token = Some(engine.current_fence().await?);
-    }
+    let fence = if ledger.is_empty() {
+        None
+    } else {
+        Some(engine.current_fence().await?)
+    };
+    report.record(&ledger, fence);
     Ok(())
+}
+
+/// What every shard of one PostgreSQL database shares: its tables (of every schema) and its
+/// server, read once for all of a database's tenants.
+#[derive(Debug, Default)]
+pub struct DatabaseFacts {
+    tables: Vec<TableFacts>,
+    /// The cluster's system identifier and the server's version, when read.
+    identity: Option<(String, String)>,
+}
+
+impl DatabaseFacts {
+    /// Reads them through `engine`; what cannot be read is logged against `shard` and left
+    /// out.
+    pub async fn read(engine: &PostgresShard, shard: &ShardConfig) -> Self {
+        let tables = catalog::table_facts(engine.pool())
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's catalog; plans will not weigh its tables");
+            })
+            .unwrap_or_default();
+        let identity = server::identity(engine.pool())
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's server identity; the per-host cap counts it by address");
+            })
+            .ok();
+        Self { tables, identity }
+    }
+
+    /// Gives `report` the tables of `scope` and the server's identity.
+    fn fill(&self, report: &mut ShardReport, scope: &ShardScope) {
+        report.tables = in_scope(&self.tables, scope);
+        if let Some((identifier, version)) = &self.identity {
+            report.system_identifier.clone_from(identifier);
+            report.server_version.clone_from(version);
+        }
+    }
 }
 
 /// The tables of the shard's scope: all of a database's; a tenant's own, named as its SQL
 /// names them (without the schema).
-fn in_scope(tables: Vec<TableFacts>, scope: &ShardScope) -> Vec<TableFacts> {
+fn in_scope(tables: &[TableFacts], scope: &ShardScope) -> Vec<TableFacts> {
     let Some(schema) = scope.schema_name() else {
-        return tables;
+        return tables.to_vec();
     };
     let prefix = format!("{schema}.");
     tables
-        .into_iter()
+        .iter()
         .filter_map(|facts| {
             let table = facts.table.strip_prefix(&prefix)?.to_owned();
-            Some(TableFacts { table, ..facts })
+            Some(TableFacts {
+                table,
+                ..facts.clone()
+            })
         })
         .collect()
 }

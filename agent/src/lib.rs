@@ -23,6 +23,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod duties;
+pub mod facts;
 pub mod host;
 pub mod metrics;
 pub mod outage;

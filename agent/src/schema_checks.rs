@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use fleetshift_common::engine::{Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::ExecError;
-use fleetshift_common::schema::wire;
+use fleetshift_common::schema::{Snapshot, wire};
 use tokio::time::Instant;
 
 use crate::config::ShardConfig;
@@ -49,10 +49,14 @@ impl SchemaChecks {
         }
     }
 
-    /// The shard's schema for its facts, the shard being at `version`: read now when its last
-    /// check is older than the interval, was at another version, or there was none; else the
-    /// last check's fingerprint. A failed read keeps the last fingerprint and is logged.
-    pub async fn report(&self, shard: &ShardConfig, version: &str) -> Reported {
+    /// The shard's schema for its facts, the shard being at `version`: read now (by `read`)
+    /// when its last check is older than the interval, was at another version, or there was
+    /// none; else the last check's fingerprint. A failed read keeps the last fingerprint and
+    /// is logged.
+    pub async fn report<Read>(&self, shard: &ShardConfig, version: &str, read: Read) -> Reported
+    where
+        Read: AsyncFnOnce() -> Result<Snapshot, ExecError>,
+    {
         let last = self.last_of(&shard.id);
         if let Some(last) = &last
             && last.at.elapsed() < self.interval
@@ -63,8 +67,9 @@ impl SchemaChecks {
                 snapshot: Vec::new(),
             };
         }
-        match read(shard).await {
-            Ok((fingerprint, snapshot)) => {
+        match read().await {
+            Ok(snapshot) => {
+                let fingerprint = snapshot.fingerprint().to_string();
                 if let Ok(mut checks) = self.last.lock() {
                     checks.insert(
                         shard.id.clone(),
@@ -77,7 +82,7 @@ impl SchemaChecks {
                 }
                 Reported {
                     fingerprint,
-                    snapshot,
+                    snapshot: wire::pack(&snapshot),
                 }
             }
             Err(error) => {
@@ -98,11 +103,10 @@ impl SchemaChecks {
     }
 }
 
-/// The shard's fingerprint and packed snapshot, read now.
-async fn read(shard: &ShardConfig) -> Result<(String, Vec<u8>), ExecError> {
-    let snapshot = match shard.connect(Timeouts::default()).await? {
-        Connected::Postgres(engine) => engine.schema_snapshot().await?,
-        Connected::Sqlite(engine) => engine.schema_snapshot().await?,
-    };
-    Ok((snapshot.fingerprint().to_string(), wire::pack(&snapshot)))
+/// The shard's schema, read now on a connection of its own.
+pub async fn read(shard: &ShardConfig) -> Result<Snapshot, ExecError> {
+    match shard.connect(Timeouts::default()).await? {
+        Connected::Postgres(engine) => engine.schema_snapshot().await,
+        Connected::Sqlite(engine) => engine.schema_snapshot().await,
+    }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use foreign::{ForeignHistory, ForeignTool};
 pub use pool::{POOL, PoolSettings};
-pub use postgres::{CountedPool, PostgresShard};
+pub use postgres::{CountedPool, PostgresShard, Tenant};
 pub use postgres::{catalog, health, quote_identifier, quote_qualified, restore_sql, server};
 pub use scope::ShardScope;
 pub use sqlite::SqliteShard;

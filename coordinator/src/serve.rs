@@ -98,6 +98,10 @@ impl<S, H> std::fmt::Debug for Services<S, H> {
     }
 }
 
+/// The largest message an agent may send: its Hello carries every shard's facts, and an agent
+/// serving a database of thousands of tenant schemas outgrows tonic's default 4 MiB.
+const AGENT_MESSAGE_LIMIT: usize = 64 << 20;
+
 /// Serves `services` and server reflection on `listener` until `shutdown` completes, timing
 /// every request into `metrics` and giving each its span, under the caller's when the request
 /// carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
@@ -115,7 +119,10 @@ pub async fn serve<S: Store + 'static, H: Health>(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(request_span)
         .layer(GrpcMetricsLayer::new(metrics))
-        .add_service(AgentServiceServer::new(services.sessions))
+        .add_service(
+            AgentServiceServer::new(services.sessions)
+                .max_decoding_message_size(AGENT_MESSAGE_LIMIT),
+        )
         .add_service(FleetServiceServer::new(services.fleet))
         .add_service(services.health)
         .add_service(probes::reflection()?)

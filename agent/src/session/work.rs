@@ -7,21 +7,19 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{
-    Assignment, AssignmentResult, Engine, FleetThrottle, HostFacts, HostReply, HostRequest,
-    ProgressEvent, ServerFacts, ShardFacts,
+    Assignment, AssignmentResult, FleetThrottle, HostFacts, HostReply, HostRequest, ProgressEvent,
+    ShardFacts,
 };
 use fleetshift_common::selector::Announced;
-use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, ShardConfig};
+use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
-use crate::schema_checks::{Reported, SchemaChecks};
+use crate::schema_checks::SchemaChecks;
 use crate::stop::StopSignal;
-use crate::{assignment, check, requests};
+use crate::{assignment, facts, requests};
 
 /// The work a session runs; cloned into each task it spawns.
 pub trait Work: Clone + Send + Sync + 'static {
@@ -98,7 +96,7 @@ impl Work for HostWork {
     }
 
     async fn facts(&self) -> Vec<ShardFacts> {
-        let shards = shard_facts(&self.config, &self.schemas).await;
+        let shards = facts::read(&self.config, &self.schemas).await;
         let announced = shards.iter().map(|shard| {
             let attributes = Announced {
                 agent: &self.config.agent_id,
@@ -120,60 +118,5 @@ impl Work for HostWork {
             tracing::info!(throttles = throttles.len(), "fleet throttles in force");
         }
         self.throttles.send_replace(Arc::from(throttles));
-    }
-}
-
-/// Shards read at once: an agent of a database's many tenants reads them side by side, each
-/// on connections of its own, without crowding the server.
-const FACTS_AT_ONCE: usize = 8;
-
-/// What the agent sees of each of its shards now, in the configuration's order.
-async fn shard_facts(config: &AgentConfig, schemas: &SchemaChecks) -> Vec<ShardFacts> {
-    let reads: Vec<_> = config
-        .shards
-        .iter()
-        .map(|shard| facts_of(shard, schemas))
-        .collect();
-    futures_util::stream::iter(reads)
-        .buffered(FACTS_AT_ONCE)
-        .collect()
-        .await
-}
-
-/// What the agent sees of `shard` now.
-async fn facts_of(shard: &ShardConfig, schemas: &SchemaChecks) -> ShardFacts {
-    let report = check::inspect(shard).await;
-    let schema = if report.reachable {
-        schemas
-            .report(shard, report.latest_applied.as_deref().unwrap_or_default())
-            .await
-    } else {
-        Reported::default()
-    };
-    let engine = if shard.database_url.expose().starts_with("sqlite:") {
-        Engine::Sqlite
-    } else {
-        Engine::Postgres
-    };
-    let server = ServerFacts {
-        system_identifier: report.system_identifier,
-        address: shard.database_url.server(),
-        version: report.server_version,
-        masked_url: shard.database_url.masked(),
-    };
-    ShardFacts {
-        shard_id: report.id,
-        labels: report.labels.into_iter().collect(),
-        engine: engine.into(),
-        current_version: report.latest_applied.unwrap_or_default(),
-        fence_token: report.fence_token.map_or(0, FenceToken::get),
-        reachable: report.reachable,
-        unfinished_versions: report.unfinished,
-        tables: report.tables,
-        observed_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        schema_fingerprint: schema.fingerprint,
-        schema_snapshot: schema.snapshot,
-        server: Some(server),
-        lifecycle: shard.lifecycle.into(),
     }
 }

@@ -14,6 +14,7 @@ mod one_trip;
 mod opening;
 pub mod restore_sql;
 pub mod server;
+mod tenant;
 mod working;
 
 use crate::validation;
@@ -32,6 +33,7 @@ use migrator_lock::MigratorLock;
 use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+pub use tenant::Tenant;
 use working::Working;
 
 use super::ShardScope;
@@ -168,12 +170,36 @@ impl PostgresShard {
         move |error| database_error(&self.name, &context, &error)
     }
 
-    async fn ledger_exists(&self) -> Result<bool, ExecError> {
+    /// Whether `ledger` (this shard's, or a tenant's through [`Self::tenant`]) exists.
+    async fn ledger_exists(&self, ledger: &PgLedger) -> Result<bool, ExecError> {
         sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(self.ledger.sql.history_table.as_ref())
+            .bind(ledger.sql.history_table.as_ref())
             .fetch_one(&self.pool)
             .await
             .map_err(self.database_error("checking for the ledger"))
+    }
+
+    /// `ledger`'s rows, none when it does not exist yet.
+    async fn ledger_rows(&self, ledger: &PgLedger) -> Result<Vec<LedgerEntry>, ExecError> {
+        if !self.ledger_exists(ledger).await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(AssertSqlSafe(ledger.select_history.clone()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.database_error("reading the ledger"))?;
+        rows.iter()
+            .map(|row| ledger_entry(row).map_err(self.database_error("reading the ledger")))
+            .collect()
+    }
+
+    /// `ledger`'s fence token.
+    async fn fence_in(&self, ledger: &PgLedger) -> Result<FenceToken, ExecError> {
+        sqlx::query_scalar(AssertSqlSafe(ledger.sql.read_fence.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .map(FenceToken::from_raw)
+            .map_err(self.database_error("reading the fence"))
     }
 
     /// Whether the index `name` on `table` (as the statement writes it) is valid, with its
@@ -299,24 +325,11 @@ impl ShardEngine for PostgresShard {
     }
 
     async fn read_ledger(&self) -> Result<Vec<LedgerEntry>, ExecError> {
-        if !self.ledger_exists().await? {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(AssertSqlSafe(self.ledger.select_history.clone()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.database_error("reading the ledger"))?;
-        rows.iter()
-            .map(|row| ledger_entry(row).map_err(self.database_error("reading the ledger")))
-            .collect()
+        self.ledger_rows(&self.ledger).await
     }
 
     async fn current_fence(&self) -> Result<FenceToken, ExecError> {
-        sqlx::query_scalar(AssertSqlSafe(self.ledger.sql.read_fence.to_string()))
-            .fetch_one(&self.pool)
-            .await
-            .map(FenceToken::from_raw)
-            .map_err(self.database_error("reading the fence"))
+        self.fence_in(&self.ledger).await
     }
 
     async fn schema_snapshot(&self) -> Result<Snapshot, ExecError> {

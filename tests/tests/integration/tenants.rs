@@ -2,15 +2,16 @@
 //! in one database, each migrated as a shard of its own with unqualified SQL. Each tenant's
 //! tables land in its schema, its ledger and fence are its own (`fleetshift_<tenant>`), every
 //! tenant at a version has the same fingerprint and one that drifted does not, and the whole
-//! database's own snapshot leaves the tenants' ledgers out. Across real processes, one agent
-//! serves the 24 tenants of a `tenants = "tenant\_%"` entry: a fleet target takes them all to
+//! database's own snapshot and table facts leave the tenants' ledgers out. Across real processes,
+//! one agent serves the 200 tenants of a `tenants = "tenant\_%"` entry (their facts read
+//! through one engine of the database): a fleet target takes them all to
 //! its version, never more at once than the server's cap, and `schema drift` names the one
 //! tenant edited by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use fleetshift_common::engine::{PostgresShard, ShardEngine, ShardScope, Timeouts};
+use fleetshift_common::engine::{PostgresShard, ShardEngine, ShardScope, Timeouts, catalog};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::Request;
 use fleetshift_common::schema::Fingerprint;
@@ -24,10 +25,6 @@ use super::cli_fleet::CliFleet;
 use super::support::{self, Database, assert_exit, json};
 
 const TENANTS: usize = 200;
-
-/// Tenants one agent serves across real processes: its first announcement reads every
-/// tenant's facts, ~150 ms each on this machine (connections and catalog reads per tenant).
-const SERVED_TENANTS: usize = 24;
 
 fn tenant(index: usize) -> String {
     format!("tenant_{index:03}")
@@ -142,8 +139,23 @@ async fn two_hundred_tenants_of_one_database_are_shards_of_their_own() {
         fingerprints.first().expect("a tenant")
     );
 
-    // The whole database's own snapshot sees the tenants' tables, not their ledgers.
+    // The whole database's own snapshot and table facts see the tenants' tables, not their
+    // ledgers, and no ledger's function counts as a dependent of a table.
+    // A tenant's table named like the ledger's (whose functions name it) has no dependents.
+    sqlx::raw_sql("CREATE TABLE tenant_007.history (id bigint)")
+        .execute(&admin)
+        .await
+        .expect("a table named like the ledger's");
     let whole = support::postgres(&url).await;
+    let tables = catalog::table_facts(whole.pool())
+        .await
+        .expect("table facts");
+    assert_eq!(tables.len(), TENANTS + 1, "{:?}", tables.first());
+    let history = tables
+        .iter()
+        .find(|facts| facts.table == "tenant_007.history")
+        .expect("the tenant's history table");
+    assert!(history.dependents.is_empty(), "{:?}", history.dependents);
     let snapshot = whole.schema_snapshot().await.expect("schema");
     let names: Vec<String> = snapshot.objects().map(|(id, _)| id.to_string()).collect();
     assert!(
@@ -177,7 +189,7 @@ async fn standings(fleet: &CliFleet) -> BTreeMap<String, (String, String)> {
 /// The most revisions that ran at once across the tenants, from their ledgers' times.
 async fn most_at_once(admin: &sqlx::PgPool) -> i64 {
     let mut union = Vec::new();
-    for index in 0..SERVED_TENANTS {
+    for index in 0..TENANTS {
         union.push(format!(
             "SELECT started_at, finished_at FROM fleetshift_{}.history",
             tenant(index)
@@ -195,7 +207,7 @@ async fn most_at_once(admin: &sqlx::PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
-    let schemas: String = (0..SERVED_TENANTS)
+    let schemas: String = (0..TENANTS)
         .map(|index| format!("CREATE SCHEMA {};\n", tenant(index)))
         .collect();
     let tenants_entry = |database: &Database| {
@@ -207,10 +219,11 @@ async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
     let every_five_seconds = ["FLEETSHIFT_FACTS_REFRESH", "FLEETSHIFT_SCHEMA_CHECK"]
         .map(|name| (name.to_owned(), "5s".to_owned()))
         .to_vec();
+    // One database: its tenants are announced with it.
     let fleet = CliFleet::start_configured(
         "tenanted",
         &schemas,
-        1 + SERVED_TENANTS,
+        1,
         tenants_entry,
         "",
         every_five_seconds,
@@ -241,7 +254,7 @@ async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
     assert_exit(&fleet.cli.alice(&set).await, 0);
     let planned = wait_until(Duration::from_secs(60), || async {
         let standings = standings(&fleet).await;
-        standings.len() == SERVED_TENANTS && standings.values().all(|(_, plan)| !plan.is_empty())
+        standings.len() == TENANTS && standings.values().all(|(_, plan)| !plan.is_empty())
     })
     .await;
     let first = standings(&fleet).await;
@@ -252,8 +265,7 @@ async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
     assert_exit(&fleet.cli.bob(&["approve", &plan]).await, 0);
     let done = wait_until(Duration::from_secs(180), || async {
         let standings = standings(&fleet).await;
-        standings.len() == SERVED_TENANTS
-            && standings.values().all(|(standing, _)| standing == "at")
+        standings.len() == TENANTS && standings.values().all(|(standing, _)| standing == "at")
     })
     .await;
     assert!(done, "{:?}\n{}", standings(&fleet).await, fleet.diagnose());
@@ -296,9 +308,5 @@ async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
         .find(|version| version["version"] == "1")
         .expect("version 1")
         .clone();
-    assert_eq!(
-        version["majority_shards"],
-        SERVED_TENANTS - 1,
-        "{version:#}"
-    );
+    assert_eq!(version["majority_shards"], TENANTS - 1, "{version:#}");
 }

@@ -13,17 +13,20 @@ use super::CountedPool;
 
 use crate::proto::v1::{ColumnFacts, TableActivity, TableFacts};
 
-/// User tables (not in `pg_catalog`, `information_schema` or fleetshift's own schema).
+/// User tables: not in `pg_catalog`, `information_schema` or fleetshift's own schemas (the
+/// ledger's `fleetshift` and the tenants' `fleetshift_<tenant>`).
 const TABLES: &str = "
     SELECT c.oid::bigint, n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,
            pg_total_relation_size(c.oid)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
+      AND n.nspname NOT LIKE 'fleetshift\\_%'
       AND n.nspname NOT LIKE 'pg_toast%'
     ORDER BY n.nspname, c.relname";
 
-/// (table oid, dependent description) for every kind of dependent.
+/// (table oid, dependent description) for every kind of dependent; fleetshift's own
+/// functions (the ledger's) are none.
 const DEPENDENTS: &str = "
     SELECT DISTINCT d.refobjid::bigint,
            CASE v.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END
@@ -51,7 +54,8 @@ const DEPENDENTS: &str = "
     JOIN pg_namespace pn ON pn.oid = p.pronamespace
     JOIN pg_class c ON c.relkind IN ('r', 'p')
       AND p.prosrc ~* ('\\m' || c.relname || '\\M')
-    WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')
+    WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
+      AND pn.nspname NOT LIKE 'fleetshift\\_%'
   UNION ALL
     SELECT pol.polrelid::bigint, 'policy ' || pol.polname
     FROM pg_policy pol
@@ -94,7 +98,8 @@ const COLUMN_DEPENDENTS: &str = "
     JOIN pg_class c ON c.relkind IN ('r', 'p') AND p.prosrc ~* ('\\m' || c.relname || '\\M')
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       AND p.prosrc ~* ('\\m' || a.attname || '\\M')
-    WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema')";
+    WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
+      AND pn.nspname NOT LIKE 'fleetshift\\_%'";
 
 /// (table oid, pid, mode, granted, state, transaction age in seconds, query) for every lock
 /// another session of this database holds or awaits on a relation.
