@@ -4,7 +4,7 @@ use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
 use fleetshift_common::engine::{
-    Connected, PostgresShard, ShardEngine, ShardScope, Timeouts, catalog, server,
+    Connected, PostgresShard, ShardEngine, ShardScope, Tenant, Timeouts, catalog, server,
 };
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
@@ -125,17 +125,7 @@ pub async fn inspect_tenant(
 ) -> ShardReport {
     let mut report = ShardReport::blank(shard);
     let result = match database.tenant(&shard.scope) {
-        Some(tenant) => {
-            report.reachable = true;
-            match tenant.read_ledger().await {
-                Ok(ledger) if ledger.is_empty() => Ok(report.record(&ledger, None)),
-                Ok(ledger) => tenant
-                    .current_fence()
-                    .await
-                    .map(|fence| report.record(&ledger, Some(fence))),
-                Err(error) => Err(error),
-            }
-        }
+        Some(tenant) => summarize_tenant(&tenant, &mut report).await,
         None => Err(ExecError::Unreachable {
             shard: shard.id.clone(),
             detail: "not a tenant schema".to_owned(),
@@ -206,6 +196,18 @@ async fn summarize<E: ShardEngine>(engine: &E, report: &mut ShardReport) -> Resu
         None
     } else {
         Some(engine.current_fence().await?)
+    };
+    report.record(&ledger, fence);
+    Ok(())
+}
+
+async fn summarize_tenant(tenant: &Tenant<'_>, report: &mut ShardReport) -> Result<(), ExecError> {
+    report.reachable = true;
+    let ledger = tenant.read_ledger().await?;
+    let fence = if ledger.is_empty() {
+        None
+    } else {
+        Some(tenant.current_fence().await?)
     };
     report.record(&ledger, fence);
     Ok(())

@@ -131,14 +131,14 @@ struct RawShard {
 }
 
 /// A validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub agent_id: String,
     /// How to reach the fleet; `None` when the agent only checks its shards.
     pub coordinator: Option<CoordinatorLink>,
     pub shards: Vec<ShardConfig>,
-    /// Databases whose tenant schemas are shards, found when the agent starts
-    /// ([`crate::tenants::discover`]).
+    /// Databases whose tenant schemas are shards, found when the agent starts and again at
+    /// every facts read ([`crate::tenants`]).
     pub tenant_databases: Vec<TenantDatabase>,
     /// Where backups go; `None` when the file has no `[backups]` (plans that require a backup
     /// then fail on this agent's shards, saying so).

@@ -35,12 +35,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use connect::{Connect, Inbound, SessionError, Streams, TlsConnect};
-pub use held::Ended;
+pub use held::{Ended, Opened};
 pub use work::{HostWork, Work};
 
 use crate::config::{AgentConfig, CoordinatorEndpoint, CoordinatorLink};
 use crate::metrics::AgentMetrics;
 use crate::schema_checks::SchemaChecks;
+use crate::tenants::LiveConfig;
 use finished::Finished;
 use held::Session;
 
@@ -87,7 +88,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let work = HostWork {
-        config: Arc::clone(&config),
+        config: Arc::new(LiveConfig::new(Arc::clone(&config))),
         metrics: Arc::clone(&telemetry.metrics),
         schemas: Arc::new(SchemaChecks::new(link.schema_check)),
         throttles: Arc::new(tokio::sync::watch::Sender::new(Arc::from([]))),
@@ -148,6 +149,11 @@ impl<C: Connect, W: Work> Sessions<'_, C, W> {
                     telemetry.lost("shutting down");
                     return;
                 }
+                Ok(Ended::Reannounce) => {
+                    tracing::info!(coordinator = %endpoint.address, "the agent's shards changed; announcing them anew");
+                    telemetry.lost("announcing the agent's shards anew");
+                    delays = reconnect_delays();
+                }
                 Ok(Ended::Lost(reason)) => {
                     tracing::warn!(coordinator = %endpoint.address, %reason, "session lost; reconnecting");
                     telemetry.lost(&reason);
@@ -184,12 +190,12 @@ impl<C: Connect, W: Work> Sessions<'_, C, W> {
         };
         // The lease is granted after the Hello is sent: the Hello counts as heartbeat 0, sent
         // (at the latest) now.
-        let hello_sent = Instant::now();
+        let opened = Opened::announcing(Instant::now(), &hello.shards);
         let streams = self.connect.open(endpoint, hello).await?;
         let (mut session, handshake) = Session::init(
             self.work.clone(),
             streams,
-            hello_sent,
+            opened,
             last_lease,
             Arc::clone(&telemetry.metrics),
             finished,

@@ -2,7 +2,10 @@
 //! pattern) or `tenants_query` (a read-only query returning schema names) stands for every
 //! such schema, each a shard of its own named `<id>.<schema>` with the entry's labels,
 //! lifecycle and connection, scoped to its schema ([`ShardScope::Schema`]). They are found
-//! when the agent starts ([`discover`]).
+//! when the agent starts ([`discover`]) and again at every facts read ([`LiveConfig`]).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use fleetshift_common::engine::{DatabaseMessage, ShardScope};
 use sqlx::{Connection, PgConnection};
@@ -58,35 +61,112 @@ pub struct TenantDatabase {
 /// read stops the agent, naming it.
 pub async fn discover(config: &mut AgentConfig) -> Result<(), String> {
     for database in &config.tenant_databases {
-        let entry = &database.shard;
-        let schemas = schemas(database)
-            .await
-            .map_err(|why| format!("shard {:?}: finding its tenant schemas: {why}", entry.id))?;
-        let mut found = 0;
-        for schema in schemas {
-            let scope = match ShardScope::schema(&schema) {
-                Ok(scope) => scope,
-                Err(why) => {
-                    tracing::warn!(shard = %entry.id, %why, "tenant schema left out");
-                    continue;
-                }
-            };
-            let id = format!("{}.{schema}", entry.id);
-            if config.shards.iter().any(|shard| shard.id == id) {
+        let tenants = tenants_of(database).await?;
+        tracing::info!(shard = %database.shard.id, tenants = tenants.len(), "tenant schemas found");
+        for tenant in tenants {
+            if config.shards.iter().any(|shard| shard.id == tenant.id) {
                 return Err(format!(
-                    "shard {id:?} is listed twice (a [[shards]] entry and a tenant)"
+                    "shard {:?} is listed twice (a [[shards]] entry and a tenant)",
+                    tenant.id
                 ));
             }
-            config.shards.push(ShardConfig {
-                id,
-                scope,
-                ..entry.clone()
-            });
-            found += 1;
+            config.shards.push(tenant);
         }
-        tracing::info!(shard = %entry.id, tenants = found, "tenant schemas found");
     }
     Ok(())
+}
+
+/// A shard for every tenant schema of `database`, in the order its source gives them.
+async fn tenants_of(database: &TenantDatabase) -> Result<Vec<ShardConfig>, String> {
+    let entry = &database.shard;
+    let schemas = schemas(database)
+        .await
+        .map_err(|why| format!("shard {:?}: finding its tenant schemas: {why}", entry.id))?;
+    let mut tenants = Vec::with_capacity(schemas.len());
+    for schema in schemas {
+        match ShardScope::schema(&schema) {
+            Ok(scope) => tenants.push(ShardConfig {
+                id: format!("{}.{schema}", entry.id),
+                scope,
+                ..entry.clone()
+            }),
+            Err(why) => tracing::warn!(shard = %entry.id, %why, "tenant schema left out"),
+        }
+    }
+    Ok(tenants)
+}
+
+/// The agent's configuration with its tenant shards as last found. The schemas are found
+/// again at every facts read ([`Self::refreshed`]): a tenant created while the agent runs
+/// becomes a shard at its next announcement, one dropped stops being one.
+#[derive(Debug)]
+pub struct LiveConfig {
+    current: RwLock<Arc<AgentConfig>>,
+}
+
+impl LiveConfig {
+    pub fn new(config: Arc<AgentConfig>) -> Self {
+        Self {
+            current: RwLock::new(config),
+        }
+    }
+
+    /// The configuration as it stands.
+    pub fn current(&self) -> Arc<AgentConfig> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The configuration with its tenants found again, which becomes the current one when
+    /// they changed. A database that cannot be read now keeps the tenants it had (logged).
+    pub async fn refreshed(&self) -> Arc<AgentConfig> {
+        let current = self.current();
+        if current.tenant_databases.is_empty() {
+            return current;
+        }
+        let mut fresh = AgentConfig::clone(&current);
+        fresh
+            .shards
+            .retain(|shard| shard.scope.schema_name().is_none());
+        for database in &current.tenant_databases {
+            match tenants_of(database).await {
+                Ok(tenants) => {
+                    for tenant in tenants {
+                        if fresh.shards.iter().any(|shard| shard.id == tenant.id) {
+                            tracing::warn!(shard = %tenant.id, "a new tenant schema has the id of another shard; left out");
+                        } else {
+                            fresh.shards.push(tenant);
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(%why, "cannot find the tenant schemas again; that database's tenants stay as they were");
+                    let prefix = format!("{}.", database.shard.id);
+                    fresh.shards.extend(
+                        current
+                            .shards
+                            .iter()
+                            .filter(|shard| {
+                                shard.scope.schema_name().is_some() && shard.id.starts_with(&prefix)
+                            })
+                            .cloned(),
+                    );
+                }
+            }
+        }
+        let ids = |config: &AgentConfig| -> BTreeSet<String> {
+            config.shards.iter().map(|shard| shard.id.clone()).collect()
+        };
+        let (before, after) = (ids(&current), ids(&fresh));
+        if before == after {
+            return current;
+        }
+        let added: Vec<&String> = after.difference(&before).collect();
+        let removed: Vec<&String> = before.difference(&after).collect();
+        tracing::info!(?added, ?removed, "tenant schemas changed");
+        let fresh = Arc::new(fresh);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&fresh);
+        fresh
+    }
 }
 
 /// The schema names `database`'s source gives.

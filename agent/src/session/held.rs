@@ -2,7 +2,7 @@
 //! clock, [`Session::run`] handles one event at a time (a handler per message kind), and
 //! [`Session::cleanup`] stops what runs, reports it and closes the stream.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::coordinator_message::Body as CoordinatorBody;
 use fleetshift_common::proto::v1::{
     AgentMessage, Assignment, AssignmentResult, Cancel, CoordinatorMessage, FactsRefresh,
-    Handshake, Heartbeat, HeartbeatAck, HostReply, HostRequest, ProgressEvent,
+    Handshake, Heartbeat, HeartbeatAck, HostReply, HostRequest, ProgressEvent, ShardFacts,
 };
 use fleetshift_common::versions::{self, Side};
 use tokio::sync::mpsc;
@@ -33,6 +33,30 @@ use crate::stop::{StopCause, StopSignal};
 pub enum Ended {
     Shutdown,
     Lost(String),
+    /// The agent's shards changed (tenant schemas came or went): it opens a session anew to
+    /// announce them, resuming its lease.
+    Reannounce,
+}
+
+/// The Hello a session opened with: when it went out, and the shards it announced.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub sent: Instant,
+    pub shards: BTreeSet<String>,
+}
+
+impl Opened {
+    /// A Hello announcing `shards` that went out at `sent`.
+    pub fn announcing(sent: Instant, shards: &[ShardFacts]) -> Self {
+        Self {
+            sent,
+            shards: ids(shards),
+        }
+    }
+}
+
+fn ids(shards: &[ShardFacts]) -> BTreeSet<String> {
+    shards.iter().map(|shard| shard.shard_id.clone()).collect()
 }
 
 impl Ended {
@@ -70,6 +94,11 @@ pub struct Session<'f, W> {
     progress: mpsc::UnboundedSender<ProgressEvent>,
     reported: mpsc::UnboundedReceiver<ProgressEvent>,
     refreshing: Option<JoinHandle<()>>,
+    /// The shards the Hello announced: fresh facts of other shards end the session
+    /// ([`Ended::Reannounce`]) once nothing runs, as the coordinator hears only of those.
+    announced: Arc<BTreeSet<String>>,
+    /// Fired by a refresh whose shards are not the announced ones.
+    reannounce: CancellationToken,
     sequence: u64,
     finished: &'f mut Finished,
 }
@@ -99,13 +128,13 @@ fn intervals(handshake: &Handshake) -> Result<SessionIntervals, SessionError> {
 }
 
 impl<'f, W: Work> Session<'f, W> {
-    /// Reads the Handshake from `streams` (the Hello went out at `hello_sent`, heartbeat 0 of
+    /// Reads the Handshake from `streams` (the Hello, `opened`, went out as heartbeat 0 of
     /// the lease clock) and starts the lease clock. `last_lease` is the lease offered for
     /// resumption; it becomes this session's.
     pub async fn init(
         work: W,
         streams: Streams,
-        hello_sent: Instant,
+        opened: Opened,
         last_lease: &mut i64,
         metrics: Arc<AgentMetrics>,
         finished: &'f mut Finished,
@@ -146,7 +175,7 @@ impl<'f, W: Work> Session<'f, W> {
         *last_lease = handshake.lease_id;
         tracing::info!(coordinator = %handshake.coordinator_id, lease = handshake.lease_id, heartbeat_ms = intervals.heartbeat.as_millis() as u64, "session established");
         let mut clock = LeaseClock::new(intervals);
-        clock.heartbeat_sent(0, hello_sent);
+        clock.heartbeat_sent(0, opened.sent);
         clock.acknowledged(0);
         let (progress, reported) = mpsc::unbounded_channel();
         let session = Self {
@@ -164,6 +193,8 @@ impl<'f, W: Work> Session<'f, W> {
             progress,
             reported,
             refreshing: None,
+            announced: Arc::new(opened.shards),
+            reannounce: CancellationToken::new(),
             sequence: 0,
             finished,
         };
@@ -195,6 +226,7 @@ impl<'f, W: Work> Session<'f, W> {
                 self.on_refresh();
                 Ok(())
             }
+            () = self.reannounce.cancelled(), if self.running.is_empty() && self.replies.is_empty() => Err(Ended::Reannounce),
             Some(event) = self.reported.recv() => self.on_progress(event).await,
             Some(joined) = self.runs.join_next(), if !self.runs.is_empty() => self.on_run_ended(joined).await,
             Some(joined) = self.replies.join_next(), if !self.replies.is_empty() => self.on_reply(joined).await,
@@ -237,10 +269,15 @@ impl<'f, W: Work> Session<'f, W> {
         }
         let work = self.work.clone();
         let outbound = self.outbound.clone();
+        let (announced, reannounce) = (Arc::clone(&self.announced), self.reannounce.clone());
         self.refreshing = Some(tokio::spawn(async move {
             let refresh = FactsRefresh {
                 shards: work.facts().await,
             };
+            if ids(&refresh.shards) != *announced {
+                reannounce.cancel();
+                return;
+            }
             // A closed stream ends the session in the loop.
             let _ = outbound
                 .send(AgentMessage {
@@ -406,6 +443,7 @@ impl<'f, W: Work> Session<'f, W> {
         let cause = match ended {
             Ended::Shutdown => "the agent is shutting down".to_owned(),
             Ended::Lost(reason) => format!("the agent's session was lost ({reason})"),
+            Ended::Reannounce => "the agent announces its shards anew".to_owned(),
         };
         for run in self.running.values() {
             run.stop.stop(StopCause::Interrupted(cause.clone()));

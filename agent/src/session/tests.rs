@@ -19,10 +19,11 @@ use crate::stop::{StopCause, StopSignal};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Work that runs until it is told to stop, then reports why.
+/// Work that runs until it is told to stop, then reports why; its facts name `shards`.
 #[derive(Debug, Clone)]
 struct Recorder {
     stopped: mpsc::UnboundedSender<(String, StopCause)>,
+    shards: Vec<String>,
 }
 
 impl Work for Recorder {
@@ -60,7 +61,7 @@ impl Work for Recorder {
     }
 
     async fn facts(&self) -> Vec<ShardFacts> {
-        Vec::new()
+        facts_of(&self.shards)
     }
 
     fn hold(&self, _throttles: Vec<fleetshift_common::proto::v1::FleetThrottle>) {}
@@ -76,7 +77,18 @@ async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
 
 fn recorder() -> (Recorder, mpsc::UnboundedReceiver<(String, StopCause)>) {
     let (stopped, record) = mpsc::unbounded_channel();
-    (Recorder { stopped }, record)
+    let shards = Vec::new();
+    (Recorder { stopped, shards }, record)
+}
+
+fn facts_of(shards: &[String]) -> Vec<ShardFacts> {
+    shards
+        .iter()
+        .map(|shard| ShardFacts {
+            shard_id: shard.clone(),
+            ..ShardFacts::default()
+        })
+        .collect()
 }
 
 fn handshake(lease: i64) -> CoordinatorMessage {
@@ -188,7 +200,7 @@ fn start(work: Recorder, streams: Streams, shutdown: &CancellationToken) -> Join
         let (mut session, _) = Session::init(
             work,
             streams,
-            Instant::now(),
+            Opened::announcing(Instant::now(), &[]),
             &mut last_lease,
             metrics(),
             &mut finished,
@@ -378,7 +390,7 @@ async fn a_coordinator_too_old_for_this_agent_is_refused_naming_both_versions() 
     let refused = Session::init(
         work,
         streams,
-        Instant::now(),
+        Opened::announcing(Instant::now(), &[]),
         &mut last_lease,
         metrics(),
         &mut finished,
@@ -398,4 +410,67 @@ async fn a_coordinator_too_old_for_this_agent_is_refused_naming_both_versions() 
         "{message}"
     );
     assert_eq!(last_lease, 0, "no lease taken from a refused coordinator");
+}
+
+/// A session whose Hello announced `announced`, its facts refreshed every second; how it
+/// ended, and what the replica heard before.
+async fn refreshed_session(work: Recorder, announced: &[String]) -> (Ended, Vec<AgentMessage>) {
+    let (streams, mut replica) = streams(7, true);
+    let shutdown = CancellationToken::new();
+    let announced = facts_of(announced);
+    let session = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut finished = Finished::default();
+            let mut last_lease = 0;
+            let (mut session, _) = Session::init(
+                work,
+                streams,
+                Opened::announcing(Instant::now(), &announced),
+                &mut last_lease,
+                metrics(),
+                &mut finished,
+                &shutdown,
+            )
+            .await
+            .expect("handshake");
+            let ended = session.run(&shutdown, Duration::from_secs(1)).await;
+            session.cleanup(&ended).await;
+            ended
+        }
+    });
+    let mut heard = Vec::new();
+    let ended = tokio::select! {
+        ended = within(session) => ended.expect("session task"),
+        () = async {
+            // Two refreshes of the announced shards go out as facts; then the test stops.
+            while heard.len() < 2 {
+                heard.push(replica.next().await);
+            }
+            shutdown.cancel();
+            std::future::pending::<()>().await;
+        } => unreachable!("pending"),
+    };
+    (ended, heard)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_finds_other_shards_ends_the_session_to_announce_them() {
+    let (mut work, _stopped) = recorder();
+    work.shards = vec!["billing.tenant_1".to_owned(), "billing.tenant_2".to_owned()];
+    let (ended, heard) = refreshed_session(work.clone(), &work.shards[..1]).await;
+    assert_eq!(ended, Ended::Reannounce);
+    assert!(
+        heard.is_empty(),
+        "facts of unannounced shards went out: {heard:?}"
+    );
+
+    let (ended, heard) = refreshed_session(work.clone(), &work.shards).await;
+    assert_eq!(ended, Ended::Shutdown);
+    assert!(
+        heard
+            .iter()
+            .all(|message| matches!(&message.body, Some(AgentBody::Facts(refresh)) if refresh.shards.len() == 2)),
+        "{heard:?}"
+    );
 }

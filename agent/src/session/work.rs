@@ -15,10 +15,10 @@ use fleetshift_common::selector::Announced;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
 use crate::schema_checks::SchemaChecks;
 use crate::stop::StopSignal;
+use crate::tenants::LiveConfig;
 use crate::{assignment, facts, requests};
 
 /// The work a session runs; cloned into each task it spawns.
@@ -50,7 +50,8 @@ pub trait Work: Clone + Send + Sync + 'static {
 /// Work on this host's shards.
 #[derive(Debug, Clone)]
 pub struct HostWork {
-    pub config: Arc<AgentConfig>,
+    /// The configuration, its tenant shards found again at every facts read.
+    pub config: Arc<LiveConfig>,
     pub metrics: Arc<AgentMetrics>,
     pub schemas: Arc<SchemaChecks>,
     /// The migration sets unpacked lately, shared by every run.
@@ -82,8 +83,9 @@ impl Work for HostWork {
             list: self.throttles.subscribe(),
             attributes,
         };
+        let config = self.config.current();
         let host = assignment::Host {
-            config: &self.config,
+            config: &config,
             metrics: &self.metrics,
             throttles,
             sets: &self.sets,
@@ -92,14 +94,15 @@ impl Work for HostWork {
     }
 
     async fn host_request(&self, request: HostRequest, stop: CancellationToken) -> HostReply {
-        requests::answer(&self.config, request, stop).await
+        requests::answer(&self.config.current(), request, stop).await
     }
 
     async fn facts(&self) -> Vec<ShardFacts> {
-        let shards = facts::read(&self.config, &self.schemas).await;
+        let config = self.config.refreshed().await;
+        let shards = facts::read(&config, &self.schemas).await;
         let announced = shards.iter().map(|shard| {
             let attributes = Announced {
-                agent: &self.config.agent_id,
+                agent: &config.agent_id,
                 host: Some(&self.host),
                 shard,
             }
