@@ -4,7 +4,7 @@ use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
 use fleetshift_common::engine::{
-    Connected, PostgresShard, ShardEngine, ShardScope, Tenant, Timeouts, catalog, server,
+    Connected, PostgresShard, ShardEngine, ShardScope, Timeouts, catalog, server,
 };
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
@@ -94,14 +94,18 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
     let mut report = ShardReport::blank(shard);
     let result = match shard.connect(Timeouts::default()).await {
         Ok(Connected::Postgres(engine)) => {
-            let summarized = summarize(engine.as_ref(), &mut report).await;
+            let ledger = engine.read_ledger().await;
+            let summarized =
+                summarize(&mut report, ledger, async || engine.current_fence().await).await;
             DatabaseFacts::read(&engine, shard)
                 .await
                 .fill(&mut report, &shard.scope);
             summarized
         }
         Ok(Connected::Sqlite(engine)) => {
-            let summarized = summarize(&engine, &mut report).await;
+            let ledger = engine.read_ledger().await;
+            let summarized =
+                summarize(&mut report, ledger, async || engine.current_fence().await).await;
             if let Ok(version) = sqlx::query_scalar("SELECT sqlite_version()")
                 .fetch_one(engine.pool())
                 .await
@@ -125,7 +129,10 @@ pub async fn inspect_tenant(
 ) -> ShardReport {
     let mut report = ShardReport::blank(shard);
     let result = match database.tenant(&shard.scope) {
-        Some(tenant) => summarize_tenant(&tenant, &mut report).await,
+        Some(tenant) => {
+            let ledger = tenant.read_ledger().await;
+            summarize(&mut report, ledger, async || tenant.current_fence().await).await
+        }
         None => Err(ExecError::Unreachable {
             shard: shard.id.clone(),
             detail: "not a tenant schema".to_owned(),
@@ -189,25 +196,19 @@ impl ShardReport {
     }
 }
 
-async fn summarize<E: ShardEngine>(engine: &E, report: &mut ShardReport) -> Result<(), ExecError> {
+/// Records a reachable shard's `ledger` as read, and its fence (read by `fence`) when it has
+/// rows.
+async fn summarize(
+    report: &mut ShardReport,
+    ledger: Result<Vec<LedgerEntry>, ExecError>,
+    fence: impl AsyncFnOnce() -> Result<FenceToken, ExecError>,
+) -> Result<(), ExecError> {
     report.reachable = true;
-    let ledger = engine.read_ledger().await?;
+    let ledger = ledger?;
     let fence = if ledger.is_empty() {
         None
     } else {
-        Some(engine.current_fence().await?)
-    };
-    report.record(&ledger, fence);
-    Ok(())
-}
-
-async fn summarize_tenant(tenant: &Tenant<'_>, report: &mut ShardReport) -> Result<(), ExecError> {
-    report.reachable = true;
-    let ledger = tenant.read_ledger().await?;
-    let fence = if ledger.is_empty() {
-        None
-    } else {
-        Some(tenant.current_fence().await?)
+        Some(fence().await?)
     };
     report.record(&ledger, fence);
     Ok(())

@@ -193,6 +193,18 @@ fn metrics() -> Arc<AgentMetrics> {
 
 /// One session (init → run → cleanup) on its own task; how it ended.
 fn start(work: Recorder, streams: Streams, shutdown: &CancellationToken) -> JoinHandle<Ended> {
+    let opened = Opened::announcing(Instant::now(), &[]);
+    start_refreshing(work, streams, shutdown, opened, Duration::from_secs(3600))
+}
+
+/// Like [`start`], the Hello `opened`, facts refreshed every `refresh`.
+fn start_refreshing(
+    work: Recorder,
+    streams: Streams,
+    shutdown: &CancellationToken,
+    opened: Opened,
+    refresh: Duration,
+) -> JoinHandle<Ended> {
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
         let mut finished = Finished::default();
@@ -200,7 +212,7 @@ fn start(work: Recorder, streams: Streams, shutdown: &CancellationToken) -> Join
         let (mut session, _) = Session::init(
             work,
             streams,
-            Opened::announcing(Instant::now(), &[]),
+            opened,
             &mut last_lease,
             metrics(),
             &mut finished,
@@ -208,7 +220,7 @@ fn start(work: Recorder, streams: Streams, shutdown: &CancellationToken) -> Join
         )
         .await
         .expect("handshake");
-        let ended = session.run(&shutdown, Duration::from_secs(3600)).await;
+        let ended = session.run(&shutdown, refresh).await;
         session.cleanup(&ended).await;
         ended
     })
@@ -417,28 +429,8 @@ async fn a_coordinator_too_old_for_this_agent_is_refused_naming_both_versions() 
 async fn refreshed_session(work: Recorder, announced: &[String]) -> (Ended, Vec<AgentMessage>) {
     let (streams, mut replica) = streams(7, true);
     let shutdown = CancellationToken::new();
-    let announced = facts_of(announced);
-    let session = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let mut finished = Finished::default();
-            let mut last_lease = 0;
-            let (mut session, _) = Session::init(
-                work,
-                streams,
-                Opened::announcing(Instant::now(), &announced),
-                &mut last_lease,
-                metrics(),
-                &mut finished,
-                &shutdown,
-            )
-            .await
-            .expect("handshake");
-            let ended = session.run(&shutdown, Duration::from_secs(1)).await;
-            session.cleanup(&ended).await;
-            ended
-        }
-    });
+    let opened = Opened::announcing(Instant::now(), &facts_of(announced));
+    let session = start_refreshing(work, streams, &shutdown, opened, Duration::from_secs(1));
     let mut heard = Vec::new();
     let ended = tokio::select! {
         ended = within(session) => ended.expect("session task"),
