@@ -23,7 +23,6 @@ use fleetshift_common::engine::{self, Connected, ShardEngine, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, ExecutorSettings, Identity, Request};
 use fleetshift_common::lease::SessionIntervals;
-use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, CreatePlanRequest, ListShardsRequest, Plan, RiskLevel, ShardState,
     WavePolicy,
@@ -32,7 +31,6 @@ use fleetshift_common::rollout_names::risk_level_name;
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::shipped;
 use fleetshift_common::source::MigrationSet;
-use fleetshift_common::telemetry::traces::context::PropagateContext;
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
@@ -380,10 +378,7 @@ fn coordinator_config(
 async fn operator_client(address: &str, pki_dir: &Path) -> anyhow::Result<progress::FleetClient> {
     let files = tls_files(pki_dir, &format!("operator-{OPERATOR}"));
     let channel = fleetshift_common::tls::channel::connect(address, "localhost", &files).await?;
-    Ok(FleetServiceClient::with_interceptor(
-        channel,
-        PropagateContext,
-    ))
+    Ok(progress::fleet_client(channel))
 }
 
 async fn roll_out(

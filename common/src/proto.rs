@@ -8,6 +8,12 @@ pub mod v1 {
     tonic::include_proto!("fleetshift.v1");
 }
 
+/// The largest message either side of the contract takes (tonic's default is 4 MiB): an
+/// agent's Hello carries every shard's facts (thousands of tenant schemas of one server), a
+/// plan request carries its whole migration set (histories with large data revisions), and
+/// a fleet's shard list has one entry per shard.
+pub const MESSAGE_LIMIT: usize = 64 << 20;
+
 /// The contract's encoded `FileDescriptorSet`, with comments (for reflection and checks).
 pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fleetshift_v1_descriptor.bin"));

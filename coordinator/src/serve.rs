@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetshift_common::proto::MESSAGE_LIMIT;
 use fleetshift_common::proto::v1::agent_service_server::AgentServiceServer;
 use fleetshift_common::proto::v1::fleet_service_server::FleetServiceServer;
 use fleetshift_common::telemetry::endpoint::{self, Readiness};
@@ -98,10 +99,6 @@ impl<S, H> std::fmt::Debug for Services<S, H> {
     }
 }
 
-/// The largest message an agent may send: its Hello carries every shard's facts, and an agent
-/// serving a database of thousands of tenant schemas outgrows tonic's default 4 MiB.
-const AGENT_MESSAGE_LIMIT: usize = 64 << 20;
-
 /// Serves `services` and server reflection on `listener` until `shutdown` completes, timing
 /// every request into `metrics` and giving each its span, under the caller's when the request
 /// carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
@@ -121,9 +118,14 @@ pub async fn serve<S: Store + 'static, H: Health>(
         .layer(GrpcMetricsLayer::new(metrics))
         .add_service(
             AgentServiceServer::new(services.sessions)
-                .max_decoding_message_size(AGENT_MESSAGE_LIMIT),
+                .max_decoding_message_size(MESSAGE_LIMIT)
+                .max_encoding_message_size(MESSAGE_LIMIT),
         )
-        .add_service(FleetServiceServer::new(services.fleet))
+        .add_service(
+            FleetServiceServer::new(services.fleet)
+                .max_decoding_message_size(MESSAGE_LIMIT)
+                .max_encoding_message_size(MESSAGE_LIMIT),
+        )
         .add_service(services.health)
         .add_service(probes::reflection()?)
         .serve_with_incoming_shutdown(tls_connections(listener, tls, &rpc), shutdown)

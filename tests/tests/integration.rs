@@ -30,6 +30,7 @@ mod integration {
     mod fleet_throttle;
     mod grpc_conventions;
     mod handshakes;
+    mod large_messages;
     mod lifecycle;
     mod lint;
     mod live_display;

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use fleetshift_common::proto::MESSAGE_LIMIT;
 use fleetshift_common::proto::v1::agent_message::Body as AgentBody;
 use fleetshift_common::proto::v1::agent_service_client::AgentServiceClient;
 use fleetshift_common::proto::v1::{AgentMessage, CoordinatorMessage, Hello};
@@ -76,7 +77,9 @@ impl Connect for TlsConnect<'_> {
             tls::channel::connect(&endpoint.address, &endpoint.server_name, &self.link.tls)
                 .await
                 .map_err(|error| explained(error, &self.link.tls))?;
-        let mut client = AgentServiceClient::new(channel);
+        let mut client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(MESSAGE_LIMIT)
+            .max_encoding_message_size(MESSAGE_LIMIT);
         let (outbound, receiver) = mpsc::channel(16);
         outbound
             .send(AgentMessage {

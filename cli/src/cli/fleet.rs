@@ -6,9 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use fleetshift_common::proto::v1::ErrorKind as WireErrorKind;
-use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{DescribeReplicaRequest, ReplicaStanding};
-use fleetshift_common::telemetry::traces::context::PropagateContext;
 use fleetshift_common::tls::{
     self,
     channel::server_name_of,
@@ -19,7 +17,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use super::Output;
-use super::progress::FleetClient;
+use super::progress::{FleetClient, fleet_client};
 use crate::exit;
 use fleetshift_coordinator::backups::ERROR_KIND_METADATA;
 
@@ -127,7 +125,7 @@ impl Connection {
             let index = (from + offset) % addresses.len();
             match self.connect_to(addresses[index]).await {
                 Ok(channel) => {
-                    let client = FleetServiceClient::with_interceptor(channel, PropagateContext);
+                    let client = fleet_client(channel);
                     return Ok((client, index));
                 }
                 Err(error) => failures.push(self.explained(addresses[index], &error)),
@@ -167,7 +165,7 @@ impl Connection {
             message: self.explained(address, &error),
             exit: exit::UNREACHABLE,
         })?;
-        let mut client = FleetServiceClient::with_interceptor(channel, PropagateContext);
+        let mut client = fleet_client(channel);
         let standing = client
             .describe_replica(DescribeReplicaRequest {})
             .await

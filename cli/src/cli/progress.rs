@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use fleetshift_common::engine::catalog;
+use fleetshift_common::proto::MESSAGE_LIMIT;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
@@ -15,13 +16,20 @@ use fleetshift_common::proto::v1::{
     RevisionOutcome, RiskAssessment, RiskLevel, RolloutEvent, ShardMetrics, ShardState, ShardTask,
 };
 use fleetshift_common::rollout_names::{plan_state_name, risk_level_name, shard_state_name};
-use fleetshift_common::telemetry::traces::context::Traced;
+use fleetshift_common::telemetry::traces::context::{PropagateContext, Traced};
 use serde_json::json;
 
 use super::Output;
 
 /// The CLI's client of the coordinator: its calls carry the command's trace context.
 pub type FleetClient = FleetServiceClient<Traced<tonic::transport::Channel>>;
+
+/// A client on `channel`, taking and sending messages up to the contract's limit.
+pub fn fleet_client(channel: tonic::transport::Channel) -> FleetClient {
+    FleetServiceClient::with_interceptor(channel, PropagateContext)
+        .max_decoding_message_size(MESSAGE_LIMIT)
+        .max_encoding_message_size(MESSAGE_LIMIT)
+}
 use super::duties::{backup_json, baseline_json, baseline_line, rollback_json, rollback_line};
 use super::validation;
 use crate::exit;

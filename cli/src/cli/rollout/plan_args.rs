@@ -8,9 +8,11 @@ use fleetshift_common::proto::v1::{
     BaselinePolicy, CreatePlanRequest, DataCheck, ExecutionLimits, HostDuties, PreflightPolicy,
     RollbackPolicy, Schedule, StatusUpdates, ThrottlePolicy, WavePolicy,
 };
+use fleetshift_common::proto::{MESSAGE_LIMIT, v1 as proto};
 use fleetshift_common::shipped;
 use fleetshift_common::source::{MigrationSet, SourceFormat};
 use fleetshift_common::window;
+use prost::Message as _;
 
 use super::super::fleet::{Connection, parse_label};
 use super::super::sources::{self, AlembicArgs};
@@ -180,6 +182,7 @@ impl PlanArgs {
     /// and updates; files the options name are read now.
     pub(crate) fn request(&self, set: &MigrationSet) -> Result<CreatePlanRequest, String> {
         let packed = shipped::pack(set).map_err(|error| error.to_string())?;
+        fits(&packed)?;
         let baselines = match self.baselines.as_deref().map(baseline_file::load) {
             None => None,
             Some(Ok(queries)) => Some(BaselinePolicy {
@@ -333,6 +336,35 @@ fn parse_window(text: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
+/// Room a plan's request and its assignments need besides the set.
+const TERMS_ROOM: usize = 1 << 20;
+
+/// Refuses a set too large to travel in a plan request or an assignment, before it is sent.
+fn fits(packed: &proto::MigrationSet) -> Result<(), String> {
+    let size = packed.encoded_len();
+    if size + TERMS_ROOM <= MESSAGE_LIMIT {
+        return Ok(());
+    }
+    let mebibytes = |bytes: usize| bytes.div_ceil(1 << 20);
+    let largest = packed
+        .files
+        .iter()
+        .max_by_key(|file| file.content.len())
+        .map(|file| {
+            format!(
+                " (the largest file, {}, has {} MiB)",
+                file.path,
+                mebibytes(file.content.len())
+            )
+        })
+        .unwrap_or_default();
+    Err(format!(
+        "the migration set is {} MiB{largest}; a plan carries at most {} MiB: load bulk data from files (COPY) instead of revisions, or split the set",
+        mebibytes(size),
+        mebibytes(MESSAGE_LIMIT - TERMS_ROOM)
+    ))
+}
+
 /// `orders`, `billing.invoices:id,total`.
 fn parse_data_check(text: &str) -> Result<DataCheck, String> {
     let (table, columns) = match text.split_once(':') {
@@ -354,6 +386,29 @@ fn parse_data_check(text: &str) -> Result<DataCheck, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_too_large_to_travel_is_refused_naming_its_largest_file() {
+        let file = |path: &str, bytes: usize| proto::MigrationFile {
+            path: path.to_owned(),
+            content: vec![b'x'; bytes],
+        };
+        let set = |files| proto::MigrationSet {
+            files,
+            ..proto::MigrationSet::default()
+        };
+        assert_eq!(fits(&set(vec![file("1_small.sql", 5 << 20)])), Ok(()));
+        let refused = fits(&set(vec![
+            file("1_small.sql", 1 << 20),
+            file("2_reference_data.sql", MESSAGE_LIMIT),
+        ]))
+        .expect_err("too large");
+        assert!(
+            refused.contains("2_reference_data.sql, has 64 MiB")
+                && refused.contains("at most 63 MiB"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_data_check_names_a_table_and_maybe_its_columns() {
