@@ -226,6 +226,27 @@ pub(super) async fn client(
     }
 }
 
+/// One call to the coordinator: connects, makes `call`, and shows its answer with `shown`;
+/// the exit code says how it went (unreachable, refused, or done).
+pub(super) async fn one_call<T>(
+    connection: &Connection,
+    output: Output,
+    call: impl AsyncFnOnce(&mut FleetClient) -> Result<tonic::Response<T>, tonic::Status>,
+    shown: impl FnOnce(T),
+) -> ExitCode {
+    let mut client = match client(connection, output).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    match call(&mut client).await {
+        Ok(response) => {
+            shown(response.into_inner());
+            ExitCode::from(exit::OK)
+        }
+        Err(status) => refused(connection, output, &status),
+    }
+}
+
 /// Reports a coordinator's refusal; the exit code says which kind (an agent's own kind when
 /// the refusal carries one).
 pub(super) fn refused(connection: &Connection, output: Output, status: &tonic::Status) -> ExitCode {

@@ -11,7 +11,8 @@ use fleetshift_common::rollout_names::{lifecycle_name, parse_lifecycle};
 use serde_json::json;
 
 use super::Output;
-use super::fleet::{Connection, client, refused};
+use super::fleet::{Connection, one_call};
+use super::progress::FleetClient;
 use super::render;
 use crate::exit;
 
@@ -51,44 +52,37 @@ pub async fn run(arguments: LifecycleArgs) -> ExitCode {
             }
         }
     };
-    let mut client = match client(&arguments.connection, arguments.output).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
     let request = SetShardLifecycleRequest {
         shard_id: arguments.shard.clone(),
         lifecycle: lifecycle.into(),
         reason: arguments.reason.clone(),
     };
-    match client.set_shard_lifecycle(request).await {
-        Ok(response) => {
-            let setting = response.into_inner();
-            let state = if lifecycle == ShardLifecycle::Unspecified {
-                AGENT
-            } else {
-                lifecycle_name(lifecycle)
-            };
-            match arguments.output {
-                Output::Json => println!(
-                    "{}",
-                    json!({
-                        "shard": setting.shard_id,
-                        "lifecycle": state,
-                        "reason": setting.reason,
-                        "author": setting.author,
-                    })
-                ),
-                Output::Human if lifecycle == ShardLifecycle::Unspecified => println!(
-                    "{}: the operator's setting is removed; its agent's configuration decides",
-                    setting.shard_id
-                ),
-                Output::Human => println!(
-                    "{} is {state} until changed ({})",
-                    setting.shard_id, setting.reason
-                ),
-            }
-            ExitCode::from(exit::OK)
+    let set = async |client: &mut FleetClient| client.set_shard_lifecycle(request).await;
+    one_call(&arguments.connection, arguments.output, set, |setting| {
+        let state = if lifecycle == ShardLifecycle::Unspecified {
+            AGENT
+        } else {
+            lifecycle_name(lifecycle)
+        };
+        match arguments.output {
+            Output::Json => println!(
+                "{}",
+                json!({
+                    "shard": setting.shard_id,
+                    "lifecycle": state,
+                    "reason": setting.reason,
+                    "author": setting.author,
+                })
+            ),
+            Output::Human if lifecycle == ShardLifecycle::Unspecified => println!(
+                "{}: the operator's setting is removed; its agent's configuration decides",
+                setting.shard_id
+            ),
+            Output::Human => println!(
+                "{} is {state} until changed ({})",
+                setting.shard_id, setting.reason
+            ),
         }
-        Err(status) => refused(&arguments.connection, arguments.output, &status),
-    }
+    })
+    .await
 }

@@ -14,7 +14,8 @@ use fleetshift_common::shipped;
 use fleetshift_common::source::SourceFormat;
 use serde_json::{Value, json};
 
-use super::fleet::{Connection, client, refused};
+use super::fleet::{Connection, client, one_call, refused};
+use super::progress::FleetClient;
 use super::sources::{self, AlembicArgs};
 use super::{Output, render};
 use crate::exit;
@@ -94,22 +95,16 @@ pub async fn run(arguments: BaselineArgs) -> ExitCode {
                     return ExitCode::from(exit::BAD_INPUT);
                 }
             };
-            let mut client = match client(&connection, output).await {
-                Ok(client) => client,
-                Err(code) => return code,
-            };
             let request = CreateBaselineRequest {
                 shard_id: from_shard,
                 migration_set: Some(packed),
                 version: version.unwrap_or_default(),
             };
-            match client.create_baseline(request).await {
-                Ok(response) => {
-                    print(&[response.into_inner()], output);
-                    ExitCode::from(exit::OK)
-                }
-                Err(status) => refused(&connection, output, &status),
-            }
+            let create = async |client: &mut FleetClient| client.create_baseline(request).await;
+            one_call(&connection, output, create, |baseline| {
+                print(&[baseline], output);
+            })
+            .await
         }
         BaselineCommand::Verify {
             connection,
@@ -139,17 +134,13 @@ pub async fn run(arguments: BaselineArgs) -> ExitCode {
             }
         }
         BaselineCommand::List { connection, output } => {
-            let mut client = match client(&connection, output).await {
-                Ok(client) => client,
-                Err(code) => return code,
+            let list = async |client: &mut FleetClient| {
+                client.list_baselines(ListBaselinesRequest {}).await
             };
-            match client.list_baselines(ListBaselinesRequest {}).await {
-                Ok(response) => {
-                    print(&response.into_inner().baselines, output);
-                    ExitCode::from(exit::OK)
-                }
-                Err(status) => refused(&connection, output, &status),
-            }
+            one_call(&connection, output, list, |listed| {
+                print(&listed.baselines, output);
+            })
+            .await
         }
     }
 }

@@ -15,7 +15,8 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::rollout_names::target_standing_name;
 use serde_json::{Value, json};
 
-use super::fleet::{Connection, client, refused};
+use super::fleet::{Connection, one_call};
+use super::progress::FleetClient;
 use super::rollout::PlanArgs;
 use super::{Output, render};
 use crate::exit;
@@ -74,61 +75,44 @@ pub async fn run(arguments: TargetArgs) -> ExitCode {
     match arguments.command {
         TargetCommand::Set(set) => run_set(*set).await,
         TargetCommand::List { connection, output } => {
-            let mut client = match client(&connection, output).await {
-                Ok(client) => client,
-                Err(code) => return code,
-            };
-            match client.list_targets(ListTargetsRequest {}).await {
-                Ok(response) => {
-                    print_targets(&response.into_inner().targets, output);
-                    ExitCode::from(exit::OK)
-                }
-                Err(status) => refused(&connection, output, &status),
-            }
+            let list =
+                async |client: &mut FleetClient| client.list_targets(ListTargetsRequest {}).await;
+            one_call(&connection, output, list, |listed| {
+                print_targets(&listed.targets, output);
+            })
+            .await
         }
         TargetCommand::Status {
             connection,
             name,
             output,
         } => {
-            let mut client = match client(&connection, output).await {
-                Ok(client) => client,
-                Err(code) => return code,
+            let status = async |client: &mut FleetClient| {
+                client
+                    .get_target_status(GetTargetStatusRequest { name })
+                    .await
             };
-            match client
-                .get_target_status(GetTargetStatusRequest { name })
-                .await
-            {
-                Ok(response) => {
-                    print_status(&response.into_inner(), output);
-                    ExitCode::from(exit::OK)
-                }
-                Err(status) => refused(&connection, output, &status),
-            }
+            one_call(&connection, output, status, |status| {
+                print_status(&status, output);
+            })
+            .await
         }
         TargetCommand::Remove {
             connection,
             name,
             output,
         } => {
-            let mut client = match client(&connection, output).await {
-                Ok(client) => client,
-                Err(code) => return code,
+            let remove = async |client: &mut FleetClient| {
+                client.remove_target(RemoveTargetRequest { name }).await
             };
-            match client.remove_target(RemoveTargetRequest { name }).await {
-                Ok(response) => {
-                    let target = response.into_inner();
-                    match output {
-                        Output::Json => println!("{}", json!({ "removed": described(&target) })),
-                        Output::Human => println!(
-                            "fleet target {} removed: nothing more is planned for it",
-                            target.name
-                        ),
-                    }
-                    ExitCode::from(exit::OK)
-                }
-                Err(status) => refused(&connection, output, &status),
-            }
+            one_call(&connection, output, remove, |target| match output {
+                Output::Json => println!("{}", json!({ "removed": described(&target) })),
+                Output::Human => println!(
+                    "fleet target {} removed: nothing more is planned for it",
+                    target.name
+                ),
+            })
+            .await
         }
     }
 }
@@ -151,29 +135,20 @@ async fn run_set(arguments: SetArgs) -> ExitCode {
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
-    let mut client = match client(&plan.connection, output).await {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
     let request = SetTargetRequest {
         name: arguments.name.clone(),
         terms: Some(terms),
     };
-    match client.set_target(request).await {
-        Ok(response) => {
-            let target = response.into_inner();
-            match output {
-                Output::Json => println!("{}", json!({ "target": described(&target) })),
-                Output::Human => println!(
-                    "fleet target {0} set: {1}; the leader plans every active shard behind it (`fleetshift target status {0}`)",
-                    target.name,
-                    goal(&target)
-                ),
-            }
-            ExitCode::from(exit::OK)
-        }
-        Err(status) => refused(&plan.connection, output, &status),
-    }
+    let set = async |client: &mut FleetClient| client.set_target(request).await;
+    one_call(&plan.connection, output, set, |target| match output {
+        Output::Json => println!("{}", json!({ "target": described(&target) })),
+        Output::Human => println!(
+            "fleet target {0} set: {1}; the leader plans every active shard behind it (`fleetshift target status {0}`)",
+            target.name,
+            goal(&target)
+        ),
+    })
+    .await
 }
 
 /// `version V of <origin> over env=prod`.
