@@ -4,7 +4,7 @@ use fleetshift_common::fence::FenceToken;
 use std::process::ExitCode;
 
 use fleetshift_common::engine::{
-    Connected, PostgresShard, ShardEngine, ShardScope, Timeouts, catalog, server,
+    Connected, PostgresShard, ShardEngine, ShardScope, Tenant, Timeouts, catalog, server,
 };
 use fleetshift_common::error::ExecError;
 use fleetshift_common::ledger::{LedgerEntry, RevisionStatus};
@@ -120,24 +120,16 @@ pub async fn inspect(shard: &ShardConfig) -> ShardReport {
     report
 }
 
-/// Reads the tenant `shard` through `database`, an engine of the whole database its schema is
-/// in, with what the database's tenants share (`shared`).
+/// Reads the tenant `shard` through `tenant` (its schema seen from an engine of the whole
+/// database), with what the database's tenants share (`shared`).
 pub async fn inspect_tenant(
-    database: &PostgresShard,
+    tenant: &Tenant<'_>,
     shard: &ShardConfig,
     shared: &DatabaseFacts,
 ) -> ShardReport {
     let mut report = ShardReport::blank(shard);
-    let result = match database.tenant(&shard.scope) {
-        Some(tenant) => {
-            let ledger = tenant.read_ledger().await;
-            summarize(&mut report, ledger, async || tenant.current_fence().await).await
-        }
-        None => Err(ExecError::Unreachable {
-            shard: shard.id.clone(),
-            detail: "not a tenant schema".to_owned(),
-        }),
-    };
+    let ledger = tenant.read_ledger().await;
+    let result = summarize(&mut report, ledger, async || tenant.current_fence().await).await;
     shared.fill(&mut report, &shard.scope);
     report.failed(shard, result);
     report

@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 
 use fleetshift_common::engine::{PostgresShard, Timeouts};
+use fleetshift_common::error::ExecError;
 use fleetshift_common::fence::FenceToken;
 use fleetshift_common::proto::v1::{Engine, ServerFacts, ShardFacts};
+use fleetshift_common::schema::Snapshot;
 use futures_util::StreamExt as _;
 
 use crate::check::{self, DatabaseFacts, ShardReport};
@@ -49,8 +51,9 @@ fn groups(shards: &[ShardConfig]) -> Vec<Group<'_>> {
     let mut groups = Vec::new();
     let mut databases: HashMap<&str, usize> = HashMap::new();
     for (index, shard) in shards.iter().enumerate() {
+        // Tenants are PostgreSQL's (the configuration refuses others).
         let url = shard.database_url.expose();
-        if shard.scope.schema_name().is_none() || url.starts_with("sqlite:") {
+        if shard.scope.schema_name().is_none() {
             groups.push(Group::One(index, shard));
             continue;
         }
@@ -79,15 +82,10 @@ async fn read_group(group: Group<'_>, schemas: &SchemaChecks) -> Vec<(usize, Sha
 /// What the agent sees of `shard` now, on connections of its own.
 async fn read_one(shard: &ShardConfig, schemas: &SchemaChecks) -> ShardFacts {
     let report = check::inspect(shard).await;
-    let schema = if report.reachable {
-        let version = report.latest_applied.as_deref().unwrap_or_default();
-        schemas
-            .report(shard, version, async || schema_checks::read(shard).await)
-            .await
-    } else {
-        Reported::default()
-    };
-    facts(shard, report, schema)
+    with_schema(shard, report, schemas, async || {
+        schema_checks::read(shard).await
+    })
+    .await
 }
 
 /// What the agent sees of a database's tenants now, through one engine of the database.
@@ -129,18 +127,32 @@ async fn read_tenant(
     shard: &ShardConfig,
     schemas: &SchemaChecks,
 ) -> (usize, ShardFacts) {
-    let report = check::inspect_tenant(database, shard, shared).await;
+    let Some(tenant) = database.tenant(&shard.scope) else {
+        return (index, read_one(shard, schemas).await);
+    };
+    let report = check::inspect_tenant(&tenant, shard, shared).await;
+    let facts = with_schema(shard, report, schemas, async || {
+        tenant.schema_snapshot().await
+    })
+    .await;
+    (index, facts)
+}
+
+/// The facts of `shard` as `report` saw it, with its schema as `schemas` reports it (read by
+/// `read` when due) if it was reachable.
+async fn with_schema(
+    shard: &ShardConfig,
+    report: ShardReport,
+    schemas: &SchemaChecks,
+    read: impl AsyncFnOnce() -> Result<Snapshot, ExecError>,
+) -> ShardFacts {
     let schema = if report.reachable {
         let version = report.latest_applied.as_deref().unwrap_or_default();
-        let read = async || match database.tenant(&shard.scope) {
-            Some(tenant) => tenant.schema_snapshot().await,
-            None => schema_checks::read(shard).await,
-        };
         schemas.report(shard, version, read).await
     } else {
         Reported::default()
     };
-    (index, facts(shard, report, schema))
+    facts(shard, report, schema)
 }
 
 /// The facts `report` and `schema` give of `shard`.

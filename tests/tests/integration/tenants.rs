@@ -6,8 +6,8 @@
 //! one agent serves the 200 tenants of a `tenants = "tenant\_%"` entry (their facts read
 //! through one engine of the database): a fleet target takes them all to
 //! its version, never more at once than the server's cap; a tenant created while the agent
-//! runs becomes a shard and is caught up; and `schema drift` names the one tenant edited by
-//! hand.
+//! runs becomes a shard and is caught up, and stops being one when dropped; and `schema drift`
+//! names the one tenant edited by hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -335,4 +335,27 @@ async fn a_target_rolls_out_to_one_agents_tenants_within_the_servers_cap() {
         .clone();
     // 201 tenants now, one of them drifted.
     assert_eq!(version["majority_shards"], TENANTS, "{version:#}");
+
+    // A tenant dropped while the agent runs stops being announced (its target status then
+    // calls it unseen).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA {} CASCADE",
+        tenant(TENANTS)
+    )))
+    .execute(admin)
+    .await
+    .expect("drop the new tenant");
+    let gone = wait_until(Duration::from_secs(120), || async {
+        let listed = fleet.cli.alice(&["shards", "--output", "json"]).await;
+        let shards = json(&listed)["shards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        shards.len() == 1 + TENANTS
+            && shards
+                .iter()
+                .all(|shard| shard["shard"] != newcomer.as_str())
+    })
+    .await;
+    assert!(gone, "{}", fleet.diagnose());
 }
