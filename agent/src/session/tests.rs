@@ -435,11 +435,17 @@ async fn refreshed_session(work: Recorder, announced: &[String]) -> (Ended, Vec<
     let ended = tokio::select! {
         ended = within(session) => ended.expect("session task"),
         () = async {
-            // Two refreshes of the announced shards go out as facts; then the test stops.
+            // Two refreshes of the announced shards go out as facts; then the test stops. A
+            // session that ended closes its stream first: its end is the answer.
             while heard.len() < 2 {
-                heard.push(replica.next().await);
+                match replica.from_agent.recv().await {
+                    Some(message) => heard.push(message),
+                    None => break,
+                }
             }
-            shutdown.cancel();
+            if heard.len() == 2 {
+                shutdown.cancel();
+            }
             std::future::pending::<()>().await;
         } => unreachable!("pending"),
     };
