@@ -65,6 +65,7 @@ pub struct AgentMetrics {
     lock_retries: Counter,
     backup_duration: Histogram,
     backup_size: Family<ShardLabel, Gauge>,
+    backfill_rows: Family<ShardLabel, Gauge>,
     baseline_ratio: Family<BaselineLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     rollbacks: Counter,
     database_outages: Family<ShardLabel, Counter>,
@@ -85,6 +86,7 @@ impl AgentMetrics {
             lock_retries: Counter::default(),
             backup_duration: backup_histogram(),
             backup_size: Family::default(),
+            backfill_rows: Family::default(),
             baseline_ratio: Family::default(),
             rollbacks: Counter::default(),
             database_outages: Family::default(),
@@ -122,6 +124,11 @@ impl AgentMetrics {
             "Size of the shard's latest verified backup",
             Unit::Bytes,
             metrics.backup_size.clone(),
+        );
+        registry.register(
+            "fleetshift_agent_backfill_rows",
+            "Keys the shard's running (or last) backfill job has covered, earlier runs of it included",
+            metrics.backfill_rows.clone(),
         );
         registry.register(
             "fleetshift_agent_baseline_p50_ratio",
@@ -216,6 +223,13 @@ impl AgentMetrics {
                         })
                         .set(query.p50_ratio);
                 }
+            }
+            Event::BackfillProgress(progress) => {
+                self.backfill_rows
+                    .get_or_create(&ShardLabel {
+                        shard: event.shard_id.clone(),
+                    })
+                    .set(progress.rows);
             }
             Event::RollbackStarted(_) => {
                 self.rollbacks.inc();

@@ -33,6 +33,7 @@ impl RunTally {
             }
             ExecutionEvent::Throttled { waited, .. } => self.throttled += *waited,
             ExecutionEvent::RevisionStarted { .. }
+            | ExecutionEvent::BackfillProgress { .. }
             | ExecutionEvent::StatementRunning { .. }
             | ExecutionEvent::StatementFinished { .. } => {}
         }

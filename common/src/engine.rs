@@ -31,7 +31,7 @@ pub use sqlite::SqliteShard;
 use crate::error::ExecError;
 use crate::fence::FenceToken;
 use crate::ledger::{
-    AuditRecord, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus,
+    AuditRecord, BackfillMark, Guard, GuardViolation, LedgerEntry, LedgerRecord, RevisionStatus,
     VersionFingerprint, Writer,
 };
 use crate::proto::v1::DataCheck;
@@ -111,6 +111,8 @@ pub struct FencedTransaction<'a> {
     pub version_table: Option<&'a VersionTableRows>,
     /// The schema the shard has at the version this transaction leaves it at.
     pub fingerprint: Option<&'a VersionFingerprint>,
+    /// How far a backfill job got once this transaction commits.
+    pub backfill: Option<&'a BackfillMark>,
     /// Tables whose data the body must leave as it found them: checksummed before it and
     /// after it, in the transaction; a difference fails it (see [`crate::validation`]).
     pub verify_data: &'a [DataCheck],
@@ -146,6 +148,7 @@ impl<'a> FencedTransaction<'a> {
             audit: None,
             version_table: None,
             fingerprint: None,
+            backfill: None,
             verify_data: &[],
             on_statement: None,
             batched: false,
@@ -212,6 +215,15 @@ pub enum TxError {
     DataChanged(String),
 }
 
+/// The next batch of a backfill job (see [`crate::source::Backfill`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Its last key, as text.
+    pub upto: String,
+    /// How many keys it covers.
+    pub keys: i64,
+}
+
 /// What running a statement outside a transaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AutocommitOutcome {
@@ -257,6 +269,23 @@ pub trait ShardEngine: Send + Sync {
         statement: &Statement,
         resuming: bool,
     ) -> impl Future<Output = Result<AutocommitOutcome, StatementError>> + Send;
+
+    /// A backfill job's mark, `None` before its first batch.
+    fn backfill_mark(
+        &self,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<BackfillMark>, ExecError>> + Send;
+
+    /// Runs a backfill's [`crate::source::Backfill::next_batch_query`]: `None` when no key is
+    /// left.
+    fn next_batch(
+        &self,
+        query: &str,
+    ) -> impl Future<Output = Result<Option<Batch>, StatementError>> + Send;
+
+    /// Roughly how many rows `table` holds (the planner's statistics where the engine keeps
+    /// them), for progress; `None` when unknown.
+    fn estimate_rows(&self, table: &str) -> impl Future<Output = Option<i64>> + Send;
 
     /// Waits up to `wait` for the shard's migration lock, never inside a transaction.
     fn lock_out_other_migrators(

@@ -8,7 +8,8 @@
 //! `applied` record. Lock conflicts are retried a bounded number of times.
 //!
 //! - `status`: comparing a set with the ledger and planning (pure);
-//! - `transactional`, `outside_transaction`: the two kinds of step;
+//! - `transactional`, `outside_transaction`: the two kinds of step; `backfill`: a revision
+//!   run in batches of its key range, each its own fenced transaction;
 //! - `resolve`, `adopt`, `drift`: operator decisions and imported histories;
 //! - `failure`: errors that name shard, revision, file:line and the next step;
 //! - `retry`: bounded lock-conflict retries; `report`: what a run did;
@@ -19,6 +20,7 @@
 //!   shard is busy.
 
 mod adopt;
+mod backfill;
 mod drift;
 mod events;
 mod failure;
@@ -358,7 +360,17 @@ impl<'a, E: ShardEngine> Executor<'a, E> {
                 .map(|previous| &set.revisions[previous]);
             let resuming = status.revisions[index].status == Some(RevisionStatus::Started);
             let step = async {
-                if revision.transactional {
+                if let (Some(backfill), [statement]) =
+                    (&revision.backfill, revision.up.statements())
+                {
+                    let job = backfill::Job {
+                        revision,
+                        backfill,
+                        statement,
+                    };
+                    self.apply_backfill(job, predecessor, resuming, &writer, rows.as_ref())
+                        .await
+                } else if revision.transactional {
                     self.apply_in_transaction(
                         revision,
                         predecessor,

@@ -106,6 +106,18 @@ pub struct LedgerRecord {
     pub error: Option<String>,
 }
 
+/// How far a backfill job got: written with each batch, in the batch's transaction, so a
+/// restart resumes after the last batch committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillMark {
+    pub version: String,
+    /// The last key of the last batch committed; `None` before the first.
+    pub after: Option<String>,
+    /// Keys the committed batches covered.
+    pub rows: i64,
+    pub batches: i64,
+}
+
 /// An operator decision worth keeping on the shard itself (drift override, adoption).
 #[derive(Debug, Clone)]
 pub struct AuditRecord {

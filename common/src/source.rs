@@ -7,6 +7,7 @@
 //! [`SourceError`].
 
 pub mod alembic;
+mod backfill;
 mod dbmate;
 mod diesel;
 mod digest;
@@ -30,6 +31,7 @@ use std::str::FromStr;
 use sha2::{Digest, Sha256};
 
 pub use alembic::AlembicHistory;
+pub use backfill::Backfill;
 pub use engine::Engine;
 pub use problem::{SourceError, SourceProblem};
 pub use version::Version;
@@ -222,6 +224,8 @@ pub struct Revision {
     /// Why the revision has no down script, when its tool says (an Alembic downgrade that
     /// raised when rendered offline).
     pub irreversible: Option<String>,
+    /// Run in batches of its key range, each its own transaction (`-- fleetshift:backfill`).
+    pub backfill: Option<Backfill>,
 }
 
 /// Marks a statement-less down script as a deliberate no-op revert.
@@ -248,6 +252,7 @@ impl Revision {
             checksum,
             failure_tolerated: false,
             irreversible: None,
+            backfill: None,
         };
         if transactional {
             revision.up.fold_transaction_blocks();
@@ -365,6 +370,7 @@ impl Reading {
         for revisions in std::iter::once(&mut revisions).chain(variants.values_mut()) {
             revisions.sort_by(|left, right| left.version.cmp(&right.version));
             duplicates(revisions, &mut problems);
+            backfill::mark(revisions, &mut problems);
         }
         tidy(&mut problems);
         Ok(Self {

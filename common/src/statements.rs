@@ -73,6 +73,44 @@ impl Statement {
         IndexBuild::parse(&self.sql)
     }
 
+    /// Byte ranges of each `:name` placeholder in the statement's code (not in literals,
+    /// quoted identifiers or comments; `::name`, a cast, is none).
+    pub fn placeholder_spans(&self, name: &str) -> Vec<(usize, usize)> {
+        let spans: Vec<(usize, usize)> = word_spans(&self.sql).collect();
+        spans
+            .windows(2)
+            .enumerate()
+            .filter(|(index, pair)| {
+                let ((colon_start, colon_end), (word_start, word_end)) = (pair[0], pair[1]);
+                let cast = *index > 0 && {
+                    let (before_start, before_end) = spans[index - 1];
+                    before_end == colon_start && &self.sql[before_start..before_end] == ":"
+                };
+                &self.sql[colon_start..colon_end] == ":"
+                    && colon_end == word_start
+                    && self.sql[word_start..word_end].eq_ignore_ascii_case(name)
+                    && !cast
+            })
+            .map(|(_, pair)| (pair[0].0, pair[1].1))
+            .collect()
+    }
+
+    /// The statement with every `:name` placeholder replaced by `replacement`.
+    pub fn with_placeholder(&self, name: &str, replacement: &str) -> Statement {
+        let mut sql = String::with_capacity(self.sql.len() + replacement.len());
+        let mut copied = 0;
+        for (start, end) in self.placeholder_spans(name) {
+            sql.push_str(&self.sql[copied..start]);
+            sql.push_str(replacement);
+            copied = end;
+        }
+        sql.push_str(&self.sql[copied..]);
+        Statement {
+            line: self.line,
+            sql,
+        }
+    }
+
     /// Whether repeating the statement after an interrupted earlier attempt is harmless.
     pub fn is_repeatable(&self) -> bool {
         let leading = self.leading_words(3);
@@ -322,6 +360,21 @@ mod tests {
 
     fn texts(script: &str) -> Vec<(usize, String)> {
         split(script).into_iter().map(|s| (s.line, s.sql)).collect()
+    }
+
+    #[test]
+    fn placeholders_are_found_in_code_only() {
+        let statement = Statement {
+            line: 3,
+            sql: "UPDATE t SET x = y::batch, note = ':batch' -- :batch\n WHERE :batch AND \":batch\" AND :BATCH".to_owned(),
+        };
+        assert_eq!(statement.placeholder_spans("batch").len(), 2);
+        let rendered = statement.with_placeholder("batch", "(id > 1)");
+        assert_eq!(
+            rendered.sql,
+            "UPDATE t SET x = y::batch, note = ':batch' -- :batch\n WHERE (id > 1) AND \":batch\" AND (id > 1)"
+        );
+        assert_eq!(rendered.line, 3);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod integration {
     mod alembic;
     mod assignments;
     mod atomicity;
+    mod backfills;
     mod backups;
     mod baselines;
     mod catalog;

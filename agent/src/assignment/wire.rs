@@ -7,9 +7,9 @@ use fleetshift_common::error::{ErrorKind as ExecErrorKind, ExecError};
 use fleetshift_common::executor::{ExecutionEvent, StepOutcome};
 use fleetshift_common::proto::v1::progress_event::Event;
 use fleetshift_common::proto::v1::{
-    BaselineMeasured, DatabaseOutage, ErrorDetail, ErrorKind, LockRetry, PreflightCheck,
-    ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted, RollbackStarted,
-    StatementFinished, StatementRunning, Throttled,
+    BackfillProgress, BaselineMeasured, DatabaseOutage, ErrorDetail, ErrorKind, LockRetry,
+    PreflightCheck, ProgressEvent, RevisionFinished, RevisionOutcome, RevisionStarted,
+    RollbackStarted, StatementFinished, StatementRunning, Throttled,
 };
 use tokio::sync::mpsc;
 
@@ -145,6 +145,23 @@ pub(super) fn progress_event(order: &Order, event: ExecutionEvent) -> ProgressEv
             attempt: count(attempt),
             wait: duration(wait),
             sqlstate: sqlstate.unwrap_or_default(),
+        }),
+        ExecutionEvent::BackfillProgress {
+            version,
+            batches,
+            rows,
+            estimated_rows,
+            rows_this_run,
+            elapsed,
+            longest_batch,
+        } => Event::BackfillProgress(BackfillProgress {
+            version,
+            batches,
+            rows,
+            estimated_rows: estimated_rows.unwrap_or_default(),
+            rows_this_run,
+            elapsed: duration(elapsed),
+            longest_batch: duration(longest_batch),
         }),
         ExecutionEvent::Throttled {
             next: _,

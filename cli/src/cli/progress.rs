@@ -186,6 +186,7 @@ pub(super) fn progress_line(progress: &ProgressEvent) -> Option<String> {
         Some(Progress::RollbackStarted(started)) => rollback_line(started),
         Some(Progress::DatabaseOutage(outage)) => outage_line(outage),
         Some(Progress::Throttled(throttled)) => throttled_line(throttled),
+        Some(Progress::BackfillProgress(progress)) => backfill::line(progress),
         Some(Progress::RevisionStarted(_)) | None => return None,
     };
     Some(line)
@@ -278,6 +279,12 @@ fn event_fields(event: &RolloutEvent) -> serde_json::Value {
                         "progress": "baseline_measured",
                         "baselines": baseline_json(measured),
                     });
+                }
+                Some(Progress::BackfillProgress(backfill)) => {
+                    return merged(
+                        json!({ "plan": event.plan_id, "shard": progress.shard_id, "progress": "backfill" }),
+                        backfill::json(backfill),
+                    );
                 }
                 Some(Progress::RollbackStarted(started)) => {
                     return json!({
@@ -558,6 +565,7 @@ pub fn risk_json(risk: &RiskAssessment) -> serde_json::Value {
     })
 }
 
+mod backfill;
 mod board;
 mod live;
 mod pacing;

@@ -99,6 +99,11 @@ pub(crate) struct LedgerSql {
     pub insert_audit: Cow<'static, str>,
     /// `$1` version, `$2` fingerprint: inserts or replaces the version's fingerprint.
     pub upsert_fingerprint: Cow<'static, str>,
+    /// `$1` version, `$2` last key, `$3` rows, `$4` batches, `$5` fence token: inserts or
+    /// replaces a backfill job's mark.
+    pub upsert_backfill: Cow<'static, str>,
+    /// `$1` version: a backfill job's mark (`after_key`, `rows_done`, `batches`).
+    pub select_backfill: Cow<'static, str>,
 }
 
 /// Between two statements of a batch: the line break first, so a statement ending in a `--`
@@ -399,6 +404,20 @@ pub(crate) fn record_steps(
                 Literal::Text(recorded.fingerprint.as_str()),
             ],
             "recording the schema fingerprint",
+        )?);
+    }
+    if let Some(mark) = work.backfill {
+        steps.push(Step::rendered(
+            sql,
+            &sql.upsert_backfill,
+            &[
+                Literal::Text(mark.version.as_str()),
+                mark.after.as_deref().into(),
+                Literal::Integer(mark.rows),
+                Literal::Integer(mark.batches),
+                Literal::Integer(writer.fence_token.get()),
+            ],
+            "recording the backfill's progress",
         )?);
     }
     if let Some(rows) = work.version_table {

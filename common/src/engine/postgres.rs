@@ -2,6 +2,7 @@
 //! `SET LOCAL` timeouts in every fenced transaction, and a migrator lock on its own leased
 //! session (see [`migrator_lock`]).
 
+mod backfill;
 pub mod catalog;
 mod connection_settings;
 mod counted_pool;
@@ -40,13 +41,13 @@ use super::ShardScope;
 use super::fenced;
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
-    ACQUIRE_EVENTS, AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine,
+    ACQUIRE_EVENTS, AutocommitOutcome, Batch, DatabaseMessage, FencedTransaction, ShardEngine,
     StatementError, Timeouts, TxError, bookkeeping_error, connection_lost, database_error,
     ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::fence::FenceToken;
-use crate::ledger::{LedgerEntry, Writer};
+use crate::ledger::{BackfillMark, LedgerEntry, Writer};
 use crate::rehearsal::catalog_state::CatalogState;
 use crate::rehearsal::tracer::Tracer;
 use crate::schema::{self, Snapshot};
@@ -297,12 +298,15 @@ impl ShardEngine for PostgresShard {
     }
 
     async fn ensure_ledger(&self) -> Result<(), ExecError> {
-        // A ledger an earlier release made lacks the opening function; CREATE adds it.
+        // A ledger an earlier release made lacks the opening function or the backfills
+        // table; CREATE adds them.
         let current: bool = sqlx::query_scalar(
-            "SELECT to_regclass($2) IS NOT NULL AND to_regprocedure($1) IS NOT NULL",
+            "SELECT to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL
+                    AND to_regprocedure($1) IS NOT NULL",
         )
         .bind(&self.ledger.open_revision)
         .bind(self.ledger.sql.history_table.as_ref())
+        .bind(&self.ledger.backfills_table)
         .fetch_one(&self.pool)
         .await
         .map_err(self.database_error("checking for the ledger"))?;
@@ -467,6 +471,18 @@ impl ShardEngine for PostgresShard {
             });
         }
         Ok(outcome)
+    }
+
+    async fn backfill_mark(&self, version: &str) -> Result<Option<BackfillMark>, ExecError> {
+        self.read_backfill_mark(version).await
+    }
+
+    async fn next_batch(&self, query: &str) -> Result<Option<Batch>, StatementError> {
+        self.read_next_batch(query).await
+    }
+
+    async fn estimate_rows(&self, table: &str) -> Option<i64> {
+        self.estimated_rows(table).await
     }
 
     async fn lock_out_other_migrators(&self, wait: Duration) -> Result<MigratorLock, ExecError> {

@@ -15,12 +15,12 @@ use sqlx::{AssertSqlSafe, ConnectOptions};
 use super::fenced::{self, Dialect, LedgerSql, Session, Step};
 use super::foreign::{self, ForeignApplied, ForeignHistory, ForeignTool};
 use super::{
-    AutocommitOutcome, DatabaseMessage, FencedTransaction, ShardEngine, StatementError, Timeouts,
-    TxError, bookkeeping_error, ledger_entry, statement_error,
+    AutocommitOutcome, Batch, DatabaseMessage, FencedTransaction, ShardEngine, StatementError,
+    Timeouts, TxError, bookkeeping_error, ledger_entry, statement_error,
 };
 use crate::error::ExecError;
 use crate::fence::FenceToken;
-use crate::ledger::{LedgerEntry, Writer};
+use crate::ledger::{BackfillMark, LedgerEntry, Writer};
 use crate::schema::{self, Snapshot};
 use crate::secrets::DatabaseUrl;
 use crate::source::Engine;
@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS fleetshift_fingerprints (
     version TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
     recorded_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS fleetshift_backfills (
+    version TEXT PRIMARY KEY,
+    after_key TEXT,
+    rows_done INTEGER NOT NULL,
+    batches INTEGER NOT NULL,
+    fence_token INTEGER NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS fleetshift_audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,6 +96,13 @@ const LEDGER: LedgerSql = LedgerSql {
     upsert_fingerprint: Cow::Borrowed("INSERT INTO fleetshift_fingerprints (version, fingerprint) VALUES ($1, $2)
          ON CONFLICT (version) DO UPDATE SET fingerprint = excluded.fingerprint,
             recorded_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+    upsert_backfill: Cow::Borrowed("INSERT INTO fleetshift_backfills (version, after_key, rows_done, batches, fence_token)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (version) DO UPDATE SET after_key = excluded.after_key,
+            rows_done = excluded.rows_done, batches = excluded.batches,
+            fence_token = excluded.fence_token,
+            updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+    select_backfill: Cow::Borrowed("SELECT after_key, rows_done, batches FROM fleetshift_backfills WHERE version = $1"),
 };
 
 #[derive(Debug)]
@@ -229,6 +244,37 @@ impl ShardEngine for SqliteShard {
             .await
             .map(|_| AutocommitOutcome::Ran)
             .map_err(|error| statement_error(None, &error))
+    }
+
+    async fn backfill_mark(&self, version: &str) -> Result<Option<BackfillMark>, ExecError> {
+        let row: Option<(Option<String>, i64, i64)> =
+            sqlx::query_as(AssertSqlSafe(LEDGER.select_backfill.to_string()))
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.database_error("reading the backfill's progress"))?;
+        Ok(row.map(|(after, rows, batches)| BackfillMark {
+            version: version.to_owned(),
+            after,
+            rows,
+            batches,
+        }))
+    }
+
+    async fn next_batch(&self, query: &str) -> Result<Option<Batch>, StatementError> {
+        let row: Option<(String, i64)> = sqlx::query_as(AssertSqlSafe(query.to_owned()))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|error| statement_error(None, &error))?;
+        Ok(row.map(|(upto, keys)| Batch { upto, keys }))
+    }
+
+    /// SQLite keeps no row statistics: the table is counted.
+    async fn estimate_rows(&self, table: &str) -> Option<i64> {
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .ok()
     }
 
     async fn lock_out_other_migrators(&self, _wait: Duration) -> Result<(), ExecError> {

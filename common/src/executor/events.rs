@@ -53,6 +53,20 @@ pub enum ExecutionEvent {
         statements_run: usize,
         lock_retries: usize,
     },
+    /// A backfill job committed a batch.
+    BackfillProgress {
+        version: String,
+        /// Batches and keys done, by this run and earlier ones together.
+        batches: i64,
+        rows: i64,
+        /// The table's rows by the planner's statistics, when known.
+        estimated_rows: Option<i64>,
+        /// Keys done by this run, and how long it has run: its rate.
+        rows_this_run: i64,
+        elapsed: Duration,
+        /// The longest batch of this run: the longest any batch held its rows' locks.
+        longest_batch: Duration,
+    },
     /// The run waits for the shard to be less busy before `next` (see [`super::Throttle`]):
     /// once when the wait begins (`waited` zero), once when it ends with the whole wait
     /// (`resumed`, or not when the run gave up waiting).

@@ -12,7 +12,7 @@ use crate::engine::{
     AutocommitOutcome, FencedTransaction, ShardEngine, StatementError, TxError, VersionTableRows,
 };
 use crate::error::{ExecError, StatementFailure};
-use crate::ledger::{Expect, Guard, LedgerRecord, RevisionStatus, Writer};
+use crate::ledger::{BackfillMark, Expect, Guard, LedgerRecord, RevisionStatus, Writer};
 use crate::source::{Revision, Script};
 use crate::statements::Statement;
 use crate::telemetry::traces::{mark_failed, statement_span};
@@ -198,6 +198,38 @@ impl<E: ShardEngine> Executor<'_, E> {
         revision: &Revision,
         version_table: Option<&VersionTableRows>,
     ) -> Result<(), TxError> {
+        let work = FencedTransaction {
+            records,
+            version_table,
+            ..FencedTransaction::guarded(guard)
+        };
+        self.fenced_bookkeeping(work, writer, revision).await
+    }
+
+    /// [`Self::fenced_records`] that also writes a backfill job's mark.
+    pub(super) async fn fenced_records_with(
+        &self,
+        guard: &Guard,
+        records: &[LedgerRecord],
+        backfill: Option<&BackfillMark>,
+        writer: &Writer,
+        revision: &Revision,
+    ) -> Result<(), TxError> {
+        let work = FencedTransaction {
+            records,
+            backfill,
+            ..FencedTransaction::guarded(guard)
+        };
+        self.fenced_bookkeeping(work, writer, revision).await
+    }
+
+    /// A fenced transaction of bookkeeping only, retried on lock conflicts.
+    async fn fenced_bookkeeping(
+        &self,
+        work: FencedTransaction<'_>,
+        writer: &Writer,
+        revision: &Revision,
+    ) -> Result<(), TxError> {
         self.settings
             .lock_retry
             .run(
@@ -213,16 +245,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                         );
                     }
                 },
-                || {
-                    self.engine.fenced_transaction(
-                        writer,
-                        FencedTransaction {
-                            records,
-                            version_table,
-                            ..FencedTransaction::guarded(guard)
-                        },
-                    )
-                },
+                || self.engine.fenced_transaction(writer, work),
             )
             .await
             .result

@@ -247,9 +247,12 @@ impl ShardStatus {
             })
     }
 
-    /// A `started` revision is resumed only when every statement is safe to repeat.
+    /// A `started` revision is resumed only when every statement is safe to repeat, or when
+    /// it is a backfill job (which resumes after its last committed batch).
     fn check_resumable(&self, revision: &Revision, state: &RevisionState) -> Result<(), ExecError> {
-        let unsafe_statement = if revision.transactional {
+        let unsafe_statement = if revision.backfill.is_some() {
+            None
+        } else if revision.transactional {
             revision.up.statements().iter().next()
         } else {
             revision

@@ -179,6 +179,7 @@ impl<E: ShardEngine> Executor<'_, E> {
                             audit: None,
                             version_table,
                             fingerprint: None,
+                            backfill: None,
                             verify_data: match final_status {
                                 RevisionStatus::Applied => self.verify_data,
                                 _ => &[],

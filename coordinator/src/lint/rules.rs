@@ -207,6 +207,7 @@ mod tests {
             checksum: String::new(),
             failure_tolerated: false,
             irreversible: None,
+            backfill: None,
         }
     }
 

@@ -185,6 +185,7 @@ pub(super) fn step(event: &Event) -> String {
         Event::RollbackStarted(started) => format!("rollback to {}", started.target_version),
         Event::DatabaseOutage(outage) => format!("outage recovered {}", outage.recovered),
         Event::Throttled(throttled) => format!("throttled resumed {}", throttled.resumed),
+        Event::BackfillProgress(progress) => format!("backfill batch {}", progress.batches),
     }
 }
 

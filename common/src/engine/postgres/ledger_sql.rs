@@ -21,6 +21,8 @@ pub struct PgLedger {
     /// Calls the opening function (`$1`…`$6`).
     pub open_call: String,
     pub select_history: String,
+    /// The backfill marks' table: a ledger without it is brought up to date.
+    pub backfills_table: String,
     pub sql: LedgerSql,
 }
 
@@ -51,7 +53,10 @@ impl PgLedger {
                 upsert_history: Cow::Owned(render(UPSERT_HISTORY)),
                 insert_audit: Cow::Owned(render(INSERT_AUDIT)),
                 upsert_fingerprint: Cow::Owned(render(UPSERT_FINGERPRINT)),
+                upsert_backfill: Cow::Owned(render(UPSERT_BACKFILL)),
+                select_backfill: Cow::Owned(render(SELECT_BACKFILL)),
             },
+            backfills_table: render(BACKFILLS_TABLE),
         }
     }
 }
@@ -82,6 +87,14 @@ CREATE TABLE IF NOT EXISTS fleetshift.fingerprints (
     version text PRIMARY KEY,
     fingerprint text NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS fleetshift.backfills (
+    version text PRIMARY KEY,
+    after_key text,
+    rows_done bigint NOT NULL,
+    batches bigint NOT NULL,
+    fence_token bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE TABLE IF NOT EXISTS fleetshift.audit (
     id bigserial PRIMARY KEY,
@@ -157,3 +170,15 @@ const UPSERT_FINGERPRINT: &str =
     "INSERT INTO fleetshift.fingerprints (version, fingerprint) VALUES ($1, $2)
          ON CONFLICT (version) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
             recorded_at = clock_timestamp()";
+
+const BACKFILLS_TABLE: &str = "fleetshift.backfills";
+
+const UPSERT_BACKFILL: &str =
+    "INSERT INTO fleetshift.backfills (version, after_key, rows_done, batches, fence_token)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (version) DO UPDATE SET after_key = EXCLUDED.after_key,
+            rows_done = EXCLUDED.rows_done, batches = EXCLUDED.batches,
+            fence_token = EXCLUDED.fence_token, updated_at = clock_timestamp()";
+
+const SELECT_BACKFILL: &str =
+    "SELECT after_key, rows_done, batches FROM fleetshift.backfills WHERE version = $1";

@@ -22,6 +22,7 @@ fn revision(sql: &str, down: bool) -> Revision {
         checksum: String::new(),
         failure_tolerated: false,
         irreversible: None,
+        backfill: None,
     }
 }
 
