@@ -31,7 +31,7 @@ use std::str::FromStr;
 use sha2::{Digest, Sha256};
 
 pub use alembic::AlembicHistory;
-pub use backfill::Backfill;
+pub use backfill::{Backfill, PLACEHOLDER as BACKFILL_PLACEHOLDER};
 pub use engine::Engine;
 pub use problem::{SourceError, SourceProblem};
 pub use version::Version;

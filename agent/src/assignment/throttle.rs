@@ -1,7 +1,8 @@
 //! What a PostgreSQL shard's run waits on: the replay lag of the replicas attached to its
 //! server and of those the agent is told to watch ([`replicas`]), its active sessions against
 //! `max_connections`, and the plan's own query, each against its threshold. Sampled when the
-//! executor asks (before each revision, and between statements run outside a transaction) and
+//! executor asks (before each revision, between statements run outside a transaction, and
+//! between a backfill job's batches) and
 //! every second while it waits: one round trip, plus one for the plan's query when it has one
 //! and one per watched replica when the plan bounds the lag.
 

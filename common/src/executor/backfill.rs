@@ -21,10 +21,14 @@ pub(super) struct Job<'r> {
     pub statement: &'r Statement,
 }
 
+/// How often a running job's progress is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How far this run took a job.
 struct Run {
     mark: BackfillMark,
     started: Instant,
+    logged: Instant,
     rows_this_run: i64,
     longest_batch: Duration,
     lock_retries: usize,
@@ -89,6 +93,7 @@ impl<E: ShardEngine> Executor<'_, E> {
         let mut run = Run {
             mark,
             started,
+            logged: started,
             rows_this_run: 0,
             longest_batch: Duration::ZERO,
             lock_retries: 0,
@@ -226,7 +231,12 @@ impl<E: ShardEngine> Executor<'_, E> {
         run.longest_batch = run.longest_batch.max(batch_started.elapsed());
         run.rows_this_run += batch.keys;
         run.mark = mark;
-        tracing::debug!(shard = %self.engine.shard(), revision = %revision.label(), batch = run.mark.batches, rows = run.mark.rows, "backfill batch committed");
+        if run.logged.elapsed() >= LOG_EVERY {
+            run.logged = Instant::now();
+            tracing::info!(shard = %self.engine.shard(), revision = %revision.label(), batches = run.mark.batches, rows = run.mark.rows, estimated_rows, after = ?run.mark.after, longest_batch_ms = run.longest_batch.as_millis() as u64, "backfill under way");
+        } else {
+            tracing::debug!(shard = %self.engine.shard(), revision = %revision.label(), batch = run.mark.batches, rows = run.mark.rows, "backfill batch committed");
+        }
         self.emit(ExecutionEvent::BackfillProgress {
             version: revision.version.to_string(),
             batches: run.mark.batches,

@@ -1,5 +1,6 @@
-//! Waiting for a busy shard: before each revision an `up` run applies, and before each
-//! statement of a revision run outside a transaction, the run asks its [`Throttle`] whether a
+//! Waiting for a busy shard: before each revision an `up` run applies, before each
+//! statement of a revision run outside a transaction, and before each batch of a backfill
+//! job after its first, the run asks its [`Throttle`] whether a
 //! signal (replica lag, active sessions, an operator's query) is above its threshold, and waits
 //! while one is, sampling again every [`SAMPLE_EVERY`]. It never waits inside a transaction,
 //! where locks are held. Past the throttle's longest wait for the whole run, it stops with

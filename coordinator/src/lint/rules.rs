@@ -3,7 +3,7 @@
 //! down script, enum values used in the transaction that adds them, transaction control
 //! statements, and (for information) revisions whose up script has no statements.
 
-use fleetshift_common::source::Revision;
+use fleetshift_common::source::{BACKFILL_PLACEHOLDER, Revision};
 use fleetshift_common::statements::Statement;
 
 use super::{RawFinding, Severity};
@@ -102,10 +102,17 @@ fn has_token(statement: &Statement, word: &str) -> bool {
         .any(|token| token.eq_ignore_ascii_case(word))
 }
 
-/// UPDATE or DELETE of a whole table (no WHERE); an UPDATE with a WHERE but no batching.
+/// How to write a backfill so that fleetshift runs it in batches.
+const BACKFILL_JOB_HINT: &str = "make it a backfill job: a revision of its own whose script starts with `-- fleetshift:backfill key=<primary key> batch=5000` and whose WHERE ends with `AND :batch`; fleetshift runs it in key-range batches, each its own short transaction, throttled and resumable";
+
+/// UPDATE or DELETE of a whole table (no WHERE); an UPDATE with a WHERE but no batching. A
+/// backfill job's statement (with its `:batch` range) is batched by fleetshift.
 fn unbounded_or_unbatched(statement: &Statement) -> Option<RawFinding> {
     let verb = statement.leading_words(1).into_iter().next()?;
     if verb != "UPDATE" && verb != "DELETE" {
+        return None;
+    }
+    if !statement.placeholder_spans(BACKFILL_PLACEHOLDER).is_empty() {
         return None;
     }
     if !has_token(statement, "WHERE") {
@@ -116,7 +123,9 @@ fn unbounded_or_unbatched(statement: &Statement) -> Option<RawFinding> {
             message: format!(
                 "{verb} without WHERE writes every row of the table in one statement, holding row locks (and bloating it) until the revision commits"
             ),
-            hint: Some("add the WHERE you mean; for a backfill, update in batches by key range outside the schema change".to_owned()),
+            hint: Some(format!(
+                "add the WHERE you mean; for a backfill, {BACKFILL_JOB_HINT}"
+            )),
         });
     }
     let batched = ["LIMIT", "BETWEEN", "CTID"]
@@ -126,8 +135,10 @@ fn unbounded_or_unbatched(statement: &Statement) -> Option<RawFinding> {
         rule: UNBATCHED_BACKFILL.to_owned(),
         severity: Severity::Warning,
         script_line: statement.line,
-        message: "a backfill in a single UPDATE locks every row it touches until the revision commits".to_owned(),
-        hint: Some("update in batches (by key range or LIMIT), ideally in a revision that runs outside a transaction".to_owned()),
+        message:
+            "a backfill in a single UPDATE locks every row it touches until the revision commits"
+                .to_owned(),
+        hint: Some(BACKFILL_JOB_HINT.to_owned()),
     })
 }
 
@@ -222,7 +233,7 @@ mod tests {
     fn whole_table_writes_and_single_statement_backfills() {
         assert_eq!(
             rules(
-                "UPDATE users SET plan = 'free';\nDELETE FROM sessions;\nUPDATE users SET a = 1 WHERE b IS NULL;\nUPDATE users SET a = 1 WHERE id BETWEEN 1 AND 1000;\nDELETE FROM t WHERE id = 1;",
+                "UPDATE users SET plan = 'free';\nDELETE FROM sessions;\nUPDATE users SET a = 1 WHERE b IS NULL;\nUPDATE users SET a = 1 WHERE id BETWEEN 1 AND 1000;\nDELETE FROM t WHERE id = 1;\nUPDATE users SET a = 1 WHERE b IS NULL AND :batch;",
                 true
             ),
             [

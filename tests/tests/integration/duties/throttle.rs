@@ -216,3 +216,110 @@ async fn a_watched_replica_that_is_no_replica_refuses_the_shard_before_anything_
     );
     assert!(!shard.has_note_column().await, "nothing ran");
 }
+
+/// Batches a backfill job has committed.
+async fn backfill_batches(admin: &sqlx::PgPool) -> i64 {
+    let ledger: bool = sqlx::query_scalar("SELECT to_regclass('fleetshift.backfills') IS NOT NULL")
+        .fetch_one(admin)
+        .await
+        .expect("catalog");
+    if !ledger {
+        return 0;
+    }
+    sqlx::query_scalar("SELECT coalesce(max(batches), 0) FROM fleetshift.backfills")
+        .fetch_one(admin)
+        .await
+        .expect("the backfill's mark")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_pauses_a_backfill_between_batches() {
+    let shard = shard("backfill_throttled").await;
+    let config = Arc::new(shard.config(shard.settings(5)));
+    let (_standby, replica) = streaming_standby(&shard, "backfill_throttled").await;
+    sqlx::query("ALTER TABLE accounts ADD COLUMN witness integer NOT NULL DEFAULT 0")
+        .execute(&shard.admin)
+        .await
+        .expect("witness column");
+    // 2,000 rows in 100 batches of at least 50 ms each.
+    let set = fixtures::migrations(&[(
+        "1_witness.sql",
+        "-- fleetshift:backfill key=id batch=20\nUPDATE accounts SET witness = witness + 1\n WHERE :batch AND (SELECT pg_sleep(0.05)) IS NOT NULL;",
+    )]);
+    let run = tokio::spawn({
+        let config = Arc::clone(&config);
+        let assignment = assignment("b1", set.path(), throttled(Duration::from_secs(120), false));
+        async move { execute(&config, assignment).await }
+    });
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            backfill_batches(&shard.admin).await >= 5
+        })
+        .await,
+        "the backfill gets under way"
+    );
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .expect("pause replay");
+    // Once the lag passes the plan's 1 s, no batch commits while it stays above: the count
+    // read at 3 s of lag is the count at 5 s, short of the whole job, with no transaction
+    // held open meanwhile.
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            replay_lag(&shard.admin).await > 3.0
+        })
+        .await,
+        "the replica falls behind"
+    );
+    let held_at = backfill_batches(&shard.admin).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            assert_eq!(idle_in_transaction(&shard.admin).await, 0);
+            replay_lag(&shard.admin).await > 5.0
+        })
+        .await,
+        "the replica falls further behind"
+    );
+    assert_eq!(backfill_batches(&shard.admin).await, held_at);
+    assert!(held_at < 100, "held mid-way, at batch {held_at}");
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .expect("resume replay");
+    let (result, events) = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the backfill goes on once the replica catches up")
+        .expect("run");
+    assert!(result.succeeded, "{:?}", result.error);
+    let witnessed: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE witness = 1), count(*) FILTER (WHERE witness <> 1)
+         FROM accounts",
+    )
+    .fetch_one(&shard.admin)
+    .await
+    .expect("witnesses");
+    assert_eq!(witnessed, (2000, 0));
+    // The wait sits between two batches, begun and ended once.
+    let steps: Vec<String> = events
+        .iter()
+        .map(step)
+        .filter(|step| step.starts_with("throttled") || step.starts_with("backfill"))
+        .collect();
+    let waits: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, step)| step.starts_with("throttled"))
+        .map(|(index, _)| index)
+        .collect();
+    assert_eq!(waits.len(), 2, "{steps:?}");
+    assert_eq!(steps[waits[0]], "throttled resumed false");
+    assert_eq!(steps[waits[1]], "throttled resumed true");
+    assert_eq!(waits[1], waits[0] + 1, "{steps:?}");
+    assert_eq!(steps[waits[0] - 1], format!("backfill batch {held_at}"));
+    assert_eq!(
+        steps[waits[1] + 1],
+        format!("backfill batch {}", held_at + 1)
+    );
+    assert_eq!(steps.last().map(String::as_str), Some("backfill batch 100"));
+}
