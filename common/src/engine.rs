@@ -232,6 +232,12 @@ pub enum AutocommitOutcome {
     IndexAlreadyValid,
     /// An INVALID index left by an earlier attempt was dropped and built again.
     InvalidIndexRebuilt,
+    /// A partitioned table's index, built partition by partition: `built` partitions' indexes
+    /// built now, `attached_before` partitions found attached by an earlier attempt.
+    PartitionsIndexed {
+        built: usize,
+        attached_before: usize,
+    },
 }
 
 /// The database-specific primitives of the fenced protocol.

@@ -40,6 +40,7 @@ mod integration {
     mod notice;
     mod operator;
     mod packaging;
+    mod partitioned_index;
     mod paused;
     mod plan_sql;
     mod processes;

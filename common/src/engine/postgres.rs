@@ -13,6 +13,7 @@ mod migration_session;
 mod migrator_lock;
 mod one_trip;
 mod opening;
+mod partitioned_index;
 pub mod restore_sql;
 pub mod server;
 mod tenant;
@@ -411,16 +412,42 @@ impl ShardEngine for PostgresShard {
             .await
             .map_err(|error| statement_error(None, &error))?;
         let _working = self.working.enter(pid);
-        let build = statement
-            .index_build()
-            .and_then(|build| Some((build.index_name?, build.table, build.if_not_exists)));
+        let parsed = statement.index_build();
+        let partitioned = match &parsed {
+            Some(parsed) => {
+                partitioned_index::partitioned_table(&mut connection, &parsed.table).await?
+            }
+            None => None,
+        };
+        if let (Some(parsed), Some(_)) = (&parsed, partitioned)
+            && parsed.index_name.is_none()
+        {
+            return Err(StatementError {
+                index: None,
+                sqlstate: None,
+                connection_lost: false,
+                message: format!(
+                    "{} is a partitioned table: name the index (CREATE INDEX CONCURRENTLY <name> ON …); fleetshift builds it partition by partition and resumes an interrupted build by that name",
+                    parsed.table
+                ),
+            });
+        }
+        let build = parsed.as_ref().and_then(|build| {
+            Some((
+                build.index_name.clone()?,
+                build.table.clone(),
+                build.if_not_exists,
+            ))
+        });
         let mut outcome = AutocommitOutcome::Ran;
         if let Some((name, table, if_not_exists)) = &build {
             match Self::index_validity(&mut connection, name, table).await? {
                 Some((true, _)) if resuming || *if_not_exists => {
                     return Ok(AutocommitOutcome::IndexAlreadyValid);
                 }
-                Some((false, schema)) => {
+                // A partitioned table's index stays invalid until every partition's is
+                // attached: the build resumes rather than starting over.
+                Some((false, schema)) if partitioned.is_none() => {
                     tracing::warn!(shard = %self.name, index = %name, "dropping invalid index left by an earlier attempt");
                     sqlx::raw_sql(AssertSqlSafe(format!(
                         "DROP INDEX CONCURRENTLY {}.{}",
@@ -444,10 +471,23 @@ impl ShardEngine for PostgresShard {
             None => None,
         };
         let started = Instant::now();
-        sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
-            .execute(&mut *connection)
-            .await
-            .map_err(|error| statement_error(None, &error))?;
+        match (&parsed, partitioned, &build) {
+            (Some(parsed), Some(table), Some((name, _, _))) => {
+                let built =
+                    partitioned_index::build(&mut connection, parsed, name, table, !resuming)
+                        .await?;
+                outcome = AutocommitOutcome::PartitionsIndexed {
+                    built: built.built,
+                    attached_before: built.attached_before,
+                };
+            }
+            _ => {
+                sqlx::raw_sql(AssertSqlSafe(statement.sql.as_str()))
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(|error| statement_error(None, &error))?;
+            }
+        }
         let elapsed = started.elapsed();
         if let (Some(tracer), Some(before)) = (&self.tracer, before) {
             let after = CatalogState::read(&mut connection)

@@ -307,6 +307,12 @@ impl<E: ShardEngine> Executor<'_, E> {
                     AutocommitOutcome::InvalidIndexRebuilt => {
                         tracing::warn!(shard = %self.engine.shard(), %location, "invalid index from an earlier attempt dropped and rebuilt")
                     }
+                    AutocommitOutcome::PartitionsIndexed {
+                        built,
+                        attached_before,
+                    } => {
+                        tracing::info!(shard = %self.engine.shard(), %location, built, attached_before, "partitioned table's index built partition by partition")
+                    }
                 }
                 tracing::debug!(shard = %self.engine.shard(), %location, duration_ms = started.elapsed().as_millis() as u64, "statement finished");
                 self.emit(ExecutionEvent::StatementFinished {

@@ -13,6 +13,9 @@ pub struct IndexBuild {
     /// The table as written (`demo.buyer`, `"Orders"`): the index is created in its schema,
     /// which need not be on the search path.
     pub table: String,
+    pub unique: bool,
+    /// The statement after the table's name (` USING btree (c) WHERE …`), as written.
+    pub definition: String,
 }
 
 impl IndexBuild {
@@ -29,7 +32,7 @@ impl IndexBuild {
         if !expect("CREATE", &mut position) {
             return None;
         }
-        expect("UNIQUE", &mut position);
+        let unique = expect("UNIQUE", &mut position);
         if !(expect("INDEX", &mut position) && expect("CONCURRENTLY", &mut position)) {
             return None;
         }
@@ -48,26 +51,32 @@ impl IndexBuild {
             return None;
         }
         expect("ONLY", &mut position);
-        let table = qualified_name(sql, position)?;
+        let (table, end) = qualified_name(sql, position)?;
         Some(Self {
             index_name,
             if_not_exists,
             table,
+            unique,
+            definition: sql[end..].to_owned(),
         })
     }
 }
 
-/// The possibly schema-qualified name starting at token `position`, as written.
-fn qualified_name(sql: &str, position: usize) -> Option<String> {
-    let mut tokens = word_spans(sql)
-        .skip(position)
-        .map(|(start, end)| &sql[start..end]);
-    let mut name = tokens.next()?.to_owned();
-    while let Some(".") = tokens.next() {
+/// The possibly schema-qualified name starting at token `position`, as written, and the
+/// byte offset where it ends.
+fn qualified_name(sql: &str, position: usize) -> Option<(String, usize)> {
+    let mut tokens = word_spans(sql).skip(position);
+    let (start, mut end) = tokens.next()?;
+    let mut name = sql[start..end].to_owned();
+    while let Some((dot_start, dot_end)) = tokens.next()
+        && &sql[dot_start..dot_end] == "."
+    {
+        let (part_start, part_end) = tokens.next()?;
         name.push('.');
-        name.push_str(tokens.next()?);
+        name.push_str(&sql[part_start..part_end]);
+        end = part_end;
     }
-    Some(name)
+    Some((name, end))
 }
 
 /// PostgreSQL keeps at most this many bytes of an identifier (NAMEDATALEN - 1).
@@ -108,6 +117,8 @@ mod tests {
                 index_name: Some("index_users_canon".to_owned()),
                 if_not_exists: true,
                 table: "users".to_owned(),
+                unique: false,
+                definition: " (lower(name))".to_owned(),
             })
         );
         let quoted = IndexBuild::parse("create unique index concurrently \"MixedCase\" on t (c)");
@@ -132,9 +143,15 @@ mod tests {
         let only =
             IndexBuild::parse("CREATE INDEX CONCURRENTLY i ON ONLY \"Sales\".\"Orders\" (c)");
         assert_eq!(
-            only.map(|b| b.table),
-            Some("\"Sales\".\"Orders\"".to_owned())
+            only.map(|b| (b.table, b.definition)),
+            Some(("\"Sales\".\"Orders\"".to_owned(), " (c)".to_owned()))
         );
+        let partial = IndexBuild::parse(
+            "CREATE UNIQUE INDEX CONCURRENTLY i ON s.t USING btree (a, b) WHERE c IS NULL",
+        )
+        .expect("a build");
+        assert!(partial.unique);
+        assert_eq!(partial.definition, " USING btree (a, b) WHERE c IS NULL");
     }
 
     #[test]
