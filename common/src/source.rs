@@ -17,6 +17,7 @@ use digest::{alembic_digest, digest, engines_digest};
 mod layout;
 mod liquibase;
 mod mode;
+mod phase;
 mod pop;
 mod problem;
 mod read;
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 pub use alembic::AlembicHistory;
 pub use backfill::{Backfill, PLACEHOLDER as BACKFILL_PLACEHOLDER};
 pub use engine::Engine;
+pub use phase::Phase;
 pub use problem::{SourceError, SourceProblem};
 pub use version::Version;
 
@@ -226,6 +228,9 @@ pub struct Revision {
     pub irreversible: Option<String>,
     /// Run in batches of its key range, each its own transaction (`-- fleetshift:backfill`).
     pub backfill: Option<Backfill>,
+    /// The phase of a zero-downtime change it belongs to (`-- fleetshift:phase`), its own or
+    /// the revision's before it.
+    pub phase: Option<Phase>,
 }
 
 /// Marks a statement-less down script as a deliberate no-op revert.
@@ -253,6 +258,7 @@ impl Revision {
             failure_tolerated: false,
             irreversible: None,
             backfill: None,
+            phase: None,
         };
         if transactional {
             revision.up.fold_transaction_blocks();
@@ -371,6 +377,7 @@ impl Reading {
             revisions.sort_by(|left, right| left.version.cmp(&right.version));
             duplicates(revisions, &mut problems);
             backfill::mark(revisions, &mut problems);
+            phase::mark(revisions, &mut problems);
         }
         tidy(&mut problems);
         Ok(Self {

@@ -219,6 +219,7 @@ mod tests {
             failure_tolerated: false,
             irreversible: None,
             backfill: None,
+            phase: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn revision(sql: &str, down: bool) -> Revision {
         failure_tolerated: false,
         irreversible: None,
         backfill: None,
+        phase: None,
     }
 }
 
