@@ -36,6 +36,9 @@ pub struct ShardReport {
     pub system_identifier: String,
     /// The server's version, empty when unreachable.
     pub server_version: String,
+    /// Sessions connected to the database by `application_name` (PostgreSQL); `None` when
+    /// they could not be read.
+    pub applications: Option<Vec<(String, i64)>>,
 }
 
 fn tables_as_json<S: serde::Serializer>(
@@ -158,6 +161,7 @@ impl ShardReport {
             tables: Vec::new(),
             system_identifier: String::new(),
             server_version: String::new(),
+            applications: None,
         }
     }
 
@@ -213,6 +217,8 @@ pub struct DatabaseFacts {
     tables: Vec<TableFacts>,
     /// The cluster's system identifier and the server's version, when read.
     identity: Option<(String, String)>,
+    /// Sessions connected to the database by `application_name`, when read.
+    applications: Option<Vec<(String, i64)>>,
 }
 
 impl DatabaseFacts {
@@ -231,12 +237,23 @@ impl DatabaseFacts {
                 tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's server identity; the per-host cap counts it by address");
             })
             .ok();
-        Self { tables, identity }
+        let applications = server::applications(engine.pool())
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the sessions connected to the shard's database; phase gates waiting on an application will wait");
+            })
+            .ok();
+        Self {
+            tables,
+            identity,
+            applications,
+        }
     }
 
     /// Gives `report` the tables of `scope` and the server's identity.
     fn fill(&self, report: &mut ShardReport, scope: &ShardScope) {
         report.tables = in_scope(&self.tables, scope);
+        report.applications.clone_from(&self.applications);
         if let Some((identifier, version)) = &self.identity {
             report.system_identifier.clone_from(identifier);
             report.server_version.clone_from(version);

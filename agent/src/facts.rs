@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use fleetshift_common::engine::{PostgresShard, Timeouts};
 use fleetshift_common::error::ExecError;
 use fleetshift_common::fence::FenceToken;
-use fleetshift_common::proto::v1::{Engine, ServerFacts, ShardFacts};
+use fleetshift_common::proto::v1::{ApplicationSessions, Engine, ServerFacts, ShardFacts};
 use fleetshift_common::schema::Snapshot;
 use futures_util::StreamExt as _;
 
@@ -182,5 +182,15 @@ fn facts(shard: &ShardConfig, report: ShardReport, schema: Reported) -> ShardFac
         schema_snapshot: schema.snapshot,
         server: Some(server),
         lifecycle: shard.lifecycle.into(),
+        applications_read: report.applications.is_some(),
+        applications: report
+            .applications
+            .into_iter()
+            .flatten()
+            .map(|(application_name, sessions)| ApplicationSessions {
+                application_name,
+                sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
+            })
+            .collect(),
     }
 }

@@ -7,6 +7,7 @@ mod dry_run;
 mod duties;
 mod events;
 mod fleet;
+mod gate;
 mod lifecycle;
 mod lint;
 mod migrate;
@@ -74,6 +75,9 @@ pub enum Command {
     Plan(Box<rollout::PlanCommand>),
     /// Approve a plan (approver role).
     Approve(rollout::ApproveArgs),
+    /// Open the gate of a phased plan's phase (approver role): `gate open PLAN contract
+    /// --reason "billing v2 deployed"`.
+    Gate(gate::GateArgs),
     /// Start an approved plan's rollout; `--watch` follows it to the end.
     Apply(rollout::ApplyArgs),
     /// Follow a rollout live: per-wave progress, then a per-shard summary; `--all` follows
@@ -143,6 +147,7 @@ fn command_span(command: &Command) -> tracing::Span {
         Command::Lifecycle(_) => "lifecycle",
         Command::Plan(_) => "plan",
         Command::Approve(_) => "approve",
+        Command::Gate(_) => "gate",
         Command::Apply(_) => "apply",
         Command::Watch(_) => "watch",
         Command::Events(_) => "events",
@@ -188,6 +193,7 @@ async fn run_command(cli: Cli) -> ExitCode {
             None => rollout::plan(arguments.create).await,
         },
         Command::Approve(arguments) => rollout::approve(arguments).await,
+        Command::Gate(arguments) => gate::run(arguments).await,
         Command::Apply(arguments) => rollout::apply(arguments).await,
         Command::Watch(arguments) => rollout::watch(arguments).await,
         Command::Events(arguments) => events::run(arguments).await,

@@ -412,6 +412,7 @@ async fn roll_out(
         allow_drift_shards: String::new(),
         schedule: None,
         updates: None,
+        gates: Vec::new(),
     };
     let plan = client.create_plan(request).await?.into_inner();
     if human {

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         | cli::Command::Lifecycle(_)
         | cli::Command::Plan(_)
         | cli::Command::Approve(_)
+        | cli::Command::Gate(_)
         | cli::Command::Apply(_)
         | cli::Command::Watch(_)
         | cli::Command::Events(_)

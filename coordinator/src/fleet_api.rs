@@ -24,7 +24,7 @@ use fleetshift_common::proto::v1::{
 use fleetshift_common::proto::v1::{
     CreateBaselineRequest, FleetTarget, GetTargetStatusRequest, ListBaselinesRequest,
     ListBaselinesResponse, ListTargetsRequest, ListTargetsResponse, RemoveTargetRequest,
-    SchemaBaseline, SetTargetRequest, TargetStatus, VerifyBaselineRequest,
+    OpenGateRequest, SchemaBaseline, SetTargetRequest, TargetStatus, VerifyBaselineRequest,
 };
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;
@@ -43,7 +43,7 @@ use crate::lifecycles;
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
 use crate::rollout::{
-    RolloutError, planning, records, retry, rollback, throttled, transitions, waves,
+    RolloutError, phases, planning, records, retry, rollback, throttled, transitions, waves,
 };
 use crate::schema_baselines;
 use crate::schemas;
@@ -422,6 +422,19 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
             transitions::approve(plan, approval.clone(), &versions)
         })
         .await
+    }
+
+    async fn open_gate(&self, request: Request<OpenGateRequest>) -> Result<Response<Plan>, Status> {
+        let approver = self.authorize(&request, OperatorRole::Approver)?;
+        let request = request.into_inner();
+        let at = std::time::SystemTime::now();
+        let changed = self
+            .change(&request.plan_id, |plan| {
+                phases::open(plan, &request.phase, &approver, &request.reason, at)
+            })
+            .await?;
+        tracing::info!(plan = %request.plan_id, phase = %request.phase, %approver, reason = %request.reason, "phase gate opened");
+        Ok(changed)
     }
 
     async fn start_rollout(&self, request: Request<PlanAction>) -> Result<Response<Plan>, Status> {

@@ -23,6 +23,7 @@ pub mod driver;
 pub(crate) mod model;
 mod named;
 pub mod outcome;
+pub mod phases;
 pub mod planning;
 pub mod records;
 pub mod rehearsal_gate;

@@ -310,6 +310,7 @@ async fn roll_out(
             allow_drift_shards: String::new(),
             schedule: None,
             updates: None,
+            gates: Vec::new(),
         },
     )
     .await?;

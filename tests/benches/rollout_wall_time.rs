@@ -195,6 +195,7 @@ async fn with_fleetshift(
             allow_drift_shards: String::new(),
             schedule: None,
             updates: None,
+            gates: Vec::new(),
         },
     )
     .await?;

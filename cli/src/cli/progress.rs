@@ -351,6 +351,9 @@ pub fn summary(plan: &Plan, output: Output) {
     if !plan.state_reason.is_empty() {
         println!("  {}", plan.state_reason);
     }
+    for line in super::gate::lines(plan) {
+        println!("  {line}");
+    }
     println!(
         "{:<6} {:<28} {:<11} {:<16} {:<20} {:>8} {:>7}  ERROR",
         "WAVE", "SHARD", "STATE", "AGENT", "VERSION", "TOOK", "RETRIES"
@@ -437,6 +440,7 @@ fn summary_json(plan: &Plan, state: PlanState, now: jiff::Timestamp) {
             "state": plan_state_name(state),
             "reason": plan.state_reason,
             "target_version": plan.target_version,
+            "phases": super::gate::json_of(plan),
             "direction": if plan.direction() == Direction::Down { "down" } else { "up" },
             "rolls_back": (!plan.rolls_back.is_empty()).then_some(&plan.rolls_back),
             "retries": (!plan.retries.is_empty()).then_some(&plan.retries),

@@ -22,6 +22,7 @@ use crate::exit;
 
 mod findings;
 mod fleet_sql;
+mod gates;
 mod plan_args;
 
 pub use findings::Detail;

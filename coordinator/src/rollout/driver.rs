@@ -29,6 +29,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 mod endings;
+mod phased;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +37,7 @@ use super::model::{Model, PlanTasks};
 use super::outcome::{self};
 use super::spans::RolloutTrace;
 use super::{RolloutError, assignment_id, plan_ended, state_of};
-use super::{schedule, waves};
+use super::{phases, schedule, waves};
 use crate::claims;
 use crate::metrics::rollouts::RolloutGauges;
 use crate::store::{
@@ -223,7 +224,17 @@ impl<S: Store> Driver<'_, S> {
             return self.finish(plan, PlanState::Halted, reason).await;
         }
         let Some(wave) = current else {
-            let (state, reason) = outcome::plan_end(&failed, &policy);
+            let (state, mut reason) = outcome::plan_end(&failed, &policy);
+            if let Some(next) = phases::next(plan) {
+                if failed.is_empty() {
+                    return self.phase_boundary(plan, next).await;
+                }
+                reason = format!(
+                    "{reason}; phase {} did not finish on every shard, so phase {} never started",
+                    plan.phases[plan.current_phase as usize].name,
+                    plan.phases[next].name
+                );
+            }
             return self.finish(plan, state, reason).await;
         };
         let mut slots = waves::Slots::new(&policy, tasks.active_in_wave(wave.index), |host| {
@@ -485,9 +496,15 @@ fn dispatch_of(
         Direction::Up | Direction::Unspecified => Direction::Up,
     };
     let target_version = if task.target_version.is_empty() {
-        plan.target_version.clone()
+        phases::target(plan).to_owned()
     } else {
         task.target_version.clone()
+    };
+    // An automatic rollback in a later phase stops at the phase's start: the phases before
+    // it are the application's, deployed against.
+    let revert_to = match (plan.current_phase as usize).checked_sub(1) {
+        Some(previous) => plan.phases[previous].last_version.clone(),
+        None => task.previous_version.clone(),
     };
     let assignment = Assignment {
         assignment_id: assignment_id.to_owned(),
@@ -496,7 +513,7 @@ fn dispatch_of(
         fence_token: token.get(),
         direction: direction.into(),
         target_version,
-        revert_to: task.previous_version.clone(),
+        revert_to,
         windows: task.windows.clone(),
         estimates,
         migration_set: Some(MigrationSet {

@@ -19,7 +19,7 @@ use fleetshift_common::touched::touched;
 
 use crate::lint;
 
-use super::{RolloutError, outcome, risk, schedule, spans};
+use super::{RolloutError, outcome, phases, risk, schedule, spans};
 
 /// Defaults for what the request leaves at zero.
 const DEFAULT_CANARY: u32 = 1;
@@ -305,6 +305,8 @@ pub struct PlanRequest {
     /// The fleet's schema baselines (without their SQL): the plan names the newest verified
     /// one of its set at or below its target, to seed new, empty shards from.
     pub baselines: Vec<v1::SchemaBaseline>,
+    /// How the phases of a phased set are gated.
+    pub gates: Vec<v1::GateRequest>,
 }
 
 impl TryFrom<CreatePlanRequest> for PlanRequest {
@@ -327,6 +329,7 @@ impl TryFrom<CreatePlanRequest> for PlanRequest {
             schedule: schedule::checked(request.schedule)?,
             updates: checked_updates(request.updates)?,
             baselines: Vec::new(),
+            gates: request.gates,
         })
     }
 }
@@ -372,6 +375,7 @@ pub fn plan(
         .map(|finding| finding.to_wire(std::path::Path::new(&shipped.origin)))
         .collect();
     let revisions = &set.revisions[..applied];
+    let phases = phases::planned(&set, applied.saturating_sub(1), &request.gates)?;
     let backup_required = request
         .duties
         .as_ref()
@@ -440,6 +444,8 @@ pub fn plan(
         fleet_target: String::new(),
         catch_up_from: HashMap::new(),
         baseline,
+        phases,
+        current_phase: 0,
     })
 }
 

@@ -146,6 +146,7 @@ async fn a_rollout_across_replicas_survives_its_leader_and_runs_each_shard_once(
             allow_drift_shards: String::new(),
             schedule: None,
             updates: None,
+            gates: Vec::new(),
         },
     )
     .await

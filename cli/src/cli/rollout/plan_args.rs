@@ -17,6 +17,7 @@ use prost::Message as _;
 use super::super::fleet::{Connection, parse_label};
 use super::super::sources::{self, AlembicArgs};
 use super::super::{Output, baseline_file};
+use super::gates::GateArgs;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -164,6 +165,8 @@ pub struct PlanArgs {
     /// Status updates: a minijinja template for each update's text (for chat channels).
     #[arg(long, value_name = "FILE", requires = "updates")]
     pub(super) update_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) gates: GateArgs,
     #[arg(long, value_enum, default_value = "human")]
     pub(crate) output: Output,
 }
@@ -237,6 +240,7 @@ impl PlanArgs {
             allow_drift_shards: self.allow_drift_shards.clone().unwrap_or_default(),
             schedule: self.schedule(),
             updates,
+            gates: self.gates.requests(),
         })
     }
 

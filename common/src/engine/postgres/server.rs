@@ -24,3 +24,18 @@ pub async fn identity(pool: &CountedPool) -> Result<(String, String), sqlx::Erro
     };
     Ok((identifier, version))
 }
+
+/// The sessions connected to the pool's database, by `application_name`, fleetshift's own
+/// left out: what phase gates wait on (an old application version's sessions gone).
+pub async fn applications(pool: &CountedPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT coalesce(application_name, ''), count(*)
+         FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND backend_type = 'client backend'
+           AND coalesce(application_name, '') NOT LIKE 'fleetshift%'
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -251,6 +251,7 @@ impl Fleet {
                 allow_drift_shards: String::new(),
                 schedule: None,
                 updates: None,
+                gates: Vec::new(),
             },
         )
         .await
