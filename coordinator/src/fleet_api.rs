@@ -23,8 +23,8 @@ use fleetshift_common::proto::v1::{
 };
 use fleetshift_common::proto::v1::{
     CreateBaselineRequest, FleetTarget, GetTargetStatusRequest, ListBaselinesRequest,
-    ListBaselinesResponse, ListTargetsRequest, ListTargetsResponse, RemoveTargetRequest,
-    OpenGateRequest, SchemaBaseline, SetTargetRequest, TargetStatus, VerifyBaselineRequest,
+    ListBaselinesResponse, ListTargetsRequest, ListTargetsResponse, OpenGateRequest,
+    RemoveTargetRequest, SchemaBaseline, SetTargetRequest, TargetStatus, VerifyBaselineRequest,
 };
 use fleetshift_common::schema::Fingerprint;
 use prost::Message;

@@ -42,6 +42,7 @@ mod integration {
     mod packaging;
     mod partitioned_index;
     mod paused;
+    mod phased_rollout;
     mod plan_sql;
     mod processes;
     mod real_histories;

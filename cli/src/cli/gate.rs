@@ -48,17 +48,23 @@ pub async fn run(arguments: GateArgs) -> ExitCode {
         reason: arguments.reason.clone(),
     };
     let open = async |client: &mut FleetClient| client.open_gate(request).await;
-    one_call(&arguments.connection, arguments.output, open, |plan| {
-        match arguments.output {
-            Output::Json => println!("{}", json!({ "plan": plan.plan_id, "phases": json_of(&plan) })),
+    one_call(
+        &arguments.connection,
+        arguments.output,
+        open,
+        |plan| match arguments.output {
+            Output::Json => println!(
+                "{}",
+                json!({ "plan": plan.plan_id, "phases": json_of(&plan) })
+            ),
             Output::Human => {
                 println!("plan {}:", plan.plan_id);
                 for line in lines(&plan) {
                     println!("  {line}");
                 }
             }
-        }
-    })
+        },
+    )
     .await
 }
 

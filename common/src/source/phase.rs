@@ -80,15 +80,11 @@ pub(super) fn mark(revisions: &mut [Revision], problems: &mut Vec<SourceProblem>
 
 fn read(revision: &Revision) -> Result<Option<Phase>, SourceProblem> {
     let script = &revision.up;
-    let mut directives = script
-        .sql
-        .lines()
-        .enumerate()
-        .filter_map(|(index, line)| {
-            let comment = line.trim_start().strip_prefix("--")?.trim_start();
-            let phase = comment.strip_prefix(DIRECTIVE)?;
-            Some((script.file_line(index + 1), phase.trim()))
-        });
+    let mut directives = script.sql.lines().enumerate().filter_map(|(index, line)| {
+        let comment = line.trim_start().strip_prefix("--")?.trim_start();
+        let phase = comment.strip_prefix(DIRECTIVE)?;
+        Some((script.file_line(index + 1), phase.trim()))
+    });
     let Some((line, phase)) = directives.next() else {
         return Ok(None);
     };
@@ -96,7 +92,9 @@ fn read(revision: &Revision) -> Result<Option<Phase>, SourceProblem> {
         return Err(SourceProblem::at_line(
             &script.path,
             again,
-            format!("a second `{DIRECTIVE}` directive (the first is on line {line}); a revision is in one phase"),
+            format!(
+                "a second `{DIRECTIVE}` directive (the first is on line {line}); a revision is in one phase"
+            ),
         ));
     }
     phase
@@ -113,7 +111,11 @@ mod tests {
     use crate::source::{Script, Version};
 
     fn revision(version: &str, sql: &str) -> Revision {
-        let up = Script::new(PathBuf::from(format!("{version}_r.up.sql")), 1, sql.to_owned());
+        let up = Script::new(
+            PathBuf::from(format!("{version}_r.up.sql")),
+            1,
+            sql.to_owned(),
+        );
         Revision::new(
             Version::integer(version).expect("version"),
             "r",
@@ -168,8 +170,18 @@ mod tests {
             "-- fleetshift:phase expand\n-- fleetshift:phase backfill\nSELECT 1;",
         ]);
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("2_r.up.sql: phase expand comes after phase contract (revision 1_r)"), "{problems:?}");
-        assert!(problems[1].starts_with("3_r.up.sql:1: unknown phase \"migrate\""), "{problems:?}");
-        assert!(problems[2].starts_with("4_r.up.sql:2: a second"), "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("2_r.up.sql: phase expand comes after phase contract (revision 1_r)"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("3_r.up.sql:1: unknown phase \"migrate\""),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("4_r.up.sql:2: a second"),
+            "{problems:?}"
+        );
     }
 }

@@ -231,8 +231,7 @@ impl<S: Store> Driver<'_, S> {
                 }
                 reason = format!(
                     "{reason}; phase {} did not finish on every shard, so phase {} never started",
-                    plan.phases[plan.current_phase as usize].name,
-                    plan.phases[next].name
+                    plan.phases[plan.current_phase as usize].name, plan.phases[next].name
                 );
             }
             return self.finish(plan, state, reason).await;

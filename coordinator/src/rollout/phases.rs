@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use fleetshift_common::proto::v1::{GateRequest, Plan, PlanPhase, PhaseGate, ShardFacts};
+use fleetshift_common::proto::v1::{GateRequest, PhaseGate, Plan, PlanPhase, ShardFacts};
 use fleetshift_common::source::{MigrationSet, Phase};
 
 use super::RolloutError;
@@ -158,9 +158,14 @@ pub fn open(
         .find(|(_, found)| found.name == phase)
     else {
         return Err(RolloutError::BadRequest(if names.is_empty() {
-            format!("plan {plan_id} has no phases: its revisions are not marked `-- fleetshift:phase`")
+            format!(
+                "plan {plan_id} has no phases: its revisions are not marked `-- fleetshift:phase`"
+            )
         } else {
-            format!("plan {plan_id} has phases {}; no {phase:?}", names.join(", "))
+            format!(
+                "plan {plan_id} has phases {}; no {phase:?}",
+                names.join(", ")
+            )
         }));
     };
     if index == 0 || (index <= current && found.started_at.is_some()) {

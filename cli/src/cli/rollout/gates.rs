@@ -44,7 +44,8 @@ impl GateArgs {
 
 /// `PHASE=PATTERN@DURATION`.
 fn parse_quiet(text: &str) -> Result<(String, String, Duration), String> {
-    let usage = || format!("{text:?}: expected PHASE=PATTERN@DURATION, e.g. contract=billing-v1*@10m");
+    let usage =
+        || format!("{text:?}: expected PHASE=PATTERN@DURATION, e.g. contract=billing-v1*@10m");
     let (phase, rest) = text.split_once('=').ok_or_else(usage)?;
     let (pattern, duration) = rest.rsplit_once('@').ok_or_else(usage)?;
     if phase.is_empty() || pattern.is_empty() {

@@ -81,7 +81,9 @@ impl<S: Store> Driver<'_, S> {
             if plan_state(stored) != PlanState::Running || stored.current_phase != current {
                 return Err(RolloutError::NotNow("changed meanwhile".to_owned()));
             }
-            let stored_gate = stored.phases[next].gate.get_or_insert_with(Default::default);
+            let stored_gate = stored.phases[next]
+                .gate
+                .get_or_insert_with(Default::default);
             // An approver may have opened it meanwhile: that stays.
             if stored_gate.opened {
                 return Err(RolloutError::NotNow("opened meanwhile".to_owned()));

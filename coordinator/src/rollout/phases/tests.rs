@@ -49,7 +49,10 @@ fn a_quiet_gate_opens_after_its_period_with_every_shard_seen_quiet_after_it() {
     assert!(!judged.open);
     assert_eq!(judged.gate.quiet_since, None);
     assert!(
-        judged.gate.waiting_for.starts_with("sessions of billing-v1* to end (2 on a)"),
+        judged
+            .gate
+            .waiting_for
+            .starts_with("sessions of billing-v1* to end (2 on a)"),
         "{}",
         judged.gate.waiting_for
     );
@@ -70,7 +73,11 @@ fn a_quiet_gate_opens_after_its_period_with_every_shard_seen_quiet_after_it() {
     let opened = judge(&waiting.gate, &shards, &seen, later);
     assert!(opened.open);
     assert_eq!(opened.gate.opened_by, BY_CONDITION);
-    assert!(opened.gate.reason.contains("billing-v1*"), "{:?}", opened.gate);
+    assert!(
+        opened.gate.reason.contains("billing-v1*"),
+        "{:?}",
+        opened.gate
+    );
 }
 
 #[test]
@@ -85,7 +92,10 @@ fn shards_whose_sessions_are_unknown_hold_a_quiet_gate() {
     let judged = judge(&quiet_gate(), &["a", "b", "c"], &seen, now);
     assert!(!judged.open);
     assert!(
-        judged.gate.waiting_for.contains("the sessions of b, c to be known"),
+        judged
+            .gate
+            .waiting_for
+            .contains("the sessions of b, c to be known"),
         "{}",
         judged.gate.waiting_for
     );
@@ -132,5 +142,8 @@ fn an_approver_opens_a_gate_once_with_a_reason() {
     open(&mut plan, "contract", "bob", "again", now).expect("opened already");
     let gate = plan.phases[1].gate.as_ref().expect("gate");
     assert!(gate.opened);
-    assert_eq!((gate.opened_by.as_str(), gate.reason.as_str()), ("alice", "v2 deployed"));
+    assert_eq!(
+        (gate.opened_by.as_str(), gate.reason.as_str()),
+        ("alice", "v2 deployed")
+    );
 }
