@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use fleetshift_common::proto::v1::{OpenGateRequest, Plan, PlanPhase};
+use fleetshift_common::proto::v1::{OpenGateRequest, Plan, PlanPhase, ShardState};
 use serde_json::json;
 
 use super::Output;
@@ -71,6 +71,13 @@ pub async fn run(arguments: GateArgs) -> ExitCode {
 /// Where each phase stands: `expand (to 2): done`, `contract (to 3): gate waits for …`.
 pub fn lines(plan: &Plan) -> Vec<String> {
     let current = plan.current_phase as usize;
+    let succeeded = plan
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.shards)
+        .filter(|task| task.state == i32::from(ShardState::Succeeded))
+        .count();
+    let shards: usize = plan.waves.iter().map(|wave| wave.shards.len()).sum();
     plan.phases
         .iter()
         .enumerate()
@@ -79,18 +86,24 @@ pub fn lines(plan: &Plan) -> Vec<String> {
                 "phase {} (to {}): {}",
                 phase.name,
                 phase.last_version,
-                standing(phase, index, current)
+                standing(phase, index, current, (succeeded, shards))
             )
         })
         .collect()
 }
 
-fn standing(phase: &PlanPhase, index: usize, current: usize) -> String {
-    if index < current {
+/// `done` is (shards that finished the current phase, the plan's shards).
+fn standing(
+    phase: &PlanPhase,
+    index: usize,
+    current: usize,
+    (done, shards): (usize, usize),
+) -> String {
+    if index < current || (index == current && done == shards) {
         return "done".to_owned();
     }
     if index == current {
-        return "running (or done once every shard ended)".to_owned();
+        return format!("running: {done} of {shards} shards done");
     }
     let Some(gate) = &phase.gate else {
         return "waits for the phase before it".to_owned();

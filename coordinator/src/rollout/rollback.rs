@@ -75,7 +75,18 @@ pub fn plan_rollback(
             })
         })
         .collect::<Result<_, _>>()?;
-    let back_to: HashMap<String, String> = reach::destinations(set, source, &selected, to)?
+    // A phased plan that reached its contract phase goes back to that phase's start: the
+    // phases before it are what the application runs against, and are rolled back on their own.
+    let contract_start = contract_start(source);
+    let to = to.or(contract_start);
+    let back_to: HashMap<String, String> = reach::destinations(set, source, &selected, to)
+        .map_err(|error| match (contract_start, error) {
+            (Some(start), RolloutError::BadRequest(why)) => RolloutError::BadRequest(format!(
+                "plan {} ran its contract phase, which only its down scripts revert (the phases before it, to {start}, stay applied): {why}",
+                source.plan_id
+            )),
+            (_, error) => error,
+        })?
         .into_iter()
         .collect();
     let policy = source.policy.clone().unwrap_or_default();
@@ -116,8 +127,24 @@ pub fn plan_rollback(
         rolls_back: source.plan_id.clone(),
         trace_context: spans::new_trace_context(),
         left_out,
+        state_reason: contract_start
+            .filter(|_| rollback.to.is_none())
+            .map(|start| format!(
+                "plan {} ran its contract phase: this rollback reverts that phase with its down scripts and stops at its start ({start}); the phases before it are rolled back with `fleetshift rollback {} --to <version>` once the application no longer needs them",
+                source.plan_id, source.plan_id
+            ))
+            .unwrap_or_default(),
         ..Plan::default()
     })
+}
+
+/// Where a phased plan's contract phase starts, when the plan ran it: the phase before it's
+/// last revision.
+fn contract_start(plan: &Plan) -> Option<&str> {
+    let current = plan.current_phase as usize;
+    let phase = plan.phases.get(current)?;
+    (phase.name == "contract" && phase.started_at.is_some() && current > 0)
+        .then(|| plan.phases[current - 1].last_version.as_str())
 }
 
 /// The tasks of `source` to roll back, those that moved (reached the target, or failed or

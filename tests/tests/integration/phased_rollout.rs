@@ -311,3 +311,133 @@ async fn contract_waits_for_every_backfill_and_for_the_old_application_to_leave(
     assert!(ran > 0);
     eprintln!("application: {ran} transactions, slowest {slowest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_opens_the_contract_gate_and_rollback_stops_at_the_contract_phase() {
+    let fleet =
+        CliFleet::start_configured("phased_gate", SCHEMA, 2, |_| String::new(), "", Vec::new())
+            .await;
+    let shards: Vec<PgPool> =
+        futures_util::future::join_all(fleet.shard_urls.iter().map(|url| pool(url))).await;
+    let set = fixtures::migrations(&[
+        (
+            "1_email_lower.up.sql",
+            "-- fleetshift:phase expand\nALTER TABLE users ADD COLUMN email_lower text;",
+        ),
+        (
+            "1_email_lower.down.sql",
+            "ALTER TABLE users DROP COLUMN email_lower;",
+        ),
+        (
+            "2_drop_email.up.sql",
+            "-- fleetshift:phase contract\nALTER TABLE users DROP COLUMN email;",
+        ),
+    ]);
+    let dir = set.path().to_str().expect("utf-8 path");
+    let planned = fleet
+        .cli
+        .alice(&[
+            "plan",
+            dir,
+            "--selector",
+            "env=test",
+            "--waves",
+            "100",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_exit(&planned, 0);
+    let plan = summary(&planned)["plan"].as_str().expect("id").to_owned();
+    let rehearsed = fleet
+        .cli
+        .alice(&["rehearse", &plan, "--shards", "a-db0"])
+        .await;
+    assert!(matches!(rehearsed.status.code(), Some(0 | 11)));
+    assert_exit(&fleet.cli.bob(&["approve", &plan]).await, 0);
+    assert_exit(&fleet.cli.alice(&["apply", &plan]).await, 0);
+
+    // Expanded everywhere, the contract gate waits for an approver, and says so.
+    let waiting = wait_until(Duration::from_secs(120), || async {
+        plan_status(&fleet, &plan).await["phases"][1]["gate"]["waiting_for"]
+            .as_str()
+            .is_some_and(|waits| waits.contains("fleetshift gate open"))
+    })
+    .await;
+    assert!(
+        waiting,
+        "{}\n{}",
+        plan_status(&fleet, &plan).await,
+        fleet.diagnose()
+    );
+    for shard in &shards {
+        assert_eq!(status_of(shard, "1").await.as_deref(), Some("applied"));
+        assert_eq!(status_of(shard, "2").await, None);
+    }
+    let human = fleet.cli.alice(&["status", &plan]).await;
+    let printed = fleetshift_tests::binary::printed(&human);
+    assert!(
+        printed.contains("phase expand (to 1): done")
+            && printed.contains("phase contract (to 2): gate waits for an approver"),
+        "{printed}"
+    );
+
+    // An operator may not open it; an approver must say why.
+    let refused = fleet
+        .cli
+        .alice(&["gate", "open", &plan, "contract", "--reason", "deployed"])
+        .await;
+    assert_exit(&refused, 9);
+    let unexplained = fleet
+        .cli
+        .bob(&["gate", "open", &plan, "contract", "--reason", " "])
+        .await;
+    assert_exit(&unexplained, 2);
+    let unknown = fleet
+        .cli
+        .bob(&["gate", "open", &plan, "cleanup", "--reason", "deployed"])
+        .await;
+    assert_exit(&unknown, 2);
+    assert!(
+        fleetshift_tests::binary::printed(&unknown).contains("has phases expand, contract"),
+        "{}",
+        fleetshift_tests::binary::printed(&unknown)
+    );
+    let opened = fleet
+        .cli
+        .bob(&[
+            "gate",
+            "open",
+            &plan,
+            "contract",
+            "--reason",
+            "billing v2 deployed",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_exit(&opened, 0);
+    assert_eq!(
+        json(&opened)["phases"][1]["gate"]["opened_by"],
+        "spiffe://fleet.example/operator/bob"
+    );
+    let done = wait_until(Duration::from_secs(120), || async {
+        plan_status(&fleet, &plan).await["state"] == "succeeded"
+    })
+    .await;
+    assert!(done, "{}", plan_status(&fleet, &plan).await);
+    for shard in &shards {
+        assert_eq!(status_of(shard, "2").await.as_deref(), Some("applied"));
+    }
+
+    // The contract phase ran: a rollback reverts it only with its down scripts, and says so.
+    let rollback = fleet.cli.alice(&["rollback", &plan]).await;
+    assert_exit(&rollback, 2);
+    let printed = fleetshift_tests::binary::printed(&rollback);
+    assert!(
+        printed.contains("ran its contract phase, which only its down scripts revert")
+            && printed.contains("to 1, stay applied")
+            && printed.contains("2_drop_email"),
+        "{printed}"
+    );
+}
