@@ -28,21 +28,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use fleetshift_common::engine::{PostgresShard, ShardEngine, Timeouts};
-use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{CreatePlanRequest, ListShardsRequest, PlanState};
+use fleetshift_common::proto::v1::{CreatePlanRequest, PlanState};
 use fleetshift_common::secrets::DatabaseUrl;
 use fleetshift_common::source::MigrationSet;
-use fleetshift_common::tls::identity::Role;
-use fleetshift_coordinator::store::EtcdStore;
 use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::collector::Collector;
-use fleetshift_tests::fleet::{
-    Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica_with,
-};
 use fleetshift_tests::postgres::PostgresCluster;
+use fleetshift_tests::process_fleet::{Coordinator, announced, start_agents, start_coordinator};
 use fleetshift_tests::rollout::Timeline;
-use fleetshift_tests::{binary, fixtures, psql, rollout};
-use tonic::transport::Channel;
+use fleetshift_tests::{fixtures, psql, rollout};
 
 const SHARDS: usize = 64;
 const AGENTS: usize = 4;
@@ -78,80 +72,6 @@ fn twenty_revisions() -> anyhow::Result<tempfile::TempDir> {
     Ok(target)
 }
 
-struct Coordinator {
-    address: String,
-    client: FleetServiceClient<Channel>,
-    /// Added to the replica's and its agents' environment.
-    environment: Vec<(String, String)>,
-    _process: Process,
-}
-
-async fn start_coordinator(
-    home: &Path,
-    etcd: &EtcdServer,
-    environment: Vec<(String, String)>,
-) -> anyhow::Result<Coordinator> {
-    std::fs::create_dir_all(home)?;
-    let pki = home.join("pki");
-    init_pki(&pki);
-    issue(&pki, Role::Operator, "ops", &[]);
-    for agent in 0..AGENTS {
-        issue(&pki, Role::Agent, &format!("host-{agent}"), &[]);
-    }
-    let roles = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
-    let (port, process) = spawn_replica_with(home, "c1", &etcd.endpoint, roles, &environment);
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await?;
-    if !await_leader(&store, Duration::from_secs(20)).await {
-        bail!("no leader; see {}", home.join("c1.log").display());
-    }
-    let address = format!("https://localhost:{port}");
-    let client = FleetServiceClient::new(channel_as(&address, &pki, "operator-ops").await);
-    Ok(Coordinator {
-        address,
-        client,
-        environment,
-        _process: process,
-    })
-}
-
-/// Four agent processes for round `round`'s databases (`urls`), labelled with the round.
-fn start_agents(
-    home: &Path,
-    coordinator: &Coordinator,
-    round: usize,
-    urls: &[String],
-) -> anyhow::Result<Vec<Process>> {
-    let port: u16 = coordinator
-        .address
-        .rsplit(':')
-        .next()
-        .context("a port")?
-        .parse()
-        .context("a port")?;
-    let mut agents = Vec::new();
-    for (agent, chunk) in urls.chunks(SHARDS / AGENTS).enumerate() {
-        let name = format!("host-{agent}");
-        let mut shards = String::new();
-        for (index, url) in chunk.iter().enumerate() {
-            let secret = home.join(format!("r{round}-{name}-{index}.url"));
-            std::fs::write(&secret, url)?;
-            shards.push_str(&format!(
-                "[[shards]]\nid = \"r{round}-{name}-db{index}\"\nlabels = {{ round = \"{round}\" }}\ndatabase_url_file = \"{}\"\n",
-                secret.display()
-            ));
-        }
-        let config = home.join(format!("agent-{name}.toml"));
-        std::fs::write(&config, agent_config_text(&name, &[port], &shards))?;
-        agents.push(Process::spawn_with(
-            &binary::agent(),
-            &["--config", config.to_str().context("path")?, "run"],
-            &home.join(format!("r{round}-agent-{name}.log")),
-            &coordinator.environment,
-        ));
-    }
-    Ok(agents)
-}
-
 async fn with_fleetshift(
     coordinator: &Coordinator,
     home: &Path,
@@ -161,27 +81,10 @@ async fn with_fleetshift(
     target: &str,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
-    let agents = start_agents(home, coordinator, round, urls)?;
-    let mut client = coordinator.client.clone();
-    let label = round.to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let listed = client
-            .list_shards(ListShardsRequest {
-                selector: [("round".to_owned(), label.clone())].into(),
-            })
-            .await?
-            .into_inner()
-            .shards
-            .len();
-        if listed == SHARDS {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {listed} of {SHARDS} shards announced");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let label = format!("r{round}");
+    let agents = start_agents(home, coordinator, &label, urls, AGENTS)?;
+    announced(coordinator, &label, SHARDS).await?;
+    let client = coordinator.client.clone();
     let cap = u32::try_from(concurrency)?;
     let mut rollout = rollout::prepare(
         &client,
@@ -299,12 +202,14 @@ async fn measure(rounds: usize, concurrency: usize) -> anyhow::Result<()> {
         .to_string();
     let etcd = EtcdServer::start()?;
     let home = tempfile::tempdir()?;
-    let coordinator = start_coordinator(&home.path().join("plain"), &etcd, Vec::new()).await?;
+    let coordinator =
+        start_coordinator(&home.path().join("plain"), &etcd, AGENTS, Vec::new()).await?;
     let collector = Collector::start().await;
     let traced_etcd = EtcdServer::start()?;
     let traced = start_coordinator(
         &home.path().join("traced"),
         &traced_etcd,
+        AGENTS,
         collector.environment(),
     )
     .await?;

@@ -14,6 +14,7 @@
 //! - [`psql`]: the benchmarks' baseline, `psql` running the same scripts.
 //! - [`peers`]: the benchmarks' peers, `sqlx migrate run` and `dbmate up` on the same scripts.
 //! - [`generated`]: histories the benchmarks write (many small DDL revisions).
+//! - [`process_fleet`]: the benchmarks' fleet of real processes (replica, agents).
 //! - [`rollout`]: a rollout driven through the operator API, as the CLI drives it.
 //! - [`scrape`]: reading a process's telemetry endpoint (metrics, health probes).
 //! - [`collector`]: an OTLP trace collector on loopback, keeping the spans it receives.
@@ -29,6 +30,7 @@ pub mod ledger_check;
 pub mod peers;
 pub mod postgres;
 pub mod previous_release;
+pub mod process_fleet;
 pub mod psql;
 pub mod rollout;
 pub mod scrape;
