@@ -48,6 +48,33 @@ pub(super) fn line(progress: &BackfillProgress) -> String {
     line
 }
 
+/// The backfills of one wave summed: `wave 0 backfill: 750000 of ~6000000 rows (12%) on 3
+/// shards, 120000 rows/s`; the rate is the running shards' (`running`).
+pub(super) fn wave_line(index: u32, shards: &[(&BackfillProgress, bool)]) -> String {
+    let rows: i64 = shards.iter().map(|(progress, _)| progress.rows).sum();
+    let estimated: i64 = shards
+        .iter()
+        .map(|(progress, _)| progress.estimated_rows)
+        .sum();
+    let rate: f64 = shards
+        .iter()
+        .filter(|(_, running)| *running)
+        .filter_map(|(progress, _)| rate(progress))
+        .sum();
+    let mut line = format!("wave {index} backfill: {rows} ");
+    if estimated > 0 {
+        let percent = (rows as f64 / estimated as f64 * 100.0).min(100.0);
+        line.push_str(&format!("of ~{estimated} rows ({percent:.0}%)"));
+    } else {
+        line.push_str("rows");
+    }
+    line.push_str(&format!(" on {} shards", shards.len()));
+    if rate > 0.0 {
+        line.push_str(&format!(", {rate:.0} rows/s"));
+    }
+    line
+}
+
 /// The job's progress as JSON fields.
 pub(super) fn json(progress: &BackfillProgress) -> serde_json::Value {
     json!({
@@ -86,6 +113,15 @@ mod tests {
         assert_eq!(
             line(&progress(0)),
             "5 backfill: 250000 rows, 50 batches, 50000 rows/s; longest batch 120ms"
+        );
+        let running = progress(2_000_000);
+        let finished = BackfillProgress {
+            rows: 2_000_000,
+            ..progress(2_000_000)
+        };
+        assert_eq!(
+            wave_line(1, &[(&running, true), (&finished, false)]),
+            "wave 1 backfill: 2250000 of ~4000000 rows (56%) on 2 shards, 50000 rows/s"
         );
         let fields = json(&progress(0));
         assert_eq!(fields["estimated_rows"], serde_json::Value::Null);

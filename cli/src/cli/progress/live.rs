@@ -11,14 +11,16 @@ use std::time::{Duration, Instant};
 
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
-use fleetshift_common::proto::v1::{Plan, PlanState, ProgressEvent, RolloutEvent, ShardState};
+use fleetshift_common::proto::v1::{
+    BackfillProgress, Plan, PlanState, ProgressEvent, RolloutEvent, ShardState,
+};
 use fleetshift_common::rollout_names::{plan_state_name, shard_state_name};
 use fleetshift_coordinator::rollout::{task_ended, waves};
 
 use tokio::sync::mpsc;
 
 use super::resume::Resumable;
-use super::{bar, pacing, progress_line};
+use super::{backfill, bar, pacing, progress_line};
 
 /// Running shards named on the display; the rest are counted.
 const RUNNING_SHOWN: usize = 6;
@@ -37,6 +39,8 @@ pub struct Live {
     running: BTreeMap<String, Running>,
     throttled: BTreeSet<String>,
     waiting: BTreeSet<String>,
+    /// Each backfilling shard's latest progress.
+    backfills: BTreeMap<String, BackfillProgress>,
     /// Columns of the terminal; longer lines are cut so each takes one row.
     width: usize,
     drawn: usize,
@@ -76,6 +80,7 @@ impl Live {
             running,
             throttled,
             waiting,
+            backfills: BTreeMap::new(),
             width: width.max(40),
             drawn: 0,
         }
@@ -142,6 +147,10 @@ impl Live {
                 running.revision = Some(started.version.clone());
                 Vec::new()
             }
+            Some(Progress::BackfillProgress(backfill)) => {
+                self.backfills.insert(shard, backfill.clone());
+                Vec::new()
+            }
             Some(Progress::Throttled(throttled)) => {
                 // A wait begins with nothing waited yet; it ends with the whole wait.
                 let began = throttled
@@ -165,11 +174,20 @@ impl Live {
 
     /// The display's lines now.
     pub fn frame(&self, now: Instant) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .waves
-            .iter()
-            .map(|(index, shards)| wave_line(*index, shards))
-            .collect();
+        let mut lines: Vec<String> = Vec::new();
+        for (index, shards) in &self.waves {
+            lines.push(wave_line(*index, shards));
+            let backfilling: Vec<(&BackfillProgress, bool)> = shards
+                .keys()
+                .filter_map(|shard| {
+                    let progress = self.backfills.get(shard)?;
+                    Some((progress, self.running.contains_key(shard)))
+                })
+                .collect();
+            if !backfilling.is_empty() {
+                lines.push(backfill::wave_line(*index, &backfilling));
+            }
+        }
         if !self.running.is_empty() {
             let mut running: Vec<(&String, &Running)> = self.running.iter().collect();
             running.sort_by_key(|(_, running)| running.since);
