@@ -161,8 +161,13 @@ fn print_rehearsal(rehearsal: &ShardRehearsal) {
         println!("  sample {}: {how}", table.table);
     }
     for estimate in &rehearsal.estimates {
+        let partitions = if estimate.partitions > 0 {
+            format!(", index built on {} partitions", estimate.partitions)
+        } else {
+            String::new()
+        };
         println!(
-            "  {}: {} on the sample x {:.1} ({}) = ~{} on the shard",
+            "  {}: {} on the sample x {:.1} ({}) = ~{} on the shard{partitions}",
             estimate.place,
             took(estimate.sample),
             estimate.factor,

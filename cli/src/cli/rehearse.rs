@@ -241,6 +241,13 @@ fn effects_summary(effects: &Effects) -> String {
     if !effects.scanned.is_empty() {
         parts.push(format!("scanned {}", effects.scanned.join(", ")));
     }
+    // A partitioned table's index is one per partition beside the parent's.
+    if effects.indexes_built.len() > 1 {
+        parts.push(format!(
+            "index built on {} partitions",
+            effects.indexes_built.len() - 1
+        ));
+    }
     if parts.is_empty() {
         String::new()
     } else {

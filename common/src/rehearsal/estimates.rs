@@ -57,6 +57,10 @@ pub struct StatementEstimate {
     pub factor: f64,
     pub sample_us: u64,
     pub estimated_us: u64,
+    /// The partitions whose indexes the statement built (a partitioned table's index, one per
+    /// partition beside the parent's); 0 for any other statement.
+    #[serde(default)]
+    pub partitions: u32,
 }
 
 /// The statements whose time grows with a table, estimated for the shard.
@@ -74,6 +78,8 @@ pub fn estimates(revisions: &[RevisionTrace], scale: &Scale) -> Vec<StatementEst
                 factor,
                 sample_us: statement.elapsed_us,
                 estimated_us: scaled(statement.elapsed_us, factor),
+                partitions: u32::try_from(statement.effects.indexes_built.len().saturating_sub(1))
+                    .unwrap_or(u32::MAX),
             });
         }
     }

@@ -74,6 +74,7 @@ pub fn report(rehearsal: &Rehearsal, reported: Reported<'_>) -> v1::ShardRehears
                 factor: estimate.factor,
                 sample: micros(estimate.sample_us),
                 estimated: micros(estimate.estimated_us),
+                partitions: estimate.partitions,
             })
             .collect(),
         trace: rehearsal

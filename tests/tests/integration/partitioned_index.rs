@@ -222,3 +222,65 @@ async fn an_unnamed_index_on_a_partitioned_table_is_refused_by_name() {
         "{printed}"
     );
 }
+
+/// A table of 12 range partitions.
+const FLEET_TABLE: &str = "
+CREATE TABLE events (id bigint NOT NULL, created_at timestamptz NOT NULL) PARTITION BY RANGE (id);
+DO $$
+BEGIN
+    FOR i IN 0..11 LOOP
+        EXECUTE format('CREATE TABLE events_p%s PARTITION OF events FOR VALUES FROM (%s) TO (%s)',
+                       i, i * 1000, (i + 1) * 1000);
+    END LOOP;
+END
+$$;
+INSERT INTO events SELECT g, now() FROM generate_series(0, 11999) AS g;
+ANALYZE events;";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notice_and_the_rehearsal_count_the_partitions_and_the_fleet_builds_them() {
+    let fleet =
+        super::cli_fleet::CliFleet::start("partitioned_fleet", FLEET_TABLE, |_| String::new())
+            .await;
+    let directory = fixtures::migrations(&[(
+        "1_events_created.sql",
+        "CREATE INDEX CONCURRENTLY events_created_idx ON events (created_at);",
+    )]);
+    let dir = directory.path().to_str().expect("utf-8 path");
+    let planned = fleet
+        .cli
+        .alice(&["plan", dir, "--selector", "env=test", "--output", "json"])
+        .await;
+    super::support::assert_exit(&planned, 0);
+    let plan = super::cli_fleet::summary(&planned)["plan"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let notice = fleet.cli.alice(&["plan", "notice", &plan]).await;
+    super::support::assert_exit(&notice, 0);
+    let notice = String::from_utf8_lossy(&notice.stdout);
+    assert!(
+        notice.contains("estimated rows: 12000 in 12 partitions")
+            && notice.contains("built concurrently, partition by partition (12 partitions)"),
+        "{notice}"
+    );
+
+    let rehearsed = fleet.cli.alice(&["rehearse", &plan]).await;
+    let printed = binary::printed(&rehearsed);
+    assert!(matches!(rehearsed.status.code(), Some(0 | 11)), "{printed}");
+    assert!(
+        printed.contains("index built on 12 partitions"),
+        "{printed}"
+    );
+
+    let applied = fleet.cli.approved_and_applied(&plan).await;
+    super::support::assert_exit(&applied, 0);
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('events_created_idx')",
+    )
+    .fetch_one(&fleet.database.admin)
+    .await
+    .expect("parent index");
+    assert!(valid);
+}

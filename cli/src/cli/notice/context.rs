@@ -121,15 +121,28 @@ fn affected_tables(plan: &Plan) -> Vec<Value> {
                 "downtime_estimate": impact(lock),
             });
             // The largest shard's estimate, when the shards' catalogs reported the table.
-            let rows = plan
-                .analyses
-                .iter()
-                .flat_map(|analysis| &analysis.tables)
-                .filter(|facts| facts.table == *name)
-                .map(|facts| facts.estimated_rows)
-                .max();
+            let reported = || {
+                plan.analyses
+                    .iter()
+                    .flat_map(|analysis| &analysis.tables)
+                    .filter(|facts| facts.table == *name)
+            };
+            let rows = reported().map(|facts| facts.estimated_rows).max();
+            let partitions = reported().map(|facts| facts.partitions).max();
             if let (Some(rows), Some(object)) = (rows, table.as_object_mut()) {
                 object.insert("estimated_rows".to_owned(), json!(rows));
+            }
+            // A partitioned table's index is built partition by partition.
+            if let (Some(partitions @ 1..), Some(object)) = (partitions, table.as_object_mut()) {
+                object.insert("partitions".to_owned(), json!(partitions));
+                if operations.contains(&"CREATE INDEX") && *lock == "SHARE UPDATE EXCLUSIVE" {
+                    object.insert(
+                        "downtime_estimate".to_owned(),
+                        json!(format!(
+                            "none: built concurrently, partition by partition ({partitions} partitions)"
+                        )),
+                    );
+                }
             }
             if let (Some(hold), Some(object)) = (measured_hold(plan, name), table.as_object_mut()) {
                 object.insert("measured_hold".to_owned(), json!(hold));

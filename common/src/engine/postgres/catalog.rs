@@ -14,11 +14,21 @@ use super::CountedPool;
 use crate::proto::v1::{ColumnFacts, TableActivity, TableFacts};
 
 /// User tables: not in `pg_catalog`, `information_schema` or fleetshift's own schemas (the
-/// ledger's `fleetshift` and the tenants' `fleetshift_<tenant>`).
+/// ledger's `fleetshift` and the tenants' `fleetshift_<tenant>`). A partitioned table counts
+/// the rows and bytes of its partitions, and its leaf partitions.
 const TABLES: &str = "
-    SELECT c.oid::bigint, n.nspname, c.relname, greatest(c.reltuples, 0)::bigint,
-           pg_total_relation_size(c.oid)
+    SELECT c.oid::bigint, n.nspname, c.relname,
+           CASE WHEN c.relkind = 'p' THEN tree.rows ELSE greatest(c.reltuples, 0)::bigint END,
+           CASE WHEN c.relkind = 'p' THEN tree.bytes ELSE pg_total_relation_size(c.oid) END,
+           CASE WHEN c.relkind = 'p' THEN tree.leaves ELSE 0 END
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN LATERAL (
+        SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)::bigint AS rows,
+               coalesce(sum(pg_total_relation_size(p.oid)), 0)::bigint AS bytes,
+               count(*) FILTER (WHERE t.isleaf) AS leaves
+        FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid
+        WHERE c.relkind = 'p' AND t.relid <> c.oid
+    ) tree ON true
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'fleetshift')
       AND n.nspname NOT LIKE 'fleetshift\\_%'
@@ -119,7 +129,7 @@ pub(super) type ActivityColumns = (i32, String, bool, String, f64, String);
 
 /// Every user table with its size, its dependents, and the sessions using it now.
 pub async fn table_facts(pool: &CountedPool) -> Result<Vec<TableFacts>, sqlx::Error> {
-    let tables: Vec<(i64, String, String, i64, i64)> =
+    let tables: Vec<(i64, String, String, i64, i64, i64)> =
         sqlx::query_as(TABLES).fetch_all(pool).await?;
     let dependents: Vec<(i64, String)> = sqlx::query_as(DEPENDENTS).fetch_all(pool).await?;
     let column_dependents: Vec<(i64, String, String)> =
@@ -135,7 +145,7 @@ pub async fn table_facts(pool: &CountedPool) -> Result<Vec<TableFacts>, sqlx::Er
     }
     Ok(tables
         .into_iter()
-        .map(|(oid, schema, name, rows, bytes)| {
+        .map(|(oid, schema, name, rows, bytes, partitions)| {
             let mut named: Vec<String> = dependents
                 .iter()
                 .filter(|(table, _)| *table == oid)
@@ -170,6 +180,7 @@ pub async fn table_facts(pool: &CountedPool) -> Result<Vec<TableFacts>, sqlx::Er
                 dependents: named,
                 columns,
                 activity: activity_by_table.remove(&oid).unwrap_or_default(),
+                partitions: u32::try_from(partitions).unwrap_or(u32::MAX),
             }
         })
         .collect())
@@ -219,6 +230,7 @@ pub fn facts_json(facts: &TableFacts) -> serde_json::Value {
         "table": facts.table,
         "estimated_rows": facts.estimated_rows,
         "total_bytes": facts.total_bytes,
+        "partitions": facts.partitions,
         "dependents": facts.dependents,
         "columns": facts.columns.iter().map(|column| serde_json::json!({
             "column": column.column,

@@ -56,6 +56,7 @@ fn with_table(rows: i64, dependents: &[&str]) -> ShardContext {
             dependents: dependents.iter().map(|name| (*name).to_owned()).collect(),
             columns: Vec::new(),
             activity: Vec::new(),
+            partitions: 0,
         }],
         ..shard(Some("staging"))
     }
