@@ -242,6 +242,19 @@ impl Model {
         Ok(())
     }
 
+    /// A plan this leader wrote at `revision`, before the watch brings it.
+    pub fn record_plan(&mut self, plan: Plan, revision: i64) {
+        if newer(self.plans.get(&plan.plan_id), revision) {
+            self.plans.insert(
+                plan.plan_id.clone(),
+                Seen {
+                    value: Arc::new(plan),
+                    revision,
+                },
+            );
+        }
+    }
+
     pub fn record_task(&mut self, plan: &str, shard: &str, task: ShardTask, revision: i64) {
         let stored = self.tasks.get(plan).and_then(|tasks| tasks.get(shard));
         if !newer(stored, revision) {

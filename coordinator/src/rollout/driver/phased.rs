@@ -37,36 +37,43 @@ impl<S: Store> Driver<'_, S> {
             .collect();
         let now = SystemTime::now();
         let judged = phases::judge(&gate, &shards, &facts, now);
-        let current = plan.current_phase;
         if !judged.open {
             if judged.gate != gate {
                 self.keep_gate(plan, next, judged.gate).await?;
             }
             return Ok(());
         }
+        let Some(revision) = self
+            .model
+            .plans
+            .get(&plan.plan_id)
+            .map(|seen| seen.revision)
+        else {
+            return Ok(());
+        };
         if !self.reset_tasks(plan).await? {
             return Ok(());
         }
-        let started = records::update_plan(self.store, &plan.plan_id, Some(self.epoch), |stored| {
-            if plan_state(stored) != PlanState::Running || stored.current_phase != current {
-                return Err(RolloutError::NotNow("changed meanwhile".to_owned()));
-            }
-            stored.current_phase = u32::try_from(next).unwrap_or(u32::MAX);
-            let phase = &mut stored.phases[next];
-            phase.gate = Some(judged.gate.clone());
-            phase.started_at = Some(now.into());
-            Ok(())
-        })
-        .await;
-        match started {
-            Ok(_) => {
-                let phase = &plan.phases[next];
-                tracing::info!(plan = %plan.plan_id, phase = %phase.name, target = %phase.last_version, opened_by = %judged.gate.opened_by, "phase started on the fleet");
-                Ok(())
-            }
-            Err(RolloutError::NotNow(_) | RolloutError::Contended(_)) => Ok(()),
-            Err(error) => Err(error),
+        let mut advanced = plan.clone();
+        advanced.current_phase = u32::try_from(next).unwrap_or(u32::MAX);
+        let phase = &mut advanced.phases[next];
+        phase.gate = Some(judged.gate.clone());
+        phase.started_at = Some(now.into());
+        // Only over the plan as this step saw it; the model has it at once, so the tasks just
+        // put back to pending are never dispatched for the phase that ended.
+        let key = keys::plan(&plan.plan_id);
+        let written = self
+            .commit(
+                &[Condition::ModifiedAt(key.clone(), revision)],
+                &[Write::put(key, advanced.encode_to_vec())],
+            )
+            .await?;
+        if let Some(at) = written {
+            let phase = &advanced.phases[next];
+            tracing::info!(plan = %plan.plan_id, phase = %phase.name, target = %phase.last_version, opened_by = %judged.gate.opened_by, "phase started on the fleet");
+            self.model.record_plan(advanced, at);
         }
+        Ok(())
     }
 
     /// Keeps what the gate waits for in the plan, while it is the plan's current boundary.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::{
-    AssignmentResult, Dispatch, ErrorDetail, ErrorKind, Hello, Plan, PlanState, ShardFacts,
-    ShardState, ShardTask, Wave, WavePolicy,
+    AssignmentResult, Dispatch, ErrorDetail, ErrorKind, Hello, PhaseGate, Plan, PlanPhase,
+    PlanState, ShardFacts, ShardState, ShardTask, Wave, WavePolicy,
 };
 use prost::Message;
 use tokio::task::JoinHandle;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lead;
 use crate::metrics::rollouts::RolloutGauges;
-use crate::rollout::records;
+use crate::rollout::{phases, records};
 use crate::store::{Epoch, LeaseId, MemoryStore, Store, Write, keys};
 
 const LONG: Duration = Duration::from_secs(3600);
@@ -485,6 +485,133 @@ async fn a_result_whose_claim_lapsed_before_the_leader_read_it_still_ends_its_ta
     assert!(assignments(&store).await.is_empty());
     let results = store.list(&keys::results_prefix()).await.expect("list");
     assert!(results.entries.is_empty(), "the result was taken");
+    stop.cancel();
+    driver.await.expect("driver");
+}
+
+/// The target version of `shard`'s outstanding assignment.
+async fn assigned_target(store: &MemoryStore, shard: &str) -> Option<String> {
+    let listing = store.list(&keys::assignments_prefix()).await.expect("list");
+    listing.entries.iter().find_map(|entry| {
+        let assignment = Dispatch::decode(entry.value.as_slice())
+            .expect("dispatch")
+            .assignment?;
+        (assignment.shard_id == shard).then_some(assignment.target_version)
+    })
+}
+
+/// A running plan of two phases (expand to 1, contract to 2), its contract gate `gate`.
+fn phased(id: &str, gate: PhaseGate) -> Plan {
+    Plan {
+        phases: vec![
+            PlanPhase {
+                name: "expand".to_owned(),
+                last_version: "1".to_owned(),
+                gate: None,
+                started_at: None,
+            },
+            PlanPhase {
+                name: "contract".to_owned(),
+                last_version: "2".to_owned(),
+                gate: Some(gate),
+                started_at: None,
+            },
+        ],
+        ..plan(id, &[&[("s1", "h1"), ("s2", "h2")]], policy(2, 1, 1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_phased_plan_takes_every_shard_through_one_phase_before_the_next() {
+    let store = Arc::new(MemoryStore::new());
+    let (epoch, _) = elect(&store, "c1").await;
+    announce(&store, "a1", &["s1", "s2"]).await;
+    records::create_plan(&*store, &phased("p1", PhaseGate::default()))
+        .await
+        .expect("plan");
+    let (stop, driver) = drive(&store, epoch);
+    eventually("both shards expand", || async {
+        shards_assigned(&store).await.len() == 2
+    })
+    .await;
+    assert_eq!(assigned_target(&store, "s1").await.as_deref(), Some("1"));
+    report(&store, "s1", None).await;
+    report(&store, "s2", None).await;
+    eventually("the contract gate says what it waits for", || async {
+        let stored = records::load_plan(&*store, "p1").await.expect("plan").plan;
+        stored.phases[1]
+            .gate
+            .as_ref()
+            .is_some_and(|gate| gate.waiting_for.contains("an approver"))
+    })
+    .await;
+    settle().await;
+    assert!(shards_assigned(&store).await.is_empty(), "held at the gate");
+    assert_eq!(plan_state(&store, "p1").await.0, PlanState::Running);
+    records::update_plan(&*store, "p1", None, |stored| {
+        phases::open(
+            stored,
+            "contract",
+            "bob",
+            "v2 deployed",
+            std::time::SystemTime::now(),
+        )
+    })
+    .await
+    .expect("gate opened");
+    eventually("both shards contract", || async {
+        shards_assigned(&store).await.len() == 2
+    })
+    .await;
+    for shard in ["s1", "s2"] {
+        assert_eq!(assigned_target(&store, shard).await.as_deref(), Some("2"));
+    }
+    let stored = records::load_plan(&*store, "p1").await.expect("plan").plan;
+    assert_eq!(stored.current_phase, 1);
+    assert!(stored.phases[1].started_at.is_some());
+    report(&store, "s1", None).await;
+    report(&store, "s2", None).await;
+    eventually("the plan succeeds", || async {
+        plan_state(&store, "p1").await.0 == PlanState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    driver.await.expect("driver");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_in_a_phase_ends_the_plan_before_the_next() {
+    let store = Arc::new(MemoryStore::new());
+    let (epoch, _) = elect(&store, "c1").await;
+    announce(&store, "a1", &["s1", "s2"]).await;
+    let mut planned = phased(
+        "p2",
+        PhaseGate {
+            none: true,
+            ..PhaseGate::default()
+        },
+    );
+    planned.policy = Some(policy(2, 1, 2));
+    records::create_plan(&*store, &planned).await.expect("plan");
+    let (stop, driver) = drive(&store, epoch);
+    eventually("both shards expand", || async {
+        shards_assigned(&store).await.len() == 2
+    })
+    .await;
+    report(&store, "s1", None).await;
+    report(&store, "s2", Some(ErrorKind::Failed)).await;
+    eventually("the plan ends", || async {
+        plan_state(&store, "p2").await.0 == PlanState::FinishedWithFailures
+    })
+    .await;
+    let (_, reason) = plan_state(&store, "p2").await;
+    assert!(
+        reason.contains(
+            "phase expand did not finish on every shard, so phase contract never started"
+        ),
+        "{reason}"
+    );
+    assert!(shards_assigned(&store).await.is_empty());
     stop.cancel();
     driver.await.expect("driver");
 }
