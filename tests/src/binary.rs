@@ -38,6 +38,18 @@ pub fn run(database_url: &str, arguments: &[&str]) -> Output {
         .expect("run fleetshift")
 }
 
+/// Starts `fleetshift` with `arguments` in the background, its output discarded: a migrator
+/// the test kills.
+pub fn spawn(database_url: &str, arguments: &[&str]) -> std::process::Child {
+    Command::new(fleetshift())
+        .args(arguments)
+        .env("FLEETSHIFT_DATABASE_URL", database_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start fleetshift")
+}
+
 /// Everything the process printed, stdout then stderr.
 pub fn printed(output: &Output) -> String {
     format!(

@@ -7,10 +7,11 @@
 use std::time::{Duration, Instant};
 
 use super::failure::{is_lock_conflict, with_aftermath};
+use super::outside_transaction::{Ran, Start};
 use super::{ExecutionEvent, Executor, StepOutcome, StepReport, step_report};
 use crate::engine::{FencedTransaction, ShardEngine, TxError, VersionTableRows};
 use crate::error::{ExecError, StatementFailure};
-use crate::ledger::{BackfillMark, Expect, Guard, RevisionStatus, Writer};
+use crate::ledger::{BackfillMark, Expect, Guard, Writer};
 use crate::source::{Backfill, Revision};
 use crate::statements::Statement;
 
@@ -45,44 +46,21 @@ impl<E: ShardEngine> Executor<'_, E> {
     ) -> Result<StepReport, ExecError> {
         let revision = job.revision;
         let version = revision.version.as_str();
-        let mut guard = Guard::default().require(version, Expect::NotAppliedOrStarted);
-        if let Some(predecessor) = predecessor {
-            guard = guard.require(predecessor.version.as_str(), Expect::Applied);
-        }
         let started = Instant::now();
-        let start_record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
         // A fresh start forgets the marks of an earlier, reverted application.
         let fresh = BackfillMark {
             version: version.to_owned(),
             ..BackfillMark::default()
         };
-        let opened = self
-            .fenced_records_with(
-                &guard,
-                std::slice::from_ref(&start_record),
-                (!resuming).then_some(&fresh),
-                writer,
-                revision,
-            )
-            .await;
-        match opened {
-            Ok(()) => {}
-            Err(TxError::Guard(violation))
-                if violation.version == version
-                    && violation.found == Some(RevisionStatus::Applied) =>
-            {
-                return Ok(step_report(
-                    revision,
-                    StepOutcome::AlreadyDone,
-                    0,
-                    started.elapsed(),
-                    0,
-                ));
-            }
-            Err(error) => {
-                let statements = std::slice::from_ref(job.statement);
-                return Err(self.step_error(error, revision, &revision.up, statements, writer));
-            }
+        let start = Start {
+            revision,
+            predecessor,
+            resuming,
+            backfill: (!resuming).then_some(&fresh),
+            statements: std::slice::from_ref(job.statement),
+        };
+        if let Some(done) = self.record_started(start, writer).await? {
+            return Ok(done);
         }
         let mark = match self.engine.backfill_mark(version).await? {
             Some(mark) if resuming => mark,
@@ -102,28 +80,14 @@ impl<E: ShardEngine> Executor<'_, E> {
             .next_batch(&job, &mut run, writer, estimated_rows)
             .await?
         {}
-        let finish_guard = Guard::default().require(version, Expect::Started);
         let batches = usize::try_from(run.mark.batches).unwrap_or(usize::MAX);
-        let done = self.record(
-            revision,
-            RevisionStatus::Applied,
-            true,
-            Some(started.elapsed()),
-            batches,
-            None,
-        );
-        self.fenced_records(
-            &finish_guard,
-            std::slice::from_ref(&done),
-            writer,
-            revision,
-            version_table,
-        )
-        .await
-        .map_err(|error| {
-            let statements = std::slice::from_ref(job.statement);
-            self.step_error(error, revision, &revision.up, statements, writer)
-        })?;
+        let ran = Ran {
+            started,
+            count: batches,
+            statements: std::slice::from_ref(job.statement),
+        };
+        self.record_applied(revision, ran, writer, version_table)
+            .await?;
         let outcome = if resuming {
             StepOutcome::Resumed
         } else {

@@ -17,6 +17,26 @@ use crate::source::{Revision, Script};
 use crate::statements::Statement;
 use crate::telemetry::traces::{mark_failed, statement_span};
 
+/// A revision about to run outside one transaction, for [`Executor::record_started`].
+pub(super) struct Start<'r> {
+    pub revision: &'r Revision,
+    pub predecessor: Option<&'r Revision>,
+    pub resuming: bool,
+    /// A backfill job's mark, written with the record (a fresh start's).
+    pub backfill: Option<&'r BackfillMark>,
+    /// The statements an error names.
+    pub statements: &'r [Statement],
+}
+
+/// What a revision run outside one transaction did, for [`Executor::record_applied`].
+pub(super) struct Ran<'r> {
+    pub started: Instant,
+    /// Statements run, or a backfill's batches.
+    pub count: usize,
+    /// The statements an error names.
+    pub statements: &'r [Statement],
+}
+
 impl<E: ShardEngine> Executor<'_, E> {
     /// A non-transactional revision: fenced `started` record → statements in autocommit
     /// (fence re-read before each) → fenced `applied` record.
@@ -31,39 +51,17 @@ impl<E: ShardEngine> Executor<'_, E> {
         let version = revision.version.as_str();
         let label = revision.label();
         let statements = revision.up.statements();
-        let mut guard = Guard::default().require(version, Expect::NotAppliedOrStarted);
-        if let Some(predecessor) = predecessor {
-            guard = guard.require(predecessor.version.as_str(), Expect::Applied);
-        }
         tracing::info!(shard = %self.engine.shard(), revision = %label, resuming, statements = statements.len(), fence = %writer.fence_token, "running revision outside a transaction");
         let started = Instant::now();
-        let start_record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
-        match self
-            .fenced_records(
-                &guard,
-                std::slice::from_ref(&start_record),
-                writer,
-                revision,
-                None,
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(TxError::Guard(violation))
-                if violation.version == version
-                    && violation.found == Some(RevisionStatus::Applied) =>
-            {
-                return Ok(step_report(
-                    revision,
-                    StepOutcome::AlreadyDone,
-                    0,
-                    started.elapsed(),
-                    0,
-                ));
-            }
-            Err(error) => {
-                return Err(self.step_error(error, revision, &revision.up, statements, writer));
-            }
+        let start = Start {
+            revision,
+            predecessor,
+            resuming,
+            backfill: None,
+            statements,
+        };
+        if let Some(done) = self.record_started(start, writer).await? {
+            return Ok(done);
         }
         let mut lock_retries = 0;
         for (index, statement) in statements.iter().enumerate() {
@@ -94,24 +92,13 @@ impl<E: ShardEngine> Executor<'_, E> {
                 }
             }
         }
-        let finish_guard = Guard::default().require(version, Expect::Started);
-        let done = self.record(
-            revision,
-            RevisionStatus::Applied,
-            true,
-            Some(started.elapsed()),
-            statements.len(),
-            None,
-        );
-        self.fenced_records(
-            &finish_guard,
-            std::slice::from_ref(&done),
-            writer,
-            revision,
-            version_table,
-        )
-        .await
-        .map_err(|error| self.step_error(error, revision, &revision.up, statements, writer))?;
+        let ran = Ran {
+            started,
+            count: statements.len(),
+            statements,
+        };
+        self.record_applied(revision, ran, writer, version_table)
+            .await?;
         let outcome = if resuming {
             StepOutcome::Resumed
         } else {
@@ -125,6 +112,84 @@ impl<E: ShardEngine> Executor<'_, E> {
             started.elapsed(),
             lock_retries,
         ))
+    }
+
+    /// Records `start.revision` `started` in a fenced transaction (its predecessor applied, it
+    /// not), with a backfill job's fresh mark; the step's report when another run had applied
+    /// it already.
+    pub(super) async fn record_started(
+        &self,
+        start: Start<'_>,
+        writer: &Writer,
+    ) -> Result<Option<StepReport>, ExecError> {
+        let Start {
+            revision,
+            predecessor,
+            resuming,
+            backfill,
+            statements,
+        } = start;
+        let version = revision.version.as_str();
+        let mut guard = Guard::default().require(version, Expect::NotAppliedOrStarted);
+        if let Some(predecessor) = predecessor {
+            guard = guard.require(predecessor.version.as_str(), Expect::Applied);
+        }
+        let started = Instant::now();
+        let record = self.record(revision, RevisionStatus::Started, resuming, None, 0, None);
+        let opened = self
+            .fenced_records_with(
+                &guard,
+                std::slice::from_ref(&record),
+                backfill,
+                writer,
+                revision,
+            )
+            .await;
+        match opened {
+            Ok(()) => Ok(None),
+            Err(TxError::Guard(violation))
+                if violation.version == version
+                    && violation.found == Some(RevisionStatus::Applied) =>
+            {
+                Ok(Some(step_report(
+                    revision,
+                    StepOutcome::AlreadyDone,
+                    0,
+                    started.elapsed(),
+                    0,
+                )))
+            }
+            Err(error) => Err(self.step_error(error, revision, &revision.up, statements, writer)),
+        }
+    }
+
+    /// Records `revision`, `started` until now, applied: with its time and how many statements
+    /// (or a backfill's batches) ran.
+    pub(super) async fn record_applied(
+        &self,
+        revision: &Revision,
+        ran: Ran<'_>,
+        writer: &Writer,
+        version_table: Option<&VersionTableRows>,
+    ) -> Result<(), ExecError> {
+        let guard = Guard::default().require(revision.version.as_str(), Expect::Started);
+        let done = self.record(
+            revision,
+            RevisionStatus::Applied,
+            true,
+            Some(ran.started.elapsed()),
+            ran.count,
+            None,
+        );
+        self.fenced_records(
+            &guard,
+            std::slice::from_ref(&done),
+            writer,
+            revision,
+            version_table,
+        )
+        .await
+        .map_err(|error| self.step_error(error, revision, &revision.up, ran.statements, writer))
     }
 
     /// Down of a non-transactional revision: fenced check → statements → fenced `reverted`.

@@ -1,11 +1,10 @@
 //! Crashes and interruptions: a SIGKILLed migrator leaves nothing half-applied, and an
 //! interrupted CREATE INDEX CONCURRENTLY is visible as `started` and repaired on the next run.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::{backend_alive, fleetshift_running};
+use fleetshift_tests::postgres::{fleetshift_running, killed};
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 use serde_json::Value;
@@ -58,13 +57,7 @@ async fn sigkill_in_the_middle_of_a_transactional_revision_leaves_nothing() {
         .await
         .expect("make the revision slow");
     let dir = directory.path().to_str().expect("utf-8 path");
-    let mut child = Command::new(binary::fleetshift())
-        .args(["migrate", "up", "--dir", dir])
-        .env("FLEETSHIFT_DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fleetshift");
+    let mut child = binary::spawn(&url, &["migrate", "up", "--dir", dir]);
     let started = wait_until(Duration::from_secs(20), || async {
         fleetshift_running(&admin, "pg_sleep").await.is_some()
     })
@@ -73,15 +66,9 @@ async fn sigkill_in_the_middle_of_a_transactional_revision_leaves_nothing() {
     let pid = fleetshift_running(&admin, "pg_sleep")
         .await
         .expect("backend pid");
-    child.kill().expect("SIGKILL fleetshift");
-    child.wait().expect("reap fleetshift");
-
     // The server notices the vanished client (client_connection_check_interval) and aborts.
     assert!(
-        wait_until(Duration::from_secs(15), || async {
-            !backend_alive(&admin, pid).await
-        })
-        .await,
+        killed(&mut child, &admin, pid).await,
         "the killed migrator's backend kept running"
     );
     assert!(

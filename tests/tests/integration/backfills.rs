@@ -3,13 +3,12 @@
 //! processed twice (a witness column counts each row's updates); a stale holder fenced out
 //! between two batches; the same job on SQLite.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::error::ExecError;
 use fleetshift_common::executor::{Executor, Request};
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::backend_alive;
+use fleetshift_tests::postgres::{backend_alive, killed};
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::PgPool;
@@ -91,13 +90,7 @@ async fn a_killed_backfill_resumes_at_its_last_batch_and_processes_no_row_twice(
     assert!(output.status.success(), "{}", binary::printed(&output));
     load(&admin, ROWS).await;
 
-    let mut child = Command::new(binary::fleetshift())
-        .args(["migrate", "up", "--dir", dir])
-        .env("FLEETSHIFT_DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fleetshift");
+    let mut child = binary::spawn(&url, &["migrate", "up", "--dir", dir]);
     let under_way = wait_until(Duration::from_secs(120), || async {
         mark(&admin).await.is_some_and(|(_, batches)| batches >= 10)
     })
@@ -111,12 +104,17 @@ async fn a_killed_backfill_resumes_at_its_last_batch_and_processes_no_row_twice(
     .fetch_all(&admin)
     .await
     .expect("the migrator's backends");
-    child.kill().expect("SIGKILL fleetshift");
-    child.wait().expect("reap fleetshift");
-    for pid in backends {
+    let [first, others @ ..] = backends.as_slice() else {
+        panic!("the migrator has no backend");
+    };
+    assert!(
+        killed(&mut child, &admin, *first).await,
+        "a backend of the killed migrator kept running"
+    );
+    for pid in others {
         assert!(
             wait_until(Duration::from_secs(15), || async {
-                !backend_alive(&admin, pid).await
+                !backend_alive(&admin, *pid).await
             })
             .await,
             "a backend of the killed migrator kept running"

@@ -4,11 +4,10 @@
 //! next run, which skips the partitions attached, rebuilds an INVALID one and leaves exactly
 //! one valid, attached index per partition.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleetshift_common::source::MigrationSet;
-use fleetshift_tests::postgres::{backend_alive, fleetshift_running};
+use fleetshift_tests::postgres::{fleetshift_running, killed};
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures};
 use sqlx::PgPool;
@@ -91,13 +90,7 @@ async fn an_interrupted_index_build_on_100_partitions_resumes_where_it_stopped()
         "CREATE INDEX CONCURRENTLY events_created_idx ON events (created_at);",
     )]);
     let dir = directory.path().to_str().expect("utf-8 path");
-    let mut child = Command::new(binary::fleetshift())
-        .args(["migrate", "up", "--dir", dir])
-        .env("FLEETSHIFT_DATABASE_URL", &url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fleetshift");
+    let mut child = binary::spawn(&url, &["migrate", "up", "--dir", dir]);
     // Some partitions in, a transaction holding an old snapshot makes the next partition's
     // concurrent build wait with its index created INVALID: the migrator is killed there.
     assert!(
@@ -133,13 +126,8 @@ async fn an_interrupted_index_build_on_100_partitions_resumes_where_it_stopped()
     let pid = fleetshift_running(&admin, "CREATE INDEX CONCURRENTLY")
         .await
         .expect("the build's backend");
-    child.kill().expect("SIGKILL fleetshift");
-    child.wait().expect("reap fleetshift");
     assert!(
-        wait_until(Duration::from_secs(15), || async {
-            !backend_alive(&admin, pid).await
-        })
-        .await,
+        killed(&mut child, &admin, pid).await,
         "the killed migrator's build kept running"
     );
     snapshot.rollback().await.expect("release the snapshot");

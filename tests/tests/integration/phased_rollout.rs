@@ -167,6 +167,37 @@ impl Application {
     }
 }
 
+/// Alice plans the set over every shard in one wave after the canary (`arguments` after
+/// `plan`), rehearses it on a-db0, bob approves and alice starts it; the plan's summary.
+async fn started(fleet: &CliFleet, arguments: &[&str]) -> Value {
+    let planned = fleet
+        .cli
+        .alice(
+            &[
+                &["plan", "--selector", "env=test", "--waves", "100"],
+                arguments,
+                &["--output", "json"],
+            ]
+            .concat(),
+        )
+        .await;
+    assert_exit(&planned, 0);
+    let summary = summary(&planned);
+    let plan = summary["plan"].as_str().expect("id");
+    let rehearsed = fleet
+        .cli
+        .alice(&["rehearse", plan, "--shards", "a-db0"])
+        .await;
+    assert!(
+        matches!(rehearsed.status.code(), Some(0 | 11)),
+        "{}",
+        fleetshift_tests::binary::printed(&rehearsed)
+    );
+    assert_exit(&fleet.cli.bob(&["approve", plan]).await, 0);
+    assert_exit(&fleet.cli.alice(&["apply", plan]).await, 0);
+    summary
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_waits_for_every_backfill_and_for_the_old_application_to_leave() {
     let fleet = CliFleet::start_configured(
@@ -190,41 +221,23 @@ async fn contract_waits_for_every_backfill_and_for_the_old_application_to_leave(
 
     let set = phased_set();
     let dir = set.path().to_str().expect("utf-8 path");
-    let planned = fleet
-        .cli
-        .alice(&[
-            "plan",
+    let planned = started(
+        &fleet,
+        &[
             dir,
-            "--selector",
-            "env=test",
             "--canary",
             "1",
-            "--waves",
-            "100",
             "--no-gate",
             "backfill",
             "--gate-when-quiet",
             "contract=billing-v1*@2s",
-            "--output",
-            "json",
-        ])
-        .await;
-    assert_exit(&planned, 0);
-    let plan = summary(&planned)["plan"].as_str().expect("id").to_owned();
-    let phases = &summary(&planned)["phases"];
+        ],
+    )
+    .await;
+    let plan = planned["plan"].as_str().expect("id").to_owned();
+    let phases = &planned["phases"];
     assert_eq!(phases[0]["phase"], "expand", "{phases}");
     assert_eq!(phases[2]["gate"]["quiet_application"], "billing-v1*");
-    let rehearsed = fleet
-        .cli
-        .alice(&["rehearse", &plan, "--shards", "a-db0"])
-        .await;
-    assert!(
-        matches!(rehearsed.status.code(), Some(0 | 11)),
-        "{}",
-        fleetshift_tests::binary::printed(&rehearsed)
-    );
-    assert_exit(&fleet.cli.bob(&["approve", &plan]).await, 0);
-    assert_exit(&fleet.cli.alice(&["apply", &plan]).await, 0);
 
     // Two shards backfilled, the third still at it: the old application leaves, and still
     // contract does not start while the third shard backfills (several more of its batches,
@@ -334,28 +347,8 @@ async fn an_approver_opens_the_contract_gate_and_rollback_stops_at_the_contract_
         ),
     ]);
     let dir = set.path().to_str().expect("utf-8 path");
-    let planned = fleet
-        .cli
-        .alice(&[
-            "plan",
-            dir,
-            "--selector",
-            "env=test",
-            "--waves",
-            "100",
-            "--output",
-            "json",
-        ])
-        .await;
-    assert_exit(&planned, 0);
-    let plan = summary(&planned)["plan"].as_str().expect("id").to_owned();
-    let rehearsed = fleet
-        .cli
-        .alice(&["rehearse", &plan, "--shards", "a-db0"])
-        .await;
-    assert!(matches!(rehearsed.status.code(), Some(0 | 11)));
-    assert_exit(&fleet.cli.bob(&["approve", &plan]).await, 0);
-    assert_exit(&fleet.cli.alice(&["apply", &plan]).await, 0);
+    let planned = started(&fleet, &[dir]).await;
+    let plan = planned["plan"].as_str().expect("id").to_owned();
 
     // Expanded everywhere, the contract gate waits for an approver, and says so.
     let waiting = wait_until(Duration::from_secs(120), || async {
