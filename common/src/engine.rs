@@ -289,6 +289,14 @@ pub trait ShardEngine: Send + Sync {
         query: &str,
     ) -> impl Future<Output = Result<Option<Batch>, StatementError>> + Send;
 
+    /// Whether `column` of `table` leads an index (or is SQLite's rowid), so each batch finds
+    /// its keys without reading the whole table; `None` when the table is not found.
+    fn key_indexed(
+        &self,
+        table: &str,
+        column: &str,
+    ) -> impl Future<Output = Result<Option<bool>, ExecError>> + Send;
+
     /// Roughly how many rows `table` holds (the planner's statistics where the engine keeps
     /// them), for progress; `None` when unknown.
     fn estimate_rows(&self, table: &str) -> impl Future<Output = Option<i64>> + Send;

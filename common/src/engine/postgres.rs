@@ -521,6 +521,10 @@ impl ShardEngine for PostgresShard {
         self.read_next_batch(query).await
     }
 
+    async fn key_indexed(&self, table: &str, column: &str) -> Result<Option<bool>, ExecError> {
+        self.read_key_indexed(table, column).await
+    }
+
     async fn estimate_rows(&self, table: &str) -> Option<i64> {
         self.estimated_rows(table).await
     }

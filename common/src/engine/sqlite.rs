@@ -269,6 +269,28 @@ impl ShardEngine for SqliteShard {
         Ok(row.map(|(upto, keys)| Batch { upto, keys }))
     }
 
+    /// The rowid (an `INTEGER PRIMARY KEY`) or the first column of one of the table's indexes.
+    async fn key_indexed(&self, table: &str, column: &str) -> Result<Option<bool>, ExecError> {
+        if !self.table_exists(table).await? {
+            return Ok(None);
+        }
+        let indexed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info($1)
+                            WHERE name = $2 COLLATE NOCASE AND pk = 1
+                              AND upper(type) = 'INTEGER'
+                              AND (SELECT count(*) FROM pragma_table_info($1) WHERE pk > 0) = 1)
+                 OR EXISTS (SELECT 1 FROM pragma_index_list($1) AS l
+                            JOIN pragma_index_info(l.name) AS c
+                            WHERE c.seqno = 0 AND c.name = $2 COLLATE NOCASE)",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.database_error("checking the backfill key's index"))?;
+        Ok(Some(indexed))
+    }
+
     /// SQLite keeps no row statistics: the table is counted.
     async fn estimate_rows(&self, table: &str) -> Option<i64> {
         sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))

@@ -46,6 +46,25 @@ impl<E: ShardEngine> Executor<'_, E> {
     ) -> Result<StepReport, ExecError> {
         let revision = job.revision;
         let version = revision.version.as_str();
+        let backfill = job.backfill;
+        if self
+            .engine
+            .key_indexed(&backfill.table, &backfill.key_column())
+            .await?
+            == Some(false)
+        {
+            return Err(ExecError::NeedsOperator {
+                shard: self.shard(),
+                reason: format!(
+                    "backfill {} ({}): no index on {} starts with its key {}, so every batch would read the whole table; nothing ran\nnext: index the key (CREATE INDEX CONCURRENTLY … ({}) in a revision before it) or split by a key that is indexed (key=…)",
+                    revision.label(),
+                    revision.up.locate(job.statement),
+                    backfill.table,
+                    backfill.key,
+                    backfill.key_column()
+                ),
+            });
+        }
         let started = Instant::now();
         // A fresh start forgets the marks of an earlier, reverted application.
         let fresh = BackfillMark {

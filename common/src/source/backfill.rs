@@ -65,6 +65,19 @@ impl Backfill {
         )
     }
 
+    /// The key's column as the catalog stores it (the last part of `key`, unquoted, or
+    /// folded to lower case).
+    pub fn key_column(&self) -> String {
+        let column = self.key.rsplit('.').next().unwrap_or(&self.key);
+        match column
+            .strip_prefix('"')
+            .and_then(|rest| rest.strip_suffix('"'))
+        {
+            Some(quoted) => quoted.to_owned(),
+            None => column.to_ascii_lowercase(),
+        }
+    }
+
     /// `statement` restricted to one batch.
     pub fn statement(&self, statement: &Statement, after: Option<&str>, upto: &str) -> Statement {
         statement.with_placeholder(PLACEHOLDER, &self.range(after, upto))
@@ -266,6 +279,7 @@ mod tests {
                 .sql
                 .ends_with("AND (id > '10' AND id <= 'it''s')")
         );
+        assert_eq!(backfill.key_column(), "id");
         assert!(
             backfill
                 .statement(statement, None, "7")
@@ -279,6 +293,7 @@ mod tests {
         let sql = "--fleetshift:backfill key=o.id table=orders\nINSERT INTO order_totals SELECT o.id, o.total FROM orders o WHERE :batch ON CONFLICT DO NOTHING;";
         let backfill = marked(sql).expect("a backfill").backfill.expect("marked");
         assert_eq!(backfill.table, "orders");
+        assert_eq!(backfill.key_column(), "id");
         assert_eq!(backfill.batch, DEFAULT_BATCH);
         let problems =
             marked(&sql.replace(" table=orders", "")).expect_err("which table is unknown");

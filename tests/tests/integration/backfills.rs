@@ -37,11 +37,13 @@ async fn witnessed(admin: &PgPool) -> (i64, i64) {
     .expect("count the witnesses")
 }
 
-async fn history_status(admin: &PgPool) -> String {
-    sqlx::query_scalar("SELECT status FROM fleetshift.history WHERE version = '2'")
-        .fetch_one(admin)
+/// The status of `version` in the ledger, if it has a row.
+async fn history_status_of(admin: &PgPool, version: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM fleetshift.history WHERE version = $1")
+        .bind(version)
+        .fetch_optional(admin)
         .await
-        .expect("history row")
+        .expect("history")
 }
 
 /// Revision 1 makes the table (rows loaded by the test), revision 2 backfills it.
@@ -126,7 +128,10 @@ async fn a_killed_backfill_resumes_at_its_last_batch_and_processes_no_row_twice(
     assert!(rows_done < ROWS, "killed mid-way ({rows_done} rows done)");
     assert_eq!(rows_done, batches * 20_000);
     assert_eq!(witnessed(&admin).await, (rows_done, 0));
-    assert_eq!(history_status(&admin).await, "started");
+    assert_eq!(
+        history_status_of(&admin, "2").await.as_deref(),
+        Some("started")
+    );
 
     // The next run resumes after the last committed batch.
     let output = binary::run(&url, &["migrate", "up", "--dir", dir]);
@@ -145,7 +150,10 @@ async fn a_killed_backfill_resumes_at_its_last_batch_and_processes_no_row_twice(
     .expect("count");
     assert_eq!(missing, 0);
     assert_eq!(mark(&admin).await, Some((ROWS, ROWS / 20_000)));
-    assert_eq!(history_status(&admin).await, "applied");
+    assert_eq!(
+        history_status_of(&admin, "2").await.as_deref(),
+        Some("applied")
+    );
     let set = MigrationSet::load(directory.path(), None).expect("set");
     support::assert_sound_ledger(&support::postgres(&url).await, &set, None).await;
 }
@@ -256,4 +264,48 @@ async fn a_sqlite_backfill_runs_in_batches() {
     assert_eq!((rows, batches), (2500, 3));
     let set = MigrationSet::load(set_dir.path(), None).expect("set");
     support::assert_sound_ledger(&shard, &set, None).await;
+}
+
+#[tokio::test]
+async fn a_backfill_by_a_key_no_index_leads_is_refused_before_anything_runs() {
+    let Database {
+        cluster: _cluster,
+        url,
+        admin,
+    } = support::database("backfill_unindexed").await;
+    let directory = fixtures::migrations(&[
+        (
+            "1_events.sql",
+            "CREATE TABLE events (id bigint PRIMARY KEY, seq bigint NOT NULL, witness integer NOT NULL DEFAULT 0);
+             INSERT INTO events SELECT g, g FROM generate_series(1, 100) AS g;",
+        ),
+        (
+            "2_fill.sql",
+            "-- fleetshift:backfill key=seq batch=10\nUPDATE events SET witness = witness + 1 WHERE :batch;",
+        ),
+    ]);
+    let dir = directory.path().to_str().expect("utf-8 path");
+    let output = binary::run(&url, &["migrate", "up", "--dir", dir]);
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "{}",
+        binary::printed(&output)
+    );
+    let printed = binary::printed(&output);
+    assert!(
+        printed.contains("no index on events starts with its key seq")
+            && printed.contains("2_fill.sql:2")
+            && printed.contains("nothing ran"),
+        "{printed}"
+    );
+    assert_eq!(history_status_of(&admin, "2").await, None);
+    assert_eq!(witnessed(&admin).await, (0, 0));
+    sqlx::query("CREATE INDEX events_seq ON events (seq)")
+        .execute(&admin)
+        .await
+        .expect("index the key");
+    let output = binary::run(&url, &["migrate", "up", "--dir", dir]);
+    assert!(output.status.success(), "{}", binary::printed(&output));
+    assert_eq!(witnessed(&admin).await, (100, 0));
 }

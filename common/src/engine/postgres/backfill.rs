@@ -41,6 +41,24 @@ impl PostgresShard {
         Ok(row.map(|(upto, keys)| Batch { upto, keys }))
     }
 
+    pub(super) async fn read_key_indexed(
+        &self,
+        table: &str,
+        column: &str,
+    ) -> Result<Option<bool>, ExecError> {
+        sqlx::query_scalar(
+            "SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE EXISTS (
+                 SELECT FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                 WHERE i.indrelid = to_regclass($1) AND a.attname = $2) END",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.database_error("checking the backfill key's index"))
+    }
+
     /// The live rows of `table` and of its partitions, as last counted by `ANALYZE` or
     /// autovacuum; `None` when never counted.
     pub(super) async fn estimated_rows(&self, table: &str) -> Option<i64> {
