@@ -14,9 +14,11 @@ use anyhow::{Context, bail};
 use fleetshift_common::proto::v1::{
     CreatePlanRequest, GetPlanRequest, OpenGateRequest, Plan, PlanState,
 };
+use fleetshift_coordinator::rollout::waves;
 use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::process_fleet::{Coordinator, announced, start_agents, start_coordinator};
+use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{fixtures, rollout};
 
 const SHARDS: usize = 8;
@@ -34,10 +36,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The plan's first hand-over to an agent (its tasks' earliest start), `after` a call.
 fn first_dispatch(plan: &Plan, after: SystemTime) -> anyhow::Result<Duration> {
-    let first = plan
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
+    let first = waves::planned_tasks(plan)
         .filter_map(|task| task.started_at)
         .map(SystemTime::try_from)
         .collect::<Result<Vec<_>, _>>()?
@@ -82,32 +81,29 @@ async fn round(
     let started = SystemTime::now();
     rollout.start().await?;
     // The expand phase done everywhere: the gate says what it waits for.
-    let at_gate = loop {
-        let plan = plan_of(coordinator, &rollout.plan_id).await?;
-        let waiting = plan
-            .phases
-            .get(1)
-            .and_then(|phase| phase.gate.as_ref())
-            .is_some_and(|gate| !gate.waiting_for.is_empty());
-        if waiting {
-            break plan;
-        }
-        if started.elapsed()? > Duration::from_secs(120) {
-            let states: Vec<(String, i32)> = plan
-                .waves
-                .iter()
-                .flat_map(|wave| &wave.shards)
-                .map(|task| (task.shard_id.clone(), task.state))
-                .collect();
-            bail!(
-                "the expand phase never finished (plan {:?}: {}; tasks {states:?})",
-                plan.state(),
-                plan.state_reason
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let start_latency = first_dispatch(&at_gate, started)?;
+    let at_gate = wait_until(Duration::from_secs(120), || async {
+        plan_of(coordinator, &rollout.plan_id)
+            .await
+            .is_ok_and(|plan| {
+                plan.phases
+                    .get(1)
+                    .and_then(|phase| phase.gate.as_ref())
+                    .is_some_and(|gate| !gate.waiting_for.is_empty())
+            })
+    })
+    .await;
+    let at_gate_plan = plan_of(coordinator, &rollout.plan_id).await?;
+    if !at_gate {
+        let states: Vec<(String, i32)> = waves::planned_tasks(&at_gate_plan)
+            .map(|task| (task.shard_id.clone(), task.state))
+            .collect();
+        bail!(
+            "the expand phase never finished (plan {:?}: {}; tasks {states:?})",
+            at_gate_plan.state(),
+            at_gate_plan.state_reason
+        );
+    }
+    let start_latency = first_dispatch(&at_gate_plan, started)?;
     let opened = SystemTime::now();
     coordinator
         .client

@@ -3,7 +3,7 @@
 //! databases, each process started with the coordinator's environment.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetshift_common::proto::v1::ListShardsRequest;
@@ -17,6 +17,7 @@ use crate::binary;
 use crate::fleet::{
     Process, agent_config_text, await_leader, channel_as, init_pki, issue, spawn_replica_with,
 };
+use crate::wait::wait_until;
 
 /// A running replica and an operator's client of it.
 #[derive(Debug)]
@@ -101,23 +102,18 @@ pub fn start_agents(
 
 /// Waits until `count` shards labelled `round` are announced.
 pub async fn announced(coordinator: &Coordinator, round: &str, count: usize) -> anyhow::Result<()> {
-    let mut client = coordinator.client.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let listed = client
+    let listed = || async {
+        coordinator
+            .client
+            .clone()
             .list_shards(ListShardsRequest {
                 selector: [("round".to_owned(), round.to_owned())].into(),
             })
-            .await?
-            .into_inner()
-            .shards
-            .len();
-        if listed == count {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {listed} of {count} shards announced");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            .await
+            .is_ok_and(|listed| listed.into_inner().shards.len() == count)
+    };
+    if !wait_until(Duration::from_secs(60), listed).await {
+        bail!("the {count} shards of {round} were not all announced within a minute");
     }
+    Ok(())
 }

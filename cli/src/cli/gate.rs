@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use fleetshift_common::proto::v1::{OpenGateRequest, Plan, PlanPhase, ShardState};
+use fleetshift_coordinator::rollout::waves;
 use serde_json::json;
 
 use super::Output;
@@ -71,13 +72,10 @@ pub async fn run(arguments: GateArgs) -> ExitCode {
 /// Where each phase stands: `expand (to 2): done`, `contract (to 3): gate waits for …`.
 pub fn lines(plan: &Plan) -> Vec<String> {
     let current = plan.current_phase as usize;
-    let succeeded = plan
-        .waves
-        .iter()
-        .flat_map(|wave| &wave.shards)
-        .filter(|task| task.state == i32::from(ShardState::Succeeded))
+    let succeeded = waves::planned_tasks(plan)
+        .filter(|task| task.state() == ShardState::Succeeded)
         .count();
-    let shards: usize = plan.waves.iter().map(|wave| wave.shards.len()).sum();
+    let shards = waves::shard_count(plan);
     plan.phases
         .iter()
         .enumerate()

@@ -148,7 +148,6 @@ impl Application {
                     transaction.commit().await.map_err(|e| e.to_string())?;
                     slowest = slowest.max(started.elapsed());
                     ran.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Ok(slowest)
             }

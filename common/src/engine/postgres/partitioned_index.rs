@@ -74,22 +74,9 @@ pub(super) async fn build(
         attached_before: 0,
     };
     let table = relation(connection, table_oid).await?;
-    let existing = index_on(connection, name, table.oid).await?;
-    let parent = match existing {
-        Some(index) if !fresh || build.if_not_exists => index,
-        _ => {
-            let only = format!(
-                "CREATE {unique}INDEX {name} ON ONLY {table}{definition}",
-                unique = if build.unique { "UNIQUE " } else { "" },
-                name = quote_identifier(name),
-                table = table.qualified(),
-                definition = build.definition
-            );
-            run(connection, &only).await?;
-            index_on(connection, name, table.oid)
-                .await?
-                .ok_or_else(|| missing(name, &table))?
-        }
+    let parent = match index_on(connection, name, table.oid).await? {
+        Some((index, _)) if !fresh || build.if_not_exists => index,
+        _ => created(connection, build, name, &table, Kind::Only).await?,
     };
     fill(connection, build, &parent, &table, &mut built).await?;
     Ok(built)
@@ -135,22 +122,14 @@ async fn fill(
         let name = partition_index_name(&parent.name, &partition.name);
         let index = if sub_partitioned {
             let index = match index_on(connection, &name, partition.oid).await? {
-                Some(index) => index,
-                None => {
-                    run(connection, &index_sql(build, &name, &partition, true)).await?;
-                    index_on(connection, &name, partition.oid)
-                        .await?
-                        .ok_or_else(|| missing(&name, &partition))?
-                }
+                Some((index, _)) => index,
+                None => created(connection, build, &name, &partition, Kind::Only).await?,
             };
             Box::pin(fill(connection, build, &index, &partition, built)).await?;
             index
         } else {
-            leaf_index(connection, build, &name, &partition).await?;
             built.built += 1;
-            index_on(connection, &name, partition.oid)
-                .await?
-                .ok_or_else(|| missing(&name, &partition))?
+            leaf_index(connection, build, &name, &partition).await?
         };
         run(
             connection,
@@ -172,48 +151,60 @@ async fn leaf_index(
     build: &IndexBuild,
     name: &str,
     partition: &Relation,
-) -> Result<(), StatementError> {
-    let validity: Option<bool> = sqlx::query_scalar(
-        "SELECT x.indisvalid FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
-         WHERE x.indrelid = $1::bigint::oid AND c.relname = $2",
-    )
-    .bind(i64::from(partition.oid))
-    .bind(name)
-    .fetch_optional(&mut *connection)
-    .await
-    .map_err(|error| statement_error(None, &error))?;
-    match validity {
-        Some(true) => return Ok(()),
-        Some(false) => {
+) -> Result<Relation, StatementError> {
+    match index_on(connection, name, partition.oid).await? {
+        Some((index, true)) => return Ok(index),
+        Some((index, false)) => {
             tracing::warn!(index = %name, partition = %partition.name, "dropping a partition's invalid index left by an earlier attempt");
-            let index = Relation {
-                oid: 0,
-                schema: partition.schema.clone(),
-                name: name.to_owned(),
-            };
-            run(
-                connection,
-                &format!("DROP INDEX CONCURRENTLY {}", index.qualified()),
-            )
-            .await?;
+            let drop = format!("DROP INDEX CONCURRENTLY {}", index.qualified());
+            run(connection, &drop).await?;
         }
         None => {}
     }
     tracing::info!(index = %name, partition = %partition.name, "building a partition's index concurrently");
-    run(connection, &index_sql(build, name, partition, false)).await
+    created(connection, build, name, partition, Kind::Concurrently).await
 }
 
-/// The index of one partition: `ON ONLY` a sub-partitioned one, concurrently on a leaf.
-fn index_sql(build: &IndexBuild, name: &str, partition: &Relation, only: bool) -> String {
-    format!(
+/// How an index is created: `ON ONLY` a partitioned table (its partitions' attached later),
+/// or concurrently on a leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Only,
+    Concurrently,
+}
+
+/// Creates `build`'s index `name` on `table` the `kind` way; the index.
+async fn created(
+    connection: &mut PgConnection,
+    build: &IndexBuild,
+    name: &str,
+    table: &Relation,
+    kind: Kind,
+) -> Result<Relation, StatementError> {
+    let (how, only) = match kind {
+        Kind::Only => ("", "ONLY "),
+        Kind::Concurrently => ("CONCURRENTLY ", ""),
+    };
+    let sql = format!(
         "CREATE {unique}INDEX {how}{name} ON {only}{table}{definition}",
         unique = if build.unique { "UNIQUE " } else { "" },
-        how = if only { "" } else { "CONCURRENTLY " },
         name = quote_identifier(name),
-        only = if only { "ONLY " } else { "" },
-        table = partition.qualified(),
+        table = table.qualified(),
         definition = build.definition
-    )
+    );
+    run(connection, &sql).await?;
+    match index_on(connection, name, table.oid).await? {
+        Some((index, _)) => Ok(index),
+        None => Err(StatementError {
+            index: None,
+            sqlstate: None,
+            connection_lost: false,
+            message: format!(
+                "index {name} on {} is missing right after it was created",
+                table.qualified()
+            ),
+        }),
+    }
 }
 
 /// The name of a partition's index: `<index>_<partition>`, or when that is longer than
@@ -243,14 +234,14 @@ async fn relation(connection: &mut PgConnection, oid: u32) -> Result<Relation, S
     Ok(Relation { oid, schema, name })
 }
 
-/// The index `name` on the table `table_oid`, if there is one.
+/// The index `name` on the table `table_oid`, if there is one, and whether it is valid.
 async fn index_on(
     connection: &mut PgConnection,
     name: &str,
     table_oid: u32,
-) -> Result<Option<Relation>, StatementError> {
-    let row: Option<(i64, String)> = sqlx::query_as(
-        "SELECT c.oid::bigint, n.nspname::text FROM pg_index x
+) -> Result<Option<(Relation, bool)>, StatementError> {
+    let row: Option<(i64, String, bool)> = sqlx::query_as(
+        "SELECT c.oid::bigint, n.nspname::text, x.indisvalid FROM pg_index x
          JOIN pg_class c ON c.oid = x.indexrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE x.indrelid = $1::bigint::oid AND c.relname = $2",
@@ -260,10 +251,13 @@ async fn index_on(
     .fetch_optional(&mut *connection)
     .await
     .map_err(|error| statement_error(None, &error))?;
-    Ok(row.map(|(oid, schema)| Relation {
-        oid: u32::try_from(oid).unwrap_or_default(),
-        schema,
-        name: name.to_owned(),
+    Ok(row.map(|(oid, schema, valid)| {
+        let index = Relation {
+            oid: u32::try_from(oid).unwrap_or_default(),
+            schema,
+            name: name.to_owned(),
+        };
+        (index, valid)
     }))
 }
 
@@ -273,18 +267,6 @@ async fn run(connection: &mut PgConnection, sql: &str) -> Result<(), StatementEr
         .await
         .map(drop)
         .map_err(|error| statement_error(None, &error))
-}
-
-fn missing(name: &str, table: &Relation) -> StatementError {
-    StatementError {
-        index: None,
-        sqlstate: None,
-        connection_lost: false,
-        message: format!(
-            "index {name} on {} is missing right after it was created",
-            table.qualified()
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use fleetshift_common::proto::v1::{PlanState, ShardFacts, ShardState, ShardTask}
 use prost::Message as _;
 
 use super::{Driver, plan_state};
-use crate::rollout::{RolloutError, phases, records};
+use crate::rollout::{RolloutError, phases, records, waves};
 use crate::store::{Condition, Store, Transaction, Write, grouped, keys};
 
 impl<S: Store> Driver<'_, S> {
@@ -22,10 +22,7 @@ impl<S: Store> Driver<'_, S> {
         next: usize,
     ) -> Result<(), RolloutError> {
         let gate = plan.phases[next].gate.clone().unwrap_or_default();
-        let shards: Vec<&str> = plan
-            .waves
-            .iter()
-            .flat_map(|wave| &wave.shards)
+        let shards: Vec<&str> = waves::planned_tasks(plan)
             .map(|task| task.shard_id.as_str())
             .collect();
         let facts: HashMap<&str, &ShardFacts> = self
