@@ -1,7 +1,7 @@
 //! Backfill throughput: a backfill job (`-- fleetshift:backfill key=id batch=B`, run by the
 //! executor in key-range batches, each its own fenced transaction) against one plain `UPDATE`
 //! of the same rows, in the same run, on a table the benchmark generates. While each runs, an
-//! application writes single rows of the table at random, one after another; its slowest
+//! application writes single rows of the table at random every few milliseconds; its slowest
 //! write is how long the backfill made the application wait on row locks.
 //!
 //! `cargo bench -p fleetshift-tests --bench backfill_throughput [-- ROWS BATCH]` (default
@@ -129,8 +129,8 @@ async fn check(admin: &PgPool, rows: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `work` while an application writes one random row after another; `work`'s result
-/// and the application's slowest write.
+/// Runs `work` while an application writes one random row every 2 ms; `work`'s result and
+/// the application's slowest write.
 async fn with_application<T>(
     admin: &PgPool,
     rows: i64,
@@ -151,6 +151,9 @@ async fn with_application<T>(
                     .execute(&admin)
                     .await?;
                 slowest = slowest.max(started.elapsed());
+                // The application's pace (a load model, not a wait): unpaced, this writer
+                // takes a whole core of the two the benchmark runs on.
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             anyhow::Ok(slowest)
         }
