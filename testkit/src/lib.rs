@@ -4,8 +4,10 @@
 //! - [`postgres`]: PostgreSQL clusters (`initdb` in a temporary directory, durability off) and
 //!   hot standbys of them.
 //! - [`etcd`]: single-node etcd servers.
+//! - [`etcd_cluster`]: etcd clusters whose members can be killed and started again.
 //! - [`ports`]: the one way to pick a port for a server in another process.
 
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod ports;
 pub mod postgres;
