@@ -86,9 +86,15 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
             .execute(&shard.admin)
             .await
             .with_context(|| format!("filling {}", shard.id))?;
-        sqlx::query("ANALYZE accounts").execute(&shard.admin).await?;
+        sqlx::query("ANALYZE accounts")
+            .execute(&shard.admin)
+            .await?;
     }
-    let pools: Vec<_> = fleet.shards.iter().map(|shard| shard.admin.clone()).collect();
+    let pools: Vec<_> = fleet
+        .shards
+        .iter()
+        .map(|shard| shard.admin.clone())
+        .collect();
     let application = Application::start(&pools, epoch, options.lock_timeout * 3);
 
     let mut windows = Vec::new();
@@ -110,7 +116,12 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
         for timed in &round.faults {
             tokio::time::sleep_until(started + timed.at).await;
             let from = epoch.elapsed();
-            say(format!("[{:>8.3}s] round {}: {}", from.as_secs_f64(), round.index, timed.fault));
+            say(format!(
+                "[{:>8.3}s] round {}: {}",
+                from.as_secs_f64(),
+                round.index,
+                timed.fault
+            ));
             let hit = faults::strike(&fleet, &timed.fault, &plan_id).await?;
             healed = Instant::now();
             let to = epoch.elapsed();
@@ -127,11 +138,15 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
         }
         let mut record = driver.await_end(&plan_id, healed).await?;
         record.live = watcher.finish(Duration::from_secs(30)).await;
-        driver.check(round.index, "forward", record, &mut report).await?;
+        driver
+            .check(round.index, "forward", record, &mut report)
+            .await?;
 
         if let Some(to) = round.rollback_to {
             fleet.await_healed().await?;
-            driver.rollback(round.index, &plan_id, to, &mut report, say).await?;
+            driver
+                .rollback(round.index, &plan_id, to, &mut report, say)
+                .await?;
         }
     }
 
@@ -219,7 +234,9 @@ impl Driver<'_> {
                 ..
             }) => {
                 say(format!("round {}: no plan ({message})", round.index));
-                report.skipped.push(format!("round {}: {message}", round.index));
+                report
+                    .skipped
+                    .push(format!("round {}: {message}", round.index));
                 Ok(None)
             }
             Err(error) => Err(error.into()),
@@ -272,10 +289,11 @@ impl Driver<'_> {
     async fn await_end(&self, plan_id: &str, healed: Instant) -> anyhow::Result<PlanRecord> {
         loop {
             let plan = self.plan(plan_id).await?;
-            let ended = plan_ended(plan.state())
-                && plan.waves.iter().flat_map(|wave| &wave.shards).all(|task| {
-                    task_ended(task.state()) || task.state() == ShardState::Pending
-                });
+            let ended =
+                plan_ended(plan.state())
+                    && plan.waves.iter().flat_map(|wave| &wave.shards).all(|task| {
+                        task_ended(task.state()) || task.state() == ShardState::Pending
+                    });
             if ended || healed.elapsed() > self.options.stuck_after {
                 return Ok(PlanRecord {
                     ended_after_heal: ended.then(|| healed.elapsed()),
@@ -310,7 +328,9 @@ impl Driver<'_> {
                 violation,
             });
         }
-        report.plans.push(PlanOutcome::of(round, kind, &record, self.epoch.elapsed()));
+        report
+            .plans
+            .push(PlanOutcome::of(round, kind, &record, self.epoch.elapsed()));
         Ok(())
     }
 
@@ -340,7 +360,9 @@ impl Driver<'_> {
             Ok(plan) => plan.plan_id,
             Err(error) => {
                 say(format!("round {round}: no rollback ({error:#})"));
-                report.skipped.push(format!("round {round} rollback: {error:#}"));
+                report
+                    .skipped
+                    .push(format!("round {round} rollback: {error:#}"));
                 return Ok(());
             }
         };

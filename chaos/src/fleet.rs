@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth};
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth};
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
@@ -258,13 +258,10 @@ impl ChaosFleet {
             private_key: self.pki.join("operator-ops.key"),
             trust_bundle: self.pki.join(pki::CA_CERTIFICATE),
         };
-        let channel = fleetshift_common::tls::channel::connect(
-            &self.addresses[index],
-            "localhost",
-            &files,
-        )
-        .await
-        .ok()?;
+        let channel =
+            fleetshift_common::tls::channel::connect(&self.addresses[index], "localhost", &files)
+                .await
+                .ok()?;
         self.channels.lock().await[index] = Some(channel.clone());
         Some(channel)
     }

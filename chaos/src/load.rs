@@ -29,7 +29,12 @@ impl Application {
         let reads = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = JoinSet::new();
         for pool in pools {
-            tasks.spawn(reader(pool.clone(), epoch, Arc::clone(&reads), stopped.clone()));
+            tasks.spawn(reader(
+                pool.clone(),
+                epoch,
+                Arc::clone(&reads),
+                stopped.clone(),
+            ));
             tasks.spawn(writer(pool.clone(), stopped.clone()));
             tasks.spawn(holder(pool.clone(), hold, stopped.clone()));
         }
@@ -40,7 +45,12 @@ impl Application {
     pub async fn stop(mut self) -> Vec<Read> {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        std::mem::take(&mut *self.reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .reads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 

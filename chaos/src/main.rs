@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use fleetshift_chaos::campaign::{self, Options};
 use fleetshift_chaos::fleet::Size;
-use fleetshift_chaos::schedule::{FaultClass, Shape};
+use fleetshift_chaos::schedule::{self, FaultClass, Shape};
 use fleetshift_chaos::workload;
 use fleetshift_common::duration;
 
@@ -71,6 +71,9 @@ struct Arguments {
     /// Keep the fleet's files and logs even when no violation is found.
     #[arg(long)]
     keep: bool,
+    /// Print the rounds and faults the seed draws, and exit without starting a fleet.
+    #[arg(long)]
+    schedule_only: bool,
     /// The directory holding `fleetshift` and `fleetshift-agent` (default: this binary's).
     #[arg(long, env = "FLEETSHIFT_CHAOS_BINARIES")]
     binaries: Option<PathBuf>,
@@ -84,7 +87,10 @@ enum Output {
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("fleetshift-chaos: cannot start the runtime: {error}");
@@ -103,6 +109,33 @@ fn main() -> ExitCode {
 async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
     let seed = arguments.seed.unwrap_or_else(clock_seed);
     eprintln!("fleetshift-chaos: seed {seed} (replay with --seed {seed})");
+    let shape = Shape {
+        agents: usize::from(arguments.clusters),
+        clusters: usize::from(arguments.clusters),
+        etcd_members: usize::from(arguments.etcd_members),
+        last_version: workload::LAST,
+        classes: arguments.faults,
+        faults_per_round: usize::from(arguments.faults_per_round),
+    };
+    if arguments.schedule_only {
+        let rounds = schedule::draw(seed, arguments.rounds, &shape);
+        let mut stdout = std::io::stdout().lock();
+        match arguments.output {
+            Output::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&rounds)?)?,
+            Output::Table => {
+                for round in &rounds {
+                    writeln!(stdout, "round {}: plan to {}", round.index, round.target)?;
+                    for timed in &round.faults {
+                        writeln!(stdout, "  +{:>6} ms  {}", timed.at.as_millis(), timed.fault)?;
+                    }
+                    if let Some(to) = round.rollback_to {
+                        writeln!(stdout, "  then a rollback to {to}")?;
+                    }
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let binaries = match arguments.binaries {
         Some(binaries) => binaries,
         None => std::env::current_exe()?
@@ -114,14 +147,7 @@ async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
     let options = Options {
         seed,
         rounds: arguments.rounds,
-        shape: Shape {
-            agents: usize::from(arguments.clusters),
-            clusters: usize::from(arguments.clusters),
-            etcd_members: usize::from(arguments.etcd_members),
-            last_version: workload::LAST,
-            classes: arguments.faults,
-            faults_per_round: usize::from(arguments.faults_per_round),
-        },
+        shape,
         size: Size {
             etcd_members: usize::from(arguments.etcd_members),
             clusters: usize::from(arguments.clusters),
@@ -138,7 +164,10 @@ async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
     let keep = arguments.keep || !matches!(&outcome, Ok(report) if report.violations.is_empty());
     if keep {
         let kept = home.keep();
-        eprintln!("fleetshift-chaos: the fleet's files and logs are kept in {}", kept.display());
+        eprintln!(
+            "fleetshift-chaos: the fleet's files and logs are kept in {}",
+            kept.display()
+        );
     }
     let report = outcome?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -61,14 +61,15 @@ async fn read(id: &str, pool: &PgPool) -> Result<ShardRecord, sqlx::Error> {
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let witnesses: BTreeMap<u32, u64> = sqlx::query_as::<_, (i32, i64)>(
-        "SELECT version, count(*) FROM witness GROUP BY version",
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .filter_map(|(version, count)| Some((u32::try_from(version).ok()?, u64::try_from(count).ok()?)))
-    .collect();
+    let witnesses: BTreeMap<u32, u64> =
+        sqlx::query_as::<_, (i32, i64)>("SELECT version, count(*) FROM witness GROUP BY version")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .filter_map(|(version, count)| {
+                Some((u32::try_from(version).ok()?, u64::try_from(count).ok()?))
+            })
+            .collect();
     let valid_indexes: BTreeSet<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
           WHERE i.indrelid = 'accounts'::regclass AND i.indisvalid AND NOT i.indisprimary",
@@ -113,12 +114,20 @@ impl Watcher {
 
     /// Waits up to `limit` for the watcher to see its plan end, then stops it; the events.
     pub async fn finish(self, limit: Duration) -> Vec<RolloutEvent> {
-        let Self { stop, mut task, seen } = self;
+        let Self {
+            stop,
+            mut task,
+            seen,
+        } = self;
         if tokio::time::timeout(limit, &mut task).await.is_err() {
             let _ = stop.send(true);
             let _ = task.await;
         }
-        std::mem::take(&mut *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(
+            &mut *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -167,7 +176,11 @@ async fn follow(
 }
 
 /// The plan's events after `since`, replayed until the stream ends (the plan has ended).
-pub async fn replay(fleet: &ChaosFleet, plan_id: &str, since: u64) -> anyhow::Result<Vec<RolloutEvent>> {
+pub async fn replay(
+    fleet: &ChaosFleet,
+    plan_id: &str,
+    since: u64,
+) -> anyhow::Result<Vec<RolloutEvent>> {
     let request = WatchRolloutRequest {
         plan_id: plan_id.to_owned(),
         include_statements: false,

@@ -169,7 +169,8 @@ impl Report {
                 let _ = writeln!(
                     text,
                     "  round {} plan {} {:?} {}: {}",
-                    seen.round.map_or_else(|| "-".to_owned(), |round| round.to_string()),
+                    seen.round
+                        .map_or_else(|| "-".to_owned(), |round| round.to_string()),
                     seen.plan.as_deref().unwrap_or("-"),
                     seen.violation.check,
                     seen.violation.shard.as_deref().unwrap_or("fleet"),

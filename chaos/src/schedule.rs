@@ -185,7 +185,10 @@ impl fmt::Display for Fault {
                 )
             }
             Self::StopCoordinator { replica, frozen } => {
-                write!(formatter, "SIGSTOP the {replica:?} coordinator for {frozen:?}")
+                write!(
+                    formatter,
+                    "SIGSTOP the {replica:?} coordinator for {frozen:?}"
+                )
             }
             Self::KillEtcd { member, down } => {
                 write!(
@@ -202,7 +205,10 @@ impl fmt::Display for Fault {
                 if *immediate { "immediate" } else { "fast" }
             ),
             Self::PauseAndResume { paused } => {
-                write!(formatter, "operator pauses the plan, resumes after {paused:?}")
+                write!(
+                    formatter,
+                    "operator pauses the plan, resumes after {paused:?}"
+                )
             }
             Self::Cancel => formatter.write_str("operator cancels the plan"),
         }
@@ -374,10 +380,11 @@ mod tests {
             .iter()
             .flat_map(|round| round.faults.iter().map(|timed| &timed.fault))
             .collect();
-        assert!(faults.iter().all(|fault| matches!(
-            fault.class(),
-            FaultClass::PgRestart | FaultClass::Etcd
-        )));
+        assert!(
+            faults
+                .iter()
+                .all(|fault| matches!(fault.class(), FaultClass::PgRestart | FaultClass::Etcd))
+        );
         for class in [FaultClass::PgRestart, FaultClass::Etcd] {
             assert!(faults.iter().any(|fault| fault.class() == class), "{class}");
         }
@@ -410,6 +417,9 @@ mod tests {
         let unknown = "kil".parse::<FaultClass>().expect_err("unknown");
         assert!(unknown.to_string().contains("\"kil\""), "{unknown}");
         let planned = "partition".parse::<FaultClass>().expect_err("not yet");
-        assert!(planned.to_string().contains("not injected yet"), "{planned}");
+        assert!(
+            planned.to_string().contains("not injected yet"),
+            "{planned}"
+        );
     }
 }

@@ -126,12 +126,7 @@ mod tests {
         assert_eq!(set.revisions.len(), LAST as usize);
         for revision in &set.revisions {
             let version: u32 = revision.version.as_str().parse().expect("numeric");
-            assert_eq!(
-                revision.down.is_some(),
-                version > 1,
-                "{}",
-                revision.label()
-            );
+            assert_eq!(revision.down.is_some(), version > 1, "{}", revision.label());
             let outside = matches!(evidence(version), Evidence::Index(_));
             assert_eq!(!revision.transactional, outside, "{}", revision.label());
         }

@@ -153,7 +153,11 @@ impl EtcdCluster {
 
     fn wait_until_healthy(&mut self, index: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let port = self.members.get(index).context("no such member")?.client_port;
+        let port = self
+            .members
+            .get(index)
+            .context("no such member")?
+            .client_port;
         while Instant::now() < deadline {
             if crate::etcd::healthy(port) {
                 return Ok(());

@@ -13,6 +13,11 @@ pub fn agent() -> PathBuf {
     built("fleetshift-agent")
 }
 
+/// `target/<profile>/fleetshift-chaos`.
+pub fn chaos() -> PathBuf {
+    built("fleetshift-chaos")
+}
+
 fn built(name: &str) -> PathBuf {
     let test_binary = std::env::current_exe().expect("test binary path");
     let profile_dir = test_binary

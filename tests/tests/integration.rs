@@ -13,6 +13,7 @@ mod integration {
     mod backups;
     mod baselines;
     mod catalog;
+    mod chaos;
     mod cli_fleet;
     mod config_env;
     mod conformance;

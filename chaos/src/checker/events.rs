@@ -162,7 +162,11 @@ mod tests {
             ..Plan::default()
         };
         plan.set_state(PlanState::Succeeded);
-        let replayed = live.iter().filter(|event| event.sequence > 10).cloned().collect();
+        let replayed = live
+            .iter()
+            .filter(|event| event.sequence > 10)
+            .cloned()
+            .collect();
         PlanRecord {
             plan,
             live,
@@ -176,14 +180,20 @@ mod tests {
             plan_state(10, PlanState::Running),
             shard_state(10, ShardState::Pending),
             shard_state(11, ShardState::Running),
-            progress(12, Progress::RevisionStarted(RevisionStarted {
-                version: "2".to_owned(),
-                ..RevisionStarted::default()
-            })),
-            progress(13, Progress::RevisionFinished(RevisionFinished {
-                version: "2".to_owned(),
-                ..RevisionFinished::default()
-            })),
+            progress(
+                12,
+                Progress::RevisionStarted(RevisionStarted {
+                    version: "2".to_owned(),
+                    ..RevisionStarted::default()
+                }),
+            ),
+            progress(
+                13,
+                Progress::RevisionFinished(RevisionFinished {
+                    version: "2".to_owned(),
+                    ..RevisionFinished::default()
+                }),
+            ),
             shard_state(14, ShardState::Succeeded),
             plan_state(15, PlanState::Succeeded),
         ]
@@ -199,27 +209,42 @@ mod tests {
         let mut swapped = record(sound());
         swapped.live.swap(2, 3);
         let found = check(&swapped);
-        assert!(found.iter().any(|v| v.detail.contains("came after")), "{found:?}");
+        assert!(
+            found.iter().any(|v| v.detail.contains("came after")),
+            "{found:?}"
+        );
 
         let mut gap = record(sound());
         gap.live.remove(4);
         let found = check(&gap);
-        assert!(found.iter().any(|v| v.detail.contains("missed [13]")), "{found:?}");
+        assert!(
+            found.iter().any(|v| v.detail.contains("missed [13]")),
+            "{found:?}"
+        );
 
         let mut unstarted = record(sound());
         unstarted.live.remove(3);
         unstarted.replayed.remove(1);
         let found = check(&unstarted);
-        assert!(found.iter().any(|v| v.detail.contains("before any start")), "{found:?}");
+        assert!(
+            found.iter().any(|v| v.detail.contains("before any start")),
+            "{found:?}"
+        );
 
         let mut wrong_end = record(sound());
         wrong_end.plan.set_state(PlanState::Halted);
         let found = check(&wrong_end);
-        assert!(found.iter().any(|v| v.detail.contains("last plan state")), "{found:?}");
+        assert!(
+            found.iter().any(|v| v.detail.contains("last plan state")),
+            "{found:?}"
+        );
 
         let mut wrong_shard = record(sound());
         wrong_shard.plan.waves[0].shards[0].set_state(ShardState::Failed);
         let found = check(&wrong_shard);
-        assert!(found.iter().any(|v| v.detail.contains("last state told")), "{found:?}");
+        assert!(
+            found.iter().any(|v| v.detail.contains("last state told")),
+            "{found:?}"
+        );
     }
 }

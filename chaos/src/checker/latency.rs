@@ -39,7 +39,11 @@ pub struct ReadSummary {
 const SETTLING: Duration = Duration::from_secs(3);
 
 /// The reads outside `windows`, summarised, and a violation when their p99 is past `bound`.
-pub fn check(reads: &[Read], windows: &[Window], bound: Duration) -> (ReadSummary, Option<Violation>) {
+pub fn check(
+    reads: &[Read],
+    windows: &[Window],
+    bound: Duration,
+) -> (ReadSummary, Option<Violation>) {
     let mut counted: Vec<Duration> = reads
         .iter()
         .filter(|read| {

@@ -45,7 +45,8 @@ pub fn check(plan: &Plan, shard: &ShardRecord) -> Vec<Violation> {
         // A build run outside a transaction may finish before its record does (the agent
         // died in between): its `started` row explains the index, and the task must not
         // have succeeded (the started-row rule below).
-        let explained = matches!(evidence, Evidence::Index(_)) && status == Some(RevisionStatus::Started);
+        let explained =
+            matches!(evidence, Evidence::Index(_)) && status == Some(RevisionStatus::Started);
         if !applied && seen > 0 && !explained {
             violations.push(violation(
                 Check::WitnessWithoutRecord,
@@ -108,7 +109,8 @@ fn where_the_task_says(plan: &Plan, task: &ShardTask, shard: &ShardRecord) -> Ve
     let down = plan.direction() == Direction::Down;
     let mut violations = Vec::new();
     for version in 1..=workload::LAST {
-        let applied = entry(shard, version).is_some_and(|row| row.status == RevisionStatus::Applied);
+        let applied =
+            entry(shard, version).is_some_and(|row| row.status == RevisionStatus::Applied);
         if version <= target && !applied {
             violations.push(Violation::on(
                 Check::TaskState,
@@ -120,7 +122,9 @@ fn where_the_task_says(plan: &Plan, task: &ShardTask, shard: &ShardRecord) -> Ve
             violations.push(Violation::on(
                 Check::TaskState,
                 &shard.shard,
-                format!("the rollback to {target} succeeded but revision {version} is still applied"),
+                format!(
+                    "the rollback to {target} succeeded but revision {version} is still applied"
+                ),
             ));
         }
     }
@@ -131,8 +135,15 @@ fn where_the_task_says(plan: &Plan, task: &ShardTask, shard: &ShardRecord) -> Ve
         .find(|version| {
             entry(shard, *version).is_some_and(|row| row.status == RevisionStatus::Applied)
         })
-        .map_or_else(|| fleetshift_common::ledger::BASE.to_owned(), |version| version.to_string());
-    let told = if down { wanted.as_str() } else { newest.as_str() };
+        .map_or_else(
+            || fleetshift_common::ledger::BASE.to_owned(),
+            |version| version.to_string(),
+        );
+    let told = if down {
+        wanted.as_str()
+    } else {
+        newest.as_str()
+    };
     if task.current_version != told {
         violations.push(Violation::on(
             Check::TaskState,
@@ -171,7 +182,12 @@ fn fencing(shard: &ShardRecord) -> Vec<Violation> {
     let recorded = shard
         .ledger
         .iter()
-        .map(|entry| (format!("revision {}", entry.version), entry.fence_token.get()))
+        .map(|entry| {
+            (
+                format!("revision {}", entry.version),
+                entry.fence_token.get(),
+            )
+        })
         .chain(
             shard
                 .audit_tokens
@@ -183,7 +199,10 @@ fn fencing(shard: &ShardRecord) -> Vec<Violation> {
             violations.push(Violation::on(
                 Check::FenceOrder,
                 &shard.shard,
-                format!("{what} carries token {token}, newer than the fence's {}", shard.fence),
+                format!(
+                    "{what} carries token {token}, newer than the fence's {}",
+                    shard.fence
+                ),
             ));
         }
     }
@@ -222,9 +241,12 @@ mod tests {
             ..ShardRecord::default()
         };
         for version in 1..=through {
-            shard
-                .ledger
-                .push(row(version, RevisionStatus::Applied, 5, &format!("t{version:02}")));
+            shard.ledger.push(row(
+                version,
+                RevisionStatus::Applied,
+                5,
+                &format!("t{version:02}"),
+            ));
             match workload::evidence(version) {
                 Evidence::Witness => {
                     shard.witnesses.insert(version, 1);
@@ -275,15 +297,24 @@ mod tests {
 
         let mut unwitnessed = sound(4);
         unwitnessed.witnesses.remove(&4);
-        assert_eq!(checks(&check(&succeeded, &unwitnessed)), [Check::RecordWithoutWitness]);
+        assert_eq!(
+            checks(&check(&succeeded, &unwitnessed)),
+            [Check::RecordWithoutWitness]
+        );
 
         let mut unrecorded = sound(4);
         unrecorded.witnesses.insert(5, 1);
-        assert_eq!(checks(&check(&succeeded, &unrecorded)), [Check::WitnessWithoutRecord]);
+        assert_eq!(
+            checks(&check(&succeeded, &unrecorded)),
+            [Check::WitnessWithoutRecord]
+        );
 
         let mut index_gone = sound(4);
         index_gone.valid_indexes.clear();
-        assert_eq!(checks(&check(&succeeded, &index_gone)), [Check::RecordWithoutWitness]);
+        assert_eq!(
+            checks(&check(&succeeded, &index_gone)),
+            [Check::RecordWithoutWitness]
+        );
 
         let mut left = sound(3);
         left.ledger.push(row(4, RevisionStatus::Started, 5, "t04"));
@@ -314,7 +345,9 @@ mod tests {
         back.set_direction(Direction::Down);
         assert_eq!(checks(&check(&back, &sound(3))), [Check::TaskState]);
         let mut reverted = sound(2);
-        reverted.ledger.push(row(3, RevisionStatus::Reverted, 5, "t03"));
+        reverted
+            .ledger
+            .push(row(3, RevisionStatus::Reverted, 5, "t03"));
         assert_eq!(check(&back, &reverted), []);
     }
 }

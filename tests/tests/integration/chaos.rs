@@ -1,0 +1,108 @@
+//! The chaos campaign as CI runs it: `fleetshift-chaos` with fixed seeds, a few rounds each,
+//! on a three-member etcd and on a single member; each must inject its faults and find no
+//! violation. (The checker's own tests, in the chaos crate, show it finds each kind.)
+
+use std::process::Output;
+
+use fleetshift_tests::binary;
+
+/// Runs `fleetshift-chaos` with `arguments`, its report as JSON on stdout.
+async fn campaign(arguments: &[&str]) -> (Output, serde_json::Value) {
+    let work = tempfile::tempdir().expect("work directory");
+    let mut command = std::process::Command::new(binary::chaos());
+    command
+        .args(arguments)
+        .args(["--output", "json", "--rows", "20000", "--work-dir"])
+        .arg(work.path());
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run the campaign"))
+        .await
+        .expect("the campaign ran");
+    let report = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output, report)
+}
+
+fn assert_clean(output: &Output, report: &serde_json::Value, classes: &[&str]) {
+    let printed = binary::printed(output);
+    assert_eq!(output.status.code(), Some(0), "{printed}");
+    assert_eq!(report["violations"], serde_json::json!([]), "{printed}");
+    let plans = report["plans"].as_array().expect("plans");
+    assert!(!plans.is_empty(), "{printed}");
+    assert!(
+        plans
+            .iter()
+            .all(|plan| plan["ended_after_heal_ms"].is_u64()),
+        "every plan ended: {printed}"
+    );
+    for class in classes {
+        assert!(
+            report["faults_by_class"][class]
+                .as_u64()
+                .is_some_and(|count| count > 0),
+            "{class} faults were injected: {printed}"
+        );
+    }
+    assert!(
+        printed.contains("(replay with --seed"),
+        "the seed is printed: {printed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_campaign_on_three_etcd_members_finds_no_violation() {
+    let (output, report) = campaign(&["--seed", "7", "--rounds", "3"]).await;
+    assert_clean(&output, &report, &["kill", "stop", "pg-restart", "etcd"]);
+    assert_eq!(report["etcd_members"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_campaign_on_one_etcd_member_finds_no_violation() {
+    let (output, report) = campaign(&[
+        "--seed",
+        "4",
+        "--rounds",
+        "3",
+        "--etcd-members",
+        "1",
+        "--faults",
+        "kill,etcd,operator",
+    ])
+    .await;
+    assert_clean(&output, &report, &["kill", "etcd", "operator"]);
+    assert_eq!(report["etcd_members"], 1);
+}
+
+#[tokio::test]
+async fn a_fault_class_not_known_is_refused_naming_it() {
+    let (output, _) = campaign(&["--faults", "kill,partiton"]).await;
+    let printed = binary::printed(&output);
+    assert_eq!(output.status.code(), Some(2), "{printed}");
+    assert!(
+        printed.contains("unknown fault class \"partiton\"")
+            && printed.contains("kill, stop, pg-restart, etcd and operator"),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn a_seed_draws_the_same_schedule_every_time() {
+    let drawn = || async {
+        let mut command = std::process::Command::new(binary::chaos());
+        command.args([
+            "--seed",
+            "7",
+            "--rounds",
+            "20",
+            "--schedule-only",
+            "--output",
+            "json",
+        ]);
+        tokio::task::spawn_blocking(move || command.output().expect("run"))
+            .await
+            .expect("ran")
+    };
+    let (first, second) = (drawn().await, drawn().await);
+    assert_eq!(first.status.code(), Some(0), "{}", binary::printed(&first));
+    let rounds: serde_json::Value = serde_json::from_slice(&first.stdout).expect("JSON");
+    assert_eq!(rounds.as_array().map(Vec::len), Some(20));
+    assert_eq!(first.stdout, second.stdout);
+}
