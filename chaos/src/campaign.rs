@@ -381,11 +381,8 @@ fn millis(duration: Duration) -> u64 {
 
 /// The directory a run keeps its fleet's files in: `work` when given, else a fresh one.
 pub fn home(work: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
-    let builder = {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("fleetshift-chaos-");
-        builder
-    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("fleetshift-chaos-");
     Ok(match work {
         Some(work) => {
             std::fs::create_dir_all(work)?;
