@@ -51,8 +51,10 @@ impl SchemaChecks {
 
     /// The shard's schema for its facts, the shard being at `version`: read now (by `read`)
     /// when its last check is older than the interval, was at another version, or there was
-    /// none; else the last check's fingerprint. A failed read keeps the last fingerprint and
-    /// is logged.
+    /// none; else the last check's fingerprint. A failed read is logged and keeps the last
+    /// fingerprint only when it was read at `version`: one read at another version would claim
+    /// a schema the shard no longer has (drift no one made), so the fingerprint is left empty,
+    /// unknown, until a read succeeds.
     pub async fn report<Read>(&self, shard: &ShardConfig, version: &str, read: Read) -> Reported
     where
         Read: AsyncFnOnce() -> Result<Snapshot, ExecError>,
@@ -88,7 +90,10 @@ impl SchemaChecks {
             Err(error) => {
                 tracing::warn!(shard = %shard.id, error = %shard.database_url.scrub(&error.to_string()), "cannot read the shard's schema; its last fingerprint stands");
                 Reported {
-                    fingerprint: last.map(|last| last.fingerprint).unwrap_or_default(),
+                    fingerprint: last
+                        .filter(|last| last.version == version)
+                        .map(|last| last.fingerprint)
+                        .unwrap_or_default(),
                     snapshot: Vec::new(),
                 }
             }
@@ -108,5 +113,59 @@ pub async fn read(shard: &ShardConfig) -> Result<Snapshot, ExecError> {
     match shard.connect(Timeouts::default()).await? {
         Connected::Postgres(engine) => engine.schema_snapshot().await,
         Connected::Sqlite(engine) => engine.schema_snapshot().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetshift_common::engine::ShardScope;
+    use fleetshift_common::secrets::DatabaseUrl;
+
+    fn shard() -> ShardConfig {
+        ShardConfig {
+            id: "orders-1".to_owned(),
+            labels: Default::default(),
+            lifecycle: Default::default(),
+            database_url: DatabaseUrl::new("postgres://db-1:5432/orders"),
+            throttle_replicas: Vec::new(),
+            scope: ShardScope::Database,
+        }
+    }
+
+    fn unreadable() -> Result<Snapshot, ExecError> {
+        Err(ExecError::Unreachable {
+            shard: "orders-1".to_owned(),
+            detail: "connection refused".to_owned(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_read_keeps_the_fingerprint_only_at_the_version_it_was_read_at() {
+        let checks = SchemaChecks::new(Duration::from_secs(600));
+        let shard = shard();
+        let read = checks
+            .report(&shard, "7", async || Ok(Snapshot::default()))
+            .await;
+        assert!(!read.fingerprint.is_empty());
+        assert!(!read.snapshot.is_empty(), "a fresh read sends its snapshot");
+
+        tokio::time::advance(Duration::from_secs(601)).await;
+        let same = checks.report(&shard, "7", async || unreadable()).await;
+        assert_eq!(
+            same.fingerprint, read.fingerprint,
+            "the same version's stands"
+        );
+        assert!(same.snapshot.is_empty());
+
+        let moved = checks.report(&shard, "8", async || unreadable()).await;
+        assert_eq!(
+            moved.fingerprint, "",
+            "version 7's schema is not reported as version 8's"
+        );
+        let again = checks
+            .report(&shard, "8", async || Ok(Snapshot::default()))
+            .await;
+        assert_eq!(again.fingerprint, read.fingerprint, "read once it can be");
     }
 }
