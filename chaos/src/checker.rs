@@ -5,11 +5,13 @@
 //!
 //! - [`ledger`]: each shard's ledger against its witnesses and fence;
 //! - [`events`]: the event stream a watcher saw against a replay of it;
+//! - [`schema`]: shards with the same revisions against each other's schema;
 //! - [`latency`]: the application's reads while migrations waited for locks.
 
 pub mod events;
 pub mod latency;
 pub mod ledger;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -40,6 +42,10 @@ pub enum Check {
     ReadLatency,
     /// A plan did not end within the bound after the last fault healed.
     Stuck,
+    /// Shards with the same revisions applied hold different schemas.
+    SchemaDivergence,
+    /// The coordinator refused a plan for schema drift that no one made.
+    DriftReported,
 }
 
 /// One broken rule, with the shard it was seen on.
@@ -81,6 +87,8 @@ pub struct ShardRecord {
     pub fence: i64,
     /// The fencing tokens `fleetshift.audit` recorded.
     pub audit_tokens: Vec<i64>,
+    /// The application's tables, columns and indexes, one line each.
+    pub schema: BTreeSet<String>,
 }
 
 /// An ended plan, as the store holds it, with the events seen of it.
@@ -113,6 +121,7 @@ pub fn check(plan: &PlanRecord, shards: &[ShardRecord]) -> Vec<Violation> {
     for shard in shards {
         violations.extend(ledger::check(&plan.plan, shard));
     }
+    violations.extend(schema::check(shards));
     violations.extend(events::check(plan));
     violations
 }

@@ -84,6 +84,11 @@ async fn read(id: &str, pool: &PgPool) -> Result<ShardRecord, sqlx::Error> {
     let audit_tokens: Vec<i64> = sqlx::query_scalar("SELECT fence_token FROM fleetshift.audit")
         .fetch_all(pool)
         .await?;
+    let schema: BTreeSet<String> = sqlx::query_scalar(SCHEMA)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
     Ok(ShardRecord {
         shard: id.to_owned(),
         ledger,
@@ -91,8 +96,27 @@ async fn read(id: &str, pool: &PgPool) -> Result<ShardRecord, sqlx::Error> {
         valid_indexes,
         fence,
         audit_tokens,
+        schema,
     })
 }
+
+/// The application's schema, one line per table, column and index, from the catalog.
+const SCHEMA: &str = "
+SELECT 'table ' || c.relname
+  FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+UNION ALL
+SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+  FROM pg_class c
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+ WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+       || CASE WHEN i.indisvalid AND i.indisready THEN '' ELSE ' (invalid)' END
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE c.relnamespace = 'public'::regnamespace";
 
 /// A plan's events as they happen, kept until the stream ends (the plan ended and no task
 /// is active) or the watcher is stopped.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fleetshift_common::proto::v1::progress_event::Event as Progress;
 use fleetshift_common::proto::v1::rollout_event::Event;
-use fleetshift_common::proto::v1::{Plan, ShardState};
+use fleetshift_common::proto::v1::{Plan, RolloutEvent, ShardState};
 
 use super::{Check, PlanRecord, Violation};
 
@@ -30,21 +30,37 @@ pub fn check(record: &PlanRecord) -> Vec<Violation> {
             ));
         }
     }
-    let after_start: Vec<u64> = live
+    // A stream that begins after a sequence (the watcher's reconnections, the replay) tells
+    // each plan's and task's first state after it even when it is the one told before; such
+    // restatements say nothing new, and both sides leave them out.
+    let starting: Vec<&RolloutEvent> = live
         .iter()
-        .map(|event| event.sequence)
-        .filter(|sequence| *sequence > first)
+        .filter(|event| event.sequence == first)
         .collect();
-    let replayed: Vec<u64> = record.replayed.iter().map(|event| event.sequence).collect();
-    if after_start != replayed {
-        let seen: BTreeSet<u64> = after_start.iter().copied().collect();
-        let kept: BTreeSet<u64> = replayed.iter().copied().collect();
+    let seen = news(
+        &starting,
+        live.iter().filter(|event| event.sequence > first),
+    );
+    let kept = news(&starting, record.replayed.iter());
+    if seen != kept {
+        let sequences = |events: &[(u64, String)]| -> BTreeSet<u64> {
+            events.iter().map(|(sequence, _)| *sequence).collect()
+        };
+        let (seen_at, kept_at) = (sequences(&seen), sequences(&kept));
+        let described = |only: BTreeSet<u64>, events: &[(u64, String)]| -> Vec<String> {
+            events
+                .iter()
+                .filter(|(sequence, _)| only.contains(sequence))
+                .take(5)
+                .map(|(sequence, what)| format!("{sequence} {what}"))
+                .collect()
+        };
         broken(format!(
             "the watcher saw {} events after {first}, a replay gives {}: missed {:?}, extra {:?}",
-            after_start.len(),
-            replayed.len(),
-            kept.difference(&seen).take(5).collect::<Vec<_>>(),
-            seen.difference(&kept).take(5).collect::<Vec<_>>()
+            seen.len(),
+            kept.len(),
+            described(kept_at.difference(&seen_at).copied().collect(), &kept),
+            described(seen_at.difference(&kept_at).copied().collect(), &seen)
         ));
     }
     let mut started: BTreeSet<(String, String)> = BTreeSet::new();
@@ -94,6 +110,41 @@ pub fn check(record: &PlanRecord) -> Vec<Violation> {
         ));
     }
     violations
+}
+
+/// `events` as (sequence, what), less the state events that restate what was last told of
+/// their plan or task, beginning with what `starting` told.
+fn news<'a>(
+    starting: &[&'a RolloutEvent],
+    events: impl Iterator<Item = &'a RolloutEvent>,
+) -> Vec<(u64, String)> {
+    let mut told: BTreeMap<String, i32> = BTreeMap::new();
+    let mut news = Vec::new();
+    for (index, event) in starting.iter().copied().chain(events).enumerate() {
+        let (key, state, what) = match &event.event {
+            Some(Event::PlanState(changed)) => (
+                format!("plan {}", event.plan_id),
+                changed.state,
+                format!("plan {:?}", changed.state()),
+            ),
+            Some(Event::ShardState(changed)) => (
+                format!("shard {}", changed.shard_id),
+                changed.state,
+                format!("{} {:?}", changed.shard_id, changed.state()),
+            ),
+            Some(Event::Progress(progress)) => {
+                if index >= starting.len() {
+                    news.push((event.sequence, format!("{} progress", progress.shard_id)));
+                }
+                continue;
+            }
+            None => continue,
+        };
+        if told.insert(key, state) != Some(state) && index >= starting.len() {
+            news.push((event.sequence, what));
+        }
+    }
+    news
 }
 
 /// `shard=State, …` for a message.
@@ -205,6 +256,48 @@ mod tests {
     }
 
     #[test]
+    fn a_restated_state_is_no_event_either_way() {
+        let started = |sequence| {
+            progress(
+                sequence,
+                Progress::RevisionStarted(RevisionStarted::default()),
+            )
+        };
+        let live = vec![
+            plan_state(10, PlanState::Running),
+            shard_state(10, ShardState::Pending),
+            shard_state(20, ShardState::Running),
+            started(30),
+            // The watcher reconnected after 30: the plan's state is told again.
+            plan_state(35, PlanState::Running),
+            started(40),
+            shard_state(50, ShardState::Succeeded),
+            plan_state(60, PlanState::Succeeded),
+        ];
+        let mut restated = record(live);
+        restated.replayed = vec![
+            // The replay begins after 10: the task's state is told again.
+            shard_state(15, ShardState::Pending),
+            shard_state(20, ShardState::Running),
+            started(30),
+            started(40),
+            shard_state(50, ShardState::Succeeded),
+            plan_state(60, PlanState::Succeeded),
+        ];
+        assert_eq!(check(&restated), []);
+
+        let mut lost = restated.clone();
+        lost.live.remove(6);
+        let found = check(&lost);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.detail.contains("missed [\"50 s Succeeded\"]")),
+            "a lost change is no restatement: {found:?}"
+        );
+    }
+
+    #[test]
     fn disorder_gaps_and_wrong_ends_are_named() {
         let mut swapped = record(sound());
         swapped.live.swap(2, 3);
@@ -218,7 +311,9 @@ mod tests {
         gap.live.remove(4);
         let found = check(&gap);
         assert!(
-            found.iter().any(|v| v.detail.contains("missed [13]")),
+            found
+                .iter()
+                .any(|v| v.detail.contains("missed [\"13 s progress\"]")),
             "{found:?}"
         );
 
