@@ -18,13 +18,13 @@ use sqlx::AssertSqlSafe;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::checker::{self, PlanRecord, latency};
+use crate::checker::{self, Check, PlanRecord, Violation, latency};
 use crate::faults;
 use crate::fleet::{ChaosFleet, LABEL, OperatorError, Size};
 use crate::load::Application;
 use crate::observe::{self, Watcher};
 use crate::report::{FaultRecord, PlanOutcome, Report, Seen};
-use crate::schedule::{self, Round, Shape};
+use crate::schedule::{self, FaultClass, Round, Shape};
 use crate::workload;
 
 /// What a campaign runs.
@@ -61,7 +61,10 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
         options.size.clusters,
         options.size.databases
     ));
-    let fleet = Arc::new(ChaosFleet::start(&options.home, &options.binaries, options.size).await?);
+    let partitioned = options.shape.classes.contains(&FaultClass::Partition);
+    let fleet = Arc::new(
+        ChaosFleet::start(&options.home, &options.binaries, options.size, partitioned).await?,
+    );
     let mut report = Report::new(options, &rounds);
     let driver = Driver {
         fleet: Arc::clone(&fleet),
@@ -234,6 +237,15 @@ impl Driver<'_> {
                 ..
             }) => {
                 say(format!("round {}: no plan ({message})", round.index));
+                // Only fleetshift changes the shards' schemas, and only through their
+                // revisions: a plan refused for drift means a report the shards belie.
+                if message.contains("differ from the fleet's schema") {
+                    report.violations.push(Seen {
+                        round: Some(round.index),
+                        plan: None,
+                        violation: Violation::fleet(Check::DriftReported, message.clone()),
+                    });
+                }
                 report
                     .skipped
                     .push(format!("round {}: {message}", round.index));

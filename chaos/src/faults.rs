@@ -92,6 +92,12 @@ pub async fn strike(fleet: &ChaosFleet, fault: &Fault, plan_id: &str) -> anyhow:
             }
             Ok(format!("plan {plan_id}"))
         }
+        Fault::Partition { agent, cut, held } => {
+            fleet.parts.lock().await.networks[*agent].partition(*cut)?;
+            tokio::time::sleep(*held).await;
+            fleet.parts.lock().await.networks[*agent].heal()?;
+            Ok(format!("agent host-{agent}"))
+        }
         Fault::Cancel => {
             // Refused for a plan that ended already; that is no fault of the fleet's.
             let _ = fleet

@@ -4,13 +4,14 @@
 //! identity holding every role drives it through whichever replica answers.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth};
+use fleetshift_common::proto::v1::{ListShardsRequest, ShardHealth, ShardSummary};
 use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
@@ -23,6 +24,7 @@ use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::network::HostNetwork;
 use crate::processes::Supervised;
 
 const TRUST_DOMAIN: &str = "fleet.example";
@@ -58,6 +60,8 @@ pub struct Parts {
     /// Which replicas are frozen (SIGSTOP), so operators go elsewhere.
     pub frozen: Vec<bool>,
     pub agents: Vec<Supervised>,
+    /// Each agent's network, when the campaign partitions them (else empty).
+    pub networks: Vec<HostNetwork>,
 }
 
 #[derive(Debug)]
@@ -74,42 +78,72 @@ pub struct ChaosFleet {
 
 impl ChaosFleet {
     /// Starts every part in `home` with the binaries in `binaries` and waits until a replica
-    /// leads and every shard is announced.
-    pub async fn start(home: &Path, binaries: &Path, size: Size) -> anyhow::Result<Self> {
+    /// leads and every shard is announced. With `partitioned`, each agent runs in a network
+    /// namespace of its own ([`HostNetwork`]), so partitions can cut it off.
+    pub async fn start(
+        home: &Path,
+        binaries: &Path,
+        size: Size,
+        partitioned: bool,
+    ) -> anyhow::Result<Self> {
         let pki = home.join("pki");
         pki::init(&pki, TRUST_DOMAIN, Validity::days_from_now(2), false)?;
-        issue(&pki, Role::Operator, "ops", &[])?;
+        issue(&pki, Role::Operator, "ops", &[], &[])?;
+        let networks = if partitioned {
+            tokio::task::block_in_place(|| HostNetwork::create(size.clusters))?
+        } else {
+            Vec::new()
+        };
+        let agent_side: Vec<IpAddr> = networks
+            .iter()
+            .map(|network| IpAddr::V4(network.coordinators))
+            .collect();
         let etcd = tokio::task::block_in_place(|| EtcdCluster::start(size.etcd_members))?;
         let endpoints = etcd.endpoints();
-        let mut addresses = Vec::new();
+        let mut ports = Vec::new();
         let mut replicas = Vec::new();
         for index in 0..REPLICAS {
             let id = replica_id(index);
-            issue(&pki, Role::Coordinator, &id, &["localhost"])?;
+            issue(&pki, Role::Coordinator, &id, &["localhost"], &agent_side)?;
             let port = ports::free_port()?;
             let config = home.join(format!("{id}.toml"));
-            std::fs::write(&config, replica_config(&id, port, &endpoints))?;
+            // Agents in namespaces reach the replicas on their pairs, not on loopback.
+            let listen = if partitioned { "0.0.0.0" } else { "127.0.0.1" };
+            std::fs::write(
+                &config,
+                replica_config(&id, &format!("{listen}:{port}"), &endpoints),
+            )?;
             replicas.push(Supervised::start(
                 &binaries.join("fleetshift"),
                 &["serve".to_owned(), "--config".to_owned(), text(&config)?],
                 &home.join(format!("{id}.log")),
             )?);
-            addresses.push(format!("https://localhost:{port}"));
+            ports.push(port);
         }
+        let addresses: Vec<String> = ports
+            .iter()
+            .map(|port| format!("https://localhost:{port}"))
+            .collect();
         let mut clusters = Vec::new();
         let mut shards = Vec::new();
         let mut agents = Vec::new();
         for cluster in 0..size.clusters {
             let postgres = Arc::new(tokio::task::block_in_place(LocalPostgres::start)?);
             let agent = format!("host-{cluster}");
-            issue(&pki, Role::Agent, &agent, &[])?;
+            issue(&pki, Role::Agent, &agent, &[], &[])?;
             let mut tables = String::new();
             for database in 0..size.databases {
                 let name = format!("shard_{cluster}_{database}");
                 let url = postgres.create_database(&name).await?;
                 let id = format!("{agent}-db{database}");
                 let secret = home.join(format!("{id}.url"));
-                std::fs::write(&secret, &url)?;
+                // An agent in a namespace has no loopback to the cluster: its socket.
+                let agent_url = if partitioned {
+                    postgres.socket_url(&name)
+                } else {
+                    url.clone()
+                };
+                std::fs::write(&secret, &agent_url)?;
                 tables.push_str(&format!(
                     "[[shards]]\nid = \"{id}\"\nlabels = {{ {} = \"{}\" }}\ndatabase_url_file = \"{}\"\n",
                     LABEL.0,
@@ -125,10 +159,23 @@ impl ChaosFleet {
                 shards.push(Shard { id, cluster, admin });
             }
             let config = home.join(format!("agent-{agent}.toml"));
-            std::fs::write(&config, agent_config(&agent, &addresses, &tables))?;
+            let dialed: Vec<String> = match networks.get(cluster) {
+                Some(network) => ports
+                    .iter()
+                    .map(|port| format!("https://{}:{port}", network.coordinators))
+                    .collect(),
+                None => addresses.clone(),
+            };
+            std::fs::write(&config, agent_config(&agent, &dialed, &tables))?;
+            let program = text(&binaries.join("fleetshift-agent"))?;
+            let arguments = ["--config".to_owned(), text(&config)?, "run".to_owned()];
+            let (program, arguments) = match networks.get(cluster) {
+                Some(network) => network.wrap(&program, &arguments),
+                None => (program, arguments.to_vec()),
+            };
             agents.push(Supervised::start(
-                &binaries.join("fleetshift-agent"),
-                &["--config".to_owned(), text(&config)?, "run".to_owned()],
+                Path::new(&program),
+                &arguments,
                 &home.join(format!("agent-{agent}.log")),
             )?);
             clusters.push(postgres);
@@ -143,6 +190,7 @@ impl ChaosFleet {
                 frozen: vec![false; REPLICAS],
                 replicas,
                 agents,
+                networks,
             }),
             clusters,
             shards,
@@ -158,7 +206,8 @@ impl ChaosFleet {
     pub async fn await_healed(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let announced = self
+            // Each shard not yet healed, with why.
+            let waiting: Vec<String> = match self
                 .operator("list shards", |mut client| async move {
                     client
                         .list_shards(ListShardsRequest {
@@ -167,26 +216,31 @@ impl ChaosFleet {
                         .await
                 })
                 .await
-                .map(|listed| {
-                    listed
-                        .shards
-                        .iter()
-                        .filter(|shard| {
-                            !matches!(
-                                shard.health(),
-                                ShardHealth::AgentDisconnected | ShardHealth::Unreachable
-                            )
-                        })
-                        .count()
-                })
-                .unwrap_or_default();
-            if announced == self.shards.len() {
+            {
+                Ok(listed) => self
+                    .shards
+                    .iter()
+                    .filter_map(|shard| {
+                        let summary = listed.shards.iter().find(|s| s.shard_id == shard.id);
+                        match summary.map(ShardSummary::health) {
+                            None => Some(format!("{} (not announced)", shard.id)),
+                            Some(
+                                health
+                                @ (ShardHealth::AgentDisconnected | ShardHealth::Unreachable),
+                            ) => Some(format!("{} ({health:?})", shard.id)),
+                            Some(_) => None,
+                        }
+                    })
+                    .collect(),
+                Err(error) => vec![format!("every shard (listing them failed: {error})")],
+            };
+            if waiting.is_empty() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "{announced} of {} shards were announced and reachable within a minute; see the logs in {}",
-                    self.shards.len(),
+                    "shards not announced and reachable within a minute: {}; see the logs in {}",
+                    waiting.join(", "),
                     self.home.display()
                 );
             }
@@ -307,11 +361,17 @@ pub fn replica_id(index: usize) -> String {
     format!("c{index}")
 }
 
-fn issue(directory: &Path, role: Role, name: &str, dns_names: &[&str]) -> anyhow::Result<()> {
+fn issue(
+    directory: &Path,
+    role: Role,
+    name: &str,
+    dns_names: &[&str],
+    ip_addresses: &[IpAddr],
+) -> anyhow::Result<()> {
     let request = LeafRequest {
         identity: SpiffeId::new(TRUST_DOMAIN, role, name)?,
         dns_names: dns_names.iter().map(|name| (*name).to_owned()).collect(),
-        ip_addresses: Vec::new(),
+        ip_addresses: ip_addresses.to_vec(),
         validity: Validity::days_from_now(2),
     };
     pki::issue(directory, &request, false)?;
@@ -324,13 +384,13 @@ fn text(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-fn replica_config(id: &str, port: u16, etcd_endpoints: &[String]) -> String {
+fn replica_config(id: &str, listen: &str, etcd_endpoints: &[String]) -> String {
     let endpoints: Vec<String> = etcd_endpoints
         .iter()
         .map(|endpoint| format!("\"{endpoint}\""))
         .collect();
     format!(
-        "coordinator_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
+        "coordinator_id = \"{id}\"\nlisten = \"{listen}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
          [tls]\ncertificate = \"pki/coordinator-{id}.pem\"\nprivate_key = \"pki/coordinator-{id}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
          [store]\netcd_endpoints = [{}]\n\
          [roles]\nviewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]\n",

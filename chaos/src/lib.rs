@@ -5,6 +5,7 @@
 //! - [`schedule`]: the rounds and faults a seed draws;
 //! - [`fleet`]: the fleet of real processes (etcd, replicas, PostgreSQL, agents);
 //! - [`processes`]: starting, killing, freezing and restarting them;
+//! - [`network`]: the agents' network namespaces, which partitions cut;
 //! - [`faults`]: injecting and healing one fault;
 //! - [`workload`]: the migration set whose revisions leave witnesses;
 //! - [`load`]: the application contending with the migrations;
@@ -18,6 +19,7 @@ pub mod checker;
 pub mod faults;
 pub mod fleet;
 pub mod load;
+pub mod network;
 pub mod observe;
 pub mod processes;
 pub mod report;

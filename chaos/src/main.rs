@@ -34,8 +34,9 @@ struct Arguments {
     /// Rounds: a forward plan under faults, perhaps a rollback after it.
     #[arg(long, default_value_t = 10)]
     rounds: usize,
-    /// Fault classes to draw from, comma-separated: kill, stop, pg-restart, etcd, operator.
-    #[arg(long, value_delimiter = ',', default_values = ["kill", "stop", "pg-restart", "etcd", "operator"])]
+    /// Fault classes to draw from, comma-separated: kill, stop, pg-restart, etcd, operator,
+    /// partition (partitions run each agent in a network namespace: they need root).
+    #[arg(long, value_delimiter = ',', default_values = ["kill", "stop", "pg-restart", "etcd", "operator", "partition"])]
     faults: Vec<FaultClass>,
     /// At most this many faults per round.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
