@@ -58,13 +58,27 @@ pub struct PlanOutcome {
     pub lock_retries: usize,
 }
 
+/// The plan's target version; a rollback's (a description) as its tasks' targets.
+fn target(plan: &fleetshift_common::proto::v1::Plan) -> String {
+    if !plan.target_version.contains(' ') {
+        return plan.target_version.clone();
+    }
+    let targets: std::collections::BTreeSet<&str> = plan
+        .waves
+        .iter()
+        .flat_map(|wave| &wave.shards)
+        .map(|task| task.target_version.as_str())
+        .collect();
+    targets.into_iter().collect::<Vec<_>>().join("/")
+}
+
 impl PlanOutcome {
     pub fn of(round: usize, kind: &'static str, record: &PlanRecord, at: Duration) -> Self {
         Self {
             round,
             kind,
             plan: record.plan.plan_id.clone(),
-            target: record.plan.target_version.clone(),
+            target: target(&record.plan),
             state: format!("{:?}", record.plan.state()),
             ended_after_heal_ms: record.ended_after_heal.map(millis),
             at_ms: millis(at),

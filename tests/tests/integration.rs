@@ -46,6 +46,7 @@ mod integration {
     mod phased_rollout;
     mod plan_sql;
     mod processes;
+    mod properties;
     mod real_histories;
     mod rehearsal;
     mod replicas;
