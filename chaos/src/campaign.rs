@@ -16,7 +16,6 @@ use fleetshift_common::source::MigrationSet;
 use fleetshift_coordinator::rollout::{plan_ended, task_ended};
 use sqlx::AssertSqlSafe;
 use tokio::time::Instant;
-use tonic::Code;
 
 use crate::checker::{self, Check, PlanRecord, Violation, latency};
 use crate::faults;
@@ -43,6 +42,8 @@ pub struct Options {
     pub binaries: PathBuf,
     /// Where the fleet's files and logs go.
     pub home: PathBuf,
+    /// Damage the first shard before the first round is checked (see `--tamper`).
+    pub tamper: bool,
 }
 
 /// Runs the campaign; `say` is told each step as it happens (faults with their times).
@@ -141,6 +142,12 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
         }
         let mut record = driver.await_end(&plan_id, healed).await?;
         record.live = watcher.finish(Duration::from_secs(30)).await;
+        if options.tamper && round.index == 0 {
+            sqlx::query("INSERT INTO witness VALUES (1)")
+                .execute(&fleet.shards[0].admin)
+                .await
+                .context("tampering with the first shard")?;
+        }
         driver
             .check(round.index, "forward", record, &mut report)
             .await?;
@@ -218,8 +225,10 @@ impl Driver<'_> {
             .map(|plan| plan.plan_id)
     }
 
-    /// The round's forward plan, or `None` (noted in the report) when no shard is behind
-    /// its target.
+    /// The round's forward plan, or `None` when the coordinator refused it: the campaign's
+    /// requests are valid and a shard at or past the target only makes a plan with nothing to
+    /// do, so every refusal is a violation (drift, which only the campaign's revisions could
+    /// make, one of its own), and the round is skipped.
     async fn forward_or_skip(
         &self,
         round: &Round,
@@ -231,21 +240,21 @@ impl Driver<'_> {
                 self.approve(&plan_id).await?;
                 Ok(Some(plan_id))
             }
-            Err(OperatorError::Refused {
-                code: Code::InvalidArgument | Code::FailedPrecondition,
-                message,
-                ..
-            }) => {
-                say(format!("round {}: no plan ({message})", round.index));
-                // Only fleetshift changes the shards' schemas, and only through their
-                // revisions: a plan refused for drift means a report the shards belie.
-                if message.contains("differ from the fleet's schema") {
-                    report.violations.push(Seen {
-                        round: Some(round.index),
-                        plan: None,
-                        violation: Violation::fleet(Check::DriftReported, message.clone()),
-                    });
-                }
+            Err(OperatorError::Refused { code, message, .. }) => {
+                say(format!(
+                    "round {}: no plan ({code:?}: {message})",
+                    round.index
+                ));
+                let check = if message.contains("differ from the fleet's schema") {
+                    Check::DriftReported
+                } else {
+                    Check::PlanRefused
+                };
+                report.violations.push(Seen {
+                    round: Some(round.index),
+                    plan: None,
+                    violation: Violation::fleet(check, format!("{code:?}: {message}")),
+                });
                 report
                     .skipped
                     .push(format!("round {}: {message}", round.index));

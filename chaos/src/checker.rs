@@ -46,6 +46,8 @@ pub enum Check {
     SchemaDivergence,
     /// The coordinator refused a plan for schema drift that no one made.
     DriftReported,
+    /// The coordinator refused one of the campaign's (valid) plans.
+    PlanRefused,
 }
 
 /// One broken rule, with the shard it was seen on.

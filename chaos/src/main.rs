@@ -78,6 +78,10 @@ struct Arguments {
     /// The directory holding `fleetshift` and `fleetshift-agent` (default: this binary's).
     #[arg(long, env = "FLEETSHIFT_CHAOS_BINARIES")]
     binaries: Option<PathBuf>,
+    /// Damage the first shard behind fleetshift's back before the first round is checked (a
+    /// second witness of revision 1, as if it ran twice), to see the checker catch it.
+    #[arg(long)]
+    tamper: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -159,6 +163,7 @@ async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
         stuck_after: arguments.stuck_after,
         binaries,
         home: home.path().to_path_buf(),
+        tamper: arguments.tamper,
     };
     let say = |line: String| eprintln!("{line}");
     let outcome = campaign::run(&options, &say).await;

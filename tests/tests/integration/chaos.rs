@@ -3,8 +3,8 @@
 //! violation. (The checker's own tests, in the chaos crate, show it finds each kind.)
 //!
 //! The seeds are chosen (with `--schedule-only`) so that every round's target lies past where
-//! the round before left the fleet and no operator cancels: no round can be skipped, whatever
-//! the fleet's timing, so each fault class drawn is injected.
+//! the round before left the fleet and no operator cancels: every round's plan has work to do
+//! while its faults strike, whatever the fleet's timing.
 
 use std::process::Output;
 
@@ -82,6 +82,41 @@ async fn a_short_campaign_on_one_etcd_member_finds_no_violation() {
     .await;
     assert_clean(&output, &report, &["kill", "etcd", "operator"]);
     assert_eq!(report["etcd_members"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_shard_damaged_behind_fleetshifts_back() {
+    let (output, report) = campaign(&[
+        "--seed",
+        "13",
+        "--rounds",
+        "1",
+        "--etcd-members",
+        "1",
+        "--faults",
+        "operator",
+        "--tamper",
+    ])
+    .await;
+    let printed = binary::printed(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "violations exit 1: {printed}"
+    );
+    let violations = report["violations"].as_array().expect("violations");
+    assert!(
+        violations
+            .iter()
+            .any(|seen| seen["check"] == "applied-twice"
+                && seen["shard"] == "host-0-db0"
+                && seen["round"] == 0),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("are kept in"),
+        "the fleet is kept: {printed}"
+    );
 }
 
 #[tokio::test]
