@@ -117,40 +117,35 @@ impl HostNetwork {
     /// Drops packets `cut`'s way until [`Self::heal`].
     pub fn partition(&mut self, cut: Cut) -> anyhow::Result<()> {
         self.heal()?;
-        if matches!(cut, Cut::Both | Cut::FromAgent) {
-            ip(&[
-                "-n",
-                &self.namespace,
-                "route",
-                "add",
-                "blackhole",
-                &format!("{}/32", self.coordinators),
-            ])?;
-        }
-        if matches!(cut, Cut::Both | Cut::ToAgent) {
-            ip(&["route", "add", "blackhole", &format!("{}/32", self.agent)])?;
-        }
+        self.blackholes(cut, "add")?;
         self.cut = Some(cut);
         Ok(())
     }
 
     /// Lets packets through both ways again.
     pub fn heal(&mut self) -> anyhow::Result<()> {
-        let Some(cut) = self.cut.take() else {
-            return Ok(());
-        };
+        match self.cut.take() {
+            Some(cut) => self.blackholes(cut, "del"),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds or deletes (`change`) the blackhole routes that make `cut`: in the namespace
+    /// towards the coordinators, and in the campaign's towards the agent.
+    fn blackholes(&self, cut: Cut, change: &str) -> anyhow::Result<()> {
         if matches!(cut, Cut::Both | Cut::FromAgent) {
+            let coordinators = format!("{}/32", self.coordinators);
             ip(&[
                 "-n",
                 &self.namespace,
                 "route",
-                "del",
+                change,
                 "blackhole",
-                &format!("{}/32", self.coordinators),
+                &coordinators,
             ])?;
         }
         if matches!(cut, Cut::Both | Cut::ToAgent) {
-            ip(&["route", "del", "blackhole", &format!("{}/32", self.agent)])?;
+            ip(&["route", change, "blackhole", &format!("{}/32", self.agent)])?;
         }
         Ok(())
     }

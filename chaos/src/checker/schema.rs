@@ -98,19 +98,15 @@ mod tests {
         }
     }
 
+    /// Two revisions applied, and the schema they leave.
+    const APPLIED: &[&str] = &["1", "2"];
+    const WHOLE: &[&str] = &["table accounts", "index accounts_c2 valid"];
+
     #[test]
     fn shards_with_the_same_revisions_and_schema_pass() {
         let fleet = [
-            shard(
-                "a",
-                &["1", "2"],
-                &["table accounts", "index accounts_c2 valid"],
-            ),
-            shard(
-                "b",
-                &["1", "2"],
-                &["table accounts", "index accounts_c2 valid"],
-            ),
+            shard("a", APPLIED, WHOLE),
+            shard("b", APPLIED, WHOLE),
             shard("c", &["1"], &["table accounts"]),
         ];
         assert_eq!(check(&fleet), []);
@@ -118,22 +114,11 @@ mod tests {
 
     #[test]
     fn the_shard_that_differs_from_its_peers_is_named_with_the_objects() {
+        let invalid = ["table accounts", "index accounts_c2 invalid"];
         let fleet = [
-            shard(
-                "a",
-                &["1", "2"],
-                &["table accounts", "index accounts_c2 valid"],
-            ),
-            shard(
-                "b",
-                &["1", "2"],
-                &["table accounts", "index accounts_c2 invalid"],
-            ),
-            shard(
-                "c",
-                &["1", "2"],
-                &["table accounts", "index accounts_c2 valid"],
-            ),
+            shard("a", APPLIED, WHOLE),
+            shard("b", APPLIED, &invalid),
+            shard("c", APPLIED, WHOLE),
         ];
         let violations = check(&fleet);
         assert_eq!(violations.len(), 1, "{violations:?}");
