@@ -127,3 +127,35 @@ pub fn check(plan: &PlanRecord, shards: &[ShardRecord]) -> Vec<Violation> {
     violations.extend(events::check(plan));
     violations
 }
+
+/// A ledger row for the checker's tests: revision `version` with `status`, under `token`,
+/// started at `started`.
+#[cfg(test)]
+pub(crate) fn test_row(
+    version: &str,
+    status: fleetshift_common::ledger::RevisionStatus,
+    token: i64,
+    started: &str,
+) -> LedgerEntry {
+    let transactional = version.parse().is_ok_and(|version| {
+        !matches!(
+            crate::workload::evidence(version),
+            crate::workload::Evidence::Index(_)
+        )
+    });
+    LedgerEntry {
+        version: version.to_owned(),
+        name: "n".to_owned(),
+        checksum: "c".to_owned(),
+        status,
+        transactional,
+        fence_token: fleetshift_common::fence::FenceToken::from_raw(token),
+        plan_id: None,
+        agent_id: "a".to_owned(),
+        started_at: started.to_owned(),
+        finished_at: None,
+        duration_ms: None,
+        statements_run: 1,
+        error: None,
+    }
+}

@@ -216,21 +216,7 @@ mod tests {
     use fleetshift_common::proto::v1::Wave;
 
     fn row(version: u32, status: RevisionStatus, token: i64, started: &str) -> LedgerEntry {
-        LedgerEntry {
-            version: version.to_string(),
-            name: "n".to_owned(),
-            checksum: "c".to_owned(),
-            status,
-            transactional: !matches!(workload::evidence(version), Evidence::Index(_)),
-            fence_token: FenceToken::from_raw(token),
-            plan_id: None,
-            agent_id: "a".to_owned(),
-            started_at: started.to_owned(),
-            finished_at: None,
-            duration_ms: None,
-            statements_run: 1,
-            error: None,
-        }
+        crate::checker::test_row(&version.to_string(), status, token, started)
     }
 
     /// A shard at `through`, every revision applied once under token 5 in order.

@@ -69,29 +69,13 @@ fn majority<'a>(group: &[&'a ShardRecord]) -> Option<&'a BTreeSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetshift_common::fence::FenceToken;
-    use fleetshift_common::ledger::LedgerEntry;
 
     fn shard(name: &str, applied: &[&str], schema: &[&str]) -> ShardRecord {
         ShardRecord {
             shard: name.to_owned(),
             ledger: applied
                 .iter()
-                .map(|version| LedgerEntry {
-                    version: (*version).to_owned(),
-                    name: "n".to_owned(),
-                    checksum: "c".to_owned(),
-                    status: RevisionStatus::Applied,
-                    transactional: true,
-                    fence_token: FenceToken::from_raw(1),
-                    plan_id: None,
-                    agent_id: "a".to_owned(),
-                    started_at: String::new(),
-                    finished_at: None,
-                    duration_ms: None,
-                    statements_run: 1,
-                    error: None,
-                })
+                .map(|version| crate::checker::test_row(version, RevisionStatus::Applied, 1, ""))
                 .collect(),
             schema: schema.iter().map(|object| (*object).to_owned()).collect(),
             ..ShardRecord::default()
