@@ -36,6 +36,7 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
 use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
+use fleetshift_coordinator::peer_limits::PeerLimits;
 use fleetshift_coordinator::rollout::waves;
 use fleetshift_coordinator::serve::run_replica;
 use fleetshift_coordinator::store::{EtcdStore, MemoryStore};
@@ -372,6 +373,7 @@ fn coordinator_config(
         },
         roles,
         webhooks: Vec::new(),
+        limits: PeerLimits::default(),
     }
 }
 

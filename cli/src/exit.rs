@@ -25,7 +25,8 @@ pub const NEEDS_OPERATOR: u8 = 7;
 pub const STOPPED: u8 = 8;
 /// The coordinator refused the caller's identity or role.
 pub const NOT_AUTHORIZED: u8 = 9;
-/// The plan's state does not allow this now (e.g. starting an unapproved plan).
+/// The plan's state does not allow this now (e.g. starting an unapproved plan), or the caller
+/// went past the coordinator's limits per identity; retry later.
 pub const NOT_NOW: u8 = 10;
 /// `lint` found open findings at or above `--fail-on`.
 pub const FINDINGS: u8 = 11;
@@ -53,7 +54,7 @@ pub fn from_status(code: tonic::Code) -> u8 {
         | ErrorCode::NotFound
         | ErrorCode::Unsupported
         | ErrorCode::Expired => BAD_INPUT,
-        ErrorCode::NotNow | ErrorCode::Contended => NOT_NOW,
+        ErrorCode::NotNow | ErrorCode::Contended | ErrorCode::Overloaded => NOT_NOW,
         ErrorCode::Gone | ErrorCode::Internal => FAILED,
     }
 }
@@ -81,4 +82,4 @@ pub fn from_kind(kind: ErrorKind) -> ExitCode {
 pub const HELP: &str = "Exit codes: 0 ok, 1 a statement failed, 2 bad input (files or arguments), 3 drift, \
 4 fenced out, 5 lock timeout exhausted / another migrator, 6 database unreachable, 7 shard needs an operator, \
 8 stopped by Ctrl-C between revisions (or a rollout cancelled), 9 not authorized by the coordinator, \
-10 the plan's state does not allow this now, 11 lint findings at or above --fail-on.";
+10 not now (the plan's state, or past the coordinator's limits: retry later), 11 lint findings at or above --fail-on.";

@@ -33,9 +33,9 @@ use crate::authz;
 use crate::error::{ErrorCode, refuse};
 use crate::events::journal::{Feed, Handed};
 use crate::mailbox::{Mailbox, Outbound, Registration};
-use crate::rollout::throttled;
+use crate::rollout::{self, throttled};
 use crate::schemas;
-use crate::store::{Condition, LeaseId, Store, StoreError, Write, keys};
+use crate::store::{Condition, FenceToken, LeaseId, Store, StoreError, Write, keys};
 use crate::tasks::TaskSet;
 
 /// The agent service of one coordinator replica.
@@ -562,6 +562,10 @@ fn check_result(result: &AssignmentResult) -> Result<(), Status> {
         Some("fence_token is not a claim's token (it must be positive)")
     } else if !result.succeeded && result.rollback.is_none() && result.error.is_none() {
         Some("error is missing from a failed result")
+    } else if result.assignment_id != names_its_own(result) {
+        // The leader ends the task of the result's shard and drops the result kept under the
+        // id: an id naming another shard's assignment would take that assignment's place.
+        Some("the assignment id names another shard or claim than the result's own")
     } else {
         None
     };
@@ -572,6 +576,15 @@ fn check_result(result: &AssignmentResult) -> Result<(), Status> {
         )),
         None => Ok(()),
     }
+}
+
+/// The id of the assignment `result` answers, as its plan, shard and token make it.
+fn names_its_own(result: &AssignmentResult) -> String {
+    rollout::assignment_id(
+        rollout::plan_of_assignment(&result.assignment_id),
+        &result.shard_id,
+        FenceToken::from_raw(result.fence_token),
+    )
 }
 
 mod compatibility;

@@ -15,6 +15,7 @@ use fleetshift_common::tls::mtls::TlsFiles;
 use serde::Deserialize;
 
 use crate::authz::{OperatorRole, Roles};
+use crate::peer_limits::PeerLimits;
 use crate::webhooks::Webhook;
 
 pub mod environment;
@@ -39,6 +40,52 @@ struct RawConfig {
     /// `[[webhooks]]`: rollout events POSTed to each URL, signed with its secret.
     #[serde(default)]
     webhooks: Vec<Webhook>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[limits]`: what each identity may ask of a replica (see [`PeerLimits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
+    calls_per_identity: Option<usize>,
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<PeerLimits, String> {
+        let defaults = PeerLimits::default();
+        let limits = PeerLimits {
+            requests_per_second: self
+                .requests_per_second
+                .unwrap_or(defaults.requests_per_second),
+            burst: self.burst.unwrap_or(defaults.burst),
+            calls_per_identity: self
+                .calls_per_identity
+                .unwrap_or(defaults.calls_per_identity),
+        };
+        for (key, value, default) in [
+            (
+                "requests_per_second",
+                u64::from(limits.requests_per_second),
+                u64::from(defaults.requests_per_second),
+            ),
+            ("burst", u64::from(limits.burst), u64::from(defaults.burst)),
+            (
+                "calls_per_identity",
+                limits.calls_per_identity as u64,
+                defaults.calls_per_identity as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "[limits] {key} = 0 would refuse every call; raise it (default {default})"
+                ));
+            }
+        }
+        Ok(limits)
+    }
 }
 
 /// Operator names (of `spiffe://<td>/operator/<name>` certificates) per role.
@@ -88,6 +135,8 @@ pub struct CoordinatorConfig {
     pub roles: Roles,
     /// Where the leader sends rollout events (none by default).
     pub webhooks: Vec<Webhook>,
+    /// What each identity may ask of this replica.
+    pub limits: PeerLimits,
 }
 
 impl CoordinatorConfig {
@@ -176,6 +225,7 @@ impl CoordinatorConfig {
                 ));
             }
         }
+        let limits = raw.limits.validate()?;
         let store = if raw.store.etcd_endpoints.is_empty() {
             StoreChoice::Memory
         } else {
@@ -192,6 +242,7 @@ impl CoordinatorConfig {
             store,
             roles,
             webhooks,
+            limits,
         })
     }
 }

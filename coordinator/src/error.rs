@@ -29,6 +29,9 @@ pub enum ErrorCode {
     Contended,
     /// The fleet store (or an agent) cannot be reached; retry.
     Unavailable,
+    /// The caller went past its limits on this replica (requests per second, calls open at
+    /// once); retry later.
+    Overloaded,
     /// No answer within the time allowed.
     TimedOut,
     /// The other side went away.
@@ -52,6 +55,7 @@ impl ErrorCode {
             Self::NotNow => tonic::Code::FailedPrecondition,
             Self::Contended => tonic::Code::Aborted,
             Self::Unavailable => tonic::Code::Unavailable,
+            Self::Overloaded => tonic::Code::ResourceExhausted,
             Self::TimedOut => tonic::Code::DeadlineExceeded,
             Self::Gone => tonic::Code::Cancelled,
             Self::Unsupported => tonic::Code::Unimplemented,
@@ -71,7 +75,8 @@ impl ErrorCode {
             tonic::Code::PermissionDenied => Self::Forbidden,
             tonic::Code::FailedPrecondition => Self::NotNow,
             tonic::Code::Aborted | tonic::Code::AlreadyExists => Self::Contended,
-            tonic::Code::Unavailable | tonic::Code::ResourceExhausted => Self::Unavailable,
+            tonic::Code::Unavailable => Self::Unavailable,
+            tonic::Code::ResourceExhausted => Self::Overloaded,
             tonic::Code::DeadlineExceeded => Self::TimedOut,
             tonic::Code::Cancelled => Self::Gone,
             tonic::Code::Unimplemented => Self::Unsupported,
@@ -148,7 +153,7 @@ impl From<RolloutError> for Status {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 12] = [
+    const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::Unauthenticated,
@@ -156,6 +161,7 @@ mod tests {
         ErrorCode::NotNow,
         ErrorCode::Contended,
         ErrorCode::Unavailable,
+        ErrorCode::Overloaded,
         ErrorCode::TimedOut,
         ErrorCode::Gone,
         ErrorCode::Unsupported,

@@ -44,6 +44,7 @@ pub mod lifecycles;
 pub mod lint;
 pub mod mailbox;
 pub mod metrics;
+pub mod peer_limits;
 pub mod probes;
 pub mod rehearsals;
 pub mod rollout;

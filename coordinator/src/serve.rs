@@ -31,6 +31,7 @@ use crate::events::journal::{self, Feed};
 use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
+use crate::peer_limits::{PeerLimits, PeerLimitsLayer};
 use crate::probes;
 use crate::rollout::{driver, relay};
 use crate::schema_drift;
@@ -52,6 +53,13 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long each stage of a shutdown may take: the RPC server with its streams, then the
 /// background work (relays, election hand-over, the driver).
 const STAGE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Streams one connection may have open at once (each identity is held to its own limits
+/// across connections: `peer_limits`).
+const STREAMS_PER_CONNECTION: u32 = 128;
+
+/// The most header bytes a request may carry (hyper's default, stated).
+const HEADER_LIST_LIMIT: u32 = 16 << 10;
 
 /// Why a replica could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -99,14 +107,15 @@ impl<S, H> std::fmt::Debug for Services<S, H> {
     }
 }
 
-/// Serves `services` and server reflection on `listener` until `shutdown` completes, timing
-/// every request into `metrics` and giving each its span, under the caller's when the request
-/// carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
+/// Serves `services` and server reflection on `listener` until `shutdown` completes, holding
+/// each identity to `limits`, timing every request into `metrics` and giving each its span,
+/// under the caller's when the request carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
 /// stop `rpc`'s streams too (sessions, watches), or the server waits for them to end.
 pub async fn serve<S: Store + 'static, H: Health>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     services: Services<S, H>,
+    limits: PeerLimits,
     metrics: Arc<CoordinatorMetrics>,
     rpc: TaskSet,
     shutdown: impl Future<Output = ()> + Send,
@@ -114,8 +123,11 @@ pub async fn serve<S: Store + 'static, H: Health>(
     Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(HEADER_LIST_LIMIT))
         .trace_fn(request_span)
         .layer(GrpcMetricsLayer::new(metrics))
+        .layer(PeerLimitsLayer::new(limits))
         .add_service(
             AgentServiceServer::new(services.sessions)
                 .max_decoding_message_size(MESSAGE_LIMIT)
@@ -318,7 +330,16 @@ pub async fn run_replica<S: Store + 'static>(
         fleet,
         health,
     };
-    let served = serve(listener, tls, services, metrics, rpc.clone(), stop_rpc).await;
+    let served = serve(
+        listener,
+        tls,
+        services,
+        config.limits,
+        metrics,
+        rpc.clone(),
+        stop_rpc,
+    )
+    .await;
     if !rpc.stop(STAGE_DEADLINE).await {
         tracing::warn!("sessions or watches did not end within the deadline; left behind");
     }

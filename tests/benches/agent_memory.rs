@@ -5,6 +5,7 @@
 //! `cargo build --release --bin fleetshift-agent && cargo bench -p fleetshift-tests --bench agent_memory`
 //! Targets: at most 20 MiB idle, at most 60 MiB busy.
 
+use fleetshift_coordinator::peer_limits::PeerLimits;
 use fleetshift_coordinator::tasks::TaskSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,9 +99,17 @@ async fn measure() -> anyhow::Result<()> {
         fleet,
         health: fleetshift_coordinator::probes::health(ready, &rpc),
     };
-    tokio::spawn(serve::serve(listener, tls, services, metrics, rpc, async {
-        let _ = stop.await;
-    }));
+    tokio::spawn(serve::serve(
+        listener,
+        tls,
+        services,
+        PeerLimits::default(),
+        metrics,
+        rpc,
+        async {
+            let _ = stop.await;
+        },
+    ));
 
     let mut tables = String::new();
     for shard in 0..SHARDS {

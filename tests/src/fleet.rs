@@ -462,7 +462,19 @@ impl FleetGround {
         agents: &[&str],
         operators: &[&str],
     ) -> InProcessCoordinator {
-        InProcessCoordinator::on(self, roles, agents, operators).await
+        let limits = fleetshift_coordinator::peer_limits::PeerLimits::default();
+        InProcessCoordinator::on(self, roles, agents, operators, limits).await
+    }
+
+    /// [`FleetGround::in_process`] holding each identity to `limits`.
+    pub async fn in_process_limited(
+        self,
+        roles: fleetshift_coordinator::authz::Roles,
+        agents: &[&str],
+        operators: &[&str],
+        limits: fleetshift_coordinator::peer_limits::PeerLimits,
+    ) -> InProcessCoordinator {
+        InProcessCoordinator::on(self, roles, agents, operators, limits).await
     }
 }
 
@@ -504,12 +516,14 @@ impl InProcessCoordinator {
             .await
     }
 
-    /// Certificates for coordinator `c1`, `agents` and `operators`; `roles` for the API.
+    /// Certificates for coordinator `c1`, `agents` and `operators`; `roles` for the API,
+    /// `limits` for each identity.
     async fn on(
         ground: FleetGround,
         roles: fleetshift_coordinator::authz::Roles,
         agents: &[&str],
         operators: &[&str],
+        limits: fleetshift_coordinator::peer_limits::PeerLimits,
     ) -> Self {
         use fleetshift_common::lease::SessionIntervals;
         use fleetshift_common::tls::{mtls, reload};
@@ -586,6 +600,7 @@ impl InProcessCoordinator {
             listener,
             tls,
             services,
+            limits,
             CoordinatorMetrics::register(&mut Registry::default()),
             rpc,
             async {

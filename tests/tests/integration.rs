@@ -32,6 +32,7 @@ mod integration {
     mod fleet_throttle;
     mod grpc_conventions;
     mod handshakes;
+    mod hostile_peers;
     mod large_messages;
     mod lifecycle;
     mod lint;

@@ -187,6 +187,17 @@ fn an_incomplete_result_is_refused_naming_the_field() {
     let refused = check_result(&no_token).expect_err("no token");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("fence_token"), "{refused:?}");
+    for forged in ["p1~s2~7", "p1~s1~8", "p1", "p1~s1~7~x"] {
+        let refused = check_result(&AssignmentResult {
+            assignment_id: forged.to_owned(),
+            ..complete.clone()
+        })
+        .expect_err(forged);
+        assert!(
+            refused.message().contains("names another shard or claim"),
+            "{forged}: {refused:?}"
+        );
+    }
     let silent_failure = AssignmentResult {
         succeeded: false,
         ..complete

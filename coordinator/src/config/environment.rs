@@ -69,6 +69,21 @@ pub const KEYS: &[EnvKey] = &[
         EnvKind::List,
     ),
     EnvKey::new(
+        "FLEETSHIFT_COORDINATOR_LIMITS_REQUESTS_PER_SECOND",
+        &["limits", "requests_per_second"],
+        EnvKind::Integer,
+    ),
+    EnvKey::new(
+        "FLEETSHIFT_COORDINATOR_LIMITS_BURST",
+        &["limits", "burst"],
+        EnvKind::Integer,
+    ),
+    EnvKey::new(
+        "FLEETSHIFT_COORDINATOR_LIMITS_CALLS_PER_IDENTITY",
+        &["limits", "calls_per_identity"],
+        EnvKind::Integer,
+    ),
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_WEBHOOKS",
         &["webhooks"],
         EnvKind::Toml,

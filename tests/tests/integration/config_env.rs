@@ -72,7 +72,7 @@ fn every_key_has_a_variable_and_every_variable_is_documented() {
     let coordinator = |path: &Path| CoordinatorConfig::load(path).map(drop);
     assert_every_key_has_a_variable(
         &coordinator,
-        &["tls", "store", "roles"],
+        &["tls", "store", "roles", "limits"],
         coordinator_environment::KEYS,
     );
     let documented = std::fs::read_to_string(

@@ -11,6 +11,7 @@ use fleetshift_common::proto::v1::{
     AgentMessage, AssignmentResult, CoordinatorMessage, Heartbeat, Hello, ShardFacts,
 };
 use fleetshift_coordinator::authz::Roles;
+use fleetshift_coordinator::peer_limits::PeerLimits;
 use fleetshift_coordinator::store::{Store, StoreError, keys};
 use fleetshift_tests::fleet::{InProcessCoordinator, channel_as};
 use fleetshift_tests::wait::wait_until;
@@ -410,6 +411,7 @@ async fn a_stopping_replica_ends_open_sessions_and_leaves_their_leases() {
         store: StoreChoice::Memory,
         roles: Roles::default(),
         webhooks: Vec::new(),
+        limits: PeerLimits::default(),
     };
     let store = Arc::new(MemoryStore::new());
     let stop = CancellationToken::new();
