@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fleetshift_common::proto::v1::{
     ApprovePlanRequest, CreatePlanRequest, CreateRollbackPlanRequest, ExecutionLimits,
-    GetPlanRequest, Plan, PlanAction, ShardState, WavePolicy,
+    GetPlanRequest, HostDuties, Plan, PlanAction, ShardState, WavePolicy,
 };
 use fleetshift_common::source::MigrationSet;
 use fleetshift_coordinator::rollout::{plan_ended, task_ended};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::checker::{self, Check, PlanRecord, Violation, latency};
 use crate::faults;
-use crate::fleet::{ChaosFleet, LABEL, OperatorError, Size};
+use crate::fleet::{ChaosFleet, Features, LABEL, OperatorError, Size};
 use crate::load::Application;
 use crate::observe::{self, Watcher};
 use crate::report::{FaultRecord, PlanOutcome, Report, Seen};
@@ -62,9 +62,12 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
         options.size.clusters,
         options.size.databases
     ));
-    let partitioned = options.shape.classes.contains(&FaultClass::Partition);
+    let features = Features {
+        partitioned: options.shape.classes.contains(&FaultClass::Partition),
+        backup_disks: options.shape.classes.contains(&FaultClass::DiskFull),
+    };
     let fleet = Arc::new(
-        ChaosFleet::start(&options.home, &options.binaries, options.size, partitioned).await?,
+        ChaosFleet::start(&options.home, &options.binaries, options.size, features).await?,
     );
     let mut report = Report::new(options, &rounds);
     let driver = Driver {
@@ -184,6 +187,10 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    fn backups_required(&self) -> bool {
+        self.options.shape.classes.contains(&FaultClass::DiskFull)
+    }
+
     /// Creates and approves a forward plan to `target` across every shard.
     async fn forward(&self, target: u32) -> anyhow::Result<String> {
         let plan_id = self.create(target).await?;
@@ -210,7 +217,11 @@ impl Driver<'_> {
                 statement_timeout: prost_types::Duration::try_from(Duration::from_secs(120)).ok(),
                 lock_retries: 50,
             }),
-            duties: None,
+            // With backup disks, every shard's backup before its first DDL is on one.
+            duties: self.backups_required().then(|| HostDuties {
+                require_backup: true,
+                ..HostDuties::default()
+            }),
             allow_drift_shards: String::new(),
             schedule: None,
             updates: None,
@@ -342,7 +353,16 @@ impl Driver<'_> {
         for shard in &self.fleet.shards {
             shards.push(observe::shard(shard).await?);
         }
-        for violation in checker::check(&record, &shards) {
+        let mut violations = checker::check(&record, &shards);
+        for disk in &self.fleet.parts.lock().await.disks {
+            violations.extend(disk.leftovers()?.into_iter().map(|file| {
+                Violation::fleet(
+                    Check::BackupLeftover,
+                    format!("{} remains after its backup ended", file.display()),
+                )
+            }));
+        }
+        for violation in violations {
             report.violations.push(Seen {
                 round: Some(round),
                 plan: Some(plan_id.clone()),

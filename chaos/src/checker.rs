@@ -48,6 +48,8 @@ pub enum Check {
     DriftReported,
     /// The coordinator refused one of the campaign's (valid) plans.
     PlanRefused,
+    /// A backup left a half-written file behind (a failed one must remove it).
+    BackupLeftover,
 }
 
 /// One broken rule, with the shard it was seen on.

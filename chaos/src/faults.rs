@@ -98,6 +98,12 @@ pub async fn strike(fleet: &ChaosFleet, fault: &Fault, plan_id: &str) -> anyhow:
             fleet.parts.lock().await.networks[*agent].heal()?;
             Ok(format!("agent host-{agent}"))
         }
+        Fault::FillBackupDisk { agent, full } => {
+            fleet.parts.lock().await.disks[*agent].fill()?;
+            tokio::time::sleep(*full).await;
+            fleet.parts.lock().await.disks[*agent].free()?;
+            Ok(format!("agent host-{agent}'s backup disk"))
+        }
         Fault::Cancel => {
             // Refused for a plan that ended already; that is no fault of the fleet's.
             let _ = fleet
@@ -133,7 +139,11 @@ async fn target(fleet: &ChaosFleet, replica: Replica) -> usize {
         .unwrap_or_default()
 }
 
-/// Whether `fault` may hold up the application's reads (an operator's action cannot).
+/// Whether `fault` may hold up the application's reads (an operator's action or a full
+/// backup disk cannot).
 pub fn affects_reads(fault: &Fault) -> bool {
-    !matches!(fault, Fault::PauseAndResume { .. } | Fault::Cancel)
+    !matches!(
+        fault,
+        Fault::PauseAndResume { .. } | Fault::Cancel | Fault::FillBackupDisk { .. }
+    )
 }

@@ -24,6 +24,7 @@ use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::disks::BackupDisk;
 use crate::network::HostNetwork;
 use crate::processes::Supervised;
 
@@ -44,6 +45,16 @@ pub struct Size {
     pub databases: usize,
 }
 
+/// Which parts of each host the campaign's faults need.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    /// Each agent in a network namespace of its own ([`HostNetwork`]), so partitions can cut
+    /// it off.
+    pub partitioned: bool,
+    /// Each agent's backups on a disk of their own ([`BackupDisk`]), so it can fill up.
+    pub backup_disks: bool,
+}
+
 /// One shard: its id, the cluster it lives on and a pool of its database's superuser.
 #[derive(Debug)]
 pub struct Shard {
@@ -62,6 +73,8 @@ pub struct Parts {
     pub agents: Vec<Supervised>,
     /// Each agent's network, when the campaign partitions them (else empty).
     pub networks: Vec<HostNetwork>,
+    /// Each agent's backup disk, when the campaign fills them (else empty).
+    pub disks: Vec<BackupDisk>,
 }
 
 #[derive(Debug)]
@@ -78,14 +91,14 @@ pub struct ChaosFleet {
 
 impl ChaosFleet {
     /// Starts every part in `home` with the binaries in `binaries` and waits until a replica
-    /// leads and every shard is announced. With `partitioned`, each agent runs in a network
-    /// namespace of its own ([`HostNetwork`]), so partitions can cut it off.
+    /// leads and every shard is announced; `features` says what each host needs.
     pub async fn start(
         home: &Path,
         binaries: &Path,
         size: Size,
-        partitioned: bool,
+        features: Features,
     ) -> anyhow::Result<Self> {
+        let partitioned = features.partitioned;
         let pki = home.join("pki");
         pki::init(&pki, TRUST_DOMAIN, Validity::days_from_now(2), false)?;
         issue(&pki, Role::Operator, "ops", &[], &[])?;
@@ -127,6 +140,7 @@ impl ChaosFleet {
         let mut clusters = Vec::new();
         let mut shards = Vec::new();
         let mut agents = Vec::new();
+        let mut disks = Vec::new();
         for cluster in 0..size.clusters {
             let postgres = Arc::new(tokio::task::block_in_place(LocalPostgres::start)?);
             let agent = format!("host-{cluster}");
@@ -166,6 +180,11 @@ impl ChaosFleet {
                     .collect(),
                 None => addresses.clone(),
             };
+            if features.backup_disks {
+                let disk = BackupDisk::mount(&home.join(format!("backups-{agent}")))?;
+                tables.push_str(&backups_config(&disk.directory, postgres.binaries()));
+                disks.push(disk);
+            }
             std::fs::write(&config, agent_config(&agent, &dialed, &tables))?;
             let program = text(&binaries.join("fleetshift-agent"))?;
             let arguments = ["--config".to_owned(), text(&config)?, "run".to_owned()];
@@ -191,6 +210,7 @@ impl ChaosFleet {
                 replicas,
                 agents,
                 networks,
+                disks,
             }),
             clusters,
             shards,
@@ -395,6 +415,18 @@ fn replica_config(id: &str, listen: &str, etcd_endpoints: &[String]) -> String {
          [store]\netcd_endpoints = [{}]\n\
          [roles]\nviewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]\n",
         endpoints.join(", ")
+    )
+}
+
+/// An agent's `[backups]`: on its disk, one kept per shard, with the cluster's own client
+/// programs.
+fn backups_config(directory: &Path, programs: &Path) -> String {
+    format!(
+        "[backups]\ndirectory = \"{}\"\nkeep = 1\npg_dump = \"{}\"\npg_restore = \"{}\"\npsql = \"{}\"\n",
+        directory.display(),
+        programs.join("pg_dump").display(),
+        programs.join("pg_restore").display(),
+        programs.join("psql").display(),
     )
 }
 

@@ -6,6 +6,7 @@
 //! - [`fleet`]: the fleet of real processes (etcd, replicas, PostgreSQL, agents);
 //! - [`processes`]: starting, killing, freezing and restarting them;
 //! - [`network`]: the agents' network namespaces, which partitions cut;
+//! - [`disks`]: the agents' backup disks, which faults fill;
 //! - [`faults`]: injecting and healing one fault;
 //! - [`workload`]: the migration set whose revisions leave witnesses;
 //! - [`load`]: the application contending with the migrations;
@@ -16,6 +17,7 @@
 
 pub mod campaign;
 pub mod checker;
+pub mod disks;
 pub mod faults;
 pub mod fleet;
 pub mod load;

@@ -56,6 +56,11 @@ pub struct PlanOutcome {
     pub at_ms: u64,
     /// Lock waits its migrations gave up and tried again (the events told).
     pub lock_retries: usize,
+    /// Shards that failed for want of space for their backup: refused by the pre-flight
+    /// disk check, or out of space while dumping.
+    pub out_of_space: usize,
+    /// Why each failed shard failed: the first line of its error.
+    pub failures: BTreeMap<String, String>,
 }
 
 /// The plan's target version; a rollback's (a description) as its tasks' targets.
@@ -90,8 +95,35 @@ impl PlanOutcome {
                         if matches!(progress.event, Some(Progress::LockRetry(_))))
                 })
                 .count(),
+            out_of_space: record
+                .plan
+                .waves
+                .iter()
+                .flat_map(|wave| &wave.shards)
+                .filter(|task| {
+                    task.error
+                        .as_ref()
+                        .is_some_and(|error| for_want_of_space(&error.message))
+                })
+                .count(),
+            failures: record
+                .plan
+                .waves
+                .iter()
+                .flat_map(|wave| &wave.shards)
+                .filter_map(|task| {
+                    let error = task.error.as_ref()?;
+                    let first = error.message.lines().next().unwrap_or_default();
+                    Some((task.shard_id.clone(), first.to_owned()))
+                })
+                .collect(),
         }
     }
+}
+
+/// Whether a shard's error says its backup had no room.
+fn for_want_of_space(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("pre-flight check disk failed")
 }
 
 /// A violation, with the round and plan after which it was seen (none: the whole run's).
@@ -175,6 +207,10 @@ impl Report {
             self.reads.p99_ms,
             self.reads.max_ms
         );
+        if self.classes.contains(&FaultClass::DiskFull) {
+            let refused: usize = self.plans.iter().map(|plan| plan.out_of_space).sum();
+            let _ = writeln!(text, "shards failed for want of backup space: {refused}");
+        }
         if self.violations.is_empty() {
             let _ = writeln!(text, "\nno violation found");
         } else {

@@ -66,16 +66,19 @@ pub enum FaultClass {
     Operator,
     /// A network partition between an agent and the coordinators, one way or both.
     Partition,
+    /// An agent's backup disk filled to the last byte, freed later.
+    DiskFull,
 }
 
 impl FaultClass {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Kill,
         Self::Stop,
         Self::PgRestart,
         Self::Etcd,
         Self::Operator,
         Self::Partition,
+        Self::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +89,7 @@ impl FaultClass {
             Self::Etcd => "etcd",
             Self::Operator => "operator",
             Self::Partition => "partition",
+            Self::DiskFull => "disk-full",
         }
     }
 }
@@ -99,7 +103,7 @@ impl fmt::Display for FaultClass {
 /// A `--faults` entry that names no fault class.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown fault class {given:?}: the classes are kill, stop, pg-restart, etcd, operator and partition{planned}"
+    "unknown fault class {given:?}: the classes are kill, stop, pg-restart, etcd, operator, partition and disk-full{planned}"
 )]
 pub struct UnknownFaultClass {
     given: String,
@@ -117,9 +121,7 @@ impl FromStr for FaultClass {
             .ok_or_else(|| UnknownFaultClass {
                 given: given.to_owned(),
                 planned: match given {
-                    "clock" | "disk-full" => {
-                        " (clock jumps and a full backup disk are not injected yet; see docs/reliability.md)"
-                    }
+                    "clock" => " (clock jumps are not injected yet; see docs/reliability.md)",
                     _ => "",
                 },
             })
@@ -175,6 +177,10 @@ pub enum Fault {
         cut: Cut,
         held: Duration,
     },
+    FillBackupDisk {
+        agent: usize,
+        full: Duration,
+    },
 }
 
 impl Fault {
@@ -186,6 +192,7 @@ impl Fault {
             Self::RestartPostgres { .. } => FaultClass::PgRestart,
             Self::PauseAndResume { .. } | Self::Cancel => FaultClass::Operator,
             Self::Partition { .. } => FaultClass::Partition,
+            Self::FillBackupDisk { .. } => FaultClass::DiskFull,
         }
     }
 
@@ -200,6 +207,7 @@ impl Fault {
             | Self::StopEtcd { frozen, .. } => *frozen,
             Self::PauseAndResume { paused } => *paused,
             Self::Partition { held, .. } => *held,
+            Self::FillBackupDisk { full, .. } => *full,
             Self::RestartPostgres { .. } | Self::Cancel => Duration::ZERO,
         }
     }
@@ -257,6 +265,9 @@ impl fmt::Display for Fault {
                     formatter,
                     "partition agent {agent} from the coordinators ({way}) for {held:?}"
                 )
+            }
+            Self::FillBackupDisk { agent, full } => {
+                write!(formatter, "fill agent {agent}'s backup disk for {full:?}")
             }
         }
     }
@@ -390,6 +401,10 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
             cut: [Cut::Both, Cut::FromAgent, Cut::ToAgent][draw.index(3)],
             // Up to well past an agent's lease, like a freeze.
             held: draw.millis(500, 12_000),
+        },
+        FaultClass::DiskFull => Fault::FillBackupDisk {
+            agent: draw.index(shape.agents),
+            full: draw.millis(500, 8_000),
         },
         FaultClass::Operator => {
             if draw.chance(70) {
