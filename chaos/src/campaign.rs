@@ -65,6 +65,7 @@ pub async fn run(options: &Options, say: &(dyn Fn(String) + Sync)) -> anyhow::Re
     let features = Features {
         partitioned: options.shape.classes.contains(&FaultClass::Partition),
         backup_disks: options.shape.classes.contains(&FaultClass::DiskFull),
+        clock_jumps: options.shape.classes.contains(&FaultClass::Clock),
     };
     let fleet = Arc::new(
         ChaosFleet::start(&options.home, &options.binaries, options.size, features).await?,

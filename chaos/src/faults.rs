@@ -104,6 +104,17 @@ pub async fn strike(fleet: &ChaosFleet, fault: &Fault, plan_id: &str) -> anyhow:
             fleet.parts.lock().await.disks[*agent].free()?;
             Ok(format!("agent host-{agent}'s backup disk"))
         }
+        Fault::JumpClock {
+            replica,
+            by_seconds,
+            held,
+        } => {
+            let index = target(fleet, *replica).await;
+            fleet.parts.lock().await.clocks[index].jump(*by_seconds)?;
+            tokio::time::sleep(*held).await;
+            fleet.parts.lock().await.clocks[index].reset()?;
+            Ok(format!("replica {}'s clock", replica_id(index)))
+        }
         Fault::Cancel => {
             // Refused for a plan that ended already; that is no fault of the fleet's.
             let _ = fleet
@@ -139,11 +150,14 @@ async fn target(fleet: &ChaosFleet, replica: Replica) -> usize {
         .unwrap_or_default()
 }
 
-/// Whether `fault` may hold up the application's reads (an operator's action or a full
-/// backup disk cannot).
+/// Whether `fault` may hold up the application's reads (an operator's action, a full backup
+/// disk or a coordinator's clock cannot).
 pub fn affects_reads(fault: &Fault) -> bool {
     !matches!(
         fault,
-        Fault::PauseAndResume { .. } | Fault::Cancel | Fault::FillBackupDisk { .. }
+        Fault::PauseAndResume { .. }
+            | Fault::Cancel
+            | Fault::FillBackupDisk { .. }
+            | Fault::JumpClock { .. }
     )
 }

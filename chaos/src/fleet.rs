@@ -24,6 +24,7 @@ use sqlx::postgres::PgPoolOptions;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::clocks::ReplicaClock;
 use crate::disks::BackupDisk;
 use crate::network::HostNetwork;
 use crate::processes::Supervised;
@@ -53,6 +54,8 @@ pub struct Features {
     pub partitioned: bool,
     /// Each agent's backups on a disk of their own ([`BackupDisk`]), so it can fill up.
     pub backup_disks: bool,
+    /// Each replica on a wall clock of its own ([`ReplicaClock`]), so it can jump.
+    pub clock_jumps: bool,
 }
 
 /// One shard: its id, the cluster it lives on and a pool of its database's superuser.
@@ -75,6 +78,8 @@ pub struct Parts {
     pub networks: Vec<HostNetwork>,
     /// Each agent's backup disk, when the campaign fills them (else empty).
     pub disks: Vec<BackupDisk>,
+    /// Each replica's wall clock, when the campaign steps them (else empty).
+    pub clocks: Vec<ReplicaClock>,
 }
 
 #[derive(Debug)]
@@ -115,6 +120,7 @@ impl ChaosFleet {
         let endpoints = etcd.endpoints();
         let mut ports = Vec::new();
         let mut replicas = Vec::new();
+        let mut clocks = Vec::new();
         for index in 0..REPLICAS {
             let id = replica_id(index);
             issue(&pki, Role::Coordinator, &id, &["localhost"], &agent_side)?;
@@ -126,9 +132,19 @@ impl ChaosFleet {
                 &config,
                 replica_config(&id, &format!("{listen}:{port}"), &endpoints),
             )?;
+            let program = text(&binaries.join("fleetshift"))?;
+            let arguments = ["serve".to_owned(), "--config".to_owned(), text(&config)?];
+            let (program, arguments) = if features.clock_jumps {
+                let clock = ReplicaClock::new(&home.join(format!("clock-{id}")))?;
+                let wrapped = clock.wrap(&program, &arguments);
+                clocks.push(clock);
+                wrapped
+            } else {
+                (program, arguments.to_vec())
+            };
             replicas.push(Supervised::start(
-                &binaries.join("fleetshift"),
-                &["serve".to_owned(), "--config".to_owned(), text(&config)?],
+                Path::new(&program),
+                &arguments,
                 &home.join(format!("{id}.log")),
             )?);
             ports.push(port);
@@ -211,6 +227,7 @@ impl ChaosFleet {
                 agents,
                 networks,
                 disks,
+                clocks,
             }),
             clusters,
             shards,

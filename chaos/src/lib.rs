@@ -7,6 +7,7 @@
 //! - [`processes`]: starting, killing, freezing and restarting them;
 //! - [`network`]: the agents' network namespaces, which partitions cut;
 //! - [`disks`]: the agents' backup disks, which faults fill;
+//! - [`clocks`]: the replicas' wall clocks, which faults step;
 //! - [`faults`]: injecting and healing one fault;
 //! - [`workload`]: the migration set whose revisions leave witnesses;
 //! - [`load`]: the application contending with the migrations;
@@ -17,6 +18,7 @@
 
 pub mod campaign;
 pub mod checker;
+pub mod clocks;
 pub mod disks;
 pub mod faults;
 pub mod fleet;

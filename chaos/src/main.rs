@@ -35,10 +35,10 @@ struct Arguments {
     #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Fault classes to draw from, comma-separated: kill, stop, pg-restart, etcd, operator,
-    /// partition, disk-full (partitions run each agent in a network namespace and disk-full
-    /// puts its backups on a disk of their own: both need root; with disk-full every plan
-    /// requires a backup).
-    #[arg(long, value_delimiter = ',', default_values = ["kill", "stop", "pg-restart", "etcd", "operator", "partition", "disk-full"])]
+    /// partition, disk-full, clock (partitions run each agent in a network namespace and
+    /// disk-full puts its backups on a disk of their own: both need root; with disk-full every
+    /// plan requires a backup; clock runs each replica under libfaketime).
+    #[arg(long, value_delimiter = ',', default_values = ["kill", "stop", "pg-restart", "etcd", "operator", "partition", "disk-full", "clock"])]
     faults: Vec<FaultClass>,
     /// At most this many faults per round.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]

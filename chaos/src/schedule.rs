@@ -68,10 +68,12 @@ pub enum FaultClass {
     Partition,
     /// An agent's backup disk filled to the last byte, freed later.
     DiskFull,
+    /// A coordinator replica's wall clock stepped forward or back, stepped back later.
+    Clock,
 }
 
 impl FaultClass {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Kill,
         Self::Stop,
         Self::PgRestart,
@@ -79,6 +81,7 @@ impl FaultClass {
         Self::Operator,
         Self::Partition,
         Self::DiskFull,
+        Self::Clock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +93,7 @@ impl FaultClass {
             Self::Operator => "operator",
             Self::Partition => "partition",
             Self::DiskFull => "disk-full",
+            Self::Clock => "clock",
         }
     }
 }
@@ -103,11 +107,10 @@ impl fmt::Display for FaultClass {
 /// A `--faults` entry that names no fault class.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown fault class {given:?}: the classes are kill, stop, pg-restart, etcd, operator, partition and disk-full{planned}"
+    "unknown fault class {given:?}: the classes are kill, stop, pg-restart, etcd, operator, partition, disk-full and clock"
 )]
 pub struct UnknownFaultClass {
     given: String,
-    planned: &'static str,
 }
 
 impl FromStr for FaultClass {
@@ -120,10 +123,6 @@ impl FromStr for FaultClass {
             .find(|class| class.name() == given)
             .ok_or_else(|| UnknownFaultClass {
                 given: given.to_owned(),
-                planned: match given {
-                    "clock" => " (clock jumps are not injected yet; see docs/reliability.md)",
-                    _ => "",
-                },
             })
     }
 }
@@ -181,6 +180,12 @@ pub enum Fault {
         agent: usize,
         full: Duration,
     },
+    JumpClock {
+        replica: Replica,
+        /// Seconds the wall clock steps from real time (back when negative).
+        by_seconds: i64,
+        held: Duration,
+    },
 }
 
 impl Fault {
@@ -193,6 +198,7 @@ impl Fault {
             Self::PauseAndResume { .. } | Self::Cancel => FaultClass::Operator,
             Self::Partition { .. } => FaultClass::Partition,
             Self::FillBackupDisk { .. } => FaultClass::DiskFull,
+            Self::JumpClock { .. } => FaultClass::Clock,
         }
     }
 
@@ -206,7 +212,7 @@ impl Fault {
             | Self::StopCoordinator { frozen, .. }
             | Self::StopEtcd { frozen, .. } => *frozen,
             Self::PauseAndResume { paused } => *paused,
-            Self::Partition { held, .. } => *held,
+            Self::Partition { held, .. } | Self::JumpClock { held, .. } => *held,
             Self::FillBackupDisk { full, .. } => *full,
             Self::RestartPostgres { .. } | Self::Cancel => Duration::ZERO,
         }
@@ -269,6 +275,14 @@ impl fmt::Display for Fault {
             Self::FillBackupDisk { agent, full } => {
                 write!(formatter, "fill agent {agent}'s backup disk for {full:?}")
             }
+            Self::JumpClock {
+                replica,
+                by_seconds,
+                held,
+            } => write!(
+                formatter,
+                "step the {replica:?} coordinator's wall clock {by_seconds:+} s for {held:?}"
+            ),
         }
     }
 }
@@ -402,6 +416,14 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
             // Up to well past an agent's lease, like a freeze.
             held: draw.millis(500, 12_000),
         },
+        FaultClass::Clock => {
+            let seconds = i64::try_from(draw.between(30, 600)).unwrap_or(600);
+            Fault::JumpClock {
+                replica: replica(draw),
+                by_seconds: if draw.chance(50) { seconds } else { -seconds },
+                held: draw.millis(500, 8_000),
+            }
+        }
         FaultClass::DiskFull => Fault::FillBackupDisk {
             agent: draw.index(shape.agents),
             full: draw.millis(500, 8_000),
@@ -484,10 +506,5 @@ mod tests {
         }
         let unknown = "kil".parse::<FaultClass>().expect_err("unknown");
         assert!(unknown.to_string().contains("\"kil\""), "{unknown}");
-        let planned = "clock".parse::<FaultClass>().expect_err("not yet");
-        assert!(
-            planned.to_string().contains("not injected yet"),
-            "{planned}"
-        );
     }
 }
