@@ -168,7 +168,12 @@ async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
         tamper: arguments.tamper,
     };
     let say = |line: String| eprintln!("{line}");
-    let outcome = campaign::run(&options, &say).await;
+    // Interrupted, the campaign is dropped: every process of its fleet is killed, its
+    // namespaces deleted and its disks unmounted before the program exits.
+    let outcome = tokio::select! {
+        outcome = campaign::run(&options, &say) => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the fleet was stopped")),
+    };
     let keep = arguments.keep || !matches!(&outcome, Ok(report) if report.violations.is_empty());
     if keep {
         let kept = home.keep();
@@ -192,6 +197,22 @@ async fn run(arguments: Arguments) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(VIOLATIONS)
     })
+}
+
+/// The name of the first of SIGINT and SIGTERM to arrive.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the signals keep their default: the process ends at once.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
 }
 
 /// A seed from the clock, for a run not told one.

@@ -163,3 +163,90 @@ async fn a_seed_draws_the_same_schedule_every_time() {
     assert_eq!(rounds.as_array().map(Vec::len), Some(20));
     assert_eq!(first.stdout, second.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_campaign_stops_its_whole_fleet() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let work = tempfile::tempdir().expect("work directory");
+    let mut child = std::process::Command::new(binary::chaos())
+        .args([
+            "--seed",
+            "5",
+            "--rounds",
+            "50",
+            "--etcd-members",
+            "1",
+            "--faults",
+            "partition,disk-full,clock",
+            "--rows",
+            "1000",
+            "--work-dir",
+        ])
+        .arg(work.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the campaign");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("stderr");
+    // Read until the first round starts: the whole fleet is up then.
+    let (started, rest) = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("a line");
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("round 0:") {
+                return (seen, lines);
+            }
+        }
+        panic!("the campaign ended before its first round: {seen}");
+    })
+    .await
+    .expect("read");
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(terminated.success());
+    let (status, said) = tokio::task::spawn_blocking(move || {
+        let said: Vec<String> = rest.map_while(Result::ok).collect();
+        (child.wait().expect("wait"), said.join("\n"))
+    })
+    .await
+    .expect("waited");
+    let printed = format!("{started}{said}");
+    assert_eq!(status.code(), Some(3), "{printed}");
+    assert!(printed.contains("interrupted by SIGTERM"), "{printed}");
+
+    let home = work.path().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&home))
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "replicas or agents left running"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(
+        !mounts.contains(&home),
+        "a backup disk left mounted: {mounts}"
+    );
+    let namespaces = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(
+        !namespaces.contains(&format!("fleetshift-chaos-{pid}-")),
+        "a namespace left: {namespaces}"
+    );
+}
