@@ -9,46 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use fleetshift_testkit::draw::Draw;
+
 use crate::network::Cut;
-
-/// A small, fixed pseudo-random generator (SplitMix64): the schedule of a seed must not
-/// change with a dependency's version.
-#[derive(Debug, Clone)]
-pub struct Draw(u64);
-
-impl Draw {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
-    /// A number in `low..=high`.
-    pub fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
-
-    /// An index below `count` (which must not be 0).
-    pub fn index(&mut self, count: usize) -> usize {
-        let count = u64::try_from(count).unwrap_or(u64::MAX);
-        usize::try_from(self.next_u64() % count).unwrap_or_default()
-    }
-
-    /// True with probability `percent` / 100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.next_u64() % 100 < percent
-    }
-
-    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(self.between(low, high))
-    }
-}
 
 /// The kinds of fault a campaign may inject (`--faults`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -335,7 +298,7 @@ pub fn draw(seed: u64, rounds: usize, shape: &Shape) -> Vec<Round> {
             let mut at = Duration::ZERO;
             let mut faults = Vec::new();
             for _ in 0..count {
-                at += draw.millis(200, 2_500);
+                at += millis(&mut draw, 200, 2_500);
                 let class = shape.classes[draw.index(shape.classes.len())];
                 faults.push(Timed {
                     at,
@@ -356,6 +319,11 @@ pub fn draw(seed: u64, rounds: usize, shape: &Shape) -> Vec<Round> {
         .collect()
 }
 
+/// A duration of `low..=high` milliseconds.
+fn millis(draw: &mut Draw, low: u64, high: u64) -> Duration {
+    Duration::from_millis(draw.between(low, high))
+}
+
 fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
     let replica = |draw: &mut Draw| {
         if draw.chance(50) {
@@ -369,12 +337,12 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
             if draw.chance(50) {
                 Fault::KillAgent {
                     agent: draw.index(shape.agents),
-                    down: draw.millis(100, 3_000),
+                    down: millis(draw, 100, 3_000),
                 }
             } else {
                 Fault::KillCoordinator {
                     replica: replica(draw),
-                    down: draw.millis(100, 3_000),
+                    down: millis(draw, 100, 3_000),
                 }
             }
         }
@@ -383,12 +351,12 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
             if draw.chance(50) {
                 Fault::StopAgent {
                     agent: draw.index(shape.agents),
-                    frozen: draw.millis(200, 12_000),
+                    frozen: millis(draw, 200, 12_000),
                 }
             } else {
                 Fault::StopCoordinator {
                     replica: replica(draw),
-                    frozen: draw.millis(200, 8_000),
+                    frozen: millis(draw, 200, 8_000),
                 }
             }
         }
@@ -401,12 +369,12 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
             if draw.chance(50) {
                 Fault::KillEtcd {
                     member,
-                    down: draw.millis(200, 4_000),
+                    down: millis(draw, 200, 4_000),
                 }
             } else {
                 Fault::StopEtcd {
                     member,
-                    frozen: draw.millis(200, 6_000),
+                    frozen: millis(draw, 200, 6_000),
                 }
             }
         }
@@ -414,24 +382,24 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
             agent: draw.index(shape.agents),
             cut: [Cut::Both, Cut::FromAgent, Cut::ToAgent][draw.index(3)],
             // Up to well past an agent's lease, like a freeze.
-            held: draw.millis(500, 12_000),
+            held: millis(draw, 500, 12_000),
         },
         FaultClass::Clock => {
             let seconds = i64::try_from(draw.between(30, 600)).unwrap_or(600);
             Fault::JumpClock {
                 replica: replica(draw),
                 by_seconds: if draw.chance(50) { seconds } else { -seconds },
-                held: draw.millis(500, 8_000),
+                held: millis(draw, 500, 8_000),
             }
         }
         FaultClass::DiskFull => Fault::FillBackupDisk {
             agent: draw.index(shape.agents),
-            full: draw.millis(500, 8_000),
+            full: millis(draw, 500, 8_000),
         },
         FaultClass::Operator => {
             if draw.chance(70) {
                 Fault::PauseAndResume {
-                    paused: draw.millis(200, 3_000),
+                    paused: millis(draw, 200, 3_000),
                 }
             } else {
                 Fault::Cancel

@@ -30,7 +30,8 @@ use tonic::{Code, Streaming};
 
 mod raw;
 
-use raw::{Draw, RawCall};
+use fleetshift_testkit::draw::Draw;
+use raw::RawCall;
 
 const SESSION: &str = "/fleetshift.v1.AgentService/Session";
 const WATCH_ROLLOUT: &str = "/fleetshift.v1.FleetService/WatchRollout";
@@ -164,12 +165,12 @@ fn aimed(draw: &mut Draw) -> AgentMessage {
             ..ProgressEvent::default()
         })),
         2 => message(AgentBody::HostReply(HostReply {
-            request_id: draw.text(12),
+            request_id: raw::text(draw, 12),
             ..HostReply::default()
         })),
         3 => message(AgentBody::Hello(hello("hostile", &["hostile-s1"]))),
         _ => message(AgentBody::Heartbeat(Heartbeat {
-            sequence: draw.next(),
+            sequence: draw.next_u64(),
             ..Heartbeat::default()
         })),
     }
@@ -179,10 +180,10 @@ fn aimed(draw: &mut Draw) -> AgentMessage {
 fn session_frames(draw: &mut Draw, case: u64) -> (&'static str, Vec<Vec<u8>>) {
     let own_hello = message(AgentBody::Hello(hello("hostile", &["hostile-s1"]))).encode_to_vec();
     match case % 7 {
-        0 => ("random bytes", vec![draw.bytes(512)]),
-        1 => ("a mutated Hello", vec![draw.mutated(&own_hello)]),
+        0 => ("random bytes", vec![raw::bytes(draw, 512)]),
+        1 => ("a mutated Hello", vec![raw::mutated(draw, &own_hello)]),
         2 => {
-            let cut = draw.below(own_hello.len() as u64) as usize;
+            let cut = draw.index(own_hello.len());
             ("a truncated Hello", vec![own_hello[..cut].to_vec()])
         }
         3 => (
@@ -203,7 +204,7 @@ fn session_frames(draw: &mut Draw, case: u64) -> (&'static str, Vec<Vec<u8>>) {
         _ => {
             let mut frames = vec![own_hello];
             let aimed = aimed(draw).encode_to_vec();
-            frames.push(draw.mutated(&aimed));
+            frames.push(raw::mutated(draw, &aimed));
             ("a Hello then a mutated message", frames)
         }
     }
@@ -274,17 +275,17 @@ fn scripted(honest_lease: i64) -> Vec<(&'static str, Vec<AgentMessage>, Code)> {
 fn watch_frames(draw: &mut Draw, case: u64) -> (&'static str, Vec<Vec<u8>>) {
     let request = WatchRolloutRequest {
         plan_id: if draw.below(2) == 0 {
-            draw.text(40)
+            raw::text(draw, 40)
         } else {
             "p-unknown".to_owned()
         },
-        since: draw.next(),
+        since: draw.next_u64(),
         ..WatchRolloutRequest::default()
     }
     .encode_to_vec();
     match case % 4 {
-        0 => ("random bytes", vec![draw.bytes(256)]),
-        1 => ("a mutated request", vec![draw.mutated(&request)]),
+        0 => ("random bytes", vec![raw::bytes(draw, 256)]),
+        1 => ("a mutated request", vec![raw::mutated(draw, &request)]),
         2 => ("two requests", vec![request.clone(), request]),
         _ => ("no request", Vec::new()),
     }

@@ -1,6 +1,7 @@
 //! A gRPC client that sends any bytes as messages (each framed as gRPC frames them, so the
 //! server decodes what it is given), and the seeded draws that make those bytes.
 
+use fleetshift_testkit::draw::Draw;
 use prost::bytes::{Buf, BufMut};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -8,56 +9,36 @@ use tonic::codegen::Bytes;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-/// SplitMix64: the same seed, the same cases.
-pub struct Draw(u64);
+/// Up to `most` random bytes.
+pub fn bytes(draw: &mut Draw, most: u64) -> Vec<u8> {
+    let length = draw.below(most + 1);
+    (0..length)
+        .map(|_| draw.next_u64().to_le_bytes()[0])
+        .collect()
+}
 
-impl Draw {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
+/// Up to `most` random characters, some outside ASCII.
+pub fn text(draw: &mut Draw, most: u64) -> String {
+    let length = draw.below(most + 1);
+    (0..length)
+        .map(|_| char::from_u32(u32::try_from(draw.below(0x800)).unwrap_or(0)).unwrap_or('?'))
+        .collect()
+}
 
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
-    /// A number in `0..bound` (`bound` > 0).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-
-    /// Up to `most` random bytes.
-    pub fn bytes(&mut self, most: u64) -> Vec<u8> {
-        let length = self.below(most + 1);
-        (0..length).map(|_| self.next().to_le_bytes()[0]).collect()
-    }
-
-    /// Up to `most` random characters, some outside ASCII.
-    pub fn text(&mut self, most: u64) -> String {
-        let length = self.below(most + 1);
-        (0..length)
-            .map(|_| char::from_u32(u32::try_from(self.below(0x800)).unwrap_or(0)).unwrap_or('?'))
-            .collect()
-    }
-
-    /// `bytes` with one to four of them changed, or cut short, or with bytes appended.
-    pub fn mutated(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut mutated = bytes.to_vec();
-        match self.below(3) {
-            0 if !mutated.is_empty() => {
-                for _ in 0..=self.below(4) {
-                    let at = self.below(mutated.len() as u64) as usize;
-                    mutated[at] ^= self.next().to_le_bytes()[0] | 1;
-                }
+/// `bytes` with one to four of them changed, or cut short, or with bytes appended.
+pub fn mutated(draw: &mut Draw, bytes: &[u8]) -> Vec<u8> {
+    let mut mutated = bytes.to_vec();
+    match draw.below(3) {
+        0 if !mutated.is_empty() => {
+            for _ in 0..=draw.below(4) {
+                let at = draw.index(mutated.len());
+                mutated[at] ^= draw.next_u64().to_le_bytes()[0] | 1;
             }
-            1 => mutated.truncate(self.below(mutated.len() as u64 + 1) as usize),
-            _ => mutated.extend(self.bytes(64)),
         }
-        mutated
+        1 => mutated.truncate(draw.index(mutated.len() + 1)),
+        _ => mutated.extend(self::bytes(draw, 64)),
     }
+    mutated
 }
 
 /// Calls on one channel with raw messages.
