@@ -16,6 +16,7 @@ use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
 use fleetshift_coordinator::store::{EtcdStore, Store};
+use fleetshift_testkit::configs;
 use fleetshift_testkit::etcd_cluster::EtcdCluster;
 use fleetshift_testkit::ports;
 use fleetshift_testkit::postgres::LocalPostgres;
@@ -30,6 +31,8 @@ use crate::network::HostNetwork;
 use crate::processes::Supervised;
 
 const TRUST_DOMAIN: &str = "fleet.example";
+/// The campaign's one operator holds every role.
+const OPERATOR_ROLES: &str = "viewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
 const REPLICAS: usize = 3;
 /// The shards' label, which every plan selects.
 pub const LABEL: (&str, &str) = ("chaos", "campaign");
@@ -130,7 +133,13 @@ impl ChaosFleet {
             let listen = if partitioned { "0.0.0.0" } else { "127.0.0.1" };
             std::fs::write(
                 &config,
-                replica_config(&id, &format!("{listen}:{port}"), &endpoints),
+                configs::replica(
+                    &id,
+                    &format!("{listen}:{port}"),
+                    TRUST_DOMAIN,
+                    &endpoints,
+                    OPERATOR_ROLES,
+                ),
             )?;
             let program = text(&binaries.join("fleetshift"))?;
             let arguments = ["serve".to_owned(), "--config".to_owned(), text(&config)?];
@@ -201,7 +210,7 @@ impl ChaosFleet {
                 tables.push_str(&backups_config(&disk.directory, postgres.binaries()));
                 disks.push(disk);
             }
-            std::fs::write(&config, agent_config(&agent, &dialed, &tables))?;
+            std::fs::write(&config, configs::agent(&agent, &dialed, &tables))?;
             let program = text(&binaries.join("fleetshift-agent"))?;
             let arguments = ["--config".to_owned(), text(&config)?, "run".to_owned()];
             let (program, arguments) = match networks.get(cluster) {
@@ -421,20 +430,6 @@ fn text(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-fn replica_config(id: &str, listen: &str, etcd_endpoints: &[String]) -> String {
-    let endpoints: Vec<String> = etcd_endpoints
-        .iter()
-        .map(|endpoint| format!("\"{endpoint}\""))
-        .collect();
-    format!(
-        "coordinator_id = \"{id}\"\nlisten = \"{listen}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
-         [tls]\ncertificate = \"pki/coordinator-{id}.pem\"\nprivate_key = \"pki/coordinator-{id}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         [store]\netcd_endpoints = [{}]\n\
-         [roles]\nviewers = [\"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]\n",
-        endpoints.join(", ")
-    )
-}
-
 /// An agent's `[backups]`: on its disk, one kept per shard, with the cluster's own client
 /// programs.
 fn backups_config(directory: &Path, programs: &Path) -> String {
@@ -444,18 +439,5 @@ fn backups_config(directory: &Path, programs: &Path) -> String {
         programs.join("pg_dump").display(),
         programs.join("pg_restore").display(),
         programs.join("psql").display(),
-    )
-}
-
-fn agent_config(agent: &str, addresses: &[String], shards: &str) -> String {
-    let addresses: Vec<String> = addresses
-        .iter()
-        .map(|address| format!("\"{address}\""))
-        .collect();
-    format!(
-        "agent_id = \"{agent}\"\n[coordinator]\naddresses = [{}]\n\
-         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         {shards}",
-        addresses.join(", ")
     )
 }

@@ -174,10 +174,12 @@ pub fn write_replica_config(
 }
 
 fn replica_config_text(id: &str, port: u16, etcd_endpoint: &str, roles: &str) -> String {
-    format!(
-        "coordinator_id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nheartbeat = \"1s\"\n\
-         [tls]\ncertificate = \"pki/coordinator-{id}.pem\"\nprivate_key = \"pki/coordinator-{id}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         [store]\netcd_endpoints = [\"{etcd_endpoint}\"]\n[roles]\n{roles}\n"
+    fleetshift_testkit::configs::replica(
+        id,
+        &format!("127.0.0.1:{port}"),
+        TRUST_DOMAIN,
+        &[etcd_endpoint.to_owned()],
+        roles,
     )
 }
 
@@ -194,14 +196,9 @@ pub fn write_agent_config(home: &Path, port: u16, agent: &str, shards: &str) -> 
 pub fn agent_config_text(agent: &str, ports: &[u16], shards: &str) -> String {
     let addresses: Vec<String> = ports
         .iter()
-        .map(|port| format!("\"https://localhost:{port}\""))
+        .map(|port| format!("https://localhost:{port}"))
         .collect();
-    format!(
-        "agent_id = \"{agent}\"\n[coordinator]\naddresses = [{}]\n\
-         [tls]\ncertificate = \"pki/agent-{agent}.pem\"\nprivate_key = \"pki/agent-{agent}.key\"\ntrust_bundle = \"pki/ca.pem\"\n\
-         {shards}",
-        addresses.join(", ")
-    )
+    fleetshift_testkit::configs::agent(agent, &addresses, shards)
 }
 
 /// `[[shards]]` tables for `agent`'s databases at `urls`, named `<agent>-db<index>` with the
