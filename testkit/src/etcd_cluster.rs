@@ -2,6 +2,8 @@
 //! again (the chaos campaign's store): one member, or three that keep a quorum when one is
 //! down.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,12 +30,17 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `size` members (`FLEETSHIFT_ETCD_BINARY`, default `etcd`) on free loopback
-    /// ports and waits until each answers `/health`.
+    /// ports (others when a port was taken meanwhile) and waits until each answers `/health`.
     pub fn start(size: usize) -> anyhow::Result<Self> {
         if size == 0 {
             bail!("an etcd cluster needs at least one member");
         }
         let binary = std::env::var("FLEETSHIFT_ETCD_BINARY").unwrap_or_else(|_| "etcd".to_owned());
+        ports::retried(|| Self::start_once(&binary, size))
+    }
+
+    /// One attempt: a member that cannot start ends it, and the members started are dropped.
+    fn start_once(binary: &str, size: usize) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("fleetshift-etcd-cluster-")
             .tempdir()?;
@@ -47,7 +54,7 @@ impl EtcdCluster {
             });
         }
         let mut cluster = Self {
-            binary,
+            binary: binary.to_owned(),
             data,
             members,
         };
@@ -159,7 +166,7 @@ impl EtcdCluster {
             .context("no such member")?
             .client_port;
         while Instant::now() < deadline {
-            if crate::etcd::healthy(port) {
+            if healthy(port) {
                 return Ok(());
             }
             let member = self.members.get_mut(index).context("no such member")?;
@@ -190,4 +197,18 @@ impl Drop for EtcdCluster {
             }
         }
     }
+}
+
+/// Whether the member on `port` answers `/health` with a healthy status.
+fn healthy(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.contains("\"health\":\"true\"")
 }

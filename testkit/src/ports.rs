@@ -4,8 +4,8 @@
 //! Servers of our own are bound on port 0 by the caller and handed the listener, or told
 //! `127.0.0.1:0` and asked for the address they bound. For the others a port is picked that
 //! was free a moment ago; another process may take it before the server binds, so every
-//! caller starts its server through [`with_free_port`], which tries again on another port
-//! when the start fails.
+//! caller starts its server through [`with_free_port`] (or [`retried`], picking several), which
+//! tries again on other ports when the start fails.
 
 use std::net::TcpListener;
 
@@ -23,9 +23,15 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Runs `start` with a free port, and again with another when it fails (the port may have
 /// been taken in between), up to a few times; the last failure is returned.
 pub fn with_free_port<T>(mut start: impl FnMut(u16) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    retried(|| start(free_port()?))
+}
+
+/// Runs `start`, which picks its own free ports, again when it fails, up to a few times; the
+/// last failure is returned.
+pub fn retried<T>(mut start: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let mut last = None;
     for _attempt in 0..ATTEMPTS {
-        match start(free_port()?) {
+        match start() {
             Ok(started) => return Ok(started),
             Err(error) => last = Some(error),
         }

@@ -303,7 +303,7 @@ async fn metrics_follow_a_rollout_and_probes_follow_each_process_link() {
     assert_eq!(ended["shard"], "a-db0", "{ended}");
 
     // 5. Readiness follows each process's link.
-    kill(fleet.etcd.pid());
+    kill(fleet.etcd.pid().expect("etcd runs"));
     let replica_unready = wait_until(Duration::from_secs(20), || {
         let coordinator = coordinator.clone();
         async move { status(&coordinator, "/health/readiness") == 503 }
