@@ -1,11 +1,13 @@
 //! Injecting one fault into the fleet and healing it: the part it hits is resolved when it
 //! strikes (which replica leads then), held for the fault's time, then restored.
 
+use anyhow::Context;
 use fleetshift_common::proto::v1::PlanAction;
 use fleetshift_testkit::postgres::Shutdown;
 use rustix::process::Signal;
 
 use crate::fleet::{ChaosFleet, replica_id};
+use crate::network::Cut;
 use crate::processes::signal_pid;
 use crate::schedule::{Fault, Replica};
 
@@ -98,6 +100,13 @@ pub async fn strike(fleet: &ChaosFleet, fault: &Fault, plan_id: &str) -> anyhow:
             fleet.parts.lock().await.networks[*agent].heal()?;
             Ok(format!("agent host-{agent}"))
         }
+        Fault::IsolateReplica { replica, cut, held } => {
+            let index = target(fleet, *replica).await;
+            isolate(fleet, index, Some(*cut)).await?;
+            tokio::time::sleep(*held).await;
+            isolate(fleet, index, None).await?;
+            Ok(format!("replica {} from etcd", replica_id(index)))
+        }
         Fault::FillBackupDisk { agent, full } => {
             fleet.parts.lock().await.disks[*agent].fill()?;
             tokio::time::sleep(*full).await;
@@ -129,6 +138,19 @@ pub async fn strike(fleet: &ChaosFleet, fault: &Fault, plan_id: &str) -> anyhow:
                 .await;
             Ok(format!("plan {plan_id}"))
         }
+    }
+}
+
+/// Cuts replica `index` off etcd `cut`'s way, or heals it (`None`).
+async fn isolate(fleet: &ChaosFleet, index: usize, cut: Option<Cut>) -> anyhow::Result<()> {
+    let mut parts = fleet.parts.lock().await;
+    let store = parts
+        .store_network
+        .as_mut()
+        .context("the fleet's etcd has no network of its own (partitions were not drawn)")?;
+    match cut {
+        Some(cut) => store.partition(index, cut),
+        None => store.heal(index),
     }
 }
 

@@ -28,6 +28,7 @@ use tonic::{Code, Status};
 use crate::clocks::ReplicaClock;
 use crate::disks::BackupDisk;
 use crate::network::HostNetwork;
+use crate::network::store::StoreNetwork;
 use crate::processes::Supervised;
 
 const TRUST_DOMAIN: &str = "fleet.example";
@@ -83,6 +84,8 @@ pub struct Parts {
     pub disks: Vec<BackupDisk>,
     /// Each replica's wall clock, when the campaign steps them (else empty).
     pub clocks: Vec<ReplicaClock>,
+    /// The etcd members' network, when the campaign partitions replicas from them.
+    pub store_network: Option<StoreNetwork>,
 }
 
 #[derive(Debug)]
@@ -110,17 +113,32 @@ impl ChaosFleet {
         let pki = home.join("pki");
         pki::init(&pki, TRUST_DOMAIN, Validity::days_from_now(2), false)?;
         issue(&pki, Role::Operator, "ops", &[], &[])?;
-        let networks = if partitioned {
-            tokio::task::block_in_place(|| HostNetwork::create(size.clusters))?
+        let (store_network, networks) = if partitioned {
+            tokio::task::block_in_place(|| -> anyhow::Result<_> {
+                let store = StoreNetwork::create(REPLICAS)?;
+                let hosts = HostNetwork::create(size.clusters, store.subnet)?;
+                Ok((Some(store), hosts))
+            })?
         } else {
-            Vec::new()
+            (None, Vec::new())
         };
         let agent_side: Vec<IpAddr> = networks
             .iter()
             .map(|network| IpAddr::V4(network.coordinators))
             .collect();
-        let etcd = tokio::task::block_in_place(|| EtcdCluster::start(size.etcd_members))?;
+        let placement = store_network
+            .as_ref()
+            .map(StoreNetwork::placement)
+            .unwrap_or_default();
+        let etcd = tokio::task::block_in_place(|| {
+            EtcdCluster::start_placed(size.etcd_members, placement)
+        })?;
         let endpoints = etcd.endpoints();
+        // Each replica reaches etcd at an address of its own, which a partition can cut.
+        let replica_endpoints = |index: usize| match &store_network {
+            Some(store) => etcd.endpoints_at(store.replica_address(index)),
+            None => endpoints.clone(),
+        };
         let mut ports = Vec::new();
         let mut replicas = Vec::new();
         let mut clocks = Vec::new();
@@ -137,7 +155,7 @@ impl ChaosFleet {
                     &id,
                     &format!("{listen}:{port}"),
                     TRUST_DOMAIN,
-                    &endpoints,
+                    &replica_endpoints(index),
                     OPERATOR_ROLES,
                 ),
             )?;
@@ -237,6 +255,7 @@ impl ChaosFleet {
                 networks,
                 disks,
                 clocks,
+                store_network,
             }),
             clusters,
             shards,

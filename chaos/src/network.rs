@@ -1,12 +1,14 @@
-//! Network partitions between an agent's host and the coordinators. With partitions in the
-//! campaign, each agent runs in a network namespace of its own, joined to the campaign's by
-//! a veth pair; it reaches its PostgreSQL over the cluster's Unix socket (which no partition
-//! cuts, as on a real host) and the coordinators over the pair. A partition drops the pair's
-//! packets one way or both, with a blackhole route on the sending side, until it heals.
+//! Network partitions between an agent's host and the coordinators, and between a coordinator
+//! replica and etcd. With partitions in the campaign, each agent runs in a network namespace
+//! of its own, joined to the campaign's by a veth pair; it reaches its PostgreSQL over the
+//! cluster's Unix socket (which no partition cuts, as on a real host) and the coordinators over
+//! the pair. The etcd members share one namespace ([`store`]), which each replica reaches at an
+//! address of its own. A partition drops packets one way or both, with a blackhole route on
+//! the sending side, until it heals.
 //!
-//! Namespaces are named after the campaign's process (`fleetshift-chaos-<pid>-<agent>`); one
-//! left by a campaign that died is deleted by the next. Making them needs `CAP_NET_ADMIN`
-//! (root) and `ip` from iproute2.
+//! Namespaces are named after the campaign's process (`fleetshift-chaos-<pid>-<agent>`,
+//! `fleetshift-chaos-<pid>-etcd`); one left by a campaign that died is deleted by the next.
+//! Making them needs `CAP_NET_ADMIN` (root) and `ip` from iproute2.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -17,16 +19,31 @@ use serde::Serialize;
 /// Namespaces of this program start with it.
 const PREFIX: &str = "fleetshift-chaos-";
 
-/// Which way a partition drops packets.
+pub mod store;
+
+/// Which way a partition drops packets, seen from the part it cuts off (an agent, a replica).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Cut {
     /// Neither side hears the other.
     Both,
-    /// The coordinators hear nothing from the agent; the agent still hears them.
-    FromAgent,
-    /// The agent hears nothing from the coordinators; they still hear it.
-    ToAgent,
+    /// The others hear nothing from the part; it still hears them.
+    Unheard,
+    /// The part hears nothing from the others; they still hear it.
+    Deaf,
+}
+
+impl Cut {
+    pub const ALL: [Self; 3] = [Self::Both, Self::Unheard, Self::Deaf];
+
+    /// How the cut leaves `part` ("the agent", "the replica").
+    pub fn describe(self, part: &str) -> String {
+        match self {
+            Self::Both => "both ways".to_owned(),
+            Self::Unheard => format!("{part} unheard"),
+            Self::Deaf => format!("{part} deaf"),
+        }
+    }
 }
 
 /// One agent's network: its namespace and the pair's two addresses.
@@ -41,15 +58,14 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
-    /// A namespace and pair for each of `count` agents, on a subnet no running campaign uses.
-    pub fn create(count: usize) -> anyhow::Result<Vec<Self>> {
-        if count > 63 {
-            bail!("at most 63 agents can each have a network namespace, not {count}");
+    /// A namespace and pair for each of `count` agents, on the `subnet` of the campaign's
+    /// [`store::StoreNetwork`] (which takes its last 16 addresses).
+    pub fn create(count: usize, subnet: u8) -> anyhow::Result<Vec<Self>> {
+        if count > 60 {
+            bail!("at most 60 agents can each have a network namespace, not {count}");
         }
-        delete_stale()?;
         let pid = std::process::id();
         let mut networks = Vec::new();
-        let subnet = allocate(pid)?;
         for agent in 0..count {
             let namespace = format!("{PREFIX}{pid}-{agent}");
             let (outside, inside) = link_names(subnet, agent);
@@ -60,11 +76,9 @@ impl HostNetwork {
                 agent: Ipv4Addr::new(10, 77, subnet, last + 2),
                 cut: None,
             };
-            if agent > 0 {
-                ip(&[
-                    "link", "add", &outside, "type", "veth", "peer", "name", &inside,
-                ])?;
-            }
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
             if let Err(error) = ip(&["netns", "add", &namespace]) {
                 let _ = ip(&["link", "del", &outside]);
                 return Err(error);
@@ -133,7 +147,7 @@ impl HostNetwork {
     /// Adds or deletes (`change`) the blackhole routes that make `cut`: in the namespace
     /// towards the coordinators, and in the campaign's towards the agent.
     fn blackholes(&self, cut: Cut, change: &str) -> anyhow::Result<()> {
-        if matches!(cut, Cut::Both | Cut::FromAgent) {
+        if matches!(cut, Cut::Both | Cut::Unheard) {
             let coordinators = format!("{}/32", self.coordinators);
             ip(&[
                 "-n",
@@ -144,7 +158,7 @@ impl HostNetwork {
                 &coordinators,
             ])?;
         }
-        if matches!(cut, Cut::Both | Cut::ToAgent) {
+        if matches!(cut, Cut::Both | Cut::Deaf) {
             ip(&["route", change, "blackhole", &format!("{}/32", self.agent)])?;
         }
         Ok(())
@@ -169,11 +183,14 @@ fn link_names(subnet: u8, agent: usize) -> (String, String) {
     )
 }
 
-/// A subnet (`10.77.<n>.0/24`) no running campaign holds: holding it is making its first
-/// pair, which fails for a name another campaign made.
-fn allocate(pid: u32) -> anyhow::Result<u8> {
+/// A subnet (`10.77.<n>.0/24`) no running campaign holds, for this campaign's namespaces:
+/// holding it is making the veth pair `names(n)` gives, which fails for a name another
+/// campaign made. The pair must go into a namespace of the campaign's, which takes it along
+/// when deleted. Namespaces of campaigns no longer running are deleted first.
+fn allocate(names: impl Fn(u8) -> (String, String)) -> anyhow::Result<u8> {
+    delete_stale()?;
     for subnet in 0..=u8::MAX {
-        let (outside, inside) = link_names(subnet, 0);
+        let (outside, inside) = names(subnet);
         if ip(&[
             "link", "add", &outside, "type", "veth", "peer", "name", &inside,
         ])
@@ -182,7 +199,10 @@ fn allocate(pid: u32) -> anyhow::Result<u8> {
             return Ok(subnet);
         }
     }
-    bail!("process {pid}: every subnet 10.77.0-255.0/24 is held by a veth pair named fsc<n>-0")
+    bail!(
+        "process {}: every subnet 10.77.0-255.0/24 is held by another campaign's veth pairs",
+        std::process::id()
+    )
 }
 
 /// Deletes the namespaces of campaigns no longer running.
@@ -206,7 +226,7 @@ fn delete_stale() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ip(arguments: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ip(arguments: &[&str]) -> anyhow::Result<()> {
     run("ip", arguments).map(drop)
 }
 

@@ -139,6 +139,11 @@ pub enum Fault {
         cut: Cut,
         held: Duration,
     },
+    IsolateReplica {
+        replica: Replica,
+        cut: Cut,
+        held: Duration,
+    },
     FillBackupDisk {
         agent: usize,
         full: Duration,
@@ -159,7 +164,7 @@ impl Fault {
             Self::KillEtcd { .. } | Self::StopEtcd { .. } => FaultClass::Etcd,
             Self::RestartPostgres { .. } => FaultClass::PgRestart,
             Self::PauseAndResume { .. } | Self::Cancel => FaultClass::Operator,
-            Self::Partition { .. } => FaultClass::Partition,
+            Self::Partition { .. } | Self::IsolateReplica { .. } => FaultClass::Partition,
             Self::FillBackupDisk { .. } => FaultClass::DiskFull,
             Self::JumpClock { .. } => FaultClass::Clock,
         }
@@ -175,7 +180,9 @@ impl Fault {
             | Self::StopCoordinator { frozen, .. }
             | Self::StopEtcd { frozen, .. } => *frozen,
             Self::PauseAndResume { paused } => *paused,
-            Self::Partition { held, .. } | Self::JumpClock { held, .. } => *held,
+            Self::Partition { held, .. }
+            | Self::IsolateReplica { held, .. }
+            | Self::JumpClock { held, .. } => *held,
             Self::FillBackupDisk { full, .. } => *full,
             Self::RestartPostgres { .. } | Self::Cancel => Duration::ZERO,
         }
@@ -224,17 +231,16 @@ impl fmt::Display for Fault {
                 )
             }
             Self::Cancel => formatter.write_str("operator cancels the plan"),
-            Self::Partition { agent, cut, held } => {
-                let way = match cut {
-                    Cut::Both => "both ways",
-                    Cut::FromAgent => "the agent unheard",
-                    Cut::ToAgent => "the agent deaf",
-                };
-                write!(
-                    formatter,
-                    "partition agent {agent} from the coordinators ({way}) for {held:?}"
-                )
-            }
+            Self::Partition { agent, cut, held } => write!(
+                formatter,
+                "partition agent {agent} from the coordinators ({}) for {held:?}",
+                cut.describe("the agent")
+            ),
+            Self::IsolateReplica { replica, cut, held } => write!(
+                formatter,
+                "partition the {replica:?} coordinator from etcd ({}) for {held:?}",
+                cut.describe("the replica")
+            ),
             Self::FillBackupDisk { agent, full } => {
                 write!(formatter, "fill agent {agent}'s backup disk for {full:?}")
             }
@@ -378,12 +384,24 @@ fn fault(draw: &mut Draw, class: FaultClass, shape: &Shape) -> Fault {
                 }
             }
         }
-        FaultClass::Partition => Fault::Partition {
-            agent: draw.index(shape.agents),
-            cut: [Cut::Both, Cut::FromAgent, Cut::ToAgent][draw.index(3)],
-            // Up to well past an agent's lease, like a freeze.
-            held: millis(draw, 500, 12_000),
-        },
+        // Up to well past an agent's lease (and a leader's), like a freeze.
+        FaultClass::Partition => {
+            let cut = Cut::ALL[draw.index(Cut::ALL.len())];
+            let held = millis(draw, 500, 12_000);
+            if draw.chance(50) {
+                Fault::Partition {
+                    agent: draw.index(shape.agents),
+                    cut,
+                    held,
+                }
+            } else {
+                Fault::IsolateReplica {
+                    replica: replica(draw),
+                    cut,
+                    held,
+                }
+            }
+        }
         FaultClass::Clock => {
             let seconds = i64::try_from(draw.between(30, 600)).unwrap_or(600);
             Fault::JumpClock {

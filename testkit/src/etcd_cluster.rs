@@ -3,7 +3,7 @@
 //! down.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,31 @@ struct Member {
     child: Option<Child>,
 }
 
+/// Where a cluster's members run: on loopback, or (for the chaos campaign's partitions) in a
+/// network namespace of their own, reached at an address of it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Put before each member's command line (`ip netns exec <namespace>`).
+    pub command_prefix: Vec<String>,
+    /// Where clients reach the members: loopback, else each member listens on every address
+    /// of its namespace (members talk to each other over its loopback).
+    pub address: IpAddr,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            command_prefix: Vec::new(),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
 /// A running cluster; every member is killed (by its PID) and the data deleted on drop.
 #[derive(Debug)]
 pub struct EtcdCluster {
     binary: String,
+    placement: Placement,
     data: tempfile::TempDir,
     members: Vec<Member>,
 }
@@ -32,15 +53,20 @@ impl EtcdCluster {
     /// Starts `size` members (`FLEETSHIFT_ETCD_BINARY`, default `etcd`) on free loopback
     /// ports (others when a port was taken meanwhile) and waits until each answers `/health`.
     pub fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_placed(size, Placement::default())
+    }
+
+    /// [`EtcdCluster::start`] with the members where `placement` says.
+    pub fn start_placed(size: usize, placement: Placement) -> anyhow::Result<Self> {
         if size == 0 {
             bail!("an etcd cluster needs at least one member");
         }
         let binary = std::env::var("FLEETSHIFT_ETCD_BINARY").unwrap_or_else(|_| "etcd".to_owned());
-        ports::retried(|| Self::start_once(&binary, size))
+        ports::retried(|| Self::start_once(&binary, size, &placement))
     }
 
     /// One attempt: a member that cannot start ends it, and the members started are dropped.
-    fn start_once(binary: &str, size: usize) -> anyhow::Result<Self> {
+    fn start_once(binary: &str, size: usize, placement: &Placement) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("fleetshift-etcd-cluster-")
             .tempdir()?;
@@ -55,6 +81,7 @@ impl EtcdCluster {
         }
         let mut cluster = Self {
             binary: binary.to_owned(),
+            placement: placement.clone(),
             data,
             members,
         };
@@ -69,9 +96,15 @@ impl EtcdCluster {
 
     /// The client URLs of every member, for a client that fails over between them.
     pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints_at(self.placement.address)
+    }
+
+    /// The client URLs of every member at another `address` of theirs (placed members listen
+    /// on every address of their namespace).
+    pub fn endpoints_at(&self, address: IpAddr) -> Vec<String> {
         self.members
             .iter()
-            .map(|member| format!("http://127.0.0.1:{}", member.client_port))
+            .map(|member| format!("http://{address}:{}", member.client_port))
             .collect()
     }
 
@@ -123,21 +156,35 @@ impl EtcdCluster {
             .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        let address = self.placement.address;
         let member = self.members.get_mut(index).context("no such member")?;
-        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let client_url = format!("http://{address}:{}", member.client_port);
+        let listen_url = if address.is_loopback() {
+            client_url.clone()
+        } else {
+            format!("http://0.0.0.0:{}", member.client_port)
+        };
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
         // Appended, so a restarted member's log keeps what it said before.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data.path().join(format!("{}.log", member.name)))?;
-        let child = Command::new(&self.binary)
+        let (program, prefix) = match self.placement.command_prefix.split_first() {
+            Some((program, rest)) => (program.as_str(), rest.to_vec()),
+            None => (self.binary.as_str(), Vec::new()),
+        };
+        let mut command = Command::new(program);
+        if !prefix.is_empty() {
+            command.args(&prefix).arg(&self.binary);
+        }
+        let child = command
             .arg(format!("--name={}", member.name))
             .arg(format!(
                 "--data-dir={}",
                 self.data.path().join(&member.name).display()
             ))
-            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--listen-client-urls={listen_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
@@ -165,8 +212,9 @@ impl EtcdCluster {
             .get(index)
             .context("no such member")?
             .client_port;
+        let address = self.placement.address;
         while Instant::now() < deadline {
-            if healthy(port) {
+            if healthy(address, port) {
                 return Ok(());
             }
             let member = self.members.get_mut(index).context("no such member")?;
@@ -199,9 +247,9 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// Whether the member on `port` answers `/health` with a healthy status.
-fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+/// Whether the member on `port` at `address` answers `/health` with a healthy status.
+fn healthy(address: IpAddr, port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((address, port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

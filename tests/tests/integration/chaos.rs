@@ -58,7 +58,7 @@ fn assert_clean(output: &Output, report: &serde_json::Value, classes: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_campaign_on_three_etcd_members_finds_no_violation() {
-    let (output, report) = campaign(&["--seed", "207", "--rounds", "3"]).await;
+    let (output, report) = campaign(&["--seed", "45", "--rounds", "4"]).await;
     assert_clean(
         &output,
         &report,
@@ -73,6 +73,16 @@ async fn a_short_campaign_on_three_etcd_members_finds_no_violation() {
         ],
     );
     assert_eq!(report["etcd_members"], 3);
+    let partitions: Vec<&str> = report["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter_map(|fault| fault["fault"].as_str())
+        .collect();
+    assert!(
+        partitions.contains(&"partition") && partitions.contains(&"isolate-replica"),
+        "an agent cut off the coordinators and a replica cut off etcd: {partitions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
