@@ -321,6 +321,19 @@ mod tests {
             StoreChoice::Memory,
             "no etcd endpoints: the embedded store"
         );
+        assert_eq!(config.limits, PeerLimits::default());
+        std::fs::write(&path, format!("{valid}[limits]\nburst = 20\n")).expect("write");
+        let config = CoordinatorConfig::load(&path).expect("valid");
+        assert_eq!(config.limits.burst, 20);
+        assert_eq!(config.limits.requests_per_second, 100, "the others default");
+        std::fs::write(&path, format!("{valid}[limits]\ncalls_per_identity = 0\n")).expect("write");
+        let error = format!("{:#}", CoordinatorConfig::load(&path).expect_err("zero"));
+        assert!(
+            error.contains(
+                "[limits] calls_per_identity = 0 would refuse every call; raise it (default 64)"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
