@@ -5,7 +5,8 @@
 //! batch holding the run's last progress ([`Feed::store_after`]), so that progress precedes
 //! the task's end in the order every watcher sees; results arriving together share one
 //! transaction (measured on the control-plane benchmark: a batch and a result transaction per
-//! shard before, one transaction per group of shards finishing together now).
+//! shard before, one transaction per group of shards finishing together now). Progress of a
+//! run whose claim lapsed before its batch was written is left out ([`standing`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,6 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{LeaseId, Store, StoreError, Write, keys};
+
+mod standing;
 
 /// How long the writer gathers events before storing them.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
@@ -204,16 +207,14 @@ struct Writer<S> {
 
 impl<S: Store> Writer<S> {
     async fn store(&mut self, batch: Batch) {
-        let count = batch.events.len();
-        let journal = if batch.events.is_empty() {
+        let events = standing::of_standing_claims(self.store.as_ref(), batch.events).await;
+        let count = events.len();
+        let journal = if events.is_empty() {
             None
         } else {
             self.batches += 1;
             let key = keys::journal_batch(&self.replica, &format!("{}-{}", self.run, self.batches));
-            let value = JournalBatch {
-                events: batch.events,
-            }
-            .encode_to_vec();
+            let value = JournalBatch { events }.encode_to_vec();
             Some((key, value))
         };
         let stored = if journal.is_none() && batch.writes.is_empty() {

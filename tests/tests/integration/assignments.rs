@@ -18,8 +18,10 @@ use fleetshift_tests::{binary, fixtures};
 
 use super::support::{self, Database};
 
+/// Assignment `run` of `shard` under `token`, its id as the leader makes them
+/// (`<run>~<shard>~<token>`), which the shard's results must name.
 fn assignment(
-    id: &str,
+    run: &str,
     shard: &str,
     token: i64,
     direction: Direction,
@@ -27,7 +29,7 @@ fn assignment(
     set: v1::MigrationSet,
 ) -> Assignment {
     Assignment {
-        assignment_id: id.to_owned(),
+        assignment_id: format!("{run}~{shard}~{token}"),
         plan_id: "plan-1".to_owned(),
         shard_id: shard.to_owned(),
         fence_token: token,
@@ -163,7 +165,10 @@ async fn an_agent_runs_its_assignment_under_the_claims_fencing_token() {
     for event in fleet.journaled().await {
         assert_eq!(
             (event.shard_id.as_str(), event.assignment_id.as_str()),
-            ("orders", "a-1")
+            (
+                "orders",
+                format!("a-1~orders~{}", claim.token.get()).as_str()
+            )
         );
         seen.push(match event.event.expect("event") {
             Event::RevisionStarted(started) => format!("started {}", started.version),
@@ -362,7 +367,9 @@ async fn a_newer_assignment_for_a_shard_interrupts_the_one_running_there() {
     assert!(newer.succeeded, "{:?}\n{}", newer.error, agent_log());
 
     let older = store
-        .read(&fleetshift_coordinator::store::keys::result("older"))
+        .read(&fleetshift_coordinator::store::keys::result(
+            "older~orders~5",
+        ))
         .await
         .expect("read")
         .map(|entry| {
@@ -373,9 +380,9 @@ async fn a_newer_assignment_for_a_shard_interrupts_the_one_running_there() {
     let error = older.error.expect("why it ended");
     assert_eq!(error.kind, i32::from(ErrorKind::Interrupted), "{error:?}");
     assert!(
-        error
-            .message
-            .contains("superseded by assignment newer under a newer claim (fencing token 6)"),
+        error.message.contains(
+            "superseded by assignment newer~orders~6 under a newer claim (fencing token 6)"
+        ),
         "{}",
         error.message
     );

@@ -57,8 +57,30 @@ fn started(version: &str) -> progress_event::Event {
     })
 }
 
-/// Journals `events` through a real writer, stored before this returns.
-async fn journal(store: &Arc<MemoryStore>, events: Vec<ProgressEvent>) {
+/// Journals `events` through a real writer, stored before this returns; each shard is
+/// claimed for its run first (as the leader claims it), the events carrying the claim's
+/// token, since the writer journals only the progress of standing claims.
+async fn journal(store: &Arc<MemoryStore>, mut events: Vec<ProgressEvent>) {
+    let mut tokens = std::collections::HashMap::new();
+    for event in &mut events {
+        let token = match tokens.get(&event.shard_id) {
+            Some(token) => *token,
+            None => {
+                let claim = crate::claims::key(&event.shard_id);
+                let token = match store.read(&claim).await.expect("read") {
+                    Some(held) => held.create_revision,
+                    None => store
+                        .commit(None, &[], &[Write::put(claim, b"agent".to_vec())])
+                        .await
+                        .expect("claim")
+                        .expect("claimed"),
+                };
+                tokens.insert(event.shard_id.clone(), token);
+                token
+            }
+        };
+        event.assignment_id = format!("p1~{}~{token}", event.shard_id);
+    }
     let (feed, journaled) = Feed::channel();
     let stop = CancellationToken::new();
     let writer = tokio::spawn(journal::write(
