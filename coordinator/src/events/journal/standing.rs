@@ -5,8 +5,10 @@
 //! stopped at the plan's end never sees it and a replay shows it out of place. Found by a
 //! chaos campaign (seed 20261208, round 141).
 //!
-//! The claims are read just before the batch is written: a claim lapsing in between lets
-//! that batch through, as it would have been written a moment earlier.
+//! The claims are read just before the batch is written: a claim ending in between lets that
+//! batch through. A write delayed by a one-way partition (the replica sends, does not hear)
+//! widens that window to the partition's length, which a chaos campaign hit (seed 20261208,
+//! round 26, docs/reliability.md); conditioning the commit on the claims closes it.
 
 use std::collections::HashMap;
 
