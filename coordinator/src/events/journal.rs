@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{LeaseId, Store, StoreError, Write, keys};
+use crate::store::{Condition, LeaseId, Store, StoreError, Write, keys};
 
 mod standing;
 
@@ -42,6 +42,18 @@ const BATCH_WRITES: usize = 120;
 
 /// The most bytes of events and writes in one transaction (etcd takes 1.5 MiB requests).
 const BATCH_BYTES: usize = 1024 * 1024;
+
+/// How often a batch's events are sifted against the claims before it is written without the
+/// events of any claim.
+const SIFTINGS: usize = 3;
+
+/// What became of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    Applied,
+    /// A claim of the batch's runs ended before it applied: nothing was written.
+    ClaimEnded,
+}
 
 /// What sessions hand the writer.
 #[derive(Debug)]
@@ -207,29 +219,51 @@ struct Writer<S> {
 
 impl<S: Store> Writer<S> {
     async fn store(&mut self, batch: Batch) {
-        let events = standing::of_standing_claims(self.store.as_ref(), batch.events).await;
-        let count = events.len();
-        let journal = if events.is_empty() {
-            None
-        } else {
-            self.batches += 1;
-            let key = keys::journal_batch(&self.replica, &format!("{}-{}", self.run, self.batches));
-            let value = JournalBatch { events }.encode_to_vec();
-            Some((key, value))
-        };
-        let stored = if journal.is_none() && batch.writes.is_empty() {
-            Ok(())
-        } else {
-            let attempt = || self.commit(journal.as_ref(), &batch.writes);
-            attempt
+        let mut events = batch.events;
+        let mut count = 0;
+        let mut stored = Ok(Committed::Applied);
+        // A claim that ends between reading the claims and the write fails the commit's
+        // conditions: the events are sifted again, at most this many times, then written
+        // without those of any claim.
+        for sifting in 1..=SIFTINGS {
+            let standing = standing::of_standing_claims(self.store.as_ref(), events).await;
+            let conditions;
+            (events, conditions) = if sifting < SIFTINGS {
+                (standing.events, standing.conditions)
+            } else {
+                (standing.without_claims(), Vec::new())
+            };
+            count = events.len();
+            let journal = if events.is_empty() {
+                None
+            } else {
+                self.batches += 1;
+                let key =
+                    keys::journal_batch(&self.replica, &format!("{}-{}", self.run, self.batches));
+                let value = JournalBatch {
+                    events: events.clone(),
+                }
+                .encode_to_vec();
+                Some((key, value))
+            };
+            if journal.is_none() && batch.writes.is_empty() {
+                stored = Ok(Committed::Applied);
+                break;
+            }
+            let attempt = || self.commit(journal.as_ref(), &batch.writes, &conditions);
+            stored = attempt
                 .retry(
                     ExponentialBuilder::new()
                         .with_min_delay(Duration::from_millis(100))
                         .with_max_delay(Duration::from_secs(1))
                         .with_max_times(3),
                 )
-                .await
-        };
+                .await;
+            if !matches!(stored, Ok(Committed::ClaimEnded)) {
+                break;
+            }
+        }
+        let stored = stored.map(drop);
         if let Err(error) = &stored {
             tracing::warn!(%error, events = count, "progress events not stored in the event journal; watchers miss them");
         }
@@ -238,12 +272,14 @@ impl<S: Store> Writer<S> {
         }
     }
 
-    /// The batch (on the journal's lease) and `writes`, in one transaction.
+    /// The batch (on the journal's lease) and `writes`, in one transaction, if `conditions`
+    /// (the claims of the batch's runs) hold.
     async fn commit(
         &self,
         journal: Option<&(String, Vec<u8>)>,
         writes: &[Write],
-    ) -> Result<(), StoreError> {
+        conditions: &[Condition],
+    ) -> Result<Committed, StoreError> {
         let mut all = Vec::with_capacity(writes.len() + 1);
         if let Some((key, value)) = journal {
             all.push(Write::Put {
@@ -253,12 +289,15 @@ impl<S: Store> Writer<S> {
             });
         }
         all.extend_from_slice(writes);
-        let committed = self.store.commit(None, &[], &all).await;
+        let committed = self.store.commit(None, conditions, &all).await;
         if let Err(StoreError::LeaseExpired(_)) = committed {
             // Revoked or lost with a store restart: the next attempt takes a new one.
             *self.current_lease() = None;
         }
-        committed.map(drop)
+        committed.map(|revision| match revision {
+            Some(_) => Committed::Applied,
+            None => Committed::ClaimEnded,
+        })
     }
 
     /// The lease to write on: the current one while it is younger than [`ROTATION`].
@@ -341,6 +380,50 @@ mod tests {
         }
         stop.cancel();
         writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_not_written_once_a_claim_of_its_runs_ended() {
+        let store = Arc::new(MemoryStore::new());
+        let token = store
+            .commit(
+                None,
+                &[],
+                &[Write::put(crate::claims::key("s1"), b"a".to_vec())],
+            )
+            .await
+            .expect("claim")
+            .expect("claimed");
+        let writer = Writer {
+            store: Arc::clone(&store),
+            replica: "c1".to_owned(),
+            lease: Mutex::new(None),
+            run: 1,
+            batches: 0,
+        };
+        let journal = (keys::journal_batch("c1", "1-1"), b"events".to_vec());
+        let result = vec![Write::put(keys::result("p~s1~1"), b"r".to_vec())];
+        let held = [crate::claims::held(
+            "s1",
+            crate::store::FenceToken::from_raw(token),
+        )];
+        // The claim ends (its task ended) after the writer read it.
+        store
+            .commit(None, &[], &[Write::Delete(crate::claims::key("s1"))])
+            .await
+            .expect("release");
+        let committed = writer
+            .commit(Some(&journal), &result, &held)
+            .await
+            .expect("answered");
+        assert_eq!(committed, Committed::ClaimEnded);
+        assert_eq!(store.read(&journal.0).await.expect("read"), None);
+        assert_eq!(
+            store.read(&keys::result("p~s1~1")).await.expect("read"),
+            None
+        );
+        let committed = writer.commit(None, &result, &[]).await.expect("answered");
+        assert_eq!(committed, Committed::Applied, "sifted, the rest is written");
     }
 
     #[tokio::test]

@@ -5,29 +5,57 @@
 //! stopped at the plan's end never sees it and a replay shows it out of place. Found by a
 //! chaos campaign (seed 20261208, round 141).
 //!
-//! The claims are read just before the batch is written: a claim ending in between lets that
-//! batch through. A write delayed by a one-way partition (the replica sends, does not hear)
-//! widens that window to the partition's length, which a chaos campaign hit (seed 20261208,
-//! round 26, docs/reliability.md); conditioning the commit on the claims closes it.
+//! The claims are read just before the batch is written, and the write is conditioned on them
+//! (etcd checks them when it applies it): a write delayed past a claim's end, by a one-way
+//! partition (the replica sends, does not hear) for one, is refused and sifted again. A chaos
+//! campaign hit that with the read alone (seed 20261208, round 26, docs/reliability.md).
+//! Past [`CONDITIONS`] claims in one batch (etcd compares at most 128 keys in a transaction)
+//! the read alone decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use fleetshift_common::proto::v1::ProgressEvent;
 
 use crate::claims;
-use crate::store::Store;
+use crate::store::{Condition, FenceToken, Store};
 
-/// `events` without those of a run whose claim no longer stands; all of them when the claims
-/// cannot be read (the batch's own write is likely to fail as well, and is retried).
-pub async fn of_standing_claims<S: Store>(
-    store: &S,
-    events: Vec<ProgressEvent>,
-) -> Vec<ProgressEvent> {
+/// The most claims a batch's write is conditioned on.
+const CONDITIONS: usize = 100;
+
+/// A batch's events sifted against the claims.
+#[derive(Debug, Default)]
+pub struct Standing {
+    /// The events of no claim or of a claim that stood when read.
+    pub events: Vec<ProgressEvent>,
+    /// That each of those claims still stands (none past [`CONDITIONS`]).
+    pub conditions: Vec<Condition>,
+}
+
+impl Standing {
+    /// The events of no claim alone.
+    pub fn without_claims(self) -> Vec<ProgressEvent> {
+        self.events
+            .into_iter()
+            .filter(|event| claim_token(event).is_none())
+            .collect()
+    }
+}
+
+/// `events` without those of a run whose claim no longer stands, and the conditions that the
+/// rest's claims still do; all of them, unconditioned, when the claims cannot be read (the
+/// batch's own write is likely to fail as well, and is retried).
+pub async fn of_standing_claims<S: Store>(store: &S, events: Vec<ProgressEvent>) -> Standing {
     if events.iter().all(|event| claim_token(event).is_none()) {
-        return events;
+        return Standing {
+            events,
+            conditions: Vec::new(),
+        };
     }
     let Ok(listing) = store.list(&claims::prefix()).await else {
-        return events;
+        return Standing {
+            events,
+            conditions: Vec::new(),
+        };
     };
     let prefix = claims::prefix();
     let standing: HashMap<&str, i64> = listing
@@ -36,11 +64,18 @@ pub async fn of_standing_claims<S: Store>(
         .filter_map(|entry| Some((entry.key.strip_prefix(&prefix)?, entry.create_revision)))
         .collect();
     let before = events.len();
+    let mut held = BTreeSet::new();
     let kept: Vec<ProgressEvent> = events
         .into_iter()
-        .filter(|event| {
-            claim_token(event)
-                .is_none_or(|token| standing.get(event.shard_id.as_str()) == Some(&token))
+        .filter(|event| match claim_token(event) {
+            None => true,
+            Some(token) => {
+                let stands = standing.get(event.shard_id.as_str()) == Some(&token);
+                if stands {
+                    held.insert((event.shard_id.clone(), token));
+                }
+                stands
+            }
         })
         .collect();
     if kept.len() < before {
@@ -49,7 +84,17 @@ pub async fn of_standing_claims<S: Store>(
             "progress of runs whose claim lapsed before it reached the journal; not journaled"
         );
     }
-    kept
+    let conditions = if held.len() <= CONDITIONS {
+        held.into_iter()
+            .map(|(shard, token)| claims::held(&shard, FenceToken::from_raw(token)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Standing {
+        events: kept,
+        conditions,
+    }
 }
 
 /// The fencing token of the claim `event`'s run holds, when it is a rollout run's
@@ -105,8 +150,16 @@ mod tests {
             event("s2", "p1~s2~3"),
             event("s3", "backup-request-7"),
         ];
-        let kept = of_standing_claims(store.as_ref(), events).await;
-        let kept: Vec<&str> = kept.iter().map(|e| e.assignment_id.as_str()).collect();
+        let standing = of_standing_claims(store.as_ref(), events).await;
+        assert_eq!(
+            standing.conditions,
+            vec![claims::held("s1", FenceToken::from_raw(token))]
+        );
+        let kept: Vec<&str> = standing
+            .events
+            .iter()
+            .map(|e| e.assignment_id.as_str())
+            .collect();
         assert_eq!(
             kept,
             vec![format!("p1~s1~{token}").as_str(), "backup-request-7"],
