@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use fleetshift_common::tls::identity::{Role as IdentityRole, SpiffeId};
 use fleetshift_common::tls::mtls;
+use rustls_pki_types::CertificateDer;
 use tonic::{Request, Status};
 
 use crate::error::{ErrorCode, refuse};
@@ -13,7 +14,15 @@ use crate::error::{ErrorCode, refuse};
 /// The caller's identity: its certificate's URI SAN, in this coordinator's trust domain.
 pub fn caller<T>(request: &Request<T>, trust_domain: &str) -> Result<SpiffeId, Status> {
     let certificates = request.peer_certs();
-    let identity = mtls::peer_identity(certificates.as_deref().map(Vec::as_slice))
+    identity(certificates.as_deref().map(Vec::as_slice), trust_domain)
+}
+
+/// The identity the leaf of `certificates` (a connection's peer's) names, in `trust_domain`.
+pub fn identity(
+    certificates: Option<&[CertificateDer<'_>]>,
+    trust_domain: &str,
+) -> Result<SpiffeId, Status> {
+    let identity = mtls::peer_identity(certificates)
         .map_err(|error| refuse(ErrorCode::Unauthenticated, error.to_string()))?;
     if identity.trust_domain() != trust_domain {
         return Err(refuse(

@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::fleet_service_server::FleetService;
-use fleetshift_common::selector::Announced;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::host_reply::Outcome;
@@ -18,8 +17,8 @@ use fleetshift_common::proto::v1::{
     ListBackupsResponse, ListPlansRequest, ListPlansResponse, ListShardsRequest,
     ListShardsResponse, ListThrottlesRequest, ListThrottlesResponse, Plan, PlanAction,
     RehearsePlanRequest, RehearsePlanResponse, ReplicaStanding, RestoreBackupRequest, RolloutEvent,
-    SchemaSnapshot, SetShardLifecycleRequest, ShardHealth, ShardLifecycleSetting, ShardSummary,
-    ThrottleShardsRequest, VerifyBackupRequest, WatchEventsRequest, WatchRolloutRequest,
+    SchemaSnapshot, SetShardLifecycleRequest, ShardLifecycleSetting, ThrottleShardsRequest,
+    VerifyBackupRequest, WatchEventsRequest, WatchRolloutRequest,
 };
 use fleetshift_common::proto::v1::{
     CreateBaselineRequest, FleetTarget, GetTargetStatusRequest, ListBaselinesRequest,
@@ -43,7 +42,7 @@ use crate::lifecycles;
 use crate::rehearsals;
 use crate::rollout::rehearsal_gate::ShardVersions;
 use crate::rollout::{
-    RolloutError, phases, planning, records, retry, rollback, throttled, transitions, waves,
+    RolloutError, phases, planning, records, retry, rollback, transitions, waves,
 };
 use crate::schema_baselines;
 use crate::schemas;
@@ -156,43 +155,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<ListShardsRequest>,
     ) -> Result<Response<ListShardsResponse>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
-        let selector = request.into_inner().selector;
-        let settings = lifecycles::load(&*self.store).await?;
-        let mut shards = Vec::new();
-        for (agent, hello) in self.announcements().await? {
-            for shard in hello.shards.into_iter().filter(|shard| {
-                let announced = Announced {
-                    agent: &agent,
-                    host: hello.host.as_ref(),
-                    shard,
-                };
-                fleetshift_common::selector::selects(&selector, &announced.attributes())
-            }) {
-                let health = if !shard.reachable {
-                    ShardHealth::Unreachable
-                } else if !shard.unfinished_versions.is_empty() {
-                    ShardHealth::UnfinishedRevision
-                } else {
-                    ShardHealth::Healthy
-                };
-                let (lifecycle, lifecycle_source) = lifecycles::in_force(&shard, &settings);
-                shards.push(ShardSummary {
-                    lifecycle: lifecycle.into(),
-                    lifecycle_source,
-                    shard_id: shard.shard_id,
-                    labels: shard.labels,
-                    agent_id: agent.clone(),
-                    current_version: shard.current_version,
-                    health: health.into(),
-                    schema_fingerprint: shard.schema_fingerprint,
-                    agent_version: hello.agent_version.clone(),
-                    host: hello.host.clone(),
-                    server: shard.server,
-                    engine: shard.engine,
-                });
-            }
-        }
-        shards.sort_by(|left, right| left.shard_id.cmp(&right.shard_id));
+        let shards = self.shards(&request.into_inner().selector).await?;
         Ok(Response::new(ListShardsResponse { shards }))
     }
 
@@ -370,11 +333,9 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
 
     async fn get_plan(&self, request: Request<GetPlanRequest>) -> Result<Response<Plan>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
-        let plan_id = request.into_inner().plan_id;
-        let mut plan = self.plan_view(&plan_id).await?;
-        let waits = throttled::load(&*self.store, &plan_id).await?;
-        throttled::put_on(&mut plan, &waits, std::time::SystemTime::now());
-        Ok(Response::new(plan))
+        Ok(Response::new(
+            self.plan(&request.into_inner().plan_id).await?,
+        ))
     }
 
     async fn list_plans(
@@ -382,13 +343,7 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
         request: Request<ListPlansRequest>,
     ) -> Result<Response<ListPlansResponse>, Status> {
         self.authorize(&request, OperatorRole::Viewer)?;
-        let states = request.into_inner().states;
-        let mut plans: Vec<Plan> = records::load_plans(&*self.store)
-            .await?
-            .into_iter()
-            .filter(|plan| states.is_empty() || states.contains(&plan.state))
-            .collect();
-        plans.sort_by(|left, right| right.plan_id.cmp(&left.plan_id));
+        let plans = self.plans(&request.into_inner().states).await?;
         Ok(Response::new(ListPlansResponse { plans }))
     }
 
@@ -596,3 +551,4 @@ impl<S: Store + 'static> FleetService for FleetApi<S> {
 }
 
 mod backup_calls;
+mod reads;

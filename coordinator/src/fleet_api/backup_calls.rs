@@ -18,7 +18,7 @@ use crate::store::Store;
 
 impl<S: Store + 'static> FleetApi<S> {
     /// The shard's backups, as its agent lists them.
-    pub(super) async fn backups_of(
+    pub async fn backups_of(
         &self,
         request: ListBackupsRequest,
         caller: String,

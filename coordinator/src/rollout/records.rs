@@ -58,6 +58,20 @@ pub async fn load_tasks<S: Store>(
     tasks_of(&listing.entries)
 }
 
+/// The plan's task for the shard, as stored, if the plan has one.
+pub async fn load_task<S: Store>(
+    store: &S,
+    plan_id: &str,
+    shard_id: &str,
+) -> Result<Option<ShardTask>, RolloutError> {
+    let key = keys::task(plan_id, shard_id);
+    store
+        .read(&key)
+        .await?
+        .map(|entry| decode(&key, &entry.value))
+        .transpose()
+}
+
 pub fn tasks_of(entries: &[Entry]) -> Result<BTreeMap<String, ShardTask>, RolloutError> {
     entries
         .iter()

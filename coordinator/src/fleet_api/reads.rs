@@ -1,0 +1,122 @@
+//! What the fleet service reads for viewers, callable in the replica too: the web console
+//! answers from the same code as `ListShards`, `GetPlan` and `ListPlans`, after its own
+//! authorisation.
+
+use std::sync::Arc;
+
+use fleetshift_common::proto::v1::{Plan, ShardHealth, ShardSummary, ShardTask};
+use fleetshift_common::selector::{self, Announced};
+use tonic::Status;
+
+use super::FleetApi;
+use crate::authz::Roles;
+use crate::events::fanout::Fanout;
+use crate::lifecycles;
+use crate::rollout::{records, throttled};
+use crate::store::Store;
+
+impl<S: Store + 'static> FleetApi<S> {
+    /// Every announced shard `selector` selects, by id.
+    pub async fn shards(
+        &self,
+        selector: &std::collections::HashMap<String, String>,
+    ) -> Result<Vec<ShardSummary>, Status> {
+        let settings = lifecycles::load(&*self.store).await?;
+        let mut shards = Vec::new();
+        for (agent, hello) in self.announcements().await? {
+            for shard in hello.shards.into_iter().filter(|shard| {
+                let announced = Announced {
+                    agent: &agent,
+                    host: hello.host.as_ref(),
+                    shard,
+                };
+                selector::selects(selector, &announced.attributes())
+            }) {
+                let health = if !shard.reachable {
+                    ShardHealth::Unreachable
+                } else if !shard.unfinished_versions.is_empty() {
+                    ShardHealth::UnfinishedRevision
+                } else {
+                    ShardHealth::Healthy
+                };
+                let (lifecycle, lifecycle_source) = lifecycles::in_force(&shard, &settings);
+                shards.push(ShardSummary {
+                    lifecycle: lifecycle.into(),
+                    lifecycle_source,
+                    shard_id: shard.shard_id,
+                    labels: shard.labels,
+                    agent_id: agent.clone(),
+                    current_version: shard.current_version,
+                    health: health.into(),
+                    schema_fingerprint: shard.schema_fingerprint,
+                    agent_version: hello.agent_version.clone(),
+                    host: hello.host.clone(),
+                    server: shard.server,
+                    engine: shard.engine,
+                });
+            }
+        }
+        shards.sort_by(|left, right| left.shard_id.cmp(&right.shard_id));
+        Ok(shards)
+    }
+
+    /// The plan with its tasks and the throttles its shards wait on.
+    pub async fn plan(&self, plan_id: &str) -> Result<Plan, Status> {
+        let mut plan = self.plan_view(plan_id).await?;
+        let waits = throttled::load(&*self.store, plan_id).await?;
+        throttled::put_on(&mut plan, &waits, std::time::SystemTime::now());
+        Ok(plan)
+    }
+
+    /// Every plan in one of `states` (all when empty), newest first.
+    pub async fn plans(&self, states: &[i32]) -> Result<Vec<Plan>, Status> {
+        let mut plans: Vec<Plan> = records::load_plans(&*self.store)
+            .await?
+            .into_iter()
+            .filter(|plan| states.is_empty() || states.contains(&plan.state))
+            .collect();
+        plans.sort_by(|left, right| right.plan_id.cmp(&left.plan_id));
+        Ok(plans)
+    }
+
+    /// The replica's one watch of the store, which rollout watches follow.
+    pub fn events(&self) -> &Arc<Fanout<S>> {
+        &self.events
+    }
+
+    /// Who holds which role, and the trust domain identities must belong to.
+    pub fn authority(&self) -> (&Roles, &str) {
+        (&self.roles, &self.trust_domain)
+    }
+}
+
+impl<S: Store + 'static> FleetApi<S> {
+    /// The shard's task in each plan that included it, newest plan first; each plan without
+    /// its waves and analyses (its summary).
+    pub async fn shard_history(&self, shard_id: &str) -> Result<Vec<(Plan, ShardTask)>, Status> {
+        let mut history = Vec::new();
+        for plan in self.plans(&[]).await? {
+            let included = plan
+                .waves
+                .iter()
+                .any(|wave| wave.shards.iter().any(|task| task.shard_id == shard_id));
+            if !included {
+                continue;
+            }
+            let Some(task) = records::load_task(&*self.store, &plan.plan_id, shard_id).await?
+            else {
+                continue;
+            };
+            let summary = Plan {
+                waves: Vec::new(),
+                analyses: Vec::new(),
+                changes: Vec::new(),
+                findings: Vec::new(),
+                rehearsals: Vec::new(),
+                ..plan
+            };
+            history.push((summary, task));
+        }
+        Ok(history)
+    }
+}
