@@ -14,6 +14,8 @@ pub mod v1 {
 /// a fleet's shard list has one entry per shard.
 pub const MESSAGE_LIMIT: usize = 64 << 20;
 
+pub mod json;
+
 /// The contract's encoded `FileDescriptorSet`, with comments (for reflection and checks).
 pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/fleetshift_v1_descriptor.bin"));
