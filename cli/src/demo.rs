@@ -363,6 +363,7 @@ fn coordinator_config(
         listen,
         telemetry_listen: None,
         health_listen: None,
+        web: None,
         trust_domain: TRUST_DOMAIN.to_owned(),
         intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
         tls: tls_files(pki_dir, "coordinator-demo"),

@@ -29,6 +29,11 @@ struct RawConfig {
     telemetry_listen: Option<String>,
     /// Where `grpc.health.v1` alone is served in plaintext, for gRPC probes (off when unset).
     health_listen: Option<String>,
+    /// Where the web console is served over mutual TLS (off when unset).
+    web_listen: Option<String>,
+    /// The console's URL as browsers reach it, advertised to the other replicas' consoles
+    /// (default: `https://<web_listen>`).
+    web_advertise: Option<String>,
     trust_domain: String,
     #[serde(default = "default_heartbeat")]
     heartbeat: String,
@@ -119,6 +124,14 @@ pub enum StoreChoice {
     Memory,
 }
 
+/// Where the web console listens and the URL it is reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConsole {
+    pub listen: SocketAddr,
+    /// `None`: `https://` and the address bound (right when browsers reach that address).
+    pub advertise: Option<String>,
+}
+
 /// A validated coordinator configuration.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -128,6 +141,8 @@ pub struct CoordinatorConfig {
     pub telemetry_listen: Option<SocketAddr>,
     /// Where the plaintext gRPC health listener listens; `None` serves none.
     pub health_listen: Option<SocketAddr>,
+    /// The web console; `None` serves none.
+    pub web: Option<WebConsole>,
     pub trust_domain: String,
     pub intervals: SessionIntervals,
     pub tls: TlsFiles,
@@ -172,6 +187,7 @@ impl CoordinatorConfig {
         let telemetry_listen =
             optional_address("telemetry_listen", raw.telemetry_listen, "0.0.0.0:9464")?;
         let health_listen = optional_address("health_listen", raw.health_listen, "0.0.0.0:7444")?;
+        let web = web_console(raw.web_listen, raw.web_advertise)?;
         let heartbeat = duration::parse(&raw.heartbeat)?;
         if heartbeat < Duration::from_millis(500) {
             return Err(format!(
@@ -236,6 +252,7 @@ impl CoordinatorConfig {
             listen,
             telemetry_listen,
             health_listen,
+            web,
             trust_domain: raw.trust_domain,
             intervals: SessionIntervals::from_heartbeat(heartbeat),
             tls: raw.tls.relative_to(base),
@@ -245,6 +262,29 @@ impl CoordinatorConfig {
             limits,
         })
     }
+}
+
+/// The web console `web_listen` and `web_advertise` configure, if any.
+fn web_console(
+    listen: Option<String>,
+    advertise: Option<String>,
+) -> Result<Option<WebConsole>, String> {
+    let Some(listen) = optional_address("web_listen", listen, "0.0.0.0:8443")? else {
+        return match advertise {
+            Some(_) => {
+                Err("web_advertise is set without web_listen; set both, or neither".to_owned())
+            }
+            None => Ok(None),
+        };
+    };
+    if let Some(url) = &advertise
+        && (!url.starts_with("https://") || url.len() == "https://".len())
+    {
+        return Err(format!(
+            "web_advertise = {url:?} must be the console's https:// URL, like https://coordinator-1.example:8443"
+        ));
+    }
+    Ok(Some(WebConsole { listen, advertise }))
 }
 
 /// The address `name` gives, if it gives one; what is wrong with it otherwise (`example`
@@ -371,5 +411,41 @@ mod tests {
         .expect("write");
         let error = format!("{:#}", CoordinatorConfig::load(&path).expect_err("scheme"));
         assert!(error.contains("must start with https://"), "{error}");
+    }
+
+    #[test]
+    fn the_web_console_is_off_unless_listened_for_and_advertises_an_https_url() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let path = directory.path().join("coordinator.toml");
+        let valid = "coordinator_id = \"c1\"\nlisten = \"127.0.0.1:7443\"\ntrust_domain = \"fleet.example\"\n[tls]\ncertificate = \"a\"\nprivate_key = \"b\"\ntrust_bundle = \"c\"\n";
+        std::fs::write(&path, valid).expect("write");
+        assert_eq!(CoordinatorConfig::load(&path).expect("valid").web, None);
+        std::fs::write(&path, format!("web_listen = \"0.0.0.0:8443\"\n{valid}")).expect("write");
+        let web = CoordinatorConfig::load(&path).expect("valid").web;
+        assert_eq!(
+            web,
+            Some(WebConsole {
+                listen: "0.0.0.0:8443".parse().expect("address"),
+                advertise: None,
+            })
+        );
+        for (keys, refusal) in [
+            (
+                "web_advertise = \"https://c1.example:8443\"\n",
+                "web_advertise is set without web_listen",
+            ),
+            (
+                "web_listen = \"127.0.0.1:8443\"\nweb_advertise = \"c1.example:8443\"\n",
+                "web_advertise = \"c1.example:8443\" must be the console's https:// URL",
+            ),
+            (
+                "web_listen = \"port 8443\"\n",
+                "web_listen = \"port 8443\" is not an address like 0.0.0.0:8443",
+            ),
+        ] {
+            std::fs::write(&path, format!("{keys}{valid}")).expect("write");
+            let error = format!("{:#}", CoordinatorConfig::load(&path).expect_err(keys));
+            assert!(error.contains(refusal), "{keys}: {error}");
+        }
     }
 }

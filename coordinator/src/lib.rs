@@ -36,6 +36,7 @@ pub mod authz;
 pub mod backups;
 pub mod claims;
 pub mod config;
+pub mod console;
 pub mod election;
 pub mod error;
 pub mod events;

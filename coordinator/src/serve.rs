@@ -25,7 +25,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::agent_session::AgentSessions;
 use crate::backups;
-use crate::config::{CoordinatorConfig, StoreChoice};
+use crate::config::{CoordinatorConfig, StoreChoice, WebConsole};
+use crate::console::{self, directory::Directory};
 use crate::election::{self, Replica, Standing};
 use crate::events::journal::{self, Feed};
 use crate::fleet_api::FleetApi;
@@ -82,6 +83,11 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("building gRPC reflection from the wire contract: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot serve the web console on {address}: {source}")]
+    Web {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve gRPC health on {address}: {source}")]
     Health {
         address: std::net::SocketAddr,
@@ -96,7 +102,8 @@ const TLS_POLL: Duration = Duration::from_secs(5);
 /// reflection is added to them).
 pub struct Services<S, H> {
     pub sessions: AgentSessions<S>,
-    pub fleet: FleetApi<S>,
+    /// Shared with the web console, which answers from the same reads.
+    pub fleet: Arc<FleetApi<S>>,
     /// Following the replica's readiness ([`probes::health`]).
     pub health: HealthServer<H>,
 }
@@ -134,7 +141,7 @@ pub async fn serve<S: Store + 'static, H: Health>(
                 .max_encoding_message_size(MESSAGE_LIMIT),
         )
         .add_service(
-            FleetServiceServer::new(services.fleet)
+            FleetServiceServer::from_arc(services.fleet)
                 .max_decoding_message_size(MESSAGE_LIMIT)
                 .max_encoding_message_size(MESSAGE_LIMIT),
         )
@@ -158,7 +165,7 @@ fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
 }
 
 /// Accepted, handshaken connections. The accept loop ends when the server drops the stream.
-fn tls_connections(
+pub(crate) fn tls_connections(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     rpc: &TaskSet,
@@ -266,13 +273,13 @@ pub async fn run_replica<S: Store + 'static>(
         id: config.coordinator_id.clone(),
         standing: standing.clone(),
     };
-    let fleet = FleetApi::new(
+    let fleet = Arc::new(FleetApi::new(
         Arc::clone(&store),
         config.roles.clone(),
         &config.trust_domain,
         replica,
         rpc.clone(),
-    );
+    ));
     background.spawn(relay::run(
         Arc::clone(&store),
         Arc::clone(&mailbox),
@@ -311,6 +318,9 @@ pub async fn run_replica<S: Store + 'static>(
             .await
             .map_err(|source| ServeError::Telemetry { address, source })?;
     }
+    if let Some(web) = &config.web {
+        serve_console(web, config, Arc::clone(&store), Arc::clone(&fleet), &rpc).await?;
+    }
     let hooks: Arc<[Webhook]> = config.webhooks.clone().into();
     background.spawn(drive_while_leading(
         Arc::clone(&store),
@@ -348,6 +358,32 @@ pub async fn run_replica<S: Store + 'static>(
         tracing::warn!("background work did not end within the deadline; left behind");
     }
     served
+}
+
+/// Serves the web console as `web` configures it on `tasks` (the RPC stage: it stops with the
+/// gRPC server), and advertises its URL to the other replicas' consoles.
+async fn serve_console<S: Store + 'static>(
+    web: &WebConsole,
+    config: &CoordinatorConfig,
+    store: Arc<S>,
+    fleet: Arc<FleetApi<S>>,
+    tasks: &TaskSet,
+) -> Result<(), ServeError> {
+    let failed = |source| ServeError::Web {
+        address: web.listen,
+        source,
+    };
+    let listener = TcpListener::bind(web.listen).await.map_err(failed)?;
+    let tls = reload::watch_config(config.tls.clone(), mtls::web_server_config, TLS_POLL).await?;
+    let directory = Directory::new(store);
+    let address = console::serve(listener, tls, fleet, directory.clone(), tasks).map_err(failed)?;
+    let url = web
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("https://{address}"));
+    tracing::info!(%address, %url, "web console listening");
+    directory.advertise(&config.coordinator_id, url, config.intervals, tasks);
+    Ok(())
 }
 
 /// Ready while the store answers the election and a leader is known (this replica or

@@ -79,7 +79,7 @@ async fn measure() -> anyhow::Result<()> {
         TaskSet::new(),
     );
     let mailbox = sessions.mailbox();
-    let fleet = FleetApi::new(
+    let fleet = Arc::new(FleetApi::new(
         Arc::clone(&store),
         Roles::default(),
         TRUST_DOMAIN,
@@ -88,7 +88,7 @@ async fn measure() -> anyhow::Result<()> {
             standing: tokio::sync::watch::channel(Standing::Follower { leader: None }).1,
         },
         TaskSet::new(),
-    );
+    ));
     let (_stop_serving, stop) = tokio::sync::oneshot::channel::<()>();
     let metrics = CoordinatorMetrics::register(&mut Registry::default());
     let rpc = TaskSet::new();

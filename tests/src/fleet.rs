@@ -20,10 +20,21 @@ pub fn init_pki(directory: &Path) {
 
 /// A leaf certificate `<role>-<name>.pem` / `.key` in `directory`.
 pub fn issue(directory: &Path, role: Role, name: &str, dns_names: &[&str]) {
+    issue_for(directory, role, name, dns_names, &[]);
+}
+
+/// [`issue`], the certificate also naming `ip_addresses`.
+pub fn issue_for(
+    directory: &Path,
+    role: Role,
+    name: &str,
+    dns_names: &[&str],
+    ip_addresses: &[std::net::IpAddr],
+) {
     let request = LeafRequest {
         identity: SpiffeId::new(TRUST_DOMAIN, role, name).expect("identity"),
         dns_names: dns_names.iter().map(|name| (*name).to_owned()).collect(),
-        ip_addresses: Vec::new(),
+        ip_addresses: ip_addresses.to_vec(),
         validity: Validity::days_from_now(1),
     };
     pki::issue(directory, &request, false).expect("leaf certificate");
@@ -114,6 +125,9 @@ impl Drop for Process {
 
 /// What a replica logs once its gRPC listener is bound (with the address).
 pub const COORDINATOR_LISTENING: &str = "coordinator listening";
+
+/// What a replica logs once its web console is bound (with the address).
+pub const CONSOLE_LISTENING: &str = "web console listening";
 
 /// What a process logs once its telemetry endpoint is bound (with the address).
 pub const TELEMETRY_LISTENING: &str = "telemetry endpoint listening";
@@ -344,6 +358,39 @@ pub fn spawn_replica_with(
         environment,
     );
     (logged_port(&log, COORDINATOR_LISTENING), process)
+}
+
+/// Like [`spawn_replica`], also serving the web console on a loopback port the kernel picks
+/// (its certificate names 127.0.0.1 too, which browsers check): the gRPC port, the console's
+/// port and the process.
+pub fn spawn_console_replica(
+    home: &Path,
+    id: &str,
+    etcd_endpoint: &str,
+    roles: &str,
+) -> (u16, u16, Process) {
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    issue_for(
+        &home.join("pki"),
+        Role::Coordinator,
+        id,
+        &["localhost"],
+        &[loopback],
+    );
+    let config = home.join(format!("{id}.toml"));
+    let text = format!(
+        "web_listen = \"127.0.0.1:0\"\n{}",
+        replica_config_text(id, 0, etcd_endpoint, roles)
+    );
+    std::fs::write(&config, text).expect("replica config");
+    let log = home.join(format!("{id}.log"));
+    let process = Process::spawn(
+        &crate::binary::fleetshift(),
+        &["serve", "--config", config.to_str().expect("UTF-8 path")],
+        &log,
+    );
+    let port = logged_port(&log, COORDINATOR_LISTENING);
+    (port, logged_port(&log, CONSOLE_LISTENING), process)
 }
 
 /// Like [`spawn_replica`], also serving the telemetry endpoint (on the second port returned)
@@ -581,7 +628,7 @@ impl InProcessCoordinator {
             tokio::sync::watch::channel(fleetshift_common::telemetry::endpoint::Readiness::Ready).1;
         let services = fleetshift_coordinator::serve::Services {
             sessions,
-            fleet: FleetApi::new(
+            fleet: std::sync::Arc::new(FleetApi::new(
                 std::sync::Arc::clone(&store),
                 roles,
                 TRUST_DOMAIN,
@@ -590,7 +637,7 @@ impl InProcessCoordinator {
                     standing: tokio::sync::watch::channel(Standing::Follower { leader: None }).1,
                 },
                 TaskSet::new(),
-            ),
+            )),
             health: fleetshift_coordinator::probes::health(ready, &rpc),
         };
         tokio::spawn(fleetshift_coordinator::serve::serve(

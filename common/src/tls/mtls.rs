@@ -75,6 +75,14 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// [`server_config`] for browsers: the same certificates and client verification, speaking
+/// HTTP/2 or HTTP/1.1 (the web console's listener).
+pub fn web_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = Arc::unwrap_or_clone(server_config(files)?);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A client that presents its certificate and trusts only the bundle.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     install_crypto_provider();

@@ -24,6 +24,16 @@ pub const KEYS: &[EnvKey] = &[
         EnvKind::Text,
     ),
     EnvKey::new(
+        "FLEETSHIFT_COORDINATOR_WEB_LISTEN",
+        &["web_listen"],
+        EnvKind::Text,
+    ),
+    EnvKey::new(
+        "FLEETSHIFT_COORDINATOR_WEB_ADVERTISE",
+        &["web_advertise"],
+        EnvKind::Text,
+    ),
+    EnvKey::new(
         "FLEETSHIFT_COORDINATOR_TRUST_DOMAIN",
         &["trust_domain"],
         EnvKind::Text,

@@ -18,11 +18,20 @@
 //! | `baselines/<id>` | `SchemaBaseline` without its SQL, with its last verification | the replica called |
 //! | `baseline-sql/<id>/<chunk>` | a chunk of the baseline's SQL | the replica called |
 //! | `targets/<name>` | `FleetTarget` | the replica called (set); the leader (approvals, refusals) |
+//! | `consoles/<replica>` | the URL of the replica's web console, on its own lease | that replica |
 
 const PREFIX: &str = "/fleetshift/v1";
 
 pub fn all() -> String {
     format!("{PREFIX}/")
+}
+
+pub fn consoles_prefix() -> String {
+    format!("{PREFIX}/consoles/")
+}
+
+pub fn console(replica: &str) -> String {
+    format!("{}{replica}", consoles_prefix())
 }
 
 pub fn leader() -> String {

@@ -401,6 +401,7 @@ async fn a_stopping_replica_ends_open_sessions_and_leaves_their_leases() {
         listen: address,
         telemetry_listen: None,
         health_listen: None,
+        web: None,
         trust_domain: TRUST_DOMAIN.to_owned(),
         intervals: SessionIntervals::from_heartbeat(Duration::from_secs(1)),
         tls: TlsFiles {

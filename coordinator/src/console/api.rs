@@ -1,0 +1,121 @@
+//! The console's JSON: the fleet service's answers in the proto3 JSON mapping (field names as
+//! in the contract), each for a viewer only.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use fleetshift_common::proto::json::{self, Named};
+use fleetshift_common::proto::v1::{
+    ListBackupsRequest, ListPlansResponse, ListShardsResponse, ShardSummary,
+};
+use serde_json::{Value, json};
+use tonic::Status;
+
+use super::{Console, Refusal, Viewer, cross_origin, json_headers};
+use crate::store::Store;
+
+/// `GET /api/v1/shards?<label>=<value>…`: the shards the selector selects (all without one).
+pub async fn shards<S: Store + 'static>(
+    State(console): State<Console<S>>,
+    _viewer: Viewer,
+    Query(selector): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let shards = console.fleet.shards(&selector).await?;
+    answer(&console, &headers, to_json(&ListShardsResponse { shards })?).await
+}
+
+/// `GET /api/v1/plans`: every plan, newest first.
+pub async fn plans<S: Store + 'static>(
+    State(console): State<Console<S>>,
+    _viewer: Viewer,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let plans = console.fleet.plans(&[]).await?;
+    answer(&console, &headers, to_json(&ListPlansResponse { plans })?).await
+}
+
+/// `GET /api/v1/plans/<plan>`: the plan as `GetPlan` answers it.
+pub async fn plan<S: Store + 'static>(
+    State(console): State<Console<S>>,
+    _viewer: Viewer,
+    Path(plan_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let plan = console.fleet.plan(&plan_id).await?;
+    answer(&console, &headers, to_json(&plan)?).await
+}
+
+/// `GET /api/v1/shards/<shard>`: the shard as announced (`null` when its agent is not
+/// connected), its task in each plan that included it, and its backups as its agent lists
+/// them (or why they could not be listed).
+pub async fn shard<S: Store + 'static>(
+    State(console): State<Console<S>>,
+    Viewer(viewer): Viewer,
+    Path(shard_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let announced: Option<ShardSummary> = console
+        .fleet
+        .shards(&HashMap::new())
+        .await?
+        .into_iter()
+        .find(|shard| shard.shard_id == shard_id);
+    let mut history = Vec::new();
+    for (plan, task) in console.fleet.shard_history(&shard_id).await? {
+        history.push(json!({ "plan": to_json(&plan)?, "task": to_json(&task)? }));
+    }
+    let backups = if announced.is_some() {
+        let request = ListBackupsRequest {
+            shard_id: shard_id.clone(),
+        };
+        match console.fleet.backups_of(request, viewer.to_string()).await {
+            Ok(listed) => to_json(&listed.into_inner())?,
+            Err(status) => json!({ "error": status.message() }),
+        }
+    } else {
+        json!({ "error": format!("{shard_id}'s agent is not connected") })
+    };
+    let body = json!({
+        "shard_id": shard_id,
+        "shard": announced.as_ref().map(to_json).transpose()?,
+        "history": history,
+        "backups": backups,
+    });
+    answer(&console, &headers, body).await
+}
+
+/// `GET /api/v1/consoles`: the consoles of the live replicas.
+pub async fn consoles<S: Store + 'static>(
+    State(console): State<Console<S>>,
+    _viewer: Viewer,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let listed = console
+        .directory
+        .consoles()
+        .await
+        .map_err(|error| Status::unavailable(format!("listing the consoles: {error}")))?;
+    let consoles: Vec<Value> = listed
+        .into_iter()
+        .map(|listed| json!({ "replica": listed.replica, "url": listed.url }))
+        .collect();
+    answer(&console, &headers, json!({ "consoles": consoles })).await
+}
+
+pub(super) fn to_json<M: Named>(message: &M) -> Result<Value, Status> {
+    json::to_json(message).map_err(|error| Status::internal(error.to_string()))
+}
+
+async fn answer<S: Store + 'static>(
+    console: &Console<S>,
+    request: &HeaderMap,
+    body: Value,
+) -> Result<Response, Refusal> {
+    let cors = cross_origin(console, request).await;
+    let mut response = (json_headers(), body.to_string()).into_response();
+    response.headers_mut().extend(cors);
+    Ok(response)
+}
