@@ -22,6 +22,7 @@
 pub mod alembic;
 pub mod bench;
 pub mod binary;
+pub mod browser;
 pub mod collector;
 pub mod fixtures;
 pub mod fleet;

@@ -17,6 +17,7 @@ mod integration {
     mod cli_fleet;
     mod config_env;
     mod conformance;
+    mod console;
     mod crates_io;
     mod database_tls;
     mod deploy_dashboard;

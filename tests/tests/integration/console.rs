@@ -1,0 +1,413 @@
+//! The web console against a real fleet: etcd, two `fleetshift serve` replicas serving their
+//! consoles, one `fleetshift-agent` with six PostgreSQL shards, one of which lacks the table
+//! the plan alters. In a real headless Chromium holding an operator's certificate, the plan
+//! page shows every shard, follows the rollout live, groups the failed shard's reason, and
+//! keeps following it on the other replica's console when the one it loaded from is
+//! SIGKILLed mid-rollout. The fleet grid and the plan's timeline are saved as screenshots
+//! (`target/artefacts/console/`: `fleet.png`, `plan.png`,
+//! `timeline.png`). Without the viewer role, or a certificate, the console
+//! refuses; only live replicas' consoles are listed and may read each other's answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
+use fleetshift_common::proto::v1::{CreatePlanRequest, ListShardsRequest, WavePolicy};
+use fleetshift_common::tls::identity::Role;
+use fleetshift_common::tls::mtls::{self, TlsFiles};
+use fleetshift_common::tls::pki;
+use fleetshift_tests::browser::{Browser, HttpAnswer, http_exchange};
+use fleetshift_tests::fleet::{
+    FleetGround, Process, agent_config_text, await_leader, channel_as, logs, shard_tables,
+    spawn_console_replica,
+};
+use fleetshift_tests::wait::wait_until;
+use fleetshift_tests::{binary, fixtures, rollout};
+use rustls_pki_types::pem::PemObject;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::support;
+
+const ROLES: &str = "viewers = [\"alice\", \"ops\"]\noperators = [\"ops\"]\napprovers = [\"ops\"]";
+const SHARDS: usize = 6;
+/// The shard whose database lacks `accounts`.
+const BROKEN: &str = "a-db2";
+const SCHEMA: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY);";
+
+fn artefacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artefacts/console")
+}
+
+/// How many cells of the plan page are in `state` (`data-state`), as an expression.
+fn cells_in(state: &str) -> String {
+    format!("document.querySelectorAll('#waves .cell[data-state=\"{state}\"]').length")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
+    let ground = FleetGround::start().await;
+    for operator in ["alice", "ops"] {
+        ground.issue(Role::Operator, operator);
+    }
+    ground.issue(Role::Agent, "a");
+    let home = ground.home.path().to_path_buf();
+    let (port_1, web_1, mut replica_1) =
+        spawn_console_replica(&home, "c1", &ground.etcd.endpoint, ROLES);
+    let (port_2, web_2, _replica_2) =
+        spawn_console_replica(&home, "c2", &ground.etcd.endpoint, ROLES);
+    let diagnose = || logs(&home, &["c1.log", "c2.log", "agent.log"]);
+    assert!(
+        await_leader(&ground.store, Duration::from_secs(20)).await,
+        "no leader\n{}",
+        diagnose()
+    );
+
+    let database = support::database("console").await;
+    let mut urls = Vec::new();
+    for index in 0..SHARDS {
+        let name = format!("console_{index}");
+        let url = database
+            .cluster
+            .create_database(&name)
+            .await
+            .expect("database");
+        let admin = database.cluster.admin_pool(&name).await.expect("pool");
+        if format!("a-db{index}") != BROKEN {
+            sqlx::raw_sql(SCHEMA).execute(&admin).await.expect("schema");
+        }
+        admin.close().await;
+        urls.push(url);
+    }
+    let config = home.join("agent.toml");
+    let shards = shard_tables(&home, "a", &urls);
+    std::fs::write(&config, agent_config_text("a", &[port_1, port_2], &shards)).expect("config");
+    let _agent = Process::spawn(
+        &binary::agent(),
+        &["--config", config.to_str().expect("path"), "run"],
+        &home.join("agent.log"),
+    );
+    let surviving = format!("https://localhost:{port_2}");
+    let client = FleetServiceClient::new(channel_as(&surviving, &ground.pki, "operator-ops").await);
+    let announced = wait_until(Duration::from_secs(60), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_shards(ListShardsRequest::default())
+                .await
+                .is_ok_and(|response| response.into_inner().shards.len() == SHARDS)
+        }
+    })
+    .await;
+    assert!(announced, "the agent never announced\n{}", diagnose());
+
+    let migrations = fixtures::migrations(&[
+        ("1_note.sql", "ALTER TABLE accounts ADD COLUMN note text;"),
+        ("2_owner.sql", "ALTER TABLE accounts ADD COLUMN owner text;"),
+    ]);
+    let mut prepared = rollout::prepare(
+        &client,
+        CreatePlanRequest {
+            migration_set: Some(fixtures::shipped(migrations.path())),
+            target_version: String::new(),
+            selector: [("env".to_owned(), "test".to_owned())].into(),
+            waves: Some(WavePolicy {
+                canary_shards: 0,
+                percentages: vec![100],
+                max_concurrency_per_wave: 2,
+                max_concurrency_per_host: 2,
+                failure_threshold: 10,
+                max_shard_retries: 0,
+            }),
+            limits: None,
+            duties: None,
+            // The broken shard's schema differs from the others': planned anyway, to fail.
+            allow_drift_shards: "a-db2 lacks accounts: its failure is what the page shows"
+                .to_owned(),
+            schedule: None,
+            updates: None,
+            gates: Vec::new(),
+        },
+    )
+    .await
+    .expect("plan");
+    let plan_id = prepared.plan_id.clone();
+
+    let browser = Browser::start(&ground.pki, "operator-alice")
+        .await
+        .expect("headless Chromium");
+    let first = format!("https://127.0.0.1:{web_1}");
+    browser
+        .open(&format!("{first}/"))
+        .await
+        .expect("fleet page");
+    let grid = browser
+        .run("return document.querySelectorAll('.groups .cell').length")
+        .await
+        .expect("cells");
+    assert_eq!(
+        grid,
+        Value::from(SHARDS),
+        "{}",
+        browser.text("#main").await.expect("text")
+    );
+    browser
+        .screenshot(&artefacts().join("fleet.png"))
+        .await
+        .expect("screenshot");
+
+    browser
+        .open(&format!("{first}/plans/{plan_id}"))
+        .await
+        .expect("plan page");
+    let shown = browser
+        .run("return document.querySelectorAll('#waves .cell').length")
+        .await
+        .expect("cells");
+    assert_eq!(
+        shown,
+        Value::from(SHARDS),
+        "every shard of the plan is shown"
+    );
+    let pending = browser
+        .run(&format!("return {}", cells_in("pending")))
+        .await
+        .expect("pending");
+    assert_eq!(pending, Value::from(SHARDS), "nothing has started");
+    let live = browser
+        .wait_for(
+            "return document.getElementById('link').dataset.state === 'live'",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("link");
+    assert!(live, "the page never followed the plan live");
+
+    prepared.start().await.expect("start");
+    // Seen through the stream alone: the page reads the plan once.
+    let moving = browser
+        .wait_for(
+            &format!("return {} < {SHARDS}", cells_in("pending")),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("moving");
+    assert!(moving, "no shard moved on the page\n{}", diagnose());
+
+    replica_1.signal("KILL");
+    assert!(
+        replica_1.wait_for_exit(Duration::from_secs(10)).is_some(),
+        "c1 outlived SIGKILL"
+    );
+    let second = format!("https://127.0.0.1:{web_2}");
+    let finished = browser
+        .wait_for(
+            &format!(
+                "return {} === {} && {} === 1",
+                cells_in("succeeded"),
+                SHARDS - 1,
+                cells_in("failed")
+            ),
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("finished");
+    let summary = browser.text("#summary").await.expect("summary");
+    assert!(
+        finished,
+        "the page never showed the rollout's end: {summary}\n{}",
+        diagnose()
+    );
+    let ended = browser
+        .wait_for(
+            "return document.getElementById('link').dataset.state === 'ended'",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("ended");
+    assert!(ended, "the page never saw its stream end with the plan");
+    let console = browser
+        .run("return document.getElementById('link').dataset.console")
+        .await
+        .expect("console");
+    assert_eq!(console, Value::from(second), "followed on c2's console");
+    let failures = browser.text("#failures").await.expect("failures");
+    assert!(
+        failures.contains("1 shard(s)") && failures.contains(BROKEN),
+        "{failures}"
+    );
+    assert!(
+        failures.contains("\"accounts\" does not exist"),
+        "the reason is the database's: {failures}"
+    );
+    browser
+        .screenshot(&artefacts().join("plan.png"))
+        .await
+        .expect("screenshot");
+    browser
+        .run("document.getElementById('timeline').parentElement.scrollIntoView(); return true")
+        .await
+        .expect("scroll");
+    browser
+        .screenshot(&artefacts().join("timeline.png"))
+        .await
+        .expect("screenshot");
+}
+
+/// An HTTP/1.1 client of a console as `holder` (none: no certificate).
+fn connector(pki: &Path, holder: Option<&str>) -> TlsConnector {
+    mtls::install_crypto_provider();
+    let mut config = match holder {
+        Some(holder) => {
+            let files = TlsFiles {
+                certificate: pki.join(format!("{holder}.pem")),
+                private_key: pki.join(format!("{holder}.key")),
+                trust_bundle: pki.join(pki::CA_CERTIFICATE),
+            };
+            Arc::unwrap_or_clone(mtls::client_config(&files).expect("client config"))
+        }
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let ca = std::fs::read(pki.join(pki::CA_CERTIFICATE)).expect("CA");
+            for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+                roots.add(certificate.expect("PEM")).expect("root");
+            }
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// `GET path` on the console at `port` as `holder`, with `headers`: the status, the headers'
+/// text and the body, or the connection's error.
+async fn get(
+    pki: &Path,
+    holder: Option<&str>,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
+    let answer = exchange(pki, holder, port, path, headers).await?;
+    Ok((
+        answer.status,
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    ))
+}
+
+async fn exchange(
+    pki: &Path,
+    holder: Option<&str>,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpAnswer> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector(pki, holder).connect(name, tcp).await?;
+    http_exchange(tls, "GET", "localhost", path, headers, "")
+        .await
+        .map_err(std::io::Error::other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_answers_viewers_only_and_lists_live_replicas_consoles() {
+    let ground = FleetGround::start().await;
+    ground.issue(Role::Operator, "alice");
+    ground.issue(Role::Operator, "mallory");
+    ground.issue(Role::Agent, "a");
+    let home = ground.home.path().to_path_buf();
+    let pki = ground.pki.clone();
+    let (_, web_1, mut replica_1) =
+        spawn_console_replica(&home, "c1", &ground.etcd.endpoint, ROLES);
+    let (_, web_2, _replica_2) = spawn_console_replica(&home, "c2", &ground.etcd.endpoint, ROLES);
+
+    let (status, body) = get(&pki, Some("operator-alice"), web_1, "/api/v1/plans", &[])
+        .await
+        .expect("alice");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body, "{}",
+        "no plans (the proto3 JSON mapping leaves empty lists out)"
+    );
+    let (status, body) = get(&pki, Some("operator-mallory"), web_1, "/", &[])
+        .await
+        .expect("mallory");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("viewer"), "{body}");
+    let (status, body) = get(&pki, Some("agent-a"), web_1, "/api/v1/shards", &[])
+        .await
+        .expect("agent");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not an operator identity"), "{body}");
+    assert!(
+        get(&pki, None, web_1, "/", &[]).await.is_err(),
+        "a browser without a certificate is refused in the handshake"
+    );
+
+    // Both consoles are listed; each lets the other's pages read it, and nobody else's.
+    let first = format!("https://127.0.0.1:{web_1}");
+    let second = format!("https://127.0.0.1:{web_2}");
+    let listed = wait_until(Duration::from_secs(20), || {
+        let pki = pki.clone();
+        let (first, second) = (first.clone(), second.clone());
+        async move {
+            get(&pki, Some("operator-alice"), web_2, "/api/v1/consoles", &[])
+                .await
+                .is_ok_and(|(_, body)| body.contains(&first) && body.contains(&second))
+        }
+    })
+    .await;
+    assert!(listed, "{}", logs(&home, &["c1.log", "c2.log"]));
+    let (_, body) = get(
+        &pki,
+        Some("operator-alice"),
+        web_2,
+        "/api/v1/plans",
+        &[("Origin", &first)],
+    )
+    .await
+    .expect("cross-origin");
+    assert_eq!(
+        body, "{}",
+        "no plans (the proto3 JSON mapping leaves empty lists out)"
+    );
+    let headers = raw_headers(&pki, web_2, &first).await;
+    assert!(
+        headers.contains(&format!("access-control-allow-origin: {first}")),
+        "{headers}"
+    );
+    let headers = raw_headers(&pki, web_2, "https://elsewhere.example").await;
+    assert!(
+        !headers.contains("access-control-allow-origin"),
+        "{headers}"
+    );
+
+    // A replica stopped cleanly leaves the list at once.
+    replica_1.signal("TERM");
+    assert!(replica_1.wait_for_exit(Duration::from_secs(30)).is_some());
+    let (_, body) = get(&pki, Some("operator-alice"), web_2, "/api/v1/consoles", &[])
+        .await
+        .expect("consoles");
+    assert!(!body.contains(&first) && body.contains(&second), "{body}");
+}
+
+/// The header lines, in lower case, of the console's answer to `/api/v1/plans` from a page
+/// at `origin`.
+async fn raw_headers(pki: &Path, port: u16, origin: &str) -> String {
+    exchange(
+        pki,
+        Some("operator-alice"),
+        port,
+        "/api/v1/plans",
+        &[("Origin", origin)],
+    )
+    .await
+    .expect("answer")
+    .head
+    .to_lowercase()
+}
