@@ -201,7 +201,6 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         replica_1.wait_for_exit(Duration::from_secs(10)).is_some(),
         "c1 outlived SIGKILL"
     );
-    let second = format!("https://127.0.0.1:{web_2}");
     let finished = browser
         .wait_for(
             &format!(
@@ -232,7 +231,12 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         .run("return document.getElementById('link').dataset.console")
         .await
         .expect("console");
-    assert_eq!(console, Value::from(second), "followed on c2's console");
+    let second = format!("https://127.0.0.1:{web_2}");
+    assert_eq!(
+        console,
+        Value::from(second.as_str()),
+        "followed on c2's console"
+    );
     let failures = browser.text("#failures").await.expect("failures");
     assert!(
         failures.contains("1 shard(s)") && failures.contains(BROKEN),
@@ -254,6 +258,59 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         .screenshot(&artefacts().join("timeline.png"))
         .await
         .expect("screenshot");
+
+    // The failed shard's page: its task in the plan, with the reason, from the survivor.
+    browser
+        .open(&format!("{second}/shards/{BROKEN}"))
+        .await
+        .expect("shard page");
+    let history = browser.text("#main").await.expect("shard");
+    assert!(
+        history.contains(&plan_id) && history.contains("failed: shard a-db2"),
+        "{history}"
+    );
+
+    // A phased plan's page shows its phases and what the next one waits for.
+    let phased = fixtures::migrations(&[
+        ("1_note.sql", "ALTER TABLE accounts ADD COLUMN note text;"),
+        ("2_owner.sql", "ALTER TABLE accounts ADD COLUMN owner text;"),
+        (
+            "3_tag.sql",
+            "-- fleetshift:phase expand\nALTER TABLE accounts ADD COLUMN tag text;",
+        ),
+        (
+            "4_untag.sql",
+            "-- fleetshift:phase contract\nALTER TABLE accounts DROP COLUMN note;",
+        ),
+    ]);
+    // Awaiting its approval: a high-risk plan needs a rehearsal first.
+    let planned = client
+        .clone()
+        .create_plan(CreatePlanRequest {
+            migration_set: Some(fixtures::shipped(phased.path())),
+            target_version: String::new(),
+            selector: [("env".to_owned(), "test".to_owned())].into(),
+            waves: None,
+            limits: None,
+            duties: None,
+            allow_drift_shards: "a-db2 lacks accounts".to_owned(),
+            schedule: None,
+            updates: None,
+            gates: Vec::new(),
+        })
+        .await
+        .expect("phased plan")
+        .into_inner();
+    browser
+        .open(&format!("{second}/plans/{}", planned.plan_id))
+        .await
+        .expect("phased plan page");
+    let phases = browser.text("#phases").await.expect("phases");
+    assert!(
+        phases.contains("expand (to 3): running: 0 of")
+            && phases.contains("contract (to 4): gate waits for an approver"),
+        "{phases}"
+    );
 }
 
 /// An HTTP/1.1 client of a console as `holder` (none: no certificate).

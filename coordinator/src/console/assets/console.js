@@ -381,7 +381,7 @@ class PlanView {
         `${enumName(plan.direction || 'DIRECTION_UP', 'DIRECTION_')} to ${plan.target_version || 'base'} · by ${plan.author || '–'} · created ${when(plan.created_at)} · `,
         `${(plan.approvals || []).length} approval(s)${needed}`),
       this.reason,
-      this.phases(),
+      this.phaseSection = this.phases(),
       this.summary,
       section('Shards by wave', waves),
       section('Failures by reason', this.failures),
@@ -395,21 +395,48 @@ class PlanView {
     this.refresh();
   }
 
+  // Where each phase stands, as `fleetshift status` says it.
   phases() {
     const phases = this.plan.phases || [];
     if (!phases.length) return null;
     const current = this.plan.current_phase || 0;
-    return section('Phases', el('ol', { class: 'phases', id: 'phases' }, phases.map((phase, index) => {
-      const gate = phase.gate || {};
-      let status = index < current ? 'done' : index === current ? 'current' : 'later';
-      let detail = '';
-      if (gate.none) detail = 'no gate';
-      else if (gate.opened) detail = `gate opened by ${gate.opened_by || '–'}${gate.reason ? `: ${gate.reason}` : ''}`;
-      else detail = gate.waiting_for ? `waiting for ${gate.waiting_for}` : 'gate closed';
-      return el('li', { class: status, 'data-phase': phase.name },
-        el('strong', { text: phase.name }), ` up to ${phase.last_version || '–'} · ${detail}`,
-        phase.started_at ? ` · started ${when(phase.started_at)}` : '');
-    })));
+    const tasks = [...this.tasks.values()];
+    const done = tasks.filter((task) => task.state === 'SHARD_STATE_SUCCEEDED').length;
+    const standing = (phase, index) => {
+      if (index < current || (index === current && done === tasks.length)) return 'done';
+      if (index === current) return `running: ${done} of ${tasks.length} shards done`;
+      const gate = phase.gate;
+      if (!gate) return 'waits for the phase before it';
+      if (gate.none) return 'no gate: starts when the phase before it has finished everywhere';
+      if (gate.opened) return `gate opened by ${gate.opened_by || '–'} (${gate.reason || ''}); starts when the phase before it has finished everywhere`;
+      if (!gate.waiting_for) {
+        const quiet = gate.quiet_application
+          ? `, or no session of ${gate.quiet_application} on any shard for ${parseFloat(gate.quiet_for || '0')}s` : '';
+        return `gate waits for an approver (fleetshift gate open)${quiet}`;
+      }
+      return `gate waits for ${gate.waiting_for}${gate.quiet_since ? ` (quiet since ${when(gate.quiet_since)})` : ''}`;
+    };
+    const list = el('ol', { class: 'phases', id: 'phases' }, phases.map((phase, index) =>
+      el('li', { class: index < current ? 'done' : index === current ? 'current' : 'later', 'data-phase': phase.name },
+        el('strong', { text: phase.name }), ` (to ${phase.last_version || '–'}): ${standing(phase, index)}`,
+        phase.started_at ? ` · started ${when(phase.started_at)}` : '')));
+    this.phaseList = list;
+    return section('Phases', list);
+  }
+
+  // Phases and approvals change with the plan's state: read again when it changes.
+  async reread() {
+    try {
+      const plan = await getJson(`/api/v1/plans/${encodeURIComponent(this.plan.plan_id)}`);
+      this.plan.phases = plan.phases;
+      this.plan.current_phase = plan.current_phase;
+      this.plan.approvals = plan.approvals;
+      const fresh = this.phases();
+      if (fresh && this.phaseSection) this.phaseSection.replaceWith(fresh);
+      this.phaseSection = fresh;
+    } catch (_) {
+      // The next change reads it again.
+    }
   }
 
   risk() {
@@ -445,6 +472,7 @@ class PlanView {
       this.plan.state = event.plan_state.state;
       this.plan.state_reason = event.plan_state.reason || '';
       for (const shardId of this.tasks.keys()) this.dirty.add(shardId);
+      if ((this.plan.phases || []).length) this.reread();
     }
     if (event.shard_state) {
       const changed = event.shard_state;
