@@ -35,7 +35,7 @@ use fleetshift_common::tls::identity::{Role, SpiffeId};
 use fleetshift_common::tls::mtls::TlsFiles;
 use fleetshift_common::tls::pki::{self, LeafRequest, Validity};
 use fleetshift_coordinator::authz::{OperatorRole, Roles};
-use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice};
+use fleetshift_coordinator::config::{CoordinatorConfig, StoreChoice, WebConsole};
 use fleetshift_coordinator::peer_limits::PeerLimits;
 use fleetshift_coordinator::rollout::waves;
 use fleetshift_coordinator::serve::run_replica;
@@ -46,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Output, progress};
 use crate::exit;
+
+mod console;
 
 const TRUST_DOMAIN: &str = "fleetshift.demo";
 const OPERATOR: &str = "demo-operator";
@@ -98,7 +100,8 @@ pub struct DemoArgs {
     /// Keep the fleet's state in this etcd (comma-separated endpoints) instead of in memory.
     #[arg(long, value_name = "URL", value_delimiter = ',')]
     etcd: Vec<String>,
-    /// Keep the working directory (shards, certificates, migrations) and print where it is.
+    /// Keep the fleet up after the rollout, its web console too, until Ctrl-C; then keep the
+    /// working directory (shards, certificates, migrations) and print where it is.
     #[arg(long)]
     keep: bool,
     /// Human-readable progress, or JSON events and a JSON summary on stdout.
@@ -121,21 +124,23 @@ fn issue_certificates(directory: &Path, agents: u16) -> anyhow::Result<()> {
     let validity = || Validity::days_from_now(1);
     pki::init(directory, TRUST_DOMAIN, validity(), false)?;
     let mut leaves = vec![
+        // Browsers check the console's address against the certificate.
         (
             Role::Coordinator,
             "demo".to_owned(),
             vec!["localhost".to_owned()],
+            vec![std::net::IpAddr::from([127, 0, 0, 1])],
         ),
-        (Role::Operator, OPERATOR.to_owned(), Vec::new()),
+        (Role::Operator, OPERATOR.to_owned(), Vec::new(), Vec::new()),
     ];
     for number in 1..=agents {
-        leaves.push((Role::Agent, agent_name(number), Vec::new()));
+        leaves.push((Role::Agent, agent_name(number), Vec::new(), Vec::new()));
     }
-    for (role, name, dns_names) in leaves {
+    for (role, name, dns_names, ip_addresses) in leaves {
         let request = LeafRequest {
             identity: SpiffeId::new(TRUST_DOMAIN, role, &name)?,
             dns_names,
-            ip_addresses: Vec::new(),
+            ip_addresses,
             validity: validity(),
         };
         pki::issue(directory, &request, false)?;
@@ -259,7 +264,12 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
-    let config = coordinator_config(arguments, listener.local_addr()?, &pki_dir);
+    let web = console::free_loopback_address()?;
+    let console = format!("https://{web}");
+    let config = coordinator_config(arguments, listener.local_addr()?, web, &pki_dir);
+    if human {
+        println!("web console: {console}");
+    }
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     let coordinator = if arguments.etcd.is_empty() {
@@ -275,6 +285,9 @@ async fn demo(arguments: &DemoArgs) -> anyhow::Result<ExitCode> {
     let mut agents = spawn_agents(arguments, &address, &pki_dir, &shards, &stop)?;
 
     let outcome = roll_out(arguments, &address, &pki_dir, &set, &shards).await;
+    if arguments.keep && outcome.is_ok() {
+        console::stay_up(&console, &pki_dir, OPERATOR).await;
+    }
     stop.cancel();
     while agents.join_next().await.is_some() {}
     coordinator.await??;
@@ -348,6 +361,7 @@ fn spawn_agents(
 fn coordinator_config(
     arguments: &DemoArgs,
     listen: std::net::SocketAddr,
+    web: std::net::SocketAddr,
     pki_dir: &Path,
 ) -> CoordinatorConfig {
     let mut roles = Roles::default();
@@ -363,7 +377,10 @@ fn coordinator_config(
         listen,
         telemetry_listen: None,
         health_listen: None,
-        web: None,
+        web: Some(WebConsole {
+            listen: web,
+            advertise: None,
+        }),
         trust_domain: TRUST_DOMAIN.to_owned(),
         intervals: SessionIntervals::from_heartbeat(Duration::from_millis(500)),
         tls: tls_files(pki_dir, "coordinator-demo"),

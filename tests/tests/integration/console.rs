@@ -468,3 +468,53 @@ async fn raw_headers(pki: &Path, port: u16, origin: &str) -> String {
     .head
     .to_lowercase()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_its_console_and_keeps_it_up_until_interrupted() {
+    let directory = tempfile::tempdir().expect("directory");
+    let output = directory.path().join("demo.out");
+    let mut demo = Process::spawn_printing(
+        &binary::fleetshift(),
+        &["demo", "--shards", "2", "--keep"],
+        &output,
+        &directory.path().join("demo.log"),
+        &[],
+    );
+    let printed = || std::fs::read_to_string(&output).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(120), || {
+        let text = printed();
+        async move { text.contains("the fleet stays up") }
+    })
+    .await;
+    assert!(up, "{}", printed());
+    let text = printed();
+    let port: u16 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("web console: https://127.0.0.1:"))
+        .and_then(|port| port.trim().parse().ok())
+        .expect("the console's URL");
+    let kept = text
+        .split_whitespace()
+        .find_map(|word| {
+            word.strip_suffix("/pki/ca.pem")
+                .filter(|root| root.starts_with('/'))
+        })
+        .map(PathBuf::from)
+        .expect("the working directory");
+    let (status, body) = get(
+        &kept.join("pki"),
+        Some("operator-demo-operator"),
+        port,
+        "/api/v1/plans",
+        &[],
+    )
+    .await
+    .expect("the demo's console");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("PLAN_STATE_SUCCEEDED"), "{body}");
+    demo.signal("INT");
+    let status = demo.wait_for_exit(Duration::from_secs(30)).expect("exit");
+    assert!(status.success(), "{status:?}: {}", printed());
+    assert!(printed().contains("working directory kept in"));
+    std::fs::remove_dir_all(&kept).expect("remove the kept directory");
+}
