@@ -340,9 +340,9 @@ fn connector(pki: &Path, holder: Option<&str>) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-/// `GET path` on the console at `port` as `holder`, with `headers`: the status, the headers'
-/// text and the body, or the connection's error.
-async fn get(
+/// `GET path` on the console at `127.0.0.1:port` as `holder` (`<role>-<name>` in `pki`, none:
+/// no certificate), with `headers`: the status and the body, or the connection's error.
+pub(super) async fn get(
     pki: &Path,
     holder: Option<&str>,
     port: u16,

@@ -178,6 +178,28 @@ async fn the_local_fleet_script_starts_a_fleet_that_rolls_out_and_stops_it_by_pi
         );
     }
 
+    // Every replica serves the web console, to alice, with the plan.
+    for replica in 0..3 {
+        let port = u16::try_from(base + 13 + replica).expect("port");
+        let (status, body) = super::console::get(
+            &dir.join("pki"),
+            Some("operator-alice"),
+            port,
+            &format!("/api/v1/plans/{plan}"),
+            &[],
+        )
+        .await
+        .expect("console");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("PLAN_STATE_SUCCEEDED"), "{body}");
+    }
+    assert!(
+        String::from_utf8_lossy(&up.stdout)
+            .contains(&format!("console: https://127.0.0.1:{}", base + 13)),
+        "{}",
+        printed(&up)
+    );
+
     // Stopped by the PIDs it recorded: etcd, 3 coordinators, 2 postmasters, 2 agents.
     let pids: Vec<u32> = std::fs::read_to_string(dir.join("pids"))
         .expect("pids")
