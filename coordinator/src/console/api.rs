@@ -8,12 +8,13 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use fleetshift_common::proto::json::{self, Named};
 use fleetshift_common::proto::v1::{
-    ListBackupsRequest, ListPlansResponse, ListShardsResponse, ShardSummary,
+    ListBackupsRequest, ListPlansResponse, ListShardsResponse, PlanState, ShardState, ShardSummary,
 };
 use serde_json::{Value, json};
 use tonic::Status;
 
 use super::{Console, Refusal, Viewer, cross_origin, json_headers};
+use crate::rollout::{schedule, waves};
 use crate::store::Store;
 
 /// `GET /api/v1/shards?<label>=<value>…`: the shards the selector selects (all without one).
@@ -37,7 +38,8 @@ pub async fn plans<S: Store + 'static>(
     answer(&console, &headers, to_json(&ListPlansResponse { plans })?).await
 }
 
-/// `GET /api/v1/plans/<plan>`: the plan as `GetPlan` answers it.
+/// `GET /api/v1/plans/<plan>`: the plan as `GetPlan` answers it, and what each of its pending
+/// shards waits for (its start or its window), as `fleetshift watch` says it.
 pub async fn plan<S: Store + 'static>(
     State(console): State<Console<S>>,
     _viewer: Viewer,
@@ -45,7 +47,20 @@ pub async fn plan<S: Store + 'static>(
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let plan = console.fleet.plan(&plan_id).await?;
-    answer(&console, &headers, to_json(&plan)?).await
+    let now = jiff::Timestamp::now();
+    let open = matches!(
+        plan.state(),
+        PlanState::Running | PlanState::Approved | PlanState::AwaitingApproval
+    );
+    let waiting: serde_json::Map<String, Value> = waves::planned_tasks(&plan)
+        .filter(|task| open && task.state() == ShardState::Pending)
+        .filter_map(|task| {
+            let waiting = schedule::waiting(&plan, task, now)?;
+            Some((task.shard_id.clone(), Value::from(waiting.describe(now))))
+        })
+        .collect();
+    let body = json!({ "plan": to_json(&plan)?, "waiting": waiting });
+    answer(&console, &headers, body).await
 }
 
 /// `GET /api/v1/shards/<shard>`: the shard as announced (`null` when its agent is not

@@ -6,14 +6,15 @@
 //! SIGKILLed mid-rollout. The fleet grid and the plan's timeline are saved as screenshots
 //! (`target/artefacts/console/`: `fleet.png`, `plan.png`,
 //! `timeline.png`). Without the viewer role, or a certificate, the console
-//! refuses; only live replicas' consoles are listed and may read each other's answers.
+//! refuses; only live replicas' consoles are listed and may read each other's answers. A
+//! phased plan's page shows its phases, and its shards waiting for their window.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{CreatePlanRequest, ListShardsRequest, WavePolicy};
+use fleetshift_common::proto::v1::{CreatePlanRequest, ListShardsRequest, Schedule, WavePolicy};
 use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::pki;
@@ -294,7 +295,11 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
             limits: None,
             duties: None,
             allow_drift_shards: "a-db2 lacks accounts".to_owned(),
-            schedule: None,
+            // Its only window is years away: every shard waits for it.
+            schedule: Some(Schedule {
+                windows: vec!["2099-01-01T01:00/2h UTC".to_owned()],
+                start_at: None,
+            }),
             updates: None,
             gates: Vec::new(),
         })
@@ -305,6 +310,16 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         .open(&format!("{second}/plans/{}", planned.plan_id))
         .await
         .expect("phased plan page");
+    let waiting = browser
+        .run(&format!("return {}", cells_in("waiting for window")))
+        .await
+        .expect("waiting");
+    assert_eq!(
+        waiting,
+        SHARDS,
+        "{}",
+        browser.text("#summary").await.expect("summary")
+    );
     let phases = browser.text("#phases").await.expect("phases");
     assert!(
         phases.contains("expand (to 3): running: 0 of")

@@ -324,13 +324,18 @@ async function plansPage(main) {
 const STATE_ORDER = ['pending', 'claimed', 'running', 'throttled', 'waiting for window', 'succeeded', 'failed', 'rolled back', 'cancelled'];
 
 class PlanView {
-  constructor(main, plan) {
+  constructor(main, answer) {
     this.main = main;
-    this.plan = plan;
-    this.tasks = new Map(planTasks(plan).map((task) => [task.shard_id, task]));
+    this.plan = answer.plan;
+    // What pending shards wait for (their start, their window), as read with the plan.
+    this.waiting = answer.waiting || {};
+    this.tasks = new Map(planTasks(this.plan).map((task) => [task.shard_id, task]));
     this.cells = new Map();
     this.bars = new Map();
     this.current = new Map();
+    for (const task of this.tasks.values()) {
+      if (task.throttled) this.current.set(task.shard_id, { throttled: `${task.throttled.signal}: ${task.throttled.detail}` });
+    }
     this.dirty = new Set();
     this.render = framed(() => this.refresh());
   }
@@ -342,8 +347,7 @@ class PlanView {
       const now = this.current.get(task.shard_id);
       if (now && now.throttled) return 'throttled';
     }
-    if (state === 'pending' && this.plan.state === 'PLAN_STATE_RUNNING'
-      && /window/i.test(this.plan.state_reason || '')) return 'waiting for window';
+    if (state === 'pending' && /^waiting for window/.test(this.waiting[task.shard_id] || '')) return 'waiting for window';
     return state;
   }
 
@@ -427,7 +431,7 @@ class PlanView {
   // Phases and approvals change with the plan's state: read again when it changes.
   async reread() {
     try {
-      const plan = await getJson(`/api/v1/plans/${encodeURIComponent(this.plan.plan_id)}`);
+      const { plan } = await getJson(`/api/v1/plans/${encodeURIComponent(this.plan.plan_id)}`);
       this.plan.phases = plan.phases;
       this.plan.current_phase = plan.current_phase;
       this.plan.approvals = plan.approvals;
@@ -485,6 +489,7 @@ class PlanView {
         task.finished_at = at;
         this.current.delete(changed.shard_id);
       }
+      if (task.state !== 'SHARD_STATE_PENDING') delete this.waiting[changed.shard_id];
       this.tasks.set(changed.shard_id, task);
       this.dirty.add(changed.shard_id);
     }
@@ -517,6 +522,7 @@ class PlanView {
       if (now && now.revision) lines.push(`revision ${now.revision}`);
       if (now && now.statement) lines.push(now.statement.slice(0, 200));
       if (now && now.throttled) lines.push(`throttled: ${now.throttled}`);
+      if (this.waiting[shardId]) lines.push(this.waiting[shardId]);
       if (task.error && task.error.message) lines.push(task.error.message);
       cell.title = lines.join('\n');
     }
@@ -579,8 +585,8 @@ class PlanView {
 }
 
 async function planPage(main, planId) {
-  const plan = await getJson(`/api/v1/plans/${encodeURIComponent(planId)}`);
-  const view = new PlanView(main, plan);
+  const answer = await getJson(`/api/v1/plans/${encodeURIComponent(planId)}`);
+  const view = new PlanView(main, answer);
   view.build();
   window.fleetshiftPlan = view;
   const ended = ['PLAN_STATE_SUCCEEDED', 'PLAN_STATE_FINISHED_WITH_FAILURES', 'PLAN_STATE_HALTED', 'PLAN_STATE_CANCELLED'];
@@ -679,6 +685,8 @@ async function route() {
     showError(error);
   }
   document.body.dataset.loaded = 'true';
+  // When the page was ready, for anyone measuring it (the browser's own timeline).
+  performance.mark('fleetshift-rendered');
 }
 
 route();
