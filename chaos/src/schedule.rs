@@ -27,7 +27,8 @@ pub enum FaultClass {
     Etcd,
     /// An operator pausing and resuming the plan, or cancelling it.
     Operator,
-    /// A network partition between an agent and the coordinators, one way or both.
+    /// A network partition, one way or both: between an agent and the coordinators, or
+    /// between a coordinator replica and the etcd members.
     Partition,
     /// An agent's backup disk filled to the last byte, freed later.
     DiskFull,
