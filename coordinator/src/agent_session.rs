@@ -562,7 +562,7 @@ fn check_result(result: &AssignmentResult) -> Result<(), Status> {
         Some("fence_token is not a claim's token (it must be positive)")
     } else if !result.succeeded && result.rollback.is_none() && result.error.is_none() {
         Some("error is missing from a failed result")
-    } else if result.assignment_id != names_its_own(result) {
+    } else if !names_its_own(result) {
         // The leader ends the task of the result's shard and drops the result kept under the
         // id: an id naming another shard's assignment would take that assignment's place.
         Some("the assignment id names another shard or claim than the result's own")
@@ -578,13 +578,11 @@ fn check_result(result: &AssignmentResult) -> Result<(), Status> {
     }
 }
 
-/// The id of the assignment `result` answers, as its plan, shard and token make it.
-fn names_its_own(result: &AssignmentResult) -> String {
-    rollout::assignment_id(
-        rollout::plan_of_assignment(&result.assignment_id),
-        &result.shard_id,
-        FenceToken::from_raw(result.fence_token),
-    )
+/// Whether `result`'s assignment id names the result's own shard and claim token.
+fn names_its_own(result: &AssignmentResult) -> bool {
+    rollout::claim_of(&result.assignment_id).is_some_and(|claim| {
+        claim.shard == result.shard_id && claim.token == FenceToken::from_raw(result.fence_token)
+    })
 }
 
 mod compatibility;

@@ -102,6 +102,28 @@ pub fn assignment_id(plan: &str, shard: &str, token: FenceToken) -> String {
     format!("{plan}~{shard}~{token}")
 }
 
+/// What an assignment id made by [`assignment_id`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimNamed<'a> {
+    pub plan: &'a str,
+    pub shard: &'a str,
+    pub token: FenceToken,
+}
+
+/// Reads `<plan>~<shard>~<token>`; `None` for an id of any other form.
+pub fn claim_of(assignment: &str) -> Option<ClaimNamed<'_>> {
+    let mut parts = assignment.split('~');
+    let (plan, shard, token) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(ClaimNamed {
+        plan,
+        shard,
+        token: FenceToken::from_raw(token.parse().ok()?),
+    })
+}
+
 /// The token of the claim `task` runs under (the initial fence while it is pending).
 pub fn task_token(task: &ShardTask) -> FenceToken {
     FenceToken::from_raw(task.fence_token)
@@ -110,4 +132,26 @@ pub fn task_token(task: &ShardTask) -> FenceToken {
 /// The plan an assignment id belongs to.
 pub fn plan_of_assignment(assignment: &str) -> &str {
     assignment.split('~').next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assignment_id_names_the_claim_it_was_made_for_and_nothing_else_parses() {
+        let id = assignment_id("p-1", "users-0001", FenceToken::from_raw(42));
+        assert_eq!(
+            claim_of(&id),
+            Some(ClaimNamed {
+                plan: "p-1",
+                shard: "users-0001",
+                token: FenceToken::from_raw(42),
+            })
+        );
+        assert_eq!(plan_of_assignment(&id), "p-1");
+        for other in ["restore-7", "p-1~users-0001", "p-1~users-0001~x", "p~s~1~2"] {
+            assert_eq!(claim_of(other), None, "{other}");
+        }
+    }
 }

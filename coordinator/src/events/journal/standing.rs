@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use fleetshift_common::proto::v1::ProgressEvent;
 
 use crate::claims;
+use crate::rollout;
 use crate::store::{Condition, FenceToken, Store};
 
 /// The most claims a batch's write is conditioned on.
@@ -100,12 +101,9 @@ pub async fn of_standing_claims<S: Store>(store: &S, events: Vec<ProgressEvent>)
 /// The fencing token of the claim `event`'s run holds, when it is a rollout run's
 /// (`<plan>~<shard>~<token>`, the shard being the event's).
 fn claim_token(event: &ProgressEvent) -> Option<i64> {
-    let mut parts = event.assignment_id.split('~');
-    let (_plan, shard, token) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || shard != event.shard_id {
-        return None;
-    }
-    token.parse().ok()
+    rollout::claim_of(&event.assignment_id)
+        .filter(|claim| claim.shard == event.shard_id)
+        .map(|claim| claim.token.get())
 }
 
 #[cfg(test)]
