@@ -57,14 +57,23 @@ struct Account {
     open_calls: usize,
 }
 
-/// Identities at which the ledger forgets accounts that are idle and full again.
+/// Identities at which the ledger first forgets accounts that are idle and full again.
 const PRUNE_AT: usize = 1024;
 
 /// Every identity's account on this replica.
 #[derive(Debug)]
 pub struct Budget {
     limits: PeerLimits,
-    accounts: Mutex<HashMap<String, Account>>,
+    ledger: Mutex<Ledger>,
+}
+
+/// The accounts, and how many there may be before idle ones are forgotten: twice as many as
+/// the last pass kept (at least [`PRUNE_AT`]), so that identities all busy at once do not
+/// make every admission scan them.
+#[derive(Debug)]
+struct Ledger {
+    accounts: HashMap<String, Account>,
+    prune_at: usize,
 }
 
 /// A call admitted; it counts as open until this is dropped.
@@ -76,8 +85,8 @@ pub struct OpenCall {
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
-        let mut accounts = self.budget.lock();
-        if let Some(account) = accounts.get_mut(&self.identity) {
+        let mut ledger = self.budget.lock();
+        if let Some(account) = ledger.accounts.get_mut(&self.identity) {
             account.open_calls = account.open_calls.saturating_sub(1);
         }
     }
@@ -87,14 +96,17 @@ impl Budget {
     pub fn new(limits: PeerLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
-            accounts: Mutex::new(HashMap::new()),
+            ledger: Mutex::new(Ledger {
+                accounts: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Account>> {
-        // The map stays consistent whatever panicked while holding it: every update is one
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        // The ledger stays consistent whatever panicked while holding it: every update is one
         // assignment.
-        self.accounts.lock().unwrap_or_else(PoisonError::into_inner)
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Admits one call of `identity` now, or says why not.
@@ -102,13 +114,15 @@ impl Budget {
         let now = Instant::now();
         let limits = self.limits;
         let burst = f64::from(limits.burst);
-        let mut accounts = self.lock();
-        if accounts.len() >= PRUNE_AT {
-            accounts.retain(|_, account| {
+        let mut ledger = self.lock();
+        if ledger.accounts.len() >= ledger.prune_at {
+            ledger.accounts.retain(|_, account| {
                 account.open_calls > 0 || refilled(account, now, &limits) < burst
             });
+            ledger.prune_at = (ledger.accounts.len() * 2).max(PRUNE_AT);
         }
-        let account = accounts
+        let account = ledger
+            .accounts
             .entry(identity.to_owned())
             .or_insert_with(|| Account {
                 tokens: burst,
@@ -220,12 +234,44 @@ mod tests {
         for index in 0..PRUNE_AT {
             drop(budget.admit(&format!("peer-{index}")).expect("admitted"));
         }
+        // The pass at PRUNE_AT found every account just used; the next comes at twice as many.
         tokio::time::advance(Duration::from_secs(1)).await;
-        drop(budget.admit("newcomer").expect("admitted"));
-        let accounts = budget.lock();
-        assert!(accounts.len() <= 2, "{} accounts kept", accounts.len());
-        assert!(accounts.contains_key("still-open"));
-        drop(accounts);
+        let mut newcomers = 0;
+        while budget.lock().accounts.contains_key("peer-0") {
+            drop(
+                budget
+                    .admit(&format!("newcomer-{newcomers}"))
+                    .expect("admitted"),
+            );
+            newcomers += 1;
+            assert!(
+                newcomers <= 2 * PRUNE_AT,
+                "the idle accounts were never forgotten"
+            );
+        }
+        let ledger = budget.lock();
+        assert!(ledger.accounts.contains_key("still-open"));
+        assert!(
+            ledger.accounts.len() <= newcomers + 1,
+            "{} accounts kept",
+            ledger.accounts.len()
+        );
+        drop(ledger);
         drop(kept);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identities_all_busy_are_scanned_again_only_once_they_doubled() {
+        let budget = Budget::new(limits());
+        let open: Vec<OpenCall> = (0..PRUNE_AT)
+            .map(|index| budget.admit(&format!("busy-{index}")).expect("admitted"))
+            .collect();
+        drop(budget.admit("one-more").expect("admitted"));
+        assert_eq!(
+            budget.lock().prune_at,
+            2 * PRUNE_AT,
+            "a pass that kept every busy account waits for twice as many"
+        );
+        drop(open);
     }
 }
