@@ -222,6 +222,8 @@ impl<S: Store> Writer<S> {
         let mut events = batch.events;
         let mut count = 0;
         let mut stored = Ok(Committed::Applied);
+        // One number per batch, whatever the siftings: a refused commit wrote nothing.
+        let mut numbered: Option<String> = None;
         // A claim that ends between reading the claims and the write fails the commit's
         // conditions: the events are sifted again, at most this many times, then written
         // without those of any claim.
@@ -237,13 +239,19 @@ impl<S: Store> Writer<S> {
             let journal = if events.is_empty() {
                 None
             } else {
-                self.batches += 1;
-                let key =
-                    keys::journal_batch(&self.replica, &format!("{}-{}", self.run, self.batches));
-                let value = JournalBatch {
-                    events: events.clone(),
-                }
-                .encode_to_vec();
+                let key = numbered
+                    .get_or_insert_with(|| {
+                        self.batches += 1;
+                        keys::journal_batch(
+                            &self.replica,
+                            &format!("{}-{}", self.run, self.batches),
+                        )
+                    })
+                    .clone();
+                // Encoded without copying the events, which a refusal sifts again.
+                let encoded = JournalBatch { events };
+                let value = encoded.encode_to_vec();
+                events = encoded.events;
                 Some((key, value))
             };
             if journal.is_none() && batch.writes.is_empty() {
