@@ -12,6 +12,6 @@ RUN scripts/bootstrap && cargo build --release --locked --bin fleetshift
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/fleetshift /usr/local/bin/fleetshift
 USER 65532:65532
-# gRPC over mutual TLS, then /metrics and the health probes.
-EXPOSE 7443 9464
+# gRPC over mutual TLS, the web console (mutual TLS), then /metrics and the health probes.
+EXPOSE 7443 8443 9464
 ENTRYPOINT ["/usr/local/bin/fleetshift"]
