@@ -528,7 +528,24 @@ class PlanView {
     }
     this.dirty.clear();
     this.summarize();
-    this.drawTimeline();
+    this.timelineSoon();
+  }
+
+  // The timeline moves every bar when its span grows: drawn at most every quarter second,
+  // and once more after the last change.
+  timelineSoon() {
+    const since = performance.now() - (this.timelineDrawn || 0);
+    if (since >= 250) {
+      this.timelineDrawn = performance.now();
+      this.drawTimeline();
+      return;
+    }
+    if (this.timelineTimer) return;
+    this.timelineTimer = setTimeout(() => {
+      this.timelineTimer = null;
+      this.timelineDrawn = performance.now();
+      this.drawTimeline();
+    }, 250 - since);
   }
 
   summarize() {
