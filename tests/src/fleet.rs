@@ -158,6 +158,27 @@ pub fn logged_port(log: &Path, message: &str) -> u16 {
     }
 }
 
+/// Whether `client`'s replica lists exactly `count` shards within `limit` (agents read every
+/// shard's facts before announcing them, which takes a while on a loaded machine).
+pub async fn shards_announced(
+    client: &fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient<
+        tonic::transport::Channel,
+    >,
+    count: usize,
+    limit: Duration,
+) -> bool {
+    crate::wait::wait_until(limit, || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_shards(fleetshift_common::proto::v1::ListShardsRequest::default())
+                .await
+                .is_ok_and(|response| response.into_inner().shards.len() == count)
+        }
+    })
+    .await
+}
+
 /// Writes `coordinator.toml` in `home` for `fleetshift serve` as replica `c1` (`port` 0: the
 /// kernel picks one, see [`logged_port`]); see [`write_replica_config`].
 pub fn write_coordinator_config(

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{CreatePlanRequest, ListShardsRequest, Schedule, WavePolicy};
+use fleetshift_common::proto::v1::{CreatePlanRequest, Schedule, WavePolicy};
 use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::pki;
 use fleetshift_tests::browser::{Browser, HttpAnswer, http_exchange};
 use fleetshift_tests::fleet::{
     FleetGround, Process, agent_config_text, await_leader, channel_as, logs, shard_tables,
-    spawn_console_replica,
+    shards_announced, spawn_console_replica,
 };
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures, rollout};
@@ -92,16 +92,7 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
     );
     let surviving = format!("https://localhost:{port_2}");
     let client = FleetServiceClient::new(channel_as(&surviving, &ground.pki, "operator-ops").await);
-    let announced = wait_until(Duration::from_secs(60), || {
-        let mut client = client.clone();
-        async move {
-            client
-                .list_shards(ListShardsRequest::default())
-                .await
-                .is_ok_and(|response| response.into_inner().shards.len() == SHARDS)
-        }
-    })
-    .await;
+    let announced = shards_announced(&client, SHARDS, Duration::from_secs(60)).await;
     assert!(announced, "the agent never announced\n{}", diagnose());
 
     let migrations = fixtures::migrations(&[

@@ -5,8 +5,7 @@ use super::super::support;
 use fleetshift_common::engine::ShardEngine;
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
-    CreatePlanRequest, ExecutionLimits, GetPlanRequest, ListShardsRequest, Plan, PlanState,
-    ShardState, WavePolicy,
+    CreatePlanRequest, ExecutionLimits, GetPlanRequest, Plan, PlanState, ShardState, WavePolicy,
 };
 use fleetshift_common::source::MigrationSet;
 use fleetshift_common::tls::identity::Role;
@@ -14,7 +13,9 @@ use fleetshift_coordinator::claims;
 use fleetshift_coordinator::store::{EtcdStore, Store};
 use fleetshift_testkit::etcd::EtcdServer;
 use fleetshift_tests::binary;
-use fleetshift_tests::fleet::{FleetGround, Process, agent_config_text, channel_as, shard_tables};
+use fleetshift_tests::fleet::{
+    FleetGround, Process, agent_config_text, channel_as, shard_tables, shards_announced,
+};
 use fleetshift_tests::postgres::PostgresCluster;
 use fleetshift_tests::rollout;
 use fleetshift_tests::wait::wait_until;
@@ -189,16 +190,7 @@ impl Fleet {
     }
 
     pub(super) async fn await_shards(&self) {
-        let announced = wait_until(Duration::from_secs(30), || {
-            let mut client = self.client();
-            async move {
-                client
-                    .list_shards(ListShardsRequest::default())
-                    .await
-                    .is_ok_and(|response| response.into_inner().shards.len() == SHARDS)
-            }
-        })
-        .await;
+        let announced = shards_announced(&self.client(), SHARDS, Duration::from_secs(30)).await;
         assert!(
             announced,
             "the agent's shards were not announced\n{}",
