@@ -28,13 +28,13 @@ pub async fn shards<S: Store + 'static>(
     answer(&console, &headers, to_json(&ListShardsResponse { shards })?).await
 }
 
-/// `GET /api/v1/plans`: every plan, newest first.
+/// `GET /api/v1/plans`: every plan, newest first, with its tasks as they stand.
 pub async fn plans<S: Store + 'static>(
     State(console): State<Console<S>>,
     _viewer: Viewer,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let plans = console.fleet.plans(&[]).await?;
+    let plans = console.fleet.plans_with_tasks(&[]).await?;
     answer(&console, &headers, to_json(&ListPlansResponse { plans })?).await
 }
 

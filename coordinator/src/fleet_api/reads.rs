@@ -2,6 +2,7 @@
 //! answers from the same code as `ListShards`, `GetPlan` and `ListPlans`, after its own
 //! authorisation.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleetshift_common::proto::v1::{Plan, ShardHealth, ShardSummary, ShardTask};
@@ -12,14 +13,14 @@ use super::FleetApi;
 use crate::authz::Roles;
 use crate::events::fanout::Fanout;
 use crate::lifecycles;
-use crate::rollout::{records, throttled};
-use crate::store::Store;
+use crate::rollout::{RolloutError, records, throttled};
+use crate::store::{Entry, Store, keys};
 
 impl<S: Store + 'static> FleetApi<S> {
     /// Every announced shard `selector` selects, by id.
     pub async fn shards(
         &self,
-        selector: &std::collections::HashMap<String, String>,
+        selector: &HashMap<String, String>,
     ) -> Result<Vec<ShardSummary>, Status> {
         let settings = lifecycles::load(&*self.store).await?;
         let mut shards = Vec::new();
@@ -77,6 +78,34 @@ impl<S: Store + 'static> FleetApi<S> {
             .collect();
         plans.sort_by(|left, right| right.plan_id.cmp(&left.plan_id));
         Ok(plans)
+    }
+
+    /// [`FleetApi::plans`], each with its tasks as they stand (one read of every task).
+    pub async fn plans_with_tasks(&self, states: &[i32]) -> Result<Vec<Plan>, Status> {
+        let plans = self.plans(states).await?;
+        let prefix = keys::all_tasks_prefix();
+        let listing = self.store.list(&prefix).await?;
+        let mut by_plan: HashMap<&str, Vec<Entry>> = HashMap::new();
+        for entry in &listing.entries {
+            if let Some((plan, _shard)) = entry
+                .key
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('/'))
+            {
+                by_plan.entry(plan).or_default().push(entry.clone());
+            }
+        }
+        plans
+            .into_iter()
+            .map(|plan| {
+                let entries = by_plan
+                    .get(plan.plan_id.as_str())
+                    .map_or(&[][..], Vec::as_slice);
+                let tasks = records::tasks_of(entries)?;
+                Ok(records::with_tasks(plan, &tasks))
+            })
+            .collect::<Result<_, RolloutError>>()
+            .map_err(Status::from)
     }
 
     /// The replica's one watch of the store, which rollout watches follow.

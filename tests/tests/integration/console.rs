@@ -6,8 +6,9 @@
 //! SIGKILLed mid-rollout. The fleet grid and the plan's timeline are saved as screenshots
 //! (`target/artefacts/console/`: `fleet.png`, `plan.png`,
 //! `timeline.png`). Without the viewer role, or a certificate, the console
-//! refuses; only live replicas' consoles are listed and may read each other's answers. A
-//! phased plan's page shows its phases, and its shards waiting for their window.
+//! refuses; only live replicas' consoles are listed and may read each other's answers. The
+//! plans list shows a new plan live; a phased plan's page shows its phases, and its shards
+//! waiting for their window.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -262,6 +263,19 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         "{history}"
     );
 
+    // The plans list: the rollout's end as it was, and a plan made while it is open, live.
+    browser
+        .open(&format!("{second}/plans"))
+        .await
+        .expect("plans page");
+    let plans = browser.text("#main").await.expect("plans");
+    assert!(
+        plans.contains(&plan_id)
+            && plans.contains("finished with failures")
+            && plans.contains(&format!("{} / {SHARDS}", SHARDS - 1)),
+        "{plans}"
+    );
+
     // A phased plan's page shows its phases and what the next one waits for.
     let phased = fixtures::migrations(&[
         ("1_note.sql", "ALTER TABLE accounts ADD COLUMN note text;"),
@@ -297,6 +311,17 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         .await
         .expect("phased plan")
         .into_inner();
+    let listed = browser
+        .wait_for(
+            &format!(
+                "return document.getElementById('main').innerText.includes('{}')",
+                planned.plan_id
+            ),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("listed");
+    assert!(listed, "the plans list never showed the new plan");
     browser
         .open(&format!("{second}/plans/{}", planned.plan_id))
         .await

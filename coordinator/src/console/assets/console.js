@@ -299,26 +299,58 @@ function planTasks(plan) {
   return (plan.waves || []).flatMap((wave) => (wave.shards || []).map((task) => ({ ...task, wave: wave.index || 0 })));
 }
 
+// The plans, newest first; states and shards done follow the fleet's events.
 async function plansPage(main) {
-  const listed = await getJson('/api/v1/plans');
-  const rows = (listed.plans || []).map((plan) => {
-    const tasks = planTasks(plan);
-    const done = tasks.filter((task) => task.state === 'SHARD_STATE_SUCCEEDED').length;
-    const risk = plan.risk ? enumName(plan.risk.level, 'RISK_LEVEL_') : '–';
-    const needed = plan.risk && plan.risk.approvals_required ? plan.risk.approvals_required : 0;
-    return [
-      el('a', { href: `/plans/${encodeURIComponent(plan.plan_id)}`, text: plan.plan_id }),
-      el('span', { class: `badge ${planState(plan.state).replaceAll(' ', '-')}`, text: planState(plan.state) }),
-      plan.author,
-      `${(plan.approvals || []).length}${needed ? ` / ${needed}` : ''}`,
-      el('span', { class: `risk ${risk}`, text: risk }),
-      `${done} / ${tasks.length}`,
-      plan.target_version,
-      when(plan.created_at),
-    ];
+  let rows = new Map();
+  const render = async () => {
+    const listed = await getJson('/api/v1/plans');
+    rows = new Map();
+    const body = (listed.plans || []).map((plan) => {
+      const tasks = new Map(planTasks(plan).map((task) => [task.shard_id, task.state]));
+      const risk = plan.risk ? enumName(plan.risk.level, 'RISK_LEVEL_') : '–';
+      const needed = plan.risk && plan.risk.approvals_required ? plan.risk.approvals_required : 0;
+      const badge = el('span', { class: `badge ${planState(plan.state).replaceAll(' ', '-')}`, text: planState(plan.state) });
+      const done = el('span', { class: 'done' });
+      const row = { badge, done, tasks };
+      rows.set(plan.plan_id, row);
+      showDone(row);
+      return [
+        el('a', { href: `/plans/${encodeURIComponent(plan.plan_id)}`, text: plan.plan_id }),
+        badge,
+        plan.author,
+        `${(plan.approvals || []).length}${needed ? ` / ${needed}` : ''}`,
+        el('span', { class: `risk ${risk}`, text: risk }),
+        done,
+        plan.target_version,
+        when(plan.created_at),
+      ];
+    });
+    main.replaceChildren(el('h1', { text: 'Plans' }),
+      table(['plan', 'state', 'author', 'approvals', 'risk', 'shards done', 'target', 'created'], body));
+  };
+  const showDone = (row) => {
+    const done = [...row.tasks.values()].filter((state) => state === 'SHARD_STATE_SUCCEEDED').length;
+    row.done.textContent = `${done} / ${row.tasks.size}`;
+  };
+  await render();
+  let reading = null;
+  const live = new Live(null, (event) => {
+    const row = rows.get(event.plan_id);
+    if (!row) {
+      // A plan made since the list was read: read it again, once for a burst of them.
+      reading = reading || render().finally(() => { reading = null; });
+      return;
+    }
+    if (event.plan_state) {
+      row.badge.textContent = planState(event.plan_state.state);
+      row.badge.className = `badge ${planState(event.plan_state.state).replaceAll(' ', '-')}`;
+    }
+    if (event.shard_state) {
+      row.tasks.set(event.shard_state.shard_id, event.shard_state.state);
+      showDone(row);
+    }
   });
-  main.replaceChildren(el('h1', { text: 'Plans' }),
-    table(['plan', 'state', 'author', 'approvals', 'risk', 'shards done', 'target', 'created'], rows));
+  await live.start();
 }
 
 const STATE_ORDER = ['pending', 'claimed', 'running', 'throttled', 'waiting for window', 'succeeded', 'failed', 'rolled back', 'cancelled'];
