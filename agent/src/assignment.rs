@@ -33,7 +33,7 @@ mod throttle;
 mod unpacked;
 mod validating;
 mod window_gate;
-mod wire;
+pub(crate) mod wire;
 
 pub(crate) use wire::exec_failure;
 

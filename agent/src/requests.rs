@@ -1,20 +1,22 @@
 //! Operators' host requests, relayed by the coordinator: list a shard's backups, verify one
 //! again, or restore one (under the coordinator's claim of the shard); rehearse a plan; take
-//! or verify a schema baseline. Every request gets a
+//! or verify a schema baseline; read the shard's ledger. Every request gets a
 //! reply: what was found or done, or an error saying what to do next.
 
 use fleetshift_common::fence::FenceToken;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleetshift_common::engine::{Connected, ShardEngine, Timeouts};
 use fleetshift_common::proto::v1::host_reply::Outcome;
 use fleetshift_common::proto::v1::host_request::Action;
 use fleetshift_common::proto::v1::{
     BackupList, BackupRestored, BackupVerified, ErrorDetail, ErrorKind, HostReply, HostRequest,
-    RestoreBackup,
+    LedgerRow, RestoreBackup, ShardLedger,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::assignment::wire::exec_failure;
 use crate::config::{AgentConfig, ShardConfig};
 use crate::duties::backup::{self, BackupSettings};
 use crate::duties::restore::{self, RestoreOrder};
@@ -70,16 +72,20 @@ async fn answer_for_shard(
                 ),
             )
         })?;
-    shard
-        .whole_database_only("backups, restores, rehearsals and schema baselines")
-        .map_err(|why| failure(ErrorKind::BadInput, why))?;
     let Some(action) = &request.action else {
         return Err(failure(
             ErrorKind::BadInput,
             "the request names no action; this agent may be older than its coordinator".to_owned(),
         ));
     };
+    if let Action::ReadLedger(_) = action {
+        return ledger(shard).await.map(Outcome::Ledger);
+    }
+    shard
+        .whole_database_only("backups, restores, rehearsals and schema baselines")
+        .map_err(|why| failure(ErrorKind::BadInput, why))?;
     match action {
+        Action::ReadLedger(_) => ledger(shard).await.map(Outcome::Ledger),
         Action::Rehearse(order) => rehearse::rehearse(config, shard, order, stop)
             .await
             .map(Outcome::Rehearsed),
@@ -125,6 +131,46 @@ async fn answer_for_shard(
             restore_shard(config, settings, shard, request, order, manifest, stop).await
         }
     }
+}
+
+/// The shard's ledger as it keeps it, read in the shard's scope (a tenant's from its schema).
+async fn ledger(shard: &ShardConfig) -> Result<ShardLedger, ErrorDetail> {
+    let read = match shard.connect(Timeouts::default()).await {
+        Ok(Connected::Postgres(engine)) => engine.read_ledger().await,
+        Ok(Connected::Sqlite(engine)) => engine.read_ledger().await,
+        Err(error) => Err(error),
+    };
+    let entries = read.map_err(|error| {
+        let detail = exec_failure(&error);
+        ErrorDetail {
+            message: format!(
+                "shard {}: cannot read its ledger: {}",
+                shard.display_name(),
+                detail.message
+            ),
+            ..detail
+        }
+    })?;
+    Ok(ShardLedger {
+        rows: entries
+            .into_iter()
+            .map(|entry| LedgerRow {
+                version: entry.version,
+                name: entry.name,
+                status: entry.status.as_str().to_owned(),
+                transactional: entry.transactional,
+                fence_token: entry.fence_token.get(),
+                plan_id: entry.plan_id.unwrap_or_default(),
+                agent_id: entry.agent_id,
+                started_at: entry.started_at,
+                finished_at: entry.finished_at.unwrap_or_default(),
+                duration_ms: entry.duration_ms.unwrap_or_default(),
+                statements_run: entry.statements_run,
+                error: entry.error.unwrap_or_default(),
+                checksum: entry.checksum,
+            })
+            .collect(),
+    })
 }
 
 /// The backup settings and the shard's backup directory; an agent without `[backups]` keeps

@@ -42,6 +42,7 @@ named!(
     ShardSummary,
     RolloutEvent,
     ListBackupsResponse,
+    ShardLedger,
 );
 
 fn pool() -> Result<&'static DescriptorPool, JsonError> {

@@ -64,8 +64,8 @@ pub async fn plan<S: Store + 'static>(
 }
 
 /// `GET /api/v1/shards/<shard>`: the shard as announced (`null` when its agent is not
-/// connected), its task in each plan that included it, and its backups as its agent lists
-/// them (or why they could not be listed).
+/// connected), its ledger and its backups as its agent reads them (or why they could not be
+/// read), and its task in each plan that included it.
 pub async fn shard<S: Store + 'static>(
     State(console): State<Console<S>>,
     Viewer(viewer): Viewer,
@@ -82,20 +82,31 @@ pub async fn shard<S: Store + 'static>(
     for (plan, task) in console.fleet.shard_history(&shard_id).await? {
         history.push(json!({ "plan": to_json(&plan)?, "task": to_json(&task)? }));
     }
-    let backups = if announced.is_some() {
+    let (ledger, backups) = if announced.is_some() {
         let request = ListBackupsRequest {
             shard_id: shard_id.clone(),
         };
-        match console.fleet.backups_of(request, viewer.to_string()).await {
+        let (ledger, backups) = tokio::join!(
+            console.fleet.ledger_of(&shard_id, viewer.to_string()),
+            console.fleet.backups_of(request, viewer.to_string()),
+        );
+        let ledger = match ledger {
+            Ok(ledger) => to_json(&ledger)?,
+            Err(status) => json!({ "error": status.message() }),
+        };
+        let backups = match backups {
             Ok(listed) => to_json(&listed.into_inner())?,
             Err(status) => json!({ "error": status.message() }),
-        }
+        };
+        (ledger, backups)
     } else {
-        json!({ "error": format!("{shard_id}'s agent is not connected") })
+        let absent = json!({ "error": format!("{shard_id}'s agent is not connected") });
+        (absent.clone(), absent)
     };
     let body = json!({
         "shard_id": shard_id,
         "shard": announced.as_ref().map(to_json).transpose()?,
+        "ledger": ledger,
         "history": history,
         "backups": backups,
     });

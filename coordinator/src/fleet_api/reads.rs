@@ -1,16 +1,22 @@
 //! What the fleet service reads for viewers, callable in the replica too: the web console
 //! answers from the same code as `ListShards`, `GetPlan` and `ListPlans`, after its own
-//! authorisation.
+//! authorisation; and a shard's ledger, which its agent reads from the shard.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use fleetshift_common::proto::v1::{Plan, ShardHealth, ShardSummary, ShardTask};
+use fleetshift_common::proto::v1::host_reply::Outcome;
+use fleetshift_common::proto::v1::host_request::Action;
+use fleetshift_common::proto::v1::{
+    Plan, ReadLedger, ShardHealth, ShardLedger, ShardSummary, ShardTask,
+};
 use fleetshift_common::selector::{self, Announced};
 use tonic::Status;
 
 use super::FleetApi;
 use crate::authz::Roles;
+use crate::error::{ErrorCode, refuse};
 use crate::events::fanout::Fanout;
 use crate::lifecycles;
 use crate::rollout::{RolloutError, records, throttled};
@@ -147,5 +153,33 @@ impl<S: Store + 'static> FleetApi<S> {
             history.push((summary, task));
         }
         Ok(history)
+    }
+}
+
+/// How long a shard's agent may take to read its ledger.
+const LEDGER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl<S: Store + 'static> FleetApi<S> {
+    /// The shard's ledger as the shard keeps it, read by its agent for `requested_by`.
+    pub async fn ledger_of(
+        &self,
+        shard_id: &str,
+        requested_by: String,
+    ) -> Result<ShardLedger, Status> {
+        let (agent, outcome) = self
+            .ask(
+                shard_id.to_owned(),
+                Action::ReadLedger(ReadLedger {}),
+                requested_by,
+                LEDGER_TIMEOUT,
+            )
+            .await?;
+        match outcome {
+            Outcome::Ledger(ledger) => Ok(ledger),
+            _ => Err(refuse(
+                ErrorCode::Internal,
+                format!("agent {agent} answered a ledger request with something else"),
+            )),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! the plan alters. In a real headless Chromium holding an operator's certificate, the plan
 //! page shows every shard, follows the rollout live, groups the failed shard's reason, and
 //! keeps following it on the other replica's console when the one it loaded from is
-//! SIGKILLed mid-rollout. The fleet grid and the plan's timeline are saved as screenshots
+//! SIGKILLed mid-rollout; a shard's page shows its ledger as the shard keeps it. The fleet grid and the plan's timeline are saved as screenshots
 //! (`target/artefacts/console/`: `fleet.png`, `plan.png`,
 //! `timeline.png`). Without the viewer role, or a certificate, the console
 //! refuses; only live replicas' consoles are listed and may read each other's answers. The
@@ -261,6 +261,33 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
     assert!(
         history.contains(&plan_id) && history.contains("failed: shard a-db2"),
         "{history}"
+    );
+    // Its ledger, as the shard keeps it: the failed revision and why.
+    let ledger = browser.text("#ledger").await.expect("ledger");
+    assert!(
+        ledger.contains("note") && ledger.contains("failed") && ledger.contains("does not exist"),
+        "{ledger}"
+    );
+    browser
+        .open(&format!("{second}/shards/a-db0"))
+        .await
+        .expect("shard page");
+    let statuses = browser
+        .run(
+            "return [...document.querySelectorAll('#ledger .status')].map((cell) => cell.textContent).join(',')",
+        )
+        .await
+        .expect("statuses");
+    assert_eq!(
+        statuses,
+        "applied,applied",
+        "{}",
+        browser.text("#main").await.expect("page")
+    );
+    let ledger = browser.text("#ledger").await.expect("ledger");
+    assert!(
+        ledger.contains(&plan_id),
+        "each row names its plan: {ledger}"
     );
 
     // The plans list: the rollout's end as it was, and a plan made while it is open, live.

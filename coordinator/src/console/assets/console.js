@@ -694,6 +694,15 @@ async function shardPage(main, shardId) {
   } else {
     facts = el('p', { class: 'error', text: `${shardId}'s agent is not connected: the shard is not announced` });
   }
+  const ledger = page.ledger.error
+    ? el('p', { class: 'muted', text: page.ledger.error })
+    : table(['version', 'name', 'status', 'took', 'statements', 'fence token', 'agent', 'plan', 'started', 'error'],
+      (page.ledger.rows || []).map((row) => [
+        row.version, row.name, el('span', { class: `status ${row.status}`, text: row.status }),
+        row.duration_ms === undefined ? (row.finished_at ? '0 ms' : '–') : span(Number(row.duration_ms)),
+        row.statements_run || 0, row.fence_token, row.agent_id,
+        row.plan_id ? el('a', { href: `/plans/${encodeURIComponent(row.plan_id)}`, text: row.plan_id }) : 'outside a plan',
+        row.started_at, row.error]));
   const history = table(['plan', 'direction', 'to', 'state', 'started', 'took', 'fence token', 'agent', 'interruptions'],
     page.history.map(({ plan, task }) => [
       el('a', { href: `/plans/${encodeURIComponent(plan.plan_id)}`, text: plan.plan_id }),
@@ -713,7 +722,8 @@ async function shardPage(main, shardId) {
     return chart && el('div', {}, el('h3', { text: `plan ${plan.plan_id}` }), chart);
   }).filter(Boolean);
   main.replaceChildren(el('h1', { text: `Shard ${shardId}` }), facts,
-    section('Ledger history', history),
+    section('Ledger', el('div', { id: 'ledger' }, ledger)),
+    section('In plans', history),
     section('Backups', backups),
     section('Baselines before and after', charts.length ? charts : el('p', { class: 'muted', text: 'none measured' })));
 }
