@@ -10,19 +10,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use fleetshift_common::tls::identity::SpiffeId;
+use fleetshift_common::tls::mtls;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Code, Status};
 
 use crate::authz::{self, OperatorRole};
+use crate::error::{ErrorCode, refuse};
 use crate::fleet_api::FleetApi;
+use crate::peer_limits::{Budget, Holding};
 use crate::store::Store;
 use crate::tasks::TaskSet;
 
@@ -34,10 +39,12 @@ mod live;
 
 pub use listener::Peer;
 
-/// What every handler reads: the fleet service's reads and the consoles of the replicas.
+/// What the console answers from: the fleet service's reads, the consoles of the replicas,
+/// and the replica's budget per identity (shared with the gRPC server).
 pub struct Console<S> {
-    fleet: Arc<FleetApi<S>>,
-    directory: directory::Directory<S>,
+    pub fleet: Arc<FleetApi<S>>,
+    pub directory: directory::Directory<S>,
+    pub budget: Arc<Budget>,
 }
 
 impl<S> std::fmt::Debug for Console<S> {
@@ -51,21 +58,20 @@ impl<S> Clone for Console<S> {
         Self {
             fleet: Arc::clone(&self.fleet),
             directory: self.directory.clone(),
+            budget: Arc::clone(&self.budget),
         }
     }
 }
 
-/// Serves the console on `listener` until `tasks` stop; the URLs of the consoles come from
-/// `directory`. Returns at once; the server runs on `tasks`.
+/// Serves `console` on `listener` until `tasks` stop, holding each identity to its budget.
+/// Returns at once; the server runs on `tasks`.
 pub fn serve<S: Store + 'static>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
-    fleet: Arc<FleetApi<S>>,
-    directory: directory::Directory<S>,
+    console: Console<S>,
     tasks: &TaskSet,
 ) -> std::io::Result<SocketAddr> {
     let address = listener.local_addr()?;
-    let console = Console { fleet, directory };
     let router = Router::new()
         .route("/", get(assets::page))
         .route("/plans", get(assets::page))
@@ -78,6 +84,7 @@ pub fn serve<S: Store + 'static>(
         .route("/api/v1/plans/{plan}", get(api::plan))
         .route("/api/v1/consoles", get(api::consoles))
         .route("/api/v1/events", get(live::events))
+        .layer(middleware::from_fn_with_state(console.clone(), limited))
         .with_state(console);
     let incoming = listener::TlsListener::new(listener, tls, tasks)?;
     let stopping = tasks.stopping().clone();
@@ -93,6 +100,31 @@ pub fn serve<S: Store + 'static>(
         }
     });
     Ok(address)
+}
+
+/// Admits each request against its caller's budget, which counts it open until its answer
+/// ends (a live stream holds its place while it streams); refuses the rest with 429 naming
+/// the identity and the limit. A caller without an identity is left to the handlers, which
+/// refuse it.
+async fn limited<S: Store + 'static>(
+    State(console): State<Console<S>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(identity) = mtls::peer_identity(peer.certificates()) else {
+        return next.run(request).await;
+    };
+    match console.budget.admit(&identity.to_string()) {
+        Ok(open) => next
+            .run(request)
+            .await
+            .map(|body| Body::new(Holding::new(body, open))),
+        Err(refusal) => {
+            tracing::warn!(path = request.uri().path(), %refusal, "console request refused by the peer limits");
+            Refusal(refuse(ErrorCode::Overloaded, refusal.to_string())).into_response()
+        }
+    }
 }
 
 /// A caller holding the viewer role, as its certificate names it.

@@ -1,6 +1,7 @@
 //! Limits per identity on the gRPC server: a tower layer that admits each call of a peer (named
-//! by its certificate) against that identity's [`Budget`] and refuses the rest with
-//! RESOURCE_EXHAUSTED, naming the identity and the limit. A call counts as open until its
+//! by its certificate) against that identity's [`Budget`] (one per replica, which the web
+//! console shares) and refuses the rest with RESOURCE_EXHAUSTED, naming the identity and the
+//! limit. A call counts as open until its
 //! response body ends, so an agent's session or a watch holds its place for as long as it
 //! streams. A peer without an identity is left to the services, which refuse it.
 //!
@@ -29,10 +30,9 @@ pub struct PeerLimitsLayer {
 }
 
 impl PeerLimitsLayer {
-    pub fn new(limits: PeerLimits) -> Self {
-        Self {
-            budget: Budget::new(limits),
-        }
+    /// Holds calls to `budget`, which the replica's other listeners (the web console) share.
+    pub fn new(budget: Arc<Budget>) -> Self {
+        Self { budget }
     }
 }
 
@@ -99,9 +99,28 @@ fn identity_of<B>(request: &http::Request<B>) -> Option<String> {
 }
 
 /// A response body that keeps its call open until it ends (or is dropped).
-struct Holding<B> {
+pub struct Holding<B> {
     body: B,
     open: Option<OpenCall>,
+}
+
+impl<B> std::fmt::Debug for Holding<B> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Holding")
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Holding<B> {
+    /// `body`, keeping `open` until it ends.
+    pub fn new(body: B, open: OpenCall) -> Self {
+        Self {
+            body,
+            open: Some(open),
+        }
+    }
 }
 
 impl<B> http_body::Body for Holding<B>

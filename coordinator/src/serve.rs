@@ -26,13 +26,13 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use crate::agent_session::AgentSessions;
 use crate::backups;
 use crate::config::{CoordinatorConfig, StoreChoice, WebConsole};
-use crate::console::{self, directory::Directory};
+use crate::console::{self, Console, directory::Directory};
 use crate::election::{self, Replica, Standing};
 use crate::events::journal::{self, Feed};
 use crate::fleet_api::FleetApi;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{ConnectedAgents, CoordinatorMetrics};
-use crate::peer_limits::{PeerLimits, PeerLimitsLayer};
+use crate::peer_limits::{Budget, PeerLimitsLayer};
 use crate::probes;
 use crate::rollout::{driver, relay};
 use crate::schema_drift;
@@ -115,14 +115,14 @@ impl<S, H> std::fmt::Debug for Services<S, H> {
 }
 
 /// Serves `services` and server reflection on `listener` until `shutdown` completes, holding
-/// each identity to `limits`, timing every request into `metrics` and giving each its span,
+/// each identity to its budget in `limits`, timing every request into `metrics` and giving each its span,
 /// under the caller's when the request carries a trace context. The accept loop and handshakes run on `rpc`; `shutdown` should
 /// stop `rpc`'s streams too (sessions, watches), or the server waits for them to end.
 pub async fn serve<S: Store + 'static, H: Health>(
     listener: TcpListener,
     tls: watch::Receiver<Arc<ServerConfig>>,
     services: Services<S, H>,
-    limits: PeerLimits,
+    limits: Arc<Budget>,
     metrics: Arc<CoordinatorMetrics>,
     rpc: TaskSet,
     shutdown: impl Future<Output = ()> + Send,
@@ -318,8 +318,15 @@ pub async fn run_replica<S: Store + 'static>(
             .await
             .map_err(|source| ServeError::Telemetry { address, source })?;
     }
+    // One budget per identity for everything the replica serves.
+    let budget = Budget::new(config.limits);
     if let Some(web) = &config.web {
-        serve_console(web, config, Arc::clone(&store), Arc::clone(&fleet), &rpc).await?;
+        let console = Console {
+            fleet: Arc::clone(&fleet),
+            directory: Directory::new(Arc::clone(&store)),
+            budget: Arc::clone(&budget),
+        };
+        serve_console(web, config, console, &rpc).await?;
     }
     let hooks: Arc<[Webhook]> = config.webhooks.clone().into();
     background.spawn(drive_while_leading(
@@ -344,7 +351,7 @@ pub async fn run_replica<S: Store + 'static>(
         listener,
         tls,
         services,
-        config.limits,
+        budget,
         metrics,
         rpc.clone(),
         stop_rpc,
@@ -365,8 +372,7 @@ pub async fn run_replica<S: Store + 'static>(
 async fn serve_console<S: Store + 'static>(
     web: &WebConsole,
     config: &CoordinatorConfig,
-    store: Arc<S>,
-    fleet: Arc<FleetApi<S>>,
+    console: Console<S>,
     tasks: &TaskSet,
 ) -> Result<(), ServeError> {
     let failed = |source| ServeError::Web {
@@ -375,8 +381,8 @@ async fn serve_console<S: Store + 'static>(
     };
     let listener = TcpListener::bind(web.listen).await.map_err(failed)?;
     let tls = reload::watch_config(config.tls.clone(), mtls::web_server_config, TLS_POLL).await?;
-    let directory = Directory::new(store);
-    let address = console::serve(listener, tls, fleet, directory.clone(), tasks).map_err(failed)?;
+    let directory = console.directory.clone();
+    let address = console::serve(listener, tls, console, tasks).map_err(failed)?;
     let url = web
         .advertise
         .clone()

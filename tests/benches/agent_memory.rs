@@ -5,7 +5,7 @@
 //! `cargo build --release --bin fleetshift-agent && cargo bench -p fleetshift-tests --bench agent_memory`
 //! Targets: at most 20 MiB idle, at most 60 MiB busy.
 
-use fleetshift_coordinator::peer_limits::PeerLimits;
+use fleetshift_coordinator::peer_limits::{Budget, PeerLimits};
 use fleetshift_coordinator::tasks::TaskSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -103,7 +103,7 @@ async fn measure() -> anyhow::Result<()> {
         listener,
         tls,
         services,
-        PeerLimits::default(),
+        Budget::new(PeerLimits::default()),
         metrics,
         rpc,
         async {

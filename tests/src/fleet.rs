@@ -390,6 +390,17 @@ pub fn spawn_console_replica(
     etcd_endpoint: &str,
     roles: &str,
 ) -> (u16, u16, Process) {
+    spawn_console_replica_with(home, id, etcd_endpoint, roles, &[])
+}
+
+/// Like [`spawn_console_replica`], with `environment` added to the inherited one.
+pub fn spawn_console_replica_with(
+    home: &Path,
+    id: &str,
+    etcd_endpoint: &str,
+    roles: &str,
+    environment: &[(String, String)],
+) -> (u16, u16, Process) {
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
     issue_for(
         &home.join("pki"),
@@ -405,10 +416,11 @@ pub fn spawn_console_replica(
     );
     std::fs::write(&config, text).expect("replica config");
     let log = home.join(format!("{id}.log"));
-    let process = Process::spawn(
+    let process = Process::spawn_with(
         &crate::binary::fleetshift(),
         &["serve", "--config", config.to_str().expect("UTF-8 path")],
         &log,
+        environment,
     );
     let port = logged_port(&log, COORDINATOR_LISTENING);
     (port, logged_port(&log, CONSOLE_LISTENING), process)
@@ -665,7 +677,7 @@ impl InProcessCoordinator {
             listener,
             tls,
             services,
-            limits,
+            fleetshift_coordinator::peer_limits::Budget::new(limits),
             CoordinatorMetrics::register(&mut Registry::default()),
             rpc,
             async {

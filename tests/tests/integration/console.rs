@@ -6,7 +6,7 @@
 //! SIGKILLed mid-rollout; a shard's page shows its ledger as the shard keeps it. The fleet grid and the plan's timeline are saved as screenshots
 //! (`target/artefacts/console/`: `fleet.png`, `plan.png`,
 //! `timeline.png`). Without the viewer role, or a certificate, the console
-//! refuses; only live replicas' consoles are listed and may read each other's answers. The
+//! refuses, and holds each identity to the replica's limits; only live replicas' consoles are listed and may read each other's answers. The
 //! plans list shows a new plan live; a phased plan's page shows its phases, and its shards
 //! waiting for their window.
 
@@ -22,7 +22,7 @@ use fleetshift_common::tls::pki;
 use fleetshift_tests::browser::{Browser, HttpAnswer, http_exchange};
 use fleetshift_tests::fleet::{
     FleetGround, Process, agent_config_text, await_leader, channel_as, logs, shard_tables,
-    shards_announced, spawn_console_replica,
+    shards_announced, spawn_console_replica, spawn_console_replica_with,
 };
 use fleetshift_tests::wait::wait_until;
 use fleetshift_tests::{binary, fixtures, rollout};
@@ -500,6 +500,36 @@ async fn the_console_answers_viewers_only_and_lists_live_replicas_consoles() {
     assert!(
         !headers.contains("access-control-allow-origin"),
         "{headers}"
+    );
+
+    // The console holds each identity to the replica's limits, as the gRPC port does.
+    let limits = [
+        (
+            "FLEETSHIFT_COORDINATOR_LIMITS_BURST".to_owned(),
+            "3".to_owned(),
+        ),
+        (
+            "FLEETSHIFT_COORDINATOR_LIMITS_REQUESTS_PER_SECOND".to_owned(),
+            "1".to_owned(),
+        ),
+    ];
+    let (_, web_3, _replica_3) =
+        spawn_console_replica_with(&home, "c3", &ground.etcd.endpoint, ROLES, &limits);
+    let mut answered = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = get(&pki, Some("operator-alice"), web_3, "/api/v1/plans", &[])
+            .await
+            .expect("alice");
+        answered.push((status, body));
+    }
+    let refused = answered
+        .iter()
+        .find(|(status, _)| *status == 429)
+        .map(|(_, body)| body.clone())
+        .unwrap_or_default();
+    assert!(
+        refused.contains("spiffe://fleet.example/operator/alice sent more than 3 requests"),
+        "{answered:?}"
     );
 
     // A replica stopped cleanly leaves the list at once.
