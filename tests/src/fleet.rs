@@ -409,21 +409,32 @@ pub fn spawn_console_replica_with(
         &["localhost"],
         &[loopback],
     );
-    let config = home.join(format!("{id}.toml"));
     let text = format!(
         "web_listen = \"127.0.0.1:0\"\n{}",
         replica_config_text(id, 0, etcd_endpoint, roles)
     );
-    std::fs::write(&config, text).expect("replica config");
-    let log = home.join(format!("{id}.log"));
-    let process = Process::spawn_with(
-        &crate::binary::fleetshift(),
-        &["serve", "--config", config.to_str().expect("UTF-8 path")],
-        &log,
-        environment,
-    );
+    let (log, process) = serve_configured(home, id, &text, &[], environment);
     let port = logged_port(&log, COORDINATOR_LISTENING);
     (port, logged_port(&log, CONSOLE_LISTENING), process)
+}
+
+/// `fleetshift serve [options]` as replica `id` on `text` (written to `home/<id>.toml`), with
+/// `environment` added to the inherited one: its log's path (`home/<id>.log`) and the process.
+fn serve_configured(
+    home: &Path,
+    id: &str,
+    text: &str,
+    options: &[&str],
+    environment: &[(String, String)],
+) -> (std::path::PathBuf, Process) {
+    let config = home.join(format!("{id}.toml"));
+    std::fs::write(&config, text).expect("replica config");
+    let log = home.join(format!("{id}.log"));
+    let mut arguments = vec!["serve"];
+    arguments.extend_from_slice(options);
+    arguments.extend(["--config", config.to_str().expect("UTF-8 path")]);
+    let process = Process::spawn_with(&crate::binary::fleetshift(), &arguments, &log, environment);
+    (log, process)
 }
 
 /// Like [`spawn_replica`], also serving the telemetry endpoint (on the second port returned)
@@ -438,25 +449,11 @@ pub fn spawn_observed_replica(
     environment: &[(String, String)],
 ) -> (u16, u16, Process) {
     issue(&home.join("pki"), Role::Coordinator, id, &["localhost"]);
-    let config = home.join(format!("{id}.toml"));
     let text = format!(
         "telemetry_listen = \"127.0.0.1:0\"\n{}\n{sections}",
         replica_config_text(id, 0, etcd_endpoint, roles)
     );
-    std::fs::write(&config, text).expect("replica config");
-    let log = home.join(format!("{id}.log"));
-    let process = Process::spawn_with(
-        &crate::binary::fleetshift(),
-        &[
-            "serve",
-            "--log-format",
-            "json",
-            "--config",
-            config.to_str().expect("UTF-8 path"),
-        ],
-        &log,
-        environment,
-    );
+    let (log, process) = serve_configured(home, id, &text, &["--log-format", "json"], environment);
     let port = logged_port(&log, COORDINATOR_LISTENING);
     (port, logged_port(&log, TELEMETRY_LISTENING), process)
 }
