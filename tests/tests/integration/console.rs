@@ -5,7 +5,7 @@
 //! keeps following it on the other replica's console when the one it loaded from is
 //! SIGKILLed mid-rollout; a shard's page shows its ledger as the shard keeps it. The fleet grid and the plan's timeline are saved as screenshots
 //! (`target/artefacts/console/`: `fleet.png`, `plan.png`,
-//! `timeline.png`). Without the viewer role, or a certificate, the console
+//! `timeline.png`, `shard.png`). Without the viewer role, or a certificate, the console
 //! refuses, and holds each identity to the replica's limits; only live replicas' consoles are listed and may read each other's answers. The
 //! plans list shows a new plan live; a phased plan's page shows its phases, and its shards
 //! waiting for their window.
@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
-use fleetshift_common::proto::v1::{CreatePlanRequest, Schedule, WavePolicy};
+use fleetshift_common::proto::v1::{
+    BaselinePolicy, BaselineQuery, CreatePlanRequest, HostDuties, Schedule, WavePolicy,
+};
 use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::pki;
@@ -115,7 +117,22 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
                 max_shard_retries: 0,
             }),
             limits: None,
-            duties: None,
+            // Measured before and after on every shard: the shard page charts them.
+            duties: Some(HostDuties {
+                baselines: Some(BaselinePolicy {
+                    queries: vec![BaselineQuery {
+                        name: "catalog".to_owned(),
+                        sql: "SELECT count(*) FROM pg_class".to_owned(),
+                    }],
+                    runs: 3,
+                    noise_floor: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 5_000_000,
+                    }),
+                    ..BaselinePolicy::default()
+                }),
+                ..HostDuties::default()
+            }),
             // The broken shard's schema differs from the others': planned anyway, to fail.
             allow_drift_shards: "a-db2 lacks accounts: its failure is what the page shows"
                 .to_owned(),
@@ -295,6 +312,18 @@ async fn the_plan_page_follows_a_rollout_live_across_a_replica_death() {
         ledger.contains(&plan_id),
         "each row names its plan: {ledger}"
     );
+    let chart = browser.text(".chart").await.expect("chart");
+    assert!(
+        chart.contains("catalog")
+            && chart.contains("before")
+            && chart.contains("after")
+            && chart.contains("ms p50"),
+        "the baselines before and after: {chart}"
+    );
+    browser
+        .screenshot(&artefacts().join("shard.png"))
+        .await
+        .expect("screenshot");
 
     // The plans list: the rollout's end as it was, and a plan made while it is open, live.
     browser
