@@ -13,7 +13,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -85,6 +85,10 @@ pub fn serve<S: Store + 'static>(
         .route("/api/v1/consoles", get(api::consoles))
         .route("/api/v1/events", get(live::events))
         .layer(middleware::from_fn_with_state(console.clone(), limited))
+        .layer(middleware::from_fn_with_state(
+            console.clone(),
+            cross_origin,
+        ))
         .with_state(console);
     let incoming = listener::TlsListener::new(listener, tls, tasks)?;
     let stopping = tasks.stopping().clone();
@@ -192,26 +196,31 @@ fn json_headers() -> [(header::HeaderName, HeaderValue); 2] {
     ]
 }
 
-/// The headers that let another replica's console page read this answer: only for the origin
-/// of a console the directory lists, with credentials (the page's client certificate).
+/// Lets another replica's console page read every answer, refusals included: only for the
+/// origin of a console the directory lists, with credentials (the page's client certificate).
 async fn cross_origin<S: Store + 'static>(
-    console: &Console<S>,
-    request: &HeaderMap,
-) -> Vec<(header::HeaderName, HeaderValue)> {
-    let mut headers = vec![(header::VARY, HeaderValue::from_static("Origin"))];
-    let Some(origin) = request.get(header::ORIGIN) else {
-        return headers;
+    State(console): State<Console<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = origin else {
+        return response;
     };
     let known = match origin.to_str() {
         Ok(origin) => console.directory.knows_origin(origin).await,
         Err(_) => false,
     };
     if known {
-        headers.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
-        headers.push((
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
-        ));
+        );
     }
-    headers
+    response
 }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use fleetshift_common::proto::json::{self, Named};
 use fleetshift_common::proto::v1::{
@@ -13,7 +12,7 @@ use fleetshift_common::proto::v1::{
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::{Console, Refusal, Viewer, cross_origin, json_headers};
+use super::{Console, Refusal, Viewer, json_headers};
 use crate::rollout::{schedule, waves};
 use crate::store::Store;
 
@@ -22,20 +21,18 @@ pub async fn shards<S: Store + 'static>(
     State(console): State<Console<S>>,
     _viewer: Viewer,
     Query(selector): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let shards = console.fleet.shards(&selector).await?;
-    answer(&console, &headers, to_json(&ListShardsResponse { shards })?).await
+    Ok(answer(to_json(&ListShardsResponse { shards })?))
 }
 
 /// `GET /api/v1/plans`: every plan, newest first, with its tasks as they stand.
 pub async fn plans<S: Store + 'static>(
     State(console): State<Console<S>>,
     _viewer: Viewer,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let plans = console.fleet.plans_with_tasks(&[]).await?;
-    answer(&console, &headers, to_json(&ListPlansResponse { plans })?).await
+    Ok(answer(to_json(&ListPlansResponse { plans })?))
 }
 
 /// `GET /api/v1/plans/<plan>`: the plan as `GetPlan` answers it, and what each of its pending
@@ -44,7 +41,6 @@ pub async fn plan<S: Store + 'static>(
     State(console): State<Console<S>>,
     _viewer: Viewer,
     Path(plan_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let plan = console.fleet.plan(&plan_id).await?;
     let now = jiff::Timestamp::now();
@@ -60,7 +56,7 @@ pub async fn plan<S: Store + 'static>(
         })
         .collect();
     let body = json!({ "plan": to_json(&plan)?, "waiting": waiting });
-    answer(&console, &headers, body).await
+    Ok(answer(body))
 }
 
 /// `GET /api/v1/shards/<shard>`: the shard as announced (`null` when its agent is not
@@ -70,7 +66,6 @@ pub async fn shard<S: Store + 'static>(
     State(console): State<Console<S>>,
     Viewer(viewer): Viewer,
     Path(shard_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let announced: Option<ShardSummary> = console
         .fleet
@@ -110,14 +105,13 @@ pub async fn shard<S: Store + 'static>(
         "history": history,
         "backups": backups,
     });
-    answer(&console, &headers, body).await
+    Ok(answer(body))
 }
 
 /// `GET /api/v1/consoles`: the consoles of the live replicas.
 pub async fn consoles<S: Store + 'static>(
     State(console): State<Console<S>>,
     _viewer: Viewer,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let listed = console
         .directory
@@ -128,20 +122,13 @@ pub async fn consoles<S: Store + 'static>(
         .into_iter()
         .map(|listed| json!({ "replica": listed.replica, "url": listed.url }))
         .collect();
-    answer(&console, &headers, json!({ "consoles": consoles })).await
+    Ok(answer(json!({ "consoles": consoles })))
 }
 
 pub(super) fn to_json<M: Named>(message: &M) -> Result<Value, Status> {
     json::to_json(message).map_err(|error| Status::internal(error.to_string()))
 }
 
-async fn answer<S: Store + 'static>(
-    console: &Console<S>,
-    request: &HeaderMap,
-    body: Value,
-) -> Result<Response, Refusal> {
-    let cors = cross_origin(console, request).await;
-    let mut response = (json_headers(), body.to_string()).into_response();
-    response.headers_mut().extend(cors);
-    Ok(response)
+fn answer(body: Value) -> Response {
+    (json_headers(), body.to_string()).into_response()
 }

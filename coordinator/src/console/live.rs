@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::api::to_json;
-use super::{Console, Refusal, Viewer, cross_origin};
+use super::{Console, Refusal, Viewer};
 use crate::events::Sequence;
 use crate::events::follow::{self, Scope, Watch};
 use crate::store::Store;
@@ -50,12 +50,9 @@ pub async fn events<S: Store + 'static>(
     let events = follow::follow(console.fleet.events(), watch)
         .await
         .map_err(Status::from)?;
-    let cors = cross_origin(&console, &headers).await;
-    let mut response = Sse::new(sent(events))
+    Ok(Sse::new(sent(events))
         .keep_alive(KeepAlive::default())
-        .into_response();
-    response.headers_mut().extend(cors);
-    Ok(response)
+        .into_response())
 }
 
 /// The followed events as server-sent events, then `end` when the stream ended on its own.
