@@ -78,12 +78,12 @@ async fn answer_for_shard(
             "the request names no action; this agent may be older than its coordinator".to_owned(),
         ));
     };
-    if let Action::ReadLedger(_) = action {
-        return ledger(shard).await.map(Outcome::Ledger);
+    // A ledger is read in the shard's scope; everything else works on the whole database.
+    if !matches!(action, Action::ReadLedger(_)) {
+        shard
+            .whole_database_only("backups, restores, rehearsals and schema baselines")
+            .map_err(|why| failure(ErrorKind::BadInput, why))?;
     }
-    shard
-        .whole_database_only("backups, restores, rehearsals and schema baselines")
-        .map_err(|why| failure(ErrorKind::BadInput, why))?;
     match action {
         Action::ReadLedger(_) => ledger(shard).await.map(Outcome::Ledger),
         Action::Rehearse(order) => rehearse::rehearse(config, shard, order, stop)
