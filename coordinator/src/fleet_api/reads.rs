@@ -91,14 +91,15 @@ impl<S: Store + 'static> FleetApi<S> {
         let plans = self.plans(states).await?;
         let prefix = keys::all_tasks_prefix();
         let listing = self.store.list(&prefix).await?;
-        let mut by_plan: HashMap<&str, Vec<Entry>> = HashMap::new();
-        for entry in &listing.entries {
-            if let Some((plan, _shard)) = entry
+        let mut by_plan: HashMap<String, Vec<Entry>> = HashMap::new();
+        for entry in listing.entries {
+            let plan = entry
                 .key
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.split_once('/'))
-            {
-                by_plan.entry(plan).or_default().push(entry.clone());
+                .map(|(plan, _shard)| plan.to_owned());
+            if let Some(plan) = plan {
+                by_plan.entry(plan).or_default().push(entry);
             }
         }
         plans
