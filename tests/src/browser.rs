@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::fleet::Process;
+use crate::wait::wait_until;
 
 /// What chromedriver prints once it listens.
 const DRIVER_READY: &str = "was started successfully";
@@ -210,17 +211,29 @@ impl Browser {
         Ok(answer["value"].clone())
     }
 
-    /// Runs `script` until it returns `true`, for up to `limit`; whether it did.
+    /// Runs `script` until it returns `true`, for up to `limit`; whether it did. A script that
+    /// fails ends the wait with its error.
     pub async fn wait_for(&self, script: &str, limit: Duration) -> anyhow::Result<bool> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.run(script).await? == Value::Bool(true) {
-                return Ok(true);
+        let failed = std::sync::Mutex::new(None);
+        let failure = &failed;
+        let held = wait_until(limit, move || async move {
+            match self.run(script).await {
+                Ok(value) => value == Value::Bool(true),
+                Err(error) => {
+                    *failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+                    true
+                }
             }
-            if Instant::now() > deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await;
+        match failed
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(error) => Err(error),
+            None => Ok(held),
         }
     }
 
