@@ -313,7 +313,7 @@ pub struct HttpAnswer {
 }
 
 /// One HTTP/1.1 exchange on `stream`, which is closed after it; the body is read to its
-/// `Content-Length`, or to the end of the stream without one.
+/// `Content-Length`, or to the end of the stream without one (and decoded when chunked).
 pub async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     method: &str,
@@ -374,5 +374,30 @@ pub async fn http_exchange<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = stream.read_to_end(&mut body).await;
         }
     }
+    let chunked = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked"
+        })
+    });
+    if chunked {
+        body = dechunked(&body)?;
+    }
     Ok(HttpAnswer { status, head, body })
+}
+
+/// A chunked body's content (a stream cut short keeps what arrived whole).
+fn dechunked(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut content = Vec::new();
+    while let Some(line_end) = raw.windows(2).position(|window| window == b"\r\n") {
+        let size = String::from_utf8_lossy(&raw[..line_end]);
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
+            .with_context(|| format!("a chunk size {size:?}"))?;
+        let start = line_end + 2;
+        if size == 0 || raw.len() < start + size {
+            break;
+        }
+        content.extend_from_slice(&raw[start..start + size]);
+        raw = raw.get(start + size + 2..).unwrap_or_default();
+    }
+    Ok(content)
 }

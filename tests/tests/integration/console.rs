@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use fleetshift_common::proto::v1::fleet_service_client::FleetServiceClient;
 use fleetshift_common::proto::v1::{
-    BaselinePolicy, BaselineQuery, CreatePlanRequest, HostDuties, Schedule, WavePolicy,
+    BaselinePolicy, BaselineQuery, CreatePlanRequest, HostDuties, Plan, PlanState, Schedule,
+    ShardState, ShardTask, Wave, WavePolicy,
 };
 use fleetshift_common::tls::identity::Role;
 use fleetshift_common::tls::mtls::{self, TlsFiles};
 use fleetshift_common::tls::pki;
+use fleetshift_coordinator::rollout::records;
 use fleetshift_tests::browser::{Browser, HttpAnswer, http_exchange};
 use fleetshift_tests::fleet::{
     FleetGround, Process, agent_config_text, await_leader, channel_as, logs, shard_tables,
@@ -536,6 +538,58 @@ async fn the_console_answers_viewers_only_and_lists_live_replicas_consoles() {
         !headers.contains("access-control-allow-origin"),
         "{headers}"
     );
+
+    // The live stream: an ended plan's state, then `end`; resumed after the sequence of that
+    // state, with `since` or `Last-Event-ID`, nothing before `end`.
+    let ended = Plan {
+        plan_id: "p-ended".to_owned(),
+        state: PlanState::Succeeded.into(),
+        waves: vec![Wave {
+            index: 0,
+            shards: ["s-1", "s-2"]
+                .map(|shard| ShardTask {
+                    shard_id: shard.to_owned(),
+                    state: ShardState::Succeeded.into(),
+                    ..ShardTask::default()
+                })
+                .to_vec(),
+        }],
+        ..Plan::default()
+    };
+    records::create_plan(&ground.store, &ended)
+        .await
+        .expect("plan");
+    let ids = |body: &str| -> Vec<String> {
+        body.lines()
+            .filter_map(|line| line.strip_prefix("id:"))
+            .map(|id| id.trim().to_owned())
+            .collect()
+    };
+    let events = "/api/v1/events?plan=p-ended";
+    let (status, streamed) = get(&pki, Some("operator-alice"), web_2, events, &[])
+        .await
+        .expect("events");
+    assert_eq!(status, 200, "{streamed}");
+    let sent = ids(&streamed);
+    assert_eq!(sent.len(), 3, "the plan and its two tasks: {streamed}");
+    assert!(
+        streamed.trim_end().ends_with("event: end\ndata: ended"),
+        "{streamed}"
+    );
+    let last = sent.last().expect("a sequence").clone();
+    let since = format!("{events}&since={last}");
+    for (path, headers) in [
+        (since.as_str(), Vec::new()),
+        (events, vec![("Last-Event-ID", last.as_str())]),
+    ] {
+        let (_, resumed) = get(&pki, Some("operator-alice"), web_2, path, &headers)
+            .await
+            .expect("resumed");
+        assert!(
+            ids(&resumed).is_empty() && resumed.contains("event: end"),
+            "{path} {headers:?}: {resumed}"
+        );
+    }
 
     // The console holds each identity to the replica's limits, as the gRPC port does.
     let limits = [
